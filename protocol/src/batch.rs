@@ -1,0 +1,172 @@
+//! Stream batch entries: many validated records in one rkyv archive.
+//!
+//! An ingest shard writes one stream entry per batch with the fields
+//! `fmt` = [`FORMAT`], `n` = number of records, `batch` = the archive. A worker reads the
+//! archive in place ([`access`]) without deserialising it; the archive is validated
+//! (bytecheck) first, so a corrupt entry is an error, never undefined behaviour.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::envelope::{Event, Payment};
+
+/// Value of the `fmt` field of a batch entry.
+pub const FORMAT: &str = "rkyv1";
+/// Field holding [`FORMAT`].
+pub const FIELD_FORMAT: &str = "fmt";
+/// Field holding the number of records, in decimal.
+pub const FIELD_COUNT: &str = "n";
+/// Field holding the archive.
+pub const FIELD_BATCH: &str = "batch";
+/// Field of a Croupier-format entry (one event's JSON per entry).
+pub const FIELD_CROUPIER_DATA: &str = "data";
+
+/// The records of one batch: all of one kind.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Records {
+    /// Game events (`analytics:events` or `analytics:custom`).
+    Events(Vec<Event>),
+    /// Payments (`analytics:payments`).
+    Payments(Vec<Payment>),
+}
+
+impl Records {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Events(v) => v.len(),
+            Records::Payments(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One batch entry.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Batch {
+    /// When ingest accepted the batch, milliseconds since the epoch (for freshness).
+    pub accepted_at_ms: i64,
+    /// The records.
+    pub records: Records,
+}
+
+/// A batch archive could not be written or read.
+#[derive(Debug)]
+pub struct BatchError(String);
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch archive: {}", self.0)
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+/// Serialises `batch` into `out` (cleared first), reusing its allocation.
+pub fn encode_into(batch: &Batch, out: AlignedVec) -> Result<AlignedVec, BatchError> {
+    let mut out = out;
+    out.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(batch, out).map_err(|e| BatchError(e.to_string()))
+}
+
+/// Serialises `batch` into a new buffer.
+pub fn encode(batch: &Batch) -> Result<AlignedVec, BatchError> {
+    encode_into(batch, AlignedVec::new())
+}
+
+/// Validates and accesses an archive in place. `bytes` must be 16-byte aligned, as an
+/// [`AlignedVec`] is; use [`BatchBuf`] for bytes straight off the wire.
+pub fn access(bytes: &[u8]) -> Result<&ArchivedBatch, BatchError> {
+    rkyv::access::<ArchivedBatch, rancor::Error>(bytes).map_err(|e| BatchError(e.to_string()))
+}
+
+/// An owned, aligned copy of an archive read from a stream entry.
+#[derive(Debug, Default)]
+pub struct BatchBuf(AlignedVec);
+
+impl BatchBuf {
+    /// Copies `bytes` into aligned storage (reusing this buffer's allocation).
+    pub fn load(&mut self, bytes: &[u8]) -> Result<&ArchivedBatch, BatchError> {
+        self.0.clear();
+        self.0.extend_from_slice(bytes);
+        access(&self.0)
+    }
+}
+
+/// Deserialises an archived batch into owned values.
+pub fn to_owned(archived: &ArchivedBatch) -> Result<Batch, BatchError> {
+    rkyv::deserialize::<Batch, rancor::Error>(archived).map_err(|e| BatchError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::PaymentStatus;
+
+    fn sample_events() -> Batch {
+        let e = Event {
+            ts_ms: 1_795_617_749_000,
+            game_id: "g1".into(),
+            env: "prod".into(),
+            event: "login".into(),
+            user_id: "u1".into(),
+            country: "US".into(),
+            event_id: [7; 16],
+            props: r#"{"k":1}"#.into(),
+            ..Event::default()
+        };
+        Batch { accepted_at_ms: 1, records: Records::Events(vec![e.clone(), e]) }
+    }
+
+    #[test]
+    fn events_round_trip_in_place_and_owned() {
+        let b = sample_events();
+        let bytes = encode(&b).expect("encode");
+        let a = access(&bytes).expect("access");
+        match &a.records {
+            ArchivedRecords::Events(v) => {
+                assert_eq!(v.len(), 2);
+                assert_eq!(v[0].event.as_str(), "login");
+                assert_eq!(v[0].ts_ms.to_native(), 1_795_617_749_000);
+                assert_eq!(v[1].props.as_str(), r#"{"k":1}"#);
+            }
+            ArchivedRecords::Payments(_) => panic!("wrong kind"),
+        }
+        assert_eq!(to_owned(a).expect("owned"), b);
+    }
+
+    #[test]
+    fn payments_round_trip_from_unaligned_bytes() {
+        let p = Payment {
+            ts_ms: 5,
+            order_id: "o-1".into(),
+            amount_cents: 999,
+            currency: "USD".into(),
+            status: PaymentStatus::Refunded,
+            ..Payment::default()
+        };
+        let b = Batch { accepted_at_ms: 9, records: Records::Payments(vec![p]) };
+        let bytes = encode(&b).expect("encode");
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        let mut buf = BatchBuf::default();
+        let a = buf.load(&shifted[1..]).expect("load");
+        assert_eq!(to_owned(a).expect("owned"), b);
+    }
+
+    #[test]
+    fn corrupt_archives_are_errors() {
+        let bytes = encode(&sample_events()).expect("encode");
+        let mut buf = BatchBuf::default();
+        assert!(buf.load(&bytes[..bytes.len() / 2]).is_err());
+        assert!(buf.load(b"").is_err());
+        assert!(buf.load(&[0xff; 64]).is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! Sans-I/O codecs of the Croupier data plane.
+//!
+//! Nothing in this crate performs I/O or depends on a runtime: it turns bytes into
+//! validated values and values into bytes, so every codec is testable on byte slices and
+//! usable from any executor.
+//!
+//! - [`envelope`]: the event and payment records, as stored in stream batches.
+//! - [`validate`]: request bodies (JSON) into records, with field-level errors.
+//! - [`batch`]: the rkyv batch entry a worker reads without deserialising.
+//! - [`stream`]: stream names and which stream a record goes to.
+//! - [`resp`]: the Redis commands the data plane sends, and reply parsing.
+//! - [`signature`]: the per-game HMAC request signature.
+
+pub mod batch;
+pub mod country;
+pub mod envelope;
+pub mod resp;
+pub mod signature;
+pub mod stream;
+pub mod timestamp;
+pub mod validate;

@@ -1,0 +1,201 @@
+//! The Redis commands the data plane sends, encoded with `redis-protocol`, and the
+//! parsing of their replies.
+//!
+//! Ingest writes a request's batch entries with one `EVAL` of [`INGEST_SCRIPT`]: it
+//! remembers the request's nonce (`SET NX EX`) and appends the entries (`XADD MAXLEN ~`)
+//! atomically, so a replayed nonce adds nothing and a refused request leaves no trace.
+
+pub use redis_protocol::resp2::types::OwnedFrame as Frame;
+use redis_protocol::resp2::types::BorrowedFrame;
+use redis_protocol::resp2::{decode, encode};
+
+use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
+
+/// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2..]` the streams;
+/// `ARGV[1]` the nonce TTL in seconds, then per stream: MAXLEN, record count, archive.
+/// Replies with the entry IDs, or the error `REPLAY` when the nonce was already used.
+pub const INGEST_SCRIPT: &str = "\
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then \
+return redis.error_reply('REPLAY nonce already used') end \
+local ids = {} \
+for i = 2, #KEYS do \
+local a = (i - 2) * 3 + 2 \
+ids[#ids + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a], '*', \
+'fmt', 'rkyv1', 'n', ARGV[a + 1], 'batch', ARGV[a + 2]) \
+end \
+return ids";
+
+const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
+
+/// A protocol error in a reply (not an error reply, which is a [`Frame::Error`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespError(pub String);
+
+impl std::fmt::Display for RespError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RESP: {}", self.0)
+    }
+}
+
+impl std::error::Error for RespError {}
+
+/// Appends one command (an array of bulk strings) to `out`.
+pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let frames: Vec<BorrowedFrame<'_>> = args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
+    let frame = BorrowedFrame::Array(&frames);
+    let len = frame.encode_len(false);
+    let start = out.len();
+    out.resize(start + len, 0);
+    // The buffer was sized by `encode_len`, so encoding cannot run out of room.
+    if encode::encode_borrowed(&mut out[start..], &frame, false).is_err() {
+        out.truncate(start);
+    }
+}
+
+/// One batch entry to append.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryArgs<'a> {
+    /// Stream key.
+    pub stream: &'a str,
+    /// `MAXLEN ~` in entries.
+    pub maxlen: u64,
+    /// Records in the archive.
+    pub count: usize,
+    /// The rkyv archive.
+    pub archive: &'a [u8],
+}
+
+/// Appends the `EVAL` that records `nonce_key` for `ttl_secs` and appends `entries`.
+pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, entries: &[EntryArgs<'_>]) {
+    let numkeys = (1 + entries.len()).to_string();
+    let ttl = ttl_secs.to_string();
+    let nums: Vec<(String, String)> = entries.iter().map(|e| (e.maxlen.to_string(), e.count.to_string())).collect();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(5 + 4 * entries.len());
+    args.extend([b"EVAL".as_slice(), INGEST_SCRIPT.as_bytes(), numkeys.as_bytes(), nonce_key.as_bytes()]);
+    args.extend(entries.iter().map(|e| e.stream.as_bytes()));
+    args.push(ttl.as_bytes());
+    for (e, (maxlen, count)) in entries.iter().zip(&nums) {
+        args.extend([maxlen.as_bytes(), count.as_bytes(), e.archive]);
+    }
+    command(out, &args);
+}
+
+/// What the ingest script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestReply {
+    /// The entries were appended, with these IDs.
+    Added(Vec<String>),
+    /// The nonce had been used before; nothing was appended.
+    Replay,
+}
+
+/// Interprets the reply to [`ingest`]. An unexpected reply is an error.
+pub fn ingest_reply(frame: Frame) -> Result<IngestReply, RespError> {
+    match frame {
+        Frame::Array(items) => items
+            .into_iter()
+            .map(|f| match f {
+                Frame::BulkString(b) | Frame::SimpleString(b) => String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into())),
+                other => Err(RespError(format!("unexpected entry id {other:?}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(IngestReply::Added),
+        Frame::Error(e) if e.starts_with("REPLAY") => Ok(IngestReply::Replay),
+        Frame::Error(e) => Err(RespError(e)),
+        other => Err(RespError(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// State of a consumer group, from `XINFO GROUPS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered; `None` when Redis cannot tell (after deletions).
+    pub lag: Option<u64>,
+}
+
+/// Finds `group` in an `XINFO GROUPS` reply. `Ok(None)`: the group does not exist.
+pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespError> {
+    let groups = match frame {
+        Frame::Array(g) => g,
+        Frame::Error(e) if e.contains("no such key") => return Ok(None),
+        Frame::Error(e) => return Err(RespError(e.clone())),
+        other => return Err(RespError(format!("unexpected XINFO reply {other:?}"))),
+    };
+    for g in groups {
+        let Frame::Array(kv) = g else { continue };
+        let mut name = None;
+        let (mut pending, mut lag) = (0u64, None);
+        for pair in kv.chunks(2) {
+            let [Frame::BulkString(k) | Frame::SimpleString(k), v] = pair else { continue };
+            match (k.as_slice(), v) {
+                (b"name", Frame::BulkString(n) | Frame::SimpleString(n)) => name = Some(n.as_slice()),
+                (b"pending", Frame::Integer(p)) => pending = (*p).max(0) as u64,
+                (b"lag", Frame::Integer(l)) => lag = Some((*l).max(0) as u64),
+                _ => {}
+            }
+        }
+        if name == Some(group.as_bytes()) {
+            return Ok(Some(GroupInfo { pending, lag }));
+        }
+    }
+    Ok(None)
+}
+
+/// Decodes one reply from the front of `buf`: `Ok(None)` when more bytes are needed,
+/// else the frame and how many bytes it took.
+pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
+    decode::decode(buf).map_err(|e| RespError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        let mut out = Vec::new();
+        command(&mut out, &[b"XLEN", b"analytics:events"]);
+        assert_eq!(out, b"*2\r\n$4\r\nXLEN\r\n$16\r\nanalytics:events\r\n");
+    }
+
+    #[test]
+    fn ingest_lays_out_keys_and_args() {
+        let mut out = Vec::new();
+        let e = EntryArgs { stream: "s", maxlen: 10, count: 2, archive: b"\x00\r\n" };
+        ingest(&mut out, "nk", 600, &[e]);
+        let (frame, used) = decode_reply(&out).expect("decodes").expect("complete");
+        assert_eq!(used, out.len());
+        let Frame::Array(items) = frame else { panic!("array") };
+        let args: Vec<Vec<u8>> = items
+            .into_iter()
+            .map(|f| match f {
+                Frame::BulkString(b) => b,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(args[0], b"EVAL");
+        assert_eq!(args[2..].to_vec(), vec![b"2".to_vec(), b"nk".to_vec(), b"s".to_vec(), b"600".to_vec(), b"10".to_vec(), b"2".to_vec(), b"\x00\r\n".to_vec()]);
+    }
+
+    #[test]
+    fn replies_are_interpreted() {
+        let ok = decode_reply(b"*2\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n").expect("ok").expect("complete").0;
+        assert_eq!(ingest_reply(ok), Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()])));
+        let replay = decode_reply(b"-REPLAY nonce already used\r\n").expect("ok").expect("complete").0;
+        assert_eq!(ingest_reply(replay), Ok(IngestReply::Replay));
+        assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
+    }
+
+    #[test]
+    fn group_info_finds_the_group() {
+        let raw = b"*2\r\n*4\r\n$4\r\nname\r\n$5\r\nother\r\n$7\r\npending\r\n:9\r\n\
+*6\r\n$4\r\nname\r\n$17\r\nanalytics-workers\r\n$7\r\npending\r\n:3\r\n$3\r\nlag\r\n:4\r\n";
+        let f = decode_reply(raw).expect("ok").expect("complete").0;
+        assert_eq!(group_info(&f, "analytics-workers"), Ok(Some(GroupInfo { pending: 3, lag: Some(4) })));
+        assert_eq!(group_info(&f, "missing"), Ok(None));
+        let nil_lag = decode_reply(b"*1\r\n*4\r\n$4\r\nname\r\n$1\r\ng\r\n$3\r\nlag\r\n$-1\r\n").expect("ok").expect("complete").0;
+        assert_eq!(group_info(&nil_lag, "g"), Ok(Some(GroupInfo { pending: 0, lag: None })));
+    }
+}

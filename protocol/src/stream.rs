@@ -1,0 +1,111 @@
+//! Stream names and routing of records to streams.
+
+/// The consumer group every worker joins (Croupier's name).
+pub const CONSUMER_GROUP: &str = "analytics-workers";
+
+/// One of the three analytics streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// `analytics:events`: events of the standard game taxonomy.
+    Events,
+    /// `analytics:custom`: every other event name.
+    Custom,
+    /// `analytics:payments`.
+    Payments,
+}
+
+impl StreamKind {
+    /// All streams, in a fixed order (used to index per-stream state).
+    pub const ALL: [StreamKind; 3] = [StreamKind::Events, StreamKind::Custom, StreamKind::Payments];
+
+    /// The Redis key of the stream.
+    pub fn key(self) -> &'static str {
+        match self {
+            StreamKind::Events => "analytics:events",
+            StreamKind::Custom => "analytics:custom",
+            StreamKind::Payments => "analytics:payments",
+        }
+    }
+
+    /// Position in [`StreamKind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            StreamKind::Events => 0,
+            StreamKind::Custom => 1,
+            StreamKind::Payments => 2,
+        }
+    }
+
+    /// Short label for metrics and config (`events`, `custom`, `payments`).
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamKind::Events => "events",
+            StreamKind::Custom => "custom",
+            StreamKind::Payments => "payments",
+        }
+    }
+}
+
+/// Event names of the standard game taxonomy, including the dotted aliases.
+const STANDARD_EVENTS: &[&str] = &[
+    "login",
+    "register",
+    "session_start",
+    "session_end",
+    "heartbeat",
+    "level_start",
+    "level_complete",
+    "level_fail",
+    "purchase",
+    "ad_impression",
+    "economy_earn",
+    "economy_spend",
+    "social_share",
+    "error",
+    "user.login",
+    "user.register",
+    "session.start",
+    "session.end",
+    "session.heartbeat",
+    "level.start",
+    "level.complete",
+    "level.fail",
+    "payment.purchase",
+    "ad.impression",
+    "economy.earn",
+    "economy.spend",
+    "social.share",
+];
+
+/// Whether `name` belongs to the standard game taxonomy.
+pub fn is_standard_event(name: &str) -> bool {
+    STANDARD_EVENTS.contains(&name)
+}
+
+/// The stream an event with this name goes to.
+pub fn route_event(name: &str) -> StreamKind {
+    if is_standard_event(name) {
+        StreamKind::Events
+    } else {
+        StreamKind::Custom
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_names_and_aliases_go_to_events() {
+        for name in ["login", "level_complete", "session.start", "user.login", "error"] {
+            assert_eq!(route_event(name), StreamKind::Events, "{name}");
+        }
+    }
+
+    #[test]
+    fn other_names_go_to_custom() {
+        for name in ["boss_killed", "Login", "session.Start", "", "level_complete "] {
+            assert_eq!(route_event(name), StreamKind::Custom, "{name:?}");
+        }
+    }
+}

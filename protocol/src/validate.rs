@@ -1,0 +1,464 @@
+//! Request bodies into validated records.
+//!
+//! A body is a JSON array of objects, or an object `{"events": [...]}`. It is parsed
+//! with simd-json in place (the request buffer is the parse buffer), then every record is
+//! checked against the envelope of DESIGN §4. The first problem found is reported with the
+//! record's index and the field's name; a batch is accepted or refused whole.
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use crate::country;
+use crate::envelope::{Event, Payment, PaymentStatus};
+use crate::stream::{route_event, StreamKind};
+use crate::timestamp::{self, TimestampError};
+
+/// Limits applied to a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most records in one request.
+    pub max_records: usize,
+    /// Deepest nesting of arrays/objects in the body (the outer array counts as 1).
+    pub max_depth: usize,
+    /// Longest identifier-like string field, in bytes.
+    pub max_field_bytes: usize,
+    /// Longest `props` object, as compact JSON text, in bytes.
+    pub max_props_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_records: 10_000, max_depth: 16, max_field_bytes: 256, max_props_bytes: 32 * 1024 }
+    }
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A required field is absent or null.
+    Missing,
+    /// The field has the wrong JSON type; the expected type is named.
+    WrongType(&'static str),
+    /// The value has the right type but is not acceptable; says what was expected.
+    Invalid(&'static str),
+    /// The string is longer than the limit.
+    TooLong(usize),
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON (the parser's message).
+    Malformed(String),
+    /// Not valid UTF-8.
+    InvalidUtf8,
+    /// Nested deeper than [`Limits::max_depth`].
+    TooDeep(usize),
+    /// Neither an array nor an object with an `events` array.
+    NotABatch,
+    /// No records.
+    Empty,
+    /// More records than [`Limits::max_records`].
+    TooManyRecords(usize),
+    /// A record at `index` has a bad `field`.
+    Field {
+        /// Position of the record in the batch.
+        index: usize,
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong.
+        problem: Problem,
+    },
+    /// A record's `game_id` is not the game of the credential.
+    GameMismatch {
+        /// Position of the record in the batch.
+        index: usize,
+    },
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Malformed(m) => write!(f, "body is not valid JSON: {m}"),
+            BodyError::InvalidUtf8 => f.write_str("body is not valid UTF-8"),
+            BodyError::TooDeep(max) => write!(f, "body nests deeper than {max} levels"),
+            BodyError::NotABatch => f.write_str(r#"body must be a JSON array of objects or {"events":[...]}"#),
+            BodyError::Empty => f.write_str("batch holds no records"),
+            BodyError::TooManyRecords(max) => write!(f, "batch holds more than {max} records"),
+            BodyError::Field { index, field, problem } => match problem {
+                Problem::Missing => write!(f, "record {index}: field `{field}` is required"),
+                Problem::WrongType(t) => write!(f, "record {index}: field `{field}` must be {t}"),
+                Problem::Invalid(what) => write!(f, "record {index}: field `{field}` must be {what}"),
+                Problem::TooLong(max) => write!(f, "record {index}: field `{field}` is longer than {max} bytes"),
+            },
+            BodyError::GameMismatch { index } => {
+                write!(f, "record {index}: `game_id` differs from the game of the credential")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Checks nesting depth without parsing, skipping string contents.
+pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), BodyError> {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(BodyError::TooDeep(max_depth));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse<'a>(body: &'a mut [u8], limits: &Limits) -> Result<BorrowedValue<'a>, BodyError> {
+    check_depth(body, limits.max_depth)?;
+    simd_json::to_borrowed_value(body).map_err(|e| match e.error() {
+        simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
+        _ => BodyError::Malformed(e.to_string()),
+    })
+}
+
+fn records<'v, 'a>(root: &'v BorrowedValue<'a>, limits: &Limits) -> Result<&'v [BorrowedValue<'a>], BodyError> {
+    let arr = match root.as_array() {
+        Some(a) => a,
+        None => root.get("events").and_then(|v| v.as_array()).ok_or(BodyError::NotABatch)?,
+    };
+    if arr.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    if arr.len() > limits.max_records {
+        return Err(BodyError::TooManyRecords(limits.max_records));
+    }
+    Ok(arr.as_slice())
+}
+
+/// Field accessor for one record, carrying its index for error reports.
+struct Rec<'v, 'a> {
+    index: usize,
+    obj: &'v BorrowedValue<'a>,
+    limits: &'v Limits,
+}
+
+impl<'v, 'a> Rec<'v, 'a> {
+    fn new(index: usize, obj: &'v BorrowedValue<'a>, limits: &'v Limits) -> Result<Self, BodyError> {
+        if obj.as_object().is_none() {
+            return Err(BodyError::Field { index, field: "record", problem: Problem::WrongType("an object") });
+        }
+        Ok(Rec { index, obj, limits })
+    }
+
+    fn err(&self, field: &'static str, problem: Problem) -> BodyError {
+        BodyError::Field { index: self.index, field, problem }
+    }
+
+    fn get(&self, field: &str) -> Option<&'v BorrowedValue<'a>> {
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    fn opt_str(&self, field: &'static str) -> Result<&'v str, BodyError> {
+        match self.get(field) {
+            None => Ok(""),
+            Some(v) => {
+                let s = v.as_str().ok_or_else(|| self.err(field, Problem::WrongType("a string")))?;
+                if s.len() > self.limits.max_field_bytes {
+                    return Err(self.err(field, Problem::TooLong(self.limits.max_field_bytes)));
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    fn req_str(&self, field: &'static str) -> Result<&'v str, BodyError> {
+        let s = self.opt_str(field)?;
+        if s.is_empty() {
+            return Err(self.err(field, Problem::Missing));
+        }
+        Ok(s)
+    }
+
+    fn game(&self, game: &str) -> Result<String, BodyError> {
+        let g = self.req_str("game_id")?;
+        if g != game {
+            return Err(BodyError::GameMismatch { index: self.index });
+        }
+        Ok(g.to_owned())
+    }
+
+    fn ts(&self) -> Result<i64, BodyError> {
+        let v = self.get("ts").ok_or_else(|| self.err("ts", Problem::Missing))?;
+        let r = if let Some(s) = v.as_str() {
+            timestamp::parse_str(s)
+        } else if let Some(i) = v.as_i64() {
+            timestamp::from_unix_int(i)
+        } else if let Some(f) = v.as_f64() {
+            timestamp::from_unix_float(f)
+        } else {
+            return Err(self.err("ts", Problem::WrongType("a string or a number")));
+        };
+        r.map_err(|e| match e {
+            TimestampError::Format => self.err(
+                "ts",
+                Problem::Invalid("RFC 3339, `YYYY-MM-DD HH:MM:SS` or unix seconds/milliseconds"),
+            ),
+            TimestampError::OutOfRange => self.err("ts", Problem::Invalid("a time between 2000 and 2100")),
+        })
+    }
+
+    fn country(&self) -> Result<String, BodyError> {
+        let c = self.opt_str("country")?;
+        if c.is_empty() {
+            return Ok(String::new());
+        }
+        let code = country::normalize(c).ok_or_else(|| self.err("country", Problem::Invalid("an ISO-3166 alpha-2 code")))?;
+        Ok(String::from_utf8_lossy(&code).into_owned())
+    }
+}
+
+/// Validates a body of game events for `game`.
+///
+/// Events of the standard taxonomy are appended to `events`, the others to `custom`.
+/// Events without `event_id` get one from `new_id`.
+pub fn parse_events(
+    body: &mut [u8],
+    game: &str,
+    limits: &Limits,
+    new_id: &mut dyn FnMut() -> [u8; 16],
+    events: &mut Vec<Event>,
+    custom: &mut Vec<Event>,
+) -> Result<(), BodyError> {
+    let root = parse(body, limits)?;
+    for (index, v) in records(&root, limits)?.iter().enumerate() {
+        let r = Rec::new(index, v, limits)?;
+        let name = r.req_str("event")?;
+        if name.len() > 128 {
+            return Err(r.err("event", Problem::TooLong(128)));
+        }
+        let event_id = match r.opt_str("event_id")? {
+            "" => new_id(),
+            s => *uuid::Uuid::try_parse(s)
+                .map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?
+                .as_bytes(),
+        };
+        let props = match r.get("props") {
+            None => String::from("{}"),
+            Some(p) if p.as_object().is_some() => {
+                let text = p.encode();
+                if text.len() > limits.max_props_bytes {
+                    return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
+                }
+                text
+            }
+            Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
+        };
+        let e = Event {
+            ts_ms: r.ts()?,
+            game_id: r.game(game)?,
+            env: r.req_str("env")?.to_owned(),
+            event: name.to_owned(),
+            user_id: r.opt_str("user_id")?.to_owned(),
+            session_id: r.opt_str("session_id")?.to_owned(),
+            device_id: r.opt_str("device_id")?.to_owned(),
+            channel: r.opt_str("channel")?.to_owned(),
+            platform: r.opt_str("platform")?.to_owned(),
+            country: r.country()?,
+            app_version: r.opt_str("app_version")?.to_owned(),
+            event_id,
+            props,
+        };
+        match route_event(name) {
+            StreamKind::Events => events.push(e),
+            _ => custom.push(e),
+        }
+    }
+    Ok(())
+}
+
+/// Validates a body of payments for `game`, appending them to `out`.
+pub fn parse_payments(body: &mut [u8], game: &str, limits: &Limits, out: &mut Vec<Payment>) -> Result<(), BodyError> {
+    let root = parse(body, limits)?;
+    for (index, v) in records(&root, limits)?.iter().enumerate() {
+        let r = Rec::new(index, v, limits)?;
+        let amount = r.get("amount_cents").ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
+        let amount_cents = match (amount.as_u64(), amount.as_i64(), amount.as_f64()) {
+            (Some(a), _, _) if a > 0 => a,
+            (Some(_), _, _) | (None, Some(_), _) => {
+                return Err(r.err("amount_cents", Problem::Invalid("an integer greater than 0")))
+            }
+            (None, None, Some(_)) => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
+            _ => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
+        };
+        let currency = r.req_str("currency")?;
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(r.err("currency", Problem::Invalid("three upper-case letters (ISO 4217)")));
+        }
+        let status = PaymentStatus::parse(r.req_str("status")?)
+            .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
+        out.push(Payment {
+            ts_ms: r.ts()?,
+            game_id: r.game(game)?,
+            env: r.req_str("env")?.to_owned(),
+            user_id: r.req_str("user_id")?.to_owned(),
+            order_id: r.req_str("order_id")?.to_owned(),
+            amount_cents,
+            currency: currency.to_owned(),
+            status,
+            channel: r.opt_str("channel")?.to_owned(),
+            platform: r.opt_str("platform")?.to_owned(),
+            country: r.country()?,
+            region: r.opt_str("region")?.to_owned(),
+            city: r.opt_str("city")?.to_owned(),
+            product_id: r.opt_str("product_id")?.to_owned(),
+            reason: r.opt_str("reason")?.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(body: &str) -> Result<(Vec<Event>, Vec<Event>), BodyError> {
+        let mut buf = body.as_bytes().to_vec();
+        let (mut e, mut c) = (Vec::new(), Vec::new());
+        let mut n = 0u8;
+        let mut id = || {
+            n += 1;
+            [n; 16]
+        };
+        parse_events(&mut buf, "g1", &Limits::default(), &mut id, &mut e, &mut c)?;
+        Ok((e, c))
+    }
+
+    fn field_err(r: Result<(Vec<Event>, Vec<Event>), BodyError>) -> (usize, &'static str, Problem) {
+        match r {
+            Err(BodyError::Field { index, field, problem }) => (index, field, problem),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_event_is_kept_field_by_field() {
+        let (e, c) = events(
+            r#"[{"ts":"2026-11-25T14:42:29Z","game_id":"g1","env":"prod","event":"login","user_id":"u1",
+            "session_id":"s1","device_id":"d1","channel":"appstore","platform":"ios","country":"us",
+            "app_version":"1.2.3","event_id":"6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03","props":{"a":[1,2],"b":"x"}}]"#,
+        )
+        .expect("valid");
+        assert!(c.is_empty());
+        let e = &e[0];
+        assert_eq!(e.ts_ms, 1_795_617_749_000);
+        assert_eq!((e.game_id.as_str(), e.env.as_str(), e.event.as_str()), ("g1", "prod", "login"));
+        assert_eq!((e.user_id.as_str(), e.session_id.as_str(), e.device_id.as_str()), ("u1", "s1", "d1"));
+        assert_eq!((e.channel.as_str(), e.platform.as_str(), e.country.as_str()), ("appstore", "ios", "US"));
+        assert_eq!(e.app_version, "1.2.3");
+        assert_eq!(uuid::Uuid::from_bytes(e.event_id).to_string(), "6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03");
+        let mut props_text = e.props.clone().into_bytes();
+        let props: BorrowedValue = simd_json::to_borrowed_value(&mut props_text).expect("props json");
+        assert_eq!(props.get("b").and_then(|v| v.as_str()), Some("x"));
+    }
+
+    #[test]
+    fn routes_custom_events_and_assigns_missing_ids() {
+        let (e, c) = events(
+            r#"{"events":[{"ts":1795617749,"game_id":"g1","env":"prod","event":"boss_killed"},
+            {"ts":"1795617749000","game_id":"g1","env":"prod","event":"session.start"}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.len(), 1);
+        assert_eq!(e.len(), 1);
+        assert_eq!(c[0].event_id, [1; 16]);
+        assert_eq!(e[0].event_id, [2; 16]);
+        assert_eq!(c[0].props, "{}");
+    }
+
+    #[test]
+    fn reports_index_and_field() {
+        let ok = r#"{"ts":1795617749,"game_id":"g1","env":"prod","event":"login"}"#;
+        let cases = [
+            (r#"{"game_id":"g1","env":"prod","event":"login"}"#, "ts", Problem::Missing),
+            (r#"{"ts":true,"game_id":"g1","env":"prod","event":"login"}"#, "ts", Problem::WrongType("a string or a number")),
+            (r#"{"ts":1795617749,"game_id":"g1","env":"prod"}"#, "event", Problem::Missing),
+            (r#"{"ts":1795617749,"game_id":"g1","env":5,"event":"login"}"#, "env", Problem::WrongType("a string")),
+            (r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","country":"XX"}"#, "country", Problem::Invalid("an ISO-3166 alpha-2 code")),
+            (r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","event_id":"nope"}"#, "event_id", Problem::Invalid("a UUID")),
+            (r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","props":[1]}"#, "props", Problem::WrongType("an object")),
+        ];
+        for (bad, field, problem) in cases {
+            let body = format!("[{ok},{bad}]");
+            assert_eq!(field_err(events(&body)), (1, field, problem), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refuses_other_games_and_bad_shapes() {
+        assert_eq!(
+            events(r#"[{"ts":1795617749,"game_id":"g2","env":"prod","event":"login"}]"#),
+            Err(BodyError::GameMismatch { index: 0 })
+        );
+        assert_eq!(events("[]"), Err(BodyError::Empty));
+        assert_eq!(events(r#"{"x":1}"#), Err(BodyError::NotABatch));
+        assert!(matches!(events("[{"), Err(BodyError::Malformed(_))));
+        assert_eq!(field_err(events("[1]")).1, "record");
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(events(&deep), Err(BodyError::TooDeep(16)));
+        // Brackets inside strings do not count as nesting.
+        assert!(check_depth(br#"["[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"[["]"#, 2).is_ok());
+    }
+
+    #[test]
+    fn refuses_invalid_utf8() {
+        let mut buf = b"[{\"ts\":1795617749,\"game_id\":\"g1\",\"env\":\"\xff\",\"event\":\"login\"}]".to_vec();
+        let r = parse_events(&mut buf, "g1", &Limits::default(), &mut || [0; 16], &mut Vec::new(), &mut Vec::new());
+        assert_eq!(r, Err(BodyError::InvalidUtf8));
+    }
+
+    #[test]
+    fn payments_are_validated() {
+        let run = |body: &str| {
+            let mut out = Vec::new();
+            let mut buf = body.as_bytes().to_vec();
+            parse_payments(&mut buf, "g1", &Limits::default(), &mut out).map(|_| out)
+        };
+        let p = run(r#"[{"ts":"2026-11-25 14:42:29","game_id":"g1","env":"prod","user_id":"u","order_id":"o1",
+            "amount_cents":499,"currency":"EUR","status":"refunded","region":"eu","reason":"chargeback"}]"#)
+        .expect("valid");
+        assert_eq!(p[0].amount_cents, 499);
+        assert_eq!(p[0].status, PaymentStatus::Refunded);
+        assert_eq!((p[0].region.as_str(), p[0].reason.as_str()), ("eu", "chargeback"));
+        let base = r#""ts":1795617749,"game_id":"g1","env":"prod","user_id":"u","order_id":"o1""#;
+        for (tail, field) in [
+            (r#""amount_cents":0,"currency":"EUR","status":"success""#, "amount_cents"),
+            (r#""amount_cents":-3,"currency":"EUR","status":"success""#, "amount_cents"),
+            (r#""amount_cents":1.5,"currency":"EUR","status":"success""#, "amount_cents"),
+            (r#""amount_cents":"100","currency":"EUR","status":"success""#, "amount_cents"),
+            (r#""amount_cents":100,"currency":"eur","status":"success""#, "currency"),
+            (r#""amount_cents":100,"currency":"EURO","status":"success""#, "currency"),
+            (r#""amount_cents":100,"currency":"EUR","status":"ok""#, "status"),
+        ] {
+            match run(&format!("[{{{base},{tail}}}]")) {
+                Err(BodyError::Field { field: f, .. }) => assert_eq!(f, field, "{tail}"),
+                other => panic!("{tail}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Configuration: one TOML file plus `CROUPIER_*` environment overrides.
+//!
+//! An override names a key by its path, sections separated by a double underscore:
+//! `CROUPIER_SERVER__LISTEN=0.0.0.0:9000`, `CROUPIER_GAMES__mygame__SECRET=...`. Section
+//! and key names are case-insensitive; game ids are kept as written. The value is read
+//! as a TOML value when it parses as one (`8`, `true`, `[0, 1]`), else as a string.
+//!
+//! Unknown keys and bad values fail the load, naming the key's path and what was
+//! expected.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable prefix of overrides.
+pub const ENV_PREFIX: &str = "CROUPIER_";
+/// Environment variable naming the config file (not an override).
+pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
+
+/// A configuration could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Path of the offending key (`server.listen`), or the file.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+/// Which io driver the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// io_uring when the kernel (and seccomp) allows it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring; fails at start if unavailable.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// `[server]`: the HTTP ingest listener and the shards.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Listen address, shared by all shards with SO_REUSEPORT.
+    pub listen: String,
+    /// Number of data shards; 0 means one per available core.
+    pub shards: usize,
+    /// Cores to pin shards to, in shard order; empty means cores 0, 1, ...
+    pub cores: Vec<usize>,
+    /// Pin shards to cores.
+    pub pin: bool,
+    /// io driver.
+    pub driver: Driver,
+    /// Largest request body as sent, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest request body after gzip decompression, in bytes.
+    pub max_decompressed_bytes: usize,
+    /// Most records in one request.
+    pub max_records: usize,
+    /// Time allowed to receive a request's head and body (408 past it), milliseconds.
+    pub read_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this long, milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "0.0.0.0:8080".into(),
+            shards: 0,
+            cores: Vec::new(),
+            pin: true,
+            driver: Driver::Auto,
+            max_body_bytes: 10 << 20,
+            max_decompressed_bytes: 10 << 20,
+            max_records: 10_000,
+            read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// `[auth]`: request signatures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Largest accepted difference between `X-Timestamp` and the server's clock.
+    pub max_skew_secs: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { max_skew_secs: 300 }
+    }
+}
+
+/// `[redis]`: the stream server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Redis {
+    /// `host:port` of redis-server.
+    pub addr: String,
+    /// Connect timeout, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A request waiting longer than this for Redis gets 503, milliseconds.
+    pub reply_timeout_ms: u64,
+    /// How often each shard reads the consumer group's backlog, milliseconds.
+    pub backlog_poll_ms: u64,
+    /// `Retry-After` sent with 503, seconds.
+    pub retry_after_secs: u64,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            addr: "127.0.0.1:6379".into(),
+            connect_timeout_ms: 1_000,
+            reply_timeout_ms: 5_000,
+            backlog_poll_ms: 100,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// Retention and high-water mark of one stream, in events.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamLimits {
+    /// Events kept in the stream (`MAXLEN ~`, converted to entries).
+    pub retention_events: u64,
+    /// Ingest refuses (503) once the group's backlog reaches this many events.
+    pub high_water_events: u64,
+}
+
+/// `[streams]`: retention and backpressure.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Streams {
+    /// Events per batch entry assumed when converting event counts to entries.
+    pub batch_events: u64,
+    /// `analytics:events`.
+    pub events: StreamLimits,
+    /// `analytics:custom`.
+    pub custom: StreamLimits,
+    /// `analytics:payments`.
+    pub payments: StreamLimits,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            batch_events: 100,
+            events: StreamLimits { retention_events: 1_000_000, high_water_events: 800_000 },
+            custom: StreamLimits { retention_events: 500_000, high_water_events: 400_000 },
+            payments: StreamLimits { retention_events: 100_000, high_water_events: 80_000 },
+        }
+    }
+}
+
+impl Streams {
+    /// `MAXLEN` and high-water mark of a stream, in entries.
+    pub fn entries(&self, limits: StreamLimits) -> (u64, u64) {
+        let per = self.batch_events.max(1);
+        (limits.retention_events.div_ceil(per), limits.high_water_events.div_ceil(per))
+    }
+}
+
+/// `[games.<id>]`: one game allowed to ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Game {
+    /// The HMAC secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the HMAC secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Events per second this game may send (whole process); 0 is unlimited.
+    #[serde(default)]
+    pub rate_limit_eps: u64,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP listener and shards.
+    pub server: Server,
+    /// Request signatures.
+    pub auth: Auth,
+    /// Redis.
+    pub redis: Redis,
+    /// Streams.
+    pub streams: Streams,
+    /// Games by id.
+    pub games: BTreeMap<String, Game>,
+}
+
+impl Config {
+    /// Loads `path` (or defaults when `None`), applies `CROUPIER_*` overrides from `env`,
+    /// reads secret files and checks the result.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| err(p.display().to_string(), e.to_string()))?;
+                text.parse::<toml::Table>().map_err(|e| err(p.display().to_string(), e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if name == ENV_CONFIG_PATH {
+                continue;
+            }
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut root, rest, &value)?;
+            }
+        }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
+        config.resolve_secrets()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let root = text.parse::<toml::Table>().map_err(|e| err("<toml>", e.to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
+        config.resolve_secrets()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        for (id, game) in &mut self.games {
+            let key = format!("games.{id}");
+            match (&game.secret, &game.secret_file) {
+                (Some(_), Some(_)) => return Err(err(key, "set `secret` or `secret_file`, not both")),
+                (None, None) => return Err(err(key, "needs `secret` or `secret_file`")),
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| err(format!("{key}.secret_file"), format!("{}: {e}", file.display())))?;
+                    game.secret = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+                }
+                (Some(_), None) => {}
+            }
+            if game.secret.as_deref().is_some_and(str::is_empty) {
+                return Err(err(format!("{key}.secret"), "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err("server.listen", "expected an address like 0.0.0.0:8080"));
+        }
+        if self.server.max_body_bytes == 0 || self.server.max_decompressed_bytes == 0 {
+            return Err(err("server.max_body_bytes", "expected a size greater than 0"));
+        }
+        if self.server.max_records == 0 {
+            return Err(err("server.max_records", "expected a count greater than 0"));
+        }
+        if self.streams.batch_events == 0 {
+            return Err(err("streams.batch_events", "expected a count greater than 0"));
+        }
+        for (name, l) in
+            [("events", self.streams.events), ("custom", self.streams.custom), ("payments", self.streams.payments)]
+        {
+            let (maxlen, high) = self.streams.entries(l);
+            if high == 0 || high >= maxlen {
+                return Err(err(
+                    format!("streams.{name}.high_water_events"),
+                    format!(
+                        "expected a mark above 0 and below the retention ({} events), so trimming never \
+                         deletes what the consumer group has not read",
+                        l.retention_events
+                    ),
+                ));
+            }
+        }
+        for (id, _) in &self.games {
+            if id.is_empty() || id.len() > 64 {
+                return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of data shards, resolving 0 to the number of available cores.
+    pub fn shard_count(&self) -> usize {
+        if self.server.shards > 0 {
+            self.server.shards
+        } else {
+            std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+        }
+    }
+}
+
+fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<(), ConfigError> {
+    let segments: Vec<&str> = rest.split("__").collect();
+    let mut path: Vec<String> = Vec::with_capacity(segments.len());
+    for (i, s) in segments.iter().enumerate() {
+        if s.is_empty() {
+            return Err(err(format!("{ENV_PREFIX}{rest}"), "empty key segment"));
+        }
+        let keep_case = i == 1 && path.first().is_some_and(|p| p == "games");
+        path.push(if keep_case { (*s).to_owned() } else { s.to_ascii_lowercase() });
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let Some((last, parents)) = path.split_last() else {
+        return Err(err(format!("{ENV_PREFIX}{rest}"), "empty key"));
+    };
+    let mut table = root;
+    for p in parents {
+        let entry = table.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| err(path.join("."), format!("`{p}` is not a section")))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::load(None, env(&[])).expect("defaults");
+        assert_eq!(c.server.max_body_bytes, 10 << 20);
+        assert_eq!(c.auth.max_skew_secs, 300);
+        assert_eq!(c.streams.entries(c.streams.events), (10_000, 8_000));
+        assert_eq!(c.streams.entries(c.streams.payments), (1_000, 800));
+    }
+
+    #[test]
+    fn file_and_environment_combine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").expect("write");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!("[server]\nlisten = \"127.0.0.1:1\"\n[games.Alpha]\nsecret_file = {:?}\n", secret.display().to_string()),
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("CROUPIER_SERVER__LISTEN", "127.0.0.1:9000"),
+                ("CROUPIER_SERVER__SHARDS", "3"),
+                ("CROUPIER_SERVER__DRIVER", "epoll"),
+                ("CROUPIER_GAMES__Beta__SECRET", "b"),
+                ("CROUPIER_CONFIG", "ignored"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.shard_count(), 3);
+        assert_eq!(c.server.driver, Driver::Epoll);
+        assert_eq!(c.games["Alpha"].secret.as_deref(), Some("from-file"));
+        assert_eq!(c.games["Beta"].secret.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::from_toml("[server]\nlisen = \"x\"\n").expect_err("unknown key");
+        assert_eq!(e.key, "server.lisen");
+        assert!(e.message.contains("lisen"), "{e}");
+        let e = Config::from_toml("[server]\nshards = \"two\"\n").expect_err("bad type");
+        assert_eq!(e.key, "server.shards");
+        let e = Config::from_toml("[server]\ndriver = \"kqueue\"\n").expect_err("bad enum");
+        assert_eq!(e.key, "server.driver");
+        let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n").expect_err("bad addr");
+        assert_eq!(e.key, "server.listen");
+        let e = Config::from_toml("[streams.events]\nretention_events = 1000\nhigh_water_events = 1000\n")
+            .expect_err("mark at retention");
+        assert_eq!(e.key, "streams.events.high_water_events");
+        let e = Config::from_toml("[games.g]\n").expect_err("no secret");
+        assert_eq!(e.key, "games.g");
+        let e = Config::load(None, env(&[("CROUPIER_REDIS__ADR", "x")])).expect_err("unknown env key");
+        assert!(e.message.contains("adr"), "{e}");
+    }
+}

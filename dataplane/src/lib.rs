@@ -1,1 +1,108 @@
+//! The thread-per-core data plane of Croupier Analytics.
+//!
+//! [`start`] binds the shared listening port once per shard (SO_REUSEPORT), then starts
+//! one thread per shard, each with its own monoio runtime ([`runtime`]) pinned to a core
+//! and its own [`shard::Shard`]. The returned [`Handle`] stops them gracefully.
 
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod ratelimit;
+pub mod redis;
+pub mod runtime;
+pub mod shard;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use croupier_control::config::Config;
+
+pub use runtime::ActiveDriver;
+
+/// A running ingest data plane.
+#[derive(Debug)]
+pub struct Handle {
+    addr: SocketAddr,
+    driver: ActiveDriver,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// The address the shards listen on (the resolved port when `:0` was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The io driver the shards run on.
+    pub fn driver(&self) -> ActiveDriver {
+        self.driver
+    }
+
+    /// Stops accepting, lets requests in flight finish, and waits for the shards.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Starts the ingest shards.
+pub fn start(config: Config) -> Result<Handle, String> {
+    let driver = runtime::resolve(config.server.driver)?;
+    let shards = config.shard_count();
+    let listen: SocketAddr = config.server.listen.parse().map_err(|e| format!("server.listen: {e}"))?;
+    let first = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    }
+    let config = Arc::new(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(shards);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let config = config.clone();
+        let stop = stop.clone();
+        let core = config.server.cores.get(id).copied().unwrap_or(id);
+        let pin = config.server.pin;
+        let t = std::thread::Builder::new()
+            .name(format!("croupier-shard-{id}"))
+            .spawn(move || {
+                if pin && !runtime::pin(core) {
+                    eprintln!("croupier: shard {id}: could not pin to core {core}; running unpinned");
+                }
+                if let Err(e) = runtime::block_on(driver, shard::run(id, config, listener, stop)) {
+                    eprintln!("croupier: shard {id}: runtime: {e}");
+                }
+            })
+            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+        threads.push(t);
+    }
+    Ok(Handle { addr, driver, stop, threads })
+}

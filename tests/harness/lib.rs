@@ -1,1 +1,43 @@
+//! The local-services test harness: real `redis-server` (and later `clickhouse-server`)
+//! processes on free loopback ports in temporary directories, stopped when dropped, even
+//! when a test fails; plus byte-level HTTP and RESP clients over real TCP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod http;
+pub mod redis;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+/// A free loopback TCP port (bound once, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
+}
+
+/// Finds `binary` on PATH (or in /usr/sbin, /usr/bin), or panics naming the Debian
+/// package that provides it.
+pub fn require_binary(binary: &str, package: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()]);
+    for d in dirs {
+        let p = d.join(binary);
+        if is_executable(&p) {
+            return p;
+        }
+    }
+    panic!("`{binary}` not found: install the Debian package `{package}` (apt-get install {package}), or run .ci/run");
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Runs a command to completion and returns its stdout, panicking with its stderr on failure.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,91 @@
+//! Per-game request authentication (DESIGN §4): headers, clock skew, signature.
+//!
+//! The nonce's freshness is checked in Redis, atomically with the append
+//! (`croupier_protocol::resp::INGEST_SCRIPT`).
+
+use croupier_protocol::signature;
+
+use crate::error::IngestError;
+use crate::http::request::Head;
+
+/// Longest accepted `X-Nonce`.
+pub const MAX_NONCE_BYTES: usize = 128;
+
+/// The credential headers of a request whose game is known and whose timestamp is fresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential<'h> {
+    /// The game (from `X-Game-Id`), a configured one.
+    pub game: &'h str,
+    /// `X-Timestamp` as sent.
+    pub timestamp: &'h str,
+    /// `X-Nonce` as sent.
+    pub nonce: &'h str,
+    /// `X-Signature` as sent.
+    pub signature: &'h str,
+}
+
+/// Checks the credential headers of `head`; `known` says whether a game id is configured.
+pub fn check_headers<'h>(
+    head: &'h Head,
+    known: impl Fn(&str) -> bool,
+    now_secs: i64,
+    max_skew_secs: u64,
+) -> Result<Credential<'h>, IngestError> {
+    let game = head.game_id.as_deref().filter(|g| !g.is_empty()).ok_or(IngestError::MissingCredentials("X-Game-Id"))?;
+    if !known(game) {
+        return Err(IngestError::UnknownGame);
+    }
+    let timestamp = head.timestamp.as_deref().ok_or(IngestError::MissingCredentials("X-Timestamp"))?;
+    let ts: i64 = timestamp.parse().map_err(|_| IngestError::MissingCredentials("X-Timestamp"))?;
+    if ts.abs_diff(now_secs) > max_skew_secs {
+        return Err(IngestError::StaleTimestamp { max_skew_secs });
+    }
+    let nonce = head
+        .nonce
+        .as_deref()
+        .filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_BYTES && n.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(IngestError::MissingCredentials("X-Nonce"))?;
+    let signature = head.signature.as_deref().filter(|s| !s.is_empty()).ok_or(IngestError::MissingCredentials("X-Signature"))?;
+    Ok(Credential { game, timestamp, nonce, signature })
+}
+
+/// Verifies the signature over `body` in constant time.
+pub fn verify(secret: &[u8], cred: &Credential<'_>, body: &[u8]) -> bool {
+    signature::verify(secret, cred.timestamp, cred.nonce, body, cred.signature)
+}
+
+/// The Redis key remembering a used nonce.
+pub fn nonce_key(game: &str, nonce: &str) -> String {
+    format!("croupier:nonce:{game}:{nonce}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::parse;
+
+    fn head(extra: &str) -> Head {
+        let raw = format!("POST /api/ingest/events HTTP/1.1\r\n{extra}\r\n");
+        parse(raw.as_bytes()).expect("valid").expect("complete")
+    }
+
+    #[test]
+    fn headers_are_checked_in_order() {
+        let known = |g: &str| g == "g1";
+        let now = 1_795_617_749;
+        let ok = head("X-Game-Id: g1\r\nX-Timestamp: 1795617700\r\nX-Nonce: abc\r\nX-Signature: s\r\n");
+        assert!(check_headers(&ok, known, now, 300).is_ok());
+        let cases = [
+            ("", IngestError::MissingCredentials("X-Game-Id")),
+            ("X-Game-Id: g2\r\n", IngestError::UnknownGame),
+            ("X-Game-Id: g1\r\n", IngestError::MissingCredentials("X-Timestamp")),
+            ("X-Game-Id: g1\r\nX-Timestamp: soon\r\n", IngestError::MissingCredentials("X-Timestamp")),
+            ("X-Game-Id: g1\r\nX-Timestamp: 1795617000\r\n", IngestError::StaleTimestamp { max_skew_secs: 300 }),
+            ("X-Game-Id: g1\r\nX-Timestamp: 1795617749\r\nX-Nonce: a b\r\n", IngestError::MissingCredentials("X-Nonce")),
+            ("X-Game-Id: g1\r\nX-Timestamp: 1795617749\r\nX-Nonce: ab\r\n", IngestError::MissingCredentials("X-Signature")),
+        ];
+        for (h, want) in cases {
+            assert_eq!(check_headers(&head(h), known, now, 300), Err(want), "{h}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! One HTTP/1.1 connection: keep-alive request loop, routing, timeouts.
+//!
+//! An idle connection is closed after `idle_timeout_ms`; a request whose head and body do
+//! not arrive within `read_timeout_ms` of its first byte gets 408 and the connection is
+//! closed. After a refusal the connection stays open when the request's body could be
+//! read past (it is read and discarded); otherwise the response says `Connection: close`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use super::body;
+use super::read::{read_some, ReadError};
+use super::request::{self, BodyFraming, Head, Method};
+use super::response::{self, Response};
+use crate::error::IngestError;
+use crate::ingest::{self, Endpoint};
+use crate::shard::Shard;
+
+/// Buffers reused across the requests of one connection.
+#[derive(Default)]
+struct Buffers {
+    input: Vec<u8>,
+    body: Vec<u8>,
+    scratch: Vec<u8>,
+    output: Vec<u8>,
+}
+
+/// Serves requests on `stream` until the peer closes, a timeout, or a fatal error.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let read_timeout = Duration::from_millis(shard.config.server.read_timeout_ms);
+    let idle_timeout = Duration::from_millis(shard.config.server.idle_timeout_ms);
+    let mut b = Buffers { input: Vec::with_capacity(16 * 1024), ..Buffers::default() };
+    loop {
+        let mut started = (!b.input.is_empty()).then(Instant::now);
+        let head = loop {
+            match request::parse(&b.input) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = write(&mut stream, &mut b.output, error_response(&e, true)).await;
+                    return;
+                }
+            }
+            let deadline = match started {
+                Some(t) => t + read_timeout,
+                None => Instant::now() + idle_timeout,
+            };
+            match read_some(&mut stream, &mut b.input, deadline).await {
+                Ok(_) => {
+                    started.get_or_insert_with(Instant::now);
+                }
+                Err(ReadError::Timeout) if started.is_some() => {
+                    let _ = write(&mut stream, &mut b.output, error_response(&IngestError::RequestTimeout, true))
+                        .await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        };
+        let deadline = started.unwrap_or_else(Instant::now) + read_timeout;
+        b.input.drain(..head.len);
+        shard.inflight.set(shard.inflight.get() + 1);
+        let mut resp = respond(&shard, &head, &mut stream, &mut b, deadline).await;
+        shard.inflight.set(shard.inflight.get() - 1);
+        resp.close |= !head.keep_alive;
+        resp.head_only = head.method == Method::Head;
+        let close = resp.close;
+        if write(&mut stream, &mut b.output, resp).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, out: &mut Vec<u8>, resp: Response) -> std::io::Result<()> {
+    out.clear();
+    resp.encode(out);
+    let (res, buf) = stream.write_all(std::mem::take(out)).await;
+    *out = buf;
+    res.map(|_| ())
+}
+
+fn error_response(e: &IngestError, close: bool) -> Response {
+    let mut r = Response::json(e.status(), e.body());
+    r.retry_after = e.retry_after();
+    if let IngestError::MethodNotAllowed { allow } = e {
+        r.allow = Some(allow);
+    }
+    r.close = close || e.closes_connection();
+    r
+}
+
+/// What a path leads to.
+enum Route {
+    Ingest(Endpoint),
+    Health,
+    Ready,
+}
+
+fn route(head: &Head) -> Result<Route, IngestError> {
+    let (route, allow) = match head.path.as_str() {
+        "/api/ingest/events" => (Route::Ingest(Endpoint::Events), "POST"),
+        "/api/ingest/payments" => (Route::Ingest(Endpoint::Payments), "POST"),
+        "/healthz" => (Route::Health, "GET, HEAD"),
+        "/readyz" => (Route::Ready, "GET, HEAD"),
+        _ => return Err(IngestError::NotFound),
+    };
+    let ok = match route {
+        Route::Ingest(_) => head.method == Method::Post,
+        Route::Health | Route::Ready => matches!(head.method, Method::Get | Method::Head),
+    };
+    if ok {
+        Ok(route)
+    } else {
+        Err(IngestError::MethodNotAllowed { allow })
+    }
+}
+
+async fn respond(shard: &Shard, head: &Head, stream: &mut TcpStream, b: &mut Buffers, deadline: Instant) -> Response {
+    let limit = shard.config.server.max_body_bytes;
+    let refuse = |e: IngestError| error_response(&e, false);
+    let route = match route(head) {
+        Ok(r) => r,
+        Err(e) => return finish_refusal(stream, head, b, limit, deadline, e).await,
+    };
+    match route {
+        Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
+        Route::Ready => {
+            if !shard.redis.is_up() {
+                let mut r = Response::json(503, r#"{"error":"redis_unavailable","ready":false}"#.into());
+                r.retry_after = Some(shard.config.redis.retry_after_secs);
+                r
+            } else if !shard.backlog.all_admit() {
+                let mut r = Response::json(503, r#"{"error":"backlog_full","ready":false}"#.into());
+                r.retry_after = Some(shard.config.redis.retry_after_secs);
+                r
+            } else {
+                Response::json(200, r#"{"status":"ready","ready":true}"#.into())
+            }
+        }
+        Route::Ingest(endpoint) => {
+            let (cred, encoding) = match ingest::precheck(shard, head) {
+                Ok(c) => c,
+                Err(e) => return finish_refusal(stream, head, b, limit, deadline, e).await,
+            };
+            if head.expect_continue && head.framing != BodyFraming::None {
+                let (res, _) = stream.write_all(response::CONTINUE).await;
+                if res.is_err() {
+                    let mut r = refuse(IngestError::BadRequest("connection closed"));
+                    r.close = true;
+                    return r;
+                }
+            }
+            if let Err(e) = body::read(stream, &mut b.input, head.framing, limit, deadline, &mut b.body).await {
+                return refuse(e);
+            }
+            match ingest::handle(shard, endpoint, &cred, encoding, &mut b.body, &mut b.scratch).await {
+                Ok(n) => Response::json(202, format!(r#"{{"accepted":{n}}}"#)),
+                Err(e) => refuse(e),
+            }
+        }
+    }
+}
+
+/// Answers `e` to a request whose body has not been read: reads past the body when it can
+/// (keeping the connection), else closes.
+async fn finish_refusal(
+    stream: &mut TcpStream,
+    head: &Head,
+    b: &mut Buffers,
+    limit: usize,
+    deadline: Instant,
+    e: IngestError,
+) -> Response {
+    // A client waiting for `100 Continue` may never send the body: close instead.
+    let must_close = head.expect_continue && head.framing != BodyFraming::None;
+    if !must_close {
+        if let Err(body_err) = body::read(stream, &mut b.input, head.framing, limit, deadline, &mut b.scratch).await {
+            return error_response(&body_err, true);
+        }
+    }
+    error_response(&e, must_close)
+}

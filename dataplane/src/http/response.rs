@@ -1,0 +1,94 @@
+//! Responses: a status line, the few headers the API uses, and a JSON body.
+
+use std::io::Write;
+
+/// Reason phrase of the statuses the server sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// One response, written with [`Response::encode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
+    /// `Retry-After` in seconds.
+    pub retry_after: Option<u64>,
+    /// `Allow` (with 405).
+    pub allow: Option<&'static str>,
+    /// Send `Connection: close` and close after writing.
+    pub close: bool,
+    /// Omit the body (HEAD), keeping its length.
+    pub head_only: bool,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, body: String) -> Response {
+        Response { status, body, retry_after: None, allow: None, close: false, head_only: false }
+    }
+
+    /// Appends the response's bytes to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            self.body.len()
+        );
+        if let Some(s) = self.retry_after {
+            let _ = write!(out, "Retry-After: {s}\r\n");
+        }
+        if let Some(a) = self.allow {
+            let _ = write!(out, "Allow: {a}\r\n");
+        }
+        if self.close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_status_headers_and_body() {
+        let mut r = Response::json(503, r#"{"error":"x"}"#.into());
+        r.retry_after = Some(1);
+        r.close = true;
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\
+Retry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"x\"}"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The shard's Redis side: one pipelined connection ([`connection`]) and the consumer
+//! group's backlog as this shard sees it ([`backlog`]).
+
+pub mod backlog;
+pub mod connection;

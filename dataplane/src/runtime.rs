@@ -1,0 +1,56 @@
+//! Shard threads: one monoio runtime per shard on the configured io driver, pinned to
+//! its core.
+
+use std::future::Future;
+
+use croupier_control::config::Driver;
+
+/// The io driver a shard actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveDriver {
+    /// io_uring.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl ActiveDriver {
+    /// Name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActiveDriver::IoUring => "io_uring",
+            ActiveDriver::Epoll => "epoll",
+        }
+    }
+}
+
+/// Resolves the configured driver: `auto` takes io_uring when the kernel allows it.
+pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
+    let uring = monoio::utils::detect_uring();
+    match driver {
+        Driver::Auto if uring => Ok(ActiveDriver::IoUring),
+        Driver::Auto | Driver::Epoll => Ok(ActiveDriver::Epoll),
+        Driver::IoUring if uring => Ok(ActiveDriver::IoUring),
+        Driver::IoUring => Err("io_uring is not available here (kernel or seccomp); use driver = \"epoll\" or \"auto\"".into()),
+    }
+}
+
+/// Runs `fut` to completion on a new runtime of the given driver (with timers).
+pub fn block_on<F: Future<Output = ()>>(driver: ActiveDriver, fut: F) -> std::io::Result<()> {
+    match driver {
+        ActiveDriver::IoUring => {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build()?.block_on(fut);
+        }
+        ActiveDriver::Epoll => {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?.block_on(fut);
+        }
+    }
+    Ok(())
+}
+
+/// Pins the current thread to `core`, if that core exists.
+pub fn pin(core: usize) -> bool {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
+        .is_some_and(core_affinity::set_for_current)
+}

@@ -1,0 +1,143 @@
+//! A shard: one thread, one core, one monoio runtime. It owns its listener, its Redis
+//! connection, its backlog view, its rate limiters and its id generator; nothing in it is
+//! shared with other shards or locked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use croupier_control::config::Config;
+use croupier_protocol::stream::StreamKind;
+use croupier_protocol::validate::Limits;
+
+use crate::http::conn;
+use crate::ratelimit::TokenBucket;
+use crate::redis::backlog::Backlog;
+use crate::redis::connection::RedisClient;
+
+/// A configured game, as a shard holds it.
+#[derive(Debug)]
+pub struct GameState {
+    /// HMAC secret.
+    pub secret: Vec<u8>,
+    /// This shard's share of the game's rate limit, if it has one.
+    pub bucket: Option<RefCell<TokenBucket>>,
+}
+
+/// Everything a shard's tasks share (through `Rc`, on the shard's thread only).
+pub struct Shard {
+    /// Shard number.
+    pub id: usize,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Games by id.
+    pub games: HashMap<String, GameState>,
+    /// The shard's Redis connection.
+    pub redis: RedisClient,
+    /// The shard's view of the group backlogs.
+    pub backlog: Rc<Backlog>,
+    /// `MAXLEN ~` per stream (indexed by [`StreamKind::index`]), in entries.
+    pub maxlen: [u64; 3],
+    /// Body limits.
+    pub limits: Limits,
+    /// Random source for event ids assigned at ingest.
+    pub rng: RefCell<fastrand::Rng>,
+    /// Requests being handled (for draining at shutdown).
+    pub inflight: Cell<usize>,
+    /// Set when the process is shutting down.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Shard {
+    /// A new random (version 4) event id.
+    pub fn new_event_id(&self) -> [u8; 16] {
+        let mut b = self.rng.borrow_mut().u128(..).to_le_bytes();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        b
+    }
+}
+
+fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
+    let shards = config.shard_count().max(1) as f64;
+    let games = config
+        .games
+        .iter()
+        .map(|(name, g)| {
+            let bucket = (g.rate_limit_eps > 0).then(|| {
+                let rate = g.rate_limit_eps as f64 / shards;
+                RefCell::new(TokenBucket::new(rate, rate))
+            });
+            let secret = g.secret.clone().unwrap_or_default().into_bytes();
+            (name.clone(), GameState { secret, bucket })
+        })
+        .collect();
+    let s = &config.streams;
+    let limits_of = |k: StreamKind| match k {
+        StreamKind::Events => s.entries(s.events),
+        StreamKind::Custom => s.entries(s.custom),
+        StreamKind::Payments => s.entries(s.payments),
+    };
+    let maxlen = StreamKind::ALL.map(|k| limits_of(k).0);
+    let high_water = StreamKind::ALL.map(|k| limits_of(k).1);
+    let redis = RedisClient::spawn(
+        config.redis.addr.clone(),
+        Duration::from_millis(config.redis.connect_timeout_ms),
+        Duration::from_millis(config.redis.reply_timeout_ms),
+    );
+    let backlog = Backlog::new(high_water);
+    monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
+    let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
+    Rc::new(Shard {
+        id,
+        config,
+        games,
+        redis,
+        backlog,
+        maxlen,
+        limits,
+        rng: RefCell::new(fastrand::Rng::new()),
+        inflight: Cell::new(0),
+        stop,
+    })
+}
+
+/// Runs shard `id` on the current thread's runtime until `stop` is set and its requests
+/// have drained.
+pub async fn run(id: usize, config: Arc<Config>, listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
+    let shard = build(id, config, stop.clone());
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("croupier: shard {id}: listener: {e}");
+            return;
+        }
+    };
+    let accept_shard = shard.clone();
+    monoio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if accept_shard.stop.load(Ordering::Relaxed) {
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    monoio::spawn(conn::serve(accept_shard.clone(), stream));
+                }
+                Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    });
+    while !stop.load(Ordering::Relaxed) {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain: requests already being handled finish and get their answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shard.inflight.get() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,188 @@
+//! A real `redis-server` for one test, and a small synchronous RESP client.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_protocol::resp::{self, Frame};
+
+use crate::{free_port, require_binary};
+
+/// A `redis-server` process on a free loopback port, in its own temporary directory.
+/// Dropping it kills the process and removes the directory.
+pub struct RedisServer {
+    /// The port it listens on (kept across restarts).
+    pub port: u16,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with small stream nodes (so `MAXLEN ~` trims at small sizes) and
+    /// no persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--option value` arguments (e.g. `--appendonly yes`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let binary = require_binary("redis-server", "redis-server");
+        let dir = tempfile::Builder::new().prefix("croupier-redis-").tempdir().expect("temp dir");
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            binary,
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(["--stream-node-max-entries", "4", "--protected-mode", "no", "--logfile", "redis.log"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = RedisClient::connect(self.port) {
+                if c.try_cmd(&["PING"]).is_ok_and(|f| f == Frame::SimpleString(b"PONG".to_vec())) {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                panic!("redis-server exited with {status}: {log}");
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer on port {} within 10 s", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> RedisClient {
+        RedisClient::connect(self.port).expect("connect to redis-server")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A synchronous RESP client over TCP, using the project's RESP codec.
+pub struct RedisClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RedisClient {
+    /// Connects to 127.0.0.1:`port`.
+    pub fn connect(port: u16) -> std::io::Result<RedisClient> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(RedisClient { stream, buf: Vec::new() })
+    }
+
+    /// Sends a command; returns the reply or an I/O error.
+    pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Frame> {
+        let mut out = Vec::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+        resp::command(&mut out, &args);
+        self.stream.write_all(&out)?;
+        loop {
+            if let Some((frame, used)) = resp::decode_reply(&self.buf).map_err(std::io::Error::other)? {
+                self.buf.drain(..used);
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a command; panics on I/O errors.
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Frame {
+        self.try_cmd(args).expect("redis command")
+    }
+
+    /// A command whose reply is an integer.
+    pub fn int<A: AsRef<[u8]>>(&mut self, args: &[A]) -> i64 {
+        match self.cmd(args) {
+            Frame::Integer(i) => i,
+            other => panic!("expected an integer, got {other:?}"),
+        }
+    }
+}
+
+/// One stream entry: its id and field/value pairs.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Entry id.
+    pub id: String,
+    /// Fields in order.
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The value of `field`.
+    pub fn get(&self, field: &str) -> Option<&[u8]> {
+        self.fields.iter().find(|(k, _)| k == field).map(|(_, v)| v.as_slice())
+    }
+}
+
+fn bulk(f: &Frame) -> Vec<u8> {
+    match f {
+        Frame::BulkString(b) | Frame::SimpleString(b) => b.clone(),
+        other => panic!("expected a string, got {other:?}"),
+    }
+}
+
+/// Reads a whole stream with `XRANGE key - +`.
+pub fn xrange(c: &mut RedisClient, key: &str) -> Vec<Entry> {
+    let Frame::Array(entries) = c.cmd(&["XRANGE", key, "-", "+"]) else { panic!("XRANGE reply") };
+    entries
+        .iter()
+        .map(|e| {
+            let Frame::Array(parts) = e else { panic!("entry") };
+            let id = String::from_utf8(bulk(&parts[0])).expect("utf8 id");
+            let Frame::Array(kv) = &parts[1] else { panic!("fields") };
+            let fields = kv.chunks(2).map(|p| (String::from_utf8(bulk(&p[0])).expect("utf8 field"), bulk(&p[1]))).collect();
+            Entry { id, fields }
+        })
+        .collect()
+}

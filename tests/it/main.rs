@@ -1,1 +1,8 @@
+//! Integration tests: the data plane against real `redis-server` processes started by
+//! the harness (`croupier_it`), over real TCP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fixture;
+mod ingest;
+mod refusals;

@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
@@ -42,6 +42,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 Ok(None) => {}
                 Err(e) => {
                     let _ = write(&mut stream, &mut b.output, error_response(&e, true)).await;
+                    linger(&mut stream, &mut b.input).await;
                     return;
                 }
             }
@@ -69,11 +70,34 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         resp.close |= !head.keep_alive;
         resp.head_only = head.method == Method::Head;
         let close = resp.close;
-        if write(&mut stream, &mut b.output, resp).await.is_err() || close {
+        if write(&mut stream, &mut b.output, resp).await.is_err() {
+            return;
+        }
+        if close {
+            linger(&mut stream, &mut b.input).await;
             return;
         }
     }
 }
+
+/// Closes after a final response: shuts down the sending side, then reads and discards
+/// what the client still sends (a refused body) for a short while, so the kernel does
+/// not answer it with a reset that could destroy the response before the client reads it.
+async fn linger(stream: &mut TcpStream, scratch: &mut Vec<u8>) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES {
+        scratch.clear();
+        match read_some(stream, scratch, deadline).await {
+            Ok(n) => drained += n,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Most bytes read and discarded while closing.
+const LINGER_BYTES: usize = 32 << 20;
 
 async fn write(stream: &mut TcpStream, out: &mut Vec<u8>, resp: Response) -> std::io::Result<()> {
     out.clear();

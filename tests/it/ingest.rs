@@ -1,0 +1,310 @@
+//! Accepted batches land on their streams, whole and exactly as sent.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use croupier_control::config::{Driver, Game, StreamLimits};
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
+use croupier_it::redis::{xrange, Entry};
+use croupier_protocol::batch::{self, BatchBuf, Records};
+use croupier_protocol::envelope::{Event, Payment, PaymentStatus};
+use croupier_protocol::resp::Frame;
+
+use crate::fixture::{both_drivers, event, events, post_signed, total_entries, xlen, Fixture, GAME, SECRET};
+
+both_drivers!(
+    events_round_trip_field_by_field,
+    payments_round_trip,
+    gzip_and_chunked_bodies_are_accepted,
+    maxlen_trims_consumed_entries,
+    backlog_at_high_water_refuses_without_trimming,
+    redis_stopped_then_back_without_restart,
+    keep_alive_serves_many_requests,
+);
+
+fn decode(entry: &Entry) -> batch::Batch {
+    assert_eq!(entry.get("fmt"), Some(b"rkyv1".as_slice()), "entry format");
+    let mut buf = BatchBuf::default();
+    let archived = buf.load(entry.get("batch").expect("batch field")).expect("valid archive");
+    let n: usize = std::str::from_utf8(entry.get("n").expect("n field")).expect("utf8").parse().expect("count");
+    let owned = batch::to_owned(archived).expect("deserialises");
+    assert_eq!(owned.records.len(), n, "n field matches the archive");
+    owned
+}
+
+fn events_round_trip_field_by_field(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let body = format!(
+        r#"[{{"ts":"2026-11-25T14:42:29.250Z","game_id":"g1","env":"prod","event":"login","user_id":"u1",
+        "session_id":"s1","device_id":"d1","channel":"appstore","platform":"ios","country":"de",
+        "app_version":"1.2.3","event_id":"6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03","props":{{"lvl":3,"tags":["a","b"]}}}},
+        {{"ts":1795617749,"game_id":"g1","env":"prod","event":"boss_killed","user_id":"u2","props":{{"boss":"hydra"}}}},
+        {{"ts":"2026-11-25 14:42:29","game_id":"g1","env":"prod","event":"session.start","user_id":"u3"}}]"#
+    );
+    let before = now_secs() * 1000;
+    let r = f.post("/api/ingest/events", &body);
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":3}"#.to_owned()));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    let mut redis = f.redis.client();
+    let standard = xrange(&mut redis, "analytics:events");
+    let custom = xrange(&mut redis, "analytics:custom");
+    assert_eq!((standard.len(), custom.len()), (1, 1), "one entry per stream per request");
+    assert_eq!(xlen(&f.redis, "analytics:payments"), 0);
+
+    let b = decode(&standard[0]);
+    assert!(b.accepted_at_ms >= before && b.accepted_at_ms <= now_secs() * 1000 + 1000);
+    let Records::Events(ev) = b.records else { panic!("events") };
+    assert_eq!(ev.len(), 2);
+    let want = Event {
+        ts_ms: 1_795_617_749_250,
+        game_id: "g1".into(),
+        env: "prod".into(),
+        event: "login".into(),
+        user_id: "u1".into(),
+        session_id: "s1".into(),
+        device_id: "d1".into(),
+        channel: "appstore".into(),
+        platform: "ios".into(),
+        country: "DE".into(),
+        app_version: "1.2.3".into(),
+        event_id: [
+            0x6f, 0x1c, 0x2b, 0x9e, 0x0d, 0x3a, 0x4c, 0x1e, 0x9a, 0x57, 0x2f, 0x4b, 0x8e, 0x6d, 0x1c, 0x03,
+        ],
+        props: r#"{"lvl":3,"tags":["a","b"]}"#.into(),
+    };
+    assert_eq!(ev[0], want);
+    assert_eq!((ev[1].event.as_str(), ev[1].user_id.as_str(), ev[1].ts_ms), ("session.start", "u3", 1_795_617_749_000));
+    assert_eq!(ev[1].props, "{}");
+    // An event without event_id gets a version-4 UUID at ingest.
+    assert_eq!(ev[1].event_id[6] >> 4, 4);
+
+    let c = decode(&custom[0]);
+    let Records::Events(cv) = c.records else { panic!("events") };
+    assert_eq!((cv[0].event.as_str(), cv[0].props.as_str()), ("boss_killed", r#"{"boss":"hydra"}"#));
+    assert_ne!(cv[0].event_id, ev[1].event_id);
+}
+
+fn payments_round_trip(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let body = r#"{"events":[{"ts":1795617749000,"game_id":"g1","env":"prod","user_id":"u1","order_id":"o-1",
+        "amount_cents":499,"currency":"USD","status":"success","channel":"gp","platform":"android","country":"BR",
+        "region":"SP","city":"Campinas","product_id":"gems_100"},
+        {"ts":"1795617749","game_id":"g1","env":"prod","user_id":"u2","order_id":"o-2","amount_cents":1,
+        "currency":"EUR","status":"failed","reason":"card_declined"}]}"#;
+    let r = f.post("/api/ingest/payments", body);
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":2}"#.to_owned()));
+    let entries = xrange(&mut f.redis.client(), "analytics:payments");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(xlen(&f.redis, "analytics:events") + xlen(&f.redis, "analytics:custom"), 0);
+    let Records::Payments(p) = decode(&entries[0]).records else { panic!("payments") };
+    assert_eq!(
+        p[0],
+        Payment {
+            ts_ms: 1_795_617_749_000,
+            game_id: "g1".into(),
+            env: "prod".into(),
+            user_id: "u1".into(),
+            order_id: "o-1".into(),
+            amount_cents: 499,
+            currency: "USD".into(),
+            status: PaymentStatus::Success,
+            channel: "gp".into(),
+            platform: "android".into(),
+            country: "BR".into(),
+            region: "SP".into(),
+            city: "Campinas".into(),
+            product_id: "gems_100".into(),
+            reason: String::new(),
+        }
+    );
+    assert_eq!((p[1].status, p[1].reason.as_str(), p[1].amount_cents), (PaymentStatus::Failed, "card_declined", 1));
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).expect("compress");
+    enc.finish().expect("finish")
+}
+
+fn gzip_and_chunked_bodies_are_accepted(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let plain = events(50);
+    // gzip, signed over the bytes sent.
+    let gz = gzip(plain.as_bytes());
+    let mut h = signed_headers(GAME, SECRET, &gz, now_secs(), &fresh_nonce());
+    h.push(("Content-Encoding".into(), "gzip".into()));
+    let r = f.client().request("POST", "/api/ingest/events", &h, &gz);
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":50}"#.to_owned()));
+    // gzip, signed over the JSON before compression.
+    let mut h = signed_headers(GAME, SECRET, plain.as_bytes(), now_secs(), &fresh_nonce());
+    h.push(("Content-Encoding".into(), "gzip".into()));
+    assert_eq!(f.client().request("POST", "/api/ingest/events", &h, &gz).status, 202);
+
+    // Chunked, in uneven pieces, with Expect: 100-continue.
+    let body = events(7);
+    let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let mut req = String::from("POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n");
+    for (k, v) in &h {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut c = f.client();
+    c.send_raw(req.as_bytes());
+    for piece in body.as_bytes().chunks(97) {
+        c.send_raw(format!("{:x}\r\n", piece.len()).as_bytes());
+        c.send_raw(piece);
+        c.send_raw(b"\r\n");
+    }
+    c.send_raw(b"0\r\n\r\n");
+    let r = c.read_reply();
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":7}"#.to_owned()));
+
+    let stored: usize = xrange(&mut f.redis.client(), "analytics:events").iter().map(|e| decode(e).records.len()).sum();
+    assert_eq!(stored, 107);
+}
+
+fn read_and_ack(redis: &mut croupier_it::redis::RedisClient, key: &str) -> usize {
+    let reply = redis.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "test", "COUNT", "1000", "STREAMS", key, ">"]);
+    let Frame::Array(streams) = reply else { return 0 };
+    let mut n = 0;
+    for s in streams {
+        let Frame::Array(parts) = s else { continue };
+        let Frame::Array(entries) = &parts[1] else { continue };
+        for e in entries {
+            let Frame::Array(kv) = e else { continue };
+            let Frame::BulkString(id) = &kv[0] else { continue };
+            assert_eq!(redis.int(&[b"XACK".as_slice(), key.as_bytes(), b"analytics-workers", id]), 1);
+            n += 1;
+        }
+    }
+    n
+}
+
+fn maxlen_trims_consumed_entries(driver: Driver) {
+    // 40 events of retention at 4 events per entry: MAXLEN ~ 10 entries.
+    let f = Fixture::start(driver, |c| {
+        c.streams.batch_events = 4;
+        c.streams.events = StreamLimits { retention_events: 40, high_water_events: 32 };
+    });
+    let mut redis = f.redis.client();
+    for _ in 0..30 {
+        // The shard counts its own appends until its next backlog reading, so a fast
+        // producer may briefly see 503 even though every entry was consumed: retry.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = f.post("/api/ingest/events", &events(4));
+            if r.status == 202 {
+                break;
+            }
+            assert_eq!((r.status, r.error_tag().as_str()), (503, "backlog_full"));
+            assert!(Instant::now() < deadline, "refused although consumed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        read_and_ack(&mut redis, "analytics:events");
+    }
+    let len = xlen(&f.redis, "analytics:events");
+    // `MAXLEN ~` trims whole stream nodes (4 entries each in the test server).
+    assert!((10..=14).contains(&len), "XLEN {len} should be about 10");
+    let Frame::Array(groups) = redis.cmd(&["XINFO", "GROUPS", "analytics:events"]) else { panic!("groups") };
+    assert_eq!(groups.len(), 1);
+}
+
+fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
+    // MAXLEN ~ 10 entries, high-water mark 3 entries.
+    let f = Fixture::start(driver, |c| {
+        c.streams.batch_events = 10;
+        c.streams.events = StreamLimits { retention_events: 100, high_water_events: 30 };
+    });
+    for _ in 0..3 {
+        assert_eq!(f.post("/api/ingest/events", &events(10)).status, 202);
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    for _ in 0..4 {
+        let r = f.post("/api/ingest/events", &events(10));
+        assert_eq!((r.status, r.error_tag().as_str()), (503, "backlog_full"), "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(f.client().request("GET", "/readyz", &[], b"").status, 503);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 3, "nothing added, nothing trimmed");
+    // Other streams are not held back by this one.
+    let custom = format!("[{}]", event("boss_killed", "u1"));
+    assert_eq!(f.post("/api/ingest/events", &custom).status, 202);
+
+    let mut redis = f.redis.client();
+    assert_eq!(read_and_ack(&mut redis, "analytics:events"), 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = f.post("/api/ingest/events", &events(10));
+        if r.status == 202 {
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(Instant::now() < deadline, "still refused after the backlog drained");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), 4);
+}
+
+fn redis_stopped_then_back_without_restart(driver: Driver) {
+    let mut f = Fixture::start(driver, |_| {});
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    f.redis.stop();
+    for _ in 0..3 {
+        let r = f.post("/api/ingest/events", &events(3));
+        assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    // Every shard notices within its backlog poll interval.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (0..8).any(|_| f.client().request("GET", "/readyz", &[], b"").status != 503) {
+        assert!(Instant::now() < deadline, "/readyz still 200 with Redis down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(f.client().request("GET", "/healthz", &[], b"").status, 200, "alive while Redis is down");
+    f.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = f.post("/api/ingest/events", &events(3));
+        if r.status == 202 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "ingest did not recover after Redis came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The server restarted empty (no persistence): the group was recreated with the stream.
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    let Frame::Array(groups) = f.redis.client().cmd(&["XINFO", "GROUPS", "analytics:events"]) else { panic!("groups") };
+    assert_eq!(groups.len(), 1);
+}
+
+fn keep_alive_serves_many_requests(driver: Driver) {
+    let f = Fixture::start(driver, |c| {
+        c.games.insert("limited".into(), Game { secret: Some("s".into()), secret_file: None, rate_limit_eps: 0 });
+    });
+    let mut c = f.client();
+    for i in 0..50 {
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(1 + i % 5).as_bytes());
+        assert_eq!(r.status, 202);
+    }
+    assert_eq!(c.request("GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(total_entries(&f.redis), 50);
+}
+
+#[test]
+fn rate_limit_refuses_with_retry_after() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        c.server.shards = 1;
+        c.games.insert("limited".into(), Game { secret: Some("s".into()), secret_file: None, rate_limit_eps: 10 });
+    });
+    let body = events(10).replace(r#""game_id":"g1""#, r#""game_id":"limited""#);
+    let mut c = f.client();
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", "limited", "s", body.as_bytes()).status, 202);
+    let r = post_signed(&mut c, "/api/ingest/events", "limited", "s", body.as_bytes());
+    assert_eq!((r.status, r.error_tag().as_str()), (429, "rate_limited"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Other games are not limited.
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(10).as_bytes()).status, 202);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}

@@ -1,1 +1,94 @@
-fn main() {}
+//! The ingest hot path: a realistic signed batch of 100 events (~300 B each) parsed and
+//! validated from the request buffer, encoded as an rkyv batch entry, and wrapped in the
+//! Redis command that appends it. Read with `benches/README.md`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use croupier_protocol::batch::{self, Batch, Records};
+use croupier_protocol::resp::{self, EntryArgs};
+use croupier_protocol::validate::{self, Limits};
+use simd_json::prelude::*;
+
+/// A batch of `n` game events of about 300 bytes each, as an SDK would send them.
+fn batch_json(n: usize) -> Vec<u8> {
+    let names = ["level_start", "level_complete", "economy_earn", "heartbeat", "boss_killed"];
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"ts":1795617749{:03},"game_id":"g1","env":"prod","event":"{}","user_id":"user-{:06}","session_id":"sess-{:08x}","device_id":"dev-{:08x}","platform":"android","country":"BR","app_version":"3.14.2","event_id":"6f1c2b9e-0d3a-4c1e-9a57-{:012x}","props":{{"level":{},"coins":{},"mode":"ranked"}}}}"#,
+                i % 1000,
+                names[i % names.len()],
+                i * 7919 % 1_000_000,
+                i * 31,
+                i * 17,
+                i,
+                i % 60,
+                i * 13
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(",")).into_bytes()
+}
+
+fn parse_validate_encode(c: &mut Criterion) {
+    let body = batch_json(100);
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("ingest_batch_100");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("parse_validate", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |buf| {
+                let (mut e, mut cu) = (Vec::with_capacity(100), Vec::new());
+                validate::parse_events(buf, "g1", &limits, &mut || [0; 16], &mut e, &mut cu).unwrap();
+                black_box((e, cu))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("parse_validate_encode", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |buf| {
+                let (mut e, mut cu) = (Vec::with_capacity(100), Vec::new());
+                validate::parse_events(buf, "g1", &limits, &mut || [0; 16], &mut e, &mut cu).unwrap();
+                let a = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(e) }).unwrap();
+                let b2 = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(cu) }).unwrap();
+                black_box((a, b2))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("simd_json_parse_only", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |buf| black_box(simd_json::to_borrowed_value(buf).unwrap().as_array().map(|a| a.len())),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    eprintln!("ingest_batch_100: body {} bytes, {} bytes/event", body.len(), body.len() / 100);
+}
+
+fn xadd_encoding(c: &mut Criterion) {
+    let mut body = batch_json(100);
+    let (mut e, mut cu) = (Vec::new(), Vec::new());
+    validate::parse_events(&mut body, "g1", &Limits::default(), &mut || [0; 16], &mut e, &mut cu).unwrap();
+    let archive = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(e) }).unwrap();
+    let mut g = c.benchmark_group("xadd_command");
+    g.throughput(Throughput::Bytes(archive.len() as u64));
+    let mut out = Vec::with_capacity(archive.len() + 1024);
+    g.bench_function("ingest_eval_one_entry", |b| {
+        b.iter(|| {
+            out.clear();
+            let entry = EntryArgs { stream: "analytics:events", maxlen: 10_000, count: 80, archive: &archive };
+            resp::ingest(&mut out, "croupier:nonce:g1:abcdef0123456789", 600, &[entry]);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse_validate_encode, xadd_encoding);
+criterion_main!(benches);

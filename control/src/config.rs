@@ -295,7 +295,7 @@ impl Config {
                 ));
             }
         }
-        for (id, _) in &self.games {
+        for id in self.games.keys() {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
             }
@@ -334,9 +334,7 @@ fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<(), C
     let mut table = root;
     for p in parents {
         let entry = table.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| err(path.join("."), format!("`{p}` is not a section")))?;
+        table = entry.as_table_mut().ok_or_else(|| err(path.join("."), format!("`{p}` is not a section")))?;
     }
     table.insert(last.clone(), value);
     Ok(())
@@ -367,7 +365,10 @@ mod tests {
         let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
-            format!("[server]\nlisten = \"127.0.0.1:1\"\n[games.Alpha]\nsecret_file = {:?}\n", secret.display().to_string()),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\n[games.Alpha]\nsecret_file = {:?}\n",
+                secret.display().to_string()
+            ),
         )
         .expect("write");
         let c = Config::load(

@@ -45,7 +45,8 @@ pub fn check_headers<'h>(
         .as_deref()
         .filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_BYTES && n.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(IngestError::MissingCredentials("X-Nonce"))?;
-    let signature = head.signature.as_deref().filter(|s| !s.is_empty()).ok_or(IngestError::MissingCredentials("X-Signature"))?;
+    let signature =
+        head.signature.as_deref().filter(|s| !s.is_empty()).ok_or(IngestError::MissingCredentials("X-Signature"))?;
     Ok(Credential { game, timestamp, nonce, signature })
 }
 
@@ -81,8 +82,14 @@ mod tests {
             ("X-Game-Id: g1\r\n", IngestError::MissingCredentials("X-Timestamp")),
             ("X-Game-Id: g1\r\nX-Timestamp: soon\r\n", IngestError::MissingCredentials("X-Timestamp")),
             ("X-Game-Id: g1\r\nX-Timestamp: 1795617000\r\n", IngestError::StaleTimestamp { max_skew_secs: 300 }),
-            ("X-Game-Id: g1\r\nX-Timestamp: 1795617749\r\nX-Nonce: a b\r\n", IngestError::MissingCredentials("X-Nonce")),
-            ("X-Game-Id: g1\r\nX-Timestamp: 1795617749\r\nX-Nonce: ab\r\n", IngestError::MissingCredentials("X-Signature")),
+            (
+                "X-Game-Id: g1\r\nX-Timestamp: 1795617749\r\nX-Nonce: a b\r\n",
+                IngestError::MissingCredentials("X-Nonce"),
+            ),
+            (
+                "X-Game-Id: g1\r\nX-Timestamp: 1795617749\r\nX-Nonce: ab\r\n",
+                IngestError::MissingCredentials("X-Signature"),
+            ),
         ];
         for (h, want) in cases {
             assert_eq!(check_headers(&head(h), known, now, 300), Err(want), "{h}");

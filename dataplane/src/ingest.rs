@@ -32,19 +32,16 @@ pub fn now_ms() -> i64 {
 /// Checks what can be checked from the head alone: media type, encoding, credentials,
 /// and that Redis is reachable.
 pub fn precheck<'h>(shard: &Shard, head: &'h Head) -> Result<(Credential<'h>, Encoding), IngestError> {
-    let json = head.content_type.as_deref().is_some_and(|ct| {
-        ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    });
+    let json = head
+        .content_type
+        .as_deref()
+        .is_some_and(|ct| ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if !json {
         return Err(IngestError::UnsupportedMediaType("Content-Type (use application/json)"));
     }
     let encoding = Encoding::parse(head.content_encoding.as_deref())?;
-    let cred = auth::check_headers(
-        head,
-        |g| shard.games.contains_key(g),
-        now_ms() / 1000,
-        shard.config.auth.max_skew_secs,
-    )?;
+    let cred =
+        auth::check_headers(head, |g| shard.games.contains_key(g), now_ms() / 1000, shard.config.auth.max_skew_secs)?;
     if !shard.redis.is_up() {
         return Err(IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
     }
@@ -138,6 +135,8 @@ pub async fn handle(
 fn rate_limit(game: &GameState, events: usize) -> Result<(), IngestError> {
     match &game.bucket {
         None => Ok(()),
-        Some(b) => b.borrow_mut().take(events, Instant::now()).map_err(|retry_after| IngestError::RateLimited { retry_after }),
+        Some(b) => {
+            b.borrow_mut().take(events, Instant::now()).map_err(|retry_after| IngestError::RateLimited { retry_after })
+        }
     }
 }

@@ -31,7 +31,9 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
         Driver::Auto if uring => Ok(ActiveDriver::IoUring),
         Driver::Auto | Driver::Epoll => Ok(ActiveDriver::Epoll),
         Driver::IoUring if uring => Ok(ActiveDriver::IoUring),
-        Driver::IoUring => Err("io_uring is not available here (kernel or seccomp); use driver = \"epoll\" or \"auto\"".into()),
+        Driver::IoUring => {
+            Err("io_uring is not available here (kernel or seccomp); use driver = \"epoll\" or \"auto\"".into())
+        }
     }
 }
 

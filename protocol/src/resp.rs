@@ -5,8 +5,8 @@
 //! remembers the request's nonce (`SET NX EX`) and appends the entries (`XADD MAXLEN ~`)
 //! atomically, so a replayed nonce adds nothing and a refused request leaves no trace.
 
-pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use redis_protocol::resp2::types::BorrowedFrame;
+pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use redis_protocol::resp2::{decode, encode};
 
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
@@ -95,7 +95,9 @@ pub fn ingest_reply(frame: Frame) -> Result<IngestReply, RespError> {
         Frame::Array(items) => items
             .into_iter()
             .map(|f| match f {
-                Frame::BulkString(b) | Frame::SimpleString(b) => String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into())),
+                Frame::BulkString(b) | Frame::SimpleString(b) => {
+                    String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))
+                }
                 other => Err(RespError(format!("unexpected entry id {other:?}"))),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -176,7 +178,18 @@ mod tests {
             })
             .collect();
         assert_eq!(args[0], b"EVAL");
-        assert_eq!(args[2..].to_vec(), vec![b"2".to_vec(), b"nk".to_vec(), b"s".to_vec(), b"600".to_vec(), b"10".to_vec(), b"2".to_vec(), b"\x00\r\n".to_vec()]);
+        assert_eq!(
+            args[2..].to_vec(),
+            vec![
+                b"2".to_vec(),
+                b"nk".to_vec(),
+                b"s".to_vec(),
+                b"600".to_vec(),
+                b"10".to_vec(),
+                b"2".to_vec(),
+                b"\x00\r\n".to_vec()
+            ]
+        );
     }
 
     #[test]
@@ -195,7 +208,10 @@ mod tests {
         let f = decode_reply(raw).expect("ok").expect("complete").0;
         assert_eq!(group_info(&f, "analytics-workers"), Ok(Some(GroupInfo { pending: 3, lag: Some(4) })));
         assert_eq!(group_info(&f, "missing"), Ok(None));
-        let nil_lag = decode_reply(b"*1\r\n*4\r\n$4\r\nname\r\n$1\r\ng\r\n$3\r\nlag\r\n$-1\r\n").expect("ok").expect("complete").0;
+        let nil_lag = decode_reply(b"*1\r\n*4\r\n$4\r\nname\r\n$1\r\ng\r\n$3\r\nlag\r\n$-1\r\n")
+            .expect("ok")
+            .expect("complete")
+            .0;
         assert_eq!(group_info(&nil_lag, "g"), Ok(Some(GroupInfo { pending: 0, lag: None })));
     }
 }

@@ -215,10 +215,9 @@ impl<'v, 'a> Rec<'v, 'a> {
             return Err(self.err("ts", Problem::WrongType("a string or a number")));
         };
         r.map_err(|e| match e {
-            TimestampError::Format => self.err(
-                "ts",
-                Problem::Invalid("RFC 3339, `YYYY-MM-DD HH:MM:SS` or unix seconds/milliseconds"),
-            ),
+            TimestampError::Format => {
+                self.err("ts", Problem::Invalid("RFC 3339, `YYYY-MM-DD HH:MM:SS` or unix seconds/milliseconds"))
+            }
             TimestampError::OutOfRange => self.err("ts", Problem::Invalid("a time between 2000 and 2100")),
         })
     }
@@ -228,7 +227,8 @@ impl<'v, 'a> Rec<'v, 'a> {
         if c.is_empty() {
             return Ok(String::new());
         }
-        let code = country::normalize(c).ok_or_else(|| self.err("country", Problem::Invalid("an ISO-3166 alpha-2 code")))?;
+        let code =
+            country::normalize(c).ok_or_else(|| self.err("country", Problem::Invalid("an ISO-3166 alpha-2 code")))?;
         Ok(String::from_utf8_lossy(&code).into_owned())
     }
 }
@@ -254,9 +254,7 @@ pub fn parse_events(
         }
         let event_id = match r.opt_str("event_id")? {
             "" => new_id(),
-            s => *uuid::Uuid::try_parse(s)
-                .map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?
-                .as_bytes(),
+            s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
         };
         let props = match r.get("props") {
             None => String::from("{}"),
@@ -396,12 +394,28 @@ mod tests {
         let ok = r#"{"ts":1795617749,"game_id":"g1","env":"prod","event":"login"}"#;
         let cases = [
             (r#"{"game_id":"g1","env":"prod","event":"login"}"#, "ts", Problem::Missing),
-            (r#"{"ts":true,"game_id":"g1","env":"prod","event":"login"}"#, "ts", Problem::WrongType("a string or a number")),
+            (
+                r#"{"ts":true,"game_id":"g1","env":"prod","event":"login"}"#,
+                "ts",
+                Problem::WrongType("a string or a number"),
+            ),
             (r#"{"ts":1795617749,"game_id":"g1","env":"prod"}"#, "event", Problem::Missing),
             (r#"{"ts":1795617749,"game_id":"g1","env":5,"event":"login"}"#, "env", Problem::WrongType("a string")),
-            (r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","country":"XX"}"#, "country", Problem::Invalid("an ISO-3166 alpha-2 code")),
-            (r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","event_id":"nope"}"#, "event_id", Problem::Invalid("a UUID")),
-            (r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","props":[1]}"#, "props", Problem::WrongType("an object")),
+            (
+                r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","country":"XX"}"#,
+                "country",
+                Problem::Invalid("an ISO-3166 alpha-2 code"),
+            ),
+            (
+                r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","event_id":"nope"}"#,
+                "event_id",
+                Problem::Invalid("a UUID"),
+            ),
+            (
+                r#"{"ts":1795617749,"game_id":"g1","env":"p","event":"login","props":[1]}"#,
+                "props",
+                Problem::WrongType("an object"),
+            ),
         ];
         for (bad, field, problem) in cases {
             let body = format!("[{ok},{bad}]");

@@ -181,7 +181,8 @@ pub fn xrange(c: &mut RedisClient, key: &str) -> Vec<Entry> {
             let Frame::Array(parts) = e else { panic!("entry") };
             let id = String::from_utf8(bulk(&parts[0])).expect("utf8 id");
             let Frame::Array(kv) = &parts[1] else { panic!("fields") };
-            let fields = kv.chunks(2).map(|p| (String::from_utf8(bulk(&p[0])).expect("utf8 field"), bulk(&p[1]))).collect();
+            let fields =
+                kv.chunks(2).map(|p| (String::from_utf8(bulk(&p[0])).expect("utf8 field"), bulk(&p[1]))).collect();
             Entry { id, fields }
         })
         .collect()

@@ -34,15 +34,13 @@ fn decode(entry: &Entry) -> batch::Batch {
 
 fn events_round_trip_field_by_field(driver: Driver) {
     let f = Fixture::start(driver, |_| {});
-    let body = format!(
-        r#"[{{"ts":"2026-11-25T14:42:29.250Z","game_id":"g1","env":"prod","event":"login","user_id":"u1",
+    let body = r#"[{"ts":"2026-11-25T14:42:29.250Z","game_id":"g1","env":"prod","event":"login","user_id":"u1",
         "session_id":"s1","device_id":"d1","channel":"appstore","platform":"ios","country":"de",
-        "app_version":"1.2.3","event_id":"6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03","props":{{"lvl":3,"tags":["a","b"]}}}},
-        {{"ts":1795617749,"game_id":"g1","env":"prod","event":"boss_killed","user_id":"u2","props":{{"boss":"hydra"}}}},
-        {{"ts":"2026-11-25 14:42:29","game_id":"g1","env":"prod","event":"session.start","user_id":"u3"}}]"#
-    );
+        "app_version":"1.2.3","event_id":"6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03","props":{"lvl":3,"tags":["a","b"]}},
+        {"ts":1795617749,"game_id":"g1","env":"prod","event":"boss_killed","user_id":"u2","props":{"boss":"hydra"}},
+        {"ts":"2026-11-25 14:42:29","game_id":"g1","env":"prod","event":"session.start","user_id":"u3"}]"#;
     let before = now_secs() * 1000;
-    let r = f.post("/api/ingest/events", &body);
+    let r = f.post("/api/ingest/events", body);
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":3}"#.to_owned()));
     assert_eq!(r.header("content-type"), Some("application/json"));
 
@@ -68,9 +66,7 @@ fn events_round_trip_field_by_field(driver: Driver) {
         platform: "ios".into(),
         country: "DE".into(),
         app_version: "1.2.3".into(),
-        event_id: [
-            0x6f, 0x1c, 0x2b, 0x9e, 0x0d, 0x3a, 0x4c, 0x1e, 0x9a, 0x57, 0x2f, 0x4b, 0x8e, 0x6d, 0x1c, 0x03,
-        ],
+        event_id: [0x6f, 0x1c, 0x2b, 0x9e, 0x0d, 0x3a, 0x4c, 0x1e, 0x9a, 0x57, 0x2f, 0x4b, 0x8e, 0x6d, 0x1c, 0x03],
         props: r#"{"lvl":3,"tags":["a","b"]}"#.into(),
     };
     assert_eq!(ev[0], want);
@@ -144,7 +140,9 @@ fn gzip_and_chunked_bodies_are_accepted(driver: Driver) {
     // Chunked, in uneven pieces, with Expect: 100-continue.
     let body = events(7);
     let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
-    let mut req = String::from("POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n");
+    let mut req = String::from(
+        "POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n",
+    );
     for (k, v) in &h {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use croupier_control::config::Driver;
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient, Reply};
 
-use crate::fixture::{both_drivers, events, post_signed, total_entries, Fixture, GAME, OTHER_GAME, OTHER_SECRET, SECRET};
+use crate::fixture::{
+    both_drivers, events, post_signed, total_entries, Fixture, GAME, OTHER_GAME, OTHER_SECRET, SECRET,
+};
 
 both_drivers!(auth_refusals, body_refusals, size_and_media_refusals, http_refusals, slow_client_gets_408);
 
@@ -74,17 +76,18 @@ fn body_refusals(driver: Driver) {
     let f = Fixture::start(driver, |_| {});
     let mut c = f.client();
     let ts = now_secs();
+    let deep_props = format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40));
     let cases: Vec<(Vec<u8>, &str, Option<&str>)> = vec![
         (b"[{\"ts\":1,".to_vec(), "malformed_json", None),
         (b"not json".to_vec(), "malformed_json", None),
         (format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":7}}]"#).into_bytes(), "invalid_field", Some(r#""field":"event","index":0"#)),
-        (format!(r#"[{{"ts":true,"game_id":"g1","env":"prod","event":"login"}}]"#).into_bytes(), "invalid_field", Some(r#""field":"ts""#)),
+        (br#"[{"ts":true,"game_id":"g1","env":"prod","event":"login"}]"#.to_vec(), "invalid_field", Some(r#""field":"ts""#)),
         (format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login"}},{{"ts":{ts},"game_id":"g1","event":"login"}}]"#).into_bytes(), "invalid_field", Some(r#""field":"env","index":1"#)),
         (format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login","country":"ZZ"}}]"#).into_bytes(), "invalid_field", Some(r#""field":"country""#)),
         (format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login","event_id":"123"}}]"#).into_bytes(), "invalid_field", Some(r#""field":"event_id""#)),
         ([b"[{\"ts\":1795617749,\"game_id\":\"g1\",\"env\":\"\xc3\x28\",\"event\":\"login\"}]".as_slice()].concat(), "invalid_utf8", None),
         (format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(), "too_deep", None),
-        (format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login","props":{}}}]"#, format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40))).into_bytes(), "too_deep", None),
+        (format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login","props":{deep_props}}}]"#).into_bytes(), "too_deep", None),
         (b"[]".to_vec(), "invalid_batch", None),
         (br#"{"records":[]}"#.to_vec(), "invalid_batch", None),
     ];

@@ -155,7 +155,10 @@ mod tests {
     #[test]
     fn chunk_limits_and_errors() {
         let mut out = Vec::new();
-        assert_eq!(decode_chunks(b"a\r\n0123456789\r\n0\r\n\r\n", 5, &mut out), Err(IngestError::PayloadTooLarge { limit: 5 }));
+        assert_eq!(
+            decode_chunks(b"a\r\n0123456789\r\n0\r\n\r\n", 5, &mut out),
+            Err(IngestError::PayloadTooLarge { limit: 5 })
+        );
         assert!(matches!(decode_chunks(b"zz\r\n", 5, &mut out), Err(IngestError::BadRequest(_))));
         assert!(matches!(decode_chunks(b"1\r\nab\r\n", 5, &mut Vec::new()), Err(IngestError::BadRequest(_))));
     }

@@ -55,8 +55,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                     started.get_or_insert_with(Instant::now);
                 }
                 Err(ReadError::Timeout) if started.is_some() => {
-                    let _ = write(&mut stream, &mut b.output, error_response(&IngestError::RequestTimeout, true))
-                        .await;
+                    let _ = write(&mut stream, &mut b.output, error_response(&IngestError::RequestTimeout, true)).await;
                     return;
                 }
                 Err(_) => return,

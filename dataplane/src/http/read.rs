@@ -24,11 +24,7 @@ pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usiz
     let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..cap)).await;
     *buf = slice.into_inner();
     match res {
-        Ok(0) => Err(ReadError::Closed),
-        Err(e) => {
-            eprintln!("DEBUG read error {e:?}");
-            Err(ReadError::Closed)
-        }
+        Ok(0) | Err(_) => Err(ReadError::Closed),
         Ok(n) => Ok(n),
     }
 }

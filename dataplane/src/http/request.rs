@@ -61,7 +61,9 @@ pub struct Head {
 }
 
 fn text(v: &[u8]) -> Result<String, IngestError> {
-    std::str::from_utf8(v).map(|s| s.trim().to_owned()).map_err(|_| IngestError::BadRequest("header value is not UTF-8"))
+    std::str::from_utf8(v)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| IngestError::BadRequest("header value is not UTF-8"))
 }
 
 /// Parses a head from the front of `buf`: `Ok(None)` when it is not complete yet.

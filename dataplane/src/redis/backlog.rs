@@ -37,9 +37,7 @@ pub struct Backlog {
 impl Backlog {
     /// `high_water[i]` is the mark of `StreamKind::ALL[i]`, in entries.
     pub fn new(high_water: [u64; 3]) -> Rc<Backlog> {
-        Rc::new(Backlog {
-            streams: high_water.map(|h| StreamState { high_water: h, ..StreamState::default() }),
-        })
+        Rc::new(Backlog { streams: high_water.map(|h| StreamState { high_water: h, ..StreamState::default() }) })
     }
 
     /// Whether `stream` is below its mark (`false` too before the first reading).

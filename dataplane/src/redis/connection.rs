@@ -107,7 +107,10 @@ async fn run(addr: String, connect_timeout: Duration, mut rx: unbounded::Rx<Pend
 async fn ensure_groups(stream: &mut TcpStream) -> Result<(), RedisError> {
     let mut out = Vec::new();
     for s in StreamKind::ALL {
-        resp::command(&mut out, &[b"XGROUP", b"CREATE", s.key().as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"]);
+        resp::command(
+            &mut out,
+            &[b"XGROUP", b"CREATE", s.key().as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"],
+        );
     }
     let (res, _) = stream.write_all(out).await;
     res.map_err(|_| RedisError::Unavailable)?;

@@ -12,6 +12,7 @@
 //! - [`signature`]: the per-game HMAC request signature.
 
 pub mod batch;
+pub mod clickhouse;
 pub mod country;
 pub mod envelope;
 pub mod resp;

@@ -5,6 +5,7 @@
 //! and its own [`shard::Shard`]. The returned [`Handle`] stops them gracefully.
 
 pub mod auth;
+pub mod clickhouse;
 pub mod error;
 pub mod http;
 pub mod ingest;

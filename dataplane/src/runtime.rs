@@ -38,16 +38,15 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 }
 
 /// Runs `fut` to completion on a new runtime of the given driver (with timers).
-pub fn block_on<F: Future<Output = ()>>(driver: ActiveDriver, fut: F) -> std::io::Result<()> {
-    match driver {
+pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
+    Ok(match driver {
         ActiveDriver::IoUring => {
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build()?.block_on(fut);
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build()?.block_on(fut)
         }
         ActiveDriver::Epoll => {
-            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?.block_on(fut);
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?.block_on(fut)
         }
-    }
-    Ok(())
+    })
 }
 
 /// Pins the current thread to `core`, if that core exists.

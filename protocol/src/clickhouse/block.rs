@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
-use super::wire::{put_str, put_varint, Incomplete, Reader};
 use super::rev;
+use super::wire::{put_str, put_varint, Incomplete, Reader};
 
 /// LowCardinality: keys version "shared dictionaries with additional keys".
 const LC_KEYS_VERSION: u64 = 1;

@@ -133,7 +133,10 @@ mod tests {
     fn corruption_and_truncation_are_detected() {
         let mut framed = Vec::new();
         compress_into(b"hello hello hello hello", 1 << 20, &mut framed);
-        assert_eq!(decompress_frame(&mut Reader::new(&framed[..framed.len() - 1]), &mut Vec::new()), Err(FrameError::Incomplete));
+        assert_eq!(
+            decompress_frame(&mut Reader::new(&framed[..framed.len() - 1]), &mut Vec::new()),
+            Err(FrameError::Incomplete)
+        );
         let mut bad = framed.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;

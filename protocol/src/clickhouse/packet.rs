@@ -125,7 +125,14 @@ pub fn query(
 }
 
 /// Appends a data packet carrying a block; `scratch` is reused for compression.
-pub fn data(out: &mut Vec<u8>, revision: u64, compression: bool, columns: &[Column], rows: usize, scratch: &mut Vec<u8>) {
+pub fn data(
+    out: &mut Vec<u8>,
+    revision: u64,
+    compression: bool,
+    columns: &[Column],
+    rows: usize,
+    scratch: &mut Vec<u8>,
+) {
     put_varint(out, client::DATA);
     put_str(out, b""); // temporary table name
     if compression {

@@ -1,0 +1,228 @@
+//! One native-protocol connection to ClickHouse, driven on the shard's runtime.
+//!
+//! Inserts stream: [`Connection::insert_start`] sends the query and reads the table's
+//! header block, [`Connection::insert_block`] writes each block as it fills, and
+//! [`Connection::insert_end`] sends the closing empty block and waits for EndOfStream —
+//! the server's confirmation that the rows are written. After any error the connection
+//! must be dropped.
+
+use std::time::Duration;
+
+use croupier_protocol::clickhouse::block::{BlockHeader, Column};
+use croupier_protocol::clickhouse::packet::{self, ProtocolError, ServerException, ServerHello, ServerPacket, Setting};
+use croupier_protocol::clickhouse::CLIENT_REVISION;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use crate::http::read::read_more;
+
+/// A ClickHouse operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChError {
+    /// Could not connect, or the connection broke.
+    Io(String),
+    /// No answer within the timeout.
+    Timeout,
+    /// The server sent bytes this client cannot read.
+    Protocol(ProtocolError),
+    /// The server refused: the exception it sent.
+    Server(ServerException),
+    /// The server answered out of turn.
+    Unexpected(String),
+}
+
+impl ChError {
+    /// Whether the server refused the data itself (bad values), as opposed to being
+    /// unreachable or failing: such rows are isolated instead of retried.
+    pub fn is_bad_data(&self) -> bool {
+        // 6 CANNOT_PARSE_TEXT, 27 CANNOT_PARSE_INPUT_ASSERTION_FAILED, 32 ATTEMPT_TO_READ_AFTER_EOF,
+        // 33 CANNOT_READ_ALL_DATA, 41/42 date/time parse, 53 TYPE_MISMATCH, 69 ARGUMENT_OUT_OF_BOUND,
+        // 70 CANNOT_CONVERT_TYPE, 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA, 131 TOO_LARGE_STRING_SIZE,
+        // 252 TOO_MANY_PARTS is not bad data.
+        matches!(self, ChError::Server(e) if [6, 27, 32, 33, 41, 42, 53, 69, 70, 72, 117, 131].contains(&e.code))
+    }
+}
+
+impl std::fmt::Display for ChError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChError::Io(e) => write!(f, "ClickHouse connection: {e}"),
+            ChError::Timeout => f.write_str("ClickHouse did not answer in time"),
+            ChError::Protocol(e) => write!(f, "ClickHouse protocol: {e}"),
+            ChError::Server(e) => write!(f, "{e}"),
+            ChError::Unexpected(e) => write!(f, "ClickHouse answered out of turn: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChError {}
+
+/// How to reach ClickHouse.
+#[derive(Debug, Clone)]
+pub struct ChOptions {
+    /// `host:port` of the native TCP port.
+    pub addr: String,
+    /// Database to start in.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// LZ4-compress data blocks.
+    pub compression: bool,
+    /// Connect and per-reply timeout.
+    pub timeout: Duration,
+}
+
+/// An open connection after the hello exchange.
+pub struct Connection {
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    scratch: Vec<u8>,
+    server: ServerHello,
+    revision: u64,
+    compression: bool,
+    timeout: Duration,
+    queries: u64,
+}
+
+const CLIENT_NAME: &str = "croupier";
+
+impl Connection {
+    /// Connects and exchanges hellos.
+    pub async fn connect(opts: &ChOptions) -> Result<Connection, ChError> {
+        let stream = match monoio::time::timeout(opts.timeout, TcpStream::connect(opts.addr.as_str())).await {
+            Err(_) => return Err(ChError::Timeout),
+            Ok(Err(e)) => return Err(ChError::Io(format!("{}: {e}", opts.addr))),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut c = Connection {
+            stream,
+            rbuf: Vec::with_capacity(64 * 1024),
+            wbuf: Vec::with_capacity(256 * 1024),
+            scratch: Vec::new(),
+            server: ServerHello {
+                name: String::new(),
+                major: 0,
+                minor: 0,
+                revision: 0,
+                timezone: String::new(),
+                display_name: String::new(),
+                patch: 0,
+            },
+            revision: CLIENT_REVISION,
+            compression: opts.compression,
+            timeout: opts.timeout,
+            queries: 0,
+        };
+        packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, &opts.password);
+        c.flush().await?;
+        match c.next_packet(false).await? {
+            ServerPacket::Hello(h) => {
+                c.revision = h.negotiated_revision();
+                c.server = h;
+                Ok(c)
+            }
+            ServerPacket::Exception(e) => Err(ChError::Server(e)),
+            other => Err(ChError::Unexpected(format!("{other:?} instead of hello"))),
+        }
+    }
+
+    /// The server's hello (version, revision, timezone).
+    pub fn server(&self) -> &ServerHello {
+        &self.server
+    }
+
+    async fn flush(&mut self) -> Result<(), ChError> {
+        let buf = std::mem::take(&mut self.wbuf);
+        let (res, mut buf) = match monoio::time::timeout(self.timeout, self.stream.write_all(buf)).await {
+            Ok(r) => r,
+            Err(_) => return Err(ChError::Timeout),
+        };
+        buf.clear();
+        self.wbuf = buf;
+        res.map(|_| ()).map_err(|e| ChError::Io(e.to_string()))
+    }
+
+    async fn next_packet(&mut self, compressed: bool) -> Result<ServerPacket, ChError> {
+        loop {
+            if let Some((p, used)) = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)? {
+                self.rbuf.drain(..used);
+                return Ok(p);
+            }
+            match monoio::time::timeout(self.timeout, read_more(&mut self.stream, &mut self.rbuf)).await {
+                Err(_) => return Err(ChError::Timeout),
+                Ok(Err(_)) => return Err(ChError::Io("connection closed by server".into())),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn start_query(&mut self, sql: &str, settings: &[(&str, Setting<'_>)], compression: bool) {
+        self.queries += 1;
+        let id = format!("croupier-{:x}-{}", std::process::id(), self.queries);
+        packet::query(&mut self.wbuf, self.revision, CLIENT_NAME, &id, sql, settings, compression);
+    }
+
+    /// Runs a statement that returns no rows (DDL), until EndOfStream.
+    pub async fn execute(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<(), ChError> {
+        self.start_query(sql, settings, false);
+        self.flush().await?;
+        loop {
+            match self.next_packet(false).await? {
+                ServerPacket::EndOfStream => return Ok(()),
+                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends an `INSERT ... VALUES` query and returns the table's header block.
+    pub async fn insert_start(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<BlockHeader, ChError> {
+        let compression = self.compression;
+        self.start_query(sql, settings, compression);
+        self.flush().await?;
+        loop {
+            match self.next_packet(compression).await? {
+                ServerPacket::Data(h) => return Ok(h),
+                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
+                ServerPacket::EndOfStream => return Err(ChError::Unexpected("end of stream before the header".into())),
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes one block of an insert started with [`Connection::insert_start`].
+    pub async fn insert_block(&mut self, columns: &[Column], rows: usize) -> Result<(), ChError> {
+        packet::data(&mut self.wbuf, self.revision, self.compression, columns, rows, &mut self.scratch);
+        self.flush().await
+    }
+
+    /// Ends the insert and waits for EndOfStream: the rows are then written.
+    pub async fn insert_end(&mut self) -> Result<(), ChError> {
+        packet::data(&mut self.wbuf, self.revision, self.compression, &[], 0, &mut self.scratch);
+        self.flush().await?;
+        loop {
+            match self.next_packet(self.compression).await? {
+                ServerPacket::EndOfStream => return Ok(()),
+                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Pings the server.
+    pub async fn ping(&mut self) -> Result<(), ChError> {
+        packet::ping(&mut self.wbuf);
+        self.flush().await?;
+        loop {
+            match self.next_packet(false).await? {
+                ServerPacket::Pong => return Ok(()),
+                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Column blocks for `analytics.events` and `analytics.payments`, filled row by row
+//! straight from archived batch records (no deserialisation) or owned records.
+
+use croupier_protocol::clickhouse::block::{uuid_bytes, Column, ColumnData, LowCardinality};
+use croupier_protocol::envelope::{
+    ArchivedEvent, ArchivedPayment, ArchivedPaymentStatus, Event, Payment, PaymentStatus,
+};
+
+fn lc() -> ColumnData {
+    ColumnData::LowCardinality(LowCardinality::default())
+}
+
+fn s() -> ColumnData {
+    ColumnData::String(Vec::new())
+}
+
+fn country(c: &str) -> [u8; 2] {
+    let b = c.as_bytes();
+    if b.len() == 2 {
+        [b[0], b[1]]
+    } else {
+        [0, 0]
+    }
+}
+
+fn seconds(ms: i64) -> [u8; 4] {
+    (ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32).to_le_bytes()
+}
+
+/// Read access to an event, owned or archived.
+pub trait EventFields {
+    /// Milliseconds since the epoch.
+    fn ts_ms(&self) -> i64;
+    /// Text fields in table order: game_id, env, user_id, session_id, event, channel,
+    /// platform, country, app_version, props, device_id.
+    fn text(&self) -> [&str; 11];
+    /// Dedup key.
+    fn event_id(&self) -> [u8; 16];
+}
+
+impl EventFields for Event {
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn text(&self) -> [&str; 11] {
+        [
+            &self.game_id,
+            &self.env,
+            &self.user_id,
+            &self.session_id,
+            &self.event,
+            &self.channel,
+            &self.platform,
+            &self.country,
+            &self.app_version,
+            &self.props,
+            &self.device_id,
+        ]
+    }
+    fn event_id(&self) -> [u8; 16] {
+        self.event_id
+    }
+}
+
+impl EventFields for ArchivedEvent {
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms.to_native()
+    }
+    fn text(&self) -> [&str; 11] {
+        [
+            self.game_id.as_str(),
+            self.env.as_str(),
+            self.user_id.as_str(),
+            self.session_id.as_str(),
+            self.event.as_str(),
+            self.channel.as_str(),
+            self.platform.as_str(),
+            self.country.as_str(),
+            self.app_version.as_str(),
+            self.props.as_str(),
+            self.device_id.as_str(),
+        ]
+    }
+    fn event_id(&self) -> [u8; 16] {
+        self.event_id
+    }
+}
+
+/// A block of `analytics.events` rows being filled.
+pub struct EventRows {
+    /// The columns, in [`EventRows::INSERT`] order.
+    pub columns: Vec<Column>,
+    /// Rows so far.
+    pub rows: usize,
+}
+
+impl Default for EventRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventRows {
+    /// The insert statement matching the columns.
+    pub const INSERT: &'static str = "INSERT INTO analytics.events (event_time, game_id, env, user_id, session_id, \
+        event, channel, platform, country, app_version, event_id, props_json, device_id, ingested_at) VALUES";
+
+    /// An empty block.
+    pub fn new() -> Self {
+        let columns = vec![
+            Column::new("event_time", "DateTime", ColumnData::fixed(4)),
+            Column::new("game_id", "LowCardinality(String)", lc()),
+            Column::new("env", "LowCardinality(String)", lc()),
+            Column::new("user_id", "String", s()),
+            Column::new("session_id", "String", s()),
+            Column::new("event", "LowCardinality(String)", lc()),
+            Column::new("channel", "LowCardinality(String)", lc()),
+            Column::new("platform", "LowCardinality(String)", lc()),
+            Column::new("country", "FixedString(2)", ColumnData::fixed(2)),
+            Column::new("app_version", "String", s()),
+            Column::new("event_id", "UUID", ColumnData::fixed(16)),
+            Column::new("props_json", "String", s()),
+            Column::new("device_id", "String", s()),
+            Column::new("ingested_at", "DateTime", ColumnData::fixed(4)),
+        ];
+        EventRows { columns, rows: 0 }
+    }
+
+    /// Appends one event accepted at `accepted_at_ms`.
+    pub fn push(&mut self, e: &impl EventFields, accepted_at_ms: i64) {
+        let [game, env, user, session, event, channel, platform, ctry, app, props, device] = e.text();
+        let c = &mut self.columns;
+        c[0].data.push_fixed(&seconds(e.ts_ms()));
+        c[1].data.push_str(game.as_bytes());
+        c[2].data.push_str(env.as_bytes());
+        c[3].data.push_str(user.as_bytes());
+        c[4].data.push_str(session.as_bytes());
+        c[5].data.push_str(event.as_bytes());
+        c[6].data.push_str(channel.as_bytes());
+        c[7].data.push_str(platform.as_bytes());
+        c[8].data.push_fixed(&country(ctry));
+        c[9].data.push_str(app.as_bytes());
+        c[10].data.push_fixed(&uuid_bytes(&e.event_id()));
+        c[11].data.push_str(props.as_bytes());
+        c[12].data.push_str(device.as_bytes());
+        c[13].data.push_fixed(&seconds(accepted_at_ms));
+        self.rows += 1;
+    }
+
+    /// Empties the block, keeping allocations.
+    pub fn clear(&mut self) {
+        for c in &mut self.columns {
+            c.data.clear();
+        }
+        self.rows = 0;
+    }
+
+    /// Approximate encoded size.
+    pub fn byte_len(&self) -> usize {
+        self.columns.iter().map(|c| c.data.byte_len()).sum()
+    }
+}
+
+/// Read access to a payment, owned or archived.
+pub trait PaymentFields {
+    /// Milliseconds since the epoch.
+    fn ts_ms(&self) -> i64;
+    /// Amount in minor units.
+    fn amount_cents(&self) -> u64;
+    /// Status name.
+    fn status(&self) -> &'static str;
+    /// Text fields: game_id, env, user_id, order_id, currency, channel, platform,
+    /// country, region, city, product_id, reason.
+    fn text(&self) -> [&str; 12];
+}
+
+impl PaymentFields for Payment {
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn amount_cents(&self) -> u64 {
+        self.amount_cents
+    }
+    fn status(&self) -> &'static str {
+        self.status.as_str()
+    }
+    fn text(&self) -> [&str; 12] {
+        [
+            &self.game_id,
+            &self.env,
+            &self.user_id,
+            &self.order_id,
+            &self.currency,
+            &self.channel,
+            &self.platform,
+            &self.country,
+            &self.region,
+            &self.city,
+            &self.product_id,
+            &self.reason,
+        ]
+    }
+}
+
+impl PaymentFields for ArchivedPayment {
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms.to_native()
+    }
+    fn amount_cents(&self) -> u64 {
+        self.amount_cents.to_native()
+    }
+    fn status(&self) -> &'static str {
+        match self.status {
+            ArchivedPaymentStatus::Success => PaymentStatus::Success.as_str(),
+            ArchivedPaymentStatus::Refunded => PaymentStatus::Refunded.as_str(),
+            ArchivedPaymentStatus::Failed => PaymentStatus::Failed.as_str(),
+        }
+    }
+    fn text(&self) -> [&str; 12] {
+        [
+            self.game_id.as_str(),
+            self.env.as_str(),
+            self.user_id.as_str(),
+            self.order_id.as_str(),
+            self.currency.as_str(),
+            self.channel.as_str(),
+            self.platform.as_str(),
+            self.country.as_str(),
+            self.region.as_str(),
+            self.city.as_str(),
+            self.product_id.as_str(),
+            self.reason.as_str(),
+        ]
+    }
+}
+
+/// A block of `analytics.payments` rows being filled.
+pub struct PaymentRows {
+    /// The columns, in [`PaymentRows::INSERT`] order.
+    pub columns: Vec<Column>,
+    /// Rows so far.
+    pub rows: usize,
+}
+
+impl Default for PaymentRows {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PaymentRows {
+    /// The insert statement matching the columns.
+    pub const INSERT: &'static str = "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, \
+        amount_cents, currency, status, channel, platform, country, region, city, product_id, reason, ingested_at) VALUES";
+
+    /// An empty block.
+    pub fn new() -> Self {
+        let columns = vec![
+            Column::new("time", "DateTime", ColumnData::fixed(4)),
+            Column::new("game_id", "LowCardinality(String)", lc()),
+            Column::new("env", "LowCardinality(String)", lc()),
+            Column::new("user_id", "String", s()),
+            Column::new("order_id", "String", s()),
+            Column::new("amount_cents", "UInt64", ColumnData::fixed(8)),
+            Column::new("currency", "String", s()),
+            Column::new("status", "LowCardinality(String)", lc()),
+            Column::new("channel", "LowCardinality(String)", lc()),
+            Column::new("platform", "LowCardinality(String)", lc()),
+            Column::new("country", "FixedString(2)", ColumnData::fixed(2)),
+            Column::new("region", "String", s()),
+            Column::new("city", "String", s()),
+            Column::new("product_id", "String", s()),
+            Column::new("reason", "String", s()),
+            Column::new("ingested_at", "DateTime", ColumnData::fixed(4)),
+        ];
+        PaymentRows { columns, rows: 0 }
+    }
+
+    /// Appends one payment accepted at `accepted_at_ms`.
+    pub fn push(&mut self, p: &impl PaymentFields, accepted_at_ms: i64) {
+        let [game, env, user, order, currency, channel, platform, ctry, region, city, product, reason] = p.text();
+        let c = &mut self.columns;
+        c[0].data.push_fixed(&seconds(p.ts_ms()));
+        c[1].data.push_str(game.as_bytes());
+        c[2].data.push_str(env.as_bytes());
+        c[3].data.push_str(user.as_bytes());
+        c[4].data.push_str(order.as_bytes());
+        c[5].data.push_fixed(&p.amount_cents().to_le_bytes());
+        c[6].data.push_str(currency.as_bytes());
+        c[7].data.push_str(p.status().as_bytes());
+        c[8].data.push_str(channel.as_bytes());
+        c[9].data.push_str(platform.as_bytes());
+        c[10].data.push_fixed(&country(ctry));
+        c[11].data.push_str(region.as_bytes());
+        c[12].data.push_str(city.as_bytes());
+        c[13].data.push_str(product.as_bytes());
+        c[14].data.push_str(reason.as_bytes());
+        c[15].data.push_fixed(&seconds(accepted_at_ms));
+        self.rows += 1;
+    }
+
+    /// Empties the block, keeping allocations.
+    pub fn clear(&mut self) {
+        for c in &mut self.columns {
+            c.data.clear();
+        }
+        self.rows = 0;
+    }
+}

@@ -1,0 +1,141 @@
+//! A real `clickhouse-server` for one test, on free loopback ports in a temporary
+//! directory, killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, require_binary};
+
+/// A `clickhouse-server` process.
+pub struct ClickHouseServer {
+    /// Native TCP port.
+    pub tcp_port: u16,
+    /// HTTP port.
+    pub http_port: u16,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClickHouseServer {
+    /// Starts a server and waits until it answers on the native port.
+    pub fn start() -> ClickHouseServer {
+        let binary = require_binary("clickhouse-server", "clickhouse-server");
+        let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
+        let mut s = ClickHouseServer { tcp_port: free_port(), http_port: free_port(), dir, binary, child: None };
+        s.write_config();
+        s.spawn();
+        s
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>{}</tcp_port>
+  <http_port>{}</http_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>268435456</mark_cache_size>
+  <uncompressed_cache_size>268435456</uncompressed_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+"#,
+            self.tcp_port, self.http_port
+        );
+        let users = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+"#;
+        std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
+        std::fs::write(self.dir.path().join("users.xml"), users).expect("write users");
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start clickhouse-server: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.tcp_port)).is_ok() && self.ping_http() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
+                panic!("clickhouse-server exited with {status}: {log}");
+            }
+            assert!(Instant::now() < deadline, "clickhouse-server did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ping_http(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.http_port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /ping HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.contains("Ok.")
+    }
+
+    /// `host:port` of the native protocol.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.tcp_port)
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs `sql` through the HTTP interface and returns the response body
+    /// (TabSeparated). Panics on an error status.
+    pub fn query(&self, sql: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let req = format!("POST / HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{sql}: {head}\n{body}");
+        body.to_owned()
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,194 @@
+//! The native-protocol client against a real clickhouse-server: migrations, inserts with
+//! and without LZ4, every column read back by an independent client (clickhouse-rs).
+
+use std::time::Duration;
+
+use croupier_dataplane::clickhouse::connection::{ChError, ChOptions, Connection};
+use croupier_dataplane::clickhouse::rows::{EventRows, PaymentRows};
+use croupier_dataplane::clickhouse::schema;
+use croupier_dataplane::runtime::{block_on, ActiveDriver};
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_protocol::envelope::{Event, Payment, PaymentStatus};
+
+fn options(ch: &ClickHouseServer, compression: bool) -> ChOptions {
+    ChOptions {
+        addr: ch.addr(),
+        database: "default".into(),
+        user: "default".into(),
+        password: String::new(),
+        compression,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn sample_event(i: u8) -> Event {
+    Event {
+        ts_ms: 1_795_617_749_000 + i64::from(i) * 1000,
+        game_id: "g1".into(),
+        env: if i % 2 == 0 { "prod".into() } else { "staging".into() },
+        event: ["login", "level_start", "boss_killed"][usize::from(i % 3)].into(),
+        user_id: format!("u{i}"),
+        session_id: format!("s{i}"),
+        device_id: format!("d{i}"),
+        channel: "appstore".into(),
+        platform: "ios".into(),
+        country: if i == 0 { String::new() } else { "DE".into() },
+        app_version: "1.2.3".into(),
+        event_id: [0x6f, 0x1c, 0x2b, 0x9e, 0x0d, 0x3a, 0x4c, 0x1e, 0x9a, 0x57, 0x2f, 0x4b, 0x8e, 0x6d, 0x1c, i],
+        props: format!(r#"{{"i":{i},"s":"ünï"}}"#),
+    }
+}
+
+async fn insert_events(conn: &mut Connection, events: &[Event]) -> Result<(), ChError> {
+    let mut rows = EventRows::new();
+    conn.insert_start(EventRows::INSERT, &[]).await?;
+    for chunk in events.chunks(2) {
+        rows.clear();
+        for e in chunk {
+            rows.push(e, 1_795_617_800_000);
+        }
+        conn.insert_block(&rows.columns, rows.rows).await?;
+    }
+    conn.insert_end().await
+}
+
+fn read_events(
+    ch: &ClickHouseServer,
+) -> Vec<(u32, String, String, String, String, String, String, String, String, String, String, String, String, u32)> {
+    let url = format!("tcp://127.0.0.1:{}/default?compression=lz4", ch.tcp_port);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    rt.block_on(async move {
+        let pool = clickhouse_rs::Pool::new(url);
+        let mut h = pool.get_handle().await.expect("clickhouse-rs connects");
+        let block = h
+            .query(
+                "SELECT toUInt32(event_time) AS t, CAST(game_id AS String) AS g, CAST(env AS String) AS e, user_id, \
+                 session_id, CAST(event AS String) AS ev, CAST(channel AS String) AS ch, CAST(platform AS String) AS pl, \
+                 toString(country) AS co, app_version, toString(event_id) AS id, props_json, device_id, \
+                 toUInt32(ingested_at) AS ing FROM analytics.events ORDER BY user_id",
+            )
+            .fetch_all()
+            .await
+            .expect("select");
+        block
+            .rows()
+            .map(|r| {
+                (
+                    r.get::<u32, _>("t").unwrap(),
+                    r.get::<String, _>("g").unwrap(),
+                    r.get::<String, _>("e").unwrap(),
+                    r.get::<String, _>("user_id").unwrap(),
+                    r.get::<String, _>("session_id").unwrap(),
+                    r.get::<String, _>("ev").unwrap(),
+                    r.get::<String, _>("ch").unwrap(),
+                    r.get::<String, _>("pl").unwrap(),
+                    r.get::<String, _>("co").unwrap(),
+                    r.get::<String, _>("app_version").unwrap(),
+                    r.get::<String, _>("id").unwrap(),
+                    r.get::<String, _>("props_json").unwrap(),
+                    r.get::<String, _>("device_id").unwrap(),
+                    r.get::<u32, _>("ing").unwrap(),
+                )
+            })
+            .collect()
+    })
+}
+
+fn events_round_trip(driver: ActiveDriver, compression: bool) {
+    let ch = ClickHouseServer::start();
+    let opts = options(&ch, compression);
+    let events: Vec<Event> = (0..5).map(sample_event).collect();
+    let version = block_on(driver, async {
+        let mut conn = Connection::connect(&opts).await.expect("connect");
+        schema::migrate(&mut conn).await.expect("migrate");
+        schema::migrate(&mut conn).await.expect("migrate again: idempotent");
+        insert_events(&mut conn, &events).await.expect("insert");
+        conn.ping().await.expect("ping after insert");
+        (conn.server().major, conn.server().revision)
+    })
+    .expect("runtime");
+    assert!(version.1 >= 54412);
+    let rows = read_events(&ch);
+    assert_eq!(rows.len(), 5);
+    for (i, r) in rows.iter().enumerate() {
+        let e = &events[i];
+        assert_eq!(r.0, (e.ts_ms / 1000) as u32);
+        assert_eq!(
+            (r.1.as_str(), r.2.as_str(), r.3.as_str(), r.4.as_str()),
+            (e.game_id.as_str(), e.env.as_str(), e.user_id.as_str(), e.session_id.as_str())
+        );
+        assert_eq!(
+            (r.5.as_str(), r.6.as_str(), r.7.as_str()),
+            (e.event.as_str(), e.channel.as_str(), e.platform.as_str())
+        );
+        // FixedString(2): an absent country is two zero bytes.
+        assert_eq!(r.8.trim_end_matches('\0'), e.country);
+        assert_eq!(r.9, e.app_version);
+        assert_eq!(r.10, format!("6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c{i:02x}"));
+        assert_eq!((r.11.as_str(), r.12.as_str()), (e.props.as_str(), e.device_id.as_str()));
+        assert_eq!(r.13, 1_795_617_800);
+    }
+}
+
+#[test]
+fn events_round_trip_plain_epoll() {
+    events_round_trip(ActiveDriver::Epoll, false);
+}
+
+#[test]
+fn events_round_trip_lz4_io_uring() {
+    events_round_trip(ActiveDriver::IoUring, true);
+}
+
+#[test]
+fn payments_round_trip_and_server_errors() {
+    let ch = ClickHouseServer::start();
+    let opts = options(&ch, true);
+    let payments: Vec<Payment> = (0..3u64)
+        .map(|i| Payment {
+            ts_ms: 1_795_617_749_000,
+            game_id: "g1".into(),
+            env: "prod".into(),
+            user_id: format!("u{i}"),
+            order_id: format!("o-{i}"),
+            amount_cents: 99 + i,
+            currency: "USD".into(),
+            status: [PaymentStatus::Success, PaymentStatus::Refunded, PaymentStatus::Failed][i as usize],
+            channel: "gp".into(),
+            platform: "android".into(),
+            country: "BR".into(),
+            region: "SP".into(),
+            city: "Campinas".into(),
+            product_id: "gems".into(),
+            reason: if i == 2 { "declined".into() } else { String::new() },
+        })
+        .collect();
+    let err = block_on(ActiveDriver::Epoll, async {
+        let mut conn = Connection::connect(&opts).await.expect("connect");
+        schema::migrate(&mut conn).await.expect("migrate");
+        let mut rows = PaymentRows::new();
+        for p in &payments {
+            rows.push(p, 1_795_617_800_000);
+        }
+        conn.insert_start(PaymentRows::INSERT, &[]).await.expect("start");
+        conn.insert_block(&rows.columns, rows.rows).await.expect("block");
+        conn.insert_end().await.expect("end");
+        let mut conn = Connection::connect(&opts).await.expect("connect");
+        conn.insert_start("INSERT INTO analytics.nowhere (a) VALUES", &[]).await.expect_err("unknown table")
+    })
+    .expect("runtime");
+    match err {
+        ChError::Server(e) => assert_eq!(e.code, 60, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let got = ch.query(
+        "SELECT user_id, order_id, amount_cents, currency, status, country, region, city, product_id, reason \
+         FROM analytics.payments ORDER BY order_id FORMAT TabSeparated",
+    );
+    assert_eq!(
+        got,
+        "u0\to-0\t99\tUSD\tsuccess\tBR\tSP\tCampinas\tgems\t\n\
+         u1\to-1\t100\tUSD\trefunded\tBR\tSP\tCampinas\tgems\t\n\
+         u2\to-2\t101\tUSD\tfailed\tBR\tSP\tCampinas\tgems\tdeclined\n"
+    );
+}

@@ -180,6 +180,85 @@ impl Streams {
     }
 }
 
+/// `[clickhouse]`: where workers insert.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouse {
+    /// `host:port` of the native TCP port.
+    pub addr: String,
+    /// Database the connection starts in (tables are always `analytics.*`).
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// A file holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// LZ4-compress data blocks.
+    pub compression: bool,
+    /// Connect timeout and longest wait for any reply, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClickHouse {
+    fn default() -> Self {
+        ClickHouse {
+            addr: "127.0.0.1:9000".into(),
+            database: "default".into(),
+            user: "default".into(),
+            password: String::new(),
+            password_file: None,
+            compression: true,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[worker]`: stream consumers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Worker {
+    /// Worker shards (threads); each consumes all three streams.
+    pub shards: usize,
+    /// Consumer name prefix, stable across restarts; empty means the host name. Shard `i`
+    /// consumes as `<prefix>-<i>`.
+    pub consumer: String,
+    /// Flush when this many rows are buffered.
+    pub batch_rows: usize,
+    /// Flush at most this long after the first buffered row, milliseconds.
+    pub linger_ms: u64,
+    /// Entries asked for per read.
+    pub read_count: usize,
+    /// Entries pending longer than this with another consumer are claimed, milliseconds.
+    pub claim_idle_ms: u64,
+    /// How often to look for entries to claim, milliseconds.
+    pub claim_interval_ms: u64,
+    /// An entry delivered this many times without being acknowledged goes to the
+    /// dead-letter stream.
+    pub max_deliveries: u64,
+    /// Longest back-off between retries while ClickHouse fails, milliseconds.
+    pub backoff_max_ms: u64,
+    /// Entries kept in each dead-letter stream (`MAXLEN ~`).
+    pub dead_letter_maxlen: u64,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            shards: 1,
+            consumer: String::new(),
+            batch_rows: 50_000,
+            linger_ms: 200,
+            read_count: 200,
+            claim_idle_ms: 60_000,
+            claim_interval_ms: 5_000,
+            max_deliveries: 5,
+            backoff_max_ms: 5_000,
+            dead_letter_maxlen: 100_000,
+        }
+    }
+}
+
 /// `[games.<id>]`: one game allowed to ingest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,6 +286,10 @@ pub struct Config {
     pub redis: Redis,
     /// Streams.
     pub streams: Streams,
+    /// ClickHouse.
+    pub clickhouse: ClickHouse,
+    /// Stream consumers.
+    pub worker: Worker,
     /// Games by id.
     pub games: BTreeMap<String, Game>,
 }
@@ -248,6 +331,11 @@ impl Config {
     }
 
     fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = &self.clickhouse.password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| err("clickhouse.password_file", format!("{}: {e}", file.display())))?;
+            self.clickhouse.password = text.trim_end_matches(['\n', '\r']).to_owned();
+        }
         for (id, game) in &mut self.games {
             let key = format!("games.{id}");
             match (&game.secret, &game.secret_file) {
@@ -295,12 +383,30 @@ impl Config {
                 ));
             }
         }
+        if self.worker.shards == 0 || self.worker.batch_rows == 0 || self.worker.read_count == 0 {
+            return Err(err("worker", "shards, batch_rows and read_count must be greater than 0"));
+        }
+        if self.worker.max_deliveries < 2 {
+            return Err(err("worker.max_deliveries", "expected 2 or more"));
+        }
         for id in self.games.keys() {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
             }
         }
         Ok(())
+    }
+
+    /// The worker's consumer name prefix: configured, else the host name.
+    pub fn consumer_prefix(&self) -> String {
+        if !self.worker.consumer.is_empty() {
+            return self.worker.consumer.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "croupier".into())
     }
 
     /// Number of data shards, resolving 0 to the number of available cores.

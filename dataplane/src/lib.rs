@@ -5,6 +5,7 @@
 //! and its own [`shard::Shard`]. The returned [`Handle`] stops them gracefully.
 
 pub mod auth;
+pub mod cli;
 pub mod clickhouse;
 pub mod error;
 pub mod http;
@@ -13,23 +14,24 @@ pub mod ratelimit;
 pub mod redis;
 pub mod runtime;
 pub mod shard;
+pub mod shards;
+pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use croupier_control::config::Config;
 
 pub use runtime::ActiveDriver;
+use shards::Shards;
 
 /// A running ingest data plane.
 #[derive(Debug)]
 pub struct Handle {
     addr: SocketAddr,
     driver: ActiveDriver,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    shards: Shards,
 }
 
 impl Handle {
@@ -44,21 +46,8 @@ impl Handle {
     }
 
     /// Stops accepting, lets requests in flight finish, and waits for the shards.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.stop_and_join();
+    pub fn shutdown(self) {
+        self.shards.shutdown();
     }
 }
 
@@ -105,5 +94,5 @@ pub fn start(config: Config) -> Result<Handle, String> {
             .map_err(|e| format!("cannot start shard {id}: {e}"))?;
         threads.push(t);
     }
-    Ok(Handle { addr, driver, stop, threads })
+    Ok(Handle { addr, driver, shards: Shards::new(stop, threads) })
 }

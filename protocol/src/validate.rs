@@ -195,9 +195,10 @@ impl<'v, 'a> Rec<'v, 'a> {
         Ok(s)
     }
 
-    fn game(&self, game: &str) -> Result<String, BodyError> {
+    /// The record's game, which must be `game` when one is given.
+    fn game(&self, game: Option<&str>) -> Result<String, BodyError> {
         let g = self.req_str("game_id")?;
-        if g != game {
+        if game.is_some_and(|want| g != want) {
             return Err(BodyError::GameMismatch { index: self.index });
         }
         Ok(g.to_owned())
@@ -247,42 +248,8 @@ pub fn parse_events(
 ) -> Result<(), BodyError> {
     let root = parse(body, limits)?;
     for (index, v) in records(&root, limits)?.iter().enumerate() {
-        let r = Rec::new(index, v, limits)?;
-        let name = r.req_str("event")?;
-        if name.len() > 128 {
-            return Err(r.err("event", Problem::TooLong(128)));
-        }
-        let event_id = match r.opt_str("event_id")? {
-            "" => new_id(),
-            s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
-        };
-        let props = match r.get("props") {
-            None => String::from("{}"),
-            Some(p) if p.as_object().is_some() => {
-                let text = p.encode();
-                if text.len() > limits.max_props_bytes {
-                    return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
-                }
-                text
-            }
-            Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
-        };
-        let e = Event {
-            ts_ms: r.ts()?,
-            game_id: r.game(game)?,
-            env: r.req_str("env")?.to_owned(),
-            event: name.to_owned(),
-            user_id: r.opt_str("user_id")?.to_owned(),
-            session_id: r.opt_str("session_id")?.to_owned(),
-            device_id: r.opt_str("device_id")?.to_owned(),
-            channel: r.opt_str("channel")?.to_owned(),
-            platform: r.opt_str("platform")?.to_owned(),
-            country: r.country()?,
-            app_version: r.opt_str("app_version")?.to_owned(),
-            event_id,
-            props,
-        };
-        match route_event(name) {
+        let e = event_record(&Rec::new(index, v, limits)?, Some(game), new_id)?;
+        match route_event(&e.event) {
             StreamKind::Events => events.push(e),
             _ => custom.push(e),
         }
@@ -290,45 +257,111 @@ pub fn parse_events(
     Ok(())
 }
 
+/// Validates one event given as a JSON object (a Croupier-format stream entry), of any
+/// game. An event without `event_id` gets `fallback_id`.
+pub fn parse_event_object(json: &mut [u8], limits: &Limits, fallback_id: [u8; 16]) -> Result<Event, BodyError> {
+    let root = parse(json, limits)?;
+    event_record(&Rec::new(0, &root, limits)?, None, &mut || fallback_id)
+}
+
+/// Validates one payment given as a JSON object (a Croupier-format stream entry).
+pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment, BodyError> {
+    let root = parse(json, limits)?;
+    payment_record(&Rec::new(0, &root, limits)?, None)
+}
+
+fn event_record(r: &Rec<'_, '_>, game: Option<&str>, new_id: &mut dyn FnMut() -> [u8; 16]) -> Result<Event, BodyError> {
+    let limits = r.limits;
+    let name = r.req_str("event")?;
+    if name.len() > 128 {
+        return Err(r.err("event", Problem::TooLong(128)));
+    }
+    let event_id = match r.opt_str("event_id")? {
+        "" => new_id(),
+        s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
+    };
+    let props = match r.get("props") {
+        None => String::from("{}"),
+        Some(p) if p.as_object().is_some() => {
+            let text = p.encode();
+            if text.len() > limits.max_props_bytes {
+                return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
+            }
+            text
+        }
+        Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
+    };
+    Ok(Event {
+        ts_ms: r.ts()?,
+        game_id: r.game(game)?,
+        env: r.req_str("env")?.to_owned(),
+        event: name.to_owned(),
+        user_id: r.opt_str("user_id")?.to_owned(),
+        session_id: r.opt_str("session_id")?.to_owned(),
+        device_id: r.opt_str("device_id")?.to_owned(),
+        channel: r.opt_str("channel")?.to_owned(),
+        platform: r.opt_str("platform")?.to_owned(),
+        country: r.country()?,
+        app_version: r.opt_str("app_version")?.to_owned(),
+        event_id,
+        props,
+    })
+}
+
+/// A stable event id for a stream entry written without one (by another producer):
+/// derived from the stream and entry ID, so every redelivery gets the same id.
+pub fn derived_event_id(stream: &str, entry_id: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest =
+        Sha256::new().chain_update(stream.as_bytes()).chain_update(b"/").chain_update(entry_id.as_bytes()).finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id[6] = (id[6] & 0x0f) | 0x80; // version 8: custom
+    id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
+    id
+}
+
 /// Validates a body of payments for `game`, appending them to `out`.
 pub fn parse_payments(body: &mut [u8], game: &str, limits: &Limits, out: &mut Vec<Payment>) -> Result<(), BodyError> {
     let root = parse(body, limits)?;
     for (index, v) in records(&root, limits)?.iter().enumerate() {
-        let r = Rec::new(index, v, limits)?;
-        let amount = r.get("amount_cents").ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
-        let amount_cents = match (amount.as_u64(), amount.as_i64(), amount.as_f64()) {
-            (Some(a), _, _) if a > 0 => a,
-            (Some(_), _, _) | (None, Some(_), _) => {
-                return Err(r.err("amount_cents", Problem::Invalid("an integer greater than 0")))
-            }
-            (None, None, Some(_)) => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
-            _ => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
-        };
-        let currency = r.req_str("currency")?;
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(r.err("currency", Problem::Invalid("three upper-case letters (ISO 4217)")));
-        }
-        let status = PaymentStatus::parse(r.req_str("status")?)
-            .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
-        out.push(Payment {
-            ts_ms: r.ts()?,
-            game_id: r.game(game)?,
-            env: r.req_str("env")?.to_owned(),
-            user_id: r.req_str("user_id")?.to_owned(),
-            order_id: r.req_str("order_id")?.to_owned(),
-            amount_cents,
-            currency: currency.to_owned(),
-            status,
-            channel: r.opt_str("channel")?.to_owned(),
-            platform: r.opt_str("platform")?.to_owned(),
-            country: r.country()?,
-            region: r.opt_str("region")?.to_owned(),
-            city: r.opt_str("city")?.to_owned(),
-            product_id: r.opt_str("product_id")?.to_owned(),
-            reason: r.opt_str("reason")?.to_owned(),
-        });
+        out.push(payment_record(&Rec::new(index, v, limits)?, Some(game))?);
     }
     Ok(())
+}
+
+fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyError> {
+    let amount = r.get("amount_cents").ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
+    let amount_cents = match (amount.as_u64(), amount.as_i64()) {
+        (Some(a), _) if a > 0 => a,
+        (Some(_), _) | (None, Some(_)) => {
+            return Err(r.err("amount_cents", Problem::Invalid("an integer greater than 0")))
+        }
+        _ => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
+    };
+    let currency = r.req_str("currency")?;
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(r.err("currency", Problem::Invalid("three upper-case letters (ISO 4217)")));
+    }
+    let status = PaymentStatus::parse(r.req_str("status")?)
+        .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
+    Ok(Payment {
+        ts_ms: r.ts()?,
+        game_id: r.game(game)?,
+        env: r.req_str("env")?.to_owned(),
+        user_id: r.req_str("user_id")?.to_owned(),
+        order_id: r.req_str("order_id")?.to_owned(),
+        amount_cents,
+        currency: currency.to_owned(),
+        status,
+        channel: r.opt_str("channel")?.to_owned(),
+        platform: r.opt_str("platform")?.to_owned(),
+        country: r.country()?,
+        region: r.opt_str("region")?.to_owned(),
+        city: r.opt_str("city")?.to_owned(),
+        product_id: r.opt_str("product_id")?.to_owned(),
+        reason: r.opt_str("reason")?.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -437,6 +470,20 @@ mod tests {
         assert_eq!(events(&deep), Err(BodyError::TooDeep(16)));
         // Brackets inside strings do not count as nesting.
         assert!(check_depth(br#"["[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"[["]"#, 2).is_ok());
+    }
+
+    #[test]
+    fn single_objects_of_any_game_and_derived_ids() {
+        let mut j = br#"{"ts":"2026-11-25T14:42:29Z","game_id":"other","env":"prod","event":"login"}"#.to_vec();
+        let id = derived_event_id("analytics:events", "1-0");
+        assert_eq!(id, derived_event_id("analytics:events", "1-0"));
+        assert_ne!(id, derived_event_id("analytics:events", "1-1"));
+        let e = parse_event_object(&mut j, &Limits::default(), id).expect("valid");
+        assert_eq!((e.game_id.as_str(), e.event_id), ("other", id));
+        assert_eq!(uuid::Uuid::from_bytes(id).get_version_num(), 8);
+        let mut p = br#"{"ts":1795617749,"game_id":"x","env":"p","user_id":"u","order_id":"o","amount_cents":5,"currency":"USD","status":"success"}"#.to_vec();
+        assert_eq!(parse_payment_object(&mut p, &Limits::default()).expect("valid").amount_cents, 5);
+        assert!(parse_event_object(&mut b"[1]".to_vec(), &Limits::default(), id).is_err());
     }
 
     #[test]

@@ -89,6 +89,13 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts the server again on the same port and directory with other extra arguments.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        self.spawn();
+    }
+
     /// A new client connection.
     pub fn client(&self) -> RedisClient {
         RedisClient::connect(self.port).expect("connect to redis-server")

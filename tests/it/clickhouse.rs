@@ -25,7 +25,7 @@ fn sample_event(i: u8) -> Event {
     Event {
         ts_ms: 1_795_617_749_000 + i64::from(i) * 1000,
         game_id: "g1".into(),
-        env: if i % 2 == 0 { "prod".into() } else { "staging".into() },
+        env: if i.is_multiple_of(2) { "prod".into() } else { "staging".into() },
         event: ["login", "level_start", "boss_killed"][usize::from(i % 3)].into(),
         user_id: format!("u{i}"),
         session_id: format!("s{i}"),
@@ -52,9 +52,11 @@ async fn insert_events(conn: &mut Connection, events: &[Event]) -> Result<(), Ch
     conn.insert_end().await
 }
 
-fn read_events(
-    ch: &ClickHouseServer,
-) -> Vec<(u32, String, String, String, String, String, String, String, String, String, String, String, String, u32)> {
+/// One row of `analytics.events` as clickhouse-rs reads it.
+type EventRow =
+    (u32, String, String, String, String, String, String, String, String, String, String, String, String, u32);
+
+fn read_events(ch: &ClickHouseServer) -> Vec<EventRow> {
     let url = format!("tcp://127.0.0.1:{}/default?compression=lz4", ch.tcp_port);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     rt.block_on(async move {

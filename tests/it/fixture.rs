@@ -42,7 +42,11 @@ pub struct Fixture {
 impl Fixture {
     /// Starts with the test configuration, adjusted by `tweak`.
     pub fn start(driver: Driver, tweak: impl FnOnce(&mut Config)) -> Fixture {
-        let redis = RedisServer::start();
+        Self::start_with_redis(driver, RedisServer::start(), tweak)
+    }
+
+    /// Starts on a given redis-server.
+    pub fn start_with_redis(driver: Driver, redis: RedisServer, tweak: impl FnOnce(&mut Config)) -> Fixture {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".into();
         config.server.shards = 2;

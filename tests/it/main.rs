@@ -6,4 +6,6 @@
 mod clickhouse;
 mod fixture;
 mod ingest;
+mod pipeline;
 mod refusals;
+mod worker;

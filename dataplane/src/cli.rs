@@ -1,0 +1,165 @@
+//! The command line of the `croupier` binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use croupier_control::config::{Config, ENV_CONFIG_PATH};
+
+const USAGE: &str = "\
+usage: croupier <command> [--config FILE]
+
+commands:
+  ingest    run the HTTP ingest data plane (events into Redis Streams)
+  worker    consume the streams into ClickHouse
+  run       ingest and worker in one process
+  migrate   create or upgrade the ClickHouse schema, then exit
+  check     load and check the configuration, then exit
+
+The config file may also be named by CROUPIER_CONFIG; every key can be overridden by a
+CROUPIER_<SECTION>__<KEY> environment variable (see README).";
+
+/// Runs the command line given in the process arguments.
+pub fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let Some(command) = args.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => match args.next() {
+                Some(p) => config_path = Some(PathBuf::from(p)),
+                None => {
+                    eprintln!("croupier: --config needs a file\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("croupier: unknown argument {other}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("croupier: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command.as_str() {
+        "check" => {
+            println!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());
+            ExitCode::SUCCESS
+        }
+        "ingest" => serve(config, true, false),
+        "worker" => serve(config, false, true),
+        "run" => serve(config, true, true),
+        "migrate" => migrate(&config),
+        "--help" | "-h" | "help" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("croupier: unknown command {other}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn migrate(config: &Config) -> ExitCode {
+    let opts = crate::worker::clickhouse_options(config);
+    let driver = match crate::runtime::resolve(config.server.driver) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("croupier: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = crate::runtime::block_on(driver, async move {
+        let mut conn = crate::clickhouse::connection::Connection::connect(&opts).await?;
+        crate::clickhouse::schema::migrate(&mut conn).await?;
+        Ok::<_, crate::clickhouse::connection::ChError>(conn.server().clone())
+    });
+    match res {
+        Ok(Ok(server)) => {
+            println!(
+                "schema up to date on ClickHouse {}.{}.{} (revision {})",
+                server.major, server.minor, server.patch, server.revision
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("croupier: migrate: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("croupier: migrate: runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("croupier: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = config.shard_count();
+    let workers = if worker {
+        match crate::worker::start(config.clone()) {
+            Ok(w) => {
+                eprintln!(
+                    "croupier: worker consuming as {}-0..{} into {}",
+                    config.consumer_prefix(),
+                    config.worker.shards,
+                    config.clickhouse.addr
+                );
+                Some(w)
+            }
+            Err(e) => {
+                eprintln!("croupier: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let handle = if ingest {
+        match crate::start(config) {
+            Ok(h) => {
+                eprintln!(
+                    "croupier: ingest listening on {} with {shards} shard(s), io driver {}",
+                    h.local_addr(),
+                    h.driver().name()
+                );
+                Some(h)
+            }
+            Err(e) => {
+                eprintln!("croupier: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(sig) = signals.forever().next() {
+        eprintln!("croupier: signal {sig}: draining and stopping");
+    }
+    if let Some(h) = handle {
+        h.shutdown();
+    }
+    if let Some(w) = workers {
+        w.shutdown();
+    }
+    ExitCode::SUCCESS
+}

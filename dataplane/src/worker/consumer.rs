@@ -1,0 +1,343 @@
+//! One stream's consumer on a worker shard: read, insert, acknowledge.
+//!
+//! Order of work:
+//! 1. On start (and after any failure) the consumer re-reads its own pending entries
+//!    (`XREADGROUP ... 0`) — entries it was given before but never acknowledged — after
+//!    moving those delivered `max_deliveries` times to the dead-letter stream.
+//! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows or `linger_ms`.
+//! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
+//!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead.
+//! 4. A batch is inserted and only after ClickHouse's EndOfStream are its entries
+//!    acknowledged (`XACK`). Entries that cannot be read, or whose rows ClickHouse
+//!    rejects as bad data (found by bisecting the batch), go to
+//!    `<stream>:dead` with their reason and are then acknowledged; the rest commits.
+//! 5. While ClickHouse fails otherwise, the batch is kept and retried with back-off:
+//!    nothing is acknowledged, nothing dropped.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use croupier_protocol::resp::{self, Frame};
+use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
+
+use super::entries::{self, cmd, Entry};
+use super::sink::{entry_rows, Poison, Sink};
+use crate::clickhouse::connection::{ChError, ChOptions, Connection};
+use crate::redis::connection::RedisClient;
+
+/// What a consumer needs to know.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The stream.
+    pub stream: StreamKind,
+    /// Consumer name (stable across restarts).
+    pub consumer: String,
+    /// Entries per read.
+    pub read_count: usize,
+    /// Flush at this many rows.
+    pub batch_rows: usize,
+    /// Flush this long after the first row.
+    pub linger: Duration,
+    /// Claim entries idle this long.
+    pub claim_idle: Duration,
+    /// How often to try claiming.
+    pub claim_interval: Duration,
+    /// Dead-letter after this many deliveries.
+    pub max_deliveries: u64,
+    /// Longest back-off.
+    pub backoff_max: Duration,
+    /// Dead-letter stream `MAXLEN ~`.
+    pub dead_maxlen: u64,
+    /// Longest a read blocks while idle.
+    pub idle_block: Duration,
+    /// ClickHouse.
+    pub clickhouse: ChOptions,
+}
+
+/// The dead-letter stream of `stream`.
+pub fn dead_letter_key(stream: StreamKind) -> String {
+    format!("{}:dead", stream.key())
+}
+
+struct Consumer {
+    cfg: Rc<ConsumerConfig>,
+    redis: RedisClient,
+    ch: Option<Connection>,
+    sink: Sink,
+    backoff: Duration,
+}
+
+/// Runs the consumer until `stop` is set (finishing the batch in hand when it can).
+pub async fn run(cfg: Rc<ConsumerConfig>, redis: RedisClient, stop: Arc<AtomicBool>) {
+    let mut c = Consumer { sink: Sink::new(cfg.stream), cfg, redis, ch: None, backoff: Duration::from_millis(100) };
+    let mut recovering = true;
+    let mut last_claim = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let batch = if recovering {
+            match c.recover_page().await {
+                Ok(b) if b.is_empty() => {
+                    recovering = false;
+                    continue;
+                }
+                Ok(b) => b,
+                Err(e) => {
+                    c.fail(&e).await;
+                    continue;
+                }
+            }
+        } else if last_claim.elapsed() >= c.cfg.claim_interval {
+            last_claim = Instant::now();
+            match c.claim().await {
+                Ok(b) if b.is_empty() => continue,
+                Ok(b) => b,
+                Err(e) => {
+                    c.fail(&e).await;
+                    continue;
+                }
+            }
+        } else {
+            match c.gather(&stop).await {
+                Ok(b) if b.is_empty() => continue,
+                Ok(b) => b,
+                Err(e) => {
+                    c.fail(&e).await;
+                    recovering = true;
+                    continue;
+                }
+            }
+        };
+        // Retry the batch until it is committed; on shutdown leave it pending.
+        loop {
+            match c.commit(&batch).await {
+                Ok(()) => {
+                    c.backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(e) => {
+                    c.fail(&e).await;
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Consumer {
+    fn key(&self) -> &'static str {
+        self.cfg.stream.key()
+    }
+
+    async fn fail(&mut self, e: &str) {
+        eprintln!("croupier: worker {} {}: {e}; retrying in {:?}", self.cfg.consumer, self.key(), self.backoff);
+        self.ch = None;
+        monoio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+    }
+
+    async fn call(&self, c: Vec<u8>) -> Result<Frame, String> {
+        match self.redis.call(c).await {
+            Ok(Frame::Error(e)) => Err(format!("Redis: {e}")),
+            Ok(f) => Ok(f),
+            Err(e) => Err(format!("Redis: {e:?}")),
+        }
+    }
+
+    async fn read(&self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, String> {
+        let count = self.cfg.read_count.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"XREADGROUP",
+            b"GROUP",
+            CONSUMER_GROUP.as_bytes(),
+            self.cfg.consumer.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        let ms = block.map(|b| b.as_millis().max(1).to_string());
+        if let Some(ms) = &ms {
+            args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
+        }
+        args.extend([b"STREAMS".as_slice(), self.key().as_bytes(), id.as_bytes()]);
+        entries::xreadgroup_reply(self.call(cmd(&args)).await?)
+    }
+
+    /// One page of this consumer's own pending entries, after dead-lettering the
+    /// over-delivered ones.
+    async fn recover_page(&mut self) -> Result<Vec<Entry>, String> {
+        self.dead_letter_overdelivered().await?;
+        self.read("0", None).await
+    }
+
+    async fn dead_letter_overdelivered(&mut self) -> Result<(), String> {
+        let count = self.cfg.read_count.to_string();
+        let reply = self
+            .call(cmd(&[
+                b"XPENDING",
+                self.key().as_bytes(),
+                CONSUMER_GROUP.as_bytes(),
+                b"-",
+                b"+",
+                count.as_bytes(),
+                self.cfg.consumer.as_bytes(),
+            ]))
+            .await?;
+        for (id, deliveries) in entries::xpending_reply(reply)? {
+            if deliveries < self.cfg.max_deliveries {
+                continue;
+            }
+            let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
+            let entry = match got {
+                Frame::Array(mut items) if !items.is_empty() => {
+                    let f = items.remove(0);
+                    entries::xreadgroup_reply(Frame::Array(vec![Frame::Array(vec![
+                        Frame::BulkString(self.key().as_bytes().to_vec()),
+                        Frame::Array(vec![f]),
+                    ])]))?
+                    .pop()
+                }
+                _ => None,
+            }
+            .unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
+            let reason = format!("delivered {deliveries} times without being acknowledged");
+            self.dead_letter(&entry, &reason).await?;
+            self.ack(&[id.as_str()]).await?;
+        }
+        Ok(())
+    }
+
+    /// Entries idle in other consumers' pending lists, now ours.
+    async fn claim(&mut self) -> Result<Vec<Entry>, String> {
+        let idle = self.cfg.claim_idle.as_millis().to_string();
+        let count = self.cfg.read_count.to_string();
+        let reply = self
+            .call(cmd(&[
+                b"XAUTOCLAIM",
+                self.key().as_bytes(),
+                CONSUMER_GROUP.as_bytes(),
+                self.cfg.consumer.as_bytes(),
+                idle.as_bytes(),
+                b"0-0",
+                b"COUNT",
+                count.as_bytes(),
+            ]))
+            .await?;
+        let (_, claimed) = entries::xautoclaim_reply(reply)?;
+        if claimed.is_empty() {
+            return Ok(claimed);
+        }
+        // Claiming counts as a delivery: entries that keep killing consumers stop here.
+        self.dead_letter_overdelivered().await?;
+        let claimed_ids: Vec<String> = claimed.into_iter().map(|e| e.id).collect();
+        let mut ours = Vec::with_capacity(claimed_ids.len());
+        for page in self.read("0", None).await? {
+            if claimed_ids.contains(&page.id) {
+                ours.push(page);
+            }
+        }
+        Ok(ours)
+    }
+
+    /// New entries: waits up to the idle block for the first, then gathers until
+    /// `batch_rows` rows or `linger` after the first.
+    async fn gather(&mut self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
+        let mut batch = self.read(">", Some(self.cfg.idle_block)).await?;
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let deadline = Instant::now() + self.cfg.linger;
+        let mut rows: usize = batch.iter().map(entry_rows).sum();
+        while rows < self.cfg.batch_rows && !stop.load(Ordering::Relaxed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self.read(">", Some(left)).await?;
+            if more.is_empty() {
+                break;
+            }
+            rows += more.iter().map(entry_rows).sum::<usize>();
+            batch.extend(more);
+        }
+        Ok(batch)
+    }
+
+    async fn connection(&mut self) -> Result<(), String> {
+        if self.ch.is_none() {
+            self.ch = Some(Connection::connect(&self.cfg.clickhouse).await.map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    /// Inserts `batch`, dead-letters what cannot be inserted, then acknowledges all of it.
+    async fn commit(&mut self, batch: &[Entry]) -> Result<(), String> {
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let mut poison: Vec<Poison> = Vec::new();
+        // Bisect on bad data: halves that insert commit; single entries that fail are poison.
+        let mut todo: Vec<Vec<usize>> = vec![all];
+        while let Some(part) = todo.pop() {
+            self.connection().await?;
+            let Some(ch) = self.ch.as_mut() else { return Err("no ClickHouse connection".into()) };
+            match self.sink.insert(ch, batch, &part).await {
+                Ok(p) => poison.extend(p),
+                Err(e) if e.is_bad_data() => {
+                    self.ch = None;
+                    if part.len() == 1 {
+                        poison.push(Poison { index: part[0], reason: format!("rejected by ClickHouse: {e}") });
+                    } else {
+                        let (a, b) = part.split_at(part.len() / 2);
+                        todo.push(b.to_vec());
+                        todo.push(a.to_vec());
+                    }
+                }
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+        poison.sort_by_key(|p| p.index);
+        poison.dedup_by_key(|p| p.index);
+        for p in &poison {
+            self.dead_letter(&batch[p.index], &p.reason).await?;
+        }
+        let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+        self.ack(&ids).await
+    }
+
+    async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), String> {
+        let dead = dead_letter_key(self.cfg.stream);
+        let maxlen = self.cfg.dead_maxlen.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"XADD",
+            dead.as_bytes(),
+            b"MAXLEN",
+            b"~",
+            maxlen.as_bytes(),
+            b"*",
+            b"reason",
+            reason.as_bytes(),
+            b"source_id",
+            e.id.as_bytes(),
+        ];
+        for (k, v) in &e.fields {
+            args.push(k);
+            args.push(v);
+        }
+        let mut c = Vec::new();
+        resp::command(&mut c, &args);
+        self.call(c).await.map(|_| ())
+    }
+
+    async fn ack(&self, ids: &[&str]) -> Result<(), String> {
+        for chunk in ids.chunks(1000) {
+            let mut args: Vec<&[u8]> = vec![b"XACK", self.key().as_bytes(), CONSUMER_GROUP.as_bytes()];
+            args.extend(chunk.iter().map(|i| i.as_bytes()));
+            self.call(cmd(&args)).await?;
+        }
+        Ok(())
+    }
+}
+
+fn describe(e: &ChError) -> String {
+    e.to_string()
+}

@@ -1,0 +1,140 @@
+//! Stream entries as the worker reads them, and the Redis commands it uses.
+
+use croupier_protocol::resp::{self, Frame};
+
+/// One stream entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Entry ID (`<ms>-<seq>`).
+    pub id: String,
+    /// Field/value pairs; empty when the entry was deleted (trimmed) while pending.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The value of `field`.
+    pub fn get(&self, field: &str) -> Option<&[u8]> {
+        self.fields.iter().find(|(k, _)| k == field.as_bytes()).map(|(_, v)| v.as_slice())
+    }
+}
+
+fn bulk(f: Frame) -> Option<Vec<u8>> {
+    match f {
+        Frame::BulkString(b) | Frame::SimpleString(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn entry(f: Frame) -> Option<Entry> {
+    let Frame::Array(mut parts) = f else { return None };
+    if parts.len() != 2 {
+        return None;
+    }
+    let kv = parts.pop()?;
+    let id = String::from_utf8(bulk(parts.pop()?)?).ok()?;
+    let fields = match kv {
+        Frame::Array(kv) => {
+            let mut fields = Vec::with_capacity(kv.len() / 2);
+            let mut it = kv.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                fields.push((bulk(k)?, bulk(v)?));
+            }
+            fields
+        }
+        _ => Vec::new(),
+    };
+    Some(Entry { id, fields })
+}
+
+fn entries(f: Frame) -> Option<Vec<Entry>> {
+    match f {
+        Frame::Array(items) => items.into_iter().map(entry).collect(),
+        Frame::Null => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// Entries of an `XREADGROUP` reply for one stream (none on timeout).
+pub fn xreadgroup_reply(f: Frame) -> Result<Vec<Entry>, String> {
+    match f {
+        Frame::Null => Ok(Vec::new()),
+        Frame::Array(mut streams) => {
+            let Some(Frame::Array(mut s)) = streams.pop() else { return Ok(Vec::new()) };
+            let list = s.pop().ok_or("XREADGROUP: no entries")?;
+            entries(list).ok_or_else(|| "XREADGROUP: malformed entries".to_owned())
+        }
+        Frame::Error(e) => Err(e),
+        other => Err(format!("XREADGROUP: unexpected {other:?}")),
+    }
+}
+
+/// Entries claimed by an `XAUTOCLAIM` reply, and the cursor for the next call.
+pub fn xautoclaim_reply(f: Frame) -> Result<(String, Vec<Entry>), String> {
+    match f {
+        Frame::Array(parts) => {
+            let mut it = parts.into_iter();
+            let cursor =
+                it.next().and_then(bulk).and_then(|c| String::from_utf8(c).ok()).ok_or("XAUTOCLAIM: cursor")?;
+            let list = it.next().and_then(entries).ok_or("XAUTOCLAIM: entries")?;
+            Ok((cursor, list))
+        }
+        Frame::Error(e) => Err(e),
+        other => Err(format!("XAUTOCLAIM: unexpected {other:?}")),
+    }
+}
+
+/// `(id, deliveries)` from an extended `XPENDING` reply.
+pub fn xpending_reply(f: Frame) -> Result<Vec<(String, u64)>, String> {
+    match f {
+        Frame::Array(items) => Ok(items
+            .into_iter()
+            .filter_map(|i| {
+                let Frame::Array(p) = i else { return None };
+                let mut it = p.into_iter();
+                let id = String::from_utf8(bulk(it.next()?)?).ok()?;
+                let deliveries = match it.nth(2)? {
+                    Frame::Integer(n) => n.max(0) as u64,
+                    _ => return None,
+                };
+                Some((id, deliveries))
+            })
+            .collect()),
+        Frame::Error(e) => Err(e),
+        other => Err(format!("XPENDING: unexpected {other:?}")),
+    }
+}
+
+/// Encodes a command from string-like arguments.
+pub fn cmd(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+    resp::command(&mut out, args);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(raw: &[u8]) -> Frame {
+        resp::decode_reply(raw).expect("valid").expect("complete").0
+    }
+
+    #[test]
+    fn reads_entries_including_deleted_ones() {
+        let f = frame(b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\ndata\r\n$2\r\n{}\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n");
+        let e = xreadgroup_reply(f).expect("parses");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].get("data"), Some(b"{}".as_slice()));
+        assert!(e[1].fields.is_empty());
+        assert_eq!(xreadgroup_reply(frame(b"*-1\r\n")), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn reads_claims_and_delivery_counts() {
+        let f = frame(b"*3\r\n$3\r\n0-0\r\n*1\r\n*2\r\n$3\r\n5-0\r\n*2\r\n$1\r\nk\r\n$1\r\nv\r\n*0\r\n");
+        let (cursor, list) = xautoclaim_reply(f).expect("parses");
+        assert_eq!((cursor.as_str(), list[0].id.as_str()), ("0-0", "5-0"));
+        let p = frame(b"*1\r\n*4\r\n$3\r\n5-0\r\n$1\r\nc\r\n:100\r\n:3\r\n");
+        assert_eq!(xpending_reply(p), Ok(vec![("5-0".to_owned(), 3)]));
+    }
+}

@@ -1,0 +1,171 @@
+//! Turning stream entries into ClickHouse rows and inserting them.
+//!
+//! Each entry is either a batch entry (`fmt=rkyv1`, read in place) or a Croupier-format
+//! entry (`data` = one record's JSON). An entry that cannot be read is *poison*: it is
+//! reported with its reason and contributes no rows. Rows stream to ClickHouse in blocks
+//! of [`BLOCK_ROWS`] as they fill.
+
+use croupier_protocol::batch::{ArchivedRecords, BatchBuf, FIELD_BATCH, FIELD_CROUPIER_DATA, FIELD_FORMAT, FORMAT};
+use croupier_protocol::stream::StreamKind;
+use croupier_protocol::validate::{self, Limits};
+
+use super::entries::Entry;
+use crate::clickhouse::connection::{ChError, Connection};
+use crate::clickhouse::rows::{EventRows, PaymentRows};
+
+/// Rows per block sent to ClickHouse.
+pub const BLOCK_ROWS: usize = 65_536;
+
+/// An entry that cannot be inserted, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    /// Index in the batch.
+    pub index: usize,
+    /// Why.
+    pub reason: String,
+}
+
+enum Rows {
+    Events(EventRows),
+    Payments(PaymentRows),
+}
+
+impl Rows {
+    fn count(&self) -> usize {
+        match self {
+            Rows::Events(r) => r.rows,
+            Rows::Payments(r) => r.rows,
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Rows::Events(r) => r.clear(),
+            Rows::Payments(r) => r.clear(),
+        }
+    }
+
+    fn insert_sql(&self) -> &'static str {
+        match self {
+            Rows::Events(_) => EventRows::INSERT,
+            Rows::Payments(_) => PaymentRows::INSERT,
+        }
+    }
+
+    async fn send(&mut self, ch: &mut Connection) -> Result<(), ChError> {
+        match self {
+            Rows::Events(r) => ch.insert_block(&r.columns, r.rows).await?,
+            Rows::Payments(r) => ch.insert_block(&r.columns, r.rows).await?,
+        }
+        self.clear();
+        Ok(())
+    }
+}
+
+/// Builds and inserts rows for one stream, reusing its buffers across batches.
+pub struct Sink {
+    stream: StreamKind,
+    rows: Rows,
+    archive: BatchBuf,
+    json: Vec<u8>,
+    limits: Limits,
+}
+
+impl Sink {
+    /// A sink for `stream`'s table.
+    pub fn new(stream: StreamKind) -> Sink {
+        let rows = match stream {
+            StreamKind::Payments => Rows::Payments(PaymentRows::new()),
+            _ => Rows::Events(EventRows::new()),
+        };
+        Sink { stream, rows, archive: BatchBuf::default(), json: Vec::new(), limits: Limits::default() }
+    }
+
+    /// Appends the rows of `e`, or says why it has none.
+    fn push(&mut self, e: &Entry) -> Result<(), String> {
+        if e.fields.is_empty() {
+            return Err("entry was deleted (trimmed) before it was consumed".into());
+        }
+        if let Some(data) = e.get(FIELD_CROUPIER_DATA) {
+            self.json.clear();
+            self.json.extend_from_slice(data);
+            return match &mut self.rows {
+                Rows::Events(r) => {
+                    let id = validate::derived_event_id(self.stream.key(), &e.id);
+                    let ev =
+                        validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
+                    r.push(&ev, entry_ms(&e.id));
+                    Ok(())
+                }
+                Rows::Payments(r) => {
+                    let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
+                    r.push(&p, entry_ms(&e.id));
+                    Ok(())
+                }
+            };
+        }
+        if e.get(FIELD_FORMAT) != Some(FORMAT.as_bytes()) {
+            return Err("unknown entry format (neither `fmt=rkyv1` nor `data`)".into());
+        }
+        let bytes = e.get(FIELD_BATCH).ok_or("batch entry without `batch` field")?;
+        let batch = self.archive.load(bytes).map_err(|x| x.to_string())?;
+        let accepted = batch.accepted_at_ms.to_native();
+        match (&batch.records, &mut self.rows) {
+            (ArchivedRecords::Events(v), Rows::Events(r)) => v.iter().for_each(|ev| r.push(ev, accepted)),
+            (ArchivedRecords::Payments(v), Rows::Payments(r)) => v.iter().for_each(|p| r.push(p, accepted)),
+            _ => return Err(format!("batch holds records of another stream than {}", self.stream.key())),
+        }
+        Ok(())
+    }
+
+    /// Inserts the rows of `batch[i]` for every `i` in `which`, streaming blocks as they
+    /// fill, and returns the entries that had no rows to give (poison). `Ok` means
+    /// ClickHouse confirmed the insert (EndOfStream).
+    pub async fn insert(
+        &mut self,
+        ch: &mut Connection,
+        batch: &[Entry],
+        which: &[usize],
+    ) -> Result<Vec<Poison>, ChError> {
+        self.rows.clear();
+        let mut poison = Vec::new();
+        let mut started = false;
+        for &i in which {
+            if let Err(reason) = self.push(&batch[i]) {
+                poison.push(Poison { index: i, reason });
+                continue;
+            }
+            if self.rows.count() >= BLOCK_ROWS {
+                if !started {
+                    ch.insert_start(self.rows.insert_sql(), &[]).await?;
+                    started = true;
+                }
+                self.rows.send(ch).await?;
+            }
+        }
+        if self.rows.count() > 0 {
+            if !started {
+                ch.insert_start(self.rows.insert_sql(), &[]).await?;
+                started = true;
+            }
+            self.rows.send(ch).await?;
+        }
+        if started {
+            ch.insert_end().await?;
+        }
+        Ok(poison)
+    }
+}
+
+/// Milliseconds of an entry ID (`<ms>-<seq>`): when Redis accepted it.
+pub fn entry_ms(id: &str) -> i64 {
+    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}
+
+/// Rows an entry holds, from its `n` field (1 for Croupier-format entries).
+pub fn entry_rows(e: &Entry) -> usize {
+    e.get(croupier_protocol::batch::FIELD_COUNT)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}

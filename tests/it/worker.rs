@@ -1,0 +1,192 @@
+//! Streams into ClickHouse: every accepted record lands exactly once as the product sees
+//! it, whatever fails in between.
+
+use std::process::Command;
+use std::time::Duration;
+
+use croupier_it::http::now_secs;
+use croupier_it::require_binary;
+
+use crate::fixture::{event, events, post_signed, xlen, GAME, SECRET};
+use crate::pipeline::Pipeline;
+
+/// Posts `batches` batches of `per` standard events; returns how many were accepted.
+fn post_events(p: &Pipeline, batches: usize, per: usize) -> u64 {
+    let mut c = p.ingest.client();
+    let mut accepted = 0;
+    for _ in 0..batches {
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(per).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+        accepted += per as u64;
+    }
+    accepted
+}
+
+fn redis_cli(p: &Pipeline, args: &[&str]) -> String {
+    let cli = require_binary("redis-cli", "redis-tools");
+    let out = Command::new(cli).args(["-p", &p.ingest.redis.port.to_string()]).args(args).output().expect("redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn posted_records_land_column_by_column() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[]);
+    let ts = now_secs();
+    let body = format!(
+        r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"level_complete","user_id":"u-1","session_id":"s-1",
+        "device_id":"d-1","channel":"gp","platform":"android","country":"br","app_version":"2.0.1",
+        "event_id":"11111111-2222-4333-8444-555555555555","props":{{"level":7}}}},
+        {{"ts":{ts},"game_id":"g1","env":"prod","event":"guild_joined","user_id":"u-2"}}]"#
+    );
+    assert_eq!(post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status, 202);
+    let pay = format!(
+        r#"[{{"ts":{ts},"game_id":"g1","env":"prod","user_id":"u-1","order_id":"ord-9","amount_cents":1999,
+        "currency":"EUR","status":"refunded","region":"EU","reason":"chargeback"}}]"#
+    );
+    assert_eq!(post_signed(&mut p.ingest.client(), "/api/ingest/payments", GAME, SECRET, pay.as_bytes()).status, 202);
+
+    p.wait_for(2, "events in ClickHouse", Pipeline::distinct_events);
+    p.wait_for(1, "payments in ClickHouse", |p| p.scalar("SELECT count() FROM analytics.payments FINAL"));
+    let row = p.clickhouse.query(
+        "SELECT toUnixTimestamp(event_time), game_id, env, user_id, session_id, event, channel, platform, \
+         country, app_version, toString(event_id), props_json, device_id FROM analytics.events \
+         WHERE user_id = 'u-1' FORMAT TabSeparated",
+    );
+    assert_eq!(
+        row.trim_end(),
+        format!("{ts}\tg1\tprod\tu-1\ts-1\tlevel_complete\tgp\tandroid\tBR\t2.0.1\t11111111-2222-4333-8444-555555555555\t{{\"level\":7}}\td-1")
+    );
+    let custom =
+        p.clickhouse.query("SELECT event, user_id FROM analytics.events WHERE user_id = 'u-2' FORMAT TabSeparated");
+    assert_eq!(custom.trim_end(), "guild_joined\tu-2", "custom events land in the same table");
+    let pay_row = p.clickhouse.query(
+        "SELECT toUnixTimestamp(time), user_id, order_id, amount_cents, currency, status, region, reason \
+         FROM analytics.payments FORMAT TabSeparated",
+    );
+    assert_eq!(pay_row.trim_end(), format!("{ts}\tu-1\tord-9\t1999\tEUR\trefunded\tEU\tchargeback"));
+    p.wait_for(0, "pending entries", |p| {
+        (p.pending("analytics:events") + p.pending("analytics:custom") + p.pending("analytics:payments")) as u64
+    });
+    assert!(p.stop_worker(), "SIGTERM stops the worker cleanly");
+}
+
+#[test]
+fn croupier_format_entries_and_poison() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[]);
+    let ts = now_secs();
+    let with_id = format!(
+        r#"{{"ts":"{ts}","game_id":"legacy","env":"prod","event":"login","user_id":"old-1","event_id":"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"}}"#
+    );
+    let without_id = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"old-2"}}"#);
+    redis_cli(&p, &["XADD", "analytics:events", "*", "data", &with_id]);
+    let poison_id = redis_cli(&p, &["XADD", "analytics:events", "*", "data", "{not json"]);
+    redis_cli(&p, &["XADD", "analytics:events", "*", "fmt", "rkyv1", "n", "3", "batch", "garbage"]);
+    let id2 = redis_cli(&p, &["XADD", "analytics:events", "*", "data", &without_id]);
+    let pay = format!(
+        r#"{{"ts":{ts},"game_id":"legacy","env":"prod","user_id":"old-1","order_id":"L-1","amount_cents":5,"currency":"USD","status":"success"}}"#
+    );
+    redis_cli(&p, &["XADD", "analytics:payments", "*", "data", &pay]);
+
+    p.wait_for(2, "Croupier-format events", Pipeline::distinct_events);
+    p.wait_for(1, "Croupier-format payments", |p| p.scalar("SELECT count() FROM analytics.payments"));
+    p.wait_for(2, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    let ids = p
+        .clickhouse
+        .query("SELECT user_id, toString(event_id) FROM analytics.events ORDER BY user_id FORMAT TabSeparated");
+    let lines: Vec<&str> = ids.lines().collect();
+    assert_eq!(lines[0], "old-1\taaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+    // Without event_id: derived from the stream and entry ID, so redelivery keeps it.
+    let derived = croupier_protocol::validate::derived_event_id("analytics:events", &id2);
+    let derived = uuid_text(&derived);
+    assert_eq!(lines[1], format!("old-2\t{derived}"));
+
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert_eq!(dead[0].get("source_id"), Some(poison_id.as_bytes()));
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    assert_eq!(dead[0].get("data"), Some(b"{not json".as_slice()), "the original entry is kept");
+    let reason2 = String::from_utf8_lossy(dead[1].get("reason").expect("reason")).into_owned();
+    assert!(reason2.contains("batch archive"), "{reason2}");
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+#[test]
+fn worker_killed_after_insert_before_ack() {
+    // XACK is renamed away: the worker inserts, cannot acknowledge, and is killed there.
+    let mut p = Pipeline::start(&["--appendonly", "yes", "--rename-command", "XACK", "XACK_HIDDEN_FOR_TEST"]);
+    p.start_worker(&[]);
+    let accepted = post_events(&p, 20, 50);
+    p.wait_for(accepted, "rows inserted while acks fail", Pipeline::distinct_events);
+    assert!(p.pending("analytics:events") > 0, "nothing may be acknowledged yet");
+    p.kill_worker();
+    // Redis comes back with XACK (same data from the AOF); a new worker process recovers.
+    p.ingest.redis.restart_with(&["--appendonly", "yes"]);
+    p.start_worker(&[]);
+    p.wait_for(0, "pending after recovery", |p| p.pending("analytics:events") as u64);
+    assert_eq!(p.distinct_events(), accepted, "redelivered rows never show twice");
+}
+
+#[test]
+fn worker_killed_before_insert_and_clickhouse_down_for_a_while() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.stop();
+    p.start_worker(&[]);
+    let first = post_events(&p, 10, 20);
+    // The worker has the entries (pending) but cannot insert; kill it there.
+    p.wait_for(10, "entries delivered", |p| p.pending("analytics:events") as u64);
+    p.kill_worker();
+    p.start_worker(&[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = post_events(&p, 10, 20);
+    // Nothing acknowledged, nothing dropped: all 20 entries are in the stream, the first
+    // 10 still pending (the worker keeps retrying them before reading more).
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events"), 20);
+    assert_eq!(p.pending("analytics:events"), 10);
+    p.clickhouse.restart();
+    p.wait_for(first + second, "rows after ClickHouse came back", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}
+
+#[test]
+fn redis_restarted_with_aof() {
+    let mut p = Pipeline::start(&["--appendonly", "yes"]);
+    p.start_worker(&[]);
+    let first = post_events(&p, 5, 40);
+    p.ingest.redis.restart_with(&["--appendonly", "yes"]);
+    // Ingest reconnects on its own; retry until it does.
+    let mut c = p.ingest.client();
+    let mut second = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while second < 200 {
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(40).as_bytes());
+        match r.status {
+            202 => second += 40,
+            503 => std::thread::sleep(Duration::from_millis(50)),
+            s => panic!("{s}: {}", r.text()),
+        }
+        assert!(std::time::Instant::now() < deadline, "ingest did not recover");
+    }
+    p.wait_for(first + second, "rows after Redis restart", Pipeline::distinct_events);
+}
+
+#[test]
+fn entries_of_a_dead_consumer_are_claimed() {
+    let mut p = Pipeline::start(&[]);
+    let body = format!("[{},{}]", event("login", "a"), event("login", "b"));
+    assert_eq!(post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status, 202);
+    // Another consumer takes the entry and dies without acknowledging it.
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "dead-one", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    assert_eq!(p.pending("analytics:events"), 1);
+    p.start_worker(&[]);
+    p.wait_for(2, "claimed rows", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}

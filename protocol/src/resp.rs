@@ -145,6 +145,54 @@ pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespE
     Ok(None)
 }
 
+/// The length of the complete reply at the front of `buf`, or `None` while it is
+/// incomplete, without building it: bulk payloads are skipped by their declared length,
+/// so the cost is per element, not per byte.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
+    let mut pos = 0usize;
+    // Elements still expected at each open array level.
+    let mut pending: u64 = 1;
+    let mut stack: Vec<u64> = Vec::new();
+    while pending > 0 || !stack.is_empty() {
+        if pending == 0 {
+            pending = stack.pop().unwrap_or(0);
+            continue;
+        }
+        let Some(kind) = buf.get(pos).copied() else { return Ok(None) };
+        let Some(nl) = buf[pos..].windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+        let line = &buf[pos + 1..pos + nl];
+        pos += nl + 2;
+        pending -= 1;
+        let num = || -> Result<i64, RespError> {
+            std::str::from_utf8(line)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| RespError(format!("bad length {:?}", String::from_utf8_lossy(line))))
+        };
+        match kind {
+            b'+' | b'-' | b':' => {}
+            b'$' => {
+                let n = num()?;
+                if n >= 0 {
+                    pos = pos.checked_add(n as usize + 2).ok_or_else(|| RespError("length overflow".into()))?;
+                    if pos > buf.len() {
+                        return Ok(None);
+                    }
+                }
+            }
+            b'*' => {
+                let n = num()?;
+                if n > 0 {
+                    stack.push(pending);
+                    pending = n as u64;
+                }
+            }
+            other => return Err(RespError(format!("unexpected type byte {other:#x}"))),
+        }
+    }
+    Ok(Some(pos))
+}
+
 /// Decodes one reply from the front of `buf`: `Ok(None)` when more bytes are needed,
 /// else the frame and how many bytes it took.
 pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
@@ -199,6 +247,23 @@ mod tests {
         let replay = decode_reply(b"-REPLAY nonce already used\r\n").expect("ok").expect("complete").0;
         assert_eq!(ingest_reply(replay), Ok(IngestReply::Replay));
         assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
+    }
+
+    #[test]
+    fn frame_len_measures_without_parsing() {
+        let full = b"*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nk\r\n$5\r\nv\r\nab\r\n:7\r\n+OK\r\n";
+        let first = full.len() - 5;
+        assert_eq!(frame_len(full), Ok(Some(first)));
+        for n in 0..first {
+            assert_eq!(frame_len(&full[..n]), Ok(None), "prefix {n}");
+        }
+        assert_eq!(frame_len(b"*-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"*0\r\n"), Ok(Some(4)));
+        assert!(frame_len(b"?x\r\n").is_err());
+        // Agrees with the full decoder.
+        let (_, used) = decode_reply(full).expect("ok").expect("complete");
+        assert_eq!(used, first);
     }
 
     #[test]

@@ -119,12 +119,16 @@ impl ClickHouseServer {
     }
 
     /// Runs `sql` through the HTTP interface and returns the response body
-    /// (TabSeparated). Panics on an error status.
+    /// (TabSeparated). Panics on an error status. LowCardinality columns may be created
+    /// (ClickHouse 18 needs a setting for that).
     pub fn query(&self, sql: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
         s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        let req = format!("POST / HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}", sql.len());
+        let req = format!(
+            "POST /?allow_experimental_low_cardinality_type=1 HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        );
         s.write_all(req.as_bytes()).expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");

@@ -131,7 +131,14 @@ async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Result<Frame,
             rbuf.drain(..used);
             return Ok(frame);
         }
-        read_more(stream, rbuf).await.map_err(|_| RedisError::Unavailable)?;
+        // Skip the full parse until the reply is complete: measuring it skips bulk
+        // payloads by their length, so a large reply is not re-parsed on every read.
+        loop {
+            read_more(stream, rbuf).await.map_err(|_| RedisError::Unavailable)?;
+            if resp::frame_len(rbuf).map_err(|e| RedisError::Protocol(e.0))?.is_some() {
+                break;
+            }
+        }
     }
 }
 

@@ -1,0 +1,78 @@
+//! The worker's hot path: filling `analytics.events` column blocks from archived batch
+//! records (read in place) and laying the block out in the native format, with and
+//! without LZ4 frames. Read with `benches/README.md`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use croupier_dataplane::clickhouse::rows::EventRows;
+use croupier_protocol::batch::{self, ArchivedRecords, Batch, Records};
+use croupier_protocol::clickhouse::packet;
+use croupier_protocol::envelope::Event;
+
+const ROWS: usize = 10_000;
+
+fn archive() -> rkyv::util::AlignedVec {
+    let names = ["level_start", "level_complete", "economy_earn", "heartbeat", "session_start"];
+    let events: Vec<Event> = (0..ROWS)
+        .map(|i| Event {
+            ts_ms: 1_795_617_749_000 + i as i64,
+            game_id: "g1".into(),
+            env: "prod".into(),
+            event: names[i % names.len()].into(),
+            user_id: format!("user-{:06}", i * 7919 % 1_000_000),
+            session_id: format!("sess-{:08x}", i / 20),
+            device_id: format!("dev-{:08x}", i / 20),
+            channel: "gp".into(),
+            platform: "android".into(),
+            country: "BR".into(),
+            app_version: "3.14.2".into(),
+            event_id: (i as u128).to_le_bytes(),
+            props: format!(r#"{{"level":{},"coins":{},"mode":"ranked"}}"#, i % 60, i * 13),
+        })
+        .collect();
+    batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(events) }).unwrap()
+}
+
+fn block_encoding(c: &mut Criterion) {
+    let bytes = archive();
+    let archived = batch::access(&bytes).unwrap();
+    let ArchivedRecords::Events(events) = &archived.records else { panic!("events") };
+    let mut rows = EventRows::new();
+    let mut out = Vec::with_capacity(4 << 20);
+    let mut scratch = Vec::with_capacity(4 << 20);
+    let mut g = c.benchmark_group("events_block_10k_rows");
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("fill_columns", |b| {
+        b.iter(|| {
+            rows.clear();
+            for e in events.iter() {
+                rows.push(e, 1);
+            }
+            black_box(rows.rows)
+        })
+    });
+    for (name, lz4) in [("fill_and_encode_plain", false), ("fill_and_encode_lz4", true)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rows.clear();
+                for e in events.iter() {
+                    rows.push(e, 1);
+                }
+                out.clear();
+                packet::data(&mut out, 54412, lz4, &rows.columns, rows.rows, &mut scratch);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+    out.clear();
+    packet::data(&mut out, 54412, false, &rows.columns, rows.rows, &mut scratch);
+    let plain = out.len();
+    out.clear();
+    packet::data(&mut out, 54412, true, &rows.columns, rows.rows, &mut scratch);
+    eprintln!("events_block_10k_rows: {plain} bytes plain, {} bytes LZ4", out.len());
+}
+
+criterion_group!(benches, block_encoding);
+criterion_main!(benches);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: the ingest data plane on local servers. Starts a redis-server on a free
-# loopback port in a temporary directory, runs `croupier ingest` against it, sends signed
-# batches of game events and payments, and shows what landed in the streams.
+# The main job: the whole pipeline on local servers. Starts redis-server and
+# clickhouse-server on free loopback ports in a temporary directory, creates the schema
+# (`croupier migrate`), runs `croupier run` (ingest + worker), sends signed batches of game
+# events and payments over HTTP, and shows what landed in the streams and in ClickHouse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,11 +11,9 @@ cargo build --release -p croupier-dataplane --bin croupier
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d)
-redis_port=$(free_port)
-http_port=$(free_port)
+redis_port=$(free_port); ch_port=$(free_port); ch_http=$(free_port); http_port=$(free_port)
 cleanup() {
-  [ -n "${croupier_pid:-}" ] && kill "$croupier_pid" 2>/dev/null && wait "$croupier_pid" 2>/dev/null || true
-  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null || true
+  for pid in ${croupier_pid:-} ${ch_pid:-} ${redis_pid:-}; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -22,18 +21,62 @@ trap cleanup EXIT
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save "" --daemonize no \
   --logfile "$work/redis.log" &
 redis_pid=$!
-for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+mkdir -p "$work/ch"
+cat > "$work/ch/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$work/ch/server.log</log><errorlog>$work/ch/error.log</errorlog><console>0</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>$ch_port</tcp_port>
+  <http_port>$ch_http</http_port>
+  <path>$work/ch/data/</path>
+  <tmp_path>$work/ch/tmp/</tmp_path>
+  <user_files_path>$work/ch/user_files/</user_files_path>
+  <format_schema_path>$work/ch/format_schemas/</format_schema_path>
+  <users_config>users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+XML
+cat > "$work/ch/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+XML
+(cd "$work/ch" && exec clickhouse-server --config-file="$work/ch/config.xml" >/dev/null 2>&1) &
+ch_pid=$!
+for _ in $(seq 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$ch_http/ping" >/dev/null 2>&1 && break; sleep 0.05; done
 
 export CROUPIER_SERVER__LISTEN="127.0.0.1:$http_port"
 export CROUPIER_SERVER__PIN=false
 export CROUPIER_REDIS__ADDR="127.0.0.1:$redis_port"
-target/release/croupier ingest --config croupier.example.toml &
+export CROUPIER_CLICKHOUSE__ADDR="127.0.0.1:$ch_port"
+target/release/croupier migrate --config croupier.example.toml
+target/release/croupier run --config croupier.example.toml &
 croupier_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 200); do curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
 echo "readyz: $(curl -s "http://127.0.0.1:$http_port/readyz")"
 
 python3 scripts/demo_send.py "http://127.0.0.1:$http_port" demo-game change-me "${DEMO_BATCHES:-50}"
 
-for s in analytics:events analytics:custom analytics:payments; do
-  echo "$s: $(redis-cli -p "$redis_port" xlen "$s") entries; group: $(redis-cli -p "$redis_port" xinfo groups "$s" | tr '\n' ' ')"
+q() { clickhouse-client --port "$ch_port" --query "$1"; }
+sent=$(( ${DEMO_BATCHES:-50} * 100 ))
+for _ in $(seq 200); do
+  [ "$(q 'SELECT count() FROM analytics.events FINAL')" -ge "$sent" ] \
+    && [ "$(q 'SELECT count() FROM analytics.payments FINAL')" -ge 10 ] && break
+  sleep 0.05
 done
+for s in analytics:events analytics:custom analytics:payments; do
+  echo "$s: $(redis-cli -p "$redis_port" xlen "$s") entries, $(redis-cli -p "$redis_port" xpending "$s" analytics-workers | head -1) pending"
+done
+echo "ClickHouse analytics.events:   $(q 'SELECT count() FROM analytics.events FINAL') events"
+echo "ClickHouse analytics.payments: $(q 'SELECT count() FROM analytics.payments FINAL') payments, $(q 'SELECT sum(amount_cents) FROM analytics.payments FINAL') cents"
+echo "Top events:"
+q "SELECT event, count() AS n, uniqExact(user_id) AS users FROM analytics.events FINAL GROUP BY event ORDER BY n DESC LIMIT 5 FORMAT PrettyCompact"

@@ -84,6 +84,8 @@ pub struct Connection {
     revision: u64,
     compression: bool,
     timeout: Duration,
+    /// Random per connection, so query ids never collide between connections.
+    id: u64,
     queries: u64,
 }
 
@@ -115,6 +117,7 @@ impl Connection {
             revision: CLIENT_REVISION,
             compression: opts.compression,
             timeout: opts.timeout,
+            id: fastrand::u64(..),
             queries: 0,
         };
         packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, &opts.password);
@@ -162,7 +165,7 @@ impl Connection {
 
     fn start_query(&mut self, sql: &str, settings: &[(&str, Setting<'_>)], compression: bool) {
         self.queries += 1;
-        let id = format!("croupier-{:x}-{}", std::process::id(), self.queries);
+        let id = format!("croupier-{:016x}-{}", self.id, self.queries);
         packet::query(&mut self.wbuf, self.revision, CLIENT_NAME, &id, sql, settings, compression);
     }
 

@@ -75,6 +75,11 @@ pub async fn run(cfg: Rc<ConsumerConfig>, redis: RedisClient, stop: Arc<AtomicBo
     let mut recovering = true;
     let mut last_claim = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if !c.redis.is_up() {
+            // Connecting (or reconnecting): the Redis connection task retries on its own.
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         let batch = if recovering {
             match c.recover_page().await {
                 Ok(b) if b.is_empty() => {

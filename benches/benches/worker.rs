@@ -37,7 +37,7 @@ fn archive() -> rkyv::util::AlignedVec {
 fn block_encoding(c: &mut Criterion) {
     let bytes = archive();
     let archived = batch::access(&bytes).unwrap();
-    let ArchivedRecords::Events(events) = &archived.records else { panic!("events") };
+    let ArchivedRecords::Events(events) = &archived.records else { unreachable!("the archive holds events") };
     let mut rows = EventRows::new();
     let mut out = Vec::with_capacity(4 << 20);
     let mut scratch = Vec::with_capacity(4 << 20);

@@ -51,13 +51,22 @@ impl Handle {
     }
 }
 
+/// Binds one shard's listening socket with SO_REUSEPORT. For port 0 the first socket is
+/// bound before the option is set, so the kernel picks a port no other socket uses (else
+/// two processes binding port 0 could land in one reuse group and share connections);
+/// the option is set before `listen`, which is when the socket joins its group.
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    if addr.port() == 0 {
+        socket.bind(&addr.into())?;
+        socket.set_reuse_port(true)?;
+    } else {
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+    }
     socket.listen(1024)?;
     Ok(socket.into())
 }

@@ -53,7 +53,17 @@ fn fill_stream(redis: &RedisServer, rows: usize) {
         let archive = batch::encode(&Batch { accepted_at_ms: 1_795_617_749_000, records: Records::Events(events) })
             .expect("encode");
         let count = n.to_string();
-        let f = c.cmd(&[b"XADD".as_slice(), b"analytics:events", b"*", b"fmt", b"rkyv1", b"n", count.as_bytes(), b"batch", &archive]);
+        let f = c.cmd(&[
+            b"XADD".as_slice(),
+            b"analytics:events",
+            b"*",
+            b"fmt",
+            b"rkyv1",
+            b"n",
+            count.as_bytes(),
+            b"batch",
+            &archive,
+        ]);
         assert!(!matches!(f, resp::Frame::Error(_)), "XADD: {f:?}");
         i += n;
     }

@@ -121,14 +121,32 @@ fn uuid_text(b: &[u8; 16]) -> String {
 #[test]
 fn worker_killed_after_insert_before_ack() {
     // XACK is renamed away: the worker inserts, cannot acknowledge, and is killed there.
-    let mut p = Pipeline::start(&["--appendonly", "yes", "--rename-command", "XACK", "XACK_HIDDEN_FOR_TEST"]);
+    let mut p = Pipeline::start(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--rename-command",
+        "XACK",
+        "XACK_HIDDEN_FOR_TEST",
+    ]);
     p.start_worker(&[]);
     let accepted = post_events(&p, 20, 50);
-    p.wait_for(accepted, "rows inserted while acks fail", Pipeline::distinct_events);
+    // The first batch is inserted; its acknowledgement fails, so the worker holds it and
+    // retries (inserting it again: the table keeps one copy) and reads nothing more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while p.distinct_events() == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing inserted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let inserted = p.distinct_events();
+    assert!(inserted > 0 && inserted <= accepted);
     assert!(p.pending("analytics:events") > 0, "nothing may be acknowledged yet");
+    assert!(p.scalar("SELECT count() FROM analytics.events") >= inserted, "copies before merges");
     p.kill_worker();
     // Redis comes back with XACK (same data from the AOF); a new worker process recovers.
-    p.ingest.redis.restart_with(&["--appendonly", "yes"]);
+    p.ingest.redis.restart_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     p.start_worker(&[]);
     p.wait_for(0, "pending after recovery", |p| p.pending("analytics:events") as u64);
     assert_eq!(p.distinct_events(), accepted, "redelivered rows never show twice");
@@ -155,12 +173,15 @@ fn worker_killed_before_insert_and_clickhouse_down_for_a_while() {
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
 
+/// Redis is killed (SIGKILL) and restarted from its append-only file. With
+/// `appendfsync always` every acknowledged append survives; with Redis's default
+/// `everysec` a crash may lose the last writes Redis already confirmed (README).
 #[test]
 fn redis_restarted_with_aof() {
-    let mut p = Pipeline::start(&["--appendonly", "yes"]);
+    let mut p = Pipeline::start(&["--appendonly", "yes", "--appendfsync", "always"]);
     p.start_worker(&[]);
     let first = post_events(&p, 5, 40);
-    p.ingest.redis.restart_with(&["--appendonly", "yes"]);
+    p.ingest.redis.restart_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     // Ingest reconnects on its own; retry until it does.
     let mut c = p.ingest.client();
     let mut second = 0;

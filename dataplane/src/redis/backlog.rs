@@ -51,7 +51,8 @@ impl Backlog {
         StreamKind::ALL.iter().all(|s| self.admits(*s))
     }
 
-    /// Records that this shard appended one entry to `stream`.
+    /// Records that this shard is appending one entry to `stream` (call before queueing
+    /// the command).
     pub fn added(&self, stream: StreamKind) {
         let s = &self.streams[stream.index()];
         s.added.set(s.added.get() + 1);

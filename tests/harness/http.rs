@@ -90,6 +90,8 @@ impl HttpClient {
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
+                // A signal may interrupt the read (EINTR): not the end of the response.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
@@ -113,7 +115,12 @@ impl HttpClient {
     pub fn is_closed(&mut self, wait: Duration) -> bool {
         self.stream.set_read_timeout(Some(wait)).expect("timeout");
         let mut b = [0u8; 1];
-        let closed = matches!(self.stream.read(&mut b), Ok(0));
+        let closed = loop {
+            match self.stream.read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break matches!(r, Ok(0)),
+            }
+        };
         self.stream.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
         closed
     }

@@ -126,3 +126,21 @@ impl Drop for Pipeline {
         self.kill_worker();
     }
 }
+
+/// Runs `sql` with clickhouse-rs (an independent native-protocol client); every column
+/// must be a `String` expression. Returns the rows.
+pub fn read_rs(ch: &ClickHouseServer, sql: &str) -> Vec<Vec<String>> {
+    let url = format!("tcp://127.0.0.1:{}/default", ch.tcp_port);
+    let sql = sql.to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    rt.block_on(async move {
+        let pool = clickhouse_rs::Pool::new(url);
+        let mut h = pool.get_handle().await.expect("clickhouse-rs connects");
+        let block = h.query(sql).fetch_all().await.expect("select");
+        let names: Vec<String> = block.columns().iter().map(|c| c.name().to_owned()).collect();
+        block
+            .rows()
+            .map(|r| names.iter().map(|n| r.get::<String, _>(n.as_str()).expect("string column")).collect())
+            .collect()
+    })
+}

@@ -49,15 +49,33 @@ fn posted_records_land_column_by_column() {
 
     p.wait_for(2, "events in ClickHouse", Pipeline::distinct_events);
     p.wait_for(1, "payments in ClickHouse", |p| p.scalar("SELECT count() FROM analytics.payments FINAL"));
-    let row = p.clickhouse.query(
-        "SELECT toUnixTimestamp(event_time), game_id, env, user_id, session_id, event, channel, platform, \
-         country, app_version, toString(event_id), props_json, device_id FROM analytics.events \
-         WHERE user_id = 'u-1' FORMAT TabSeparated",
+    // Read back by an independent client over the native protocol.
+    let row = crate::pipeline::read_rs(
+        &p.clickhouse,
+        "SELECT toString(toUnixTimestamp(event_time)) AS t, CAST(game_id AS String) AS g, CAST(env AS String) AS e, \
+         user_id, session_id, CAST(event AS String) AS ev, CAST(channel AS String) AS c, \
+         CAST(platform AS String) AS pl, toString(country) AS co, app_version, toString(event_id) AS id, \
+         props_json, device_id FROM analytics.events WHERE user_id = 'u-1'",
     );
-    assert_eq!(
-        row.trim_end(),
-        format!("{ts}\tg1\tprod\tu-1\ts-1\tlevel_complete\tgp\tandroid\tBR\t2.0.1\t11111111-2222-4333-8444-555555555555\t{{\"level\":7}}\td-1")
-    );
+    let want: Vec<String> = [
+        ts.to_string().as_str(),
+        "g1",
+        "prod",
+        "u-1",
+        "s-1",
+        "level_complete",
+        "gp",
+        "android",
+        "BR",
+        "2.0.1",
+        "11111111-2222-4333-8444-555555555555",
+        r#"{"level":7}"#,
+        "d-1",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    assert_eq!(row, vec![want]);
     let custom =
         p.clickhouse.query("SELECT event, user_id FROM analytics.events WHERE user_id = 'u-2' FORMAT TabSeparated");
     assert_eq!(custom.trim_end(), "guild_joined\tu-2", "custom events land in the same table");
@@ -210,4 +228,36 @@ fn entries_of_a_dead_consumer_are_claimed() {
     p.start_worker(&[]);
     p.wait_for(2, "claimed rows", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}
+
+#[test]
+fn entry_delivered_too_often_goes_to_dead_letter() {
+    let mut p = Pipeline::start(&[]);
+    for user in ["first", "second"] {
+        let body = format!("[{}]", event("login", user));
+        assert_eq!(
+            post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status,
+            202
+        );
+    }
+    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
+    let (first, second) = (entries[0].id.clone(), entries[1].id.clone());
+    // Another consumer took both; the first is handed to this worker's consumer as an entry
+    // that has already been delivered 9 times (it keeps killing whoever reads it).
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "it-0", "0", &first, "RETRYCOUNT", "9"]);
+    p.start_worker(&[]);
+    p.wait_for(1, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert_eq!(dead[0].get("source_id"), Some(first.as_bytes()));
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert!(reason.contains("delivered 9 times"), "{reason}");
+    assert!(dead[0].get("batch").is_some(), "the original entry is kept");
+    // The second entry is claimed from the silent consumer and lands.
+    p.wait_for(1, "rows of the second entry", Pipeline::distinct_events);
+    assert_eq!(p.clickhouse.query("SELECT user_id FROM analytics.events FORMAT TabSeparated").trim(), "second");
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert!(dead.iter().all(|d| d.get("source_id") != Some(second.as_bytes())));
 }

@@ -2,8 +2,14 @@
 //! ceilings, measured in the same run, and writes `perf/RESULTS.md`.
 //!
 //! ```text
+//! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
+//! croupier-perf e2e    [--seconds S] [--connections C] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
 //! ```
+//!
+//! `e2e`: ceilings (simd-json parse on one core, `redis-benchmark` XADD per event and per
+//! batch, `clickhouse-client` Native insert), then `croupier run` under the load
+//! generator at max and at fixed rates, with freshness, CPU, RSS and allocations.
 //!
 //! `worker`: the stream holds N events in batch entries of 100; the ceiling is
 //! `clickhouse-client` inserting the same rows in Native format into a twin table; then
@@ -12,11 +18,13 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod alloc_count;
+mod e2e;
 mod machine;
 mod worker;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc_count::Counting = alloc_count::Counting;
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
@@ -29,18 +37,31 @@ fn main() {
         .find(|w| w[0] == "--out")
         .map(|w| w[1].clone())
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md").to_owned());
-    match args.first().map(String::as_str) {
-        Some("worker") => {
-            let rows = arg(&args, "--rows", 1_000_000);
-            let runs = arg(&args, "--runs", 3);
-            let report = worker::run(rows, runs);
-            let text = format!("{}\n{}", machine::header(&args), report);
-            std::fs::write(&out, text).expect("write results");
-            println!("{}", std::fs::read_to_string(&out).unwrap_or_default());
-        }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let e2e_cfg = || e2e::E2eConfig {
+        seconds: args.windows(2).find(|w| w[0] == "--seconds").and_then(|w| w[1].parse().ok()).unwrap_or(if smoke {
+            1.0
+        } else {
+            20.0
+        }),
+        connections: arg(&args, "--connections", 4),
+        croupier_cores: (0..(cores / 2).max(1)).collect(),
+        loadgen_cores: ((cores / 2).max(1).min(cores - 1)..cores).collect(),
+        ceiling_rows: if smoke { 20_000 } else { 1_000_000 },
+    };
+    let rows = arg(&args, "--rows", if smoke { 20_000 } else { 1_000_000 });
+    let runs = arg(&args, "--runs", if smoke { 1 } else { 3 });
+    let body = match args.first().map(String::as_str) {
+        Some("worker") => worker::run(rows, runs),
+        Some("e2e") => e2e::run(&e2e_cfg()),
+        Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {
-            eprintln!("usage: croupier-perf worker [--rows N] [--runs R] [--out FILE]");
+            eprintln!("usage: croupier-perf all|e2e|worker [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]");
             std::process::exit(2);
         }
-    }
+    };
+    let text = format!("{}\n{}", machine::header(&args), body);
+    std::fs::write(&out, text).expect("write results");
+    println!("{}", std::fs::read_to_string(&out).unwrap_or_default());
 }

@@ -69,6 +69,27 @@ fn fill_stream(redis: &RedisServer, rows: usize) {
     }
 }
 
+/// `clickhouse-client` inserting `rows` model rows in Native format into a twin of
+/// `analytics.events`: rows/s (the median of one run).
+pub fn clickhouse_ceiling(ch: &ClickHouseServer, rows: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("croupier-perf-ceiling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let native = dir.join("events.native");
+    native_file(rows, &native);
+    reset_tables(ch);
+    let t = Instant::now();
+    let status = Command::new("clickhouse-client")
+        .args(["--port", &ch.tcp_port.to_string(), "--query", "INSERT INTO analytics.events_ceiling FORMAT Native"])
+        .stdin(Stdio::from(std::fs::File::open(&native).expect("open native file")))
+        .status()
+        .expect("clickhouse-client");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(status.success() && count(ch, "events_ceiling") == rows, "ceiling insert failed");
+    let _ = std::fs::remove_dir_all(&dir);
+    ch.query("DROP TABLE analytics.events_ceiling");
+    rows as f64 / secs
+}
+
 fn native_file(rows: usize, path: &std::path::Path) {
     let mut out = Vec::new();
     let mut block_rows = EventRows::new();

@@ -1,0 +1,342 @@
+//! End to end on this machine: ceilings measured in the same run, then `croupier run`
+//! (ingest + worker) pinned to chosen cores, driven by the load generator on the others.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::redis::RedisServer;
+use croupier_perf::loadgen::{self, LoadConfig, LoadReport};
+use croupier_perf::model::TrafficModel;
+use croupier_protocol::batch::{self, Batch, Records};
+use croupier_protocol::validate::{self, Limits};
+
+use crate::alloc_count;
+use crate::worker;
+
+/// How long and how hard.
+#[derive(Debug, Clone)]
+pub struct E2eConfig {
+    /// Seconds per load phase.
+    pub seconds: f64,
+    /// Load generator connections.
+    pub connections: usize,
+    /// Cores for croupier (ingest shards and the worker share them).
+    pub croupier_cores: Vec<usize>,
+    /// Cores for the load generator.
+    pub loadgen_cores: Vec<usize>,
+    /// Rows for the ClickHouse ceiling.
+    pub ceiling_rows: usize,
+}
+
+const GAME: &str = "perf-game";
+const SECRET: &str = "perf-secret";
+
+fn croupier_binary() -> std::path::PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let p = me.with_file_name("croupier");
+    assert!(p.exists(), "{} not built: cargo build -p croupier-dataplane --bin croupier (same profile)", p.display());
+    p
+}
+
+/// simd-json parse of the request bodies on one core: events/s.
+fn parse_ceiling(seconds: f64) -> f64 {
+    let mut m = TrafficModel::new(1, GAME, 100_000, 300);
+    let bodies: Vec<Vec<u8>> = (0..16).map(|_| m.events_body(100, 1_795_617_749_000).into_bytes()).collect();
+    let t = Instant::now();
+    let mut n = 0u64;
+    let mut buf = Vec::new();
+    while t.elapsed().as_secs_f64() < seconds {
+        for b in &bodies {
+            buf.clear();
+            buf.extend_from_slice(b);
+            let v = simd_json::to_borrowed_value(&mut buf).expect("valid JSON");
+            std::hint::black_box(&v);
+            n += 100;
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Parse + validate + encode on one core: events/s, allocations per event.
+fn ingest_cpu_path(seconds: f64) -> (f64, f64) {
+    let mut m = TrafficModel::new(2, GAME, 100_000, 300);
+    let bodies: Vec<Vec<u8>> = (0..16).map(|_| m.events_body(100, 1_795_617_749_000).into_bytes()).collect();
+    let limits = Limits::default();
+    let (mut events, mut custom) = (Vec::with_capacity(100), Vec::with_capacity(100));
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    let allocs_before = alloc_count::count();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < seconds {
+        for b in &bodies {
+            buf.clear();
+            buf.extend_from_slice(b);
+            events.clear();
+            custom.clear();
+            validate::parse_events(&mut buf, GAME, &limits, &mut || [1; 16], &mut events, &mut custom).expect("valid");
+            let a = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(std::mem::take(&mut events)) })
+                .expect("encode");
+            std::hint::black_box(a.len());
+            n += 100;
+        }
+    }
+    let allocs = alloc_count::count() - allocs_before;
+    (n as f64 / t.elapsed().as_secs_f64(), allocs as f64 / n as f64)
+}
+
+/// `redis-benchmark` XADD: one event per entry, and one 100-event batch per entry.
+fn redis_ceilings(redis: &RedisServer) -> (f64, f64) {
+    let mut m = TrafficModel::new(3, GAME, 100_000, 300);
+    let body = m.events_body(100, 1_795_617_749_000);
+    let one = body.trim_start_matches('[').split("},{").next().unwrap_or("{}").to_owned() + "}";
+    let mut ev = Vec::new();
+    let mut c = Vec::new();
+    let mut b = body.clone().into_bytes();
+    validate::parse_events(&mut b, GAME, &Limits::default(), &mut || [1; 16], &mut ev, &mut c).expect("valid");
+    ev.extend(c);
+    let archive = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(ev) }).expect("encode");
+    let archive_text: String =
+        archive.iter().map(|&x| if x.is_ascii_alphanumeric() { x as char } else { 'x' }).collect();
+    let bench = |n: &str, args: &[&str]| -> f64 {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &redis.port.to_string(), "-n", n, "-P", "32", "-c", "8", "-q"])
+            .args(args)
+            .output()
+            .expect("redis-benchmark (Debian package redis-tools)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(" requests per second")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let single = bench("200000", &["XADD", "bench:one", "MAXLEN", "~", "1000000", "*", "data", &one]);
+    let batched = bench(
+        "20000",
+        &["XADD", "bench:batch", "MAXLEN", "~", "10000", "*", "fmt", "rkyv1", "n", "100", "batch", &archive_text],
+    );
+    let mut r = redis.client();
+    r.cmd(&["DEL", "bench:one", "bench:batch"]);
+    (single, batched * 100.0)
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let cpu = (ticks(11) + ticks(12)) as f64 / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu, hwm)
+}
+
+struct Croupier {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Croupier {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_croupier(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer) -> Croupier {
+    let port = croupier_it::free_port();
+    let cores = format!("[{}]", cfg.croupier_cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
+    let child = Command::new(croupier_binary())
+        .arg("run")
+        .env("CROUPIER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CROUPIER_SERVER__SHARDS", cfg.croupier_cores.len().to_string())
+        .env("CROUPIER_SERVER__CORES", &cores)
+        .env("CROUPIER_WORKER__SHARDS", "1")
+        .env("CROUPIER_WORKER__CONSUMER", "perf")
+        .env("CROUPIER_REDIS__ADDR", redis.addr())
+        .env("CROUPIER_CLICKHOUSE__ADDR", ch.addr())
+        .env(format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start croupier run");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "croupier did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Croupier { child, addr }
+}
+
+fn load(cfg: &E2eConfig, addr: SocketAddr, rate: u64, seconds: f64) -> LoadReport {
+    let lc = LoadConfig {
+        addr,
+        game: GAME.into(),
+        secret: SECRET.into(),
+        connections: cfg.connections,
+        rate_eps: rate,
+        duration: Duration::from_secs_f64(seconds),
+        batch: 100,
+        event_bytes: 300,
+        seed: 42,
+        payments_every: 0,
+        bodies: 64,
+        cores: cfg.loadgen_cores.clone(),
+    };
+    loadgen::run(&lc)
+}
+
+fn count(ch: &ClickHouseServer) -> u64 {
+    ch.query("SELECT count() FROM analytics.events FINAL").trim().parse().unwrap_or(0)
+}
+
+/// Freshness samples: a marker event posted every `every`, timed until visible.
+fn freshness(addr: SocketAddr, ch: &ClickHouseServer, samples: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..samples {
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let user = format!("probe-{}-{i}", std::process::id());
+        let body = format!(r#"[{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"heartbeat","user_id":"{user}"}}]"#);
+        let headers = croupier_it::http::signed_headers(
+            GAME,
+            SECRET,
+            body.as_bytes(),
+            ts as i64,
+            &croupier_it::http::fresh_nonce(),
+        );
+        let t = Instant::now();
+        let r = croupier_it::http::HttpClient::connect(addr).request(
+            "POST",
+            "/api/ingest/events",
+            &headers,
+            body.as_bytes(),
+        );
+        if r.status != 202 {
+            continue;
+        }
+        let q = format!("SELECT count() FROM analytics.events WHERE user_id = '{user}'");
+        while ch.query(&q).trim() != "1" && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    out
+}
+
+fn q(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs the end-to-end measurement; returns the report section.
+pub fn run(cfg: &E2eConfig) -> String {
+    let redis = RedisServer::start();
+    let ch = ClickHouseServer::start();
+    let phase = cfg.seconds;
+    eprintln!("e2e: ceilings");
+    let parse = parse_ceiling(phase.min(2.0));
+    let (path_eps, allocs_per_event) = ingest_cpu_path(phase.min(2.0));
+    let (xadd_one, xadd_batch) = redis_ceilings(&redis);
+    let ch_ceiling = worker::clickhouse_ceiling(&ch, cfg.ceiling_rows);
+    eprintln!("e2e: croupier run");
+    let croupier = start_croupier(cfg, &redis, &ch);
+    let pid = croupier.child.id();
+    let (cpu0, _) = proc_stat(pid);
+    let t0 = Instant::now();
+    let max = load(cfg, croupier.addr, 0, phase);
+    let (cpu1, _) = proc_stat(pid);
+    // Everything accepted must become visible.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut visible = count(&ch);
+    while visible < max.accepted_events && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        visible = count(&ch);
+    }
+    let drained = t0.elapsed().as_secs_f64();
+    let e2e_eps = visible as f64 / drained;
+    let mut rows = Vec::new();
+    for frac in [0.5, 0.25] {
+        let rate = (max.events_per_sec * frac).max(100.0) as u64;
+        eprintln!("e2e: fixed rate {rate} events/s");
+        rows.push((frac, load(cfg, croupier.addr, rate, phase)));
+    }
+    let fresh = freshness(croupier.addr, &ch, if phase < 3.0 { 5 } else { 40 });
+    let (_, rss_kb) = proc_stat(pid);
+    let cpu_per_m = (cpu1 - cpu0) / (max.accepted_events.max(1) as f64 / 1e6);
+    drop(croupier);
+
+    let lat = |r: &LoadReport| {
+        format!(
+            "{:.0} | {:.1} | {} | {} | {} | {}",
+            r.events_per_sec,
+            r.mb_per_sec,
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.refused.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
+        )
+    };
+    let mut t = format!(
+        "\n## End to end: HTTP → Redis → ClickHouse\n\n\
+         `croupier run` (ingest shards on cores {:?}, one worker shard) with redis-server and clickhouse-server \
+         unpinned on the same machine; the load generator ({} connections, batches of 100 events of ~300 B, \
+         closed loop at max, open loop at fixed rates, latency corrected for coordinated omission) on cores {:?}; \
+         {phase} s per phase.\n\n\
+         ### Ceilings measured in this run\n\n\
+         | ceiling | events/s |\n|---|---:|\n\
+         | simd-json parse of the request bodies, one core | {parse:.0} |\n\
+         | `redis-benchmark` XADD, one event per entry (as Croupier's Go ingest) | {xadd_one:.0} |\n\
+         | `redis-benchmark` XADD, one 100-event batch per entry | {xadd_batch:.0} |\n\
+         | `clickhouse-client` INSERT FORMAT Native of the same rows | {ch_ceiling:.0} |\n\n\
+         ### Ingest\n\n\
+         | load | accepted events/s | MB/s | ack p50 µs | ack p99 µs | ack p99.9 µs | refused |\n|---|---:|---:|---:|---:|---:|---|\n\
+         | max (closed loop) | {} |\n",
+        cfg.croupier_cores,
+        cfg.connections,
+        cfg.loadgen_cores,
+        lat(&max),
+    );
+    for (frac, r) in &rows {
+        t.push_str(&format!("| {:.0}% of max ({} events/s target) | {} |\n", frac * 100.0, r.target_eps, lat(r)));
+    }
+    t.push_str(&format!(
+        "\n### Figures and ratios\n\n\
+         | figure | value | ceiling | ratio |\n|---|---:|---:|---:|\n\
+         | ingest events/s at max | {:.0} | {parse:.0} (parse, 1 core) | {:.2} |\n\
+         | ingest events/s at max vs Redis batch XADD | {:.0} | {xadd_batch:.0} | {:.2} |\n\
+         | parse + validate + encode, one core (no I/O) | {path_eps:.0} | {parse:.0} (parse, 1 core) | {:.2} |\n\
+         | end to end (accepted → visible in ClickHouse) events/s | {e2e_eps:.0} | {ch_ceiling:.0} (Native insert) | {:.2} |\n\n\
+         | figure | value |\n|---|---:|\n\
+         | accepted at max / visible in ClickHouse (loss) | {} / {visible} ({}) |\n\
+         | freshness p50 / p99 (accepted → visible), ms | {:.0} / {:.0} ({} samples at idle) |\n\
+         | croupier CPU seconds per million events (ingest + worker) | {cpu_per_m:.2} |\n\
+         | croupier peak RSS | {:.1} MiB |\n\
+         | allocations per event, parse + validate + encode | {allocs_per_event:.2} |\n",
+        max.events_per_sec,
+        max.events_per_sec / parse,
+        max.events_per_sec,
+        max.events_per_sec / xadd_batch,
+        path_eps / parse,
+        e2e_eps / ch_ceiling,
+        max.accepted_events,
+        max.accepted_events as i64 - visible as i64,
+        q(&fresh, 0.5),
+        q(&fresh, 0.99),
+        fresh.len(),
+        rss_kb as f64 / 1024.0,
+    ));
+    t
+}

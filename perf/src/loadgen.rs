@@ -1,0 +1,315 @@
+//! The load generator: N keep-alive connections sending signed batches, open-loop at a
+//! fixed rate or closed-loop at the maximum, with latencies in an HdrHistogram corrected
+//! for coordinated omission (an open-loop request's latency runs from when it was due,
+//! not from when a late sender got round to it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use croupier_protocol::signature;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::model::TrafficModel;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Ingest address.
+    pub addr: SocketAddr,
+    /// Game id.
+    pub game: String,
+    /// Its secret.
+    pub secret: String,
+    /// Connections (one thread each).
+    pub connections: usize,
+    /// Target events/s over all connections; 0 = as fast as answers come (closed loop).
+    pub rate_eps: u64,
+    /// How long to send.
+    pub duration: Duration,
+    /// Events per request.
+    pub batch: usize,
+    /// Approximate bytes per event.
+    pub event_bytes: usize,
+    /// Seed of the traffic model.
+    pub seed: u64,
+    /// One payments request every this many requests (0 = none).
+    pub payments_every: usize,
+    /// Distinct pre-built bodies to cycle through.
+    pub bodies: usize,
+    /// Cores to pin the connection threads to (round robin); empty = unpinned.
+    pub cores: Vec<usize>,
+}
+
+/// Latency quantiles in microseconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LoadReport {
+    /// Target events/s (0 = closed loop).
+    pub target_eps: u64,
+    /// Seconds actually spent sending.
+    pub seconds: f64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests answered 202.
+    pub accepted_requests: u64,
+    /// Records accepted (sum of `accepted`).
+    pub accepted_records: u64,
+    /// Events accepted (records on the events endpoint).
+    pub accepted_events: u64,
+    /// Answers other than 202, by status.
+    pub refused: Vec<(u16, u64)>,
+    /// Connections that failed.
+    pub connection_errors: u64,
+    /// Accepted events per second.
+    pub events_per_sec: f64,
+    /// Request body megabytes per second (accepted requests).
+    pub mb_per_sec: f64,
+    /// Ack latency.
+    pub latency: Latency,
+}
+
+struct Body {
+    path: &'static str,
+    bytes: Vec<u8>,
+    digest: [u8; 64],
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn bodies(cfg: &LoadConfig) -> Vec<Body> {
+    let mut model = TrafficModel::new(cfg.seed, &cfg.game, 100_000, cfg.event_bytes);
+    let ts = now_secs() as i64 * 1000;
+    let mut out: Vec<Body> = (0..cfg.bodies.max(1))
+        .map(|_| {
+            let b = model.events_body(cfg.batch, ts).into_bytes();
+            Body { path: "/api/ingest/events", digest: signature::body_digest(&b), bytes: b }
+        })
+        .collect();
+    if cfg.payments_every > 0 {
+        let b = model.payments_body(5, ts).into_bytes();
+        out.push(Body { path: "/api/ingest/payments", digest: signature::body_digest(&b), bytes: b });
+    }
+    out
+}
+
+#[derive(Default)]
+struct ThreadStats {
+    requests: u64,
+    accepted_requests: u64,
+    accepted_records: u64,
+    accepted_events: u64,
+    accepted_bytes: u64,
+    refused: Vec<(u16, u64)>,
+    connection_errors: u64,
+}
+
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, u64)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
+            let status = resp.code.unwrap_or(0);
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= n + len {
+                let body = &buf[n..n + len];
+                let accepted = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|t| t.strip_prefix(r#"{"accepted":"#))
+                    .and_then(|t| t.trim_end_matches('}').parse().ok())
+                    .unwrap_or(0);
+                buf.drain(..n + len);
+                return Ok((status, accepted));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histogram<u64>) -> ThreadStats {
+    let mut st = ThreadStats::default();
+    let connect = || -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect(cfg.addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(s)
+    };
+    let Ok(mut stream) = connect() else {
+        st.connection_errors += 1;
+        return st;
+    };
+    let interval = if cfg.rate_eps > 0 {
+        let per_conn_rps = cfg.rate_eps as f64 / cfg.batch as f64 / cfg.connections as f64;
+        Some(Duration::from_secs_f64(1.0 / per_conn_rps))
+    } else {
+        None
+    };
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let mut req = Vec::with_capacity(64 * 1024);
+    let mut rbuf = Vec::with_capacity(4096);
+    let mut k: u64 = 0;
+    let events = bodies.len() - usize::from(cfg.payments_every > 0);
+    loop {
+        let due = match interval {
+            Some(iv) => start + iv.mul_f64(k as f64) + iv.mul_f64(index as f64 / cfg.connections as f64),
+            None => Instant::now(),
+        };
+        if due >= deadline {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let body = if cfg.payments_every > 0 && k as usize % cfg.payments_every == cfg.payments_every - 1 {
+            &bodies[events]
+        } else {
+            &bodies[(k as usize + index) % events]
+        };
+        let ts = now_secs().to_string();
+        let nonce = format!("{}-{index}-{k}-{}", cfg.seed, start.elapsed().as_nanos());
+        let sig = signature::sign_with_digest(cfg.secret.as_bytes(), &ts, &nonce, &body.digest);
+        req.clear();
+        let _ = write!(
+            req,
+            "POST {} HTTP/1.1\r\nHost: load\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             X-Game-Id: {}\r\nX-Timestamp: {ts}\r\nX-Nonce: {nonce}\r\nX-Signature: {sig}\r\n\r\n",
+            body.path,
+            body.bytes.len(),
+            cfg.game
+        );
+        req.extend_from_slice(&body.bytes);
+        let sent = Instant::now();
+        let result = stream.write_all(&req).and_then(|_| read_response(&mut stream, &mut rbuf));
+        let done = Instant::now();
+        k += 1;
+        match result {
+            Ok((status, accepted)) => {
+                st.requests += 1;
+                let from = if interval.is_some() { due } else { sent };
+                let _ = hist.record(done.saturating_duration_since(from).as_micros().max(1) as u64);
+                if status == 202 {
+                    st.accepted_requests += 1;
+                    st.accepted_records += accepted;
+                    st.accepted_bytes += body.bytes.len() as u64;
+                    if body.path == "/api/ingest/events" {
+                        st.accepted_events += accepted;
+                    }
+                } else {
+                    match st.refused.iter_mut().find(|(s, _)| *s == status) {
+                        Some((_, n)) => *n += 1,
+                        None => st.refused.push((status, 1)),
+                    }
+                    if status == 503 || status == 429 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            Err(_) => {
+                st.connection_errors += 1;
+                rbuf.clear();
+                match connect() {
+                    Ok(s) => stream = s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    st
+}
+
+/// A latency histogram from 1 µs to 60 s, 3 significant digits.
+#[allow(clippy::expect_used)] // constant, valid bounds
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid constant bounds")
+}
+
+/// Sends load as configured and reports what happened.
+pub fn run(cfg: &LoadConfig) -> LoadReport {
+    let bodies = Arc::new(bodies(cfg));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..cfg.connections.max(1))
+        .map(|i| {
+            let (cfg, bodies) = (cfg.clone(), bodies.clone());
+            std::thread::spawn(move || {
+                if !cfg.cores.is_empty() {
+                    let core = cfg.cores[i % cfg.cores.len()];
+                    if let Some(id) =
+                        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core))
+                    {
+                        core_affinity::set_for_current(id);
+                    }
+                }
+                let mut hist = histogram();
+                let st = connection(&cfg, &bodies, i, &mut hist);
+                (st, hist)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    let mut r = LoadReport { target_eps: cfg.rate_eps, ..LoadReport::default() };
+    let mut bytes = 0u64;
+    for t in threads {
+        let Ok((st, h)) = t.join() else { continue };
+        let _ = hist.add(&h);
+        r.requests += st.requests;
+        r.accepted_requests += st.accepted_requests;
+        r.accepted_records += st.accepted_records;
+        r.accepted_events += st.accepted_events;
+        r.connection_errors += st.connection_errors;
+        bytes += st.accepted_bytes;
+        for (s, n) in st.refused {
+            match r.refused.iter_mut().find(|(x, _)| *x == s) {
+                Some((_, m)) => *m += n,
+                None => r.refused.push((s, n)),
+            }
+        }
+    }
+    r.seconds = started.elapsed().as_secs_f64();
+    r.events_per_sec = r.accepted_events as f64 / r.seconds;
+    r.mb_per_sec = bytes as f64 / 1e6 / r.seconds;
+    if !hist.is_empty() {
+        r.latency = Latency {
+            p50_us: hist.value_at_quantile(0.5),
+            p90_us: hist.value_at_quantile(0.9),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            max_us: hist.max(),
+        };
+    }
+    r
+}

@@ -6,6 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use croupier_protocol::batch::{self, Batch, Records};
+use croupier_protocol::envelope::EventBatch;
 use croupier_protocol::resp::{self, EntryArgs};
 use croupier_protocol::validate::{self, Limits};
 use simd_json::prelude::*;
@@ -40,7 +41,7 @@ fn parse_validate_encode(c: &mut Criterion) {
         b.iter_batched_ref(
             || body.clone(),
             |buf| {
-                let (mut e, mut cu) = (Vec::with_capacity(100), Vec::new());
+                let (mut e, mut cu) = (EventBatch::with_capacity(100, 320), EventBatch::default());
                 validate::parse_events(buf, "g1", &limits, &mut || [0; 16], &mut e, &mut cu).unwrap();
                 black_box((e, cu))
             },
@@ -51,7 +52,7 @@ fn parse_validate_encode(c: &mut Criterion) {
         b.iter_batched_ref(
             || body.clone(),
             |buf| {
-                let (mut e, mut cu) = (Vec::with_capacity(100), Vec::new());
+                let (mut e, mut cu) = (EventBatch::with_capacity(100, 320), EventBatch::default());
                 validate::parse_events(buf, "g1", &limits, &mut || [0; 16], &mut e, &mut cu).unwrap();
                 let a = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(e) }).unwrap();
                 let b2 = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(cu) }).unwrap();
@@ -73,7 +74,7 @@ fn parse_validate_encode(c: &mut Criterion) {
 
 fn xadd_encoding(c: &mut Criterion) {
     let mut body = batch_json(100);
-    let (mut e, mut cu) = (Vec::new(), Vec::new());
+    let (mut e, mut cu) = (EventBatch::default(), EventBatch::default());
     validate::parse_events(&mut body, "g1", &Limits::default(), &mut || [0; 16], &mut e, &mut cu).unwrap();
     let archive = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(e) }).unwrap();
     let mut g = c.benchmark_group("xadd_command");

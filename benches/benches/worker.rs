@@ -5,10 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use croupier_dataplane::clickhouse::rows::EventRows;
+use croupier_dataplane::clickhouse::rows::{ArchivedEventRef, EventRows};
 use croupier_protocol::batch::{self, ArchivedRecords, Batch, Records};
 use croupier_protocol::clickhouse::packet;
-use croupier_protocol::envelope::Event;
+use croupier_protocol::envelope::{Event, EventBatch};
 
 const ROWS: usize = 10_000;
 
@@ -31,7 +31,9 @@ fn archive() -> rkyv::util::AlignedVec {
             props: format!(r#"{{"level":{},"coins":{},"mode":"ranked"}}"#, i % 60, i * 13),
         })
         .collect();
-    batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(events) }).unwrap()
+    let mut b = EventBatch::default();
+    events.iter().for_each(|e| b.push(e));
+    batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(b) }).unwrap()
 }
 
 fn block_encoding(c: &mut Criterion) {
@@ -46,8 +48,8 @@ fn block_encoding(c: &mut Criterion) {
     g.bench_function("fill_columns", |b| {
         b.iter(|| {
             rows.clear();
-            for e in events.iter() {
-                rows.push(e, 1);
+            for index in 0..events.len() {
+                rows.push(&ArchivedEventRef { batch: events, index }, 1);
             }
             black_box(rows.rows)
         })
@@ -56,8 +58,8 @@ fn block_encoding(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 rows.clear();
-                for e in events.iter() {
-                    rows.push(e, 1);
+                for index in 0..events.len() {
+                    rows.push(&ArchivedEventRef { batch: events, index }, 1);
                 }
                 out.clear();
                 packet::data(&mut out, 54412, lz4, &rows.columns, rows.rows, &mut scratch);

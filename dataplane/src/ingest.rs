@@ -4,7 +4,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use croupier_protocol::batch::{self, Batch, Records};
-use croupier_protocol::envelope::{Event, Payment};
+use croupier_protocol::envelope::{EventBatch, Payment};
 use croupier_protocol::resp::{self, EntryArgs, IngestReply};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate;
@@ -82,7 +82,7 @@ pub async fn handle(
     let mut parts: Vec<(StreamKind, Records)> = Vec::with_capacity(2);
     match endpoint {
         Endpoint::Events => {
-            let (mut events, mut custom): (Vec<Event>, Vec<Event>) = (Vec::new(), Vec::new());
+            let (mut events, mut custom) = (EventBatch::with_capacity(128, 320), EventBatch::default());
             let mut new_id = || shard.new_event_id();
             validate::parse_events(body, cred.game, &shard.limits, &mut new_id, &mut events, &mut custom)
                 .map_err(IngestError::Body)?;

@@ -10,6 +10,7 @@ use croupier_it::redis::RedisServer;
 use croupier_perf::loadgen::{self, LoadConfig, LoadReport};
 use croupier_perf::model::TrafficModel;
 use croupier_protocol::batch::{self, Batch, Records};
+use croupier_protocol::envelope::EventBatch;
 use croupier_protocol::validate::{self, Limits};
 
 use crate::alloc_count;
@@ -64,7 +65,7 @@ fn ingest_cpu_path(seconds: f64) -> (f64, f64) {
     let mut m = TrafficModel::new(2, GAME, 100_000, 300);
     let bodies: Vec<Vec<u8>> = (0..16).map(|_| m.events_body(100, 1_795_617_749_000).into_bytes()).collect();
     let limits = Limits::default();
-    let (mut events, mut custom) = (Vec::with_capacity(100), Vec::with_capacity(100));
+    let (mut events, mut custom) = (EventBatch::with_capacity(100, 320), EventBatch::default());
     let mut buf = Vec::new();
     let t = Instant::now();
     let allocs_before = alloc_count::count();
@@ -91,11 +92,11 @@ fn redis_ceilings(redis: &RedisServer) -> (f64, f64) {
     let mut m = TrafficModel::new(3, GAME, 100_000, 300);
     let body = m.events_body(100, 1_795_617_749_000);
     let one = body.trim_start_matches('[').split("},{").next().unwrap_or("{}").to_owned() + "}";
-    let mut ev = Vec::new();
-    let mut c = Vec::new();
+    let mut ev = EventBatch::default();
+    let mut c = EventBatch::default();
     let mut b = body.clone().into_bytes();
     validate::parse_events(&mut b, GAME, &Limits::default(), &mut || [1; 16], &mut ev, &mut c).expect("valid");
-    ev.extend(c);
+    c.to_events().iter().for_each(|e| ev.push(e));
     let archive = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(ev) }).expect("encode");
     let archive_text: String =
         archive.iter().map(|&x| if x.is_ascii_alphanumeric() { x as char } else { 'x' }).collect();

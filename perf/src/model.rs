@@ -145,7 +145,8 @@ mod tests {
         assert_eq!(body, b.events_body(100, 1_795_617_749_000));
         let per_event = body.len() / 100;
         assert!((250..350).contains(&per_event), "{per_event} bytes per event");
-        let (mut e, mut c) = (Vec::new(), Vec::new());
+        let (mut e, mut c) =
+            (croupier_protocol::envelope::EventBatch::default(), croupier_protocol::envelope::EventBatch::default());
         let mut buf = body.into_bytes();
         croupier_protocol::validate::parse_events(
             &mut buf,

@@ -12,7 +12,7 @@ use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::redis::RedisServer;
 use croupier_protocol::batch::{self, Batch, Records};
 use croupier_protocol::clickhouse::block;
-use croupier_protocol::envelope::Event;
+use croupier_protocol::envelope::{Event, EventBatch};
 use croupier_protocol::resp;
 
 const PER_ENTRY: usize = 100;
@@ -49,7 +49,8 @@ fn fill_stream(redis: &RedisServer, rows: usize) {
     let mut i = 0;
     while i < rows {
         let n = PER_ENTRY.min(rows - i);
-        let events: Vec<Event> = (i..i + n).map(event).collect();
+        let mut events = EventBatch::with_capacity(n, 320);
+        (i..i + n).for_each(|k| events.push(&event(k)));
         let archive = batch::encode(&Batch { accepted_at_ms: 1_795_617_749_000, records: Records::Events(events) })
             .expect("encode");
         let count = n.to_string();

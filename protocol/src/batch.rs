@@ -9,7 +9,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::envelope::{Event, Payment};
+use crate::envelope::{EventBatch, Payment};
 
 /// Value of the `fmt` field of a batch entry.
 pub const FORMAT: &str = "rkyv1";
@@ -27,7 +27,7 @@ pub const FIELD_CROUPIER_DATA: &str = "data";
 #[rkyv(derive(Debug))]
 pub enum Records {
     /// Game events (`analytics:events` or `analytics:custom`).
-    Events(Vec<Event>),
+    Events(EventBatch),
     /// Payments (`analytics:payments`).
     Payments(Vec<Payment>),
 }
@@ -111,7 +111,7 @@ mod tests {
     use crate::envelope::PaymentStatus;
 
     fn sample_events() -> Batch {
-        let e = Event {
+        let e = crate::envelope::Event {
             ts_ms: 1_795_617_749_000,
             game_id: "g1".into(),
             env: "prod".into(),
@@ -120,9 +120,12 @@ mod tests {
             country: "US".into(),
             event_id: [7; 16],
             props: r#"{"k":1}"#.into(),
-            ..Event::default()
+            ..crate::envelope::Event::default()
         };
-        Batch { accepted_at_ms: 1, records: Records::Events(vec![e.clone(), e]) }
+        let mut b = EventBatch::default();
+        b.push(&e);
+        b.push(&crate::envelope::Event { event: "logout".into(), props: String::new(), ..e });
+        Batch { accepted_at_ms: 1, records: Records::Events(b) }
     }
 
     #[test]
@@ -133,9 +136,13 @@ mod tests {
         match &a.records {
             ArchivedRecords::Events(v) => {
                 assert_eq!(v.len(), 2);
-                assert_eq!(v[0].event.as_str(), "login");
-                assert_eq!(v[0].ts_ms.to_native(), 1_795_617_749_000);
-                assert_eq!(v[1].props.as_str(), r#"{"k":1}"#);
+                assert_eq!(v.field(0, crate::envelope::text::EVENT), "login");
+                assert_eq!(v.field(1, crate::envelope::text::EVENT), "logout");
+                assert_eq!(v.ts_ms(0), 1_795_617_749_000);
+                assert_eq!(v.field(0, crate::envelope::text::PROPS), r#"{"k":1}"#);
+                assert_eq!(v.field(1, crate::envelope::text::PROPS), "");
+                assert_eq!(v.field(1, crate::envelope::text::GAME_ID), "g1");
+                assert_eq!(v.event_id(1), [7; 16]);
             }
             ArchivedRecords::Payments(_) => panic!("wrong kind"),
         }

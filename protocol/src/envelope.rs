@@ -1,7 +1,8 @@
 //! The records carried through the streams: game events and payments.
 //!
 //! Optional text fields are stored as empty strings, which is also how the ClickHouse
-//! tables keep them (`String DEFAULT ''`).
+//! tables keep them (`String DEFAULT ''`). In stream batches, events travel as an
+//! [`EventBatch`] (one text buffer, fixed-size slots); [`Event`] is the owned form of one.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -35,6 +36,243 @@ pub struct Event {
     pub event_id: [u8; 16],
     /// Free-form properties, as compact JSON object text (`{}` when absent).
     pub props: String,
+}
+
+/// Text fields of an event in a batch, in storage order.
+pub const EVENT_TEXT_FIELDS: [&str; 11] = [
+    "game_id",
+    "env",
+    "event",
+    "user_id",
+    "session_id",
+    "device_id",
+    "channel",
+    "platform",
+    "country",
+    "app_version",
+    "props",
+];
+
+/// Position of each text field in [`EVENT_TEXT_FIELDS`].
+pub mod text {
+    /// `game_id`
+    pub const GAME_ID: usize = 0;
+    /// `env`
+    pub const ENV: usize = 1;
+    /// `event`
+    pub const EVENT: usize = 2;
+    /// `user_id`
+    pub const USER_ID: usize = 3;
+    /// `session_id`
+    pub const SESSION_ID: usize = 4;
+    /// `device_id`
+    pub const DEVICE_ID: usize = 5;
+    /// `channel`
+    pub const CHANNEL: usize = 6;
+    /// `platform`
+    pub const PLATFORM: usize = 7;
+    /// `country`
+    pub const COUNTRY: usize = 8;
+    /// `app_version`
+    pub const APP_VERSION: usize = 9;
+    /// `props`
+    pub const PROPS: usize = 10;
+}
+
+/// One event of an [`EventBatch`]: its fixed-size fields and where its text fields end
+/// in the batch's text.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct EventSlot {
+    /// Event time, milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Dedup key.
+    pub event_id: [u8; 16],
+    /// End offset of each text field in the batch text, in [`EVENT_TEXT_FIELDS`] order;
+    /// a field starts where the previous one ends (the first at the previous event's end).
+    pub ends: [u32; 11],
+}
+
+/// Many events stored without one allocation per field: every text field of every event
+/// back to back in one string, and one fixed-size [`EventSlot`] per event. Building it
+/// allocates only as its two buffers grow; archiving it is two copies.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct EventBatch {
+    /// All text fields of all events.
+    pub text: String,
+    /// One slot per event.
+    pub slots: Vec<EventSlot>,
+}
+
+/// Appends one event's text fields to an [`EventBatch`], in order.
+#[derive(Debug)]
+pub struct EventWriter<'b> {
+    batch: &'b mut EventBatch,
+    ends: [u32; 11],
+    next: usize,
+}
+
+impl EventWriter<'_> {
+    /// Appends the next text field.
+    pub fn field(&mut self, s: &str) {
+        self.batch.text.push_str(s);
+        self.close();
+    }
+
+    /// Appends the next text field by writing into the text.
+    pub fn field_with(&mut self, write: impl FnOnce(&mut String)) {
+        write(&mut self.batch.text);
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Some(e) = self.ends.get_mut(self.next) {
+            *e = self.batch.text.len() as u32;
+        }
+        self.next += 1;
+    }
+
+    /// Completes the event (fields not written are empty).
+    pub fn finish(mut self, ts_ms: i64, event_id: [u8; 16]) {
+        while self.next < self.ends.len() {
+            self.close();
+        }
+        self.batch.slots.push(EventSlot { ts_ms, event_id, ends: self.ends });
+    }
+}
+
+fn slice(text: &str, start: usize, end: usize) -> &str {
+    text.get(start..end).unwrap_or("")
+}
+
+impl EventBatch {
+    /// An empty batch with room for `events` events of about `bytes` bytes of text each.
+    pub fn with_capacity(events: usize, bytes: usize) -> Self {
+        EventBatch { text: String::with_capacity(events * bytes), slots: Vec::with_capacity(events) }
+    }
+
+    /// Starts the next event.
+    pub fn writer(&mut self) -> EventWriter<'_> {
+        EventWriter { batch: self, ends: [0; 11], next: 0 }
+    }
+
+    /// Appends an owned event.
+    pub fn push(&mut self, e: &Event) {
+        let mut w = self.writer();
+        for f in e.text() {
+            w.field(f);
+        }
+        w.finish(e.ts_ms, e.event_id);
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.slots.clear();
+    }
+
+    /// Text field `f` of event `i`.
+    pub fn field(&self, i: usize, f: usize) -> &str {
+        let end = self.slots[i].ends[f] as usize;
+        let start = if f > 0 {
+            self.slots[i].ends[f - 1] as usize
+        } else if i > 0 {
+            self.slots[i - 1].ends[10] as usize
+        } else {
+            0
+        };
+        slice(&self.text, start, end)
+    }
+
+    /// Event `i` as an owned value.
+    pub fn get(&self, i: usize) -> Event {
+        let f = |k| self.field(i, k).to_owned();
+        Event {
+            ts_ms: self.slots[i].ts_ms,
+            game_id: f(text::GAME_ID),
+            env: f(text::ENV),
+            event: f(text::EVENT),
+            user_id: f(text::USER_ID),
+            session_id: f(text::SESSION_ID),
+            device_id: f(text::DEVICE_ID),
+            channel: f(text::CHANNEL),
+            platform: f(text::PLATFORM),
+            country: f(text::COUNTRY),
+            app_version: f(text::APP_VERSION),
+            event_id: self.slots[i].event_id,
+            props: f(text::PROPS),
+        }
+    }
+
+    /// Every event as an owned value.
+    pub fn to_events(&self) -> Vec<Event> {
+        (0..self.len()).map(|i| self.get(i)).collect()
+    }
+}
+
+impl ArchivedEventBatch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Text field `f` of event `i`, read in place.
+    pub fn field(&self, i: usize, f: usize) -> &str {
+        let end = self.slots[i].ends[f].to_native() as usize;
+        let start = if f > 0 {
+            self.slots[i].ends[f - 1].to_native() as usize
+        } else if i > 0 {
+            self.slots[i - 1].ends[10].to_native() as usize
+        } else {
+            0
+        };
+        slice(self.text.as_str(), start, end)
+    }
+
+    /// Event time of event `i`.
+    pub fn ts_ms(&self, i: usize) -> i64 {
+        self.slots[i].ts_ms.to_native()
+    }
+
+    /// Dedup key of event `i`.
+    pub fn event_id(&self, i: usize) -> [u8; 16] {
+        self.slots[i].event_id
+    }
+}
+
+impl Event {
+    /// Text fields in [`EVENT_TEXT_FIELDS`] order.
+    pub fn text(&self) -> [&str; 11] {
+        [
+            &self.game_id,
+            &self.env,
+            &self.event,
+            &self.user_id,
+            &self.session_id,
+            &self.device_id,
+            &self.channel,
+            &self.platform,
+            &self.country,
+            &self.app_version,
+            &self.props,
+        ]
+    }
 }
 
 /// Outcome of a payment.

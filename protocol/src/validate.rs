@@ -9,7 +9,7 @@ use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
 use crate::country;
-use crate::envelope::{Event, Payment, PaymentStatus};
+use crate::envelope::{Event, EventBatch, Payment, PaymentStatus};
 use crate::stream::{route_event, StreamKind};
 use crate::timestamp::{self, TimestampError};
 
@@ -151,6 +151,26 @@ fn records<'v, 'a>(root: &'v BorrowedValue<'a>, limits: &Limits) -> Result<&'v [
     Ok(arr.as_slice())
 }
 
+/// A country code held without allocating: two letters, or empty.
+#[derive(Debug, Clone, Copy, Default)]
+struct CountryCode {
+    code: [u8; 2],
+    len: usize,
+}
+
+impl std::ops::Deref for CountryCode {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.code[..self.len]
+    }
+}
+
+impl CountryCode {
+    fn to_owned_string(self) -> String {
+        String::from_utf8_lossy(&self).into_owned()
+    }
+}
+
 /// Field accessor for one record, carrying its index for error reports.
 struct Rec<'v, 'a> {
     index: usize,
@@ -196,12 +216,12 @@ impl<'v, 'a> Rec<'v, 'a> {
     }
 
     /// The record's game, which must be `game` when one is given.
-    fn game(&self, game: Option<&str>) -> Result<String, BodyError> {
+    fn game(&self, game: Option<&str>) -> Result<&'v str, BodyError> {
         let g = self.req_str("game_id")?;
         if game.is_some_and(|want| g != want) {
             return Err(BodyError::GameMismatch { index: self.index });
         }
-        Ok(g.to_owned())
+        Ok(g)
     }
 
     fn ts(&self) -> Result<i64, BodyError> {
@@ -223,36 +243,41 @@ impl<'v, 'a> Rec<'v, 'a> {
         })
     }
 
-    fn country(&self) -> Result<String, BodyError> {
+    /// The upper-case country code, or empty.
+    fn country(&self) -> Result<CountryCode, BodyError> {
         let c = self.opt_str("country")?;
         if c.is_empty() {
-            return Ok(String::new());
+            return Ok(CountryCode::default());
         }
         let code =
             country::normalize(c).ok_or_else(|| self.err("country", Problem::Invalid("an ISO-3166 alpha-2 code")))?;
-        Ok(String::from_utf8_lossy(&code).into_owned())
+        Ok(CountryCode { code, len: 2 })
     }
 }
 
 /// Validates a body of game events for `game`.
 ///
 /// Events of the standard taxonomy are appended to `events`, the others to `custom`.
-/// Events without `event_id` get one from `new_id`.
+/// Events without `event_id` get one from `new_id`. On error the batches hold partial
+/// records and must be discarded (a batch is accepted or refused whole).
 pub fn parse_events(
     body: &mut [u8],
     game: &str,
     limits: &Limits,
     new_id: &mut dyn FnMut() -> [u8; 16],
-    events: &mut Vec<Event>,
-    custom: &mut Vec<Event>,
+    events: &mut EventBatch,
+    custom: &mut EventBatch,
 ) -> Result<(), BodyError> {
     let root = parse(body, limits)?;
+    let mut scratch = Vec::new();
     for (index, v) in records(&root, limits)?.iter().enumerate() {
-        let e = event_record(&Rec::new(index, v, limits)?, Some(game), new_id)?;
-        match route_event(&e.event) {
-            StreamKind::Events => events.push(e),
-            _ => custom.push(e),
-        }
+        let r = Rec::new(index, v, limits)?;
+        let name = event_name(&r)?;
+        let out = match route_event(name) {
+            StreamKind::Events => &mut *events,
+            _ => &mut *custom,
+        };
+        event_record(&r, name, Some(game), new_id, out, &mut scratch)?;
     }
     Ok(())
 }
@@ -261,7 +286,11 @@ pub fn parse_events(
 /// game. An event without `event_id` gets `fallback_id`.
 pub fn parse_event_object(json: &mut [u8], limits: &Limits, fallback_id: [u8; 16]) -> Result<Event, BodyError> {
     let root = parse(json, limits)?;
-    event_record(&Rec::new(0, &root, limits)?, None, &mut || fallback_id)
+    let r = Rec::new(0, &root, limits)?;
+    let name = event_name(&r)?;
+    let mut one = EventBatch::default();
+    event_record(&r, name, None, &mut || fallback_id, &mut one, &mut Vec::new())?;
+    Ok(one.get(0))
 }
 
 /// Validates one payment given as a JSON object (a Croupier-format stream entry).
@@ -270,42 +299,63 @@ pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment,
     payment_record(&Rec::new(0, &root, limits)?, None)
 }
 
-fn event_record(r: &Rec<'_, '_>, game: Option<&str>, new_id: &mut dyn FnMut() -> [u8; 16]) -> Result<Event, BodyError> {
-    let limits = r.limits;
+fn event_name<'v>(r: &Rec<'v, '_>) -> Result<&'v str, BodyError> {
     let name = r.req_str("event")?;
     if name.len() > 128 {
         return Err(r.err("event", Problem::TooLong(128)));
     }
+    Ok(name)
+}
+
+/// Validates the record and appends it to `out`, field by field in storage order.
+fn event_record(
+    r: &Rec<'_, '_>,
+    name: &str,
+    game: Option<&str>,
+    new_id: &mut dyn FnMut() -> [u8; 16],
+    out: &mut EventBatch,
+    scratch: &mut Vec<u8>,
+) -> Result<(), BodyError> {
+    let limits = r.limits;
+    let ts_ms = r.ts()?;
     let event_id = match r.opt_str("event_id")? {
         "" => new_id(),
         s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
     };
+    let game_id = r.game(game)?;
+    let env = r.req_str("env")?;
+    let country = r.country()?;
     let props = match r.get("props") {
-        None => String::from("{}"),
-        Some(p) if p.as_object().is_some() => {
-            let text = p.encode();
-            if text.len() > limits.max_props_bytes {
-                return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
-            }
-            text
-        }
+        None => None,
+        Some(p) if p.as_object().is_some() => Some(p),
         Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
     };
-    Ok(Event {
-        ts_ms: r.ts()?,
-        game_id: r.game(game)?,
-        env: r.req_str("env")?.to_owned(),
-        event: name.to_owned(),
-        user_id: r.opt_str("user_id")?.to_owned(),
-        session_id: r.opt_str("session_id")?.to_owned(),
-        device_id: r.opt_str("device_id")?.to_owned(),
-        channel: r.opt_str("channel")?.to_owned(),
-        platform: r.opt_str("platform")?.to_owned(),
-        country: r.country()?,
-        app_version: r.opt_str("app_version")?.to_owned(),
-        event_id,
-        props,
-    })
+    let mut w = out.writer();
+    w.field(game_id);
+    w.field(env);
+    w.field(name);
+    w.field(r.opt_str("user_id")?);
+    w.field(r.opt_str("session_id")?);
+    w.field(r.opt_str("device_id")?);
+    w.field(r.opt_str("channel")?);
+    w.field(r.opt_str("platform")?);
+    w.field(std::str::from_utf8(&country).unwrap_or(""));
+    w.field(r.opt_str("app_version")?);
+    match props {
+        None => w.field("{}"),
+        Some(p) => {
+            // Serialised into a reused buffer (writing to a Vec cannot fail); simd-json
+            // escapes as it writes, so the bytes are UTF-8 JSON.
+            scratch.clear();
+            let _ = p.write(&mut *scratch);
+            if scratch.len() > limits.max_props_bytes {
+                return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
+            }
+            w.field(std::str::from_utf8(scratch).unwrap_or("{}"));
+        }
+    }
+    w.finish(ts_ms, event_id);
+    Ok(())
 }
 
 /// A stable event id for a stream entry written without one (by another producer):
@@ -347,7 +397,7 @@ fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyEr
         .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
     Ok(Payment {
         ts_ms: r.ts()?,
-        game_id: r.game(game)?,
+        game_id: r.game(game)?.to_owned(),
         env: r.req_str("env")?.to_owned(),
         user_id: r.req_str("user_id")?.to_owned(),
         order_id: r.req_str("order_id")?.to_owned(),
@@ -356,7 +406,7 @@ fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyEr
         status,
         channel: r.opt_str("channel")?.to_owned(),
         platform: r.opt_str("platform")?.to_owned(),
-        country: r.country()?,
+        country: r.country()?.to_owned_string(),
         region: r.opt_str("region")?.to_owned(),
         city: r.opt_str("city")?.to_owned(),
         product_id: r.opt_str("product_id")?.to_owned(),
@@ -370,14 +420,14 @@ mod tests {
 
     fn events(body: &str) -> Result<(Vec<Event>, Vec<Event>), BodyError> {
         let mut buf = body.as_bytes().to_vec();
-        let (mut e, mut c) = (Vec::new(), Vec::new());
+        let (mut e, mut c) = (EventBatch::default(), EventBatch::default());
         let mut n = 0u8;
         let mut id = || {
             n += 1;
             [n; 16]
         };
         parse_events(&mut buf, "g1", &Limits::default(), &mut id, &mut e, &mut c)?;
-        Ok((e, c))
+        Ok((e.to_events(), c.to_events()))
     }
 
     fn field_err(r: Result<(Vec<Event>, Vec<Event>), BodyError>) -> (usize, &'static str, Problem) {
@@ -489,7 +539,14 @@ mod tests {
     #[test]
     fn refuses_invalid_utf8() {
         let mut buf = b"[{\"ts\":1795617749,\"game_id\":\"g1\",\"env\":\"\xff\",\"event\":\"login\"}]".to_vec();
-        let r = parse_events(&mut buf, "g1", &Limits::default(), &mut || [0; 16], &mut Vec::new(), &mut Vec::new());
+        let r = parse_events(
+            &mut buf,
+            "g1",
+            &Limits::default(),
+            &mut || [0; 16],
+            &mut EventBatch::default(),
+            &mut EventBatch::default(),
+        );
         assert_eq!(r, Err(BodyError::InvalidUtf8));
     }
 

@@ -3,7 +3,7 @@
 
 use croupier_protocol::clickhouse::block::{uuid_bytes, Column, ColumnData, LowCardinality};
 use croupier_protocol::envelope::{
-    ArchivedEvent, ArchivedPayment, ArchivedPaymentStatus, Event, Payment, PaymentStatus,
+    ArchivedEventBatch, ArchivedPayment, ArchivedPaymentStatus, Event, Payment, PaymentStatus,
 };
 
 fn lc() -> ColumnData {
@@ -31,8 +31,7 @@ fn seconds(ms: i64) -> [u8; 4] {
 pub trait EventFields {
     /// Milliseconds since the epoch.
     fn ts_ms(&self) -> i64;
-    /// Text fields in table order: game_id, env, user_id, session_id, event, channel,
-    /// platform, country, app_version, props, device_id.
+    /// Text fields in [`croupier_protocol::envelope::EVENT_TEXT_FIELDS`] order.
     fn text(&self) -> [&str; 11];
     /// Dedup key.
     fn event_id(&self) -> [u8; 16];
@@ -43,46 +42,31 @@ impl EventFields for Event {
         self.ts_ms
     }
     fn text(&self) -> [&str; 11] {
-        [
-            &self.game_id,
-            &self.env,
-            &self.user_id,
-            &self.session_id,
-            &self.event,
-            &self.channel,
-            &self.platform,
-            &self.country,
-            &self.app_version,
-            &self.props,
-            &self.device_id,
-        ]
+        Event::text(self)
     }
     fn event_id(&self) -> [u8; 16] {
         self.event_id
     }
 }
 
-impl EventFields for ArchivedEvent {
+/// Event `i` of an archived batch, read in place.
+#[derive(Clone, Copy)]
+pub struct ArchivedEventRef<'a> {
+    /// The batch.
+    pub batch: &'a ArchivedEventBatch,
+    /// Index in it.
+    pub index: usize,
+}
+
+impl EventFields for ArchivedEventRef<'_> {
     fn ts_ms(&self) -> i64 {
-        self.ts_ms.to_native()
+        self.batch.ts_ms(self.index)
     }
     fn text(&self) -> [&str; 11] {
-        [
-            self.game_id.as_str(),
-            self.env.as_str(),
-            self.user_id.as_str(),
-            self.session_id.as_str(),
-            self.event.as_str(),
-            self.channel.as_str(),
-            self.platform.as_str(),
-            self.country.as_str(),
-            self.app_version.as_str(),
-            self.props.as_str(),
-            self.device_id.as_str(),
-        ]
+        std::array::from_fn(|f| self.batch.field(self.index, f))
     }
     fn event_id(&self) -> [u8; 16] {
-        self.event_id
+        self.batch.event_id(self.index)
     }
 }
 
@@ -128,7 +112,7 @@ impl EventRows {
 
     /// Appends one event accepted at `accepted_at_ms`.
     pub fn push(&mut self, e: &impl EventFields, accepted_at_ms: i64) {
-        let [game, env, user, session, event, channel, platform, ctry, app, props, device] = e.text();
+        let [game, env, event, user, session, device, channel, platform, ctry, app, props] = e.text();
         let c = &mut self.columns;
         c[0].data.push_fixed(&seconds(e.ts_ms()));
         c[1].data.push_str(game.as_bytes());

@@ -11,7 +11,7 @@ use croupier_protocol::validate::{self, Limits};
 
 use super::entries::Entry;
 use crate::clickhouse::connection::{ChError, Connection};
-use crate::clickhouse::rows::{EventRows, PaymentRows};
+use crate::clickhouse::rows::{ArchivedEventRef, EventRows, PaymentRows};
 
 /// Rows per block sent to ClickHouse.
 pub const BLOCK_ROWS: usize = 65_536;
@@ -111,7 +111,11 @@ impl Sink {
         let batch = self.archive.load(bytes).map_err(|x| x.to_string())?;
         let accepted = batch.accepted_at_ms.to_native();
         match (&batch.records, &mut self.rows) {
-            (ArchivedRecords::Events(v), Rows::Events(r)) => v.iter().for_each(|ev| r.push(ev, accepted)),
+            (ArchivedRecords::Events(b), Rows::Events(r)) => {
+                for index in 0..b.len() {
+                    r.push(&ArchivedEventRef { batch: b, index }, accepted);
+                }
+            }
             (ArchivedRecords::Payments(v), Rows::Payments(r)) => v.iter().for_each(|p| r.push(p, accepted)),
             _ => return Err(format!("batch holds records of another stream than {}", self.stream.key())),
         }

@@ -151,14 +151,15 @@ impl Drop for Croupier {
     }
 }
 
-fn start_croupier(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer) -> Croupier {
+fn start_croupier(driver: &str, cores: &[usize], redis: &RedisServer, ch: &ClickHouseServer) -> Croupier {
     let port = croupier_it::free_port();
-    let cores = format!("[{}]", cfg.croupier_cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
+    let core_list = format!("[{}]", cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
     let child = Command::new(croupier_binary())
         .arg("run")
         .env("CROUPIER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CROUPIER_SERVER__SHARDS", cfg.croupier_cores.len().to_string())
-        .env("CROUPIER_SERVER__CORES", &cores)
+        .env("CROUPIER_SERVER__SHARDS", cores.len().to_string())
+        .env("CROUPIER_SERVER__CORES", &core_list)
+        .env("CROUPIER_SERVER__DRIVER", driver)
         .env("CROUPIER_WORKER__SHARDS", "1")
         .env("CROUPIER_WORKER__CONSUMER", "perf")
         .env("CROUPIER_REDIS__ADDR", redis.addr())
@@ -253,7 +254,7 @@ pub fn run(cfg: &E2eConfig) -> String {
     let (xadd_one, xadd_batch) = redis_ceilings(&redis);
     let ch_ceiling = worker::clickhouse_ceiling(&ch, cfg.ceiling_rows);
     eprintln!("e2e: croupier run");
-    let croupier = start_croupier(cfg, &redis, &ch);
+    let croupier = start_croupier("auto", &cfg.croupier_cores, &redis, &ch);
     let pid = croupier.child.id();
     let (cpu0, _) = proc_stat(pid);
     let t0 = Instant::now();
@@ -278,6 +279,16 @@ pub fn run(cfg: &E2eConfig) -> String {
     let (_, rss_kb) = proc_stat(pid);
     let cpu_per_m = (cpu1 - cpu0) / (max.accepted_events.max(1) as f64 / 1e6);
     drop(croupier);
+    let all_cores: Vec<usize> = (0..std::thread::available_parallelism().map(usize::from).unwrap_or(1)).collect();
+    let mut variants = Vec::new();
+    for (label, driver, cores) in [
+        ("epoll driver, same cores", "epoll", cfg.croupier_cores.clone()),
+        ("io_uring driver (auto), one shard per core of the machine", "auto", all_cores.clone()),
+    ] {
+        eprintln!("e2e: variant {label}");
+        let c = start_croupier(driver, &cores, &redis, &ch);
+        variants.push((label, cores.len(), load(cfg, c.addr, 0, phase)));
+    }
 
     let lat = |r: &LoadReport| {
         format!(
@@ -325,7 +336,10 @@ pub fn run(cfg: &E2eConfig) -> String {
          | freshness p50 / p99 (accepted → visible), ms | {:.0} / {:.0} ({} samples at idle) |\n\
          | croupier CPU seconds per million events (ingest + worker) | {cpu_per_m:.2} |\n\
          | croupier peak RSS | {:.1} MiB |\n\
-         | allocations per event, parse + validate + encode | {allocs_per_event:.2} |\n",
+         | allocations per event, parse + validate + encode | {allocs_per_event:.2} |\n\n\
+         ### io driver and shards (closed loop at max)\n\n\
+         | croupier | ingest shards | accepted events/s | ack p99 µs | vs the first row |\n|---|---:|---:|---:|---:|\n\
+         | io_uring driver (auto), cores {:?} | {} | {:.0} | {} | 1.00 |\n",
         max.events_per_sec,
         max.events_per_sec / parse,
         max.events_per_sec,
@@ -338,6 +352,24 @@ pub fn run(cfg: &E2eConfig) -> String {
         q(&fresh, 0.99),
         fresh.len(),
         rss_kb as f64 / 1024.0,
+        cfg.croupier_cores,
+        cfg.croupier_cores.len(),
+        max.events_per_sec,
+        max.latency.p99_us,
+    ));
+    for (label, shards, r) in &variants {
+        t.push_str(&format!(
+            "| {label} | {shards} | {:.0} | {} | {:.2} |\n",
+            r.events_per_sec,
+            r.latency.p99_us,
+            r.events_per_sec / max.events_per_sec.max(1.0)
+        ));
+    }
+    t.push_str(&format!(
+        "\nWith {} cores, one shard per core shares every core with the load generator, redis-server and \
+         clickhouse-server: this machine cannot show how shards scale on dedicated cores, only what happens \
+         when they contend.\n",
+        all_cores.len()
     ));
     t
 }

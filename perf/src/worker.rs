@@ -77,17 +77,23 @@ pub fn clickhouse_ceiling(ch: &ClickHouseServer, rows: usize) -> f64 {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let native = dir.join("events.native");
     native_file(rows, &native);
+    let rate = native_insert(ch, &native, rows);
+    let _ = std::fs::remove_dir_all(&dir);
+    ch.query("DROP TABLE analytics.events_ceiling");
+    rate
+}
+
+/// Times `clickhouse-client` inserting the Native file of `rows` rows into fresh tables.
+fn native_insert(ch: &ClickHouseServer, native: &std::path::Path, rows: usize) -> f64 {
     reset_tables(ch);
     let t = Instant::now();
     let status = Command::new("clickhouse-client")
         .args(["--port", &ch.tcp_port.to_string(), "--query", "INSERT INTO analytics.events_ceiling FORMAT Native"])
-        .stdin(Stdio::from(std::fs::File::open(&native).expect("open native file")))
+        .stdin(Stdio::from(std::fs::File::open(native).expect("open native file")))
         .status()
         .expect("clickhouse-client");
     let secs = t.elapsed().as_secs_f64();
     assert!(status.success() && count(ch, "events_ceiling") == rows, "ceiling insert failed");
-    let _ = std::fs::remove_dir_all(&dir);
-    ch.query("DROP TABLE analytics.events_ceiling");
     rows as f64 / secs
 }
 
@@ -141,16 +147,7 @@ pub fn run(rows: usize, runs: usize) -> String {
     let (mut ceiling, mut ours, mut ours_lz4) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         eprintln!("worker bench: run {}/{runs}", run + 1);
-        reset_tables(&ch);
-        let t = Instant::now();
-        let status = Command::new("clickhouse-client")
-            .args(["--port", &ch.tcp_port.to_string(), "--query", "INSERT INTO analytics.events_ceiling FORMAT Native"])
-            .stdin(Stdio::from(std::fs::File::open(&native).expect("open native file")))
-            .status()
-            .expect("clickhouse-client");
-        let secs = t.elapsed().as_secs_f64();
-        assert!(status.success() && count(&ch, "events_ceiling") == rows, "ceiling insert failed");
-        ceiling.push(rows as f64 / secs);
+        ceiling.push(native_insert(&ch, &native, rows));
         for (compression, sink) in [(false, &mut ours), (true, &mut ours_lz4)] {
             reset_tables(&ch);
             fill_stream(&redis, rows);

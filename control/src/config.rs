@@ -247,7 +247,7 @@ impl Default for Worker {
         Worker {
             shards: 1,
             consumer: String::new(),
-            batch_rows: 50_000,
+            batch_rows: 200_000,
             linger_ms: 200,
             read_count: 200,
             claim_idle_ms: 60_000,

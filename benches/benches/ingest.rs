@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use croupier_protocol::batch::{self, Batch, Records};
 use croupier_protocol::envelope::EventBatch;
 use croupier_protocol::resp::{self, EntryArgs};
-use croupier_protocol::validate::{self, Limits};
+use croupier_protocol::validate::{self, JsonBuffers, Limits};
 use simd_json::prelude::*;
 
 /// A batch of `n` game events of about 300 bytes each, as an SDK would send them.
@@ -61,10 +61,32 @@ fn parse_validate_encode(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    let mut reused = JsonBuffers::default();
+    g.bench_function("parse_validate_encode_reused_buffers", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |buf| {
+                let (mut e, mut cu) = (EventBatch::with_capacity(100, 320), EventBatch::default());
+                validate::parse_events_in(&mut reused, buf, "g1", &limits, &mut || [0; 16], &mut e, &mut cu).unwrap();
+                let a = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(e) }).unwrap();
+                let b2 = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(cu) }).unwrap();
+                black_box((a, b2))
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.bench_function("simd_json_parse_only", |b| {
         b.iter_batched_ref(
             || body.clone(),
             |buf| black_box(simd_json::to_borrowed_value(buf).unwrap().as_array().map(|a| a.len())),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut buffers = simd_json::Buffers::default();
+    g.bench_function("simd_json_tape_parse_only", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |buf| black_box(simd_json::to_tape_with_buffers(buf, &mut buffers).unwrap().0.len()),
             BatchSize::SmallInput,
         )
     });

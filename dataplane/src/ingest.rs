@@ -84,7 +84,9 @@ pub async fn handle(
         Endpoint::Events => {
             let (mut events, mut custom) = (EventBatch::with_capacity(128, 320), EventBatch::default());
             let mut new_id = || shard.new_event_id();
-            validate::parse_events(body, cred.game, &shard.limits, &mut new_id, &mut events, &mut custom)
+            // Parsing never awaits, so the shard's buffers are borrowed only here.
+            let mut json = shard.json.borrow_mut();
+            validate::parse_events_in(&mut json, body, cred.game, &shard.limits, &mut new_id, &mut events, &mut custom)
                 .map_err(IngestError::Body)?;
             if !events.is_empty() {
                 parts.push((StreamKind::Events, Records::Events(events)));

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use croupier_control::config::Config;
 use croupier_protocol::stream::StreamKind;
-use croupier_protocol::validate::Limits;
+use croupier_protocol::validate::{JsonBuffers, Limits};
 
 use crate::http::conn;
 use crate::ratelimit::TokenBucket;
@@ -45,6 +45,8 @@ pub struct Shard {
     pub limits: Limits,
     /// Random source for event ids assigned at ingest.
     pub rng: RefCell<fastrand::Rng>,
+    /// simd-json buffers reused by every request of the shard.
+    pub json: RefCell<JsonBuffers>,
     /// Requests being handled (for draining at shutdown).
     pub inflight: Cell<usize>,
     /// Set when the process is shutting down.
@@ -100,6 +102,7 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
         maxlen,
         limits,
         rng: RefCell::new(fastrand::Rng::new()),
+        json: RefCell::new(JsonBuffers::default()),
         inflight: Cell::new(0),
         stop,
     })

@@ -6,7 +6,7 @@
 //! record's index and the field's name; a batch is accepted or refused whole.
 
 use simd_json::prelude::*;
-use simd_json::BorrowedValue;
+use simd_json::tape::{Array, Object, Tape, Value};
 
 use crate::country;
 use crate::envelope::{Event, EventBatch, Payment, PaymentStatus};
@@ -129,18 +129,52 @@ pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), BodyError> {
     Ok(())
 }
 
-fn parse<'a>(body: &'a mut [u8], limits: &Limits) -> Result<BorrowedValue<'a>, BodyError> {
-    check_depth(body, limits.max_depth)?;
-    simd_json::to_borrowed_value(body).map_err(|e| match e.error() {
-        simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
-        _ => BodyError::Malformed(e.to_string()),
-    })
+/// The buffers simd-json parses into, kept between requests so that parsing allocates
+/// nothing once they have grown to the largest body seen. Keep one per shard.
+pub struct JsonBuffers {
+    buffers: simd_json::Buffers,
+    tape: Tape<'static>,
+    scratch: Vec<u8>,
 }
 
-fn records<'v, 'a>(root: &'v BorrowedValue<'a>, limits: &Limits) -> Result<&'v [BorrowedValue<'a>], BodyError> {
+impl Default for JsonBuffers {
+    fn default() -> Self {
+        JsonBuffers { buffers: simd_json::Buffers::default(), tape: Tape(Vec::new()), scratch: Vec::new() }
+    }
+}
+
+impl std::fmt::Debug for JsonBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonBuffers").field("tape_nodes", &self.tape.0.capacity()).finish()
+    }
+}
+
+/// Parses `body` in place into the reused tape and hands its root to `f`.
+fn with_root<'a, R>(
+    body: &'a mut [u8],
+    limits: &Limits,
+    bufs: &mut JsonBuffers,
+    f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, BodyError>,
+) -> Result<R, BodyError> {
+    check_depth(body, limits.max_depth)?;
+    let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
+    let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
+        Ok(()) => f(tape.as_value(), &mut bufs.scratch),
+        Err(e) => Err(match e.error() {
+            simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
+            _ => BodyError::Malformed(e.to_string()),
+        }),
+    };
+    bufs.tape = tape.reset();
+    res
+}
+
+fn records<'t, 'a>(root: Value<'t, 'a>, limits: &Limits) -> Result<Array<'t, 'a>, BodyError> {
     let arr = match root.as_array() {
         Some(a) => a,
-        None => root.get("events").and_then(|v| v.as_array()).ok_or(BodyError::NotABatch)?,
+        None => {
+            root.as_object().and_then(|o| o.get("events")).and_then(|v| v.as_array()).ok_or(BodyError::NotABatch)?
+        }
     };
     if arr.is_empty() {
         return Err(BodyError::Empty);
@@ -148,7 +182,7 @@ fn records<'v, 'a>(root: &'v BorrowedValue<'a>, limits: &Limits) -> Result<&'v [
     if arr.len() > limits.max_records {
         return Err(BodyError::TooManyRecords(limits.max_records));
     }
-    Ok(arr.as_slice())
+    Ok(arr)
 }
 
 /// A country code held without allocating: two letters, or empty.
@@ -171,34 +205,100 @@ impl CountryCode {
     }
 }
 
-/// Field accessor for one record, carrying its index for error reports.
-struct Rec<'v, 'a> {
-    index: usize,
-    obj: &'v BorrowedValue<'a>,
-    limits: &'v Limits,
+/// Every field name a record may have; a record's fields are looked up once, in one pass
+/// over its keys, into slots in this order.
+const KNOWN_FIELDS: [&str; 21] = [
+    "ts",
+    "game_id",
+    "env",
+    "event",
+    "user_id",
+    "session_id",
+    "device_id",
+    "channel",
+    "platform",
+    "country",
+    "app_version",
+    "event_id",
+    "props",
+    "order_id",
+    "amount_cents",
+    "currency",
+    "status",
+    "region",
+    "city",
+    "product_id",
+    "reason",
+];
+
+fn slot_of(key: &str) -> Option<usize> {
+    // A match compiles to a decision on length, then bytes; the table above is its order.
+    Some(match key {
+        "ts" => 0,
+        "game_id" => 1,
+        "env" => 2,
+        "event" => 3,
+        "user_id" => 4,
+        "session_id" => 5,
+        "device_id" => 6,
+        "channel" => 7,
+        "platform" => 8,
+        "country" => 9,
+        "app_version" => 10,
+        "event_id" => 11,
+        "props" => 12,
+        "order_id" => 13,
+        "amount_cents" => 14,
+        "currency" => 15,
+        "status" => 16,
+        "region" => 17,
+        "city" => 18,
+        "product_id" => 19,
+        "reason" => 20,
+        _ => return None,
+    })
 }
 
-impl<'v, 'a> Rec<'v, 'a> {
-    fn new(index: usize, obj: &'v BorrowedValue<'a>, limits: &'v Limits) -> Result<Self, BodyError> {
-        if obj.as_object().is_none() {
-            return Err(BodyError::Field { index, field: "record", problem: Problem::WrongType("an object") });
+/// Field accessor for one record, carrying its index for error reports. Strings borrow
+/// the request buffer (`'v`).
+struct Rec<'t, 'v> {
+    index: usize,
+    fields: [Option<Value<'t, 'v>>; KNOWN_FIELDS.len()],
+    limits: Limits,
+}
+
+impl<'t, 'v> Rec<'t, 'v> {
+    fn new(index: usize, value: Value<'t, 'v>, limits: &Limits) -> Result<Self, BodyError> {
+        let obj: Object<'t, 'v> = value.as_object().ok_or(BodyError::Field {
+            index,
+            field: "record",
+            problem: Problem::WrongType("an object"),
+        })?;
+        let mut fields = [None; KNOWN_FIELDS.len()];
+        for (k, v) in obj.iter() {
+            // Unknown fields are ignored; with a repeated key the first wins, as `get` would.
+            if let Some(i) = slot_of(k) {
+                if fields[i].is_none() && v.as_null().is_none() {
+                    fields[i] = Some(v);
+                }
+            }
         }
-        Ok(Rec { index, obj, limits })
+        Ok(Rec { index, fields, limits: *limits })
     }
 
     fn err(&self, field: &'static str, problem: Problem) -> BodyError {
         BodyError::Field { index: self.index, field, problem }
     }
 
-    fn get(&self, field: &str) -> Option<&'v BorrowedValue<'a>> {
-        self.obj.get(field).filter(|v| !v.is_null())
+    fn get(&self, field: &str) -> Option<Value<'t, 'v>> {
+        slot_of(field).and_then(|i| self.fields[i])
     }
 
     fn opt_str(&self, field: &'static str) -> Result<&'v str, BodyError> {
         match self.get(field) {
             None => Ok(""),
             Some(v) => {
-                let s = v.as_str().ok_or_else(|| self.err(field, Problem::WrongType("a string")))?;
+                let s = v.into_string().ok_or_else(|| self.err(field, Problem::WrongType("a string")))?;
                 if s.len() > self.limits.max_field_bytes {
                     return Err(self.err(field, Problem::TooLong(self.limits.max_field_bytes)));
                 }
@@ -268,35 +368,49 @@ pub fn parse_events(
     events: &mut EventBatch,
     custom: &mut EventBatch,
 ) -> Result<(), BodyError> {
-    let root = parse(body, limits)?;
-    let mut scratch = Vec::new();
-    for (index, v) in records(&root, limits)?.iter().enumerate() {
-        let r = Rec::new(index, v, limits)?;
-        let name = event_name(&r)?;
-        let out = match route_event(name) {
-            StreamKind::Events => &mut *events,
-            _ => &mut *custom,
-        };
-        event_record(&r, name, Some(game), new_id, out, &mut scratch)?;
-    }
-    Ok(())
+    parse_events_in(&mut JsonBuffers::default(), body, game, limits, new_id, events, custom)
+}
+
+/// [`parse_events`] with reused parse buffers: no allocation per event once the buffers
+/// and batches have grown.
+pub fn parse_events_in(
+    bufs: &mut JsonBuffers,
+    body: &mut [u8],
+    game: &str,
+    limits: &Limits,
+    new_id: &mut dyn FnMut() -> [u8; 16],
+    events: &mut EventBatch,
+    custom: &mut EventBatch,
+) -> Result<(), BodyError> {
+    with_root(body, limits, bufs, |root, scratch| {
+        for (index, v) in records(root, limits)?.iter().enumerate() {
+            let r = Rec::new(index, v, limits)?;
+            let name = event_name(&r)?;
+            let out = match route_event(name) {
+                StreamKind::Events => &mut *events,
+                _ => &mut *custom,
+            };
+            event_record(&r, name, Some(game), new_id, out, scratch)?;
+        }
+        Ok(())
+    })
 }
 
 /// Validates one event given as a JSON object (a Croupier-format stream entry), of any
 /// game. An event without `event_id` gets `fallback_id`.
 pub fn parse_event_object(json: &mut [u8], limits: &Limits, fallback_id: [u8; 16]) -> Result<Event, BodyError> {
-    let root = parse(json, limits)?;
-    let r = Rec::new(0, &root, limits)?;
-    let name = event_name(&r)?;
-    let mut one = EventBatch::default();
-    event_record(&r, name, None, &mut || fallback_id, &mut one, &mut Vec::new())?;
-    Ok(one.get(0))
+    with_root(json, limits, &mut JsonBuffers::default(), |root, scratch| {
+        let r = Rec::new(0, root, limits)?;
+        let name = event_name(&r)?;
+        let mut one = EventBatch::default();
+        event_record(&r, name, None, &mut || fallback_id, &mut one, scratch)?;
+        Ok(one.get(0))
+    })
 }
 
 /// Validates one payment given as a JSON object (a Croupier-format stream entry).
 pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment, BodyError> {
-    let root = parse(json, limits)?;
-    payment_record(&Rec::new(0, &root, limits)?, None)
+    with_root(json, limits, &mut JsonBuffers::default(), |root, _| payment_record(&Rec::new(0, root, limits)?, None))
 }
 
 fn event_name<'v>(r: &Rec<'v, '_>) -> Result<&'v str, BodyError> {
@@ -373,11 +487,12 @@ pub fn derived_event_id(stream: &str, entry_id: &str) -> [u8; 16] {
 
 /// Validates a body of payments for `game`, appending them to `out`.
 pub fn parse_payments(body: &mut [u8], game: &str, limits: &Limits, out: &mut Vec<Payment>) -> Result<(), BodyError> {
-    let root = parse(body, limits)?;
-    for (index, v) in records(&root, limits)?.iter().enumerate() {
-        out.push(payment_record(&Rec::new(index, v, limits)?, Some(game))?);
-    }
-    Ok(())
+    with_root(body, limits, &mut JsonBuffers::default(), |root, _| {
+        for (index, v) in records(root, limits)?.iter().enumerate() {
+            out.push(payment_record(&Rec::new(index, v, limits)?, Some(game))?);
+        }
+        Ok(())
+    })
 }
 
 fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyError> {
@@ -454,7 +569,7 @@ mod tests {
         assert_eq!(e.app_version, "1.2.3");
         assert_eq!(uuid::Uuid::from_bytes(e.event_id).to_string(), "6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03");
         let mut props_text = e.props.clone().into_bytes();
-        let props: BorrowedValue = simd_json::to_borrowed_value(&mut props_text).expect("props json");
+        let props: simd_json::BorrowedValue = simd_json::to_borrowed_value(&mut props_text).expect("props json");
         assert_eq!(props.get("b").and_then(|v| v.as_str()), Some("x"));
     }
 
@@ -520,6 +635,14 @@ mod tests {
         assert_eq!(events(&deep), Err(BodyError::TooDeep(16)));
         // Brackets inside strings do not count as nesting.
         assert!(check_depth(br#"["[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"[["]"#, 2).is_ok());
+    }
+
+    #[test]
+    fn field_slots_match_the_table() {
+        for (i, k) in KNOWN_FIELDS.iter().enumerate() {
+            assert_eq!(slot_of(k), Some(i), "{k}");
+        }
+        assert_eq!(slot_of("unknown"), None);
     }
 
     #[test]

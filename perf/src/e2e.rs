@@ -29,6 +29,10 @@ pub struct E2eConfig {
     pub loadgen_cores: Vec<usize>,
     /// Rows for the ClickHouse ceiling.
     pub ceiling_rows: usize,
+    /// Seconds of the sustained phase (0 = none).
+    pub sustain_seconds: f64,
+    /// Its rate as a fraction of the measured max.
+    pub sustain_fraction: f64,
 }
 
 const GAME: &str = "perf-game";
@@ -211,9 +215,14 @@ fn count(ch: &ClickHouseServer) -> u64 {
 }
 
 /// Freshness samples: a marker event posted every `every`, timed until visible.
-fn freshness(addr: SocketAddr, ch: &ClickHouseServer, samples: usize) -> Vec<f64> {
+fn freshness(addr: SocketAddr, ch: &ClickHouseServer, samples: usize, until: Option<Instant>) -> Vec<f64> {
+    static PROBE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut out = Vec::new();
-    for i in 0..samples {
+    for _ in 0..samples {
+        if until.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
+        let i = PROBE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let user = format!("probe-{}-{i}", std::process::id());
         let body = format!(r#"[{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"heartbeat","user_id":"{user}"}}]"#);
@@ -239,7 +248,7 @@ fn freshness(addr: SocketAddr, ch: &ClickHouseServer, samples: usize) -> Vec<f64
             std::thread::sleep(Duration::from_millis(5));
         }
         out.push(t.elapsed().as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     out.sort_by(|a, b| a.total_cmp(b));
     out
@@ -279,12 +288,48 @@ pub fn run(cfg: &E2eConfig) -> String {
     let drained = t0.elapsed().as_secs_f64();
     let e2e_eps = visible as f64 / drained;
     let mut rows = Vec::new();
+    let mut fresh_loaded = Vec::new();
     for frac in [0.5, 0.25] {
         let rate = (max.events_per_sec * frac).max(100.0) as u64;
         eprintln!("e2e: fixed rate {rate} events/s");
-        rows.push((frac, load(cfg, croupier.addr, rate, phase)));
+        // Freshness probes run beside the load at 50 % of max.
+        let (r, f) = std::thread::scope(|sc| {
+            let probe = (frac == 0.5).then(|| {
+                let until = Instant::now() + Duration::from_secs_f64(phase);
+                let ch = &ch;
+                let addr = croupier.addr;
+                sc.spawn(move || freshness(addr, ch, usize::MAX, Some(until)))
+            });
+            let r = load(cfg, croupier.addr, rate, phase);
+            (r, probe.and_then(|p| p.join().ok()).unwrap_or_default())
+        });
+        fresh_loaded.extend(f);
+        rows.push((frac, r));
     }
-    let fresh = freshness(croupier.addr, &ch, if phase < 3.0 { 5 } else { 40 });
+    fresh_loaded.sort_by(|a, b| a.total_cmp(b));
+    let fresh = freshness(croupier.addr, &ch, if phase < 3.0 { 5 } else { 40 }, None);
+    let sustained = (cfg.sustain_seconds > 0.0).then(|| {
+        let rate = (max.events_per_sec * cfg.sustain_fraction) as u64;
+        eprintln!("e2e: sustained {rate} events/s for {} s", cfg.sustain_seconds);
+        let before = count(&ch);
+        let (r, f) = std::thread::scope(|sc| {
+            let until = Instant::now() + Duration::from_secs_f64(cfg.sustain_seconds);
+            let (ch, addr) = (&ch, croupier.addr);
+            let probe = sc.spawn(move || freshness(addr, ch, usize::MAX, Some(until)));
+            let r = load(cfg, croupier.addr, rate, cfg.sustain_seconds);
+            (r, probe.join().unwrap_or_default())
+        });
+        let want = before + r.accepted_events + f.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut visible = count(&ch);
+        while visible < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            visible = count(&ch);
+        }
+        let mut f = f;
+        f.sort_by(|a, b| a.total_cmp(b));
+        (rate, r, want - before, visible - before, f)
+    });
     let (_, rss_kb) = proc_stat(pid);
     let cpu_per_m = (cpu1 - cpu0) / (max.accepted_events.max(1) as f64 / 1e6);
     drop(croupier);
@@ -342,7 +387,8 @@ pub fn run(cfg: &E2eConfig) -> String {
          | end to end (accepted → visible in ClickHouse) events/s | {e2e_eps:.0} | {ch_ceiling:.0} (Native insert) | {:.2} |\n\n\
          | figure | value |\n|---|---:|\n\
          | accepted at max / visible in ClickHouse (loss) | {} / {visible} ({}) |\n\
-         | freshness p50 / p99 (accepted → visible), ms | {:.0} / {:.0} ({} samples at idle) |\n\
+         | freshness p50 / p99 (accepted → visible) under load at 50 % of max, ms | {:.0} / {:.0} ({} samples) |\n\
+         | freshness p50 / p99 (accepted → visible) idle, ms | {:.0} / {:.0} ({} samples) |\n\
          | croupier CPU seconds per million events (ingest + worker) | {cpu_per_m:.2} |\n\
          | croupier peak RSS | {:.1} MiB |\n\
          | allocations per event, parse + validate + encode | {allocs_per_event:.2} |\n\n\
@@ -357,6 +403,9 @@ pub fn run(cfg: &E2eConfig) -> String {
         e2e_eps / ch_ceiling,
         max.accepted_events,
         max.accepted_events as i64 - visible as i64,
+        q(&fresh_loaded, 0.5),
+        q(&fresh_loaded, 0.99),
+        fresh_loaded.len(),
         q(&fresh, 0.5),
         q(&fresh, 0.99),
         fresh.len(),
@@ -372,6 +421,28 @@ pub fn run(cfg: &E2eConfig) -> String {
             r.events_per_sec,
             r.latency.p99_us,
             r.events_per_sec / max.events_per_sec.max(1.0)
+        ));
+    }
+    if let Some((rate, r, want, visible, f)) = &sustained {
+        t.push_str(&format!(
+            "\n### Sustained\n\n{} s open loop at {rate} events/s ({:.0} % of max), freshness probes beside it.\n\n\
+             | figure | value |\n|---|---:|\n\
+             | accepted events/s | {:.0} |\n\
+             | ack p50 / p99 / p99.9 µs | {} / {} / {} |\n\
+             | accepted / visible in ClickHouse (loss) | {want} / {visible} ({}) |\n\
+             | freshness p50 / p99 ms | {:.0} / {:.0} ({} samples) |\n\
+             | refused | {} |\n",
+            cfg.sustain_seconds,
+            cfg.sustain_fraction * 100.0,
+            r.events_per_sec,
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            *want as i64 - *visible as i64,
+            q(f, 0.5),
+            q(f, 0.99),
+            f.len(),
+            r.refused.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" "),
         ));
     }
     t.push_str(&format!(

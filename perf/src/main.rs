@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
-//! croupier-perf e2e    [--seconds S] [--connections C] [--smoke] [--out FILE]
+//! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
 //! ```
 //!
@@ -49,6 +49,12 @@ fn main() {
         croupier_cores: (0..(cores / 2).max(1)).collect(),
         loadgen_cores: ((cores / 2).max(1).min(cores - 1)..cores).collect(),
         ceiling_rows: if smoke { 20_000 } else { 1_000_000 },
+        sustain_seconds: args.windows(2).find(|w| w[0] == "--sustain").and_then(|w| w[1].parse().ok()).unwrap_or(0.0),
+        sustain_fraction: args
+            .windows(2)
+            .find(|w| w[0] == "--sustain-fraction")
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(0.75),
     };
     let rows = arg(&args, "--rows", if smoke { 20_000 } else { 1_000_000 });
     let runs = arg(&args, "--runs", if smoke { 1 } else { 3 });

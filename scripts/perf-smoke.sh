@@ -8,7 +8,7 @@ cargo build -q -p croupier-dataplane --bin croupier -p croupier-perf --bins
 out=target/perf-smoke.md
 target/debug/croupier-perf all --smoke --out "$out" >/dev/null
 for section in "### Ceilings measured in this run" "### Ingest" "### Figures and ratios" \
-  "## Worker: Redis stream" "accepted at max / visible in ClickHouse" "freshness p50 / p99" \
+  "## Worker: Redis stream" "accepted at max / rows in ClickHouse" "freshness p50 / p99" \
   "### io driver and shards"; do
   grep -qF "$section" "$out" || { echo "perf smoke: report lacks '$section'" >&2; cat "$out" >&2; exit 1; }
 done

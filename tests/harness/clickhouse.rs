@@ -124,7 +124,7 @@ impl ClickHouseServer {
     pub fn query(&self, sql: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(300))).expect("timeout");
         let req = format!(
             "POST /?allow_experimental_low_cardinality_type=1 HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
             sql.len()

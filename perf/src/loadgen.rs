@@ -176,6 +176,7 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
     };
     let start = Instant::now();
     let deadline = start + cfg.duration;
+    let run_id = fastrand::u64(..);
     let mut req = Vec::with_capacity(64 * 1024);
     let mut rbuf = Vec::with_capacity(4096);
     let mut k: u64 = 0;
@@ -198,7 +199,9 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
             &bodies[(k as usize + index) % events]
         };
         let ts = now_secs().to_string();
-        let nonce = format!("{}-{index}-{k}-{}", cfg.seed, start.elapsed().as_nanos());
+        // Unique across runs too: a run reusing an earlier run's nonce within the
+        // server's nonce window would be refused as a replay.
+        let nonce = format!("{run_id:016x}-{index}-{k}");
         let sig = signature::sign_with_digest(cfg.secret.as_bytes(), &ts, &nonce, &body.digest);
         req.clear();
         let _ = write!(

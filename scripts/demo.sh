@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
-cargo build --release -p croupier-dataplane --bin croupier
+cargo build --release -p croupier-dataplane --bin croupier -p croupier-perf --bin croupier-loadgen
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d)
@@ -64,15 +64,29 @@ croupier_pid=$!
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
 echo "readyz: $(curl -s "http://127.0.0.1:$http_port/readyz")"
 
+# A plain client first (Python's standard library only): signed batches, and one refusal.
 python3 scripts/demo_send.py "http://127.0.0.1:$http_port" demo-game change-me "${DEMO_BATCHES:-50}"
+# Then game traffic from the load generator's player model, at a modest fixed rate.
+target/release/croupier-loadgen --url "127.0.0.1:$http_port" --game demo-game --secret change-me \
+  --connections 2 --rate "${DEMO_RATE:-20000}" --duration "${DEMO_SECONDS:-5}" --payments-every 20 \
+  --out "$work/load.json" >/dev/null
+python3 - "$work/load.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat = r["latency"]
+print("load generator: %d events + %d payments accepted at %.0f events/s, ack p50 %d us, p99 %d us"
+      % (r["accepted_events"], r["accepted_records"] - r["accepted_events"], r["events_per_sec"], lat["p50_us"], lat["p99_us"]))
+PY
 
 q() { clickhouse-client --port "$ch_port" --query "$1"; }
-sent=$(( ${DEMO_BATCHES:-50} * 100 ))
-for _ in $(seq 200); do
-  [ "$(q 'SELECT count() FROM analytics.events FINAL')" -ge "$sent" ] \
-    && [ "$(q 'SELECT count() FROM analytics.payments FINAL')" -ge 10 ] && break
+want_events=$(( ${DEMO_BATCHES:-50} * 100 + $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accepted_events"])' "$work/load.json") ))
+want_payments=$(( 10 + $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["accepted_records"]-r["accepted_events"])' "$work/load.json") ))
+for _ in $(seq 400); do
+  [ "$(q 'SELECT count() FROM analytics.events FINAL')" -ge "$want_events" ] \
+    && [ "$(q 'SELECT count() FROM analytics.payments FINAL')" -ge "$want_payments" ] && break
   sleep 0.05
 done
+echo "accepted: $want_events events, $want_payments payments"
 for s in analytics:events analytics:custom analytics:payments; do
   echo "$s: $(redis-cli -p "$redis_port" xlen "$s") entries, $(redis-cli -p "$redis_port" xpending "$s" analytics-workers | head -1) pending"
 done

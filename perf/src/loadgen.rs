@@ -96,18 +96,16 @@ fn now_secs() -> u64 {
 }
 
 fn bodies(cfg: &LoadConfig) -> Vec<Body> {
-    let mut model = TrafficModel::new(cfg.seed, &cfg.game, 100_000, cfg.event_bytes);
+    // About 40 events per player over the pre-built bodies, so sessions get past their start.
+    let players = (cfg.bodies.max(1) * cfg.batch / 40).max(10);
+    let mut model = TrafficModel::new(cfg.seed, &cfg.game, players, cfg.event_bytes);
     let ts = now_secs() as i64 * 1000;
-    let mut out: Vec<Body> = (0..cfg.bodies.max(1))
+    let out: Vec<Body> = (0..cfg.bodies.max(1))
         .map(|_| {
             let b = model.events_body(cfg.batch, ts).into_bytes();
             Body { path: "/api/ingest/events", digest: signature::body_digest(&b), bytes: b }
         })
         .collect();
-    if cfg.payments_every > 0 {
-        let b = model.payments_body(5, ts).into_bytes();
-        out.push(Body { path: "/api/ingest/payments", digest: signature::body_digest(&b), bytes: b });
-    }
     out
 }
 
@@ -177,10 +175,11 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let run_id = fastrand::u64(..);
+    let mut payments = TrafficModel::new(cfg.seed ^ run_id ^ index as u64, &cfg.game, 1000, cfg.event_bytes);
     let mut req = Vec::with_capacity(64 * 1024);
     let mut rbuf = Vec::with_capacity(4096);
     let mut k: u64 = 0;
-    let events = bodies.len() - usize::from(cfg.payments_every > 0);
+    let events = bodies.len();
     loop {
         let due = match interval {
             Some(iv) => start + iv.mul_f64(k as f64) + iv.mul_f64(index as f64 / cfg.connections as f64),
@@ -193,8 +192,13 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
         if due > now {
             std::thread::sleep(due - now);
         }
+        // Payments are built fresh (order ids are dedup keys); event bodies are reused
+        // (ingest gives their events fresh ids).
+        let fresh_payments;
         let body = if cfg.payments_every > 0 && k as usize % cfg.payments_every == cfg.payments_every - 1 {
-            &bodies[events]
+            let b = payments.payments_body(5, now_secs() as i64 * 1000).into_bytes();
+            fresh_payments = Body { path: "/api/ingest/payments", digest: signature::body_digest(&b), bytes: b };
+            &fresh_payments
         } else {
             &bodies[(k as usize + index) % events]
         };

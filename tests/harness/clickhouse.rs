@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{free_port, require_binary};
+use crate::{free_port, kill, require_binary, wait_until_ready};
 
 /// A `clickhouse-server` process.
 pub struct ClickHouseServer {
@@ -72,19 +72,12 @@ impl ClickHouseServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start clickhouse-server: {e}"));
+        let mut child = child;
+        let log = self.dir.path().join("error.log");
+        wait_until_ready(&mut child, "clickhouse-server", &log, Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.tcp_port)).is_ok() && self.ping_http()
+        });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.tcp_port)).is_ok() && self.ping_http() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
-                panic!("clickhouse-server exited with {status}: {log}");
-            }
-            assert!(Instant::now() < deadline, "clickhouse-server did not start within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     fn ping_http(&self) -> bool {
@@ -106,10 +99,7 @@ impl ClickHouseServer {
 
     /// Kills the server.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same ports and data.

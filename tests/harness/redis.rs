@@ -4,11 +4,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use croupier_protocol::resp::{self, Frame};
 
-use crate::{free_port, require_binary};
+use crate::{free_port, kill, require_binary, wait_until_ready};
 
 /// A `redis-server` process on a free loopback port, in its own temporary directory.
 /// Dropping it kills the process and removes the directory.
@@ -52,22 +52,13 @@ impl RedisServer {
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let (port, log) = (self.port, self.dir.path().join("redis.log"));
+        wait_until_ready(&mut child, "redis-server", &log, Duration::from_secs(10), || {
+            RedisClient::connect(port)
+                .is_ok_and(|mut c| c.try_cmd(&["PING"]).is_ok_and(|f| f == Frame::SimpleString(b"PONG".to_vec())))
+        });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = RedisClient::connect(self.port) {
-                if c.try_cmd(&["PING"]).is_ok_and(|f| f == Frame::SimpleString(b"PONG".to_vec())) {
-                    return;
-                }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-                panic!("redis-server exited with {status}: {log}");
-            }
-            assert!(Instant::now() < deadline, "redis-server did not answer on port {} within 10 s", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// `host:port` of the server.
@@ -77,10 +68,7 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the server again on the same port and directory.

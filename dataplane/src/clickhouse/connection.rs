@@ -173,10 +173,20 @@ impl Connection {
     pub async fn execute(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<(), ChError> {
         self.start_query(sql, settings, false);
         self.flush().await?;
+        self.wait_for(false, |p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
+    }
+
+    /// Reads packets until one `is_end` accepts (returned) or an exception (its error);
+    /// progress, profile and log packets in between are skipped.
+    async fn wait_for(
+        &mut self,
+        compressed: bool,
+        is_end: impl Fn(&ServerPacket) -> bool,
+    ) -> Result<ServerPacket, ChError> {
         loop {
-            match self.next_packet(false).await? {
-                ServerPacket::EndOfStream => return Ok(()),
+            match self.next_packet(compressed).await? {
                 ServerPacket::Exception(e) => return Err(ChError::Server(e)),
+                p if is_end(&p) => return Ok(p),
                 _ => {}
             }
         }
@@ -187,13 +197,9 @@ impl Connection {
         let compression = self.compression;
         self.start_query(sql, settings, compression);
         self.flush().await?;
-        loop {
-            match self.next_packet(compression).await? {
-                ServerPacket::Data(h) => return Ok(h),
-                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
-                ServerPacket::EndOfStream => return Err(ChError::Unexpected("end of stream before the header".into())),
-                _ => {}
-            }
+        match self.wait_for(compression, |p| matches!(p, ServerPacket::Data(_) | ServerPacket::EndOfStream)).await? {
+            ServerPacket::Data(h) => Ok(h),
+            _ => Err(ChError::Unexpected("end of stream before the header".into())),
         }
     }
 
@@ -207,25 +213,13 @@ impl Connection {
     pub async fn insert_end(&mut self) -> Result<(), ChError> {
         packet::data(&mut self.wbuf, self.revision, self.compression, &[], 0, &mut self.scratch);
         self.flush().await?;
-        loop {
-            match self.next_packet(self.compression).await? {
-                ServerPacket::EndOfStream => return Ok(()),
-                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
-                _ => {}
-            }
-        }
+        self.wait_for(self.compression, |p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
     }
 
     /// Pings the server.
     pub async fn ping(&mut self) -> Result<(), ChError> {
         packet::ping(&mut self.wbuf);
         self.flush().await?;
-        loop {
-            match self.next_packet(false).await? {
-                ServerPacket::Pong => return Ok(()),
-                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
-                _ => {}
-            }
-        }
+        self.wait_for(false, |p| matches!(p, ServerPacket::Pong)).await.map(|_| ())
     }
 }

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use croupier_protocol::resp::{self, Frame};
+use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
 use super::entries::{self, cmd, Entry};
 use super::sink::{entry_rows, Poison, Sink};
-use crate::clickhouse::connection::{ChError, ChOptions, Connection};
+use crate::clickhouse::connection::{ChOptions, Connection};
 use crate::redis::connection::RedisClient;
 
 /// What a consumer needs to know.
@@ -194,18 +194,8 @@ impl Consumer {
                 continue;
             }
             let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
-            let entry = match got {
-                Frame::Array(mut items) if !items.is_empty() => {
-                    let f = items.remove(0);
-                    entries::xreadgroup_reply(Frame::Array(vec![Frame::Array(vec![
-                        Frame::BulkString(self.key().as_bytes().to_vec()),
-                        Frame::Array(vec![f]),
-                    ])]))?
-                    .pop()
-                }
-                _ => None,
-            }
-            .unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
+            // A trimmed entry comes back empty: it is dead-lettered without its fields.
+            let entry = entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
             let reason = format!("delivered {deliveries} times without being acknowledged");
             self.dead_letter(&entry, &reason).await?;
             self.ack(&[id.as_str()]).await?;
@@ -297,7 +287,7 @@ impl Consumer {
                         todo.push(a.to_vec());
                     }
                 }
-                Err(e) => return Err(describe(&e)),
+                Err(e) => return Err(e.to_string()),
             }
         }
         poison.sort_by_key(|p| p.index);
@@ -328,9 +318,7 @@ impl Consumer {
             args.push(k);
             args.push(v);
         }
-        let mut c = Vec::new();
-        resp::command(&mut c, &args);
-        self.call(c).await.map(|_| ())
+        self.call(cmd(&args)).await.map(|_| ())
     }
 
     async fn ack(&self, ids: &[&str]) -> Result<(), String> {
@@ -341,8 +329,4 @@ impl Consumer {
         }
         Ok(())
     }
-}
-
-fn describe(e: &ChError) -> String {
-    e.to_string()
 }

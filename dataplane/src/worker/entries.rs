@@ -68,6 +68,14 @@ pub fn xreadgroup_reply(f: Frame) -> Result<Vec<Entry>, String> {
     }
 }
 
+/// Entries of an `XRANGE` reply.
+pub fn xrange_reply(f: Frame) -> Result<Vec<Entry>, String> {
+    match f {
+        Frame::Error(e) => Err(e),
+        other => entries(other).ok_or_else(|| "XRANGE: malformed entries".to_owned()),
+    }
+}
+
 /// Entries claimed by an `XAUTOCLAIM` reply, and the cursor for the next call.
 pub fn xautoclaim_reply(f: Frame) -> Result<(String, Vec<Entry>), String> {
     match f {

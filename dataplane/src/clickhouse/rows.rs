@@ -70,28 +70,61 @@ impl EventFields for ArchivedEventRef<'_> {
     }
 }
 
-/// A block of `analytics.events` rows being filled.
-pub struct EventRows {
-    /// The columns, in [`EventRows::INSERT`] order.
+/// A table the worker fills: its INSERT statement and its columns, in that order.
+pub trait Table {
+    /// The insert statement matching [`Table::columns`].
+    const INSERT: &'static str;
+    /// Empty columns, in insert order.
+    fn columns() -> Vec<Column>;
+}
+
+/// A block of rows of table `T` being filled.
+pub struct TableRows<T> {
+    /// The columns, in [`Table::INSERT`] order.
     pub columns: Vec<Column>,
     /// Rows so far.
     pub rows: usize,
+    table: std::marker::PhantomData<T>,
 }
 
-impl Default for EventRows {
+impl<T: Table> Default for TableRows<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl EventRows {
+impl<T: Table> TableRows<T> {
     /// The insert statement matching the columns.
-    pub const INSERT: &'static str = "INSERT INTO analytics.events (event_time, game_id, env, user_id, session_id, \
-        event, channel, platform, country, app_version, event_id, props_json, device_id, ingested_at) VALUES";
+    pub const INSERT: &'static str = T::INSERT;
 
     /// An empty block.
     pub fn new() -> Self {
-        let columns = vec![
+        TableRows { columns: T::columns(), rows: 0, table: std::marker::PhantomData }
+    }
+
+    /// Empties the block, keeping allocations.
+    pub fn clear(&mut self) {
+        for c in &mut self.columns {
+            c.data.clear();
+        }
+        self.rows = 0;
+    }
+
+    /// Approximate encoded size.
+    pub fn byte_len(&self) -> usize {
+        self.columns.iter().map(|c| c.data.byte_len()).sum()
+    }
+}
+
+/// `analytics.events`.
+pub struct Events;
+
+impl Table for Events {
+    const INSERT: &'static str = "INSERT INTO analytics.events (event_time, game_id, env, user_id, session_id, \
+        event, channel, platform, country, app_version, event_id, props_json, device_id, ingested_at) VALUES";
+
+    fn columns() -> Vec<Column> {
+        vec![
             Column::new("event_time", "DateTime", ColumnData::fixed(4)),
             Column::new("game_id", "LowCardinality(String)", lc()),
             Column::new("env", "LowCardinality(String)", lc()),
@@ -106,10 +139,14 @@ impl EventRows {
             Column::new("props_json", "String", s()),
             Column::new("device_id", "String", s()),
             Column::new("ingested_at", "DateTime", ColumnData::fixed(4)),
-        ];
-        EventRows { columns, rows: 0 }
+        ]
     }
+}
 
+/// A block of `analytics.events` rows being filled.
+pub type EventRows = TableRows<Events>;
+
+impl TableRows<Events> {
     /// Appends one event accepted at `accepted_at_ms`.
     pub fn push(&mut self, e: &impl EventFields, accepted_at_ms: i64) {
         let [game, env, event, user, session, device, channel, platform, ctry, app, props] = e.text();
@@ -129,19 +166,6 @@ impl EventRows {
         c[12].data.push_str(device.as_bytes());
         c[13].data.push_fixed(&seconds(accepted_at_ms));
         self.rows += 1;
-    }
-
-    /// Empties the block, keeping allocations.
-    pub fn clear(&mut self) {
-        for c in &mut self.columns {
-            c.data.clear();
-        }
-        self.rows = 0;
-    }
-
-    /// Approximate encoded size.
-    pub fn byte_len(&self) -> usize {
-        self.columns.iter().map(|c| c.data.byte_len()).sum()
     }
 }
 
@@ -218,28 +242,15 @@ impl PaymentFields for ArchivedPayment {
     }
 }
 
-/// A block of `analytics.payments` rows being filled.
-pub struct PaymentRows {
-    /// The columns, in [`PaymentRows::INSERT`] order.
-    pub columns: Vec<Column>,
-    /// Rows so far.
-    pub rows: usize,
-}
+/// `analytics.payments`.
+pub struct Payments;
 
-impl Default for PaymentRows {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PaymentRows {
-    /// The insert statement matching the columns.
-    pub const INSERT: &'static str = "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, \
+impl Table for Payments {
+    const INSERT: &'static str = "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, \
         amount_cents, currency, status, channel, platform, country, region, city, product_id, reason, ingested_at) VALUES";
 
-    /// An empty block.
-    pub fn new() -> Self {
-        let columns = vec![
+    fn columns() -> Vec<Column> {
+        vec![
             Column::new("time", "DateTime", ColumnData::fixed(4)),
             Column::new("game_id", "LowCardinality(String)", lc()),
             Column::new("env", "LowCardinality(String)", lc()),
@@ -256,10 +267,14 @@ impl PaymentRows {
             Column::new("product_id", "String", s()),
             Column::new("reason", "String", s()),
             Column::new("ingested_at", "DateTime", ColumnData::fixed(4)),
-        ];
-        PaymentRows { columns, rows: 0 }
+        ]
     }
+}
 
+/// A block of `analytics.payments` rows being filled.
+pub type PaymentRows = TableRows<Payments>;
+
+impl TableRows<Payments> {
     /// Appends one payment accepted at `accepted_at_ms`.
     pub fn push(&mut self, p: &impl PaymentFields, accepted_at_ms: i64) {
         let [game, env, user, order, currency, channel, platform, ctry, region, city, product, reason] = p.text();
@@ -281,13 +296,5 @@ impl PaymentRows {
         c[14].data.push_str(reason.as_bytes());
         c[15].data.push_fixed(&seconds(accepted_at_ms));
         self.rows += 1;
-    }
-
-    /// Empties the block, keeping allocations.
-    pub fn clear(&mut self) {
-        for c in &mut self.columns {
-            c.data.clear();
-        }
-        self.rows = 0;
     }
 }

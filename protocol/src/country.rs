@@ -8,26 +8,30 @@ LKLRLSLTLULVLYMAMCMDMEMFMGMHMKMLMMMNMOMPMQMRMSMTMUMVMWMXMYMZNANCNENFNGNINLNONPNR
 PGPHPKPLPMPNPRPSPTPWPYQARERORSRURWSASBSCSDSESGSHSISJSKSLSMSNSOSRSSSTSVSXSYSZTCTDTFTGTHTJTKTL\
 TMTNTOTRTTTVTWTZUAUGUMUSUYUZVAVCVEVGVIVNVUWFWSXKYEYTZAZMZW";
 
+/// The codes as a bitmap: bit `second` of row `first`, letters counted from `A`. Built
+/// from [`CODES`] at compile time; a lookup is one load and a shift.
+const ASSIGNED: [u32; 26] = {
+    let t = CODES.as_bytes();
+    let mut rows = [0u32; 26];
+    let mut i = 0;
+    while i < t.len() {
+        rows[(t[i] - b'A') as usize] |= 1 << (t[i + 1] - b'A');
+        i += 2;
+    }
+    rows
+};
+
 /// Normalises `code` to upper case and returns it if it is an assigned alpha-2 code.
 pub fn normalize(code: &str) -> Option<[u8; 2]> {
-    let b = code.as_bytes();
-    if b.len() != 2 || !b.iter().all(u8::is_ascii_alphabetic) {
+    let &[a, b] = code.as_bytes() else {
+        return None;
+    };
+    if !a.is_ascii_alphabetic() || !b.is_ascii_alphabetic() {
         return None;
     }
-    let up = [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()];
-    let table = CODES.as_bytes();
-    let n = table.len() / 2;
-    let (mut lo, mut hi) = (0usize, n);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        let c = [table[2 * mid], table[2 * mid + 1]];
-        match c.cmp(&up) {
-            std::cmp::Ordering::Equal => return Some(up),
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-        }
-    }
-    None
+    let up = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+    let row = ASSIGNED[(up[0] - b'A') as usize];
+    (row >> (up[1] - b'A') & 1 == 1).then_some(up)
 }
 
 #[cfg(test)]
@@ -41,6 +45,12 @@ mod tests {
         let codes: Vec<&[u8]> = t.chunks(2).collect();
         assert!(codes.windows(2).all(|w| w[0] < w[1]), "table must be sorted");
         assert_eq!(codes.len(), 250, "249 assigned codes plus XK");
+        let bits: u32 = ASSIGNED.iter().map(|r| r.count_ones()).sum();
+        assert_eq!(bits, 250, "every code is in the bitmap");
+        for c in codes {
+            let s = std::str::from_utf8(c).expect("ASCII");
+            assert_eq!(normalize(s), Some([c[0], c[1]]), "{s}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! record's index and the field's name; a batch is accepted or refused whole.
 
 use simd_json::prelude::*;
-use simd_json::tape::{Array, Object, Tape, Value};
+use simd_json::tape::{Array, Node, Object, Tape, Value};
 
 use crate::country;
 use crate::envelope::{Event, EventBatch, Payment, PaymentStatus};
@@ -100,30 +100,21 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
-/// Checks nesting depth without parsing, skipping string contents.
-pub fn check_depth(body: &[u8], max_depth: usize) -> Result<(), BodyError> {
-    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_str = false;
-            }
-            continue;
+/// Checks the nesting depth of a parsed document on its tape: each array or object
+/// node says how many nodes it spans, so one pass with a stack of where each open
+/// container ends gives every node's depth. `open` is reused scratch; it never holds
+/// more than `max_depth` entries.
+fn check_depth(tape: &[Node<'_>], max_depth: usize, open: &mut Vec<usize>) -> Result<(), BodyError> {
+    open.clear();
+    for (i, node) in tape.iter().enumerate() {
+        while open.last().is_some_and(|&end| end < i) {
+            open.pop();
         }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max_depth {
-                    return Err(BodyError::TooDeep(max_depth));
-                }
+        if let Node::Array { count, .. } | Node::Object { count, .. } = node {
+            if open.len() == max_depth {
+                return Err(BodyError::TooDeep(max_depth));
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            open.push(i + count);
         }
     }
     Ok(())
@@ -135,11 +126,17 @@ pub struct JsonBuffers {
     buffers: simd_json::Buffers,
     tape: Tape<'static>,
     scratch: Vec<u8>,
+    open: Vec<usize>,
 }
 
 impl Default for JsonBuffers {
     fn default() -> Self {
-        JsonBuffers { buffers: simd_json::Buffers::default(), tape: Tape(Vec::new()), scratch: Vec::new() }
+        JsonBuffers {
+            buffers: simd_json::Buffers::default(),
+            tape: Tape(Vec::new()),
+            scratch: Vec::new(),
+            open: Vec::new(),
+        }
     }
 }
 
@@ -156,10 +153,12 @@ fn with_root<'a, R>(
     bufs: &mut JsonBuffers,
     f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, BodyError>,
 ) -> Result<R, BodyError> {
-    check_depth(body, limits.max_depth)?;
     let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
     let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
-        Ok(()) => f(tape.as_value(), &mut bufs.scratch),
+        Ok(()) => match check_depth(&tape.0, limits.max_depth, &mut bufs.open) {
+            Ok(()) => f(tape.as_value(), &mut bufs.scratch),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(match e.error() {
             simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
             _ => BodyError::Malformed(e.to_string()),
@@ -610,8 +609,17 @@ mod tests {
         assert_eq!(field_err(events("[1]")).1, "record");
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
         assert_eq!(events(&deep), Err(BodyError::TooDeep(16)));
-        // Brackets inside strings do not count as nesting.
-        assert!(check_depth(br#"["[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"[["]"#, 2).is_ok());
+        // Exactly at the limit passes, one more level does not; brackets inside strings
+        // and siblings do not add depth.
+        let at = |n: usize| {
+            format!("{}{}{}", "[".repeat(n - 2), r#"[{"s":"[[[[[[[[[[[[[[[[[[[[\"[["}, [], {}]"#, "]".repeat(n - 2))
+        };
+        for (n, want) in [(15, true), (16, true), (17, false)] {
+            let mut b = at(n).into_bytes();
+            let (mut e, mut c) = (EventBatch::default(), EventBatch::default());
+            let got = parse_events(&mut b, "g1", &Limits::default(), &mut || [1; 16], &mut e, &mut c);
+            assert_eq!(matches!(got, Err(BodyError::TooDeep(16))), !want, "{n} levels: {got:?}");
+        }
     }
 
     #[test]

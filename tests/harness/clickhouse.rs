@@ -102,6 +102,22 @@ impl ClickHouseServer {
         kill(&mut self.child);
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("server running");
+        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -{sig} {pid}");
+    }
+
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();

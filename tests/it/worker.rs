@@ -191,6 +191,30 @@ fn worker_killed_before_insert_and_clickhouse_down_for_a_while() {
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
 
+/// While a batch is being inserted the consumer already reads the next one: with
+/// ClickHouse frozen mid-insert, a second batch is delivered (pending) before the first
+/// is acknowledged; when ClickHouse goes on, both land once and nothing stays pending.
+#[test]
+fn next_batch_is_read_while_one_is_inserted() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[("CROUPIER_CLICKHOUSE__TIMEOUT_MS", "60000")]);
+    let warm = post_events(&p, 1, 10);
+    p.wait_for(warm, "first rows", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+
+    p.clickhouse.pause();
+    let first = post_events(&p, 3, 10);
+    p.wait_for(3, "first batch delivered", |p| p.pending("analytics:events") as u64);
+    // Past the linger: the first batch is closed and its insert waits on ClickHouse.
+    std::thread::sleep(Duration::from_millis(500));
+    let second = post_events(&p, 4, 10);
+    p.wait_for(7, "second batch read ahead", |p| p.pending("analytics:events") as u64);
+    p.clickhouse.resume();
+    p.wait_for(warm + first + second, "rows after ClickHouse went on", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), warm + first + second, "each row once");
+}
+
 /// Redis is killed (SIGKILL) and restarted from its append-only file. With
 /// `appendfsync always` every acknowledged append survives; with Redis's default
 /// `everysec` a crash may lose the last writes Redis already confirmed (README).

@@ -63,24 +63,39 @@ pub fn dead_letter_key(stream: StreamKind) -> String {
 
 struct Consumer {
     cfg: Rc<ConsumerConfig>,
+    reader: Reader,
+    /// Acknowledgements, dead letters, claims: a connection of their own, so that they
+    /// never queue behind a blocking read on the reader's.
     redis: RedisClient,
     ch: Option<Connection>,
     sink: Sink,
     backoff: Duration,
 }
 
-/// Runs the consumer until `stop` is set (finishing the batch in hand when it can).
-pub async fn run(cfg: Rc<ConsumerConfig>, redis: RedisClient, stop: Arc<AtomicBool>) {
-    let mut c = Consumer { sink: Sink::new(cfg.stream), cfg, redis, ch: None, backoff: Duration::from_millis(100) };
+/// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
+///
+/// In steady state the next batch is gathered from Redis while the current one is
+/// inserted and acknowledged, so reading never waits for ClickHouse and a row waits at
+/// most one insert plus the linger. Both batches are in this consumer's pending list
+/// until acknowledged: a crash in between loses nothing. `reads` carries the
+/// `XREADGROUP`s, `redis` everything else.
+pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient, stop: Arc<AtomicBool>) {
+    let reader = Reader { cfg: cfg.clone(), redis: reads };
+    let mut c =
+        Consumer { sink: Sink::new(cfg.stream), cfg, reader, redis, ch: None, backoff: Duration::from_millis(100) };
     let mut recovering = true;
     let mut last_claim = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if !c.redis.is_up() {
+    // Gathered while the previous batch was committed.
+    let mut next: Option<Vec<Entry>> = None;
+    while next.is_some() || !stop.load(Ordering::Relaxed) {
+        if !c.reader.redis.is_up() || !c.redis.is_up() {
             // Connecting (or reconnecting): the Redis connection task retries on its own.
             monoio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let batch = if recovering {
+        let batch = if let Some(b) = next.take() {
+            b
+        } else if recovering {
             match c.recover_page().await {
                 Ok(b) if b.is_empty() => {
                     recovering = false;
@@ -103,7 +118,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, redis: RedisClient, stop: Arc<AtomicBo
                 }
             }
         } else {
-            match c.gather(&stop).await {
+            match c.reader.gather(&stop).await {
                 Ok(b) if b.is_empty() => continue,
                 Ok(b) => b,
                 Err(e) => {
@@ -115,7 +130,28 @@ pub async fn run(cfg: Rc<ConsumerConfig>, redis: RedisClient, stop: Arc<AtomicBo
         };
         // Retry the batch until it is committed; on shutdown leave it pending.
         loop {
-            match c.commit(&batch).await {
+            // Overlap only in steady state: recovery and claims read this consumer's
+            // pending list, which must not hold a batch gathered ahead.
+            let overlap = next.is_none()
+                && !recovering
+                && !stop.load(Ordering::Relaxed)
+                && last_claim.elapsed() < c.cfg.claim_interval;
+            let committed = if overlap {
+                let reader = c.reader.clone();
+                let (committed, gathered) = monoio::join!(c.commit(&batch), reader.gather(&stop));
+                match gathered {
+                    Ok(b) if !b.is_empty() => next = Some(b),
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("croupier: worker {} {}: {e}", c.cfg.consumer, c.key());
+                        recovering = true;
+                    }
+                }
+                committed
+            } else {
+                c.commit(&batch).await
+            };
+            match committed {
                 Ok(()) => {
                     c.backoff = Duration::from_millis(100);
                     break;
@@ -128,6 +164,72 @@ pub async fn run(cfg: Rc<ConsumerConfig>, redis: RedisClient, stop: Arc<AtomicBo
                 }
             }
         }
+    }
+}
+
+/// Reads from the stream for one consumer; cloned so that the next batch can be
+/// gathered while the consumer commits the current one.
+#[derive(Clone)]
+struct Reader {
+    cfg: Rc<ConsumerConfig>,
+    redis: RedisClient,
+}
+
+/// One command; a Redis error reply is an error.
+async fn redis_call(redis: &RedisClient, c: Vec<u8>) -> Result<Frame, String> {
+    match redis.call(c).await {
+        Ok(Frame::Error(e)) => Err(format!("Redis: {e}")),
+        Ok(f) => Ok(f),
+        Err(e) => Err(format!("Redis: {e:?}")),
+    }
+}
+
+impl Reader {
+    async fn call(&self, c: Vec<u8>) -> Result<Frame, String> {
+        redis_call(&self.redis, c).await
+    }
+
+    /// One `XREADGROUP` page from `id` (`0`: own pending, `>`: new).
+    async fn read(&self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, String> {
+        let count = self.cfg.read_count.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"XREADGROUP",
+            b"GROUP",
+            CONSUMER_GROUP.as_bytes(),
+            self.cfg.consumer.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        let ms = block.map(|b| b.as_millis().max(1).to_string());
+        if let Some(ms) = &ms {
+            args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
+        }
+        args.extend([b"STREAMS".as_slice(), self.cfg.stream.key().as_bytes(), id.as_bytes()]);
+        entries::xreadgroup_reply(self.call(cmd(&args)).await?)
+    }
+
+    /// New entries: waits up to the idle block for the first, then gathers until
+    /// `batch_rows` rows or `linger` after the first.
+    async fn gather(&self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
+        let mut batch = self.read(">", Some(self.cfg.idle_block)).await?;
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let deadline = Instant::now() + self.cfg.linger;
+        let mut rows: usize = batch.iter().map(entry_rows).sum();
+        while rows < self.cfg.batch_rows && !stop.load(Ordering::Relaxed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self.read(">", Some(left)).await?;
+            if more.is_empty() {
+                break;
+            }
+            rows += more.iter().map(entry_rows).sum::<usize>();
+            batch.extend(more);
+        }
+        Ok(batch)
     }
 }
 
@@ -144,29 +246,11 @@ impl Consumer {
     }
 
     async fn call(&self, c: Vec<u8>) -> Result<Frame, String> {
-        match self.redis.call(c).await {
-            Ok(Frame::Error(e)) => Err(format!("Redis: {e}")),
-            Ok(f) => Ok(f),
-            Err(e) => Err(format!("Redis: {e:?}")),
-        }
+        redis_call(&self.redis, c).await
     }
 
     async fn read(&self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, String> {
-        let count = self.cfg.read_count.to_string();
-        let mut args: Vec<&[u8]> = vec![
-            b"XREADGROUP",
-            b"GROUP",
-            CONSUMER_GROUP.as_bytes(),
-            self.cfg.consumer.as_bytes(),
-            b"COUNT",
-            count.as_bytes(),
-        ];
-        let ms = block.map(|b| b.as_millis().max(1).to_string());
-        if let Some(ms) = &ms {
-            args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
-        }
-        args.extend([b"STREAMS".as_slice(), self.key().as_bytes(), id.as_bytes()]);
-        entries::xreadgroup_reply(self.call(cmd(&args)).await?)
+        self.reader.read(id, block).await
     }
 
     /// One page of this consumer's own pending entries, after dead-lettering the
@@ -233,30 +317,6 @@ impl Consumer {
             }
         }
         Ok(ours)
-    }
-
-    /// New entries: waits up to the idle block for the first, then gathers until
-    /// `batch_rows` rows or `linger` after the first.
-    async fn gather(&mut self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
-        let mut batch = self.read(">", Some(self.cfg.idle_block)).await?;
-        if batch.is_empty() {
-            return Ok(batch);
-        }
-        let deadline = Instant::now() + self.cfg.linger;
-        let mut rows: usize = batch.iter().map(entry_rows).sum();
-        while rows < self.cfg.batch_rows && !stop.load(Ordering::Relaxed) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let more = self.read(">", Some(left)).await?;
-            if more.is_empty() {
-                break;
-            }
-            rows += more.iter().map(entry_rows).sum::<usize>();
-            batch.extend(more);
-        }
-        Ok(batch)
     }
 
     async fn connection(&mut self) -> Result<(), String> {

@@ -1,8 +1,9 @@
 //! The worker: shards that consume the three streams into ClickHouse.
 //!
 //! Each worker shard is one pinned thread with its own runtime and, per stream, one
-//! consumer task ([`consumer`]) with its own Redis connection (its reads block) and its
-//! own ClickHouse connection.
+//! consumer task ([`consumer`]) with two Redis connections of its own (one for its
+//! blocking reads, one for acknowledgements and the rest) and its own ClickHouse
+//! connection.
 
 pub mod consumer;
 pub mod entries;
@@ -74,15 +75,18 @@ pub fn start(config: Config) -> Result<Shards, String> {
                     let live = Rc::new(Cell::new(0usize));
                     for stream in StreamKind::ALL {
                         let cfg = Rc::new(consumer_config(&config, stream, shard));
-                        let redis = RedisClient::spawn(
-                            config.redis.addr.clone(),
-                            Duration::from_millis(config.redis.connect_timeout_ms),
-                            Duration::from_millis(config.redis.reply_timeout_ms),
-                        );
+                        let connect = || {
+                            RedisClient::spawn(
+                                config.redis.addr.clone(),
+                                Duration::from_millis(config.redis.connect_timeout_ms),
+                                Duration::from_millis(config.redis.reply_timeout_ms),
+                            )
+                        };
+                        let (reads, redis) = (connect(), connect());
                         let (stop, live) = (stop.clone(), live.clone());
                         live.set(live.get() + 1);
                         monoio::spawn(async move {
-                            consumer::run(cfg, redis, stop).await;
+                            consumer::run(cfg, reads, redis, stop).await;
                             live.set(live.get() - 1);
                         });
                     }

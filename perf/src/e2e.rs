@@ -157,6 +157,24 @@ fn proc_stat(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
+/// CPU seconds of the process's threads whose name starts with `prefix` (Linux truncates
+/// thread names to 15 bytes: `croupier-shard-`, `croupier-worker`).
+fn threads_cpu(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let mut total = 0.0;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += (ticks(11) + ticks(12)) as f64 / 100.0;
+    }
+    total
+}
+
 struct Croupier {
     child: Child,
     addr: SocketAddr,
@@ -290,9 +308,11 @@ pub fn run(cfg: &E2eConfig) -> String {
     let croupier = start_croupier("auto", &cfg.croupier_cores, &redis, &ch);
     let pid = croupier.child.id();
     let (cpu0, _) = proc_stat(pid);
+    let (shard0, worker0) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
     let t0 = Instant::now();
     let max = load(cfg, croupier.addr, 0, phase);
     let (cpu1, _) = proc_stat(pid);
+    let (shard1, worker1) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
     // Everything accepted must become visible.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut visible = count(&ch);
@@ -346,7 +366,12 @@ pub fn run(cfg: &E2eConfig) -> String {
         (rate, r, want - before, visible - before, f)
     });
     let (_, rss_kb) = proc_stat(pid);
-    let cpu_per_m = (cpu1 - cpu0) / (max.accepted_events.max(1) as f64 / 1e6);
+    let millions = max.accepted_events.max(1) as f64 / 1e6;
+    let cpu_per_m = (cpu1 - cpu0) / millions;
+    let (shard_per_m, worker_per_m) = ((shard1 - shard0) / millions, (worker1 - worker0) / millions);
+    // Events per second of ingest-shard CPU: what one data core would carry with the
+    // load generator, Redis and ClickHouse elsewhere.
+    let per_shard_core = if shard1 > shard0 { max.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN };
     drop(croupier);
     let all_cores: Vec<usize> = (0..std::thread::available_parallelism().map(usize::from).unwrap_or(1)).collect();
     let mut variants = Vec::new();
@@ -399,12 +424,14 @@ pub fn run(cfg: &E2eConfig) -> String {
          | ingest events/s at max | {:.0} | {parse:.0} (parse, 1 core) | {:.2} |\n\
          | ingest events/s at max vs Redis batch XADD | {:.0} | {xadd_batch:.0} | {:.2} |\n\
          | parse + validate + encode, one core (no I/O) | {path_eps:.0} | {parse:.0} (parse, 1 core) | {:.2} |\n\
+         | events per CPU second of the ingest shard at max (HTTP + parse + Redis round trip) | {per_shard_core:.0} | {parse:.0} (parse, 1 core) | {:.2} |\n\
          | end to end (accepted → visible in ClickHouse) events/s | {e2e_eps:.0} | {ch_ceiling:.0} (Native insert) | {:.2} |\n\n\
          | figure | value |\n|---|---:|\n\
          | accepted at max / rows in ClickHouse (loss) | {} / {visible} ({}) |\n\
          | freshness p50 / p99 (accepted → visible) under load at 50 % of max, ms | {:.0} / {:.0} ({} samples) |\n\
          | freshness p50 / p99 (accepted → visible) idle, ms | {:.0} / {:.0} ({} samples) |\n\
          | croupier CPU seconds per million events (ingest + worker) | {cpu_per_m:.2} |\n\
+         | of which ingest shard / worker threads | {shard_per_m:.2} / {worker_per_m:.2} |\n\
          | croupier peak RSS | {:.1} MiB |\n\
          | allocations per event, parse + validate + encode | {allocs_per_event:.2} |\n\n\
          ### io driver and shards (closed loop at max)\n\n\
@@ -415,6 +442,7 @@ pub fn run(cfg: &E2eConfig) -> String {
         max.events_per_sec,
         max.events_per_sec / xadd_batch,
         path_eps / parse,
+        per_shard_core / parse,
         e2e_eps / ch_ceiling,
         max.accepted_events,
         max.accepted_events as i64 - visible as i64,

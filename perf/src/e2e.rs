@@ -187,7 +187,13 @@ impl Drop for Croupier {
     }
 }
 
-fn start_croupier(driver: &str, cores: &[usize], redis: &RedisServer, ch: &ClickHouseServer) -> Croupier {
+fn start_croupier(
+    driver: &str,
+    cores: &[usize],
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    extra_env: &[(String, String)],
+) -> Croupier {
     let port = croupier_it::free_port();
     let core_list = format!("[{}]", cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
     let child = Command::new(croupier_binary())
@@ -202,6 +208,7 @@ fn start_croupier(driver: &str, cores: &[usize], redis: &RedisServer, ch: &Click
         .env("CROUPIER_CLICKHOUSE__ADDR", ch.addr())
         .env(format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET)
         .env(format!("CROUPIER_GAMES__{PROBE_GAME}__SECRET"), SECRET)
+        .envs(extra_env.iter().cloned())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -294,6 +301,38 @@ fn q(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Open loop at `rate` with clickhouse-server frozen (SIGSTOP) for the phase: ingest's
+/// latency without ClickHouse's inserts and merges competing for the cores. The streams'
+/// high-water marks are raised so the backlog of the phase fits; afterwards ClickHouse
+/// goes on and every accepted event must land. Returns the load report and the loss.
+fn clickhouse_paused(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, rate: f64) -> (LoadReport, i64) {
+    eprintln!("e2e: {rate:.0} events/s with ClickHouse paused");
+    let room = (rate * cfg.seconds * 2.0) as u64 + 1_000_000;
+    let env: Vec<(String, String)> = ["EVENTS", "CUSTOM"]
+        .iter()
+        .flat_map(|s| {
+            [
+                (format!("CROUPIER_STREAMS__{s}__HIGH_WATER_EVENTS"), room),
+                (format!("CROUPIER_STREAMS__{s}__RETENTION_EVENTS"), room + room / 4),
+            ]
+        })
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    let c = start_croupier("auto", &cfg.croupier_cores, redis, ch, &env);
+    let before = count(ch);
+    ch.pause();
+    let r = load(cfg, c.addr, rate as u64, cfg.seconds);
+    ch.resume();
+    let want = before + r.accepted_events;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut visible = count(ch);
+    while visible < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        visible = count(ch);
+    }
+    (r, want as i64 - visible as i64)
+}
+
 /// Runs the end-to-end measurement; returns the report section.
 pub fn run(cfg: &E2eConfig) -> String {
     let redis = RedisServer::start();
@@ -305,7 +344,7 @@ pub fn run(cfg: &E2eConfig) -> String {
     let (xadd_one, xadd_batch) = redis_ceilings(&redis);
     let ch_ceiling = worker::clickhouse_ceiling(&ch, cfg.ceiling_rows);
     eprintln!("e2e: croupier run");
-    let croupier = start_croupier("auto", &cfg.croupier_cores, &redis, &ch);
+    let croupier = start_croupier("auto", &cfg.croupier_cores, &redis, &ch, &[]);
     let pid = croupier.child.id();
     let (cpu0, _) = proc_stat(pid);
     let (shard0, worker0) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
@@ -380,9 +419,10 @@ pub fn run(cfg: &E2eConfig) -> String {
         ("io_uring driver (auto), one shard per core of the machine", "auto", all_cores.clone()),
     ] {
         eprintln!("e2e: variant {label}");
-        let c = start_croupier(driver, &cores, &redis, &ch);
+        let c = start_croupier(driver, &cores, &redis, &ch, &[]);
         variants.push((label, cores.len(), load(cfg, c.addr, 0, phase)));
     }
+    let paused = clickhouse_paused(cfg, &redis, &ch, max.events_per_sec * 0.5);
 
     let lat = |r: &LoadReport| {
         format!(
@@ -418,6 +458,11 @@ pub fn run(cfg: &E2eConfig) -> String {
     for (frac, r) in &rows {
         t.push_str(&format!("| {:.0}% of max ({} events/s target) | {} |\n", frac * 100.0, r.target_eps, lat(r)));
     }
+    t.push_str(&format!(
+        "| 50% of max with clickhouse-server paused (SIGSTOP) for the phase; lost after it went on: {} | {} |\n",
+        paused.1,
+        lat(&paused.0)
+    ));
     t.push_str(&format!(
         "\n### Figures and ratios\n\n\
          | figure | value | ceiling | ratio |\n|---|---:|---:|---:|\n\

@@ -319,7 +319,17 @@ fn clickhouse_paused(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer
         .map(|(k, v)| (k, v.to_string()))
         .collect();
     let c = start_croupier("auto", &cfg.croupier_cores, redis, ch, &env);
-    let before = count(ch);
+    // Earlier phases' last entries are still being consumed (by this croupier's worker,
+    // under the same consumer name): start counting once the row count holds still.
+    let settle = Instant::now() + Duration::from_secs(120);
+    let mut before = count(ch);
+    let mut still = 0;
+    while still < 3 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = count(ch);
+        still = if now == before { still + 1 } else { 0 };
+        before = now;
+    }
     ch.pause();
     let r = load(cfg, c.addr, rate as u64, cfg.seconds);
     ch.resume();

@@ -141,12 +141,16 @@ fn redis_ceilings(redis: &RedisServer) -> (f64, f64) {
     (single, batched * 100.0)
 }
 
-fn proc_stat(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
+/// User + system CPU seconds from a `/proc/.../stat` file (a process's or a thread's).
+fn stat_cpu(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let cpu = (ticks(11) + ticks(12)) as f64 / 100.0;
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let cpu = stat_cpu(std::path::Path::new(&format!("/proc/{pid}/stat")));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -167,10 +171,7 @@ fn threads_cpu(pid: u32, prefix: &str) -> f64 {
         if !comm.starts_with(prefix) {
             continue;
         }
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        total += (ticks(11) + ticks(12)) as f64 / 100.0;
+        total += stat_cpu(&t.path().join("stat"));
     }
     total
 }
@@ -247,6 +248,17 @@ fn load(cfg: &E2eConfig, addr: SocketAddr, rate: u64, seconds: f64) -> LoadRepor
 /// where duplicates are counted away.
 fn count(ch: &ClickHouseServer) -> u64 {
     ch.query("SELECT count() FROM analytics.events").trim().parse().unwrap_or(0)
+}
+
+/// Waits (up to 2 minutes) until `want` rows are visible; returns the last count.
+fn wait_visible(ch: &ClickHouseServer, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut visible = count(ch);
+    while visible < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        visible = count(ch);
+    }
+    visible
 }
 
 /// Freshness samples: a marker event posted every `every`, timed until visible.
@@ -334,13 +346,7 @@ fn clickhouse_paused(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer
     let r = load(cfg, c.addr, rate as u64, cfg.seconds);
     ch.resume();
     let want = before + r.accepted_events;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut visible = count(ch);
-    while visible < want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        visible = count(ch);
-    }
-    (r, want as i64 - visible as i64)
+    (r, want as i64 - wait_visible(ch, want) as i64)
 }
 
 /// Runs the end-to-end measurement; returns the report section.
@@ -363,12 +369,7 @@ pub fn run(cfg: &E2eConfig) -> String {
     let (cpu1, _) = proc_stat(pid);
     let (shard1, worker1) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
     // Everything accepted must become visible.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut visible = count(&ch);
-    while visible < max.accepted_events && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        visible = count(&ch);
-    }
+    let visible = wait_visible(&ch, max.accepted_events);
     let drained = t0.elapsed().as_secs_f64();
     let e2e_eps = visible as f64 / drained;
     let mut rows = Vec::new();
@@ -404,12 +405,7 @@ pub fn run(cfg: &E2eConfig) -> String {
             (r, probe.join().unwrap_or_default())
         });
         let want = before + r.accepted_events + f.len() as u64;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut visible = count(&ch);
-        while visible < want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            visible = count(&ch);
-        }
+        let visible = wait_visible(&ch, want);
         let mut f = f;
         f.sort_by(|a, b| a.total_cmp(b));
         (rate, r, want - before, visible - before, f)

@@ -89,6 +89,10 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
     let mut next: Option<Vec<Entry>> = None;
     while next.is_some() || !stop.load(Ordering::Relaxed) {
         if !c.reader.redis.is_up() || !c.redis.is_up() {
+            if stop.load(Ordering::Relaxed) {
+                // A batch read ahead stays pending; it is re-read on the next start.
+                return;
+            }
             // Connecting (or reconnecting): the Redis connection task retries on its own.
             monoio::time::sleep(Duration::from_millis(20)).await;
             continue;

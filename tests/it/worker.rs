@@ -197,18 +197,22 @@ fn worker_killed_before_insert_and_clickhouse_down_for_a_while() {
 #[test]
 fn next_batch_is_read_while_one_is_inserted() {
     let mut p = Pipeline::start(&[]);
-    p.start_worker(&[("CROUPIER_CLICKHOUSE__TIMEOUT_MS", "60000")]);
+    // A consumer does not read ahead when a claim is due (claims read its pending list),
+    // and this harness claims every 200 ms: claims are put out of the way here.
+    p.start_worker(&[("CROUPIER_CLICKHOUSE__TIMEOUT_MS", "60000"), ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "600000")]);
     let warm = post_events(&p, 1, 10);
     p.wait_for(warm, "first rows", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 
     p.clickhouse.pause();
-    let first = post_events(&p, 3, 10);
-    p.wait_for(3, "first batch delivered", |p| p.pending("analytics:events") as u64);
+    // One entry per batch: the first batch cannot be split between the insert and the
+    // read-ahead.
+    let first = post_events(&p, 1, 30);
+    p.wait_for(1, "first batch delivered", |p| p.pending("analytics:events") as u64);
     // Past the linger: the first batch is closed and its insert waits on ClickHouse.
     std::thread::sleep(Duration::from_millis(500));
-    let second = post_events(&p, 4, 10);
-    p.wait_for(7, "second batch read ahead", |p| p.pending("analytics:events") as u64);
+    let second = post_events(&p, 1, 40);
+    p.wait_for(2, "second batch read ahead", |p| p.pending("analytics:events") as u64);
     p.clickhouse.resume();
     p.wait_for(warm + first + second, "rows after ClickHouse went on", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);

@@ -183,7 +183,7 @@ struct Croupier {
 
 impl Drop for Croupier {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        croupier_it::signal(&self.child, "TERM");
         let _ = self.child.wait();
     }
 }

@@ -113,9 +113,8 @@ impl ClickHouseServer {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().map(|c| c.id()).expect("server running");
-        let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().expect("kill");
-        assert!(ok.success(), "kill -{sig} {pid}");
+        let child = self.child.as_ref().expect("server running");
+        assert!(crate::signal(child, sig), "kill -{sig} {}", child.id());
     }
 
     /// Starts it again on the same ports and data.

@@ -65,6 +65,14 @@ pub fn wait_until_ready(child: &mut Child, name: &str, log: &Path, timeout: Dura
     }
 }
 
+/// Sends `sig` (a name: `TERM`, `STOP`, `CONT`) to `child`; true if it was delivered.
+pub fn signal(child: &Child, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Kills a server process (SIGKILL) and reaps it.
 pub fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {

@@ -57,43 +57,35 @@ type EventRow =
     (u32, String, String, String, String, String, String, String, String, String, String, String, String, u32);
 
 fn read_events(ch: &ClickHouseServer) -> Vec<EventRow> {
-    let url = format!("tcp://127.0.0.1:{}/default?compression=lz4", ch.tcp_port);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-    rt.block_on(async move {
-        let pool = clickhouse_rs::Pool::new(url);
-        let mut h = pool.get_handle().await.expect("clickhouse-rs connects");
-        let block = h
-            .query(
-                "SELECT toUInt32(event_time) AS t, CAST(game_id AS String) AS g, CAST(env AS String) AS e, user_id, \
-                 session_id, CAST(event AS String) AS ev, CAST(channel AS String) AS ch, CAST(platform AS String) AS pl, \
-                 toString(country) AS co, app_version, toString(event_id) AS id, props_json, device_id, \
-                 toUInt32(ingested_at) AS ing FROM analytics.events ORDER BY user_id",
+    let block = crate::pipeline::rs_block(
+        ch,
+        "?compression=lz4",
+        "SELECT toUInt32(event_time) AS t, CAST(game_id AS String) AS g, CAST(env AS String) AS e, user_id, \
+         session_id, CAST(event AS String) AS ev, CAST(channel AS String) AS ch, CAST(platform AS String) AS pl, \
+         toString(country) AS co, app_version, toString(event_id) AS id, props_json, device_id, \
+         toUInt32(ingested_at) AS ing FROM analytics.events ORDER BY user_id",
+    );
+    block
+        .rows()
+        .map(|r| {
+            (
+                r.get::<u32, _>("t").unwrap(),
+                r.get::<String, _>("g").unwrap(),
+                r.get::<String, _>("e").unwrap(),
+                r.get::<String, _>("user_id").unwrap(),
+                r.get::<String, _>("session_id").unwrap(),
+                r.get::<String, _>("ev").unwrap(),
+                r.get::<String, _>("ch").unwrap(),
+                r.get::<String, _>("pl").unwrap(),
+                r.get::<String, _>("co").unwrap(),
+                r.get::<String, _>("app_version").unwrap(),
+                r.get::<String, _>("id").unwrap(),
+                r.get::<String, _>("props_json").unwrap(),
+                r.get::<String, _>("device_id").unwrap(),
+                r.get::<u32, _>("ing").unwrap(),
             )
-            .fetch_all()
-            .await
-            .expect("select");
-        block
-            .rows()
-            .map(|r| {
-                (
-                    r.get::<u32, _>("t").unwrap(),
-                    r.get::<String, _>("g").unwrap(),
-                    r.get::<String, _>("e").unwrap(),
-                    r.get::<String, _>("user_id").unwrap(),
-                    r.get::<String, _>("session_id").unwrap(),
-                    r.get::<String, _>("ev").unwrap(),
-                    r.get::<String, _>("ch").unwrap(),
-                    r.get::<String, _>("pl").unwrap(),
-                    r.get::<String, _>("co").unwrap(),
-                    r.get::<String, _>("app_version").unwrap(),
-                    r.get::<String, _>("id").unwrap(),
-                    r.get::<String, _>("props_json").unwrap(),
-                    r.get::<String, _>("device_id").unwrap(),
-                    r.get::<u32, _>("ing").unwrap(),
-                )
-            })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 fn events_round_trip(driver: ActiveDriver, compression: bool) {
@@ -320,47 +312,39 @@ fn every_column_type_round_trips() {
         })
         .expect("runtime");
     }
-    let url = format!("tcp://127.0.0.1:{}/default", ch.tcp_port);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-    let got: Vec<String> = rt.block_on(async move {
-        let pool = clickhouse_rs::Pool::new(url);
-        let mut h = pool.get_handle().await.expect("connect");
-        let block = h
-            .query(
-                "SELECT u8, u16, u32, u64, i32, i64, f64, s, fs, toString(d) AS ds, toUInt32(dt) AS dts, \
-                 toString(id) AS ids, CAST(lc AS String) AS lcs, ns, au, arrayStringConcat(CAST(als AS Array(String)), '|') AS alss \
-                 FROM default.types ORDER BY u8",
+    let block = crate::pipeline::rs_block(
+        &ch,
+        "",
+        "SELECT u8, u16, u32, u64, i32, i64, f64, s, fs, toString(d) AS ds, toUInt32(dt) AS dts, \
+         toString(id) AS ids, CAST(lc AS String) AS lcs, ns, au, arrayStringConcat(CAST(als AS Array(String)), '|') AS alss \
+         FROM default.types ORDER BY u8",
+    );
+    let got: Vec<String> = block
+        .rows()
+        .map(|r| {
+            let ns: Option<String> = r.get("ns").unwrap();
+            let au: Vec<u32> = r.get("au").unwrap();
+            format!(
+                "{} {} {} {} {} {} {} {:?} {:?} {} {} {} {} {:?} {:?} {}",
+                r.get::<u8, _>("u8").unwrap(),
+                r.get::<u16, _>("u16").unwrap(),
+                r.get::<u32, _>("u32").unwrap(),
+                r.get::<u64, _>("u64").unwrap(),
+                r.get::<i32, _>("i32").unwrap(),
+                r.get::<i64, _>("i64").unwrap(),
+                r.get::<f64, _>("f64").unwrap(),
+                r.get::<String, _>("s").unwrap(),
+                r.get::<String, _>("fs").unwrap(),
+                r.get::<String, _>("ds").unwrap(),
+                r.get::<u32, _>("dts").unwrap(),
+                r.get::<String, _>("ids").unwrap(),
+                r.get::<String, _>("lcs").unwrap(),
+                ns,
+                au,
+                r.get::<String, _>("alss").unwrap(),
             )
-            .fetch_all()
-            .await
-            .expect("select");
-        block
-            .rows()
-            .map(|r| {
-                let ns: Option<String> = r.get("ns").unwrap();
-                let au: Vec<u32> = r.get("au").unwrap();
-                format!(
-                    "{} {} {} {} {} {} {} {:?} {:?} {} {} {} {} {:?} {:?} {}",
-                    r.get::<u8, _>("u8").unwrap(),
-                    r.get::<u16, _>("u16").unwrap(),
-                    r.get::<u32, _>("u32").unwrap(),
-                    r.get::<u64, _>("u64").unwrap(),
-                    r.get::<i32, _>("i32").unwrap(),
-                    r.get::<i64, _>("i64").unwrap(),
-                    r.get::<f64, _>("f64").unwrap(),
-                    r.get::<String, _>("s").unwrap(),
-                    r.get::<String, _>("fs").unwrap(),
-                    r.get::<String, _>("ds").unwrap(),
-                    r.get::<u32, _>("dts").unwrap(),
-                    r.get::<String, _>("ids").unwrap(),
-                    r.get::<String, _>("lcs").unwrap(),
-                    ns,
-                    au,
-                    r.get::<String, _>("alss").unwrap(),
-                )
-            })
-            .collect()
-    });
+        })
+        .collect();
     let want = [
         r#"0 1 0 18446744073709551615 -5 -9223372036854775808 1.5 "" "abc" 2026-11-25 1795617749 00000000-0000-0000-0000-000000000000 a Some("x") [1, 2] p"#,
         r#"7 1001 70000 0 0 -1 -0.25 "ascii" "xyz" 0000-00-00 0 01010101-0101-0101-0101-010101010101 b None [] q|p"#,

@@ -82,7 +82,7 @@ impl Pipeline {
     /// Stops the worker with SIGTERM and waits for it to drain; true if it exited cleanly.
     pub fn stop_worker(&mut self) -> bool {
         let Some(mut c) = self.worker.take() else { return false };
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        croupier_it::signal(&c, "TERM");
         c.wait().is_ok_and(|s| s.success())
     }
 
@@ -127,20 +127,29 @@ impl Drop for Pipeline {
     }
 }
 
-/// Runs `sql` with clickhouse-rs (an independent native-protocol client); every column
-/// must be a `String` expression. Returns the rows.
-pub fn read_rs(ch: &ClickHouseServer, sql: &str) -> Vec<Vec<String>> {
-    let url = format!("tcp://127.0.0.1:{}/default", ch.tcp_port);
+/// Runs `sql` with clickhouse-rs (an independent native-protocol client) and returns its
+/// block. `url_params` is appended to the connection URL (`?compression=lz4`, or empty).
+pub fn rs_block(
+    ch: &ClickHouseServer,
+    url_params: &str,
+    sql: &str,
+) -> clickhouse_rs::types::Block<clickhouse_rs::types::Complex> {
+    let url = format!("tcp://127.0.0.1:{}/default{url_params}", ch.tcp_port);
     let sql = sql.to_owned();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     rt.block_on(async move {
         let pool = clickhouse_rs::Pool::new(url);
         let mut h = pool.get_handle().await.expect("clickhouse-rs connects");
-        let block = h.query(sql).fetch_all().await.expect("select");
-        let names: Vec<String> = block.columns().iter().map(|c| c.name().to_owned()).collect();
-        block
-            .rows()
-            .map(|r| names.iter().map(|n| r.get::<String, _>(n.as_str()).expect("string column")).collect())
-            .collect()
+        h.query(sql).fetch_all().await.expect("select")
     })
+}
+
+/// [`rs_block`] where every column is a `String` expression: the rows as strings.
+pub fn read_rs(ch: &ClickHouseServer, sql: &str) -> Vec<Vec<String>> {
+    let block = rs_block(ch, "", sql);
+    let names: Vec<String> = block.columns().iter().map(|c| c.name().to_owned()).collect();
+    block
+        .rows()
+        .map(|r| names.iter().map(|n| r.get::<String, _>(n.as_str()).expect("string column")).collect())
+        .collect()
 }

@@ -85,6 +85,8 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         Consumer { sink: Sink::new(cfg.stream), cfg, reader, redis, ch: None, backoff: Duration::from_millis(100) };
     let mut recovering = true;
     let mut last_claim = Instant::now();
+    let interval = c.cfg.claim_interval;
+    let claim_due = |last: Instant| last.elapsed() >= interval;
     // Gathered while the previous batch was committed.
     let mut next: Option<Vec<Entry>> = None;
     while next.is_some() || !stop.load(Ordering::Relaxed) {
@@ -111,7 +113,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
                     continue;
                 }
             }
-        } else if last_claim.elapsed() >= c.cfg.claim_interval {
+        } else if claim_due(last_claim) {
             last_claim = Instant::now();
             match c.claim().await {
                 Ok(b) if b.is_empty() => continue,
@@ -136,10 +138,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         loop {
             // Overlap only in steady state: recovery and claims read this consumer's
             // pending list, which must not hold a batch gathered ahead.
-            let overlap = next.is_none()
-                && !recovering
-                && !stop.load(Ordering::Relaxed)
-                && last_claim.elapsed() < c.cfg.claim_interval;
+            let overlap = next.is_none() && !recovering && !stop.load(Ordering::Relaxed) && !claim_due(last_claim);
             let committed = if overlap {
                 let reader = c.reader.clone();
                 let (committed, gathered) = monoio::join!(c.commit(&batch), reader.gather(&stop));
@@ -253,15 +252,11 @@ impl Consumer {
         redis_call(&self.redis, c).await
     }
 
-    async fn read(&self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, String> {
-        self.reader.read(id, block).await
-    }
-
     /// One page of this consumer's own pending entries, after dead-lettering the
     /// over-delivered ones.
     async fn recover_page(&mut self) -> Result<Vec<Entry>, String> {
         self.dead_letter_overdelivered().await?;
-        self.read("0", None).await
+        self.reader.read("0", None).await
     }
 
     async fn dead_letter_overdelivered(&mut self) -> Result<(), String> {
@@ -315,7 +310,7 @@ impl Consumer {
         self.dead_letter_overdelivered().await?;
         let claimed_ids: Vec<String> = claimed.into_iter().map(|e| e.id).collect();
         let mut ours = Vec::with_capacity(claimed_ids.len());
-        for page in self.read("0", None).await? {
+        for page in self.reader.read("0", None).await? {
             if claimed_ids.contains(&page.id) {
                 ours.push(page);
             }

@@ -151,8 +151,6 @@ pub struct StreamLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Streams {
-    /// Events per batch entry assumed when converting event counts to entries.
-    pub batch_events: u64,
     /// `analytics:events`.
     pub events: StreamLimits,
     /// `analytics:custom`.
@@ -164,19 +162,10 @@ pub struct Streams {
 impl Default for Streams {
     fn default() -> Self {
         Streams {
-            batch_events: 100,
             events: StreamLimits { retention_events: 1_000_000, high_water_events: 800_000 },
             custom: StreamLimits { retention_events: 500_000, high_water_events: 400_000 },
             payments: StreamLimits { retention_events: 100_000, high_water_events: 80_000 },
         }
-    }
-}
-
-impl Streams {
-    /// `MAXLEN` and high-water mark of a stream, in entries.
-    pub fn entries(&self, limits: StreamLimits) -> (u64, u64) {
-        let per = self.batch_events.max(1);
-        (limits.retention_events.div_ceil(per), limits.high_water_events.div_ceil(per))
     }
 }
 
@@ -365,14 +354,10 @@ impl Config {
         if self.server.max_records == 0 {
             return Err(err("server.max_records", "expected a count greater than 0"));
         }
-        if self.streams.batch_events == 0 {
-            return Err(err("streams.batch_events", "expected a count greater than 0"));
-        }
         for (name, l) in
             [("events", self.streams.events), ("custom", self.streams.custom), ("payments", self.streams.payments)]
         {
-            let (maxlen, high) = self.streams.entries(l);
-            if high == 0 || high >= maxlen {
+            if l.high_water_events == 0 || l.high_water_events >= l.retention_events {
                 return Err(err(
                     format!("streams.{name}.high_water_events"),
                     format!(
@@ -459,8 +444,9 @@ mod tests {
         let c = Config::load(None, env(&[])).expect("defaults");
         assert_eq!(c.server.max_body_bytes, 10 << 20);
         assert_eq!(c.auth.max_skew_secs, 300);
-        assert_eq!(c.streams.entries(c.streams.events), (10_000, 8_000));
-        assert_eq!(c.streams.entries(c.streams.payments), (1_000, 800));
+        assert_eq!((c.streams.events.retention_events, c.streams.events.high_water_events), (1_000_000, 800_000));
+        assert_eq!((c.streams.custom.retention_events, c.streams.custom.high_water_events), (500_000, 400_000));
+        assert_eq!((c.streams.payments.retention_events, c.streams.payments.high_water_events), (100_000, 80_000));
     }
 
     #[test]

@@ -115,18 +115,20 @@ pub async fn handle(
             .map_err(|_| IngestError::RedisUnavailable { retry_after })?;
         archives.push((stream, count, archive));
     }
+    // Counted when queued, in the same order as the backlog readings are queued, so a
+    // reading never misses nor double-counts it (an append that fails is over-counted
+    // until the next reading: the safe side). Nothing awaits between here and the call.
     let entries: Vec<EntryArgs<'_>> = archives
         .iter()
-        .map(|(s, count, a)| EntryArgs { stream: s.key(), maxlen: shard.maxlen[s.index()], count: *count, archive: a })
+        .map(|(s, count, a)| EntryArgs {
+            stream: s.key(),
+            maxlen: shard.backlog.added(*s, *count),
+            count: *count,
+            archive: a,
+        })
         .collect();
     let mut cmd = Vec::with_capacity(archives.iter().map(|(_, _, a)| a.len() + 64).sum::<usize>() + 1024);
     resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 2 * shard.config.auth.max_skew_secs, &entries);
-    // Counted when queued, in the same order as the backlog readings are queued, so a
-    // reading never misses nor double-counts it (an append that fails is over-counted
-    // until the next reading: the safe side).
-    for (stream, _, _) in &archives {
-        shard.backlog.added(*stream);
-    }
     let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after })?;
     match resp::ingest_reply(reply) {
         Ok(IngestReply::Added(ids)) if ids.len() == archives.len() => Ok(total),

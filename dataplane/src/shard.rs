@@ -15,7 +15,7 @@ use croupier_protocol::validate::{JsonBuffers, Limits};
 
 use crate::http::conn;
 use crate::ratelimit::TokenBucket;
-use crate::redis::backlog::Backlog;
+use crate::redis::backlog::{self, Backlog};
 use crate::redis::connection::RedisClient;
 
 /// A configured game, as a shard holds it.
@@ -39,8 +39,6 @@ pub struct Shard {
     pub redis: RedisClient,
     /// The shard's view of the group backlogs.
     pub backlog: Rc<Backlog>,
-    /// `MAXLEN ~` per stream (indexed by [`StreamKind::index`]), in entries.
-    pub maxlen: [u64; 3],
     /// Body limits.
     pub limits: Limits,
     /// Random source for event ids assigned at ingest.
@@ -78,19 +76,20 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
         })
         .collect();
     let s = &config.streams;
-    let limits_of = |k: StreamKind| match k {
-        StreamKind::Events => s.entries(s.events),
-        StreamKind::Custom => s.entries(s.custom),
-        StreamKind::Payments => s.entries(s.payments),
-    };
-    let maxlen = StreamKind::ALL.map(|k| limits_of(k).0);
-    let high_water = StreamKind::ALL.map(|k| limits_of(k).1);
+    let stream_limits = StreamKind::ALL.map(|k| {
+        let l = match k {
+            StreamKind::Events => s.events,
+            StreamKind::Custom => s.custom,
+            StreamKind::Payments => s.payments,
+        };
+        backlog::Limits { retention_events: l.retention_events, high_water_events: l.high_water_events }
+    });
     let redis = RedisClient::spawn(
         config.redis.addr.clone(),
         Duration::from_millis(config.redis.connect_timeout_ms),
         Duration::from_millis(config.redis.reply_timeout_ms),
     );
-    let backlog = Backlog::new(high_water);
+    let backlog = Backlog::new(stream_limits);
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
     Rc::new(Shard {
@@ -99,7 +98,6 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
         games,
         redis,
         backlog,
-        maxlen,
         limits,
         rng: RefCell::new(fastrand::Rng::new()),
         json: RefCell::new(JsonBuffers::default()),

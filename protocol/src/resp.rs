@@ -4,28 +4,37 @@
 //! Ingest writes a request's batch entries with one `EVAL` of [`INGEST_SCRIPT`]: it
 //! remembers the request's nonce (`SET NX EX`) and appends the entries (`XADD MAXLEN ~`)
 //! atomically, so a replayed nonce adds nothing and a refused request leaves no trace.
+//! It also keeps each stream's mean events per entry ([`ENTRY_EVENTS`]), which every
+//! shard reads to convert its limits from events to entries.
 
 use redis_protocol::resp2::types::BorrowedFrame;
 pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use redis_protocol::resp2::{decode, encode};
 
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
+use crate::stream::{ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 
-/// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2..]` the streams;
-/// `ARGV[1]` the nonce TTL in seconds, then per stream: MAXLEN, record count, archive.
-/// Replies with the entry IDs, or the error `REPLAY` when the nonce was already used.
+/// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2]` the
+/// [`ENTRY_EVENTS`] hash, `KEYS[3..]` the streams; `ARGV[1]` the nonce TTL in seconds,
+/// then per stream: MAXLEN, record count, archive. Replies with the entry IDs, or the
+/// error `REPLAY` when the nonce was already used.
 pub const INGEST_SCRIPT: &str = "\
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then \
 return redis.error_reply('REPLAY nonce already used') end \
 local ids = {} \
-for i = 2, #KEYS do \
-local a = (i - 2) * 3 + 2 \
+for i = 3, #KEYS do \
+local a = (i - 3) * 3 + 2 \
 ids[#ids + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a], '*', \
 'fmt', 'rkyv1', 'n', ARGV[a + 1], 'batch', ARGV[a + 2]) \
+local n = tonumber(ARGV[a + 1]) \
+local m = tonumber(redis.call('HGET', KEYS[2], KEYS[i])) \
+if m then m = m + (n - m) / 64 else m = n end \
+redis.call('HSET', KEYS[2], KEYS[i], tostring(m)) \
 end \
 return ids";
 
 const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
+const _: () = assert!(ENTRY_EVENTS_WINDOW == 64, "the script's window");
 
 /// A protocol error in a reply (not an error reply, which is a [`Frame::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +76,17 @@ pub struct EntryArgs<'a> {
 
 /// Appends the `EVAL` that records `nonce_key` for `ttl_secs` and appends `entries`.
 pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, entries: &[EntryArgs<'_>]) {
-    let numkeys = (1 + entries.len()).to_string();
+    let numkeys = (2 + entries.len()).to_string();
     let ttl = ttl_secs.to_string();
     let nums: Vec<(String, String)> = entries.iter().map(|e| (e.maxlen.to_string(), e.count.to_string())).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(5 + 4 * entries.len());
-    args.extend([b"EVAL".as_slice(), INGEST_SCRIPT.as_bytes(), numkeys.as_bytes(), nonce_key.as_bytes()]);
+    let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 4 * entries.len());
+    args.extend([
+        b"EVAL".as_slice(),
+        INGEST_SCRIPT.as_bytes(),
+        numkeys.as_bytes(),
+        nonce_key.as_bytes(),
+        ENTRY_EVENTS.as_bytes(),
+    ]);
     args.extend(entries.iter().map(|e| e.stream.as_bytes()));
     args.push(ttl.as_bytes());
     for (e, (maxlen, count)) in entries.iter().zip(&nums) {
@@ -229,8 +244,9 @@ mod tests {
         assert_eq!(
             args[2..].to_vec(),
             vec![
-                b"2".to_vec(),
+                b"3".to_vec(),
                 b"nk".to_vec(),
+                b"croupier:entry-events".to_vec(),
                 b"s".to_vec(),
                 b"600".to_vec(),
                 b"10".to_vec(),

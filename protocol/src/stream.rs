@@ -3,6 +3,14 @@
 /// The consumer group every worker joins (Croupier's name).
 pub const CONSUMER_GROUP: &str = "analytics-workers";
 
+/// Hash of the mean events per batch entry of each stream (field: the stream key), kept
+/// by the ingest script over the last entries of every shard (see `resp::INGEST_SCRIPT`).
+pub const ENTRY_EVENTS: &str = "croupier:entry-events";
+
+/// Entries over which [`ENTRY_EVENTS`] settles: each append moves the mean by
+/// 1/`ENTRY_EVENTS_WINDOW` of its difference to the entry's count.
+pub const ENTRY_EVENTS_WINDOW: u32 = 64;
+
 /// One of the three analytics streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {

@@ -18,6 +18,7 @@ both_drivers!(
     gzip_and_chunked_bodies_are_accepted,
     maxlen_trims_consumed_entries,
     backlog_at_high_water_refuses_without_trimming,
+    sparse_stream_gets_its_room_in_events,
     redis_stopped_then_back_without_restart,
     keep_alive_serves_many_requests,
 );
@@ -182,9 +183,8 @@ fn read_and_ack(redis: &mut croupier_it::redis::RedisClient, key: &str) -> usize
 }
 
 fn maxlen_trims_consumed_entries(driver: Driver) {
-    // 40 events of retention at 4 events per entry: MAXLEN ~ 10 entries.
+    // 40 events of retention in entries of 4 events: MAXLEN ~ 10 entries.
     let f = Fixture::start(driver, |c| {
-        c.streams.batch_events = 4;
         c.streams.events = StreamLimits { retention_events: 40, high_water_events: 32 };
     });
     let mut redis = f.redis.client();
@@ -211,9 +211,8 @@ fn maxlen_trims_consumed_entries(driver: Driver) {
 }
 
 fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
-    // MAXLEN ~ 10 entries, high-water mark 3 entries.
+    // Entries of 10 events: MAXLEN ~ 10 entries, high-water mark 3 entries.
     let f = Fixture::start(driver, |c| {
-        c.streams.batch_events = 10;
         c.streams.events = StreamLimits { retention_events: 100, high_water_events: 30 };
     });
     for _ in 0..3 {
@@ -244,6 +243,39 @@ fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(xlen(&f.redis, "analytics:events"), 4);
+}
+
+fn sparse_stream_gets_its_room_in_events(driver: Driver) {
+    // Requests that carry one custom event each fill the custom stream with one-event
+    // entries: its mark of 40 events is 40 entries (not 40 / 100, as if entries were
+    // full batches).
+    let f = Fixture::start(driver, |c| {
+        c.streams.custom = StreamLimits { retention_events: 50, high_water_events: 40 };
+    });
+    let mut accepted = 0;
+    let refused = loop {
+        let r = f.post("/api/ingest/events", &format!("[{}]", event("boss_killed", &format!("u{accepted}"))));
+        if r.status != 202 {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted <= 40, "accepted past the mark");
+        // Let every shard read the backlog (a shard overshoots by what the others append
+        // within one poll interval).
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    assert_eq!((refused.status, refused.error_tag().as_str()), (503, "backlog_full"), "{}", refused.text());
+    assert_eq!(accepted, 40);
+    assert_eq!(xlen(&f.redis, "analytics:custom"), 40, "nothing trimmed unread");
+    // The standard stream keeps its own room.
+    assert_eq!(f.post("/api/ingest/events", &events(10)).status, 202);
+    // Every shard reads the entry sizes that the ingest script keeps.
+    let mut redis = f.redis.client();
+    let mut mean = |key: &str| match redis.cmd(&["HGET", "croupier:entry-events", key]) {
+        Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((mean("analytics:custom"), mean("analytics:events")), ("1".to_owned(), "10".to_owned()));
 }
 
 fn redis_stopped_then_back_without_restart(driver: Driver) {

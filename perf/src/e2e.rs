@@ -364,6 +364,8 @@ pub fn run(cfg: &E2eConfig) -> String {
     let pid = croupier.child.id();
     let (cpu0, _) = proc_stat(pid);
     let (shard0, worker0) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
+    let servers_cpu = || [redis.pid(), ch.pid()].map(|p| p.map_or(0.0, |p| proc_stat(p).0));
+    let servers0 = servers_cpu();
     let t0 = Instant::now();
     let max = load(cfg, croupier.addr, 0, phase);
     let (cpu1, _) = proc_stat(pid);
@@ -371,6 +373,8 @@ pub fn run(cfg: &E2eConfig) -> String {
     // Everything accepted must become visible.
     let visible = wait_visible(&ch, max.accepted_events);
     let drained = t0.elapsed().as_secs_f64();
+    let (cpu_drained, _) = proc_stat(pid);
+    let servers1 = servers_cpu();
     let e2e_eps = visible as f64 / drained;
     let mut rows = Vec::new();
     let mut fresh_loaded = Vec::new();
@@ -417,6 +421,10 @@ pub fn run(cfg: &E2eConfig) -> String {
     // Events per second of ingest-shard CPU: what one data core would carry with the
     // load generator, Redis and ClickHouse elsewhere.
     let per_shard_core = if shard1 > shard0 { max.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN };
+    // Where the machine goes: CPU per million events of each process, from the start of
+    // the max phase until everything accepted is visible.
+    let [redis_per_m, ch_per_m] = [0, 1].map(|i| (servers1[i] - servers0[i]) / millions);
+    let croupier_drained_per_m = (cpu_drained - cpu0) / millions;
     drop(croupier);
     let all_cores: Vec<usize> = (0..std::thread::available_parallelism().map(usize::from).unwrap_or(1)).collect();
     let mut variants = Vec::new();
@@ -483,6 +491,7 @@ pub fn run(cfg: &E2eConfig) -> String {
          | freshness p50 / p99 (accepted → visible) idle, ms | {:.0} / {:.0} ({} samples) |\n\
          | croupier CPU seconds per million events (ingest + worker) | {cpu_per_m:.2} |\n\
          | of which ingest shard / worker threads | {shard_per_m:.2} / {worker_per_m:.2} |\n\
+         | CPU seconds per million events by process, max phase until all visible ({drained:.0} s): croupier / redis-server / clickhouse-server | {croupier_drained_per_m:.2} / {redis_per_m:.2} / {ch_per_m:.2} |\n\
          | croupier peak RSS | {:.1} MiB |\n\
          | allocations per event, parse + validate + encode | {allocs_per_event:.2} |\n\n\
          ### io driver and shards (closed loop at max)\n\n\

@@ -29,6 +29,11 @@ impl ClickHouseServer {
         s
     }
 
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn write_config(&self) {
         let d = self.dir.path().display();
         let config = format!(

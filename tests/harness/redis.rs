@@ -61,6 +61,11 @@ impl RedisServer {
         self.child = Some(child);
     }
 
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `host:port` of the server.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -17,7 +17,8 @@ use crate::stream::{ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 /// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2]` the
 /// [`ENTRY_EVENTS`] hash, `KEYS[3..]` the streams; `ARGV[1]` the nonce TTL in seconds,
 /// then per stream: MAXLEN, record count, archive. Replies with the entry IDs, or the
-/// error `REPLAY` when the nonce was already used.
+/// error `REPLAY` when the nonce was already used. The mean is kept with `pcall`: if the
+/// hash cannot be read or written (say, the key holds another type), the appends go on.
 pub const INGEST_SCRIPT: &str = "\
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then \
 return redis.error_reply('REPLAY nonce already used') end \
@@ -27,9 +28,9 @@ local a = (i - 3) * 3 + 2 \
 ids[#ids + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a], '*', \
 'fmt', 'rkyv1', 'n', ARGV[a + 1], 'batch', ARGV[a + 2]) \
 local n = tonumber(ARGV[a + 1]) \
-local m = tonumber(redis.call('HGET', KEYS[2], KEYS[i])) \
+local m = tonumber(redis.pcall('HGET', KEYS[2], KEYS[i])) \
 if m then m = m + (n - m) / 64 else m = n end \
-redis.call('HSET', KEYS[2], KEYS[i], tostring(m)) \
+redis.pcall('HSET', KEYS[2], KEYS[i], tostring(m)) \
 end \
 return ids";
 

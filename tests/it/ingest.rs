@@ -19,6 +19,7 @@ both_drivers!(
     maxlen_trims_consumed_entries,
     backlog_at_high_water_refuses_without_trimming,
     sparse_stream_gets_its_room_in_events,
+    a_broken_entry_sizes_key_does_not_stop_ingest,
     redis_stopped_then_back_without_restart,
     keep_alive_serves_many_requests,
 );
@@ -276,6 +277,15 @@ fn sparse_stream_gets_its_room_in_events(driver: Driver) {
         other => panic!("{other:?}"),
     };
     assert_eq!((mean("analytics:custom"), mean("analytics:events")), ("1".to_owned(), "10".to_owned()));
+}
+
+fn a_broken_entry_sizes_key_does_not_stop_ingest(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let mut redis = f.redis.client();
+    assert_eq!(redis.cmd(&["SET", "croupier:entry-events", "not a hash"]), Frame::SimpleString(b"OK".to_vec()));
+    let r = f.post("/api/ingest/events", &events(5));
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
 }
 
 fn redis_stopped_then_back_without_restart(driver: Driver) {

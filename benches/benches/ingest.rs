@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use croupier_protocol::batch::{self, Batch, Records};
+use croupier_protocol::batch::{self, AlignedVec, Batch, Records};
 use croupier_protocol::envelope::EventBatch;
 use croupier_protocol::resp::{self, EntryArgs};
 use croupier_protocol::validate::{self, JsonBuffers, Limits};
@@ -71,6 +71,28 @@ fn parse_validate_encode(c: &mut Criterion) {
                 let a = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(e) }).unwrap();
                 let b2 = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(cu) }).unwrap();
                 black_box((a, b2))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // As the shard runs it: the record batches and archive buffers are kept and reused too.
+    let (mut e, mut cu) = (EventBatch::default(), EventBatch::default());
+    let mut archives = [AlignedVec::new(), AlignedVec::new()];
+    g.bench_function("parse_validate_encode_all_reused", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |buf| {
+                e.clear();
+                cu.clear();
+                validate::parse_events_in(&mut reused, buf, "g1", &limits, &mut || [0; 16], &mut e, &mut cu).unwrap();
+                for (records, archive) in [&mut e, &mut cu].into_iter().zip(archives.iter_mut()) {
+                    let batch = Batch { accepted_at_ms: 1, records: Records::Events(std::mem::take(records)) };
+                    *archive = batch::encode_into(&batch, std::mem::take(archive)).unwrap();
+                    if let Records::Events(r) = batch.records {
+                        *records = r;
+                    }
+                }
+                black_box(archives[0].len() + archives[1].len())
             },
             BatchSize::SmallInput,
         )

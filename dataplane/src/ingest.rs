@@ -3,7 +3,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use croupier_protocol::batch::{self, Batch, Records};
+use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
 use croupier_protocol::envelope::{EventBatch, Payment};
 use croupier_protocol::resp::{self, EntryArgs, IngestReply};
 use croupier_protocol::stream::StreamKind;
@@ -59,6 +59,37 @@ pub async fn handle(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
+    let Prepared { cmd, entries, records } = prepare(shard, endpoint, cred, encoding, wire, scratch)?;
+    let retry_after = shard.config.redis.retry_after_secs;
+    let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after })?;
+    match resp::ingest_reply(reply) {
+        Ok(IngestReply::Added(ids)) if ids.len() == entries => Ok(records),
+        Ok(IngestReply::Replay) => Err(IngestError::ReplayedNonce),
+        Ok(IngestReply::Added(_)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
+    }
+}
+
+/// The append command of an accepted request.
+struct Prepared {
+    /// The `EVAL` to send.
+    cmd: Vec<u8>,
+    /// Stream entries it appends.
+    entries: usize,
+    /// Records they hold.
+    records: usize,
+}
+
+/// Everything before the round trip to Redis: signature, body, validation, limits, the
+/// archives and the command. Nothing here awaits, so the shard's buffers are borrowed only
+/// for its length; the command holds its own copy of the archives.
+fn prepare(
+    shard: &Shard,
+    endpoint: Endpoint,
+    cred: &Credential<'_>,
+    encoding: Encoding,
+    wire: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<Prepared, IngestError> {
     let game = shard.games.get(cred.game).ok_or(IngestError::UnknownGame)?;
     let limit = shard.config.server.max_decompressed_bytes;
     // The signature covers the body as sent; a gzip body signed after decompression is
@@ -79,61 +110,119 @@ pub async fn handle(
             scratch
         }
     };
-    let mut parts: Vec<(StreamKind, Records)> = Vec::with_capacity(2);
-    match endpoint {
+    let mut bufs = shard.batches.borrow_mut();
+    let b = &mut *bufs;
+    b.trim();
+    let mut parts = [(StreamKind::Events, 0); 2];
+    let n = match endpoint {
         Endpoint::Events => {
-            let (mut events, mut custom) = (EventBatch::with_capacity(128, 320), EventBatch::default());
+            b.events.clear();
+            b.custom.clear();
             let mut new_id = || shard.new_event_id();
-            // Parsing never awaits, so the shard's buffers are borrowed only here.
             let mut json = shard.json.borrow_mut();
-            validate::parse_events_in(&mut json, body, cred.game, &shard.limits, &mut new_id, &mut events, &mut custom)
-                .map_err(IngestError::Body)?;
-            if !events.is_empty() {
-                parts.push((StreamKind::Events, Records::Events(events)));
+            validate::parse_events_in(
+                &mut json,
+                body,
+                cred.game,
+                &shard.limits,
+                &mut new_id,
+                &mut b.events,
+                &mut b.custom,
+            )
+            .map_err(IngestError::Body)?;
+            let mut n = 0;
+            for (kind, len) in [(StreamKind::Events, b.events.len()), (StreamKind::Custom, b.custom.len())] {
+                if len > 0 {
+                    parts[n] = (kind, len);
+                    n += 1;
+                }
             }
-            if !custom.is_empty() {
-                parts.push((StreamKind::Custom, Records::Events(custom)));
-            }
+            n
         }
         Endpoint::Payments => {
-            let mut payments: Vec<Payment> = Vec::new();
-            validate::parse_payments(body, cred.game, &shard.limits, &mut payments).map_err(IngestError::Body)?;
-            parts.push((StreamKind::Payments, Records::Payments(payments)));
+            b.payments.clear();
+            validate::parse_payments(body, cred.game, &shard.limits, &mut b.payments).map_err(IngestError::Body)?;
+            parts[0] = (StreamKind::Payments, b.payments.len());
+            1
         }
-    }
-    let total: usize = parts.iter().map(|(_, r)| r.len()).sum();
+    };
+    let parts = &parts[..n];
+    let total: usize = parts.iter().map(|(_, len)| len).sum();
     rate_limit(game, total)?;
     let retry_after = shard.config.redis.retry_after_secs;
     if let Some((stream, _)) = parts.iter().find(|(s, _)| !shard.backlog.admits(*s)) {
         return Err(IngestError::BacklogFull { stream: *stream, retry_after });
     }
     let accepted_at_ms = now_ms();
-    let mut archives = Vec::with_capacity(parts.len());
-    for (stream, records) in parts {
-        let count = records.len();
-        let archive = batch::encode(&Batch { accepted_at_ms, records })
-            .map_err(|_| IngestError::RedisUnavailable { retry_after })?;
-        archives.push((stream, count, archive));
+    for (i, (stream, _)) in parts.iter().enumerate() {
+        b.encode(i, *stream, accepted_at_ms).map_err(|_| IngestError::RedisUnavailable { retry_after })?;
     }
     // Counted when queued, in the same order as the backlog readings are queued, so a
     // reading never misses nor double-counts it (an append that fails is over-counted
-    // until the next reading: the safe side). Nothing awaits between here and the call.
-    let entries: Vec<EntryArgs<'_>> = archives
+    // until the next reading: the safe side). Nothing awaits between here and the send.
+    let entries: Vec<EntryArgs<'_>> = parts
         .iter()
-        .map(|(s, count, a)| EntryArgs {
+        .zip(&b.archives)
+        .map(|((s, count), archive)| EntryArgs {
             stream: s.key(),
             maxlen: shard.backlog.added(*s, *count),
             count: *count,
-            archive: a,
+            archive,
         })
         .collect();
-    let mut cmd = Vec::with_capacity(archives.iter().map(|(_, _, a)| a.len() + 64).sum::<usize>() + 1024);
+    let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
     resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 2 * shard.config.auth.max_skew_secs, &entries);
-    let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after })?;
-    match resp::ingest_reply(reply) {
-        Ok(IngestReply::Added(ids)) if ids.len() == archives.len() => Ok(total),
-        Ok(IngestReply::Replay) => Err(IngestError::ReplayedNonce),
-        Ok(IngestReply::Added(_)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
+    Ok(Prepared { cmd, entries: n, records: total })
+}
+
+/// One request's record batches and archives, kept by the shard and reused, so a request
+/// allocates nothing for them once they have grown.
+#[derive(Debug, Default)]
+pub struct IngestBuffers {
+    events: EventBatch,
+    custom: EventBatch,
+    payments: Vec<Payment>,
+    /// One archive per stream entry of the request, in order.
+    archives: [AlignedVec; 2],
+}
+
+impl IngestBuffers {
+    /// Encodes the records for `stream` into archive `i`, keeping both buffers.
+    fn encode(&mut self, i: usize, stream: StreamKind, accepted_at_ms: i64) -> Result<(), BatchError> {
+        let records = match stream {
+            StreamKind::Events => Records::Events(std::mem::take(&mut self.events)),
+            StreamKind::Custom => Records::Events(std::mem::take(&mut self.custom)),
+            StreamKind::Payments => Records::Payments(std::mem::take(&mut self.payments)),
+        };
+        let batch = Batch { accepted_at_ms, records };
+        let encoded = batch::encode_into(&batch, std::mem::take(&mut self.archives[i]));
+        match (stream, batch.records) {
+            (StreamKind::Events, Records::Events(r)) => self.events = r,
+            (StreamKind::Custom, Records::Events(r)) => self.custom = r,
+            (StreamKind::Payments, Records::Payments(r)) => self.payments = r,
+            _ => {}
+        }
+        self.archives[i] = encoded?;
+        Ok(())
+    }
+
+    /// Lets go of buffers that a large request grew past what typical ones need.
+    fn trim(&mut self) {
+        const KEEP: usize = 1 << 20;
+        if self.events.text.capacity() > KEEP {
+            self.events = EventBatch::default();
+        }
+        if self.custom.text.capacity() > KEEP {
+            self.custom = EventBatch::default();
+        }
+        if self.payments.capacity() > KEEP / 256 {
+            self.payments = Vec::new();
+        }
+        for a in &mut self.archives {
+            if a.capacity() > KEEP {
+                *a = AlignedVec::new();
+            }
+        }
     }
 }
 

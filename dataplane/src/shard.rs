@@ -14,6 +14,7 @@ use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
 use crate::http::conn;
+use crate::ingest::IngestBuffers;
 use crate::ratelimit::TokenBucket;
 use crate::redis::backlog::{self, Backlog};
 use crate::redis::connection::RedisClient;
@@ -45,6 +46,8 @@ pub struct Shard {
     pub rng: RefCell<fastrand::Rng>,
     /// simd-json buffers reused by every request of the shard.
     pub json: RefCell<JsonBuffers>,
+    /// Record batches and archives reused by every request of the shard.
+    pub batches: RefCell<IngestBuffers>,
     /// Requests being handled (for draining at shutdown).
     pub inflight: Cell<usize>,
     /// Set when the process is shutting down.
@@ -101,6 +104,7 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
         limits,
         rng: RefCell::new(fastrand::Rng::new()),
         json: RefCell::new(JsonBuffers::default()),
+        batches: RefCell::new(IngestBuffers::default()),
         inflight: Cell::new(0),
         stop,
     })

@@ -6,7 +6,7 @@
 //! (bytecheck) first, so a corrupt entry is an error, never undefined behaviour.
 
 use rkyv::rancor;
-use rkyv::util::AlignedVec;
+pub use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::envelope::{EventBatch, Payment};

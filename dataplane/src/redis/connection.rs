@@ -1,7 +1,7 @@
 //! One pipelined Redis connection per shard.
 //!
 //! Request handlers queue encoded commands on a local channel; the connection task
-//! writes everything queued in one `write`, then reads the replies in order and hands
+//! writes everything queued in one `writev`, then reads the replies in order and hands
 //! each to its waiter. While it waits for replies, new commands queue up and go out in the
 //! next round, so the pipeline depth follows the load.
 //!
@@ -18,6 +18,7 @@ use std::time::Duration;
 use croupier_protocol::resp::{self, Frame};
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 use local_sync::{mpsc::unbounded, oneshot};
+use monoio::buf::VecBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
@@ -144,21 +145,29 @@ async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Result<Frame,
 
 /// Serves commands until the connection fails (`false`) or every client is gone (`true`).
 async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>) -> bool {
-    let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut cmds: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut inflight: VecDeque<oneshot::Sender<Result<Frame, RedisError>>> = VecDeque::new();
     loop {
         let Some(first) = rx.recv().await else { return true };
-        wbuf.clear();
-        wbuf.extend_from_slice(&first.cmd);
+        cmds.push(first.cmd);
         inflight.push_back(first.reply);
         while inflight.len() < MAX_ROUND {
             let Ok(p) = rx.try_recv() else { break };
-            wbuf.extend_from_slice(&p.cmd);
+            cmds.push(p.cmd);
             inflight.push_back(p.reply);
         }
-        let (res, buf) = stream.write_all(std::mem::take(&mut wbuf)).await;
-        wbuf = buf;
+        // Every command goes out from its own buffer, in one `writev`: a batch entry's
+        // archive is not copied once more into a write buffer.
+        let res = if let [_] = cmds.as_slice() {
+            let cmd = cmds.pop().unwrap_or_default();
+            stream.write_all(cmd).await.0
+        } else {
+            let (res, buf) = stream.write_vectored_all(VecBuf::from(std::mem::take(&mut cmds))).await;
+            cmds = buf.into();
+            cmds.clear();
+            res
+        };
         if res.is_err() {
             fail_all(&mut inflight);
             return false;
@@ -174,9 +183,6 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>) -> bool 
                     return false;
                 }
             }
-        }
-        if wbuf.capacity() > 4 << 20 {
-            wbuf = Vec::with_capacity(64 * 1024);
         }
     }
 }

@@ -22,6 +22,7 @@ both_drivers!(
     a_broken_entry_sizes_key_does_not_stop_ingest,
     redis_stopped_then_back_without_restart,
     keep_alive_serves_many_requests,
+    pipelined_requests_in_one_write,
 );
 
 fn decode(entry: &Entry) -> batch::Batch {
@@ -332,6 +333,33 @@ fn keep_alive_serves_many_requests(driver: Driver) {
     }
     assert_eq!(c.request("GET", "/healthz", &[], b"").status, 200);
     assert_eq!(total_entries(&f.redis), 50);
+}
+
+fn pipelined_requests_in_one_write(driver: Driver) {
+    // Two signed requests back to back in one write: the first body is followed, in the
+    // same read, by the second request's head and body.
+    let f = Fixture::start(driver, |_| {});
+    let mut raw = Vec::new();
+    for n in [3, 4] {
+        let body = events(n);
+        raw.extend_from_slice(
+            format!("POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n", body.len()).as_bytes(),
+        );
+        for (k, v) in signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce()) {
+            raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(body.as_bytes());
+    }
+    let mut c = f.client();
+    c.send_raw(&raw);
+    for want in [r#"{"accepted":3}"#, r#"{"accepted":4}"#] {
+        let r = c.read_reply();
+        assert_eq!((r.status, r.text()), (202, want.to_owned()));
+    }
+    let mut redis = f.redis.client();
+    let counts: Vec<usize> = xrange(&mut redis, "analytics:events").iter().map(|e| decode(e).records.len()).collect();
+    assert_eq!(counts, vec![3, 4]);
 }
 
 #[test]

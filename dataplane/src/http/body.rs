@@ -34,11 +34,20 @@ pub async fn read(
             if n > limit {
                 return Err(IngestError::PayloadTooLarge { limit });
             }
+            // Room for a typical body at once; a larger one grows as its bytes arrive, so
+            // a declared length alone cannot make the server allocate.
+            buf.reserve(n.min(256 << 10).saturating_sub(buf.len()));
             while buf.len() < n {
                 read_some(stream, buf, deadline).await.map_err(read_err)?;
             }
-            out.extend_from_slice(&buf[..n]);
-            buf.drain(..n);
+            if buf.len() == n {
+                // Nothing pipelined behind the body (the usual case): hand over the
+                // buffer instead of copying it.
+                std::mem::swap(buf, out);
+            } else {
+                out.extend_from_slice(&buf[..n]);
+                buf.drain(..n);
+            }
             Ok(())
         }
         BodyFraming::Chunked => {

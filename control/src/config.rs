@@ -151,6 +151,9 @@ pub struct StreamLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Streams {
+    /// No longer used (entries are measured); accepted so older files still load, and
+    /// reported by [`Config::warnings`].
+    pub batch_events: Option<u64>,
     /// `analytics:events`.
     pub events: StreamLimits,
     /// `analytics:custom`.
@@ -162,6 +165,7 @@ pub struct Streams {
 impl Default for Streams {
     fn default() -> Self {
         Streams {
+            batch_events: None,
             events: StreamLimits { retention_events: 1_000_000, high_water_events: 800_000 },
             custom: StreamLimits { retention_events: 500_000, high_water_events: 400_000 },
             payments: StreamLimits { retention_events: 100_000, high_water_events: 80_000 },
@@ -284,6 +288,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// Settings that are accepted but have no effect, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.streams.batch_events.is_some() {
+            w.push(
+                "streams.batch_events is no longer used: each stream's events per entry are measured \
+                 (docs/ingest.md); remove it"
+                    .to_owned(),
+            );
+        }
+        w
+    }
+
     /// Loads `path` (or defaults when `None`), applies `CROUPIER_*` overrides from `env`,
     /// reads secret files and checks the result.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
@@ -493,6 +510,9 @@ mod tests {
         assert_eq!(e.key, "server.driver");
         let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n").expect_err("bad addr");
         assert_eq!(e.key, "server.listen");
+        let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");
+        assert_eq!(old.warnings().len(), 1, "and says what to remove");
+        assert!(Config::from_toml("").expect("defaults").warnings().is_empty());
         let e = Config::from_toml("[streams.events]\nretention_events = 1000\nhigh_water_events = 1000\n")
             .expect_err("mark at retention");
         assert_eq!(e.key, "streams.events.high_water_events");

@@ -52,6 +52,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in config.warnings() {
+        eprintln!("croupier: warning: {w}");
+    }
     match command.as_str() {
         "check" => {
             println!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());

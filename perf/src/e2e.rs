@@ -161,6 +161,71 @@ fn proc_stat(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
+/// CPU seconds used in each whole second until `until` by each of `pids` (croupier,
+/// redis-server, clickhouse-server).
+fn cpu_per_second(pids: [Option<u32>; 3], until: Instant) -> Vec<[f64; 3]> {
+    let read = || pids.map(|p| p.map_or(0.0, |p| proc_stat(p).0));
+    let start = Instant::now();
+    let mut prev = read();
+    let mut out = Vec::new();
+    for k in 1.. {
+        let next = start + Duration::from_secs(k);
+        if next > until {
+            break;
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let now = read();
+        out.push([0, 1, 2].map(|i| now[i] - prev[i]));
+        prev = now;
+    }
+    out
+}
+
+/// The seconds of the sustained phase with the longest acks, beside what each process used
+/// of the machine in them, and the same for all seconds.
+fn worst_seconds(max_us: &[u64], cpu: &[[f64; 3]]) -> String {
+    let n = max_us.len().min(cpu.len());
+    if n == 0 {
+        return String::new();
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(max_us[i]));
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let col = |idx: &[usize], c: usize| median(idx.iter().map(|&i| cpu[i][c]).collect());
+    let worst: Vec<usize> = order.iter().copied().take(10).collect();
+    let mut t = String::from(
+        "\nThe seconds with the longest acks, and the CPU each process used in them (cores; from `/proc`, \
+         sampled every second):\n\n\
+         | second | longest ack ms | croupier | redis-server | clickhouse-server |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for &i in worst.iter().take(5) {
+        t.push_str(&format!(
+            "| {i} | {:.1} | {:.2} | {:.2} | {:.2} |\n",
+            max_us[i] as f64 / 1000.0,
+            cpu[i][0],
+            cpu[i][1],
+            cpu[i][2]
+        ));
+    }
+    let all: Vec<usize> = (0..n).collect();
+    t.push_str(&format!(
+        "| median of the worst 10 | {:.1} | {:.2} | {:.2} | {:.2} |\n\
+         | median of all {n} seconds | {:.1} | {:.2} | {:.2} | {:.2} |\n",
+        median(worst.iter().map(|&i| max_us[i] as f64 / 1000.0).collect()),
+        col(&worst, 0),
+        col(&worst, 1),
+        col(&worst, 2),
+        median(all.iter().map(|&i| max_us[i] as f64 / 1000.0).collect()),
+        col(&all, 0),
+        col(&all, 1),
+        col(&all, 2),
+    ));
+    t
+}
+
 /// CPU seconds of the process's threads whose name starts with `prefix` (Linux truncates
 /// thread names to 15 bytes: `croupier-shard-`, `croupier-worker`).
 fn threads_cpu(pid: u32, prefix: &str) -> f64 {
@@ -401,18 +466,20 @@ pub fn run(cfg: &E2eConfig) -> String {
         let rate = (max.events_per_sec * cfg.sustain_fraction) as u64;
         eprintln!("e2e: sustained {rate} events/s for {} s", cfg.sustain_seconds);
         let before = count(&ch);
-        let (r, f) = std::thread::scope(|sc| {
+        let pids = [Some(pid), redis.pid(), ch.pid()];
+        let (r, f, cpu) = std::thread::scope(|sc| {
             let until = Instant::now() + Duration::from_secs_f64(cfg.sustain_seconds);
             let (ch, addr) = (&ch, croupier.addr);
             let probe = sc.spawn(move || freshness(addr, ch, usize::MAX, Some(until)));
+            let sampler = sc.spawn(move || cpu_per_second(pids, until));
             let r = load(cfg, croupier.addr, rate, cfg.sustain_seconds);
-            (r, probe.join().unwrap_or_default())
+            (r, probe.join().unwrap_or_default(), sampler.join().unwrap_or_default())
         });
         let want = before + r.accepted_events + f.len() as u64;
         let visible = wait_visible(&ch, want);
         let mut f = f;
         f.sort_by(|a, b| a.total_cmp(b));
-        (rate, r, want - before, visible - before, f)
+        (rate, r, want - before, visible - before, f, cpu)
     });
     let (_, rss_kb) = proc_stat(pid);
     let millions = max.accepted_events.max(1) as f64 / 1e6;
@@ -526,7 +593,7 @@ pub fn run(cfg: &E2eConfig) -> String {
             r.events_per_sec / max.events_per_sec.max(1.0)
         ));
     }
-    if let Some((rate, r, want, visible, f)) = &sustained {
+    if let Some((rate, r, want, visible, f, cpu)) = &sustained {
         t.push_str(&format!(
             "\n### Sustained\n\n{} s open loop at {rate} events/s ({:.0} % of max), freshness probes beside it.\n\n\
              | figure | value |\n|---|---:|\n\
@@ -547,6 +614,7 @@ pub fn run(cfg: &E2eConfig) -> String {
             f.len(),
             r.refused.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" "),
         ));
+        t.push_str(&worst_seconds(&r.max_us_per_second, cpu));
     }
     t.push_str(&format!(
         "\nWith {} cores, one shard per core shares every core with the load generator, redis-server and \

@@ -83,6 +83,8 @@ pub struct LoadReport {
     pub mb_per_sec: f64,
     /// Ack latency.
     pub latency: Latency,
+    /// The longest ack of each second of the run (by when the request was due), µs.
+    pub max_us_per_second: Vec<u64>,
 }
 
 struct Body {
@@ -118,6 +120,7 @@ struct ThreadStats {
     accepted_bytes: u64,
     refused: Vec<(u16, u64)>,
     connection_errors: u64,
+    max_us_per_second: Vec<u64>,
 }
 
 fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, u64)> {
@@ -225,7 +228,13 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
             Ok((status, accepted)) => {
                 st.requests += 1;
                 let from = if interval.is_some() { due } else { sent };
-                let _ = hist.record(done.saturating_duration_since(from).as_micros().max(1) as u64);
+                let us = done.saturating_duration_since(from).as_micros().max(1) as u64;
+                let _ = hist.record(us);
+                let second = from.saturating_duration_since(start).as_secs() as usize;
+                if st.max_us_per_second.len() <= second {
+                    st.max_us_per_second.resize(second + 1, 0);
+                }
+                st.max_us_per_second[second] = st.max_us_per_second[second].max(us);
                 if status == 202 {
                     st.accepted_requests += 1;
                     st.accepted_records += accepted;
@@ -299,6 +308,12 @@ pub fn run(cfg: &LoadConfig) -> LoadReport {
         r.accepted_events += st.accepted_events;
         r.connection_errors += st.connection_errors;
         bytes += st.accepted_bytes;
+        if r.max_us_per_second.len() < st.max_us_per_second.len() {
+            r.max_us_per_second.resize(st.max_us_per_second.len(), 0);
+        }
+        for (m, s) in r.max_us_per_second.iter_mut().zip(&st.max_us_per_second) {
+            *m = (*m).max(*s);
+        }
         for (s, n) in st.refused {
             match r.refused.iter_mut().find(|(x, _)| *x == s) {
                 Some((_, m)) => *m += n,

@@ -215,7 +215,7 @@ impl IngestBuffers {
         if self.custom.text.capacity() > KEEP {
             self.custom = EventBatch::default();
         }
-        if self.payments.capacity() > KEEP / 256 {
+        if self.payments.capacity() * std::mem::size_of::<Payment>() > KEEP {
             self.payments = Vec::new();
         }
         for a in &mut self.archives {

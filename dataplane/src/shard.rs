@@ -16,7 +16,7 @@ use croupier_protocol::validate::{JsonBuffers, Limits};
 use crate::http::conn;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::TokenBucket;
-use crate::redis::backlog::{self, Backlog};
+use crate::redis::backlog::Backlog;
 use crate::redis::connection::RedisClient;
 
 /// A configured game, as a shard holds it.
@@ -79,13 +79,10 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
         })
         .collect();
     let s = &config.streams;
-    let stream_limits = StreamKind::ALL.map(|k| {
-        let l = match k {
-            StreamKind::Events => s.events,
-            StreamKind::Custom => s.custom,
-            StreamKind::Payments => s.payments,
-        };
-        backlog::Limits { retention_events: l.retention_events, high_water_events: l.high_water_events }
+    let stream_limits = StreamKind::ALL.map(|k| match k {
+        StreamKind::Events => s.events,
+        StreamKind::Custom => s.custom,
+        StreamKind::Payments => s.payments,
     });
     let redis = RedisClient::spawn(
         config.redis.addr.clone(),

@@ -161,10 +161,14 @@ fn proc_stat(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
-/// CPU seconds used in each whole second until `until` by each of `pids` (croupier,
-/// redis-server, clickhouse-server).
+/// CPU seconds used so far by each of `pids` (croupier, redis-server, clickhouse-server).
+fn processes_cpu(pids: [Option<u32>; 3]) -> [f64; 3] {
+    pids.map(|p| p.map_or(0.0, |p| proc_stat(p).0))
+}
+
+/// CPU seconds used in each whole second until `until` by each of `pids`.
 fn cpu_per_second(pids: [Option<u32>; 3], until: Instant) -> Vec<[f64; 3]> {
-    let read = || pids.map(|p| p.map_or(0.0, |p| proc_stat(p).0));
+    let read = || processes_cpu(pids);
     let start = Instant::now();
     let mut prev = read();
     let mut out = Vec::new();
@@ -427,10 +431,10 @@ pub fn run(cfg: &E2eConfig) -> String {
     eprintln!("e2e: croupier run");
     let croupier = start_croupier("auto", &cfg.croupier_cores, &redis, &ch, &[]);
     let pid = croupier.child.id();
-    let (cpu0, _) = proc_stat(pid);
+    let pids = [Some(pid), redis.pid(), ch.pid()];
+    let cpu_start = processes_cpu(pids);
+    let cpu0 = cpu_start[0];
     let (shard0, worker0) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
-    let servers_cpu = || [redis.pid(), ch.pid()].map(|p| p.map_or(0.0, |p| proc_stat(p).0));
-    let servers0 = servers_cpu();
     let t0 = Instant::now();
     let max = load(cfg, croupier.addr, 0, phase);
     let (cpu1, _) = proc_stat(pid);
@@ -438,8 +442,7 @@ pub fn run(cfg: &E2eConfig) -> String {
     // Everything accepted must become visible.
     let visible = wait_visible(&ch, max.accepted_events);
     let drained = t0.elapsed().as_secs_f64();
-    let (cpu_drained, _) = proc_stat(pid);
-    let servers1 = servers_cpu();
+    let cpu_drained = processes_cpu(pids);
     let e2e_eps = visible as f64 / drained;
     let mut rows = Vec::new();
     let mut fresh_loaded = Vec::new();
@@ -466,7 +469,6 @@ pub fn run(cfg: &E2eConfig) -> String {
         let rate = (max.events_per_sec * cfg.sustain_fraction) as u64;
         eprintln!("e2e: sustained {rate} events/s for {} s", cfg.sustain_seconds);
         let before = count(&ch);
-        let pids = [Some(pid), redis.pid(), ch.pid()];
         let (r, f, cpu) = std::thread::scope(|sc| {
             let until = Instant::now() + Duration::from_secs_f64(cfg.sustain_seconds);
             let (ch, addr) = (&ch, croupier.addr);
@@ -490,8 +492,7 @@ pub fn run(cfg: &E2eConfig) -> String {
     let per_shard_core = if shard1 > shard0 { max.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN };
     // Where the machine goes: CPU per million events of each process, from the start of
     // the max phase until everything accepted is visible.
-    let [redis_per_m, ch_per_m] = [0, 1].map(|i| (servers1[i] - servers0[i]) / millions);
-    let croupier_drained_per_m = (cpu_drained - cpu0) / millions;
+    let [croupier_drained_per_m, redis_per_m, ch_per_m] = [0, 1, 2].map(|i| (cpu_drained[i] - cpu_start[i]) / millions);
     drop(croupier);
     let all_cores: Vec<usize> = (0..std::thread::available_parallelism().map(usize::from).unwrap_or(1)).collect();
     let mut variants = Vec::new();

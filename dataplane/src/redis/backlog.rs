@@ -11,28 +11,19 @@
 //! The ingest script keeps each stream's mean events per entry over the last entries of
 //! every shard (`croupier:entry-events`); the shard reads it with the backlog, moves it by
 //! its own appends in between, and converts with it (one event per entry before any entry
-//! was ever appended). The `MAXLEN` it sends
-//! never falls below the backlog it knows of times retention / mark, so a change of
-//! traffic that makes entries fuller (fewer entries for the same events) never trims what
-//! the group has not read.
+//! was ever appended). The `MAXLEN` it sends never falls below the backlog it knows of
+//! times retention / mark, so a change of traffic that makes entries fuller (fewer entries
+//! for the same events) never trims what the group has not read.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use croupier_control::config::StreamLimits;
 use croupier_protocol::resp::{self, Frame, GroupInfo};
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 
 use super::connection::RedisClient;
-
-/// Retention and high-water mark of one stream, in events.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Events the stream keeps (`MAXLEN ~` after conversion).
-    pub retention_events: u64,
-    /// Ingest refuses at or above this backlog; below `retention_events`.
-    pub high_water_events: u64,
-}
 
 /// Per-stream backlog estimate and limits.
 #[derive(Debug)]
@@ -44,17 +35,16 @@ struct StreamState {
     /// Whether a reading succeeded since the last connect.
     known: Cell<bool>,
     /// Mean events per entry of the stream: the last reading, moved by this shard's own
-    /// appends since (1 before any entry).
-    per_entry: Cell<f64>,
-    /// Whether `per_entry` was measured (read, or set by an append of this shard).
-    measured: Cell<bool>,
-    limits: Limits,
+    /// appends since (`None` before any entry: one event per entry is assumed).
+    per_entry: Cell<Option<f64>>,
+    /// Retention and mark, in events.
+    limits: StreamLimits,
 }
 
 impl StreamState {
     /// `events` in entries of the measured size (at least one).
     fn entries(&self, events: u64) -> u64 {
-        ((events as f64 / self.per_entry.get()).ceil() as u64).max(1)
+        ((events as f64 / self.per_entry.get().unwrap_or(1.0)).ceil() as u64).max(1)
     }
 
     fn backlog(&self) -> u64 {
@@ -70,14 +60,13 @@ pub struct Backlog {
 
 impl Backlog {
     /// `limits[i]` are those of `StreamKind::ALL[i]`.
-    pub fn new(limits: [Limits; 3]) -> Rc<Backlog> {
+    pub fn new(limits: [StreamLimits; 3]) -> Rc<Backlog> {
         Rc::new(Backlog {
             streams: limits.map(|limits| StreamState {
                 observed: Cell::new(0),
                 added: Cell::new(0),
                 known: Cell::new(false),
-                per_entry: Cell::new(1.0),
-                measured: Cell::new(false),
+                per_entry: Cell::new(None),
                 limits,
             }),
         })
@@ -101,10 +90,8 @@ impl Backlog {
         s.added.set(s.added.get() + 1);
         // The script's update, mirrored until the next reading brings every shard's.
         let n = events.max(1) as f64;
-        let m =
-            if s.measured.get() { s.per_entry.get() + (n - s.per_entry.get()) / ENTRY_EVENTS_WINDOW as f64 } else { n };
-        s.per_entry.set(m.max(1.0));
-        s.measured.set(true);
+        let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
+        s.per_entry.set(Some(m.max(1.0)));
         self.maxlen(stream)
     }
 
@@ -125,8 +112,7 @@ impl Backlog {
                 if let Some(means) = read_entry_events(&redis).await {
                     for (s, mean) in self.streams.iter().zip(means) {
                         if let Some(m) = mean {
-                            s.per_entry.set(m.max(1.0));
-                            s.measured.set(true);
+                            s.per_entry.set(Some(m.max(1.0)));
                         }
                     }
                 }
@@ -201,7 +187,7 @@ mod tests {
 
     /// Retention 500 events, mark 400 on every stream, backlogs read (empty).
     fn backlog() -> Rc<Backlog> {
-        let l = Limits { retention_events: 500, high_water_events: 400 };
+        let l = StreamLimits { retention_events: 500, high_water_events: 400 };
         let b = Backlog::new([l; 3]);
         for s in &b.streams {
             s.known.set(true);
@@ -210,9 +196,7 @@ mod tests {
     }
 
     fn set_mean(b: &Backlog, stream: StreamKind, mean: f64) {
-        let s = &b.streams[stream.index()];
-        s.per_entry.set(mean);
-        s.measured.set(true);
+        b.streams[stream.index()].per_entry.set(Some(mean));
     }
 
     #[test]
@@ -252,7 +236,7 @@ mod tests {
         let b = backlog();
         assert_eq!(b.added(CUSTOM, 4), 125, "the first entry sets it");
         b.added(CUSTOM, 68);
-        assert_eq!(b.streams[CUSTOM.index()].per_entry.get(), 5.0, "then 1/64 of each difference");
+        assert_eq!(b.streams[CUSTOM.index()].per_entry.get(), Some(5.0), "then 1/64 of each difference");
     }
 
     #[test]

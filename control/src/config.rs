@@ -253,7 +253,7 @@ impl Default for Worker {
 }
 
 /// `[games.<id>]`: one game allowed to ingest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Game {
     /// The HMAC secret.
@@ -265,6 +265,11 @@ pub struct Game {
     /// Events per second this game may send (whole process); 0 is unlimited.
     #[serde(default)]
     pub rate_limit_eps: u64,
+    /// Also accept a gzip body whose signature covers the decompressed JSON. Off by
+    /// default: such a body must be inflated before its signature can be checked, which
+    /// lets anyone who knows the game id make the server decompress.
+    #[serde(default)]
+    pub gzip_signed_after: bool,
 }
 
 /// The whole configuration.

@@ -92,23 +92,25 @@ fn prepare(
 ) -> Result<Prepared, IngestError> {
     let game = shard.games.get(cred.game).ok_or(IngestError::UnknownGame)?;
     let limit = shard.config.server.max_decompressed_bytes;
-    // The signature covers the body as sent; a gzip body signed after decompression is
-    // accepted too (docs/ingest.md).
+    // The signature covers the body as sent, and is checked before anything is inflated.
+    // Only a game that opted in (`gzip_signed_after`) may sign the decompressed JSON
+    // instead, and only for that game is a body inflated before a signature matched
+    // (docs/ingest.md).
+    let signed_wire = auth::verify(&game.secret, cred, wire);
     let body: &mut Vec<u8> = match encoding {
-        Encoding::Identity => {
-            if !auth::verify(&game.secret, cred, wire) {
-                return Err(IngestError::BadSignature);
-            }
-            wire
-        }
-        Encoding::Gzip => {
-            let signed_wire = auth::verify(&game.secret, cred, wire);
+        Encoding::Identity if signed_wire => wire,
+        Encoding::Gzip if signed_wire => {
             body::gunzip(wire, limit, scratch)?;
-            if !signed_wire && !auth::verify(&game.secret, cred, scratch) {
+            scratch
+        }
+        Encoding::Gzip if game.gzip_signed_after => {
+            body::gunzip(wire, limit, scratch)?;
+            if !auth::verify(&game.secret, cred, scratch) {
                 return Err(IngestError::BadSignature);
             }
             scratch
         }
+        Encoding::Identity | Encoding::Gzip => return Err(IngestError::BadSignature),
     };
     let mut bufs = shard.batches.borrow_mut();
     let b = &mut *bufs;

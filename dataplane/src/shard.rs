@@ -26,6 +26,8 @@ pub struct GameState {
     pub secret: Vec<u8>,
     /// This shard's share of the game's rate limit, if it has one.
     pub bucket: Option<RefCell<TokenBucket>>,
+    /// A gzip body may be signed over its decompressed bytes (`gzip_signed_after`).
+    pub gzip_signed_after: bool,
 }
 
 /// Everything a shard's tasks share (through `Rc`, on the shard's thread only).
@@ -75,7 +77,7 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
                 RefCell::new(TokenBucket::new(rate, rate))
             });
             let secret = g.secret.clone().unwrap_or_default().into_bytes();
-            (name.clone(), GameState { secret, bucket })
+            (name.clone(), GameState { secret, bucket, gzip_signed_after: g.gzip_signed_after })
         })
         .collect();
     let s = &config.streams;

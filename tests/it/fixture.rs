@@ -56,7 +56,7 @@ impl Fixture {
         config.redis.backlog_poll_ms = 20;
         config.redis.reply_timeout_ms = 2_000;
         for (g, s) in [(GAME, SECRET), (OTHER_GAME, OTHER_SECRET)] {
-            config.games.insert(g.into(), Game { secret: Some(s.into()), secret_file: None, rate_limit_eps: 0 });
+            config.games.insert(g.into(), Game { secret: Some(s.into()), ..Game::default() });
         }
         tweak(&mut config);
         let ingest = croupier_dataplane::start(config).expect("ingest starts");

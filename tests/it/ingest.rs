@@ -137,10 +137,7 @@ fn gzip_and_chunked_bodies_are_accepted(driver: Driver) {
     h.push(("Content-Encoding".into(), "gzip".into()));
     let r = f.client().request("POST", "/api/ingest/events", &h, &gz);
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":50}"#.to_owned()));
-    // gzip, signed over the JSON before compression.
-    let mut h = signed_headers(GAME, SECRET, plain.as_bytes(), now_secs(), &fresh_nonce());
-    h.push(("Content-Encoding".into(), "gzip".into()));
-    assert_eq!(f.client().request("POST", "/api/ingest/events", &h, &gz).status, 202);
+    // (gzip signed over the JSON before compression: body::m2_hostile3_*.)
 
     // Chunked, in uneven pieces, with Expect: 100-continue.
     let body = events(7);
@@ -164,7 +161,7 @@ fn gzip_and_chunked_bodies_are_accepted(driver: Driver) {
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":7}"#.to_owned()));
 
     let stored: usize = xrange(&mut f.redis.client(), "analytics:events").iter().map(|e| decode(e).records.len()).sum();
-    assert_eq!(stored, 107);
+    assert_eq!(stored, 57);
 }
 
 fn read_and_ack(redis: &mut croupier_it::redis::RedisClient, key: &str) -> usize {
@@ -324,7 +321,7 @@ fn redis_stopped_then_back_without_restart(driver: Driver) {
 
 fn keep_alive_serves_many_requests(driver: Driver) {
     let f = Fixture::start(driver, |c| {
-        c.games.insert("limited".into(), Game { secret: Some("s".into()), secret_file: None, rate_limit_eps: 0 });
+        c.games.insert("limited".into(), Game { secret: Some("s".into()), ..Game::default() });
     });
     let mut c = f.client();
     for i in 0..50 {
@@ -366,7 +363,7 @@ fn pipelined_requests_in_one_write(driver: Driver) {
 fn rate_limit_refuses_with_retry_after() {
     let f = Fixture::start(Driver::Epoll, |c| {
         c.server.shards = 1;
-        c.games.insert("limited".into(), Game { secret: Some("s".into()), secret_file: None, rate_limit_eps: 10 });
+        c.games.insert("limited".into(), Game { secret: Some("s".into()), rate_limit_eps: 10, ..Game::default() });
     });
     let body = events(10).replace(r#""game_id":"g1""#, r#""game_id":"limited""#);
     let mut c = f.client();

@@ -6,6 +6,7 @@
 mod body;
 mod clickhouse;
 mod fixture;
+mod framing;
 mod ingest;
 mod pipeline;
 mod refusals;

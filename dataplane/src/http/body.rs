@@ -97,19 +97,23 @@ fn decode_chunks(input: &[u8], room: usize, out: &mut Vec<u8>) -> Result<Chunks,
                 None => Ok(Chunks::More(pos)),
             };
         }
-        let size = usize::try_from(size).map_err(|_| IngestError::PayloadTooLarge { limit: room })?;
-        if out.len() - start_len + size > room {
-            return Err(IngestError::PayloadTooLarge { limit: room });
+        // A chunk size is up to 16 hex digits: every sum with it is checked.
+        let too_large = IngestError::PayloadTooLarge { limit: room };
+        let size = usize::try_from(size).map_err(|_| too_large.clone())?;
+        let decoded = out.len().saturating_sub(start_len);
+        if size > room.saturating_sub(decoded) {
+            return Err(too_large);
         }
-        let end = data_at + size;
-        if input.len() < end + 2 {
+        let end = data_at.checked_add(size).ok_or_else(|| too_large.clone())?;
+        let crlf_end = end.checked_add(2).ok_or(too_large)?;
+        if input.len() < crlf_end {
             return Ok(Chunks::More(pos));
         }
-        if &input[end..end + 2] != b"\r\n" {
+        if &input[end..crlf_end] != b"\r\n" {
             return Err(IngestError::BadRequest("chunk not followed by CRLF"));
         }
         out.extend_from_slice(&input[data_at..end]);
-        pos = end + 2;
+        pos = crlf_end;
     }
 }
 
@@ -170,6 +174,19 @@ mod tests {
         );
         assert!(matches!(decode_chunks(b"zz\r\n", 5, &mut out), Err(IngestError::BadRequest(_))));
         assert!(matches!(decode_chunks(b"1\r\nab\r\n", 5, &mut Vec::new()), Err(IngestError::BadRequest(_))));
+    }
+
+    #[test]
+    fn c1_chunk_sizes_near_u64_max_are_refused() {
+        for size in ["FFFFFFFFFFFFFFFE", "FFFFFFFFFFFFFFFF", "8000000000000000"] {
+            let input = format!("5\r\nhello\r\n{size}\r\n");
+            let mut out = Vec::new();
+            assert_eq!(
+                decode_chunks(input.as_bytes(), 100, &mut out),
+                Err(IngestError::PayloadTooLarge { limit: 100 }),
+                "{size}"
+            );
+        }
     }
 
     #[test]

@@ -1,20 +1,44 @@
-//! Stopping a set of shard threads: a shared flag, then join.
+//! A set of shard threads: a shared stop flag, a supervisor that ends the process when
+//! a thread ends before it was asked to, and a graceful stop that joins them.
+//!
+//! A shard that dies (a panic, or its runtime failing) would otherwise leave a process
+//! that is alive but deaf on that shard's share of the listening port, and liveness
+//! probes would keep passing. So the supervisor logs which thread ended and exits the
+//! process ([`DEAD_SHARD_EXIT_CODE`]); the service manager restarts it. (Release builds
+//! also abort on any panic: `panic = "abort"` in the workspace's release profile.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-/// Running shard threads and the flag that stops them.
+/// Exit status of a process whose shard thread ended unexpectedly (EX_SOFTWARE).
+pub const DEAD_SHARD_EXIT_CODE: i32 = 70;
+
+/// How often the supervisor looks at the threads.
+const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Running shard threads, their supervisor, and the flag that stops them.
 #[derive(Debug)]
 pub struct Shards {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    supervisor: Option<JoinHandle<()>>,
 }
 
 impl Shards {
-    /// Wraps threads that watch `stop`.
+    /// Supervises threads that watch `stop`: if one ends while `stop` is not set, the
+    /// process exits.
     pub fn new(stop: Arc<AtomicBool>, threads: Vec<JoinHandle<()>>) -> Shards {
-        Shards { stop, threads }
+        let watched = stop.clone();
+        let supervisor = std::thread::Builder::new()
+            .name("croupier-supervisor".into())
+            .spawn(move || supervise(&watched, threads))
+            .map_err(|e| {
+                // Without a supervisor the shards still run; only a dead one goes unnoticed.
+                eprintln!("croupier: cannot start the shard supervisor: {e}");
+            })
+            .ok();
+        Shards { stop, supervisor }
     }
 
     /// Sets the flag and waits for every thread (each drains its work first).
@@ -24,8 +48,8 @@ impl Shards {
 
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(s) = self.supervisor.take() {
+            let _ = s.join();
         }
     }
 }
@@ -33,5 +57,106 @@ impl Shards {
 impl Drop for Shards {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// Watches `threads` until `stop` is set, then joins them. A thread that ends first
+/// ends the process.
+fn supervise(stop: &AtomicBool, mut threads: Vec<JoinHandle<()>>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(i) = threads.iter().position(JoinHandle::is_finished) {
+            // Read the flag again: the thread may have ended because it was just set.
+            if !stop.load(Ordering::Relaxed) {
+                let t = threads.swap_remove(i);
+                let name = t.thread().name().unwrap_or("a shard thread").to_owned();
+                let how = match t.join() {
+                    Ok(()) => "it returned".to_owned(),
+                    Err(payload) => format!("it panicked: {}", panic_message(payload.as_ref())),
+                };
+                eprintln!(
+                    "croupier: {name} ended unexpectedly ({how}); exiting so that the process is restarted \
+                     (exit status {DEAD_SHARD_EXIT_CODE})"
+                );
+                std::process::exit(DEAD_SHARD_EXIT_CODE);
+            }
+        }
+        std::thread::sleep(WATCH_INTERVAL);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "no message"
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Set in the child process that [`c1_a_shard_thread_that_dies_ends_the_process`] starts.
+    const CHILD: &str = "CROUPIER_TEST_DEAD_SHARD_CHILD";
+
+    fn threads(stop: &Arc<AtomicBool>, panic_in: Option<usize>) -> Vec<JoinHandle<()>> {
+        (0..2)
+            .map(|id| {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("croupier-shard-{id}"))
+                    .spawn(move || {
+                        if panic_in == Some(id) {
+                            std::thread::sleep(Duration::from_millis(50));
+                            panic!("shard {id} broke");
+                        }
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Runs in a child process only: a shard panics, then the process would idle for 5 s.
+    #[test]
+    #[ignore = "started as a child process by c1_a_shard_thread_that_dies_ends_the_process"]
+    fn dead_shard_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let _shards = Shards::new(stop.clone(), threads(&stop, Some(1)));
+        std::thread::sleep(Duration::from_secs(5));
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn c1_a_shard_thread_that_dies_ends_the_process() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["shards::tests::dead_shard_child", "--exact", "--ignored", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(DEAD_SHARD_EXIT_CODE), "{stderr}");
+        assert!(stderr.contains("croupier-shard-1 ended unexpectedly (it panicked: shard 1 broke)"), "{stderr}");
+    }
+
+    #[test]
+    fn threads_that_end_on_shutdown_are_joined() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let shards = Shards::new(stop.clone(), threads(&stop, None));
+        std::thread::sleep(Duration::from_millis(50));
+        shards.shutdown();
+        assert!(stop.load(Ordering::Relaxed));
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`envelope`]: the event and payment records, as stored in stream batches.
 //! - [`validate`]: request bodies (JSON) into records, with field-level errors.
+//! - [`prescan`]: what is checked of a body before it is parsed.
 //! - [`batch`]: the rkyv batch entry a worker reads without deserialising.
 //! - [`stream`]: stream names and which stream a record goes to.
 //! - [`resp`]: the Redis commands the data plane sends, and reply parsing.
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod clickhouse;
 pub mod country;
 pub mod envelope;
+pub mod prescan;
 pub mod resp;
 pub mod signature;
 pub mod stream;

@@ -10,6 +10,7 @@ use simd_json::tape::{Array, Node, Object, Tape, Value};
 
 use crate::country;
 use crate::envelope::{Event, EventBatch, Payment, PaymentStatus};
+use crate::prescan;
 use crate::stream::{route_event, StreamKind};
 use crate::timestamp::{self, TimestampError};
 
@@ -31,6 +32,12 @@ impl Default for Limits {
         Limits { max_records: 10_000, max_depth: 16, max_field_bytes: 256, max_props_bytes: 32 * 1024 }
     }
 }
+
+/// Largest accepted `amount_cents`: 10^12 minor units (ten billion of a currency with
+/// cents). Bounded so that `sum(amount_cents)` over the `UInt64` column cannot wrap for
+/// any realistic number of payments (it would take more than 18 million payments at the
+/// cap), which one client with 2^64 - 1 could otherwise do alone.
+pub const MAX_AMOUNT_CENTS: u64 = 1_000_000_000_000;
 
 /// What is wrong with a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +134,8 @@ pub struct JsonBuffers {
     tape: Tape<'static>,
     scratch: Vec<u8>,
     open: Vec<usize>,
+    /// Length of the largest body parsed into `buffers` since they were made.
+    parsed_for: usize,
 }
 
 impl Default for JsonBuffers {
@@ -136,7 +145,21 @@ impl Default for JsonBuffers {
             tape: Tape(Vec::new()),
             scratch: Vec::new(),
             open: Vec::new(),
+            parsed_for: 0,
         }
+    }
+}
+
+impl JsonBuffers {
+    /// About how many bytes the buffers hold on to between requests: the tape, the
+    /// scratch buffers, and simd-json's buffers (sized by the largest body parsed since
+    /// they were last let go: its copy, its unescaped strings and up to 4 bytes of
+    /// structural index per byte).
+    pub fn retained_bytes(&self) -> usize {
+        self.tape.0.capacity() * std::mem::size_of::<Node<'static>>()
+            + self.scratch.capacity()
+            + self.open.capacity() * std::mem::size_of::<usize>()
+            + self.parsed_for.saturating_mul(6)
     }
 }
 
@@ -146,6 +169,44 @@ impl std::fmt::Debug for JsonBuffers {
     }
 }
 
+/// Bodies at least this large keep their parse buffers only until the next parse: a
+/// typical request (about 30 KB) is far below, so they are reused, and one large request
+/// does not pin its buffers for good.
+const KEEP_PARSED_BYTES: usize = 1 << 20;
+/// Tape nodes kept between requests (a 30 KB batch of 100 events needs about 3 000).
+const KEEP_TAPE_NODES: usize = 1 << 16;
+
+impl JsonBuffers {
+    /// Lets go of what a large body grew past what typical requests need.
+    fn trim(&mut self) {
+        if self.parsed_for >= KEEP_PARSED_BYTES {
+            self.buffers = simd_json::Buffers::default();
+            self.parsed_for = 0;
+        }
+        if self.tape.0.capacity() > KEEP_TAPE_NODES {
+            self.tape = Tape(Vec::new());
+        }
+        if self.scratch.capacity() > KEEP_PARSED_BYTES {
+            self.scratch = Vec::new();
+        }
+    }
+}
+
+/// Checks what can be checked of `body` without parsing it: the number of records (an
+/// upper bound, from a scan that costs far less than the parse and only runs on large
+/// bodies) and lone surrogate escapes (which simd-json would turn into U+0000).
+fn prescan(body: &[u8], limits: &Limits) -> Result<(), BodyError> {
+    if prescan::records_may_exceed(body, limits.max_records) {
+        return Err(BodyError::TooManyRecords(limits.max_records));
+    }
+    if let Some(at) = prescan::lone_surrogate(body) {
+        return Err(BodyError::Malformed(format!(
+            "lone UTF-16 surrogate escape at byte {at} (a \\uD800-\\uDBFF escape must be followed by a \\uDC00-\\uDFFF one)"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses `body` in place into the reused tape and hands its root to `f`.
 fn with_root<'a, R>(
     body: &'a mut [u8],
@@ -153,7 +214,9 @@ fn with_root<'a, R>(
     bufs: &mut JsonBuffers,
     f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, BodyError>,
 ) -> Result<R, BodyError> {
+    prescan(body, limits)?;
     let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
+    bufs.parsed_for = bufs.parsed_for.max(body.len());
     let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
         Ok(()) => match check_depth(&tape.0, limits.max_depth, &mut bufs.open) {
             Ok(()) => f(tape.as_value(), &mut bufs.scratch),
@@ -165,6 +228,7 @@ fn with_root<'a, R>(
         }),
     };
     bufs.tape = tape.reset();
+    bufs.trim();
     res
 }
 
@@ -474,9 +538,9 @@ pub fn parse_payments(body: &mut [u8], game: &str, limits: &Limits, out: &mut Ve
 fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyError> {
     let amount = r.get("amount_cents").ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
     let amount_cents = match (amount.as_u64(), amount.as_i64()) {
-        (Some(a), _) if a > 0 => a,
+        (Some(a), _) if a > 0 && a <= MAX_AMOUNT_CENTS => a,
         (Some(_), _) | (None, Some(_)) => {
-            return Err(r.err("amount_cents", Problem::Invalid("an integer greater than 0")))
+            return Err(r.err("amount_cents", Problem::Invalid("an integer from 1 to 1000000000000 (10^12)")))
         }
         _ => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
     };
@@ -656,6 +720,101 @@ mod tests {
             &mut EventBatch::default(),
         );
         assert_eq!(r, Err(BodyError::InvalidUtf8));
+    }
+
+    fn one_event(field_json: &str) -> Result<(Vec<Event>, Vec<Event>), BodyError> {
+        events(&format!(r#"[{{"ts":1795617749,"game_id":"g1","env":"prod","event":"login",{field_json}}}]"#))
+    }
+
+    #[test]
+    fn hostile6_lone_surrogates_are_refused_not_stored_as_nul() {
+        for bad in [
+            r#""user_id":"u\ud800u""#,
+            r#""user_id":"\ud800A""#,
+            r#""user_id":"\uDBFF""#,
+            r#""user_id":"u\udc00u""#,
+            r#""user_id":"\ud800\u0041""#,
+            r#""user_id":"\ud800\ud800""#,
+            r#""props":{"k":"u\ud800u"}"#,
+            r#""props":{"k":["\udfff"]}"#,
+            r#""props":{"\ud800":1}"#,
+            r#""unknown":"\ud800""#,
+        ] {
+            match one_event(bad) {
+                Err(BodyError::Malformed(m)) => assert!(m.contains("surrogate"), "{bad}: {m}"),
+                other => panic!("{bad}: expected a refusal, got {other:?}"),
+            }
+        }
+        // A pair is one character; an escaped backslash before `u` is not an escape.
+        let (e, _) =
+            one_event(r#""user_id":"\ud83d\ude00","device_id":"\\ud800","props":{"k":"\uD83D\uDE00"}"#).expect("valid");
+        assert_eq!(e[0].user_id, "\u{1f600}");
+        assert_eq!(e[0].device_id, r"\ud800");
+        assert!(e[0].props.contains('\u{1f600}'), "{}", e[0].props);
+    }
+
+    #[test]
+    fn hostile13_empty_country_is_the_same_as_absent() {
+        let (e, _) = one_event(r#""country":"""#).expect("valid");
+        assert_eq!(e[0].country, "");
+    }
+
+    fn payment_with_amount(amount: &str) -> Result<Vec<Payment>, BodyError> {
+        let mut out = Vec::new();
+        let mut buf = format!(
+            r#"[{{"ts":1795617749,"game_id":"g1","env":"prod","user_id":"u","order_id":"o1","amount_cents":{amount},"currency":"EUR","status":"success"}}]"#
+        )
+        .into_bytes();
+        parse_payments(&mut buf, "g1", &Limits::default(), &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn amount_cents_is_bounded_so_sums_cannot_wrap() {
+        assert_eq!(payment_with_amount("1000000000000").expect("at the cap")[0].amount_cents, MAX_AMOUNT_CENTS);
+        for bad in ["1000000000001", "9223372036854775808", "18446744073709551615"] {
+            match payment_with_amount(bad) {
+                Err(BodyError::Field { field: "amount_cents", problem: Problem::Invalid(_), .. }) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn hostile4_pathological_batches_are_refused_before_the_parse_and_buffers_let_go() {
+        let limits = Limits::default();
+        let mut bufs = JsonBuffers::default();
+        let parse = |body: &mut Vec<u8>, bufs: &mut JsonBuffers| {
+            let (mut e, mut c) = (EventBatch::default(), EventBatch::default());
+            parse_events_in(bufs, body, "g1", &limits, &mut || [0; 16], &mut e, &mut c)
+        };
+        // 10 MiB of `[0,0,...]` and `[{},{},...]`: far more records than allowed.
+        for element in ["0", "{}"] {
+            let n = (10 << 20) / (element.len() + 1);
+            let mut body = format!("[{}0]", format!("{element},").repeat(n - 1)).into_bytes();
+            assert_eq!(parse(&mut body, &mut bufs), Err(BodyError::TooManyRecords(10_000)), "{element}");
+            assert!(bufs.retained_bytes() < 1 << 20, "{element}: {} bytes kept", bufs.retained_bytes());
+        }
+        // The same inside `{"events":[...]}` (padded: short bodies are not counted first).
+        let pad = " ".repeat(crate::prescan::COUNT_FROM_BYTES);
+        let mut body = format!(r#"{{"events":[{}0]}}{pad}"#, "0,".repeat(20_000)).into_bytes();
+        assert_eq!(parse(&mut body, &mut bufs), Err(BodyError::TooManyRecords(10_000)));
+        // Exactly at the limit is counted, not refused (the records themselves are).
+        let mut body = format!("[{}0]{pad}", "0,".repeat(9_999)).into_bytes();
+        assert!(matches!(parse(&mut body, &mut bufs), Err(BodyError::Field { index: 0, .. })));
+        // Commas inside strings and deeper arrays are not records.
+        let record = r#"{"ts":1795617749,"game_id":"g1","env":"prod","event":"login","user_id":",[,\",","props":{"a":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}}"#;
+        let mut body = format!("[{}{record}]", format!("{record},").repeat(9_999)).into_bytes();
+        assert!(body.len() > 1 << 20);
+        assert_eq!(parse(&mut body, &mut bufs), Ok(()));
+        // A body that passes the count but grows the tape (one record, a huge props
+        // array) is parsed, refused, and its buffers are let go afterwards.
+        let mut body = format!(
+            r#"[{{"ts":1795617749,"game_id":"g1","env":"prod","event":"x","props":{{"a":[{}0]}}}}]"#,
+            "0,".repeat(2 << 20)
+        )
+        .into_bytes();
+        assert!(matches!(parse(&mut body, &mut bufs), Err(BodyError::Field { field: "props", .. })));
+        assert!(bufs.retained_bytes() < 8 << 20, "{} bytes kept", bufs.retained_bytes());
     }
 
     #[test]

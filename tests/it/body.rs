@@ -67,3 +67,70 @@ fn m2_hostile3_gzip_is_inflated_only_after_its_signature_matched() {
     assert_eq!(f.client().request("POST", "/api/ingest/events", &h, &gz).status, 202);
     assert_eq!(total_entries(&f.redis), 2);
 }
+
+/// Posts `body` signed for `GAME` on a new connection, to `path`.
+fn post(f: &Fixture, path: &str, body: &[u8]) -> croupier_it::http::Reply {
+    crate::fixture::post_signed(&mut f.client(), path, GAME, SECRET, body)
+}
+
+#[test]
+fn hostile4_pathological_batch_is_refused_with_the_records_limit() {
+    let f = Fixture::start(Driver::Epoll, |_| {});
+    // Just under 10 MiB (the default body limit) of `[0,0,...]` and `[{},{},...]`.
+    for element in ["0", "{}"] {
+        let n = ((10 << 20) - 2) / (element.len() + 1);
+        let body = format!("[{}{element}]", format!("{element},").repeat(n - 1));
+        let r = post(&f, "/api/ingest/events", body.as_bytes());
+        assert_eq!((r.status, r.error_tag().as_str()), (400, "invalid_batch"), "{}", r.text());
+        assert!(r.text().contains("more than 10000 records"), "{}", r.text());
+    }
+    assert_eq!(total_entries(&f.redis), 0);
+    // The shard still serves.
+    assert_eq!(post(&f, "/api/ingest/events", events(3).as_bytes()).status, 202);
+}
+
+#[test]
+fn hostile6_lone_surrogates_are_refused_in_fields_and_props() {
+    let f = Fixture::start(Driver::Epoll, |_| {});
+    let ts = now_secs();
+    for bad in [
+        r#""user_id":"u\ud800u""#,
+        r#""user_id":"u\udc00u""#,
+        r#""props":{"k":"\ud800A"}"#,
+        r#""props":{"k":"\uDFFF"}"#,
+    ] {
+        let body = format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login",{bad}}}]"#);
+        let r = post(&f, "/api/ingest/events", body.as_bytes());
+        assert_eq!((r.status, r.error_tag().as_str()), (400, "malformed_json"), "{bad}: {}", r.text());
+        assert!(r.text().contains("surrogate"), "{}", r.text());
+    }
+    assert_eq!(total_entries(&f.redis), 0);
+    // A surrogate pair is one character and is accepted.
+    let body = format!(r#"[{{"ts":{ts},"game_id":"g1","env":"prod","event":"login","user_id":"\ud83c\udfb2"}}]"#);
+    assert_eq!(post(&f, "/api/ingest/events", body.as_bytes()).status, 202);
+}
+
+#[test]
+fn amount_cents_over_the_cap_is_refused_so_revenue_sums_cannot_wrap() {
+    let f = Fixture::start(Driver::Epoll, |_| {});
+    let ts = now_secs();
+    let payment = |amount: &str| {
+        format!(
+            r#"[{{"ts":{ts},"game_id":"g1","env":"prod","user_id":"u","order_id":"o-{amount}","amount_cents":{amount},"currency":"USD","status":"success"}}]"#
+        )
+    };
+    for bad in ["18446744073709551615", "9223372036854775808", "1000000000001"] {
+        let r = post(&f, "/api/ingest/payments", payment(bad).as_bytes());
+        assert_eq!((r.status, r.error_tag().as_str()), (400, "invalid_field"), "{bad}: {}", r.text());
+        assert!(r.text().contains(r#""field":"amount_cents""#), "{}", r.text());
+    }
+    assert_eq!(total_entries(&f.redis), 0);
+    assert_eq!(post(&f, "/api/ingest/payments", payment("1000000000000").as_bytes()).status, 202);
+}
+
+#[test]
+fn hostile13_empty_country_counts_as_absent() {
+    let f = Fixture::start(Driver::Epoll, |_| {});
+    let body = format!(r#"[{{"ts":{},"game_id":"g1","env":"prod","event":"login","country":""}}]"#, now_secs());
+    assert_eq!(post(&f, "/api/ingest/events", body.as_bytes()).status, 202);
+}

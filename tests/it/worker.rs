@@ -289,3 +289,86 @@ fn entry_delivered_too_often_goes_to_dead_letter() {
     let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
     assert!(dead.iter().all(|d| d.get("source_id") != Some(second.as_bytes())));
 }
+
+/// Posts one batch of two events; returns the id of its stream entry.
+fn post_one_entry(p: &Pipeline, users: [&str; 2]) -> String {
+    let body = format!("[{},{}]", event("login", users[0]), event("login", users[1]));
+    let r = post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
+    entries.last().expect("an entry").id.clone()
+}
+
+/// `(consumer, deliveries)` of a pending entry.
+fn pending_owner(p: &Pipeline, id: &str) -> Option<(String, i64)> {
+    use croupier_protocol::resp::Frame;
+    let Frame::Array(items) =
+        p.ingest.redis.client().cmd(&["XPENDING", "analytics:events", "analytics-workers", id, id, "1"])
+    else {
+        return None;
+    };
+    let Some(Frame::Array(item)) = items.into_iter().next() else { return None };
+    match (&item[1], &item[3]) {
+        (Frame::BulkString(c), Frame::Integer(n)) => Some((String::from_utf8_lossy(c).into_owned(), *n)),
+        _ => None,
+    }
+}
+
+/// C2: an entry deleted from the stream while pending with a dead consumer is reported
+/// by XAUTOCLAIM as deleted (Redis 7); the worker dead-letters it by id instead of
+/// dropping it silently.
+#[test]
+fn c2_entry_deleted_while_pending_is_dead_lettered_by_id() {
+    let mut p = Pipeline::start(&[]);
+    let id = post_one_entry(&p, ["a", "b"]);
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "dead-one", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    assert_eq!(r.int(&["XDEL", "analytics:events", &id]), 1);
+    assert_eq!(p.pending("analytics:events"), 1, "still pending with the dead consumer");
+    p.start_worker(&[]);
+    p.wait_for(1, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert_eq!(dead[0].get("source_id"), Some(id.as_bytes()));
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert!(reason.contains("deleted from the stream while pending"), "{reason}");
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}
+
+/// M5: a claim is one delivery. With `max_deliveries = 3`, an entry read by one dead
+/// consumer, claimed by a second that died too, and then claimed by the worker has been
+/// delivered 3 times: it is inserted, not dead-lettered.
+#[test]
+fn m5_an_entry_claimed_twice_counts_two_deliveries() {
+    let mut p = Pipeline::start(&[]);
+    let id = post_one_entry(&p, ["a", "b"]);
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "dead-1", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "dead-2", "0", &id]);
+    assert_eq!(pending_owner(&p, &id), Some(("dead-2".into(), 2)));
+    p.start_worker(&[("CROUPIER_WORKER__MAX_DELIVERIES", "3")]);
+    p.wait_for(2, "rows of the claimed entry", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+}
+
+/// M5: a claim followed by a restart is two deliveries. With `max_deliveries = 3`, an
+/// entry read by a dead consumer, claimed by a worker that cannot insert it (ClickHouse
+/// down) and is killed, then recovered by the next worker, is inserted.
+#[test]
+fn m5_an_entry_claimed_then_recovered_is_inserted() {
+    let mut p = Pipeline::start(&[]);
+    let id = post_one_entry(&p, ["a", "b"]);
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "dead-1", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    p.clickhouse.stop();
+    let env = [("CROUPIER_WORKER__MAX_DELIVERIES", "3")];
+    p.start_worker(&env);
+    p.wait_for(1, "claimed by the worker", |p| u64::from(pending_owner(p, &id).is_some_and(|(c, _)| c == "it-0")));
+    std::thread::sleep(Duration::from_millis(300));
+    p.kill_worker();
+    p.clickhouse.restart();
+    p.start_worker(&env);
+    p.wait_for(2, "rows of the recovered entry", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+}

@@ -70,6 +70,10 @@ struct Consumer {
     ch: Option<Connection>,
     sink: Sink,
     backoff: Duration,
+    /// Where the next `XAUTOCLAIM` goes on scanning the group's pending list.
+    claim_cursor: String,
+    /// IDs reported deleted while pending whose dead letters are not written yet.
+    deleted: Vec<String>,
 }
 
 /// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
@@ -81,8 +85,16 @@ struct Consumer {
 /// `XREADGROUP`s, `redis` everything else.
 pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient, stop: Arc<AtomicBool>) {
     let reader = Reader { cfg: cfg.clone(), redis: reads };
-    let mut c =
-        Consumer { sink: Sink::new(cfg.stream), cfg, reader, redis, ch: None, backoff: Duration::from_millis(100) };
+    let mut c = Consumer {
+        sink: Sink::new(cfg.stream),
+        cfg,
+        reader,
+        redis,
+        ch: None,
+        backoff: Duration::from_millis(100),
+        claim_cursor: "0-0".to_owned(),
+        deleted: Vec::new(),
+    };
     let mut recovering = true;
     let mut last_claim = Instant::now();
     let interval = c.cfg.claim_interval;
@@ -114,12 +126,18 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
                 }
             }
         } else if claim_due(last_claim) {
-            last_claim = Instant::now();
-            match c.claim().await {
+            let mut more = false;
+            let claimed = c.claim(&mut more).await;
+            if !more {
+                last_claim = Instant::now();
+            }
+            match claimed {
                 Ok(b) if b.is_empty() => continue,
                 Ok(b) => b,
                 Err(e) => {
                     c.fail(&e).await;
+                    // Entries claimed before the failure are in this consumer's list.
+                    recovering = true;
                     continue;
                 }
             }
@@ -286,10 +304,17 @@ impl Consumer {
         Ok(())
     }
 
-    /// Entries idle in other consumers' pending lists, now ours.
-    async fn claim(&mut self) -> Result<Vec<Entry>, String> {
+    /// Entries idle in other consumers' pending lists, now ours, from where the last
+    /// claim left off; `more` is set when the scan stopped at a full page.
+    ///
+    /// The entries come with their fields in the `XAUTOCLAIM` reply, which is the
+    /// delivery (it counts one); they are not read again. Entries the reply reports as
+    /// deleted from the stream while pending (Redis 7 drops them from the pending list)
+    /// are dead-lettered by ID, so what was lost can be seen.
+    async fn claim(&mut self, more: &mut bool) -> Result<Vec<Entry>, String> {
         let idle = self.cfg.claim_idle.as_millis().to_string();
-        let count = self.cfg.read_count.to_string();
+        let count = self.cfg.read_count;
+        let count_arg = count.to_string();
         let reply = self
             .call(cmd(&[
                 b"XAUTOCLAIM",
@@ -297,25 +322,75 @@ impl Consumer {
                 CONSUMER_GROUP.as_bytes(),
                 self.cfg.consumer.as_bytes(),
                 idle.as_bytes(),
-                b"0-0",
+                self.claim_cursor.as_bytes(),
                 b"COUNT",
-                count.as_bytes(),
+                count_arg.as_bytes(),
             ]))
             .await?;
-        let (_, claimed) = entries::xautoclaim_reply(reply)?;
-        if claimed.is_empty() {
-            return Ok(claimed);
+        let claimed = entries::xautoclaim_reply(reply)?;
+        *more = claimed.cursor != "0-0" && claimed.entries.len() + claimed.deleted.len() >= count;
+        self.claim_cursor = claimed.cursor;
+        if !claimed.deleted.is_empty() {
+            eprintln!(
+                "croupier: worker {} {}: {} pending entr{} deleted from the stream before being consumed \
+                 (dead-lettered by id): {}",
+                self.cfg.consumer,
+                self.key(),
+                claimed.deleted.len(),
+                if claimed.deleted.len() == 1 { "y was" } else { "ies were" },
+                claimed.deleted.join(" ")
+            );
         }
-        // Claiming counts as a delivery: entries that keep killing consumers stop here.
-        self.dead_letter_overdelivered().await?;
-        let claimed_ids: Vec<String> = claimed.into_iter().map(|e| e.id).collect();
-        let mut ours = Vec::with_capacity(claimed_ids.len());
-        for page in self.reader.read("0", None).await? {
-            if claimed_ids.contains(&page.id) {
-                ours.push(page);
+        // Already gone from the pending list (nothing to acknowledge), so kept here until
+        // their dead letters are written, across failures.
+        self.deleted.extend(claimed.deleted);
+        self.dead_letter_deleted().await?;
+        if claimed.entries.is_empty() {
+            return Ok(claimed.entries);
+        }
+        // Claiming counted one delivery; entries that keep killing consumers stop here.
+        let deliveries = self.deliveries(&claimed.entries).await?;
+        let mut ours = Vec::with_capacity(claimed.entries.len());
+        for e in claimed.entries {
+            match deliveries.iter().find(|(id, _)| *id == e.id) {
+                Some(&(_, n)) if n > self.cfg.max_deliveries => {
+                    let reason = format!("delivered {} times without being acknowledged", n - 1);
+                    self.dead_letter(&e, &reason).await?;
+                    self.ack(&[e.id.as_str()]).await?;
+                }
+                _ => ours.push(e),
             }
         }
         Ok(ours)
+    }
+
+    /// Writes the dead letters of entries Redis reported deleted while pending.
+    async fn dead_letter_deleted(&mut self) -> Result<(), String> {
+        while let Some(id) = self.deleted.last() {
+            let gone = Entry { id: id.clone(), fields: Vec::new() };
+            self.dead_letter(&gone, "deleted from the stream while pending").await?;
+            self.deleted.pop();
+        }
+        Ok(())
+    }
+
+    /// Delivery counts of `entries` in this consumer's pending list.
+    async fn deliveries(&self, entries: &[Entry]) -> Result<Vec<(String, u64)>, String> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
+        // Claimed entries come in ID order; a few entries of ours may lie in between.
+        let count = (entries.len() + 64).to_string();
+        let reply = self
+            .call(cmd(&[
+                b"XPENDING",
+                self.key().as_bytes(),
+                CONSUMER_GROUP.as_bytes(),
+                first.id.as_bytes(),
+                last.id.as_bytes(),
+                count.as_bytes(),
+                self.cfg.consumer.as_bytes(),
+            ]))
+            .await?;
+        entries::xpending_reply(reply)
     }
 
     async fn connection(&mut self) -> Result<(), String> {

@@ -76,15 +76,37 @@ pub fn xrange_reply(f: Frame) -> Result<Vec<Entry>, String> {
     }
 }
 
-/// Entries claimed by an `XAUTOCLAIM` reply, and the cursor for the next call.
-pub fn xautoclaim_reply(f: Frame) -> Result<(String, Vec<Entry>), String> {
+/// What one `XAUTOCLAIM` call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Where the next call goes on scanning the pending list (`0-0`: the scan is done).
+    pub cursor: String,
+    /// Entries now owned by the caller, with their fields.
+    pub entries: Vec<Entry>,
+    /// IDs that were pending but no longer in the stream (deleted or trimmed); Redis 7
+    /// reports them here and removes them from the pending list.
+    pub deleted: Vec<String>,
+}
+
+/// An `XAUTOCLAIM` reply: the cursor, the claimed entries and (Redis 7 and later) the
+/// IDs of pending entries that were deleted from the stream.
+pub fn xautoclaim_reply(f: Frame) -> Result<Claimed, String> {
     match f {
         Frame::Array(parts) => {
             let mut it = parts.into_iter();
             let cursor =
                 it.next().and_then(bulk).and_then(|c| String::from_utf8(c).ok()).ok_or("XAUTOCLAIM: cursor")?;
-            let list = it.next().and_then(entries).ok_or("XAUTOCLAIM: entries")?;
-            Ok((cursor, list))
+            let entries = it.next().and_then(entries).ok_or("XAUTOCLAIM: entries")?;
+            let deleted = match it.next() {
+                None | Some(Frame::Null) => Vec::new(),
+                Some(Frame::Array(ids)) => ids
+                    .into_iter()
+                    .map(|i| bulk(i).and_then(|b| String::from_utf8(b).ok()))
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or("XAUTOCLAIM: deleted IDs")?,
+                Some(other) => return Err(format!("XAUTOCLAIM: unexpected deleted IDs {other:?}")),
+            };
+            Ok(Claimed { cursor, entries, deleted })
         }
         Frame::Error(e) => Err(e),
         other => Err(format!("XAUTOCLAIM: unexpected {other:?}")),
@@ -138,10 +160,23 @@ mod tests {
     }
 
     #[test]
+    fn c2_claims_report_the_ids_deleted_while_pending() {
+        let f = frame(b"*3\r\n$3\r\n7-0\r\n*0\r\n*2\r\n$3\r\n5-0\r\n$3\r\n6-1\r\n");
+        let c = xautoclaim_reply(f).expect("parses");
+        assert_eq!(c.cursor, "7-0");
+        assert!(c.entries.is_empty());
+        assert_eq!(c.deleted, vec!["5-0".to_owned(), "6-1".to_owned()]);
+        // Redis 6.2 sends two elements.
+        let f = frame(b"*2\r\n$3\r\n0-0\r\n*0\r\n");
+        assert!(xautoclaim_reply(f).expect("parses").deleted.is_empty());
+    }
+
+    #[test]
     fn reads_claims_and_delivery_counts() {
         let f = frame(b"*3\r\n$3\r\n0-0\r\n*1\r\n*2\r\n$3\r\n5-0\r\n*2\r\n$1\r\nk\r\n$1\r\nv\r\n*0\r\n");
-        let (cursor, list) = xautoclaim_reply(f).expect("parses");
-        assert_eq!((cursor.as_str(), list[0].id.as_str()), ("0-0", "5-0"));
+        let c = xautoclaim_reply(f).expect("parses");
+        assert_eq!((c.cursor.as_str(), c.entries[0].id.as_str()), ("0-0", "5-0"));
+        assert!(c.deleted.is_empty());
         let p = frame(b"*1\r\n*4\r\n$3\r\n5-0\r\n$1\r\nc\r\n:100\r\n:3\r\n");
         assert_eq!(xpending_reply(p), Ok(vec![("5-0".to_owned(), 3)]));
     }

@@ -123,6 +123,9 @@ pub struct Redis {
     pub backlog_poll_ms: u64,
     /// `Retry-After` sent with 503, seconds.
     pub retry_after_secs: u64,
+    /// Bytes of commands a connection may hold waiting to be sent; a request that would
+    /// go past it gets 503 at once (a single command always fits an empty queue).
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Redis {
@@ -133,6 +136,7 @@ impl Default for Redis {
             reply_timeout_ms: 5_000,
             backlog_poll_ms: 100,
             retry_after_secs: 1,
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -372,6 +376,12 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 || self.server.max_decompressed_bytes == 0 {
             return Err(err("server.max_body_bytes", "expected a size greater than 0"));
+        }
+        if self.redis.reply_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
+            return Err(err("redis.reply_timeout_ms", "expected timeouts greater than 0"));
+        }
+        if self.redis.max_queued_bytes == 0 {
+            return Err(err("redis.max_queued_bytes", "expected a size greater than 0"));
         }
         if self.server.max_records == 0 {
             return Err(err("server.max_records", "expected a count greater than 0"));

@@ -9,5 +9,6 @@ mod fixture;
 mod framing;
 mod ingest;
 mod pipeline;
+mod redis_faults;
 mod refusals;
 mod worker;

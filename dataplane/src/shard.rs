@@ -17,7 +17,7 @@ use crate::http::conn;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::TokenBucket;
 use crate::redis::backlog::Backlog;
-use crate::redis::connection::RedisClient;
+use crate::redis::connection::{RedisClient, RedisOptions};
 
 /// A configured game, as a shard holds it.
 #[derive(Debug)]
@@ -86,11 +86,7 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
         StreamKind::Custom => s.custom,
         StreamKind::Payments => s.payments,
     });
-    let redis = RedisClient::spawn(
-        config.redis.addr.clone(),
-        Duration::from_millis(config.redis.connect_timeout_ms),
-        Duration::from_millis(config.redis.reply_timeout_ms),
-    );
+    let redis = RedisClient::start(RedisOptions::from_config(&config.redis));
     let backlog = Backlog::new(stream_limits);
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };

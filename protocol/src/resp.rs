@@ -161,9 +161,20 @@ pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespE
     Ok(None)
 }
 
+/// Deepest nesting of arrays accepted in a reply. The replies Croupier reads nest four
+/// levels at most (`XREADGROUP`: streams, entries, entry, fields); a deeper one is a
+/// protocol error rather than a recursion that could overflow the stack.
+pub const MAX_DEPTH: usize = 32;
+
+/// Longest bulk string accepted in a reply: Redis's own `proto-max-bulk-len` default
+/// (512 MiB). A longer declared length is a protocol error, not a wait for bytes that
+/// will never come.
+pub const MAX_BULK_LEN: usize = 512 << 20;
+
 /// The length of the complete reply at the front of `buf`, or `None` while it is
 /// incomplete, without building it: bulk payloads are skipped by their declared length,
-/// so the cost is per element, not per byte.
+/// so the cost is per element, not per byte. Arrays nested deeper than [`MAX_DEPTH`] and
+/// bulk strings longer than [`MAX_BULK_LEN`] are errors.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
     let mut pos = 0usize;
     // Elements still expected at each open array level.
@@ -190,7 +201,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
             b'$' => {
                 let n = num()?;
                 if n >= 0 {
-                    pos = pos.checked_add(n as usize + 2).ok_or_else(|| RespError("length overflow".into()))?;
+                    let n = usize::try_from(n).ok().filter(|n| *n <= MAX_BULK_LEN);
+                    let n =
+                        n.ok_or_else(|| RespError(format!("bulk string of {} bytes", String::from_utf8_lossy(line))))?;
+                    pos = pos.checked_add(n + 2).ok_or_else(|| RespError("length overflow".into()))?;
                     if pos > buf.len() {
                         return Ok(None);
                     }
@@ -199,6 +213,9 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
             b'*' => {
                 let n = num()?;
                 if n > 0 {
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(RespError(format!("arrays nested deeper than {MAX_DEPTH}")));
+                    }
                     stack.push(pending);
                     pending = n as u64;
                 }
@@ -210,9 +227,13 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
 }
 
 /// Decodes one reply from the front of `buf`: `Ok(None)` when more bytes are needed,
-/// else the frame and how many bytes it took.
+/// else the frame and how many bytes it took. The reply is measured with [`frame_len`]
+/// first, so the (recursive) decoder only ever sees a complete reply of bounded depth.
 pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
-    decode::decode(buf).map_err(|e| RespError(e.to_string()))
+    match frame_len(buf)? {
+        None => Ok(None),
+        Some(len) => decode::decode(&buf[..len]).map_err(|e| RespError(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +302,27 @@ mod tests {
         // Agrees with the full decoder.
         let (_, used) = decode_reply(full).expect("ok").expect("complete");
         assert_eq!(used, first);
+    }
+
+    #[test]
+    fn hostile2_deeply_nested_reply_is_a_protocol_error() {
+        let mut nested = b"*1\r\n".repeat(10_000);
+        nested.extend_from_slice(b":1\r\n");
+        assert!(frame_len(&nested).is_err());
+        assert!(decode_reply(&nested).is_err(), "refused before the recursive decoder");
+        // Incomplete but already too deep: refused without waiting for the rest.
+        assert!(decode_reply(&nested[..4 * (MAX_DEPTH + 1)]).is_err());
+        // The deepest accepted nesting still decodes.
+        let mut ok = b"*1\r\n".repeat(MAX_DEPTH);
+        ok.extend_from_slice(b":1\r\n");
+        assert_eq!(decode_reply(&ok).map(|r| r.map(|(_, used)| used)), Ok(Some(ok.len())));
+    }
+
+    #[test]
+    fn c4_truncated_huge_bulk_header_is_a_protocol_error() {
+        assert!(frame_len(b"$9223372036854775807\r\n").is_err());
+        assert!(decode_reply(b"*1\r\n$9223372036854775807\r\n").is_err());
+        assert_eq!(frame_len(b"$536870912\r\nab"), Ok(None), "512 MiB is still a length Redis may send");
     }
 
     #[test]

@@ -5,10 +5,19 @@
 //! each to its waiter. While it waits for replies, new commands queue up and go out in the
 //! next round, so the pipeline depth follows the load.
 //!
-//! When the connection drops, every command in flight or queued gets
-//! [`RedisError::Unavailable`] (its effect is unknown to the caller, which answers 503),
-//! and the task reconnects with back-off. On every (re)connect it makes sure the consumer
-//! group exists on each stream.
+//! A connection that stops answering is given up: when the reply at the head of the
+//! pipeline has not come within the reply timeout (plus the command's own allowance, for
+//! a blocking read) of the previous reply or of the write, or a write does not finish in
+//! that time, or a reply is not RESP, the connection is closed and every command in
+//! flight or queued gets [`RedisError::Unavailable`] (its effect is unknown to the
+//! caller, which answers 503). The task then reconnects with back-off and, on every
+//! (re)connect, makes sure the consumer group exists on each stream (within the reply
+//! timeout too). TCP keepalive and `TCP_USER_TIMEOUT` let the kernel notice a dead peer
+//! as well.
+//!
+//! A command whose caller has already given up (timed out) is skipped rather than sent
+//! late, and the commands waiting to be sent are bounded in bytes: past
+//! `redis.max_queued_bytes`, [`RedisClient::call`] fails at once.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -21,6 +30,7 @@ use local_sync::{mpsc::unbounded, oneshot};
 use monoio::buf::VecBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
+use monoio::time::Instant;
 
 use crate::http::read::read_more;
 
@@ -31,49 +41,129 @@ pub enum RedisError {
     Unavailable,
     /// No reply within the timeout.
     Timeout,
+    /// Too many bytes of commands are waiting to be sent; nothing was queued.
+    QueueFull,
     /// The server sent bytes that are not RESP.
     Protocol(String),
 }
 
+type Waiter = oneshot::Sender<Result<Frame, RedisError>>;
+
+/// A command waiting to be sent.
 struct Pending {
     cmd: Vec<u8>,
-    reply: oneshot::Sender<Result<Frame, RedisError>>,
+    /// Time the reply may take beyond the reply timeout (a blocking read's block).
+    allowance: Duration,
+    reply: Waiter,
+}
+
+/// A command sent, waiting for its reply.
+struct InFlight {
+    allowance: Duration,
+    reply: Waiter,
+}
+
+/// State shared by the handles and the connection task.
+struct Shared {
+    up: Cell<bool>,
+    /// Bytes of the commands in the channel.
+    queued_bytes: Cell<usize>,
+    max_queued_bytes: usize,
+    reply_timeout: Duration,
+}
+
+impl Shared {
+    /// Takes a command off the queue's byte count.
+    fn dequeued(&self, p: &Pending) {
+        self.queued_bytes.set(self.queued_bytes.get().saturating_sub(p.cmd.len()));
+    }
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `host:port`.
+    pub addr: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply (and for a write) before the connection is given up.
+    pub reply_timeout: Duration,
+    /// Bytes of commands that may wait to be sent.
+    pub max_queued_bytes: usize,
+}
+
+impl RedisOptions {
+    /// The options of the `[redis]` configuration.
+    pub fn from_config(c: &croupier_control::config::Redis) -> RedisOptions {
+        RedisOptions {
+            addr: c.addr.clone(),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            reply_timeout: Duration::from_millis(c.reply_timeout_ms),
+            max_queued_bytes: c.max_queued_bytes,
+        }
+    }
 }
 
 /// Handle to the shard's Redis connection; cheap to clone within the shard.
 #[derive(Clone)]
 pub struct RedisClient {
     tx: unbounded::Tx<Pending>,
-    up: Rc<Cell<bool>>,
-    reply_timeout: Duration,
+    shared: Rc<Shared>,
 }
 
 /// Most commands written in one pipeline round.
 const MAX_ROUND: usize = 512;
 
+/// Queue bound of [`RedisClient::spawn`].
+const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+
 impl RedisClient {
-    /// Starts the connection task on the current shard.
+    /// Starts the connection task on the current shard, with the default queue bound.
     pub fn spawn(addr: String, connect_timeout: Duration, reply_timeout: Duration) -> RedisClient {
+        Self::start(RedisOptions { addr, connect_timeout, reply_timeout, max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES })
+    }
+
+    /// Starts the connection task on the current shard.
+    pub fn start(options: RedisOptions) -> RedisClient {
         let (tx, rx) = unbounded::channel();
-        let up = Rc::new(Cell::new(false));
-        monoio::spawn(run(addr, connect_timeout, rx, up.clone()));
-        RedisClient { tx, up, reply_timeout }
+        let shared = Rc::new(Shared {
+            up: Cell::new(false),
+            queued_bytes: Cell::new(0),
+            max_queued_bytes: options.max_queued_bytes.max(1),
+            reply_timeout: options.reply_timeout,
+        });
+        monoio::spawn(run(options.addr, options.connect_timeout, rx, shared.clone()));
+        RedisClient { tx, shared }
     }
 
     /// Whether the connection is established.
     pub fn is_up(&self) -> bool {
-        self.up.get()
+        self.shared.up.get()
     }
 
     /// Sends one encoded command and waits for its reply. An error reply is a
     /// `Ok(Frame::Error)`: only transport failures are `Err`.
     pub async fn call(&self, cmd: Vec<u8>) -> Result<Frame, RedisError> {
-        if !self.up.get() {
+        self.call_blocking(cmd, Duration::ZERO).await
+    }
+
+    /// [`RedisClient::call`] for a command that may block in Redis for up to `block`
+    /// (`XREADGROUP ... BLOCK ms`): its reply may take that much longer.
+    pub async fn call_blocking(&self, cmd: Vec<u8>, block: Duration) -> Result<Frame, RedisError> {
+        let s = &self.shared;
+        if !s.up.get() {
             return Err(RedisError::Unavailable);
         }
+        let queued = s.queued_bytes.get();
+        // A command that alone exceeds the bound still goes through an empty queue.
+        if queued > 0 && queued.saturating_add(cmd.len()) > s.max_queued_bytes {
+            return Err(RedisError::QueueFull);
+        }
+        let len = cmd.len();
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { cmd, reply }).map_err(|_| RedisError::Unavailable)?;
-        match monoio::time::timeout(self.reply_timeout, rx).await {
+        self.tx.send(Pending { cmd, allowance: block, reply }).map_err(|_| RedisError::Unavailable)?;
+        s.queued_bytes.set(queued.saturating_add(len));
+        match monoio::time::timeout(s.reply_timeout.saturating_add(block), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RedisError::Unavailable),
             Err(_) => Err(RedisError::Timeout),
@@ -81,27 +171,47 @@ impl RedisClient {
     }
 }
 
-async fn run(addr: String, connect_timeout: Duration, mut rx: unbounded::Rx<Pending>, up: Rc<Cell<bool>>) {
+async fn run(addr: String, connect_timeout: Duration, mut rx: unbounded::Rx<Pending>, shared: Rc<Shared>) {
     let mut backoff = Duration::from_millis(50);
+    let reply_timeout = shared.reply_timeout;
     loop {
         if let Ok(Ok(mut stream)) = monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await {
             let _ = stream.set_nodelay(true);
-            if ensure_groups(&mut stream).await.is_ok() {
+            set_keepalive(&stream, reply_timeout);
+            if let Ok(Ok(())) = monoio::time::timeout(reply_timeout, ensure_groups(&mut stream)).await {
                 backoff = Duration::from_millis(50);
-                up.set(true);
-                let closed = serve(&mut stream, &mut rx).await;
-                up.set(false);
+                shared.up.set(true);
+                let closed = serve(&mut stream, &mut rx, &shared).await;
+                shared.up.set(false);
                 if closed {
                     return;
                 }
             }
         }
         while let Ok(p) = rx.try_recv() {
+            shared.dequeued(&p);
             let _ = p.reply.send(Err(RedisError::Unavailable));
         }
         monoio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// TCP keepalive (probes after 5 s idle, every second, 3 of them) and
+/// `TCP_USER_TIMEOUT` (unacknowledged data for longer than the reply timeout, at least
+/// a second, drops the connection): the kernel notices a peer that is gone. Best effort.
+fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow; socket2 only
+    // sets options on it and does not close it.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let sock = socket2::SockRef::from(&fd);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(reply_timeout.max(Duration::from_secs(1))));
 }
 
 /// Creates the consumer group on each stream (with the stream) unless it exists.
@@ -144,42 +254,62 @@ async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Result<Frame,
 }
 
 /// Serves commands until the connection fails (`false`) or every client is gone (`true`).
-async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>) -> bool {
+async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: &Shared) -> bool {
+    let reply_timeout = shared.reply_timeout;
     let mut cmds: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut inflight: VecDeque<oneshot::Sender<Result<Frame, RedisError>>> = VecDeque::new();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
         let Some(first) = rx.recv().await else { return true };
-        cmds.push(first.cmd);
-        inflight.push_back(first.reply);
-        while inflight.len() < MAX_ROUND {
-            let Ok(p) = rx.try_recv() else { break };
-            cmds.push(p.cmd);
-            inflight.push_back(p.reply);
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            shared.dequeued(&p);
+            // A caller that gave up has answered its client already: sending the
+            // command now would store what was refused.
+            if !p.reply.is_closed() {
+                cmds.push(p.cmd);
+                inflight.push_back(InFlight { allowance: p.allowance, reply: p.reply });
+            }
+            if inflight.len() < MAX_ROUND {
+                next = rx.try_recv().ok();
+            }
+        }
+        if cmds.is_empty() {
+            continue;
         }
         // Every command goes out from its own buffer, in one `writev`: a batch entry's
         // archive is not copied once more into a write buffer.
-        let res = if let [_] = cmds.as_slice() {
-            let cmd = cmds.pop().unwrap_or_default();
-            stream.write_all(cmd).await.0
-        } else {
-            let (res, buf) = stream.write_vectored_all(VecBuf::from(std::mem::take(&mut cmds))).await;
-            cmds = buf.into();
-            cmds.clear();
-            res
+        let write = async {
+            if let [_] = cmds.as_slice() {
+                let cmd = cmds.pop().unwrap_or_default();
+                stream.write_all(cmd).await.0
+            } else {
+                let (res, buf) = stream.write_vectored_all(VecBuf::from(std::mem::take(&mut cmds))).await;
+                cmds = buf.into();
+                cmds.clear();
+                res
+            }
         };
-        if res.is_err() {
-            fail_all(&mut inflight);
+        let written = monoio::time::timeout(reply_timeout, write).await;
+        if !matches!(written, Ok(Ok(_))) {
+            fail_all(&mut inflight, RedisError::Unavailable);
             return false;
         }
-        while let Some(waiter) = inflight.pop_front() {
-            match read_frame(stream, &mut rbuf).await {
+        while let Some(head) = inflight.pop_front() {
+            // Each reply is due within the timeout of the previous one (or of the write):
+            // a server that stops answering fails the connection.
+            let due = Instant::now() + reply_timeout.saturating_add(head.allowance);
+            let res = match monoio::time::timeout_at(due, read_frame(stream, &mut rbuf)).await {
+                Ok(r) => r,
+                Err(_) => Err(RedisError::Timeout),
+            };
+            match res {
                 Ok(frame) => {
-                    let _ = waiter.send(Ok(frame));
+                    let _ = head.reply.send(Ok(frame));
                 }
                 Err(e) => {
-                    let _ = waiter.send(Err(e));
-                    fail_all(&mut inflight);
+                    let _ = head.reply.send(Err(e));
+                    fail_all(&mut inflight, RedisError::Unavailable);
                     return false;
                 }
             }
@@ -187,8 +317,8 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>) -> bool 
     }
 }
 
-fn fail_all(inflight: &mut VecDeque<oneshot::Sender<Result<Frame, RedisError>>>) {
+fn fail_all(inflight: &mut VecDeque<InFlight>, e: RedisError) {
     for w in inflight.drain(..) {
-        let _ = w.send(Err(RedisError::Unavailable));
+        let _ = w.reply.send(Err(e.clone()));
     }
 }

@@ -198,7 +198,12 @@ struct Reader {
 
 /// One command; a Redis error reply is an error.
 async fn redis_call(redis: &RedisClient, c: Vec<u8>) -> Result<Frame, String> {
-    match redis.call(c).await {
+    redis_call_blocking(redis, c, Duration::ZERO).await
+}
+
+/// [`redis_call`] for a command that blocks in Redis for up to `block`.
+async fn redis_call_blocking(redis: &RedisClient, c: Vec<u8>, block: Duration) -> Result<Frame, String> {
+    match redis.call_blocking(c, block).await {
         Ok(Frame::Error(e)) => Err(format!("Redis: {e}")),
         Ok(f) => Ok(f),
         Err(e) => Err(format!("Redis: {e:?}")),
@@ -206,10 +211,6 @@ async fn redis_call(redis: &RedisClient, c: Vec<u8>) -> Result<Frame, String> {
 }
 
 impl Reader {
-    async fn call(&self, c: Vec<u8>) -> Result<Frame, String> {
-        redis_call(&self.redis, c).await
-    }
-
     /// One `XREADGROUP` page from `id` (`0`: own pending, `>`: new).
     async fn read(&self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, String> {
         let count = self.cfg.read_count.to_string();
@@ -226,7 +227,7 @@ impl Reader {
             args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
         }
         args.extend([b"STREAMS".as_slice(), self.cfg.stream.key().as_bytes(), id.as_bytes()]);
-        entries::xreadgroup_reply(self.call(cmd(&args)).await?)
+        entries::xreadgroup_reply(redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?)
     }
 
     /// New entries: waits up to the idle block for the first, then gathers until

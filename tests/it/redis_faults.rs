@@ -18,6 +18,7 @@ both_drivers!(
     c4_truncated_bulk_header_replaces_the_connection,
     c4_full_queue_refuses_at_once,
     hostile2_deeply_nested_reply_is_refused_not_a_crash,
+    hostile8_unknown_backlog_is_redis_unavailable_not_backlog_full,
 );
 
 const REPLY_TIMEOUT_MS: u64 = 1_000;
@@ -146,4 +147,24 @@ fn c4_worker_consumers_recover_after_a_freeze() {
     assert_eq!(p.ingest.post("/api/ingest/events", &events(10)).status, 202);
     p.wait_for(20, "rows after the freeze", Pipeline::distinct_events);
     assert!(proxy.accepted() > connections, "the worker made new connections");
+}
+
+fn hostile8_unknown_backlog_is_redis_unavailable_not_backlog_full(driver: Driver) {
+    // Backlog readings 3 s apart: after a reconnect the backlog stays unknown that long.
+    let (proxy, f) = through_proxy(driver, |c| c.redis.backlog_poll_ms = 3_000);
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    // The next backlog reading gets a reply that is not RESP: the connection is replaced
+    // and the backlog is unknown until the reading after.
+    proxy.on_next_reply("XINFO", Fault::Rewrite(b"?\r\n".to_vec()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.fault_pending() {
+        assert!(Instant::now() < deadline, "no backlog reading");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = f.post("/api/ingest/events", &events(3));
+    assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+    let ready = f.client().request("GET", "/readyz", &[], b"");
+    assert_eq!((ready.status, ready.error_tag().as_str()), (503, "redis_unavailable"), "{}", ready.text());
+    accepted_again_within(&f, Duration::from_secs(5));
 }

@@ -13,6 +13,7 @@ use crate::auth::{self, Credential};
 use crate::error::IngestError;
 use crate::http::body::{self, Encoding};
 use crate::http::request::Head;
+use crate::redis::backlog::Admission;
 use crate::shard::{GameState, Shard};
 
 /// Which ingest endpoint.
@@ -152,8 +153,13 @@ fn prepare(
     let total: usize = parts.iter().map(|(_, len)| len).sum();
     rate_limit(game, total)?;
     let retry_after = shard.config.redis.retry_after_secs;
-    if let Some((stream, _)) = parts.iter().find(|(s, _)| !shard.backlog.admits(*s)) {
-        return Err(IngestError::BacklogFull { stream: *stream, retry_after });
+    for (stream, _) in parts {
+        match shard.backlog.admission(*stream) {
+            Admission::Open => {}
+            Admission::Full => return Err(IngestError::BacklogFull { stream: *stream, retry_after }),
+            // Not read since the last connect (or Redis is gone): not a full backlog.
+            Admission::Unknown => return Err(IngestError::RedisUnavailable { retry_after }),
+        }
     }
     let accepted_at_ms = now_ms();
     for (i, (stream, _)) in parts.iter().enumerate() {

@@ -152,7 +152,7 @@ async fn respond(shard: &Shard, head: &Head, stream: &mut TcpStream, b: &mut Buf
     match route {
         Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
         Route::Ready => {
-            if !shard.redis.is_up() {
+            if !shard.redis.is_up() || !shard.backlog.all_known() {
                 let mut r = Response::json(503, r#"{"error":"redis_unavailable","ready":false}"#.into());
                 r.retry_after = Some(shard.config.redis.retry_after_secs);
                 r

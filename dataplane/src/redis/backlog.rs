@@ -52,6 +52,17 @@ impl StreamState {
     }
 }
 
+/// Whether a stream takes more entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Below the high-water mark.
+    Open,
+    /// At or above it.
+    Full,
+    /// Not known: Redis is unreachable or has not been read since the last connect.
+    Unknown,
+}
+
 /// The shard's view of the three streams' backlogs.
 #[derive(Debug)]
 pub struct Backlog {
@@ -72,10 +83,27 @@ impl Backlog {
         })
     }
 
-    /// Whether `stream` is below its mark (`false` too before the first reading).
-    pub fn admits(&self, stream: StreamKind) -> bool {
+    /// Whether `stream` takes more entries: below its mark, at it, or not known (Redis
+    /// unreachable, or not read since the last connect).
+    pub fn admission(&self, stream: StreamKind) -> Admission {
         let s = &self.streams[stream.index()];
-        s.known.get() && s.backlog() < s.entries(s.limits.high_water_events)
+        if !s.known.get() {
+            Admission::Unknown
+        } else if s.backlog() < s.entries(s.limits.high_water_events) {
+            Admission::Open
+        } else {
+            Admission::Full
+        }
+    }
+
+    /// Whether `stream` is below its mark (`false` too while not known).
+    pub fn admits(&self, stream: StreamKind) -> bool {
+        self.admission(stream) == Admission::Open
+    }
+
+    /// Whether every stream's backlog has been read since the last connect.
+    pub fn all_known(&self) -> bool {
+        StreamKind::ALL.iter().all(|s| self.admission(*s) != Admission::Unknown)
     }
 
     /// Whether every stream is below its mark.

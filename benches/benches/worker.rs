@@ -32,7 +32,7 @@ fn archive() -> rkyv::util::AlignedVec {
         })
         .collect();
     let mut b = EventBatch::default();
-    events.iter().for_each(|e| b.push(e));
+    events.iter().for_each(|e| b.push(e).unwrap());
     batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(b) }).unwrap()
 }
 

@@ -52,6 +52,11 @@ pub enum Driver {
     Epoll,
 }
 
+/// Largest `server.max_body_bytes` and `server.max_decompressed_bytes`: 256 MiB. A
+/// body's records become stream entries of about its size, which must stay below Redis's
+/// `proto-max-bulk-len` (512 MB) and the 4 GiB that batch text offsets (`u32`) address.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
 /// `[server]`: the HTTP ingest listener and the shards.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -374,8 +379,19 @@ impl Config {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("server.listen", "expected an address like 0.0.0.0:8080"));
         }
-        if self.server.max_body_bytes == 0 || self.server.max_decompressed_bytes == 0 {
-            return Err(err("server.max_body_bytes", "expected a size greater than 0"));
+        for (key, size) in [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.max_decompressed_bytes", self.server.max_decompressed_bytes),
+        ] {
+            if size == 0 || size > MAX_BODY_BYTES {
+                return Err(err(
+                    key,
+                    format!(
+                        "expected a size from 1 to {MAX_BODY_BYTES} bytes (256 MiB: a body becomes stream entries \
+                         of about its size, which Redis takes up to 512 MB)"
+                    ),
+                ));
+            }
         }
         if self.redis.reply_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
             return Err(err("redis.reply_timeout_ms", "expected timeouts greater than 0"));
@@ -531,6 +547,14 @@ mod tests {
         let e = Config::from_toml("[streams.events]\nretention_events = 1000\nhigh_water_events = 1000\n")
             .expect_err("mark at retention");
         assert_eq!(e.key, "streams.events.high_water_events");
+        for key in ["max_body_bytes", "max_decompressed_bytes"] {
+            for bad in [0u64, 1 << 30, 5 << 30] {
+                let e = Config::from_toml(&format!("[server]\n{key} = {bad}\n")).expect_err("out of range");
+                assert_eq!(e.key, format!("server.{key}"), "{bad}");
+            }
+            let c = Config::from_toml(&format!("[server]\n{key} = {MAX_BODY_BYTES}\n")).expect("at the cap");
+            assert!(c.server.max_body_bytes <= MAX_BODY_BYTES);
+        }
         let e = Config::from_toml("[games.g]\n").expect_err("no secret");
         assert_eq!(e.key, "games.g");
         let e = Config::load(None, env(&[("CROUPIER_REDIS__ADR", "x")])).expect_err("unknown env key");

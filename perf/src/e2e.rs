@@ -114,7 +114,7 @@ fn redis_ceilings(redis: &RedisServer) -> (f64, f64) {
     let mut c = EventBatch::default();
     let mut b = body.clone().into_bytes();
     validate::parse_events(&mut b, GAME, &Limits::default(), &mut || [1; 16], &mut ev, &mut c).expect("valid");
-    c.to_events().iter().for_each(|e| ev.push(e));
+    c.to_events().iter().for_each(|e| ev.push(e).expect("an event fits"));
     let archive = batch::encode(&Batch { accepted_at_ms: 1, records: Records::Events(ev) }).expect("encode");
     let archive_text: String =
         archive.iter().map(|&x| if x.is_ascii_alphanumeric() { x as char } else { 'x' }).collect();

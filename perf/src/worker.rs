@@ -50,7 +50,7 @@ fn fill_stream(redis: &RedisServer, rows: usize) {
     while i < rows {
         let n = PER_ENTRY.min(rows - i);
         let mut events = EventBatch::with_capacity(n, 320);
-        (i..i + n).for_each(|k| events.push(&event(k)));
+        (i..i + n).for_each(|k| events.push(&event(k)).expect("an event fits"));
         let archive = batch::encode(&Batch { accepted_at_ms: 1_795_617_749_000, records: Records::Events(events) })
             .expect("encode");
         let count = n.to_string();

@@ -123,8 +123,8 @@ mod tests {
             ..crate::envelope::Event::default()
         };
         let mut b = EventBatch::default();
-        b.push(&e);
-        b.push(&crate::envelope::Event { event: "logout".into(), props: String::new(), ..e });
+        b.push(&e).expect("fits");
+        b.push(&crate::envelope::Event { event: "logout".into(), props: String::new(), ..e }).expect("fits");
         Batch { accepted_at_ms: 1, records: Records::Events(b) }
     }
 

@@ -105,12 +105,31 @@ pub struct EventBatch {
     pub slots: Vec<EventSlot>,
 }
 
+/// The batch text would grow past what its `u32` offsets can address (4 GiB); the
+/// event was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTooLong;
+
+impl std::fmt::Display for TextTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("event batch text over 4 GiB")
+    }
+}
+
+impl std::error::Error for TextTooLong {}
+
 /// Appends one event's text fields to an [`EventBatch`], in order.
 #[derive(Debug)]
 pub struct EventWriter<'b> {
     batch: &'b mut EventBatch,
     ends: [u32; 11],
     next: usize,
+    /// Where the event's text starts (to take it back if it does not fit).
+    start: usize,
+    /// Longest text the batch may reach.
+    limit: usize,
+    /// A field ended past `limit`.
+    overflow: bool,
 }
 
 impl EventWriter<'_> {
@@ -127,18 +146,26 @@ impl EventWriter<'_> {
     }
 
     fn close(&mut self) {
-        if let Some(e) = self.ends.get_mut(self.next) {
-            *e = self.batch.text.len() as u32;
+        let len = self.batch.text.len();
+        match (self.ends.get_mut(self.next), u32::try_from(len)) {
+            (Some(e), Ok(end)) if len <= self.limit => *e = end,
+            _ => self.overflow = true,
         }
         self.next += 1;
     }
 
-    /// Completes the event (fields not written are empty).
-    pub fn finish(mut self, ts_ms: i64, event_id: [u8; 16]) {
+    /// Completes the event (fields not written are empty), or takes its text back if the
+    /// batch text grew past what the offsets can address.
+    pub fn finish(mut self, ts_ms: i64, event_id: [u8; 16]) -> Result<(), TextTooLong> {
         while self.next < self.ends.len() {
             self.close();
         }
+        if self.overflow {
+            self.batch.text.truncate(self.start);
+            return Err(TextTooLong);
+        }
         self.batch.slots.push(EventSlot { ts_ms, event_id, ends: self.ends });
+        Ok(())
     }
 }
 
@@ -154,16 +181,22 @@ impl EventBatch {
 
     /// Starts the next event.
     pub fn writer(&mut self) -> EventWriter<'_> {
-        EventWriter { batch: self, ends: [0; 11], next: 0 }
+        self.writer_with_limit(u32::MAX as usize)
+    }
+
+    /// Starts the next event, whose text may end at `limit` bytes at most.
+    fn writer_with_limit(&mut self, limit: usize) -> EventWriter<'_> {
+        let start = self.text.len();
+        EventWriter { batch: self, ends: [0; 11], next: 0, start, limit, overflow: false }
     }
 
     /// Appends an owned event.
-    pub fn push(&mut self, e: &Event) {
+    pub fn push(&mut self, e: &Event) -> Result<(), TextTooLong> {
         let mut w = self.writer();
         for f in e.text() {
             w.field(f);
         }
-        w.finish(e.ts_ms, e.event_id);
+        w.finish(e.ts_ms, e.event_id)
     }
 
     /// Number of events.
@@ -344,4 +377,24 @@ pub struct Payment {
     pub product_id: String,
     /// Failure or refund reason, or empty.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_text_offsets_past_u32_are_an_error_not_truncated() {
+        let mut b = EventBatch::default();
+        let mut w = b.writer_with_limit(10);
+        w.field("12345");
+        w.field("67890");
+        assert_eq!(w.finish(1, [1; 16]), Ok(()));
+        let mut w = b.writer_with_limit(10);
+        w.field("x");
+        assert_eq!(w.finish(2, [2; 16]), Err(TextTooLong));
+        // The refused event left nothing behind.
+        assert_eq!((b.len(), b.text.as_str()), (1, "1234567890"));
+        assert_eq!(b.field(0, 1), "67890");
+    }
 }

@@ -8,8 +8,7 @@
 //! Every form yields milliseconds since the epoch, within [`MIN_MS`, `MAX_MS`).
 
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
-use time::{OffsetDateTime, PrimitiveDateTime};
+use time::OffsetDateTime;
 
 /// 2000-01-01T00:00:00Z: earlier timestamps are refused as implausible.
 pub const MIN_MS: i64 = 946_684_800_000;
@@ -63,11 +62,18 @@ pub fn parse_str(s: &str) -> Result<i64, TimestampError> {
         let v: i64 = s.parse().map_err(|_| TimestampError::Format)?;
         return from_unix_int(v);
     }
-    if b.len() == 19 && b.get(10) == Some(&b' ') {
-        let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-        let t = PrimitiveDateTime::parse(s, fmt).map_err(|_| TimestampError::Format)?;
-        return in_range(millis(t.assume_utc()));
-    }
+    let mut utc = [0u8; 20];
+    let s = match (b.len(), b.get(10)) {
+        // Read as the RFC 3339 time it stands for (`T` for the space, `Z` appended), so
+        // both forms agree on every value, second 60 included.
+        (19, Some(&b' ')) => {
+            utc[..19].copy_from_slice(b);
+            utc[10] = b'T';
+            utc[19] = b'Z';
+            std::str::from_utf8(&utc).map_err(|_| TimestampError::Format)?
+        }
+        _ => s,
+    };
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimestampError::Format)?;
     in_range(millis(t))
 }
@@ -100,6 +106,19 @@ mod tests {
     fn fractions_are_kept_to_the_millisecond() {
         assert_eq!(parse_str("2026-11-25T14:42:29.250Z"), Ok(S * 1000 + 250));
         assert_eq!(from_unix_float(S as f64 + 0.5), Ok(S * 1000 + 500));
+    }
+
+    #[test]
+    fn low_leap_second_is_read_the_same_in_both_forms() {
+        // RFC 3339 allows second 60 at the end of a month (UTC); both forms read it as
+        // the last millisecond of the minute (as the time crate does for RFC 3339), and
+        // both refuse it elsewhere, so one form is never refused where the other is not.
+        let want = Ok(1_798_761_599_999);
+        assert_eq!(parse_str("2026-12-31T23:59:60Z"), want);
+        assert_eq!(parse_str("2026-12-31 23:59:60"), want);
+        assert_eq!(parse_str("2026-11-25 14:42:60"), parse_str("2026-11-25T14:42:60Z"));
+        assert_eq!(parse_str("2026-11-25 14:42:61"), Err(TimestampError::Format));
+        assert_eq!(parse_str("2026-11-25T14:42:61Z"), Err(TimestampError::Format));
     }
 
     #[test]

@@ -508,8 +508,9 @@ fn event_record(
             w.field(std::str::from_utf8(scratch).unwrap_or("{}"));
         }
     }
-    w.finish(ts_ms, event_id);
-    Ok(())
+    // Unreachable within the body limits (the text is at most the body's size), but the
+    // offsets are u32 and are checked rather than cut.
+    w.finish(ts_ms, event_id).map_err(|_| r.err("record", Problem::TooLong(u32::MAX as usize)))
 }
 
 /// A stable event id for a stream entry written without one (by another producer):

@@ -56,6 +56,12 @@ impl HttpClient {
         self.stream.write_all(bytes).expect("write request");
     }
 
+    /// A second handle on the connection, to write from another thread while this one
+    /// reads (a client still sending when the server answers).
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the connection")
+    }
+
     /// Reads one response.
     pub fn read_reply(&mut self) -> Reply {
         self.try_read_reply().expect("a response")

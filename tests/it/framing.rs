@@ -1,11 +1,20 @@
 //! HTTP framing under hostile input: chunk sizes, chunk lines, bodies where none is
 //! expected, header syntax. Each test is named after the finding it pins down.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use croupier_control::config::Driver;
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers, Reply};
 
-use crate::fixture::{both_drivers, Fixture};
+use crate::fixture::{both_drivers, events, total_entries, Fixture, GAME, SECRET};
 
-both_drivers!(c1_chunk_size_near_u64_max_is_refused_not_a_panic);
+both_drivers!(
+    c1_chunk_size_near_u64_max_is_refused_not_a_panic,
+    c5_chunk_line_with_a_50_mib_extension_is_refused_at_once,
+    c5_tiny_chunks_with_huge_extensions_cannot_exceed_max_body_bytes_on_the_wire,
+);
 
 /// Connections opened per check: enough that every shard of the fixture gets some
 /// (the kernel spreads connections over the SO_REUSEPORT group by hash).
@@ -31,4 +40,71 @@ fn c1_chunk_size_near_u64_max_is_refused_not_a_panic(driver: Driver) {
         assert!((400..500).contains(&r.status), "{} {}", r.status, r.text());
     }
     every_shard_answers(&f);
+}
+
+/// Sends `head`, then `body` from another thread while waiting for the answer; the
+/// writer stops once the answer is in (or the server closed). Returns the answer.
+fn send_while_reading(f: &Fixture, head: &[u8], body: impl Iterator<Item = Vec<u8>> + Send + 'static) -> Option<Reply> {
+    let mut c = f.client();
+    c.send_raw(head);
+    let done = Arc::new(AtomicBool::new(false));
+    let mut w = c.writer();
+    let stop = done.clone();
+    let writer = std::thread::spawn(move || {
+        for piece in body {
+            if stop.load(Ordering::Relaxed) || w.write_all(&piece).is_err() {
+                return;
+            }
+        }
+    });
+    let r = c.try_read_reply();
+    done.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    r
+}
+
+/// The head of a chunked POST to the events route with `headers`.
+fn chunked_head(headers: &[(String, String)]) -> Vec<u8> {
+    let mut req = String::from("POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+fn c5_chunk_line_with_a_50_mib_extension_is_refused_at_once(driver: Driver) {
+    // A read timeout longer than the client waits: only a limit on the line can answer.
+    let f = Fixture::start(driver, |c| c.server.read_timeout_ms = 60_000);
+    let body = events(1);
+    let credentialed = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let anonymous = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    for headers in [credentialed, anonymous] {
+        // `1;aaaa…` for 50 MiB, never ending the line.
+        let pieces = std::iter::once(b"1;".to_vec()).chain(std::iter::repeat_n(vec![b'a'; 64 << 10], 800));
+        let r = send_while_reading(&f, &chunked_head(&headers), pieces).expect("an answer before the read timeout");
+        assert!(matches!(r.status, 400 | 413), "{} {}", r.status, r.text());
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    every_shard_answers(&f);
+    assert_eq!(total_entries(&f.redis), 0);
+}
+
+fn c5_tiny_chunks_with_huge_extensions_cannot_exceed_max_body_bytes_on_the_wire(driver: Driver) {
+    let f = Fixture::start(driver, |c| c.server.max_body_bytes = 64 << 10);
+    // A valid signed batch of ~150 bytes, one byte per chunk, each chunk line carrying an
+    // extension of 4000 bytes: ~600 KB on the wire for a body far under the limit.
+    let body = events(1);
+    let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let ext = "e".repeat(4000);
+    let pieces: Vec<Vec<u8>> = body
+        .as_bytes()
+        .iter()
+        .map(|b| [format!("1;{ext}\r\n").as_bytes(), &[*b], b"\r\n"].concat())
+        .chain(std::iter::once(b"0\r\n\r\n".to_vec()))
+        .collect();
+    assert!(pieces.iter().map(Vec::len).sum::<usize>() > 4 * (64 << 10));
+    let r = send_while_reading(&f, &chunked_head(&headers), pieces.into_iter()).expect("an answer");
+    assert_eq!((r.status, r.error_tag().as_str()), (413, "payload_too_large"), "{}", r.text());
+    assert_eq!(total_entries(&f.redis), 0);
 }

@@ -1,10 +1,11 @@
-//! Request bodies: Content-Length and chunked framing, size limits, gzip.
+//! Request bodies: Content-Length and chunked framing ([`super::chunked`]), size limits, gzip.
 
 use std::io::Read;
 
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::chunked::{ChunkedDecoder, Chunks};
 use super::read::{read_some, ReadError};
 use super::request::BodyFraming;
 use crate::error::IngestError;
@@ -51,69 +52,22 @@ pub async fn read(
             Ok(())
         }
         BodyFraming::Chunked => {
-            let mut pos = 0;
+            // Consumed bytes are drained as the decoder goes: the buffer holds at most a
+            // partial chunk line, and no byte is decoded twice.
+            let mut decoder = ChunkedDecoder::new(limit);
             loop {
-                match decode_chunks(&buf[pos..], limit.saturating_sub(out.len()), out)? {
+                match decoder.decode(buf, &mut |data| out.extend_from_slice(data))? {
                     Chunks::Done(used) => {
-                        buf.drain(..pos + used);
+                        buf.drain(..used);
                         return Ok(());
                     }
-                    Chunks::More(used) => pos += used,
+                    Chunks::More(used) => {
+                        buf.drain(..used);
+                    }
                 }
                 read_some(stream, buf, deadline).await.map_err(read_err)?;
             }
         }
-    }
-}
-
-/// Progress of chunked decoding over the bytes at hand.
-#[derive(Debug, PartialEq, Eq)]
-enum Chunks {
-    /// The last chunk and trailers ended after this many bytes.
-    Done(usize),
-    /// This many bytes were whole chunks; more bytes are needed.
-    More(usize),
-}
-
-/// Decodes whole chunks from `input` into `out`, at most `room` more bytes.
-fn decode_chunks(input: &[u8], room: usize, out: &mut Vec<u8>) -> Result<Chunks, IngestError> {
-    let mut pos = 0;
-    let start_len = out.len();
-    loop {
-        let (data_at, size) = match httparse::parse_chunk_size(&input[pos..]) {
-            Ok(httparse::Status::Complete((i, s))) => (pos + i, s),
-            Ok(httparse::Status::Partial) => return Ok(Chunks::More(pos)),
-            Err(_) => return Err(IngestError::BadRequest("malformed chunk size")),
-        };
-        if size == 0 {
-            // Trailers: header lines until an empty line.
-            let rest = &input[data_at..];
-            if rest.starts_with(b"\r\n") {
-                return Ok(Chunks::Done(data_at + 2));
-            }
-            return match rest.windows(4).position(|w| w == b"\r\n\r\n") {
-                Some(i) => Ok(Chunks::Done(data_at + i + 4)),
-                None if rest.len() > 8192 => Err(IngestError::BadRequest("trailers too large")),
-                None => Ok(Chunks::More(pos)),
-            };
-        }
-        // A chunk size is up to 16 hex digits: every sum with it is checked.
-        let too_large = IngestError::PayloadTooLarge { limit: room };
-        let size = usize::try_from(size).map_err(|_| too_large.clone())?;
-        let decoded = out.len().saturating_sub(start_len);
-        if size > room.saturating_sub(decoded) {
-            return Err(too_large);
-        }
-        let end = data_at.checked_add(size).ok_or_else(|| too_large.clone())?;
-        let crlf_end = end.checked_add(2).ok_or(too_large)?;
-        if input.len() < crlf_end {
-            return Ok(Chunks::More(pos));
-        }
-        if &input[end..crlf_end] != b"\r\n" {
-            return Err(IngestError::BadRequest("chunk not followed by CRLF"));
-        }
-        out.extend_from_slice(&input[data_at..end]);
-        pos = crlf_end;
     }
 }
 
@@ -154,40 +108,6 @@ pub fn gunzip(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Inges
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn chunks_decode_across_reads() {
-        let full = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\nNEXT";
-        let mut out = Vec::new();
-        assert_eq!(decode_chunks(&full[..9], 100, &mut out), Ok(Chunks::More(9)));
-        assert_eq!(out, b"Wiki");
-        assert_eq!(decode_chunks(&full[9..], 100, &mut out), Ok(Chunks::Done(full.len() - 9 - 4)));
-        assert_eq!(out, b"Wikipedia");
-    }
-
-    #[test]
-    fn chunk_limits_and_errors() {
-        let mut out = Vec::new();
-        assert_eq!(
-            decode_chunks(b"a\r\n0123456789\r\n0\r\n\r\n", 5, &mut out),
-            Err(IngestError::PayloadTooLarge { limit: 5 })
-        );
-        assert!(matches!(decode_chunks(b"zz\r\n", 5, &mut out), Err(IngestError::BadRequest(_))));
-        assert!(matches!(decode_chunks(b"1\r\nab\r\n", 5, &mut Vec::new()), Err(IngestError::BadRequest(_))));
-    }
-
-    #[test]
-    fn c1_chunk_sizes_near_u64_max_are_refused() {
-        for size in ["FFFFFFFFFFFFFFFE", "FFFFFFFFFFFFFFFF", "8000000000000000"] {
-            let input = format!("5\r\nhello\r\n{size}\r\n");
-            let mut out = Vec::new();
-            assert_eq!(
-                decode_chunks(input.as_bytes(), 100, &mut out),
-                Err(IngestError::PayloadTooLarge { limit: 100 }),
-                "{size}"
-            );
-        }
-    }
 
     #[test]
     fn gzip_round_trips_and_bombs_are_refused() {

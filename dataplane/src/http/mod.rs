@@ -1,8 +1,9 @@
 //! A lean HTTP/1.1 server side on `httparse`: request heads ([`request`]), bodies with
-//! Content-Length or chunked framing and gzip ([`body`]), responses ([`response`]) and the
+//! Content-Length or chunked framing ([`chunked`]) and gzip ([`body`]), responses ([`response`]) and the
 //! keep-alive connection loop ([`conn`]). Why not a framework: `docs/http.md`.
 
 pub mod body;
+pub mod chunked;
 pub mod conn;
 pub mod read;
 pub mod request;

@@ -1,0 +1,256 @@
+//! `Transfer-Encoding: chunked`, decoded incrementally and sans I/O.
+//!
+//! The decoder consumes its input as it goes (the caller drains what it consumed), so a
+//! chunk is never scanned twice and the connection buffers only a partial chunk line.
+//! Three bounds hold whatever the sender does and however the bytes are split into reads:
+//! a chunk-size line (extensions included) is at most [`MAX_CHUNK_LINE`] bytes, the
+//! trailers at most [`MAX_TRAILERS`], and the whole body as sent at most
+//! [`wire_limit`]`(limit)`, so tiny chunks with long extensions cannot carry more than
+//! the body limit on the wire. Every size from the wire is checked arithmetic.
+
+use crate::error::IngestError;
+
+/// Longest chunk-size line, extensions and CRLF included.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Most bytes of trailer fields after the last chunk.
+pub const MAX_TRAILERS: usize = 8192;
+
+/// Most bytes a chunked body of at most `limit` data bytes may take on the wire: the
+/// data, an eighth more for chunk framing, and room for one longest chunk line and the
+/// trailers.
+pub fn wire_limit(limit: usize) -> usize {
+    limit.saturating_add(limit / 8).saturating_add(MAX_CHUNK_LINE + MAX_TRAILERS)
+}
+
+/// Where the decoder is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data; this many bytes of it are still to come.
+    Data(usize),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    /// The body has ended.
+    Done,
+}
+
+/// Progress over the bytes given to [`ChunkedDecoder::decode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunks {
+    /// The body ended after this many bytes; what follows belongs to the next request.
+    Done(usize),
+    /// This many bytes were consumed (drain them); more are needed.
+    More(usize),
+}
+
+/// Decodes one chunked body, fed with the bytes as they arrive.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    /// Most data bytes.
+    limit: usize,
+    /// Data bytes so far.
+    decoded: usize,
+    /// Bytes consumed so far, framing included.
+    wire: usize,
+    /// Trailer bytes so far.
+    trailers: usize,
+}
+
+impl ChunkedDecoder {
+    /// A decoder for a body of at most `limit` data bytes.
+    pub fn new(limit: usize) -> ChunkedDecoder {
+        ChunkedDecoder { state: State::Size, limit, decoded: 0, wire: 0, trailers: 0 }
+    }
+
+    /// Data bytes decoded so far.
+    pub fn decoded(&self) -> usize {
+        self.decoded
+    }
+
+    /// Decodes from the front of `input` (bytes not consumed by an earlier call), handing
+    /// each piece of chunk data to `emit`. Errors: 400 for bad framing or an overlong
+    /// line, 413 past the limit (as data or as sent).
+    pub fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<Chunks, IngestError> {
+        let too_large = IngestError::PayloadTooLarge { limit: self.limit };
+        let mut pos = 0;
+        let progress = loop {
+            let rest = &input[pos..];
+            match self.state {
+                State::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        if used > MAX_CHUNK_LINE {
+                            return Err(IngestError::BadRequest("chunk size line too long"));
+                        }
+                        pos += used;
+                        let size = usize::try_from(size).map_err(|_| too_large.clone())?;
+                        if size > self.limit - self.decoded {
+                            return Err(too_large);
+                        }
+                        self.state = if size == 0 { State::Trailers } else { State::Data(size) };
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() >= MAX_CHUNK_LINE => {
+                        return Err(IngestError::BadRequest("chunk size line too long"));
+                    }
+                    Ok(httparse::Status::Partial) => break Chunks::More(pos),
+                    Err(_) => return Err(IngestError::BadRequest("malformed chunk size")),
+                },
+                State::Data(left) => {
+                    let take = left.min(rest.len());
+                    if take == 0 {
+                        break Chunks::More(pos);
+                    }
+                    emit(&rest[..take]);
+                    self.decoded += take;
+                    pos += take;
+                    self.state = if take == left { State::DataEnd } else { State::Data(left - take) };
+                }
+                State::DataEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        pos += 2;
+                        self.state = State::Size;
+                    }
+                    [] | [b'\r'] => break Chunks::More(pos),
+                    _ => return Err(IngestError::BadRequest("chunk not followed by CRLF")),
+                },
+                State::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                    Some(line) => {
+                        pos += line + 2;
+                        self.trailers += line + 2;
+                        if self.trailers > MAX_TRAILERS {
+                            return Err(IngestError::BadRequest("trailers too large"));
+                        }
+                        if line == 0 {
+                            self.state = State::Done;
+                        }
+                    }
+                    None if self.trailers + rest.len() > MAX_TRAILERS => {
+                        return Err(IngestError::BadRequest("trailers too large"));
+                    }
+                    None => break Chunks::More(pos),
+                },
+                State::Done => break Chunks::Done(pos),
+            }
+            if self.wire.saturating_add(pos) > wire_limit(self.limit) {
+                return Err(too_large);
+            }
+        };
+        self.wire = self.wire.saturating_add(pos);
+        Ok(progress)
+    }
+}
+
+/// Decodes a whole chunked body from the front of `input` into `out`, at most `limit`
+/// data bytes: [`Chunks::Done`] with the bytes the body took, or [`Chunks::More`] if
+/// `input` ends inside it. (The one-shot form of [`ChunkedDecoder`].)
+pub fn decode_chunks(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<Chunks, IngestError> {
+    ChunkedDecoder::new(limit).decode(input, &mut |data| out.extend_from_slice(data))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+
+    #[test]
+    fn decodes_whole_and_leaves_what_follows() {
+        let mut out = Vec::new();
+        assert_eq!(decode_chunks(BODY, 100, &mut out), Ok(Chunks::Done(BODY.len() - 4)));
+        assert_eq!(out, b"Wikipedia");
+    }
+
+    #[test]
+    fn decodes_byte_by_byte_consuming_as_it_goes() {
+        // Each call gets the bytes not consumed yet plus one more, as reads would.
+        let mut dec = ChunkedDecoder::new(100);
+        let mut out = Vec::new();
+        let (mut start, mut end) = (0, 0);
+        let done = loop {
+            end += 1;
+            match dec.decode(&BODY[start..end], &mut |d| out.extend_from_slice(d)).unwrap() {
+                Chunks::Done(n) => break start + n,
+                Chunks::More(n) => start += n,
+            }
+            // Only a partial chunk line is ever kept.
+            assert!(end - start <= 12, "{start}..{end}");
+        };
+        assert_eq!((out.as_slice(), done), (b"Wikipedia".as_slice(), BODY.len() - 4));
+    }
+
+    #[test]
+    fn limits_and_errors() {
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_chunks(b"a\r\n0123456789\r\n0\r\n\r\n", 5, &mut out),
+            Err(IngestError::PayloadTooLarge { limit: 5 })
+        );
+        // The limit counts the whole body, not each chunk.
+        assert_eq!(
+            decode_chunks(b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", 5, &mut out),
+            Err(IngestError::PayloadTooLarge { limit: 5 })
+        );
+        assert!(matches!(decode_chunks(b"zz\r\n", 5, &mut out), Err(IngestError::BadRequest(_))));
+        assert!(matches!(decode_chunks(b"1\r\nab\r\n", 5, &mut Vec::new()), Err(IngestError::BadRequest(_))));
+    }
+
+    #[test]
+    fn c1_chunk_sizes_near_u64_max_are_refused() {
+        for size in ["FFFFFFFFFFFFFFFE", "FFFFFFFFFFFFFFFF", "8000000000000000"] {
+            let input = format!("5\r\nhello\r\n{size}\r\n");
+            assert_eq!(
+                decode_chunks(input.as_bytes(), 100, &mut Vec::new()),
+                Err(IngestError::PayloadTooLarge { limit: 100 }),
+                "{size}"
+            );
+        }
+    }
+
+    #[test]
+    fn c5_a_chunk_line_is_bounded_whatever_the_reads() {
+        let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE));
+        // All at once, and in pieces.
+        assert!(matches!(decode_chunks(long.as_bytes(), 100, &mut Vec::new()), Err(IngestError::BadRequest(_))));
+        let mut dec = ChunkedDecoder::new(100);
+        let piece = &long.as_bytes()[..MAX_CHUNK_LINE / 2];
+        assert_eq!(dec.decode(piece, &mut |_| {}), Ok(Chunks::More(0)));
+        let piece = &long.as_bytes()[..MAX_CHUNK_LINE];
+        assert!(matches!(dec.decode(piece, &mut |_| {}), Err(IngestError::BadRequest(_))));
+        // A line just under the bound is fine.
+        let ok = format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE - 5));
+        assert!(matches!(decode_chunks(ok.as_bytes(), 100, &mut Vec::new()), Ok(Chunks::Done(_))));
+    }
+
+    #[test]
+    fn c5_framing_counts_against_the_limit_as_sent() {
+        let limit = 1000;
+        let chunk = format!("1;{}\r\nx\r\n", "e".repeat(4000));
+        let mut dec = ChunkedDecoder::new(limit);
+        let mut decoded = 0;
+        let err = loop {
+            match dec.decode(chunk.as_bytes(), &mut |d| decoded += d.len()) {
+                Ok(Chunks::More(n)) => assert_eq!(n, chunk.len()),
+                Ok(Chunks::Done(_)) => panic!("no last chunk was sent"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, IngestError::PayloadTooLarge { limit });
+        assert!((decoded - 1) * chunk.len() <= wire_limit(limit), "stopped once past the wire limit");
+    }
+
+    #[test]
+    fn trailers_are_bounded() {
+        let many = format!("0\r\n{}", "T: v\r\n".repeat(MAX_TRAILERS / 6 + 1));
+        assert_eq!(
+            decode_chunks(many.as_bytes(), 10, &mut Vec::new()),
+            Err(IngestError::BadRequest("trailers too large"))
+        );
+        let mut dec = ChunkedDecoder::new(10);
+        assert_eq!(dec.decode(b"0\r\nT: v\r\n", &mut |_| {}), Ok(Chunks::More(9)));
+        assert_eq!(dec.decode(b"\r\n", &mut |_| {}), Ok(Chunks::Done(2)));
+    }
+}

@@ -13,8 +13,9 @@ use crate::auth::{self, Credential};
 use crate::error::IngestError;
 use crate::http::body::{self, Encoding};
 use crate::http::request::Head;
+use crate::ratelimit::GameRate;
 use crate::redis::backlog::Admission;
-use crate::shard::{GameState, Shard};
+use crate::shard::Shard;
 
 /// Which ingest endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,37 +61,44 @@ pub async fn handle(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, records } = prepare(shard, endpoint, cred, encoding, wire, scratch)?;
+    let Prepared { cmd, entries, records, rate } = prepare(shard, endpoint, cred, encoding, wire, scratch)?;
     let retry_after = shard.config.redis.retry_after_secs;
-    let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after })?;
-    match resp::ingest_reply(reply) {
-        Ok(IngestReply::Added(ids)) if ids.len() == entries => Ok(records),
-        Ok(IngestReply::Replay) => Err(IngestError::ReplayedNonce),
-        Ok(IngestReply::Added(_)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
+    let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after });
+    let result = match reply.map(resp::ingest_reply) {
+        Ok(Ok(IngestReply::Added(ids))) if ids.len() == entries => return Ok(records),
+        Ok(Ok(IngestReply::Replay)) => Err(IngestError::ReplayedNonce),
+        Ok(Ok(IngestReply::Added(_)) | Err(_)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
+    };
+    // Not accepted: the game's rate was not used.
+    if let Some(rate) = rate {
+        rate.give_back(records);
     }
+    result
 }
 
 /// The append command of an accepted request.
-struct Prepared {
+struct Prepared<'s> {
     /// The `EVAL` to send.
     cmd: Vec<u8>,
     /// Stream entries it appends.
     entries: usize,
     /// Records they hold.
     records: usize,
+    /// The game's rate limit, which `records` were taken from.
+    rate: Option<&'s GameRate>,
 }
 
 /// Everything before the round trip to Redis: signature, body, validation, limits, the
 /// archives and the command. Nothing here awaits, so the shard's buffers are borrowed only
 /// for its length; the command holds its own copy of the archives.
-fn prepare(
-    shard: &Shard,
+fn prepare<'s>(
+    shard: &'s Shard,
     endpoint: Endpoint,
     cred: &Credential<'_>,
     encoding: Encoding,
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
-) -> Result<Prepared, IngestError> {
+) -> Result<Prepared<'s>, IngestError> {
     let game = shard.games.get(cred.game).ok_or(IngestError::UnknownGame)?;
     let limit = shard.config.server.max_decompressed_bytes;
     // The signature covers the body as sent, and is checked before anything is inflated.
@@ -151,7 +159,6 @@ fn prepare(
     };
     let parts = &parts[..n];
     let total: usize = parts.iter().map(|(_, len)| len).sum();
-    rate_limit(game, total)?;
     let retry_after = shard.config.redis.retry_after_secs;
     for (stream, _) in parts {
         match shard.backlog.admission(*stream) {
@@ -164,6 +171,12 @@ fn prepare(
     let accepted_at_ms = now_ms();
     for (i, (stream, _)) in parts.iter().enumerate() {
         b.encode(i, *stream, accepted_at_ms).map_err(|_| IngestError::RedisUnavailable { retry_after })?;
+    }
+    // Taken last, for a request that is otherwise accepted (given back if Redis does not
+    // confirm the append, or finds a replay).
+    let rate = game.rate.as_deref();
+    if let Some(rate) = rate {
+        rate.take(total, Instant::now()).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
     }
     // Counted when queued, in the same order as the backlog readings are queued, so a
     // reading never misses nor double-counts it (an append that fails is over-counted
@@ -180,7 +193,7 @@ fn prepare(
         .collect();
     let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
     resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 2 * shard.config.auth.max_skew_secs, &entries);
-    Ok(Prepared { cmd, entries: n, records: total })
+    Ok(Prepared { cmd, entries: n, records: total, rate })
 }
 
 /// One request's record batches and archives, kept by the shard and reused, so a request
@@ -230,15 +243,6 @@ impl IngestBuffers {
             if a.capacity() > KEEP {
                 *a = AlignedVec::new();
             }
-        }
-    }
-}
-
-fn rate_limit(game: &GameState, events: usize) -> Result<(), IngestError> {
-    match &game.bucket {
-        None => Ok(()),
-        Some(b) => {
-            b.borrow_mut().take(events, Instant::now()).map_err(|retry_after| IngestError::RateLimited { retry_after })
         }
     }
 }

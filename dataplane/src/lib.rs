@@ -82,11 +82,13 @@ pub fn start(config: Config) -> Result<Handle, String> {
     for _ in 1..shards {
         listeners.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
+    let rates = Arc::new(ratelimit::RateLimits::new(&config));
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::with_capacity(shards);
     for (id, listener) in listeners.into_iter().enumerate() {
         let config = config.clone();
+        let rates = rates.clone();
         let stop = stop.clone();
         let core = config.server.cores.get(id).copied().unwrap_or(id);
         let pin = config.server.pin;
@@ -96,7 +98,7 @@ pub fn start(config: Config) -> Result<Handle, String> {
                 if pin && !runtime::pin(core) {
                     eprintln!("croupier: shard {id}: could not pin to core {core}; running unpinned");
                 }
-                if let Err(e) = runtime::block_on(driver, shard::run(id, config, listener, stop)) {
+                if let Err(e) = runtime::block_on(driver, shard::run(id, config, rates, listener, stop)) {
                     eprintln!("croupier: shard {id}: runtime: {e}");
                 }
             })

@@ -1,50 +1,114 @@
-//! Per-game rate limits: a token bucket per game on each shard, holding the shard's share
-//! of the game's events-per-second limit.
+//! Per-game rate limits, held across all shards of the process.
+//!
+//! SO_REUSEPORT spreads connections, not requests: a game server on one keep-alive
+//! connection reaches one shard. A limit split evenly over the shards would give it a
+//! shard's share (1/16 of its quota on 16 cores), so each game has one bucket that every
+//! shard takes from: a GCRA ("virtual scheduling") cell, one atomic word holding the
+//! theoretical arrival time (TAT), taken with one compare-and-swap per accepted request
+//! (not per event). It is the one word on the request path that shards share, on purpose
+//! (docs/ingest.md); a game's cell sits alone on its cache line.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-/// A token bucket counting events.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+use croupier_control::config::Config;
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+/// How far ahead of now the TAT may be after a request: one second of the rate, so a game
+/// can send a second's worth of events at once (the burst).
+const TOLERANCE_NS: u64 = NANOS_PER_SEC;
+
+/// One game's limit: `rate` events per second, with a burst of one second's worth.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct GameRate {
+    /// Events per second.
+    rate: u64,
+    /// Time zero of `tat`.
+    epoch: Instant,
+    /// Theoretical arrival time, nanoseconds since `epoch`: the bucket is full
+    /// while it is not ahead of now, and each event moves it `1/rate` s further.
+    tat: AtomicU64,
 }
 
-impl TokenBucket {
-    /// `rate` events per second, holding at most `burst`.
-    pub fn new(rate: f64, burst: f64) -> TokenBucket {
-        TokenBucket { rate, burst, tokens: burst, last: Instant::now() }
+impl GameRate {
+    /// `rate` events per second (more than 0).
+    pub fn new(rate: u64) -> GameRate {
+        GameRate { rate: rate.max(1), epoch: Instant::now(), tat: AtomicU64::new(0) }
     }
 
-    /// Takes `n` tokens, or says in how many whole seconds they will be there. A request
-    /// larger than the burst passes when the bucket is full and leaves it in debt, so
-    /// every request can pass eventually and the average rate still holds.
-    pub fn take(&mut self, n: usize, now: Instant) -> Result<(), u64> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        let n = n as f64;
-        let needed = n.min(self.burst);
-        if needed <= self.tokens {
-            self.tokens -= n;
-            return Ok(());
+    /// How long `n` events take at the rate, in nanoseconds.
+    fn cost(&self, n: usize) -> u64 {
+        let ns = (n as u128).saturating_mul(u128::from(NANOS_PER_SEC)) / u128::from(self.rate);
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    /// Takes `n` events at `now`, or says in how many whole seconds they would fit. A
+    /// request larger than the burst passes when the bucket is full and leaves it in debt,
+    /// so every request can pass eventually and the average rate still holds.
+    pub fn take(&self, n: usize, now: Instant) -> Result<(), u64> {
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let cost = self.cost(n);
+        let needed = cost.min(TOLERANCE_NS);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let base = tat.max(now);
+            let ahead = base - now;
+            let over = (ahead.saturating_add(needed)).saturating_sub(TOLERANCE_NS);
+            if over > 0 {
+                return Err(over.div_ceil(NANOS_PER_SEC).max(1));
+            }
+            match self.tat.compare_exchange_weak(tat, base.saturating_add(cost), Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
         }
-        let wait = ((needed - self.tokens) / self.rate).ceil();
-        Err((wait as u64).max(1))
+    }
+
+    /// Gives back `n` events taken for a request that was then not accepted (a replay, or
+    /// Redis did not confirm the append).
+    pub fn give_back(&self, n: usize) {
+        let cost = self.cost(n);
+        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some(t.saturating_sub(cost)));
+    }
+}
+
+/// The rate limits of every limited game, built once and shared by all shards.
+#[derive(Debug, Default)]
+pub struct RateLimits {
+    games: HashMap<String, Arc<GameRate>>,
+}
+
+impl RateLimits {
+    /// One cell per game with a `rate_limit_eps` above 0.
+    pub fn new(config: &Config) -> RateLimits {
+        let games = config
+            .games
+            .iter()
+            .filter(|(_, g)| g.rate_limit_eps > 0)
+            .map(|(id, g)| (id.clone(), Arc::new(GameRate::new(g.rate_limit_eps))))
+            .collect();
+        RateLimits { games }
+    }
+
+    /// The cell of `game`, if it is limited.
+    pub fn game(&self, game: &str) -> Option<Arc<GameRate>> {
+        self.games.get(game).cloned()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use std::time::Duration;
 
     #[test]
     fn refills_at_the_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(100.0, 100.0);
+        let b = GameRate::new(100);
+        let t0 = Instant::now() + Duration::from_secs(5);
         assert_eq!(b.take(80, t0), Ok(()));
         assert_eq!(b.take(30, t0), Err(1));
         assert_eq!(b.take(30, t0 + Duration::from_millis(100)), Ok(()));
@@ -52,5 +116,35 @@ mod tests {
         assert_eq!(b.take(500, t0 + Duration::from_millis(100)), Err(1));
         assert_eq!(b.take(500, t0 + Duration::from_secs(2)), Ok(()));
         assert_eq!(b.take(1, t0 + Duration::from_secs(3)), Err(4));
+    }
+
+    #[test]
+    fn given_back_events_can_be_taken_again() {
+        let b = GameRate::new(10);
+        let now = Instant::now() + Duration::from_secs(1);
+        assert_eq!(b.take(10, now), Ok(()));
+        assert_eq!(b.take(5, now), Err(1));
+        b.give_back(5);
+        assert_eq!(b.take(5, now), Ok(()));
+        // Giving back more than was taken leaves the bucket full, not fuller.
+        b.give_back(1_000);
+        assert_eq!(b.take(10, now), Ok(()));
+        assert_eq!(b.take(1, now), Err(1));
+    }
+
+    #[test]
+    fn shards_share_one_rate() {
+        let b = Arc::new(GameRate::new(1_000));
+        let now = Instant::now() + Duration::from_secs(1);
+        let taken: usize = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..1_000).filter(|_| b.take(1, now).is_ok()).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap_or(0))
+            .sum();
+        assert_eq!(taken, 1_000);
     }
 }

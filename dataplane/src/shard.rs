@@ -1,6 +1,7 @@
 //! A shard: one thread, one core, one monoio runtime. It owns its listener, its Redis
-//! connection, its backlog view, its rate limiters and its id generator; nothing in it is
-//! shared with other shards or locked.
+//! connection, its backlog view and its id generator; nothing in it is locked, and the
+//! only thing shared with other shards is each game's rate cell (one atomic word,
+//! `ratelimit.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use croupier_protocol::validate::{JsonBuffers, Limits};
 
 use crate::http::conn;
 use crate::ingest::IngestBuffers;
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{GameRate, RateLimits};
 use crate::redis::backlog::Backlog;
 use crate::redis::connection::{RedisClient, RedisOptions};
 
@@ -24,8 +25,8 @@ use crate::redis::connection::{RedisClient, RedisOptions};
 pub struct GameState {
     /// HMAC secret.
     pub secret: Vec<u8>,
-    /// This shard's share of the game's rate limit, if it has one.
-    pub bucket: Option<RefCell<TokenBucket>>,
+    /// The game's rate limit, if it has one: shared with every shard of the process.
+    pub rate: Option<Arc<GameRate>>,
     /// A gzip body may be signed over its decompressed bytes (`gzip_signed_after`).
     pub gzip_signed_after: bool,
 }
@@ -66,18 +67,13 @@ impl Shard {
     }
 }
 
-fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
-    let shards = config.shard_count().max(1) as f64;
+fn build(id: usize, config: Arc<Config>, rates: &RateLimits, stop: Arc<AtomicBool>) -> Rc<Shard> {
     let games = config
         .games
         .iter()
         .map(|(name, g)| {
-            let bucket = (g.rate_limit_eps > 0).then(|| {
-                let rate = g.rate_limit_eps as f64 / shards;
-                RefCell::new(TokenBucket::new(rate, rate))
-            });
             let secret = g.secret.clone().unwrap_or_default().into_bytes();
-            (name.clone(), GameState { secret, bucket, gzip_signed_after: g.gzip_signed_after })
+            (name.clone(), GameState { secret, rate: rates.game(name), gzip_signed_after: g.gzip_signed_after })
         })
         .collect();
     let s = &config.streams;
@@ -106,9 +102,15 @@ fn build(id: usize, config: Arc<Config>, stop: Arc<AtomicBool>) -> Rc<Shard> {
 }
 
 /// Runs shard `id` on the current thread's runtime until `stop` is set and its requests
-/// have drained.
-pub async fn run(id: usize, config: Arc<Config>, listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
-    let shard = build(id, config, stop.clone());
+/// have drained. `rates` holds the games' rate limits, shared by all shards.
+pub async fn run(
+    id: usize,
+    config: Arc<Config>,
+    rates: Arc<RateLimits>,
+    listener: std::net::TcpListener,
+    stop: Arc<AtomicBool>,
+) {
+    let shard = build(id, config, &rates, stop.clone());
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

@@ -134,3 +134,58 @@ fn hostile13_empty_country_counts_as_absent() {
     let body = format!(r#"[{{"ts":{},"game_id":"g1","env":"prod","event":"login","country":""}}]"#, now_secs());
     assert_eq!(post(&f, "/api/ingest/events", body.as_bytes()).status, 202);
 }
+
+const LIMITED: &str = "limited";
+const LIMITED_SECRET: &str = "limited-secret";
+
+fn limited_events(n: usize) -> String {
+    events(n).replace(r#""game_id":"g1""#, &format!(r#""game_id":"{LIMITED}""#))
+}
+
+fn limited_fixture(shards: usize, eps: u64) -> Fixture {
+    Fixture::start(Driver::Epoll, |c| {
+        c.server.shards = shards;
+        c.games.insert(
+            LIMITED.into(),
+            Game { secret: Some(LIMITED_SECRET.into()), rate_limit_eps: eps, ..Game::default() },
+        );
+    })
+}
+
+#[test]
+fn m6_one_connection_gets_the_games_whole_rate_on_two_shards() {
+    let f = limited_fixture(2, 10);
+    let mut c = f.client();
+    let post = |c: &mut croupier_it::http::HttpClient, n: usize| {
+        crate::fixture::post_signed(c, "/api/ingest/events", LIMITED, LIMITED_SECRET, limited_events(n).as_bytes())
+    };
+    // 6 + 3 events within a second on one keep-alive connection (one shard): within the
+    // game's 10 events/s, although more than a shard's half of it.
+    assert_eq!(post(&mut c, 6).status, 202);
+    let r = post(&mut c, 3);
+    assert_eq!(r.status, 202, "{}", r.text());
+    // The rate is the game's, whichever shard a connection lands on: new connections
+    // (spread over both shards) find it spent.
+    for _ in 0..4 {
+        let r = post(&mut f.client(), 9);
+        assert_eq!((r.status, r.error_tag().as_str()), (429, "rate_limited"), "{}", r.text());
+    }
+}
+
+#[test]
+fn m6_refused_requests_do_not_spend_the_rate() {
+    let f = limited_fixture(1, 10);
+    let body = limited_events(5);
+    let h = signed_headers(LIMITED, LIMITED_SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let mut c = f.client();
+    assert_eq!(c.request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202);
+    // Replays are refused 401 and take nothing from the game's rate ...
+    for _ in 0..3 {
+        let r = c.request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"), "{}", r.text());
+    }
+    // ... so the other half of the second's rate is still there.
+    let r = crate::fixture::post_signed(&mut c, "/api/ingest/events", LIMITED, LIMITED_SECRET, body.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(total_entries(&f.redis), 2);
+}

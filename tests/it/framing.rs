@@ -14,6 +14,7 @@ both_drivers!(
     c1_chunk_size_near_u64_max_is_refused_not_a_panic,
     c5_chunk_line_with_a_50_mib_extension_is_refused_at_once,
     c5_tiny_chunks_with_huge_extensions_cannot_exceed_max_body_bytes_on_the_wire,
+    m1_a_body_on_a_health_route_is_discarded_not_run_as_the_next_request,
 );
 
 /// Connections opened per check: enough that every shard of the fixture gets some
@@ -107,4 +108,32 @@ fn c5_tiny_chunks_with_huge_extensions_cannot_exceed_max_body_bytes_on_the_wire(
     let r = send_while_reading(&f, &chunked_head(&headers), pieces.into_iter()).expect("an answer");
     assert_eq!((r.status, r.error_tag().as_str()), (413, "payload_too_large"), "{}", r.text());
     assert_eq!(total_entries(&f.redis), 0);
+}
+
+fn m1_a_body_on_a_health_route_is_discarded_not_run_as_the_next_request(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let smuggled = b"GET /smuggled-path HTTP/1.1\r\nHost: x\r\n\r\n";
+    for path in ["/healthz", "/readyz"] {
+        let mut c = f.client();
+        // Content-Length framing, then chunked framing, each followed by a real request.
+        let mut raw =
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", smuggled.len()).into_bytes();
+        raw.extend_from_slice(smuggled);
+        raw.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        raw.extend_from_slice(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+        );
+        raw.extend_from_slice(format!("{:x}\r\n", smuggled.len()).as_bytes());
+        raw.extend_from_slice(smuggled);
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        raw.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.send_raw(&raw);
+        // One answer per request sent: the smuggled one is a body, never answered.
+        for _ in 0..4 {
+            let r = c.read_reply();
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
+        let r = c.request("GET", "/healthz", &[], b"");
+        assert_eq!((r.status, r.text()), (200, r#"{"status":"ok"}"#.to_owned()), "{path}");
+    }
 }

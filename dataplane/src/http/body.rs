@@ -71,6 +71,52 @@ pub async fn read(
     }
 }
 
+/// Reads past the body framed by `framing` without keeping it (at most `limit` bytes, as
+/// for [`read`]): a request answered without its body must still be consumed, or its
+/// bytes would be read as the next request. The buffer holds one read at a time; bytes
+/// past the body are left in it.
+pub async fn discard(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    framing: BodyFraming,
+    limit: usize,
+    deadline: Instant,
+) -> Result<(), IngestError> {
+    match framing {
+        BodyFraming::None => Ok(()),
+        BodyFraming::Length(n) => {
+            if n > limit {
+                return Err(IngestError::PayloadTooLarge { limit });
+            }
+            let mut left = n;
+            loop {
+                let here = left.min(buf.len());
+                buf.drain(..here);
+                left -= here;
+                if left == 0 {
+                    return Ok(());
+                }
+                read_some(stream, buf, deadline).await.map_err(read_err)?;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new(limit);
+            loop {
+                match decoder.decode(buf, &mut |_| {})? {
+                    Chunks::Done(used) => {
+                        buf.drain(..used);
+                        return Ok(());
+                    }
+                    Chunks::More(used) => {
+                        buf.drain(..used);
+                    }
+                }
+                read_some(stream, buf, deadline).await.map_err(read_err)?;
+            }
+        }
+    }
+}
+
 /// Which `Content-Encoding` a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {

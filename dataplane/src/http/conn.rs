@@ -149,6 +149,12 @@ async fn respond(shard: &Shard, head: &Head, stream: &mut TcpStream, b: &mut Buf
         Ok(r) => r,
         Err(e) => return finish_refusal(stream, head, b, limit, deadline, e).await,
     };
+    if matches!(route, Route::Health | Route::Ready) {
+        // Answered without a body: whatever was sent with the request is read past.
+        if let Err(e) = body::discard(stream, &mut b.input, head.framing, limit, deadline).await {
+            return error_response(&e, true);
+        }
+    }
     match route {
         Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
         Route::Ready => {

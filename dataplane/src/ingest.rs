@@ -170,7 +170,7 @@ fn prepare<'s>(
     }
     let accepted_at_ms = now_ms();
     for (i, (stream, _)) in parts.iter().enumerate() {
-        b.encode(i, *stream, accepted_at_ms).map_err(|_| IngestError::RedisUnavailable { retry_after })?;
+        b.encode(i, *stream, accepted_at_ms).map_err(|e| encode_refusal(e, retry_after))?;
     }
     // Taken last, for a request that is otherwise accepted (given back if Redis does not
     // confirm the append, or finds a replay).
@@ -244,5 +244,21 @@ impl IngestBuffers {
                 *a = AlignedVec::new();
             }
         }
+    }
+}
+
+/// The answer to a batch that could not be encoded.
+fn encode_refusal<E>(_: E, retry_after: u64) -> IngestError {
+    IngestError::RedisUnavailable { retry_after }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_encode_failure_is_a_500_not_redis_unavailable() {
+        let e = encode_refusal("archive too large", 1);
+        assert_eq!((e.status(), e.tag(), e.retry_after()), (500, "encode_failed", None));
     }
 }

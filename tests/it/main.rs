@@ -11,4 +11,6 @@ mod ingest;
 mod pipeline;
 mod redis_faults;
 mod refusals;
+mod retries;
+mod trimming;
 mod worker;

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use croupier_control::config::Driver;
+use croupier_control::config::{Config, Driver};
 use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::redis::RedisServer;
 
@@ -49,8 +49,13 @@ pub fn croupier(args: &[&str], env: &[(String, String)]) -> (bool, String) {
 impl Pipeline {
     /// Starts everything; the schema is created with `croupier migrate`.
     pub fn start(redis_args: &[&str]) -> Pipeline {
+        Self::start_with(redis_args, |_| {})
+    }
+
+    /// [`Pipeline::start`] with the ingest configuration adjusted by `tweak`.
+    pub fn start_with(redis_args: &[&str], tweak: impl FnOnce(&mut Config)) -> Pipeline {
         let clickhouse = ClickHouseServer::start();
-        let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start_with(redis_args), |_| {});
+        let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start_with(redis_args), tweak);
         let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
         assert!(ok, "croupier migrate failed: {out}");
         Pipeline { ingest, clickhouse, worker: None }

@@ -1,0 +1,129 @@
+//! Retrying is safe: a batch sent again gets the same event ids, a request sent again
+//! with its nonce is answered as the first time without a second append, a nonce lives
+//! as long as its timestamp is fresh, and the ingest script appends all or nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use croupier_control::config::Driver;
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
+use croupier_it::redis::xrange;
+use croupier_protocol::batch::{self, BatchBuf, Records};
+use croupier_protocol::resp::Frame;
+
+use crate::fixture::{both_drivers, event, events, xlen, Fixture, GAME, SECRET};
+
+both_drivers!(
+    c4_a_retried_batch_gets_the_same_event_ids,
+    c4_same_nonce_same_body_is_answered_202_without_a_second_append,
+    low_a_stream_key_of_another_type_uses_up_nothing,
+);
+
+/// The event ids of every entry of `key`, entry by entry.
+fn entry_ids(f: &Fixture, key: &str) -> Vec<Vec<[u8; 16]>> {
+    xrange(&mut f.redis.client(), key)
+        .iter()
+        .map(|e| {
+            let mut buf = BatchBuf::default();
+            let archived = buf.load(e.get("batch").expect("batch")).expect("archive");
+            let Records::Events(ev) = batch::to_owned(archived).expect("batch").records else { panic!("events") };
+            ev.to_events().iter().map(|e| e.event_id).collect()
+        })
+        .collect()
+}
+
+fn c4_a_retried_batch_gets_the_same_event_ids(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    // Standard and custom events, one with its own event_id.
+    let body = format!(
+        "[{},{},{},{}]",
+        event("login", "a"),
+        event("boss_killed", "b"),
+        event("login", "c").replace(r#""env""#, r#""event_id":"6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03","env""#),
+        event("level_start", "d"),
+    );
+    // The client did not get the answer and sends the batch again, with a new nonce.
+    for _ in 0..2 {
+        assert_eq!(f.post("/api/ingest/events", &body).status, 202);
+    }
+    let standard = entry_ids(&f, "analytics:events");
+    let custom = entry_ids(&f, "analytics:custom");
+    assert_eq!((standard.len(), custom.len()), (2, 2));
+    assert_eq!(standard[0], standard[1], "same ids on the retry: ClickHouse keeps one copy");
+    assert_eq!(custom[0], custom[1]);
+    let mut all: Vec<[u8; 16]> = standard[0].iter().chain(&custom[0]).copied().collect();
+    assert_eq!(standard[0][1][0], 0x6f, "a sent event_id is kept");
+    for id in [standard[0][0], standard[0][2], custom[0][0]] {
+        assert_eq!((id[6] >> 4, id[8] >> 6), (8, 0b10), "UUID version 8, RFC variant: {id:02x?}");
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 4, "distinct within the batch");
+    // Another body gets other ids.
+    assert_eq!(f.post("/api/ingest/events", &body.replace(r#""a""#, r#""a2""#)).status, 202);
+    let standard = entry_ids(&f, "analytics:events");
+    assert_ne!(standard[2][0], standard[0][0]);
+}
+
+fn c4_same_nonce_same_body_is_answered_202_without_a_second_append(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let body = events(3);
+    let nonce = fresh_nonce();
+    let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+    let first = f.client().request("POST", "/api/ingest/events", &headers, body.as_bytes());
+    assert_eq!((first.status, first.text()), (202, r#"{"accepted":3}"#.to_owned()));
+    // The same request again (the client never saw the answer): the first answer again.
+    let again = f.client().request("POST", "/api/ingest/events", &headers, body.as_bytes());
+    assert_eq!((again.status, again.text()), (202, r#"{"accepted":3}"#.to_owned()));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1, "appended once");
+    // The same nonce with another body is a replay.
+    let other = events(4);
+    let h = signed_headers(GAME, SECRET, other.as_bytes(), now_secs(), &nonce);
+    let r = f.client().request("POST", "/api/ingest/events", &h, other.as_bytes());
+    assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+}
+
+fn low_a_stream_key_of_another_type_uses_up_nothing(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let mut redis = f.redis.client();
+    // Someone wrote a string where a stream belongs.
+    redis.cmd(&["DEL", "analytics:custom"]);
+    assert_eq!(redis.cmd(&["SET", "analytics:custom", "oops"]), Frame::SimpleString(b"OK".to_vec()));
+    let body = format!("[{},{}]", event("login", "a"), event("boss_killed", "b"));
+    let nonce = fresh_nonce();
+    let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+    let r = f.client().request("POST", "/api/ingest/events", &headers, body.as_bytes());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(xlen(&f.redis, "analytics:events"), 0, "the other stream was not appended to");
+    assert_eq!(redis.int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0, "the nonce is not used up");
+    // Once the key is repaired, the retry with the same nonce goes through.
+    redis.cmd(&["DEL", "analytics:custom"]);
+    redis.cmd(&["XGROUP", "CREATE", "analytics:custom", "analytics-workers", "0", "MKSTREAM"]);
+    let r = f.client().request("POST", "/api/ingest/events", &headers, body.as_bytes());
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":2}"#.to_owned()));
+    assert_eq!((xlen(&f.redis, "analytics:events"), xlen(&f.redis, "analytics:custom")), (1, 1));
+}
+
+#[test]
+fn hostile5_a_nonce_lives_while_its_timestamp_is_fresh() {
+    let f = Fixture::start(Driver::Epoll, |c| c.auth.max_skew_secs = 3);
+    // Just after a second starts, a request stamped at the far edge of the window.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    std::thread::sleep(Duration::from_millis(1_020) - Duration::from_nanos(u64::from(now.subsec_nanos())));
+    let t0 = now_secs();
+    let ts = t0 + 3;
+    let nonce = fresh_nonce();
+    let body = events(1);
+    let h = signed_headers(GAME, SECRET, body.as_bytes(), ts, &nonce);
+    assert_eq!(f.client().request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202);
+    // Six seconds on, the timestamp is still within 3 s of the clock: its nonce must be
+    // remembered still.
+    let until = UNIX_EPOCH + Duration::from_secs((t0 + 6) as u64) + Duration::from_millis(400);
+    std::thread::sleep(until.duration_since(SystemTime::now()).unwrap_or_default());
+    assert_eq!(now_secs(), t0 + 6, "the test runs within the second it means to");
+    let other = events(2);
+    let h = signed_headers(GAME, SECRET, other.as_bytes(), ts, &nonce);
+    let r = f.client().request("POST", "/api/ingest/events", &h, other.as_bytes());
+    assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"), "{}", r.text());
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+}

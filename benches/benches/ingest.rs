@@ -8,6 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use croupier_protocol::batch::{self, AlignedVec, Batch, Records};
 use croupier_protocol::envelope::EventBatch;
 use croupier_protocol::resp::{self, EntryArgs};
+use croupier_protocol::stream::StreamId;
 use croupier_protocol::validate::{self, JsonBuffers, Limits};
 use simd_json::prelude::*;
 
@@ -127,8 +128,13 @@ fn xadd_encoding(c: &mut Criterion) {
     g.bench_function("ingest_eval_one_entry", |b| {
         b.iter(|| {
             out.clear();
-            let entry = EntryArgs { stream: "analytics:events", maxlen: 10_000, count: 80, archive: &archive };
-            resp::ingest(&mut out, "croupier:nonce:g1:abcdef0123456789", 600, &[entry]);
+            let entry = EntryArgs {
+                stream: "analytics:events",
+                minid: StreamId { ms: 1_795_617_749_000, seq: 0 },
+                count: 80,
+                archive: &archive,
+            };
+            resp::ingest(&mut out, "croupier:nonce:g1:abcdef0123456789", 602, &[7; 32], &[entry]);
             black_box(out.len())
         })
     });

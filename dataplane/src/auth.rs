@@ -52,7 +52,14 @@ pub fn check_headers<'h>(
 
 /// Verifies the signature over `body` in constant time.
 pub fn verify(secret: &[u8], cred: &Credential<'_>, body: &[u8]) -> bool {
-    signature::verify(secret, cred.timestamp, cred.nonce, body, cred.signature)
+    signed_digest(secret, cred, body).is_some()
+}
+
+/// The body's SHA-256 if the signature over `body` matches: the request's identity for
+/// idempotent retries (the nonce's value, the seed of derived event ids).
+pub fn signed_digest(secret: &[u8], cred: &Credential<'_>, body: &[u8]) -> Option<[u8; 32]> {
+    let sha = signature::body_sha256(body);
+    signature::verify_sha256(secret, cred.timestamp, cred.nonce, &sha, cred.signature).then_some(sha)
 }
 
 /// The Redis key remembering a used nonce.

@@ -50,6 +50,9 @@ pub enum IngestError {
         /// Seconds to wait before retrying.
         retry_after: u64,
     },
+    /// The accepted records could not be encoded into a stream entry (a server fault: a
+    /// retry would fail the same way).
+    EncodeFailed,
     /// The consumer group's backlog on a stream is at the high-water mark.
     BacklogFull {
         /// The stream.
@@ -77,6 +80,7 @@ impl IngestError {
             | IngestError::BadSignature
             | IngestError::ReplayedNonce => 401,
             IngestError::RateLimited { .. } => 429,
+            IngestError::EncodeFailed => 500,
             IngestError::RedisUnavailable { .. } | IngestError::BacklogFull { .. } => 503,
         }
     }
@@ -105,6 +109,7 @@ impl IngestError {
             IngestError::ReplayedNonce => "replayed_nonce",
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::RedisUnavailable { .. } => "redis_unavailable",
+            IngestError::EncodeFailed => "encode_failed",
             IngestError::BacklogFull { .. } => "backlog_full",
         }
     }
@@ -143,6 +148,7 @@ impl IngestError {
             IngestError::ReplayedNonce => "nonce already used".into(),
             IngestError::RateLimited { .. } => "rate limit exceeded".into(),
             IngestError::RedisUnavailable { .. } => "stream server unavailable".into(),
+            IngestError::EncodeFailed => "the batch could not be encoded".into(),
             IngestError::BacklogFull { stream, .. } => {
                 format!("backlog of {} is at its high-water mark", stream.key())
             }

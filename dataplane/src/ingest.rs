@@ -11,6 +11,7 @@ use croupier_protocol::validate;
 
 use crate::auth::{self, Credential};
 use crate::error::IngestError;
+use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
 use crate::http::request::Head;
 use crate::ratelimit::GameRate;
@@ -66,10 +67,14 @@ pub async fn handle(
     let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after });
     let result = match reply.map(resp::ingest_reply) {
         Ok(Ok(IngestReply::Added(ids))) if ids.len() == entries => return Ok(records),
+        // The same request sent again (same nonce, same body): answered as the first time,
+        // whose entries are there (the body, and so the count, is the same); nothing was
+        // appended, so the rate is given back.
+        Ok(Ok(IngestReply::Duplicate)) => Ok(records),
         Ok(Ok(IngestReply::Replay)) => Err(IngestError::ReplayedNonce),
         Ok(Ok(IngestReply::Added(_)) | Err(_)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
     };
-    // Not accepted: the game's rate was not used.
+    // Not appended: the game's rate was not used.
     if let Some(rate) = rate {
         rate.give_back(records);
     }
@@ -105,21 +110,21 @@ fn prepare<'s>(
     // Only a game that opted in (`gzip_signed_after`) may sign the decompressed JSON
     // instead, and only for that game is a body inflated before a signature matched
     // (docs/ingest.md).
-    let signed_wire = auth::verify(&game.secret, cred, wire);
-    let body: &mut Vec<u8> = match encoding {
-        Encoding::Identity if signed_wire => wire,
-        Encoding::Gzip if signed_wire => {
+    // The digest of the signed body identifies the request for retries: it is the
+    // nonce's value and the seed of the ids of events sent without one.
+    let signed_wire = auth::signed_digest(&game.secret, cred, wire);
+    let (body, digest): (&mut Vec<u8>, [u8; 32]) = match (encoding, signed_wire) {
+        (Encoding::Identity, Some(d)) => (wire, d),
+        (Encoding::Gzip, Some(d)) => {
             body::gunzip(wire, limit, scratch)?;
-            scratch
+            (scratch, d)
         }
-        Encoding::Gzip if game.gzip_signed_after => {
+        (Encoding::Gzip, None) if game.gzip_signed_after => {
             body::gunzip(wire, limit, scratch)?;
-            if !auth::verify(&game.secret, cred, scratch) {
-                return Err(IngestError::BadSignature);
-            }
-            scratch
+            let d = auth::signed_digest(&game.secret, cred, scratch).ok_or(IngestError::BadSignature)?;
+            (scratch, d)
         }
-        Encoding::Identity | Encoding::Gzip => return Err(IngestError::BadSignature),
+        (Encoding::Identity | Encoding::Gzip, None) => return Err(IngestError::BadSignature),
     };
     let mut bufs = shard.batches.borrow_mut();
     let b = &mut *bufs;
@@ -129,7 +134,9 @@ fn prepare<'s>(
         Endpoint::Events => {
             b.events.clear();
             b.custom.clear();
-            let mut new_id = || shard.new_event_id();
+            // Derived from the body: a retried batch gets the same ids (docs/ingest.md).
+            let mut ids = IdDeriver::new(&digest);
+            let mut new_id = || ids.next_id();
             let mut json = shard.json.borrow_mut();
             validate::parse_events_in(
                 &mut json,
@@ -170,7 +177,7 @@ fn prepare<'s>(
     }
     let accepted_at_ms = now_ms();
     for (i, (stream, _)) in parts.iter().enumerate() {
-        b.encode(i, *stream, accepted_at_ms).map_err(|e| encode_refusal(e, retry_after))?;
+        b.encode(i, *stream, accepted_at_ms).map_err(encode_refusal)?;
     }
     // Taken last, for a request that is otherwise accepted (given back if Redis does not
     // confirm the append, or finds a replay).
@@ -186,13 +193,17 @@ fn prepare<'s>(
         .zip(&b.archives)
         .map(|((s, count), archive)| EntryArgs {
             stream: s.key(),
-            maxlen: shard.backlog.added(*s, *count),
+            minid: shard.backlog.added(*s, *count),
             count: *count,
             archive,
         })
         .collect();
     let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
-    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 2 * shard.config.auth.max_skew_secs, &entries);
+    // A timestamp is fresh while it is within the skew of the clock, whole seconds
+    // included: from `ts - skew` to the end of second `ts + skew`. A nonce recorded at the
+    // earliest of these must outlive the latest, hence twice the skew and two seconds.
+    let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
+    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), ttl, &digest, &entries);
     Ok(Prepared { cmd, entries: n, records: total, rate })
 }
 
@@ -247,9 +258,10 @@ impl IngestBuffers {
     }
 }
 
-/// The answer to a batch that could not be encoded.
-fn encode_refusal<E>(_: E, retry_after: u64) -> IngestError {
-    IngestError::RedisUnavailable { retry_after }
+/// The answer to a batch that could not be encoded: a fault of the server, not of
+/// Redis (a retry would fail the same way).
+fn encode_refusal<E>(_: E) -> IngestError {
+    IngestError::EncodeFailed
 }
 
 #[cfg(test)]
@@ -258,7 +270,7 @@ mod tests {
 
     #[test]
     fn low_encode_failure_is_a_500_not_redis_unavailable() {
-        let e = encode_refusal("archive too large", 1);
+        let e = encode_refusal("archive too large");
         assert_eq!((e.status(), e.tag(), e.retry_after()), (500, "encode_failed", None));
     }
 }

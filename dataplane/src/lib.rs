@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod clickhouse;
 pub mod error;
+pub mod event_id;
 pub mod http;
 pub mod ingest;
 pub mod ratelimit;

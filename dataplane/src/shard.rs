@@ -45,8 +45,6 @@ pub struct Shard {
     pub backlog: Rc<Backlog>,
     /// Body limits.
     pub limits: Limits,
-    /// Random source for event ids assigned at ingest.
-    pub rng: RefCell<fastrand::Rng>,
     /// simd-json buffers reused by every request of the shard.
     pub json: RefCell<JsonBuffers>,
     /// Record batches and archives reused by every request of the shard.
@@ -55,16 +53,6 @@ pub struct Shard {
     pub inflight: Cell<usize>,
     /// Set when the process is shutting down.
     pub stop: Arc<AtomicBool>,
-}
-
-impl Shard {
-    /// A new random (version 4) event id.
-    pub fn new_event_id(&self) -> [u8; 16] {
-        let mut b = self.rng.borrow_mut().u128(..).to_le_bytes();
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        b
-    }
 }
 
 fn build(id: usize, config: Arc<Config>, rates: &RateLimits, stop: Arc<AtomicBool>) -> Rc<Shard> {
@@ -93,7 +81,6 @@ fn build(id: usize, config: Arc<Config>, rates: &RateLimits, stop: Arc<AtomicBoo
         redis,
         backlog,
         limits,
-        rng: RefCell::new(fastrand::Rng::new()),
         json: RefCell::new(JsonBuffers::default()),
         batches: RefCell::new(IngestBuffers::default()),
         inflight: Cell::new(0),

@@ -2,30 +2,44 @@
 //! parsing of their replies.
 //!
 //! Ingest writes a request's batch entries with one `EVAL` of [`INGEST_SCRIPT`]: it
-//! remembers the request's nonce (`SET NX EX`) and appends the entries (`XADD MAXLEN ~`)
-//! atomically, so a replayed nonce adds nothing and a refused request leaves no trace.
-//! It also keeps each stream's mean events per entry ([`ENTRY_EVENTS`]), which every
-//! shard reads to convert its limits from events to entries.
+//! checks that the stream keys are streams, remembers the request's nonce with the body's
+//! digest (`SET NX EX`) and appends the entries (`XADD MINID ~`) atomically, so a replayed
+//! nonce adds nothing, a refused request leaves no trace, and the same request sent again
+//! is recognised. It also keeps each stream's mean events per entry ([`ENTRY_EVENTS`]),
+//! which every shard reads to convert its limits from events to entries.
 
 use redis_protocol::resp2::types::BorrowedFrame;
 pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use redis_protocol::resp2::{decode, encode};
 
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
-use crate::stream::{ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
+use crate::stream::{StreamId, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 
 /// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2]` the
 /// [`ENTRY_EVENTS`] hash, `KEYS[3..]` the streams; `ARGV[1]` the nonce TTL in seconds,
-/// then per stream: MAXLEN, record count, archive. Replies with the entry IDs, or the
-/// error `REPLAY` when the nonce was already used. The mean is kept with `pcall`: if the
-/// hash cannot be read or written (say, the key holds another type), the appends go on.
+/// `ARGV[2]` the body's SHA-256, then per stream: MINID, record count, archive.
+///
+/// Replies with the entry IDs; with the status `DUPLICATE` when the nonce was used by a
+/// request with the same body (nothing appended again); with the error `REPLAY` when it was
+/// used by another body. Every stream key is checked to be a stream (or absent) before the
+/// nonce is recorded, so a `WRONGTYPE` leaves neither a used nonce nor a partial append.
+/// Entries older than the MINID are trimmed (`~`: whole nodes), and the shard only ever
+/// sends a MINID at or below what the consumer group has acknowledged
+/// (`redis::backlog`). The mean is kept with `pcall`: if the hash cannot be read or
+/// written (say, the key holds another type), the appends go on.
 pub const INGEST_SCRIPT: &str = "\
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then \
+for i = 3, #KEYS do \
+local t = redis.call('TYPE', KEYS[i])['ok'] \
+if t ~= 'stream' and t ~= 'none' then \
+return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t) end \
+end \
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then \
+if redis.call('GET', KEYS[1]) == ARGV[2] then return redis.status_reply('DUPLICATE') end \
 return redis.error_reply('REPLAY nonce already used') end \
 local ids = {} \
 for i = 3, #KEYS do \
-local a = (i - 3) * 3 + 2 \
-ids[#ids + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[a], '*', \
+local a = (i - 3) * 3 + 3 \
+ids[#ids + 1] = redis.call('XADD', KEYS[i], 'MINID', '~', ARGV[a], '*', \
 'fmt', 'rkyv1', 'n', ARGV[a + 1], 'batch', ARGV[a + 2]) \
 local n = tonumber(ARGV[a + 1]) \
 local m = tonumber(redis.pcall('HGET', KEYS[2], KEYS[i])) \
@@ -67,20 +81,28 @@ pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
 pub struct EntryArgs<'a> {
     /// Stream key.
     pub stream: &'a str,
-    /// `MAXLEN ~` in entries.
-    pub maxlen: u64,
+    /// `MINID ~`: entries older than this may be trimmed (`0-0`: none).
+    pub minid: StreamId,
     /// Records in the archive.
     pub count: usize,
     /// The rkyv archive.
     pub archive: &'a [u8],
 }
 
-/// Appends the `EVAL` that records `nonce_key` for `ttl_secs` and appends `entries`.
-pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, entries: &[EntryArgs<'_>]) {
+/// Appends the `EVAL` that records `nonce_key` (with the body's SHA-256) for `ttl_secs`
+/// and appends `entries`.
+pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, body_sha256: &[u8; 32], entries: &[EntryArgs<'_>]) {
     let numkeys = (2 + entries.len()).to_string();
     let ttl = ttl_secs.to_string();
-    let nums: Vec<(String, String)> = entries.iter().map(|e| (e.maxlen.to_string(), e.count.to_string())).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 4 * entries.len());
+    let nums: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            let mut id = String::with_capacity(24);
+            e.minid.write_to(&mut id);
+            (id, e.count.to_string())
+        })
+        .collect();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(7 + 4 * entries.len());
     args.extend([
         b"EVAL".as_slice(),
         INGEST_SCRIPT.as_bytes(),
@@ -89,9 +111,9 @@ pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, entries: &[Entr
         ENTRY_EVENTS.as_bytes(),
     ]);
     args.extend(entries.iter().map(|e| e.stream.as_bytes()));
-    args.push(ttl.as_bytes());
-    for (e, (maxlen, count)) in entries.iter().zip(&nums) {
-        args.extend([maxlen.as_bytes(), count.as_bytes(), e.archive]);
+    args.extend([ttl.as_bytes(), body_sha256.as_slice()]);
+    for (e, (minid, count)) in entries.iter().zip(&nums) {
+        args.extend([minid.as_bytes(), count.as_bytes(), e.archive]);
     }
     command(out, &args);
 }
@@ -101,7 +123,10 @@ pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, entries: &[Entr
 pub enum IngestReply {
     /// The entries were appended, with these IDs.
     Added(Vec<String>),
-    /// The nonce had been used before; nothing was appended.
+    /// The nonce had been used before by a request with the same body: this is that
+    /// request again, and its entries are already there (nothing was appended).
+    Duplicate,
+    /// The nonce had been used before by another body; nothing was appended.
     Replay,
 }
 
@@ -118,6 +143,7 @@ pub fn ingest_reply(frame: Frame) -> Result<IngestReply, RespError> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(IngestReply::Added),
+        Frame::SimpleString(s) if s == b"DUPLICATE" => Ok(IngestReply::Duplicate),
         Frame::Error(e) if e.starts_with("REPLAY") => Ok(IngestReply::Replay),
         Frame::Error(e) => Err(RespError(e)),
         other => Err(RespError(format!("unexpected reply {other:?}"))),
@@ -125,12 +151,17 @@ pub fn ingest_reply(frame: Frame) -> Result<IngestReply, RespError> {
 }
 
 /// State of a consumer group, from `XINFO GROUPS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GroupInfo {
     /// Entries delivered but not acknowledged.
     pub pending: u64,
     /// Entries not yet delivered; `None` when Redis cannot tell (after deletions).
     pub lag: Option<u64>,
+    /// The last entry delivered to any consumer of the group.
+    pub last_delivered: Option<StreamId>,
+    /// How many entries of the stream's history the group has read up to
+    /// `last_delivered` (its logical position); `None` when Redis cannot tell.
+    pub entries_read: Option<u64>,
 }
 
 /// Finds `group` in an `XINFO GROUPS` reply. `Ok(None)`: the group does not exist.
@@ -144,21 +175,40 @@ pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespE
     for g in groups {
         let Frame::Array(kv) = g else { continue };
         let mut name = None;
-        let (mut pending, mut lag) = (0u64, None);
+        let mut info = GroupInfo::default();
         for pair in kv.chunks(2) {
             let [Frame::BulkString(k) | Frame::SimpleString(k), v] = pair else { continue };
             match (k.as_slice(), v) {
                 (b"name", Frame::BulkString(n) | Frame::SimpleString(n)) => name = Some(n.as_slice()),
-                (b"pending", Frame::Integer(p)) => pending = (*p).max(0) as u64,
-                (b"lag", Frame::Integer(l)) => lag = Some((*l).max(0) as u64),
+                (b"pending", Frame::Integer(p)) => info.pending = (*p).max(0) as u64,
+                (b"lag", Frame::Integer(l)) => info.lag = Some((*l).max(0) as u64),
+                (b"last-delivered-id", Frame::BulkString(id) | Frame::SimpleString(id)) => {
+                    info.last_delivered = StreamId::parse(id)
+                }
+                (b"entries-read", Frame::Integer(n)) => info.entries_read = Some((*n).max(0) as u64),
                 _ => {}
             }
         }
         if name == Some(group.as_bytes()) {
-            return Ok(Some(GroupInfo { pending, lag }));
+            return Ok(Some(info));
         }
     }
     Ok(None)
+}
+
+/// The oldest pending id from an `XPENDING <key> <group>` summary (`None`: nothing
+/// pending).
+pub fn oldest_pending(frame: &Frame) -> Result<Option<StreamId>, RespError> {
+    match frame {
+        Frame::Array(items) => match items.get(1) {
+            Some(Frame::BulkString(id) | Frame::SimpleString(id)) => {
+                StreamId::parse(id).map(Some).ok_or_else(|| RespError("bad pending id".into()))
+            }
+            _ => Ok(None),
+        },
+        Frame::Error(e) => Err(RespError(e.clone())),
+        other => Err(RespError(format!("unexpected XPENDING reply {other:?}"))),
+    }
 }
 
 /// Deepest nesting of arrays accepted in a reply. The replies Croupier reads nest four
@@ -250,8 +300,8 @@ mod tests {
     #[test]
     fn ingest_lays_out_keys_and_args() {
         let mut out = Vec::new();
-        let e = EntryArgs { stream: "s", maxlen: 10, count: 2, archive: b"\x00\r\n" };
-        ingest(&mut out, "nk", 600, &[e]);
+        let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n" };
+        ingest(&mut out, "nk", 602, &[7; 32], &[e]);
         let (frame, used) = decode_reply(&out).expect("decodes").expect("complete");
         assert_eq!(used, out.len());
         let Frame::Array(items) = frame else { panic!("array") };
@@ -270,8 +320,9 @@ mod tests {
                 b"nk".to_vec(),
                 b"croupier:entry-events".to_vec(),
                 b"s".to_vec(),
-                b"600".to_vec(),
-                b"10".to_vec(),
+                b"602".to_vec(),
+                vec![7; 32],
+                b"10-1".to_vec(),
                 b"2".to_vec(),
                 b"\x00\r\n".to_vec()
             ]
@@ -284,6 +335,8 @@ mod tests {
         assert_eq!(ingest_reply(ok), Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()])));
         let replay = decode_reply(b"-REPLAY nonce already used\r\n").expect("ok").expect("complete").0;
         assert_eq!(ingest_reply(replay), Ok(IngestReply::Replay));
+        let dup = decode_reply(b"+DUPLICATE\r\n").expect("ok").expect("complete").0;
+        assert_eq!(ingest_reply(dup), Ok(IngestReply::Duplicate));
         assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
     }
 
@@ -326,16 +379,32 @@ mod tests {
     }
 
     #[test]
+    fn group_position_and_oldest_pending_are_read() {
+        let raw = b"*1\r\n*8\r\n$4\r\nname\r\n$1\r\ng\r\n$17\r\nlast-delivered-id\r\n$4\r\n12-3\r\n\
+$12\r\nentries-read\r\n:40\r\n$3\r\nlag\r\n:2\r\n";
+        let f = decode_reply(raw).expect("ok").expect("complete").0;
+        let g = group_info(&f, "g").expect("ok").expect("group");
+        assert_eq!((g.last_delivered, g.entries_read, g.lag), (Some(StreamId { ms: 12, seq: 3 }), Some(40), Some(2)));
+        let summary = decode_reply(b"*4\r\n:2\r\n$3\r\n5-0\r\n$3\r\n9-0\r\n*0\r\n").expect("ok").expect("complete").0;
+        assert_eq!(oldest_pending(&summary), Ok(Some(StreamId { ms: 5, seq: 0 })));
+        let none = decode_reply(b"*4\r\n:0\r\n$-1\r\n$-1\r\n*-1\r\n").expect("ok").expect("complete").0;
+        assert_eq!(oldest_pending(&none), Ok(None));
+    }
+
+    #[test]
     fn group_info_finds_the_group() {
         let raw = b"*2\r\n*4\r\n$4\r\nname\r\n$5\r\nother\r\n$7\r\npending\r\n:9\r\n\
 *6\r\n$4\r\nname\r\n$17\r\nanalytics-workers\r\n$7\r\npending\r\n:3\r\n$3\r\nlag\r\n:4\r\n";
         let f = decode_reply(raw).expect("ok").expect("complete").0;
-        assert_eq!(group_info(&f, "analytics-workers"), Ok(Some(GroupInfo { pending: 3, lag: Some(4) })));
+        assert_eq!(
+            group_info(&f, "analytics-workers"),
+            Ok(Some(GroupInfo { pending: 3, lag: Some(4), ..GroupInfo::default() }))
+        );
         assert_eq!(group_info(&f, "missing"), Ok(None));
         let nil_lag = decode_reply(b"*1\r\n*4\r\n$4\r\nname\r\n$1\r\ng\r\n$3\r\nlag\r\n$-1\r\n")
             .expect("ok")
             .expect("complete")
             .0;
-        assert_eq!(group_info(&nil_lag, "g"), Ok(Some(GroupInfo { pending: 0, lag: None })));
+        assert_eq!(group_info(&nil_lag, "g"), Ok(Some(GroupInfo { pending: 0, lag: None, ..GroupInfo::default() })));
     }
 }

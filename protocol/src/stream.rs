@@ -11,6 +11,34 @@ pub const ENTRY_EVENTS: &str = "croupier:entry-events";
 /// 1/`ENTRY_EVENTS_WINDOW` of its difference to the entry's count.
 pub const ENTRY_EVENTS_WINDOW: u32 = 64;
 
+/// A stream entry id, `<ms>-<seq>`; ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+impl StreamId {
+    /// `0-0`: before every entry.
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    /// Parses `<ms>-<seq>` (or `<ms>`, sequence 0).
+    pub fn parse(text: &[u8]) -> Option<StreamId> {
+        let text = std::str::from_utf8(text).ok()?;
+        let (ms, seq) = text.split_once('-').unwrap_or((text, "0"));
+        Some(StreamId { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+    }
+
+    /// Writes `<ms>-<seq>` into `out` (cleared first).
+    pub fn write_to(self, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        let _ = write!(out, "{}-{}", self.ms, self.seq);
+    }
+}
+
 /// One of the three analytics streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {
@@ -102,6 +130,18 @@ pub fn route_event(name: &str) -> StreamKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_ids_parse_and_order() {
+        let a = StreamId::parse(b"1796196221695-0").expect("id");
+        let b = StreamId::parse(b"1796196221695-3").expect("id");
+        assert!(a < b && StreamId::ZERO < a);
+        assert_eq!(StreamId::parse(b"7"), Some(StreamId { ms: 7, seq: 0 }));
+        assert_eq!(StreamId::parse(b"x-1"), None);
+        let mut s = String::new();
+        b.write_to(&mut s);
+        assert_eq!(s, "1796196221695-3");
+    }
 
     #[test]
     fn standard_names_and_aliases_go_to_events() {

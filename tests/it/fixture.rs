@@ -109,9 +109,12 @@ pub fn event(name: &str, user: &str) -> String {
     format!(r#"{{"ts":{},"game_id":"{GAME}","env":"prod","event":"{name}","user_id":"{user}"}}"#, now_secs())
 }
 
-/// A JSON array of `n` standard events.
+/// A JSON array of `n` standard events, a batch no other call returns (its users are
+/// numbered per call): a body sent twice is a retry, whose event ids are the same.
 pub fn events(n: usize) -> String {
-    let items: Vec<String> = (0..n).map(|i| event("level_start", &format!("u{i}"))).collect();
+    static BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let batch = BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let items: Vec<String> = (0..n).map(|i| event("level_start", &format!("u{i}-b{batch}"))).collect();
     format!("[{}]", items.join(","))
 }
 

@@ -60,15 +60,19 @@ fn auth_refusals(driver: Driver) {
     assert!(r.text().contains(r#""field":"game_id","index":0"#), "{}", r.text());
     refused_then_usable(&f, &mut c, r, 403, "game_mismatch");
 
-    // The same signed request twice: the second is a replay and adds nothing.
-    let h = signed_headers(GAME, SECRET, b, now_secs(), &fresh_nonce());
+    // A nonce used again with another body is a replay and adds nothing (the same body
+    // again is the same request retried: 202 with nothing added, see retries.rs).
+    let nonce = fresh_nonce();
+    let h = signed_headers(GAME, SECRET, b, now_secs(), &nonce);
     let before = total_entries(&f.redis);
     assert_eq!(c.request("POST", "/api/ingest/events", &h, b).status, 202);
-    let r = c.request("POST", "/api/ingest/events", &h, b);
+    let other = events(3);
+    let h = signed_headers(GAME, SECRET, other.as_bytes(), now_secs(), &nonce);
+    let r = c.request("POST", "/api/ingest/events", &h, other.as_bytes());
     assert_eq!(total_entries(&f.redis), before + 1);
     refused_then_usable(&f, &mut c, r, 401, "replayed_nonce");
     // A replay on another connection (likely another shard) is refused too.
-    let r = f.client().request("POST", "/api/ingest/events", &h, b);
+    let r = f.client().request("POST", "/api/ingest/events", &h, other.as_bytes());
     assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"));
 }
 

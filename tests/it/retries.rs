@@ -99,6 +99,7 @@ fn low_a_stream_key_of_another_type_uses_up_nothing(driver: Driver) {
     // Once the key is repaired, the retry with the same nonce goes through.
     redis.cmd(&["DEL", "analytics:custom"]);
     redis.cmd(&["XGROUP", "CREATE", "analytics:custom", "analytics-workers", "0", "MKSTREAM"]);
+    f.wait_ready();
     let r = f.client().request("POST", "/api/ingest/events", &headers, body.as_bytes());
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":2}"#.to_owned()));
     assert_eq!((xlen(&f.redis, "analytics:events"), xlen(&f.redis, "analytics:custom")), (1, 1));

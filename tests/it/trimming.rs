@@ -60,7 +60,17 @@ fn c2_entries_pending_with_a_dead_consumer_are_never_trimmed() {
         assert_eq!(post(&p, &format!("ghost-{i}")).status, 202);
     }
     // A consumer takes the five entries and dies without acknowledging them.
-    p.ingest.redis.client().cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "5", "STREAMS", KEY, ">"]);
+    p.ingest.redis.client().cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "analytics-workers",
+        "ghost",
+        "COUNT",
+        "5",
+        "STREAMS",
+        KEY,
+        ">",
+    ]);
     let ghost = pel(&p, "ghost");
     assert_eq!(ghost.len(), 5);
     // Another consumer keeps up with everything after them.

@@ -1,9 +1,29 @@
-//! The consumer group's backlog per stream, as one shard sees it.
+//! The consumer group's backlog per stream, as one shard sees it, and where the stream
+//! may be trimmed.
 //!
-//! Every `backlog_poll_ms` the shard reads `XINFO GROUPS` (pending + lag) of each stream
-//! and adds the entries it appended itself since that reading. Ingest refuses with 503
-//! once the backlog reaches the stream's high-water mark. When Redis cannot report the lag
-//! (after deletions), the stream's length stands in for it: an upper bound.
+//! Every `backlog_poll_ms` the shard reads each stream's group (`XINFO GROUPS`: last
+//! delivered id, entries read, lag), its oldest pending entry (`XPENDING` summary) and
+//! `XLEN`, and adds the entries it appended itself since that reading.
+//!
+//! **Nothing unacknowledged is ever trimmed.** Entries are trimmed with `XADD MINID ~ T`,
+//! and `T` is never above `S` = min(oldest pending id, last delivered id): every entry
+//! below `S` was delivered (it is not above the last delivered id) and acknowledged (it is
+//! below the oldest pending one). `S` never moves back (new deliveries come after the last
+//! delivered id), so a `T` read earlier stays safe until the next reading.
+//!
+//! **Acknowledged entries are kept for the retention where possible.** The shard samples
+//! the group's position (entries read, last delivered id) over time; an id whose position
+//! is at least the retention (in entries) behind the stream's end (entries read + lag)
+//! has at least that many entries after it. `T` = min(`S`, the newest such sampled id), or
+//! no trimming while no sample is that old. When Redis cannot tell the group's position
+//! (after `XDEL`s), `T` = `S`: safety first, retention second.
+//!
+//! **Memory is bounded by refusing ingest, never by deletion.** The backlog that the mark
+//! is compared with is the part of the stream that cannot be trimmed: the lag when
+//! nothing is pending, else everything after the newest sample older than the oldest
+//! pending entry (a consumer that died holding entries makes it grow until they are
+//! claimed), or `XLEN` when the position is unknown. At the mark ingest answers 503
+//! `backlog_full`.
 //!
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
 //! events an entry holds depends on the traffic: a 100-event request makes one full entry
@@ -11,24 +31,23 @@
 //! The ingest script keeps each stream's mean events per entry over the last entries of
 //! every shard (`croupier:entry-events`); the shard reads it with the backlog, moves it by
 //! its own appends in between, and converts with it (one event per entry before any entry
-//! was ever appended). The `MAXLEN` it sends never falls below the backlog it knows of
-//! times retention / mark, so a change of traffic that makes entries fuller (fewer entries
-//! for the same events) never trims what the group has not read.
+//! was ever appended).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
 use croupier_control::config::StreamLimits;
 use croupier_protocol::resp::{self, Frame, GroupInfo};
-use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 
 use super::connection::RedisClient;
 
 /// Per-stream backlog estimate and limits.
 #[derive(Debug)]
 struct StreamState {
-    /// Backlog at the last reading, in entries.
+    /// Untrimmable entries at the last reading.
     observed: Cell<u64>,
     /// Entries this shard appended since that reading was requested.
     added: Cell<u64>,
@@ -39,6 +58,21 @@ struct StreamState {
     per_entry: Cell<Option<f64>>,
     /// Retention and mark, in events.
     limits: StreamLimits,
+    /// `MINID` to trim with (`0-0`: none).
+    trim: Cell<StreamId>,
+    /// The group's position over time: (entries read, last delivered id), oldest first.
+    samples: RefCell<VecDeque<(u64, StreamId)>>,
+}
+
+/// Samples kept per stream.
+const MAX_SAMPLES: usize = 64;
+
+/// One reading of a stream.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    group: GroupInfo,
+    oldest_pending: Option<StreamId>,
+    xlen: u64,
 }
 
 impl StreamState {
@@ -49,6 +83,45 @@ impl StreamState {
 
     fn backlog(&self) -> u64 {
         self.observed.get() + self.added.get()
+    }
+
+    /// Takes a reading: the untrimmable backlog and the trim point.
+    fn assess(&self, r: &Reading) {
+        let g = &r.group;
+        let last = g.last_delivered.unwrap_or(StreamId::ZERO);
+        // Below every entry still owed to the group.
+        let safe = r.oldest_pending.map_or(last, |p| p.min(last));
+        // A group that has delivered nothing has read nothing.
+        let read = g.entries_read.or((last == StreamId::ZERO).then_some(0));
+        let (Some(read), Some(lag)) = (read, g.lag) else {
+            self.observed.set(r.xlen);
+            self.trim.set(safe);
+            return;
+        };
+        let end = read.saturating_add(lag);
+        let retention = self.entries(self.limits.retention_events);
+        let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
+        let mut samples = self.samples.borrow_mut();
+        if samples.back().is_some_and(|(pos, _)| *pos > read) {
+            // The stream was recreated: older samples describe another history.
+            samples.clear();
+        }
+        if samples.back().is_none_or(|(pos, id)| read >= pos.saturating_add(spacing) && last > *id) {
+            samples.push_back((read, last));
+            if samples.len() > MAX_SAMPLES {
+                samples.pop_front();
+            }
+        }
+        let untrimmable = match r.oldest_pending {
+            None => lag,
+            Some(p) => match samples.iter().rev().find(|(_, id)| *id < p) {
+                Some((pos, _)) => end.saturating_sub(*pos),
+                None => r.xlen,
+            },
+        };
+        self.observed.set(untrimmable);
+        let kept = samples.iter().rev().find(|(pos, _)| end.saturating_sub(*pos) >= retention);
+        self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| (*id).min(safe)));
     }
 }
 
@@ -79,6 +152,8 @@ impl Backlog {
                 known: Cell::new(false),
                 per_entry: Cell::new(None),
                 limits,
+                trim: Cell::new(StreamId::ZERO),
+                samples: RefCell::new(VecDeque::new()),
             }),
         })
     }
@@ -112,25 +187,15 @@ impl Backlog {
     }
 
     /// Records that this shard is appending one entry of `events` records to `stream`
-    /// (call before queueing the command), and returns the `MAXLEN ~` to send with it.
-    pub fn added(&self, stream: StreamKind, events: usize) -> u64 {
+    /// (call before queueing the command), and returns the `MINID ~` to send with it.
+    pub fn added(&self, stream: StreamKind, events: usize) -> StreamId {
         let s = &self.streams[stream.index()];
         s.added.set(s.added.get() + 1);
         // The script's update, mirrored until the next reading brings every shard's.
         let n = events.max(1) as f64;
         let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
         s.per_entry.set(Some(m.max(1.0)));
-        self.maxlen(stream)
-    }
-
-    /// `MAXLEN ~` of `stream`: its retention in entries of the measured size, and never
-    /// less than the known backlog scaled by retention / mark.
-    pub fn maxlen(&self, stream: StreamKind) -> u64 {
-        let s = &self.streams[stream.index()];
-        let l = s.limits;
-        let guard =
-            (u128::from(s.backlog()) * u128::from(l.retention_events)).div_ceil(u128::from(l.high_water_events.max(1)));
-        s.entries(l.retention_events).max(u64::try_from(guard).unwrap_or(u64::MAX))
+        s.trim.get()
     }
 
     /// Reads the backlogs every `every`, forever (spawned once per shard).
@@ -153,8 +218,8 @@ impl Backlog {
                 }
                 let added_before = s.added.get();
                 match read_backlog(&redis, kind).await {
-                    Some(b) => {
-                        s.observed.set(b);
+                    Some(reading) => {
+                        s.assess(&reading);
                         s.added.set(s.added.get() - added_before);
                         s.known.set(true);
                     }
@@ -182,29 +247,35 @@ async fn read_entry_events(redis: &RedisClient) -> Option<[Option<f64>; 3]> {
     Some(means)
 }
 
-async fn read_backlog(redis: &RedisClient, kind: StreamKind) -> Option<u64> {
+async fn call(redis: &RedisClient, args: &[&[u8]]) -> Option<Frame> {
+    let mut cmd = Vec::with_capacity(96);
+    resp::command(&mut cmd, args);
+    match redis.call(cmd).await.ok()? {
+        Frame::Error(_) => None,
+        f => Some(f),
+    }
+}
+
+async fn read_backlog(redis: &RedisClient, kind: StreamKind) -> Option<Reading> {
     let key = kind.key().as_bytes();
+    let group = CONSUMER_GROUP.as_bytes();
     let mut cmd = Vec::with_capacity(64);
     resp::command(&mut cmd, &[b"XINFO", b"GROUPS", key]);
     let info = redis.call(cmd).await.ok()?;
-    let group = resp::group_info(&info, CONSUMER_GROUP).ok()?;
-    match group {
-        Some(GroupInfo { pending, lag: Some(lag) }) => Some(pending + lag),
-        other => {
-            if other.is_none() {
-                // The group is gone (Redis lost its data): recreate it from the start.
-                let mut create = Vec::with_capacity(96);
-                resp::command(&mut create, &[b"XGROUP", b"CREATE", key, CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"]);
-                let _ = redis.call(create).await;
-            }
-            let mut xlen = Vec::with_capacity(48);
-            resp::command(&mut xlen, &[b"XLEN", key]);
-            match redis.call(xlen).await.ok()? {
-                Frame::Integer(n) => Some(n.max(0) as u64),
-                _ => None,
-            }
-        }
-    }
+    let found = resp::group_info(&info, CONSUMER_GROUP).ok()?;
+    let xlen = match call(redis, &[b"XLEN", key]).await? {
+        Frame::Integer(n) => n.max(0) as u64,
+        _ => return None,
+    };
+    let Some(g) = found else {
+        // The group is gone (Redis lost its data): recreate it from the start. Until it
+        // is read again, the whole stream counts and nothing is trimmed.
+        call(redis, &[b"XGROUP", b"CREATE", key, group, b"0", b"MKSTREAM"]).await;
+        return Some(Reading { group: GroupInfo::default(), oldest_pending: None, xlen });
+    };
+    let oldest_pending =
+        if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
+    Some(Reading { group: g, oldest_pending, xlen })
 }
 
 #[cfg(test)]
@@ -227,13 +298,30 @@ mod tests {
         b.streams[stream.index()].per_entry.set(Some(mean));
     }
 
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    /// A reading where entry `n` has id `n-0`: the group has read up to entry `read`, the
+    /// stream ends at entry `end`, and the oldest pending entry is `pending`.
+    fn reading(read: u64, end: u64, pending: Option<u64>, xlen: u64) -> Reading {
+        let group = GroupInfo {
+            pending: u64::from(pending.is_some()),
+            lag: Some(end - read),
+            last_delivered: Some(id(read)),
+            entries_read: Some(read),
+        };
+        Reading { group, oldest_pending: pending.map(id), xlen }
+    }
+
     #[test]
     fn limits_convert_with_the_measured_entry_size() {
         let b = backlog();
         set_mean(&b, CUSTOM, 100.0);
-        assert_eq!(b.added(CUSTOM, 100), 5, "full entries: 500 events in 5");
+        let s = &b.streams[CUSTOM.index()];
+        assert_eq!((s.entries(500), s.entries(400)), (5, 4), "full entries");
         set_mean(&b, CUSTOM, 2.0);
-        assert_eq!(b.maxlen(CUSTOM), 250);
+        assert_eq!((s.entries(500), s.entries(400)), (250, 200));
     }
 
     #[test]
@@ -246,7 +334,6 @@ mod tests {
             accepted += 1;
         }
         assert_eq!(accepted, 200, "400 events of 2 per entry");
-        assert_eq!(b.maxlen(CUSTOM), 250);
         assert!(b.admits(StreamKind::Events), "another stream is not held back");
     }
 
@@ -262,27 +349,53 @@ mod tests {
     #[test]
     fn own_appends_move_the_measure_between_readings() {
         let b = backlog();
-        assert_eq!(b.added(CUSTOM, 4), 125, "the first entry sets it");
+        b.added(CUSTOM, 4);
+        assert_eq!(b.streams[CUSTOM.index()].per_entry.get(), Some(4.0), "the first entry sets it");
         b.added(CUSTOM, 68);
         assert_eq!(b.streams[CUSTOM.index()].per_entry.get(), Some(5.0), "then 1/64 of each difference");
     }
 
     #[test]
-    fn fuller_entries_never_trim_below_the_backlog() {
+    fn acknowledged_entries_are_kept_for_the_retention() {
+        // One event per entry: retention 500 entries, mark 400, samples every 25.
         let b = backlog();
-        set_mean(&b, CUSTOM, 2.0);
-        for _ in 0..150 {
-            b.added(CUSTOM, 2);
-        }
-        // The traffic changes to full entries: the mark in entries falls below the
-        // backlog, and MAXLEN still keeps every unread entry.
-        set_mean(&b, CUSTOM, 100.0);
-        assert!(!b.admits(CUSTOM));
-        assert_eq!(b.maxlen(CUSTOM), 150 * 500 / 400 + 1, "150 unread entries, scaled by retention / mark");
-        // A reading that finds the group caught up lets MAXLEN shrink to the retention.
         let s = &b.streams[CUSTOM.index()];
-        s.observed.set(0);
-        s.added.set(0);
-        assert_eq!(b.maxlen(CUSTOM), 5);
+        s.assess(&reading(0, 0, None, 0));
+        assert_eq!(b.added(CUSTOM, 1), StreamId::ZERO, "nothing is trimmed before any sample is old enough");
+        for read in (25..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, None, 0));
+        }
+        // The stream ends at 1010: the newest sample at least 500 entries back is 500.
+        assert_eq!(s.trim.get(), id(500));
+        assert_eq!(s.observed.get(), 10, "nothing pending: the lag is what cannot be trimmed");
+    }
+
+    #[test]
+    fn c2_nothing_pending_is_ever_trimmed() {
+        let b = backlog();
+        let s = &b.streams[CUSTOM.index()];
+        s.assess(&reading(0, 0, None, 0));
+        // Entry 3 is pending with a consumer that died; the others keep up.
+        for read in (25..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, Some(3), 1010));
+        }
+        assert!(s.trim.get() <= id(3), "trim point {:?} above a pending entry", s.trim.get());
+        // Everything after the newest sample below entry 3 counts: ingest refuses.
+        assert_eq!(s.observed.get(), 1010);
+        assert!(!b.admits(CUSTOM));
+        // Claimed and acknowledged: the retention applies again and ingest resumes.
+        s.assess(&reading(1025, 1030, None, 1030));
+        assert_eq!(s.trim.get(), id(525));
+        assert!(b.admits(CUSTOM));
+    }
+
+    #[test]
+    fn unknown_position_trims_only_what_was_acknowledged_and_counts_the_length() {
+        let b = backlog();
+        let s = &b.streams[CUSTOM.index()];
+        let mut r = reading(600, 700, Some(550), 690);
+        r.group.lag = None;
+        s.assess(&r);
+        assert_eq!((s.trim.get(), s.observed.get()), (id(550), 690));
     }
 }

@@ -176,13 +176,19 @@ fn m6_one_connection_gets_the_games_whole_rate_on_two_shards() {
 fn m6_refused_requests_do_not_spend_the_rate() {
     let f = limited_fixture(1, 10);
     let body = limited_events(5);
-    let h = signed_headers(LIMITED, LIMITED_SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let nonce = fresh_nonce();
+    let h = signed_headers(LIMITED, LIMITED_SECRET, body.as_bytes(), now_secs(), &nonce);
     let mut c = f.client();
     assert_eq!(c.request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202);
-    // Replays are refused 401 and take nothing from the game's rate ...
+    // Replays (the nonce with another body) are refused 401 and take nothing from the
+    // game's rate; nor does the same request sent again, answered 202 with nothing added ...
+    let other = limited_events(4);
+    let replay = signed_headers(LIMITED, LIMITED_SECRET, other.as_bytes(), now_secs(), &nonce);
     for _ in 0..3 {
-        let r = c.request("POST", "/api/ingest/events", &h, body.as_bytes());
+        let r = c.request("POST", "/api/ingest/events", &replay, other.as_bytes());
         assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"), "{}", r.text());
+        let r = c.request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
     }
     // ... so the other half of the second's rate is still there.
     let r = crate::fixture::post_signed(&mut c, "/api/ingest/events", LIMITED, LIMITED_SECRET, body.as_bytes());

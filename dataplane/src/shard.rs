@@ -1,5 +1,5 @@
 //! A shard: one thread, one core, one monoio runtime. It owns its listener, its Redis
-//! connection, its backlog view and its id generator; nothing in it is locked, and the
+//! connection, its backlog view; nothing in it is locked, and the
 //! only thing shared with other shards is each game's rate cell (one atomic word,
 //! `ratelimit.rs`).
 

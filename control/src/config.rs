@@ -227,6 +227,9 @@ pub struct Worker {
     pub consumer: String,
     /// Flush when this many rows are buffered.
     pub batch_rows: usize,
+    /// Flush when the entries of a batch hold this many bytes; also bounds each read
+    /// (docs/worker.md).
+    pub batch_bytes: usize,
     /// Flush at most this long after the first buffered row, milliseconds.
     pub linger_ms: u64,
     /// Entries asked for per read.
@@ -250,6 +253,7 @@ impl Default for Worker {
             shards: 1,
             consumer: String::new(),
             batch_rows: 200_000,
+            batch_bytes: 64 << 20,
             linger_ms: 200,
             read_count: 200,
             claim_idle_ms: 60_000,
@@ -418,6 +422,9 @@ impl Config {
         }
         if self.worker.shards == 0 || self.worker.batch_rows == 0 || self.worker.read_count == 0 {
             return Err(err("worker", "shards, batch_rows and read_count must be greater than 0"));
+        }
+        if self.worker.batch_bytes < 1 << 20 {
+            return Err(err("worker.batch_bytes", "expected at least 1048576 (1 MiB)"));
         }
         if self.worker.max_deliveries < 2 {
             return Err(err("worker.max_deliveries", "expected 2 or more"));

@@ -372,3 +372,52 @@ fn m5_an_entry_claimed_then_recovered_is_inserted() {
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
 }
+
+/// M7: a read is bounded in bytes, not only in entries. 24 entries of about 250 KB wait
+/// in the stream; the worker may hold at most `batch_bytes` (1 MiB) plus one largest
+/// entry per batch, and two batches (one inserted, one read ahead). With ClickHouse
+/// frozen, what it has taken (its pending entries) stays within that; once ClickHouse goes
+/// on, everything lands.
+#[test]
+fn m7_a_read_takes_no_more_than_the_byte_budget() {
+    let mut p = Pipeline::start(&[]);
+    let props = "x".repeat(240);
+    let mut accepted = 0;
+    let mut c = p.ingest.client();
+    for b in 0..24 {
+        let items: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":{},"game_id":"{GAME}","env":"prod","event":"level_start","user_id":"u{b}-{i}","props":{{"p":"{props}"}}}}"#,
+                    now_secs()
+                )
+            })
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+        accepted += 1000;
+    }
+    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
+    assert_eq!(entries.len(), 24);
+    let largest = entries.iter().map(|e| e.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()).max();
+    assert!(largest.is_some_and(|l| l > 200_000 && l < 400_000), "{largest:?}");
+    p.clickhouse.pause();
+    // Entries up to 300,000 + 1,000 × 128 bytes: a read asks for at most 2 of them.
+    p.start_worker(&[
+        ("CROUPIER_SERVER__MAX_BODY_BYTES", "300000"),
+        ("CROUPIER_SERVER__MAX_DECOMPRESSED_BYTES", "300000"),
+        ("CROUPIER_SERVER__MAX_RECORDS", "1000"),
+        ("CROUPIER_WORKER__BATCH_BYTES", "1048576"),
+        ("CROUPIER_CLICKHOUSE__TIMEOUT_MS", "60000"),
+        ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "600000"),
+    ]);
+    p.wait_for(1, "entries taken", |p| u64::from(p.pending("analytics:events") > 0));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Each batch stops once it holds 1 MiB: at most 5 entries of ~250 KB; two batches.
+    let taken = p.pending("analytics:events");
+    assert!(taken <= 10, "{taken} entries taken at once");
+    p.clickhouse.resume();
+    p.wait_for(accepted, "rows after ClickHouse went on", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}

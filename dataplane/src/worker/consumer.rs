@@ -38,6 +38,10 @@ pub struct ConsumerConfig {
     pub read_count: usize,
     /// Flush at this many rows.
     pub batch_rows: usize,
+    /// Flush when the batch's entries hold this many bytes.
+    pub batch_bytes: usize,
+    /// The largest entry a read can return, in bytes (what ingest can write).
+    pub max_entry_bytes: usize,
     /// Flush this long after the first row.
     pub linger: Duration,
     /// Claim entries idle this long.
@@ -54,6 +58,24 @@ pub struct ConsumerConfig {
     pub idle_block: Duration,
     /// ClickHouse.
     pub clickhouse: ChOptions,
+}
+
+impl ConsumerConfig {
+    /// Entries to ask for in one read when the batch already holds `rows` rows and
+    /// `bytes` bytes: no more than `read_count`, than the rows still wanted (an entry holds
+    /// at least one row), or than the largest possible entries that fit in the bytes still
+    /// allowed — so a reply stays within `batch_bytes` whatever the entries hold; at
+    /// least one.
+    pub fn read_count(&self, rows: usize, bytes: usize) -> usize {
+        let by_rows = self.batch_rows.saturating_sub(rows);
+        let by_bytes = self.batch_bytes.saturating_sub(bytes) / self.max_entry_bytes.max(1);
+        self.read_count.min(by_rows).min(by_bytes).max(1)
+    }
+
+    /// Whether a batch of `rows` rows and `bytes` bytes is full.
+    pub fn is_full(&self, rows: usize, bytes: usize) -> bool {
+        rows >= self.batch_rows || bytes >= self.batch_bytes
+    }
 }
 
 /// The dead-letter stream of `stream`.
@@ -211,9 +233,10 @@ async fn redis_call_blocking(redis: &RedisClient, c: Vec<u8>, block: Duration) -
 }
 
 impl Reader {
-    /// One `XREADGROUP` page from `id` (`0`: own pending, `>`: new).
-    async fn read(&self, id: &str, block: Option<Duration>) -> Result<Vec<Entry>, String> {
-        let count = self.cfg.read_count.to_string();
+    /// One `XREADGROUP` page of at most `count` entries from `id` (`0`: own pending,
+    /// `>`: new).
+    async fn read(&self, id: &str, block: Option<Duration>, count: usize) -> Result<Vec<Entry>, String> {
+        let count = count.to_string();
         let mut args: Vec<&[u8]> = vec![
             b"XREADGROUP",
             b"GROUP",
@@ -233,22 +256,24 @@ impl Reader {
     /// New entries: waits up to the idle block for the first, then gathers until
     /// `batch_rows` rows or `linger` after the first.
     async fn gather(&self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
-        let mut batch = self.read(">", Some(self.cfg.idle_block)).await?;
+        let mut batch = self.read(">", Some(self.cfg.idle_block), self.cfg.read_count(0, 0)).await?;
         if batch.is_empty() {
             return Ok(batch);
         }
         let deadline = Instant::now() + self.cfg.linger;
         let mut rows: usize = batch.iter().map(entry_rows).sum();
-        while rows < self.cfg.batch_rows && !stop.load(Ordering::Relaxed) {
+        let mut bytes: usize = batch.iter().map(Entry::byte_len).sum();
+        while !self.cfg.is_full(rows, bytes) && !stop.load(Ordering::Relaxed) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let more = self.read(">", Some(left)).await?;
+            let more = self.read(">", Some(left), self.cfg.read_count(rows, bytes)).await?;
             if more.is_empty() {
                 break;
             }
-            rows += more.iter().map(entry_rows).sum::<usize>();
+            rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
+            bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);
         }
         Ok(batch)
@@ -275,7 +300,7 @@ impl Consumer {
     /// over-delivered ones.
     async fn recover_page(&mut self) -> Result<Vec<Entry>, String> {
         self.dead_letter_overdelivered().await?;
-        self.reader.read("0", None).await
+        self.reader.read("0", None, self.cfg.read_count(0, 0)).await
     }
 
     async fn dead_letter_overdelivered(&mut self) -> Result<(), String> {
@@ -314,7 +339,7 @@ impl Consumer {
     /// are dead-lettered by ID, so what was lost can be seen.
     async fn claim(&mut self, more: &mut bool) -> Result<Vec<Entry>, String> {
         let idle = self.cfg.claim_idle.as_millis().to_string();
-        let count = self.cfg.read_count;
+        let count = self.cfg.read_count(0, 0);
         let count_arg = count.to_string();
         let reply = self
             .call(cmd(&[
@@ -463,5 +488,54 @@ impl Consumer {
             self.call(cmd(&args)).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(read_count: usize, batch_rows: usize, batch_bytes: usize, max_entry_bytes: usize) -> ConsumerConfig {
+        ConsumerConfig {
+            stream: StreamKind::Events,
+            consumer: "t-0".into(),
+            read_count,
+            batch_rows,
+            batch_bytes,
+            max_entry_bytes,
+            linger: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(60),
+            claim_interval: Duration::from_secs(5),
+            max_deliveries: 5,
+            backoff_max: Duration::from_secs(5),
+            dead_maxlen: 100_000,
+            idle_block: Duration::from_secs(1),
+            clickhouse: ChOptions {
+                addr: String::new(),
+                database: String::new(),
+                user: String::new(),
+                password: String::new(),
+                compression: false,
+                timeout: Duration::from_secs(1),
+            },
+        }
+    }
+
+    #[test]
+    fn m7_a_read_asks_for_no_more_than_fits_the_byte_budget() {
+        // Defaults: 64 MiB per batch, entries up to ~11.3 MiB: 5 entries per read, not 200.
+        let c = config(200, 200_000, 64 << 20, (10 << 20) + 10_000 * 128 + 4096);
+        assert_eq!(c.read_count(0, 0), 5);
+        assert!(c.read_count(0, 0) * c.max_entry_bytes <= c.batch_bytes);
+        // As the batch fills, fewer; never zero (a batch always progresses).
+        assert_eq!(c.read_count(0, 40 << 20), 2);
+        assert_eq!(c.read_count(0, 63 << 20), 1);
+        assert_eq!(c.read_count(0, usize::MAX), 1);
+        // Small entries: `read_count` bounds it.
+        let small = config(200, 200_000, 64 << 20, 64 << 10);
+        assert_eq!(small.read_count(0, 0), 200);
+        // Rows still wanted bound it too: every entry holds at least one row.
+        assert_eq!(small.read_count(199_990, 0), 10);
+        assert!(small.is_full(200_000, 0) && small.is_full(0, 64 << 20) && !small.is_full(199_999, (64 << 20) - 1));
     }
 }

@@ -16,6 +16,11 @@ impl Entry {
     pub fn get(&self, field: &str) -> Option<&[u8]> {
         self.fields.iter().find(|(k, _)| k == field.as_bytes()).map(|(_, v)| v.as_slice())
     }
+
+    /// Bytes of its ID, field names and values.
+    pub fn byte_len(&self) -> usize {
+        self.fields.iter().fold(self.id.len(), |n, (k, v)| n.saturating_add(k.len()).saturating_add(v.len()))
+    }
 }
 
 fn bulk(f: Frame) -> Option<Vec<u8>> {

@@ -35,6 +35,21 @@ pub fn clickhouse_options(config: &Config) -> ChOptions {
     }
 }
 
+/// Bytes a record can add to its entry beyond its text (rkyv slots and offsets: an
+/// event's ids, time and field ends, a payment's string headers and numbers).
+const ENTRY_BYTES_PER_RECORD: usize = 128;
+
+/// The largest stream entry ingest writes under `config`: a batch archive holds at most
+/// the (decompressed) body's text plus a fixed part per record; a little more for the
+/// other fields. Entries written by other producers are not bounded by this.
+pub fn max_entry_bytes(config: &Config) -> usize {
+    let s = &config.server;
+    s.max_body_bytes
+        .max(s.max_decompressed_bytes)
+        .saturating_add(s.max_records.saturating_mul(ENTRY_BYTES_PER_RECORD))
+        .saturating_add(4096)
+}
+
 fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consumer::ConsumerConfig {
     let w = &config.worker;
     // A blocking read must end well before the Redis reply timeout.
@@ -44,6 +59,8 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
         consumer: format!("{}-{shard}", config.consumer_prefix()),
         read_count: w.read_count,
         batch_rows: w.batch_rows,
+        batch_bytes: w.batch_bytes,
+        max_entry_bytes: max_entry_bytes(config),
         linger: Duration::from_millis(w.linger_ms).min(idle_block),
         claim_idle: Duration::from_millis(w.claim_idle_ms),
         claim_interval: Duration::from_millis(w.claim_interval_ms),

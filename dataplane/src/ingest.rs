@@ -4,7 +4,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
-use croupier_protocol::envelope::{EventBatch, Payment};
+use croupier_protocol::envelope::{EventBatch, PaymentBatch};
 use croupier_protocol::resp::{self, EntryArgs, IngestReply};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate;
@@ -159,7 +159,9 @@ fn prepare<'s>(
         }
         Endpoint::Payments => {
             b.payments.clear();
-            validate::parse_payments(body, cred.game, &shard.limits, &mut b.payments).map_err(IngestError::Body)?;
+            let mut json = shard.json.borrow_mut();
+            validate::parse_payments_in(&mut json, body, cred.game, &shard.limits, &mut b.payments)
+                .map_err(IngestError::Body)?;
             parts[0] = (StreamKind::Payments, b.payments.len());
             1
         }
@@ -213,7 +215,7 @@ fn prepare<'s>(
 pub struct IngestBuffers {
     events: EventBatch,
     custom: EventBatch,
-    payments: Vec<Payment>,
+    payments: PaymentBatch,
     /// One archive per stream entry of the request, in order.
     archives: [AlignedVec; 2],
 }
@@ -224,14 +226,14 @@ impl IngestBuffers {
         let records = match stream {
             StreamKind::Events => Records::Events(std::mem::take(&mut self.events)),
             StreamKind::Custom => Records::Events(std::mem::take(&mut self.custom)),
-            StreamKind::Payments => Records::Payments(std::mem::take(&mut self.payments)),
+            StreamKind::Payments => Records::Payments(self.payments.take()),
         };
         let batch = Batch { accepted_at_ms, records };
         let encoded = batch::encode_into(&batch, std::mem::take(&mut self.archives[i]));
         match (stream, batch.records) {
             (StreamKind::Events, Records::Events(r)) => self.events = r,
             (StreamKind::Custom, Records::Events(r)) => self.custom = r,
-            (StreamKind::Payments, Records::Payments(r)) => self.payments = r,
+            (StreamKind::Payments, Records::Payments(r)) => self.payments.put_back(r),
             _ => {}
         }
         self.archives[i] = encoded?;
@@ -247,8 +249,8 @@ impl IngestBuffers {
         if self.custom.text.capacity() > KEEP {
             self.custom = EventBatch::default();
         }
-        if self.payments.capacity() * std::mem::size_of::<Payment>() > KEEP {
-            self.payments = Vec::new();
+        if self.payments.retained_bytes() > KEEP {
+            self.payments = PaymentBatch::default();
         }
         for a in &mut self.archives {
             if a.capacity() > KEEP {

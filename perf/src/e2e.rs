@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::redis::RedisServer;
+use croupier_perf::alloc_count;
 use croupier_perf::loadgen::{self, LoadConfig, LoadReport};
 use croupier_perf::model::TrafficModel;
 use croupier_protocol::batch::{self, Batch, Records};
 use croupier_protocol::envelope::EventBatch;
 use croupier_protocol::validate::{self, JsonBuffers, Limits};
 
-use crate::alloc_count;
 use crate::worker;
 
 /// How long and how hard.

@@ -18,13 +18,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod alloc_count;
 mod e2e;
 mod machine;
 mod worker;
 
 #[global_allocator]
-static GLOBAL: alloc_count::Counting = alloc_count::Counting;
+static GLOBAL: croupier_perf::alloc_count::Counting = croupier_perf::alloc_count::Counting;
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)

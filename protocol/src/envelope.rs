@@ -379,6 +379,88 @@ pub struct Payment {
     pub reason: String,
 }
 
+/// The payments of one request, kept between requests with their strings: a request
+/// refills payments a previous one left (clearing and refilling their strings) instead of
+/// allocating about a dozen strings per payment. Archived as the `Vec<Payment>` it holds.
+#[derive(Debug, Default)]
+pub struct PaymentBatch {
+    /// The request's payments, in order.
+    live: Vec<Payment>,
+    /// Payments of earlier requests, kept for their strings' buffers.
+    spare: Vec<Payment>,
+}
+
+impl PaymentBatch {
+    /// Empties the batch, keeping every payment's buffers for the next ones.
+    pub fn clear(&mut self) {
+        self.spare.append(&mut self.live);
+    }
+
+    /// Number of payments.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The next payment, to be filled in: a kept one (its fields hold old values) or a
+    /// new one.
+    pub fn next_to_fill(&mut self) -> &mut Payment {
+        let p = self.spare.pop().unwrap_or_default();
+        self.live.push(p);
+        let last = self.live.len() - 1;
+        &mut self.live[last]
+    }
+
+    /// The payments, to archive them (put them back with [`PaymentBatch::put_back`]).
+    pub fn take(&mut self) -> Vec<Payment> {
+        std::mem::take(&mut self.live)
+    }
+
+    /// Puts back what [`PaymentBatch::take`] took.
+    pub fn put_back(&mut self, live: Vec<Payment>) {
+        self.live = live;
+    }
+
+    /// The payments.
+    pub fn as_slice(&self) -> &[Payment] {
+        &self.live
+    }
+
+    /// About how many bytes the batch holds on to: the payments and their strings.
+    pub fn retained_bytes(&self) -> usize {
+        let payments = self.live.capacity() + self.spare.capacity();
+        payments * std::mem::size_of::<Payment>()
+            + self.live.iter().chain(&self.spare).map(Payment::text_capacity).sum::<usize>()
+    }
+}
+
+impl Payment {
+    /// Bytes reserved by its strings.
+    fn text_capacity(&self) -> usize {
+        [
+            &self.game_id,
+            &self.env,
+            &self.user_id,
+            &self.order_id,
+            &self.currency,
+            &self.channel,
+            &self.platform,
+            &self.country,
+            &self.region,
+            &self.city,
+            &self.product_id,
+            &self.reason,
+        ]
+        .iter()
+        .map(|s| s.capacity())
+        .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

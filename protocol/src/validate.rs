@@ -9,7 +9,7 @@ use simd_json::prelude::*;
 use simd_json::tape::{Array, Node, Object, Tape, Value};
 
 use crate::country;
-use crate::envelope::{Event, EventBatch, Payment, PaymentStatus};
+use crate::envelope::{Event, EventBatch, Payment, PaymentBatch, PaymentStatus};
 use crate::prescan;
 use crate::stream::{route_event, StreamKind};
 use crate::timestamp::{self, TimestampError};
@@ -262,12 +262,6 @@ impl std::ops::Deref for CountryCode {
     }
 }
 
-impl CountryCode {
-    fn to_owned_string(self) -> String {
-        String::from_utf8_lossy(&self).into_owned()
-    }
-}
-
 /// Every field name a record may have; a record's fields are looked up once, in one pass
 /// over its keys, into slots in this order.
 const KNOWN_FIELDS: [&str; 21] = [
@@ -450,7 +444,11 @@ pub fn parse_event_object(json: &mut [u8], limits: &Limits, fallback_id: [u8; 16
 
 /// Validates one payment given as a JSON object (a Croupier-format stream entry).
 pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment, BodyError> {
-    with_root(json, limits, &mut JsonBuffers::default(), |root, _| payment_record(&Rec::new(0, root, limits)?, None))
+    with_root(json, limits, &mut JsonBuffers::default(), |root, _| {
+        let mut p = Payment::default();
+        payment_record(&Rec::new(0, root, limits)?, None, &mut p)?;
+        Ok(p)
+    })
 }
 
 fn event_name<'v>(r: &Rec<'v, '_>) -> Result<&'v str, BodyError> {
@@ -528,17 +526,40 @@ pub fn derived_event_id(stream: &str, entry_id: &str) -> [u8; 16] {
 
 /// Validates a body of payments for `game`, appending them to `out`.
 pub fn parse_payments(body: &mut [u8], game: &str, limits: &Limits, out: &mut Vec<Payment>) -> Result<(), BodyError> {
-    with_root(body, limits, &mut JsonBuffers::default(), |root, _| {
+    let mut batch = PaymentBatch::default();
+    parse_payments_in(&mut JsonBuffers::default(), body, game, limits, &mut batch)?;
+    out.extend(batch.take());
+    Ok(())
+}
+
+/// [`parse_payments`] with reused parse buffers and a reused batch: no allocation per
+/// payment once they have grown. On error the batch holds partial records and must be
+/// discarded.
+pub fn parse_payments_in(
+    bufs: &mut JsonBuffers,
+    body: &mut [u8],
+    game: &str,
+    limits: &Limits,
+    out: &mut PaymentBatch,
+) -> Result<(), BodyError> {
+    with_root(body, limits, bufs, |root, _| {
         for (index, v) in records(root, limits)?.iter().enumerate() {
-            out.push(payment_record(&Rec::new(index, v, limits)?, Some(game))?);
+            payment_record(&Rec::new(index, v, limits)?, Some(game), out.next_to_fill())?;
         }
         Ok(())
     })
 }
 
-fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyError> {
+/// Replaces `to`'s text with `from`, keeping its buffer.
+fn set(to: &mut String, from: &str) {
+    to.clear();
+    to.push_str(from);
+}
+
+/// Validates the record into `p`, every field overwritten.
+fn payment_record(r: &Rec<'_, '_>, game: Option<&str>, p: &mut Payment) -> Result<(), BodyError> {
     let amount = r.get("amount_cents").ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
-    let amount_cents = match (amount.as_u64(), amount.as_i64()) {
+    p.amount_cents = match (amount.as_u64(), amount.as_i64()) {
         (Some(a), _) if a > 0 && a <= MAX_AMOUNT_CENTS => a,
         (Some(_), _) | (None, Some(_)) => {
             return Err(r.err("amount_cents", Problem::Invalid("an integer from 1 to 1000000000000 (10^12)")))
@@ -549,25 +570,22 @@ fn payment_record(r: &Rec<'_, '_>, game: Option<&str>) -> Result<Payment, BodyEr
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(r.err("currency", Problem::Invalid("three upper-case letters (ISO 4217)")));
     }
-    let status = PaymentStatus::parse(r.req_str("status")?)
+    set(&mut p.currency, currency);
+    p.status = PaymentStatus::parse(r.req_str("status")?)
         .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
-    Ok(Payment {
-        ts_ms: r.ts()?,
-        game_id: r.game(game)?.to_owned(),
-        env: r.req_str("env")?.to_owned(),
-        user_id: r.req_str("user_id")?.to_owned(),
-        order_id: r.req_str("order_id")?.to_owned(),
-        amount_cents,
-        currency: currency.to_owned(),
-        status,
-        channel: r.opt_str("channel")?.to_owned(),
-        platform: r.opt_str("platform")?.to_owned(),
-        country: r.country()?.to_owned_string(),
-        region: r.opt_str("region")?.to_owned(),
-        city: r.opt_str("city")?.to_owned(),
-        product_id: r.opt_str("product_id")?.to_owned(),
-        reason: r.opt_str("reason")?.to_owned(),
-    })
+    p.ts_ms = r.ts()?;
+    set(&mut p.game_id, r.game(game)?);
+    set(&mut p.env, r.req_str("env")?);
+    set(&mut p.user_id, r.req_str("user_id")?);
+    set(&mut p.order_id, r.req_str("order_id")?);
+    set(&mut p.channel, r.opt_str("channel")?);
+    set(&mut p.platform, r.opt_str("platform")?);
+    set(&mut p.country, std::str::from_utf8(&r.country()?).unwrap_or(""));
+    set(&mut p.region, r.opt_str("region")?);
+    set(&mut p.city, r.opt_str("city")?);
+    set(&mut p.product_id, r.opt_str("product_id")?);
+    set(&mut p.reason, r.opt_str("reason")?);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -816,6 +834,29 @@ mod tests {
         .into_bytes();
         assert!(matches!(parse(&mut body, &mut bufs), Err(BodyError::Field { field: "props", .. })));
         assert!(bufs.retained_bytes() < 8 << 20, "{} bytes kept", bufs.retained_bytes());
+    }
+
+    #[test]
+    fn reused_payments_keep_no_value_of_an_earlier_request() {
+        let mut bufs = JsonBuffers::default();
+        let mut batch = PaymentBatch::default();
+        let mut full =
+            br#"[{"ts":1795617749,"game_id":"g1","env":"prod","user_id":"u1","order_id":"o1","amount_cents":5,
+            "currency":"EUR","status":"refunded","channel":"c","platform":"p","country":"de","region":"r","city":"x",
+            "product_id":"gems","reason":"chargeback"}]"#
+                .to_vec();
+        parse_payments_in(&mut bufs, &mut full, "g1", &Limits::default(), &mut batch).expect("valid");
+        assert_eq!(batch.as_slice()[0].country, "DE");
+        batch.clear();
+        let mut bare =
+            br#"[{"ts":1795617750,"game_id":"g1","env":"dev","user_id":"u2","order_id":"o2","amount_cents":7,
+            "currency":"USD","status":"success"}]"#
+                .to_vec();
+        let mut want = Vec::new();
+        parse_payments(&mut bare.clone(), "g1", &Limits::default(), &mut want).expect("valid");
+        parse_payments_in(&mut bufs, &mut bare, "g1", &Limits::default(), &mut batch).expect("valid");
+        assert_eq!(batch.as_slice(), want.as_slice());
+        assert_eq!(batch.as_slice()[0].reason, "");
     }
 
     #[test]

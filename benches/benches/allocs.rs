@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use croupier_dataplane::auth;
+use croupier_dataplane::event_id::IdDeriver;
 use croupier_dataplane::http::request;
 use croupier_dataplane::http::response::Response;
 use croupier_perf::alloc_count::{self, Counting};
@@ -14,6 +15,7 @@ use croupier_protocol::batch::{self, AlignedVec, Batch, Records};
 use croupier_protocol::envelope::{EventBatch, PaymentBatch};
 use croupier_protocol::resp::{self, EntryArgs};
 use croupier_protocol::signature;
+use croupier_protocol::stream::StreamId;
 use croupier_protocol::validate::{self, JsonBuffers, Limits};
 
 #[global_allocator]
@@ -97,7 +99,7 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
     step(1, counts);
     k.body.clear();
     k.body.extend_from_slice(body);
-    assert!(auth::verify(SECRET.as_bytes(), &cred, &k.body));
+    let digest = auth::signed_digest(SECRET.as_bytes(), &cred, &k.body).unwrap();
     step(2, counts);
     let mut parts: [(&str, usize); 2] = [("", 0); 2];
     let n = if payments {
@@ -108,16 +110,10 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
     } else {
         k.events.clear();
         k.custom.clear();
-        validate::parse_events_in(
-            &mut k.json,
-            &mut k.body,
-            GAME,
-            &limits,
-            &mut || [7; 16],
-            &mut k.events,
-            &mut k.custom,
-        )
-        .unwrap();
+        let mut ids = IdDeriver::new(&digest);
+        let mut new_id = || ids.next_id();
+        validate::parse_events_in(&mut k.json, &mut k.body, GAME, &limits, &mut new_id, &mut k.events, &mut k.custom)
+            .unwrap();
         parts = [("analytics:events", k.events.len()), ("analytics:custom", k.custom.len())];
         2
     };
@@ -143,10 +139,15 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
     let entries: Vec<EntryArgs<'_>> = parts[..n]
         .iter()
         .zip(&k.archives)
-        .map(|((stream, count), archive)| EntryArgs { stream, maxlen: 100_000, count: *count, archive })
+        .map(|((stream, count), archive)| EntryArgs {
+            stream,
+            minid: StreamId { ms: 1_795_617_000_000, seq: 3 },
+            count: *count,
+            archive,
+        })
         .collect();
     let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
-    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 600, &entries);
+    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 602, &digest, &entries);
     std::hint::black_box(&cmd);
     drop(cmd);
     step(5, counts);

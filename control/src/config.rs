@@ -567,4 +567,52 @@ mod tests {
         let e = Config::load(None, env(&[("CROUPIER_REDIS__ADR", "x")])).expect_err("unknown env key");
         assert!(e.message.contains("adr"), "{e}");
     }
+
+    #[test]
+    fn env_an_unrelated_croupier_variable_is_not_an_override() {
+        // Set for a client (or by a platform) and not meant for the server: only
+        // `CROUPIER_<SECTION>__<KEY>` names are overrides.
+        let c = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_URL", "http://127.0.0.1:8080"),
+                ("CROUPIER_TOKEN", "abc"),
+                ("CROUPIER_", "x"),
+                ("CROUPIER_SERVER__SHARDS", "2"),
+            ]),
+        )
+        .expect("CROUPIER_URL must not stop the server");
+        assert_eq!(c.server.shards, 2, "the real override still applies");
+        assert!(c.warnings().is_empty(), "nothing to warn about: {:?}", c.warnings());
+    }
+
+    #[test]
+    fn env_a_near_miss_override_is_reported_not_applied() {
+        // One underscore where two were meant: not an override, but surely meant as one.
+        let c = Config::load(None, env(&[("CROUPIER_SERVER_LISTEN", "127.0.0.1:1")])).expect("loads");
+        assert_eq!(c.server.listen, Server::default().listen);
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("CROUPIER_SERVER_LISTEN") && w[0].contains("CROUPIER_SERVER__LISTEN"), "{w:?}");
+    }
+
+    #[test]
+    fn env_errors_from_the_environment_name_the_variable() {
+        for (name, value, key) in [
+            ("CROUPIER_SERVER__SHARDS", "two", "server.shards"),
+            ("CROUPIER_REDIS__ADR", "x", "redis.adr"),
+            ("CROUPIER_SERVER__LISTEN", "nowhere", "server.listen"),
+            ("CROUPIER_NOSUCH__KEY", "1", "nosuch"),
+            ("CROUPIER_SERVER__", "1", ""),
+            ("CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS", "0", "streams.events.high_water_events"),
+            ("CROUPIER_SERVER__LISTEN__PORT", "1", "server.listen"),
+        ] {
+            let e = Config::load(None, env(&[(name, value)])).expect_err(name);
+            assert!(e.to_string().contains(name), "the message names {name}: {e}");
+            assert!(e.key.starts_with(key), "{name}: key {} (expected {key})", e.key);
+        }
+        // An error in the file names no variable.
+        let e = Config::from_toml("[server]\nshards = \"two\"\n").expect_err("bad type");
+        assert_eq!(e.to_string(), "config `server.shards`: invalid type: string \"two\", expected usize");
+    }
 }

@@ -5,6 +5,7 @@
 
 mod body;
 mod clickhouse;
+mod config;
 mod fixture;
 mod framing;
 mod ingest;

@@ -4,9 +4,13 @@
 //! `CROUPIER_SERVER__LISTEN=0.0.0.0:9000`, `CROUPIER_GAMES__mygame__SECRET=...`. Section
 //! and key names are case-insensitive; game ids are kept as written. The value is read
 //! as a TOML value when it parses as one (`8`, `true`, `[0, 1]`), else as a string.
+//! Only names of that form (a double underscore after the section) are overrides: any
+//! other `CROUPIER_*` variable, such as a client's `CROUPIER_URL`, is none of the
+//! server's business and is left alone (one that looks like a mistyped override,
+//! `CROUPIER_SERVER_LISTEN`, is reported by [`Config::warnings`]).
 //!
 //! Unknown keys and bad values fail the load, naming the key's path and what was
-//! expected.
+//! expected, and the environment variable when the value came from one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,9 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 /// Environment variable naming the config file (not an override).
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
+/// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
+const SECTIONS: [&str; 7] = ["server", "auth", "redis", "streams", "clickhouse", "worker", "games"];
+
 /// A configuration could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -25,18 +32,45 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong and what was expected.
     pub message: String,
+    /// The environment variable the offending value came from, if it came from one.
+    pub variable: Option<String>,
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "config `{}`: {}", self.key, self.message)
+        match &self.variable {
+            Some(v) => write!(f, "config `{}` (from environment variable {v}): {}", self.key, self.message),
+            None => write!(f, "config `{}`: {}", self.key, self.message),
+        }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), message: message.into() }
+    ConfigError { key: key.into(), message: message.into(), variable: None }
+}
+
+/// The keys set from the environment: each override's dotted path and its variable.
+#[derive(Debug, Default)]
+struct Overrides(Vec<(String, String)>);
+
+impl Overrides {
+    /// Names the variable behind `e` when its key is one an override set, lies inside
+    /// one (a value that should have been a section), or holds one (a section that is
+    /// wrong as a whole, or unknown). The most specific override wins.
+    fn attribute(&self, mut e: ConfigError) -> ConfigError {
+        let within = |outer: &str, inner: &str| {
+            inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'.'))
+        };
+        e.variable = self
+            .0
+            .iter()
+            .filter(|(path, _)| within(path, &e.key) || within(&e.key, path))
+            .max_by_key(|(path, _)| path.len())
+            .map(|(_, var)| var.clone());
+        e
+    }
 }
 
 /// Which io driver the shards run on.
@@ -146,14 +180,45 @@ impl Default for Redis {
     }
 }
 
-/// Retention and high-water mark of one stream, in events.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Retention and high-water mark of one stream, in events. A key left out keeps that
+/// stream's default (so `CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS` alone is enough).
+#[derive(Debug, Clone, Copy)]
 pub struct StreamLimits {
     /// Events kept in the stream (`MAXLEN ~`, converted to entries).
     pub retention_events: u64,
     /// Ingest refuses (503) once the group's backlog reaches this many events.
     pub high_water_events: u64,
+}
+
+/// A stream's limits as written: either key may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamLimitsInput {
+    retention_events: Option<u64>,
+    high_water_events: Option<u64>,
+}
+
+impl StreamLimits {
+    /// Reads the keys given, keeping `default`'s for the others.
+    fn read<'de, D: serde::Deserializer<'de>>(d: D, default: StreamLimits) -> Result<StreamLimits, D::Error> {
+        let i = StreamLimitsInput::deserialize(d)?;
+        Ok(StreamLimits {
+            retention_events: i.retention_events.unwrap_or(default.retention_events),
+            high_water_events: i.high_water_events.unwrap_or(default.high_water_events),
+        })
+    }
+}
+
+fn events_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamLimits, D::Error> {
+    StreamLimits::read(d, Streams::default().events)
+}
+
+fn custom_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamLimits, D::Error> {
+    StreamLimits::read(d, Streams::default().custom)
+}
+
+fn payments_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamLimits, D::Error> {
+    StreamLimits::read(d, Streams::default().payments)
 }
 
 /// `[streams]`: retention and backpressure.
@@ -164,10 +229,13 @@ pub struct Streams {
     /// reported by [`Config::warnings`].
     pub batch_events: Option<u64>,
     /// `analytics:events`.
+    #[serde(deserialize_with = "events_limits")]
     pub events: StreamLimits,
     /// `analytics:custom`.
+    #[serde(deserialize_with = "custom_limits")]
     pub custom: StreamLimits,
     /// `analytics:payments`.
+    #[serde(deserialize_with = "payments_limits")]
     pub payments: StreamLimits,
 }
 
@@ -303,6 +371,10 @@ pub struct Config {
     pub worker: Worker,
     /// Games by id.
     pub games: BTreeMap<String, Game>,
+    /// `CROUPIER_*` variables that look like mistyped overrides (ignored, reported by
+    /// [`Config::warnings`]).
+    #[serde(skip)]
+    pub ignored_variables: Vec<String>,
 }
 
 impl Config {
@@ -315,6 +387,17 @@ impl Config {
                  (docs/ingest.md); remove it"
                     .to_owned(),
             );
+        }
+        for name in &self.ignored_variables {
+            let rest = name.strip_prefix(ENV_PREFIX).unwrap_or(name);
+            let meant = match rest.split_once('_') {
+                Some((section, key)) => format!("{ENV_PREFIX}{section}__{key}"),
+                None => format!("{ENV_PREFIX}<SECTION>__<KEY>"),
+            };
+            w.push(format!(
+                "environment variable {name} is ignored: overrides are {ENV_PREFIX}<SECTION>__<KEY>, with two \
+                 underscores after the section ({meant}?)"
+            ));
         }
         w
     }
@@ -329,24 +412,43 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut overrides = Overrides::default();
+        let mut ignored = Vec::new();
         for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
             if name == ENV_CONFIG_PATH {
                 continue;
             }
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut root, rest, &value)?;
+            if !rest.contains("__") {
+                // Not an override: another program's variable, unless it starts like one.
+                let lower = rest.to_ascii_lowercase();
+                if SECTIONS.iter().any(|s| lower.strip_prefix(s).is_some_and(|r| r.starts_with('_'))) {
+                    ignored.push(name);
+                }
+                continue;
+            }
+            match apply_override(&mut root, rest, &value) {
+                Ok(path) => overrides.0.push((path, name)),
+                Err(mut e) => {
+                    e.variable = Some(name);
+                    return Err(e);
+                }
             }
         }
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
-            .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
-        config.resolve_secrets()?;
-        config.check()?;
+        ignored.sort();
+        let mut config = Self::from_table(root).map_err(|e| overrides.attribute(e))?;
+        config.ignored_variables = ignored;
         Ok(config)
     }
 
     /// Parses a TOML document (no environment), for tests and tools.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let root = text.parse::<toml::Table>().map_err(|e| err("<toml>", e.to_string()))?;
+        Self::from_table(root)
+    }
+
+    /// Reads the merged document, its secret files, and checks the result.
+    fn from_table(root: toml::Table) -> Result<Config, ConfigError> {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
             .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
         config.resolve_secrets()?;
@@ -459,12 +561,17 @@ impl Config {
     }
 }
 
-fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<(), ConfigError> {
+/// Sets the key that `rest` (a variable's name after the prefix) names to `raw`;
+/// returns the key's dotted path.
+fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<String, ConfigError> {
     let segments: Vec<&str> = rest.split("__").collect();
     let mut path: Vec<String> = Vec::with_capacity(segments.len());
     for (i, s) in segments.iter().enumerate() {
         if s.is_empty() {
-            return Err(err(format!("{ENV_PREFIX}{rest}"), "empty key segment"));
+            return Err(err(
+                path.join("."),
+                format!("empty key segment: overrides are {ENV_PREFIX}<SECTION>__<KEY>, e.g. CROUPIER_SERVER__LISTEN"),
+            ));
         }
         let keep_case = i == 1 && path.first().is_some_and(|p| p == "games");
         path.push(if keep_case { (*s).to_owned() } else { s.to_ascii_lowercase() });
@@ -475,7 +582,7 @@ fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<(), C
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
     let Some((last, parents)) = path.split_last() else {
-        return Err(err(format!("{ENV_PREFIX}{rest}"), "empty key"));
+        return Err(err("", "empty key"));
     };
     let mut table = root;
     for p in parents {
@@ -483,7 +590,7 @@ fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<(), C
         table = entry.as_table_mut().ok_or_else(|| err(path.join("."), format!("`{p}` is not a section")))?;
     }
     table.insert(last.clone(), value);
-    Ok(())
+    Ok(path.join("."))
 }
 
 #[cfg(test)]
@@ -605,14 +712,19 @@ mod tests {
             ("CROUPIER_NOSUCH__KEY", "1", "nosuch"),
             ("CROUPIER_SERVER__", "1", ""),
             ("CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS", "0", "streams.events.high_water_events"),
+            ("CROUPIER_STREAMS__EVENTS__HIGH_WATER", "1", "streams.events.high_water"),
             ("CROUPIER_SERVER__LISTEN__PORT", "1", "server.listen"),
         ] {
             let e = Config::load(None, env(&[(name, value)])).expect_err(name);
             assert!(e.to_string().contains(name), "the message names {name}: {e}");
             assert!(e.key.starts_with(key), "{name}: key {} (expected {key})", e.key);
         }
+        // One key of a stream set alone keeps the stream's other default.
+        let c = Config::load(None, env(&[("CROUPIER_STREAMS__PAYMENTS__HIGH_WATER_EVENTS", "1000")])).expect("loads");
+        assert_eq!((c.streams.payments.retention_events, c.streams.payments.high_water_events), (100_000, 1000));
         // An error in the file names no variable.
         let e = Config::from_toml("[server]\nshards = \"two\"\n").expect_err("bad type");
-        assert_eq!(e.to_string(), "config `server.shards`: invalid type: string \"two\", expected usize");
+        assert!(e.to_string().starts_with("config `server.shards`: invalid type: string \"two\""), "{e}");
+        assert_eq!(e.variable, None);
     }
 }

@@ -8,7 +8,8 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn env_croupier_url_set_for_a_client_does_not_stop_the_server() {
-    let (ok, out) = croupier(&["check"], &env(&[("CROUPIER_URL", "http://127.0.0.1:8080"), ("CROUPIER_SERVER__SHARDS", "2")]));
+    let (ok, out) =
+        croupier(&["check"], &env(&[("CROUPIER_URL", "http://127.0.0.1:8080"), ("CROUPIER_SERVER__SHARDS", "2")]));
     assert!(ok, "croupier check with CROUPIER_URL set: {out}");
     assert!(out.contains("configuration ok: 2 shard(s)"), "{out}");
 }

@@ -288,6 +288,52 @@ const KNOWN_FIELDS: [&str; 21] = [
     "reason",
 ];
 
+/// Slot of each field in [`KNOWN_FIELDS`], so a record's fields are read by index.
+mod f {
+    /// `ts`
+    pub const TS: usize = 0;
+    /// `game_id`
+    pub const GAME_ID: usize = 1;
+    /// `env`
+    pub const ENV: usize = 2;
+    /// `event`
+    pub const EVENT: usize = 3;
+    /// `user_id`
+    pub const USER_ID: usize = 4;
+    /// `session_id`
+    pub const SESSION_ID: usize = 5;
+    /// `device_id`
+    pub const DEVICE_ID: usize = 6;
+    /// `channel`
+    pub const CHANNEL: usize = 7;
+    /// `platform`
+    pub const PLATFORM: usize = 8;
+    /// `country`
+    pub const COUNTRY: usize = 9;
+    /// `app_version`
+    pub const APP_VERSION: usize = 10;
+    /// `event_id`
+    pub const EVENT_ID: usize = 11;
+    /// `props`
+    pub const PROPS: usize = 12;
+    /// `order_id`
+    pub const ORDER_ID: usize = 13;
+    /// `amount_cents`
+    pub const AMOUNT_CENTS: usize = 14;
+    /// `currency`
+    pub const CURRENCY: usize = 15;
+    /// `status`
+    pub const STATUS: usize = 16;
+    /// `region`
+    pub const REGION: usize = 17;
+    /// `city`
+    pub const CITY: usize = 18;
+    /// `product_id`
+    pub const PRODUCT_ID: usize = 19;
+    /// `reason`
+    pub const REASON: usize = 20;
+}
+
 fn slot_of(key: &str) -> Option<usize> {
     // Length first: it rules out most names without comparing bytes.
     KNOWN_FIELDS.iter().position(|k| k.len() == key.len() && *k == key)
@@ -324,14 +370,15 @@ impl<'t, 'v> Rec<'t, 'v> {
         BodyError::Field { index: self.index, field, problem }
     }
 
-    fn get(&self, field: &str) -> Option<Value<'t, 'v>> {
-        slot_of(field).and_then(|i| self.fields[i])
+    fn get(&self, slot: usize) -> Option<Value<'t, 'v>> {
+        self.fields.get(slot).copied().flatten()
     }
 
-    fn opt_str(&self, field: &'static str) -> Result<&'v str, BodyError> {
-        match self.get(field) {
+    fn opt_str(&self, slot: usize) -> Result<&'v str, BodyError> {
+        match self.get(slot) {
             None => Ok(""),
             Some(v) => {
+                let field = KNOWN_FIELDS[slot];
                 let s = v.into_string().ok_or_else(|| self.err(field, Problem::WrongType("a string")))?;
                 if s.len() > self.limits.max_field_bytes {
                     return Err(self.err(field, Problem::TooLong(self.limits.max_field_bytes)));
@@ -341,17 +388,17 @@ impl<'t, 'v> Rec<'t, 'v> {
         }
     }
 
-    fn req_str(&self, field: &'static str) -> Result<&'v str, BodyError> {
-        let s = self.opt_str(field)?;
+    fn req_str(&self, slot: usize) -> Result<&'v str, BodyError> {
+        let s = self.opt_str(slot)?;
         if s.is_empty() {
-            return Err(self.err(field, Problem::Missing));
+            return Err(self.err(KNOWN_FIELDS[slot], Problem::Missing));
         }
         Ok(s)
     }
 
     /// The record's game, which must be `game` when one is given.
     fn game(&self, game: Option<&str>) -> Result<&'v str, BodyError> {
-        let g = self.req_str("game_id")?;
+        let g = self.req_str(f::GAME_ID)?;
         if game.is_some_and(|want| g != want) {
             return Err(BodyError::GameMismatch { index: self.index });
         }
@@ -359,7 +406,7 @@ impl<'t, 'v> Rec<'t, 'v> {
     }
 
     fn ts(&self) -> Result<i64, BodyError> {
-        let v = self.get("ts").ok_or_else(|| self.err("ts", Problem::Missing))?;
+        let v = self.get(f::TS).ok_or_else(|| self.err("ts", Problem::Missing))?;
         let r = if let Some(s) = v.as_str() {
             timestamp::parse_str(s)
         } else if let Some(i) = v.as_i64() {
@@ -379,7 +426,7 @@ impl<'t, 'v> Rec<'t, 'v> {
 
     /// The upper-case country code, or empty.
     fn country(&self) -> Result<CountryCode, BodyError> {
-        let c = self.opt_str("country")?;
+        let c = self.opt_str(f::COUNTRY)?;
         if c.is_empty() {
             return Ok(CountryCode::default());
         }
@@ -452,7 +499,7 @@ pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment,
 }
 
 fn event_name<'v>(r: &Rec<'v, '_>) -> Result<&'v str, BodyError> {
-    let name = r.req_str("event")?;
+    let name = r.req_str(f::EVENT)?;
     if name.len() > 128 {
         return Err(r.err("event", Problem::TooLong(128)));
     }
@@ -470,14 +517,14 @@ fn event_record(
 ) -> Result<(), BodyError> {
     let limits = r.limits;
     let ts_ms = r.ts()?;
-    let event_id = match r.opt_str("event_id")? {
+    let event_id = match r.opt_str(f::EVENT_ID)? {
         "" => new_id(),
         s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
     };
     let game_id = r.game(game)?;
-    let env = r.req_str("env")?;
+    let env = r.req_str(f::ENV)?;
     let country = r.country()?;
-    let props = match r.get("props") {
+    let props = match r.get(f::PROPS) {
         None => None,
         Some(p) if p.as_object().is_some() => Some(p),
         Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
@@ -486,13 +533,13 @@ fn event_record(
     w.field(game_id);
     w.field(env);
     w.field(name);
-    w.field(r.opt_str("user_id")?);
-    w.field(r.opt_str("session_id")?);
-    w.field(r.opt_str("device_id")?);
-    w.field(r.opt_str("channel")?);
-    w.field(r.opt_str("platform")?);
+    w.field(r.opt_str(f::USER_ID)?);
+    w.field(r.opt_str(f::SESSION_ID)?);
+    w.field(r.opt_str(f::DEVICE_ID)?);
+    w.field(r.opt_str(f::CHANNEL)?);
+    w.field(r.opt_str(f::PLATFORM)?);
     w.field(std::str::from_utf8(&country).unwrap_or(""));
-    w.field(r.opt_str("app_version")?);
+    w.field(r.opt_str(f::APP_VERSION)?);
     match props {
         None => w.field("{}"),
         Some(p) => {
@@ -558,7 +605,7 @@ fn set(to: &mut String, from: &str) {
 
 /// Validates the record into `p`, every field overwritten.
 fn payment_record(r: &Rec<'_, '_>, game: Option<&str>, p: &mut Payment) -> Result<(), BodyError> {
-    let amount = r.get("amount_cents").ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
+    let amount = r.get(f::AMOUNT_CENTS).ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
     p.amount_cents = match (amount.as_u64(), amount.as_i64()) {
         (Some(a), _) if a > 0 && a <= MAX_AMOUNT_CENTS => a,
         (Some(_), _) | (None, Some(_)) => {
@@ -566,25 +613,25 @@ fn payment_record(r: &Rec<'_, '_>, game: Option<&str>, p: &mut Payment) -> Resul
         }
         _ => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
     };
-    let currency = r.req_str("currency")?;
+    let currency = r.req_str(f::CURRENCY)?;
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(r.err("currency", Problem::Invalid("three upper-case letters (ISO 4217)")));
     }
     set(&mut p.currency, currency);
-    p.status = PaymentStatus::parse(r.req_str("status")?)
+    p.status = PaymentStatus::parse(r.req_str(f::STATUS)?)
         .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
     p.ts_ms = r.ts()?;
     set(&mut p.game_id, r.game(game)?);
-    set(&mut p.env, r.req_str("env")?);
-    set(&mut p.user_id, r.req_str("user_id")?);
-    set(&mut p.order_id, r.req_str("order_id")?);
-    set(&mut p.channel, r.opt_str("channel")?);
-    set(&mut p.platform, r.opt_str("platform")?);
+    set(&mut p.env, r.req_str(f::ENV)?);
+    set(&mut p.user_id, r.req_str(f::USER_ID)?);
+    set(&mut p.order_id, r.req_str(f::ORDER_ID)?);
+    set(&mut p.channel, r.opt_str(f::CHANNEL)?);
+    set(&mut p.platform, r.opt_str(f::PLATFORM)?);
     set(&mut p.country, std::str::from_utf8(&r.country()?).unwrap_or(""));
-    set(&mut p.region, r.opt_str("region")?);
-    set(&mut p.city, r.opt_str("city")?);
-    set(&mut p.product_id, r.opt_str("product_id")?);
-    set(&mut p.reason, r.opt_str("reason")?);
+    set(&mut p.region, r.opt_str(f::REGION)?);
+    set(&mut p.city, r.opt_str(f::CITY)?);
+    set(&mut p.product_id, r.opt_str(f::PRODUCT_ID)?);
+    set(&mut p.reason, r.opt_str(f::REASON)?);
     Ok(())
 }
 
@@ -709,6 +756,33 @@ mod tests {
     fn field_slots_match_the_table() {
         for (i, k) in KNOWN_FIELDS.iter().enumerate() {
             assert_eq!(slot_of(k), Some(i), "{k}");
+        }
+        let named = [
+            (f::TS, "ts"),
+            (f::GAME_ID, "game_id"),
+            (f::ENV, "env"),
+            (f::EVENT, "event"),
+            (f::USER_ID, "user_id"),
+            (f::SESSION_ID, "session_id"),
+            (f::DEVICE_ID, "device_id"),
+            (f::CHANNEL, "channel"),
+            (f::PLATFORM, "platform"),
+            (f::COUNTRY, "country"),
+            (f::APP_VERSION, "app_version"),
+            (f::EVENT_ID, "event_id"),
+            (f::PROPS, "props"),
+            (f::ORDER_ID, "order_id"),
+            (f::AMOUNT_CENTS, "amount_cents"),
+            (f::CURRENCY, "currency"),
+            (f::STATUS, "status"),
+            (f::REGION, "region"),
+            (f::CITY, "city"),
+            (f::PRODUCT_ID, "product_id"),
+            (f::REASON, "reason"),
+        ];
+        assert_eq!(named.len(), KNOWN_FIELDS.len());
+        for (slot, name) in named {
+            assert_eq!(KNOWN_FIELDS[slot], name);
         }
         assert_eq!(slot_of("unknown"), None);
     }

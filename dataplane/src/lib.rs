@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod ratelimit;
 pub mod redis;
 pub mod runtime;
+pub mod server;
 pub mod shard;
 pub mod shards;
 pub mod worker;

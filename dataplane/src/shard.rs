@@ -3,10 +3,10 @@
 //! only thing shared with other shards is each game's rate cell (one atomic word,
 //! `ratelimit.rs`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
 use crate::redis::backlog::Backlog;
 use crate::redis::connection::{RedisClient, RedisOptions};
+use crate::server;
 
 /// A configured game, as a shard holds it.
 #[derive(Debug)]
@@ -49,13 +50,9 @@ pub struct Shard {
     pub json: RefCell<JsonBuffers>,
     /// Record batches and archives reused by every request of the shard.
     pub batches: RefCell<IngestBuffers>,
-    /// Requests being handled (for draining at shutdown).
-    pub inflight: Cell<usize>,
-    /// Set when the process is shutting down.
-    pub stop: Arc<AtomicBool>,
 }
 
-fn build(id: usize, config: Arc<Config>, rates: &RateLimits, stop: Arc<AtomicBool>) -> Rc<Shard> {
+fn build(id: usize, config: Arc<Config>, rates: &RateLimits) -> Rc<Shard> {
     let games = config
         .games
         .iter()
@@ -83,13 +80,12 @@ fn build(id: usize, config: Arc<Config>, rates: &RateLimits, stop: Arc<AtomicBoo
         limits,
         json: RefCell::new(JsonBuffers::default()),
         batches: RefCell::new(IngestBuffers::default()),
-        inflight: Cell::new(0),
-        stop,
     })
 }
 
-/// Runs shard `id` on the current thread's runtime until `stop` is set and its requests
-/// have drained. `rates` holds the games' rate limits, shared by all shards.
+/// Runs shard `id` on the current thread's runtime until `stop` is set and its
+/// connections have drained (`server.rs`). `rates` holds the games' rate limits, shared
+/// by all shards.
 pub async fn run(
     id: usize,
     config: Arc<Config>,
@@ -97,36 +93,9 @@ pub async fn run(
     listener: std::net::TcpListener,
     stop: Arc<AtomicBool>,
 ) {
-    let shard = build(id, config, &rates, stop.clone());
-    let listener = match monoio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("croupier: shard {id}: listener: {e}");
-            return;
-        }
-    };
-    let accept_shard = shard.clone();
-    monoio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if accept_shard.stop.load(Ordering::Relaxed) {
-                        drop(stream);
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    monoio::spawn(conn::serve(accept_shard.clone(), stream));
-                }
-                Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    });
-    while !stop.load(Ordering::Relaxed) {
-        monoio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Drain: requests already being handled finish and get their answer.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while shard.inflight.get() > 0 && std::time::Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
+    let shard = build(id, config, &rates);
+    let served = server::run(listener, stop, move |stream, server| conn::serve(shard.clone(), server, stream)).await;
+    if let Err(e) = served {
+        eprintln!("croupier: shard {id}: listener: {e}");
     }
 }

@@ -13,5 +13,6 @@ mod pipeline;
 mod redis_faults;
 mod refusals;
 mod retries;
+mod shutdown;
 mod trimming;
 mod worker;

@@ -2,11 +2,10 @@
 
 use std::io::Read;
 
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Chunks};
-use super::read::{read_some, ReadError};
+use super::read::{ReadError, Socket};
 use super::request::BodyFraming;
 use crate::error::IngestError;
 
@@ -14,14 +13,14 @@ fn read_err(e: ReadError) -> IngestError {
     match e {
         ReadError::Timeout => IngestError::RequestTimeout,
         // The peer is gone; the error is never written.
-        ReadError::Closed => IngestError::BadRequest("connection closed mid-body"),
+        ReadError::Closed | ReadError::Stopped => IngestError::BadRequest("connection closed mid-body"),
     }
 }
 
 /// Reads the body framed by `framing` into `out`. `buf` holds bytes already read past the
 /// head; bytes past the body (a pipelined request) are left in it.
 pub async fn read(
-    stream: &mut TcpStream,
+    sock: &mut Socket,
     buf: &mut Vec<u8>,
     framing: BodyFraming,
     limit: usize,
@@ -39,7 +38,7 @@ pub async fn read(
             // a declared length alone cannot make the server allocate.
             buf.reserve(n.min(256 << 10).saturating_sub(buf.len()));
             while buf.len() < n {
-                read_some(stream, buf, deadline).await.map_err(read_err)?;
+                sock.read(buf, deadline).await.map_err(read_err)?;
             }
             if buf.len() == n {
                 // Nothing pipelined behind the body (the usual case): hand over the
@@ -65,7 +64,7 @@ pub async fn read(
                         buf.drain(..used);
                     }
                 }
-                read_some(stream, buf, deadline).await.map_err(read_err)?;
+                sock.read(buf, deadline).await.map_err(read_err)?;
             }
         }
     }
@@ -76,7 +75,7 @@ pub async fn read(
 /// bytes would be read as the next request. The buffer holds one read at a time; bytes
 /// past the body are left in it.
 pub async fn discard(
-    stream: &mut TcpStream,
+    sock: &mut Socket,
     buf: &mut Vec<u8>,
     framing: BodyFraming,
     limit: usize,
@@ -96,7 +95,7 @@ pub async fn discard(
                 if left == 0 {
                     return Ok(());
                 }
-                read_some(stream, buf, deadline).await.map_err(read_err)?;
+                sock.read(buf, deadline).await.map_err(read_err)?;
             }
         }
         BodyFraming::Chunked => {
@@ -111,7 +110,7 @@ pub async fn discard(
                         buf.drain(..used);
                     }
                 }
-                read_some(stream, buf, deadline).await.map_err(read_err)?;
+                sock.read(buf, deadline).await.map_err(read_err)?;
             }
         }
     }

@@ -13,11 +13,12 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use super::body;
-use super::read::{read_some, ReadError};
+use super::read::{ReadError, Socket};
 use super::request::{self, BodyFraming, Head, Method};
 use super::response::{self, Response};
 use crate::error::IngestError;
 use crate::ingest::{self, Endpoint};
+use crate::server::Server;
 use crate::shard::Shard;
 
 /// Buffers reused across the requests of one connection.
@@ -29,11 +30,14 @@ struct Buffers {
     output: Vec<u8>,
 }
 
-/// Serves requests on `stream` until the peer closes, a timeout, or a fatal error.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+/// Serves requests on `stream` until the peer closes, a timeout, a fatal error, or the
+/// shard's drain (`server.rs`).
+pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
     let read_timeout = Duration::from_millis(shard.config.server.read_timeout_ms);
     let idle_timeout = Duration::from_millis(shard.config.server.idle_timeout_ms);
+    let mut sock = Socket::new(stream);
     let mut b = Buffers { input: Vec::with_capacity(16 * 1024), ..Buffers::default() };
+    let mut last_active = Instant::now();
     loop {
         let mut started = (!b.input.is_empty()).then(Instant::now);
         let head = loop {
@@ -41,21 +45,25 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = write(&mut stream, &mut b.output, error_response(&e, true)).await;
-                    linger(&mut stream, &mut b.input).await;
+                    let _ = write(&mut sock, &mut b.output, error_response(&e, true)).await;
+                    linger(&mut sock, &mut b.input).await;
                     return;
                 }
             }
-            let deadline = match started {
-                Some(t) => t + read_timeout,
-                None => Instant::now() + idle_timeout,
+            let read = match started {
+                Some(t) => sock.read(&mut b.input, t + read_timeout).await,
+                // Between requests: at shutdown, an idle connection is closed.
+                None => {
+                    let stop = server.drain.idle_past_grace(last_active);
+                    sock.read_or_stop(&mut b.input, Instant::now() + idle_timeout, stop).await
+                }
             };
-            match read_some(&mut stream, &mut b.input, deadline).await {
+            match read {
                 Ok(_) => {
                     started.get_or_insert_with(Instant::now);
                 }
                 Err(ReadError::Timeout) if started.is_some() => {
-                    let _ = write(&mut stream, &mut b.output, error_response(&IngestError::RequestTimeout, true)).await;
+                    let _ = write(&mut sock, &mut b.output, error_response(&IngestError::RequestTimeout, true)).await;
                     return;
                 }
                 Err(_) => return,
@@ -63,32 +71,32 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         };
         let deadline = started.unwrap_or_else(Instant::now) + read_timeout;
         b.input.drain(..head.len);
-        shard.inflight.set(shard.inflight.get() + 1);
-        let mut resp = respond(&shard, &head, &mut stream, &mut b, deadline).await;
-        shard.inflight.set(shard.inflight.get() - 1);
-        resp.close |= !head.keep_alive;
+        let mut resp = respond(&shard, &head, &mut sock, &mut b, deadline).await;
+        // At shutdown every response is the connection's last.
+        resp.close |= !head.keep_alive || server.drain.is_started();
         resp.head_only = head.method == Method::Head;
         let close = resp.close;
-        if write(&mut stream, &mut b.output, resp).await.is_err() {
+        if write(&mut sock, &mut b.output, resp).await.is_err() {
             return;
         }
         if close {
-            linger(&mut stream, &mut b.input).await;
+            linger(&mut sock, &mut b.input).await;
             return;
         }
+        last_active = Instant::now();
     }
 }
 
 /// Closes after a final response: shuts down the sending side, then reads and discards
 /// what the client still sends (a refused body) for a short while, so the kernel does
 /// not answer it with a reset that could destroy the response before the client reads it.
-async fn linger(stream: &mut TcpStream, scratch: &mut Vec<u8>) {
-    let _ = stream.shutdown().await;
+async fn linger(sock: &mut Socket, scratch: &mut Vec<u8>) {
+    let _ = sock.stream().shutdown().await;
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut drained = 0usize;
     while drained < LINGER_BYTES {
         scratch.clear();
-        match read_some(stream, scratch, deadline).await {
+        match sock.read(scratch, deadline).await {
             Ok(n) => drained += n,
             Err(_) => return,
         }
@@ -98,10 +106,10 @@ async fn linger(stream: &mut TcpStream, scratch: &mut Vec<u8>) {
 /// Most bytes read and discarded while closing.
 const LINGER_BYTES: usize = 32 << 20;
 
-async fn write(stream: &mut TcpStream, out: &mut Vec<u8>, resp: Response) -> std::io::Result<()> {
+async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response) -> std::io::Result<()> {
     out.clear();
     resp.encode(out);
-    let (res, buf) = stream.write_all(std::mem::take(out)).await;
+    let (res, buf) = sock.stream().write_all(std::mem::take(out)).await;
     *out = buf;
     res.map(|_| ())
 }
@@ -142,16 +150,16 @@ fn route(head: &Head) -> Result<Route, IngestError> {
     }
 }
 
-async fn respond(shard: &Shard, head: &Head, stream: &mut TcpStream, b: &mut Buffers, deadline: Instant) -> Response {
+async fn respond(shard: &Shard, head: &Head, sock: &mut Socket, b: &mut Buffers, deadline: Instant) -> Response {
     let limit = shard.config.server.max_body_bytes;
     let refuse = |e: IngestError| error_response(&e, false);
     let route = match route(head) {
         Ok(r) => r,
-        Err(e) => return finish_refusal(stream, head, b, limit, deadline, e).await,
+        Err(e) => return finish_refusal(sock, head, b, limit, deadline, e).await,
     };
     if matches!(route, Route::Health | Route::Ready) {
         // Answered without a body: whatever was sent with the request is read past.
-        if let Err(e) = body::discard(stream, &mut b.input, head.framing, limit, deadline).await {
+        if let Err(e) = body::discard(sock, &mut b.input, head.framing, limit, deadline).await {
             return error_response(&e, true);
         }
     }
@@ -173,17 +181,17 @@ async fn respond(shard: &Shard, head: &Head, stream: &mut TcpStream, b: &mut Buf
         Route::Ingest(endpoint) => {
             let (cred, encoding) = match ingest::precheck(shard, head) {
                 Ok(c) => c,
-                Err(e) => return finish_refusal(stream, head, b, limit, deadline, e).await,
+                Err(e) => return finish_refusal(sock, head, b, limit, deadline, e).await,
             };
             if head.expect_continue && head.framing != BodyFraming::None {
-                let (res, _) = stream.write_all(response::CONTINUE).await;
+                let (res, _) = sock.stream().write_all(response::CONTINUE).await;
                 if res.is_err() {
                     let mut r = refuse(IngestError::BadRequest("connection closed"));
                     r.close = true;
                     return r;
                 }
             }
-            if let Err(e) = body::read(stream, &mut b.input, head.framing, limit, deadline, &mut b.body).await {
+            if let Err(e) = body::read(sock, &mut b.input, head.framing, limit, deadline, &mut b.body).await {
                 return refuse(e);
             }
             match ingest::handle(shard, endpoint, &cred, encoding, &mut b.body, &mut b.scratch).await {
@@ -197,7 +205,7 @@ async fn respond(shard: &Shard, head: &Head, stream: &mut TcpStream, b: &mut Buf
 /// Answers `e` to a request whose body has not been read: reads past the body when it can
 /// (keeping the connection), else closes.
 async fn finish_refusal(
-    stream: &mut TcpStream,
+    sock: &mut Socket,
     head: &Head,
     b: &mut Buffers,
     limit: usize,
@@ -207,7 +215,7 @@ async fn finish_refusal(
     // A client waiting for `100 Continue` may never send the body: close instead.
     let must_close = head.expect_continue && head.framing != BodyFraming::None;
     if !must_close {
-        if let Err(body_err) = body::read(stream, &mut b.input, head.framing, limit, deadline, &mut b.scratch).await {
+        if let Err(body_err) = body::read(sock, &mut b.input, head.framing, limit, deadline, &mut b.scratch).await {
             return error_response(&body_err, true);
         }
     }

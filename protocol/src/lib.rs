@@ -11,11 +11,13 @@
 //! - [`stream`]: stream names and which stream a record goes to.
 //! - [`resp`]: the Redis commands the data plane sends, and reply parsing.
 //! - [`signature`]: the per-game HMAC request signature.
+//! - [`hll`]: HyperLogLog sketches bit-compatible with Redis's `PFADD`/`PFCOUNT`.
 
 pub mod batch;
 pub mod clickhouse;
 pub mod country;
 pub mod envelope;
+pub mod hll;
 pub mod prescan;
 pub mod resp;
 pub mod signature;

@@ -121,6 +121,21 @@ impl RedisClient {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
         resp::command(&mut out, &args);
         self.stream.write_all(&out)?;
+        self.read_reply()
+    }
+
+    /// Sends commands already encoded in `commands` (several, pipelined) without waiting
+    /// for their replies; [`replies`](Self::replies) reads them.
+    pub fn send(&mut self, commands: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(commands)
+    }
+
+    /// Reads the next `count` replies, in order.
+    pub fn replies(&mut self, count: usize) -> std::io::Result<Vec<Frame>> {
+        (0..count).map(|_| self.read_reply()).collect()
+    }
+
+    fn read_reply(&mut self) -> std::io::Result<Frame> {
         loop {
             if let Some((frame, used)) = resp::decode_reply(&self.buf).map_err(std::io::Error::other)? {
                 self.buf.drain(..used);

@@ -8,6 +8,7 @@ mod clickhouse;
 mod config;
 mod fixture;
 mod framing;
+mod hll;
 mod ingest;
 mod pipeline;
 mod redis_faults;

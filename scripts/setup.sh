@@ -11,6 +11,11 @@ command -v clickhouse-client >/dev/null 2>&1 || need_apt+=(clickhouse-client)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# Monitoring: promtool (rule tests, metric checks) and a real Prometheus and Alertmanager
+# for the end-to-end alert tests; amtool checks the Alertmanager configuration.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

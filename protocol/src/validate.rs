@@ -192,19 +192,24 @@ impl JsonBuffers {
     }
 }
 
-/// Checks what can be checked of `body` without parsing it: the number of records (an
-/// upper bound, from a scan that costs far less than the parse and only runs on large
-/// bodies) and lone surrogate escapes (which simd-json would turn into U+0000).
-fn prescan(body: &[u8], limits: &Limits) -> Result<(), BodyError> {
+/// Refuses a batch body with more than `max_records` records before it is parsed (an
+/// upper bound, from a scan that costs far less than the parse and runs on large bodies
+/// only).
+fn count_records(body: &[u8], limits: &Limits) -> Result<(), BodyError> {
     if prescan::records_may_exceed(body, limits.max_records) {
         return Err(BodyError::TooManyRecords(limits.max_records));
     }
-    if let Some(at) = prescan::lone_surrogate(body) {
-        return Err(BodyError::Malformed(format!(
-            "lone UTF-16 surrogate escape at byte {at} (a \\uD800-\\uDBFF escape must be followed by a \\uDC00-\\uDFFF one)"
-        )));
-    }
     Ok(())
+}
+
+/// Refuses lone surrogate escapes, which simd-json would turn into U+0000.
+fn check_surrogates(body: &[u8]) -> Result<(), BodyError> {
+    match prescan::lone_surrogate(body) {
+        None => Ok(()),
+        Some(at) => Err(BodyError::Malformed(format!(
+            "lone UTF-16 surrogate escape at byte {at} (a \\uD800-\\uDBFF escape must be followed by a \\uDC00-\\uDFFF one)"
+        ))),
+    }
 }
 
 /// Parses `body` in place into the reused tape and hands its root to `f`.
@@ -214,7 +219,7 @@ fn with_root<'a, R>(
     bufs: &mut JsonBuffers,
     f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, BodyError>,
 ) -> Result<R, BodyError> {
-    prescan(body, limits)?;
+    check_surrogates(body)?;
     let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
     bufs.parsed_for = bufs.parsed_for.max(body.len());
     let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
@@ -463,6 +468,7 @@ pub fn parse_events_in(
     events: &mut EventBatch,
     custom: &mut EventBatch,
 ) -> Result<(), BodyError> {
+    count_records(body, limits)?;
     with_root(body, limits, bufs, |root, scratch| {
         for (index, v) in records(root, limits)?.iter().enumerate() {
             let r = Rec::new(index, v, limits)?;
@@ -589,6 +595,7 @@ pub fn parse_payments_in(
     limits: &Limits,
     out: &mut PaymentBatch,
 ) -> Result<(), BodyError> {
+    count_records(body, limits)?;
     with_root(body, limits, bufs, |root, _| {
         for (index, v) in records(root, limits)?.iter().enumerate() {
             payment_record(&Rec::new(index, v, limits)?, Some(game), out.next_to_fill())?;

@@ -268,6 +268,9 @@ pub struct ClickHouse {
     pub compression: bool,
     /// Connect timeout and longest wait for any reply, milliseconds.
     pub timeout_ms: u64,
+    /// Partitions (months of the time column) one INSERT block may span: the server's
+    /// `max_partitions_per_insert_block` or less.
+    pub max_partitions_per_block: usize,
 }
 
 impl Default for ClickHouse {
@@ -280,6 +283,7 @@ impl Default for ClickHouse {
             password_file: None,
             compression: true,
             timeout_ms: 30_000,
+            max_partitions_per_block: 100,
         }
     }
 }
@@ -524,6 +528,9 @@ impl Config {
         }
         if self.worker.shards == 0 || self.worker.batch_rows == 0 || self.worker.read_count == 0 {
             return Err(err("worker", "shards, batch_rows and read_count must be greater than 0"));
+        }
+        if self.clickhouse.max_partitions_per_block == 0 {
+            return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));
         }
         if self.worker.batch_bytes < 1 << 20 {
             return Err(err("worker.batch_bytes", "expected at least 1048576 (1 MiB)"));

@@ -421,3 +421,36 @@ fn m7_a_read_takes_no_more_than_the_byte_budget() {
     p.wait_for(accepted, "rows after ClickHouse went on", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
+
+/// C3: one request of 150 events in 150 different months (a device with a wrong clock,
+/// or a tenant on purpose) is inserted whole with every `ts` as sent, and the worker goes
+/// on with the next batch. Blocks are grouped by month so that none spans more than
+/// `clickhouse.max_partitions_per_block` partitions (ClickHouse 19+ refuses more than 100
+/// with code 252; 18.16, here, has no such limit: the grouping itself is unit-tested in
+/// `clickhouse::partitions`).
+#[test]
+fn c3_events_over_150_months_insert_whole_and_the_worker_goes_on() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[("CROUPIER_CLICKHOUSE__MAX_PARTITIONS_PER_BLOCK", "40")]);
+    // The 15th of each month from 2001-01 on, at noon UTC.
+    let ts = |i: u64| format!("{:04}-{:02}-15 12:00:00", 2001 + i / 12, i % 12 + 1);
+    let items: Vec<String> = (0..150u64)
+        .map(|i| {
+            format!(r#"{{"ts":"{}","game_id":"{GAME}","env":"prod","event":"login","user_id":"clock-{i}"}}"#, ts(i))
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    let r = post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    p.wait_for(150, "rows over 150 months", Pipeline::distinct_events);
+    assert_eq!(p.scalar("SELECT uniqExact(toYYYYMM(event_time)) FROM analytics.events"), 150);
+    assert_eq!(
+        p.clickhouse.query("SELECT toString(event_time) FROM analytics.events WHERE user_id = 'clock-149'").trim(),
+        ts(149),
+        "each time kept as sent"
+    );
+    let next = post_events(&p, 1, 10);
+    p.wait_for(150 + next, "rows of the next batch", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+}

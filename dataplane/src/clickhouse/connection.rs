@@ -41,6 +41,22 @@ impl ChError {
         // 252 TOO_MANY_PARTS is not bad data.
         matches!(self, ChError::Server(e) if [6, 27, 32, 33, 41, 42, 53, 69, 70, 72, 117, 131].contains(&e.code))
     }
+
+    /// Whether the server refused a block for spanning more partitions than its
+    /// `max_partitions_per_insert_block` (ClickHouse 19 and later), and the limit it named
+    /// if it did. Same code (252) as "too many parts", which is backpressure: told apart by
+    /// the message.
+    pub fn too_many_partitions(&self) -> Option<Option<usize>> {
+        let ChError::Server(e) = self else { return None };
+        if e.code != 252 || !e.message.contains("partitions for single INSERT block") {
+            return None;
+        }
+        let limit = e.message.split("more than ").nth(1).and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        });
+        Some(limit)
+    }
 }
 
 impl std::fmt::Display for ChError {
@@ -221,5 +237,45 @@ impl Connection {
         packet::ping(&mut self.wbuf);
         self.flush().await?;
         self.wait_for(false, |p| matches!(p, ServerPacket::Pong)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: i32, message: &str) -> ChError {
+        ChError::Server(ServerException {
+            code,
+            name: "DB::Exception".into(),
+            message: message.into(),
+            stack_trace: String::new(),
+            nested: None,
+        })
+    }
+
+    #[test]
+    fn c3_partitions_per_block_is_told_apart_from_too_many_parts() {
+        let partitions = server(
+            252,
+            // As ClickHouse 26.9 (chdb-core) words it.
+            "Too many partitions for single INSERT block (more than 100). The limit is controlled by \
+             'max_partitions_per_insert_block' setting. Large number of partitions is a common misconception. \
+             It will lead to severe negative performance impact, including slow server startup, slow INSERT \
+             queries and slow SELECT queries.",
+        );
+        assert_eq!(partitions.too_many_partitions(), Some(Some(100)));
+        assert!(!partitions.is_bad_data());
+        let unnamed = server(252, "Too many partitions for single INSERT block.");
+        assert_eq!(unnamed.too_many_partitions(), Some(None));
+        // Too many parts is backpressure: retried as it is, neither split nor bad data.
+        let parts = server(
+            252,
+            "Too many parts (300 with average size of 1.20 MiB) in table 'analytics.events'. Merges are \
+             processing significantly slower than inserts",
+        );
+        assert_eq!(parts.too_many_partitions(), None);
+        assert!(!parts.is_bad_data());
+        assert_eq!(server(60, "Table analytics.nowhere doesn't exist").too_many_partitions(), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The shard's ClickHouse side: a native-protocol connection on monoio ([`connection`]),
-//! the schema and its migration ([`schema`]), and column blocks built from stream
-//! batches ([`rows`]).
+//! the schema and its migration ([`schema`]), column blocks built from stream batches
+//! ([`rows`]), grouped so that no block spans too many partitions ([`partitions`]).
 
 pub mod connection;
+pub mod partitions;
 pub mod rows;
 pub mod schema;

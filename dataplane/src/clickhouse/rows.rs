@@ -23,8 +23,14 @@ fn country(c: &str) -> [u8; 2] {
     }
 }
 
+/// Unix seconds of a time in milliseconds as a `DateTime` column holds them (clamped to
+/// its `u32` range).
+pub fn unix_seconds(ms: i64) -> u32 {
+    ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32
+}
+
 fn seconds(ms: i64) -> [u8; 4] {
-    (ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32).to_le_bytes()
+    unix_seconds(ms).to_le_bytes()
 }
 
 /// Read access to an event, owned or archived.

@@ -56,6 +56,8 @@ pub struct ConsumerConfig {
     pub dead_maxlen: u64,
     /// Longest a read blocks while idle.
     pub idle_block: Duration,
+    /// Partitions one INSERT block may span.
+    pub partitions_per_block: usize,
     /// ClickHouse.
     pub clickhouse: ChOptions,
 }
@@ -76,6 +78,11 @@ impl ConsumerConfig {
     pub fn is_full(&self, rows: usize, bytes: usize) -> bool {
         rows >= self.batch_rows || bytes >= self.batch_bytes
     }
+}
+
+/// Whether a ClickHouse server time zone is UTC (`toYYYYMM` then agrees with UTC months).
+fn is_utc(tz: &str) -> bool {
+    matches!(tz, "UTC" | "Etc/UTC" | "UCT" | "Etc/UCT" | "GMT" | "Etc/GMT" | "Universal" | "Etc/Universal" | "Zulu")
 }
 
 /// The dead-letter stream of `stream`.
@@ -107,8 +114,10 @@ struct Consumer {
 /// `XREADGROUP`s, `redis` everything else.
 pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient, stop: Arc<AtomicBool>) {
     let reader = Reader { cfg: cfg.clone(), redis: reads };
+    let mut sink = Sink::new(cfg.stream);
+    sink.set_partition_limit(cfg.partitions_per_block, true);
     let mut c = Consumer {
-        sink: Sink::new(cfg.stream),
+        sink,
         cfg,
         reader,
         redis,
@@ -421,9 +430,35 @@ impl Consumer {
 
     async fn connection(&mut self) -> Result<(), String> {
         if self.ch.is_none() {
-            self.ch = Some(Connection::connect(&self.cfg.clickhouse).await.map_err(|e| e.to_string())?);
+            let ch = Connection::connect(&self.cfg.clickhouse).await.map_err(|e| e.to_string())?;
+            // Months are told apart in UTC; elsewhere a month's neighbours are reserved too.
+            let limit = self.sink.partition_limit();
+            self.sink.set_partition_limit(limit, !is_utc(&ch.server().timezone));
+            self.ch = Some(ch);
         }
         Ok(())
+    }
+
+    /// After ClickHouse refused a block for spanning too many partitions (`named`: the
+    /// limit it said): blocks span fewer from now on. False when they cannot.
+    fn lower_partition_limit(&mut self, named: Option<usize>) -> bool {
+        let now = self.sink.partition_limit();
+        let lower = match named {
+            Some(n) if n >= 1 && n < now => n,
+            _ => now / 2,
+        };
+        if lower == 0 || lower >= now {
+            return false;
+        }
+        eprintln!(
+            "croupier: worker {} {}: ClickHouse refused a block spanning up to {now} partitions; \
+             blocks now span at most {lower} (set clickhouse.max_partitions_per_block to match the server's \
+             max_partitions_per_insert_block)",
+            self.cfg.consumer,
+            self.key()
+        );
+        self.sink.set_partition_limit(lower, !self.ch.as_ref().is_some_and(|c| is_utc(&c.server().timezone)));
+        true
     }
 
     /// Inserts `batch`, dead-letters what cannot be inserted, then acknowledges all of it.
@@ -437,6 +472,15 @@ impl Consumer {
             let Some(ch) = self.ch.as_mut() else { return Err("no ClickHouse connection".into()) };
             match self.sink.insert(ch, batch, &part).await {
                 Ok(p) => poison.extend(p),
+                Err(e) if e.too_many_partitions().is_some() => {
+                    // Not the rows' fault: split the blocks finer and insert again.
+                    let named = e.too_many_partitions().flatten();
+                    self.ch = None;
+                    if !self.lower_partition_limit(named) {
+                        return Err(e.to_string());
+                    }
+                    todo.push(part);
+                }
                 Err(e) if e.is_bad_data() => {
                     self.ch = None;
                     if part.len() == 1 {
@@ -510,6 +554,7 @@ mod tests {
             backoff_max: Duration::from_secs(5),
             dead_maxlen: 100_000,
             idle_block: Duration::from_secs(1),
+            partitions_per_block: 100,
             clickhouse: ChOptions {
                 addr: String::new(),
                 database: String::new(),

@@ -68,6 +68,7 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
         backoff_max: Duration::from_millis(w.backoff_max_ms),
         dead_maxlen: w.dead_letter_maxlen,
         idle_block,
+        partitions_per_block: config.clickhouse.max_partitions_per_block,
         clickhouse: clickhouse_options(config),
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Each entry is either a batch entry (`fmt=rkyv1`, read in place) or a Croupier-format
 //! entry (`data` = one record's JSON). An entry that cannot be read is *poison*: it is
-//! reported with its reason and contributes no rows. Rows stream to ClickHouse in blocks
-//! of [`BLOCK_ROWS`] as they fill.
+//! reported with its reason and contributes no rows. Rows are grouped by partition (month
+//! of their time) into blocks of at most a set number of partitions
+//! ([`crate::clickhouse::partitions`]), and a block streams to ClickHouse once it holds
+//! [`BLOCK_ROWS`] rows.
 
 use croupier_protocol::batch::{ArchivedRecords, BatchBuf, FIELD_BATCH, FIELD_CROUPIER_DATA, FIELD_FORMAT, FORMAT};
 use croupier_protocol::stream::StreamKind;
@@ -11,7 +13,11 @@ use croupier_protocol::validate::{self, Limits};
 
 use super::entries::Entry;
 use crate::clickhouse::connection::{ChError, Connection};
-use crate::clickhouse::rows::{ArchivedEventRef, EventRows, PaymentRows};
+use crate::clickhouse::partitions::{self, PartitionedRows};
+use crate::clickhouse::rows::{
+    unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, PaymentFields, PaymentRows, Payments, Table,
+    TableRows,
+};
 
 /// Rows per block sent to ClickHouse.
 pub const BLOCK_ROWS: usize = 65_536;
@@ -26,15 +32,15 @@ pub struct Poison {
 }
 
 enum Rows {
-    Events(EventRows),
-    Payments(PaymentRows),
+    Events(PartitionedRows<Events>),
+    Payments(PartitionedRows<Payments>),
 }
 
 impl Rows {
     fn count(&self) -> usize {
         match self {
-            Rows::Events(r) => r.rows,
-            Rows::Payments(r) => r.rows,
+            Rows::Events(r) => r.rows(),
+            Rows::Payments(r) => r.rows(),
         }
     }
 
@@ -45,6 +51,20 @@ impl Rows {
         }
     }
 
+    fn set_partition_limit(&mut self, limit: usize, neighbours: bool) {
+        match self {
+            Rows::Events(r) => r.set_limit(limit, neighbours),
+            Rows::Payments(r) => r.set_limit(limit, neighbours),
+        }
+    }
+
+    fn partition_limit(&self) -> usize {
+        match self {
+            Rows::Events(r) => r.limit(),
+            Rows::Payments(r) => r.limit(),
+        }
+    }
+
     fn insert_sql(&self) -> &'static str {
         match self {
             Rows::Events(_) => EventRows::INSERT,
@@ -52,14 +72,36 @@ impl Rows {
         }
     }
 
-    async fn send(&mut self, ch: &mut Connection) -> Result<(), ChError> {
+    /// Sends the blocks holding at least `min_rows` rows (and any rows), starting the
+    /// insert first if `started` is not set yet.
+    async fn send(&mut self, ch: &mut Connection, min_rows: usize, started: &mut bool) -> Result<(), ChError> {
+        let sql = self.insert_sql();
         match self {
-            Rows::Events(r) => ch.insert_block(&r.columns, r.rows).await?,
-            Rows::Payments(r) => ch.insert_block(&r.columns, r.rows).await?,
+            Rows::Events(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started).await,
+            Rows::Payments(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started).await,
         }
-        self.clear();
-        Ok(())
     }
+}
+
+async fn send_blocks<T: Table>(
+    ch: &mut Connection,
+    blocks: &mut [TableRows<T>],
+    sql: &str,
+    min_rows: usize,
+    started: &mut bool,
+) -> Result<(), ChError> {
+    for b in blocks {
+        if b.rows == 0 || b.rows < min_rows {
+            continue;
+        }
+        if !*started {
+            ch.insert_start(sql, &[]).await?;
+            *started = true;
+        }
+        ch.insert_block(&b.columns, b.rows).await?;
+        b.clear();
+    }
+    Ok(())
 }
 
 /// Builds and inserts rows for one stream, reusing its buffers across batches.
@@ -75,8 +117,8 @@ impl Sink {
     /// A sink for `stream`'s table.
     pub fn new(stream: StreamKind) -> Sink {
         let rows = match stream {
-            StreamKind::Payments => Rows::Payments(PaymentRows::new()),
-            _ => Rows::Events(EventRows::new()),
+            StreamKind::Payments => Rows::Payments(PartitionedRows::new(partitions::DEFAULT_LIMIT, true)),
+            _ => Rows::Events(PartitionedRows::new(partitions::DEFAULT_LIMIT, true)),
         };
         Sink { stream, rows, archive: BatchBuf::default(), json: Vec::new(), limits: Limits::default() }
     }
@@ -94,12 +136,12 @@ impl Sink {
                     let id = validate::derived_event_id(self.stream.key(), &e.id);
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
-                    r.push(&ev, entry_ms(&e.id));
+                    r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
                     Ok(())
                 }
                 Rows::Payments(r) => {
                     let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
-                    r.push(&p, entry_ms(&e.id));
+                    r.block(unix_seconds(p.ts_ms)).push(&p, entry_ms(&e.id));
                     Ok(())
                 }
             };
@@ -113,10 +155,13 @@ impl Sink {
         match (&batch.records, &mut self.rows) {
             (ArchivedRecords::Events(b), Rows::Events(r)) => {
                 for index in 0..b.len() {
-                    r.push(&ArchivedEventRef { batch: b, index }, accepted);
+                    let ev = ArchivedEventRef { batch: b, index };
+                    r.block(unix_seconds(ev.ts_ms())).push(&ev, accepted);
                 }
             }
-            (ArchivedRecords::Payments(v), Rows::Payments(r)) => v.iter().for_each(|p| r.push(p, accepted)),
+            (ArchivedRecords::Payments(v), Rows::Payments(r)) => {
+                v.iter().for_each(|p| r.block(unix_seconds(p.ts_ms())).push(p, accepted))
+            }
             _ => return Err(format!("batch holds records of another stream than {}", self.stream.key())),
         }
         Ok(())
@@ -139,25 +184,26 @@ impl Sink {
                 poison.push(Poison { index: i, reason });
                 continue;
             }
-            if self.rows.count() >= BLOCK_ROWS {
-                if !started {
-                    ch.insert_start(self.rows.insert_sql(), &[]).await?;
-                    started = true;
-                }
-                self.rows.send(ch).await?;
-            }
+            self.rows.send(ch, BLOCK_ROWS, &mut started).await?;
         }
         if self.rows.count() > 0 {
-            if !started {
-                ch.insert_start(self.rows.insert_sql(), &[]).await?;
-                started = true;
-            }
-            self.rows.send(ch).await?;
+            self.rows.send(ch, 1, &mut started).await?;
         }
         if started {
             ch.insert_end().await?;
         }
         Ok(poison)
+    }
+
+    /// The partitions one block may span.
+    pub fn partition_limit(&self) -> usize {
+        self.rows.partition_limit()
+    }
+
+    /// Sets the partitions one block may span (at least 1), and whether each month
+    /// reserves its neighbours (the server's time zone is not UTC).
+    pub fn set_partition_limit(&mut self, limit: usize, neighbours: bool) {
+        self.rows.set_partition_limit(limit, neighbours);
     }
 }
 

@@ -315,8 +315,12 @@ pub struct Worker {
     pub max_deliveries: u64,
     /// Longest back-off between retries while ClickHouse fails, milliseconds.
     pub backoff_max_ms: u64,
-    /// Entries kept in each dead-letter stream (`MAXLEN ~`).
-    pub dead_letter_maxlen: u64,
+    /// When ClickHouse refuses more than this many entries of one batch one by one, the
+    /// stream stalls (retrying, logged) instead of dead-lettering them.
+    pub max_refused_per_batch: usize,
+    /// No longer used (dead-letter streams are never trimmed); accepted so older files
+    /// still load, and reported by [`Config::warnings`].
+    pub dead_letter_maxlen: Option<u64>,
 }
 
 impl Default for Worker {
@@ -332,7 +336,8 @@ impl Default for Worker {
             claim_interval_ms: 5_000,
             max_deliveries: 5,
             backoff_max_ms: 5_000,
-            dead_letter_maxlen: 100_000,
+            max_refused_per_batch: 10,
+            dead_letter_maxlen: None,
         }
     }
 }
@@ -402,6 +407,13 @@ impl Config {
                 "environment variable {name} is ignored: overrides are {ENV_PREFIX}<SECTION>__<KEY>, with two \
                  underscores after the section ({meant}?)"
             ));
+        }
+        if self.worker.dead_letter_maxlen.is_some() {
+            w.push(
+                "worker.dead_letter_maxlen is no longer used: dead-letter streams are never trimmed \
+                 (docs/worker.md); remove it"
+                    .to_owned(),
+            );
         }
         w
     }
@@ -663,6 +675,8 @@ mod tests {
         let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n").expect_err("bad addr");
         assert_eq!(e.key, "server.listen");
         let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");
+        assert_eq!(old.warnings().len(), 1, "and says what to remove");
+        let old = Config::from_toml("[worker]\ndead_letter_maxlen = 100000\n").expect("an older file still loads");
         assert_eq!(old.warnings().len(), 1, "and says what to remove");
         assert!(Config::from_toml("").expect("defaults").warnings().is_empty());
         let e = Config::from_toml("[streams.events]\nretention_events = 1000\nhigh_water_events = 1000\n")

@@ -454,3 +454,25 @@ fn c3_events_over_150_months_insert_whole_and_the_worker_goes_on() {
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
 }
+
+/// M4: a table altered to a column type the worker cannot write is a systemic fault, not
+/// bad rows: nothing is dead-lettered, the entries stay pending, and once the table is
+/// fixed they are inserted. (18.16 reads a block by the table's types: our
+/// `FixedString(2)` country read as `FixedString(3)` shifts every later column, and the
+/// insert fails as if the rows were bad, or worse, succeeds with garbage.)
+#[test]
+fn m4_schema_drift_stalls_instead_of_dead_lettering() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(3)");
+    p.start_worker(&[]);
+    let accepted = post_events(&p, 3, 10);
+    p.wait_for(3, "entries taken", |p| p.pending("analytics:events") as u64);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+    assert_eq!(p.pending("analytics:events"), 3, "the entries stay pending");
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0);
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
+    p.wait_for(accepted, "rows once the table is fixed", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+}

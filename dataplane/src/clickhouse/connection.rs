@@ -29,6 +29,9 @@ pub enum ChError {
     Server(ServerException),
     /// The server answered out of turn.
     Unexpected(String),
+    /// The table's columns are not what this client writes (schema drift): a fault of the
+    /// whole stream, never of its rows.
+    SchemaMismatch(String),
 }
 
 impl ChError {
@@ -67,6 +70,7 @@ impl std::fmt::Display for ChError {
             ChError::Protocol(e) => write!(f, "ClickHouse protocol: {e}"),
             ChError::Server(e) => write!(f, "{e}"),
             ChError::Unexpected(e) => write!(f, "ClickHouse answered out of turn: {e}"),
+            ChError::SchemaMismatch(e) => write!(f, "{e}"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Column blocks for `analytics.events` and `analytics.payments`, filled row by row
 //! straight from archived batch records (no deserialisation) or owned records.
 
-use croupier_protocol::clickhouse::block::{uuid_bytes, Column, ColumnData, LowCardinality};
+use croupier_protocol::clickhouse::block::{uuid_bytes, BlockHeader, Column, ColumnData, LowCardinality};
 use croupier_protocol::envelope::{
     ArchivedEventBatch, ArchivedPayment, ArchivedPaymentStatus, Event, Payment, PaymentStatus,
 };
@@ -78,6 +78,8 @@ impl EventFields for ArchivedEventRef<'_> {
 
 /// A table the worker fills: its INSERT statement and its columns, in that order.
 pub trait Table {
+    /// Its name, `analytics.<table>`.
+    const NAME: &'static str;
     /// The insert statement matching [`Table::columns`].
     const INSERT: &'static str;
     /// Empty columns, in insert order.
@@ -122,10 +124,46 @@ impl<T: Table> TableRows<T> {
     }
 }
 
+/// A type as compared between the table and what is written: `DateTime('Zone')` is a
+/// `DateTime` (the same four bytes on the wire).
+fn comparable_type(ty: &str) -> &str {
+    if ty.starts_with("DateTime(") {
+        "DateTime"
+    } else {
+        ty
+    }
+}
+
+/// Checks the header an INSERT got from the server (the table's columns, by the names
+/// the statement lists) against the columns this client writes: a different name or type
+/// means the table was changed under the worker. Says which column, what the table has and
+/// what is written.
+pub fn check_header(table: &str, header: &BlockHeader, columns: &[Column]) -> Result<(), String> {
+    let fix = "inserts wait until the table matches again (croupier migrate, or ALTER TABLE back); \
+               nothing is dead-lettered";
+    if header.columns.len() != columns.len() {
+        return Err(format!(
+            "{table} has {} of the {} columns croupier writes; {fix}",
+            header.columns.len(),
+            columns.len()
+        ));
+    }
+    for ((name, ty), c) in header.columns.iter().zip(columns) {
+        if *name != c.name || comparable_type(ty) != comparable_type(&c.ty) {
+            return Err(format!(
+                "{table}.{} is {name} {ty} on the server but croupier writes {} {}; {fix}",
+                c.name, c.name, c.ty
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `analytics.events`.
 pub struct Events;
 
 impl Table for Events {
+    const NAME: &'static str = "analytics.events";
     const INSERT: &'static str = "INSERT INTO analytics.events (event_time, game_id, env, user_id, session_id, \
         event, channel, platform, country, app_version, event_id, props_json, device_id, ingested_at) VALUES";
 
@@ -252,6 +290,7 @@ impl PaymentFields for ArchivedPayment {
 pub struct Payments;
 
 impl Table for Payments {
+    const NAME: &'static str = "analytics.payments";
     const INSERT: &'static str = "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, \
         amount_cents, currency, status, channel, platform, country, region, city, product_id, reason, ingested_at) VALUES";
 
@@ -302,5 +341,35 @@ impl TableRows<Payments> {
         c[14].data.push_str(reason.as_bytes());
         c[15].data.push_fixed(&seconds(accepted_at_ms));
         self.rows += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(columns: &[Column]) -> BlockHeader {
+        BlockHeader { columns: columns.iter().map(|c| (c.name.clone(), c.ty.clone())).collect(), rows: 0 }
+    }
+
+    #[test]
+    fn m4_a_table_that_drifted_from_what_is_written_is_named() {
+        let ours = Events::columns();
+        assert_eq!(check_header(Events::NAME, &header(&ours), &ours), Ok(()));
+        // A DateTime with a zone is the same column on the wire.
+        let mut zoned = header(&ours);
+        zoned.columns[0].1 = "DateTime('Europe/Berlin')".into();
+        assert_eq!(check_header(Events::NAME, &zoned, &ours), Ok(()));
+        let mut drifted = header(&ours);
+        drifted.columns[3].1 = "UInt64".into();
+        let e = check_header(Events::NAME, &drifted, &ours).expect_err("user_id changed type");
+        assert!(e.contains("analytics.events.user_id") && e.contains("UInt64") && e.contains("String"), "{e}");
+        let mut fewer = header(&ours);
+        fewer.columns.pop();
+        assert!(check_header(Events::NAME, &fewer, &ours).is_err());
+        let payments = Payments::columns();
+        let mut renamed = header(&payments);
+        renamed.columns[5].0 = "amount".into();
+        assert!(check_header(Payments::NAME, &renamed, &payments).is_err());
     }
 }

@@ -52,8 +52,9 @@ pub struct ConsumerConfig {
     pub max_deliveries: u64,
     /// Longest back-off.
     pub backoff_max: Duration,
-    /// Dead-letter stream `MAXLEN ~`.
-    pub dead_maxlen: u64,
+    /// More entries than this refused by ClickHouse in one batch stall the stream
+    /// instead of being dead-lettered.
+    pub max_refused_per_batch: usize,
     /// Longest a read blocks while idle.
     pub idle_block: Duration,
     /// Partitions one INSERT block may span.
@@ -465,6 +466,7 @@ impl Consumer {
     async fn commit(&mut self, batch: &[Entry]) -> Result<(), String> {
         let all: Vec<usize> = (0..batch.len()).collect();
         let mut poison: Vec<Poison> = Vec::new();
+        let mut refused = 0usize;
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
         let mut todo: Vec<Vec<usize>> = vec![all];
         while let Some(part) = todo.pop() {
@@ -484,6 +486,18 @@ impl Consumer {
                 Err(e) if e.is_bad_data() => {
                     self.ch = None;
                     if part.len() == 1 {
+                        refused += 1;
+                        if refused > self.cfg.max_refused_per_batch {
+                            // Entries were validated at ingest: this many refusals is a fault
+                            // of the stream (schema, server, this client), not of its rows.
+                            return Err(format!(
+                                "ClickHouse refused more than {} entries of a batch of {} one by one \
+                                 (last: {e}); that looks systemic, not bad rows: nothing is dead-lettered, \
+                                 the batch is retried (worker.max_refused_per_batch)",
+                                self.cfg.max_refused_per_batch,
+                                batch.len()
+                            ));
+                        }
                         poison.push(Poison { index: part[0], reason: format!("rejected by ClickHouse: {e}") });
                     } else {
                         let (a, b) = part.split_at(part.len() / 2);
@@ -503,21 +517,13 @@ impl Consumer {
         self.ack(&ids).await
     }
 
+    /// Moves `e` to the dead-letter stream with `reason`. That stream is never trimmed:
+    /// its entries are what an operator must see (and delete when handled).
     async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), String> {
         let dead = dead_letter_key(self.cfg.stream);
-        let maxlen = self.cfg.dead_maxlen.to_string();
-        let mut args: Vec<&[u8]> = vec![
-            b"XADD",
-            dead.as_bytes(),
-            b"MAXLEN",
-            b"~",
-            maxlen.as_bytes(),
-            b"*",
-            b"reason",
-            reason.as_bytes(),
-            b"source_id",
-            e.id.as_bytes(),
-        ];
+        eprintln!("croupier: worker {} {}: dead-lettered {} to {dead}: {reason}", self.cfg.consumer, self.key(), e.id);
+        let mut args: Vec<&[u8]> =
+            vec![b"XADD", dead.as_bytes(), b"*", b"reason", reason.as_bytes(), b"source_id", e.id.as_bytes()];
         for (k, v) in &e.fields {
             args.push(k);
             args.push(v);
@@ -552,7 +558,7 @@ mod tests {
             claim_interval: Duration::from_secs(5),
             max_deliveries: 5,
             backoff_max: Duration::from_secs(5),
-            dead_maxlen: 100_000,
+            max_refused_per_batch: 10,
             idle_block: Duration::from_secs(1),
             partitions_per_block: 100,
             clickhouse: ChOptions {

@@ -66,7 +66,7 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
         claim_interval: Duration::from_millis(w.claim_interval_ms),
         max_deliveries: w.max_deliveries,
         backoff_max: Duration::from_millis(w.backoff_max_ms),
-        dead_maxlen: w.dead_letter_maxlen,
+        max_refused_per_batch: w.max_refused_per_batch,
         idle_block,
         partitions_per_block: config.clickhouse.max_partitions_per_block,
         clickhouse: clickhouse_options(config),

@@ -15,8 +15,8 @@ use super::entries::Entry;
 use crate::clickhouse::connection::{ChError, Connection};
 use crate::clickhouse::partitions::{self, PartitionedRows};
 use crate::clickhouse::rows::{
-    unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, PaymentFields, PaymentRows, Payments, Table,
-    TableRows,
+    check_header, unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, PaymentFields, PaymentRows, Payments,
+    Table, TableRows,
 };
 
 /// Rows per block sent to ClickHouse.
@@ -95,8 +95,9 @@ async fn send_blocks<T: Table>(
             continue;
         }
         if !*started {
-            ch.insert_start(sql, &[]).await?;
+            let header = ch.insert_start(sql, &[]).await?;
             *started = true;
+            check_header(T::NAME, &header, &b.columns).map_err(ChError::SchemaMismatch)?;
         }
         ch.insert_block(&b.columns, b.rows).await?;
         b.clear();

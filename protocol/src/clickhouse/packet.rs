@@ -247,6 +247,8 @@ pub enum ProtocolError {
     Frame(String),
     /// A data block carries rows.
     UnexpectedRows(u64),
+    /// An exception nests more than [`MAX_NESTED_EXCEPTIONS`] deep.
+    NestedTooDeep,
 }
 
 impl std::fmt::Display for ProtocolError {
@@ -255,6 +257,9 @@ impl std::fmt::Display for ProtocolError {
             ProtocolError::UnknownPacket(c) => write!(f, "unknown server packet {c}"),
             ProtocolError::Frame(e) => write!(f, "compressed frame: {e}"),
             ProtocolError::UnexpectedRows(n) => write!(f, "unexpected data block with {n} rows"),
+            ProtocolError::NestedTooDeep => {
+                write!(f, "an exception nested more than {MAX_NESTED_EXCEPTIONS} deep")
+            }
         }
     }
 }
@@ -291,13 +296,37 @@ impl From<FrameError> for Step {
     }
 }
 
-fn exception(r: &mut Reader<'_>) -> Result<ServerException, Incomplete> {
-    let code = r.i32()?;
-    let name = r.string()?;
-    let message = r.string()?;
-    let stack_trace = r.string()?;
-    let nested = if r.u8()? != 0 { Some(Box::new(exception(r)?)) } else { None };
-    Ok(ServerException { code, name, message, stack_trace, nested })
+/// Most exceptions in one chain (an exception and those nested in it). Servers send a
+/// few; a longer chain is refused, so that neither reading nor dropping it can exhaust
+/// the stack.
+pub const MAX_NESTED_EXCEPTIONS: usize = 32;
+
+/// An exception and the chain nested in it, read in a loop (not recursively).
+fn exception(r: &mut Reader<'_>) -> Result<ServerException, Step> {
+    let mut chain = Vec::new();
+    loop {
+        if chain.len() == MAX_NESTED_EXCEPTIONS {
+            return Err(Step::Error(ProtocolError::NestedTooDeep));
+        }
+        let code = r.i32()?;
+        let name = r.string()?;
+        let message = r.string()?;
+        let stack_trace = r.string()?;
+        let more = r.u8()? != 0;
+        chain.push(ServerException { code, name, message, stack_trace, nested: None });
+        if !more {
+            break;
+        }
+    }
+    let mut inner: Option<Box<ServerException>> = None;
+    while let Some(mut e) = chain.pop() {
+        e.nested = inner;
+        inner = Some(Box::new(e));
+    }
+    match inner {
+        Some(e) => Ok(*e),
+        None => Err(Step::Error(ProtocolError::NestedTooDeep)),
+    }
 }
 
 fn block_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<BlockHeader, Step> {
@@ -373,5 +402,52 @@ pub fn decode(buf: &[u8], revision: u64, compressed: bool) -> Result<Option<(Ser
         Ok(p) => Ok(Some((p, r.position()))),
         Err(Step::Incomplete) => Ok(None),
         Err(Step::Error(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exception packet whose chain of nested exceptions is `depth` long.
+    fn nested_exception(depth: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, server::EXCEPTION);
+        for i in 0..depth {
+            out.extend_from_slice(&60i32.to_le_bytes());
+            put_str(&mut out, b"DB::Exception");
+            put_str(&mut out, format!("level {i}").as_bytes());
+            put_str(&mut out, b"");
+            out.push(u8::from(i + 1 < depth));
+        }
+        out
+    }
+
+    #[test]
+    fn nested_exceptions_decode_in_order() {
+        let bytes = nested_exception(3);
+        let Some((ServerPacket::Exception(e), used)) = decode(&bytes, CLIENT_REVISION, false).expect("decodes") else {
+            panic!("an exception")
+        };
+        assert_eq!(used, bytes.len());
+        assert_eq!(e.message, "level 0");
+        let inner = e.nested.as_ref().expect("nested");
+        assert_eq!(inner.message, "level 1");
+        assert_eq!(inner.nested.as_ref().expect("nested").message, "level 2");
+        assert!(inner.nested.as_ref().expect("nested").nested.is_none());
+        // Cut short anywhere: more bytes needed, never an error.
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut], CLIENT_REVISION, false), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn deeply_nested_exceptions_are_refused_not_a_stack_overflow() {
+        let bytes = nested_exception(200_000);
+        assert_eq!(decode(&bytes, CLIENT_REVISION, false), Err(ProtocolError::NestedTooDeep));
+        let ok = nested_exception(MAX_NESTED_EXCEPTIONS);
+        assert!(matches!(decode(&ok, CLIENT_REVISION, false), Ok(Some((ServerPacket::Exception(_), _)))));
+        let over = nested_exception(MAX_NESTED_EXCEPTIONS + 1);
+        assert_eq!(decode(&over, CLIENT_REVISION, false), Err(ProtocolError::NestedTooDeep));
     }
 }

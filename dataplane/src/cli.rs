@@ -119,7 +119,7 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
     };
     let shards = config.shard_count();
     let workers = if worker {
-        match crate::worker::start(config.clone()) {
+        match crate::worker::start(config.clone(), ingest) {
             Ok(w) => {
                 eprintln!(
                     "croupier: worker consuming as {}-0..{} into {}",

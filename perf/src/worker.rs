@@ -159,7 +159,7 @@ pub fn run(rows: usize, runs: usize) -> String {
             config.clickhouse.compression = compression;
             config.worker.consumer = format!("perf-{run}-{compression}");
             let t = Instant::now();
-            let worker = croupier_dataplane::worker::start(config).expect("worker starts");
+            let worker = croupier_dataplane::worker::start(config, false).expect("worker starts");
             while count(&ch, "events") < rows {
                 std::thread::sleep(Duration::from_millis(20));
                 assert!(t.elapsed() < Duration::from_secs(600), "worker too slow");

@@ -278,10 +278,9 @@ impl Reader {
             if left.is_zero() {
                 break;
             }
-            let more = self.read(">", Some(left), self.cfg.read_count(rows, bytes)).await?;
-            if more.is_empty() {
-                break;
-            }
+            // A long linger is waited out in reads of at most the idle block each.
+            let block = left.min(self.cfg.idle_block);
+            let more = self.read(">", Some(block), self.cfg.read_count(rows, bytes)).await?;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);

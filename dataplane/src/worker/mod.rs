@@ -61,7 +61,8 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
         batch_rows: w.batch_rows,
         batch_bytes: w.batch_bytes,
         max_entry_bytes: max_entry_bytes(config),
-        linger: Duration::from_millis(w.linger_ms).min(idle_block),
+        // Honoured as configured: gathering reads in blocks of at most `idle_block`.
+        linger: Duration::from_millis(w.linger_ms),
         claim_idle: Duration::from_millis(w.claim_idle_ms),
         claim_interval: Duration::from_millis(w.claim_interval_ms),
         max_deliveries: w.max_deliveries,
@@ -73,8 +74,29 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
     }
 }
 
-/// Starts the worker shards.
-pub fn start(config: Config) -> Result<Shards, String> {
+/// The core worker shard `shard` is pinned to, if any. Alone in its process a worker
+/// takes `server.cores` (else cores 0, 1, ...) like ingest shards do. Beside ingest (`run`)
+/// it takes the cores after the ingest shards' (`cores[ingest shards + shard]`, else core
+/// `ingest shards + shard`) and runs unpinned when there is none, rather than share an
+/// ingest shard's core.
+pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option<usize> {
+    if !config.server.pin {
+        return None;
+    }
+    let index = if beside_ingest { config.shard_count().checked_add(shard)? } else { shard };
+    match config.server.cores.get(index) {
+        Some(&core) => Some(core),
+        None if !config.server.cores.is_empty() && beside_ingest => None,
+        None => {
+            let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+            (!beside_ingest || index < cores).then_some(index)
+        }
+    }
+}
+
+/// Starts the worker shards; `beside_ingest` when ingest shards run in the same process
+/// (their cores are left to them).
+pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
@@ -82,12 +104,14 @@ pub fn start(config: Config) -> Result<Shards, String> {
     for shard in 0..config.worker.shards {
         let config = config.clone();
         let stop = stop.clone();
-        let core = config.server.cores.get(shard).copied().unwrap_or(shard);
+        let core = worker_core(&config, shard, beside_ingest);
         let t = std::thread::Builder::new()
             .name(format!("croupier-worker-{shard}"))
             .spawn(move || {
-                if config.server.pin && !runtime::pin(core) {
-                    eprintln!("croupier: worker {shard}: could not pin to core {core}; running unpinned");
+                if let Some(core) = core {
+                    if !runtime::pin(core) {
+                        eprintln!("croupier: worker {shard}: could not pin to core {core}; running unpinned");
+                    }
                 }
                 let res = runtime::block_on(driver, async move {
                     let live = Rc::new(Cell::new(0usize));
@@ -124,4 +148,39 @@ pub fn start(config: Config) -> Result<Shards, String> {
         threads.push(t);
     }
     Ok(Shards::new(stop, threads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linger_is_honoured_as_configured() {
+        let mut config = Config::default();
+        config.redis.reply_timeout_ms = 1_000;
+        config.worker.linger_ms = 3_000;
+        let c = consumer_config(&config, StreamKind::Events, 0);
+        assert_eq!(c.linger, Duration::from_secs(3), "not cut to half the reply timeout");
+        assert!(c.idle_block <= Duration::from_millis(500), "each read still blocks less than the reply timeout");
+    }
+
+    #[test]
+    fn workers_beside_ingest_do_not_take_ingest_cores() {
+        let mut config = Config::default();
+        config.server.shards = 2;
+        config.worker.shards = 2;
+        // Alone: cores 0 and 1, like ingest.
+        assert_eq!((worker_core(&config, 0, false), worker_core(&config, 1, false)), (Some(0), Some(1)));
+        // Beside two ingest shards: cores 2 and 3 where the machine has them, else unpinned.
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        assert_eq!(worker_core(&config, 0, true), (cores > 2).then_some(2));
+        assert_eq!(worker_core(&config, 1, true), (cores > 3).then_some(3));
+        // Listed cores: the ones after the ingest shards'.
+        config.server.cores = vec![4, 5, 6];
+        assert_eq!(worker_core(&config, 0, true), Some(6));
+        assert_eq!(worker_core(&config, 1, true), None);
+        assert_eq!(worker_core(&config, 1, false), Some(5));
+        config.server.pin = false;
+        assert_eq!(worker_core(&config, 0, false), None);
+    }
 }

@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use croupier_dataplane::clickhouse::rows::{ArchivedEventRef, EventRows};
+use croupier_dataplane::clickhouse::partitions::PartitionedRows;
+use croupier_dataplane::clickhouse::rows::{unix_seconds, ArchivedEventRef, EventFields, EventRows, Events};
 use croupier_protocol::batch::{self, ArchivedRecords, Batch, Records};
 use croupier_protocol::clickhouse::packet;
 use croupier_protocol::envelope::{Event, EventBatch};
@@ -52,6 +53,18 @@ fn block_encoding(c: &mut Criterion) {
                 rows.push(&ArchivedEventRef { batch: events, index }, 1);
             }
             black_box(rows.rows)
+        })
+    });
+    // As the worker's sink fills them: each row first goes to its partition's block.
+    let mut by_partition: PartitionedRows<Events> = PartitionedRows::new(100, true);
+    g.bench_function("fill_columns_by_partition", |b| {
+        b.iter(|| {
+            by_partition.clear();
+            for index in 0..events.len() {
+                let e = ArchivedEventRef { batch: events, index };
+                by_partition.block(unix_seconds(e.ts_ms())).push(&e, 1);
+            }
+            black_box(by_partition.rows())
         })
     });
     for (name, lz4) in [("fill_and_encode_plain", false), ("fill_and_encode_lz4", true)] {

@@ -113,11 +113,8 @@ impl<T: Table> PartitionedRows<T> {
         if let Some(&b) = self.assigned.get(&month) {
             return b;
         }
-        let wanted: &[u32] = if self.neighbours {
-            &[month.saturating_sub(1), month, month.saturating_add(1)]
-        } else {
-            &[month]
-        };
+        let wanted: &[u32] =
+            if self.neighbours { &[month.saturating_sub(1), month, month.saturating_add(1)] } else { &[month] };
         let fits = |r: &Vec<u32>| r.len() + wanted.iter().filter(|m| !r.contains(m)).count() <= self.limit;
         let b = match self.used.checked_sub(1) {
             Some(newest) if fits(&self.reserved[newest]) => newest,

@@ -115,6 +115,21 @@ pub struct Server {
     pub read_timeout_ms: u64,
     /// Idle keep-alive connections are closed after this long, milliseconds.
     pub idle_timeout_ms: u64,
+    /// Most connections open on one shard; at the cap the shard accepts no more until
+    /// one closes (the rest wait in the listen backlog).
+    pub max_connections: usize,
+    /// Most bytes of request bodies one shard receives at once; a request that would go
+    /// past it gets 503 `server_busy`. Never less than `max_body_bytes` in effect (see
+    /// [`Server::body_budget`]).
+    pub max_inflight_body_bytes: usize,
+}
+
+impl Server {
+    /// Bytes of request bodies a shard receives at once: `max_inflight_body_bytes`, but
+    /// never less than one body at `max_body_bytes`.
+    pub fn body_budget(&self) -> usize {
+        self.max_inflight_body_bytes.max(self.max_body_bytes)
+    }
 }
 
 impl Default for Server {
@@ -130,6 +145,8 @@ impl Default for Server {
             max_records: 10_000,
             read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            max_connections: 4096,
+            max_inflight_body_bytes: 64 << 20,
         }
     }
 }
@@ -515,6 +532,15 @@ impl Config {
                 ));
             }
         }
+        if self.server.max_connections == 0 {
+            return Err(err("server.max_connections", "expected a count greater than 0 (connections per shard)"));
+        }
+        if self.server.max_inflight_body_bytes == 0 {
+            return Err(err(
+                "server.max_inflight_body_bytes",
+                "expected bytes per shard greater than 0 (a shard always has room for one body at max_body_bytes)",
+            ));
+        }
         if self.redis.reply_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
             return Err(err("redis.reply_timeout_ms", "expected timeouts greater than 0"));
         }
@@ -624,6 +650,7 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = Config::load(None, env(&[])).expect("defaults");
         assert_eq!(c.server.max_body_bytes, 10 << 20);
+        assert_eq!((c.server.max_connections, c.server.max_inflight_body_bytes), (4096, 64 << 20));
         assert_eq!(c.auth.max_skew_secs, 300);
         assert_eq!((c.streams.events.retention_events, c.streams.events.high_water_events), (1_000_000, 800_000));
         assert_eq!((c.streams.custom.retention_events, c.streams.custom.high_water_events), (500_000, 400_000));
@@ -674,6 +701,12 @@ mod tests {
         assert_eq!(e.key, "server.driver");
         let e = Config::from_toml("[server]\nlisten = \"nowhere\"\n").expect_err("bad addr");
         assert_eq!(e.key, "server.listen");
+        let e = Config::from_toml("[server]\nmax_connections = 0\n").expect_err("no connections");
+        assert_eq!(e.key, "server.max_connections");
+        let e = Config::from_toml("[server]\nmax_inflight_body_bytes = 0\n").expect_err("no body budget");
+        assert_eq!(e.key, "server.max_inflight_body_bytes");
+        let small = Config::from_toml("[server]\nmax_inflight_body_bytes = 1000\n").expect("a small budget loads");
+        assert_eq!(small.server.body_budget(), 10 << 20, "room for one body at the limit");
         let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");
         assert_eq!(old.warnings().len(), 1, "and says what to remove");
         let old = Config::from_toml("[worker]\ndead_letter_maxlen = 100000\n").expect("an older file still loads");

@@ -45,6 +45,12 @@ pub enum IngestError {
         /// Seconds until the request would fit.
         retry_after: u64,
     },
+    /// The shard is receiving as many request bodies as its budget allows
+    /// (`server.max_inflight_body_bytes`).
+    ServerBusy {
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// Redis is unreachable or did not answer in time.
     RedisUnavailable {
         /// Seconds to wait before retrying.
@@ -81,7 +87,9 @@ impl IngestError {
             | IngestError::ReplayedNonce => 401,
             IngestError::RateLimited { .. } => 429,
             IngestError::EncodeFailed => 500,
-            IngestError::RedisUnavailable { .. } | IngestError::BacklogFull { .. } => 503,
+            IngestError::ServerBusy { .. } | IngestError::RedisUnavailable { .. } | IngestError::BacklogFull { .. } => {
+                503
+            }
         }
     }
 
@@ -108,6 +116,7 @@ impl IngestError {
             IngestError::BadSignature => "bad_signature",
             IngestError::ReplayedNonce => "replayed_nonce",
             IngestError::RateLimited { .. } => "rate_limited",
+            IngestError::ServerBusy { .. } => "server_busy",
             IngestError::RedisUnavailable { .. } => "redis_unavailable",
             IngestError::EncodeFailed => "encode_failed",
             IngestError::BacklogFull { .. } => "backlog_full",
@@ -118,6 +127,7 @@ impl IngestError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             IngestError::RateLimited { retry_after }
+            | IngestError::ServerBusy { retry_after }
             | IngestError::RedisUnavailable { retry_after }
             | IngestError::BacklogFull { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -127,7 +137,13 @@ impl IngestError {
     /// Whether the connection must be closed after the response (the rest of the
     /// request cannot be skipped safely).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, IngestError::BadRequest(_) | IngestError::PayloadTooLarge { .. } | IngestError::RequestTimeout)
+        matches!(
+            self,
+            IngestError::BadRequest(_)
+                | IngestError::PayloadTooLarge { .. }
+                | IngestError::RequestTimeout
+                | IngestError::ServerBusy { .. }
+        )
     }
 
     fn message(&self) -> String {
@@ -147,6 +163,7 @@ impl IngestError {
             IngestError::BadSignature => "signature does not match".into(),
             IngestError::ReplayedNonce => "nonce already used".into(),
             IngestError::RateLimited { .. } => "rate limit exceeded".into(),
+            IngestError::ServerBusy { .. } => "server busy: too many request bodies in flight".into(),
             IngestError::RedisUnavailable { .. } => "stream server unavailable".into(),
             IngestError::EncodeFailed => "the batch could not be encoded".into(),
             IngestError::BacklogFull { stream, .. } => {

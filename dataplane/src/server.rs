@@ -10,6 +10,11 @@
 //! [`DRAIN_IDLE_GRACE`] (a client sending back to back still gets its next request
 //! answered); a request in progress is finished. The shard waits for its connections
 //! for at most [`DRAIN_DEADLINE`].
+//!
+//! Budgets, per shard ([`Limits`]): at most `max_connections` connections are open (at
+//! the cap the loop accepts no more until one closes; new connections wait in the
+//! listen backlog), and at most `max_inflight_body_bytes` of request bodies are being
+//! received at once ([`BodyBudget`]).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -18,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use local_sync::semaphore::Semaphore;
+use local_sync::semaphore::{OwnedSemaphorePermit, Semaphore};
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
@@ -30,6 +35,65 @@ pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the shard looks at the stop flag (set from another thread).
 const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// A shard's budgets (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most bytes of request bodies being received at once.
+    pub max_inflight_body_bytes: usize,
+    /// `Retry-After` of a request refused for lack of body budget, seconds.
+    pub retry_after_secs: u64,
+}
+
+/// Bytes of request bodies a shard is receiving, against its cap. A request counts its
+/// body ([`BodyBytes`]) from before it is read until it has been handled.
+pub struct BodyBudget {
+    cap: usize,
+    used: Cell<usize>,
+    /// `Retry-After` of a refusal for lack of budget, seconds.
+    pub retry_after_secs: u64,
+}
+
+impl BodyBudget {
+    /// An empty claim on the budget, grown with [`BodyBytes::grow_to`].
+    pub fn hold(&self) -> BodyBytes<'_> {
+        BodyBytes { budget: self, held: 0 }
+    }
+}
+
+/// One request's body bytes counted against the [`BodyBudget`]; given back when dropped.
+pub struct BodyBytes<'a> {
+    budget: &'a BodyBudget,
+    held: usize,
+}
+
+impl BodyBytes<'_> {
+    /// Counts the body as `bytes` long; false (and nothing counted) if the budget has
+    /// no room for the difference.
+    pub fn grow_to(&mut self, bytes: usize) -> bool {
+        let Some(more) = bytes.checked_sub(self.held) else { return true };
+        let used = self.budget.used.get();
+        if more > self.budget.cap - used {
+            return false;
+        }
+        self.budget.used.set(used + more);
+        self.held = bytes;
+        true
+    }
+
+    /// The `Retry-After` of a refusal for lack of budget, seconds.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.budget.retry_after_secs
+    }
+}
+
+impl Drop for BodyBytes<'_> {
+    fn drop(&mut self) {
+        self.budget.used.set(self.budget.used.get() - self.held);
+    }
+}
 
 /// The shard-wide signal that shutdown has begun.
 pub struct Drain {
@@ -70,30 +134,42 @@ impl Drain {
 pub struct Server {
     /// Shutdown has begun.
     pub drain: Drain,
+    /// Request bodies being received.
+    pub bodies: BodyBudget,
+    /// Places for connections: one permit per open connection.
+    slots: Rc<Semaphore>,
     /// Connections open.
     open: Cell<usize>,
 }
 
-/// Counts a connection as open until dropped.
-struct Open(Rc<Server>);
+/// Counts a connection as open, and holds its place, until dropped.
+struct Open {
+    server: Rc<Server>,
+    _slot: OwnedSemaphorePermit,
+}
 
 impl Open {
-    fn new(server: &Rc<Server>) -> Open {
+    fn new(server: &Rc<Server>, slot: OwnedSemaphorePermit) -> Open {
         server.open.set(server.open.get() + 1);
-        Open(server.clone())
+        Open { server: server.clone(), _slot: slot }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
+        self.server.open.set(self.server.open.get() - 1);
     }
 }
 
 /// Serves `listener` on the current thread's runtime: each connection is handed to
 /// `serve` in a task of its own. Returns once `stop` is set and the connections have
 /// drained (or [`DRAIN_DEADLINE`] passed).
-pub async fn run<F, Fut>(listener: std::net::TcpListener, stop: Arc<AtomicBool>, serve: F) -> std::io::Result<()>
+pub async fn run<F, Fut>(
+    listener: std::net::TcpListener,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+    serve: F,
+) -> std::io::Result<()>
 where
     F: Fn(TcpStream, Rc<Server>) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -101,7 +177,16 @@ where
     // A second handle on the socket takes what the kernel queued for it before it closes.
     let queued = listener.try_clone()?;
     let listener = TcpListener::from_std(listener)?;
-    let server = Rc::new(Server { drain: Drain::new(), open: Cell::new(0) });
+    let server = Rc::new(Server {
+        drain: Drain::new(),
+        bodies: BodyBudget {
+            cap: limits.max_inflight_body_bytes,
+            used: Cell::new(0),
+            retry_after_secs: limits.retry_after_secs,
+        },
+        slots: Rc::new(Semaphore::new(limits.max_connections)),
+        open: Cell::new(0),
+    });
     let accept = monoio::spawn(accept_loop(listener, queued, server.clone(), serve));
     while !stop.load(Ordering::Relaxed) {
         monoio::time::sleep(STOP_POLL).await;
@@ -122,9 +207,9 @@ where
     F: Fn(TcpStream, Rc<Server>) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let start = |stream: TcpStream| {
+    let start = |stream: TcpStream, slot: OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
-        let open = Open::new(&server);
+        let open = Open::new(&server, slot);
         let conn = serve(stream, server.clone());
         monoio::spawn(async move {
             conn.await;
@@ -133,6 +218,13 @@ where
     };
     let mut canceller = Canceller::new();
     loop {
+        // A place for the next connection first: at the cap, the kernel holds new ones.
+        let slot = monoio::select! {
+            biased;
+            _ = server.drain.started() => None,
+            slot = server.slots.clone().acquire_owned() => slot.ok(),
+        };
+        let Some(slot) = slot else { break };
         let accept = listener.cancelable_accept(canceller.handle());
         let mut accept = std::pin::pin!(accept);
         let (accepted, draining) = monoio::select! {
@@ -144,7 +236,7 @@ where
             }
         };
         match accepted {
-            Ok((stream, _)) => start(stream),
+            Ok((stream, _)) => start(stream, slot),
             Err(_) if draining => {}
             // Out of file descriptors or the like: try again shortly.
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
@@ -153,11 +245,13 @@ where
             break;
         }
     }
-    // The socket is non-blocking: take connections until none is queued.
-    while let Ok((stream, _)) = queued.accept() {
+    // The socket is non-blocking: take connections until none is queued (or no place
+    // is left).
+    while let Ok(slot) = server.slots.clone().try_acquire_owned() {
+        let Ok((stream, _)) = queued.accept() else { break };
         if stream.set_nonblocking(true).is_ok() {
             if let Ok(stream) = TcpStream::from_std(stream) {
-                start(stream);
+                start(stream, slot);
             }
         }
     }
@@ -166,4 +260,26 @@ where
     let _ = socket2::SockRef::from(&queued).shutdown(std::net::Shutdown::Both);
     drop(queued);
     drop(listener);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_bytes_are_counted_until_dropped() {
+        let budget = BodyBudget { cap: 100, used: Cell::new(0), retry_after_secs: 1 };
+        let mut a = budget.hold();
+        assert!(a.grow_to(60));
+        assert!(a.grow_to(40), "shrinking is a no-op");
+        let mut b = budget.hold();
+        assert!(!b.grow_to(41), "past the cap");
+        assert!(b.grow_to(40));
+        assert_eq!(budget.used.get(), 100);
+        drop(a);
+        assert_eq!(budget.used.get(), 40);
+        assert!(b.grow_to(100));
+        drop(b);
+        assert_eq!(budget.used.get(), 0);
+    }
 }

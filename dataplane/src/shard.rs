@@ -93,8 +93,14 @@ pub async fn run(
     listener: std::net::TcpListener,
     stop: Arc<AtomicBool>,
 ) {
+    let limits = server::Limits {
+        max_connections: config.server.max_connections,
+        max_inflight_body_bytes: config.server.body_budget(),
+        retry_after_secs: config.redis.retry_after_secs,
+    };
     let shard = build(id, config, &rates);
-    let served = server::run(listener, stop, move |stream, server| conn::serve(shard.clone(), server, stream)).await;
+    let serve = move |stream, server| conn::serve(shard.clone(), server, stream);
+    let served = server::run(listener, stop, limits, serve).await;
     if let Err(e) = served {
         eprintln!("croupier: shard {id}: listener: {e}");
     }

@@ -104,6 +104,15 @@ impl HttpClient {
         }
     }
 
+    /// Reads one response if it arrives within `wait` (`None` if it does not, or if the
+    /// server closed first).
+    pub fn reply_within(&mut self, wait: Duration) -> Option<Reply> {
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let r = self.try_read_reply();
+        self.stream.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        r
+    }
+
     /// Sends a request with a Content-Length body and reads the response.
     pub fn request(&mut self, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());

@@ -10,6 +10,7 @@ mod fixture;
 mod framing;
 mod hll;
 mod ingest;
+mod limits;
 mod pipeline;
 mod redis_faults;
 mod refusals;

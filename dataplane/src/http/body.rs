@@ -8,6 +8,7 @@ use super::chunked::{ChunkedDecoder, Chunks};
 use super::read::{ReadError, Socket};
 use super::request::BodyFraming;
 use crate::error::IngestError;
+use crate::server::BodyBytes;
 
 fn read_err(e: ReadError) -> IngestError {
     match e {
@@ -17,8 +18,9 @@ fn read_err(e: ReadError) -> IngestError {
     }
 }
 
-/// Reads the body framed by `framing` into `out`. `buf` holds bytes already read past the
-/// head; bytes past the body (a pipelined request) are left in it.
+/// Reads the body framed by `framing` into `out`, counting it against the shard's body
+/// budget in `held` (503 `server_busy` when there is no room). `buf` holds bytes already
+/// read past the head; bytes past the body (a pipelined request) are left in it.
 pub async fn read(
     sock: &mut Socket,
     buf: &mut Vec<u8>,
@@ -26,13 +28,18 @@ pub async fn read(
     limit: usize,
     deadline: Instant,
     out: &mut Vec<u8>,
+    held: &mut BodyBytes<'_>,
 ) -> Result<(), IngestError> {
     out.clear();
+    let busy = |held: &BodyBytes<'_>| IngestError::ServerBusy { retry_after: held.retry_after_secs() };
     match framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => {
             if n > limit {
                 return Err(IngestError::PayloadTooLarge { limit });
+            }
+            if !held.grow_to(n) {
+                return Err(busy(held));
             }
             // Room for a typical body at once; a larger one grows as its bytes arrive, so
             // a declared length alone cannot make the server allocate.
@@ -55,7 +62,11 @@ pub async fn read(
             // partial chunk line, and no byte is decoded twice.
             let mut decoder = ChunkedDecoder::new(limit);
             loop {
-                match decoder.decode(buf, &mut |data| out.extend_from_slice(data))? {
+                let progress = decoder.decode(buf, &mut |data| out.extend_from_slice(data))?;
+                if !held.grow_to(out.len()) {
+                    return Err(busy(held));
+                }
+                match progress {
                     Chunks::Done(used) => {
                         buf.drain(..used);
                         return Ok(());

@@ -30,13 +30,33 @@ struct Buffers {
     output: Vec<u8>,
 }
 
+/// Capacity of a new connection's input buffer.
+const INPUT_BYTES: usize = 16 << 10;
+/// Most capacity a buffer keeps between requests: a typical request (a batch of 100
+/// events is ~30 KB) reuses its buffers, a large one gives them back.
+const KEEP_BYTES: usize = 64 << 10;
+
+impl Buffers {
+    /// Lets go of what a large request grew, keeping bytes already read past it.
+    fn trim(&mut self) {
+        if self.input.capacity() > KEEP_BYTES {
+            self.input.shrink_to(self.input.len().max(INPUT_BYTES));
+        }
+        for b in [&mut self.body, &mut self.scratch, &mut self.output] {
+            if b.capacity() > KEEP_BYTES {
+                *b = Vec::new();
+            }
+        }
+    }
+}
+
 /// Serves requests on `stream` until the peer closes, a timeout, a fatal error, or the
 /// shard's drain (`server.rs`).
 pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
     let read_timeout = Duration::from_millis(shard.config.server.read_timeout_ms);
     let idle_timeout = Duration::from_millis(shard.config.server.idle_timeout_ms);
     let mut sock = Socket::new(stream);
-    let mut b = Buffers { input: Vec::with_capacity(16 * 1024), ..Buffers::default() };
+    let mut b = Buffers { input: Vec::with_capacity(INPUT_BYTES), ..Buffers::default() };
     let mut last_active = Instant::now();
     loop {
         let mut started = (!b.input.is_empty()).then(Instant::now);
@@ -71,7 +91,8 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         };
         let deadline = started.unwrap_or_else(Instant::now) + read_timeout;
         b.input.drain(..head.len);
-        let mut resp = respond(&shard, &head, &mut sock, &mut b, deadline).await;
+        let mut resp = respond(&shard, &server, &head, &mut sock, &mut b, deadline).await;
+        b.trim();
         // At shutdown every response is the connection's last.
         resp.close |= !head.keep_alive || server.drain.is_started();
         resp.head_only = head.method == Method::Head;
@@ -150,7 +171,14 @@ fn route(head: &Head) -> Result<Route, IngestError> {
     }
 }
 
-async fn respond(shard: &Shard, head: &Head, sock: &mut Socket, b: &mut Buffers, deadline: Instant) -> Response {
+async fn respond(
+    shard: &Shard,
+    server: &Server,
+    head: &Head,
+    sock: &mut Socket,
+    b: &mut Buffers,
+    deadline: Instant,
+) -> Response {
     let limit = shard.config.server.max_body_bytes;
     let refuse = |e: IngestError| error_response(&e, false);
     let route = match route(head) {
@@ -183,6 +211,15 @@ async fn respond(shard: &Shard, head: &Head, sock: &mut Socket, b: &mut Buffers,
                 Ok(c) => c,
                 Err(e) => return finish_refusal(sock, head, b, limit, deadline, e).await,
             };
+            // The body counts against the shard's budget from before it is read (and
+            // before `100 Continue` invites it) until the request has been handled.
+            let mut held = server.bodies.hold();
+            if let BodyFraming::Length(n) = head.framing {
+                if n <= limit && !held.grow_to(n) {
+                    let busy = IngestError::ServerBusy { retry_after: held.retry_after_secs() };
+                    return finish_refusal(sock, head, b, limit, deadline, busy).await;
+                }
+            }
             if head.expect_continue && head.framing != BodyFraming::None {
                 let (res, _) = sock.stream().write_all(response::CONTINUE).await;
                 if res.is_err() {
@@ -191,7 +228,8 @@ async fn respond(shard: &Shard, head: &Head, sock: &mut Socket, b: &mut Buffers,
                     return r;
                 }
             }
-            if let Err(e) = body::read(sock, &mut b.input, head.framing, limit, deadline, &mut b.body).await {
+            if let Err(e) = body::read(sock, &mut b.input, head.framing, limit, deadline, &mut b.body, &mut held).await
+            {
                 return refuse(e);
             }
             match ingest::handle(shard, endpoint, &cred, encoding, &mut b.body, &mut b.scratch).await {
@@ -202,8 +240,8 @@ async fn respond(shard: &Shard, head: &Head, sock: &mut Socket, b: &mut Buffers,
     }
 }
 
-/// Answers `e` to a request whose body has not been read: reads past the body when it can
-/// (keeping the connection), else closes.
+/// Answers `e` to a request whose body has not been read: reads past the body without
+/// keeping it when it can (keeping the connection), else closes.
 async fn finish_refusal(
     sock: &mut Socket,
     head: &Head,
@@ -214,8 +252,10 @@ async fn finish_refusal(
 ) -> Response {
     // A client waiting for `100 Continue` may never send the body: close instead.
     let must_close = head.expect_continue && head.framing != BodyFraming::None;
+    // A refusal that closes anyway need not read the body (the close lingers over it).
+    let must_close = must_close || e.closes_connection();
     if !must_close {
-        if let Err(body_err) = body::read(sock, &mut b.input, head.framing, limit, deadline, &mut b.scratch).await {
+        if let Err(body_err) = body::discard(sock, &mut b.input, head.framing, limit, deadline).await {
             return error_response(&body_err, true);
         }
     }

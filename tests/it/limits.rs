@@ -1,0 +1,158 @@
+//! Per-shard budgets before authentication: connections, request bodies in flight,
+//! refused bodies drained without being kept, connection buffers given back after a
+//! large request. Named after the finding they pin down (M2).
+
+use std::time::{Duration, Instant};
+
+use croupier_control::config::{Config, Driver};
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
+
+use crate::fixture::{both_drivers, events, post_signed, total_entries, Fixture, GAME, SECRET};
+
+both_drivers!(
+    m2_connection_cap_holds_new_connections_until_one_closes,
+    m2_body_budget_refuses_with_503_while_spent,
+    m2_refused_bodies_are_drained_not_kept,
+    m2_connection_buffers_shrink_after_a_large_request,
+);
+
+/// One shard, so that every connection of a test shares its budgets.
+fn one_shard(c: &mut Config) {
+    c.server.shards = 1;
+}
+
+fn m2_connection_cap_holds_new_connections_until_one_closes(driver: Driver) {
+    let f = Fixture::start(driver, |c| {
+        one_shard(c);
+        c.server.max_connections = 2;
+    });
+    // wait_ready's probes have closed; two connections take the two places.
+    let mut first = f.client();
+    let mut second = f.client();
+    for c in [&mut first, &mut second] {
+        assert_eq!(c.request("GET", "/healthz", &[], b"").status, 200);
+    }
+    // A third waits in the listen backlog: not accepted, not answered...
+    let mut third = f.client();
+    third.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(third.reply_within(Duration::from_millis(500)).is_none(), "a third connection was served");
+    // ... until one of the two closes.
+    drop(first);
+    let r = third.read_reply();
+    assert_eq!(r.status, 200);
+    assert_eq!(second.request("GET", "/healthz", &[], b"").status, 200);
+}
+
+/// The head of an events request with a body of `len` bytes and `headers`.
+fn head(len: usize, headers: Vec<(String, String)>) -> Vec<u8> {
+    let mut req = format!("POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// The head of a request whose body is `body`, signed for `GAME`.
+fn signed_head(body: &[u8]) -> Vec<u8> {
+    head(body.len(), signed_headers(GAME, SECRET, body, now_secs(), &fresh_nonce()))
+}
+
+/// A valid batch padded with spaces to exactly `len` bytes.
+fn padded_batch(len: usize) -> Vec<u8> {
+    let mut b = events(2).into_bytes();
+    assert!(b.len() <= len);
+    b.resize(len, b' ');
+    b
+}
+
+fn m2_body_budget_refuses_with_503_while_spent(driver: Driver) {
+    let f = Fixture::start(driver, |c| {
+        one_shard(c);
+        c.server.max_body_bytes = 64 << 10;
+        c.server.max_inflight_body_bytes = 128 << 10;
+    });
+    // Two requests at the body limit, each half sent: the budget is spent.
+    let body = padded_batch(64 << 10);
+    let (half, rest) = body.split_at(body.len() / 2);
+    let mut slow: Vec<HttpClient> = (0..2).map(|_| f.client()).collect();
+    for c in &mut slow {
+        c.send_raw(&[signed_head(&body), half.to_vec()].concat());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let r = post_signed(&mut f.client(), "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+        if r.status == 503 {
+            break r;
+        }
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert!(Instant::now() < deadline, "a request was taken beyond the body budget");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(refused.error_tag(), "server_busy", "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("connection"), Some("close"));
+    let before = total_entries(&f.redis);
+    // The two finish and are accepted; then there is room again.
+    for c in &mut slow {
+        c.send_raw(rest);
+        assert_eq!(c.read_reply().status, 202);
+    }
+    let r = post_signed(&mut f.client(), "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(total_entries(&f.redis), before + 3);
+}
+
+/// Resident memory of this process (the shards run in it), in bytes.
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: usize = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
+    pages * 4096
+}
+
+/// Connections that each sent one large request; kept open while memory is measured.
+const CONNECTIONS: usize = 32;
+const LARGE: usize = 8 << 20;
+/// Growth of resident memory allowed for all of them together (they would keep
+/// `CONNECTIONS * LARGE` = 256 MiB if each kept its body).
+const ALLOWED_GROWTH: usize = 64 << 20;
+
+fn m2_refused_bodies_are_drained_not_kept(driver: Driver) {
+    let f = Fixture::start(driver, one_shard);
+    let body = vec![b' '; LARGE];
+    // Refused from the head (no such game): the body is read past, not kept.
+    let head = head(LARGE, signed_headers("nosuchgame", SECRET, &body, now_secs(), &fresh_nonce()));
+    let mut open = Vec::new();
+    let before = rss();
+    for _ in 0..CONNECTIONS {
+        let mut c = f.client();
+        c.send_raw(&head);
+        c.send_raw(&body);
+        let r = c.read_reply();
+        assert_eq!((r.status, r.error_tag().as_str()), (401, "unknown_game"));
+        open.push(c);
+    }
+    let grown = rss().saturating_sub(before);
+    assert!(grown < ALLOWED_GROWTH, "refused bodies kept: {} MiB more resident", grown >> 20);
+    // The connections are still usable.
+    assert_eq!(post_signed(&mut open[0], "/api/ingest/events", GAME, SECRET, events(1).as_bytes()).status, 202);
+}
+
+fn m2_connection_buffers_shrink_after_a_large_request(driver: Driver) {
+    let f = Fixture::start(driver, one_shard);
+    let body = vec![b' '; LARGE];
+    let mut open = Vec::new();
+    let before = rss();
+    for _ in 0..CONNECTIONS {
+        // Read in full, then refused: signed for other bytes.
+        let mut c = f.client();
+        c.send_raw(&head(LARGE, signed_headers(GAME, SECRET, b"other bytes", now_secs(), &fresh_nonce())));
+        c.send_raw(&body);
+        let r = c.read_reply();
+        assert_eq!((r.status, r.error_tag().as_str()), (401, "bad_signature"), "{}", r.text());
+        open.push(c);
+    }
+    let grown = rss().saturating_sub(before);
+    assert!(grown < ALLOWED_GROWTH, "buffers kept after large requests: {} MiB more resident", grown >> 20);
+    assert_eq!(post_signed(&mut open[0], "/api/ingest/events", GAME, SECRET, events(1).as_bytes()).status, 202);
+}

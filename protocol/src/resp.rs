@@ -221,6 +221,11 @@ pub const MAX_DEPTH: usize = 32;
 /// will never come.
 pub const MAX_BULK_LEN: usize = 512 << 20;
 
+/// Longest status, error or integer line accepted in a reply. Redis's own lines are short
+/// (an error names a command or a script line); an endless one is a protocol error
+/// rather than a buffer that grows until the reply deadline.
+pub const MAX_LINE_LEN: usize = 64 << 10;
+
 /// The length of the complete reply at the front of `buf`, or `None` while it is
 /// incomplete, without building it: bulk payloads are skipped by their declared length,
 /// so the cost is per element, not per byte. Arrays nested deeper than [`MAX_DEPTH`] and
@@ -236,8 +241,17 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
             continue;
         }
         let Some(kind) = buf.get(pos).copied() else { return Ok(None) };
-        let Some(nl) = buf[pos..].windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
-        let line = &buf[pos + 1..pos + nl];
+        let Some(nl) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+            if buf.len() - pos > MAX_LINE_LEN {
+                return Err(RespError(format!("a reply line longer than {MAX_LINE_LEN} bytes")));
+            }
+            return Ok(None);
+        };
+        // A line is a type byte and its text: an empty one (`\r\n` where a type byte is
+        // due) is not RESP.
+        let Some(line) = buf.get(pos + 1..pos + nl) else {
+            return Err(RespError("an empty line where a reply was due".into()));
+        };
         pos += nl + 2;
         pending -= 1;
         let num = || -> Result<i64, RespError> {
@@ -352,6 +366,13 @@ mod tests {
         assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
         assert_eq!(frame_len(b"*0\r\n"), Ok(Some(4)));
         assert!(frame_len(b"?x\r\n").is_err());
+        // Found by fuzzing: a line without a type byte was a slice-index panic.
+        assert!(frame_len(b"\r\n").is_err());
+        assert!(frame_len(b"*2\r\n:1\r\n\r\n").is_err());
+        assert!(decode_reply(b"\r\n").is_err());
+        // A line that never ends is refused once it passes the bound, not buffered forever.
+        assert!(frame_len(&vec![b'+'; MAX_LINE_LEN + 2]).is_err());
+        assert_eq!(frame_len(b"+OK"), Ok(None));
         // Agrees with the full decoder.
         let (_, used) = decode_reply(full).expect("ok").expect("complete");
         assert_eq!(used, first);

@@ -9,6 +9,8 @@ pub mod cli;
 pub mod clickhouse;
 pub mod error;
 pub mod event_id;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod ratelimit;

@@ -17,6 +17,8 @@ pub mod batch;
 pub mod clickhouse;
 pub mod country;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hll;
 pub mod prescan;
 pub mod resp;

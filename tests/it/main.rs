@@ -8,6 +8,7 @@ mod clickhouse;
 mod config;
 mod fixture;
 mod framing;
+mod fuzz_corpus;
 mod hll;
 mod ingest;
 mod limits;

@@ -1,0 +1,200 @@
+//! The checks the fuzz targets run (`fuzz/`), and the corpus replay test with them: each
+//! takes arbitrary bytes, feeds them to a decoder of bytes from the network, and panics
+//! when the decoder panics or breaks one of its promises (say, a reply measured as
+//! complete that does not decode). Not an API: `docs/fuzzing.md`.
+
+use crate::clickhouse::packet;
+use crate::clickhouse::{rev, CLIENT_REVISION};
+use crate::envelope::{text, EventBatch};
+use crate::resp;
+use crate::validate::{self, BodyError, JsonBuffers, Limits};
+
+/// Where prefixes of a complete frame are tried: every one for short frames, else a
+/// sample (the start, the end and evenly spaced ones between), to keep a run fast.
+fn prefix_lengths(n: usize) -> impl Iterator<Item = usize> {
+    let step = (n / 64).max(1);
+    (0..n).filter(move |&i| n <= 256 || i < 16 || i + 16 >= n || i % step == 0)
+}
+
+/// RESP replies, as the Redis connection reads them: one after another from one buffer.
+/// `frame_len` and `decode_reply` must agree (complete with the same length, or not
+/// complete), a complete reply must decode from exactly its bytes, and no strict prefix
+/// of it may be an error (a reply split across reads is not malformed). The reply
+/// interpreters get every decoded frame.
+pub fn resp_replies(data: &[u8]) {
+    let mut buf = data;
+    loop {
+        let measured = resp::frame_len(buf);
+        let decoded = resp::decode_reply(buf);
+        let (frame, used) = match (&measured, decoded) {
+            (Ok(Some(n)), Ok(Some((frame, used)))) => {
+                assert_eq!(*n, used, "frame_len and decode_reply disagree on the length");
+                (frame, used)
+            }
+            (Ok(Some(n)), other) => {
+                unreachable!("frame_len says complete ({n} bytes) but decode_reply gives {other:?}")
+            }
+            (m, Ok(Some((_, used)))) => {
+                unreachable!("decode_reply took {used} bytes but frame_len gives {m:?}")
+            }
+            _ => return,
+        };
+        assert!(used > 0 && used <= buf.len(), "reply length {used} of {}", buf.len());
+        let again = resp::decode_reply(&buf[..used]);
+        assert!(matches!(&again, Ok(Some((f, u))) if *u == used && *f == frame), "reply alone: {again:?}");
+        for i in prefix_lengths(used) {
+            let part = &buf[..i];
+            assert_eq!(resp::frame_len(part), Ok(None), "frame_len of a {i}-byte prefix of a {used}-byte reply");
+            let d = resp::decode_reply(part);
+            assert!(matches!(d, Ok(None)), "decode_reply of a {i}-byte prefix of a {used}-byte reply: {d:?}");
+        }
+        let _ = resp::group_info(&frame, "analytics-workers");
+        let _ = resp::ingest_reply(frame);
+        buf = &buf[used..];
+    }
+}
+
+/// Negotiated revisions the ClickHouse target decodes with: the first byte of an input
+/// picks one (low three bits), whether the query asked for compression (bit 3), and
+/// whether the rest is a compressed frame to be sealed with a correct checksum (bit 4,
+/// see [`sealed_data_packet`]).
+const REVISIONS: [u64; 8] = [
+    0,
+    rev::TOTAL_ROWS_IN_PROGRESS,
+    rev::BLOCK_INFO,
+    rev::CLIENT_INFO,
+    rev::SERVER_TIMEZONE,
+    rev::SERVER_DISPLAY_NAME,
+    rev::VERSION_PATCH,
+    CLIENT_REVISION,
+];
+
+/// A Data packet around `frame` (method, sizes, payload) with the CityHash128 the
+/// server would have written, so that a fuzzer reaches LZ4 and the block reader instead
+/// of stopping at the checksum. The checksum covers the frame's declared length.
+fn sealed_data_packet(frame: &[u8]) -> Vec<u8> {
+    let declared = frame.get(1..5).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let covered = &frame[..declared.min(frame.len())];
+    let h = cityhash_rs::cityhash_102_128(covered);
+    let mut out = vec![packet::server::DATA as u8, 0];
+    out.extend_from_slice(&((h >> 64) as u64).to_le_bytes());
+    out.extend_from_slice(&(h as u64).to_le_bytes());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// ClickHouse server packets, as the connection reads them: one after another from one
+/// buffer. A decoded packet must decode the same from exactly its bytes, and no strict
+/// prefix of it may be an error.
+pub fn clickhouse_packets(data: &[u8]) {
+    let Some((&select, rest)) = data.split_first() else { return };
+    let revision = REVISIONS[usize::from(select & 7)];
+    let compressed = select & 8 != 0;
+    let sealed;
+    let mut buf = if select & 16 != 0 {
+        sealed = sealed_data_packet(rest);
+        &sealed[..]
+    } else {
+        rest
+    };
+    while let Ok(Some((p, used))) = packet::decode(buf, revision, compressed) {
+        assert!(used > 0 && used <= buf.len(), "packet length {used} of {}", buf.len());
+        let again = packet::decode(&buf[..used], revision, compressed);
+        assert!(matches!(&again, Ok(Some((q, u))) if *u == used && *q == p), "packet alone: {again:?}");
+        for i in prefix_lengths(used) {
+            let d = packet::decode(&buf[..i], revision, compressed);
+            assert!(matches!(d, Ok(None)), "a {i}-byte prefix of a {used}-byte packet: {d:?}");
+        }
+        buf = &buf[used..];
+    }
+}
+
+/// Fixed event ids, so that two parses of one body are comparable.
+fn counter() -> impl FnMut() -> [u8; 16] {
+    let mut n = 0u8;
+    move || {
+        n = n.wrapping_add(1);
+        [n; 16]
+    }
+}
+
+/// What a stored event's text must look like whatever the body was: the checks the
+/// validator promises (lengths, country, props an object that parses again).
+fn check_stored(batch: &EventBatch, limits: &Limits) {
+    for i in 0..batch.len() {
+        let event = batch.field(i, text::EVENT);
+        assert!(!event.is_empty() && event.len() <= 128, "event name {event:?}");
+        for f in [text::GAME_ID, text::ENV] {
+            let v = batch.field(i, f);
+            assert!(!v.is_empty() && v.len() <= limits.max_field_bytes, "field {f}: {v:?}");
+        }
+        let country = batch.field(i, text::COUNTRY);
+        assert!(country.is_empty() || (country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase())));
+        let props = batch.field(i, text::PROPS);
+        assert!(props.len() <= limits.max_props_bytes);
+        let mut again = props.as_bytes().to_vec();
+        let parsed = simd_json::to_borrowed_value(&mut again);
+        assert!(
+            matches!(parsed, Ok(simd_json::BorrowedValue::Object(_))),
+            "stored props do not parse as an object: {props:?}"
+        );
+    }
+}
+
+/// Events of one body parsed with `bufs`.
+fn events_with(
+    bufs: &mut JsonBuffers,
+    body: &[u8],
+    limits: &Limits,
+) -> (Result<(), BodyError>, EventBatch, EventBatch) {
+    let (mut events, mut custom) = (EventBatch::default(), EventBatch::default());
+    let mut body = body.to_vec();
+    let res = validate::parse_events_in(bufs, &mut body, "g1", limits, &mut counter(), &mut events, &mut custom);
+    (res, events, custom)
+}
+
+/// The JSON envelope validator. The first byte picks what the rest is: a request body of
+/// events (parsed with fresh buffers, and twice with reused ones, which must all agree),
+/// a request body of payments, one event object or one payment object (stream entries
+/// in the Croupier format). What it accepts must keep the envelope's promises.
+pub fn json_envelope(data: &[u8]) {
+    let Some((&select, body)) = data.split_first() else { return };
+    let limits = Limits::default();
+    match select % 4 {
+        0 => {
+            let fresh = events_with(&mut JsonBuffers::default(), body, &limits);
+            let mut bufs = JsonBuffers::default();
+            let first = events_with(&mut bufs, body, &limits);
+            let second = events_with(&mut bufs, body, &limits);
+            assert_eq!(fresh, first, "fresh and reused buffers disagree");
+            assert_eq!(first, second, "a second parse with the same buffers differs");
+            if fresh.0.is_ok() {
+                let n = fresh.1.len() + fresh.2.len();
+                assert!(n > 0 && n <= limits.max_records, "{n} records accepted");
+                check_stored(&fresh.1, &limits);
+                check_stored(&fresh.2, &limits);
+            }
+        }
+        1 => {
+            let mut out = Vec::new();
+            if validate::parse_payments(&mut body.to_vec(), "g1", &limits, &mut out).is_ok() {
+                assert!(!out.is_empty() && out.len() <= limits.max_records);
+                for p in &out {
+                    assert!(p.amount_cents > 0 && p.currency.len() == 3 && p.game_id == "g1");
+                }
+            }
+        }
+        2 => {
+            if let Ok(e) = validate::parse_event_object(&mut body.to_vec(), &limits, [9; 16]) {
+                let mut one = EventBatch::default();
+                one.push(&e);
+                check_stored(&one, &limits);
+            }
+        }
+        _ => {
+            if let Ok(p) = validate::parse_payment_object(&mut body.to_vec(), &limits) {
+                assert!(p.amount_cents > 0 && p.currency.len() == 3);
+            }
+        }
+    }
+}

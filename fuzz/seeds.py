@@ -41,7 +41,7 @@ def chunked(body, sizes):
 
 def http():
     post = "POST /api/ingest/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-    gz = gzip.compress(EVENTS)
+    gz = gzip.compress(EVENTS, mtime=0)
     seeds = {
         "post_events_length": (post + SIGNED + "Content-Length: %d\r\n\r\n" % len(EVENTS)).encode() + EVENTS,
         "post_events_chunked": (post + SIGNED + "Transfer-Encoding: chunked\r\n\r\n").encode() + chunked(EVENTS, [7, 30]),
@@ -67,30 +67,36 @@ def http():
         "partial_head": "POST /api/ingest/events HTTP/1.1\r\nHost: t\r\n",
         "non_utf8_header": b"POST / HTTP/1.1\r\nX-Game-Id: \xff\xfe\r\nContent-Length: 1\r\n\r\nx",
         "content_encoding_br": post + "Content-Encoding: br\r\nContent-Length: 2\r\n\r\n[]",
+        "c1_chunk_size_near_u64_max": "POST /api/ingest/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      "5\r\nhello\r\nFFFFFFFFFFFFFFFE\r\n",
         "chunked_trailers": "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n0\r\nX-T: 1\r\n\r\n",
     }
     for name, data in seeds.items():
         write("http_request", name, data)
-    # http_chunks: [room pick][bytes per read] + chunked body. Room picks: 1 = 64 KiB,
+    # http_chunks: [limit pick][bytes per read] + chunked body. Limit picks: 1 = 64 KiB,
     # 2 = unlimited, 3 = none, 0/4/8.. = that many bytes.
     chunks = {
         "wikipedia": (1, 5, b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n"),
         "wikipedia_next_request": (2, 3, b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
         "trailers": (1, 7, b"3\r\nabc\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n"),
         "upper_hex": (1, 2, b"A\r\n0123456789\r\n0\r\n\r\n"),
-        "over_room": (8, 4, b"a\r\n0123456789\r\n0\r\n\r\n"),
-        "no_room": (3, 1, b"1\r\nx\r\n0\r\n\r\n"),
+        "over_limit": (8, 4, b"a\r\n0123456789\r\n0\r\n\r\n"),
+        "zero_limit": (3, 1, b"1\r\nx\r\n0\r\n\r\n"),
         "bad_size": (1, 1, b"zz\r\n"),
         "missing_crlf": (1, 1, b"1\r\nab\r\n"),
         "incomplete": (1, 3, b"10\r\n0123456"),
         "empty_body": (1, 1, b"0\r\n\r\n"),
         "events_json": (1, 16, chunked(EVENTS, [1, 2, 40])),
-        "gzip_body": (1, 9, chunked(gzip.compress(EVENTS), [5, 5])),
+        "gzip_body": (1, 9, chunked(gzip.compress(EVENTS, mtime=0), [5, 5])),
         "leading_zeros": (1, 4, b"0004\r\nWiki\r\n000\r\n\r\n"),
         "whitespace_ext": (1, 4, b"4 ; a=b\r\nWiki\r\n0\r\n\r\n"),
+        "c1_size_near_u64_max": (1, 6, b"5\r\nhello\r\nFFFFFFFFFFFFFFFE\r\n"),
+        "c1_size_near_u64_max_unlimited": (2, 6, b"5\r\nhello\r\nFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n"),
+        "long_extension": (1, 200, b"1;" + b"e" * 4100 + b"\r\nx\r\n0\r\n\r\n"),
+        "long_trailers": (1, 100, b"0\r\n" + b"T: v\r\n" * 1400 + b"\r\n"),
     }
-    for name, (room, step, body) in chunks.items():
-        write("http_chunks", name, bytes([room, step]) + body)
+    for name, (limit, step, body) in chunks.items():
+        write("http_chunks", name, bytes([limit, step]) + body)
 
 
 # --- JSON -------------------------------------------------------------------------------

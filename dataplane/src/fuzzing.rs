@@ -1,5 +1,5 @@
 //! The checks the fuzz targets run (`fuzz/`), and the corpus replay test with them, for
-//! the decoders of this crate: HTTP request heads, chunked bodies, and the batch archives
+//! the decoders of this crate: HTTP request heads, chunked bodies (and gzip), and the batch archives
 //! a worker reads from stream entries. Each panics when the decoder panics or breaks one
 //! of its promises. The protocol crate's decoders have theirs in
 //! `croupier_protocol::fuzzing`. Not an API: `docs/fuzzing.md`.
@@ -9,8 +9,8 @@ use croupier_protocol::clickhouse::block::write_block;
 use croupier_protocol::clickhouse::CLIENT_REVISION;
 
 use crate::clickhouse::rows::{ArchivedEventRef, EventRows, PaymentRows};
-use crate::error::IngestError;
-use crate::http::body::{self, decode_chunks, Chunks, Encoding};
+use crate::http::body::{self, Encoding};
+use crate::http::chunked::{decode_chunks, wire_limit, ChunkedDecoder, Chunks, MAX_CHUNK_LINE, MAX_TRAILERS};
 use crate::http::request::{self, BodyFraming, MAX_HEAD_BYTES};
 
 /// Body limit of the HTTP checks (the default `server.max_body_bytes` is larger; a small
@@ -22,56 +22,76 @@ const BODY_LIMIT: usize = 64 << 10;
 enum Outcome {
     /// Complete after this many bytes, with this body.
     Done(usize, Vec<u8>),
-    /// Incomplete: this many bytes were whole chunks, giving this much body.
+    /// Incomplete: this many bytes were consumed, giving this much body.
     More(usize, Vec<u8>),
-    /// Refused.
-    Error(std::mem::Discriminant<IngestError>),
+    /// Refused with this status (the message may differ with how the bytes were split:
+    /// an overlong line that is also malformed is refused as either).
+    Error(u16),
 }
 
-/// Decodes `input` as `body::read` does with bytes arriving `step` at a time: whole
-/// chunks are consumed, the rest waits for more bytes.
-fn chunks_arriving(input: &[u8], room: usize, step: usize) -> Outcome {
+/// Decodes `input` as `body::read` does with bytes arriving `step` at a time: the decoder
+/// is handed what it has not consumed yet, and the connection keeps only that (at most a
+/// partial chunk line or trailer line), within the limit on the body as sent.
+fn chunks_arriving(input: &[u8], limit: usize, step: usize) -> Outcome {
+    let mut decoder = ChunkedDecoder::new(limit);
     let mut out = Vec::new();
-    let mut pos = 0;
+    let mut consumed = 0;
     let mut have = step.min(input.len());
     loop {
-        match decode_chunks(&input[pos..have], room.saturating_sub(out.len()), &mut out) {
-            Ok(Chunks::Done(used)) => return Outcome::Done(pos + used, out),
-            Ok(Chunks::More(used)) => pos += used,
-            Err(e) => return Outcome::Error(std::mem::discriminant(&e)),
+        match decoder.decode(&input[consumed..have], &mut |d| out.extend_from_slice(d)) {
+            Ok(Chunks::Done(used)) => {
+                assert!(used <= have - consumed, "done after {used} of {} bytes", have - consumed);
+                return Outcome::Done(consumed + used, out);
+            }
+            Ok(Chunks::More(used)) => {
+                assert!(used <= have - consumed, "consumed {used} of {} bytes", have - consumed);
+                consumed += used;
+            }
+            Err(e) => return Outcome::Error(e.status()),
         }
-        assert!(pos <= have, "consumed {pos} of {have} bytes");
+        assert!(have - consumed <= MAX_TRAILERS.max(MAX_CHUNK_LINE), "{} bytes kept", have - consumed);
+        assert!(consumed <= wire_limit(limit), "{consumed} bytes taken for a {limit}-byte limit");
+        assert!(out.len() == decoder.decoded() && out.len() <= limit, "{} body bytes, limit {limit}", out.len());
         if have == input.len() {
-            return Outcome::More(pos, out);
+            return Outcome::More(consumed, out);
         }
         have = (have + step).min(input.len());
     }
 }
 
 /// Decodes a chunked body at once and as it would arrive in pieces of `step` bytes,
-/// which must agree; the body stays within `room`.
-fn check_chunks(input: &[u8], room: usize, step: usize) -> Outcome {
-    let whole = chunks_arriving(input, room, input.len().max(1));
-    if let Outcome::Done(used, body) | Outcome::More(used, body) = &whole {
-        assert!(*used <= input.len(), "consumed {used} of {} bytes", input.len());
-        assert!(body.len() <= room && body.len() <= *used, "{} body bytes from {used}, room {room}", body.len());
+/// which must agree; the body stays within `limit`.
+fn check_chunks(input: &[u8], limit: usize, step: usize) -> Outcome {
+    let whole = chunks_arriving(input, limit, input.len().max(1));
+    let mut out = Vec::new();
+    let one_shot = match decode_chunks(input, limit, &mut out) {
+        Ok(Chunks::Done(used)) => Outcome::Done(used, out),
+        Ok(Chunks::More(used)) => Outcome::More(used, out),
+        Err(e) => Outcome::Error(e.status()),
+    };
+    assert_eq!(whole, one_shot, "decode_chunks and the decoder disagree");
+    if let Outcome::Done(used, body) = &whole {
+        assert!(body.len() <= limit && body.len() <= *used, "{} body bytes from {used}, limit {limit}", body.len());
     }
-    let pieces = chunks_arriving(input, room, step.max(1));
+    // At least a 64th of the input per read: a partial line is searched again on each read
+    // (as on a connection), and byte-sized reads of a 4 KiB line would make runs slow.
+    let step = step.max(input.len() / 64).max(1);
+    let pieces = chunks_arriving(input, limit, step);
     assert_eq!(whole, pieces, "decoded at once and in pieces of {step} bytes");
     whole
 }
 
-/// The chunked body decoder. The first byte picks the room left for the body, the
-/// second how many bytes arrive per read; the rest is the body as sent.
+/// The chunked body decoder. The first byte picks the body limit, the second how many
+/// bytes arrive per read; the rest is the body as sent.
 pub fn http_chunks(data: &[u8]) {
-    let [pick_room, step, input @ ..] = data else { return };
-    let room = match pick_room % 4 {
-        0 => usize::from(*pick_room),
+    let [pick_limit, step, input @ ..] = data else { return };
+    let limit = match pick_limit % 4 {
+        0 => usize::from(*pick_limit),
         1 => BODY_LIMIT,
         2 => usize::MAX,
         _ => 0,
     };
-    check_chunks(input, room, usize::from(*step));
+    check_chunks(input, limit, usize::from(*step));
 }
 
 /// A request as it arrives: the head parser on the whole input, then the body by its

@@ -187,7 +187,7 @@ pub fn json_envelope(data: &[u8]) {
         2 => {
             if let Ok(e) = validate::parse_event_object(&mut body.to_vec(), &limits, [9; 16]) {
                 let mut one = EventBatch::default();
-                one.push(&e);
+                assert!(one.push(&e).is_ok(), "a validated event does not fit a batch");
                 check_stored(&one, &limits);
             }
         }

@@ -9,8 +9,11 @@ use croupier_protocol::batch::{self, Batch, Records};
 use croupier_protocol::envelope::{Event, EventBatch, Payment, PaymentStatus};
 use croupier_protocol::validate::{self, Limits};
 
-/// Each fuzz target and the check it runs.
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// The check a fuzz target runs on one input.
+type Check = fn(&[u8]);
+
+/// Each fuzz target and its check.
+const TARGETS: [(&str, Check); 6] = [
     ("http_request", croupier_dataplane::fuzzing::http_request),
     ("http_chunks", croupier_dataplane::fuzzing::http_chunks),
     ("batch_entry", croupier_dataplane::fuzzing::batch_entry),
@@ -57,7 +60,7 @@ fn event(i: u8, name: &str, props: &str) -> Event {
         event: name.into(),
         user_id: format!("u{i}"),
         session_id: "s1".into(),
-        country: if i % 2 == 0 { "US".into() } else { String::new() },
+        country: if i.is_multiple_of(2) { "US".into() } else { String::new() },
         event_id: [i; 16],
         props: props.into(),
         ..Event::default()
@@ -88,7 +91,7 @@ fn payment(i: u8, status: PaymentStatus) -> Payment {
 fn write_batch_seeds() {
     let events = |list: Vec<Event>| {
         let mut b = EventBatch::default();
-        list.iter().for_each(|e| b.push(e));
+        list.iter().for_each(|e| b.push(e).expect("fits"));
         Records::Events(b)
     };
     let mut parsed = (EventBatch::default(), EventBatch::default());

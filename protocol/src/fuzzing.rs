@@ -5,7 +5,7 @@
 
 use crate::clickhouse::packet;
 use crate::clickhouse::{rev, CLIENT_REVISION};
-use crate::envelope::{text, EventBatch};
+use crate::envelope::{text, EventBatch, PaymentBatch};
 use crate::resp;
 use crate::validate::{self, BodyError, JsonBuffers, Limits};
 
@@ -141,33 +141,44 @@ fn check_stored(batch: &EventBatch, limits: &Limits) {
     }
 }
 
-/// Events of one body parsed with `bufs`.
-fn events_with(
-    bufs: &mut JsonBuffers,
-    body: &[u8],
-    limits: &Limits,
-) -> (Result<(), BodyError>, EventBatch, EventBatch) {
-    let (mut events, mut custom) = (EventBatch::default(), EventBatch::default());
+/// A body that fills every field, parsed before the fuzzed one into reused buffers and
+/// batches, so that anything a request leaves behind would show in the next.
+const WARM: &[u8] = br#"[{"ts":1795617749,"game_id":"g1","env":"prod-prod-prod","event":"login","user_id":"u-long-1",
+"session_id":"s-long-1","device_id":"d-long-1","channel":"appstore","platform":"ios","country":"us",
+"app_version":"1.2.3-long","event_id":"6f1c2b9e-0d3a-4c1e-9a57-2f4b8e6d1c03","props":{"k":[1,2,3]},
+"order_id":"o-long-1","amount_cents":12345,"currency":"EUR","status":"refunded","region":"BY","city":"Munich",
+"product_id":"gems-long","reason":"chargeback"}]"#;
+
+/// A parse's result and the two batches it filled (standard and custom events).
+type Parsed = (Result<(), BodyError>, EventBatch, EventBatch);
+
+/// Events of one body parsed with `bufs` into `batches`, cleared first as a shard does.
+fn events_with(bufs: &mut JsonBuffers, body: &[u8], limits: &Limits, batches: &mut (EventBatch, EventBatch)) -> Parsed {
+    let (events, custom) = batches;
+    events.clear();
+    custom.clear();
     let mut body = body.to_vec();
-    let res = validate::parse_events_in(bufs, &mut body, "g1", limits, &mut counter(), &mut events, &mut custom);
-    (res, events, custom)
+    let res = validate::parse_events_in(bufs, &mut body, "g1", limits, &mut counter(), events, custom);
+    (res, events.clone(), custom.clone())
 }
 
 /// The JSON envelope validator. The first byte picks what the rest is: a request body of
-/// events (parsed with fresh buffers, and twice with reused ones, which must all agree),
-/// a request body of payments, one event object or one payment object (stream entries
+/// events (parsed with fresh buffers, and with buffers and batches a fuller body used before,
+/// which must agree),
+/// a request body of payments (likewise), one event object or one payment object (stream entries
 /// in the Croupier format). What it accepts must keep the envelope's promises.
 pub fn json_envelope(data: &[u8]) {
     let Some((&select, body)) = data.split_first() else { return };
     let limits = Limits::default();
     match select % 4 {
         0 => {
-            let fresh = events_with(&mut JsonBuffers::default(), body, &limits);
+            let fresh = events_with(&mut JsonBuffers::default(), body, &limits, &mut Default::default());
+            // As a shard does: buffers and batches kept from request to request.
             let mut bufs = JsonBuffers::default();
-            let first = events_with(&mut bufs, body, &limits);
-            let second = events_with(&mut bufs, body, &limits);
-            assert_eq!(fresh, first, "fresh and reused buffers disagree");
-            assert_eq!(first, second, "a second parse with the same buffers differs");
+            let mut batches = Default::default();
+            let _ = events_with(&mut bufs, WARM, &limits, &mut batches);
+            let reused = events_with(&mut bufs, body, &limits, &mut batches);
+            assert_eq!(fresh, reused, "fresh and reused buffers disagree");
             if fresh.0.is_ok() {
                 let n = fresh.1.len() + fresh.2.len();
                 assert!(n > 0 && n <= limits.max_records, "{n} records accepted");
@@ -177,7 +188,15 @@ pub fn json_envelope(data: &[u8]) {
         }
         1 => {
             let mut out = Vec::new();
-            if validate::parse_payments(&mut body.to_vec(), "g1", &limits, &mut out).is_ok() {
+            let fresh = validate::parse_payments(&mut body.to_vec(), "g1", &limits, &mut out);
+            let mut bufs = JsonBuffers::default();
+            let mut batch = PaymentBatch::default();
+            let _ = validate::parse_payments_in(&mut bufs, &mut WARM.to_vec(), "g1", &limits, &mut batch);
+            batch.clear();
+            let reused = validate::parse_payments_in(&mut bufs, &mut body.to_vec(), "g1", &limits, &mut batch);
+            assert_eq!(fresh, reused, "fresh and reused buffers disagree");
+            if fresh.is_ok() {
+                assert_eq!(out.as_slice(), batch.as_slice(), "a reused batch keeps something of the last request");
                 assert!(!out.is_empty() && out.len() <= limits.max_records);
                 for p in &out {
                     assert!(p.amount_cents > 0 && p.currency.len() == 3 && p.game_id == "g1");

@@ -17,10 +17,10 @@ fn prefix_lengths(n: usize) -> impl Iterator<Item = usize> {
 }
 
 /// RESP replies, as the Redis connection reads them: one after another from one buffer.
-/// `frame_len` and `decode_reply` must agree (complete with the same length, or not
-/// complete), a complete reply must decode from exactly its bytes, and no strict prefix
-/// of it may be an error (a reply split across reads is not malformed). The reply
-/// interpreters get every decoded frame.
+/// `frame_len` and `decode_reply` must agree: complete with the same length, or not
+/// complete (or complete, and an error for what it holds); a complete reply must decode
+/// from exactly its bytes, and no strict prefix of it may be an error (a reply split
+/// across reads is not malformed). The reply interpreters get every decoded frame.
 pub fn resp_replies(data: &[u8]) {
     let mut buf = data;
     loop {
@@ -31,6 +31,11 @@ pub fn resp_replies(data: &[u8]) {
                 assert_eq!(*n, used, "frame_len and decode_reply disagree on the length");
                 (frame, used)
             }
+            // Measured complete but its content does not decode (a bad integer, a simple
+            // string that is not UTF-8): a protocol error, and the connection fails
+            // cleanly. What must not happen is a wait for more bytes or another length
+            // (replies would be handed to the wrong callers).
+            (Ok(Some(_)), Err(_)) => return,
             (Ok(Some(n)), other) => {
                 unreachable!("frame_len says complete ({n} bytes) but decode_reply gives {other:?}")
             }

@@ -257,6 +257,34 @@ def redis_seeds():
         rec("eval_error", ["EVAL", "return redis.call('NOSUCH')", "0"])
         rec("multi_exec", ["MULTI"], ["INCR", "n"], ["GET", "k"], ["EXEC"])
         rec("pipelined_mixed", ["PING"], ["GET", "missing"], ["INCR", "n"], ["NOSUCH"], ["XLEN", s])
+
+        def get_bulk(key):
+            c.sendall(resp_command("GET", key))
+            raw = read_for(c, 0.3)
+            head, _, rest = raw.partition(b"\r\n")
+            return rest[:int(head[1:])]
+
+        # HyperLogLog strings as Redis writes them: sparse, sparse with long runs and
+        # values, dense (PFDEBUG TODENSE), merged, and with the cached count current.
+        for name, n in [("sparse_3", 3), ("sparse_200", 200), ("pfadd_2000_dense", 2000)]:
+            c.sendall(resp_command("PFADD", "h:" + name, *["e%d" % i for i in range(n)]))
+            read_for(c, 0.2)
+            write("hll_redis_string", name, get_bulk("h:" + name))
+        c.sendall(resp_command("PFADD", "h:dense", *["d%d" % i for i in range(5000)]))
+        read_for(c, 0.2)
+        c.sendall(resp_command("PFCOUNT", "h:dense"))
+        read_for(c, 0.1)
+        write("hll_redis_string", "dense_5000_counted", get_bulk("h:dense"))
+        c.sendall(resp_command("PFADD", "h:small", "a", "b"))
+        c.sendall(resp_command("PFDEBUG", "TODENSE", "h:small"))
+        read_for(c, 0.2)
+        write("hll_redis_string", "dense_2_stale", get_bulk("h:small"))
+        c.sendall(resp_command("PFMERGE", "h:merged", "h:sparse_200", "h:sparse_3"))
+        read_for(c, 0.2)
+        write("hll_redis_string", "merged_sparse", get_bulk("h:merged"))
+        c.sendall(resp_command("PFADD", "h:empty"))
+        read_for(c, 0.2)
+        write("hll_redis_string", "empty", get_bulk("h:empty"))
         c.close()
     except Exception as e:
         print("seeds: Redis replies not recorded: %s" % e)
@@ -274,6 +302,18 @@ def redis_seeds():
     }
     for name, data in hand.items():
         write("resp_replies", name, data)
+    head = b"HYLL\x01\x00\x00\x00" + b"\x00" * 7 + b"\x80"
+    hll = {
+        "bad_magic": b"HYLX" + head[4:] + b"\x7f\xff",
+        "unknown_encoding": b"HYLL\x02" + head[5:],
+        "dense_short": b"HYLL\x00" + head[5:] + b"\x00" * 100,
+        "sparse_too_few": head + b"\x7f\xff" * 0 + b"\x40\x10",
+        "sparse_too_many": head + b"\x7f\xff\x7f\xff",
+        "sparse_values": head + b"\x80\xff\x83\x7f\xf7",
+        "header_only": head,
+    }
+    for name, data in hll.items():
+        write("hll_redis_string", name, data)
 
 
 # --- ClickHouse -------------------------------------------------------------------------
@@ -473,7 +513,7 @@ def clickhouse_seeds():
 
 
 TARGETS = {"http_request": http, "http_chunks": http, "json_envelope": json_seeds,
-           "resp_replies": redis_seeds, "clickhouse_packets": clickhouse_seeds}
+           "resp_replies": redis_seeds, "hll_redis_string": redis_seeds, "clickhouse_packets": clickhouse_seeds}
 
 if __name__ == "__main__":
     wanted = sys.argv[1:] or list(TARGETS)

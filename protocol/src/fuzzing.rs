@@ -6,6 +6,7 @@
 use crate::clickhouse::packet;
 use crate::clickhouse::{rev, CLIENT_REVISION};
 use crate::envelope::{text, EventBatch, PaymentBatch};
+use crate::hll::{redis_string, Sketch, REGISTERS};
 use crate::resp;
 use crate::validate::{self, BodyError, JsonBuffers, Limits};
 
@@ -220,5 +221,38 @@ pub fn json_envelope(data: &[u8]) {
                 assert!(p.amount_cents > 0 && p.currency.len() == 3);
             }
         }
+    }
+}
+
+/// A Redis HyperLogLog string (a `GET` of a sketch key: any producer may have written it),
+/// read as [`Sketch::from_redis`] and `merge_redis` read it. A malformed string leaves
+/// the destination untouched; a valid one gives registers that the dense and the sparse
+/// encoders write back to the same registers, and merging it is the register-wise
+/// maximum.
+pub fn hll_redis_string(data: &[u8]) {
+    let mut registers = [7u8; REGISTERS];
+    let decoded = redis_string::decode(data, &mut registers);
+    let sketch = Sketch::from_redis(data);
+    assert_eq!(decoded.is_ok(), sketch.is_ok(), "decode and from_redis disagree");
+    let mut base = [0u8; REGISTERS];
+    base.iter_mut().enumerate().for_each(|(i, r)| *r = (i % 40) as u8);
+    let mut merged = Sketch::from_registers(&base);
+    let merge = merged.merge_redis(data);
+    assert_eq!(merge.is_ok(), decoded.is_ok(), "merge_redis and decode disagree");
+    let Ok(sketch) = sketch else {
+        assert!(registers.iter().all(|&r| r == 7), "a refused string changed the registers");
+        assert_eq!(merged, Sketch::from_registers(&base), "a refused string changed the sketch");
+        return;
+    };
+    assert!(registers.iter().all(|&r| r <= 63), "a register above 63");
+    assert_eq!(sketch, Sketch::from_registers(&registers));
+    let _ = sketch.count();
+    let mut max = base;
+    max.iter_mut().zip(&registers).for_each(|(m, r)| *m = (*m).max(*r));
+    assert_eq!(merged, Sketch::from_registers(&max), "merge is not the register-wise maximum");
+    for again in
+        [Some(sketch.to_redis_dense()), sketch.to_redis_sparse(), Some(sketch.to_redis())].into_iter().flatten()
+    {
+        assert_eq!(Sketch::from_redis(&again).ok(), Some(sketch.clone()), "written back, read differently");
     }
 }

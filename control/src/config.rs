@@ -288,6 +288,9 @@ pub struct ClickHouse {
     /// Partitions (months of the time column) one INSERT block may span: the server's
     /// `max_partitions_per_insert_block` or less.
     pub max_partitions_per_block: usize,
+    /// `croupier migrate` sets `fsync_after_insert` (and `fsync_part_directory`) on the
+    /// tables the worker fills, where the server has those settings.
+    pub fsync_after_insert: bool,
 }
 
 impl Default for ClickHouse {
@@ -301,6 +304,7 @@ impl Default for ClickHouse {
             compression: true,
             timeout_ms: 30_000,
             max_partitions_per_block: 100,
+            fsync_after_insert: true,
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn main() -> ExitCode {
 
 fn migrate(config: &Config) -> ExitCode {
     let opts = crate::worker::clickhouse_options(config);
+    let fsync = config.clickhouse.fsync_after_insert;
     let driver = match crate::runtime::resolve(config.server.driver) {
         Ok(d) => d,
         Err(e) => {
@@ -87,14 +88,23 @@ fn migrate(config: &Config) -> ExitCode {
     let res = crate::runtime::block_on(driver, async move {
         let mut conn = crate::clickhouse::connection::Connection::connect(&opts).await?;
         crate::clickhouse::schema::migrate(&mut conn).await?;
-        Ok::<_, crate::clickhouse::connection::ChError>(conn.server().clone())
+        let fsync = if fsync { Some(crate::clickhouse::schema::fsync_after_insert(&mut conn).await?) } else { None };
+        Ok::<_, crate::clickhouse::connection::ChError>((conn.server().clone(), fsync))
     });
     match res {
-        Ok(Ok(server)) => {
+        Ok(Ok((server, fsync))) => {
             println!(
                 "schema up to date on ClickHouse {}.{}.{} (revision {})",
                 server.major, server.minor, server.patch, server.revision
             );
+            match fsync {
+                Some(true) => println!("events and payments fsync each inserted part (fsync_after_insert)"),
+                Some(false) => println!(
+                    "this server has no fsync_after_insert: an insert is confirmed before its part is on disk \
+                     (README, Durability)"
+                ),
+                None => {}
+            }
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {

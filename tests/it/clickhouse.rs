@@ -356,3 +356,21 @@ fn every_column_type_round_trips() {
     let got: Vec<String> = got.iter().map(|g| g.trim_end().to_owned()).collect();
     assert_eq!(got, want);
 }
+
+/// M8: `croupier migrate` says whether inserts are fsynced before ClickHouse confirms
+/// them. 18.16 has no `fsync_after_insert`: the tables are created all the same, and the
+/// command says what that means.
+#[test]
+fn m8_migrate_says_whether_inserts_are_fsynced() {
+    let ch = ClickHouseServer::start();
+    let redis = croupier_it::redis::RedisServer::start();
+    let env = crate::pipeline::env(&redis, &ch);
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok, "{out}");
+    assert!(out.contains("schema up to date"), "{out}");
+    assert!(out.contains("no fsync_after_insert"), "{out}");
+    let mut off = env.clone();
+    off.push(("CROUPIER_CLICKHOUSE__FSYNC_AFTER_INSERT".into(), "false".into()));
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &off);
+    assert!(ok && !out.contains("fsync"), "{out}");
+}

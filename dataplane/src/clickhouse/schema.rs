@@ -95,6 +95,35 @@ pub const STATEMENTS: &[&str] = &[
     AS SELECT toDate(m) AS d, game_id, env, online AS peak FROM analytics.minute_online",
 ];
 
+/// Servers from this revision (19.x) may understand `ALTER TABLE ... MODIFY SETTING`;
+/// 18.x does not.
+const MODIFY_SETTING: u64 = 54420;
+
+/// Makes the inserts into the tables the worker fills durable on their own: every new
+/// part, and its directory, is fsynced before the insert is confirmed. Without it an
+/// EndOfStream (after which the worker acknowledges the entries) can precede the data
+/// reaching the disk, and a power loss there loses confirmed rows.
+pub const FSYNC_STATEMENTS: &[&str] = &[
+    "ALTER TABLE analytics.events MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1",
+    "ALTER TABLE analytics.payments MODIFY SETTING fsync_after_insert = 1, fsync_part_directory = 1",
+];
+
+/// Sets [`FSYNC_STATEMENTS`] where the server has those settings. `Ok(false)` when it does
+/// not (18.x, or a server without the settings: syntax error 62 or unknown setting 115).
+pub async fn fsync_after_insert(conn: &mut Connection) -> Result<bool, ChError> {
+    if conn.server().revision < MODIFY_SETTING {
+        return Ok(false);
+    }
+    for sql in FSYNC_STATEMENTS {
+        match conn.execute(sql, &[]).await {
+            Ok(()) => {}
+            Err(ChError::Server(e)) if e.code == 62 || e.code == 115 => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// Creates or upgrades the schema. Safe to run any number of times.
 pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
     let legacy = conn.server().revision < LOW_CARDINALITY_GA;

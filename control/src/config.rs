@@ -23,7 +23,8 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
 /// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
-const SECTIONS: [&str; 7] = ["server", "auth", "redis", "streams", "clickhouse", "worker", "games"];
+const SECTIONS: [&str; 9] =
+    ["server", "auth", "redis", "streams", "clickhouse", "worker", "games", "control", "metrics"];
 
 /// A configuration could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,6 +364,39 @@ impl Default for Worker {
     }
 }
 
+/// `[control]`: the control listener (`/metrics`, `/healthz`, `/readyz`), on a thread of
+/// its own, never a data shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// Listen address; empty means no control listener.
+    pub listen: String,
+    /// Longest wait for Redis or ClickHouse when `/readyz` or `/metrics` asks them,
+    /// milliseconds.
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control { listen: "0.0.0.0:8081".into(), probe_timeout_ms: 1_000 }
+    }
+}
+
+/// `[metrics]`: what the shards count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Shards count requests, events and inserts (off: `/metrics` has only the gauges
+    /// read at scrape time; for measuring what counting costs).
+    pub enabled: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { enabled: true }
+    }
+}
+
 /// `[games.<id>]`: one game allowed to ingest.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -401,6 +435,10 @@ pub struct Config {
     pub worker: Worker,
     /// Games by id.
     pub games: BTreeMap<String, Game>,
+    /// The control listener.
+    pub control: Control,
+    /// What the shards count.
+    pub metrics: Metrics,
     /// `CROUPIER_*` variables that look like mistyped overrides (ignored, reported by
     /// [`Config::warnings`]).
     #[serde(skip)]
@@ -544,6 +582,12 @@ impl Config {
                 "server.max_inflight_body_bytes",
                 "expected bytes per shard greater than 0 (a shard always has room for one body at max_body_bytes)",
             ));
+        }
+        if !self.control.listen.is_empty() && self.control.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err("control.listen", "expected an address like 0.0.0.0:8081, or \"\" for none"));
+        }
+        if self.control.probe_timeout_ms == 0 {
+            return Err(err("control.probe_timeout_ms", "expected a timeout greater than 0"));
         }
         if self.redis.reply_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
             return Err(err("redis.reply_timeout_ms", "expected timeouts greater than 0"));
@@ -711,6 +755,12 @@ mod tests {
         assert_eq!(e.key, "server.max_inflight_body_bytes");
         let small = Config::from_toml("[server]\nmax_inflight_body_bytes = 1000\n").expect("a small budget loads");
         assert_eq!(small.server.body_budget(), 10 << 20, "room for one body at the limit");
+        }
+        let e = Config::from_toml("[control]\nlisten = \"8081\"\n").expect_err("bad control addr");
+        assert_eq!(e.key, "control.listen");
+        assert!(Config::from_toml("[control]\nlisten = \"\"\n").is_ok(), "no control listener");
+        let c = Config::load(None, env(&[("CROUPIER_METRICS__ENABLED", "false")])).expect("metrics off");
+        assert!(!c.metrics.enabled);
         let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");
         assert_eq!(old.warnings().len(), 1, "and says what to remove");
         let old = Config::from_toml("[worker]\ndead_letter_maxlen = 100000\n").expect("an older file still loads");

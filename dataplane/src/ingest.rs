@@ -3,6 +3,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use croupier_control::metrics::{EventsAccepted, EventsRefused};
 use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
 use croupier_protocol::envelope::{EventBatch, PaymentBatch};
 use croupier_protocol::resp::{self, EntryArgs, IngestReply};
@@ -62,11 +63,27 @@ pub async fn handle(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, records, rate } = prepare(shard, endpoint, cred, encoding, wire, scratch)?;
+    let Prepared { cmd, entries, parts, records, rate } = match prepare(shard, endpoint, cred, encoding, wire, scratch)
+    {
+        Ok(p) => p,
+        Err(Refusal { error, records }) => {
+            count_refused(shard, cred.game, &error, records.unwrap_or(1));
+            return Err(error);
+        }
+    };
     let retry_after = shard.config.redis.retry_after_secs;
     let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after });
     let result = match reply.map(resp::ingest_reply) {
-        Ok(Ok(IngestReply::Added(ids))) if ids.len() == entries => return Ok(records),
+        Ok(Ok(IngestReply::Added(ids))) if ids.len() == entries => {
+            let m = &shard.metrics;
+            if m.enabled() {
+                let game = m.layout().game(cred.game);
+                for (stream, count) in &parts[..entries] {
+                    m.emit(EventsAccepted { game, stream: *stream, count: *count as u64 });
+                }
+            }
+            return Ok(records);
+        }
         // The same request sent again (same nonce, same body): answered as the first time,
         // whose entries are there (the body, and so the count, is the same); nothing was
         // appended, so the rate is given back.
@@ -78,7 +95,30 @@ pub async fn handle(
     if let Some(rate) = rate {
         rate.give_back(records);
     }
+    if let Err(e) = &result {
+        count_refused(shard, cred.game, e, records);
+    }
     result
+}
+
+/// Counts a refused batch of `records` records (`croupier_events_refused_total`).
+fn count_refused(shard: &Shard, game: &str, e: &IngestError, records: usize) {
+    let m = &shard.metrics;
+    if m.enabled() {
+        m.emit(EventsRefused { game: m.layout().game(game), reason: e.tag(), count: records as u64 });
+    }
+}
+
+/// Why [`prepare`] refused, and how many records the batch held once that was known.
+struct Refusal {
+    error: IngestError,
+    records: Option<usize>,
+}
+
+impl From<IngestError> for Refusal {
+    fn from(error: IngestError) -> Refusal {
+        Refusal { error, records: None }
+    }
 }
 
 /// The append command of an accepted request.
@@ -87,6 +127,8 @@ struct Prepared<'s> {
     cmd: Vec<u8>,
     /// Stream entries it appends.
     entries: usize,
+    /// Each entry's stream and records (the first `entries`).
+    parts: [(StreamKind, usize); 2],
     /// Records they hold.
     records: usize,
     /// The game's rate limit, which `records` were taken from.
@@ -103,7 +145,7 @@ fn prepare<'s>(
     encoding: Encoding,
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
-) -> Result<Prepared<'s>, IngestError> {
+) -> Result<Prepared<'s>, Refusal> {
     let game = shard.games.get(cred.game).ok_or(IngestError::UnknownGame)?;
     let limit = shard.config.server.max_decompressed_bytes;
     // The signature covers the body as sent, and is checked before anything is inflated.
@@ -124,7 +166,7 @@ fn prepare<'s>(
             let d = auth::signed_digest(&game.secret, cred, scratch).ok_or(IngestError::BadSignature)?;
             (scratch, d)
         }
-        (Encoding::Identity | Encoding::Gzip, None) => return Err(IngestError::BadSignature),
+        (Encoding::Identity | Encoding::Gzip, None) => return Err(IngestError::BadSignature.into()),
     };
     let mut bufs = shard.batches.borrow_mut();
     let b = &mut *bufs;
@@ -166,26 +208,28 @@ fn prepare<'s>(
             1
         }
     };
+    let all_parts = parts;
     let parts = &parts[..n];
     let total: usize = parts.iter().map(|(_, len)| len).sum();
+    let refuse = |error: IngestError| Refusal { error, records: Some(total) };
     let retry_after = shard.config.redis.retry_after_secs;
     for (stream, _) in parts {
         match shard.backlog.admission(*stream) {
             Admission::Open => {}
-            Admission::Full => return Err(IngestError::BacklogFull { stream: *stream, retry_after }),
+            Admission::Full => return Err(refuse(IngestError::BacklogFull { stream: *stream, retry_after })),
             // Not read since the last connect (or Redis is gone): not a full backlog.
-            Admission::Unknown => return Err(IngestError::RedisUnavailable { retry_after }),
+            Admission::Unknown => return Err(refuse(IngestError::RedisUnavailable { retry_after })),
         }
     }
     let accepted_at_ms = now_ms();
     for (i, (stream, _)) in parts.iter().enumerate() {
-        b.encode(i, *stream, accepted_at_ms).map_err(encode_refusal)?;
+        b.encode(i, *stream, accepted_at_ms).map_err(|e| refuse(encode_refusal(e)))?;
     }
     // Taken last, for a request that is otherwise accepted (given back if Redis does not
     // confirm the append, or finds a replay).
     let rate = game.rate.as_deref();
     if let Some(rate) = rate {
-        rate.take(total, Instant::now()).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
+        rate.take(total, Instant::now()).map_err(|retry_after| refuse(IngestError::RateLimited { retry_after }))?;
     }
     // Counted when queued, in the same order as the backlog readings are queued, so a
     // reading never misses nor double-counts it (an append that fails is over-counted
@@ -206,7 +250,7 @@ fn prepare<'s>(
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
     resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), ttl, &digest, &entries);
-    Ok(Prepared { cmd, entries: n, records: total, rate })
+    Ok(Prepared { cmd, entries: n, parts: all_parts, records: total, rate })
 }
 
 /// One request's record batches and archives, kept by the shard and reused, so a request

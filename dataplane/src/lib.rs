@@ -26,6 +26,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use croupier_control::config::Config;
+use croupier_control::metrics::Registry;
 
 pub use runtime::ActiveDriver;
 use shards::Shards;
@@ -36,6 +37,7 @@ pub struct Handle {
     addr: SocketAddr,
     driver: ActiveDriver,
     shards: Shards,
+    metrics: Arc<Registry>,
 }
 
 impl Handle {
@@ -47,6 +49,11 @@ impl Handle {
     /// The io driver the shards run on.
     pub fn driver(&self) -> ActiveDriver {
         self.driver
+    }
+
+    /// The registry the shards count in.
+    pub fn metrics(&self) -> &Arc<Registry> {
+        &self.metrics
     }
 
     /// Stops accepting, lets requests in flight finish, and waits for the shards.
@@ -75,8 +82,21 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts the ingest shards.
+/// The process's metrics registry for `config`: the data port's routes, the configured
+/// games, counting on or off (`metrics.enabled`).
+pub fn registry(config: &Config) -> Arc<Registry> {
+    let games: Vec<&str> = config.games.keys().map(String::as_str).collect();
+    Registry::new(&http::conn::ROUTES, &games, config.metrics.enabled)
+}
+
+/// Starts the ingest shards, with a registry of their own.
 pub fn start(config: Config) -> Result<Handle, String> {
+    let metrics = registry(&config);
+    start_with_metrics(config, metrics)
+}
+
+/// Starts the ingest shards; each counts in its own block of `metrics`.
+pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Handle, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let shards = config.shard_count();
     let listen: SocketAddr = config.server.listen.parse().map_err(|e| format!("server.listen: {e}"))?;
@@ -96,18 +116,19 @@ pub fn start(config: Config) -> Result<Handle, String> {
         let stop = stop.clone();
         let core = config.server.cores.get(id).copied().unwrap_or(id);
         let pin = config.server.pin;
+        let writer = metrics.writer();
         let t = std::thread::Builder::new()
             .name(format!("croupier-shard-{id}"))
             .spawn(move || {
                 if pin && !runtime::pin(core) {
                     eprintln!("croupier: shard {id}: could not pin to core {core}; running unpinned");
                 }
-                if let Err(e) = runtime::block_on(driver, shard::run(id, config, rates, listener, stop)) {
+                if let Err(e) = runtime::block_on(driver, shard::run(id, config, rates, writer, listener, stop)) {
                     eprintln!("croupier: shard {id}: runtime: {e}");
                 }
             })
             .map_err(|e| format!("cannot start shard {id}: {e}"))?;
         threads.push(t);
     }
-    Ok(Handle { addr, driver, shards: Shards::new(stop, threads) })
+    Ok(Handle { addr, driver, shards: Shards::new(stop, threads), metrics })
 }

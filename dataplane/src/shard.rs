@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::Config;
+use croupier_control::metrics::ShardWriter;
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
@@ -50,9 +51,11 @@ pub struct Shard {
     pub json: RefCell<JsonBuffers>,
     /// Record batches and archives reused by every request of the shard.
     pub batches: RefCell<IngestBuffers>,
+    /// The shard's own counters (`/metrics`).
+    pub metrics: ShardWriter,
 }
 
-fn build(id: usize, config: Arc<Config>, rates: &RateLimits) -> Rc<Shard> {
+fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWriter) -> Rc<Shard> {
     let games = config
         .games
         .iter()
@@ -80,16 +83,18 @@ fn build(id: usize, config: Arc<Config>, rates: &RateLimits) -> Rc<Shard> {
         limits,
         json: RefCell::new(JsonBuffers::default()),
         batches: RefCell::new(IngestBuffers::default()),
+        metrics,
     })
 }
 
 /// Runs shard `id` on the current thread's runtime until `stop` is set and its
 /// connections have drained (`server.rs`). `rates` holds the games' rate limits, shared
-/// by all shards.
+/// by all shards; `metrics` is this shard's own block of counters.
 pub async fn run(
     id: usize,
     config: Arc<Config>,
     rates: Arc<RateLimits>,
+    metrics: ShardWriter,
     listener: std::net::TcpListener,
     stop: Arc<AtomicBool>,
 ) {
@@ -98,7 +103,7 @@ pub async fn run(
         max_inflight_body_bytes: config.server.body_budget(),
         retry_after_secs: config.redis.retry_after_secs,
     };
-    let shard = build(id, config, &rates);
+    let shard = build(id, config, &rates, metrics);
     let serve = move |stream, server| conn::serve(shard.clone(), server, stream);
     let served = server::run(listener, stop, limits, serve).await;
     if let Err(e) = served {

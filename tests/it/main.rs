@@ -12,6 +12,7 @@ mod fuzz_corpus;
 mod hll;
 mod ingest;
 mod limits;
+mod metrics;
 mod pipeline;
 mod redis_faults;
 mod refusals;

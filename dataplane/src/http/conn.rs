@@ -8,6 +8,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use croupier_control::metrics::{EventsRefused, RequestServed};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -65,7 +66,9 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = write(&mut sock, &mut b.output, error_response(&e, true)).await;
+                    let resp = error_response(&e, true);
+                    count(&shard, None, resp.status, started);
+                    let _ = write(&mut sock, &mut b.output, resp).await;
                     linger(&mut sock, &mut b.input).await;
                     return;
                 }
@@ -83,7 +86,9 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
                     started.get_or_insert_with(Instant::now);
                 }
                 Err(ReadError::Timeout) if started.is_some() => {
-                    let _ = write(&mut sock, &mut b.output, error_response(&IngestError::RequestTimeout, true)).await;
+                    let resp = error_response(&IngestError::RequestTimeout, true);
+                    count(&shard, None, resp.status, started);
+                    let _ = write(&mut sock, &mut b.output, resp).await;
                     return;
                 }
                 Err(_) => return,
@@ -97,6 +102,8 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         resp.close |= !head.keep_alive || server.drain.is_started();
         resp.head_only = head.method == Method::Head;
         let close = resp.close;
+        // Counted before it is written: a client that has its answer finds it counted.
+        count(&shard, Some(&head.path), resp.status, started);
         if write(&mut sock, &mut b.output, resp).await.is_err() {
             return;
         }
@@ -105,6 +112,26 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             return;
         }
         last_active = Instant::now();
+    }
+}
+
+/// Counts a request answered with `status` (`path` when its head was read), timed from
+/// its first byte to its response ready to write.
+fn count(shard: &Shard, path: Option<&str>, status: u16, started: Option<Instant>) {
+    let m = &shard.metrics;
+    if m.enabled() {
+        let route = path.map_or_else(|| m.layout().unmatched(), |p| m.layout().route(p));
+        let duration = started.map_or(Duration::ZERO, |t| t.elapsed());
+        m.emit(RequestServed { route, status, duration });
+    }
+}
+
+/// Counts a refused batch on an ingest route whose records were not counted.
+fn refused(shard: &Shard, head: &Head, e: &IngestError) {
+    let m = &shard.metrics;
+    if m.enabled() {
+        let game = m.layout().game(head.game_id.as_deref().unwrap_or(""));
+        m.emit(EventsRefused { game, reason: e.tag(), count: 1 });
     }
 }
 
@@ -144,6 +171,9 @@ fn error_response(e: &IngestError, close: bool) -> Response {
     r.close = close || e.closes_connection();
     r
 }
+
+/// The data port's routes, as its requests are counted (`croupier_http_requests_total`).
+pub const ROUTES: [&str; 4] = ["/api/ingest/events", "/api/ingest/payments", "/healthz", "/readyz"];
 
 /// What a path leads to.
 enum Route {
@@ -209,7 +239,10 @@ async fn respond(
         Route::Ingest(endpoint) => {
             let (cred, encoding) = match ingest::precheck(shard, head) {
                 Ok(c) => c,
-                Err(e) => return finish_refusal(sock, head, b, limit, deadline, e).await,
+                Err(e) => {
+                    refused(shard, head, &e);
+                    return finish_refusal(sock, head, b, limit, deadline, e).await;
+                }
             };
             // The body counts against the shard's budget from before it is read (and
             // before `100 Continue` invites it) until the request has been handled.
@@ -217,19 +250,23 @@ async fn respond(
             if let BodyFraming::Length(n) = head.framing {
                 if n <= limit && !held.grow_to(n) {
                     let busy = IngestError::ServerBusy { retry_after: held.retry_after_secs() };
+                    refused(shard, head, &busy);
                     return finish_refusal(sock, head, b, limit, deadline, busy).await;
                 }
             }
             if head.expect_continue && head.framing != BodyFraming::None {
                 let (res, _) = sock.stream().write_all(response::CONTINUE).await;
                 if res.is_err() {
-                    let mut r = refuse(IngestError::BadRequest("connection closed"));
+                    let e = IngestError::BadRequest("connection closed");
+                    refused(shard, head, &e);
+                    let mut r = refuse(e);
                     r.close = true;
                     return r;
                 }
             }
             if let Err(e) = body::read(sock, &mut b.input, head.framing, limit, deadline, &mut b.body, &mut held).await
             {
+                refused(shard, head, &e);
                 return refuse(e);
             }
             match ingest::handle(shard, endpoint, &cred, encoding, &mut b.body, &mut b.scratch).await {

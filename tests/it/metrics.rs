@@ -1,0 +1,98 @@
+//! Metrics: the shards' counters against what was sent and what was answered.
+
+use croupier_control::config::Driver;
+use croupier_control::metrics::Encoder;
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
+
+use crate::fixture::{event, events, post_signed, Fixture, GAME, OTHER_GAME, OTHER_SECRET, SECRET};
+
+/// The value of the sample `series` (its name and labels as exposed) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+}
+
+fn payments(n: usize) -> String {
+    let ts = now_secs();
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","user_id":"u{i}","order_id":"o-{i}-{}","amount_cents":100,"currency":"USD","status":"success"}}"#,
+                fresh_nonce()
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+#[test]
+fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
+    let f = Fixture::start(Driver::Epoll, |_| {});
+    let mut c = f.client();
+    // Accepted: 7 batches of 10 standard events, 3 batches of 2 standard + 1 custom event,
+    // 4 batches of 5 payments.
+    for _ in 0..7 {
+        assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(10).as_bytes()).status, 202);
+    }
+    for i in 0..3 {
+        let body = format!(
+            "[{},{},{}]",
+            event("login", &format!("a{i}")),
+            event("level_start", &format!("b{i}")),
+            event("boss_killed", "c")
+        );
+        assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes()).status, 202);
+    }
+    for _ in 0..4 {
+        assert_eq!(post_signed(&mut c, "/api/ingest/payments", GAME, SECRET, payments(5).as_bytes()).status, 202);
+    }
+    // Refused: 2 with a wrong secret, 1 with a bad record, 1 for an unconfigured game,
+    // 1 without credentials.
+    for _ in 0..2 {
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, "wrong", events(3).as_bytes());
+        assert_eq!((r.status, r.error_tag().as_str()), (401, "bad_signature"));
+    }
+    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, br#"[{"ts":1,"game_id":"g1"}]"#);
+    assert_eq!((r.status, r.error_tag().as_str()), (400, "invalid_field"));
+    let r = post_signed(&mut c, "/api/ingest/events", "nope", "x", events(1).as_bytes());
+    assert_eq!((r.status, r.error_tag().as_str()), (401, "unknown_game"));
+    let r = c.request("POST", "/api/ingest/payments", &[("Content-Type".into(), "application/json".into())], b"[]");
+    assert_eq!((r.status, r.error_tag().as_str()), (401, "missing_credentials"));
+    // Another game, and a path that is no route.
+    let h = signed_headers(OTHER_GAME, OTHER_SECRET, b"[]", now_secs(), &fresh_nonce());
+    assert_eq!(c.request("POST", "/api/ingest/events", &h, b"[]").error_tag(), "invalid_batch");
+    assert_eq!(c.request("GET", "/nowhere", &[], b"").status, 404);
+
+    let registry = f.ingest.as_ref().expect("running").metrics().clone();
+    let mut enc = Encoder::new();
+    registry.encode(&mut enc);
+    let text = enc.finish();
+    let v = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(v(r#"croupier_events_accepted_total{game="g1",stream="events"}"#), 76.0);
+    assert_eq!(v(r#"croupier_events_accepted_total{game="g1",stream="custom"}"#), 3.0);
+    assert_eq!(v(r#"croupier_events_accepted_total{game="g1",stream="payments"}"#), 20.0);
+    assert_eq!(sample(&text, r#"croupier_events_accepted_total{game="g2",stream="events"}"#), None);
+    assert_eq!(v(r#"croupier_events_refused_total{game="g1",reason="bad_signature"}"#), 2.0);
+    assert_eq!(v(r#"croupier_events_refused_total{game="g1",reason="invalid_field"}"#), 1.0);
+    assert_eq!(v(r#"croupier_events_refused_total{game="(unknown)",reason="unknown_game"}"#), 1.0);
+    assert_eq!(v(r#"croupier_events_refused_total{game="(unknown)",reason="missing_credentials"}"#), 1.0);
+    assert_eq!(v(r#"croupier_events_refused_total{game="g2",reason="invalid_batch"}"#), 1.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="202"}"#), 10.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/payments",status="202"}"#), 4.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="401"}"#), 3.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="400"}"#), 2.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/payments",status="401"}"#), 1.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="unmatched",status="404"}"#), 1.0);
+    assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/events"}"#), 15.0);
+    assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/payments"}"#), 5.0);
+}
+
+#[test]
+fn metrics_disabled_count_nothing() {
+    let f = Fixture::start(Driver::Epoll, |c| c.metrics.enabled = false);
+    assert_eq!(f.post("/api/ingest/events", &events(4)).status, 202);
+    let mut enc = Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    assert_eq!(sample(&text, r#"croupier_events_accepted_total{game="g1",stream="events"}"#), None, "{text}");
+    assert!(!text.contains("croupier_http_requests_total{"), "{text}");
+}

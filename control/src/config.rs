@@ -755,7 +755,6 @@ mod tests {
         assert_eq!(e.key, "server.max_inflight_body_bytes");
         let small = Config::from_toml("[server]\nmax_inflight_body_bytes = 1000\n").expect("a small budget loads");
         assert_eq!(small.server.body_budget(), 10 << 20, "room for one body at the limit");
-        }
         let e = Config::from_toml("[control]\nlisten = \"8081\"\n").expect_err("bad control addr");
         assert_eq!(e.key, "control.listen");
         assert!(Config::from_toml("[control]\nlisten = \"\"\n").is_ok(), "no control listener");

@@ -16,6 +16,8 @@ pub enum IngestError {
     },
     /// The request is not valid HTTP or lacks a header HTTP requires (says which).
     BadRequest(&'static str),
+    /// A header that may appear once appeared twice (names it).
+    DuplicateHeader(&'static str),
     /// `Content-Type` is not JSON, or `Content-Encoding` is not gzip/identity.
     UnsupportedMediaType(&'static str),
     /// The body (as sent, or decompressed) exceeds the limit.
@@ -74,7 +76,7 @@ impl IngestError {
         match self {
             IngestError::NotFound => 404,
             IngestError::MethodNotAllowed { .. } => 405,
-            IngestError::BadRequest(_) => 400,
+            IngestError::BadRequest(_) | IngestError::DuplicateHeader(_) => 400,
             IngestError::Body(BodyError::GameMismatch { .. }) => 403,
             IngestError::Body(_) => 400,
             IngestError::UnsupportedMediaType(_) => 415,
@@ -98,7 +100,7 @@ impl IngestError {
         match self {
             IngestError::NotFound => "not_found",
             IngestError::MethodNotAllowed { .. } => "method_not_allowed",
-            IngestError::BadRequest(_) => "bad_request",
+            IngestError::BadRequest(_) | IngestError::DuplicateHeader(_) => "bad_request",
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::PayloadTooLarge { .. } => "payload_too_large",
             IngestError::RequestTimeout => "request_timeout",
@@ -140,6 +142,7 @@ impl IngestError {
         matches!(
             self,
             IngestError::BadRequest(_)
+                | IngestError::DuplicateHeader(_)
                 | IngestError::PayloadTooLarge { .. }
                 | IngestError::RequestTimeout
                 | IngestError::ServerBusy { .. }
@@ -151,6 +154,7 @@ impl IngestError {
             IngestError::NotFound => "no such route".into(),
             IngestError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
             IngestError::BadRequest(what) => format!("bad request: {what}"),
+            IngestError::DuplicateHeader(h) => format!("bad request: header {h} appears more than once"),
             IngestError::UnsupportedMediaType(what) => format!("unsupported {what}"),
             IngestError::PayloadTooLarge { limit } => format!("body larger than {limit} bytes"),
             IngestError::RequestTimeout => "request not received in time".into(),
@@ -183,7 +187,9 @@ impl IngestError {
             IngestError::Body(BodyError::GameMismatch { index }) => {
                 out.push_str(&format!(r#","field":"game_id","index":{index}"#));
             }
-            IngestError::MissingCredentials(h) => out.push_str(&format!(r#","header":"{h}""#)),
+            IngestError::MissingCredentials(h) | IngestError::DuplicateHeader(h) => {
+                out.push_str(&format!(r#","header":"{h}""#))
+            }
             _ => {}
         }
         out.push('}');

@@ -15,6 +15,11 @@ both_drivers!(
     c5_chunk_line_with_a_50_mib_extension_is_refused_at_once,
     c5_tiny_chunks_with_huge_extensions_cannot_exceed_max_body_bytes_on_the_wire,
     m1_a_body_on_a_health_route_is_discarded_not_run_as_the_next_request,
+    hostile9_content_length_is_digits_only,
+    hostile10_head_size_limit_does_not_depend_on_segmentation,
+    hostile11_absolute_form_target_routes_like_origin_form,
+    hostile12_duplicate_credential_and_media_headers_are_refused,
+    low_http10_keep_alive_answer_says_keep_alive,
 );
 
 /// Connections opened per check: enough that every shard of the fixture gets some
@@ -136,4 +141,117 @@ fn m1_a_body_on_a_health_route_is_discarded_not_run_as_the_next_request(driver: 
         let r = c.request("GET", "/healthz", &[], b"");
         assert_eq!((r.status, r.text()), (200, r#"{"status":"ok"}"#.to_owned()), "{path}");
     }
+}
+
+/// A request to `target` signed for `GAME` with a fresh batch, the head's lines edited
+/// by `edit` (each `Name: value` without CRLF).
+fn signed_raw(target: &str, edit: impl FnOnce(&mut Vec<String>)) -> Vec<u8> {
+    let body = events(2);
+    let mut lines = vec![format!("Content-Length: {}", body.len()), "Host: t".to_owned()];
+    for (k, v) in signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce()) {
+        lines.push(format!("{k}: {v}"));
+    }
+    edit(&mut lines);
+    let mut req = format!("POST {target} HTTP/1.1\r\n");
+    for l in lines {
+        req.push_str(&l);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    req.into_bytes()
+}
+
+fn hostile9_content_length_is_digits_only(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    for bad in ["+{}", "-{}", "{} ,{}", "0x{}", "{}.0"] {
+        let raw = signed_raw("/api/ingest/events", |lines| {
+            let n = lines[0].trim_start_matches("Content-Length: ").to_owned();
+            lines[0] = format!("Content-Length: {}", bad.replace("{}", &n));
+        });
+        let mut c = f.client();
+        c.send_raw(&raw);
+        let r = c.read_reply();
+        assert_eq!((r.status, r.error_tag().as_str()), (400, "bad_request"), "{bad}: {}", r.text());
+    }
+    assert_eq!(total_entries(&f.redis), 0);
+    // Digits, with the optional white space around the value, are fine.
+    let mut c = f.client();
+    c.send_raw(&signed_raw("/api/ingest/events", |lines| lines[0] = lines[0].replace(": ", ":  ")));
+    assert_eq!(c.read_reply().status, 202);
+}
+
+fn hostile10_head_size_limit_does_not_depend_on_segmentation(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    for (filler, status) in [(30_000, 400), (15_000, 200)] {
+        let raw = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Filler: {}\r\n\r\n", "a".repeat(filler));
+        // In one write, and in writes of 1 KiB.
+        let mut whole = f.client();
+        whole.send_raw(raw.as_bytes());
+        let mut pieces = f.client();
+        for piece in raw.as_bytes().chunks(1024) {
+            pieces.send_raw(piece);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for c in [&mut whole, &mut pieces] {
+            let r = c.read_reply();
+            assert_eq!(r.status, status, "head of {filler} bytes: {}", r.text());
+            if status == 400 {
+                assert!(r.text().contains("request head too large"), "{}", r.text());
+            }
+        }
+    }
+}
+
+fn hostile11_absolute_form_target_routes_like_origin_form(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let target = format!("http://{}/api/ingest/events?x=1", f.addr);
+    let mut c = f.client();
+    c.send_raw(&signed_raw(&target, |_| {}));
+    let r = c.read_reply();
+    assert_eq!(r.status, 202, "{}", r.text());
+    c.send_raw(b"GET HTTP://example.com/healthz HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(c.read_reply().status, 200);
+    // An authority alone names no route.
+    c.send_raw(b"GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(c.read_reply().status, 404);
+    assert_eq!(total_entries(&f.redis), 1);
+}
+
+fn hostile12_duplicate_credential_and_media_headers_are_refused(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let names = ["X-Game-Id", "X-Timestamp", "X-Nonce", "X-Signature", "Content-Type", "Content-Encoding"];
+    for name in names {
+        let raw = signed_raw("/api/ingest/events", |lines| {
+            // The same value twice (or `identity` twice): still refused, naming the header.
+            let line =
+                lines.iter().find(|l| l.starts_with(name)).cloned().unwrap_or_else(|| format!("{name}: identity"));
+            if !lines.contains(&line) {
+                lines.push(line.clone());
+            }
+            // The second one spelled in lower case: header names are case-insensitive.
+            lines.push(format!("{}{}", name.to_ascii_lowercase(), &line[name.len()..]));
+        });
+        let mut c = f.client();
+        c.send_raw(&raw);
+        let r = c.read_reply();
+        assert_eq!((r.status, r.error_tag().as_str()), (400, "bad_request"), "{name}: {}", r.text());
+        assert!(r.text().contains(&format!(r#""header":"{name}""#)), "{}", r.text());
+    }
+    assert_eq!(total_entries(&f.redis), 0);
+}
+
+fn low_http10_keep_alive_answer_says_keep_alive(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    let mut c = f.client();
+    for _ in 0..2 {
+        c.send_raw(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.read_reply();
+        assert_eq!((r.status, r.header("connection")), (200, Some("keep-alive")));
+    }
+    // Without it, HTTP/1.0 closes.
+    c.send_raw(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let r = c.read_reply();
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(c.is_closed(std::time::Duration::from_secs(2)));
 }

@@ -100,6 +100,7 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         b.trim();
         // At shutdown every response is the connection's last.
         resp.close |= !head.keep_alive || server.drain.is_started();
+        resp.keep_alive = head.http10;
         resp.head_only = head.method == Method::Head;
         let close = resp.close;
         // Counted before it is written: a client that has its answer finds it counted.

@@ -35,6 +35,8 @@ pub struct Response {
     pub allow: Option<&'static str>,
     /// Send `Connection: close` and close after writing.
     pub close: bool,
+    /// Send `Connection: keep-alive` (an HTTP/1.0 request asked to keep the connection).
+    pub keep_alive: bool,
     /// Omit the body (HEAD), keeping its length.
     pub head_only: bool,
 }
@@ -42,7 +44,7 @@ pub struct Response {
 impl Response {
     /// A JSON response.
     pub fn json(status: u16, body: String) -> Response {
-        Response { status, body, retry_after: None, allow: None, close: false, head_only: false }
+        Response { status, body, retry_after: None, allow: None, close: false, keep_alive: false, head_only: false }
     }
 
     /// Appends the response's bytes to `out`.
@@ -63,6 +65,8 @@ impl Response {
         }
         if self.close {
             out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.keep_alive {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if !self.head_only {

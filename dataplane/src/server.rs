@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use local_sync::semaphore::{OwnedSemaphorePermit, Semaphore};
-use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 
@@ -201,14 +200,15 @@ where
 }
 
 /// Accepts until the drain begins, then takes the connections already queued and closes
-/// the listener.
+/// the listener. Connections are taken with `accept4` on the socket (close-on-exec, as
+/// io_uring's accept would not set it), `listener` only says when one is queued.
 async fn accept_loop<F, Fut>(listener: TcpListener, queued: std::net::TcpListener, server: Rc<Server>, serve: F)
 where
     F: Fn(TcpStream, Rc<Server>) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let start = |stream: TcpStream, slot: OwnedSemaphorePermit| {
-        let _ = stream.set_nodelay(true);
+    let start = |stream: std::net::TcpStream, slot: OwnedSemaphorePermit| {
+        let Some(stream) = adopt(stream) else { return };
         let open = Open::new(&server, slot);
         let conn = serve(stream, server.clone());
         monoio::spawn(async move {
@@ -216,8 +216,7 @@ where
             drop(open);
         });
     };
-    let mut canceller = Canceller::new();
-    loop {
+    'accepting: loop {
         // A place for the next connection first: at the cap, the kernel holds new ones.
         let slot = monoio::select! {
             biased;
@@ -225,41 +224,47 @@ where
             slot = server.slots.clone().acquire_owned() => slot.ok(),
         };
         let Some(slot) = slot else { break };
-        let accept = listener.cancelable_accept(canceller.handle());
-        let mut accept = std::pin::pin!(accept);
-        let (accepted, draining) = monoio::select! {
-            biased;
-            r = &mut accept => (r, false),
-            _ = server.drain.started() => {
-                canceller = std::mem::take(&mut canceller).cancel();
-                (accept.await, true)
+        loop {
+            match queued.accept() {
+                Ok((stream, _)) => {
+                    start(stream, slot);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Waiting for readiness holds nothing: stopping it loses no connection.
+                    let ready = monoio::select! {
+                        biased;
+                        _ = server.drain.started() => None,
+                        r = listener.readable(false) => Some(r),
+                    };
+                    match ready {
+                        None => break 'accepting,
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => monoio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                // Out of file descriptors or the like: try again shortly.
+                Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
             }
-        };
-        match accepted {
-            Ok((stream, _)) => start(stream, slot),
-            Err(_) if draining => {}
-            // Out of file descriptors or the like: try again shortly.
-            Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
-        }
-        if draining {
-            break;
         }
     }
-    // The socket is non-blocking: take connections until none is queued (or no place
-    // is left).
+    // Take what is queued (while there are places), then stop listening at once, whatever
+    // else still holds the socket (an io_uring close is asynchronous): a shut-down
+    // listening socket leaves the SO_REUSEPORT group.
     while let Ok(slot) = server.slots.clone().try_acquire_owned() {
         let Ok((stream, _)) = queued.accept() else { break };
-        if stream.set_nonblocking(true).is_ok() {
-            if let Ok(stream) = TcpStream::from_std(stream) {
-                start(stream, slot);
-            }
-        }
+        start(stream, slot);
     }
-    // Stop listening now, whatever else still holds the socket (an io_uring close is
-    // asynchronous): a shut-down listening socket leaves the SO_REUSEPORT group at once.
     let _ = socket2::SockRef::from(&queued).shutdown(std::net::Shutdown::Both);
     drop(queued);
     drop(listener);
+}
+
+/// An accepted connection, on the runtime: non-blocking, without Nagle's delay.
+fn adopt(stream: std::net::TcpStream) -> Option<TcpStream> {
+    stream.set_nonblocking(true).ok()?;
+    let _ = stream.set_nodelay(true);
+    TcpStream::from_std(stream).ok()
 }
 
 #[cfg(test)]

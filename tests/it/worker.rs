@@ -7,6 +7,8 @@ use std::time::Duration;
 use croupier_it::http::now_secs;
 use croupier_it::require_binary;
 
+use croupier_it::proxy::{Fault, FaultProxy};
+
 use crate::fixture::{event, events, post_signed, xlen, GAME, SECRET};
 use crate::pipeline::Pipeline;
 
@@ -475,4 +477,43 @@ fn m4_schema_drift_stalls_instead_of_dead_lettering() {
     p.wait_for(accepted, "rows once the table is fixed", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+}
+
+/// M5: a read whose reply is lost delivered its entries (Redis counted them) without
+/// their reaching the worker. The worker's connection is replaced and it fetches its own
+/// pending entries by ID: the lost read stays the one delivery, not two.
+#[test]
+fn m5_a_lost_read_reply_counts_one_delivery() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.stop();
+    let proxy = FaultProxy::start(p.ingest.redis.port);
+    let addr = proxy.addr();
+    p.start_worker(&[("CROUPIER_REDIS__ADDR", addr.as_str())]);
+    // Let the consumers start and settle into their blocking reads.
+    std::thread::sleep(Duration::from_millis(1500));
+    let connections = proxy.accepted();
+    proxy.on_next_reply("XREADGROUP", Fault::Drop);
+    assert_eq!(p.ingest.post("/api/ingest/events", &events(10)).status, 202);
+    p.wait_for(1, "the read's reply dropped", |_| u64::from(!proxy.fault_pending()));
+    p.wait_for(1, "a new connection", |_| u64::from(proxy.accepted() > connections));
+    // Recovered and held (ClickHouse is down): pending with the worker, delivered once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let counts =
+        match p.ingest.redis.client().cmd(&["XPENDING", "analytics:events", "analytics-workers", "-", "+", "10"]) {
+            croupier_protocol::resp::Frame::Array(items) => items
+                .into_iter()
+                .map(|i| match i {
+                    croupier_protocol::resp::Frame::Array(f) => match &f[3] {
+                        croupier_protocol::resp::Frame::Integer(n) => *n,
+                        _ => -1,
+                    },
+                    _ => -1,
+                })
+                .collect::<Vec<i64>>(),
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(counts, vec![1], "deliveries of the entry");
+    p.clickhouse.restart();
+    p.wait_for(10, "rows", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }

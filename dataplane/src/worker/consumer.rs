@@ -81,6 +81,28 @@ impl ConsumerConfig {
     }
 }
 
+/// Whether (and how) a consumer re-reads its own pending entries before reading new ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Nothing to re-read.
+    Done,
+    /// After a start: what is pending was held by a consumer that stopped.
+    Restart,
+    /// After a read or claim failed in this process: what is pending was delivered by
+    /// the call that failed.
+    Resume,
+}
+
+impl Recovery {
+    /// The recovery due after a read or claim failed.
+    fn after_failure(self) -> Recovery {
+        match self {
+            Recovery::Done => Recovery::Resume,
+            other => other,
+        }
+    }
+}
+
 /// Whether a ClickHouse server time zone is UTC (`toYYYYMM` then agrees with UTC months).
 fn is_utc(tz: &str) -> bool {
     matches!(tz, "UTC" | "Etc/UTC" | "UCT" | "Etc/UCT" | "GMT" | "Etc/GMT" | "Universal" | "Etc/Universal" | "Zulu")
@@ -127,7 +149,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         claim_cursor: "0-0".to_owned(),
         deleted: Vec::new(),
     };
-    let mut recovering = true;
+    let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
     let interval = c.cfg.claim_interval;
     let claim_due = |last: Instant| last.elapsed() >= interval;
@@ -145,10 +167,10 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         }
         let batch = if let Some(b) = next.take() {
             b
-        } else if recovering {
-            match c.recover_page().await {
+        } else if recovering != Recovery::Done {
+            match c.recover_page(recovering).await {
                 Ok(b) if b.is_empty() => {
-                    recovering = false;
+                    recovering = Recovery::Done;
                     continue;
                 }
                 Ok(b) => b,
@@ -169,7 +191,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
                 Err(e) => {
                     c.fail(&e).await;
                     // Entries claimed before the failure are in this consumer's list.
-                    recovering = true;
+                    recovering = recovering.after_failure();
                     continue;
                 }
             }
@@ -179,7 +201,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
                 Ok(b) => b,
                 Err(e) => {
                     c.fail(&e).await;
-                    recovering = true;
+                    recovering = recovering.after_failure();
                     continue;
                 }
             }
@@ -188,7 +210,10 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         loop {
             // Overlap only in steady state: recovery and claims read this consumer's
             // pending list, which must not hold a batch gathered ahead.
-            let overlap = next.is_none() && !recovering && !stop.load(Ordering::Relaxed) && !claim_due(last_claim);
+            let overlap = next.is_none()
+                && recovering == Recovery::Done
+                && !stop.load(Ordering::Relaxed)
+                && !claim_due(last_claim);
             let committed = if overlap {
                 let reader = c.reader.clone();
                 let (committed, gathered) = monoio::join!(c.commit(&batch), reader.gather(&stop));
@@ -197,7 +222,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
                     Ok(_) => {}
                     Err(e) => {
                         eprintln!("croupier: worker {} {}: {e}", c.cfg.consumer, c.key());
-                        recovering = true;
+                        recovering = recovering.after_failure();
                     }
                 }
                 committed
@@ -307,13 +332,46 @@ impl Consumer {
 
     /// One page of this consumer's own pending entries, after dead-lettering the
     /// over-delivered ones.
-    async fn recover_page(&mut self) -> Result<Vec<Entry>, String> {
-        self.dead_letter_overdelivered().await?;
-        self.reader.read("0", None, self.cfg.read_count(0, 0)).await
+    ///
+    /// After a start, re-reading an entry is a delivery: `XREADGROUP ... 0` counts it, and
+    /// entries already delivered `max_deliveries` times are dead-lettered instead. After a
+    /// read or claim failed in this process, the entries were delivered (and counted) by
+    /// that call and never reached the consumer: they are fetched by ID (`XRANGE`), not
+    /// counted a second time.
+    async fn recover_page(&mut self, mode: Recovery) -> Result<Vec<Entry>, String> {
+        let count = self.cfg.read_count(0, 0);
+        let pending = self.own_pending(count).await?;
+        let mut page = Vec::new();
+        for (id, deliveries) in pending {
+            // A restart's re-read would be one more delivery; a resumed one's was counted.
+            let over = match mode {
+                Recovery::Resume => deliveries > self.cfg.max_deliveries,
+                _ => deliveries >= self.cfg.max_deliveries,
+            };
+            if !over && mode != Recovery::Resume {
+                continue;
+            }
+            let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
+            // A trimmed entry comes back empty: it is dead-lettered without its fields.
+            let entry = entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
+            if over {
+                let before = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
+                let reason = format!("delivered {before} times without being acknowledged");
+                self.dead_letter(&entry, &reason).await?;
+                self.ack(&[id.as_str()]).await?;
+            } else {
+                page.push(entry);
+            }
+        }
+        if mode == Recovery::Resume {
+            return Ok(page);
+        }
+        self.reader.read("0", None, count).await
     }
 
-    async fn dead_letter_overdelivered(&mut self) -> Result<(), String> {
-        let count = self.cfg.read_count.to_string();
+    /// `(id, deliveries)` of the first `count` entries in this consumer's pending list.
+    async fn own_pending(&self, count: usize) -> Result<Vec<(String, u64)>, String> {
+        let count = count.to_string();
         let reply = self
             .call(cmd(&[
                 b"XPENDING",
@@ -325,18 +383,7 @@ impl Consumer {
                 self.cfg.consumer.as_bytes(),
             ]))
             .await?;
-        for (id, deliveries) in entries::xpending_reply(reply)? {
-            if deliveries < self.cfg.max_deliveries {
-                continue;
-            }
-            let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
-            // A trimmed entry comes back empty: it is dead-lettered without its fields.
-            let entry = entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
-            let reason = format!("delivered {deliveries} times without being acknowledged");
-            self.dead_letter(&entry, &reason).await?;
-            self.ack(&[id.as_str()]).await?;
-        }
-        Ok(())
+        entries::xpending_reply(reply)
     }
 
     /// Entries idle in other consumers' pending lists, now ours, from where the last

@@ -517,3 +517,44 @@ fn m5_a_lost_read_reply_counts_one_delivery() {
     p.wait_for(10, "rows", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
+
+/// M4: a batch stalled by a systemic fault stays with the consumer that holds it. Other
+/// workers would otherwise claim it once it is idle past `claim_idle_ms`, stall on it too,
+/// and count a delivery per claim until it was dead-lettered as "delivered too often":
+/// with `max_deliveries = 2` and two more workers free to claim, nothing is dead-lettered.
+#[test]
+fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(3)");
+    let max = ("CROUPIER_WORKER__MAX_DELIVERIES", "2");
+    p.start_worker(&[max]);
+    let accepted = post_events(&p, 2, 10);
+    p.wait_for(2, "entries taken", |p| p.pending("analytics:events") as u64);
+    let mut others: Vec<std::process::Child> = ["other-a", "other-b"]
+        .iter()
+        .map(|name| {
+            let mut env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
+            env.push(("CROUPIER_WORKER__CONSUMER".into(), (*name).into()));
+            env.push((max.0.into(), max.1.into()));
+            Command::new(crate::pipeline::CROUPIER)
+                .arg("worker")
+                .envs(env)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start another worker")
+        })
+        .collect();
+    // Several claim_idle_ms (1 s) while the table is wrong.
+    std::thread::sleep(Duration::from_secs(5));
+    let dead = xlen(&p.ingest.redis, "analytics:events:dead");
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
+    assert_eq!(dead, 0, "nothing dead-lettered while stalled");
+    p.wait_for(accepted, "rows once the table is fixed", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+    for o in &mut others {
+        let _ = o.kill();
+        let _ = o.wait();
+    }
+}

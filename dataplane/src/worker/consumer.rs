@@ -24,7 +24,7 @@ use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
 use super::entries::{self, cmd, Entry};
 use super::sink::{entry_rows, Poison, Sink};
-use crate::clickhouse::connection::{ChOptions, Connection};
+use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 use crate::redis::connection::RedisClient;
 
 /// What a consumer needs to know.
@@ -126,6 +126,11 @@ struct Consumer {
     claim_cursor: String,
     /// IDs reported deleted while pending whose dead letters are not written yet.
     deleted: Vec<String>,
+    /// The last commit failed for a reason every consumer would meet (schema drift, the
+    /// refusal breaker, too many parts): the batch is kept, not left for others to claim.
+    systemic: bool,
+    /// When the batches in hand were last marked as being worked on.
+    kept_at: Instant,
 }
 
 /// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
@@ -148,6 +153,8 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         backoff: Duration::from_millis(100),
         claim_cursor: "0-0".to_owned(),
         deleted: Vec::new(),
+        systemic: false,
+        kept_at: Instant::now(),
     };
     let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
@@ -238,6 +245,9 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
                     c.fail(&e).await;
                     if stop.load(Ordering::Relaxed) {
                         return;
+                    }
+                    if c.systemic {
+                        c.keep(&batch, next.as_deref()).await;
                     }
                 }
             }
@@ -446,6 +456,31 @@ impl Consumer {
         Ok(ours)
     }
 
+    /// While a systemic fault stalls the batch in hand (and the one read ahead), marks
+    /// their entries as being worked on (`XCLAIM ... JUSTID` to this consumer: their idle
+    /// time restarts, their delivery count does not grow) about three times per
+    /// `claim_idle`. Other consumers would otherwise claim them, meet the same fault and
+    /// count a delivery each time, until the entries were dead-lettered as delivered too
+    /// often. Failures to connect to ClickHouse do not keep: there another worker may well
+    /// succeed, and claiming is how it takes over.
+    async fn keep(&mut self, batch: &[Entry], next: Option<&[Entry]>) {
+        if self.kept_at.elapsed() < self.cfg.claim_idle / 3 {
+            return;
+        }
+        self.kept_at = Instant::now();
+        let ids: Vec<&str> = batch.iter().chain(next.unwrap_or_default()).map(|e| e.id.as_str()).collect();
+        for chunk in ids.chunks(1000) {
+            let mut args: Vec<&[u8]> =
+                vec![b"XCLAIM", self.key().as_bytes(), CONSUMER_GROUP.as_bytes(), self.cfg.consumer.as_bytes(), b"0"];
+            args.extend(chunk.iter().map(|i| i.as_bytes()));
+            args.push(b"JUSTID");
+            if let Err(e) = self.call(cmd(&args)).await {
+                eprintln!("croupier: worker {} {}: cannot keep the stalled batch: {e}", self.cfg.consumer, self.key());
+                return;
+            }
+        }
+    }
+
     /// Writes the dead letters of entries Redis reported deleted while pending.
     async fn dead_letter_deleted(&mut self) -> Result<(), String> {
         while let Some(id) = self.deleted.last() {
@@ -510,6 +545,7 @@ impl Consumer {
 
     /// Inserts `batch`, dead-letters what cannot be inserted, then acknowledges all of it.
     async fn commit(&mut self, batch: &[Entry]) -> Result<(), String> {
+        self.systemic = false;
         let all: Vec<usize> = (0..batch.len()).collect();
         let mut poison: Vec<Poison> = Vec::new();
         let mut refused = 0usize;
@@ -525,6 +561,7 @@ impl Consumer {
                     let named = e.too_many_partitions().flatten();
                     self.ch = None;
                     if !self.lower_partition_limit(named) {
+                        self.systemic = true;
                         return Err(e.to_string());
                     }
                     todo.push(part);
@@ -536,6 +573,7 @@ impl Consumer {
                         if refused > self.cfg.max_refused_per_batch {
                             // Entries were validated at ingest: this many refusals is a fault
                             // of the stream (schema, server, this client), not of its rows.
+                            self.systemic = true;
                             return Err(format!(
                                 "ClickHouse refused more than {} entries of a batch of {} one by one \
                                  (last: {e}); that looks systemic, not bad rows: nothing is dead-lettered, \
@@ -551,7 +589,12 @@ impl Consumer {
                         todo.push(a.to_vec());
                     }
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    // Faults every consumer would meet: the schema, a server in backpressure.
+                    self.systemic =
+                        matches!(&e, ChError::SchemaMismatch(_)) || matches!(&e, ChError::Server(x) if x.code == 252);
+                    return Err(e.to_string());
+                }
             }
         }
         poison.sort_by_key(|p| p.index);

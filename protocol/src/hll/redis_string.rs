@@ -209,7 +209,9 @@ pub fn encode_dense(registers: &[u8; REGISTERS], cached_count: Option<u64>, out:
             | u32::from(regs[1] & 63) << 6
             | u32::from(regs[2] & 63) << 12
             | u32::from(regs[3] & 63) << 18;
-        packed.copy_from_slice(&word.to_le_bytes()[..3]);
+        packed[0] = word as u8;
+        packed[1] = (word >> 8) as u8;
+        packed[2] = (word >> 16) as u8;
     }
 }
 
@@ -261,7 +263,9 @@ fn run_length(registers: &[u8; REGISTERS], i: usize) -> usize {
     let mut j = i + 1;
     if value == 0 {
         while let Some(chunk) = registers.get(j..j + 8) {
-            if chunk != [0u8; 8] {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if u64::from_le_bytes(word) != 0 {
                 break;
             }
             j += 8;

@@ -71,7 +71,7 @@ fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWrite
         StreamKind::Payments => s.payments,
     });
     let redis = RedisClient::start(RedisOptions::from_config(&config.redis));
-    let backlog = Backlog::new(stream_limits);
+    let backlog = Backlog::new(stream_limits, redis.epoch());
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
     Rc::new(Shard {

@@ -42,7 +42,7 @@ use croupier_control::config::StreamLimits;
 use croupier_protocol::resp::{self, Frame, GroupInfo};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 
-use super::connection::RedisClient;
+use super::connection::{Epoch, RedisClient};
 
 /// Per-stream backlog estimate and limits.
 #[derive(Debug)]
@@ -53,6 +53,8 @@ struct StreamState {
     added: Cell<u64>,
     /// Whether a reading succeeded since the last connect.
     known: Cell<bool>,
+    /// The connection epoch the last reading was taken in.
+    read_in: Cell<u64>,
     /// Mean events per entry of the stream: the last reading, moved by this shard's own
     /// appends since (`None` before any entry: one event per entry is assumed).
     per_entry: Cell<Option<f64>>,
@@ -140,16 +142,20 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct Backlog {
     streams: [StreamState; 3],
+    /// The Redis connection's epoch: a reading from an earlier connection is unknown.
+    epoch: Epoch,
 }
 
 impl Backlog {
     /// `limits[i]` are those of `StreamKind::ALL[i]`.
-    pub fn new(limits: [StreamLimits; 3]) -> Rc<Backlog> {
+    pub fn new(limits: [StreamLimits; 3], epoch: Epoch) -> Rc<Backlog> {
         Rc::new(Backlog {
+            epoch,
             streams: limits.map(|limits| StreamState {
                 observed: Cell::new(0),
                 added: Cell::new(0),
                 known: Cell::new(false),
+                read_in: Cell::new(0),
                 per_entry: Cell::new(None),
                 limits,
                 trim: Cell::new(StreamId::ZERO),
@@ -162,7 +168,7 @@ impl Backlog {
     /// unreachable, or not read since the last connect).
     pub fn admission(&self, stream: StreamKind) -> Admission {
         let s = &self.streams[stream.index()];
-        if !s.known.get() {
+        if !s.known.get() || s.read_in.get() != self.epoch.get() {
             Admission::Unknown
         } else if s.backlog() < s.entries(s.limits.high_water_events) {
             Admission::Open
@@ -217,10 +223,14 @@ impl Backlog {
                     continue;
                 }
                 let added_before = s.added.get();
+                let epoch = self.epoch.get();
                 match read_backlog(&redis, kind).await {
+                    // A reading that spans a reconnect is not trusted.
+                    Some(_) if self.epoch.get() != epoch => s.known.set(false),
                     Some(reading) => {
                         s.assess(&reading);
                         s.added.set(s.added.get() - added_before);
+                        s.read_in.set(epoch);
                         s.known.set(true);
                     }
                     None => s.known.set(false),
@@ -287,7 +297,7 @@ mod tests {
     /// Retention 500 events, mark 400 on every stream, backlogs read (empty).
     fn backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 500, high_water_events: 400 };
-        let b = Backlog::new([l; 3]);
+        let b = Backlog::new([l; 3], Epoch::default());
         for s in &b.streams {
             s.known.set(true);
         }
@@ -397,5 +407,16 @@ mod tests {
         r.group.lag = None;
         s.assess(&r);
         assert_eq!((s.trim.get(), s.observed.get()), (id(550), 690));
+    }
+
+    #[test]
+    fn review_a_reading_from_before_a_reconnect_is_unknown() {
+        let b = backlog();
+        assert_eq!(b.admission(CUSTOM), Admission::Open);
+        // Redis restarted and the connection came back between two readings: what was
+        // read before says nothing about the new server.
+        b.epoch.advance();
+        assert_eq!(b.admission(CUSTOM), Admission::Unknown);
+        assert!(!b.all_known());
     }
 }

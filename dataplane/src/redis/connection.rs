@@ -66,6 +66,8 @@ struct InFlight {
 /// State shared by the handles and the connection task.
 struct Shared {
     up: Cell<bool>,
+    /// Connections made so far: a reading taken on an earlier one is stale.
+    epoch: Epoch,
     /// Bytes of the commands in the channel.
     queued_bytes: Cell<usize>,
     max_queued_bytes: usize,
@@ -104,6 +106,24 @@ impl RedisOptions {
     }
 }
 
+/// How many times the connection was (re)established. What was read from Redis on an
+/// earlier connection may no longer hold (Redis may have restarted, or failed over), so
+/// readers compare the epoch of their reading with the current one.
+#[derive(Debug, Clone, Default)]
+pub struct Epoch(Rc<Cell<u64>>);
+
+impl Epoch {
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+
+    /// Counts one more connection.
+    pub(crate) fn advance(&self) {
+        self.0.set(self.0.get().wrapping_add(1));
+    }
+}
+
 /// Handle to the shard's Redis connection; cheap to clone within the shard.
 #[derive(Clone)]
 pub struct RedisClient {
@@ -128,6 +148,7 @@ impl RedisClient {
         let (tx, rx) = unbounded::channel();
         let shared = Rc::new(Shared {
             up: Cell::new(false),
+            epoch: Epoch::default(),
             queued_bytes: Cell::new(0),
             max_queued_bytes: options.max_queued_bytes.max(1),
             reply_timeout: options.reply_timeout,
@@ -139,6 +160,11 @@ impl RedisClient {
     /// Whether the connection is established.
     pub fn is_up(&self) -> bool {
         self.shared.up.get()
+    }
+
+    /// The connection count, shared: it moves on every (re)connect.
+    pub fn epoch(&self) -> Epoch {
+        self.shared.epoch.clone()
     }
 
     /// Sends one encoded command and waits for its reply. An error reply is a
@@ -180,6 +206,7 @@ async fn run(addr: String, connect_timeout: Duration, mut rx: unbounded::Rx<Pend
             set_keepalive(&stream, reply_timeout);
             if let Ok(Ok(())) = monoio::time::timeout(reply_timeout, ensure_groups(&mut stream)).await {
                 backoff = Duration::from_millis(50);
+                shared.epoch.advance();
                 shared.up.set(true);
                 let closed = serve(&mut stream, &mut rx, &shared).await;
                 shared.up.set(false);

@@ -13,6 +13,7 @@ pub mod event_id;
 pub mod fuzzing;
 pub mod http;
 pub mod ingest;
+pub mod io;
 pub mod ratelimit;
 pub mod redis;
 pub mod runtime;

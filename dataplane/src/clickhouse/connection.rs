@@ -14,7 +14,7 @@ use croupier_protocol::clickhouse::CLIENT_REVISION;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use crate::http::read::read_more;
+use crate::io::read_more;
 
 /// A ClickHouse operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,9 +5,9 @@ use std::io::Read;
 use monoio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Chunks};
-use super::read::{ReadError, Socket};
 use super::request::BodyFraming;
 use crate::error::IngestError;
+use crate::io::{ReadError, Socket};
 use crate::server::BodyBytes;
 
 fn read_err(e: ReadError) -> IngestError {

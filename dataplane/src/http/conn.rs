@@ -14,11 +14,11 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use super::body;
-use super::read::{ReadError, Socket};
 use super::request::{self, BodyFraming, Head, Method};
 use super::response::{self, Response};
 use crate::error::IngestError;
 use crate::ingest::{self, Endpoint};
+use crate::io::{ReadError, Socket};
 use crate::server::Server;
 use crate::shard::Shard;
 

@@ -5,6 +5,5 @@
 pub mod body;
 pub mod chunked;
 pub mod conn;
-pub mod read;
 pub mod request;
 pub mod response;

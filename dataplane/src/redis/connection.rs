@@ -32,7 +32,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::http::read::read_more;
+use crate::io::read_more;
 
 /// A command could not be carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]

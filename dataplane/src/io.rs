@@ -1,4 +1,5 @@
-//! Reading from a connection into a growable buffer, against a deadline.
+//! Socket I/O shared by the HTTP server side and the Redis and ClickHouse clients:
+//! reading into a growable buffer, against a deadline or a stop signal.
 
 use std::future::Future;
 

@@ -23,7 +23,6 @@ pub mod shards;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use croupier_control::config::Config;
@@ -109,27 +108,17 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
     }
     let rates = Arc::new(ratelimit::RateLimits::new(&config));
     let config = Arc::new(config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::with_capacity(shards);
-    for (id, listener) in listeners.into_iter().enumerate() {
-        let config = config.clone();
-        let rates = rates.clone();
-        let stop = stop.clone();
-        let core = config.server.cores.get(id).copied().unwrap_or(id);
-        let pin = config.server.pin;
-        let writer = metrics.writer();
-        let t = std::thread::Builder::new()
-            .name(format!("croupier-shard-{id}"))
-            .spawn(move || {
-                if pin && !runtime::pin(core) {
-                    eprintln!("croupier: shard {id}: could not pin to core {core}; running unpinned");
-                }
-                if let Err(e) = runtime::block_on(driver, shard::run(id, config, rates, writer, listener, stop)) {
-                    eprintln!("croupier: shard {id}: runtime: {e}");
-                }
-            })
-            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
-        threads.push(t);
-    }
-    Ok(Handle { addr, driver, shards: Shards::new(stop, threads), metrics })
+    let (pin, cores) = (config.server.pin, config.server.cores.clone());
+    let core = |id: usize| pin.then(|| cores.get(id).copied().unwrap_or(id));
+    let mut listeners = listeners.into_iter();
+    let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {
+        let (config, rates, writer) = (config.clone(), rates.clone(), metrics.writer());
+        let listener = listeners.next();
+        move || async move {
+            if let Some(listener) = listener {
+                shard::run(id, config, rates, writer, listener, stop).await;
+            }
+        }
+    })?;
+    Ok(Handle { addr, driver, shards, metrics })
 }

@@ -1,4 +1,5 @@
-//! A set of shard threads: a shared stop flag, a supervisor that ends the process when
+//! A set of shard threads: started by [`spawn_shards`] (one pinned thread per shard, each
+//! running its own runtime), a shared stop flag, a supervisor that ends the process when
 //! a thread ends before it was asked to, and a graceful stop that joins them.
 //!
 //! A shard that dies (a panic, or its runtime failing) would otherwise leave a process
@@ -7,10 +8,13 @@
 //! process ([`DEAD_SHARD_EXIT_CODE`]); the service manager restarts it. (Release builds
 //! also abort on any panic: `panic = "abort"` in the workspace's release profile.)
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::runtime::{self, ActiveDriver};
 
 /// Exit status of a process whose shard thread ended unexpectedly (EX_SOFTWARE).
 pub const DEAD_SHARD_EXIT_CODE: i32 = 70;
@@ -58,6 +62,50 @@ impl Drop for Shards {
     fn drop(&mut self) {
         self.stop_and_join();
     }
+}
+
+/// Starts `count` shard threads named `croupier-{kind}-{id}`. Each is pinned to `core(id)`
+/// when that says a core, and runs on its own runtime of `driver` the future that the
+/// body made by `make(id, stop)` returns there (so the future need not be `Send`); it
+/// must end once `stop` is set. If a thread cannot be started, those already running are
+/// stopped.
+pub fn spawn_shards<M, B, Fut>(
+    kind: &str,
+    count: usize,
+    driver: ActiveDriver,
+    core: impl Fn(usize) -> Option<usize>,
+    mut make: M,
+) -> Result<Shards, String>
+where
+    M: FnMut(usize, Arc<AtomicBool>) -> B,
+    B: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(count);
+    for id in 0..count {
+        let body = make(id, stop.clone());
+        let core = core(id);
+        let label = format!("{kind} {id}");
+        let spawned = std::thread::Builder::new().name(format!("croupier-{kind}-{id}")).spawn(move || {
+            if let Some(core) = core {
+                if !runtime::pin(core) {
+                    eprintln!("croupier: {label}: could not pin to core {core}; running unpinned");
+                }
+            }
+            if let Err(e) = runtime::block_on(driver, body()) {
+                eprintln!("croupier: {label}: runtime: {e}");
+            }
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                Shards::new(stop, threads).shutdown();
+                return Err(format!("cannot start {kind} {id}: {e}"));
+            }
+        }
+    }
+    Ok(Shards::new(stop, threads))
 }
 
 /// Watches `threads` until `stop` is set, then joins them. A thread that ends first

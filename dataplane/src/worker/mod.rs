@@ -11,7 +11,7 @@ pub mod sink;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use croupier_protocol::stream::StreamKind;
 use crate::clickhouse::connection::ChOptions;
 use crate::redis::connection::RedisClient;
 use crate::runtime;
-use crate::shards::Shards;
+use crate::shards::{self, Shards};
 
 /// ClickHouse options from the configuration.
 pub fn clickhouse_options(config: &Config) -> ChOptions {
@@ -99,55 +99,37 @@ pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option
 pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let config = Arc::new(config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for shard in 0..config.worker.shards {
+    let core = |shard: usize| worker_core(&config, shard, beside_ingest);
+    shards::spawn_shards("worker", config.worker.shards, driver, core, |shard, stop| {
         let config = config.clone();
-        let stop = stop.clone();
-        let core = worker_core(&config, shard, beside_ingest);
-        let t = std::thread::Builder::new()
-            .name(format!("croupier-worker-{shard}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    if !runtime::pin(core) {
-                        eprintln!("croupier: worker {shard}: could not pin to core {core}; running unpinned");
-                    }
-                }
-                let res = runtime::block_on(driver, async move {
-                    let live = Rc::new(Cell::new(0usize));
-                    for stream in StreamKind::ALL {
-                        let cfg = Rc::new(consumer_config(&config, stream, shard));
-                        let connect = || {
-                            RedisClient::spawn(
-                                config.redis.addr.clone(),
-                                Duration::from_millis(config.redis.connect_timeout_ms),
-                                Duration::from_millis(config.redis.reply_timeout_ms),
-                            )
-                        };
-                        let (reads, redis) = (connect(), connect());
-                        let (stop, live) = (stop.clone(), live.clone());
-                        live.set(live.get() + 1);
-                        monoio::spawn(async move {
-                            consumer::run(cfg, reads, redis, stop).await;
-                            live.set(live.get() - 1);
-                        });
-                    }
-                    while !stop.load(Ordering::Relaxed) {
-                        monoio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                    while live.get() > 0 && std::time::Instant::now() < deadline {
-                        monoio::time::sleep(Duration::from_millis(10)).await;
-                    }
+        move || async move {
+            let live = Rc::new(Cell::new(0usize));
+            for stream in StreamKind::ALL {
+                let cfg = Rc::new(consumer_config(&config, stream, shard));
+                let connect = || {
+                    RedisClient::spawn(
+                        config.redis.addr.clone(),
+                        Duration::from_millis(config.redis.connect_timeout_ms),
+                        Duration::from_millis(config.redis.reply_timeout_ms),
+                    )
+                };
+                let (reads, redis) = (connect(), connect());
+                let (stop, live) = (stop.clone(), live.clone());
+                live.set(live.get() + 1);
+                monoio::spawn(async move {
+                    consumer::run(cfg, reads, redis, stop).await;
+                    live.set(live.get() - 1);
                 });
-                if let Err(e) = res {
-                    eprintln!("croupier: worker {shard}: runtime: {e}");
-                }
-            })
-            .map_err(|e| format!("cannot start worker shard {shard}: {e}"))?;
-        threads.push(t);
-    }
-    Ok(Shards::new(stop, threads))
+            }
+            while !stop.load(Ordering::Relaxed) {
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while live.get() > 0 && std::time::Instant::now() < deadline {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

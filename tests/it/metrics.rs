@@ -96,3 +96,47 @@ fn metrics_disabled_count_nothing() {
     assert_eq!(sample(&text, r#"croupier_events_accepted_total{game="g1",stream="events"}"#), None, "{text}");
     assert!(!text.contains("croupier_http_requests_total{"), "{text}");
 }
+
+#[test]
+fn worker_counters_are_exact_against_what_was_inserted() {
+    use croupier_control::config::Config;
+    use croupier_it::redis::RedisServer;
+
+    use crate::pipeline::Pipeline;
+
+    let p = Pipeline::start(&[]);
+    // The worker in this process, counting in a registry the test reads.
+    let mut config = Config::load(None, crate::pipeline::env(&p.ingest.redis, &p.clickhouse)).expect("config");
+    config.worker.linger_ms = 20;
+    let registry = croupier_dataplane::registry(&config);
+    let worker = croupier_dataplane::worker::start_with_metrics(config, false, registry.clone()).expect("worker");
+    let mut c = p.ingest.client();
+    for _ in 0..6 {
+        assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(25).as_bytes()).status, 202);
+    }
+    assert_eq!(post_signed(&mut c, "/api/ingest/payments", GAME, SECRET, payments(4).as_bytes()).status, 202);
+    // Two entries the worker cannot read: dead letters.
+    let r: &RedisServer = &p.ingest.redis;
+    r.client().cmd(&["XADD", "analytics:events", "*", "data", "{not json"]);
+    r.client().cmd(&["XADD", "analytics:payments", "*", "fmt", "rkyv1", "n", "3", "batch", "garbage"]);
+    p.wait_for(150, "events in ClickHouse", Pipeline::distinct_events);
+    p.wait_for(4, "payments in ClickHouse", |p| p.scalar("SELECT count() FROM analytics.payments"));
+    p.wait_for(1, "payment dead letters", |p| crate::fixture::xlen(&p.ingest.redis, "analytics:payments:dead") as u64);
+    // Counted once the dead letter is written, and acknowledged after.
+    p.wait_for(0, "pending payments", |p| p.pending("analytics:payments") as u64);
+    p.wait_for(0, "pending events", |p| p.pending("analytics:events") as u64);
+    worker.shutdown();
+
+    let mut enc = Encoder::new();
+    registry.encode(&mut enc);
+    let text = enc.finish();
+    let v = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(v(r#"croupier_worker_rows_inserted_total{table="events"}"#), 150.0);
+    assert_eq!(v(r#"croupier_worker_rows_inserted_total{table="payments"}"#), 4.0);
+    assert_eq!(v(r#"croupier_worker_insert_failures_total{table="events"}"#), 0.0);
+    assert_eq!(v(r#"croupier_worker_event_delay_seconds_count{table="events"}"#), 150.0);
+    assert_eq!(v(r#"croupier_worker_event_delay_seconds_count{table="payments"}"#), 4.0);
+    assert!(v(r#"croupier_worker_insert_duration_seconds_count{table="events"}"#) >= 1.0);
+    assert_eq!(v(r#"croupier_dead_letters_total{stream="events",reason="undecodable"}"#), 1.0);
+    assert_eq!(v(r#"croupier_dead_letters_total{stream="payments",reason="undecodable"}"#), 1.0);
+}

@@ -19,11 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use croupier_control::metrics::{
+    DeadLettered, DeadReason, EventsDelayed, InsertFailed, RowsInserted, ShardWriter, Table,
+};
 use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
 use super::entries::{self, cmd, Entry};
-use super::sink::{entry_rows, Poison, Sink};
+use super::sink::{entry_ms, entry_rows, Poison, Sink};
 use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 use crate::redis::connection::RedisClient;
 
@@ -131,6 +134,8 @@ struct Consumer {
     systemic: bool,
     /// When the batches in hand were last marked as being worked on.
     kept_at: Instant,
+    /// The worker shard's counters (shared by its consumers).
+    metrics: Rc<ShardWriter>,
 }
 
 /// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
@@ -139,8 +144,14 @@ struct Consumer {
 /// inserted and acknowledged, so reading never waits for ClickHouse and a row waits at
 /// most one insert plus the linger. Both batches are in this consumer's pending list
 /// until acknowledged: a crash in between loses nothing. `reads` carries the
-/// `XREADGROUP`s, `redis` everything else.
-pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient, stop: Arc<AtomicBool>) {
+/// `XREADGROUP`s, `redis` everything else; `metrics` counts inserts and dead letters.
+pub async fn run(
+    cfg: Rc<ConsumerConfig>,
+    reads: RedisClient,
+    redis: RedisClient,
+    stop: Arc<AtomicBool>,
+    metrics: Rc<ShardWriter>,
+) {
     let reader = Reader { cfg: cfg.clone(), redis: reads };
     let mut sink = Sink::new(cfg.stream);
     sink.set_partition_limit(cfg.partitions_per_block, true);
@@ -155,6 +166,7 @@ pub async fn run(cfg: Rc<ConsumerConfig>, reads: RedisClient, redis: RedisClient
         deleted: Vec::new(),
         systemic: false,
         kept_at: Instant::now(),
+        metrics,
     };
     let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
@@ -367,7 +379,7 @@ impl Consumer {
             if over {
                 let before = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
                 let reason = format!("delivered {before} times without being acknowledged");
-                self.dead_letter(&entry, &reason).await?;
+                self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
                 self.ack(&[id.as_str()]).await?;
             } else {
                 page.push(entry);
@@ -447,7 +459,7 @@ impl Consumer {
             match deliveries.iter().find(|(id, _)| *id == e.id) {
                 Some(&(_, n)) if n > self.cfg.max_deliveries => {
                     let reason = format!("delivered {} times without being acknowledged", n - 1);
-                    self.dead_letter(&e, &reason).await?;
+                    self.dead_letter(&e, DeadReason::MaxDeliveries, &reason).await?;
                     self.ack(&[e.id.as_str()]).await?;
                 }
                 _ => ours.push(e),
@@ -485,7 +497,7 @@ impl Consumer {
     async fn dead_letter_deleted(&mut self) -> Result<(), String> {
         while let Some(id) = self.deleted.last() {
             let gone = Entry { id: id.clone(), fields: Vec::new() };
-            self.dead_letter(&gone, "deleted from the stream while pending").await?;
+            self.dead_letter(&gone, DeadReason::Deleted, "deleted from the stream while pending").await?;
             self.deleted.pop();
         }
         Ok(())
@@ -551,11 +563,25 @@ impl Consumer {
         let mut refused = 0usize;
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
         let mut todo: Vec<Vec<usize>> = vec![all];
+        let table = Table::of(self.cfg.stream);
         while let Some(part) = todo.pop() {
-            self.connection().await?;
+            if let Err(e) = self.connection().await {
+                self.metrics.emit(InsertFailed { table });
+                return Err(e);
+            }
             let Some(ch) = self.ch.as_mut() else { return Err("no ClickHouse connection".into()) };
-            match self.sink.insert(ch, batch, &part).await {
-                Ok(p) => poison.extend(p),
+            let started = Instant::now();
+            let inserted = self.sink.insert(ch, batch, &part).await;
+            if inserted.is_err() {
+                self.metrics.emit(InsertFailed { table });
+            }
+            match inserted {
+                Ok(p) => {
+                    if self.metrics.enabled() {
+                        count_inserted(&self.metrics, table, batch, &part, &p, started.elapsed());
+                    }
+                    poison.extend(p);
+                }
                 Err(e) if e.too_many_partitions().is_some() => {
                     // Not the rows' fault: split the blocks finer and insert again.
                     let named = e.too_many_partitions().flatten();
@@ -582,7 +608,11 @@ impl Consumer {
                                 batch.len()
                             ));
                         }
-                        poison.push(Poison { index: part[0], reason: format!("rejected by ClickHouse: {e}") });
+                        poison.push(Poison {
+                            index: part[0],
+                            cause: DeadReason::Rejected,
+                            reason: format!("rejected by ClickHouse: {e}"),
+                        });
                     } else {
                         let (a, b) = part.split_at(part.len() / 2);
                         todo.push(b.to_vec());
@@ -600,7 +630,7 @@ impl Consumer {
         poison.sort_by_key(|p| p.index);
         poison.dedup_by_key(|p| p.index);
         for p in &poison {
-            self.dead_letter(&batch[p.index], &p.reason).await?;
+            self.dead_letter(&batch[p.index], p.cause, &p.reason).await?;
         }
         let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
         self.ack(&ids).await
@@ -608,7 +638,7 @@ impl Consumer {
 
     /// Moves `e` to the dead-letter stream with `reason`. That stream is never trimmed:
     /// its entries are what an operator must see (and delete when handled).
-    async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), String> {
+    async fn dead_letter(&self, e: &Entry, cause: DeadReason, reason: &str) -> Result<(), String> {
         let dead = dead_letter_key(self.cfg.stream);
         eprintln!("croupier: worker {} {}: dead-lettered {} to {dead}: {reason}", self.cfg.consumer, self.key(), e.id);
         let mut args: Vec<&[u8]> =
@@ -617,7 +647,9 @@ impl Consumer {
             args.push(k);
             args.push(v);
         }
-        self.call(cmd(&args)).await.map(|_| ())
+        self.call(cmd(&args)).await?;
+        self.metrics.emit(DeadLettered { stream: self.cfg.stream, reason: cause });
+        Ok(())
     }
 
     async fn ack(&self, ids: &[&str]) -> Result<(), String> {
@@ -628,6 +660,25 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+/// Counts an insert ClickHouse confirmed: the rows of the entries `part` of `batch` that
+/// were not `poison`, the insert's duration, and each entry's delay since Redis appended
+/// it (its id's time, when ingest accepted it).
+fn count_inserted(m: &ShardWriter, table: Table, batch: &[Entry], part: &[usize], poison: &[Poison], took: Duration) {
+    let now = crate::ingest::now_ms();
+    let mut rows = 0u64;
+    for &i in part {
+        if poison.iter().any(|p| p.index == i) {
+            continue;
+        }
+        let Some(e) = batch.get(i) else { continue };
+        let n = entry_rows(e) as u64;
+        rows += n;
+        let delay_ms = u64::try_from(now.saturating_sub(entry_ms(&e.id))).unwrap_or(0);
+        m.emit(EventsDelayed { table, delay_ms, count: n });
+    }
+    m.emit(RowsInserted { table, rows, duration: took });
 }
 
 #[cfg(test)]

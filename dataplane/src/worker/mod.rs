@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::Config;
+use croupier_control::metrics::Registry;
 use croupier_protocol::stream::StreamKind;
 
 use crate::clickhouse::connection::ChOptions;
@@ -95,15 +96,23 @@ pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option
 }
 
 /// Starts the worker shards; `beside_ingest` when ingest shards run in the same process
-/// (their cores are left to them).
+/// (their cores are left to them). They count in a registry of their own.
 pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
+    let metrics = crate::registry(&config);
+    start_with_metrics(config, beside_ingest, metrics)
+}
+
+/// [`start`], each worker shard counting in its own block of `metrics`.
+pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Registry>) -> Result<Shards, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let config = Arc::new(config);
     let core = |shard: usize| worker_core(&config, shard, beside_ingest);
     shards::spawn_shards("worker", config.worker.shards, driver, core, |shard, stop| {
         let config = config.clone();
+        let writer = metrics.writer();
         move || async move {
             let live = Rc::new(Cell::new(0usize));
+            let writer = Rc::new(writer);
             for stream in StreamKind::ALL {
                 let cfg = Rc::new(consumer_config(&config, stream, shard));
                 let connect = || {
@@ -114,10 +123,10 @@ pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
                     )
                 };
                 let (reads, redis) = (connect(), connect());
-                let (stop, live) = (stop.clone(), live.clone());
+                let (stop, live, writer) = (stop.clone(), live.clone(), writer.clone());
                 live.set(live.get() + 1);
                 monoio::spawn(async move {
-                    consumer::run(cfg, reads, redis, stop).await;
+                    consumer::run(cfg, reads, redis, stop, writer).await;
                     live.set(live.get() - 1);
                 });
             }

@@ -7,6 +7,7 @@
 //! ([`crate::clickhouse::partitions`]), and a block streams to ClickHouse once it holds
 //! [`BLOCK_ROWS`] rows.
 
+use croupier_control::metrics::DeadReason;
 use croupier_protocol::batch::{ArchivedRecords, BatchBuf, FIELD_BATCH, FIELD_CROUPIER_DATA, FIELD_FORMAT, FORMAT};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{self, Limits};
@@ -27,6 +28,8 @@ pub const BLOCK_ROWS: usize = 65_536;
 pub struct Poison {
     /// Index in the batch.
     pub index: usize,
+    /// Why, as counted (`croupier_dead_letters_total`).
+    pub cause: DeadReason,
     /// Why.
     pub reason: String,
 }
@@ -182,7 +185,7 @@ impl Sink {
         let mut started = false;
         for &i in which {
             if let Err(reason) = self.push(&batch[i]) {
-                poison.push(Poison { index: i, reason });
+                poison.push(Poison { index: i, cause: DeadReason::Undecodable, reason });
                 continue;
             }
             self.rows.send(ch, BLOCK_ROWS, &mut started).await?;

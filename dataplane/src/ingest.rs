@@ -3,7 +3,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use croupier_control::metrics::{EventsAccepted, EventsRefused};
+use croupier_control::metrics::{EventsAccepted, EventsRefused, GameIx};
 use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
 use croupier_protocol::envelope::{EventBatch, PaymentBatch};
 use croupier_protocol::resp::{self, EntryArgs, IngestReply};
@@ -63,21 +63,20 @@ pub async fn handle(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, parts, records, rate } = match prepare(shard, endpoint, cred, encoding, wire, scratch)
-    {
-        Ok(p) => p,
-        Err(Refusal { error, records }) => {
-            count_refused(shard, cred.game, &error, records.unwrap_or(1));
-            return Err(error);
-        }
-    };
+    let Prepared { cmd, entries, parts, records, rate, game } =
+        match prepare(shard, endpoint, cred, encoding, wire, scratch) {
+            Ok(p) => p,
+            Err(Refusal { error, records }) => {
+                count_refused(shard, cred.game, &error, records.unwrap_or(1));
+                return Err(error);
+            }
+        };
     let retry_after = shard.config.redis.retry_after_secs;
     let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after });
     let result = match reply.map(resp::ingest_reply) {
         Ok(Ok(IngestReply::Added(ids))) if ids.len() == entries => {
             let m = &shard.metrics;
             if m.enabled() {
-                let game = m.layout().game(cred.game);
                 for (stream, count) in &parts[..entries] {
                     m.emit(EventsAccepted { game, stream: *stream, count: *count as u64 });
                 }
@@ -133,6 +132,8 @@ struct Prepared<'s> {
     records: usize,
     /// The game's rate limit, which `records` were taken from.
     rate: Option<&'s GameRate>,
+    /// The game, as counted.
+    game: GameIx,
 }
 
 /// Everything before the round trip to Redis: signature, body, validation, limits, the
@@ -250,7 +251,7 @@ fn prepare<'s>(
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
     resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), ttl, &digest, &entries);
-    Ok(Prepared { cmd, entries: n, parts: all_parts, records: total, rate })
+    Ok(Prepared { cmd, entries: n, parts: all_parts, records: total, rate, game: game.metrics })
 }
 
 /// One request's record batches and archives, kept by the shard and reused, so a request

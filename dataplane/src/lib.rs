@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cli;
 pub mod clickhouse;
+pub mod control;
 pub mod error;
 pub mod event_id;
 #[doc(hidden)]

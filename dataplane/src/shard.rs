@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::Config;
-use croupier_control::metrics::ShardWriter;
+use croupier_control::metrics::{GameIx, ShardWriter};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
@@ -31,6 +31,8 @@ pub struct GameState {
     pub rate: Option<Arc<GameRate>>,
     /// A gzip body may be signed over its decompressed bytes (`gzip_signed_after`).
     pub gzip_signed_after: bool,
+    /// The game as the shard's counters label it.
+    pub metrics: GameIx,
 }
 
 /// Everything a shard's tasks share (through `Rc`, on the shard's thread only).
@@ -61,7 +63,13 @@ fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWrite
         .iter()
         .map(|(name, g)| {
             let secret = g.secret.clone().unwrap_or_default().into_bytes();
-            (name.clone(), GameState { secret, rate: rates.game(name), gzip_signed_after: g.gzip_signed_after })
+            let state = GameState {
+                secret,
+                rate: rates.game(name),
+                gzip_signed_after: g.gzip_signed_after,
+                metrics: metrics.layout().game(name),
+            };
+            (name.clone(), state)
         })
         .collect();
     let s = &config.streams;

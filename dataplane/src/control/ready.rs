@@ -1,0 +1,176 @@
+//! Readiness of the process as the control port reports it (`/readyz`): each component
+//! it depends on, whether it is fine, and what failed.
+//!
+//! - `redis`: the control thread's own connection is up and reads the streams;
+//! - `clickhouse` (processes that run workers): a connection answers a ping;
+//! - `streams` (processes that run ingest): no stream's backlog is at its high-water
+//!   mark, where ingest refuses with 503 `backlog_full`.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use croupier_control::config::{Config, StreamLimits};
+use croupier_protocol::stream::StreamKind;
+
+use super::streams::{self, StreamReading};
+use crate::clickhouse::connection::{ChOptions, Connection};
+use crate::error::json_string;
+use crate::redis::connection::{RedisClient, RedisOptions};
+
+/// One component's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// `redis`, `clickhouse` or `streams`.
+    pub name: &'static str,
+    /// What is wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// Every component's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// In a fixed order.
+    pub components: Vec<Component>,
+}
+
+impl Readiness {
+    /// Whether every component is fine.
+    pub fn ready(&self) -> bool {
+        self.components.iter().all(|c| c.error.is_none())
+    }
+
+    /// `{"ready":bool,"components":{"redis":{"ok":true},"clickhouse":{"ok":false,"error":"..."}}}`.
+    pub fn body(&self) -> String {
+        let mut out = format!(r#"{{"ready":{},"components":{{"#, self.ready());
+        for (i, c) in self.components.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match &c.error {
+                None => out.push_str(&format!(r#""{}":{{"ok":true}}"#, c.name)),
+                Some(e) => out.push_str(&format!(r#""{}":{{"ok":false,"error":{}}}"#, c.name, json_string(e))),
+            }
+        }
+        out.push_str("}}");
+        out
+    }
+}
+
+/// What the control thread asks Redis and ClickHouse, with connections of its own.
+pub struct Probes {
+    redis: RedisClient,
+    redis_addr: String,
+    limits: [StreamLimits; 3],
+    /// Set when the process runs workers (ClickHouse is its dependency).
+    clickhouse: Option<ChOptions>,
+    /// Kept between probes; dropped after a failure.
+    ch: RefCell<Option<Connection>>,
+    /// Set when the process runs ingest (the streams' marks concern it).
+    ingest: bool,
+    timeout: Duration,
+}
+
+impl Probes {
+    /// Starts the Redis connection on the current runtime.
+    pub fn new(config: &Config, ingest: bool, worker: bool) -> Probes {
+        let s = &config.streams;
+        let limits = StreamKind::ALL.map(|k| match k {
+            StreamKind::Events => s.events,
+            StreamKind::Custom => s.custom,
+            StreamKind::Payments => s.payments,
+        });
+        let timeout = Duration::from_millis(config.control.probe_timeout_ms);
+        let mut options = RedisOptions::from_config(&config.redis);
+        options.reply_timeout = options.reply_timeout.min(timeout);
+        Probes {
+            redis: RedisClient::start(options),
+            redis_addr: config.redis.addr.clone(),
+            limits,
+            clickhouse: worker.then(|| crate::worker::clickhouse_options(config)),
+            ch: RefCell::new(None),
+            ingest,
+            timeout,
+        }
+    }
+
+    /// Reads the streams (an error says what failed).
+    pub async fn streams(&self) -> Result<Vec<StreamReading>, String> {
+        if !self.redis.is_up() {
+            return Err(format!("not connected to {}", self.redis_addr));
+        }
+        streams::read(&self.redis, self.limits).await
+    }
+
+    /// Connects if needed and pings ClickHouse, within the probe timeout.
+    async fn ping_clickhouse(&self, opts: &ChOptions) -> Result<(), String> {
+        let held = self.ch.borrow_mut().take();
+        let attempt = async {
+            let mut conn = match held {
+                Some(c) => c,
+                None => Connection::connect(opts).await.map_err(|e| e.to_string())?,
+            };
+            conn.ping().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(conn)
+        };
+        match monoio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(conn)) => {
+                *self.ch.borrow_mut() = Some(conn);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("{}: {e}", opts.addr)),
+            Err(_) => Err(format!("{}: no answer within {} ms", opts.addr, self.timeout.as_millis())),
+        }
+    }
+
+    /// Asks every component; also returns the streams when Redis could be read.
+    pub async fn readiness(&self) -> (Readiness, Option<Vec<StreamReading>>) {
+        let mut components = Vec::with_capacity(3);
+        let read = self.streams().await;
+        components.push(Component { name: "redis", error: read.as_ref().err().cloned() });
+        if let Some(opts) = &self.clickhouse {
+            components.push(Component { name: "clickhouse", error: self.ping_clickhouse(opts).await.err() });
+        }
+        if self.ingest {
+            let error = match &read {
+                Err(_) => Some("unknown: Redis cannot be read".to_owned()),
+                Ok(r) => {
+                    let full: Vec<String> = r
+                        .iter()
+                        .filter(|s| s.at_high_water())
+                        .map(|s| {
+                            format!(
+                                "{} at its high-water mark ({} of {} events)",
+                                s.stream.key(),
+                                s.backlog_events(),
+                                s.high_water_events
+                            )
+                        })
+                        .collect();
+                    (!full.is_empty()).then(|| full.join("; "))
+                }
+            };
+            components.push(Component { name: "streams", error });
+        }
+        (Readiness { components }, read.ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_says_per_component_what_failed() {
+        let r = Readiness {
+            components: vec![
+                Component { name: "redis", error: None },
+                Component { name: "clickhouse", error: Some("127.0.0.1:9000: \"refused\"".into()) },
+            ],
+        };
+        assert!(!r.ready());
+        assert_eq!(
+            r.body(),
+            r#"{"ready":false,"components":{"redis":{"ok":true},"clickhouse":{"ok":false,"error":"127.0.0.1:9000: \"refused\""}}}"#
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The streams as the control thread reads them on a scrape or a readiness probe: each
+//! stream's backlog for the consumer group, its length, and the age of its oldest entry
+//! not yet acknowledged. Read with the control thread's own Redis connection, so a
+//! scrape never touches a data shard.
+
+use croupier_control::config::StreamLimits;
+use croupier_control::metrics::{labels, Encoder, Kind};
+use croupier_protocol::resp::{self, Frame};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS};
+
+use crate::redis::connection::RedisClient;
+
+/// One stream, read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamReading {
+    /// The stream.
+    pub stream: StreamKind,
+    /// Entries pending in the group or not yet read (`XLEN` when Redis cannot tell the lag).
+    pub backlog_entries: u64,
+    /// Mean events per entry (`croupier:entry-events`; 1 before any entry).
+    pub events_per_entry: f64,
+    /// Entries in the stream (`XLEN`).
+    pub entries: u64,
+    /// Milliseconds part of the oldest entry not acknowledged (pending, or the first not
+    /// yet delivered); `None` when every entry is acknowledged.
+    pub oldest_unacked_ms: Option<u64>,
+    /// The configured high-water mark, in events.
+    pub high_water_events: u64,
+}
+
+impl StreamReading {
+    /// The backlog in events (entries times the mean events per entry).
+    pub fn backlog_events(&self) -> u64 {
+        (self.backlog_entries as f64 * self.events_per_entry).round() as u64
+    }
+
+    /// Whether the backlog has reached the high-water mark (ingest refuses it).
+    pub fn at_high_water(&self) -> bool {
+        self.backlog_events() >= self.high_water_events
+    }
+}
+
+async fn call(redis: &RedisClient, args: &[&[u8]]) -> Result<Frame, String> {
+    let mut cmd = Vec::with_capacity(96);
+    resp::command(&mut cmd, args);
+    match redis.call(cmd).await.map_err(|e| format!("{e:?}"))? {
+        Frame::Error(e) => Err(e),
+        f => Ok(f),
+    }
+}
+
+/// The streams' mean events per entry, in [`StreamKind::ALL`] order.
+async fn entry_means(redis: &RedisClient) -> Result<[f64; 3], String> {
+    let [a, b, c] = StreamKind::ALL.map(|k| k.key().as_bytes());
+    let mut means = [1.0; 3];
+    if let Frame::Array(items) = call(redis, &[b"HMGET", ENTRY_EVENTS.as_bytes(), a, b, c]).await? {
+        for (m, item) in means.iter_mut().zip(items) {
+            if let Frame::BulkString(v) = item {
+                if let Some(v) = std::str::from_utf8(&v).ok().and_then(|v| v.parse::<f64>().ok()) {
+                    if v.is_finite() {
+                        *m = v.max(1.0);
+                    }
+                }
+            }
+        }
+    }
+    Ok(means)
+}
+
+/// The first id of an `XRANGE` reply.
+fn first_id(frame: &Frame) -> Option<StreamId> {
+    let Frame::Array(entries) = frame else { return None };
+    let Some(Frame::Array(entry)) = entries.first() else { return None };
+    match entry.first() {
+        Some(Frame::BulkString(id) | Frame::SimpleString(id)) => StreamId::parse(id),
+        _ => None,
+    }
+}
+
+async fn read_one(
+    redis: &RedisClient,
+    stream: StreamKind,
+    mean: f64,
+    limits: StreamLimits,
+) -> Result<StreamReading, String> {
+    let key = stream.key().as_bytes();
+    let entries = match call(redis, &[b"XLEN", key]).await? {
+        Frame::Integer(n) => n.max(0) as u64,
+        other => return Err(format!("XLEN {}: {other:?}", stream.key())),
+    };
+    // An error reply for a missing key means no group: not through `call`.
+    let frame = redis.call(xinfo(key)).await.map_err(|e| format!("{e:?}"))?;
+    let info = resp::group_info(&frame, CONSUMER_GROUP).map_err(|e| e.0)?;
+    let mut reading = StreamReading {
+        stream,
+        backlog_entries: entries,
+        events_per_entry: mean,
+        entries,
+        oldest_unacked_ms: None,
+        high_water_events: limits.high_water_events,
+    };
+    let Some(g) = info else {
+        // No group yet: everything in the stream is owed to it.
+        reading.oldest_unacked_ms =
+            first_id(&call(redis, &[b"XRANGE", key, b"-", b"+", b"COUNT", b"1"]).await?).map(|i| i.ms);
+        return Ok(reading);
+    };
+    reading.backlog_entries = match g.lag {
+        Some(lag) => g.pending.saturating_add(lag),
+        None => entries,
+    };
+    let oldest_pending = if g.pending > 0 {
+        resp::oldest_pending(&call(redis, &[b"XPENDING", key, CONSUMER_GROUP.as_bytes()]).await?).map_err(|e| e.0)?
+    } else {
+        None
+    };
+    let after = format!("({}", g.last_delivered.map_or_else(|| "0-0".to_owned(), |id| format!("{}-{}", id.ms, id.seq)));
+    let undelivered = first_id(&call(redis, &[b"XRANGE", key, after.as_bytes(), b"+", b"COUNT", b"1"]).await?);
+    reading.oldest_unacked_ms = match (oldest_pending, undelivered) {
+        (Some(a), Some(b)) => Some(a.min(b).ms),
+        (a, b) => a.or(b).map(|i| i.ms),
+    };
+    Ok(reading)
+}
+
+fn xinfo(key: &[u8]) -> Vec<u8> {
+    let mut cmd = Vec::with_capacity(64);
+    resp::command(&mut cmd, &[b"XINFO", b"GROUPS", key]);
+    cmd
+}
+
+/// Reads the three streams (in [`StreamKind::ALL`] order).
+pub async fn read(redis: &RedisClient, limits: [StreamLimits; 3]) -> Result<Vec<StreamReading>, String> {
+    let means = entry_means(redis).await?;
+    let mut out = Vec::with_capacity(3);
+    for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
+        out.push(read_one(redis, stream, means[i], limits[i]).await?);
+    }
+    Ok(out)
+}
+
+/// Writes the stream gauges of `readings`, ages as of `now_ms`.
+pub fn encode(enc: &mut Encoder, readings: &[StreamReading], now_ms: u64) {
+    enc.family(
+        "croupier_stream_backlog_events",
+        Kind::Gauge,
+        "Events of the stream pending in the consumer group analytics-workers or not yet read (pending + lag, \
+         in events).",
+    );
+    for r in readings {
+        enc.sample("croupier_stream_backlog_events", &[("stream", labels::stream(r.stream))], r.backlog_events());
+    }
+    enc.family(
+        "croupier_stream_entries",
+        Kind::Gauge,
+        "Entries in the stream (XLEN), acknowledged ones kept included.",
+    );
+    for r in readings {
+        enc.sample("croupier_stream_entries", &[("stream", labels::stream(r.stream))], r.entries);
+    }
+    enc.family(
+        "croupier_stream_high_water_events",
+        Kind::Gauge,
+        "The stream's high-water mark in events: ingest refuses with 503 backlog_full at it.",
+    );
+    for r in readings {
+        enc.sample("croupier_stream_high_water_events", &[("stream", labels::stream(r.stream))], r.high_water_events);
+    }
+    enc.family(
+        "croupier_stream_oldest_unacked_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest entry of the stream not yet acknowledged by the workers (0 when none): how far \
+         ClickHouse is behind.",
+    );
+    for r in readings {
+        let age_ms = r.oldest_unacked_ms.map_or(0, |ms| now_ms.saturating_sub(ms));
+        enc.sample_f64(
+            "croupier_stream_oldest_unacked_age_seconds",
+            &[("stream", labels::stream(r.stream))],
+            age_ms as f64 / 1e3,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_in_events_and_the_mark() {
+        let r = StreamReading {
+            stream: StreamKind::Custom,
+            backlog_entries: 10,
+            events_per_entry: 2.5,
+            entries: 40,
+            oldest_unacked_ms: Some(1_000),
+            high_water_events: 25,
+        };
+        assert_eq!(r.backlog_events(), 25);
+        assert!(r.at_high_water());
+        let mut enc = Encoder::new();
+        encode(&mut enc, &[r], 31_000);
+        let text = enc.finish();
+        assert!(text.contains("croupier_stream_backlog_events{stream=\"custom\"} 25\n"), "{text}");
+        assert!(text.contains("croupier_stream_oldest_unacked_age_seconds{stream=\"custom\"} 30\n"), "{text}");
+    }
+}

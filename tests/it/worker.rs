@@ -558,3 +558,56 @@ fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
         let _ = o.wait();
     }
 }
+
+/// The refusal breaker: once ClickHouse has refused more than `worker.max_refused_per_batch`
+/// entries of a batch one by one, the batch stalls and is retried — but the entries it
+/// already inserted (halves ClickHouse confirmed while bisecting) are not sent again on
+/// each retry: the table's row count (without FINAL, duplicates included) does not grow
+/// while the stream is stalled, and once the fault is gone every row is there exactly once.
+/// (The columns the worker writes cannot make 18.16 refuse valid rows one by one; a
+/// MATERIALIZED column computed from them can: `toUInt64` of a user id that is not a number
+/// fails with code 6, bad data.)
+#[test]
+fn breaker_stall_does_not_resend_rows_clickhouse_confirmed() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("ALTER TABLE analytics.events ADD COLUMN probe UInt64 MATERIALIZED toUInt64(user_id)");
+    // Merges would collapse duplicates and hide them from count().
+    p.clickhouse.query("SYSTEM STOP MERGES analytics.events");
+    // 12 entries of 10 events: users of every third entry are not numbers.
+    let mut c = p.ingest.client();
+    let mut good = 0u64;
+    for b in 0..12u64 {
+        let refused = b % 3 == 2;
+        let items: Vec<String> = (0..10u64)
+            .map(|i| {
+                let user = if refused { format!("user-{b}-{i}") } else { (b * 100 + i).to_string() };
+                crate::fixture::event("level_start", &user)
+            })
+            .collect();
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", items.join(",")).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+        if !refused {
+            good += 10;
+        }
+    }
+    p.start_worker(&[("CROUPIER_WORKER__MAX_REFUSED_PER_BATCH", "2"), ("CROUPIER_WORKER__BACKOFF_MAX_MS", "200")]);
+    p.wait_for(1, "good rows inserted while bisecting", |p| {
+        u64::from(p.scalar("SELECT count() FROM analytics.events") > 0)
+    });
+    // The first attempt's bisection goes on a little after its first insert.
+    std::thread::sleep(Duration::from_secs(1));
+    let first = p.scalar("SELECT count() FROM analytics.events");
+    // Several retries (back-off at most 200 ms) while the breaker holds the batch.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = p.scalar("SELECT count() FROM analytics.events");
+        assert_eq!(now, first, "rows already inserted were sent again while stalled");
+    }
+    assert!(first <= good, "{first} rows inserted, only {good} can be");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+    assert_eq!(p.pending("analytics:events"), 12, "the batch stays pending");
+    p.clickhouse.query("ALTER TABLE analytics.events DROP COLUMN probe");
+    p.wait_for(0, "pending once the table is fixed", |p| p.pending("analytics:events") as u64);
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 120, "every row exactly once");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+}

@@ -225,7 +225,9 @@ pub async fn run(
                 }
             }
         };
-        // Retry the batch until it is committed; on shutdown leave it pending.
+        // Retry the batch until it is committed; on shutdown leave it pending. What
+        // ClickHouse confirmed of it is remembered across retries and not sent again.
+        let mut progress = Progress::new(batch.len());
         loop {
             // Overlap only in steady state: recovery and claims read this consumer's
             // pending list, which must not hold a batch gathered ahead.
@@ -235,7 +237,7 @@ pub async fn run(
                 && !claim_due(last_claim);
             let committed = if overlap {
                 let reader = c.reader.clone();
-                let (committed, gathered) = monoio::join!(c.commit(&batch), reader.gather(&stop));
+                let (committed, gathered) = monoio::join!(c.commit(&batch, &mut progress), reader.gather(&stop));
                 match gathered {
                     Ok(b) if !b.is_empty() => next = Some(b),
                     Ok(_) => {}
@@ -246,7 +248,7 @@ pub async fn run(
                 }
                 committed
             } else {
-                c.commit(&batch).await
+                c.commit(&batch, &mut progress).await
             };
             match committed {
                 Ok(()) => {
@@ -556,15 +558,23 @@ impl Consumer {
     }
 
     /// Inserts `batch`, dead-letters what cannot be inserted, then acknowledges all of it.
-    async fn commit(&mut self, batch: &[Entry]) -> Result<(), String> {
+    ///
+    /// `progress` carries what earlier attempts at the same batch settled: entries whose
+    /// rows ClickHouse confirmed (and unreadable entries found on the way) are not sent
+    /// again, so a batch stalled by the refusal breaker or a failing server does not
+    /// insert its good rows once per retry.
+    async fn commit(&mut self, batch: &[Entry], progress: &mut Progress) -> Result<(), String> {
         self.systemic = false;
-        let all: Vec<usize> = (0..batch.len()).collect();
-        let mut poison: Vec<Poison> = Vec::new();
-        let mut refused = 0usize;
+        // Entries ClickHouse refused one by one in this attempt: dead-lettered only if the
+        // attempt ends without tripping the breaker; otherwise retried with the rest.
+        let mut refused: Vec<Poison> = Vec::new();
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
-        let mut todo: Vec<Vec<usize>> = vec![all];
+        let mut todo: Vec<Vec<usize>> = vec![progress.unsettled()];
         let table = Table::of(self.cfg.stream);
         while let Some(part) = todo.pop() {
+            if part.is_empty() {
+                continue;
+            }
             if let Err(e) = self.connection().await {
                 self.metrics.emit(InsertFailed { table });
                 return Err(e);
@@ -580,7 +590,7 @@ impl Consumer {
                     if self.metrics.enabled() {
                         count_inserted(&self.metrics, table, batch, &part, &p, started.elapsed());
                     }
-                    poison.extend(p);
+                    progress.settle(&part, p);
                 }
                 Err(e) if e.too_many_partitions().is_some() => {
                     // Not the rows' fault: split the blocks finer and insert again.
@@ -594,9 +604,8 @@ impl Consumer {
                 }
                 Err(e) if e.is_bad_data() => {
                     self.ch = None;
-                    if part.len() == 1 {
-                        refused += 1;
-                        if refused > self.cfg.max_refused_per_batch {
+                    if let [index] = part[..] {
+                        if refused.len() >= self.cfg.max_refused_per_batch {
                             // Entries were validated at ingest: this many refusals is a fault
                             // of the stream (schema, server, this client), not of its rows.
                             self.systemic = true;
@@ -608,8 +617,8 @@ impl Consumer {
                                 batch.len()
                             ));
                         }
-                        poison.push(Poison {
-                            index: part[0],
+                        refused.push(Poison {
+                            index,
                             cause: DeadReason::Rejected,
                             reason: format!("rejected by ClickHouse: {e}"),
                         });
@@ -627,10 +636,13 @@ impl Consumer {
                 }
             }
         }
-        poison.sort_by_key(|p| p.index);
-        poison.dedup_by_key(|p| p.index);
-        for p in &poison {
+        for p in refused {
+            progress.settle(&[p.index], vec![p]);
+        }
+        // In batch order, each forgotten once written: a retry does not write it twice.
+        while let Some(p) = progress.poison.last() {
             self.dead_letter(&batch[p.index], p.cause, &p.reason).await?;
+            progress.poison.pop();
         }
         let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
         self.ack(&ids).await
@@ -659,6 +671,42 @@ impl Consumer {
             self.call(cmd(&args)).await?;
         }
         Ok(())
+    }
+}
+
+/// What attempts at committing one batch have settled so far, kept across its retries.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Per entry of the batch: its rows were confirmed by ClickHouse, or it has none
+    /// (poison); either way it is not sent again.
+    settled: Vec<bool>,
+    /// Settled entries still to be dead-lettered, the last in the batch first (they are
+    /// written from the end of this list).
+    poison: Vec<Poison>,
+}
+
+impl Progress {
+    /// Nothing settled yet of a batch of `len` entries.
+    fn new(len: usize) -> Progress {
+        Progress { settled: vec![false; len], poison: Vec::new() }
+    }
+
+    /// The entries still to insert, in batch order.
+    fn unsettled(&self) -> Vec<usize> {
+        self.settled.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i).collect()
+    }
+
+    /// Entries `part` are settled: ClickHouse confirmed their rows, except for `poison`,
+    /// which had none to give.
+    fn settle(&mut self, part: &[usize], poison: Vec<Poison>) {
+        for &i in part {
+            if let Some(s) = self.settled.get_mut(i) {
+                *s = true;
+            }
+        }
+        self.poison.extend(poison);
+        self.poison.sort_by_key(|p| std::cmp::Reverse(p.index));
+        self.poison.dedup_by_key(|p| p.index);
     }
 }
 
@@ -710,6 +758,21 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
         }
+    }
+
+    #[test]
+    fn breaker_retry_sends_only_what_clickhouse_did_not_confirm() {
+        let mut p = Progress::new(6);
+        assert_eq!(p.unsettled(), vec![0, 1, 2, 3, 4, 5]);
+        // A half confirmed (entry 1 had no rows), then the breaker trips: 2, 3, 5 are left.
+        let unreadable = |index| Poison { index, cause: DeadReason::Undecodable, reason: "bad".into() };
+        p.settle(&[0, 1], vec![unreadable(1)]);
+        p.settle(&[4], Vec::new());
+        assert_eq!(p.unsettled(), vec![2, 3, 5]);
+        p.settle(&[2, 3, 5], vec![unreadable(5), unreadable(1)]);
+        assert!(p.unsettled().is_empty());
+        // Dead-lettered from the end of the list: batch order, each once.
+        assert_eq!(p.poison.iter().rev().map(|x| x.index).collect::<Vec<_>>(), vec![1, 5]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
 use super::entries::{self, cmd, Entry};
+use super::read_size::ReadSize;
 use super::sink::{entry_ms, entry_rows, Poison, Sink};
 use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 use crate::redis::connection::RedisClient;
@@ -68,13 +69,13 @@ pub struct ConsumerConfig {
 
 impl ConsumerConfig {
     /// Entries to ask for in one read when the batch already holds `rows` rows and
-    /// `bytes` bytes: no more than `read_count`, than the rows still wanted (an entry holds
-    /// at least one row), or than the largest possible entries that fit in the bytes still
-    /// allowed — so a reply stays within `batch_bytes` whatever the entries hold; at
+    /// `bytes` bytes and entries are expected to hold up to `entry_bytes` bytes (see
+    /// [`ReadSize`]): no more than `read_count`, than the rows still wanted (an entry holds
+    /// at least one row), or than such entries that fit in the bytes still allowed; at
     /// least one.
-    pub fn read_count(&self, rows: usize, bytes: usize) -> usize {
+    pub fn read_count(&self, rows: usize, bytes: usize, entry_bytes: usize) -> usize {
         let by_rows = self.batch_rows.saturating_sub(rows);
-        let by_bytes = self.batch_bytes.saturating_sub(bytes) / self.max_entry_bytes.max(1);
+        let by_bytes = self.batch_bytes.saturating_sub(bytes) / entry_bytes.max(1);
         self.read_count.min(by_rows).min(by_bytes).max(1)
     }
 
@@ -152,7 +153,7 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     metrics: Rc<ShardWriter>,
 ) {
-    let reader = Reader { cfg: cfg.clone(), redis: reads };
+    let reader = Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), cfg: cfg.clone(), redis: reads };
     let mut sink = Sink::new(cfg.stream);
     sink.set_partition_limit(cfg.partitions_per_block, true);
     let mut c = Consumer {
@@ -275,6 +276,8 @@ pub async fn run(
 struct Reader {
     cfg: Rc<ConsumerConfig>,
     redis: RedisClient,
+    /// The entry size reads are sized for, shared by the clones.
+    size: Rc<ReadSize>,
 }
 
 /// One command; a Redis error reply is an error.
@@ -309,13 +312,21 @@ impl Reader {
             args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
         }
         args.extend([b"STREAMS".as_slice(), self.cfg.stream.key().as_bytes(), id.as_bytes()]);
-        entries::xreadgroup_reply(redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?)
+        let entries =
+            entries::xreadgroup_reply(redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?)?;
+        self.size.observe(entries.iter().map(Entry::byte_len).max());
+        Ok(entries)
+    }
+
+    /// Entries to ask for when the batch holds `rows` rows and `bytes` bytes.
+    fn count(&self, rows: usize, bytes: usize) -> usize {
+        self.cfg.read_count(rows, bytes, self.size.entry_bytes())
     }
 
     /// New entries: waits up to the idle block for the first, then gathers until
     /// `batch_rows` rows or `linger` after the first.
     async fn gather(&self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
-        let mut batch = self.read(">", Some(self.cfg.idle_block), self.cfg.read_count(0, 0)).await?;
+        let mut batch = self.read(">", Some(self.cfg.idle_block), self.count(0, 0)).await?;
         if batch.is_empty() {
             return Ok(batch);
         }
@@ -329,7 +340,7 @@ impl Reader {
             }
             // A long linger is waited out in reads of at most the idle block each.
             let block = left.min(self.cfg.idle_block);
-            let more = self.read(">", Some(block), self.cfg.read_count(rows, bytes)).await?;
+            let more = self.read(">", Some(block), self.count(rows, bytes)).await?;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);
@@ -363,7 +374,7 @@ impl Consumer {
     /// that call and never reached the consumer: they are fetched by ID (`XRANGE`), not
     /// counted a second time.
     async fn recover_page(&mut self, mode: Recovery) -> Result<Vec<Entry>, String> {
-        let count = self.cfg.read_count(0, 0);
+        let count = self.reader.count(0, 0);
         let pending = self.own_pending(count).await?;
         let mut page = Vec::new();
         for (id, deliveries) in pending {
@@ -419,7 +430,7 @@ impl Consumer {
     /// are dead-lettered by ID, so what was lost can be seen.
     async fn claim(&mut self, more: &mut bool) -> Result<Vec<Entry>, String> {
         let idle = self.cfg.claim_idle.as_millis().to_string();
-        let count = self.cfg.read_count(0, 0);
+        let count = self.reader.count(0, 0);
         let count_arg = count.to_string();
         let reply = self
             .call(cmd(&[
@@ -434,6 +445,7 @@ impl Consumer {
             ]))
             .await?;
         let claimed = entries::xautoclaim_reply(reply)?;
+        self.reader.size.observe(claimed.entries.iter().map(Entry::byte_len).max());
         *more = claimed.cursor != "0-0" && claimed.entries.len() + claimed.deleted.len() >= count;
         self.claim_cursor = claimed.cursor;
         if !claimed.deleted.is_empty() {
@@ -777,19 +789,20 @@ mod tests {
 
     #[test]
     fn m7_a_read_asks_for_no_more_than_fits_the_byte_budget() {
-        // Defaults: 64 MiB per batch, entries up to ~11.3 MiB: 5 entries per read, not 200.
-        let c = config(200, 200_000, 64 << 20, (10 << 20) + 10_000 * 128 + 4096);
-        assert_eq!(c.read_count(0, 0), 5);
-        assert!(c.read_count(0, 0) * c.max_entry_bytes <= c.batch_bytes);
+        // Defaults: 64 MiB per batch; sized for entries of ~11.3 MiB: 5 entries per read.
+        let max = (10 << 20) + 10_000 * 128 + 4096;
+        let c = config(200, 200_000, 64 << 20, max);
+        assert_eq!(c.read_count(0, 0, max), 5);
+        assert!(c.read_count(0, 0, max) * max <= c.batch_bytes);
         // As the batch fills, fewer; never zero (a batch always progresses).
-        assert_eq!(c.read_count(0, 40 << 20), 2);
-        assert_eq!(c.read_count(0, 63 << 20), 1);
-        assert_eq!(c.read_count(0, usize::MAX), 1);
+        assert_eq!(c.read_count(0, 40 << 20, max), 2);
+        assert_eq!(c.read_count(0, 63 << 20, max), 1);
+        assert_eq!(c.read_count(0, usize::MAX, max), 1);
+        assert_eq!(c.read_count(0, 0, 0), 200);
         // Small entries: `read_count` bounds it.
-        let small = config(200, 200_000, 64 << 20, 64 << 10);
-        assert_eq!(small.read_count(0, 0), 200);
+        assert_eq!(c.read_count(0, 0, 64 << 10), 200);
         // Rows still wanted bound it too: every entry holds at least one row.
-        assert_eq!(small.read_count(199_990, 0), 10);
-        assert!(small.is_full(200_000, 0) && small.is_full(0, 64 << 20) && !small.is_full(199_999, (64 << 20) - 1));
+        assert_eq!(c.read_count(199_990, 0, 64 << 10), 10);
+        assert!(c.is_full(200_000, 0) && c.is_full(0, 64 << 20) && !c.is_full(199_999, (64 << 20) - 1));
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod entries;
+pub mod read_size;
 pub mod sink;
 
 use std::cell::Cell;

@@ -7,8 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use croupier_dataplane::auth;
+use croupier_dataplane::data_port::{self, FIELDS};
 use croupier_dataplane::event_id::IdDeriver;
-use croupier_dataplane::http::request;
+use croupier_dataplane::http::request::Head;
 use croupier_dataplane::http::response::Response;
 use croupier_perf::alloc_count::{self, Counting};
 use croupier_protocol::batch::{self, AlignedVec, Batch, Records};
@@ -75,6 +76,7 @@ const STEPS: [&str; 7] =
 /// What a shard keeps between requests.
 #[derive(Default)]
 struct Kept {
+    head: Head,
     json: JsonBuffers,
     events: EventBatch,
     custom: EventBatch,
@@ -93,9 +95,10 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
         counts[i] += now - at;
         at = now;
     };
-    let h = request::parse(raw_head).unwrap().unwrap();
+    assert!(k.head.parse_from(raw_head, &FIELDS).unwrap());
     step(0, counts);
-    let cred = auth::check_headers(&h, |g| g == GAME, TS, 300).unwrap();
+    let h = data_port::ingest_head(&k.head);
+    let cred = auth::check_headers(&h.credentials, |g| g == GAME, TS, 300).unwrap();
     step(1, counts);
     k.body.clear();
     k.body.extend_from_slice(body);

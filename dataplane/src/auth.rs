@@ -6,7 +6,6 @@
 use croupier_protocol::signature;
 
 use crate::error::IngestError;
-use crate::http::request::Head;
 
 /// Longest accepted `X-Nonce`.
 pub const MAX_NONCE_BYTES: usize = 128;
@@ -24,29 +23,40 @@ pub struct Credential<'h> {
     pub signature: &'h str,
 }
 
-/// Checks the credential headers of `head`; `known` says whether a game id is configured.
+/// The credential headers of a request, as sent (each trimmed), before any check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialHeaders<'h> {
+    /// `X-Game-Id`.
+    pub game_id: Option<&'h str>,
+    /// `X-Timestamp`.
+    pub timestamp: Option<&'h str>,
+    /// `X-Nonce`.
+    pub nonce: Option<&'h str>,
+    /// `X-Signature`.
+    pub signature: Option<&'h str>,
+}
+
+/// Checks the credential headers; `known` says whether a game id is configured.
 pub fn check_headers<'h>(
-    head: &'h Head,
+    head: &CredentialHeaders<'h>,
     known: impl Fn(&str) -> bool,
     now_secs: i64,
     max_skew_secs: u64,
 ) -> Result<Credential<'h>, IngestError> {
-    let game = head.game_id.as_deref().filter(|g| !g.is_empty()).ok_or(IngestError::MissingCredentials("X-Game-Id"))?;
+    let game = head.game_id.filter(|g| !g.is_empty()).ok_or(IngestError::MissingCredentials("X-Game-Id"))?;
     if !known(game) {
         return Err(IngestError::UnknownGame);
     }
-    let timestamp = head.timestamp.as_deref().ok_or(IngestError::MissingCredentials("X-Timestamp"))?;
+    let timestamp = head.timestamp.ok_or(IngestError::MissingCredentials("X-Timestamp"))?;
     let ts: i64 = timestamp.parse().map_err(|_| IngestError::MissingCredentials("X-Timestamp"))?;
     if ts.abs_diff(now_secs) > max_skew_secs {
         return Err(IngestError::StaleTimestamp { max_skew_secs });
     }
     let nonce = head
         .nonce
-        .as_deref()
         .filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_BYTES && n.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(IngestError::MissingCredentials("X-Nonce"))?;
-    let signature =
-        head.signature.as_deref().filter(|s| !s.is_empty()).ok_or(IngestError::MissingCredentials("X-Signature"))?;
+    let signature = head.signature.filter(|s| !s.is_empty()).ok_or(IngestError::MissingCredentials("X-Signature"))?;
     Ok(Credential { game, timestamp, nonce, signature })
 }
 
@@ -70,11 +80,22 @@ pub fn nonce_key(game: &str, nonce: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::request::parse;
 
-    fn head(extra: &str) -> Head {
-        let raw = format!("POST /api/ingest/events HTTP/1.1\r\n{extra}\r\n");
-        parse(raw.as_bytes()).expect("valid").expect("complete")
+    /// The credential headers among `lines` (`Name: value\r\n` each).
+    fn head(lines: &str) -> CredentialHeaders<'_> {
+        let mut h = CredentialHeaders::default();
+        for line in lines.split("\r\n").filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(':').expect("a header line");
+            let value = Some(value.trim());
+            match name {
+                "X-Game-Id" => h.game_id = value,
+                "X-Timestamp" => h.timestamp = value,
+                "X-Nonce" => h.nonce = value,
+                "X-Signature" => h.signature = value,
+                _ => {}
+            }
+        }
+        h
     }
 
     #[test]

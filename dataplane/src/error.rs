@@ -1,32 +1,19 @@
-//! The whole error contract of the ingest API in one place: every refusal with its HTTP
-//! status, error tag, `Retry-After` and metric label.
+//! The error contract of the ingest API in one place: every refusal of an ingest request
+//! with its HTTP status, error tag, `Retry-After` and extra body members. Refusals that
+//! are HTTP's own (routing, framing, limits, the body budget) come from the HTTP layer's
+//! contract, [`HttpError`], and keep its bytes.
 
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::BodyError;
 
-/// Why a request was refused.
+use crate::http::error::HttpError;
+use crate::http::response::{error_body, Response};
+
+/// Why an ingest request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestError {
-    /// No such route.
-    NotFound,
-    /// The route exists but not for this method; `allow` lists the methods it takes.
-    MethodNotAllowed {
-        /// Value of the `Allow` header.
-        allow: &'static str,
-    },
-    /// The request is not valid HTTP or lacks a header HTTP requires (says which).
-    BadRequest(&'static str),
-    /// A header that may appear once appeared twice (names it).
-    DuplicateHeader(&'static str),
-    /// `Content-Type` is not JSON, or `Content-Encoding` is not gzip/identity.
-    UnsupportedMediaType(&'static str),
-    /// The body (as sent, or decompressed) exceeds the limit.
-    PayloadTooLarge {
-        /// The limit in bytes.
-        limit: usize,
-    },
-    /// The request did not arrive within the read timeout.
-    RequestTimeout,
+    /// Refused as HTTP (routing, framing, media type, size, time, body budget).
+    Http(HttpError),
     /// The body is not an acceptable batch.
     Body(BodyError),
     /// An authentication header is absent or malformed (names the header).
@@ -47,12 +34,6 @@ pub enum IngestError {
         /// Seconds until the request would fit.
         retry_after: u64,
     },
-    /// The shard is receiving as many request bodies as its budget allows
-    /// (`server.max_inflight_body_bytes`).
-    ServerBusy {
-        /// Seconds to wait before retrying.
-        retry_after: u64,
-    },
     /// Redis is unreachable or did not answer in time.
     RedisUnavailable {
         /// Seconds to wait before retrying.
@@ -70,18 +51,19 @@ pub enum IngestError {
     },
 }
 
+impl From<HttpError> for IngestError {
+    fn from(e: HttpError) -> IngestError {
+        IngestError::Http(e)
+    }
+}
+
 impl IngestError {
     /// HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            IngestError::NotFound => 404,
-            IngestError::MethodNotAllowed { .. } => 405,
-            IngestError::BadRequest(_) | IngestError::DuplicateHeader(_) => 400,
+            IngestError::Http(e) => e.status(),
             IngestError::Body(BodyError::GameMismatch { .. }) => 403,
             IngestError::Body(_) => 400,
-            IngestError::UnsupportedMediaType(_) => 415,
-            IngestError::PayloadTooLarge { .. } => 413,
-            IngestError::RequestTimeout => 408,
             IngestError::MissingCredentials(_)
             | IngestError::UnknownGame
             | IngestError::StaleTimestamp { .. }
@@ -89,21 +71,14 @@ impl IngestError {
             | IngestError::ReplayedNonce => 401,
             IngestError::RateLimited { .. } => 429,
             IngestError::EncodeFailed => 500,
-            IngestError::ServerBusy { .. } | IngestError::RedisUnavailable { .. } | IngestError::BacklogFull { .. } => {
-                503
-            }
+            IngestError::RedisUnavailable { .. } | IngestError::BacklogFull { .. } => 503,
         }
     }
 
-    /// The `error` tag of the JSON body; also the metric label.
+    /// The `error` tag of the JSON body; also the reason label of refused events.
     pub fn tag(&self) -> &'static str {
         match self {
-            IngestError::NotFound => "not_found",
-            IngestError::MethodNotAllowed { .. } => "method_not_allowed",
-            IngestError::BadRequest(_) | IngestError::DuplicateHeader(_) => "bad_request",
-            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
-            IngestError::PayloadTooLarge { .. } => "payload_too_large",
-            IngestError::RequestTimeout => "request_timeout",
+            IngestError::Http(e) => e.tag(),
             IngestError::Body(b) => match b {
                 BodyError::Malformed(_) => "malformed_json",
                 BodyError::InvalidUtf8 => "invalid_utf8",
@@ -118,7 +93,6 @@ impl IngestError {
             IngestError::BadSignature => "bad_signature",
             IngestError::ReplayedNonce => "replayed_nonce",
             IngestError::RateLimited { .. } => "rate_limited",
-            IngestError::ServerBusy { .. } => "server_busy",
             IngestError::RedisUnavailable { .. } => "redis_unavailable",
             IngestError::EncodeFailed => "encode_failed",
             IngestError::BacklogFull { .. } => "backlog_full",
@@ -128,8 +102,8 @@ impl IngestError {
     /// Value of `Retry-After`, when the client should retry.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
+            IngestError::Http(e) => e.retry_after(),
             IngestError::RateLimited { retry_after }
-            | IngestError::ServerBusy { retry_after }
             | IngestError::RedisUnavailable { retry_after }
             | IngestError::BacklogFull { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -139,25 +113,12 @@ impl IngestError {
     /// Whether the connection must be closed after the response (the rest of the
     /// request cannot be skipped safely).
     pub fn closes_connection(&self) -> bool {
-        matches!(
-            self,
-            IngestError::BadRequest(_)
-                | IngestError::DuplicateHeader(_)
-                | IngestError::PayloadTooLarge { .. }
-                | IngestError::RequestTimeout
-                | IngestError::ServerBusy { .. }
-        )
+        matches!(self, IngestError::Http(e) if e.closes_connection())
     }
 
     fn message(&self) -> String {
         match self {
-            IngestError::NotFound => "no such route".into(),
-            IngestError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
-            IngestError::BadRequest(what) => format!("bad request: {what}"),
-            IngestError::DuplicateHeader(h) => format!("bad request: header {h} appears more than once"),
-            IngestError::UnsupportedMediaType(what) => format!("unsupported {what}"),
-            IngestError::PayloadTooLarge { limit } => format!("body larger than {limit} bytes"),
-            IngestError::RequestTimeout => "request not received in time".into(),
+            IngestError::Http(e) => e.message(),
             IngestError::Body(b) => b.to_string(),
             IngestError::MissingCredentials(h) => format!("missing or malformed header {h}"),
             IngestError::UnknownGame => "unknown game".into(),
@@ -167,7 +128,6 @@ impl IngestError {
             IngestError::BadSignature => "signature does not match".into(),
             IngestError::ReplayedNonce => "nonce already used".into(),
             IngestError::RateLimited { .. } => "rate limit exceeded".into(),
-            IngestError::ServerBusy { .. } => "server busy: too many request bodies in flight".into(),
             IngestError::RedisUnavailable { .. } => "stream server unavailable".into(),
             IngestError::EncodeFailed => "the batch could not be encoded".into(),
             IngestError::BacklogFull { stream, .. } => {
@@ -179,38 +139,28 @@ impl IngestError {
     /// The JSON body: `{"error":tag,"message":...}` plus `field`/`index` when a record
     /// is at fault, `header` when a header is.
     pub fn body(&self) -> String {
-        let mut out = format!(r#"{{"error":"{}","message":{}"#, self.tag(), json_string(&self.message()));
-        match self {
+        let extra = match self {
             IngestError::Body(BodyError::Field { index, field, .. }) => {
-                out.push_str(&format!(r#","field":"{field}","index":{index}"#));
+                format!(r#","field":"{field}","index":{index}"#)
             }
-            IngestError::Body(BodyError::GameMismatch { index }) => {
-                out.push_str(&format!(r#","field":"game_id","index":{index}"#));
-            }
-            IngestError::MissingCredentials(h) | IngestError::DuplicateHeader(h) => {
-                out.push_str(&format!(r#","header":"{h}""#))
-            }
-            _ => {}
-        }
-        out.push('}');
-        out
+            IngestError::Body(BodyError::GameMismatch { index }) => format!(r#","field":"game_id","index":{index}"#),
+            IngestError::MissingCredentials(h) => format!(r#","header":"{h}""#),
+            IngestError::Http(e) => return e.body(),
+            _ => String::new(),
+        };
+        error_body(self.tag(), &self.message(), &extra)
     }
-}
 
-/// Encodes `s` as a JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    /// The response: status, body, `Retry-After`, and the close when the rest of the
+    /// request cannot be skipped.
+    pub fn response(&self) -> Response {
+        if let IngestError::Http(e) = self {
+            return e.response();
         }
+        let mut r = Response::json(self.status(), self.body());
+        r.retry_after = self.retry_after();
+        r
     }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -231,11 +181,25 @@ mod tests {
     #[test]
     fn statuses_and_retry_after() {
         assert_eq!(IngestError::Body(BodyError::GameMismatch { index: 0 }).status(), 403);
-        assert_eq!(IngestError::BadRequest("x").status(), 400);
+        assert_eq!(IngestError::from(HttpError::BadRequest("x")).status(), 400);
         assert_eq!(IngestError::ReplayedNonce.status(), 401);
         let e = IngestError::BacklogFull { stream: StreamKind::Events, retry_after: 2 };
         assert_eq!((e.status(), e.retry_after()), (503, Some(2)));
         assert_eq!(IngestError::RateLimited { retry_after: 1 }.status(), 429);
-        assert_eq!(json_string("a\"b\n"), r#""a\"b\u000a""#);
+        assert_eq!(
+            IngestError::MissingCredentials("X-Nonce").body(),
+            r#"{"error":"missing_credentials","message":"missing or malformed header X-Nonce","header":"X-Nonce"}"#
+        );
+    }
+
+    #[test]
+    fn http_refusals_keep_their_contract() {
+        for e in
+            [HttpError::ServerBusy { retry_after: 1 }, HttpError::PayloadTooLarge { limit: 5 }, HttpError::NotFound]
+        {
+            let wrapped = IngestError::from(e.clone());
+            assert_eq!(wrapped.response(), e.response());
+            assert_eq!((wrapped.tag(), wrapped.closes_connection()), (e.tag(), e.closes_connection()));
+        }
     }
 }

@@ -9,6 +9,7 @@ use croupier_protocol::clickhouse::block::write_block;
 use croupier_protocol::clickhouse::CLIENT_REVISION;
 
 use crate::clickhouse::rows::{ArchivedEventRef, EventRows, PaymentRows};
+use crate::data_port::{CONTENT_ENCODING, FIELDS};
 use crate::http::body::{self, Encoding};
 use crate::http::chunked::{decode_chunks, wire_limit, ChunkedDecoder, Chunks, MAX_CHUNK_LINE, MAX_TRAILERS};
 use crate::http::request::{self, BodyFraming, MAX_HEAD_BYTES};
@@ -99,7 +100,7 @@ pub fn http_chunks(data: &[u8]) {
 /// parse the same from exactly its bytes, and a strict prefix of it must wait for more
 /// bytes, not be refused.
 pub fn http_request(data: &[u8]) {
-    let head = match request::parse(data) {
+    let head = match request::parse(data, &FIELDS) {
         Ok(Some(h)) => h,
         Ok(None) => {
             assert!(data.len() <= MAX_HEAD_BYTES, "a {}-byte partial head waits for more", data.len());
@@ -108,12 +109,12 @@ pub fn http_request(data: &[u8]) {
         Err(_) => return,
     };
     assert!(head.len > 0 && head.len <= data.len(), "head length {} of {}", head.len, data.len());
-    assert!(!head.path.contains('?'), "path keeps its query: {:?}", head.path);
-    let alone = request::parse(&data[..head.len]);
+    assert!(!head.path().contains('?'), "path keeps its query: {:?}", head.path());
+    let alone = request::parse(&data[..head.len], &FIELDS);
     assert_eq!(alone, Ok(Some(head.clone())), "the head alone parses differently");
     let step = (head.len / 7).max(1);
     for i in (0..head.len).step_by(step) {
-        assert_eq!(request::parse(&data[..i]), Ok(None), "a {i}-byte prefix of a {}-byte head", head.len);
+        assert_eq!(request::parse(&data[..i], &FIELDS), Ok(None), "a {i}-byte prefix of a {}-byte head", head.len);
     }
     let rest = &data[head.len..];
     let body = match head.framing {
@@ -130,7 +131,7 @@ pub fn http_request(data: &[u8]) {
             _ => return,
         },
     };
-    if let Ok(Encoding::Gzip) = Encoding::parse(head.content_encoding.as_deref()) {
+    if let Ok(Encoding::Gzip) = Encoding::parse(head.field(CONTENT_ENCODING)) {
         let mut out = Vec::new();
         if body::gunzip(&body, BODY_LIMIT, &mut out).is_ok() {
             assert!(out.len() <= BODY_LIMIT, "{} bytes inflated past the limit", out.len());

@@ -10,11 +10,11 @@ use croupier_protocol::resp::{self, EntryArgs, IngestReply};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate;
 
-use crate::auth::{self, Credential};
+use crate::auth::{self, Credential, CredentialHeaders};
 use crate::error::IngestError;
 use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
-use crate::http::request::Head;
+use crate::http::error::HttpError;
 use crate::ratelimit::GameRate;
 use crate::redis::backlog::Admission;
 use crate::shard::Shard;
@@ -33,19 +33,33 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// What ingest reads from a request's head, as sent (each value trimmed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestHead<'h> {
+    /// `Content-Type`.
+    pub content_type: Option<&'h str>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<&'h str>,
+    /// The credential headers.
+    pub credentials: CredentialHeaders<'h>,
+}
+
 /// Checks what can be checked from the head alone: media type, encoding, credentials,
 /// and that Redis is reachable.
-pub fn precheck<'h>(shard: &Shard, head: &'h Head) -> Result<(Credential<'h>, Encoding), IngestError> {
+pub fn precheck<'h>(shard: &Shard, head: &IngestHead<'h>) -> Result<(Credential<'h>, Encoding), IngestError> {
     let json = head
         .content_type
-        .as_deref()
         .is_some_and(|ct| ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     if !json {
-        return Err(IngestError::UnsupportedMediaType("Content-Type (use application/json)"));
+        return Err(HttpError::UnsupportedMediaType("Content-Type (use application/json)").into());
     }
-    let encoding = Encoding::parse(head.content_encoding.as_deref())?;
-    let cred =
-        auth::check_headers(head, |g| shard.games.contains_key(g), now_ms() / 1000, shard.config.auth.max_skew_secs)?;
+    let encoding = Encoding::parse(head.content_encoding)?;
+    let cred = auth::check_headers(
+        &head.credentials,
+        |g| shard.games.contains_key(g),
+        now_ms() / 1000,
+        shard.config.auth.max_skew_secs,
+    )?;
     if !shard.redis.is_up() {
         return Err(IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
     }
@@ -159,11 +173,11 @@ fn prepare<'s>(
     let (body, digest): (&mut Vec<u8>, [u8; 32]) = match (encoding, signed_wire) {
         (Encoding::Identity, Some(d)) => (wire, d),
         (Encoding::Gzip, Some(d)) => {
-            body::gunzip(wire, limit, scratch)?;
+            body::gunzip(wire, limit, scratch).map_err(IngestError::from)?;
             (scratch, d)
         }
         (Encoding::Gzip, None) if game.gzip_signed_after => {
-            body::gunzip(wire, limit, scratch)?;
+            body::gunzip(wire, limit, scratch).map_err(IngestError::from)?;
             let d = auth::signed_digest(&game.secret, cred, scratch).ok_or(IngestError::BadSignature)?;
             (scratch, d)
         }

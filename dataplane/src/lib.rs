@@ -1,13 +1,16 @@
 //! The thread-per-core data plane of Croupier Analytics.
 //!
 //! [`start`] binds the shared listening port once per shard (SO_REUSEPORT), then starts
-//! one thread per shard, each with its own monoio runtime ([`runtime`]) pinned to a core
-//! and its own [`shard::Shard`]. The returned [`Handle`] stops them gracefully.
+//! one thread per shard ([`shards::spawn_shards`]), each with its own monoio runtime
+//! ([`runtime`]) pinned to a core and its own [`shard::Shard`], serving the
+//! [`data_port`] through the generic HTTP layer ([`server`], [`http`], [`router`]). The
+//! returned [`Handle`] stops them gracefully.
 
 pub mod auth;
 pub mod cli;
 pub mod clickhouse;
 pub mod control;
+pub mod data_port;
 pub mod error;
 pub mod event_id;
 #[doc(hidden)]
@@ -17,6 +20,7 @@ pub mod ingest;
 pub mod io;
 pub mod ratelimit;
 pub mod redis;
+pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod shard;
@@ -87,7 +91,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// games, counting on or off (`metrics.enabled`).
 pub fn registry(config: &Config) -> Arc<Registry> {
     let games: Vec<&str> = config.games.keys().map(String::as_str).collect();
-    Registry::new(&http::conn::ROUTES, &games, config.metrics.enabled)
+    Registry::new(&data_port::ROUTES, &games, config.metrics.enabled)
 }
 
 /// Starts the ingest shards, with a registry of their own.
@@ -117,7 +121,7 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
         let listener = listeners.next();
         move || async move {
             if let Some(listener) = listener {
-                shard::run(id, config, rates, writer, listener, stop).await;
+                data_port::run(id, config, rates, writer, listener, stop).await;
             }
         }
     })?;

@@ -35,9 +35,15 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the shard looks at the stop flag (set from another thread).
 const STOP_POLL: Duration = Duration::from_millis(20);
 
-/// A shard's budgets (from `[server]`).
+/// A listener's limits and budgets, per shard (from `[server]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// A request's head and body must be in within this of its first byte (else 408).
+    pub read_timeout: Duration,
+    /// A connection idle this long between requests is closed.
+    pub idle_timeout: Duration,
+    /// Largest request body as sent.
+    pub max_body_bytes: usize,
     /// Most connections open at once.
     pub max_connections: usize,
     /// Most bytes of request bodies being received at once.
@@ -131,6 +137,8 @@ impl Drain {
 
 /// What a shard's connections share with its accept loop.
 pub struct Server {
+    /// The listener's limits.
+    pub limits: Limits,
     /// Shutdown has begun.
     pub drain: Drain,
     /// Request bodies being received.
@@ -177,6 +185,7 @@ where
     let queued = listener.try_clone()?;
     let listener = TcpListener::from_std(listener)?;
     let server = Rc::new(Server {
+        limits,
         drain: Drain::new(),
         bodies: BodyBudget {
             cap: limits.max_inflight_body_bytes,

@@ -1,12 +1,12 @@
-//! A shard: one thread, one core, one monoio runtime. It owns its listener, its Redis
-//! connection, its backlog view; nothing in it is locked, and the
+//! A shard's context: one thread, one core, one monoio runtime. It owns its Redis
+//! connection, its backlog view, its reused buffers and its counters (what it serves is
+//! `data_port.rs`); nothing in it is locked, and the
 //! only thing shared with other shards is each game's rate cell (one atomic word,
 //! `ratelimit.rs`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,10 @@ use croupier_control::metrics::{GameIx, ShardWriter};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
-use crate::http::conn;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
 use crate::redis::backlog::Backlog;
 use crate::redis::connection::{RedisClient, RedisOptions};
-use crate::server;
 
 /// A configured game, as a shard holds it.
 #[derive(Debug)]
@@ -57,7 +55,10 @@ pub struct Shard {
     pub metrics: ShardWriter,
 }
 
-fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWriter) -> Rc<Shard> {
+/// Builds shard `id`'s context on the current thread's runtime (its Redis connection and
+/// backlog poller start here). `rates` holds the games' rate limits, shared by all
+/// shards; `metrics` is this shard's own block of counters.
+pub fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWriter) -> Rc<Shard> {
     let games = config
         .games
         .iter()
@@ -93,28 +94,4 @@ fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWrite
         batches: RefCell::new(IngestBuffers::default()),
         metrics,
     })
-}
-
-/// Runs shard `id` on the current thread's runtime until `stop` is set and its
-/// connections have drained (`server.rs`). `rates` holds the games' rate limits, shared
-/// by all shards; `metrics` is this shard's own block of counters.
-pub async fn run(
-    id: usize,
-    config: Arc<Config>,
-    rates: Arc<RateLimits>,
-    metrics: ShardWriter,
-    listener: std::net::TcpListener,
-    stop: Arc<AtomicBool>,
-) {
-    let limits = server::Limits {
-        max_connections: config.server.max_connections,
-        max_inflight_body_bytes: config.server.body_budget(),
-        retry_after_secs: config.redis.retry_after_secs,
-    };
-    let shard = build(id, config, &rates, metrics);
-    let serve = move |stream, server| conn::serve(shard.clone(), server, stream);
-    let served = server::run(listener, stop, limits, serve).await;
-    if let Err(e) = served {
-        eprintln!("croupier: shard {id}: listener: {e}");
-    }
 }

@@ -5,16 +5,16 @@ use std::io::Read;
 use monoio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Chunks};
+use super::error::HttpError;
 use super::request::BodyFraming;
-use crate::error::IngestError;
 use crate::io::{ReadError, Socket};
 use crate::server::BodyBytes;
 
-fn read_err(e: ReadError) -> IngestError {
+fn read_err(e: ReadError) -> HttpError {
     match e {
-        ReadError::Timeout => IngestError::RequestTimeout,
+        ReadError::Timeout => HttpError::RequestTimeout,
         // The peer is gone; the error is never written.
-        ReadError::Closed | ReadError::Stopped => IngestError::BadRequest("connection closed mid-body"),
+        ReadError::Closed | ReadError::Stopped => HttpError::BadRequest("connection closed mid-body"),
     }
 }
 
@@ -29,14 +29,14 @@ pub async fn read(
     deadline: Instant,
     out: &mut Vec<u8>,
     held: &mut BodyBytes<'_>,
-) -> Result<(), IngestError> {
+) -> Result<(), HttpError> {
     out.clear();
-    let busy = |held: &BodyBytes<'_>| IngestError::ServerBusy { retry_after: held.retry_after_secs() };
+    let busy = |held: &BodyBytes<'_>| HttpError::ServerBusy { retry_after: held.retry_after_secs() };
     match framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => {
             if n > limit {
-                return Err(IngestError::PayloadTooLarge { limit });
+                return Err(HttpError::PayloadTooLarge { limit });
             }
             if !held.grow_to(n) {
                 return Err(busy(held));
@@ -91,12 +91,12 @@ pub async fn discard(
     framing: BodyFraming,
     limit: usize,
     deadline: Instant,
-) -> Result<(), IngestError> {
+) -> Result<(), HttpError> {
     match framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => {
             if n > limit {
-                return Err(IngestError::PayloadTooLarge { limit });
+                return Err(HttpError::PayloadTooLarge { limit });
             }
             let mut left = n;
             loop {
@@ -138,25 +138,25 @@ pub enum Encoding {
 
 impl Encoding {
     /// Reads the header value; anything but identity and gzip is refused (415).
-    pub fn parse(v: Option<&str>) -> Result<Encoding, IngestError> {
+    pub fn parse(v: Option<&str>) -> Result<Encoding, HttpError> {
         match v.map(|s| s.trim().to_ascii_lowercase()) {
             None => Ok(Encoding::Identity),
             Some(s) if s.is_empty() || s == "identity" => Ok(Encoding::Identity),
             Some(s) if s == "gzip" || s == "x-gzip" => Ok(Encoding::Gzip),
-            Some(_) => Err(IngestError::UnsupportedMediaType("Content-Encoding (use gzip or identity)")),
+            Some(_) => Err(HttpError::UnsupportedMediaType("Content-Encoding (use gzip or identity)")),
         }
     }
 }
 
 /// Decompresses a gzip body into `out`, refusing (413) past `limit` bytes: a small
 /// compressed body cannot expand without bound.
-pub fn gunzip(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), IngestError> {
+pub fn gunzip(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), HttpError> {
     out.clear();
     let mut dec = flate2::read::MultiGzDecoder::new(input).take(limit as u64 + 1);
     match dec.read_to_end(out) {
-        Ok(n) if n > limit => Err(IngestError::PayloadTooLarge { limit }),
+        Ok(n) if n > limit => Err(HttpError::PayloadTooLarge { limit }),
         Ok(_) => Ok(()),
-        Err(_) => Err(IngestError::UnsupportedMediaType("gzip body (it does not decompress)")),
+        Err(_) => Err(HttpError::UnsupportedMediaType("gzip body (it does not decompress)")),
     }
 }
 
@@ -173,8 +173,8 @@ mod tests {
         let mut out = Vec::new();
         assert!(gunzip(&bomb, 2 << 20, &mut out).is_ok());
         assert_eq!(out.len(), 1 << 20);
-        assert_eq!(gunzip(&bomb, 1000, &mut out), Err(IngestError::PayloadTooLarge { limit: 1000 }));
-        assert!(matches!(gunzip(b"not gzip", 1000, &mut out), Err(IngestError::UnsupportedMediaType(_))));
+        assert_eq!(gunzip(&bomb, 1000, &mut out), Err(HttpError::PayloadTooLarge { limit: 1000 }));
+        assert!(matches!(gunzip(b"not gzip", 1000, &mut out), Err(HttpError::UnsupportedMediaType(_))));
         assert_eq!(Encoding::parse(Some("br")).map_err(|e| e.status()), Err(415));
     }
 }

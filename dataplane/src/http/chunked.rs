@@ -8,7 +8,7 @@
 //! [`wire_limit`]`(limit)`, so tiny chunks with long extensions cannot carry more than
 //! the body limit on the wire. Every size from the wire is checked arithmetic.
 
-use crate::error::IngestError;
+use super::error::HttpError;
 
 /// Longest chunk-size line, extensions and CRLF included.
 pub const MAX_CHUNK_LINE: usize = 4096;
@@ -74,8 +74,8 @@ impl ChunkedDecoder {
     /// Decodes from the front of `input` (bytes not consumed by an earlier call), handing
     /// each piece of chunk data to `emit`. Errors: 400 for bad framing or an overlong
     /// line, 413 past the limit (as data or as sent).
-    pub fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<Chunks, IngestError> {
-        let too_large = IngestError::PayloadTooLarge { limit: self.limit };
+    pub fn decode(&mut self, input: &[u8], emit: &mut impl FnMut(&[u8])) -> Result<Chunks, HttpError> {
+        let too_large = HttpError::PayloadTooLarge { limit: self.limit };
         let mut pos = 0;
         let progress = loop {
             let rest = &input[pos..];
@@ -83,7 +83,7 @@ impl ChunkedDecoder {
                 State::Size => match httparse::parse_chunk_size(rest) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         if used > MAX_CHUNK_LINE {
-                            return Err(IngestError::BadRequest("chunk size line too long"));
+                            return Err(HttpError::BadRequest("chunk size line too long"));
                         }
                         pos += used;
                         let size = usize::try_from(size).map_err(|_| too_large.clone())?;
@@ -93,10 +93,10 @@ impl ChunkedDecoder {
                         self.state = if size == 0 { State::Trailers } else { State::Data(size) };
                     }
                     Ok(httparse::Status::Partial) if rest.len() >= MAX_CHUNK_LINE => {
-                        return Err(IngestError::BadRequest("chunk size line too long"));
+                        return Err(HttpError::BadRequest("chunk size line too long"));
                     }
                     Ok(httparse::Status::Partial) => break Chunks::More(pos),
-                    Err(_) => return Err(IngestError::BadRequest("malformed chunk size")),
+                    Err(_) => return Err(HttpError::BadRequest("malformed chunk size")),
                 },
                 State::Data(left) => {
                     let take = left.min(rest.len());
@@ -114,21 +114,21 @@ impl ChunkedDecoder {
                         self.state = State::Size;
                     }
                     [] | [b'\r'] => break Chunks::More(pos),
-                    _ => return Err(IngestError::BadRequest("chunk not followed by CRLF")),
+                    _ => return Err(HttpError::BadRequest("chunk not followed by CRLF")),
                 },
                 State::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
                     Some(line) => {
                         pos += line + 2;
                         self.trailers += line + 2;
                         if self.trailers > MAX_TRAILERS {
-                            return Err(IngestError::BadRequest("trailers too large"));
+                            return Err(HttpError::BadRequest("trailers too large"));
                         }
                         if line == 0 {
                             self.state = State::Done;
                         }
                     }
                     None if self.trailers + rest.len() > MAX_TRAILERS => {
-                        return Err(IngestError::BadRequest("trailers too large"));
+                        return Err(HttpError::BadRequest("trailers too large"));
                     }
                     None => break Chunks::More(pos),
                 },
@@ -146,7 +146,7 @@ impl ChunkedDecoder {
 /// Decodes a whole chunked body from the front of `input` into `out`, at most `limit`
 /// data bytes: [`Chunks::Done`] with the bytes the body took, or [`Chunks::More`] if
 /// `input` ends inside it. (The one-shot form of [`ChunkedDecoder`].)
-pub fn decode_chunks(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<Chunks, IngestError> {
+pub fn decode_chunks(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<Chunks, HttpError> {
     ChunkedDecoder::new(limit).decode(input, &mut |data| out.extend_from_slice(data))
 }
 
@@ -187,15 +187,15 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(
             decode_chunks(b"a\r\n0123456789\r\n0\r\n\r\n", 5, &mut out),
-            Err(IngestError::PayloadTooLarge { limit: 5 })
+            Err(HttpError::PayloadTooLarge { limit: 5 })
         );
         // The limit counts the whole body, not each chunk.
         assert_eq!(
             decode_chunks(b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", 5, &mut out),
-            Err(IngestError::PayloadTooLarge { limit: 5 })
+            Err(HttpError::PayloadTooLarge { limit: 5 })
         );
-        assert!(matches!(decode_chunks(b"zz\r\n", 5, &mut out), Err(IngestError::BadRequest(_))));
-        assert!(matches!(decode_chunks(b"1\r\nab\r\n", 5, &mut Vec::new()), Err(IngestError::BadRequest(_))));
+        assert!(matches!(decode_chunks(b"zz\r\n", 5, &mut out), Err(HttpError::BadRequest(_))));
+        assert!(matches!(decode_chunks(b"1\r\nab\r\n", 5, &mut Vec::new()), Err(HttpError::BadRequest(_))));
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
             let input = format!("5\r\nhello\r\n{size}\r\n");
             assert_eq!(
                 decode_chunks(input.as_bytes(), 100, &mut Vec::new()),
-                Err(IngestError::PayloadTooLarge { limit: 100 }),
+                Err(HttpError::PayloadTooLarge { limit: 100 }),
                 "{size}"
             );
         }
@@ -214,12 +214,12 @@ mod tests {
     fn c5_a_chunk_line_is_bounded_whatever_the_reads() {
         let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE));
         // All at once, and in pieces.
-        assert!(matches!(decode_chunks(long.as_bytes(), 100, &mut Vec::new()), Err(IngestError::BadRequest(_))));
+        assert!(matches!(decode_chunks(long.as_bytes(), 100, &mut Vec::new()), Err(HttpError::BadRequest(_))));
         let mut dec = ChunkedDecoder::new(100);
         let piece = &long.as_bytes()[..MAX_CHUNK_LINE / 2];
         assert_eq!(dec.decode(piece, &mut |_| {}), Ok(Chunks::More(0)));
         let piece = &long.as_bytes()[..MAX_CHUNK_LINE];
-        assert!(matches!(dec.decode(piece, &mut |_| {}), Err(IngestError::BadRequest(_))));
+        assert!(matches!(dec.decode(piece, &mut |_| {}), Err(HttpError::BadRequest(_))));
         // A line just under the bound is fine.
         let ok = format!("1;{}\r\nx\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_LINE - 5));
         assert!(matches!(decode_chunks(ok.as_bytes(), 100, &mut Vec::new()), Ok(Chunks::Done(_))));
@@ -238,7 +238,7 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert_eq!(err, IngestError::PayloadTooLarge { limit });
+        assert_eq!(err, HttpError::PayloadTooLarge { limit });
         assert!((decoded - 1) * chunk.len() <= wire_limit(limit), "stopped once past the wire limit");
     }
 
@@ -247,7 +247,7 @@ mod tests {
         let many = format!("0\r\n{}", "T: v\r\n".repeat(MAX_TRAILERS / 6 + 1));
         assert_eq!(
             decode_chunks(many.as_bytes(), 10, &mut Vec::new()),
-            Err(IngestError::BadRequest("trailers too large"))
+            Err(HttpError::BadRequest("trailers too large"))
         );
         let mut dec = ChunkedDecoder::new(10);
         assert_eq!(dec.decode(b"0\r\nT: v\r\n", &mut |_| {}), Ok(Chunks::More(9)));

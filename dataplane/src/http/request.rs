@@ -1,14 +1,18 @@
-//! Request heads: what the server needs from the request line and headers.
+//! Request heads: the request line, the framing and connection headers HTTP needs, and
+//! the header fields a surface asked for ([`Fields`]), kept in one reused buffer so that
+//! parsing a head allocates nothing once a connection has served a request.
 
-use crate::error::IngestError;
+use super::error::HttpError;
 
 /// Most headers in one request.
 const MAX_HEADERS: usize = 64;
 /// Largest request head.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields a surface may ask for.
+pub const MAX_FIELDS: usize = 8;
 
 /// Request method, as far as routing cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
     /// GET
     Get,
@@ -17,13 +21,15 @@ pub enum Method {
     /// POST
     Post,
     /// Anything else.
+    #[default]
     Other,
 }
 
 /// How the body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyFraming {
     /// No body.
+    #[default]
     None,
     /// `Content-Length`.
     Length(usize),
@@ -31,35 +37,146 @@ pub enum BodyFraming {
     Chunked,
 }
 
-/// The parts of a request head the server uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The header fields a surface reads from heads, by index. Each may appear once (a
+/// second is refused, naming it, rather than letting one win where a proxy in front may
+/// have read the other) and must be UTF-8; its value is kept, trimmed.
+#[derive(Debug)]
+pub struct Fields(&'static [&'static str]);
+
+impl Fields {
+    /// Fields named `names` (at most [`MAX_FIELDS`]), read back by their index.
+    pub const fn new(names: &'static [&'static str]) -> Fields {
+        assert!(names.len() <= MAX_FIELDS, "too many header fields");
+        Fields(names)
+    }
+}
+
+/// A request head: method, path, framing, connection, and the fields asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Head {
     /// Method.
     pub method: Method,
-    /// Path without the query string.
-    pub path: String,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
-    /// Body framing.
-    pub framing: BodyFraming,
-    /// `Content-Type`, if sent.
-    pub content_type: Option<String>,
-    /// `Content-Encoding`, if sent.
-    pub content_encoding: Option<String>,
-    /// `Expect: 100-continue` was sent.
-    pub expect_continue: bool,
-    /// `X-Game-Id`.
-    pub game_id: Option<String>,
-    /// `X-Timestamp`.
-    pub timestamp: Option<String>,
-    /// `X-Nonce`.
-    pub nonce: Option<String>,
-    /// `X-Signature`.
-    pub signature: Option<String>,
     /// The request is HTTP/1.0 (whose keep-alive the response must confirm).
     pub http10: bool,
+    /// Body framing.
+    pub framing: BodyFraming,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
     /// Bytes the head took in the buffer.
     pub len: usize,
+    /// The path, then each field's value (reused from head to head).
+    text: String,
+    /// Where the path ends in `text`.
+    path_end: usize,
+    /// Where each field's value lies in `text`, when it was sent.
+    fields: [Option<(usize, usize)>; MAX_FIELDS],
+}
+
+impl Head {
+    /// Path without the query string (the target's path for an absolute-form target).
+    pub fn path(&self) -> &str {
+        self.text.get(..self.path_end).unwrap_or("")
+    }
+
+    /// The value of field `i` of the [`Fields`] the head was parsed with, if it was sent.
+    pub fn field(&self, i: usize) -> Option<&str> {
+        let (start, end) = self.fields.get(i).copied().flatten()?;
+        self.text.get(start..end)
+    }
+
+    /// Parses a head from the front of `buf` into `self`, reading `fields`: false when
+    /// it is not complete yet.
+    pub fn parse_from(&mut self, buf: &[u8], fields: &Fields) -> Result<bool, HttpError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            // The limit holds however the head arrived: in one read or in many.
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
+                return Err(HttpError::BadRequest("request head too large"));
+            }
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD_BYTES {
+                    return Err(HttpError::BadRequest("request head too large"));
+                }
+                return Ok(false);
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HttpError::BadRequest("too many headers")),
+            Err(_) => return Err(HttpError::BadRequest("malformed request head")),
+        };
+        self.method = match req.method {
+            Some("GET") => Method::Get,
+            Some("HEAD") => Method::Head,
+            Some("POST") => Method::Post,
+            _ => Method::Other,
+        };
+        let version_1_1 = req.version == Some(1);
+        self.keep_alive = version_1_1;
+        self.http10 = !version_1_1;
+        self.expect_continue = false;
+        self.len = len;
+        self.text.clear();
+        self.text.push_str(target_path(req.path.unwrap_or("/")));
+        self.path_end = self.text.len();
+        self.fields = [None; MAX_FIELDS];
+        let mut content_length: Option<usize> = None;
+        let mut chunked = false;
+        for h in req.headers.iter() {
+            let name = h.name;
+            if let Some(i) = fields.0.iter().position(|f| name.eq_ignore_ascii_case(f)) {
+                if self.fields[i].is_some() {
+                    return Err(HttpError::DuplicateHeader(fields.0[i]));
+                }
+                let start = self.text.len();
+                self.text.push_str(text(h.value)?);
+                self.fields[i] = Some((start, self.text.len()));
+            } else if name.eq_ignore_ascii_case("content-length") {
+                let n = parse_content_length(text(h.value)?).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(HttpError::BadRequest("conflicting Content-Length"));
+                }
+                content_length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                if chunked {
+                    return Err(HttpError::DuplicateHeader("Transfer-Encoding"));
+                }
+                if !text(h.value)?.eq_ignore_ascii_case("chunked") {
+                    return Err(HttpError::BadRequest("only chunked Transfer-Encoding is supported"));
+                }
+                chunked = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                let tokens = || text(h.value).map(|v| v.split(',').map(str::trim));
+                if tokens()?.any(|t| t.eq_ignore_ascii_case("close")) {
+                    self.keep_alive = false;
+                } else if tokens()?.any(|t| t.eq_ignore_ascii_case("keep-alive")) {
+                    self.keep_alive = true;
+                }
+            } else if name.eq_ignore_ascii_case("expect") {
+                self.expect_continue = text(h.value)?.eq_ignore_ascii_case("100-continue");
+            }
+        }
+        self.framing = match (chunked, content_length) {
+            (true, Some(_)) => return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding")),
+            (true, None) => BodyFraming::Chunked,
+            (false, Some(0)) | (false, None) => BodyFraming::None,
+            (false, Some(n)) => BodyFraming::Length(n),
+        };
+        Ok(true)
+    }
+}
+
+/// Parses a head from the front of `buf`, reading `fields`: `Ok(None)` when it is not
+/// complete yet. (A connection reuses one [`Head`] with [`Head::parse_from`].)
+pub fn parse(buf: &[u8], fields: &Fields) -> Result<Option<Head>, HttpError> {
+    let mut head = Head::default();
+    Ok(head.parse_from(buf, fields)?.then_some(head))
+}
+
+/// A header value as text, trimmed.
+fn text(v: &[u8]) -> Result<&str, HttpError> {
+    std::str::from_utf8(v).map(str::trim).map_err(|_| HttpError::BadRequest("header value is not UTF-8"))
 }
 
 /// A `Content-Length` value: one or more digits and nothing else (RFC 9110 §8.6; a sign
@@ -86,117 +203,15 @@ fn target_path(target: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
-/// Headers that may appear once; a second occurrence is refused, naming the header,
-/// rather than letting one win where a proxy in front may have read the other.
-const SINGLE: [&str; 7] =
-    ["X-Game-Id", "X-Timestamp", "X-Nonce", "X-Signature", "Content-Type", "Content-Encoding", "Transfer-Encoding"];
-
-fn text(v: &[u8]) -> Result<String, IngestError> {
-    std::str::from_utf8(v)
-        .map(|s| s.trim().to_owned())
-        .map_err(|_| IngestError::BadRequest("header value is not UTF-8"))
-}
-
-/// Parses a head from the front of `buf`: `Ok(None)` when it is not complete yet.
-pub fn parse(buf: &[u8]) -> Result<Option<Head>, IngestError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        // The limit holds however the head arrived: in one read or in many.
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
-            return Err(IngestError::BadRequest("request head too large"));
-        }
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEAD_BYTES {
-                return Err(IngestError::BadRequest("request head too large"));
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(IngestError::BadRequest("too many headers")),
-        Err(_) => return Err(IngestError::BadRequest("malformed request head")),
-    };
-    let method = match req.method {
-        Some("GET") => Method::Get,
-        Some("HEAD") => Method::Head,
-        Some("POST") => Method::Post,
-        _ => Method::Other,
-    };
-    let version_1_1 = req.version == Some(1);
-    let path = target_path(req.path.unwrap_or("/")).to_owned();
-    let mut head = Head {
-        method,
-        path,
-        keep_alive: version_1_1,
-        framing: BodyFraming::None,
-        content_type: None,
-        content_encoding: None,
-        expect_continue: false,
-        game_id: None,
-        timestamp: None,
-        nonce: None,
-        signature: None,
-        http10: !version_1_1,
-        len,
-    };
-    let mut content_length: Option<usize> = None;
-    let mut chunked = false;
-    let mut seen = [false; SINGLE.len()];
-    for h in req.headers.iter() {
-        let name = h.name;
-        if let Some(i) = SINGLE.iter().position(|s| name.eq_ignore_ascii_case(s)) {
-            if std::mem::replace(&mut seen[i], true) {
-                return Err(IngestError::DuplicateHeader(SINGLE[i]));
-            }
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = text(h.value)?;
-            let n = parse_content_length(&v).ok_or(IngestError::BadRequest("invalid Content-Length"))?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err(IngestError::BadRequest("conflicting Content-Length"));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let v = text(h.value)?;
-            if !v.eq_ignore_ascii_case("chunked") {
-                return Err(IngestError::BadRequest("only chunked Transfer-Encoding is supported"));
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            let v = text(h.value)?.to_ascii_lowercase();
-            if v.split(',').any(|t| t.trim() == "close") {
-                head.keep_alive = false;
-            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
-                head.keep_alive = true;
-            }
-        } else if name.eq_ignore_ascii_case("content-type") {
-            head.content_type = Some(text(h.value)?);
-        } else if name.eq_ignore_ascii_case("content-encoding") {
-            head.content_encoding = Some(text(h.value)?);
-        } else if name.eq_ignore_ascii_case("expect") {
-            head.expect_continue = text(h.value)?.eq_ignore_ascii_case("100-continue");
-        } else if name.eq_ignore_ascii_case("x-game-id") {
-            head.game_id = Some(text(h.value)?);
-        } else if name.eq_ignore_ascii_case("x-timestamp") {
-            head.timestamp = Some(text(h.value)?);
-        } else if name.eq_ignore_ascii_case("x-nonce") {
-            head.nonce = Some(text(h.value)?);
-        } else if name.eq_ignore_ascii_case("x-signature") {
-            head.signature = Some(text(h.value)?);
-        }
-    }
-    head.framing = match (chunked, content_length) {
-        (true, Some(_)) => return Err(IngestError::BadRequest("both Content-Length and Transfer-Encoding")),
-        (true, None) => BodyFraming::Chunked,
-        (false, Some(0)) | (false, None) => BodyFraming::None,
-        (false, Some(n)) => BodyFraming::Length(n),
-    };
-    Ok(Some(head))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static FIELDS: Fields = Fields::new(&["X-Game-Id", "X-Nonce", "Content-Type"]);
+
+    fn parse(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+        super::parse(buf, &FIELDS)
+    }
 
     #[test]
     fn parses_the_parts_that_matter() {
@@ -204,10 +219,10 @@ mod tests {
 Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signature: s\r\n\r\n{}";
         let h = parse(raw).expect("valid").expect("complete");
         assert_eq!(h.method, Method::Post);
-        assert_eq!(h.path, "/api/ingest/events");
+        assert_eq!(h.path(), "/api/ingest/events");
         assert!(h.keep_alive);
         assert_eq!(h.framing, BodyFraming::Length(12));
-        assert_eq!(h.game_id.as_deref(), Some("g1"));
+        assert_eq!((h.field(0), h.field(1), h.field(2)), (Some("g1"), Some("n"), Some("application/json")));
         assert_eq!(h.len, raw.len() - 2);
     }
 
@@ -215,11 +230,24 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
     fn partial_heads_wait_and_smuggling_is_refused() {
         assert_eq!(parse(b"POST / HTTP/1.1\r\nHost"), Ok(None));
         let both = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(parse(both), Err(IngestError::BadRequest(_))));
+        assert!(matches!(parse(both), Err(HttpError::BadRequest(_))));
         let two = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
-        assert!(matches!(parse(two), Err(IngestError::BadRequest(_))));
+        assert!(matches!(parse(two), Err(HttpError::BadRequest(_))));
         let h10 = parse(b"GET /healthz HTTP/1.0\r\n\r\n").expect("valid").expect("complete");
         assert!(!h10.keep_alive && h10.http10);
+        let ka = parse(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").expect("valid").expect("complete");
+        assert!(ka.keep_alive && ka.http10);
+    }
+
+    #[test]
+    fn a_reused_head_keeps_nothing_of_the_last_one() {
+        let mut h = Head::default();
+        let first = b"POST /a HTTP/1.1\r\nX-Nonce: one\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(h.parse_from(first, &FIELDS), Ok(true));
+        let second = b"GET /bb HTTP/1.1\r\nX-Game-Id: g\r\n\r\n";
+        assert_eq!(h.parse_from(second, &FIELDS), Ok(true));
+        assert_eq!(h, parse(second).expect("valid").expect("complete"));
+        assert_eq!((h.path(), h.field(0), h.field(1), h.expect_continue), ("/bb", Some("g"), None, false));
     }
 
     #[test]
@@ -230,17 +258,14 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
             assert_eq!(parse_content_length(bad), None, "{bad}");
         }
         let plus = b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello";
-        assert_eq!(parse(plus), Err(IngestError::BadRequest("invalid Content-Length")));
+        assert_eq!(parse(plus), Err(HttpError::BadRequest("invalid Content-Length")));
     }
 
     #[test]
     fn hostile10_head_size_limit_holds_in_one_read() {
         let big = format!("GET / HTTP/1.1\r\nX-Filler: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert_eq!(parse(big.as_bytes()), Err(IngestError::BadRequest("request head too large")));
-        assert_eq!(
-            parse(&big.as_bytes()[..MAX_HEAD_BYTES + 1]),
-            Err(IngestError::BadRequest("request head too large"))
-        );
+        assert_eq!(parse(big.as_bytes()), Err(HttpError::BadRequest("request head too large")));
+        assert_eq!(parse(&big.as_bytes()[..MAX_HEAD_BYTES + 1]), Err(HttpError::BadRequest("request head too large")));
     }
 
     #[test]
@@ -260,8 +285,8 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
     #[test]
     fn hostile12_single_headers_are_refused_twice() {
         let twice = b"POST / HTTP/1.1\r\nX-Nonce: a\r\nx-nonce: a\r\n\r\n";
-        assert_eq!(parse(twice), Err(IngestError::DuplicateHeader("X-Nonce")));
+        assert_eq!(parse(twice), Err(HttpError::DuplicateHeader("X-Nonce")));
         let te = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse(te), Err(IngestError::DuplicateHeader("Transfer-Encoding")));
+        assert_eq!(parse(te), Err(HttpError::DuplicateHeader("Transfer-Encoding")));
     }
 }

@@ -75,6 +75,28 @@ impl Response {
     }
 }
 
+/// A JSON error body: `{"error":tag,"message":...` then `extra` (more `,"key":value`
+/// members), then `}`. The one shape of every refusal, whichever contract it is from.
+pub fn error_body(tag: &str, message: &str, extra: &str) -> String {
+    format!(r#"{{"error":"{tag}","message":{}{extra}}}"#, json_string(message))
+}
+
+/// Encodes `s` as a JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The interim response to `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 

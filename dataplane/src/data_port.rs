@@ -1,0 +1,194 @@
+//! The data port: its route table and the handlers behind it, on a shard's context —
+//! the ingest endpoints, liveness (`/healthz`) and readiness (`/readyz`). [`run`] serves
+//! it on a shard's listener.
+
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use croupier_control::config::Config;
+use croupier_control::metrics::{EventsRefused, RequestServed, ShardWriter};
+
+use crate::auth::CredentialHeaders;
+use crate::error::IngestError;
+use crate::http::conn;
+use crate::http::handler::{Handler, Request};
+use crate::http::request::{Fields, Head};
+use crate::http::response::Response;
+use crate::ingest::{self, Endpoint, IngestHead};
+use crate::ratelimit::RateLimits;
+use crate::router::{Methods, Router};
+use crate::server;
+use crate::shard::{self, Shard};
+
+/// The data port's routes, as its requests are counted (`croupier_http_requests_total`).
+pub const ROUTES: [&str; 4] = ["/api/ingest/events", "/api/ingest/payments", "/healthz", "/readyz"];
+
+/// The header fields the data port reads, by index ([`GAME_ID`] ...): each may appear
+/// once (a second is a `400 bad_request` naming it).
+pub static FIELDS: Fields =
+    Fields::new(&["X-Game-Id", "X-Timestamp", "X-Nonce", "X-Signature", "Content-Type", "Content-Encoding"]);
+/// Index of `X-Game-Id` in [`FIELDS`].
+pub const GAME_ID: usize = 0;
+/// Index of `X-Timestamp` in [`FIELDS`].
+pub const TIMESTAMP: usize = 1;
+/// Index of `X-Nonce` in [`FIELDS`].
+pub const NONCE: usize = 2;
+/// Index of `X-Signature` in [`FIELDS`].
+pub const SIGNATURE: usize = 3;
+/// Index of `Content-Type` in [`FIELDS`].
+pub const CONTENT_TYPE: usize = 4;
+/// Index of `Content-Encoding` in [`FIELDS`].
+pub const CONTENT_ENCODING: usize = 5;
+
+/// What a data-port request is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// An ingest endpoint.
+    Ingest(Endpoint),
+    /// Liveness.
+    Health,
+    /// Readiness.
+    Ready,
+}
+
+/// The data port's route table.
+pub fn router() -> Router<Route> {
+    Router::new(&FIELDS)
+        .route(ROUTES[0], Methods::POST, Route::Ingest(Endpoint::Events))
+        .route(ROUTES[1], Methods::POST, Route::Ingest(Endpoint::Payments))
+        .route(ROUTES[2], Methods::GET_HEAD, Route::Health)
+        .route(ROUTES[3], Methods::GET_HEAD, Route::Ready)
+}
+
+/// What ingest reads from a head.
+pub fn ingest_head(head: &Head) -> IngestHead<'_> {
+    IngestHead {
+        content_type: head.field(CONTENT_TYPE),
+        content_encoding: head.field(CONTENT_ENCODING),
+        credentials: CredentialHeaders {
+            game_id: head.field(GAME_ID),
+            timestamp: head.field(TIMESTAMP),
+            nonce: head.field(NONCE),
+            signature: head.field(SIGNATURE),
+        },
+    }
+}
+
+/// The data port of one shard.
+pub struct DataPort {
+    shard: Rc<Shard>,
+    router: Router<Route>,
+}
+
+impl DataPort {
+    /// The data port on `shard`'s context.
+    pub fn new(shard: Rc<Shard>) -> DataPort {
+        DataPort { shard, router: router() }
+    }
+}
+
+impl Handler for DataPort {
+    type Route = Route;
+
+    fn router(&self) -> &Router<Route> {
+        &self.router
+    }
+
+    async fn handle(&self, route: Route, req: &mut Request<'_>) -> Response {
+        match route {
+            Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
+            Route::Ready => ready(&self.shard),
+            Route::Ingest(endpoint) => ingest(&self.shard, endpoint, req).await,
+        }
+    }
+
+    fn served(&self, path: Option<&str>, status: u16, duration: Duration) {
+        let m = &self.shard.metrics;
+        if m.enabled() {
+            let route = path.map_or_else(|| m.layout().unmatched(), |p| m.layout().route(p));
+            m.emit(RequestServed { route, status, duration });
+        }
+    }
+}
+
+/// Readiness: Redis reached, every stream's backlog read since it connected, no stream
+/// at its high-water mark.
+fn ready(shard: &Shard) -> Response {
+    let unready = |tag: &str| {
+        let mut r = Response::json(503, format!(r#"{{"error":"{tag}","ready":false}}"#));
+        r.retry_after = Some(shard.config.redis.retry_after_secs);
+        r
+    };
+    if !shard.redis.is_up() || !shard.backlog.all_known() {
+        unready("redis_unavailable")
+    } else if !shard.backlog.all_admit() {
+        unready("backlog_full")
+    } else {
+        Response::json(200, r#"{"status":"ready","ready":true}"#.into())
+    }
+}
+
+/// An ingest request: checks from the head, the body claimed from the shard's budget and
+/// read, then ingest proper.
+async fn ingest(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) -> Response {
+    let head = ingest_head(req.head());
+    let refuse = |e: IngestError| {
+        refused(shard, &head, &e);
+        e.response()
+    };
+    let (cred, encoding) = match ingest::precheck(shard, &head) {
+        Ok(c) => c,
+        Err(e) => return refuse(e),
+    };
+    // The body counts against the shard's budget from before it is read (and before
+    // `100 Continue` invites it) until the request has been handled.
+    let mut held = match req.claim_body() {
+        Ok(held) => held,
+        Err(e) => return refuse(e.into()),
+    };
+    if let Err(e) = req.read_body(&mut held).await {
+        return refuse(e.into());
+    }
+    let (wire, scratch) = req.buffers();
+    match ingest::handle(shard, endpoint, &cred, encoding, wire, scratch).await {
+        Ok(n) => Response::json(202, format!(r#"{{"accepted":{n}}}"#)),
+        Err(e) => e.response(),
+    }
+}
+
+/// Counts a refused batch whose records were not counted (refused before its body).
+fn refused(shard: &Shard, head: &IngestHead<'_>, e: &IngestError) {
+    let m = &shard.metrics;
+    if m.enabled() {
+        let game = m.layout().game(head.credentials.game_id.unwrap_or(""));
+        m.emit(EventsRefused { game, reason: e.tag(), count: 1 });
+    }
+}
+
+/// Runs shard `id`'s data port on the current thread's runtime until `stop` is set and
+/// its connections have drained (`server.rs`). `rates` holds the games' rate limits,
+/// shared by all shards; `metrics` is this shard's own block of counters.
+pub async fn run(
+    id: usize,
+    config: Arc<Config>,
+    rates: Arc<RateLimits>,
+    metrics: ShardWriter,
+    listener: std::net::TcpListener,
+    stop: Arc<AtomicBool>,
+) {
+    let limits = server::Limits {
+        read_timeout: Duration::from_millis(config.server.read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+        max_body_bytes: config.server.max_body_bytes,
+        max_connections: config.server.max_connections,
+        max_inflight_body_bytes: config.server.body_budget(),
+        retry_after_secs: config.redis.retry_after_secs,
+    };
+    let port = Rc::new(DataPort::new(shard::build(id, config, &rates, metrics)));
+    let serve = move |stream, server| conn::serve(port.clone(), server, stream);
+    if let Err(e) = server::run(listener, stop, limits, serve).await {
+        eprintln!("croupier: shard {id}: listener: {e}");
+    }
+}

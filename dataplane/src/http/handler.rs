@@ -1,0 +1,139 @@
+//! What a surface plugs into the connection loop: a [`Handler`] (its route table, the
+//! answer to a routed request, and a hook that sees each answer), and the [`Request`] it
+//! is handed, whose body is still on the connection.
+//!
+//! A handler reads the body only when it wants it ([`Request::read_body`], after
+//! claiming it from the shard's budget with [`Request::claim_body`]). Whatever it leaves
+//! unread is consumed by the connection loop after the handler returns: read past and
+//! dropped, or the connection closed, so the body is never parsed as the next request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::time::Instant;
+
+use super::body;
+use super::error::HttpError;
+use super::request::{BodyFraming, Head};
+use super::response::{self, Response};
+use crate::io::Socket;
+use crate::router::Router;
+use crate::server::{BodyBytes, Server};
+
+/// A surface served on a listener.
+pub trait Handler {
+    /// What the route table maps a request to.
+    type Route: Copy;
+
+    /// The route table, and the header fields the handler reads.
+    fn router(&self) -> &Router<Self::Route>;
+
+    /// Answers a request routed to `route`.
+    fn handle(&self, route: Self::Route, req: &mut Request<'_>) -> impl Future<Output = Response>;
+
+    /// Sees each answer before it is written: the request's path (`None` when its head
+    /// could not be read), the status, and the time from the request's first byte.
+    fn served(&self, path: Option<&str>, status: u16, duration: Duration);
+}
+
+/// Where a request's body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// Still on the connection, not asked for.
+    Unread,
+    /// Read (or failed while being read: the answer then closes the connection).
+    Consumed,
+}
+
+/// A routed request as its handler sees it: the head, and the body still on the
+/// connection; plus the connection's reusable buffers.
+pub struct Request<'a> {
+    head: &'a Head,
+    sock: &'a mut Socket,
+    /// Bytes read past the head.
+    input: &'a mut Vec<u8>,
+    /// Where [`Request::read_body`] puts the body.
+    body: &'a mut Vec<u8>,
+    /// A spare buffer for the handler (trimmed after each request like the others).
+    scratch: &'a mut Vec<u8>,
+    server: &'a Server,
+    /// When the head and body must be in.
+    deadline: Instant,
+    state: BodyState,
+}
+
+impl<'a> Request<'a> {
+    pub(super) fn new(
+        head: &'a Head,
+        sock: &'a mut Socket,
+        buffers: (&'a mut Vec<u8>, &'a mut Vec<u8>, &'a mut Vec<u8>),
+        server: &'a Server,
+        deadline: Instant,
+    ) -> Request<'a> {
+        let (input, body, scratch) = buffers;
+        Request { head, sock, input, body, scratch, server, deadline, state: BodyState::Unread }
+    }
+
+    /// The head.
+    pub fn head(&self) -> &'a Head {
+        self.head
+    }
+
+    /// Counts the body against the shard's budget before it is read, as far as its
+    /// length is known (a chunked body is counted as it arrives): 503 `server_busy`
+    /// when there is no room. The claim holds until dropped.
+    pub fn claim_body(&self) -> Result<BodyBytes<'a>, HttpError> {
+        let mut held = self.server.bodies.hold();
+        if let BodyFraming::Length(n) = self.head.framing {
+            if n <= self.server.limits.max_body_bytes && !held.grow_to(n) {
+                return Err(HttpError::ServerBusy { retry_after: held.retry_after_secs() });
+            }
+        }
+        Ok(held)
+    }
+
+    /// Reads the body into the connection's body buffer ([`Request::buffers`]), first
+    /// answering `100 Continue` if the client waits for it, counting it in `held`.
+    pub async fn read_body(&mut self, held: &mut BodyBytes<'_>) -> Result<(), HttpError> {
+        self.state = BodyState::Consumed;
+        let framing = self.head.framing;
+        if self.head.expect_continue && framing != BodyFraming::None {
+            let (res, _) = self.sock.stream().write_all(response::CONTINUE).await;
+            if res.is_err() {
+                return Err(HttpError::BadRequest("connection closed"));
+            }
+        }
+        let limit = self.server.limits.max_body_bytes;
+        body::read(self.sock, self.input, framing, limit, self.deadline, self.body, held).await
+    }
+
+    /// The body buffer (the body once read) and the spare buffer.
+    pub fn buffers(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
+        (self.body, self.scratch)
+    }
+
+    /// Consumes a body the handler left unread before `resp` goes out: read past and
+    /// dropped; or, when the client waits for `100 Continue` and may never send it, the
+    /// connection closes. A body that cannot be read past replaces `resp` with why.
+    pub(super) async fn finish(&mut self, resp: &mut Response) {
+        let framing = self.head.framing;
+        if self.state == BodyState::Consumed || framing == BodyFraming::None {
+            return;
+        }
+        self.state = BodyState::Consumed;
+        if self.head.expect_continue {
+            resp.close = true;
+            return;
+        }
+        // An answer that closes the connection lingers over the body instead.
+        if resp.close {
+            return;
+        }
+        let limit = self.server.limits.max_body_bytes;
+        if let Err(e) = body::discard(self.sock, self.input, framing, limit, self.deadline).await {
+            *resp = e.response();
+            resp.close = true;
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A listener's route table: `(method, path)` to the route a surface registered, or the
+//! refusal HTTP gives (`404`, or `405` with `Allow`); and the header fields the
+//! surface's handlers read from heads. A metrics endpoint, an OTLP receiver or a control
+//! API is one more table, or one more row, not a new arm in the connection loop.
+
+use crate::http::error::HttpError;
+use crate::http::request::{Fields, Method};
+
+/// The methods a route takes, with the `Allow` value that lists them.
+#[derive(Debug, Clone, Copy)]
+pub struct Methods {
+    accepts: &'static [Method],
+    allow: &'static str,
+}
+
+impl Methods {
+    /// `POST` only.
+    pub const POST: Methods = Methods { accepts: &[Method::Post], allow: "POST" };
+    /// `GET` and `HEAD` (answered alike, without the body for `HEAD`).
+    pub const GET_HEAD: Methods = Methods { accepts: &[Method::Get, Method::Head], allow: "GET, HEAD" };
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+struct Row<R> {
+    path: &'static str,
+    methods: Methods,
+    route: R,
+}
+
+/// The route table of a listener.
+#[derive(Debug, Clone)]
+pub struct Router<R> {
+    rows: Vec<Row<R>>,
+    fields: &'static Fields,
+}
+
+impl<R: Copy> Router<R> {
+    /// An empty table whose handlers read `fields` from request heads.
+    pub fn new(fields: &'static Fields) -> Router<R> {
+        Router { rows: Vec::new(), fields }
+    }
+
+    /// Adds `route` at `path` (matched exactly, without the query) for `methods`.
+    pub fn route(mut self, path: &'static str, methods: Methods, route: R) -> Router<R> {
+        self.rows.push(Row { path, methods, route });
+        self
+    }
+
+    /// The header fields the handlers read.
+    pub fn fields(&self) -> &'static Fields {
+        self.fields
+    }
+
+    /// The route of a request: 404 for an unknown path, 405 (with what the path allows)
+    /// for a method it does not take.
+    pub fn find(&self, method: Method, path: &str) -> Result<R, HttpError> {
+        let row = self.rows.iter().find(|r| r.path == path).ok_or(HttpError::NotFound)?;
+        if row.methods.accepts.contains(&method) {
+            Ok(row.route)
+        } else {
+            Err(HttpError::MethodNotAllowed { allow: row.methods.allow })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static NONE: Fields = Fields::new(&[]);
+
+    #[test]
+    fn finds_routes_and_refuses_the_rest() {
+        let r = Router::new(&NONE).route("/a", Methods::POST, 1).route("/b", Methods::GET_HEAD, 2);
+        assert_eq!(r.find(Method::Post, "/a"), Ok(1));
+        assert_eq!(r.find(Method::Head, "/b"), Ok(2));
+        assert_eq!(r.find(Method::Get, "/a"), Err(HttpError::MethodNotAllowed { allow: "POST" }));
+        assert_eq!(r.find(Method::Other, "/b"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
+        assert_eq!(r.find(Method::Get, "/c"), Err(HttpError::NotFound));
+    }
+}

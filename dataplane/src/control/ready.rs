@@ -14,7 +14,7 @@ use croupier_protocol::stream::StreamKind;
 
 use super::streams::{self, StreamReading};
 use crate::clickhouse::connection::{ChOptions, Connection};
-use crate::error::json_string;
+use crate::http::response::json_string;
 use crate::redis::connection::{RedisClient, RedisOptions};
 
 /// One component's state.

@@ -35,22 +35,11 @@ pub fn records_may_exceed(body: &[u8], max: usize) -> bool {
     let mut i = 0;
     while let Some(&b) = body.get(i) {
         match b {
-            b'"' => {
-                // Skip the string: to its closing quote, past escapes.
-                let mut j = i + 1;
-                loop {
-                    match memchr::memchr2(b'"', b'\\', body.get(j..).unwrap_or_default()) {
-                        Some(k) if body.get(j + k) == Some(&b'\\') => j += k + 2,
-                        Some(k) => {
-                            j += k;
-                            break;
-                        }
-                        // Unterminated: the parser will say so.
-                        None => return false,
-                    }
-                }
-                i = j;
-            }
+            b'"' => match string_end(body, i) {
+                Some(end) => i = end,
+                // Unterminated: the parser will say so.
+                None => return false,
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if let (Some(e), Some(a)) = (elements.get_mut(depth), is_array.get_mut(depth)) {
@@ -70,6 +59,54 @@ pub fn records_may_exceed(body: &[u8], max: usize) -> bool {
             _ => {}
         }
         i += 1;
+    }
+    false
+}
+
+/// The offset of the quote that closes the string opened at `open`, past escapes
+/// (`None` when it is not closed).
+fn string_end(body: &[u8], open: usize) -> Option<usize> {
+    let mut j = open + 1;
+    loop {
+        let k = memchr::memchr2(b'"', b'\\', body.get(j..)?)?;
+        if body.get(j + k) == Some(&b'\\') {
+            j += k + 2;
+        } else {
+            return Some(j + k);
+        }
+    }
+}
+
+/// Whether `body` nests arrays and objects deeper than `max_depth` anywhere outside
+/// strings. A parse of `[[[[...` builds a tape node and a stack level per bracket: a 10 MiB
+/// body of brackets costs the parse a second and hundreds of MB, although the validator
+/// refuses it for its depth anyway. Bodies shorter than [`COUNT_FROM_BYTES`] are not
+/// scanned (their parse is cheap; the validator checks their depth on the tape).
+/// The scan stops at the first level past `max_depth`.
+pub fn nesting_exceeds(body: &[u8], max_depth: usize) -> bool {
+    if body.len() < COUNT_FROM_BYTES {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(k) = memchr::memchr3(b'"', b'[', b'{', body.get(i..).unwrap_or_default()) {
+        let at = i + k;
+        // Closing brackets between `i` and `at` lower the depth.
+        let closed = body.get(i..at).unwrap_or_default().iter().filter(|&&b| b == b']' || b == b'}').count();
+        depth = depth.saturating_sub(closed);
+        if body.get(at) == Some(&b'"') {
+            match string_end(body, at) {
+                Some(end) => i = end + 1,
+                // Unterminated: the parser will say so.
+                None => return false,
+            }
+        } else {
+            depth += 1;
+            if depth > max_depth {
+                return true;
+            }
+            i = at + 1;
+        }
     }
     false
 }
@@ -128,6 +165,23 @@ mod tests {
         assert!(!records_may_exceed(&body(r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#), 3));
         // Short bodies are not scanned.
         assert!(!records_may_exceed(b"[0,0,0,0]", 3));
+    }
+
+    #[test]
+    fn attack_deep_nesting_of_a_large_body_is_found_before_the_parse() {
+        let pad = " ".repeat(COUNT_FROM_BYTES);
+        let body = |inner: &str| format!("{inner}{pad}").into_bytes();
+        // Found by a black-box run: 10 MiB of `[` cost the parse up to 1.7 s and ~700 MB.
+        assert!(nesting_exceeds(&"[".repeat(COUNT_FROM_BYTES + 1).into_bytes(), 16));
+        assert!(nesting_exceeds(&body(&format!("{}{}", "[".repeat(17), "]".repeat(17))), 16));
+        assert!(!nesting_exceeds(&body(&format!("{}{}", "[".repeat(16), "]".repeat(16))), 16));
+        // Siblings do not add up; brackets in strings do not count.
+        let siblings = format!("[{}0]", r#"{"a":{"b":[1]}},"#.repeat(1000));
+        assert!(!nesting_exceeds(&body(&siblings), 4));
+        assert!(nesting_exceeds(&body(&siblings), 3));
+        assert!(!nesting_exceeds(&body(r#"["[[[[[[", "\"{{{{{{{{"]"#), 2));
+        // Short bodies are left to the validator.
+        assert!(!nesting_exceeds(&"[".repeat(100).into_bytes(), 16));
     }
 
     #[test]

@@ -220,6 +220,9 @@ fn with_root<'a, R>(
     f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, BodyError>,
 ) -> Result<R, BodyError> {
     check_surrogates(body)?;
+    if prescan::nesting_exceeds(body, limits.max_depth) {
+        return Err(BodyError::TooDeep(limits.max_depth));
+    }
     let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
     bufs.parsed_for = bufs.parsed_for.max(body.len());
     let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {

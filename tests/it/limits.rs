@@ -14,6 +14,7 @@ both_drivers!(
     m2_body_budget_refuses_with_503_while_spent,
     m2_refused_bodies_are_drained_not_kept,
     m2_connection_buffers_shrink_after_a_large_request,
+    attack_silent_connections_give_their_place_back_after_the_read_timeout,
 );
 
 /// One shard, so that every connection of a test shares its budgets.
@@ -41,6 +42,24 @@ fn m2_connection_cap_holds_new_connections_until_one_closes(driver: Driver) {
     let r = third.read_reply();
     assert_eq!(r.status, 200);
     assert_eq!(second.request("GET", "/healthz", &[], b"").status, 200);
+}
+
+/// A connection that never sends a byte holds its place for `read_timeout_ms`, not for
+/// `idle_timeout_ms` (meant for keep-alive connections between requests): silent sockets
+/// at the cap kept every new client waiting for the idle timeout (60 s by default).
+fn attack_silent_connections_give_their_place_back_after_the_read_timeout(driver: Driver) {
+    let f = Fixture::start(driver, |c| {
+        one_shard(c);
+        c.server.max_connections = 2;
+        c.server.read_timeout_ms = 300;
+        c.server.idle_timeout_ms = 60_000;
+    });
+    let silent = [f.client(), f.client()];
+    let mut client = f.client();
+    client.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = client.reply_within(Duration::from_secs(10)).expect("answered once a silent connection was closed");
+    assert_eq!(r.status, 200);
+    drop(silent);
 }
 
 /// The head of an events request with a body of `len` bytes and `headers`.

@@ -1,6 +1,6 @@
 //! One HTTP/1.1 connection: the keep-alive request loop, for any [`Handler`].
 //!
-//! An idle connection is closed after `idle_timeout`; a request whose head and body do
+//! An idle connection is closed after `idle_timeout` (`read_timeout` before its first byte); a request whose head and body do
 //! not arrive within `read_timeout` of its first byte gets 408 and the connection is
 //! closed. Each request is routed by the handler's table (404/405 from the table), then
 //! answered by the handler; a body it left unread is read past (or the connection
@@ -61,6 +61,9 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
     let mut b = Buffers { input: Vec::with_capacity(INPUT_BYTES), ..Buffers::default() };
     let mut head = Head::default();
     let mut last_active = Instant::now();
+    // A connection that has sent nothing yet gets the read timeout, not the idle one:
+    // clients send at once, and silent sockets must not hold the shard's places.
+    let mut idle_wait = read_timeout.min(idle_timeout);
     loop {
         let mut started = (!b.input.is_empty()).then(Instant::now);
         loop {
@@ -80,7 +83,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 // Between requests: at shutdown, an idle connection is closed.
                 None => {
                     let stop = server.drain.idle_past_grace(last_active);
-                    sock.read_or_stop(&mut b.input, Instant::now() + idle_timeout, stop).await
+                    sock.read_or_stop(&mut b.input, Instant::now() + idle_wait, stop).await
                 }
             };
             match read {
@@ -96,6 +99,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 Err(_) => return,
             }
         }
+        idle_wait = idle_timeout;
         let deadline = started.unwrap_or_else(Instant::now) + read_timeout;
         b.input.drain(..head.len);
         let buffers = (&mut b.input, &mut b.body, &mut b.scratch);

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use croupier_control::config::{Config, ENV_CONFIG_PATH};
 
@@ -128,8 +129,22 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
         }
     };
     let shards = config.shard_count();
+    // One registry: every shard, ingest or worker, counts in a block of its own in it.
+    let metrics = crate::registry(&config);
+    let control = match crate::control::listener::start(Arc::new(config.clone()), metrics.clone(), ingest, worker) {
+        Ok(c) => {
+            if let Some(c) = &c {
+                eprintln!("croupier: control listening on {} (/metrics, /healthz, /readyz)", c.local_addr());
+            }
+            c
+        }
+        Err(e) => {
+            eprintln!("croupier: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let workers = if worker {
-        match crate::worker::start(config.clone(), ingest) {
+        match crate::worker::start_with_metrics(config.clone(), ingest, metrics.clone()) {
             Ok(w) => {
                 eprintln!(
                     "croupier: worker consuming as {}-0..{} into {}",
@@ -148,7 +163,7 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
         None
     };
     let handle = if ingest {
-        match crate::start(config) {
+        match crate::start_with_metrics(config, metrics) {
             Ok(h) => {
                 eprintln!(
                     "croupier: ingest listening on {} with {shards} shard(s), io driver {}",
@@ -173,6 +188,10 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
     }
     if let Some(w) = workers {
         w.shutdown();
+    }
+    // Last: /metrics and /readyz answer while the rest drains.
+    if let Some(c) = control {
+        c.shutdown();
     }
     ExitCode::SUCCESS
 }

@@ -272,6 +272,7 @@ fn start_croupier(
         .env("CROUPIER_SERVER__SHARDS", cores.len().to_string())
         .env("CROUPIER_SERVER__CORES", &core_list)
         .env("CROUPIER_SERVER__DRIVER", driver)
+        .env("CROUPIER_CONTROL__LISTEN", "127.0.0.1:0")
         .env("CROUPIER_WORKER__SHARDS", "1")
         .env("CROUPIER_WORKER__CONSUMER", "perf")
         .env("CROUPIER_REDIS__ADDR", redis.addr())

@@ -6,6 +6,7 @@
 
 pub mod clickhouse;
 pub mod http;
+pub mod monitoring;
 pub mod proxy;
 pub mod redis;
 

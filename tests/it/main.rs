@@ -6,6 +6,7 @@
 mod body;
 mod clickhouse;
 mod config;
+mod control;
 mod fixture;
 mod framing;
 mod fuzz_corpus;

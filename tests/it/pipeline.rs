@@ -34,6 +34,8 @@ pub fn env(redis: &RedisServer, ch: &ClickHouseServer) -> Vec<(String, String)> 
         ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "200".into()),
         ("CROUPIER_WORKER__BACKOFF_MAX_MS", "300".into()),
         ("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "2000".into()),
+        // Each process's control port on a port of its own (tests run side by side).
+        ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -1,9 +1,11 @@
-//! The control plane's side of the data plane: what its thread reads to answer
-//! `/metrics` and `/readyz` on the control port, with connections of its own (never a
-//! data shard's).
+//! The control plane's side of the data plane: the control listener and what its thread
+//! reads to answer `/metrics` and `/readyz`, with connections of its own (never a data
+//! shard's).
 //!
+//! - [`listener`]: the control port's thread, routes and answers;
 //! - [`streams`]: each stream's backlog, length and oldest unacknowledged entry;
 //! - [`ready`]: readiness per component (Redis, ClickHouse, the streams' marks).
 
+pub mod listener;
 pub mod ready;
 pub mod streams;

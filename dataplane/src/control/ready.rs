@@ -98,7 +98,7 @@ impl Probes {
         if !self.redis.is_up() {
             return Err(format!("not connected to {}", self.redis_addr));
         }
-        streams::read(&self.redis, self.limits).await
+        streams::read(&self.redis, self.limits).await.map_err(|e| format!("{}: {e}", self.redis_addr))
     }
 
     /// Connects if needed and pings ClickHouse, within the probe timeout.

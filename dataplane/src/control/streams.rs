@@ -8,7 +8,7 @@ use croupier_control::metrics::{labels, Encoder, Kind};
 use croupier_protocol::resp::{self, Frame};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS};
 
-use crate::redis::connection::RedisClient;
+use crate::redis::connection::{RedisClient, RedisError};
 
 /// One stream, read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,10 +40,20 @@ impl StreamReading {
     }
 }
 
+/// What went wrong with a command, in words.
+fn failed(e: RedisError) -> String {
+    match e {
+        RedisError::Unavailable => "connection lost".into(),
+        RedisError::Timeout => "no reply in time".into(),
+        RedisError::QueueFull => "too many commands waiting".into(),
+        RedisError::Protocol(p) => format!("protocol error: {p}"),
+    }
+}
+
 async fn call(redis: &RedisClient, args: &[&[u8]]) -> Result<Frame, String> {
     let mut cmd = Vec::with_capacity(96);
     resp::command(&mut cmd, args);
-    match redis.call(cmd).await.map_err(|e| format!("{e:?}"))? {
+    match redis.call(cmd).await.map_err(failed)? {
         Frame::Error(e) => Err(e),
         f => Ok(f),
     }
@@ -89,7 +99,7 @@ async fn read_one(
         other => return Err(format!("XLEN {}: {other:?}", stream.key())),
     };
     // An error reply for a missing key means no group: not through `call`.
-    let frame = redis.call(xinfo(key)).await.map_err(|e| format!("{e:?}"))?;
+    let frame = redis.call(xinfo(key)).await.map_err(failed)?;
     let info = resp::group_info(&frame, CONSUMER_GROUP).map_err(|e| e.0)?;
     let mut reading = StreamReading {
         stream,

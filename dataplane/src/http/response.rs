@@ -27,8 +27,10 @@ fn reason(status: u16) -> &'static str {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// JSON body.
+    /// Body (JSON unless `content_type` says otherwise).
     pub body: String,
+    /// `Content-Type`.
+    pub content_type: &'static str,
     /// `Retry-After` in seconds.
     pub retry_after: Option<u64>,
     /// `Allow` (with 405).
@@ -44,7 +46,21 @@ pub struct Response {
 impl Response {
     /// A JSON response.
     pub fn json(status: u16, body: String) -> Response {
-        Response { status, body, retry_after: None, allow: None, close: false, keep_alive: false, head_only: false }
+        Response {
+            status,
+            body,
+            content_type: "application/json",
+            retry_after: None,
+            allow: None,
+            close: false,
+            keep_alive: false,
+            head_only: false,
+        }
+    }
+
+    /// A response with a body of another type (`/metrics`: the Prometheus text format).
+    pub fn with_type(status: u16, content_type: &'static str, body: String) -> Response {
+        Response { content_type, ..Response::json(status, body) }
     }
 
     /// Appends the response's bytes to `out`.
@@ -52,9 +68,10 @@ impl Response {
         // Writing to a Vec cannot fail.
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
             self.status,
             reason(self.status),
+            self.content_type,
             self.body.len()
         );
         if let Some(s) = self.retry_after {

@@ -1,0 +1,183 @@
+//! The control listener (`[control] listen`): `/metrics`, `/healthz` and `/readyz` on a
+//! thread of its own, never a data shard. It is one more surface of the generic HTTP
+//! layer: a route table and a [`Handler`] served by `http::conn` like the data port.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use croupier_control::config::Config;
+use croupier_control::metrics::{process, Encoder, Registry, CONTENT_TYPE};
+
+use super::ready::Probes;
+use super::streams;
+use crate::http::conn;
+use crate::http::handler::{Handler, Request};
+use crate::http::request::Fields;
+use crate::http::response::Response;
+use crate::router::{Methods, Router};
+use crate::runtime::ActiveDriver;
+use crate::server;
+use crate::shards::{self, Shards};
+
+/// What a control-port request is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/metrics`.
+    Metrics,
+    /// `/healthz`.
+    Health,
+    /// `/readyz`.
+    Ready,
+}
+
+/// The control port reads no header field.
+static FIELDS: Fields = Fields::new(&[]);
+
+/// The control port's route table.
+pub fn router() -> Router<Route> {
+    Router::new(&FIELDS)
+        .route("/metrics", Methods::GET_HEAD, Route::Metrics)
+        .route("/healthz", Methods::GET_HEAD, Route::Health)
+        .route("/readyz", Methods::GET_HEAD, Route::Ready)
+}
+
+/// The control port on its thread.
+struct ControlPort {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    probes: Probes,
+    driver: ActiveDriver,
+    router: Router<Route>,
+}
+
+impl ControlPort {
+    async fn metrics(&self) -> Response {
+        let readings = self.probes.streams().await;
+        let mut enc = Encoder::new();
+        self.registry.encode(&mut enc);
+        if let Ok(r) = &readings {
+            let now = u64::try_from(crate::ingest::now_ms()).unwrap_or(0);
+            streams::encode(&mut enc, r, now);
+        }
+        process::encode_build_info(&mut enc, self.driver.name());
+        process::encode_process(&mut enc);
+        Response::with_type(200, CONTENT_TYPE, enc.finish())
+    }
+
+    async fn ready(&self) -> Response {
+        let (readiness, _) = self.probes.readiness().await;
+        if readiness.ready() {
+            Response::json(200, readiness.body())
+        } else {
+            let mut r = Response::json(503, readiness.body());
+            r.retry_after = Some(self.config.redis.retry_after_secs);
+            r
+        }
+    }
+}
+
+impl Handler for ControlPort {
+    type Route = Route;
+
+    fn router(&self) -> &Router<Route> {
+        &self.router
+    }
+
+    async fn handle(&self, route: Route, _req: &mut Request<'_>) -> Response {
+        match route {
+            Route::Metrics => self.metrics().await,
+            Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
+            Route::Ready => self.ready().await,
+        }
+    }
+
+    /// The control port's own requests are not counted (its scrapes would show in the
+    /// data port's figures).
+    fn served(&self, _path: Option<&str>, _status: u16, _duration: Duration) {}
+}
+
+/// A running control listener.
+#[derive(Debug)]
+pub struct Control {
+    addr: SocketAddr,
+    thread: Shards,
+}
+
+impl Control {
+    /// The address it listens on (the resolved port when `:0` was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, answers the requests in hand, and waits for the thread.
+    pub fn shutdown(self) {
+        self.thread.shutdown();
+    }
+}
+
+/// Starts the control listener of a process that runs `ingest` and/or `worker` (which
+/// decides what `/readyz` checks); `None` when `[control] listen` is empty. The thread is
+/// supervised like a shard: if it ends on its own, the process ends.
+pub fn start(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    ingest: bool,
+    worker: bool,
+) -> Result<Option<Control>, String> {
+    if config.control.listen.is_empty() {
+        return Ok(None);
+    }
+    let driver = crate::runtime::resolve(config.server.driver)?;
+    let listen: SocketAddr = config.control.listen.parse().map_err(|e| format!("control.listen: {e}"))?;
+    let listener =
+        std::net::TcpListener::bind(listen).map_err(|e| format!("control.listen: cannot listen on {listen}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| format!("control.listen: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("control.listen: {e}"))?;
+    let mut listener = Some(listener);
+    let thread = shards::spawn_shards(
+        "control",
+        1,
+        driver,
+        |_| None,
+        |_, stop| {
+            let (config, registry, listener) = (config.clone(), registry.clone(), listener.take());
+            move || async move {
+                let Some(listener) = listener else { return };
+                let limits = server::Limits {
+                    read_timeout: Duration::from_millis(config.server.read_timeout_ms),
+                    idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+                    // Its routes take no body: one that is sent is read past within this.
+                    max_body_bytes: 64 << 10,
+                    max_connections: 64,
+                    max_inflight_body_bytes: 64 << 10,
+                    retry_after_secs: config.redis.retry_after_secs,
+                };
+                let probes = Probes::new(&config, ingest, worker);
+                let port = Rc::new(ControlPort { config, registry, probes, driver, router: router() });
+                let serve = move |stream, server| conn::serve(port.clone(), server, stream);
+                if let Err(e) = server::run(listener, stop, limits, serve).await {
+                    eprintln!("croupier: control listener: {e}");
+                }
+            }
+        },
+    )?;
+    Ok(Some(Control { addr, thread }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::error::HttpError;
+    use crate::http::request::Method;
+
+    #[test]
+    fn routes_of_the_control_port() {
+        let r = router();
+        assert_eq!(r.find(Method::Get, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(r.find(Method::Head, "/readyz"), Ok(Route::Ready));
+        assert_eq!(r.find(Method::Post, "/metrics"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
+        assert_eq!(r.find(Method::Get, "/api/ingest/events"), Err(HttpError::NotFound));
+    }
+}

@@ -1,0 +1,295 @@
+//! The control port of a real `croupier` process: `/metrics` exact against the traffic
+//! sent and answered, scraped by a real Prometheus, checked by `promtool`; `/readyz` per
+//! component; and the backlog alert end to end through Prometheus and Alertmanager.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::http::HttpClient;
+use croupier_it::monitoring::{webhook, Alertmanager, Croupier, Prometheus};
+use croupier_it::redis::RedisServer;
+use croupier_it::require_binary;
+
+use crate::fixture::{events, post_signed, GAME, SECRET};
+use crate::metrics::sample;
+use crate::pipeline::{croupier, CROUPIER};
+
+/// Redis, ClickHouse with the schema, and the environment of a croupier process on them.
+struct Servers {
+    redis: RedisServer,
+    clickhouse: ClickHouseServer,
+    env: Vec<(String, String)>,
+}
+
+fn servers() -> Servers {
+    let redis = RedisServer::start();
+    let clickhouse = ClickHouseServer::start();
+    let mut env = crate::pipeline::env(&redis, &clickhouse);
+    env.extend([
+        (format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()),
+        ("CROUPIER_SERVER__SHARDS".into(), "2".into()),
+        ("CROUPIER_REDIS__BACKLOG_POLL_MS".into(), "20".into()),
+    ]);
+    let (ok, out) = croupier(&["migrate"], &env);
+    assert!(ok, "croupier migrate: {out}");
+    Servers { redis, clickhouse, env }
+}
+
+fn scrape(c: &Croupier) -> String {
+    let (status, text) = c.control_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// The metric families the alert rules and the Grafana board name (`croupier_*`), the
+/// real-time ones excepted (they come with the sketches).
+fn families_used_by_deploy() -> Vec<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut names = Vec::new();
+    for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/dashboards/croupier-technical.json"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("read deploy file");
+        for (i, _) in text.match_indices("croupier_") {
+            if i > 0 && (text.as_bytes()[i - 1].is_ascii_alphanumeric() || text.as_bytes()[i - 1] == b':') {
+                continue;
+            }
+            let name: String =
+                text[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(name.clone(), |n, s| n.strip_suffix(s).unwrap_or(&n).to_owned());
+            // A regular expression's prefix (`croupier_events_(accepted|refused)_total`) is
+            // not a name; those names appear elsewhere too.
+            if !family.ends_with('_') && !family.starts_with("croupier_realtime_") && !names.contains(&family) {
+                names.push(family);
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn croupier_run_metrics_are_exact_and_a_real_prometheus_scrapes_them() {
+    let s = servers();
+    let c = Croupier::start(CROUPIER, "run", &s.env);
+    c.wait_data_ready();
+    c.wait_control_ready(200);
+    // Traffic: 4 clients × 20 batches of 25 events, 5 refused batches, 3 payment batches.
+    let accepted = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, accepted) = (c.data, accepted.clone());
+            std::thread::spawn(move || {
+                let mut client = HttpClient::connect(addr);
+                for _ in 0..20 {
+                    let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(25).as_bytes());
+                    assert_eq!(r.status, 202, "{}", r.text());
+                    accepted.fetch_add(25, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut client = HttpClient::connect(c.data);
+    for _ in 0..5 {
+        let r = post_signed(&mut client, "/api/ingest/events", GAME, "not-the-secret", events(4).as_bytes());
+        assert_eq!(r.error_tag(), "bad_signature");
+    }
+    for i in 0..3 {
+        let body = format!(
+            r#"[{{"ts":{ts},"game_id":"{GAME}","env":"prod","user_id":"p{i}","order_id":"ctl-{i}-a","amount_cents":100,"currency":"USD","status":"success"}},{{"ts":{ts},"game_id":"{GAME}","env":"prod","user_id":"p{i}","order_id":"ctl-{i}-b","amount_cents":250,"currency":"EUR","status":"failed"}}]"#,
+            ts = croupier_it::http::now_secs()
+        );
+        assert_eq!(post_signed(&mut client, "/api/ingest/payments", GAME, SECRET, body.as_bytes()).status, 202);
+    }
+    for t in senders {
+        t.join().expect("sender");
+    }
+    let sent = accepted.load(Ordering::Relaxed);
+    assert_eq!(sent, 2000);
+
+    // Once the worker has inserted everything, every counter is final.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = scrape(&c);
+        let rows = sample(&text, r#"croupier_worker_rows_inserted_total{table="events"}"#).unwrap_or(0.0);
+        let pay = sample(&text, r#"croupier_worker_rows_inserted_total{table="payments"}"#).unwrap_or(0.0);
+        if rows == sent as f64 && pay == 6.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "worker did not insert everything within 60 s:\n{text}\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(value(&text, r#"croupier_events_accepted_total{game="g1",stream="events"}"#), sent as f64);
+    assert_eq!(value(&text, r#"croupier_events_accepted_total{game="g1",stream="payments"}"#), 6.0);
+    assert_eq!(value(&text, r#"croupier_events_refused_total{game="g1",reason="bad_signature"}"#), 5.0);
+    assert_eq!(value(&text, r#"croupier_http_requests_total{route="/api/ingest/events",status="202"}"#), 80.0);
+    assert_eq!(value(&text, r#"croupier_http_requests_total{route="/api/ingest/events",status="401"}"#), 5.0);
+    assert_eq!(value(&text, r#"croupier_http_requests_total{route="/api/ingest/payments",status="202"}"#), 3.0);
+    assert_eq!(value(&text, r#"croupier_http_request_duration_seconds_count{route="/api/ingest/events"}"#), 85.0);
+    assert_eq!(value(&text, r#"croupier_worker_event_delay_seconds_count{table="events"}"#), sent as f64);
+    assert_eq!(value(&text, r#"croupier_worker_insert_failures_total{table="events"}"#), 0.0);
+    assert_eq!(value(&text, r#"croupier_stream_backlog_events{stream="events"}"#), 0.0);
+    assert!(value(&text, r#"croupier_stream_entries{stream="events"}"#) >= 80.0);
+    assert!(text.contains("croupier_build_info{version=\""), "{text}");
+    assert!(value(&text, "process_resident_memory_bytes") > 0.0);
+    assert!(value(&text, "process_open_fds") > 0.0);
+    let in_clickhouse: u64 =
+        s.clickhouse.query("SELECT count() FROM analytics.events FINAL").trim().parse().expect("a count");
+    assert_eq!(in_clickhouse, sent, "rows counted are rows stored");
+    // Every family the alert rules and the board use is exported.
+    for family in families_used_by_deploy() {
+        assert!(text.contains(&format!("# TYPE {family} ")), "{family} is used by deploy/ but not exported");
+    }
+
+    // promtool's own checks of the exposition.
+    let promtool = require_binary("promtool", "prometheus");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    check.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus scrapes it: the target is up and the series come back.
+    let prom = Prometheus::start(&[c.control], None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = prom.query("up{job=\"croupier\"}");
+        let accepted = prom.query("croupier_events_accepted_total{stream=\"events\"}");
+        if up.first().is_some_and(|(_, v)| *v == 1.0) && accepted.first().is_some_and(|(_, v)| *v == sent as f64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus: up {up:?}, accepted {accepted:?}\n{}", prom.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let targets = prom.api("targets");
+    assert_eq!(targets["data"]["activeTargets"][0]["health"], "up", "{targets}");
+    let rows = prom.query("sum(croupier_worker_rows_inserted_total)");
+    assert_eq!(rows.first().map(|(_, v)| *v), Some(sent as f64 + 6.0));
+    let driver = prom.query("croupier_build_info");
+    assert!(driver.first().is_some_and(|(m, _)| m["io_driver"].is_string()), "{driver:?}");
+}
+
+#[test]
+fn control_readyz_names_the_failing_component() {
+    let mut s = servers();
+    // A worker whose ClickHouse cannot be reached.
+    let mut env = s.env.clone();
+    env.push(("CROUPIER_CLICKHOUSE__ADDR".into(), format!("127.0.0.1:{}", croupier_it::free_port())));
+    let w = Croupier::start(CROUPIER, "worker", &env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = w.control_get("/readyz");
+        assert_eq!(status, 503, "{body}");
+        if body.contains(r#""redis":{"ok":true}"#) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "redis not reached: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains(r#""clickhouse":{"ok":false,"error":"127.0.0.1:"#), "{body}");
+    assert!(!body.contains("streams"), "a worker-only process does not answer for the streams' marks: {body}");
+    assert_eq!(w.control_get("/healthz").0, 200, "alive all the same");
+    drop(w);
+
+    // Ingest alone, no worker: a backlog at the high-water mark.
+    let mut env = s.env.clone();
+    env.push(("CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS".into(), "30".into()));
+    let i = Croupier::start(CROUPIER, "ingest", &env);
+    i.wait_data_ready();
+    let wait = |want: u16| i.wait_control_ready(want);
+    let body = wait(200);
+    assert_eq!(body, r#"{"ready":true,"components":{"redis":{"ok":true},"streams":{"ok":true}}}"#);
+    let mut client = HttpClient::connect(i.data);
+    for _ in 0..2 {
+        assert_eq!(post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(20).as_bytes()).status, 202);
+    }
+    let body = wait(503);
+    assert!(body.contains("analytics:events at its high-water mark (40 of 30 events)"), "{body}");
+    assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
+    // Redis gone: the component says so.
+    s.redis.stop();
+    let body = wait(503);
+    assert!(body.contains(r#""redis":{"ok":false,"error":""#) && body.contains(&s.redis.addr()), "{body}");
+}
+
+#[test]
+fn alerting_backlog_alert_reaches_a_webhook_while_clickhouse_is_paused_and_resolves() {
+    let s = servers();
+    let c = Croupier::start(CROUPIER, "run", &s.env);
+    c.wait_data_ready();
+    // The shipped rules, with a low backlog threshold and no wait: the one line an
+    // operator changes, and the alert's `for`.
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yml"))
+        .expect("read alerts.yml");
+    let threshold = "      - record: croupier:threshold:stream_backlog_events\n        expr: vector(10000)\n";
+    assert!(shipped.contains(threshold), "the backlog threshold is set in one place");
+    let mut rules = shipped.replace(threshold, &threshold.replace("vector(10000)", "vector(300)"));
+    let alert = rules.find("- alert: CroupierStreamBacklogHigh").expect("the backlog alert");
+    let for_at = alert + rules[alert..].find("for: 2m").expect("its for");
+    rules.replace_range(for_at..for_at + "for: 2m".len(), "for: 1s");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rule_file = dir.path().join("alerts.yml");
+    std::fs::write(&rule_file, rules).expect("write rules");
+
+    let (hook, received) = webhook();
+    let am = Alertmanager::start(hook);
+    let prom = Prometheus::start(&[c.control], Some(&rule_file), Some(am.addr));
+
+    // Load, with ClickHouse paused: the backlog grows past the threshold.
+    s.clickhouse.pause();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (addr, stop) = (c.data, stop.clone());
+        std::thread::spawn(move || {
+            let mut client = HttpClient::connect(addr);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(50).as_bytes());
+                assert_eq!(r.status, 202, "{}", r.text());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let is = |v: &serde_json::Value, status: &str| {
+        v["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|x| x["labels"]["alertname"] == "CroupierStreamBacklogHigh" && x["status"] == status)
+        })
+    };
+    let firing = received.wait_for(Duration::from_secs(90), "the backlog alert firing", |v| is(v, "firing"));
+    let alert = &firing["alerts"][0];
+    assert_eq!(alert["labels"]["severity"], "warning", "{firing}");
+    assert_eq!(alert["labels"]["stream"], "events", "{firing}");
+    assert!(
+        alert["annotations"]["summary"].as_str().is_some_and(|s| s.starts_with("Stream events backlog is")),
+        "{firing}"
+    );
+    // The control port says what is wrong meanwhile.
+    let (status, body) = c.control_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""clickhouse":{"ok":false"#), "{body}");
+
+    // ClickHouse back, the load over: the workers drain the backlog and the alert resolves.
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    s.clickhouse.resume();
+    received.wait_for(Duration::from_secs(120), "the backlog alert resolved", |v| is(v, "resolved"));
+    let backlog = prom.query("max(croupier_stream_backlog_events)");
+    assert!(backlog.first().is_some_and(|(_, v)| *v < 300.0), "{backlog:?}");
+}

@@ -11,7 +11,7 @@ cargo build --release -p croupier-dataplane --bin croupier -p croupier-perf --bi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d)
-redis_port=$(free_port); ch_port=$(free_port); ch_http=$(free_port); http_port=$(free_port)
+redis_port=$(free_port); ch_port=$(free_port); ch_http=$(free_port); http_port=$(free_port); control_port=$(free_port)
 cleanup() {
   for pid in ${croupier_pid:-} ${ch_pid:-} ${redis_pid:-}; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -55,6 +55,7 @@ for _ in $(seq 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$ch_http/ping" >/dev/null 2>&1 && break; sleep 0.05; done
 
 export CROUPIER_SERVER__LISTEN="127.0.0.1:$http_port"
+export CROUPIER_CONTROL__LISTEN="127.0.0.1:$control_port"
 export CROUPIER_SERVER__PIN=false
 export CROUPIER_REDIS__ADDR="127.0.0.1:$redis_port"
 export CROUPIER_CLICKHOUSE__ADDR="127.0.0.1:$ch_port"
@@ -94,3 +95,8 @@ echo "ClickHouse analytics.events:   $(q 'SELECT count() FROM analytics.events F
 echo "ClickHouse analytics.payments: $(q 'SELECT count() FROM analytics.payments FINAL') payments, $(q 'SELECT sum(amount_cents) FROM analytics.payments FINAL') cents"
 echo "Top events:"
 q "SELECT event, count() AS n, uniqExact(user_id) AS users FROM analytics.events FINAL GROUP BY event ORDER BY n DESC LIMIT 5 FORMAT PrettyCompact"
+echo "Control port /metrics (http://127.0.0.1:$control_port/metrics), a few series:"
+curl -s "http://127.0.0.1:$control_port/metrics" \
+  | grep -E '^(croupier_events_accepted_total|croupier_events_refused_total|croupier_worker_rows_inserted_total|croupier_stream_backlog_events|croupier_build_info)' \
+  | sed 's/^/  /' || true
+echo "Control port /readyz: $(curl -s "http://127.0.0.1:$control_port/readyz")"

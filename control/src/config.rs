@@ -23,8 +23,8 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
 /// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
-const SECTIONS: [&str; 9] =
-    ["server", "auth", "redis", "streams", "clickhouse", "worker", "games", "control", "metrics"];
+const SECTIONS: [&str; 10] =
+    ["server", "auth", "redis", "streams", "clickhouse", "worker", "games", "control", "metrics", "log"];
 
 /// A configuration could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,6 +397,34 @@ impl Default for Metrics {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event, fields as `key=value`.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message`, fields).
+    Json,
+}
+
+/// `[log]`: structured logs on standard error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A level (`error` … `trace`) or a filter (`info,croupier_dataplane::worker=debug`);
+    /// `RUST_LOG` overrides it when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
 /// `[games.<id>]`: one game allowed to ingest.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -439,6 +467,8 @@ pub struct Config {
     pub control: Control,
     /// What the shards count.
     pub metrics: Metrics,
+    /// Logs.
+    pub log: Log,
     /// `CROUPIER_*` variables that look like mistyped overrides (ignored, reported by
     /// [`Config::warnings`]).
     #[serde(skip)]
@@ -585,6 +615,12 @@ impl Config {
         }
         if !self.control.listen.is_empty() && self.control.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("control.listen", "expected an address like 0.0.0.0:8081, or \"\" for none"));
+        }
+        if let Err(e) = crate::logging::filter(&self.log, None) {
+            return Err(err(
+                "log.level",
+                format!("expected a level or a filter (info, warn, info,croupier_dataplane=debug): {e}"),
+            ));
         }
         if self.control.probe_timeout_ms == 0 {
             return Err(err("control.probe_timeout_ms", "expected a timeout greater than 0"));
@@ -760,6 +796,12 @@ mod tests {
         assert!(Config::from_toml("[control]\nlisten = \"\"\n").is_ok(), "no control listener");
         let c = Config::load(None, env(&[("CROUPIER_METRICS__ENABLED", "false")])).expect("metrics off");
         assert!(!c.metrics.enabled);
+        let c = Config::from_toml("[log]\nformat = \"json\"\nlevel = \"debug\"\n").expect("json logs");
+        assert_eq!((c.log.format, c.log.level.as_str()), (LogFormat::Json, "debug"));
+        let e = Config::from_toml("[log]\nformat = \"xml\"\n").expect_err("bad format");
+        assert_eq!(e.key, "log.format");
+        let e = Config::from_toml("[log]\nlevel = \"worker=loudest\"\n").expect_err("bad level");
+        assert_eq!(e.key, "log.level");
         let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");
         assert_eq!(old.warnings().len(), 1, "and says what to remove");
         let old = Config::from_toml("[worker]\ndead_letter_maxlen = 100000\n").expect("an older file still loads");

@@ -21,6 +21,13 @@ CROUPIER_<SECTION>__<KEY> environment variable (see README).";
 
 /// Runs the command line given in the process arguments.
 pub fn main() -> ExitCode {
+    let code = run();
+    // Whatever is queued for the log is written before the process ends.
+    croupier_control::logging::flush();
+    code
+}
+
+fn run() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let Some(command) = args.next() else {
         eprintln!("{USAGE}");
@@ -53,8 +60,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = croupier_control::logging::init(&config.log) {
+        eprintln!("croupier: log: {e}");
+        return ExitCode::from(2);
+    }
     for w in config.warnings() {
-        eprintln!("croupier: warning: {w}");
+        tracing::warn!("{w}");
     }
     match command.as_str() {
         "check" => {
@@ -124,7 +135,7 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("croupier: cannot install signal handlers: {e}");
+            tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
@@ -134,28 +145,27 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
     let control = match crate::control::listener::start(Arc::new(config.clone()), metrics.clone(), ingest, worker) {
         Ok(c) => {
             if let Some(c) = &c {
-                eprintln!("croupier: control listening on {} (/metrics, /healthz, /readyz)", c.local_addr());
+                tracing::info!(addr = %c.local_addr(), "control listening (/metrics, /healthz, /readyz)");
             }
             c
         }
         Err(e) => {
-            eprintln!("croupier: {e}");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
     let workers = if worker {
         match crate::worker::start_with_metrics(config.clone(), ingest, metrics.clone()) {
             Ok(w) => {
-                eprintln!(
-                    "croupier: worker consuming as {}-0..{} into {}",
-                    config.consumer_prefix(),
-                    config.worker.shards,
-                    config.clickhouse.addr
+                tracing::info!(
+                    consumers = %format!("{}-0..{}", config.consumer_prefix(), config.worker.shards),
+                    clickhouse = %config.clickhouse.addr,
+                    "worker consuming"
                 );
                 Some(w)
             }
             Err(e) => {
-                eprintln!("croupier: {e}");
+                tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -165,15 +175,11 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
     let handle = if ingest {
         match crate::start_with_metrics(config, metrics) {
             Ok(h) => {
-                eprintln!(
-                    "croupier: ingest listening on {} with {shards} shard(s), io driver {}",
-                    h.local_addr(),
-                    h.driver().name()
-                );
+                tracing::info!(addr = %h.local_addr(), shards, io_driver = h.driver().name(), "ingest listening");
                 Some(h)
             }
             Err(e) => {
-                eprintln!("croupier: {e}");
+                tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -181,7 +187,7 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
         None
     };
     if let Some(sig) = signals.forever().next() {
-        eprintln!("croupier: signal {sig}: draining and stopping");
+        tracing::info!(signal = sig, "draining and stopping");
     }
     if let Some(h) = handle {
         h.shutdown();

@@ -189,6 +189,6 @@ pub async fn run(
     let port = Rc::new(DataPort::new(shard::build(id, config, &rates, metrics)));
     let serve = move |stream, server| conn::serve(port.clone(), server, stream);
     if let Err(e) = server::run(listener, stop, limits, serve).await {
-        eprintln!("croupier: shard {id}: listener: {e}");
+        tracing::error!(shard = id, error = %e, "listener failed");
     }
 }

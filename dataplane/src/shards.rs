@@ -39,7 +39,7 @@ impl Shards {
             .spawn(move || supervise(&watched, threads))
             .map_err(|e| {
                 // Without a supervisor the shards still run; only a dead one goes unnoticed.
-                eprintln!("croupier: cannot start the shard supervisor: {e}");
+                tracing::error!(error = %e, "cannot start the shard supervisor; a shard that dies goes unnoticed");
             })
             .ok();
         Shards { stop, supervisor }
@@ -90,11 +90,11 @@ where
         let spawned = std::thread::Builder::new().name(format!("croupier-{kind}-{id}")).spawn(move || {
             if let Some(core) = core {
                 if !runtime::pin(core) {
-                    eprintln!("croupier: {label}: could not pin to core {core}; running unpinned");
+                    tracing::warn!(thread = %label, core, "could not pin to the core; running unpinned");
                 }
             }
             if let Err(e) = runtime::block_on(driver, body()) {
-                eprintln!("croupier: {label}: runtime: {e}");
+                tracing::error!(thread = %label, error = %e, "runtime failed");
             }
         });
         match spawned {
@@ -121,10 +121,11 @@ fn supervise(stop: &AtomicBool, mut threads: Vec<JoinHandle<()>>) {
                     Ok(()) => "it returned".to_owned(),
                     Err(payload) => format!("it panicked: {}", panic_message(payload.as_ref())),
                 };
-                eprintln!(
-                    "croupier: {name} ended unexpectedly ({how}); exiting so that the process is restarted \
+                // Logged and written out before the exit, which runs no destructors.
+                croupier_control::logging::fatal(&format!(
+                    "{name} ended unexpectedly ({how}); exiting so that the process is restarted \
                      (exit status {DEAD_SHARD_EXIT_CODE})"
-                );
+                ));
                 std::process::exit(DEAD_SHARD_EXIT_CODE);
             }
         }

@@ -13,6 +13,7 @@ mod fuzz_corpus;
 mod hll;
 mod ingest;
 mod limits;
+mod logging;
 mod metrics;
 mod pipeline;
 mod redis_faults;

@@ -158,7 +158,7 @@ pub fn start(
                 let port = Rc::new(ControlPort { config, registry, probes, driver, router: router() });
                 let serve = move |stream, server| conn::serve(port.clone(), server, stream);
                 if let Err(e) = server::run(listener, stop, limits, serve).await {
-                    eprintln!("croupier: control listener: {e}");
+                    tracing::error!(error = %e, "control listener failed");
                 }
             }
         },

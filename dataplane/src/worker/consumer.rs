@@ -243,7 +243,7 @@ pub async fn run(
                     Ok(b) if !b.is_empty() => next = Some(b),
                     Ok(_) => {}
                     Err(e) => {
-                        eprintln!("croupier: worker {} {}: {e}", c.cfg.consumer, c.key());
+                        tracing::warn!(consumer = %c.cfg.consumer, stream = c.key(), error = %e, "reading ahead failed");
                         recovering = recovering.after_failure();
                     }
                 }
@@ -355,7 +355,13 @@ impl Consumer {
     }
 
     async fn fail(&mut self, e: &str) {
-        eprintln!("croupier: worker {} {}: {e}; retrying in {:?}", self.cfg.consumer, self.key(), self.backoff);
+        tracing::warn!(
+            consumer = %self.cfg.consumer,
+            stream = self.key(),
+            error = %e,
+            retry_in_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
+            "batch not committed; retrying"
+        );
         self.ch = None;
         monoio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
@@ -449,14 +455,12 @@ impl Consumer {
         *more = claimed.cursor != "0-0" && claimed.entries.len() + claimed.deleted.len() >= count;
         self.claim_cursor = claimed.cursor;
         if !claimed.deleted.is_empty() {
-            eprintln!(
-                "croupier: worker {} {}: {} pending entr{} deleted from the stream before being consumed \
-                 (dead-lettered by id): {}",
-                self.cfg.consumer,
-                self.key(),
-                claimed.deleted.len(),
-                if claimed.deleted.len() == 1 { "y was" } else { "ies were" },
-                claimed.deleted.join(" ")
+            tracing::warn!(
+                consumer = %self.cfg.consumer,
+                stream = self.key(),
+                count = claimed.deleted.len(),
+                ids = %claimed.deleted.join(" "),
+                "pending entries deleted from the stream before being consumed (dead-lettered by id)"
             );
         }
         // Already gone from the pending list (nothing to acknowledge), so kept here until
@@ -501,7 +505,7 @@ impl Consumer {
             args.extend(chunk.iter().map(|i| i.as_bytes()));
             args.push(b"JUSTID");
             if let Err(e) = self.call(cmd(&args)).await {
-                eprintln!("croupier: worker {} {}: cannot keep the stalled batch: {e}", self.cfg.consumer, self.key());
+                tracing::warn!(consumer = %self.cfg.consumer, stream = self.key(), error = %e, "cannot keep the stalled batch");
                 return;
             }
         }
@@ -558,12 +562,13 @@ impl Consumer {
         if lower == 0 || lower >= now {
             return false;
         }
-        eprintln!(
-            "croupier: worker {} {}: ClickHouse refused a block spanning up to {now} partitions; \
-             blocks now span at most {lower} (set clickhouse.max_partitions_per_block to match the server's \
-             max_partitions_per_insert_block)",
-            self.cfg.consumer,
-            self.key()
+        tracing::warn!(
+            consumer = %self.cfg.consumer,
+            stream = self.key(),
+            refused = now,
+            now_at_most = lower,
+            "ClickHouse refused a block spanning that many partitions; blocks now span fewer (set \
+             clickhouse.max_partitions_per_block to match the server's max_partitions_per_insert_block)"
         );
         self.sink.set_partition_limit(lower, !self.ch.as_ref().is_some_and(|c| is_utc(&c.server().timezone)));
         true
@@ -664,7 +669,7 @@ impl Consumer {
     /// its entries are what an operator must see (and delete when handled).
     async fn dead_letter(&self, e: &Entry, cause: DeadReason, reason: &str) -> Result<(), String> {
         let dead = dead_letter_key(self.cfg.stream);
-        eprintln!("croupier: worker {} {}: dead-lettered {} to {dead}: {reason}", self.cfg.consumer, self.key(), e.id);
+        tracing::warn!(consumer = %self.cfg.consumer, stream = self.key(), id = %e.id, to = %dead, reason, "dead-lettered");
         let mut args: Vec<&[u8]> =
             vec![b"XADD", dead.as_bytes(), b"*", b"reason", reason.as_bytes(), b"source_id", e.id.as_bytes()];
         for (k, v) in &e.fields {

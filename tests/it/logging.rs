@@ -1,0 +1,73 @@
+//! Logs of the `croupier` process: structured events, as JSON lines or text by
+//! configuration, filtered by the configured level and by `RUST_LOG`.
+
+use std::time::{Duration, Instant};
+
+use croupier_it::monitoring::Croupier;
+use croupier_it::redis::RedisServer;
+
+use crate::pipeline::CROUPIER;
+
+fn env(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("CROUPIER_REDIS__ADDR", redis.addr()),
+        ("CROUPIER_SERVER__PIN", "false".into()),
+        ("CROUPIER_SERVER__SHARDS", "1".into()),
+        ("CROUPIER_SERVER__DRIVER", "epoll".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env
+}
+
+/// The log once it has a line containing `what` (10 s at most).
+fn log_with(c: &Croupier, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = c.log();
+        if log.contains(what) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn logs_are_json_lines_with_fields_when_configured() {
+    let redis = RedisServer::start();
+    let c = Croupier::start(CROUPIER, "ingest", &env(&redis, &[("CROUPIER_LOG__FORMAT", "json")]));
+    let log = log_with(&c, "ingest listening");
+    let line = log.lines().find(|l| l.contains("ingest listening")).expect("the line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["message"], "ingest listening", "{v}");
+    assert_eq!(v["addr"], c.data.to_string(), "the address is a field: {v}");
+    assert_eq!(v["shards"], 1, "{v}");
+    assert!(v["io_driver"].is_string() && v["timestamp"].is_string() && v["target"].is_string(), "{v}");
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "every line is JSON: {l}");
+    }
+}
+
+#[test]
+fn logs_are_text_by_default_and_rust_log_overrides_the_level() {
+    let redis = RedisServer::start();
+    let c = Croupier::start(CROUPIER, "ingest", &env(&redis, &[]));
+    let log = log_with(&c, "ingest listening");
+    let line = log.lines().find(|l| l.contains("ingest listening")).expect("the line");
+    assert!(line.contains(" INFO ") && line.contains(&format!("addr={}", c.data)), "{line}");
+    drop(c);
+
+    // The configured level says debug, RUST_LOG says warn: RUST_LOG wins.
+    let mut e = env(&redis, &[("CROUPIER_LOG__LEVEL", "debug"), ("RUST_LOG", "warn")]);
+    // A setting that is no longer used: its warning is logged at start.
+    e.push(("CROUPIER_STREAMS__BATCH_EVENTS".into(), "100".into()));
+    let c = Croupier::start(CROUPIER, "ingest", &e);
+    let log = log_with(&c, "streams.batch_events is no longer used");
+    assert!(log.contains(" WARN "), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!c.log().contains("ingest listening"), "info filtered out by RUST_LOG=warn:\n{}", c.log());
+}

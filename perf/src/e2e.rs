@@ -257,6 +257,13 @@ impl Drop for Croupier {
     }
 }
 
+/// Where `croupier run` writes its log: `CROUPIER_PERF_LOG` (appended to), else nowhere.
+fn croupier_log() -> Stdio {
+    std::env::var_os("CROUPIER_PERF_LOG")
+        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok())
+        .map_or_else(Stdio::null, Stdio::from)
+}
+
 fn start_croupier(
     driver: &str,
     cores: &[usize],
@@ -281,7 +288,7 @@ fn start_croupier(
         .env(format!("CROUPIER_GAMES__{PROBE_GAME}__SECRET"), SECRET)
         .envs(extra_env.iter().cloned())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(croupier_log())
         .spawn()
         .expect("start croupier run");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -442,6 +449,18 @@ pub fn run(cfg: &E2eConfig) -> String {
     let (shard1, worker1) = (threads_cpu(pid, "croupier-shard"), threads_cpu(pid, "croupier-worker"));
     // Everything accepted must become visible.
     let visible = wait_visible(&ch, max.accepted_events);
+    if visible < max.accepted_events {
+        // Where the missing events are: still in the stream, pending, dead-lettered, or gone.
+        for args in [
+            &["XINFO", "GROUPS", "analytics:events"][..],
+            &["XLEN", "analytics:events"],
+            &["XPENDING", "analytics:events", "analytics-workers"],
+            &["XLEN", "analytics:events:dead"],
+            &["XINFO", "STREAM", "analytics:events"],
+        ] {
+            eprintln!("e2e: missing rows; {}: {:?}", args.join(" "), redis.client().cmd(args));
+        }
+    }
     let drained = t0.elapsed().as_secs_f64();
     let cpu_drained = processes_cpu(pids);
     let e2e_eps = visible as f64 / drained;

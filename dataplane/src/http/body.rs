@@ -60,23 +60,15 @@ pub async fn read(
         BodyFraming::Chunked => {
             // Consumed bytes are drained as the decoder goes: the buffer holds at most a
             // partial chunk line, and no byte is decoded twice.
-            let mut decoder = ChunkedDecoder::new(limit);
-            loop {
-                let progress = decoder.decode(buf, &mut |data| out.extend_from_slice(data))?;
-                if !held.grow_to(out.len()) {
-                    return Err(busy(held));
+            let mut sink = |data: &[u8]| {
+                out.extend_from_slice(data);
+                if held.grow_to(out.len()) {
+                    Ok(())
+                } else {
+                    Err(busy(held))
                 }
-                match progress {
-                    Chunks::Done(used) => {
-                        buf.drain(..used);
-                        return Ok(());
-                    }
-                    Chunks::More(used) => {
-                        buf.drain(..used);
-                    }
-                }
-                sock.read(buf, deadline).await.map_err(read_err)?;
-            }
+            };
+            read_chunked(sock, buf, limit, deadline, &mut sink).await
         }
     }
 }
@@ -109,21 +101,39 @@ pub async fn discard(
                 sock.read(buf, deadline).await.map_err(read_err)?;
             }
         }
-        BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new(limit);
-            loop {
-                match decoder.decode(buf, &mut |_| {})? {
-                    Chunks::Done(used) => {
-                        buf.drain(..used);
-                        return Ok(());
-                    }
-                    Chunks::More(used) => {
-                        buf.drain(..used);
-                    }
-                }
-                sock.read(buf, deadline).await.map_err(read_err)?;
+        BodyFraming::Chunked => read_chunked(sock, buf, limit, deadline, &mut |_| Ok(())).await,
+    }
+}
+
+/// Decodes a chunked body from `buf` and the socket, handing its data to `sink` as it is
+/// decoded. Consumed bytes are drained as the decoder goes: the buffer holds at most a
+/// partial chunk line, and no byte is decoded twice; bytes past the body are left in it.
+async fn read_chunked(
+    sock: &mut Socket,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    deadline: Instant,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), HttpError>,
+) -> Result<(), HttpError> {
+    let mut decoder = ChunkedDecoder::new(limit);
+    loop {
+        let mut refused = Ok(());
+        let progress = decoder.decode(buf, &mut |data| {
+            if refused.is_ok() {
+                refused = sink(data);
+            }
+        })?;
+        refused?;
+        match progress {
+            Chunks::Done(used) => {
+                buf.drain(..used);
+                return Ok(());
+            }
+            Chunks::More(used) => {
+                buf.drain(..used);
             }
         }
+        sock.read(buf, deadline).await.map_err(read_err)?;
     }
 }
 

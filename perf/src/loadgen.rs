@@ -93,6 +93,30 @@ struct Body {
     digest: [u8; 64],
 }
 
+/// The explicit id the first event of every pre-built events body starts with; each
+/// request overwrites it with its own (see [`stamp`]).
+const ID_PREFIX: &str = r#"[{"event_id":""#;
+const ID_TEMPLATE: &str = "00000000-0000-4000-8000-000000000000";
+
+/// Writes a UUID unique to (run, connection, request) into the id slot of a body built by
+/// [`bodies`]. Every request body then differs, as real clients' do: ingest derives the
+/// other events' ids from the body's hash, so a body sent twice would be the same events
+/// twice (collapsed by the deduplicating tables) and not new traffic.
+fn stamp(body: &mut [u8], run_id: u64, index: usize, k: u64) {
+    let b = ((index as u64) << 40) | (k & ((1 << 40) - 1));
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        run_id >> 32,
+        (run_id >> 16) & 0xffff,
+        run_id & 0xfff,
+        (b >> 48) & 0xfff,
+        b & 0xffff_ffff_ffff
+    );
+    if let Some(slot) = body.get_mut(ID_PREFIX.len()..ID_PREFIX.len() + ID_TEMPLATE.len()) {
+        slot.copy_from_slice(id.as_bytes());
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -104,7 +128,9 @@ fn bodies(cfg: &LoadConfig) -> Vec<Body> {
     let ts = now_secs() as i64 * 1000;
     let out: Vec<Body> = (0..cfg.bodies.max(1))
         .map(|_| {
-            let b = model.events_body(cfg.batch, ts).into_bytes();
+            let b = model.events_body(cfg.batch, ts);
+            // `[{` + the id slot + the rest of the first event.
+            let b = format!("{ID_PREFIX}{ID_TEMPLATE}\",{}", &b[2..]).into_bytes();
             Body { path: "/api/ingest/events", digest: signature::body_digest(&b), bytes: b }
         })
         .collect();
@@ -183,6 +209,7 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
     let mut rbuf = Vec::with_capacity(4096);
     let mut k: u64 = 0;
     let events = bodies.len();
+    let mut spare: Vec<u8> = Vec::new();
     loop {
         let due = match interval {
             Some(iv) => start + iv.mul_f64(k as f64) + iv.mul_f64(index as f64 / cfg.connections as f64),
@@ -195,15 +222,18 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
         if due > now {
             std::thread::sleep(due - now);
         }
-        // Payments are built fresh (order ids are dedup keys); event bodies are reused
-        // (ingest gives their events fresh ids).
-        let fresh_payments;
+        // Payments are built fresh (order ids are dedup keys); event bodies are copied from
+        // the pool and stamped with a fresh first id, so that no two requests are alike.
         let body = if cfg.payments_every > 0 && k as usize % cfg.payments_every == cfg.payments_every - 1 {
             let b = payments.payments_body(5, now_secs() as i64 * 1000).into_bytes();
-            fresh_payments = Body { path: "/api/ingest/payments", digest: signature::body_digest(&b), bytes: b };
-            &fresh_payments
+            Body { path: "/api/ingest/payments", digest: signature::body_digest(&b), bytes: b }
         } else {
-            &bodies[(k as usize + index) % events]
+            let pooled = &bodies[(k as usize + index) % events];
+            let mut b = std::mem::take(&mut spare);
+            b.clear();
+            b.extend_from_slice(&pooled.bytes);
+            stamp(&mut b, run_id, index, k);
+            Body { path: pooled.path, digest: signature::body_digest(&b), bytes: b }
         };
         let ts = now_secs().to_string();
         // Unique across runs too: a run reusing an earlier run's nonce within the
@@ -261,6 +291,7 @@ fn connection(cfg: &LoadConfig, bodies: &[Body], index: usize, hist: &mut Histog
                 }
             }
         }
+        spare = body.bytes;
         if Instant::now() >= deadline {
             break;
         }
@@ -334,4 +365,58 @@ pub fn run(cfg: &LoadConfig) -> LoadReport {
         };
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LoadConfig {
+        LoadConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            game: "g1".into(),
+            secret: "s".into(),
+            connections: 1,
+            rate_eps: 0,
+            duration: Duration::from_secs(1),
+            batch: 20,
+            event_bytes: 300,
+            seed: 7,
+            payments_every: 0,
+            bodies: 2,
+            cores: Vec::new(),
+        }
+    }
+
+    /// The ids of a body's events other than the fallback (all zero) ids.
+    fn explicit_ids(body: &[u8]) -> Vec<[u8; 16]> {
+        let (mut e, mut c) =
+            (croupier_protocol::envelope::EventBatch::default(), croupier_protocol::envelope::EventBatch::default());
+        let mut buf = body.to_vec();
+        croupier_protocol::validate::parse_events(
+            &mut buf,
+            "g1",
+            &croupier_protocol::validate::Limits::default(),
+            &mut || [0; 16],
+            &mut e,
+            &mut c,
+        )
+        .expect("a stamped body validates");
+        assert_eq!(e.len() + c.len(), 20);
+        let ids = (0..e.len()).map(|i| e.get(i).event_id).chain((0..c.len()).map(|i| c.get(i).event_id));
+        ids.filter(|id| *id != [0; 16]).collect()
+    }
+
+    #[test]
+    fn every_request_body_is_distinct_and_valid() {
+        let pool = bodies(&config());
+        let mut seen = std::collections::HashSet::new();
+        for (index, k) in [(0, 0), (0, 1), (1, 0), (1, 1), (255, 1 << 39), (256, 1 << 39)] {
+            let mut b = pool[0].bytes.clone();
+            stamp(&mut b, 0x0123_4567_89ab_cdef, index, k);
+            assert!(seen.insert(b.clone()), "request ({index},{k}) repeats an earlier body");
+            assert_eq!(explicit_ids(&b).len(), 1, "the stamped id is the body's one explicit id");
+        }
+        assert_eq!(seen.len(), 6);
+    }
 }

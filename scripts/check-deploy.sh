@@ -2,12 +2,16 @@
 # Checks the monitoring deployment in deploy/: the Prometheus configuration and alert
 # rules (promtool check), the rules' unit tests (promtool test rules; every alert has a case
 # where it fires and one where it does not), the Grafana boards' queries (parsed by
-# promtool), and the Alertmanager configuration and routing (amtool). CI runs it from
-# .ci/run; the tools come from scripts/setup.sh (Debian: prometheus, prometheus-alertmanager).
+# promtool), the Alertmanager configuration and routing (amtool), and the full stack:
+# docker-compose.yml (docker-compose config), every file it mounts from deploy/ (nginx -t,
+# redis-server with deploy/redis/redis.conf, croupier check, the Collector's pipelines, the
+# seccomp profile), and that CI runs every command of the Dockerfile's build stage. CI runs
+# it from .ci/run; the tools come from scripts/setup.sh (Debian: prometheus,
+# prometheus-alertmanager, docker-compose, nginx, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in promtool amtool python3; do
+for tool in promtool amtool python3 docker-compose nginx redis-server redis-cli; do
   command -v "$tool" >/dev/null 2>&1 || { echo "check-deploy: $tool not found (run scripts/setup.sh)" >&2; exit 1; }
 done
 
@@ -35,4 +39,27 @@ route "ops-webhook,critical" alertname=CroupierClickHouseWriteFailures severity=
 route "ops-webhook,warning" alertname=CroupierStreamBacklogHigh severity=warning
 route "ops-webhook,info" alertname=Something severity=info
 route "ops-webhook,warning" alertname=Something
+
+# The full stack: docker-compose.yml and what it mounts.
+docker-compose config -q
+python3 scripts/compose_lint.py
+# nginx: the shipped file, as is, with a temporary prefix (pid and temp files) so that no
+# system path is needed.
+mkdir -p "$tmp/nginx"
+nginx -t -q -p "$tmp/nginx/" -c "$PWD/deploy/nginx/nginx.conf" -g "pid $tmp/nginx/nginx.pid;"
+# Redis: the shipped file loads and gives an AOF fsynced on every write.
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server deploy/redis/redis.conf --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --daemonize no \
+  --logfile "$tmp/redis.log" &
+redis_pid=$!
+trap 'redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || kill "$redis_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+for kv in "appendonly yes" "appendfsync always" "maxmemory-policy noeviction"; do
+  set -- $kv
+  got=$(redis-cli -p "$redis_port" config get "$1" | tail -1)
+  [ "$got" = "$2" ] || { echo "check-deploy: deploy/redis/redis.conf gives $1=$got, expected $2" >&2; exit 1; }
+done
+# croupier: the replicas' configuration loads (with the secret the compose file gives it).
+env -u CROUPIER_CONFIG CROUPIER_GAMES__demo-game__SECRET=check \
+  cargo run -q -p croupier-dataplane --bin croupier -- check --config deploy/croupier/croupier.toml
 echo "check-deploy: deploy/ is consistent"

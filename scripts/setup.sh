@@ -16,6 +16,12 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
+# The full stack's checks (scripts/check-deploy.sh): docker-compose validates
+# docker-compose.yml (no Docker engine needed), nginx -t the load balancer's file; tmux runs
+# the demo's live screen in a test.
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Checks of docker-compose.yml that `docker-compose config` does not make (run by
+scripts/check-deploy.sh):
+
+  - every image is pinned by version (no `latest`, no bare name);
+  - every file or folder mounted from the repository exists (compose creates a missing
+    bind source as an empty folder, silently);
+  - the Collector's pipelines name only receivers, processors and exporters it defines;
+  - deploy/seccomp-io_uring.json allows io_uring_setup, io_uring_enter and
+    io_uring_register and denies what Docker's default profile denies;
+  - CI (.ci/run) runs every command of the Dockerfile's build stage.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+
+
+def compose():
+    out = subprocess.run(["docker-compose", "config"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return yaml.safe_load(out)
+
+
+def images(doc):
+    for name, svc in doc["services"].items():
+        image = svc.get("image", "")
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        if not re.match(r"^v?\d+(\.\d+)+", tag):
+            fail(f"service {name}: image {image!r} is not pinned by version")
+
+
+def mounts(doc):
+    for name, svc in doc["services"].items():
+        for v in svc.get("volumes", []):
+            source = v["source"] if isinstance(v, dict) else v.split(":", 1)[0]
+            kind = v.get("type", "bind") if isinstance(v, dict) else "bind"
+            if kind != "bind" or not source.startswith(ROOT + os.sep):
+                continue
+            if not os.path.exists(source):
+                fail(f"service {name}: mounts {os.path.relpath(source, ROOT)}, which does not exist")
+
+
+def collector():
+    with open(os.path.join(ROOT, "deploy/otel-collector/config.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    for pname, pipe in cfg["service"]["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for comp in pipe.get(kind, []):
+                if comp not in (cfg.get(kind) or {}):
+                    fail(f"otel-collector: pipeline {pname} uses {kind[:-1]} {comp}, not defined")
+
+
+def seccomp():
+    with open(os.path.join(ROOT, "deploy/seccomp-io_uring.json")) as f:
+        prof = json.load(f)
+    allowed, denied = set(), set()
+    for rule in prof["syscalls"]:
+        (allowed if rule["action"] == "SCMP_ACT_ALLOW" else denied).update(rule["names"])
+    if prof["defaultAction"] != "SCMP_ACT_ALLOW":
+        denied.add("*")
+    for sc in ("io_uring_setup", "io_uring_enter", "io_uring_register"):
+        if sc not in allowed or sc in denied:
+            fail(f"seccomp-io_uring.json: {sc} is not allowed")
+    for sc in ("bpf", "init_module", "kexec_load", "mount", "ptrace", "setns", "unshare", "reboot"):
+        if sc not in denied:
+            fail(f"seccomp-io_uring.json: {sc} is allowed (Docker's default profile denies it)")
+
+
+def build_stage():
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(ROOT, ".ci/run")) as f:
+        ci = {line.strip() for line in f}
+    stage, runs = None, []
+    for line in lines:
+        m = re.match(r"^FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            stage = m.group(1)
+        elif stage == "build" and line.startswith("RUN "):
+            runs.append(line[4:].strip())
+    if not runs:
+        fail("Dockerfile: no RUN in the build stage")
+    for cmd in runs:
+        if cmd not in ci:
+            fail(f"Dockerfile: the build stage runs {cmd!r}, which .ci/run does not")
+
+
+doc = compose()
+images(doc)
+mounts(doc)
+collector()
+seccomp()
+build_stage()
+for e in errors:
+    print(f"compose_lint: {e}", file=sys.stderr)
+if errors:
+    sys.exit(1)
+print(f"compose_lint: {len(doc['services'])} services, images pinned, mounts present, build stage run by CI")

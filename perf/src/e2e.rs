@@ -645,3 +645,75 @@ pub fn run(cfg: &E2eConfig) -> String {
     ));
     t
 }
+
+/// A figure read off a [`SwitchRun`].
+type Figure = fn(&SwitchRun) -> f64;
+
+/// One side of a [`switch`] run: ingest at max with or without the setting.
+struct SwitchRun {
+    events_per_sec: f64,
+    per_shard_cpu_second: f64,
+    p99_us: u64,
+}
+
+fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: &[(String, String)]) -> SwitchRun {
+    let croupier = start_croupier("auto", &cfg.croupier_cores, redis, ch, env);
+    let pid = croupier.child.id();
+    let shard0 = threads_cpu(pid, "croupier-shard");
+    let r = load(cfg, croupier.addr, 0, cfg.seconds);
+    let shard1 = threads_cpu(pid, "croupier-shard");
+    drop(croupier);
+    SwitchRun {
+        events_per_sec: r.events_per_sec,
+        per_shard_cpu_second: if shard1 > shard0 { r.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN },
+        p99_us: r.latency.p99_us,
+    }
+}
+
+/// The cost of one setting, A/B in one run: `croupier run` at max (closed loop) with the
+/// defaults and with `env` set, `runs` times each, alternating which goes first, medians.
+pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize) -> String {
+    let redis = RedisServer::start();
+    let ch = ClickHouseServer::start();
+    let (mut base, mut with) = (Vec::new(), Vec::new());
+    let setting = [env.clone()];
+    for r in 0..runs.max(1) {
+        for first in [r % 2 == 0, r % 2 == 1] {
+            let label = if first { "defaults" } else { "with the setting" };
+            eprintln!("switch: run {} {label}", r + 1);
+            if first {
+                base.push(switch_run(cfg, &redis, &ch, &[]));
+            } else {
+                with.push(switch_run(cfg, &redis, &ch, &setting));
+            }
+        }
+    }
+    let median = |v: &[SwitchRun], f: Figure| {
+        let xs: Vec<f64> = v.iter().map(f).collect();
+        let mut s = xs.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        (q(&s, 0.5), xs)
+    };
+    let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let mut out = format!(
+        "## Switch: `{}={}` against the defaults\n\n\
+         `croupier run` at max (closed loop, {} connections, {} s per run), {} runs each, \
+         alternating which goes first; medians, every run listed.\n\n\
+         | figure | defaults | with the setting | ratio (setting / defaults) |\n|---|---:|---:|---:|\n",
+        env.0,
+        env.1,
+        cfg.connections,
+        cfg.seconds,
+        runs.max(1)
+    );
+    let figures: [(&str, Figure); 3] = [
+        ("accepted events/s", |r| r.events_per_sec),
+        ("events per ingest-shard CPU second", |r| r.per_shard_cpu_second),
+        ("ack p99, µs", |r| r.p99_us as f64),
+    ];
+    for (name, f) in figures {
+        let ((a, xa), (b, xb)) = (median(&base, f), median(&with, f));
+        out += &format!("| {name} | {a:.0} ({}) | {b:.0} ({}) | {:.3} |\n", list(&xa), list(&xb), b / a);
+    }
+    out
+}

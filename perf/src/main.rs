@@ -5,7 +5,11 @@
 //! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
+//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--out FILE]
 //! ```
+//!
+//! `switch`: the cost of one setting (`CROUPIER_<SECTION>__<KEY>=value`), A/B in one run:
+//! `croupier run` at max with the defaults and with the setting, alternated, medians.
 //!
 //! `e2e`: ceilings (simd-json parse on one core, `redis-benchmark` XADD per event and per
 //! batch, `clickhouse-client` Native insert), then `croupier run` under the load
@@ -60,13 +64,28 @@ fn main() {
     let body = match args.first().map(String::as_str) {
         Some("worker") => worker::run(rows, runs),
         Some("e2e") => e2e::run(&e2e_cfg()),
+        Some("switch") => {
+            let Some((k, v)) = args.windows(2).find(|w| w[0] == "--env").and_then(|w| w[1].split_once('=')) else {
+                eprintln!("usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--out FILE]");
+                std::process::exit(2);
+            };
+            e2e::switch(&e2e_cfg(), (k.to_owned(), v.to_owned()), runs)
+        }
         Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {
-            eprintln!("usage: croupier-perf all|e2e|worker [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]");
+            eprintln!(
+                "usage: croupier-perf all|e2e|worker|switch [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
+            );
             std::process::exit(2);
         }
     };
     let text = format!("{}\n{}", machine::header(&args), body);
+    // A switch run is an A/B for perf/CHANGES.md, not the figures of RESULTS.md: it is
+    // written to a file only when --out names one.
+    if args.first().map(String::as_str) == Some("switch") && !args.iter().any(|a| a == "--out") {
+        println!("{text}");
+        return;
+    }
     std::fs::write(&out, text).expect("write results");
     println!("{}", std::fs::read_to_string(&out).unwrap_or_default());
 }

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use croupier_control::config::{Config, ENV_CONFIG_PATH};
 
@@ -15,6 +14,8 @@ commands:
   run       ingest and worker in one process
   migrate   create or upgrade the ClickHouse schema, then exit
   check     load and check the configuration, then exit
+  demo      the whole pipeline on local redis-server and clickhouse-server, driven by
+            simulated players, with a live screen (croupier demo --help)
 
 The config file may also be named by CROUPIER_CONFIG; every key can be overridden by a
 CROUPIER_<SECTION>__<KEY> environment variable (see README).";
@@ -33,6 +34,9 @@ fn run() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    if command == "demo" {
+        return crate::demo::main(args);
+    }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -139,65 +143,16 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shards = config.shard_count();
-    // One registry: every shard, ingest or worker, counts in a block of its own in it.
-    let metrics = crate::registry(&config);
-    let control = match crate::control::listener::start(Arc::new(config.clone()), metrics.clone(), ingest, worker) {
-        Ok(c) => {
-            if let Some(c) = &c {
-                tracing::info!(addr = %c.local_addr(), "control listening (/metrics, /healthz, /readyz)");
-            }
-            c
-        }
+    let stack = match crate::stack::Stack::start(config, ingest, worker) {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let workers = if worker {
-        match crate::worker::start_with_metrics(config.clone(), ingest, metrics.clone()) {
-            Ok(w) => {
-                tracing::info!(
-                    consumers = %format!("{}-0..{}", config.consumer_prefix(), config.worker.shards),
-                    clickhouse = %config.clickhouse.addr,
-                    "worker consuming"
-                );
-                Some(w)
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
-    };
-    let handle = if ingest {
-        match crate::start_with_metrics(config, metrics) {
-            Ok(h) => {
-                tracing::info!(addr = %h.local_addr(), shards, io_driver = h.driver().name(), "ingest listening");
-                Some(h)
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        None
-    };
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "draining and stopping");
     }
-    if let Some(h) = handle {
-        h.shutdown();
-    }
-    if let Some(w) = workers {
-        w.shutdown();
-    }
-    // Last: /metrics and /readyz answer while the rest drains.
-    if let Some(c) = control {
-        c.shutdown();
-    }
+    stack.shutdown();
     ExitCode::SUCCESS
 }

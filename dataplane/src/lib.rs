@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clickhouse;
 pub mod control;
 pub mod data_port;
+pub mod demo;
 pub mod error;
 pub mod event_id;
 #[doc(hidden)]
@@ -25,6 +26,7 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod shards;
+pub mod stack;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -4,4 +4,6 @@
 
 pub mod alloc_count;
 pub mod loadgen;
-pub mod model;
+/// The traffic model, shared with `croupier demo` (it lives in the data plane, which this
+/// crate depends on).
+pub use croupier_dataplane::demo::model;

@@ -1,5 +1,11 @@
 //! A player model producing realistic game traffic: sessions with heartbeats, level
 //! attempts, economy, ads, purchases and custom events. Seeded, so runs are reproducible.
+//!
+//! The load generator (`croupier-loadgen`, `croupier-perf`) and `croupier demo` share it;
+//! it lives here because the perf crate depends on the data plane, not the reverse. The
+//! demo also lets players join over time ([`TrafficModel::set_joined`]), each with a
+//! `register` event first ([`TrafficModel::with_registrations`]), and gives every event
+//! an `event_id`, so that what ClickHouse holds can be compared with what was accepted.
 
 use std::fmt::Write;
 
@@ -11,6 +17,7 @@ struct Player {
     level: u32,
     coins: u64,
     in_session: bool,
+    registered: bool,
 }
 
 /// Generates request bodies of events (and payments) for one game.
@@ -23,6 +30,12 @@ pub struct TrafficModel {
     orders: u64,
     /// Extra bytes of props per event, to reach a target event size.
     pad: String,
+    /// Players `0..joined` are in the game (all of them unless [`Self::set_joined`]).
+    joined: usize,
+    /// A player's first event is `register` (see [`Self::with_registrations`]).
+    registrations: bool,
+    /// Every event carries a random `event_id`.
+    event_ids: bool,
 }
 
 const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
@@ -33,8 +46,9 @@ impl TrafficModel {
     /// A model of `players` players of `game`, aiming at about `event_bytes` per event.
     pub fn new(seed: u64, game: &str, players: usize, event_bytes: usize) -> TrafficModel {
         let players = (0..players.max(1) as u64)
-            .map(|id| Player { id, session: 0, level: 1, coins: 100, in_session: false })
-            .collect();
+            .map(|id| Player { id, session: 0, level: 1, coins: 100, in_session: false, registered: false })
+            .collect::<Vec<_>>();
+        let joined = players.len();
         // A typical event without padding is about 260 bytes.
         let pad = "x".repeat(event_bytes.saturating_sub(260));
         TrafficModel {
@@ -44,14 +58,43 @@ impl TrafficModel {
             sessions: 0,
             orders: 0,
             pad,
+            joined,
+            registrations: false,
+            event_ids: false,
         }
     }
 
+    /// Numbers the players from `first` (ids `player-<first + i>`), so that another run
+    /// brings other players; each player's first event is `register`, and every event
+    /// carries an `event_id`.
+    pub fn with_registrations(mut self, first: u64) -> TrafficModel {
+        for (i, p) in self.players.iter_mut().enumerate() {
+            p.id = first + i as u64;
+        }
+        self.registrations = true;
+        self.event_ids = true;
+        self
+    }
+
+    /// Only the first `n` players (at least one) play from now on: players join a game
+    /// over the day.
+    pub fn set_joined(&mut self, n: usize) {
+        self.joined = n.clamp(1, self.players.len());
+    }
+
+    /// How many players are in the game.
+    pub fn joined(&self) -> usize {
+        self.joined
+    }
+
     fn next_event(&mut self, ts_ms: i64, out: &mut String) {
-        let i = self.rng.usize(..self.players.len());
+        let i = self.rng.usize(..self.joined);
         let roll = self.rng.u32(..100);
         let p = &mut self.players[i];
-        let (name, props): (&str, String) = if !p.in_session {
+        let (name, props): (&str, String) = if self.registrations && !p.registered {
+            p.registered = true;
+            ("register", String::new())
+        } else if !p.in_session {
             p.in_session = true;
             self.sessions += 1;
             p.session = self.sessions;
@@ -82,9 +125,25 @@ impl TrafficModel {
             }
         };
         let sep = if props.is_empty() { "" } else { "," };
+        if self.event_ids {
+            // A random (version 4) UUID: the event's dedup key.
+            let r = self.rng.u128(..);
+            let r = (r & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+            let _ = write!(
+                out,
+                r#"{{"event_id":"{:08x}-{:04x}-{:04x}-{:04x}-{:012x}","#,
+                (r >> 96) as u32,
+                (r >> 80) as u16,
+                (r >> 64) as u16,
+                (r >> 48) as u16,
+                r & 0xffff_ffff_ffff
+            );
+        } else {
+            out.push('{');
+        }
         let _ = write!(
             out,
-            r#"{{"ts":{ts_ms},"game_id":"{}","env":"prod","event":"{name}","user_id":"player-{:07}","session_id":"s-{:09}","device_id":"dev-{:07}","channel":"store","platform":"{}","country":"{}","app_version":"3.14.2","props":{{{props}{sep}"pad":"{}"}}}}"#,
+            r#""ts":{ts_ms},"game_id":"{}","env":"prod","event":"{name}","user_id":"player-{:07}","session_id":"s-{:09}","device_id":"dev-{:07}","channel":"store","platform":"{}","country":"{}","app_version":"3.14.2","props":{{{props}{sep}"pad":"{}"}}}}"#,
             self.game,
             p.id,
             p.session,
@@ -117,7 +176,7 @@ impl TrafficModel {
                 out.push(',');
             }
             self.orders += 1;
-            let player = self.rng.usize(..self.players.len());
+            let player = self.players[self.rng.usize(..self.joined)].id;
             let amount = [99, 499, 999, 1999][self.rng.usize(..4)];
             let status = if self.rng.u32(..100) < 95 { "success" } else { "failed" };
             let _ = write!(
@@ -136,6 +195,24 @@ impl TrafficModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registrations_come_first_and_events_carry_ids() {
+        let mut m = TrafficModel::new(3, "g1", 10, 0).with_registrations(2_000_000);
+        m.set_joined(2);
+        let body = m.events_body(4, 1_795_617_749_000);
+        assert_eq!(body.matches(r#""event":"register""#).count(), 2, "{body}");
+        assert!(body.contains(r#""user_id":"player-2000000""#) && body.contains(r#""user_id":"player-2000001""#));
+        assert!(!body.contains("player-2000002"), "only joined players play: {body}");
+        assert_eq!(body.matches(r#""event_id":""#).count(), 4);
+        let (mut e, mut c) =
+            (croupier_protocol::envelope::EventBatch::default(), croupier_protocol::envelope::EventBatch::default());
+        let mut buf = body.into_bytes();
+        let limits = croupier_protocol::validate::Limits::default();
+        croupier_protocol::validate::parse_events(&mut buf, "g1", &limits, &mut || [0; 16], &mut e, &mut c)
+            .expect("valid");
+        assert_eq!(e.len() + c.len(), 4);
+    }
 
     #[test]
     fn bodies_validate_and_are_reproducible() {

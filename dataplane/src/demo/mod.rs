@@ -1,0 +1,289 @@
+//! `croupier demo`: the whole pipeline on one machine in one command. It starts
+//! `redis-server` and `clickhouse-server` from the PATH with their data in a directory of
+//! its own ([`servers`]), creates the schema, runs the data plane (ingest, worker and the
+//! control port) in this process ([`crate::stack`]), and drives it with simulated players
+//! ([`load`], using the load generator's player [`model`]) while a live screen shows,
+//! every second, what is accepted, queued and stored ([`figures`], [`screen`]). Ctrl-C
+//! (or `--duration`) stops the players, waits until the streams are drained into
+//! ClickHouse, stops the data plane, prints a summary of what ClickHouse and Redis hold,
+//! and stops the servers; the data stays for the next run (`--fresh` deletes it).
+
+pub mod figures;
+pub mod http_client;
+pub mod load;
+pub mod model;
+pub mod options;
+pub mod redis_client;
+pub mod screen;
+pub mod servers;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use croupier_control::config::Config;
+
+use figures::{Metrics, Stored, GAME};
+use options::{Options, Parsed};
+use screen::{Endpoints, RunTotals, View};
+
+/// The demo game's secret (the one in `croupier.example.toml`).
+pub const SECRET: &str = "change-me";
+/// What `--fresh` deletes in the demo's directory (and nothing else).
+const ENTRIES: [&str; 5] = ["redis", "clickhouse", "croupier.toml", "croupier.log", "runs"];
+/// How long the drain at the end may take.
+const DRAIN: Duration = Duration::from_secs(60);
+
+/// Runs `croupier demo` with the arguments after `demo`.
+pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
+    let opts = match options::parse(args) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            println!("{}", options::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("croupier demo: {e}\n{}", options::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Standard error may be the log file by now: say it on standard output too.
+            println!("croupier demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A step of the start-up, shown as it happens.
+fn step<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    print!("  {what} ... ");
+    let _ = std::io::stdout().flush();
+    let t0 = Instant::now();
+    let res = f();
+    match &res {
+        Ok(_) => println!("ok ({:.1} s)", t0.elapsed().as_secs_f64()),
+        Err(_) => println!("failed"),
+    }
+    res
+}
+
+fn prepare_dir(o: &Options) -> Result<PathBuf, String> {
+    if o.fresh {
+        for e in ENTRIES {
+            let p = o.dir.join(e);
+            let res = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            match res {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(format!("--fresh: cannot delete {}: {err}", p.display())),
+            }
+        }
+    }
+    std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    o.dir.canonicalize().map_err(|e| format!("{}: {e}", o.dir.display()))
+}
+
+/// Sends this process's standard error (the data plane's log) to `path`, so that it does
+/// not write over the screen.
+fn log_to(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: dup2 onto fd 2 with a descriptor we own; the file stays open through fd 2.
+    if unsafe { libc::dup2(f.as_raw_fd(), 2) } < 0 {
+        return Err(format!("cannot redirect the log: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The next run's number (each run brings players of its own).
+fn next_run(dir: &Path) -> Result<u64, String> {
+    let path = dir.join("runs");
+    let runs = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    std::fs::write(&path, format!("{}\n", runs + 1)).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(runs)
+}
+
+fn config_text(redis: u16, clickhouse: u16) -> String {
+    format!(
+        "# Written by `croupier demo`; `croupier run --config` this file while the demo's servers run.\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nshards = 2\npin = false\n\n\
+         [redis]\naddr = \"127.0.0.1:{redis}\"\n\n\
+         [clickhouse]\naddr = \"127.0.0.1:{clickhouse}\"\n\n\
+         [worker]\nshards = 1\nconsumer = \"demo\"\n\n\
+         [control]\nlisten = \"127.0.0.1:0\"\n\n\
+         [log]\nlevel = \"info\"\n\n\
+         [games.{GAME}]\nsecret = \"{SECRET}\"\n"
+    )
+}
+
+fn migrate(config: &Config) -> Result<(), String> {
+    let opts = crate::worker::clickhouse_options(config);
+    let driver = crate::runtime::resolve(config.server.driver)?;
+    crate::runtime::block_on(driver, async move {
+        let mut conn = crate::clickhouse::connection::Connection::connect(&opts).await?;
+        crate::clickhouse::schema::migrate(&mut conn).await
+    })
+    .map_err(|e| format!("runtime: {e}"))?
+    .map_err(|e| e.to_string())
+}
+
+fn wait_ready(data: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http_client::get(data, "/readyz", Duration::from_secs(1)).is_ok_and(|r| r.status == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("http://{data}/readyz not ready after 30 s; see croupier.log"))
+}
+
+fn run(o: &Options) -> Result<(), String> {
+    for (program, package) in [("redis-server", "redis-server"), ("clickhouse-server", "clickhouse-server")] {
+        if !servers::on_path(program) {
+            return Err(format!(
+                "{program} is not on the PATH: install it (Debian: apt-get install {package}, or scripts/setup.sh)"
+            ));
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let dir = prepare_dir(o)?;
+    log_to(&dir.join("croupier.log"))?;
+    println!("Croupier demo: data in {}{}", dir.display(), if o.fresh { " (fresh)" } else { "" });
+
+    let (redis_port, ch_tcp, ch_http) = (servers::free_port()?, servers::free_port()?, servers::free_port()?);
+    let mut redis =
+        step(&format!("redis-server on 127.0.0.1:{redis_port}"), || servers::redis(&dir.join("redis"), redis_port))?;
+    let mut clickhouse = step(&format!("clickhouse-server on 127.0.0.1:{ch_tcp} (HTTP {ch_http})"), || {
+        servers::clickhouse(&dir.join("clickhouse"), ch_tcp, ch_http)
+    })?;
+    let text = config_text(redis_port, ch_tcp);
+    let config_path = dir.join("croupier.toml");
+    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+    croupier_control::logging::init(&config.log)?;
+    step("migrate (analytics schema)", || migrate(&config))?;
+    let stack = step("croupier: ingest, worker, control port", || crate::stack::Stack::start(config, true, true))?;
+    let (Some(data), Some(control)) = (stack.data_addr(), stack.control_addr()) else {
+        stack.shutdown();
+        return Err("the data plane has no data or control port".into());
+    };
+    step("warm-up (/readyz)", || wait_ready(data))?;
+
+    let redis_addr = SocketAddr::from(([127, 0, 0, 1], redis_port));
+    let ch_addr = SocketAddr::from(([127, 0, 0, 1], ch_http));
+    let run_no = next_run(&dir)?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(run_no);
+    let plan = load::Plan {
+        addr: data,
+        game: GAME.into(),
+        secret: SECRET.into(),
+        rate: o.rate,
+        players: o.players,
+        first_player: 1 + run_no * 10_000_000,
+        day: o.day,
+        seed,
+    };
+    println!("  players: {} over a day of {} s, {} events/s (run {})", o.players, o.day.as_secs(), o.rate, run_no + 1);
+    let players = load::Load::start(plan)?;
+    let endpoints = Endpoints { data: data.to_string(), control: control.to_string(), dir: dir.display().to_string() };
+    let started = Instant::now();
+    let (mut last_metrics, mut last_at) = (figures::metrics(control).unwrap_or_default(), Instant::now());
+    let mut stored = Stored::default();
+    let live = !o.plain;
+    if live {
+        print!("\x1b[?25l");
+    }
+    let mut tick = 0u64;
+    loop {
+        tick += 1;
+        let next = started + Duration::from_secs(tick);
+        while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let done = stop.load(Ordering::Relaxed) || o.duration.is_some_and(|d| started.elapsed() >= d);
+        let m = figures::metrics(control).unwrap_or(last_metrics);
+        let secs = last_at.elapsed().as_secs_f64().max(0.001);
+        if let Ok(s) = figures::stored(ch_addr, redis_addr) {
+            stored = s;
+        }
+        let (stats, mut recent) = players.take_recent();
+        let view = View {
+            elapsed: started.elapsed(),
+            duration: o.duration,
+            accepted_per_sec: m.accepted.saturating_sub(last_metrics.accepted) as f64 / secs,
+            refused_per_sec: m.refused.saturating_sub(last_metrics.refused) as f64 / secs,
+            metrics: m,
+            stored: stored.clone(),
+            ack_ms: load::percentiles(&mut recent),
+            joined: (stats.joined, o.players),
+            day_part: (started.elapsed().as_secs_f64() / o.day.as_secs_f64()).min(1.0),
+            endpoints: endpoints.clone(),
+        };
+        (last_metrics, last_at) = (m, Instant::now());
+        if live {
+            print!("\x1b[H\x1b[2J{}", screen::live(&view));
+        } else if tick.is_multiple_of(5) || done {
+            println!("{}", screen::line(&view));
+        }
+        let _ = std::io::stdout().flush();
+        if done {
+            break;
+        }
+    }
+    if live {
+        print!("\x1b[?25h");
+    }
+    let elapsed = started.elapsed();
+    let (stats, mut all) = players.stop();
+    println!("\nstopping: players stopped; draining the streams into ClickHouse ...");
+    let drained = drain(control);
+    stack.shutdown();
+    let stored = figures::stored(ch_addr, redis_addr)?;
+    let totals = RunTotals {
+        events: stats.accepted_events,
+        payments: stats.accepted_payments,
+        refused: stats.refused,
+        ack_ms: load::percentiles(&mut all),
+        elapsed,
+    };
+    print!("{}", screen::summary(&totals, &stored, &dir.display().to_string()));
+    if let Err(e) = &drained {
+        println!("warning: {e}");
+    }
+    clickhouse.stop();
+    redis.stop();
+    println!("servers stopped; run again to continue on the same data (--fresh to start over)");
+    drained.map(|_| ())
+}
+
+/// Waits until every accepted record is in ClickHouse and the streams hold no backlog.
+fn drain(control: SocketAddr) -> Result<Metrics, String> {
+    let deadline = Instant::now() + DRAIN;
+    let mut m = Metrics::default();
+    while Instant::now() < deadline {
+        m = figures::metrics(control)?;
+        if m.backlog == 0 && m.inserted >= m.accepted {
+            return Ok(m);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("not drained after {DRAIN:?}: {} accepted, {} inserted, backlog {}", m.accepted, m.inserted, m.backlog))
+}

@@ -1,0 +1,163 @@
+//! The demo's servers: `redis-server` and `clickhouse-server` from the PATH, started as
+//! child processes with their data under the demo's directory, on free loopback ports.
+//! Each runs in a process group of its own, so that a Ctrl-C at the terminal reaches only
+//! the demo, which then stops them in order (after the data plane has drained).
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{http_client, redis_client::Redis};
+
+/// A server started by the demo; stopped (SIGTERM, then SIGKILL after 30 s) on drop.
+#[derive(Debug)]
+pub struct Server {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Stops the server and waits for it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(format!("{} exited ({status}); see {}", self.name, self.log.display())),
+            _ => None,
+        }
+    }
+
+    /// Waits until `ready` says yes, the server exits, or `timeout` passes.
+    fn wait_ready(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(e) = self.exited() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{} not ready after {timeout:?}; see {}", self.name, self.log.display()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// Whether `program` is an executable file on the PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+fn spawn(name: &'static str, mut cmd: Command, dir: &Path, log: PathBuf) -> Result<Server, String> {
+    let out = fs::File::create(dir.join(format!("{name}.out"))).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = cmd
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: the terminal's Ctrl-C is the demo's to handle.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    Ok(Server { name, child: Some(child), log })
+}
+
+/// Starts `redis-server` with its append-only file in `dir`, answering on `port`.
+pub fn redis(dir: &Path, port: u16) -> Result<Server, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = dir.join("redis.log");
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no", "--save", ""])
+        .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log);
+    let mut server = spawn("redis-server", cmd, dir, log)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    server.wait_ready(Duration::from_secs(30), || {
+        Redis::connect(addr, Duration::from_millis(200))
+            .and_then(|mut r| r.command(&[b"PING"]))
+            .is_ok_and(|f| matches!(f, croupier_protocol::resp::Frame::SimpleString(ref s) if s == b"PONG"))
+    })?;
+    Ok(server)
+}
+
+/// Starts `clickhouse-server` with its data in `dir`, native protocol on `tcp`, HTTP on
+/// `http`.
+pub fn clickhouse(dir: &Path, tcp: u16, http: u16) -> Result<Server, String> {
+    for sub in ["data", "tmp", "user_files", "format_schemas"] {
+        fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let d = dir.display();
+    let config = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>{tcp}</tcp_port>
+  <http_port>{http}</http_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+"#
+    );
+    let users = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+"#;
+    fs::write(dir.join("config.xml"), config).map_err(|e| format!("{d}: {e}"))?;
+    fs::write(dir.join("users.xml"), users).map_err(|e| format!("{d}: {e}"))?;
+    let mut cmd = Command::new("clickhouse-server");
+    cmd.arg(format!("--config-file={d}/config.xml"));
+    let mut server = spawn("clickhouse-server", cmd, dir, dir.join("error.log"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], http));
+    server.wait_ready(Duration::from_secs(120), || {
+        http_client::get(addr, "/ping", Duration::from_millis(500)).is_ok_and(|r| r.status == 200)
+    })?;
+    Ok(server)
+}

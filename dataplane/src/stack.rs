@@ -1,0 +1,95 @@
+//! A whole data-plane process started in one call: the control listener, the worker
+//! shards and the ingest shards, sharing one metrics registry. `croupier run`, `ingest`
+//! and `worker` serve with it until a signal; `croupier demo` runs it beside its servers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use croupier_control::config::Config;
+
+use crate::control::listener::Control;
+use crate::shards::Shards;
+use crate::Handle;
+
+/// The parts of a running data plane; [`Stack::shutdown`] stops them in order.
+#[derive(Debug)]
+pub struct Stack {
+    control: Option<Control>,
+    workers: Option<Shards>,
+    ingest: Option<Handle>,
+}
+
+impl Stack {
+    /// Starts the control listener (if `[control] listen` is set), then the worker shards
+    /// (with `worker`), then the ingest shards (with `ingest`). A part that fails to start
+    /// stops the ones already running.
+    pub fn start(config: Config, ingest: bool, worker: bool) -> Result<Stack, String> {
+        // One registry: every shard, ingest or worker, counts in a block of its own in it.
+        let metrics = crate::registry(&config);
+        let mut stack = Stack { control: None, workers: None, ingest: None };
+        stack.control = crate::control::listener::start(Arc::new(config.clone()), metrics.clone(), ingest, worker)?;
+        if let Some(c) = &stack.control {
+            tracing::info!(addr = %c.local_addr(), "control listening (/metrics, /healthz, /readyz)");
+        }
+        if worker {
+            match crate::worker::start_with_metrics(config.clone(), ingest, metrics.clone()) {
+                Ok(w) => {
+                    tracing::info!(
+                        consumers = %format!("{}-0..{}", config.consumer_prefix(), config.worker.shards),
+                        clickhouse = %config.clickhouse.addr,
+                        "worker consuming"
+                    );
+                    stack.workers = Some(w);
+                }
+                Err(e) => {
+                    stack.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        if ingest {
+            let shards = config.shard_count();
+            match crate::start_with_metrics(config, metrics) {
+                Ok(h) => {
+                    tracing::info!(addr = %h.local_addr(), shards, io_driver = h.driver().name(), "ingest listening");
+                    stack.ingest = Some(h);
+                }
+                Err(e) => {
+                    stack.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(stack)
+    }
+
+    /// The data port's address, when ingest runs.
+    pub fn data_addr(&self) -> Option<SocketAddr> {
+        self.ingest.as_ref().map(Handle::local_addr)
+    }
+
+    /// The control port's address, when it runs.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(Control::local_addr)
+    }
+
+    /// The io driver the ingest shards run on.
+    pub fn driver(&self) -> Option<crate::ActiveDriver> {
+        self.ingest.as_ref().map(Handle::driver)
+    }
+
+    /// Stops ingest (requests in flight answered), then the workers (the batch in hand
+    /// inserted and acknowledged), then the control listener last, so that `/metrics` and
+    /// `/readyz` answer while the rest drains.
+    pub fn shutdown(self) {
+        if let Some(h) = self.ingest {
+            h.shutdown();
+        }
+        if let Some(w) = self.workers {
+            w.shutdown();
+        }
+        if let Some(c) = self.control {
+            c.shutdown();
+        }
+    }
+}

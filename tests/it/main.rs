@@ -7,6 +7,7 @@ mod body;
 mod clickhouse;
 mod config;
 mod control;
+mod demo;
 mod fixture;
 mod framing;
 mod fuzz_corpus;

@@ -1,0 +1,183 @@
+//! `croupier demo` as a user runs it: the binary alone with `redis-server` and
+//! `clickhouse-server` on the PATH. Its final summary must be what ClickHouse and Redis
+//! hold (read back with clickhouse-client and redis-cli after the demo has stopped its
+//! servers); a second run continues on the same data; the live screen, in tmux, shows every
+//! figure and changes from one second to the next.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use croupier_dataplane::demo::servers;
+
+fn demo(dir: &Path, extra: &[&str]) -> HashMap<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_croupier-it-bin"))
+        .arg("demo")
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("croupier demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "croupier demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Off a terminal: progress lines, no escape codes, then the summary.
+    assert!(!stdout.contains('\x1b'), "plain output has escape codes:\n{stdout}");
+    for step in ["redis-server on", "clickhouse-server on", "migrate", "warm-up", "Summary", "servers stopped"] {
+        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
+    }
+    let line = stdout.lines().find_map(|l| l.strip_prefix("summary: ")).expect("a summary line");
+    line.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+fn n(summary: &HashMap<String, String>, key: &str) -> u64 {
+    summary[key].parse().unwrap_or_else(|_| panic!("{key}={}", summary[key]))
+}
+
+/// Starts the demo's servers again on its data and reads what they hold, with the
+/// servers' own clients.
+fn held(dir: &Path, day: &str) -> HashMap<&'static str, u64> {
+    let (rp, tcp, http) = (servers::free_port().unwrap(), servers::free_port().unwrap(), servers::free_port().unwrap());
+    let mut redis = servers::redis(&dir.join("redis"), rp).expect("redis-server on the demo's data");
+    let mut ch = servers::clickhouse(&dir.join("clickhouse"), tcp, http).expect("clickhouse-server on the demo's data");
+    let q = |sql: &str| -> u64 {
+        let out =
+            Command::new("clickhouse-client").args(["--port", &tcp.to_string(), "--query", sql]).output().unwrap();
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let pf = |key: &str| -> u64 {
+        let out = Command::new("redis-cli").args(["-p", &rp.to_string(), "PFCOUNT", key]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let game = "game_id = 'demo-game' AND env = 'prod'";
+    let today = format!("toDate(event_time) = '{day}' AND {game}");
+    let paid = format!("toDate(time) = '{day}' AND {game} AND status = 'success'");
+    let held = HashMap::from([
+        ("event_rows", q("SELECT count() FROM analytics.events FINAL")),
+        ("event_ids", q("SELECT uniqExact(event_id) FROM analytics.events")),
+        ("payment_rows", q("SELECT count() FROM analytics.payments FINAL")),
+        ("dau_exact", q(&format!("SELECT uniqExact(user_id) FROM analytics.events WHERE {today}"))),
+        (
+            "new_exact",
+            q(&format!("SELECT uniqExact(user_id) FROM analytics.events WHERE {today} AND event = 'register'")),
+        ),
+        ("revenue_cents", q(&format!("SELECT sum(amount_cents) FROM analytics.payments FINAL WHERE {paid}"))),
+        ("payers", q(&format!("SELECT uniqExact(user_id) FROM analytics.payments FINAL WHERE {paid}"))),
+        ("dau_sketch", pf(&format!("hll:dau:demo-game:prod:{day}"))),
+        ("new_sketch", pf(&format!("hll:new:demo-game:prod:{day}"))),
+    ]);
+    ch.stop();
+    redis.stop();
+    held
+}
+
+fn assert_held(summary: &HashMap<String, String>, held: &HashMap<&str, u64>) {
+    for key in
+        ["event_rows", "payment_rows", "dau_exact", "new_exact", "revenue_cents", "payers", "dau_sketch", "new_sketch"]
+    {
+        assert_eq!(n(summary, key), held[key], "{key}: summary {summary:?}, held {held:?}");
+    }
+    assert_eq!(held["event_ids"], held["event_rows"], "every event once");
+}
+
+#[test]
+fn demo_summary_is_what_clickhouse_and_redis_hold_and_a_second_run_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let first = demo(&dir, &["--duration", "20", "--fresh", "--rate", "400", "--players", "2000"]);
+    let day = first["day"].clone();
+    let held1 = held(&dir, &day);
+    assert_held(&first, &held1);
+    // A fresh directory: everything stored is this run's, every player new, none refused.
+    assert_eq!(n(&first, "run_refused"), 0);
+    assert!(n(&first, "run_events") >= 400 * 15, "{first:?}");
+    assert_eq!(n(&first, "event_rows"), n(&first, "run_events"));
+    assert_eq!(n(&first, "payment_rows"), n(&first, "run_payments"));
+    assert_eq!(n(&first, "new_exact"), n(&first, "dau_exact"));
+    assert!(n(&first, "revenue_cents") > 0 && n(&first, "dau_exact") >= 200, "{first:?}");
+
+    // Without --fresh: the same data, and this run's players on top.
+    let second = demo(&dir, &["--duration", "8", "--rate", "400", "--players", "2000"]);
+    if second["day"] == day {
+        assert_held(&second, &held(&dir, &day));
+        assert!(n(&second, "dau_exact") > n(&first, "dau_exact"), "{second:?}");
+        assert!(n(&second, "revenue_cents") >= n(&first, "revenue_cents"));
+    }
+    assert_eq!(n(&second, "event_rows"), n(&first, "event_rows") + n(&second, "run_events"));
+    assert_eq!(n(&second, "payment_rows"), n(&first, "payment_rows") + n(&second, "run_payments"));
+}
+
+/// tmux with a server of its own (`-L`), so the test touches no other tmux session.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = Command::new("tmux").arg("-L").arg(socket).args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn demo_live_screen_shows_every_figure_and_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let socket = format!("croupier-demo-{}", std::process::id());
+    let cmd = format!(
+        "{} demo --dir {} --fresh --duration 15 --rate 300 --players 2000; sleep 60",
+        env!("CARGO_BIN_EXE_croupier-it-bin"),
+        dir.display()
+    );
+    tmux(&socket, &["new-session", "-d", "-s", "demo", "-x", "132", "-y", "40", &cmd]);
+    let capture = || tmux(&socket, &["capture-pane", "-p", "-t", "demo"]);
+    let fields = [
+        "accepted",
+        "refused",
+        "ack",
+        "p50",
+        "p99",
+        "backlog",
+        "rows in ClickHouse",
+        "freshness",
+        "online now",
+        "DAU",
+        "new users",
+        "revenue",
+        "conversion",
+        "pass rate",
+        "/metrics",
+        "/readyz",
+        "dashboard",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        let screen = capture();
+        // The screen from its third second: figures read at least twice.
+        if screen.contains("Croupier demo  00:00:03") {
+            break screen;
+        }
+        assert!(Instant::now() < deadline, "no live screen:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let second = capture();
+    let result = std::panic::catch_unwind(|| {
+        for screen in [&first, &second] {
+            for f in fields {
+                assert!(screen.contains(f), "{f:?} not on the screen:\n{screen}");
+            }
+        }
+        // What a person sees move: the clock, the totals, the rows.
+        let line = |s: &str, p: &str| s.lines().find(|l| l.trim_start().starts_with(p)).unwrap_or("").to_owned();
+        for prefix in ["Croupier demo", "ingest     accepted", "pipeline"] {
+            assert_ne!(line(&first, prefix), line(&second, prefix), "{prefix:?} did not change:\n{first}\n{second}");
+        }
+    });
+    // Let the demo drain and stop its servers before the session goes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !capture().contains("servers stopped") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last = capture();
+    tmux(&socket, &["kill-server"]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(last.contains("summary: "), "no summary after the screen:\n{last}");
+}

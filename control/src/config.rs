@@ -23,8 +23,8 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
 /// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
-const SECTIONS: [&str; 10] =
-    ["server", "auth", "redis", "streams", "clickhouse", "worker", "games", "control", "metrics", "log"];
+const SECTIONS: [&str; 11] =
+    ["server", "auth", "redis", "streams", "clickhouse", "worker", "aggregate", "games", "control", "metrics", "log"];
 
 /// A configuration could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +364,25 @@ impl Default for Worker {
     }
 }
 
+/// `[aggregate]`: the worker's real-time HyperLogLog figures (docs/aggregation.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Aggregate {
+    /// Worker shards count players (online, DAU, new, payers) in sketches, merge them
+    /// into Croupier's `hll:*` keys and write the aggregate tables (off: rows only).
+    pub enabled: bool,
+    /// How often a worker shard merges its touched sketches into Redis and writes the
+    /// aggregate tables, milliseconds. A batch's sketches are also merged before its
+    /// entries are acknowledged.
+    pub flush_ms: u64,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Aggregate { enabled: true, flush_ms: 1_000 }
+    }
+}
+
 /// `[control]`: the control listener (`/metrics`, `/healthz`, `/readyz`), on a thread of
 /// its own, never a data shard.
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +480,8 @@ pub struct Config {
     pub clickhouse: ClickHouse,
     /// Stream consumers.
     pub worker: Worker,
+    /// Real-time aggregation in the worker.
+    pub aggregate: Aggregate,
     /// Games by id.
     pub games: BTreeMap<String, Game>,
     /// The control listener.
@@ -651,6 +672,9 @@ impl Config {
         if self.worker.shards == 0 || self.worker.batch_rows == 0 || self.worker.read_count == 0 {
             return Err(err("worker", "shards, batch_rows and read_count must be greater than 0"));
         }
+        if self.aggregate.flush_ms == 0 {
+            return Err(err("aggregate.flush_ms", "expected 1 or more"));
+        }
         if self.clickhouse.max_partitions_per_block == 0 {
             return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));
         }
@@ -739,6 +763,21 @@ mod tests {
         assert_eq!((c.streams.events.retention_events, c.streams.events.high_water_events), (1_000_000, 800_000));
         assert_eq!((c.streams.custom.retention_events, c.streams.custom.high_water_events), (500_000, 400_000));
         assert_eq!((c.streams.payments.retention_events, c.streams.payments.high_water_events), (100_000, 80_000));
+        assert!(c.aggregate.enabled);
+        assert_eq!(c.aggregate.flush_ms, 1_000);
+    }
+
+    #[test]
+    fn aggregate_section_takes_overrides_like_the_others() {
+        let c = Config::load(
+            None,
+            env(&[("CROUPIER_AGGREGATE__FLUSH_MS", "250"), ("CROUPIER_AGGREGATE__ENABLED", "false")]),
+        )
+        .expect("loads");
+        assert_eq!((c.aggregate.flush_ms, c.aggregate.enabled), (250, false));
+        assert!(c.ignored_variables.is_empty());
+        let e = Config::load(None, env(&[("CROUPIER_AGGREGATE__FLUSH_MS", "0")])).expect_err("0 ms");
+        assert_eq!(e.key, "aggregate.flush_ms");
     }
 
     #[test]

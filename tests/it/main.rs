@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod aggregate;
 mod body;
 mod clickhouse;
 mod config;

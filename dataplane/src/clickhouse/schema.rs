@@ -6,6 +6,14 @@
 //! batch never shows twice; `events` has `device_id`, both have `ingested_at` (when ingest
 //! accepted the record; identical in redelivered copies). TTLs are left to operators
 //! (ClickHouse 18.16 has no column TTL).
+//!
+//! The aggregate tables the worker writes from the merged sketches
+//! (`minute_online`, `daily_users`, `daily_revenue`) are `ReplacingMergeTree(version)` on
+//! `(game_id, env, period)`: every write of a figure is the whole figure, the latest
+//! wins, so several workers, restarts and redeliveries never add up; `minute_online` has
+//! a `version` column and `daily_users` a `payers` one beyond Croupier's. `daily_online_peak`
+//! is Croupier's `AggregatingMergeTree` of `maxState(online)`, fed by its materialized view
+//! (a maximum does not double-count either).
 
 use croupier_protocol::clickhouse::packet::Setting;
 
@@ -60,8 +68,9 @@ pub const STATEMENTS: &[&str] = &[
         m       DateTime,
         game_id LowCardinality(String),
         env     LowCardinality(String),
-        online  UInt32
-    ) ENGINE = SummingMergeTree()
+        online  UInt32,
+        version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(m)
     ORDER BY (game_id, env, m)",
     "CREATE TABLE IF NOT EXISTS analytics.daily_users (
@@ -70,9 +79,11 @@ pub const STATEMENTS: &[&str] = &[
         env       LowCardinality(String),
         dau       UInt64,
         new_users UInt64,
-        version   UInt64
-    ) ENGINE = ReplacingMergeTree()
-    ORDER BY (game_id, env, d, version)",
+        version   UInt64,
+        payers    UInt64 DEFAULT 0
+    ) ENGINE = ReplacingMergeTree(version)
+    PARTITION BY toYYYYMM(d)
+    ORDER BY (game_id, env, d)",
     "CREATE TABLE IF NOT EXISTS analytics.daily_revenue (
         d             Date,
         game_id       LowCardinality(String),
@@ -81,18 +92,21 @@ pub const STATEMENTS: &[&str] = &[
         refunds_cents UInt64,
         failed        UInt64,
         version       UInt64
-    ) ENGINE = ReplacingMergeTree()
-    ORDER BY (game_id, env, d, version)",
+    ) ENGINE = ReplacingMergeTree(version)
+    PARTITION BY toYYYYMM(d)
+    ORDER BY (game_id, env, d)",
     "CREATE TABLE IF NOT EXISTS analytics.daily_online_peak (
-        d       Date,
-        game_id LowCardinality(String),
-        env     LowCardinality(String),
-        peak    UInt32
-    ) ENGINE = ReplacingMergeTree(peak)
+        d           Date,
+        game_id     LowCardinality(String),
+        env         LowCardinality(String),
+        peak_online AggregateFunction(max, UInt32)
+    ) ENGINE = AggregatingMergeTree()
+    PARTITION BY toYYYYMM(d)
     ORDER BY (game_id, env, d)",
     "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.daily_online_peak_mv
     TO analytics.daily_online_peak
-    AS SELECT toDate(m) AS d, game_id, env, online AS peak FROM analytics.minute_online",
+    AS SELECT toDate(m) AS d, game_id, env, maxState(online) AS peak_online
+    FROM analytics.minute_online GROUP BY d, game_id, env",
 ];
 
 /// Servers from this revision (19.x) may understand `ALTER TABLE ... MODIFY SETTING`;
@@ -124,11 +138,65 @@ pub async fn fsync_after_insert(conn: &mut Connection) -> Result<bool, ChError> 
     Ok(true)
 }
 
+/// The aggregate tables as the first schema created them (placeholders nothing wrote:
+/// `minute_online` summing, `daily_users` and `daily_revenue` with the version in the sort
+/// key, so never replaced, `daily_online_peak` with a plain `peak`), and the start of the
+/// engine each has now. [`migrate`] replaces such a table when it is empty.
+const AGGREGATE_ENGINES: &[(&str, &str)] = &[
+    ("minute_online", "ReplacingMergeTree(version)"),
+    ("daily_users", "ReplacingMergeTree(version)"),
+    ("daily_revenue", "ReplacingMergeTree(version)"),
+    ("daily_online_peak", "AggregatingMergeTree"),
+];
+
+/// `throwIf`'s error: the value passed was not zero.
+const THROW_IF: i32 = 395;
+
+/// Whether `sql` (a `SELECT throwIf(...)` returning no rows when it does not throw)
+/// threw.
+async fn threw(conn: &mut Connection, sql: &str) -> Result<bool, ChError> {
+    match conn.execute(sql, &[]).await {
+        Ok(()) => Ok(false),
+        Err(ChError::Server(e)) if e.code == THROW_IF => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops aggregate tables of the first schema (see [`AGGREGATE_ENGINES`]) so that they are
+/// created again as they are now; refuses when one holds rows (nothing of croupier wrote
+/// them: someone else did, and an operator decides).
+async fn replace_first_aggregate_tables(conn: &mut Connection) -> Result<(), ChError> {
+    for (table, engine) in AGGREGATE_ENGINES {
+        let old = format!(
+            "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+             AND name = '{table}' AND engine_full NOT LIKE '{engine}%') WHERE x != 0"
+        );
+        if !threw(conn, &old).await? {
+            continue;
+        }
+        let rows = format!("SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM analytics.{table}) WHERE x != 0");
+        if threw(conn, &rows).await? {
+            return Err(ChError::SchemaMismatch(format!(
+                "analytics.{table} has an engine of an earlier schema and holds rows; croupier writes it as \
+                 {engine} (docs/aggregation.md): move its rows away and drop it, then run migrate again"
+            )));
+        }
+        tracing::info!(table, engine, "replacing an empty aggregate table of the first schema");
+        conn.execute("DROP TABLE IF EXISTS analytics.daily_online_peak_mv", &[]).await?;
+        conn.execute(&format!("DROP TABLE IF EXISTS analytics.{table}"), &[]).await?;
+    }
+    Ok(())
+}
+
 /// Creates or upgrades the schema. Safe to run any number of times.
 pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
     let legacy = conn.server().revision < LOW_CARDINALITY_GA;
     let settings: &[(&str, Setting<'_>)] =
         if legacy { &[("allow_experimental_low_cardinality_type", Setting::UInt(1))] } else { &[] };
+    if let Some(database) = STATEMENTS.first() {
+        conn.execute(database, settings).await?;
+    }
+    replace_first_aggregate_tables(conn).await?;
     for sql in STATEMENTS {
         conn.execute(sql, settings).await?;
     }

@@ -25,6 +25,7 @@ use croupier_control::metrics::{
 use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
+use super::aggregate::Aggregator;
 use super::entries::{self, cmd, Entry};
 use super::read_size::ReadSize;
 use super::sink::{entry_ms, entry_rows, Poison, Sink};
@@ -137,6 +138,8 @@ struct Consumer {
     kept_at: Instant,
     /// The worker shard's counters (shared by its consumers).
     metrics: Rc<ShardWriter>,
+    /// The worker shard's real-time sketches (none: aggregation off).
+    agg: Option<Rc<Aggregator>>,
 }
 
 /// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
@@ -145,17 +148,21 @@ struct Consumer {
 /// inserted and acknowledged, so reading never waits for ClickHouse and a row waits at
 /// most one insert plus the linger. Both batches are in this consumer's pending list
 /// until acknowledged: a crash in between loses nothing. `reads` carries the
-/// `XREADGROUP`s, `redis` everything else; `metrics` counts inserts and dead letters.
+/// `XREADGROUP`s, `redis` everything else; `metrics` counts inserts and dead letters;
+/// `agg` (when aggregating) gets each batch's players, merged into Redis before the
+/// batch is acknowledged.
 pub async fn run(
     cfg: Rc<ConsumerConfig>,
     reads: RedisClient,
     redis: RedisClient,
     stop: Arc<AtomicBool>,
     metrics: Rc<ShardWriter>,
+    agg: Option<Rc<Aggregator>>,
 ) {
     let reader = Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), cfg: cfg.clone(), redis: reads };
     let mut sink = Sink::new(cfg.stream);
     sink.set_partition_limit(cfg.partitions_per_block, true);
+    sink.set_aggregator(agg.clone());
     let mut c = Consumer {
         sink,
         cfg,
@@ -168,6 +175,7 @@ pub async fn run(
         systemic: false,
         kept_at: Instant::now(),
         metrics,
+        agg,
     };
     let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
@@ -655,6 +663,12 @@ impl Consumer {
         }
         for p in refused {
             progress.settle(&[p.index], vec![p]);
+        }
+        // The batch's players go into Redis before its entries are acknowledged: an
+        // acknowledged entry is never missing from the figures.
+        if let Some(agg) = &self.agg {
+            agg.flush().await?;
+            agg.revenue_confirmed(self.sink.take_revenue_days());
         }
         // In batch order, each forgotten once written: a retry does not write it twice.
         while let Some(p) = progress.poison.last() {

@@ -5,6 +5,7 @@
 //! blocking reads, one for acknowledgements and the rest) and its own ClickHouse
 //! connection.
 
+pub mod aggregate;
 pub mod consumer;
 pub mod entries;
 pub mod read_size;
@@ -103,31 +104,42 @@ pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
     start_with_metrics(config, beside_ingest, metrics)
 }
 
-/// [`start`], each worker shard counting in its own block of `metrics`.
+/// [`start`], each worker shard counting in its own block of `metrics`. With
+/// `aggregate.enabled`, the shards' real-time gauges are a source of `metrics` too.
 pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Registry>) -> Result<Shards, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let config = Arc::new(config);
     let core = |shard: usize| worker_core(&config, shard, beside_ingest);
+    let published = Arc::new(aggregate::sketches::Published::default());
+    if config.aggregate.enabled {
+        metrics.add_source(Arc::new(aggregate::gauges::RealtimeGauges::new(published.clone())));
+    }
     shards::spawn_shards("worker", config.worker.shards, driver, core, |shard, stop| {
         let config = config.clone();
         let writer = metrics.writer();
+        let published = published.clone();
         move || async move {
             let live = Rc::new(Cell::new(0usize));
             let writer = Rc::new(writer);
+            let connect = || {
+                RedisClient::spawn(
+                    config.redis.addr.clone(),
+                    Duration::from_millis(config.redis.connect_timeout_ms),
+                    Duration::from_millis(config.redis.reply_timeout_ms),
+                )
+            };
+            let agg = config.aggregate.enabled.then(|| aggregate::Aggregator::new(shard, published, connect()));
+            if let Some(a) = &agg {
+                let every = Duration::from_millis(config.aggregate.flush_ms);
+                monoio::spawn(a.clone().run(every, clickhouse_options(&config), stop.clone()));
+            }
             for stream in StreamKind::ALL {
                 let cfg = Rc::new(consumer_config(&config, stream, shard));
-                let connect = || {
-                    RedisClient::spawn(
-                        config.redis.addr.clone(),
-                        Duration::from_millis(config.redis.connect_timeout_ms),
-                        Duration::from_millis(config.redis.reply_timeout_ms),
-                    )
-                };
                 let (reads, redis) = (connect(), connect());
-                let (stop, live, writer) = (stop.clone(), live.clone(), writer.clone());
+                let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
                 live.set(live.get() + 1);
                 monoio::spawn(async move {
-                    consumer::run(cfg, reads, redis, stop, writer).await;
+                    consumer::run(cfg, reads, redis, stop, writer, agg).await;
                     live.set(live.get() - 1);
                 });
             }
@@ -137,6 +149,9 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while live.get() > 0 && std::time::Instant::now() < deadline {
                 monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let Some(a) = &agg {
+                a.finish(&clickhouse_options(&config)).await;
             }
         }
     })

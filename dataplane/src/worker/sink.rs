@@ -8,10 +8,16 @@
 //! [`BLOCK_ROWS`] rows.
 
 use croupier_control::metrics::DeadReason;
+use std::rc::Rc;
+
 use croupier_protocol::batch::{ArchivedRecords, BatchBuf, FIELD_BATCH, FIELD_CROUPIER_DATA, FIELD_FORMAT, FORMAT};
+use croupier_protocol::envelope::{text, PaymentStatus};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{self, Limits};
 
+use super::aggregate::sketches::Sketches;
+use super::aggregate::what::day_of;
+use super::aggregate::Aggregator;
 use super::entries::Entry;
 use crate::clickhouse::connection::{ChError, Connection};
 use crate::clickhouse::partitions::{self, PartitionedRows};
@@ -115,6 +121,18 @@ pub struct Sink {
     archive: BatchBuf,
     json: Vec<u8>,
     limits: Limits,
+    /// The shard's real-time sketches, fed as rows are built (none: aggregation off).
+    agg: Option<Rc<Aggregator>>,
+    /// (game, environment, UTC day) of the payments pushed since the last
+    /// [`Sink::take_revenue_days`].
+    revenue_days: Vec<(String, String, u32)>,
+}
+
+/// Notes a payment's day, once per game, environment and day.
+fn note_day(days: &mut Vec<(String, String, u32)>, game: &str, env: &str, day: u32) {
+    if !days.iter().any(|(g, e, d)| *d == day && g == game && e == env) {
+        days.push((game.to_owned(), env.to_owned(), day));
+    }
 }
 
 impl Sink {
@@ -124,13 +142,35 @@ impl Sink {
             StreamKind::Payments => Rows::Payments(PartitionedRows::new(partitions::DEFAULT_LIMIT, true)),
             _ => Rows::Events(PartitionedRows::new(partitions::DEFAULT_LIMIT, true)),
         };
-        Sink { stream, rows, archive: BatchBuf::default(), json: Vec::new(), limits: Limits::default() }
+        Sink {
+            stream,
+            rows,
+            archive: BatchBuf::default(),
+            json: Vec::new(),
+            limits: Limits::default(),
+            agg: None,
+            revenue_days: Vec::new(),
+        }
+    }
+
+    /// Feeds the shard's sketches from now on.
+    pub fn set_aggregator(&mut self, agg: Option<Rc<Aggregator>>) {
+        self.agg = agg;
+    }
+
+    /// The days of the payments pushed since the last call.
+    pub fn take_revenue_days(&mut self) -> Vec<(String, String, u32)> {
+        std::mem::take(&mut self.revenue_days)
     }
 
     /// Appends the rows of `e`, or says why it has none.
     fn push(&mut self, e: &Entry) -> Result<(), String> {
         if e.fields.is_empty() {
             return Err("entry was deleted (trimmed) before it was consumed".into());
+        }
+        let mut sketches = self.agg.as_ref().map(|a| a.sketches());
+        if let Some(s) = sketches.as_mut() {
+            s.set_now(crate::ingest::now_ms());
         }
         if let Some(data) = e.get(FIELD_CROUPIER_DATA) {
             self.json.clear();
@@ -141,11 +181,17 @@ impl Sink {
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
                     r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
+                    if let Some(s) = sketches.as_mut() {
+                        s.event(&ev.game_id, &ev.env, &ev.event, &ev.user_id, &ev.session_id, ev.ts_ms);
+                    }
                     Ok(())
                 }
                 Rows::Payments(r) => {
                     let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
                     r.block(unix_seconds(p.ts_ms)).push(&p, entry_ms(&e.id));
+                    if let Some(s) = sketches.as_mut() {
+                        count_payment(s, &mut self.revenue_days, &p);
+                    }
                     Ok(())
                 }
             };
@@ -160,11 +206,28 @@ impl Sink {
             (ArchivedRecords::Events(b), Rows::Events(r)) => {
                 for index in 0..b.len() {
                     let ev = ArchivedEventRef { batch: b, index };
-                    r.block(unix_seconds(ev.ts_ms())).push(&ev, accepted);
+                    let ts = ev.ts_ms();
+                    r.block(unix_seconds(ts)).push(&ev, accepted);
+                    if let Some(s) = sketches.as_mut() {
+                        let f = |i| b.field(index, i);
+                        s.event(
+                            f(text::GAME_ID),
+                            f(text::ENV),
+                            f(text::EVENT),
+                            f(text::USER_ID),
+                            f(text::SESSION_ID),
+                            ts,
+                        );
+                    }
                 }
             }
             (ArchivedRecords::Payments(v), Rows::Payments(r)) => {
-                v.iter().for_each(|p| r.block(unix_seconds(p.ts_ms())).push(p, accepted))
+                for p in v.iter() {
+                    r.block(unix_seconds(p.ts_ms())).push(p, accepted);
+                    if let Some(s) = sketches.as_mut() {
+                        count_payment(s, &mut self.revenue_days, p);
+                    }
+                }
             }
             _ => return Err(format!("batch holds records of another stream than {}", self.stream.key())),
         }
@@ -209,6 +272,16 @@ impl Sink {
     pub fn set_partition_limit(&mut self, limit: usize, neighbours: bool) {
         self.rows.set_partition_limit(limit, neighbours);
     }
+}
+
+/// A payment's share of the figures: its user as a payer when it succeeded, its day for
+/// `daily_revenue` whatever its status.
+fn count_payment(s: &mut Sketches, days: &mut Vec<(String, String, u32)>, p: &impl PaymentFields) {
+    let [game, env, user, ..] = p.text();
+    if p.status() == PaymentStatus::Success.as_str() {
+        s.payer(game, env, user, p.ts_ms());
+    }
+    note_day(days, game, env, day_of(p.ts_ms()));
 }
 
 /// Milliseconds of an entry ID (`<ms>-<seq>`): when Redis accepted it.

@@ -1,0 +1,188 @@
+//! The aggregate rows the worker writes: `minute_online` and `daily_users` from the
+//! merged (all-workers) sketches, `daily_revenue` computed by ClickHouse from the
+//! deduplicated `payments`. Every row is a whole figure with a version; the tables are
+//! `ReplacingMergeTree(version)`, so rewriting a figure never adds to it.
+
+use croupier_protocol::clickhouse::block::{Column, ColumnData, LowCardinality};
+
+use super::connection::{ChError, Connection};
+use super::rows::{check_header, Table, TableRows};
+
+/// Players online in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteRow {
+    /// Minutes since the epoch.
+    pub minute: u32,
+    /// Game.
+    pub game: String,
+    /// Environment.
+    pub env: String,
+    /// `PFCOUNT` of the minute's key.
+    pub online: u32,
+    /// Redis's time of the reading, microseconds: later readings win.
+    pub version: u64,
+}
+
+/// A day's players.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayRow {
+    /// UTC days since the epoch.
+    pub day: u32,
+    /// Game.
+    pub game: String,
+    /// Environment.
+    pub env: String,
+    /// `PFCOUNT` of the day's DAU key.
+    pub dau: u64,
+    /// `PFCOUNT` of the day's new-users key.
+    pub new_users: u64,
+    /// `PFCOUNT` of the day's payers key.
+    pub payers: u64,
+    /// Redis's time of the reading, microseconds.
+    pub version: u64,
+}
+
+fn lc() -> ColumnData {
+    ColumnData::LowCardinality(LowCardinality::default())
+}
+
+/// `analytics.minute_online`.
+pub struct MinuteOnline;
+
+impl Table for MinuteOnline {
+    const NAME: &'static str = "analytics.minute_online";
+    const INSERT: &'static str = "INSERT INTO analytics.minute_online (m, game_id, env, online, version) VALUES";
+
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("m", "DateTime", ColumnData::fixed(4)),
+            Column::new("game_id", "LowCardinality(String)", lc()),
+            Column::new("env", "LowCardinality(String)", lc()),
+            Column::new("online", "UInt32", ColumnData::fixed(4)),
+            Column::new("version", "UInt64", ColumnData::fixed(8)),
+        ]
+    }
+}
+
+/// `analytics.daily_users`.
+pub struct DailyUsers;
+
+impl Table for DailyUsers {
+    const NAME: &'static str = "analytics.daily_users";
+    const INSERT: &'static str =
+        "INSERT INTO analytics.daily_users (d, game_id, env, dau, new_users, payers, version) VALUES";
+
+    fn columns() -> Vec<Column> {
+        vec![
+            Column::new("d", "Date", ColumnData::fixed(2)),
+            Column::new("game_id", "LowCardinality(String)", lc()),
+            Column::new("env", "LowCardinality(String)", lc()),
+            Column::new("dau", "UInt64", ColumnData::fixed(8)),
+            Column::new("new_users", "UInt64", ColumnData::fixed(8)),
+            Column::new("payers", "UInt64", ColumnData::fixed(8)),
+            Column::new("version", "UInt64", ColumnData::fixed(8)),
+        ]
+    }
+}
+
+impl TableRows<MinuteOnline> {
+    /// Appends one minute.
+    pub fn push(&mut self, r: &MinuteRow) {
+        let c = &mut self.columns;
+        c[0].data.push_fixed(&r.minute.saturating_mul(60).to_le_bytes());
+        c[1].data.push_str(r.game.as_bytes());
+        c[2].data.push_str(r.env.as_bytes());
+        c[3].data.push_fixed(&r.online.to_le_bytes());
+        c[4].data.push_fixed(&r.version.to_le_bytes());
+        self.rows += 1;
+    }
+}
+
+impl TableRows<DailyUsers> {
+    /// Appends one day.
+    pub fn push(&mut self, r: &DayRow) {
+        let c = &mut self.columns;
+        c[0].data.push_fixed(&(r.day.min(u32::from(u16::MAX)) as u16).to_le_bytes());
+        c[1].data.push_str(r.game.as_bytes());
+        c[2].data.push_str(r.env.as_bytes());
+        c[3].data.push_fixed(&r.dau.to_le_bytes());
+        c[4].data.push_fixed(&r.new_users.to_le_bytes());
+        c[5].data.push_fixed(&r.payers.to_le_bytes());
+        c[6].data.push_fixed(&r.version.to_le_bytes());
+        self.rows += 1;
+    }
+}
+
+async fn insert<T: Table>(ch: &mut Connection, rows: &TableRows<T>) -> Result<(), ChError> {
+    if rows.rows == 0 {
+        return Ok(());
+    }
+    let header = ch.insert_start(T::INSERT, &[]).await?;
+    check_header(T::NAME, &header, &rows.columns).map_err(ChError::SchemaMismatch)?;
+    ch.insert_block(&rows.columns, rows.rows).await?;
+    ch.insert_end().await
+}
+
+/// Writes minute and day figures (one insert per table).
+pub async fn write_figures(ch: &mut Connection, minutes: &[MinuteRow], days: &[DayRow]) -> Result<(), ChError> {
+    let mut m = TableRows::<MinuteOnline>::new();
+    minutes.iter().for_each(|r| m.push(r));
+    insert(ch, &m).await?;
+    let mut d = TableRows::<DailyUsers>::new();
+    days.iter().for_each(|r| d.push(r));
+    insert(ch, &d).await
+}
+
+/// A string literal for ClickHouse SQL: quoted, backslashes and quotes escaped.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The statement that rewrites `daily_revenue` for one game, environment and UTC day from
+/// `payments FINAL` (each order and status once, however often it was delivered): revenue
+/// of `success`, refunds of `refunded`, the count of `failed`; the version is the number
+/// of payment rows it was computed from, which only grows as payments arrive.
+pub fn revenue_sql(game: &str, env: &str, day: u32) -> String {
+    let (y, mo, d) = crate::worker::aggregate::what::civil(day);
+    let start = u64::from(day) * 86_400;
+    format!(
+        "INSERT INTO analytics.daily_revenue (d, game_id, env, revenue_cents, refunds_cents, failed, version) \
+         SELECT toDate('{y:04}-{mo:02}-{d:02}') AS d, game_id, env, sumIf(amount_cents, status = 'success'), \
+         sumIf(amount_cents, status = 'refunded'), countIf(status = 'failed'), count() \
+         FROM analytics.payments FINAL \
+         WHERE game_id = {g} AND env = {e} AND time >= toDateTime({start}) AND time < toDateTime({end}) \
+         GROUP BY game_id, env",
+        g = quote(game),
+        e = quote(env),
+        end = start + 86_400,
+    )
+}
+
+/// Rewrites `daily_revenue` of one game, environment and day.
+pub async fn write_revenue(ch: &mut Connection, game: &str, env: &str, day: u32) -> Result<(), ChError> {
+    ch.execute(&revenue_sql(game, env, day), &[]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_escaped_and_days_are_utc() {
+        assert_eq!(quote(r"a'b\c"), r"'a\'b\\c'");
+        let sql = revenue_sql("g'1", "prod", 20_789);
+        assert!(sql.contains("toDate('2026-12-02')"), "{sql}");
+        assert!(sql.contains(r"game_id = 'g\'1'") && sql.contains("time >= toDateTime(1796169600)"), "{sql}");
+        assert!(sql.contains("time < toDateTime(1796256000)"), "{sql}");
+    }
+}

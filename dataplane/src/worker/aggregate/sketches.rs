@@ -1,0 +1,294 @@
+//! A worker shard's sketches: one per kind, game, environment and period, updated by
+//! the shard alone (no locks); each one's reader is published for the control thread.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use croupier_protocol::hll::{hash_element, Sketch, SketchReader, SketchWriter};
+
+use super::what::{classify, day_of, minute_of, Kind};
+
+/// One published sketch: whose it is and a live reader of it.
+#[derive(Debug, Clone)]
+pub struct PublishedSketch {
+    /// The worker shard that owns it.
+    pub shard: usize,
+    /// What it counts.
+    pub kind: Kind,
+    /// Game.
+    pub game: Arc<str>,
+    /// Environment.
+    pub env: Arc<str>,
+    /// Minute or day number.
+    pub period: u32,
+    /// Live reader.
+    pub reader: SketchReader,
+}
+
+/// The readers of every worker shard's sketches, for the control thread. Locked only when
+/// a sketch is created or dropped, and by a scrape to copy the list; never per event.
+#[derive(Debug, Default)]
+pub struct Published {
+    sketches: Mutex<Vec<PublishedSketch>>,
+}
+
+impl Published {
+    fn lock(&self) -> MutexGuard<'_, Vec<PublishedSketch>> {
+        self.sketches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A copy of the list.
+    pub fn list(&self) -> Vec<PublishedSketch> {
+        self.lock().clone()
+    }
+}
+
+/// A sketch and whether it holds adds Redis has not merged yet.
+struct Slot {
+    writer: SketchWriter,
+    dirty: bool,
+}
+
+/// The sketches of one game and environment.
+struct Scope {
+    game: Arc<str>,
+    env: Arc<str>,
+    slots: HashMap<(Kind, u32), Slot>,
+}
+
+/// A sketch to merge into Redis: its key parts and its value (Redis's string).
+#[derive(Debug, Clone)]
+pub struct Dirty {
+    /// What it counts.
+    pub kind: Kind,
+    /// Game.
+    pub game: Arc<str>,
+    /// Environment.
+    pub env: Arc<str>,
+    /// Minute or day number.
+    pub period: u32,
+    /// Redis's string of the sketch (sparse while small, else dense).
+    pub value: Vec<u8>,
+}
+
+/// The shard's sketches.
+pub struct Sketches {
+    shard: usize,
+    scopes: Vec<Scope>,
+    last: usize,
+    published: Arc<Published>,
+    now_minute: u32,
+    today: u32,
+    dirty: usize,
+}
+
+impl Sketches {
+    /// No sketches yet; new ones are published in `published`.
+    pub fn new(shard: usize, published: Arc<Published>) -> Sketches {
+        let mut s = Sketches { shard, scopes: Vec::new(), last: 0, published, now_minute: 0, today: 0, dirty: 0 };
+        s.set_now(crate::ingest::now_ms());
+        s
+    }
+
+    /// Sets the time against which events are judged too old to count (called once per
+    /// entry, not per event).
+    pub fn set_now(&mut self, now_ms: i64) {
+        self.now_minute = minute_of(now_ms);
+        self.today = day_of(now_ms);
+    }
+
+    /// Whether some sketch holds adds not merged into Redis yet.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty > 0
+    }
+
+    fn scope(&mut self, game: &str, env: &str) -> usize {
+        if let Some(s) = self.scopes.get(self.last) {
+            if &*s.game == game && &*s.env == env {
+                return self.last;
+            }
+        }
+        let i = match self.scopes.iter().position(|s| &*s.game == game && &*s.env == env) {
+            Some(i) => i,
+            None => {
+                self.scopes.push(Scope { game: game.into(), env: env.into(), slots: HashMap::new() });
+                self.scopes.len() - 1
+            }
+        };
+        self.last = i;
+        i
+    }
+
+    /// Whether `period` of `kind` is still counted (not past its key's TTL, not more than
+    /// a day ahead).
+    fn counted(&self, kind: Kind, period: u32) -> bool {
+        let ahead = if kind.per_minute() { self.now_minute.saturating_add(1440) } else { self.today.saturating_add(1) };
+        period >= kind.oldest(self.now_minute, self.today) && period <= ahead
+    }
+
+    fn add(&mut self, scope: usize, kind: Kind, period: u32, hash: u64) {
+        if !self.counted(kind, period) {
+            return;
+        }
+        let Some(s) = self.scopes.get_mut(scope) else { return };
+        let slot = s.slots.entry((kind, period)).or_insert_with(|| {
+            let writer = SketchWriter::new();
+            self.published.lock().push(PublishedSketch {
+                shard: self.shard,
+                kind,
+                game: s.game.clone(),
+                env: s.env.clone(),
+                period,
+                reader: writer.reader(),
+            });
+            Slot { writer, dirty: false }
+        });
+        if slot.writer.add_hash(hash) && !slot.dirty {
+            slot.dirty = true;
+            self.dirty += 1;
+        }
+    }
+
+    /// Counts an event: DAU for its user, and online, new, level start or clear by its
+    /// name and session. The user id is hashed once.
+    pub fn event(&mut self, game: &str, env: &str, name: &str, user: &str, session: &str, ts_ms: i64) {
+        if user.is_empty() {
+            return;
+        }
+        let hash = hash_element(user.as_bytes());
+        let scope = self.scope(game, env);
+        let (day, k) = (day_of(ts_ms), classify(name, session));
+        self.add(scope, Kind::Dau, day, hash);
+        if k.online {
+            self.add(scope, Kind::Online, minute_of(ts_ms), hash);
+        }
+        if k.new {
+            self.add(scope, Kind::New, day, hash);
+        }
+        if k.level_start {
+            self.add(scope, Kind::LevelStart, day, hash);
+        }
+        if k.level_clear {
+            self.add(scope, Kind::LevelClear, day, hash);
+        }
+    }
+
+    /// Counts a successful payment's user as a payer of its day.
+    pub fn payer(&mut self, game: &str, env: &str, user: &str, ts_ms: i64) {
+        if user.is_empty() {
+            return;
+        }
+        let hash = hash_element(user.as_bytes());
+        let scope = self.scope(game, env);
+        self.add(scope, Kind::Payers, day_of(ts_ms), hash);
+    }
+
+    /// The sketches with adds Redis has not merged, with their values; they are clean
+    /// from now on (until [`Sketches::redirty`] if the merge fails).
+    pub fn take_dirty(&mut self) -> Vec<Dirty> {
+        let mut out = Vec::with_capacity(self.dirty);
+        for s in &mut self.scopes {
+            for (&(kind, period), slot) in s.slots.iter_mut().filter(|(_, slot)| slot.dirty) {
+                slot.dirty = false;
+                let mut value = Vec::new();
+                slot.writer.snapshot().write_redis(&mut value);
+                out.push(Dirty { kind, game: s.game.clone(), env: s.env.clone(), period, value });
+            }
+        }
+        self.dirty = 0;
+        out
+    }
+
+    /// Marks sketches dirty again (their merge failed).
+    pub fn redirty(&mut self, sketches: &[Dirty]) {
+        for d in sketches {
+            let scope = self.scope(&d.game, &d.env);
+            if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.slots.get_mut(&(d.kind, d.period))) {
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty += 1;
+                }
+            }
+        }
+    }
+
+    /// Raises a sketch to the registers of `merged` (what Redis holds after every
+    /// worker's merges), so that the live figures are the all-workers ones.
+    pub fn merge_back(&mut self, kind: Kind, game: &str, env: &str, period: u32, merged: &Sketch) {
+        let scope = self.scope(game, env);
+        if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.slots.get_mut(&(kind, period))) {
+            slot.writer.merge(merged);
+        }
+    }
+
+    /// Drops clean sketches of periods before the previous minute (online) or yesterday
+    /// (days): Redis holds them; late events for them start a new sketch.
+    pub fn evict(&mut self, now_ms: i64) {
+        let (minute, today) = (minute_of(now_ms), day_of(now_ms));
+        let keep = |kind: Kind, period: u32| {
+            if kind.per_minute() {
+                period + 1 >= minute
+            } else {
+                period + 1 >= today
+            }
+        };
+        let mut dropped = false;
+        for s in &mut self.scopes {
+            let before = s.slots.len();
+            s.slots.retain(|&(kind, period), slot| slot.dirty || keep(kind, period));
+            dropped |= s.slots.len() != before;
+        }
+        if dropped {
+            let scopes = &self.scopes;
+            let shard = self.shard;
+            self.published.lock().retain(|p| {
+                p.shard != shard
+                    || scopes
+                        .iter()
+                        .any(|s| s.game == p.game && s.env == p.env && s.slots.contains_key(&(p.kind, p.period)))
+            });
+        }
+    }
+
+    /// Sketches held.
+    pub fn len(&self) -> usize {
+        self.scopes.iter().map(|s| s.slots.len()).sum()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_hash_feeds_every_sketch_of_an_event_and_only_changes_dirty() {
+        let published = Arc::new(Published::default());
+        let mut s = Sketches::new(0, published.clone());
+        let now = crate::ingest::now_ms();
+        s.event("g", "prod", "session_start", "u1", "", now);
+        assert_eq!(s.len(), 2, "dau and online");
+        assert_eq!(published.list().len(), 2);
+        let dirty = s.take_dirty();
+        assert_eq!(dirty.len(), 2);
+        assert!(!s.is_dirty());
+        // The same user again changes no register: nothing to merge.
+        s.event("g", "prod", "login", "u1", "", now);
+        assert!(!s.is_dirty());
+        s.payer("g", "prod", "u1", now);
+        assert!(s.is_dirty());
+        // Too old for its key: not counted.
+        s.event("g", "prod", "login", "u2", "", now - 40 * 86_400_000);
+        assert_eq!(s.len(), 3);
+        s.redirty(&dirty);
+        assert_eq!(s.take_dirty().len(), 3);
+        // Old clean sketches go, and their readers with them.
+        s.evict(now + 3 * 86_400_000);
+        assert!(s.is_empty());
+        assert!(published.list().is_empty());
+    }
+}

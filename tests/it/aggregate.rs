@@ -1,0 +1,320 @@
+//! Real-time aggregation end to end: players posted over HTTP, counted by the worker in
+//! HyperLogLog sketches merged into Croupier's `hll:*` keys, and the aggregate tables
+//! written from the merged figures — with Redis's PFCOUNT as the oracle.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_dataplane::worker::aggregate::what::{day_of, minute_of, Kind};
+use croupier_it::http::now_secs;
+
+use crate::fixture::{post_signed, GAME, SECRET};
+use crate::pipeline::{env, Pipeline, CROUPIER};
+
+/// The worker's settings in these tests: flushes every 200 ms.
+const FAST: &[(&str, &str)] = &[("CROUPIER_AGGREGATE__FLUSH_MS", "200")];
+
+fn key(kind: Kind, ts_secs: u64) -> String {
+    let ms = ts_secs as i64 * 1000;
+    let period = if kind.per_minute() { minute_of(ms) } else { day_of(ms) };
+    let mut k = String::new();
+    kind.key(GAME, "prod", period, &mut k);
+    k
+}
+
+fn pfcount(p: &Pipeline, key: &str) -> u64 {
+    p.ingest.redis.client().int(&["PFCOUNT", key]) as u64
+}
+
+/// Posts events named `name` for users `prefix-<i>`, `i` in `users`, at `ts`, in
+/// batches of 500.
+fn post_players(p: &Pipeline, name: &str, prefix: &str, users: std::ops::Range<usize>, ts: u64) {
+    let mut c = p.ingest.client();
+    let all: Vec<usize> = users.collect();
+    for chunk in all.chunks(500) {
+        let items: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"{name}","user_id":"{prefix}-{i}"}}"#)
+            })
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+}
+
+/// A payment body: `(order, user, amount, status)` at `ts`.
+fn payments(rows: &[(String, String, u64, &str)], ts: u64) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|(o, u, a, s)| {
+            format!(
+                r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","user_id":"{u}","order_id":"{o}","amount_cents":{a},"currency":"USD","status":"{s}"}}"#
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+fn wait_idle(p: &Pipeline) {
+    p.wait_for(0, "pending entries", |p| {
+        (p.pending("analytics:events") + p.pending("analytics:custom") + p.pending("analytics:payments")) as u64
+    });
+}
+
+/// `daily_users` of today as the product reads it (`FINAL`): dau, new_users, payers.
+fn daily_users(p: &Pipeline, ts: u64) -> (u64, u64, u64) {
+    let d = day_of(ts as i64 * 1000);
+    let out = p.clickhouse.query(&format!(
+        "SELECT dau, new_users, payers FROM analytics.daily_users FINAL WHERE game_id = '{GAME}' AND env = 'prod' \
+         AND d = toDate('1970-01-01') + {d} FORMAT TabSeparated"
+    ));
+    let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match v[..] {
+        [a, b, c] => (a, b, c),
+        _ => (0, 0, 0),
+    }
+}
+
+/// Waits until `daily_users` shows what Redis's keys count.
+fn wait_daily_users_match_redis(p: &Pipeline, ts: u64) -> (u64, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let redis =
+            (pfcount(p, &key(Kind::Dau, ts)), pfcount(p, &key(Kind::New, ts)), pfcount(p, &key(Kind::Payers, ts)));
+        let table = daily_users(p, ts);
+        if table == redis {
+            return table;
+        }
+        assert!(Instant::now() < deadline, "daily_users {table:?}, Redis {redis:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn within(got: u64, want: u64, pct: f64) -> bool {
+    (got as f64 - want as f64).abs() <= want as f64 * pct / 100.0
+}
+
+/// N distinct players log in over HTTP, half before the worker is SIGKILLed and half
+/// after a new one starts (plus the first half again): the day's DAU key and
+/// `daily_users` count N within 2 %, and equal each other; new users and online too.
+#[test]
+fn dau_of_players_logging_in_through_http_and_a_killed_worker() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let ts = now_secs() as u64;
+    const N: usize = 6_000;
+    post_players(&p, "login", "player", 0..N / 2, ts);
+    post_players(&p, "register", "player", 0..1_000, ts);
+    post_players(&p, "session.start", "player", 0..2_000, ts);
+    wait_idle(&p);
+    let half = wait_daily_users_match_redis(&p, ts);
+    assert!(within(half.0, N as u64 / 2, 2.0), "DAU after the first half: {half:?}");
+    p.kill_worker();
+    // The day survives in Redis: the next worker adds to it, and players seen again
+    // count once.
+    p.start_worker(FAST);
+    post_players(&p, "user.login", "player", N / 2..N, ts);
+    post_players(&p, "heartbeat", "player", 0..N / 2, ts);
+    wait_idle(&p);
+    let (dau, new, payers) = wait_daily_users_match_redis(&p, ts);
+    eprintln!("N = {N}: PFCOUNT dau = {dau}, new = {new}; daily_users FINAL equal");
+    assert!(within(dau, N as u64, 2.0), "DAU {dau} for {N} players");
+    assert!(within(new, 1_000, 2.0), "new users {new}");
+    assert_eq!(payers, 0);
+    let online = pfcount(&p, &key(Kind::Online, ts));
+    assert!(within(online, N as u64 / 2, 2.0), "online {online}");
+    // minute_online holds the merged minute, and the peak view follows it.
+    let m = minute_of(ts as i64 * 1000) as u64 * 60;
+    let row = p.scalar(&format!(
+        "SELECT online FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+    ));
+    assert_eq!(row, online);
+    let peak = p.scalar(&format!(
+        "SELECT maxMerge(peak_online) FROM analytics.daily_online_peak WHERE game_id = '{GAME}' AND d = toDate(toDateTime({m}))"
+    ));
+    assert_eq!(peak, online);
+    // Croupier's TTLs.
+    let ttl = |k: &str| p.ingest.redis.client().int(&["TTL", k]);
+    assert!((30 * 86_400 - 60..=30 * 86_400).contains(&ttl(&key(Kind::Dau, ts))));
+    assert!((48 * 3600 - 60..=48 * 3600).contains(&ttl(&key(Kind::Online, ts))));
+    assert!(p.stop_worker());
+}
+
+/// Starts another `croupier worker` process with its own consumer name.
+fn second_worker(p: &Pipeline, name: &str) -> Child {
+    let mut e = env(&p.ingest.redis, &p.clickhouse);
+    e.push(("CROUPIER_WORKER__CONSUMER".into(), name.into()));
+    e.extend(FAST.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Command::new(CROUPIER).arg("worker").envs(e).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker")
+}
+
+/// The same players and payments through one worker and through two worker processes of
+/// the same group: the same keys (register for register), the same table figures.
+#[test]
+fn two_workers_give_the_same_figures_as_one() {
+    let ts = now_secs() as u64;
+    let run = |workers: usize| {
+        let mut p = Pipeline::start(&[]);
+        p.start_worker(FAST);
+        let mut others: Vec<Child> = (1..workers).map(|i| second_worker(&p, &format!("it-{i}"))).collect();
+        for round in 0..4 {
+            post_players(&p, "login", "p", round * 1_000..(round + 1) * 1_500, ts);
+            post_players(&p, "first_active", "p", round * 100..round * 100 + 150, ts);
+            let pays: Vec<(String, String, u64, &str)> =
+                (0..50).map(|i| (format!("o{round}-{i}"), format!("p-{i}"), 100 + i as u64, "success")).collect();
+            let r = p.ingest.post("/api/ingest/payments", &payments(&pays, ts));
+            assert_eq!(r.status, 202, "{}", r.text());
+        }
+        wait_idle(&p);
+        let users = wait_daily_users_match_redis(&p, ts);
+        let dense = |k: &str| match p.ingest.redis.client().cmd(&["PFDEBUG", "GETREG", k]) {
+            croupier_protocol::resp::Frame::Array(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let registers = (dense(&key(Kind::Dau, ts)), dense(&key(Kind::New, ts)), dense(&key(Kind::Payers, ts)));
+        let revenue = wait_revenue(&p, ts, 4 * (0..50).map(|i| 100 + i).sum::<u64>());
+        for o in &mut others {
+            let _ = o.kill();
+            let _ = o.wait();
+        }
+        (users, registers, revenue)
+    };
+    let one = run(1);
+    let two = run(2);
+    assert_eq!(one.0, two.0, "daily_users");
+    assert!(one.1 == two.1, "the keys' registers differ");
+    assert_eq!(one.2, two.2, "daily_revenue");
+    assert!(within(one.0 .0, 6_000, 2.0) && within(one.0 .2, 50, 2.0), "{:?}", one.0);
+}
+
+/// Waits until `daily_revenue FINAL` of today shows `revenue`; returns the row.
+fn wait_revenue(p: &Pipeline, ts: u64, revenue: u64) -> (u64, u64, u64) {
+    let d = day_of(ts as i64 * 1000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = p.clickhouse.query(&format!(
+            "SELECT revenue_cents, refunds_cents, failed FROM analytics.daily_revenue FINAL \
+             WHERE game_id = '{GAME}' AND env = 'prod' AND d = toDate('1970-01-01') + {d} FORMAT TabSeparated"
+        ));
+        let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        if let [r, f, n] = v[..] {
+            if r == revenue {
+                return (r, f, n);
+            }
+        }
+        assert!(Instant::now() < deadline, "daily_revenue {v:?}, expected revenue {revenue}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `daily_revenue` is the exact sum of the accepted successful payments (refunds and
+/// failures apart), also when the worker is SIGKILLed after inserting a batch it could
+/// not acknowledge, and the batch is delivered again to the next worker; payments posted
+/// twice count once.
+#[test]
+fn daily_revenue_is_exact_after_a_killed_worker_and_redelivery() {
+    // XACK is renamed away: the worker inserts and merges, cannot acknowledge, is killed.
+    let mut p = Pipeline::start(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--rename-command",
+        "XACK",
+        "XACK_HIDDEN_FOR_TEST",
+    ]);
+    p.start_worker(FAST);
+    let ts = now_secs() as u64;
+    let mut want = (0u64, 0u64, 0u64);
+    let mut payers = std::collections::BTreeSet::new();
+    for batch in 0..10 {
+        let rows: Vec<(String, String, u64, &str)> = (0..20)
+            .map(|i| {
+                let status = ["success", "success", "success", "failed", "refunded"][i % 5];
+                (
+                    format!("ord-{batch}-{i}"),
+                    format!("buyer-{}", (batch * 20 + i) % 70),
+                    1_000 + (batch * 20 + i) as u64,
+                    status,
+                )
+            })
+            .collect();
+        for (_, u, a, s) in &rows {
+            match *s {
+                "success" => {
+                    want.0 += a;
+                    payers.insert(u.clone());
+                }
+                "refunded" => want.1 += a,
+                _ => want.2 += 1,
+            }
+        }
+        let body = payments(&rows, ts);
+        assert_eq!(p.ingest.post("/api/ingest/payments", &body).status, 202);
+        if batch % 3 == 0 {
+            // A client retry under a new nonce: the same orders again.
+            assert_eq!(p.ingest.post("/api/ingest/payments", &body).status, 202);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.scalar("SELECT count() FROM analytics.payments") == 0 {
+        assert!(Instant::now() < deadline, "nothing inserted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(p.pending("analytics:payments") > 0, "nothing may be acknowledged yet");
+    p.kill_worker();
+    p.ingest.redis.restart_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    p.start_worker(FAST);
+    wait_idle(&p);
+    let got = wait_revenue(&p, ts, want.0);
+    assert_eq!(got, want, "daily_revenue (revenue, refunds, failed)");
+    let (_, _, payers_count) = wait_daily_users_match_redis(&p, ts);
+    assert_eq!(payers_count, payers.len() as u64, "payers: {} distinct", payers.len());
+}
+
+/// Aggregate tables of the first schema (never written) are replaced by migrate; run
+/// twice, migrate changes nothing more.
+#[test]
+fn migrate_replaces_the_first_schemas_empty_aggregate_tables() {
+    let p = Pipeline::start(&[]);
+    let ch = &p.clickhouse;
+    for t in ["daily_online_peak_mv", "daily_online_peak", "minute_online", "daily_users", "daily_revenue"] {
+        ch.query(&format!("DROP TABLE analytics.{t}"));
+    }
+    ch.query(
+        "CREATE TABLE analytics.minute_online (m DateTime, game_id LowCardinality(String), env LowCardinality(String), \
+         online UInt32) ENGINE = SummingMergeTree() PARTITION BY toYYYYMM(m) ORDER BY (game_id, env, m)",
+    );
+    ch.query(
+        "CREATE TABLE analytics.daily_revenue (d Date, game_id LowCardinality(String), env LowCardinality(String), \
+         revenue_cents UInt64, refunds_cents UInt64, failed UInt64, version UInt64) ENGINE = ReplacingMergeTree() \
+         ORDER BY (game_id, env, d, version)",
+    );
+    for _ in 0..2 {
+        let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&p.ingest.redis, ch));
+        assert!(ok, "{out}");
+    }
+    let engines = ch.query(
+        "SELECT name, engine FROM system.tables WHERE database = 'analytics' AND name IN \
+         ('minute_online', 'daily_revenue', 'daily_users', 'daily_online_peak') ORDER BY name FORMAT TabSeparated",
+    );
+    assert_eq!(
+        engines.trim_end(),
+        "daily_online_peak\tAggregatingMergeTree\ndaily_revenue\tReplacingMergeTree\n\
+         daily_users\tReplacingMergeTree\nminute_online\tReplacingMergeTree"
+    );
+    assert!(ch.query("SELECT engine_full FROM system.tables WHERE name = 'minute_online'").contains("(version)"));
+    // One with rows is left to an operator.
+    ch.query("INSERT INTO analytics.daily_revenue (d, game_id, env, revenue_cents, refunds_cents, failed, version) VALUES ('2026-01-01', 'g', 'e', 1, 0, 0, 1)");
+    ch.query("DROP TABLE analytics.daily_revenue");
+    ch.query(
+        "CREATE TABLE analytics.daily_revenue (d Date, game_id String, env String, revenue_cents UInt64, \
+         refunds_cents UInt64, failed UInt64, version UInt64) ENGINE = ReplacingMergeTree() ORDER BY (game_id, env, d, version)",
+    );
+    ch.query("INSERT INTO analytics.daily_revenue VALUES ('2026-01-01', 'g', 'e', 1, 0, 0, 1)");
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&p.ingest.redis, ch));
+    assert!(!ok && out.contains("analytics.daily_revenue has an engine of an earlier schema"), "{out}");
+}

@@ -23,8 +23,20 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
 /// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
-const SECTIONS: [&str; 11] =
-    ["server", "auth", "redis", "streams", "clickhouse", "worker", "aggregate", "games", "control", "metrics", "log"];
+const SECTIONS: [&str; 12] = [
+    "server",
+    "auth",
+    "redis",
+    "streams",
+    "clickhouse",
+    "worker",
+    "aggregate",
+    "games",
+    "control",
+    "metrics",
+    "log",
+    "api",
+];
 
 /// A configuration could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,6 +413,48 @@ impl Default for Control {
     }
 }
 
+/// `[api]`: the Analytics API (`/api/analytics/*` on the control listener): who may read
+/// it (JWT), how its ClickHouse reads are bounded, and its audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// HS256 secret of bearer tokens (Croupier's `Auth.JWTSecret`); empty: HS256 tokens
+    /// are refused.
+    pub jwt_secret: String,
+    /// A file holding the HS256 secret (trailing newline ignored).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// A JWKS file (`{"keys":[...]}`) whose RSA keys verify RS256 tokens (by `kid`).
+    pub jwks_file: Option<PathBuf>,
+    /// Permissions of each role (`analytics:read`, `analytics:manage`,
+    /// `analytics:export`); roles not listed grant nothing. `admin` and `super_admin`
+    /// are given every permission unless listed here.
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Longest a ClickHouse read may take, milliseconds (then 504).
+    pub query_timeout_ms: u64,
+    /// ClickHouse reads in flight at once (connections of the control thread); more wait
+    /// up to `query_timeout_ms`, then 503.
+    pub max_queries_in_flight: usize,
+    /// Audit rows are written at least this often, milliseconds.
+    pub audit_flush_ms: u64,
+    /// Most audit rows held before the oldest are dropped (counted in the log).
+    pub audit_max_pending: usize,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            jwt_secret: String::new(),
+            jwt_secret_file: None,
+            jwks_file: None,
+            roles: BTreeMap::new(),
+            query_timeout_ms: 10_000,
+            max_queries_in_flight: 4,
+            audit_flush_ms: 1_000,
+            audit_max_pending: 100_000,
+        }
+    }
+}
+
 /// `[metrics]`: what the shards count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -490,6 +544,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// Logs.
     pub log: Log,
+    /// The Analytics API.
+    pub api: Api,
     /// `CROUPIER_*` variables that look like mistyped overrides (ignored, reported by
     /// [`Config::warnings`]).
     #[serde(skip)]
@@ -588,6 +644,14 @@ impl Config {
                 .map_err(|e| err("clickhouse.password_file", format!("{}: {e}", file.display())))?;
             self.clickhouse.password = text.trim_end_matches(['\n', '\r']).to_owned();
         }
+        if let Some(file) = &self.api.jwt_secret_file {
+            if !self.api.jwt_secret.is_empty() {
+                return Err(err("api.jwt_secret_file", "set `jwt_secret` or `jwt_secret_file`, not both"));
+            }
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| err("api.jwt_secret_file", format!("{}: {e}", file.display())))?;
+            self.api.jwt_secret = text.trim_end_matches(['\n', '\r']).to_owned();
+        }
         for (id, game) in &mut self.games {
             let key = format!("games.{id}");
             match (&game.secret, &game.secret_file) {
@@ -642,6 +706,22 @@ impl Config {
                 "log.level",
                 format!("expected a level or a filter (info, warn, info,croupier_dataplane=debug): {e}"),
             ));
+        }
+        if self.api.query_timeout_ms == 0 || self.api.max_queries_in_flight == 0 || self.api.audit_flush_ms == 0 {
+            return Err(err(
+                "api.query_timeout_ms",
+                "expected query_timeout_ms, max_queries_in_flight and audit_flush_ms greater than 0",
+            ));
+        }
+        for (role, perms) in &self.api.roles {
+            if let Some(p) =
+                perms.iter().find(|p| !matches!(p.as_str(), "analytics:read" | "analytics:manage" | "analytics:export"))
+            {
+                return Err(err(
+                    format!("api.roles.{role}"),
+                    format!("unknown permission {p:?}: expected analytics:read, analytics:manage or analytics:export"),
+                ));
+            }
         }
         if self.control.probe_timeout_ms == 0 {
             return Err(err("control.probe_timeout_ms", "expected a timeout greater than 0"));

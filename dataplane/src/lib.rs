@@ -6,6 +6,7 @@
 //! [`data_port`] through the generic HTTP layer ([`server`], [`http`], [`router`]). The
 //! returned [`Handle`] stops them gracefully.
 
+pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod clickhouse;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod aggregate;
+mod analytics;
 mod body;
 mod clickhouse;
 mod config;

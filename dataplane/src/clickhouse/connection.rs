@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use croupier_protocol::clickhouse::block::{BlockHeader, Column};
 use croupier_protocol::clickhouse::packet::{self, ProtocolError, ServerException, ServerHello, ServerPacket, Setting};
+use croupier_protocol::clickhouse::result::Value;
 use croupier_protocol::clickhouse::CLIENT_REVISION;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -76,6 +77,17 @@ impl std::fmt::Display for ChError {
 }
 
 impl std::error::Error for ChError {}
+
+/// The answer to a `SELECT`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selected {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// The rows, each a value per column.
+    pub rows: Vec<Vec<Value>>,
+    /// Rows the server read to answer (summed from its progress packets).
+    pub read_rows: u64,
+}
 
 /// How to reach ClickHouse.
 #[derive(Debug, Clone)]
@@ -234,6 +246,31 @@ impl Connection {
         packet::data(&mut self.wbuf, self.revision, self.compression, &[], 0, &mut self.scratch);
         self.flush().await?;
         self.wait_for(self.compression, |p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
+    }
+
+    /// Runs a `SELECT` (results uncompressed) and returns its rows, and the rows the
+    /// server read for it (from its progress packets).
+    pub async fn select(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<Selected, ChError> {
+        self.start_query(sql, settings, false);
+        self.flush().await?;
+        let mut out = Selected::default();
+        loop {
+            match self.next_packet(false).await? {
+                ServerPacket::Exception(e) => return Err(ChError::Server(e)),
+                ServerPacket::Rows(b) => {
+                    if out.columns.is_empty() {
+                        out.columns = b.columns.iter().map(|(n, _)| n.clone()).collect();
+                    }
+                    let mut cols: Vec<_> = b.values.into_iter().map(Vec::into_iter).collect();
+                    for _ in 0..b.rows {
+                        out.rows.push(cols.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect());
+                    }
+                }
+                ServerPacket::Progress { rows, .. } => out.read_rows += rows,
+                ServerPacket::EndOfStream => return Ok(out),
+                _ => {}
+            }
+        }
     }
 
     /// Pings the server.

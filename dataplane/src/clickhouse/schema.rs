@@ -103,6 +103,20 @@ pub const STATEMENTS: &[&str] = &[
     ) ENGINE = AggregatingMergeTree()
     PARTITION BY toYYYYMM(d)
     ORDER BY (game_id, env, d)",
+    "CREATE TABLE IF NOT EXISTS analytics.audit_log (
+        time        DateTime,
+        user        String,
+        roles       String,
+        route       String,
+        game_id     String,
+        env         String,
+        params      String,
+        status      UInt16,
+        duration_ms UInt32,
+        read_rows   UInt64
+    ) ENGINE = MergeTree()
+    PARTITION BY toYYYYMM(time)
+    ORDER BY (time, user)",
     "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.daily_online_peak_mv
     TO analytics.daily_online_peak
     AS SELECT toDate(m) AS d, game_id, env, maxState(online) AS peak_online

@@ -1,7 +1,9 @@
-//! The control listener (`[control] listen`): `/metrics`, `/healthz` and `/readyz` on a
-//! thread of its own, never a data shard. It is one more surface of the generic HTTP
+//! The control listener (`[control] listen`): `/metrics`, `/healthz`, `/readyz` and the
+//! Analytics API (`/api/analytics/*`, [`crate::analytics`]) on a thread of its own,
+//! never a data shard. It is one more surface of the generic HTTP
 //! layer: a route table and a [`Handler`] served by `http::conn` like the data port.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use croupier_control::metrics::{process, Encoder, Registry, CONTENT_TYPE};
 
 use super::ready::Probes;
 use super::streams;
+use crate::analytics::{self, Api, Headers};
 use crate::http::conn;
 use crate::http::handler::{Handler, Request};
 use crate::http::request::Fields;
@@ -30,17 +33,20 @@ pub enum Route {
     Health,
     /// `/readyz`.
     Ready,
+    /// An Analytics API route.
+    Analytics(analytics::Route),
 }
 
-/// The control port reads no header field.
-static FIELDS: Fields = Fields::new(&[]);
+/// The header fields the Analytics API reads, by index.
+static FIELDS: Fields = Fields::new(&["Authorization", "X-Game-ID", "X-Env"]);
 
 /// The control port's route table.
 pub fn router() -> Router<Route> {
-    Router::new(&FIELDS)
+    let r = Router::new(&FIELDS)
         .route("/metrics", Methods::GET_HEAD, Route::Metrics)
         .route("/healthz", Methods::GET_HEAD, Route::Health)
-        .route("/readyz", Methods::GET_HEAD, Route::Ready)
+        .route("/readyz", Methods::GET_HEAD, Route::Ready);
+    analytics::routes(r, Route::Analytics)
 }
 
 /// The control port on its thread.
@@ -50,6 +56,7 @@ struct ControlPort {
     probes: Probes,
     driver: ActiveDriver,
     router: Router<Route>,
+    api: Api,
 }
 
 impl ControlPort {
@@ -85,11 +92,16 @@ impl Handler for ControlPort {
         &self.router
     }
 
-    async fn handle(&self, route: Route, _req: &mut Request<'_>) -> Response {
+    async fn handle(&self, route: Route, req: &mut Request<'_>) -> Response {
         match route {
             Route::Metrics => self.metrics().await,
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
             Route::Ready => self.ready().await,
+            Route::Analytics(r) => {
+                let head = req.head();
+                let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
+                self.api.handle(r, head.query(), headers).await
+            }
         }
     }
 
@@ -148,18 +160,29 @@ pub fn start(
                 let limits = server::Limits {
                     read_timeout: Duration::from_millis(config.server.read_timeout_ms),
                     idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
-                    // Its routes take no body: one that is sent is read past within this.
+                    // Its routes take small bodies at most (the filters): others are read past.
                     max_body_bytes: 64 << 10,
                     max_connections: 64,
                     max_inflight_body_bytes: 64 << 10,
                     retry_after_secs: config.redis.retry_after_secs,
                 };
                 let probes = Probes::new(&config, ingest, worker);
-                let port = Rc::new(ControlPort { config, registry, probes, driver, router: router() });
+                let api = match Api::new(&config) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, "analytics API cannot start");
+                        return;
+                    }
+                };
+                let audit_stop = Rc::new(Cell::new(false));
+                let audit = monoio::spawn(api.audit_task(audit_stop.clone()));
+                let port = Rc::new(ControlPort { config, registry, probes, driver, router: router(), api });
                 let serve = move |stream, server| conn::serve(port.clone(), server, stream);
                 if let Err(e) = server::run(listener, stop, limits, serve).await {
                     tracing::error!(error = %e, "control listener failed");
                 }
+                audit_stop.set(true);
+                audit.await;
             }
         },
     )?;

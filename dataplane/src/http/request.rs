@@ -70,6 +70,8 @@ pub struct Head {
     text: String,
     /// Where the path ends in `text`.
     path_end: usize,
+    /// Where the query string (after the path, without `?`) ends in `text`.
+    query_end: usize,
     /// Where each field's value lies in `text`, when it was sent.
     fields: [Option<(usize, usize)>; MAX_FIELDS],
 }
@@ -78,6 +80,11 @@ impl Head {
     /// Path without the query string (the target's path for an absolute-form target).
     pub fn path(&self) -> &str {
         self.text.get(..self.path_end).unwrap_or("")
+    }
+
+    /// The query string, without `?` (empty when there is none).
+    pub fn query(&self) -> &str {
+        self.text.get(self.path_end..self.query_end).unwrap_or("")
     }
 
     /// The value of field `i` of the [`Fields`] the head was parsed with, if it was sent.
@@ -118,8 +125,11 @@ impl Head {
         self.expect_continue = false;
         self.len = len;
         self.text.clear();
-        self.text.push_str(target_path(req.path.unwrap_or("/")));
+        let target = req.path.unwrap_or("/");
+        self.text.push_str(target_path(target));
         self.path_end = self.text.len();
+        self.text.push_str(target.split_once('?').map_or("", |(_, q)| q));
+        self.query_end = self.text.len();
         self.fields = [None; MAX_FIELDS];
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
@@ -219,7 +229,7 @@ mod tests {
 Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signature: s\r\n\r\n{}";
         let h = parse(raw).expect("valid").expect("complete");
         assert_eq!(h.method, Method::Post);
-        assert_eq!(h.path(), "/api/ingest/events");
+        assert_eq!((h.path(), h.query()), ("/api/ingest/events", "x=1"));
         assert!(h.keep_alive);
         assert_eq!(h.framing, BodyFraming::Length(12));
         assert_eq!((h.field(0), h.field(1), h.field(2)), (Some("g1"), Some("n"), Some("application/json")));

@@ -229,6 +229,8 @@ pub enum BlockError {
     Incomplete,
     /// The block carries rows, which this client never asks for and cannot skip.
     UnexpectedRows(u64),
+    /// A result column of a type this client does not decode (names it).
+    UnsupportedType(String),
 }
 
 impl From<Incomplete> for BlockError {

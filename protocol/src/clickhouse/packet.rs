@@ -2,6 +2,7 @@
 
 use super::block::{self, BlockError, BlockHeader, Column};
 use super::compress::{self, FrameError};
+use super::result::{self, ResultBlock};
 use super::wire::{put_str, put_varint, Incomplete, Reader};
 use super::{rev, CLIENT_REVISION};
 
@@ -199,12 +200,14 @@ impl std::fmt::Display for ServerException {
 impl std::error::Error for ServerException {}
 
 /// One packet from the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ServerPacket {
     /// Hello.
     Hello(ServerHello),
     /// A data block without rows (headers and empty results).
     Data(BlockHeader),
+    /// A data block with rows (the result of a `SELECT`).
+    Rows(ResultBlock),
     /// An exception: the query failed.
     Exception(ServerException),
     /// Progress counters.
@@ -247,6 +250,8 @@ pub enum ProtocolError {
     Frame(String),
     /// A data block carries rows.
     UnexpectedRows(u64),
+    /// A result column of a type this client does not decode.
+    UnsupportedType(String),
     /// An exception nests more than [`MAX_NESTED_EXCEPTIONS`] deep.
     NestedTooDeep,
 }
@@ -257,6 +262,7 @@ impl std::fmt::Display for ProtocolError {
             ProtocolError::UnknownPacket(c) => write!(f, "unknown server packet {c}"),
             ProtocolError::Frame(e) => write!(f, "compressed frame: {e}"),
             ProtocolError::UnexpectedRows(n) => write!(f, "unexpected data block with {n} rows"),
+            ProtocolError::UnsupportedType(t) => write!(f, "result column of unsupported type {t}"),
             ProtocolError::NestedTooDeep => {
                 write!(f, "an exception nested more than {MAX_NESTED_EXCEPTIONS} deep")
             }
@@ -282,6 +288,7 @@ impl From<BlockError> for Step {
         match e {
             BlockError::Incomplete => Step::Incomplete,
             BlockError::UnexpectedRows(n) => Step::Error(ProtocolError::UnexpectedRows(n)),
+            BlockError::UnsupportedType(t) => Step::Error(ProtocolError::UnsupportedType(t)),
         }
     }
 }
@@ -340,6 +347,17 @@ fn block_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<B
     }
 }
 
+/// A data packet: its header when it has no rows, else its rows (only read uncompressed:
+/// a compressed result may span frames).
+fn data_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerPacket, Step> {
+    if compressed {
+        return Ok(ServerPacket::Data(block_packet(r, revision, compressed)?));
+    }
+    r.str()?; // table name
+    let b = result::read_block(r, revision)?;
+    Ok(if b.rows == 0 { ServerPacket::Data(b.header()) } else { ServerPacket::Rows(b) })
+}
+
 fn packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerPacket, Step> {
     let code = r.varint()?;
     Ok(match code {
@@ -354,7 +372,7 @@ fn packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerP
             let patch = if speak >= rev::VERSION_PATCH { r.varint()? } else { 0 };
             ServerPacket::Hello(ServerHello { name, major, minor, revision, timezone, display_name, patch })
         }
-        server::DATA => ServerPacket::Data(block_packet(r, revision, compressed)?),
+        server::DATA => data_packet(r, revision, compressed)?,
         server::TOTALS | server::EXTREMES => {
             block_packet(r, revision, compressed)?;
             ServerPacket::Skipped(code)

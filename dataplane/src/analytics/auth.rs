@@ -1,0 +1,180 @@
+//! Who may read the Analytics API: `Authorization: Bearer <JWT>`, HS256 with
+//! Croupier's claims (`sub`, `roles`, `exp`; the secret is `api.jwt_secret`) or RS256
+//! with a key of the JWKS file `api.jwks_file` (chosen by `kid`); roles grant
+//! permissions (`api.roles`, with defaults), which routes require; a `games` claim limits
+//! the games a token reads. Verification is the `jsonwebtoken` crate's.
+
+use std::collections::BTreeMap;
+
+use croupier_control::config::Api;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::error::ApiError;
+
+/// Reads the API's figures.
+pub const READ: &str = "analytics:read";
+/// Changes the API's settings (filters).
+pub const MANAGE: &str = "analytics:manage";
+/// Exports data.
+pub const EXPORT: &str = "analytics:export";
+
+/// The claims read from a token.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Games the token may read; absent means all (`"*"` too).
+    #[serde(default)]
+    games: Option<Vec<String>>,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `sub`.
+    pub user: String,
+    /// `roles`.
+    pub roles: Vec<String>,
+    /// Permissions its roles grant.
+    pub permissions: Vec<&'static str>,
+    /// Games it may read (`None`: all).
+    pub games: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// 403 unless the caller's roles grant `perm`.
+    pub fn require(&self, perm: &'static str) -> Result<(), ApiError> {
+        if self.permissions.contains(&perm) {
+            Ok(())
+        } else {
+            Err(ApiError::MissingPermission(perm))
+        }
+    }
+
+    /// 403 unless the caller may read `game` (`None`: every game, which a token limited
+    /// to some games may not).
+    pub fn may_read(&self, game: Option<&str>) -> Result<(), ApiError> {
+        let Some(allowed) = &self.games else { return Ok(()) };
+        if allowed.iter().any(|g| g == "*") {
+            return Ok(());
+        }
+        match game {
+            None => Err(ApiError::GameNotAllowed(String::new())),
+            Some(g) if allowed.iter().any(|a| a == g) => Ok(()),
+            Some(g) => Err(ApiError::GameNotAllowed(g.to_owned())),
+        }
+    }
+}
+
+/// The keys and the role table.
+pub struct Verifier {
+    hs256: Option<DecodingKey>,
+    rs256: Vec<(Option<String>, DecodingKey)>,
+    roles: BTreeMap<String, Vec<&'static str>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("hs256", &self.hs256.is_some()).field("rs256", &self.rs256.len()).finish()
+    }
+}
+
+/// The permission named `p`, as the constant.
+fn permission(p: &str) -> Option<&'static str> {
+    [READ, MANAGE, EXPORT].into_iter().find(|k| *k == p)
+}
+
+/// The roles granted by default (`api.roles` replaces a role it names).
+fn default_roles() -> BTreeMap<String, Vec<&'static str>> {
+    let all = vec![READ, MANAGE, EXPORT];
+    BTreeMap::from([
+        ("admin".to_owned(), all.clone()),
+        ("super_admin".to_owned(), all),
+        ("analyst".to_owned(), vec![READ, EXPORT]),
+        ("viewer".to_owned(), vec![READ]),
+        ("ops".to_owned(), vec![READ, MANAGE]),
+    ])
+}
+
+impl Verifier {
+    /// From `[api]`: reads the JWKS file, if any.
+    pub fn from_config(api: &Api) -> Result<Verifier, String> {
+        let hs256 = if api.jwt_secret.is_empty() {
+            None
+        } else {
+            Some(DecodingKey::from_secret(api.jwt_secret.as_bytes()).map_err(|e| format!("api.jwt_secret: {e}"))?)
+        };
+        let mut rs256 = Vec::new();
+        if let Some(path) = &api.jwks_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("api.jwks_file: {}: {e}", path.display()))?;
+            let set: JwkSet =
+                serde_json::from_str(&text).map_err(|e| format!("api.jwks_file: {}: {e}", path.display()))?;
+            for jwk in &set.keys {
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("api.jwks_file: {}: {e}", path.display()))?;
+                rs256.push((jwk.common.key_id.clone(), key));
+            }
+        }
+        let mut roles = default_roles();
+        for (role, perms) in &api.roles {
+            roles.insert(role.clone(), perms.iter().filter_map(|p| permission(p)).collect());
+        }
+        Ok(Verifier { hs256, rs256, roles })
+    }
+
+    /// Verifies the `Authorization` header (`exp` against the system clock, no leeway):
+    /// the caller, or 401.
+    pub fn verify(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let header = authorization.ok_or_else(|| ApiError::Unauthorized("no bearer token".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::Unauthorized("expected Authorization: Bearer <token>".into()))?;
+        let head = decode_header(token).map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
+        let key = match head.alg {
+            Algorithm::HS256 => {
+                self.hs256.as_ref().ok_or_else(|| ApiError::Unauthorized("HS256 tokens are not accepted".into()))?
+            }
+            Algorithm::RS256 => {
+                let found = match &head.kid {
+                    Some(kid) => self.rs256.iter().find(|(k, _)| k.as_deref() == Some(kid.as_str())),
+                    None if self.rs256.len() == 1 => self.rs256.first(),
+                    None => None,
+                };
+                &found.ok_or_else(|| ApiError::Unauthorized("no key for the token's kid".into()))?.1
+            }
+            _ => return Err(ApiError::Unauthorized("unsupported algorithm (HS256 or RS256)".into())),
+        };
+        let mut v = Validation::new(head.alg);
+        v.validate_aud = false;
+        v.leeway = 0;
+        v.set_required_spec_claims(&["exp"]);
+        let data = decode::<Claims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            ApiError::Unauthorized(
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::InvalidSignature => "bad signature",
+                    ErrorKind::MissingRequiredClaim(_) => "token without exp",
+                    _ => "invalid token",
+                }
+                .into(),
+            )
+        })?;
+        let c = data.claims;
+        let mut permissions: Vec<&'static str> = Vec::new();
+        for r in &c.roles {
+            for p in self.roles.get(r).into_iter().flatten() {
+                if !permissions.contains(p) {
+                    permissions.push(p);
+                }
+            }
+        }
+        Ok(Caller { user: c.sub, roles: c.roles, permissions, games: c.games })
+    }
+}

@@ -1,0 +1,90 @@
+//! The API's ClickHouse reads: the project's own native-protocol client
+//! (`crate::clickhouse::connection`), a few connections kept on the control thread, at
+//! most `api.max_queries_in_flight` queries at once, each bounded by
+//! `api.query_timeout_ms` (on our side, and on the server's as `max_execution_time`).
+//! Why the native protocol and not ClickHouse's HTTP interface: `docs/analytics-api.md`.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use croupier_protocol::clickhouse::packet::Setting;
+use croupier_protocol::clickhouse::result::Value;
+use local_sync::semaphore::Semaphore;
+
+use super::error::ApiError;
+use crate::clickhouse::connection::{ChError, ChOptions, Connection, Selected};
+
+/// Queries to ClickHouse, bounded.
+pub struct Db {
+    opts: ChOptions,
+    slots: Semaphore,
+    idle: RefCell<Vec<Connection>>,
+    timeout: Duration,
+    /// Rows read by the last query (for the audit log and the measurements).
+    last_read_rows: Cell<u64>,
+}
+
+impl Db {
+    /// Reads with `opts`, `max_in_flight` at once, each within `timeout`.
+    pub fn new(mut opts: ChOptions, max_in_flight: usize, timeout: Duration) -> Db {
+        opts.timeout = opts.timeout.min(timeout);
+        Db {
+            opts,
+            slots: Semaphore::new(max_in_flight.max(1)),
+            idle: RefCell::new(Vec::new()),
+            timeout,
+            last_read_rows: Cell::new(0),
+        }
+    }
+
+    /// Rows ClickHouse read for the last query answered.
+    pub fn last_read_rows(&self) -> u64 {
+        self.last_read_rows.get()
+    }
+
+    /// Runs a `SELECT`: its rows, or why not (502 refused or failed, 504 too slow, 503
+    /// no slot free within the timeout).
+    pub async fn select(&self, sql: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+        let deadline = monoio::time::Instant::now() + self.timeout;
+        let _slot = match monoio::time::timeout(self.timeout, self.slots.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) | Err(_) => return Err(ApiError::Busy),
+        };
+        let left = deadline.saturating_duration_since(monoio::time::Instant::now());
+        let secs = left.as_secs().max(1);
+        let run = async {
+            let pooled = self.idle.borrow_mut().pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => Connection::connect(&self.opts).await?,
+            };
+            let settings = [("max_execution_time", Setting::UInt(secs))];
+            let out = conn.select(sql, &settings).await?;
+            self.idle.borrow_mut().push(conn);
+            Ok::<Selected, ChError>(out)
+        };
+        match monoio::time::timeout(left, run).await {
+            Ok(Ok(s)) => {
+                self.last_read_rows.set(s.read_rows);
+                Ok(s.rows)
+            }
+            Ok(Err(ChError::Timeout)) | Err(_) => Err(ApiError::QueryTimeout),
+            // 159 TIMEOUT_EXCEEDED: the server's own max_execution_time.
+            Ok(Err(ChError::Server(e))) if e.code == 159 => Err(ApiError::QueryTimeout),
+            Ok(Err(ChError::Server(e))) => {
+                tracing::warn!(code = e.code, error = %e.message, "analytics query refused");
+                Err(ApiError::QueryFailed(format!("ClickHouse error {}", e.code)))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "analytics query failed");
+                Err(ApiError::QueryFailed(e.to_string()))
+            }
+        }
+    }
+
+    /// The first row's first value (a query of one aggregate).
+    pub async fn scalar(&self, sql: &str) -> Result<Value, ApiError> {
+        let rows = self.select(sql).await?;
+        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+    }
+}

@@ -1,0 +1,224 @@
+//! The Analytics API: Croupier's `/api/analytics/*` reads on the control listener, off
+//! the data shards. Each request is authenticated ([`auth`]), checked against its
+//! route's permission and the token's games, answered from ClickHouse ([`db`]) or Redis,
+//! and recorded in the audit log ([`audit`]) after its answer is ready. Refusals follow
+//! one contract ([`error`]); request values reach SQL only through [`sql`]. Figures are
+//! defined in `docs/metrics.md`.
+
+pub mod audit;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod overview;
+pub mod params;
+pub mod payments;
+pub mod realtime;
+pub mod retention;
+pub mod sql;
+pub mod taxonomy;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use croupier_control::config::Config;
+use croupier_protocol::resp::{self, Frame};
+use serde_json::Value as Json;
+
+use self::audit::{AuditLog, AuditRow};
+use self::auth::{Caller, Verifier};
+use self::db::Db;
+use self::error::ApiError;
+use self::params::{Params, Scope};
+use crate::clickhouse::connection::ChOptions;
+use crate::http::response::Response;
+use crate::redis::connection::{RedisClient, RedisOptions};
+use crate::router::{Methods, Router};
+
+/// An Analytics API route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/api/analytics/overview`.
+    Overview,
+    /// `/api/analytics/realtime`.
+    Realtime,
+    /// `/api/analytics/retention`.
+    Retention,
+    /// `/api/analytics/payments/summary`.
+    PaymentsSummary,
+    /// `/api/analytics/payments/transactions`.
+    PaymentsTransactions,
+    /// `/api/analytics/payments/product_trend`.
+    PaymentsProductTrend,
+}
+
+impl Route {
+    /// Every route with its path.
+    pub const ALL: &'static [(&'static str, Route)] = &[
+        ("/api/analytics/overview", Route::Overview),
+        ("/api/analytics/realtime", Route::Realtime),
+        ("/api/analytics/retention", Route::Retention),
+        ("/api/analytics/payments/summary", Route::PaymentsSummary),
+        ("/api/analytics/payments/transactions", Route::PaymentsTransactions),
+        ("/api/analytics/payments/product_trend", Route::PaymentsProductTrend),
+    ];
+
+    /// The permission it requires.
+    pub fn permission(self) -> &'static str {
+        auth::READ
+    }
+
+    /// The methods it takes.
+    pub fn methods(self) -> Methods {
+        Methods::GET_HEAD
+    }
+
+    /// Its path.
+    pub fn path(self) -> &'static str {
+        Route::ALL.iter().find(|(_, r)| *r == self).map_or("", |(p, _)| p)
+    }
+}
+
+/// Adds the API's routes to a route table, each as `wrap(route)`.
+pub fn routes<R: Copy>(mut router: Router<R>, wrap: impl Fn(Route) -> R) -> Router<R> {
+    for (path, route) in Route::ALL {
+        router = router.route(path, route.methods(), wrap(*route));
+    }
+    router
+}
+
+/// What a route's handler is given.
+pub struct Ctx<'a> {
+    /// ClickHouse.
+    pub db: &'a Db,
+    /// Redis.
+    pub redis: &'a RedisClient,
+    /// The query's parameters.
+    pub params: &'a Params,
+    /// The game and environment read.
+    pub scope: &'a Scope,
+    /// Unix seconds at the request.
+    pub now: i64,
+}
+
+impl Ctx<'_> {
+    /// Runs a Redis command; an error reply or a failure is 502.
+    pub async fn redis(&self, args: &[&[u8]]) -> Result<Frame, ApiError> {
+        let mut cmd = Vec::new();
+        resp::command(&mut cmd, args);
+        match self.redis.call(cmd).await {
+            Ok(Frame::Error(e)) => Err(ApiError::RedisFailed(e.to_string())),
+            Ok(f) => Ok(f),
+            Err(e) => Err(ApiError::RedisFailed(format!("{e:?}"))),
+        }
+    }
+}
+
+/// The API's state on the control thread.
+pub struct Api {
+    verifier: Verifier,
+    db: Db,
+    redis: RedisClient,
+    audit: Rc<AuditLog>,
+    audit_opts: ChOptions,
+    audit_every: Duration,
+}
+
+impl Api {
+    /// From the configuration, on the control thread (starts its Redis connection).
+    pub fn new(config: &Config) -> Result<Api, String> {
+        let ch = &config.clickhouse;
+        let opts = ChOptions {
+            addr: ch.addr.clone(),
+            database: ch.database.clone(),
+            user: ch.user.clone(),
+            password: ch.password.clone(),
+            compression: ch.compression,
+            timeout: Duration::from_millis(ch.timeout_ms),
+        };
+        let api = &config.api;
+        let timeout = Duration::from_millis(api.query_timeout_ms);
+        Ok(Api {
+            verifier: Verifier::from_config(api)?,
+            db: Db::new(opts.clone(), api.max_queries_in_flight, timeout),
+            redis: RedisClient::start(RedisOptions::from_config(&config.redis)),
+            audit: Rc::new(AuditLog::new(api.audit_max_pending)),
+            audit_opts: opts,
+            audit_every: Duration::from_millis(api.audit_flush_ms),
+        })
+    }
+
+    /// The audit writer's task: spawn it on the control thread; it ends after a last
+    /// flush once `stop` is set.
+    pub fn audit_task(&self, stop: Rc<std::cell::Cell<bool>>) -> impl std::future::Future<Output = ()> {
+        self.audit.clone().run(self.audit_opts.clone(), self.audit_every, stop)
+    }
+
+    /// Answers a request to `route` and records it in the audit log.
+    pub async fn handle(&self, route: Route, query: &str, headers: Headers<'_>) -> Response {
+        let started = std::time::Instant::now();
+        let params = Params::parse(query);
+        let scope = Scope::resolve(&params, headers.game, headers.env);
+        let caller = self.verifier.verify(headers.authorization);
+        let result = match &caller {
+            Ok(c) => self.authorized(route, c, &params, &scope).await,
+            Err(e) => Err(e.clone()),
+        };
+        let resp = match result {
+            Ok(body) => Response::json(200, body.to_string()),
+            Err(e) => e.response(),
+        };
+        let (user, roles) = match &caller {
+            Ok(c) => (c.user.clone(), c.roles.join(",")),
+            Err(_) => (String::new(), String::new()),
+        };
+        self.audit.record(AuditRow {
+            time: u32::try_from(now_secs()).unwrap_or(0),
+            user,
+            roles,
+            route: route.path().to_owned(),
+            game_id: scope.game.clone().unwrap_or_default(),
+            env: scope.env.clone().unwrap_or_default(),
+            params: params.to_json(),
+            status: resp.status,
+            duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            read_rows: self.db.last_read_rows(),
+        });
+        resp
+    }
+
+    async fn authorized(
+        &self,
+        route: Route,
+        caller: &Caller,
+        params: &Params,
+        scope: &Scope,
+    ) -> Result<Json, ApiError> {
+        caller.require(route.permission())?;
+        caller.may_read(scope.game.as_deref())?;
+        let ctx = Ctx { db: &self.db, redis: &self.redis, params, scope, now: now_secs() };
+        match route {
+            Route::Overview => overview::overview(&ctx).await,
+            Route::Realtime => realtime::realtime(&ctx).await,
+            Route::Retention => retention::retention(&ctx).await,
+            Route::PaymentsSummary => payments::summary(&ctx).await,
+            Route::PaymentsTransactions => payments::transactions(&ctx).await,
+            Route::PaymentsProductTrend => payments::product_trend(&ctx).await,
+        }
+    }
+}
+
+/// The header fields the API reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers<'a> {
+    /// `Authorization`.
+    pub authorization: Option<&'a str>,
+    /// `X-Game-ID`.
+    pub game: Option<&'a str>,
+    /// `X-Env`.
+    pub env: Option<&'a str>,
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}

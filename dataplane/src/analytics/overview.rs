@@ -1,0 +1,122 @@
+//! `GET /api/analytics/overview`: the KPIs of the range's last day (DAU, new users,
+//! revenue, pay rate, ARPU, ARPPU), WAU/MAU ending that day, D1/D7/D30 of the latest
+//! cohorts whose day N is complete, the registered total, and daily series.
+
+use serde_json::{json, Value as Json};
+
+use super::error::ApiError;
+use super::params::{self, percent, ratio, Range, DAY};
+use super::retention::cohorts;
+use super::taxonomy::{ACTIVE, NEW_USER};
+use super::Ctx;
+
+/// The route.
+pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = ctx.scope.filter();
+    let last = range.end.div_euclid(DAY);
+    let (day0, day_end) = (last * DAY, last * DAY + DAY - 1);
+    let active = ctx
+        .db
+        .select(&format!(
+            "SELECT uniqExactIf(user_id, event_time >= toDateTime({day0})), \
+             uniqExactIf(user_id, event_time >= toDateTime({})), uniqExact(user_id) \
+             FROM analytics.events WHERE event IN {ACTIVE} AND event_time >= toDateTime({}) \
+             AND event_time <= toDateTime({day_end}){w}",
+            day0 - 6 * DAY,
+            day0 - 29 * DAY,
+        ))
+        .await?;
+    let a = active.first().cloned().unwrap_or_default();
+    let get = |r: &Vec<_>, i: usize| r.get(i).map_or(0, croupier_protocol::clickhouse::result::Value::as_u64);
+    let (dau, wau, mau) = (get(&a, 0), get(&a, 1), get(&a, 2));
+    let users = ctx
+        .db
+        .select(&format!(
+            "SELECT uniqExactIf(user_id, event_time >= toDateTime({day0})), uniqExact(user_id) \
+             FROM analytics.events WHERE event IN {NEW_USER} AND event_time <= toDateTime({day_end}){w}"
+        ))
+        .await?;
+    let u = users.first().cloned().unwrap_or_default();
+    let (new_users, registered_total) = (get(&u, 0), get(&u, 1));
+    let pay = ctx
+        .db
+        .select(&format!(
+            "SELECT sumIf(amount_cents, status = 'success'), uniqExactIf(user_id, status = 'success') \
+             FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({day_end}){w}"
+        ))
+        .await?;
+    let p = pay.first().cloned().unwrap_or_default();
+    let (revenue, payers) = (get(&p, 0), get(&p, 1));
+
+    // D-N of the latest cohort whose day N is complete: day N is at most yesterday and
+    // at most the range's last complete day.
+    let today = ctx.now.div_euclid(DAY);
+    let end_complete = if range.end.rem_euclid(DAY) == DAY - 1 { last } else { last - 1 };
+    let complete = end_complete.min(today - 1);
+    let rows = cohorts(ctx, "register", complete - 30, complete - 1).await?;
+    let d = |n: i64| rows.iter().find(|r| r.day == complete - n).map_or(0.0, |r| r.rate(n).unwrap_or(0.0));
+
+    let series_range = Range { start: range.start.div_euclid(DAY) * DAY, end: day_end };
+    let new_series = day_series(
+        ctx,
+        &format!(
+            "SELECT toUInt32(toDate(event_time)) AS d, uniqExact(user_id) FROM analytics.events \
+             WHERE event IN {NEW_USER} AND {}{w} GROUP BY d ORDER BY d",
+            series_range.filter("event_time")
+        ),
+    )
+    .await?;
+    let revenue_series = day_series(
+        ctx,
+        &format!(
+            "SELECT toUInt32(toDate(time)) AS d, sumIf(amount_cents, status = 'success') FROM analytics.payments FINAL \
+             WHERE {}{w} GROUP BY d ORDER BY d",
+            series_range.filter("time")
+        ),
+    )
+    .await?;
+    let (first_day, last_day) = series_range.days();
+    let peak_series = day_series(
+        ctx,
+        &format!(
+            "SELECT toUInt32(d) AS day, max(peak) FROM analytics.daily_online_peak \
+             WHERE d >= toDate(toDateTime({})) AND d <= toDate(toDateTime({})){w} GROUP BY day ORDER BY day",
+            first_day * DAY,
+            last_day * DAY
+        ),
+    )
+    .await?;
+    Ok(json!({
+        "dau": dau,
+        "wau": wau,
+        "mau": mau,
+        "new_users": new_users,
+        "registered_total": registered_total,
+        "revenue_cents": revenue,
+        "pay_rate": percent(payers as f64, dau as f64),
+        "arpu": ratio(revenue as f64, dau as f64),
+        "arppu": ratio(revenue as f64, payers as f64),
+        "d1": d(1),
+        "d7": d(7),
+        "d30": d(30),
+        "series": {
+            "new_users": new_series,
+            "peak_online": peak_series,
+            "revenue_cents": revenue_series,
+        }
+    }))
+}
+
+/// `[[RFC 3339 of the day, n], ...]` from rows of (day number, n).
+async fn day_series(ctx: &Ctx<'_>, sql: &str) -> Result<Json, ApiError> {
+    let rows = ctx.db.select(sql).await?;
+    Ok(Json::Array(
+        rows.iter()
+            .map(|r| {
+                let day = r.first().map_or(0, |v| v.as_u64()) as i64;
+                json!([params::rfc3339(day * DAY), r.get(1).map_or(0, |v| v.as_u64())])
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,213 @@
+//! Request parameters: the query string, the scope (`game_id`/`env` from the query, else
+//! the `X-Game-ID`/`X-Env` headers, as Croupier's dashboard sends them), and times.
+//!
+//! `start`/`end` accept RFC 3339 with or without fractional seconds (the dashboard sends
+//! `Date.toISOString()`), and `YYYY-MM-DD`. A range is inclusive of both ends, in whole
+//! seconds (UTC); a date as `end` means the end of that day (23:59:59).
+
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+use super::error::ApiError;
+
+/// Seconds in a day.
+pub const DAY: i64 = 86_400;
+
+/// The query string's parameters, decoded (a repeated name keeps its first value).
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    /// Decodes `a=1&b=x%20y`.
+    pub fn parse(query: &str) -> Params {
+        Params { pairs: form_urlencoded::parse(query.as_bytes()).into_owned().collect() }
+    }
+
+    /// Decodes a form body or query, appending to these.
+    pub fn extend(&mut self, other: Params) {
+        self.pairs.extend(other.pairs);
+    }
+
+    /// The value of `name`, trimmed, when present and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// A comma-separated list (empty items dropped).
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// An integer, `default` when absent; refused when not a number.
+    pub fn int(&self, name: &'static str, default: i64) -> Result<i64, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| ApiError::param(name, "expected an integer")),
+        }
+    }
+
+    /// A flag: `1` or `true`.
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("1") | Some("true"))
+    }
+
+    /// The parameters as a JSON object (for the audit log).
+    pub fn to_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> =
+            self.pairs.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+/// Which game and environment a request reads; `None` means all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// `game_id`.
+    pub game: Option<String>,
+    /// `env`.
+    pub env: Option<String>,
+}
+
+impl Scope {
+    /// From the query, else the headers.
+    pub fn resolve(params: &Params, game_header: Option<&str>, env_header: Option<&str>) -> Scope {
+        let pick =
+            |q: Option<&str>, h: Option<&str>| q.or(h.map(str::trim).filter(|v| !v.is_empty())).map(str::to_owned);
+        Scope { game: pick(params.get("game_id"), game_header), env: pick(params.get("env"), env_header) }
+    }
+
+    /// ` AND game_id = '...' AND env = '...'` for what is set.
+    pub fn filter(&self) -> String {
+        let mut out = String::new();
+        if let Some(g) = &self.game {
+            out.push_str(&format!(" AND game_id = {}", super::sql::quote(g)));
+        }
+        if let Some(e) = &self.env {
+            out.push_str(&format!(" AND env = {}", super::sql::quote(e)));
+        }
+        out
+    }
+}
+
+/// Parses a time: RFC 3339 (fractional seconds dropped) or `YYYY-MM-DD` (its midnight,
+/// or with `end_of_day` its last second). Unix seconds.
+pub fn parse_time(field: &'static str, v: &str, end_of_day: bool) -> Result<i64, ApiError> {
+    if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    let date = Date::parse(v, format_description!("[year]-[month]-[day]")).map_err(|_| {
+        ApiError::param(field, "expected RFC 3339 (2025-11-22T12:00:00Z, fractions allowed) or YYYY-MM-DD")
+    })?;
+    let midnight = date.midnight().assume_utc().unix_timestamp();
+    Ok(if end_of_day { midnight + DAY - 1 } else { midnight })
+}
+
+/// An inclusive range of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// First second.
+    pub start: i64,
+    /// Last second.
+    pub end: i64,
+}
+
+impl Range {
+    /// `start`/`end` from the request; absent ones default to `now` for the end and
+    /// `default_secs` before the end for the start. `required` refuses absent ones.
+    pub fn from(params: &Params, now: i64, default_secs: i64, required: bool) -> Result<Range, ApiError> {
+        let end = match params.get("end") {
+            Some(v) => parse_time("end", v, true)?,
+            None if required => return Err(ApiError::param("end", "required")),
+            None => now,
+        };
+        let start = match params.get("start") {
+            Some(v) => parse_time("start", v, false)?,
+            None if required => return Err(ApiError::param("start", "required")),
+            None => end - default_secs,
+        };
+        if start > end {
+            return Err(ApiError::param("start", "after end"));
+        }
+        Ok(Range { start, end })
+    }
+
+    /// `<col> >= toDateTime(start) AND <col> <= toDateTime(end)`.
+    pub fn filter(&self, col: &str) -> String {
+        format!("{col} >= toDateTime({}) AND {col} <= toDateTime({})", self.start, self.end)
+    }
+
+    /// Day numbers (days since the epoch) of the first and last second.
+    pub fn days(&self) -> (i64, i64) {
+        (self.start.div_euclid(DAY), self.end.div_euclid(DAY))
+    }
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn date_string(day: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp(day * DAY).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let d = t.date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// RFC 3339 (`2025-11-22T12:00:00Z`) of unix seconds.
+pub fn rfc3339(secs: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!("{}T{:02}:{:02}:{:02}Z", date_string(secs.div_euclid(DAY)), t.hour(), t.minute(), t.second())
+}
+
+/// `round(x * 100 / base, 2)`: a percent to 2 decimals, 0 when `base` is 0.
+pub fn percent(x: f64, base: f64) -> f64 {
+    if base <= 0.0 {
+        0.0
+    } else {
+        (x * 10_000.0 / base).round() / 100.0
+    }
+}
+
+/// `x / base` to 2 decimals, 0 when `base` is 0.
+pub fn ratio(x: f64, base: f64) -> f64 {
+    if base <= 0.0 {
+        0.0
+    } else {
+        (x * 100.0 / base).round() / 100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_every_form_the_dashboard_and_server_send() {
+        let want = 1_763_812_800; // 2025-11-22T12:00:00Z
+        assert_eq!(parse_time("start", "2025-11-22T12:00:00Z", false), Ok(want));
+        assert_eq!(parse_time("start", "2025-11-22T12:00:00.000Z", false), Ok(want));
+        assert_eq!(parse_time("start", "2025-11-22T14:00:00+02:00", false), Ok(want));
+        assert_eq!(parse_time("start", "2025-11-22", false), Ok(want - 12 * 3600));
+        assert_eq!(parse_time("end", "2025-11-22", true), Ok(want + 12 * 3600 - 1));
+        for bad in ["", "2025-11", "22/11/2025", "2025-11-22 12:00:00", "x'; DROP"] {
+            assert!(parse_time("start", bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(rfc3339(want), "2025-11-22T12:00:00Z");
+        assert_eq!(date_string(want / DAY), "2025-11-22");
+    }
+
+    #[test]
+    fn params_scope_and_ranges() {
+        let p = Params::parse("game_id=g%201&steps=a,%20b,,c&start=2025-11-20&end=2025-11-21");
+        assert_eq!(p.list("steps"), vec!["a", "b", "c"]);
+        let s = Scope::resolve(&p, Some("other"), Some("prod"));
+        assert_eq!(s, Scope { game: Some("g 1".into()), env: Some("prod".into()) });
+        let r = Range::from(&p, 0, DAY, false).expect("range");
+        assert_eq!(r.end - r.start + 1, 2 * DAY);
+        assert!(Range::from(&Params::parse(""), 0, DAY, true).is_err());
+        assert!(Range::from(&Params::parse("start=2025-11-22&end=2025-11-21"), 0, DAY, false).is_err());
+        assert_eq!(percent(1.0, 3.0), 33.33);
+        assert_eq!(percent(1.0, 0.0), 0.0);
+    }
+}

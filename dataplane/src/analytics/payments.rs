@@ -1,0 +1,174 @@
+//! `GET /api/analytics/payments/summary`, `/transactions` and `/product_trend`, read
+//! from `analytics.payments FINAL` (one row per order and status however often it was
+//! delivered). Refunds are `refund` and `refunded` alike; attempts are the rows that are
+//! not refunds; a failure is an attempt that did not succeed.
+
+use croupier_protocol::clickhouse::result::Value;
+use serde_json::{json, Map, Value as Json};
+
+use super::error::ApiError;
+use super::params::{self, percent, Range, DAY};
+use super::sql::{quote, quote_list};
+use super::taxonomy::REFUND;
+use super::Ctx;
+
+/// The dimensions a summary breaks down by: (query parameter and column, response key).
+const DIMENSIONS: [(&str, &str); 6] = [
+    ("channel", "by_channel"),
+    ("platform", "by_platform"),
+    ("country", "by_country"),
+    ("region", "by_region"),
+    ("city", "by_city"),
+    ("product_id", "by_product"),
+];
+
+/// The WHERE clause: range, scope, then the dimension filters given, and `status`
+/// (`refund` or `refunded` matches both) when `with_status`.
+fn filter(ctx: &Ctx<'_>, range: &Range, with_status: bool) -> String {
+    let mut w = format!("{}{}", range.filter("time"), ctx.scope.filter());
+    for (col, _) in DIMENSIONS.iter().take(5) {
+        if let Some(v) = ctx.params.get(col) {
+            w.push_str(&format!(" AND {col} = {}", quote(v)));
+        }
+    }
+    if with_status {
+        match ctx.params.get("status") {
+            Some("refund") | Some("refunded") => w.push_str(&format!(" AND status IN {REFUND}")),
+            Some(s) => w.push_str(&format!(" AND status = {}", quote(s))),
+            None => {}
+        }
+    }
+    w
+}
+
+fn u(r: &[Value], i: usize) -> u64 {
+    r.get(i).map_or(0, Value::as_u64)
+}
+
+/// `/payments/summary`.
+pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = filter(ctx, &range, false);
+    let t = ctx
+        .db
+        .select(&format!(
+            "SELECT sumIf(amount_cents, status = 'success'), sumIf(amount_cents, status IN {REFUND}), \
+             countIf(status = 'success'), countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL WHERE {w}"
+        ))
+        .await?;
+    let t = t.first().cloned().unwrap_or_default();
+    let (succ, attempts) = (u(&t, 2), u(&t, 3));
+    let mut out = Map::new();
+    out.insert(
+        "totals".into(),
+        json!({
+            "revenue_cents": u(&t, 0),
+            "refunds_cents": u(&t, 1),
+            "failed": attempts.saturating_sub(succ),
+            "success_rate": percent(succ as f64, attempts as f64),
+        }),
+    );
+    for (col, key) in DIMENSIONS {
+        let rows = ctx
+            .db
+            .select(&format!(
+                "SELECT {col}, sumIf(amount_cents, status = 'success') AS revenue, countIf(status = 'success'), \
+                 countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL WHERE {w} \
+                 GROUP BY {col} ORDER BY revenue DESC, {col}"
+            ))
+            .await?;
+        let items: Vec<Json> = rows
+            .iter()
+            .map(|r| {
+                let (s, n) = (u(r, 2), u(r, 3));
+                json!({
+                    col: r.first().map(Value::as_str).unwrap_or_default(),
+                    "revenue_cents": u(r, 1),
+                    "success": s,
+                    "total": n,
+                    "success_rate": percent(s as f64, n as f64),
+                })
+            })
+            .collect();
+        out.insert(key.into(), Json::Array(items));
+    }
+    Ok(Json::Object(out))
+}
+
+/// `/payments/transactions`.
+pub async fn transactions(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = filter(ctx, &range, true);
+    let page = ctx.params.int("page", 1)?.max(1);
+    let size = match ctx.params.int("size", 20)? {
+        s if (1..=200).contains(&s) => s,
+        _ => 20,
+    };
+    let total = ctx.db.scalar(&format!("SELECT count() FROM analytics.payments FINAL WHERE {w}")).await?.as_u64();
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT toUInt32(time), order_id, user_id, amount_cents, status, channel, reason \
+             FROM analytics.payments FINAL WHERE {w} ORDER BY time DESC, order_id, status LIMIT {size} OFFSET {}",
+            (page - 1).saturating_mul(size)
+        ))
+        .await?;
+    let items: Vec<Json> = rows
+        .iter()
+        .map(|r| {
+            let s = |i: usize| r.get(i).map(Value::as_str).unwrap_or_default();
+            json!({
+                "time": params::rfc3339(u(r, 0) as i64),
+                "order_id": s(1),
+                "user_id": s(2),
+                "amount_cents": u(r, 3),
+                "status": s(4),
+                "channel": s(5),
+                "reason": s(6),
+            })
+        })
+        .collect();
+    Ok(json!({ "transactions": items, "total": total }))
+}
+
+/// `/payments/product_trend`.
+pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let products = ctx.params.list("product_id");
+    if products.is_empty() {
+        return Err(ApiError::param("product_id", "required"));
+    }
+    if products.len() > 100 {
+        return Err(ApiError::param("product_id", "at most 100 products"));
+    }
+    let range = Range::from(ctx.params, ctx.now, 0, true)?;
+    let bucket = if ctx.params.get("granularity") == Some("minute") { "toStartOfMinute" } else { "toStartOfHour" };
+    let w = filter(ctx, &range, false);
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT toUInt32({bucket}(time)) AS t, product_id, sumIf(amount_cents, status = 'success'), \
+             countIf(status = 'success'), countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL \
+             WHERE {w} AND product_id IN {} GROUP BY t, product_id ORDER BY t",
+            quote_list(&products)
+        ))
+        .await?;
+    let out: Vec<Json> = products
+        .iter()
+        .map(|p| {
+            let points: Vec<Json> = rows
+                .iter()
+                .filter(|r| r.get(1).map(Value::as_str).as_deref() == Some(p.as_str()))
+                .map(|r| {
+                    json!({
+                        "time": params::rfc3339(u(r, 0) as i64),
+                        "success": u(r, 3),
+                        "total": u(r, 4),
+                        "revenue_cents": u(r, 2),
+                    })
+                })
+                .collect();
+            json!({ "product_id": p, "points": points })
+        })
+        .collect();
+    Ok(json!({ "products": out }))
+}

@@ -1,0 +1,95 @@
+//! `GET /api/analytics/realtime`: online now and active users over the last 1/5/15
+//! minutes from the per-minute HyperLogLogs in Redis (`hll:online:<game>:<env>:<YYYYMMDDHHmm>`,
+//! a union with one `PFCOUNT` over several keys, no temporary key), DAU and new users
+//! of today from `hll:dau:`/`hll:new:...:<YYYY-MM-DD>`; revenue, success rate, the
+//! registered total and the online peaks from ClickHouse. An empty scope reads the keys
+//! with empty segments, as Croupier's worker writes them.
+
+use croupier_protocol::clickhouse::result::Value;
+use croupier_protocol::resp::Frame;
+use serde_json::{json, Value as Json};
+use time::OffsetDateTime;
+
+use super::error::ApiError;
+use super::params::{self, DAY};
+use super::taxonomy::NEW_USER;
+use super::Ctx;
+
+/// `YYYYMMDDHHmm` of a minute (unix seconds).
+pub fn minute_key(secs: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!("{:04}{:02}{:02}{:02}{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
+}
+
+/// `PFCOUNT` of the union of `keys`.
+async fn pfcount(ctx: &Ctx<'_>, keys: &[String]) -> Result<u64, ApiError> {
+    let mut args: Vec<&[u8]> = vec![b"PFCOUNT"];
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    match ctx.redis(&args).await? {
+        Frame::Integer(n) => Ok(u64::try_from(n).unwrap_or(0)),
+        other => Err(ApiError::RedisFailed(format!("PFCOUNT answered {other:?}"))),
+    }
+}
+
+/// The route.
+pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let game = ctx.scope.game.as_deref().unwrap_or("");
+    let env = ctx.scope.env.as_deref().unwrap_or("");
+    let minute = ctx.now - ctx.now.rem_euclid(60);
+    let online_keys = |n: i64| -> Vec<String> {
+        (0..n).map(|i| format!("hll:online:{game}:{env}:{}", minute_key(minute - 60 * i))).collect()
+    };
+    let online = pfcount(ctx, &online_keys(1)).await?;
+    let active_5m = pfcount(ctx, &online_keys(5)).await?;
+    let active_15m = pfcount(ctx, &online_keys(15)).await?;
+    let today = params::date_string(ctx.now.div_euclid(DAY));
+    let dau_today = pfcount(ctx, &[format!("hll:dau:{game}:{env}:{today}")]).await?;
+    let new_today = pfcount(ctx, &[format!("hll:new:{game}:{env}:{today}")]).await?;
+
+    let w = ctx.scope.filter();
+    let day0 = ctx.now.div_euclid(DAY) * DAY;
+    let five = ctx.now - 300;
+    let pay = ctx
+        .db
+        .select(&format!(
+            "SELECT sumIf(amount_cents, status = 'success' AND time > toDateTime({five})), \
+             sumIf(amount_cents, status = 'success'), \
+             countIf(status = 'success' AND time > toDateTime({five})), \
+             countIf(status NOT IN ('refund', 'refunded') AND time > toDateTime({five})) \
+             FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({}){w}",
+            ctx.now
+        ))
+        .await?;
+    let p = pay.first().cloned().unwrap_or_default();
+    let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
+    let (rev_5m, rev_today, succ_5m, attempts_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
+    let registered_total = ctx
+        .db
+        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.events WHERE event IN {NEW_USER}{w}"))
+        .await?
+        .as_u64();
+    let peaks = ctx
+        .db
+        .select(&format!(
+            "SELECT maxIf(peak, d = toDate(toDateTime({day0}))), max(peak) FROM analytics.daily_online_peak WHERE 1 = 1{w}"
+        ))
+        .await?;
+    let pk = peaks.first().cloned().unwrap_or_default();
+    let pay_succ_rate = if attempts_5m == 0 { 0.0 } else { succ_5m as f64 * 100.0 / attempts_5m as f64 };
+    Ok(json!({
+        "online": online,
+        "active_1m": online,
+        "active_5m": active_5m,
+        "active_15m": active_15m,
+        "rev_5m": rev_5m,
+        "rev_today": rev_today,
+        "rev_5m_yuan": format!("{:.2}", rev_5m as f64 / 100.0),
+        "rev_today_yuan": format!("{:.2}", rev_today as f64 / 100.0),
+        "pay_succ_rate": pay_succ_rate,
+        "registered_total": registered_total,
+        "online_peak_today": u(&pk, 0).max(online),
+        "online_peak_all_time": u(&pk, 1).max(online),
+        "dau_today": dau_today,
+        "new_today": new_today,
+    }))
+}

@@ -1,0 +1,98 @@
+//! `GET /api/analytics/retention`: per cohort day D (users whose first `register` — or
+//! `first_active` with `cohort=first_active` — in the range is on D), the cohort size
+//! and the percent of it active (any event) on D+1, D+7 and D+30. A D-N figure is given
+//! only when day D+N is complete (before today, UTC); otherwise it is `null`.
+
+use croupier_protocol::clickhouse::result::Value;
+use serde_json::{json, Value as Json};
+
+use super::error::ApiError;
+use super::params::{self, percent, Range, DAY};
+use super::taxonomy::{FIRST_ACTIVE, REGISTER};
+use super::Ctx;
+
+/// The days after the cohort day that are measured.
+pub const DAYS: [i64; 3] = [1, 7, 30];
+
+/// One cohort.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cohort {
+    /// Day number (days since the epoch).
+    pub day: i64,
+    /// Users in it.
+    pub total: u64,
+    /// Of them, active on day + 1, + 7, + 30.
+    pub retained: [u64; 3],
+    /// The last complete day (yesterday).
+    pub complete: i64,
+}
+
+impl Cohort {
+    /// D-`n` in percent, `None` while day + n is not complete.
+    pub fn rate(&self, n: i64) -> Option<f64> {
+        let i = DAYS.iter().position(|d| *d == n)?;
+        (self.day + n <= self.complete).then(|| percent(self.retained[i] as f64, self.total as f64))
+    }
+}
+
+/// The cohorts of days `first..=last` (day numbers); `kind` is `register` or
+/// `first_active`. Days without a cohort are absent.
+pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result<Vec<Cohort>, ApiError> {
+    let events = if kind == "first_active" { FIRST_ACTIVE } else { REGISTER };
+    let w = ctx.scope.filter();
+    let cohort_range = Range { start: first * DAY, end: last * DAY + DAY - 1 }.filter("event_time");
+    let activity = Range { start: (first + 1) * DAY, end: (last + 30) * DAY + DAY - 1 }.filter("event_time");
+    let sql = format!(
+        "SELECT toUInt32(cd) AS day, count(), sum(has(ad, cd + 1)), sum(has(ad, cd + 7)), sum(has(ad, cd + 30)) \
+         FROM (SELECT user_id, toDate(min(event_time)) AS cd FROM analytics.events \
+               WHERE event IN {events} AND {cohort_range}{w} GROUP BY user_id) \
+         ANY LEFT JOIN \
+              (SELECT user_id, groupUniqArray(toDate(event_time)) AS ad FROM analytics.events \
+               WHERE {activity}{w} AND user_id IN \
+                 (SELECT user_id FROM analytics.events WHERE event IN {events} AND {cohort_range}{w}) \
+               GROUP BY user_id) \
+         USING user_id GROUP BY cd ORDER BY cd"
+    );
+    let complete = ctx.now.div_euclid(DAY) - 1;
+    let rows = ctx.db.select(&sql).await?;
+    let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
+    Ok(rows
+        .iter()
+        .map(|r| Cohort { day: u(r, 0) as i64, total: u(r, 1), retained: [u(r, 2), u(r, 3), u(r, 4)], complete })
+        .collect())
+}
+
+/// The route.
+pub async fn retention(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 13 * DAY, false)?;
+    let (first, last) = range.days();
+    if last - first > 366 {
+        return Err(ApiError::param("start", "at most 366 days"));
+    }
+    let kind = match ctx.params.get("cohort") {
+        Some(c) if c.eq_ignore_ascii_case("first_active") => "first_active",
+        _ => "register",
+    };
+    let found = cohorts(ctx, kind, first, last).await?;
+    let complete = ctx.now.div_euclid(DAY) - 1;
+    let rows: Vec<Json> = (first..=last)
+        .map(|day| {
+            let c = found.iter().find(|c| c.day == day).cloned().unwrap_or(Cohort {
+                day,
+                total: 0,
+                retained: [0; 3],
+                complete,
+            });
+            let date = params::date_string(day);
+            json!({
+                "day": date,
+                "date": date,
+                "total": c.total,
+                "d1": c.rate(1),
+                "d7": c.rate(7),
+                "d30": c.rate(30),
+            })
+        })
+        .collect();
+    Ok(json!({ "cohorts": rows }))
+}

@@ -348,6 +348,15 @@ fn analytics_overview_is_exact() {
     let api = Api::start();
     let h = &api.history;
     let last = h.today - 1;
+    // Online minutes (the materialized view keeps each day's peak).
+    api.ch.query(&format!(
+        "INSERT INTO analytics.minute_online (m, game_id, env, online) VALUES \
+         ({}, 'g1', 'prod', 5), ({}, 'g1', 'prod', 9), ({}, 'g1', 'prod', 7), ({}, 'g2', 'prod', 99)",
+        (last - 2) * DAY + 60,
+        (last - 2) * DAY + 120,
+        last * DAY + 60,
+        last * DAY + 60
+    ));
     let v =
         api.json(&format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 9), date(last)));
     let active_in = |from: i64| h.players().filter(|p| (from..=last).any(|d| h.active_on(*p, d))).count() as u64;
@@ -386,7 +395,10 @@ fn analytics_overview_is_exact() {
     }
     assert_eq!(v["series"]["new_users"], Value::Array(new_series));
     assert_eq!(v["series"]["revenue_cents"], Value::Array(rev_series));
-    assert_eq!(v["series"]["peak_online"], json!([]));
+    assert_eq!(
+        v["series"]["peak_online"],
+        json!([[format!("{}T00:00:00Z", date(last - 2)), 9], [format!("{}T00:00:00Z", date(last)), 7]])
+    );
 }
 
 /// Retention rows carry day, date and total; D-N only for cohorts whose day N is over.
@@ -512,7 +524,15 @@ fn analytics_realtime_reads_the_sketches() {
         now - 30,
         now - 20
     ));
+    api.ch.query(&format!(
+        "INSERT INTO analytics.minute_online (m, game_id, env, online) VALUES \
+         ({}, 'g1', 'prod', 42), ({}, 'g1', 'prod', 50), ({}, 'g2', 'prod', 99)",
+        now.div_euclid(DAY) * DAY,
+        now.div_euclid(DAY) * DAY - 60,
+        now.div_euclid(DAY) * DAY
+    ));
     let v = api.json("/api/analytics/realtime?game_id=g1&env=prod");
+    assert_eq!((v["online_peak_today"].as_u64(), v["online_peak_all_time"].as_u64()), (Some(42), Some(50)));
     // The minute may have turned between the PFADDs and the read.
     if minute(croupier_dataplane::analytics::now_secs()) == minute(now) {
         assert_eq!(v["online"], 10);

@@ -80,7 +80,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let peak_series = day_series(
         ctx,
         &format!(
-            "SELECT toUInt32(d) AS day, max(peak) FROM analytics.daily_online_peak \
+            "SELECT toUInt32(d) AS day, maxMerge(peak_online) FROM analytics.daily_online_peak \
              WHERE d >= toDate(toDateTime({})) AND d <= toDate(toDateTime({})){w} GROUP BY day ORDER BY day",
             first_day * DAY,
             last_day * DAY

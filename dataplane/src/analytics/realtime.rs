@@ -71,7 +71,8 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let peaks = ctx
         .db
         .select(&format!(
-            "SELECT maxIf(peak, d = toDate(toDateTime({day0}))), max(peak) FROM analytics.daily_online_peak WHERE 1 = 1{w}"
+            "SELECT maxIf(p, d = toDate(toDateTime({day0}))), max(p) FROM (SELECT d, maxMerge(peak_online) AS p \
+             FROM analytics.daily_online_peak WHERE 1 = 1{w} GROUP BY d)"
         ))
         .await?;
     let pk = peaks.first().cloned().unwrap_or_default();

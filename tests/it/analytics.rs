@@ -60,6 +60,8 @@ struct History {
     /// Days each player was active (an event that day).
     active: Vec<BTreeSet<i64>>,
     payments: Vec<Payment>,
+    /// The events of g1: (time, user, session, name, props, event id).
+    events: Vec<(i64, u64, String, String, String, u64)>,
     /// TabSeparated rows of events and payments.
     event_rows: Vec<String>,
     payment_rows: Vec<String>,
@@ -78,12 +80,16 @@ impl History {
             reg: Vec::new(),
             active: Vec::new(),
             payments: Vec::new(),
+            events: Vec::new(),
             event_rows: Vec::new(),
             payment_rows: Vec::new(),
         };
         let mut next_id = 0u64;
         let mut event = |h: &mut History, t: i64, game: &str, user: u64, session: u64, name: &str, props: &str| {
             next_id += 1;
+            if game == "g1" {
+                h.events.push((t, user, format!("s{user}-{session}"), name.to_owned(), props.to_owned(), next_id));
+            }
             let channel = CHANNELS[(user % 3) as usize];
             let platform = if user.is_multiple_of(2) { "ios" } else { "android" };
             h.event_rows.push(format!(
@@ -658,4 +664,117 @@ fn analytics_sql_escaping_holds_against_injection() {
 
 fn form_encode(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// Behavior: events with a prop filter (paged, duplicates once), funnels in every mode,
+/// paths per session.
+#[test]
+fn analytics_behavior_is_exact() {
+    let api = Api::start();
+    let h = &api.history;
+    let (first, last) = (h.today - 20, h.today - 1);
+    let range = format!("game_id=g1&env=prod&start={}&end={}", date(first), date(last));
+    let in_range = |t: i64| t >= first * DAY && t < (last + 1) * DAY;
+
+    let mut clears: Vec<&(i64, u64, String, String, String, u64)> = h
+        .events
+        .iter()
+        .filter(|e| in_range(e.0) && e.3 == "level_clear" && e.4.starts_with(r#"{"level":"3""#))
+        .collect();
+    clears.sort_by(|a, b| b.0.cmp(&a.0).then(a.5.cmp(&b.5)));
+    let v = api.json(&format!(
+        "/api/analytics/behavior/events?{range}&event=level_clear&prop_key=level&prop_val=3&size=7&page=2"
+    ));
+    assert_eq!(v["total"], clears.len());
+    let want: Vec<Value> = clears
+        .iter()
+        .skip(7)
+        .take(7)
+        .map(|e| {
+            let t = time::OffsetDateTime::from_unix_timestamp(e.0).unwrap();
+            json!({"time": format!("{}T{:02}:{:02}:{:02}Z", date(e.0.div_euclid(DAY)), t.hour(), t.minute(), t.second()),
+                   "event": "level_clear", "user_id": format!("u{}", e.1)})
+        })
+        .collect();
+    assert_eq!(v["events"], Value::Array(want));
+    let r = api.get(&format!("/api/analytics/behavior/events?{range}&prop_key=a'b"), &admin());
+    assert_eq!((r.status, r.error_tag()), (400, "invalid_parameter".to_owned()));
+
+    // Per user, the range's events in time order (ties by name, then session).
+    let mut seqs: BTreeMap<u64, Vec<(i64, String, String)>> = BTreeMap::new();
+    for e in h.events.iter().filter(|e| in_range(e.0)) {
+        seqs.entry(e.1).or_default().push((e.0, e.3.clone(), e.2.clone()));
+    }
+    for s in seqs.values_mut() {
+        s.sort();
+    }
+    let steps = ["register", "login", "level_start", "level_clear"];
+    // The best chain from any start: each step the first later event of its name.
+    let depth = |seq: &[(i64, String, String)], same: bool, gap: i64| -> usize {
+        let mut best = 0;
+        for (i, e) in seq.iter().enumerate() {
+            if e.1 != steps[0] {
+                continue;
+            }
+            let (mut d, mut prev) = (1, i);
+            for name in &steps[1..] {
+                let p = seq[prev].clone();
+                let found = (prev + 1..seq.len())
+                    .take_while(|j| gap == 0 || seq[*j].0 - p.0 <= gap)
+                    .find(|j| seq[*j].1 == *name && (!same || seq[*j].2 == p.2));
+                match found {
+                    Some(j) => {
+                        d += 1;
+                        prev = j;
+                    }
+                    None => break,
+                }
+            }
+            best = best.max(d);
+        }
+        best
+    };
+    let expect = |same: bool, gap: i64| -> Vec<u64> {
+        (1..=steps.len()).map(|k| seqs.values().filter(|s| depth(s, same, gap) >= k).count() as u64).collect()
+    };
+    let rates = |c: &[u64]| -> Value {
+        Value::Array(
+            steps.iter().zip(c).map(|(s, n)| json!({"step": s, "users": n, "rate": percent(*n, c[0])})).collect(),
+        )
+    };
+    let base = format!("/api/analytics/behavior/funnel?{range}&steps={}", steps.join(","));
+    for (q, same, gap) in [("&sequential=1", false, 0), ("&same_session=1", true, 0), ("&gap_sec=59", false, 59)] {
+        let v = api.json(&format!("{base}{q}"));
+        let want = expect(same, gap);
+        assert!(want[0] > 0, "{q}: {want:?}");
+        if gap > 0 {
+            assert!(want[2] > want[3], "{q}: the gap cuts some chains: {want:?}");
+        }
+        assert_eq!(v["steps"], rates(&want), "{q}");
+    }
+    // Same session: register is in a session of its own, so nobody goes further.
+    assert_eq!(expect(true, 0)[1], 0);
+    // Plain: users of step 1 who also did step k in the range, in any order.
+    let step1: BTreeSet<u64> =
+        seqs.iter().filter(|(_, s)| s.iter().any(|e| e.1 == steps[0])).map(|(u, _)| *u).collect();
+    let plain: Vec<u64> =
+        steps.iter().map(|st| step1.iter().filter(|u| seqs[*u].iter().any(|e| e.1 == *st)).count() as u64).collect();
+    assert_eq!(api.json(&base)["steps"], rates(&plain));
+
+    // Paths per session, 3 steps.
+    let mut groups: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for e in h.events.iter().filter(|e| in_range(e.0)) {
+        groups.entry(format!("u{}|{}", e.1, e.2)).or_default().push((e.0, e.3.clone()));
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for g in groups.values_mut() {
+        g.sort();
+        let p: Vec<&str> = g.iter().take(3).map(|e| e.1.as_str()).collect();
+        *counts.entry(p.join(">")).or_default() += 1;
+    }
+    let mut want: Vec<(String, u64)> = counts.into_iter().collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let want: Vec<Value> = want.into_iter().take(10).map(|(p, n)| json!({"path": p, "groups": n})).collect();
+    let v = api.json(&format!("/api/analytics/behavior/paths?{range}&steps=3&limit=10"));
+    assert_eq!(v["paths"], Value::Array(want));
 }

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod behavior;
 pub mod db;
 pub mod error;
 pub mod overview;
@@ -49,6 +50,12 @@ pub enum Route {
     PaymentsTransactions,
     /// `/api/analytics/payments/product_trend`.
     PaymentsProductTrend,
+    /// `/api/analytics/behavior/events`.
+    BehaviorEvents,
+    /// `/api/analytics/behavior/funnel`.
+    BehaviorFunnel,
+    /// `/api/analytics/behavior/paths`.
+    BehaviorPaths,
 }
 
 impl Route {
@@ -60,6 +67,9 @@ impl Route {
         ("/api/analytics/payments/summary", Route::PaymentsSummary),
         ("/api/analytics/payments/transactions", Route::PaymentsTransactions),
         ("/api/analytics/payments/product_trend", Route::PaymentsProductTrend),
+        ("/api/analytics/behavior/events", Route::BehaviorEvents),
+        ("/api/analytics/behavior/funnel", Route::BehaviorFunnel),
+        ("/api/analytics/behavior/paths", Route::BehaviorPaths),
     ];
 
     /// The permission it requires.
@@ -203,6 +213,9 @@ impl Api {
             Route::PaymentsSummary => payments::summary(&ctx).await,
             Route::PaymentsTransactions => payments::transactions(&ctx).await,
             Route::PaymentsProductTrend => payments::product_trend(&ctx).await,
+            Route::BehaviorEvents => behavior::events(&ctx).await,
+            Route::BehaviorFunnel => behavior::funnel(&ctx).await,
+            Route::BehaviorPaths => behavior::paths(&ctx).await,
         }
     }
 }

@@ -1,0 +1,287 @@
+//! `GET /api/analytics/behavior/events`, `/funnel` and `/paths`: event exploration,
+//! funnels (plain, or ordered with `sequential`, `same_session`, `gap_sec`) and the
+//! most common paths. Events are read once per `event_id` (`LIMIT 1 BY event_id`, or
+//! `uniqExact(event_id)`), so redelivered copies never count twice.
+
+use std::collections::HashMap;
+
+use croupier_protocol::clickhouse::result::Value;
+use serde_json::{json, Value as Json};
+
+use super::error::ApiError;
+use super::params::{self, percent, Range, DAY};
+use super::sql::{prop, prop_key, quote, quote_list};
+use super::Ctx;
+
+/// Most steps of a funnel or a path.
+const MAX_STEPS: usize = 10;
+
+fn u(r: &[Value], i: usize) -> u64 {
+    r.get(i).map_or(0, Value::as_u64)
+}
+
+/// `/behavior/events`.
+pub async fn events(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, DAY, false)?;
+    let mut w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
+    if let Some(e) = ctx.params.get("event") {
+        w.push_str(&format!(" AND event = {}", quote(e)));
+    }
+    if let Some(k) = ctx.params.get("prop_key") {
+        let k = prop_key("prop_key", k)?;
+        let v = ctx.params.get("prop_val").unwrap_or("");
+        w.push_str(&format!(" AND {} = {}", prop(&k), quote(v)));
+    }
+    let page = ctx.params.int("page", 1)?.max(1);
+    let size = match ctx.params.int("size", 50)? {
+        s if (1..=500).contains(&s) => s,
+        _ => 50,
+    };
+    let total = ctx.db.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE {w}")).await?.as_u64();
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT toUInt32(event_time) AS t, event, user_id FROM \
+             (SELECT event_time, event, user_id, event_id FROM analytics.events WHERE {w} LIMIT 1 BY event_id) \
+             ORDER BY event_time DESC, event_id LIMIT {size} OFFSET {}",
+            (page - 1).saturating_mul(size)
+        ))
+        .await?;
+    let items: Vec<Json> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "time": params::rfc3339(u(r, 0) as i64),
+                "event": r.get(1).map(Value::as_str).unwrap_or_default(),
+                "user_id": r.get(2).map(Value::as_str).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(json!({ "events": items, "total": total }))
+}
+
+/// One event of a group's sequence.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Step {
+    /// Unix seconds.
+    pub time: u64,
+    /// Event name.
+    pub event: String,
+    /// Session id.
+    pub session: String,
+}
+
+/// How far a funnel's chain goes from each start: the steps reached by the best chain,
+/// where each step is the first later event of the next name (in the same session with
+/// `same_session`, at most `gap` seconds after the previous with `gap > 0`). `seq` is in
+/// time order.
+pub fn funnel_depth(seq: &[Step], steps: &[String], same_session: bool, gap: u64) -> usize {
+    let mut best = 0;
+    for (start, first) in seq.iter().enumerate() {
+        if first.event != steps[0] {
+            continue;
+        }
+        let (mut depth, mut prev) = (1, start);
+        for name in &steps[1..] {
+            let p = &seq[prev];
+            let next = seq
+                .iter()
+                .enumerate()
+                .skip(prev + 1)
+                .take_while(|(_, s)| gap == 0 || s.time - p.time <= gap)
+                .find(|(_, s)| &s.event == name && (!same_session || s.session == p.session));
+            match next {
+                Some((j, _)) => {
+                    depth += 1;
+                    prev = j;
+                }
+                None => break,
+            }
+        }
+        best = best.max(depth);
+        if best == steps.len() {
+            break;
+        }
+    }
+    best
+}
+
+/// Each group's events in time order (ties by event name, then session), from rows of
+/// (group, [times], [events], [sessions]).
+fn sequences(rows: &[Vec<Value>]) -> Vec<Vec<Step>> {
+    rows.iter()
+        .map(|r| {
+            let arr = |i: usize| match r.get(i) {
+                Some(Value::Array(a)) => a.clone(),
+                _ => Vec::new(),
+            };
+            let (t, e, s) = (arr(1), arr(2), arr(3));
+            let mut seq: Vec<Step> = t
+                .iter()
+                .zip(e.iter())
+                .zip(s.iter())
+                .map(|((t, e), s)| Step { time: t.as_u64(), event: e.as_str(), session: s.as_str() })
+                .collect();
+            seq.sort();
+            seq
+        })
+        .collect()
+}
+
+/// `/behavior/funnel`.
+pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let steps = ctx.params.list("steps");
+    if steps.is_empty() {
+        return Err(ApiError::param("steps", "required"));
+    }
+    if steps.len() > MAX_STEPS {
+        return Err(ApiError::param("steps", format!("at most {MAX_STEPS}")));
+    }
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
+    let same_session = ctx.params.flag("same_session");
+    let gap = u64::try_from(ctx.params.int("gap_sec", 0)?).map_err(|_| ApiError::param("gap_sec", "negative"))?;
+    let ordered = ctx.params.flag("sequential") || same_session || gap > 0;
+    let max_users = match ctx.params.int("max_users", 50_000)? {
+        n if n <= 0 => 50_000,
+        n => n.min(200_000),
+    };
+    let first = quote(&steps[0]);
+    let mut counts = vec![0u64; steps.len()];
+    if ordered {
+        let rows = ctx
+            .db
+            .select(&format!(
+                "SELECT user_id, groupArray(t), groupArray(event), groupArray(session_id) FROM \
+                 (SELECT user_id, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
+                  WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
+                 GROUP BY user_id ORDER BY user_id LIMIT {max_users}",
+                quote_list(&steps)
+            ))
+            .await?;
+        for seq in sequences(&rows) {
+            let d = funnel_depth(&seq, &steps, same_session, gap);
+            for c in counts.iter_mut().take(d) {
+                *c += 1;
+            }
+        }
+    } else {
+        let cols: Vec<String> = steps.iter().map(|s| format!("uniqExactIf(user_id, event = {})", quote(s))).collect();
+        let rows = ctx
+            .db
+            .select(&format!(
+                "SELECT {} FROM analytics.events WHERE {w} AND event IN {} AND user_id IN \
+                 (SELECT user_id FROM analytics.events WHERE {w} AND event = {first})",
+                cols.join(", "),
+                quote_list(&steps)
+            ))
+            .await?;
+        if let Some(r) = rows.first() {
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c = u(r, i);
+            }
+        }
+    }
+    let base = counts.first().copied().unwrap_or(0);
+    let out: Vec<Json> = steps
+        .iter()
+        .zip(&counts)
+        .map(|(s, n)| json!({ "step": s, "users": n, "rate": percent(*n as f64, base as f64) }))
+        .collect();
+    Ok(json!({ "steps": out }))
+}
+
+/// A group's path: its first `n` events joined with `>`, cut at a gap longer than `gap`
+/// seconds (when > 0) or, with `same_session`, at a change of session.
+pub fn path_of(seq: &[Step], n: usize, same_session: bool, gap: u64) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for (i, s) in seq.iter().enumerate() {
+        if i > 0 {
+            let p = &seq[i - 1];
+            if (gap > 0 && s.time - p.time > gap) || (same_session && s.session != p.session) {
+                break;
+            }
+        }
+        out.push(&s.event);
+        if out.len() == n {
+            break;
+        }
+    }
+    out.join(">")
+}
+
+/// `/behavior/paths`.
+pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let n = match ctx.params.int("steps", 5)? {
+        s if (1..=MAX_STEPS as i64).contains(&s) => s as usize,
+        _ => 5,
+    };
+    let limit = match ctx.params.int("limit", 50)? {
+        l if (1..=500).contains(&l) => l as usize,
+        _ => 50,
+    };
+    let max_groups = match ctx.params.int("max_groups", 50_000)? {
+        g if g <= 0 => 50_000,
+        g => g.min(200_000),
+    };
+    if ctx.params.get("path_re").is_some() || ctx.params.get("path_not_re").is_some() {
+        return Err(ApiError::param("path_re", "regular expressions on paths are not supported yet"));
+    }
+    let mut w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
+    let include = ctx.params.list("include");
+    if !include.is_empty() {
+        w.push_str(&format!(" AND event IN {}", quote_list(&include)));
+    }
+    let exclude = ctx.params.list("exclude");
+    if !exclude.is_empty() {
+        w.push_str(&format!(" AND event NOT IN {}", quote_list(&exclude)));
+    }
+    let per_user = ctx.params.get("per") == Some("user");
+    let group = if per_user { "user_id" } else { "concat(user_id, '|', session_id)" };
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT g, groupArray(t), groupArray(event), groupArray(session_id) FROM \
+             (SELECT {group} AS g, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
+              WHERE {w} LIMIT 1 BY event_id) GROUP BY g ORDER BY g LIMIT {max_groups}"
+        ))
+        .await?;
+    let same_session = ctx.params.flag("same_session");
+    let gap = u64::try_from(ctx.params.int("gap_sec", 0)?).map_err(|_| ApiError::param("gap_sec", "negative"))?;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for seq in sequences(&rows) {
+        let p = path_of(&seq, n, same_session, gap);
+        if !p.is_empty() {
+            *counts.entry(p).or_default() += 1;
+        }
+    }
+    let mut sorted: Vec<(String, u64)> = counts.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let out: Vec<Json> =
+        sorted.into_iter().take(limit).map(|(path, groups)| json!({ "path": path, "groups": groups })).collect();
+    Ok(json!({ "paths": out }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(items: &[(u64, &str, &str)]) -> Vec<Step> {
+        items.iter().map(|(t, e, s)| Step { time: *t, event: (*e).into(), session: (*s).into() }).collect()
+    }
+
+    #[test]
+    fn funnel_chains_take_the_best_start() {
+        let steps: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_string()).collect();
+        let s = seq(&[(0, "a", "s1"), (100, "b", "s1"), (105, "a", "s2"), (106, "b", "s2"), (107, "c", "s2")]);
+        assert_eq!(funnel_depth(&s, &steps, false, 0), 3);
+        assert_eq!(funnel_depth(&s, &steps, true, 0), 3);
+        assert_eq!(funnel_depth(&s, &steps, false, 5), 3, "the second start is within the gap");
+        let s = seq(&[(0, "a", "s1"), (100, "b", "s1"), (300, "c", "s1")]);
+        assert_eq!(funnel_depth(&s, &steps, false, 150), 2);
+        assert_eq!(funnel_depth(&seq(&[(0, "b", "s"), (1, "c", "s")]), &steps, false, 0), 0);
+        assert_eq!(path_of(&s, 2, false, 0), "a>b");
+        assert_eq!(path_of(&s, 5, false, 150), "a>b");
+    }
+}

@@ -16,6 +16,7 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # The full stack's checks (scripts/check-deploy.sh): docker-compose validates
 # docker-compose.yml (no Docker engine needed), nginx -t the load balancer's file; tmux runs
 # the demo's live screen in a test.
@@ -29,6 +30,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# A current ClickHouse engine in-process (chdb-core, ClickHouse 26.x): the Analytics API's
+# queries and the migrations are also run there (scripts/chdb-queries.py).
+if ! python3 -c 'import chdb' >/dev/null 2>&1; then
+  echo "setup: installing chdb-core (pip)"
+  python3 -m pip install --quiet chdb-core || python3 -m pip install --quiet --break-system-packages chdb-core
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

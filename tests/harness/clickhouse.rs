@@ -13,6 +13,8 @@ pub struct ClickHouseServer {
     pub tcp_port: u16,
     /// HTTP port.
     pub http_port: u16,
+    /// Every query is logged in `system.query_log`.
+    log_queries: bool,
     dir: tempfile::TempDir,
     binary: PathBuf,
     child: Option<Child>,
@@ -21,9 +23,19 @@ pub struct ClickHouseServer {
 impl ClickHouseServer {
     /// Starts a server and waits until it answers on the native port.
     pub fn start() -> ClickHouseServer {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that logs every query in `system.query_log` (flushed every 200 ms).
+    pub fn start_logging_queries() -> ClickHouseServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(log_queries: bool) -> ClickHouseServer {
         let binary = require_binary("clickhouse-server", "clickhouse-server");
         let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
-        let mut s = ClickHouseServer { tcp_port: free_port(), http_port: free_port(), dir, binary, child: None };
+        let mut s =
+            ClickHouseServer { tcp_port: free_port(), http_port: free_port(), log_queries, dir, binary, child: None };
         s.write_config();
         s.spawn();
         s
@@ -54,17 +66,28 @@ impl ClickHouseServer {
   <mark_cache_size>268435456</mark_cache_size>
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+  {}
 </yandex>
 "#,
-            self.tcp_port, self.http_port
+            self.tcp_port,
+            self.http_port,
+            if self.log_queries {
+                "<query_log><database>system</database><table>query_log</table>\
+                 <flush_interval_milliseconds>200</flush_interval_milliseconds></query_log>"
+            } else {
+                ""
+            }
         );
-        let users = r#"<?xml version="1.0"?>
+        let profile = if self.log_queries { "<log_queries>1</log_queries>" } else { "" };
+        let users = format!(
+            r#"<?xml version="1.0"?>
 <yandex>
-  <profiles><default></default></profiles>
+  <profiles><default>{profile}</default></profiles>
   <users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></default></users>
   <quotas><default></default></quotas>
 </yandex>
-"#;
+"#
+        );
         std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
         std::fs::write(self.dir.path().join("users.xml"), users).expect("write users");
     }

@@ -247,7 +247,11 @@ fn rsa_key(dir: &std::path::Path, name: &str) -> (Vec<u8>, String) {
 
 impl Api {
     fn start() -> Api {
-        let ch = ClickHouseServer::start();
+        Self::start_with(false)
+    }
+
+    fn start_with(log_queries: bool) -> Api {
+        let ch = if log_queries { ClickHouseServer::start_logging_queries() } else { ClickHouseServer::start() };
         let redis = RedisServer::start();
         block_on(ActiveDriver::Epoll, async {
             let mut c = Connection::connect(&ch_options(&ch)).await.expect("connect");
@@ -777,4 +781,80 @@ fn analytics_behavior_is_exact() {
     let want: Vec<Value> = want.into_iter().take(10).map(|(p, n)| json!({"path": p, "groups": n})).collect();
     let v = api.json(&format!("/api/analytics/behavior/paths?{range}&steps=3&limit=10"));
     assert_eq!(v["paths"], Value::Array(want));
+}
+
+/// Every query the API sends (logged by ClickHouse 18.16 while the routes answer) gives
+/// the same rows on a current engine (chdb-core, ClickHouse 26.x) over the same rows,
+/// duplicates included, after the same migration.
+#[test]
+fn analytics_queries_agree_on_a_current_engine() {
+    let ok = std::process::Command::new("python3").args(["-c", "import chdb"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "python3 with chdb-core is needed (scripts/setup.sh installs it)");
+    let api = Api::start_with(true);
+    let h = &api.history;
+    let range = format!("game_id=g1&env=prod&start={}&end={}", date(h.today - 30), date(h.today - 1));
+    api.ch.query(&format!(
+        "INSERT INTO analytics.minute_online (m, game_id, env, online) VALUES ({}, 'g1', 'prod', 5)",
+        (h.today - 2) * DAY
+    ));
+    for path in [
+        format!("overview?{range}"),
+        "realtime?game_id=g1&env=prod".to_owned(),
+        format!("retention?{range}"),
+        format!("retention?{range}&cohort=first_active"),
+        format!("payments/summary?{range}&platform=ios"),
+        format!("payments/transactions?{range}&status=refunded&page=2&size=3"),
+        format!("payments/product_trend?{range}&product_id=gems,pass&granularity=minute"),
+        format!("behavior/events?{range}&event=level_start&prop_key=level&prop_val=2"),
+        format!("behavior/funnel?{range}&steps=register,login,level_start"),
+        format!("behavior/funnel?{range}&steps=login,level_start,level_clear&same_session=1&gap_sec=100"),
+        format!("behavior/paths?{range}&per=user&steps=4&exclude=session_start"),
+    ] {
+        api.json(&format!("/api/analytics/{path}"));
+    }
+    api.ch.query("SYSTEM FLUSH LOGS");
+    let logged = api.ch.query(
+        "SELECT DISTINCT query FROM system.query_log WHERE type = 2 AND interface = 1 \
+         AND query LIKE 'SELECT %' AND query LIKE '%analytics.%' FORMAT TabSeparatedRaw",
+    );
+    let queries: Vec<&str> = logged.lines().filter(|l| !l.is_empty()).collect();
+    assert!(queries.len() >= 25, "{} queries logged:\n{logged}", queries.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    for (table, cols) in
+        [("events", EVENT_COLUMNS), ("payments", PAYMENT_COLUMNS), ("minute_online", "m, game_id, env, online")]
+    {
+        let rows = api.ch.query(&format!("SELECT {cols} FROM analytics.{table} FORMAT TabSeparated"));
+        std::fs::write(dir.path().join(format!("{table}.tsv")), rows).unwrap();
+        std::fs::write(dir.path().join(format!("{table}.cols")), cols).unwrap();
+    }
+    std::fs::write(dir.path().join("queries.sql"), queries.join("\n")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chdb-queries.py");
+    let out = std::process::Command::new("python3").arg(script).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let current = std::fs::read_to_string(dir.path().join("results.txt")).unwrap();
+    let current: Vec<&str> = current.split("--end--\n").collect();
+    // Arrays (groupArray) may list their elements in another order: compared sorted.
+    let normal = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                l.split('\t')
+                    .map(|f| {
+                        if f.starts_with('[') && f.ends_with(']') {
+                            let mut items: Vec<&str> = f[1..f.len() - 1].split(',').collect();
+                            items.sort();
+                            items.join(",")
+                        } else {
+                            f.to_owned()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    for (i, q) in queries.iter().enumerate() {
+        let old = api.ch.query(&format!("{q} FORMAT TabSeparated"));
+        assert_eq!(normal(current[i]), normal(&old), "{q}");
+    }
 }

@@ -45,12 +45,12 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
     let sql = format!(
         "SELECT toUInt32(cd) AS day, count(), sum(has(ad, cd + 1)), sum(has(ad, cd + 7)), sum(has(ad, cd + 30)) \
          FROM (SELECT user_id, toDate(min(event_time)) AS cd FROM analytics.events \
-               WHERE event IN {events} AND {cohort_range}{w} GROUP BY user_id) \
+               WHERE event IN {events} AND {cohort_range}{w} GROUP BY user_id) AS c \
          ANY LEFT JOIN \
               (SELECT user_id, groupUniqArray(toDate(event_time)) AS ad FROM analytics.events \
                WHERE {activity}{w} AND user_id IN \
                  (SELECT user_id FROM analytics.events WHERE event IN {events} AND {cohort_range}{w}) \
-               GROUP BY user_id) \
+               GROUP BY user_id) AS a \
          USING user_id GROUP BY cd ORDER BY cd"
     );
     let complete = ctx.now.div_euclid(DAY) - 1;

@@ -23,6 +23,9 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
+# The README's clients, run by the tests: curl + openssl, Python, Node.js (18+: fetch).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -7,6 +7,7 @@ mod aggregate;
 mod analytics;
 mod body;
 mod clickhouse;
+mod clients;
 mod config;
 mod control;
 mod demo;

@@ -202,6 +202,8 @@ fn run(o: &Options) -> Result<(), String> {
         seed,
     };
     println!("  players: {} over a day of {} s, {} events/s (run {})", o.players, o.day.as_secs(), o.rate, run_no + 1);
+    println!("  ingest:  http://{data}/api/ingest/events (game {GAME}, secret {SECRET}); /healthz /readyz");
+    println!("  metrics: http://{control}/metrics; /healthz /readyz");
     let players = load::Load::start(plan)?;
     let endpoints = Endpoints { data: data.to_string(), control: control.to_string(), dir: dir.display().to_string() };
     let started = Instant::now();

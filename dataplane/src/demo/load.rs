@@ -154,8 +154,8 @@ fn run(plan: Plan, stop: &AtomicBool, stats: &Mutex<LoadStats>) {
         let body = model.events_body(n, now_ms());
         nonce += 1;
         send(&mut client, &plan, &format!("demo-{run_id}-{nonce}"), body.as_bytes(), n, false, stats);
-        // About one payment per 150 events.
-        payments_due += n as f64 / 150.0;
+        // About one payment per 500 events.
+        payments_due += n as f64 / 500.0;
         if payments_due >= 1.0 {
             let k = payments_due as usize;
             payments_due -= k as f64;

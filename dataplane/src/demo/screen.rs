@@ -79,9 +79,9 @@ pub fn live(v: &View) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "  ingest     accepted {:>9.0} ev/s   refused {:>6.0} ev/s   total {} accepted, {} refused",
-        v.accepted_per_sec,
-        v.refused_per_sec,
+        "  ingest     accepted {:>9} ev/s   refused {:>6} ev/s   total {} accepted, {} refused",
+        thousands(v.accepted_per_sec.round() as u64),
+        thousands(v.refused_per_sec.round() as u64),
         thousands(v.metrics.accepted),
         thousands(v.metrics.refused)
     );

@@ -47,3 +47,13 @@ fn readme_clients_are_accepted() {
     assert!(refused.starts_with(r#"401 {"error":"bad_signature""#), "{refused}");
     assert_eq!(events_in_streams(&f), 6);
 }
+
+#[test]
+fn readme_shows_the_clients_as_they_are() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for f in ["curl.sh", "client.py", "client.js"] {
+        let text = std::fs::read_to_string(root.join("examples").join(f)).unwrap();
+        assert!(readme.contains(&text), "README's copy of examples/{f} differs from the file");
+    }
+}

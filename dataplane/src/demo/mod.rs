@@ -33,8 +33,10 @@ use screen::{Endpoints, RunTotals, View};
 
 /// The demo game's secret (the one in `croupier.example.toml`).
 pub const SECRET: &str = "change-me";
+/// The demo's HS256 secret of Analytics API tokens.
+const JWT_SECRET: &str = "demo-jwt-secret";
 /// What `--fresh` deletes in the demo's directory (and nothing else).
-const ENTRIES: [&str; 5] = ["redis", "clickhouse", "croupier.toml", "croupier.log", "runs"];
+const ENTRIES: [&str; 6] = ["redis", "clickhouse", "croupier.toml", "croupier.log", "runs", "api-token"];
 /// How long the drain at the end may take.
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -122,9 +124,23 @@ fn config_text(redis: u16, clickhouse: u16) -> String {
          [clickhouse]\naddr = \"127.0.0.1:{clickhouse}\"\n\n\
          [worker]\nshards = 1\nconsumer = \"demo\"\n\n\
          [control]\nlisten = \"127.0.0.1:0\"\n\n\
+         [api]\njwt_secret = \"{JWT_SECRET}\"\n\n\
          [log]\nlevel = \"info\"\n\n\
          [games.{GAME}]\nsecret = \"{SECRET}\"\n"
     )
+}
+
+/// Writes a week-long Analytics API token (role `viewer`, the demo's game) to
+/// `DIR/api-token`, for `curl -H "Authorization: Bearer $(cat DIR/api-token)"`.
+fn api_token(dir: &Path) -> Result<PathBuf, String> {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 7 * 86_400;
+    let claims = serde_json::json!({"sub": "demo", "roles": ["viewer"], "games": [GAME], "exp": exp});
+    let key = EncodingKey::from_secret(JWT_SECRET.as_bytes()).map_err(|e| format!("API token: {e}"))?;
+    let token = encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(|e| format!("API token: {e}"))?;
+    let path = dir.join("api-token");
+    std::fs::write(&path, token).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
 }
 
 fn migrate(config: &Config) -> Result<(), String> {
@@ -187,6 +203,7 @@ fn run(o: &Options) -> Result<(), String> {
     let redis_addr = SocketAddr::from(([127, 0, 0, 1], redis_port));
     let ch_addr = SocketAddr::from(([127, 0, 0, 1], ch_http));
     let run_no = next_run(&dir)?;
+    let token = api_token(&dir)?;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -204,8 +221,17 @@ fn run(o: &Options) -> Result<(), String> {
     println!("  players: {} over a day of {} s, {} events/s (run {})", o.players, o.day.as_secs(), o.rate, run_no + 1);
     println!("  ingest:  http://{data}/api/ingest/events (game {GAME}, secret {SECRET}); /healthz /readyz");
     println!("  metrics: http://{control}/metrics; /healthz /readyz");
+    println!(
+        "  API:     curl -H \"Authorization: Bearer $(cat {})\" 'http://{control}/api/analytics/realtime?game_id={GAME}&env=prod'",
+        token.display()
+    );
     let players = load::Load::start(plan)?;
-    let endpoints = Endpoints { data: data.to_string(), control: control.to_string(), dir: dir.display().to_string() };
+    let endpoints = Endpoints {
+        data: data.to_string(),
+        control: control.to_string(),
+        dir: dir.display().to_string(),
+        token: token.display().to_string(),
+    };
     let started = Instant::now();
     let (mut last_metrics, mut last_at) = (figures::metrics(control).unwrap_or_default(), Instant::now());
     let mut stored = Stored::default();

@@ -40,6 +40,8 @@ pub struct Endpoints {
     pub control: String,
     /// Where the data lives.
     pub dir: String,
+    /// The file holding an Analytics API token.
+    pub token: String,
 }
 
 fn thousands(n: u64) -> String {
@@ -126,7 +128,9 @@ pub fn live(v: &View) -> String {
     let e = &v.endpoints;
     let _ = writeln!(o, "  ingest     http://{}/api/ingest/events   /healthz /readyz", e.data);
     let _ = writeln!(o, "  metrics    http://{}/metrics   /healthz /readyz", e.control);
-    let _ = writeln!(o, "  dashboard  not yet (the Analytics API and dashboard are coming)");
+    let _ = writeln!(o, "  API        http://{}/api/analytics/realtime?game_id=demo-game&env=prod", e.control);
+    let _ = writeln!(o, "             (Authorization: Bearer $(cat {}))", e.token);
+    let _ = writeln!(o, "  dashboard  not yet");
     let _ = writeln!(o, "  data       {} (croupier.log, redis/, clickhouse/)", e.dir);
     o
 }

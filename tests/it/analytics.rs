@@ -858,3 +858,83 @@ fn analytics_queries_agree_on_a_current_engine() {
         assert_eq!(normal(current[i]), normal(&old), "{q}");
     }
 }
+
+/// The first `events` layout as the first schema created it.
+const FIRST_EVENTS_LAYOUT: &str = "CREATE TABLE analytics.events (
+    event_time DateTime, game_id LowCardinality(String), env LowCardinality(String), user_id String,
+    session_id String, event LowCardinality(String), channel LowCardinality(String),
+    platform LowCardinality(String), country FixedString(2), app_version String, event_id UUID,
+    props_json String, device_id String DEFAULT '', ingested_at DateTime DEFAULT now()
+) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(event_time) ORDER BY (game_id, env, event, event_id)";
+
+/// Migrate takes an `events` table of the first layout to the day-keyed one with every
+/// row (duplicates as they were), once, and a one-day read then reads fewer rows.
+#[test]
+fn analytics_events_relayout_keeps_rows_and_reads_one_day() {
+    let ch = ClickHouseServer::start_logging_queries();
+    ch.query("CREATE DATABASE analytics");
+    ch.query(FIRST_EVENTS_LAYOUT);
+    let h = History::generate(croupier_dataplane::analytics::now_secs());
+    for rows in [&h.event_rows[..], &h.event_rows[..h.event_rows.len() / 3]] {
+        ch.query(&format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) FORMAT TabSeparated\n{}\n", rows.join("\n")));
+    }
+    // 40,000 more events of one past month, 65 s apart, for a one-day read to measure.
+    let month: i64 = ch.query("SELECT toUInt32(toDateTime(toStartOfMonth(today() - 60)))").trim().parse().unwrap();
+    ch.query(&format!(
+        "INSERT INTO analytics.events ({EVENT_COLUMNS}) SELECT toDateTime({month} + number * 65), 'g1', 'prod', \
+         toString(number % 5000), 's', arrayElement(['login', 'level_start', 'level_clear'], number % 3 + 1), '', '', \
+         'US', '1', toUUID(concat('00000000-0000-4000-9000-', substring(concat('000000000000', hex(number)), \
+         length(hex(number)) + 1, 12))), '{{}}' FROM system.numbers LIMIT 40000"
+    ));
+    let figures = "SELECT count(), uniqExact(event_id), sum(cityHash64(toString(event_id), user_id, toUInt32(event_time), props_json)) \
+                   FROM analytics.events FORMAT TabSeparated";
+    let before = ch.query(figures);
+    let day = month / DAY + 10;
+    let one_day = format!(
+        "SELECT uniqExact(user_id) FROM analytics.events WHERE game_id = 'g1' AND env = 'prod' \
+         AND event_time >= toDateTime({}) AND event_time <= toDateTime({})",
+        day * DAY,
+        day * DAY + DAY - 1
+    );
+    // Rows read, as ClickHouse logged them.
+    let read = |tag: &str| {
+        let q = one_day.replace("uniqExact(user_id)", &format!("uniqExact(user_id) AS {tag}"));
+        let users = block_on(ActiveDriver::Epoll, async {
+            let mut c = Connection::connect(&ch_options(&ch)).await.expect("connect");
+            c.select(&q, &[]).await.expect("select").rows[0][0].as_u64()
+        })
+        .unwrap();
+        // The log's row may come a little after the answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let rows = loop {
+            ch.query("SYSTEM FLUSH LOGS");
+            let rows = ch.query(&format!(
+                "SELECT read_rows FROM system.query_log WHERE type = 2 AND query LIKE '%AS {tag} FROM%' \
+                 AND query NOT LIKE '%query_log%' LIMIT 1"
+            ));
+            if !rows.trim().is_empty() || Instant::now() > deadline {
+                break rows;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        (users, rows.trim().parse::<u64>().unwrap())
+    };
+    let (users_before, read_before) = read("read_before");
+    for _ in 0..2 {
+        block_on(ActiveDriver::Epoll, async {
+            let mut c = Connection::connect(&ch_options(&ch)).await.expect("connect");
+            schema::migrate(&mut c).await.expect("migrate");
+        })
+        .unwrap();
+        assert_eq!(ch.query(figures), before, "every row once, duplicates as they were");
+        let engine = ch.query("SELECT engine_full FROM system.tables WHERE database = 'analytics' AND name = 'events'");
+        assert!(engine.contains("ORDER BY (game_id, env, event_time,"), "{engine}");
+        let left =
+            ch.query("SELECT count() FROM system.tables WHERE database = 'analytics' AND name = 'events_relayout'");
+        assert_eq!(left, "0\n");
+    }
+    let (users_after, read_after) = read("read_after");
+    assert_eq!(users_after, users_before);
+    assert!(read_after * 2 < read_before, "one day read {read_after} rows after, {read_before} before");
+    eprintln!("one-day read of {} rows: {read_before} rows read before the relayout, {read_after} after", DAY / 65);
+}

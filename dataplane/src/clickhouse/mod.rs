@@ -6,5 +6,6 @@
 pub mod aggregates;
 pub mod connection;
 pub mod partitions;
+pub mod relayout;
 pub mod rows;
 pub mod schema;

@@ -5,7 +5,9 @@
 //! `ReplacingMergeTree` keyed on the dedup key (`event_id`, `order_id`) so a redelivered
 //! batch never shows twice; `events` has `device_id`, both have `ingested_at` (when ingest
 //! accepted the record; identical in redelivered copies). TTLs are left to operators
-//! (ClickHouse 18.16 has no column TTL).
+//! (ClickHouse 18.16 has no column TTL). `events` is sorted by `(game_id, env,
+//! event_time, event, event_id)`, so a one-day read reads about that day; a table
+//! of the first layout (without the day) is copied into it by [`super::relayout`].
 //!
 //! The aggregate tables the worker writes from the merged sketches
 //! (`minute_online`, `daily_users`, `daily_revenue`) are `ReplacingMergeTree(version)` on
@@ -43,7 +45,7 @@ pub const STATEMENTS: &[&str] = &[
         ingested_at DateTime DEFAULT now()
     ) ENGINE = ReplacingMergeTree()
     PARTITION BY toYYYYMM(event_time)
-    ORDER BY (game_id, env, event, event_id)",
+    ORDER BY (game_id, env, event_time, event, event_id)",
     "CREATE TABLE IF NOT EXISTS analytics.payments (
         time         DateTime,
         game_id      LowCardinality(String),
@@ -211,6 +213,9 @@ pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
         conn.execute(database, settings).await?;
     }
     replace_first_aggregate_tables(conn).await?;
+    if let Some(events) = STATEMENTS.iter().find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS analytics.events ")) {
+        super::relayout::relayout_events(conn, events, settings).await?;
+    }
     for sql in STATEMENTS {
         conn.execute(sql, settings).await?;
     }

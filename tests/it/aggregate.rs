@@ -319,3 +319,70 @@ fn migrate_replaces_the_first_schemas_empty_aggregate_tables() {
     let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&p.ingest.redis, ch));
     assert!(!ok && out.contains("analytics.daily_revenue has an engine of an earlier schema"), "{out}");
 }
+
+/// The value of `name{game="g1",env="prod"}` in a scrape, if present.
+fn gauge(scrape: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{game=\"{GAME}\",env=\"prod\"}} ");
+    scrape.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// The worker process's control port exports the real-time gauges, read from its sketches:
+/// after the flushes they equal Redis's `PFCOUNT` of the keys; day-1 retention of a cohort
+/// half of which came back is about a half.
+#[test]
+fn realtime_gauges_on_the_control_port_equal_the_keys() {
+    let mut p = Pipeline::start(&[]);
+    let port = croupier_it::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "200"), ("CROUPIER_CONTROL__LISTEN", &listen)]);
+    let ts = now_secs() as u64;
+    // Yesterday's cohort: 2,000 new players, as an earlier worker left them in Redis.
+    let yesterday = {
+        let mut k = String::new();
+        Kind::New.key(GAME, "prod", day_of(ts as i64 * 1000) - 1, &mut k);
+        k
+    };
+    let cohort: Vec<String> = (0..1_000).chain(5_000..6_000).map(|i| format!("player-{i}")).collect();
+    let mut args = vec!["PFADD".to_owned(), yesterday.clone()];
+    args.extend(cohort);
+    p.ingest.redis.client().cmd(&args);
+    post_players(&p, "login", "player", 0..3_000, ts);
+    post_players(&p, "register", "player", 2_000..3_000, ts);
+    post_players(&p, "level_start", "player", 0..800, ts);
+    post_players(&p, "level_clear", "player", 0..300, ts);
+    post_players(&p, "heartbeat", "player", 0..500, ts);
+    let pays: Vec<(String, String, u64, &str)> =
+        (0..40).map(|i| (format!("g-{i}"), format!("player-{i}"), 10, "success")).collect();
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&pays, ts)).status, 202);
+    wait_idle(&p);
+    wait_daily_users_match_redis(&p, ts);
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let want = [
+        ("croupier_realtime_dau", pfcount(&p, &key(Kind::Dau, ts))),
+        ("croupier_realtime_new_users_today", pfcount(&p, &key(Kind::New, ts))),
+        ("croupier_realtime_payers_today", pfcount(&p, &key(Kind::Payers, ts))),
+        ("croupier_realtime_level_starts_today", pfcount(&p, &key(Kind::LevelStart, ts))),
+        ("croupier_realtime_level_completions_today", pfcount(&p, &key(Kind::LevelClear, ts))),
+        ("croupier_realtime_online_users", pfcount(&p, &key(Kind::Online, ts))),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scrape = loop {
+        let r = croupier_it::http::HttpClient::connect(addr).request("GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        if want.iter().all(|(n, v)| gauge(&text, n) == Some(*v as f64)) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "gauges {want:?} not in\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(within(want[0].1, 3_000, 2.0) && within(want[3].1, 800, 2.0) && within(want[4].1, 300, 2.0), "{want:?}");
+    let d1 = gauge(&scrape, "croupier_realtime_d1_retention_ratio").unwrap_or_else(|| {
+        panic!(
+            "no d1 retention in {}",
+            scrape.lines().filter(|l| l.contains("realtime")).collect::<Vec<_>>().join("\n")
+        )
+    });
+    assert!((d1 - 0.5).abs() < 0.05, "day-1 retention {d1}");
+    assert!(p.stop_worker());
+}

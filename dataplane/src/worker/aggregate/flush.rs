@@ -60,6 +60,9 @@ pub struct ReadBack {
     pub env: std::sync::Arc<str>,
     /// Minute or day number.
     pub period: u32,
+    /// Whether it is a figure of the aggregate tables (else read for the live gauges
+    /// only: yesterday's new users, for day-1 retention).
+    pub table: bool,
     /// The merged sketch; `None` when the key holds something else.
     pub sketch: Option<Sketch>,
     /// Redis's time when it was read, microseconds since the epoch.
@@ -158,6 +161,8 @@ pub struct Wanted {
     pub env: std::sync::Arc<str>,
     /// Minute or day number.
     pub period: u32,
+    /// Whether it is a figure of the aggregate tables.
+    pub table: bool,
 }
 
 /// Reads `wanted` keys back, in groups that must be read at one instant (a day's keys
@@ -196,6 +201,7 @@ pub async fn read_back(redis: &RedisClient, groups: &[Vec<Wanted>]) -> Result<Ve
                 game: w.game.clone(),
                 env: w.env.clone(),
                 period: w.period,
+                table: w.table,
                 sketch,
                 version,
             });

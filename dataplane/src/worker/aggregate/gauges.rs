@@ -26,9 +26,13 @@ impl RealtimeGauges {
     }
 }
 
+/// The process's sketches of one figure (kind, game, environment, period), every worker
+/// shard's merged.
+type Merged = BTreeMap<(Kind, Arc<str>, Arc<str>, u32), Sketch>;
+
 /// Each gauge: its name, help, and the kind of sketch it reads.
 const FAMILIES: &[(&str, &str, Kind)] = &[
-    ("croupier_realtime_online", "Distinct players online in the current UTC minute (session_start, heartbeat or an event with a session; the previous minute while the current one has none).", Kind::Online),
+    ("croupier_realtime_online_users", "Distinct players online in the current UTC minute (session_start, heartbeat or an event with a session; the previous minute while the current one has none).", Kind::Online),
     ("croupier_realtime_dau", "Distinct players with an event so far today (UTC day), all workers.", Kind::Dau),
     ("croupier_realtime_new_users_today", "Distinct players who registered today (register, first_active, user.register).", Kind::New),
     ("croupier_realtime_payers_today", "Distinct players with a successful payment today.", Kind::Payers),
@@ -41,10 +45,14 @@ impl Source for RealtimeGauges {
         let now = crate::ingest::now_ms();
         let (minute, today) = (minute_of(now), day_of(now));
         // Every shard's sketch of a figure, merged (register-wise maximum).
-        let mut merged: BTreeMap<(Kind, Arc<str>, Arc<str>, u32), Sketch> = BTreeMap::new();
+        let mut merged: Merged = BTreeMap::new();
         for p in self.published.list() {
-            let current =
-                if p.kind.per_minute() { p.period + 1 >= minute && p.period <= minute } else { p.period == today };
+            let current = if p.kind.per_minute() {
+                p.period + 1 >= minute && p.period <= minute
+            } else {
+                // Yesterday's new users too: the day-1 cohort.
+                p.period == today || (p.kind == Kind::New && p.period + 1 == today)
+            };
             if current {
                 merged.entry((p.kind, p.game, p.env, p.period)).or_default().merge(&p.reader.snapshot());
             }
@@ -53,8 +61,10 @@ impl Source for RealtimeGauges {
             let mut wrote = false;
             let mut last: Option<(&str, &str)> = None;
             // Latest period first, so the current minute wins over the previous one.
-            for ((k, game, env, _), sketch) in merged.iter().rev().filter(|((k, ..), _)| *k == kind) {
-                debug_assert_eq!(*k, kind);
+            for ((_, game, env, period), sketch) in merged.iter().rev().filter(|((k, ..), _)| *k == kind) {
+                if kind == Kind::New && *period != today {
+                    continue;
+                }
                 if last == Some((game, env)) {
                     continue;
                 }
@@ -66,5 +76,66 @@ impl Source for RealtimeGauges {
                 enc.sample(name, &[("game", game), ("env", env)], sketch.count());
             }
         }
+        d1_retention(enc, &merged, today);
+    }
+}
+
+/// `croupier_realtime_d1_retention_ratio`: of yesterday's new users, the share seen
+/// today so far — |new(yesterday) ∩ dau(today)| / |new(yesterday)|, the intersection by
+/// inclusion–exclusion over the sketches (|A| + |B| − |A ∪ B|, so its error is that of
+/// the larger sets: read it as a trend, not a count).
+fn d1_retention(enc: &mut Encoder, merged: &Merged, today: u32) {
+    const NAME: &str = "croupier_realtime_d1_retention_ratio";
+    let Some(yesterday) = today.checked_sub(1) else { return };
+    let mut wrote = false;
+    for ((kind, game, env, period), cohort) in merged {
+        if *kind != Kind::New || *period != yesterday {
+            continue;
+        }
+        let n = cohort.count();
+        let Some(active) = merged.get(&(Kind::Dau, game.clone(), env.clone(), today)) else { continue };
+        if n == 0 {
+            continue;
+        }
+        let mut union = cohort.clone();
+        union.merge(active);
+        let both = (n + active.count()).saturating_sub(union.count()).min(n);
+        if !wrote {
+            enc.family(NAME, MetricKind::Gauge, "Share of yesterday's new users (UTC day) with an event today so far; from the sketches by inclusion-exclusion.");
+            wrote = true;
+        }
+        enc.sample_f64(NAME, &[("game", game), ("env", env)], both as f64 / n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::aggregate::sketches::Sketches;
+
+    #[test]
+    fn day_one_retention_of_a_cohort_half_of_which_came_back() {
+        let published = Arc::new(Published::default());
+        let mut s = Sketches::new(0, published.clone());
+        let now = crate::ingest::now_ms();
+        let mut cohort = Sketch::new();
+        for i in (0..1_000).chain(5_000..6_000) {
+            cohort.add(format!("p-{i}").as_bytes());
+        }
+        for i in 0..3_000 {
+            s.event("g", "e", "login", &format!("p-{i}"), "", now);
+        }
+        s.merge_back(Kind::New, "g", "e", day_of(now) - 1, &cohort, true);
+        let mut enc = Encoder::new();
+        RealtimeGauges::new(published).encode(&mut enc);
+        let text = enc.finish();
+        let d1: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("croupier_realtime_d1_retention_ratio{game=\"g\",env=\"e\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!((d1 - 0.5).abs() < 0.05, "{d1}");
+        assert!(text.contains("croupier_realtime_dau{game=\"g\",env=\"e\"} "), "{text}");
+        assert!(!text.contains("croupier_realtime_new_users_today"), "yesterday's cohort is not today's: {text}");
     }
 }

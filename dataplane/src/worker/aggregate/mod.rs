@@ -122,7 +122,11 @@ impl Aggregator {
         let mut figures = self.figures.borrow_mut();
         for r in back {
             let Some(sketch) = &r.sketch else { continue };
-            sketches.merge_back(r.kind, &r.game, &r.env, r.period, sketch);
+            // Keys read for the gauges only get a sketch of their own (kept until evicted).
+            sketches.merge_back(r.kind, &r.game, &r.env, r.period, sketch, !r.table);
+            if !r.table {
+                continue;
+            }
             let count = sketch.count();
             let key = (r.game.clone(), r.env.clone(), r.period);
             if r.kind.per_minute() {
@@ -239,12 +243,13 @@ impl Aggregator {
 
 /// The keys to read back after merging `dirty`: each online minute alone, and for each
 /// day touched, the day's DAU, new-users and payers keys together (one row of
-/// `daily_users`) and its level keys (for the live figures).
+/// `daily_users`), its level keys and the previous day's new users (for the live
+/// figures: day-1 retention).
 fn read_groups(dirty: &[Dirty]) -> Vec<Vec<Wanted>> {
     let mut groups = Vec::new();
     let mut days: Vec<DayKey> = Vec::new();
     for d in dirty {
-        let want = |kind| Wanted { kind, game: d.game.clone(), env: d.env.clone(), period: d.period };
+        let want = |kind| Wanted { kind, game: d.game.clone(), env: d.env.clone(), period: d.period, table: true };
         if d.kind.per_minute() {
             groups.push(vec![want(d.kind)]);
             continue;
@@ -254,7 +259,11 @@ fn read_groups(dirty: &[Dirty]) -> Vec<Vec<Wanted>> {
             continue;
         }
         days.push(key);
-        groups.push(Kind::ALL.iter().filter(|k| !k.per_minute()).map(|&k| want(k)).collect());
+        let mut group: Vec<Wanted> = Kind::ALL.iter().filter(|k| !k.per_minute()).map(|&k| want(k)).collect();
+        if let Some(yesterday) = d.period.checked_sub(1) {
+            group.push(Wanted { period: yesterday, table: false, ..want(Kind::New) });
+        }
+        groups.push(group);
     }
     groups
 }

@@ -213,11 +213,27 @@ impl Sketches {
     }
 
     /// Raises a sketch to the registers of `merged` (what Redis holds after every
-    /// worker's merges), so that the live figures are the all-workers ones.
-    pub fn merge_back(&mut self, kind: Kind, game: &str, env: &str, period: u32, merged: &Sketch) {
+    /// worker's merges), so that the live figures are the all-workers ones; `create`
+    /// makes the sketch (clean) if the shard has none.
+    pub fn merge_back(&mut self, kind: Kind, game: &str, env: &str, period: u32, merged: &Sketch, create: bool) {
         let scope = self.scope(game, env);
-        if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.slots.get_mut(&(kind, period))) {
+        let Some(s) = self.scopes.get_mut(scope) else { return };
+        if let Some(slot) = s.slots.get_mut(&(kind, period)) {
             slot.writer.merge(merged);
+            return;
+        }
+        if create {
+            let mut writer = SketchWriter::new();
+            writer.merge(merged);
+            self.published.lock().push(PublishedSketch {
+                shard: self.shard,
+                kind,
+                game: s.game.clone(),
+                env: s.env.clone(),
+                period,
+                reader: writer.reader(),
+            });
+            s.slots.insert((kind, period), Slot { writer, dirty: false });
         }
     }
 

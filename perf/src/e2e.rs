@@ -232,7 +232,7 @@ fn worst_seconds(max_us: &[u64], cpu: &[[f64; 3]]) -> String {
 
 /// CPU seconds of the process's threads whose name starts with `prefix` (Linux truncates
 /// thread names to 15 bytes: `croupier-shard-`, `croupier-worker`).
-fn threads_cpu(pid: u32, prefix: &str) -> f64 {
+pub(crate) fn threads_cpu(pid: u32, prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
     let mut total = 0.0;
     for t in tasks.flatten() {

@@ -57,9 +57,31 @@ fn payments(rows: &[(String, String, u64, &str)], ts: u64) -> String {
     format!("[{}]", items.join(","))
 }
 
+/// Entries of `stream` not yet delivered to the group (`XINFO GROUPS` lag; 0 when the
+/// stream does not exist).
+fn lag(p: &Pipeline, stream: &str) -> u64 {
+    use croupier_protocol::resp::Frame;
+    let Frame::Array(groups) = p.ingest.redis.client().cmd(&["XINFO", "GROUPS", stream]) else { return 0 };
+    groups
+        .into_iter()
+        .filter_map(|g| match g {
+            Frame::Array(kv) => kv.chunks(2).find_map(|c| match c {
+                [Frame::BulkString(k), Frame::Integer(n)] if k == b"lag" => Some(*n as u64),
+                [Frame::BulkString(k), Frame::Null] if k == b"lag" => Some(u64::MAX),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .sum()
+}
+
+/// Waits until every entry of the three streams was delivered and acknowledged.
 fn wait_idle(p: &Pipeline) {
-    p.wait_for(0, "pending entries", |p| {
-        (p.pending("analytics:events") + p.pending("analytics:custom") + p.pending("analytics:payments")) as u64
+    p.wait_for(0, "entries not yet delivered or acknowledged", |p| {
+        ["analytics:events", "analytics:custom", "analytics:payments"]
+            .iter()
+            .map(|s| (p.pending(s) as u64).saturating_add(lag(p, s)))
+            .fold(0u64, u64::saturating_add)
     });
 }
 

@@ -2,7 +2,7 @@
 //! `clickhouse-server` on the PATH. Its final summary must be what ClickHouse and Redis
 //! hold (read back with clickhouse-client and redis-cli after the demo has stopped its
 //! servers); a second run continues on the same data; the live screen, in tmux, shows every
-//! figure and changes from one second to the next.
+//! figure and changes from one second to the next, and Ctrl-C stops everything.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -115,16 +115,24 @@ fn tmux(socket: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn demo_live_screen_shows_every_figure_and_changes() {
+fn demo_live_screen_shows_every_figure_and_changes_and_ctrl_c_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let socket = format!("croupier-demo-{}", std::process::id());
     let cmd = format!(
-        "{} demo --dir {} --fresh --duration 15 --rate 300 --players 2000; sleep 60",
+        "{} demo --dir {} --fresh --duration 120 --rate 300 --players 2000; sleep 60",
         env!("CARGO_BIN_EXE_croupier-it-bin"),
         dir.display()
     );
     tmux(&socket, &["new-session", "-d", "-s", "demo", "-x", "132", "-y", "40", &cmd]);
+    // The session goes with the test, whatever happens (its demo stops on the hang-up).
+    struct Session(String);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            tmux(&self.0, &["kill-server"]);
+        }
+    }
+    let _session = Session(socket.clone());
     let capture = || tmux(&socket, &["capture-pane", "-p", "-t", "demo"]);
     let fields = [
         "accepted",
@@ -169,15 +177,46 @@ fn demo_live_screen_shows_every_figure_and_changes() {
             assert_ne!(line(&first, prefix), line(&second, prefix), "{prefix:?} did not change:\n{first}\n{second}");
         }
     });
-    // Let the demo drain and stop its servers before the session goes.
+    // Ctrl-C at the terminal, as a person stops it: the players stop, the data plane
+    // drains and stops, the summary is printed, the servers are stopped.
+    tmux(&socket, &["send-keys", "-t", "demo", "C-c"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !capture().contains("servers stopped") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let last = capture();
-    tmux(&socket, &["kill-server"]);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
-    assert!(last.contains("summary: "), "no summary after the screen:\n{last}");
+    assert!(last.contains("summary: ") && last.contains("servers stopped"), "no summary after Ctrl-C:\n{last}");
+    // Nothing left running on the demo's data: no server working in its directory, and
+    // the demo itself gone (its exit follows the last line by a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = left_running(&dir);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after Ctrl-C: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Processes working in `dir` (the servers run in its sub-directories) or running
+/// `demo --dir <dir>`.
+fn left_running(dir: &Path) -> Vec<String> {
+    let args = format!("demo\0--dir\0{}\0", dir.display());
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = entry.path();
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = String::from_utf8_lossy(&std::fs::read(p.join("cmdline")).unwrap_or_default()).into_owned();
+        let in_dir = std::fs::read_link(p.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if in_dir || cmdline.contains(&args) {
+            left.push(cmdline.replace('\0', " "));
+        }
+    }
+    left
 }

@@ -52,6 +52,9 @@ struct Payment {
     product: &'static str,
 }
 
+/// One generated event of g1: (time, user, session, name, props, event id).
+type Ev = (i64, u64, String, String, String, u64);
+
 /// The generated history of game `g1`, env `prod` (plus a little of `g2`).
 struct History {
     today: i64,
@@ -60,8 +63,8 @@ struct History {
     /// Days each player was active (an event that day).
     active: Vec<BTreeSet<i64>>,
     payments: Vec<Payment>,
-    /// The events of g1: (time, user, session, name, props, event id).
-    events: Vec<(i64, u64, String, String, String, u64)>,
+    /// The events of g1.
+    events: Vec<Ev>,
     /// TabSeparated rows of events and payments.
     event_rows: Vec<String>,
     payment_rows: Vec<String>,
@@ -680,7 +683,7 @@ fn analytics_behavior_is_exact() {
     let range = format!("game_id=g1&env=prod&start={}&end={}", date(first), date(last));
     let in_range = |t: i64| t >= first * DAY && t < (last + 1) * DAY;
 
-    let mut clears: Vec<&(i64, u64, String, String, String, u64)> = h
+    let mut clears: Vec<&Ev> = h
         .events
         .iter()
         .filter(|e| in_range(e.0) && e.3 == "level_clear" && e.4.starts_with(r#"{"level":"3""#))
@@ -809,6 +812,10 @@ fn analytics_queries_agree_on_a_current_engine() {
         format!("behavior/funnel?{range}&steps=register,login,level_start"),
         format!("behavior/funnel?{range}&steps=login,level_start,level_clear&same_session=1&gap_sec=100"),
         format!("behavior/paths?{range}&per=user&steps=4&exclude=session_start"),
+        format!("levels?{range}&episode=e1"),
+        format!("levels?{range}"),
+        format!("ltv?{range}"),
+        format!("segments?{range}"),
     ] {
         api.json(&format!("/api/analytics/{path}"));
     }
@@ -834,9 +841,11 @@ fn analytics_queries_agree_on_a_current_engine() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let current = std::fs::read_to_string(dir.path().join("results.txt")).unwrap();
     let current: Vec<&str> = current.split("--end--\n").collect();
-    // Arrays (groupArray) may list their elements in another order: compared sorted.
+    // Arrays (groupArray) may list their elements in another order, and rows of a query
+    // without ORDER BY come in any order: both compared sorted.
     let normal = |text: &str| -> Vec<Vec<String>> {
-        text.lines()
+        let mut rows: Vec<Vec<String>> = text
+            .lines()
             .filter(|l| !l.is_empty())
             .map(|l| {
                 l.split('\t')
@@ -851,7 +860,9 @@ fn analytics_queries_agree_on_a_current_engine() {
                     })
                     .collect()
             })
-            .collect()
+            .collect();
+        rows.sort();
+        rows
     };
     for (i, q) in queries.iter().enumerate() {
         let old = api.ch.query(&format!("{q} FORMAT TabSeparated"));
@@ -937,4 +948,111 @@ fn analytics_events_relayout_keeps_rows_and_reads_one_day() {
     assert_eq!(users_after, users_before);
     assert!(read_after * 2 < read_before, "one day read {read_after} rows after, {read_before} before");
     eprintln!("one-day read of {} rows: {read_before} rows read before the relayout, {read_after} after", DAY / 65);
+}
+
+/// Levels, LTV and segments against the history.
+#[test]
+fn analytics_levels_ltv_and_segments_are_exact() {
+    let api = Api::start();
+    let h = &api.history;
+    let (first, last) = (h.today - 20, h.today - 1);
+    let range = format!("game_id=g1&env=prod&start={}&end={}", date(first), date(last));
+    let in_range = |t: i64| t >= first * DAY && t < (last + 1) * DAY;
+    let evs: Vec<&Ev> = h.events.iter().filter(|e| in_range(e.0)).collect();
+    let level_of = |props: &str| props.split('"').nth(3).unwrap_or("").to_owned();
+    let users = |f: &dyn Fn(&&Ev) -> bool| -> BTreeSet<u64> { evs.iter().filter(|e| f(e)).map(|e| e.1).collect() };
+    let new_users = users(&|e| e.3 == "register");
+    let payers: BTreeSet<u64> =
+        h.payments.iter().filter(|p| in_range(p.time) && p.status == "success").map(|p| p.user).collect();
+
+    let v = api.json(&format!("/api/analytics/levels?{range}"));
+    let started = users(&|e| e.3 == "level_start").len() as u64;
+    let cleared = users(&|e| e.3 == "level_clear").len() as u64;
+    let failed = users(&|e| e.3 == "level_fail").len() as u64;
+    assert_eq!(
+        v["funnel"],
+        json!([
+            {"step": "开始关卡", "users": started, "rate": 100.0},
+            {"step": "完成关卡", "users": cleared, "rate": percent(cleared, started)},
+            {"step": "失败过", "users": failed, "rate": percent(failed, started)},
+        ])
+    );
+    let mut per_level = vec![];
+    let (mut new, mut payer, mut returning) = (vec![], vec![], vec![]);
+    for l in 1..=5u64 {
+        let lv = l.to_string();
+        let players = users(&|e| e.3 == "level_start" && level_of(&e.4) == lv);
+        let winners = users(&|e| e.3 == "level_clear" && level_of(&e.4) == lv);
+        let wr = percent(winners.len() as u64, players.len() as u64);
+        let difficulty = if wr > 70.0 {
+            "低"
+        } else if wr >= 40.0 {
+            "中"
+        } else {
+            "高"
+        };
+        per_level.push(json!({"level": lv, "players": players.len(), "win_rate": wr,
+            "avg_duration_sec": (30 + l) as f64, "avg_retries": (l % 3) as f64, "difficulty": difficulty}));
+        let seg = |set: &dyn Fn(&u64) -> bool| {
+            let p = players.iter().filter(|u| set(u)).count() as u64;
+            let w = winners.iter().filter(|u| set(u)).count() as u64;
+            json!({"level": lv, "players": p, "win_rate": percent(w, p)})
+        };
+        new.push(seg(&|u| new_users.contains(u)));
+        payer.push(seg(&|u| payers.contains(u)));
+        returning.push(seg(&|u| !new_users.contains(u)));
+    }
+    assert_eq!(v["per_level"], Value::Array(per_level));
+    assert_eq!(v["per_level_segments"], json!({"new": new, "payer": payer, "returning": returning}));
+
+    // LTV of the cohorts of the last 40 days.
+    let (c0, c1) = (h.today - 40, h.today - 1);
+    let v = api.json(&format!("/api/analytics/ltv?game_id=g1&env=prod&start={}&end={}", date(c0), date(c1)));
+    let mut want = vec![];
+    for c in c0..=c1 {
+        let members: BTreeSet<u64> = h.players().filter(|p| h.reg[*p] == c).map(|p| p as u64).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let mut row = json!({"day": date(c), "date": date(c), "users": members.len()});
+        for n in [1i64, 7, 30, 90] {
+            let rev: u64 = h
+                .payments
+                .iter()
+                .filter(|p| p.status == "success" && members.contains(&p.user))
+                .filter(|p| (c..c + n).contains(&p.time.div_euclid(DAY)))
+                .map(|p| p.amount)
+                .sum();
+            let x = (rev as f64 * 100.0 / members.len() as f64).round() / 100.0;
+            row[format!("ltv_d{n}")] = if c + n - 1 < h.today { json!(x) } else { Value::Null };
+        }
+        want.push(row);
+    }
+    assert_eq!(v["cohorts"], Value::Array(want));
+
+    // Segments of the last 21 days.
+    let v = api.json(&format!("/api/analytics/segments?{range}"));
+    let active = users(&|_| true);
+    let mut rev: BTreeMap<u64, u64> = BTreeMap::new();
+    for p in h.payments.iter().filter(|p| in_range(p.time) && p.status == "success") {
+        *rev.entry(p.user).or_default() += p.amount;
+    }
+    let mut ranked: Vec<(u64, u64)> = rev.iter().map(|(u, r)| (*u, *r)).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(format!("u{}", a.0).cmp(&format!("u{}", b.0))));
+    let whales: BTreeSet<u64> = ranked.iter().take(ranked.len().div_ceil(10)).map(|(u, _)| *u).collect();
+    let seg = |name: &str, members: Vec<u64>| {
+        let r: u64 = members.iter().map(|m| rev.get(m).copied().unwrap_or(0)).sum();
+        let n = members.len() as u64;
+        let arpu = if n == 0 { 0.0 } else { (r as f64 * 100.0 / n as f64).round() / 100.0 };
+        json!({"name": name, "users": n, "ratio": percent(n, active.len() as u64), "arpu": arpu})
+    };
+    assert_eq!(
+        v["segments"],
+        json!([
+            seg("new", active.iter().copied().filter(|u| new_users.contains(u)).collect()),
+            seg("returning", active.iter().copied().filter(|u| !new_users.contains(u)).collect()),
+            seg("payer", rev.keys().copied().collect()),
+            seg("whale", whales.into_iter().collect()),
+        ])
+    );
 }

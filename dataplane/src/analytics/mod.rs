@@ -8,8 +8,10 @@
 pub mod audit;
 pub mod auth;
 pub mod behavior;
+pub mod cohorts;
 pub mod db;
 pub mod error;
+pub mod levels;
 pub mod overview;
 pub mod params;
 pub mod payments;
@@ -56,6 +58,12 @@ pub enum Route {
     BehaviorFunnel,
     /// `/api/analytics/behavior/paths`.
     BehaviorPaths,
+    /// `/api/analytics/levels`.
+    Levels,
+    /// `/api/analytics/ltv`.
+    Ltv,
+    /// `/api/analytics/segments`.
+    Segments,
 }
 
 impl Route {
@@ -70,6 +78,9 @@ impl Route {
         ("/api/analytics/behavior/events", Route::BehaviorEvents),
         ("/api/analytics/behavior/funnel", Route::BehaviorFunnel),
         ("/api/analytics/behavior/paths", Route::BehaviorPaths),
+        ("/api/analytics/levels", Route::Levels),
+        ("/api/analytics/ltv", Route::Ltv),
+        ("/api/analytics/segments", Route::Segments),
     ];
 
     /// The permission it requires.
@@ -216,6 +227,9 @@ impl Api {
             Route::BehaviorEvents => behavior::events(&ctx).await,
             Route::BehaviorFunnel => behavior::funnel(&ctx).await,
             Route::BehaviorPaths => behavior::paths(&ctx).await,
+            Route::Levels => levels::levels(&ctx).await,
+            Route::Ltv => cohorts::ltv(&ctx).await,
+            Route::Segments => cohorts::segments(&ctx).await,
         }
     }
 }

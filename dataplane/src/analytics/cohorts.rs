@@ -1,0 +1,127 @@
+//! `GET /api/analytics/ltv` and `/segments` (which Croupier's dashboard calls and its
+//! server lacks).
+//!
+//! - LTV: per install cohort (users whose first register event in the range is on day C),
+//!   the cumulative revenue of `success` payments its users made in days C .. C+N−1, per
+//!   cohort user (cents, 2 decimals), for N = 1, 7, 30, 90; `null` until day C+N−1 is
+//!   over. Cohorts without users are absent.
+//! - Segments over the range: `new` (registered in it), `returning` (active in it, not
+//!   new), `payer` (a `success` payment in it), `whale` (the top tenth of payers by revenue,
+//!   at least one when there are payers); each with users, ratio (percent of the active
+//!   users: any event in the range) and ARPU (its revenue in the range per user, cents).
+
+use std::collections::{HashMap, HashSet};
+
+use croupier_protocol::clickhouse::result::Value;
+use serde_json::{json, Value as Json};
+
+use super::error::ApiError;
+use super::params::{self, percent, ratio, Range, DAY};
+use super::taxonomy::{NEW_USER, REGISTER};
+use super::Ctx;
+
+/// The LTV horizons in days.
+pub const LTV_DAYS: [i64; 4] = [1, 7, 30, 90];
+
+fn u(r: &[Value], i: usize) -> u64 {
+    r.get(i).map_or(0, Value::as_u64)
+}
+
+/// `/ltv`.
+pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
+    let (first, last) = range.days();
+    if last - first > 366 {
+        return Err(ApiError::param("start", "at most 366 days"));
+    }
+    let w = ctx.scope.filter();
+    let cohort = Range { start: first * DAY, end: last * DAY + DAY - 1 }.filter("event_time");
+    let pay = Range { start: first * DAY, end: (last + 90) * DAY - 1 }.filter("time");
+    let members = format!(
+        "SELECT user_id, toUInt32(toDate(min(event_time))) FROM analytics.events \
+         WHERE event IN {REGISTER} AND {cohort}{w} GROUP BY user_id"
+    );
+    let users = ctx.db.select(&members).await?;
+    let day_of: HashMap<String, i64> =
+        users.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1) as i64)).collect();
+    let paid = ctx
+        .db
+        .select(&format!(
+            "SELECT user_id, toUInt32(toDate(time)) AS d, sum(amount_cents) FROM analytics.payments FINAL \
+             WHERE status = 'success' AND {pay}{w} AND user_id IN \
+             (SELECT user_id FROM analytics.events WHERE event IN {REGISTER} AND {cohort}{w}) GROUP BY user_id, d"
+        ))
+        .await?;
+    // Per cohort day: its size, and revenue within 1, 7, 30, 90 days.
+    let mut per_day: std::collections::BTreeMap<i64, (u64, [u64; 4])> = std::collections::BTreeMap::new();
+    for d in day_of.values() {
+        per_day.entry(*d).or_default().0 += 1;
+    }
+    for r in &paid {
+        let user = r.first().map(Value::as_str).unwrap_or_default();
+        let Some(c) = day_of.get(&user) else { continue };
+        let since = u(r, 1) as i64 - c;
+        if let Some(e) = per_day.get_mut(c) {
+            for (i, n) in LTV_DAYS.iter().enumerate() {
+                if (0..*n).contains(&since) {
+                    e.1[i] += u(r, 2);
+                }
+            }
+        }
+    }
+    let complete = ctx.now.div_euclid(DAY) - 1;
+    let out: Vec<Json> = per_day
+        .iter()
+        .map(|(day, (users, revenue))| {
+            let date = params::date_string(*day);
+            let mut o = json!({ "day": date, "date": date, "users": users });
+            for (i, n) in LTV_DAYS.iter().enumerate() {
+                let v = (day + n - 1 <= complete).then(|| ratio(revenue[i] as f64, *users as f64));
+                o[format!("ltv_d{n}")] = json!(v);
+            }
+            o
+        })
+        .collect();
+    Ok(json!({ "cohorts": out }))
+}
+
+/// `/segments`.
+pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
+    let w = ctx.scope.filter();
+    let users = ctx
+        .db
+        .select(&format!(
+            "SELECT user_id, max(event IN {NEW_USER}) FROM analytics.events WHERE {}{w} GROUP BY user_id",
+            range.filter("event_time")
+        ))
+        .await?;
+    let revenue = ctx
+        .db
+        .select(&format!(
+            "SELECT user_id, sum(amount_cents) FROM analytics.payments FINAL WHERE status = 'success' AND {}{w} \
+             GROUP BY user_id",
+            range.filter("time")
+        ))
+        .await?;
+    let rev: HashMap<String, u64> =
+        revenue.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1))).collect();
+    let active: Vec<(String, bool)> =
+        users.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1) > 0)).collect();
+    let total = active.len() as f64;
+    let mut payers: Vec<(&String, u64)> = rev.iter().map(|(k, v)| (k, *v)).collect();
+    payers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let whales: HashSet<&String> = payers.iter().take(payers.len().div_ceil(10)).map(|(k, _)| *k).collect();
+    let seg = |name: &str, members: Vec<&String>| {
+        let n = members.len() as f64;
+        let r: u64 = members.iter().map(|m| rev.get(*m).copied().unwrap_or(0)).sum();
+        json!({ "name": name, "users": members.len(), "ratio": percent(n, total), "arpu": ratio(r as f64, n) })
+    };
+    let new: Vec<&String> = active.iter().filter(|(_, n)| *n).map(|(u, _)| u).collect();
+    let returning: Vec<&String> = active.iter().filter(|(_, n)| !*n).map(|(u, _)| u).collect();
+    let paying: Vec<&String> = payers.iter().map(|(k, _)| *k).collect();
+    let whale: Vec<&String> = paying.iter().copied().filter(|k| whales.contains(k)).collect();
+    Ok(json!({
+        "segments": [seg("new", new), seg("returning", returning), seg("payer", paying), seg("whale", whale)]
+    }))
+}

@@ -1,0 +1,116 @@
+//! `GET /api/analytics/levels`: the level funnel (started, cleared, failed), per level
+//! players, win rate, mean duration and retries of clears, difficulty, and the same per
+//! segment (new, payer, returning). Level fields come from `props` (`level`, `episode`,
+//! `duration_sec`, `retries`); each event is read once (`LIMIT 1 BY event_id`).
+
+use croupier_protocol::clickhouse::result::Value;
+use serde_json::{json, Value as Json};
+
+use super::error::ApiError;
+use super::params::{percent, Range, DAY};
+use super::sql::{prop, quote};
+use super::taxonomy::{LEVEL_CLEAR, LEVEL_FAIL, LEVEL_START, NEW_USER};
+use super::Ctx;
+
+fn u(r: &[Value], i: usize) -> u64 {
+    r.get(i).map_or(0, Value::as_u64)
+}
+
+fn round2(x: f64) -> f64 {
+    if x.is_finite() {
+        (x * 100.0).round() / 100.0
+    } else {
+        0.0
+    }
+}
+
+/// `低` above 70 % wins, `中` from 40 %, else `高` (Croupier's labels).
+fn difficulty(win_rate: f64) -> &'static str {
+    if win_rate > 70.0 {
+        "低"
+    } else if win_rate >= 40.0 {
+        "中"
+    } else {
+        "高"
+    }
+}
+
+/// The route.
+pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let scope = ctx.scope.filter();
+    let mut w = format!("{}{scope}", range.filter("event_time"));
+    if let Some(e) = ctx.params.get("episode") {
+        w.push_str(&format!(" AND {} = {}", prop("episode"), quote(e)));
+    }
+    let funnel = ctx
+        .db
+        .select(&format!(
+            "SELECT uniqExactIf(user_id, event IN {LEVEL_START}), uniqExactIf(user_id, event IN {LEVEL_CLEAR}), \
+             uniqExactIf(user_id, event IN {LEVEL_FAIL}) FROM analytics.events WHERE {w}"
+        ))
+        .await?;
+    let f = funnel.first().cloned().unwrap_or_default();
+    let started = u(&f, 0);
+    let steps: Vec<Json> = [("开始关卡", u(&f, 0)), ("完成关卡", u(&f, 1)), ("失败过", u(&f, 2))]
+        .iter()
+        .map(|(s, n)| json!({ "step": s, "users": n, "rate": percent(*n as f64, started as f64) }))
+        .collect();
+    let new_users = format!(
+        "SELECT user_id FROM analytics.events WHERE event IN {NEW_USER} AND {}{scope}",
+        range.filter("event_time")
+    );
+    let payers =
+        format!("SELECT user_id FROM analytics.payments WHERE status = 'success' AND {}{scope}", range.filter("time"));
+    let start = format!("event IN {LEVEL_START}");
+    let clear = format!("event IN {LEVEL_CLEAR}");
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT lvl, uniqExactIf(user_id, {start}), uniqExactIf(user_id, {clear}), \
+             if(countIf({clear} AND dur != '') = 0, 0, avgIf(toFloat64OrZero(dur), {clear} AND dur != '')), \
+             if(countIf({clear} AND ret != '') = 0, 0, avgIf(toFloat64OrZero(ret), {clear} AND ret != '')), \
+             uniqExactIf(user_id, {start} AND user_id IN ({new_users})), \
+             uniqExactIf(user_id, {clear} AND user_id IN ({new_users})), \
+             uniqExactIf(user_id, {start} AND user_id IN ({payers})), \
+             uniqExactIf(user_id, {clear} AND user_id IN ({payers})) \
+             FROM (SELECT user_id, event, {} AS lvl, {} AS dur, {} AS ret FROM analytics.events \
+                   WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
+             WHERE lvl != '' GROUP BY lvl ORDER BY lvl",
+            prop("level"),
+            prop("duration_sec"),
+            prop("retries"),
+            level_events(),
+        ))
+        .await?;
+    let mut per_level = Vec::new();
+    let (mut new, mut payer, mut returning) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        let level = r.first().map(Value::as_str).unwrap_or_default();
+        let (players, winners) = (u(r, 1), u(r, 2));
+        let win_rate = percent(winners as f64, players as f64);
+        per_level.push(json!({
+            "level": level,
+            "players": players,
+            "win_rate": win_rate,
+            "avg_duration_sec": round2(r.get(3).map_or(0.0, Value::as_f64)),
+            "avg_retries": round2(r.get(4).map_or(0.0, Value::as_f64)),
+            "difficulty": difficulty(win_rate),
+        }));
+        let seg = |p: u64, w: u64| json!({ "level": level, "players": p, "win_rate": percent(w as f64, p as f64) });
+        new.push(seg(u(r, 5), u(r, 6)));
+        payer.push(seg(u(r, 7), u(r, 8)));
+        returning.push(seg(players.saturating_sub(u(r, 5)), winners.saturating_sub(u(r, 6))));
+    }
+    Ok(json!({
+        "funnel": steps,
+        "per_level": per_level,
+        "per_level_segments": { "new": new, "payer": payer, "returning": returning },
+    }))
+}
+
+/// Start and clear events together.
+fn level_events() -> String {
+    let strip = |s: &str| s.trim_start_matches('(').trim_end_matches(')').to_owned();
+    format!("({}, {})", strip(LEVEL_START), strip(LEVEL_CLEAR))
+}

@@ -512,7 +512,79 @@ def clickhouse_seeds():
     write("clickhouse_packets", "frame_method_none", bytes([CLIENT_REVISION_PICK | 8 | 16]) + frame)
 
 
-TARGETS = {"http_request": http, "http_chunks": http, "json_envelope": json_seeds,
+# --- OTLP -------------------------------------------------------------------------------
+
+def pb_varint(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([(n & 0x7f) | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def pb_len(field, data):
+    return pb_varint(field << 3 | 2) + pb_varint(len(data)) + data
+
+
+def pb_fixed64(field, n):
+    return pb_varint(field << 3 | 1) + n.to_bytes(8, "little")
+
+
+def pb_kv(key, any_value):
+    return pb_len(1, key.encode()) + pb_len(2, any_value)
+
+
+def pb_str(v):
+    return pb_len(1, v.encode())
+
+
+def pb_int(v):
+    return pb_varint(3 << 3) + pb_varint(v & (2**64 - 1))
+
+
+def pb_request(resource, records):
+    rl = pb_len(1, b"".join(pb_len(1, pb_kv(k, v)) for k, v in resource))
+    rl += pb_len(2, b"".join(pb_len(2, r) for r in records))
+    return pb_len(1, rl)
+
+
+def otlp_seeds():
+    t = 1795617749123456789
+    res = [("game.id", pb_str("g1")), ("deployment.environment.name", pb_str("prod")), ("service.version", pb_str("1.0"))]
+    attrs = [("game.user_id", pb_str("u1")), ("game.session_id", pb_str("s1")), ("game.platform", pb_str("ios")),
+             ("game.country", pb_str("de")), ("level", pb_int(3)),
+             ("nested", pb_len(6, pb_len(1, pb_kv("a", pb_len(5, pb_len(1, pb_int(1)) + pb_len(1, pb_str("x")))))))]
+    log = lambda name, extra=(): pb_fixed64(1, t) + pb_len(5, pb_str("body")) + b"".join(
+        pb_len(6, pb_kv(k, v)) for k, v in list(attrs) + list(extra)) + pb_len(9, bytes(range(16))) \
+        + pb_len(10, bytes(range(8))) + pb_fixed64(11, t) + pb_len(12, name.encode())
+    span = lambda name, extra=(): pb_len(1, bytes(range(16))) + pb_len(2, bytes(range(8))) + pb_len(5, name.encode()) \
+        + pb_fixed64(7, t) + pb_fixed64(8, t + 1000) + b"".join(pb_len(9, pb_kv(k, v)) for k, v in list(attrs) + list(extra))
+    write("otlp_request", "pb_logs", b"\x00" + pb_request(res, [log("user.login"), log("boss_killed"), log("")]))
+    write("otlp_request", "pb_logs_rejected", b"\x00" + pb_request(res, [log("user.login"), pb_fixed64(1, 5) + pb_len(12, b"x")]))
+    write("otlp_request", "pb_logs_no_env", b"\x00" + pb_request(res[:1], [log("session.start")]))
+    write("otlp_request", "pb_logs_other_game", b"\x00" + pb_request([("game.id", pb_str("g2"))] + res[1:], [log("session.start")]))
+    write("otlp_request", "pb_spans", b"\x01" + pb_request(res, [span("session.start"), span("GET /"), span("boss.kill")]))
+    pay = [("monetization.order_id", pb_str("o1")), ("monetization.price_usd", pb_fixed64(4, 0x4013f5c28f5c28f6))]
+    write("otlp_request", "pb_spans_payment", b"\x01" + pb_request(res, [span("monetization.purchase_success", pay),
+                                                                         span("monetization.purchase_fail", pay[:1])]))
+    write("otlp_request", "pb_truncated", b"\x00" + pb_request(res, [log("user.login")])[:-3])
+    write("otlp_request", "pb_empty", b"\x00")
+    json_logs = ('{"resourceLogs":[{"resource":{"attributes":[{"key":"deployment.environment.name","value":{"stringValue":"prod"}}]},'
+                 '"scopeLogs":[{"logRecords":[{"timeUnixNano":"%d","eventName":"user.login","traceId":"000102030405060708090a0b0c0d0e0f",'
+                 '"spanId":"0001020304050607","body":{"stringValue":"b"},"attributes":[{"key":"game.user_id","value":{"stringValue":"u1"}},'
+                 '{"key":"n","value":{"kvlistValue":{"values":[{"key":"a","value":{"arrayValue":{"values":[{"intValue":"1"},'
+                 '{"doubleValue":2.5},{"boolValue":true},{"bytesValue":"AAE="}]}}}]}}}]}]}]}]}' % t)
+    write("otlp_request", "json_logs", b"\x02" + json_logs.encode())
+    json_spans = ('{"resourceSpans":[{"resource":{"attributes":[{"key":"deployment.environment","value":{"stringValue":"dev"}}]},'
+                  '"scopeSpans":[{"spans":[{"traceId":"000102030405060708090a0b0c0d0e0f","spanId":"0001020304050607",'
+                  '"name":"monetization.purchase_success","startTimeUnixNano":%d,"attributes":[{"key":"game.user_id",'
+                  '"value":{"intValue":42}},{"key":"monetization.order_id","value":{"stringValue":"o9"}},'
+                  '{"key":"amount_cents","value":{"intValue":"199"}},{"key":"currency","value":{"stringValue":"EUR"}}]}]}]}]}' % t)
+    write("otlp_request", "json_spans", b"\x03" + json_spans.encode())
+    write("otlp_request", "json_empty", b"\x02{}")
+
+
+TARGETS = {"http_request": http, "http_chunks": http, "json_envelope": json_seeds, "otlp_request": otlp_seeds,
            "resp_replies": redis_seeds, "hll_redis_string": redis_seeds, "clickhouse_packets": clickhouse_seeds}
 
 if __name__ == "__main__":

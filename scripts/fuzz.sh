@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${1:-20}"
 shift || true
-all_targets=(http_request http_chunks json_envelope resp_replies clickhouse_packets batch_entry hll_redis_string)
+all_targets=(http_request http_chunks json_envelope otlp_request resp_replies clickhouse_packets batch_entry hll_redis_string)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 

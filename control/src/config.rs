@@ -23,7 +23,7 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
 /// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "server",
     "auth",
     "redis",
@@ -36,6 +36,7 @@ const SECTIONS: [&str; 12] = [
     "metrics",
     "log",
     "api",
+    "otlp",
 ];
 
 /// A configuration could not be loaded.
@@ -455,6 +456,24 @@ impl Default for Api {
     }
 }
 
+/// `[otlp]`: the OTLP/HTTP receiver on the data shards (`docs/otlp.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Otlp {
+    /// Listen address of OTLP/HTTP (`/v1/logs`, `/v1/traces`), a second listener on every
+    /// shard (SO_REUSEPORT, as the data port); empty means none.
+    pub listen: String,
+    /// Span names that are events besides Croupier's event types: exact names, or
+    /// prefixes with a trailing `*` (`match.*`).
+    pub span_events: Vec<String>,
+}
+
+impl Default for Otlp {
+    fn default() -> Self {
+        Otlp { listen: "0.0.0.0:4318".into(), span_events: Vec::new() }
+    }
+}
+
 /// `[metrics]`: what the shards count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -516,6 +535,13 @@ pub struct Game {
     /// lets anyone who knows the game id make the server decompress.
     #[serde(default)]
     pub gzip_signed_after: bool,
+    /// The bearer token of OTLP exports for this game (`Authorization: Bearer ...`); none
+    /// means the game cannot export OTLP.
+    #[serde(default)]
+    pub otlp_token: Option<String>,
+    /// A file holding the OTLP bearer token (trailing newline ignored).
+    #[serde(default)]
+    pub otlp_token_file: Option<PathBuf>,
 }
 
 /// The whole configuration.
@@ -542,6 +568,8 @@ pub struct Config {
     pub control: Control,
     /// What the shards count.
     pub metrics: Metrics,
+    /// The OTLP receiver.
+    pub otlp: Otlp,
     /// Logs.
     pub log: Log,
     /// The Analytics API.
@@ -667,6 +695,21 @@ impl Config {
             if game.secret.as_deref().is_some_and(str::is_empty) {
                 return Err(err(format!("{key}.secret"), "must not be empty"));
             }
+            match (&game.otlp_token, &game.otlp_token_file) {
+                (Some(_), Some(_)) => return Err(err(key, "set `otlp_token` or `otlp_token_file`, not both")),
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| err(format!("{key}.otlp_token_file"), format!("{}: {e}", file.display())))?;
+                    game.otlp_token = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+                }
+                _ => {}
+            }
+            if game.otlp_token.as_deref().is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic())) {
+                return Err(err(
+                    format!("{key}.otlp_token"),
+                    "expected at least 16 printable ASCII characters without spaces",
+                ));
+            }
         }
         Ok(())
     }
@@ -768,6 +811,15 @@ impl Config {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
             }
+        }
+        let mut tokens: Vec<(&str, &str)> =
+            self.games.iter().filter_map(|(id, g)| Some((g.otlp_token.as_deref()?, id.as_str()))).collect();
+        tokens.sort();
+        if let Some(w) = tokens.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(err(format!("games.{}.otlp_token", w[1].1), format!("the same token as games.{}", w[0].1)));
+        }
+        if !self.otlp.listen.is_empty() && self.otlp.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err("otlp.listen", "expected an address like 0.0.0.0:4318, or \"\" for none"));
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The data port: its route table and the handlers behind it, on a shard's context —
-//! the ingest endpoints, liveness (`/healthz`) and readiness (`/readyz`). [`run`] serves
-//! it on a shard's listener.
+//! the ingest endpoints, liveness (`/healthz`) and readiness (`/readyz`) — and the OTLP
+//! port's table (`/v1/logs`, `/v1/traces`, `/v1/metrics`, `otlp.rs`) on the same context.
+//! [`run`] serves them on a shard's listeners.
 
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use croupier_control::config::Config;
 use croupier_control::metrics::{EventsRefused, RequestServed, ShardWriter};
+use croupier_protocol::otlp::Signal;
 
 use crate::auth::CredentialHeaders;
 use crate::error::IngestError;
@@ -17,18 +19,27 @@ use crate::http::handler::{Handler, Request};
 use crate::http::request::{Fields, Head};
 use crate::http::response::Response;
 use crate::ingest::{self, Endpoint, IngestHead};
+use crate::otlp::{self, OtlpRoute};
 use crate::ratelimit::RateLimits;
 use crate::router::{Methods, Router};
 use crate::server;
 use crate::shard::{self, Shard};
 
 /// The data port's routes, as its requests are counted (`croupier_http_requests_total`).
-pub const ROUTES: [&str; 4] = ["/api/ingest/events", "/api/ingest/payments", "/healthz", "/readyz"];
+pub const ROUTES: [&str; 7] =
+    ["/api/ingest/events", "/api/ingest/payments", "/healthz", "/readyz", "/v1/logs", "/v1/traces", "/v1/metrics"];
 
 /// The header fields the data port reads, by index ([`GAME_ID`] ...): each may appear
 /// once (a second is a `400 bad_request` naming it).
-pub static FIELDS: Fields =
-    Fields::new(&["X-Game-Id", "X-Timestamp", "X-Nonce", "X-Signature", "Content-Type", "Content-Encoding"]);
+pub static FIELDS: Fields = Fields::new(&[
+    "X-Game-Id",
+    "X-Timestamp",
+    "X-Nonce",
+    "X-Signature",
+    "Content-Type",
+    "Content-Encoding",
+    "Authorization",
+]);
 /// Index of `X-Game-Id` in [`FIELDS`].
 pub const GAME_ID: usize = 0;
 /// Index of `X-Timestamp` in [`FIELDS`].
@@ -41,6 +52,8 @@ pub const SIGNATURE: usize = 3;
 pub const CONTENT_TYPE: usize = 4;
 /// Index of `Content-Encoding` in [`FIELDS`].
 pub const CONTENT_ENCODING: usize = 5;
+/// Index of `Authorization` in [`FIELDS`] (OTLP's bearer token).
+pub const AUTHORIZATION: usize = 6;
 
 /// What a data-port request is routed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +64,8 @@ pub enum Route {
     Health,
     /// Readiness.
     Ready,
+    /// OTLP/HTTP.
+    Otlp(OtlpRoute),
 }
 
 /// The data port's route table.
@@ -58,6 +73,16 @@ pub fn router() -> Router<Route> {
     Router::new(&FIELDS)
         .route(ROUTES[0], Methods::POST, Route::Ingest(Endpoint::Events))
         .route(ROUTES[1], Methods::POST, Route::Ingest(Endpoint::Payments))
+        .route(ROUTES[2], Methods::GET_HEAD, Route::Health)
+        .route(ROUTES[3], Methods::GET_HEAD, Route::Ready)
+}
+
+/// The OTLP port's route table: OTLP/HTTP and the probes.
+pub fn otlp_router() -> Router<Route> {
+    Router::new(&FIELDS)
+        .route(ROUTES[4], Methods::POST, Route::Otlp(OtlpRoute::Export(Signal::Logs)))
+        .route(ROUTES[5], Methods::POST, Route::Otlp(OtlpRoute::Export(Signal::Traces)))
+        .route(ROUTES[6], Methods::POST, Route::Otlp(OtlpRoute::Metrics))
         .route(ROUTES[2], Methods::GET_HEAD, Route::Health)
         .route(ROUTES[3], Methods::GET_HEAD, Route::Ready)
 }
@@ -87,6 +112,11 @@ impl DataPort {
     pub fn new(shard: Rc<Shard>) -> DataPort {
         DataPort { shard, router: router() }
     }
+
+    /// The OTLP port on `shard`'s context.
+    pub fn otlp(shard: Rc<Shard>) -> DataPort {
+        DataPort { shard, router: otlp_router() }
+    }
 }
 
 impl Handler for DataPort {
@@ -101,6 +131,7 @@ impl Handler for DataPort {
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
             Route::Ready => ready(&self.shard),
             Route::Ingest(endpoint) => ingest(&self.shard, endpoint, req).await,
+            Route::Otlp(route) => otlp::handle(&self.shard, route, req).await,
         }
     }
 
@@ -167,15 +198,16 @@ fn refused(shard: &Shard, head: &IngestHead<'_>, e: &IngestError) {
     }
 }
 
-/// Runs shard `id`'s data port on the current thread's runtime until `stop` is set and
-/// its connections have drained (`server.rs`). `rates` holds the games' rate limits,
-/// shared by all shards; `metrics` is this shard's own block of counters.
+/// Runs shard `id`'s data port, and its OTLP port when it has a listener for it, on the
+/// current thread's runtime until `stop` is set and their connections have drained
+/// (`server.rs`). `rates` holds the games' rate limits, shared by all shards; `metrics` is
+/// this shard's own block of counters.
 pub async fn run(
     id: usize,
     config: Arc<Config>,
     rates: Arc<RateLimits>,
     metrics: ShardWriter,
-    listener: std::net::TcpListener,
+    listeners: (std::net::TcpListener, Option<std::net::TcpListener>),
     stop: Arc<AtomicBool>,
 ) {
     let limits = server::Limits {
@@ -186,9 +218,21 @@ pub async fn run(
         max_inflight_body_bytes: config.server.body_budget(),
         retry_after_secs: config.redis.retry_after_secs,
     };
-    let port = Rc::new(DataPort::new(shard::build(id, config, &rates, metrics)));
+    let shard = shard::build(id, config, &rates, metrics);
+    let (listener, otlp_listener) = listeners;
+    let otlp = otlp_listener.map(|l| {
+        let port = Rc::new(DataPort::otlp(shard.clone()));
+        let serve = move |stream, server| conn::serve(port.clone(), server, stream);
+        monoio::spawn(server::run(l, stop.clone(), limits, serve))
+    });
+    let port = Rc::new(DataPort::new(shard));
     let serve = move |stream, server| conn::serve(port.clone(), server, stream);
     if let Err(e) = server::run(listener, stop, limits, serve).await {
         tracing::error!(shard = id, error = %e, "listener failed");
+    }
+    if let Some(otlp) = otlp {
+        if let Err(e) = otlp.await {
+            tracing::error!(shard = id, error = %e, "OTLP listener failed");
+        }
     }
 }

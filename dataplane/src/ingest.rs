@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use croupier_control::metrics::{EventsAccepted, EventsRefused, GameIx};
 use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
 use croupier_protocol::envelope::{EventBatch, PaymentBatch};
+use croupier_protocol::otlp::Sink;
 use croupier_protocol::resp::{self, EntryArgs, IngestReply};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate;
@@ -17,7 +18,7 @@ use crate::http::body::{self, Encoding};
 use crate::http::error::HttpError;
 use crate::ratelimit::GameRate;
 use crate::redis::backlog::Admission;
-use crate::shard::Shard;
+use crate::shard::{GameState, Shard};
 
 /// Which ingest endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,14 +78,20 @@ pub async fn handle(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, parts, records, rate, game } =
-        match prepare(shard, endpoint, cred, encoding, wire, scratch) {
-            Ok(p) => p,
-            Err(Refusal { error, records }) => {
-                count_refused(shard, cred.game, &error, records.unwrap_or(1));
-                return Err(error);
-            }
-        };
+    let prepared = match prepare(shard, endpoint, cred, encoding, wire, scratch) {
+        Ok(p) => p,
+        Err(Refusal { error, records }) => {
+            count_refused(shard, cred.game, &error, records.unwrap_or(1));
+            return Err(error);
+        }
+    };
+    append(shard, cred.game, prepared).await
+}
+
+/// Sends a prepared append and waits for Redis: the number of records once it has them
+/// (or had them: the same request again), else why not (the rate taken is given back).
+pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>) -> Result<usize, IngestError> {
+    let Prepared { cmd, entries, parts, records, rate, game } = prepared;
     let retry_after = shard.config.redis.retry_after_secs;
     let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after });
     let result = match reply.map(resp::ingest_reply) {
@@ -109,13 +116,13 @@ pub async fn handle(
         rate.give_back(records);
     }
     if let Err(e) = &result {
-        count_refused(shard, cred.game, e, records);
+        count_refused(shard, game_id, e, records);
     }
     result
 }
 
 /// Counts a refused batch of `records` records (`croupier_events_refused_total`).
-fn count_refused(shard: &Shard, game: &str, e: &IngestError, records: usize) {
+pub(crate) fn count_refused(shard: &Shard, game: &str, e: &IngestError, records: usize) {
     let m = &shard.metrics;
     if m.enabled() {
         m.emit(EventsRefused { game: m.layout().game(game), reason: e.tag(), count: records as u64 });
@@ -123,9 +130,11 @@ fn count_refused(shard: &Shard, game: &str, e: &IngestError, records: usize) {
 }
 
 /// Why [`prepare`] refused, and how many records the batch held once that was known.
-struct Refusal {
-    error: IngestError,
-    records: Option<usize>,
+pub(crate) struct Refusal {
+    /// Why.
+    pub error: IngestError,
+    /// Records of the refused batch, when known.
+    pub records: Option<usize>,
 }
 
 impl From<IngestError> for Refusal {
@@ -135,13 +144,13 @@ impl From<IngestError> for Refusal {
 }
 
 /// The append command of an accepted request.
-struct Prepared<'s> {
+pub(crate) struct Prepared<'s> {
     /// The `EVAL` to send.
     cmd: Vec<u8>,
     /// Stream entries it appends.
     entries: usize,
     /// Each entry's stream and records (the first `entries`).
-    parts: [(StreamKind, usize); 2],
+    parts: [(StreamKind, usize); 3],
     /// Records they hold.
     records: usize,
     /// The game's rate limit, which `records` were taken from.
@@ -186,7 +195,7 @@ fn prepare<'s>(
     let mut bufs = shard.batches.borrow_mut();
     let b = &mut *bufs;
     b.trim();
-    let mut parts = [(StreamKind::Events, 0); 2];
+    let mut parts = [(StreamKind::Events, 0); 3];
     let n = match endpoint {
         Endpoint::Events => {
             b.events.clear();
@@ -223,6 +232,23 @@ fn prepare<'s>(
             1
         }
     };
+    stage(shard, b, game, &auth::nonce_key(cred.game, cred.nonce), &digest, parts, n)
+}
+
+/// The part of an append common to every ingest surface, once the request's records are
+/// in `b` (`parts`: each non-empty stream and its records, the first `n`): admission by
+/// the backlogs, the archives, the game's rate, and the `EVAL` recording `nonce_key` with
+/// `digest`. Nothing here awaits.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage<'s>(
+    shard: &'s Shard,
+    b: &mut IngestBuffers,
+    game: &'s GameState,
+    nonce_key: &str,
+    digest: &[u8; 32],
+    parts: [(StreamKind, usize); 3],
+    n: usize,
+) -> Result<Prepared<'s>, Refusal> {
     let all_parts = parts;
     let parts = &parts[..n];
     let total: usize = parts.iter().map(|(_, len)| len).sum();
@@ -264,7 +290,7 @@ fn prepare<'s>(
     // included: from `ts - skew` to the end of second `ts + skew`. A nonce recorded at the
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
-    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), ttl, &digest, &entries);
+    resp::ingest(&mut cmd, nonce_key, ttl, digest, &entries);
     Ok(Prepared { cmd, entries: n, parts: all_parts, records: total, rate, game: game.metrics })
 }
 
@@ -276,10 +302,39 @@ pub struct IngestBuffers {
     custom: EventBatch,
     payments: PaymentBatch,
     /// One archive per stream entry of the request, in order.
-    archives: [AlignedVec; 2],
+    archives: [AlignedVec; 3],
+    /// One OTLP record's `props`.
+    props: String,
 }
 
 impl IngestBuffers {
+    /// The batches emptied, as an OTLP decoder's sink.
+    pub(crate) fn otlp_sink(&mut self) -> Sink<'_> {
+        self.trim();
+        self.events.clear();
+        self.custom.clear();
+        self.payments.clear();
+        Sink { events: &mut self.events, custom: &mut self.custom, payments: &mut self.payments, props: &mut self.props }
+    }
+
+    /// Each stream that received records and how many, in stream order (the first of
+    /// the three that are set), and how many streams that is.
+    pub(crate) fn parts(&self) -> ([(StreamKind, usize); 3], usize) {
+        let mut parts = [(StreamKind::Events, 0); 3];
+        let mut n = 0;
+        for (kind, len) in [
+            (StreamKind::Events, self.events.len()),
+            (StreamKind::Custom, self.custom.len()),
+            (StreamKind::Payments, self.payments.len()),
+        ] {
+            if len > 0 {
+                parts[n] = (kind, len);
+                n += 1;
+            }
+        }
+        (parts, n)
+    }
+
     /// Encodes the records for `stream` into archive `i`, keeping both buffers.
     fn encode(&mut self, i: usize, stream: StreamKind, accepted_at_ms: i64) -> Result<(), BatchError> {
         let records = match stream {
@@ -300,13 +355,16 @@ impl IngestBuffers {
     }
 
     /// Lets go of buffers that a large request grew past what typical ones need.
-    fn trim(&mut self) {
+    pub(crate) fn trim(&mut self) {
         const KEEP: usize = 1 << 20;
         if self.events.text.capacity() > KEEP {
             self.events = EventBatch::default();
         }
         if self.custom.text.capacity() > KEEP {
             self.custom = EventBatch::default();
+        }
+        if self.props.capacity() > KEEP {
+            self.props = String::new();
         }
         if self.payments.retained_bytes() > KEEP {
             self.payments = PaymentBatch::default();

@@ -3,7 +3,8 @@
 //! [`start`] binds the shared listening port once per shard (SO_REUSEPORT), then starts
 //! one thread per shard ([`shards::spawn_shards`]), each with its own monoio runtime
 //! ([`runtime`]) pinned to a core and its own [`shard::Shard`], serving the
-//! [`data_port`] through the generic HTTP layer ([`server`], [`http`], [`router`]). The
+//! [`data_port`] (and the OTLP port, [`otlp`]) through the generic HTTP layer
+//! ([`server`], [`http`], [`router`]). The
 //! returned [`Handle`] stops them gracefully.
 
 pub mod analytics;
@@ -20,6 +21,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod io;
+pub mod otlp;
 pub mod ratelimit;
 pub mod redis;
 pub mod router;
@@ -43,6 +45,7 @@ use shards::Shards;
 #[derive(Debug)]
 pub struct Handle {
     addr: SocketAddr,
+    otlp_addr: Option<SocketAddr>,
     driver: ActiveDriver,
     shards: Shards,
     metrics: Arc<Registry>,
@@ -52,6 +55,11 @@ impl Handle {
     /// The address the shards listen on (the resolved port when `:0` was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the OTLP/HTTP listener, if `[otlp] listen` is set.
+    pub fn otlp_addr(&self) -> Option<SocketAddr> {
+        self.otlp_addr
     }
 
     /// The io driver the shards run on.
@@ -114,19 +122,33 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
     for _ in 1..shards {
         listeners.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
+    // The OTLP port: a second listener on every shard, in the same SO_REUSEPORT way.
+    let mut otlp = Vec::new();
+    let mut otlp_addr = None;
+    if !config.otlp.listen.is_empty() {
+        let listen: SocketAddr = config.otlp.listen.parse().map_err(|e| format!("otlp.listen: {e}"))?;
+        let first = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = first.local_addr().map_err(|e| e.to_string())?;
+        otlp.push(first);
+        for _ in 1..shards {
+            otlp.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        }
+        otlp_addr = Some(addr);
+    }
     let rates = Arc::new(ratelimit::RateLimits::new(&config));
     let config = Arc::new(config);
     let (pin, cores) = (config.server.pin, config.server.cores.clone());
     let core = |id: usize| pin.then(|| cores.get(id).copied().unwrap_or(id));
     let mut listeners = listeners.into_iter();
+    let mut otlp = otlp.into_iter();
     let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {
         let (config, rates, writer) = (config.clone(), rates.clone(), metrics.writer());
-        let listener = listeners.next();
+        let (listener, otlp) = (listeners.next(), otlp.next());
         move || async move {
             if let Some(listener) = listener {
-                data_port::run(id, config, rates, writer, listener, stop).await;
+                data_port::run(id, config, rates, writer, (listener, otlp), stop).await;
             }
         }
     })?;
-    Ok(Handle { addr, driver, shards, metrics })
+    Ok(Handle { addr, otlp_addr, driver, shards, metrics })
 }

@@ -31,6 +31,8 @@ pub struct GameState {
     pub gzip_signed_after: bool,
     /// The game as the shard's counters label it.
     pub metrics: GameIx,
+    /// The bearer token of its OTLP exports, if it has one.
+    pub otlp_token: Option<Vec<u8>>,
 }
 
 /// Everything a shard's tasks share (through `Rc`, on the shard's thread only).
@@ -69,6 +71,7 @@ pub fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardW
                 rate: rates.game(name),
                 gzip_signed_after: g.gzip_signed_after,
                 metrics: metrics.layout().game(name),
+                otlp_token: g.otlp_token.clone().map(String::into_bytes),
             };
             (name.clone(), state)
         })

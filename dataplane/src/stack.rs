@@ -52,6 +52,9 @@ impl Stack {
             match crate::start_with_metrics(config, metrics) {
                 Ok(h) => {
                     tracing::info!(addr = %h.local_addr(), shards, io_driver = h.driver().name(), "ingest listening");
+                    if let Some(addr) = h.otlp_addr() {
+                        tracing::info!(addr = %addr, "OTLP/HTTP listening (/v1/logs, /v1/traces)");
+                    }
                     stack.ingest = Some(h);
                 }
                 Err(e) => {

@@ -276,6 +276,7 @@ fn start_croupier(
     let child = Command::new(croupier_binary())
         .arg("run")
         .env("CROUPIER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CROUPIER_OTLP__LISTEN", "")
         .env("CROUPIER_SERVER__SHARDS", cores.len().to_string())
         .env("CROUPIER_SERVER__CORES", &core_list)
         .env("CROUPIER_SERVER__DRIVER", driver)

@@ -7,6 +7,7 @@ use crate::clickhouse::packet;
 use crate::clickhouse::{rev, CLIENT_REVISION};
 use crate::envelope::{text, EventBatch, PaymentBatch};
 use crate::hll::{redis_string, Sketch, REGISTERS};
+use crate::otlp::{self, Context, Format, Signal, Sink, SpanEvents};
 use crate::resp;
 use crate::validate::{self, BodyError, JsonBuffers, Limits};
 
@@ -256,3 +257,60 @@ pub fn hll_redis_string(data: &[u8]) {
         assert_eq!(Sketch::from_redis(&again).ok(), Some(sketch.clone()), "written back, read differently");
     }
 }
+
+/// Decodes an OTLP request into fresh batches and into batches and buffers reused after
+/// a fuller request; returns the summary and what was stored.
+fn otlp_with(
+    signal: Signal,
+    format: Format,
+    body: &[u8],
+    bufs: &mut JsonBuffers,
+    batches: &mut (EventBatch, EventBatch, PaymentBatch, String),
+) -> (Result<otlp::Summary, otlp::DecodeError>, Vec<crate::envelope::Event>, Vec<crate::envelope::Payment>) {
+    let limits = Limits::default();
+    let patterns = ["boss.*".to_owned()];
+    let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents { patterns: &patterns } };
+    let (e, c, p, props) = batches;
+    e.clear();
+    c.clear();
+    p.clear();
+    let mut sink = Sink { events: e, custom: c, payments: p, props };
+    let r = otlp::decode(signal, format, &mut body.to_vec(), &ctx, bufs, &mut || [7; 16], &mut sink);
+    let mut events = e.to_events();
+    events.extend(c.to_events());
+    (r, events, p.as_slice().to_vec())
+}
+
+/// OTLP requests (`otlp::decode`): byte 0 picks logs or traces (bit 0) and protobuf or
+/// OTLP/JSON (bit 1), the rest is the body. Fresh and reused buffers give the same
+/// result; a decoded request accounts for every record (accepted + rejected + skipped),
+/// stores one event or payment per accepted record, and what it stores keeps the
+/// envelope's promises (as for `json_envelope`), for the token's game only.
+pub fn otlp_request(data: &[u8]) {
+    let Some((&select, body)) = data.split_first() else { return };
+    let signal = if select & 1 == 0 { Signal::Logs } else { Signal::Traces };
+    let format = if select & 2 == 0 { Format::Protobuf } else { Format::Json };
+    let fresh = otlp_with(signal, format, body, &mut JsonBuffers::default(), &mut Default::default());
+    let mut bufs = JsonBuffers::default();
+    let mut batches = Default::default();
+    let _ = otlp_with(signal, format, OTLP_WARM, &mut bufs, &mut batches);
+    let reused = otlp_with(signal, format, body, &mut bufs, &mut batches);
+    assert_eq!(fresh, reused, "fresh and reused buffers disagree");
+    let (Ok(summary), events, payments) = fresh else { return };
+    assert_eq!(summary.records, summary.accepted + summary.rejected + summary.skipped, "{summary:?}");
+    assert_eq!(events.len() + payments.len(), summary.accepted, "{summary:?}");
+    assert_eq!(summary.first_rejection.is_some(), summary.rejected > 0);
+    let limits = Limits::default();
+    let mut batch = EventBatch::default();
+    for e in &events {
+        assert_eq!(e.game_id, "g1");
+        assert!(batch.push(e).is_ok());
+    }
+    check_stored(&batch, &limits);
+    for p in &payments {
+        assert!(p.game_id == "g1" && p.amount_cents > 0 && p.currency.len() == 3 && !p.order_id.is_empty());
+    }
+}
+
+/// An OTLP/JSON logs request that fills every field, decoded before the fuzzed one.
+const OTLP_WARM: &[u8] = br#"{"resourceLogs":[{"resource":{"attributes":[{"key":"deployment.environment","value":{"stringValue":"prod-prod"}}]},"scopeLogs":[{"logRecords":[{"timeUnixNano":"1795617749000000000","eventName":"user.login","attributes":[{"key":"game.user_id","value":{"stringValue":"u-long-user"}},{"key":"game.country","value":{"stringValue":"de"}},{"key":"k","value":{"arrayValue":{"values":[{"intValue":"1"}]}}}]}]}]}]}"#;

@@ -12,6 +12,7 @@
 //! - [`resp`]: the Redis commands the data plane sends, and reply parsing.
 //! - [`signature`]: the per-game HMAC request signature.
 //! - [`hll`]: HyperLogLog sketches bit-compatible with Redis's `PFADD`/`PFCOUNT`.
+//! - [`otlp`]: OTLP logs and traces (protobuf and OTLP/JSON) into records.
 
 pub mod batch;
 pub mod clickhouse;
@@ -20,6 +21,7 @@ pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hll;
+pub mod otlp;
 pub mod prescan;
 pub mod resp;
 pub mod signature;

@@ -213,27 +213,28 @@ fn check_surrogates(body: &[u8]) -> Result<(), BodyError> {
 }
 
 /// Parses `body` in place into the reused tape and hands its root to `f`.
-fn with_root<'a, R>(
+pub(crate) fn with_root<'a, R, E: From<BodyError>>(
     body: &'a mut [u8],
     limits: &Limits,
     bufs: &mut JsonBuffers,
-    f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, BodyError>,
-) -> Result<R, BodyError> {
+    f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, E>,
+) -> Result<R, E> {
     check_surrogates(body)?;
     if prescan::nesting_exceeds(body, limits.max_depth) {
-        return Err(BodyError::TooDeep(limits.max_depth));
+        return Err(BodyError::TooDeep(limits.max_depth).into());
     }
     let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
     bufs.parsed_for = bufs.parsed_for.max(body.len());
     let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
         Ok(()) => match check_depth(&tape.0, limits.max_depth, &mut bufs.open) {
             Ok(()) => f(tape.as_value(), &mut bufs.scratch),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
         Err(e) => Err(match e.error() {
             simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
             _ => BodyError::Malformed(e.to_string()),
-        }),
+        }
+        .into()),
     };
     bufs.tape = tape.reset();
     bufs.trim();

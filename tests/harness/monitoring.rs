@@ -260,6 +260,7 @@ impl Croupier {
             .arg(command)
             .envs(env.iter().cloned())
             .env("CROUPIER_SERVER__LISTEN", data.to_string())
+            .env("CROUPIER_OTLP__LISTEN", "")
             .env("CROUPIER_CONTROL__LISTEN", control.to_string())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -13,11 +13,12 @@ use croupier_protocol::validate::{self, Limits};
 type Check = fn(&[u8]);
 
 /// Each fuzz target and its check.
-const TARGETS: [(&str, Check); 7] = [
+const TARGETS: [(&str, Check); 8] = [
     ("http_request", croupier_dataplane::fuzzing::http_request),
     ("http_chunks", croupier_dataplane::fuzzing::http_chunks),
     ("batch_entry", croupier_dataplane::fuzzing::batch_entry),
     ("json_envelope", croupier_protocol::fuzzing::json_envelope),
+    ("otlp_request", croupier_protocol::fuzzing::otlp_request),
     ("resp_replies", croupier_protocol::fuzzing::resp_replies),
     ("clickhouse_packets", croupier_protocol::fuzzing::clickhouse_packets),
     ("hll_redis_string", croupier_protocol::fuzzing::hll_redis_string),

@@ -125,6 +125,7 @@ fn config_text(redis: u16, clickhouse: u16) -> String {
          [worker]\nshards = 1\nconsumer = \"demo\"\n\n\
          [control]\nlisten = \"127.0.0.1:0\"\n\n\
          [api]\njwt_secret = \"{JWT_SECRET}\"\n\n\
+         [otlp]\nlisten = \"127.0.0.1:0\"\n\n\
          [log]\nlevel = \"info\"\n\n\
          [games.{GAME}]\nsecret = \"{SECRET}\"\n"
     )

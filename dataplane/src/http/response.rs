@@ -17,6 +17,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
         429 => "Too Many Requests",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
     }
@@ -27,8 +28,8 @@ fn reason(status: u16) -> &'static str {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Body (JSON unless `content_type` says otherwise).
-    pub body: String,
+    /// Body (JSON unless `content_type` says otherwise; OTLP answers may be protobuf).
+    pub body: Vec<u8>,
     /// `Content-Type`.
     pub content_type: &'static str,
     /// `Retry-After` in seconds.
@@ -48,7 +49,7 @@ impl Response {
     pub fn json(status: u16, body: String) -> Response {
         Response {
             status,
-            body,
+            body: body.into_bytes(),
             content_type: "application/json",
             retry_after: None,
             allow: None,
@@ -61,6 +62,11 @@ impl Response {
     /// A response with a body of another type (`/metrics`: the Prometheus text format).
     pub fn with_type(status: u16, content_type: &'static str, body: String) -> Response {
         Response { content_type, ..Response::json(status, body) }
+    }
+
+    /// A response with a body of bytes (OTLP's protobuf answers).
+    pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+        Response { content_type, body, ..Response::json(status, String::new()) }
     }
 
     /// Appends the response's bytes to `out`.
@@ -87,7 +93,7 @@ impl Response {
         }
         out.extend_from_slice(b"\r\n");
         if !self.head_only {
-            out.extend_from_slice(self.body.as_bytes());
+            out.extend_from_slice(&self.body);
         }
     }
 }

@@ -1,0 +1,187 @@
+//! The OTLP/HTTP receiver (`POST /v1/logs`, `/v1/traces`; `/v1/metrics` answered as
+//! unsupported): a bearer token names the game, the body (protobuf or OTLP/JSON, gzip or
+//! not) is decoded and mapped by `croupier_protocol::otlp`, and the records that pass
+//! are appended as JSON ingest appends them — one `EVAL` per request, answered only once
+//! Redis has them (`docs/otlp.md`).
+
+use croupier_control::metrics::EventsRefused;
+use croupier_protocol::otlp::response::{self, Code};
+use croupier_protocol::otlp::{self, Context, Format, Signal, SpanEvents, Summary};
+use croupier_protocol::signature;
+use subtle::ConstantTimeEq;
+
+use crate::data_port::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use crate::error::IngestError;
+use crate::event_id::IdDeriver;
+use crate::http::body::{self, Encoding};
+use crate::http::error::HttpError;
+use crate::http::handler::Request;
+use crate::http::response::Response;
+use crate::ingest::{self, Prepared, Refusal};
+use crate::shard::Shard;
+
+/// What an OTLP/HTTP request is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpRoute {
+    /// A supported signal.
+    Export(Signal),
+    /// `/v1/metrics`: not a signal this receiver takes.
+    Metrics,
+}
+
+/// The game whose OTLP token is `Authorization: Bearer <token>`, compared in constant
+/// time with each configured token.
+pub fn bearer_game<'s>(shard: &'s Shard, authorization: Option<&str>) -> Option<&'s str> {
+    let token = authorization?.strip_prefix("Bearer ").or_else(|| authorization?.strip_prefix("bearer "))?.trim();
+    if token.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    for (id, g) in &shard.games {
+        if let Some(t) = &g.otlp_token {
+            if bool::from(t.as_slice().ct_eq(token.as_bytes())) {
+                found = Some(id.as_str());
+            }
+        }
+    }
+    found
+}
+
+/// A refusal as OTLP answers it: the status, `Retry-After` and connection handling of the
+/// ingest contract, with a `google.rpc.Status` body in the request's encoding.
+fn refusal(format: Format, e: &IngestError) -> Response {
+    let mut r = e.response();
+    let code = match r.status {
+        400 | 413 | 415 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 => Code::ResourceExhausted,
+        408 | 503 => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let message = match e {
+        IngestError::Body(b) => b.to_string(),
+        IngestError::Http(h) => h.message(),
+        _ => e.tag().to_owned(),
+    };
+    r.body.clear();
+    response::status(&mut r.body, format, code, &message);
+    r.content_type = format.content_type();
+    r
+}
+
+/// Answers an OTLP/HTTP request.
+pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> Response {
+    let head = req.head();
+    let Some(format) = head.field(CONTENT_TYPE).and_then(Format::from_content_type) else {
+        let e = HttpError::UnsupportedMediaType("Content-Type (use application/x-protobuf or application/json)");
+        return e.response();
+    };
+    let signal = match route {
+        OtlpRoute::Export(s) => s,
+        OtlpRoute::Metrics => {
+            let mut body = Vec::new();
+            response::status(&mut body, format, Code::Unimplemented, "metrics are not accepted: export logs and traces");
+            return Response::bytes(404, format.content_type(), body);
+        }
+    };
+    let encoding = match Encoding::parse(head.field(CONTENT_ENCODING)) {
+        Ok(e) => e,
+        Err(e) => return refusal(format, &e.into()),
+    };
+    let Some(game) = bearer_game(shard, head.field(AUTHORIZATION)) else {
+        let mut r = refusal(format, &IngestError::MissingCredentials("Authorization"));
+        r.body.clear();
+        response::status(&mut r.body, format, Code::Unauthenticated, "a valid Authorization: Bearer token is required");
+        return r;
+    };
+    let retry_after = shard.config.redis.retry_after_secs;
+    if !shard.redis.is_up() {
+        return refusal(format, &IngestError::RedisUnavailable { retry_after });
+    }
+    let mut held = match req.claim_body() {
+        Ok(held) => held,
+        Err(e) => return refusal(format, &e.into()),
+    };
+    if let Err(e) = req.read_body(&mut held).await {
+        return refusal(format, &e.into());
+    }
+    let (wire, scratch) = req.buffers();
+    let (prepared, summary) = match prepare(shard, signal, format, encoding, game, wire, scratch) {
+        Ok(p) => p,
+        Err(Refusal { error, records }) => {
+            ingest::count_refused(shard, game, &error, records.unwrap_or(1));
+            return refusal(format, &error);
+        }
+    };
+    if let Some(p) = prepared {
+        if let Err(e) = ingest::append(shard, game, p).await {
+            return refusal(format, &e);
+        }
+    }
+    let mut out = Vec::new();
+    let message = match summary.first_rejection {
+        None => String::new(),
+        Some((index, reason)) => {
+            let what = match signal {
+                Signal::Logs => "log record",
+                Signal::Traces => "span",
+            };
+            format!("{} of {} rejected; the first, {what} {index}: {reason}", summary.rejected, summary.records)
+        }
+    };
+    response::export(&mut out, signal, format, summary.rejected as u64, &message);
+    Response::bytes(200, format.content_type(), out)
+}
+
+/// Inflates and decodes the body, maps its records, and stages their append (`None`
+/// when no record is to be stored). Nothing here awaits.
+fn prepare<'s>(
+    shard: &'s Shard,
+    signal: Signal,
+    format: Format,
+    encoding: Encoding,
+    game_id: &str,
+    wire: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(Option<Prepared<'s>>, Summary), Refusal> {
+    let game = shard.games.get(game_id).ok_or(IngestError::UnknownGame)?;
+    // The request's identity: a retry of the same bytes is recognised by Redis and
+    // answered without appending again, and its records get the same ids.
+    let digest = signature::body_sha256(wire);
+    let body: &mut Vec<u8> = match encoding {
+        Encoding::Identity => wire,
+        Encoding::Gzip => {
+            body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch).map_err(IngestError::from)?;
+            scratch
+        }
+    };
+    let mut bufs = shard.batches.borrow_mut();
+    let b = &mut *bufs;
+    let ctx = Context {
+        game: game_id,
+        limits: &shard.limits,
+        spans: SpanEvents { patterns: &shard.config.otlp.span_events },
+    };
+    let mut ids = IdDeriver::new(&digest);
+    let mut new_id = || ids.next_id();
+    let summary = {
+        let mut json = shard.json.borrow_mut();
+        otlp::decode(signal, format, body, &ctx, &mut json, &mut new_id, &mut b.otlp_sink())
+            .map_err(|e| IngestError::Body(croupier_protocol::validate::BodyError::Malformed(e.to_string())))?
+    };
+    if summary.rejected > 0 {
+        let m = &shard.metrics;
+        if m.enabled() {
+            m.emit(EventsRefused { game: game.metrics, reason: "invalid_field", count: summary.rejected as u64 });
+        }
+    }
+    let (parts, n) = b.parts();
+    if n == 0 {
+        return Ok((None, summary));
+    }
+    let nonce_key = format!("croupier:otlp:{game_id}:{}", hex::encode(digest));
+    let prepared = ingest::stage(shard, b, game, &nonce_key, &digest, parts, n)?;
+    Ok((Some(prepared), summary))
+}

@@ -1,0 +1,292 @@
+//! Attribute values (`AnyValue`) and attribute lists (`repeated KeyValue`) of both
+//! encodings, read in place, and written as JSON into `props`.
+//!
+//! A scalar is read into [`AnyRef`] at once; an array or a key-value list stays a view of
+//! its bytes (protobuf) or tape (OTLP/JSON) until it is written out, nesting checked
+//! against the limit on the way (deeper is a refusal of the request, not a stack overflow).
+
+use simd_json::prelude::*;
+use simd_json::tape::{Array, Value as JsonValue};
+
+use super::wire::Fields;
+use super::DecodeError;
+
+/// One attribute value.
+#[derive(Clone, Copy)]
+pub enum AnyRef<'t, 'a> {
+    /// No value set.
+    Empty,
+    /// `string_value`.
+    Str(&'a str),
+    /// `bool_value`.
+    Bool(bool),
+    /// `int64_value`.
+    Int(i64),
+    /// `double_value`.
+    Double(f64),
+    /// `bytes_value` (protobuf: the bytes).
+    Bytes(&'a [u8]),
+    /// `bytesValue` (OTLP/JSON: already base64 text).
+    Base64(&'a str),
+    /// `array_value`, protobuf bytes of an `ArrayValue`.
+    PbArray(&'a [u8]),
+    /// `kvlist_value`, protobuf bytes of a `KeyValueList`.
+    PbKvlist(&'a [u8]),
+    /// `arrayValue.values`, OTLP/JSON.
+    JsonArray(Option<Array<'t, 'a>>),
+    /// `kvlistValue.values`, OTLP/JSON.
+    JsonKvlist(Option<Array<'t, 'a>>),
+}
+
+/// An attribute list, read again each time it is walked (nothing is collected).
+#[derive(Clone, Copy)]
+pub enum Attrs<'t, 'a> {
+    /// None.
+    None,
+    /// Field `field` (a repeated `KeyValue`) of the protobuf message `msg`.
+    Pb {
+        /// The message holding the list.
+        msg: &'a [u8],
+        /// The list's field number.
+        field: u32,
+    },
+    /// An OTLP/JSON array of `{"key":..,"value":{..}}`.
+    Json(Array<'t, 'a>),
+}
+
+impl<'t, 'a> Attrs<'t, 'a> {
+    /// Calls `f` with each key and value, in order.
+    pub fn each(
+        &self,
+        f: &mut dyn FnMut(&'a str, AnyRef<'t, 'a>) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        match *self {
+            Attrs::None => Ok(()),
+            Attrs::Pb { msg, field } => {
+                for r in Fields::new(msg) {
+                    let (n, v) = r?;
+                    if n == field {
+                        let (k, v) = pb_key_value(v.bytes(n)?)?;
+                        f(k, v)?;
+                    }
+                }
+                Ok(())
+            }
+            Attrs::Json(arr) => {
+                for kv in arr.iter() {
+                    let (k, v) = json_key_value(kv)?;
+                    f(k, v)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A protobuf `KeyValue`.
+fn pb_key_value<'t, 'a>(msg: &'a [u8]) -> Result<(&'a str, AnyRef<'t, 'a>), DecodeError> {
+    let (mut key, mut value) = ("", AnyRef::Empty);
+    for r in Fields::new(msg) {
+        match r? {
+            (1, v) => key = v.str(1)?,
+            (2, v) => value = pb_any(v.bytes(2)?)?,
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+/// A protobuf `AnyValue` (the last member of the `oneof` wins, as protobuf says).
+pub fn pb_any<'t, 'a>(msg: &'a [u8]) -> Result<AnyRef<'t, 'a>, DecodeError> {
+    let mut out = AnyRef::Empty;
+    for r in Fields::new(msg) {
+        let (n, v) = r?;
+        out = match n {
+            1 => AnyRef::Str(v.str(n)?),
+            2 => AnyRef::Bool(v.varint(n)? != 0),
+            3 => AnyRef::Int(v.varint(n)? as i64),
+            4 => AnyRef::Double(f64::from_bits(v.fixed64(n)?)),
+            5 => AnyRef::PbArray(v.bytes(n)?),
+            6 => AnyRef::PbKvlist(v.bytes(n)?),
+            7 => AnyRef::Bytes(v.bytes(n)?),
+            _ => out,
+        };
+    }
+    Ok(out)
+}
+
+/// An OTLP/JSON `{"key":..,"value":{..}}`.
+fn json_key_value<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<(&'a str, AnyRef<'t, 'a>), DecodeError> {
+    let o = v.as_object().ok_or(DecodeError::Json("an attribute must be an object"))?;
+    let key = o.get("key").and_then(|k| k.into_string()).unwrap_or("");
+    let value = match o.get("value") {
+        Some(v) if v.as_null().is_none() => json_any(v)?,
+        _ => AnyRef::Empty,
+    };
+    Ok((key, value))
+}
+
+/// An OTLP/JSON integer: a number, or a string of digits (how int64 travels in JSON).
+pub fn json_int(v: JsonValue<'_, '_>) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// An OTLP/JSON unsigned 64-bit integer (`fixed64` times), a number or a string.
+pub fn json_u64(v: JsonValue<'_, '_>) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// An OTLP/JSON `AnyValue` object.
+pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeError> {
+    let o = v.as_object().ok_or(DecodeError::Json("an AnyValue must be an object"))?;
+    let mut out = AnyRef::Empty;
+    for (k, v) in o.iter() {
+        out = match k {
+            "stringValue" => AnyRef::Str(v.into_string().ok_or(DecodeError::Json("stringValue must be a string"))?),
+            "boolValue" => AnyRef::Bool(v.as_bool().ok_or(DecodeError::Json("boolValue must be a boolean"))?),
+            "intValue" => AnyRef::Int(json_int(v).ok_or(DecodeError::Json("intValue must be an integer"))?),
+            "doubleValue" => AnyRef::Double(
+                v.as_f64()
+                    .or_else(|| v.as_i64().map(|i| i as f64))
+                    .ok_or(DecodeError::Json("doubleValue must be a number"))?,
+            ),
+            "bytesValue" => AnyRef::Base64(v.into_string().ok_or(DecodeError::Json("bytesValue must be a string"))?),
+            "arrayValue" => AnyRef::JsonArray(values(v)?),
+            "kvlistValue" => AnyRef::JsonKvlist(values(v)?),
+            _ => out,
+        };
+    }
+    Ok(out)
+}
+
+/// The `values` array of an `arrayValue` or `kvlistValue` (`None`: absent, empty).
+fn values<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<Option<Array<'t, 'a>>, DecodeError> {
+    let o = v.as_object().ok_or(DecodeError::Json("arrayValue and kvlistValue must be objects"))?;
+    match o.get("values") {
+        None => Ok(None),
+        Some(vals) => vals.as_array().map(Some).ok_or(DecodeError::Json("values must be an array")),
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Writes lower-case hex of `bytes` as a JSON string.
+pub fn write_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out.push('"');
+}
+
+impl AnyRef<'_, '_> {
+    /// Writes the value as JSON; `depth` is its nesting level (1 for an attribute's
+    /// value), at most `max_depth`.
+    pub fn write_json(&self, out: &mut String, depth: usize, max_depth: usize) -> Result<(), DecodeError> {
+        use std::fmt::Write;
+        if depth > max_depth {
+            return Err(DecodeError::TooDeep(max_depth));
+        }
+        match *self {
+            AnyRef::Empty => out.push_str("null"),
+            AnyRef::Str(s) => write_str(out, s),
+            AnyRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+            AnyRef::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            AnyRef::Double(d) if d.is_finite() => {
+                let _ = write!(out, "{d}");
+            }
+            AnyRef::Double(_) => out.push_str("null"),
+            AnyRef::Bytes(b) => {
+                use base64::Engine;
+                out.push('"');
+                base64::engine::general_purpose::STANDARD.encode_string(b, out);
+                out.push('"');
+            }
+            AnyRef::Base64(s) => write_str(out, s),
+            AnyRef::PbArray(msg) => {
+                out.push('[');
+                let mut first = true;
+                for r in Fields::new(msg) {
+                    if let (1, v) = r? {
+                        if !std::mem::take(&mut first) {
+                            out.push(',');
+                        }
+                        pb_any(v.bytes(1)?)?.write_json(out, depth + 1, max_depth)?;
+                    }
+                }
+                out.push(']');
+            }
+            AnyRef::PbKvlist(msg) => {
+                out.push('{');
+                let mut first = true;
+                for r in Fields::new(msg) {
+                    if let (1, v) = r? {
+                        if !std::mem::take(&mut first) {
+                            out.push(',');
+                        }
+                        let (k, v) = pb_key_value(v.bytes(1)?)?;
+                        write_str(out, k);
+                        out.push(':');
+                        v.write_json(out, depth + 1, max_depth)?;
+                    }
+                }
+                out.push('}');
+            }
+            AnyRef::JsonArray(arr) => {
+                out.push('[');
+                for (i, v) in arr.iter().flat_map(|a| a.iter()).enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_any(v)?.write_json(out, depth + 1, max_depth)?;
+                }
+                out.push(']');
+            }
+            AnyRef::JsonKvlist(arr) => {
+                out.push('{');
+                for (i, kv) in arr.iter().flat_map(|a| a.iter()).enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let (k, v) = json_key_value(kv)?;
+                    write_str(out, k);
+                    out.push(':');
+                    v.write_json(out, depth + 1, max_depth)?;
+                }
+                out.push('}');
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,620 @@
+//! The mapping of one OTLP record onto the envelope (the table in `docs/otlp.md`).
+//!
+//! Attributes are looked up once per record into slots ([`Slot`]): the resource's first,
+//! then the record's, which win; two names for one slot (`deployment.environment.name`
+//! and `deployment.environment`) are ranked. Every other attribute of the record, with
+//! its trace and span ids and its body, is written into `props`. Nothing is allocated:
+//! values are slices of the request, and `props` and the batches are reused buffers.
+
+use crate::country;
+use crate::envelope::PaymentStatus;
+use crate::stream::{route_event, StreamKind};
+use crate::timestamp::{MAX_MS, MIN_MS};
+use crate::validate::{Limits, MAX_AMOUNT_CENTS};
+
+use super::any::{write_hex, write_str, AnyRef, Attrs};
+use super::{DecodeError, Signal, Sink, Summary};
+
+/// Croupier's event types (span names that are events without configuration).
+pub const CROUPIER_EVENT_TYPES: [&str; 25] = [
+    "session.start",
+    "session.end",
+    "user.register",
+    "user.login",
+    "progression.start",
+    "progression.complete",
+    "progression.fail",
+    "match.start",
+    "match.end",
+    "economy.earn",
+    "economy.spend",
+    "monetization.purchase_attempt",
+    "monetization.purchase_success",
+    "monetization.purchase_fail",
+    "ad.impression",
+    "ad.click",
+    "ad.reward",
+    "gacha.pull",
+    "error.crash",
+    "error.anr",
+    "td.tower.build",
+    "td.tower.upgrade",
+    "session.heartbeat",
+    "social.share",
+    "user.logout",
+];
+
+/// Dotted names and the taxonomy names they become.
+pub const TAXONOMY_NAMES: [(&str, &str); 14] = [
+    ("session.start", "session_start"),
+    ("session.end", "session_end"),
+    ("session.heartbeat", "heartbeat"),
+    ("user.login", "login"),
+    ("user.register", "register"),
+    ("progression.start", "level_start"),
+    ("progression.complete", "level_complete"),
+    ("progression.fail", "level_fail"),
+    ("economy.earn", "economy_earn"),
+    ("economy.spend", "economy_spend"),
+    ("ad.impression", "ad_impression"),
+    ("social.share", "social_share"),
+    ("error.crash", "error"),
+    ("error.anr", "error"),
+];
+
+/// Span names that are events besides [`CROUPIER_EVENT_TYPES`]: exact names, or
+/// prefixes written with a trailing `*` (`[otlp] span_events`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanEvents<'c> {
+    /// The patterns.
+    pub patterns: &'c [String],
+}
+
+impl SpanEvents<'_> {
+    /// Whether a span named `name` is an event.
+    pub fn matches(&self, name: &str) -> bool {
+        CROUPIER_EVENT_TYPES.contains(&name)
+            || self.patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => p == name,
+            })
+    }
+}
+
+/// What the mapping needs besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'c> {
+    /// The game of the request's credential: records of another game are rejected.
+    pub game: &'c str,
+    /// Field, props and record limits (as for JSON ingest; `max_depth` bounds nested
+    /// `AnyValue`s).
+    pub limits: &'c Limits,
+    /// Which spans are events.
+    pub spans: SpanEvents<'c>,
+}
+
+/// A slot of the attributes the envelope takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Slot {
+    /// `game.id`.
+    GameId,
+    /// `deployment.environment.name`, `deployment.environment`.
+    Env,
+    /// `game.app_version`, `service.version`.
+    AppVersion,
+    /// `game.user_id`, `user.id`.
+    UserId,
+    /// `game.session_id`, `session.id`.
+    SessionId,
+    /// `game.device_id`, `device.id`.
+    DeviceId,
+    /// `game.platform`.
+    Platform,
+    /// `game.channel`.
+    Channel,
+    /// `game.country`.
+    Country,
+    /// `game.region`.
+    Region,
+    /// `game.city`.
+    City,
+    /// `event.name`, `event_type` (a log record's event name).
+    EventName,
+    /// `monetization.order_id`.
+    OrderId,
+    /// `monetization.price_usd`.
+    PriceUsd,
+    /// `monetization.amount_cents`, `amount_cents`.
+    AmountCents,
+    /// `monetization.currency`, `currency`.
+    Currency,
+    /// `monetization.sku_id`.
+    ProductId,
+    /// `monetization.reason`.
+    Reason,
+}
+
+const SLOTS: usize = 18;
+
+/// The slot an attribute fills and its rank among the names of that slot.
+pub fn slot_of(key: &str) -> Option<(Slot, u8)> {
+    Some(match key {
+        "game.id" => (Slot::GameId, 1),
+        "deployment.environment.name" => (Slot::Env, 2),
+        "deployment.environment" => (Slot::Env, 1),
+        "game.app_version" => (Slot::AppVersion, 2),
+        "service.version" => (Slot::AppVersion, 1),
+        "game.user_id" => (Slot::UserId, 2),
+        "user.id" => (Slot::UserId, 1),
+        "game.session_id" => (Slot::SessionId, 2),
+        "session.id" => (Slot::SessionId, 1),
+        "game.device_id" => (Slot::DeviceId, 2),
+        "device.id" => (Slot::DeviceId, 1),
+        "game.platform" => (Slot::Platform, 1),
+        "game.channel" => (Slot::Channel, 1),
+        "game.country" => (Slot::Country, 1),
+        "game.region" => (Slot::Region, 1),
+        "game.city" => (Slot::City, 1),
+        "event.name" => (Slot::EventName, 2),
+        "event_type" => (Slot::EventName, 1),
+        "monetization.order_id" => (Slot::OrderId, 1),
+        "monetization.price_usd" => (Slot::PriceUsd, 1),
+        "monetization.amount_cents" => (Slot::AmountCents, 2),
+        "amount_cents" => (Slot::AmountCents, 1),
+        "monetization.currency" => (Slot::Currency, 2),
+        "currency" => (Slot::Currency, 1),
+        "monetization.sku_id" => (Slot::ProductId, 1),
+        "monetization.reason" => (Slot::Reason, 1),
+        _ => return None,
+    })
+}
+
+/// Slots an event stores in its columns (their attributes are not repeated in `props`).
+fn event_column(slot: Slot) -> bool {
+    matches!(
+        slot,
+        Slot::GameId
+            | Slot::Env
+            | Slot::AppVersion
+            | Slot::UserId
+            | Slot::SessionId
+            | Slot::DeviceId
+            | Slot::Platform
+            | Slot::Channel
+            | Slot::Country
+            | Slot::EventName
+    )
+}
+
+/// A record's attribute slots: each holds a value and its rank (record over resource).
+#[derive(Clone, Copy)]
+pub struct Slots<'t, 'a>([Option<(AnyRef<'t, 'a>, u8)>; SLOTS]);
+
+impl<'t, 'a> Slots<'t, 'a> {
+    /// No attribute.
+    pub fn empty() -> Self {
+        Slots([None; SLOTS])
+    }
+
+    /// Fills the slots from `attrs`; `level` 0 for a resource, 1 for a record.
+    pub fn fill(&mut self, attrs: &Attrs<'t, 'a>, level: u8) -> Result<(), DecodeError> {
+        attrs.each(&mut |k, v| {
+            if let Some((slot, rank)) = slot_of(k) {
+                let rank = rank + level * 10;
+                let cell = &mut self.0[slot as usize];
+                if cell.is_none_or(|(_, r)| r <= rank) {
+                    *cell = Some((v, rank));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn get(&self, slot: Slot) -> AnyRef<'t, 'a> {
+        self.0[slot as usize].map_or(AnyRef::Empty, |(v, _)| v)
+    }
+}
+
+/// A trace or span id: bytes (protobuf) or hex text (OTLP/JSON).
+#[derive(Debug, Clone, Copy)]
+pub enum Id<'a> {
+    /// Raw bytes.
+    Raw(&'a [u8]),
+    /// Hex text.
+    Hex(&'a str),
+}
+
+impl Id<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Id::Raw(b) => b.is_empty(),
+            Id::Hex(s) => s.is_empty(),
+        }
+    }
+
+    /// The id's bytes into `out` (at most its length); how many. Bad hex gives 0.
+    fn bytes_into(&self, out: &mut [u8]) -> usize {
+        match *self {
+            Id::Raw(b) => {
+                let n = b.len().min(out.len());
+                out[..n].copy_from_slice(&b[..n]);
+                n
+            }
+            Id::Hex(s) => {
+                let n = (s.len() / 2).min(out.len());
+                match hex::decode_to_slice(&s[..n * 2], &mut out[..n]) {
+                    Ok(()) if s.len() % 2 == 0 => n,
+                    _ => 0,
+                }
+            }
+        }
+    }
+
+    fn write_json(&self, out: &mut String) {
+        match *self {
+            Id::Raw(b) => write_hex(out, b),
+            Id::Hex(s) => write_str(out, s),
+        }
+    }
+}
+
+/// One log record or span, as the walkers hand it over.
+#[derive(Clone, Copy)]
+pub struct RecordIn<'t, 'a> {
+    /// The log record's `event_name`, or the span's name.
+    pub name: &'a str,
+    /// `time_unix_nano` (a span's start), 0 when unset.
+    pub time_ns: u64,
+    /// `observed_time_unix_nano`, taken when `time_ns` is 0.
+    pub fallback_ns: u64,
+    /// Trace id.
+    pub trace_id: Id<'a>,
+    /// Span id.
+    pub span_id: Id<'a>,
+    /// The record's attributes.
+    pub attrs: Attrs<'t, 'a>,
+    /// A log record's body.
+    pub body: AnyRef<'t, 'a>,
+    /// The record's protobuf bytes, from which a log record's event id is derived.
+    pub content: Option<&'a [u8]>,
+}
+
+/// Why a record was not mapped.
+enum Fail {
+    /// The record is rejected (partial success), for this reason.
+    Reject(&'static str),
+    /// The request cannot be decoded.
+    Fatal(DecodeError),
+}
+
+impl From<DecodeError> for Fail {
+    fn from(e: DecodeError) -> Self {
+        Fail::Fatal(e)
+    }
+}
+
+/// A short text value, borrowed or an integer formatted in place.
+enum Text<'a> {
+    Str(&'a str),
+    Num([u8; 20], usize),
+}
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Str(s) => s,
+            Text::Num(b, n) => std::str::from_utf8(&b[..*n]).unwrap_or(""),
+        }
+    }
+}
+
+fn int_text(i: i64) -> Text<'static> {
+    let mut buf = [0u8; 20];
+    let mut n = i.unsigned_abs();
+    let mut pos = buf.len();
+    loop {
+        pos -= 1;
+        buf[pos] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        pos -= 1;
+        buf[pos] = b'-';
+    }
+    buf.copy_within(pos.., 0);
+    Text::Num(buf, 20 - pos)
+}
+
+/// The name a record's event gets, and whether it is a payment (with its status).
+fn taxonomy_name(name: &str) -> (&str, Option<PaymentStatus>) {
+    match name {
+        "monetization.purchase_success" => (name, Some(PaymentStatus::Success)),
+        "monetization.purchase_fail" => (name, Some(PaymentStatus::Failed)),
+        _ => (TAXONOMY_NAMES.iter().find(|(d, _)| *d == name).map_or(name, |(_, t)| *t), None),
+    }
+}
+
+/// A 128-bit id from `bytes` (UUID version 8).
+fn content_id(bytes: &[u8]) -> [u8; 16] {
+    let mut id = cityhash_rs::cityhash_102_128(bytes).to_le_bytes();
+    id[6] = (id[6] & 0x0f) | 0x80;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// Maps records into a [`Sink`], counting them.
+pub struct Mapper<'m, 'o> {
+    ctx: &'m Context<'m>,
+    new_id: &'m mut dyn FnMut() -> [u8; 16],
+    out: &'m mut Sink<'o>,
+    summary: Summary,
+}
+
+impl<'m, 'o> Mapper<'m, 'o> {
+    /// A mapper into `out`; `new_id` gives ids to records that carry nothing to derive
+    /// one from.
+    pub fn new(ctx: &'m Context<'m>, new_id: &'m mut dyn FnMut() -> [u8; 16], out: &'m mut Sink<'o>) -> Self {
+        Mapper { ctx, new_id, out, summary: Summary::default() }
+    }
+
+    /// The counts so far.
+    pub fn summary(&self) -> Summary {
+        self.summary
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        self.ctx.limits
+    }
+
+    /// Maps one record under its resource's slots.
+    pub fn record<'t, 'a>(
+        &mut self,
+        signal: Signal,
+        resource: &Slots<'t, 'a>,
+        rec: &RecordIn<'t, 'a>,
+    ) -> Result<(), DecodeError> {
+        let index = self.summary.records;
+        self.summary.records += 1;
+        if self.summary.records > self.ctx.limits.max_records {
+            return Err(DecodeError::TooManyRecords(self.ctx.limits.max_records));
+        }
+        match self.map(signal, resource, rec) {
+            Ok(true) => self.summary.accepted += 1,
+            Ok(false) => self.summary.skipped += 1,
+            Err(Fail::Reject(reason)) => {
+                self.summary.rejected += 1;
+                self.summary.first_rejection.get_or_insert((index, reason));
+            }
+            Err(Fail::Fatal(e)) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn text<'a>(&self, v: AnyRef<'_, 'a>) -> Result<Option<Text<'a>>, Fail> {
+        match v {
+            AnyRef::Empty => Ok(None),
+            AnyRef::Str("") => Ok(None),
+            AnyRef::Str(s) if s.len() > self.ctx.limits.max_field_bytes => {
+                Err(Fail::Reject("a mapped attribute is longer than 256 bytes"))
+            }
+            AnyRef::Str(s) => Ok(Some(Text::Str(s))),
+            AnyRef::Int(i) => Ok(Some(int_text(i))),
+            _ => Err(Fail::Reject("a mapped attribute must be a string or an integer")),
+        }
+    }
+
+    fn opt<'a>(&self, slots: &Slots<'_, 'a>, slot: Slot) -> Result<Text<'a>, Fail> {
+        Ok(self.text(slots.get(slot))?.unwrap_or(Text::Str("")))
+    }
+
+    /// `Ok(true)`: stored; `Ok(false)`: not an event.
+    fn map<'t, 'a>(&mut self, signal: Signal, resource: &Slots<'t, 'a>, rec: &RecordIn<'t, 'a>) -> Result<bool, Fail> {
+        if signal == Signal::Traces && !self.ctx.spans.matches(rec.name) {
+            return Ok(false);
+        }
+        let mut slots = *resource;
+        slots.fill(&rec.attrs, 1)?;
+        let name = match (rec.name, self.text(slots.get(Slot::EventName))?) {
+            ("", None) => return Ok(false),
+            ("", Some(Text::Str(s))) => s,
+            ("", Some(Text::Num(..))) => return Err(Fail::Reject("event.name must be a string")),
+            (n, _) => n,
+        };
+        if name.len() > 128 {
+            return Err(Fail::Reject("the event name is longer than 128 bytes"));
+        }
+        let ns = if rec.time_ns != 0 { rec.time_ns } else { rec.fallback_ns };
+        let ts_ms = (ns / 1_000_000) as i64;
+        if !(MIN_MS..MAX_MS).contains(&ts_ms) {
+            return Err(Fail::Reject("time_unix_nano must be nanoseconds between 2000 and 2100"));
+        }
+        let game = self.opt(&slots, Slot::GameId)?;
+        if !game.as_str().is_empty() && game.as_str() != self.ctx.game {
+            return Err(Fail::Reject("game.id differs from the game of the token"));
+        }
+        let env = self.opt(&slots, Slot::Env)?;
+        if env.as_str().is_empty() {
+            return Err(Fail::Reject("deployment.environment.name is required"));
+        }
+        let country = match self.opt(&slots, Slot::Country)?.as_str() {
+            "" => None,
+            c => Some(country::normalize(c).ok_or(Fail::Reject("game.country must be an ISO-3166 alpha-2 code"))?),
+        };
+        let country = country.as_ref().map_or("", |c| std::str::from_utf8(c).unwrap_or(""));
+        let (mapped, payment) = taxonomy_name(name);
+        if let Some(status) = payment {
+            self.payment(&slots, ts_ms, env.as_str(), country, status)?;
+            return Ok(true);
+        }
+        self.props(rec, name != mapped, name)?;
+        let event_id = self.event_id(signal, rec);
+        let texts = [
+            self.opt(&slots, Slot::UserId)?,
+            self.opt(&slots, Slot::SessionId)?,
+            self.opt(&slots, Slot::DeviceId)?,
+            self.opt(&slots, Slot::Channel)?,
+            self.opt(&slots, Slot::Platform)?,
+        ];
+        let app_version = self.opt(&slots, Slot::AppVersion)?;
+        let out = match route_event(mapped) {
+            StreamKind::Events => &mut *self.out.events,
+            _ => &mut *self.out.custom,
+        };
+        let mut w = out.writer();
+        w.field(self.ctx.game);
+        w.field(env.as_str());
+        w.field(mapped);
+        for t in &texts {
+            w.field(t.as_str());
+        }
+        w.field(country);
+        w.field(app_version.as_str());
+        w.field(self.out.props.as_str());
+        w.finish(ts_ms, event_id).map_err(|_| Fail::Reject("the request's events exceed 4 GiB of text"))?;
+        Ok(true)
+    }
+
+    /// A span's id from its trace and span ids, a log record's from its bytes, else a
+    /// new one.
+    fn event_id(&mut self, signal: Signal, rec: &RecordIn<'_, '_>) -> [u8; 16] {
+        let mut ids = [0u8; 24];
+        match (signal, rec.content) {
+            (Signal::Traces, _) if !rec.span_id.is_empty() => {
+                let t = rec.trace_id.bytes_into(&mut ids[..16]);
+                let s = rec.span_id.bytes_into(&mut ids[16..]);
+                if s > 0 {
+                    // Trace id then span id, back to back.
+                    ids.copy_within(16..16 + s, t);
+                    return content_id(&ids[..t + s]);
+                }
+                (self.new_id)()
+            }
+            (Signal::Logs, Some(bytes)) => content_id(bytes),
+            _ => (self.new_id)(),
+        }
+    }
+
+    /// Writes the record's `props` into the sink's buffer.
+    fn props(&mut self, rec: &RecordIn<'_, '_>, renamed: bool, name: &str) -> Result<(), Fail> {
+        let max_depth = self.ctx.limits.max_depth;
+        let props = &mut *self.out.props;
+        props.clear();
+        props.push('{');
+        let mut first = true;
+        let mut sep = |props: &mut String| {
+            if !std::mem::take(&mut first) {
+                props.push(',');
+            }
+        };
+        rec.attrs.each(&mut |k, v| {
+            if slot_of(k).is_some_and(|(s, _)| event_column(s)) {
+                return Ok(());
+            }
+            sep(props);
+            write_str(props, k);
+            props.push(':');
+            v.write_json(props, 1, max_depth)
+        })?;
+        if renamed {
+            sep(props);
+            props.push_str("\"event.name\":");
+            write_str(props, name);
+        }
+        for (key, id) in [("\"trace_id\":", rec.trace_id), ("\"span_id\":", rec.span_id)] {
+            if !id.is_empty() {
+                sep(props);
+                props.push_str(key);
+                id.write_json(props);
+            }
+        }
+        if !matches!(rec.body, AnyRef::Empty) {
+            sep(props);
+            props.push_str("\"body\":");
+            rec.body.write_json(props, 1, max_depth)?;
+        }
+        props.push('}');
+        if props.len() > self.ctx.limits.max_props_bytes {
+            return Err(Fail::Reject("props (the other attributes) are longer than 32 KiB"));
+        }
+        Ok(())
+    }
+
+    fn payment(
+        &mut self,
+        slots: &Slots<'_, '_>,
+        ts_ms: i64,
+        env: &str,
+        country: &str,
+        status: PaymentStatus,
+    ) -> Result<(), Fail> {
+        let user = self.opt(slots, Slot::UserId)?;
+        if user.as_str().is_empty() {
+            return Err(Fail::Reject("a payment needs game.user_id"));
+        }
+        let order = self.opt(slots, Slot::OrderId)?;
+        if order.as_str().is_empty() {
+            return Err(Fail::Reject("a payment needs monetization.order_id"));
+        }
+        let bad_amount = Fail::Reject("a payment needs monetization.price_usd, or amount_cents and currency");
+        let (cents, currency) = match (slots.get(Slot::AmountCents), slots.get(Slot::PriceUsd)) {
+            (AnyRef::Int(c), _) => {
+                let cur = self.opt(slots, Slot::Currency)?;
+                let cur = cur.as_str();
+                if cur.len() != 3 || !cur.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(Fail::Reject("currency must be three upper-case letters (ISO 4217)"));
+                }
+                let mut code = [0u8; 3];
+                code.copy_from_slice(cur.as_bytes());
+                (c, code)
+            }
+            (AnyRef::Empty, AnyRef::Double(usd)) => ((usd * 100.0).round() as i64, *b"USD"),
+            (AnyRef::Empty, AnyRef::Int(usd)) => (usd.saturating_mul(100), *b"USD"),
+            (AnyRef::Empty, AnyRef::Str(s)) => {
+                let usd: f64 = s.trim().parse().map_err(|_| bad_amount)?;
+                ((usd * 100.0).round() as i64, *b"USD")
+            }
+            _ => return Err(bad_amount),
+        };
+        let cents = u64::try_from(cents).unwrap_or(0);
+        if cents == 0 || cents > MAX_AMOUNT_CENTS {
+            return Err(Fail::Reject("a payment's amount must be from 1 cent to 10^12 cents"));
+        }
+        let texts = [
+            self.opt(slots, Slot::Channel)?,
+            self.opt(slots, Slot::Platform)?,
+            self.opt(slots, Slot::Region)?,
+            self.opt(slots, Slot::City)?,
+            self.opt(slots, Slot::ProductId)?,
+            self.opt(slots, Slot::Reason)?,
+        ];
+        let p = self.out.payments.next_to_fill();
+        p.ts_ms = ts_ms;
+        p.amount_cents = cents;
+        p.status = status;
+        set(&mut p.game_id, self.ctx.game);
+        set(&mut p.env, env);
+        set(&mut p.user_id, user.as_str());
+        set(&mut p.order_id, order.as_str());
+        set(&mut p.currency, std::str::from_utf8(&currency).unwrap_or("USD"));
+        set(&mut p.country, country);
+        let [channel, platform, region, city, product, reason] = &texts;
+        set(&mut p.channel, channel.as_str());
+        set(&mut p.platform, platform.as_str());
+        set(&mut p.region, region.as_str());
+        set(&mut p.city, city.as_str());
+        set(&mut p.product_id, product.as_str());
+        set(&mut p.reason, reason.as_str());
+        Ok(())
+    }
+}
+
+/// Replaces `to`'s text with `from`, keeping its buffer.
+fn set(to: &mut String, from: &str) {
+    to.clear();
+    to.push_str(from);
+}

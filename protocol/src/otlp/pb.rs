@@ -1,0 +1,101 @@
+//! Protobuf `ExportLogsServiceRequest` / `ExportTraceServiceRequest`, walked in place.
+//!
+//! The field numbers, from `opentelemetry/proto/{collector,logs,trace,resource}/v1`:
+//! a request holds `resource_logs` / `resource_spans` (1); each of those a `resource` (1,
+//! its `attributes` are field 1) and `scope_logs` / `scope_spans` (2); each scope its
+//! `log_records` / `spans` (2). A `LogRecord`: `time_unix_nano` (1, fixed64), `body`
+//! (5), `attributes` (6), `trace_id` (9), `span_id` (10), `observed_time_unix_nano` (11,
+//! fixed64), `event_name` (12). A `Span`: `trace_id` (1), `span_id` (2), `name` (5),
+//! `start_time_unix_nano` (7, fixed64), `attributes` (9). Unknown fields are skipped (but
+//! must be well-formed).
+
+use super::any::{pb_any, AnyRef, Attrs};
+use super::map::{Id, Mapper, RecordIn, Slots};
+use super::wire::Fields;
+use super::{DecodeError, Signal};
+
+/// Walks a request body, handing each record to `mapper`.
+pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<(), DecodeError> {
+    for r in Fields::new(body) {
+        let (n, v) = r?;
+        if n != 1 {
+            continue;
+        }
+        let resource_records = v.bytes(n)?;
+        // The resource may come after its records: read it first.
+        let mut slots = Slots::empty();
+        for r in Fields::new(resource_records) {
+            if let (1, v) = r? {
+                slots.fill(&Attrs::Pb { msg: v.bytes(1)?, field: 1 }, 0)?;
+            }
+        }
+        for r in Fields::new(resource_records) {
+            let (n, v) = r?;
+            if n != 2 {
+                continue;
+            }
+            for r in Fields::new(v.bytes(n)?) {
+                let (n, v) = r?;
+                if n != 2 {
+                    continue;
+                }
+                let rec = match signal {
+                    Signal::Logs => log_record(v.bytes(n)?)?,
+                    Signal::Traces => span(v.bytes(n)?)?,
+                };
+                mapper.record(signal, &slots, &rec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_record<'t, 'a>(msg: &'a [u8]) -> Result<RecordIn<'t, 'a>, DecodeError> {
+    let mut rec = RecordIn {
+        name: "",
+        time_ns: 0,
+        fallback_ns: 0,
+        trace_id: Id::Raw(&[]),
+        span_id: Id::Raw(&[]),
+        attrs: Attrs::Pb { msg, field: 6 },
+        body: AnyRef::Empty,
+        content: Some(msg),
+    };
+    for r in Fields::new(msg) {
+        let (n, v) = r?;
+        match n {
+            1 => rec.time_ns = v.fixed64(n)?,
+            5 => rec.body = pb_any(v.bytes(n)?)?,
+            9 => rec.trace_id = Id::Raw(v.bytes(n)?),
+            10 => rec.span_id = Id::Raw(v.bytes(n)?),
+            11 => rec.fallback_ns = v.fixed64(n)?,
+            12 => rec.name = v.str(n)?,
+            _ => {}
+        }
+    }
+    Ok(rec)
+}
+
+fn span<'t, 'a>(msg: &'a [u8]) -> Result<RecordIn<'t, 'a>, DecodeError> {
+    let mut rec = RecordIn {
+        name: "",
+        time_ns: 0,
+        fallback_ns: 0,
+        trace_id: Id::Raw(&[]),
+        span_id: Id::Raw(&[]),
+        attrs: Attrs::Pb { msg, field: 9 },
+        body: AnyRef::Empty,
+        content: None,
+    };
+    for r in Fields::new(msg) {
+        let (n, v) = r?;
+        match n {
+            1 => rec.trace_id = Id::Raw(v.bytes(n)?),
+            2 => rec.span_id = Id::Raw(v.bytes(n)?),
+            5 => rec.name = v.str(n)?,
+            7 => rec.time_ns = v.fixed64(n)?,
+            _ => {}
+        }
+    }
+    Ok(rec)
+}

@@ -1,0 +1,410 @@
+//! Decoder tests at the byte level: protobuf built field by field, OTLP/JSON text.
+
+use super::wire::{put_bytes, put_tag, put_varint, WireError};
+use super::*;
+use crate::envelope::{Event, Payment, PaymentStatus};
+
+/// Protobuf builders.
+mod pbuf {
+    use super::*;
+
+    pub fn field(n: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_bytes(&mut out, n, bytes);
+        out
+    }
+
+    pub fn fixed64(n: u32, v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_tag(&mut out, n, 1);
+        out.extend_from_slice(&v.to_le_bytes());
+        out
+    }
+
+    pub fn s(v: &str) -> Vec<u8> {
+        field(1, v.as_bytes())
+    }
+
+    pub fn int(v: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_tag(&mut out, 3, 0);
+        put_varint(&mut out, v as u64);
+        out
+    }
+
+    pub fn double(v: f64) -> Vec<u8> {
+        fixed64(4, v.to_bits())
+    }
+
+    pub fn array(items: &[Vec<u8>]) -> Vec<u8> {
+        field(5, &items.iter().flat_map(|i| field(1, i)).collect::<Vec<u8>>())
+    }
+
+    pub fn kvlist(kvs: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        field(6, &kvs.iter().flat_map(|(k, v)| field(1, &kv(k, v))).collect::<Vec<u8>>())
+    }
+
+    pub fn kv(key: &str, any: &[u8]) -> Vec<u8> {
+        [field(1, key.as_bytes()), field(2, any)].concat()
+    }
+
+    pub fn attrs(n: u32, kvs: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        kvs.iter().flat_map(|(k, v)| field(n, &kv(k, v))).collect()
+    }
+
+    /// A request with one resource and one scope holding `records`.
+    pub fn request(resource: &[(&str, Vec<u8>)], records: &[Vec<u8>]) -> Vec<u8> {
+        let scope = records.iter().flat_map(|r| field(2, r)).collect::<Vec<u8>>();
+        let rl = [field(1, &attrs(1, resource)), field(2, &scope)].concat();
+        field(1, &rl)
+    }
+}
+
+use pbuf::*;
+
+const T: u64 = 1_795_617_749_123_456_789;
+const TRACE: [u8; 16] =
+    [0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6, 0x0c];
+const SPAN: [u8; 8] = [0xee, 0xe1, 0x9b, 0x7e, 0xc3, 0xc1, 0xb1, 0x74];
+
+fn resource() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("game.id", s("g1")),
+        ("deployment.environment", s("staging")),
+        ("deployment.environment.name", s("prod")),
+        ("service.version", s("9.9.9")),
+        ("service.name", s("game-server")),
+    ]
+}
+
+fn log(name: &str, time: u64, extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut a = vec![
+        ("game.user_id", s("u1")),
+        ("game.session_id", s("s1")),
+        ("game.platform", s("ios")),
+        ("game.region", s("eu-west")),
+        ("game.country", s("de")),
+        ("game.app_version", s("1.2.3")),
+        ("progression.level_id", int(7)),
+    ];
+    a.extend(extra.iter().cloned());
+    [
+        fixed64(1, time),
+        field(5, &s("level done")),
+        attrs(6, &a),
+        field(9, &TRACE),
+        field(10, &SPAN),
+        fixed64(11, T + 5),
+        field(12, name.as_bytes()),
+    ]
+    .concat()
+}
+
+fn span(name: &str, extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    [
+        field(1, &TRACE),
+        field(2, &SPAN),
+        field(5, name.as_bytes()),
+        fixed64(7, T),
+        fixed64(8, T + 1_000_000),
+        attrs(9, &[&[("game.user_id", s("u1"))][..], extra].concat()),
+    ]
+    .concat()
+}
+
+/// What a decode produced.
+#[derive(Debug)]
+struct Out {
+    summary: Summary,
+    events: Vec<Event>,
+    custom: Vec<Event>,
+    payments: Vec<Payment>,
+}
+
+fn run_with(
+    signal: Signal,
+    format: Format,
+    body: &[u8],
+    limits: &Limits,
+    patterns: &[String],
+) -> Result<Out, DecodeError> {
+    let (mut e, mut c, mut p, mut props) = Default::default();
+    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props };
+    let ctx = Context { game: "g1", limits, spans: SpanEvents { patterns } };
+    let mut n = 0u8;
+    let mut new_id = || {
+        n += 1;
+        [n; 16]
+    };
+    let mut body = body.to_vec();
+    let summary = decode(signal, format, &mut body, &ctx, &mut JsonBuffers::default(), &mut new_id, &mut sink)?;
+    let (e, c, p): (&EventBatch, &EventBatch, &PaymentBatch) = (&e, &c, &p);
+    Ok(Out { summary, events: e.to_events(), custom: c.to_events(), payments: p.as_slice().to_vec() })
+}
+
+fn run(signal: Signal, format: Format, body: &[u8]) -> Result<Out, DecodeError> {
+    run_with(signal, format, body, &Limits::default(), &[])
+}
+
+#[test]
+fn a_log_record_maps_onto_every_column() {
+    let body = request(
+        &resource(),
+        &[log("progression.complete", T, &[("nested", kvlist(&[("a", array(&[int(1), double(2.5)]))]))])],
+    );
+    let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    assert_eq!(out.summary, Summary { records: 1, accepted: 1, ..Summary::default() });
+    assert!(out.custom.is_empty() && out.payments.is_empty());
+    let e = &out.events[0];
+    assert_eq!(e.ts_ms, 1_795_617_749_123);
+    assert_eq!((e.game_id.as_str(), e.env.as_str(), e.event.as_str()), ("g1", "prod", "level_complete"));
+    assert_eq!((e.user_id.as_str(), e.session_id.as_str(), e.platform.as_str()), ("u1", "s1", "ios"));
+    assert_eq!((e.country.as_str(), e.app_version.as_str(), e.device_id.as_str()), ("DE", "1.2.3", ""));
+    assert_eq!(
+        e.props,
+        r#"{"game.region":"eu-west","progression.level_id":7,"nested":{"a":[1,2.5]},"event.name":"progression.complete","trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174","body":"level done"}"#
+    );
+    // The id is derived from the record's bytes: the same record has the same id.
+    let again = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    assert_eq!(again.events[0].event_id, e.event_id);
+    assert_eq!(e.event_id[6] >> 4, 8);
+}
+
+#[test]
+fn event_names_come_from_the_field_or_the_attribute_and_other_logs_are_skipped() {
+    let by_attr = log("", T, &[("event.name", s("boss_killed"))]);
+    let plain = log("", T, &[]);
+    let by_type = log("", T, &[("event_type", s("user.login"))]);
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[by_attr, plain, by_type])).expect("decodes");
+    assert_eq!((out.summary.accepted, out.summary.skipped, out.summary.rejected), (2, 1, 0));
+    assert_eq!(out.custom[0].event, "boss_killed");
+    assert_eq!(out.events[0].event, "login");
+}
+
+#[test]
+fn observed_time_stands_in_for_a_missing_time() {
+    let out =
+        run(Signal::Logs, Format::Protobuf, &request(&resource(), &[log("user.login", 0, &[])])).expect("decodes");
+    assert_eq!(out.events[0].ts_ms, 1_795_617_749_123);
+}
+
+#[test]
+fn invalid_records_are_rejected_alone_with_the_first_reason() {
+    let records = [
+        log("user.login", T, &[]),
+        log("user.login", 1_795_617_749, &[]), // seconds, not nanoseconds
+        log("user.login", T, &[("game.id", s("g2"))]),
+        log("user.login", T, &[("game.country", s("XX"))]),
+        log("user.login", T, &[("game.user_id", s(&"u".repeat(300)))]),
+        log("user.login", T, &[("game.user_id", array(&[s("a")]))]),
+        log("session.start", T, &[]),
+    ];
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &records)).expect("decodes");
+    assert_eq!((out.summary.records, out.summary.accepted, out.summary.rejected), (7, 2, 5));
+    assert_eq!(out.summary.first_rejection, Some((1, "time_unix_nano must be nanoseconds between 2000 and 2100")));
+    assert_eq!(out.events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["login", "session_start"]);
+    let no_env = request(&[("game.id", s("g1"))], &[log("user.login", T, &[])]);
+    let out = run(Signal::Logs, Format::Protobuf, &no_env).expect("decodes");
+    assert_eq!(out.summary.first_rejection, Some((0, "deployment.environment.name is required")));
+    // Without game.id the token's game is the record's.
+    let no_game = request(&[("deployment.environment", s("dev"))], &[log("user.login", T, &[])]);
+    let out = run(Signal::Logs, Format::Protobuf, &no_game).expect("decodes");
+    assert_eq!((out.events[0].game_id.as_str(), out.events[0].env.as_str()), ("g1", "dev"));
+}
+
+#[test]
+fn spans_of_croupier_types_and_configured_patterns_are_events() {
+    let spans = [span("session.start", &[]), span("GET /api", &[]), span("match.end", &[]), span("boss.defeated", &[])];
+    let body = request(&resource(), &spans);
+    let out = run(Signal::Traces, Format::Protobuf, &body).expect("decodes");
+    assert_eq!((out.summary.accepted, out.summary.skipped), (2, 2));
+    assert_eq!(out.events[0].event, "session_start");
+    assert_eq!(out.events[0].ts_ms, 1_795_617_749_123);
+    assert_eq!(out.custom[0].event, "match.end");
+    let out =
+        run_with(Signal::Traces, Format::Protobuf, &body, &Limits::default(), &["boss.*".into()]).expect("decodes");
+    assert_eq!((out.summary.accepted, out.summary.skipped), (3, 1));
+    assert_eq!(out.custom[1].event, "boss.defeated");
+}
+
+#[test]
+fn purchase_spans_become_payments() {
+    let spans = [
+        span(
+            "monetization.purchase_success",
+            &[
+                ("monetization.order_id", s("o-1")),
+                ("monetization.price_usd", double(4.99)),
+                ("monetization.sku_id", s("gems_100")),
+                ("game.platform", s("android")),
+                ("game.region", s("eu")),
+            ],
+        ),
+        span(
+            "monetization.purchase_fail",
+            &[("monetization.order_id", s("o-2")), ("amount_cents", int(500)), ("currency", s("EUR"))],
+        ),
+        span("monetization.purchase_success", &[("monetization.price_usd", double(1.0))]),
+    ];
+    let out = run(Signal::Traces, Format::Protobuf, &request(&resource(), &spans)).expect("decodes");
+    assert_eq!((out.summary.accepted, out.summary.rejected), (2, 1));
+    assert_eq!(out.summary.first_rejection, Some((2, "a payment needs monetization.order_id")));
+    let p = &out.payments[0];
+    assert_eq!(
+        (p.order_id.as_str(), p.amount_cents, p.currency.as_str(), p.status),
+        ("o-1", 499, "USD", PaymentStatus::Success)
+    );
+    assert_eq!(
+        (p.user_id.as_str(), p.product_id.as_str(), p.platform.as_str(), p.region.as_str()),
+        ("u1", "gems_100", "android", "eu")
+    );
+    assert_eq!((p.env.as_str(), p.ts_ms), ("prod", 1_795_617_749_123));
+    let p = &out.payments[1];
+    assert_eq!((p.amount_cents, p.currency.as_str(), p.status), (500, "EUR", PaymentStatus::Failed));
+}
+
+#[test]
+fn truncated_and_malformed_protobuf_is_refused_cleanly() {
+    let body = request(&resource(), &[log("user.login", T, &[("deep", kvlist(&[("a", array(&[int(1)]))]))])]);
+    // Every cut is either a smaller valid request or an error; none panics.
+    let mut errors = 0;
+    for i in 0..body.len() {
+        if run(Signal::Logs, Format::Protobuf, &body[..i]).is_err() {
+            errors += 1;
+        }
+    }
+    assert!(errors > body.len() / 2, "{errors} of {}", body.len());
+    assert_eq!(
+        run(Signal::Logs, Format::Protobuf, &body[..body.len() - 1]).err(),
+        Some(DecodeError::Wire(WireError::Truncated))
+    );
+    // A length that runs past the end (an oversized declaration).
+    let mut over = vec![0x0a];
+    put_varint(&mut over, u64::MAX >> 1);
+    over.extend_from_slice(&[0; 8]);
+    assert_eq!(run(Signal::Logs, Format::Protobuf, &over).err(), Some(DecodeError::Wire(WireError::Truncated)));
+    for (bad, want) in [
+        (vec![0x0b, 0x0c], WireError::WireType(3)),
+        (vec![0xff; 12], WireError::VarintTooLong),
+        (vec![0x08, 1], WireError::UnexpectedType { field: 1 }),
+        (field(1, &field(2, &field(2, &field(12, &[0xff, 0xfe])))), WireError::InvalidUtf8),
+    ] {
+        assert_eq!(run(Signal::Logs, Format::Protobuf, &bad).err(), Some(DecodeError::Wire(want)), "{bad:x?}");
+    }
+    // Garbage in an unknown field is still refused (it must be well-formed).
+    let junk = [field(1, &[field(2, &[field(2, &log("user.login", T, &[])), vec![0x7a, 0x05, 1]].concat())].concat())]
+        .concat();
+    assert_eq!(run(Signal::Logs, Format::Protobuf, &junk).err(), Some(DecodeError::Wire(WireError::Truncated)));
+    // An empty request is a valid one with no records.
+    assert_eq!(run(Signal::Logs, Format::Protobuf, &[]).expect("empty").summary, Summary::default());
+}
+
+fn nested(levels: usize) -> Vec<u8> {
+    let mut v = int(1);
+    for _ in 1..levels {
+        v = array(&[v]);
+    }
+    v
+}
+
+#[test]
+fn deeply_nested_values_are_refused_not_recursed_into() {
+    let at = |levels| {
+        run(Signal::Logs, Format::Protobuf, &request(&resource(), &[log("user.login", T, &[("n", nested(levels))])]))
+    };
+    assert!(at(16).is_ok());
+    assert_eq!(at(17).err(), Some(DecodeError::TooDeep(16)));
+    assert_eq!(at(5_000).err(), Some(DecodeError::TooDeep(16)));
+    // In OTLP/JSON too.
+    let mut v = r#"{"intValue":"1"}"#.to_owned();
+    for _ in 1..17 {
+        v = format!(r#"{{"arrayValue":{{"values":[{v}]}}}}"#);
+    }
+    let body = json_log(&format!(r#",{{"key":"n","value":{v}}}"#));
+    assert_eq!(run(Signal::Logs, Format::Json, body.as_bytes()).err(), Some(DecodeError::TooDeep(16)));
+    let body = json_log(&format!(r#",{{"key":"n","value":{}}}"#, "[".repeat(200) + &"]".repeat(200)));
+    assert!(matches!(run(Signal::Logs, Format::Json, body.as_bytes()), Err(DecodeError::TooDeep(_))));
+}
+
+#[test]
+fn too_many_records_refuse_the_request() {
+    let limits = Limits { max_records: 2, ..Limits::default() };
+    let recs = vec![log("user.login", T, &[]); 3];
+    let r = run_with(Signal::Logs, Format::Protobuf, &request(&resource(), &recs), &limits, &[]);
+    assert_eq!(r.err(), Some(DecodeError::TooManyRecords(2)));
+}
+
+fn json_log(extra_attrs: &str) -> String {
+    format!(
+        r#"{{"resourceLogs":[{{"resource":{{"attributes":[
+        {{"key":"game.id","value":{{"stringValue":"g1"}}}},
+        {{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}},
+        {{"key":"service.version","value":{{"stringValue":"9.9.9"}}}}]}},
+        "scopeLogs":[{{"scope":{{"name":"x"}},"logRecords":[{{
+        "timeUnixNano":"{T}","observedTimeUnixNano":"{}","eventName":"progression.complete",
+        "body":{{"stringValue":"level done"}},
+        "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+        "attributes":[
+        {{"key":"game.user_id","value":{{"stringValue":"u1"}}}},
+        {{"key":"game.session_id","value":{{"stringValue":"s1"}}}},
+        {{"key":"game.platform","value":{{"stringValue":"ios"}}}},
+        {{"key":"game.region","value":{{"stringValue":"eu-west"}}}},
+        {{"key":"game.country","value":{{"stringValue":"de"}}}},
+        {{"key":"game.app_version","value":{{"stringValue":"1.2.3"}}}},
+        {{"key":"progression.level_id","value":{{"intValue":"7"}}}},
+        {{"key":"nested","value":{{"kvlistValue":{{"values":[{{"key":"a","value":{{"arrayValue":{{"values":[{{"intValue":1}},{{"doubleValue":2.5}}]}}}}}}]}}}}}}
+        {extra_attrs}]}}]}}]}}]}}"#,
+        T + 5
+    )
+}
+
+#[test]
+fn otlp_json_maps_like_protobuf() {
+    let pb = request(
+        &resource(),
+        &[log("progression.complete", T, &[("nested", kvlist(&[("a", array(&[int(1), double(2.5)]))]))])],
+    );
+    let from_pb = run(Signal::Logs, Format::Protobuf, &pb).expect("decodes");
+    let from_json = run(Signal::Logs, Format::Json, json_log("").as_bytes()).expect("decodes");
+    let (mut a, b) = (from_pb.events[0].clone(), &from_json.events[0]);
+    // JSON log records carry no bytes to derive an id from: they get a new one.
+    assert_eq!(b.event_id, [1; 16]);
+    a.event_id = b.event_id;
+    assert_eq!(&a, b);
+    // A span has the same id in both encodings (from its trace and span ids).
+    let span_json = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"deployment.environment.name","value":{"stringValue":"prod"}}]},
+      "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"user.login",
+      "startTimeUnixNano":1795617749123456789,"attributes":[{"key":"game.user_id","value":{"stringValue":"u1"}}]}]}]}]}"#;
+    let j = run(Signal::Traces, Format::Json, span_json.as_bytes()).expect("decodes");
+    let p = run(
+        Signal::Traces,
+        Format::Protobuf,
+        &request(&[("deployment.environment.name", s("prod"))], &[span("user.login", &[])]),
+    )
+    .expect("decodes");
+    assert_eq!(j.events, p.events);
+    assert_eq!(j.events[0].event, "login");
+}
+
+#[test]
+fn bad_otlp_json_is_refused() {
+    for (body, want) in [
+        ("{", "malformed"),
+        ("[1]", "not OTLP/JSON: the body must be an object"),
+        (r#"{"resourceLogs":{}}"#, "not OTLP/JSON: a repeated field must be an array"),
+        (
+            r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":"soon"}]}]}]}"#,
+            "not OTLP/JSON: a time must",
+        ),
+        (
+            r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[{"key":"k","value":{"intValue":"x"}}]}]}]}]}"#,
+            "intValue",
+        ),
+    ] {
+        match run(Signal::Logs, Format::Json, body.as_bytes()) {
+            Err(e) => assert!(e.to_string().contains(want) || want == "malformed", "{body}: {e}"),
+            Ok(o) => panic!("{body}: decoded {o:?}"),
+        }
+    }
+    assert_eq!(run(Signal::Logs, Format::Json, b"{}").expect("empty").summary, Summary::default());
+}

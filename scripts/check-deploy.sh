@@ -18,6 +18,7 @@ done
 promtool check config deploy/prometheus/prometheus.yml
 promtool test rules deploy/prometheus/tests/*.yml
 python3 scripts/deploy_lint.py coverage
+python3 scripts/deploy_lint.py collector
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

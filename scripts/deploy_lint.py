@@ -5,6 +5,9 @@
                                it fires and one where it does not
   deploy_lint.py board-rules   prints the Grafana boards' queries as a rule file, so that
                                `promtool check rules` parses every one of them
+  deploy_lint.py collector     the OpenTelemetry Collector configuration: every component a
+                               pipeline names is defined, logs and traces go to croupier's
+                               OTLP/HTTP receiver with the bearer token, retries never give up
 """
 
 import glob
@@ -18,6 +21,37 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ALERTS = os.path.join(ROOT, "deploy/prometheus/alerts.yml")
 TESTS = os.path.join(ROOT, "deploy/prometheus/tests/*.yml")
 BOARDS = os.path.join(ROOT, "deploy/grafana/dashboards/*.json")
+COLLECTOR = os.path.join(ROOT, "deploy/otel-collector/config.yaml")
+
+
+def collector():
+    with open(COLLECTOR) as f:
+        doc = yaml.safe_load(f)
+    errors = []
+    service = doc["service"]
+    for ext in service.get("extensions", []):
+        if ext not in doc.get("extensions", {}):
+            errors.append("extension %s is not defined" % ext)
+    for name, p in service["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for c in p.get(kind, []):
+                if c not in (doc.get(kind) or {}):
+                    errors.append("pipeline %s: %s %s is not defined" % (name, kind[:-1], c))
+    for signal in ("logs", "traces"):
+        exporters = service["pipelines"].get(signal, {}).get("exporters", [])
+        if "otlphttp/croupier" not in exporters:
+            errors.append("pipeline %s does not export to croupier" % signal)
+    e = doc["exporters"]["otlphttp/croupier"]
+    if e.get("headers", {}).get("Authorization") != "Bearer ${env:CROUPIER_OTLP_TOKEN}":
+        errors.append("the croupier exporter does not send the bearer token")
+    if e.get("retry_on_failure", {}).get("max_elapsed_time") not in ("0s", 0):
+        errors.append("the croupier exporter gives up retrying")
+    storage = e.get("sending_queue", {}).get("storage")
+    if storage and storage not in doc.get("extensions", {}):
+        errors.append("queue storage %s is not defined" % storage)
+    for err in errors:
+        print("collector:", err, file=sys.stderr)
+    return 1 if errors else 0
 
 
 def alert_names():
@@ -66,4 +100,5 @@ def board_rules():
 
 
 if __name__ == "__main__":
-    {"coverage": coverage, "board-rules": board_rules}[sys.argv[1] if len(sys.argv) > 1 else ""]()
+    sys.exit({"coverage": coverage, "board-rules": board_rules, "collector": collector}[
+        sys.argv[1] if len(sys.argv) > 1 else ""]())

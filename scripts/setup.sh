@@ -42,6 +42,15 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   python3 -m pip install --quiet chdb-core || python3 -m pip install --quiet --break-system-packages chdb-core
 fi
 
+# The OpenTelemetry Python SDK and its OTLP exporters: the OTLP receiver's tests export
+# with them (tests/otlp/sdk_export.py, run by tests/it/otlp.rs).
+if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc' \
+    >/dev/null 2>&1; then
+  echo "setup: installing the OpenTelemetry SDK and OTLP exporters (pip)"
+  otel=(opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-grpc)
+  python3 -m pip install --quiet "${otel[@]}" || python3 -m pip install --quiet --break-system-packages "${otel[@]}"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
   exit 1

@@ -68,13 +68,17 @@ pub enum Route {
     Otlp(OtlpRoute),
 }
 
-/// The data port's route table.
+/// The data port's route table (OTLP/HTTP included, for a load balancer or Collector
+/// that sends everything to one port).
 pub fn router() -> Router<Route> {
     Router::new(&FIELDS)
         .route(ROUTES[0], Methods::POST, Route::Ingest(Endpoint::Events))
         .route(ROUTES[1], Methods::POST, Route::Ingest(Endpoint::Payments))
         .route(ROUTES[2], Methods::GET_HEAD, Route::Health)
         .route(ROUTES[3], Methods::GET_HEAD, Route::Ready)
+        .route(ROUTES[4], Methods::POST, Route::Otlp(OtlpRoute::Export(Signal::Logs)))
+        .route(ROUTES[5], Methods::POST, Route::Otlp(OtlpRoute::Export(Signal::Traces)))
+        .route(ROUTES[6], Methods::POST, Route::Otlp(OtlpRoute::Metrics))
 }
 
 /// The OTLP port's route table: OTLP/HTTP and the probes.

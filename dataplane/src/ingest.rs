@@ -314,7 +314,12 @@ impl IngestBuffers {
         self.events.clear();
         self.custom.clear();
         self.payments.clear();
-        Sink { events: &mut self.events, custom: &mut self.custom, payments: &mut self.payments, props: &mut self.props }
+        Sink {
+            events: &mut self.events,
+            custom: &mut self.custom,
+            payments: &mut self.payments,
+            props: &mut self.props,
+        }
     }
 
     /// Each stream that received records and how many, in stream order (the first of

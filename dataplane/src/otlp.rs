@@ -8,6 +8,7 @@ use croupier_control::metrics::EventsRefused;
 use croupier_protocol::otlp::response::{self, Code};
 use croupier_protocol::otlp::{self, Context, Format, Signal, SpanEvents, Summary};
 use croupier_protocol::signature;
+use croupier_protocol::validate::BodyError;
 use subtle::ConstantTimeEq;
 
 use crate::data_port::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
@@ -61,6 +62,8 @@ fn refusal(format: Format, e: &IngestError) -> Response {
         _ => Code::Internal,
     };
     let message = match e {
+        // What the OTLP decoder said (`prepare`).
+        IngestError::Body(BodyError::Malformed(m)) => m.clone(),
         IngestError::Body(b) => b.to_string(),
         IngestError::Http(h) => h.message(),
         _ => e.tag().to_owned(),
@@ -82,7 +85,12 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
         OtlpRoute::Export(s) => s,
         OtlpRoute::Metrics => {
             let mut body = Vec::new();
-            response::status(&mut body, format, Code::Unimplemented, "metrics are not accepted: export logs and traces");
+            response::status(
+                &mut body,
+                format,
+                Code::Unimplemented,
+                "metrics are not accepted: export logs and traces",
+            );
             return Response::bytes(404, format.content_type(), body);
         }
     };
@@ -169,7 +177,7 @@ fn prepare<'s>(
     let summary = {
         let mut json = shard.json.borrow_mut();
         otlp::decode(signal, format, body, &ctx, &mut json, &mut new_id, &mut b.otlp_sink())
-            .map_err(|e| IngestError::Body(croupier_protocol::validate::BodyError::Malformed(e.to_string())))?
+            .map_err(|e| IngestError::Body(BodyError::Malformed(e.to_string())))?
     };
     if summary.rejected > 0 {
         let m = &shard.metrics;

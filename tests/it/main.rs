@@ -19,6 +19,7 @@ mod ingest;
 mod limits;
 mod logging;
 mod metrics;
+mod otlp;
 mod pipeline;
 mod redis_faults;
 mod refusals;

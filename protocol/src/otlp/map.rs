@@ -226,10 +226,11 @@ pub enum Id<'a> {
 }
 
 impl Id<'_> {
+    /// Absent, or all zeros (OTLP's invalid id, what SDKs send outside a span).
     fn is_empty(&self) -> bool {
         match self {
-            Id::Raw(b) => b.is_empty(),
-            Id::Hex(s) => s.is_empty(),
+            Id::Raw(b) => b.iter().all(|&x| x == 0),
+            Id::Hex(s) => s.bytes().all(|x| x == b'0'),
         }
     }
 

@@ -154,6 +154,5 @@ pub fn decode(
     Ok(mapper.summary())
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 use super::wire::{put_bytes, put_tag, put_varint, WireError};
 use super::*;
 use crate::envelope::{Event, Payment, PaymentStatus};
+use crate::validate::Limits;
 
 /// Protobuf builders.
 mod pbuf {

@@ -1,0 +1,360 @@
+//! The OTLP/HTTP receiver against real servers: the OpenTelemetry Python SDK's exporters
+//! (`tests/otlp/sdk_export.py`, installed by `scripts/setup.sh`) and hand-built OTLP/JSON
+//! into redis-server, the worker and clickhouse-server; refusals, partial success and the
+//! retry contract.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_control::config::{Config, Driver};
+use croupier_it::http::{HttpClient, Reply};
+
+use crate::fixture::{Fixture, GAME, OTHER_GAME};
+use crate::pipeline::Pipeline;
+
+const TOKEN: &str = "otlp-token-of-game-one";
+const OTHER_TOKEN: &str = "otlp-token-of-game-two";
+
+fn tokens(c: &mut Config) {
+    c.games.get_mut(GAME).expect("g1").otlp_token = Some(TOKEN.into());
+    c.games.get_mut(OTHER_GAME).expect("g2").otlp_token = Some(OTHER_TOKEN.into());
+}
+
+/// The Python that has the OpenTelemetry SDK (`scripts/setup.sh` installs it):
+/// `CROUPIER_OTEL_PYTHON`, else `python3`.
+fn python() -> String {
+    std::env::var("CROUPIER_OTEL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/otlp/sdk_export.py");
+
+fn sdk(args: &[&str]) -> std::process::Output {
+    let out = Command::new(python()).arg(SCRIPT).args(args).output().expect("run the Python exporter");
+    assert!(
+        out.status.success(),
+        "sdk_export.py {args:?} failed (is the OpenTelemetry SDK installed? scripts/setup.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn unique_run() -> String {
+    format!(
+        "r{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    )
+}
+
+fn otlp_addr(f: &Fixture) -> std::net::SocketAddr {
+    f.ingest.as_ref().and_then(|h| h.otlp_addr()).expect("an OTLP listener")
+}
+
+fn post(f: &Fixture, path: &str, token: &str, content_type: &str, extra: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut headers = vec![
+        ("Authorization".to_owned(), format!("Bearer {token}")),
+        ("Content-Type".to_owned(), content_type.to_owned()),
+    ];
+    headers.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    HttpClient::connect(otlp_addr(f)).request("POST", path, &headers, body)
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+fn kv(key: &str, value: &str) -> String {
+    format!(r#"{{"key":"{key}","value":{{"stringValue":"{value}"}}}}"#)
+}
+
+/// An OTLP/JSON logs request with one event record per `(event name, user, time)`.
+fn json_logs(game: &str, records: &[(&str, String, u128)]) -> String {
+    let recs: Vec<String> = records
+        .iter()
+        .map(|(name, user, t)| {
+            format!(
+                r#"{{"timeUnixNano":"{t}","eventName":"{name}","traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","attributes":[{},{},{{"key":"score","value":{{"intValue":"42"}}}}]}}"#,
+                kv("game.user_id", user),
+                kv("game.device_id", "dev-9"),
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"resourceLogs":[{{"resource":{{"attributes":[{},{},{}]}},"scopeLogs":[{{"scope":{{"name":"it"}},"logRecords":[{}]}}]}}]}}"#,
+        kv("game.id", game),
+        kv("deployment.environment", "staging"),
+        kv("game.app_version", "2.0.0"),
+        recs.join(",")
+    )
+}
+
+/// An OTLP/JSON traces request with `n` `user.login` spans.
+fn json_spans(run: &str, from: usize, n: usize) -> String {
+    let t = now_ns();
+    let spans: Vec<String> = (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"traceId":"{:032x}","spanId":"{:016x}","name":"user.login","startTimeUnixNano":"{t}","endTimeUnixNano":"{t}","attributes":[{}]}}"#,
+                i + 1,
+                i + 1,
+                kv("game.user_id", &format!("{run}-j{i}"))
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+        kv("deployment.environment.name", "prod"),
+        spans.join(",")
+    )
+}
+
+fn rows(p: &Pipeline, sql: &str) -> Vec<Vec<String>> {
+    p.clickhouse.query(sql).lines().map(|l| l.split('\t').map(str::to_owned).collect()).collect()
+}
+
+#[test]
+fn otlp_sdk_exports_and_otlp_json_land_in_clickhouse_with_every_column() {
+    let mut p = Pipeline::start_with(&[], tokens);
+    p.start_worker(&[]);
+    let run = unique_run();
+    let base = format!("http://{}", otlp_addr(&p.ingest));
+    let before = now_ns() / 1_000_000_000;
+    let out = sdk(&["http", &base, TOKEN, &run]);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(got, serde_json::json!({"logs": "SUCCESS", "spans": "SUCCESS", "wrong_token": "FAILURE"}));
+    // A hand-built OTLP/JSON body, gzip-compressed.
+    let body = json_logs(GAME, &[("user.login", format!("{run}-u3"), 1_795_617_749_250_000_000)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).expect("gzip");
+    let r = post(
+        &p.ingest,
+        "/v1/logs",
+        TOKEN,
+        "application/json",
+        &[("Content-Encoding", "gzip")],
+        &gz.finish().expect("gzip"),
+    );
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (200, "{}"));
+
+    p.wait_for(4, "events stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.events FINAL WHERE user_id LIKE '{run}-%'"))
+    });
+    let got = rows(
+        &p,
+        &format!(
+            "SELECT event, game_id, env, user_id, session_id, device_id, channel, platform, country, app_version, props_json, \
+             toUnixTimestamp(event_time) FROM analytics.events FINAL WHERE user_id LIKE '{run}-%' ORDER BY event"
+        ),
+    );
+    let now = now_ns() / 1_000_000_000;
+    let recent = |t: &str| {
+        let t: u128 = t.parse().expect("time");
+        assert!(t >= before && t <= now, "{t} not within [{before}, {now}]");
+    };
+    let row = |i: usize| got[i][..11].iter().map(String::as_str).collect::<Vec<_>>();
+    let (u1, s1, u2, s2, u3) =
+        (format!("{run}-u1"), format!("{run}-s1"), format!("{run}-u2"), format!("{run}-s2"), format!("{run}-u3"));
+    // A log record named by its `event.name` attribute: a custom event.
+    assert_eq!(row(0), ["boss_killed", "g1", "prod", &u2, "", "", "", "", r"\0\0", "3.1.4", r#"{"boss":"hydra"}"#]);
+    recent(&got[0][11]);
+    // A log record with `event_name`: the taxonomy's name, every mapped column.
+    assert_eq!(
+        row(1),
+        [
+            "level_complete",
+            "g1",
+            "prod",
+            &u2,
+            &s2,
+            "",
+            "",
+            "ios",
+            "DE",
+            "3.1.4",
+            r#"{"progression.level_id":7,"progression.stars":3,"loot":["sword","shield"],"event.name":"progression.complete","body":"level 7 done"}"#
+        ]
+    );
+    recent(&got[1][11]);
+    // The OTLP/JSON record: its own time, resource attributes, device id.
+    assert_eq!(
+        row(2),
+        [
+            "login",
+            "g1",
+            "staging",
+            &u3,
+            "",
+            "dev-9",
+            "",
+            "",
+            r"\0\0",
+            "2.0.0",
+            r#"{"score":42,"event.name":"user.login","trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174"}"#
+        ]
+    );
+    assert_eq!(got[2][11], "1795617749");
+    // A span of a Croupier type; its trace and span ids are random.
+    assert_eq!(row(3)[..10], ["session_start", "g1", "prod", &u1, &s1, "", "", "android", "FR", "1.4.0"]);
+    let props = &got[3][10];
+    let prefix = r#"{"game.region":"eu-west","session.entry_point":"push","event.name":"session.start","trace_id":""#;
+    let ids = props.strip_prefix(prefix).and_then(|r| r.strip_suffix(r#""}"#)).unwrap_or_default();
+    let (trace, span) = ids.split_once(r#"","span_id":""#).unwrap_or_default();
+    let hex = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(hex(trace, 32) && hex(span, 16), "{props}");
+    recent(&got[3][11]);
+    assert_eq!(got.len(), 4, "the plain log and the GET span are no events");
+    // The purchase span is a payment.
+    p.wait_for(1, "payments stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.payments FINAL WHERE order_id = '{run}-order-1'"))
+    });
+    let pay = rows(
+        &p,
+        &format!(
+            "SELECT game_id, env, user_id, amount_cents, currency, status, platform, region, product_id \
+             FROM analytics.payments FINAL WHERE order_id = '{run}-order-1'"
+        ),
+    );
+    assert_eq!(pay, [["g1", "prod", &u1, "499", "USD", "success", "android", "eu-west", "gems_500"]]);
+}
+
+#[test]
+fn otlp_partial_success_refusals_and_unsupported_signals() {
+    let f = Fixture::start(Driver::Epoll, tokens);
+    let t = now_ns();
+    let body = json_logs(
+        GAME,
+        &[
+            ("user.login", "a".into(), t),
+            ("user.login", "b".into(), t / 1_000_000_000),
+            ("session.start", "c".into(), t),
+        ],
+    );
+    let r = post(&f, "/v1/logs", TOKEN, "application/json", &[], body.as_bytes());
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        r#"{"partialSuccess":{"rejectedLogRecords":"1","errorMessage":"1 of 3 rejected; the first, log record 1: time_unix_nano must be nanoseconds between 2000 and 2100"}}"#
+    );
+    let entries = croupier_it::redis::xrange(&mut f.redis.client(), "analytics:events");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].get("n"), Some(b"2".as_slice()));
+    // The same bytes again (an exporter's retry): answered the same, nothing appended.
+    let r = post(&f, "/v1/logs", TOKEN, "application/json", &[], body.as_bytes());
+    assert_eq!(r.status, 200);
+    assert_eq!(croupier_it::redis::xrange(&mut f.redis.client(), "analytics:events").len(), 1);
+
+    // A token never grants another game: g2's token with records of g1 rejects them all.
+    let r = post(
+        &f,
+        "/v1/logs",
+        OTHER_TOKEN,
+        "application/json",
+        &[],
+        json_logs(GAME, &[("user.login", "d".into(), t)]).as_bytes(),
+    );
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+        (
+            200,
+            r#"{"partialSuccess":{"rejectedLogRecords":"1","errorMessage":"1 of 1 rejected; the first, log record 0: game.id differs from the game of the token"}}"#
+        )
+    );
+    // Wrong or missing token: 401 with a Status in the request's encoding.
+    for token in ["nope-nope-nope-nope", ""] {
+        let r = post(&f, "/v1/traces", token, "application/json", &[], json_spans("x", 0, 1).as_bytes());
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+            (401, r#"{"code":16,"message":"a valid Authorization: Bearer token is required"}"#)
+        );
+    }
+    let r = post(&f, "/v1/traces", "nope", "application/x-protobuf", &[], b"");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (401, b"\x08\x10\x12\x2fa valid Authorization: Bearer token is required".as_slice())
+    );
+    // Undecodable: 400 INVALID_ARGUMENT.
+    let r = post(&f, "/v1/logs", TOKEN, "application/x-protobuf", &[], b"\x0a\x05\x01");
+    assert_eq!((r.status, r.body.as_slice()), (400, b"\x08\x03\x12\x15protobuf is truncated".as_slice()));
+    let r = post(&f, "/v1/logs", TOKEN, "application/json", &[], b"{\"resourceLogs\":[{");
+    assert_eq!(r.status, 400);
+    let r = post(&f, "/v1/logs", TOKEN, "text/plain", &[], b"x");
+    assert_eq!(r.status, 415);
+    // Metrics are not a signal this receiver takes.
+    let r = post(&f, "/v1/metrics", TOKEN, "application/json", &[], b"{}");
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+        (404, r#"{"code":12,"message":"metrics are not accepted: export logs and traces"}"#)
+    );
+    // Redis down: 503 UNAVAILABLE with Retry-After, so exporters retry.
+    let mut f = f;
+    f.redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = post(&f, "/v1/traces", TOKEN, "application/json", &[], json_spans("y", 0, 1).as_bytes());
+        if r.status == 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(r.status, 503);
+    assert!(r.headers.iter().any(|(k, _)| k == "retry-after"), "{:?}", r.headers);
+    assert!(String::from_utf8_lossy(&r.body).starts_with(r#"{"code":14,"#), "{:?}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn otlp_exporter_is_told_to_retry_at_high_water_and_every_accepted_record_lands_once() {
+    let mut p = Pipeline::start_with(&[], |c| {
+        tokens(c);
+        c.streams.events.retention_events = 100_000;
+        c.streams.events.high_water_events = 40;
+        c.redis.retry_after_secs = 2;
+    });
+    p.start_worker(&[]);
+    p.clickhouse.stop();
+    let run = unique_run();
+    // Batches of 10 spans until the backlog refuses.
+    let mut accepted = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r =
+            post(&p.ingest, "/v1/traces", TOKEN, "application/json", &[], json_spans(&run, accepted, 10).as_bytes());
+        match r.status {
+            200 => accepted += 10,
+            503 => {
+                assert!(r.headers.iter().any(|(k, v)| k == "retry-after" && v == "2"), "{:?}", r.headers);
+                break;
+            }
+            s => panic!("status {s}: {}", String::from_utf8_lossy(&r.body)),
+        }
+        assert!(Instant::now() < deadline, "no 503 after {accepted} spans");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(accepted >= 40, "{accepted}");
+    // The SDK's exporter sends while the backlog is full: it is told to retry, and does.
+    let base = format!("http://{}", otlp_addr(&p.ingest));
+    let child = Command::new(python())
+        .arg(SCRIPT)
+        .args(["retry", &base, TOKEN, &run, "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the exporter");
+    std::thread::sleep(Duration::from_secs(3));
+    p.clickhouse.restart();
+    let out = child.wait_with_output().expect("exporter");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}: {:?}: {stderr}", out.status, String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(got["result"], "SUCCESS", "{got}: {stderr}");
+    assert!(stderr.contains("Transient error Service Unavailable"), "{stderr}");
+    let want = accepted as u64 + 5;
+    p.wait_for(want, "accepted spans stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.events FINAL WHERE user_id LIKE '{run}-%'"))
+    });
+    // Once each: as many distinct ids and users as records.
+    let (ids, users) = (
+        p.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE user_id LIKE '{run}-%'")),
+        p.scalar(&format!("SELECT uniqExact(user_id) FROM analytics.events WHERE user_id LIKE '{run}-%'")),
+    );
+    assert_eq!((ids, users), (want, want));
+}

@@ -439,6 +439,8 @@ pub struct Api {
     pub audit_flush_ms: u64,
     /// Most audit rows held before the oldest are dropped (counted in the log).
     pub audit_max_pending: usize,
+    /// Where `POST /api/analytics/filters` keeps its settings (JSON); unset: in memory.
+    pub filters_file: Option<PathBuf>,
 }
 
 impl Default for Api {
@@ -452,6 +454,7 @@ impl Default for Api {
             max_queries_in_flight: 4,
             audit_flush_ms: 1_000,
             audit_max_pending: 100_000,
+            filters_file: None,
         }
     }
 }

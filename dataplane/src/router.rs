@@ -18,6 +18,9 @@ impl Methods {
     pub const POST: Methods = Methods { accepts: &[Method::Post], allow: "POST" };
     /// `GET` and `HEAD` (answered alike, without the body for `HEAD`).
     pub const GET_HEAD: Methods = Methods { accepts: &[Method::Get, Method::Head], allow: "GET, HEAD" };
+    /// `GET`, `HEAD` and `POST`.
+    pub const GET_HEAD_POST: Methods =
+        Methods { accepts: &[Method::Get, Method::Head, Method::Post], allow: "GET, HEAD, POST" };
 }
 
 /// One row of the table.

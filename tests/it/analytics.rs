@@ -296,6 +296,7 @@ impl Api {
         config.api.jwks_file = Some(jwks);
         config.api.audit_flush_ms = 100;
         config.api.roles.insert("guest".into(), vec![]);
+        config.api.filters_file = Some(keys.path().join("filters.json"));
         let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), false, false)
             .expect("control starts")
             .expect("control listener");
@@ -559,6 +560,29 @@ fn analytics_realtime_reads_the_sketches() {
     assert_eq!(v["rev_5m_yuan"], "5.00");
     assert_eq!(v["pay_succ_rate"], 50.0);
     assert_eq!(v["registered_total"], PLAYERS);
+
+    // The series of the last 20 minutes: two writes of one minute, the latest wins.
+    let m0 = now - now.rem_euclid(60) - 1200;
+    api.ch.query(&format!(
+        "INSERT INTO analytics.minute_online (m, game_id, env, online, version) VALUES \
+         ({m0}, 'g1', 'prod', 3, 1), ({m0}, 'g1', 'prod', 4, 2), ({}, 'g1', 'prod', 6, 1), ({}, 'g1', 'prod', 8, 1), \
+         ({}, 'g2', 'prod', 99, 1)",
+        m0 + 60,
+        m0 + 600,
+        m0 + 60
+    ));
+    let rfc = |t: i64| {
+        let d = time::OffsetDateTime::from_unix_timestamp(t).unwrap();
+        format!("{}T{:02}:{:02}:00Z", date(t.div_euclid(DAY)), d.hour(), d.minute())
+    };
+    let v = api.json(&format!(
+        "/api/analytics/realtime/series?game_id=g1&env=prod&start={}&end={}",
+        rfc(m0 - 60),
+        rfc(m0 + 900)
+    ));
+    assert_eq!(v["online"], json!([[rfc(m0), 4], [rfc(m0 + 60), 6], [rfc(m0 + 600), 8]]));
+    assert_eq!(v["active_5m_sum"], json!([[rfc(m0), 4], [rfc(m0 + 60), 10], [rfc(m0 + 600), 18]]));
+    assert_eq!(api.get("/api/analytics/realtime/series?game_id=g1", &admin()).status, 400);
 }
 
 /// No token, expired, bad signature, unknown key, wrong role, wrong game: 401/403 as
@@ -1055,4 +1079,33 @@ fn analytics_levels_ltv_and_segments_are_exact() {
             seg("whale", whales.into_iter().collect()),
         ])
     );
+}
+
+/// Filters: defaults, a POST needs analytics:manage and a game the token may read, the
+/// value is clamped, kept in the file, and read back.
+#[test]
+fn analytics_filters_are_kept_and_guarded() {
+    let api = Api::start();
+    let get = |q: &str| api.json(&format!("/api/analytics/filters?{q}"));
+    assert_eq!(get("game_id=g1&env=prod"), json!({"events": [], "payments_enabled": true, "sample_global": 100}));
+    let post = |token: &str, body: &str| {
+        let headers = vec![("Authorization".to_owned(), format!("Bearer {token}"))];
+        HttpClient::connect(api.addr()).request("POST", "/api/analytics/filters", &headers, body.as_bytes())
+    };
+    let body = r#"{"game_id":"g1","env":"prod","events":["login","pay"],"payments_enabled":false,"sample_global":150}"#;
+    let viewer = hs256(json!({"sub":"v","roles":["viewer"],"exp":exp()}), SECRET);
+    assert_eq!(post(&viewer, body).status, 403);
+    let g2_ops = hs256(json!({"sub":"o","roles":["ops"],"games":["g2"],"exp":exp()}), SECRET);
+    assert_eq!(post(&g2_ops, body).status, 403);
+    let r = post(&admin(), r#"{"env":"prod"}"#);
+    assert_eq!((r.status, r.error_tag()), (400, "invalid_parameter".to_owned()));
+    let r = post(&admin(), body);
+    assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#.to_owned()));
+    let want = json!({"events": ["login", "pay"], "payments_enabled": false, "sample_global": 100});
+    assert_eq!(get("game_id=g1&env=prod"), want);
+    assert_eq!(get("game_id=g1&env=test")["sample_global"], 100);
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(api._keys.path().join("filters.json")).unwrap()).unwrap();
+    assert_eq!(file["g1|prod"], want);
+    assert_eq!(api.get("/api/analytics/filters?game_id=g1", "").status, 401);
 }

@@ -11,6 +11,7 @@ pub mod behavior;
 pub mod cohorts;
 pub mod db;
 pub mod error;
+pub mod filters;
 pub mod levels;
 pub mod overview;
 pub mod params;
@@ -44,6 +45,8 @@ pub enum Route {
     Overview,
     /// `/api/analytics/realtime`.
     Realtime,
+    /// `/api/analytics/realtime/series`.
+    RealtimeSeries,
     /// `/api/analytics/retention`.
     Retention,
     /// `/api/analytics/payments/summary`.
@@ -64,6 +67,8 @@ pub enum Route {
     Ltv,
     /// `/api/analytics/segments`.
     Segments,
+    /// `/api/analytics/filters` (GET and POST).
+    Filters,
 }
 
 impl Route {
@@ -71,6 +76,7 @@ impl Route {
     pub const ALL: &'static [(&'static str, Route)] = &[
         ("/api/analytics/overview", Route::Overview),
         ("/api/analytics/realtime", Route::Realtime),
+        ("/api/analytics/realtime/series", Route::RealtimeSeries),
         ("/api/analytics/retention", Route::Retention),
         ("/api/analytics/payments/summary", Route::PaymentsSummary),
         ("/api/analytics/payments/transactions", Route::PaymentsTransactions),
@@ -81,16 +87,24 @@ impl Route {
         ("/api/analytics/levels", Route::Levels),
         ("/api/analytics/ltv", Route::Ltv),
         ("/api/analytics/segments", Route::Segments),
+        ("/api/analytics/filters", Route::Filters),
     ];
 
-    /// The permission it requires.
-    pub fn permission(self) -> &'static str {
-        auth::READ
+    /// The permission it requires (a `POST` changes settings).
+    pub fn permission(self, post: bool) -> &'static str {
+        if post {
+            auth::MANAGE
+        } else {
+            auth::READ
+        }
     }
 
     /// The methods it takes.
     pub fn methods(self) -> Methods {
-        Methods::GET_HEAD
+        match self {
+            Route::Filters => Methods::GET_HEAD_POST,
+            _ => Methods::GET_HEAD,
+        }
     }
 
     /// Its path.
@@ -140,6 +154,7 @@ pub struct Api {
     db: Db,
     redis: RedisClient,
     audit: Rc<AuditLog>,
+    filters: filters::Filters,
     audit_opts: ChOptions,
     audit_every: Duration,
 }
@@ -163,6 +178,7 @@ impl Api {
             db: Db::new(opts.clone(), api.max_queries_in_flight, timeout),
             redis: RedisClient::start(RedisOptions::from_config(&config.redis)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
+            filters: filters::Filters::load(api.filters_file.clone())?,
             audit_opts: opts,
             audit_every: Duration::from_millis(api.audit_flush_ms),
         })
@@ -174,15 +190,16 @@ impl Api {
         self.audit.clone().run(self.audit_opts.clone(), self.audit_every, stop)
     }
 
-    /// Answers a request to `route` and records it in the audit log.
-    pub async fn handle(&self, route: Route, query: &str, headers: Headers<'_>) -> Response {
+    /// Answers a request to `route` (`body`: a `POST`'s) and records it in the audit log.
+    pub async fn handle(&self, route: Route, query: &str, headers: Headers<'_>, body: Option<&[u8]>) -> Response {
         let started = std::time::Instant::now();
         let params = Params::parse(query);
-        let scope = Scope::resolve(&params, headers.game, headers.env);
+        let mut scope = Scope::resolve(&params, headers.game, headers.env);
         let caller = self.verifier.verify(headers.authorization);
-        let result = match &caller {
-            Ok(c) => self.authorized(route, c, &params, &scope).await,
-            Err(e) => Err(e.clone()),
+        let result = match (&caller, body) {
+            (Ok(c), Some(body)) => self.post(route, c, body, &mut scope),
+            (Ok(c), None) => self.authorized(route, c, &params, &scope).await,
+            (Err(e), _) => Err(e.clone()),
         };
         let resp = match result {
             Ok(body) => Response::json(200, body.to_string()),
@@ -207,6 +224,15 @@ impl Api {
         resp
     }
 
+    /// A `POST` (the filters): the game it changes is the body's.
+    fn post(&self, route: Route, caller: &Caller, body: &[u8], scope: &mut Scope) -> Result<Json, ApiError> {
+        caller.require(route.permission(true))?;
+        let game = filters::Filters::game_of(body)?;
+        caller.may_read(Some(&game))?;
+        scope.game = Some(game);
+        self.filters.update(body)
+    }
+
     async fn authorized(
         &self,
         route: Route,
@@ -214,12 +240,13 @@ impl Api {
         params: &Params,
         scope: &Scope,
     ) -> Result<Json, ApiError> {
-        caller.require(route.permission())?;
+        caller.require(route.permission(false))?;
         caller.may_read(scope.game.as_deref())?;
         let ctx = Ctx { db: &self.db, redis: &self.redis, params, scope, now: now_secs() };
         match route {
             Route::Overview => overview::overview(&ctx).await,
             Route::Realtime => realtime::realtime(&ctx).await,
+            Route::RealtimeSeries => realtime::series(&ctx).await,
             Route::Retention => retention::retention(&ctx).await,
             Route::PaymentsSummary => payments::summary(&ctx).await,
             Route::PaymentsTransactions => payments::transactions(&ctx).await,
@@ -230,6 +257,7 @@ impl Api {
             Route::Levels => levels::levels(&ctx).await,
             Route::Ltv => cohorts::ltv(&ctx).await,
             Route::Segments => cohorts::segments(&ctx).await,
+            Route::Filters => Ok(self.filters.get(scope)),
         }
     }
 }

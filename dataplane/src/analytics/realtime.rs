@@ -94,3 +94,44 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         "new_today": new_today,
     }))
 }
+
+/// `/realtime/series`: per minute of the range (`start`, `end` required), online (the
+/// latest write of `minute_online` per game, env and minute, summed over the scope), its
+/// sums over the last 5 and 15 minutes present (Croupier's `ROWS BETWEEN 4/14 PRECEDING`),
+/// and `success` revenue.
+pub async fn series(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let range = super::params::Range::from(ctx.params, ctx.now, 0, true)?;
+    let w = ctx.scope.filter();
+    let online = ctx
+        .db
+        .select(&format!(
+            "SELECT t, sum(o) FROM (SELECT toUInt32(m) AS t, game_id, env, argMax(online, version) AS o \
+             FROM analytics.minute_online WHERE {}{w} GROUP BY t, game_id, env) GROUP BY t ORDER BY t",
+            range.filter("m")
+        ))
+        .await?;
+    let revenue = ctx
+        .db
+        .select(&format!(
+            "SELECT toUInt32(toStartOfMinute(time)) AS t, sumIf(amount_cents, status = 'success') \
+             FROM analytics.payments FINAL WHERE {}{w} GROUP BY t ORDER BY t",
+            range.filter("time")
+        ))
+        .await?;
+    let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
+    let ts = |r: &[Value]| params::rfc3339(u(r, 0) as i64);
+    let values: Vec<u64> = online.iter().map(|r| u(r, 1)).collect();
+    let window = |n: usize| -> Vec<Json> {
+        online
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!([ts(r), values[i.saturating_sub(n - 1)..=i].iter().sum::<u64>()]))
+            .collect()
+    };
+    Ok(json!({
+        "online": online.iter().map(|r| json!([ts(r), u(r, 1)])).collect::<Vec<_>>(),
+        "active_5m_sum": window(5),
+        "active_15m_sum": window(15),
+        "revenue_cents": revenue.iter().map(|r| json!([ts(r), u(r, 1)])).collect::<Vec<_>>(),
+    }))
+}

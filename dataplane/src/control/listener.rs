@@ -17,7 +17,7 @@ use super::streams;
 use crate::analytics::{self, Api, Headers};
 use crate::http::conn;
 use crate::http::handler::{Handler, Request};
-use crate::http::request::Fields;
+use crate::http::request::{Fields, Method};
 use crate::http::response::Response;
 use crate::router::{Methods, Router};
 use crate::runtime::ActiveDriver;
@@ -100,7 +100,18 @@ impl Handler for ControlPort {
             Route::Analytics(r) => {
                 let head = req.head();
                 let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
-                self.api.handle(r, head.query(), headers).await
+                if head.method != Method::Post {
+                    return self.api.handle(r, head.query(), headers, None).await;
+                }
+                let mut held = match req.claim_body() {
+                    Ok(h) => h,
+                    Err(e) => return e.response(),
+                };
+                if let Err(e) = req.read_body(&mut held).await {
+                    return e.response();
+                }
+                let body = req.buffers().0.clone();
+                self.api.handle(r, head.query(), headers, Some(&body)).await
             }
         }
     }
@@ -193,7 +204,6 @@ pub fn start(
 mod tests {
     use super::*;
     use crate::http::error::HttpError;
-    use crate::http::request::Method;
 
     #[test]
     fn routes_of_the_control_port() {

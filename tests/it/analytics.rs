@@ -838,6 +838,7 @@ fn analytics_queries_agree_on_a_current_engine() {
         format!("behavior/paths?{range}&per=user&steps=4&exclude=session_start"),
         format!("levels?{range}&episode=e1"),
         format!("levels?{range}"),
+        format!("levels/episodes?{range}"),
         format!("ltv?{range}"),
         format!("segments?{range}"),
     ] {
@@ -1028,6 +1029,18 @@ fn analytics_levels_ltv_and_segments_are_exact() {
     }
     assert_eq!(v["per_level"], Value::Array(per_level));
     assert_eq!(v["per_level_segments"], json!({"new": new, "payer": payer, "returning": returning}));
+
+    // Episodes: only starts carry one in this history (clears without it are left out).
+    let v = api.json(&format!("/api/analytics/levels/episodes?{range}"));
+    let per: Vec<Value> = (1..=5u64)
+        .map(|l| {
+            let lv = l.to_string();
+            let n = users(&|e| e.3 == "level_start" && level_of(&e.4) == lv).len();
+            json!({"level": lv, "players": n, "win_rate": 0.0})
+        })
+        .collect();
+    assert_eq!(v, json!({"episodes": [{"episode": "e1", "per_level": per}]}));
+    assert_eq!(api.json(&format!("/api/analytics/levels/maps?{range}")), json!({"maps": []}));
 
     // LTV of the cohorts of the last 40 days.
     let (c0, c1) = (h.today - 40, h.today - 1);

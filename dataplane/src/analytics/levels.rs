@@ -114,3 +114,48 @@ fn level_events() -> String {
     let strip = |s: &str| s.trim_start_matches('(').trim_end_matches(')').to_owned();
     format!("({}, {})", strip(LEVEL_START), strip(LEVEL_CLEAR))
 }
+
+/// `/levels/episodes` (`dim` = `episode`) and `/levels/maps` (`map`): per value of
+/// `props.<dim>` and level, players (distinct starters) and win rate (distinct clearers
+/// of events carrying the same value); events without the value or a level are left out,
+/// as Croupier does.
+pub async fn facets(ctx: &Ctx<'_>, dim: &'static str, key: &'static str) -> Result<Json, ApiError> {
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT grp, lvl, uniqExactIf(user_id, event IN {LEVEL_START}), uniqExactIf(user_id, event IN {LEVEL_CLEAR}) \
+             FROM (SELECT user_id, event, {} AS grp, {} AS lvl FROM analytics.events \
+                   WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
+             WHERE grp != '' AND lvl != '' GROUP BY grp, lvl ORDER BY grp, lvl",
+            prop(dim),
+            prop("level"),
+            level_events(),
+        ))
+        .await?;
+    let mut out: Vec<Json> = Vec::new();
+    let mut current: Option<(String, Vec<Json>)> = None;
+    for r in &rows {
+        let g = r.first().map(Value::as_str).unwrap_or_default();
+        let (players, winners) = (u(r, 2), u(r, 3));
+        let item = json!({
+            "level": r.get(1).map(Value::as_str).unwrap_or_default(),
+            "players": players,
+            "win_rate": percent(winners as f64, players as f64),
+        });
+        match &mut current {
+            Some((name, items)) if *name == g => items.push(item),
+            _ => {
+                if let Some((name, items)) = current.take() {
+                    out.push(json!({ dim: name, "per_level": items }));
+                }
+                current = Some((g, vec![item]));
+            }
+        }
+    }
+    if let Some((name, items)) = current {
+        out.push(json!({ dim: name, "per_level": items }));
+    }
+    Ok(json!({ key: out }))
+}

@@ -63,6 +63,10 @@ pub enum Route {
     BehaviorPaths,
     /// `/api/analytics/levels`.
     Levels,
+    /// `/api/analytics/levels/episodes`.
+    LevelEpisodes,
+    /// `/api/analytics/levels/maps`.
+    LevelMaps,
     /// `/api/analytics/ltv`.
     Ltv,
     /// `/api/analytics/segments`.
@@ -85,6 +89,8 @@ impl Route {
         ("/api/analytics/behavior/funnel", Route::BehaviorFunnel),
         ("/api/analytics/behavior/paths", Route::BehaviorPaths),
         ("/api/analytics/levels", Route::Levels),
+        ("/api/analytics/levels/episodes", Route::LevelEpisodes),
+        ("/api/analytics/levels/maps", Route::LevelMaps),
         ("/api/analytics/ltv", Route::Ltv),
         ("/api/analytics/segments", Route::Segments),
         ("/api/analytics/filters", Route::Filters),
@@ -255,6 +261,8 @@ impl Api {
             Route::BehaviorFunnel => behavior::funnel(&ctx).await,
             Route::BehaviorPaths => behavior::paths(&ctx).await,
             Route::Levels => levels::levels(&ctx).await,
+            Route::LevelEpisodes => levels::facets(&ctx, "episode", "episodes").await,
+            Route::LevelMaps => levels::facets(&ctx, "map", "maps").await,
             Route::Ltv => cohorts::ltv(&ctx).await,
             Route::Segments => cohorts::segments(&ctx).await,
             Route::Filters => Ok(self.filters.get(scope)),

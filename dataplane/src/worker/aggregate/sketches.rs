@@ -53,7 +53,58 @@ struct Slot {
 struct Scope {
     game: Arc<str>,
     env: Arc<str>,
-    slots: HashMap<(Kind, u32), Slot>,
+    slots: Vec<((Kind, u32), Slot)>,
+    /// Position in `slots` of each (kind, period).
+    index: HashMap<(Kind, u32), usize>,
+    /// Per kind, the slot used last: consecutive events mostly fall in the same minute
+    /// and day, and are found without hashing.
+    hot: [usize; Kind::ALL.len()],
+}
+
+impl Scope {
+    fn new(game: &str, env: &str) -> Scope {
+        Scope {
+            game: game.into(),
+            env: env.into(),
+            slots: Vec::new(),
+            index: HashMap::new(),
+            hot: [usize::MAX; Kind::ALL.len()],
+        }
+    }
+
+    /// Position of the slot of `kind` and `period`.
+    #[inline]
+    fn find(&mut self, kind: Kind, period: u32) -> Option<usize> {
+        let k = kind as usize;
+        let h = self.hot.get(k).copied().unwrap_or(usize::MAX);
+        if self.slots.get(h).is_some_and(|(key, _)| *key == (kind, period)) {
+            return Some(h);
+        }
+        let i = *self.index.get(&(kind, period))?;
+        if let Some(x) = self.hot.get_mut(k) {
+            *x = i;
+        }
+        Some(i)
+    }
+
+    fn get_mut(&mut self, kind: Kind, period: u32) -> Option<&mut Slot> {
+        let i = self.find(kind, period)?;
+        self.slots.get_mut(i).map(|(_, slot)| slot)
+    }
+
+    fn insert(&mut self, kind: Kind, period: u32, slot: Slot) -> usize {
+        self.slots.push(((kind, period), slot));
+        let i = self.slots.len() - 1;
+        self.index.insert((kind, period), i);
+        i
+    }
+
+    /// Keeps the slots `keep` accepts.
+    fn retain(&mut self, mut keep: impl FnMut(Kind, u32, &Slot) -> bool) {
+        self.slots.retain(|((kind, period), slot)| keep(*kind, *period, slot));
+        self.index = self.slots.iter().enumerate().map(|(i, (key, _))| (*key, i)).collect();
+        self.hot = [usize::MAX; Kind::ALL.len()];
+    }
 }
 
 /// A sketch to merge into Redis: its key parts and its value (Redis's string).
@@ -111,7 +162,7 @@ impl Sketches {
         let i = match self.scopes.iter().position(|s| &*s.game == game && &*s.env == env) {
             Some(i) => i,
             None => {
-                self.scopes.push(Scope { game: game.into(), env: env.into(), slots: HashMap::new() });
+                self.scopes.push(Scope::new(game, env));
                 self.scopes.len() - 1
             }
         };
@@ -126,23 +177,28 @@ impl Sketches {
         period >= kind.oldest(self.now_minute, self.today) && period <= ahead
     }
 
+    #[inline]
     fn add(&mut self, scope: usize, kind: Kind, period: u32, hash: u64) {
         if !self.counted(kind, period) {
             return;
         }
         let Some(s) = self.scopes.get_mut(scope) else { return };
-        let slot = s.slots.entry((kind, period)).or_insert_with(|| {
-            let writer = SketchWriter::new();
-            self.published.lock().push(PublishedSketch {
-                shard: self.shard,
-                kind,
-                game: s.game.clone(),
-                env: s.env.clone(),
-                period,
-                reader: writer.reader(),
-            });
-            Slot { writer, dirty: false }
-        });
+        let i = match s.find(kind, period) {
+            Some(i) => i,
+            None => {
+                let writer = SketchWriter::new();
+                self.published.lock().push(PublishedSketch {
+                    shard: self.shard,
+                    kind,
+                    game: s.game.clone(),
+                    env: s.env.clone(),
+                    period,
+                    reader: writer.reader(),
+                });
+                s.insert(kind, period, Slot { writer, dirty: false })
+            }
+        };
+        let Some((_, slot)) = s.slots.get_mut(i) else { return };
         if slot.writer.add_hash(hash) && !slot.dirty {
             slot.dirty = true;
             self.dirty += 1;
@@ -188,7 +244,8 @@ impl Sketches {
     pub fn take_dirty(&mut self) -> Vec<Dirty> {
         let mut out = Vec::with_capacity(self.dirty);
         for s in &mut self.scopes {
-            for (&(kind, period), slot) in s.slots.iter_mut().filter(|(_, slot)| slot.dirty) {
+            for ((kind, period), slot) in s.slots.iter_mut().filter(|(_, slot)| slot.dirty) {
+                let (kind, period) = (*kind, *period);
                 slot.dirty = false;
                 let mut value = Vec::new();
                 slot.writer.snapshot().write_redis(&mut value);
@@ -203,7 +260,7 @@ impl Sketches {
     pub fn redirty(&mut self, sketches: &[Dirty]) {
         for d in sketches {
             let scope = self.scope(&d.game, &d.env);
-            if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.slots.get_mut(&(d.kind, d.period))) {
+            if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.get_mut(d.kind, d.period)) {
                 if !slot.dirty {
                     slot.dirty = true;
                     self.dirty += 1;
@@ -218,7 +275,7 @@ impl Sketches {
     pub fn merge_back(&mut self, kind: Kind, game: &str, env: &str, period: u32, merged: &Sketch, create: bool) {
         let scope = self.scope(game, env);
         let Some(s) = self.scopes.get_mut(scope) else { return };
-        if let Some(slot) = s.slots.get_mut(&(kind, period)) {
+        if let Some(slot) = s.get_mut(kind, period) {
             slot.writer.merge(merged);
             return;
         }
@@ -233,7 +290,7 @@ impl Sketches {
                 period,
                 reader: writer.reader(),
             });
-            s.slots.insert((kind, period), Slot { writer, dirty: false });
+            s.insert(kind, period, Slot { writer, dirty: false });
         }
     }
 
@@ -251,7 +308,7 @@ impl Sketches {
         let mut dropped = false;
         for s in &mut self.scopes {
             let before = s.slots.len();
-            s.slots.retain(|&(kind, period), slot| slot.dirty || keep(kind, period));
+            s.retain(|kind, period, slot| slot.dirty || keep(kind, period));
             dropped |= s.slots.len() != before;
         }
         if dropped {
@@ -261,7 +318,7 @@ impl Sketches {
                 p.shard != shard
                     || scopes
                         .iter()
-                        .any(|s| s.game == p.game && s.env == p.env && s.slots.contains_key(&(p.kind, p.period)))
+                        .any(|s| s.game == p.game && s.env == p.env && s.index.contains_key(&(p.kind, p.period)))
             });
         }
     }

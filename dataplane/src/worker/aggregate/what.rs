@@ -127,17 +127,19 @@ fn one_of(name: &str, names: &[&str]) -> bool {
 /// with session `session` feeds.
 #[inline]
 pub fn classify(name: &str, session: &str) -> EventKinds {
-    // Most events are none of these: the names' first letters rule them out cheaply.
+    // Only the lists whose names start with the event's first letter are compared.
     let first = name.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
-    let maybe = matches!(first, b's' | b'h' | b'r' | b'f' | b'u' | b'l' | b'p');
-    if !maybe {
-        return EventKinds { online: !session.is_empty(), ..EventKinds::default() };
-    }
-    EventKinds {
-        online: !session.is_empty() || one_of(name, ONLINE),
-        new: one_of(name, NEW),
-        level_start: one_of(name, LEVEL_START),
-        level_clear: one_of(name, LEVEL_CLEAR),
+    let has_session = !session.is_empty();
+    match first {
+        b's' | b'h' => EventKinds { online: has_session || one_of(name, ONLINE), ..EventKinds::default() },
+        b'r' | b'f' | b'u' => EventKinds { online: has_session, new: one_of(name, NEW), ..EventKinds::default() },
+        b'l' | b'p' => EventKinds {
+            online: has_session,
+            level_start: one_of(name, LEVEL_START),
+            level_clear: one_of(name, LEVEL_CLEAR),
+            ..EventKinds::default()
+        },
+        _ => EventKinds { online: has_session, ..EventKinds::default() },
     }
 }
 

@@ -154,10 +154,12 @@ fn dau_of_players_logging_in_through_http_and_a_killed_worker() {
             "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
         ))
     });
-    let peak = p.scalar(&format!(
-        "SELECT maxMerge(peak_online) FROM analytics.daily_online_peak WHERE game_id = '{GAME}' AND d = toDate(toDateTime({m}))"
-    ));
-    assert_eq!(peak, online);
+    p.wait_for(online, "daily_online_peak of the day", |p| {
+        p.scalar(&format!(
+            "SELECT maxMerge(peak_online) FROM analytics.daily_online_peak WHERE game_id = '{GAME}' \
+             AND d = toDate(toDateTime({m}))"
+        ))
+    });
     // Croupier's TTLs.
     let ttl = |k: &str| p.ingest.redis.client().int(&["TTL", k]);
     assert!((30 * 86_400 - 60..=30 * 86_400).contains(&ttl(&key(Kind::Dau, ts))));

@@ -808,6 +808,29 @@ fn analytics_behavior_is_exact() {
     let want: Vec<Value> = want.into_iter().take(10).map(|(p, n)| json!({"path": p, "groups": n})).collect();
     let v = api.json(&format!("/api/analytics/behavior/paths?{range}&steps=3&limit=10"));
     assert_eq!(v["paths"], Value::Array(want));
+
+    // Adoption of level_fail and register per user, and broken down by platform.
+    let all: BTreeSet<u64> = seqs.keys().copied().collect();
+    let did = |name: &str| seqs.iter().filter(|(_, s)| s.iter().any(|e| e.1 == name)).count() as u64;
+    let v = api.json(&format!("/api/analytics/behavior/adoption?{range}&features=level_fail,register"));
+    let base = all.len() as u64;
+    assert_eq!(
+        v,
+        json!({"features": [
+            {"feature": "level_fail", "groups": did("level_fail"), "rate": percent(did("level_fail"), base)},
+            {"feature": "register", "groups": did("register"), "rate": percent(did("register"), base)},
+        ], "baseline": base})
+    );
+    let v = api.json(&format!("/api/analytics/behavior/adoption_breakdown?{range}&features=register&by=platform"));
+    let rows: Vec<Value> = ["android", "ios"]
+        .iter()
+        .map(|p| {
+            let members: Vec<&u64> = all.iter().filter(|u| (**u % 2 == 0) == (*p == "ios")).collect();
+            let n = members.iter().filter(|u| seqs[**u].iter().any(|e| e.1 == "register")).count() as u64;
+            json!({"dim": p, "baseline": members.len(), "groups": n, "rate": percent(n, members.len() as u64)})
+        })
+        .collect();
+    assert_eq!(v, json!({"by": "platform", "rows": rows}));
 }
 
 /// Every query the API sends (logged by ClickHouse 18.16 while the routes answer) gives
@@ -837,6 +860,8 @@ fn analytics_queries_agree_on_a_current_engine() {
         format!("behavior/funnel?{range}&steps=login,level_start,level_clear&same_session=1&gap_sec=100"),
         format!("behavior/paths?{range}&per=user&steps=4&exclude=session_start"),
         format!("levels?{range}&episode=e1"),
+        format!("behavior/adoption?{range}&features=login,level_fail&per=session"),
+        format!("behavior/adoption_breakdown?{range}&features=login,level_fail"),
         format!("levels?{range}"),
         format!("levels/episodes?{range}"),
         format!("ltv?{range}"),

@@ -263,6 +263,69 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     Ok(json!({ "paths": out }))
 }
 
+/// The group of `/adoption`: a user (default) or, with `per=session`, a user's session.
+fn adoption_group(ctx: &Ctx<'_>) -> &'static str {
+    if ctx.params.get("per") == Some("session") {
+        "concat(user_id, '|', session_id)"
+    } else {
+        "user_id"
+    }
+}
+
+/// `/behavior/adoption`: per feature event, the groups that did it, as a percent of the
+/// groups with any event in the range (`baseline`).
+pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let features = ctx.params.list("features");
+    if features.is_empty() {
+        return Err(ApiError::param("features", "required"));
+    }
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
+    let g = adoption_group(ctx);
+    let cols: Vec<String> = features.iter().map(|f| format!("uniqExactIf({g}, event = {})", quote(f))).collect();
+    let rows =
+        ctx.db.select(&format!("SELECT uniqExact({g}), {} FROM analytics.events WHERE {w}", cols.join(", "))).await?;
+    let r = rows.first().cloned().unwrap_or_default();
+    let baseline = u(&r, 0);
+    let out: Vec<Json> = features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| json!({ "feature": f, "groups": u(&r, i + 1), "rate": percent(u(&r, i + 1) as f64, baseline as f64) }))
+        .collect();
+    Ok(json!({ "features": out, "baseline": baseline }))
+}
+
+/// `/behavior/adoption_breakdown`: per value of `by` (`platform`, `country`, else
+/// `channel`), the groups with any event (`baseline`), those that did any of the features,
+/// and the percent; sorted by value.
+pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let features = ctx.params.list("features");
+    if features.is_empty() {
+        return Err(ApiError::param("features", "required"));
+    }
+    let by = super::sql::dimension(&["platform", "country"], ctx.params.get("by").unwrap_or("")).unwrap_or("channel");
+    let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
+    let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
+    let g = adoption_group(ctx);
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT toString({by}) AS dim, uniqExact({g}), uniqExactIf({g}, event IN {}) FROM analytics.events \
+             WHERE {w} GROUP BY dim ORDER BY dim",
+            quote_list(&features)
+        ))
+        .await?;
+    let out: Vec<Json> = rows
+        .iter()
+        .map(|r| {
+            let (base, n) = (u(r, 1), u(r, 2));
+            json!({ "dim": r.first().map(Value::as_str).unwrap_or_default(), "baseline": base, "groups": n,
+                    "rate": percent(n as f64, base as f64) })
+        })
+        .collect();
+    Ok(json!({ "by": by, "rows": out }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

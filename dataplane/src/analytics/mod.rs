@@ -61,6 +61,10 @@ pub enum Route {
     BehaviorFunnel,
     /// `/api/analytics/behavior/paths`.
     BehaviorPaths,
+    /// `/api/analytics/behavior/adoption`.
+    BehaviorAdoption,
+    /// `/api/analytics/behavior/adoption_breakdown`.
+    BehaviorAdoptionBreakdown,
     /// `/api/analytics/levels`.
     Levels,
     /// `/api/analytics/levels/episodes`.
@@ -88,6 +92,8 @@ impl Route {
         ("/api/analytics/behavior/events", Route::BehaviorEvents),
         ("/api/analytics/behavior/funnel", Route::BehaviorFunnel),
         ("/api/analytics/behavior/paths", Route::BehaviorPaths),
+        ("/api/analytics/behavior/adoption", Route::BehaviorAdoption),
+        ("/api/analytics/behavior/adoption_breakdown", Route::BehaviorAdoptionBreakdown),
         ("/api/analytics/levels", Route::Levels),
         ("/api/analytics/levels/episodes", Route::LevelEpisodes),
         ("/api/analytics/levels/maps", Route::LevelMaps),
@@ -260,6 +266,8 @@ impl Api {
             Route::BehaviorEvents => behavior::events(&ctx).await,
             Route::BehaviorFunnel => behavior::funnel(&ctx).await,
             Route::BehaviorPaths => behavior::paths(&ctx).await,
+            Route::BehaviorAdoption => behavior::adoption(&ctx).await,
+            Route::BehaviorAdoptionBreakdown => behavior::adoption_breakdown(&ctx).await,
             Route::Levels => levels::levels(&ctx).await,
             Route::LevelEpisodes => levels::facets(&ctx, "episode", "episodes").await,
             Route::LevelMaps => levels::facets(&ctx, "map", "maps").await,

@@ -388,11 +388,16 @@ pub struct Aggregate {
     /// aggregate tables, milliseconds. A batch's sketches are also merged before its
     /// entries are acknowledged.
     pub flush_ms: u64,
+    /// The most sketches a worker shard holds at once (16 KiB each): events that would
+    /// need another one (a new game/env pair, or a period nothing has counted yet) are
+    /// not counted while the shard is at it, and a warning says so. Bounds the memory a
+    /// client can make a worker spend by inventing `env` values or spreading timestamps.
+    pub max_sketches: usize,
 }
 
 impl Default for Aggregate {
     fn default() -> Self {
-        Aggregate { enabled: true, flush_ms: 1_000 }
+        Aggregate { enabled: true, flush_ms: 1_000, max_sketches: 4_096 }
     }
 }
 
@@ -800,6 +805,9 @@ impl Config {
         }
         if self.aggregate.flush_ms == 0 {
             return Err(err("aggregate.flush_ms", "expected 1 or more"));
+        }
+        if self.aggregate.max_sketches < 16 {
+            return Err(err("aggregate.max_sketches", "expected 16 or more"));
         }
         if self.clickhouse.max_partitions_per_block == 0 {
             return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));

@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn day_one_retention_of_a_cohort_half_of_which_came_back() {
         let published = Arc::new(Published::default());
-        let mut s = Sketches::new(0, published.clone());
+        let mut s = Sketches::new(0, published.clone(), 4096);
         let now = crate::ingest::now_ms();
         let mut cohort = Sketch::new();
         for i in (0..1_000).chain(5_000..6_000) {

@@ -58,11 +58,11 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// Shard `shard`'s aggregation, publishing its sketches' readers in `published` and
-    /// merging through `redis`.
-    pub fn new(shard: usize, published: Arc<Published>, redis: RedisClient) -> Rc<Aggregator> {
+    /// Shard `shard`'s aggregation, publishing its sketches' readers in `published`,
+    /// holding at most `max_sketches` sketches, and merging through `redis`.
+    pub fn new(shard: usize, published: Arc<Published>, max_sketches: usize, redis: RedisClient) -> Rc<Aggregator> {
         Rc::new(Aggregator {
-            sketches: RefCell::new(Sketches::new(shard, published)),
+            sketches: RefCell::new(Sketches::new(shard, published, max_sketches)),
             redis,
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
@@ -213,7 +213,17 @@ impl Aggregator {
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "real-time sketches not merged into Redis; retried at the next flush");
         }
-        self.sketches.borrow_mut().evict(crate::ingest::now_ms());
+        let over = {
+            let mut sketches = self.sketches.borrow_mut();
+            sketches.evict(crate::ingest::now_ms());
+            sketches.take_over()
+        };
+        if over > 0 {
+            tracing::warn!(
+                adds = over,
+                "players not counted in real-time figures that needed a new sketch: the shard holds aggregate.max_sketches sketches"
+            );
+        }
         if let Err(e) = self.write_tables(ch, opts).await {
             tracing::warn!(error = %e, "aggregate tables not written; retried at the next flush");
         }

@@ -126,7 +126,17 @@ pub struct Dirty {
 pub struct Sketches {
     shard: usize,
     scopes: Vec<Scope>,
+    /// Index of each scope in `scopes` by game, then environment (looked up by `&str`,
+    /// with no allocation).
+    index: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
     last: usize,
+    /// Sketches held (the sum of the scopes' slots).
+    held: usize,
+    /// The most sketches held at once.
+    max: usize,
+    /// Adds (one per sketch an event feeds) not made because `max` sketches were held,
+    /// since the last warning.
+    over: u64,
     published: Arc<Published>,
     now_minute: u32,
     today: u32,
@@ -134,9 +144,21 @@ pub struct Sketches {
 }
 
 impl Sketches {
-    /// No sketches yet; new ones are published in `published`.
-    pub fn new(shard: usize, published: Arc<Published>) -> Sketches {
-        let mut s = Sketches { shard, scopes: Vec::new(), last: 0, published, now_minute: 0, today: 0, dirty: 0 };
+    /// No sketches yet; new ones are published in `published`; at most `max` are held.
+    pub fn new(shard: usize, published: Arc<Published>, max: usize) -> Sketches {
+        let mut s = Sketches {
+            shard,
+            scopes: Vec::new(),
+            index: HashMap::new(),
+            last: 0,
+            held: 0,
+            max,
+            over: 0,
+            published,
+            now_minute: 0,
+            today: 0,
+            dirty: 0,
+        };
         s.set_now(crate::ingest::now_ms());
         s
     }
@@ -159,10 +181,14 @@ impl Sketches {
                 return self.last;
             }
         }
-        let i = match self.scopes.iter().position(|s| &*s.game == game && &*s.env == env) {
-            Some(i) => i,
+        let i = match self.index.get(game).and_then(|envs| envs.get(env)) {
+            Some(&i) => i,
             None => {
                 self.scopes.push(Scope::new(game, env));
+                let scope = self.scopes.len() - 1;
+                if let Some(new) = self.scopes.get(scope) {
+                    self.index.entry(new.game.clone()).or_default().insert(new.env.clone(), scope);
+                }
                 self.scopes.len() - 1
             }
         };
@@ -185,7 +211,14 @@ impl Sketches {
         let Some(s) = self.scopes.get_mut(scope) else { return };
         let i = match s.find(kind, period) {
             Some(i) => i,
+            None if self.held >= self.max => {
+                // At the bound: a new sketch would grow the shard past it. Counted and
+                // said by the next flush round (`take_over`), never per event.
+                self.over += 1;
+                return;
+            }
             None => {
+                self.held += 1;
                 let writer = SketchWriter::new();
                 self.published.lock().push(PublishedSketch {
                     shard: self.shard,
@@ -312,6 +345,15 @@ impl Sketches {
             dropped |= s.slots.len() != before;
         }
         if dropped {
+            // Scopes left without sketches go too, so that game/env pairs seen once do
+            // not stay for the life of the process.
+            self.scopes.retain(|s| !s.slots.is_empty());
+            self.index.clear();
+            for (i, s) in self.scopes.iter().enumerate() {
+                self.index.entry(s.game.clone()).or_default().insert(s.env.clone(), i);
+            }
+            self.last = 0;
+            self.held = self.scopes.iter().map(|s| s.slots.len()).sum();
             let scopes = &self.scopes;
             let shard = self.shard;
             self.published.lock().retain(|p| {
@@ -325,7 +367,12 @@ impl Sketches {
 
     /// Sketches held.
     pub fn len(&self) -> usize {
-        self.scopes.iter().map(|s| s.slots.len()).sum()
+        self.held
+    }
+
+    /// Adds not made since the last call because the shard held its most sketches.
+    pub fn take_over(&mut self) -> u64 {
+        std::mem::take(&mut self.over)
     }
 
     /// Whether none is held.
@@ -341,7 +388,7 @@ mod tests {
     #[test]
     fn one_hash_feeds_every_sketch_of_an_event_and_only_changes_dirty() {
         let published = Arc::new(Published::default());
-        let mut s = Sketches::new(0, published.clone());
+        let mut s = Sketches::new(0, published.clone(), 4096);
         let now = crate::ingest::now_ms();
         s.event("g", "prod", "session_start", "u1", "", now);
         assert_eq!(s.len(), 2, "dau and online");
@@ -363,5 +410,32 @@ mod tests {
         s.evict(now + 3 * 86_400_000);
         assert!(s.is_empty());
         assert!(published.list().is_empty());
+    }
+
+    #[test]
+    fn invented_envs_cannot_grow_a_shard_past_its_sketches_bound() {
+        let published = Arc::new(Published::default());
+        let mut s = Sketches::new(0, published.clone(), 64);
+        let now = crate::ingest::now_ms();
+        for i in 0..10_000 {
+            s.event("g", &format!("env-{i}"), "session_start", &format!("u{i}"), "", now);
+        }
+        assert_eq!(s.len(), 64, "held at the bound");
+        assert_eq!(published.list().len(), 64);
+        // 32 scopes got their DAU and online sketches; every other event's two adds
+        // (DAU and online) were refused.
+        assert_eq!(s.take_over(), 2 * (10_000 - 32));
+        assert_eq!(s.take_over(), 0, "said once");
+        // A scope already held still counts.
+        s.event("g", "env-0", "login", "someone-else", "", now);
+        assert_eq!(s.take_over(), 0);
+        // Once merged and past their periods, the sketches and their scopes go.
+        s.take_dirty();
+        s.evict(now + 3 * 86_400_000);
+        assert!(s.is_empty());
+        assert!(s.scopes.is_empty() && s.index.is_empty());
+        s.set_now(now + 3 * 86_400_000);
+        s.event("g", "prod", "login", "u1", "", now + 3 * 86_400_000);
+        assert_eq!(s.len(), 1, "room again");
     }
 }

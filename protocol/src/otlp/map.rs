@@ -243,8 +243,11 @@ impl Id<'_> {
                 n
             }
             Id::Hex(s) => {
-                let n = (s.len() / 2).min(out.len());
-                match hex::decode_to_slice(&s[..n * 2], &mut out[..n]) {
+                // Sliced as bytes: a string that is not ASCII hex (a multi-byte character
+                // where a cut would fall) is bad hex, never a panic.
+                let (s, n) = (s.as_bytes(), (s.len() / 2).min(out.len()));
+                let (Some(hex), Some(dst)) = (s.get(..n * 2), out.get_mut(..n)) else { return 0 };
+                match hex::decode_to_slice(hex, dst) {
                     Ok(()) if s.len() % 2 == 0 => n,
                     _ => 0,
                 }

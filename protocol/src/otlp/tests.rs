@@ -409,3 +409,20 @@ fn bad_otlp_json_is_refused() {
     }
     assert_eq!(run(Signal::Logs, Format::Json, b"{}").expect("empty").summary, Summary::default());
 }
+
+#[test]
+fn non_ascii_hex_ids_are_bad_ids_not_a_panic() {
+    // A multi-byte character where the hex decoder's cut would fall (`€` is 3 bytes: the
+    // first 2 end inside it). The span is still an event; its id is derived, not decoded.
+    for id in ["€", "a€", "€€", "0€1", "ééééééééééééééééééééééééééééééééé"] {
+        for field in ["spanId", "traceId"] {
+            let body = format!(
+                r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}}]}},
+                "scopeSpans":[{{"spans":[{{"name":"session.start","startTimeUnixNano":"1764676800000000000","{field}":"{id}",
+                "attributes":[{{"key":"game.user_id","value":{{"stringValue":"u1"}}}}]}}]}}]}}]}}"#
+            );
+            let out = run(Signal::Traces, Format::Json, body.as_bytes());
+            assert!(out.is_ok(), "{field} {id:?}: {:?}", out.err());
+        }
+    }
+}

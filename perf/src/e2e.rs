@@ -658,6 +658,9 @@ struct SwitchRun {
 }
 
 fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: &[(String, String)]) -> SwitchRun {
+    // Every run starts from empty streams: an earlier run's backlog would hold the next
+    // one at its high-water mark (refused with 503) instead of at its max.
+    let _ = redis.client().cmd(&["FLUSHALL"]);
     let croupier = start_croupier("auto", &cfg.croupier_cores, redis, ch, env);
     let pid = croupier.child.id();
     let shard0 = threads_cpu(pid, "croupier-shard");

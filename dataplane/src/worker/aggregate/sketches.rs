@@ -208,29 +208,9 @@ impl Sketches {
         if !self.counted(kind, period) {
             return;
         }
+        let found = self.scopes.get_mut(scope).and_then(|s| s.find(kind, period));
+        let Some(i) = found.or_else(|| self.new_slot(scope, kind, period, None)) else { return };
         let Some(s) = self.scopes.get_mut(scope) else { return };
-        let i = match s.find(kind, period) {
-            Some(i) => i,
-            None if self.held >= self.max => {
-                // At the bound: a new sketch would grow the shard past it. Counted and
-                // said by the next flush round (`take_over`), never per event.
-                self.over += 1;
-                return;
-            }
-            None => {
-                self.held += 1;
-                let writer = SketchWriter::new();
-                self.published.lock().push(PublishedSketch {
-                    shard: self.shard,
-                    kind,
-                    game: s.game.clone(),
-                    env: s.env.clone(),
-                    period,
-                    reader: writer.reader(),
-                });
-                s.insert(kind, period, Slot { writer, dirty: false })
-            }
-        };
         let Some((_, slot)) = s.slots.get_mut(i) else { return };
         if slot.writer.add_hash(hash) && !slot.dirty {
             slot.dirty = true;
@@ -313,18 +293,34 @@ impl Sketches {
             return;
         }
         if create {
-            let mut writer = SketchWriter::new();
-            writer.merge(merged);
-            self.published.lock().push(PublishedSketch {
-                shard: self.shard,
-                kind,
-                game: s.game.clone(),
-                env: s.env.clone(),
-                period,
-                reader: writer.reader(),
-            });
-            s.insert(kind, period, Slot { writer, dirty: false });
+            self.new_slot(scope, kind, period, Some(merged));
         }
+    }
+
+    /// Makes the (clean) sketch of `kind` and `period` in scope `scope`, holding
+    /// `merged`'s registers if given, and publishes its reader; its position, or `None`
+    /// when the shard already holds `max` sketches (counted in `over`, said by the next
+    /// flush round, never per event).
+    fn new_slot(&mut self, scope: usize, kind: Kind, period: u32, merged: Option<&Sketch>) -> Option<usize> {
+        if self.held >= self.max {
+            self.over += 1;
+            return None;
+        }
+        let s = self.scopes.get_mut(scope)?;
+        let mut writer = SketchWriter::new();
+        if let Some(m) = merged {
+            writer.merge(m);
+        }
+        self.published.lock().push(PublishedSketch {
+            shard: self.shard,
+            kind,
+            game: s.game.clone(),
+            env: s.env.clone(),
+            period,
+            reader: writer.reader(),
+        });
+        self.held += 1;
+        Some(s.insert(kind, period, Slot { writer, dirty: false }))
     }
 
     /// Drops clean sketches of periods before the previous minute (online) or yesterday

@@ -26,6 +26,12 @@ command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 # The README's clients, run by the tests: curl + openssl, Python, Node.js (18+: fetch).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The browser tests (dashboard, JavaScript SDK): Debian's headless Chromium, driven from
+# npm's playwright-core (no browser download).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# Several data-plane nodes behind a load balancer in the scale-out tests.
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

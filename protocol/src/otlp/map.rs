@@ -280,8 +280,19 @@ pub struct RecordIn<'t, 'a> {
     pub attrs: Attrs<'t, 'a>,
     /// A log record's body.
     pub body: AnyRef<'t, 'a>,
-    /// The record's protobuf bytes, from which a log record's event id is derived.
-    pub content: Option<&'a [u8]>,
+    /// What a protobuf log record's event id is derived from.
+    pub content: Option<Content<'a>>,
+}
+
+/// A protobuf log record's bytes and where it comes from: its event id is derived from
+/// both, so that a retried record keeps its id while equal records from different
+/// resources or scopes stay distinct events.
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    /// The `LogRecord` message.
+    pub record: &'a [u8],
+    /// Digests of its `Resource` and `InstrumentationScope` messages.
+    pub origin: [u8; 32],
 }
 
 /// Why a record was not mapped.
@@ -384,9 +395,6 @@ impl<'m, 'o> Mapper<'m, 'o> {
     ) -> Result<(), DecodeError> {
         let index = self.summary.records;
         self.summary.records += 1;
-        if self.summary.records > self.ctx.limits.max_records {
-            return Err(DecodeError::TooManyRecords(self.ctx.limits.max_records));
-        }
         match self.map(signal, resource, rec) {
             Ok(true) => self.summary.accepted += 1,
             Ok(false) => self.summary.skipped += 1,
@@ -395,6 +403,11 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 self.summary.first_rejection.get_or_insert((index, reason));
             }
             Err(Fail::Fatal(e)) => return Err(e),
+        }
+        // The limit is on events: records that are not events (a Collector's batch of
+        // ordinary logs) cost only their decoding, which the body size bounds.
+        if self.summary.accepted + self.summary.rejected > self.ctx.limits.max_records {
+            return Err(DecodeError::TooManyRecords(self.ctx.limits.max_records));
         }
         Ok(())
     }
@@ -498,7 +511,12 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 }
                 (self.new_id)()
             }
-            (Signal::Logs, Some(bytes)) => content_id(bytes),
+            (Signal::Logs, Some(c)) => {
+                let mut key = [0u8; 48];
+                key[..32].copy_from_slice(&c.origin);
+                key[32..].copy_from_slice(&cityhash_rs::cityhash_102_128(c.record).to_le_bytes());
+                content_id(&key)
+            }
             _ => (self.new_id)(),
         }
     }

@@ -10,7 +10,7 @@
 //! must be well-formed).
 
 use super::any::{pb_any, AnyRef, Attrs};
-use super::map::{Id, Mapper, RecordIn, Slots};
+use super::map::{Content, Id, Mapper, RecordIn, Slots};
 use super::wire::Fields;
 use super::{DecodeError, Signal};
 
@@ -24,9 +24,11 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
         let resource_records = v.bytes(n)?;
         // The resource may come after its records: read it first.
         let mut slots = Slots::empty();
+        let mut resource: &[u8] = &[];
         for r in Fields::new(resource_records) {
             if let (1, v) = r? {
-                slots.fill(&Attrs::Pb { msg: v.bytes(1)?, field: 1 }, 0)?;
+                resource = v.bytes(1)?;
+                slots.fill(&Attrs::Pb { msg: resource, field: 1 }, 0)?;
             }
         }
         for r in Fields::new(resource_records) {
@@ -34,13 +36,23 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
             if n != 2 {
                 continue;
             }
-            for r in Fields::new(v.bytes(n)?) {
+            let scope_records = v.bytes(n)?;
+            // Where the records come from (resource and scope): two log records with the
+            // same bytes from two resources are two events, not one.
+            let mut scope: &[u8] = &[];
+            for r in Fields::new(scope_records) {
+                if let (1, v) = r? {
+                    scope = v.bytes(1)?;
+                }
+            }
+            let origin = origin_of(resource, scope);
+            for r in Fields::new(scope_records) {
                 let (n, v) = r?;
                 if n != 2 {
                     continue;
                 }
                 let rec = match signal {
-                    Signal::Logs => log_record(v.bytes(n)?)?,
+                    Signal::Logs => log_record(v.bytes(n)?, origin)?,
                     Signal::Traces => span(v.bytes(n)?)?,
                 };
                 mapper.record(signal, &slots, &rec)?;
@@ -50,7 +62,15 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
     Ok(())
 }
 
-fn log_record<'t, 'a>(msg: &'a [u8]) -> Result<RecordIn<'t, 'a>, DecodeError> {
+/// A digest of a scope's resource and scope messages, mixed into its log records' ids.
+fn origin_of(resource: &[u8], scope: &[u8]) -> [u8; 32] {
+    let mut origin = [0u8; 32];
+    origin[..16].copy_from_slice(&cityhash_rs::cityhash_102_128(resource).to_le_bytes());
+    origin[16..].copy_from_slice(&cityhash_rs::cityhash_102_128(scope).to_le_bytes());
+    origin
+}
+
+fn log_record<'t, 'a>(msg: &'a [u8], origin: [u8; 32]) -> Result<RecordIn<'t, 'a>, DecodeError> {
     let mut rec = RecordIn {
         name: "",
         time_ns: 0,
@@ -59,7 +79,7 @@ fn log_record<'t, 'a>(msg: &'a [u8]) -> Result<RecordIn<'t, 'a>, DecodeError> {
         span_id: Id::Raw(&[]),
         attrs: Attrs::Pb { msg, field: 6 },
         body: AnyRef::Empty,
-        content: Some(msg),
+        content: Some(Content { record: msg, origin }),
     };
     for r in Fields::new(msg) {
         let (n, v) = r?;

@@ -335,6 +335,46 @@ fn too_many_records_refuse_the_request() {
     assert_eq!(r.err(), Some(DecodeError::TooManyRecords(2)));
 }
 
+#[test]
+fn records_that_are_not_events_do_not_count_against_the_limit() {
+    let limits = Limits { max_records: 2, ..Limits::default() };
+    let plain = [fixed64(1, T), field(5, &s("a debug line"))].concat();
+    let mut recs = vec![plain; 50];
+    recs.push(log("user.login", T, &[]));
+    recs.push(log("user.logout", T, &[]));
+    let out = run_with(Signal::Logs, Format::Protobuf, &request(&resource(), &recs), &limits, &[]).expect("decodes");
+    assert_eq!(out.summary, Summary { records: 52, accepted: 2, skipped: 50, ..Summary::default() });
+}
+
+/// A request of `resources`, each with one scope per name in `scopes` holding `records`.
+fn request_of(resources: &[Vec<(&str, Vec<u8>)>], scopes: &[&str], records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in resources {
+        let mut rl = field(1, &attrs(1, r));
+        for name in scopes {
+            let sl =
+                [field(1, &field(1, name.as_bytes())), records.iter().flat_map(|x| field(2, x)).collect()].concat();
+            rl.extend(field(2, &sl));
+        }
+        out.extend(field(1, &rl));
+    }
+    out
+}
+
+#[test]
+fn equal_log_records_from_different_resources_or_scopes_are_distinct_events() {
+    // The player is on the resource: the records' own bytes are equal.
+    let player = |u: &str| [resource(), vec![("game.user_id", s(u))]].concat();
+    let rec = [fixed64(1, T), field(12, b"user.login")].concat();
+    let body = request_of(&[player("u1"), player("u2")], &["a", "b"], &[rec]);
+    let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    let ids: std::collections::HashSet<[u8; 16]> = out.events.iter().map(|e| e.event_id).collect();
+    assert_eq!((out.events.len(), ids.len()), (4, 4));
+    // And a retry of the same request gives the same ids.
+    let again = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    assert!(again.events.iter().zip(&out.events).all(|(a, b)| a.event_id == b.event_id));
+}
+
 fn json_log(extra_attrs: &str) -> String {
     format!(
         r#"{{"resourceLogs":[{{"resource":{{"attributes":[

@@ -196,6 +196,18 @@ pub struct Redis {
     /// Bytes of commands a connection may hold waiting to be sent; a request that would
     /// go past it gets 503 at once (a single command always fits an empty queue).
     pub max_queued_bytes: usize,
+    /// Replicas that must confirm an append before ingest answers 202 (`WAIT`); 0: the
+    /// primary's reply is enough (no `WAIT` is sent).
+    pub wait_replicas: u32,
+    /// How long `WAIT` may take, milliseconds; fewer confirmations by then is a 503
+    /// `not_replicated` (the events were appended: the same request again is answered as
+    /// already accepted once replicated).
+    pub wait_timeout_ms: u64,
+    /// Sentinels (`host:port`) to ask for the primary named [`Redis::master_name`];
+    /// empty: `addr` is the primary.
+    pub sentinels: Vec<String>,
+    /// The primary's name at the sentinels.
+    pub master_name: String,
 }
 
 impl Default for Redis {
@@ -207,6 +219,10 @@ impl Default for Redis {
             backlog_poll_ms: 100,
             retry_after_secs: 1,
             max_queued_bytes: 64 << 20,
+            wait_replicas: 0,
+            wait_timeout_ms: 1_000,
+            sentinels: Vec::new(),
+            master_name: "mymaster".into(),
         }
     }
 }
@@ -782,6 +798,13 @@ impl Config {
         }
         if self.redis.max_queued_bytes == 0 {
             return Err(err("redis.max_queued_bytes", "expected a size greater than 0"));
+        }
+        if self.redis.wait_replicas > 0 && self.redis.wait_timeout_ms == 0 {
+            // `WAIT n 0` blocks for ever: a replica down would hold every request.
+            return Err(err("redis.wait_timeout_ms", "expected a timeout greater than 0 when wait_replicas is set"));
+        }
+        if !self.redis.sentinels.is_empty() && self.redis.master_name.is_empty() {
+            return Err(err("redis.master_name", "expected the primary's name at the sentinels"));
         }
         if self.server.max_records == 0 {
             return Err(err("server.max_records", "expected a count greater than 0"));

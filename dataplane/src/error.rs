@@ -39,6 +39,17 @@ pub enum IngestError {
         /// Seconds to wait before retrying.
         retry_after: u64,
     },
+    /// Redis appended the records, but fewer replicas than `redis.wait_replicas` confirmed
+    /// them within `redis.wait_timeout_ms`. The same request sent again (same nonce) is
+    /// answered 202 once they are replicated; it is never appended twice.
+    NotReplicated {
+        /// Replicas that confirmed in time.
+        replicas: u32,
+        /// Replicas asked for.
+        wanted: u32,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
     /// The accepted records could not be encoded into a stream entry (a server fault: a
     /// retry would fail the same way).
     EncodeFailed,
@@ -71,7 +82,9 @@ impl IngestError {
             | IngestError::ReplayedNonce => 401,
             IngestError::RateLimited { .. } => 429,
             IngestError::EncodeFailed => 500,
-            IngestError::RedisUnavailable { .. } | IngestError::BacklogFull { .. } => 503,
+            IngestError::RedisUnavailable { .. }
+            | IngestError::NotReplicated { .. }
+            | IngestError::BacklogFull { .. } => 503,
         }
     }
 
@@ -94,6 +107,7 @@ impl IngestError {
             IngestError::ReplayedNonce => "replayed_nonce",
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::RedisUnavailable { .. } => "redis_unavailable",
+            IngestError::NotReplicated { .. } => "not_replicated",
             IngestError::EncodeFailed => "encode_failed",
             IngestError::BacklogFull { .. } => "backlog_full",
         }
@@ -105,6 +119,7 @@ impl IngestError {
             IngestError::Http(e) => e.retry_after(),
             IngestError::RateLimited { retry_after }
             | IngestError::RedisUnavailable { retry_after }
+            | IngestError::NotReplicated { retry_after, .. }
             | IngestError::BacklogFull { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -129,6 +144,10 @@ impl IngestError {
             IngestError::ReplayedNonce => "nonce already used".into(),
             IngestError::RateLimited { .. } => "rate limit exceeded".into(),
             IngestError::RedisUnavailable { .. } => "stream server unavailable".into(),
+            IngestError::NotReplicated { replicas, wanted, .. } => format!(
+                "appended, but confirmed by {replicas} of the {wanted} replicas asked for in time: send the same \
+                 request again (same nonce) to learn when it is replicated; it is not appended twice"
+            ),
             IngestError::EncodeFailed => "the batch could not be encoded".into(),
             IngestError::BacklogFull { stream, .. } => {
                 format!("backlog of {} is at its high-water mark", stream.key())
@@ -145,6 +164,9 @@ impl IngestError {
             }
             IngestError::Body(BodyError::GameMismatch { index }) => format!(r#","field":"game_id","index":{index}"#),
             IngestError::MissingCredentials(h) => format!(r#","header":"{h}""#),
+            IngestError::NotReplicated { replicas, wanted, .. } => {
+                format!(r#","appended":true,"replicas":{replicas},"wanted":{wanted}"#)
+            }
             IngestError::Http(e) => return e.body(),
             _ => String::new(),
         };
@@ -186,6 +208,9 @@ mod tests {
         let e = IngestError::BacklogFull { stream: StreamKind::Events, retry_after: 2 };
         assert_eq!((e.status(), e.retry_after()), (503, Some(2)));
         assert_eq!(IngestError::RateLimited { retry_after: 1 }.status(), 429);
+        let e = IngestError::NotReplicated { replicas: 0, wanted: 1, retry_after: 1 };
+        assert_eq!((e.status(), e.tag(), e.retry_after()), (503, "not_replicated", Some(1)));
+        assert!(e.body().ends_with(r#","appended":true,"replicas":0,"wanted":1}"#), "{}", e.body());
         assert_eq!(
             IngestError::MissingCredentials("X-Nonce").body(),
             r#"{"error":"missing_credentials","message":"missing or malformed header X-Nonce","header":"X-Nonce"}"#

@@ -93,23 +93,37 @@ pub async fn handle(
 pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>) -> Result<usize, IngestError> {
     let Prepared { cmd, entries, parts, records, rate, game } = prepared;
     let retry_after = shard.config.redis.retry_after_secs;
-    let reply = shard.redis.call(cmd).await.map_err(|_| IngestError::RedisUnavailable { retry_after });
-    let result = match reply.map(resp::ingest_reply) {
-        Ok(Ok(IngestReply::Added(ids))) if ids.len() == entries => {
+    let wanted = shard.config.redis.wait_replicas;
+    // With `wait_replicas` 0 nothing waits: the primary's reply is the answer.
+    let reply =
+        if wanted == 0 { shard.redis.call(cmd).await.map(|f| (f, 0)) } else { shard.redis.call_replicated(cmd).await };
+    let not_replicated = |replicas| IngestError::NotReplicated { replicas, wanted, retry_after };
+    let result = match reply.map(|(f, replicas)| (resp::ingest_reply(f), replicas)) {
+        Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => {
             let m = &shard.metrics;
             if m.enabled() {
                 for (stream, count) in &parts[..entries] {
                     m.emit(EventsAccepted { game, stream: *stream, count: *count as u64 });
                 }
             }
-            return Ok(records);
+            // Appended (and counted: the entries will reach the tables), but not on
+            // enough replicas in time. The rate was used; the client's retry is a
+            // duplicate, answered 202 once replicated.
+            return if replicas < wanted { Err(not_replicated(replicas)) } else { Ok(records) };
         }
         // The same request sent again (same nonce, same body): answered as the first time,
         // whose entries are there (the body, and so the count, is the same); nothing was
-        // appended, so the rate is given back.
-        Ok(Ok(IngestReply::Duplicate)) => Ok(records),
-        Ok(Ok(IngestReply::Replay)) => Err(IngestError::ReplayedNonce),
-        Ok(Ok(IngestReply::Added(_)) | Err(_)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
+        // appended, so the rate is given back. With `wait_replicas`, the script wrote the
+        // nonce again, so this connection's `WAIT` covers the first time's append too.
+        Ok((Ok(IngestReply::Duplicate), replicas)) if replicas < wanted => {
+            if let Some(rate) = rate {
+                rate.give_back(records);
+            }
+            return Err(not_replicated(replicas));
+        }
+        Ok((Ok(IngestReply::Duplicate), _)) => Ok(records),
+        Ok((Ok(IngestReply::Replay), _)) => Err(IngestError::ReplayedNonce),
+        Ok((Ok(IngestReply::Added(_)) | Err(_), _)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
     };
     // Not appended: the game's rate was not used.
     if let Some(rate) = rate {

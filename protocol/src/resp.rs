@@ -20,7 +20,9 @@ use crate::stream::{StreamId, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
 /// `ARGV[2]` the body's SHA-256, then per stream: MINID, record count, archive.
 ///
 /// Replies with the entry IDs; with the status `DUPLICATE` when the nonce was used by a
-/// request with the same body (nothing appended again); with the error `REPLAY` when it was
+/// request with the same body (nothing appended again, but the nonce is written again,
+/// unchanged: a write, so that a `WAIT` after it on any connection covers the first
+/// request's append, which came before it in the replication stream); with the error `REPLAY` when it was
 /// used by another body. Every stream key is checked to be a stream (or absent) before the
 /// nonce is recorded, so a `WRONGTYPE` leaves neither a used nonce nor a partial append.
 /// Entries older than the MINID are trimmed (`~`: whole nodes), and the shard only ever
@@ -34,7 +36,9 @@ if t ~= 'stream' and t ~= 'none' then \
 return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t) end \
 end \
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then \
-if redis.call('GET', KEYS[1]) == ARGV[2] then return redis.status_reply('DUPLICATE') end \
+if redis.call('GET', KEYS[1]) == ARGV[2] then \
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') \
+return redis.status_reply('DUPLICATE') end \
 return redis.error_reply('REPLAY nonce already used') end \
 local ids = {} \
 for i = 3, #KEYS do \

@@ -61,6 +61,30 @@ impl RedisServer {
         self.child = Some(child);
     }
 
+    /// Starts a replica of `primary` (`--replicaof`) and waits until it has synchronised.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        let r = Self::start_with(&["--replicaof", "127.0.0.1", &port]);
+        r.wait_synced();
+        r
+    }
+
+    /// Waits (10 s at most) until this replica's link to its primary is up.
+    pub fn wait_synced(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = match self.client().cmd(&["INFO", "replication"]) {
+                Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                other => panic!("INFO reply {other:?}"),
+            };
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "replica not synchronised within 10 s: {info}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Process id of the running server.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -23,6 +23,7 @@ mod otlp;
 mod pipeline;
 mod redis_faults;
 mod refusals;
+mod replication;
 mod retries;
 mod shutdown;
 mod trimming;

@@ -15,6 +15,13 @@
 //! timeout too). TCP keepalive and `TCP_USER_TIMEOUT` let the kernel notice a dead peer
 //! as well.
 //!
+//! With `redis.wait_replicas` set, a command sent with [`RedisClient::call_replicated`]
+//! is answered only after a `WAIT` that follows it: a round that holds such commands ends
+//! with one `WAIT n timeout`, which covers every write of the round (and every earlier
+//! one on the connection), so the cost is one `WAIT` per round, not per command, and a
+//! round's replies are held until its `WAIT` has answered. The caller gets the number of
+//! replicas that confirmed. Rounds without such commands send no `WAIT`.
+//!
 //! A command whose caller has already given up (timed out) is skipped rather than sent
 //! late, and the commands waiting to be sent are bounded in bytes: past
 //! `redis.max_queued_bytes`, [`RedisClient::call`] fails at once.
@@ -47,20 +54,29 @@ pub enum RedisError {
     Protocol(String),
 }
 
-type Waiter = oneshot::Sender<Result<Frame, RedisError>>;
+/// A reply and, for a replicated command, how many replicas confirmed it (0 otherwise).
+struct Answer {
+    frame: Frame,
+    replicas: u32,
+}
+
+type Waiter = oneshot::Sender<Result<Answer, RedisError>>;
 
 /// A command waiting to be sent.
 struct Pending {
     cmd: Vec<u8>,
     /// Time the reply may take beyond the reply timeout (a blocking read's block).
     allowance: Duration,
+    /// Answered only after the round's `WAIT`.
+    replicated: bool,
     reply: Waiter,
 }
 
-/// A command sent, waiting for its reply.
+/// A command sent, waiting for its reply; `reply: None` is the round's `WAIT`.
 struct InFlight {
     allowance: Duration,
-    reply: Waiter,
+    replicated: bool,
+    reply: Option<Waiter>,
 }
 
 /// State shared by the handles and the connection task.
@@ -72,6 +88,8 @@ struct Shared {
     queued_bytes: Cell<usize>,
     max_queued_bytes: usize,
     reply_timeout: Duration,
+    /// `WAIT <replicas> <timeout>`, encoded, and the timeout (`None`: not asked for).
+    wait: Option<(Vec<u8>, Duration)>,
 }
 
 impl Shared {
@@ -92,6 +110,10 @@ pub struct RedisOptions {
     pub reply_timeout: Duration,
     /// Bytes of commands that may wait to be sent.
     pub max_queued_bytes: usize,
+    /// Replicas a replicated command waits for (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long `WAIT` may block.
+    pub wait_timeout: Duration,
 }
 
 impl RedisOptions {
@@ -102,6 +124,8 @@ impl RedisOptions {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             reply_timeout: Duration::from_millis(c.reply_timeout_ms),
             max_queued_bytes: c.max_queued_bytes,
+            wait_replicas: c.wait_replicas,
+            wait_timeout: Duration::from_millis(c.wait_timeout_ms),
         }
     }
 }
@@ -140,7 +164,14 @@ const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 impl RedisClient {
     /// Starts the connection task on the current shard, with the default queue bound.
     pub fn spawn(addr: String, connect_timeout: Duration, reply_timeout: Duration) -> RedisClient {
-        Self::start(RedisOptions { addr, connect_timeout, reply_timeout, max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES })
+        Self::start(RedisOptions {
+            addr,
+            connect_timeout,
+            reply_timeout,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            wait_replicas: 0,
+            wait_timeout: Duration::ZERO,
+        })
     }
 
     /// Starts the connection task on the current shard.
@@ -152,6 +183,12 @@ impl RedisClient {
             queued_bytes: Cell::new(0),
             max_queued_bytes: options.max_queued_bytes.max(1),
             reply_timeout: options.reply_timeout,
+            wait: (options.wait_replicas > 0).then(|| {
+                let mut cmd = Vec::with_capacity(48);
+                let (n, ms) = (options.wait_replicas.to_string(), options.wait_timeout.as_millis().max(1).to_string());
+                resp::command(&mut cmd, &[b"WAIT", n.as_bytes(), ms.as_bytes()]);
+                (cmd, options.wait_timeout)
+            }),
         });
         monoio::spawn(run(options.addr, options.connect_timeout, rx, shared.clone()));
         RedisClient { tx, shared }
@@ -176,6 +213,19 @@ impl RedisClient {
     /// [`RedisClient::call`] for a command that may block in Redis for up to `block`
     /// (`XREADGROUP ... BLOCK ms`): its reply may take that much longer.
     pub async fn call_blocking(&self, cmd: Vec<u8>, block: Duration) -> Result<Frame, RedisError> {
+        self.send(cmd, block, false).await.map(|a| a.frame)
+    }
+
+    /// [`RedisClient::call`] for a write that must reach `redis.wait_replicas` replicas:
+    /// the reply comes after the `WAIT` that ends its round, with the number of replicas
+    /// that confirmed every write of the connection so far (0 when no `WAIT` is asked
+    /// for, or `WAIT` failed).
+    pub async fn call_replicated(&self, cmd: Vec<u8>) -> Result<(Frame, u32), RedisError> {
+        let Some((_, wait)) = &self.shared.wait else { return self.call(cmd).await.map(|f| (f, 0)) };
+        self.send(cmd, *wait, true).await.map(|a| (a.frame, a.replicas))
+    }
+
+    async fn send(&self, cmd: Vec<u8>, block: Duration, replicated: bool) -> Result<Answer, RedisError> {
         let s = &self.shared;
         if !s.up.get() {
             return Err(RedisError::Unavailable);
@@ -187,7 +237,9 @@ impl RedisClient {
         }
         let len = cmd.len();
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { cmd, allowance: block, reply }).map_err(|_| RedisError::Unavailable)?;
+        // A replicated command's own reply is due as any other; its `WAIT` has the block.
+        let allowance = if replicated { Duration::ZERO } else { block };
+        self.tx.send(Pending { cmd, allowance, replicated, reply }).map_err(|_| RedisError::Unavailable)?;
         s.queued_bytes.set(queued.saturating_add(len));
         match monoio::time::timeout(s.reply_timeout.saturating_add(block), rx).await {
             Ok(Ok(r)) => r,
@@ -286,16 +338,21 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
     let mut cmds: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    // Replies of replicated commands, until the round's `WAIT` answers (dropped, and so
+    // `Unavailable`, if the connection fails first).
+    let mut held: Vec<(Waiter, Frame)> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { return true };
         let mut next = Some(first);
+        let mut replicated = false;
         while let Some(p) = next.take() {
             shared.dequeued(&p);
             // A caller that gave up has answered its client already: sending the
             // command now would store what was refused.
             if !p.reply.is_closed() {
                 cmds.push(p.cmd);
-                inflight.push_back(InFlight { allowance: p.allowance, reply: p.reply });
+                replicated |= p.replicated;
+                inflight.push_back(InFlight { allowance: p.allowance, replicated: p.replicated, reply: Some(p.reply) });
             }
             if inflight.len() < MAX_ROUND {
                 next = rx.try_recv().ok();
@@ -303,6 +360,10 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
         }
         if cmds.is_empty() {
             continue;
+        }
+        if let (true, Some((wait, timeout))) = (replicated, &shared.wait) {
+            cmds.push(wait.clone());
+            inflight.push_back(InFlight { allowance: *timeout, replicated: false, reply: None });
         }
         // Every command goes out from its own buffer, in one `writev`: a batch entry's
         // archive is not copied once more into a write buffer.
@@ -330,12 +391,25 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 Ok(r) => r,
                 Err(_) => Err(RedisError::Timeout),
             };
-            match res {
-                Ok(frame) => {
-                    let _ = head.reply.send(Ok(frame));
+            match (res, head.reply) {
+                (Ok(frame), Some(reply)) if head.replicated => held.push((reply, frame)),
+                (Ok(frame), Some(reply)) => {
+                    let _ = reply.send(Ok(Answer { frame, replicas: 0 }));
                 }
-                Err(e) => {
-                    let _ = head.reply.send(Err(e));
+                (Ok(frame), None) => {
+                    // An error reply (say, the server is now a replica) confirms nothing.
+                    let replicas = match frame {
+                        Frame::Integer(n) => u32::try_from(n.max(0)).unwrap_or(u32::MAX),
+                        _ => 0,
+                    };
+                    for (reply, frame) in held.drain(..) {
+                        let _ = reply.send(Ok(Answer { frame, replicas }));
+                    }
+                }
+                (Err(e), reply) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
                     fail_all(&mut inflight, RedisError::Unavailable);
                     return false;
                 }
@@ -346,6 +420,8 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
 
 fn fail_all(inflight: &mut VecDeque<InFlight>, e: RedisError) {
     for w in inflight.drain(..) {
-        let _ = w.reply.send(Err(e.clone()));
+        if let Some(reply) = w.reply {
+            let _ = reply.send(Err(e.clone()));
+        }
     }
 }

@@ -15,6 +15,8 @@ pub struct ClickHouseServer {
     pub http_port: u16,
     /// Every query is logged in `system.query_log`.
     log_queries: bool,
+    /// The server's time zone (`UTC` unless a test asks for another).
+    timezone: &'static str,
     dir: tempfile::TempDir,
     binary: PathBuf,
     child: Option<Child>,
@@ -23,19 +25,32 @@ pub struct ClickHouseServer {
 impl ClickHouseServer {
     /// Starts a server and waits until it answers on the native port.
     pub fn start() -> ClickHouseServer {
-        Self::start_with(false)
+        Self::start_with(false, "UTC")
+    }
+
+    /// Starts a server whose time zone is `timezone` (days and hours in its SQL functions
+    /// are local to it unless a query names UTC).
+    pub fn start_in(timezone: &'static str) -> ClickHouseServer {
+        Self::start_with(false, timezone)
     }
 
     /// Starts a server that logs every query in `system.query_log` (flushed every 200 ms).
     pub fn start_logging_queries() -> ClickHouseServer {
-        Self::start_with(true)
+        Self::start_with(true, "UTC")
     }
 
-    fn start_with(log_queries: bool) -> ClickHouseServer {
+    fn start_with(log_queries: bool, timezone: &'static str) -> ClickHouseServer {
         let binary = require_binary("clickhouse-server", "clickhouse-server");
         let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
-        let mut s =
-            ClickHouseServer { tcp_port: free_port(), http_port: free_port(), log_queries, dir, binary, child: None };
+        let mut s = ClickHouseServer {
+            tcp_port: free_port(),
+            http_port: free_port(),
+            log_queries,
+            timezone,
+            dir,
+            binary,
+            child: None,
+        };
         s.write_config();
         s.spawn();
         s
@@ -62,7 +77,7 @@ impl ClickHouseServer {
   <users_config>users.xml</users_config>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
-  <timezone>UTC</timezone>
+  <timezone>{}</timezone>
   <mark_cache_size>268435456</mark_cache_size>
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
@@ -71,6 +86,7 @@ impl ClickHouseServer {
 "#,
             self.tcp_port,
             self.http_port,
+            self.timezone,
             if self.log_queries {
                 "<query_log><database>system</database><table>query_log</table>\
                  <flush_interval_milliseconds>200</flush_interval_milliseconds></query_log>"

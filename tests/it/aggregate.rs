@@ -157,7 +157,7 @@ fn dau_of_players_logging_in_through_http_and_a_killed_worker() {
     p.wait_for(online, "daily_online_peak of the day", |p| {
         p.scalar(&format!(
             "SELECT maxMerge(peak_online) FROM analytics.daily_online_peak WHERE game_id = '{GAME}' \
-             AND d = toDate(toDateTime({m}))"
+             AND d = toDate(toDateTime({m}), 'UTC')"
         ))
     });
     // Croupier's TTLs.
@@ -298,6 +298,71 @@ fn daily_revenue_is_exact_after_a_killed_worker_and_redelivery() {
     assert_eq!(got, want, "daily_revenue (revenue, refunds, failed)");
     let (_, _, payers_count) = wait_daily_users_match_redis(&p, ts);
     assert_eq!(payers_count, payers.len() as u64, "payers: {} distinct", payers.len());
+}
+
+/// A worker SIGKILLed after acknowledging payments but before a flush recomputed their
+/// day's `daily_revenue` (here: flushes every ten minutes) leaves the day behind; the next
+/// worker recomputes recently paid days when it starts, without a new payment.
+#[test]
+fn revenue_left_behind_by_a_killed_worker_is_recomputed_at_start() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "600000")]);
+    let ts = now_secs() as u64;
+    let rows: Vec<(String, String, u64, &str)> = (0..30)
+        .map(|i| {
+            (format!("o-{i}"), format!("buyer-{}", i % 7), 100 + i as u64, ["success", "refunded", "failed"][i % 3])
+        })
+        .collect();
+    let want = rows.iter().fold((0, 0, 0), |(r, f, n), (_, _, a, s)| match *s {
+        "success" => (r + a, f, n),
+        "refunded" => (r, f + a, n),
+        _ => (r, f, n + 1),
+    });
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&rows, ts)).status, 202);
+    wait_idle(&p);
+    assert_eq!(p.scalar("SELECT count() FROM analytics.payments FINAL"), 30);
+    assert_eq!(p.scalar("SELECT count() FROM analytics.daily_revenue"), 0, "no flush ran yet");
+    p.kill_worker();
+    p.start_worker(FAST);
+    assert_eq!(wait_revenue(&p, ts, want.0), want, "daily_revenue (revenue, refunds, failed)");
+}
+
+/// A database Croupier created: its `daily_users` lacks `payers`, and a peak view of an
+/// earlier schema took local days. Migrate adds the column (keeping the rows) and makes
+/// the view take UTC days; the worker then writes the table.
+#[test]
+fn croupiers_own_daily_users_table_is_upgraded_and_written() {
+    let mut p = Pipeline::start(&[]);
+    let ch = &p.clickhouse;
+    ch.query("DROP TABLE analytics.daily_users");
+    ch.query(
+        "CREATE TABLE analytics.daily_users (d Date, game_id LowCardinality(String), env LowCardinality(String), \
+         dau UInt64, new_users UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) \
+         PARTITION BY toYYYYMM(d) ORDER BY (game_id, env, d)",
+    );
+    ch.query("INSERT INTO analytics.daily_users VALUES ('2026-01-01', 'old', 'prod', 3, 1, 1)");
+    ch.query("DROP TABLE analytics.daily_online_peak_mv");
+    ch.query(
+        "CREATE MATERIALIZED VIEW analytics.daily_online_peak_mv TO analytics.daily_online_peak AS SELECT toDate(m) AS d, \
+         game_id, env, maxState(online) AS peak_online FROM analytics.minute_online GROUP BY d, game_id, env",
+    );
+    for _ in 0..2 {
+        let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&p.ingest.redis, ch));
+        assert!(ok, "{out}");
+    }
+    assert_eq!(
+        ch.query("SELECT dau, new_users, payers FROM analytics.daily_users WHERE game_id = 'old' FORMAT TabSeparated")
+            .trim(),
+        "3\t1\t0"
+    );
+    let view = ch.query("SELECT create_table_query FROM system.tables WHERE name = 'daily_online_peak_mv'");
+    assert!(view.contains("toDate(m, \\'UTC\\')"), "{view}");
+    p.start_worker(FAST);
+    let ts = now_secs() as u64;
+    post_players(&p, "login", "p", 0..50, ts);
+    wait_idle(&p);
+    let (dau, _, _) = wait_daily_users_match_redis(&p, ts);
+    assert_eq!(dau, 50);
 }
 
 /// Aggregate tables of the first schema (never written) are replaced by migrate; run

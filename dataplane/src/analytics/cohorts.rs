@@ -38,7 +38,7 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let cohort = Range { start: first * DAY, end: last * DAY + DAY - 1 }.filter("event_time");
     let pay = Range { start: first * DAY, end: (last + 90) * DAY - 1 }.filter("time");
     let members = format!(
-        "SELECT user_id, toUInt32(toDate(min(event_time))) FROM analytics.events \
+        "SELECT user_id, toUInt32(toDate(min(event_time), 'UTC')) FROM analytics.events \
          WHERE event IN {REGISTER} AND {cohort}{w} GROUP BY user_id"
     );
     let users = ctx.db.select(&members).await?;
@@ -47,7 +47,7 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let paid = ctx
         .db
         .select(&format!(
-            "SELECT user_id, toUInt32(toDate(time)) AS d, sum(amount_cents) FROM analytics.payments FINAL \
+            "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS d, sum(amount_cents) FROM analytics.payments FINAL \
              WHERE status = 'success' AND {pay}{w} AND user_id IN \
              (SELECT user_id FROM analytics.events WHERE event IN {REGISTER} AND {cohort}{w}) GROUP BY user_id, d"
         ))

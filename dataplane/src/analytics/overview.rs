@@ -61,7 +61,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let new_series = day_series(
         ctx,
         &format!(
-            "SELECT toUInt32(toDate(event_time)) AS d, uniqExact(user_id) FROM analytics.events \
+            "SELECT toUInt32(toDate(event_time, 'UTC')) AS d, uniqExact(user_id) FROM analytics.events \
              WHERE event IN {NEW_USER} AND {}{w} GROUP BY d ORDER BY d",
             series_range.filter("event_time")
         ),
@@ -70,7 +70,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let revenue_series = day_series(
         ctx,
         &format!(
-            "SELECT toUInt32(toDate(time)) AS d, sumIf(amount_cents, status = 'success') FROM analytics.payments FINAL \
+            "SELECT toUInt32(toDate(time, 'UTC')) AS d, sumIf(amount_cents, status = 'success') FROM analytics.payments FINAL \
              WHERE {}{w} GROUP BY d ORDER BY d",
             series_range.filter("time")
         ),
@@ -81,7 +81,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ctx,
         &format!(
             "SELECT toUInt32(d) AS day, maxMerge(peak_online) FROM analytics.daily_online_peak \
-             WHERE d >= toDate(toDateTime({})) AND d <= toDate(toDateTime({})){w} GROUP BY day ORDER BY day",
+             WHERE d >= toDate(toDateTime({}), 'UTC') AND d <= toDate(toDateTime({}), 'UTC'){w} GROUP BY day ORDER BY day",
             first_day * DAY,
             last_day * DAY
         ),

@@ -146,7 +146,7 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let rows = ctx
         .db
         .select(&format!(
-            "SELECT toUInt32({bucket}(time)) AS t, product_id, sumIf(amount_cents, status = 'success'), \
+            "SELECT toUInt32({bucket}(time, 'UTC')) AS t, product_id, sumIf(amount_cents, status = 'success'), \
              countIf(status = 'success'), countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL \
              WHERE {w} AND product_id IN {} GROUP BY t, product_id ORDER BY t",
             quote_list(&products)

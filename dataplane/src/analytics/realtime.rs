@@ -71,7 +71,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let peaks = ctx
         .db
         .select(&format!(
-            "SELECT maxIf(p, d = toDate(toDateTime({day0}))), max(p) FROM (SELECT d, maxMerge(peak_online) AS p \
+            "SELECT maxIf(p, d = toDate(toDateTime({day0}), 'UTC')), max(p) FROM (SELECT d, maxMerge(peak_online) AS p \
              FROM analytics.daily_online_peak WHERE 1 = 1{w} GROUP BY d)"
         ))
         .await?;
@@ -113,7 +113,7 @@ pub async fn series(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let revenue = ctx
         .db
         .select(&format!(
-            "SELECT toUInt32(toStartOfMinute(time)) AS t, sumIf(amount_cents, status = 'success') \
+            "SELECT toUInt32(toStartOfMinute(time, 'UTC')) AS t, sumIf(amount_cents, status = 'success') \
              FROM analytics.payments FINAL WHERE {}{w} GROUP BY t ORDER BY t",
             range.filter("time")
         ))

@@ -44,10 +44,10 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
     let activity = Range { start: (first + 1) * DAY, end: (last + 30) * DAY + DAY - 1 }.filter("event_time");
     let sql = format!(
         "SELECT toUInt32(cd) AS day, count(), sum(has(ad, cd + 1)), sum(has(ad, cd + 7)), sum(has(ad, cd + 30)) \
-         FROM (SELECT user_id, toDate(min(event_time)) AS cd FROM analytics.events \
+         FROM (SELECT user_id, toDate(min(event_time), 'UTC') AS cd FROM analytics.events \
                WHERE event IN {events} AND {cohort_range}{w} GROUP BY user_id) AS c \
          ANY LEFT JOIN \
-              (SELECT user_id, groupUniqArray(toDate(event_time)) AS ad FROM analytics.events \
+              (SELECT user_id, groupUniqArray(toDate(event_time, 'UTC')) AS ad FROM analytics.events \
                WHERE {activity}{w} AND user_id IN \
                  (SELECT user_id FROM analytics.events WHERE event IN {events} AND {cohort_range}{w}) \
                GROUP BY user_id) AS a \

@@ -168,6 +168,28 @@ pub fn revenue_sql(game: &str, env: &str, day: u32) -> String {
     )
 }
 
+/// How far back [`recent_payment_days`] looks, by the time rows reached ClickHouse.
+pub const RECONCILE_DAYS: u32 = 7;
+
+/// The (game, environment, UTC day) of payments ClickHouse received in the last
+/// [`RECONCILE_DAYS`] days (at most 10,000): the days whose `daily_revenue` a worker that
+/// stopped without its last recompute may have left behind.
+pub async fn recent_payment_days(ch: &mut Connection) -> Result<Vec<(String, String, u32)>, ChError> {
+    let sql = format!(
+        "SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(time), 86400)) \
+         FROM analytics.payments WHERE ingested_at >= now() - {} LIMIT 10000",
+        u64::from(RECONCILE_DAYS) * 86_400
+    );
+    let rows = ch.select(&sql, &[]).await?.rows;
+    Ok(rows
+        .iter()
+        .filter_map(|r| match r.as_slice() {
+            [g, e, d] => Some((g.as_str(), e.as_str(), u32::try_from(d.as_u64()).ok()?)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Rewrites `daily_revenue` of one game, environment and day.
 pub async fn write_revenue(ch: &mut Connection, game: &str, env: &str, day: u32) -> Result<(), ChError> {
     ch.execute(&revenue_sql(game, env, day), &[]).await

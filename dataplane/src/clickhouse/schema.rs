@@ -121,7 +121,7 @@ pub const STATEMENTS: &[&str] = &[
     ORDER BY (time, user)",
     "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.daily_online_peak_mv
     TO analytics.daily_online_peak
-    AS SELECT toDate(m) AS d, game_id, env, maxState(online) AS peak_online
+    AS SELECT toDate(m, 'UTC') AS d, game_id, env, maxState(online) AS peak_online
     FROM analytics.minute_online GROUP BY d, game_id, env",
 ];
 
@@ -204,6 +204,34 @@ async fn replace_first_aggregate_tables(conn: &mut Connection) -> Result<(), ChE
     Ok(())
 }
 
+/// Drops a `daily_online_peak_mv` of an earlier schema, which took the day of a minute in
+/// the server's time zone (`toDate(m)`), so that it is created again taking the UTC day
+/// like every other figure. The view holds no rows (it writes to `daily_online_peak`);
+/// peaks it wrote before under local days stay as they are.
+async fn replace_local_time_view(conn: &mut Connection) -> Result<(), ChError> {
+    let old = "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+               AND name = 'daily_online_peak_mv' AND create_table_query NOT LIKE '%UTC%') WHERE x != 0";
+    if threw(conn, old).await? {
+        tracing::info!("replacing daily_online_peak_mv: days are UTC days");
+        conn.execute("DROP TABLE IF EXISTS analytics.daily_online_peak_mv", &[]).await?;
+    }
+    Ok(())
+}
+
+/// Adds `daily_users.payers` to a table created without it (Croupier's own schema has
+/// `d, game_id, env, dau, new_users, version`): the worker writes the column.
+async fn add_payers_column(conn: &mut Connection) -> Result<(), ChError> {
+    // Throws when a daily_users table exists without the column.
+    let missing = "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+                   AND name = 'daily_users' AND name NOT IN (SELECT table FROM system.columns \
+                   WHERE database = 'analytics' AND table = 'daily_users' AND name = 'payers')) WHERE x != 0";
+    if threw(conn, missing).await? {
+        tracing::info!("adding payers to analytics.daily_users");
+        conn.execute("ALTER TABLE analytics.daily_users ADD COLUMN payers UInt64 DEFAULT 0", &[]).await?;
+    }
+    Ok(())
+}
+
 /// Creates or upgrades the schema. Safe to run any number of times.
 pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
     let legacy = conn.server().revision < LOW_CARDINALITY_GA;
@@ -216,8 +244,10 @@ pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
     if let Some(events) = STATEMENTS.iter().find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS analytics.events ")) {
         super::relayout::relayout_events(conn, events, settings).await?;
     }
+    replace_local_time_view(conn).await?;
     for sql in STATEMENTS {
         conn.execute(sql, settings).await?;
     }
+    add_payers_column(conn).await?;
     Ok(())
 }

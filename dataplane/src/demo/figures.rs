@@ -111,18 +111,20 @@ impl Stored {
 
 /// The query of the events table: one row of tab-separated figures.
 pub fn events_query() -> String {
-    let today = format!("toDate(event_time) = today() AND game_id = '{GAME}' AND env = '{ENV}'");
+    let today = format!("toDate(event_time, 'UTC') = toDate(now(), 'UTC') AND game_id = '{GAME}' AND env = '{ENV}'");
     format!(
         "SELECT count(), uniqExactIf(user_id, {today}), uniqExactIf(user_id, {today} AND event = 'register'), \
          uniqExactIf(user_id, event_time >= now() - 60 AND game_id = '{GAME}' AND env = '{ENV}'), \
          countIf({today} AND event = 'level_complete'), countIf({today} AND event = 'level_fail'), \
-         toUInt32(now()) - toUInt32(max(event_time)), toString(today()) FROM analytics.events FINAL"
+         toUInt32(now()) - toUInt32(max(event_time)), toString(toDate(now(), 'UTC')) FROM analytics.events FINAL"
     )
 }
 
 /// The query of the payments table: one row of tab-separated figures.
 pub fn payments_query() -> String {
-    let ok = format!("toDate(time) = today() AND game_id = '{GAME}' AND env = '{ENV}' AND status = 'success'");
+    let ok = format!(
+        "toDate(time, 'UTC') = toDate(now(), 'UTC') AND game_id = '{GAME}' AND env = '{ENV}' AND status = 'success'"
+    );
     format!(
         "SELECT count(), sumIf(amount_cents, {ok}), countIf({ok}), uniqExactIf(user_id, {ok}) \
          FROM analytics.payments FINAL"

@@ -23,7 +23,7 @@ pub mod sketches;
 pub mod what;
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ struct Figures {
     minutes: HashMap<DayKey, MinuteRow>,
     days: HashMap<DayKey, DayRow>,
     /// Days whose payments ClickHouse confirmed since `daily_revenue` was last computed.
-    revenue: Vec<(String, String, u32)>,
+    revenue: HashSet<(String, String, u32)>,
 }
 
 /// A worker shard's aggregation: its sketches, its Redis connection for merging, and
@@ -55,6 +55,10 @@ pub struct Aggregator {
     redis: RedisClient,
     flushing: Cell<bool>,
     figures: RefCell<Figures>,
+    /// Whether this shard still has to recompute the revenue of recently paid days (shard
+    /// 0, once per start): a worker killed after acknowledging payments but before their
+    /// day's recompute left `daily_revenue` behind, and no later payment may come.
+    reconcile: Cell<bool>,
 }
 
 impl Aggregator {
@@ -66,6 +70,7 @@ impl Aggregator {
             redis,
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
+            reconcile: Cell::new(shard == 0),
         })
     }
 
@@ -77,12 +82,7 @@ impl Aggregator {
     /// Days (game, environment, UTC day) whose payments ClickHouse has just confirmed:
     /// their `daily_revenue` is recomputed at the next flush.
     pub fn revenue_confirmed(&self, days: impl IntoIterator<Item = (String, String, u32)>) {
-        let mut f = self.figures.borrow_mut();
-        for d in days {
-            if !f.revenue.contains(&d) {
-                f.revenue.push(d);
-            }
-        }
+        self.figures.borrow_mut().revenue.extend(days);
     }
 
     /// Makes sure every add made so far is merged into Redis: waits for a merge in
@@ -165,6 +165,29 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Queues the recompute of recently paid days, once ([`Aggregator::reconcile`]).
+    async fn reconcile(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
+        if !self.reconcile.get() {
+            return Ok(());
+        }
+        if ch.is_none() {
+            *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
+        }
+        let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
+        match aggregates::recent_payment_days(conn).await {
+            Ok(days) => {
+                tracing::debug!(days = days.len(), "recomputing the revenue of recently paid days");
+                self.revenue_confirmed(days);
+                self.reconcile.set(false);
+                Ok(())
+            }
+            Err(e) => {
+                *ch = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
     /// Writes the figures waiting for ClickHouse; those not written wait for the next
     /// call.
     async fn write_tables(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
@@ -199,11 +222,7 @@ impl Aggregator {
             for (k, v) in days {
                 f.days.entry(k).or_insert(v);
             }
-            for d in revenue {
-                if !f.revenue.contains(&d) {
-                    f.revenue.push(d);
-                }
-            }
+            f.revenue.extend(revenue);
         }
         result
     }
@@ -223,6 +242,9 @@ impl Aggregator {
                 adds = over,
                 "players not counted in real-time figures that needed a new sketch: the shard holds aggregate.max_sketches sketches"
             );
+        }
+        if let Err(e) = self.reconcile(ch, opts).await {
+            tracing::warn!(error = %e, "recently paid days not read for their revenue; retried at the next flush");
         }
         if let Err(e) = self.write_tables(ch, opts).await {
             tracing::warn!(error = %e, "aggregate tables not written; retried at the next flush");

@@ -248,7 +248,12 @@ fn low_cardinality(r: &mut Reader<'_>, t: &str, rows: usize) -> Result<Vec<Value
     if nidx != rows as u64 {
         return Err(BlockError::UnsupportedType(format!("{nidx} indexes for {rows} rows")));
     }
-    let width = 1usize << (flags & 0xff);
+    // The index type: UInt8, UInt16, UInt32 or UInt64 (0 to 3); anything else is not
+    // ClickHouse's and is refused (it would be a shift or a slice past 8 bytes).
+    let width = match flags & 0xff {
+        t @ 0..=3 => 1usize << t,
+        t => return Err(BlockError::UnsupportedType(format!("LowCardinality index type {t}"))),
+    };
     let bytes = r.bytes(rows.checked_mul(width).ok_or(BlockError::Incomplete)?)?;
     bytes
         .chunks_exact(width)
@@ -297,6 +302,28 @@ mod tests {
         assert_eq!(b.values[1], vec![Value::Str("a'b".into()), Value::Str(String::new())]);
         assert_eq!(b.values[2], vec![Value::Str("x".into()), Value::Str("x".into())]);
         assert_eq!(b.values[3], vec![Value::UInt(1), Value::UInt(2)]);
+    }
+
+    #[test]
+    fn refuses_low_cardinality_index_types_clickhouse_does_not_have() {
+        let mut lc = ColumnData::LowCardinality(LowCardinality::default());
+        lc.push_str(b"x");
+        let ty = "LowCardinality(String)";
+        let mut out = Vec::new();
+        write_block(&mut out, 54412, &[Column::new("c", ty, lc)], 1);
+        // After the type: the keys' serialization version, then the flags (index type in
+        // the low byte).
+        let at = out.windows(ty.len()).position(|w| w == ty.as_bytes()).expect("type") + ty.len() + 8;
+        for t in [4u8, 5, 63, 64, 200, 255] {
+            let mut bad = out.clone();
+            bad[at] = t;
+            assert!(
+                matches!(read_block(&mut Reader::new(&bad), 54412), Err(BlockError::UnsupportedType(_))),
+                "index type {t}"
+            );
+        }
+        let ok = read_block(&mut Reader::new(&out), 54412).expect("block");
+        assert_eq!(ok.values[0], vec![Value::Str("x".into())]);
     }
 
     #[test]

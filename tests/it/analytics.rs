@@ -531,6 +531,12 @@ fn analytics_realtime_reads_the_sketches() {
         args.extend(users.map(|u| format!("u{u}")));
         c.cmd(&args);
     };
+    // The live figures are per game and env: a request without them is refused by name.
+    for (path, field) in [("/api/analytics/realtime?game_id=g1", "env"), ("/api/analytics/realtime", "game_id")] {
+        let r = api.get(path, &admin());
+        let v: Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!((r.status, v["error"].as_str(), v["field"].as_str()), (400, Some("invalid_parameter"), Some(field)));
+    }
     add(&mut c, now, 0..10);
     add(&mut c, now - 120, 5..20);
     add(&mut c, now - 600, 100..110);

@@ -16,6 +16,13 @@ use super::Ctx;
 /// Most steps of a funnel or a path.
 const MAX_STEPS: usize = 10;
 
+/// A user's events an ordered funnel looks at: the earliest this many of the funnel's
+/// events in the range.
+pub const MAX_FUNNEL_EVENTS: usize = 1_000;
+
+/// Events an ordered funnel may look at in one request, over all users.
+pub const FUNNEL_BUDGET: u64 = 50_000_000;
+
 fn u(r: &[Value], i: usize) -> u64 {
     r.get(i).map_or(0, Value::as_u64)
 }
@@ -74,24 +81,31 @@ pub struct Step {
 /// How far a funnel's chain goes from each start: the steps reached by the best chain,
 /// where each step is the first later event of the next name (in the same session with
 /// `same_session`, at most `gap` seconds after the previous with `gap > 0`). `seq` is in
-/// time order.
-pub fn funnel_depth(seq: &[Step], steps: &[String], same_session: bool, gap: u64) -> usize {
+/// time order. Each event looked at takes one from `budget`; `None` when it runs out (a
+/// request's funnel may not hold the control thread for long).
+pub fn funnel_depth(seq: &[Step], steps: &[String], same_session: bool, gap: u64, budget: &mut u64) -> Option<usize> {
     let mut best = 0;
     for (start, first) in seq.iter().enumerate() {
+        *budget = budget.checked_sub(1)?;
         if first.event != steps[0] {
             continue;
         }
         let (mut depth, mut prev) = (1, start);
         for name in &steps[1..] {
             let p = &seq[prev];
-            let next = seq
-                .iter()
-                .enumerate()
-                .skip(prev + 1)
-                .take_while(|(_, s)| gap == 0 || s.time - p.time <= gap)
-                .find(|(_, s)| &s.event == name && (!same_session || s.session == p.session));
+            let mut next = None;
+            for (j, s) in seq.iter().enumerate().skip(prev + 1) {
+                *budget = budget.checked_sub(1)?;
+                if gap > 0 && s.time - p.time > gap {
+                    break;
+                }
+                if &s.event == name && (!same_session || s.session == p.session) {
+                    next = Some(j);
+                    break;
+                }
+            }
             match next {
-                Some((j, _)) => {
+                Some(j) => {
                     depth += 1;
                     prev = j;
                 }
@@ -103,7 +117,7 @@ pub fn funnel_depth(seq: &[Step], steps: &[String], same_session: bool, gap: u64
             break;
         }
     }
-    best
+    Some(best)
 }
 
 /// Each group's events in time order (ties by event name, then session), from rows of
@@ -153,14 +167,21 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             .db
             .select(&format!(
                 "SELECT user_id, groupArray(t), groupArray(event), groupArray(session_id) FROM \
-                 (SELECT user_id, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
+                 (SELECT * FROM (SELECT user_id, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
                   WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
+                  ORDER BY user_id, t, event, session_id LIMIT {MAX_FUNNEL_EVENTS} BY user_id) \
                  GROUP BY user_id ORDER BY user_id LIMIT {max_users}",
                 quote_list(&steps)
             ))
             .await?;
+        let mut budget = FUNNEL_BUDGET;
         for seq in sequences(&rows) {
-            let d = funnel_depth(&seq, &steps, same_session, gap);
+            let d = funnel_depth(&seq, &steps, same_session, gap, &mut budget).ok_or_else(|| {
+                ApiError::param(
+                    "max_users",
+                    "the funnel needs more work than one request may take: fewer users or a shorter range",
+                )
+            })?;
             for c in counts.iter_mut().take(d) {
                 *c += 1;
             }
@@ -243,8 +264,9 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .db
         .select(&format!(
             "SELECT g, groupArray(t), groupArray(event), groupArray(session_id) FROM \
-             (SELECT {group} AS g, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
-              WHERE {w} LIMIT 1 BY event_id) GROUP BY g ORDER BY g LIMIT {max_groups}"
+             (SELECT * FROM (SELECT {group} AS g, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
+              WHERE {w} LIMIT 1 BY event_id) ORDER BY g, t, event, session_id LIMIT {n} BY g) \
+             GROUP BY g ORDER BY g LIMIT {max_groups}"
         ))
         .await?;
     let same_session = ctx.params.flag("same_session");
@@ -338,13 +360,27 @@ mod tests {
     fn funnel_chains_take_the_best_start() {
         let steps: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_string()).collect();
         let s = seq(&[(0, "a", "s1"), (100, "b", "s1"), (105, "a", "s2"), (106, "b", "s2"), (107, "c", "s2")]);
-        assert_eq!(funnel_depth(&s, &steps, false, 0), 3);
-        assert_eq!(funnel_depth(&s, &steps, true, 0), 3);
-        assert_eq!(funnel_depth(&s, &steps, false, 5), 3, "the second start is within the gap");
+        let b = &mut u64::MAX;
+        assert_eq!(funnel_depth(&s, &steps, false, 0, b), Some(3));
+        assert_eq!(funnel_depth(&s, &steps, true, 0, b), Some(3));
+        assert_eq!(funnel_depth(&s, &steps, false, 5, b), Some(3), "the second start is within the gap");
         let s = seq(&[(0, "a", "s1"), (100, "b", "s1"), (300, "c", "s1")]);
-        assert_eq!(funnel_depth(&s, &steps, false, 150), 2);
-        assert_eq!(funnel_depth(&seq(&[(0, "b", "s"), (1, "c", "s")]), &steps, false, 0), 0);
+        assert_eq!(funnel_depth(&s, &steps, false, 150, b), Some(2));
+        assert_eq!(funnel_depth(&seq(&[(0, "b", "s"), (1, "c", "s")]), &steps, false, 0, b), Some(0));
         assert_eq!(path_of(&s, 2, false, 0), "a>b");
         assert_eq!(path_of(&s, 5, false, 150), "a>b");
+    }
+
+    #[test]
+    fn a_funnel_stops_when_its_budget_is_spent() {
+        let steps: Vec<String> = ["a", "b"].iter().map(|s| (*s).to_string()).collect();
+        // Every event starts a chain that never finds "b": quadratic in the events.
+        let many: Vec<(u64, &str, &str)> = (0..1_000).map(|t| (t, "a", "s")).collect();
+        let s = seq(&many);
+        let mut budget = 1_000_000;
+        assert_eq!(funnel_depth(&s, &steps, false, 0, &mut budget), Some(1));
+        assert_eq!(budget, 1_000_000 - 1_000 - 999 * 1_000 / 2);
+        let mut budget = 10_000;
+        assert_eq!(funnel_depth(&s, &steps, false, 0, &mut budget), None);
     }
 }

@@ -8,6 +8,10 @@ use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use croupier_protocol::clickhouse::packet::Setting;
+
+/// The largest answer a query may return (ClickHouse's `max_result_bytes`, in its
+/// uncompressed blocks).
+pub const MAX_RESULT_BYTES: u64 = 64 << 20;
 use croupier_protocol::clickhouse::result::Value;
 use local_sync::semaphore::Semaphore;
 
@@ -58,7 +62,12 @@ impl Db {
                 Some(c) => c,
                 None => Connection::connect(&self.opts).await?,
             };
-            let settings = [("max_execution_time", Setting::UInt(secs))];
+            let settings = [
+                ("max_execution_time", Setting::UInt(secs)),
+                // The answer is decoded into memory on the control thread: bounded.
+                ("max_result_bytes", Setting::UInt(MAX_RESULT_BYTES)),
+                ("result_overflow_mode", Setting::Str("throw")),
+            ];
             let out = conn.select(sql, &settings).await?;
             self.idle.borrow_mut().push(conn);
             Ok::<Selected, ChError>(out)
@@ -71,6 +80,11 @@ impl Db {
             Ok(Err(ChError::Timeout)) | Err(_) => Err(ApiError::QueryTimeout),
             // 159 TIMEOUT_EXCEEDED: the server's own max_execution_time.
             Ok(Err(ChError::Server(e))) if e.code == 159 => Err(ApiError::QueryTimeout),
+            // 396 TOO_MANY_ROWS_OR_BYTES: the answer passed MAX_RESULT_BYTES.
+            Ok(Err(ChError::Server(e))) if e.code == 396 => Err(ApiError::param(
+                "end",
+                format!("the answer is larger than {} MiB: a shorter range or lower limits", MAX_RESULT_BYTES >> 20),
+            )),
             Ok(Err(ChError::Server(e))) => {
                 tracing::warn!(code = e.code, error = %e.message, "analytics query refused");
                 Err(ApiError::QueryFailed(format!("ClickHouse error {}", e.code)))

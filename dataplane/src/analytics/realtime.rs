@@ -33,8 +33,12 @@ async fn pfcount(ctx: &Ctx<'_>, keys: &[String]) -> Result<u64, ApiError> {
 
 /// The route.
 pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
-    let game = ctx.scope.game.as_deref().unwrap_or("");
-    let env = ctx.scope.env.as_deref().unwrap_or("");
+    // The live sketches are per game and environment: without both, Croupier reads keys
+    // with empty segments and answers 0 players beside revenue summed over every game.
+    let game = ctx.scope.game.as_deref().filter(|g| !g.is_empty());
+    let game = game.ok_or_else(|| ApiError::param("game_id", "required: live figures are per game and env"))?;
+    let env = ctx.scope.env.as_deref().filter(|e| !e.is_empty());
+    let env = env.ok_or_else(|| ApiError::param("env", "required: live figures are per game and env"))?;
     let minute = ctx.now - ctx.now.rem_euclid(60);
     let online_keys = |n: i64| -> Vec<String> {
         (0..n).map(|i| format!("hll:online:{game}:{env}:{}", minute_key(minute - 60 * i))).collect()

@@ -5,10 +5,11 @@ TabSeparated files, then each query, printing its TabSeparated result.
 
     python3 scripts/chdb-queries.py DIR
 
-DIR holds <table>.tsv (events, payments, minute_online; the columns named in the first
-line of <table>.cols) and queries.sql (one query per line). Results go to DIR/results.txt,
+DIR holds <table>.tsv for each table of the analytics schema to load (the columns named
+in <table>.cols) and queries.sql (one query per line). Results go to DIR/results.txt,
 each query's rows followed by a line `--end--`. Used by the integration test
-analytics_queries_agree_on_a_current_engine, which compares them with ClickHouse 18.16's.
+analytics_queries_agree_on_a_current_engine and grafana_business_board_sql_is_exact_on_clickhouse,
+which compare them with ClickHouse 18.16's.
 """
 import os
 import re
@@ -27,7 +28,8 @@ s = session.Session()
 s.query("SELECT 1")
 for st in stmts + stmts:
     s.query(st)
-for table in ['events', 'payments', 'minute_online']:
+tables = sorted(f[:-len('.cols')] for f in os.listdir(d) if f.endswith('.cols'))
+for table in tables:
     cols = open(os.path.join(d, table + '.cols')).read().strip()
     types = {}
     for line in str(s.query(f"SELECT name, type FROM system.columns WHERE database = 'analytics' AND table = '{table}'", 'TSV')).splitlines():

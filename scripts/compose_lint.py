@@ -2,7 +2,8 @@
 """Checks of docker-compose.yml that `docker-compose config` does not make (run by
 scripts/check-deploy.sh):
 
-  - every image is pinned by version (no `latest`, no bare name);
+  - every image is pinned by version (no `latest`, no bare name), and so is every Grafana
+    plugin GF_INSTALL_PLUGINS installs (`<id> <version>`);
   - every file or folder mounted from the repository exists (compose creates a missing
     bind source as an empty folder, silently);
   - the Collector's pipelines name only receivers, processors and exporters it defines;
@@ -38,6 +39,17 @@ def images(doc):
         tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
         if not re.match(r"^v?\d+(\.\d+)+", tag):
             fail(f"service {name}: image {image!r} is not pinned by version")
+
+
+def plugins(doc):
+    for name, svc in doc["services"].items():
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env if "=" in e)
+        for item in (env.get("GF_INSTALL_PLUGINS") or "").split(","):
+            parts = item.split()
+            if item.strip() and (len(parts) != 2 or not re.match(r"^\d+(\.\d+)+$", parts[1])):
+                fail(f"service {name}: Grafana plugin {item.strip()!r} is not pinned by version")
 
 
 def mounts(doc):
@@ -98,6 +110,7 @@ def build_stage():
 
 doc = compose()
 images(doc)
+plugins(doc)
 mounts(doc)
 collector()
 seccomp()
@@ -106,4 +119,4 @@ for e in errors:
     print(f"compose_lint: {e}", file=sys.stderr)
 if errors:
     sys.exit(1)
-print(f"compose_lint: {len(doc['services'])} services, images pinned, mounts present, build stage run by CI")
+print(f"compose_lint: {len(doc['services'])} services, images and plugins pinned, mounts present, build stage run by CI")

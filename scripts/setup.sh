@@ -32,6 +32,10 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # Several data-plane nodes behind a load balancer in the scale-out tests.
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+# The Grafana technical board's host panels, run against a real node-exporter
+# (tests/it/grafana.rs).
+command -v prometheus-node-exporter >/dev/null 2>&1 || [ -x /usr/bin/prometheus-node-exporter ] \
+  || need_apt+=(prometheus-node-exporter)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -14,6 +14,7 @@ mod demo;
 mod fixture;
 mod framing;
 mod fuzz_corpus;
+mod grafana;
 mod hll;
 mod ingest;
 mod limits;

@@ -415,6 +415,14 @@ impl PaymentBatch {
         &mut self.live[last]
     }
 
+    /// Takes back the last payment handed out by [`PaymentBatch::next_to_fill`] (a filter
+    /// left it out), keeping its buffers.
+    pub fn drop_last(&mut self) {
+        if let Some(p) = self.live.pop() {
+            self.spare.push(p);
+        }
+    }
+
     /// The payments, to archive them (put them back with [`PaymentBatch::put_back`]).
     pub fn take(&mut self) -> Vec<Payment> {
         std::mem::take(&mut self.live)

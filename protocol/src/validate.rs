@@ -81,6 +81,14 @@ pub enum BodyError {
         /// Position of the record in the batch.
         index: usize,
     },
+    /// A record the game's filters do not allow, where the filters refuse rather than
+    /// drop (client ingest, `docs/sdk.md`).
+    NotAllowed {
+        /// Position of the record in the batch.
+        index: usize,
+        /// The field whose value the filters refuse (`event`, or `record` for a payment).
+        field: &'static str,
+    },
 }
 
 impl std::fmt::Display for BodyError {
@@ -100,6 +108,9 @@ impl std::fmt::Display for BodyError {
             },
             BodyError::GameMismatch { index } => {
                 write!(f, "record {index}: `game_id` differs from the game of the credential")
+            }
+            BodyError::NotAllowed { index, field } => {
+                write!(f, "record {index}: `{field}` is not allowed by the game's filters")
             }
         }
     }
@@ -414,6 +425,33 @@ impl<'t, 'v> Rec<'t, 'v> {
         Ok(g)
     }
 
+    /// The record's game under `scope`: filled from it when absent and filling is on,
+    /// else as [`Rec::game`]; with no scope game, the first record's game is the batch's
+    /// (`first`), which every later record must have.
+    fn scoped_game<'a>(&self, scope: &Scope<'a>, first: &mut Option<&'a str>) -> Result<&'a str, BodyError>
+    where
+        'v: 'a,
+    {
+        let want = scope.game.or(*first);
+        let g: &'a str = match (self.opt_str(f::GAME_ID)?, want) {
+            ("", Some(w)) if scope.fill_game => w,
+            _ => self.game(want)?,
+        };
+        first.get_or_insert(g);
+        Ok(g)
+    }
+
+    /// The record's `env`, filled from `scope` when absent.
+    fn scoped_env<'a>(&self, scope: &Scope<'a>) -> Result<&'a str, BodyError>
+    where
+        'v: 'a,
+    {
+        match (self.opt_str(f::ENV)?, scope.env) {
+            ("", Some(e)) if !e.is_empty() => Ok(e),
+            _ => self.req_str(f::ENV),
+        }
+    }
+
     fn ts(&self) -> Result<i64, BodyError> {
         let v = self.get(f::TS).ok_or_else(|| self.err("ts", Problem::Missing))?;
         let r = if let Some(s) = v.as_str() {
@@ -487,6 +525,122 @@ pub fn parse_events_in(
     })
 }
 
+/// Which game a batch's records belong to, and what fills the fields they leave out
+/// (client ingest's `X-Game-ID`/`X-Env`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The credential's game: every record's `game_id` must be it. `None`: the first
+    /// record's `game_id` is the batch's game.
+    pub game: Option<&'a str>,
+    /// A record without `game_id` gets `game` (when there is one).
+    pub fill_game: bool,
+    /// A record without `env` gets this one.
+    pub env: Option<&'a str>,
+}
+
+/// What a record looks like to a filter, once it is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'r> {
+    /// `game_id`.
+    pub game: &'r str,
+    /// `env`.
+    pub env: &'r str,
+    /// `event` (empty for a payment).
+    pub event: &'r str,
+    /// `user_id`.
+    pub user_id: &'r str,
+    /// The event id (given or derived; zero for a payment).
+    pub event_id: [u8; 16],
+}
+
+/// A filter's word on a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored.
+    Keep,
+    /// Left out; the rest of the batch is stored.
+    Drop,
+    /// The whole batch is refused ([`BodyError::NotAllowed`]).
+    Refuse,
+}
+
+/// What a scoped parse found besides the records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scoped {
+    /// The batch's game, when the scope named none (the first record's).
+    pub game: Option<String>,
+    /// Valid records the filter dropped.
+    pub dropped: usize,
+}
+
+/// A filter that keeps every record.
+pub fn keep_all(_: &RecordView<'_>) -> Verdict {
+    Verdict::Keep
+}
+
+/// [`parse_events_in`] under a [`Scope`], each valid record put to `keep` before it is
+/// stored (client ingest: the game's filters and sampling).
+#[allow(clippy::too_many_arguments)]
+pub fn parse_events_scoped(
+    bufs: &mut JsonBuffers,
+    body: &mut [u8],
+    scope: &Scope<'_>,
+    limits: &Limits,
+    new_id: &mut dyn FnMut() -> [u8; 16],
+    keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
+    events: &mut EventBatch,
+    custom: &mut EventBatch,
+) -> Result<Scoped, BodyError> {
+    count_records(body, limits)?;
+    with_root(body, limits, bufs, |root, scratch| {
+        let mut first = None;
+        let mut dropped = 0;
+        for (index, v) in records(root, limits)?.iter().enumerate() {
+            let r = Rec::new(index, v, limits)?;
+            let name = event_name(&r)?;
+            let out = match route_event(name) {
+                StreamKind::Events => &mut *events,
+                _ => &mut *custom,
+            };
+            if !event_record_scoped(&r, name, scope, &mut first, new_id, keep, out, scratch)? {
+                dropped += 1;
+            }
+        }
+        Ok(Scoped { game: if scope.game.is_none() { first.map(str::to_owned) } else { None }, dropped })
+    })
+}
+
+/// [`parse_payments_in`] under a [`Scope`], each valid payment put to `keep`.
+pub fn parse_payments_scoped(
+    bufs: &mut JsonBuffers,
+    body: &mut [u8],
+    scope: &Scope<'_>,
+    limits: &Limits,
+    keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
+    out: &mut PaymentBatch,
+) -> Result<Scoped, BodyError> {
+    count_records(body, limits)?;
+    with_root(body, limits, bufs, |root, _| {
+        let mut first = None;
+        let mut dropped = 0;
+        for (index, v) in records(root, limits)?.iter().enumerate() {
+            let r = Rec::new(index, v, limits)?;
+            let p = out.next_to_fill();
+            payment_fields(&r, scope, &mut first, p)?;
+            let view = RecordView { game: &p.game_id, env: &p.env, event: "", user_id: &p.user_id, event_id: [0; 16] };
+            match keep(&view) {
+                Verdict::Keep => {}
+                Verdict::Drop => {
+                    out.drop_last();
+                    dropped += 1;
+                }
+                Verdict::Refuse => return Err(BodyError::NotAllowed { index, field: "record" }),
+            }
+        }
+        Ok(Scoped { game: if scope.game.is_none() { first.map(str::to_owned) } else { None }, dropped })
+    })
+}
+
 /// Validates one event given as a JSON object (a Croupier-format stream entry), of any
 /// game. An event without `event_id` gets `fallback_id`.
 pub fn parse_event_object(json: &mut [u8], limits: &Limits, fallback_id: [u8; 16]) -> Result<Event, BodyError> {
@@ -525,25 +679,47 @@ fn event_record(
     out: &mut EventBatch,
     scratch: &mut Vec<u8>,
 ) -> Result<(), BodyError> {
+    let scope = Scope { game, fill_game: false, env: None };
+    event_record_scoped(r, name, &scope, &mut None, new_id, &mut keep_all, out, scratch).map(|_| ())
+}
+
+/// [`event_record`] under `scope`, appended only if `keep` keeps it (whether it did).
+#[allow(clippy::too_many_arguments)]
+fn event_record_scoped<'a, 'v: 'a>(
+    r: &Rec<'_, 'v>,
+    name: &str,
+    scope: &Scope<'a>,
+    first: &mut Option<&'a str>,
+    new_id: &mut dyn FnMut() -> [u8; 16],
+    keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
+    out: &mut EventBatch,
+    scratch: &mut Vec<u8>,
+) -> Result<bool, BodyError> {
     let limits = r.limits;
     let ts_ms = r.ts()?;
     let event_id = match r.opt_str(f::EVENT_ID)? {
         "" => new_id(),
         s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
     };
-    let game_id = r.game(game)?;
-    let env = r.req_str(f::ENV)?;
+    let game_id = r.scoped_game(scope, first)?;
+    let env = r.scoped_env(scope)?;
     let country = r.country()?;
     let props = match r.get(f::PROPS) {
         None => None,
         Some(p) if p.as_object().is_some() => Some(p),
         Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
     };
+    let user_id = r.opt_str(f::USER_ID)?;
+    match keep(&RecordView { game: game_id, env, event: name, user_id, event_id }) {
+        Verdict::Keep => {}
+        Verdict::Drop => return Ok(false),
+        Verdict::Refuse => return Err(BodyError::NotAllowed { index: r.index, field: "event" }),
+    }
     let mut w = out.writer();
     w.field(game_id);
     w.field(env);
     w.field(name);
-    w.field(r.opt_str(f::USER_ID)?);
+    w.field(user_id);
     w.field(r.opt_str(f::SESSION_ID)?);
     w.field(r.opt_str(f::DEVICE_ID)?);
     w.field(r.opt_str(f::CHANNEL)?);
@@ -565,7 +741,8 @@ fn event_record(
     }
     // Unreachable within the body limits (the text is at most the body's size), but the
     // offsets are u32 and are checked rather than cut.
-    w.finish(ts_ms, event_id).map_err(|_| r.err("record", Problem::TooLong(u32::MAX as usize)))
+    w.finish(ts_ms, event_id).map_err(|_| r.err("record", Problem::TooLong(u32::MAX as usize)))?;
+    Ok(true)
 }
 
 /// A stable event id for a stream entry written without one (by another producer):
@@ -616,6 +793,16 @@ fn set(to: &mut String, from: &str) {
 
 /// Validates the record into `p`, every field overwritten.
 fn payment_record(r: &Rec<'_, '_>, game: Option<&str>, p: &mut Payment) -> Result<(), BodyError> {
+    payment_fields(r, &Scope { game, fill_game: false, env: None }, &mut None, p)
+}
+
+/// [`payment_record`] under `scope`.
+fn payment_fields<'a, 'v: 'a>(
+    r: &Rec<'_, 'v>,
+    scope: &Scope<'a>,
+    first: &mut Option<&'a str>,
+    p: &mut Payment,
+) -> Result<(), BodyError> {
     let amount = r.get(f::AMOUNT_CENTS).ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
     p.amount_cents = match (amount.as_u64(), amount.as_i64()) {
         (Some(a), _) if a > 0 && a <= MAX_AMOUNT_CENTS => a,
@@ -632,8 +819,8 @@ fn payment_record(r: &Rec<'_, '_>, game: Option<&str>, p: &mut Payment) -> Resul
     p.status = PaymentStatus::parse(r.req_str(f::STATUS)?)
         .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
     p.ts_ms = r.ts()?;
-    set(&mut p.game_id, r.game(game)?);
-    set(&mut p.env, r.req_str(f::ENV)?);
+    set(&mut p.game_id, r.scoped_game(scope, first)?);
+    set(&mut p.env, r.scoped_env(scope)?);
     set(&mut p.user_id, r.req_str(f::USER_ID)?);
     set(&mut p.order_id, r.req_str(f::ORDER_ID)?);
     set(&mut p.channel, r.opt_str(f::CHANNEL)?);

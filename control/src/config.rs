@@ -23,7 +23,7 @@ pub const ENV_PREFIX: &str = "CROUPIER_";
 pub const ENV_CONFIG_PATH: &str = "CROUPIER_CONFIG";
 
 /// Sections of the file, for recognising a mistyped override (`CROUPIER_SERVER_LISTEN`).
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "auth",
     "redis",
@@ -37,6 +37,7 @@ const SECTIONS: [&str; 13] = [
     "log",
     "api",
     "otlp",
+    "client",
 ];
 
 /// A configuration could not be loaded.
@@ -498,6 +499,48 @@ impl Default for Otlp {
     }
 }
 
+/// What client ingest does with an event outside a game's allow-list (`filters.events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FilteredEvents {
+    /// Leave the event out and store the rest of the batch (`202`, counted as dropped).
+    #[default]
+    Drop,
+    /// Refuse the whole batch (`403 not_allowed`, naming the record).
+    Refuse,
+}
+
+/// `[client]`: client ingest (`/api/analytics/ingest`, `/api/analytics/payments/ingest`
+/// on the data port): the limits of public write keys and how the games' filters apply
+/// (`docs/sdk.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Client {
+    /// Events per second one public write key may send (whole process); 0 is unlimited.
+    pub key_rate_eps: u64,
+    /// Events per second one client address may send with public write keys (whole
+    /// process; addresses share a fixed table of cells by hash); 0 is unlimited.
+    pub address_rate_eps: u64,
+    /// `drop` or `refuse` an event outside the game's allow-list.
+    pub filtered_events: FilteredEvents,
+    /// How often a shard looks at `api.filters_file` for changes, milliseconds.
+    pub filters_check_ms: u64,
+    /// `Access-Control-Max-Age` of answers to CORS preflights, seconds.
+    pub preflight_max_age_secs: u64,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client {
+            key_rate_eps: 200,
+            address_rate_eps: 50,
+            filtered_events: FilteredEvents::Drop,
+            filters_check_ms: 1_000,
+            preflight_max_age_secs: 600,
+        }
+    }
+}
+
 /// `[metrics]`: what the shards count.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -566,6 +609,20 @@ pub struct Game {
     /// A file holding the OTLP bearer token (trailing newline ignored).
     #[serde(default)]
     pub otlp_token_file: Option<PathBuf>,
+    /// Public write keys of client ingest (browsers, game clients): they can only append
+    /// events of this game, within `[client]`'s rates and the game's filters.
+    #[serde(default)]
+    pub write_keys: Vec<String>,
+    /// Write keys taken out of use: refused with `401 revoked_key`.
+    #[serde(default)]
+    pub revoked_write_keys: Vec<String>,
+    /// Origins (`https://game.example`) whose pages may send with the game's write keys;
+    /// empty: any origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Payments may be sent with a public write key (off: only with a bearer token).
+    #[serde(default)]
+    pub public_payments: bool,
 }
 
 /// The whole configuration.
@@ -594,6 +651,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// The OTLP receiver.
     pub otlp: Otlp,
+    /// Client ingest: write keys' limits and filters.
+    pub client: Client,
     /// Logs.
     pub log: Log,
     /// The Analytics API.
@@ -789,6 +848,23 @@ impl Config {
                     format!("unknown permission {p:?}: expected analytics:read, analytics:manage or analytics:export"),
                 ));
             }
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for (id, g) in &self.games {
+            for k in g.write_keys.iter().chain(&g.revoked_write_keys) {
+                if k.len() < 16 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                    return Err(err(
+                        format!("games.{id}.write_keys"),
+                        "expected keys of at least 16 characters from A-Z a-z 0-9 _ - (they travel in URLs)",
+                    ));
+                }
+                if !keys.insert(k.as_str()) {
+                    return Err(err(format!("games.{id}.write_keys"), format!("key {k:?} is listed twice")));
+                }
+            }
+        }
+        if self.client.filters_check_ms == 0 {
+            return Err(err("client.filters_check_ms", "expected an interval greater than 0"));
         }
         if self.control.probe_timeout_ms == 0 {
             return Err(err("control.probe_timeout_ms", "expected a timeout greater than 0"));

@@ -1,5 +1,6 @@
 //! The data port: its route table and the handlers behind it, on a shard's context —
-//! the ingest endpoints, liveness (`/healthz`) and readiness (`/readyz`) — and the OTLP
+//! the ingest endpoints, client ingest (`/api/analytics/ingest`, `client/`), liveness
+//! (`/healthz`) and readiness (`/readyz`) — and the OTLP
 //! port's table (`/v1/logs`, `/v1/traces`, `/v1/metrics`, `otlp.rs`) on the same context.
 //! [`run`] serves them on a shard's listeners.
 
@@ -13,6 +14,7 @@ use croupier_control::metrics::{EventsRefused, RequestServed, ShardWriter};
 use croupier_protocol::otlp::Signal;
 
 use crate::auth::CredentialHeaders;
+use crate::client;
 use crate::error::IngestError;
 use crate::http::conn;
 use crate::http::handler::{Handler, Request};
@@ -26,8 +28,17 @@ use crate::server;
 use crate::shard::{self, Shard};
 
 /// The data port's routes, as its requests are counted (`croupier_http_requests_total`).
-pub const ROUTES: [&str; 7] =
-    ["/api/ingest/events", "/api/ingest/payments", "/healthz", "/readyz", "/v1/logs", "/v1/traces", "/v1/metrics"];
+pub const ROUTES: [&str; 9] = [
+    "/api/ingest/events",
+    "/api/ingest/payments",
+    "/healthz",
+    "/readyz",
+    "/v1/logs",
+    "/v1/traces",
+    "/v1/metrics",
+    "/api/analytics/ingest",
+    "/api/analytics/payments/ingest",
+];
 
 /// The header fields the data port reads, by index ([`GAME_ID`] ...): each may appear
 /// once (a second is a `400 bad_request` naming it).
@@ -39,6 +50,9 @@ pub static FIELDS: Fields = Fields::new(&[
     "Content-Type",
     "Content-Encoding",
     "Authorization",
+    "X-Env",
+    "Origin",
+    "X-Write-Key",
 ]);
 /// Index of `X-Game-Id` in [`FIELDS`].
 pub const GAME_ID: usize = 0;
@@ -52,8 +66,14 @@ pub const SIGNATURE: usize = 3;
 pub const CONTENT_TYPE: usize = 4;
 /// Index of `Content-Encoding` in [`FIELDS`].
 pub const CONTENT_ENCODING: usize = 5;
-/// Index of `Authorization` in [`FIELDS`] (OTLP's bearer token).
+/// Index of `Authorization` in [`FIELDS`] (OTLP's and client ingest's bearer token).
 pub const AUTHORIZATION: usize = 6;
+/// Index of `X-Env` in [`FIELDS`] (client ingest).
+pub const ENV: usize = 7;
+/// Index of `Origin` in [`FIELDS`] (client ingest's CORS).
+pub const ORIGIN: usize = 8;
+/// Index of `X-Write-Key` in [`FIELDS`] (client ingest).
+pub const WRITE_KEY: usize = 9;
 
 /// What a data-port request is routed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +86,8 @@ pub enum Route {
     Ready,
     /// OTLP/HTTP.
     Otlp(OtlpRoute),
+    /// Client ingest (`client/`), and its CORS preflight.
+    Client(Endpoint),
 }
 
 /// The data port's route table (OTLP/HTTP included, for a load balancer or Collector
@@ -79,6 +101,8 @@ pub fn router() -> Router<Route> {
         .route(ROUTES[4], Methods::POST, Route::Otlp(OtlpRoute::Export(Signal::Logs)))
         .route(ROUTES[5], Methods::POST, Route::Otlp(OtlpRoute::Export(Signal::Traces)))
         .route(ROUTES[6], Methods::POST, Route::Otlp(OtlpRoute::Metrics))
+        .route(ROUTES[7], Methods::POST_OPTIONS, Route::Client(Endpoint::Events))
+        .route(ROUTES[8], Methods::POST_OPTIONS, Route::Client(Endpoint::Payments))
 }
 
 /// The OTLP port's route table: OTLP/HTTP and the probes.
@@ -136,6 +160,7 @@ impl Handler for DataPort {
             Route::Ready => ready(&self.shard),
             Route::Ingest(endpoint) => ingest(&self.shard, endpoint, req).await,
             Route::Otlp(route) => otlp::handle(&self.shard, route, req).await,
+            Route::Client(endpoint) => client::handle(&self.shard, endpoint, req).await,
         }
     }
 

@@ -53,6 +53,14 @@ pub enum IngestError {
     /// The accepted records could not be encoded into a stream entry (a server fault: a
     /// retry would fail the same way).
     EncodeFailed,
+    /// A bearer token that does not verify (client ingest): why.
+    BadToken(String),
+    /// A public write key that no game has (client ingest).
+    UnknownKey,
+    /// A public write key taken out of use (`revoked_write_keys`).
+    RevokedKey,
+    /// The credential is valid but may not do this (client ingest): the tag and why.
+    Forbidden(&'static str, &'static str),
     /// The consumer group's backlog on a stream is at the high-water mark.
     BacklogFull {
         /// The stream.
@@ -73,7 +81,9 @@ impl IngestError {
     pub fn status(&self) -> u16 {
         match self {
             IngestError::Http(e) => e.status(),
-            IngestError::Body(BodyError::GameMismatch { .. }) => 403,
+            IngestError::Body(BodyError::GameMismatch { .. } | BodyError::NotAllowed { .. }) => 403,
+            IngestError::Forbidden(..) => 403,
+            IngestError::BadToken(_) | IngestError::UnknownKey | IngestError::RevokedKey => 401,
             IngestError::Body(_) => 400,
             IngestError::MissingCredentials(_)
             | IngestError::UnknownGame
@@ -99,8 +109,13 @@ impl IngestError {
                 BodyError::NotABatch | BodyError::Empty | BodyError::TooManyRecords(_) => "invalid_batch",
                 BodyError::Field { .. } => "invalid_field",
                 BodyError::GameMismatch { .. } => "game_mismatch",
+                BodyError::NotAllowed { .. } => "not_allowed",
             },
             IngestError::MissingCredentials(_) => "missing_credentials",
+            IngestError::BadToken(_) => "bad_token",
+            IngestError::UnknownKey => "unknown_key",
+            IngestError::RevokedKey => "revoked_key",
+            IngestError::Forbidden(tag, _) => tag,
             IngestError::UnknownGame => "unknown_game",
             IngestError::StaleTimestamp { .. } => "stale_timestamp",
             IngestError::BadSignature => "bad_signature",
@@ -137,6 +152,10 @@ impl IngestError {
             IngestError::Body(b) => b.to_string(),
             IngestError::MissingCredentials(h) => format!("missing or malformed header {h}"),
             IngestError::UnknownGame => "unknown game".into(),
+            IngestError::BadToken(why) => format!("bearer token refused: {why}"),
+            IngestError::UnknownKey => "unknown write key".into(),
+            IngestError::RevokedKey => "this write key has been revoked".into(),
+            IngestError::Forbidden(_, why) => (*why).into(),
             IngestError::StaleTimestamp { max_skew_secs } => {
                 format!("X-Timestamp is more than {max_skew_secs} s away from the server's clock")
             }
@@ -163,6 +182,9 @@ impl IngestError {
                 format!(r#","field":"{field}","index":{index}"#)
             }
             IngestError::Body(BodyError::GameMismatch { index }) => format!(r#","field":"game_id","index":{index}"#),
+            IngestError::Body(BodyError::NotAllowed { index, field }) => {
+                format!(r#","field":"{field}","index":{index}"#)
+            }
             IngestError::MissingCredentials(h) => format!(r#","header":"{h}""#),
             IngestError::NotReplicated { replicas, wanted, .. } => {
                 format!(r#","appended":true,"replicas":{replicas},"wanted":{wanted}"#)

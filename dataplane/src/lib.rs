@@ -11,6 +11,7 @@ pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod clickhouse;
+pub mod client;
 pub mod control;
 pub mod data_port;
 pub mod demo;

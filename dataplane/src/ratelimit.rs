@@ -75,10 +75,22 @@ impl GameRate {
     }
 }
 
-/// The rate limits of every limited game, built once and shared by all shards.
+/// Cells of the client-address table: addresses share them by hash, so memory stays
+/// fixed whatever the number of clients (two addresses in one cell share its rate: the
+/// strict side).
+pub const ADDRESS_CELLS: usize = 4096;
+
+/// The rate limits of every limited game, public write key and client address, built
+/// once and shared by all shards.
 #[derive(Debug, Default)]
 pub struct RateLimits {
     games: HashMap<String, Arc<GameRate>>,
+    /// One cell per public write key (`client.key_rate_eps`).
+    keys: HashMap<String, GameRate>,
+    /// Client addresses by hash (`client.address_rate_eps`); empty when unlimited.
+    addresses: Vec<GameRate>,
+    /// Seeds the address hash, so which addresses share a cell differs per process.
+    seed: std::collections::hash_map::RandomState,
 }
 
 impl RateLimits {
@@ -90,7 +102,34 @@ impl RateLimits {
             .filter(|(_, g)| g.rate_limit_eps > 0)
             .map(|(id, g)| (id.clone(), Arc::new(GameRate::new(g.rate_limit_eps))))
             .collect();
-        RateLimits { games }
+        let c = &config.client;
+        let keys = if c.key_rate_eps == 0 {
+            HashMap::new()
+        } else {
+            let all = config.games.values().flat_map(|g| &g.write_keys);
+            all.map(|k| (k.clone(), GameRate::new(c.key_rate_eps))).collect()
+        };
+        let addresses = if c.address_rate_eps == 0 {
+            Vec::new()
+        } else {
+            (0..ADDRESS_CELLS).map(|_| GameRate::new(c.address_rate_eps)).collect()
+        };
+        RateLimits { games, keys, addresses, seed: Default::default() }
+    }
+
+    /// The cell of public write key `key`, if keys are limited.
+    pub fn key(&self, key: &str) -> Option<&GameRate> {
+        self.keys.get(key)
+    }
+
+    /// The cell of client address `ip`, if addresses are limited.
+    pub fn address(&self, ip: std::net::IpAddr) -> Option<&GameRate> {
+        use std::hash::BuildHasher;
+        if self.addresses.is_empty() {
+            return None;
+        }
+        let i = (self.seed.hash_one(ip) % self.addresses.len() as u64) as usize;
+        self.addresses.get(i)
     }
 
     /// The cell of `game`, if it is limited.

@@ -18,6 +18,8 @@ impl Methods {
     pub const POST: Methods = Methods { accepts: &[Method::Post], allow: "POST" };
     /// `GET` and `HEAD` (answered alike, without the body for `HEAD`).
     pub const GET_HEAD: Methods = Methods { accepts: &[Method::Get, Method::Head], allow: "GET, HEAD" };
+    /// `POST`, and `OPTIONS` for a browser's CORS preflight.
+    pub const POST_OPTIONS: Methods = Methods { accepts: &[Method::Post, Method::Options], allow: "POST, OPTIONS" };
     /// `GET`, `HEAD` and `POST`.
     pub const GET_HEAD_POST: Methods =
         Methods { accepts: &[Method::Get, Method::Head, Method::Post], allow: "GET, HEAD, POST" };
@@ -81,5 +83,9 @@ mod tests {
         assert_eq!(r.find(Method::Get, "/a"), Err(HttpError::MethodNotAllowed { allow: "POST" }));
         assert_eq!(r.find(Method::Other, "/b"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
         assert_eq!(r.find(Method::Get, "/c"), Err(HttpError::NotFound));
+        assert_eq!(r.find(Method::Options, "/a"), Err(HttpError::MethodNotAllowed { allow: "POST" }));
+        let r = r.route("/d", Methods::POST_OPTIONS, 3);
+        assert_eq!((r.find(Method::Options, "/d"), r.find(Method::Post, "/d")), (Ok(3), Ok(3)));
+        assert_eq!(r.find(Method::Get, "/d"), Err(HttpError::MethodNotAllowed { allow: "POST, OPTIONS" }));
     }
 }

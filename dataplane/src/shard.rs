@@ -15,6 +15,8 @@ use croupier_control::metrics::{GameIx, ShardWriter};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
+use crate::analytics::auth::Verifier;
+use crate::client::filters::FilterView;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
 use crate::redis::backlog::Backlog;
@@ -33,6 +35,19 @@ pub struct GameState {
     pub metrics: GameIx,
     /// The bearer token of its OTLP exports, if it has one.
     pub otlp_token: Option<Vec<u8>>,
+    /// Origins whose pages may send with its write keys (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Payments may be sent with its write keys.
+    pub public_payments: bool,
+}
+
+/// A public write key, as a shard holds it.
+#[derive(Debug)]
+pub struct WriteKey {
+    /// The game it appends to.
+    pub game: String,
+    /// Taken out of use (`revoked_write_keys`).
+    pub revoked: bool,
 }
 
 /// Everything a shard's tasks share (through `Rc`, on the shard's thread only).
@@ -55,12 +70,21 @@ pub struct Shard {
     pub batches: RefCell<IngestBuffers>,
     /// The shard's own counters (`/metrics`).
     pub metrics: ShardWriter,
+    /// Public write keys of every game (client ingest).
+    pub keys: HashMap<String, WriteKey>,
+    /// Verifies client ingest's bearer tokens (`[api]`'s keys); `None` if they could not
+    /// be read.
+    pub verifier: Option<Verifier>,
+    /// The games' filters, as last read from `api.filters_file`.
+    pub filters: RefCell<FilterView>,
+    /// Rate limits shared with every shard (write keys', client addresses').
+    pub rates: Arc<RateLimits>,
 }
 
 /// Builds shard `id`'s context on the current thread's runtime (its Redis connection and
 /// backlog poller start here). `rates` holds the games' rate limits, shared by all
 /// shards; `metrics` is this shard's own block of counters.
-pub fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardWriter) -> Rc<Shard> {
+pub fn build(id: usize, config: Arc<Config>, rates: &Arc<RateLimits>, metrics: ShardWriter) -> Rc<Shard> {
     let games = config
         .games
         .iter()
@@ -72,6 +96,8 @@ pub fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardW
                 gzip_signed_after: g.gzip_signed_after,
                 metrics: metrics.layout().game(name),
                 otlp_token: g.otlp_token.clone().map(String::into_bytes),
+                allowed_origins: g.allowed_origins.clone(),
+                public_payments: g.public_payments,
             };
             (name.clone(), state)
         })
@@ -86,6 +112,25 @@ pub fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardW
     let backlog = Backlog::new(stream_limits, redis.epoch());
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
+    let mut keys = HashMap::new();
+    for (name, g) in &config.games {
+        for (k, revoked) in
+            g.write_keys.iter().map(|k| (k, false)).chain(g.revoked_write_keys.iter().map(|k| (k, true)))
+        {
+            keys.insert(k.clone(), WriteKey { game: name.clone(), revoked });
+        }
+    }
+    let verifier = match Verifier::from_config(&config.api) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(shard = id, error = %e, "client ingest refuses bearer tokens");
+            None
+        }
+    };
+    let filters = RefCell::new(FilterView::new(
+        config.api.filters_file.clone(),
+        Duration::from_millis(config.client.filters_check_ms),
+    ));
     Rc::new(Shard {
         id,
         config,
@@ -96,5 +141,9 @@ pub fn build(id: usize, config: Arc<Config>, rates: &RateLimits, metrics: ShardW
         json: RefCell::new(JsonBuffers::default()),
         batches: RefCell::new(IngestBuffers::default()),
         metrics,
+        keys,
+        verifier,
+        filters,
+        rates: rates.clone(),
     })
 }

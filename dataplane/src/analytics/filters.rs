@@ -2,8 +2,9 @@
 //! agents, per game and environment (`{events, payments_enabled, sample_global}`; defaults
 //! `[]`, `true`, `100`). Kept in memory and, when `api.filters_file` is set, in that JSON
 //! file (a map keyed `"<game>|<env>"` as Croupier's), rewritten whole on each change
-//! (written to a temporary file, then renamed). Advisory, as in Croupier: ingest does not
-//! enforce them.
+//! (written to a temporary file, then renamed). Client ingest (`/api/analytics/ingest` on
+//! the data port, `client/filters.rs`) enforces them; the signed `/api/ingest/*` and
+//! OTLP do not (trusted servers).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

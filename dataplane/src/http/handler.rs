@@ -80,6 +80,11 @@ impl<'a> Request<'a> {
         self.head
     }
 
+    /// The address of the connection's peer (`None` if the socket no longer knows it).
+    pub fn peer_ip(&mut self) -> Option<std::net::IpAddr> {
+        self.sock.stream().peer_addr().ok().map(|a| a.ip())
+    }
+
     /// Counts the body against the shard's budget before it is read, as far as its
     /// length is known (a chunked body is counted as it arrives): 503 `server_busy`
     /// when there is no room. The claim holds until dropped.

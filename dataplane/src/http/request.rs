@@ -9,7 +9,7 @@ const MAX_HEADERS: usize = 64;
 /// Largest request head.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields a surface may ask for.
-pub const MAX_FIELDS: usize = 8;
+pub const MAX_FIELDS: usize = 12;
 
 /// Request method, as far as routing cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,6 +20,8 @@ pub enum Method {
     Head,
     /// POST
     Post,
+    /// OPTIONS (a CORS preflight)
+    Options,
     /// Anything else.
     #[default]
     Other,
@@ -117,6 +119,7 @@ impl Head {
             Some("GET") => Method::Get,
             Some("HEAD") => Method::Head,
             Some("POST") => Method::Post,
+            Some("OPTIONS") => Method::Options,
             _ => Method::Other,
         };
         let version_1_1 = req.version == Some(1);

@@ -8,6 +8,7 @@ fn reason(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -42,6 +43,8 @@ pub struct Response {
     pub keep_alive: bool,
     /// Omit the body (HEAD), keeping its length.
     pub head_only: bool,
+    /// More header fields (CORS's), written after the others.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -56,6 +59,7 @@ impl Response {
             close: false,
             keep_alive: false,
             head_only: false,
+            headers: Vec::new(),
         }
     }
 
@@ -72,19 +76,27 @@ impl Response {
     /// Appends the response's bytes to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail.
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        );
+        if self.status == 204 {
+            // No body, and so neither its type nor its length (RFC 9110 §8.6).
+            let _ = write!(out, "HTTP/1.1 204 {}\r\n", reason(204));
+        } else {
+            let _ = write!(
+                out,
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+                self.status,
+                reason(self.status),
+                self.content_type,
+                self.body.len()
+            );
+        }
         if let Some(s) = self.retry_after {
             let _ = write!(out, "Retry-After: {s}\r\n");
         }
         if let Some(a) = self.allow {
             let _ = write!(out, "Allow: {a}\r\n");
+        }
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
         }
         if self.close {
             out.extend_from_slice(b"Connection: close\r\n");

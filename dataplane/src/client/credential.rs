@@ -1,0 +1,76 @@
+//! Who sends to client ingest: a bearer token (the Analytics API's JWT, with
+//! `analytics:manage`; a server-side producer) or a game's public write key (a browser or
+//! a game client: header `X-Write-Key`, or `?key=` for `navigator.sendBeacon`, which
+//! cannot set headers). Write keys are public by design (they ship in pages), so they
+//! are looked up in a hash map, not compared in constant time.
+
+use crate::analytics::auth::{Caller, MANAGE};
+use crate::analytics::error::ApiError;
+use crate::error::IngestError;
+use crate::shard::Shard;
+
+/// A checked credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender<'s> {
+    /// A verified bearer token with `analytics:manage`.
+    Token(Caller),
+    /// A live public write key and its game.
+    Key {
+        /// The key.
+        key: &'s str,
+        /// Its game.
+        game: &'s str,
+    },
+}
+
+/// The value of query parameter `key` in `query` (percent-decoding is not needed: keys
+/// are `A-Z a-z 0-9 _ -`, checked when the config is loaded).
+pub fn query_key(query: &str) -> Option<&str> {
+    query.split('&').find_map(|p| p.strip_prefix("key=")).filter(|k| !k.is_empty())
+}
+
+/// Checks the request's credential: `Authorization` first, then `X-Write-Key`, then
+/// `?key=`.
+pub fn check<'s>(
+    shard: &'s Shard,
+    authorization: Option<&str>,
+    header_key: Option<&str>,
+    query: &str,
+) -> Result<Sender<'s>, IngestError> {
+    if authorization.is_some() {
+        let verifier = shard.verifier.as_ref().ok_or_else(|| IngestError::BadToken("no keys are configured".into()))?;
+        let caller = verifier.verify(authorization).map_err(|e| match e {
+            ApiError::Unauthorized(why) => IngestError::BadToken(why),
+            _ => IngestError::BadToken("invalid token".into()),
+        })?;
+        if caller.require(MANAGE).is_err() {
+            return Err(IngestError::Forbidden(
+                "missing_permission",
+                "the token's roles do not grant analytics:manage",
+            ));
+        }
+        return Ok(Sender::Token(caller));
+    }
+    let key = header_key
+        .filter(|k| !k.is_empty())
+        .or_else(|| query_key(query))
+        .ok_or(IngestError::MissingCredentials("Authorization or X-Write-Key"))?;
+    let (key, found) = shard.keys.get_key_value(key).ok_or(IngestError::UnknownKey)?;
+    if found.revoked {
+        return Err(IngestError::RevokedKey);
+    }
+    Ok(Sender::Key { key, game: &found.game })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_from_the_query() {
+        assert_eq!(query_key("key=pk_abc"), Some("pk_abc"));
+        assert_eq!(query_key("x=1&key=pk_abc&y=2"), Some("pk_abc"));
+        assert_eq!(query_key("key="), None);
+        assert_eq!(query_key("monkey=1"), None);
+    }
+}

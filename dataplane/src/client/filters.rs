@@ -1,0 +1,179 @@
+//! The games' filters as client ingest enforces them: the settings the Analytics API
+//! keeps in `api.filters_file` (`POST /api/analytics/filters`, a map keyed
+//! `"<game>|<env>"`), read by each shard and read again when the file changes (looked at
+//! no more often than `client.filters_check_ms`), and the verdict on one record: the
+//! event allow-list, `payments_enabled`, and `sample_global` (percent of users, chosen by
+//! a hash of the user id — of the event id for events without one — so a retried batch
+//! is sampled the same way and a sampled user's events are all kept).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use croupier_control::config::FilteredEvents;
+use croupier_protocol::validate::{RecordView, Verdict};
+use sha2::{Digest, Sha256};
+
+use crate::analytics::filters::Settings;
+
+/// The filters a shard holds: per game, per environment (`""`: the game's settings for
+/// environments without their own).
+#[derive(Debug)]
+pub struct FilterView {
+    path: Option<PathBuf>,
+    every: Duration,
+    checked: Option<Instant>,
+    modified: Option<SystemTime>,
+    games: HashMap<String, HashMap<String, Settings>>,
+}
+
+/// The settings of a record's game and environment when none are stored: everything
+/// passes.
+static DEFAULT: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Settings::default);
+
+impl FilterView {
+    /// Filters read from `path` (none: every record passes), looked at again every `every`.
+    pub fn new(path: Option<PathBuf>, every: Duration) -> FilterView {
+        let mut v = FilterView { path, every, checked: None, modified: None, games: HashMap::new() };
+        v.refresh(Instant::now());
+        v
+    }
+
+    /// Reads the file again if it changed and it was not looked at within `every`. A file
+    /// that cannot be read or parsed keeps the filters read before (and says so in the log).
+    pub fn refresh(&mut self, now: Instant) {
+        let Some(path) = &self.path else { return };
+        if self.checked.is_some_and(|t| now.saturating_duration_since(t) < self.every) {
+            return;
+        }
+        self.checked = Some(now);
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified == self.modified {
+            return;
+        }
+        self.modified = modified;
+        if modified.is_none() {
+            self.games.clear();
+            return;
+        }
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<BTreeMap<String, Settings>>(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(map) => self.games = by_game(map),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "filters not read again; the previous ones hold")
+            }
+        }
+    }
+
+    /// The settings of `game` in `env`: its own, else the game's for every environment
+    /// (`"<game>|"`), else the defaults.
+    pub fn settings(&self, game: &str, env: &str) -> &Settings {
+        let Some(envs) = self.games.get(game) else { return &DEFAULT };
+        envs.get(env).or_else(|| envs.get("")).unwrap_or(&DEFAULT)
+    }
+
+    /// The verdict on an event: outside the allow-list it is dropped or refused as
+    /// `action` says; outside the sample it is dropped.
+    pub fn event(&self, r: &RecordView<'_>, action: FilteredEvents) -> Verdict {
+        let s = self.settings(r.game, r.env);
+        if !s.events.is_empty() && !s.events.iter().any(|e| e == r.event) {
+            return refused(action);
+        }
+        if sampled(s.sample_global, r) {
+            Verdict::Keep
+        } else {
+            Verdict::Drop
+        }
+    }
+
+    /// The verdict on a payment: `payments_enabled` off drops or refuses it as `action`
+    /// says. Payments are never sampled (revenue would be wrong).
+    pub fn payment(&self, r: &RecordView<'_>, action: FilteredEvents) -> Verdict {
+        if self.settings(r.game, r.env).payments_enabled {
+            Verdict::Keep
+        } else {
+            refused(action)
+        }
+    }
+}
+
+fn refused(action: FilteredEvents) -> Verdict {
+    match action {
+        FilteredEvents::Drop => Verdict::Drop,
+        FilteredEvents::Refuse => Verdict::Refuse,
+    }
+}
+
+/// The stored map (`"<game>|<env>"`) by game, then environment.
+fn by_game(map: BTreeMap<String, Settings>) -> HashMap<String, HashMap<String, Settings>> {
+    let mut games: HashMap<String, HashMap<String, Settings>> = HashMap::new();
+    for (key, s) in map {
+        let (game, env) = key.split_once('|').unwrap_or((key.as_str(), ""));
+        games.entry(game.to_owned()).or_default().insert(env.to_owned(), s);
+    }
+    games
+}
+
+/// Whether a record is in a sample of `percent` percent: its user (its event id when it
+/// has no user) hashed with SHA-256 into one of 10 000 buckets, stable across processes
+/// and releases.
+pub fn sampled(percent: i64, r: &RecordView<'_>) -> bool {
+    if percent >= 100 {
+        return true;
+    }
+    if percent <= 0 {
+        return false;
+    }
+    let mut h = Sha256::new();
+    if r.user_id.is_empty() {
+        h.update(b"e\0");
+        h.update(r.event_id);
+    } else {
+        h.update(b"u\0");
+        h.update(r.user_id.as_bytes());
+    }
+    let d = h.finalize();
+    let word = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    (word % 10_000) < (percent as u64) * 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(env: &'a str, event: &'a str, user: &'a str) -> RecordView<'a> {
+        RecordView { game: "g1", env, event, user_id: user, event_id: [7; 16] }
+    }
+
+    #[test]
+    fn allow_list_per_environment_and_payments() {
+        let dir = std::env::temp_dir().join(format!("croupier-filters-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("filters.json");
+        let text = r#"{"g1|prod":{"events":["login"],"payments_enabled":false,"sample_global":100},
+            "g1|":{"events":[],"payments_enabled":true,"sample_global":0}}"#;
+        assert!(std::fs::write(&path, text).is_ok());
+        let v = FilterView::new(Some(path.clone()), Duration::from_secs(60));
+        assert_eq!(v.event(&view("prod", "login", "u"), FilteredEvents::Drop), Verdict::Keep);
+        assert_eq!(v.event(&view("prod", "level_start", "u"), FilteredEvents::Drop), Verdict::Drop);
+        assert_eq!(v.event(&view("prod", "level_start", "u"), FilteredEvents::Refuse), Verdict::Refuse);
+        assert_eq!(v.payment(&view("prod", "", "u"), FilteredEvents::Refuse), Verdict::Refuse);
+        // Another environment: the game's catch-all, which samples nobody.
+        assert_eq!(v.event(&view("dev", "level_start", "u"), FilteredEvents::Drop), Verdict::Drop);
+        assert_eq!(v.payment(&view("dev", "", "u"), FilteredEvents::Drop), Verdict::Keep);
+        // Another game: defaults.
+        let other = RecordView { game: "g2", ..view("prod", "x", "u") };
+        assert_eq!(v.event(&other, FilteredEvents::Refuse), Verdict::Keep);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sampling_is_stable_and_near_the_rate() {
+        let kept = (0..20_000).filter(|i| sampled(30, &view("p", "e", &format!("user-{i}")))).count();
+        assert!((5_700..=6_300).contains(&kept), "{kept}");
+        let again = (0..20_000).filter(|i| sampled(30, &view("p", "e", &format!("user-{i}")))).count();
+        assert_eq!(kept, again);
+    }
+}

@@ -1,0 +1,244 @@
+//! Client ingest on the data port (`docs/sdk.md`): `POST /api/analytics/ingest` and
+//! `POST /api/analytics/payments/ingest`, Croupier's routes for game clients and
+//! browsers, which cannot keep an HMAC secret. A body is `{"events":[...]}` or a bare
+//! array; `X-Game-ID`/`X-Env` fill records without `game_id`/`env`. The sender is a
+//! bearer token with `analytics:manage` or a game's public write key ([`credential`]),
+//! which can only append, within its own rate and its address's, from the game's
+//! origins ([`cors`]), through the game's filters ([`filters`]). Records are validated,
+//! limited and appended exactly as `/api/ingest/*` appends them (one `EVAL`, the same
+//! backlog admission and error contract), and `202 {"ok":true}` is sent once Redis has
+//! them.
+
+pub mod cors;
+pub mod credential;
+pub mod filters;
+
+use std::time::Instant;
+
+use croupier_protocol::validate::{self, RecordView, Scope, Scoped};
+use sha2::{Digest, Sha256};
+
+use crate::data_port::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, ENV, GAME_ID, ORIGIN, WRITE_KEY};
+use crate::error::IngestError;
+use crate::event_id::IdDeriver;
+use crate::http::body::{self, Encoding};
+use crate::http::error::HttpError;
+use crate::http::handler::Request;
+use crate::http::request::Method;
+use crate::http::response::Response;
+use crate::ingest::{self, Endpoint, Refusal};
+use crate::shard::Shard;
+use credential::Sender;
+
+/// What an accepted request stored and left out.
+struct Stored {
+    accepted: usize,
+    dropped: usize,
+}
+
+/// Answers a client ingest request (or its preflight).
+pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) -> Response {
+    let head = req.head();
+    let origin = head.field(ORIGIN).filter(|o| !o.is_empty());
+    if head.method == Method::Options {
+        let key_game = credential::query_key(head.query()).and_then(|k| shard.keys.get(k)).map(|k| k.game.as_str());
+        return cors::preflight(shard, origin, key_game);
+    }
+    // The game whose origins decide whether the page may read the answer.
+    let mut cors_game = None;
+    let result = serve(shard, endpoint, req, &mut cors_game).await;
+    let mut resp = match result {
+        Ok(s) => Response::json(202, format!(r#"{{"ok":true,"accepted":{},"dropped":{}}}"#, s.accepted, s.dropped)),
+        Err(e) => e.response(),
+    };
+    if let (Some(origin), Some(game)) = (origin, cors_game.and_then(|g| shard.games.get(g))) {
+        if cors::allowed(game, origin) {
+            cors::expose(&mut resp, origin);
+        }
+    }
+    resp
+}
+
+/// A media type client ingest takes: JSON, or the `text/plain` that `sendBeacon` sends
+/// for a string.
+fn acceptable_type(content_type: Option<&str>) -> bool {
+    let Some(media) = content_type.and_then(|ct| ct.split(';').next()).map(str::trim) else { return false };
+    media.eq_ignore_ascii_case("application/json") || media.eq_ignore_ascii_case("text/plain")
+}
+
+async fn serve<'s>(
+    shard: &'s Shard,
+    endpoint: Endpoint,
+    req: &mut Request<'_>,
+    cors_game: &mut Option<&'s str>,
+) -> Result<Stored, IngestError> {
+    let head = req.head();
+    let header_game = head.field(GAME_ID).filter(|g| !g.is_empty());
+    let sender = credential::check(shard, head.field(AUTHORIZATION), head.field(WRITE_KEY), head.query())?;
+    // The game named before the body: the key's, or the header's for a token.
+    let game: Option<&str> = match &sender {
+        Sender::Key { game, .. } => {
+            *cors_game = Some(game);
+            if header_game.is_some_and(|h| h != *game) {
+                return Err(IngestError::Forbidden("game_mismatch", "X-Game-ID is not the game of the write key"));
+            }
+            let state = shard.games.get(*game).ok_or(IngestError::UnknownKey)?;
+            if let Some(origin) = head.field(ORIGIN).filter(|o| !o.is_empty()) {
+                if !cors::allowed(state, origin) {
+                    return Err(IngestError::Forbidden("origin_not_allowed", "this origin may not send to this game"));
+                }
+            }
+            if endpoint == Endpoint::Payments && !state.public_payments {
+                return Err(IngestError::Forbidden(
+                    "payments_not_allowed",
+                    "this game takes payments only with a bearer token (games.<id>.public_payments)",
+                ));
+            }
+            Some(game)
+        }
+        Sender::Token(caller) => match header_game {
+            Some(g) => {
+                let (known, _) = shard.games.get_key_value(g).ok_or(IngestError::UnknownGame)?;
+                *cors_game = Some(known);
+                if caller.may_read(Some(g)).is_err() {
+                    return Err(IngestError::Forbidden(
+                        "game_not_allowed",
+                        "the token's games claim excludes this game",
+                    ));
+                }
+                Some(known.as_str())
+            }
+            None => None,
+        },
+    };
+    if !acceptable_type(head.field(CONTENT_TYPE)) {
+        return Err(HttpError::UnsupportedMediaType("Content-Type (use application/json or text/plain)").into());
+    }
+    let encoding = Encoding::parse(head.field(CONTENT_ENCODING))?;
+    if !shard.redis.is_up() {
+        return Err(IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
+    }
+    let env = head.field(ENV).filter(|e| !e.is_empty());
+    let peer = req.peer_ip();
+    let mut held = req.claim_body()?;
+    req.read_body(&mut held).await?;
+    let (wire, scratch) = req.buffers();
+    let body: &mut Vec<u8> = match encoding {
+        Encoding::Identity => wire,
+        Encoding::Gzip => {
+            body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch)?;
+            scratch
+        }
+    };
+    // The request's identity: the body with the header scope that fills it. A retry of
+    // the same request is recognised by Redis (appended once) and its records without an
+    // `event_id` get the same ids.
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(header_game.unwrap_or("").as_bytes())
+        .chain_update(b"\n")
+        .chain_update(env.unwrap_or("").as_bytes())
+        .chain_update(b"\n")
+        .chain_update(&body[..])
+        .finalize()
+        .into();
+    let scope = Scope { game, fill_game: true, env };
+    let prepared = {
+        let game_for_refusal = game.unwrap_or("");
+        match prepare(shard, endpoint, &sender, &scope, &digest, peer, body) {
+            Ok(p) => p,
+            Err(Refusal { error, records }) => {
+                ingest::count_refused(shard, game_for_refusal, &error, records.unwrap_or(1));
+                return Err(error);
+            }
+        }
+    };
+    let (staged, game, dropped) = prepared;
+    let Some(staged) = staged else { return Ok(Stored { accepted: 0, dropped }) };
+    let accepted = ingest::append(shard, game, staged).await?;
+    Ok(Stored { accepted, dropped })
+}
+
+/// Parses, filters and rate-limits the body, and stages the append (`None` when every
+/// record was left out); with the batch's game and the records dropped. Nothing here
+/// awaits.
+fn prepare<'s>(
+    shard: &'s Shard,
+    endpoint: Endpoint,
+    sender: &Sender<'_>,
+    scope: &Scope<'_>,
+    digest: &[u8; 32],
+    peer: Option<std::net::IpAddr>,
+    body: &mut [u8],
+) -> Result<(Option<ingest::Prepared<'s>>, &'s str, usize), Refusal> {
+    let action = shard.config.client.filtered_events;
+    let mut filters = shard.filters.borrow_mut();
+    filters.refresh(Instant::now());
+    let filters = &*filters;
+    let mut bufs = shard.batches.borrow_mut();
+    let b = &mut *bufs;
+    let scoped: Scoped = {
+        let sink = b.otlp_sink();
+        let mut json = shard.json.borrow_mut();
+        match endpoint {
+            Endpoint::Events => {
+                let mut ids = IdDeriver::new(digest);
+                let mut new_id = || ids.next_id();
+                let mut keep = |r: &RecordView<'_>| filters.event(r, action);
+                validate::parse_events_scoped(
+                    &mut json,
+                    body,
+                    scope,
+                    &shard.limits,
+                    &mut new_id,
+                    &mut keep,
+                    sink.events,
+                    sink.custom,
+                )
+            }
+            Endpoint::Payments => {
+                let mut keep = |r: &RecordView<'_>| filters.payment(r, action);
+                validate::parse_payments_scoped(&mut json, body, scope, &shard.limits, &mut keep, sink.payments)
+            }
+        }
+        .map_err(IngestError::Body)?
+    };
+    // The batch's game: named before the body, or its first record's.
+    let named = scope.game.or(scoped.game.as_deref()).unwrap_or("");
+    let (game_id, game) = shard.games.get_key_value(named).ok_or(IngestError::UnknownGame)?;
+    if let Sender::Token(caller) = sender {
+        if caller.may_read(Some(game_id)).is_err() {
+            return Err(IngestError::Forbidden("game_not_allowed", "the token's games claim excludes this game").into());
+        }
+    }
+    let (parts, n) = b.parts();
+    if n == 0 {
+        return Ok((None, game_id, scoped.dropped));
+    }
+    let total: usize = parts[..n].iter().map(|(_, c)| c).sum();
+    if let Sender::Key { key, .. } = sender {
+        take_client_rates(shard, key, peer, total)
+            .map_err(|retry_after| Refusal { error: IngestError::RateLimited { retry_after }, records: Some(total) })?;
+    }
+    let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(digest));
+    let staged = ingest::stage(shard, b, game, &nonce_key, digest, parts, n)?;
+    Ok((Some(staged), game_id, scoped.dropped))
+}
+
+/// Takes `n` events from the key's rate and the address's, or says in how many seconds
+/// they would fit (what one took is given back when the other refuses).
+fn take_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) -> Result<(), u64> {
+    let now = Instant::now();
+    let key_rate = shard.rates.key(key);
+    if let Some(r) = key_rate {
+        r.take(n, now)?;
+    }
+    if let Some(r) = peer.and_then(|ip| shard.rates.address(ip)) {
+        if let Err(retry) = r.take(n, now) {
+            if let Some(k) = key_rate {
+                k.give_back(n);
+            }
+            return Err(retry);
+        }
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ mod aggregate;
 mod analytics;
 mod body;
 mod clickhouse;
+mod client_ingest;
 mod clients;
 mod config;
 mod control;

@@ -1,0 +1,374 @@
+//! Client ingest (`/api/analytics/ingest`, `/api/analytics/payments/ingest`) against
+//! real servers: both body shapes and the header scope into ClickHouse, bearer tokens
+//! and public write keys, their rate limits, CORS, a `sendBeacon` body, and the games'
+//! filters (allow-list dropped or refused, payments off, sampling).
+
+use std::time::Duration;
+
+use croupier_control::config::{Config, Driver, FilteredEvents};
+use croupier_it::http::{now_secs, HttpClient, Reply};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::fixture::{xlen, Fixture, GAME, OTHER_GAME};
+use crate::pipeline::Pipeline;
+
+const EVENTS: &str = "/api/analytics/ingest";
+const PAYMENTS: &str = "/api/analytics/payments/ingest";
+const JWT_SECRET: &str = "client-ingest-jwt-secret";
+/// A write key of `GAME`, and one of `OTHER_GAME`.
+const KEY: &str = "pk_test_game_one_0001";
+const OTHER_KEY: &str = "pk_test_game_two_0001";
+const REVOKED: &str = "pk_test_game_one_old1";
+const PAGE: &str = "http://127.0.0.1:5555";
+
+fn keys(c: &mut Config) {
+    c.api.jwt_secret = JWT_SECRET.into();
+    let g = c.games.get_mut(GAME).expect("g1");
+    g.write_keys = vec![KEY.into()];
+    g.revoked_write_keys = vec![REVOKED.into()];
+    g.allowed_origins = vec![PAGE.into()];
+    g.public_payments = true;
+    c.games.get_mut(OTHER_GAME).expect("g2").write_keys = vec![OTHER_KEY.into()];
+}
+
+fn token(roles: &[&str], exp_in: i64, games: Option<&[&str]>) -> String {
+    let mut claims = json!({"sub": "producer", "roles": roles, "exp": now_secs() + exp_in});
+    if let Some(g) = games {
+        claims["games"] = json!(g);
+    }
+    let key = EncodingKey::from_secret(JWT_SECRET.as_bytes()).expect("key");
+    encode(&Header::new(Algorithm::HS256), &claims, &key).expect("token")
+}
+
+fn post(f: &Fixture, target: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut h: Vec<(String, String)> = vec![("Content-Type".into(), "application/json".into())];
+    for (k, v) in headers {
+        h.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+        h.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    HttpClient::connect(f.addr).request("POST", target, &h, body.as_bytes())
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// `n` events without game or env (the headers fill them), users `{run}-{i}`.
+fn bare(run: &str, n: usize, name: &str) -> String {
+    let items: Vec<String> =
+        (0..n).map(|i| format!(r#"{{"ts":{},"event":"{name}","user_id":"{run}-{i}"}}"#, now_secs())).collect();
+    format!("[{}]", items.join(","))
+}
+
+fn ok(r: &Reply, accepted: usize, dropped: usize) {
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!((r.status, body), (202, json!({"ok": true, "accepted": accepted, "dropped": dropped})), "{}", r.text());
+}
+
+fn refused(r: &Reply, status: u16, tag: &str) {
+    assert_eq!((r.status, r.error_tag().as_str()), (status, tag), "{}", r.text());
+}
+
+fn run_id() -> String {
+    format!(
+        "c{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    )
+}
+
+#[test]
+fn client_ingest_body_shapes_and_header_scope_land_in_clickhouse() {
+    let mut p = Pipeline::start_with(&[], keys);
+    p.start_worker(&[]);
+    let f = &p.ingest;
+    let run = run_id();
+    let admin = token(&["admin"], 3600, None);
+    // A bare array with a write key: game and env from the headers.
+    let r = post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "staging")], &bare(&format!("{run}-a"), 3, "login"));
+    ok(&r, 3, 0);
+    // {"events":[...]} with a token: X-Game-ID fills the game, the record's env stays.
+    let body = format!(
+        r#"{{"events":[{{"ts":{},"env":"prod","event":"level_start","user_id":"{run}-b0","props":{{"level":3}}}}]}}"#,
+        now_secs()
+    );
+    ok(&post(f, EVENTS, &[("Authorization", &bearer(&admin)), ("X-Game-ID", GAME)], &body), 1, 0);
+    // A token without X-Game-ID: the records name their game.
+    let body = format!(
+        r#"[{{"ts":{},"game_id":"{OTHER_GAME}","env":"prod","event":"login","user_id":"{run}-c0"}}]"#,
+        now_secs()
+    );
+    ok(&post(f, EVENTS, &[("Authorization", &bearer(&admin))], &body), 1, 0);
+    // sendBeacon: text/plain, the key in the query, no other header (the records carry
+    // their env; the key's game fills game_id).
+    let beacon = format!(
+        r#"[{{"ts":{t},"env":"beta","event":"session_end","user_id":"{run}-d0"}},{{"ts":{t},"env":"beta","event":"session_end","user_id":"{run}-d1"}}]"#,
+        t = now_secs()
+    );
+    let target = format!("{EVENTS}?key={KEY}");
+    ok(&post(f, &target, &[("Content-Type", "text/plain;charset=UTF-8")], &beacon), 2, 0);
+    // The same beacon again (a retry): answered alike, stored once.
+    ok(&post(f, &target, &[("Content-Type", "text/plain;charset=UTF-8")], &beacon), 2, 0);
+    // A payment with the token, env from X-Env.
+    let pay = format!(
+        r#"[{{"ts":{},"user_id":"{run}-p","order_id":"{run}-o1","amount_cents":499,"currency":"USD","status":"success"}}]"#,
+        now_secs()
+    );
+    ok(&post(f, PAYMENTS, &[("Authorization", &bearer(&admin)), ("X-Game-ID", GAME), ("X-Env", "prod")], &pay), 1, 0);
+
+    p.wait_for(7, "client events stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.events WHERE user_id LIKE '{run}-%'"))
+    });
+    let got = p.clickhouse.query(&format!(
+        "SELECT game_id, env, event, user_id, props_json FROM analytics.events WHERE user_id LIKE '{run}-%' ORDER BY user_id"
+    ));
+    let want: Vec<String> = [
+        (GAME, "staging", "login", "a-0", "{}"),
+        (GAME, "staging", "login", "a-1", "{}"),
+        (GAME, "staging", "login", "a-2", "{}"),
+        (GAME, "prod", "level_start", "b0", r#"{"level":3}"#),
+        (OTHER_GAME, "prod", "login", "c0", "{}"),
+        (GAME, "beta", "session_end", "d0", "{}"),
+        (GAME, "beta", "session_end", "d1", "{}"),
+    ]
+    .iter()
+    .map(|(g, e, n, u, props)| format!("{g}\t{e}\t{n}\t{run}-{u}\t{props}"))
+    .collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    p.wait_for(1, "client payment stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.payments WHERE order_id = '{run}-o1' AND env = 'prod' AND game_id = '{GAME}' AND amount_cents = 499"))
+    });
+}
+
+#[test]
+fn client_ingest_tokens_and_write_keys() {
+    let f = Fixture::start(Driver::Epoll, keys);
+    let run = run_id();
+    let body = bare(&run, 2, "login");
+    let scope = [("X-Game-ID", GAME), ("X-Env", "prod")];
+    let with = |auth: (&'static str, &str)| -> Reply {
+        let mut h = scope.to_vec();
+        h.push(auth);
+        post(&f, EVENTS, &h, &body)
+    };
+    // Tokens: valid, expired, signed with another secret, without analytics:manage,
+    // limited to another game.
+    ok(&with(("Authorization", &bearer(&token(&["ops"], 3600, None)))), 2, 0);
+    refused(&with(("Authorization", &bearer(&token(&["admin"], -10, None)))), 401, "bad_token");
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub":"x","roles":["admin"],"exp":now_secs() + 3600}),
+        &EncodingKey::from_secret(b"another secret").expect("key"),
+    )
+    .expect("token");
+    refused(&with(("Authorization", &bearer(&forged))), 401, "bad_token");
+    refused(&with(("Authorization", &bearer(&token(&["viewer"], 3600, None)))), 403, "missing_permission");
+    let other_only = token(&["admin"], 3600, Some(&[OTHER_GAME]));
+    refused(&with(("Authorization", &bearer(&other_only))), 403, "game_not_allowed");
+    // Write keys: valid, the other game's key for this game, unknown, revoked, none.
+    ok(&with(("X-Write-Key", KEY)), 2, 0);
+    refused(&with(("X-Write-Key", OTHER_KEY)), 403, "game_mismatch");
+    refused(&with(("X-Write-Key", "pk_nobody_has_this_key")), 401, "unknown_key");
+    refused(&with(("X-Write-Key", REVOKED)), 401, "revoked_key");
+    refused(&post(&f, EVENTS, &scope, &body), 401, "missing_credentials");
+    // A record of another game under a key: refused whole, naming the record.
+    let mixed = format!(
+        r#"[{{"ts":{t},"event":"login","env":"prod"}},{{"ts":{t},"game_id":"{OTHER_GAME}","event":"login","env":"prod"}}]"#,
+        t = now_secs()
+    );
+    let r = post(&f, EVENTS, &[("X-Write-Key", KEY)], &mixed);
+    refused(&r, 403, "game_mismatch");
+    assert!(r.text().contains(r#""index":1"#), "{}", r.text());
+    // Payments: the other game takes none from its public key.
+    let pay = format!(
+        r#"[{{"ts":{},"env":"prod","user_id":"u","order_id":"{run}-o","amount_cents":100,"currency":"EUR","status":"success"}}]"#,
+        now_secs()
+    );
+    refused(&post(&f, PAYMENTS, &[("X-Write-Key", OTHER_KEY)], &pay), 403, "payments_not_allowed");
+    ok(&post(&f, PAYMENTS, &[("X-Write-Key", KEY)], &pay), 1, 0);
+    // Validation and media type as on /api/ingest/*.
+    refused(&post(&f, EVENTS, &[("X-Write-Key", KEY)], r#"[{"event":"login"}]"#), 400, "invalid_field");
+    refused(
+        &post(&f, EVENTS, &[("X-Write-Key", KEY), ("Content-Type", "application/xml")], &body),
+        415,
+        "unsupported_media_type",
+    );
+    // The key's request had the token's body and scope: a retry of it, appended once.
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    assert_eq!(xlen(&f.redis, "analytics:payments"), 1);
+}
+
+#[test]
+fn client_ingest_write_key_and_address_rates() {
+    const A: &str = "pk_rate_limited_key_a";
+    const B: &str = "pk_rate_limited_key_b";
+    let limited = |key_eps: u64, address_eps: u64| {
+        Fixture::start(Driver::Epoll, move |c| {
+            keys(c);
+            c.client.key_rate_eps = key_eps;
+            c.client.address_rate_eps = address_eps;
+            c.games.get_mut(OTHER_GAME).expect("g2").write_keys = vec![A.into(), B.into()];
+        })
+    };
+    let run = run_id();
+    let batch = std::sync::atomic::AtomicUsize::new(0);
+    let send = |f: &Fixture, key: &str, n: usize| {
+        let b = batch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        post(f, EVENTS, &[("X-Write-Key", key), ("X-Env", "prod")], &bare(&format!("{run}-{b}"), n, "login"))
+    };
+    // Per key: a second's worth (10), then 429 with Retry-After; another key is not held.
+    let f = limited(10, 0);
+    ok(&send(&f, A, 10), 10, 0);
+    let r = send(&f, A, 9);
+    refused(&r, 429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    ok(&send(&f, B, 10), 10, 0);
+    // A token is held by neither.
+    let t = token(&["admin"], 3600, None);
+    let h = [("Authorization", bearer(&t)), ("X-Game-ID", OTHER_GAME.into()), ("X-Env", "prod".into())];
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ok(&post(&f, EVENTS, &h, &bare(&run, 300, "login")), 300, 0);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 3);
+    drop(f);
+    // Per client address: every key sent from it counts.
+    let f = limited(0, 20);
+    ok(&send(&f, A, 20), 20, 0);
+    let r = send(&f, B, 15);
+    refused(&r, 429, "rate_limited");
+    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+}
+
+#[test]
+fn client_ingest_cors() {
+    let f = Fixture::start(Driver::Epoll, keys);
+    let preflight = |origin: &str, query: &str| {
+        let h = vec![
+            ("Origin".to_owned(), origin.to_owned()),
+            ("Access-Control-Request-Method".to_owned(), "POST".to_owned()),
+            ("Access-Control-Request-Headers".to_owned(), "content-type,x-write-key".to_owned()),
+        ];
+        f.client().request("OPTIONS", &format!("{EVENTS}{query}"), &h, b"")
+    };
+    let r = preflight(PAGE, "");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some(PAGE));
+    assert_eq!(r.header("access-control-allow-methods"), Some("POST, OPTIONS"));
+    assert!(r.header("access-control-allow-headers").is_some_and(|h| h.contains("X-Write-Key")));
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    // g1 allows only PAGE; g2 lists none (any origin): without a key the preflight
+    // passes for an origin some game allows, with g1's key only for g1's.
+    assert_eq!(preflight("https://evil.example", "").status, 204);
+    let r = preflight("https://evil.example", &format!("?key={KEY}"));
+    refused(&r, 403, "origin_not_allowed");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(preflight(PAGE, &format!("?key={KEY}")).status, 204);
+    // The POST itself: from the page, readable by it; from elsewhere, refused.
+    let run = run_id();
+    let body = bare(&run, 1, "login");
+    let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod"), ("Origin", PAGE)], &body);
+    ok(&r, 1, 0);
+    assert_eq!(r.header("access-control-allow-origin"), Some(PAGE));
+    assert_eq!(r.header("access-control-expose-headers"), Some("Retry-After"));
+    let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod"), ("Origin", "https://evil.example")], &body);
+    refused(&r, 403, "origin_not_allowed");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // The route takes POST and OPTIONS only.
+    let r = f.client().request("GET", EVENTS, &[], b"");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+}
+
+/// A filters file as the Analytics API writes it.
+fn filters_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("filters.json");
+    let text = json!({
+        format!("{GAME}|prod"): {"events": ["login", "level_start"], "payments_enabled": false, "sample_global": 100},
+        format!("{GAME}|sampled"): {"events": [], "payments_enabled": true, "sample_global": 25},
+    });
+    std::fs::write(&path, text.to_string()).expect("write filters");
+    path
+}
+
+#[test]
+fn client_ingest_filters_drop_and_sample() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = filters_file(dir.path());
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.api.filters_file = Some(path.clone());
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 0;
+    });
+    let run = run_id();
+    let t = now_secs();
+    // Outside the allow-list: dropped, the rest stored.
+    let body = format!(
+        r#"[{{"ts":{t},"event":"login","user_id":"a"}},{{"ts":{t},"event":"boss_killed","user_id":"b"}},
+        {{"ts":{t},"event":"level_start","user_id":"c"}},{{"ts":{t},"event":"ad_impression","user_id":"d"}}]"#
+    );
+    ok(&post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &body), 2, 2);
+    // Payments off in prod: dropped.
+    let pay = format!(
+        r#"[{{"ts":{t},"user_id":"u","order_id":"{run}-o","amount_cents":100,"currency":"EUR","status":"success"}}]"#
+    );
+    ok(&post(&f, PAYMENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &pay), 0, 1);
+    assert_eq!(xlen(&f.redis, "analytics:payments"), 0);
+    // 25 % of 100 000 users, in ten requests of 10 000.
+    let mut kept = 0;
+    let mut first = String::new();
+    for batch in 0..10 {
+        let body = bare(&format!("{run}-{batch}"), 10_000, "heartbeat");
+        let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "sampled")], &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        let (a, d) = (v["accepted"].as_u64().unwrap_or(0), v["dropped"].as_u64().unwrap_or(0));
+        assert_eq!(a + d, 10_000);
+        kept += a;
+        if batch == 0 {
+            first = body;
+        }
+    }
+    assert!((23_000..=27_000).contains(&kept), "{kept} of 100000 kept at 25 %");
+    // The same users again (a retry with new ids): sampled alike.
+    let again = first.replace("heartbeat", "session_start");
+    let r1: Value =
+        serde_json::from_slice(&post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "sampled")], &again).body)
+            .expect("json");
+    let r0 = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "sampled")], &first);
+    let r0: Value = serde_json::from_slice(&r0.body).expect("json");
+    assert_eq!(r1["accepted"], r0["accepted"]);
+    let events = xlen(&f.redis, "analytics:events") + xlen(&f.redis, "analytics:custom");
+    assert!(events > 0);
+}
+
+#[test]
+fn client_ingest_filters_refuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = filters_file(dir.path());
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.api.filters_file = Some(path.clone());
+        c.client.filtered_events = FilteredEvents::Refuse;
+    });
+    let t = now_secs();
+    let body = format!(r#"[{{"ts":{t},"event":"login"}},{{"ts":{t},"event":"boss_killed"}}]"#);
+    let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &body);
+    refused(&r, 403, "not_allowed");
+    assert!(r.text().contains(r#""field":"event","index":1"#), "{}", r.text());
+    // Another environment of the game has no list.
+    ok(&post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "dev")], &body), 2, 0);
+    // The file changes (as POST /api/analytics/filters rewrites it): read again.
+    std::thread::sleep(Duration::from_millis(20));
+    let text = json!({format!("{GAME}|prod"): {"events": [], "payments_enabled": true, "sample_global": 100}});
+    std::fs::write(&path, text.to_string()).expect("write filters");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &body);
+        if r.status == 202 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "filters not read again: {}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

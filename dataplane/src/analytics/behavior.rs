@@ -360,7 +360,8 @@ mod tests {
     fn funnel_chains_take_the_best_start() {
         let steps: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_string()).collect();
         let s = seq(&[(0, "a", "s1"), (100, "b", "s1"), (105, "a", "s2"), (106, "b", "s2"), (107, "c", "s2")]);
-        let b = &mut u64::MAX;
+        let mut budget = u64::MAX;
+        let b = &mut budget;
         assert_eq!(funnel_depth(&s, &steps, false, 0, b), Some(3));
         assert_eq!(funnel_depth(&s, &steps, true, 0, b), Some(3));
         assert_eq!(funnel_depth(&s, &steps, false, 5, b), Some(3), "the second start is within the gap");

@@ -1,0 +1,186 @@
+// Unit tests of the SDK's built ESM bundle under node's test runner: ids, batching by
+// count and by time, back-off honouring Retry-After, the bounded offline queue, refusals
+// that cannot succeed, purchases, and the sendBeacon hand-over.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Client, uuid, backoff } from "../dist/croupier.esm.js";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A storage that keeps strings in a Map. */
+function memory() {
+  const m = new Map();
+  return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem: (k, v) => m.set(k, String(v)), m };
+}
+
+/** A fetch that answers each call with the next status (the last one repeats) and records the calls. */
+function server(...statuses) {
+  const calls = [];
+  const f = async (url, init) => {
+    const status = statuses[Math.min(calls.length, statuses.length - 1)];
+    calls.push({ url, init, records: JSON.parse(init.body), status });
+    if (status === "offline") throw new TypeError("Failed to fetch");
+    const headers = new Headers(status === 429 ? { "Retry-After": "0" } : {});
+    return new Response(status === 202 ? '{"ok":true}' : "{}", { status, headers });
+  };
+  f.calls = calls;
+  return f;
+}
+
+function client(over = {}) {
+  return new Client({
+    endpoint: "http://ingest.test",
+    key: "pk_unit_test_key_0001",
+    game: "g1",
+    autoSession: false,
+    flushInterval: 60_000,
+    storage: memory(),
+    ...over,
+  });
+}
+
+test("event ids are v4 UUIDs, distinct, also without crypto.randomUUID", () => {
+  const ids = new Set(Array.from({ length: 1000 }, uuid));
+  assert.equal(ids.size, 1000);
+  for (const id of ids) assert.match(id, UUID);
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "crypto");
+  Object.defineProperty(globalThis, "crypto", { value: { getRandomValues: (b) => saved.get.call(globalThis).getRandomValues(b) }, configurable: true });
+  try {
+    assert.match(uuid(), UUID);
+  } finally {
+    Object.defineProperty(globalThis, "crypto", saved);
+  }
+});
+
+test("a full batch is sent at once with the key, each record complete", async () => {
+  const f = server(202);
+  const c = client({ fetch: f, batchSize: 3, userId: "u1", appVersion: "1.2.0" });
+  c.track("level_start", { level: 1 });
+  c.track("level_complete", { level: 1 });
+  assert.equal(f.calls.length, 0);
+  c.track("level_start", { level: 2 });
+  await c.flush();
+  assert.equal(f.calls.length, 1);
+  const { url, init, records } = f.calls[0];
+  assert.equal(url, "http://ingest.test/api/analytics/ingest");
+  assert.equal(init.headers["X-Write-Key"], "pk_unit_test_key_0001");
+  assert.equal(init.headers["Content-Type"], "application/json");
+  assert.deepEqual(records.map((r) => r.event), ["level_start", "level_complete", "level_start"]);
+  const r = records[0];
+  assert.equal(r.game_id, "g1");
+  assert.equal(r.env, "prod");
+  assert.equal(r.user_id, "u1");
+  assert.equal(r.app_version, "1.2.0");
+  assert.equal(r.platform, "web");
+  assert.equal(r.session_id, c.session);
+  assert.deepEqual(r.props, { level: 1 });
+  assert.match(r.event_id, UUID);
+  assert.equal(new Set(records.map((r) => r.event_id)).size, 3);
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("a partial batch goes after flushInterval", async () => {
+  const f = server(202);
+  const c = client({ fetch: f, flushInterval: 30 });
+  c.track("login");
+  await sleep(120);
+  assert.equal(f.calls.length, 1);
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("429 and 503 are retried after Retry-After or a growing back-off, each event sent until stored", async () => {
+  assert.equal(backoff(0, "3", 60_000), 3000);
+  assert.equal(backoff(5, "120", 60_000), 60_000);
+  for (let a = 0; a < 6; a++) {
+    const b = backoff(a, null, 60_000);
+    const cap = Math.min(1000 * 2 ** a, 60_000);
+    assert.ok(b >= cap / 2 && b <= cap, `${a}: ${b}`);
+  }
+  const f = server(429, 202);
+  const c = client({ fetch: f, flushInterval: 10 });
+  c.track("login");
+  await c.flush();
+  assert.equal(f.calls.length, 1);
+  assert.equal(c.queue.length, 1, "kept after 429");
+  await sleep(100);
+  assert.equal(f.calls.length, 2);
+  assert.deepEqual(f.calls[1].records, f.calls[0].records, "the same records, same ids");
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("offline: the queue is kept in storage, bounded, and delivered by the next page", async () => {
+  const storage = memory();
+  const down = server("offline");
+  const c = client({ fetch: down, storage, maxQueue: 5, maxBackoff: 60_000 });
+  for (let i = 0; i < 8; i++) c.track("heartbeat", { i });
+  await c.flush();
+  assert.equal(c.queue.length, 5);
+  const saved = JSON.parse(storage.getItem("croupier:g1:queue"));
+  assert.deepEqual(saved.map((s) => s.r.props.i), [3, 4, 5, 6, 7], "the oldest were dropped");
+  c.close();
+  const up = server(202);
+  const next = client({ fetch: up, storage });
+  await next.flush();
+  assert.deepEqual(up.calls.flatMap((x) => x.records.map((r) => r.props.i)), [3, 4, 5, 6, 7]);
+  assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:queue")), []);
+  assert.equal(next.device, c.device, "the device id is kept");
+  next.close();
+});
+
+test("a refusal that cannot succeed drops the batch; 5xx keeps it", async () => {
+  const f = server(400);
+  const c = client({ fetch: f });
+  c.track("login");
+  await c.flush();
+  assert.equal(c.queue.length, 0);
+  const g = server(500);
+  const d = client({ fetch: g });
+  d.track("login");
+  await d.flush();
+  assert.equal(d.queue.length, 1);
+  c.close();
+  d.close();
+});
+
+test("purchase: a payment to the payments route and a purchase event", async () => {
+  const f = server(202);
+  const c = client({ fetch: f, userId: "p1" });
+  c.purchase({ orderId: "o-1", amountCents: 499, currency: "USD", productId: "gems" });
+  await c.flush();
+  assert.equal(f.calls.length, 2);
+  const pay = f.calls.find((x) => x.url.endsWith("/api/analytics/payments/ingest")).records;
+  assert.equal(pay.length, 1);
+  assert.deepEqual(
+    { user: pay[0].user_id, order: pay[0].order_id, cents: pay[0].amount_cents, cur: pay[0].currency, status: pay[0].status },
+    { user: "p1", order: "o-1", cents: 499, cur: "USD", status: "success" },
+  );
+  const ev = f.calls.find((x) => x.url.endsWith("/api/analytics/ingest")).records;
+  assert.equal(ev[0].event, "purchase");
+  assert.equal(ev[0].props.order_id, "o-1");
+  c.close();
+});
+
+test("close: session_end and the queue go by sendBeacon with the key in the URL", async () => {
+  const beacons = [];
+  Object.defineProperty(globalThis, "navigator", {
+    value: { sendBeacon: (url, body) => (beacons.push({ url, body: JSON.parse(body) }), true) },
+    configurable: true,
+  });
+  try {
+    const c = client({ fetch: server("offline"), autoSession: true, heartbeatInterval: 0, batchSize: 50 });
+    c.track("level_start");
+    c.close();
+    assert.equal(beacons.length, 1);
+    assert.equal(beacons[0].url, "http://ingest.test/api/analytics/ingest?key=pk_unit_test_key_0001");
+    assert.deepEqual(beacons[0].body.map((r) => r.event), ["session_start", "level_start", "session_end"]);
+    assert.equal(c.queue.length, 0);
+    c.track("late");
+    assert.equal(c.queue.length, 0, "nothing is queued after close");
+  } finally {
+    delete globalThis.navigator;
+  }
+});

@@ -61,6 +61,20 @@ if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.htt
   python3 -m pip install --quiet "${otel[@]}" || python3 -m pip install --quiet --break-system-packages "${otel[@]}"
 fi
 
+# The JavaScript SDK (sdk/js): its build tools and the browser tests' driver from npm
+# (npm ci from package-lock.json; playwright-core drives Debian's chromium, so no browser is
+# downloaded), then its bundles (build.mjs skips them when dist is newer than the sources).
+# npm ci runs only when node_modules is older than the lock file.
+sdk_js="$(cd "$(dirname "$0")/.." && pwd)/sdk/js"
+if [ -f "$sdk_js/package-lock.json" ]; then
+  if [ ! -f "$sdk_js/node_modules/.package-lock.json" ] \
+      || [ "$sdk_js/package-lock.json" -nt "$sdk_js/node_modules/.package-lock.json" ]; then
+    echo "setup: npm ci (sdk/js)"
+    (cd "$sdk_js" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  (cd "$sdk_js" && node build.mjs >/dev/null)
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
   exit 1

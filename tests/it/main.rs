@@ -27,6 +27,7 @@ mod redis_faults;
 mod refusals;
 mod replication;
 mod retries;
+mod sdk_browser;
 mod shutdown;
 mod trimming;
 mod worker;

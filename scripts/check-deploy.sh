@@ -4,6 +4,7 @@
 # where it fires and one where it does not), the Grafana boards' queries (parsed by
 # promtool), the Alertmanager configuration and routing (amtool), and the full stack:
 # docker-compose.yml (docker-compose config), every file it mounts from deploy/ (nginx -t,
+# haproxy -c for deploy/haproxy/haproxy.cfg,
 # redis-server with deploy/redis/redis.conf, croupier check, the Collector's pipelines, the
 # seccomp profile), and that CI runs every command of the Dockerfile's build stage. CI runs
 # it from .ci/run; the tools come from scripts/setup.sh (Debian: prometheus,
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in promtool amtool python3 docker-compose nginx redis-server redis-cli; do
+for tool in promtool amtool python3 docker-compose nginx haproxy redis-server redis-cli; do
   command -v "$tool" >/dev/null 2>&1 || { echo "check-deploy: $tool not found (run scripts/setup.sh)" >&2; exit 1; }
 done
 
@@ -48,6 +49,12 @@ python3 scripts/compose_lint.py
 # system path is needed.
 mkdir -p "$tmp/nginx"
 nginx -t -q -p "$tmp/nginx/" -c "$PWD/deploy/nginx/nginx.conf" -g "pid $tmp/nginx/nginx.pid;"
+# HAProxy (several data-plane nodes, docs/deploy.md): the shipped file as is, with its
+# default addresses, and with the loopback ones tests/it/haproxy.rs gives it.
+haproxy -c -q -f deploy/haproxy/haproxy.cfg
+HAPROXY_BIND=127.0.0.1:18080 CROUPIER_1=127.0.0.1:18081 CROUPIER_1_CONTROL_PORT=18082 \
+  CROUPIER_2=127.0.0.1:18083 CROUPIER_2_CONTROL_PORT=18084 HAPROXY_MAXCONN=1000 \
+  haproxy -c -q -f deploy/haproxy/haproxy.cfg
 # Redis: the shipped file loads and gives an AOF fsynced on every write.
 redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 redis-server deploy/redis/redis.conf --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --daemonize no \

@@ -137,6 +137,10 @@ pub struct Server {
     /// past it gets 503 `server_busy`. Never less than `max_body_bytes` in effect (see
     /// [`Server::body_budget`]).
     pub max_inflight_body_bytes: usize,
+    /// On SIGTERM/SIGINT, how long the control port's `/readyz` answers 503 while the data
+    /// port goes on serving, before the listener closes, milliseconds: the time a load
+    /// balancer or Kubernetes needs to stop sending new requests (docs/deploy.md).
+    pub drain_delay_ms: u64,
 }
 
 impl Server {
@@ -162,6 +166,7 @@ impl Default for Server {
             idle_timeout_ms: 60_000,
             max_connections: 4096,
             max_inflight_body_bytes: 64 << 20,
+            drain_delay_ms: 0,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use croupier_control::config::Config;
 
@@ -17,6 +18,8 @@ pub struct Stack {
     control: Option<Control>,
     workers: Option<Shards>,
     ingest: Option<Handle>,
+    /// `server.drain_delay_ms`.
+    drain_delay: Duration,
 }
 
 impl Stack {
@@ -26,7 +29,8 @@ impl Stack {
     pub fn start(config: Config, ingest: bool, worker: bool) -> Result<Stack, String> {
         // One registry: every shard, ingest or worker, counts in a block of its own in it.
         let metrics = crate::registry(&config);
-        let mut stack = Stack { control: None, workers: None, ingest: None };
+        let drain_delay = Duration::from_millis(config.server.drain_delay_ms);
+        let mut stack = Stack { control: None, workers: None, ingest: None, drain_delay };
         stack.control = crate::control::listener::start(Arc::new(config.clone()), metrics.clone(), ingest, worker)?;
         if let Some(c) = &stack.control {
             tracing::info!(addr = %c.local_addr(), "control listening (/metrics, /healthz, /readyz)");
@@ -81,10 +85,19 @@ impl Stack {
         self.ingest.as_ref().map(Handle::driver)
     }
 
-    /// Stops ingest (requests in flight answered), then the workers (the batch in hand
-    /// inserted and acknowledged), then the control listener last, so that `/metrics` and
-    /// `/readyz` answer while the rest drains.
+    /// Drains: `/readyz` answers 503 at once and, when ingest runs, the data port goes on
+    /// serving for `server.drain_delay_ms` (a load balancer's checks take the node out
+    /// meanwhile); then stops ingest (listener closed, requests in flight answered), the
+    /// workers (the batch in hand inserted and acknowledged), and the control listener
+    /// last, so that `/metrics` and `/readyz` answer while the rest drains.
     pub fn shutdown(self) {
+        if let Some(c) = &self.control {
+            c.drain();
+        }
+        if self.ingest.is_some() && !self.drain_delay.is_zero() {
+            tracing::info!(delay = ?self.drain_delay, "not ready; serving until the drain delay ends");
+            std::thread::sleep(self.drain_delay);
+        }
         if let Some(h) = self.ingest {
             h.shutdown();
         }

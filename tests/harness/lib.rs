@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod clickhouse;
+pub mod haproxy;
 pub mod http;
 pub mod monitoring;
 pub mod proxy;

@@ -315,6 +315,24 @@ impl Croupier {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends `sig` (`TERM`, `INT`, ...) to the process; true if it was delivered.
+    pub fn signal(&self, sig: &str) -> bool {
+        self.child.as_ref().is_some_and(|c| crate::signal(c, sig))
+    }
+
+    /// Waits (at most `timeout`) for the process to end; its exit status, or `None` if it
+    /// is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if status.is_some() || Instant::now() >= deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Croupier {

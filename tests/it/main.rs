@@ -16,6 +16,7 @@ mod fixture;
 mod framing;
 mod fuzz_corpus;
 mod grafana;
+mod haproxy;
 mod hll;
 mod ingest;
 mod limits;

@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ struct ControlPort {
     driver: ActiveDriver,
     router: Router<Route>,
     api: Api,
+    /// Set by [`Control::drain`]: `/readyz` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl ControlPort {
@@ -74,6 +77,11 @@ impl ControlPort {
     }
 
     async fn ready(&self) -> Response {
+        if self.draining.load(Ordering::Relaxed) {
+            let mut r = Response::json(503, r#"{"ready":false,"draining":true}"#.into());
+            r.retry_after = Some(self.config.redis.retry_after_secs);
+            return r;
+        }
         let (readiness, _) = self.probes.readiness().await;
         if readiness.ready() {
             Response::json(200, readiness.body())
@@ -126,12 +134,19 @@ impl Handler for ControlPort {
 pub struct Control {
     addr: SocketAddr,
     thread: Shards,
+    draining: Arc<AtomicBool>,
 }
 
 impl Control {
     /// The address it listens on (the resolved port when `:0` was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Makes `/readyz` answer 503 (`{"ready":false,"draining":true}`) from now on: the
+    /// process is stopping, a load balancer should send it nothing new.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Stops accepting, answers the requests in hand, and waits for the thread.
@@ -159,13 +174,16 @@ pub fn start(
     listener.set_nonblocking(true).map_err(|e| format!("control.listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("control.listen: {e}"))?;
     let mut listener = Some(listener);
+    let draining = Arc::new(AtomicBool::new(false));
+    let flag = draining.clone();
     let thread = shards::spawn_shards(
         "control",
         1,
         driver,
         |_| None,
         |_, stop| {
-            let (config, registry, listener) = (config.clone(), registry.clone(), listener.take());
+            let (config, registry, listener, draining) =
+                (config.clone(), registry.clone(), listener.take(), flag.clone());
             move || async move {
                 let Some(listener) = listener else { return };
                 let limits = server::Limits {
@@ -187,7 +205,7 @@ pub fn start(
                 };
                 let audit_stop = Rc::new(Cell::new(false));
                 let audit = monoio::spawn(api.audit_task(audit_stop.clone()));
-                let port = Rc::new(ControlPort { config, registry, probes, driver, router: router(), api });
+                let port = Rc::new(ControlPort { config, registry, probes, driver, router: router(), api, draining });
                 let serve = move |stream, server| conn::serve(port.clone(), server, stream);
                 if let Err(e) = server::run(listener, stop, limits, serve).await {
                     tracing::error!(error = %e, "control listener failed");
@@ -197,7 +215,7 @@ pub fn start(
             }
         },
     )?;
-    Ok(Some(Control { addr, thread }))
+    Ok(Some(Control { addr, thread, draining }))
 }
 
 #[cfg(test)]

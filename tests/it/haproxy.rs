@@ -1,0 +1,213 @@
+//! Several data-plane nodes behind a load balancer: the drain on SIGTERM (`/readyz` 503
+//! first, the data port still answering for `server.drain_delay_ms`, then the listener
+//! closed and requests in flight finished), and two `croupier ingest` nodes behind a real
+//! HAProxy running `deploy/haproxy/haproxy.cfg`, one of them SIGTERMed under load: every
+//! request is answered 202 (or told to retry), and every event answered 202 is in
+//! ClickHouse once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::haproxy::Haproxy;
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
+use croupier_it::monitoring::Croupier;
+use croupier_it::redis::RedisServer;
+
+use crate::fixture::{events, post_signed, GAME, SECRET};
+use crate::pipeline::{croupier, CROUPIER};
+
+/// Redis, ClickHouse with the schema, and the environment of croupier processes on them.
+fn servers(drain_delay_ms: u64) -> (RedisServer, ClickHouseServer, Vec<(String, String)>) {
+    let redis = RedisServer::start();
+    let clickhouse = ClickHouseServer::start();
+    let mut env = crate::pipeline::env(&redis, &clickhouse);
+    env.extend([
+        (format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()),
+        ("CROUPIER_SERVER__SHARDS".into(), "1".into()),
+        ("CROUPIER_REDIS__BACKLOG_POLL_MS".into(), "20".into()),
+        ("CROUPIER_SERVER__DRAIN_DELAY_MS".into(), drain_delay_ms.to_string()),
+    ]);
+    let (ok, out) = croupier(&["migrate"], &env);
+    assert!(ok, "croupier migrate: {out}");
+    (redis, clickhouse, env)
+}
+
+/// SIGTERM: `/readyz` answers 503 (`draining`) at once, the data port goes on accepting
+/// and answering new connections for the drain delay, then the process ends cleanly.
+#[test]
+fn drain_readyz_goes_503_while_the_data_port_still_answers() {
+    let (_redis, _clickhouse, env) = servers(1500);
+    let mut node = Croupier::start(CROUPIER, "ingest", &env);
+    node.wait_data_ready();
+    node.wait_control_ready(200);
+    let signalled = Instant::now();
+    assert!(node.signal("TERM"));
+    let body = node.wait_control_ready(503);
+    assert!(body.contains(r#""draining":true"#), "{body}");
+    assert!(signalled.elapsed() < Duration::from_millis(1000), "/readyz 503 after {:?}", signalled.elapsed());
+    // Still serving: a new connection is accepted and answered (the balancer has not yet
+    // taken the node out).
+    let mut answered = 0;
+    while signalled.elapsed() < Duration::from_millis(1000) {
+        let mut c = HttpClient::connect(node.data);
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(3).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered >= 5, "{answered} requests answered while draining");
+    let status = node.wait_exit(Duration::from_secs(15)).expect("the node stops after its drain");
+    assert!(status.success(), "{status}: {}", node.log());
+    assert!(signalled.elapsed() >= Duration::from_millis(1500), "stopped after {:?}", signalled.elapsed());
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Events answered 202.
+    accepted: u64,
+    /// Requests answered 202.
+    ok: u64,
+    /// 503 with Retry-After (resent, same nonce and body).
+    told_to_retry: u64,
+    /// Anything else: another status, or the connection ended without an answer.
+    failures: Vec<String>,
+}
+
+/// A signed events request of `n` events, as raw bytes (its nonce is kept on a resend).
+fn signed_request(n: usize) -> Vec<u8> {
+    let body = events(n);
+    let mut req = format!("POST /api/ingest/events HTTP/1.1\r\nHost: lb\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce()) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    req.into_bytes()
+}
+
+/// Two `croupier ingest` nodes behind HAProxy (`deploy/haproxy/haproxy.cfg`, addresses in
+/// its environment variables) and one worker; four keep-alive clients; node 1 is
+/// SIGTERMed under load. No request fails without being told to retry, both nodes served,
+/// node 1 stops cleanly, and ClickHouse holds exactly the events answered 202.
+#[test]
+fn haproxy_two_nodes_one_sigtermed_under_load_loses_nothing() {
+    let (_redis, clickhouse, env) = servers(1500);
+    let mut node1 = Croupier::start(CROUPIER, "ingest", &env);
+    let node2 = Croupier::start(CROUPIER, "ingest", &env);
+    let worker = Croupier::start(CROUPIER, "worker", &env);
+    for n in [&node1, &node2] {
+        n.wait_data_ready();
+        n.wait_control_ready(200);
+    }
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
+    let lb_env: Vec<(String, String)> = [
+        ("CROUPIER_1", node1.data.to_string()),
+        ("CROUPIER_1_CONTROL_PORT", node1.control.port().to_string()),
+        ("CROUPIER_2", node2.data.to_string()),
+        ("CROUPIER_2_CONTROL_PORT", node2.control.port().to_string()),
+        ("HAPROXY_MAXCONN", "1000".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let lb = Haproxy::start(std::path::Path::new(config), &lb_env);
+
+    const BATCH: usize = 20;
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, outcome, stop, sent) = (lb.addr, outcome.clone(), stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut client = HttpClient::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    let req = signed_request(BATCH);
+                    loop {
+                        client.send_raw(&req);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        let reply = client.try_read_reply();
+                        let mut o = outcome.lock().unwrap();
+                        let close = match &reply {
+                            Some(r) if r.status == 202 => {
+                                o.accepted += BATCH as u64;
+                                o.ok += 1;
+                                r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                            }
+                            Some(r) if r.status == 503 && r.header("retry-after").is_some() => {
+                                o.told_to_retry += 1;
+                                drop(o);
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                            Some(r) => {
+                                o.failures.push(format!("{}: {}", r.status, r.text()));
+                                true
+                            }
+                            None => {
+                                o.failures.push("connection ended without an answer".into());
+                                true
+                            }
+                        };
+                        drop(o);
+                        if close {
+                            client = HttpClient::connect(addr);
+                        }
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Load on both nodes, then node 1 is stopped while it is being sent requests.
+    let served = |n: &Croupier| {
+        let (_, text) = n.control_get("/metrics");
+        crate::metrics::sample(&text, r#"croupier_http_requests_total{route="/api/ingest/events",status="202"}"#)
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served(&node1) < 20.0 || served(&node2) < 20.0 {
+        assert!(Instant::now() < deadline, "both nodes should take traffic:\n{}", lb.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(node1.signal("TERM"));
+    let status = node1.wait_exit(Duration::from_secs(15)).expect("node 1 stops after its drain");
+    assert!(status.success(), "{status}: {}", node1.log());
+    let after_stop = served(&node2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served(&node2) < after_stop + 20.0 {
+        assert!(Instant::now() < deadline, "node 2 should take the traffic:\n{}", lb.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let o = outcome.lock().unwrap();
+    assert!(o.failures.is_empty(), "requests failed without being told to retry: {:?}\n{}", o.failures, lb.log());
+    assert!(o.ok > 80, "{o:?}");
+
+    // No loss: the worker stores exactly the events answered 202 (a resent request is
+    // stored once).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: u64 = clickhouse.query("SELECT count() FROM analytics.events FINAL").trim().parse().unwrap();
+        if rows == o.accepted {
+            break;
+        }
+        assert!(rows < o.accepted, "{rows} rows for {} events answered 202", o.accepted);
+        assert!(Instant::now() < deadline, "{rows} rows for {} events answered 202: {}", o.accepted, worker.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "haproxy: {} requests answered 202 ({} events), {} told to retry, {} sent",
+        o.ok,
+        o.accepted,
+        o.told_to_retry,
+        sent.load(Ordering::Relaxed)
+    );
+}

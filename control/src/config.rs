@@ -468,6 +468,9 @@ pub struct Api {
     pub audit_max_pending: usize,
     /// Where `POST /api/analytics/filters` keeps its settings (JSON); unset: in memory.
     pub filters_file: Option<PathBuf>,
+    /// Cost per install in cents by acquisition channel, for `/api/analytics/attribution`
+    /// (CPI and ROAS): keys `"<channel>"`, or `"<game>/<channel>"` for one game (first).
+    pub cpi_cents: BTreeMap<String, u64>,
 }
 
 impl Default for Api {
@@ -482,6 +485,7 @@ impl Default for Api {
             audit_flush_ms: 1_000,
             audit_max_pending: 100_000,
             filters_file: None,
+            cpi_cents: BTreeMap::new(),
         }
     }
 }

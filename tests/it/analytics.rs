@@ -302,6 +302,9 @@ impl Api {
         config.api.audit_flush_ms = 100;
         config.api.roles.insert("guest".into(), vec![]);
         config.api.filters_file = Some(keys.path().join("filters.json"));
+        config.api.cpi_cents.insert("appstore".into(), 150);
+        config.api.cpi_cents.insert("g1/google".into(), 80);
+        config.api.cpi_cents.insert("g2/web".into(), 5);
         let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), false, false)
             .expect("control starts")
             .expect("control listener");
@@ -878,6 +881,7 @@ fn analytics_queries_agree_on_a_current_engine() {
         format!("levels/episodes?{range}"),
         format!("ltv?{range}"),
         format!("segments?{range}"),
+        format!("attribution?{range}"),
     ] {
         api.json(&format!("/api/analytics/{path}"));
     }
@@ -1158,4 +1162,66 @@ fn analytics_filters_are_kept_and_guarded() {
         serde_json::from_str(&std::fs::read_to_string(api._keys.path().join("filters.json")).unwrap()).unwrap();
     assert_eq!(file["g1|prod"], want);
     assert_eq!(api.get("/api/analytics/filters?game_id=g1", "").status, 401);
+}
+
+/// Attribution by channel, computed here from the history: installs (the register day),
+/// signups, day-0 revenue, CPI and ROAS from the configured costs (a per-game cost before
+/// a channel's; `web` has none for g1), and the summary's payback day.
+#[test]
+fn analytics_attribution_is_exact() {
+    let api = Api::start();
+    let h = &api.history;
+    let (first, last) = (h.today - 40, h.today - 1);
+    let v =
+        api.json(&format!("/api/analytics/attribution?game_id=g1&env=prod&start={}&end={}", date(first), date(last)));
+    let cpi = |c: &str| match c {
+        "appstore" => Some(150u64),
+        "google" => Some(80),
+        _ => None,
+    };
+    let mut rows = vec![];
+    let (mut cost, mut costed_installs, mut installs_total) = (0u64, 0u64, 0u64);
+    let mut returned = vec![0u64; 90];
+    for (i, channel) in CHANNELS.iter().enumerate() {
+        let members: Vec<usize> = h.players().filter(|p| p % 3 == i && (first..=last).contains(&h.reg[*p])).collect();
+        let installs = members.len() as u64;
+        installs_total += installs;
+        let mut by_offset = vec![0u64; 90];
+        for pay in h.payments.iter().filter(|p| p.status == "success") {
+            let p = pay.user as usize;
+            if !members.contains(&p) {
+                continue;
+            }
+            let offset = pay.time.div_euclid(DAY) - h.reg[p];
+            if (0..90).contains(&offset) {
+                by_offset[offset as usize] += pay.amount;
+            }
+        }
+        let within = |n: usize| by_offset[..n].iter().sum::<u64>();
+        let c = cpi(channel).map(|x| x * installs);
+        let roas = |n: usize| c.map_or(Value::Null, |c| json!(percent(within(n), c)));
+        if let Some(c) = c {
+            cost += c;
+            costed_installs += installs;
+            returned.iter_mut().zip(&by_offset).for_each(|(r, b)| *r += b);
+        }
+        rows.push(json!({
+            "channel": channel, "installs": installs, "signups": installs, "first_active": 0,
+            "rev_d0_cents": within(1), "cpi_cents": cpi(channel),
+            "roas_d1": roas(1), "roas_d7": roas(7), "roas_d30": roas(30),
+        }));
+    }
+    assert_eq!(v["by_channel"], Value::Array(rows));
+    let back = |n: usize| returned[..n].iter().sum::<u64>();
+    let payback = (1..=90).find(|n| back(*n) >= cost);
+    assert_eq!(
+        v["summary"],
+        json!({
+            "installs": installs_total, "signups": installs_total, "first_active": 0,
+            "cpi_cents": cost / costed_installs,
+            "roas_d1": percent(back(1), cost), "roas_d7": percent(back(7), cost), "roas_d30": percent(back(30), cost),
+            "payback_days": payback,
+        })
+    );
+    assert!(installs_total > 100 && back(30) > 0, "{v}");
 }

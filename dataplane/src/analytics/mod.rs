@@ -5,6 +5,7 @@
 //! one contract ([`error`]); request values reach SQL only through [`sql`]. Figures are
 //! defined in `docs/metrics.md`.
 
+pub mod attribution;
 pub mod audit;
 pub mod auth;
 pub mod behavior;
@@ -21,6 +22,7 @@ pub mod retention;
 pub mod sql;
 pub mod taxonomy;
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -75,6 +77,8 @@ pub enum Route {
     Ltv,
     /// `/api/analytics/segments`.
     Segments,
+    /// `/api/analytics/attribution`.
+    Attribution,
     /// `/api/analytics/filters` (GET and POST).
     Filters,
 }
@@ -99,6 +103,7 @@ impl Route {
         ("/api/analytics/levels/maps", Route::LevelMaps),
         ("/api/analytics/ltv", Route::Ltv),
         ("/api/analytics/segments", Route::Segments),
+        ("/api/analytics/attribution", Route::Attribution),
         ("/api/analytics/filters", Route::Filters),
     ];
 
@@ -145,6 +150,8 @@ pub struct Ctx<'a> {
     pub scope: &'a Scope,
     /// Unix seconds at the request.
     pub now: i64,
+    /// Cost per install by channel (`api.cpi_cents`).
+    pub costs: &'a BTreeMap<String, u64>,
 }
 
 impl Ctx<'_> {
@@ -169,6 +176,7 @@ pub struct Api {
     filters: filters::Filters,
     audit_opts: ChOptions,
     audit_every: Duration,
+    costs: BTreeMap<String, u64>,
 }
 
 impl Api {
@@ -193,6 +201,7 @@ impl Api {
             filters: filters::Filters::load(api.filters_file.clone())?,
             audit_opts: opts,
             audit_every: Duration::from_millis(api.audit_flush_ms),
+            costs: api.cpi_cents.clone(),
         })
     }
 
@@ -254,7 +263,7 @@ impl Api {
     ) -> Result<Json, ApiError> {
         caller.require(route.permission(false))?;
         caller.may_read(scope.game.as_deref())?;
-        let ctx = Ctx { db: &self.db, redis: &self.redis, params, scope, now: now_secs() };
+        let ctx = Ctx { db: &self.db, redis: &self.redis, params, scope, now: now_secs(), costs: &self.costs };
         match route {
             Route::Overview => overview::overview(&ctx).await,
             Route::Realtime => realtime::realtime(&ctx).await,
@@ -273,6 +282,7 @@ impl Api {
             Route::LevelMaps => levels::facets(&ctx, "map", "maps").await,
             Route::Ltv => cohorts::ltv(&ctx).await,
             Route::Segments => cohorts::segments(&ctx).await,
+            Route::Attribution => attribution::attribution(&ctx).await,
             Route::Filters => Ok(self.filters.get(scope)),
         }
     }

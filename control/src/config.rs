@@ -423,8 +423,8 @@ impl Default for Aggregate {
     }
 }
 
-/// `[control]`: the control listener (`/metrics`, `/healthz`, `/readyz`), on a thread of
-/// its own, never a data shard.
+/// `[control]`: the control listener (`/metrics`, `/healthz`, `/readyz`, the Analytics
+/// API and the web dashboard), on a thread of its own, never a data shard.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Control {
@@ -433,11 +433,15 @@ pub struct Control {
     /// Longest wait for Redis or ClickHouse when `/readyz` or `/metrics` asks them,
     /// milliseconds.
     pub probe_timeout_ms: u64,
+    /// The built web dashboard (`dashboard/dist`: `index.html` and `assets/`), read at
+    /// start and served at `/`; empty means no dashboard. A relative path is taken from
+    /// the working directory.
+    pub dashboard_dir: String,
 }
 
 impl Default for Control {
     fn default() -> Self {
-        Control { listen: "0.0.0.0:8081".into(), probe_timeout_ms: 1_000 }
+        Control { listen: "0.0.0.0:8081".into(), probe_timeout_ms: 1_000, dashboard_dir: "dashboard/dist".into() }
     }
 }
 

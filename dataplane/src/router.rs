@@ -29,6 +29,8 @@ impl Methods {
 #[derive(Debug, Clone)]
 struct Row<R> {
     path: &'static str,
+    /// The row takes every path that starts with `path` (a directory of files).
+    prefix: bool,
     methods: Methods,
     route: R,
 }
@@ -48,7 +50,14 @@ impl<R: Copy> Router<R> {
 
     /// Adds `route` at `path` (matched exactly, without the query) for `methods`.
     pub fn route(mut self, path: &'static str, methods: Methods, route: R) -> Router<R> {
-        self.rows.push(Row { path, methods, route });
+        self.rows.push(Row { path, prefix: false, methods, route });
+        self
+    }
+
+    /// Adds `route` for every path that starts with `prefix` (which ends with `/`) and
+    /// that no exact row takes; the longest prefix wins.
+    pub fn prefix(mut self, prefix: &'static str, methods: Methods, route: R) -> Router<R> {
+        self.rows.push(Row { path: prefix, prefix: true, methods, route });
         self
     }
 
@@ -60,7 +69,10 @@ impl<R: Copy> Router<R> {
     /// The route of a request: 404 for an unknown path, 405 (with what the path allows)
     /// for a method it does not take.
     pub fn find(&self, method: Method, path: &str) -> Result<R, HttpError> {
-        let row = self.rows.iter().find(|r| r.path == path).ok_or(HttpError::NotFound)?;
+        let exact = self.rows.iter().find(|r| !r.prefix && r.path == path);
+        let row = exact
+            .or_else(|| self.rows.iter().filter(|r| r.prefix && path.starts_with(r.path)).max_by_key(|r| r.path.len()))
+            .ok_or(HttpError::NotFound)?;
         if row.methods.accepts.contains(&method) {
             Ok(row.route)
         } else {
@@ -87,5 +99,18 @@ mod tests {
         let r = r.route("/d", Methods::POST_OPTIONS, 3);
         assert_eq!((r.find(Method::Options, "/d"), r.find(Method::Post, "/d")), (Ok(3), Ok(3)));
         assert_eq!(r.find(Method::Get, "/d"), Err(HttpError::MethodNotAllowed { allow: "POST, OPTIONS" }));
+    }
+
+    #[test]
+    fn prefix_rows_take_what_no_exact_row_takes() {
+        let r = Router::new(&NONE)
+            .prefix("/assets/", Methods::GET_HEAD, 1)
+            .prefix("/assets/big/", Methods::GET_HEAD, 2)
+            .route("/assets/exact", Methods::POST, 3);
+        assert_eq!(r.find(Method::Get, "/assets/app.js"), Ok(1));
+        assert_eq!(r.find(Method::Get, "/assets/big/x"), Ok(2));
+        assert_eq!(r.find(Method::Post, "/assets/exact"), Ok(3));
+        assert_eq!(r.find(Method::Post, "/assets/app.js"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
+        assert_eq!(r.find(Method::Get, "/assets"), Err(HttpError::NotFound));
     }
 }

@@ -1,5 +1,6 @@
-//! The control listener (`[control] listen`): `/metrics`, `/healthz`, `/readyz` and the
-//! Analytics API (`/api/analytics/*`, [`crate::analytics`]) on a thread of its own,
+//! The control listener (`[control] listen`): `/metrics`, `/healthz`, `/readyz`, the
+//! Analytics API (`/api/analytics/*`, [`crate::analytics`]) and the web dashboard (`/`,
+//! [`super::dashboard`]) on a thread of its own,
 //! never a data shard. It is one more surface of the generic HTTP
 //! layer: a route table and a [`Handler`] served by `http::conn` like the data port.
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use croupier_control::config::Config;
 use croupier_control::metrics::{process, Encoder, Registry, CONTENT_TYPE};
 
+use super::dashboard::{self, Dashboard};
 use super::ready::Probes;
 use super::streams;
 use crate::analytics::{self, Api, Headers};
@@ -36,6 +38,8 @@ pub enum Route {
     Ready,
     /// An Analytics API route.
     Analytics(analytics::Route),
+    /// The web dashboard: a page path or a file under `/assets/`.
+    Dashboard,
 }
 
 /// The header fields the Analytics API reads, by index.
@@ -46,7 +50,9 @@ pub fn router() -> Router<Route> {
     let r = Router::new(&FIELDS)
         .route("/metrics", Methods::GET_HEAD, Route::Metrics)
         .route("/healthz", Methods::GET_HEAD, Route::Health)
-        .route("/readyz", Methods::GET_HEAD, Route::Ready);
+        .route("/readyz", Methods::GET_HEAD, Route::Ready)
+        .prefix(dashboard::ASSETS, Methods::GET_HEAD, Route::Dashboard);
+    let r = dashboard::PAGES.iter().fold(r, |r, page| r.route(page, Methods::GET_HEAD, Route::Dashboard));
     analytics::routes(r, Route::Analytics)
 }
 
@@ -60,6 +66,7 @@ struct ControlPort {
     api: Api,
     /// Set by [`Control::drain`]: `/readyz` answers 503 from then on.
     draining: Arc<AtomicBool>,
+    dashboard: Dashboard,
 }
 
 impl ControlPort {
@@ -105,6 +112,7 @@ impl Handler for ControlPort {
             Route::Metrics => self.metrics().await,
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
             Route::Ready => self.ready().await,
+            Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
                 let head = req.head();
                 let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
@@ -205,7 +213,17 @@ pub fn start(
                 };
                 let audit_stop = Rc::new(Cell::new(false));
                 let audit = monoio::spawn(api.audit_task(audit_stop.clone()));
-                let port = Rc::new(ControlPort { config, registry, probes, driver, router: router(), api, draining });
+                let dashboard = Dashboard::load(&config.control.dashboard_dir);
+                let port = Rc::new(ControlPort {
+                    config,
+                    registry,
+                    probes,
+                    driver,
+                    router: router(),
+                    api,
+                    draining,
+                    dashboard,
+                });
                 let serve = move |stream, server| conn::serve(port.clone(), server, stream);
                 if let Err(e) = server::run(listener, stop, limits, serve).await {
                     tracing::error!(error = %e, "control listener failed");
@@ -230,5 +248,10 @@ mod tests {
         assert_eq!(r.find(Method::Head, "/readyz"), Ok(Route::Ready));
         assert_eq!(r.find(Method::Post, "/metrics"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
         assert_eq!(r.find(Method::Get, "/api/ingest/events"), Err(HttpError::NotFound));
+        assert_eq!(r.find(Method::Get, "/"), Ok(Route::Dashboard));
+        assert_eq!(r.find(Method::Get, "/overview"), Ok(Route::Dashboard));
+        assert_eq!(r.find(Method::Get, "/assets/index-abc.js"), Ok(Route::Dashboard));
+        assert_eq!(r.find(Method::Get, "/api/analytics/nope"), Err(HttpError::NotFound));
+        assert_eq!(r.find(Method::Post, "/"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
     }
 }

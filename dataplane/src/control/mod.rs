@@ -3,9 +3,11 @@
 //! shard's).
 //!
 //! - [`listener`]: the control port's thread, routes and answers;
+//! - [`dashboard`]: the web dashboard's built files, served at `/`;
 //! - [`streams`]: each stream's backlog, length and oldest unacknowledged entry;
 //! - [`ready`]: readiness per component (Redis, ClickHouse, the streams' marks).
 
+pub mod dashboard;
 pub mod listener;
 pub mod ready;
 pub mod streams;

@@ -1,0 +1,71 @@
+// The Analytics API client: bearer token, JSON answers, the API's error contract
+// ({error, message, field}); a 401 sends the user back to the login page.
+import { clearToken, token } from './auth';
+
+/** A refused or failed request, with the API's tag and message. */
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    public tag: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Called on a 401 (set by the shell: clears the token and shows the login page). */
+let onUnauthorized: () => void = () => {};
+export function setUnauthorizedHandler(f: () => void): void {
+  onUnauthorized = f;
+}
+
+/** `GET path` (with its query) on the control port, as JSON. */
+export async function get<T = any>(path: string, signal?: AbortSignal): Promise<T> {
+  const t = token();
+  const headers: Record<string, string> = t ? { Authorization: `Bearer ${t}` } : {};
+  let resp: Response;
+  try {
+    resp = await fetch(path, { headers, signal });
+  } catch (e) {
+    if ((e as Error).name === 'AbortError') throw e;
+    throw new ApiError(0, 'network', `cannot reach the server: ${(e as Error).message}`);
+  }
+  const text = await resp.text();
+  if (resp.status === 401) {
+    clearToken();
+    onUnauthorized();
+    throw new ApiError(401, 'unauthorized', 'the session ended: log in again');
+  }
+  if (!resp.ok) {
+    let tag = 'http_' + resp.status;
+    let message = text.slice(0, 200);
+    try {
+      const j = JSON.parse(text);
+      tag = j.error ?? tag;
+      message = j.message ?? message;
+      if (j.field) message += ` (${j.field})`;
+    } catch {
+      /* not JSON: the text is the message */
+    }
+    throw new ApiError(resp.status, tag, message);
+  }
+  return JSON.parse(text) as T;
+}
+
+/** `GET /metrics` as text (no token: the route is open). */
+export async function metricsText(signal?: AbortSignal): Promise<string> {
+  const resp = await fetch('/metrics', { signal });
+  if (!resp.ok) throw new ApiError(resp.status, 'metrics', `/metrics answered ${resp.status}`);
+  return resp.text();
+}
+
+/** A query string from parameters (empty values left out). */
+export function qs(params: Record<string, string | number | boolean | undefined>): string {
+  const u = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined || v === '' || v === false) continue;
+    u.set(k, v === true ? '1' : String(v));
+  }
+  const s = u.toString();
+  return s ? '?' + s : '';
+}

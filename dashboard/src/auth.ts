@@ -1,0 +1,28 @@
+// The Analytics API's JWT, kept in sessionStorage (gone when the tab closes).
+
+const KEY = 'croupier.token';
+
+export function token(): string | null {
+  return sessionStorage.getItem(KEY);
+}
+
+export function setToken(t: string): void {
+  sessionStorage.setItem(KEY, t.trim());
+}
+
+export function clearToken(): void {
+  sessionStorage.removeItem(KEY);
+}
+
+/** The token's claims (unverified: only to prefill the game selector and show the user). */
+export function claims(t: string | null = token()): Record<string, unknown> {
+  if (!t) return {};
+  try {
+    const part = t.split('.')[1] ?? '';
+    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'));
+    const v: unknown = JSON.parse(json);
+    return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}

@@ -1,0 +1,63 @@
+// Line and bar charts with uPlot (a small, maintained canvas chart library).
+import uPlot from 'uplot';
+import 'uplot/dist/uPlot.min.css';
+
+const COLORS = ['#2f7de1', '#e8743b', '#19a979', '#945ecf', '#d64d76', '#13a4b4'];
+
+/** A time series chart: x in unix seconds, one line per series. */
+export function lineChart(x: number[], series: { label: string; values: (number | null)[] }[], opts: { height?: number; bars?: boolean; time?: boolean } = {}): HTMLElement {
+  const el = document.createElement('div');
+  el.className = 'chart';
+  const width = () => Math.max(280, (el.parentElement?.clientWidth ?? 600) - 8);
+  const data: uPlot.AlignedData = [x, ...series.map((s) => s.values)];
+  const plot = new uPlot(
+    {
+      width: 600,
+      height: opts.height ?? 180,
+      scales: { x: { time: opts.time ?? true } },
+      legend: { show: series.length > 1 },
+      series: [
+        {},
+        ...series.map((s, i) => ({
+          label: s.label,
+          stroke: COLORS[i % COLORS.length],
+          width: 2,
+          fill: series.length === 1 ? COLORS[i % COLORS.length] + '22' : undefined,
+          paths: opts.bars ? uPlot.paths.bars?.({ size: [0.6, 40] }) : undefined,
+          points: { show: x.length < 40 },
+        })),
+      ],
+      axes: [{}, { size: 60 }],
+    },
+    data,
+    el,
+  );
+  // Sized once attached, and again with the window.
+  requestAnimationFrame(() => plot.setSize({ width: width(), height: opts.height ?? 180 }));
+  const onResize = () => plot.setSize({ width: width(), height: opts.height ?? 180 });
+  window.addEventListener('resize', onResize);
+  (el as HTMLElement & { plot?: uPlot }).plot = plot;
+  const obs = new MutationObserver(() => {
+    if (!el.isConnected) {
+      window.removeEventListener('resize', onResize);
+      plot.destroy();
+      obs.disconnect();
+    }
+  });
+  requestAnimationFrame(() => el.parentElement && obs.observe(document.body, { childList: true, subtree: true }));
+  return el;
+}
+
+/** `[[RFC 3339, n]]` series on a common x axis (the union of their times). */
+export function alignSeries(named: { label: string; points: [string, number][] }[]): { x: number[]; series: { label: string; values: (number | null)[] }[] } {
+  const xs = new Set<number>();
+  for (const s of named) for (const [t] of s.points) xs.add(Date.parse(t) / 1000);
+  const x = [...xs].sort((a, b) => a - b);
+  const index = new Map(x.map((v, i) => [v, i]));
+  const series = named.map((s) => {
+    const values: (number | null)[] = x.map(() => null);
+    for (const [t, n] of s.points) values[index.get(Date.parse(t) / 1000) ?? 0] = n;
+    return { label: s.label, values };
+  });
+  return { x, series };
+}

@@ -47,10 +47,22 @@ export function at(obj: unknown, key: string): unknown {
   return v;
 }
 
-/** A value shown with its figure attributes. */
+/** English glosses of the Chinese labels the API keeps from Croupier (level steps, difficulty). */
+const GLOSS: Record<string, string> = {
+  开始关卡: 'started',
+  完成关卡: 'cleared',
+  失败过: 'failed once',
+  低: 'low',
+  中: 'medium',
+  高: 'high',
+};
+
+/** A value shown with its figure attributes (a known Chinese label gets its gloss beside it). */
 export function val(data: unknown, key: string, scale = 1, dec = 0, tag: 'span' | 'td' = 'span'): HTMLElement {
   const v = at(data, key);
-  return h(tag, { 'data-key': key, 'data-scale': scale, 'data-dec': dec, class: typeof v === 'number' ? 'num' : '' }, show(v, scale, dec));
+  const shown = h('span', { 'data-key': key, 'data-scale': scale, 'data-dec': dec }, show(v, scale, dec));
+  const gloss = typeof v === 'string' ? GLOSS[v] : undefined;
+  return h(tag, { class: typeof v === 'number' ? 'num' : '' }, shown, gloss ? h('small', { class: 'muted' }, ` ${gloss}`) : null);
 }
 
 /** Figure cards. */

@@ -1,7 +1,7 @@
 // The dashboard's shell: login, navigation, the game / environment / date-range bar, and
 // the page router (History API; the control listener answers index.html at each page path).
 import './style.css';
-import { get, setUnauthorizedHandler } from './api';
+import { get, qs, setUnauthorizedHandler } from './api';
 import { claims, clearToken, setToken, token } from './auth';
 import { h } from './dom';
 import { readScope, saveScope, Scope, scopeQuery } from './state';
@@ -42,8 +42,11 @@ function loginPage(): HTMLElement {
     msg.textContent = '';
     setToken(t);
     try {
-      // Any read checks the token: the filters of no game are cheap.
-      await get('/api/analytics/filters');
+      // Any read checks the token: the filters are cheap. A token limited to some games
+      // must name one of them.
+      const games = claims().games;
+      const game = Array.isArray(games) && typeof games[0] === 'string' && games[0] !== '*' ? games[0] : '';
+      await get('/api/analytics/filters' + qs({ game_id: game }));
       navigate(next.startsWith('/') && !next.startsWith('/login') ? next : '/realtime', true);
     } catch (e) {
       clearToken();

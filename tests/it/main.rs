@@ -11,6 +11,7 @@ mod client_ingest;
 mod clients;
 mod config;
 mod control;
+mod dashboard;
 mod demo;
 mod fixture;
 mod framing;

@@ -1,0 +1,193 @@
+// Browser test of the dashboard (run by tests/it/dashboard.rs against a running
+// `croupier run` with a generated history): in Debian's headless Chromium, logs in with
+// the token, opens every page, compares every figure it shows (`data-key` inside a
+// `data-src` section) with the API's own answer at that URL, and the Operations figures
+// (`data-metric`) with a scrape of /metrics; no console errors; a screenshot per page.
+// Last, the Realtime page: the test process sends events when this script prints
+// `TRAFFIC start`, and the online figure must change.
+//
+// Environment: BASE (http://host:port of the control listener), TOKEN, GAME, ENV, START,
+// END (YYYY-MM-DD), SHOTS (directory for screenshots), CHROMIUM (default /usr/bin/chromium).
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const { BASE, TOKEN, GAME, ENV, START, END, SHOTS } = process.env;
+if (!BASE || !TOKEN || !SHOTS) {
+  console.error('BASE, TOKEN and SHOTS are required');
+  process.exit(2);
+}
+mkdirSync(SHOTS, { recursive: true });
+const query = `?game_id=${encodeURIComponent(GAME ?? '')}&env=${encodeURIComponent(ENV ?? '')}&start=${START}&end=${END}`;
+const PAGES = ['overview', 'retention', 'behavior', 'payments', 'levels', 'ltv', 'operations', 'realtime'];
+
+const failures = [];
+const fail = (msg) => {
+  failures.push(msg);
+  console.log(`FAIL ${msg}`);
+};
+
+async function api(src) {
+  const r = await fetch(BASE + src, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  if (!r.ok) throw new Error(`${src}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
+function at(obj, key) {
+  let v = obj;
+  for (const p of key.split('.')) {
+    if (v === null || v === undefined) return undefined;
+    v = v[p];
+  }
+  return v;
+}
+
+/** What the page must show for a value: `—` for null, toFixed(dec) of value × scale, or the text. */
+function expected(v, scale, dec) {
+  if (v === null || v === undefined) return '—';
+  if (typeof v === 'number') return (v * scale).toFixed(dec);
+  return String(v);
+}
+
+function shownAs(text) {
+  return /^-?[\d,]+(\.\d+)?$/.test(text) ? text.replace(/,/g, '') : text;
+}
+
+/** The figures on the page, by section. */
+function figures(page) {
+  return page.$$eval('[data-src]', (sections) =>
+    sections.map((s) => ({
+      src: s.dataset.src,
+      figs: [...s.querySelectorAll('[data-key]')].map((e) => ({
+        key: e.dataset.key,
+        scale: Number(e.dataset.scale ?? 1),
+        dec: Number(e.dataset.dec ?? 0),
+        text: e.textContent.trim(),
+      })),
+    })),
+  );
+}
+
+/** Compares every figure with the API; returns [compared, mismatches]. */
+async function compareApi(page) {
+  let compared = 0;
+  const bad = [];
+  for (const { src, figs } of await figures(page)) {
+    if (!src.startsWith('/api/') || figs.length === 0) continue;
+    const answer = await api(src);
+    for (const f of figs) {
+      const want = expected(at(answer, f.key), f.scale, f.dec);
+      compared += 1;
+      if (shownAs(f.text) !== want) bad.push(`${src} ${f.key}: shown ${f.text}, API ${want}`);
+    }
+  }
+  return [compared, bad];
+}
+
+function family(text, name, label) {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    if (label) {
+      const [k, v] = label.split('=');
+      if (!(m[2] ?? '').includes(`${k}="${v}"`)) continue;
+    }
+    total += Number(m[3]);
+  }
+  return total;
+}
+
+/** Compares the Operations figures with a scrape of /metrics. */
+async function compareMetrics(page) {
+  const figs = await page.$$eval('[data-metric]', (els) => els.map((e) => ({ metric: e.dataset.metric, label: e.dataset.label, text: e.textContent.trim() })));
+  const text = await (await fetch(BASE + '/metrics')).text();
+  const bad = [];
+  for (const f of figs) {
+    const want = family(text, f.metric, f.label).toFixed(0);
+    if (shownAs(f.text) !== want) bad.push(`${f.metric}${f.label ? `{${f.label}}` : ''}: shown ${f.text}, /metrics ${want}`);
+  }
+  return [figs.length, bad];
+}
+
+const settled = () =>
+  [...document.querySelectorAll('section.card')].length > 0 &&
+  [...document.querySelectorAll('section.card')].every((s) => s.dataset.state !== 'loading');
+
+const started = Date.now();
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+  const page = await context.newPage();
+  let errors = [];
+  page.on('console', (m) => m.type() === 'error' && errors.push(`console: ${m.text()}`));
+  page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
+  page.on('requestfailed', (r) => r.failure()?.errorText !== 'net::ERR_ABORTED' && errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+
+  // Not logged in: any page shows the login form; the token logs in and returns there.
+  await page.goto(`${BASE}/overview${query}`);
+  await page.waitForSelector('#token');
+  if (!page.url().includes('/login')) fail(`not sent to the login page: ${page.url()}`);
+  await page.fill('#token', TOKEN);
+  await page.click('#login');
+  await page.waitForURL(/\/overview\?/);
+
+  for (const name of PAGES) {
+    errors = [];
+    const t0 = Date.now();
+    await page.goto(`${BASE}/${name}${query}`);
+    await page.waitForFunction(settled, null, { timeout: 15000 });
+    const states = await page.$$eval('section.card', (s) => s.map((e) => `${e.querySelector('h2')?.textContent}: ${e.dataset.state} ${e.dataset.state === 'error' ? e.textContent : ''}`));
+    for (const s of states) if (!s.includes(': ready')) fail(`${name}: section ${s}`);
+    // Figures: compared with the API (a realtime figure may move with the minute: read again).
+    let compared = 0;
+    let bad = [];
+    for (let attempt = 0; attempt < 3; attempt++) {
+      [compared, bad] = name === 'operations' ? await compareMetrics(page) : await compareApi(page);
+      if (bad.length === 0) break;
+      await page.waitForTimeout(1000);
+      await page.waitForFunction(settled, null, { timeout: 15000 });
+    }
+    if (compared === 0) fail(`${name}: no figure compared`);
+    for (const b of bad) fail(`${name}: ${b}`);
+    const shot = join(SHOTS, `${name}.png`);
+    await page.screenshot({ path: shot, fullPage: true });
+    for (const e of errors) fail(`${name}: ${e}`);
+    console.log(`page ${name}: ${compared} figures equal to the ${name === 'operations' ? '/metrics scrape' : 'API'}, ${Date.now() - t0} ms, screenshot ${shot}`);
+  }
+
+  // Realtime (the last page opened): the online figure changes while traffic flows.
+  const online = () => page.$eval('[data-key="online"]', (e) => e.textContent.trim());
+  const before = await online();
+  console.log('TRAFFIC start');
+  const deadline = Date.now() + 20000;
+  let after = before;
+  while (after === before && Date.now() < deadline) {
+    await page.waitForTimeout(500);
+    after = await online();
+  }
+  console.log('TRAFFIC stop');
+  if (after === before) fail(`realtime: online stayed ${before} for 20 s of traffic`);
+  else console.log(`realtime: online ${before} -> ${after} while traffic flowed`);
+  await page.screenshot({ path: join(SHOTS, 'realtime-live.png'), fullPage: true });
+  for (const e of errors) fail(`realtime (live): ${e}`);
+
+  // A token the API refuses (401) sends the user back to the login page.
+  await page.evaluate(() => sessionStorage.setItem('croupier.token', 'not-a-jwt'));
+  await page.goto(`${BASE}/payments${query}`);
+  await page.waitForURL(/\/login\?next=/, { timeout: 10000 }).catch(() => fail(`401: not sent to the login page (${page.url()})`));
+  const kept = await page.evaluate(() => sessionStorage.getItem('croupier.token'));
+  if (kept !== null) fail('401: the refused token was kept');
+  console.log('401: back to the login page');
+} finally {
+  await browser.close();
+}
+console.log(`${PAGES.length} pages in ${((Date.now() - started) / 1000).toFixed(1)} s; screenshots in ${SHOTS}`);
+if (failures.length) {
+  console.log(`${failures.length} failures`);
+  process.exit(1);
+}

@@ -6,6 +6,13 @@
 #   docker run --security-opt seccomp=deploy/seccomp-io_uring.json ...   (io_uring)
 #   docker run ...                                                        (epoll fallback)
 
+# The web dashboard's files (dashboard/dist), built by the script CI runs.
+FROM node:20.19.2-bookworm-slim AS dashboard
+WORKDIR /src
+COPY dashboard dashboard
+COPY scripts/build-dashboard.sh scripts/build-dashboard.sh
+RUN scripts/build-dashboard.sh
+
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -15,8 +22,11 @@ FROM debian:12.11-slim
 RUN useradd --system --no-create-home --uid 10001 croupier
 COPY --from=build /src/target/release/croupier /usr/local/bin/croupier
 COPY croupier.example.toml /etc/croupier/croupier.toml
+COPY --from=dashboard /src/dashboard/dist /usr/share/croupier/dashboard
+# The control port serves the dashboard from here (control.dashboard_dir).
+ENV CROUPIER_CONTROL__DASHBOARD_DIR=/usr/share/croupier/dashboard
 USER croupier
-# 8080: data port (ingest); 8081: control port (/metrics, /healthz, /readyz).
+# 8080: data port (ingest); 8081: control port (/metrics, /healthz, /readyz, the API, the dashboard /).
 EXPOSE 8080 8081
 ENTRYPOINT ["croupier"]
 CMD ["run", "--config", "/etc/croupier/croupier.toml"]

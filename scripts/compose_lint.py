@@ -9,7 +9,7 @@ scripts/check-deploy.sh):
   - the Collector's pipelines name only receivers, processors and exporters it defines;
   - deploy/seccomp-io_uring.json allows io_uring_setup, io_uring_enter and
     io_uring_register and denies what Docker's default profile denies;
-  - CI (.ci/run) runs every command of the Dockerfile's build stage.
+  - CI (.ci/run) runs every command of the Dockerfile's build stages (build, dashboard).
 """
 
 import json
@@ -99,13 +99,13 @@ def build_stage():
         m = re.match(r"^FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
         if m:
             stage = m.group(1)
-        elif stage == "build" and line.startswith("RUN "):
+        elif stage in ("build", "dashboard") and line.startswith("RUN "):
             runs.append(line[4:].strip())
     if not runs:
         fail("Dockerfile: no RUN in the build stage")
     for cmd in runs:
         if cmd not in ci:
-            fail(f"Dockerfile: the build stage runs {cmd!r}, which .ci/run does not")
+            fail(f"Dockerfile: a build stage runs {cmd!r}, which .ci/run does not")
 
 
 doc = compose()

@@ -76,20 +76,8 @@ if [ -f "$sdk_js/package-lock.json" ]; then
 fi
 
 # The web dashboard (dashboard/, served by the control listener at /; docs/dashboard.md):
-# `npm ci` when node_modules is missing or older than package-lock.json (no browser
-# download: the browser tests drive Debian's chromium), `npm run build` when dist/ is
-# missing or older than a source. Fast when both are up to date.
-dash="$(cd "$(dirname "$0")/.." && pwd)/dashboard"
-if [ ! -f "$dash/node_modules/.package-lock.json" ] || [ "$dash/package-lock.json" -nt "$dash/node_modules/.package-lock.json" ]; then
-  echo "setup: installing the dashboard's npm packages (npm ci)"
-  (cd "$dash" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
-  touch "$dash/node_modules/.package-lock.json"
-fi
-if [ ! -f "$dash/dist/index.html" ] || [ -n "$(find "$dash/src" "$dash/index.html" "$dash/package.json" \
-    "$dash/package-lock.json" "$dash/vite.config.ts" "$dash/tsconfig.json" -newer "$dash/dist/index.html" -print -quit)" ]; then
-  echo "setup: building the dashboard (npm run build)"
-  (cd "$dash" && npm run build --silent >/dev/null)
-fi
+# its npm packages and its build, each only when missing or older than its sources.
+"$(dirname "$0")/build-dashboard.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust with rustup (https://rustup.rs)" >&2

@@ -56,7 +56,7 @@ fn insert_history(ch: &ClickHouseServer, now: i64) {
     for p in 0..PLAYERS {
         let reg = today - DAYS + (mix(&[p, 1]) % DAYS as u64) as i64;
         let channel = channels[(p % 3) as usize];
-        let platform = if p % 2 == 0 { "ios" } else { "android" };
+        let platform = if p.is_multiple_of(2) { "ios" } else { "android" };
         let (country, region, city) = countries[(mix(&[p, 9]) % 3) as usize];
         for d in reg..=today {
             if d != reg && mix(&[p, d as u64, 2]) % 100 >= 30 + p % 50 {
@@ -88,9 +88,9 @@ fn insert_history(ch: &ClickHouseServer, now: i64) {
                 outcome,
                 format!(r#"{{{place},"duration_sec":{},"retries":{}}}"#, 20 + level * 7, level % 3),
             );
-            if mix(&[p, d as u64, 6]) % 8 == 0 {
+            if mix(&[p, d as u64, 6]).is_multiple_of(8) {
                 let amount = 99 + mix(&[p, d as u64, 7]) % 4000;
-                let status = if mix(&[p, d as u64, 8]) % 5 == 0 { "failed" } else { "success" };
+                let status = if mix(&[p, d as u64, 8]).is_multiple_of(5) { "failed" } else { "success" };
                 let product = ["gems", "pass", "skin"][(amount % 3) as usize];
                 let reason = if status == "failed" { "card_declined" } else { "" };
                 payments.push(format!(

@@ -116,14 +116,27 @@ fn next_run(dir: &Path) -> Result<u64, String> {
     Ok(runs)
 }
 
-fn config_text(redis: u16, clickhouse: u16) -> String {
+/// The built web dashboard: `dashboard/dist` under the working directory, or next to the
+/// repository the binary was built in (`target/<profile>/croupier`); `None` when not built.
+fn dashboard_dir() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from("dashboard/dist")];
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).take(3).map(|d| d.join("dashboard/dist")));
+    }
+    candidates.into_iter().find(|d| d.join("index.html").is_file()).and_then(|d| d.canonicalize().ok())
+}
+
+fn config_text(redis: u16, clickhouse: u16, dashboard: Option<&Path>) -> String {
+    // A TOML basic string: the path's backslashes and quotes escaped.
+    let dashboard =
+        dashboard.map_or(String::new(), |d| d.display().to_string().replace('\\', "\\\\").replace('"', "\\\""));
     format!(
         "# Written by `croupier demo`; `croupier run --config` this file while the demo's servers run.\n\
          [server]\nlisten = \"127.0.0.1:0\"\nshards = 2\npin = false\n\n\
          [redis]\naddr = \"127.0.0.1:{redis}\"\n\n\
          [clickhouse]\naddr = \"127.0.0.1:{clickhouse}\"\n\n\
          [worker]\nshards = 1\nconsumer = \"demo\"\n\n\
-         [control]\nlisten = \"127.0.0.1:0\"\n\n\
+         [control]\nlisten = \"127.0.0.1:0\"\ndashboard_dir = \"{dashboard}\"\n\n\
          [api]\njwt_secret = \"{JWT_SECRET}\"\n\n\
          [otlp]\nlisten = \"127.0.0.1:0\"\n\n\
          [log]\nlevel = \"info\"\n\n\
@@ -188,7 +201,8 @@ fn run(o: &Options) -> Result<(), String> {
     let mut clickhouse = step(&format!("clickhouse-server on 127.0.0.1:{ch_tcp} (HTTP {ch_http})"), || {
         servers::clickhouse(&dir.join("clickhouse"), ch_tcp, ch_http)
     })?;
-    let text = config_text(redis_port, ch_tcp);
+    let dashboard = dashboard_dir();
+    let text = config_text(redis_port, ch_tcp, dashboard.as_deref());
     let config_path = dir.join("croupier.toml");
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
@@ -226,12 +240,20 @@ fn run(o: &Options) -> Result<(), String> {
         "  API:     curl -H \"Authorization: Bearer $(cat {})\" 'http://{control}/api/analytics/realtime?game_id={GAME}&env=prod'",
         token.display()
     );
+    match &dashboard {
+        Some(_) => {
+            let jwt = std::fs::read_to_string(&token).unwrap_or_default();
+            println!("  dashboard: http://{control}/login#token={}", jwt.trim());
+        }
+        None => println!("  dashboard: not built (scripts/build-dashboard.sh builds dashboard/dist)"),
+    }
     let players = load::Load::start(plan)?;
     let endpoints = Endpoints {
         data: data.to_string(),
         control: control.to_string(),
         dir: dir.display().to_string(),
         token: token.display().to_string(),
+        dashboard: dashboard.as_ref().map(|d| d.display().to_string()),
     };
     let started = Instant::now();
     let (mut last_metrics, mut last_at) = (figures::metrics(control).unwrap_or_default(), Instant::now());

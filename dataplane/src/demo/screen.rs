@@ -42,6 +42,8 @@ pub struct Endpoints {
     pub dir: String,
     /// The file holding an Analytics API token.
     pub token: String,
+    /// The web dashboard's directory when it is built (`None`: not built).
+    pub dashboard: Option<String>,
 }
 
 fn thousands(n: u64) -> String {
@@ -130,7 +132,14 @@ pub fn live(v: &View) -> String {
     let _ = writeln!(o, "  metrics    http://{}/metrics   /healthz /readyz", e.control);
     let _ = writeln!(o, "  API        http://{}/api/analytics/realtime?game_id=demo-game&env=prod", e.control);
     let _ = writeln!(o, "             (Authorization: Bearer $(cat {}))", e.token);
-    let _ = writeln!(o, "  dashboard  not yet");
+    match &e.dashboard {
+        Some(_) => {
+            let _ = writeln!(o, "  dashboard  http://{}/   (log in with the token in {})", e.control, e.token);
+        }
+        None => {
+            let _ = writeln!(o, "  dashboard  not built: scripts/build-dashboard.sh, then run the demo again");
+        }
+    }
     let _ = writeln!(o, "  data       {} (croupier.log, redis/, clickhouse/)", e.dir);
     o
 }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod monitoring;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 
 use std::net::TcpListener;
 use std::path::Path;

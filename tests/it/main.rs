@@ -30,6 +30,7 @@ mod refusals;
 mod replication;
 mod retries;
 mod sdk_browser;
+mod sentinel;
 mod shutdown;
 mod trimming;
 mod worker;

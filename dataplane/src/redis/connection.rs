@@ -22,6 +22,10 @@
 //! round's replies are held until its `WAIT` has answered. The caller gets the number of
 //! replicas that confirmed. Rounds without such commands send no `WAIT`.
 //!
+//! With `redis.sentinels`, the address is asked of the sentinels on every (re)connect,
+//! the server is checked to be a primary, and a `READONLY` error reply (the server was
+//! demoted) closes the connection so that the next one asks again ([`super::sentinel`]).
+//!
 //! A command whose caller has already given up (timed out) is skipped rather than sent
 //! late, and the commands waiting to be sent are bounded in bytes: past
 //! `redis.max_queued_bytes`, [`RedisClient::call`] fails at once.
@@ -39,6 +43,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::sentinel::{self, Sentinels};
 use crate::io::read_more;
 
 /// A command could not be carried out.
@@ -90,6 +95,8 @@ struct Shared {
     reply_timeout: Duration,
     /// `WAIT <replicas> <timeout>`, encoded, and the timeout (`None`: not asked for).
     wait: Option<(Vec<u8>, Duration)>,
+    /// The primary is found through sentinels: a `READONLY` reply replaces the connection.
+    follow: bool,
 }
 
 impl Shared {
@@ -102,8 +109,10 @@ impl Shared {
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `host:port`.
+    /// `host:port` (unused with `sentinels`).
     pub addr: String,
+    /// Where to ask for the primary's address instead (`redis.sentinels`).
+    pub sentinels: Option<Sentinels>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for a reply (and for a write) before the connection is given up.
@@ -121,6 +130,8 @@ impl RedisOptions {
     pub fn from_config(c: &croupier_control::config::Redis) -> RedisOptions {
         RedisOptions {
             addr: c.addr.clone(),
+            sentinels: (!c.sentinels.is_empty())
+                .then(|| Sentinels { addrs: c.sentinels.clone(), master_name: c.master_name.clone() }),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             reply_timeout: Duration::from_millis(c.reply_timeout_ms),
             max_queued_bytes: c.max_queued_bytes,
@@ -166,6 +177,7 @@ impl RedisClient {
     pub fn spawn(addr: String, connect_timeout: Duration, reply_timeout: Duration) -> RedisClient {
         Self::start(RedisOptions {
             addr,
+            sentinels: None,
             connect_timeout,
             reply_timeout,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
@@ -189,8 +201,9 @@ impl RedisClient {
                 resp::command(&mut cmd, &[b"WAIT", n.as_bytes(), ms.as_bytes()]);
                 (cmd, options.wait_timeout)
             }),
+            follow: options.sentinels.is_some(),
         });
-        monoio::spawn(run(options.addr, options.connect_timeout, rx, shared.clone()));
+        monoio::spawn(run(options, rx, shared.clone()));
         RedisClient { tx, shared }
     }
 
@@ -249,14 +262,40 @@ impl RedisClient {
     }
 }
 
-async fn run(addr: String, connect_timeout: Duration, mut rx: unbounded::Rx<Pending>, shared: Rc<Shared>) {
+/// The address to connect to: the configured one, or the primary the sentinels name.
+async fn target(options: &RedisOptions) -> Option<String> {
+    match &options.sentinels {
+        None => Some(options.addr.clone()),
+        Some(s) => s.primary(options.connect_timeout.max(options.reply_timeout)).await,
+    }
+}
+
+/// Makes the connection ready: a primary, when found through sentinels, and the
+/// consumer groups there.
+async fn prepare(stream: &mut TcpStream, follow: bool) -> Result<(), RedisError> {
+    if follow && !sentinel::is_primary(stream).await? {
+        return Err(RedisError::Protocol("not a primary".into()));
+    }
+    ensure_groups(stream).await
+}
+
+async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<Shared>) {
     let mut backoff = Duration::from_millis(50);
-    let reply_timeout = shared.reply_timeout;
+    let (connect_timeout, reply_timeout) = (options.connect_timeout, shared.reply_timeout);
     loop {
+        let Some(addr) = target(&options).await else {
+            while let Ok(p) = rx.try_recv() {
+                shared.dequeued(&p);
+                let _ = p.reply.send(Err(RedisError::Unavailable));
+            }
+            monoio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
         if let Ok(Ok(mut stream)) = monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await {
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream, reply_timeout);
-            if let Ok(Ok(())) = monoio::time::timeout(reply_timeout, ensure_groups(&mut stream)).await {
+            if let Ok(Ok(())) = monoio::time::timeout(reply_timeout, prepare(&mut stream, shared.follow)).await {
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();
                 shared.up.set(true);
@@ -315,7 +354,7 @@ async fn ensure_groups(stream: &mut TcpStream) -> Result<(), RedisError> {
 }
 
 /// Reads one reply, reading more bytes as needed; consumed bytes are removed from `rbuf`.
-async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Result<Frame, RedisError> {
+pub(super) async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Result<Frame, RedisError> {
     loop {
         if let Some((frame, used)) = resp::decode_reply(rbuf).map_err(|e| RedisError::Protocol(e.0))? {
             rbuf.drain(..used);
@@ -391,7 +430,15 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 Ok(r) => r,
                 Err(_) => Err(RedisError::Timeout),
             };
+            // The server was demoted: answer, then connect to the primary the sentinels
+            // name now (what follows in the round was sent to a replica: unknown).
+            let demoted = shared.follow && res.as_ref().is_ok_and(sentinel::is_readonly);
             match (res, head.reply) {
+                (Ok(frame), Some(reply)) if demoted => {
+                    let _ = reply.send(Ok(Answer { frame, replicas: 0 }));
+                    fail_all(&mut inflight, RedisError::Unavailable);
+                    return false;
+                }
                 (Ok(frame), Some(reply)) if head.replicated => held.push((reply, frame)),
                 (Ok(frame), Some(reply)) => {
                     let _ = reply.send(Ok(Answer { frame, replicas: 0 }));

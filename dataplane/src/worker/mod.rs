@@ -22,7 +22,7 @@ use croupier_control::metrics::Registry;
 use croupier_protocol::stream::StreamKind;
 
 use crate::clickhouse::connection::ChOptions;
-use crate::redis::connection::RedisClient;
+use crate::redis::connection::{RedisClient, RedisOptions};
 use crate::runtime;
 use crate::shards::{self, Shards};
 
@@ -121,12 +121,14 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
         move || async move {
             let live = Rc::new(Cell::new(0usize));
             let writer = Rc::new(writer);
+            // The worker's connections find the primary as ingest does, but never wait for
+            // replicas (nothing they do is acknowledged to a client), and keep their own
+            // queue bound (`redis.max_queued_bytes` is ingest's).
             let connect = || {
-                RedisClient::spawn(
-                    config.redis.addr.clone(),
-                    Duration::from_millis(config.redis.connect_timeout_ms),
-                    Duration::from_millis(config.redis.reply_timeout_ms),
-                )
+                let mut options = RedisOptions::from_config(&config.redis);
+                options.wait_replicas = 0;
+                options.max_queued_bytes = 64 << 20;
+                RedisClient::start(options)
             };
             let agg = config
                 .aggregate

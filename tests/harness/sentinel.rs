@@ -1,0 +1,108 @@
+//! A real Redis Sentinel (`redis-server --sentinel`, Debian's redis package) for one
+//! test, watching a primary on loopback with short failure detection.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_protocol::resp::Frame;
+
+use crate::redis::{RedisClient, RedisServer};
+use crate::{free_port, kill, require_binary, wait_until_ready};
+
+/// The name the sentinels know the primary by.
+pub const MASTER_NAME: &str = "croupier";
+
+/// A sentinel process on a free loopback port, in its own temporary directory (its
+/// config file is rewritten by the sentinel). Dropping it kills the process.
+pub struct SentinelServer {
+    /// The port it listens on.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl SentinelServer {
+    /// Starts a sentinel monitoring `primary` as [`MASTER_NAME`] with a quorum of 2: the
+    /// primary is down after 500 ms without an answer, a failover may take 3 s.
+    pub fn start(primary: &RedisServer) -> SentinelServer {
+        let binary: PathBuf = require_binary("redis-server", "redis-server");
+        let dir = tempfile::Builder::new().prefix("croupier-sentinel-").tempdir().expect("temp dir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\nlogfile sentinel.log\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 500\n\
+                 sentinel failover-timeout {MASTER_NAME} 3000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = dir.path().display(),
+                primary = primary.port,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut child = Command::new(binary)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel: {e}"));
+        let log = dir.path().join("sentinel.log");
+        wait_until_ready(&mut child, "redis-server --sentinel", &log, Duration::from_secs(10), || {
+            RedisClient::connect(port).is_ok_and(|mut c| c.try_cmd(&["PING"]).is_ok())
+        });
+        SentinelServer { port, _dir: dir, child: Some(child) }
+    }
+
+    /// `host:port` of the sentinel.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The primary's port as this sentinel names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut c = RedisClient::connect(self.port).ok()?;
+        let Frame::Array(parts) = c.try_cmd(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME]).ok()? else {
+            return None;
+        };
+        match parts.get(1) {
+            Some(Frame::BulkString(p)) => std::str::from_utf8(p).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A field of `SENTINEL MASTER` (`num-slaves`, `num-other-sentinels`, ...).
+    fn master_field(&self, field: &str) -> Option<String> {
+        let mut c = RedisClient::connect(self.port).ok()?;
+        let Frame::Array(kv) = c.try_cmd(&["SENTINEL", "MASTER", MASTER_NAME]).ok()? else { return None };
+        kv.chunks(2).find_map(|p| match p {
+            [Frame::BulkString(k), Frame::BulkString(v)] if k == field.as_bytes() => {
+                Some(String::from_utf8_lossy(v).into_owned())
+            }
+            _ => None,
+        })
+    }
+
+    /// Waits (15 s at most) until this sentinel knows `replicas` replicas and `others`
+    /// other sentinels: only then can they agree on a failover.
+    pub fn wait_for_peers(&self, replicas: usize, others: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (r, o) = (self.master_field("num-slaves"), self.master_field("num-other-sentinels"));
+            if r == Some(replicas.to_string()) && o == Some(others.to_string()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sentinel sees {r:?} replicas and {o:?} sentinels");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}

@@ -654,6 +654,7 @@ type Figure = fn(&SwitchRun) -> f64;
 struct SwitchRun {
     events_per_sec: f64,
     per_shard_cpu_second: f64,
+    p50_us: u64,
     p99_us: u64,
 }
 
@@ -670,14 +671,18 @@ fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: 
     SwitchRun {
         events_per_sec: r.events_per_sec,
         per_shard_cpu_second: if shard1 > shard0 { r.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN },
+        p50_us: r.latency.p50_us,
         p99_us: r.latency.p99_us,
     }
 }
 
 /// The cost of one setting, A/B in one run: `croupier run` at max (closed loop) with the
 /// defaults and with `env` set, `runs` times each, alternating which goes first, medians.
-pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize) -> String {
+/// With `replica`, redis-server has a replica on both sides (what `redis.wait_replicas`
+/// waits for).
+pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool) -> String {
     let redis = RedisServer::start();
+    let replica = replica.then(|| RedisServer::start_replica_of(&redis));
     let ch = ClickHouseServer::start();
     let (mut base, mut with) = (Vec::new(), Vec::new());
     let setting = [env.clone()];
@@ -702,17 +707,19 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize) -> String {
     let mut out = format!(
         "## Switch: `{}={}` against the defaults\n\n\
          `croupier run` at max (closed loop, {} connections, {} s per run), {} runs each, \
-         alternating which goes first; medians, every run listed.\n\n\
+         alternating which goes first; medians, every run listed.{}\n\n\
          | figure | defaults | with the setting | ratio (setting / defaults) |\n|---|---:|---:|---:|\n",
         env.0,
         env.1,
         cfg.connections,
         cfg.seconds,
-        runs.max(1)
+        runs.max(1),
+        if replica.is_some() { " redis-server has one replica (`--replicaof`) on both sides." } else { "" }
     );
-    let figures: [(&str, Figure); 3] = [
+    let figures: [(&str, Figure); 4] = [
         ("accepted events/s", |r| r.events_per_sec),
         ("events per ingest-shard CPU second", |r| r.per_shard_cpu_second),
+        ("ack p50, µs", |r| r.p50_us as f64),
         ("ack p99, µs", |r| r.p99_us as f64),
     ];
     for (name, f) in figures {

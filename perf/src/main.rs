@@ -5,11 +5,13 @@
 //! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
-//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--out FILE]
+//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--out FILE]
 //! ```
 //!
 //! `switch`: the cost of one setting (`CROUPIER_<SECTION>__<KEY>=value`), A/B in one run:
 //! `croupier run` at max with the defaults and with the setting, alternated, medians.
+//! `--replica`: redis-server has a replica (`--replicaof`) on both sides, for settings
+//! such as `CROUPIER_REDIS__WAIT_REPLICAS=1`.
 //!
 //! `e2e`: ceilings (simd-json parse on one core, `redis-benchmark` XADD per event and per
 //! batch, `clickhouse-client` Native insert), then `croupier run` under the load
@@ -66,10 +68,13 @@ fn main() {
         Some("e2e") => e2e::run(&e2e_cfg()),
         Some("switch") => {
             let Some((k, v)) = args.windows(2).find(|w| w[0] == "--env").and_then(|w| w[1].split_once('=')) else {
-                eprintln!("usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--out FILE]");
+                eprintln!(
+                    "usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--out FILE]"
+                );
                 std::process::exit(2);
             };
-            e2e::switch(&e2e_cfg(), (k.to_owned(), v.to_owned()), runs)
+            let replica = args.iter().any(|a| a == "--replica");
+            e2e::switch(&e2e_cfg(), (k.to_owned(), v.to_owned()), runs, replica)
         }
         Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {

@@ -820,9 +820,24 @@ fn analytics_behavior_is_exact() {
     }
     let mut want: Vec<(String, u64)> = counts.into_iter().collect();
     want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let kept: Vec<Value> = want
+        .iter()
+        .filter(|(p, _)| p.starts_with("login>") && !p.contains("level_fail"))
+        .take(10)
+        .map(|(p, n)| json!({"path": p, "groups": n}))
+        .collect();
     let want: Vec<Value> = want.into_iter().take(10).map(|(p, n)| json!({"path": p, "groups": n})).collect();
     let v = api.json(&format!("/api/analytics/behavior/paths?{range}&steps=3&limit=10"));
     assert_eq!(v["paths"], Value::Array(want));
+    // Filtered by expressions on the path (Go's regexp syntax): %5E is ^.
+    let v = api.json(&format!(
+        "/api/analytics/behavior/paths?{range}&steps=3&limit=10&path_re=%5Elogin%3E&path_not_re=level_f.il"
+    ));
+    assert!(!kept.is_empty());
+    assert_eq!(v["paths"], Value::Array(kept));
+    let r = api.get(&format!("/api/analytics/behavior/paths?{range}&path_re=(login"), &admin());
+    let e: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!((r.status, e["field"].as_str()), (400, Some("path_re")));
 
     // Adoption of level_fail and register per user, and broken down by platform.
     let all: BTreeSet<u64> = seqs.keys().copied().collect();

@@ -231,6 +231,18 @@ pub fn path_of(seq: &[Step], n: usize, same_session: bool, gap: u64) -> String {
     out.join(">")
 }
 
+/// A path filter (`path_re`, `path_not_re`): an RE2-syntax expression as Go's `regexp`
+/// takes it (the `regex` crate: linear time, no backreferences), compiled within a size
+/// bound; a bad one is 400 naming the parameter.
+fn path_pattern(ctx: &Ctx<'_>, name: &'static str) -> Result<Option<regex::Regex>, ApiError> {
+    let Some(p) = ctx.params.get(name).filter(|p| !p.is_empty()) else { return Ok(None) };
+    regex::RegexBuilder::new(p)
+        .size_limit(1 << 20)
+        .build()
+        .map(Some)
+        .map_err(|e| ApiError::param(name, format!("not a regular expression: {e}")))
+}
+
 /// `/behavior/paths`.
 pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
@@ -246,9 +258,8 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         g if g <= 0 => 50_000,
         g => g.min(200_000),
     };
-    if ctx.params.get("path_re").is_some() || ctx.params.get("path_not_re").is_some() {
-        return Err(ApiError::param("path_re", "regular expressions on paths are not supported yet"));
-    }
+    let path_re = path_pattern(ctx, "path_re")?;
+    let path_not_re = path_pattern(ctx, "path_not_re")?;
     let mut w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
     let include = ctx.params.list("include");
     if !include.is_empty() {
@@ -274,7 +285,9 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     for seq in sequences(&rows) {
         let p = path_of(&seq, n, same_session, gap);
-        if !p.is_empty() {
+        let wanted = path_re.as_ref().is_none_or(|re| re.is_match(&p))
+            && !path_not_re.as_ref().is_some_and(|re| re.is_match(&p));
+        if !p.is_empty() && wanted {
             *counts.entry(p).or_default() += 1;
         }
     }

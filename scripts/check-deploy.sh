@@ -6,7 +6,8 @@
 # docker-compose.yml (docker-compose config), every file it mounts from deploy/ (nginx -t,
 # haproxy -c for deploy/haproxy/haproxy.cfg,
 # redis-server with deploy/redis/redis.conf, croupier check, the Collector's pipelines, the
-# seccomp profile), and that CI runs every command of the Dockerfile's build stage. CI runs
+# seccomp profile), deploy/k8s/ (kubernetes-validate, check-jsonschema with KEDA's schema),
+# and that CI runs every command of the Dockerfile's build stage. CI runs
 # it from .ci/run; the tools come from scripts/setup.sh (Debian: prometheus,
 # prometheus-alertmanager, docker-compose, nginx, redis-server).
 set -euo pipefail
@@ -70,4 +71,27 @@ done
 # croupier: the replicas' configuration loads (with the secret the compose file gives it).
 env -u CROUPIER_CONFIG CROUPIER_GAMES__demo-game__SECRET=check \
   cargo run -q -p croupier-dataplane --bin croupier -- check --config deploy/croupier/croupier.toml
+# Kubernetes (deploy/k8s/, offline): the core objects against Kubernetes' schemas
+# (kubernetes-validate, strict: no unknown field), the ScaledObject against KEDA's CRD
+# schema vendored in deploy/k8s/schemas/, what the schemas do not say (deploy_lint.py k8s),
+# and croupier check on the two configuration files of the ConfigMap, with the secret files.
+for tool in kubernetes-validate check-jsonschema; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "check-deploy: $tool not found (run scripts/setup.sh)" >&2; exit 1; }
+done
+core=()
+for f in deploy/k8s/*.yaml; do
+  grep -q '^kind: ScaledObject' "$f" || core+=("$f")
+done
+kubernetes-validate --strict --quiet -k 1.30.0 "${core[@]}"
+check-jsonschema --schemafile deploy/k8s/schemas/keda-scaledobject-v1alpha1.json deploy/k8s/keda-scaledobject.yaml
+python3 scripts/deploy_lint.py k8s
+mkdir -p "$tmp/k8s"
+python3 -c 'import sys, yaml; d = yaml.safe_load(open("deploy/k8s/configmap.yaml"))["data"]
+for k, v in d.items(): open(sys.argv[1] + "/" + k, "w").write(v)' "$tmp/k8s"
+printf 'check\n' > "$tmp/k8s/secret"
+for f in ingest worker; do
+  env -u CROUPIER_CONFIG CROUPIER_GAMES__demo-game__SECRET_FILE="$tmp/k8s/secret" \
+    CROUPIER_CLICKHOUSE__PASSWORD_FILE="$tmp/k8s/secret" CROUPIER_API__JWT_SECRET_FILE="$tmp/k8s/secret" \
+    cargo run -q -p croupier-dataplane --bin croupier -- check --config "$tmp/k8s/$f.toml"
+done
 echo "check-deploy: deploy/ is consistent"

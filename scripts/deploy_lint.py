@@ -5,6 +5,11 @@
                                it fires and one where it does not
   deploy_lint.py board-rules   prints the Grafana boards' PromQL queries as a rule file, so
                                that `promtool check rules` parses every one of them
+  deploy_lint.py k8s           deploy/k8s/: what the schemas do not say — Guaranteed QoS with
+                               whole CPUs (requests = limits), probes on the control port's
+                               /readyz and /healthz, config and secrets mounted as files, a
+                               PodDisruptionBudget per workload, the workers scaled 3..20 by
+                               KEDA on the streams' pending entries
   deploy_lint.py collector     the OpenTelemetry Collector configuration: every component a
                                pipeline names is defined, logs and traces go to croupier's
                                OTLP/HTTP receiver with the bearer token, retries never give up
@@ -22,6 +27,8 @@ ALERTS = os.path.join(ROOT, "deploy/prometheus/alerts.yml")
 TESTS = os.path.join(ROOT, "deploy/prometheus/tests/*.yml")
 BOARDS = os.path.join(ROOT, "deploy/grafana/dashboards/*.json")
 COLLECTOR = os.path.join(ROOT, "deploy/otel-collector/config.yaml")
+K8S = os.path.join(ROOT, "deploy/k8s/*.yaml")
+STREAMS = {"analytics:events", "analytics:custom", "analytics:payments"}
 
 
 def collector():
@@ -106,6 +113,68 @@ def board_rules():
     print(yaml.safe_dump({"groups": [{"name": "grafana-boards", "rules": rules}]}, sort_keys=False))
 
 
+def k8s():
+    docs = []
+    for path in sorted(glob.glob(K8S)):
+        with open(path) as f:
+            docs += [(os.path.basename(path), d) for d in yaml.safe_load_all(f) if d]
+    errors = []
+    workloads = [(f, d) for f, d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    pdbs = [d for _, d in docs if d["kind"] == "PodDisruptionBudget"]
+    for f, d in workloads:
+        name = d["metadata"]["name"]
+        spec = d["spec"]["template"]["spec"]
+        for c in spec["containers"]:
+            res = c.get("resources", {})
+            req, lim = res.get("requests", {}), res.get("limits", {})
+            if not req or req != lim:
+                errors.append(f"{f}: {name}/{c['name']}: requests must equal limits (Guaranteed QoS)")
+            if not str(lim.get("cpu", "")).isdigit():
+                errors.append(f"{f}: {name}/{c['name']}: cpu must be a whole number of CPUs (pinned by the static policy)")
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                got = c.get(probe, {}).get("httpGet", {})
+                if got.get("path") != path or got.get("port") != "control":
+                    errors.append(f"{f}: {name}/{c['name']}: {probe} must be GET {path} on the control port")
+            mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            if not any("configMap" in volumes.get(n, {}) for n in mounts):
+                errors.append(f"{f}: {name}: the configuration is not mounted from a ConfigMap")
+            if not any("secret" in volumes.get(n, {}) for n in mounts):
+                errors.append(f"{f}: {name}: the secrets are not mounted as files")
+            cfg = next((a for a in c.get("args", []) if a.endswith(".toml")), "")
+            if cfg not in mounts.values():
+                errors.append(f"{f}: {name}: --config {cfg} is not a mounted file")
+        labels = d["spec"]["selector"]["matchLabels"]
+        if not any(p["spec"]["selector"]["matchLabels"] == labels for p in pdbs):
+            errors.append(f"{f}: {name}: no PodDisruptionBudget selects it")
+    scaled = [d for _, d in docs if d["kind"] == "ScaledObject"]
+    workers = [d for _, d in workloads if d["metadata"]["name"] == "croupier-worker"]
+    if len(scaled) != 1 or not workers:
+        errors.append("one ScaledObject for the workers (croupier-worker) is expected")
+    else:
+        so = scaled[0]["spec"]
+        target = so["scaleTargetRef"]
+        if (target.get("kind"), target["name"]) != (workers[0]["kind"], "croupier-worker"):
+            errors.append("the ScaledObject does not scale the croupier-worker workload")
+        if (so.get("minReplicaCount"), so.get("maxReplicaCount")) != (3, 20):
+            errors.append("the workers scale from 3 to 20")
+        streams = set()
+        for t in so["triggers"]:
+            m = t["metadata"]
+            if t["type"] != "redis-streams" or m.get("consumerGroup") != "analytics-workers" \
+                    or "pendingEntriesCount" not in m:
+                errors.append(f"trigger {t}: redis-streams on analytics-workers' pending entries expected")
+            streams.add(m.get("stream"))
+        if streams != STREAMS:
+            errors.append(f"the triggers watch {sorted(streams)}, expected {sorted(STREAMS)}")
+    for e in errors:
+        print(f"deploy_lint: k8s: {e}", file=sys.stderr)
+    if errors:
+        return 1
+    print(f"deploy_lint: k8s: {len(docs)} objects, {len(workloads)} workloads Guaranteed with whole CPUs")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit({"coverage": coverage, "board-rules": board_rules, "collector": collector}[
+    sys.exit({"coverage": coverage, "board-rules": board_rules, "collector": collector, "k8s": k8s}[
         sys.argv[1] if len(sys.argv) > 1 else ""]())

@@ -52,6 +52,14 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   python3 -m pip install --quiet chdb-core || python3 -m pip install --quiet --break-system-packages chdb-core
 fi
 
+# Offline checks of deploy/k8s/ (scripts/check-deploy.sh): Kubernetes' schemas for the core
+# objects (kubernetes-validate carries them) and KEDA's, vendored, for check-jsonschema.
+if ! command -v kubernetes-validate >/dev/null 2>&1 || ! command -v check-jsonschema >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate and check-jsonschema (pip)"
+  k8s_tools=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+  python3 -m pip install --quiet "${k8s_tools[@]}" || python3 -m pip install --quiet --break-system-packages "${k8s_tools[@]}"
+fi
+
 # The OpenTelemetry Python SDK and its OTLP exporters: the OTLP receiver's tests export
 # with them (tests/otlp/sdk_export.py, run by tests/it/otlp.rs).
 if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc' \

@@ -114,7 +114,8 @@ pub struct Server {
     pub listen: String,
     /// Number of data shards; 0 means one per available core.
     pub shards: usize,
-    /// Cores to pin shards to, in shard order; empty means cores 0, 1, ...
+    /// Cores to pin shards to, in shard order; empty means the CPUs the process may run
+    /// on, in order (all of them on a whole machine; its cpuset in a container).
     pub cores: Vec<usize>,
     /// Pin shards to cores.
     pub pin: bool,

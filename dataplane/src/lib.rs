@@ -139,7 +139,10 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
     let rates = Arc::new(ratelimit::RateLimits::new(&config));
     let config = Arc::new(config);
     let (pin, cores) = (config.server.pin, config.server.cores.clone());
-    let core = |id: usize| pin.then(|| cores.get(id).copied().unwrap_or(id));
+    // Without a list, shard i takes the i-th CPU the process may run on (in a container,
+    // the cpuset it was given), not CPU number i.
+    let core =
+        |id: usize| pin.then(|| cores.get(id).copied().unwrap_or_else(|| runtime::allowed_core(id).unwrap_or(id)));
     let mut listeners = listeners.into_iter();
     let mut otlp = otlp.into_iter();
     let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {

@@ -49,6 +49,15 @@ pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::O
     })
 }
 
+/// The `index`-th CPU (by number) the process may run on: its affinity mask, which in a
+/// container is the cpuset it was given (the static CPU manager's exclusive CPUs in a
+/// Guaranteed pod, `docker run --cpuset-cpus`). On a whole machine it is CPU `index`.
+pub fn allowed_core(index: usize) -> Option<usize> {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()?.into_iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    ids.get(index).copied()
+}
+
 /// Pins the current thread to `core`, if that core exists.
 pub fn pin(core: usize) -> bool {
     core_affinity::get_core_ids()

@@ -24,6 +24,7 @@ mod limits;
 mod logging;
 mod metrics;
 mod otlp;
+mod pinning;
 mod pipeline;
 mod redis_faults;
 mod refusals;

@@ -78,10 +78,10 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
 }
 
 /// The core worker shard `shard` is pinned to, if any. Alone in its process a worker
-/// takes `server.cores` (else cores 0, 1, ...) like ingest shards do. Beside ingest (`run`)
-/// it takes the cores after the ingest shards' (`cores[ingest shards + shard]`, else core
-/// `ingest shards + shard`) and runs unpinned when there is none, rather than share an
-/// ingest shard's core.
+/// takes `server.cores` (else the process's allowed CPUs in order: its cpuset in a
+/// container) like ingest shards do. Beside ingest (`run`) it takes the cores after the
+/// ingest shards' (`cores[ingest shards + shard]`, else the allowed CPU `ingest shards +
+/// shard`) and runs unpinned when there is none, rather than share an ingest shard's core.
 pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option<usize> {
     if !config.server.pin {
         return None;
@@ -92,7 +92,8 @@ pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option
         None if !config.server.cores.is_empty() && beside_ingest => None,
         None => {
             let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-            (!beside_ingest || index < cores).then_some(index)
+            // The index-th CPU the process may run on (its cpuset in a container).
+            (!beside_ingest || index < cores).then(|| crate::runtime::allowed_core(index).unwrap_or(index))
         }
     }
 }

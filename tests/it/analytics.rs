@@ -635,6 +635,26 @@ fn analytics_auth_is_enforced_and_audited() {
     // Health stays open.
     assert_eq!(api.get("/healthz", "").status, 200);
 
+    // CSV export needs analytics:export besides analytics:read: a viewer may read the
+    // segments, not export them; an analyst may (and gets the JSON's figures).
+    let segments = "/api/analytics/segments?game_id=g1&env=prod";
+    let viewer = hs256(json!({"sub":"dan","roles":["viewer"],"exp":exp()}), SECRET);
+    let analyst = hs256(json!({"sub":"eve","roles":["analyst"],"exp":exp()}), SECRET);
+    assert_eq!(api.get(segments, &viewer).status, 200);
+    let r = api.get(&format!("{segments}&format=csv"), &viewer);
+    let e: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!((r.status, e["permission"].as_str()), (403, Some("analytics:export")), "{}", r.text());
+    let r = api.get(&format!("{segments}&format=csv"), &analyst);
+    assert_eq!((r.status, r.header("content-type")), (200, Some("text/csv; charset=utf-8")));
+    let json = api.json(segments);
+    let mut want = String::from("arpu,name,ratio,users\r\n");
+    for s in json["segments"].as_array().unwrap() {
+        want.push_str(&format!("{},{},{},{}\r\n", s["arpu"], s["name"].as_str().unwrap(), s["ratio"], s["users"]));
+    }
+    assert_eq!(r.text(), want);
+    let r = api.get("/api/analytics/levels?game_id=g1&env=prod&format=csv", &analyst);
+    assert_eq!((r.status, r.error_tag()), (400, "invalid_parameter".to_owned()));
+
     let deadline = Instant::now() + Duration::from_secs(10);
     let audit = loop {
         let text = api.ch.query(

@@ -12,6 +12,7 @@ pub mod behavior;
 pub mod cohorts;
 pub mod db;
 pub mod error;
+pub mod export;
 pub mod filters;
 pub mod levels;
 pub mod overview;
@@ -217,12 +218,23 @@ impl Api {
         let params = Params::parse(query);
         let mut scope = Scope::resolve(&params, headers.game, headers.env);
         let caller = self.verifier.verify(headers.authorization);
+        // `format=csv` exports the route's table, with `analytics:export` besides the
+        // route's permission.
+        let csv = body.is_none() && params.get("format") == Some("csv");
         let result = match (&caller, body) {
             (Ok(c), Some(body)) => self.post(route, c, body, &mut scope),
+            (Ok(c), None) if csv => match export::check(route).and_then(|()| c.require(auth::EXPORT)) {
+                Ok(()) => self.authorized(route, c, &params, &scope).await,
+                Err(e) => Err(e),
+            },
             (Ok(c), None) => self.authorized(route, c, &params, &scope).await,
             (Err(e), _) => Err(e.clone()),
         };
         let resp = match result {
+            Ok(body) if csv => match export::csv(route, &body) {
+                Ok(text) => Response::with_type(200, "text/csv; charset=utf-8", text),
+                Err(e) => e.response(),
+            },
             Ok(body) => Response::json(200, body.to_string()),
             Err(e) => e.response(),
         };

@@ -13,9 +13,10 @@ import { behavior } from './pages/behavior';
 import { payments } from './pages/payments';
 import { levels } from './pages/levels';
 import { ltv } from './pages/ltv';
+import { attribution } from './pages/attribution';
 import { operations } from './pages/operations';
 
-const PAGES: Page[] = [realtime, overview, retention, behavior, payments, levels, ltv, operations];
+const PAGES: Page[] = [realtime, overview, retention, behavior, payments, levels, ltv, attribution, operations];
 
 const app = document.getElementById('app') as HTMLElement;
 let stopPage: (() => void) | undefined;

@@ -19,7 +19,7 @@ if (!BASE || !TOKEN || !SHOTS) {
 }
 mkdirSync(SHOTS, { recursive: true });
 const query = `?game_id=${encodeURIComponent(GAME ?? '')}&env=${encodeURIComponent(ENV ?? '')}&start=${START}&end=${END}`;
-const PAGES = ['overview', 'retention', 'behavior', 'payments', 'levels', 'ltv', 'operations', 'realtime'];
+const PAGES = ['overview', 'retention', 'behavior', 'payments', 'levels', 'ltv', 'attribution', 'operations', 'realtime'];
 
 const failures = [];
 const fail = (msg) => {

@@ -220,6 +220,9 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
         ("CROUPIER_SERVER__SHARDS".into(), "1".into()),
         ("CROUPIER_API__JWT_SECRET".into(), JWT_SECRET.into()),
         ("CROUPIER_AGGREGATE__FLUSH_MS".into(), "200".into()),
+        // Costs of two channels of three (attribution's CPI and ROAS; the third is null).
+        ("CROUPIER_API__CPI_CENTS__appstore".into(), "150".into()),
+        ("CROUPIER_API__CPI_CENTS__google".into(), "90".into()),
         ("CROUPIER_CONTROL__DASHBOARD_DIR".into(), dist.display().to_string()),
     ]);
     let (ok, out) = croupier(&["migrate"], &env);
@@ -302,7 +305,9 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
     println!("screenshots: {}", shots.display());
     assert!(status.success(), "the browser test failed:\n{output}\n{}", c.log());
     assert!(sent > 0, "no traffic was sent");
-    for page in ["overview", "retention", "behavior", "payments", "levels", "ltv", "operations", "realtime"] {
+    for page in
+        ["overview", "retention", "behavior", "payments", "levels", "ltv", "attribution", "operations", "realtime"]
+    {
         assert!(shots.join(format!("{page}.png")).is_file(), "{page}.png");
         assert!(output.contains(&format!("page {page}: ")), "{page} not checked");
     }

@@ -25,6 +25,7 @@ pub const PAGES: &[&str] = &[
     "/payments",
     "/levels",
     "/ltv",
+    "/attribution",
     "/operations",
 ];
 

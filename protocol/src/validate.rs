@@ -447,6 +447,11 @@ impl<'t, 'v> Rec<'t, 'v> {
         'v: 'a,
     {
         match (self.opt_str(f::ENV)?, scope.env) {
+            // The header's value is held to the record field's bound: it fills every
+            // record, so an unbounded one would multiply a small request.
+            ("", Some(e)) if e.len() > self.limits.max_field_bytes => {
+                Err(self.err("env", Problem::TooLong(self.limits.max_field_bytes)))
+            }
             ("", Some(e)) if !e.is_empty() => Ok(e),
             _ => self.req_str(f::ENV),
         }

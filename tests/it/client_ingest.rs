@@ -115,8 +115,22 @@ fn client_ingest_body_shapes_and_header_scope_land_in_clickhouse() {
         now_secs()
     );
     ok(&post(f, PAYMENTS, &[("Authorization", &bearer(&admin)), ("X-Game-ID", GAME), ("X-Env", "prod")], &pay), 1, 0);
+    // The same bytes valid as an event and as a payment, sent to both routes: two
+    // requests, both stored (the retry window must not take one for the other).
+    let both = format!(
+        r#"[{{"ts":{},"event":"purchase","user_id":"{run}-q","order_id":"{run}-o2","amount_cents":299,"currency":"USD","status":"success"}}]"#,
+        now_secs()
+    );
+    let scope = [("Authorization", bearer(&admin)), ("X-Game-ID", GAME.to_owned()), ("X-Env", "prod".to_owned())];
+    let scope: Vec<(&str, &str)> = scope.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ok(&post(f, EVENTS, &scope, &both), 1, 0);
+    ok(&post(f, PAYMENTS, &scope, &both), 1, 0);
+    // X-Env fills every record: it is held to a field's 256 bytes.
+    let r = post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", &"e".repeat(257))], &bare(&run, 2, "login"));
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!((r.status, v["field"].as_str()), (400, Some("env")), "{}", r.text());
 
-    p.wait_for(7, "client events stored", |p| {
+    p.wait_for(8, "client events stored", |p| {
         p.scalar(&format!("SELECT count() FROM analytics.events WHERE user_id LIKE '{run}-%'"))
     });
     let got = p.clickhouse.query(&format!(
@@ -130,6 +144,7 @@ fn client_ingest_body_shapes_and_header_scope_land_in_clickhouse() {
         (OTHER_GAME, "prod", "login", "c0", "{}"),
         (GAME, "beta", "session_end", "d0", "{}"),
         (GAME, "beta", "session_end", "d1", "{}"),
+        (GAME, "prod", "purchase", "q", "{}"),
     ]
     .iter()
     .map(|(g, e, n, u, props)| format!("{g}\t{e}\t{n}\t{run}-{u}\t{props}"))
@@ -137,6 +152,9 @@ fn client_ingest_body_shapes_and_header_scope_land_in_clickhouse() {
     assert_eq!(got.lines().collect::<Vec<_>>(), want);
     p.wait_for(1, "client payment stored", |p| {
         p.scalar(&format!("SELECT count() FROM analytics.payments WHERE order_id = '{run}-o1' AND env = 'prod' AND game_id = '{GAME}' AND amount_cents = 499"))
+    });
+    p.wait_for(1, "the payment sent to both routes stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.payments WHERE order_id = '{run}-o2' AND amount_cents = 299"))
     });
 }
 

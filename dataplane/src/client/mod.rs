@@ -130,10 +130,16 @@ async fn serve<'s>(
             scratch
         }
     };
-    // The request's identity: the body with the header scope that fills it. A retry of
-    // the same request is recognised by Redis (appended once) and its records without an
-    // `event_id` get the same ids.
+    // The request's identity: the route, and the body with the header scope that fills
+    // it. A retry of the same request is recognised by Redis (appended once) and its
+    // records without an `event_id` get the same ids; the same bytes sent to the other
+    // route (a record can be valid as an event and as a payment) are another request.
+    let route: &[u8] = match endpoint {
+        Endpoint::Events => b"events\n",
+        Endpoint::Payments => b"payments\n",
+    };
     let digest: [u8; 32] = Sha256::new()
+        .chain_update(route)
         .chain_update(header_game.unwrap_or("").as_bytes())
         .chain_update(b"\n")
         .chain_update(env.unwrap_or("").as_bytes())

@@ -39,6 +39,11 @@ impl GameRate {
         GameRate { rate: rate.max(1), epoch: Instant::now(), tat: AtomicU64::new(0) }
     }
 
+    /// The most events one request may take at once: a second's worth.
+    pub fn burst(&self) -> usize {
+        usize::try_from(self.rate).unwrap_or(usize::MAX)
+    }
+
     /// How long `n` events take at the rate, in nanoseconds.
     fn cost(&self, n: usize) -> u64 {
         let ns = (n as u128).saturating_mul(u128::from(NANOS_PER_SEC)) / u128::from(self.rate);
@@ -128,6 +133,13 @@ impl RateLimits {
         if self.addresses.is_empty() {
             return None;
         }
+        // An IPv6 client holds a /64 (a host picks any address in it): one cell per /64.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                std::net::IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())
+            }
+            other => other,
+        };
         let i = (self.seed.hash_one(ip) % self.addresses.len() as u64) as usize;
         self.addresses.get(i)
     }
@@ -143,6 +155,21 @@ mod tests {
     use super::*;
 
     use std::time::Duration;
+
+    #[test]
+    fn an_ipv6_client_holds_one_address_cell_per_64() {
+        let mut config = Config::default();
+        config.client.address_rate_eps = 10;
+        let r = RateLimits::new(&config);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("address");
+        let cell = |s: &str| r.address(ip(s)).map(|c| c as *const GameRate);
+        assert_eq!(cell("2001:db8:1:2::1"), cell("2001:db8:1:2:ffff:1234:5678:9abc"));
+        let a = r.address(ip("2001:db8:1:2::1")).expect("cell");
+        assert_eq!(a.burst(), 10);
+        // Distinct /64s and IPv4 addresses spread over the cells.
+        let distinct: std::collections::HashSet<_> = (0..64).map(|i| cell(&format!("2001:db8:1:{i:x}::1"))).collect();
+        assert!(distinct.len() > 32, "{}", distinct.len());
+    }
 
     #[test]
     fn refills_at_the_rate() {

@@ -241,12 +241,18 @@ fn client_ingest_write_key_and_address_rates() {
     refused(&r, 429, "rate_limited");
     assert_eq!(r.header("retry-after"), Some("1"));
     ok(&send(&f, B, 10), 10, 0);
+    // More than a second's worth in one request is refused whole (400): passing it would
+    // leave the key, shared by every browser of the game, in debt for seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let r = send(&f, B, 11);
+    refused(&r, 400, "invalid_batch");
+    ok(&send(&f, B, 10), 10, 0);
     // A token is held by neither.
     let t = token(&["admin"], 3600, None);
     let h = [("Authorization", bearer(&t)), ("X-Game-ID", OTHER_GAME.into()), ("X-Env", "prod".into())];
     let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ok(&post(&f, EVENTS, &h, &bare(&run, 300, "login")), 300, 0);
-    assert_eq!(xlen(&f.redis, "analytics:events"), 3);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 4);
     drop(f);
     // Per client address: every key sent from it counts.
     let f = limited(0, 20);

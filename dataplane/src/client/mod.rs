@@ -222,12 +222,27 @@ fn prepare<'s>(
     }
     let total: usize = parts[..n].iter().map(|(_, c)| c).sum();
     if let Sender::Key { key, .. } = sender {
+        // A public key's request may not exceed its rates' burst: a larger one would pass
+        // once and leave the key (every browser of the game) in debt for many seconds.
+        let burst = client_burst(shard, key, peer);
+        if total > burst {
+            let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
+            return Err(Refusal { error, records: Some(total) });
+        }
         take_client_rates(shard, key, peer, total)
             .map_err(|retry_after| Refusal { error: IngestError::RateLimited { retry_after }, records: Some(total) })?;
     }
     let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(digest));
     let staged = ingest::stage(shard, b, game, &nonce_key, digest, parts, n)?;
     Ok((Some(staged), game_id, scoped.dropped))
+}
+
+/// The most events one request on `key` from `peer` may carry: the smaller burst of the
+/// key's and the address's rates (unlimited when neither is limited).
+fn client_burst(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>) -> usize {
+    let key = shard.rates.key(key).map_or(usize::MAX, |r| r.burst());
+    let address = peer.and_then(|ip| shard.rates.address(ip)).map_or(usize::MAX, |r| r.burst());
+    key.min(address)
 }
 
 /// Takes `n` events from the key's rate and the address's, or says in how many seconds

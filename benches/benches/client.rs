@@ -70,8 +70,13 @@ fn signed(k: &mut Kept, wire: &[u8], sig: &str) -> usize {
 
 fn client(k: &mut Kept, wire: &[u8], keys: &HashMap<String, String>, filters: &FilterView) -> usize {
     let game = keys.get("pk_live_bench_key_0001").unwrap();
-    let digest: [u8; 32] =
-        Sha256::new().chain_update(b"").chain_update(b"\n").chain_update(b"prod\n").chain_update(wire).finalize().into();
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(b"")
+        .chain_update(b"\n")
+        .chain_update(b"prod\n")
+        .chain_update(wire)
+        .finalize()
+        .into();
     k.body.clear();
     k.body.extend_from_slice(wire);
     k.events.clear();
@@ -100,10 +105,8 @@ fn filters(sample: u32) -> FilterView {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("filters.json");
     let names: Vec<String> = NAMES.iter().map(|n| format!("{n:?}")).collect();
-    let text = format!(
-        r#"{{"g1|prod":{{"events":[{}],"payments_enabled":true,"sample_global":{sample}}}}}"#,
-        names.join(",")
-    );
+    let text =
+        format!(r#"{{"g1|prod":{{"events":[{}],"payments_enabled":true,"sample_global":{sample}}}}}"#, names.join(","));
     std::fs::write(&path, text).unwrap();
     FilterView::new(Some(path), Duration::from_secs(3600))
 }

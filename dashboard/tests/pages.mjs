@@ -176,6 +176,14 @@ try {
   await page.screenshot({ path: join(SHOTS, 'realtime-live.png'), fullPage: true });
   for (const e of errors) fail(`realtime (live): ${e}`);
 
+  // An answer the API refuses (400: realtime needs an env) is shown as the block's error.
+  await page.goto(`${BASE}/realtime?game_id=${GAME}&env=`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const shown = await page.$eval('section.card[data-state="error"]', (e) => e.textContent).catch(() => '');
+  if (!shown.includes('400 invalid_parameter')) fail(`error state: expected the API's 400 in a block, got "${shown}"`);
+  else console.log(`error state: ${shown.replace(/\s+/g, ' ').trim()}`);
+  await page.screenshot({ path: join(SHOTS, 'error-state.png') });
+
   // A token the API refuses (401) sends the user back to the login page.
   await page.evaluate(() => sessionStorage.setItem('croupier.token', 'not-a-jwt'));
   await page.goto(`${BASE}/payments${query}`);

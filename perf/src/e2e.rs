@@ -33,6 +33,8 @@ pub struct E2eConfig {
     pub sustain_seconds: f64,
     /// Its rate as a fraction of the measured max.
     pub sustain_fraction: f64,
+    /// `switch` at this fixed rate, events/s (0: at max, closed loop).
+    pub switch_rate: u64,
 }
 
 const GAME: &str = "perf-game";
@@ -665,7 +667,7 @@ fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: 
     let croupier = start_croupier("auto", &cfg.croupier_cores, redis, ch, env);
     let pid = croupier.child.id();
     let shard0 = threads_cpu(pid, "croupier-shard");
-    let r = load(cfg, croupier.addr, 0, cfg.seconds);
+    let r = load(cfg, croupier.addr, cfg.switch_rate, cfg.seconds);
     let shard1 = threads_cpu(pid, "croupier-shard");
     drop(croupier);
     SwitchRun {
@@ -706,11 +708,16 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
     let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     let mut out = format!(
         "## Switch: `{}={}` against the defaults\n\n\
-         `croupier run` at max (closed loop, {} connections, {} s per run), {} runs each, \
+         `croupier run` {}, {} connections, {} s per run), {} runs each, \
          alternating which goes first; medians, every run listed.{}\n\n\
          | figure | defaults | with the setting | ratio (setting / defaults) |\n|---|---:|---:|---:|\n",
         env.0,
         env.1,
+        if cfg.switch_rate == 0 {
+            "at max (closed loop".to_owned()
+        } else {
+            format!("at a fixed {} events/s (open loop", cfg.switch_rate)
+        },
         cfg.connections,
         cfg.seconds,
         runs.max(1),

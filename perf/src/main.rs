@@ -5,13 +5,14 @@
 //! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
-//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--out FILE]
+//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]
 //! ```
 //!
 //! `switch`: the cost of one setting (`CROUPIER_<SECTION>__<KEY>=value`), A/B in one run:
 //! `croupier run` at max with the defaults and with the setting, alternated, medians.
 //! `--replica`: redis-server has a replica (`--replicaof`) on both sides, for settings
-//! such as `CROUPIER_REDIS__WAIT_REPLICAS=1`.
+//! such as `CROUPIER_REDIS__WAIT_REPLICAS=1`; `--rate EPS`: at that fixed rate (open
+//! loop) instead of at max, where latency is not queueing.
 //!
 //! `e2e`: ceilings (simd-json parse on one core, `redis-benchmark` XADD per event and per
 //! batch, `clickhouse-client` Native insert), then `croupier run` under the load
@@ -60,6 +61,7 @@ fn main() {
             .find(|w| w[0] == "--sustain-fraction")
             .and_then(|w| w[1].parse().ok())
             .unwrap_or(0.75),
+        switch_rate: arg(&args, "--rate", 0) as u64,
     };
     let rows = arg(&args, "--rows", if smoke { 20_000 } else { 1_000_000 });
     let runs = arg(&args, "--runs", if smoke { 1 } else { 3 });
@@ -69,7 +71,7 @@ fn main() {
         Some("switch") => {
             let Some((k, v)) = args.windows(2).find(|w| w[0] == "--env").and_then(|w| w[1].split_once('=')) else {
                 eprintln!(
-                    "usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--out FILE]"
+                    "usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]"
                 );
                 std::process::exit(2);
             };

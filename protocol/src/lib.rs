@@ -16,6 +16,7 @@
 
 pub mod batch;
 pub mod clickhouse;
+pub mod cluster;
 pub mod country;
 pub mod envelope;
 #[doc(hidden)]

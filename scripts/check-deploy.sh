@@ -53,8 +53,8 @@ nginx -t -q -p "$tmp/nginx/" -c "$PWD/deploy/nginx/nginx.conf" -g "pid $tmp/ngin
 # HAProxy (several data-plane nodes, docs/deploy.md): the shipped file as is, with its
 # default addresses, and with the loopback ones tests/it/haproxy.rs gives it.
 haproxy -c -q -f deploy/haproxy/haproxy.cfg
-HAPROXY_BIND=127.0.0.1:18080 CROUPIER_1=127.0.0.1:18081 CROUPIER_1_CONTROL_PORT=18082 \
-  CROUPIER_2=127.0.0.1:18083 CROUPIER_2_CONTROL_PORT=18084 HAPROXY_MAXCONN=1000 \
+HAPROXY_BIND=127.0.0.1:18080 CROUPIER_1=127.0.0.1:18081 \
+  CROUPIER_2=127.0.0.1:18083 HAPROXY_MAXCONN=1000 \
   haproxy -c -q -f deploy/haproxy/haproxy.cfg
 # Redis: the shipped file loads and gives an AOF fsynced on every write.
 redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -5,7 +5,7 @@
 //! [`run`] serves them on a shard's listeners.
 
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,17 +133,19 @@ pub fn ingest_head(head: &Head) -> IngestHead<'_> {
 pub struct DataPort {
     shard: Rc<Shard>,
     router: Router<Route>,
+    /// Set when the process starts to drain: `/readyz` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl DataPort {
     /// The data port on `shard`'s context.
-    pub fn new(shard: Rc<Shard>) -> DataPort {
-        DataPort { shard, router: router() }
+    pub fn new(shard: Rc<Shard>, draining: Arc<AtomicBool>) -> DataPort {
+        DataPort { shard, router: router(), draining }
     }
 
     /// The OTLP port on `shard`'s context.
-    pub fn otlp(shard: Rc<Shard>) -> DataPort {
-        DataPort { shard, router: otlp_router() }
+    pub fn otlp(shard: Rc<Shard>, draining: Arc<AtomicBool>) -> DataPort {
+        DataPort { shard, router: otlp_router(), draining }
     }
 }
 
@@ -157,7 +159,7 @@ impl Handler for DataPort {
     async fn handle(&self, route: Route, req: &mut Request<'_>) -> Response {
         match route {
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
-            Route::Ready => ready(&self.shard),
+            Route::Ready => ready(&self.shard, &self.draining),
             Route::Ingest(endpoint) => ingest(&self.shard, endpoint, req).await,
             Route::Otlp(route) => otlp::handle(&self.shard, route, req).await,
             Route::Client(endpoint) => client::handle(&self.shard, endpoint, req).await,
@@ -173,15 +175,19 @@ impl Handler for DataPort {
     }
 }
 
-/// Readiness: Redis reached, every stream's backlog read since it connected, no stream
-/// at its high-water mark.
-fn ready(shard: &Shard) -> Response {
+/// Readiness: not draining, Redis reached, every stream's backlog read since it
+/// connected, no stream at its high-water mark — what ingest needs, and nothing else (a
+/// load balancer checking it keeps taking events while ClickHouse is away: Redis holds
+/// them).
+fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
     let unready = |tag: &str| {
         let mut r = Response::json(503, format!(r#"{{"error":"{tag}","ready":false}}"#));
         r.retry_after = Some(shard.config.redis.retry_after_secs);
         r
     };
-    if !shard.redis.is_up() || !shard.backlog.all_known() {
+    if draining.load(Ordering::Relaxed) {
+        unready("draining")
+    } else if !shard.redis.is_up() || !shard.backlog.all_known() {
         unready("redis_unavailable")
     } else if !shard.backlog.all_admit() {
         unready("backlog_full")
@@ -238,6 +244,7 @@ pub async fn run(
     metrics: ShardWriter,
     listeners: (std::net::TcpListener, Option<std::net::TcpListener>),
     stop: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
 ) {
     let limits = server::Limits {
         read_timeout: Duration::from_millis(config.server.read_timeout_ms),
@@ -250,11 +257,11 @@ pub async fn run(
     let shard = shard::build(id, config, &rates, metrics);
     let (listener, otlp_listener) = listeners;
     let otlp = otlp_listener.map(|l| {
-        let port = Rc::new(DataPort::otlp(shard.clone()));
+        let port = Rc::new(DataPort::otlp(shard.clone(), draining.clone()));
         let serve = move |stream, server| conn::serve(port.clone(), server, stream);
         monoio::spawn(server::run(l, stop.clone(), limits, serve))
     });
-    let port = Rc::new(DataPort::new(shard));
+    let port = Rc::new(DataPort::new(shard, draining));
     let serve = move |stream, server| conn::serve(port.clone(), server, stream);
     if let Err(e) = server::run(listener, stop, limits, serve).await {
         tracing::error!(shard = id, error = %e, "listener failed");

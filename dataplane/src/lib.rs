@@ -50,12 +50,20 @@ pub struct Handle {
     driver: ActiveDriver,
     shards: Shards,
     metrics: Arc<Registry>,
+    /// Read by every shard's `/readyz`.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle {
     /// The address the shards listen on (the resolved port when `:0` was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Makes every shard's `/readyz` answer 503 (`draining`) from now on; the shards go
+    /// on serving until [`Handle::shutdown`].
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The address of the OTLP/HTTP listener, if `[otlp] listen` is set.
@@ -145,14 +153,16 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
         |id: usize| pin.then(|| cores.get(id).copied().unwrap_or_else(|| runtime::allowed_core(id).unwrap_or(id)));
     let mut listeners = listeners.into_iter();
     let mut otlp = otlp.into_iter();
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {
         let (config, rates, writer) = (config.clone(), rates.clone(), metrics.writer());
         let (listener, otlp) = (listeners.next(), otlp.next());
+        let draining = draining.clone();
         move || async move {
             if let Some(listener) = listener {
-                data_port::run(id, config, rates, writer, (listener, otlp), stop).await;
+                data_port::run(id, config, rates, writer, (listener, otlp), stop, draining).await;
             }
         }
     })?;
-    Ok(Handle { addr, otlp_addr, driver, shards, metrics })
+    Ok(Handle { addr, otlp_addr, driver, shards, metrics, draining })
 }

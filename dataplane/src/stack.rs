@@ -85,7 +85,7 @@ impl Stack {
         self.ingest.as_ref().map(Handle::driver)
     }
 
-    /// Drains: `/readyz` answers 503 at once and, when ingest runs, the data port goes on
+    /// Drains: `/readyz` (the control port's and the data port's) answers 503 at once and, when ingest runs, the data port goes on
     /// serving for `server.drain_delay_ms` (a load balancer's checks take the node out
     /// meanwhile); then stops ingest (listener closed, requests in flight answered), the
     /// workers (the batch in hand inserted and acknowledged), and the control listener
@@ -93,6 +93,9 @@ impl Stack {
     pub fn shutdown(self) {
         if let Some(c) = &self.control {
             c.drain();
+        }
+        if let Some(h) = &self.ingest {
+            h.drain();
         }
         if self.ingest.is_some() && !self.drain_delay.is_zero() {
             tracing::info!(delay = ?self.drain_delay, "not ready; serving until the drain delay ends");

@@ -297,6 +297,11 @@ fn client_ingest_cors() {
     let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod"), ("Origin", "https://evil.example")], &body);
     refused(&r, 403, "origin_not_allowed");
     assert_eq!(r.header("access-control-allow-origin"), None);
+    // A revoked key's refusal is readable by the page (else the SDK sees no status and
+    // retries for ever).
+    let r = post(&f, EVENTS, &[("X-Write-Key", REVOKED), ("X-Env", "prod"), ("Origin", PAGE)], &body);
+    refused(&r, 401, "revoked_key");
+    assert_eq!(r.header("access-control-allow-origin"), Some(PAGE));
     // The route takes POST and OPTIONS only.
     let r = f.client().request("GET", EVENTS, &[], b"");
     assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));

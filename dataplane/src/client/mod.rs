@@ -51,21 +51,16 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
         Ok(s) => Response::json(202, format!(r#"{{"ok":true,"accepted":{},"dropped":{}}}"#, s.accepted, s.dropped)),
         Err(e) => e.response(),
     };
-    match (origin, cors_game.and_then(|g| shard.games.get(g))) {
-        (Some(origin), Some(game)) => {
-            if cors::allowed(game, origin) {
-                cors::expose(&mut resp, origin);
-            }
-        }
+    let readable = match (origin, cors_game.and_then(|g| shard.games.get(g))) {
+        (Some(origin), Some(game)) => cors::allowed(game, origin),
         // No game known (a revoked, unknown or missing credential): the answer names only
         // the refusal, and a page the preflight let through must be able to read it — a
         // browser SDK that cannot see `401 revoked_key` retries it for ever.
-        (Some(origin), None) if resp.status == 401 => {
-            if shard.games.values().any(|g| cors::allowed(g, origin)) {
-                cors::expose(&mut resp, origin);
-            }
-        }
-        _ => {}
+        (Some(origin), None) => resp.status == 401 && shard.games.values().any(|g| cors::allowed(g, origin)),
+        (None, _) => false,
+    };
+    if let (true, Some(origin)) = (readable, origin) {
+        cors::expose(&mut resp, origin);
     }
     resp
 }

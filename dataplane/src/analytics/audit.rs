@@ -57,7 +57,12 @@ impl AuditLog {
     }
 
     /// Queues a row (the oldest is dropped when full).
-    pub fn record(&self, row: AuditRow) {
+    pub fn record(&self, mut row: AuditRow) {
+        // A row's size is bounded, so that the queue's bound in rows bounds its bytes
+        // (parameters come from the request; a query string may be kilobytes).
+        for field in [&mut row.params, &mut row.user, &mut row.roles] {
+            truncate(field, MAX_FIELD_BYTES);
+        }
         let mut p = self.pending.borrow_mut();
         if p.len() >= self.max_pending {
             p.pop_front();
@@ -149,4 +154,35 @@ fn columns(rows: &[AuditRow]) -> Vec<Column> {
         Column::new("duration_ms", "UInt32", duration),
         Column::new("read_rows", "UInt64", read),
     ]
+}
+
+/// The longest text an audit row keeps per field (parameters, user, roles), bytes.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes at a character boundary, marking the cut with `…`.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_fields_are_cut_at_a_character_boundary() {
+        let mut s = "é".repeat(1000);
+        truncate(&mut s, MAX_FIELD_BYTES);
+        assert!(s.len() <= MAX_FIELD_BYTES && s.ends_with('…'), "{}", s.len());
+        let mut short = "abc".to_owned();
+        truncate(&mut short, MAX_FIELD_BYTES);
+        assert_eq!(short, "abc");
+    }
 }

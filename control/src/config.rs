@@ -495,13 +495,16 @@ impl Default for Api {
     }
 }
 
-/// `[otlp]`: the OTLP/HTTP receiver on the data shards (`docs/otlp.md`).
+/// `[otlp]`: the OTLP/HTTP and OTLP/gRPC receivers on the data shards (`docs/otlp.md`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Otlp {
     /// Listen address of OTLP/HTTP (`/v1/logs`, `/v1/traces`), a second listener on every
     /// shard (SO_REUSEPORT, as the data port); empty means none.
     pub listen: String,
+    /// Listen address of OTLP/gRPC (`LogsService/Export`, `TraceService/Export`, HTTP/2
+    /// without TLS), a third listener on every shard; empty means none.
+    pub grpc_listen: String,
     /// Span names that are events besides Croupier's event types: exact names, or
     /// prefixes with a trailing `*` (`match.*`).
     pub span_events: Vec<String>,
@@ -509,7 +512,7 @@ pub struct Otlp {
 
 impl Default for Otlp {
     fn default() -> Self {
-        Otlp { listen: "0.0.0.0:4318".into(), span_events: Vec::new() }
+        Otlp { listen: "0.0.0.0:4318".into(), grpc_listen: "0.0.0.0:4317".into(), span_events: Vec::new() }
     }
 }
 
@@ -945,6 +948,9 @@ impl Config {
         if !self.otlp.listen.is_empty() && self.otlp.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("otlp.listen", "expected an address like 0.0.0.0:4318, or \"\" for none"));
         }
+        if !self.otlp.grpc_listen.is_empty() && self.otlp.grpc_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err("otlp.grpc_listen", "expected an address like 0.0.0.0:4317, or \"\" for none"));
+        }
         Ok(())
     }
 
@@ -1089,6 +1095,9 @@ mod tests {
         let e = Config::from_toml("[control]\nlisten = \"8081\"\n").expect_err("bad control addr");
         assert_eq!(e.key, "control.listen");
         assert!(Config::from_toml("[control]\nlisten = \"\"\n").is_ok(), "no control listener");
+        let e = Config::from_toml("[otlp]\ngrpc_listen = \"4317\"\n").expect_err("bad gRPC addr");
+        assert_eq!(e.key, "otlp.grpc_listen");
+        assert!(Config::from_toml("[otlp]\ngrpc_listen = \"\"\n").is_ok(), "no gRPC listener");
         let c = Config::load(None, env(&[("CROUPIER_METRICS__ENABLED", "false")])).expect("metrics off");
         assert!(!c.metrics.enabled);
         let c = Config::from_toml("[log]\nformat = \"json\"\nlevel = \"debug\"\n").expect("json logs");

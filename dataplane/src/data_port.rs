@@ -2,7 +2,8 @@
 //! the ingest endpoints, client ingest (`/api/analytics/ingest`, `client/`), liveness
 //! (`/healthz`) and readiness (`/readyz`) — and the OTLP
 //! port's table (`/v1/logs`, `/v1/traces`, `/v1/metrics`, `otlp.rs`) on the same context.
-//! [`run`] serves them on a shard's listeners.
+//! [`run`] serves them on a shard's listeners, and OTLP/gRPC (`otlp_grpc.rs`) on its
+//! third.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,7 @@ use crate::http::request::{Fields, Head};
 use crate::http::response::Response;
 use crate::ingest::{self, Endpoint, IngestHead};
 use crate::otlp::{self, OtlpRoute};
+use crate::otlp_grpc;
 use crate::ratelimit::RateLimits;
 use crate::router::{Methods, Router};
 use crate::server;
@@ -242,7 +244,7 @@ pub async fn run(
     config: Arc<Config>,
     rates: Arc<RateLimits>,
     metrics: ShardWriter,
-    listeners: (std::net::TcpListener, Option<std::net::TcpListener>),
+    listeners: (std::net::TcpListener, Option<std::net::TcpListener>, Option<std::net::TcpListener>),
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 ) {
@@ -255,10 +257,15 @@ pub async fn run(
         retry_after_secs: config.redis.retry_after_secs,
     };
     let shard = shard::build(id, config, &rates, metrics);
-    let (listener, otlp_listener) = listeners;
+    let (listener, otlp_listener, grpc_listener) = listeners;
     let otlp = otlp_listener.map(|l| {
         let port = Rc::new(DataPort::otlp(shard.clone(), draining.clone()));
         let serve = move |stream, server| conn::serve(port.clone(), server, stream);
+        monoio::spawn(server::run(l, stop.clone(), limits, serve))
+    });
+    let grpc = grpc_listener.map(|l| {
+        let shard = shard.clone();
+        let serve = move |stream, server| otlp_grpc::serve(shard.clone(), server, stream);
         monoio::spawn(server::run(l, stop.clone(), limits, serve))
     });
     let port = Rc::new(DataPort::new(shard, draining));
@@ -269,6 +276,11 @@ pub async fn run(
     if let Some(otlp) = otlp {
         if let Err(e) = otlp.await {
             tracing::error!(shard = id, error = %e, "OTLP listener failed");
+        }
+    }
+    if let Some(grpc) = grpc {
+        if let Err(e) = grpc.await {
+            tracing::error!(shard = id, error = %e, "OTLP/gRPC listener failed");
         }
     }
 }

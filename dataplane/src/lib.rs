@@ -3,7 +3,7 @@
 //! [`start`] binds the shared listening port once per shard (SO_REUSEPORT), then starts
 //! one thread per shard ([`shards::spawn_shards`]), each with its own monoio runtime
 //! ([`runtime`]) pinned to a core and its own [`shard::Shard`], serving the
-//! [`data_port`] (and the OTLP port, [`otlp`]) through the generic HTTP layer
+//! [`data_port`] (and the OTLP ports, [`otlp`] and [`otlp_grpc`]) through the generic HTTP layer
 //! ([`server`], [`http`], [`router`]). The
 //! returned [`Handle`] stops them gracefully.
 
@@ -23,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod io;
 pub mod otlp;
+pub mod otlp_grpc;
 pub mod ratelimit;
 pub mod redis;
 pub mod router;
@@ -47,6 +48,7 @@ use shards::Shards;
 pub struct Handle {
     addr: SocketAddr,
     otlp_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     driver: ActiveDriver,
     shards: Shards,
     metrics: Arc<Registry>,
@@ -69,6 +71,11 @@ impl Handle {
     /// The address of the OTLP/HTTP listener, if `[otlp] listen` is set.
     pub fn otlp_addr(&self) -> Option<SocketAddr> {
         self.otlp_addr
+    }
+
+    /// The address of the OTLP/gRPC listener, if `[otlp] grpc_listen` is set.
+    pub fn otlp_grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The io driver the shards run on.
@@ -107,6 +114,22 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// One listening socket per shard on `listen` (config key `key`), none when it is empty;
+/// port 0 resolves to one port for all of them.
+fn bind_shards(listen: &str, key: &str, shards: usize) -> Result<(Vec<std::net::TcpListener>, Option<SocketAddr>), String> {
+    if listen.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let listen: SocketAddr = listen.parse().map_err(|e| format!("{key}: {e}"))?;
+    let first = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    let mut all = vec![first];
+    for _ in 1..shards {
+        all.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    }
+    Ok((all, Some(addr)))
+}
+
 /// The process's metrics registry for `config`: the data port's routes, the configured
 /// games, counting on or off (`metrics.enabled`).
 pub fn registry(config: &Config) -> Arc<Registry> {
@@ -131,19 +154,10 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
     for _ in 1..shards {
         listeners.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
-    // The OTLP port: a second listener on every shard, in the same SO_REUSEPORT way.
-    let mut otlp = Vec::new();
-    let mut otlp_addr = None;
-    if !config.otlp.listen.is_empty() {
-        let listen: SocketAddr = config.otlp.listen.parse().map_err(|e| format!("otlp.listen: {e}"))?;
-        let first = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let addr = first.local_addr().map_err(|e| e.to_string())?;
-        otlp.push(first);
-        for _ in 1..shards {
-            otlp.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
-        }
-        otlp_addr = Some(addr);
-    }
+    // The OTLP ports: a second and a third listener on every shard, in the same
+    // SO_REUSEPORT way.
+    let (otlp, otlp_addr) = bind_shards(&config.otlp.listen, "otlp.listen", shards)?;
+    let (grpc, grpc_addr) = bind_shards(&config.otlp.grpc_listen, "otlp.grpc_listen", shards)?;
     let rates = Arc::new(ratelimit::RateLimits::new(&config));
     let config = Arc::new(config);
     let (pin, cores) = (config.server.pin, config.server.cores.clone());
@@ -153,16 +167,17 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
         |id: usize| pin.then(|| cores.get(id).copied().unwrap_or_else(|| runtime::allowed_core(id).unwrap_or(id)));
     let mut listeners = listeners.into_iter();
     let mut otlp = otlp.into_iter();
+    let mut grpc = grpc.into_iter();
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {
         let (config, rates, writer) = (config.clone(), rates.clone(), metrics.writer());
-        let (listener, otlp) = (listeners.next(), otlp.next());
+        let (listener, otlp, grpc) = (listeners.next(), otlp.next(), grpc.next());
         let draining = draining.clone();
         move || async move {
             if let Some(listener) = listener {
-                data_port::run(id, config, rates, writer, (listener, otlp), stop, draining).await;
+                data_port::run(id, config, rates, writer, (listener, otlp, grpc), stop, draining).await;
             }
         }
     })?;
-    Ok(Handle { addr, otlp_addr, driver, shards, metrics, draining })
+    Ok(Handle { addr, otlp_addr, grpc_addr, driver, shards, metrics, draining })
 }

@@ -2,7 +2,8 @@
 //! unsupported): a bearer token names the game, the body (protobuf or OTLP/JSON, gzip or
 //! not) is decoded and mapped by `croupier_protocol::otlp`, and the records that pass
 //! are appended as JSON ingest appends them — one `EVAL` per request, answered only once
-//! Redis has them (`docs/otlp.md`).
+//! Redis has them (`docs/otlp.md`). OTLP/gRPC (`otlp_grpc.rs`) shares [`export`] and
+//! [`refusal_status`].
 
 use croupier_control::metrics::EventsRefused;
 use croupier_protocol::otlp::response::{self, Code};
@@ -48,10 +49,16 @@ pub fn bearer_game<'s>(shard: &'s Shard, authorization: Option<&str>) -> Option<
     found
 }
 
-/// A refusal as OTLP answers it: the status, `Retry-After` and connection handling of the
-/// ingest contract, with a `google.rpc.Status` body in the request's encoding.
-fn refusal(format: Format, e: &IngestError) -> Response {
-    let mut r = e.response();
+/// The message of a refusal for a missing or unknown token.
+pub const UNAUTHENTICATED: &str = "a valid Authorization: Bearer token is required";
+/// The message of a refusal of metrics.
+pub const METRICS_UNIMPLEMENTED: &str = "metrics are not accepted: export logs and traces";
+
+/// A refusal as OTLP states it, whatever the transport: the `google.rpc.Code`, the
+/// message, and the `Retry-After` of the ingest contract (seconds) when the exporter is
+/// to retry later. OTLP/HTTP and OTLP/gRPC map refusals through this one function.
+pub fn refusal_status(e: &IngestError) -> (Code, String, Option<u64>) {
+    let r = e.response();
     let code = match r.status {
         400 | 413 | 415 => Code::InvalidArgument,
         401 => Code::Unauthenticated,
@@ -66,8 +73,17 @@ fn refusal(format: Format, e: &IngestError) -> Response {
         IngestError::Body(BodyError::Malformed(m)) => m.clone(),
         IngestError::Body(b) => b.to_string(),
         IngestError::Http(h) => h.message(),
+        IngestError::MissingCredentials(_) => UNAUTHENTICATED.to_owned(),
         _ => e.tag().to_owned(),
     };
+    (code, message, r.retry_after)
+}
+
+/// A refusal as OTLP/HTTP answers it: the status, `Retry-After` and connection handling
+/// of the ingest contract, with a `google.rpc.Status` body in the request's encoding.
+fn refusal(format: Format, e: &IngestError) -> Response {
+    let mut r = e.response();
+    let (code, message, _) = refusal_status(e);
     r.body.clear();
     response::status(&mut r.body, format, code, &message);
     r.content_type = format.content_type();
@@ -89,7 +105,7 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
                 &mut body,
                 format,
                 Code::Unimplemented,
-                "metrics are not accepted: export logs and traces",
+                METRICS_UNIMPLEMENTED,
             );
             return Response::bytes(404, format.content_type(), body);
         }
@@ -99,10 +115,7 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
         Err(e) => return refusal(format, &e.into()),
     };
     let Some(game) = bearer_game(shard, head.field(AUTHORIZATION)) else {
-        let mut r = refusal(format, &IngestError::MissingCredentials("Authorization"));
-        r.body.clear();
-        response::status(&mut r.body, format, Code::Unauthenticated, "a valid Authorization: Bearer token is required");
-        return r;
+        return refusal(format, &IngestError::MissingCredentials("Authorization"));
     };
     let retry_after = shard.config.redis.retry_after_secs;
     if !shard.redis.is_up() {
@@ -116,19 +129,49 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
         return refusal(format, &e.into());
     }
     let (wire, scratch) = req.buffers();
+    match export(shard, signal, format, encoding, game, wire, scratch).await {
+        Ok(Exported { rejected, message }) => {
+            let mut out = Vec::new();
+            response::export(&mut out, signal, format, rejected, &message);
+            Response::bytes(200, format.content_type(), out)
+        }
+        Err(e) => refusal(format, &e),
+    }
+}
+
+/// What an export of records came to: how many were rejected, and the message naming
+/// the first (empty when none was), for `partial_success`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// Records rejected.
+    pub rejected: u64,
+    /// `partial_success.error_message`.
+    pub message: String,
+}
+
+/// An export request whose body (as sent, `encoding` says whether gzip) is in `wire`,
+/// from `game` (its token checked): decoded, mapped, and its events appended, answered
+/// once Redis has them; or why not. The one path of OTLP/HTTP and OTLP/gRPC alike.
+/// `scratch` is a reused buffer for the inflated body.
+pub async fn export(
+    shard: &Shard,
+    signal: Signal,
+    format: Format,
+    encoding: Encoding,
+    game: &str,
+    wire: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<Exported, IngestError> {
     let (prepared, summary) = match prepare(shard, signal, format, encoding, game, wire, scratch) {
         Ok(p) => p,
         Err(Refusal { error, records }) => {
             ingest::count_refused(shard, game, &error, records.unwrap_or(1));
-            return refusal(format, &error);
+            return Err(error);
         }
     };
     if let Some(p) = prepared {
-        if let Err(e) = ingest::append(shard, game, p).await {
-            return refusal(format, &e);
-        }
+        ingest::append(shard, game, p).await?;
     }
-    let mut out = Vec::new();
     let message = match summary.first_rejection {
         None => String::new(),
         Some((index, reason)) => {
@@ -139,8 +182,7 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
             format!("{} of {} rejected; the first, {what} {index}: {reason}", summary.rejected, summary.records)
         }
     };
-    response::export(&mut out, signal, format, summary.rejected as u64, &message);
-    Response::bytes(200, format.content_type(), out)
+    Ok(Exported { rejected: summary.rejected as u64, message })
 }
 
 /// Inflates and decodes the body, maps its records, and stages their append (`None`

@@ -59,6 +59,9 @@ impl Stack {
                     if let Some(addr) = h.otlp_addr() {
                         tracing::info!(addr = %addr, "OTLP/HTTP listening (/v1/logs, /v1/traces)");
                     }
+                    if let Some(addr) = h.otlp_grpc_addr() {
+                        tracing::info!(addr = %addr, "OTLP/gRPC listening (LogsService, TraceService)");
+                    }
                     stack.ingest = Some(h);
                 }
                 Err(e) => {

@@ -56,6 +56,7 @@ impl Fixture {
         config.redis.backlog_poll_ms = 20;
         config.redis.reply_timeout_ms = 2_000;
         config.otlp.listen = "127.0.0.1:0".into();
+        config.otlp.grpc_listen = "127.0.0.1:0".into();
         for (g, s) in [(GAME, SECRET), (OTHER_GAME, OTHER_SECRET)] {
             config.games.insert(g.into(), Game { secret: Some(s.into()), ..Game::default() });
         }

@@ -1,7 +1,7 @@
 //! The OTLP/HTTP receiver against real servers: the OpenTelemetry Python SDK's exporters
 //! (`tests/otlp/sdk_export.py`, installed by `scripts/setup.sh`) and hand-built OTLP/JSON
 //! into redis-server, the worker and clickhouse-server; refusals, partial success and the
-//! retry contract.
+//! retry contract; OTLP/gRPC with the SDK's gRPC exporters and raw grpcio calls.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -139,11 +139,47 @@ fn otlp_sdk_exports_and_otlp_json_land_in_clickhouse_with_every_column() {
     p.wait_for(4, "events stored", |p| {
         p.scalar(&format!("SELECT count() FROM analytics.events FINAL WHERE user_id LIKE '{run}-%'"))
     });
+    assert_sdk_rows(&p, &run, before);
+    // The OTLP/JSON record: its own time, resource attributes, device id.
     let got = rows(
         &p,
         &format!(
             "SELECT event, game_id, env, user_id, session_id, device_id, channel, platform, country, app_version, props_json, \
-             toUnixTimestamp(event_time) FROM analytics.events FINAL WHERE user_id LIKE '{run}-%' ORDER BY event"
+             toUnixTimestamp(event_time) FROM analytics.events FINAL WHERE user_id = '{run}-u3'"
+        ),
+    );
+    let u3 = format!("{run}-u3");
+    assert_eq!(
+        got,
+        [[
+            "login",
+            "g1",
+            "staging",
+            &u3,
+            "",
+            "dev-9",
+            "",
+            "",
+            r"\0\0",
+            "2.0.0",
+            r#"{"score":42,"event.name":"user.login","trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174"}"#,
+            "1795617749"
+        ]]
+    );
+}
+
+/// The rows of what `sdk_export.py` exports (`logs(run)`, `spans(run)`): three events with
+/// every mapped column, and the purchase in `payments`; `before` is a time in seconds
+/// before the export.
+fn assert_sdk_rows(p: &Pipeline, run: &str, before: u128) {
+    p.wait_for(3, "SDK events stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.events FINAL WHERE user_id IN ('{run}-u1', '{run}-u2')"))
+    });
+    let got = rows(
+        p,
+        &format!(
+            "SELECT event, game_id, env, user_id, session_id, device_id, channel, platform, country, app_version, props_json, \
+             toUnixTimestamp(event_time) FROM analytics.events FINAL WHERE user_id IN ('{run}-u1', '{run}-u2') ORDER BY event"
         ),
     );
     let now = now_ns() / 1_000_000_000;
@@ -152,8 +188,7 @@ fn otlp_sdk_exports_and_otlp_json_land_in_clickhouse_with_every_column() {
         assert!(t >= before && t <= now, "{t} not within [{before}, {now}]");
     };
     let row = |i: usize| got[i][..11].iter().map(String::as_str).collect::<Vec<_>>();
-    let (u1, s1, u2, s2, u3) =
-        (format!("{run}-u1"), format!("{run}-s1"), format!("{run}-u2"), format!("{run}-s2"), format!("{run}-u3"));
+    let (u1, s1, u2, s2) = (format!("{run}-u1"), format!("{run}-s1"), format!("{run}-u2"), format!("{run}-s2"));
     // A log record named by its `event.name` attribute: a custom event.
     assert_eq!(row(0), ["boss_killed", "g1", "prod", &u2, "", "", "", "", r"\0\0", "3.1.4", r#"{"boss":"hydra"}"#]);
     recent(&got[0][11]);
@@ -175,40 +210,22 @@ fn otlp_sdk_exports_and_otlp_json_land_in_clickhouse_with_every_column() {
         ]
     );
     recent(&got[1][11]);
-    // The OTLP/JSON record: its own time, resource attributes, device id.
-    assert_eq!(
-        row(2),
-        [
-            "login",
-            "g1",
-            "staging",
-            &u3,
-            "",
-            "dev-9",
-            "",
-            "",
-            r"\0\0",
-            "2.0.0",
-            r#"{"score":42,"event.name":"user.login","trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174"}"#
-        ]
-    );
-    assert_eq!(got[2][11], "1795617749");
     // A span of a Croupier type; its trace and span ids are random.
-    assert_eq!(row(3)[..10], ["session_start", "g1", "prod", &u1, &s1, "", "", "android", "FR", "1.4.0"]);
-    let props = &got[3][10];
+    assert_eq!(row(2)[..10], ["session_start", "g1", "prod", &u1, &s1, "", "", "android", "FR", "1.4.0"]);
+    let props = &got[2][10];
     let prefix = r#"{"game.region":"eu-west","session.entry_point":"push","event.name":"session.start","trace_id":""#;
     let ids = props.strip_prefix(prefix).and_then(|r| r.strip_suffix(r#""}"#)).unwrap_or_default();
     let (trace, span) = ids.split_once(r#"","span_id":""#).unwrap_or_default();
     let hex = |s: &str, n| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     assert!(hex(trace, 32) && hex(span, 16), "{props}");
-    recent(&got[3][11]);
-    assert_eq!(got.len(), 4, "the plain log and the GET span are no events");
+    recent(&got[2][11]);
+    assert_eq!(got.len(), 3, "the plain log and the GET span are no events");
     // The purchase span is a payment.
     p.wait_for(1, "payments stored", |p| {
         p.scalar(&format!("SELECT count() FROM analytics.payments FINAL WHERE order_id = '{run}-order-1'"))
     });
     let pay = rows(
-        &p,
+        p,
         &format!(
             "SELECT game_id, env, user_id, amount_cents, currency, status, platform, region, product_id \
              FROM analytics.payments FINAL WHERE order_id = '{run}-order-1'"
@@ -303,6 +320,18 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
 
 #[test]
 fn otlp_exporter_is_told_to_retry_at_high_water_and_every_accepted_record_lands_once() {
+    retry_at_high_water(false);
+}
+
+#[test]
+fn otlp_grpc_exporter_is_told_to_retry_with_retry_info_at_high_water() {
+    retry_at_high_water(true);
+}
+
+/// Fills the backlog to its high-water mark with ClickHouse stopped, then exports 5 spans
+/// with the SDK (over gRPC when `grpc`): told to retry, it retries until ClickHouse is
+/// back, and every record it was told was accepted is stored once.
+fn retry_at_high_water(grpc: bool) {
     let mut p = Pipeline::start_with(&[], |c| {
         tokens(c);
         c.streams.events.retention_events = 100_000;
@@ -331,10 +360,14 @@ fn otlp_exporter_is_told_to_retry_at_high_water_and_every_accepted_record_lands_
     }
     assert!(accepted >= 40, "{accepted}");
     // The SDK's exporter sends while the backlog is full: it is told to retry, and does.
-    let base = format!("http://{}", otlp_addr(&p.ingest));
+    let (mode, target) = if grpc {
+        ("grpc-retry", grpc_addr(&p.ingest).to_string())
+    } else {
+        ("retry", format!("http://{}", otlp_addr(&p.ingest)))
+    };
     let child = Command::new(python())
         .arg(SCRIPT)
-        .args(["retry", &base, TOKEN, &run, "5"])
+        .args([mode, &target, TOKEN, &run, "5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -346,7 +379,13 @@ fn otlp_exporter_is_told_to_retry_at_high_water_and_every_accepted_record_lands_
     let got: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("{}: {:?}: {stderr}", out.status, String::from_utf8_lossy(&out.stdout)));
     assert_eq!(got["result"], "SUCCESS", "{got}: {stderr}");
-    assert!(stderr.contains("Transient error Service Unavailable"), "{stderr}");
+    if grpc {
+        // UNAVAILABLE, and the delay is the RetryInfo's (2 s), not the exporter's backoff.
+        assert!(stderr.contains("Transient error StatusCode.UNAVAILABLE"), "{stderr}");
+        assert!(stderr.contains("retrying in 2.00s"), "{stderr}");
+    } else {
+        assert!(stderr.contains("Transient error Service Unavailable"), "{stderr}");
+    }
     let want = accepted as u64 + 5;
     p.wait_for(want, "accepted spans stored", |p| {
         p.scalar(&format!("SELECT count() FROM analytics.events FINAL WHERE user_id LIKE '{run}-%'"))
@@ -357,4 +396,141 @@ fn otlp_exporter_is_told_to_retry_at_high_water_and_every_accepted_record_lands_
         p.scalar(&format!("SELECT uniqExact(user_id) FROM analytics.events WHERE user_id LIKE '{run}-%'")),
     );
     assert_eq!((ids, users), (want, want));
+}
+
+fn grpc_addr(f: &Fixture) -> std::net::SocketAddr {
+    f.ingest.as_ref().and_then(|h| h.otlp_grpc_addr()).expect("an OTLP/gRPC listener")
+}
+
+#[test]
+fn otlp_grpc_sdk_exports_land_in_clickhouse_with_every_column() {
+    let mut p = Pipeline::start_with(&[], tokens);
+    p.start_worker(&[]);
+    let run = unique_run();
+    let before = now_ns() / 1_000_000_000;
+    // Logs gzip-compressed, spans not; then a wrong token.
+    let out = sdk(&["grpc", &grpc_addr(&p.ingest).to_string(), TOKEN, &run]);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(got, serde_json::json!({"logs": "SUCCESS", "spans": "SUCCESS", "wrong_token": "FAILURE"}));
+    assert_sdk_rows(&p, &run, before);
+    let bad = p.scalar(&format!("SELECT count() FROM analytics.events WHERE user_id LIKE '{run}-bad-%'"));
+    assert_eq!(bad, 0, "nothing of the wrong token is stored");
+}
+
+/// Protobuf: a length-delimited field.
+fn pb(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut n = bytes.len();
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// An `ExportTraceServiceRequest` of `user.login` spans, one per `(user, start time)`.
+fn pb_spans(spans: &[(&str, u64)]) -> Vec<u8> {
+    let attr = |k: &str, v: &str| pb(1, &[pb(1, k.as_bytes()), pb(2, &pb(1, v.as_bytes()))].concat());
+    let resource = pb(1, &attr("deployment.environment.name", "prod"));
+    let spans: Vec<u8> = spans
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (user, t))| {
+            let mut span = [pb(1, &[i as u8 + 1; 16]), pb(2, &[i as u8 + 1; 8]), pb(5, b"user.login")].concat();
+            span.push(0x39); // start_time_unix_nano, fixed64
+            span.extend_from_slice(&t.to_le_bytes());
+            span.extend(pb(9, &attr("game.user_id", user)));
+            pb(2, &span)
+        })
+        .collect();
+    pb(1, &[pb(1, &resource), pb(2, &spans)].concat())
+}
+
+fn grpc_calls(f: &Fixture, calls: serde_json::Value) -> Vec<serde_json::Value> {
+    let mut child = Command::new(python())
+        .arg(SCRIPT)
+        .args(["grpc-calls", &grpc_addr(f).to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gRPC client");
+    child.stdin.take().expect("stdin").write_all(calls.to_string().as_bytes()).expect("write the calls");
+    let out = child.wait_with_output().expect("gRPC client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn otlp_grpc_statuses_partial_success_and_retry_info() {
+    let mut f = Fixture::start(Driver::Epoll, tokens);
+    let traces = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let t = (now_ns() as u64 / 1_000_000) * 1_000_000;
+    let body = pb_spans(&[("grpc-a", t), ("grpc-b", t / 1_000_000_000), ("grpc-c", t)]);
+    let call = |path: &str, token: &str, body: &[u8], gzip: bool| {
+        serde_json::json!({"path": path, "token": token, "body_hex": hex(body), "gzip": gzip})
+    };
+    let got = grpc_calls(
+        &f,
+        serde_json::json!([
+            call(traces, TOKEN, &body, false),
+            call(traces, TOKEN, &body, true),
+            call(traces, TOKEN, b"\x0a\x05\x01", false),
+            call(traces, "nope-nope-nope-nope", &body, false),
+            call("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export", TOKEN, b"", false),
+            call("/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export", TOKEN, b"", false),
+        ]),
+    );
+    // Partial success in the ExportTraceServiceResponse, grpc-status 0.
+    let message = "1 of 3 rejected; the first, span 1: time_unix_nano must be nanoseconds between 2000 and 2100";
+    let mut partial = vec![0x08, 0x01];
+    partial.extend(pb(2, message.as_bytes()));
+    let want_ok = serde_json::json!({"code": "OK", "response_hex": hex(&pb(1, &partial))});
+    assert_eq!(got[0], want_ok);
+    // The same request gzip-compressed is the same export (same records, same answer).
+    assert_eq!(got[1], want_ok);
+    let status = |code: &str, details: &str, n: &str| {
+        serde_json::json!({"code": code, "details": details, "trailers": {"grpc-status": n, "grpc-message": details}})
+    };
+    assert_eq!(got[2], status("INVALID_ARGUMENT", "protobuf is truncated", "3"));
+    assert_eq!(got[3], status("UNAUTHENTICATED", "a valid Authorization: Bearer token is required", "16"));
+    assert_eq!(got[4], status("UNIMPLEMENTED", "metrics are not accepted: export logs and traces", "12"));
+    assert_eq!(
+        got[5],
+        status(
+            "UNIMPLEMENTED",
+            "unknown method /opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
+            "12"
+        )
+    );
+    let entries = croupier_it::redis::xrange(&mut f.redis.client(), "analytics:events");
+    assert_eq!(entries.len(), 1, "the gzip call is the first one again: appended once");
+    assert_eq!(entries[0].get("n"), Some(b"2".as_slice()));
+
+    // Redis down: UNAVAILABLE with a RetryInfo of `redis.retry_after_secs`.
+    f.redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = grpc_calls(&f, serde_json::json!([call(traces, TOKEN, &pb_spans(&[("grpc-d", t)]), false)]));
+        if got[0]["code"] != "OK" || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let retry_info = "type.googleapis.com/google.rpc.RetryInfo";
+    assert_eq!(
+        got[0],
+        serde_json::json!({"code": "UNAVAILABLE", "details": "redis_unavailable", "trailers": {
+            "grpc-status": "14",
+            "grpc-message": "redis_unavailable",
+            "grpc-status-details-bin": [14, "redis_unavailable", [retry_info, 1]],
+            "google.rpc.retryinfo-bin": "CgIIAQ==",
+        }})
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

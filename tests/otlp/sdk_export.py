@@ -5,6 +5,11 @@ for the integration tests in tests/it/otlp.rs. Prints one JSON object on stdout.
 Usage:
   sdk_export.py http  <base-url> <token> <run>       logs + spans over HTTP/protobuf, a wrong token
   sdk_export.py retry <base-url> <token> <run> <n>   n spans in one export, retried as told
+  sdk_export.py grpc  <host:port> <token> <run>     logs (gzip) + spans over gRPC, a wrong token
+  sdk_export.py grpc-retry <host:port> <token> <run> <n>   n spans over gRPC, retried as told
+  sdk_export.py grpc-calls <host:port>               raw unary calls from stdin (JSON list of
+                                                     {path, token, body_hex, gzip}), each
+                                                     answered as {code, details, trailers, response_hex}
 """
 import json
 import logging
@@ -70,6 +75,48 @@ def logs(run):
     return mem.get_finished_logs()
 
 
+def grpc_exporters(addr, headers, timeout, compression=None):
+    from grpc import Compression
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+    c = Compression.Gzip if compression == "gzip" else Compression.NoCompression
+    kw = dict(endpoint=f"http://{addr}", insecure=True, headers=headers, timeout=timeout, compression=c)
+    return GrpcLogExporter(**kw), GrpcSpanExporter(**kw)
+
+
+def grpc_calls(addr, calls):
+    import base64
+    import grpc
+    from google.rpc.error_details_pb2 import RetryInfo
+    from google.rpc.status_pb2 import Status
+    out = []
+    with grpc.insecure_channel(addr) as channel:
+        for c in calls:
+            call = channel.unary_unary(c["path"])
+            metadata = (("authorization", f"Bearer {c['token']}"),)
+            compression = grpc.Compression.Gzip if c.get("gzip") else None
+            try:
+                response, rpc = call.with_call(bytes.fromhex(c["body_hex"]), metadata=metadata, timeout=10,
+                                               compression=compression)
+                got = {"code": rpc.code().name, "response_hex": response.hex()}
+            except grpc.RpcError as e:
+                got = {"code": e.code().name, "details": e.details(), "trailers": {}}
+                for k, v in e.trailing_metadata() or ():
+                    if k == "grpc-status-details-bin":
+                        status = Status.FromString(v)
+                        info = RetryInfo()
+                        details = [d.type_url for d in status.details]
+                        if status.details and status.details[0].Unpack(info):
+                            details.append(info.retry_delay.seconds)
+                        got["trailers"][k] = [status.code, status.message, details]
+                    elif k.endswith("-bin"):
+                        got["trailers"][k] = base64.b64encode(v).decode()
+                    else:
+                        got["trailers"][k] = v
+            out.append(got)
+    return out
+
+
 def name(result):
     return result.name
 
@@ -91,6 +138,24 @@ def main():
         exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces", headers=headers, timeout=120)
         result = exporter.export(spans(run, count))
         print(json.dumps({"result": name(result), "seconds": round(time.time() - start, 1)}))
+    elif mode == "grpc":
+        # gRPC metadata keys are lower case.
+        grpc_headers = {"authorization": f"Bearer {token}"}
+        log_exp, _ = grpc_exporters(base, grpc_headers, 10, "gzip")
+        _, span_exp = grpc_exporters(base, grpc_headers, 10)
+        out = {"logs": name(log_exp.export(logs(run))), "spans": name(span_exp.export(spans(run)))}
+        _, bad = grpc_exporters(base, {"authorization": "Bearer not-the-token-of-any-game"}, 10)
+        out["wrong_token"] = name(bad.export(spans(run + "-bad")))
+        print(json.dumps(out))
+    elif mode == "grpc-retry":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        count = int(sys.argv[5])
+        start = time.time()
+        _, exporter = grpc_exporters(base, {"authorization": f"Bearer {token}"}, 60)
+        result = exporter.export(spans(run, count))
+        print(json.dumps({"result": name(result), "seconds": round(time.time() - start, 1)}))
+    elif mode == "grpc-calls":
+        print(json.dumps(grpc_calls(base, json.load(sys.stdin))))
     else:
         sys.exit("unknown mode " + mode)
 

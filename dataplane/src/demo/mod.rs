@@ -138,7 +138,7 @@ fn config_text(redis: u16, clickhouse: u16, dashboard: Option<&Path>) -> String 
          [worker]\nshards = 1\nconsumer = \"demo\"\n\n\
          [control]\nlisten = \"127.0.0.1:0\"\ndashboard_dir = \"{dashboard}\"\n\n\
          [api]\njwt_secret = \"{JWT_SECRET}\"\n\n\
-         [otlp]\nlisten = \"127.0.0.1:0\"\n\n\
+         [otlp]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\n\
          [log]\nlevel = \"info\"\n\n\
          [games.{GAME}]\nsecret = \"{SECRET}\"\n"
     )

@@ -11,6 +11,7 @@
 //! [`Payment`]: crate::envelope::Payment
 
 pub mod any;
+pub mod grpc;
 pub mod json;
 pub mod map;
 pub mod pb;

@@ -1,0 +1,261 @@
+//! The OTLP/gRPC receiver: `LogsService/Export` and `TraceService/Export` over HTTP/2
+//! without TLS (prior knowledge, as exporters' `insecure` channels speak it), on a
+//! listener of its own on every shard. HTTP/2 is the `h2` crate's, over monoio's socket
+//! through `monoio-compat` (tokio's I/O traits only: no tokio runtime, h2 has no timers);
+//! each call is a task on the shard's runtime. A call is answered by the OTLP/HTTP path
+//! ([`otlp::export`], [`otlp::refusal_status`]): the same token check, decoder, append and
+//! refusals, as gRPC statuses (`docs/otlp.md`).
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use croupier_protocol::otlp::grpc::{self, Method};
+use croupier_protocol::otlp::response::{self, Code};
+use croupier_protocol::otlp::Format;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use monoio::net::TcpStream;
+use monoio_compat::StreamWrapper;
+
+use crate::error::IngestError;
+use crate::http::body::Encoding;
+use crate::http::error::HttpError;
+use crate::otlp::{self, Exported};
+use crate::server::Server;
+use crate::shard::Shard;
+
+/// Calls in progress on one connection at most (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+const MAX_STREAMS: u32 = 64;
+/// Largest request header block (metadata), bytes.
+const MAX_HEADER_LIST: u32 = 16 << 10;
+/// Receive window of a call and of a connection, bytes: a typical export arrives
+/// without waiting for window updates.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
+
+/// What a call is answered with.
+enum Answer {
+    /// `grpc-status: 0` after this `Export*ServiceResponse`.
+    Ok(Vec<u8>),
+    /// A status that is not OK, with the seconds to wait when the exporter is to retry.
+    Status(Code, String, Option<u64>),
+    /// Not a gRPC call at all: a bare HTTP status.
+    Http(StatusCode),
+}
+
+impl Answer {
+    fn refusal(e: &IngestError) -> Answer {
+        let (code, message, retry_after) = otlp::refusal_status(e);
+        // Only a status that tells the exporter to come back carries a delay.
+        Answer::Status(code, message, retry_after.filter(|_| code == Code::Unavailable))
+    }
+}
+
+/// What the connection's loop waits for.
+enum Next {
+    /// The shard began to drain.
+    Drain,
+    /// Nothing came for the idle timeout.
+    Idle,
+    /// A call, the end of the connection, or its failure.
+    Call(Option<Result<(http::Request<RecvStream>, SendResponse<Bytes>), h2::Error>>),
+}
+
+/// Serves one accepted connection: the HTTP/2 handshake within the read timeout, then
+/// each call in a task of its own. The connection ends with a `GOAWAY` when the shard
+/// drains or when it has had no call in progress for the idle timeout.
+pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
+    let limits = server.limits;
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    let handshake = builder.handshake::<_, Bytes>(StreamWrapper::new(stream));
+    let mut conn = match monoio::time::timeout(limits.read_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        // Not HTTP/2 with prior knowledge, or too slow: nothing to answer.
+        Ok(Err(_)) | Err(_) => return,
+    };
+    let calls = Rc::new(Cell::new(0usize));
+    let mut closing = false;
+    loop {
+        let draining = async {
+            if closing {
+                std::future::pending::<()>().await;
+            }
+            server.drain.started().await;
+        };
+        let next = monoio::select! {
+            biased;
+            _ = draining => Next::Drain,
+            c = conn.accept() => Next::Call(c),
+            _ = monoio::time::sleep(limits.idle_timeout) => Next::Idle,
+        };
+        match next {
+            Next::Drain => {
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            Next::Idle if calls.get() > 0 => {}
+            // Idle after the GOAWAY too: the peer has not closed; stop waiting for it.
+            Next::Idle if closing => break,
+            Next::Idle => {
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            Next::Call(Some(Ok((req, respond)))) => {
+                calls.set(calls.get() + 1);
+                let (shard, server, calls) = (shard.clone(), server.clone(), calls.clone());
+                monoio::spawn(async move {
+                    call(&shard, &server, req, respond).await;
+                    calls.set(calls.get() - 1);
+                });
+            }
+            Next::Call(None | Some(Err(_))) => break,
+        }
+    }
+}
+
+/// Answers one call.
+async fn call(shard: &Shard, server: &Server, req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let answer = answer(shard, server, req).await;
+    // A peer that reset the call or left does not hear the answer: nothing to do.
+    let _ = send(&mut respond, answer);
+}
+
+/// What a call is answered: checks from its headers, then its message read and exported.
+async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) -> Answer {
+    let (head, mut body) = req.into_parts();
+    if head.method != http::Method::POST {
+        return Answer::Http(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let field = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+    if !field("content-type").is_some_and(grpc::is_grpc_content_type) {
+        return Answer::Http(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    let signal = match Method::from_path(head.uri.path()) {
+        Method::Export(signal) => signal,
+        Method::Metrics => return Answer::Status(Code::Unimplemented, otlp::METRICS_UNIMPLEMENTED.into(), None),
+        Method::Unknown => {
+            return Answer::Status(Code::Unimplemented, format!("unknown method {}", head.uri.path()), None);
+        }
+    };
+    let gzip = match field("grpc-encoding").map(str::trim) {
+        None | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            let m = format!("grpc-encoding {other} is not supported (use gzip or identity)");
+            return Answer::Status(Code::Unimplemented, m, None);
+        }
+    };
+    let Some(game) = otlp::bearer_game(shard, field("authorization")) else {
+        return Answer::refusal(&IngestError::MissingCredentials("authorization"));
+    };
+    if !shard.redis.is_up() {
+        return Answer::refusal(&IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
+    }
+    let max = server.limits.max_body_bytes;
+    let mut wire = Vec::new();
+    let mut held = server.bodies.hold();
+    let read = read_message(&mut body, max, &mut wire, &mut held);
+    match monoio::time::timeout(server.limits.read_timeout, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Answer::refusal(&e),
+        Err(_) => return Answer::refusal(&HttpError::RequestTimeout.into()),
+    }
+    let message = match grpc::message(&wire, max) {
+        Ok(m) => m,
+        Err(grpc::FrameError::TooLarge { .. }) => {
+            return Answer::refusal(&HttpError::PayloadTooLarge { limit: max }.into());
+        }
+        Err(e) => return Answer::Status(Code::InvalidArgument, e.to_string(), None),
+    };
+    if message.compressed && !gzip {
+        return Answer::Status(Code::Internal, "compressed flag set without a grpc-encoding".into(), None);
+    }
+    wire.drain(..message.payload.start);
+    let encoding = if message.compressed { Encoding::Gzip } else { Encoding::Identity };
+    let mut scratch = Vec::new();
+    match otlp::export(shard, signal, Format::Protobuf, encoding, game, &mut wire, &mut scratch).await {
+        Ok(Exported { rejected, message }) => {
+            let mut out = Vec::new();
+            response::export(&mut out, signal, Format::Protobuf, rejected, &message);
+            Answer::Ok(out)
+        }
+        Err(e) => Answer::refusal(&e),
+    }
+}
+
+/// Reads a call's request body (one length-prefixed message) into `wire`, counted against
+/// the shard's body budget; a message longer than `max` is refused from its prefix.
+async fn read_message(
+    body: &mut RecvStream,
+    max: usize,
+    wire: &mut Vec<u8>,
+    held: &mut crate::server::BodyBytes<'_>,
+) -> Result<(), IngestError> {
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| HttpError::BadRequest("call reset mid-message"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let len = wire.len() + chunk.len();
+        if len > max + grpc::PREFIX_LEN {
+            return Err(HttpError::PayloadTooLarge { limit: max }.into());
+        }
+        if !held.grow_to(len) {
+            return Err(HttpError::ServerBusy { retry_after: held.retry_after_secs() }.into());
+        }
+        if wire.is_empty() {
+            // Room for the declared message at once (bounded: a prefix alone cannot make
+            // the server allocate much).
+            let declared = grpc::declared_len(&chunk).unwrap_or(0).min(256 << 10) as usize;
+            wire.reserve(grpc::PREFIX_LEN + declared);
+        }
+        wire.extend_from_slice(&chunk);
+        if grpc::declared_len(wire).is_some_and(|n| n > max as u64) {
+            return Err(HttpError::PayloadTooLarge { limit: max }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `answer`: a message and `grpc-status: 0` in trailers, a status alone
+/// (Trailers-Only: one `HEADERS` frame that ends the call), or a bare HTTP status.
+fn send(respond: &mut SendResponse<Bytes>, answer: Answer) -> Result<(), h2::Error> {
+    let grpc = |status| {
+        let mut r = http::Response::new(());
+        *r.status_mut() = status;
+        r.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+        r.headers_mut().insert("grpc-accept-encoding", HeaderValue::from_static("identity,gzip"));
+        r
+    };
+    match answer {
+        Answer::Ok(message) => {
+            let mut out = Vec::with_capacity(grpc::PREFIX_LEN + message.len());
+            grpc::put_message(&mut out, &message);
+            let mut stream = respond.send_response(grpc(StatusCode::OK), false)?;
+            stream.send_data(Bytes::from(out), false)?;
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            stream.send_trailers(trailers)
+        }
+        Answer::Status(code, message, retry_after) => {
+            let mut r = grpc(StatusCode::OK);
+            for (name, value) in grpc::status_trailers(code, &message, retry_after) {
+                // Percent- and base64-encoded: always a valid value.
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    r.headers_mut().insert(name, v);
+                }
+            }
+            respond.send_response(r, true).map(drop)
+        }
+        Answer::Http(status) => {
+            let mut r = http::Response::new(());
+            *r.status_mut() = status;
+            respond.send_response(r, true).map(drop)
+        }
+    }
+}

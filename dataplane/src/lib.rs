@@ -116,7 +116,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// One listening socket per shard on `listen` (config key `key`), none when it is empty;
 /// port 0 resolves to one port for all of them.
-fn bind_shards(listen: &str, key: &str, shards: usize) -> Result<(Vec<std::net::TcpListener>, Option<SocketAddr>), String> {
+fn bind_shards(
+    listen: &str,
+    key: &str,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, Option<SocketAddr>), String> {
     if listen.is_empty() {
         return Ok((Vec::new(), None));
     }

@@ -101,12 +101,7 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
         OtlpRoute::Export(s) => s,
         OtlpRoute::Metrics => {
             let mut body = Vec::new();
-            response::status(
-                &mut body,
-                format,
-                Code::Unimplemented,
-                METRICS_UNIMPLEMENTED,
-            );
+            response::status(&mut body, format, Code::Unimplemented, METRICS_UNIMPLEMENTED);
             return Response::bytes(404, format.content_type(), body);
         }
     };

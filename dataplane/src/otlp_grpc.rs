@@ -53,6 +53,9 @@ impl Answer {
     }
 }
 
+/// A call as the connection hands it over: its request and the way to answer it.
+type Call = (http::Request<RecvStream>, SendResponse<Bytes>);
+
 /// What the connection's loop waits for.
 enum Next {
     /// The shard began to drain.
@@ -60,7 +63,7 @@ enum Next {
     /// Nothing came for the idle timeout.
     Idle,
     /// A call, the end of the connection, or its failure.
-    Call(Option<Result<(http::Request<RecvStream>, SendResponse<Bytes>), h2::Error>>),
+    Call(Option<Result<Box<Call>, h2::Error>>),
 }
 
 /// Serves one accepted connection: the HTTP/2 handshake within the read timeout, then
@@ -92,7 +95,7 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         let next = monoio::select! {
             biased;
             _ = draining => Next::Drain,
-            c = conn.accept() => Next::Call(c),
+            c = conn.accept() => Next::Call(c.map(|r| r.map(Box::new))),
             _ = monoio::time::sleep(limits.idle_timeout) => Next::Idle,
         };
         match next {
@@ -107,7 +110,8 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
                 closing = true;
                 conn.graceful_shutdown();
             }
-            Next::Call(Some(Ok((req, respond)))) => {
+            Next::Call(Some(Ok(c))) => {
+                let (req, respond) = *c;
                 calls.set(calls.get() + 1);
                 let (shard, server, calls) = (shard.clone(), server.clone(), calls.clone());
                 monoio::spawn(async move {

@@ -122,7 +122,11 @@ def name(result):
 
 
 def main():
-    mode, base, token, run = sys.argv[1:5]
+    mode, base = sys.argv[1:3]
+    if mode == "grpc-calls":
+        print(json.dumps(grpc_calls(base, json.load(sys.stdin))))
+        return
+    token, run = sys.argv[3:5]
     headers = {"Authorization": f"Bearer {token}"}
     if mode == "http":
         out = {}
@@ -154,8 +158,6 @@ def main():
         _, exporter = grpc_exporters(base, {"authorization": f"Bearer {token}"}, 60)
         result = exporter.export(spans(run, count))
         print(json.dumps({"result": name(result), "seconds": round(time.time() - start, 1)}))
-    elif mode == "grpc-calls":
-        print(json.dumps(grpc_calls(base, json.load(sys.stdin))))
     else:
         sys.exit("unknown mode " + mode)
 

@@ -182,8 +182,7 @@ pub fn bin_header(bytes: &[u8]) -> String {
 /// exporters read) and `google.rpc.retryinfo-bin` (the bare `RetryInfo`, what the
 /// Python exporter reads).
 pub fn status_trailers(code: Code, message: &str, retry_after: Option<u64>) -> Vec<(&'static str, String)> {
-    let mut out =
-        vec![("grpc-status", (code as i32).to_string()), ("grpc-message", percent_encode(message))];
+    let mut out = vec![("grpc-status", (code as i32).to_string()), ("grpc-message", percent_encode(message))];
     if let Some(seconds) = retry_after {
         let mut status = Vec::with_capacity(message.len() + 64);
         put_status(&mut status, code, message, Some(seconds));
@@ -230,7 +229,10 @@ mod tests {
         assert_eq!(message(&[0, 0, 0, 0, 1, 1, 2], 10), Err(FrameError::Trailing));
         assert_eq!(message(&[2, 0, 0, 0, 0], 10), Err(FrameError::BadFlag(2)));
         // The prefix alone refuses an oversized message, before its bytes arrive.
-        assert_eq!(message(&[0, 0xff, 0xff, 0xff, 0xff], 1 << 20), Err(FrameError::TooLarge { len: 0xffff_ffff, max: 1 << 20 }));
+        assert_eq!(
+            message(&[0, 0xff, 0xff, 0xff, 0xff], 1 << 20),
+            Err(FrameError::TooLarge { len: 0xffff_ffff, max: 1 << 20 })
+        );
         assert_eq!(declared_len(&[0, 0, 1, 0, 0]), Some(65_536));
         assert_eq!(declared_len(&[0, 0, 1]), None);
     }
@@ -253,7 +255,9 @@ mod tests {
     fn unavailable_carries_retry_info() {
         let mut status = Vec::new();
         put_status(&mut status, Code::Unavailable, "later", Some(2));
-        let any: Vec<u8> = [&[0x0a, RETRY_INFO_TYPE.len() as u8][..], RETRY_INFO_TYPE.as_bytes(), &[0x12, 4, 0x0a, 2, 0x08, 2]].concat();
+        let any: Vec<u8> =
+            [&[0x0a, RETRY_INFO_TYPE.len() as u8][..], RETRY_INFO_TYPE.as_bytes(), &[0x12, 4, 0x0a, 2, 0x08, 2]]
+                .concat();
         let want: Vec<u8> = [&[0x08, 14, 0x12, 5][..], b"later", &[0x1a, any.len() as u8], &any].concat();
         assert_eq!(status, want);
         let t = status_trailers(Code::Unavailable, "later", Some(2));

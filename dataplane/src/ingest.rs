@@ -91,7 +91,13 @@ pub async fn handle(
 /// Sends a prepared append and waits for Redis: the number of records once it has them
 /// (or had them: the same request again), else why not (the rate taken is given back).
 pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, parts, records, rate, game } = prepared;
+    let Prepared { cmd, entries, parts, records, rate, client_rates, game } = prepared;
+    // Nothing appended: what the request took from its rates is given back.
+    let give_back = || {
+        for r in rate.iter().chain(client_rates.iter().flatten()) {
+            r.give_back(records);
+        }
+    };
     let retry_after = shard.config.redis.retry_after_secs;
     let wanted = shard.config.redis.wait_replicas;
     // With `wait_replicas` 0 nothing waits: the primary's reply is the answer.
@@ -116,19 +122,15 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         // appended, so the rate is given back. With `wait_replicas`, the script wrote the
         // nonce again, so this connection's `WAIT` covers the first time's append too.
         Ok((Ok(IngestReply::Duplicate), replicas)) if replicas < wanted => {
-            if let Some(rate) = rate {
-                rate.give_back(records);
-            }
+            give_back();
             return Err(not_replicated(replicas));
         }
         Ok((Ok(IngestReply::Duplicate), _)) => Ok(records),
         Ok((Ok(IngestReply::Replay), _)) => Err(IngestError::ReplayedNonce),
         Ok((Ok(IngestReply::Added(_)) | Err(_), _)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
     };
-    // Not appended: the game's rate was not used.
-    if let Some(rate) = rate {
-        rate.give_back(records);
-    }
+    // Not appended: the rates were not used.
+    give_back();
     if let Err(e) = &result {
         count_refused(shard, game_id, e, records);
     }
@@ -169,8 +171,18 @@ pub(crate) struct Prepared<'s> {
     records: usize,
     /// The game's rate limit, which `records` were taken from.
     rate: Option<&'s GameRate>,
+    /// A write key's and a client address's rates, which `records` were also taken
+    /// from (client ingest), given back with the game's.
+    client_rates: [Option<&'s GameRate>; 2],
     /// The game, as counted.
     game: GameIx,
+}
+
+impl<'s> Prepared<'s> {
+    /// The append also gives back, when nothing is appended, what it took from `rates`.
+    pub(crate) fn with_client_rates(self, rates: [Option<&'s GameRate>; 2]) -> Prepared<'s> {
+        Prepared { client_rates: rates, ..self }
+    }
 }
 
 /// Everything before the round trip to Redis: signature, body, validation, limits, the
@@ -305,7 +317,15 @@ pub(crate) fn stage<'s>(
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
     resp::ingest(&mut cmd, nonce_key, ttl, digest, &entries);
-    Ok(Prepared { cmd, entries: n, parts: all_parts, records: total, rate, game: game.metrics })
+    Ok(Prepared {
+        cmd,
+        entries: n,
+        parts: all_parts,
+        records: total,
+        rate,
+        client_rates: [None, None],
+        game: game.metrics,
+    })
 }
 
 /// One request's record batches and archives, kept by the shard and reused, so a request

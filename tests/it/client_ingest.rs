@@ -401,3 +401,31 @@ fn client_ingest_filters_refuse() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// What a request took from its write key's and address's rates is given back when Redis
+/// does not take it: a retry of an append not yet replicated (a duplicate) leaves the key
+/// as it found it, so a new request of the same size still fits (else every retry of
+/// every browser would push the key further into debt).
+#[test]
+fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
+    const A: &str = "pk_rate_given_back_key";
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 10;
+        c.client.address_rate_eps = 0;
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 100;
+        c.games.get_mut(OTHER_GAME).expect("g2").write_keys = vec![A.into()];
+    });
+    let run = run_id();
+    let send = |body: &str| post(&f, EVENTS, &[("X-Write-Key", A), ("X-Env", "prod")], body);
+    let first = bare(&format!("{run}-a"), 10, "login");
+    // No replica: appended, not replicated (the key's second is spent).
+    refused(&send(&first), 503, "not_replicated");
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // The retry: a duplicate, still not replicated; it takes the key's second and gives it back.
+    refused(&send(&first), 503, "not_replicated");
+    // So another request of a second's worth fits at once (not 429).
+    refused(&send(&bare(&format!("{run}-b"), 10, "login")), 503, "not_replicated");
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}

@@ -238,9 +238,21 @@ fn prepare<'s>(
         take_client_rates(shard, key, peer, total)
             .map_err(|retry_after| Refusal { error: IngestError::RateLimited { retry_after }, records: Some(total) })?;
     }
+    // The key's and the address's cells, given back if nothing is appended.
+    let cells = match sender {
+        Sender::Key { key, .. } => [shard.rates.key(key), peer.and_then(|ip| shard.rates.address(ip))],
+        Sender::Token(_) => [None, None],
+    };
     let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(digest));
-    let staged = ingest::stage(shard, b, game, &nonce_key, digest, parts, n)?;
-    Ok((Some(staged), game_id, scoped.dropped))
+    match ingest::stage(shard, b, game, &nonce_key, digest, parts, n) {
+        Ok(staged) => Ok((Some(staged.with_client_rates(cells)), game_id, scoped.dropped)),
+        Err(refusal) => {
+            for r in cells.iter().flatten() {
+                r.give_back(total);
+            }
+            Err(refusal)
+        }
+    }
 }
 
 /// The most events one request on `key` from `peer` may carry: the smaller burst of the

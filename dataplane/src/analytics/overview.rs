@@ -6,7 +6,7 @@ use serde_json::{json, Value as Json};
 
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
-use super::retention::cohorts;
+use super::retention::latest_rates;
 use super::taxonomy::{ACTIVE, NEW_USER};
 use super::Ctx;
 
@@ -54,8 +54,8 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let today = ctx.now.div_euclid(DAY);
     let end_complete = if range.end.rem_euclid(DAY) == DAY - 1 { last } else { last - 1 };
     let complete = end_complete.min(today - 1);
-    let rows = cohorts(ctx, "register", complete - 30, complete - 1).await?;
-    let d = |n: i64| rows.iter().find(|r| r.day == complete - n).map_or(0.0, |r| r.rate(n).unwrap_or(0.0));
+    let rates = latest_rates(ctx, complete).await?;
+    let d = |n: i64| super::retention::DAYS.iter().position(|x| *x == n).map_or(0.0, |i| rates[i]);
 
     let series_range = Range { start: range.start.div_euclid(DAY) * DAY, end: day_end };
     let new_series = day_series(

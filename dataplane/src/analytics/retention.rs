@@ -62,6 +62,35 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
         .collect())
 }
 
+/// D1, D7 and D30 of the latest cohorts whose day N is `day` (a complete day): the
+/// percent of the `register` cohorts of `day − 1`, `day − 7` and `day − 30` active on
+/// `day`. Reads those four days only (the overview's figures; `cohorts` reads every day
+/// between).
+pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError> {
+    let w = ctx.scope.filter();
+    let one_day = |d: i64| Range { start: d * DAY, end: d * DAY + DAY - 1 }.filter("event_time");
+    let cohort_days: Vec<String> = DAYS.iter().map(|n| format!("({})", one_day(day - n))).collect();
+    let cohort_days = cohort_days.join(" OR ");
+    let sql = format!(
+        "SELECT toUInt32(cd) AS d, count(), sum(active) \
+         FROM (SELECT user_id, toDate(min(event_time), 'UTC') AS cd FROM analytics.events \
+               WHERE event IN {REGISTER} AND ({cohort_days}){w} GROUP BY user_id) AS c \
+         ANY LEFT JOIN \
+              (SELECT DISTINCT user_id, toUInt8(1) AS active FROM analytics.events WHERE {}{w}) AS a \
+         USING user_id GROUP BY d ORDER BY d",
+        one_day(day)
+    );
+    let rows = ctx.db.select(&sql).await?;
+    let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
+    let mut out = [0.0; 3];
+    for (i, n) in DAYS.iter().enumerate() {
+        if let Some(r) = rows.iter().find(|r| u(r, 0) as i64 == day - n) {
+            out[i] = percent(u(r, 2) as f64, u(r, 1) as f64);
+        }
+    }
+    Ok(out)
+}
+
 /// The route.
 pub async fn retention(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 13 * DAY, false)?;

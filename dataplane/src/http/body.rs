@@ -38,14 +38,18 @@ pub async fn read(
             if n > limit {
                 return Err(HttpError::PayloadTooLarge { limit });
             }
-            if !held.grow_to(n) {
+            // Counted as its bytes arrive (what the connection's buffer holds of it), and
+            // the buffer grows with them: a declared length alone neither spends the
+            // budget nor makes the server allocate.
+            if !held.grow_to(buf.len().min(n)) {
                 return Err(busy(held));
             }
-            // Room for a typical body at once; a larger one grows as its bytes arrive, so
-            // a declared length alone cannot make the server allocate.
-            buf.reserve(n.min(256 << 10).saturating_sub(buf.len()));
+            buf.reserve(n.min(16 << 10).saturating_sub(buf.len()));
             while buf.len() < n {
                 sock.read(buf, deadline).await.map_err(read_err)?;
+                if !held.grow_to(buf.len().min(n)) {
+                    return Err(busy(held));
+                }
             }
             if buf.len() == n {
                 // Nothing pipelined behind the body (the usual case): hand over the

@@ -85,17 +85,13 @@ impl<'a> Request<'a> {
         self.sock.stream().peer_addr().ok().map(|a| a.ip())
     }
 
-    /// Counts the body against the shard's budget before it is read, as far as its
-    /// length is known (a chunked body is counted as it arrives): 503 `server_busy`
-    /// when there is no room. The claim holds until dropped.
+    /// A claim on the shard's body budget for this request's body: the body is counted
+    /// as its bytes arrive ([`Request::read_body`]), not as its head declares — a
+    /// declared length costs the client nothing to send, and heads alone must not spend
+    /// the budget of every other client. 503 `server_busy` when there is no room for
+    /// what arrived. The claim holds until dropped.
     pub fn claim_body(&self) -> Result<BodyBytes<'a>, HttpError> {
-        let mut held = self.server.bodies.hold();
-        if let BodyFraming::Length(n) = self.head.framing {
-            if n <= self.server.limits.max_body_bytes && !held.grow_to(n) {
-                return Err(HttpError::ServerBusy { retry_after: held.retry_after_secs() });
-            }
-        }
-        Ok(held)
+        Ok(self.server.bodies.hold())
     }
 
     /// Reads the body into the connection's body buffer ([`Request::buffers`]), first

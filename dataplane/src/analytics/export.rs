@@ -6,7 +6,8 @@
 //! `/realtime/series`: `ts, online, active_5m_sum, active_15m_sum, revenue_cents`, the
 //! columns Croupier's dashboard exports); nested values are written as JSON. A text cell
 //! that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, tab or
-//! carriage return) is prefixed with `'`: user ids and event names come from clients.
+//! carriage return) is prefixed with `'`, and one holding `;` is quoted (a separator in
+//! many locales): user ids and event names come from clients.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +61,9 @@ fn cell(v: &Json, out: &mut String) {
         }
         other => other.to_string(),
     };
-    if text.contains([',', '"', '\n', '\r']) {
+    // Quoted when it holds a separator — `;` too: spreadsheets in many locales split CSV
+    // on it, and `;=1+1` would become a cell holding a live formula.
+    if text.contains([',', ';', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&text.replace('"', "\"\""));
         out.push('"');
@@ -135,10 +138,11 @@ mod tests {
         let answer = json!({"paths": [
             {"path": "a>b", "groups": 3},
             {"path": "=HYPERLINK(\"x\"),y", "groups": 1, "extra": [1, 2]},
+            {"path": ";=1+1", "groups": 2},
         ]});
         assert_eq!(
             csv(Route::BehaviorPaths, &answer).unwrap(),
-            "extra,groups,path\r\n,3,a>b\r\n\"[1,2]\",1,\"'=HYPERLINK(\"\"x\"\"),y\"\r\n"
+            "extra,groups,path\r\n,3,a>b\r\n\"[1,2]\",1,\"'=HYPERLINK(\"\"x\"\"),y\"\r\n,2,\";=1+1\"\r\n"
         );
     }
 

@@ -95,9 +95,3 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
-# cargo-fuzz only where a nightly toolchain is installed (scripts/fuzz.sh skips otherwise;
-# toolchains are not downloaded here).
-if cargo +nightly --version >/dev/null 2>&1 && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  echo "setup: installing cargo-fuzz (nightly is present)"
-  cargo install --locked cargo-fuzz
-fi

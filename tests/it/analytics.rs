@@ -29,7 +29,7 @@ const HISTORY_DAYS: i64 = 45;
 const CHANNELS: [&str; 3] = ["appstore", "google", "web"];
 
 /// A deterministic hash of a few numbers (splitmix64).
-fn mix(parts: &[u64]) -> u64 {
+pub(crate) fn mix(parts: &[u64]) -> u64 {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     for p in parts {
         x ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(x << 6).wrapping_add(x >> 2);
@@ -221,7 +221,8 @@ const EVENT_COLUMNS: &str =
 const PAYMENT_COLUMNS: &str =
     "time, game_id, env, user_id, order_id, amount_cents, currency, status, channel, platform, country, region, city, product_id, reason";
 
-fn ch_options(ch: &ClickHouseServer) -> ChOptions {
+/// Options of a native connection to `ch`'s default database.
+pub(crate) fn ch_options(ch: &ClickHouseServer) -> ChOptions {
     ChOptions {
         addr: ch.addr(),
         database: "default".into(),

@@ -19,6 +19,7 @@ use croupier_it::redis::RedisServer;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 
+use crate::analytics::mix;
 use crate::fixture::{post_signed, GAME, SECRET};
 use crate::pipeline::{croupier, CROUPIER};
 
@@ -30,18 +31,6 @@ const DAYS: i64 = 40;
 /// The repository's `dashboard/` directory.
 fn dashboard_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboard")
-}
-
-/// A deterministic hash of a few numbers (splitmix64).
-fn mix(parts: &[u64]) -> u64 {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for p in parts {
-        x ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(x << 6).wrapping_add(x >> 2);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^= x >> 31;
-    }
-    x
 }
 
 /// A game history of `PLAYERS` players over `DAYS` days up to now (sessions, levels with

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use croupier_dataplane::clickhouse::connection::{ChOptions, Connection};
+use croupier_dataplane::clickhouse::connection::Connection;
 use croupier_dataplane::clickhouse::schema;
 use croupier_dataplane::runtime::{block_on, ActiveDriver};
 use croupier_it::clickhouse::ClickHouseServer;
@@ -34,6 +34,7 @@ use croupier_it::redis::RedisServer;
 use croupier_it::{free_port, require_binary};
 use serde_json::Value;
 
+use crate::analytics::ch_options;
 use crate::fixture::{events, post_signed, GAME, SECRET};
 use crate::pipeline::{croupier, CROUPIER};
 
@@ -248,17 +249,6 @@ impl Rows {
             ],
         );
         Rows { tables }
-    }
-}
-
-fn ch_options(ch: &ClickHouseServer) -> ChOptions {
-    ChOptions {
-        addr: ch.addr(),
-        database: "default".into(),
-        user: "default".into(),
-        password: String::new(),
-        compression: true,
-        timeout: Duration::from_secs(30),
     }
 }
 

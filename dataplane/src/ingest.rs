@@ -78,13 +78,7 @@ pub async fn handle(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
-    let prepared = match prepare(shard, endpoint, cred, encoding, wire, scratch) {
-        Ok(p) => p,
-        Err(Refusal { error, records }) => {
-            count_refused(shard, cred.game, &error, records.unwrap_or(1));
-            return Err(error);
-        }
-    };
+    let prepared = prepare(shard, endpoint, cred, encoding, wire, scratch).map_err(|r| r.counted(shard, cred.game))?;
     append(shard, cred.game, prepared).await
 }
 
@@ -156,6 +150,15 @@ pub(crate) struct Refusal {
 impl From<IngestError> for Refusal {
     fn from(error: IngestError) -> Refusal {
         Refusal { error, records: None }
+    }
+}
+
+impl Refusal {
+    /// Counts the refusal for `game` (`croupier_events_refused_total`; one record when
+    /// the batch's size is not known) and gives its error, for the answer.
+    pub(crate) fn counted(self, shard: &Shard, game: &str) -> IngestError {
+        count_refused(shard, game, &self.error, self.records.unwrap_or(1));
+        self.error
     }
 }
 

@@ -157,13 +157,8 @@ pub async fn export(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<Exported, IngestError> {
-    let (prepared, summary) = match prepare(shard, signal, format, encoding, game, wire, scratch) {
-        Ok(p) => p,
-        Err(Refusal { error, records }) => {
-            ingest::count_refused(shard, game, &error, records.unwrap_or(1));
-            return Err(error);
-        }
-    };
+    let (prepared, summary) =
+        prepare(shard, signal, format, encoding, game, wire, scratch).map_err(|r| r.counted(shard, game))?;
     if let Some(p) = prepared {
         ingest::append(shard, game, p).await?;
     }

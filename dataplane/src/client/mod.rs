@@ -154,16 +154,8 @@ async fn serve<'s>(
         .finalize()
         .into();
     let scope = Scope { game, fill_game: true, env };
-    let prepared = {
-        let game_for_refusal = game.unwrap_or("");
-        match prepare(shard, endpoint, &sender, &scope, &digest, peer, body) {
-            Ok(p) => p,
-            Err(Refusal { error, records }) => {
-                ingest::count_refused(shard, game_for_refusal, &error, records.unwrap_or(1));
-                return Err(error);
-            }
-        }
-    };
+    let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body)
+        .map_err(|r| r.counted(shard, game.unwrap_or("")))?;
     let (staged, game, dropped) = prepared;
     let Some(staged) = staged else { return Ok(Stored { accepted: 0, dropped }) };
     let accepted = ingest::append(shard, game, staged).await?;

@@ -119,14 +119,7 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let signups = ctx.db.select(&counted(REGISTER)).await?;
     let first_active = ctx.db.select(&counted(FIRST_ACTIVE)).await?;
     let pay = Range { start: first * DAY, end: (last + PAYBACK_DAYS) * DAY - 1 }.filter("time");
-    let paid = ctx
-        .db
-        .select(&format!(
-            "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS d, sum(amount_cents) FROM analytics.payments FINAL \
-             WHERE status = 'success' AND {pay}{w} AND user_id IN \
-             (SELECT user_id FROM analytics.events WHERE event IN {INSTALL} AND {span}{w}) GROUP BY user_id, d"
-        ))
-        .await?;
+    let paid = super::cohorts::paid_by_day(ctx, &pay, INSTALL, &span).await?;
 
     let game = ctx.scope.game.as_deref();
     let mut channels: BTreeMap<String, Channel> = BTreeMap::new();

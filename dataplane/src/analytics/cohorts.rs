@@ -27,6 +27,20 @@ fn u(r: &[Value], i: usize) -> u64 {
     r.get(i).map_or(0, Value::as_u64)
 }
 
+/// Rows `(user_id, UTC day, cents)`: the `success` revenue per user and day, in the
+/// payments range `pay` (a filter on `time`), of the users with an event of `events`
+/// (an SQL list) in `span` (a filter on `event_time`) — the revenue of a cohort.
+pub async fn paid_by_day(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+    let w = ctx.scope.filter();
+    ctx.db
+        .select(&format!(
+            "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS d, sum(amount_cents) FROM analytics.payments FINAL \
+             WHERE status = 'success' AND {pay}{w} AND user_id IN \
+             (SELECT user_id FROM analytics.events WHERE event IN {events} AND {span}{w}) GROUP BY user_id, d"
+        ))
+        .await
+}
+
 /// `/ltv`.
 pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
@@ -44,14 +58,7 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let users = ctx.db.select(&members).await?;
     let day_of: HashMap<String, i64> =
         users.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1) as i64)).collect();
-    let paid = ctx
-        .db
-        .select(&format!(
-            "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS d, sum(amount_cents) FROM analytics.payments FINAL \
-             WHERE status = 'success' AND {pay}{w} AND user_id IN \
-             (SELECT user_id FROM analytics.events WHERE event IN {REGISTER} AND {cohort}{w}) GROUP BY user_id, d"
-        ))
-        .await?;
+    let paid = paid_by_day(ctx, &pay, REGISTER, &cohort).await?;
     // Per cohort day: its size, and revenue within 1, 7, 30, 90 days.
     let mut per_day: std::collections::BTreeMap<i64, (u64, [u64; 4])> = std::collections::BTreeMap::new();
     for d in day_of.values() {

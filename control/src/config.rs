@@ -407,10 +407,17 @@ pub struct Aggregate {
     /// Worker shards count players (online, DAU, new, payers) in sketches, merge them
     /// into Croupier's `hll:*` keys and write the aggregate tables (off: rows only).
     pub enabled: bool,
-    /// How often a worker shard merges its touched sketches into Redis and writes the
-    /// aggregate tables, milliseconds. A batch's sketches are also merged before its
+    /// How often a worker shard merges its touched sketches into Redis and reads the
+    /// merged figures back, milliseconds. A batch's sketches are also merged before its
     /// entries are acknowledged.
     pub flush_ms: u64,
+    /// The aggregate tables are written at most this often per worker shard,
+    /// milliseconds (one insert per table, only of figures that changed).
+    pub write_ms: u64,
+    /// Every sketch a worker shard holds is merged into Redis again this often,
+    /// milliseconds (0: never), so that keys Redis lost (a restart without fsync, a
+    /// failover) come back; merging again what Redis holds changes nothing.
+    pub resend_ms: u64,
     /// The most sketches a worker shard holds at once (16 KiB each): events that would
     /// need another one (a new game/env pair, or a period nothing has counted yet) are
     /// not counted while the shard is at it, and a warning says so. Bounds the memory a
@@ -420,7 +427,7 @@ pub struct Aggregate {
 
 impl Default for Aggregate {
     fn default() -> Self {
-        Aggregate { enabled: true, flush_ms: 1_000, max_sketches: 4_096 }
+        Aggregate { enabled: true, flush_ms: 1_000, write_ms: 5_000, resend_ms: 60_000, max_sketches: 4_096 }
     }
 }
 
@@ -921,6 +928,9 @@ impl Config {
         }
         if self.aggregate.flush_ms == 0 {
             return Err(err("aggregate.flush_ms", "expected 1 or more"));
+        }
+        if self.aggregate.write_ms == 0 {
+            return Err(err("aggregate.write_ms", "expected 1 or more"));
         }
         if self.aggregate.max_sketches < 16 {
             return Err(err("aggregate.max_sketches", "expected 16 or more"));

@@ -11,8 +11,8 @@ use croupier_it::http::now_secs;
 use crate::fixture::{post_signed, GAME, SECRET};
 use crate::pipeline::{env, Pipeline, CROUPIER};
 
-/// The worker's settings in these tests: flushes every 200 ms.
-const FAST: &[(&str, &str)] = &[("CROUPIER_AGGREGATE__FLUSH_MS", "200")];
+/// The worker's settings in these tests: flushes and writes the tables every 200 ms.
+const FAST: &[(&str, &str)] = &[("CROUPIER_AGGREGATE__FLUSH_MS", "200"), ("CROUPIER_AGGREGATE__WRITE_MS", "200")];
 
 fn key(kind: Kind, ts_secs: u64) -> String {
     let ms = ts_secs as i64 * 1000;
@@ -167,23 +167,139 @@ fn dau_of_players_logging_in_through_http_and_a_killed_worker() {
     assert!(p.stop_worker());
 }
 
-/// Starts another `croupier worker` process with its own consumer name.
-fn second_worker(p: &Pipeline, name: &str) -> Child {
+/// Rows of `table` for game `GAME` on the UTC day of `ts` (column `col`: the `Date` `d`,
+/// or a `DateTime`), without `FINAL`: any row at all.
+fn rows_on_day(p: &Pipeline, table: &str, col: &str, ts: u64) -> u64 {
+    let d = day_of(ts as i64 * 1000);
+    let day = if col == "d" { col.to_owned() } else { format!("toDate({col}, 'UTC')") };
+    p.scalar(&format!(
+        "SELECT count() FROM analytics.{table} WHERE game_id = '{GAME}' AND {day} = toDate('1970-01-01') + {d}"
+    ))
+}
+
+/// Events and payments of yesterday (UTC) arriving today through HTTP update yesterday's
+/// keys and rows — DAU, new users, payers, the online minute, exact revenue — and nothing
+/// of today's.
+#[test]
+fn late_events_and_payments_of_yesterday_update_yesterdays_figures_only() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let now = now_secs() as u64;
+    let y = now - 86_400;
+    post_players(&p, "login", "late", 0..400, y);
+    post_players(&p, "register", "late", 0..60, y);
+    post_players(&p, "heartbeat", "late", 0..100, y);
+    let rows: Vec<(String, String, u64, &str)> = (0..25)
+        .map(|i| {
+            (
+                format!("late-{i}"),
+                format!("late-{}", i % 9),
+                700 + i as u64,
+                ["success", "success", "refunded", "failed"][i % 4],
+            )
+        })
+        .collect();
+    let want = rows.iter().fold((0, 0, 0), |(r, f, n), (_, _, a, s)| match *s {
+        "success" => (r + a, f, n),
+        "refunded" => (r, f + a, n),
+        _ => (r, f, n + 1),
+    });
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&rows, y)).status, 202);
+    wait_idle(&p);
+    let (dau, new, payers) = wait_daily_users_match_redis(&p, y);
+    assert!(within(dau, 400, 2.0) && within(new, 60, 2.0), "yesterday's daily_users {:?}", (dau, new, payers));
+    // The successful payments' users: late-0, 1, 4, 5, 8, … (i % 4 < 2) modulo 9.
+    let buyers: std::collections::BTreeSet<usize> = (0..25).filter(|i| i % 4 < 2).map(|i| i % 9).collect();
+    assert_eq!(payers, buyers.len() as u64);
+    assert_eq!(wait_revenue(&p, y, want.0), want, "yesterday's daily_revenue (revenue, refunds, failed)");
+    let online = pfcount(&p, &key(Kind::Online, y));
+    assert!(within(online, 100, 2.0), "yesterday's online minute {online}");
+    let m = minute_of(y as i64 * 1000) as u64 * 60;
+    p.wait_for(online, "minute_online FINAL of yesterday's minute", |p| {
+        p.scalar(&format!(
+            "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+        ))
+    });
+    // Today is untouched: no key, no row.
+    for kind in [Kind::Dau, Kind::New, Kind::Payers, Kind::Online] {
+        let k = key(kind, now);
+        assert_eq!(p.ingest.redis.client().int(&["EXISTS", &k]), 0, "{k} exists");
+    }
+    assert_eq!(rows_on_day(&p, "daily_users", "d", now), 0, "daily_users of today");
+    assert_eq!(rows_on_day(&p, "daily_revenue", "d", now), 0, "daily_revenue of today");
+    assert_eq!(rows_on_day(&p, "minute_online", "m", now), 0, "minute_online of today");
+    assert!(p.stop_worker());
+}
+
+/// Starts another `croupier worker` process with its own consumer name and control port.
+fn second_worker(p: &Pipeline, name: &str, listen: &str) -> Child {
     let mut e = env(&p.ingest.redis, &p.clickhouse);
     e.push(("CROUPIER_WORKER__CONSUMER".into(), name.into()));
+    e.push(("CROUPIER_CONTROL__LISTEN".into(), listen.into()));
     e.extend(FAST.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Command::new(CROUPIER).arg("worker").envs(e).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("worker")
 }
 
+/// Rows a worker process says it inserted (`croupier_worker_rows_inserted_total`, every
+/// table), from its control port at `listen`; 0 while the port does not answer.
+fn rows_inserted(listen: &str) -> u64 {
+    let Ok(addr) = listen.parse::<std::net::SocketAddr>() else { return 0 };
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        return 0;
+    }
+    let r = croupier_it::http::HttpClient::connect(addr).request("GET", "/metrics", &[], b"");
+    r.text()
+        .lines()
+        .filter(|l| l.starts_with("croupier_worker_rows_inserted_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Names of the group's consumers on `stream` (`XINFO CONSUMERS`).
+fn consumers(p: &Pipeline, stream: &str) -> Vec<String> {
+    use croupier_protocol::resp::Frame;
+    let Frame::Array(all) = p.ingest.redis.client().cmd(&["XINFO", "CONSUMERS", stream, "analytics-workers"]) else {
+        return Vec::new();
+    };
+    all.into_iter()
+        .filter_map(|c| match c {
+            Frame::Array(kv) => kv.chunks(2).find_map(|c| match c {
+                [Frame::BulkString(k), Frame::BulkString(v)] if k == b"name" => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The same players and payments through one worker and through two worker processes of
-/// the same group: the same keys (register for register), the same table figures.
+/// the same group: the same keys (register for register), the same table figures — and
+/// with two, each process inserted rows (its control port's counter), so both consumed.
 #[test]
 fn two_workers_give_the_same_figures_as_one() {
     let ts = now_secs() as u64;
     let run = |workers: usize| {
         let mut p = Pipeline::start(&[]);
-        p.start_worker(FAST);
-        let mut others: Vec<Child> = (1..workers).map(|i| second_worker(&p, &format!("it-{i}"))).collect();
+        let listens: Vec<String> = (0..workers).map(|_| format!("127.0.0.1:{}", croupier_it::free_port())).collect();
+        let mut first = FAST.to_vec();
+        first.push(("CROUPIER_CONTROL__LISTEN", &listens[0]));
+        p.start_worker(&first);
+        let mut others: Vec<Child> =
+            (1..workers).map(|i| second_worker(&p, &format!("other{i}"), &listens[i])).collect();
+        // Every worker's consumers are in the group before anything is posted.
+        let started = Instant::now();
+        let joined = |p: &Pipeline| {
+            let names = consumers(p, "analytics:events");
+            (0..workers)
+                .all(|i| names.iter().any(|n| n.starts_with(&if i == 0 { "it-".into() } else { format!("other{i}-") })))
+        };
+        while !joined(&p) {
+            assert!(started.elapsed() < Duration::from_secs(30), "the workers' consumers did not join the group");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for round in 0..4 {
             post_players(&p, "login", "p", round * 1_000..(round + 1) * 1_500, ts);
             post_players(&p, "first_active", "p", round * 100..round * 100 + 150, ts);
@@ -200,6 +316,12 @@ fn two_workers_give_the_same_figures_as_one() {
         };
         let registers = (dense(&key(Kind::Dau, ts)), dense(&key(Kind::New, ts)), dense(&key(Kind::Payers, ts)));
         let revenue = wait_revenue(&p, ts, 4 * (0..50).map(|i| 100 + i).sum::<u64>());
+        // 9,000 logins, 600 first_active, 200 payments were posted; each worker process
+        // inserted some of them (redelivered entries may be counted twice).
+        let inserted: Vec<u64> = listens.iter().map(|l| rows_inserted(l)).collect();
+        eprintln!("{workers} worker(s): rows inserted per process {inserted:?}");
+        assert!(inserted.iter().all(|&n| n > 0), "a worker consumed nothing: {inserted:?}");
+        assert!(inserted.iter().sum::<u64>() >= 9_800, "{inserted:?}");
         for o in &mut others {
             let _ = o.kill();
             let _ = o.wait();
@@ -327,6 +449,248 @@ fn revenue_left_behind_by_a_killed_worker_is_recomputed_at_start() {
     assert_eq!(wait_revenue(&p, ts, want.0), want, "daily_revenue (revenue, refunds, failed)");
 }
 
+/// A worker SIGKILLed after merging its sketches into Redis (before acknowledging) but
+/// before it wrote the tables (here: flushes every ten minutes) leaves the minutes and
+/// the day behind Redis — minutes that no later event may touch again. The next worker
+/// reads the figures of recently received events' minutes and days from Redis when it
+/// starts, and writes them.
+#[test]
+fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_start() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "600000")]);
+    let now = now_secs() as u64;
+    // The current minute, and one ten minutes ago that nothing touches afterwards.
+    let earlier = now - 600;
+    post_players(&p, "heartbeat", "on", 0..250, now);
+    post_players(&p, "session_start", "on", 100..400, earlier);
+    post_players(&p, "register", "on", 0..30, now);
+    wait_idle(&p);
+    let figures = |p: &Pipeline| {
+        [
+            pfcount(p, &key(Kind::Online, now)),
+            pfcount(p, &key(Kind::Online, earlier)),
+            pfcount(p, &key(Kind::Dau, now)),
+            pfcount(p, &key(Kind::New, now)),
+        ]
+    };
+    let want = figures(&p);
+    assert!(within(want[0], 250, 2.0) && within(want[1], 300, 2.0) && within(want[2], 400, 2.0), "{want:?}");
+    for t in ["minute_online", "daily_users"] {
+        assert_eq!(p.scalar(&format!("SELECT count() FROM analytics.{t}")), 0, "{t}: no flush ran yet");
+    }
+    p.kill_worker();
+    p.start_worker(FAST);
+    for (i, ts) in [now, earlier].into_iter().enumerate() {
+        let m = minute_of(ts as i64 * 1000) as u64 * 60;
+        p.wait_for(want[i], "minute_online FINAL", |p| {
+            p.scalar(&format!(
+                "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+            ))
+        });
+    }
+    let (dau, new, _) = wait_daily_users_match_redis(&p, now);
+    assert_eq!([dau, new], [want[2], want[3]]);
+    assert_eq!(figures(&p), want, "Redis unchanged");
+    assert!(p.stop_worker());
+}
+
+/// `daily_revenue FINAL` of environment `env` on day `day`: (revenue, refunds, failed),
+/// `None` without a row.
+fn revenue_row(p: &Pipeline, env: &str, day: u32) -> Option<(u64, u64, u64)> {
+    let out = p.clickhouse.query(&format!(
+        "SELECT revenue_cents, refunds_cents, failed FROM analytics.daily_revenue FINAL \
+         WHERE game_id = '{GAME}' AND env = '{env}' AND d = toDate('1970-01-01') + {day} FORMAT TabSeparated"
+    ));
+    let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match v[..] {
+        [r, f, n] => Some((r, f, n)),
+        _ => None,
+    }
+}
+
+/// Waits until every `(env, day, figures)` of `want` is in `daily_revenue FINAL`.
+fn wait_revenue_rows(p: &Pipeline, want: &[(&str, u32, (u64, u64, u64))]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Vec<Option<(u64, u64, u64)>> = want.iter().map(|(e, d, _)| revenue_row(p, e, *d)).collect();
+        if got.iter().zip(want).all(|(g, (_, _, w))| *g == Some(*w)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "daily_revenue {got:?}, expected {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client retries payments of yesterday 23:59:30 after midnight, re-stamped today: the
+/// orders move to today (`payments` keeps one row per order and status), and yesterday's
+/// `daily_revenue` drops them — to zero where every order moved, to what stayed where
+/// some did.
+#[test]
+fn a_payment_retried_across_midnight_moves_out_of_yesterdays_revenue() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let now = now_secs() as u64;
+    let midnight = now - now % 86_400;
+    let (before, after) = (midnight - 30, midnight + (now - midnight).min(5));
+    let (yesterday, today) = (day_of(before as i64 * 1000), day_of(after as i64 * 1000));
+    let body = |env: &str, rows: &[(&str, &str, u64, &str)], ts: u64| {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(o, u, a, s)| {
+                format!(
+                    r#"{{"ts":{ts},"game_id":"{GAME}","env":"{env}","user_id":"{u}","order_id":"{o}","amount_cents":{a},"currency":"USD","status":"{s}"}}"#
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(","))
+    };
+    let prod = [("x", "u1", 1_000, "success"), ("y", "u2", 300, "refunded"), ("z", "u3", 50, "failed")];
+    let stg = [("k", "u4", 250, "success"), ("m", "u5", 400, "success")];
+    for (env, rows) in [("prod", &prod[..]), ("stg", &stg[..])] {
+        assert_eq!(p.ingest.post("/api/ingest/payments", &body(env, rows, before)).status, 202);
+    }
+    wait_idle(&p);
+    wait_revenue_rows(&p, &[("prod", yesterday, (1_000, 300, 1)), ("stg", yesterday, (650, 0, 0))]);
+    // The retries: every prod order, and one of stg's.
+    assert_eq!(p.ingest.post("/api/ingest/payments", &body("prod", &prod, after)).status, 202);
+    assert_eq!(p.ingest.post("/api/ingest/payments", &body("stg", &stg[1..], after)).status, 202);
+    wait_idle(&p);
+    wait_revenue_rows(
+        &p,
+        &[
+            ("prod", today, (1_000, 300, 1)),
+            ("stg", today, (400, 0, 0)),
+            ("prod", yesterday, (0, 0, 0)),
+            ("stg", yesterday, (250, 0, 0)),
+        ],
+    );
+    assert!(p.stop_worker());
+}
+
+/// Players are counted only once ClickHouse confirmed their rows: an entry ClickHouse
+/// refuses (here a view on `events` fails on one user's rows, as bad data) is
+/// dead-lettered and its player is in no key, while the rest count — the DAU key's
+/// registers are those of Redis's own `PFADD` of the players whose rows were stored.
+#[test]
+fn a_dead_lettered_entrys_players_are_not_counted() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.refuse_one_player ENGINE = Memory AS \
+         SELECT toUInt32(if(user_id = 'refused-0', 'not a number', '1')) AS x FROM analytics.events",
+    );
+    let ts = now_secs() as u64;
+    post_players(&p, "login", "stored", 0..20, ts);
+    post_players(&p, "login", "refused", 0..1, ts);
+    post_players(&p, "login", "stored", 20..40, ts);
+    p.start_worker(FAST);
+    p.wait_for(1, "dead letters", |p| p.ingest.redis.client().int(&["XLEN", "analytics:events:dead"]) as u64);
+    wait_idle(&p);
+    let mut oracle = vec!["PFADD".to_owned(), "oracle".to_owned()];
+    oracle.extend((0..40).map(|i| format!("stored-{i}")));
+    p.ingest.redis.client().cmd(&oracle);
+    let registers = |k: &str| match p.ingest.redis.client().cmd(&["PFDEBUG", "GETREG", k]) {
+        croupier_protocol::resp::Frame::Array(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let dau = key(Kind::Dau, ts);
+    p.wait_for(pfcount(&p, "oracle"), "DAU", |p| pfcount(p, &dau));
+    assert!(registers(&dau) == registers("oracle"), "the DAU key holds a player whose rows were refused");
+    assert_eq!(wait_daily_users_match_redis(&p, ts).0, 40);
+    assert!(p.stop_worker());
+}
+
+/// The dense registers of `key` (`PFDEBUG GETREG`), `None` when there is no such key.
+fn registers(p: &Pipeline, key: &str) -> Option<Vec<croupier_protocol::resp::Frame>> {
+    match p.ingest.redis.client().cmd(&["PFDEBUG", "GETREG", key]) {
+        croupier_protocol::resp::Frame::Array(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// Redis loses the `hll:*` keys (a restart without fsync, a failover): the worker merges
+/// every sketch it holds again every `aggregate.resend_ms`, so today's keys come back,
+/// register for register, without a new event.
+#[test]
+fn hll_keys_redis_lost_come_back_from_the_workers_sketches() {
+    let mut p = Pipeline::start(&[]);
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
+    p.start_worker(&settings);
+    let ts = now_secs() as u64;
+    post_players(&p, "login", "kept", 0..500, ts);
+    post_players(&p, "register", "kept", 0..50, ts);
+    post_players(&p, "heartbeat", "kept", 0..100, ts);
+    wait_idle(&p);
+    wait_daily_users_match_redis(&p, ts);
+    let keys = [key(Kind::Dau, ts), key(Kind::New, ts), key(Kind::Online, ts)];
+    let before: Vec<_> = keys.iter().map(|k| registers(&p, k)).collect();
+    assert!(before.iter().all(Option::is_some), "keys written");
+    let mut del = vec!["DEL".to_owned()];
+    del.extend(keys.iter().cloned());
+    assert_eq!(p.ingest.redis.client().cmd(&del), croupier_protocol::resp::Frame::Integer(3));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while keys.iter().map(|k| registers(&p, k)).collect::<Vec<_>>() != before {
+        assert!(Instant::now() < deadline, "the keys did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // With their TTLs.
+    assert!(p.ingest.redis.client().int(&["TTL", &keys[0]]) > 29 * 86_400);
+    assert!(p.stop_worker());
+}
+
+/// Inserts a MergeTree table took: every part an insert writes takes the next block
+/// number, one part per partition (month) of its rows — here, at most one insert spans
+/// several months.
+fn inserts(p: &Pipeline, table: &str) -> u64 {
+    p.scalar(&format!(
+        "SELECT max(max_block_number) + 1 - uniqExact(partition) FROM system.parts \
+         WHERE database = 'analytics' AND table = '{table}'"
+    ))
+}
+
+/// The aggregate tables get one insert per table at most per `aggregate.write_ms`
+/// (here 1 s), however often the shard flushes to Redis (here every 50 ms) and however
+/// many days' revenue changed (three days of payments: one insert).
+#[test]
+fn aggregate_tables_get_one_insert_per_table_per_write() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "50"), ("CROUPIER_AGGREGATE__WRITE_MS", "1000")]);
+    let now = now_secs() as u64;
+    let days = [now, now - 86_400, now - 2 * 86_400];
+    let mut body = Vec::new();
+    for (i, ts) in days.iter().enumerate() {
+        let rows: Vec<(String, String, u64, &str)> =
+            (0..3).map(|j| (format!("o{i}-{j}"), format!("u{j}"), 100 * (i as u64 + 1), "success")).collect();
+        let one = payments(&rows, *ts);
+        body.push(one[1..one.len() - 1].to_owned());
+    }
+    let body = format!("[{}]", body.join(","));
+    assert_eq!(p.ingest.post("/api/ingest/payments", &body).status, 202);
+    let started = Instant::now();
+    for i in 0..20 {
+        post_players(&p, "heartbeat", "hb", i * 10..(i + 1) * 10, now);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_idle(&p);
+    for (i, ts) in days.iter().enumerate() {
+        assert_eq!(wait_revenue(&p, *ts, 300 * (i as u64 + 1)), (300 * (i as u64 + 1), 0, 0));
+    }
+    let online = pfcount(&p, &key(Kind::Online, now));
+    assert!(within(online, 200, 2.0), "{online}");
+    let m = minute_of(now as i64 * 1000) as u64 * 60;
+    p.wait_for(online, "minute_online FINAL", |p| {
+        p.scalar(&format!(
+            "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+        ))
+    });
+    let secs = started.elapsed().as_secs();
+    let counted = [inserts(&p, "minute_online"), inserts(&p, "daily_users"), inserts(&p, "daily_revenue")];
+    eprintln!("inserts in {secs} s (minute_online, daily_users, daily_revenue): {counted:?}");
+    assert!(counted[0] <= secs + 2 && counted[1] <= secs + 2, "{counted:?} in {secs} s");
+    assert_eq!(counted[2], 1, "three days' revenue in one insert");
+    assert!(p.stop_worker());
+}
+
 /// A database Croupier created: its `daily_users` lacks `payers`, and a peak view of an
 /// earlier schema took local days. Migrate adds the column (keeping the rows) and makes
 /// the view take UTC days; the worker then writes the table.
@@ -423,7 +787,9 @@ fn realtime_gauges_on_the_control_port_equal_the_keys() {
     let mut p = Pipeline::start(&[]);
     let port = croupier_it::free_port();
     let listen = format!("127.0.0.1:{port}");
-    p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "200"), ("CROUPIER_CONTROL__LISTEN", &listen)]);
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_CONTROL__LISTEN", &listen));
+    p.start_worker(&settings);
     let ts = now_secs() as u64;
     // Yesterday's cohort: 2,000 new players, as an earlier worker left them in Redis.
     let yesterday = {

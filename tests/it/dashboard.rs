@@ -209,6 +209,7 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
         ("CROUPIER_SERVER__SHARDS".into(), "1".into()),
         ("CROUPIER_API__JWT_SECRET".into(), JWT_SECRET.into()),
         ("CROUPIER_AGGREGATE__FLUSH_MS".into(), "200".into()),
+        ("CROUPIER_AGGREGATE__WRITE_MS".into(), "200".into()),
         // Costs of two channels of three (attribution's CPI and ROAS; the third is null).
         ("CROUPIER_API__CPI_CENTS__appstore".into(), "150".into()),
         ("CROUPIER_API__CPI_CENTS__google".into(), "90".into()),

@@ -4,6 +4,7 @@
 //! `ReplacingMergeTree(version)`, so rewriting a figure never adds to it.
 
 use croupier_protocol::clickhouse::block::{Column, ColumnData, LowCardinality};
+use croupier_protocol::clickhouse::packet::Setting;
 
 use super::connection::{ChError, Connection};
 use super::rows::{check_header, Table, TableRows};
@@ -148,24 +149,80 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// The statement that rewrites `daily_revenue` for one game, environment and UTC day from
-/// `payments FINAL` (each order and status once, however often it was delivered): revenue
-/// of `success`, refunds of `refunded`, the count of `failed`; the version is the number
-/// of payment rows it was computed from, which only grows as payments arrive.
-pub fn revenue_sql(game: &str, env: &str, day: u32) -> String {
-    let (y, mo, d) = crate::worker::aggregate::what::civil(day);
-    let start = u64::from(day) * 86_400;
+/// The statement that rewrites `daily_revenue` for `days` (game, environment, UTC day)
+/// from `payments FINAL` (each order and status once, however often it was delivered,
+/// and at its latest time): per day, revenue of `success`, refunds of `refunded`, the
+/// count of `failed` (a row of zeros when no payment is left on the day: its orders were
+/// retried and moved to another day). One `SELECT` per day, joined by `UNION ALL`: one
+/// insert. `FINAL` runs on the game's and environment's payments and the day is taken
+/// from its result, so an order that moved is left out of the day it left. `version`
+/// orders the computations (Redis's `TIME`, taken after the payments were confirmed: a
+/// later computation has seen every payment an earlier one saw).
+pub fn revenue_sql(days: &[(String, String, u32)], version: u64) -> String {
+    let selects: Vec<String> = days
+        .iter()
+        .map(|(game, env, day)| {
+            let (y, mo, d) = crate::worker::aggregate::what::civil(*day);
+            let start = u64::from(*day) * 86_400;
+            format!(
+                "SELECT toDate('{y:04}-{mo:02}-{d:02}') AS d, {g} AS game_id, {e} AS env, \
+                 sumIf(amount_cents, status = 'success'), sumIf(amount_cents, status = 'refunded'), \
+                 countIf(status = 'failed'), toUInt64({version}) \
+                 FROM (SELECT amount_cents, status, time FROM analytics.payments FINAL \
+                 WHERE game_id = {g} AND env = {e}) \
+                 WHERE time >= toDateTime({start}) AND time < toDateTime({end})",
+                g = quote(game),
+                e = quote(env),
+                end = start + 86_400,
+            )
+        })
+        .collect();
     format!(
-        "INSERT INTO analytics.daily_revenue (d, game_id, env, revenue_cents, refunds_cents, failed, version) \
-         SELECT toDate('{y:04}-{mo:02}-{d:02}') AS d, game_id, env, sumIf(amount_cents, status = 'success'), \
-         sumIf(amount_cents, status = 'refunded'), countIf(status = 'failed'), count() \
-         FROM analytics.payments FINAL \
-         WHERE game_id = {g} AND env = {e} AND time >= toDateTime({start}) AND time < toDateTime({end}) \
-         GROUP BY game_id, env",
-        g = quote(game),
-        e = quote(env),
-        end = start + 86_400,
+        "INSERT INTO analytics.daily_revenue (d, game_id, env, revenue_cents, refunds_cents, failed, version) {}",
+        selects.join(" UNION ALL ")
     )
+}
+
+/// Days per revenue statement.
+pub const REVENUE_DAYS_PER_INSERT: usize = 32;
+
+/// Settings of the revenue statement: its time condition stays outside `FINAL` (not
+/// moved to `PREWHERE`, not pushed into the subquery, where it would pick an order's
+/// older row on the day it left).
+pub const REVENUE_SETTINGS: &[(&str, Setting<'static>)] =
+    &[("optimize_move_to_prewhere", Setting::UInt(0)), ("enable_optimize_predicate_expression", Setting::UInt(0))];
+
+/// Days (game, environment, UTC day) on which `payments` holds rows of `orders` (game,
+/// environment, order), asked before a batch's payments are inserted: an order inserted
+/// again at another time (a retry re-stamped after midnight) leaves the day it was on,
+/// whose revenue must be computed again. At most 500 orders per query.
+pub async fn order_days(
+    ch: &mut Connection,
+    orders: &[(String, String, String)],
+) -> Result<Vec<(String, String, u32)>, ChError> {
+    let mut out = Vec::new();
+    for chunk in orders.chunks(500) {
+        let mut by_scope: std::collections::BTreeMap<(&str, &str), Vec<String>> = std::collections::BTreeMap::new();
+        for (g, e, o) in chunk {
+            by_scope.entry((g, e)).or_default().push(quote(o));
+        }
+        let cond: Vec<String> = by_scope
+            .iter()
+            .map(|((g, e), o)| {
+                format!("(game_id = {} AND env = {} AND order_id IN ({}))", quote(g), quote(e), o.join(", "))
+            })
+            .collect();
+        if cond.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(time), 86400)) \
+             FROM analytics.payments WHERE {}",
+            cond.join(" OR ")
+        );
+        out.extend(game_env_periods(&ch.select(&sql, &[]).await?.rows));
+    }
+    Ok(out)
 }
 
 /// How far back [`recent_payment_days`] looks, by the time rows reached ClickHouse.
@@ -180,19 +237,55 @@ pub async fn recent_payment_days(ch: &mut Connection) -> Result<Vec<(String, Str
          FROM analytics.payments WHERE ingested_at >= now() - {} LIMIT 10000",
         u64::from(RECONCILE_DAYS) * 86_400
     );
-    let rows = ch.select(&sql, &[]).await?.rows;
-    Ok(rows
-        .iter()
-        .filter_map(|r| match r.as_slice() {
-            [g, e, d] => Some((g.as_str(), e.as_str(), u32::try_from(d.as_u64()).ok()?)),
-            _ => None,
-        })
-        .collect())
+    Ok(game_env_periods(&ch.select(&sql, &[]).await?.rows))
 }
 
-/// Rewrites `daily_revenue` of one game, environment and day.
-pub async fn write_revenue(ch: &mut Connection, game: &str, env: &str, day: u32) -> Result<(), ChError> {
-    ch.execute(&revenue_sql(game, env, day), &[]).await
+/// How far back [`recent_event_periods`] looks, by the time the events were accepted
+/// (`ingested_at`), in seconds.
+pub const RECONCILE_EVENTS_SECS: u32 = 3600;
+
+/// Minutes and days (per game and environment) of recently received events.
+#[derive(Debug, Default)]
+pub struct EventPeriods {
+    /// (game, environment, minute since the epoch), minutes of the last 48 hours.
+    pub minutes: Vec<(String, String, u32)>,
+    /// (game, environment, UTC day), days of the last 30.
+    pub days: Vec<(String, String, u32)>,
+}
+
+fn game_env_periods(rows: &[Vec<croupier_protocol::clickhouse::result::Value>]) -> Vec<(String, String, u32)> {
+    rows.iter()
+        .filter_map(|r| match r.as_slice() {
+            [g, e, p] => Some((g.as_str(), e.as_str(), u32::try_from(p.as_u64()).ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The minutes (within Croupier's 48 h of online keys) and days (within 30) of the
+/// events accepted in the last [`RECONCILE_EVENTS_SECS`] (at most 10,000 of each): the
+/// figures a worker stopped between merging its sketches and writing the tables may
+/// have left behind.
+pub async fn recent_event_periods(ch: &mut Connection) -> Result<EventPeriods, ChError> {
+    let query = |unit: u32, back: u32| {
+        format!(
+            "SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(event_time), {unit})) \
+             FROM analytics.events WHERE ingested_at >= now() - {RECONCILE_EVENTS_SECS} \
+             AND event_time >= now() - {back} AND event_time < now() + 86400 LIMIT 10000"
+        )
+    };
+    let minutes = game_env_periods(&ch.select(&query(60, 48 * 3600), &[]).await?.rows);
+    let days = game_env_periods(&ch.select(&query(86_400, 30 * 86_400), &[]).await?.rows);
+    Ok(EventPeriods { minutes, days })
+}
+
+/// Rewrites `daily_revenue` of `days` (game, environment, day), as of `version`
+/// ([`revenue_sql`]): one insert per [`REVENUE_DAYS_PER_INSERT`] days.
+pub async fn write_revenue(ch: &mut Connection, days: &[(String, String, u32)], version: u64) -> Result<(), ChError> {
+    for chunk in days.chunks(REVENUE_DAYS_PER_INSERT) {
+        ch.execute(&revenue_sql(chunk, version), REVENUE_SETTINGS).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -202,7 +295,7 @@ mod tests {
     #[test]
     fn literals_are_escaped_and_days_are_utc() {
         assert_eq!(quote(r"a'b\c"), r"'a\'b\\c'");
-        let sql = revenue_sql("g'1", "prod", 20_789);
+        let sql = revenue_sql(&[("g'1".into(), "prod".into(), 20_789)], 7);
         assert!(sql.contains("toDate('2026-12-02')"), "{sql}");
         assert!(sql.contains(r"game_id = 'g\'1'") && sql.contains("time >= toDateTime(1796169600)"), "{sql}");
         assert!(sql.contains("time < toDateTime(1796256000)"), "{sql}");

@@ -596,6 +596,13 @@ impl Consumer {
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
         let mut todo: Vec<Vec<usize>> = vec![progress.unsettled()];
         let table = Table::of(self.cfg.stream);
+        if self.cfg.stream == StreamKind::Payments && self.agg.is_some() {
+            // Before the rows replace them: the days orders of this batch are on now.
+            if let Err(e) = self.moved_orders_days(batch, &todo[0]).await {
+                self.metrics.emit(InsertFailed { table });
+                return Err(e);
+            }
+        }
         while let Some(part) = todo.pop() {
             if part.is_empty() {
                 continue;
@@ -677,6 +684,30 @@ impl Consumer {
         }
         let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
         self.ack(&ids).await
+    }
+
+    /// Notes, for the revenue recompute after this batch commits, the days on which
+    /// `payments` already holds the orders of `batch[i]`, `i` in `which`: an order sent
+    /// again with another time (a retry re-stamped after midnight) replaces its row and
+    /// leaves its earlier day, whose revenue must drop it. Asked before the insert, when
+    /// the earlier row is certainly there (a merge after the insert keeps the new row).
+    async fn moved_orders_days(&mut self, batch: &[Entry], which: &[usize]) -> Result<(), String> {
+        let orders = self.sink.payment_orders(batch, which);
+        if orders.is_empty() {
+            return Ok(());
+        }
+        self.connection().await?;
+        let Some(ch) = self.ch.as_mut() else { return Err("no ClickHouse connection".into()) };
+        match crate::clickhouse::aggregates::order_days(ch, &orders).await {
+            Ok(days) => {
+                self.sink.note_revenue_days(days);
+                Ok(())
+            }
+            Err(e) => {
+                self.ch = None;
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Moves `e` to the dead-letter stream with `reason`. That stream is never trimmed:

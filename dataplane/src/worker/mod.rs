@@ -134,7 +134,7 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let agg = config
                 .aggregate
                 .enabled
-                .then(|| aggregate::Aggregator::new(shard, published, config.aggregate.max_sketches, connect()));
+                .then(|| aggregate::Aggregator::new(shard, published, &config.aggregate, connect()));
             if let Some(a) = &agg {
                 let every = Duration::from_millis(config.aggregate.flush_ms);
                 monoio::spawn(a.clone().run(every, clickhouse_options(&config), stop.clone()));

@@ -15,7 +15,7 @@ use croupier_protocol::envelope::{text, PaymentStatus};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{self, Limits};
 
-use super::aggregate::sketches::Sketches;
+use super::aggregate::sketches::{Sketches, Staged};
 use super::aggregate::what::day_of;
 use super::aggregate::Aggregator;
 use super::entries::Entry;
@@ -126,6 +126,8 @@ pub struct Sink {
     /// (game, environment, UTC day) of the payments pushed since the last
     /// [`Sink::take_revenue_days`].
     revenue_days: Vec<(String, String, u32)>,
+    /// The sketch adds of the rows being inserted, made once ClickHouse confirms them.
+    staged: Vec<Staged>,
 }
 
 /// Notes a payment's day, once per game, environment and day.
@@ -150,6 +152,7 @@ impl Sink {
             limits: Limits::default(),
             agg: None,
             revenue_days: Vec::new(),
+            staged: Vec::new(),
         }
     }
 
@@ -158,9 +161,44 @@ impl Sink {
         self.agg = agg;
     }
 
-    /// The days of the payments pushed since the last call.
+    /// The days of the payments pushed since the last call, and those noted by
+    /// [`Sink::note_revenue_days`].
     pub fn take_revenue_days(&mut self) -> Vec<(String, String, u32)> {
         std::mem::take(&mut self.revenue_days)
+    }
+
+    /// Notes more days whose `daily_revenue` is to be recomputed once the batch commits.
+    pub fn note_revenue_days(&mut self, days: impl IntoIterator<Item = (String, String, u32)>) {
+        for (g, e, d) in days {
+            note_day(&mut self.revenue_days, &g, &e, d);
+        }
+    }
+
+    /// (game, environment, order) of the payments of `batch[i]`, `i` in `which`; entries
+    /// that cannot be read are left out (they are poison, with no rows).
+    pub fn payment_orders(&mut self, batch: &[Entry], which: &[usize]) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut add = |p: &dyn PaymentFields| {
+            let [game, env, _, order, ..] = p.text();
+            out.push((game.to_owned(), env.to_owned(), order.to_owned()));
+        };
+        for e in which.iter().filter_map(|&i| batch.get(i)) {
+            if let Some(data) = e.get(FIELD_CROUPIER_DATA) {
+                self.json.clear();
+                self.json.extend_from_slice(data);
+                if let Ok(p) = validate::parse_payment_object(&mut self.json, &self.limits) {
+                    add(&p);
+                }
+                continue;
+            }
+            let Some(bytes) = e.get(FIELD_BATCH) else { continue };
+            if let Ok(batch) = self.archive.load(bytes) {
+                if let ArchivedRecords::Payments(v) = &batch.records {
+                    v.iter().for_each(|p| add(p));
+                }
+            }
+        }
+        out
     }
 
     /// Appends the rows of `e`, or says why it has none.
@@ -182,7 +220,15 @@ impl Sink {
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
                     r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
                     if let Some(s) = sketches.as_mut() {
-                        s.event(&ev.game_id, &ev.env, &ev.event, &ev.user_id, &ev.session_id, ev.ts_ms);
+                        s.stage_event(
+                            &mut self.staged,
+                            &ev.game_id,
+                            &ev.env,
+                            &ev.event,
+                            &ev.user_id,
+                            &ev.session_id,
+                            ev.ts_ms,
+                        );
                     }
                     Ok(())
                 }
@@ -190,7 +236,7 @@ impl Sink {
                     let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
                     r.block(unix_seconds(p.ts_ms)).push(&p, entry_ms(&e.id));
                     if let Some(s) = sketches.as_mut() {
-                        count_payment(s, &mut self.revenue_days, &p);
+                        count_payment(s, &mut self.staged, &mut self.revenue_days, &p);
                     }
                     Ok(())
                 }
@@ -210,7 +256,8 @@ impl Sink {
                     r.block(unix_seconds(ts)).push(&ev, accepted);
                     if let Some(s) = sketches.as_mut() {
                         let f = |i| b.field(index, i);
-                        s.event(
+                        s.stage_event(
+                            &mut self.staged,
                             f(text::GAME_ID),
                             f(text::ENV),
                             f(text::EVENT),
@@ -225,7 +272,7 @@ impl Sink {
                 for p in v.iter() {
                     r.block(unix_seconds(p.ts_ms())).push(p, accepted);
                     if let Some(s) = sketches.as_mut() {
-                        count_payment(s, &mut self.revenue_days, p);
+                        count_payment(s, &mut self.staged, &mut self.revenue_days, p);
                     }
                 }
             }
@@ -236,8 +283,29 @@ impl Sink {
 
     /// Inserts the rows of `batch[i]` for every `i` in `which`, streaming blocks as they
     /// fill, and returns the entries that had no rows to give (poison). `Ok` means
-    /// ClickHouse confirmed the insert (EndOfStream).
+    /// ClickHouse confirmed the insert (EndOfStream); only then are the rows' players
+    /// counted in the shard's sketches (a part ClickHouse refuses, later dead-lettered
+    /// entry by entry, counts nowhere).
     pub async fn insert(
+        &mut self,
+        ch: &mut Connection,
+        batch: &[Entry],
+        which: &[usize],
+    ) -> Result<Vec<Poison>, ChError> {
+        self.staged.clear();
+        let Some(agg) = self.agg.clone() else { return self.insert_rows(ch, batch, which).await };
+        agg.sketches().pin();
+        let inserted = self.insert_rows(ch, batch, which).await;
+        let mut sketches = agg.sketches();
+        if inserted.is_ok() {
+            sketches.apply(&self.staged);
+        }
+        sketches.unpin();
+        self.staged.clear();
+        inserted
+    }
+
+    async fn insert_rows(
         &mut self,
         ch: &mut Connection,
         batch: &[Entry],
@@ -276,10 +344,15 @@ impl Sink {
 
 /// A payment's share of the figures: its user as a payer when it succeeded, its day for
 /// `daily_revenue` whatever its status.
-fn count_payment(s: &mut Sketches, days: &mut Vec<(String, String, u32)>, p: &impl PaymentFields) {
+fn count_payment(
+    s: &mut Sketches,
+    staged: &mut Vec<Staged>,
+    days: &mut Vec<(String, String, u32)>,
+    p: &impl PaymentFields,
+) {
     let [game, env, user, ..] = p.text();
     if p.status() == PaymentStatus::Success.as_str() {
-        s.payer(game, env, user, p.ts_ms());
+        s.stage_payer(staged, game, env, user, p.ts_ms());
     }
     note_day(days, game, env, day_of(p.ts_ms()));
 }

@@ -17,8 +17,8 @@ use crate::redis::connection::RedisClient;
 use crate::worker::entries::cmd;
 
 /// The script: `ARGV[1]` merges (keys `KEYS[1..m]`, values and TTLs in `ARGV`), then the
-/// values of the remaining keys and Redis's time. A key that cannot be merged (not a
-/// HyperLogLog) is reported, not fatal.
+/// values of the remaining keys (nil: no such key, 0: a key of another type) and Redis's
+/// time. A key that cannot be merged (not a HyperLogLog) is reported, not fatal.
 const SCRIPT: &str = r#"
 local m = tonumber(ARGV[1])
 local errors = {}
@@ -37,7 +37,8 @@ end
 local values = {}
 for i = m + 1, #KEYS do
   local v = redis.pcall('GET', KEYS[i])
-  if type(v) ~= 'string' then v = false end
+  if type(v) == 'table' and v.err then v = 0
+  elseif type(v) ~= 'string' then v = false end
   values[#values + 1] = v
 end
 local t = redis.call('TIME')
@@ -69,9 +70,20 @@ pub struct ReadBack {
     pub version: u64,
 }
 
-/// What one script call returned: the values read (`None`: no such key), Redis's time
-/// in microseconds, the keys it could not merge.
-type Reply = (Vec<Option<Vec<u8>>>, u64, Vec<String>);
+/// A value read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// No such key.
+    Absent,
+    /// The key's string.
+    Bytes(Vec<u8>),
+    /// The key holds another type than a string.
+    WrongType,
+}
+
+/// What one script call returned: the values read, Redis's time in microseconds, the
+/// keys it could not merge.
+type Reply = (Vec<Value>, u64, Vec<String>);
 
 fn parse_reply(f: Frame) -> Result<Reply, String> {
     let Frame::Array(parts) = f else {
@@ -85,8 +97,9 @@ fn parse_reply(f: Frame) -> Result<Reply, String> {
         Some(Frame::Array(v)) => v
             .into_iter()
             .map(|x| match x {
-                Frame::BulkString(b) => Some(b),
-                _ => None,
+                Frame::BulkString(b) => Value::Bytes(b),
+                Frame::Integer(_) => Value::WrongType,
+                _ => Value::Absent,
             })
             .collect(),
         _ => return Err("script reply without values".into()),
@@ -113,7 +126,7 @@ fn parse_reply(f: Frame) -> Result<Reply, String> {
     Ok((values, version, errors))
 }
 
-async fn eval(redis: &RedisClient, keys: &[String], argv: &[&[u8]]) -> Result<(Vec<Option<Vec<u8>>>, u64), String> {
+async fn eval(redis: &RedisClient, keys: &[String], argv: &[&[u8]]) -> Result<(Vec<Value>, u64), String> {
     let nkeys = keys.len().to_string();
     let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
     args.extend([b"EVAL".as_slice(), SCRIPT.as_bytes(), nkeys.as_bytes()]);
@@ -148,6 +161,22 @@ pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String
         eval(redis, &keys, &argv).await?;
     }
     Ok(())
+}
+
+/// Redis's time (`TIME`), microseconds since the epoch: one clock for every worker.
+pub async fn redis_time(redis: &RedisClient) -> Result<u64, String> {
+    let reply = redis.call(cmd(&[b"TIME"])).await.map_err(|e| format!("Redis: {e:?}"))?;
+    let Frame::Array(t) = reply else { return Err(format!("unexpected reply to TIME: {reply:?}")) };
+    let mut t = t.into_iter().filter_map(|f| match f {
+        Frame::BulkString(b) | Frame::SimpleString(b) => {
+            std::str::from_utf8(&b).ok().and_then(|x| x.parse::<u64>().ok())
+        }
+        _ => None,
+    });
+    match (t.next(), t.next()) {
+        (Some(s), Some(us)) => Ok(s.saturating_mul(1_000_000).saturating_add(us)),
+        _ => Err("TIME without seconds and microseconds".into()),
+    }
 }
 
 /// One key to read back.
@@ -185,10 +214,16 @@ pub async fn read_back(redis: &RedisClient, groups: &[Vec<Wanted>]) -> Result<Ve
             })
             .collect();
         let (values, version) = eval(redis, &keys, &[b"0"]).await?;
-        for (w, v) in batch.into_iter().zip(values.into_iter().chain(std::iter::repeat(None))) {
+        for ((w, v), k) in batch.into_iter().zip(values.into_iter().chain(std::iter::repeat(Value::Absent))).zip(&keys)
+        {
             let sketch = match v {
-                None => Some(Sketch::new()),
-                Some(bytes) => match Sketch::from_redis(&bytes) {
+                Value::Absent => Some(Sketch::new()),
+                Value::WrongType => {
+                    // Not a figure of 0: no figure (the table keeps its last one).
+                    tracing::warn!(key = %k, "a HyperLogLog key holds another type; its figure is not written");
+                    None
+                }
+                Value::Bytes(bytes) => match Sketch::from_redis(&bytes) {
                     Ok(s) => Some(s),
                     Err(e) => {
                         tracing::warn!(kind = w.kind.prefix(), game = %w.game, env = %w.env, error = %e, "a HyperLogLog key holds a malformed value");
@@ -217,12 +252,12 @@ mod tests {
     #[test]
     fn replies_parse_with_nil_values_and_errors() {
         let f = Frame::Array(vec![
-            Frame::Array(vec![Frame::BulkString(b"x".to_vec()), Frame::Null]),
+            Frame::Array(vec![Frame::BulkString(b"x".to_vec()), Frame::Null, Frame::Integer(0)]),
             Frame::Array(vec![Frame::BulkString(b"1796207820".to_vec()), Frame::BulkString(b"123456".to_vec())]),
             Frame::Array(vec![Frame::BulkString(b"k: WRONGTYPE".to_vec())]),
         ]);
         let (v, t, e) = parse_reply(f).expect("parses");
-        assert_eq!(v, vec![Some(b"x".to_vec()), None]);
+        assert_eq!(v, vec![Value::Bytes(b"x".to_vec()), Value::Absent, Value::WrongType]);
         assert_eq!(t, 1_796_207_820_123_456);
         assert_eq!(e, vec!["k: WRONGTYPE".to_owned()]);
         assert!(parse_reply(Frame::Error("NOSCRIPT".into())).is_err());

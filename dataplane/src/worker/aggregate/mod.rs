@@ -8,13 +8,14 @@
 //! - [`flush`]: the merge into Redis and the read-back of the merged values.
 //! - [`gauges`]: the `croupier_realtime_*` gauges from the published readers.
 //!
-//! Order of work: a consumer adds a batch's users to the shard's sketches as it builds
-//! the rows; after ClickHouse confirmed the rows and before the entries are acknowledged,
-//! the touched sketches are merged into Redis ([`Aggregator::flush`]) — so an
-//! acknowledged entry's players are in Redis, and a redelivered one is merged again, which
-//! changes nothing (a merge is a register-wise maximum). Every `aggregate.flush_ms` the
-//! shard also merges, then writes the figures Redis holds after the merge (all workers')
-//! to `minute_online` and `daily_users`, and recomputes `daily_revenue` for the days whose
+//! Order of work: a consumer stages a batch's adds as it builds the rows and makes them
+//! once ClickHouse confirmed the rows; before the entries are acknowledged, the touched
+//! sketches are merged into Redis ([`Aggregator::flush`]) — so an acknowledged entry's
+//! players are in Redis, and a redelivered one is merged again, which changes nothing (a
+//! merge is a register-wise maximum). Every `aggregate.flush_ms` the shard also merges
+//! (every held sketch each `aggregate.resend_ms`) and reads back the figures Redis holds
+//! after the merge (all workers'); at most every `aggregate.write_ms` it writes them to
+//! `minute_online` and `daily_users`, and recomputes `daily_revenue` for the days whose
 //! payments were confirmed, from the deduplicated `payments` table.
 
 pub mod flush;
@@ -32,8 +33,9 @@ use std::time::{Duration, Instant};
 use crate::clickhouse::aggregates::{self, DayRow, MinuteRow};
 use crate::clickhouse::connection::{ChOptions, Connection};
 use crate::redis::connection::RedisClient;
+use croupier_control::config::Aggregate as AggregateConfig;
 use flush::Wanted;
-use sketches::{Dirty, Published, Sketches};
+use sketches::{Published, Sketches};
 use what::Kind;
 
 /// A day of a game and environment.
@@ -55,22 +57,36 @@ pub struct Aggregator {
     redis: RedisClient,
     flushing: Cell<bool>,
     figures: RefCell<Figures>,
-    /// Whether this shard still has to recompute the revenue of recently paid days (shard
-    /// 0, once per start): a worker killed after acknowledging payments but before their
-    /// day's recompute left `daily_revenue` behind, and no later payment may come.
+    /// Whether this shard still has to recompute the revenue of recently paid days and
+    /// read again the figures of recent minutes and days (shard 0, once per start): a
+    /// worker killed after acknowledging entries but before its next write of the tables
+    /// left `daily_revenue`, `minute_online` and `daily_users` behind Redis, and no later
+    /// entry of the same minute or day may come.
     reconcile: Cell<bool>,
+    /// The tables are written at most this often (`aggregate.write_ms`).
+    write_every: Duration,
+    /// When the tables were last written (or tried).
+    written: Cell<Option<Instant>>,
+    /// Every held sketch is merged again this often (`aggregate.resend_ms`; none: never).
+    resend_every: Option<Duration>,
+    /// When every held sketch was last merged again.
+    resent: Cell<Instant>,
 }
 
 impl Aggregator {
     /// Shard `shard`'s aggregation, publishing its sketches' readers in `published`,
-    /// holding at most `max_sketches` sketches, and merging through `redis`.
-    pub fn new(shard: usize, published: Arc<Published>, max_sketches: usize, redis: RedisClient) -> Rc<Aggregator> {
+    /// with the settings `cfg` (`aggregate.*`), and merging through `redis`.
+    pub fn new(shard: usize, published: Arc<Published>, cfg: &AggregateConfig, redis: RedisClient) -> Rc<Aggregator> {
         Rc::new(Aggregator {
-            sketches: RefCell::new(Sketches::new(shard, published, max_sketches)),
+            sketches: RefCell::new(Sketches::new(shard, published, cfg.max_sketches)),
             redis,
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
+            write_every: Duration::from_millis(cfg.write_ms),
+            written: Cell::new(None),
+            resend_every: (cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
+            resent: Cell::new(Instant::now()),
         })
     }
 
@@ -104,7 +120,7 @@ impl Aggregator {
     async fn flush_once(&self) -> Result<(), String> {
         self.flushing.set(true);
         let dirty = self.sketches.borrow_mut().take_dirty();
-        let groups = read_groups(&dirty);
+        let groups = read_groups(dirty.iter().map(|d| (d.kind, &d.game, &d.env, d.period)));
         let result = async {
             flush::merge(&self.redis, &dirty).await?;
             flush::read_back(&self.redis, &groups).await
@@ -118,8 +134,18 @@ impl Aggregator {
                 return Err(e);
             }
         };
+        self.note_figures(back, false);
+        Ok(())
+    }
+
+    /// Raises the shard's sketches to the merged values read back, and keeps the table
+    /// figures among them for the next write (a later reading of a figure replaces an
+    /// earlier one); `skip_empty` leaves out minutes of 0 and days of 0 everywhere (keys
+    /// absent: expired, or never written).
+    fn note_figures(&self, back: Vec<flush::ReadBack>, skip_empty: bool) {
+        let mut minutes: HashMap<DayKey, MinuteRow> = HashMap::new();
+        let mut days: HashMap<DayKey, DayRow> = HashMap::new();
         let mut sketches = self.sketches.borrow_mut();
-        let mut figures = self.figures.borrow_mut();
         for r in back {
             let Some(sketch) = &r.sketch else { continue };
             // Keys read for the gauges only get a sketch of their own (kept until evicted).
@@ -130,19 +156,18 @@ impl Aggregator {
             let count = sketch.count();
             let key = (r.game.clone(), r.env.clone(), r.period);
             if r.kind.per_minute() {
-                figures.minutes.insert(
-                    key,
-                    MinuteRow {
-                        minute: r.period,
-                        game: r.game.to_string(),
-                        env: r.env.to_string(),
-                        online: u32::try_from(count).unwrap_or(u32::MAX),
-                        version: r.version,
-                    },
-                );
+                let online = u32::try_from(count).unwrap_or(u32::MAX);
+                let row = MinuteRow {
+                    minute: r.period,
+                    game: r.game.to_string(),
+                    env: r.env.to_string(),
+                    online,
+                    version: r.version,
+                };
+                minutes.insert(key, row);
                 continue;
             }
-            let row = figures.days.entry(key).or_insert_with(|| DayRow {
+            let row = days.entry(key).or_insert_with(|| DayRow {
                 day: r.period,
                 game: r.game.to_string(),
                 env: r.env.to_string(),
@@ -162,10 +187,32 @@ impl Aggregator {
                 _ => {}
             }
         }
-        Ok(())
+        if skip_empty {
+            minutes.retain(|_, m| m.online > 0);
+            days.retain(|_, d| d.dau > 0 || d.new_users > 0 || d.payers > 0);
+        }
+        let mut figures = self.figures.borrow_mut();
+        for (k, m) in minutes {
+            match figures.minutes.get(&k) {
+                Some(old) if old.version > m.version => {}
+                _ => {
+                    figures.minutes.insert(k, m);
+                }
+            }
+        }
+        for (k, d) in days {
+            match figures.days.get(&k) {
+                Some(old) if old.version > d.version => {}
+                _ => {
+                    figures.days.insert(k, d);
+                }
+            }
+        }
     }
 
-    /// Queues the recompute of recently paid days, once ([`Aggregator::reconcile`]).
+    /// Once per start (shard 0): queues the recompute of recently paid days, and reads
+    /// again from Redis the figures of the minutes and days of recently received events
+    /// and payments, for the next write ([`Aggregator::reconcile`]).
     async fn reconcile(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
         if !self.reconcile.get() {
             return Ok(());
@@ -174,18 +221,44 @@ impl Aggregator {
             *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
         }
         let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
-        match aggregates::recent_payment_days(conn).await {
-            Ok(days) => {
-                tracing::debug!(days = days.len(), "recomputing the revenue of recently paid days");
-                self.revenue_confirmed(days);
-                self.reconcile.set(false);
-                Ok(())
-            }
+        let found = async {
+            let paid = aggregates::recent_payment_days(conn).await?;
+            let seen = aggregates::recent_event_periods(conn).await?;
+            Ok::<_, crate::clickhouse::connection::ChError>((paid, seen))
+        }
+        .await;
+        let (paid, seen) = match found {
+            Ok(x) => x,
             Err(e) => {
                 *ch = None;
-                Err(e.to_string())
+                return Err(e.to_string());
             }
+        };
+        // One Arc per game and environment.
+        let mut names: HashMap<(String, String), (Arc<str>, Arc<str>)> = HashMap::new();
+        let mut touched: Vec<(Kind, Arc<str>, Arc<str>, u32)> = Vec::new();
+        let periods = paid
+            .iter()
+            .map(|(g, e, d)| (Kind::Dau, g, e, *d))
+            .chain(seen.minutes.iter().map(|(g, e, m)| (Kind::Online, g, e, *m)))
+            .chain(seen.days.iter().map(|(g, e, d)| (Kind::Dau, g, e, *d)));
+        for (kind, g, e, period) in periods {
+            let (game, env) =
+                names.entry((g.clone(), e.clone())).or_insert_with(|| (g.as_str().into(), e.as_str().into())).clone();
+            touched.push((kind, game, env, period));
         }
+        let groups = read_groups(touched.iter().map(|(k, g, e, p)| (*k, g, e, *p)));
+        let back = flush::read_back(&self.redis, &groups).await?;
+        tracing::debug!(
+            paid_days = paid.len(),
+            minutes = seen.minutes.len(),
+            days = seen.days.len(),
+            "recomputing recently paid days' revenue and recent figures read again from Redis"
+        );
+        self.note_figures(back, true);
+        self.revenue_confirmed(paid);
+        self.reconcile.set(false);
+        Ok(())
     }
 
     /// Writes the figures waiting for ClickHouse; those not written wait for the next
@@ -206,8 +279,11 @@ impl Aggregator {
             let m: Vec<MinuteRow> = minutes.values().cloned().collect();
             let d: Vec<DayRow> = days.values().cloned().collect();
             aggregates::write_figures(conn, &m, &d).await.map_err(|e| e.to_string())?;
-            for (game, env, day) in &revenue {
-                aggregates::write_revenue(conn, game, env, *day).await.map_err(|e| e.to_string())?;
+            if !revenue.is_empty() {
+                // Taken after the payments were confirmed: orders the computations.
+                let version = flush::redis_time(&self.redis).await?;
+                let days: Vec<(String, String, u32)> = revenue.iter().cloned().collect();
+                aggregates::write_revenue(conn, &days, version).await.map_err(|e| e.to_string())?;
             }
             Ok(())
         }
@@ -227,8 +303,16 @@ impl Aggregator {
         result
     }
 
-    /// One round: merge into Redis, drop old clean sketches, write the tables.
-    async fn round(&self, ch: &mut Option<Connection>, opts: &ChOptions) {
+    /// One round: merge into Redis (every held sketch when `aggregate.resend_ms` has
+    /// passed), drop old clean sketches, write the tables when `aggregate.write_ms` has
+    /// passed since the last write (or `last`).
+    async fn round(&self, ch: &mut Option<Connection>, opts: &ChOptions, last: bool) {
+        if self.resend_every.is_some_and(|every| self.resent.get().elapsed() >= every) {
+            // Keys Redis lost (a restart without fsync, a failover) come back; merging
+            // again what Redis holds changes nothing.
+            self.resent.set(Instant::now());
+            self.sketches.borrow_mut().redirty_all();
+        }
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "real-time sketches not merged into Redis; retried at the next flush");
         }
@@ -246,8 +330,12 @@ impl Aggregator {
         if let Err(e) = self.reconcile(ch, opts).await {
             tracing::warn!(error = %e, "recently paid days not read for their revenue; retried at the next flush");
         }
+        if !last && self.written.get().is_some_and(|t| t.elapsed() < self.write_every) {
+            return;
+        }
+        self.written.set(Some(Instant::now()));
         if let Err(e) = self.write_tables(ch, opts).await {
-            tracing::warn!(error = %e, "aggregate tables not written; retried at the next flush");
+            tracing::warn!(error = %e, "aggregate tables not written; retried at the next write");
         }
     }
 
@@ -262,37 +350,35 @@ impl Aggregator {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            self.round(&mut ch, &opts).await;
+            self.round(&mut ch, &opts, false).await;
         }
     }
 
     /// The last round, once the shard's consumers have stopped.
     pub async fn finish(&self, opts: &ChOptions) {
         let mut ch = None;
-        self.round(&mut ch, opts).await;
+        self.round(&mut ch, opts, true).await;
     }
 }
 
-/// The keys to read back after merging `dirty`: each online minute alone, and for each
-/// day touched, the day's DAU, new-users and payers keys together (one row of
-/// `daily_users`), its level keys and the previous day's new users (for the live
-/// figures: day-1 retention).
-fn read_groups(dirty: &[Dirty]) -> Vec<Vec<Wanted>> {
+/// The keys to read back after merging sketches (`touched`: kind, game, environment,
+/// period): each online minute alone, and for each day touched, the day's DAU, new-users
+/// and payers keys together (one row of `daily_users`), its level keys and the previous
+/// day's new users (for the live figures: day-1 retention).
+fn read_groups<'a>(touched: impl IntoIterator<Item = (Kind, &'a Arc<str>, &'a Arc<str>, u32)>) -> Vec<Vec<Wanted>> {
     let mut groups = Vec::new();
-    let mut days: Vec<DayKey> = Vec::new();
-    for d in dirty {
-        let want = |kind| Wanted { kind, game: d.game.clone(), env: d.env.clone(), period: d.period, table: true };
-        if d.kind.per_minute() {
-            groups.push(vec![want(d.kind)]);
+    let mut days: HashSet<DayKey> = HashSet::new();
+    for (kind, game, env, period) in touched {
+        let want = |kind| Wanted { kind, game: game.clone(), env: env.clone(), period, table: true };
+        if kind.per_minute() {
+            groups.push(vec![want(kind)]);
             continue;
         }
-        let key = (d.game.clone(), d.env.clone(), d.period);
-        if days.contains(&key) {
+        if !days.insert((game.clone(), env.clone(), period)) {
             continue;
         }
-        days.push(key);
         let mut group: Vec<Wanted> = Kind::ALL.iter().filter(|k| !k.per_minute()).map(|&k| want(k)).collect();
-        if let Some(yesterday) = d.period.checked_sub(1) {
+        if let Some(yesterday) = period.checked_sub(1) {
             group.push(Wanted { period: yesterday, table: false, ..want(Kind::New) });
         }
         groups.push(group);

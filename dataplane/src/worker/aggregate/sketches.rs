@@ -122,6 +122,16 @@ pub struct Dirty {
     pub value: Vec<u8>,
 }
 
+/// One add waiting for ClickHouse to confirm its row: the scope (its position; scopes are
+/// not moved while any add waits, see [`Sketches::pin`]), kind, period and hash.
+#[derive(Debug, Clone, Copy)]
+pub struct Staged {
+    scope: u32,
+    kind: Kind,
+    period: u32,
+    hash: u64,
+}
+
 /// The shard's sketches.
 pub struct Sketches {
     shard: usize,
@@ -141,6 +151,8 @@ pub struct Sketches {
     now_minute: u32,
     today: u32,
     dirty: usize,
+    /// Consumers holding staged adds: while any does, scopes keep their positions.
+    pins: usize,
 }
 
 impl Sketches {
@@ -158,6 +170,7 @@ impl Sketches {
             now_minute: 0,
             today: 0,
             dirty: 0,
+            pins: 0,
         };
         s.set_now(crate::ingest::now_ms());
         s
@@ -218,38 +231,83 @@ impl Sketches {
         }
     }
 
-    /// Counts an event: DAU for its user, and online, new, level start or clear by its
-    /// name and session. The user id is hashed once.
-    pub fn event(&mut self, game: &str, env: &str, name: &str, user: &str, session: &str, ts_ms: i64) {
+    /// Stages the adds of an event into `out`: DAU for its user, and online, new, level
+    /// start or clear by its name and session; the user id is hashed once. Nothing is
+    /// counted until [`Sketches::apply`] (once ClickHouse confirmed the event's row); the
+    /// caller holds a [`Sketches::pin`] meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage_event(
+        &mut self,
+        out: &mut Vec<Staged>,
+        game: &str,
+        env: &str,
+        name: &str,
+        user: &str,
+        session: &str,
+        ts_ms: i64,
+    ) {
         if user.is_empty() {
             return;
         }
         let hash = hash_element(user.as_bytes());
-        let scope = self.scope(game, env);
+        let scope = self.scope(game, env) as u32;
         let (day, k) = (day_of(ts_ms), classify(name, session));
-        self.add(scope, Kind::Dau, day, hash);
+        let mut stage = |kind, period| out.push(Staged { scope, kind, period, hash });
+        stage(Kind::Dau, day);
         if k.online {
-            self.add(scope, Kind::Online, minute_of(ts_ms), hash);
+            stage(Kind::Online, minute_of(ts_ms));
         }
         if k.new {
-            self.add(scope, Kind::New, day, hash);
+            stage(Kind::New, day);
         }
         if k.level_start {
-            self.add(scope, Kind::LevelStart, day, hash);
+            stage(Kind::LevelStart, day);
         }
         if k.level_clear {
-            self.add(scope, Kind::LevelClear, day, hash);
+            stage(Kind::LevelClear, day);
         }
     }
 
-    /// Counts a successful payment's user as a payer of its day.
-    pub fn payer(&mut self, game: &str, env: &str, user: &str, ts_ms: i64) {
+    /// Stages a successful payment's user as a payer of its day ([`Sketches::stage_event`]).
+    pub fn stage_payer(&mut self, out: &mut Vec<Staged>, game: &str, env: &str, user: &str, ts_ms: i64) {
         if user.is_empty() {
             return;
         }
         let hash = hash_element(user.as_bytes());
-        let scope = self.scope(game, env);
-        self.add(scope, Kind::Payers, day_of(ts_ms), hash);
+        let scope = self.scope(game, env) as u32;
+        out.push(Staged { scope, kind: Kind::Payers, period: day_of(ts_ms), hash });
+    }
+
+    /// Keeps scopes where they are until [`Sketches::unpin`]: adds staged meanwhile name
+    /// them by position.
+    pub fn pin(&mut self) {
+        self.pins += 1;
+    }
+
+    /// Ends a [`Sketches::pin`].
+    pub fn unpin(&mut self) {
+        self.pins = self.pins.saturating_sub(1);
+    }
+
+    /// Makes the staged adds (their rows are confirmed).
+    pub fn apply(&mut self, staged: &[Staged]) {
+        for s in staged {
+            self.add(s.scope as usize, s.kind, s.period, s.hash);
+        }
+    }
+
+    /// Counts an event at once ([`Sketches::stage_event`] then [`Sketches::apply`]).
+    pub fn event(&mut self, game: &str, env: &str, name: &str, user: &str, session: &str, ts_ms: i64) {
+        let mut staged = Vec::new();
+        self.stage_event(&mut staged, game, env, name, user, session, ts_ms);
+        self.apply(&staged);
+    }
+
+    /// Counts a successful payment's user as a payer of its day, at once.
+    pub fn payer(&mut self, game: &str, env: &str, user: &str, ts_ms: i64) {
+        let mut staged = Vec::new();
+        self.stage_payer(&mut staged, game, env, user, ts_ms);
+        self.apply(&staged);
     }
 
     /// The sketches with adds Redis has not merged, with their values; they are clean
@@ -274,6 +332,18 @@ impl Sketches {
         for d in sketches {
             let scope = self.scope(&d.game, &d.env);
             if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.get_mut(d.kind, d.period)) {
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty += 1;
+                }
+            }
+        }
+    }
+
+    /// Marks every held sketch dirty: the next flush merges them all into Redis again.
+    pub fn redirty_all(&mut self) {
+        for s in &mut self.scopes {
+            for (_, slot) in &mut s.slots {
                 if !slot.dirty {
                     slot.dirty = true;
                     self.dirty += 1;
@@ -326,6 +396,10 @@ impl Sketches {
     /// Drops clean sketches of periods before the previous minute (online) or yesterday
     /// (days): Redis holds them; late events for them start a new sketch.
     pub fn evict(&mut self, now_ms: i64) {
+        if self.pins > 0 {
+            // Staged adds name scopes by position: evicted at a later round.
+            return;
+        }
         let (minute, today) = (minute_of(now_ms), day_of(now_ms));
         let keep = |kind: Kind, period: u32| {
             if kind.per_minute() {

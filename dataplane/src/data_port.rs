@@ -255,6 +255,7 @@ pub async fn run(
         max_connections: config.server.max_connections,
         max_inflight_body_bytes: config.server.body_budget(),
         retry_after_secs: config.redis.retry_after_secs,
+        evict_idle: false,
     };
     let shard = shard::build(id, config, &rates, metrics);
     let (listener, otlp_listener, grpc_listener) = listeners;

@@ -15,8 +15,14 @@
 //! the cap the loop accepts no more until one closes; new connections wait in the
 //! listen backlog), and at most `max_inflight_body_bytes` of request bodies are being
 //! received at once ([`BodyBudget`]).
+//!
+//! With `evict_idle` (the control port), a connection waiting at the cap does not wait
+//! for an idle one to time out: the oldest connection that is between requests (or has
+//! not sent its first byte) is closed to make room ([`IdleConnections`]). A connection
+//! with a request in progress is never closed for this.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +56,64 @@ pub struct Limits {
     pub max_inflight_body_bytes: usize,
     /// `Retry-After` of a request refused for lack of body budget, seconds.
     pub retry_after_secs: u64,
+    /// At the connection cap, close the oldest idle connection for a new one rather than
+    /// keep the new one waiting.
+    pub evict_idle: bool,
+}
+
+/// The connections waiting for their next request, oldest first: at the cap (with
+/// [`Limits::evict_idle`]) the oldest is told to close. A connection registers while it
+/// waits between requests and leaves when bytes arrive ([`IdleConnections::wait`]).
+#[derive(Default)]
+pub struct IdleConnections {
+    /// By the order they became idle; each one's signal closes it.
+    waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
+    next: Cell<u64>,
+}
+
+/// A connection's place among the idle ones; it leaves when dropped.
+pub struct IdlePlace<'a> {
+    idle: &'a IdleConnections,
+    key: u64,
+    /// Closed when the connection is to close.
+    signal: Rc<Semaphore>,
+}
+
+impl IdleConnections {
+    /// Registers a connection as idle until the place is dropped.
+    pub fn wait(&self) -> IdlePlace<'_> {
+        let key = self.next.get();
+        self.next.set(key.wrapping_add(1));
+        let signal = Rc::new(Semaphore::new(0));
+        self.waiting.borrow_mut().insert(key, signal.clone());
+        IdlePlace { idle: self, key, signal }
+    }
+
+    /// Tells the oldest idle connection to close; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.waiting.borrow_mut().pop_first();
+        match oldest {
+            Some((_, signal)) => {
+                signal.close();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl IdlePlace<'_> {
+    /// Completes once the connection has been chosen to close.
+    pub async fn evicted(&self) {
+        // A closed semaphore answers every waiter with an error: that is the signal.
+        let _ = self.signal.acquire().await;
+    }
+}
+
+impl Drop for IdlePlace<'_> {
+    fn drop(&mut self) {
+        self.idle.waiting.borrow_mut().remove(&self.key);
+    }
 }
 
 /// Bytes of request bodies a shard is receiving, against its cap. A request counts its
@@ -143,6 +207,8 @@ pub struct Server {
     pub drain: Drain,
     /// Request bodies being received.
     pub bodies: BodyBudget,
+    /// Connections between requests.
+    pub idle: IdleConnections,
     /// Places for connections: one permit per open connection.
     slots: Rc<Semaphore>,
     /// Connections open.
@@ -192,6 +258,7 @@ where
             used: Cell::new(0),
             retry_after_secs: limits.retry_after_secs,
         },
+        idle: IdleConnections::default(),
         slots: Rc::new(Semaphore::new(limits.max_connections)),
         open: Cell::new(0),
     });
@@ -226,11 +293,16 @@ where
         });
     };
     'accepting: loop {
-        // A place for the next connection first: at the cap, the kernel holds new ones.
-        let slot = monoio::select! {
-            biased;
-            _ = server.drain.started() => None,
-            slot = server.slots.clone().acquire_owned() => slot.ok(),
+        // A place for the next connection first: at the cap, the kernel holds new ones
+        // (or, with `evict_idle`, the oldest idle connection makes room for them).
+        let slot = match server.slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if server.limits.evict_idle => make_room(&listener, &server).await,
+            Err(_) => monoio::select! {
+                biased;
+                _ = server.drain.started() => None,
+                slot = server.slots.clone().acquire_owned() => slot.ok(),
+            },
         };
         let Some(slot) = slot else { break };
         loop {
@@ -267,6 +339,29 @@ where
     let _ = socket2::SockRef::from(&queued).shutdown(std::net::Shutdown::Both);
     drop(queued);
     drop(listener);
+}
+
+/// At the cap: waits for a place, and while a connection is queued for one, closes the
+/// oldest idle connection to free it. `None` once the drain has begun.
+async fn make_room(listener: &TcpListener, server: &Server) -> Option<OwnedSemaphorePermit> {
+    loop {
+        let queued = monoio::select! {
+            biased;
+            _ = server.drain.started() => return None,
+            slot = server.slots.clone().acquire_owned() => return slot.ok(),
+            r = listener.readable(false) => r.is_ok(),
+        };
+        // Someone is waiting: make room (the evicted connection gives its place back as
+        // it closes), or, every connection being busy with a request, look again shortly
+        // (readiness stays set while the connection is queued).
+        let wait = if queued && server.idle.evict_oldest() { 100 } else { 20 };
+        monoio::select! {
+            biased;
+            _ = server.drain.started() => return None,
+            slot = server.slots.clone().acquire_owned() => return slot.ok(),
+            _ = monoio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
 }
 
 /// An accepted connection, on the runtime: non-blocking, without Nagle's delay.

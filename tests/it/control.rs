@@ -293,3 +293,62 @@ fn alerting_backlog_alert_reaches_a_webhook_while_clickhouse_is_paused_and_resol
     let backlog = prom.query("max(croupier_stream_backlog_events)");
     assert!(backlog.first().is_some_and(|(_, v)| *v < 300.0), "{backlog:?}");
 }
+
+/// A `croupier ingest` on `redis` alone (no ClickHouse needed), with `extra` settings.
+pub(crate) fn ingest_on(redis: &RedisServer, extra: &[(&str, &str)]) -> Croupier {
+    let mut env: Vec<(String, String)> = [
+        ("CROUPIER_REDIS__ADDR", redis.addr().as_str()),
+        ("CROUPIER_SERVER__PIN", "false"),
+        ("CROUPIER_SERVER__SHARDS", "2"),
+        ("CROUPIER_REDIS__BACKLOG_POLL_MS", "20"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    env.push((format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()));
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Croupier::start(CROUPIER, "ingest", &env)
+}
+
+/// Black-box finding: 64 idle keep-alive connections held the control port's 64 places
+/// until one timed out, and `/healthz` took 4–5 s. At the cap the oldest idle connection
+/// is closed for the new one; a request in progress is not cut.
+#[test]
+fn attack_idle_connections_do_not_starve_the_control_port() {
+    let redis = RedisServer::start();
+    // Timeouts far longer than the test: it cannot pass by a connection timing out.
+    let c = ingest_on(
+        &redis,
+        &[("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"), ("CROUPIER_SERVER__READ_TIMEOUT_MS", "120000")],
+    );
+    // The oldest connection has a request in progress: half its head is in.
+    let mut busy = HttpClient::connect(c.control);
+    busy.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n");
+    // The rest of the cap: connections between requests.
+    let mut idle: Vec<HttpClient> = (0..63)
+        .map(|_| {
+            let mut h = HttpClient::connect(c.control);
+            assert_eq!(h.request("GET", "/healthz", &[], b"").status, 200);
+            h
+        })
+        .collect();
+    // Each probe stays open: each needs a place of its own.
+    let mut probes = Vec::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let t = Instant::now();
+        let mut probe = HttpClient::connect(c.control);
+        probe.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = probe.reply_within(Duration::from_secs(1));
+        assert_eq!(r.map(|r| r.status), Some(200), "{path} at the connection cap, after {:?}", t.elapsed());
+        probes.push(probe);
+    }
+    // The three oldest idle connections made room, closed cleanly (FIN, no reset); the
+    // others still serve.
+    for h in &mut idle[..3] {
+        assert!(h.is_closed(Duration::from_secs(1)), "the oldest idle connections were closed");
+    }
+    assert_eq!(idle[62].request("GET", "/healthz", &[], b"").status, 200);
+    // The request in progress was not cut.
+    busy.send_raw(b"\r\n");
+    assert_eq!(busy.reply_within(Duration::from_secs(2)).map(|r| r.status), Some(200));
+}

@@ -202,6 +202,8 @@ pub fn start(
                     max_connections: 64,
                     max_inflight_body_bytes: 64 << 10,
                     retry_after_secs: config.redis.retry_after_secs,
+                    // Probes and scrapes must get through idle keep-alive connections.
+                    evict_idle: true,
                 };
                 let probes = Probes::new(&config, ingest, worker);
                 let api = match Api::new(&config) {

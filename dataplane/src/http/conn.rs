@@ -81,8 +81,21 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
             let read = match started {
                 Some(t) => sock.read(&mut b.input, t + read_timeout).await,
                 // Between requests: at shutdown, an idle connection is closed.
+                // At the connection cap (`evict_idle`), the oldest idle one is closed too.
                 None => {
-                    let stop = server.drain.idle_past_grace(last_active);
+                    let place = server.limits.evict_idle.then(|| server.idle.wait());
+                    let stop = async {
+                        let evicted = async {
+                            match &place {
+                                Some(p) => p.evicted().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        monoio::select! {
+                            _ = server.drain.idle_past_grace(last_active) => {},
+                            _ = evicted => {},
+                        }
+                    };
                     sock.read_or_stop(&mut b.input, Instant::now() + idle_wait, stop).await
                 }
             };

@@ -177,7 +177,18 @@ impl Handler for DataPort {
     }
 }
 
-/// Readiness: not draining, Redis reached, every stream's backlog read since it
+/// What the process shares with every shard: set from other threads, read here.
+pub struct Flags {
+    /// Stop serving (shutdown).
+    pub stop: Arc<AtomicBool>,
+    /// The process drains: `/readyz` answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
+    /// The shards' Redis connections' owed replies.
+    pub health: Arc<crate::redis::overdue::RedisHealth>,
+}
+
+/// Readiness: not draining, Redis reached, no shard's reply from Redis overdue (owed for
+/// a quarter of `redis.reply_timeout_ms`), every stream's backlog read since it
 /// connected, no stream at its high-water mark — what ingest needs, and nothing else (a
 /// load balancer checking it keeps taking events while ClickHouse is away: Redis holds
 /// them).
@@ -189,7 +200,7 @@ fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
     };
     if draining.load(Ordering::Relaxed) {
         unready("draining")
-    } else if !shard.redis.is_up() || !shard.backlog.all_known() {
+    } else if !shard.redis.is_up() || !shard.backlog.all_known() || shard.redis_health.overdue().is_some() {
         unready("redis_unavailable")
     } else if !shard.backlog.all_admit() {
         unready("backlog_full")
@@ -245,9 +256,9 @@ pub async fn run(
     rates: Arc<RateLimits>,
     metrics: ShardWriter,
     listeners: (std::net::TcpListener, Option<std::net::TcpListener>, Option<std::net::TcpListener>),
-    stop: Arc<AtomicBool>,
-    draining: Arc<AtomicBool>,
+    flags: Flags,
 ) {
+    let Flags { stop, draining, health } = flags;
     let limits = server::Limits {
         read_timeout: Duration::from_millis(config.server.read_timeout_ms),
         idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
@@ -257,7 +268,7 @@ pub async fn run(
         retry_after_secs: config.redis.retry_after_secs,
         evict_idle: false,
     };
-    let shard = shard::build(id, config, &rates, metrics);
+    let shard = shard::build(id, config, &rates, metrics, health);
     let (listener, otlp_listener, grpc_listener) = listeners;
     let otlp = otlp_listener.map(|l| {
         let port = Rc::new(DataPort::otlp(shard.clone(), draining.clone()));

@@ -144,11 +144,23 @@ pub fn registry(config: &Config) -> Arc<Registry> {
 /// Starts the ingest shards, with a registry of their own.
 pub fn start(config: Config) -> Result<Handle, String> {
     let metrics = registry(&config);
-    start_with_metrics(config, metrics)
+    let health = redis_health(&config);
+    start_with_metrics(config, metrics, health)
 }
 
-/// Starts the ingest shards; each counts in its own block of `metrics`.
-pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Handle, String> {
+/// The stamps of the ingest shards' Redis connections, for `/readyz` (one per shard).
+pub fn redis_health(config: &Config) -> Arc<redis::overdue::RedisHealth> {
+    let reply_timeout = std::time::Duration::from_millis(config.redis.reply_timeout_ms);
+    redis::overdue::RedisHealth::new(config.shard_count(), reply_timeout)
+}
+
+/// Starts the ingest shards; each counts in its own block of `metrics` and stamps the
+/// replies its Redis connection owes in its place of `health`.
+pub fn start_with_metrics(
+    config: Config,
+    metrics: Arc<Registry>,
+    health: Arc<redis::overdue::RedisHealth>,
+) -> Result<Handle, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let shards = config.shard_count();
     let listen: SocketAddr = config.server.listen.parse().map_err(|e| format!("server.listen: {e}"))?;
@@ -176,10 +188,11 @@ pub fn start_with_metrics(config: Config, metrics: Arc<Registry>) -> Result<Hand
     let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {
         let (config, rates, writer) = (config.clone(), rates.clone(), metrics.writer());
         let (listener, otlp, grpc) = (listeners.next(), otlp.next(), grpc.next());
-        let draining = draining.clone();
+        let (draining, health) = (draining.clone(), health.clone());
         move || async move {
             if let Some(listener) = listener {
-                data_port::run(id, config, rates, writer, (listener, otlp, grpc), stop, draining).await;
+                let flags = data_port::Flags { stop, draining, health };
+                data_port::run(id, config, rates, writer, (listener, otlp, grpc), flags).await;
             }
         }
     })?;

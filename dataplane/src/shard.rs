@@ -21,6 +21,7 @@ use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
 use crate::redis::backlog::Backlog;
 use crate::redis::connection::{RedisClient, RedisOptions};
+use crate::redis::overdue::RedisHealth;
 
 /// A configured game, as a shard holds it.
 #[derive(Debug)]
@@ -60,6 +61,8 @@ pub struct Shard {
     pub games: HashMap<String, GameState>,
     /// The shard's Redis connection.
     pub redis: RedisClient,
+    /// Every shard's owed replies (`/readyz`).
+    pub redis_health: Arc<RedisHealth>,
     /// The shard's view of the group backlogs.
     pub backlog: Rc<Backlog>,
     /// Body limits.
@@ -84,7 +87,13 @@ pub struct Shard {
 /// Builds shard `id`'s context on the current thread's runtime (its Redis connection and
 /// backlog poller start here). `rates` holds the games' rate limits, shared by all
 /// shards; `metrics` is this shard's own block of counters.
-pub fn build(id: usize, config: Arc<Config>, rates: &Arc<RateLimits>, metrics: ShardWriter) -> Rc<Shard> {
+pub fn build(
+    id: usize,
+    config: Arc<Config>,
+    rates: &Arc<RateLimits>,
+    metrics: ShardWriter,
+    redis_health: Arc<RedisHealth>,
+) -> Rc<Shard> {
     let games = config
         .games
         .iter()
@@ -108,7 +117,9 @@ pub fn build(id: usize, config: Arc<Config>, rates: &Arc<RateLimits>, metrics: S
         StreamKind::Custom => s.custom,
         StreamKind::Payments => s.payments,
     });
-    let redis = RedisClient::start(RedisOptions::from_config(&config.redis));
+    let mut options = RedisOptions::from_config(&config.redis);
+    options.overdue = Some(redis_health.shard(id, options.reply_timeout));
+    let redis = RedisClient::start(options);
     let backlog = Backlog::new(stream_limits, redis.epoch());
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
@@ -136,6 +147,7 @@ pub fn build(id: usize, config: Arc<Config>, rates: &Arc<RateLimits>, metrics: S
         config,
         games,
         redis,
+        redis_health,
         backlog,
         limits,
         json: RefCell::new(JsonBuffers::default()),

@@ -31,7 +31,14 @@ impl Stack {
         let metrics = crate::registry(&config);
         let drain_delay = Duration::from_millis(config.server.drain_delay_ms);
         let mut stack = Stack { control: None, workers: None, ingest: None, drain_delay };
-        stack.control = crate::control::listener::start(Arc::new(config.clone()), metrics.clone(), ingest, worker)?;
+        // The ingest shards' Redis connections, whose overdue replies both ports' /readyz report.
+        let health = ingest.then(|| crate::redis_health(&config));
+        stack.control = crate::control::listener::start_with_health(
+            Arc::new(config.clone()),
+            metrics.clone(),
+            (ingest, worker),
+            health.clone(),
+        )?;
         if let Some(c) = &stack.control {
             tracing::info!(addr = %c.local_addr(), "control listening (/metrics, /healthz, /readyz)");
         }
@@ -53,7 +60,8 @@ impl Stack {
         }
         if ingest {
             let shards = config.shard_count();
-            match crate::start_with_metrics(config, metrics) {
+            let health = health.unwrap_or_else(|| crate::redis_health(&config));
+            match crate::start_with_metrics(config, metrics, health) {
                 Ok(h) => {
                     tracing::info!(addr = %h.local_addr(), shards, io_driver = h.driver().name(), "ingest listening");
                     if let Some(addr) = h.otlp_addr() {

@@ -168,3 +168,77 @@ fn hostile8_unknown_backlog_is_redis_unavailable_not_backlog_full(driver: Driver
     assert_eq!((ready.status, ready.error_tag().as_str()), (503, "redis_unavailable"), "{}", ready.text());
     accepted_again_within(&f, Duration::from_secs(5));
 }
+
+/// Sends `sig` to a process; sends `CONT` when dropped (a test that fails while Redis is
+/// stopped must not leave it stopped).
+struct Stopped(u32);
+
+impl Stopped {
+    fn signal(pid: u32, sig: &str) {
+        let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+    }
+
+    fn stop(pid: u32) -> Stopped {
+        Self::signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        Self::signal(self.0, "CONT");
+    }
+}
+
+/// `/readyz` on the data port from new connections (so that several shards answer):
+/// every status seen.
+fn data_readyz(addr: std::net::SocketAddr) -> Vec<(u16, String)> {
+    (0..6)
+        .map(|_| {
+            let r = croupier_it::http::HttpClient::connect(addr).request("GET", "/readyz", &[], b"");
+            (r.status, r.error_tag())
+        })
+        .collect()
+}
+
+/// Black-box finding: with redis-server frozen (SIGSTOP) the data port's `/readyz` stayed
+/// 200 until a reply timed out (5 s), while ingest answered 503 meanwhile. Both ports'
+/// `/readyz` now answer 503 once a request to Redis is overdue (a quarter of the reply
+/// timeout), and 200 again once Redis answers.
+#[test]
+fn attack_frozen_redis_fails_readyz_before_the_reply_timeout() {
+    let redis = RedisServer::start();
+    let pid = redis.pid().expect("redis pid");
+    let c = crate::control::ingest_on(&redis, &[("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "5000")]);
+    c.wait_data_ready();
+    c.wait_control_ready(200);
+    let frozen = Stopped::stop(pid);
+    let t = Instant::now();
+    loop {
+        let seen = data_readyz(c.data);
+        if seen.iter().all(|s| *s == (503, "redis_unavailable".to_owned())) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_millis(2_500), "data /readyz after {:?}: {seen:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The control port answers at once, and says what is late.
+    let asked = Instant::now();
+    let (status, body) = c.control_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""redis":{"ok":false,"error":""#) && body.contains("overdue"), "{body}");
+    assert!(asked.elapsed() < Duration::from_millis(500), "control /readyz took {:?}", asked.elapsed());
+    // Redis answers again, before any connection was given up: ready again.
+    drop(frozen);
+    let t = Instant::now();
+    loop {
+        let seen = data_readyz(c.data);
+        if seen.iter().all(|s| s.0 == 200) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "data /readyz after CONT: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.wait_control_ready(200);
+}

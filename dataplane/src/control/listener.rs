@@ -22,6 +22,7 @@ use crate::http::conn;
 use crate::http::handler::{Handler, Request};
 use crate::http::request::{Fields, Method};
 use crate::http::response::Response;
+use crate::redis::overdue::RedisHealth;
 use crate::router::{Methods, Router};
 use crate::runtime::ActiveDriver;
 use crate::server;
@@ -172,6 +173,17 @@ pub fn start(
     ingest: bool,
     worker: bool,
 ) -> Result<Option<Control>, String> {
+    start_with_health(config, registry, (ingest, worker), None)
+}
+
+/// [`start`], with the ingest shards' Redis connections (`health`), whose overdue
+/// replies `/readyz` reports at once.
+pub fn start_with_health(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    (ingest, worker): (bool, bool),
+    health: Option<Arc<RedisHealth>>,
+) -> Result<Option<Control>, String> {
     if config.control.listen.is_empty() {
         return Ok(None);
     }
@@ -190,8 +202,8 @@ pub fn start(
         driver,
         |_| None,
         |_, stop| {
-            let (config, registry, listener, draining) =
-                (config.clone(), registry.clone(), listener.take(), flag.clone());
+            let (config, registry, listener, draining, health) =
+                (config.clone(), registry.clone(), listener.take(), flag.clone(), health.clone());
             move || async move {
                 let Some(listener) = listener else { return };
                 let limits = server::Limits {
@@ -205,7 +217,7 @@ pub fn start(
                     // Probes and scrapes must get through idle keep-alive connections.
                     evict_idle: true,
                 };
-                let probes = Probes::new(&config, ingest, worker);
+                let probes = Probes::new(&config, ingest, worker, health);
                 let api = match Api::new(&config) {
                     Ok(a) => a,
                     Err(e) => {

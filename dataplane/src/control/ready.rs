@@ -1,12 +1,16 @@
 //! Readiness of the process as the control port reports it (`/readyz`): each component
 //! it depends on, whether it is fine, and what failed.
 //!
-//! - `redis`: the control thread's own connection is up and reads the streams;
+//! - `redis`: no reply is overdue (owed for a quarter of `redis.reply_timeout_ms`) on
+//!   the control thread's connection or an ingest shard's, and the control thread's own
+//!   connection is up and reads the streams; an overdue reply is reported at once,
+//!   without asking Redis;
 //! - `clickhouse` (processes that run workers): a connection answers a ping;
 //! - `streams` (processes that run ingest): no stream's backlog is at its high-water
 //!   mark, where ingest refuses with 503 `backlog_full`.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::{Config, StreamLimits};
@@ -16,6 +20,7 @@ use super::streams::{self, StreamReading};
 use crate::clickhouse::connection::{ChOptions, Connection};
 use crate::http::response::json_string;
 use crate::redis::connection::{RedisClient, RedisOptions};
+use crate::redis::overdue::RedisHealth;
 
 /// One component's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,11 +73,13 @@ pub struct Probes {
     /// Set when the process runs ingest (the streams' marks concern it).
     ingest: bool,
     timeout: Duration,
+    /// The ingest shards' connections, when the process runs ingest.
+    health: Option<Arc<RedisHealth>>,
 }
 
 impl Probes {
     /// Starts the Redis connection on the current runtime.
-    pub fn new(config: &Config, ingest: bool, worker: bool) -> Probes {
+    pub fn new(config: &Config, ingest: bool, worker: bool, health: Option<Arc<RedisHealth>>) -> Probes {
         let s = &config.streams;
         let limits = StreamKind::ALL.map(|k| match k {
             StreamKind::Events => s.events,
@@ -90,7 +97,19 @@ impl Probes {
             ch: RefCell::new(None),
             ingest,
             timeout,
+            health,
         }
+    }
+
+    /// A reply from Redis owed too long, on the control thread's connection or a shard's.
+    fn overdue(&self) -> Option<String> {
+        let late = |what: String, d: Duration| {
+            format!("a reply from {} is overdue: owed for {} ms ({what})", self.redis_addr, d.as_millis())
+        };
+        if let Some((shard, d)) = self.health.as_ref().and_then(|h| h.overdue()) {
+            return Some(late(format!("ingest shard {shard}"), d));
+        }
+        self.redis.overdue().map(|d| late("control connection".into(), d))
     }
 
     /// Reads the streams (an error says what failed).
@@ -125,7 +144,10 @@ impl Probes {
     /// Asks every component; also returns the streams when Redis could be read.
     pub async fn readiness(&self) -> (Readiness, Option<Vec<StreamReading>>) {
         let mut components = Vec::with_capacity(3);
-        let read = self.streams().await;
+        let read = match self.overdue() {
+            Some(e) => Err(e),
+            None => self.streams().await,
+        };
         components.push(Component { name: "redis", error: read.as_ref().err().cloned() });
         if let Some(opts) = &self.clickhouse {
             components.push(Component { name: "clickhouse", error: self.ping_clickhouse(opts).await.err() });

@@ -26,6 +26,9 @@
 //! the server is checked to be a primary, and a `READONLY` error reply (the server was
 //! demoted) closes the connection so that the next one asks again ([`super::sentinel`]).
 //!
+//! Before the reply timeout gives a connection up, a reply owed for a quarter of it
+//! already makes `/readyz` fail ([`super::overdue`]).
+//!
 //! A command whose caller has already given up (timed out) is skipped rather than sent
 //! late, and the commands waiting to be sent are bounded in bytes: past
 //! `redis.max_queued_bytes`, [`RedisClient::call`] fails at once.
@@ -33,6 +36,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_protocol::resp::{self, Frame};
@@ -43,6 +47,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::overdue::Overdue;
 use super::sentinel::{self, Sentinels};
 use crate::io::read_more;
 
@@ -97,6 +102,8 @@ struct Shared {
     wait: Option<(Vec<u8>, Duration)>,
     /// The primary is found through sentinels: a `READONLY` reply replaces the connection.
     follow: bool,
+    /// Since when a reply is owed, for `/readyz`.
+    overdue: Arc<Overdue>,
 }
 
 impl Shared {
@@ -123,6 +130,9 @@ pub struct RedisOptions {
     pub wait_replicas: u32,
     /// How long `WAIT` may block.
     pub wait_timeout: Duration,
+    /// Where the connection stamps the replies it owes (an ingest shard's place in the
+    /// process's [`super::overdue::RedisHealth`]); `None`: a stamp of its own.
+    pub overdue: Option<Arc<Overdue>>,
 }
 
 impl RedisOptions {
@@ -137,6 +147,7 @@ impl RedisOptions {
             max_queued_bytes: c.max_queued_bytes,
             wait_replicas: c.wait_replicas,
             wait_timeout: Duration::from_millis(c.wait_timeout_ms),
+            overdue: None,
         }
     }
 }
@@ -183,6 +194,7 @@ impl RedisClient {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             wait_replicas: 0,
             wait_timeout: Duration::ZERO,
+            overdue: None,
         })
     }
 
@@ -202,6 +214,7 @@ impl RedisClient {
                 (cmd, options.wait_timeout)
             }),
             follow: options.sentinels.is_some(),
+            overdue: options.overdue.clone().unwrap_or_else(|| Arc::new(Overdue::new(options.reply_timeout))),
         });
         monoio::spawn(run(options, rx, shared.clone()));
         RedisClient { tx, shared }
@@ -210,6 +223,11 @@ impl RedisClient {
     /// Whether the connection is established.
     pub fn is_up(&self) -> bool {
         self.shared.up.get()
+    }
+
+    /// How long a reply has been owed, when that is past a quarter of the reply timeout.
+    pub fn overdue(&self) -> Option<Duration> {
+        self.shared.overdue.late_by()
     }
 
     /// The connection count, shared: it moves on every (re)connect.
@@ -301,6 +319,7 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 shared.up.set(true);
                 let closed = serve(&mut stream, &mut rx, &shared).await;
                 shared.up.set(false);
+                shared.overdue.settled();
                 if closed {
                     return;
                 }
@@ -417,6 +436,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 res
             }
         };
+        shared.overdue.owed(inflight.front().map_or(Duration::ZERO, |c| c.allowance));
         let written = monoio::time::timeout(reply_timeout, write).await;
         if !matches!(written, Ok(Ok(_))) {
             fail_all(&mut inflight, RedisError::Unavailable);
@@ -460,6 +480,11 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                     fail_all(&mut inflight, RedisError::Unavailable);
                     return false;
                 }
+            }
+            // Redis answered: the next reply is owed from now (as its deadline is).
+            match inflight.front() {
+                Some(next) => shared.overdue.owed(next.allowance),
+                None => shared.overdue.settled(),
             }
         }
     }

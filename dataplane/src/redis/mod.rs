@@ -1,7 +1,8 @@
 //! The shard's Redis side: one pipelined connection ([`connection`]), found through
 //! Sentinel where configured ([`sentinel`]), and the consumer group's backlog as this
-//! shard sees it ([`backlog`]).
+//! shard sees it ([`backlog`]); whether a reply is overdue, for `/readyz` ([`overdue`]).
 
 pub mod backlog;
 pub mod connection;
+pub mod overdue;
 pub mod sentinel;

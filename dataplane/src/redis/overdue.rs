@@ -1,0 +1,106 @@
+//! Whether a Redis connection owes a reply for too long, for `/readyz`.
+//!
+//! A connection task stamps, in an atomic of its own ([`Overdue`]), the time from which
+//! the reply at the head of its pipeline is owed: when it writes a round, and after each
+//! reply while more are owed (plus a blocking command's own allowance); it clears it when
+//! nothing is owed. Readers compare the stamp with the clock: a reply owed for longer
+//! than [`Overdue::threshold`] (a quarter of `redis.reply_timeout_ms`) is overdue, and
+//! `/readyz` answers 503 from then on, long before the connection is given up at the
+//! reply timeout, and 200 again as soon as Redis answers. The ingest shards' stamps form
+//! one [`RedisHealth`] that every shard's `/readyz` and the control thread read: each
+//! stamp has one writer and its own cache line, readers only load, no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The process's reference instant for the stamps.
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// Milliseconds since [`ORIGIN`], plus `extra`, plus 1 (0 means "nothing owed").
+fn stamp(extra: Duration) -> u64 {
+    let since = ORIGIN.get_or_init(Instant::now).elapsed().saturating_add(extra);
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX - 1).saturating_add(1)
+}
+
+/// One connection's stamp: since when a reply is owed (0: none).
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct Overdue {
+    owed_since: AtomicU64,
+    threshold: Duration,
+}
+
+impl Overdue {
+    /// A connection whose replies are overdue after a quarter of `reply_timeout`.
+    pub fn new(reply_timeout: Duration) -> Overdue {
+        Overdue { owed_since: AtomicU64::new(0), threshold: Self::threshold(reply_timeout) }
+    }
+
+    /// How long a reply may be owed before `/readyz` fails: a quarter of the reply timeout.
+    pub fn threshold(reply_timeout: Duration) -> Duration {
+        reply_timeout / 4
+    }
+
+    /// A reply is owed from now on, plus `allowance` (a blocking read's block).
+    pub(crate) fn owed(&self, allowance: Duration) {
+        self.owed_since.store(stamp(allowance), Ordering::Relaxed);
+    }
+
+    /// Nothing is owed.
+    pub(crate) fn settled(&self) {
+        self.owed_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the owed reply is past the threshold, if it is.
+    pub fn late_by(&self) -> Option<Duration> {
+        let since = self.owed_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let owed = Duration::from_millis(stamp(Duration::ZERO).saturating_sub(since));
+        (owed > self.threshold).then_some(owed)
+    }
+}
+
+/// The ingest shards' connections, by shard.
+#[derive(Debug)]
+pub struct RedisHealth {
+    shards: Vec<Arc<Overdue>>,
+}
+
+impl RedisHealth {
+    /// One stamp per shard.
+    pub fn new(shards: usize, reply_timeout: Duration) -> Arc<RedisHealth> {
+        Arc::new(RedisHealth { shards: (0..shards).map(|_| Arc::new(Overdue::new(reply_timeout))).collect() })
+    }
+
+    /// Shard `id`'s stamp, for its connection (a fresh one past the table).
+    pub fn shard(&self, id: usize, reply_timeout: Duration) -> Arc<Overdue> {
+        self.shards.get(id).cloned().unwrap_or_else(|| Arc::new(Overdue::new(reply_timeout)))
+    }
+
+    /// The shard whose reply is overdue the longest, and how long it has been owed.
+    pub fn overdue(&self) -> Option<(usize, Duration)> {
+        self.shards.iter().enumerate().filter_map(|(i, o)| o.late_by().map(|d| (i, d))).max_by_key(|(_, d)| *d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_overdue_past_a_quarter_of_the_timeout() {
+        let o = Overdue::new(Duration::from_millis(200));
+        assert_eq!(o.late_by(), None);
+        o.owed(Duration::ZERO);
+        assert_eq!(o.late_by(), None, "just written");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(o.late_by().is_some_and(|d| d >= Duration::from_millis(51)));
+        o.owed(Duration::from_secs(5));
+        assert_eq!(o.late_by(), None, "a blocking read's allowance");
+        o.settled();
+        assert_eq!(o.late_by(), None);
+    }
+}

@@ -2,26 +2,17 @@
 
 use std::io::Write;
 
-/// Reason phrase of the statuses the server sends.
+/// The standard reason phrase of a status (the `http` crate's table, RFC 9110 and the
+/// IANA registry); a status without one gets the phrase of its class.
 fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        415 => "Unsupported Media Type",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
+    let standard = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
+    standard.unwrap_or(match status / 100 {
+        1 => "Informational",
+        2 => "Success",
+        3 => "Redirection",
+        4 => "Client Error",
+        _ => "Server Error",
+    })
 }
 
 /// One response, written with [`Response::encode`].
@@ -138,6 +129,39 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_sent_has_its_standard_reason_phrase() {
+        let cases = [
+            (200, "OK"),
+            (202, "Accepted"),
+            (204, "No Content"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (409, "Conflict"),
+            (411, "Length Required"),
+            (413, "Payload Too Large"),
+            (415, "Unsupported Media Type"),
+            (417, "Expectation Failed"),
+            (422, "Unprocessable Entity"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (502, "Bad Gateway"),
+            (503, "Service Unavailable"),
+            (504, "Gateway Timeout"),
+            (505, "HTTP Version Not Supported"),
+        ];
+        for (status, phrase) in cases {
+            assert_eq!(reason(status), phrase, "{status}");
+        }
+        assert_eq!(reason(599), "Server Error");
+    }
 
     #[test]
     fn encodes_status_headers_and_body() {

@@ -125,8 +125,9 @@ impl Verifier {
         Ok(Verifier { hs256, rs256, roles })
     }
 
-    /// Verifies the `Authorization` header (`exp` against the system clock, no leeway):
-    /// the caller, or 401.
+    /// Verifies the `Authorization` header against the system clock, no leeway: `exp`
+    /// must be later than now (a token is expired from its `exp` second on) and `nbf`,
+    /// when present, not later than now; the caller, or 401.
     pub fn verify(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
         let header = authorization.ok_or_else(|| ApiError::Unauthorized("no bearer token".into()))?;
         let token = header
@@ -153,12 +154,16 @@ impl Verifier {
         let mut v = Validation::new(head.alg);
         v.validate_aud = false;
         v.leeway = 0;
+        // Expired from its `exp` second on (the crate's own check lets `exp == now` pass).
+        v.reject_tokens_expiring_in_less_than = 1;
+        v.validate_nbf = true;
         v.set_required_spec_claims(&["exp"]);
         let data = decode::<Claims>(token, key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             ApiError::Unauthorized(
                 match e.kind() {
                     ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
                     ErrorKind::InvalidSignature => "bad signature",
                     ErrorKind::MissingRequiredClaim(_) => "token without exp",
                     _ => "invalid token",

@@ -5,6 +5,10 @@
 //! (written to a temporary file, then renamed). Client ingest (`/api/analytics/ingest` on
 //! the data port, `client/filters.rs`) enforces them; the signed `/api/ingest/*` and
 //! OTLP do not (trusted servers).
+//!
+//! A `POST` names a configured game (`[games.<id>]`); neither its game nor its env may
+//! hold `|`, the key's separator (else `g|a` + `b` and `g` + `a|b` would be one key), nor
+//! may a read's.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -50,6 +54,16 @@ struct Update {
 pub struct Filters {
     path: Option<PathBuf>,
     map: RefCell<BTreeMap<String, Settings>>,
+    /// The configured games: the only ones a `POST` may set.
+    games: Vec<String>,
+}
+
+/// 400 naming `field` when `id` holds the key's separator.
+fn check_id(field: &'static str, id: &str) -> Result<(), ApiError> {
+    if id.contains('|') {
+        return Err(ApiError::param(field, "must not contain |"));
+    }
+    Ok(())
 }
 
 fn key(game: &str, env: &str) -> String {
@@ -57,8 +71,8 @@ fn key(game: &str, env: &str) -> String {
 }
 
 impl Filters {
-    /// Reads `path` when it exists.
-    pub fn load(path: Option<PathBuf>) -> Result<Filters, String> {
+    /// Reads `path` when it exists; `games` are the configured ones.
+    pub fn load(path: Option<PathBuf>, games: Vec<String>) -> Result<Filters, String> {
         let map = match &path {
             Some(p) if p.exists() => {
                 let text = std::fs::read_to_string(p).map_err(|e| format!("api.filters_file: {}: {e}", p.display()))?;
@@ -66,31 +80,40 @@ impl Filters {
             }
             _ => BTreeMap::new(),
         };
-        Ok(Filters { path, map: RefCell::new(map) })
+        Ok(Filters { path, map: RefCell::new(map), games })
     }
 
     /// `GET`: the scope's settings, or the defaults.
-    pub fn get(&self, scope: &Scope) -> Json {
-        let k = key(scope.game.as_deref().unwrap_or(""), scope.env.as_deref().unwrap_or(""));
-        let s = self.map.borrow().get(&k).cloned().unwrap_or_default();
-        json!(s)
+    pub fn get(&self, scope: &Scope) -> Result<Json, ApiError> {
+        let (game, env) = (scope.game.as_deref().unwrap_or(""), scope.env.as_deref().unwrap_or(""));
+        check_id("game_id", game)?;
+        check_id("env", env)?;
+        let s = self.map.borrow().get(&key(game, env)).cloned().unwrap_or_default();
+        Ok(json!(s))
     }
 
-    /// The game a `POST` body names (400 without one).
-    pub fn game_of(body: &[u8]) -> Result<String, ApiError> {
+    /// A `POST` body, checked: a configured game, ids without `|`.
+    fn parse(&self, body: &[u8]) -> Result<Update, ApiError> {
         let u: Update = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
         if u.game_id.trim().is_empty() {
             return Err(ApiError::param("game_id", "required"));
         }
-        Ok(u.game_id)
+        check_id("game_id", &u.game_id)?;
+        check_id("env", &u.env)?;
+        if !self.games.contains(&u.game_id) {
+            return Err(ApiError::param("game_id", format!("{} is not a configured game", u.game_id)));
+        }
+        Ok(u)
+    }
+
+    /// The game a `POST` body names (400 without one, or one that is not configured).
+    pub fn game_of(&self, body: &[u8]) -> Result<String, ApiError> {
+        self.parse(body).map(|u| u.game_id)
     }
 
     /// `POST`: stores the body's settings (`sample_global` clamped to 0..100).
     pub fn update(&self, body: &[u8]) -> Result<Json, ApiError> {
-        let u: Update = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
-        if u.game_id.trim().is_empty() {
-            return Err(ApiError::param("game_id", "required"));
-        }
+        let u = self.parse(body)?;
         let k = key(&u.game_id, &u.env);
         let mut map = self.map.borrow_mut();
         let mut s = map.get(&k).cloned().unwrap_or_default();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use croupier_control::config::{Config, Driver};
+use croupier_control::config::{Config, Driver, Game};
 use croupier_control::metrics::Registry;
 use croupier_dataplane::analytics::sql::quote;
 use croupier_dataplane::clickhouse::connection::{ChOptions, Connection};
@@ -303,6 +303,9 @@ impl Api {
         config.api.audit_flush_ms = 100;
         config.api.roles.insert("guest".into(), vec![]);
         config.api.filters_file = Some(keys.path().join("filters.json"));
+        for g in ["g1", "g2"] {
+            config.games.insert(g.into(), Game { secret: Some("s".into()), ..Game::default() });
+        }
         config.api.cpi_cents.insert("appstore".into(), 150);
         config.api.cpi_cents.insert("g1/google".into(), 80);
         config.api.cpi_cents.insert("g2/web".into(), 5);

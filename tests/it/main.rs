@@ -5,6 +5,7 @@
 
 mod aggregate;
 mod analytics;
+mod api_hardening;
 mod body;
 mod clickhouse;
 mod client_ingest;

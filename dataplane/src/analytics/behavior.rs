@@ -39,11 +39,8 @@ pub async fn events(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         let v = ctx.params.get("prop_val").unwrap_or("");
         w.push_str(&format!(" AND {} = {}", prop(&k), quote(v)));
     }
-    let page = ctx.params.int("page", 1)?.max(1);
-    let size = match ctx.params.int("size", 50)? {
-        s if (1..=500).contains(&s) => s,
-        _ => 50,
-    };
+    let page = ctx.params.int_in("page", 1, 1..=1_000_000)?;
+    let size = ctx.params.int_in("size", 50, 1..=500)?;
     let total = ctx.db.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE {w}")).await?.as_u64();
     let rows = ctx
         .db
@@ -153,13 +150,10 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     }
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
-    let same_session = ctx.params.flag("same_session");
-    let gap = u64::try_from(ctx.params.int("gap_sec", 0)?).map_err(|_| ApiError::param("gap_sec", "negative"))?;
-    let ordered = ctx.params.flag("sequential") || same_session || gap > 0;
-    let max_users = match ctx.params.int("max_users", 50_000)? {
-        n if n <= 0 => 50_000,
-        n => n.min(200_000),
-    };
+    let same_session = ctx.params.flag("same_session")?;
+    let gap = gap_sec(ctx)?;
+    let ordered = ctx.params.flag("sequential")? || same_session || gap > 0;
+    let max_users = ctx.params.int_in("max_users", 50_000, 1..=200_000)?;
     let first = quote(&steps[0]);
     let mut counts = vec![0u64; steps.len()];
     if ordered {
@@ -246,18 +240,12 @@ fn path_pattern(ctx: &Ctx<'_>, name: &'static str) -> Result<Option<regex::Regex
 /// `/behavior/paths`.
 pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
-    let n = match ctx.params.int("steps", 5)? {
-        s if (1..=MAX_STEPS as i64).contains(&s) => s as usize,
-        _ => 5,
-    };
-    let limit = match ctx.params.int("limit", 50)? {
-        l if (1..=500).contains(&l) => l as usize,
-        _ => 50,
-    };
-    let max_groups = match ctx.params.int("max_groups", 50_000)? {
-        g if g <= 0 => 50_000,
-        g => g.min(200_000),
-    };
+    let n = ctx.params.int_in("steps", 5, 1..=MAX_STEPS as i64)? as usize;
+    let limit = ctx.params.int_in("limit", 50, 1..=500)? as usize;
+    let max_groups = ctx.params.int_in("max_groups", 50_000, 1..=200_000)?;
+    let per_user = ctx.params.choice("per", &["session", "user"])? == "user";
+    let same_session = ctx.params.flag("same_session")?;
+    let gap = gap_sec(ctx)?;
     let path_re = path_pattern(ctx, "path_re")?;
     let path_not_re = path_pattern(ctx, "path_not_re")?;
     let mut w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
@@ -269,7 +257,6 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     if !exclude.is_empty() {
         w.push_str(&format!(" AND event NOT IN {}", quote_list(&exclude)));
     }
-    let per_user = ctx.params.get("per") == Some("user");
     let group = if per_user { "user_id" } else { "concat(user_id, '|', session_id)" };
     let rows = ctx
         .db
@@ -280,8 +267,6 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
              GROUP BY g ORDER BY g LIMIT {max_groups}"
         ))
         .await?;
-    let same_session = ctx.params.flag("same_session");
-    let gap = u64::try_from(ctx.params.int("gap_sec", 0)?).map_err(|_| ApiError::param("gap_sec", "negative"))?;
     let mut counts: HashMap<String, u64> = HashMap::new();
     for seq in sequences(&rows) {
         let p = path_of(&seq, n, same_session, gap);
@@ -298,13 +283,17 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     Ok(json!({ "paths": out }))
 }
 
+/// `gap_sec`: the longest gap between steps, seconds (0: none).
+fn gap_sec(ctx: &Ctx<'_>) -> Result<u64, ApiError> {
+    Ok(ctx.params.int_in("gap_sec", 0, 0..=366 * DAY)? as u64)
+}
+
 /// The group of `/adoption`: a user (default) or, with `per=session`, a user's session.
-fn adoption_group(ctx: &Ctx<'_>) -> &'static str {
-    if ctx.params.get("per") == Some("session") {
-        "concat(user_id, '|', session_id)"
-    } else {
-        "user_id"
-    }
+fn adoption_group(ctx: &Ctx<'_>) -> Result<&'static str, ApiError> {
+    Ok(match ctx.params.choice("per", &["user", "session"])? {
+        "session" => "concat(user_id, '|', session_id)",
+        _ => "user_id",
+    })
 }
 
 /// `/behavior/adoption`: per feature event, the groups that did it, as a percent of the
@@ -316,7 +305,7 @@ pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     }
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
-    let g = adoption_group(ctx);
+    let g = adoption_group(ctx)?;
     let cols: Vec<String> = features.iter().map(|f| format!("uniqExactIf({g}, event = {})", quote(f))).collect();
     let rows =
         ctx.db.select(&format!("SELECT uniqExact({g}), {} FROM analytics.events WHERE {w}", cols.join(", "))).await?;
@@ -338,10 +327,10 @@ pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     if features.is_empty() {
         return Err(ApiError::param("features", "required"));
     }
-    let by = super::sql::dimension(&["platform", "country"], ctx.params.get("by").unwrap_or("")).unwrap_or("channel");
+    let by = ctx.params.choice("by", &["channel", "platform", "country"])?;
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
-    let g = adoption_group(ctx);
+    let g = adoption_group(ctx)?;
     let rows = ctx
         .db
         .select(&format!(

@@ -199,7 +199,7 @@ impl Api {
             db: Db::new(opts.clone(), api.max_queries_in_flight, timeout),
             redis: RedisClient::start(RedisOptions::from_config(&config.redis)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
-            filters: filters::Filters::load(api.filters_file.clone())?,
+            filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect())?,
             audit_opts: opts,
             audit_every: Duration::from_millis(api.audit_flush_ms),
             costs: api.cpi_cents.clone(),
@@ -220,8 +220,10 @@ impl Api {
         let caller = self.verifier.verify(headers.authorization);
         // `format=csv` exports the route's table, with `analytics:export` besides the
         // route's permission.
-        let csv = body.is_none() && params.get("format") == Some("csv");
+        let format = params.choice("format", &["json", "csv"]);
+        let csv = body.is_none() && format == Ok("csv");
         let result = match (&caller, body) {
+            (Ok(_), None) if format.is_err() => format.map(|_| Json::Null),
             (Ok(c), Some(body)) => self.post(route, c, body, &mut scope),
             (Ok(c), None) if csv => match export::check(route).and_then(|()| c.require(auth::EXPORT)) {
                 Ok(()) => self.authorized(route, c, &params, &scope).await,
@@ -260,7 +262,7 @@ impl Api {
     /// A `POST` (the filters): the game it changes is the body's.
     fn post(&self, route: Route, caller: &Caller, body: &[u8], scope: &mut Scope) -> Result<Json, ApiError> {
         caller.require(route.permission(true))?;
-        let game = filters::Filters::game_of(body)?;
+        let game = self.filters.game_of(body)?;
         caller.may_read(Some(&game))?;
         scope.game = Some(game);
         self.filters.update(body)
@@ -295,7 +297,7 @@ impl Api {
             Route::Ltv => cohorts::ltv(&ctx).await,
             Route::Segments => cohorts::segments(&ctx).await,
             Route::Attribution => attribution::attribution(&ctx).await,
-            Route::Filters => Ok(self.filters.get(scope)),
+            Route::Filters => self.filters.get(scope),
         }
     }
 }

@@ -51,9 +51,42 @@ impl Params {
         }
     }
 
-    /// A flag: `1` or `true`.
-    pub fn flag(&self, name: &str) -> bool {
-        matches!(self.get(name), Some("1") | Some("true"))
+    /// An integer within `range`, `default` when absent; refused when not a number or
+    /// outside the range (never clamped: a request asking for something else is told).
+    pub fn int_in(
+        &self,
+        name: &'static str,
+        default: i64,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, ApiError> {
+        let v = self.int(name, default)?;
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(ApiError::param(name, format!("expected an integer from {} to {}", range.start(), range.end())))
+        }
+    }
+
+    /// A flag: `1`/`true` or `0`/`false` (false when absent); anything else is refused.
+    pub fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("0") | Some("false") => Ok(false),
+            Some("1") | Some("true") => Ok(true),
+            Some(_) => Err(ApiError::param(name, "expected 1, true, 0 or false")),
+        }
+    }
+
+    /// One of `allowed` (`allowed[0]` when absent); anything else is refused, naming the
+    /// values allowed.
+    pub fn choice(&self, name: &'static str, allowed: &[&'static str]) -> Result<&'static str, ApiError> {
+        match self.get(name) {
+            None => Ok(allowed.first().copied().unwrap_or_default()),
+            Some(v) => allowed
+                .iter()
+                .copied()
+                .find(|a| *a == v)
+                .ok_or_else(|| ApiError::param(name, format!("expected one of {}", allowed.join(", ")))),
+        }
     }
 
     /// The parameters as a JSON object (for the audit log).

@@ -1,0 +1,209 @@
+//! The Analytics API's refusals of hostile input, on a control listener with Redis and
+//! no ClickHouse (every refusal comes before a query): strict numeric and enumerated
+//! parameters, the filters' game and ids, JWT `nbf` and `exp`, and status lines with
+//! their standard reason phrases.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use croupier_control::config::{Config, Driver, Game};
+use croupier_control::metrics::Registry;
+use croupier_dataplane::control::listener::{self, Control};
+use croupier_it::http::{HttpClient, Reply};
+use croupier_it::redis::RedisServer;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const SECRET: &str = "it-jwt-secret";
+
+/// A control listener on a fresh Redis; ClickHouse's address has nobody listening.
+struct LightApi {
+    control: Option<Control>,
+    _redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl LightApi {
+    fn start() -> LightApi {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::default();
+        config.server.driver = Driver::Epoll;
+        config.redis.addr = redis.addr();
+        config.clickhouse.addr = format!("127.0.0.1:{}", croupier_it::free_port());
+        config.control.listen = "127.0.0.1:0".into();
+        config.api.jwt_secret = SECRET.into();
+        config.api.filters_file = Some(dir.path().join("filters.json"));
+        for g in ["g1", "g2"] {
+            config.games.insert(g.into(), Game { secret: Some("s".into()), ..Game::default() });
+        }
+        let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), false, false)
+            .expect("control starts")
+            .expect("control listener");
+        LightApi { control: Some(control), _redis: redis, _dir: dir }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.control.as_ref().expect("running").local_addr()
+    }
+
+    fn request(&self, method: &str, path: &str, token: &str, body: &str) -> Reply {
+        let headers = vec![("Authorization".to_owned(), format!("Bearer {token}"))];
+        HttpClient::connect(self.addr()).request(method, path, &headers, body.as_bytes())
+    }
+
+    /// The status line of `GET path` with `token`, as sent.
+    fn status_line(&self, path: &str, token: &str) -> String {
+        let mut s = std::net::TcpStream::connect(self.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.split("\r\n").next().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for LightApi {
+    fn drop(&mut self) {
+        if let Some(c) = self.control.take() {
+            c.shutdown();
+        }
+    }
+}
+
+fn now() -> i64 {
+    croupier_dataplane::analytics::now_secs()
+}
+
+fn token(claims: Value) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).expect("key"))
+        .expect("encode")
+}
+
+fn admin() -> String {
+    token(json!({"sub":"alice","roles":["admin"],"exp":now() + 3600}))
+}
+
+/// 400 `invalid_parameter` naming `field`.
+fn assert_refused(r: &Reply, field: &str, what: &str) {
+    let body: Value = serde_json::from_str(&r.text()).unwrap_or(Value::Null);
+    assert_eq!(
+        (r.status, body["error"].as_str(), body["field"].as_str()),
+        (400, Some("invalid_parameter"), Some(field)),
+        "{what}: {}",
+        r.text()
+    );
+}
+
+/// Black-box finding (low): `page=-1`, `size=0`, a huge `size`, `retention?cohort=xyz`
+/// and the like were accepted silently (clamped or defaulted). Every numeric and
+/// enumerated parameter of every route is strict: 400 naming it.
+#[test]
+fn attack_loose_api_parameters_are_refused_naming_the_field() {
+    let api = LightApi::start();
+    let range = "start=2025-11-01&end=2025-11-02";
+    let cases = [
+        ("behavior/events?page=-1", "page"),
+        ("behavior/events?page=0", "page"),
+        ("behavior/events?size=0", "size"),
+        ("behavior/events?size=501", "size"),
+        ("behavior/events?size=99999999999999999999", "size"),
+        ("payments/transactions?page=-1", "page"),
+        ("payments/transactions?size=0", "size"),
+        ("payments/transactions?size=201", "size"),
+        ("payments/transactions?size=1e3", "size"),
+        ("retention?cohort=xyz", "cohort"),
+        ("behavior/funnel?steps=a,b&max_users=0", "max_users"),
+        ("behavior/funnel?steps=a,b&max_users=200001", "max_users"),
+        ("behavior/funnel?steps=a,b&gap_sec=-1", "gap_sec"),
+        ("behavior/funnel?steps=a,b&same_session=maybe", "same_session"),
+        ("behavior/funnel?steps=a,b&sequential=2", "sequential"),
+        ("behavior/paths?steps=0", "steps"),
+        ("behavior/paths?steps=99", "steps"),
+        ("behavior/paths?limit=0", "limit"),
+        ("behavior/paths?limit=501", "limit"),
+        ("behavior/paths?max_groups=-3", "max_groups"),
+        ("behavior/paths?per=team", "per"),
+        ("behavior/paths?gap_sec=-5", "gap_sec"),
+        ("behavior/paths?same_session=yes", "same_session"),
+        ("behavior/adoption?features=a&per=team", "per"),
+        ("behavior/adoption_breakdown?features=a&by=xyz", "by"),
+        ("behavior/adoption_breakdown?features=a&per=x", "per"),
+        ("payments/product_trend?product_id=p&granularity=day&RANGE", "granularity"),
+        ("overview?format=xml", "format"),
+    ];
+    let token = admin();
+    for (query, field) in cases {
+        let query = query.replace("RANGE", range);
+        let path = format!("/api/analytics/{query}");
+        assert_refused(&api.request("GET", &path, &token, ""), field, &path);
+    }
+    // Valid values get past validation (to the query, which fails here: no ClickHouse).
+    for query in [
+        "behavior/events?page=2&size=500",
+        "payments/transactions?page=1&size=200",
+        "retention?cohort=first_active",
+        "behavior/paths?steps=3&limit=10&per=user&same_session=1",
+        "behavior/funnel?steps=a,b&sequential=true&max_users=10",
+        "behavior/adoption_breakdown?features=a&by=country&per=session",
+    ] {
+        let r = api.request("GET", &format!("/api/analytics/{query}"), &token, "");
+        assert_eq!((r.status, r.error_tag()), (502, "query_failed".to_owned()), "{query}: {}", r.text());
+    }
+}
+
+/// Black-box finding (low): `POST /api/analytics/filters` stored settings for a game that
+/// is not configured, and ids holding `|` (the storage key's separator, so that
+/// `g1|a` + `b` and `g1` + `a|b` were one key).
+#[test]
+fn attack_filters_refuse_unconfigured_games_and_separators() {
+    let api = LightApi::start();
+    let post = |body: &str| api.request("POST", "/api/analytics/filters", &admin(), body);
+    assert_refused(&post(r#"{"game_id":"g9","env":"prod"}"#), "game_id", "unconfigured game");
+    assert_refused(&post(r#"{"game_id":"g1|x","env":"prod"}"#), "game_id", "| in the game");
+    assert_refused(&post(r#"{"game_id":"g1","env":"prod|x"}"#), "env", "| in the env");
+    let r = api.request("GET", "/api/analytics/filters?game_id=g1&env=a%7Cb", &admin(), "");
+    assert_refused(&r, "env", "| in a read's env");
+    let r = post(r#"{"game_id":"g1","env":"prod","sample_global":50}"#);
+    assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#.to_owned()));
+    let r = api.request("GET", "/api/analytics/filters?game_id=g1&env=prod", &admin(), "");
+    assert_eq!(r.text(), r#"{"events":[],"payments_enabled":true,"sample_global":50}"#);
+}
+
+/// Black-box finding (low): a JWT's `nbf` was not checked, and a token whose `exp` is
+/// the current second was accepted. Real HS256 tokens against the filters route.
+#[test]
+fn attack_jwt_not_yet_valid_and_expiring_now_are_refused() {
+    let api = LightApi::start();
+    let path = "/api/analytics/filters?game_id=g1&env=prod";
+    let status = |claims: Value| {
+        let r = api.request("GET", path, &token(claims), "");
+        (r.status, r.text())
+    };
+    let ok = status(json!({"sub":"a","roles":["admin"],"exp":now() + 60, "nbf": now() - 5}));
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    let early = status(json!({"sub":"a","roles":["admin"],"exp":now() + 600, "nbf": now() + 300}));
+    assert_eq!(early.0, 401, "nbf in the future: {}", early.1);
+    assert!(early.1.contains("not yet valid"), "{}", early.1);
+    // Minted at the start of a second, so that the server reads the same second.
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_millis() > 300 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_now = status(json!({"sub":"a","roles":["admin"],"exp":now()}));
+    assert_eq!(at_now.0, 401, "exp == now: {}", at_now.1);
+    assert!(at_now.1.contains("token expired"), "{}", at_now.1);
+}
+
+/// Black-box finding (low): statuses outside a short table went out as `504 Unknown`.
+/// Every status line carries the standard reason phrase.
+#[test]
+fn attack_status_lines_carry_standard_reason_phrases() {
+    let api = LightApi::start();
+    // ClickHouse unreachable: 502.
+    let line = api.status_line("/api/analytics/overview?game_id=g1", &admin());
+    assert_eq!(line, "HTTP/1.1 502 Bad Gateway");
+    assert_eq!(api.status_line("/api/analytics/overview", "x"), "HTTP/1.1 401 Unauthorized");
+}

@@ -328,6 +328,28 @@ pub struct ClickHouse {
     /// `croupier migrate` sets `fsync_after_insert` (and `fsync_part_directory`) on the
     /// tables the worker fills, where the server has those settings.
     pub fsync_after_insert: bool,
+    /// A cluster instead of one server: its shards, each the `host:port` (native port)
+    /// of its replicas. Empty: the one server at `addr`. See docs/clickhouse-cluster.md.
+    pub shards: Vec<Vec<String>>,
+    /// The cluster's name in the servers' `remote_servers` (the `Distributed` tables read
+    /// through it); required with `shards`.
+    pub cluster: String,
+}
+
+impl ClickHouse {
+    /// Whether croupier writes to a cluster of shards and replicas.
+    pub fn is_cluster(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// Every server croupier talks to: the replicas of every shard in order, or `addr`.
+    pub fn nodes(&self) -> Vec<String> {
+        if self.is_cluster() {
+            self.shards.iter().flatten().cloned().collect()
+        } else {
+            vec![self.addr.clone()]
+        }
+    }
 }
 
 impl Default for ClickHouse {
@@ -342,6 +364,8 @@ impl Default for ClickHouse {
             timeout_ms: 30_000,
             max_partitions_per_block: 100,
             fsync_after_insert: true,
+            shards: Vec::new(),
+            cluster: String::new(),
         }
     }
 }
@@ -937,6 +961,19 @@ impl Config {
         }
         if self.clickhouse.max_partitions_per_block == 0 {
             return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));
+        }
+        if self.clickhouse.is_cluster() {
+            let ch = &self.clickhouse;
+            if ch.shards.iter().any(|s| s.is_empty() || s.iter().any(|a| a.is_empty() || a.contains(','))) {
+                return Err(err("clickhouse.shards", "every shard lists one or more replicas, each one host:port"));
+            }
+            let name_ok = ch.cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if ch.cluster.is_empty() || !name_ok {
+                return Err(err(
+                    "clickhouse.cluster",
+                    "with clickhouse.shards: the cluster's name in remote_servers (letters, digits, _ and -)",
+                ));
+            }
         }
         if self.worker.batch_bytes < 1 << 20 {
             return Err(err("worker.batch_bytes", "expected at least 1048576 (1 MiB)"));

@@ -92,7 +92,8 @@ pub struct Selected {
 /// How to reach ClickHouse.
 #[derive(Debug, Clone)]
 pub struct ChOptions {
-    /// `host:port` of the native TCP port.
+    /// `host:port` of the native TCP port; several, comma-separated (replicas of one
+    /// shard, nodes of a cluster): a connection tries them in turn.
     pub addr: String,
     /// Database to start in.
     pub database: String,
@@ -123,12 +124,45 @@ pub struct Connection {
 
 const CLIENT_NAME: &str = "croupier";
 
+impl ChOptions {
+    /// The addresses [`ChOptions::addr`] lists.
+    pub fn addrs(&self) -> Vec<&str> {
+        self.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+    }
+}
+
 impl Connection {
-    /// Connects and exchanges hellos.
+    /// Connects to the first address of `opts` that answers, in order, and exchanges
+    /// hellos.
     pub async fn connect(opts: &ChOptions) -> Result<Connection, ChError> {
-        let stream = match monoio::time::timeout(opts.timeout, TcpStream::connect(opts.addr.as_str())).await {
+        Self::connect_from(opts, 0).await.map(|(c, _)| c)
+    }
+
+    /// Connects to the first address of `opts` that answers, trying them in turn from
+    /// the `start`-th (modulo their number): the connection and the index of the address.
+    /// The error of the last address tried when none answers.
+    pub async fn connect_from(opts: &ChOptions, start: usize) -> Result<(Connection, usize), ChError> {
+        let addrs = opts.addrs();
+        let mut last = ChError::Io(format!("no ClickHouse address in {:?}", opts.addr));
+        for k in 0..addrs.len() {
+            let i = (start + k) % addrs.len();
+            match Self::connect_one(opts, addrs[i]).await {
+                Ok(c) => return Ok((c, i)),
+                Err(e) => {
+                    if addrs.len() > 1 {
+                        tracing::debug!(addr = addrs[i], error = %e, "ClickHouse server not reachable; trying the next");
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(opts: &ChOptions, addr: &str) -> Result<Connection, ChError> {
+        let stream = match monoio::time::timeout(opts.timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(ChError::Timeout),
-            Ok(Err(e)) => return Err(ChError::Io(format!("{}: {e}", opts.addr))),
+            Ok(Err(e)) => return Err(ChError::Io(format!("{addr}: {e}"))),
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);

@@ -101,11 +101,29 @@ fn migrate(config: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let cluster = config.clickhouse.is_cluster().then(|| config.clickhouse.cluster.clone());
+    let nodes = config.clickhouse.nodes();
     let res = crate::runtime::block_on(driver, async move {
-        let mut conn = crate::clickhouse::connection::Connection::connect(&opts).await?;
-        crate::clickhouse::schema::migrate(&mut conn).await?;
-        let fsync = if fsync { Some(crate::clickhouse::schema::fsync_after_insert(&mut conn).await?) } else { None };
-        Ok::<_, crate::clickhouse::connection::ChError>((conn.server().clone(), fsync))
+        use crate::clickhouse::connection::{ChError, Connection};
+        use crate::clickhouse::schema;
+        let Some(cluster) = cluster else {
+            let mut conn = Connection::connect(&opts).await?;
+            schema::migrate(&mut conn).await?;
+            let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, false).await?) } else { None };
+            return Ok::<_, ChError>((conn.server().clone(), fsync));
+        };
+        // Every node, one after the other: each gets its local and Distributed tables.
+        let mut last = None;
+        for node in nodes {
+            let node_opts = crate::clickhouse::connection::ChOptions { addr: node.clone(), ..opts.clone() };
+            let on = |e: ChError| ChError::Io(format!("{node}: {e}"));
+            let mut conn = Connection::connect(&node_opts).await.map_err(on)?;
+            schema::migrate_cluster_node(&mut conn, &cluster).await.map_err(on)?;
+            let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, true).await.map_err(on)?) } else { None };
+            println!("{node}: cluster {cluster} schema up to date");
+            last = Some((conn.server().clone(), fsync));
+        }
+        last.ok_or_else(|| ChError::Io("clickhouse.shards lists no server".into()))
     });
     match res {
         Ok(Ok((server, fsync))) => {

@@ -140,12 +140,14 @@ pub const FSYNC_STATEMENTS: &[&str] = &[
 
 /// Sets [`FSYNC_STATEMENTS`] where the server has those settings. `Ok(false)` when it does
 /// not (18.x, or a server without the settings: syntax error 62 or unknown setting 115).
-pub async fn fsync_after_insert(conn: &mut Connection) -> Result<bool, ChError> {
+/// `local`: on the shard-local tables of a cluster node (`events_local`, `payments_local`).
+pub async fn fsync_after_insert(conn: &mut Connection, local: bool) -> Result<bool, ChError> {
     if conn.server().revision < MODIFY_SETTING {
         return Ok(false);
     }
     for sql in FSYNC_STATEMENTS {
-        match conn.execute(sql, &[]).await {
+        let sql = if local { sql.replacen(" MODIFY", "_local MODIFY", 1) } else { (*sql).to_owned() };
+        match conn.execute(&sql, &[]).await {
             Ok(()) => {}
             Err(ChError::Server(e)) if e.code == 62 || e.code == 115 => return Ok(false),
             Err(e) => return Err(e),
@@ -232,11 +234,25 @@ async fn add_payers_column(conn: &mut Connection) -> Result<(), ChError> {
     Ok(())
 }
 
+/// The settings DDL needs on the server `conn` is connected to.
+fn ddl_settings(conn: &Connection) -> &'static [(&'static str, Setting<'static>)] {
+    if conn.server().revision < LOW_CARDINALITY_GA {
+        &[("allow_experimental_low_cardinality_type", Setting::UInt(1))]
+    } else {
+        &[]
+    }
+}
+
+/// Creates the schema of one node of cluster `cluster` ([`super::cluster`]). Safe to run
+/// any number of times.
+pub async fn migrate_cluster_node(conn: &mut Connection, cluster: &str) -> Result<(), ChError> {
+    let settings = ddl_settings(conn);
+    super::cluster::migrate_node(conn, cluster, settings).await
+}
+
 /// Creates or upgrades the schema. Safe to run any number of times.
 pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
-    let legacy = conn.server().revision < LOW_CARDINALITY_GA;
-    let settings: &[(&str, Setting<'_>)] =
-        if legacy { &[("allow_experimental_low_cardinality_type", Setting::UInt(1))] } else { &[] };
+    let settings = ddl_settings(conn);
     if let Some(database) = STATEMENTS.first() {
         conn.execute(database, settings).await?;
     }

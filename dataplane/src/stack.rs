@@ -47,7 +47,7 @@ impl Stack {
                 Ok(w) => {
                     tracing::info!(
                         consumers = %format!("{}-0..{}", config.consumer_prefix(), config.worker.shards),
-                        clickhouse = %config.clickhouse.addr,
+                        clickhouse = %config.clickhouse.nodes().join(","),
                         "worker consuming"
                     );
                     stack.workers = Some(w);

@@ -66,6 +66,10 @@ pub struct ConsumerConfig {
     pub partitions_per_block: usize,
     /// ClickHouse.
     pub clickhouse: ChOptions,
+    /// Per shard, its replicas (one shard: the server).
+    pub shards: Vec<ChOptions>,
+    /// Inserts go to the shards' `_local` tables (`clickhouse.shards`).
+    pub cluster: bool,
 }
 
 impl ConsumerConfig {
@@ -118,13 +122,22 @@ pub fn dead_letter_key(stream: StreamKind) -> String {
     format!("{}:dead", stream.key())
 }
 
+/// The connection to one shard: to one of its replicas, the next one after a failure.
+#[derive(Default)]
+struct ShardLink {
+    conn: Option<Connection>,
+    /// The replica tried first on the next connect.
+    next: usize,
+}
+
 struct Consumer {
     cfg: Rc<ConsumerConfig>,
     reader: Reader,
     /// Acknowledgements, dead letters, claims: a connection of their own, so that they
     /// never queue behind a blocking read on the reader's.
     redis: RedisClient,
-    ch: Option<Connection>,
+    /// Per shard, the connection to one of its replicas.
+    ch: Vec<ShardLink>,
     sink: Sink,
     backoff: Duration,
     /// Where the next `XAUTOCLAIM` goes on scanning the group's pending list.
@@ -160,15 +173,16 @@ pub async fn run(
     agg: Option<Rc<Aggregator>>,
 ) {
     let reader = Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), cfg: cfg.clone(), redis: reads };
-    let mut sink = Sink::new(cfg.stream);
+    let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster);
     sink.set_partition_limit(cfg.partitions_per_block, true);
     sink.set_aggregator(agg.clone());
+    let links = (0..cfg.shards.len().max(1)).map(|_| ShardLink::default()).collect();
     let mut c = Consumer {
         sink,
         cfg,
         reader,
         redis,
-        ch: None,
+        ch: links,
         backoff: Duration::from_millis(100),
         claim_cursor: "0-0".to_owned(),
         deleted: Vec::new(),
@@ -370,7 +384,12 @@ impl Consumer {
             retry_in_ms = u64::try_from(self.backoff.as_millis()).unwrap_or(u64::MAX),
             "batch not committed; retrying"
         );
-        self.ch = None;
+        // The retry goes to the next replica of every shard: the one that failed may be
+        // down, or refusing (a read-only table whose ZooKeeper session is gone).
+        for link in &mut self.ch {
+            link.conn = None;
+            link.next = link.next.wrapping_add(1);
+        }
         monoio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
     }
@@ -548,15 +567,29 @@ impl Consumer {
         entries::xpending_reply(reply)
     }
 
+    /// Connects to a replica of every shard not connected.
     async fn connection(&mut self) -> Result<(), String> {
-        if self.ch.is_none() {
-            let ch = Connection::connect(&self.cfg.clickhouse).await.map_err(|e| e.to_string())?;
+        for (s, link) in self.ch.iter_mut().enumerate() {
+            if link.conn.is_some() {
+                continue;
+            }
+            let Some(opts) = self.cfg.shards.get(s) else { return Err(format!("no options for shard {s}")) };
+            let (ch, replica) = Connection::connect_from(opts, link.next).await.map_err(|e| e.to_string())?;
+            link.next = replica;
             // Months are told apart in UTC; elsewhere a month's neighbours are reserved too.
             let limit = self.sink.partition_limit();
             self.sink.set_partition_limit(limit, !is_utc(&ch.server().timezone));
-            self.ch = Some(ch);
+            link.conn = Some(ch);
         }
         Ok(())
+    }
+
+    /// Drops the connections (after an error that leaves them unusable) without moving to
+    /// other replicas.
+    fn disconnect(&mut self) {
+        for link in &mut self.ch {
+            link.conn = None;
+        }
     }
 
     /// After ClickHouse refused a block for spanning too many partitions (`named`: the
@@ -578,7 +611,8 @@ impl Consumer {
             "ClickHouse refused a block spanning that many partitions; blocks now span fewer (set \
              clickhouse.max_partitions_per_block to match the server's max_partitions_per_insert_block)"
         );
-        self.sink.set_partition_limit(lower, !self.ch.as_ref().is_some_and(|c| is_utc(&c.server().timezone)));
+        let utc = self.ch.iter().filter_map(|l| l.conn.as_ref()).all(|c| is_utc(&c.server().timezone));
+        self.sink.set_partition_limit(lower, !utc);
         true
     }
 
@@ -611,9 +645,9 @@ impl Consumer {
                 self.metrics.emit(InsertFailed { table });
                 return Err(e);
             }
-            let Some(ch) = self.ch.as_mut() else { return Err("no ClickHouse connection".into()) };
+            let mut conns: Vec<&mut Connection> = self.ch.iter_mut().filter_map(|l| l.conn.as_mut()).collect();
             let started = Instant::now();
-            let inserted = self.sink.insert(ch, batch, &part).await;
+            let inserted = self.sink.insert(&mut conns, batch, &part).await;
             if inserted.is_err() {
                 self.metrics.emit(InsertFailed { table });
             }
@@ -627,7 +661,7 @@ impl Consumer {
                 Err(e) if e.too_many_partitions().is_some() => {
                     // Not the rows' fault: split the blocks finer and insert again.
                     let named = e.too_many_partitions().flatten();
-                    self.ch = None;
+                    self.disconnect();
                     if !self.lower_partition_limit(named) {
                         self.systemic = true;
                         return Err(e.to_string());
@@ -635,7 +669,7 @@ impl Consumer {
                     todo.push(part);
                 }
                 Err(e) if e.is_bad_data() => {
-                    self.ch = None;
+                    self.disconnect();
                     if let [index] = part[..] {
                         if refused.len() >= self.cfg.max_refused_per_batch {
                             // Entries were validated at ingest: this many refusals is a fault
@@ -697,14 +731,17 @@ impl Consumer {
             return Ok(());
         }
         self.connection().await?;
-        let Some(ch) = self.ch.as_mut() else { return Err("no ClickHouse connection".into()) };
+        // `analytics.payments` (Distributed on a cluster: every shard) from any shard's node.
+        let Some(ch) = self.ch.first_mut().and_then(|l| l.conn.as_mut()) else {
+            return Err("no ClickHouse connection".into());
+        };
         match crate::clickhouse::aggregates::order_days(ch, &orders).await {
             Ok(days) => {
                 self.sink.note_revenue_days(days);
                 Ok(())
             }
             Err(e) => {
-                self.ch = None;
+                self.disconnect();
                 Err(e.to_string())
             }
         }
@@ -819,6 +856,8 @@ mod tests {
                 compression: false,
                 timeout: Duration::from_secs(1),
             },
+            shards: Vec::new(),
+            cluster: false,
         }
     }
 

@@ -26,16 +26,27 @@ use crate::redis::connection::{RedisClient, RedisOptions};
 use crate::runtime;
 use crate::shards::{self, Shards};
 
-/// ClickHouse options from the configuration.
+/// ClickHouse options from the configuration: the server, or every node of the cluster
+/// (a connection takes the first that answers).
 pub fn clickhouse_options(config: &Config) -> ChOptions {
     ChOptions {
-        addr: config.clickhouse.addr.clone(),
+        addr: config.clickhouse.nodes().join(","),
         database: config.clickhouse.database.clone(),
         user: config.clickhouse.user.clone(),
         password: config.clickhouse.password.clone(),
         compression: config.clickhouse.compression,
         timeout: Duration::from_millis(config.clickhouse.timeout_ms),
     }
+}
+
+/// Per shard the worker inserts into, the options reaching its replicas (one shard, the
+/// server, without `clickhouse.shards`).
+pub fn shard_options(config: &Config) -> Vec<ChOptions> {
+    let all = clickhouse_options(config);
+    if !config.clickhouse.is_cluster() {
+        return vec![all];
+    }
+    config.clickhouse.shards.iter().map(|replicas| ChOptions { addr: replicas.join(","), ..all.clone() }).collect()
 }
 
 /// Bytes a record can add to its entry beyond its text (rkyv slots and offsets: an
@@ -74,6 +85,8 @@ fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consume
         idle_block,
         partitions_per_block: config.clickhouse.max_partitions_per_block,
         clickhouse: clickhouse_options(config),
+        shards: shard_options(config),
+        cluster: config.clickhouse.is_cluster(),
     }
 }
 

@@ -5,7 +5,10 @@
 //! reported with its reason and contributes no rows. Rows are grouped by partition (month
 //! of their time) into blocks of at most a set number of partitions
 //! ([`crate::clickhouse::partitions`]), and a block streams to ClickHouse once it holds
-//! [`BLOCK_ROWS`] rows.
+//! [`BLOCK_ROWS`] rows. On a cluster (`clickhouse.shards`) every row goes to the shard
+//! [`cluster::shard_of`] names for its dedup key (event id, order id), into that shard's
+//! `_local` table; a batch's rows for a shard keep their batch order, so the same entries
+//! always make the same blocks (replicated block deduplication drops a retried one).
 
 use croupier_control::metrics::DeadReason;
 use std::rc::Rc;
@@ -19,6 +22,7 @@ use super::aggregate::sketches::{Sketches, Staged};
 use super::aggregate::what::day_of;
 use super::aggregate::Aggregator;
 use super::entries::Entry;
+use crate::clickhouse::cluster;
 use crate::clickhouse::connection::{ChError, Connection};
 use crate::clickhouse::partitions::{self, PartitionedRows};
 use crate::clickhouse::rows::{
@@ -74,17 +78,15 @@ impl Rows {
         }
     }
 
-    fn insert_sql(&self) -> &'static str {
-        match self {
-            Rows::Events(_) => EventRows::INSERT,
-            Rows::Payments(_) => PaymentRows::INSERT,
-        }
-    }
-
-    /// Sends the blocks holding at least `min_rows` rows (and any rows), starting the
-    /// insert first if `started` is not set yet.
-    async fn send(&mut self, ch: &mut Connection, min_rows: usize, started: &mut bool) -> Result<(), ChError> {
-        let sql = self.insert_sql();
+    /// Sends the blocks holding at least `min_rows` rows (and any rows) with `sql`,
+    /// starting the insert first if `started` is not set yet.
+    async fn send(
+        &mut self,
+        ch: &mut Connection,
+        sql: &str,
+        min_rows: usize,
+        started: &mut bool,
+    ) -> Result<(), ChError> {
         match self {
             Rows::Events(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started).await,
             Rows::Payments(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started).await,
@@ -117,7 +119,10 @@ async fn send_blocks<T: Table>(
 /// Builds and inserts rows for one stream, reusing its buffers across batches.
 pub struct Sink {
     stream: StreamKind,
-    rows: Rows,
+    /// Per shard (one without a cluster).
+    rows: Vec<Rows>,
+    /// The insert statement (into the `_local` table on a cluster).
+    insert_sql: String,
     archive: BatchBuf,
     json: Vec<u8>,
     limits: Limits,
@@ -138,15 +143,21 @@ fn note_day(days: &mut Vec<(String, String, u32)>, game: &str, env: &str, day: u
 }
 
 impl Sink {
-    /// A sink for `stream`'s table.
-    pub fn new(stream: StreamKind) -> Sink {
-        let rows = match stream {
+    /// A sink for `stream`'s table, on `shards` shards; `local`: into the shard-local
+    /// tables of a cluster.
+    pub fn new(stream: StreamKind, shards: usize, local: bool) -> Sink {
+        let one = || match stream {
             StreamKind::Payments => Rows::Payments(PartitionedRows::new(partitions::DEFAULT_LIMIT, true)),
             _ => Rows::Events(PartitionedRows::new(partitions::DEFAULT_LIMIT, true)),
         };
+        let (table, insert) = match stream {
+            StreamKind::Payments => (Payments::NAME, PaymentRows::INSERT),
+            _ => (Events::NAME, EventRows::INSERT),
+        };
         Sink {
             stream,
-            rows,
+            rows: (0..shards.max(1)).map(|_| one()).collect(),
+            insert_sql: if local { cluster::local_insert(insert, table) } else { insert.to_owned() },
             archive: BatchBuf::default(),
             json: Vec::new(),
             limits: Limits::default(),
@@ -213,11 +224,15 @@ impl Sink {
         if let Some(data) = e.get(FIELD_CROUPIER_DATA) {
             self.json.clear();
             self.json.extend_from_slice(data);
-            return match &mut self.rows {
-                Rows::Events(r) => {
+            let shards = self.rows.len();
+            return match self.rows.first() {
+                Some(Rows::Events(_)) => {
                     let id = validate::derived_event_id(self.stream.key(), &e.id);
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
+                    let Some(Rows::Events(r)) = self.rows.get_mut(event_shard(&ev.event_id, shards)) else {
+                        return Err("no rows for the event's shard".into());
+                    };
                     r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
                     if let Some(s) = sketches.as_mut() {
                         s.stage_event(
@@ -232,14 +247,18 @@ impl Sink {
                     }
                     Ok(())
                 }
-                Rows::Payments(r) => {
+                Some(Rows::Payments(_)) => {
                     let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
+                    let Some(Rows::Payments(r)) = self.rows.get_mut(payment_shard(&p, shards)) else {
+                        return Err("no rows for the payment's shard".into());
+                    };
                     r.block(unix_seconds(p.ts_ms)).push(&p, entry_ms(&e.id));
                     if let Some(s) = sketches.as_mut() {
                         count_payment(s, &mut self.staged, &mut self.revenue_days, &p);
                     }
                     Ok(())
                 }
+                None => Err("no rows".into()),
             };
         }
         if e.get(FIELD_FORMAT) != Some(FORMAT.as_bytes()) {
@@ -248,11 +267,15 @@ impl Sink {
         let bytes = e.get(FIELD_BATCH).ok_or("batch entry without `batch` field")?;
         let batch = self.archive.load(bytes).map_err(|x| x.to_string())?;
         let accepted = batch.accepted_at_ms.to_native();
-        match (&batch.records, &mut self.rows) {
-            (ArchivedRecords::Events(b), Rows::Events(r)) => {
+        let shards = self.rows.len();
+        match (&batch.records, self.rows.first()) {
+            (ArchivedRecords::Events(b), Some(Rows::Events(_))) => {
                 for index in 0..b.len() {
                     let ev = ArchivedEventRef { batch: b, index };
                     let ts = ev.ts_ms();
+                    let Some(Rows::Events(r)) = self.rows.get_mut(event_shard(&ev.event_id(), shards)) else {
+                        return Err("no rows for the event's shard".into());
+                    };
                     r.block(unix_seconds(ts)).push(&ev, accepted);
                     if let Some(s) = sketches.as_mut() {
                         let f = |i| b.field(index, i);
@@ -268,8 +291,11 @@ impl Sink {
                     }
                 }
             }
-            (ArchivedRecords::Payments(v), Rows::Payments(r)) => {
+            (ArchivedRecords::Payments(v), Some(Rows::Payments(_))) => {
                 for p in v.iter() {
+                    let Some(Rows::Payments(r)) = self.rows.get_mut(payment_shard(p, shards)) else {
+                        return Err("no rows for the payment's shard".into());
+                    };
                     r.block(unix_seconds(p.ts_ms())).push(p, accepted);
                     if let Some(s) = sketches.as_mut() {
                         count_payment(s, &mut self.staged, &mut self.revenue_days, p);
@@ -282,13 +308,15 @@ impl Sink {
     }
 
     /// Inserts the rows of `batch[i]` for every `i` in `which`, streaming blocks as they
-    /// fill, and returns the entries that had no rows to give (poison). `Ok` means
-    /// ClickHouse confirmed the insert (EndOfStream); only then are the rows' players
-    /// counted in the shard's sketches (a part ClickHouse refuses, later dead-lettered
-    /// entry by entry, counts nowhere).
+    /// fill, and returns the entries that had no rows to give (poison). `ch` holds a
+    /// connection per shard. `Ok` means every shard's ClickHouse confirmed its insert
+    /// (EndOfStream); only then are the rows' players counted in the shard's sketches (a
+    /// part ClickHouse refuses, later dead-lettered entry by entry, counts nowhere). On an
+    /// error, what some shard confirmed is sent again on the retry in the same blocks,
+    /// which its replicated table deduplicates.
     pub async fn insert(
         &mut self,
-        ch: &mut Connection,
+        ch: &mut [&mut Connection],
         batch: &[Entry],
         which: &[usize],
     ) -> Result<Vec<Poison>, ChError> {
@@ -307,39 +335,66 @@ impl Sink {
 
     async fn insert_rows(
         &mut self,
-        ch: &mut Connection,
+        ch: &mut [&mut Connection],
         batch: &[Entry],
         which: &[usize],
     ) -> Result<Vec<Poison>, ChError> {
-        self.rows.clear();
+        if ch.len() != self.rows.len() {
+            return Err(ChError::Unexpected(format!("{} connections for {} shards", ch.len(), self.rows.len())));
+        }
+        for r in &mut self.rows {
+            r.clear();
+        }
         let mut poison = Vec::new();
-        let mut started = false;
+        let mut started = vec![false; self.rows.len()];
         for &i in which {
             if let Err(reason) = self.push(&batch[i]) {
                 poison.push(Poison { index: i, cause: DeadReason::Undecodable, reason });
                 continue;
             }
-            self.rows.send(ch, BLOCK_ROWS, &mut started).await?;
+            for (s, rows) in self.rows.iter_mut().enumerate() {
+                rows.send(ch[s], &self.insert_sql, BLOCK_ROWS, &mut started[s]).await?;
+            }
         }
-        if self.rows.count() > 0 {
-            self.rows.send(ch, 1, &mut started).await?;
-        }
-        if started {
-            ch.insert_end().await?;
+        for (s, rows) in self.rows.iter_mut().enumerate() {
+            if rows.count() > 0 {
+                rows.send(ch[s], &self.insert_sql, 1, &mut started[s]).await?;
+            }
+            if started[s] {
+                ch[s].insert_end().await?;
+            }
         }
         Ok(poison)
     }
 
     /// The partitions one block may span.
     pub fn partition_limit(&self) -> usize {
-        self.rows.partition_limit()
+        self.rows.first().map_or(partitions::DEFAULT_LIMIT, Rows::partition_limit)
     }
 
     /// Sets the partitions one block may span (at least 1), and whether each month
     /// reserves its neighbours (the server's time zone is not UTC).
     pub fn set_partition_limit(&mut self, limit: usize, neighbours: bool) {
-        self.rows.set_partition_limit(limit, neighbours);
+        for r in &mut self.rows {
+            r.set_partition_limit(limit, neighbours);
+        }
     }
+}
+
+/// The shard of an event: by its id, as ClickHouse's `toString(event_id)` writes it.
+fn event_shard(id: &[u8; 16], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    cluster::shard_of(&cluster::uuid_text(id), shards)
+}
+
+/// The shard of a payment: by its order id.
+fn payment_shard(p: &impl PaymentFields, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    cluster::shard_of(p.text()[3].as_bytes(), shards)
 }
 
 /// A payment's share of the figures: its user as a payer when it succeeded, its day for

@@ -26,6 +26,8 @@ pub struct Db {
     timeout: Duration,
     /// Rows read by the last query (for the audit log and the measurements).
     last_read_rows: Cell<u64>,
+    /// The tables are `Distributed` (`clickhouse.shards`).
+    cluster: bool,
 }
 
 impl Db {
@@ -38,7 +40,17 @@ impl Db {
             idle: RefCell::new(Vec::new()),
             timeout,
             last_read_rows: Cell::new(0),
+            cluster: false,
         }
+    }
+
+    /// Reads `Distributed` tables of a cluster (`cluster`): a subquery of `IN` or `JOIN`
+    /// over one is run once and its answer sent to every shard (`GLOBAL`), rather than
+    /// refused by ClickHouse (`distributed_product_mode = 'deny'`) — a user's rows are
+    /// spread over the shards by event id, so a per-shard subquery would miss them.
+    pub fn on_cluster(mut self, cluster: bool) -> Db {
+        self.cluster = cluster;
+        self
     }
 
     /// Rows ClickHouse read for the last query answered.
@@ -62,12 +74,15 @@ impl Db {
                 Some(c) => c,
                 None => Connection::connect(&self.opts).await?,
             };
-            let settings = [
+            let mut settings = vec![
                 ("max_execution_time", Setting::UInt(secs)),
                 // The answer is decoded into memory on the control thread: bounded.
                 ("max_result_bytes", Setting::UInt(MAX_RESULT_BYTES)),
                 ("result_overflow_mode", Setting::Str("throw")),
             ];
+            if self.cluster {
+                settings.push(("distributed_product_mode", Setting::Str("global")));
+            }
             let out = conn.select(sql, &settings).await?;
             self.idle.borrow_mut().push(conn);
             Ok::<Selected, ChError>(out)

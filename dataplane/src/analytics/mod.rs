@@ -185,7 +185,9 @@ impl Api {
     pub fn new(config: &Config) -> Result<Api, String> {
         let ch = &config.clickhouse;
         let opts = ChOptions {
-            addr: ch.addr.clone(),
+            // On a cluster: any node (the first that answers); reads go through its
+            // Distributed tables.
+            addr: ch.nodes().join(","),
             database: ch.database.clone(),
             user: ch.user.clone(),
             password: ch.password.clone(),
@@ -196,7 +198,7 @@ impl Api {
         let timeout = Duration::from_millis(api.query_timeout_ms);
         Ok(Api {
             verifier: Verifier::from_config(api)?,
-            db: Db::new(opts.clone(), api.max_queries_in_flight, timeout),
+            db: Db::new(opts.clone(), api.max_queries_in_flight, timeout).on_cluster(ch.is_cluster()),
             redis: RedisClient::start(RedisOptions::from_config(&config.redis)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
             filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect())?,

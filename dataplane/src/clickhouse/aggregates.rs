@@ -114,11 +114,16 @@ impl TableRows<DailyUsers> {
     }
 }
 
+/// On a cluster the figures' tables are `Distributed` (all to the first shard,
+/// [`super::cluster`]): an insert is confirmed once the shard has the rows, not once
+/// they are queued on the node for sending. No effect on other tables.
+const SYNC: &[(&str, Setting<'static>)] = &[("insert_distributed_sync", Setting::UInt(1))];
+
 async fn insert<T: Table>(ch: &mut Connection, rows: &TableRows<T>) -> Result<(), ChError> {
     if rows.rows == 0 {
         return Ok(());
     }
-    let header = ch.insert_start(T::INSERT, &[]).await?;
+    let header = ch.insert_start(T::INSERT, SYNC).await?;
     check_header(T::NAME, &header, &rows.columns).map_err(ChError::SchemaMismatch)?;
     ch.insert_block(&rows.columns, rows.rows).await?;
     ch.insert_end().await
@@ -188,9 +193,13 @@ pub const REVENUE_DAYS_PER_INSERT: usize = 32;
 
 /// Settings of the revenue statement: its time condition stays outside `FINAL` (not
 /// moved to `PREWHERE`, not pushed into the subquery, where it would pick an order's
-/// older row on the day it left).
-pub const REVENUE_SETTINGS: &[(&str, Setting<'static>)] =
-    &[("optimize_move_to_prewhere", Setting::UInt(0)), ("enable_optimize_predicate_expression", Setting::UInt(0))];
+/// older row on the day it left). On a cluster, confirmed once the first shard has the
+/// rows ([`SYNC`]).
+pub const REVENUE_SETTINGS: &[(&str, Setting<'static>)] = &[
+    ("optimize_move_to_prewhere", Setting::UInt(0)),
+    ("enable_optimize_predicate_expression", Setting::UInt(0)),
+    ("insert_distributed_sync", Setting::UInt(1)),
+];
 
 /// Days (game, environment, UTC day) on which `payments` holds rows of `orders` (game,
 /// environment, order), asked before a batch's payments are inserted: an order inserted

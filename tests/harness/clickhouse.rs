@@ -17,6 +17,8 @@ pub struct ClickHouseServer {
     log_queries: bool,
     /// The server's time zone (`UTC` unless a test asks for another).
     timezone: &'static str,
+    /// More top-level configuration (a cluster node's `remote_servers`, `macros`, ...).
+    extra: String,
     dir: tempfile::TempDir,
     binary: PathBuf,
     child: Option<Child>,
@@ -40,17 +42,21 @@ impl ClickHouseServer {
     }
 
     fn start_with(log_queries: bool, timezone: &'static str) -> ClickHouseServer {
+        Self::start_node(free_port(), free_port(), String::new(), log_queries, timezone)
+    }
+
+    /// Starts a server on the given ports with `extra` in its configuration (a node of a
+    /// [`crate::clickhouse_cluster::ClickHouseCluster`]).
+    pub fn start_node(
+        tcp_port: u16,
+        http_port: u16,
+        extra: String,
+        log_queries: bool,
+        timezone: &'static str,
+    ) -> ClickHouseServer {
         let binary = require_binary("clickhouse-server", "clickhouse-server");
         let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
-        let mut s = ClickHouseServer {
-            tcp_port: free_port(),
-            http_port: free_port(),
-            log_queries,
-            timezone,
-            dir,
-            binary,
-            child: None,
-        };
+        let mut s = ClickHouseServer { tcp_port, http_port, log_queries, timezone, extra, dir, binary, child: None };
         s.write_config();
         s.spawn();
         s
@@ -82,11 +88,13 @@ impl ClickHouseServer {
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
   {}
+  {}
 </yandex>
 "#,
             self.tcp_port,
             self.http_port,
             self.timezone,
+            self.extra,
             if self.log_queries {
                 "<query_log><database>system</database><table>query_log</table>\
                  <flush_interval_milliseconds>200</flush_interval_milliseconds></query_log>"

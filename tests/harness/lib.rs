@@ -5,12 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod clickhouse;
+pub mod clickhouse_cluster;
 pub mod haproxy;
 pub mod http;
 pub mod monitoring;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod zookeeper;
 
 use std::net::TcpListener;
 use std::path::Path;

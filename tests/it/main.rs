@@ -7,6 +7,7 @@ mod aggregate;
 mod analytics;
 mod api_hardening;
 mod body;
+mod ch_cluster;
 mod clickhouse;
 mod client_ingest;
 mod clients;

@@ -1,0 +1,127 @@
+//! ClickHouse as two shards × two replicas (four clickhouse-server 18.16 processes) and
+//! one ZooKeeper on loopback: `croupier migrate` creates the cluster schema on every node,
+//! the worker inserts into the shard-local replicated tables by event id, and a replica
+//! killed while the worker inserts loses nothing and duplicates nothing, as read through
+//! the `Distributed` tables.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_control::config::Driver;
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::clickhouse_cluster::{ClickHouseCluster, CLUSTER};
+use croupier_it::redis::RedisServer;
+
+use crate::fixture::{events, post_signed, Fixture, GAME, SECRET};
+use crate::pipeline::{croupier, env, CROUPIER};
+
+fn number(node: &ClickHouseServer, sql: &str) -> u64 {
+    node.query(sql).trim().parse().unwrap_or_else(|_| panic!("{sql}: not a number"))
+}
+
+/// Waits until `f()` is `want` (30 s at most).
+fn wait_for(want: u64, what: &str, f: impl Fn() -> u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = f();
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got}, expected {want} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
+    let mut cluster = ClickHouseCluster::start(2, 2);
+    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |_| {});
+    let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
+    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
+    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    env.push(("CROUPIER_AGGREGATE__ENABLED".into(), "false".into()));
+
+    // Twice: the second run finds everything in place.
+    for _ in 0..2 {
+        let (ok, out) = croupier(&["migrate"], &env);
+        assert!(ok, "croupier migrate failed: {out}");
+    }
+    for node in cluster.all() {
+        let tables = node.query(
+            "SELECT name, engine FROM system.tables WHERE database = 'analytics' \
+             AND (name LIKE 'events%' OR name LIKE 'payments%') ORDER BY name FORMAT TabSeparated",
+        );
+        assert_eq!(
+            tables,
+            "events\tDistributed\nevents_local\tReplicatedReplacingMergeTree\n\
+             payments\tDistributed\npayments_local\tReplicatedReplacingMergeTree\n",
+            "on {}",
+            node.addr()
+        );
+    }
+
+    let mut worker = Command::new(CROUPIER)
+        .arg("worker")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start croupier worker");
+
+    // Batches posted one after the other while the first replica of the first shard (the
+    // one the worker inserts into first) is killed.
+    let (batches, per) = (60, 200);
+    let addr = ingest.addr;
+    let poster = std::thread::spawn(move || {
+        let mut c = croupier_it::http::HttpClient::connect(addr);
+        let mut accepted = 0u64;
+        for _ in 0..batches {
+            let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(per).as_bytes());
+            assert_eq!(r.status, 202, "{}", r.text());
+            accepted += per as u64;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        accepted
+    });
+    let reader = &cluster.nodes[1][1];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while number(reader, "SELECT count() FROM analytics.events") == 0 {
+        assert!(Instant::now() < deadline, "no event in ClickHouse within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.nodes[0][0].stop();
+    let accepted = poster.join().expect("poster");
+    assert_eq!(accepted, (batches * per) as u64);
+
+    // The killed replica comes back with its disk; what it alone had confirmed is
+    // fetched by its peer, and what it missed it fetches.
+    cluster.nodes[0][0].restart();
+    for node in cluster.all() {
+        node.query("SYSTEM SYNC REPLICA analytics.events_local");
+    }
+    let reader = &cluster.nodes[1][1];
+    let distinct = "SELECT count() FROM analytics.events FINAL";
+    wait_for(accepted, "events through the Distributed table", || number(reader, distinct));
+    let _ = worker.kill();
+    let _ = worker.wait();
+    for node in cluster.all() {
+        node.query("SYSTEM SYNC REPLICA analytics.events_local");
+        let seen = node.query("SELECT count(), uniqExact(event_id) FROM analytics.events FORMAT TabSeparated");
+        assert_eq!(seen, format!("{accepted}\t{accepted}\n"), "count and distinct ids through {}", node.addr());
+        // Each event on the shard its id names, as the Distributed table's key would put it.
+        let shard: u64 = node
+            .query("SELECT substitution FROM system.macros WHERE macro = 'shard'")
+            .trim()
+            .parse()
+            .expect("shard macro");
+        let misplaced = format!(
+            "SELECT count() FROM analytics.events_local WHERE sipHash64(toString(event_id)) % 2 != {}",
+            shard.saturating_sub(1)
+        );
+        assert_eq!(number(node, &misplaced), 0, "rows on the wrong shard on {}", node.addr());
+    }
+    let shard_rows: Vec<u64> =
+        cluster.nodes.iter().map(|s| number(&s[0], "SELECT count() FROM analytics.events_local")).collect();
+    assert_eq!(shard_rows.iter().sum::<u64>(), accepted);
+    assert!(shard_rows.iter().all(|&n| n > accepted / 4), "both shards hold events: {shard_rows:?}");
+}

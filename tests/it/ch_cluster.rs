@@ -40,6 +40,9 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
     env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
     env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
     env.push(("CROUPIER_AGGREGATE__ENABLED".into(), "false".into()));
+    // Replicated DDL waits on ZooKeeper: more than the pipeline's 3 s on a loaded machine.
+    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
+    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
 
     // Twice: the second run finds everything in place.
     for _ in 0..2 {

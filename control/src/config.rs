@@ -469,11 +469,19 @@ pub struct Control {
     /// start and served at `/`; empty means no dashboard. A relative path is taken from
     /// the working directory.
     pub dashboard_dir: String,
+    /// A bearer token `/metrics` requires (`Authorization: Bearer <token>`, as Prometheus
+    /// sends its scrape job's `authorization: credentials`); unset: `/metrics` is open.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Control {
     fn default() -> Self {
-        Control { listen: "0.0.0.0:8081".into(), probe_timeout_ms: 1_000, dashboard_dir: "dashboard/dist".into() }
+        Control {
+            listen: "0.0.0.0:8081".into(),
+            probe_timeout_ms: 1_000,
+            dashboard_dir: "dashboard/dist".into(),
+            metrics_token: None,
+        }
     }
 }
 
@@ -507,6 +515,9 @@ pub struct Api {
     /// Cost per install in cents by acquisition channel, for `/api/analytics/attribution`
     /// (CPI and ROAS): keys `"<channel>"`, or `"<game>/<channel>"` for one game (first).
     pub cpi_cents: BTreeMap<String, u64>,
+    /// The token agents send as `X-Agent-Token` to read `GET /api/agent/analytics_filters`
+    /// (Croupier's `AGENT_META_TOKEN`); unset: that route answers 503.
+    pub agent_token: Option<String>,
 }
 
 impl Default for Api {
@@ -522,6 +533,7 @@ impl Default for Api {
             audit_max_pending: 100_000,
             filters_file: None,
             cpi_cents: BTreeMap::new(),
+            agent_token: None,
         }
     }
 }
@@ -810,6 +822,13 @@ impl Config {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| err("api.jwt_secret_file", format!("{}: {e}", file.display())))?;
             self.api.jwt_secret = text.trim_end_matches(['\n', '\r']).to_owned();
+        }
+        for (key, token) in
+            [("control.metrics_token", &self.control.metrics_token), ("api.agent_token", &self.api.agent_token)]
+        {
+            if token.as_deref().is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic())) {
+                return Err(err(key, "expected at least 16 printable ASCII characters without spaces"));
+            }
         }
         for (id, game) in &mut self.games {
             let key = format!("games.{id}");

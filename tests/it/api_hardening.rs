@@ -1,7 +1,7 @@
 //! The Analytics API's refusals of hostile input, on a control listener with Redis and
 //! no ClickHouse (every refusal comes before a query): strict numeric and enumerated
 //! parameters, the filters' game and ids, JWT `nbf` and `exp`, and status lines with
-//! their standard reason phrases.
+//! their standard reason phrases; `control.metrics_token` and the agent route.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -26,6 +26,10 @@ struct LightApi {
 
 impl LightApi {
     fn start() -> LightApi {
+        Self::start_with(|_| {})
+    }
+
+    fn start_with(tweak: impl FnOnce(&mut Config)) -> LightApi {
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::default();
@@ -38,6 +42,7 @@ impl LightApi {
         for g in ["g1", "g2"] {
             config.games.insert(g.into(), Game { secret: Some("s".into()), ..Game::default() });
         }
+        tweak(&mut config);
         let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), false, false)
             .expect("control starts")
             .expect("control listener");
@@ -51,6 +56,12 @@ impl LightApi {
     fn request(&self, method: &str, path: &str, token: &str, body: &str) -> Reply {
         let headers = vec![("Authorization".to_owned(), format!("Bearer {token}"))];
         HttpClient::connect(self.addr()).request(method, path, &headers, body.as_bytes())
+    }
+
+    /// `GET path` with exactly `headers`.
+    fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        HttpClient::connect(self.addr()).request("GET", path, &headers, b"")
     }
 
     /// The status line of `GET path` with `token`, as sent.
@@ -206,4 +217,54 @@ fn attack_status_lines_carry_standard_reason_phrases() {
     let line = api.status_line("/api/analytics/overview?game_id=g1", &admin());
     assert_eq!(line, "HTTP/1.1 502 Bad Gateway");
     assert_eq!(api.status_line("/api/analytics/overview", "x"), "HTTP/1.1 401 Unauthorized");
+}
+
+const TOKEN: &str = "scrape-token-0123456789";
+
+/// `control.metrics_token`: unset, `/metrics` is open (as before); set, it needs
+/// `Authorization: Bearer <token>` (what Prometheus sends for `authorization:
+/// credentials`), and the probes stay open.
+#[test]
+fn metrics_token_guards_the_control_ports_metrics() {
+    let open = LightApi::start();
+    assert_eq!(open.get_with("/metrics", &[]).status, 200);
+    drop(open);
+    let api = LightApi::start_with(|c| c.control.metrics_token = Some(TOKEN.into()));
+    let r = api.get_with("/metrics", &[]);
+    assert_eq!((r.status, r.error_tag(), r.header("www-authenticate")), (401, "unauthorized".into(), Some("Bearer")));
+    let r = api.get_with("/metrics", &[("Authorization", "Bearer scrape-token-012345678")]);
+    assert_eq!(r.status, 401, "a prefix of the token");
+    let r = api.get_with("/metrics", &[("Authorization", &format!("Bearer {TOKEN}"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("croupier_build_info{"), "{}", r.text());
+    assert_eq!(api.get_with("/healthz", &[]).status, 200);
+    assert_eq!(api.get_with("/readyz", &[]).status, 200);
+}
+
+/// `GET /api/agent/analytics_filters` (Croupier's agent route): `X-Agent-Token` must be
+/// `api.agent_token`; unset, 503 `{"message":"agent filters disabled"}`; wrong, 401; else
+/// the filters as `GET /api/analytics/filters` answers them.
+#[test]
+fn agent_filters_route_needs_the_agent_token() {
+    let path = "/api/agent/analytics_filters?game_id=g1&env=prod";
+    let disabled = LightApi::start();
+    let r = disabled.get_with(path, &[("X-Agent-Token", TOKEN)]);
+    assert_eq!((r.status, r.text()), (503, r#"{"message":"agent filters disabled"}"#.into()));
+    drop(disabled);
+    let api = LightApi::start_with(|c| c.api.agent_token = Some(TOKEN.into()));
+    assert_eq!(api.get_with(path, &[]).status, 401);
+    assert_eq!(api.get_with(path, &[("X-Agent-Token", "not-the-agent-token")]).status, 401);
+    let defaults = r#"{"events":[],"payments_enabled":true,"sample_global":100}"#;
+    let r = api.get_with(path, &[("X-Agent-Token", TOKEN)]);
+    assert_eq!((r.status, r.text()), (200, defaults.to_owned()));
+    let body = r#"{"game_id":"g1","env":"prod","events":["login"],"sample_global":30}"#;
+    assert_eq!(api.request("POST", "/api/analytics/filters", &admin(), body).status, 200);
+    let r = api.get_with(path, &[("X-Agent-Token", TOKEN)]);
+    assert_eq!(r.text(), r#"{"events":["login"],"payments_enabled":true,"sample_global":30}"#);
+    // The scope from the headers, as the API's.
+    let r = api
+        .get_with("/api/agent/analytics_filters", &[("X-Agent-Token", TOKEN), ("X-Game-ID", "g1"), ("X-Env", "prod")]);
+    assert_eq!(r.text(), r#"{"events":["login"],"payments_enabled":true,"sample_global":30}"#);
+    // The same token is no bearer token for the API.
+    assert_eq!(api.get_with("/api/analytics/filters?game_id=g1", &[("X-Agent-Token", TOKEN)]).status, 401);
 }

@@ -261,6 +261,18 @@ impl Api {
         resp
     }
 
+    /// `GET /api/agent/analytics_filters` once its `X-Agent-Token` has matched: the
+    /// filters of the scope, as `GET /api/analytics/filters` answers them (not audited:
+    /// an agent is no API user).
+    pub fn agent_filters(&self, query: &str, headers: Headers<'_>) -> Response {
+        let params = Params::parse(query);
+        let scope = Scope::resolve(&params, headers.game, headers.env);
+        match self.filters.get(&scope) {
+            Ok(body) => Response::json(200, body.to_string()),
+            Err(e) => e.response(),
+        }
+    }
+
     /// A `POST` (the filters): the game it changes is the body's.
     fn post(&self, route: Route, caller: &Caller, body: &[u8], scope: &mut Scope) -> Result<Json, ApiError> {
         caller.require(route.permission(true))?;

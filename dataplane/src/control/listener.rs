@@ -21,7 +21,7 @@ use crate::analytics::{self, Api, Headers};
 use crate::http::conn;
 use crate::http::handler::{Handler, Request};
 use crate::http::request::{Fields, Method};
-use crate::http::response::Response;
+use crate::http::response::{error_body, Response};
 use crate::redis::overdue::RedisHealth;
 use crate::router::{Methods, Router};
 use crate::runtime::ActiveDriver;
@@ -41,10 +41,18 @@ pub enum Route {
     Analytics(analytics::Route),
     /// The web dashboard: a page path or a file under `/assets/`.
     Dashboard,
+    /// `/api/agent/analytics_filters`: the filters, for agents (`X-Agent-Token`).
+    AgentFilters,
 }
 
-/// The header fields the Analytics API reads, by index.
-static FIELDS: Fields = Fields::new(&["Authorization", "X-Game-ID", "X-Env"]);
+/// The header fields the Analytics API, `/metrics` and the agent route read, by index.
+static FIELDS: Fields = Fields::new(&["Authorization", "X-Game-ID", "X-Env", "X-Agent-Token"]);
+
+/// Whether `given` is `expected`, in constant time (for equal lengths).
+fn token_matches(expected: &str, given: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(expected.as_bytes().ct_eq(g.as_bytes())))
+}
 
 /// The control port's route table.
 pub fn router() -> Router<Route> {
@@ -52,6 +60,7 @@ pub fn router() -> Router<Route> {
         .route("/metrics", Methods::GET_HEAD, Route::Metrics)
         .route("/healthz", Methods::GET_HEAD, Route::Health)
         .route("/readyz", Methods::GET_HEAD, Route::Ready)
+        .route("/api/agent/analytics_filters", Methods::GET_HEAD, Route::AgentFilters)
         .prefix(dashboard::ASSETS, Methods::GET_HEAD, Route::Dashboard);
     let r = dashboard::PAGES.iter().fold(r, |r, page| r.route(page, Methods::GET_HEAD, Route::Dashboard));
     analytics::routes(r, Route::Analytics)
@@ -71,6 +80,19 @@ struct ControlPort {
 }
 
 impl ControlPort {
+    /// 401 unless `Authorization` carries `control.metrics_token` (when one is set).
+    fn metrics_refused(&self, authorization: Option<&str>) -> Option<Response> {
+        let expected = self.config.control.metrics_token.as_deref()?;
+        let given = authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")));
+        if token_matches(expected, given.map(str::trim)) {
+            return None;
+        }
+        let body = error_body("unauthorized", "/metrics needs Authorization: Bearer <control.metrics_token>", "");
+        let mut r = Response::json(401, body);
+        r.headers.push(("WWW-Authenticate", "Bearer".into()));
+        Some(r)
+    }
+
     async fn metrics(&self) -> Response {
         let readings = self.probes.streams().await;
         let mut enc = Encoder::new();
@@ -110,7 +132,21 @@ impl Handler for ControlPort {
 
     async fn handle(&self, route: Route, req: &mut Request<'_>) -> Response {
         match route {
-            Route::Metrics => self.metrics().await,
+            Route::Metrics => match self.metrics_refused(req.head().field(0)) {
+                Some(refused) => refused,
+                None => self.metrics().await,
+            },
+            Route::AgentFilters => {
+                let head = req.head();
+                let headers = Headers { authorization: None, game: head.field(1), env: head.field(2) };
+                match self.config.api.agent_token.as_deref() {
+                    None => Response::json(503, r#"{"message":"agent filters disabled"}"#.into()),
+                    Some(t) if !token_matches(t, head.field(3)) => {
+                        Response::json(401, error_body("unauthorized", "X-Agent-Token missing or wrong", ""))
+                    }
+                    Some(_) => self.api.agent_filters(head.query(), headers),
+                }
+            }
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
             Route::Ready => self.ready().await,
             Route::Dashboard => self.dashboard.serve(req.head().path()),
@@ -267,5 +303,6 @@ mod tests {
         assert_eq!(r.find(Method::Get, "/assets/index-abc.js"), Ok(Route::Dashboard));
         assert_eq!(r.find(Method::Get, "/api/analytics/nope"), Err(HttpError::NotFound));
         assert_eq!(r.find(Method::Post, "/"), Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }));
+        assert_eq!(r.find(Method::Get, "/api/agent/analytics_filters"), Ok(Route::AgentFilters));
     }
 }

@@ -179,11 +179,17 @@ impl ClickHouseServer {
     /// (TabSeparated). Panics on an error status. LowCardinality columns may be created
     /// (ClickHouse 18 needs a setting for that).
     pub fn query(&self, sql: &str) -> String {
+        self.query_with("", sql)
+    }
+
+    /// [`ClickHouseServer::query`] with more settings as URL parameters
+    /// (`&insert_distributed_sync=1`).
+    pub fn query_with(&self, settings: &str, sql: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect http");
         s.set_read_timeout(Some(Duration::from_secs(300))).expect("timeout");
         let req = format!(
-            "POST /?allow_experimental_low_cardinality_type=1 HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
+            "POST /?allow_experimental_low_cardinality_type=1{settings} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
             sql.len()
         );
         s.write_all(req.as_bytes()).expect("write");

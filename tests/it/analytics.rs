@@ -975,6 +975,99 @@ fn analytics_queries_agree_on_a_current_engine() {
     }
 }
 
+/// Through a cluster (2 shards × 2 replicas of 18.16, rows placed by the `Distributed`
+/// tables' sharding keys, redelivered copies included) every route answers exactly what it
+/// answers on one server over the same rows: `FINAL` per shard, sums and distinct counts
+/// merged, subqueries run `GLOBAL`.
+#[test]
+fn analytics_routes_agree_through_a_cluster() {
+    use croupier_it::clickhouse_cluster::{ClickHouseCluster, CLUSTER};
+    let api = Api::start();
+    let cluster = ClickHouseCluster::start(2, 2);
+    block_on(ActiveDriver::Epoll, async {
+        for node in cluster.all() {
+            let mut c = Connection::connect(&ch_options(node)).await.expect("connect");
+            schema::migrate_cluster_node(&mut c, CLUSTER).await.expect("migrate");
+        }
+    })
+    .unwrap();
+    let h = &api.history;
+    let node = &cluster.nodes[0][0];
+    let insert = |table: &str, cols: &str, rows: &[String]| {
+        for chunk in rows.chunks(20_000) {
+            node.query_with(
+                "&insert_distributed_sync=1",
+                &format!("INSERT INTO analytics.{table} ({cols}) FORMAT TabSeparated\n{}\n", chunk.join("\n")),
+            );
+        }
+    };
+    insert("events", EVENT_COLUMNS, &h.event_rows);
+    insert("payments", PAYMENT_COLUMNS, &h.payment_rows);
+    insert("events", EVENT_COLUMNS, &h.event_rows[..h.event_rows.len() / 3]);
+    insert("payments", PAYMENT_COLUMNS, &h.payment_rows[..h.payment_rows.len() / 2]);
+    for n in cluster.all() {
+        n.query("SYSTEM SYNC REPLICA analytics.events_local");
+        n.query("SYSTEM SYNC REPLICA analytics.payments_local");
+    }
+    // Both shards hold rows, and the copies stay until merged (FINAL must fold them).
+    let local = |s: usize| -> u64 {
+        cluster.nodes[s][1].query("SELECT count() FROM analytics.events_local").trim().parse().unwrap()
+    };
+    assert!(local(0) > 0 && local(1) > 0);
+    assert_eq!(local(0) + local(1), (h.event_rows.len() + h.event_rows.len() / 3) as u64);
+
+    let mut config = Config::default();
+    config.server.driver = Driver::Epoll;
+    config.redis.addr = api.redis.addr();
+    config.clickhouse.shards = cluster.nodes.iter().map(|s| s.iter().map(ClickHouseServer::addr).collect()).collect();
+    config.clickhouse.cluster = CLUSTER.into();
+    config.control.listen = "127.0.0.1:0".into();
+    config.api.jwt_secret = SECRET.into();
+    for g in ["g1", "g2"] {
+        config.games.insert(g.into(), Game { secret: Some("s".into()), ..Game::default() });
+    }
+    config.api.cpi_cents.insert("appstore".into(), 150);
+    config.api.cpi_cents.insert("g1/google".into(), 80);
+    config.api.cpi_cents.insert("g2/web".into(), 5);
+    let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), false, false)
+        .expect("control starts")
+        .expect("control listener");
+    let range = format!("game_id=g1&env=prod&start={}&end={}", date(h.today - 30), date(h.today - 1));
+    for path in [
+        format!("overview?{range}"),
+        format!("retention?{range}"),
+        format!("retention?{range}&cohort=first_active"),
+        format!("payments/summary?{range}&platform=ios"),
+        format!("payments/transactions?{range}&status=refunded&page=2&size=3"),
+        format!("payments/product_trend?{range}&product_id=gems,pass&granularity=minute"),
+        format!("behavior/events?{range}&event=level_start&prop_key=level&prop_val=2"),
+        format!("behavior/funnel?{range}&steps=register,login,level_start"),
+        format!("behavior/funnel?{range}&steps=login,level_start,level_clear&same_session=1&gap_sec=100"),
+        format!("behavior/paths?{range}&per=user&steps=4&exclude=session_start"),
+        format!("behavior/adoption?{range}&features=login,level_fail&per=session"),
+        format!("behavior/adoption_breakdown?{range}&features=login,level_fail"),
+        format!("levels?{range}"),
+        format!("levels?{range}&episode=e1"),
+        format!("levels/episodes?{range}"),
+        format!("ltv?{range}"),
+        format!("segments?{range}"),
+        format!("attribution?{range}"),
+    ] {
+        let path = format!("/api/analytics/{path}");
+        let one = api.json(&path);
+        let r = HttpClient::connect(control.local_addr()).request(
+            "GET",
+            &path,
+            &[("Authorization".to_owned(), format!("Bearer {}", admin()))],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{path} through the cluster: {}", r.text());
+        let through: Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(through, one, "{path}");
+    }
+    control.shutdown();
+}
+
 /// The first `events` layout as the first schema created it.
 const FIRST_EVENTS_LAYOUT: &str = "CREATE TABLE analytics.events (
     event_time DateTime, game_id LowCardinality(String), env LowCardinality(String), user_id String,

@@ -334,7 +334,7 @@ pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let rows = ctx
         .db
         .select(&format!(
-            "SELECT toString({by}) AS dim, uniqExact({g}), uniqExactIf({g}, event IN {}) FROM analytics.events \
+            "SELECT toString({by}) AS dim, uniqExact({g}), uniqExactIf({g}, CAST(event AS String) IN {}) FROM analytics.events \
              WHERE {w} GROUP BY dim ORDER BY dim",
             quote_list(&features)
         ))

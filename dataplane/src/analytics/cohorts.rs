@@ -99,7 +99,7 @@ pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let users = ctx
         .db
         .select(&format!(
-            "SELECT user_id, max(event IN {NEW_USER}) FROM analytics.events WHERE {}{w} GROUP BY user_id",
+            "SELECT user_id, max(CAST(event AS String) IN {NEW_USER}) FROM analytics.events WHERE {}{w} GROUP BY user_id",
             range.filter("event_time")
         ))
         .await?;

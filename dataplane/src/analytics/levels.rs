@@ -46,8 +46,9 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let funnel = ctx
         .db
         .select(&format!(
-            "SELECT uniqExactIf(user_id, event IN {LEVEL_START}), uniqExactIf(user_id, event IN {LEVEL_CLEAR}), \
-             uniqExactIf(user_id, event IN {LEVEL_FAIL}) FROM analytics.events WHERE {w}"
+            "SELECT uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_START}), \
+             uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_CLEAR}), \
+             uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_FAIL}) FROM analytics.events WHERE {w}"
         ))
         .await?;
     let f = funnel.first().cloned().unwrap_or_default();
@@ -62,8 +63,8 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     );
     let payers =
         format!("SELECT user_id FROM analytics.payments WHERE status = 'success' AND {}{scope}", range.filter("time"));
-    let start = format!("event IN {LEVEL_START}");
-    let clear = format!("event IN {LEVEL_CLEAR}");
+    let start = format!("CAST(event AS String) IN {LEVEL_START}");
+    let clear = format!("CAST(event AS String) IN {LEVEL_CLEAR}");
     let rows = ctx
         .db
         .select(&format!(
@@ -125,7 +126,8 @@ pub async fn facets(ctx: &Ctx<'_>, dim: &'static str, key: &'static str) -> Resu
     let rows = ctx
         .db
         .select(&format!(
-            "SELECT grp, lvl, uniqExactIf(user_id, event IN {LEVEL_START}), uniqExactIf(user_id, event IN {LEVEL_CLEAR}) \
+            "SELECT grp, lvl, uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_START}), \
+             uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_CLEAR}) \
              FROM (SELECT user_id, event, {} AS grp, {} AS lvl FROM analytics.events \
                    WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
              WHERE grp != '' AND lvl != '' GROUP BY grp, lvl ORDER BY grp, lvl",

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value as Json};
 use super::error::ApiError;
 use super::params::{self, percent, Range, DAY};
 use super::sql::{quote, quote_list};
-use super::taxonomy::REFUND;
+use super::taxonomy::{REFUND, REFUNDED};
 use super::Ctx;
 
 /// The dimensions a summary breaks down by: (query parameter and column, response key).
@@ -52,8 +52,8 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let t = ctx
         .db
         .select(&format!(
-            "SELECT sumIf(amount_cents, status = 'success'), sumIf(amount_cents, status IN {REFUND}), \
-             countIf(status = 'success'), countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL WHERE {w}"
+            "SELECT sumIf(amount_cents, status = 'success'), sumIf(amount_cents, {REFUNDED}), \
+             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL WHERE {w}"
         ))
         .await?;
     let t = t.first().cloned().unwrap_or_default();
@@ -73,7 +73,7 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             .db
             .select(&format!(
                 "SELECT {col}, sumIf(amount_cents, status = 'success') AS revenue, countIf(status = 'success'), \
-                 countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL WHERE {w} \
+                 countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL WHERE {w} \
                  GROUP BY {col} ORDER BY revenue DESC, {col}"
             ))
             .await?;
@@ -147,7 +147,7 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .db
         .select(&format!(
             "SELECT toUInt32({bucket}(time, 'UTC')) AS t, product_id, sumIf(amount_cents, status = 'success'), \
-             countIf(status = 'success'), countIf(status NOT IN {REFUND}) FROM analytics.payments FINAL \
+             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL \
              WHERE {w} AND product_id IN {} GROUP BY t, product_id ORDER BY t",
             quote_list(&products)
         ))

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::params::{self, DAY};
-use super::taxonomy::NEW_USER;
+use super::taxonomy::{NEW_USER, REFUNDED};
 use super::Ctx;
 
 /// `YYYYMMDDHHmm` of a minute (unix seconds).
@@ -59,7 +59,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             "SELECT sumIf(amount_cents, status = 'success' AND time > toDateTime({five})), \
              sumIf(amount_cents, status = 'success'), \
              countIf(status = 'success' AND time > toDateTime({five})), \
-             countIf(status NOT IN ('refund', 'refunded') AND time > toDateTime({five})) \
+             countIf(NOT ({REFUNDED}) AND time > toDateTime({five})) \
              FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({}){w}",
             ctx.now
         ))

@@ -17,3 +17,9 @@ pub const LEVEL_CLEAR: &str = "('level_clear', 'level_pass', 'level_win', 'level
 pub const LEVEL_FAIL: &str = "('level_fail', 'level_lose', 'level_dead', 'progression.fail')";
 /// Payment statuses that are refunds (both spellings Croupier uses).
 pub const REFUND: &str = "('refund', 'refunded')";
+
+/// A payment row is a refund, as an aggregate's condition: `status` cast to `String`
+/// first, because ClickHouse 18.16 cannot merge, through a `Distributed` table (a
+/// cluster), an aggregate whose argument is `IN` over a `LowCardinality` column (code 70:
+/// `AggregateFunction(sumIf, UInt64, LowCardinality(UInt8))` is not the `UInt8` one).
+pub const REFUNDED: &str = "CAST(status AS String) IN ('refund', 'refunded')";

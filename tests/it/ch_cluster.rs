@@ -12,7 +12,7 @@ use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::clickhouse_cluster::{ClickHouseCluster, CLUSTER};
 use croupier_it::redis::RedisServer;
 
-use crate::fixture::{events, post_signed, Fixture, GAME, SECRET};
+use crate::fixture::{event, post_signed, Fixture, GAME, SECRET};
 use crate::pipeline::{croupier, env, CROUPIER};
 
 fn number(node: &ClickHouseServer, sql: &str) -> u64 {
@@ -39,7 +39,9 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
     let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
     env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
     env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
-    env.push(("CROUPIER_AGGREGATE__ENABLED".into(), "false".into()));
+    // The figures too: written through their Distributed tables to the first shard.
+    env.push(("CROUPIER_AGGREGATE__FLUSH_MS".into(), "200".into()));
+    env.push(("CROUPIER_AGGREGATE__WRITE_MS".into(), "200".into()));
     // Replicated DDL waits on ZooKeeper: more than the pipeline's 3 s on a loaded machine.
     env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
     env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
@@ -78,8 +80,11 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
     let poster = std::thread::spawn(move || {
         let mut c = croupier_it::http::HttpClient::connect(addr);
         let mut accepted = 0u64;
-        for _ in 0..batches {
-            let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(per).as_bytes());
+        for b in 0..batches {
+            // Logins of players seen once each: every one is a daily active user.
+            let items: Vec<String> = (0..per).map(|i| event("login", &format!("p{b}-{i}"))).collect();
+            let body = format!("[{}]", items.join(","));
+            let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes());
             assert_eq!(r.status, 202, "{}", r.text());
             accepted += per as u64;
             std::thread::sleep(Duration::from_millis(10));
@@ -105,8 +110,6 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
     let reader = &cluster.nodes[1][1];
     let distinct = "SELECT count() FROM analytics.events FINAL";
     wait_for(accepted, "events through the Distributed table", || number(reader, distinct));
-    let _ = worker.kill();
-    let _ = worker.wait();
     for node in cluster.all() {
         node.query("SYSTEM SYNC REPLICA analytics.events_local");
         let seen = node.query("SELECT count(), uniqExact(event_id) FROM analytics.events FORMAT TabSeparated");
@@ -123,8 +126,25 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
         );
         assert_eq!(number(node, &misplaced), 0, "rows on the wrong shard on {}", node.addr());
     }
+    // Today's players, from the merged sketches (HyperLogLog: within 2 %), one figure,
+    // on the first shard only.
+    let dau = "SELECT count(), sum(dau) FROM analytics.daily_users FINAL WHERE game_id = 'g1' AND env = 'prod'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = cluster.nodes[1][1].query(&format!("{dau} FORMAT TabSeparated"));
+        let (rows, players) = got.trim().split_once('\t').unwrap_or(("0", "0"));
+        let players: u64 = players.parse().unwrap_or(0);
+        if rows == "1" && players.abs_diff(accepted) * 50 <= accepted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daily_users: {got:?}, expected one row of about {accepted} players");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(number(&cluster.nodes[1][0], "SELECT count() FROM analytics.daily_users_local"), 0);
     let shard_rows: Vec<u64> =
         cluster.nodes.iter().map(|s| number(&s[0], "SELECT count() FROM analytics.events_local")).collect();
     assert_eq!(shard_rows.iter().sum::<u64>(), accepted);
     assert!(shard_rows.iter().all(|&n| n > accepted / 4), "both shards hold events: {shard_rows:?}");
+    let _ = worker.kill();
+    let _ = worker.wait();
 }

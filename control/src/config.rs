@@ -1083,6 +1083,29 @@ mod tests {
     }
 
     #[test]
+    fn a_clickhouse_cluster_needs_its_name_and_replicas() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_CLICKHOUSE__SHARDS", r#"[["a:9000","b:9000"],["c:9000","d:9000"]]"#),
+                ("CROUPIER_CLICKHOUSE__CLUSTER", "prod_cluster"),
+            ]),
+        )
+        .expect("a cluster");
+        assert!(c.clickhouse.is_cluster());
+        assert_eq!(c.clickhouse.nodes(), ["a:9000", "b:9000", "c:9000", "d:9000"]);
+        assert_eq!(Config::default().clickhouse.nodes(), ["127.0.0.1:9000"], "one server as before");
+        let e = Config::load(None, env(&[("CROUPIER_CLICKHOUSE__SHARDS", r#"[["a:9000"]]"#)])).expect_err("no name");
+        assert!(e.to_string().contains("clickhouse.cluster"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("CROUPIER_CLICKHOUSE__SHARDS", r#"[["a:9000"],[]]"#), ("CROUPIER_CLICKHOUSE__CLUSTER", "x")]),
+        )
+        .expect_err("an empty shard");
+        assert!(e.to_string().contains("clickhouse.shards"), "{e}");
+    }
+
+    #[test]
     fn defaults_follow_the_contract() {
         let c = Config::load(None, env(&[])).expect("defaults");
         assert_eq!(c.server.max_body_bytes, 10 << 20);

@@ -116,7 +116,11 @@ fn migrate(config: &Config) -> ExitCode {
         let mut last = None;
         for node in nodes {
             let node_opts = crate::clickhouse::connection::ChOptions { addr: node.clone(), ..opts.clone() };
-            let on = |e: ChError| ChError::Io(format!("{node}: {e}"));
+            // Names the node (a refused statement does not), then the error as it is.
+            let on = |e: ChError| {
+                eprintln!("croupier: migrate: on {node}:");
+                e
+            };
             let mut conn = Connection::connect(&node_opts).await.map_err(on)?;
             schema::migrate_cluster_node(&mut conn, &cluster).await.map_err(on)?;
             let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, true).await.map_err(on)?) } else { None };

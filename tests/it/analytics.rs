@@ -679,6 +679,45 @@ fn analytics_auth_is_enforced_and_audited() {
     assert!(audit.contains(&"bob\t/api/analytics/overview\tg2\t200".to_owned()), "{audit:?}");
 }
 
+/// The audit log's `read_rows` of an answer is the rows every query of it read, summed
+/// (the overview sends seven), as ClickHouse logged them.
+#[test]
+fn analytics_audit_counts_the_rows_every_query_read() {
+    let api = Api::start_with(true);
+    let h = &api.history;
+    api.json(&format!(
+        "/api/analytics/overview?game_id=g1&env=prod&start={}&end={}",
+        date(h.today - 9),
+        date(h.today - 1)
+    ));
+    let logged = || -> u64 {
+        api.ch.query("SYSTEM FLUSH LOGS");
+        api.ch
+            .query(
+                "SELECT sum(read_rows) FROM system.query_log WHERE type = 2 AND interface = 1 \
+                 AND query LIKE 'SELECT %' AND query LIKE '%analytics.%' AND query NOT LIKE '%system.%'",
+            )
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let audited = || -> (u64, u64) {
+        let t = api.ch.query("SELECT count(), sum(read_rows) FROM analytics.audit_log WHERE status = 200");
+        let mut f = t.trim().split('\t').map(|v| v.parse::<u64>().unwrap());
+        (f.next().unwrap(), f.next().unwrap())
+    };
+    let overview = || api.ch.query("SELECT count() FROM analytics.audit_log WHERE route = '/api/analytics/overview'");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while overview().trim() != "1" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every answer so far (the harness's realtime reads and the overview) against every
+    // query they sent.
+    let (answers, read) = audited();
+    assert!(answers >= 1 && read > 0, "{answers} answers, {read} rows");
+    assert_eq!(read, logged(), "the audit log's read_rows against system.query_log");
+}
+
 /// Injection attempts as values are literals on the real server; as identifiers they
 /// are refused.
 #[test]

@@ -24,10 +24,35 @@ pub struct Db {
     slots: Semaphore,
     idle: RefCell<Vec<Connection>>,
     timeout: Duration,
-    /// Rows read by the last query (for the audit log and the measurements).
-    last_read_rows: Cell<u64>,
     /// The tables are `Distributed` (`clickhouse.shards`).
     cluster: bool,
+}
+
+/// One request's reads through [`Db`], with the rows ClickHouse read for all of them (the
+/// audit log's `read_rows`).
+pub struct Reads<'a> {
+    db: &'a Db,
+    read_rows: Cell<u64>,
+}
+
+impl Reads<'_> {
+    /// Runs a `SELECT` ([`Db`] says how) and counts the rows it read.
+    pub async fn select(&self, sql: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+        let (rows, read) = self.db.select(sql).await?;
+        self.read_rows.set(self.read_rows.get().saturating_add(read));
+        Ok(rows)
+    }
+
+    /// The first row's first value (a query of one aggregate).
+    pub async fn scalar(&self, sql: &str) -> Result<Value, ApiError> {
+        let rows = self.select(sql).await?;
+        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+    }
+
+    /// Rows ClickHouse read for this request's queries so far.
+    pub fn read_rows(&self) -> u64 {
+        self.read_rows.get()
+    }
 }
 
 impl Db {
@@ -39,7 +64,6 @@ impl Db {
             slots: Semaphore::new(max_in_flight.max(1)),
             idle: RefCell::new(Vec::new()),
             timeout,
-            last_read_rows: Cell::new(0),
             cluster: false,
         }
     }
@@ -53,14 +77,14 @@ impl Db {
         self
     }
 
-    /// Rows ClickHouse read for the last query answered.
-    pub fn last_read_rows(&self) -> u64 {
-        self.last_read_rows.get()
+    /// A request's reads.
+    pub fn reads(&self) -> Reads<'_> {
+        Reads { db: self, read_rows: Cell::new(0) }
     }
 
-    /// Runs a `SELECT`: its rows, or why not (502 refused or failed, 504 too slow, 503
-    /// no slot free within the timeout).
-    pub async fn select(&self, sql: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+    /// Runs a `SELECT`: its rows and the rows ClickHouse read for it, or why not (502
+    /// refused or failed, 504 too slow, 503 no slot free within the timeout).
+    async fn select(&self, sql: &str) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
         let deadline = monoio::time::Instant::now() + self.timeout;
         let _slot = match monoio::time::timeout(self.timeout, self.slots.acquire()).await {
             Ok(Ok(p)) => p,
@@ -88,10 +112,7 @@ impl Db {
             Ok::<Selected, ChError>(out)
         };
         match monoio::time::timeout(left, run).await {
-            Ok(Ok(s)) => {
-                self.last_read_rows.set(s.read_rows);
-                Ok(s.rows)
-            }
+            Ok(Ok(s)) => Ok((s.rows, s.read_rows)),
             Ok(Err(ChError::Timeout)) | Err(_) => Err(ApiError::QueryTimeout),
             // 159 TIMEOUT_EXCEEDED: the server's own max_execution_time.
             Ok(Err(ChError::Server(e))) if e.code == 159 => Err(ApiError::QueryTimeout),
@@ -109,11 +130,5 @@ impl Db {
                 Err(ApiError::QueryFailed(e.to_string()))
             }
         }
-    }
-
-    /// The first row's first value (a query of one aggregate).
-    pub async fn scalar(&self, sql: &str) -> Result<Value, ApiError> {
-        let rows = self.select(sql).await?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
     }
 }

@@ -33,7 +33,7 @@ use serde_json::Value as Json;
 
 use self::audit::{AuditLog, AuditRow};
 use self::auth::{Caller, Verifier};
-use self::db::Db;
+use self::db::{Db, Reads};
 use self::error::ApiError;
 use self::params::{Params, Scope};
 use crate::clickhouse::connection::ChOptions;
@@ -142,7 +142,7 @@ pub fn routes<R: Copy>(mut router: Router<R>, wrap: impl Fn(Route) -> R) -> Rout
 /// What a route's handler is given.
 pub struct Ctx<'a> {
     /// ClickHouse.
-    pub db: &'a Db,
+    pub db: &'a Reads<'a>,
     /// Redis.
     pub redis: &'a RedisClient,
     /// The query's parameters.
@@ -217,6 +217,7 @@ impl Api {
     /// Answers a request to `route` (`body`: a `POST`'s) and records it in the audit log.
     pub async fn handle(&self, route: Route, query: &str, headers: Headers<'_>, body: Option<&[u8]>) -> Response {
         let started = std::time::Instant::now();
+        let reads = self.db.reads();
         let params = Params::parse(query);
         let mut scope = Scope::resolve(&params, headers.game, headers.env);
         let caller = self.verifier.verify(headers.authorization);
@@ -228,10 +229,10 @@ impl Api {
             (Ok(_), None) if format.is_err() => format.map(|_| Json::Null),
             (Ok(c), Some(body)) => self.post(route, c, body, &mut scope),
             (Ok(c), None) if csv => match export::check(route).and_then(|()| c.require(auth::EXPORT)) {
-                Ok(()) => self.authorized(route, c, &params, &scope).await,
+                Ok(()) => self.authorized(route, c, &params, &scope, &reads).await,
                 Err(e) => Err(e),
             },
-            (Ok(c), None) => self.authorized(route, c, &params, &scope).await,
+            (Ok(c), None) => self.authorized(route, c, &params, &scope, &reads).await,
             (Err(e), _) => Err(e.clone()),
         };
         let resp = match result {
@@ -256,7 +257,7 @@ impl Api {
             params: params.to_json(),
             status: resp.status,
             duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
-            read_rows: self.db.last_read_rows(),
+            read_rows: reads.read_rows(),
         });
         resp
     }
@@ -288,10 +289,11 @@ impl Api {
         caller: &Caller,
         params: &Params,
         scope: &Scope,
+        reads: &Reads<'_>,
     ) -> Result<Json, ApiError> {
         caller.require(route.permission(false))?;
         caller.may_read(scope.game.as_deref())?;
-        let ctx = Ctx { db: &self.db, redis: &self.redis, params, scope, now: now_secs(), costs: &self.costs };
+        let ctx = Ctx { db: reads, redis: &self.redis, params, scope, now: now_secs(), costs: &self.costs };
         match route {
             Route::Overview => overview::overview(&ctx).await,
             Route::Realtime => realtime::realtime(&ctx).await,

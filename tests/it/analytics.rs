@@ -373,6 +373,8 @@ fn admin() -> String {
 fn analytics_overview_is_exact() {
     let api = Api::start();
     let h = &api.history;
+    // The view filled user_days from the inserts (duplicates in parts of their own).
+    assert_eq!(api.ch.query(USER_DAYS_OF_EVENTS), api.ch.query(USER_DAYS));
     let last = h.today - 1;
     // Online minutes (the materialized view keeps each day's peak), one late in the UTC
     // day: already the next day where the server is.
@@ -1115,6 +1117,16 @@ const FIRST_EVENTS_LAYOUT: &str = "CREATE TABLE analytics.events (
     props_json String, device_id String DEFAULT '', ingested_at DateTime DEFAULT now()
 ) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(event_time) ORDER BY (game_id, env, event, event_id)";
 
+/// What `analytics.user_days` must hold for the rows of `analytics.events`: each (day,
+/// game, env, user) once, with whether it had an active, register and `first_active` event.
+const USER_DAYS_OF_EVENTS: &str = "SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id, \
+    max(event IN ('login', 'session_start', 'user.login', 'session.start')), max(event IN ('register', 'user.register')), \
+    max(event = 'first_active') FROM analytics.events GROUP BY d, game_id, env, user_id ORDER BY d, game_id, env, user_id \
+    FORMAT TabSeparated";
+/// What it holds, in the same shape.
+const USER_DAYS: &str = "SELECT d, game_id, env, user_id, max(active > 0), max(registered > 0), max(first_active > 0) \
+    FROM analytics.user_days GROUP BY d, game_id, env, user_id ORDER BY d, game_id, env, user_id FORMAT TabSeparated";
+
 /// Migrate takes an `events` table of the first layout to the day-keyed one with every
 /// row (duplicates as they were), once, and a one-day read then reads fewer rows.
 #[test]
@@ -1180,6 +1192,9 @@ fn analytics_events_relayout_keeps_rows_and_reads_one_day() {
         let left =
             ch.query("SELECT count() FROM system.tables WHERE database = 'analytics' AND name = 'events_relayout'");
         assert_eq!(left, "0\n");
+        // `user_days` holds every (day, game, env, user) of the rows already there, with
+        // their flags, after the first migrate and after the second alike.
+        assert_eq!(ch.query(USER_DAYS_OF_EVENTS), ch.query(USER_DAYS), "user_days filled from the rows already there");
     }
     let (users_after, read_after) = read("read_after");
     assert_eq!(users_after, users_before);

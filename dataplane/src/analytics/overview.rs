@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
 use super::retention::latest_rates;
-use super::taxonomy::{ACTIVE, NEW_USER};
+use super::taxonomy::NEW_USER_DAY;
 use super::Ctx;
 
 /// The route.
@@ -16,15 +16,15 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = ctx.scope.filter();
     let last = range.end.div_euclid(DAY);
     let (day0, day_end) = (last * DAY, last * DAY + DAY - 1);
+    // Players per day come from `user_days` (a row per player and day), not from the
+    // events: the same figures, reading a row per player instead of one per event.
+    let day = |n: i64| format!("toDate('{}')", params::date_string(n));
+    let (first, last_d, week) = (day(last - 29), day(last), day(last - 6));
     let active = ctx
         .db
         .select(&format!(
-            "SELECT uniqExactIf(user_id, event_time >= toDateTime({day0})), \
-             uniqExactIf(user_id, event_time >= toDateTime({})), uniqExact(user_id) \
-             FROM analytics.events WHERE event IN {ACTIVE} AND event_time >= toDateTime({}) \
-             AND event_time <= toDateTime({day_end}){w}",
-            day0 - 6 * DAY,
-            day0 - 29 * DAY,
+            "SELECT uniqExactIf(user_id, d = {last_d}), uniqExactIf(user_id, d >= {week}), uniqExact(user_id) \
+             FROM analytics.user_days WHERE active > 0 AND d >= {first} AND d <= {last_d}{w}"
         ))
         .await?;
     let a = active.first().cloned().unwrap_or_default();
@@ -33,8 +33,8 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let users = ctx
         .db
         .select(&format!(
-            "SELECT uniqExactIf(user_id, event_time >= toDateTime({day0})), uniqExact(user_id) \
-             FROM analytics.events WHERE event IN {NEW_USER} AND event_time <= toDateTime({day_end}){w}"
+            "SELECT uniqExactIf(user_id, d = {last_d}), uniqExact(user_id) \
+             FROM analytics.user_days WHERE {NEW_USER_DAY} AND d <= {last_d}{w}"
         ))
         .await?;
     let u = users.first().cloned().unwrap_or_default();
@@ -58,12 +58,14 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let d = |n: i64| super::retention::DAYS.iter().position(|x| *x == n).map_or(0.0, |i| rates[i]);
 
     let series_range = Range { start: range.start.div_euclid(DAY) * DAY, end: day_end };
+    let (first_day, last_day) = series_range.days();
     let new_series = day_series(
         ctx,
         &format!(
-            "SELECT toUInt32(toDate(event_time, 'UTC')) AS d, uniqExact(user_id) FROM analytics.events \
-             WHERE event IN {NEW_USER} AND {}{w} GROUP BY d ORDER BY d",
-            series_range.filter("event_time")
+            "SELECT toUInt32(d) AS day, uniqExact(user_id) FROM analytics.user_days \
+             WHERE {NEW_USER_DAY} AND d >= {} AND d <= {}{w} GROUP BY day ORDER BY day",
+            day(first_day),
+            day(last_day)
         ),
     )
     .await?;
@@ -76,7 +78,6 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ),
     )
     .await?;
-    let (first_day, last_day) = series_range.days();
     let peak_series = day_series(
         ctx,
         &format!(

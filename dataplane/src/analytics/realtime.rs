@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::params::{self, DAY};
-use super::taxonomy::{NEW_USER, REFUNDED};
+use super::taxonomy::{NEW_USER_DAY, REFUNDED};
 use super::Ctx;
 
 /// `YYYYMMDDHHmm` of a minute (unix seconds).
@@ -69,7 +69,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let (rev_5m, rev_today, succ_5m, attempts_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
     let registered_total = ctx
         .db
-        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.events WHERE event IN {NEW_USER}{w}"))
+        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.user_days WHERE {NEW_USER_DAY}{w}"))
         .await?
         .as_u64();
     let peaks = ctx

@@ -68,17 +68,18 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
 /// between).
 pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError> {
     let w = ctx.scope.filter();
-    let one_day = |d: i64| Range { start: d * DAY, end: d * DAY + DAY - 1 }.filter("event_time");
-    let cohort_days: Vec<String> = DAYS.iter().map(|n| format!("({})", one_day(day - n))).collect();
-    let cohort_days = cohort_days.join(" OR ");
+    let date = |d: i64| format!("toDate('{}')", params::date_string(d));
+    let cohort_days: Vec<String> = DAYS.iter().map(|n| date(day - n)).collect();
+    let cohort_days = cohort_days.join(", ");
+    // From `user_days`: a row per player and day, not an event.
     let sql = format!(
-        "SELECT toUInt32(cd) AS d, count(), sum(active) \
-         FROM (SELECT user_id, toDate(min(event_time), 'UTC') AS cd FROM analytics.events \
-               WHERE event IN {REGISTER} AND ({cohort_days}){w} GROUP BY user_id) AS c \
+        "SELECT toUInt32(cd) AS day, count(), sum(retained) \
+         FROM (SELECT user_id, min(d) AS cd FROM analytics.user_days \
+               WHERE registered > 0 AND d IN ({cohort_days}){w} GROUP BY user_id) AS c \
          ANY LEFT JOIN \
-              (SELECT DISTINCT user_id, toUInt8(1) AS active FROM analytics.events WHERE {}{w}) AS a \
-         USING user_id GROUP BY d ORDER BY d",
-        one_day(day)
+              (SELECT DISTINCT user_id, toUInt8(1) AS retained FROM analytics.user_days WHERE d = {}{w}) AS a \
+         USING user_id GROUP BY day ORDER BY day",
+        date(day)
     );
     let rows = ctx.db.select(&sql).await?;
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);

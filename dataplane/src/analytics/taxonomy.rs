@@ -9,6 +9,8 @@ pub const REGISTER: &str = "('register', 'user.register')";
 pub const FIRST_ACTIVE: &str = "('first_active')";
 /// Either of the two: the registered total, new users.
 pub const NEW_USER: &str = "('register', 'user.register', 'first_active')";
+/// In `user_days`: a registration or a first activity that day (a [`NEW_USER`] event).
+pub const NEW_USER_DAY: &str = "(registered > 0 OR first_active > 0)";
 /// A level started.
 pub const LEVEL_START: &str = "('level_start', 'level_enter', 'level_begin', 'progression.start')";
 /// A level cleared.

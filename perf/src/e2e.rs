@@ -45,7 +45,7 @@ const SECRET: &str = "perf-secret";
 /// the traffic being measured.
 const PROBE_GAME: &str = "perf-probe";
 
-fn croupier_binary() -> std::path::PathBuf {
+pub(crate) fn croupier_binary() -> std::path::PathBuf {
     let me = std::env::current_exe().expect("own path");
     let p = me.with_file_name("croupier");
     assert!(p.exists(), "{} not built: cargo build -p croupier-dataplane --bin croupier (same profile)", p.display());

@@ -5,6 +5,7 @@
 //! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
+//! croupier-perf api    [--rows N[,N...]] [--runs R] [--out FILE]
 //! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]
 //! ```
 //!
@@ -18,6 +19,9 @@
 //! batch, `clickhouse-client` Native insert), then `croupier run` under the load
 //! generator at max and at fixed rates, with freshness, CPU, RSS and allocations.
 //!
+//! `api`: the analytics API's p50/p99 per route and rows read per one-day query on a
+//! generated history of N events (default 10 M and 50 M; see `api.rs`).
+//!
 //! `worker`: the stream holds N events in batch entries of 100; the ceiling is
 //! `clickhouse-client` inserting the same rows in Native format into a twin table; then
 //! `croupier worker` (one shard) consumes the stream into ClickHouse. Each is run R times
@@ -25,6 +29,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod api;
 mod e2e;
 mod machine;
 mod worker;
@@ -78,18 +83,26 @@ fn main() {
             let replica = args.iter().any(|a| a == "--replica");
             e2e::switch(&e2e_cfg(), (k.to_owned(), v.to_owned()), runs, replica)
         }
+        Some("api") => {
+            let sizes: Vec<u64> = args
+                .windows(2)
+                .find(|w| w[0] == "--rows")
+                .map(|w| w[1].split(',').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| if smoke { vec![100_000] } else { vec![10_000_000, 50_000_000] });
+            api::run(&sizes, arg(&args, "--runs", 20))
+        }
         Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {
             eprintln!(
-                "usage: croupier-perf all|e2e|worker|switch [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
+                "usage: croupier-perf all|e2e|worker|switch|api [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
             );
             std::process::exit(2);
         }
     };
     let text = format!("{}\n{}", machine::header(&args), body);
-    // A switch run is an A/B for perf/CHANGES.md, not the figures of RESULTS.md: it is
-    // written to a file only when --out names one.
-    if args.first().map(String::as_str) == Some("switch") && !args.iter().any(|a| a == "--out") {
+    // A switch run is an A/B for perf/CHANGES.md and an api run one section of
+    // RESULTS.md, not the whole file: they are written to a file only when --out names one.
+    if matches!(args.first().map(String::as_str), Some("switch" | "api")) && !args.iter().any(|a| a == "--out") {
         println!("{text}");
         return;
     }

@@ -82,12 +82,12 @@ fn generate(ch: &ClickHouseServer, rows: u64) -> u64 {
         span = 30 * DAY,
     ));
     // The aggregate tables as the worker leaves them (uniq stands for the sketches).
-    ch.query(&format!(
+    ch.query(
         "INSERT INTO analytics.daily_users (d, game_id, env, dau, new_users, version, payers)
          SELECT toDate(event_time, 'UTC') AS d, game_id, env,
            uniqIf(user_id, event IN ('login', 'session_start')), uniqIf(user_id, event = 'register'), 1, 0
-         FROM analytics.events GROUP BY d, game_id, env"
-    ));
+         FROM analytics.events GROUP BY d, game_id, env",
+    );
     ch.query(
         "INSERT INTO analytics.daily_revenue (d, game_id, env, revenue_cents, refunds_cents, failed, version)
          SELECT toDate(time, 'UTC') AS d, game_id, env, sumIf(amount_cents, status = 'success'),

@@ -35,6 +35,9 @@ const SHARDING_KEYS: &[(&str, &str)] = &[
     ("daily_online_peak", "0"),
     // Written once per API request, read by operators: anywhere.
     ("audit_log", "rand()"),
+    // Written by its view on each shard from that shard's events (a player's days are
+    // spread over the shards with the events; reads count distinct users across them).
+    ("user_days", "sipHash64(user_id)"),
 ];
 
 /// The shard (0-based, of `shards`) for a row whose dedup key is `key`: ClickHouse's
@@ -90,11 +93,22 @@ pub fn statements(cluster: &str) -> Vec<String> {
                  ENGINE = Distributed({cluster}, analytics, {table}_local, {key})"
             ));
         } else if sql.starts_with("CREATE MATERIALIZED VIEW") {
-            // The view feeds each shard's own peak table from its own minutes.
-            out.push(
-                sql.replace("TO analytics.daily_online_peak", "TO analytics.daily_online_peak_local")
-                    .replace("FROM analytics.minute_online", "FROM analytics.minute_online_local"),
-            );
+            // A view feeds each shard's own table from its own rows (the peaks from its
+            // minutes, user_days from its events).
+            let mut view = (*sql).to_owned();
+            for (table, _) in SHARDING_KEYS {
+                for clause in ["TO", "FROM"] {
+                    view = view.replace(
+                        &format!("{clause} analytics.{table}\n"),
+                        &format!("{clause} analytics.{table}_local\n"),
+                    );
+                    view = view.replace(
+                        &format!("{clause} analytics.{table} "),
+                        &format!("{clause} analytics.{table}_local "),
+                    );
+                }
+            }
+            out.push(view);
         } else {
             out.push((*sql).to_owned());
         }
@@ -182,6 +196,11 @@ mod tests {
             .iter()
             .any(|x| x.contains("TO analytics.daily_online_peak_local")
                 && x.contains("FROM analytics.minute_online_local")));
+        assert!(s
+            .iter()
+            .any(|x| x.contains("TO analytics.user_days_local") && x.contains("FROM analytics.events_local GROUP BY")));
+        assert!(s.iter().any(|x| x.starts_with("CREATE TABLE IF NOT EXISTS analytics.user_days_local (")
+            && x.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/analytics/user_days_local', '{replica}', (active, registered, first_active))")));
         let tables = s.iter().filter(|x| x.contains("ENGINE = Distributed(")).count();
         assert_eq!(tables, distributed_tables().len());
         assert_eq!(s.iter().filter(|x| x.contains("_local (")).count(), tables);

@@ -153,6 +153,8 @@ pub struct Sketches {
     dirty: usize,
     /// Consumers holding staged adds: while any does, scopes keep their positions.
     pins: usize,
+    /// An eviction put off while adds were staged (its time): made at the last unpin.
+    evict_due: Option<i64>,
 }
 
 impl Sketches {
@@ -171,6 +173,7 @@ impl Sketches {
             today: 0,
             dirty: 0,
             pins: 0,
+            evict_due: None,
         };
         s.set_now(crate::ingest::now_ms());
         s
@@ -284,9 +287,14 @@ impl Sketches {
         self.pins += 1;
     }
 
-    /// Ends a [`Sketches::pin`].
+    /// Ends a [`Sketches::pin`]; the last one makes an eviction put off meanwhile.
     pub fn unpin(&mut self) {
         self.pins = self.pins.saturating_sub(1);
+        if self.pins == 0 {
+            if let Some(now_ms) = self.evict_due.take() {
+                self.evict(now_ms);
+            }
+        }
     }
 
     /// Makes the staged adds (their rows are confirmed).
@@ -397,7 +405,8 @@ impl Sketches {
     /// (days): Redis holds them; late events for them start a new sketch.
     pub fn evict(&mut self, now_ms: i64) {
         if self.pins > 0 {
-            // Staged adds name scopes by position: evicted at a later round.
+            // Staged adds name scopes by position: evicted at the last unpin.
+            self.evict_due = Some(now_ms);
             return;
         }
         let (minute, today) = (minute_of(now_ms), day_of(now_ms));
@@ -480,6 +489,29 @@ mod tests {
         s.evict(now + 3 * 86_400_000);
         assert!(s.is_empty());
         assert!(published.list().is_empty());
+    }
+
+    #[test]
+    fn staged_adds_count_once_applied_and_eviction_waits_for_the_last_unpin() {
+        let published = Arc::new(Published::default());
+        let mut s = Sketches::new(0, published, 4096);
+        let now = crate::ingest::now_ms();
+        s.event("old", "prod", "login", "u0", "", now - 2 * 86_400_000);
+        s.take_dirty();
+        let mut staged = Vec::new();
+        s.pin();
+        s.stage_event(&mut staged, "g", "prod", "session_start", "u1", "", now);
+        s.stage_payer(&mut staged, "g", "prod", "u1", now);
+        assert_eq!(staged.len(), 3, "dau, online, payer");
+        assert!(!s.is_dirty() && s.len() == 1, "nothing counted while staged");
+        // An eviction meanwhile is put off: the scopes keep their positions.
+        s.evict(now);
+        assert_eq!(s.len(), 1);
+        s.apply(&staged);
+        assert_eq!(s.take_dirty().len(), 3);
+        s.unpin();
+        assert_eq!(s.len(), 3, "the old day's sketch went at the unpin");
+        assert!(s.scopes.iter().all(|x| &*x.game == "g"));
     }
 
     #[test]

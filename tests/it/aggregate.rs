@@ -691,6 +691,34 @@ fn aggregate_tables_get_one_insert_per_table_per_write() {
     assert!(p.stop_worker());
 }
 
+/// A day key holding another type (here a list where today's DAU key should be) reads
+/// back as no figure, not as 0: the day's `daily_users` row is not written, while the
+/// keys of other days and kinds are merged and written as always.
+#[test]
+fn a_key_of_another_type_is_not_written_as_a_zero() {
+    let mut p = Pipeline::start(&[]);
+    let ts = now_secs() as u64;
+    let dau = key(Kind::Dau, ts);
+    p.ingest.redis.client().cmd(&["RPUSH", &dau, "not a HyperLogLog"]);
+    p.start_worker(FAST);
+    post_players(&p, "register", "t", 0..30, ts);
+    post_players(&p, "heartbeat", "t", 0..20, ts);
+    wait_idle(&p);
+    let online = pfcount(&p, &key(Kind::Online, ts));
+    let m = minute_of(ts as i64 * 1000) as u64 * 60;
+    p.wait_for(online, "minute_online FINAL", |p| {
+        p.scalar(&format!(
+            "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+        ))
+    });
+    // Several writes later (every 200 ms), still no row of the day.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(rows_on_day(&p, "daily_users", "d", ts), 0, "daily_users written with a DAU it could not read");
+    assert!(within(pfcount(&p, &key(Kind::New, ts)), 30, 2.0));
+    assert_eq!(p.ingest.redis.client().int(&["LLEN", &dau]), 1, "the list is left alone");
+    assert!(p.stop_worker());
+}
+
 /// A database Croupier created: its `daily_users` lacks `payers`, and a peak view of an
 /// earlier schema took local days. Migrate adds the column (keeping the rows) and makes
 /// the view take UTC days; the worker then writes the table.

@@ -145,9 +145,17 @@ impl Aggregator {
     fn note_figures(&self, back: Vec<flush::ReadBack>, skip_empty: bool) {
         let mut minutes: HashMap<DayKey, MinuteRow> = HashMap::new();
         let mut days: HashMap<DayKey, DayRow> = HashMap::new();
+        // Days one of whose `daily_users` keys could not be read (another type, a
+        // malformed value): their row is not written rather than written with a 0.
+        let mut unreadable: HashSet<DayKey> = HashSet::new();
         let mut sketches = self.sketches.borrow_mut();
         for r in back {
-            let Some(sketch) = &r.sketch else { continue };
+            let Some(sketch) = &r.sketch else {
+                if r.table && matches!(r.kind, Kind::Dau | Kind::New | Kind::Payers) {
+                    unreadable.insert((r.game.clone(), r.env.clone(), r.period));
+                }
+                continue;
+            };
             // Keys read for the gauges only get a sketch of their own (kept until evicted).
             sketches.merge_back(r.kind, &r.game, &r.env, r.period, sketch, !r.table);
             if !r.table {
@@ -187,6 +195,7 @@ impl Aggregator {
                 _ => {}
             }
         }
+        days.retain(|k, _| !unreadable.contains(k));
         if skip_empty {
             minutes.retain(|_, m| m.online > 0);
             days.retain(|_, d| d.dau > 0 || d.new_users > 0 || d.payers > 0);

@@ -215,6 +215,13 @@ pub struct Redis {
     pub sentinels: Vec<String>,
     /// The primary's name at the sentinels.
     pub master_name: String,
+    /// Seed nodes (`host:port`) of a Redis Cluster; empty: not a cluster. The slot map is
+    /// read from any of them (and from the primaries it names after that); `addr` and
+    /// `sentinels` are not used.
+    pub cluster: Vec<String>,
+    /// How often the slot map is read again besides after a redirection or a failed
+    /// connection, milliseconds.
+    pub cluster_refresh_ms: u64,
 }
 
 impl Default for Redis {
@@ -230,6 +237,8 @@ impl Default for Redis {
             wait_timeout_ms: 1_000,
             sentinels: Vec::new(),
             master_name: "mymaster".into(),
+            cluster: Vec::new(),
+            cluster_refresh_ms: 2_000,
         }
     }
 }
@@ -291,6 +300,28 @@ pub struct Streams {
     /// `analytics:payments`.
     #[serde(deserialize_with = "payments_limits")]
     pub payments: StreamLimits,
+    /// Partitions of each stream: 1 keeps the key names above; `n > 1` makes `n` streams
+    /// of each (`analytics:events:{<tag>}`), spread over a Redis Cluster's slots. Each
+    /// partition's retention and mark are the stream's divided by `n`.
+    pub partitions: u16,
+}
+
+impl Streams {
+    /// The limits of `events`, `custom` and `payments`, in that order.
+    pub fn limits(&self) -> [StreamLimits; 3] {
+        [self.events, self.custom, self.payments]
+    }
+
+    /// The limits of one partition: each stream's divided by the partitions (at least 2
+    /// events retained and 1 for the mark), so that all partitions together keep and
+    /// admit what the stream alone would.
+    pub fn partition_limits(&self) -> [StreamLimits; 3] {
+        let n = u64::from(self.partitions.max(1));
+        self.limits().map(|l| StreamLimits {
+            retention_events: (l.retention_events / n).max(2),
+            high_water_events: (l.high_water_events / n).max(1),
+        })
+    }
 }
 
 impl Default for Streams {
@@ -300,6 +331,7 @@ impl Default for Streams {
             events: StreamLimits { retention_events: 1_000_000, high_water_events: 800_000 },
             custom: StreamLimits { retention_events: 500_000, high_water_events: 400_000 },
             payments: StreamLimits { retention_events: 100_000, high_water_events: 80_000 },
+            partitions: 1,
         }
     }
 }
@@ -745,6 +777,14 @@ impl Config {
                  underscores after the section ({meant}?)"
             ));
         }
+        if !self.redis.cluster.is_empty() && self.aggregate.enabled {
+            w.push(
+                "aggregate.enabled with redis.cluster: the sketches' flush runs one script over keys of many \
+                 slots, which a cluster refuses (CROSSSLOT): the workers do not aggregate \
+                 (docs/redis-topologies.md); set aggregate.enabled = false"
+                    .to_owned(),
+            );
+        }
         if self.worker.dead_letter_maxlen.is_some() {
             w.push(
                 "worker.dead_letter_maxlen is no longer used: dead-letter streams are never trimmed \
@@ -945,6 +985,15 @@ impl Config {
         if self.redis.wait_replicas > 0 && self.redis.wait_timeout_ms == 0 {
             // `WAIT n 0` blocks for ever: a replica down would hold every request.
             return Err(err("redis.wait_timeout_ms", "expected a timeout greater than 0 when wait_replicas is set"));
+        }
+        if !self.redis.cluster.is_empty() && !self.redis.sentinels.is_empty() {
+            return Err(err("redis.cluster", "expected either cluster seed nodes or sentinels, not both"));
+        }
+        if !self.redis.cluster.is_empty() && self.redis.cluster_refresh_ms == 0 {
+            return Err(err("redis.cluster_refresh_ms", "expected an interval greater than 0"));
+        }
+        if !(1..=1024).contains(&self.streams.partitions) {
+            return Err(err("streams.partitions", "expected 1 to 1024 partitions"));
         }
         if !self.redis.sentinels.is_empty() && self.redis.master_name.is_empty() {
             return Err(err("redis.master_name", "expected the primary's name at the sentinels"));

@@ -283,8 +283,11 @@ pub(crate) fn stage<'s>(
     let total: usize = parts.iter().map(|(_, len)| len).sum();
     let refuse = |error: IngestError| Refusal { error, records: Some(total) };
     let retry_after = shard.config.redis.retry_after_secs;
+    // The partition is the nonce's: the same request sent again finds its nonce there,
+    // whichever connection or node it comes through (`cluster::partition_of`).
+    let (partition, nonce_key) = shard.backlog.partitions().route(nonce_key);
     for (stream, _) in parts {
-        match shard.backlog.admission(*stream) {
+        match shard.backlog.admission(partition, *stream) {
             Admission::Open => {}
             Admission::Full => return Err(refuse(IngestError::BacklogFull { stream: *stream, retry_after })),
             // Not read since the last connect (or Redis is gone): not a full backlog.
@@ -308,8 +311,8 @@ pub(crate) fn stage<'s>(
         .iter()
         .zip(&b.archives)
         .map(|((s, count), archive)| EntryArgs {
-            stream: s.key(),
-            minid: shard.backlog.added(*s, *count),
+            stream: shard.backlog.partitions().stream(partition, *s),
+            minid: shard.backlog.added(partition, *s, *count),
             count: *count,
             archive,
         })
@@ -319,7 +322,8 @@ pub(crate) fn stage<'s>(
     // included: from `ts - skew` to the end of second `ts + skew`. A nonce recorded at the
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
-    resp::ingest(&mut cmd, nonce_key, ttl, digest, &entries);
+    let entry_events = shard.backlog.partitions().entry_events(partition);
+    resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
     Ok(Prepared {
         cmd,
         entries: n,

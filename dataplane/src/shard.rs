@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use croupier_control::config::Config;
 use croupier_control::metrics::{GameIx, ShardWriter};
-use croupier_protocol::stream::StreamKind;
+use croupier_protocol::cluster::Partitions;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
 use crate::analytics::auth::Verifier;
@@ -111,16 +111,11 @@ pub fn build(
             (name.clone(), state)
         })
         .collect();
-    let s = &config.streams;
-    let stream_limits = StreamKind::ALL.map(|k| match k {
-        StreamKind::Events => s.events,
-        StreamKind::Custom => s.custom,
-        StreamKind::Payments => s.payments,
-    });
-    let mut options = RedisOptions::from_config(&config.redis);
+    let mut options = RedisOptions::from_config(&config);
     options.overdue = Some(redis_health.shard(id, options.reply_timeout));
     let redis = RedisClient::start(options);
-    let backlog = Backlog::new(stream_limits, redis.epoch());
+    let partitions = Partitions::new(config.streams.partitions);
+    let backlog = Backlog::new(config.streams.partition_limits(), redis.epoch(), partitions);
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
     let mut keys = HashMap::new();

@@ -735,3 +735,71 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
     }
     out
 }
+
+/// Ingest events/s on a Redis Cluster of 1, 2 and 3 primaries (no replicas, slots split
+/// evenly, `streams.partitions = 6` so that each primary holds as many partitions), at max
+/// (closed loop), `runs` times each in rotating order, medians; and on one plain Redis
+/// (no cluster, one partition) in the same run, the ceiling the ratios are read against.
+pub fn cluster(cfg: &E2eConfig, runs: usize) -> String {
+    let ch = ClickHouseServer::start();
+    let mut by: [Vec<SwitchRun>; 4] = Default::default();
+    for r in 0..runs.max(1) {
+        for i in 0..4 {
+            let k = (i + r) % 4;
+            eprintln!(
+                "cluster: run {} with {}",
+                r + 1,
+                if k == 0 { "one plain Redis".into() } else { format!("{k} primaries") }
+            );
+            let plain = RedisServer::start();
+            let run = if k == 0 {
+                switch_run(cfg, &plain, &ch, &[])
+            } else {
+                let c = croupier_it::cluster::RedisCluster::primaries_only(k);
+                let seeds = format!("[{}]", c.seeds().iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+                let env = [
+                    ("CROUPIER_REDIS__CLUSTER".to_owned(), seeds),
+                    ("CROUPIER_STREAMS__PARTITIONS".to_owned(), "6".to_owned()),
+                    // The aggregation's flush spans slots (docs/redis-topologies.md).
+                    ("CROUPIER_AGGREGATE__ENABLED".to_owned(), "false".to_owned()),
+                ];
+                switch_run(cfg, &plain, &ch, &env)
+            };
+            by[k].push(run);
+        }
+    }
+    let median = |v: &[SwitchRun], f: Figure| {
+        let mut s: Vec<f64> = v.iter().map(f).collect();
+        s.sort_by(|a, b| a.total_cmp(b));
+        q(&s, 0.5)
+    };
+    let eps: Figure = |r| r.events_per_sec;
+    let base = median(&by[0], eps);
+    let one = median(&by[1], eps);
+    let mut out = format!(
+        "## Redis Cluster: ingest with 1, 2 and 3 primaries\n\n\
+         `croupier run` at max (closed loop, {} connections, {} s per run), {} runs each in rotating order, \
+         medians; `streams.partitions = 6`, a cluster of primaries only (`CLUSTER ADDSLOTSRANGE`, even \
+         ranges), aggregation off. Everything (croupier, the load generator, every redis-server, ClickHouse) \
+         shares this machine's cores: more primaries add Redis threads, not cores, so the ratio shows the \
+         cost of the cluster's routing and of spreading, not the scale-out of separate machines.\n\n\
+         | Redis | accepted events/s (runs) | ratio to one plain Redis | ratio to 1 primary | ack p50 µs | ack p99 µs |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+        cfg.connections,
+        cfg.seconds,
+        runs.max(1)
+    );
+    for (k, v) in by.iter().enumerate() {
+        let list = v.iter().map(|r| format!("{:.0}", r.events_per_sec)).collect::<Vec<_>>().join(", ");
+        let m = median(v, eps);
+        out += &format!(
+            "| {} | {m:.0} ({list}) | {:.3} | {} | {:.0} | {:.0} |\n",
+            if k == 0 { "one plain Redis (partitions = 1)".to_owned() } else { format!("cluster, {k} primaries") },
+            m / base,
+            if k == 0 { "".to_owned() } else { format!("{:.3}", m / one) },
+            median(v, |r| r.p50_us as f64),
+            median(v, |r| r.p99_us as f64),
+        );
+    }
+    out
+}

@@ -7,7 +7,11 @@
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
 //! croupier-perf api    [--rows N[,N...]] [--runs R] [--out FILE]
 //! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]
+//! croupier-perf cluster [--seconds S] [--runs R] [--out FILE]
 //! ```
+//!
+//! `cluster`: ingest at max on a Redis Cluster of 1, 2 and 3 primaries and on one plain
+//! Redis, rotated, medians (a ratio; printed unless `--out` names a file).
 //!
 //! `switch`: the cost of one setting (`CROUPIER_<SECTION>__<KEY>=value`), A/B in one run:
 //! `croupier run` at max with the defaults and with the setting, alternated, medians.
@@ -91,18 +95,21 @@ fn main() {
                 .unwrap_or_else(|| if smoke { vec![100_000] } else { vec![10_000_000, 50_000_000] });
             api::run(&sizes, arg(&args, "--runs", 20))
         }
+        Some("cluster") => e2e::cluster(&e2e_cfg(), runs),
         Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {
             eprintln!(
-                "usage: croupier-perf all|e2e|worker|switch|api [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
+                "usage: croupier-perf all|e2e|worker|switch|api|cluster [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
             );
             std::process::exit(2);
         }
     };
     let text = format!("{}\n{}", machine::header(&args), body);
-    // A switch run is an A/B for perf/CHANGES.md and an api run one section of
+    // A switch run is an A/B for perf/CHANGES.md and an api or cluster run one section of
     // RESULTS.md, not the whole file: they are written to a file only when --out names one.
-    if matches!(args.first().map(String::as_str), Some("switch" | "api")) && !args.iter().any(|a| a == "--out") {
+    if matches!(args.first().map(String::as_str), Some("switch" | "api" | "cluster"))
+        && !args.iter().any(|a| a == "--out")
+    {
         println!("{text}");
         return;
     }

@@ -68,6 +68,136 @@ pub fn partition_of(nonce_key: &str, n: u16) -> u16 {
     }
 }
 
+/// The partitions of the streams, with every key name built once: partition `p`'s
+/// stream keys, its mean-entry-size hash and the tag its nonce keys carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partitions {
+    tags: Vec<Option<String>>,
+    streams: Vec<[String; 3]>,
+    entry_events: Vec<String>,
+}
+
+impl Partitions {
+    /// `n` partitions (0 counts as 1; at most [`SLOTS`]).
+    pub fn new(n: u16) -> Partitions {
+        let n = n.clamp(1, SLOTS);
+        let tags: Vec<Option<String>> = (0..n).map(|p| partition_tag(p, n)).collect();
+        let streams = tags.iter().map(|t| StreamKind::ALL.map(|k| stream_key(k, t.as_deref()))).collect();
+        let entry_events = tags.iter().map(|t| entry_events_key(t.as_deref())).collect();
+        Partitions { tags, streams, entry_events }
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Whether there are none (never: at least one).
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    /// The stream key of `kind` in partition `p` (`p` beyond the last: the last's).
+    pub fn stream(&self, p: usize, kind: StreamKind) -> &str {
+        let p = p.min(self.len().saturating_sub(1));
+        self.streams.get(p).map_or(kind.key(), |s| s[kind.index()].as_str())
+    }
+
+    /// The mean-entry-size hash of partition `p`.
+    pub fn entry_events(&self, p: usize) -> &str {
+        let p = p.min(self.len().saturating_sub(1));
+        self.entry_events.get(p).map_or(ENTRY_EVENTS, String::as_str)
+    }
+
+    /// The partition a request whose nonce key is `nonce_key` goes to, and the key that
+    /// records its nonce there (tagged to share the partition's slot).
+    pub fn route(&self, nonce_key: &str) -> (usize, String) {
+        let n = u16::try_from(self.len()).unwrap_or(SLOTS);
+        let p = usize::from(partition_of(nonce_key, n));
+        (p, tagged(nonce_key, self.tags.get(p).and_then(|t| t.as_deref())))
+    }
+
+    /// Every stream key of every partition.
+    pub fn all_streams(&self) -> impl Iterator<Item = &str> {
+        self.streams.iter().flat_map(|s| s.iter().map(String::as_str))
+    }
+}
+
+/// The key a command (encoded as ingest and the worker encode them: an array of bulk
+/// strings) is routed by in a cluster: the first key (`EVAL`/`EVALSHA`: `KEYS[1]`;
+/// `XREAD`/`XREADGROUP`: the first stream after `STREAMS`; `XINFO`/`XGROUP`: the
+/// argument after the subcommand; most others: the first argument). `None` for a command
+/// without a key (`PING`, `WAIT`, `INFO`, ...), which any node can answer, and for bytes
+/// that are not such an array. Hand-written: `redis-protocol` gives the slot of a key but
+/// not which argument of a command is its key.
+pub fn command_key(cmd: &[u8]) -> Option<&[u8]> {
+    let mut args = Args::new(cmd)?;
+    let name = args.next()?;
+    let upper = |n: &[u8]| n.to_ascii_uppercase();
+    match upper(name).as_slice() {
+        b"PING" | b"WAIT" | b"INFO" | b"ROLE" | b"CLUSTER" | b"ASKING" | b"READONLY" | b"SCRIPT" | b"FLUSHALL"
+        | b"DBSIZE" | b"CLIENT" | b"CONFIG" | b"MULTI" | b"EXEC" | b"HELLO" | b"AUTH" | b"SELECT" => None,
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" => {
+            args.next()?;
+            let numkeys = std::str::from_utf8(args.next()?).ok()?.parse::<u32>().ok()?;
+            if numkeys == 0 {
+                None
+            } else {
+                args.next()
+            }
+        }
+        b"XREAD" | b"XREADGROUP" => {
+            while let Some(a) = args.next() {
+                if a.eq_ignore_ascii_case(b"STREAMS") {
+                    return args.next();
+                }
+            }
+            None
+        }
+        b"XINFO" | b"XGROUP" | b"OBJECT" | b"MEMORY" => {
+            args.next()?;
+            args.next()
+        }
+        _ => args.next(),
+    }
+}
+
+/// The arguments of an encoded command, in order.
+struct Args<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Args<'a> {
+    fn new(cmd: &'a [u8]) -> Option<Args<'a>> {
+        let (n, rest) = header(cmd, b'*')?;
+        Some(Args { rest, left: n })
+    }
+}
+
+impl<'a> Iterator for Args<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        let (len, rest) = header(self.rest, b'$')?;
+        let arg = rest.get(..len)?;
+        self.rest = rest.get(len.checked_add(2)?..)?;
+        self.left -= 1;
+        Some(arg)
+    }
+}
+
+/// `<tag><number>\r\n` at the start of `b`: the number and what follows.
+fn header(b: &[u8], tag: u8) -> Option<(usize, &[u8])> {
+    let rest = b.strip_prefix(&[tag])?;
+    let end = rest.iter().position(|c| *c == b'\r')?;
+    let n = std::str::from_utf8(&rest[..end]).ok()?.parse::<usize>().ok()?;
+    Some((n, rest.get(end + 2..)?))
+}
+
 /// A redirection in an error reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redirect {
@@ -147,6 +277,57 @@ impl SlotMap {
         Some(map)
     }
 
+    /// Reads a `CLUSTER SHARDS` reply (Redis 7): per shard `slots` (pairs of start and
+    /// end) and `nodes`, each a map with `ip` (or `endpoint`), `port` (or `tls-port`),
+    /// `role` and `health`; the shard's primary is the node whose role is `master` and
+    /// whose health is `online` (`fail` once the cluster agrees it is down). A shard without slots or without such a node serves
+    /// nothing.
+    pub fn from_cluster_shards(frame: &Frame) -> Option<SlotMap> {
+        let Frame::Array(shards) = frame else { return None };
+        let mut map = SlotMap { nodes: Vec::new(), owner: vec![u16::MAX; usize::from(SLOTS)] };
+        for shard in shards {
+            let shard = pairs(shard)?;
+            let Some(Frame::Array(slots)) = field(&shard, "slots") else { return None };
+            let Some(Frame::Array(nodes)) = field(&shard, "nodes") else { return None };
+            let mut primary = None;
+            for node in nodes {
+                let node = pairs(node)?;
+                let text = |k: &str| match field(&node, k) {
+                    Some(Frame::BulkString(v) | Frame::SimpleString(v)) => std::str::from_utf8(v).ok(),
+                    _ => None,
+                };
+                let port = match field(&node, "port").or_else(|| field(&node, "tls-port")) {
+                    Some(Frame::Integer(p)) => *p,
+                    _ => continue,
+                };
+                let host = text("ip").filter(|h| !h.is_empty()).or_else(|| text("endpoint"));
+                if text("role") == Some("master") && text("health").is_none_or(|h| h == "online") {
+                    if let Some(h) = host {
+                        primary = Some(if h.contains(':') { format!("[{h}]:{port}") } else { format!("{h}:{port}") });
+                    }
+                }
+            }
+            let Some(addr) = primary else { continue };
+            let ix = match map.nodes.iter().position(|n| *n == addr) {
+                Some(i) => i,
+                None => {
+                    map.nodes.push(addr);
+                    map.nodes.len() - 1
+                }
+            };
+            let ix = u16::try_from(ix).ok()?;
+            for pair in slots.chunks(2) {
+                let [Frame::Integer(start), Frame::Integer(end)] = pair else { return None };
+                let (start, end) = (u16::try_from(*start).ok()?, u16::try_from(*end).ok()?);
+                if start > end || end >= SLOTS {
+                    return None;
+                }
+                map.owner[usize::from(start)..=usize::from(end)].fill(ix);
+            }
+        }
+        Some(map)
+    }
+
     /// The primary serving `slot`, if one does.
     pub fn node(&self, slot: u16) -> Option<&str> {
         let ix = *self.owner.get(usize::from(slot))?;
@@ -157,6 +338,24 @@ impl SlotMap {
     pub fn complete(&self) -> bool {
         self.owner.iter().all(|o| *o != u16::MAX)
     }
+}
+
+/// A RESP2 flat list or a RESP3 map of name/value pairs.
+fn pairs(frame: &Frame) -> Option<Vec<(&[u8], &Frame)>> {
+    match frame {
+        Frame::Array(items) => items
+            .chunks(2)
+            .map(|kv| match kv {
+                [Frame::BulkString(k) | Frame::SimpleString(k), v] => Some((k.as_slice(), v)),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn field<'a>(pairs: &[(&[u8], &'a Frame)], name: &str) -> Option<&'a Frame> {
+    pairs.iter().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| *v)
 }
 
 #[cfg(test)]
@@ -254,5 +453,72 @@ mod tests {
         let partial = Frame::Array(vec![range(0, 5460, 7000)]);
         assert!(!SlotMap::from_cluster_slots(&partial).expect("a map").complete());
         assert_eq!(SlotMap::from_cluster_slots(&Frame::Array(vec![range(10, 5, 7000)])), None);
+    }
+
+    fn cmd(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::resp::command(&mut out, args);
+        out
+    }
+
+    #[test]
+    fn commands_are_routed_by_their_first_key() {
+        let key = |args: &[&[u8]]| command_key(&cmd(args)).map(|k| String::from_utf8_lossy(k).into_owned());
+        assert_eq!(key(&[b"EVAL", b"return 1", b"2", b"k1", b"k2", b"a"]), Some("k1".into()));
+        assert_eq!(key(&[b"EVAL", b"return 1", b"0"]), None);
+        assert_eq!(
+            key(&[b"XREADGROUP", b"GROUP", b"g", b"c", b"COUNT", b"10", b"STREAMS", b"s1", b">"]),
+            Some("s1".into())
+        );
+        assert_eq!(key(&[b"XINFO", b"GROUPS", b"s2"]), Some("s2".into()));
+        assert_eq!(key(&[b"xgroup", b"CREATE", b"s3", b"g", b"0"]), Some("s3".into()));
+        assert_eq!(key(&[b"XACK", b"s4", b"g", b"1-1"]), Some("s4".into()));
+        assert_eq!((key(&[b"PING"]), key(&[b"WAIT", b"1", b"100"])), (None, None));
+        assert_eq!(command_key(b"*2\r\n$4\r\nXLEN"), None, "cut short");
+    }
+
+    #[test]
+    fn partitions_build_every_key_once() {
+        let one = Partitions::new(1);
+        assert_eq!((one.len(), one.stream(0, StreamKind::Custom)), (1, "analytics:custom"));
+        assert_eq!(one.route("croupier:nonce:g:n"), (0, "croupier:nonce:g:n".into()));
+        let three = Partitions::new(3);
+        let (p, nonce) = three.route("croupier:nonce:g:n");
+        assert_eq!(key_slot(nonce.as_bytes()), key_slot(three.stream(p, StreamKind::Payments).as_bytes()));
+        assert_eq!(key_slot(nonce.as_bytes()), key_slot(three.entry_events(p).as_bytes()));
+        assert_eq!(three.all_streams().count(), 9);
+    }
+
+    #[test]
+    fn slot_map_from_cluster_shards() {
+        let node = |port: i64, role: &str, health: &str| {
+            Frame::Array(vec![
+                bulk("id"),
+                bulk("x"),
+                bulk("port"),
+                Frame::Integer(port),
+                bulk("ip"),
+                bulk("127.0.0.1"),
+                bulk("role"),
+                bulk(role),
+                bulk("health"),
+                bulk(health),
+            ])
+        };
+        let shard = |s: i64, e: i64, nodes: Vec<Frame>| {
+            Frame::Array(vec![
+                bulk("slots"),
+                Frame::Array(vec![Frame::Integer(s), Frame::Integer(e)]),
+                bulk("nodes"),
+                Frame::Array(nodes),
+            ])
+        };
+        let reply = Frame::Array(vec![
+            shard(0, 8191, vec![node(7003, "replica", "online"), node(7000, "master", "online")]),
+            shard(8192, 16383, vec![node(7001, "master", "fail"), node(7004, "master", "online")]),
+        ]);
+        let map = SlotMap::from_cluster_shards(&reply).expect("a map");
+        assert!(map.complete());
+        assert_eq!((map.node(0), map.node(16383)), (Some("127.0.0.1:7000"), Some("127.0.0.1:7004")));
     }
 }

@@ -5,7 +5,7 @@
 //! checks that the stream keys are streams, remembers the request's nonce with the body's
 //! digest (`SET NX EX`) and appends the entries (`XADD MINID ~`) atomically, so a replayed
 //! nonce adds nothing, a refused request leaves no trace, and the same request sent again
-//! is recognised. It also keeps each stream's mean events per entry ([`ENTRY_EVENTS`]),
+//! is recognised. It also keeps each stream's mean events per entry ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)),
 //! which every shard reads to convert its limits from events to entries.
 
 use redis_protocol::resp2::types::BorrowedFrame;
@@ -13,10 +13,10 @@ pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use redis_protocol::resp2::{decode, encode};
 
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
-use crate::stream::{StreamId, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
+use crate::stream::{StreamId, ENTRY_EVENTS_WINDOW};
 
 /// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2]` the
-/// [`ENTRY_EVENTS`] hash, `KEYS[3..]` the streams; `ARGV[1]` the nonce TTL in seconds,
+/// [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash, `KEYS[3..]` the streams; `ARGV[1]` the nonce TTL in seconds,
 /// `ARGV[2]` the body's SHA-256, then per stream: MINID, record count, archive.
 ///
 /// Replies with the entry IDs; with the status `DUPLICATE` when the nonce was used by a
@@ -94,8 +94,16 @@ pub struct EntryArgs<'a> {
 }
 
 /// Appends the `EVAL` that records `nonce_key` (with the body's SHA-256) for `ttl_secs`
-/// and appends `entries`.
-pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, body_sha256: &[u8; 32], entries: &[EntryArgs<'_>]) {
+/// and appends `entries`, keeping their mean size in the hash `entry_events`
+/// ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) or a partition's: every key in one slot for a cluster).
+pub fn ingest(
+    out: &mut Vec<u8>,
+    nonce_key: &str,
+    entry_events: &str,
+    ttl_secs: u64,
+    body_sha256: &[u8; 32],
+    entries: &[EntryArgs<'_>],
+) {
     let numkeys = (2 + entries.len()).to_string();
     let ttl = ttl_secs.to_string();
     let nums: Vec<(String, String)> = entries
@@ -112,7 +120,7 @@ pub fn ingest(out: &mut Vec<u8>, nonce_key: &str, ttl_secs: u64, body_sha256: &[
         INGEST_SCRIPT.as_bytes(),
         numkeys.as_bytes(),
         nonce_key.as_bytes(),
-        ENTRY_EVENTS.as_bytes(),
+        entry_events.as_bytes(),
     ]);
     args.extend(entries.iter().map(|e| e.stream.as_bytes()));
     args.extend([ttl.as_bytes(), body_sha256.as_slice()]);
@@ -307,6 +315,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::ENTRY_EVENTS;
 
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
@@ -319,7 +328,7 @@ mod tests {
     fn ingest_lays_out_keys_and_args() {
         let mut out = Vec::new();
         let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n" };
-        ingest(&mut out, "nk", 602, &[7; 32], &[e]);
+        ingest(&mut out, "nk", ENTRY_EVENTS, 602, &[7; 32], &[e]);
         let (frame, used) = decode_reply(&out).expect("decodes").expect("complete");
         assert_eq!(used, out.len());
         let Frame::Array(items) = frame else { panic!("array") };

@@ -6,6 +6,7 @@
 
 pub mod clickhouse;
 pub mod clickhouse_cluster;
+pub mod cluster;
 pub mod haproxy;
 pub mod http;
 pub mod monitoring;

@@ -28,6 +28,7 @@ mod metrics;
 mod otlp;
 mod pinning;
 mod pipeline;
+mod redis_cluster;
 mod redis_faults;
 mod refusals;
 mod replication;

@@ -199,7 +199,7 @@ impl Api {
         Ok(Api {
             verifier: Verifier::from_config(api)?,
             db: Db::new(opts.clone(), api.max_queries_in_flight, timeout).on_cluster(ch.is_cluster()),
-            redis: RedisClient::start(RedisOptions::from_config(&config.redis)),
+            redis: RedisClient::start(RedisOptions::from_config(config)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
             filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect())?,
             audit_opts: opts,

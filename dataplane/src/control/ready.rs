@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::{Config, StreamLimits};
-use croupier_protocol::stream::StreamKind;
+use croupier_protocol::cluster::Partitions;
 
 use super::streams::{self, StreamReading};
 use crate::clickhouse::connection::{ChOptions, Connection};
@@ -65,7 +65,9 @@ impl Readiness {
 pub struct Probes {
     redis: RedisClient,
     redis_addr: String,
+    /// A partition's limits.
     limits: [StreamLimits; 3],
+    partitions: Partitions,
     /// Set when the process runs workers (ClickHouse is its dependency).
     clickhouse: Option<ChOptions>,
     /// Kept between probes; dropped after a failure.
@@ -80,19 +82,19 @@ pub struct Probes {
 impl Probes {
     /// Starts the Redis connection on the current runtime.
     pub fn new(config: &Config, ingest: bool, worker: bool, health: Option<Arc<RedisHealth>>) -> Probes {
-        let s = &config.streams;
-        let limits = StreamKind::ALL.map(|k| match k {
-            StreamKind::Events => s.events,
-            StreamKind::Custom => s.custom,
-            StreamKind::Payments => s.payments,
-        });
+        let limits = config.streams.partition_limits();
         let timeout = Duration::from_millis(config.control.probe_timeout_ms);
-        let mut options = RedisOptions::from_config(&config.redis);
+        let mut options = RedisOptions::from_config(config);
         options.reply_timeout = options.reply_timeout.min(timeout);
         Probes {
             redis: RedisClient::start(options),
-            redis_addr: config.redis.addr.clone(),
+            redis_addr: if config.redis.cluster.is_empty() {
+                config.redis.addr.clone()
+            } else {
+                format!("the cluster of {}", config.redis.cluster.join(", "))
+            },
             limits,
+            partitions: Partitions::new(config.streams.partitions),
             clickhouse: worker.then(|| crate::worker::clickhouse_options(config)),
             ch: RefCell::new(None),
             ingest,
@@ -117,7 +119,7 @@ impl Probes {
         if !self.redis.is_up() {
             return Err(format!("not connected to {}", self.redis_addr));
         }
-        streams::read(&self.redis, self.limits).await.map_err(|e| format!("{}: {e}", self.redis_addr))
+        streams::read(&self.redis, self.limits, &self.partitions).await.map_err(|e| format!("{}: {e}", self.redis_addr))
     }
 
     /// Connects if needed and pings ClickHouse, within the probe timeout.
@@ -162,7 +164,7 @@ impl Probes {
                         .map(|s| {
                             format!(
                                 "{} at its high-water mark ({} of {} events)",
-                                s.stream.key(),
+                                self.partitions.stream(usize::from(s.partition), s.stream),
                                 s.backlog_events(),
                                 s.high_water_events
                             )

@@ -5,8 +5,9 @@
 
 use croupier_control::config::StreamLimits;
 use croupier_control::metrics::{labels, Encoder, Kind};
+use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::{self, Frame};
-use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP};
 
 use crate::redis::connection::{RedisClient, RedisError};
 
@@ -15,6 +16,8 @@ use crate::redis::connection::{RedisClient, RedisError};
 pub struct StreamReading {
     /// The stream.
     pub stream: StreamKind,
+    /// Its partition (`streams.partitions`; 0 when there is one).
+    pub partition: u16,
     /// Entries pending in the group or not yet read (`XLEN` when Redis cannot tell the lag).
     pub backlog_entries: u64,
     /// Mean events per entry (`croupier:entry-events`; 1 before any entry).
@@ -59,11 +62,11 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Result<Frame, String> {
     }
 }
 
-/// The streams' mean events per entry, in [`StreamKind::ALL`] order.
-async fn entry_means(redis: &RedisClient) -> Result<[f64; 3], String> {
-    let [a, b, c] = StreamKind::ALL.map(|k| k.key().as_bytes());
+/// Partition `p`'s streams' mean events per entry, in [`StreamKind::ALL`] order.
+async fn entry_means(redis: &RedisClient, partitions: &Partitions, p: usize) -> Result<[f64; 3], String> {
+    let [a, b, c] = StreamKind::ALL.map(|k| partitions.stream(p, k).as_bytes());
     let mut means = [1.0; 3];
-    if let Frame::Array(items) = call(redis, &[b"HMGET", ENTRY_EVENTS.as_bytes(), a, b, c]).await? {
+    if let Frame::Array(items) = call(redis, &[b"HMGET", partitions.entry_events(p).as_bytes(), a, b, c]).await? {
         for (m, item) in means.iter_mut().zip(items) {
             if let Frame::BulkString(v) = item {
                 if let Some(v) = std::str::from_utf8(&v).ok().and_then(|v| v.parse::<f64>().ok()) {
@@ -89,20 +92,21 @@ fn first_id(frame: &Frame) -> Option<StreamId> {
 
 async fn read_one(
     redis: &RedisClient,
-    stream: StreamKind,
+    (stream, partition, name): (StreamKind, u16, &str),
     mean: f64,
     limits: StreamLimits,
 ) -> Result<StreamReading, String> {
-    let key = stream.key().as_bytes();
+    let key = name.as_bytes();
     let entries = match call(redis, &[b"XLEN", key]).await? {
         Frame::Integer(n) => n.max(0) as u64,
-        other => return Err(format!("XLEN {}: {other:?}", stream.key())),
+        other => return Err(format!("XLEN {name}: {other:?}")),
     };
     // An error reply for a missing key means no group: not through `call`.
     let frame = redis.call(xinfo(key)).await.map_err(failed)?;
     let info = resp::group_info(&frame, CONSUMER_GROUP).map_err(|e| e.0)?;
     let mut reading = StreamReading {
         stream,
+        partition,
         backlog_entries: entries,
         events_per_entry: mean,
         entries,
@@ -139,42 +143,64 @@ fn xinfo(key: &[u8]) -> Vec<u8> {
     cmd
 }
 
-/// Reads the three streams (in [`StreamKind::ALL`] order).
-pub async fn read(redis: &RedisClient, limits: [StreamLimits; 3]) -> Result<Vec<StreamReading>, String> {
-    let means = entry_means(redis).await?;
-    let mut out = Vec::with_capacity(3);
-    for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
-        out.push(read_one(redis, stream, means[i], limits[i]).await?);
+/// Reads the three streams of each partition (in [`StreamKind::ALL`] order, partition by
+/// partition); `limits` are a partition's.
+pub async fn read(
+    redis: &RedisClient,
+    limits: [StreamLimits; 3],
+    partitions: &Partitions,
+) -> Result<Vec<StreamReading>, String> {
+    let mut out = Vec::with_capacity(3 * partitions.len());
+    for p in 0..partitions.len() {
+        let means = entry_means(redis, partitions, p).await?;
+        let id = u16::try_from(p).unwrap_or(u16::MAX);
+        for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
+            out.push(read_one(redis, (stream, id, partitions.stream(p, stream)), means[i], limits[i]).await?);
+        }
     }
     Ok(out)
 }
 
-/// Writes the stream gauges of `readings`, ages as of `now_ms`.
+/// Writes the stream gauges of `readings`, ages as of `now_ms`; labelled by partition
+/// too when there are several (one partition keeps the series as they were).
 pub fn encode(enc: &mut Encoder, readings: &[StreamReading], now_ms: u64) {
+    let partitioned = readings.iter().any(|r| r.partition > 0);
+    let parts: Vec<String> = readings.iter().map(|r| r.partition.to_string()).collect();
+    let labels: Vec<Vec<(&str, &str)>> = readings
+        .iter()
+        .zip(&parts)
+        .map(|(r, p)| {
+            let mut l = vec![("stream", labels::stream(r.stream))];
+            if partitioned {
+                l.push(("partition", p.as_str()));
+            }
+            l
+        })
+        .collect();
     enc.family(
         "croupier_stream_backlog_events",
         Kind::Gauge,
         "Events of the stream pending in the consumer group analytics-workers or not yet read (pending + lag, \
          in events).",
     );
-    for r in readings {
-        enc.sample("croupier_stream_backlog_events", &[("stream", labels::stream(r.stream))], r.backlog_events());
+    for (r, l) in readings.iter().zip(&labels) {
+        enc.sample("croupier_stream_backlog_events", l, r.backlog_events());
     }
     enc.family(
         "croupier_stream_entries",
         Kind::Gauge,
         "Entries in the stream (XLEN), acknowledged ones kept included.",
     );
-    for r in readings {
-        enc.sample("croupier_stream_entries", &[("stream", labels::stream(r.stream))], r.entries);
+    for (r, l) in readings.iter().zip(&labels) {
+        enc.sample("croupier_stream_entries", l, r.entries);
     }
     enc.family(
         "croupier_stream_high_water_events",
         Kind::Gauge,
-        "The stream's high-water mark in events: ingest refuses with 503 backlog_full at it.",
+        "The stream's (partition's) high-water mark in events: ingest refuses with 503 backlog_full at it.",
     );
-    for r in readings {
-        enc.sample("croupier_stream_high_water_events", &[("stream", labels::stream(r.stream))], r.high_water_events);
+    for (r, l) in readings.iter().zip(&labels) {
+        enc.sample("croupier_stream_high_water_events", l, r.high_water_events);
     }
     enc.family(
         "croupier_stream_oldest_unacked_age_seconds",
@@ -182,13 +208,9 @@ pub fn encode(enc: &mut Encoder, readings: &[StreamReading], now_ms: u64) {
         "Age of the oldest entry of the stream not yet acknowledged by the workers (0 when none): how far \
          ClickHouse is behind.",
     );
-    for r in readings {
+    for (r, l) in readings.iter().zip(&labels) {
         let age_ms = r.oldest_unacked_ms.map_or(0, |ms| now_ms.saturating_sub(ms));
-        enc.sample_f64(
-            "croupier_stream_oldest_unacked_age_seconds",
-            &[("stream", labels::stream(r.stream))],
-            age_ms as f64 / 1e3,
-        );
+        enc.sample_f64("croupier_stream_oldest_unacked_age_seconds", l, age_ms as f64 / 1e3);
     }
 }
 
@@ -200,6 +222,7 @@ mod tests {
     fn backlog_in_events_and_the_mark() {
         let r = StreamReading {
             stream: StreamKind::Custom,
+            partition: 0,
             backlog_entries: 10,
             events_per_entry: 2.5,
             entries: 40,

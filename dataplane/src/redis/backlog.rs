@@ -39,8 +39,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use croupier_control::config::StreamLimits;
+use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::{self, Frame, GroupInfo};
-use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS, ENTRY_EVENTS_WINDOW};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS_WINDOW};
 
 use super::connection::{Epoch, RedisClient};
 
@@ -138,36 +139,48 @@ pub enum Admission {
     Unknown,
 }
 
-/// The shard's view of the three streams' backlogs.
+/// The shard's view of the three streams' backlogs, per partition (`streams.partitions`:
+/// each partition has its own reading, trim point and mark, the stream's divided by the
+/// partitions).
 #[derive(Debug)]
 pub struct Backlog {
-    streams: [StreamState; 3],
+    /// Per partition, per stream in [`StreamKind::ALL`] order.
+    streams: Vec<[StreamState; 3]>,
+    partitions: Partitions,
     /// The Redis connection's epoch: a reading from an earlier connection is unknown.
     epoch: Epoch,
 }
 
 impl Backlog {
-    /// `limits[i]` are those of `StreamKind::ALL[i]`.
-    pub fn new(limits: [StreamLimits; 3], epoch: Epoch) -> Rc<Backlog> {
-        Rc::new(Backlog {
-            epoch,
-            streams: limits.map(|limits| StreamState {
-                observed: Cell::new(0),
-                added: Cell::new(0),
-                known: Cell::new(false),
-                read_in: Cell::new(0),
-                per_entry: Cell::new(None),
-                limits,
-                trim: Cell::new(StreamId::ZERO),
-                samples: RefCell::new(VecDeque::new()),
-            }),
-        })
+    /// `limits[i]` are those of `StreamKind::ALL[i]` in one partition.
+    pub fn new(limits: [StreamLimits; 3], epoch: Epoch, partitions: Partitions) -> Rc<Backlog> {
+        let state = |limits| StreamState {
+            observed: Cell::new(0),
+            added: Cell::new(0),
+            known: Cell::new(false),
+            read_in: Cell::new(0),
+            per_entry: Cell::new(None),
+            limits,
+            trim: Cell::new(StreamId::ZERO),
+            samples: RefCell::new(VecDeque::new()),
+        };
+        Rc::new(Backlog { epoch, streams: (0..partitions.len()).map(|_| limits.map(state)).collect(), partitions })
     }
 
-    /// Whether `stream` takes more entries: below its mark, at it, or not known (Redis
-    /// unreachable, or not read since the last connect).
-    pub fn admission(&self, stream: StreamKind) -> Admission {
-        let s = &self.streams[stream.index()];
+    /// The partitions' key names.
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
+    }
+
+    fn state(&self, p: usize, stream: StreamKind) -> &StreamState {
+        let p = p.min(self.streams.len().saturating_sub(1));
+        &self.streams[p][stream.index()]
+    }
+
+    /// Whether `stream` of partition `p` takes more entries: below its mark, at it, or not
+    /// known (Redis unreachable, or not read since the last connect).
+    pub fn admission(&self, p: usize, stream: StreamKind) -> Admission {
+        let s = self.state(p, stream);
         if !s.known.get() || s.read_in.get() != self.epoch.get() {
             Admission::Unknown
         } else if s.backlog() < s.entries(s.limits.high_water_events) {
@@ -177,25 +190,31 @@ impl Backlog {
         }
     }
 
-    /// Whether `stream` is below its mark (`false` too while not known).
-    pub fn admits(&self, stream: StreamKind) -> bool {
-        self.admission(stream) == Admission::Open
+    /// Whether `stream` of partition `p` is below its mark (`false` too while not known).
+    pub fn admits(&self, p: usize, stream: StreamKind) -> bool {
+        self.admission(p, stream) == Admission::Open
     }
 
-    /// Whether every stream's backlog has been read since the last connect.
+    fn every(&self, f: impl Fn(usize, StreamKind) -> bool) -> bool {
+        (0..self.streams.len()).all(|p| StreamKind::ALL.iter().all(|s| f(p, *s)))
+    }
+
+    /// Whether every stream's backlog (of every partition) has been read since the last
+    /// connect.
     pub fn all_known(&self) -> bool {
-        StreamKind::ALL.iter().all(|s| self.admission(*s) != Admission::Unknown)
+        self.every(|p, s| self.admission(p, s) != Admission::Unknown)
     }
 
-    /// Whether every stream is below its mark.
+    /// Whether every stream (of every partition) is below its mark.
     pub fn all_admit(&self) -> bool {
-        StreamKind::ALL.iter().all(|s| self.admits(*s))
+        self.every(|p, s| self.admits(p, s))
     }
 
-    /// Records that this shard is appending one entry of `events` records to `stream`
-    /// (call before queueing the command), and returns the `MINID ~` to send with it.
-    pub fn added(&self, stream: StreamKind, events: usize) -> StreamId {
-        let s = &self.streams[stream.index()];
+    /// Records that this shard is appending one entry of `events` records to `stream` of
+    /// partition `p` (call before queueing the command), and returns the `MINID ~` to
+    /// send with it.
+    pub fn added(&self, p: usize, stream: StreamKind, events: usize) -> StreamId {
+        let s = self.state(p, stream);
         s.added.set(s.added.get() + 1);
         // The script's update, mirrored until the next reading brings every shard's.
         let n = events.max(1) as f64;
@@ -207,46 +226,53 @@ impl Backlog {
     /// Reads the backlogs every `every`, forever (spawned once per shard).
     pub async fn poll(self: Rc<Self>, redis: RedisClient, every: Duration) {
         loop {
-            if redis.is_up() {
-                if let Some(means) = read_entry_events(&redis).await {
-                    for (s, mean) in self.streams.iter().zip(means) {
-                        if let Some(m) = mean {
-                            s.per_entry.set(Some(m.max(1.0)));
-                        }
-                    }
-                }
-            }
-            for kind in StreamKind::ALL {
-                let s = &self.streams[kind.index()];
-                if !redis.is_up() {
-                    s.known.set(false);
-                    continue;
-                }
-                let added_before = s.added.get();
-                let epoch = self.epoch.get();
-                match read_backlog(&redis, kind).await {
-                    // A reading that spans a reconnect is not trusted.
-                    Some(_) if self.epoch.get() != epoch => s.known.set(false),
-                    Some(reading) => {
-                        s.assess(&reading);
-                        s.added.set(s.added.get() - added_before);
-                        s.read_in.set(epoch);
-                        s.known.set(true);
-                    }
-                    None => s.known.set(false),
-                }
+            for p in 0..self.streams.len() {
+                self.read_partition(&redis, p).await;
             }
             monoio::time::sleep(every).await;
         }
     }
+
+    async fn read_partition(&self, redis: &RedisClient, p: usize) {
+        let streams = &self.streams[p];
+        if redis.is_up() {
+            if let Some(means) = read_entry_events(redis, &self.partitions, p).await {
+                for (s, mean) in streams.iter().zip(means) {
+                    if let Some(m) = mean {
+                        s.per_entry.set(Some(m.max(1.0)));
+                    }
+                }
+            }
+        }
+        for kind in StreamKind::ALL {
+            let s = &streams[kind.index()];
+            if !redis.is_up() {
+                s.known.set(false);
+                continue;
+            }
+            let added_before = s.added.get();
+            let epoch = self.epoch.get();
+            match read_backlog(redis, self.partitions.stream(p, kind)).await {
+                // A reading that spans a reconnect is not trusted.
+                Some(_) if self.epoch.get() != epoch => s.known.set(false),
+                Some(reading) => {
+                    s.assess(&reading);
+                    s.added.set(s.added.get() - added_before);
+                    s.read_in.set(epoch);
+                    s.known.set(true);
+                }
+                None => s.known.set(false),
+            }
+        }
+    }
 }
 
-/// The streams' mean events per entry, in `StreamKind::ALL` order (`None` for a stream
-/// nothing was appended to yet).
-async fn read_entry_events(redis: &RedisClient) -> Option<[Option<f64>; 3]> {
+/// Partition `p`'s streams' mean events per entry, in `StreamKind::ALL` order (`None` for
+/// a stream nothing was appended to yet).
+async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize) -> Option<[Option<f64>; 3]> {
     let mut cmd = Vec::with_capacity(128);
-    let [a, b, c] = StreamKind::ALL.map(|k| k.key().as_bytes());
-    resp::command(&mut cmd, &[b"HMGET", ENTRY_EVENTS.as_bytes(), a, b, c]);
+    let [a, b, c] = StreamKind::ALL.map(|k| partitions.stream(p, k).as_bytes());
+    resp::command(&mut cmd, &[b"HMGET", partitions.entry_events(p).as_bytes(), a, b, c]);
     let Frame::Array(items) = redis.call(cmd).await.ok()? else { return None };
     let mut means = [None; 3];
     for (m, item) in means.iter_mut().zip(items) {
@@ -266,8 +292,8 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Option<Frame> {
     }
 }
 
-async fn read_backlog(redis: &RedisClient, kind: StreamKind) -> Option<Reading> {
-    let key = kind.key().as_bytes();
+async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
+    let key = key.as_bytes();
     let group = CONSUMER_GROUP.as_bytes();
     let mut cmd = Vec::with_capacity(64);
     resp::command(&mut cmd, &[b"XINFO", b"GROUPS", key]);
@@ -297,15 +323,15 @@ mod tests {
     /// Retention 500 events, mark 400 on every stream, backlogs read (empty).
     fn backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 500, high_water_events: 400 };
-        let b = Backlog::new([l; 3], Epoch::default());
-        for s in &b.streams {
+        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1));
+        for s in b.streams.iter().flatten() {
             s.known.set(true);
         }
         b
     }
 
     fn set_mean(b: &Backlog, stream: StreamKind, mean: f64) {
-        b.streams[stream.index()].per_entry.set(Some(mean));
+        b.streams[0][stream.index()].per_entry.set(Some(mean));
     }
 
     fn id(ms: u64) -> StreamId {
@@ -328,7 +354,7 @@ mod tests {
     fn limits_convert_with_the_measured_entry_size() {
         let b = backlog();
         set_mean(&b, CUSTOM, 100.0);
-        let s = &b.streams[CUSTOM.index()];
+        let s = &b.streams[0][CUSTOM.index()];
         assert_eq!((s.entries(500), s.entries(400)), (5, 4), "full entries");
         set_mean(&b, CUSTOM, 2.0);
         assert_eq!((s.entries(500), s.entries(400)), (250, 200));
@@ -339,39 +365,39 @@ mod tests {
         let b = backlog();
         set_mean(&b, CUSTOM, 2.0);
         let mut accepted = 0;
-        while b.admits(CUSTOM) {
-            b.added(CUSTOM, 2);
+        while b.admits(0, CUSTOM) {
+            b.added(0, CUSTOM, 2);
             accepted += 1;
         }
         assert_eq!(accepted, 200, "400 events of 2 per entry");
-        assert!(b.admits(StreamKind::Events), "another stream is not held back");
+        assert!(b.admits(0, StreamKind::Events), "another stream is not held back");
     }
 
     #[test]
     fn before_any_entry_one_event_per_entry_is_counted() {
         let b = backlog();
-        b.streams[CUSTOM.index()].observed.set(399);
-        assert!(b.admits(CUSTOM), "399 entries of unknown size");
-        b.added(CUSTOM, 1);
-        assert!(!b.admits(CUSTOM));
+        b.streams[0][CUSTOM.index()].observed.set(399);
+        assert!(b.admits(0, CUSTOM), "399 entries of unknown size");
+        b.added(0, CUSTOM, 1);
+        assert!(!b.admits(0, CUSTOM));
     }
 
     #[test]
     fn own_appends_move_the_measure_between_readings() {
         let b = backlog();
-        b.added(CUSTOM, 4);
-        assert_eq!(b.streams[CUSTOM.index()].per_entry.get(), Some(4.0), "the first entry sets it");
-        b.added(CUSTOM, 68);
-        assert_eq!(b.streams[CUSTOM.index()].per_entry.get(), Some(5.0), "then 1/64 of each difference");
+        b.added(0, CUSTOM, 4);
+        assert_eq!(b.streams[0][CUSTOM.index()].per_entry.get(), Some(4.0), "the first entry sets it");
+        b.added(0, CUSTOM, 68);
+        assert_eq!(b.streams[0][CUSTOM.index()].per_entry.get(), Some(5.0), "then 1/64 of each difference");
     }
 
     #[test]
     fn acknowledged_entries_are_kept_for_the_retention() {
         // One event per entry: retention 500 entries, mark 400, samples every 25.
         let b = backlog();
-        let s = &b.streams[CUSTOM.index()];
+        let s = &b.streams[0][CUSTOM.index()];
         s.assess(&reading(0, 0, None, 0));
-        assert_eq!(b.added(CUSTOM, 1), StreamId::ZERO, "nothing is trimmed before any sample is old enough");
+        assert_eq!(b.added(0, CUSTOM, 1), StreamId::ZERO, "nothing is trimmed before any sample is old enough");
         for read in (25..=1000).step_by(25) {
             s.assess(&reading(read, read + 10, None, 0));
         }
@@ -383,7 +409,7 @@ mod tests {
     #[test]
     fn c2_nothing_pending_is_ever_trimmed() {
         let b = backlog();
-        let s = &b.streams[CUSTOM.index()];
+        let s = &b.streams[0][CUSTOM.index()];
         s.assess(&reading(0, 0, None, 0));
         // Entry 3 is pending with a consumer that died; the others keep up.
         for read in (25..=1000).step_by(25) {
@@ -392,17 +418,17 @@ mod tests {
         assert!(s.trim.get() <= id(3), "trim point {:?} above a pending entry", s.trim.get());
         // Everything after the newest sample below entry 3 counts: ingest refuses.
         assert_eq!(s.observed.get(), 1010);
-        assert!(!b.admits(CUSTOM));
+        assert!(!b.admits(0, CUSTOM));
         // Claimed and acknowledged: the retention applies again and ingest resumes.
         s.assess(&reading(1025, 1030, None, 1030));
         assert_eq!(s.trim.get(), id(525));
-        assert!(b.admits(CUSTOM));
+        assert!(b.admits(0, CUSTOM));
     }
 
     #[test]
     fn unknown_position_trims_only_what_was_acknowledged_and_counts_the_length() {
         let b = backlog();
-        let s = &b.streams[CUSTOM.index()];
+        let s = &b.streams[0][CUSTOM.index()];
         let mut r = reading(600, 700, Some(550), 690);
         r.group.lag = None;
         s.assess(&r);
@@ -412,11 +438,11 @@ mod tests {
     #[test]
     fn review_a_reading_from_before_a_reconnect_is_unknown() {
         let b = backlog();
-        assert_eq!(b.admission(CUSTOM), Admission::Open);
+        assert_eq!(b.admission(0, CUSTOM), Admission::Open);
         // Redis restarted and the connection came back between two readings: what was
         // read before says nothing about the new server.
         b.epoch.advance();
-        assert_eq!(b.admission(CUSTOM), Admission::Unknown);
+        assert_eq!(b.admission(0, CUSTOM), Admission::Unknown);
         assert!(!b.all_known());
     }
 }

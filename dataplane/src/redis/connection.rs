@@ -39,14 +39,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::{self, Frame};
-use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
-use local_sync::{mpsc::unbounded, oneshot};
+use croupier_protocol::stream::CONSUMER_GROUP;
+use local_sync::mpsc::{unbounded, TryRecvError};
+use local_sync::oneshot;
 use monoio::buf::VecBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::cluster::Cluster;
 use super::overdue::Overdue;
 use super::sentinel::{self, Sentinels};
 use crate::io::read_more;
@@ -64,10 +67,13 @@ pub enum RedisError {
     Protocol(String),
 }
 
-/// A reply and, for a replicated command, how many replicas confirmed it (0 otherwise).
-struct Answer {
-    frame: Frame,
-    replicas: u32,
+/// A reply and, for a replicated command, how many replicas confirmed it (0 otherwise),
+/// and the command itself when it was asked back (to send it again elsewhere after a
+/// cluster's redirection, without a copy of it made in advance).
+pub(super) struct Answer {
+    pub(super) frame: Frame,
+    pub(super) replicas: u32,
+    pub(super) cmd: Option<Vec<u8>>,
 }
 
 type Waiter = oneshot::Sender<Result<Answer, RedisError>>;
@@ -79,6 +85,8 @@ struct Pending {
     allowance: Duration,
     /// Answered only after the round's `WAIT`.
     replicated: bool,
+    /// The command is handed back with its reply.
+    keep: bool,
     reply: Waiter,
 }
 
@@ -86,6 +94,9 @@ struct Pending {
 struct InFlight {
     allowance: Duration,
     replicated: bool,
+    keep: bool,
+    /// The command, when it is to be handed back (after the write).
+    cmd: Option<Vec<u8>>,
     reply: Option<Waiter>,
 }
 
@@ -133,11 +144,19 @@ pub struct RedisOptions {
     /// Where the connection stamps the replies it owes (an ingest shard's place in the
     /// process's [`super::overdue::RedisHealth`]); `None`: a stamp of its own.
     pub overdue: Option<Arc<Overdue>>,
+    /// Seed nodes of a Redis Cluster (`redis.cluster`); empty: not a cluster.
+    pub cluster: Vec<String>,
+    /// How often a cluster's slot map is read again anyway.
+    pub cluster_refresh: Duration,
+    /// Partitions of each stream (`streams.partitions`): the consumer group is made on
+    /// each partition's streams.
+    pub partitions: u16,
 }
 
 impl RedisOptions {
-    /// The options of the `[redis]` configuration.
-    pub fn from_config(c: &croupier_control::config::Redis) -> RedisOptions {
+    /// The options of the configuration's `[redis]` and `streams.partitions`.
+    pub fn from_config(config: &croupier_control::config::Config) -> RedisOptions {
+        let c = &config.redis;
         RedisOptions {
             addr: c.addr.clone(),
             sentinels: (!c.sentinels.is_empty())
@@ -148,6 +167,9 @@ impl RedisOptions {
             wait_replicas: c.wait_replicas,
             wait_timeout: Duration::from_millis(c.wait_timeout_ms),
             overdue: None,
+            cluster: c.cluster.clone(),
+            cluster_refresh: Duration::from_millis(c.cluster_refresh_ms.max(1)),
+            partitions: config.streams.partitions.max(1),
         }
     }
 }
@@ -170,9 +192,22 @@ impl Epoch {
     }
 }
 
-/// Handle to the shard's Redis connection; cheap to clone within the shard.
+/// Handle to the shard's Redis connection (one server, or every primary of a cluster);
+/// cheap to clone within the shard.
 #[derive(Clone)]
 pub struct RedisClient {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Node(Node),
+    Cluster(Rc<Cluster>),
+}
+
+/// One pipelined connection to one server.
+#[derive(Clone)]
+pub(super) struct Node {
     tx: unbounded::Tx<Pending>,
     shared: Rc<Shared>,
 }
@@ -195,15 +230,89 @@ impl RedisClient {
             wait_replicas: 0,
             wait_timeout: Duration::ZERO,
             overdue: None,
+            cluster: Vec::new(),
+            cluster_refresh: Duration::from_secs(2),
+            partitions: 1,
         })
     }
 
-    /// Starts the connection task on the current shard.
+    /// Starts the connection task on the current shard (with `options.cluster`, the
+    /// cluster's: one connection per primary).
     pub fn start(options: RedisOptions) -> RedisClient {
+        if options.cluster.is_empty() {
+            RedisClient { inner: Inner::Node(Node::start(options, Epoch::default())) }
+        } else {
+            RedisClient { inner: Inner::Cluster(Cluster::start(options)) }
+        }
+    }
+
+    /// Whether the connection is established (in a cluster: the slot map is known and
+    /// a primary is connected).
+    pub fn is_up(&self) -> bool {
+        match &self.inner {
+            Inner::Node(n) => n.is_up(),
+            Inner::Cluster(c) => c.is_up(),
+        }
+    }
+
+    /// How long a reply has been owed, when that is past a quarter of the reply timeout
+    /// (in a cluster: the longest of the primaries' connections).
+    pub fn overdue(&self) -> Option<Duration> {
+        match &self.inner {
+            Inner::Node(n) => n.overdue(),
+            Inner::Cluster(c) => c.overdue(),
+        }
+    }
+
+    /// The connection count, shared: it moves on every (re)connect (in a cluster: of any
+    /// primary, and on every change of the slot map).
+    pub fn epoch(&self) -> Epoch {
+        match &self.inner {
+            Inner::Node(n) => n.shared.epoch.clone(),
+            Inner::Cluster(c) => c.epoch(),
+        }
+    }
+
+    /// Sends one encoded command and waits for its reply. An error reply is a
+    /// `Ok(Frame::Error)`: only transport failures are `Err`. In a cluster the command
+    /// goes to the primary of its key's slot ([`croupier_protocol::cluster::command_key`]).
+    pub async fn call(&self, cmd: Vec<u8>) -> Result<Frame, RedisError> {
+        self.call_blocking(cmd, Duration::ZERO).await
+    }
+
+    /// [`RedisClient::call`] for a command that may block in Redis for up to `block`
+    /// (`XREADGROUP ... BLOCK ms`): its reply may take that much longer.
+    pub async fn call_blocking(&self, cmd: Vec<u8>, block: Duration) -> Result<Frame, RedisError> {
+        match &self.inner {
+            Inner::Node(n) => n.send(cmd, block, false, false).await.map(|a| a.frame),
+            Inner::Cluster(c) => c.send(cmd, block, false).await.map(|a| a.frame),
+        }
+    }
+
+    /// [`RedisClient::call`] for a write that must reach `redis.wait_replicas` replicas:
+    /// the reply comes after the `WAIT` that ends its round, with the number of replicas
+    /// that confirmed every write of the connection so far (0 when no `WAIT` is asked
+    /// for, or `WAIT` failed). In a cluster, the `WAIT` of the connection to the key's
+    /// primary.
+    pub async fn call_replicated(&self, cmd: Vec<u8>) -> Result<(Frame, u32), RedisError> {
+        let a = match &self.inner {
+            Inner::Node(n) => n.send_replicated(cmd).await?,
+            Inner::Cluster(c) => {
+                let Some(wait) = c.wait() else { return self.call(cmd).await.map(|f| (f, 0)) };
+                c.send(cmd, wait, true).await?
+            }
+        };
+        Ok((a.frame, a.replicas))
+    }
+}
+
+impl Node {
+    /// Starts the connection task on the current shard; every (re)connect advances `epoch`.
+    pub(super) fn start(options: RedisOptions, epoch: Epoch) -> Node {
         let (tx, rx) = unbounded::channel();
         let shared = Rc::new(Shared {
             up: Cell::new(false),
-            epoch: Epoch::default(),
+            epoch,
             queued_bytes: Cell::new(0),
             max_queued_bytes: options.max_queued_bytes.max(1),
             reply_timeout: options.reply_timeout,
@@ -217,46 +326,62 @@ impl RedisClient {
             overdue: options.overdue.clone().unwrap_or_else(|| Arc::new(Overdue::new(options.reply_timeout))),
         });
         monoio::spawn(run(options, rx, shared.clone()));
-        RedisClient { tx, shared }
+        Node { tx, shared }
     }
 
     /// Whether the connection is established.
-    pub fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         self.shared.up.get()
     }
 
     /// How long a reply has been owed, when that is past a quarter of the reply timeout.
-    pub fn overdue(&self) -> Option<Duration> {
+    pub(super) fn overdue(&self) -> Option<Duration> {
         self.shared.overdue.late_by()
     }
 
-    /// The connection count, shared: it moves on every (re)connect.
-    pub fn epoch(&self) -> Epoch {
-        self.shared.epoch.clone()
+    /// A replicated command's `send`: after the round's `WAIT` when one is asked for.
+    pub(super) async fn send_replicated(&self, cmd: Vec<u8>) -> Result<Answer, RedisError> {
+        match &self.shared.wait {
+            Some((_, wait)) => self.send(cmd, *wait, true, false).await,
+            None => self.send(cmd, Duration::ZERO, false, false).await,
+        }
     }
 
-    /// Sends one encoded command and waits for its reply. An error reply is a
-    /// `Ok(Frame::Error)`: only transport failures are `Err`.
-    pub async fn call(&self, cmd: Vec<u8>) -> Result<Frame, RedisError> {
-        self.call_blocking(cmd, Duration::ZERO).await
+    /// Queues `cmd` and waits for its answer (`keep`: with the command handed back).
+    pub(super) async fn send(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+        keep: bool,
+    ) -> Result<Answer, RedisError> {
+        let rx = self.queue(cmd, block, replicated, keep)?;
+        self.answer(rx, block).await
     }
 
-    /// [`RedisClient::call`] for a command that may block in Redis for up to `block`
-    /// (`XREADGROUP ... BLOCK ms`): its reply may take that much longer.
-    pub async fn call_blocking(&self, cmd: Vec<u8>, block: Duration) -> Result<Frame, RedisError> {
-        self.send(cmd, block, false).await.map(|a| a.frame)
+    /// `ASKING`, then `cmd` right after it on the connection (a cluster's `ASK`
+    /// redirection): both are queued before anything else can be.
+    pub(super) async fn send_asking(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+    ) -> Result<Answer, RedisError> {
+        let mut asking = Vec::with_capacity(16);
+        resp::command(&mut asking, &[b"ASKING"]);
+        // Kept open until the command's answer, so `ASKING` is not skipped as abandoned.
+        let _asking = self.queue(asking, Duration::ZERO, false, false)?;
+        let rx = self.queue(cmd, block, replicated, true)?;
+        self.answer(rx, block).await
     }
 
-    /// [`RedisClient::call`] for a write that must reach `redis.wait_replicas` replicas:
-    /// the reply comes after the `WAIT` that ends its round, with the number of replicas
-    /// that confirmed every write of the connection so far (0 when no `WAIT` is asked
-    /// for, or `WAIT` failed).
-    pub async fn call_replicated(&self, cmd: Vec<u8>) -> Result<(Frame, u32), RedisError> {
-        let Some((_, wait)) = &self.shared.wait else { return self.call(cmd).await.map(|f| (f, 0)) };
-        self.send(cmd, *wait, true).await.map(|a| (a.frame, a.replicas))
-    }
-
-    async fn send(&self, cmd: Vec<u8>, block: Duration, replicated: bool) -> Result<Answer, RedisError> {
+    fn queue(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+        keep: bool,
+    ) -> Result<oneshot::Receiver<Result<Answer, RedisError>>, RedisError> {
         let s = &self.shared;
         if !s.up.get() {
             return Err(RedisError::Unavailable);
@@ -270,9 +395,17 @@ impl RedisClient {
         let (reply, rx) = oneshot::channel();
         // A replicated command's own reply is due as any other; its `WAIT` has the block.
         let allowance = if replicated { Duration::ZERO } else { block };
-        self.tx.send(Pending { cmd, allowance, replicated, reply }).map_err(|_| RedisError::Unavailable)?;
+        self.tx.send(Pending { cmd, allowance, replicated, keep, reply }).map_err(|_| RedisError::Unavailable)?;
         s.queued_bytes.set(queued.saturating_add(len));
-        match monoio::time::timeout(s.reply_timeout.saturating_add(block), rx).await {
+        Ok(rx)
+    }
+
+    async fn answer(
+        &self,
+        rx: oneshot::Receiver<Result<Answer, RedisError>>,
+        block: Duration,
+    ) -> Result<Answer, RedisError> {
+        match monoio::time::timeout(self.shared.reply_timeout.saturating_add(block), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RedisError::Unavailable),
             Err(_) => Err(RedisError::Timeout),
@@ -289,22 +422,22 @@ async fn target(options: &RedisOptions) -> Option<String> {
 }
 
 /// Makes the connection ready: a primary, when found through sentinels, and the
-/// consumer groups there.
-async fn prepare(stream: &mut TcpStream, follow: bool) -> Result<(), RedisError> {
+/// consumer groups there (on every partition's streams).
+async fn prepare(stream: &mut TcpStream, follow: bool, partitions: &Partitions) -> Result<(), RedisError> {
     if follow && !sentinel::is_primary(stream).await? {
         return Err(RedisError::Protocol("not a primary".into()));
     }
-    ensure_groups(stream).await
+    ensure_groups(stream, partitions).await
 }
 
 async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<Shared>) {
     let mut backoff = Duration::from_millis(50);
     let (connect_timeout, reply_timeout) = (options.connect_timeout, shared.reply_timeout);
+    let partitions = Partitions::new(options.partitions);
     loop {
         let Some(addr) = target(&options).await else {
-            while let Ok(p) = rx.try_recv() {
-                shared.dequeued(&p);
-                let _ = p.reply.send(Err(RedisError::Unavailable));
+            if refuse_queued(&mut rx, &shared) {
+                return;
             }
             monoio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -313,7 +446,9 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
         if let Ok(Ok(mut stream)) = monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await {
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream, reply_timeout);
-            if let Ok(Ok(())) = monoio::time::timeout(reply_timeout, prepare(&mut stream, shared.follow)).await {
+            if let Ok(Ok(())) =
+                monoio::time::timeout(reply_timeout, prepare(&mut stream, shared.follow, &partitions)).await
+            {
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();
                 shared.up.set(true);
@@ -325,12 +460,26 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 }
             }
         }
-        while let Ok(p) = rx.try_recv() {
-            shared.dequeued(&p);
-            let _ = p.reply.send(Err(RedisError::Unavailable));
+        if refuse_queued(&mut rx, &shared) {
+            return;
         }
         monoio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Answers everything queued `Unavailable` while not connected; `true` once every handle
+/// is gone (a cluster dropped the node: the task ends instead of reconnecting for ever).
+fn refuse_queued(rx: &mut unbounded::Rx<Pending>, shared: &Shared) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(p) => {
+                shared.dequeued(&p);
+                let _ = p.reply.send(Err(RedisError::Unavailable));
+            }
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => return true,
+        }
     }
 }
 
@@ -351,25 +500,27 @@ fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
     let _ = sock.set_tcp_user_timeout(Some(reply_timeout.max(Duration::from_secs(1))));
 }
 
-/// Creates the consumer group on each stream (with the stream) unless it exists.
-async fn ensure_groups(stream: &mut TcpStream) -> Result<(), RedisError> {
+/// Creates the consumer group on each stream of each partition (with the stream) unless
+/// it exists. In a cluster, a stream whose slot another primary serves is that
+/// connection's to create (`MOVED`, `ASK` and `CLUSTERDOWN` are passed over).
+async fn ensure_groups(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
     let mut out = Vec::new();
-    for s in StreamKind::ALL {
-        resp::command(
-            &mut out,
-            &[b"XGROUP", b"CREATE", s.key().as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"],
-        );
+    for key in partitions.all_streams() {
+        resp::command(&mut out, &[b"XGROUP", b"CREATE", key.as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"]);
     }
     let (res, _) = stream.write_all(out).await;
     res.map_err(|_| RedisError::Unavailable)?;
     let mut rbuf = Vec::with_capacity(1024);
-    for _ in StreamKind::ALL {
+    let mut failed = None;
+    for _ in partitions.all_streams() {
         match read_frame(stream, &mut rbuf).await? {
-            Frame::Error(e) if !e.starts_with("BUSYGROUP") => return Err(RedisError::Protocol(e)),
+            Frame::Error(e) if !["BUSYGROUP", "MOVED", "ASK", "CLUSTERDOWN"].iter().any(|p| e.starts_with(p)) => {
+                failed.get_or_insert(e);
+            }
             _ => {}
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), |e| Err(RedisError::Protocol(e)))
 }
 
 /// Reads one reply, reading more bytes as needed; consumed bytes are removed from `rbuf`.
@@ -398,7 +549,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     // Replies of replicated commands, until the round's `WAIT` answers (dropped, and so
     // `Unavailable`, if the connection fails first).
-    let mut held: Vec<(Waiter, Frame)> = Vec::new();
+    let mut held: Vec<(Waiter, Frame, Option<Vec<u8>>)> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { return true };
         let mut next = Some(first);
@@ -410,7 +561,13 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
             if !p.reply.is_closed() {
                 cmds.push(p.cmd);
                 replicated |= p.replicated;
-                inflight.push_back(InFlight { allowance: p.allowance, replicated: p.replicated, reply: Some(p.reply) });
+                inflight.push_back(InFlight {
+                    allowance: p.allowance,
+                    replicated: p.replicated,
+                    keep: p.keep,
+                    cmd: None,
+                    reply: Some(p.reply),
+                });
             }
             if inflight.len() < MAX_ROUND {
                 next = rx.try_recv().ok();
@@ -421,26 +578,40 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
         }
         if let (true, Some((wait, timeout))) = (replicated, &shared.wait) {
             cmds.push(wait.clone());
-            inflight.push_back(InFlight { allowance: *timeout, replicated: false, reply: None });
+            inflight.push_back(InFlight {
+                allowance: *timeout,
+                replicated: false,
+                keep: false,
+                cmd: None,
+                reply: None,
+            });
         }
         // Every command goes out from its own buffer, in one `writev`: a batch entry's
         // archive is not copied once more into a write buffer.
         let write = async {
             if let [_] = cmds.as_slice() {
                 let cmd = cmds.pop().unwrap_or_default();
-                stream.write_all(cmd).await.0
+                let (res, cmd) = stream.write_all(cmd).await;
+                cmds.push(cmd);
+                res
             } else {
                 let (res, buf) = stream.write_vectored_all(VecBuf::from(std::mem::take(&mut cmds))).await;
                 cmds = buf.into();
-                cmds.clear();
                 res
             }
         };
         shared.overdue.owed(inflight.front().map_or(Duration::ZERO, |c| c.allowance));
         let written = monoio::time::timeout(reply_timeout, write).await;
         if !matches!(written, Ok(Ok(_))) {
+            cmds.clear();
             fail_all(&mut inflight, RedisError::Unavailable);
             return false;
+        }
+        // Commands asked back go with their replies (a cluster may send them elsewhere).
+        for (w, cmd) in inflight.iter_mut().zip(cmds.drain(..)) {
+            if w.keep {
+                w.cmd = Some(cmd);
+            }
         }
         while let Some(head) = inflight.pop_front() {
             // Each reply is due within the timeout of the previous one (or of the write):
@@ -453,15 +624,16 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
             // The server was demoted: answer, then connect to the primary the sentinels
             // name now (what follows in the round was sent to a replica: unknown).
             let demoted = shared.follow && res.as_ref().is_ok_and(sentinel::is_readonly);
+            let cmd = head.cmd;
             match (res, head.reply) {
                 (Ok(frame), Some(reply)) if demoted => {
-                    let _ = reply.send(Ok(Answer { frame, replicas: 0 }));
+                    let _ = reply.send(Ok(Answer { frame, replicas: 0, cmd }));
                     fail_all(&mut inflight, RedisError::Unavailable);
                     return false;
                 }
-                (Ok(frame), Some(reply)) if head.replicated => held.push((reply, frame)),
+                (Ok(frame), Some(reply)) if head.replicated => held.push((reply, frame, cmd)),
                 (Ok(frame), Some(reply)) => {
-                    let _ = reply.send(Ok(Answer { frame, replicas: 0 }));
+                    let _ = reply.send(Ok(Answer { frame, replicas: 0, cmd }));
                 }
                 (Ok(frame), None) => {
                     // An error reply (say, the server is now a replica) confirms nothing.
@@ -469,8 +641,8 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                         Frame::Integer(n) => u32::try_from(n.max(0)).unwrap_or(u32::MAX),
                         _ => 0,
                     };
-                    for (reply, frame) in held.drain(..) {
-                        let _ = reply.send(Ok(Answer { frame, replicas }));
+                    for (reply, frame, cmd) in held.drain(..) {
+                        let _ = reply.send(Ok(Answer { frame, replicas, cmd }));
                     }
                 }
                 (Err(e), reply) => {

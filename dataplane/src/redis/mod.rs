@@ -1,8 +1,10 @@
 //! The shard's Redis side: one pipelined connection ([`connection`]), found through
-//! Sentinel where configured ([`sentinel`]), and the consumer group's backlog as this
-//! shard sees it ([`backlog`]); whether a reply is overdue, for `/readyz` ([`overdue`]).
+//! Sentinel where configured ([`sentinel`]), or one per primary of a Redis Cluster
+//! ([`cluster`]), and the consumer group's backlog as this shard sees it ([`backlog`]);
+//! whether a reply is overdue, for `/readyz` ([`overdue`]).
 
 pub mod backlog;
+pub mod cluster;
 pub mod connection;
 pub mod overdue;
 pub mod sentinel;

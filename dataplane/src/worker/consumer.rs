@@ -37,6 +37,8 @@ use crate::redis::connection::RedisClient;
 pub struct ConsumerConfig {
     /// The stream.
     pub stream: StreamKind,
+    /// Its key: the stream's, or one partition's (`streams.partitions`).
+    pub key: String,
     /// Consumer name (stable across restarts).
     pub consumer: String,
     /// Entries per read.
@@ -118,8 +120,9 @@ fn is_utc(tz: &str) -> bool {
 }
 
 /// The dead-letter stream of `stream`.
-pub fn dead_letter_key(stream: StreamKind) -> String {
-    format!("{}:dead", stream.key())
+/// (`<stream key>:dead`: a partition's in the partition's slot).
+pub fn dead_letter_key(key: &str) -> String {
+    format!("{key}:dead")
 }
 
 /// The connection to one shard: to one of its replicas, the next one after a failure.
@@ -333,7 +336,7 @@ impl Reader {
         if let Some(ms) = &ms {
             args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
         }
-        args.extend([b"STREAMS".as_slice(), self.cfg.stream.key().as_bytes(), id.as_bytes()]);
+        args.extend([b"STREAMS".as_slice(), self.cfg.key.as_bytes(), id.as_bytes()]);
         let entries =
             entries::xreadgroup_reply(redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?)?;
         self.size.observe(entries.iter().map(Entry::byte_len).max());
@@ -372,8 +375,8 @@ impl Reader {
 }
 
 impl Consumer {
-    fn key(&self) -> &'static str {
-        self.cfg.stream.key()
+    fn key(&self) -> &str {
+        &self.cfg.key
     }
 
     async fn fail(&mut self, e: &str) {
@@ -750,7 +753,7 @@ impl Consumer {
     /// Moves `e` to the dead-letter stream with `reason`. That stream is never trimmed:
     /// its entries are what an operator must see (and delete when handled).
     async fn dead_letter(&self, e: &Entry, cause: DeadReason, reason: &str) -> Result<(), String> {
-        let dead = dead_letter_key(self.cfg.stream);
+        let dead = dead_letter_key(&self.cfg.key);
         tracing::warn!(consumer = %self.cfg.consumer, stream = self.key(), id = %e.id, to = %dead, reason, "dead-lettered");
         let mut args: Vec<&[u8]> =
             vec![b"XADD", dead.as_bytes(), b"*", b"reason", reason.as_bytes(), b"source_id", e.id.as_bytes()];
@@ -835,6 +838,7 @@ mod tests {
     fn config(read_count: usize, batch_rows: usize, batch_bytes: usize, max_entry_bytes: usize) -> ConsumerConfig {
         ConsumerConfig {
             stream: StreamKind::Events,
+            key: StreamKind::Events.key().to_owned(),
             consumer: "t-0".into(),
             read_count,
             batch_rows,

@@ -1,7 +1,7 @@
 //! The worker: shards that consume the three streams into ClickHouse.
 //!
-//! Each worker shard is one pinned thread with its own runtime and, per stream, one
-//! consumer task ([`consumer`]) with two Redis connections of its own (one for its
+//! Each worker shard is one pinned thread with its own runtime and, per stream (and per
+//! partition, `streams.partitions`), one consumer task ([`consumer`]) with two Redis connections of its own (one for its
 //! blocking reads, one for acknowledgements and the rest) and its own ClickHouse
 //! connection.
 
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use croupier_control::config::Config;
 use croupier_control::metrics::Registry;
+use croupier_protocol::cluster::Partitions;
 use croupier_protocol::stream::StreamKind;
 
 use crate::clickhouse::connection::ChOptions;
@@ -64,12 +65,13 @@ pub fn max_entry_bytes(config: &Config) -> usize {
         .saturating_add(4096)
 }
 
-fn consumer_config(config: &Config, stream: StreamKind, shard: usize) -> consumer::ConsumerConfig {
+fn consumer_config(config: &Config, stream: StreamKind, key: &str, shard: usize) -> consumer::ConsumerConfig {
     let w = &config.worker;
     // A blocking read must end well before the Redis reply timeout.
     let idle_block = Duration::from_millis((config.redis.reply_timeout_ms / 2).clamp(10, 1000));
     consumer::ConsumerConfig {
         stream,
+        key: key.to_owned(),
         consumer: format!("{}-{shard}", config.consumer_prefix()),
         read_count: w.read_count,
         batch_rows: w.batch_rows,
@@ -139,21 +141,26 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             // replicas (nothing they do is acknowledged to a client), and keep their own
             // queue bound (`redis.max_queued_bytes` is ingest's).
             let connect = || {
-                let mut options = RedisOptions::from_config(&config.redis);
+                let mut options = RedisOptions::from_config(&config);
                 options.wait_replicas = 0;
                 options.max_queued_bytes = 64 << 20;
                 RedisClient::start(options)
             };
-            let agg = config
-                .aggregate
-                .enabled
-                .then(|| aggregate::Aggregator::new(shard, published, &config.aggregate, connect()));
+            // Not on a cluster: the flush's script spans slots (docs/redis-topologies.md).
+            let aggregating = config.aggregate.enabled && config.redis.cluster.is_empty();
+            let agg = aggregating.then(|| aggregate::Aggregator::new(shard, published, &config.aggregate, connect()));
             if let Some(a) = &agg {
                 let every = Duration::from_millis(config.aggregate.flush_ms);
                 monoio::spawn(a.clone().run(every, clickhouse_options(&config), stop.clone()));
             }
-            for stream in StreamKind::ALL {
-                let cfg = Rc::new(consumer_config(&config, stream, shard));
+            // Every worker shard reads every partition of every stream, in the one consumer
+            // group: an idle or dead shard's entries are claimed by the others as before.
+            let partitions = Partitions::new(config.streams.partitions);
+            let keys = (0..partitions.len())
+                .flat_map(|p| StreamKind::ALL.map(|k| (k, partitions.stream(p, k).to_owned())))
+                .collect::<Vec<_>>();
+            for (stream, key) in keys {
+                let cfg = Rc::new(consumer_config(&config, stream, &key, shard));
                 let (reads, redis) = (connect(), connect());
                 let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
                 live.set(live.get() + 1);
@@ -185,7 +192,7 @@ mod tests {
         let mut config = Config::default();
         config.redis.reply_timeout_ms = 1_000;
         config.worker.linger_ms = 3_000;
-        let c = consumer_config(&config, StreamKind::Events, 0);
+        let c = consumer_config(&config, StreamKind::Events, StreamKind::Events.key(), 0);
         assert_eq!(c.linger, Duration::from_secs(3), "not cut to half the reply timeout");
         assert!(c.idle_block <= Duration::from_millis(500), "each read still blocks less than the reply timeout");
     }

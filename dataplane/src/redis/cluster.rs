@@ -1,0 +1,246 @@
+//! A Redis Cluster as one shard sees it: one pipelined connection ([`Node`]) per primary,
+//! each command routed by its key's slot.
+//!
+//! The slot map is read with `CLUSTER SHARDS` (Redis 7; `CLUSTER SLOTS` where that is
+//! unknown, Redis 6) from the primaries last known, then the seed nodes
+//! (`redis.cluster`): at start, every `redis.cluster_refresh_ms`, and soon (within
+//! [`STALE_CHECK`]) after a `MOVED` or a failed or timed-out command. A map that names
+//! other primaries opens connections to them and closes those to nodes that no longer
+//! serve slots, and moves the [`Epoch`] (readings of the backlog taken before it are
+//! stale).
+//!
+//! A command's key is found by [`command_key`] (the first key; a keyless command goes to
+//! any primary). Its reply is passed on unless it redirects:
+//! - `MOVED <slot> <addr>`: the map is out of date; the command is sent to `addr` and the
+//!   map read again;
+//! - `ASK <slot> <addr>`: the slot is being migrated; `ASKING` and the command go to
+//!   `addr`, the map unchanged.
+//!
+//! At most [`MAX_REDIRECTS`] sends per command; the last redirection is the answer (an
+//! error reply: ingest answers 503, the client retries). The command travels back with
+//! a redirection from the connection that sent it, so it is not copied in advance. Each
+//! connection keeps every guarantee of [`super::connection`]: reply deadlines, the queue
+//! bound, abandoned commands skipped, one `WAIT` per round (a replicated append waits for
+//! the replicas of the primary that took it).
+//!
+//! A failover is followed as the cluster announces it: while a primary is down, commands
+//! for its slots fail (503, effect unknown: the client's retry is a duplicate or a new
+//! append, never both), the map is read again every [`STALE_CHECK`], and once a replica
+//! is promoted the map names it and the commands go there.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use croupier_protocol::cluster::{command_key, key_slot, redirect, Redirect, SlotMap};
+use croupier_protocol::resp::{self, Frame};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use super::connection::{read_frame, Answer, Epoch, Node, RedisError, RedisOptions};
+
+/// Sends of one command at most (the first and two redirections).
+const MAX_REDIRECTS: usize = 3;
+
+/// How soon a map known to be stale is read again (and at most how often).
+const STALE_CHECK: Duration = Duration::from_millis(100);
+
+/// One shard's view of a cluster and its connections to the primaries.
+pub(super) struct Cluster {
+    /// Options of each primary's connection (`addr` replaced).
+    options: RedisOptions,
+    map: RefCell<Option<Rc<SlotMap>>>,
+    nodes: RefCell<HashMap<String, Node>>,
+    epoch: Epoch,
+    /// Something failed or redirected: read the map again.
+    stale: Cell<bool>,
+    /// The `WAIT` timeout when replicated appends are asked for.
+    wait: Option<Duration>,
+}
+
+impl Cluster {
+    /// Starts reading the slot map (and keeping it) on the current shard.
+    pub(super) fn start(options: RedisOptions) -> Rc<Cluster> {
+        let wait = (options.wait_replicas > 0).then_some(options.wait_timeout);
+        let c = Rc::new(Cluster {
+            options,
+            map: RefCell::new(None),
+            nodes: RefCell::new(HashMap::new()),
+            epoch: Epoch::default(),
+            stale: Cell::new(true),
+            wait,
+        });
+        monoio::spawn(maintain(Rc::downgrade(&c)));
+        c
+    }
+
+    /// Whether the map is known and a primary connected.
+    pub(super) fn is_up(&self) -> bool {
+        self.map.borrow().is_some() && self.nodes.borrow().values().any(Node::is_up)
+    }
+
+    /// Moves on every connect of a primary's connection and every change of the map.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch.clone()
+    }
+
+    /// The longest a primary's connection has owed a reply past its threshold.
+    pub(super) fn overdue(&self) -> Option<Duration> {
+        self.nodes.borrow().values().filter_map(Node::overdue).max()
+    }
+
+    /// The `WAIT` timeout, when replicated appends are asked for.
+    pub(super) fn wait(&self) -> Option<Duration> {
+        self.wait
+    }
+
+    /// The connection to `addr`, made if there is none (and whether it was just made).
+    fn node(&self, addr: &str) -> (Node, bool) {
+        if let Some(n) = self.nodes.borrow().get(addr) {
+            return (n.clone(), false);
+        }
+        let mut options = self.options.clone();
+        options.addr = addr.to_owned();
+        options.cluster = Vec::new();
+        options.sentinels = None;
+        // A stamp of its own: a shared one would be cleared by one primary's connection
+        // while another owes a reply.
+        options.overdue = None;
+        let n = Node::start(options, self.epoch.clone());
+        self.nodes.borrow_mut().insert(addr.to_owned(), n.clone());
+        (n, true)
+    }
+
+    /// Where a command for `slot` goes (`None`: any primary).
+    fn route(&self, slot: Option<u16>) -> Option<String> {
+        let map = self.map.borrow();
+        let map = map.as_ref()?;
+        match slot {
+            Some(s) => map.node(s).map(str::to_owned),
+            None => map.nodes.first().cloned(),
+        }
+    }
+
+    /// Sends `cmd` to the primary of its key's slot, following redirections.
+    pub(super) async fn send(&self, cmd: Vec<u8>, block: Duration, replicated: bool) -> Result<Answer, RedisError> {
+        let slot = command_key(&cmd).map(key_slot);
+        let Some(mut addr) = self.route(slot) else {
+            self.stale.set(true);
+            return Err(RedisError::Unavailable);
+        };
+        let (mut cmd, mut asking) = (cmd, false);
+        for attempt in 1..=MAX_REDIRECTS {
+            let (node, new) = self.node(&addr);
+            if new {
+                // Named by a redirection before the map: give it the time to connect.
+                let deadline = Instant::now() + self.options.connect_timeout;
+                while !node.is_up() && Instant::now() < deadline {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            let keep = attempt < MAX_REDIRECTS;
+            let sent = if asking {
+                node.send_asking(cmd, block, replicated).await
+            } else {
+                node.send(cmd, block, replicated, keep).await
+            };
+            let a = match sent {
+                Ok(a) => a,
+                Err(e) => {
+                    if e != RedisError::QueueFull {
+                        self.stale.set(true);
+                    }
+                    return Err(e);
+                }
+            };
+            let Some(r) = redirect(&a.frame) else { return Ok(a) };
+            let Some(again) = a.cmd else { return Ok(a) };
+            cmd = again;
+            (addr, asking) = match r {
+                Redirect::Moved { addr, .. } => {
+                    self.stale.set(true);
+                    (addr, false)
+                }
+                Redirect::Ask { addr, .. } => (addr, true),
+            };
+        }
+        Err(RedisError::Unavailable)
+    }
+
+    /// Reads the map from the primaries known, then the seeds; the first complete map
+    /// wins, else the first read. Connections follow the map's primaries.
+    async fn refresh(&self) {
+        let mut candidates: Vec<String> = self.map.borrow().as_ref().map(|m| m.nodes.clone()).unwrap_or_default();
+        for s in &self.options.cluster {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let timeout = self.options.connect_timeout.saturating_add(self.options.reply_timeout);
+        let mut found: Option<SlotMap> = None;
+        for addr in &candidates {
+            let Ok(Some(m)) = monoio::time::timeout(timeout, read_map(addr)).await else { continue };
+            let complete = m.complete();
+            if found.is_none() || complete {
+                found = Some(m);
+            }
+            if complete {
+                break;
+            }
+        }
+        let Some(map) = found else { return };
+        if self.map.borrow().as_deref() == Some(&map) {
+            return;
+        }
+        tracing::info!(primaries = ?map.nodes, complete = map.complete(), "Redis Cluster slot map");
+        for addr in &map.nodes {
+            self.node(addr);
+        }
+        self.nodes.borrow_mut().retain(|addr, _| map.nodes.contains(addr));
+        *self.map.borrow_mut() = Some(Rc::new(map));
+        self.epoch.advance();
+    }
+}
+
+/// Keeps `cluster`'s map: read at once when stale, else every `cluster_refresh`; ends
+/// with the cluster.
+async fn maintain(cluster: Weak<Cluster>) {
+    let mut last: Option<Instant> = None;
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let due = c.stale.get() || last.is_none_or(|l| l.elapsed() >= c.options.cluster_refresh);
+        if due {
+            c.stale.set(false);
+            c.refresh().await;
+            last = Some(Instant::now());
+            if c.map.borrow().as_ref().is_none_or(|m| !m.complete()) {
+                c.stale.set(true);
+            }
+        }
+        drop(c);
+        monoio::time::sleep(STALE_CHECK).await;
+    }
+}
+
+/// The slot map as `addr` sees it (`CLUSTER SHARDS`, else `CLUSTER SLOTS`).
+async fn read_map(addr: &str) -> Option<SlotMap> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let mut rbuf = Vec::with_capacity(4096);
+    let shards = ask(&mut stream, &mut rbuf, b"SHARDS").await?;
+    if let Some(m) = SlotMap::from_cluster_shards(&shards) {
+        return Some(m);
+    }
+    let slots = ask(&mut stream, &mut rbuf, b"SLOTS").await?;
+    SlotMap::from_cluster_slots(&slots)
+}
+
+async fn ask(stream: &mut TcpStream, rbuf: &mut Vec<u8>, sub: &[u8]) -> Option<Frame> {
+    let mut cmd = Vec::with_capacity(32);
+    resp::command(&mut cmd, &[b"CLUSTER", sub]);
+    let (res, _) = stream.write_all(cmd).await;
+    res.ok()?;
+    read_frame(stream, rbuf).await.ok()
+}

@@ -1,0 +1,191 @@
+//! Partitioned streams (`streams.partitions`) on one Redis and on a Redis Cluster of 6
+//! `redis-server` processes (3 primaries, 3 replicas) on loopback: traffic across the
+//! partitions lands in ClickHouse once; a primary killed under load with
+//! `wait_replicas = 1` loses no event answered 202.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use croupier_control::config::Driver;
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::cluster::RedisCluster;
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
+use croupier_it::redis::RedisServer;
+use croupier_protocol::cluster::Partitions;
+use croupier_protocol::stream::StreamKind;
+
+use crate::fixture::{events, xlen, Fixture, GAME, SECRET};
+use crate::pipeline::{croupier, env, Pipeline};
+
+/// Events per request.
+const PER_REQUEST: usize = 5;
+
+/// One request as sent (sent again with the same headers, it is a retry).
+struct Sent {
+    headers: Vec<(String, String)>,
+    body: String,
+    status: u16,
+}
+
+impl Sent {
+    fn new() -> Sent {
+        let body = events(PER_REQUEST);
+        let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+        Sent { headers, body, status: 0 }
+    }
+
+    fn send(&mut self, addr: std::net::SocketAddr) {
+        self.status =
+            HttpClient::connect(addr).request("POST", "/api/ingest/events", &self.headers, self.body.as_bytes()).status;
+    }
+}
+
+/// A pipeline whose ingest and worker use the cluster of `seeds` with `partitions`.
+fn cluster_pipeline(
+    seeds: &[String],
+    partitions: u16,
+    tweak: impl FnOnce(&mut croupier_control::config::Config),
+) -> Pipeline {
+    let clickhouse = ClickHouseServer::start();
+    let list = seeds.to_vec();
+    // `redis.addr` names nothing: only the cluster's nodes are used.
+    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |c| {
+        c.redis.addr = "127.0.0.1:1".into();
+        c.redis.cluster = list;
+        c.redis.reply_timeout_ms = 1_000;
+        c.streams.partitions = partitions;
+        tweak(c);
+    });
+    let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
+    assert!(ok, "croupier migrate failed: {out}");
+    let mut p = Pipeline { ingest, clickhouse, worker: None };
+    let seeds = format!("[{}]", seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+    let partitions = partitions.to_string();
+    p.start_worker(&[
+        ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
+        ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
+        ("CROUPIER_STREAMS__PARTITIONS", partitions.as_str()),
+    ]);
+    p
+}
+
+#[test]
+fn three_partitions_on_one_redis_land_once_and_a_retry_is_a_duplicate() {
+    let mut p = Pipeline::start_with(&[], |c| c.streams.partitions = 3);
+    p.start_worker(&[("CROUPIER_STREAMS__PARTITIONS", "3")]);
+    let addr = p.ingest.addr;
+    let mut sent: Vec<Sent> = (0..30).map(|_| Sent::new()).collect();
+    for s in &mut sent {
+        s.send(addr);
+        assert_eq!(s.status, 202);
+    }
+    // The same request again: its nonce is in its partition, found there.
+    sent[0].send(addr);
+    assert_eq!(sent[0].status, 202);
+    let parts = Partitions::new(3);
+    let per: Vec<i64> = (0..3).map(|i| xlen(&p.ingest.redis, parts.stream(i, StreamKind::Events))).collect();
+    assert_eq!(per.iter().sum::<i64>(), 30, "one entry per request, the retry appended nothing: {per:?}");
+    assert!(per.iter().all(|n| *n > 0), "every partition took requests: {per:?}");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events"), 0, "no entry under the unpartitioned key");
+    let events = (30 * PER_REQUEST) as u64;
+    p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
+    assert_eq!(p.distinct_events(), events);
+    for i in 0..3 {
+        assert_eq!(p.pending(parts.stream(i, StreamKind::Events)), 0, "partition {i} acknowledged");
+    }
+}
+
+#[test]
+fn cluster_traffic_across_partitions_lands_once() {
+    let cluster = RedisCluster::start(3, 1);
+    let p = cluster_pipeline(&cluster.seeds(), 3, |_| {});
+    let addr = p.ingest.addr;
+    let mut sent: Vec<Sent> = (0..30).map(|_| Sent::new()).collect();
+    for s in &mut sent {
+        s.send(addr);
+        assert_eq!(s.status, 202);
+    }
+    sent[0].send(addr);
+    assert_eq!(sent[0].status, 202, "a retry");
+    let parts = Partitions::new(3);
+    let keys: Vec<&str> = (0..3).map(|i| parts.stream(i, StreamKind::Events)).collect();
+    let owners: BTreeSet<usize> = keys.iter().map(|k| cluster.primary_of(k).expect("served")).collect();
+    assert_eq!(owners.len(), 3, "the three partitions are on the three primaries");
+    let per: Vec<i64> = keys.iter().map(|k| cluster.xlen(k)).collect();
+    assert_eq!(per.iter().sum::<i64>(), 30, "one entry per request: {per:?}");
+    assert!(per.iter().all(|n| *n > 0), "every primary took requests: {per:?}");
+    let events = (30 * PER_REQUEST) as u64;
+    p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
+    assert_eq!(p.distinct_events(), events);
+    // Every partition's entries were acknowledged by the workers.
+    p.wait_for(0, "entries pending", |_| keys.iter().map(|k| cluster.pending(k)).sum::<i64>() as u64);
+}
+
+#[test]
+fn cluster_primary_killed_under_load_loses_no_202_with_wait_replicas_1() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let p = cluster_pipeline(&cluster.seeds(), 3, |c| {
+        c.redis.wait_replicas = 1;
+        c.redis.wait_timeout_ms = 500;
+    });
+    let addr = p.ingest.addr;
+    let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = Sent::new();
+                s.send(addr);
+                if s.status == 202 {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                sent.push(s);
+            }
+            sent
+        })
+    };
+    let wait_accepted = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while accepted.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "{what}: {} requests accepted", accepted.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_accepted(30, "before the kill");
+    // Partition 0's primary dies mid-load; the cluster promotes its replica.
+    let key = Partitions::new(3).stream(0, StreamKind::Events).to_owned();
+    let victim = cluster.primary_of(&key).expect("a primary");
+    cluster.nodes[victim].stop();
+    let before = accepted.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.primary_of(&key).is_none_or(|n| n == victim) {
+        assert!(Instant::now() < deadline, "no failover within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The old primary comes back as the new one's replica: appends are confirmed again.
+    cluster.nodes[victim].restart();
+    cluster.nodes[victim].wait_synced();
+    wait_accepted(before + 30, "after the failover");
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = load.join().expect("load thread");
+
+    let refused = sent.iter().filter(|s| s.status != 202).count();
+    for s in sent.iter_mut().filter(|s| s.status != 202) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.status != 202 {
+            assert!(Instant::now() < deadline, "a retry was not accepted: {}", s.status);
+            s.send(addr);
+        }
+    }
+    let events = (sent.len() * PER_REQUEST) as u64;
+    // Each event has a user of its own: every one is in ClickHouse, including every one
+    // answered 202 during the load (none of those was sent again).
+    p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
+    assert_eq!(p.distinct_events(), events, "one row per event");
+    eprintln!("{} requests, {} accepted during the load, {refused} sent again", sent.len(), sent.len() - refused);
+}

@@ -230,11 +230,19 @@ async fn read_map(addr: &str) -> Option<SlotMap> {
     let _ = stream.set_nodelay(true);
     let mut rbuf = Vec::with_capacity(4096);
     let shards = ask(&mut stream, &mut rbuf, b"SHARDS").await?;
-    if let Some(m) = SlotMap::from_cluster_shards(&shards) {
-        return Some(m);
+    let mut map = match SlotMap::from_cluster_shards(&shards) {
+        Some(m) => m,
+        None => SlotMap::from_cluster_slots(&ask(&mut stream, &mut rbuf, b"SLOTS").await?)?,
+    };
+    // A node that has not talked to another yet does not know its own address and names
+    // itself without a host (`:7000`): it is the host asked.
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    for n in &mut map.nodes {
+        if n.starts_with(':') {
+            *n = format!("{host}{n}");
+        }
     }
-    let slots = ask(&mut stream, &mut rbuf, b"SLOTS").await?;
-    SlotMap::from_cluster_slots(&slots)
+    Some(map)
 }
 
 async fn ask(stream: &mut TcpStream, rbuf: &mut Vec<u8>, sub: &[u8]) -> Option<Frame> {

@@ -58,10 +58,14 @@ fn payments(rows: &[(String, String, u64, &str)], ts: u64) -> String {
 }
 
 /// Entries of `stream` not yet delivered to the group (`XINFO GROUPS` lag; 0 when the
-/// stream does not exist).
+/// stream does not exist, its length while the group does not).
 fn lag(p: &Pipeline, stream: &str) -> u64 {
     use croupier_protocol::resp::Frame;
     let Frame::Array(groups) = p.ingest.redis.client().cmd(&["XINFO", "GROUPS", stream]) else { return 0 };
+    if groups.is_empty() {
+        // The stream exists but the worker has not made the group yet: nothing read.
+        return p.ingest.redis.client().int(&["XLEN", stream]).max(0) as u64;
+    }
     groups
         .into_iter()
         .filter_map(|g| match g {

@@ -8,7 +8,8 @@
 use simd_json::prelude::*;
 use simd_json::tape::{Array, Value as JsonValue};
 
-use super::wire::Fields;
+use super::map::{slot_of, Slot};
+use super::wire::{Fields, WireError};
 use super::DecodeError;
 
 /// One attribute value.
@@ -55,19 +56,21 @@ pub enum Attrs<'t, 'a> {
 }
 
 impl<'t, 'a> Attrs<'t, 'a> {
-    /// Calls `f` with each key and value, in order.
-    pub fn each(
-        &self,
-        f: &mut dyn FnMut(&'a str, AnyRef<'t, 'a>) -> Result<(), DecodeError>,
-    ) -> Result<(), DecodeError> {
+    /// Calls `f` with each key, the envelope slot it fills (if any, [`slot_of`]) and
+    /// value, in order.
+    #[inline]
+    pub fn each<F>(&self, mut f: F) -> Result<(), DecodeError>
+    where
+        F: FnMut(&'a str, Option<(Slot, u8)>, AnyRef<'t, 'a>) -> Result<(), DecodeError>,
+    {
         match *self {
             Attrs::None => Ok(()),
             Attrs::Pb { msg, field } => {
                 for r in Fields::new(msg) {
                     let (n, v) = r?;
                     if n == field {
-                        let (k, v) = pb_key_value(v.bytes(n)?)?;
-                        f(k, v)?;
+                        let (k, slot, v) = pb_key_value(v.bytes(n)?)?;
+                        f(k, slot, v)?;
                     }
                 }
                 Ok(())
@@ -75,7 +78,7 @@ impl<'t, 'a> Attrs<'t, 'a> {
             Attrs::Json(arr) => {
                 for kv in arr.iter() {
                     let (k, v) = json_key_value(kv)?;
-                    f(k, v)?;
+                    f(k, slot_of(k.as_bytes()).map(|(s, r, _)| (s, r)), v)?;
                 }
                 Ok(())
             }
@@ -83,8 +86,46 @@ impl<'t, 'a> Attrs<'t, 'a> {
     }
 }
 
-/// A protobuf `KeyValue`.
-fn pb_key_value<'t, 'a>(msg: &'a [u8]) -> Result<(&'a str, AnyRef<'t, 'a>), DecodeError> {
+/// A protobuf `KeyValue`: its key, the slot the key names, and its value. A key that
+/// names a slot is one of those ASCII names (no UTF-8 check to make); any other key is
+/// checked when it is read, as every `string` field is.
+#[inline(always)]
+fn pb_key_value<'t, 'a>(msg: &'a [u8]) -> Result<(&'a str, SlotOf, AnyRef<'t, 'a>), DecodeError> {
+    // As SDKs write it: the key, then the value, each with a one-byte length. Read
+    // as the loop below reads it, in the same order, without the general walk.
+    if let [0x0a, klen, rest @ ..] = msg {
+        if let Some((k, [0x12, vlen, v @ ..])) = rest.split_at_checked(usize::from(*klen)) {
+            if *klen < 0x80 && *vlen < 0x80 && v.len() == usize::from(*vlen) {
+                let (key, slot) = key_slot(k)?;
+                return Ok((key, slot, pb_any(v)?));
+            }
+        }
+    }
+    let (mut key, mut slot, mut value) = ("", None, AnyRef::Empty);
+    for r in Fields::new(msg) {
+        match r? {
+            (1, v) => (key, slot) = key_slot(v.bytes(1)?)?,
+            (2, v) => value = pb_any(v.bytes(2)?)?,
+            _ => {}
+        }
+    }
+    Ok((key, slot, value))
+}
+
+/// The slot a key names and its rank ([`slot_of`]), if any.
+type SlotOf = Option<(Slot, u8)>;
+
+/// A key and the slot it names.
+#[inline(always)]
+fn key_slot(b: &[u8]) -> Result<(&str, SlotOf), WireError> {
+    Ok(match slot_of(b) {
+        Some((s, rank, name)) => (name, Some((s, rank))),
+        None => (std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)?, None),
+    })
+}
+
+/// A protobuf `KeyValue` without its slot (values nested in a `kvlist_value`).
+fn pb_nested_key_value<'t, 'a>(msg: &'a [u8]) -> Result<(&'a str, AnyRef<'t, 'a>), DecodeError> {
     let (mut key, mut value) = ("", AnyRef::Empty);
     for r in Fields::new(msg) {
         match r? {
@@ -97,7 +138,16 @@ fn pb_key_value<'t, 'a>(msg: &'a [u8]) -> Result<(&'a str, AnyRef<'t, 'a>), Deco
 }
 
 /// A protobuf `AnyValue` (the last member of the `oneof` wins, as protobuf says).
+#[inline(always)]
 pub fn pb_any<'t, 'a>(msg: &'a [u8]) -> Result<AnyRef<'t, 'a>, DecodeError> {
+    // One field, as SDKs write it: a string with a one-byte length, or an integer.
+    match msg {
+        [0x0a, len, s @ ..] if *len < 0x80 && s.len() == usize::from(*len) => {
+            return Ok(AnyRef::Str(std::str::from_utf8(s).map_err(|_| WireError::InvalidUtf8)?));
+        }
+        [0x18, b] if *b < 0x80 => return Ok(AnyRef::Int(i64::from(*b))),
+        _ => {}
+    }
     let mut out = AnyRef::Empty;
     for r in Fields::new(msg) {
         let (n, v) = r?;
@@ -201,9 +251,14 @@ pub fn write_str(out: &mut String, s: &str) {
 pub fn write_hex(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
+    // Trace and span ids (16 and 8 bytes) through a buffer on the stack.
+    for chunk in bytes.chunks(32) {
+        let mut buf = [0u8; 64];
+        for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        out.push_str(std::str::from_utf8(&buf[..chunk.len() * 2]).unwrap_or(""));
     }
     out.push('"');
 }
@@ -255,7 +310,7 @@ impl AnyRef<'_, '_> {
                         if !std::mem::take(&mut first) {
                             out.push(',');
                         }
-                        let (k, v) = pb_key_value(v.bytes(1)?)?;
+                        let (k, v) = pb_nested_key_value(v.bytes(1)?)?;
                         write_str(out, k);
                         out.push(':');
                         v.write_json(out, depth + 1, max_depth)?;

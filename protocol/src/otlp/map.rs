@@ -137,35 +137,42 @@ pub enum Slot {
 
 const SLOTS: usize = 18;
 
-/// The slot an attribute fills and its rank among the names of that slot.
-pub fn slot_of(key: &str) -> Option<(Slot, u8)> {
+/// The slot an attribute fills, its rank among the names of that slot, and the name
+/// (the key is one of these ASCII names).
+#[inline]
+pub fn slot_of(key: &[u8]) -> Option<(Slot, u8, &'static str)> {
+    // Every name is 5 to 27 bytes and starts with one of these letters: most other keys
+    // are told apart without a comparison.
+    if !(5..=27).contains(&key.len()) || !matches!(key[0], b'g' | b'd' | b's' | b'u' | b'e' | b'm' | b'a' | b'c') {
+        return None;
+    }
     Some(match key {
-        "game.id" => (Slot::GameId, 1),
-        "deployment.environment.name" => (Slot::Env, 2),
-        "deployment.environment" => (Slot::Env, 1),
-        "game.app_version" => (Slot::AppVersion, 2),
-        "service.version" => (Slot::AppVersion, 1),
-        "game.user_id" => (Slot::UserId, 2),
-        "user.id" => (Slot::UserId, 1),
-        "game.session_id" => (Slot::SessionId, 2),
-        "session.id" => (Slot::SessionId, 1),
-        "game.device_id" => (Slot::DeviceId, 2),
-        "device.id" => (Slot::DeviceId, 1),
-        "game.platform" => (Slot::Platform, 1),
-        "game.channel" => (Slot::Channel, 1),
-        "game.country" => (Slot::Country, 1),
-        "game.region" => (Slot::Region, 1),
-        "game.city" => (Slot::City, 1),
-        "event.name" => (Slot::EventName, 2),
-        "event_type" => (Slot::EventName, 1),
-        "monetization.order_id" => (Slot::OrderId, 1),
-        "monetization.price_usd" => (Slot::PriceUsd, 1),
-        "monetization.amount_cents" => (Slot::AmountCents, 2),
-        "amount_cents" => (Slot::AmountCents, 1),
-        "monetization.currency" => (Slot::Currency, 2),
-        "currency" => (Slot::Currency, 1),
-        "monetization.sku_id" => (Slot::ProductId, 1),
-        "monetization.reason" => (Slot::Reason, 1),
+        b"game.id" => (Slot::GameId, 1, "game.id"),
+        b"deployment.environment.name" => (Slot::Env, 2, "deployment.environment.name"),
+        b"deployment.environment" => (Slot::Env, 1, "deployment.environment"),
+        b"game.app_version" => (Slot::AppVersion, 2, "game.app_version"),
+        b"service.version" => (Slot::AppVersion, 1, "service.version"),
+        b"game.user_id" => (Slot::UserId, 2, "game.user_id"),
+        b"user.id" => (Slot::UserId, 1, "user.id"),
+        b"game.session_id" => (Slot::SessionId, 2, "game.session_id"),
+        b"session.id" => (Slot::SessionId, 1, "session.id"),
+        b"game.device_id" => (Slot::DeviceId, 2, "game.device_id"),
+        b"device.id" => (Slot::DeviceId, 1, "device.id"),
+        b"game.platform" => (Slot::Platform, 1, "game.platform"),
+        b"game.channel" => (Slot::Channel, 1, "game.channel"),
+        b"game.country" => (Slot::Country, 1, "game.country"),
+        b"game.region" => (Slot::Region, 1, "game.region"),
+        b"game.city" => (Slot::City, 1, "game.city"),
+        b"event.name" => (Slot::EventName, 2, "event.name"),
+        b"event_type" => (Slot::EventName, 1, "event_type"),
+        b"monetization.order_id" => (Slot::OrderId, 1, "monetization.order_id"),
+        b"monetization.price_usd" => (Slot::PriceUsd, 1, "monetization.price_usd"),
+        b"monetization.amount_cents" => (Slot::AmountCents, 2, "monetization.amount_cents"),
+        b"amount_cents" => (Slot::AmountCents, 1, "amount_cents"),
+        b"monetization.currency" => (Slot::Currency, 2, "monetization.currency"),
+        b"currency" => (Slot::Currency, 1, "currency"),
+        b"monetization.sku_id" => (Slot::ProductId, 1, "monetization.sku_id"),
+        b"monetization.reason" => (Slot::Reason, 1, "monetization.reason"),
         _ => return None,
     })
 }
@@ -199,16 +206,22 @@ impl<'t, 'a> Slots<'t, 'a> {
 
     /// Fills the slots from `attrs`; `level` 0 for a resource, 1 for a record.
     pub fn fill(&mut self, attrs: &Attrs<'t, 'a>, level: u8) -> Result<(), DecodeError> {
-        attrs.each(&mut |k, v| {
-            if let Some((slot, rank)) = slot_of(k) {
-                let rank = rank + level * 10;
-                let cell = &mut self.0[slot as usize];
-                if cell.is_none_or(|(_, r)| r <= rank) {
-                    *cell = Some((v, rank));
-                }
+        attrs.each(|_, slot, v| {
+            if let Some(slot) = slot {
+                self.put(slot, v, level);
             }
             Ok(())
         })
+    }
+
+    /// Puts `v` in its slot unless a value of a higher rank is there.
+    #[inline]
+    fn put(&mut self, (slot, rank): (Slot, u8), v: AnyRef<'t, 'a>, level: u8) {
+        let rank = rank + level * 10;
+        let cell = &mut self.0[slot as usize];
+        if cell.is_none_or(|(_, r)| r <= rank) {
+            *cell = Some((v, rank));
+        }
     }
 
     fn get(&self, slot: Slot) -> AnyRef<'t, 'a> {
@@ -312,17 +325,24 @@ impl From<DecodeError> for Fail {
 /// A short text value, borrowed or an integer formatted in place.
 enum Text<'a> {
     Str(&'a str),
-    Num([u8; 20], usize),
+    Num(Digits),
 }
 
 impl Text<'_> {
+    #[inline]
     fn as_str(&self) -> &str {
         match self {
             Text::Str(s) => s,
-            Text::Num(b, n) => std::str::from_utf8(&b[..*n]).unwrap_or(""),
+            Text::Num(d) => std::str::from_utf8(d.0.get(..usize::from(d.0[23])).unwrap_or(&[])).unwrap_or(""),
         }
     }
 }
+
+/// An integer's decimal digits (their count in the last byte), aligned so that a [`Text`]
+/// moves as whole words.
+#[derive(Clone, Copy)]
+#[repr(align(8))]
+struct Digits([u8; 24]);
 
 fn int_text(i: i64) -> Text<'static> {
     let mut buf = [0u8; 20];
@@ -341,7 +361,10 @@ fn int_text(i: i64) -> Text<'static> {
         buf[pos] = b'-';
     }
     buf.copy_within(pos.., 0);
-    Text::Num(buf, 20 - pos)
+    let mut d = Digits([0; 24]);
+    d.0[..20 - pos].copy_from_slice(&buf[..20 - pos]);
+    d.0[23] = (20 - pos) as u8;
+    Text::Num(d)
 }
 
 /// The name a record's event gets, and whether it is a payment (with its status).
@@ -412,6 +435,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         Ok(())
     }
 
+    #[inline]
     fn text<'a>(&self, v: AnyRef<'_, 'a>) -> Result<Option<Text<'a>>, Fail> {
         match v {
             AnyRef::Empty => Ok(None),
@@ -425,6 +449,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
     }
 
+    #[inline]
     fn opt<'a>(&self, slots: &Slots<'_, 'a>, slot: Slot) -> Result<Text<'a>, Fail> {
         Ok(self.text(slots.get(slot))?.unwrap_or(Text::Str("")))
     }
@@ -434,8 +459,11 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if signal == Signal::Traces && !self.ctx.spans.matches(rec.name) {
             return Ok(false);
         }
+        // One walk of the record's attributes: the slots, and `props` for the others
+        // (written whether or not the record turns out to be an event; an error in
+        // writing them counts where `props` is needed, as if written then).
         let mut slots = *resource;
-        slots.fill(&rec.attrs, 1)?;
+        let props_error = self.scan(&mut slots, &rec.attrs)?;
         let name = match (rec.name, self.text(slots.get(Slot::EventName))?) {
             ("", None) => return Ok(false),
             ("", Some(Text::Str(s))) => s,
@@ -468,7 +496,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             self.payment(&slots, ts_ms, env.as_str(), country, status)?;
             return Ok(true);
         }
-        self.props(rec, name != mapped, name)?;
+        self.props(rec, props_error, name != mapped, name)?;
         let event_id = self.event_id(signal, rec);
         let texts = [
             self.opt(&slots, Slot::UserId)?,
@@ -521,27 +549,60 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
     }
 
-    /// Writes the record's `props` into the sink's buffer.
-    fn props(&mut self, rec: &RecordIn<'_, '_>, renamed: bool, name: &str) -> Result<(), Fail> {
+    /// Walks a record's attributes once: each that fills a slot goes into `slots`, and
+    /// each that is not an event column is written into `props` (the sink's buffer,
+    /// opened with `{`). An attribute that cannot be read refuses the request at once,
+    /// as before anything else of the record; a value that cannot be written as JSON
+    /// (nested too deep, or malformed inside) is handed back, for [`Mapper::props`].
+    fn scan<'t, 'a>(
+        &mut self,
+        slots: &mut Slots<'t, 'a>,
+        attrs: &Attrs<'t, 'a>,
+    ) -> Result<Option<DecodeError>, DecodeError> {
         let max_depth = self.ctx.limits.max_depth;
         let props = &mut *self.out.props;
         props.clear();
         props.push('{');
-        let mut first = true;
-        let mut sep = |props: &mut String| {
-            if !std::mem::take(&mut first) {
+        let mut failed = None;
+        attrs.each(|k, slot, v| {
+            if let Some(slot) = slot {
+                slots.put(slot, v, 1);
+            }
+            if failed.is_some() || slot.is_some_and(|(s, _)| event_column(s)) {
+                return Ok(());
+            }
+            if props.len() > 1 {
+                props.push(',');
+            }
+            write_str(props, k);
+            props.push(':');
+            if let Err(e) = v.write_json(props, 1, max_depth) {
+                failed = Some(e);
+            }
+            Ok(())
+        })?;
+        Ok(failed)
+    }
+
+    /// Completes the record's `props` in the sink's buffer (its attributes are there,
+    /// from [`Mapper::scan`], unless writing them failed with `error`).
+    fn props(
+        &mut self,
+        rec: &RecordIn<'_, '_>,
+        error: Option<DecodeError>,
+        renamed: bool,
+        name: &str,
+    ) -> Result<(), Fail> {
+        if let Some(e) = error {
+            return Err(Fail::Fatal(e));
+        }
+        let max_depth = self.ctx.limits.max_depth;
+        let props = &mut *self.out.props;
+        let sep = |props: &mut String| {
+            if props.len() > 1 {
                 props.push(',');
             }
         };
-        rec.attrs.each(&mut |k, v| {
-            if slot_of(k).is_some_and(|(s, _)| event_column(s)) {
-                return Ok(());
-            }
-            sep(props);
-            write_str(props, k);
-            props.push(':');
-            v.write_json(props, 1, max_depth)
-        })?;
         if renamed {
             sep(props);
             props.push_str("\"event.name\":");

@@ -81,11 +81,16 @@ fn log_record<'t, 'a>(msg: &'a [u8], origin: [u8; 32]) -> Result<RecordIn<'t, 'a
         body: AnyRef::Empty,
         content: Some(Content { record: msg, origin }),
     };
-    for r in Fields::new(msg) {
+    let mut attrs = Span::default();
+    let mut fields = Fields::new(msg);
+    loop {
+        let at = msg.len() - fields.remaining();
+        let Some(r) = fields.next() else { break };
         let (n, v) = r?;
         match n {
             1 => rec.time_ns = v.fixed64(n)?,
             5 => rec.body = pb_any(v.bytes(n)?)?,
+            6 => attrs.add(at, msg.len() - fields.remaining()),
             9 => rec.trace_id = Id::Raw(v.bytes(n)?),
             10 => rec.span_id = Id::Raw(v.bytes(n)?),
             11 => rec.fallback_ns = v.fixed64(n)?,
@@ -93,6 +98,7 @@ fn log_record<'t, 'a>(msg: &'a [u8], origin: [u8; 32]) -> Result<RecordIn<'t, 'a
             _ => {}
         }
     }
+    rec.attrs = attrs.attrs(msg, 6);
     Ok(rec)
 }
 
@@ -107,15 +113,43 @@ fn span<'t, 'a>(msg: &'a [u8]) -> Result<RecordIn<'t, 'a>, DecodeError> {
         body: AnyRef::Empty,
         content: None,
     };
-    for r in Fields::new(msg) {
+    let mut attrs = Span::default();
+    let mut fields = Fields::new(msg);
+    loop {
+        let at = msg.len() - fields.remaining();
+        let Some(r) = fields.next() else { break };
         let (n, v) = r?;
         match n {
             1 => rec.trace_id = Id::Raw(v.bytes(n)?),
             2 => rec.span_id = Id::Raw(v.bytes(n)?),
             5 => rec.name = v.str(n)?,
             7 => rec.time_ns = v.fixed64(n)?,
+            9 => attrs.add(at, msg.len() - fields.remaining()),
             _ => {}
         }
     }
+    rec.attrs = attrs.attrs(msg, 9);
     Ok(rec)
+}
+
+/// Where a record's attributes are: from the first one's tag to the end of the last
+/// (SDKs write them together; other fields between them are skipped when the list is
+/// walked, as in the whole message), so that the walk of the attributes does not read
+/// the record's other fields again.
+#[derive(Default)]
+struct Span {
+    range: Option<(usize, usize)>,
+}
+
+impl Span {
+    fn add(&mut self, start: usize, end: usize) {
+        self.range = Some(self.range.map_or((start, end), |(s, _)| (s, end)));
+    }
+
+    fn attrs<'t, 'a>(&self, msg: &'a [u8], field: u32) -> Attrs<'t, 'a> {
+        match self.range.and_then(|(s, e)| msg.get(s..e)) {
+            Some(msg) => Attrs::Pb { msg, field },
+            None => Attrs::None,
+        }
+    }
 }

@@ -53,6 +53,7 @@ pub enum Value<'a> {
 
 impl<'a> Value<'a> {
     /// The bytes of a length-delimited field.
+    #[inline]
     pub fn bytes(self, field: u32) -> Result<&'a [u8], WireError> {
         match self {
             Value::Bytes(b) => Ok(b),
@@ -61,11 +62,13 @@ impl<'a> Value<'a> {
     }
 
     /// A `string` field.
+    #[inline]
     pub fn str(self, field: u32) -> Result<&'a str, WireError> {
         std::str::from_utf8(self.bytes(field)?).map_err(|_| WireError::InvalidUtf8)
     }
 
     /// A varint field.
+    #[inline]
     pub fn varint(self, field: u32) -> Result<u64, WireError> {
         match self {
             Value::Varint(v) => Ok(v),
@@ -74,6 +77,7 @@ impl<'a> Value<'a> {
     }
 
     /// A `fixed64` (or `double`) field.
+    #[inline]
     pub fn fixed64(self, field: u32) -> Result<u64, WireError> {
         match self {
             Value::Fixed64(v) => Ok(v),
@@ -83,7 +87,23 @@ impl<'a> Value<'a> {
 }
 
 /// Reads a varint from the front of `buf`, advancing it.
+#[inline]
 pub fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
+    // Tags, lengths and small integers are one or two bytes.
+    match **buf {
+        [b, ..] if b < 0x80 => {
+            *buf = &buf[1..];
+            Ok(u64::from(b))
+        }
+        [b0, b1, ..] if b1 < 0x80 => {
+            *buf = &buf[2..];
+            Ok(u64::from(b0 & 0x7f) | u64::from(b1) << 7)
+        }
+        _ => varint_long(buf),
+    }
+}
+
+fn varint_long(buf: &mut &[u8]) -> Result<u64, WireError> {
     let mut v: u64 = 0;
     for (i, &b) in buf.iter().enumerate().take(10) {
         v |= u64::from(b & 0x7f) << (7 * i);
@@ -99,6 +119,7 @@ pub fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
     }
 }
 
+#[inline]
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
     if buf.len() < n {
         return Err(WireError::Truncated);
@@ -116,10 +137,18 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     /// The fields of the message in `buf`.
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Fields<'a> {
         Fields { buf }
     }
 
+    /// Bytes not read yet (the next field starts at `len - remaining`).
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    #[inline(always)]
     fn read(&mut self) -> Result<(u32, Value<'a>), WireError> {
         let tag = varint(&mut self.buf)?;
         let field = u32::try_from(tag >> 3).map_err(|_| WireError::FieldZero)?;
@@ -150,6 +179,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, Value<'a>), WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;

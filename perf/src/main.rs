@@ -6,6 +6,7 @@
 //! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
 //! croupier-perf api    [--rows N[,N...]] [--runs R] [--out FILE]
+//! croupier-perf otlp   [--seconds S] [--connections C] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]
 //! croupier-perf cluster [--seconds S] [--runs R] [--out FILE]
 //! ```
@@ -26,6 +27,12 @@
 //! `api`: the analytics API's p50/p99 per route and rows read per one-day query on a
 //! generated history of N events (default 10 M and 50 M; see `api.rs`).
 //!
+//! `otlp`: the same events as JSON ingest batches, OTLP/HTTP protobuf log records and
+//! OTLP/gRPC calls, at max to one `croupier ingest`: records per ingest-shard CPU second
+//! of each, as a ratio to JSON ingest's, and allocations per record of the decode path.
+//! Printed, and written to a file only when `--out` names one (the section goes into
+//! `perf/RESULTS.md` beside the other OTLP figures).
+//!
 //! `worker`: the stream holds N events in batch entries of 100; the ceiling is
 //! `clickhouse-client` inserting the same rows in Native format into a twin table; then
 //! `croupier worker` (one shard) consumes the stream into ClickHouse. Each is run R times
@@ -36,6 +43,7 @@
 mod api;
 mod e2e;
 mod machine;
+mod otlp;
 mod worker;
 
 #[global_allocator]
@@ -96,18 +104,19 @@ fn main() {
             api::run(&sizes, arg(&args, "--runs", 20))
         }
         Some("cluster") => e2e::cluster(&e2e_cfg(), runs),
+        Some("otlp") => otlp::run(&e2e_cfg(), runs),
         Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {
             eprintln!(
-                "usage: croupier-perf all|e2e|worker|switch|api|cluster [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
+                "usage: croupier-perf all|e2e|worker|switch|api|cluster|otlp [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
             );
             std::process::exit(2);
         }
     };
     let text = format!("{}\n{}", machine::header(&args), body);
-    // A switch run is an A/B for perf/CHANGES.md and an api or cluster run one section of
-    // RESULTS.md, not the whole file: they are written to a file only when --out names one.
-    if matches!(args.first().map(String::as_str), Some("switch" | "api" | "cluster"))
+    // A switch run is an A/B for perf/CHANGES.md and an api, cluster or otlp run one section
+    // of RESULTS.md, not the whole file: they are written to a file only when --out names one.
+    if matches!(args.first().map(String::as_str), Some("switch" | "api" | "cluster" | "otlp"))
         && !args.iter().any(|a| a == "--out")
     {
         println!("{text}");

@@ -7,6 +7,11 @@ scripts/check-deploy.sh):
   - every file or folder mounted from the repository exists (compose creates a missing
     bind source as an empty folder, silently);
   - the Collector's pipelines name only receivers, processors and exporters it defines;
+  - the clickhouse service sets CLICKHOUSE_USER and CLICKHOUSE_PASSWORD (without them the
+    image limits `default` to localhost), and every croupier service
+    (CROUPIER_CLICKHOUSE__USER / __PASSWORD) and Grafana's ClickHouse datasource
+    (GRAFANA_CLICKHOUSE_USER / _PASSWORD, which the provisioning file reads) connect with
+    exactly those;
   - deploy/seccomp-io_uring.json allows io_uring_setup, io_uring_enter and
     io_uring_register and denies what Docker's default profile denies;
   - CI (.ci/run) runs every command of the Dockerfile's build stages (build, dashboard).
@@ -43,13 +48,53 @@ def images(doc):
 
 def plugins(doc):
     for name, svc in doc["services"].items():
-        env = svc.get("environment") or {}
-        if isinstance(env, list):
-            env = dict(e.split("=", 1) for e in env if "=" in e)
+        env = env_of(svc)
         for item in (env.get("GF_INSTALL_PLUGINS") or "").split(","):
             parts = item.split()
             if item.strip() and (len(parts) != 2 or not re.match(r"^\d+(\.\d+)+$", parts[1])):
                 fail(f"service {name}: Grafana plugin {item.strip()!r} is not pinned by version")
+
+
+def env_of(svc):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env if "=" in e)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def clickhouse_credentials(doc):
+    services = doc["services"]
+    server = env_of(services.get("clickhouse", {}))
+    want = (server.get("CLICKHOUSE_USER", ""), server.get("CLICKHOUSE_PASSWORD", ""))
+    if not want[0] or not want[1]:
+        fail("service clickhouse: CLICKHOUSE_USER and CLICKHOUSE_PASSWORD must be set "
+             "(without them the image limits `default` to localhost)")
+        return
+    clients = 0
+    for name, svc in services.items():
+        env = env_of(svc)
+        if svc.get("image", "").startswith("croupier-analytics/croupier:"):
+            got = (env.get("CROUPIER_CLICKHOUSE__USER"), env.get("CROUPIER_CLICKHOUSE__PASSWORD"))
+        elif svc.get("image", "").startswith("grafana/grafana:"):
+            got = (env.get("GRAFANA_CLICKHOUSE_USER"), env.get("GRAFANA_CLICKHOUSE_PASSWORD"))
+        else:
+            continue
+        clients += 1
+        if got[0] != want[0]:
+            fail(f"service {name}: ClickHouse user {got[0]!r}, the server's is {want[0]!r}")
+        if got[1] != want[1]:
+            fail(f"service {name}: ClickHouse password differs from the clickhouse service's")
+    if clients == 0:
+        fail("no croupier or Grafana service found to check ClickHouse credentials against")
+    with open(os.path.join(ROOT, "deploy/grafana/provisioning/datasources/clickhouse.yml")) as f:
+        ds = yaml.safe_load(f)
+    for d in ds.get("datasources", []):
+        if d.get("type") != "grafana-clickhouse-datasource":
+            continue
+        if (d.get("jsonData") or {}).get("username") != "${GRAFANA_CLICKHOUSE_USER}":
+            fail("grafana datasource ClickHouse: username is not ${GRAFANA_CLICKHOUSE_USER}")
+        if (d.get("secureJsonData") or {}).get("password") != "${GRAFANA_CLICKHOUSE_PASSWORD}":
+            fail("grafana datasource ClickHouse: password is not ${GRAFANA_CLICKHOUSE_PASSWORD}")
 
 
 def mounts(doc):
@@ -112,6 +157,7 @@ doc = compose()
 images(doc)
 plugins(doc)
 mounts(doc)
+clickhouse_credentials(doc)
 collector()
 seccomp()
 build_stage()
@@ -119,4 +165,4 @@ for e in errors:
     print(f"compose_lint: {e}", file=sys.stderr)
 if errors:
     sys.exit(1)
-print(f"compose_lint: {len(doc['services'])} services, images and plugins pinned, mounts present, build stage run by CI")
+print(f"compose_lint: {len(doc['services'])} services, images and plugins pinned, mounts present, ClickHouse credentials equal, build stage run by CI")

@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import sys
+import tomllib
 
 import yaml
 
@@ -53,6 +54,16 @@ def collector():
         errors.append("the croupier exporter does not send the bearer token")
     if e.get("retry_on_failure", {}).get("max_elapsed_time") not in ("0s", 0):
         errors.append("the croupier exporter gives up retrying")
+    # A batch larger than croupier's server.max_records is refused 413 (not retried).
+    with open(os.path.join(os.path.dirname(COLLECTOR), "..", "croupier", "croupier.toml"), "rb") as f:
+        max_records = tomllib.load(f).get("server", {}).get("max_records", 10000)
+    for pname, proc in (doc.get("processors") or {}).items():
+        if pname.split("/")[0] != "batch":
+            continue
+        cap = (proc or {}).get("send_batch_max_size", 0)
+        if not cap or cap > max_records:
+            errors.append("processor %s: send_batch_max_size %s is not within croupier's "
+                          "server.max_records (%d)" % (pname, cap or "unset", max_records))
     storage = e.get("sending_queue", {}).get("storage")
     if storage and storage not in doc.get("extensions", {}):
         errors.append("queue storage %s is not defined" % storage)

@@ -3,7 +3,8 @@
 scripts/check-deploy.sh):
 
   - every image is pinned by version (no `latest`, no bare name), and so is every Grafana
-    plugin GF_INSTALL_PLUGINS installs (`<id> <version>`);
+    plugin GF_INSTALL_PLUGINS (`<id> <version>`, Grafana 11) and GF_PLUGINS_PREINSTALL_SYNC
+    (`<id>@<version>`, Grafana 12) install, and both name the same plugins;
   - every file or folder mounted from the repository exists (compose creates a missing
     bind source as an empty folder, silently);
   - the Collector's pipelines name only receivers, processors and exporters it defines;
@@ -49,10 +50,22 @@ def images(doc):
 def plugins(doc):
     for name, svc in doc["services"].items():
         env = env_of(svc)
+        legacy, preinstall = set(), set()
         for item in (env.get("GF_INSTALL_PLUGINS") or "").split(","):
             parts = item.split()
             if item.strip() and (len(parts) != 2 or not re.match(r"^\d+(\.\d+)+$", parts[1])):
                 fail(f"service {name}: Grafana plugin {item.strip()!r} is not pinned by version")
+            elif item.strip():
+                legacy.add(tuple(parts))
+        for item in (env.get("GF_PLUGINS_PREINSTALL_SYNC") or "").split(","):
+            parts = item.strip().split("@")
+            if item.strip() and (len(parts) != 2 or not re.match(r"^\d+(\.\d+)+$", parts[1])):
+                fail(f"service {name}: Grafana plugin {item.strip()!r} is not pinned by version (id@version)")
+            elif item.strip():
+                preinstall.add(tuple(parts))
+        if legacy != preinstall:
+            fail(f"service {name}: GF_INSTALL_PLUGINS (Grafana 11) and GF_PLUGINS_PREINSTALL_SYNC "
+                 f"(Grafana 12) install different plugins: {sorted(legacy)} vs {sorted(preinstall)}")
 
 
 def env_of(svc):

@@ -26,6 +26,8 @@ pub struct Db {
     timeout: Duration,
     /// The tables are `Distributed` (`clickhouse.shards`).
     cluster: bool,
+    /// `analytics.user_days` was found filled ([`Reads::require_user_days`]).
+    user_days_filled: Cell<bool>,
 }
 
 /// One request's reads through [`Db`], with the rows ClickHouse read for all of them (the
@@ -49,6 +51,23 @@ impl Reads<'_> {
         Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
     }
 
+    /// `Ok` once `analytics.user_days` holds every row of `events` (its fill mark exists;
+    /// checked until it does, then remembered), else 503 `not_ready`.
+    pub async fn require_user_days(&self) -> Result<(), ApiError> {
+        if self.db.user_days_filled.get() {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT count() FROM system.tables WHERE database = 'analytics' AND name = '{}'",
+            crate::clickhouse::schema::USER_DAYS_FILLED
+        );
+        if self.scalar(&sql).await?.as_u64() == 0 {
+            return Err(ApiError::NotReady("analytics.user_days"));
+        }
+        self.db.user_days_filled.set(true);
+        Ok(())
+    }
+
     /// Rows ClickHouse read for this request's queries so far.
     pub fn read_rows(&self) -> u64 {
         self.read_rows.get()
@@ -65,6 +84,7 @@ impl Db {
             idle: RefCell::new(Vec::new()),
             timeout,
             cluster: false,
+            user_days_filled: Cell::new(false),
         }
     }
 

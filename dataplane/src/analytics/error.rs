@@ -33,6 +33,9 @@ pub enum ApiError {
     Busy,
     /// Redis failed or did not answer.
     RedisFailed(String),
+    /// What the route reads is not filled yet (`croupier migrate` has not finished):
+    /// names it.
+    NotReady(&'static str),
 }
 
 impl ApiError {
@@ -50,7 +53,7 @@ impl ApiError {
             ApiError::MissingPermission(_) | ApiError::GameNotAllowed(_) => 403,
             ApiError::QueryFailed(_) | ApiError::RedisFailed(_) => 502,
             ApiError::QueryTimeout => 504,
-            ApiError::Busy => 503,
+            ApiError::Busy | ApiError::NotReady(_) => 503,
         }
     }
 
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::QueryTimeout => "query_timeout",
             ApiError::Busy => "busy",
             ApiError::RedisFailed(_) => "redis_failed",
+            ApiError::NotReady(_) => "not_ready",
         }
     }
 
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::QueryTimeout => "query did not finish in time".into(),
             ApiError::Busy => "too many queries in flight".into(),
             ApiError::RedisFailed(e) => format!("redis failed: {e}"),
+            ApiError::NotReady(what) => format!("{what} is being filled by croupier migrate; try again later"),
         }
     }
 
@@ -113,6 +118,11 @@ impl ApiError {
             ApiError::Busy => {
                 let mut r = Response::json(503, self.body());
                 r.retry_after = Some(1);
+                r
+            }
+            ApiError::NotReady(_) => {
+                let mut r = Response::json(503, self.body());
+                r.retry_after = Some(10);
                 r
             }
             _ => Response::json(self.status(), self.body()),

@@ -18,6 +18,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let (day0, day_end) = (last * DAY, last * DAY + DAY - 1);
     // Players per day come from `user_days` (a row per player and day), not from the
     // events: the same figures, reading a row per player instead of one per event.
+    ctx.db.require_user_days().await?;
     let day = |n: i64| format!("toDate('{}')", params::date_string(n));
     let (first, last_d, week) = (day(last - 29), day(last), day(last - 6));
     let active = ctx

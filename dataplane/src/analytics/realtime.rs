@@ -67,6 +67,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let p = pay.first().cloned().unwrap_or_default();
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
     let (rev_5m, rev_today, succ_5m, attempts_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
+    ctx.db.require_user_days().await?;
     let registered_total = ctx
         .db
         .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.user_days WHERE {NEW_USER_DAY}{w}"))

@@ -67,6 +67,7 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
 /// `day`. Reads those four days only (the overview's figures; `cohorts` reads every day
 /// between).
 pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError> {
+    ctx.db.require_user_days().await?;
     let w = ctx.scope.filter();
     let date = |d: i64| format!("toDate('{}')", params::date_string(d));
     let cohort_days: Vec<String> = DAYS.iter().map(|n| date(day - n)).collect();

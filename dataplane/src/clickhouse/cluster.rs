@@ -132,6 +132,7 @@ pub async fn migrate_node(
     for sql in statements(cluster) {
         conn.execute(&sql, settings).await?;
     }
+    super::schema::fill_user_days(conn, settings, "_local").await?;
     let names = distributed_tables().iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
     let found = conn
         .select(
@@ -200,7 +201,7 @@ mod tests {
             .iter()
             .any(|x| x.contains("TO analytics.user_days_local") && x.contains("FROM analytics.events_local GROUP BY")));
         assert!(s.iter().any(|x| x.starts_with("CREATE TABLE IF NOT EXISTS analytics.user_days_local (")
-            && x.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/analytics/user_days_local', '{replica}', (active, registered, first_active))")));
+            && x.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/analytics/user_days_local', '{replica}', (events, active, registered, first_active))")));
         let tables = s.iter().filter(|x| x.contains("ENGINE = Distributed(")).count();
         assert_eq!(tables, distributed_tables().len());
         assert_eq!(s.iter().filter(|x| x.contains("_local (")).count(), tables);

@@ -20,11 +20,13 @@
 //! `user_days` is ours: one row per (game, env, UTC day, user) with counts of the user's
 //! active, registration and first-activity events that day, fed from `events` by a
 //! materialized view (`SummingMergeTree`; the API reads the counts as flags, so a row
-//! counted twice changes nothing). The overview, the realtime registered total and
+//! counted twice changes nothing; `events` counts every event, so no row sums to zero and
+//! none is dropped by a merge). The overview, the realtime registered total and
 //! retention's latest rates read it instead of scanning `events`: a day of it is a row
 //! per player, not an event.
 
 use croupier_protocol::clickhouse::packet::Setting;
+use croupier_protocol::clickhouse::result::Value;
 
 use super::connection::{ChError, Connection};
 
@@ -135,66 +137,83 @@ pub const STATEMENTS: &[&str] = &[
         game_id      LowCardinality(String),
         env          LowCardinality(String),
         user_id      String,
+        events       UInt64,
         active       UInt64,
         registered   UInt64,
         first_active UInt64
-    ) ENGINE = SummingMergeTree((active, registered, first_active))
+    ) ENGINE = SummingMergeTree((events, active, registered, first_active))
     PARTITION BY toYYYYMM(d)
     ORDER BY (game_id, env, d, user_id)",
     "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.user_days_mv
     TO analytics.user_days
-    AS SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id,
+    AS SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id, count() AS events,
         countIf(event IN ('login', 'session_start', 'user.login', 'session.start')) AS active,
         countIf(event IN ('register', 'user.register')) AS registered,
         countIf(event IN ('first_active')) AS first_active
     FROM analytics.events GROUP BY d, game_id, env, user_id",
 ];
 
-/// The start of the statement creating `user_days_mv`, which [`migrate`] runs last.
+/// The start of the statement creating `user_days_mv`.
 const USER_DAYS_VIEW: &str = "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.user_days_mv";
 
+/// The table whose existence says that `user_days` holds the rows `events` had when its
+/// view was created ([`fill_user_days`]); the API answers from `user_days` only then.
+pub const USER_DAYS_FILLED: &str = "user_days_filled";
+
 /// The rows of `analytics.user_days` for `events` rows matching a condition: what its view
-/// writes, for the rows already there when the view is created.
-fn user_days_backfill(condition: &str) -> String {
+/// writes, for rows already there.
+fn user_days_copy(condition: &str, suffix: &str) -> String {
     let view = STATEMENTS
         .iter()
         .find(|s| s.starts_with(USER_DAYS_VIEW))
         .and_then(|s| s.split_once("AS SELECT"))
         .map_or("", |(_, select)| select);
-    let select = view.replacen(" GROUP BY", &format!(" WHERE {condition} GROUP BY"), 1);
+    let select = view.replacen(" GROUP BY", &format!(" WHERE {condition} GROUP BY"), 1).replacen(
+        "FROM analytics.events ",
+        &format!("FROM analytics.events{suffix} "),
+        1,
+    );
     format!(
-        "INSERT INTO analytics.user_days (d, game_id, env, user_id, active, registered, first_active) SELECT{select}"
+        "INSERT INTO analytics.user_days{suffix} (d, game_id, env, user_id, events, active, registered, first_active) \
+         SELECT{select}"
     )
 }
 
-/// How far back, in `ingested_at`, the second backfill of `user_days` reaches: rows the
-/// worker inserted while the first one ran carry the time ingest accepted them, which is
-/// at most a backlog's age earlier.
-const USER_DAYS_OVERLAP_S: u64 = 86_400;
+/// Marks `user_days` as filled (see [`USER_DAYS_FILLED`]).
+pub const USER_DAYS_MARK: &str =
+    "CREATE TABLE IF NOT EXISTS analytics.user_days_filled (at DateTime DEFAULT now()) ENGINE = TinyLog";
 
-/// `user_days` (one row per user and UTC day: whether active, registered, first active) is
-/// what the overview, the realtime registered total and retention's latest rates read
-/// instead of scanning `events`. Its view fills it from every insert into `events`; the
-/// rows already there are copied once, when the view does not exist yet: all of them, then
-/// the view, then the rows ingested since shortly before the first copy (a row counted
-/// twice only raises its counts, which are read as "more than zero"). A migrate stopped
-/// before the view exists copies everything again next time. Runs after the tables exist.
-async fn backfill_user_days(conn: &mut Connection, settings: &[(&str, Setting<'_>)]) -> Result<(), ChError> {
-    let has_view = "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
-                    AND name = 'user_days_mv') WHERE x != 0";
-    if threw(conn, has_view).await? {
+/// `user_days` (one row per user and UTC day: how many events, how many of them active,
+/// register and first-activity events) is what the overview, the realtime registered total
+/// and retention's latest rates read instead of scanning `events`. Its view (created with
+/// the other statements, before this runs) adds every insert into `events` from then on;
+/// the rows `events` already held are copied here, one month at a time, and then
+/// `user_days_filled` is created. A row the view and the copy both count only raises its
+/// counts, which the API reads as "more than zero", so a migrate stopped anywhere copies
+/// everything again next time, and loses nothing: until the mark exists the API answers
+/// 503 for what reads `user_days`. `suffix`: `""`, or `"_local"` on a cluster's node (its
+/// shard-local tables; every replica copies, which counts twice and changes nothing).
+pub async fn fill_user_days(
+    conn: &mut Connection,
+    settings: &[(&str, Setting<'_>)],
+    suffix: &str,
+) -> Result<(), ChError> {
+    let filled = format!(
+        "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+         AND name = '{USER_DAYS_FILLED}') WHERE x != 0"
+    );
+    if threw(conn, &filled).await? {
         return Ok(());
     }
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .saturating_sub(USER_DAYS_OVERLAP_S);
-    tracing::info!("filling analytics.user_days from analytics.events");
-    conn.execute(&user_days_backfill("1 = 1"), settings).await?;
-    for sql in STATEMENTS.iter().filter(|s| s.starts_with(USER_DAYS_VIEW)) {
-        conn.execute(sql, settings).await?;
+    let months = conn
+        .select(&format!("SELECT DISTINCT toYYYYMM(event_time) AS m FROM analytics.events{suffix} ORDER BY m"), &[])
+        .await?;
+    for row in &months.rows {
+        let month = row.first().map_or(0, Value::as_u64);
+        tracing::info!(month, "filling analytics.user_days from analytics.events");
+        conn.execute(&user_days_copy(&format!("toYYYYMM(event_time) = {month}"), suffix), settings).await?;
     }
-    conn.execute(&user_days_backfill(&format!("ingested_at >= toDateTime({since})")), settings).await
+    conn.execute(USER_DAYS_MARK, settings).await
 }
 
 /// Servers from this revision (19.x) may understand `ALTER TABLE ... MODIFY SETTING`;
@@ -333,10 +352,10 @@ pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
         super::relayout::relayout_events(conn, events, settings).await?;
     }
     replace_local_time_view(conn).await?;
-    for sql in STATEMENTS.iter().filter(|s| !s.starts_with(USER_DAYS_VIEW)) {
+    for sql in STATEMENTS {
         conn.execute(sql, settings).await?;
     }
-    backfill_user_days(conn, settings).await?;
+    fill_user_days(conn, settings, "").await?;
     add_payers_column(conn).await?;
     Ok(())
 }

@@ -827,6 +827,14 @@ fn analytics_behavior_is_exact() {
         })
         .collect();
     assert_eq!(v["events"], Value::Array(want));
+    // Croupier's defaults for its own out-of-range `page`/`size`: page 1 of 50 rows.
+    let all = h.events.iter().filter(|e| in_range(e.0)).count();
+    assert!(all > 50, "{all} events: too few to see the default size");
+    let default = api.json(&format!("/api/analytics/behavior/events?{range}"));
+    assert_eq!(default["events"].as_array().map(Vec::len), Some(50));
+    for q in ["size=0&page=0", "size=501&page=-1", "size=-5"] {
+        assert_eq!(api.json(&format!("/api/analytics/behavior/events?{range}&{q}")), default, "{q}");
+    }
     let r = api.get(&format!("/api/analytics/behavior/events?{range}&prop_key=a'b"), &admin());
     assert_eq!((r.status, r.error_tag()), (400, "invalid_parameter".to_owned()));
 

@@ -39,8 +39,8 @@ pub async fn events(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         let v = ctx.params.get("prop_val").unwrap_or("");
         w.push_str(&format!(" AND {} = {}", prop(&k), quote(v)));
     }
-    let page = ctx.params.int_in("page", 1, 1..=1_000_000)?;
-    let size = ctx.params.int_in("size", 50, 1..=500)?;
+    let page = ctx.params.page()?;
+    let size = ctx.params.int_or_default("size", 50, 1..=500)?;
     let total = ctx.db.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE {w}")).await?.as_u64();
     let rows = ctx
         .db
@@ -150,10 +150,10 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     }
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
-    let same_session = ctx.params.flag("same_session")?;
-    let gap = gap_sec(ctx)?;
-    let ordered = ctx.params.flag("sequential")? || same_session || gap > 0;
-    let max_users = ctx.params.int_in("max_users", 50_000, 1..=200_000)?;
+    let same_session = ctx.params.flag_one("same_session");
+    let gap = ctx.params.gap_sec()?;
+    let ordered = ctx.params.flag_one("sequential") || same_session || gap > 0;
+    let max_users = ctx.params.int_or_default("max_users", 50_000, 1..=200_000)?;
     let first = quote(&steps[0]);
     let mut counts = vec![0u64; steps.len()];
     if ordered {
@@ -240,12 +240,12 @@ fn path_pattern(ctx: &Ctx<'_>, name: &'static str) -> Result<Option<regex::Regex
 /// `/behavior/paths`.
 pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
-    let n = ctx.params.int_in("steps", 5, 1..=MAX_STEPS as i64)? as usize;
-    let limit = ctx.params.int_in("limit", 50, 1..=500)? as usize;
-    let max_groups = ctx.params.int_in("max_groups", 50_000, 1..=200_000)?;
-    let per_user = ctx.params.choice("per", &["session", "user"])? == "user";
-    let same_session = ctx.params.flag("same_session")?;
-    let gap = gap_sec(ctx)?;
+    let n = ctx.params.int_or_default("steps", 5, 1..=MAX_STEPS as i64)? as usize;
+    let limit = ctx.params.int_or_default("limit", 50, 1..=500)? as usize;
+    let max_groups = ctx.params.int_or_default("max_groups", 50_000, 1..=200_000)?;
+    let per_user = ctx.params.choice_or_default("per", &["session", "user"]) == "user";
+    let same_session = ctx.params.flag_one("same_session");
+    let gap = ctx.params.gap_sec()?;
     let path_re = path_pattern(ctx, "path_re")?;
     let path_not_re = path_pattern(ctx, "path_not_re")?;
     let mut w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
@@ -283,14 +283,9 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     Ok(json!({ "paths": out }))
 }
 
-/// `gap_sec`: the longest gap between steps, seconds (0: none).
-fn gap_sec(ctx: &Ctx<'_>) -> Result<u64, ApiError> {
-    Ok(ctx.params.int_in("gap_sec", 0, 0..=366 * DAY)? as u64)
-}
-
 /// The group of `/adoption`: a user (default) or, with `per=session`, a user's session.
 fn adoption_group(ctx: &Ctx<'_>) -> Result<&'static str, ApiError> {
-    Ok(match ctx.params.choice("per", &["user", "session"])? {
+    Ok(match ctx.params.choice_or_default("per", &["user", "session"]) {
         "session" => "concat(user_id, '|', session_id)",
         _ => "user_id",
     })
@@ -327,7 +322,7 @@ pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     if features.is_empty() {
         return Err(ApiError::param("features", "required"));
     }
-    let by = ctx.params.choice("by", &["channel", "platform", "country"])?;
+    let by = ctx.params.choice_or_default("by", &["channel", "platform", "country"]);
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
     let g = adoption_group(ctx)?;

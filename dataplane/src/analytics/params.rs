@@ -53,6 +53,7 @@ impl Params {
 
     /// An integer within `range`, `default` when absent; refused when not a number or
     /// outside the range (never clamped: a request asking for something else is told).
+    /// For parameters of our own; Croupier's use [`Params::int_or_default`].
     pub fn int_in(
         &self,
         name: &'static str,
@@ -67,17 +68,38 @@ impl Params {
         }
     }
 
-    /// A flag: `1`/`true` or `0`/`false` (false when absent); anything else is refused.
-    pub fn flag(&self, name: &'static str) -> Result<bool, ApiError> {
-        match self.get(name) {
-            None | Some("0") | Some("false") => Ok(false),
-            Some("1") | Some("true") => Ok(true),
-            Some(_) => Err(ApiError::param(name, "expected 1, true, 0 or false")),
-        }
+    /// One of Croupier's integers, as Croupier reads it: `default` when absent or outside
+    /// `ok` (`size=0` or `size=501` on `/behavior/events` is its default 50); refused only
+    /// when not an integer at all, as Croupier's request parser refuses it.
+    pub fn int_or_default(
+        &self,
+        name: &'static str,
+        default: i64,
+        ok: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, ApiError> {
+        let v = self.int(name, default)?;
+        Ok(if ok.contains(&v) { v } else { default })
     }
 
-    /// One of `allowed` (`allowed[0]` when absent); anything else is refused, naming the
-    /// values allowed.
+    /// Croupier's `page`: 1 when absent or below 1; refused only when not an integer.
+    pub fn page(&self) -> Result<i64, ApiError> {
+        Ok(self.int("page", 1)?.max(1))
+    }
+
+    /// Croupier's `gap_sec`: seconds, 0 (no limit) when absent or negative; refused only
+    /// when not an integer.
+    pub fn gap_sec(&self) -> Result<u64, ApiError> {
+        Ok(self.int("gap_sec", 0)?.max(0).unsigned_abs())
+    }
+
+    /// One of Croupier's flags (`sequential`, `same_session`): true only for `1`, as
+    /// Croupier compares it; anything else, or nothing, is false.
+    pub fn flag_one(&self, name: &str) -> bool {
+        self.get(name) == Some("1")
+    }
+
+    /// One of `allowed` for our own parameters (`allowed[0]` when absent); anything else is
+    /// refused, naming the values allowed.
     pub fn choice(&self, name: &'static str, allowed: &[&'static str]) -> Result<&'static str, ApiError> {
         match self.get(name) {
             None => Ok(allowed.first().copied().unwrap_or_default()),
@@ -87,6 +109,14 @@ impl Params {
                 .find(|a| *a == v)
                 .ok_or_else(|| ApiError::param(name, format!("expected one of {}", allowed.join(", ")))),
         }
+    }
+
+    /// One of Croupier's choices (`per`, `by`, `granularity`), as Croupier reads it: one
+    /// of `allowed` in any case, else (absent or anything else) `allowed[0]`.
+    pub fn choice_or_default(&self, name: &str, allowed: &[&'static str]) -> &'static str {
+        let v = self.get(name).unwrap_or_default();
+        let default = allowed.first().copied().unwrap_or_default();
+        allowed.iter().copied().find(|a| a.eq_ignore_ascii_case(v)).unwrap_or(default)
     }
 
     /// The parameters as a JSON object (for the audit log).
@@ -242,5 +272,27 @@ mod tests {
         assert!(Range::from(&Params::parse("start=2025-11-22&end=2025-11-21"), 0, DAY, false).is_err());
         assert_eq!(percent(1.0, 3.0), 33.33);
         assert_eq!(percent(1.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn croupier_parameters_fall_back_to_croupier_defaults() {
+        let p = Params::parse("size=0&big=501&neg=-4&ok=20&nan=1e3&page=-3&per=TEAM&by=Platform&f=1&g=true&gap_sec=-9");
+        assert_eq!(p.int_or_default("size", 50, 1..=500), Ok(50));
+        assert_eq!(p.int_or_default("big", 50, 1..=500), Ok(50));
+        assert_eq!(p.int_or_default("neg", 20, 1..=200), Ok(20));
+        assert_eq!(p.int_or_default("ok", 50, 1..=500), Ok(20));
+        assert_eq!(p.int_or_default("absent", 7, 1..=500), Ok(7));
+        assert!(p.int_or_default("nan", 20, 1..=200).is_err(), "not an integer stays refused");
+        assert_eq!(p.page(), Ok(1));
+        assert_eq!(Params::parse("page=3").page(), Ok(3));
+        assert!(Params::parse("page=x").page().is_err());
+        assert_eq!(p.gap_sec(), Ok(0));
+        assert_eq!(Params::parse("gap_sec=59").gap_sec(), Ok(59));
+        assert_eq!(p.choice_or_default("per", &["session", "user"]), "session");
+        assert_eq!(p.choice_or_default("by", &["channel", "platform", "country"]), "platform");
+        assert_eq!(p.choice_or_default("absent", &["hour", "minute"]), "hour");
+        assert!(p.flag_one("f"));
+        assert!(!p.flag_one("g"), "only 1 is true, as Croupier compares it");
+        assert!(!p.flag_one("absent"));
     }
 }

@@ -99,8 +99,8 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 pub async fn transactions(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = filter(ctx, &range, true);
-    let page = ctx.params.int_in("page", 1, 1..=1_000_000)?;
-    let size = ctx.params.int_in("size", 20, 1..=200)?;
+    let page = ctx.params.page()?;
+    let size = ctx.params.int_or_default("size", 20, 1..=200)?;
     let total = ctx.db.scalar(&format!("SELECT count() FROM analytics.payments FINAL WHERE {w}")).await?.as_u64();
     let rows = ctx
         .db
@@ -138,7 +138,7 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         return Err(ApiError::param("product_id", "at most 100 products"));
     }
     let range = Range::from(ctx.params, ctx.now, 0, true)?;
-    let bucket = match ctx.params.choice("granularity", &["hour", "minute"])? {
+    let bucket = match ctx.params.choice_or_default("granularity", &["hour", "minute"]) {
         "minute" => "toStartOfMinute",
         _ => "toStartOfHour",
     };

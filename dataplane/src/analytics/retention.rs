@@ -100,12 +100,9 @@ pub async fn retention(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     if last - first > 366 {
         return Err(ApiError::param("start", "at most 366 days"));
     }
-    // Croupier's dashboard sends `signup` for `register`; `first_active` in any case.
-    let kind = match ctx.params.get("cohort").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("register") | Some("signup") => "register",
-        Some("first_active") => "first_active",
-        Some(_) => return Err(ApiError::param("cohort", "expected register (or signup) or first_active")),
-    };
+    // As Croupier: `first_active` in any case, anything else (the dashboard sends
+    // `signup`) is `register`.
+    let kind = ctx.params.choice_or_default("cohort", &["register", "first_active"]);
     let found = cohorts(ctx, kind, first, last).await?;
     let complete = ctx.now.div_euclid(DAY) - 1;
     let rows: Vec<Json> = (first..=last)

@@ -92,12 +92,20 @@ impl Filters {
         Ok(json!(s))
     }
 
-    /// A `POST` body, checked: a configured game, ids without `|`.
-    fn parse(&self, body: &[u8]) -> Result<Update, ApiError> {
+    /// A `POST` body, read: JSON naming a game (nothing said yet about that game).
+    fn read(body: &[u8]) -> Result<Update, ApiError> {
         let u: Update = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
         if u.game_id.trim().is_empty() {
             return Err(ApiError::param("game_id", "required"));
         }
+        Ok(u)
+    }
+
+    /// A `POST` body, checked: a configured game, ids without `|`. Only for a caller
+    /// already allowed the game, so that whether a game is configured is not told to
+    /// callers limited to other games.
+    fn parse(&self, body: &[u8]) -> Result<Update, ApiError> {
+        let u = Self::read(body)?;
         check_id("game_id", &u.game_id)?;
         check_id("env", &u.env)?;
         if !self.games.contains(&u.game_id) {
@@ -106,9 +114,10 @@ impl Filters {
         Ok(u)
     }
 
-    /// The game a `POST` body names (400 without one, or one that is not configured).
+    /// The game a `POST` body names (400 without one), before any check of that game:
+    /// the caller's access to it is checked first.
     pub fn game_of(&self, body: &[u8]) -> Result<String, ApiError> {
-        self.parse(body).map(|u| u.game_id)
+        Self::read(body).map(|u| u.game_id)
     }
 
     /// `POST`: stores the body's settings (`sample_global` clamped to 0..100).

@@ -188,7 +188,8 @@ pub struct Flags {
 }
 
 /// Readiness: not draining, Redis reached, no shard's reply from Redis overdue (owed for
-/// a quarter of `redis.reply_timeout_ms`), every stream's backlog read since it
+/// a quarter of `redis.reply_timeout_ms`; in a Redis Cluster, no reply owed by a primary
+/// to this shard's connections), every stream's backlog read since it
 /// connected, no stream at its high-water mark — what ingest needs, and nothing else (a
 /// load balancer checking it keeps taking events while ClickHouse is away: Redis holds
 /// them).
@@ -200,7 +201,14 @@ fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
     };
     if draining.load(Ordering::Relaxed) {
         unready("draining")
-    } else if !shard.redis.is_up() || !shard.backlog.all_known() || shard.redis_health.overdue().is_some() {
+    } else if !shard.redis.is_up()
+        || !shard.backlog.all_known()
+        || shard.redis_health.overdue().is_some()
+        // In a Redis Cluster each primary's connection has a stamp of its own (one shared
+        // stamp would be cleared by one primary while another owes a reply): this shard's
+        // are read here (the same thread, no lock, no allocation).
+        || shard.redis.overdue().is_some()
+    {
         unready("redis_unavailable")
     } else if !shard.backlog.all_admit() {
         unready("backlog_full")

@@ -190,3 +190,62 @@ fn cluster_primary_killed_under_load_loses_no_202_with_wait_replicas_1() {
     assert_eq!(p.distinct_events(), events, "one row per event");
     eprintln!("{} requests, {} accepted during the load, {refused} sent again", sent.len(), sent.len() - refused);
 }
+
+/// `kill -<sig> <pid>`.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+}
+
+/// Review finding: in a Redis Cluster each primary's connection stamped an owed reply of
+/// its own, which the data port's `/readyz` did not read: with a primary frozen (SIGSTOP)
+/// it answered 200 until the reply timeout. It now answers 503 once a reply from the
+/// primary is overdue (a quarter of the 5 s reply timeout), and 200 once it answers.
+#[test]
+fn cluster_frozen_primary_fails_data_readyz_before_the_reply_timeout() {
+    let cluster = RedisCluster::primaries_only(3);
+    let list = cluster.seeds();
+    // `redis.addr` names nothing: only the cluster's nodes are used.
+    let f = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |c| {
+        c.redis.addr = "127.0.0.1:1".into();
+        c.redis.cluster = list;
+        c.redis.reply_timeout_ms = 5_000;
+        c.streams.partitions = 3;
+    });
+    let readyz = || -> Vec<(u16, String)> {
+        // A new connection per probe lands on either shard.
+        (0..6)
+            .map(|_| {
+                let r = f.client().request("GET", "/readyz", &[], b"");
+                (r.status, r.error_tag())
+            })
+            .collect()
+    };
+    let key = Partitions::new(3).stream(0, StreamKind::Events).to_owned();
+    let victim = cluster.primary_of(&key).expect("a primary");
+    let pid = cluster.nodes[victim].pid().expect("the primary's pid");
+    signal(pid, "STOP");
+    let t = Instant::now();
+    let frozen = loop {
+        let seen = readyz();
+        if seen.iter().all(|s| *s == (503, "redis_unavailable".to_owned())) {
+            break None;
+        }
+        if t.elapsed() > Duration::from_millis(3_000) {
+            break Some(seen);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = t.elapsed();
+    signal(pid, "CONT");
+    assert_eq!(frozen, None, "data /readyz {waited:?} after the primary froze");
+    let t = Instant::now();
+    loop {
+        let seen = readyz();
+        if seen.iter().all(|s| s.0 == 200) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "data /readyz after CONT: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -144,6 +144,14 @@ fn start_ingest(cores: &[usize], redis: &RedisServer) -> Croupier {
         .env("CROUPIER_REDIS__ADDR", redis.addr())
         .env(format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET)
         .env(format!("CROUPIER_GAMES__{GAME}__OTLP_TOKEN"), TOKEN)
+        // Room for a phase's records (Redis is emptied before each): no request is refused
+        // at the high-water mark, whose cheap 503s would count as CPU without records.
+        .envs(["EVENTS", "CUSTOM"].iter().flat_map(|s| {
+            [
+                (format!("CROUPIER_STREAMS__{s}__HIGH_WATER_EVENTS"), "20000000"),
+                (format!("CROUPIER_STREAMS__{s}__RETENTION_EVENTS"), "25000000"),
+            ]
+        }))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -150,6 +150,19 @@ struct ThreadStats {
 }
 
 fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, u64)> {
+    read_http(stream, buf, |status, body| {
+        let accepted = std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| t.strip_prefix(r#"{"accepted":"#))
+            .and_then(|t| t.trim_end_matches('}').parse().ok())
+            .unwrap_or(0);
+        (status, accepted)
+    })
+}
+
+/// Reads one HTTP/1.1 response (Content-Length framed) from `stream`, with `buf` holding
+/// what was read past the previous one, and hands its status and body to `f`.
+pub fn read_http<T>(stream: &mut TcpStream, buf: &mut Vec<u8>, f: impl FnOnce(u16, &[u8]) -> T) -> std::io::Result<T> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
@@ -163,14 +176,9 @@ fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             if buf.len() >= n + len {
-                let body = &buf[n..n + len];
-                let accepted = std::str::from_utf8(body)
-                    .ok()
-                    .and_then(|t| t.strip_prefix(r#"{"accepted":"#))
-                    .and_then(|t| t.trim_end_matches('}').parse().ok())
-                    .unwrap_or(0);
+                let out = f(status, &buf[n..n + len]);
                 buf.drain(..n + len);
-                return Ok((status, accepted));
+                return Ok(out);
             }
         }
         let mut chunk = [0u8; 4096];

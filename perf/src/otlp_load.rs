@@ -9,7 +9,7 @@
 //! record's event id from the record and its resource, and a request's nonce from its
 //! bytes, so a body sent twice would be one request answered twice, not new traffic.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -215,35 +215,13 @@ impl Stats {
     }
 }
 
-/// Reads one HTTP/1.1 response (Content-Length framed) into `body`; its status.
+/// Reads one HTTP/1.1 response into `body`; its status.
 fn read_http(stream: &mut TcpStream, buf: &mut Vec<u8>, body: &mut Vec<u8>) -> std::io::Result<u16> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
-            let status = resp.code.unwrap_or(0);
-            let len: usize = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= n + len {
-                body.clear();
-                body.extend_from_slice(&buf[n..n + len]);
-                buf.drain(..n + len);
-                return Ok(status);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    crate::loadgen::read_http(stream, buf, |status, b| {
+        body.clear();
+        body.extend_from_slice(b);
+        status
+    })
 }
 
 fn http_connection(cfg: &OtlpLoadConfig, bodies: &[(Vec<u8>, usize, usize)], index: usize) -> Stats {

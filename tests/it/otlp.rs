@@ -536,3 +536,49 @@ fn otlp_grpc_statuses_partial_success_and_retry_info(driver: Driver) {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Spans whose trace and span ids are 1 byte long (OTLP: 16 and 8), over protobuf and
+/// with short hex over OTLP/JSON: each is its own event, also after ClickHouse has
+/// merged away duplicates.
+#[test]
+fn otlp_spans_with_wrongly_sized_ids_stay_distinct_rows_after_optimize_final() {
+    let mut p = Pipeline::start_with(&[], tokens);
+    p.start_worker(&[]);
+    let run = unique_run();
+    let t = now_ns() as u64;
+    let pb_kv = |k: &str, v: &str| [pb(1, k.as_bytes()), pb(2, &pb(1, v.as_bytes()))].concat();
+    let user = format!("{run}-short");
+    let span = {
+        let mut span = [pb(1, &[1]), pb(2, &[1]), pb(5, b"user.login")].concat();
+        span.push(0x39); // start_time_unix_nano, fixed64
+        span.extend_from_slice(&t.to_le_bytes());
+        span.extend(pb(9, &pb_kv("game.user_id", &user)));
+        pb(2, &span)
+    };
+    let resource = pb(1, &pb_kv("deployment.environment.name", "prod"));
+    let body = pb(1, &[pb(1, &resource), pb(2, &span.repeat(3))].concat());
+    let r = post(&p.ingest, "/v1/traces", TOKEN, "application/x-protobuf", &[], &body);
+    assert_eq!((r.status, r.body.as_slice()), (200, b"".as_slice()));
+    let one = format!(
+        r#"{{"traceId":"01","spanId":"01","name":"user.login","startTimeUnixNano":"{t}","attributes":[{}]}}"#,
+        kv("game.user_id", &user)
+    );
+    let body = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{}]}},"scopeSpans":[{{"spans":[{one},{one},{one}]}}]}}]}}"#,
+        kv("deployment.environment.name", "prod"),
+    );
+    let r = post(&p.ingest, "/v1/traces", TOKEN, "application/json", &[], body.as_bytes());
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (200, "{}"));
+    let count = format!("SELECT count() FROM analytics.events WHERE user_id = '{user}'");
+    p.wait_for(6, "spans stored", |p| p.scalar(&count));
+    p.clickhouse.query("OPTIMIZE TABLE analytics.events FINAL");
+    let got = rows(
+        &p,
+        &format!(
+            "SELECT count(), uniqExact(event_id), any(event), any(props_json) FROM analytics.events FINAL \
+             WHERE user_id = '{user}'"
+        ),
+    );
+    assert_eq!(got, [["6", "6", "login", r#"{"event.name":"user.login"}"#]]);
+    assert_eq!(p.scalar(&count), 6);
+}

@@ -239,40 +239,18 @@ pub enum Id<'a> {
 }
 
 impl Id<'_> {
-    /// Absent, or all zeros (OTLP's invalid id, what SDKs send outside a span).
-    fn is_empty(&self) -> bool {
-        match self {
-            Id::Raw(b) => b.iter().all(|&x| x == 0),
-            Id::Hex(s) => s.bytes().all(|x| x == b'0'),
-        }
-    }
-
-    /// The id's bytes into `out` (at most its length); how many. Bad hex gives 0.
-    fn bytes_into(&self, out: &mut [u8]) -> usize {
+    /// The id's `N` bytes if it is a valid id as OTLP defines one: exactly `N` bytes
+    /// (`2N` hex digits in OTLP/JSON, either case) and not all zeros. Anything else —
+    /// absent, all zeros, another length, not hex — is no id at all, in both encodings.
+    fn valid<const N: usize>(&self) -> Option<[u8; N]> {
+        let mut out = [0u8; N];
         match *self {
-            Id::Raw(b) => {
-                let n = b.len().min(out.len());
-                out[..n].copy_from_slice(&b[..n]);
-                n
-            }
-            Id::Hex(s) => {
-                // Sliced as bytes: a string that is not ASCII hex (a multi-byte character
-                // where a cut would fall) is bad hex, never a panic.
-                let (s, n) = (s.as_bytes(), (s.len() / 2).min(out.len()));
-                let (Some(hex), Some(dst)) = (s.get(..n * 2), out.get_mut(..n)) else { return 0 };
-                match hex::decode_to_slice(hex, dst) {
-                    Ok(()) if s.len() % 2 == 0 => n,
-                    _ => 0,
-                }
-            }
+            Id::Raw(b) if b.len() == N => out.copy_from_slice(b),
+            // Decoded as bytes: a string that is not ASCII hex is no id, never a panic.
+            Id::Hex(s) if s.len() == 2 * N => hex::decode_to_slice(s.as_bytes(), &mut out).ok()?,
+            _ => return None,
         }
-    }
-
-    fn write_json(&self, out: &mut String) {
-        match *self {
-            Id::Raw(b) => write_hex(out, b),
-            Id::Hex(s) => write_str(out, s),
-        }
+        out.iter().any(|&b| b != 0).then_some(out)
     }
 }
 
@@ -529,16 +507,16 @@ impl<'m, 'o> Mapper<'m, 'o> {
     fn event_id(&mut self, signal: Signal, rec: &RecordIn<'_, '_>) -> [u8; 16] {
         let mut ids = [0u8; 24];
         match (signal, rec.content) {
-            (Signal::Traces, _) if !rec.span_id.is_empty() => {
-                let t = rec.trace_id.bytes_into(&mut ids[..16]);
-                let s = rec.span_id.bytes_into(&mut ids[16..]);
-                if s > 0 {
-                    // Trace id then span id, back to back.
-                    ids.copy_within(16..16 + s, t);
-                    return content_id(&ids[..t + s]);
+            // Both ids valid (a span with an invalid one would share its id with every
+            // other such span, and ClickHouse would keep one of them).
+            (Signal::Traces, _) => match (rec.trace_id.valid::<16>(), rec.span_id.valid::<8>()) {
+                (Some(trace), Some(span)) => {
+                    ids[..16].copy_from_slice(&trace);
+                    ids[16..].copy_from_slice(&span);
+                    content_id(&ids)
                 }
-                (self.new_id)()
-            }
+                _ => (self.new_id)(),
+            },
             (Signal::Logs, Some(c)) => {
                 let mut key = [0u8; 48];
                 key[..32].copy_from_slice(&c.origin);
@@ -608,12 +586,15 @@ impl<'m, 'o> Mapper<'m, 'o> {
             props.push_str("\"event.name\":");
             write_str(props, name);
         }
-        for (key, id) in [("\"trace_id\":", rec.trace_id), ("\"span_id\":", rec.span_id)] {
-            if !id.is_empty() {
-                sep(props);
-                props.push_str(key);
-                id.write_json(props);
-            }
+        if let Some(trace) = rec.trace_id.valid::<16>() {
+            sep(props);
+            props.push_str("\"trace_id\":");
+            write_hex(props, &trace);
+        }
+        if let Some(span) = rec.span_id.valid::<8>() {
+            sep(props);
+            props.push_str("\"span_id\":");
+            write_hex(props, &span);
         }
         if !matches!(rec.body, AnyRef::Empty) {
             sep(props);

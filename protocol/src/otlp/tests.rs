@@ -466,3 +466,79 @@ fn non_ascii_hex_ids_are_bad_ids_not_a_panic() {
         }
     }
 }
+
+/// A span with the given trace and span ids (protobuf bytes).
+fn span_with_ids(trace: &[u8], span_id: &[u8]) -> Vec<u8> {
+    [field(1, trace), field(2, span_id), field(5, b"user.login"), fixed64(7, T), attrs(9, &[("game.user_id", s("u1"))])]
+        .concat()
+}
+
+#[test]
+fn spans_with_wrongly_sized_ids_are_distinct_events_without_ids_in_props() {
+    // OTLP: a trace id of another length than 16 bytes, or a span id of other than 8,
+    // is invalid, as an empty or all-zero one is: the span keeps its own new id.
+    let env = [("deployment.environment.name", s("prod"))];
+    let only_span = r#"{"event.name":"user.login","span_id":"eee19b7ec3c1b174"}"#;
+    let only_trace = r#"{"event.name":"user.login","trace_id":"5b8efff798038103d269b633813fc60c"}"#;
+    for (trace, span_id, props) in [
+        (&[1u8][..], &[1u8][..], r#"{"event.name":"user.login"}"#),
+        (&TRACE[..15], &SPAN[..], only_span),
+        (&TRACE[..], &SPAN[..7], only_trace),
+    ] {
+        let spans = vec![span_with_ids(trace, span_id); 3];
+        let out = run(Signal::Traces, Format::Protobuf, &request(&env, &spans)).expect("decodes");
+        let ids: std::collections::HashSet<[u8; 16]> = out.events.iter().map(|e| e.event_id).collect();
+        assert_eq!((out.events.len(), ids.len()), (3, 3), "{trace:x?} {span_id:x?}");
+        assert_eq!(out.events[0].props, props, "{trace:x?} {span_id:x?}");
+    }
+    // The same over OTLP/JSON with short hex, and with hex that is not hex at all.
+    for (trace, span_id, props) in [
+        ("01", "01", r#"{"event.name":"user.login"}"#),
+        ("5b8efff798038103d269b633813fc6", "eee19b7ec3c1b174", only_span),
+        ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b17z", only_trace),
+        ("zz", "yy", r#"{"event.name":"user.login"}"#),
+    ] {
+        let one = format!(
+            r#"{{"traceId":"{trace}","spanId":"{span_id}","name":"user.login","startTimeUnixNano":"{T}",
+            "attributes":[{{"key":"game.user_id","value":{{"stringValue":"u1"}}}}]}}"#
+        );
+        let body = format!(
+            r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}}]}},
+            "scopeSpans":[{{"spans":[{one},{one},{one}]}}]}}]}}"#
+        );
+        let out = run(Signal::Traces, Format::Json, body.as_bytes()).expect("decodes");
+        let ids: std::collections::HashSet<[u8; 16]> = out.events.iter().map(|e| e.event_id).collect();
+        assert_eq!((out.events.len(), ids.len()), (3, 3), "{trace} {span_id}");
+        assert_eq!(out.events[0].props, props, "{trace} {span_id}");
+    }
+    // Valid ids in upper-case hex are the same ids as in protobuf, written in lower case.
+    let body = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}}]}},
+        "scopeSpans":[{{"spans":[{{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"EEE19B7EC3C1B174","name":"user.login",
+        "startTimeUnixNano":"{T}","attributes":[{{"key":"game.user_id","value":{{"stringValue":"u1"}}}}]}}]}}]}}]}}"#
+    );
+    let j = run(Signal::Traces, Format::Json, body.as_bytes()).expect("decodes");
+    let p = run(Signal::Traces, Format::Protobuf, &request(&env, &[span_with_ids(&TRACE, &SPAN)])).expect("decodes");
+    assert_eq!(j.events, p.events);
+    assert_eq!(
+        p.events[0].props,
+        r#"{"event.name":"user.login","trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174"}"#
+    );
+}
+
+#[test]
+fn log_records_with_wrongly_sized_or_non_hex_ids_leave_them_out_of_props() {
+    let rec = |trace: &[u8], span_id: &[u8]| {
+        [fixed64(1, T), field(9, trace), field(10, span_id), field(12, b"user.login")].concat()
+    };
+    let body = request(&resource(), &[rec(&[7], &[7, 7])]);
+    let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    assert_eq!(out.events[0].props, r#"{"event.name":"user.login"}"#);
+    let json = json_log("").replace("5b8efff798038103d269b633813fc60c", "not-hex").replace("eee19b7ec3c1b174", "abc");
+    let out = run(Signal::Logs, Format::Json, json.as_bytes()).expect("decodes");
+    assert!(
+        !out.events[0].props.contains("trace_id") && !out.events[0].props.contains("span_id"),
+        "{}",
+        out.events[0].props
+    );
+}

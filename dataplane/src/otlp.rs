@@ -175,6 +175,18 @@ pub async fn export(
     Ok(Exported { rejected: summary.rejected as u64, message })
 }
 
+/// A gzip body that does not inflate is an undecodable payload, which OTLP answers 400 /
+/// `INVALID_ARGUMENT` (JSON ingest keeps its own 415); one that inflates past the limit
+/// stays 413.
+fn gzip_refusal(e: HttpError) -> IngestError {
+    match e {
+        HttpError::UnsupportedMediaType(_) => {
+            IngestError::Body(BodyError::Malformed("the gzip body does not inflate (corrupt)".to_owned()))
+        }
+        e => e.into(),
+    }
+}
+
 /// Inflates and decodes the body, maps its records, and stages their append (`None`
 /// when no record is to be stored). Nothing here awaits.
 fn prepare<'s>(
@@ -193,7 +205,7 @@ fn prepare<'s>(
     let body: &mut Vec<u8> = match encoding {
         Encoding::Identity => wire,
         Encoding::Gzip => {
-            body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch).map_err(IngestError::from)?;
+            body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch).map_err(gzip_refusal)?;
             scratch
         }
     };

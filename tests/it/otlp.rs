@@ -296,6 +296,17 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
     assert_eq!(r.status, 400);
     let r = post(&f, "/v1/logs", TOKEN, "text/plain", &[], b"x");
     assert_eq!(r.status, 415);
+    // A gzip body that does not inflate is an undecodable payload too.
+    let r = post(&f, "/v1/logs", TOKEN, "application/x-protobuf", &[("Content-Encoding", "gzip")], b"\x1f\x8b junk");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (400, b"\x08\x03\x12\x28the gzip body does not inflate (corrupt)".as_slice())
+    );
+    let r = post(&f, "/v1/traces", TOKEN, "application/json", &[("Content-Encoding", "gzip")], b"not gzip");
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+        (400, r#"{"code":3,"message":"the gzip body does not inflate (corrupt)"}"#)
+    );
     // Metrics are not a signal this receiver takes.
     let r = post(&f, "/v1/metrics", TOKEN, "application/json", &[], b"{}");
     assert_eq!(

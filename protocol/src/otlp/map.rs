@@ -13,6 +13,7 @@ use crate::timestamp::{MAX_MS, MIN_MS};
 use crate::validate::{Limits, MAX_AMOUNT_CENTS};
 
 use super::any::{write_hex, write_str, AnyRef, Attrs};
+use super::props::{remove_member, Keys};
 use super::{DecodeError, Signal, Sink, Summary};
 
 /// Croupier's event types (span names that are events without configuration).
@@ -368,13 +369,15 @@ pub struct Mapper<'m, 'o> {
     new_id: &'m mut dyn FnMut() -> [u8; 16],
     out: &'m mut Sink<'o>,
     summary: Summary,
+    /// The keys written into the record's `props` so far.
+    keys: Keys,
 }
 
 impl<'m, 'o> Mapper<'m, 'o> {
     /// A mapper into `out`; `new_id` gives ids to records that carry nothing to derive
     /// one from.
     pub fn new(ctx: &'m Context<'m>, new_id: &'m mut dyn FnMut() -> [u8; 16], out: &'m mut Sink<'o>) -> Self {
-        Mapper { ctx, new_id, out, summary: Summary::default() }
+        Mapper { ctx, new_id, out, summary: Summary::default(), keys: Keys::default() }
     }
 
     /// The counts so far.
@@ -437,11 +440,20 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if signal == Signal::Traces && !self.ctx.spans.matches(rec.name) {
             return Ok(false);
         }
-        // One walk of the record's attributes: the slots, and `props` for the others
-        // (written whether or not the record turns out to be an event; an error in
-        // writing them counts where `props` is needed, as if written then).
+        // One walk of the record's attributes: the slots, and `props` for the others when
+        // the record is known to be an event that stores them (its name is the span's,
+        // the log record's `event_name` or the resource's `event.name`, and no payment).
+        // Otherwise the walk fills the slots only, and `props` is written by a second walk
+        // once the record turns out to need it: records that are no event (exempt from
+        // `max_records` as cheap) and payments do not pay for `props`. An error in
+        // writing `props` counts only where `props` is needed, as if written then.
         let mut slots = *resource;
-        let props_error = self.scan(&mut slots, &rec.attrs)?;
+        let known = match (rec.name, resource.get(Slot::EventName)) {
+            ("", AnyRef::Str(n)) => n,
+            (n, _) => n,
+        };
+        let early = !known.is_empty() && taxonomy_name(known).1.is_none();
+        let mut props_error = self.scan(&mut slots, &rec.attrs, early)?;
         let name = match (rec.name, self.text(slots.get(Slot::EventName))?) {
             ("", None) => return Ok(false),
             ("", Some(Text::Str(s))) => s,
@@ -473,6 +485,10 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if let Some(status) = payment {
             self.payment(&slots, ts_ms, env.as_str(), country, status)?;
             return Ok(true);
+        }
+        if !early {
+            let mut again = slots;
+            props_error = self.scan(&mut again, &rec.attrs, true)?;
         }
         self.props(rec, props_error, name != mapped, name)?;
         let event_id = self.event_id(signal, rec);
@@ -527,18 +543,22 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
     }
 
-    /// Walks a record's attributes once: each that fills a slot goes into `slots`, and
-    /// each that is not an event column is written into `props` (the sink's buffer,
-    /// opened with `{`). An attribute that cannot be read refuses the request at once,
-    /// as before anything else of the record; a value that cannot be written as JSON
-    /// (nested too deep, or malformed inside) is handed back, for [`Mapper::props`].
+    /// Walks a record's attributes once: each that fills a slot goes into `slots`, and,
+    /// with `write_props`, each that is not an event column is written into `props` (the
+    /// sink's buffer, opened with `{`; a repeated key keeps its last value, `props.rs`).
+    /// An attribute that cannot be read refuses the request at once, as before anything
+    /// else of the record; a value that cannot be written as JSON (nested too deep, or
+    /// malformed inside) is handed back, for [`Mapper::props`].
     fn scan<'t, 'a>(
         &mut self,
         slots: &mut Slots<'t, 'a>,
         attrs: &Attrs<'t, 'a>,
+        write_props: bool,
     ) -> Result<Option<DecodeError>, DecodeError> {
         let max_depth = self.ctx.limits.max_depth;
         let props = &mut *self.out.props;
+        let keys = &mut self.keys;
+        *keys = Keys::default();
         props.clear();
         props.push('{');
         let mut failed = None;
@@ -546,8 +566,11 @@ impl<'m, 'o> Mapper<'m, 'o> {
             if let Some(slot) = slot {
                 slots.put(slot, v, 1);
             }
-            if failed.is_some() || slot.is_some_and(|(s, _)| event_column(s)) {
+            if !write_props || failed.is_some() || slot.is_some_and(|(s, _)| event_column(s)) {
                 return Ok(());
+            }
+            if keys.add(k) {
+                remove_member(props, k);
             }
             if props.len() > 1 {
                 props.push(',');
@@ -586,18 +609,25 @@ impl<'m, 'o> Mapper<'m, 'o> {
             props.push_str("\"event.name\":");
             write_str(props, name);
         }
-        if let Some(trace) = rec.trace_id.valid::<16>() {
+        let keys = self.keys;
+        let own = |props: &mut String, key: &str| {
+            if keys.may_have(key) {
+                remove_member(props, key);
+            }
             sep(props);
+        };
+        if let Some(trace) = rec.trace_id.valid::<16>() {
+            own(props, "trace_id");
             props.push_str("\"trace_id\":");
             write_hex(props, &trace);
         }
         if let Some(span) = rec.span_id.valid::<8>() {
-            sep(props);
+            own(props, "span_id");
             props.push_str("\"span_id\":");
             write_hex(props, &span);
         }
         if !matches!(rec.body, AnyRef::Empty) {
-            sep(props);
+            own(props, "body");
             props.push_str("\"body\":");
             rec.body.write_json(props, 1, max_depth)?;
         }

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod json;
 pub mod map;
 pub mod pb;
+pub mod props;
 pub mod response;
 pub mod wire;
 

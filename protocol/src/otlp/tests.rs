@@ -542,3 +542,268 @@ fn log_records_with_wrongly_sized_or_non_hex_ids_leave_them_out_of_props() {
         out.events[0].props
     );
 }
+
+#[test]
+fn a_repeated_attribute_key_is_written_once_the_last_value_at_its_place() {
+    let extra = [
+        ("k", s("first")),
+        ("game.region", s("eu")),
+        ("x", int(1)),
+        ("k", kvlist(&[("k", s("nested keys are values"))])),
+        ("game.region", s("us")),
+        ("k", s("last")),
+        ("game.user_id", s("u9")),
+    ];
+    let rec = [fixed64(1, T), attrs(6, &extra), field(12, b"boss_killed")].concat();
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec])).expect("decodes");
+    let want = r#"{"x":1,"game.region":"us","k":"last"}"#;
+    assert_eq!((out.custom[0].props.as_str(), out.custom[0].user_id.as_str()), (want, "u9"));
+    // OTLP/JSON by the same rule.
+    let kvs = r#",{"key":"k","value":{"stringValue":"first"}},{"key":"x","value":{"intValue":1}},{"key":"k","value":{"stringValue":"last"}},{"key":"game.user_id","value":{"stringValue":"u9"}}"#;
+    let out = run(Signal::Logs, Format::Json, json_log(kvs).as_bytes()).expect("decodes");
+    assert_eq!(out.events[0].user_id, "u9");
+    assert_eq!(
+        out.events[0].props,
+        r#"{"game.region":"eu-west","progression.level_id":7,"nested":{"a":[1,2.5]},"x":1,"k":"last","event.name":"progression.complete","trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174","body":"level done"}"#
+    );
+    // The record's own trace and span ids and body win over attributes of those names.
+    let named = [("trace_id", s("t")), ("body", s("b")), ("span_id", int(3)), ("y", s("a,\"b\":{"))];
+    let rec = [fixed64(1, T), field(5, &s("the body")), attrs(6, &named), field(9, &TRACE), field(12, b"boss_killed")]
+        .concat();
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec])).expect("decodes");
+    assert_eq!(
+        out.custom[0].props,
+        r#"{"span_id":3,"y":"a,\"b\":{","trace_id":"5b8efff798038103d269b633813fc60c","body":"the body"}"#
+    );
+}
+
+/// A log record named `boss_killed` with `attrs` as raw `KeyValue` messages.
+fn log_with_raw_attrs(kvs: &[Vec<u8>]) -> Vec<u8> {
+    [fixed64(1, T), kvs.iter().flat_map(|kv| field(6, kv)).collect(), field(12, b"boss_killed")].concat()
+}
+
+/// The props of the one custom event a request of `records` maps to.
+fn props_of(records: &[Vec<u8>]) -> Result<String, DecodeError> {
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), records))?;
+    assert_eq!(out.summary.accepted, 1, "{:?}", out.summary);
+    Ok(out.custom[0].props.clone())
+}
+
+#[test]
+fn an_invalid_utf8_attribute_key_refuses_the_request() {
+    // Fast path (one-byte lengths, key then value), long key (two-byte length), value
+    // first, a resource attribute, and a record that is no event: all refused.
+    let bad = [0xff, 0xfe, b'k'];
+    let long_bad = [&[0xc3u8][..], &[b'k'; 200]].concat();
+    for kv in [
+        [field(1, &bad), field(2, &s("v"))].concat(),
+        [field(1, &long_bad), field(2, &s("v"))].concat(),
+        [field(2, &s("v")), field(1, &bad)].concat(),
+        // Bytes that start like a slot's name.
+        [field(1, b"game.us\xffr_id"), field(2, &s("v"))].concat(),
+    ] {
+        let got = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[log_with_raw_attrs(&[kv.clone()])]));
+        assert_eq!(got.err(), Some(DecodeError::Wire(WireError::InvalidUtf8)), "{kv:x?}");
+        let plain = [fixed64(1, T), field(6, &kv)].concat();
+        let got = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[plain]));
+        assert_eq!(got.err(), Some(DecodeError::Wire(WireError::InvalidUtf8)), "not an event: {kv:x?}");
+    }
+    let res = [("deployment.environment.name", s("prod"))];
+    let mut body = request(&res, &[log("user.login", T, &[])]);
+    // The resource's first key, `deployment.environment.name`, made invalid in place.
+    let at = body.windows(10).position(|w| w == b"deployment").expect("key");
+    body[at] = 0xff;
+    assert_eq!(run(Signal::Logs, Format::Protobuf, &body).err(), Some(DecodeError::Wire(WireError::InvalidUtf8)));
+    // And an invalid value string the same way (fast path and long).
+    for v in [field(1, &[0xff]), field(1, &[&[0xffu8][..], &[b'v'; 130]].concat())] {
+        let kv = [field(1, b"k"), field(2, &v)].concat();
+        let got = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[log_with_raw_attrs(&[kv])]));
+        assert_eq!(got.err(), Some(DecodeError::Wire(WireError::InvalidUtf8)));
+    }
+}
+
+#[test]
+fn key_value_fields_in_any_order_split_or_with_unknown_fields_read_alike() {
+    let want = props_of(&[log_with_raw_attrs(&[kv("k", &s("v")), kv("game.region", &int(5))])]).expect("decodes");
+    assert_eq!(want, r#"{"k":"v","game.region":5}"#);
+    let unknown = |n: u32| {
+        let mut out = Vec::new();
+        put_tag(&mut out, n, 0);
+        put_varint(&mut out, 300);
+        out.extend(fixed64(n + 1, 7));
+        put_tag(&mut out, n + 2, 5);
+        out.extend_from_slice(&[1, 2, 3, 4]);
+        out.extend(field(n + 3, b"junk"));
+        out
+    };
+    for kvs in [
+        // Value first.
+        [[field(2, &s("v")), field(1, b"k")].concat(), [field(2, &int(5)), field(1, b"game.region")].concat()],
+        // Unknown fields of every wire type around and between.
+        [
+            [unknown(3), field(1, b"k"), unknown(7), field(2, &s("v")), unknown(11)].concat(),
+            [field(1, b"game.region"), unknown(20), field(2, &[unknown(9), int(5)].concat())].concat(),
+        ],
+        // A field given twice: the last wins (protobuf's rule for scalars and oneofs).
+        [
+            [field(1, b"x"), field(2, &s("w")), field(1, b"k"), field(2, &s("v"))].concat(),
+            [field(1, b"game.region"), field(2, &[s("five"), int(5)].concat())].concat(),
+        ],
+    ] {
+        assert_eq!(props_of(&[log_with_raw_attrs(&kvs)]).expect("decodes"), want, "{kvs:x?}");
+    }
+    // Unknown fields at every level of the request.
+    let rec = [unknown(30), log_with_raw_attrs(&[kv("k", &s("v")), kv("game.region", &int(5))])].concat();
+    let scope = [unknown(3), field(2, &rec), unknown(3)].concat();
+    let rl = [unknown(3), field(1, &[unknown(2), attrs(1, &resource())].concat()), field(2, &scope)].concat();
+    let body = [unknown(2), field(1, &rl), unknown(2)].concat();
+    let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    assert_eq!((out.custom[0].props.as_str(), out.custom[0].env.as_str()), (want.as_str(), "prod"));
+}
+
+/// `bytes` as field `n` with its length written as a varint of at least `len_bytes`
+/// bytes (longer than needed: protobuf readers take non-minimal varints).
+fn field_padded(n: u32, bytes: &[u8], len_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_tag(&mut out, n, 2);
+    let mut len = bytes.len();
+    let min = (1..10).find(|b| len < 1 << (7 * b)).unwrap_or(10);
+    for _ in 1..len_bytes.max(min) {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+#[test]
+fn one_and_two_byte_lengths_and_127_and_128_byte_strings_read_alike() {
+    for n in [1usize, 126, 127, 128, 129, 300] {
+        let key = "k".repeat(n);
+        let val = "v".repeat(n);
+        let want = format!(r#"{{"{key}":"{val}"}}"#);
+        for lb in [1, 2, 3] {
+            let kv = [field_padded(1, key.as_bytes(), lb), field_padded(2, &field_padded(1, val.as_bytes(), lb), lb)]
+                .concat();
+            let got = props_of(&[log_with_raw_attrs(&[kv])]).expect("decodes");
+            assert_eq!(got, want, "{n} bytes, lengths of at least {lb} bytes");
+        }
+    }
+    // A mapped field of 256 bytes is taken, 257 rejected; an event name of 128 bytes is
+    // taken (its length two bytes), 129 rejected.
+    let user = |n: usize| log("user.login", T, &[("game.user_id", s(&"u".repeat(n)))]);
+    let named = |n: usize| log(&"e".repeat(n), T, &[]);
+    let out =
+        run(Signal::Logs, Format::Protobuf, &request(&resource(), &[user(256), user(257), named(128), named(129)]))
+            .expect("decodes");
+    assert_eq!((out.summary.accepted, out.summary.rejected), (2, 2));
+    assert_eq!((out.events[0].user_id.len(), out.custom[0].event.len()), (256, 128));
+    // One- and two-byte varints of integers.
+    for i in [0i64, 1, 127, 128, 16_383, 16_384, -1, i64::MAX] {
+        let got = props_of(&[log_with_raw_attrs(&[kv("i", &int(i))])]).expect("decodes");
+        assert_eq!(got, format!(r#"{{"i":{i}}}"#));
+    }
+}
+
+#[test]
+fn errors_in_values_are_held_for_records_that_store_props() {
+    let deep = || ("n", nested(17));
+    // A malformed nested value: an array whose element runs past its end.
+    let broken = || ("b", field(5, &[0x0a, 0x09, 0x0a]));
+    for attr in [deep(), broken()] {
+        let want = match attr.0 {
+            "n" => DecodeError::TooDeep(16),
+            _ => DecodeError::Wire(WireError::Truncated),
+        };
+        // No event: skipped, the request taken.
+        let plain = [fixed64(1, T), attrs(6, &[attr.clone()])].concat();
+        let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[plain, log("user.login", T, &[])]))
+            .expect("decodes");
+        assert_eq!((out.summary.skipped, out.summary.accepted), (1, 1));
+        // A span that is no event, and a payment: props are not stored, the value unread.
+        let spans = [
+            span("GET /x", &[attr.clone()]),
+            span(
+                "monetization.purchase_success",
+                &[attr.clone(), ("monetization.order_id", s("o")), ("monetization.price_usd", double(1.5))],
+            ),
+        ];
+        let out = run(Signal::Traces, Format::Protobuf, &request(&resource(), &spans)).expect("decodes");
+        assert_eq!((out.summary.skipped, out.summary.accepted, out.payments.len()), (1, 1, 1));
+        // A log record named by an attribute that is a payment: the same.
+        let pay = [
+            fixed64(1, T),
+            attrs(
+                6,
+                &[
+                    attr.clone(),
+                    ("event.name", s("monetization.purchase_success")),
+                    ("game.user_id", s("u")),
+                    ("monetization.order_id", s("o")),
+                    ("monetization.price_usd", int(2)),
+                ],
+            ),
+        ]
+        .concat();
+        let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[pay])).expect("decodes");
+        assert_eq!(out.payments.len(), 1);
+        // An event that stores props: the request is refused, whichever way it is named
+        // and wherever the value is.
+        for rec in [
+            log("user.login", T, &[attr.clone()]),
+            [fixed64(1, T), attrs(6, &[attr.clone(), ("event.name", s("boss"))])].concat(),
+            [fixed64(1, T), attrs(6, &[("event_type", s("boss")), attr.clone()])].concat(),
+        ] {
+            let got = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec]));
+            assert_eq!(got.err(), Some(want.clone()));
+        }
+        // An event that is rejected for another reason first: rejected, not refused.
+        let late = log("user.login", 5, &[attr.clone()]);
+        let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[late])).expect("decodes");
+        assert_eq!(out.summary.rejected, 1);
+    }
+    // A resource's event name makes its records events (props written in the first walk).
+    let res = [resource(), vec![("event.name", s("boss"))]].concat();
+    let rec = [fixed64(1, T), attrs(6, &[("k", s("v"))])].concat();
+    let out = run(Signal::Logs, Format::Protobuf, &request(&res, &[rec])).expect("decodes");
+    assert_eq!((out.custom[0].event.as_str(), out.custom[0].props.as_str()), ("boss", r#"{"k":"v"}"#));
+}
+
+#[test]
+fn a_small_request_truncated_at_every_byte_is_refused_without_a_panic() {
+    let logs = request(&resource(), &[log("user.login", T, &[("n", kvlist(&[("a", array(&[int(1), s("x")]))]))])]);
+    let spans = request(&resource(), &[span("session.start", &[("n", array(&[double(1.0)]))])]);
+    for (signal, body) in [(Signal::Logs, &logs), (Signal::Traces, &spans)] {
+        let full = run(signal, Format::Protobuf, body).expect("decodes");
+        assert_eq!(full.summary.accepted, 1);
+        // One top-level field: every cut inside it runs out of bytes.
+        for i in 1..body.len() {
+            assert_eq!(
+                run(signal, Format::Protobuf, &body[..i]).err(),
+                Some(DecodeError::Wire(WireError::Truncated)),
+                "{signal:?} cut at {i} of {}",
+                body.len()
+            );
+        }
+    }
+    let json = json_log("");
+    for i in 0..json.len() {
+        // Cut on character boundaries only (the body is text); trailing spaces excepted.
+        if !json.is_char_boundary(i) || json[i..].trim().is_empty() {
+            continue;
+        }
+        assert!(run(Signal::Logs, Format::Json, &json.as_bytes()[..i]).is_err(), "JSON cut at {i}");
+    }
+}
+
+#[test]
+fn control_characters_in_mapped_fields_are_kept_and_escaped_in_props() {
+    let rec = log("user.login", T, &[("game.user_id", s("u\u{1}\t1")), ("k", s("a\u{0}b"))]);
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec])).expect("decodes");
+    assert_eq!(out.events[0].user_id, "u\u{1}\t1");
+    assert!(out.events[0].props.starts_with(r#"{"game.region":"eu-west","progression.level_id":7,"k":"a\u0000b","#));
+    let kvs = r#",{"key":"game.user_id","value":{"stringValue":"u\u0001\t1"}}"#;
+    let out = run(Signal::Logs, Format::Json, json_log(kvs).as_bytes()).expect("decodes");
+    assert_eq!(out.events[0].user_id, "u\u{1}\t1");
+}

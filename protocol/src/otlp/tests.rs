@@ -602,7 +602,11 @@ fn an_invalid_utf8_attribute_key_refuses_the_request() {
         // Bytes that start like a slot's name.
         [field(1, b"game.us\xffr_id"), field(2, &s("v"))].concat(),
     ] {
-        let got = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[log_with_raw_attrs(&[kv.clone()])]));
+        let got = run(
+            Signal::Logs,
+            Format::Protobuf,
+            &request(&resource(), &[log_with_raw_attrs(std::slice::from_ref(&kv))]),
+        );
         assert_eq!(got.err(), Some(DecodeError::Wire(WireError::InvalidUtf8)), "{kv:x?}");
         let plain = [fixed64(1, T), field(6, &kv)].concat();
         let got = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[plain]));
@@ -717,13 +721,13 @@ fn errors_in_values_are_held_for_records_that_store_props() {
             _ => DecodeError::Wire(WireError::Truncated),
         };
         // No event: skipped, the request taken.
-        let plain = [fixed64(1, T), attrs(6, &[attr.clone()])].concat();
+        let plain = [fixed64(1, T), attrs(6, std::slice::from_ref(&attr))].concat();
         let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[plain, log("user.login", T, &[])]))
             .expect("decodes");
         assert_eq!((out.summary.skipped, out.summary.accepted), (1, 1));
         // A span that is no event, and a payment: props are not stored, the value unread.
         let spans = [
-            span("GET /x", &[attr.clone()]),
+            span("GET /x", std::slice::from_ref(&attr)),
             span(
                 "monetization.purchase_success",
                 &[attr.clone(), ("monetization.order_id", s("o")), ("monetization.price_usd", double(1.5))],
@@ -751,7 +755,7 @@ fn errors_in_values_are_held_for_records_that_store_props() {
         // An event that stores props: the request is refused, whichever way it is named
         // and wherever the value is.
         for rec in [
-            log("user.login", T, &[attr.clone()]),
+            log("user.login", T, std::slice::from_ref(&attr)),
             [fixed64(1, T), attrs(6, &[attr.clone(), ("event.name", s("boss"))])].concat(),
             [fixed64(1, T), attrs(6, &[("event_type", s("boss")), attr.clone()])].concat(),
         ] {
@@ -759,7 +763,7 @@ fn errors_in_values_are_held_for_records_that_store_props() {
             assert_eq!(got.err(), Some(want.clone()));
         }
         // An event that is rejected for another reason first: rejected, not refused.
-        let late = log("user.login", 5, &[attr.clone()]);
+        let late = log("user.login", 5, std::slice::from_ref(&attr));
         let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[late])).expect("decodes");
         assert_eq!(out.summary.rejected, 1);
     }

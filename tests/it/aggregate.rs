@@ -448,9 +448,32 @@ fn revenue_left_behind_by_a_killed_worker_is_recomputed_at_start() {
     wait_idle(&p);
     assert_eq!(p.scalar("SELECT count() FROM analytics.payments FINAL"), 30);
     assert_eq!(p.scalar("SELECT count() FROM analytics.daily_revenue"), 0, "no flush ran yet");
+    // Named in Redis before the entries were acknowledged: the day's revenue and its
+    // daily_users row (payers).
+    let day = day_of(ts as i64 * 1000);
+    assert_eq!(unwritten(&p), [format!("d:{day}:2:{GAME}prod"), format!("r:{day}:2:{GAME}prod")]);
     p.kill_worker();
     p.start_worker(FAST);
     assert_eq!(wait_revenue(&p, ts, want.0), want, "daily_revenue (revenue, refunds, failed)");
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
+}
+
+/// The rows marked unwritten in Redis (`croupier:aggregate:unwritten`), sorted.
+fn unwritten(p: &Pipeline) -> Vec<String> {
+    use croupier_protocol::resp::Frame;
+    let Frame::Array(members) = p.ingest.redis.client().cmd(&["ZRANGE", "croupier:aggregate:unwritten", "0", "-1"])
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = members
+        .into_iter()
+        .filter_map(|m| match m {
+            Frame::BulkString(b) => String::from_utf8(b).ok(),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// A worker SIGKILLed after merging its sketches into Redis (before acknowledging) but
@@ -460,7 +483,15 @@ fn revenue_left_behind_by_a_killed_worker_is_recomputed_at_start() {
 /// starts, and writes them.
 #[test]
 fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_start() {
-    let mut p = Pipeline::start(&[]);
+    let ingest = crate::fixture::Fixture::start_with_redis(
+        croupier_control::config::Driver::Epoll,
+        croupier_it::redis::RedisServer::start(),
+        |_| {},
+    );
+    let clickhouse = croupier_it::clickhouse::ClickHouseServer::start_logging_queries();
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
+    assert!(ok, "croupier migrate failed: {out}");
+    let mut p = Pipeline { ingest, clickhouse, worker: None };
     p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "600000")]);
     let now = now_secs() as u64;
     // The current minute, and one ten minutes ago that nothing touches afterwards.
@@ -482,6 +513,14 @@ fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_s
     for t in ["minute_online", "daily_users"] {
         assert_eq!(p.scalar(&format!("SELECT count() FROM analytics.{t}")), 0, "{t}: no flush ran yet");
     }
+    // What the next worker needs is named in Redis: two minutes and a day, however many
+    // events there were (and are in ClickHouse).
+    let (m_now, m_earlier) = (minute_of(now as i64 * 1000), minute_of(earlier as i64 * 1000));
+    let day = day_of(now as i64 * 1000);
+    let mut marked =
+        vec![format!("d:{day}:2:{GAME}prod"), format!("m:{m_now}:2:{GAME}prod"), format!("m:{m_earlier}:2:{GAME}prod")];
+    marked.sort();
+    assert_eq!(unwritten(&p), marked);
     p.kill_worker();
     p.start_worker(FAST);
     for (i, ts) in [now, earlier].into_iter().enumerate() {
@@ -495,7 +534,18 @@ fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_s
     let (dau, new, _) = wait_daily_users_match_redis(&p, now);
     assert_eq!([dau, new], [want[2], want[3]]);
     assert_eq!(figures(&p), want, "Redis unchanged");
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
     assert!(p.stop_worker());
+    // Neither worker read an event or a payment back from ClickHouse (the first version
+    // scanned `analytics.events` by `ingested_at` at every start: every row).
+    p.clickhouse.query("SYSTEM FLUSH LOGS");
+    // (Only `croupier migrate` looked, at the empty tables.)
+    let read = p.clickhouse.query(
+        "SELECT read_rows, query FROM system.query_log WHERE type = 2 AND interface = 1 \
+         AND query LIKE 'SELECT%' AND (query LIKE '%analytics.events%' OR query LIKE '%analytics.payments%') \
+         AND read_rows > 0 FORMAT TabSeparated",
+    );
+    assert_eq!(read, "", "queries that read rows of events or payments (rows read, query)");
 }
 
 /// `daily_revenue FINAL` of environment `env` on day `day`: (revenue, refunds, failed),

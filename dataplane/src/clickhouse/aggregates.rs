@@ -234,34 +234,6 @@ pub async fn order_days(
     Ok(out)
 }
 
-/// How far back [`recent_payment_days`] looks, by the time rows reached ClickHouse.
-pub const RECONCILE_DAYS: u32 = 7;
-
-/// The (game, environment, UTC day) of payments ClickHouse received in the last
-/// [`RECONCILE_DAYS`] days (at most 10,000): the days whose `daily_revenue` a worker that
-/// stopped without its last recompute may have left behind.
-pub async fn recent_payment_days(ch: &mut Connection) -> Result<Vec<(String, String, u32)>, ChError> {
-    let sql = format!(
-        "SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(time), 86400)) \
-         FROM analytics.payments WHERE ingested_at >= now() - {} LIMIT 10000",
-        u64::from(RECONCILE_DAYS) * 86_400
-    );
-    Ok(game_env_periods(&ch.select(&sql, &[]).await?.rows))
-}
-
-/// How far back [`recent_event_periods`] looks, by the time the events were accepted
-/// (`ingested_at`), in seconds.
-pub const RECONCILE_EVENTS_SECS: u32 = 3600;
-
-/// Minutes and days (per game and environment) of recently received events.
-#[derive(Debug, Default)]
-pub struct EventPeriods {
-    /// (game, environment, minute since the epoch), minutes of the last 48 hours.
-    pub minutes: Vec<(String, String, u32)>,
-    /// (game, environment, UTC day), days of the last 30.
-    pub days: Vec<(String, String, u32)>,
-}
-
 fn game_env_periods(rows: &[Vec<croupier_protocol::clickhouse::result::Value>]) -> Vec<(String, String, u32)> {
     rows.iter()
         .filter_map(|r| match r.as_slice() {
@@ -269,23 +241,6 @@ fn game_env_periods(rows: &[Vec<croupier_protocol::clickhouse::result::Value>]) 
             _ => None,
         })
         .collect()
-}
-
-/// The minutes (within Croupier's 48 h of online keys) and days (within 30) of the
-/// events accepted in the last [`RECONCILE_EVENTS_SECS`] (at most 10,000 of each): the
-/// figures a worker stopped between merging its sketches and writing the tables may
-/// have left behind.
-pub async fn recent_event_periods(ch: &mut Connection) -> Result<EventPeriods, ChError> {
-    let query = |unit: u32, back: u32| {
-        format!(
-            "SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(event_time), {unit})) \
-             FROM analytics.events WHERE ingested_at >= now() - {RECONCILE_EVENTS_SECS} \
-             AND event_time >= now() - {back} AND event_time < now() + 86400 LIMIT 10000"
-        )
-    };
-    let minutes = game_env_periods(&ch.select(&query(60, 48 * 3600), &[]).await?.rows);
-    let days = game_env_periods(&ch.select(&query(86_400, 30 * 86_400), &[]).await?.rows);
-    Ok(EventPeriods { minutes, days })
 }
 
 /// Rewrites `daily_revenue` of `days` (game, environment, day), as of `version`

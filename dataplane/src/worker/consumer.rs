@@ -711,8 +711,9 @@ impl Consumer {
         // The batch's players go into Redis before its entries are acknowledged: an
         // acknowledged entry is never missing from the figures.
         if let Some(agg) = &self.agg {
-            agg.flush().await?;
+            // The days of its payments too: marked unwritten in Redis by the flush.
             agg.revenue_confirmed(self.sink.take_revenue_days());
+            agg.flush().await?;
         }
         // In batch order, each forgotten once written: a retry does not write it twice.
         while let Some(p) = progress.poison.last() {

@@ -21,6 +21,7 @@
 pub mod flush;
 pub mod gauges;
 pub mod sketches;
+pub mod unwritten;
 pub mod what;
 
 use std::cell::{Cell, RefCell, RefMut};
@@ -48,6 +49,8 @@ struct Figures {
     days: HashMap<DayKey, DayRow>,
     /// Days whose payments ClickHouse confirmed since `daily_revenue` was last computed.
     revenue: HashSet<(String, String, u32)>,
+    /// Of those, the days not yet marked unwritten in Redis ([`unwritten`]).
+    revenue_unmarked: HashSet<(String, String, u32)>,
 }
 
 /// A worker shard's aggregation: its sketches, its Redis connection for merging, and
@@ -57,11 +60,10 @@ pub struct Aggregator {
     redis: RedisClient,
     flushing: Cell<bool>,
     figures: RefCell<Figures>,
-    /// Whether this shard still has to recompute the revenue of recently paid days and
-    /// read again the figures of recent minutes and days (shard 0, once per start): a
-    /// worker killed after acknowledging entries but before its next write of the tables
-    /// left `daily_revenue`, `minute_online` and `daily_users` behind Redis, and no later
-    /// entry of the same minute or day may come.
+    /// Whether this shard still has to write the rows marked unwritten in Redis (shard
+    /// 0, once per start, [`unwritten`]): a worker killed after acknowledging entries but
+    /// before its next write of the tables left `daily_revenue`, `minute_online` and
+    /// `daily_users` behind Redis, and no later entry of the same minute or day may come.
     reconcile: Cell<bool>,
     /// The tables are written at most this often (`aggregate.write_ms`).
     write_every: Duration,
@@ -96,9 +98,14 @@ impl Aggregator {
     }
 
     /// Days (game, environment, UTC day) whose payments ClickHouse has just confirmed:
-    /// their `daily_revenue` is recomputed at the next flush.
+    /// marked unwritten in Redis by the next [`Aggregator::flush`] (which the consumer
+    /// awaits before acknowledging), their `daily_revenue` recomputed at the next write.
     pub fn revenue_confirmed(&self, days: impl IntoIterator<Item = (String, String, u32)>) {
-        self.figures.borrow_mut().revenue.extend(days);
+        let mut f = self.figures.borrow_mut();
+        for d in days {
+            f.revenue.insert(d.clone());
+            f.revenue_unmarked.insert(d);
+        }
     }
 
     /// Makes sure every add made so far is merged into Redis: waits for a merge in
@@ -110,7 +117,7 @@ impl Aggregator {
                 monoio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
-            if !self.sketches.borrow().is_dirty() {
+            if !self.sketches.borrow().is_dirty() && self.figures.borrow().revenue_unmarked.is_empty() {
                 return Ok(());
             }
             return self.flush_once().await;
@@ -120,9 +127,29 @@ impl Aggregator {
     async fn flush_once(&self) -> Result<(), String> {
         self.flushing.set(true);
         let dirty = self.sketches.borrow_mut().take_dirty();
+        let revenue = std::mem::take(&mut self.figures.borrow_mut().revenue_unmarked);
         let groups = read_groups(dirty.iter().map(|d| (d.kind, &d.game, &d.env, d.period)));
+        // The rows these merges change, marked after the merges and before anything is
+        // acknowledged: a worker killed before it writes them leaves them named in Redis.
+        let mut rows: HashSet<unwritten::Unwritten> = dirty
+            .iter()
+            .map(|d| unwritten::Unwritten {
+                row: unwritten::Row::of(d.kind),
+                game: d.game.to_string(),
+                env: d.env.to_string(),
+                period: d.period,
+            })
+            .collect();
+        rows.extend(revenue.iter().map(|(game, env, day)| unwritten::Unwritten {
+            row: unwritten::Row::Revenue,
+            game: game.clone(),
+            env: env.clone(),
+            period: *day,
+        }));
+        let rows: Vec<unwritten::Unwritten> = rows.into_iter().collect();
         let result = async {
             flush::merge(&self.redis, &dirty).await?;
+            unwritten::mark(&self.redis, &rows).await?;
             flush::read_back(&self.redis, &groups).await
         }
         .await;
@@ -131,6 +158,7 @@ impl Aggregator {
             Ok(back) => back,
             Err(e) => {
                 self.sketches.borrow_mut().redirty(&dirty);
+                self.figures.borrow_mut().revenue_unmarked.extend(revenue);
                 return Err(e);
             }
         };
@@ -219,53 +247,65 @@ impl Aggregator {
         }
     }
 
-    /// Once per start (shard 0): queues the recompute of recently paid days, and reads
-    /// again from Redis the figures of the minutes and days of recently received events
-    /// and payments, for the next write ([`Aggregator::reconcile`]).
-    async fn reconcile(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
+    /// Once per start (shard 0): reads the rows marked unwritten in Redis
+    /// ([`unwritten`]), reads their minutes' and days' figures back from Redis and queues
+    /// them, and the revenue of their days, for the next write. Marked rows whose keys
+    /// are gone (expired, or never readable) are unmarked at once.
+    async fn reconcile(&self) -> Result<(), String> {
         if !self.reconcile.get() {
             return Ok(());
         }
-        if ch.is_none() {
-            *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
-        }
-        let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
-        let found = async {
-            let paid = aggregates::recent_payment_days(conn).await?;
-            let seen = aggregates::recent_event_periods(conn).await?;
-            Ok::<_, crate::clickhouse::connection::ChError>((paid, seen))
-        }
-        .await;
-        let (paid, seen) = match found {
-            Ok(x) => x,
-            Err(e) => {
-                *ch = None;
-                return Err(e.to_string());
-            }
-        };
+        let marked = unwritten::read(&self.redis).await?;
         // One Arc per game and environment.
         let mut names: HashMap<(String, String), (Arc<str>, Arc<str>)> = HashMap::new();
         let mut touched: Vec<(Kind, Arc<str>, Arc<str>, u32)> = Vec::new();
-        let periods = paid
-            .iter()
-            .map(|(g, e, d)| (Kind::Dau, g, e, *d))
-            .chain(seen.minutes.iter().map(|(g, e, m)| (Kind::Online, g, e, *m)))
-            .chain(seen.days.iter().map(|(g, e, d)| (Kind::Dau, g, e, *d)));
-        for (kind, g, e, period) in periods {
-            let (game, env) =
-                names.entry((g.clone(), e.clone())).or_insert_with(|| (g.as_str().into(), e.as_str().into())).clone();
-            touched.push((kind, game, env, period));
+        let mut paid = Vec::new();
+        for u in &marked {
+            let (game, env) = names
+                .entry((u.game.clone(), u.env.clone()))
+                .or_insert_with(|| (u.game.as_str().into(), u.env.as_str().into()))
+                .clone();
+            let kind = match u.row {
+                unwritten::Row::Minute => Kind::Online,
+                unwritten::Row::Day => Kind::Dau,
+                unwritten::Row::Revenue => {
+                    paid.push((u.game.clone(), u.env.clone(), u.period));
+                    Kind::Dau
+                }
+            };
+            touched.push((kind, game, env, u.period));
         }
         let groups = read_groups(touched.iter().map(|(k, g, e, p)| (*k, g, e, *p)));
         let back = flush::read_back(&self.redis, &groups).await?;
-        tracing::debug!(
-            paid_days = paid.len(),
-            minutes = seen.minutes.len(),
-            days = seen.days.len(),
-            "recomputing recently paid days' revenue and recent figures read again from Redis"
-        );
-        self.note_figures(back, true);
-        self.revenue_confirmed(paid);
+        // The reading's time of each minute and day read.
+        let read_at: HashMap<(unwritten::Row, &str, &str, u32), u64> = back
+            .iter()
+            .filter(|r| r.table)
+            .map(|r| ((unwritten::Row::of(r.kind), &*r.game, &*r.env, r.period), r.version))
+            .collect();
+        tracing::debug!(marked = marked.len(), paid_days = paid.len(), "rows left unwritten read again from Redis");
+        self.note_figures(back.clone(), true);
+        let gone: Vec<(unwritten::Unwritten, u64)> = {
+            let f = self.figures.borrow();
+            marked
+                .iter()
+                .filter(|u| u.row != unwritten::Row::Revenue)
+                .filter_map(|u| {
+                    let version = *read_at.get(&(u.row, u.game.as_str(), u.env.as_str(), u.period))?;
+                    let key: DayKey = (u.game.as_str().into(), u.env.as_str().into(), u.period);
+                    let queued = match u.row {
+                        unwritten::Row::Minute => f.minutes.contains_key(&key),
+                        _ => f.days.contains_key(&key),
+                    };
+                    (!queued).then(|| (u.clone(), version))
+                })
+                .collect()
+        };
+        if !gone.is_empty() {
+            unwritten::unmark(&self.redis, &gone).await?;
+        }
+        // Already marked: recomputed at the next write, not marked again.
+        self.figures.borrow_mut().revenue.extend(paid);
         self.reconcile.set(false);
         Ok(())
     }
@@ -288,15 +328,49 @@ impl Aggregator {
             let m: Vec<MinuteRow> = minutes.values().cloned().collect();
             let d: Vec<DayRow> = days.values().cloned().collect();
             aggregates::write_figures(conn, &m, &d).await.map_err(|e| e.to_string())?;
+            let mut written: Vec<(unwritten::Unwritten, u64)> = m
+                .into_iter()
+                .map(|r| {
+                    (
+                        unwritten::Unwritten {
+                            row: unwritten::Row::Minute,
+                            game: r.game,
+                            env: r.env,
+                            period: r.minute,
+                        },
+                        r.version,
+                    )
+                })
+                .chain(d.into_iter().map(|r| {
+                    (
+                        unwritten::Unwritten { row: unwritten::Row::Day, game: r.game, env: r.env, period: r.day },
+                        r.version,
+                    )
+                }))
+                .collect();
             if !revenue.is_empty() {
-                // Taken after the payments were confirmed: orders the computations.
-                let version = flush::redis_time(&self.redis).await?;
+                // Taken after the payments were confirmed and before the computation:
+                // orders the computations, and no later mark is removed.
+                let version = unwritten::time(&self.redis).await?;
                 let days: Vec<(String, String, u32)> = revenue.iter().cloned().collect();
                 aggregates::write_revenue(conn, &days, version).await.map_err(|e| e.to_string())?;
+                written.extend(days.into_iter().map(|(game, env, period)| {
+                    (unwritten::Unwritten { row: unwritten::Row::Revenue, game, env, period }, version)
+                }));
             }
-            Ok(())
+            Ok(written)
         }
         .await;
+        let result = match result {
+            Ok(written) => {
+                // Not fatal: a row left marked is written again at a start.
+                if let Err(e) = unwritten::unmark(&self.redis, &written).await {
+                    tracing::warn!(error = %e, "rows written to the aggregate tables still marked unwritten in Redis");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             *ch = None;
             // Put back what was taken, unless a later reading came meanwhile.
@@ -336,8 +410,8 @@ impl Aggregator {
                 "players not counted in real-time figures that needed a new sketch: the shard holds aggregate.max_sketches sketches"
             );
         }
-        if let Err(e) = self.reconcile(ch, opts).await {
-            tracing::warn!(error = %e, "recently paid days not read for their revenue; retried at the next flush");
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "rows left unwritten not read from Redis; retried at the next flush");
         }
         if !last && self.written.get().is_some_and(|t| t.elapsed() < self.write_every) {
             return;

@@ -777,14 +777,6 @@ impl Config {
                  underscores after the section ({meant}?)"
             ));
         }
-        if !self.redis.cluster.is_empty() && self.aggregate.enabled {
-            w.push(
-                "aggregate.enabled with redis.cluster: the sketches' flush runs one script over keys of many \
-                 slots, which a cluster refuses (CROSSSLOT): the workers do not aggregate \
-                 (docs/redis-topologies.md); set aggregate.enabled = false"
-                    .to_owned(),
-            );
-        }
         if self.worker.dead_letter_maxlen.is_some() {
             w.push(
                 "worker.dead_letter_maxlen is no longer used: dead-letter streams are never trimmed \

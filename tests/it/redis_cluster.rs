@@ -48,6 +48,16 @@ fn cluster_pipeline(
     partitions: u16,
     tweak: impl FnOnce(&mut croupier_control::config::Config),
 ) -> Pipeline {
+    cluster_pipeline_with(seeds, partitions, tweak, &[])
+}
+
+/// [`cluster_pipeline`], the worker with `worker_env` too.
+fn cluster_pipeline_with(
+    seeds: &[String],
+    partitions: u16,
+    tweak: impl FnOnce(&mut croupier_control::config::Config),
+    worker_env: &[(&str, &str)],
+) -> Pipeline {
     let clickhouse = ClickHouseServer::start();
     let list = seeds.to_vec();
     // `redis.addr` names nothing: only the cluster's nodes are used.
@@ -63,11 +73,13 @@ fn cluster_pipeline(
     let mut p = Pipeline { ingest, clickhouse, worker: None };
     let seeds = format!("[{}]", seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
     let partitions = partitions.to_string();
-    p.start_worker(&[
+    let mut worker = vec![
         ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
         ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
         ("CROUPIER_STREAMS__PARTITIONS", partitions.as_str()),
-    ]);
+    ];
+    worker.extend_from_slice(worker_env);
+    p.start_worker(&worker);
     p
 }
 
@@ -247,5 +259,123 @@ fn cluster_frozen_primary_fails_data_readyz_before_the_reply_timeout() {
         }
         assert!(t.elapsed() < Duration::from_secs(10), "data /readyz after CONT: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cmd` on the primary serving `key`.
+fn on_primary(cluster: &RedisCluster, key: &str, cmd: &[&str]) -> croupier_protocol::resp::Frame {
+    let n = cluster.primary_of(key).expect("a primary for the key");
+    cluster.nodes[n].client().cmd(cmd)
+}
+
+/// Real-time aggregation on a Redis Cluster: Croupier's `hll:*` keys of one day lie in
+/// several slots (no hash tag), so each key is merged and read on its own slot's primary.
+/// N distinct players log in through ingest on the cluster: `PFCOUNT` of the day's DAU key
+/// equals a sketch of the same players (Redis's count, exactly) and is within 2 % of N;
+/// new users, payers and the online minute too; `daily_users` holds the keys' counts, and
+/// no row is left marked unwritten.
+#[test]
+fn cluster_aggregation_counts_players_in_croupiers_keys() {
+    use croupier_dataplane::worker::aggregate::what::{day_of, minute_of, Kind};
+    let cluster = RedisCluster::primaries_only(3);
+    let p = cluster_pipeline_with(
+        &cluster.seeds(),
+        3,
+        |_| {},
+        &[("CROUPIER_AGGREGATE__FLUSH_MS", "200"), ("CROUPIER_AGGREGATE__WRITE_MS", "200")],
+    );
+    let ts = now_secs() as u64;
+    const N: usize = 3_000;
+    let mut c = p.ingest.client();
+    let post = |c: &mut HttpClient, path: &str, items: Vec<String>| {
+        let body = format!("[{}]", items.join(","));
+        let r = crate::fixture::post_signed(c, path, GAME, SECRET, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    };
+    let event = |name: &str, i: usize| {
+        format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"{name}","user_id":"cp-{i}"}}"#)
+    };
+    for lo in (0..N).step_by(500) {
+        post(&mut c, "/api/ingest/events", (lo..lo + 500).map(|i| event("login", i)).collect());
+    }
+    post(&mut c, "/api/ingest/events", (0..300).map(|i| event("register", i)).collect());
+    post(&mut c, "/api/ingest/events", (0..500).map(|i| event("heartbeat", i)).collect());
+    let payments: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","user_id":"cp-{}","order_id":"co-{i}","amount_cents":100,"currency":"USD","status":"success"}}"#,
+                i % 25
+            )
+        })
+        .collect();
+    post(&mut c, "/api/ingest/payments", payments);
+
+    let (ms, day) = (ts as i64 * 1000, day_of(ts as i64 * 1000));
+    let key = |kind: Kind| {
+        let period = if kind.per_minute() { minute_of(ms) } else { day };
+        let mut k = String::new();
+        kind.key(GAME, "prod", period, &mut k);
+        k
+    };
+    let keys = [key(Kind::Dau), key(Kind::New), key(Kind::Payers), key(Kind::Online)];
+    let slots: BTreeSet<u16> = keys.iter().map(|k| croupier_protocol::cluster::key_slot(k.as_bytes())).collect();
+    assert!(slots.len() > 1, "the keys span slots: {slots:?}");
+    let pfcount = |k: &str| match on_primary(&cluster, k, &["PFCOUNT", k]) {
+        croupier_protocol::resp::Frame::Integer(n) => n as u64,
+        _ => 0,
+    };
+    let oracle = |users: std::ops::Range<usize>| {
+        let mut s = croupier_protocol::hll::Sketch::new();
+        for i in users {
+            s.add(format!("cp-{i}").as_bytes());
+        }
+        s.count()
+    };
+    let want = [oracle(0..N), oracle(0..300), oracle(0..25), oracle(0..500)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: Vec<u64> = keys.iter().map(|k| pfcount(k)).collect();
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PFCOUNT of {keys:?}: {got:?}, a sketch of the players: {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dau = want[0];
+    assert!((dau as f64 - N as f64).abs() <= N as f64 * 0.02, "DAU {dau} for {N} players");
+    eprintln!("cluster: PFCOUNT dau/new/payers/online = {want:?} in slots {slots:?}");
+    // The tables are written from the keys read back on their primaries.
+    let row = format!("{} {} {}", want[0], want[1], want[2]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = p.clickhouse.query(&format!(
+            "SELECT dau, new_users, payers FROM analytics.daily_users FINAL WHERE game_id = '{GAME}' \
+             AND d = toDate('1970-01-01') + {day} FORMAT TabSeparated"
+        ));
+        if got.split_whitespace().collect::<Vec<_>>().join(" ") == row {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daily_users {got:?}, keys {row}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = minute_of(ms) as u64 * 60;
+    p.wait_for(want[3], "minute_online FINAL", |p| {
+        p.scalar(&format!(
+            "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+        ))
+    });
+    let marked = "croupier:aggregate:unwritten";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on_primary(&cluster, marked, &["ZCARD", marked]) != croupier_protocol::resp::Frame::Integer(0) {
+        assert!(Instant::now() < deadline, "rows left marked unwritten");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // TTLs as on one Redis; no scratch key left.
+    match on_primary(&cluster, &keys[0], &["TTL", &keys[0]]) {
+        croupier_protocol::resp::Frame::Integer(t) => assert!(t > 29 * 86_400, "TTL {t}"),
+        other => panic!("TTL: {other:?}"),
+    }
+    for n in &cluster.nodes {
+        assert_eq!(n.client().cmd(&["KEYS", "*:merge"]), croupier_protocol::resp::Frame::Array(vec![]));
     }
 }

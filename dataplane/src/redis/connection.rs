@@ -246,6 +246,12 @@ impl RedisClient {
         }
     }
 
+    /// Whether this is a Redis Cluster's client (`redis.cluster`): commands of several
+    /// keys must keep to one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+
     /// Whether the connection is established (in a cluster: the slot map is known and
     /// a primary is connected).
     pub fn is_up(&self) -> bool {

@@ -146,9 +146,10 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                 options.max_queued_bytes = 64 << 20;
                 RedisClient::start(options)
             };
-            // Not on a cluster: the flush's script spans slots (docs/redis-topologies.md).
-            let aggregating = config.aggregate.enabled && config.redis.cluster.is_empty();
-            let agg = aggregating.then(|| aggregate::Aggregator::new(shard, published, &config.aggregate, connect()));
+            let agg = config
+                .aggregate
+                .enabled
+                .then(|| aggregate::Aggregator::new(shard, published, &config.aggregate, connect()));
             if let Some(a) = &agg {
                 let every = Duration::from_millis(config.aggregate.flush_ms);
                 monoio::spawn(a.clone().run(every, clickhouse_options(&config), stop.clone()));

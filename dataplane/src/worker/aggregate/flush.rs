@@ -1,37 +1,49 @@
 //! Merging a shard's touched sketches into Redis, and reading back the merged
 //! (all-workers) values.
 //!
-//! One `EVAL` carries many sketches: for each, `SET {<key>}:merge <value>`,
-//! `PFMERGE <key> {<key>}:merge`, `DEL {<key>}:merge`, `EXPIRE <key> <ttl>` — run by Redis
-//! as one script, so a worker that dies mid-flush leaves no scratch key and no half
-//! merge. Then the keys the aggregate tables need are read (`GET`) with `TIME` in one
-//! script: the values and the time are one instant of Redis, and that time is the rows'
-//! version (a later read of a key holds at least the registers of an earlier one).
+//! On one Redis, one `EVAL` carries many sketches: for each, `SET <scratch> <value>`,
+//! `PFMERGE <key> <scratch>`, `DEL <scratch>`, `EXPIRE <key> <ttl>` — run by Redis as one
+//! script, so a worker that dies mid-flush leaves no scratch key and no half merge. Then
+//! the keys the aggregate tables need are read (`GET`) with `TIME` in one script: the
+//! values and the time are one instant of Redis, and that time is the rows' version (a
+//! later read of a key holds at least the registers of an earlier one).
+//!
+//! In a Redis Cluster (`redis.cluster`) Croupier's key names carry no hash tag, so the
+//! keys of one flush lie in many slots: each key gets a script of its own (its scratch
+//! key in its slot), all sent at once, each to its slot's primary. The read-back takes
+//! the version first — `TIME` of the primary holding [`super::unwritten::KEY`], one clock
+//! for every worker — then `GET`s every key, all at once: a reading whose version is
+//! later than another's started its reads after that one's `TIME`, so it holds at least
+//! what every merge finished before then put in.
 
+use std::sync::OnceLock;
+
+use croupier_protocol::cluster::key_slot;
 use croupier_protocol::hll::Sketch;
 use croupier_protocol::resp::Frame;
 
 use super::sketches::Dirty;
 use super::what::Kind;
-use crate::redis::connection::RedisClient;
+use crate::redis::connection::{RedisClient, RedisError};
 use crate::worker::entries::cmd;
 
-/// The script: `ARGV[1]` merges (keys `KEYS[1..m]`, values and TTLs in `ARGV`), then the
-/// values of the remaining keys (nil: no such key, 0: a key of another type) and Redis's
-/// time. A key that cannot be merged (not a HyperLogLog) is reported, not fatal.
+/// The script: `ARGV[1]` merges (keys `KEYS[1..m]`; scratch key, value and TTL of each in
+/// `ARGV`), then the values of the remaining keys (nil: no such key, 0: a key of another
+/// type) and Redis's time. A key that cannot be merged (not a HyperLogLog) is reported,
+/// not fatal.
 const SCRIPT: &str = r#"
 local m = tonumber(ARGV[1])
 local errors = {}
 for i = 1, m do
   local key = KEYS[i]
-  local scratch = '{' .. key .. '}:merge'
-  redis.call('SET', scratch, ARGV[2 * i])
+  local scratch = ARGV[3 * i - 1]
+  redis.call('SET', scratch, ARGV[3 * i])
   local r = redis.pcall('PFMERGE', key, scratch)
   redis.call('DEL', scratch)
   if type(r) == 'table' and r.err then
     errors[#errors + 1] = key .. ': ' .. r.err
   else
-    redis.call('EXPIRE', key, ARGV[2 * i + 1])
+    redis.call('EXPIRE', key, ARGV[3 * i + 1])
   end
 end
 local values = {}
@@ -127,12 +139,7 @@ fn parse_reply(f: Frame) -> Result<Reply, String> {
 }
 
 async fn eval(redis: &RedisClient, keys: &[String], argv: &[&[u8]]) -> Result<(Vec<Value>, u64), String> {
-    let nkeys = keys.len().to_string();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
-    args.extend([b"EVAL".as_slice(), SCRIPT.as_bytes(), nkeys.as_bytes()]);
-    args.extend(keys.iter().map(|k| k.as_bytes()));
-    args.extend_from_slice(argv);
-    let reply = redis.call(cmd(&args)).await.map_err(|e| format!("Redis: {e:?}"))?;
+    let reply = redis.call(eval_cmd(keys, argv)).await.map_err(|e| format!("Redis: {e:?}"))?;
     let (values, version, errors) = parse_reply(reply)?;
     for e in errors {
         tracing::warn!(error = %e, "a HyperLogLog key could not be merged (it holds another type); left as it is");
@@ -140,43 +147,132 @@ async fn eval(redis: &RedisClient, keys: &[String], argv: &[&[u8]]) -> Result<(V
     Ok((values, version))
 }
 
-/// Merges `sketches` into their keys (with their TTLs).
-pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String> {
-    let mut key = String::new();
-    for chunk in sketches.chunks(MERGES_PER_CALL) {
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|d| {
-                d.kind.key(&d.game, &d.env, d.period, &mut key);
-                key.clone()
-            })
-            .collect();
-        let ttls: Vec<String> = chunk.iter().map(|d| d.kind.ttl_secs().to_string()).collect();
-        let count = chunk.len().to_string();
-        let mut argv: Vec<&[u8]> = vec![count.as_bytes()];
-        for (d, ttl) in chunk.iter().zip(&ttls) {
-            argv.push(&d.value);
-            argv.push(ttl.as_bytes());
+/// For each slot, a hash tag that hashes to it (the smallest number that does), made on
+/// first use.
+fn slot_tags() -> &'static [u32] {
+    static TAGS: OnceLock<Vec<u32>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; usize::from(croupier_protocol::cluster::SLOTS)];
+        let mut left = tags.len();
+        let mut n = 0u32;
+        while left > 0 && n < u32::MAX {
+            if let Some(t) = tags.get_mut(usize::from(key_slot(n.to_string().as_bytes()))) {
+                if *t == u32::MAX {
+                    *t = n;
+                    left -= 1;
+                }
+            }
+            n += 1;
         }
-        eval(redis, &keys, &argv).await?;
-    }
-    Ok(())
+        tags
+    })
 }
 
-/// Redis's time (`TIME`), microseconds since the epoch: one clock for every worker.
-pub async fn redis_time(redis: &RedisClient) -> Result<u64, String> {
-    let reply = redis.call(cmd(&[b"TIME"])).await.map_err(|e| format!("Redis: {e:?}"))?;
-    let Frame::Array(t) = reply else { return Err(format!("unexpected reply to TIME: {reply:?}")) };
-    let mut t = t.into_iter().filter_map(|f| match f {
-        Frame::BulkString(b) | Frame::SimpleString(b) => {
-            std::str::from_utf8(&b).ok().and_then(|x| x.parse::<u64>().ok())
-        }
-        _ => None,
-    });
-    match (t.next(), t.next()) {
-        (Some(s), Some(us)) => Ok(s.saturating_mul(1_000_000).saturating_add(us)),
-        _ => Err("TIME without seconds and microseconds".into()),
+/// The scratch key a merge into `key` goes through: `{<key>}:merge`, in `key`'s hash slot
+/// (so a cluster runs the script on one node). A key whose own braces would make that
+/// another slot (an environment holding `{` or `}`) gets `{<n>}:merge`, `n` a number
+/// hashing to its slot.
+pub fn scratch_key(key: &str) -> String {
+    let scratch = format!("{{{key}}}:merge");
+    let slot = key_slot(key.as_bytes());
+    if key_slot(scratch.as_bytes()) == slot {
+        return scratch;
     }
+    match slot_tags().get(usize::from(slot)) {
+        Some(n) => format!("{{{n}}}:merge"),
+        None => scratch,
+    }
+}
+
+/// The script's arguments merging `chunk` (whose keys are `keys`): the count, then each
+/// one's scratch key, value and TTL.
+fn merge_args<'a>(chunk: &'a [Dirty], keys: &[String], texts: &'a mut Vec<String>) -> Vec<&'a [u8]> {
+    texts.clear();
+    texts.push(chunk.len().to_string());
+    for (d, k) in chunk.iter().zip(keys) {
+        texts.push(scratch_key(k));
+        texts.push(d.kind.ttl_secs().to_string());
+    }
+    let mut argv: Vec<&[u8]> = vec![texts.first().map_or(b"0".as_slice(), |c| c.as_bytes())];
+    for (i, d) in chunk.iter().enumerate() {
+        let (scratch, ttl) = (texts.get(1 + 2 * i), texts.get(2 + 2 * i));
+        argv.push(scratch.map_or(b"".as_slice(), |x| x.as_bytes()));
+        argv.push(&d.value);
+        argv.push(ttl.map_or(b"0".as_slice(), |x| x.as_bytes()));
+    }
+    argv
+}
+
+/// `EVAL` of the script over `keys` with `argv`, encoded.
+fn eval_cmd(keys: &[String], argv: &[&[u8]]) -> Vec<u8> {
+    let nkeys = keys.len().to_string();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + argv.len());
+    args.extend([b"EVAL".as_slice(), SCRIPT.as_bytes(), nkeys.as_bytes()]);
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    args.extend_from_slice(argv);
+    cmd(&args)
+}
+
+/// Sends `cmds` at once (pipelined: in a cluster, each to its key's primary) and waits
+/// for every reply, in order.
+async fn all(redis: &RedisClient, cmds: Vec<Vec<u8>>) -> Vec<Result<Frame, RedisError>> {
+    let handles: Vec<_> = cmds
+        .into_iter()
+        .map(|c| {
+            let redis = redis.clone();
+            monoio::spawn(async move { redis.call(c).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+fn keys_of(sketches: &[Dirty]) -> Vec<String> {
+    let mut key = String::new();
+    sketches
+        .iter()
+        .map(|d| {
+            d.kind.key(&d.game, &d.env, d.period, &mut key);
+            key.clone()
+        })
+        .collect()
+}
+
+/// Merges `sketches` into their keys (with their TTLs): on one Redis up to 32 per
+/// script; in a cluster one script per key, all sent at once. `Err` when any merge may
+/// not have been made (every one is made again: merging again changes nothing).
+pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String> {
+    let mut texts = Vec::new();
+    if !redis.is_cluster() {
+        for chunk in sketches.chunks(MERGES_PER_CALL) {
+            let keys = keys_of(chunk);
+            let argv = merge_args(chunk, &keys, &mut texts);
+            eval(redis, &keys, &argv).await?;
+        }
+        return Ok(());
+    }
+    let mut cmds = Vec::with_capacity(sketches.len());
+    for (one, key) in sketches.chunks(1).zip(keys_of(sketches)) {
+        let keys = [key];
+        let argv = merge_args(one, &keys, &mut texts);
+        cmds.push(eval_cmd(&keys, &argv));
+    }
+    let mut failed = None;
+    for reply in all(redis, cmds).await {
+        let parsed = reply.map_err(|e| format!("Redis: {e:?}")).and_then(parse_reply);
+        match parsed {
+            Ok((_, _, errors)) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "a HyperLogLog key could not be merged (it holds another type); left as it is");
+                }
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// One key to read back.
@@ -195,8 +291,12 @@ pub struct Wanted {
 }
 
 /// Reads `wanted` keys back, in groups that must be read at one instant (a day's keys
-/// for one row); groups are never split between calls.
+/// for one row): on one Redis groups are never split between scripts; in a cluster
+/// every key is read at once after the version is taken (the module's comment).
 pub async fn read_back(redis: &RedisClient, groups: &[Vec<Wanted>]) -> Result<Vec<ReadBack>, String> {
+    if redis.is_cluster() {
+        return read_back_cluster(redis, groups).await;
+    }
     let mut out = Vec::new();
     let mut i = 0;
     let mut key = String::new();
@@ -214,35 +314,72 @@ pub async fn read_back(redis: &RedisClient, groups: &[Vec<Wanted>]) -> Result<Ve
             })
             .collect();
         let (values, version) = eval(redis, &keys, &[b"0"]).await?;
-        for ((w, v), k) in batch.into_iter().zip(values.into_iter().chain(std::iter::repeat(Value::Absent))).zip(&keys)
-        {
-            let sketch = match v {
-                Value::Absent => Some(Sketch::new()),
-                Value::WrongType => {
-                    // Not a figure of 0: no figure (the table keeps its last one).
-                    tracing::warn!(key = %k, "a HyperLogLog key holds another type; its figure is not written");
-                    None
-                }
-                Value::Bytes(bytes) => match Sketch::from_redis(&bytes) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tracing::warn!(kind = w.kind.prefix(), game = %w.game, env = %w.env, error = %e, "a HyperLogLog key holds a malformed value");
-                        None
-                    }
-                },
-            };
-            out.push(ReadBack {
-                kind: w.kind,
-                game: w.game.clone(),
-                env: w.env.clone(),
-                period: w.period,
-                table: w.table,
-                sketch,
-                version,
-            });
-        }
+        read_values(&mut out, batch, values, &keys, version);
     }
     Ok(out)
+}
+
+/// [`read_back`] in a cluster: the version (`TIME` of the unwritten set's primary), then
+/// a `GET` of every key, sent at once.
+async fn read_back_cluster(redis: &RedisClient, groups: &[Vec<Wanted>]) -> Result<Vec<ReadBack>, String> {
+    let wanted: Vec<&Wanted> = groups.iter().flatten().collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let version = super::unwritten::time(redis).await?;
+    let mut key = String::new();
+    let keys: Vec<String> = wanted
+        .iter()
+        .map(|w| {
+            w.kind.key(&w.game, &w.env, w.period, &mut key);
+            key.clone()
+        })
+        .collect();
+    let cmds = keys.iter().map(|k| cmd(&[b"GET".as_slice(), k.as_bytes()])).collect();
+    let mut values = Vec::with_capacity(keys.len());
+    for reply in all(redis, cmds).await {
+        values.push(match reply {
+            Ok(Frame::BulkString(b)) => Value::Bytes(b),
+            Ok(Frame::Error(e)) if e.starts_with("WRONGTYPE") => Value::WrongType,
+            Ok(Frame::Error(e)) => return Err(format!("Redis: {e}")),
+            Ok(Frame::Null) => Value::Absent,
+            Ok(other) => return Err(format!("unexpected reply to GET: {other:?}")),
+            Err(e) => return Err(format!("Redis: {e:?}")),
+        });
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    read_values(&mut out, wanted, values, &keys, version);
+    Ok(out)
+}
+
+/// Appends the sketches of `values` read for `batch` (keys `keys`) at `version`.
+fn read_values(out: &mut Vec<ReadBack>, batch: Vec<&Wanted>, values: Vec<Value>, keys: &[String], version: u64) {
+    for ((w, v), k) in batch.into_iter().zip(values.into_iter().chain(std::iter::repeat(Value::Absent))).zip(keys) {
+        let sketch = match v {
+            Value::Absent => Some(Sketch::new()),
+            Value::WrongType => {
+                // Not a figure of 0: no figure (the table keeps its last one).
+                tracing::warn!(key = %k, "a HyperLogLog key holds another type; its figure is not written");
+                None
+            }
+            Value::Bytes(bytes) => match Sketch::from_redis(&bytes) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(kind = w.kind.prefix(), game = %w.game, env = %w.env, error = %e, "a HyperLogLog key holds a malformed value");
+                    None
+                }
+            },
+        };
+        out.push(ReadBack {
+            kind: w.kind,
+            game: w.game.clone(),
+            env: w.env.clone(),
+            period: w.period,
+            table: w.table,
+            sketch,
+            version,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -261,5 +398,15 @@ mod tests {
         assert_eq!(t, 1_796_207_820_123_456);
         assert_eq!(e, vec!["k: WRONGTYPE".to_owned()]);
         assert!(parse_reply(Frame::Error("NOSCRIPT".into())).is_err());
+    }
+
+    #[test]
+    fn scratch_keys_share_their_keys_slot() {
+        let plain = "hll:dau:g1:prod:2026-12-02";
+        assert_eq!(scratch_key(plain), "{hll:dau:g1:prod:2026-12-02}:merge");
+        for key in [plain, "hll:dau:g1:{x}:2026-12-02", "hll:dau:g1:a}b:2026-12-02", "hll:dau:g1:{}:2026-12-02"] {
+            assert_eq!(key_slot(scratch_key(key).as_bytes()), key_slot(key.as_bytes()), "{key}");
+        }
+        assert!(slot_tags().iter().all(|t| *t != u32::MAX), "every slot has a tag");
     }
 }

@@ -760,8 +760,6 @@ pub fn cluster(cfg: &E2eConfig, runs: usize) -> String {
                 let env = [
                     ("CROUPIER_REDIS__CLUSTER".to_owned(), seeds),
                     ("CROUPIER_STREAMS__PARTITIONS".to_owned(), "6".to_owned()),
-                    // The aggregation's flush spans slots (docs/redis-topologies.md).
-                    ("CROUPIER_AGGREGATE__ENABLED".to_owned(), "false".to_owned()),
                 ];
                 switch_run(cfg, &plain, &ch, &env)
             };

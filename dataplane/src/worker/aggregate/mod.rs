@@ -126,7 +126,16 @@ impl Aggregator {
 
     async fn flush_once(&self) -> Result<(), String> {
         self.flushing.set(true);
-        let dirty = self.sketches.borrow_mut().take_dirty();
+        // Pinned until the merge is known made or the sketches are dirty again: an
+        // eviction meanwhile (a consumer's last unpin) would drop sketches that are clean
+        // only because their values are in flight, and a failed merge could not mark
+        // them dirty again — their players, maybe of entries another consumer then
+        // acknowledges, would never reach Redis.
+        let dirty = {
+            let mut sketches = self.sketches.borrow_mut();
+            sketches.pin();
+            sketches.take_dirty()
+        };
         let revenue = std::mem::take(&mut self.figures.borrow_mut().revenue_unmarked);
         let groups = read_groups(dirty.iter().map(|d| (d.kind, &d.game, &d.env, d.period)));
         // The rows these merges change, marked after the merges and before anything is
@@ -157,12 +166,15 @@ impl Aggregator {
         let back = match result {
             Ok(back) => back,
             Err(e) => {
-                self.sketches.borrow_mut().redirty(&dirty);
+                let mut sketches = self.sketches.borrow_mut();
+                sketches.redirty(&dirty);
+                sketches.unpin();
                 self.figures.borrow_mut().revenue_unmarked.extend(revenue);
                 return Err(e);
             }
         };
         self.note_figures(back, false);
+        self.sketches.borrow_mut().unpin();
         Ok(())
     }
 

@@ -923,3 +923,59 @@ fn realtime_gauges_on_the_control_port_equal_the_keys() {
     assert!((d1 - 0.5).abs() < 0.05, "day-1 retention {d1}");
     assert!(p.stop_worker());
 }
+
+/// A write of the aggregates to Redis that fails mid-way is retried, and nothing is lost
+/// or counted twice. Here every flush script stops after its first key's `PFMERGE`
+/// (`EXPIRE` is renamed away: the merge is in, the script fails): ClickHouse has the rows,
+/// the entries stay unacknowledged, the merged keys have no TTL yet. Redis is restarted
+/// (from its AOF, `EXPIRE` back) mid-run — the worker's connections drop — and more
+/// players come: the retried flushes go through, every entry is acknowledged, and the keys
+/// hold exactly the registers of a sketch of the same players, with their TTLs.
+#[test]
+fn aggregates_written_half_way_to_redis_are_retried_after_a_redis_restart() {
+    const AOF: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
+    let mut args = AOF.to_vec();
+    args.extend(["--rename-command", "EXPIRE", "EXPIRE_HIDDEN_FOR_TEST"]);
+    let mut p = Pipeline::start(&args);
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_WORKER__BACKOFF_MAX_MS", "200"));
+    p.start_worker(&settings);
+    let ts = now_secs() as u64;
+    post_players(&p, "login", "rs", 0..1_500, ts);
+    post_players(&p, "register", "rs", 0..200, ts);
+    p.wait_for(1_700, "rows in ClickHouse", |p| p.scalar("SELECT count() FROM analytics.events"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(p.pending("analytics:events") > 0, "nothing may be acknowledged while the flush fails");
+    let (dau, new) = (key(Kind::Dau, ts), key(Kind::New, ts));
+    let ttls: Vec<i64> = [&dau, &new].iter().map(|k| p.ingest.redis.client().int(&["TTL", k])).collect();
+    assert!(ttls.contains(&-1) && ttls.iter().all(|t| [-1, -2].contains(t)), "merged half way: TTLs {ttls:?}");
+    p.ingest.redis.restart_with(&AOF);
+    p.ingest.wait_ready();
+    post_players(&p, "login", "rs", 1_500..3_000, ts);
+    wait_idle(&p);
+    let sketch = |users: std::ops::Range<usize>| {
+        let mut s = croupier_protocol::hll::Sketch::new();
+        for i in users {
+            s.add(format!("rs-{i}").as_bytes());
+        }
+        s
+    };
+    let want = [(dau.clone(), sketch(0..3_000)), (new.clone(), sketch(0..200))];
+    let value = |k: &str| match p.ingest.redis.client().cmd(&["GET", k]) {
+        croupier_protocol::resp::Frame::BulkString(b) => croupier_protocol::hll::Sketch::from_redis(&b).ok(),
+        _ => None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while want.iter().any(|(k, s)| value(k).as_ref() != Some(s)) {
+        assert!(Instant::now() < deadline, "the keys do not hold the players' registers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (d, n, _) = wait_daily_users_match_redis(&p, ts);
+    assert_eq!([d, n], [want[0].1.count(), want[1].1.count()]);
+    assert!(within(d, 3_000, 2.0), "DAU {d}");
+    for k in [&dau, &new] {
+        assert!(p.ingest.redis.client().int(&["TTL", k]) > 29 * 86_400, "{k}: TTL set once the flush went through");
+    }
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
+    assert!(p.stop_worker());
+}

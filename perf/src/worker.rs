@@ -125,6 +125,13 @@ fn native_file(rows: usize, path: &std::path::Path) {
 fn reset_tables(ch: &ClickHouseServer) {
     ch.query("DROP TABLE IF EXISTS analytics.events");
     ch.query("DROP TABLE IF EXISTS analytics.events_ceiling");
+    migrate(ch);
+    ch.query("CREATE TABLE analytics.events_ceiling AS analytics.events");
+}
+
+/// Creates croupier's schema on `ch` (what `croupier migrate` does): without it the
+/// worker's inserts fail and a run only fills the streams up to their high-water mark.
+pub fn migrate(ch: &ClickHouseServer) {
     let addr = ch.addr();
     block_on(ActiveDriver::Epoll, async move {
         let opts = croupier_dataplane::clickhouse::connection::ChOptions {
@@ -139,7 +146,6 @@ fn reset_tables(ch: &ClickHouseServer) {
         schema::migrate(&mut conn).await.expect("migrate");
     })
     .expect("runtime");
-    ch.query("CREATE TABLE analytics.events_ceiling AS analytics.events");
 }
 
 fn count(ch: &ClickHouseServer, table: &str) -> usize {

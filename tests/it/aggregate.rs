@@ -581,11 +581,36 @@ fn wait_revenue_rows(p: &Pipeline, want: &[(&str, u32, (u64, u64, u64))]) {
 /// some did.
 #[test]
 fn a_payment_retried_across_midnight_moves_out_of_yesterdays_revenue() {
+    let now = now_secs() as u64;
+    payments_retried_across(now - now % 86_400);
+}
+
+/// The same across the first midnight of the month: `payments` is partitioned by month,
+/// so the order keeps a row in each month (`ReplacingMergeTree` replaces within a
+/// partition only); the revenue still counts it once, on its latest day.
+#[test]
+fn a_payment_retried_across_a_month_boundary_moves_out_of_last_months_revenue() {
+    let now = now_secs() as u64;
+    let today = day_of(now as i64 * 1000);
+    let (_, _, d) = croupier_dataplane::worker::aggregate::what::civil(today);
+    let month_start = u64::from(today - (d - 1)) * 86_400;
+    let p = payments_retried_across(month_start);
+    assert_eq!(
+        p.scalar(&format!(
+            "SELECT uniqExact(toYYYYMM(time)) FROM analytics.payments WHERE game_id = '{GAME}' AND order_id = 'x'"
+        )),
+        2,
+        "the order has a row in each month"
+    );
+}
+
+/// Payments at `midnight` - 30 s, then some of them retried (re-stamped) just after it:
+/// the revenue of both days, exact.
+fn payments_retried_across(midnight: u64) -> Pipeline {
     let mut p = Pipeline::start(&[]);
     p.start_worker(FAST);
     let now = now_secs() as u64;
-    let midnight = now - now % 86_400;
-    let (before, after) = (midnight - 30, midnight + (now - midnight).min(5));
+    let (before, after) = (midnight - 30, midnight + now.saturating_sub(midnight).min(5));
     let (yesterday, today) = (day_of(before as i64 * 1000), day_of(after as i64 * 1000));
     let body = |env: &str, rows: &[(&str, &str, u64, &str)], ts: u64| {
         let items: Vec<String> = rows
@@ -619,6 +644,7 @@ fn a_payment_retried_across_midnight_moves_out_of_yesterdays_revenue() {
         ],
     );
     assert!(p.stop_worker());
+    p
 }
 
 /// Players are counted only once ClickHouse confirmed their rows: an entry ClickHouse

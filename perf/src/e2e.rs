@@ -789,7 +789,7 @@ pub fn cluster(cfg: &E2eConfig, runs: usize) -> String {
         "## Redis Cluster: ingest with 1, 2 and 3 primaries\n\n\
          `croupier run` at max (closed loop, {} connections, {} s per run), {} runs each in rotating order, \
          medians; `streams.partitions = 6`, a cluster of primaries only (`CLUSTER ADDSLOTSRANGE`, even \
-         ranges), aggregation off. Everything (croupier, the load generator, every redis-server, ClickHouse) \
+         ranges), the worker aggregating (the default) in every run. Everything (croupier, the load generator, every redis-server, ClickHouse) \
          shares this machine's cores: more primaries add Redis threads, not cores, so the ratio shows the \
          cost of the cluster's routing and of spreading, not the scale-out of separate machines.\n\n\
          | Redis | accepted events/s (runs) | ratio to one plain Redis | ratio to 1 primary | refused requests/s | ack p50 µs | ack p99 µs |\n\

@@ -1005,3 +1005,39 @@ fn aggregates_written_half_way_to_redis_are_retried_after_a_redis_restart() {
     p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
     assert!(p.stop_worker());
 }
+
+/// A worker killed while others run leaves rows marked unwritten that no start comes to
+/// write: worker shard 0 writes rows marked longer than `aggregate.resend_ms` ago. Here
+/// the killed worker's state is made by hand — a minute's key in Redis and its mark, a
+/// second old — and the running worker writes the minute's `minute_online` row and
+/// removes the mark.
+#[test]
+fn rows_left_marked_by_a_worker_that_died_are_written_by_a_running_one() {
+    let mut p = Pipeline::start(&[]);
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
+    p.start_worker(&settings);
+    // Its start-time look at the marks is behind it once it has written a row.
+    let now = now_secs() as u64;
+    post_players(&p, "login", "alive", 0..10, now);
+    wait_idle(&p);
+    assert_eq!(wait_daily_users_match_redis(&p, now).0, 10);
+    let earlier = now_secs() as u64 - 900;
+    let minute = minute_of(earlier as i64 * 1000);
+    let k = key(Kind::Online, earlier);
+    let mut pfadd = vec!["PFADD".to_owned(), k.clone()];
+    pfadd.extend((0..50).map(|i| format!("dead-{i}")));
+    p.ingest.redis.client().cmd(&pfadd);
+    let online = pfcount(&p, &k);
+    let score = (now_secs() as u64 - 1) * 1_000_000;
+    let member = format!("m:{minute}:2:{GAME}prod");
+    p.ingest.redis.client().cmd(&["ZADD", "croupier:aggregate:unwritten", &score.to_string(), &member]);
+    let m = minute as u64 * 60;
+    p.wait_for(online, "minute_online FINAL of the dead worker's minute", |p| {
+        p.scalar(&format!(
+            "SELECT sum(online) FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND m = toDateTime({m})"
+        ))
+    });
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
+    assert!(p.stop_worker());
+}

@@ -65,6 +65,12 @@ pub struct Aggregator {
     /// before its next write of the tables left `daily_revenue`, `minute_online` and
     /// `daily_users` behind Redis, and no later entry of the same minute or day may come.
     reconcile: Cell<bool>,
+    /// How often shard 0 also writes the rows marked unwritten for longer than this
+    /// (`aggregate.resend_ms`; none on other shards, or with `resend_ms = 0`): marks a
+    /// worker killed while others run left, without waiting for a start.
+    orphans_every: Option<Duration>,
+    /// When shard 0 last looked for such rows.
+    orphans_checked: Cell<Instant>,
     /// The tables are written at most this often (`aggregate.write_ms`).
     write_every: Duration,
     /// When the tables were last written (or tried).
@@ -85,6 +91,8 @@ impl Aggregator {
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
+            orphans_every: (shard == 0 && cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
+            orphans_checked: Cell::new(Instant::now()),
             write_every: Duration::from_millis(cfg.write_ms),
             written: Cell::new(None),
             resend_every: (cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
@@ -259,15 +267,16 @@ impl Aggregator {
         }
     }
 
-    /// Once per start (shard 0): reads the rows marked unwritten in Redis
-    /// ([`unwritten`]), reads their minutes' and days' figures back from Redis and queues
-    /// them, and the revenue of their days, for the next write. Marked rows whose keys
-    /// are gone (expired, or never readable) are unmarked at once.
-    async fn reconcile(&self) -> Result<(), String> {
-        if !self.reconcile.get() {
+    /// Reads the rows marked unwritten in Redis ([`unwritten`]; with `min_age`, only
+    /// those last marked at least that long ago), reads their minutes' and days' figures
+    /// back from Redis and queues them, and the revenue of their days, for the next
+    /// write. Marked rows whose keys are gone (expired, or never readable) are unmarked at
+    /// once. Shard 0, once per start and every `aggregate.resend_ms`.
+    async fn reconcile(&self, min_age: Option<Duration>) -> Result<(), String> {
+        let marked = unwritten::read(&self.redis, min_age).await?;
+        if marked.is_empty() {
             return Ok(());
         }
-        let marked = unwritten::read(&self.redis).await?;
         // One Arc per game and environment.
         let mut names: HashMap<(String, String), (Arc<str>, Arc<str>)> = HashMap::new();
         let mut touched: Vec<(Kind, Arc<str>, Arc<str>, u32)> = Vec::new();
@@ -318,7 +327,6 @@ impl Aggregator {
         }
         // Already marked: recomputed at the next write, not marked again.
         self.figures.borrow_mut().revenue.extend(paid);
-        self.reconcile.set(false);
         Ok(())
     }
 
@@ -422,8 +430,16 @@ impl Aggregator {
                 "players not counted in real-time figures that needed a new sketch: the shard holds aggregate.max_sketches sketches"
             );
         }
-        if let Err(e) = self.reconcile().await {
-            tracing::warn!(error = %e, "rows left unwritten not read from Redis; retried at the next flush");
+        let start = self.reconcile.get();
+        let due = !start && self.orphans_every.is_some_and(|every| self.orphans_checked.get().elapsed() >= every);
+        if start || due {
+            self.orphans_checked.set(Instant::now());
+            match self.reconcile(if start { None } else { self.orphans_every }).await {
+                Ok(()) => self.reconcile.set(false),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rows left unwritten not read from Redis; retried at the next flush")
+                }
+            }
         }
         if !last && self.written.get().is_some_and(|t| t.elapsed() < self.write_every) {
             return;

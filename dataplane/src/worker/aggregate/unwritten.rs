@@ -17,7 +17,10 @@
 //!   computation): a mark made after that reading belongs to a merge the row may lack,
 //!   so it stays for the next write (or the next start).
 //! - Worker shard 0 reads the set once per start (at most [`READ_AT_START`] members;
-//!   members older than 30 days are dropped first) and writes those rows.
+//!   members older than 30 days are dropped first) and writes those rows; and every
+//!   `aggregate.resend_ms` the rows marked at least that long ago (a worker killed while
+//!   the others run: no start comes to write them). Writing a row again is harmless: the
+//!   latest reading wins.
 
 use croupier_protocol::resp::Frame;
 
@@ -62,13 +65,14 @@ end
 return n
 "#;
 
-/// Drops members older than 30 days, then returns the oldest `ARGV[2]` members and
-/// Redis's time.
+/// Drops members older than 30 days (`ARGV[1]` µs), then returns the oldest `ARGV[2]`
+/// members last marked at least `ARGV[3]` µs ago, and Redis's time.
 const READ: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.0f', now - tonumber(ARGV[1])))
-return {redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1), t}
+local max = string.format('%.0f', now - tonumber(ARGV[3]))
+return {redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', max, 'LIMIT', 0, tonumber(ARGV[2])), t}
 "#;
 
 /// Redis's `TIME` of the set's server, as a script on the set's key (in a cluster the
@@ -188,11 +192,13 @@ pub async fn unmark(redis: &RedisClient, written: &[(Unwritten, u64)]) -> Result
     Ok(removed)
 }
 
-/// The rows marked unwritten (at most [`READ_AT_START`], oldest marks first), members
-/// older than 30 days dropped first.
-pub async fn read(redis: &RedisClient) -> Result<Vec<Unwritten>, String> {
-    let (oldest, most) = (OLDEST_US.to_string(), READ_AT_START.to_string());
-    let reply = eval(redis, READ, &[oldest.as_bytes(), most.as_bytes()]).await?;
+/// The rows marked unwritten (at most [`READ_AT_START`], oldest marks first; with
+/// `min_age`, only those last marked at least that long ago), members older than 30 days
+/// dropped first.
+pub async fn read(redis: &RedisClient, min_age: Option<std::time::Duration>) -> Result<Vec<Unwritten>, String> {
+    let age = min_age.map_or(0, |a| u64::try_from(a.as_micros()).unwrap_or(u64::MAX).min(OLDEST_US));
+    let (oldest, most, age) = (OLDEST_US.to_string(), READ_AT_START.to_string(), age.to_string());
+    let reply = eval(redis, READ, &[oldest.as_bytes(), most.as_bytes(), age.as_bytes()]).await?;
     let Frame::Array(parts) = reply else { return Err(format!("unexpected reply {reply:?}")) };
     let Some(Frame::Array(members)) = parts.into_iter().next() else {
         return Err("no members in the reply".to_owned());

@@ -387,6 +387,10 @@ fn analytics_overview_is_exact() {
     // The view filled user_days from the inserts (duplicates in parts of their own), and a
     // merge keeps every player's day.
     assert_eq!(api.ch.query(USER_DAYS_OF_EVENTS), api.ch.query(USER_DAYS));
+    api.ch.query("OPTIMIZE TABLE analytics.daily_players FINAL");
+    api.ch.query("OPTIMIZE TABLE analytics.registered_users FINAL");
+    assert_eq!(api.ch.query(DAILY_PLAYERS_OF_EVENTS), api.ch.query(DAILY_PLAYERS));
+    assert_eq!(api.ch.query(REGISTERED_OF_EVENTS), api.ch.query(REGISTERED));
     let solo =
         api.json(&format!("/api/analytics/overview?game_id=g1&env=solo&start={}&end={}", date(last), date(last)));
     assert_eq!((solo["d1"].as_f64(), solo["dau"].as_u64()), (Some(100.0), Some(0)), "{solo}");
@@ -1154,6 +1158,27 @@ const USER_DAYS_OF_EVENTS: &str = "SELECT toDate(event_time, 'UTC') AS d, game_i
 const USER_DAYS: &str = "SELECT d, game_id, env, user_id, max(active > 0), max(registered > 0), max(first_active > 0) \
     FROM analytics.user_days GROUP BY d, game_id, env, user_id ORDER BY d, game_id, env, user_id FORMAT TabSeparated";
 
+/// What `analytics.daily_players` must hold for the rows of `analytics.events`: per day,
+/// game and env, the distinct users with an active event (kind 0) and with a new-user
+/// event (kind 1); the history's few hundred players are below the size where
+/// `uniqCombined` estimates, so its sketches count them exactly.
+const DAILY_PLAYERS_OF_EVENTS: &str = "SELECT toDate(event_time, 'UTC') AS d, game_id, env, \
+    toUInt8(event IN ('register', 'user.register', 'first_active')) AS kind, uniqExact(user_id) FROM analytics.events \
+    WHERE event IN ('login', 'session_start', 'user.login', 'session.start', 'register', 'user.register', 'first_active') \
+    GROUP BY d, game_id, env, kind ORDER BY d, game_id, env, kind FORMAT TabSeparated";
+/// What it holds, in the same shape.
+const DAILY_PLAYERS: &str = "SELECT d, game_id, env, kind, uniqCombinedMerge(users) FROM analytics.daily_players \
+    GROUP BY d, game_id, env, kind ORDER BY d, game_id, env, kind FORMAT TabSeparated";
+/// What `analytics.registered_users` must hold: each player with a new-user event and the
+/// first day of one.
+const REGISTERED_OF_EVENTS: &str =
+    "SELECT game_id, env, user_id, min(toDate(event_time, 'UTC')) FROM analytics.events \
+    WHERE event IN ('register', 'user.register', 'first_active') GROUP BY game_id, env, user_id \
+    ORDER BY game_id, env, user_id FORMAT TabSeparated";
+/// What it holds, in the same shape.
+const REGISTERED: &str = "SELECT game_id, env, user_id, minMerge(first_d) FROM analytics.registered_users \
+    GROUP BY game_id, env, user_id ORDER BY game_id, env, user_id FORMAT TabSeparated";
+
 /// Migrate takes an `events` table of the first layout to the day-keyed one with every
 /// row (duplicates as they were), once, and a one-day read then reads fewer rows.
 #[test]
@@ -1222,7 +1247,21 @@ fn analytics_events_relayout_keeps_rows_and_reads_one_day() {
         // `user_days` holds every (day, game, env, user) of the rows already there, with
         // their flags, after the first migrate and after the second alike.
         assert_eq!(ch.query(USER_DAYS_OF_EVENTS), ch.query(USER_DAYS), "user_days filled from the rows already there");
+        // So do the player tables (a second copy of a sketch or a first day changes nothing).
+        assert_eq!(ch.query(DAILY_PLAYERS_OF_EVENTS), ch.query(DAILY_PLAYERS), "daily_players filled");
+        assert_eq!(ch.query(REGISTERED_OF_EVENTS), ch.query(REGISTERED), "registered_users filled");
+        let marks = "SELECT count() FROM system.tables WHERE database = 'analytics' \
+                     AND name IN ('user_days_filled', 'player_tables_filled')";
+        assert_eq!(ch.query(marks), "2\n");
     }
+    // The views add what is inserted from then on.
+    ch.query(&format!(
+        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+         ({}, 'g3', 'prod', 'late', 's1', 'register', '', '', 'US', '1', '00000000-0000-4000-8000-0000000000b1', '{{}}')",
+        h.today * DAY + 5
+    ));
+    assert_eq!(ch.query(DAILY_PLAYERS_OF_EVENTS), ch.query(DAILY_PLAYERS), "daily_players after an insert");
+    assert_eq!(ch.query(REGISTERED_OF_EVENTS), ch.query(REGISTERED), "registered_users after an insert");
     let (users_after, read_after) = read("read_after");
     assert_eq!(users_after, users_before);
     assert!(read_after * 2 < read_before, "one day read {read_after} rows after, {read_before} before");

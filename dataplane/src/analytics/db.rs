@@ -26,7 +26,8 @@ pub struct Db {
     timeout: Duration,
     /// The tables are `Distributed` (`clickhouse.shards`).
     cluster: bool,
-    /// `analytics.user_days` was found filled ([`Reads::require_user_days`]).
+    /// `analytics.user_days` and the player tables were found filled
+    /// ([`Reads::require_user_days`]).
     user_days_filled: Cell<bool>,
 }
 
@@ -51,18 +52,20 @@ impl Reads<'_> {
         Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
     }
 
-    /// `Ok` once `analytics.user_days` holds every row of `events` (its fill mark exists;
-    /// checked until it does, then remembered), else 503 `not_ready`.
+    /// `Ok` once `analytics.user_days`, `daily_players` and `registered_users` hold every
+    /// row of `events` (their fill marks exist; checked until they do, then remembered),
+    /// else 503 `not_ready`.
     pub async fn require_user_days(&self) -> Result<(), ApiError> {
         if self.db.user_days_filled.get() {
             return Ok(());
         }
         let sql = format!(
-            "SELECT count() FROM system.tables WHERE database = 'analytics' AND name = '{}'",
-            crate::clickhouse::schema::USER_DAYS_FILLED
+            "SELECT count() FROM system.tables WHERE database = 'analytics' AND name IN ('{}', '{}')",
+            crate::clickhouse::schema::USER_DAYS_FILLED,
+            crate::clickhouse::schema::PLAYER_TABLES_FILLED
         );
-        if self.scalar(&sql).await?.as_u64() == 0 {
-            return Err(ApiError::NotReady("analytics.user_days"));
+        if self.scalar(&sql).await?.as_u64() < 2 {
+            return Err(ApiError::NotReady("analytics.user_days, daily_players, registered_users"));
         }
         self.db.user_days_filled.set(true);
         Ok(())

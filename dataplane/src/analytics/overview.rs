@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
 use super::retention::latest_rates;
-use super::taxonomy::NEW_USER_DAY;
+use super::taxonomy::{ACTIVE_KIND, NEW_KIND, NEW_USER_DAY};
 use super::Ctx;
 
 /// The route.
@@ -16,30 +16,40 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = ctx.scope.filter();
     let last = range.end.div_euclid(DAY);
     let (day0, day_end) = (last * DAY, last * DAY + DAY - 1);
-    // Players per day come from `user_days` (a row per player and day), not from the
-    // events: the same figures, reading a row per player instead of one per event.
+    // The last day's players come from `user_days` (a row per player that day, exact);
+    // WAU/MAU from the per-day sketches of `daily_players` (a few rows per day, not a row
+    // per player and day: `uniqCombined`'s error, docs/metrics.md); the registered total
+    // from `registered_users` (a row per player).
     ctx.db.require_user_days().await?;
     let day = |n: i64| format!("toDate('{}')", params::date_string(n));
     let (first, last_d, week) = (day(last - 29), day(last), day(last - 6));
+    let get = |r: &Vec<_>, i: usize| r.get(i).map_or(0, croupier_protocol::clickhouse::result::Value::as_u64);
+    let today_rows = ctx
+        .db
+        .select(&format!(
+            "SELECT uniqExactIf(user_id, active > 0), uniqExactIf(user_id, {NEW_USER_DAY}) \
+             FROM analytics.user_days WHERE d = {last_d}{w}"
+        ))
+        .await?;
+    let t = today_rows.first().cloned().unwrap_or_default();
+    let (dau, new_users) = (get(&t, 0), get(&t, 1));
     let active = ctx
         .db
         .select(&format!(
-            "SELECT uniqExactIf(user_id, d = {last_d}), uniqExactIf(user_id, d >= {week}), uniqExact(user_id) \
-             FROM analytics.user_days WHERE active > 0 AND d >= {first} AND d <= {last_d}{w}"
+            "SELECT uniqCombinedMergeIf(users, d >= {week}), uniqCombinedMerge(users) \
+             FROM analytics.daily_players WHERE kind = {ACTIVE_KIND} AND d >= {first} AND d <= {last_d}{w}"
         ))
         .await?;
     let a = active.first().cloned().unwrap_or_default();
-    let get = |r: &Vec<_>, i: usize| r.get(i).map_or(0, croupier_protocol::clickhouse::result::Value::as_u64);
-    let (dau, wau, mau) = (get(&a, 0), get(&a, 1), get(&a, 2));
-    let users = ctx
+    let (wau, mau) = (get(&a, 0), get(&a, 1));
+    let registered_total = ctx
         .db
-        .select(&format!(
-            "SELECT uniqExactIf(user_id, d = {last_d}), uniqExact(user_id) \
-             FROM analytics.user_days WHERE {NEW_USER_DAY} AND d <= {last_d}{w}"
+        .scalar(&format!(
+            "SELECT count() FROM (SELECT user_id FROM analytics.registered_users WHERE 1 = 1{w} \
+             GROUP BY user_id HAVING minMerge(first_d) <= {last_d})"
         ))
-        .await?;
-    let u = users.first().cloned().unwrap_or_default();
-    let (new_users, registered_total) = (get(&u, 0), get(&u, 1));
+        .await?
+        .as_u64();
     let pay = ctx
         .db
         .select(&format!(
@@ -63,8 +73,8 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let new_series = day_series(
         ctx,
         &format!(
-            "SELECT toUInt32(d) AS day, uniqExact(user_id) FROM analytics.user_days \
-             WHERE {NEW_USER_DAY} AND d >= {} AND d <= {}{w} GROUP BY day ORDER BY day",
+            "SELECT toUInt32(d) AS day, uniqCombinedMerge(users) FROM analytics.daily_players \
+             WHERE kind = {NEW_KIND} AND d >= {} AND d <= {}{w} GROUP BY day ORDER BY day",
             day(first_day),
             day(last_day)
         ),

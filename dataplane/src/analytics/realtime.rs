@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::params::{self, DAY};
-use super::taxonomy::{NEW_USER_DAY, REFUNDED};
+use super::taxonomy::REFUNDED;
 use super::Ctx;
 
 /// `YYYYMMDDHHmm` of a minute (unix seconds).
@@ -70,7 +70,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     ctx.db.require_user_days().await?;
     let registered_total = ctx
         .db
-        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.user_days WHERE {NEW_USER_DAY}{w}"))
+        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.registered_users WHERE 1 = 1{w}"))
         .await?
         .as_u64();
     let peaks = ctx

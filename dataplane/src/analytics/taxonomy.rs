@@ -11,6 +11,10 @@ pub const FIRST_ACTIVE: &str = "('first_active')";
 pub const NEW_USER: &str = "('register', 'user.register', 'first_active')";
 /// In `user_days`: a registration or a first activity that day (a [`NEW_USER`] event).
 pub const NEW_USER_DAY: &str = "(registered > 0 OR first_active > 0)";
+/// In `daily_players`: the sketch of a day's players with an [`ACTIVE`] event.
+pub const ACTIVE_KIND: u8 = 0;
+/// In `daily_players`: the sketch of a day's players with a [`NEW_USER`] event.
+pub const NEW_KIND: u8 = 1;
 /// A level started.
 pub const LEVEL_START: &str = "('level_start', 'level_enter', 'level_begin', 'progression.start')";
 /// A level cleared.

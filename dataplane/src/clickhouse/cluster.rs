@@ -38,6 +38,10 @@ const SHARDING_KEYS: &[(&str, &str)] = &[
     // Written by its view on each shard from that shard's events (a player's days are
     // spread over the shards with the events; reads count distinct users across them).
     ("user_days", "sipHash64(user_id)"),
+    // The same: each shard's sketches of its own events' players per day (merged across
+    // shards on reads), and its registered players' first days.
+    ("daily_players", "rand()"),
+    ("registered_users", "sipHash64(user_id)"),
 ];
 
 /// The shard (0-based, of `shards`) for a row whose dedup key is `key`: ClickHouse's
@@ -133,6 +137,7 @@ pub async fn migrate_node(
         conn.execute(&sql, settings).await?;
     }
     super::schema::fill_user_days(conn, settings, "_local").await?;
+    super::schema::fill_player_tables(conn, settings, "_local").await?;
     let names = distributed_tables().iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
     let found = conn
         .select(
@@ -202,6 +207,17 @@ mod tests {
             .any(|x| x.contains("TO analytics.user_days_local") && x.contains("FROM analytics.events_local GROUP BY")));
         assert!(s.iter().any(|x| x.starts_with("CREATE TABLE IF NOT EXISTS analytics.user_days_local (")
             && x.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/analytics/user_days_local', '{replica}', (events, active, registered, first_active))")));
+        assert!(
+            s.iter()
+                .any(|x| x.contains("TO analytics.daily_players_local")
+                    && x.contains("FROM analytics.events_local WHERE"))
+        );
+        assert!(s
+            .iter()
+            .any(|x| x.contains("TO analytics.registered_users_local")
+                && x.contains("FROM analytics.events_local WHERE")));
+        assert!(s.iter().any(|x| x.starts_with("CREATE TABLE IF NOT EXISTS analytics.registered_users_local (")
+            && x.contains("ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/analytics/registered_users_local', '{replica}')\nORDER BY (game_id, env, user_id)")));
         let tables = s.iter().filter(|x| x.contains("ENGINE = Distributed(")).count();
         assert_eq!(tables, distributed_tables().len());
         assert_eq!(s.iter().filter(|x| x.contains("_local (")).count(), tables);

@@ -24,6 +24,15 @@
 //! none is dropped by a merge). The overview, the realtime registered total and
 //! retention's latest rates read it instead of scanning `events`: a day of it is a row
 //! per player, not an event.
+//!
+//! `daily_players` and `registered_users` are ours too, for what would otherwise read a
+//! row of `user_days` per player and day over many days: per game, env and UTC day a
+//! `uniqCombined` sketch of the day's active players (`kind` 0) and of its players with a
+//! new-user event (`kind` 1) (`AggregatingMergeTree`: WAU/MAU and the new-user series
+//! merge a few sketches), and one row per player with a new-user event holding the first
+//! such day (`minState`: the registered total reads a row per player). Both are fed from
+//! `events` by views that keep only the events they count (ClickHouse 18.16 does not run
+//! a view on rows another view writes, so they cannot read `user_days`).
 
 use croupier_protocol::clickhouse::packet::Setting;
 use croupier_protocol::clickhouse::result::Value;
@@ -151,6 +160,32 @@ pub const STATEMENTS: &[&str] = &[
         countIf(event IN ('register', 'user.register')) AS registered,
         countIf(event IN ('first_active')) AS first_active
     FROM analytics.events GROUP BY d, game_id, env, user_id",
+    "CREATE TABLE IF NOT EXISTS analytics.daily_players (
+        d       Date,
+        game_id LowCardinality(String),
+        env     LowCardinality(String),
+        kind    UInt8,
+        users   AggregateFunction(uniqCombined, String)
+    ) ENGINE = AggregatingMergeTree()
+    PARTITION BY toYYYYMM(d)
+    ORDER BY (game_id, env, kind, d)",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.daily_players_mv
+    TO analytics.daily_players
+    AS SELECT toDate(event_time, 'UTC') AS d, game_id, env,
+        toUInt8(event IN ('register', 'user.register', 'first_active')) AS kind, uniqCombinedState(user_id) AS users
+    FROM analytics.events WHERE event IN ('login', 'session_start', 'user.login', 'session.start', 'register',
+        'user.register', 'first_active') GROUP BY d, game_id, env, kind",
+    "CREATE TABLE IF NOT EXISTS analytics.registered_users (
+        game_id LowCardinality(String),
+        env     LowCardinality(String),
+        user_id String,
+        first_d AggregateFunction(min, Date)
+    ) ENGINE = AggregatingMergeTree()
+    ORDER BY (game_id, env, user_id)",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.registered_users_mv
+    TO analytics.registered_users
+    AS SELECT game_id, env, user_id, minState(toDate(event_time, 'UTC')) AS first_d
+    FROM analytics.events WHERE event IN ('register', 'user.register', 'first_active') GROUP BY game_id, env, user_id",
 ];
 
 /// The start of the statement creating `user_days_mv`.
@@ -160,22 +195,51 @@ const USER_DAYS_VIEW: &str = "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.u
 /// view was created ([`fill_user_days`]); the API answers from `user_days` only then.
 pub const USER_DAYS_FILLED: &str = "user_days_filled";
 
+/// The same for `daily_players` and `registered_users` ([`fill_player_tables`]).
+pub const PLAYER_TABLES_FILLED: &str = "player_tables_filled";
+
+/// The views [`fill_player_tables`] copies for: the start of each one's statement, its
+/// table and that table's columns.
+const PLAYER_VIEWS: &[(&str, &str, &str)] = &[
+    (
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.daily_players_mv",
+        "daily_players",
+        "d, game_id, env, kind, users",
+    ),
+    (
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.registered_users_mv",
+        "registered_users",
+        "game_id, env, user_id, first_d",
+    ),
+];
+
+/// The rows the view whose statement starts with `view` writes into `table` (of
+/// `columns`) for the `events` rows matching `condition`: what it would have written for
+/// rows already there.
+fn view_copy(view: &str, table: &str, columns: &str, condition: &str, suffix: &str) -> String {
+    let select = STATEMENTS
+        .iter()
+        .find(|s| s.starts_with(view))
+        .and_then(|s| s.split_once("AS SELECT"))
+        .map_or("", |(_, select)| select);
+    let select = if select.contains(" WHERE ") {
+        select.replacen(" WHERE ", &format!(" WHERE {condition} AND "), 1)
+    } else {
+        select.replacen(" GROUP BY", &format!(" WHERE {condition} GROUP BY"), 1)
+    };
+    let select = select.replacen("FROM analytics.events ", &format!("FROM analytics.events{suffix} "), 1);
+    format!("INSERT INTO analytics.{table}{suffix} ({columns}) SELECT{select}")
+}
+
 /// The rows of `analytics.user_days` for `events` rows matching a condition: what its view
 /// writes, for rows already there.
 fn user_days_copy(condition: &str, suffix: &str) -> String {
-    let view = STATEMENTS
-        .iter()
-        .find(|s| s.starts_with(USER_DAYS_VIEW))
-        .and_then(|s| s.split_once("AS SELECT"))
-        .map_or("", |(_, select)| select);
-    let select = view.replacen(" GROUP BY", &format!(" WHERE {condition} GROUP BY"), 1).replacen(
-        "FROM analytics.events ",
-        &format!("FROM analytics.events{suffix} "),
-        1,
-    );
-    format!(
-        "INSERT INTO analytics.user_days{suffix} (d, game_id, env, user_id, events, active, registered, first_active) \
-         SELECT{select}"
+    view_copy(
+        USER_DAYS_VIEW,
+        "user_days",
+        "d, game_id, env, user_id, events, active, registered, first_active",
+        condition,
+        suffix,
     )
 }
 
@@ -183,9 +247,30 @@ fn user_days_copy(condition: &str, suffix: &str) -> String {
 pub const USER_DAYS_MARK: &str =
     "CREATE TABLE IF NOT EXISTS analytics.user_days_filled (at DateTime DEFAULT now()) ENGINE = TinyLog";
 
+/// Marks `daily_players` and `registered_users` as filled (see [`PLAYER_TABLES_FILLED`]).
+pub const PLAYER_TABLES_MARK: &str =
+    "CREATE TABLE IF NOT EXISTS analytics.player_tables_filled (at DateTime DEFAULT now()) ENGINE = TinyLog";
+
+/// Whether the mark table `mark` exists.
+async fn marked(conn: &mut Connection, mark: &str) -> Result<bool, ChError> {
+    let sql = format!(
+        "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+         AND name = '{mark}') WHERE x != 0"
+    );
+    threw(conn, &sql).await
+}
+
+/// The months (`YYYYMM`) `events` holds rows of.
+async fn event_months(conn: &mut Connection, suffix: &str) -> Result<Vec<u64>, ChError> {
+    let months = conn
+        .select(&format!("SELECT DISTINCT toYYYYMM(event_time) AS m FROM analytics.events{suffix} ORDER BY m"), &[])
+        .await?;
+    Ok(months.rows.iter().map(|r| r.first().map_or(0, Value::as_u64)).collect())
+}
+
 /// `user_days` (one row per user and UTC day: how many events, how many of them active,
-/// register and first-activity events) is what the overview, the realtime registered total
-/// and retention's latest rates read instead of scanning `events`. Its view (created with
+/// register and first-activity events) is what the overview's DAU and new users and
+/// retention's latest rates read instead of scanning `events`. Its view (created with
 /// the other statements, before this runs) adds every insert into `events` from then on;
 /// the rows `events` already held are copied here, one month at a time, and then
 /// `user_days_filled` is created. A row the view and the copy both count only raises its
@@ -198,22 +283,40 @@ pub async fn fill_user_days(
     settings: &[(&str, Setting<'_>)],
     suffix: &str,
 ) -> Result<(), ChError> {
-    let filled = format!(
-        "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
-         AND name = '{USER_DAYS_FILLED}') WHERE x != 0"
-    );
-    if threw(conn, &filled).await? {
+    if marked(conn, USER_DAYS_FILLED).await? {
         return Ok(());
     }
-    let months = conn
-        .select(&format!("SELECT DISTINCT toYYYYMM(event_time) AS m FROM analytics.events{suffix} ORDER BY m"), &[])
-        .await?;
-    for row in &months.rows {
-        let month = row.first().map_or(0, Value::as_u64);
+    for month in event_months(conn, suffix).await? {
         tracing::info!(month, "filling analytics.user_days from analytics.events");
         conn.execute(&user_days_copy(&format!("toYYYYMM(event_time) = {month}"), suffix), settings).await?;
     }
     conn.execute(USER_DAYS_MARK, settings).await
+}
+
+/// `daily_players` (per game, env and UTC day, a `uniqCombined` sketch of the players
+/// active that day, `kind` 0, and of those with a new-user event, `kind` 1) and
+/// `registered_users` (one row per player with a new-user event: the first such day)
+/// are what WAU/MAU, the new-user series and the registered total read: a few rows per
+/// day, and a row per player, instead of a row per player and day. Filled like
+/// [`fill_user_days`], from `events`, one month at a time, then marked
+/// `player_tables_filled`. A row the view and the copy both count changes nothing: a
+/// sketch of a player twice is the sketch of it once, and a minimum stays the minimum.
+pub async fn fill_player_tables(
+    conn: &mut Connection,
+    settings: &[(&str, Setting<'_>)],
+    suffix: &str,
+) -> Result<(), ChError> {
+    if marked(conn, PLAYER_TABLES_FILLED).await? {
+        return Ok(());
+    }
+    for month in event_months(conn, suffix).await? {
+        for (view, table, columns) in PLAYER_VIEWS {
+            tracing::info!(month, table, "filling analytics.{table} from analytics.events");
+            let condition = format!("toYYYYMM(event_time) = {month}");
+            conn.execute(&view_copy(view, table, columns, &condition, suffix), settings).await?;
+        }
+    }
+    conn.execute(PLAYER_TABLES_MARK, settings).await
 }
 
 /// Servers from this revision (19.x) may understand `ALTER TABLE ... MODIFY SETTING`;
@@ -356,6 +459,7 @@ pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
         conn.execute(sql, settings).await?;
     }
     fill_user_days(conn, settings, "").await?;
+    fill_player_tables(conn, settings, "").await?;
     add_payers_column(conn).await?;
     Ok(())
 }

@@ -39,10 +39,12 @@ fn difficulty(win_rate: f64) -> &'static str {
 pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let scope = ctx.scope.filter();
-    let mut w = format!("{}{scope}", range.filter("event_time"));
-    if let Some(e) = ctx.params.get("episode") {
-        w.push_str(&format!(" AND {} = {}", prop("episode"), quote(e)));
-    }
+    let days = format!("{}{scope}", range.filter("event_time"));
+    let episode = match ctx.params.get("episode") {
+        Some(e) => format!(" AND {} = {}", prop("episode"), quote(e)),
+        None => String::new(),
+    };
+    let w = format!("{days}{episode}");
     let funnel = ctx
         .db
         .select(&format!(
@@ -57,26 +59,28 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .iter()
         .map(|(s, n)| json!({ "step": s, "users": n, "rate": percent(*n as f64, started as f64) }))
         .collect();
-    let new_users = format!(
-        "SELECT user_id FROM analytics.events WHERE event IN {NEW_USER} AND {}{scope}",
-        range.filter("event_time")
-    );
     let payers =
         format!("SELECT user_id FROM analytics.payments WHERE status = 'success' AND {}{scope}", range.filter("time"));
-    let start = format!("CAST(event AS String) IN {LEVEL_START}");
-    let clear = format!("CAST(event AS String) IN {LEVEL_CLEAR}");
+    // One pass over the range's events: per user, whether a new-user event is among them
+    // (the `new` segment) and the level events (start 1, clear 2), each read once
+    // (`LIMIT 1 BY event_id`); then per level.
     let rows = ctx
         .db
         .select(&format!(
-            "SELECT lvl, uniqExactIf(user_id, {start}), uniqExactIf(user_id, {clear}), \
-             if(countIf({clear} AND dur != '') = 0, 0, avgIf(toFloat64OrZero(dur), {clear} AND dur != '')), \
-             if(countIf({clear} AND ret != '') = 0, 0, avgIf(toFloat64OrZero(ret), {clear} AND ret != '')), \
-             uniqExactIf(user_id, {start} AND user_id IN ({new_users})), \
-             uniqExactIf(user_id, {clear} AND user_id IN ({new_users})), \
-             uniqExactIf(user_id, {start} AND user_id IN ({payers})), \
-             uniqExactIf(user_id, {clear} AND user_id IN ({payers})) \
-             FROM (SELECT user_id, event, {} AS lvl, {} AS dur, {} AS ret FROM analytics.events \
-                   WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
+            "SELECT lvl, uniqExactIf(user_id, k = 1), uniqExactIf(user_id, k = 2), \
+             if(countIf(k = 2 AND dur != '') = 0, 0, avgIf(toFloat64OrZero(dur), k = 2 AND dur != '')), \
+             if(countIf(k = 2 AND ret != '') = 0, 0, avgIf(toFloat64OrZero(ret), k = 2 AND ret != '')), \
+             uniqExactIf(user_id, k = 1 AND is_new = 1), uniqExactIf(user_id, k = 2 AND is_new = 1), \
+             uniqExactIf(user_id, k = 1 AND user_id IN ({payers})), \
+             uniqExactIf(user_id, k = 2 AND user_id IN ({payers})) \
+             FROM (SELECT user_id, is_new, e.1 AS k, e.2 AS lvl, e.3 AS dur, e.4 AS ret \
+                   FROM (SELECT user_id, max(n) AS is_new, groupArrayIf((k, lvl, dur, ret), k > 0) AS evs \
+                         FROM (SELECT user_id, toUInt8(CAST(event AS String) IN {NEW_USER}) AS n, \
+                               multiIf(CAST(event AS String) IN {LEVEL_START}, 1, CAST(event AS String) IN {LEVEL_CLEAR}, 2, 0) AS k, \
+                               {} AS lvl, {} AS dur, {} AS ret FROM analytics.events \
+                               WHERE {days} AND (event IN {NEW_USER} OR (event IN {}{episode})) LIMIT 1 BY event_id) \
+                         GROUP BY user_id) \
+                   ARRAY JOIN evs AS e) \
              WHERE lvl != '' GROUP BY lvl ORDER BY lvl",
             prop("level"),
             prop("duration_sec"),

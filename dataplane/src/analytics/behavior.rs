@@ -154,7 +154,6 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let gap = ctx.params.gap_sec()?;
     let ordered = ctx.params.flag_one("sequential") || same_session || gap > 0;
     let max_users = ctx.params.int_or_default("max_users", 50_000, 1..=200_000)?;
-    let first = quote(&steps[0]);
     let mut counts = vec![0u64; steps.len()];
     if ordered {
         let rows = ctx
@@ -181,13 +180,20 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             }
         }
     } else {
-        let cols: Vec<String> = steps.iter().map(|s| format!("uniqExactIf(user_id, event = {})", quote(s))).collect();
+        // One pass over the range: per user, which steps it did; then the users of step 1
+        // who also did step k.
+        let did: Vec<String> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("max(CAST(event AS String) = {}) AS h{i}", quote(s)))
+            .collect();
+        let cols: Vec<String> = (0..steps.len()).map(|i| format!("sum(h0 AND h{i})")).collect();
         let rows = ctx
             .db
             .select(&format!(
-                "SELECT {} FROM analytics.events WHERE {w} AND event IN {} AND user_id IN \
-                 (SELECT user_id FROM analytics.events WHERE {w} AND event = {first})",
+                "SELECT {} FROM (SELECT user_id, {} FROM analytics.events WHERE {w} AND event IN {} GROUP BY user_id)",
                 cols.join(", "),
+                did.join(", "),
                 quote_list(&steps)
             ))
             .await?;

@@ -53,6 +53,9 @@ pub struct OtlpLoadConfig {
     pub bodies: usize,
     /// Cores to pin the connection threads to (round robin); empty = unpinned.
     pub cores: Vec<usize>,
+    /// Every other record a plain log line (no event name): half the records are no
+    /// event, as in a Collector's batch of a game server's logs.
+    pub mixed: bool,
 }
 
 /// The placeholder of the per-request stamp in a body's resource.
@@ -104,8 +107,9 @@ fn key_value(out: &mut Vec<u8>, n: u32, key: &str, value: &Value) {
 /// `game.id`, `deployment.environment.name`, `service.version` (the first event's) and the
 /// stamp; each log record its `time_unix_nano` and `observed_time_unix_nano`, its
 /// `event_name`, the envelope's fields as `game.*` attributes and each prop as an
-/// attribute. Also returns the stamp's offset and the number of records.
-pub fn logs_request(events_json: &str) -> (Vec<u8>, usize, usize) {
+/// attribute. With `mixed`, every other record has no `event_name` and a `body` (a log
+/// line) instead: no event. Also returns the stamp's offset and the number of records.
+pub fn logs_request(events_json: &str, mixed: bool) -> (Vec<u8>, usize, usize) {
     let events: Vec<Value> = serde_json::from_str(events_json).unwrap_or_default();
     let s = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let first = events.first().cloned().unwrap_or(Value::Null);
@@ -115,7 +119,7 @@ pub fn logs_request(events_json: &str) -> (Vec<u8>, usize, usize) {
     key_value(&mut resource, 1, "service.version", &Value::String(s(&first, "app_version")));
     key_value(&mut resource, 1, "service.instance.id", &Value::String(String::from_utf8_lossy(STAMP).into()));
     let mut scope = Vec::new();
-    for e in &events {
+    for (i, e) in events.iter().enumerate() {
         let mut r = Vec::new();
         let ns = e.get("ts").and_then(Value::as_u64).unwrap_or(0) * 1_000_000;
         fixed64(&mut r, 1, ns);
@@ -137,7 +141,13 @@ pub fn logs_request(events_json: &str) -> (Vec<u8>, usize, usize) {
             }
         }
         fixed64(&mut r, 11, ns);
-        bytes_field(&mut r, 12, s(e, "event").as_bytes());
+        if mixed && i % 2 == 1 {
+            let mut line = Vec::new();
+            bytes_field(&mut line, 1, format!("{} handled in 3 ms", s(e, "event")).as_bytes());
+            bytes_field(&mut r, 5, &line);
+        } else {
+            bytes_field(&mut r, 12, s(e, "event").as_bytes());
+        }
         bytes_field(&mut scope, 2, &r);
     }
     let mut rl = Vec::new();
@@ -149,19 +159,21 @@ pub fn logs_request(events_json: &str) -> (Vec<u8>, usize, usize) {
     (out, at, events.len())
 }
 
-/// `n` request bodies of `batch` records from the traffic model.
+/// `n` request bodies of `batch` records from the traffic model (`mixed`: half of them
+/// no event, [`logs_request`]).
 pub fn logs_requests(
     seed: u64,
     game: &str,
     n: usize,
     batch: usize,
     event_bytes: usize,
+    mixed: bool,
 ) -> Vec<(Vec<u8>, usize, usize)> {
     let players = (n.max(1) * batch / 40).max(10);
     let mut model = TrafficModel::new(seed, game, players, event_bytes);
     let ts =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    (0..n.max(1)).map(|_| logs_request(&model.events_body(batch, ts))).collect()
+    (0..n.max(1)).map(|_| logs_request(&model.events_body(batch, ts), mixed)).collect()
 }
 
 /// Writes 16 hex digits unique to (run, connection, request) over the stamp.
@@ -358,9 +370,10 @@ fn grpc_connection(cfg: &OtlpLoadConfig, bodies: &[(Vec<u8>, usize, usize)], ind
     }
 }
 
-/// Sends OTLP load as configured; `accepted_events` counts accepted log records.
+/// Sends OTLP load as configured; `accepted_events` counts accepted log records (events
+/// and, with `mixed`, the plain ones OTLP also counts as accepted).
 pub fn run(cfg: &OtlpLoadConfig) -> LoadReport {
-    let bodies = Arc::new(logs_requests(cfg.seed, &cfg.game, cfg.bodies, cfg.batch, cfg.event_bytes));
+    let bodies = Arc::new(logs_requests(cfg.seed, &cfg.game, cfg.bodies, cfg.batch, cfg.event_bytes, cfg.mixed));
     let started = Instant::now();
     let threads: Vec<_> = (0..cfg.connections.max(1))
         .map(|i| {
@@ -413,7 +426,7 @@ mod tests {
 
     #[test]
     fn requests_carry_the_model_events_and_differ_by_stamp() {
-        let pool = logs_requests(7, "g1", 2, 20, 300);
+        let pool = logs_requests(7, "g1", 2, 20, 300, false);
         let (body, at, n) = &pool[0];
         assert_eq!(*n, 20);
         assert_eq!(&body[*at..*at + STAMP.len()], STAMP);
@@ -438,6 +451,22 @@ mod tests {
         .expect("decodes");
         assert_eq!((s.accepted, s.rejected, s.skipped), (20, 0, 0));
         assert_eq!(ev.len() + cu.len(), 20);
+        // Mixed: every other record is a plain log line, skipped.
+        let (mut body, ..) = logs_requests(7, "g1", 1, 20, 300, true).remove(0);
+        ev.clear();
+        cu.clear();
+        let mut sink = Sink { events: &mut ev, custom: &mut cu, payments: &mut pa, props: &mut props };
+        let s = otlp::decode(
+            Signal::Logs,
+            Format::Protobuf,
+            &mut body,
+            &ctx,
+            &mut JsonBuffers::default(),
+            &mut || [0; 16],
+            &mut sink,
+        )
+        .expect("decodes");
+        assert_eq!((s.records, s.accepted, s.skipped), (20, 10, 10));
     }
 
     #[test]

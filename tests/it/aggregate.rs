@@ -458,6 +458,19 @@ fn revenue_left_behind_by_a_killed_worker_is_recomputed_at_start() {
     p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
 }
 
+/// A pipeline whose ClickHouse logs every query in `system.query_log`.
+fn logging_pipeline() -> Pipeline {
+    let ingest = crate::fixture::Fixture::start_with_redis(
+        croupier_control::config::Driver::Epoll,
+        croupier_it::redis::RedisServer::start(),
+        |_| {},
+    );
+    let clickhouse = croupier_it::clickhouse::ClickHouseServer::start_logging_queries();
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
+    assert!(ok, "croupier migrate failed: {out}");
+    Pipeline { ingest, clickhouse, worker: None }
+}
+
 /// The rows marked unwritten in Redis (`croupier:aggregate:unwritten`), sorted.
 fn unwritten(p: &Pipeline) -> Vec<String> {
     use croupier_protocol::resp::Frame;
@@ -483,15 +496,7 @@ fn unwritten(p: &Pipeline) -> Vec<String> {
 /// starts, and writes them.
 #[test]
 fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_start() {
-    let ingest = crate::fixture::Fixture::start_with_redis(
-        croupier_control::config::Driver::Epoll,
-        croupier_it::redis::RedisServer::start(),
-        |_| {},
-    );
-    let clickhouse = croupier_it::clickhouse::ClickHouseServer::start_logging_queries();
-    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
-    assert!(ok, "croupier migrate failed: {out}");
-    let mut p = Pipeline { ingest, clickhouse, worker: None };
+    let mut p = logging_pipeline();
     p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "600000")]);
     let now = now_secs() as u64;
     // The current minute, and one ten minutes ago that nothing touches afterwards.
@@ -1040,4 +1045,37 @@ fn rows_left_marked_by_a_worker_that_died_are_written_by_a_running_one() {
     });
     p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
     assert!(p.stop_worker());
+}
+
+/// The revenue of a day is computed from the payments of the orders with a row on that
+/// day, not from every payment of the game: with 200,000 older payments of the same game
+/// (three months back), the statement that writes today's `daily_revenue` reads a few
+/// granules of them (`system.query_log`), and today's figures are exact.
+#[test]
+fn revenue_recompute_reads_the_days_orders_not_every_payment_of_the_game() {
+    let mut p = logging_pipeline();
+    let now = now_secs() as u64;
+    p.clickhouse.query(&format!(
+        "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, amount_cents, currency, status) \
+         SELECT toDateTime({}), '{GAME}', 'prod', concat('old-', toString(number % 1000)), \
+         concat('old-', toString(number)), 100, 'USD', 'success' FROM system.numbers LIMIT 200000",
+        now - 90 * 86_400
+    ));
+    p.start_worker(FAST);
+    let rows: Vec<(String, String, u64, &str)> = [(1_000, "success"), (300, "refunded"), (50, "failed")]
+        .iter()
+        .enumerate()
+        .map(|(i, (a, s))| (format!("new-{i}"), format!("buyer-{i}"), *a, *s))
+        .collect();
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&rows, now)).status, 202);
+    wait_idle(&p);
+    assert_eq!(wait_revenue(&p, now, 1_000), (1_000, 300, 1));
+    assert!(p.stop_worker());
+    p.clickhouse.query("SYSTEM FLUSH LOGS");
+    let read = p.scalar(
+        "SELECT max(read_rows) FROM system.query_log WHERE type = 2 \
+         AND query LIKE 'INSERT INTO analytics.daily_revenue%'",
+    );
+    eprintln!("rows read by the revenue statement: {read} (200,003 payments of the game)");
+    assert!(read > 0 && read < 50_000, "the revenue statement read {read} rows");
 }

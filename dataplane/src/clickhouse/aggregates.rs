@@ -159,11 +159,18 @@ pub fn quote(s: &str) -> String {
 /// and at its latest time): per day, revenue of `success`, refunds of `refunded`, the
 /// count of `failed` (a row of zeros when no payment is left on the day: its orders were
 /// retried and moved to another day). One `SELECT` per day, joined by `UNION ALL`: one
-/// insert. `FINAL` runs on the game's and environment's payments and the day is taken
-/// from its result, so an order that moved is left out of the day it left. `version`
+/// insert. `FINAL` runs on the game's and environment's payments — with `narrow`, only
+/// those of the orders with a row on the day (found in the day's month's partitions;
+/// `order_id` is in the sort key, so only their granules are read, whatever the month;
+/// whole orders, so `FINAL` collapses them as it would unfiltered) — and the day is taken
+/// from its result, so an order that moved is left out of the day it left. Not `narrow`
+/// on a ClickHouse cluster: there `IN` over the `Distributed` table would be a
+/// double-distributed subquery, and ClickHouse 18.16 reads every row for `GLOBAL IN`
+/// (its set does not use the index), so every payment of the game is read, as the first
+/// version did everywhere. `version`
 /// orders the computations (Redis's `TIME`, taken after the payments were confirmed: a
 /// later computation has seen every payment an earlier one saw).
-pub fn revenue_sql(days: &[(String, String, u32)], version: u64) -> String {
+pub fn revenue_sql(days: &[(String, String, u32)], version: u64, narrow: bool) -> String {
     let selects: Vec<String> = days
         .iter()
         .map(|(game, env, day)| {
@@ -174,11 +181,22 @@ pub fn revenue_sql(days: &[(String, String, u32)], version: u64) -> String {
                  sumIf(amount_cents, status = 'success'), sumIf(amount_cents, status = 'refunded'), \
                  countIf(status = 'failed'), toUInt64({version}) \
                  FROM (SELECT amount_cents, status, time FROM analytics.payments FINAL \
-                 WHERE game_id = {g} AND env = {e}) \
+                 WHERE game_id = {g} AND env = {e}{orders}) \
                  WHERE time >= toDateTime({start}) AND time < toDateTime({end})",
                 g = quote(game),
                 e = quote(env),
                 end = start + 86_400,
+                orders = if narrow {
+                    format!(
+                        " AND order_id IN (SELECT order_id FROM analytics.payments WHERE game_id = {g} \
+                         AND env = {e} AND time >= toDateTime({start}) AND time < toDateTime({end}))",
+                        g = quote(game),
+                        e = quote(env),
+                        end = start + 86_400
+                    )
+                } else {
+                    String::new()
+                },
             )
         })
         .collect();
@@ -244,10 +262,16 @@ fn game_env_periods(rows: &[Vec<croupier_protocol::clickhouse::result::Value>]) 
 }
 
 /// Rewrites `daily_revenue` of `days` (game, environment, day), as of `version`
-/// ([`revenue_sql`]): one insert per [`REVENUE_DAYS_PER_INSERT`] days.
-pub async fn write_revenue(ch: &mut Connection, days: &[(String, String, u32)], version: u64) -> Result<(), ChError> {
+/// ([`revenue_sql`], `narrow` unless `cluster`): one insert per
+/// [`REVENUE_DAYS_PER_INSERT`] days.
+pub async fn write_revenue(
+    ch: &mut Connection,
+    days: &[(String, String, u32)],
+    version: u64,
+    cluster: bool,
+) -> Result<(), ChError> {
     for chunk in days.chunks(REVENUE_DAYS_PER_INSERT) {
-        ch.execute(&revenue_sql(chunk, version), REVENUE_SETTINGS).await?;
+        ch.execute(&revenue_sql(chunk, version, !cluster), REVENUE_SETTINGS).await?;
     }
     Ok(())
 }
@@ -259,7 +283,12 @@ mod tests {
     #[test]
     fn literals_are_escaped_and_days_are_utc() {
         assert_eq!(quote(r"a'b\c"), r"'a\'b\\c'");
-        let sql = revenue_sql(&[("g'1".into(), "prod".into(), 20_789)], 7);
+        let sql = revenue_sql(&[("g'1".into(), "prod".into(), 20_789)], 7, true);
+        assert!(
+            sql.contains(r"AND order_id IN (SELECT order_id FROM analytics.payments WHERE game_id = 'g\'1'"),
+            "{sql}"
+        );
+        assert!(!revenue_sql(&[("g".into(), "prod".into(), 20_789)], 7, false).contains(" IN "));
         assert!(sql.contains("toDate('2026-12-02')"), "{sql}");
         assert!(sql.contains(r"game_id = 'g\'1'") && sql.contains("time >= toDateTime(1796169600)"), "{sql}");
         assert!(sql.contains("time < toDateTime(1796256000)"), "{sql}");

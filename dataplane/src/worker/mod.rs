@@ -146,10 +146,15 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                 options.max_queued_bytes = 64 << 20;
                 RedisClient::start(options)
             };
-            let agg = config
-                .aggregate
-                .enabled
-                .then(|| aggregate::Aggregator::new(shard, published, &config.aggregate, connect()));
+            let agg = config.aggregate.enabled.then(|| {
+                aggregate::Aggregator::new(
+                    shard,
+                    published,
+                    &config.aggregate,
+                    connect(),
+                    config.clickhouse.is_cluster(),
+                )
+            });
             if let Some(a) = &agg {
                 let every = Duration::from_millis(config.aggregate.flush_ms);
                 monoio::spawn(a.clone().run(every, clickhouse_options(&config), stop.clone()));

@@ -71,6 +71,9 @@ pub struct Aggregator {
     orphans_every: Option<Duration>,
     /// When shard 0 last looked for such rows.
     orphans_checked: Cell<Instant>,
+    /// Whether ClickHouse is a cluster (`clickhouse.shards`): `payments` is `Distributed`
+    /// ([`aggregates::revenue_sql`]).
+    ch_cluster: bool,
     /// The tables are written at most this often (`aggregate.write_ms`).
     write_every: Duration,
     /// When the tables were last written (or tried).
@@ -83,8 +86,15 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Shard `shard`'s aggregation, publishing its sketches' readers in `published`,
-    /// with the settings `cfg` (`aggregate.*`), and merging through `redis`.
-    pub fn new(shard: usize, published: Arc<Published>, cfg: &AggregateConfig, redis: RedisClient) -> Rc<Aggregator> {
+    /// with the settings `cfg` (`aggregate.*`), merging through `redis`; `ch_cluster`
+    /// when ClickHouse is a cluster.
+    pub fn new(
+        shard: usize,
+        published: Arc<Published>,
+        cfg: &AggregateConfig,
+        redis: RedisClient,
+        ch_cluster: bool,
+    ) -> Rc<Aggregator> {
         Rc::new(Aggregator {
             sketches: RefCell::new(Sketches::new(shard, published, cfg.max_sketches)),
             redis,
@@ -93,6 +103,7 @@ impl Aggregator {
             reconcile: Cell::new(shard == 0),
             orphans_every: (shard == 0 && cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
             orphans_checked: Cell::new(Instant::now()),
+            ch_cluster,
             write_every: Duration::from_millis(cfg.write_ms),
             written: Cell::new(None),
             resend_every: (cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
@@ -373,7 +384,7 @@ impl Aggregator {
                 // orders the computations, and no later mark is removed.
                 let version = unwritten::time(&self.redis).await?;
                 let days: Vec<(String, String, u32)> = revenue.iter().cloned().collect();
-                aggregates::write_revenue(conn, &days, version).await.map_err(|e| e.to_string())?;
+                aggregates::write_revenue(conn, &days, version, self.ch_cluster).await.map_err(|e| e.to_string())?;
                 written.extend(days.into_iter().map(|(game, env, period)| {
                     (unwritten::Unwritten { row: unwritten::Row::Revenue, game, env, period }, version)
                 }));

@@ -168,7 +168,7 @@ async fn eval(redis: &RedisClient, script: &str, argv: &[&[u8]]) -> Result<Frame
 }
 
 /// Marks `rows` unwritten (after their sketches were merged, before their entries are
-/// acknowledged); returns the mark's time.
+/// acknowledged), scored with the set's server's time.
 pub async fn mark(redis: &RedisClient, rows: &[Unwritten]) -> Result<(), String> {
     if rows.is_empty() {
         return Ok(());

@@ -5,7 +5,8 @@
 //! Why the native protocol and not ClickHouse's HTTP interface: `docs/analytics-api.md`.
 
 use std::cell::{Cell, RefCell};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use croupier_protocol::clickhouse::packet::Setting;
 
@@ -29,7 +30,15 @@ pub struct Db {
     /// `analytics.user_days` and the player tables were found filled
     /// ([`Reads::require_user_days`]).
     user_days_filled: Cell<bool>,
+    /// Figures of complete days, by key, with when they were read ([`Reads::remembered`]).
+    remembered: RefCell<HashMap<String, (Instant, Vec<f64>)>>,
 }
+
+/// How long a figure of complete days is answered from memory ([`Reads::remembered`]).
+pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
+
+/// The most figures kept in memory; past it they are all forgotten.
+const REMEMBER_AT_MOST: usize = 4096;
 
 /// One request's reads through [`Db`], with the rows ClickHouse read for all of them (the
 /// audit log's `read_rows`).
@@ -71,6 +80,23 @@ impl Reads<'_> {
         Ok(())
     }
 
+    /// Figures under `key` read less than [`REMEMBER_FOR`] ago, if any: for figures of
+    /// complete days, which only rows arriving late for those days can change, so that a
+    /// dashboard polling the overview does not read them again every few seconds.
+    pub fn remembered(&self, key: &str) -> Option<Vec<f64>> {
+        let map = self.db.remembered.borrow();
+        map.get(key).filter(|(at, _)| at.elapsed() < REMEMBER_FOR).map(|(_, v)| v.clone())
+    }
+
+    /// Keeps figures under `key` (see [`Reads::remembered`]).
+    pub fn remember(&self, key: String, figures: Vec<f64>) {
+        let mut map = self.db.remembered.borrow_mut();
+        if map.len() >= REMEMBER_AT_MOST {
+            map.clear();
+        }
+        map.insert(key, (Instant::now(), figures));
+    }
+
     /// Rows ClickHouse read for this request's queries so far.
     pub fn read_rows(&self) -> u64 {
         self.read_rows.get()
@@ -88,6 +114,7 @@ impl Db {
             timeout,
             cluster: false,
             user_days_filled: Cell::new(false),
+            remembered: RefCell::new(HashMap::new()),
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
 use super::retention::latest_rates;
-use super::taxonomy::{ACTIVE_KIND, NEW_KIND, NEW_USER_DAY};
+use super::taxonomy::{ACTIVE_KIND, NEW_KIND};
 use super::Ctx;
 
 /// The route.
@@ -16,32 +16,25 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = ctx.scope.filter();
     let last = range.end.div_euclid(DAY);
     let (day0, day_end) = (last * DAY, last * DAY + DAY - 1);
-    // The last day's players come from `user_days` (a row per player that day, exact);
-    // WAU/MAU from the per-day sketches of `daily_players` (a few rows per day, not a row
-    // per player and day: `uniqCombined`'s error, docs/metrics.md); the registered total
-    // from `registered_users` (a row per player).
+    // Players per day come from the per-day sketches of `daily_players` (a few rows per
+    // day, not a row per player and day: `uniqCombined`, exact to a few thousand players,
+    // then an estimate, docs/metrics.md); the registered total from `registered_users`
+    // (a row per player).
     ctx.db.require_user_days().await?;
     let day = |n: i64| format!("toDate('{}')", params::date_string(n));
     let (first, last_d, week) = (day(last - 29), day(last), day(last - 6));
     let get = |r: &Vec<_>, i: usize| r.get(i).map_or(0, croupier_protocol::clickhouse::result::Value::as_u64);
-    let today_rows = ctx
+    let players = ctx
         .db
         .select(&format!(
-            "SELECT uniqExactIf(user_id, active > 0), uniqExactIf(user_id, {NEW_USER_DAY}) \
-             FROM analytics.user_days WHERE d = {last_d}{w}"
+            "SELECT uniqCombinedMergeIf(users, kind = {ACTIVE_KIND} AND d = {last_d}), \
+             uniqCombinedMergeIf(users, kind = {ACTIVE_KIND} AND d >= {week}), \
+             uniqCombinedMergeIf(users, kind = {ACTIVE_KIND}), uniqCombinedMergeIf(users, kind = {NEW_KIND} AND d = {last_d}) \
+             FROM analytics.daily_players WHERE d >= {first} AND d <= {last_d}{w}"
         ))
         .await?;
-    let t = today_rows.first().cloned().unwrap_or_default();
-    let (dau, new_users) = (get(&t, 0), get(&t, 1));
-    let active = ctx
-        .db
-        .select(&format!(
-            "SELECT uniqCombinedMergeIf(users, d >= {week}), uniqCombinedMerge(users) \
-             FROM analytics.daily_players WHERE kind = {ACTIVE_KIND} AND d >= {first} AND d <= {last_d}{w}"
-        ))
-        .await?;
-    let a = active.first().cloned().unwrap_or_default();
-    let (wau, mau) = (get(&a, 0), get(&a, 1));
+    let a = players.first().cloned().unwrap_or_default();
+    let (dau, wau, mau, new_users) = (get(&a, 0), get(&a, 1), get(&a, 2), get(&a, 3));
     let registered_total = ctx
         .db
         .scalar(&format!(

@@ -65,10 +65,15 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
 /// D1, D7 and D30 of the latest cohorts whose day N is `day` (a complete day): the
 /// percent of the `register` cohorts of `day − 1`, `day − 7` and `day − 30` active on
 /// `day`. Reads those four days only (the overview's figures; `cohorts` reads every day
-/// between).
+/// between), and the same figures again only after [`super::db::REMEMBER_FOR`]: the days
+/// are complete.
 pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError> {
     ctx.db.require_user_days().await?;
     let w = ctx.scope.filter();
+    let key = format!("latest_rates{w}|{day}");
+    if let Some(v) = ctx.db.remembered(&key) {
+        return Ok([0, 1, 2].map(|i| v.get(i).copied().unwrap_or(0.0)));
+    }
     let date = |d: i64| format!("toDate('{}')", params::date_string(d));
     let cohort_days: Vec<String> = DAYS.iter().map(|n| date(day - n)).collect();
     let cohort_days = cohort_days.join(", ");
@@ -90,6 +95,7 @@ pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError>
             out[i] = percent(u(r, 2) as f64, u(r, 1) as f64);
         }
     }
+    ctx.db.remember(key, out.to_vec());
     Ok(out)
 }
 

@@ -9,8 +9,6 @@ pub const REGISTER: &str = "('register', 'user.register')";
 pub const FIRST_ACTIVE: &str = "('first_active')";
 /// Either of the two: the registered total, new users.
 pub const NEW_USER: &str = "('register', 'user.register', 'first_active')";
-/// In `user_days`: a registration or a first activity that day (a [`NEW_USER`] event).
-pub const NEW_USER_DAY: &str = "(registered > 0 OR first_active > 0)";
 /// In `daily_players`: the sketch of a day's players with an [`ACTIVE`] event.
 pub const ACTIVE_KIND: u8 = 0;
 /// In `daily_players`: the sketch of a day's players with a [`NEW_USER`] event.

@@ -217,7 +217,7 @@ mod tests {
             .any(|x| x.contains("TO analytics.registered_users_local")
                 && x.contains("FROM analytics.events_local WHERE")));
         assert!(s.iter().any(|x| x.starts_with("CREATE TABLE IF NOT EXISTS analytics.registered_users_local (")
-            && x.contains("ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/analytics/registered_users_local', '{replica}')\nORDER BY (game_id, env, user_id)")));
+            && x.contains("ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/analytics/registered_users_local', '{replica}')\n    ORDER BY (game_id, env, user_id)")));
         let tables = s.iter().filter(|x| x.contains("ENGINE = Distributed(")).count();
         assert_eq!(tables, distributed_tables().len());
         assert_eq!(s.iter().filter(|x| x.contains("_local (")).count(), tables);

@@ -157,7 +157,7 @@ struct Kept {
     events: EventBatch,
     custom: EventBatch,
     payments: PaymentBatch,
-    props: String,
+    props: croupier_protocol::otlp::props::Props,
     body: Vec<u8>,
 }
 

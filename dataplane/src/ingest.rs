@@ -345,7 +345,7 @@ pub struct IngestBuffers {
     /// One archive per stream entry of the request, in order.
     archives: [AlignedVec; 3],
     /// One OTLP record's `props`.
-    props: String,
+    props: croupier_protocol::otlp::props::Props,
 }
 
 impl IngestBuffers {
@@ -409,9 +409,7 @@ impl IngestBuffers {
         if self.custom.text.capacity() > KEEP {
             self.custom = EventBatch::default();
         }
-        if self.props.capacity() > KEEP {
-            self.props = String::new();
-        }
+        self.props.trim(KEEP);
         if self.payments.retained_bytes() > KEEP {
             self.payments = PaymentBatch::default();
         }

@@ -63,7 +63,7 @@ fn cpu_path(path: Path, seconds: f64) -> (f64, f64) {
     let limits = Limits::default();
     let ctx = Context { game: GAME, limits: &limits, spans: SpanEvents::default() };
     let (mut events, mut custom) = (EventBatch::with_capacity(100, 320), EventBatch::default());
-    let (mut payments, mut props) = (PaymentBatch::default(), String::new());
+    let (mut payments, mut props) = (PaymentBatch::default(), croupier_protocol::otlp::props::Props::default());
     let mut bufs = JsonBuffers::default();
     let mut archive = rkyv::util::AlignedVec::new();
     let mut buf = Vec::new();

@@ -436,8 +436,12 @@ mod tests {
         assert_ne!(a, b);
         let limits = Limits::default();
         let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents::default() };
-        let (mut ev, mut cu, mut pa, mut props) =
-            (EventBatch::default(), EventBatch::default(), PaymentBatch::default(), String::new());
+        let (mut ev, mut cu, mut pa, mut props) = (
+            EventBatch::default(),
+            EventBatch::default(),
+            PaymentBatch::default(),
+            croupier_protocol::otlp::props::Props::default(),
+        );
         let mut sink = Sink { events: &mut ev, custom: &mut cu, payments: &mut pa, props: &mut props };
         let s = otlp::decode(
             Signal::Logs,

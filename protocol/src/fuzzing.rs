@@ -265,7 +265,7 @@ fn otlp_with(
     format: Format,
     body: &[u8],
     bufs: &mut JsonBuffers,
-    batches: &mut (EventBatch, EventBatch, PaymentBatch, String),
+    batches: &mut (EventBatch, EventBatch, PaymentBatch, otlp::props::Props),
 ) -> (Result<otlp::Summary, otlp::DecodeError>, Vec<crate::envelope::Event>, Vec<crate::envelope::Payment>) {
     let limits = Limits::default();
     let patterns = ["boss.*".to_owned()];

@@ -13,7 +13,6 @@ use crate::timestamp::{MAX_MS, MIN_MS};
 use crate::validate::{Limits, MAX_AMOUNT_CENTS};
 
 use super::any::{write_hex, write_str, AnyRef, Attrs};
-use super::props::{remove_member, Keys};
 use super::{DecodeError, Signal, Sink, Summary};
 
 /// Croupier's event types (span names that are events without configuration).
@@ -369,15 +368,13 @@ pub struct Mapper<'m, 'o> {
     new_id: &'m mut dyn FnMut() -> [u8; 16],
     out: &'m mut Sink<'o>,
     summary: Summary,
-    /// The keys written into the record's `props` so far.
-    keys: Keys,
 }
 
 impl<'m, 'o> Mapper<'m, 'o> {
     /// A mapper into `out`; `new_id` gives ids to records that carry nothing to derive
     /// one from.
     pub fn new(ctx: &'m Context<'m>, new_id: &'m mut dyn FnMut() -> [u8; 16], out: &'m mut Sink<'o>) -> Self {
-        Mapper { ctx, new_id, out, summary: Summary::default(), keys: Keys::default() }
+        Mapper { ctx, new_id, out, summary: Summary::default() }
     }
 
     /// The counts so far.
@@ -513,7 +510,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         }
         w.field(country);
         w.field(app_version.as_str());
-        w.field(self.out.props.as_str());
+        w.field(self.out.props.text.as_str());
         w.finish(ts_ms, event_id).map_err(|_| Fail::Reject("the request's events exceed 4 GiB of text"))?;
         Ok(true)
     }
@@ -545,7 +542,8 @@ impl<'m, 'o> Mapper<'m, 'o> {
 
     /// Walks a record's attributes once: each that fills a slot goes into `slots`, and,
     /// with `write_props`, each that is not an event column is written into `props` (the
-    /// sink's buffer, opened with `{`; a repeated key keeps its last value, `props.rs`).
+    /// sink's buffer, opened with `{`; a repeated key keeps its last value, and writing
+    /// stops once past the props limit, `props.rs`).
     /// An attribute that cannot be read refuses the request at once, as before anything
     /// else of the record; a value that cannot be written as JSON (nested too deep, or
     /// malformed inside) is handed back, for [`Mapper::props`].
@@ -556,11 +554,9 @@ impl<'m, 'o> Mapper<'m, 'o> {
         write_props: bool,
     ) -> Result<Option<DecodeError>, DecodeError> {
         let max_depth = self.ctx.limits.max_depth;
+        let limit = self.ctx.limits.max_props_bytes;
         let props = &mut *self.out.props;
-        let keys = &mut self.keys;
-        *keys = Keys::default();
-        props.clear();
-        props.push('{');
+        props.begin(limit);
         let mut failed = None;
         attrs.each(|k, slot, v| {
             if let Some(slot) = slot {
@@ -569,15 +565,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             if !write_props || failed.is_some() || slot.is_some_and(|(s, _)| event_column(s)) {
                 return Ok(());
             }
-            if keys.add(k) {
-                remove_member(props, k);
-            }
-            if props.len() > 1 {
-                props.push(',');
-            }
-            write_str(props, k);
-            props.push(':');
-            if let Err(e) = v.write_json(props, 1, max_depth) {
+            if let Err(e) = props.member(k, limit, |t| v.write_json(t, 1, max_depth)) {
                 failed = Some(e);
             }
             Ok(())
@@ -597,8 +585,22 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if let Some(e) = error {
             return Err(Fail::Fatal(e));
         }
+        let too_long = Fail::Reject("props (the other attributes and the body) are longer than 32 KiB");
         let max_depth = self.ctx.limits.max_depth;
         let props = &mut *self.out.props;
+        if props.overflow() {
+            return Err(too_long);
+        }
+        let trace = rec.trace_id.valid::<16>();
+        let span = rec.span_id.valid::<8>();
+        let body = !matches!(rec.body, AnyRef::Empty);
+        for (own, key) in [(trace.is_some(), "trace_id"), (span.is_some(), "span_id"), (body, "body")] {
+            if own {
+                props.remove(key);
+            }
+        }
+        props.compact();
+        let props = &mut props.text;
         let sep = |props: &mut String| {
             if props.len() > 1 {
                 props.push(',');
@@ -609,31 +611,24 @@ impl<'m, 'o> Mapper<'m, 'o> {
             props.push_str("\"event.name\":");
             write_str(props, name);
         }
-        let keys = self.keys;
-        let own = |props: &mut String, key: &str| {
-            if keys.may_have(key) {
-                remove_member(props, key);
-            }
+        if let Some(trace) = trace {
             sep(props);
-        };
-        if let Some(trace) = rec.trace_id.valid::<16>() {
-            own(props, "trace_id");
             props.push_str("\"trace_id\":");
             write_hex(props, &trace);
         }
-        if let Some(span) = rec.span_id.valid::<8>() {
-            own(props, "span_id");
+        if let Some(span) = span {
+            sep(props);
             props.push_str("\"span_id\":");
             write_hex(props, &span);
         }
-        if !matches!(rec.body, AnyRef::Empty) {
-            own(props, "body");
+        if body {
+            sep(props);
             props.push_str("\"body\":");
             rec.body.write_json(props, 1, max_depth)?;
         }
         props.push('}');
         if props.len() > self.ctx.limits.max_props_bytes {
-            return Err(Fail::Reject("props (the other attributes) are longer than 32 KiB"));
+            return Err(too_long);
         }
         Ok(())
     }

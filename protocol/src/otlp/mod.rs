@@ -119,7 +119,7 @@ pub struct Sink<'o> {
     /// Payments.
     pub payments: &'o mut PaymentBatch,
     /// A reused buffer for one record's `props`.
-    pub props: &'o mut String,
+    pub props: &'o mut props::Props,
 }
 
 /// What a request held.

@@ -3,78 +3,210 @@
 //! at the place of the last, and a record's own `trace_id`, `span_id` and `body` win over
 //! attributes of those names — in both encodings, as the slots keep the last value too.
 //!
-//! Nothing is allocated: the keys written so far are a 64-bit filter ([`Keys`]); only a
-//! key the filter may have seen makes [`remove_member`] scan the object written so far
-//! (our own output: well-formed, compact, strings escaped by `write_str`) for it.
+//! Each member written is noted in [`Props`]: its place in the text and, in an
+//! open-addressing table indexed by a seeded hash of the whole key, where to find it. A
+//! repeat marks the earlier member dead in O(1); the dead members are cut out once, when
+//! the record's attributes are all written ([`Props::compact`]). Writing stops as soon as
+//! the text passes the props limit (the record is then rejected as too long), so one
+//! record costs O(its attributes + the limit) whatever its keys. The table and lists are
+//! the shard's, reused: nothing is allocated per record once they have grown.
 
-/// The keys written into one record's `props` so far, as a bit per hash of the key: a
-/// clear bit means the key is new; a set bit means it may be a repeat.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Keys(u64);
+use std::hash::BuildHasher;
 
-impl Keys {
-    /// The key's bit: its length and first and last bytes, mixed without a multiply
-    /// (a false hit costs a scan of the `props` written so far, a miss is impossible).
-    #[inline]
-    fn bit(key: &str) -> u64 {
-        let b = key.as_bytes();
-        let (first, last) = match b {
-            [] => (0, 0),
-            [f, .., l] => (*f, *l),
-            [f] => (*f, *f),
+/// A member written into `props`: its bytes (from its leading comma, if any), where its
+/// key's quoted text is, and the key's hash.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    start: u32,
+    key: u32,
+    key_end: u32,
+    end: u32,
+    hash: u64,
+    live: bool,
+}
+
+/// One record's `props` being written (the text opened with `{`) and the members in it;
+/// reused between records and requests.
+#[derive(Debug, Default)]
+pub struct Props {
+    /// The JSON text.
+    pub text: String,
+    members: Vec<Member>,
+    /// Cells of `(generation, member index)`; a cell of another generation is empty.
+    table: Vec<(u32, u32)>,
+    generation: u32,
+    hasher: foldhash::fast::RandomState,
+    dead: usize,
+    /// Set when the text passed the limit and writing stopped.
+    overflow: bool,
+    /// Where a compaction builds the text.
+    spare: String,
+    /// Table cells probed since this buffer was made (for tests: the work is bounded).
+    probes: u64,
+}
+
+impl Props {
+    /// Starts a record's `props`: `{` and no member. The table is sized for a text of
+    /// `limit` bytes (every member takes at least 4, `"":0`), once.
+    pub fn begin(&mut self, limit: usize) {
+        self.text.clear();
+        self.text.push('{');
+        self.members.clear();
+        self.dead = 0;
+        self.overflow = false;
+        let cells = ((limit / 4 + 2) * 2).next_power_of_two();
+        if self.table.len() < cells {
+            self.table.clear();
+            self.table.resize(cells, (0, 0));
+            self.generation = 0;
+        }
+        self.next_generation();
+    }
+
+    /// Empties the table in O(1): cells of an older generation are empty.
+    fn next_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.table.fill((0, 0));
+            self.generation = 1;
+        }
+    }
+
+    /// Lets go of text buffers a large record grew past `keep` bytes (the table's size
+    /// follows the limit, not the records).
+    pub fn trim(&mut self, keep: usize) {
+        if self.text.capacity() > keep {
+            self.text = String::new();
+        }
+        if self.spare.capacity() > keep {
+            self.spare = String::new();
+        }
+    }
+
+    /// Whether writing stopped because the text passed the limit.
+    pub fn overflow(&self) -> bool {
+        self.overflow
+    }
+
+    /// Table cells probed since this buffer was made: at most a few per member written.
+    pub fn probes(&self) -> u64 {
+        self.probes
+    }
+
+    /// Writes the member `key` with the value `value` writes, unless writing stopped; an
+    /// earlier member of that key dies. Once the text passes `limit` bytes, writing
+    /// stops ([`Props::overflow`]). An error of `value` is handed back (the text is then
+    /// unfinished).
+    pub fn member<E>(
+        &mut self,
+        key: &str,
+        limit: usize,
+        value: impl FnOnce(&mut String) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.overflow {
+            return Ok(());
+        }
+        let start = self.text.len();
+        if start > 1 {
+            self.text.push(',');
+        }
+        let key_at = self.text.len();
+        super::any::write_str(&mut self.text, key);
+        let key_end = self.text.len();
+        self.text.push(':');
+        value(&mut self.text)?;
+        let end = self.text.len();
+        let (Ok(start), Ok(key_at), Ok(key_end), Ok(end_u32), Ok(index)) = (
+            u32::try_from(start),
+            u32::try_from(key_at),
+            u32::try_from(key_end),
+            u32::try_from(end),
+            u32::try_from(self.members.len()),
+        ) else {
+            self.overflow = true;
+            return Ok(());
         };
-        let h = (b.len() as u32) ^ (u32::from(first) << 1) ^ (u32::from(last) << 3);
-        1 << (h & 63)
-    }
-
-    /// Notes `key` as written; whether it may have been written before.
-    #[inline]
-    pub fn add(&mut self, key: &str) -> bool {
-        let bit = Keys::bit(key);
-        let seen = self.0 & bit != 0;
-        self.0 |= bit;
-        seen
-    }
-
-    /// Whether `key` may have been written (without noting it).
-    #[inline]
-    pub fn may_have(&self, key: &str) -> bool {
-        self.0 & Keys::bit(key) != 0
-    }
-}
-
-/// The end (exclusive) of the JSON string starting at `b[at]` (a `"`), or `b.len()`.
-fn string_end(b: &[u8], at: usize) -> usize {
-    let mut i = at + 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
+        // The table stays at most half full (see `begin`); checked all the same.
+        if end > limit || (self.members.len() + 1) * 2 > self.table.len() {
+            self.overflow = true;
+            return Ok(());
         }
+        let hash = self.hasher.hash_one(key.as_bytes());
+        let (cell, old) = self.find(key, hash);
+        if let Some(old) = old {
+            self.kill_member(old);
+        }
+        if let Some(c) = self.table.get_mut(cell) {
+            *c = (self.generation, index);
+        }
+        self.members.push(Member { start, key: key_at, key_end, end: end_u32, hash, live: true });
+        Ok(())
     }
-    b.len()
-}
 
-/// The end (exclusive) of the JSON value starting at `b[at]`: the next `,` outside
-/// strings and nested values, or `b.len()`.
-fn value_end(b: &[u8], at: usize) -> usize {
-    let mut depth = 0usize;
-    let mut i = at;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i = string_end(b, i);
-                continue;
+    /// The cell for `key`: the one holding its member (and that member's index), or the
+    /// empty one where it would go.
+    fn find(&mut self, key: &str, hash: u64) -> (usize, Option<u32>) {
+        let mask = self.table.len().wrapping_sub(1);
+        let mut i = hash as usize & mask;
+        for _ in 0..self.table.len() {
+            self.probes += 1;
+            let Some(&(generation, m)) = self.table.get(i) else { break };
+            if generation != self.generation {
+                return (i, None);
             }
-            b'[' | b'{' => depth += 1,
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            b',' if depth == 0 => return i,
-            _ => {}
+            if let Some(member) = self.members.get(m as usize) {
+                let quoted = self.text.as_bytes().get(member.key as usize + 1..member.key_end as usize - 1);
+                if member.hash == hash && quoted.is_some_and(|q| escaped_eq(q, key)) {
+                    return (i, Some(m));
+                }
+            }
+            i = (i + 1) & mask;
         }
-        i += 1;
+        (usize::MAX, None)
     }
-    b.len()
+
+    fn kill_member(&mut self, m: u32) {
+        if let Some(member) = self.members.get_mut(m as usize) {
+            if member.live {
+                member.live = false;
+                self.dead += 1;
+            }
+        }
+    }
+
+    /// Removes the member named `key`, if written (a record's own field of that name
+    /// follows); whether one was.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let hash = self.hasher.hash_one(key.as_bytes());
+        match self.find(key, hash) {
+            (_, Some(m)) => {
+                self.kill_member(m);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Cuts the dead members out of the text, in one pass; afterwards the text is only
+    /// appended to (no member is noted any more).
+    pub fn compact(&mut self) {
+        if self.dead > 0 {
+            self.spare.clear();
+            self.spare.push('{');
+            for m in self.members.iter().filter(|m| m.live) {
+                let bytes = self.text.get(m.start as usize..m.end as usize).unwrap_or("");
+                let bytes = bytes.strip_prefix(',').unwrap_or(bytes);
+                if self.spare.len() > 1 {
+                    self.spare.push(',');
+                }
+                self.spare.push_str(bytes);
+            }
+            std::mem::swap(&mut self.text, &mut self.spare);
+        }
+        self.members.clear();
+        self.dead = 0;
+        self.next_generation();
+    }
 }
 
 /// Whether `escaped` (a JSON string's text between its quotes, as `write_str` writes it)
@@ -108,67 +240,52 @@ fn escaped_eq(escaped: &[u8], raw: &str) -> bool {
     e.is_empty()
 }
 
-/// Removes the member named `key` from the JSON object being written in `props` (its
-/// `{` and members so far, without the closing `}`), with its comma; whether one was.
-pub fn remove_member(props: &mut String, key: &str) -> bool {
-    let b = props.as_bytes();
-    let mut at = 1;
-    while at < b.len() && b[at] == b'"' {
-        let key_end = string_end(b, at);
-        let end = value_end(b, key_end + 1);
-        if escaped_eq(&b[at + 1..key_end.saturating_sub(1).max(at + 1)], key) {
-            // With the comma after it, or before it when it is the last member.
-            let range = if end < b.len() {
-                at..end + 1
-            } else if at > 1 {
-                at - 1..end
-            } else {
-                at..end
-            };
-            props.replace_range(range, "");
-            return true;
-        }
-        at = end + 1;
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn members_are_found_by_key_and_removed_with_their_comma() {
-        let body = r#"{"a":1,"b\"":{"a":[1,"x,\"a\":"]},"c":"\u0001,","d\n":null"#;
-        for (key, want) in [
-            ("a", r#"{"b\"":{"a":[1,"x,\"a\":"]},"c":"\u0001,","d\n":null"#),
-            ("b\"", r#"{"a":1,"c":"\u0001,","d\n":null"#),
-            ("c", r#"{"a":1,"b\"":{"a":[1,"x,\"a\":"]},"d\n":null"#),
-            ("d\n", r#"{"a":1,"b\"":{"a":[1,"x,\"a\":"]},"c":"\u0001,""#),
-        ] {
-            let mut props = body.to_owned();
-            assert!(remove_member(&mut props, key), "{key:?}");
-            assert_eq!(props, want, "{key:?}");
+    fn written(members: &[(&str, &str)], remove: &[&str]) -> String {
+        let mut p = Props::default();
+        p.begin(1024);
+        for (k, v) in members {
+            p.member(k, 1024, |t| -> Result<(), ()> {
+                t.push_str(v);
+                Ok(())
+            })
+            .expect("writes");
         }
-        for key in ["x", "", "\u{1}", "a\":"] {
-            let mut props = body.to_owned();
-            assert!(!remove_member(&mut props, key), "{key:?}");
-            assert_eq!(props, body);
+        for k in remove {
+            p.remove(k);
         }
-        let mut one = r#"{"a":"x""#.to_owned();
-        assert!(remove_member(&mut one, "a"));
-        assert_eq!(one, "{");
-        let mut empty = "{".to_owned();
-        assert!(!remove_member(&mut empty, "a"));
+        p.compact();
+        p.text
     }
 
     #[test]
-    fn the_filter_has_no_false_negatives() {
-        let mut keys = Keys::default();
-        let names = ["a", "game.region", "k", "", "trace_id", "x.y.z", "€"];
-        for (i, n) in names.iter().enumerate() {
-            assert!(!keys.add(n) || names[..i].iter().any(|m| Keys::bit(m) == Keys::bit(n)));
+    fn a_repeat_keeps_the_last_value_at_the_place_of_the_last() {
+        assert_eq!(written(&[("a", "1"), ("b\"", "2"), ("a", "3")], &[]), r#"{"b\"":2,"a":3"#);
+        assert_eq!(written(&[("a", "1"), ("a", "2"), ("a", "3")], &[]), r#"{"a":3"#);
+        assert_eq!(
+            written(&[("a", "1"), ("d\n", "2"), ("\u{1}", "3"), ("d\n", "4")], &["a"]),
+            r#"{"\u0001":3,"d\n":4"#
+        );
+        assert_eq!(written(&[("a", "1")], &["a"]), "{");
+        assert_eq!(written(&[("a", "1")], &["x", "", "a\":"]), r#"{"a":1"#);
+        assert_eq!(written(&[], &["a"]), "{");
+    }
+
+    #[test]
+    fn writing_stops_past_the_limit() {
+        let mut p = Props::default();
+        p.begin(64);
+        for i in 0..1000 {
+            p.member(&format!("k{i}"), 64, |t| -> Result<(), ()> {
+                t.push('1');
+                Ok(())
+            })
+            .expect("writes");
         }
-        assert!(names.iter().all(|n| keys.may_have(n) && keys.add(n)));
+        assert!(p.overflow());
+        assert!(p.text.len() <= 64 + 8, "{}", p.text);
     }
 }

@@ -811,3 +811,32 @@ fn control_characters_in_mapped_fields_are_kept_and_escaped_in_props() {
     let out = run(Signal::Logs, Format::Json, json_log(kvs).as_bytes()).expect("decodes");
     assert_eq!(out.events[0].user_id, "u\u{1}\t1");
 }
+
+#[test]
+fn a_record_of_a_hundred_thousand_attributes_costs_work_bounded_by_the_props_limit() {
+    // Distinct keys, then every key again: writing stops once `props` passes 32 KiB, and
+    // each key written costs a few table probes, whatever the keys look like.
+    let keys: Vec<String> = (0..50_000).map(|i| format!("k{i}")).collect();
+    let kvs: Vec<Vec<u8>> = keys.iter().chain(keys.iter()).map(|k| kv(k, &int(1))).collect();
+    let mut body = request(&resource(), &[log_with_raw_attrs(&kvs)]);
+    let limits = Limits::default();
+    let (mut e, mut c, mut p, mut props) = Default::default();
+    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props };
+    let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents { patterns: &[] } };
+    let summary = decode(
+        Signal::Logs,
+        Format::Protobuf,
+        &mut body,
+        &ctx,
+        &mut JsonBuffers::default(),
+        &mut || [1; 16],
+        &mut sink,
+    )
+    .expect("decodes");
+    assert_eq!((summary.accepted, summary.rejected), (0, 1));
+    assert_eq!(summary.first_rejection, Some((0, "props (the other attributes and the body) are longer than 32 KiB")));
+    // Members of `"kN":1,` (9 to 11 bytes): about 3,300 fit in 32 KiB.
+    let probes = props.probes();
+    assert!(probes < 20_000, "{probes} probes");
+    assert!(props.text.len() <= limits.max_props_bytes + 16);
+}

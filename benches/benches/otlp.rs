@@ -158,6 +158,7 @@ struct Kept {
     custom: EventBatch,
     payments: PaymentBatch,
     props: croupier_protocol::otlp::props::Props,
+    seen: croupier_protocol::otlp::occurrence::Occurrences,
     body: Vec<u8>,
 }
 
@@ -169,8 +170,13 @@ fn decode_otlp(k: &mut Kept, format: Format, body: &[u8]) -> usize {
     k.events.clear();
     k.custom.clear();
     k.payments.clear();
-    let mut sink =
-        Sink { events: &mut k.events, custom: &mut k.custom, payments: &mut k.payments, props: &mut k.props };
+    let mut sink = Sink {
+        events: &mut k.events,
+        custom: &mut k.custom,
+        payments: &mut k.payments,
+        props: &mut k.props,
+        seen: &mut k.seen,
+    };
     let mut n = 0u8;
     let mut new_id = || {
         n = n.wrapping_add(1);

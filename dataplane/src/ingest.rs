@@ -346,6 +346,8 @@ pub struct IngestBuffers {
     archives: [AlignedVec; 3],
     /// One OTLP record's `props`.
     props: croupier_protocol::otlp::props::Props,
+    /// The OTLP request's log records seen, to number identical ones.
+    seen: croupier_protocol::otlp::occurrence::Occurrences,
 }
 
 impl IngestBuffers {
@@ -360,6 +362,7 @@ impl IngestBuffers {
             custom: &mut self.custom,
             payments: &mut self.payments,
             props: &mut self.props,
+            seen: &mut self.seen,
         }
     }
 

@@ -63,6 +63,7 @@ fn cpu_path(path: Path, seconds: f64) -> (f64, f64) {
     let limits = Limits::default();
     let ctx = Context { game: GAME, limits: &limits, spans: SpanEvents::default() };
     let (mut events, mut custom) = (EventBatch::with_capacity(100, 320), EventBatch::default());
+    let mut seen = croupier_protocol::otlp::occurrence::Occurrences::default();
     let (mut payments, mut props) = (PaymentBatch::default(), croupier_protocol::otlp::props::Props::default());
     let mut bufs = JsonBuffers::default();
     let mut archive = rkyv::util::AlignedVec::new();
@@ -79,7 +80,7 @@ fn cpu_path(path: Path, seconds: f64) -> (f64, f64) {
             }
             _ => {
                 payments.clear();
-                let mut sink = Sink { events, custom, payments: &mut payments, props: &mut props };
+                let mut sink = Sink { events, custom, payments: &mut payments, props: &mut props, seen: &mut seen };
                 let s =
                     otlp::decode(Signal::Logs, Format::Protobuf, &mut buf, &ctx, &mut bufs, &mut || [1; 16], &mut sink)
                         .expect("valid");

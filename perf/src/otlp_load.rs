@@ -436,13 +436,14 @@ mod tests {
         assert_ne!(a, b);
         let limits = Limits::default();
         let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents::default() };
+        let mut seen = croupier_protocol::otlp::occurrence::Occurrences::default();
         let (mut ev, mut cu, mut pa, mut props) = (
             EventBatch::default(),
             EventBatch::default(),
             PaymentBatch::default(),
             croupier_protocol::otlp::props::Props::default(),
         );
-        let mut sink = Sink { events: &mut ev, custom: &mut cu, payments: &mut pa, props: &mut props };
+        let mut sink = Sink { events: &mut ev, custom: &mut cu, payments: &mut pa, props: &mut props, seen: &mut seen };
         let s = otlp::decode(
             Signal::Logs,
             Format::Protobuf,
@@ -459,7 +460,7 @@ mod tests {
         let (mut body, ..) = logs_requests(7, "g1", 1, 20, 300, true).remove(0);
         ev.clear();
         cu.clear();
-        let mut sink = Sink { events: &mut ev, custom: &mut cu, payments: &mut pa, props: &mut props };
+        let mut sink = Sink { events: &mut ev, custom: &mut cu, payments: &mut pa, props: &mut props, seen: &mut seen };
         let s = otlp::decode(
             Signal::Logs,
             Format::Protobuf,

@@ -265,16 +265,16 @@ fn otlp_with(
     format: Format,
     body: &[u8],
     bufs: &mut JsonBuffers,
-    batches: &mut (EventBatch, EventBatch, PaymentBatch, otlp::props::Props),
+    batches: &mut (EventBatch, EventBatch, PaymentBatch, otlp::props::Props, otlp::occurrence::Occurrences),
 ) -> (Result<otlp::Summary, otlp::DecodeError>, Vec<crate::envelope::Event>, Vec<crate::envelope::Payment>) {
     let limits = Limits::default();
     let patterns = ["boss.*".to_owned()];
     let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents { patterns: &patterns } };
-    let (e, c, p, props) = batches;
+    let (e, c, p, props, seen) = batches;
     e.clear();
     c.clear();
     p.clear();
-    let mut sink = Sink { events: e, custom: c, payments: p, props };
+    let mut sink = Sink { events: e, custom: c, payments: p, props, seen };
     let r = otlp::decode(signal, format, &mut body.to_vec(), &ctx, bufs, &mut || [7; 16], &mut sink);
     let mut events = e.to_events();
     events.extend(c.to_events());

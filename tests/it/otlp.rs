@@ -593,3 +593,39 @@ fn otlp_spans_with_wrongly_sized_ids_stay_distinct_rows_after_optimize_final() {
     assert_eq!(got, [["6", "6", "login", r#"{"event.name":"user.login"}"#]]);
     assert_eq!(p.scalar(&count), 6);
 }
+
+/// Two identical `ad.impression` log records (same user, attributes and nanosecond) in
+/// one protobuf request are two rows, also after ClickHouse has merged away duplicates;
+/// the request sent again with other bytes on the wire (gzip, so a new nonce) gives the
+/// same two ids, and still two rows.
+#[test]
+fn otlp_identical_log_records_in_one_request_are_two_rows_and_a_retry_adds_none() {
+    let mut p = Pipeline::start_with(&[], tokens);
+    p.start_worker(&[]);
+    let user = format!("{}-twice", unique_run());
+    let pb_kv = |k: &str, v: &str| [pb(1, k.as_bytes()), pb(2, &pb(1, v.as_bytes()))].concat();
+    let mut record = vec![0x09]; // time_unix_nano, fixed64
+    record.extend_from_slice(&(now_ns() as u64).to_le_bytes());
+    record.extend([pb(6, &pb_kv("game.user_id", &user)), pb(12, b"ad.impression")].concat());
+    let resource = pb(1, &pb_kv("deployment.environment.name", "prod"));
+    let scope = [pb(1, &pb(1, b"ads")), pb(2, &record), pb(2, &record)].concat();
+    let body = pb(1, &[pb(1, &resource), pb(2, &scope)].concat());
+    let r = post(&p.ingest, "/v1/logs", TOKEN, "application/x-protobuf", &[], &body);
+    assert_eq!((r.status, r.body.as_slice()), (200, b"".as_slice()));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&body).expect("gzip");
+    let gzipped = gz.finish().expect("gzip");
+    let r = post(&p.ingest, "/v1/logs", TOKEN, "application/x-protobuf", &[("Content-Encoding", "gzip")], &gzipped);
+    assert_eq!((r.status, r.body.as_slice()), (200, b"".as_slice()));
+    let count = format!("SELECT count() FROM analytics.events WHERE user_id = '{user}'");
+    p.wait_for(4, "both requests stored", |p| p.scalar(&count));
+    p.clickhouse.query("OPTIMIZE TABLE analytics.events FINAL");
+    let got = rows(
+        &p,
+        &format!(
+            "SELECT count(), uniqExact(event_id), any(event) FROM analytics.events FINAL WHERE user_id = '{user}'"
+        ),
+    );
+    assert_eq!(got, [["2", "2", "ad_impression"]]);
+    assert_eq!(p.scalar(&count), 2);
+}

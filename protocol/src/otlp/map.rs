@@ -533,8 +533,21 @@ impl<'m, 'o> Mapper<'m, 'o> {
             (Signal::Logs, Some(c)) => {
                 let mut key = [0u8; 48];
                 key[..32].copy_from_slice(&c.origin);
-                key[32..].copy_from_slice(&cityhash_rs::cityhash_102_128(c.record).to_le_bytes());
-                content_id(&key)
+                let digest = cityhash_rs::cityhash_102_128(c.record);
+                key[32..].copy_from_slice(&digest.to_le_bytes());
+                // The k-th repeat of the same bytes under the same resource and scope in
+                // this request: a distinct event, with an id a retry reproduces.
+                let mut origin = [0u8; 16];
+                origin.copy_from_slice(&cityhash_rs::cityhash_102_128(&key).to_le_bytes());
+                match self.out.seen.next(u128::from_le_bytes(origin)) {
+                    0 => content_id(&key),
+                    k => {
+                        let mut repeat = [0u8; 52];
+                        repeat[..48].copy_from_slice(&key);
+                        repeat[48..].copy_from_slice(&k.to_le_bytes());
+                        content_id(&repeat)
+                    }
+                }
             }
             _ => (self.new_id)(),
         }

@@ -14,6 +14,7 @@ pub mod any;
 pub mod grpc;
 pub mod json;
 pub mod map;
+pub mod occurrence;
 pub mod pb;
 pub mod props;
 pub mod response;
@@ -120,6 +121,8 @@ pub struct Sink<'o> {
     pub payments: &'o mut PaymentBatch,
     /// A reused buffer for one record's `props`.
     pub props: &'o mut props::Props,
+    /// A reused table of the request's log records, to number identical ones.
+    pub seen: &'o mut occurrence::Occurrences,
 }
 
 /// What a request held.
@@ -148,6 +151,7 @@ pub fn decode(
     new_id: &mut dyn FnMut() -> [u8; 16],
     out: &mut Sink<'_>,
 ) -> Result<Summary, DecodeError> {
+    out.seen.begin();
     let mut mapper = map::Mapper::new(ctx, new_id, out);
     match format {
         Format::Protobuf => pb::walk(signal, body, &mut mapper)?,

@@ -129,8 +129,8 @@ fn run_with(
     limits: &Limits,
     patterns: &[String],
 ) -> Result<Out, DecodeError> {
-    let (mut e, mut c, mut p, mut props) = Default::default();
-    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props };
+    let (mut e, mut c, mut p, mut props, mut seen) = Default::default();
+    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props, seen: &mut seen };
     let ctx = Context { game: "g1", limits, spans: SpanEvents { patterns } };
     let mut n = 0u8;
     let mut new_id = || {
@@ -373,6 +373,28 @@ fn equal_log_records_from_different_resources_or_scopes_are_distinct_events() {
     // And a retry of the same request gives the same ids.
     let again = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
     assert!(again.events.iter().zip(&out.events).all(|(a, b)| a.event_id == b.event_id));
+}
+
+#[test]
+fn identical_log_records_in_one_request_are_distinct_events_a_retry_reproduces() {
+    // Impressions of the same user at the same nanosecond, twice in each of two equal
+    // scopes: the k-th repeat of the same bytes under the same resource and scope gets
+    // its own id.
+    let body = request_of(&[resource()], &["a", "a"], &[impression(), impression()]);
+    let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    let ids: std::collections::HashSet<[u8; 16]> = out.events.iter().map(|e| e.event_id).collect();
+    assert_eq!((out.summary.accepted, out.events.len(), ids.len()), (4, 4, 4));
+    let again = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+    assert!(again.events.iter().zip(&out.events).all(|(a, b)| a.event_id == b.event_id));
+    // A request of one such record keeps the id it had before repeats were numbered.
+    let one =
+        run(Signal::Logs, Format::Protobuf, &request_of(&[resource()], &["a"], &[impression()])).expect("decodes");
+    assert_eq!(one.events[0].event_id, out.events[0].event_id);
+}
+
+/// An `ad.impression` log record of user `u1`.
+fn impression() -> Vec<u8> {
+    [fixed64(1, T), attrs(6, &[("game.user_id", s("u1"))]), field(12, b"ad.impression")].concat()
 }
 
 fn json_log(extra_attrs: &str) -> String {
@@ -820,8 +842,8 @@ fn a_record_of_a_hundred_thousand_attributes_costs_work_bounded_by_the_props_lim
     let kvs: Vec<Vec<u8>> = keys.iter().chain(keys.iter()).map(|k| kv(k, &int(1))).collect();
     let mut body = request(&resource(), &[log_with_raw_attrs(&kvs)]);
     let limits = Limits::default();
-    let (mut e, mut c, mut p, mut props) = Default::default();
-    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props };
+    let (mut e, mut c, mut p, mut props, mut seen) = Default::default();
+    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props, seen: &mut seen };
     let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents { patterns: &[] } };
     let summary = decode(
         Signal::Logs,

@@ -48,8 +48,16 @@ enum Answer {
 impl Answer {
     fn refusal(e: &IngestError) -> Answer {
         let (code, message, retry_after) = otlp::refusal_status(e);
-        // Only a status that tells the exporter to come back carries a delay.
-        Answer::Status(code, message, retry_after.filter(|_| code == Code::Unavailable))
+        match (code, retry_after) {
+            // The game's rate limit is backpressure: OTLP/gRPC signals that with
+            // `UNAVAILABLE` and a `RetryInfo` (exporters drop data on a bare
+            // `RESOURCE_EXHAUSTED`, which the spec makes retryable only with one).
+            (Code::ResourceExhausted | Code::Unavailable, Some(secs)) => {
+                Answer::Status(Code::Unavailable, message, Some(secs))
+            }
+            // Only a status that tells the exporter to come back carries a delay.
+            (code, _) => Answer::Status(code, message, None),
+        }
     }
 }
 

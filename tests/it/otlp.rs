@@ -544,6 +544,33 @@ fn otlp_grpc_statuses_partial_success_and_retry_info(driver: Driver) {
     );
 }
 
+/// The game's rate limit over gRPC is backpressure: `UNAVAILABLE` with a `RetryInfo` of
+/// the limit's `Retry-After`, so that exporters retry instead of dropping the export.
+#[test]
+fn otlp_grpc_rate_limit_is_unavailable_with_retry_info() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+        c.games.get_mut(GAME).expect("g1").rate_limit_eps = 3;
+    });
+    let traces = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let t = (now_ns() as u64 / 1_000_000) * 1_000_000;
+    let call = |users: [&str; 3]| {
+        let body = pb_spans(&[(users[0], t), (users[1], t), (users[2], t)]);
+        serde_json::json!({"path": traces, "token": TOKEN, "body_hex": hex(&body), "gzip": false})
+    };
+    let got = grpc_calls(&f, serde_json::json!([call(["rl-a", "rl-b", "rl-c"]), call(["rl-d", "rl-e", "rl-f"])]));
+    assert_eq!(got[0]["code"], "OK");
+    let retry_info = "type.googleapis.com/google.rpc.RetryInfo";
+    assert_eq!(
+        got[1],
+        serde_json::json!({"code": "UNAVAILABLE", "details": "rate_limited", "trailers": {
+            "grpc-status-details-bin": [14, "rate_limited", [retry_info, 1]],
+            "google.rpc.retryinfo-bin": "CgIIAQ==",
+        }})
+    );
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -186,20 +186,34 @@ pub fn json_u64(v: JsonValue<'_, '_>) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
+/// An OTLP/JSON double: a number, or as proto3 JSON allows a string, `"NaN"`,
+/// `"Infinity"`, `"-Infinity"` or a number's text (`"1.5"`; not Rust's `"inf"`).
+pub fn json_double(v: JsonValue<'_, '_>) -> Option<f64> {
+    if let Some(d) = v.as_f64().or_else(|| v.as_i64().map(|i| i as f64)).or_else(|| v.as_u64().map(|u| u as f64)) {
+        return Some(d);
+    }
+    match v.as_str()? {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        s => s.trim().parse::<f64>().ok().filter(|d| d.is_finite()),
+    }
+}
+
 /// An OTLP/JSON `AnyValue` object.
 pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeError> {
     let o = v.as_object().ok_or(DecodeError::Json("an AnyValue must be an object"))?;
     let mut out = AnyRef::Empty;
     for (k, v) in o.iter() {
+        // proto3 JSON: a null field is the field's default, here the value not set.
+        if v.as_null().is_some() {
+            continue;
+        }
         out = match k {
             "stringValue" => AnyRef::Str(v.into_string().ok_or(DecodeError::Json("stringValue must be a string"))?),
             "boolValue" => AnyRef::Bool(v.as_bool().ok_or(DecodeError::Json("boolValue must be a boolean"))?),
             "intValue" => AnyRef::Int(json_int(v).ok_or(DecodeError::Json("intValue must be an integer"))?),
-            "doubleValue" => AnyRef::Double(
-                v.as_f64()
-                    .or_else(|| v.as_i64().map(|i| i as f64))
-                    .ok_or(DecodeError::Json("doubleValue must be a number"))?,
-            ),
+            "doubleValue" => AnyRef::Double(json_double(v).ok_or(DecodeError::Json("doubleValue must be a number"))?),
             "bytesValue" => AnyRef::Base64(v.into_string().ok_or(DecodeError::Json("bytesValue must be a string"))?),
             "arrayValue" => AnyRef::JsonArray(values(v)?),
             "kvlistValue" => AnyRef::JsonKvlist(values(v)?),

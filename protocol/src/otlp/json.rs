@@ -28,15 +28,20 @@ fn object<'t, 'a>(v: Value<'t, 'a>) -> Result<Object<'t, 'a>, DecodeError> {
     v.as_object().ok_or(DecodeError::Json("a message must be an object"))
 }
 
+/// A field's value unless absent or null (proto3 JSON: null is the default value).
+fn field<'t, 'a>(o: &Object<'t, 'a>, key: &str) -> Option<Value<'t, 'a>> {
+    o.get(key).filter(|v| v.as_null().is_none())
+}
+
 fn str_of<'a>(o: &Object<'_, 'a>, key: &str) -> Result<&'a str, DecodeError> {
-    match o.get(key) {
+    match field(o, key) {
         None => Ok(""),
         Some(v) => v.into_string().ok_or(DecodeError::Json("a string field must be a string")),
     }
 }
 
 fn time_of(o: &Object<'_, '_>, key: &str) -> Result<u64, DecodeError> {
-    match o.get(key) {
+    match field(o, key) {
         None => Ok(0),
         Some(v) => json_u64(v).ok_or(DecodeError::Json("a time must be an unsigned integer or a string of digits")),
     }
@@ -64,7 +69,7 @@ pub fn walk(
         for r in array_of(&root, resources)?.iter().flat_map(|a| a.iter()) {
             let r = object(r)?;
             let mut slots = Slots::empty();
-            if let Some(res) = r.get("resource") {
+            if let Some(res) = field(&r, "resource") {
                 slots.fill(&attrs_of(&object(res)?)?, 0)?;
             }
             for s in array_of(&r, scopes)?.iter().flat_map(|a| a.iter()) {
@@ -78,9 +83,9 @@ pub fn walk(
                             trace_id: Id::Hex(str_of(&o, "traceId")?),
                             span_id: Id::Hex(str_of(&o, "spanId")?),
                             attrs: attrs_of(&o)?,
-                            body: match o.get("body") {
-                                Some(b) if b.as_null().is_none() => json_any(b)?,
-                                _ => AnyRef::Empty,
+                            body: match field(&o, "body") {
+                                Some(b) => json_any(b)?,
+                                None => AnyRef::Empty,
                             },
                             content: None,
                         },

@@ -450,6 +450,37 @@ fn otlp_json_maps_like_protobuf() {
 }
 
 #[test]
+fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
+    let t = 1_795_617_749_123_456_789u64;
+    let dv = |k: &str, v: &str| format!(r#"{{"key":"{k}","value":{{"doubleValue":{v}}}}}"#);
+    let attrs = [
+        dv("nan", r#""NaN""#),
+        dv("inf", r#""Infinity""#),
+        dv("ninf", r#""-Infinity""#),
+        dv("s", r#""1.5""#),
+        dv("none", "null"),
+        dv("n", "2"),
+    ];
+    let body = format!(
+        r#"{{"resourceLogs":[{{"resource":null,"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"{t}","eventName":"boss_killed",
+        "traceId":null,"spanId":null,"observedTimeUnixNano":null,"body":null,"attributes":[
+        {{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}},{}]}},
+        {{"timeUnixNano":"{t}","eventName":null,"attributes":[{{"key":"event.name","value":{{"stringValue":"x","intValue":null}}}},
+        {{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}}]}}]}}]}}]}}"#,
+        attrs.join(",")
+    );
+    let out = run(Signal::Logs, Format::Json, body.as_bytes()).expect("decodes");
+    assert_eq!((out.summary.accepted, out.summary.rejected), (2, 0), "{:?}", out.summary);
+    // NaN and the infinities are null in props, as from protobuf; a null value is no value.
+    assert_eq!(out.custom[0].props, r#"{"nan":null,"inf":null,"ninf":null,"s":1.5,"none":null,"n":2}"#);
+    assert_eq!(out.custom[1].event, "x");
+    for bad in [r#""inf""#, r#""1.5x""#, "true"] {
+        let body = body.replace(r#"{"doubleValue":"1.5"}"#, &format!(r#"{{"doubleValue":{bad}}}"#));
+        assert!(run(Signal::Logs, Format::Json, body.as_bytes()).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn bad_otlp_json_is_refused() {
     for (body, want) in [
         ("{", "malformed"),

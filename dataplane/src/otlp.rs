@@ -144,6 +144,10 @@ pub struct Exported {
     pub message: String,
 }
 
+/// Bytes of the inflate buffer kept for reuse between requests; a larger inflated body
+/// is freed before its append waits for Redis.
+const INFLATED_KEEP: usize = 256 << 10;
+
 /// An export request whose body (as sent, `encoding` says whether gzip) is in `wire`,
 /// from `game` (its token checked): decoded, mapped, and its events appended, answered
 /// once Redis has them; or why not. The one path of OTLP/HTTP and OTLP/gRPC alike.
@@ -157,8 +161,13 @@ pub async fn export(
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<Exported, IngestError> {
-    let (prepared, summary) =
-        prepare(shard, signal, format, encoding, game, wire, scratch).map_err(|r| r.counted(shard, game))?;
+    let prepared = prepare(shard, signal, format, encoding, game, wire, scratch);
+    // The inflated body is done with (its events are staged): it is not kept across the
+    // wait for Redis, as its bytes are outside the shard's body budget (the body as sent
+    // is counted there). Only a buffer of typical size stays for the next request.
+    scratch.clear();
+    scratch.shrink_to(INFLATED_KEEP);
+    let (prepared, summary) = prepared.map_err(|r| r.counted(shard, game))?;
     if let Some(p) = prepared {
         ingest::append(shard, game, p).await?;
     }

@@ -1085,3 +1085,44 @@ fn revenue_recompute_reads_the_days_orders_not_every_payment_of_the_game() {
     eprintln!("rows read by the revenue statement: {read} (200,003 payments of the game)");
     assert!(read > 0 && read < 50_000, "the revenue statement read {read} rows");
 }
+
+/// One batch of 500 payments whose environments and order ids are as long as ingest
+/// allows (256 bytes) and full of quotes (escaping doubles them): the look-up of the
+/// days the orders are already on is split by size, never one statement past
+/// ClickHouse's `max_query_size`, so the payments are inserted and acknowledged (none
+/// dead-lettered) and `daily_revenue` is exact.
+#[test]
+fn payments_with_longest_envs_and_order_ids_are_inserted_and_counted() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let ts = now_secs() as u64;
+    let quotes = "'".repeat(250);
+    let items: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{ts},"game_id":"{GAME}","env":"{i:06}{quotes}","user_id":"u-{i}","order_id":"{i:06}{quotes}","amount_cents":{a},"currency":"USD","status":"success"}}"#,
+                a = 100 + i
+            )
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    assert_eq!(p.ingest.post("/api/ingest/payments", &body).status, 202);
+    wait_idle(&p);
+    assert_eq!(p.ingest.redis.client().int(&["XLEN", "analytics:payments:dead"]), 0, "nothing dead-lettered");
+    assert_eq!(p.scalar("SELECT count() FROM analytics.payments FINAL"), 500);
+    let want: u64 = (0..500).map(|i| 100 + i).sum();
+    let d = day_of(ts as i64 * 1000);
+    p.wait_for(want, "daily_revenue of the 500 environments", |p| {
+        p.scalar(&format!(
+            "SELECT sum(revenue_cents) FROM analytics.daily_revenue FINAL WHERE game_id = '{GAME}' \
+             AND d = toDate('1970-01-01') + {d}"
+        ))
+    });
+    assert_eq!(
+        p.scalar(&format!(
+            "SELECT count() FROM analytics.daily_revenue FINAL WHERE game_id = '{GAME}' AND d = toDate('1970-01-01') + {d}"
+        )),
+        500
+    );
+    assert!(p.stop_worker());
+}

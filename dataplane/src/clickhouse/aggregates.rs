@@ -219,34 +219,67 @@ pub const REVENUE_SETTINGS: &[(&str, Setting<'static>)] = &[
     ("insert_distributed_sync", Setting::UInt(1)),
 ];
 
+/// Most bytes of SQL in one [`order_days`] statement: a quarter of ClickHouse's default
+/// `max_query_size` (262,144), so no batch of orders — however long their ids and
+/// environments, however many quotes escaping doubles — makes a statement the server
+/// cannot parse.
+pub const ORDER_DAYS_SQL_BYTES: usize = 64 * 1024;
+
+/// The statements [`order_days`] sends for `orders` (game, environment, order): each at
+/// most about [`ORDER_DAYS_SQL_BYTES`] long (one order's condition more at most: an
+/// order is never split), orders grouped by game and environment within a statement.
+pub fn order_days_sql(orders: &[(String, String, String)]) -> Vec<String> {
+    const HEAD: &str = "SELECT DISTINCT toString(game_id), toString(env), \
+                        toUInt32(intDiv(toUInt32(time), 86400)) FROM analytics.payments WHERE ";
+    let mut sorted: Vec<&(String, String, String)> = orders.iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::new();
+    let mut sql = String::new();
+    // The scope whose `IN (` list is open in `sql`.
+    let mut open: Option<(&str, &str)> = None;
+    for (g, e, o) in sorted {
+        let order = quote(o);
+        if !sql.is_empty() && sql.len() + order.len() + 4 > ORDER_DAYS_SQL_BYTES {
+            sql.push_str("))");
+            out.push(std::mem::take(&mut sql));
+            open = None;
+        }
+        if open == Some((g.as_str(), e.as_str())) {
+            sql.push_str(", ");
+        } else {
+            if sql.is_empty() {
+                sql.push_str(HEAD);
+            } else {
+                sql.push_str(")) OR ");
+            }
+            sql.push_str("(game_id = ");
+            sql.push_str(&quote(g));
+            sql.push_str(" AND env = ");
+            sql.push_str(&quote(e));
+            sql.push_str(" AND order_id IN (");
+            open = Some((g.as_str(), e.as_str()));
+        }
+        sql.push_str(&order);
+    }
+    if !sql.is_empty() {
+        sql.push_str("))");
+        out.push(sql);
+    }
+    out
+}
+
 /// Days (game, environment, UTC day) on which `payments` holds rows of `orders` (game,
 /// environment, order), asked before a batch's payments are inserted: an order inserted
 /// again at another time (a retry re-stamped after midnight) leaves the day it was on,
-/// whose revenue must be computed again. At most 500 orders per query.
+/// whose revenue must be computed again. One statement per [`ORDER_DAYS_SQL_BYTES`] of
+/// SQL ([`order_days_sql`]): one for any batch of ordinary orders.
 pub async fn order_days(
     ch: &mut Connection,
     orders: &[(String, String, String)],
 ) -> Result<Vec<(String, String, u32)>, ChError> {
     let mut out = Vec::new();
-    for chunk in orders.chunks(500) {
-        let mut by_scope: std::collections::BTreeMap<(&str, &str), Vec<String>> = std::collections::BTreeMap::new();
-        for (g, e, o) in chunk {
-            by_scope.entry((g, e)).or_default().push(quote(o));
-        }
-        let cond: Vec<String> = by_scope
-            .iter()
-            .map(|((g, e), o)| {
-                format!("(game_id = {} AND env = {} AND order_id IN ({}))", quote(g), quote(e), o.join(", "))
-            })
-            .collect();
-        if cond.is_empty() {
-            continue;
-        }
-        let sql = format!(
-            "SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(time), 86400)) \
-             FROM analytics.payments WHERE {}",
-            cond.join(" OR ")
-        );
+    for sql in order_days_sql(orders) {
         out.extend(game_env_periods(&ch.select(&sql, &[]).await?.rows));
     }
     Ok(out)
@@ -292,5 +325,26 @@ mod tests {
         assert!(sql.contains("toDate('2026-12-02')"), "{sql}");
         assert!(sql.contains(r"game_id = 'g\'1'") && sql.contains("time >= toDateTime(1796169600)"), "{sql}");
         assert!(sql.contains("time < toDateTime(1796256000)"), "{sql}");
+    }
+
+    #[test]
+    fn order_look_ups_are_split_by_size_and_grouped_by_scope() {
+        let long = "'".repeat(250);
+        let orders: Vec<(String, String, String)> =
+            (0..500).map(|i| ("g".into(), format!("{i:06}{long}"), format!("{i:06}{long}"))).collect();
+        let sql = order_days_sql(&orders);
+        assert!(sql.len() > 1, "{} statements", sql.len());
+        for s in &sql {
+            assert!(s.len() <= ORDER_DAYS_SQL_BYTES + 2_048, "{}", s.len());
+            assert_eq!(s.matches('(').count(), s.matches(')').count(), "balanced");
+        }
+        let total: usize = sql.iter().map(|s| s.matches("order_id IN (").count()).sum();
+        assert_eq!(total, 500);
+        let few: Vec<(String, String, String)> = (0..3).map(|i| ("g".into(), "prod".into(), format!("o{i}"))).collect();
+        assert_eq!(
+            order_days_sql(&few),
+            ["SELECT DISTINCT toString(game_id), toString(env), toUInt32(intDiv(toUInt32(time), 86400)) \
+              FROM analytics.payments WHERE (game_id = 'g' AND env = 'prod' AND order_id IN ('o0', 'o1', 'o2'))"]
+        );
     }
 }

@@ -634,10 +634,17 @@ impl Consumer {
         let mut todo: Vec<Vec<usize>> = vec![progress.unsettled()];
         let table = Table::of(self.cfg.stream);
         if self.cfg.stream == StreamKind::Payments && self.agg.is_some() {
-            // Before the rows replace them: the days orders of this batch are on now.
+            // Before the rows replace them: the days orders of this batch are on now. Never
+            // fatal: without the answer the batch's days' neighbours are recomputed too.
             if let Err(e) = self.moved_orders_days(batch, &todo[0]).await {
-                self.metrics.emit(InsertFailed { table });
-                return Err(e);
+                tracing::warn!(
+                    consumer = %self.cfg.consumer,
+                    stream = self.key(),
+                    error = %e,
+                    "could not ask ClickHouse which days the batch's orders are on; the payments are \
+                     inserted anyway and the day before and after each of their days is recomputed too"
+                );
+                self.sink.recompute_neighbour_days();
             }
         }
         while let Some(part) = todo.pop() {

@@ -133,6 +133,10 @@ pub struct Sink {
     revenue_days: Vec<(String, String, u32)>,
     /// The sketch adds of the rows being inserted, made once ClickHouse confirms them.
     staged: Vec<Staged>,
+    /// The days the batch's orders were on could not be asked: [`Sink::take_revenue_days`]
+    /// adds the day before and after each day (an order retried across midnight left one
+    /// of them).
+    neighbours: bool,
 }
 
 /// Notes a payment's day, once per game, environment and day.
@@ -164,6 +168,7 @@ impl Sink {
             agg: None,
             revenue_days: Vec::new(),
             staged: Vec::new(),
+            neighbours: false,
         }
     }
 
@@ -174,8 +179,22 @@ impl Sink {
 
     /// The days of the payments pushed since the last call, and those noted by
     /// [`Sink::note_revenue_days`].
+    /// With [`Sink::recompute_neighbour_days`], each day's neighbours too.
     pub fn take_revenue_days(&mut self) -> Vec<(String, String, u32)> {
+        if std::mem::take(&mut self.neighbours) {
+            let days: Vec<(String, String, u32)> = self.revenue_days.clone();
+            for (g, e, d) in days {
+                note_day(&mut self.revenue_days, &g, &e, d.saturating_sub(1));
+                note_day(&mut self.revenue_days, &g, &e, d.saturating_add(1));
+            }
+        }
         std::mem::take(&mut self.revenue_days)
+    }
+
+    /// The days the batch's orders are on could not be asked: recompute, with the days of
+    /// its payments, the day before and after each.
+    pub fn recompute_neighbour_days(&mut self) {
+        self.neighbours = true;
     }
 
     /// Notes more days whose `daily_revenue` is to be recomputed once the batch commits.

@@ -11,9 +11,12 @@ use super::{DecodeError, Signal};
 use crate::validate::{self, JsonBuffers, Limits};
 
 /// JSON nesting above the attribute values (`{resourceLogs:[{scopeLogs:[{logRecords:[{
-/// attributes:[{value:{`) plus three levels per nested `AnyValue`.
+/// attributes:[{value:{`) plus four levels per nested `AnyValue` (a `kvlistValue` takes
+/// four, `{kvlistValue:{values:[{value:`; an `arrayValue` three): the parser's bound
+/// never refuses what protobuf accepts, and the `AnyValue` depth is checked as in
+/// protobuf when values are written.
 fn json_depth(limits: &Limits) -> usize {
-    10 + 3 * limits.max_depth + 2
+    10 + 4 * limits.max_depth + 2
 }
 
 fn array_of<'t, 'a>(o: &Object<'t, 'a>, key: &str) -> Result<Option<simd_json::tape::Array<'t, 'a>>, DecodeError> {
@@ -64,7 +67,7 @@ pub fn walk(
         Signal::Logs => ("resourceLogs", "scopeLogs", "logRecords"),
         Signal::Traces => ("resourceSpans", "scopeSpans", "spans"),
     };
-    validate::with_root(body, &json_limits, bufs, |root, _| -> Result<(), DecodeError> {
+    let parsed = validate::with_root(body, &json_limits, bufs, |root, _| -> Result<(), DecodeError> {
         let root = root.as_object().ok_or(DecodeError::Json("the body must be an object"))?;
         for r in array_of(&root, resources)?.iter().flat_map(|a| a.iter()) {
             let r = object(r)?;
@@ -105,5 +108,11 @@ pub fn walk(
             }
         }
         Ok(())
-    })
+    });
+    // JSON nested past the parser's bound is values nested too deep: said in `AnyValue`
+    // levels, as for protobuf.
+    match parsed {
+        Err(DecodeError::TooDeep(_)) => Err(DecodeError::TooDeep(limits.max_depth)),
+        r => r,
+    }
 }

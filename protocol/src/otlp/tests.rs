@@ -328,6 +328,26 @@ fn deeply_nested_values_are_refused_not_recursed_into() {
 }
 
 #[test]
+fn kvlists_nest_as_deep_in_otlp_json_as_in_protobuf() {
+    let pb_kvlist = |levels: usize| {
+        let mut v = int(1);
+        for _ in 1..levels {
+            v = kvlist(&[("k", v)]);
+        }
+        run(Signal::Logs, Format::Protobuf, &request(&resource(), &[log("user.login", T, &[("n", v)])])).err()
+    };
+    let json_kvlist = |levels: usize| {
+        let mut v = r#"{"intValue":"1"}"#.to_owned();
+        for _ in 1..levels {
+            v = format!(r#"{{"kvlistValue":{{"values":[{{"key":"k","value":{v}}}]}}}}"#);
+        }
+        run(Signal::Logs, Format::Json, json_log(&format!(r#",{{"key":"n","value":{v}}}"#)).as_bytes()).err()
+    };
+    assert_eq!((pb_kvlist(16), json_kvlist(16)), (None, None));
+    assert_eq!((pb_kvlist(17), json_kvlist(17)), (Some(DecodeError::TooDeep(16)), Some(DecodeError::TooDeep(16))));
+}
+
+#[test]
 fn too_many_records_refuse_the_request() {
     let limits = Limits { max_records: 2, ..Limits::default() };
     let recs = vec![log("user.login", T, &[]); 3];

@@ -85,7 +85,7 @@ pub async fn handle(
 /// Sends a prepared append and waits for Redis: the number of records once it has them
 /// (or had them: the same request again), else why not (the rate taken is given back).
 pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, parts, records, rate, client_rates, game } = prepared;
+    let Prepared { cmd, entries, parts, records, rate, client_rates, game, rejected } = prepared;
     // Nothing appended: what the request took from its rates is given back.
     let give_back = || {
         for r in rate.iter().chain(client_rates.iter().flatten()) {
@@ -104,6 +104,9 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
             if m.enabled() {
                 for (stream, count) in &parts[..entries] {
                     m.emit(EventsAccepted { game, stream: *stream, count: *count as u64 });
+                }
+                if rejected > 0 {
+                    m.emit(EventsRefused { game, reason: "invalid_field", count: rejected as u64 });
                 }
             }
             // Appended (and counted: the entries will reach the tables), but not on
@@ -179,12 +182,22 @@ pub(crate) struct Prepared<'s> {
     client_rates: [Option<&'s GameRate>; 2],
     /// The game, as counted.
     game: GameIx,
+    /// Records of the request refused by validation while the rest is appended (OTLP's
+    /// partial success): counted once the append is made, so that a request answered
+    /// 503 and sent again, or replayed, counts them once.
+    rejected: usize,
 }
 
 impl<'s> Prepared<'s> {
     /// The append also gives back, when nothing is appended, what it took from `rates`.
     pub(crate) fn with_client_rates(self, rates: [Option<&'s GameRate>; 2]) -> Prepared<'s> {
         Prepared { client_rates: rates, ..self }
+    }
+
+    /// Notes `rejected` records of the request refused by validation, counted
+    /// (`invalid_field`) when the append is made.
+    pub(crate) fn with_rejected(self, rejected: usize) -> Prepared<'s> {
+        Prepared { rejected, ..self }
     }
 }
 
@@ -332,6 +345,7 @@ pub(crate) fn stage<'s>(
         rate,
         client_rates: [None, None],
         game: game.metrics,
+        rejected: 0,
     })
 }
 

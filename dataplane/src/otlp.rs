@@ -232,17 +232,17 @@ fn prepare<'s>(
         otlp::decode(signal, format, body, &ctx, &mut json, &mut new_id, &mut b.otlp_sink())
             .map_err(|e| IngestError::Body(BodyError::Malformed(e.to_string())))?
     };
-    if summary.rejected > 0 {
-        let m = &shard.metrics;
-        if m.enabled() {
-            m.emit(EventsRefused { game: game.metrics, reason: "invalid_field", count: summary.rejected as u64 });
-        }
-    }
     let (parts, n) = b.parts();
     if n == 0 {
+        // Nothing to append: the rejections are counted now (the request leaves no nonce
+        // behind, so a retry of it counts them again).
+        let m = &shard.metrics;
+        if summary.rejected > 0 && m.enabled() {
+            m.emit(EventsRefused { game: game.metrics, reason: "invalid_field", count: summary.rejected as u64 });
+        }
         return Ok((None, summary));
     }
     let nonce_key = format!("croupier:otlp:{game_id}:{}", hex::encode(digest));
-    let prepared = ingest::stage(shard, b, game, &nonce_key, &digest, parts, n)?;
+    let prepared = ingest::stage(shard, b, game, &nonce_key, &digest, parts, n)?.with_rejected(summary.rejected);
     Ok((Some(prepared), summary))
 }

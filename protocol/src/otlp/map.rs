@@ -451,11 +451,16 @@ impl<'m, 'o> Mapper<'m, 'o> {
         };
         let early = !known.is_empty() && taxonomy_name(known).1.is_none();
         let mut props_error = self.scan(&mut slots, &rec.attrs, early)?;
-        let name = match (rec.name, self.text(slots.get(Slot::EventName))?) {
-            ("", None) => return Ok(false),
-            ("", Some(Text::Str(s))) => s,
-            ("", Some(Text::Num(..))) => return Err(Fail::Reject("event.name must be a string")),
-            (n, _) => n,
+        // The `event.name` / `event_type` attribute is read only when it names the event:
+        // with the record's own name (a span's, a log record's `event_name`), it is
+        // neither checked nor stored (an event column).
+        let name = match rec.name {
+            "" => match self.text(slots.get(Slot::EventName))? {
+                None => return Ok(false),
+                Some(Text::Str(s)) => s,
+                Some(Text::Num(..)) => return Err(Fail::Reject("event.name must be a string")),
+            },
+            n => n,
         };
         if name.len() > 128 {
             return Err(Fail::Reject("the event name is longer than 128 bytes"));

@@ -348,6 +348,21 @@ fn kvlists_nest_as_deep_in_otlp_json_as_in_protobuf() {
 }
 
 #[test]
+fn the_event_name_attribute_is_not_checked_when_the_record_has_its_own_name() {
+    // A log record with `event_name` and an `event.name` attribute that could not name
+    // an event (a double, 300 bytes): the record's own name is used, and it is stored.
+    for v in [double(1.5), s(&"x".repeat(300))] {
+        let body = request(&resource(), &[log("user.login", T, &[("event.name", v.clone())])]);
+        let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
+        assert_eq!((out.summary.accepted, out.events[0].event.as_str()), (1, "login"), "{v:x?}");
+    }
+    // Without `event_name`, the attribute names the event and is checked.
+    let rec = [fixed64(1, T), attrs(6, &[("event.name", double(1.5))])].concat();
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec])).expect("decodes");
+    assert_eq!(out.summary.first_rejection, Some((0, "a mapped attribute must be a string or an integer")));
+}
+
+#[test]
 fn too_many_records_refuse_the_request() {
     let limits = Limits { max_records: 2, ..Limits::default() };
     let recs = vec![log("user.login", T, &[]); 3];

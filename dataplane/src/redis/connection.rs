@@ -44,7 +44,6 @@ use croupier_protocol::resp::{self, Frame};
 use croupier_protocol::stream::CONSUMER_GROUP;
 use local_sync::mpsc::{unbounded, TryRecvError};
 use local_sync::oneshot;
-use monoio::buf::VecBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -52,7 +51,7 @@ use monoio::time::Instant;
 use super::cluster::Cluster;
 use super::overdue::Overdue;
 use super::sentinel::{self, Sentinels};
-use crate::io::read_more;
+use crate::io::{read_more, write_all_vectored};
 
 /// A command could not be carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -601,9 +600,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 cmds.push(cmd);
                 res
             } else {
-                let (res, buf) = stream.write_vectored_all(VecBuf::from(std::mem::take(&mut cmds))).await;
-                cmds = buf.into();
-                res
+                write_all_vectored(stream, &mut cmds).await.map(|()| 0)
             }
         };
         shared.overdue.owed(inflight.front().map_or(Duration::ZERO, |c| c.allowance));

@@ -178,7 +178,12 @@ pub async fn export(
                 Signal::Logs => "log record",
                 Signal::Traces => "span",
             };
-            format!("{} of {} rejected; the first, {what} {index}: {reason}", summary.rejected, summary.records)
+            let attribute = summary.first_attribute;
+            let sep = if attribute.is_empty() { "" } else { ": " };
+            format!(
+                "{} of {} rejected; the first, {what} {index}: {attribute}{sep}{reason}",
+                summary.rejected, summary.records
+            )
         }
     };
     Ok(Exported { rejected: summary.rejected as u64, message })

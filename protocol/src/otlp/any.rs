@@ -61,7 +61,7 @@ impl<'t, 'a> Attrs<'t, 'a> {
     #[inline]
     pub fn each<F>(&self, mut f: F) -> Result<(), DecodeError>
     where
-        F: FnMut(&'a str, Option<(Slot, u8)>, AnyRef<'t, 'a>) -> Result<(), DecodeError>,
+        F: FnMut(&'a str, SlotOf, AnyRef<'t, 'a>) -> Result<(), DecodeError>,
     {
         match *self {
             Attrs::None => Ok(()),
@@ -78,7 +78,7 @@ impl<'t, 'a> Attrs<'t, 'a> {
             Attrs::Json(arr) => {
                 for kv in arr.iter() {
                     let (k, v) = json_key_value(kv)?;
-                    f(k, slot_of(k.as_bytes()).map(|(s, r, _)| (s, r)), v)?;
+                    f(k, slot_of(k.as_bytes()), v)?;
                 }
                 Ok(())
             }
@@ -112,14 +112,14 @@ fn pb_key_value<'t, 'a>(msg: &'a [u8]) -> Result<(&'a str, SlotOf, AnyRef<'t, 'a
     Ok((key, slot, value))
 }
 
-/// The slot a key names and its rank ([`slot_of`]), if any.
-type SlotOf = Option<(Slot, u8)>;
+/// The slot a key names, its rank and the name ([`slot_of`]), if any.
+pub type SlotOf = Option<(Slot, u8, &'static str)>;
 
 /// A key and the slot it names.
 #[inline(always)]
 fn key_slot(b: &[u8]) -> Result<(&str, SlotOf), WireError> {
     Ok(match slot_of(b) {
-        Some((s, rank, name)) => (name, Some((s, rank))),
+        Some((s, rank, name)) => (name, Some((s, rank, name))),
         None => (std::str::from_utf8(b).map_err(|_| WireError::InvalidUtf8)?, None),
     })
 }

@@ -194,9 +194,10 @@ fn event_column(slot: Slot) -> bool {
     )
 }
 
-/// A record's attribute slots: each holds a value and its rank (record over resource).
+/// A record's attribute slots: each holds a value, its rank (record over resource) and
+/// the attribute's name (for a rejection's message).
 #[derive(Clone, Copy)]
-pub struct Slots<'t, 'a>([Option<(AnyRef<'t, 'a>, u8)>; SLOTS]);
+pub struct Slots<'t, 'a>([Option<(AnyRef<'t, 'a>, u8, &'static str)>; SLOTS]);
 
 impl<'t, 'a> Slots<'t, 'a> {
     /// No attribute.
@@ -216,16 +217,21 @@ impl<'t, 'a> Slots<'t, 'a> {
 
     /// Puts `v` in its slot unless a value of a higher rank is there.
     #[inline]
-    fn put(&mut self, (slot, rank): (Slot, u8), v: AnyRef<'t, 'a>, level: u8) {
+    fn put(&mut self, (slot, rank, name): (Slot, u8, &'static str), v: AnyRef<'t, 'a>, level: u8) {
         let rank = rank + level * 10;
         let cell = &mut self.0[slot as usize];
-        if cell.is_none_or(|(_, r)| r <= rank) {
-            *cell = Some((v, rank));
+        if cell.is_none_or(|(_, r, _)| r <= rank) {
+            *cell = Some((v, rank, name));
         }
     }
 
     fn get(&self, slot: Slot) -> AnyRef<'t, 'a> {
-        self.0[slot as usize].map_or(AnyRef::Empty, |(v, _)| v)
+        self.named(slot).0
+    }
+
+    /// The slot's value and the name of the attribute it came from.
+    fn named(&self, slot: Slot) -> (AnyRef<'t, 'a>, &'static str) {
+        self.0[slot as usize].map_or((AnyRef::Empty, ""), |(v, _, name)| (v, name))
     }
 }
 
@@ -290,6 +296,8 @@ pub struct Content<'a> {
 enum Fail {
     /// The record is rejected (partial success), for this reason.
     Reject(&'static str),
+    /// The record is rejected for this reason about this mapped attribute.
+    Attr(&'static str, &'static str),
     /// The request cannot be decoded.
     Fatal(DecodeError),
 }
@@ -399,10 +407,8 @@ impl<'m, 'o> Mapper<'m, 'o> {
         match self.map(signal, resource, rec) {
             Ok(true) => self.summary.accepted += 1,
             Ok(false) => self.summary.skipped += 1,
-            Err(Fail::Reject(reason)) => {
-                self.summary.rejected += 1;
-                self.summary.first_rejection.get_or_insert((index, reason));
-            }
+            Err(Fail::Reject(reason)) => self.reject(index, reason, ""),
+            Err(Fail::Attr(attribute, reason)) => self.reject(index, reason, attribute),
             Err(Fail::Fatal(e)) => return Err(e),
         }
         // The limit is on events: records that are not events (a Collector's batch of
@@ -413,23 +419,32 @@ impl<'m, 'o> Mapper<'m, 'o> {
         Ok(())
     }
 
+    /// Counts a rejected record; the first one's reason (and attribute, if one) is kept.
+    fn reject(&mut self, index: usize, reason: &'static str, attribute: &'static str) {
+        self.summary.rejected += 1;
+        if self.summary.first_rejection.is_none() {
+            self.summary.first_rejection = Some((index, reason));
+            self.summary.first_attribute = attribute;
+        }
+    }
+
     #[inline]
-    fn text<'a>(&self, v: AnyRef<'_, 'a>) -> Result<Option<Text<'a>>, Fail> {
+    fn text<'a>(&self, (v, name): (AnyRef<'_, 'a>, &'static str)) -> Result<Option<Text<'a>>, Fail> {
         match v {
             AnyRef::Empty => Ok(None),
             AnyRef::Str("") => Ok(None),
             AnyRef::Str(s) if s.len() > self.ctx.limits.max_field_bytes => {
-                Err(Fail::Reject("a mapped attribute is longer than 256 bytes"))
+                Err(Fail::Attr(name, "a mapped attribute is longer than 256 bytes"))
             }
             AnyRef::Str(s) => Ok(Some(Text::Str(s))),
             AnyRef::Int(i) => Ok(Some(int_text(i))),
-            _ => Err(Fail::Reject("a mapped attribute must be a string or an integer")),
+            _ => Err(Fail::Attr(name, "a mapped attribute must be a string or an integer")),
         }
     }
 
     #[inline]
     fn opt<'a>(&self, slots: &Slots<'_, 'a>, slot: Slot) -> Result<Text<'a>, Fail> {
-        Ok(self.text(slots.get(slot))?.unwrap_or(Text::Str("")))
+        Ok(self.text(slots.named(slot))?.unwrap_or(Text::Str("")))
     }
 
     /// `Ok(true)`: stored; `Ok(false)`: not an event.
@@ -455,7 +470,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         // with the record's own name (a span's, a log record's `event_name`), it is
         // neither checked nor stored (an event column).
         let name = match rec.name {
-            "" => match self.text(slots.get(Slot::EventName))? {
+            "" => match self.text(slots.named(Slot::EventName))? {
                 None => return Ok(false),
                 Some(Text::Str(s)) => s,
                 Some(Text::Num(..)) => return Err(Fail::Reject("event.name must be a string")),
@@ -580,7 +595,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             if let Some(slot) = slot {
                 slots.put(slot, v, 1);
             }
-            if !write_props || failed.is_some() || slot.is_some_and(|(s, _)| event_column(s)) {
+            if !write_props || failed.is_some() || slot.is_some_and(|(s, _, _)| event_column(s)) {
                 return Ok(());
             }
             if let Err(e) = props.member(k, limit, |t| v.write_json(t, 1, max_depth)) {

@@ -138,6 +138,8 @@ pub struct Summary {
     pub skipped: usize,
     /// The first rejection: the record's position in the request and why.
     pub first_rejection: Option<(usize, &'static str)>,
+    /// The mapped attribute the first rejection is about (`game.user_id`, ...), or "".
+    pub first_attribute: &'static str,
 }
 
 /// Decodes a request of `signal` in `format` and maps its records into `out`. On error

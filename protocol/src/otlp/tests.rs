@@ -360,6 +360,14 @@ fn the_event_name_attribute_is_not_checked_when_the_record_has_its_own_name() {
     let rec = [fixed64(1, T), attrs(6, &[("event.name", double(1.5))])].concat();
     let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec])).expect("decodes");
     assert_eq!(out.summary.first_rejection, Some((0, "a mapped attribute must be a string or an integer")));
+    assert_eq!(out.summary.first_attribute, "event.name");
+    // The attribute a rejection is about is named, as sent (`user.id`, not the slot).
+    let rec = [fixed64(1, T), attrs(6, &[("user.id", s(&"u".repeat(300)))]), field(12, b"user.login")].concat();
+    let out = run(Signal::Logs, Format::Protobuf, &request(&resource(), &[rec])).expect("decodes");
+    assert_eq!(
+        (out.summary.first_rejection, out.summary.first_attribute),
+        (Some((0, "a mapped attribute is longer than 256 bytes")), "user.id")
+    );
 }
 
 #[test]

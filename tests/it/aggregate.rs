@@ -1126,3 +1126,45 @@ fn payments_with_longest_envs_and_order_ids_are_inserted_and_counted() {
     );
     assert!(p.stop_worker());
 }
+
+/// Redis loses its last writes — here the `hll:*` keys are deleted and the worker's
+/// connections are killed, as a restart from an older AOF or a failover to a replica
+/// that missed them would — and the worker reconnects: before it acknowledges the next
+/// entries it merges every sketch it holds again, so the keys hold the earlier players'
+/// registers again (without waiting for `aggregate.resend_ms`, a minute by default).
+#[test]
+fn a_redis_reconnect_merges_every_held_sketch_before_the_next_acknowledgement() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let ts = now_secs() as u64;
+    post_players(&p, "register", "early", 0..300, ts);
+    wait_idle(&p);
+    // The new-users key: the later logins do not touch its sketch.
+    let dau = key(Kind::New, ts);
+    assert!(registers(&p, &dau).is_some(), "key written");
+    assert_eq!(p.ingest.redis.client().int(&["DEL", &dau]), 1);
+    p.ingest.redis.client().cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    // The ingest's connection was killed too: it answers 503 until it has reconnected.
+    let items: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"login","user_id":"late-{i}"}}"#))
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = p.ingest.client();
+    while post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes()).status != 202 {
+        assert!(Instant::now() < deadline, "ingest did not reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+        c = p.ingest.client();
+    }
+    wait_idle(&p);
+    let mut want = croupier_protocol::hll::Sketch::new();
+    for i in 0..300 {
+        want.add(format!("early-{i}").as_bytes());
+    }
+    let got = match p.ingest.redis.client().cmd(&["GET", &dau]) {
+        croupier_protocol::resp::Frame::BulkString(b) => croupier_protocol::hll::Sketch::from_redis(&b).ok(),
+        _ => None,
+    };
+    assert!(got.as_ref() == Some(&want), "the new-users key lacks the players merged before the reconnect");
+    assert!(p.stop_worker());
+}

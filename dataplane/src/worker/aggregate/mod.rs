@@ -82,6 +82,10 @@ pub struct Aggregator {
     resend_every: Option<Duration>,
     /// When every held sketch was last merged again.
     resent: Cell<Instant>,
+    /// The Redis connection's epoch the held sketches were last merged under: when it
+    /// moves (a reconnect: Redis restarted or failed over, maybe losing its last writes),
+    /// every held sketch is merged again before the next acknowledgement.
+    merged_epoch: Cell<u64>,
 }
 
 impl Aggregator {
@@ -97,7 +101,6 @@ impl Aggregator {
     ) -> Rc<Aggregator> {
         Rc::new(Aggregator {
             sketches: RefCell::new(Sketches::new(shard, published, cfg.max_sketches)),
-            redis,
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
@@ -108,6 +111,8 @@ impl Aggregator {
             written: Cell::new(None),
             resend_every: (cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
             resent: Cell::new(Instant::now()),
+            merged_epoch: Cell::new(redis.epoch().get()),
+            redis,
         })
     }
 
@@ -130,16 +135,31 @@ impl Aggregator {
     /// Makes sure every add made so far is merged into Redis: waits for a merge in
     /// progress, then merges what is still unmerged. `Err` when Redis did not take it
     /// (the sketches stay unmerged and are merged again later).
+    ///
+    /// When the Redis connection's epoch moved since the last merge (a reconnect: Redis
+    /// may have restarted from an older AOF, or a replica that missed the last writes
+    /// was promoted), every held sketch is merged again first, and again if it moves
+    /// during the merge: an entry is never acknowledged while its players may be missing
+    /// from the keys.
     pub async fn flush(&self) -> Result<(), String> {
+        let epoch = self.redis.epoch();
         loop {
             if self.flushing.get() {
                 monoio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
+            let now = epoch.get();
+            if now != self.merged_epoch.get() {
+                self.sketches.borrow_mut().redirty_all();
+                self.merged_epoch.set(now);
+            }
             if !self.sketches.borrow().is_dirty() && self.figures.borrow().revenue_unmarked.is_empty() {
                 return Ok(());
             }
-            return self.flush_once().await;
+            self.flush_once().await?;
+            if epoch.get() == now {
+                return Ok(());
+            }
         }
     }
 

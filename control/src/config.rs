@@ -987,6 +987,14 @@ impl Config {
         if !(1..=1024).contains(&self.streams.partitions) {
             return Err(err("streams.partitions", "expected 1 to 1024 partitions"));
         }
+        // One partition keeps Croupier's plain key names, whose slots differ: the ingest
+        // script's keys would span slots (CROSSSLOT) and every request would be refused.
+        if !self.redis.cluster.is_empty() && self.streams.partitions < 2 {
+            return Err(err(
+                "streams.partitions",
+                "expected 2 or more partitions with redis.cluster (one partition keeps Croupier's key names, which span slots)",
+            ));
+        }
         if !self.redis.sentinels.is_empty() && self.redis.master_name.is_empty() {
             return Err(err("redis.master_name", "expected the primary's name at the sentinels"));
         }
@@ -1144,6 +1152,18 @@ mod tests {
         )
         .expect_err("an empty shard");
         assert!(e.to_string().contains("clickhouse.shards"), "{e}");
+    }
+
+    #[test]
+    fn a_redis_cluster_needs_partitioned_streams() {
+        let e = Config::load(None, env(&[("CROUPIER_REDIS__CLUSTER", r#"["a:7000"]"#)])).expect_err("one partition");
+        assert!(e.to_string().contains("streams.partitions"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[("CROUPIER_REDIS__CLUSTER", r#"["a:7000"]"#), ("CROUPIER_STREAMS__PARTITIONS", "2")]),
+        )
+        .expect("two partitions");
+        assert_eq!(c.streams.partitions, 2);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Partitioned streams (`streams.partitions`) on one Redis and on a Redis Cluster of 6
 //! `redis-server` processes (3 primaries, 3 replicas) on loopback: traffic across the
 //! partitions lands in ClickHouse once; a primary killed under load with
-//! `wait_replicas = 1` loses no event answered 202.
+//! `wait_replicas = 1` loses no event answered 202, and with `wait_replicas = 0` loses
+//! exactly the appends its replica had not received.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -201,6 +202,85 @@ fn cluster_primary_killed_under_load_loses_no_202_with_wait_replicas_1() {
     p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
     assert_eq!(p.distinct_events(), events, "one row per event");
     eprintln!("{} requests, {} accepted during the load, {refused} sent again", sent.len(), sent.len() - refused);
+}
+
+/// With `wait_replicas = 0` (the default) ingest answers 202 once the partition's primary
+/// has the append; what its replica has not received yet when the primary dies is lost.
+/// The test makes that window certain and counts the loss: the replica of partition 0's
+/// primary is frozen (SIGSTOP) and its link dropped while 30 requests are answered 202, that primary is
+/// killed, the replica thawed and promoted. Exactly the entries partition 0 took during
+/// the freeze are gone from its stream and from ClickHouse; everything else is there.
+/// With `wait_replicas = 1` such requests are refused (503) instead (the test above),
+/// which the client retries.
+#[test]
+fn cluster_primary_killed_with_wait_replicas_0_loses_the_202s_its_replica_missed() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let mut p = cluster_pipeline(&cluster.seeds(), 3, |c| c.redis.wait_replicas = 0);
+    let addr = p.ingest.addr;
+    // Each request is sent until it is answered 202 (ingest may refuse one while it learns
+    // the slot map): one entry per request.
+    let send = |n: usize| {
+        for _ in 0..n {
+            let mut s = Sent::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            s.send(addr);
+            while s.status != 202 {
+                assert!(Instant::now() < deadline, "a retry was not accepted: {}", s.status);
+                std::thread::sleep(Duration::from_millis(50));
+                s.send(addr);
+            }
+        }
+    };
+    let users = |p: &Pipeline| p.scalar("SELECT uniqExact(user_id) FROM analytics.events");
+    send(10);
+    p.wait_for((10 * PER_REQUEST) as u64, "users in ClickHouse", users);
+    // No worker reads the next entries from the primary before it dies.
+    p.kill_worker();
+    let key = Partitions::new(3).stream(0, StreamKind::Events).to_owned();
+    let victim = cluster.primary_of(&key).expect("a primary");
+    let victim_port = cluster.nodes[victim].port.to_string();
+    let replica = (cluster.primaries..cluster.nodes.len())
+        .find(|&i| match cluster.nodes[i].client().cmd(&["INFO", "replication"]) {
+            croupier_protocol::resp::Frame::BulkString(b) => {
+                String::from_utf8_lossy(&b).contains(&format!("master_port:{victim_port}"))
+            }
+            _ => false,
+        })
+        .expect("the victim's replica");
+    cluster.nodes[replica].wait_synced();
+    let kept = cluster.xlen(&key);
+    let replica_pid = cluster.nodes[replica].pid().expect("replica running");
+    signal(replica_pid, "STOP");
+    // The primary drops its link to the frozen replica, which cannot connect again: what
+    // follows exists on the primary alone (left linked, the kernel's socket buffers would
+    // still carry it to the replica once thawed).
+    let dropped = cluster.nodes[victim].client().cmd(&["CLIENT", "KILL", "TYPE", "replica"]);
+    assert_eq!(dropped, croupier_protocol::resp::Frame::Integer(1), "the replica's link dropped");
+    send(30);
+    let lost = cluster.xlen(&key) - kept;
+    assert!(lost > 0, "no request of 30 went to partition 0");
+    cluster.nodes[victim].stop();
+    signal(replica_pid, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.primary_of(&key).is_none_or(|n| n != replica) {
+        assert!(Instant::now() < deadline, "the replica was not promoted within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The promoted replica has partition 0's entries of before the freeze, none of after.
+    assert_eq!(cluster.xlen(&key), kept, "partition 0's entries on the promoted replica");
+    let seeds = format!("[{}]", cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+    p.start_worker(&[
+        ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
+        ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
+        ("CROUPIER_STREAMS__PARTITIONS", "3"),
+    ]);
+    send(5);
+    // ClickHouse holds every event answered 202 but those of the lost entries.
+    let want = ((10 + 30 + 5 - lost as usize) * PER_REQUEST) as u64;
+    p.wait_for(want, "users in ClickHouse", users);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(users(&p), want, "events in ClickHouse: {lost} entries of 30 lost");
+    eprintln!("wait_replicas = 0: {lost} of 30 requests answered 202 were lost with the primary");
 }
 
 /// `kill -<sig> <pid>`.

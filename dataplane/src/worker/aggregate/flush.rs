@@ -27,8 +27,10 @@ use super::what::Kind;
 use crate::redis::connection::{RedisClient, RedisError};
 use crate::worker::entries::cmd;
 
-/// The script: `ARGV[1]` merges (keys `KEYS[1..m]`; scratch key, value and TTL of each in
-/// `ARGV`), then the values of the remaining keys (nil: no such key, 0: a key of another
+/// The script: `ARGV[1]` merges (keys `KEYS[1..m]`, their scratch keys `KEYS[m+1..2m]` —
+/// declared, so a cluster node in a slot migration answers `ASK`/`MOVED` instead of
+/// failing the script on a key it does not hold; value and TTL of each in `ARGV`, with
+/// the scratch key's name unused), then the values of the remaining keys (nil: no such key, 0: a key of another
 /// type) and Redis's time. A key that cannot be merged (not a HyperLogLog) is reported,
 /// not fatal.
 const SCRIPT: &str = r#"
@@ -36,7 +38,7 @@ local m = tonumber(ARGV[1])
 local errors = {}
 for i = 1, m do
   local key = KEYS[i]
-  local scratch = ARGV[3 * i - 1]
+  local scratch = KEYS[m + i]
   redis.call('SET', scratch, ARGV[3 * i])
   local r = redis.pcall('PFMERGE', key, scratch)
   redis.call('DEL', scratch)
@@ -47,7 +49,7 @@ for i = 1, m do
   end
 end
 local values = {}
-for i = m + 1, #KEYS do
+for i = 2 * m + 1, #KEYS do
   local v = redis.pcall('GET', KEYS[i])
   if type(v) == 'table' and v.err then v = 0
   elseif type(v) ~= 'string' then v = false end
@@ -203,6 +205,13 @@ fn merge_args<'a>(chunk: &'a [Dirty], keys: &[String], texts: &'a mut Vec<String
     argv
 }
 
+/// The keys of a merge script: the keys merged into, then their scratch keys.
+fn with_scratch(mut keys: Vec<String>) -> Vec<String> {
+    let scratch: Vec<String> = keys.iter().map(|k| scratch_key(k)).collect();
+    keys.extend(scratch);
+    keys
+}
+
 /// `EVAL` of the script over `keys` with `argv`, encoded.
 fn eval_cmd(keys: &[String], argv: &[&[u8]]) -> Vec<u8> {
     let nkeys = keys.len().to_string();
@@ -250,7 +259,7 @@ pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String
         for chunk in sketches.chunks(MERGES_PER_CALL) {
             let keys = keys_of(chunk);
             let argv = merge_args(chunk, &keys, &mut texts);
-            eval(redis, &keys, &argv).await?;
+            eval(redis, &with_scratch(keys), &argv).await?;
         }
         return Ok(());
     }
@@ -258,7 +267,7 @@ pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String
     for (one, key) in sketches.chunks(1).zip(keys_of(sketches)) {
         let keys = [key];
         let argv = merge_args(one, &keys, &mut texts);
-        cmds.push(eval_cmd(&keys, &argv));
+        cmds.push(eval_cmd(&with_scratch(keys.to_vec()), &argv));
     }
     let mut failed = None;
     for reply in all(redis, cmds).await {
@@ -398,6 +407,13 @@ mod tests {
         assert_eq!(t, 1_796_207_820_123_456);
         assert_eq!(e, vec!["k: WRONGTYPE".to_owned()]);
         assert!(parse_reply(Frame::Error("NOSCRIPT".into())).is_err());
+    }
+
+    #[test]
+    fn merge_scripts_declare_their_scratch_keys() {
+        let keys = with_scratch(vec!["hll:dau:g1:prod:2026-12-02".into()]);
+        assert_eq!(keys, ["hll:dau:g1:prod:2026-12-02", "{hll:dau:g1:prod:2026-12-02}:merge"]);
+        assert!(SCRIPT.contains("local scratch = KEYS[m + i]") && !SCRIPT.contains("ARGV[3 * i - 1]"));
     }
 
     #[test]

@@ -252,9 +252,14 @@ impl Sketches {
         if user.is_empty() {
             return;
         }
+        let day = day_of(ts_ms);
+        if !self.counted(Kind::Dau, day) {
+            // Too old (or too far ahead) for every key it would feed: no scope is made.
+            return;
+        }
         let hash = hash_element(user.as_bytes());
         let scope = self.scope(game, env) as u32;
-        let (day, k) = (day_of(ts_ms), classify(name, session));
+        let k = classify(name, session);
         let mut stage = |kind, period| out.push(Staged { scope, kind, period, hash });
         stage(Kind::Dau, day);
         if k.online {
@@ -274,6 +279,9 @@ impl Sketches {
     /// Stages a successful payment's user as a payer of its day ([`Sketches::stage_event`]).
     pub fn stage_payer(&mut self, out: &mut Vec<Staged>, game: &str, env: &str, user: &str, ts_ms: i64) {
         if user.is_empty() {
+            return;
+        }
+        if !self.counted(Kind::Payers, day_of(ts_ms)) {
             return;
         }
         let hash = hash_element(user.as_bytes());
@@ -489,6 +497,20 @@ mod tests {
         s.evict(now + 3 * 86_400_000);
         assert!(s.is_empty());
         assert!(published.list().is_empty());
+    }
+
+    #[test]
+    fn events_too_old_to_count_make_no_scope() {
+        let mut s = Sketches::new(0, Arc::new(Published::default()), 4096);
+        let now = crate::ingest::now_ms();
+        s.set_now(now);
+        let mut out = Vec::new();
+        for i in 0..1_000 {
+            s.stage_event(&mut out, "g", &format!("e{i}"), "login", "u", "", now - 400 * 86_400_000);
+            s.stage_payer(&mut out, "g", &format!("e{i}"), "u", now - 400 * 86_400_000);
+        }
+        assert!(out.is_empty());
+        assert_eq!(s.scopes.len(), 0);
     }
 
     #[test]

@@ -72,6 +72,12 @@ fn cluster_pipeline_with(
     let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
     assert!(ok, "croupier migrate failed: {out}");
     let mut p = Pipeline { ingest, clickhouse, worker: None };
+    start_cluster_worker(&mut p, seeds, partitions, worker_env);
+    p
+}
+
+/// Starts the pipeline's worker on the cluster of `seeds` with `partitions` (and `extra`).
+fn start_cluster_worker(p: &mut Pipeline, seeds: &[String], partitions: u16, extra: &[(&str, &str)]) {
     let seeds = format!("[{}]", seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
     let partitions = partitions.to_string();
     let mut worker = vec![
@@ -79,9 +85,8 @@ fn cluster_pipeline_with(
         ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
         ("CROUPIER_STREAMS__PARTITIONS", partitions.as_str()),
     ];
-    worker.extend_from_slice(worker_env);
+    worker.extend_from_slice(extra);
     p.start_worker(&worker);
-    p
 }
 
 #[test]
@@ -268,12 +273,7 @@ fn cluster_primary_killed_with_wait_replicas_0_loses_the_202s_its_replica_missed
     }
     // The promoted replica has partition 0's entries of before the freeze, none of after.
     assert_eq!(cluster.xlen(&key), kept, "partition 0's entries on the promoted replica");
-    let seeds = format!("[{}]", cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
-    p.start_worker(&[
-        ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
-        ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
-        ("CROUPIER_STREAMS__PARTITIONS", "3"),
-    ]);
+    start_cluster_worker(&mut p, &cluster.seeds(), 3, &[]);
     send(5);
     // ClickHouse holds every event answered 202 but those of the lost entries.
     let want = ((10 + 30 + 5 - lost as usize) * PER_REQUEST) as u64;

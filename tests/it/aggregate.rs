@@ -1168,3 +1168,162 @@ fn a_redis_reconnect_merges_every_held_sketch_before_the_next_acknowledgement() 
     assert!(got.as_ref() == Some(&want), "the new-users key lacks the players merged before the reconnect");
     assert!(p.stop_worker());
 }
+
+/// Posts `name` events of `game` (signed with `secret`) for users `prefix-<i>`, `i` in
+/// `users`, the environment of each `env(i)`, at `ts`, in batches of 500.
+#[allow(clippy::too_many_arguments)]
+fn post_game_players(
+    p: &Pipeline,
+    game: &str,
+    secret: &str,
+    name: &str,
+    prefix: &str,
+    users: std::ops::Range<usize>,
+    env: impl Fn(usize) -> String,
+    ts: u64,
+) {
+    let mut c = p.ingest.client();
+    let all: Vec<usize> = users.collect();
+    for chunk in all.chunks(500) {
+        let items: Vec<String> = chunk
+            .iter()
+            .map(|&i| {
+                let e = env(i);
+                format!(r#"{{"ts":{ts},"game_id":"{game}","env":"{e}","event":"{name}","user_id":"{prefix}-{i}"}}"#)
+            })
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        let r = post_signed(&mut c, "/api/ingest/events", game, secret, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+}
+
+/// `PFADD`s `players` into the key `oracle` (replacing it): what Redis itself counts.
+fn oracle(p: &Pipeline, oracle: &str, players: impl Iterator<Item = String>) -> u64 {
+    p.ingest.redis.client().cmd(&["DEL", oracle]);
+    let mut args = vec!["PFADD".to_owned(), oracle.to_owned()];
+    args.extend(players);
+    p.ingest.redis.client().cmd(&args);
+    pfcount(p, oracle)
+}
+
+/// `daily_users` (`FINAL`) of `game` and `env` on the UTC day of `ts`: dau, new_users, payers.
+fn daily_users_of(p: &Pipeline, game: &str, env: &str, ts: u64) -> (u64, u64, u64) {
+    let d = day_of(ts as i64 * 1000);
+    let out = p.clickhouse.query(&format!(
+        "SELECT dau, new_users, payers FROM analytics.daily_users FINAL WHERE game_id = '{game}' AND env = '{env}' \
+         AND d = toDate('1970-01-01') + {d} FORMAT TabSeparated"
+    ));
+    let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match v[..] {
+        [a, b, c] => (a, b, c),
+        _ => (0, 0, 0),
+    }
+}
+
+/// One game's client inventing environments (5,000 of them, more than the sketches a
+/// worker shard holds, `aggregate.max_sketches` = 4,096) cannot stop another game's
+/// players from being counted: game B's players, posted after the flood and after more of
+/// it, are in B's DAU key register for register as Redis's own `PFADD` of them, and in
+/// `daily_users`; the flooding game holds no more than its own budget of keys.
+#[test]
+fn a_game_inventing_environments_cannot_stop_another_games_players_being_counted() {
+    use crate::fixture::{OTHER_GAME, OTHER_SECRET};
+    let mut p = Pipeline::start(&[]);
+    let ts = now_secs() as u64;
+    post_game_players(&p, GAME, SECRET, "login", "flood", 0..5_000, |i| format!("inv-{i}"), ts);
+    post_game_players(&p, OTHER_GAME, OTHER_SECRET, "login", "b", 0..300, |_| "prod".into(), ts);
+    p.start_worker(FAST);
+    wait_idle(&p);
+    // More of the flood, then more of B's players: B keeps being counted.
+    post_game_players(&p, GAME, SECRET, "session_start", "flood2", 0..2_000, |i| format!("inv2-{i}"), ts);
+    post_game_players(&p, OTHER_GAME, OTHER_SECRET, "session_start", "b", 300..500, |_| "prod".into(), ts);
+    wait_idle(&p);
+    let want = oracle(&p, "oracle-b", (0..500).map(|i| format!("b-{i}")));
+    let mut dau = String::new();
+    Kind::Dau.key(OTHER_GAME, "prod", day_of(ts as i64 * 1000), &mut dau);
+    p.wait_for(want, "game B's DAU key", |p| pfcount(p, &dau));
+    assert!(registers(&p, &dau) == registers(&p, "oracle-b"), "game B's DAU key is not its players' registers");
+    let mut online = String::new();
+    Kind::Online.key(OTHER_GAME, "prod", minute_of(ts as i64 * 1000), &mut online);
+    let want_online = oracle(&p, "oracle-b-online", (300..500).map(|i| format!("b-{i}")));
+    assert_eq!(pfcount(&p, &online), want_online, "game B's online minute");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daily_users_of(&p, OTHER_GAME, "prod", ts) != (want, 0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "daily_users of game B: {:?}, expected ({want}, 0, 0)",
+            daily_users_of(&p, OTHER_GAME, "prod", ts)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The flood was bounded: far fewer of its environments have a key than it invented.
+    let flooded = match p.ingest.redis.client().cmd(&["KEYS", &format!("hll:dau:{GAME}:inv*")]) {
+        croupier_protocol::resp::Frame::Array(a) => a.len(),
+        other => panic!("{other:?}"),
+    };
+    eprintln!("game A: {flooded} DAU keys of the 7,000 environments it invented; game B: DAU {want}");
+    assert!(flooded > 0 && flooded < 7_000, "{flooded} keys of the flooding game");
+    assert!(p.stop_worker());
+}
+
+/// Entries delivered `worker.max_deliveries` (5) times without being acknowledged — as a
+/// worker killed again and again leaves them, after ClickHouse stored their rows but
+/// before their players were merged into Redis — are still inserted (the table collapses
+/// the copies) and counted, not dead-lettered: the DAU key holds exactly the registers of
+/// Redis's own `PFADD` of every player, and `daily_users` that count. Only an entry
+/// delivered twice the limit (here one never stored) is dead-lettered unread.
+#[test]
+fn entries_over_the_delivery_limit_are_still_counted_not_dead_lettered() {
+    use croupier_protocol::resp::Frame;
+    let mut p = Pipeline::start(&[]);
+    let ts = now_secs() as u64;
+    post_players(&p, "login", "killed", 0..1_000, ts);
+    // A worker stores the rows and acknowledges them without counting them: the rows are
+    // in ClickHouse, no player is in Redis.
+    p.start_worker(&[("CROUPIER_AGGREGATE__ENABLED", "false")]);
+    wait_idle(&p);
+    p.wait_for(1_000, "rows stored", |p| p.distinct_events());
+    assert!(p.stop_worker());
+    assert_eq!(pfcount(&p, &key(Kind::Dau, ts)), 0);
+    // Rows not stored yet.
+    post_players(&p, "login", "killed", 1_000..1_300, ts);
+    let stored_or_not = p.ingest.redis.client().int(&["XLEN", "analytics:events"]);
+    post_players(&p, "login", "given-up", 0..50, ts);
+    // Every entry pending again for the worker's consumer, delivered 5 times; the last
+    // one 10 times.
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XGROUP", "SETID", "analytics:events", "analytics-workers", "0"]);
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "it-0", "COUNT", "100", "STREAMS", "analytics:events", ">"]);
+    let Frame::Array(entries) = r.cmd(&["XRANGE", "analytics:events", "-", "+"]) else { panic!("XRANGE") };
+    let ids: Vec<String> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Frame::Array(x) => match x.first() {
+                Some(Frame::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len() as i64, stored_or_not + 1);
+    for (i, id) in ids.iter().enumerate() {
+        let times = if i + 1 == ids.len() { "10" } else { "5" };
+        r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "it-0", "0", id, "RETRYCOUNT", times, "JUSTID"]);
+    }
+    assert_eq!(p.pending("analytics:events"), ids.len() as i64);
+    p.start_worker(FAST);
+    wait_idle(&p);
+    p.wait_for(1_300, "rows stored once each", |p| p.distinct_events());
+    assert_eq!(
+        p.ingest.redis.client().int(&["XLEN", "analytics:events:dead"]),
+        1,
+        "only the entry delivered 10 times is dead-lettered"
+    );
+    let want = oracle(&p, "oracle", (0..1_300).map(|i| format!("killed-{i}")));
+    let dau = key(Kind::Dau, ts);
+    p.wait_for(want, "DAU", |p| pfcount(p, &dau));
+    assert!(registers(&p, &dau) == registers(&p, "oracle"), "the DAU key is not the stored players' registers");
+    assert_eq!(wait_daily_users_match_redis(&p, ts), (want, 0, 0));
+    assert!(p.stop_worker());
+}

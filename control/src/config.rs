@@ -479,11 +479,24 @@ pub struct Aggregate {
     /// not counted while the shard is at it, and a warning says so. Bounds the memory a
     /// client can make a worker spend by inventing `env` values or spreading timestamps.
     pub max_sketches: usize,
+    /// The most sketches (and game/env pairs) one game holds on a worker shard at once:
+    /// a game's client inventing `env` values exhausts this share, not the shard's, so
+    /// other games' players go on being counted. Refused adds are counted per game
+    /// (`croupier_realtime_adds_refused_total`) and logged. Taken as `max_sketches` when
+    /// larger; keep it well below it (the default is an eighth).
+    pub max_sketches_per_game: usize,
 }
 
 impl Default for Aggregate {
     fn default() -> Self {
-        Aggregate { enabled: true, flush_ms: 1_000, write_ms: 5_000, resend_ms: 60_000, max_sketches: 4_096 }
+        Aggregate {
+            enabled: true,
+            flush_ms: 1_000,
+            write_ms: 5_000,
+            resend_ms: 60_000,
+            max_sketches: 4_096,
+            max_sketches_per_game: 512,
+        }
     }
 }
 
@@ -1026,6 +1039,9 @@ impl Config {
         }
         if self.aggregate.max_sketches < 16 {
             return Err(err("aggregate.max_sketches", "expected 16 or more"));
+        }
+        if self.aggregate.max_sketches_per_game < 16 {
+            return Err(err("aggregate.max_sketches_per_game", "expected 16 or more"));
         }
         if self.clickhouse.max_partitions_per_block == 0 {
             return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));

@@ -354,15 +354,17 @@ impl Sink {
         batch: &[Entry],
         which: &[usize],
     ) -> Result<Vec<Poison>, ChError> {
-        self.staged.clear();
         let Some(agg) = self.agg.clone() else { return self.insert_rows(ch, batch, which).await };
-        agg.sketches().pin();
+        // Left by an insert that never finished (its future dropped): ended unmade.
+        agg.sketches().discard(&self.staged);
+        self.staged.clear();
         let inserted = self.insert_rows(ch, batch, which).await;
         let mut sketches = agg.sketches();
         if inserted.is_ok() {
             sketches.apply(&self.staged);
+        } else {
+            sketches.discard(&self.staged);
         }
-        sketches.unpin();
         self.staged.clear();
         inserted
     }

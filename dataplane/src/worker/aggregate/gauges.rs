@@ -77,6 +77,18 @@ impl Source for RealtimeGauges {
             }
         }
         d1_retention(enc, &merged, today);
+        let refused = self.published.refused();
+        if !refused.is_empty() {
+            const NAME: &str = "croupier_realtime_adds_refused_total";
+            enc.family(
+                NAME,
+                MetricKind::Counter,
+                "Players not counted in the real-time figures for want of a new sketch (the game held aggregate.max_sketches_per_game sketches on a worker shard, or the shard aggregate.max_sketches); one per sketch an event would have fed.",
+            );
+            for (game, n) in &refused {
+                enc.sample(NAME, &[("game", game)], *n);
+            }
+        }
     }
 }
 
@@ -116,7 +128,7 @@ mod tests {
     #[test]
     fn day_one_retention_of_a_cohort_half_of_which_came_back() {
         let published = Arc::new(Published::default());
-        let mut s = Sketches::new(0, published.clone(), 4096);
+        let mut s = Sketches::new(0, published.clone(), 4096, 512);
         let now = crate::ingest::now_ms();
         let mut cohort = Sketch::new();
         for i in (0..1_000).chain(5_000..6_000) {

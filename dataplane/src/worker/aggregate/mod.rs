@@ -100,7 +100,7 @@ impl Aggregator {
         ch_cluster: bool,
     ) -> Rc<Aggregator> {
         Rc::new(Aggregator {
-            sketches: RefCell::new(Sketches::new(shard, published, cfg.max_sketches)),
+            sketches: RefCell::new(Sketches::new(shard, published, cfg.max_sketches, cfg.max_sketches_per_game)),
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
@@ -165,14 +165,13 @@ impl Aggregator {
 
     async fn flush_once(&self) -> Result<(), String> {
         self.flushing.set(true);
-        // Pinned until the merge is known made or the sketches are dirty again: an
-        // eviction meanwhile (a consumer's last unpin) would drop sketches that are clean
-        // only because their values are in flight, and a failed merge could not mark
-        // them dirty again — their players, maybe of entries another consumer then
-        // acknowledges, would never reach Redis.
+        // No eviction until the merge is known made or the sketches are dirty again: it
+        // would drop sketches that are clean only because their values are in flight,
+        // and a failed merge could not mark them dirty again — their players, maybe of
+        // entries another consumer then acknowledges, would never reach Redis.
         let dirty = {
             let mut sketches = self.sketches.borrow_mut();
-            sketches.pin();
+            sketches.begin_flush();
             sketches.take_dirty()
         };
         let revenue = std::mem::take(&mut self.figures.borrow_mut().revenue_unmarked);
@@ -207,13 +206,13 @@ impl Aggregator {
             Err(e) => {
                 let mut sketches = self.sketches.borrow_mut();
                 sketches.redirty(&dirty);
-                sketches.unpin();
+                sketches.end_flush();
                 self.figures.borrow_mut().revenue_unmarked.extend(revenue);
                 return Err(e);
             }
         };
         self.note_figures(back, false);
-        self.sketches.borrow_mut().unpin();
+        self.sketches.borrow_mut().end_flush();
         Ok(())
     }
 
@@ -450,15 +449,20 @@ impl Aggregator {
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "real-time sketches not merged into Redis; retried at the next flush");
         }
-        let over = {
+        let refused = {
             let mut sketches = self.sketches.borrow_mut();
+            // Before the eviction, which may drop the share (and the name) of a game.
+            let refused = sketches.take_refused();
             sketches.evict(crate::ingest::now_ms());
-            sketches.take_over()
+            refused
         };
-        if over > 0 {
+        if refused.total > 0 {
+            let games: Vec<String> = refused.by_game.iter().take(10).map(|(g, n)| format!("{g}={n}")).collect();
             tracing::warn!(
-                adds = over,
-                "players not counted in real-time figures that needed a new sketch: the shard holds aggregate.max_sketches sketches"
+                adds = refused.total,
+                games = %games.join(" "),
+                "players not counted in real-time figures for want of a new sketch: the game holds \
+                 aggregate.max_sketches_per_game sketches on this worker shard, or the shard aggregate.max_sketches"
             );
         }
         let start = self.reconcile.get();

@@ -1,7 +1,7 @@
 //! A worker shard's sketches: one per kind, game, environment and period, updated by
 //! the shard alone (no locks); each one's reader is published for the control thread.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use croupier_protocol::hll::{hash_element, Sketch, SketchReader, SketchWriter};
@@ -30,7 +30,14 @@ pub struct PublishedSketch {
 #[derive(Debug, Default)]
 pub struct Published {
     sketches: Mutex<Vec<PublishedSketch>>,
+    /// Adds refused for want of room, per game, every shard's (at most
+    /// [`REFUSED_GAMES`] games; the others under the empty name).
+    refused: Mutex<BTreeMap<Arc<str>, u64>>,
 }
+
+/// Games named in `croupier_realtime_adds_refused_total`; adds refused for others are
+/// counted under `game=""`.
+pub const REFUSED_GAMES: usize = 1_000;
 
 impl Published {
     fn lock(&self) -> MutexGuard<'_, Vec<PublishedSketch>> {
@@ -40,6 +47,21 @@ impl Published {
     /// A copy of the list.
     pub fn list(&self) -> Vec<PublishedSketch> {
         self.lock().clone()
+    }
+
+    /// Adds refused so far for want of room, per game.
+    pub fn refused(&self) -> Vec<(Arc<str>, u64)> {
+        let r = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.iter().map(|(g, n)| (g.clone(), *n)).collect()
+    }
+
+    fn add_refused(&self, by_game: &[(Arc<str>, u64)]) {
+        let mut r = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (game, n) in by_game {
+            let named = r.contains_key(game) || r.len() < REFUSED_GAMES;
+            let key = if named { game.clone() } else { Arc::from("") };
+            *r.entry(key).or_default() += n;
+        }
     }
 }
 
@@ -59,16 +81,23 @@ struct Scope {
     /// Per kind, the slot used last: consecutive events mostly fall in the same minute
     /// and day, and are found without hashing.
     hot: [usize; Kind::ALL.len()],
+    /// Adds staged for this scope and neither made nor dropped yet: they name the scope
+    /// by position, so while any is, the place is not freed.
+    staged: usize,
+    /// Whether the place holds a scope (free places are reused).
+    live: bool,
 }
 
 impl Scope {
-    fn new(game: &str, env: &str) -> Scope {
+    fn new(game: Arc<str>, env: Arc<str>) -> Scope {
         Scope {
-            game: game.into(),
-            env: env.into(),
+            game,
+            env,
             slots: Vec::new(),
             index: HashMap::new(),
             hot: [usize::MAX; Kind::ALL.len()],
+            staged: 0,
+            live: true,
         }
     }
 
@@ -99,12 +128,29 @@ impl Scope {
         i
     }
 
-    /// Keeps the slots `keep` accepts.
-    fn retain(&mut self, mut keep: impl FnMut(Kind, u32, &Slot) -> bool) {
-        self.slots.retain(|((kind, period), slot)| keep(*kind, *period, slot));
+    /// Keeps the slots `keep` accepts; the (kind, period) of those dropped go to `dropped`.
+    fn retain(&mut self, mut keep: impl FnMut(Kind, u32, &Slot) -> bool, dropped: &mut Vec<(Kind, u32)>) {
+        self.slots.retain(|((kind, period), slot)| {
+            let k = keep(*kind, *period, slot);
+            if !k {
+                dropped.push((*kind, *period));
+            }
+            k
+        });
         self.index = self.slots.iter().enumerate().map(|(i, (key, _))| (*key, i)).collect();
         self.hot = [usize::MAX; Kind::ALL.len()];
     }
+}
+
+/// One game's share of a shard.
+#[derive(Default)]
+struct GameShare {
+    /// The position of each of its environments' scope.
+    envs: HashMap<Arc<str>, usize>,
+    /// Sketches it holds.
+    held: usize,
+    /// Adds refused for want of room since the last [`Sketches::take_refused`].
+    refused: u64,
 }
 
 /// A sketch to merge into Redis: its key parts and its value (Redis's string).
@@ -122,8 +168,9 @@ pub struct Dirty {
     pub value: Vec<u8>,
 }
 
-/// One add waiting for ClickHouse to confirm its row: the scope (its position; scopes are
-/// not moved while any add waits, see [`Sketches::pin`]), kind, period and hash.
+/// One add waiting for ClickHouse to confirm its row: the scope (its position, kept
+/// while the add waits: [`Sketches::apply`] or [`Sketches::discard`] ends the wait),
+/// kind, period and hash.
 #[derive(Debug, Clone, Copy)]
 pub struct Staged {
     scope: u32,
@@ -132,47 +179,83 @@ pub struct Staged {
     hash: u64,
 }
 
+/// Adds refused for want of room since the last [`Sketches::take_refused`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// All of them.
+    pub total: u64,
+    /// Per game, most first (games since dropped from the shard are not named).
+    pub by_game: Vec<(Arc<str>, u64)>,
+}
+
 /// The shard's sketches.
+///
+/// Bounds: at most `max` sketches (and game/environment scopes) in all, and at most
+/// `max_per_game` per game, so that one game's client inventing environments or
+/// spreading timestamps can exhaust its own share only, never another game's.
 pub struct Sketches {
     shard: usize,
+    /// Scopes by position; a freed place (`live` false) is reused, so positions named by
+    /// staged adds never move.
     scopes: Vec<Scope>,
-    /// Index of each scope in `scopes` by game, then environment (looked up by `&str`,
-    /// with no allocation).
-    index: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
+    /// Free places in `scopes`.
+    free: Vec<usize>,
+    /// Each game's scopes (by environment, looked up by `&str`, with no allocation) and
+    /// its share.
+    games: HashMap<Arc<str>, GameShare>,
     last: usize,
     /// Sketches held (the sum of the scopes' slots).
     held: usize,
-    /// The most sketches held at once.
+    /// Live scopes.
+    live: usize,
+    /// The most sketches, and scopes, held at once.
     max: usize,
-    /// Adds (one per sketch an event feeds) not made because `max` sketches were held,
-    /// since the last warning.
-    over: u64,
+    /// The most sketches, and scopes, one game holds at once.
+    max_per_game: usize,
+    /// Adds refused for want of room since the last [`Sketches::take_refused`].
+    refused: u64,
+    /// Of those, the ones of games that no longer have a share.
+    refused_unnamed: u64,
     published: Arc<Published>,
     now_minute: u32,
     today: u32,
     dirty: usize,
-    /// Consumers holding staged adds: while any does, scopes keep their positions.
-    pins: usize,
-    /// An eviction put off while adds were staged (its time): made at the last unpin.
+    /// A flush is in flight: its sketches are clean only because their values are on
+    /// their way, so nothing is evicted until it ends.
+    flushing: bool,
+    /// Flushes ended so far.
+    flushes: u64,
+    /// The value of `flushes` when sketches of past periods were last dropped to make
+    /// room: at most once per flush, so that a flood of refused adds does not scan the
+    /// shard's sketches per event.
+    room_made_at: Option<u64>,
+    /// An eviction put off while a flush was in flight (its time): made when it ends.
     evict_due: Option<i64>,
 }
 
 impl Sketches {
-    /// No sketches yet; new ones are published in `published`; at most `max` are held.
-    pub fn new(shard: usize, published: Arc<Published>, max: usize) -> Sketches {
+    /// No sketches yet; new ones are published in `published`; at most `max` are held,
+    /// at most `max_per_game` of one game.
+    pub fn new(shard: usize, published: Arc<Published>, max: usize, max_per_game: usize) -> Sketches {
         let mut s = Sketches {
             shard,
             scopes: Vec::new(),
-            index: HashMap::new(),
-            last: 0,
+            free: Vec::new(),
+            games: HashMap::new(),
+            last: usize::MAX,
             held: 0,
+            live: 0,
             max,
-            over: 0,
+            max_per_game: max_per_game.min(max),
+            refused: 0,
+            refused_unnamed: 0,
             published,
             now_minute: 0,
             today: 0,
             dirty: 0,
-            pins: 0,
+            flushing: false,
+            flushes: 0,
+            room_made_at: None,
             evict_due: None,
         };
         s.set_now(crate::ingest::now_ms());
@@ -191,25 +274,54 @@ impl Sketches {
         self.dirty > 0
     }
 
-    fn scope(&mut self, game: &str, env: &str) -> usize {
+    /// The position of the scope of `game` and `env`, if the shard has one.
+    fn find_scope(&self, game: &str, env: &str) -> Option<usize> {
         if let Some(s) = self.scopes.get(self.last) {
-            if &*s.game == game && &*s.env == env {
-                return self.last;
+            if s.live && &*s.game == game && &*s.env == env {
+                return Some(self.last);
             }
         }
-        let i = match self.index.get(game).and_then(|envs| envs.get(env)) {
-            Some(&i) => i,
+        self.games.get(game).and_then(|g| g.envs.get(env)).copied()
+    }
+
+    /// The position of the scope of `game` and `env`, made if there is room for one (a
+    /// scope is there to hold sketches: a game holds no more scopes than sketches).
+    fn scope(&mut self, game: &str, env: &str) -> Option<usize> {
+        let i = match self.find_scope(game, env) {
+            Some(i) => i,
             None => {
-                self.scopes.push(Scope::new(game, env));
-                let scope = self.scopes.len() - 1;
-                if let Some(new) = self.scopes.get(scope) {
-                    self.index.entry(new.game.clone()).or_default().insert(new.env.clone(), scope);
+                let share = self.games.get_key_value(game);
+                if share.is_some_and(|(_, g)| g.envs.len() >= self.max_per_game) || self.live >= self.max {
+                    return None;
                 }
-                self.scopes.len() - 1
+                let game: Arc<str> = share.map_or_else(|| game.into(), |(g, _)| g.clone());
+                let env: Arc<str> = env.into();
+                let scope = Scope::new(game.clone(), env.clone());
+                let i = match self.free.pop() {
+                    Some(i) => i,
+                    None => {
+                        self.scopes.push(Scope::new("".into(), "".into()));
+                        self.scopes.len() - 1
+                    }
+                };
+                let place = self.scopes.get_mut(i)?;
+                *place = scope;
+                self.games.entry(game).or_default().envs.insert(env, i);
+                self.live += 1;
+                i
             }
         };
         self.last = i;
-        i
+        Some(i)
+    }
+
+    /// Counts `n` adds of `game` refused for want of room.
+    fn refuse(&mut self, game: &str, n: u64) {
+        self.refused += n;
+        match self.games.get_mut(game) {
+            Some(g) => g.refused += n,
+            None => self.refused_unnamed += n,
+        }
     }
 
     /// Whether `period` of `kind` is still counted (not past its key's TTL, not more than
@@ -236,8 +348,8 @@ impl Sketches {
 
     /// Stages the adds of an event into `out`: DAU for its user, and online, new, level
     /// start or clear by its name and session; the user id is hashed once. Nothing is
-    /// counted until [`Sketches::apply`] (once ClickHouse confirmed the event's row); the
-    /// caller holds a [`Sketches::pin`] meanwhile.
+    /// counted until [`Sketches::apply`] (once ClickHouse confirmed the event's row); a
+    /// staged add is ended by [`Sketches::apply`] or [`Sketches::discard`].
     #[allow(clippy::too_many_arguments)]
     pub fn stage_event(
         &mut self,
@@ -257,10 +369,16 @@ impl Sketches {
             // Too old (or too far ahead) for every key it would feed: no scope is made.
             return;
         }
-        let hash = hash_element(user.as_bytes());
-        let scope = self.scope(game, env) as u32;
         let k = classify(name, session);
-        let mut stage = |kind, period| out.push(Staged { scope, kind, period, hash });
+        let Some(scope) = self.scope(game, env) else {
+            let n = 1 + u64::from(k.online) + u64::from(k.new) + u64::from(k.level_start) + u64::from(k.level_clear);
+            self.refuse(game, n);
+            return;
+        };
+        let hash = hash_element(user.as_bytes());
+        let before = out.len();
+        let scope32 = scope as u32;
+        let mut stage = |kind, period| out.push(Staged { scope: scope32, kind, period, hash });
         stage(Kind::Dau, day);
         if k.online {
             stage(Kind::Online, minute_of(ts_ms));
@@ -274,6 +392,10 @@ impl Sketches {
         if k.level_clear {
             stage(Kind::LevelClear, day);
         }
+        let n = out.len() - before;
+        if let Some(s) = self.scopes.get_mut(scope) {
+            s.staged += n;
+        }
     }
 
     /// Stages a successful payment's user as a payer of its day ([`Sketches::stage_event`]).
@@ -284,31 +406,34 @@ impl Sketches {
         if !self.counted(Kind::Payers, day_of(ts_ms)) {
             return;
         }
+        let Some(scope) = self.scope(game, env) else {
+            self.refuse(game, 1);
+            return;
+        };
         let hash = hash_element(user.as_bytes());
-        let scope = self.scope(game, env) as u32;
-        out.push(Staged { scope, kind: Kind::Payers, period: day_of(ts_ms), hash });
+        out.push(Staged { scope: scope as u32, kind: Kind::Payers, period: day_of(ts_ms), hash });
+        if let Some(s) = self.scopes.get_mut(scope) {
+            s.staged += 1;
+        }
     }
 
-    /// Keeps scopes where they are until [`Sketches::unpin`]: adds staged meanwhile name
-    /// them by position.
-    pub fn pin(&mut self) {
-        self.pins += 1;
-    }
-
-    /// Ends a [`Sketches::pin`]; the last one makes an eviction put off meanwhile.
-    pub fn unpin(&mut self) {
-        self.pins = self.pins.saturating_sub(1);
-        if self.pins == 0 {
-            if let Some(now_ms) = self.evict_due.take() {
-                self.evict(now_ms);
+    /// Makes the staged adds (their rows are confirmed); their scopes may go from now on.
+    pub fn apply(&mut self, staged: &[Staged]) {
+        for s in staged {
+            self.add(s.scope as usize, s.kind, s.period, s.hash);
+            if let Some(x) = self.scopes.get_mut(s.scope as usize) {
+                x.staged = x.staged.saturating_sub(1);
             }
         }
     }
 
-    /// Makes the staged adds (their rows are confirmed).
-    pub fn apply(&mut self, staged: &[Staged]) {
+    /// Drops the staged adds unmade (their rows were not confirmed; a retry stages them
+    /// again); their scopes may go from now on.
+    pub fn discard(&mut self, staged: &[Staged]) {
         for s in staged {
-            self.add(s.scope as usize, s.kind, s.period, s.hash);
+            if let Some(x) = self.scopes.get_mut(s.scope as usize) {
+                x.staged = x.staged.saturating_sub(1);
+            }
         }
     }
 
@@ -326,11 +451,28 @@ impl Sketches {
         self.apply(&staged);
     }
 
+    /// A flush starts: the sketches it takes ([`Sketches::take_dirty`]) are clean only
+    /// because their values are in flight, so nothing is evicted until
+    /// [`Sketches::end_flush`] (a failed merge must find them to mark them dirty again).
+    pub fn begin_flush(&mut self) {
+        self.flushing = true;
+    }
+
+    /// The flush ended (merged, or its sketches marked dirty again): an eviction put off
+    /// meanwhile is made now.
+    pub fn end_flush(&mut self) {
+        self.flushing = false;
+        self.flushes = self.flushes.wrapping_add(1);
+        if let Some(now_ms) = self.evict_due.take() {
+            self.evict(now_ms);
+        }
+    }
+
     /// The sketches with adds Redis has not merged, with their values; they are clean
     /// from now on (until [`Sketches::redirty`] if the merge fails).
     pub fn take_dirty(&mut self) -> Vec<Dirty> {
         let mut out = Vec::with_capacity(self.dirty);
-        for s in &mut self.scopes {
+        for s in self.scopes.iter_mut().filter(|s| s.live) {
             for ((kind, period), slot) in s.slots.iter_mut().filter(|(_, slot)| slot.dirty) {
                 let (kind, period) = (*kind, *period);
                 slot.dirty = false;
@@ -346,7 +488,7 @@ impl Sketches {
     /// Marks sketches dirty again (their merge failed).
     pub fn redirty(&mut self, sketches: &[Dirty]) {
         for d in sketches {
-            let scope = self.scope(&d.game, &d.env);
+            let Some(scope) = self.find_scope(&d.game, &d.env) else { continue };
             if let Some(slot) = self.scopes.get_mut(scope).and_then(|s| s.get_mut(d.kind, d.period)) {
                 if !slot.dirty {
                     slot.dirty = true;
@@ -358,7 +500,7 @@ impl Sketches {
 
     /// Marks every held sketch dirty: the next flush merges them all into Redis again.
     pub fn redirty_all(&mut self) {
-        for s in &mut self.scopes {
+        for s in self.scopes.iter_mut().filter(|s| s.live) {
             for (_, slot) in &mut s.slots {
                 if !slot.dirty {
                     slot.dirty = true;
@@ -370,9 +512,10 @@ impl Sketches {
 
     /// Raises a sketch to the registers of `merged` (what Redis holds after every
     /// worker's merges), so that the live figures are the all-workers ones; `create`
-    /// makes the sketch (clean) if the shard has none.
+    /// makes the sketch (clean) if the shard has none and there is room.
     pub fn merge_back(&mut self, kind: Kind, game: &str, env: &str, period: u32, merged: &Sketch, create: bool) {
-        let scope = self.scope(game, env);
+        let scope = if create { self.scope(game, env) } else { self.find_scope(game, env) };
+        let Some(scope) = scope else { return };
         let Some(s) = self.scopes.get_mut(scope) else { return };
         if let Some(slot) = s.get_mut(kind, period) {
             slot.writer.merge(merged);
@@ -383,14 +526,34 @@ impl Sketches {
         }
     }
 
+    /// Whether scope `scope` may get one more sketch: the shard holds fewer than `max`
+    /// and its game fewer than `max_per_game`.
+    fn room(&self, scope: usize) -> bool {
+        let game_held = self.scopes.get(scope).and_then(|s| self.games.get(&*s.game)).map_or(0, |g| g.held);
+        self.held < self.max && game_held < self.max_per_game
+    }
+
     /// Makes the (clean) sketch of `kind` and `period` in scope `scope`, holding
     /// `merged`'s registers if given, and publishes its reader; its position, or `None`
-    /// when the shard already holds `max` sketches (counted in `over`, said by the next
+    /// when the shard or the scope's game holds its most sketches even after dropping the
+    /// merged sketches of past periods (refused adds are counted, and said by the next
     /// flush round, never per event).
     fn new_slot(&mut self, scope: usize, kind: Kind, period: u32, merged: Option<&Sketch>) -> Option<usize> {
-        if self.held >= self.max {
-            self.over += 1;
-            return None;
+        if !self.room(scope) {
+            // Without waiting for the next round: at most once per flush.
+            if !self.flushing && self.room_made_at != Some(self.flushes) {
+                self.room_made_at = Some(self.flushes);
+                self.drop_past(self.now_minute, self.today);
+            }
+            if !self.room(scope) {
+                if merged.is_none() {
+                    let game = self.scopes.get(scope).map(|s| s.game.clone());
+                    if let Some(g) = game {
+                        self.refuse(&g, 1);
+                    }
+                }
+                return None;
+            }
         }
         let s = self.scopes.get_mut(scope)?;
         let mut writer = SketchWriter::new();
@@ -405,19 +568,17 @@ impl Sketches {
             period,
             reader: writer.reader(),
         });
+        let i = s.insert(kind, period, Slot { writer, dirty: false });
+        if let Some(g) = self.games.get_mut(&*s.game) {
+            g.held += 1;
+        }
         self.held += 1;
-        Some(s.insert(kind, period, Slot { writer, dirty: false }))
+        Some(i)
     }
 
-    /// Drops clean sketches of periods before the previous minute (online) or yesterday
-    /// (days): Redis holds them; late events for them start a new sketch.
-    pub fn evict(&mut self, now_ms: i64) {
-        if self.pins > 0 {
-            // Staged adds name scopes by position: evicted at the last unpin.
-            self.evict_due = Some(now_ms);
-            return;
-        }
-        let (minute, today) = (minute_of(now_ms), day_of(now_ms));
+    /// Drops clean sketches of periods before `minute` - 1 (online) or `today` - 1
+    /// (days), and their readers. Scopes keep their places.
+    fn drop_past(&mut self, minute: u32, today: u32) {
         let keep = |kind: Kind, period: u32| {
             if kind.per_minute() {
                 period + 1 >= minute
@@ -425,31 +586,61 @@ impl Sketches {
                 period + 1 >= today
             }
         };
-        let mut dropped = false;
-        for s in &mut self.scopes {
-            let before = s.slots.len();
-            s.retain(|kind, period, slot| slot.dirty || keep(kind, period));
-            dropped |= s.slots.len() != before;
-        }
-        if dropped {
-            // Scopes left without sketches go too, so that game/env pairs seen once do
-            // not stay for the life of the process.
-            self.scopes.retain(|s| !s.slots.is_empty());
-            self.index.clear();
-            for (i, s) in self.scopes.iter().enumerate() {
-                self.index.entry(s.game.clone()).or_default().insert(s.env.clone(), i);
+        let mut gone: HashSet<(Arc<str>, Arc<str>, Kind, u32)> = HashSet::new();
+        let mut dropped = Vec::new();
+        for s in self.scopes.iter_mut().filter(|s| s.live) {
+            dropped.clear();
+            s.retain(|kind, period, slot| slot.dirty || keep(kind, period), &mut dropped);
+            if dropped.is_empty() {
+                continue;
             }
-            self.last = 0;
-            self.held = self.scopes.iter().map(|s| s.slots.len()).sum();
-            let scopes = &self.scopes;
-            let shard = self.shard;
-            self.published.lock().retain(|p| {
-                p.shard != shard
-                    || scopes
-                        .iter()
-                        .any(|s| s.game == p.game && s.env == p.env && s.index.contains_key(&(p.kind, p.period)))
-            });
+            if let Some(g) = self.games.get_mut(&*s.game) {
+                g.held = g.held.saturating_sub(dropped.len());
+            }
+            self.held = self.held.saturating_sub(dropped.len());
+            gone.extend(dropped.iter().map(|&(kind, period)| (s.game.clone(), s.env.clone(), kind, period)));
         }
+        if gone.is_empty() {
+            return;
+        }
+        let shard = self.shard;
+        self.published
+            .lock()
+            .retain(|p| p.shard != shard || !gone.contains(&(p.game.clone(), p.env.clone(), p.kind, p.period)));
+    }
+
+    /// Frees the places of scopes left without sketches and without staged adds, and the
+    /// shares of games left without scopes, so that game/env pairs seen once do not stay
+    /// for the life of the process.
+    fn free_empty(&mut self) {
+        for (i, s) in self.scopes.iter_mut().enumerate() {
+            if !s.live || !s.slots.is_empty() || s.staged > 0 {
+                continue;
+            }
+            if let Some(g) = self.games.get_mut(&*s.game) {
+                g.envs.remove(&*s.env);
+                if g.envs.is_empty() {
+                    self.refused_unnamed += g.refused;
+                    self.games.remove(&*s.game);
+                }
+            }
+            *s = Scope::new("".into(), "".into());
+            s.live = false;
+            self.free.push(i);
+            self.live = self.live.saturating_sub(1);
+        }
+    }
+
+    /// Drops clean sketches of periods before the previous minute (online) or yesterday
+    /// (days): Redis holds them; late events for them start a new sketch. Put off while
+    /// a flush is in flight (made when it ends), never by staged adds.
+    pub fn evict(&mut self, now_ms: i64) {
+        if self.flushing {
+            self.evict_due = Some(now_ms);
+            return;
+        }
+        self.drop_past(minute_of(now_ms), day_of(now_ms));
+        self.free_empty();
     }
 
     /// Sketches held.
@@ -457,9 +648,27 @@ impl Sketches {
         self.held
     }
 
-    /// Adds not made since the last call because the shard held its most sketches.
-    pub fn take_over(&mut self) -> u64 {
-        std::mem::take(&mut self.over)
+    /// Adds not made since the last call because the shard or the game held its most
+    /// sketches; added to the published per-game counts
+    /// (`croupier_realtime_adds_refused_total`).
+    pub fn take_refused(&mut self) -> Refused {
+        let mut by_game: Vec<(Arc<str>, u64)> = self
+            .games
+            .iter_mut()
+            .filter(|(_, g)| g.refused > 0)
+            .map(|(name, g)| (name.clone(), std::mem::take(&mut g.refused)))
+            .collect();
+        by_game.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let total = std::mem::take(&mut self.refused);
+        let unnamed = std::mem::take(&mut self.refused_unnamed);
+        let mut published = by_game.clone();
+        if unnamed > 0 {
+            published.push(("".into(), unnamed));
+        }
+        if total > 0 {
+            self.published.add_refused(&published);
+        }
+        Refused { total, by_game }
     }
 
     /// Whether none is held.
@@ -475,7 +684,7 @@ mod tests {
     #[test]
     fn one_hash_feeds_every_sketch_of_an_event_and_only_changes_dirty() {
         let published = Arc::new(Published::default());
-        let mut s = Sketches::new(0, published.clone(), 4096);
+        let mut s = Sketches::new(0, published.clone(), 4096, 512);
         let now = crate::ingest::now_ms();
         s.event("g", "prod", "session_start", "u1", "", now);
         assert_eq!(s.len(), 2, "dau and online");
@@ -501,7 +710,7 @@ mod tests {
 
     #[test]
     fn events_too_old_to_count_make_no_scope() {
-        let mut s = Sketches::new(0, Arc::new(Published::default()), 4096);
+        let mut s = Sketches::new(0, Arc::new(Published::default()), 4096, 512);
         let now = crate::ingest::now_ms();
         s.set_now(now);
         let mut out = Vec::new();
@@ -510,56 +719,171 @@ mod tests {
             s.stage_payer(&mut out, "g", &format!("e{i}"), "u", now - 400 * 86_400_000);
         }
         assert!(out.is_empty());
-        assert_eq!(s.scopes.len(), 0);
+        assert_eq!(s.live, 0);
     }
 
+    /// While consumers hold staged adds (their inserts in flight, back to back under a
+    /// backlog), eviction still drops the merged sketches of past periods: staged adds
+    /// name places that never move, so nothing waits for them.
     #[test]
-    fn staged_adds_count_once_applied_and_eviction_waits_for_the_last_unpin() {
+    fn eviction_is_not_put_off_by_staged_adds_and_they_count_where_they_were_staged() {
         let published = Arc::new(Published::default());
-        let mut s = Sketches::new(0, published, 4096);
+        let mut s = Sketches::new(0, published, 4096, 512);
         let now = crate::ingest::now_ms();
         s.event("old", "prod", "login", "u0", "", now - 2 * 86_400_000);
+        s.event("old2", "prod", "login", "u0", "", now - 2 * 86_400_000);
         s.take_dirty();
         let mut staged = Vec::new();
-        s.pin();
         s.stage_event(&mut staged, "g", "prod", "session_start", "u1", "", now);
         s.stage_payer(&mut staged, "g", "prod", "u1", now);
         assert_eq!(staged.len(), 3, "dau, online, payer");
-        assert!(!s.is_dirty() && s.len() == 1, "nothing counted while staged");
-        // An eviction meanwhile is put off: the scopes keep their positions.
+        // Another consumer's adds of a scope that has no sketch yet.
+        let mut other = Vec::new();
+        s.stage_event(&mut other, "h", "dev", "login", "u2", "", now);
+        assert!(!s.is_dirty() && s.len() == 2, "nothing counted while staged");
         s.evict(now);
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.len(), 0, "the old days' sketches went at once");
+        assert_eq!(s.live, 2, "the staged adds' scopes stayed");
+        // A scope made after the eviction takes a freed place, not a staged one.
+        s.event("new", "prod", "login", "u3", "", now);
         s.apply(&staged);
-        assert_eq!(s.take_dirty().len(), 3);
-        s.unpin();
-        assert_eq!(s.len(), 3, "the old day's sketch went at the unpin");
-        assert!(s.scopes.iter().all(|x| &*x.game == "g"));
+        s.apply(&other);
+        let dirty = s.take_dirty();
+        let mut got: Vec<(String, String, Kind)> =
+            dirty.iter().map(|d| (d.game.to_string(), d.env.to_string(), d.kind)).collect();
+        got.sort();
+        let want = [
+            ("g", "prod", Kind::Online),
+            ("g", "prod", Kind::Dau),
+            ("g", "prod", Kind::Payers),
+            ("h", "dev", Kind::Dau),
+            ("new", "prod", Kind::Dau),
+        ];
+        let mut want: Vec<(String, String, Kind)> =
+            want.iter().map(|(g, e, k)| (g.to_string(), e.to_string(), *k)).collect();
+        want.sort();
+        assert_eq!(got, want);
+        // Discarded adds end too: their scope goes once it holds nothing.
+        let mut dropped = Vec::new();
+        s.stage_event(&mut dropped, "gone", "prod", "login", "u4", "", now);
+        s.evict(now);
+        assert!(s.find_scope("gone", "prod").is_some());
+        s.discard(&dropped);
+        s.evict(now);
+        assert!(s.find_scope("gone", "prod").is_none());
+        assert!(s.find_scope("g", "prod").is_some());
+    }
+
+    #[test]
+    fn eviction_waits_for_a_flush_in_flight() {
+        let mut s = Sketches::new(0, Arc::new(Published::default()), 4096, 512);
+        let now = crate::ingest::now_ms();
+        s.event("old", "prod", "login", "u0", "", now - 2 * 86_400_000);
+        s.begin_flush();
+        let dirty = s.take_dirty();
+        s.evict(now);
+        assert_eq!(s.len(), 1, "clean only because its value is in flight");
+        // The merge failed: dirty again, kept.
+        s.redirty(&dirty);
+        s.end_flush();
+        assert_eq!(s.len(), 1);
+        s.begin_flush();
+        s.take_dirty();
+        s.evict(now);
+        s.end_flush();
+        assert_eq!(s.len(), 0, "merged: dropped when the flush ended");
     }
 
     #[test]
     fn invented_envs_cannot_grow_a_shard_past_its_sketches_bound() {
         let published = Arc::new(Published::default());
-        let mut s = Sketches::new(0, published.clone(), 64);
+        let mut s = Sketches::new(0, published.clone(), 64, 64);
         let now = crate::ingest::now_ms();
         for i in 0..10_000 {
             s.event("g", &format!("env-{i}"), "session_start", &format!("u{i}"), "", now);
         }
         assert_eq!(s.len(), 64, "held at the bound");
         assert_eq!(published.list().len(), 64);
+        assert!(s.live <= 64, "scopes are bounded too: {}", s.live);
         // 32 scopes got their DAU and online sketches; every other event's two adds
         // (DAU and online) were refused.
-        assert_eq!(s.take_over(), 2 * (10_000 - 32));
-        assert_eq!(s.take_over(), 0, "said once");
+        let refused = s.take_refused();
+        assert_eq!(refused.total, 2 * (10_000 - 32));
+        assert_eq!(refused.by_game, vec![(Arc::from("g"), 2 * (10_000 - 32))]);
+        assert_eq!(s.take_refused().total, 0, "said once");
+        assert_eq!(published.refused(), vec![(Arc::from("g"), 2 * (10_000 - 32))]);
         // A scope already held still counts.
         s.event("g", "env-0", "login", "someone-else", "", now);
-        assert_eq!(s.take_over(), 0);
+        assert_eq!(s.take_refused().total, 0);
         // Once merged and past their periods, the sketches and their scopes go.
         s.take_dirty();
         s.evict(now + 3 * 86_400_000);
         assert!(s.is_empty());
-        assert!(s.scopes.is_empty() && s.index.is_empty());
+        assert!(s.live == 0 && s.games.is_empty());
         s.set_now(now + 3 * 86_400_000);
         s.event("g", "prod", "login", "u1", "", now + 3 * 86_400_000);
         assert_eq!(s.len(), 1, "room again");
+    }
+
+    /// One game inventing environments fills its own share only: another game's players,
+    /// coming after the flood, still get their sketches.
+    #[test]
+    fn a_game_flooding_invented_envs_fills_its_share_not_the_shards() {
+        let published = Arc::new(Published::default());
+        let mut s = Sketches::new(0, published.clone(), 256, 32);
+        let now = crate::ingest::now_ms();
+        for i in 0..5_000 {
+            s.event("flood", &format!("inv-{i}"), "login", "u", "", now);
+        }
+        assert_eq!(s.len(), 32, "the flooding game holds its share");
+        assert_eq!(s.games.get("flood").map(|g| g.envs.len()), Some(32));
+        for i in 0..300 {
+            s.event("b", "prod", "session_start", &format!("b-{i}"), "", now);
+        }
+        let mut oracle = Sketch::default();
+        for i in 0..300 {
+            oracle.add(format!("b-{i}").as_bytes());
+        }
+        let dirty = s.take_dirty();
+        let b: Vec<&Dirty> = dirty.iter().filter(|d| &*d.game == "b").collect();
+        assert_eq!(b.len(), 2, "game B's DAU and online sketches");
+        for d in b {
+            let got = Sketch::from_redis(&d.value).map(|x| x.count());
+            assert_eq!(got, Ok(oracle.count()), "{:?}", d.kind);
+        }
+        let refused = s.take_refused();
+        assert_eq!(refused.by_game, vec![(Arc::from("flood"), 5_000 - 32)]);
+        // Several flooding games: each is held to its share, and the shard to its bound.
+        for g in 0..20 {
+            for i in 0..100 {
+                s.event(&format!("f{g}"), &format!("inv-{i}"), "login", "u", "", now);
+            }
+        }
+        assert!(s.len() <= 256);
+        assert!(s.games.values().all(|g| g.held <= 32 && g.envs.len() <= 32));
+    }
+
+    /// At the bound, merged sketches of past periods are dropped to make room without
+    /// waiting for the next round (a backlog of late events needs one per minute).
+    #[test]
+    fn room_is_made_from_merged_past_periods_once_per_flush() {
+        let mut s = Sketches::new(0, Arc::new(Published::default()), 64, 64);
+        let now = crate::ingest::now_ms();
+        s.set_now(now);
+        // A backlog: one online minute each, 10 to 60 minutes ago (and a DAU sketch,
+        // two if that crosses midnight).
+        for m in 10..60 {
+            s.event("g", "prod", "heartbeat", "u", "", now - m * 60_000);
+        }
+        assert!((51..=52).contains(&s.len()), "{}", s.len());
+        s.begin_flush();
+        s.take_dirty();
+        s.end_flush();
+        // 50 more minutes: more than the room left, no round in between.
+        for m in 60..110 {
+            s.event("g", "prod", "heartbeat", "u", "", now - m * 60_000);
+        }
+        assert_eq!(s.take_refused().total, 0, "room was made from the merged minutes");
+        assert!(s.len() <= 64);
     }
 }

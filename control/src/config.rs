@@ -424,8 +424,11 @@ pub struct Worker {
     pub claim_idle_ms: u64,
     /// How often to look for entries to claim, milliseconds.
     pub claim_interval_ms: u64,
-    /// An entry delivered this many times without being acknowledged goes to the
-    /// dead-letter stream.
+    /// An entry delivered this many times without being acknowledged is no longer read
+    /// with others: each further delivery tries it in a batch of its own (inserted,
+    /// counted and acknowledged like any entry, or dead-lettered if unreadable or refused
+    /// by ClickHouse); delivered twice this many times, it goes to the dead-letter stream
+    /// unread.
     pub max_deliveries: u64,
     /// Longest back-off between retries while ClickHouse fails, milliseconds.
     pub backoff_max_ms: u64,

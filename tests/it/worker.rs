@@ -273,16 +273,17 @@ fn entry_delivered_too_often_goes_to_dead_letter() {
     let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
     let (first, second) = (entries[0].id.clone(), entries[1].id.clone());
     // Another consumer took both; the first is handed to this worker's consumer as an entry
-    // that has already been delivered 9 times (it keeps killing whoever reads it).
+    // that has already been delivered 10 times, twice `max_deliveries` (it kept killing
+    // whoever read it, with others and then alone).
     let mut r = p.ingest.redis.client();
     r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
-    r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "it-0", "0", &first, "RETRYCOUNT", "9"]);
+    r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "it-0", "0", &first, "RETRYCOUNT", "10"]);
     p.start_worker(&[]);
     p.wait_for(1, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
     let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
     assert_eq!(dead[0].get("source_id"), Some(first.as_bytes()));
     let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
-    assert!(reason.contains("delivered 9 times"), "{reason}");
+    assert!(reason.contains("delivered 10 times"), "{reason}");
     assert!(dead[0].get("batch").is_some(), "the original entry is kept");
     // The second entry is claimed from the silent consumer and lands.
     p.wait_for(1, "rows of the second entry", Pipeline::distinct_events);

@@ -3,7 +3,8 @@
 //! Order of work:
 //! 1. On start (and after any failure) the consumer re-reads its own pending entries
 //!    (`XREADGROUP ... 0`) — entries it was given before but never acknowledged — after
-//!    moving those delivered `max_deliveries` times to the dead-letter stream.
+//!    trying alone those delivered `max_deliveries` times, and moving those delivered
+//!    twice that to the dead-letter stream.
 //! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows or `linger_ms`.
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
 //!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead.
@@ -14,6 +15,7 @@
 //! 5. While ClickHouse fails otherwise, the batch is kept and retried with back-off:
 //!    nothing is acknowledged, nothing dropped.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -156,6 +158,23 @@ struct Consumer {
     metrics: Rc<ShardWriter>,
     /// The worker shard's real-time sketches (none: aggregation off).
     agg: Option<Rc<Aggregator>>,
+    /// Entries delivered `max_deliveries` times, each to be tried in a batch of its own.
+    alone: VecDeque<Alone>,
+}
+
+/// An entry delivered `max_deliveries` times without being acknowledged. It is no longer
+/// read with others (an entry that kills its consumer would take its batch with it every
+/// time): each further delivery tries it alone — inserted (the table collapses a copy
+/// ClickHouse already holds), counted, merged and acknowledged like any entry, or
+/// dead-lettered if it cannot be read or ClickHouse refuses it. Only an entry delivered
+/// twice `max_deliveries` times is dead-lettered unread.
+#[derive(Debug)]
+struct Alone {
+    id: String,
+    /// Its fields when in hand (claimed: the claim counted its delivery).
+    entry: Option<Entry>,
+    /// Its deliveries so far when its try must count one more (after a restart).
+    deliveries: Option<u64>,
 }
 
 /// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
@@ -193,6 +212,7 @@ pub async fn run(
         kept_at: Instant::now(),
         metrics,
         agg,
+        alone: VecDeque::new(),
     };
     let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
@@ -212,10 +232,21 @@ pub async fn run(
         }
         let batch = if let Some(b) = next.take() {
             b
+        } else if !c.alone.is_empty() {
+            match c.next_alone().await {
+                Ok(b) => b,
+                Err(e) => {
+                    c.fail(&e).await;
+                    continue;
+                }
+            }
         } else if recovering != Recovery::Done {
             match c.recover_page(recovering).await {
                 Ok(b) if b.is_empty() => {
-                    recovering = Recovery::Done;
+                    // Entries to try alone first: then the pending list again.
+                    if c.alone.is_empty() {
+                        recovering = Recovery::Done;
+                    }
                     continue;
                 }
                 Ok(b) => b,
@@ -401,43 +432,95 @@ impl Consumer {
         redis_call(&self.redis, c).await
     }
 
-    /// One page of this consumer's own pending entries, after dead-lettering the
-    /// over-delivered ones.
+    /// Deliveries after which an entry is dead-lettered unread: twice `max_deliveries`
+    /// (the last half of them each a try of the entry alone).
+    fn give_up_after(&self) -> u64 {
+        self.cfg.max_deliveries.saturating_mul(2)
+    }
+
+    /// One page of this consumer's own pending entries, after setting apart the entries
+    /// to try alone ([`Alone`]) and dead-lettering those delivered too often even for that.
+    /// Empty, with entries set apart, when those are to be tried before the page is read.
     ///
-    /// After a start, re-reading an entry is a delivery: `XREADGROUP ... 0` counts it, and
-    /// entries already delivered `max_deliveries` times are dead-lettered instead. After a
-    /// read or claim failed in this process, the entries were delivered (and counted) by
-    /// that call and never reached the consumer: they are fetched by ID (`XRANGE`), not
-    /// counted a second time.
+    /// After a start, re-reading an entry is a delivery: `XREADGROUP ... 0` counts it;
+    /// entries already delivered `max_deliveries` times are not re-read with the others
+    /// but tried alone (each try counted as a delivery), and those delivered twice that
+    /// are dead-lettered. After a read or claim failed in this process, the entries were
+    /// delivered (and counted) by that call and never reached the consumer: they are
+    /// fetched by ID (`XRANGE`), not counted a second time.
     async fn recover_page(&mut self, mode: Recovery) -> Result<Vec<Entry>, String> {
         let count = self.reader.count(0, 0);
         let pending = self.own_pending(count).await?;
         let mut page = Vec::new();
         for (id, deliveries) in pending {
             // A restart's re-read would be one more delivery; a resumed one's was counted.
-            let over = match mode {
-                Recovery::Resume => deliveries > self.cfg.max_deliveries,
-                _ => deliveries >= self.cfg.max_deliveries,
-            };
-            if !over && mode != Recovery::Resume {
+            let done = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
+            if done >= self.give_up_after() {
+                let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
+                // A trimmed entry comes back empty: it is dead-lettered without its fields.
+                let entry = entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
+                let reason = format!("delivered {done} times without being acknowledged");
+                self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
+                self.ack(&[id.as_str()]).await?;
+                continue;
+            }
+            if done >= self.cfg.max_deliveries {
+                let deliveries = (mode != Recovery::Resume).then_some(deliveries);
+                self.alone.push_back(Alone { id, entry: None, deliveries });
+                continue;
+            }
+            if mode != Recovery::Resume {
                 continue;
             }
             let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
             // A trimmed entry comes back empty: it is dead-lettered without its fields.
-            let entry = entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
-            if over {
-                let before = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
-                let reason = format!("delivered {before} times without being acknowledged");
-                self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
-                self.ack(&[id.as_str()]).await?;
-            } else {
-                page.push(entry);
-            }
+            page.push(entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() }));
         }
-        if mode == Recovery::Resume {
+        if mode == Recovery::Resume || !self.alone.is_empty() {
+            // After a restart the set-apart entries go first: a re-read would count them
+            // again and batch them with the others.
             return Ok(page);
         }
         self.reader.read("0", None, count).await
+    }
+
+    /// The next entry set apart to be tried alone, as a batch of its own (fetched by ID;
+    /// after a restart its try is counted as a delivery first, `XCLAIM ... RETRYCOUNT`,
+    /// so that an entry that kills its consumer every time reaches the limit).
+    async fn next_alone(&mut self) -> Result<Vec<Entry>, String> {
+        let Some(a) = self.alone.front() else { return Ok(Vec::new()) };
+        let (id, deliveries) = (a.id.clone(), a.deliveries);
+        let entry = match &a.entry {
+            Some(e) => e.clone(),
+            None => {
+                let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
+                // A trimmed entry comes back empty: it is dead-lettered without its fields.
+                entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() })
+            }
+        };
+        if let Some(n) = deliveries {
+            let retries = n.saturating_add(1).to_string();
+            self.call(cmd(&[
+                b"XCLAIM",
+                self.key().as_bytes(),
+                CONSUMER_GROUP.as_bytes(),
+                self.cfg.consumer.as_bytes(),
+                b"0",
+                id.as_bytes(),
+                b"RETRYCOUNT",
+                retries.as_bytes(),
+                b"JUSTID",
+            ]))
+            .await?;
+        }
+        self.alone.pop_front();
+        tracing::info!(
+            consumer = %self.cfg.consumer,
+            stream = self.key(),
+            id = %id,
+            "entry delivered worker.max_deliveries times without being acknowledged: tried alone"
+        );
+        Ok(vec![entry])
     }
 
     /// `(id, deliveries)` of the first `count` entries in this consumer's pending list.
@@ -500,15 +583,19 @@ impl Consumer {
         if claimed.entries.is_empty() {
             return Ok(claimed.entries);
         }
-        // Claiming counted one delivery; entries that keep killing consumers stop here.
+        // Claiming counted one delivery; entries that keep killing consumers are tried
+        // alone, and stop here once delivered too often even for that.
         let deliveries = self.deliveries(&claimed.entries).await?;
         let mut ours = Vec::with_capacity(claimed.entries.len());
         for e in claimed.entries {
             match deliveries.iter().find(|(id, _)| *id == e.id) {
-                Some(&(_, n)) if n > self.cfg.max_deliveries => {
+                Some(&(_, n)) if n > self.give_up_after() => {
                     let reason = format!("delivered {} times without being acknowledged", n - 1);
                     self.dead_letter(&e, DeadReason::MaxDeliveries, &reason).await?;
                     self.ack(&[e.id.as_str()]).await?;
+                }
+                Some(&(_, n)) if n > self.cfg.max_deliveries => {
+                    self.alone.push_back(Alone { id: e.id.clone(), entry: Some(e), deliveries: None });
                 }
                 _ => ours.push(e),
             }

@@ -1327,3 +1327,42 @@ fn entries_over_the_delivery_limit_are_still_counted_not_dead_lettered() {
     assert_eq!(wait_daily_users_match_redis(&p, ts), (want, 0, 0));
     assert!(p.stop_worker());
 }
+
+/// A backlog after an outage: one batch holds heartbeats of 300 past minutes, each minute
+/// a sketch of its own, on a worker shard that may hold 64 sketches. The shard merges what
+/// it holds into Redis and drops the merged past minutes as it goes, rather than refusing
+/// the players of entries it then acknowledges: every minute's key holds its player, and
+/// the day's DAU key every player.
+#[test]
+fn a_backlog_spanning_more_minutes_than_the_shard_holds_is_counted_whole() {
+    let mut p = Pipeline::start(&[]);
+    let now = now_secs() as u64;
+    let minute = |i: u64| (now / 60 - 2 - i) * 60 + 30;
+    let items: Vec<String> = (0..300u64)
+        .map(|i| {
+            let ts = minute(i);
+            format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"heartbeat","user_id":"late-{i}"}}"#)
+        })
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    let r = post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_AGGREGATE__MAX_SKETCHES", "64"));
+    p.start_worker(&settings);
+    wait_idle(&p);
+    p.wait_for(300, "rows", Pipeline::distinct_events);
+    let missing: Vec<u64> = (0..300u64).filter(|&i| pfcount(&p, &key(Kind::Online, minute(i))) != 1).collect();
+    assert!(missing.is_empty(), "{} of 300 minutes without their player: {missing:?}", missing.len());
+    // Each UTC day's DAU key (the backlog may cross midnight) holds exactly its players.
+    let mut days: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for i in 0..300u64 {
+        days.entry(key(Kind::Dau, minute(i))).or_default().push(format!("late-{i}"));
+    }
+    for (k, players) in days {
+        let want = oracle(&p, "oracle", players.into_iter());
+        assert_eq!(pfcount(&p, &k), want, "{k}");
+        assert!(registers(&p, &k) == registers(&p, "oracle"), "{k}");
+    }
+    assert!(p.stop_worker());
+}

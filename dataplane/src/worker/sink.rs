@@ -33,6 +33,11 @@ use crate::clickhouse::rows::{
 /// Rows per block sent to ClickHouse.
 pub const BLOCK_ROWS: usize = 65_536;
 
+/// Merges into Redis one insert may wait for to make room for its players' sketches
+/// (past periods go once merged); past them, adds that find no room are refused. Bounds
+/// what a client spreading timestamps over many periods can cost the shard per insert.
+pub const ROOM_MERGES: usize = 8;
+
 /// An entry that cannot be inserted, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Poison {
@@ -359,11 +364,40 @@ impl Sink {
         agg.sketches().discard(&self.staged);
         self.staged.clear();
         let inserted = self.insert_rows(ch, batch, which).await;
-        let mut sketches = agg.sketches();
-        if inserted.is_ok() {
-            sketches.apply(&self.staged);
-        } else {
-            sketches.discard(&self.staged);
+        if inserted.is_err() {
+            agg.sketches().discard(&self.staged);
+            self.staged.clear();
+            return inserted;
+        }
+        let mut made = 0;
+        let mut merges = 0;
+        while made < self.staged.len() {
+            made += agg.sketches().apply(self.staged.get(made..).unwrap_or_default(), true);
+            if made >= self.staged.len() {
+                break;
+            }
+            // The shard or a game holds its most sketches with adds left (a backlog of late
+            // events, one sketch per minute). While sketches hold unmerged adds, they are
+            // merged into Redis, so that those of past periods can go, and the rest is
+            // applied; when no merge can make room (nothing unmerged, or this insert's
+            // merges spent), the add is refused (counted) and the rest go on.
+            if merges >= ROOM_MERGES || !agg.sketches().is_dirty() {
+                agg.sketches().apply(self.staged.get(made..made + 1).unwrap_or_default(), false);
+                made += 1;
+                continue;
+            }
+            merges += 1;
+            if let Err(e) = agg.flush().await {
+                // Reported as a failed insert: the part is sent again (the table collapses
+                // the copies) and its adds staged again, none lost.
+                let rest = self.staged.get(made..).unwrap_or_default();
+                agg.sketches().discard(rest);
+                self.staged.clear();
+                return Err(ChError::Unexpected(format!(
+                    "real-time sketches not merged into Redis to make room for the part's players: {e}"
+                )));
+            }
+            agg.sketches().evict(crate::ingest::now_ms());
         }
         self.staged.clear();
         inserted

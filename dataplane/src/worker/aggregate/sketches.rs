@@ -331,19 +331,21 @@ impl Sketches {
         period >= kind.oldest(self.now_minute, self.today) && period <= ahead
     }
 
+    /// Makes one add; false when it needs a new sketch and there is no room for one.
     #[inline]
-    fn add(&mut self, scope: usize, kind: Kind, period: u32, hash: u64) {
+    fn add(&mut self, scope: usize, kind: Kind, period: u32, hash: u64) -> bool {
         if !self.counted(kind, period) {
-            return;
+            return true;
         }
         let found = self.scopes.get_mut(scope).and_then(|s| s.find(kind, period));
-        let Some(i) = found.or_else(|| self.new_slot(scope, kind, period, None)) else { return };
-        let Some(s) = self.scopes.get_mut(scope) else { return };
-        let Some((_, slot)) = s.slots.get_mut(i) else { return };
+        let Some(i) = found.or_else(|| self.new_slot(scope, kind, period, None)) else { return false };
+        let Some(s) = self.scopes.get_mut(scope) else { return true };
+        let Some((_, slot)) = s.slots.get_mut(i) else { return true };
         if slot.writer.add_hash(hash) && !slot.dirty {
             slot.dirty = true;
             self.dirty += 1;
         }
+        true
     }
 
     /// Stages the adds of an event into `out`: DAU for its user, and online, new, level
@@ -417,14 +419,28 @@ impl Sketches {
         }
     }
 
-    /// Makes the staged adds (their rows are confirmed); their scopes may go from now on.
-    pub fn apply(&mut self, staged: &[Staged]) {
-        for s in staged {
-            self.add(s.scope as usize, s.kind, s.period, s.hash);
-            if let Some(x) = self.scopes.get_mut(s.scope as usize) {
+    /// Makes the staged adds (their rows are confirmed), in order, and ends them (their
+    /// scopes may go from then on); returns how many it made. An add that needs a new
+    /// sketch while the shard or its game holds its most (even after dropping merged
+    /// sketches of past periods) is refused and counted — or, with `stop_when_full`, left
+    /// unmade, and the adds from it on are not made: the caller merges the dirty sketches
+    /// into Redis, so that those of past periods can go, and applies the rest.
+    pub fn apply(&mut self, staged: &[Staged], stop_when_full: bool) -> usize {
+        for (n, s) in staged.iter().enumerate() {
+            let scope = s.scope as usize;
+            if !self.add(scope, s.kind, s.period, s.hash) {
+                if stop_when_full {
+                    return n;
+                }
+                if let Some(game) = self.scopes.get(scope).map(|x| x.game.clone()) {
+                    self.refuse(&game, 1);
+                }
+            }
+            if let Some(x) = self.scopes.get_mut(scope) {
                 x.staged = x.staged.saturating_sub(1);
             }
         }
+        staged.len()
     }
 
     /// Drops the staged adds unmade (their rows were not confirmed; a retry stages them
@@ -441,14 +457,14 @@ impl Sketches {
     pub fn event(&mut self, game: &str, env: &str, name: &str, user: &str, session: &str, ts_ms: i64) {
         let mut staged = Vec::new();
         self.stage_event(&mut staged, game, env, name, user, session, ts_ms);
-        self.apply(&staged);
+        self.apply(&staged, false);
     }
 
     /// Counts a successful payment's user as a payer of its day, at once.
     pub fn payer(&mut self, game: &str, env: &str, user: &str, ts_ms: i64) {
         let mut staged = Vec::new();
         self.stage_payer(&mut staged, game, env, user, ts_ms);
-        self.apply(&staged);
+        self.apply(&staged, false);
     }
 
     /// A flush starts: the sketches it takes ([`Sketches::take_dirty`]) are clean only
@@ -536,8 +552,7 @@ impl Sketches {
     /// Makes the (clean) sketch of `kind` and `period` in scope `scope`, holding
     /// `merged`'s registers if given, and publishes its reader; its position, or `None`
     /// when the shard or the scope's game holds its most sketches even after dropping the
-    /// merged sketches of past periods (refused adds are counted, and said by the next
-    /// flush round, never per event).
+    /// merged sketches of past periods.
     fn new_slot(&mut self, scope: usize, kind: Kind, period: u32, merged: Option<&Sketch>) -> Option<usize> {
         if !self.room(scope) {
             // Without waiting for the next round: at most once per flush.
@@ -546,12 +561,6 @@ impl Sketches {
                 self.drop_past(self.now_minute, self.today);
             }
             if !self.room(scope) {
-                if merged.is_none() {
-                    let game = self.scopes.get(scope).map(|s| s.game.clone());
-                    if let Some(g) = game {
-                        self.refuse(&g, 1);
-                    }
-                }
                 return None;
             }
         }
@@ -746,8 +755,8 @@ mod tests {
         assert_eq!(s.live, 2, "the staged adds' scopes stayed");
         // A scope made after the eviction takes a freed place, not a staged one.
         s.event("new", "prod", "login", "u3", "", now);
-        s.apply(&staged);
-        s.apply(&other);
+        s.apply(&staged, false);
+        s.apply(&other, false);
         let dirty = s.take_dirty();
         let mut got: Vec<(String, String, Kind)> =
             dirty.iter().map(|d| (d.game.to_string(), d.env.to_string(), d.kind)).collect();
@@ -885,5 +894,21 @@ mod tests {
         }
         assert_eq!(s.take_refused().total, 0, "room was made from the merged minutes");
         assert!(s.len() <= 64);
+        // Full of unmerged minutes: an apply that may stop leaves the adds that find no
+        // room unmade (and uncounted as refused) for its caller to merge and retry.
+        let mut staged = Vec::new();
+        for m in 110..140 {
+            s.stage_event(&mut staged, "g", "prod", "heartbeat", "u", "", now - m * 60_000);
+        }
+        let made = s.apply(&staged, true);
+        assert!(made < staged.len() && s.len() == 64, "{made} made, {} held", s.len());
+        assert_eq!(s.take_refused().total, 0);
+        s.begin_flush();
+        s.take_dirty();
+        s.end_flush();
+        s.evict(now);
+        let rest = staged.get(made..).unwrap_or_default();
+        assert_eq!(s.apply(rest, true), rest.len(), "the rest fits once the merged minutes went");
+        assert_eq!(s.take_refused().total, 0);
     }
 }

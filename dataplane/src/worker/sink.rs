@@ -138,6 +138,8 @@ pub struct Sink {
     revenue_days: DaySet,
     /// The sketch adds of the rows being inserted, made once ClickHouse confirms them.
     staged: Vec<Staged>,
+    /// How many of `staged` are made (the rest are still to be made or dropped).
+    made: usize,
     /// The days the batch's orders were on could not be asked: [`Sink::take_revenue_days`]
     /// adds the day before and after each day (an order retried across midnight left one
     /// of them).
@@ -180,6 +182,7 @@ impl Sink {
             agg: None,
             revenue_days: DaySet::new(),
             staged: Vec::new(),
+            made: 0,
             neighbours: false,
         }
     }
@@ -361,19 +364,19 @@ impl Sink {
     ) -> Result<Vec<Poison>, ChError> {
         let Some(agg) = self.agg.clone() else { return self.insert_rows(ch, batch, which).await };
         // Left by an insert that never finished (its future dropped): ended unmade.
-        agg.sketches().discard(&self.staged);
+        agg.sketches().discard(self.staged.get(self.made..).unwrap_or_default());
         self.staged.clear();
+        self.made = 0;
         let inserted = self.insert_rows(ch, batch, which).await;
         if inserted.is_err() {
             agg.sketches().discard(&self.staged);
             self.staged.clear();
             return inserted;
         }
-        let mut made = 0;
         let mut merges = 0;
-        while made < self.staged.len() {
-            made += agg.sketches().apply(self.staged.get(made..).unwrap_or_default(), true);
-            if made >= self.staged.len() {
+        while self.made < self.staged.len() {
+            self.made += agg.sketches().apply(self.staged.get(self.made..).unwrap_or_default(), true);
+            if self.made >= self.staged.len() {
                 break;
             }
             // The shard or a game holds its most sketches with adds left (a backlog of late
@@ -382,17 +385,17 @@ impl Sink {
             // applied; when no merge can make room (nothing unmerged, or this insert's
             // merges spent), the add is refused (counted) and the rest go on.
             if merges >= ROOM_MERGES || !agg.sketches().is_dirty() {
-                agg.sketches().apply(self.staged.get(made..made + 1).unwrap_or_default(), false);
-                made += 1;
+                agg.sketches().apply(self.staged.get(self.made..self.made + 1).unwrap_or_default(), false);
+                self.made += 1;
                 continue;
             }
             merges += 1;
             if let Err(e) = agg.flush().await {
                 // Reported as a failed insert: the part is sent again (the table collapses
                 // the copies) and its adds staged again, none lost.
-                let rest = self.staged.get(made..).unwrap_or_default();
-                agg.sketches().discard(rest);
+                agg.sketches().discard(self.staged.get(self.made..).unwrap_or_default());
                 self.staged.clear();
+                self.made = 0;
                 return Err(ChError::Unexpected(format!(
                     "real-time sketches not merged into Redis to make room for the part's players: {e}"
                 )));
@@ -400,6 +403,7 @@ impl Sink {
             agg.sketches().evict(crate::ingest::now_ms());
         }
         self.staged.clear();
+        self.made = 0;
         inserted
     }
 

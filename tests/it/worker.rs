@@ -293,6 +293,36 @@ fn entry_delivered_too_often_goes_to_dead_letter() {
     assert!(dead.iter().all(|d| d.get("source_id") != Some(second.as_bytes())));
 }
 
+/// Entries claimed from a dead consumer past `max_deliveries` (5) are tried alone, not
+/// dead-lettered: one delivered 6 times (7 with the claim) is inserted and acknowledged;
+/// one delivered 10 times (twice the limit; 11 with the claim) is dead-lettered unread.
+#[test]
+fn entries_claimed_past_the_delivery_limit_are_tried_alone() {
+    let mut p = Pipeline::start(&[]);
+    for user in ["alone", "given-up"] {
+        let body = format!("[{}]", event("login", user));
+        assert_eq!(
+            post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status,
+            202
+        );
+    }
+    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
+    let (first, second) = (entries[0].id.clone(), entries[1].id.clone());
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "ghost", "0", &first, "RETRYCOUNT", "6", "JUSTID"]);
+    r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "ghost", "0", &second, "RETRYCOUNT", "10", "JUSTID"]);
+    p.start_worker(&[]);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    p.wait_for(1, "rows of the entry tried alone", Pipeline::distinct_events);
+    assert_eq!(p.clickhouse.query("SELECT user_id FROM analytics.events FORMAT TabSeparated").trim(), "alone");
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].get("source_id"), Some(second.as_bytes()));
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert!(reason.contains("delivered 10 times"), "{reason}");
+}
+
 /// Posts one batch of two events; returns the id of its stream entry.
 fn post_one_entry(p: &Pipeline, users: [&str; 2]) -> String {
     let body = format!("[{},{}]", event("login", users[0]), event("login", users[1]));

@@ -200,7 +200,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// One size: servers, history, `croupier run`, every route.
-fn one_size(rows: u64, runs: usize, out: &mut String) {
+fn one_size(rows: u64, runs: usize, only: &[String], out: &mut String) {
     let redis = RedisServer::start();
     let ch = ClickHouseServer::start_logging_queries();
     let control_port = croupier_it::free_port();
@@ -263,7 +263,11 @@ fn one_size(rows: u64, runs: usize, out: &mut String) {
         writeln!(out, "| route | n | p50 ms | p99 ms | max ms | rows read per answer (median) | largest query's rows read | ÷ yesterday's rows |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut client = HttpClient::connect(addr);
+    let mut breakdown = String::new();
     for (name, path) in routes(day) {
+        if !only.is_empty() && !only.iter().any(|o| name.starts_with(o.as_str())) {
+            continue;
+        }
         // Each route's queries in system.query_log by their second: routes a second apart.
         std::thread::sleep(Duration::from_millis(1100));
         let t0 = now_secs();
@@ -323,13 +327,37 @@ fn one_size(rows: u64, runs: usize, out: &mut String) {
             ms.last().copied().unwrap_or(0.0)
         );
         eprintln!("api: {name}: p50 {:.1} ms over {}", pct(&ms, 0.5), ms.len());
+        if name.starts_with("overview") || name == "realtime" {
+            // Each query of the route (the warm-up's included: figures answered from
+            // memory afterwards show as one run), by its first words.
+            let q = ch.query(&format!(
+                "SELECT substring(query, 1, 90) AS q, count(), \
+                 median(query_duration_ms), max(query_duration_ms), median(read_rows) FROM system.query_log \
+                 WHERE type = 2 AND interface = 1 AND query LIKE 'SELECT %' AND query LIKE '%analytics.%' \
+                 AND event_time >= toDateTime({t0}) AND event_time < toDateTime({t1}) GROUP BY q ORDER BY q"
+            ));
+            for line in q.lines().filter(|l| !l.is_empty()) {
+                let f: Vec<&str> = line.split('\t').collect();
+                if let [q, n, p50, max, read] = f[..] {
+                    let q = q.replace('|', "/").replace('`', "'");
+                    let _ = writeln!(breakdown, "| {name} | `{q}` | {n} | {p50} | {max} | {read} |");
+                }
+            }
+        }
+    }
+    if !breakdown.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nQueries of the overview and realtime answers above (system.query_log: how many, median and \
+             largest duration, median rows read):\n\n| route | query | n | p50 ms | max ms | rows read |\n|---|---|---:|---:|---:|---:|\n{breakdown}"
+        );
     }
     croupier_it::signal(&child, "TERM");
     let _ = child.wait();
 }
 
 /// Runs the API benchmark at each size; returns the report section.
-pub fn run(sizes: &[u64], runs: usize) -> String {
+pub fn run(sizes: &[u64], runs: usize, only: &[String]) -> String {
     let mut out = String::from(
         "## Analytics API (`croupier-perf api`)\n\n\
          Latency per route on one keep-alive connection, requests in series, against a generated history \
@@ -340,7 +368,7 @@ pub fn run(sizes: &[u64], runs: usize) -> String {
          yesterday's events (the issue's target for a one-day query: ≤ 2).\n",
     );
     for &rows in sizes {
-        one_size(rows, runs, &mut out);
+        one_size(rows, runs, only, &mut out);
     }
     out
 }

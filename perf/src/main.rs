@@ -5,7 +5,7 @@
 //! croupier-perf all    [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf e2e    [--seconds S] [--connections C] [--sustain S [--sustain-fraction F]] [--smoke] [--out FILE]
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
-//! croupier-perf api    [--rows N[,N...]] [--runs R] [--out FILE]
+//! croupier-perf api    [--rows N[,N...]] [--runs R] [--routes NAME[,NAME...]] [--out FILE]
 //! croupier-perf otlp   [--seconds S] [--connections C] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]
 //! croupier-perf cluster [--seconds S] [--runs R] [--out FILE]
@@ -101,7 +101,13 @@ fn main() {
                 .find(|w| w[0] == "--rows")
                 .map(|w| w[1].split(',').filter_map(|n| n.parse().ok()).collect())
                 .unwrap_or_else(|| if smoke { vec![100_000] } else { vec![10_000_000, 50_000_000] });
-            api::run(&sizes, arg(&args, "--runs", 20))
+            // Only the routes whose name starts with one of these (all without it).
+            let only: Vec<String> = args
+                .windows(2)
+                .find(|w| w[0] == "--routes")
+                .map(|w| w[1].split(',').map(str::to_owned).collect())
+                .unwrap_or_default();
+            api::run(&sizes, arg(&args, "--runs", 20), &only)
         }
         Some("cluster") => e2e::cluster(&e2e_cfg(), runs),
         Some("otlp") => otlp::run(&e2e_cfg(), runs),

@@ -1,7 +1,12 @@
 //! `GET /api/analytics/overview`: the KPIs of the range's last day (DAU, new users,
 //! revenue, pay rate, ARPU, ARPPU), WAU/MAU ending that day, D1/D7/D30 of the latest
 //! cohorts whose day N is complete, the registered total, and daily series.
+//!
+//! Its queries do not depend on one another: they are sent together (each on its own
+//! connection, within `api.max_queries_in_flight`), so the answer takes about as long as
+//! the slowest one rather than their sum.
 
+use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
 use super::error::ApiError;
@@ -10,88 +15,84 @@ use super::retention::latest_rates;
 use super::taxonomy::{ACTIVE_KIND, NEW_KIND};
 use super::Ctx;
 
+/// `toDate('YYYY-MM-DD')` of a day number.
+fn day(n: i64) -> String {
+    format!("toDate('{}')", params::date_string(n))
+}
+
+fn get(r: &[Value], i: usize) -> u64 {
+    r.get(i).map_or(0, Value::as_u64)
+}
+
 /// The route.
 pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = ctx.scope.filter();
     let last = range.end.div_euclid(DAY);
     let (day0, day_end) = (last * DAY, last * DAY + DAY - 1);
+    // Before any figure: 503 while the tables are being filled.
+    ctx.db.require_user_days().await?;
+    let today = ctx.now.div_euclid(DAY);
     // Players per day come from the per-day sketches of `daily_players` (a few rows per
     // day, not a row per player and day: `uniqCombined`, exact to a few thousand players,
-    // then an estimate, docs/metrics.md); the registered total from `registered_users`
-    // (a row per player).
-    ctx.db.require_user_days().await?;
-    let day = |n: i64| format!("toDate('{}')", params::date_string(n));
-    let (first, last_d, week) = (day(last - 29), day(last), day(last - 6));
-    let get = |r: &Vec<_>, i: usize| r.get(i).map_or(0, croupier_protocol::clickhouse::result::Value::as_u64);
-    let players = ctx
-        .db
-        .select(&format!(
-            "SELECT uniqCombinedMergeIf(users, kind = {ACTIVE_KIND} AND d = {last_d}), \
-             uniqCombinedMergeIf(users, kind = {ACTIVE_KIND} AND d >= {week}), \
-             uniqCombinedMergeIf(users, kind = {ACTIVE_KIND}), uniqCombinedMergeIf(users, kind = {NEW_KIND} AND d = {last_d}) \
-             FROM analytics.daily_players WHERE d >= {first} AND d <= {last_d}{w}"
-        ))
-        .await?;
-    let a = players.first().cloned().unwrap_or_default();
-    let (dau, wau, mau, new_users) = (get(&a, 0), get(&a, 1), get(&a, 2), get(&a, 3));
-    let registered_total = ctx
-        .db
-        .scalar(&format!(
-            "SELECT count() FROM (SELECT user_id FROM analytics.registered_users WHERE 1 = 1{w} \
-             GROUP BY user_id HAVING minMerge(first_d) <= {last_d})"
-        ))
-        .await?
-        .as_u64();
-    let pay = ctx
-        .db
-        .select(&format!(
-            "SELECT sumIf(amount_cents, status = 'success'), uniqExactIf(user_id, status = 'success') \
-             FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({day_end}){w}"
-        ))
-        .await?;
-    let p = pay.first().cloned().unwrap_or_default();
-    let (revenue, payers) = (get(&p, 0), get(&p, 1));
+    // then an estimate, docs/metrics.md). The week's and the month's are two queries so
+    // that they merge their sketches at the same time.
+    let last_d = day(last);
+    let week_sql = format!(
+        "SELECT uniqCombinedMergeIf(users, kind = {ACTIVE_KIND} AND d = {last_d}), \
+         uniqCombinedMergeIf(users, kind = {ACTIVE_KIND}), uniqCombinedMergeIf(users, kind = {NEW_KIND} AND d = {last_d}) \
+         FROM analytics.daily_players WHERE d >= {} AND d <= {last_d}{w}",
+        day(last - 6)
+    );
+    let month_sql = format!(
+        "SELECT uniqCombinedMerge(users) FROM analytics.daily_players \
+         WHERE kind = {ACTIVE_KIND} AND d >= {} AND d <= {last_d}{w}",
+        day(last - 29)
+    );
+    let pay_sql = format!(
+        "SELECT sumIf(amount_cents, status = 'success'), uniqExactIf(user_id, status = 'success') \
+         FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({day_end}){w}"
+    );
 
     // D-N of the latest cohort whose day N is complete: day N is at most yesterday and
     // at most the range's last complete day.
-    let today = ctx.now.div_euclid(DAY);
     let end_complete = if range.end.rem_euclid(DAY) == DAY - 1 { last } else { last - 1 };
     let complete = end_complete.min(today - 1);
-    let rates = latest_rates(ctx, complete).await?;
-    let d = |n: i64| super::retention::DAYS.iter().position(|x| *x == n).map_or(0.0, |i| rates[i]);
 
     let series_range = Range { start: range.start.div_euclid(DAY) * DAY, end: day_end };
     let (first_day, last_day) = series_range.days();
-    let new_series = day_series(
-        ctx,
-        &format!(
-            "SELECT toUInt32(d) AS day, uniqCombinedMerge(users) FROM analytics.daily_players \
-             WHERE kind = {NEW_KIND} AND d >= {} AND d <= {}{w} GROUP BY day ORDER BY day",
-            day(first_day),
-            day(last_day)
-        ),
-    )
-    .await?;
-    let revenue_series = day_series(
-        ctx,
-        &format!(
-            "SELECT toUInt32(toDate(time, 'UTC')) AS d, sumIf(amount_cents, status = 'success') FROM analytics.payments FINAL \
-             WHERE {}{w} GROUP BY d ORDER BY d",
-            series_range.filter("time")
-        ),
-    )
-    .await?;
-    let peak_series = day_series(
-        ctx,
-        &format!(
-            "SELECT toUInt32(d) AS day, maxMerge(peak_online) FROM analytics.daily_online_peak \
-             WHERE d >= toDate(toDateTime({}), 'UTC') AND d <= toDate(toDateTime({}), 'UTC'){w} GROUP BY day ORDER BY day",
-            first_day * DAY,
-            last_day * DAY
-        ),
-    )
-    .await?;
+    let new_sql = format!(
+        "SELECT toUInt32(d) AS day, uniqCombinedMerge(users) FROM analytics.daily_players \
+         WHERE kind = {NEW_KIND} AND d >= {} AND d <= {}{w} GROUP BY day ORDER BY day",
+        day(first_day),
+        day(last_day)
+    );
+    let revenue_sql = format!(
+        "SELECT toUInt32(toDate(time, 'UTC')) AS d, sumIf(amount_cents, status = 'success') FROM analytics.payments FINAL \
+         WHERE {}{w} GROUP BY d ORDER BY d",
+        series_range.filter("time")
+    );
+    let peak_sql = format!(
+        "SELECT toUInt32(d) AS day, maxMerge(peak_online) FROM analytics.daily_online_peak \
+         WHERE d >= toDate(toDateTime({}), 'UTC') AND d <= toDate(toDateTime({}), 'UTC'){w} GROUP BY day ORDER BY day",
+        first_day * DAY,
+        last_day * DAY
+    );
+    let (week, mau, registered_total, pay, rates, new_series, revenue_series, peak_series) = monoio::try_join!(
+        ctx.db.select(&week_sql),
+        ctx.db.scalar(&month_sql),
+        registered_total(ctx, last, today),
+        ctx.db.select(&pay_sql),
+        latest_rates(ctx, complete),
+        day_series(ctx, &new_sql),
+        day_series(ctx, &revenue_sql),
+        day_series(ctx, &peak_sql),
+    )?;
+    let a = week.first().cloned().unwrap_or_default();
+    let (dau, wau, new_users, mau) = (get(&a, 0), get(&a, 1), get(&a, 2), mau.as_u64());
+    let p = pay.first().cloned().unwrap_or_default();
+    let (revenue, payers) = (get(&p, 0), get(&p, 1));
+    let d = |n: i64| super::retention::DAYS.iter().position(|x| *x == n).map_or(0.0, |i| rates[i]);
     Ok(json!({
         "dau": dau,
         "wau": wau,
@@ -111,6 +112,60 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             "revenue_cents": revenue_series,
         }
     }))
+}
+
+/// Players whose first new-user day is at most `last` (exact): the players per first day
+/// of the complete days (before `today`), read from `registered_users` once and then
+/// answered from memory for [`super::db::REMEMBER_FOR`] like the other figures of
+/// complete days, plus, when `last` is today or later, the players whose first such day
+/// is in `today ..= last`, read each time: the players with a new-user event in those
+/// days (`user_days`) whose first day is not earlier (their rows of `registered_users`).
+pub async fn registered_total(ctx: &Ctx<'_>, last: i64, today: i64) -> Result<u64, ApiError> {
+    let w = ctx.scope.filter();
+    let recent = async {
+        if last < today {
+            return Ok::<u64, ApiError>(0);
+        }
+        let (from, to) = (day(today), day(last));
+        let n = ctx
+            .db
+            .scalar(&format!(
+                "SELECT count() FROM (SELECT user_id FROM analytics.registered_users WHERE user_id IN \
+                 (SELECT user_id FROM analytics.user_days WHERE d >= {from} AND d <= {to} \
+                 AND (registered > 0 OR first_active > 0){w}){w} \
+                 GROUP BY user_id HAVING minMerge(first_d) >= {from} AND minMerge(first_d) <= {to})"
+            ))
+            .await?;
+        Ok(n.as_u64())
+    };
+    let (by_day, recent) = monoio::try_join!(registered_by_day(ctx, today), recent)?;
+    let complete: u64 = by_day.iter().filter(|(d, _)| *d <= last).map(|(_, n)| n).sum();
+    Ok(complete + recent)
+}
+
+/// `(day, players whose first new-user day it is)` for the days before `today`, from
+/// memory when read less than [`super::db::REMEMBER_FOR`] ago (per scope and `today`).
+async fn registered_by_day(ctx: &Ctx<'_>, today: i64) -> Result<Vec<(i64, u64)>, ApiError> {
+    let w = ctx.scope.filter();
+    let key = format!("registered_by_day{w}|{today}");
+    let pairs = |v: &[f64]| -> Vec<(i64, u64)> { v.chunks_exact(2).map(|p| (p[0] as i64, p[1] as u64)).collect() };
+    if let Some(v) = ctx.db.remembered(&key) {
+        return Ok(pairs(&v));
+    }
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT toUInt32(fd) AS day, count() FROM (SELECT user_id, minMerge(first_d) AS fd \
+             FROM analytics.registered_users WHERE 1 = 1{w} GROUP BY user_id) WHERE fd < {} \
+             GROUP BY day ORDER BY day",
+            day(today)
+        ))
+        .await?;
+    // Day numbers and counts below 2^53: exact as f64.
+    let flat: Vec<f64> = rows.iter().flat_map(|r| [get(r, 0) as f64, get(r, 1) as f64]).collect();
+    let out = pairs(&flat);
+    ctx.db.remember(key, flat);
+    Ok(out)
 }
 
 /// `[[RFC 3339 of the day, n], ...]` from rows of (day number, n).

@@ -77,15 +77,16 @@ pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError>
     let date = |d: i64| format!("toDate('{}')", params::date_string(d));
     let cohort_days: Vec<String> = DAYS.iter().map(|n| date(day - n)).collect();
     let cohort_days = cohort_days.join(", ");
-    // From `user_days`: a row per player and day, not an event.
+    // From `user_days` (a row per player and day, not an event), in one pass over the
+    // four days: per player, the earliest cohort day with a register event, and whether
+    // any row is on `day`.
     let sql = format!(
         "SELECT toUInt32(cd) AS day, count(), sum(retained) \
-         FROM (SELECT user_id, min(d) AS cd FROM analytics.user_days \
-               WHERE registered > 0 AND d IN ({cohort_days}){w} GROUP BY user_id) AS c \
-         ANY LEFT JOIN \
-              (SELECT DISTINCT user_id, toUInt8(1) AS retained FROM analytics.user_days WHERE d = {}{w}) AS a \
-         USING user_id GROUP BY day ORDER BY day",
-        date(day)
+         FROM (SELECT user_id, minIf(d, registered > 0 AND d IN ({cohort_days})) AS cd, max(d = {day_d}) AS retained \
+               FROM analytics.user_days WHERE d IN ({cohort_days}, {day_d}){w} GROUP BY user_id \
+               HAVING countIf(registered > 0 AND d IN ({cohort_days})) > 0) \
+         GROUP BY day ORDER BY day",
+        day_d = date(day)
     );
     let rows = ctx.db.select(&sql).await?;
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);

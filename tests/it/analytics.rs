@@ -1090,6 +1090,7 @@ fn analytics_queries_agree_on_a_current_engine() {
     ));
     for path in [
         format!("overview?{range}"),
+        format!("overview?game_id=g1&env=prod&start={}&end={}", date(h.today - 6), date(h.today)),
         "realtime?game_id=g1&env=prod".to_owned(),
         format!("retention?{range}"),
         format!("retention?{range}&cohort=first_active"),
@@ -1222,6 +1223,8 @@ fn analytics_routes_agree_through_a_cluster() {
     let range = format!("game_id=g1&env=prod&start={}&end={}", date(h.today - 30), date(h.today - 1));
     for path in [
         format!("overview?{range}"),
+        // Ending today: today's registrations are read apart from the complete days'.
+        format!("overview?game_id=g1&env=prod&start={}&end={}", date(h.today - 6), date(h.today)),
         format!("retention?{range}"),
         format!("retention?{range}&cohort=first_active"),
         format!("payments/summary?{range}&platform=ios"),

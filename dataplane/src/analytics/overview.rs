@@ -35,18 +35,14 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let today = ctx.now.div_euclid(DAY);
     // Players per day come from the per-day sketches of `daily_players` (a few rows per
     // day, not a row per player and day: `uniqCombined`, exact to a few thousand players,
-    // then an estimate, docs/metrics.md). The week's and the month's are two queries so
-    // that they merge their sketches at the same time.
+    // then an estimate, docs/metrics.md): DAU, WAU and MAU in one pass over the month's
+    // sketches of active players (each sketch read once), new users from the new-user
+    // series below (its last day).
     let last_d = day(last);
-    let week_sql = format!(
-        "SELECT uniqCombinedMergeIf(users, kind = {ACTIVE_KIND} AND d = {last_d}), \
-         uniqCombinedMergeIf(users, kind = {ACTIVE_KIND}), uniqCombinedMergeIf(users, kind = {NEW_KIND} AND d = {last_d}) \
-         FROM analytics.daily_players WHERE d >= {} AND d <= {last_d}{w}",
-        day(last - 6)
-    );
-    let month_sql = format!(
-        "SELECT uniqCombinedMerge(users) FROM analytics.daily_players \
-         WHERE kind = {ACTIVE_KIND} AND d >= {} AND d <= {last_d}{w}",
+    let players_sql = format!(
+        "SELECT uniqCombinedMergeIf(users, d = {last_d}), uniqCombinedMergeIf(users, d >= {}), uniqCombinedMerge(users) \
+         FROM analytics.daily_players WHERE kind = {ACTIVE_KIND} AND d >= {} AND d <= {last_d}{w}",
+        day(last - 6),
         day(last - 29)
     );
     let pay_sql = format!(
@@ -78,18 +74,19 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         first_day * DAY,
         last_day * DAY
     );
-    let (week, mau, registered_total, pay, rates, new_series, revenue_series, peak_series) = monoio::try_join!(
-        ctx.db.select(&week_sql),
-        ctx.db.scalar(&month_sql),
+    let (players, registered_total, pay, rates, new_rows, revenue_series, peak_series) = monoio::try_join!(
+        ctx.db.select(&players_sql),
         registered_total(ctx, last, today),
         ctx.db.select(&pay_sql),
         latest_rates(ctx, complete),
-        day_series(ctx, &new_sql),
+        ctx.db.select(&new_sql),
         day_series(ctx, &revenue_sql),
         day_series(ctx, &peak_sql),
     )?;
-    let a = week.first().cloned().unwrap_or_default();
-    let (dau, wau, new_users, mau) = (get(&a, 0), get(&a, 1), get(&a, 2), mau.as_u64());
+    let a = players.first().cloned().unwrap_or_default();
+    let (dau, wau, mau) = (get(&a, 0), get(&a, 1), get(&a, 2));
+    let new_users = new_rows.iter().find(|r| get(r, 0) as i64 == last).map_or(0, |r| get(r, 1));
+    let new_series = series(&new_rows);
     let p = pay.first().cloned().unwrap_or_default();
     let (revenue, payers) = (get(&p, 0), get(&p, 1));
     let d = |n: i64| super::retention::DAYS.iter().position(|x| *x == n).map_or(0.0, |i| rates[i]);
@@ -168,15 +165,19 @@ async fn registered_by_day(ctx: &Ctx<'_>, today: i64) -> Result<Vec<(i64, u64)>,
     Ok(out)
 }
 
-/// `[[RFC 3339 of the day, n], ...]` from rows of (day number, n).
+/// `[[RFC 3339 of the day, n], ...]` from the rows of `sql`, (day number, n).
 async fn day_series(ctx: &Ctx<'_>, sql: &str) -> Result<Json, ApiError> {
-    let rows = ctx.db.select(sql).await?;
-    Ok(Json::Array(
+    Ok(series(&ctx.db.select(sql).await?))
+}
+
+/// `[[RFC 3339 of the day, n], ...]` from rows of (day number, n).
+fn series(rows: &[Vec<Value>]) -> Json {
+    Json::Array(
         rows.iter()
             .map(|r| {
                 let day = r.first().map_or(0, |v| v.as_u64()) as i64;
                 json!([params::rfc3339(day * DAY), r.get(1).map_or(0, |v| v.as_u64())])
             })
             .collect(),
-    ))
+    )
 }

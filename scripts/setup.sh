@@ -36,6 +36,8 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 # (tests/it/grafana.rs).
 command -v prometheus-node-exporter >/dev/null 2>&1 || [ -x /usr/bin/prometheus-node-exporter ] \
   || need_apt+=(prometheus-node-exporter)
+# ZooKeeper for the ClickHouse cluster tests (tests/harness/zookeeper.rs runs its jar).
+[ -f /usr/share/java/zookeeper.jar ] || need_apt+=(zookeeper)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -222,6 +222,39 @@ pub struct Redis {
     /// How often the slot map is read again besides after a redirection or a failed
     /// connection, milliseconds.
     pub cluster_refresh_ms: u64,
+    /// How ingest records a request's nonce and appends its entries (docs/ingest.md).
+    pub ingest_protocol: IngestProtocol,
+    /// How long a request's lease on its nonce lasts under the `lease` protocol,
+    /// milliseconds: a retry that meets it is answered 503 `request_in_flight` until the
+    /// request holding it finished or the lease ran out. 0: twice `reply_timeout_ms`
+    /// plus 2 seconds, which is also the least accepted (the append must reach Redis
+    /// within the lease).
+    pub ingest_lease_ms: u64,
+}
+
+/// How ingest records a request's nonce and appends its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestProtocol {
+    /// A lease on the nonce (`SET NX`), then the plain `XADD`s and the nonce marked done
+    /// in one `MULTI`/`EXEC`: the archives never pass through Lua.
+    #[default]
+    Lease,
+    /// One `EVAL` that records the nonce and appends (the archives are script arguments).
+    Script,
+}
+
+impl Redis {
+    /// The nonce lease of the `lease` protocol, milliseconds.
+    pub fn lease_ms(&self) -> u64 {
+        self.ingest_lease_ms.max(self.min_lease_ms())
+    }
+
+    /// The shortest lease allowed: a request's append is written within two reply
+    /// timeouts of its lease being asked for, and the lease outlives that by 2 seconds.
+    pub fn min_lease_ms(&self) -> u64 {
+        self.reply_timeout_ms.saturating_mul(2).saturating_add(2_000)
+    }
 }
 
 impl Default for Redis {
@@ -239,6 +272,8 @@ impl Default for Redis {
             master_name: "mymaster".into(),
             cluster: Vec::new(),
             cluster_refresh_ms: 2_000,
+            ingest_protocol: IngestProtocol::Lease,
+            ingest_lease_ms: 0,
         }
     }
 }
@@ -989,6 +1024,15 @@ impl Config {
         }
         if self.redis.max_queued_bytes == 0 {
             return Err(err("redis.max_queued_bytes", "expected a size greater than 0"));
+        }
+        if self.redis.ingest_lease_ms != 0 && self.redis.ingest_lease_ms < self.redis.min_lease_ms() {
+            return Err(err(
+                "redis.ingest_lease_ms",
+                format!(
+                    "expected 0 (the default) or at least twice reply_timeout_ms plus 2000 ({})",
+                    self.redis.min_lease_ms()
+                ),
+            ));
         }
         if self.redis.wait_replicas > 0 && self.redis.wait_timeout_ms == 0 {
             // `WAIT n 0` blocks for ever: a replica down would hold every request.

@@ -50,6 +50,14 @@ pub enum IngestError {
         /// Seconds to wait before retrying.
         retry_after: u64,
     },
+    /// The same request (same nonce, same body) is being appended by another attempt
+    /// that may still succeed: nothing was appended by this one; the retry after
+    /// `Retry-After` is answered as that attempt ended (202 once appended, else appended
+    /// then).
+    RequestInFlight {
+        /// Seconds to wait before retrying (the rest of the attempt's lease).
+        retry_after: u64,
+    },
     /// The accepted records could not be encoded into a stream entry (a server fault: a
     /// retry would fail the same way).
     EncodeFailed,
@@ -93,6 +101,7 @@ impl IngestError {
             IngestError::RateLimited { .. } => 429,
             IngestError::EncodeFailed => 500,
             IngestError::RedisUnavailable { .. }
+            | IngestError::RequestInFlight { .. }
             | IngestError::NotReplicated { .. }
             | IngestError::BacklogFull { .. } => 503,
         }
@@ -123,6 +132,7 @@ impl IngestError {
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::RedisUnavailable { .. } => "redis_unavailable",
             IngestError::NotReplicated { .. } => "not_replicated",
+            IngestError::RequestInFlight { .. } => "request_in_flight",
             IngestError::EncodeFailed => "encode_failed",
             IngestError::BacklogFull { .. } => "backlog_full",
         }
@@ -134,6 +144,7 @@ impl IngestError {
             IngestError::Http(e) => e.retry_after(),
             IngestError::RateLimited { retry_after }
             | IngestError::RedisUnavailable { retry_after }
+            | IngestError::RequestInFlight { retry_after }
             | IngestError::NotReplicated { retry_after, .. }
             | IngestError::BacklogFull { retry_after, .. } => Some(*retry_after),
             _ => None,
@@ -167,6 +178,11 @@ impl IngestError {
                 "appended, but confirmed by {replicas} of the {wanted} replicas asked for in time: send the same \
                  request again (same nonce) to learn when it is replicated; it is not appended twice"
             ),
+            IngestError::RequestInFlight { .. } => {
+                "this request (same nonce, same body) is being appended by an earlier attempt: send it again \
+                 after Retry-After"
+                    .into()
+            }
             IngestError::EncodeFailed => "the batch could not be encoded".into(),
             IngestError::BacklogFull { stream, .. } => {
                 format!("backlog of {} is at its high-water mark", stream.key())

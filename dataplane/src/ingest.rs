@@ -1,13 +1,16 @@
 //! The ingest endpoints: a signed batch in, one stream entry per target stream out, and
 //! `202 {"accepted":N}` once Redis has acknowledged the append.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use croupier_control::config::IngestProtocol;
 
 use croupier_control::metrics::{EventsAccepted, EventsRefused, GameIx};
 use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
 use croupier_protocol::envelope::{EventBatch, PaymentBatch};
+use croupier_protocol::lease::{self, Commit, Lease};
 use croupier_protocol::otlp::Sink;
-use croupier_protocol::resp::{self, EntryArgs, IngestReply};
+use croupier_protocol::resp::{self, EntryArgs, Frame, IngestReply};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate;
 
@@ -94,12 +97,13 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
     };
     let retry_after = shard.config.redis.retry_after_secs;
     let wanted = shard.config.redis.wait_replicas;
-    // With `wait_replicas` 0 nothing waits: the primary's reply is the answer.
-    let reply =
-        if wanted == 0 { shard.redis.call(cmd).await.map(|f| (f, 0)) } else { shard.redis.call_replicated(cmd).await };
+    let outcome = match cmd {
+        Command::Script(cmd) => script_append(shard, cmd, entries).await,
+        Command::Lease(l) => lease_append(shard, l, &parts[..entries]).await,
+    };
     let not_replicated = |replicas| IngestError::NotReplicated { replicas, wanted, retry_after };
-    let result = match reply.map(|(f, replicas)| (resp::ingest_reply(f), replicas)) {
-        Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => {
+    let result = match outcome {
+        Outcome::Added { replicas } => {
             let m = &shard.metrics;
             if m.enabled() {
                 for (stream, count) in &parts[..entries] {
@@ -116,15 +120,16 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         }
         // The same request sent again (same nonce, same body): answered as the first time,
         // whose entries are there (the body, and so the count, is the same); nothing was
-        // appended, so the rate is given back. With `wait_replicas`, the script wrote the
-        // nonce again, so this connection's `WAIT` covers the first time's append too.
-        Ok((Ok(IngestReply::Duplicate), replicas)) if replicas < wanted => {
+        // appended, so the rate is given back. With `wait_replicas`, the nonce was written
+        // again, so this connection's `WAIT` covers the first time's append too.
+        Outcome::Duplicate { replicas } if replicas < wanted => {
             give_back();
             return Err(not_replicated(replicas));
         }
-        Ok((Ok(IngestReply::Duplicate), _)) => Ok(records),
-        Ok((Ok(IngestReply::Replay), _)) => Err(IngestError::ReplayedNonce),
-        Ok((Ok(IngestReply::Added(_)) | Err(_), _)) | Err(_) => Err(IngestError::RedisUnavailable { retry_after }),
+        Outcome::Duplicate { .. } => Ok(records),
+        Outcome::Replay => Err(IngestError::ReplayedNonce),
+        Outcome::InFlight { retry_after } => Err(IngestError::RequestInFlight { retry_after }),
+        Outcome::Failed => Err(IngestError::RedisUnavailable { retry_after }),
     };
     // Not appended: the rates were not used.
     give_back();
@@ -132,6 +137,112 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         count_refused(shard, game_id, e, records);
     }
     result
+}
+
+/// What became of an append.
+enum Outcome {
+    /// Appended, and confirmed by `replicas` replicas (0 when none are asked for).
+    Added { replicas: u32 },
+    /// The same request was appended before; `replicas` confirmed it.
+    Duplicate { replicas: u32 },
+    /// The nonce is another body's.
+    Replay,
+    /// Another attempt of the same request holds the lease.
+    InFlight { retry_after: u64 },
+    /// Not appended, or not known to be (Redis unreachable, no reply in time, an error).
+    Failed,
+}
+
+/// The `script` protocol: one `EVAL` that records the nonce and appends.
+async fn script_append(shard: &Shard, cmd: Vec<u8>, entries: usize) -> Outcome {
+    // With `wait_replicas` 0 nothing waits: the primary's reply is the answer.
+    let reply = if shard.config.redis.wait_replicas == 0 {
+        shard.redis.call(cmd).await.map(|f| (f, 0))
+    } else {
+        shard.redis.call_replicated(cmd).await
+    };
+    match reply.map(|(f, replicas)| (resp::ingest_reply(f), replicas)) {
+        Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => Outcome::Added { replicas },
+        Ok((Ok(IngestReply::Duplicate), replicas)) => Outcome::Duplicate { replicas },
+        Ok((Ok(IngestReply::Replay), _)) => Outcome::Replay,
+        Ok((Ok(IngestReply::Added(_)) | Err(_), _)) | Err(_) => Outcome::Failed,
+    }
+}
+
+/// The `lease` protocol (`croupier_protocol::lease`, docs/ingest.md): the lease
+/// transaction, then, for its holder, the append transaction.
+async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]) -> Outcome {
+    let redis = &shard.redis;
+    let config = &shard.config.redis;
+    let wanted = config.wait_replicas;
+    let asked = Instant::now();
+    // The append that follows is counted by the queue bound now: a full queue refuses
+    // before a lease is taken.
+    let (lease_cmd, reserve) = (l.lease, l.commit.len());
+    let Ok((frames, _)) = redis.call_group(lease_cmd, l.lease_replies, reserve, &l.nonce_key, false).await else {
+        return Outcome::Failed;
+    };
+    match lease::lease_reply(frames, parts.len(), &l.digest) {
+        Ok(Lease::Held) => {}
+        Ok(Lease::Replay) => return Outcome::Replay,
+        Ok(Lease::Busy { retry_ms }) => {
+            let secs = retry_ms.div_ceil(1000).max(config.retry_after_secs).max(1);
+            return Outcome::InFlight { retry_after: secs };
+        }
+        Ok(Lease::Done) if wanted == 0 => return Outcome::Duplicate { replicas: 0 },
+        Ok(Lease::Done) => {
+            // A write of this connection's after the first append, for its `WAIT`.
+            let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
+            lease::touch_done(&mut cmd, &l.nonce_key, &l.digest);
+            return match redis.call_replicated(cmd).await {
+                Ok((Frame::SimpleString(_), replicas)) => Outcome::Duplicate { replicas },
+                _ => Outcome::Failed,
+            };
+        }
+        Ok(Lease::WrongType { what, reserved, leased }) => {
+            tracing::warn!(nonce = %l.nonce_key, %what, "a target stream key holds another type: nothing appended");
+            if leased {
+                // Held a moment ago: given back, with the nonce when this reserved it.
+                let mut cmd = Vec::with_capacity(2 * l.lease_key.len() + 32);
+                lease::release(&mut cmd, &l.nonce_key, &l.lease_key, reserved);
+                let _ = redis.call(cmd).await;
+            }
+            return Outcome::Failed;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "lease transaction failed");
+            return Outcome::Failed;
+        }
+    }
+    // The append must run within the lease, which began after `asked`: it is written
+    // within a reply timeout of being queued, and the lease lasts two reply timeouts and
+    // two seconds. A lease answered later than one reply timeout is left to run out.
+    if asked.elapsed() > Duration::from_millis(config.reply_timeout_ms) {
+        return Outcome::Failed;
+    }
+    // Counted when queued (see `stage`).
+    for (stream, count) in parts {
+        shard.backlog.count_added(l.partition, *stream, *count);
+    }
+    match redis.call_group(l.commit, l.commit_replies, 0, &l.nonce_key, wanted > 0).await {
+        Ok((frames, replicas)) => match lease::commit_reply(frames, parts.len()) {
+            Commit::Added(ids) if ids.len() == parts.len() => Outcome::Added { replicas },
+            // Nothing ran: the lease runs out, and the retry then appends.
+            Commit::Added(_) | Commit::NotRun(_) => Outcome::Failed,
+            Commit::Failed(e) => {
+                // The nonce was marked done and the lease given back although an append
+                // failed: pending again, so that the retry appends.
+                tracing::warn!(nonce = %l.nonce_key, error = %e, "an append of the transaction failed");
+                let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
+                lease::reopen(&mut cmd, &l.nonce_key, &l.digest);
+                let _ = redis.call(cmd).await;
+                Outcome::Failed
+            }
+        },
+        // Unknown: the transaction ran whole or not at all; the lease runs out, and the
+        // retry then finds the nonce done, or appends.
+        Err(_) => Outcome::Failed,
+    }
 }
 
 /// Counts a refused batch of `records` records (`croupier_events_refused_total`).
@@ -165,10 +276,31 @@ impl Refusal {
     }
 }
 
+/// The commands of an append, per `redis.ingest_protocol`.
+enum Command {
+    /// The `EVAL` that records the nonce and appends.
+    Script(Vec<u8>),
+    /// The lease and append transactions.
+    Lease(LeaseCmds),
+}
+
+/// The two transactions of the `lease` protocol, and what reading their replies needs.
+struct LeaseCmds {
+    lease: Vec<u8>,
+    lease_replies: usize,
+    commit: Vec<u8>,
+    commit_replies: usize,
+    /// The nonce key (tagged with its partition), which routes both in a cluster.
+    nonce_key: String,
+    lease_key: String,
+    partition: usize,
+    digest: [u8; 32],
+}
+
 /// The append command of an accepted request.
 pub(crate) struct Prepared<'s> {
-    /// The `EVAL` to send.
-    cmd: Vec<u8>,
+    /// The commands to send.
+    cmd: Command,
     /// Stream entries it appends.
     entries: usize,
     /// Each entry's stream and records (the first `entries`).
@@ -319,24 +451,52 @@ pub(crate) fn stage<'s>(
     }
     // Counted when queued, in the same order as the backlog readings are queued, so a
     // reading never misses nor double-counts it (an append that fails is over-counted
-    // until the next reading: the safe side). Nothing awaits between here and the send.
+    // until the next reading: the safe side). Nothing awaits between here and the send
+    // of the `EVAL`; the lease protocol counts right before its append transaction.
+    let protocol = shard.config.redis.ingest_protocol;
     let entries: Vec<EntryArgs<'_>> = parts
         .iter()
         .zip(&b.archives)
         .map(|((s, count), archive)| EntryArgs {
             stream: shard.backlog.partitions().stream(partition, *s),
-            minid: shard.backlog.added(partition, *s, *count),
+            minid: match protocol {
+                IngestProtocol::Script => shard.backlog.added(partition, *s, *count),
+                IngestProtocol::Lease => shard.backlog.trim_point(partition, *s),
+            },
             count: *count,
             archive,
         })
         .collect();
-    let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
+    let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 96).sum::<usize>() + 1024);
     // A timestamp is fresh while it is within the skew of the clock, whole seconds
     // included: from `ts - skew` to the end of second `ts + skew`. A nonce recorded at the
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
     let entry_events = shard.backlog.partitions().entry_events(partition);
-    resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
+    let cmd = match protocol {
+        IngestProtocol::Script => {
+            resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
+            Command::Script(cmd)
+        }
+        IngestProtocol::Lease => {
+            let lease_key = lease::lease_key(&nonce_key, digest);
+            let streams: Vec<&str> = entries.iter().map(|e| e.stream).collect();
+            let mut first = Vec::with_capacity(256 + lease_key.len() + nonce_key.len());
+            let lease_ms = shard.config.redis.lease_ms();
+            let lease_replies = lease::lease(&mut first, &nonce_key, &lease_key, &streams, ttl, lease_ms, digest);
+            let commit_replies = lease::commit(&mut cmd, &nonce_key, &lease_key, entry_events, ttl, digest, &entries);
+            Command::Lease(LeaseCmds {
+                lease: first,
+                lease_replies,
+                commit: cmd,
+                commit_replies,
+                nonce_key,
+                lease_key,
+                partition,
+                digest: *digest,
+            })
+        }
+    };
     Ok(Prepared {
         cmd,
         entries: n,

@@ -659,8 +659,19 @@ struct SwitchRun {
     /// answers 503s quickly: its latency percentiles then mix those in).
     refused_per_sec: f64,
     per_shard_cpu_second: f64,
+    /// CPU seconds of redis-server (the primary) per million accepted events, over the
+    /// load (the worker's reads and acknowledgements included).
+    redis_cpu_per_m: f64,
     p50_us: u64,
     p99_us: u64,
+}
+
+/// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: &[(String, String)]) -> SwitchRun {
@@ -670,8 +681,11 @@ fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: 
     let croupier = start_croupier("auto", &cfg.croupier_cores, redis, ch, env);
     let pid = croupier.child.id();
     let shard0 = threads_cpu(pid, "croupier-shard");
+    let redis0 = redis.pid().map_or(0.0, |p| proc_stat(p).0);
     let r = load(cfg, croupier.addr, cfg.switch_rate, cfg.seconds);
     let shard1 = threads_cpu(pid, "croupier-shard");
+    let redis1 = redis.pid().map_or(0.0, |p| proc_stat(p).0);
+    eprintln!("load average after the run: {}", load_average());
     drop(croupier);
     let refused: u64 = r.refused.iter().map(|(_, n)| n).sum();
     if refused > 0 {
@@ -681,6 +695,11 @@ fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: 
         events_per_sec: r.events_per_sec,
         refused_per_sec: refused as f64 / r.seconds.max(1e-9),
         per_shard_cpu_second: if shard1 > shard0 { r.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN },
+        redis_cpu_per_m: if r.accepted_events > 0 {
+            (redis1 - redis0) * 1e6 / r.accepted_events as f64
+        } else {
+            f64::NAN
+        },
         p50_us: r.latency.p50_us,
         p99_us: r.latency.p99_us,
     }
@@ -697,6 +716,7 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
     worker::migrate(&ch);
     let (mut base, mut with) = (Vec::new(), Vec::new());
     let setting = [env.clone()];
+    let load_before = load_average();
     for r in 0..runs.max(1) {
         for first in [r % 2 == 0, r % 2 == 1] {
             let label = if first { "defaults" } else { "with the setting" };
@@ -714,7 +734,6 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
         s.sort_by(|a, b| a.total_cmp(b));
         (q(&s, 0.5), xs)
     };
-    let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
     let mut out = format!(
         "## Switch: `{}={}` against the defaults\n\n\
          `croupier run` {}, {} connections, {} s per run), {} runs each, \
@@ -732,17 +751,20 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
         runs.max(1),
         if replica.is_some() { " redis-server has one replica (`--replicaof`) on both sides." } else { "" }
     );
-    let figures: [(&str, Figure); 5] = [
-        ("accepted events/s", |r| r.events_per_sec),
-        ("refused requests/s (not 202)", |r| r.refused_per_sec),
-        ("events per ingest-shard CPU second", |r| r.per_shard_cpu_second),
-        ("ack p50, µs", |r| r.p50_us as f64),
-        ("ack p99, µs", |r| r.p99_us as f64),
+    let figures: [(&str, Figure, usize); 6] = [
+        ("accepted events/s", |r| r.events_per_sec, 0),
+        ("refused requests/s (not 202)", |r| r.refused_per_sec, 0),
+        ("events per ingest-shard CPU second", |r| r.per_shard_cpu_second, 0),
+        ("redis-server CPU s per million events", |r| r.redis_cpu_per_m, 3),
+        ("ack p50, µs", |r| r.p50_us as f64, 0),
+        ("ack p99, µs", |r| r.p99_us as f64, 0),
     ];
-    for (name, f) in figures {
+    for (name, f, digits) in figures {
         let ((a, xa), (b, xb)) = (median(&base, f), median(&with, f));
-        out += &format!("| {name} | {a:.0} ({}) | {b:.0} ({}) | {:.3} |\n", list(&xa), list(&xb), b / a);
+        let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ");
+        out += &format!("| {name} | {a:.digits$} ({}) | {b:.digits$} ({}) | {:.3} |\n", list(&xa), list(&xb), b / a);
     }
+    out += &format!("\nLoad average (1, 5, 15 min) before the runs: {load_before}; after: {}.\n", load_average());
     out
 }
 

@@ -22,6 +22,7 @@ pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hll;
+pub mod lease;
 pub mod otlp;
 pub mod prescan;
 pub mod resp;

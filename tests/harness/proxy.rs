@@ -1,7 +1,8 @@
 //! A TCP proxy in front of a real `redis-server` that misbehaves on demand: it can
 //! freeze the connections open at that moment (nothing forwarded either way, nothing
-//! closed, as in a network partition), drop one reply, or replace one reply with other
-//! bytes. New connections pass normally.
+//! closed, as in a network partition), drop one reply, replace one reply with other
+//! bytes, or pass one reply and freeze its connection right after it (a partition
+//! between two round trips). New connections pass normally.
 //!
 //! A frozen connection holds what it receives; when thawed it forwards it, like TCP
 //! retransmitting after a partition heals. A connection the client closes while frozen
@@ -25,12 +26,16 @@ pub enum Fault {
     Drop,
     /// Send these bytes instead.
     Rewrite(Vec<u8>),
+    /// Pass it, then freeze its connection (what the client sends next is held).
+    PassThenFreeze,
 }
 
 /// A fault waiting for the next reply to a command.
 struct Rule {
     /// Upper-case command name (`EVAL`, `XREADGROUP`, ...).
     command: String,
+    /// Replies to that command to let pass first.
+    skip: usize,
     fault: Fault,
 }
 
@@ -100,7 +105,14 @@ impl FaultProxy {
 
     /// Applies `fault` to the next reply to `command` on any connection.
     pub fn on_next_reply(&self, command: &str, fault: Fault) {
-        self.shared.rules.lock().expect("rules").push(Rule { command: command.to_ascii_uppercase(), fault });
+        self.on_reply(command, 1, fault);
+    }
+
+    /// Applies `fault` to the `nth` next reply to `command` (1: the next), on any
+    /// connection; the replies before it pass.
+    pub fn on_reply(&self, command: &str, nth: usize, fault: Fault) {
+        let rule = Rule { command: command.to_ascii_uppercase(), skip: nth.saturating_sub(1), fault };
+        self.shared.rules.lock().expect("rules").push(rule);
     }
 
     /// Whether a fault set with [`FaultProxy::on_next_reply`] is still waiting.
@@ -225,12 +237,28 @@ fn pump_replies(mut server: TcpStream, mut client: TcpStream, conn: Arc<Conn>, s
             let name = conn.commands.lock().expect("commands").pop_front().unwrap_or_default();
             let fault = {
                 let mut rules = shared.rules.lock().expect("rules");
-                rules.iter().position(|r| r.command == name).map(|i| rules.remove(i).fault)
+                match rules.iter().position(|r| r.command == name) {
+                    Some(i) if rules[i].skip > 0 => {
+                        rules[i].skip -= 1;
+                        None
+                    }
+                    Some(i) => Some(rules.remove(i).fault),
+                    None => None,
+                }
             };
             match fault {
                 None => out.extend_from_slice(&parse[..len]),
                 Some(Fault::Drop) => {}
                 Some(Fault::Rewrite(bytes)) => out.extend_from_slice(&bytes),
+                Some(Fault::PassThenFreeze) => {
+                    // Frozen first, so that nothing the client sends on this reply
+                    // passes; the reply itself (and any before it) goes out now.
+                    conn.frozen.store(true, Ordering::SeqCst);
+                    out.extend_from_slice(&parse[..len]);
+                    // A client gone is noticed by the next read.
+                    let _ = client.write_all(&out);
+                    out.clear();
+                }
             }
             parse.drain(..len);
         }

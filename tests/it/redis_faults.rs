@@ -2,14 +2,23 @@
 //! answering, a lost reply, a reply that is not RESP. Ingest answers 503 within the reply
 //! timeout, drops the connection, and takes requests again on a new one; what it answered
 //! 503 for is not appended later.
+//!
+//! And the nonce lease of the `lease` ingest protocol at each of its steps (docs/ingest.md):
+//! the lease's reply lost, a partition between the lease and the append, the append's
+//! reply lost, croupier killed (SIGKILL) and Redis restarted between them. Whatever
+//! happens, the request sent again with its nonce is appended exactly once, another body
+//! with that nonce never, and nothing is answered 202 that Redis does not have.
 
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use croupier_control::config::{Config, Driver};
+use croupier_control::config::{Config, Driver, IngestProtocol};
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient, Reply};
 use croupier_it::proxy::{Fault, FaultProxy};
 use croupier_it::redis::RedisServer;
 
-use crate::fixture::{both_drivers, events, xlen, Fixture};
+use crate::fixture::{both_drivers, events, xlen, Fixture, GAME, SECRET};
 use crate::pipeline::Pipeline;
 
 both_drivers!(
@@ -19,6 +28,12 @@ both_drivers!(
     c4_full_queue_refuses_at_once,
     hostile2_deeply_nested_reply_is_refused_not_a_crash,
     hostile8_unknown_backlog_is_redis_unavailable_not_backlog_full,
+    lease1_lease_reply_lost_then_the_retry_appends_once,
+    lease2_append_reply_lost_then_the_retry_is_answered_without_an_append,
+    lease3_partition_between_lease_and_append_appends_nothing_late,
+    lease4_croupier_killed_between_the_steps,
+    lease5_redis_restarted_between_the_steps,
+    lease6_the_script_protocol_stays_selectable,
 );
 
 const REPLY_TIMEOUT_MS: u64 = 1_000;
@@ -57,7 +72,8 @@ fn fault_then_recover(driver: Driver, fault: Fault) {
     let (proxy, f) = through_proxy(driver, |_| {});
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     let connections = proxy.accepted();
-    proxy.on_next_reply("EVAL", fault);
+    // The lease transaction's `EXEC` (the first of a request's two).
+    proxy.on_next_reply("EXEC", fault);
     let t = Instant::now();
     let r = f.post("/api/ingest/events", &events(3));
     assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
@@ -241,4 +257,280 @@ fn attack_frozen_redis_fails_readyz_before_the_reply_timeout() {
         std::thread::sleep(Duration::from_millis(50));
     }
     c.wait_control_ready(200);
+}
+
+/// The lease of a request whose attempt was lost: two reply timeouts and 2 s.
+const LEASE_MS: u64 = 2 * REPLY_TIMEOUT_MS + 2_000;
+
+/// A signed request kept to be sent again as it is (same nonce, same body).
+struct Signed {
+    nonce: String,
+    body: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Signed {
+    fn new(body: String) -> Signed {
+        Signed::with_nonce(fresh_nonce(), body)
+    }
+
+    fn with_nonce(nonce: String, body: String) -> Signed {
+        let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+        Signed { nonce, body, headers }
+    }
+
+    /// Another body signed with this nonce.
+    fn replayed(&self) -> Signed {
+        Signed::with_nonce(self.nonce.clone(), events(2))
+    }
+
+    fn send(&self, addr: SocketAddr) -> Reply {
+        HttpClient::connect(addr).request("POST", "/api/ingest/events", &self.headers, self.body.as_bytes())
+    }
+}
+
+/// Sends `r` again until it is answered 202 (within `within`); every other answer must
+/// be a 503 with `Retry-After`. Returns the error tags seen before the 202.
+fn retry_until_accepted(addr: SocketAddr, r: &Signed, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let a = r.send(addr);
+        if a.status == 202 {
+            assert_eq!(a.text(), r#"{"accepted":3}"#);
+            return seen;
+        }
+        assert_eq!(a.status, 503, "{}", a.text());
+        assert!(a.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)), "{:?}", a.headers);
+        seen.push(a.error_tag());
+        assert!(Instant::now() < deadline, "not accepted within {within:?}: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Cut after the lease: the lease transaction ran, its reply never came. The attempt is
+/// answered 503; its retry meets the lease (503 `request_in_flight`, nothing appended)
+/// until it runs out, then appends once; another body with the nonce is a replay.
+fn lease1_lease_reply_lost_then_the_retry_appends_once(driver: Driver) {
+    let (proxy, f) = through_proxy(driver, |_| {});
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    proxy.on_next_reply("EXEC", Fault::Drop);
+    let r = Signed::new(events(3));
+    let a = r.send(f.addr);
+    assert_eq!((a.status, a.error_tag().as_str()), (503, "redis_unavailable"), "{}", a.text());
+    assert!(!proxy.fault_pending());
+    let t = Instant::now();
+    let seen = retry_until_accepted(f.addr, &r, Duration::from_millis(LEASE_MS + 3_000));
+    assert!(seen.iter().any(|t| t == "request_in_flight"), "the retry met the lease: {seen:?}");
+    assert!(t.elapsed() >= Duration::from_millis(LEASE_MS - REPLY_TIMEOUT_MS - 1_000), "{:?}", t.elapsed());
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2, "appended once");
+    // Answered as the first time, nothing appended again.
+    assert_eq!(r.send(f.addr).status, 202);
+    let replay = r.replayed().send(f.addr);
+    assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}
+
+/// Cut after the append: the append transaction ran (entries and the nonce marked
+/// done), its reply never came. The attempt is answered 503; the retry 202 at once,
+/// with nothing appended again.
+fn lease2_append_reply_lost_then_the_retry_is_answered_without_an_append(driver: Driver) {
+    let (proxy, f) = through_proxy(driver, |_| {});
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    proxy.on_reply("EXEC", 2, Fault::Drop);
+    let r = Signed::new(events(3));
+    let a = r.send(f.addr);
+    assert_eq!((a.status, a.error_tag().as_str()), (503, "redis_unavailable"), "{}", a.text());
+    assert!(!proxy.fault_pending());
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2, "appended, though answered 503");
+    let seen = retry_until_accepted(f.addr, &r, Duration::from_secs(5));
+    assert!(!seen.iter().any(|t| t == "request_in_flight"), "the lease was given back with the append: {seen:?}");
+    assert_eq!(r.send(f.addr).status, 202);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2, "not appended again");
+    let replay = r.replayed().send(f.addr);
+    assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}
+
+/// A partition right after the lease's reply: the append transaction is written into
+/// it and never reaches Redis (the connection is given up, and what it held with it).
+/// The retry waits out the lease, then appends once; the partition healing adds nothing.
+fn lease3_partition_between_lease_and_append_appends_nothing_late(driver: Driver) {
+    let (proxy, f) = through_proxy(driver, |_| {});
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    proxy.on_next_reply("EXEC", Fault::PassThenFreeze);
+    let r = Signed::new(events(3));
+    let a = r.send(f.addr);
+    assert_eq!((a.status, a.error_tag().as_str()), (503, "redis_unavailable"), "{}", a.text());
+    let seen = retry_until_accepted(f.addr, &r, Duration::from_millis(LEASE_MS + 3_000));
+    assert!(seen.iter().any(|t| t == "request_in_flight"), "{seen:?}");
+    proxy.thaw();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2, "appended once");
+    assert_eq!(r.send(f.addr).status, 202);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}
+
+/// A `croupier ingest` process of one shard on `redis_addr`, and its address once ready.
+fn ingest_process(redis_addr: &str) -> (Child, SocketAddr) {
+    let port = croupier_it::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(crate::pipeline::CROUPIER)
+        .arg("ingest")
+        .envs([
+            ("CROUPIER_SERVER__LISTEN", listen.as_str()),
+            ("CROUPIER_SERVER__SHARDS", "1"),
+            ("CROUPIER_SERVER__PIN", "false"),
+            ("CROUPIER_SERVER__DRIVER", "epoll"),
+            ("CROUPIER_REDIS__ADDR", redis_addr),
+            ("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "1000"),
+            ("CROUPIER_REDIS__BACKLOG_POLL_MS", "20"),
+            ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:0"),
+            ("CROUPIER_OTLP__LISTEN", "127.0.0.1:0"),
+            ("CROUPIER_OTLP__GRPC_LISTEN", "127.0.0.1:0"),
+            ("CROUPIER_GAMES__g1__SECRET", SECRET),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start croupier ingest");
+    let addr: SocketAddr = listen.parse().expect("address");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = std::net::TcpStream::connect(addr)
+            .is_ok()
+            .then(|| HttpClient::connect(addr).request("GET", "/readyz", &[], b"").status == 200)
+            .unwrap_or(false);
+        if ready {
+            return (child, addr);
+        }
+        assert!(Instant::now() < deadline, "croupier ingest not ready within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `r` to a process in the background (it is killed before it answers).
+fn send_in_background(r: &Signed, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let (headers, body) = (r.headers.clone(), r.body.clone());
+    std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| {
+            HttpClient::connect(addr).request("POST", "/api/ingest/events", &headers, body.as_bytes())
+        });
+    })
+}
+
+/// Waits until the fault set on the proxy has been applied.
+fn wait_applied(proxy: &FaultProxy) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.fault_pending() {
+        assert!(Instant::now() < deadline, "the request did not reach the fault");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// croupier killed (SIGKILL) with the append made and not answered, then killed with
+/// the lease taken and the append not sent: a fresh process answers the first's retry
+/// without an append, and appends the second's once (after the lease).
+fn lease4_croupier_killed_between_the_steps(driver: Driver) {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port);
+    // Killed after the append, before its answer.
+    let (mut first, addr) = ingest_process(&proxy.addr());
+    proxy.on_reply("EXEC", 2, Fault::Drop);
+    let r1 = Signed::new(events(3));
+    let client = send_in_background(&r1, addr);
+    wait_applied(&proxy);
+    let _ = first.kill();
+    let _ = first.wait();
+    let _ = client.join();
+    // Killed between the lease and the append.
+    let (mut second, addr) = ingest_process(&proxy.addr());
+    proxy.on_next_reply("EXEC", Fault::PassThenFreeze);
+    let r2 = Signed::new(events(3));
+    let client = send_in_background(&r2, addr);
+    wait_applied(&proxy);
+    let _ = second.kill();
+    let _ = second.wait();
+    let _ = client.join();
+    let f = Fixture::start_with_redis(driver, redis, |c| {
+        c.server.shards = 1;
+        c.redis.reply_timeout_ms = REPLY_TIMEOUT_MS;
+    });
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1, "the first's append ran, the second's did not");
+    let a = r2.send(f.addr);
+    assert_eq!((a.status, a.error_tag().as_str()), (503, "request_in_flight"), "{}", a.text());
+    let seen = retry_until_accepted(f.addr, &r1, Duration::from_secs(5));
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1, "the first is not appended again");
+    retry_until_accepted(f.addr, &r2, Duration::from_millis(LEASE_MS + 3_000));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2, "the second appended once");
+    for r in [&r1, &r2] {
+        assert_eq!(r.send(f.addr).status, 202);
+        let replay = r.replayed().send(f.addr);
+        assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"));
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}
+
+/// Redis restarted (with its append-only file, so the nonces outlive it) between the
+/// lease and the append, then between the append and its reply.
+fn lease5_redis_restarted_between_the_steps(driver: Driver) {
+    let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let proxy = FaultProxy::start(redis.port);
+    let addr = proxy.addr();
+    let mut f = Fixture::start_with_redis(driver, redis, |c| {
+        c.server.shards = 1;
+        c.redis.addr = addr;
+        c.redis.reply_timeout_ms = REPLY_TIMEOUT_MS;
+    });
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    // Restarted with the lease taken, the append held in a partition.
+    proxy.on_next_reply("EXEC", Fault::PassThenFreeze);
+    let r1 = Signed::new(events(3));
+    let client = send_in_background(&r1, f.addr);
+    wait_applied(&proxy);
+    f.redis.restart_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let _ = client.join();
+    let seen = retry_until_accepted(f.addr, &r1, Duration::from_millis(LEASE_MS + 5_000));
+    assert!(seen.iter().any(|t| t == "request_in_flight"), "the lease outlived the restart: {seen:?}");
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2, "appended once");
+    // Restarted after the append, before its reply.
+    proxy.on_reply("EXEC", 2, Fault::Drop);
+    let r2 = Signed::new(events(3));
+    let client = send_in_background(&r2, f.addr);
+    wait_applied(&proxy);
+    f.redis.restart_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let _ = client.join();
+    assert_eq!(xlen(&f.redis, "analytics:events"), 3, "the append outlived the restart");
+    let seen = retry_until_accepted(f.addr, &r2, Duration::from_secs(10));
+    assert!(!seen.iter().any(|t| t == "request_in_flight"), "{seen:?}");
+    for r in [&r1, &r2] {
+        assert_eq!(r.send(f.addr).status, 202);
+        let replay = r.replayed().send(f.addr);
+        assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"));
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), 3);
+}
+
+/// `redis.ingest_protocol = "script"`: the one `EVAL`, as before; a retry is answered
+/// 202 without a second append, another body is a replay.
+fn lease6_the_script_protocol_stays_selectable(driver: Driver) {
+    let f = Fixture::start(driver, |c| c.redis.ingest_protocol = IngestProtocol::Script);
+    let r = Signed::new(events(3));
+    for _ in 0..2 {
+        assert_eq!(r.send(f.addr).status, 202);
+    }
+    let replay = r.replayed().send(f.addr);
+    assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    // The script's nonce (the digest), and `EVAL`s only: no transaction.
+    let mut redis = f.redis.client();
+    let key = format!("croupier:nonce:{GAME}:{}", r.nonce);
+    assert_eq!(redis.int(&["STRLEN", &key]), 32);
+    let stats = match redis.cmd(&["INFO", "commandstats"]) {
+        croupier_protocol::resp::Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO reply {other:?}"),
+    };
+    assert!(stats.contains("cmdstat_eval:calls=3,"), "{stats}");
+    assert!(!stats.contains("cmdstat_exec:"), "{stats}");
 }

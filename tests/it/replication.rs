@@ -44,7 +44,7 @@ fn wait1_every_202_is_on_the_replica_with_one_wait_per_round() {
         assert_eq!(xlen(&replica, "analytics:events"), i, "the 202 came before the replica had the entry");
     }
     // 8 clients at once: the rounds hold several appends, each round one WAIT.
-    let (evals, waits) = (calls(&f.redis, "eval"), calls(&f.redis, "wait"));
+    let (appends, waits) = (calls(&f.redis, "xadd"), calls(&f.redis, "wait"));
     let addr = f.addr;
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -63,9 +63,9 @@ fn wait1_every_202_is_on_the_replica_with_one_wait_per_round() {
     let accepted: usize = clients.into_iter().map(|t| t.join().expect("client")).sum();
     assert_eq!(accepted, 80);
     assert_eq!(xlen(&replica, "analytics:events"), 90, "every 202 is on the replica");
-    let (evals, waits) = (calls(&f.redis, "eval") - evals, calls(&f.redis, "wait") - waits);
-    assert_eq!(evals, 80);
-    assert!(waits < evals, "{waits} WAITs for {evals} appends: one round trip per request");
+    let (appends, waits) = (calls(&f.redis, "xadd") - appends, calls(&f.redis, "wait") - waits);
+    assert_eq!(appends, 80);
+    assert!(waits < appends, "{waits} WAITs for {appends} appends: one round trip per request");
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub fn status_index(status: u16) -> usize {
 
 /// Refusal reasons: the error tags of the ingest API (README, "Ingest API"). A tag not in
 /// this list (one added later and not here yet) counts as `other`.
-pub const REASONS: [&str; 23] = [
+pub const REASONS: [&str; 24] = [
     "malformed_json",
     "invalid_utf8",
     "too_deep",
@@ -48,6 +48,7 @@ pub const REASONS: [&str; 23] = [
     "replayed_nonce",
     "rate_limited",
     "redis_unavailable",
+    "request_in_flight",
     "backlog_full",
     "encode_failed",
     "server_busy",

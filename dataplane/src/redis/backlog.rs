@@ -214,13 +214,26 @@ impl Backlog {
     /// partition `p` (call before queueing the command), and returns the `MINID ~` to
     /// send with it.
     pub fn added(&self, p: usize, stream: StreamKind, events: usize) -> StreamId {
+        self.count_added(p, stream, events);
+        self.trim_point(p, stream)
+    }
+
+    /// The `MINID ~` to send with an append to `stream` of partition `p`. One read
+    /// earlier stays safe to send later: the point never moves back past what the group
+    /// acknowledged.
+    pub fn trim_point(&self, p: usize, stream: StreamKind) -> StreamId {
+        self.state(p, stream).trim.get()
+    }
+
+    /// Records that this shard is appending one entry of `events` records to `stream` of
+    /// partition `p`: call right before queueing the command that appends it.
+    pub fn count_added(&self, p: usize, stream: StreamKind, events: usize) {
         let s = self.state(p, stream);
         s.added.set(s.added.get() + 1);
         // The script's update, mirrored until the next reading brings every shard's.
         let n = events.max(1) as f64;
         let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
         s.per_entry.set(Some(m.max(1.0)));
-        s.trim.get()
     }
 
     /// Reads the backlogs every `every`, forever (spawned once per shard).

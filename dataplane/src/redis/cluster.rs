@@ -39,7 +39,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use super::connection::{read_frame, Answer, Epoch, Node, RedisError, RedisOptions};
+use super::connection::{read_frame, Answer, Epoch, Group, Node, RedisError, RedisOptions};
 
 /// Sends of one command at most (the first and two redirections).
 const MAX_REDIRECTS: usize = 3;
@@ -126,6 +126,30 @@ impl Cluster {
     /// Sends `cmd` to the primary of its key's slot, following redirections.
     pub(super) async fn send(&self, cmd: Vec<u8>, block: Duration, replicated: bool) -> Result<Answer, RedisError> {
         let slot = command_key(&cmd).map(key_slot);
+        self.send_to(cmd, block, replicated, Group::ONE, slot).await
+    }
+
+    /// Sends `cmd`, a group of commands, to the primary of `route_key`'s slot,
+    /// following a redirection of any of them with the whole group.
+    pub(super) async fn send_group(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+        group: Group,
+        route_key: &str,
+    ) -> Result<Answer, RedisError> {
+        self.send_to(cmd, block, replicated, group, Some(key_slot(route_key.as_bytes()))).await
+    }
+
+    async fn send_to(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+        group: Group,
+        slot: Option<u16>,
+    ) -> Result<Answer, RedisError> {
         let Some(mut addr) = self.route(slot) else {
             self.stale.set(true);
             return Err(RedisError::Unavailable);
@@ -142,9 +166,9 @@ impl Cluster {
             }
             let keep = attempt < MAX_REDIRECTS;
             let sent = if asking {
-                node.send_asking(cmd, block, replicated).await
+                node.send_asking(cmd, block, replicated, group).await
             } else {
-                node.send(cmd, block, replicated, keep).await
+                node.send_group(cmd, block, replicated, keep, group).await
             };
             let a = match sent {
                 Ok(a) => a,
@@ -155,7 +179,13 @@ impl Cluster {
                     return Err(e);
                 }
             };
-            let Some(r) = redirect(&a.frame) else { return Ok(a) };
+            // A group is redirected by the first of its replies that redirects (a
+            // transaction's commands are refused when queued, and its `EXEC` aborts).
+            let r = match &a.frame {
+                Frame::Array(items) if group.replies > 1 => items.iter().find_map(redirect),
+                f => redirect(f),
+            };
+            let Some(r) = r else { return Ok(a) };
             let Some(again) = a.cmd else { return Ok(a) };
             cmd = again;
             (addr, asking) = match r {

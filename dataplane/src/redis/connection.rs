@@ -77,6 +77,21 @@ pub(super) struct Answer {
 
 type Waiter = oneshot::Sender<Result<Answer, RedisError>>;
 
+/// How a command is sent: the replies it is owed (more than one for a group of commands
+/// sent as one, answered as an array of them) and the bytes of a command that will follow
+/// its answer, which the queue bound counts already (so a full queue refuses the first
+/// at once rather than the second after a round trip).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Group {
+    pub(super) replies: usize,
+    pub(super) reserve: usize,
+}
+
+impl Group {
+    /// One command, nothing following.
+    pub(super) const ONE: Group = Group { replies: 1, reserve: 0 };
+}
+
 /// A command waiting to be sent.
 struct Pending {
     cmd: Vec<u8>,
@@ -86,6 +101,9 @@ struct Pending {
     replicated: bool,
     /// The command is handed back with its reply.
     keep: bool,
+    /// Replies it is owed: more than one for a group of commands sent as one
+    /// ([`RedisClient::call_group`]), answered as an array of them.
+    replies: usize,
     reply: Waiter,
 }
 
@@ -94,6 +112,8 @@ struct InFlight {
     allowance: Duration,
     replicated: bool,
     keep: bool,
+    /// Replies owed (see [`Pending::replies`]).
+    replies: usize,
     /// The command, when it is to be handed back (after the write).
     cmd: Option<Vec<u8>>,
     reply: Option<Waiter>,
@@ -311,6 +331,44 @@ impl RedisClient {
     }
 }
 
+impl RedisClient {
+    /// Sends `cmd`, a group of `replies` commands encoded back to back (a `MULTI` ...
+    /// `EXEC` transaction), and waits for all their replies, which nothing else on the
+    /// connection comes between. In a cluster the group goes to the primary of
+    /// `route_key`'s slot (every key of the group must be in that slot), and a
+    /// redirection of any of its commands sends the whole group again. With
+    /// `replicated`, as [`RedisClient::call_replicated`]: the number of replicas that
+    /// confirmed it comes with the replies. `reserve`: the bytes of a command the caller
+    /// will send after this answer, which the queue bound (`redis.max_queued_bytes`)
+    /// counts with this one when it is queued.
+    pub async fn call_group(
+        &self,
+        cmd: Vec<u8>,
+        replies: usize,
+        reserve: usize,
+        route_key: &str,
+        replicated: bool,
+    ) -> Result<(Vec<Frame>, u32), RedisError> {
+        let replies = replies.max(1);
+        let group = Group { replies, reserve };
+        let a = match &self.inner {
+            Inner::Node(n) => match (&n.shared.wait, replicated) {
+                (Some((_, wait)), true) => n.send_group(cmd, *wait, true, false, group).await?,
+                _ => n.send_group(cmd, Duration::ZERO, false, false, group).await?,
+            },
+            Inner::Cluster(c) => {
+                let wait = c.wait().filter(|_| replicated);
+                c.send_group(cmd, wait.unwrap_or(Duration::ZERO), wait.is_some(), group, route_key).await?
+            }
+        };
+        let frames = match a.frame {
+            Frame::Array(items) if replies > 1 => items,
+            f => vec![f],
+        };
+        Ok((frames, a.replicas))
+    }
+}
+
 impl Node {
     /// Starts the connection task on the current shard; every (re)connect advances `epoch`.
     pub(super) fn start(options: RedisOptions, epoch: Epoch) -> Node {
@@ -360,7 +418,20 @@ impl Node {
         replicated: bool,
         keep: bool,
     ) -> Result<Answer, RedisError> {
-        let rx = self.queue(cmd, block, replicated, keep)?;
+        self.send_group(cmd, block, replicated, keep, Group::ONE).await
+    }
+
+    /// [`Node::send`] of a group of commands, answered as an array of their replies (one
+    /// command: its reply).
+    pub(super) async fn send_group(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+        keep: bool,
+        group: Group,
+    ) -> Result<Answer, RedisError> {
+        let rx = self.queue(cmd, block, replicated, keep, group)?;
         self.answer(rx, block).await
     }
 
@@ -371,12 +442,13 @@ impl Node {
         cmd: Vec<u8>,
         block: Duration,
         replicated: bool,
+        group: Group,
     ) -> Result<Answer, RedisError> {
         let mut asking = Vec::with_capacity(16);
         resp::command(&mut asking, &[b"ASKING"]);
         // Kept open until the command's answer, so `ASKING` is not skipped as abandoned.
-        let _asking = self.queue(asking, Duration::ZERO, false, false)?;
-        let rx = self.queue(cmd, block, replicated, true)?;
+        let _asking = self.queue(asking, Duration::ZERO, false, false, Group::ONE)?;
+        let rx = self.queue(cmd, block, replicated, true, group)?;
         self.answer(rx, block).await
     }
 
@@ -386,6 +458,7 @@ impl Node {
         block: Duration,
         replicated: bool,
         keep: bool,
+        group: Group,
     ) -> Result<oneshot::Receiver<Result<Answer, RedisError>>, RedisError> {
         let s = &self.shared;
         if !s.up.get() {
@@ -393,14 +466,16 @@ impl Node {
         }
         let queued = s.queued_bytes.get();
         // A command that alone exceeds the bound still goes through an empty queue.
-        if queued > 0 && queued.saturating_add(cmd.len()) > s.max_queued_bytes {
+        if queued > 0 && queued.saturating_add(cmd.len()).saturating_add(group.reserve) > s.max_queued_bytes {
             return Err(RedisError::QueueFull);
         }
         let len = cmd.len();
         let (reply, rx) = oneshot::channel();
         // A replicated command's own reply is due as any other; its `WAIT` has the block.
         let allowance = if replicated { Duration::ZERO } else { block };
-        self.tx.send(Pending { cmd, allowance, replicated, keep, reply }).map_err(|_| RedisError::Unavailable)?;
+        self.tx
+            .send(Pending { cmd, allowance, replicated, keep, replies: group.replies.max(1), reply })
+            .map_err(|_| RedisError::Unavailable)?;
         s.queued_bytes.set(queued.saturating_add(len));
         Ok(rx)
     }
@@ -570,6 +645,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                     allowance: p.allowance,
                     replicated: p.replicated,
                     keep: p.keep,
+                    replies: p.replies,
                     cmd: None,
                     reply: Some(p.reply),
                 });
@@ -587,6 +663,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 allowance: *timeout,
                 replicated: false,
                 keep: false,
+                replies: 1,
                 cmd: None,
                 reply: None,
             });
@@ -620,13 +697,40 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
             // Each reply is due within the timeout of the previous one (or of the write):
             // a server that stops answering fails the connection.
             let due = Instant::now() + reply_timeout.saturating_add(head.allowance);
-            let res = match monoio::time::timeout_at(due, read_frame(stream, &mut rbuf)).await {
+            let mut res = match monoio::time::timeout_at(due, read_frame(stream, &mut rbuf)).await {
                 Ok(r) => r,
                 Err(_) => Err(RedisError::Timeout),
             };
+            // A group's replies follow one another, each due within the timeout of the
+            // previous one.
+            if let (true, Ok(first)) = (head.replies > 1, &mut res) {
+                let mut frames = Vec::with_capacity(head.replies);
+                frames.push(std::mem::replace(first, Frame::Null));
+                while frames.len() < head.replies {
+                    let due = Instant::now() + reply_timeout.saturating_add(head.allowance);
+                    match monoio::time::timeout_at(due, read_frame(stream, &mut rbuf)).await {
+                        Ok(Ok(f)) => frames.push(f),
+                        Ok(Err(e)) => {
+                            res = Err(e);
+                            break;
+                        }
+                        Err(_) => {
+                            res = Err(RedisError::Timeout);
+                            break;
+                        }
+                    }
+                }
+                if res.is_ok() {
+                    res = Ok(Frame::Array(frames));
+                }
+            }
             // The server was demoted: answer, then connect to the primary the sentinels
             // name now (what follows in the round was sent to a replica: unknown).
-            let demoted = shared.follow && res.as_ref().is_ok_and(sentinel::is_readonly);
+            let demoted = shared.follow
+                && res.as_ref().is_ok_and(|f| match f {
+                    Frame::Array(items) if head.replies > 1 => items.iter().any(sentinel::is_readonly),
+                    f => sentinel::is_readonly(f),
+                });
             let cmd = head.cmd;
             match (res, head.reply) {
                 (Ok(frame), Some(reply)) if demoted => {

@@ -1,0 +1,355 @@
+//! The `lease` ingest protocol: a request's nonce is leased, then its entries are
+//! appended with plain `XADD`s, so the archives never pass through Lua (docs/ingest.md,
+//! "Nonce lease and append").
+//!
+//! Two transactions, each one round trip on the shard's pipelined connection:
+//!
+//! 1. [`lease`]: `MULTI`, `TYPE` of each target stream, `SET <nonce> P<digest> NX GET EX
+//!    <window>` (the nonce reserved for this body, or what it holds already), `SET
+//!    <lease> 1 NX PX <lease>` (the right to append, one holder at a time), `PTTL <lease>`,
+//!    `EXEC`. Read by [`lease_reply`].
+//! 2. Only for the lease holder, [`commit`]: `MULTI`, the `XADD`s, `SET <nonce> <digest>
+//!    EX <window>` (done), `DEL <lease>`, the small `EVAL` of [`MEAN_SCRIPT`] that keeps
+//!    each stream's mean events per entry, `EXEC`. Read by [`commit_reply`].
+//!
+//! The nonce's value is the body's SHA-256 once appended, as the `EVAL` of
+//! [`crate::resp::INGEST_SCRIPT`] stores it, so either protocol recognises the other's
+//! done requests; `P` followed by the digest while the request is pending. The lease key
+//! carries the digest, so a replay (another body) never holds up the request's own retry.
+
+use crate::resp::{command, EntryArgs, Frame, RespError};
+
+/// Marks a nonce reserved by a request whose append is not known to be done.
+pub const PENDING: u8 = b'P';
+
+/// The script that moves each stream's mean events per entry by 1/64 of the difference
+/// (`KEYS[1]`: the [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash; `ARGV`: stream,
+/// records, ...). Only counts pass through it. In the transaction after the `XADD`s: if
+/// it fails (the hash holds another type), its error is one reply among the others and
+/// the appends stand.
+pub const MEAN_SCRIPT: &str = "\
+for i = 1, #ARGV, 2 do \
+local n = tonumber(ARGV[i + 1]) \
+local m = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) \
+if m then m = m + (n - m) / 64 else m = n end \
+redis.call('HSET', KEYS[1], ARGV[i], tostring(m)) \
+end \
+return 1";
+
+const _: () = assert!(crate::stream::ENTRY_EVENTS_WINDOW == 64, "the script's window");
+
+/// The lease key of a request: its nonce key (so its slot, in a cluster) and the first
+/// 8 bytes of its body's digest.
+pub fn lease_key(nonce_key: &str, digest: &[u8; 32]) -> String {
+    let mut k = String::with_capacity(nonce_key.len() + 24);
+    k.push_str(nonce_key);
+    k.push_str(":lease:");
+    for b in &digest[..8] {
+        k.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        k.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    k
+}
+
+/// The pending value of a nonce: [`PENDING`] and the digest.
+fn pending(digest: &[u8; 32]) -> [u8; 33] {
+    let mut v = [PENDING; 33];
+    v[1..].copy_from_slice(digest);
+    v
+}
+
+/// Appends the first transaction to `out`; returns the number of replies it is owed.
+pub fn lease(
+    out: &mut Vec<u8>,
+    nonce_key: &str,
+    lease_key: &str,
+    streams: &[&str],
+    ttl_secs: u64,
+    lease_ms: u64,
+    digest: &[u8; 32],
+) -> usize {
+    let (ttl, ms) = (ttl_secs.to_string(), lease_ms.to_string());
+    command(out, &[b"MULTI"]);
+    for s in streams {
+        command(out, &[b"TYPE", s.as_bytes()]);
+    }
+    let p = pending(digest);
+    command(out, &[b"SET", nonce_key.as_bytes(), &p, b"NX", b"GET", b"EX", ttl.as_bytes()]);
+    command(out, &[b"SET", lease_key.as_bytes(), b"1", b"NX", b"PX", ms.as_bytes()]);
+    command(out, &[b"PTTL", lease_key.as_bytes()]);
+    command(out, &[b"EXEC"]);
+    streams.len() + 5
+}
+
+/// What the first transaction found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The nonce is reserved for this body and this request holds the lease: append.
+    Held,
+    /// The nonce is reserved for this body, but another attempt holds the lease (it may
+    /// still append): the client is to retry after `retry_ms`.
+    Busy {
+        /// The lease's remaining time.
+        retry_ms: u64,
+    },
+    /// The nonce was used by this body, whose entries are there: nothing to append.
+    Done,
+    /// The nonce was used (or is reserved) by another body.
+    Replay,
+    /// A target stream key holds another type: nothing is appended. `reserved`: the
+    /// nonce was reserved by this transaction and `leased`: the lease taken, which the
+    /// caller gives back ([`release`]).
+    WrongType {
+        /// The key and its type.
+        what: String,
+        /// This transaction reserved the nonce.
+        reserved: bool,
+        /// This transaction took the lease.
+        leased: bool,
+    },
+}
+
+/// The `EXEC` reply at the end of a group's replies, as its items.
+fn exec_items(frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, RespError> {
+    match frames.into_iter().last() {
+        Some(Frame::Array(items)) if items.len() == expected => Ok(items),
+        Some(Frame::Error(e)) => Err(RespError(e)),
+        Some(Frame::Null) => Err(RespError("transaction aborted".into())),
+        other => Err(RespError(format!("unexpected EXEC reply {other:?}"))),
+    }
+}
+
+/// Reads the replies of [`lease`] for `streams` target streams.
+pub fn lease_reply(frames: Vec<Frame>, streams: usize, digest: &[u8; 32]) -> Result<Lease, RespError> {
+    let items = exec_items(frames, streams + 3)?;
+    let (types, rest) = items.split_at(streams);
+    let [reserve, lease, pttl] = rest else { return Err(RespError("short EXEC reply".into())) };
+    let reserved = matches!(reserve, Frame::Null);
+    let leased = matches!(lease, Frame::SimpleString(s) if s == b"OK");
+    for t in types {
+        match t {
+            Frame::SimpleString(t) if t == b"stream" || t == b"none" => {}
+            Frame::SimpleString(t) => {
+                let what = String::from_utf8_lossy(t).into_owned();
+                return Ok(Lease::WrongType { what, reserved, leased });
+            }
+            other => return Err(RespError(format!("unexpected TYPE reply {other:?}"))),
+        }
+    }
+    let mine = match reserve {
+        Frame::Null => true,
+        Frame::BulkString(v) if v.as_slice() == digest.as_slice() => return Ok(Lease::Done),
+        Frame::BulkString(v) => v.as_slice() == pending(digest).as_slice(),
+        Frame::Error(e) => return Err(RespError(e.clone())),
+        other => return Err(RespError(format!("unexpected SET reply {other:?}"))),
+    };
+    if !mine {
+        return Ok(Lease::Replay);
+    }
+    if leased {
+        return Ok(Lease::Held);
+    }
+    let retry_ms = match pttl {
+        Frame::Integer(ms) if *ms > 0 => *ms as u64,
+        _ => 0,
+    };
+    Ok(Lease::Busy { retry_ms })
+}
+
+/// Appends the second transaction: the entries, the nonce marked done, the lease given
+/// back and the means kept. Returns the number of replies it is owed.
+pub fn commit(
+    out: &mut Vec<u8>,
+    nonce_key: &str,
+    lease_key: &str,
+    entry_events: &str,
+    ttl_secs: u64,
+    digest: &[u8; 32],
+    entries: &[EntryArgs<'_>],
+) -> usize {
+    use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
+    let ttl = ttl_secs.to_string();
+    command(out, &[b"MULTI"]);
+    let mut counts = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut minid = String::with_capacity(24);
+        e.minid.write_to(&mut minid);
+        let count = e.count.to_string();
+        command(
+            out,
+            &[
+                b"XADD",
+                e.stream.as_bytes(),
+                b"MINID",
+                b"~",
+                minid.as_bytes(),
+                b"*",
+                FIELD_FORMAT.as_bytes(),
+                FORMAT.as_bytes(),
+                FIELD_COUNT.as_bytes(),
+                count.as_bytes(),
+                FIELD_BATCH.as_bytes(),
+                e.archive,
+            ],
+        );
+        counts.push(count);
+    }
+    command(out, &[b"SET", nonce_key.as_bytes(), digest, b"EX", ttl.as_bytes()]);
+    command(out, &[b"DEL", lease_key.as_bytes()]);
+    let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * entries.len());
+    args.extend([b"EVAL".as_slice(), MEAN_SCRIPT.as_bytes(), b"1", entry_events.as_bytes()]);
+    for (e, c) in entries.iter().zip(&counts) {
+        args.extend([e.stream.as_bytes(), c.as_bytes()]);
+    }
+    command(out, &args);
+    command(out, &[b"EXEC"]);
+    entries.len() + 5
+}
+
+/// What the second transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// Every entry was appended (their ids) and the nonce marked done.
+    Added(Vec<String>),
+    /// The transaction did not run (refused when queued, e.g. a redirection or a server
+    /// out of memory): nothing was appended, the nonce is still pending and the lease
+    /// still held.
+    NotRun(String),
+    /// It ran, but an `XADD` failed (a stream key of another type, made so after the
+    /// lease's check): the nonce was marked done all the same, and the lease given back.
+    Failed(String),
+}
+
+/// Reads the replies of [`commit`] for `entries` entries.
+pub fn commit_reply(frames: Vec<Frame>, entries: usize) -> Commit {
+    let items = match exec_items(frames, entries + 3) {
+        Ok(items) => items,
+        Err(e) => return Commit::NotRun(e.0),
+    };
+    let mut ids = Vec::with_capacity(entries);
+    for f in items.into_iter().take(entries) {
+        match f {
+            Frame::BulkString(b) | Frame::SimpleString(b) => match String::from_utf8(b) {
+                Ok(id) => ids.push(id),
+                Err(_) => return Commit::Failed("entry id is not UTF-8".into()),
+            },
+            Frame::Error(e) => return Commit::Failed(e),
+            other => return Commit::Failed(format!("unexpected XADD reply {other:?}")),
+        }
+    }
+    Commit::Added(ids)
+}
+
+/// Gives back what a [`Lease::WrongType`] took: the lease, and the nonce when the
+/// transaction reserved it (nobody else can have changed it: only the lease's holder
+/// marks it done).
+pub fn release(out: &mut Vec<u8>, nonce_key: &str, lease_key: &str, reserved: bool) {
+    if reserved {
+        command(out, &[b"DEL", lease_key.as_bytes(), nonce_key.as_bytes()]);
+    } else {
+        command(out, &[b"DEL", lease_key.as_bytes()]);
+    }
+}
+
+/// Marks the nonce pending again (keeping its expiry), after a [`Commit::Failed`]: the
+/// request's retry may then append what failed.
+pub fn reopen(out: &mut Vec<u8>, nonce_key: &str, digest: &[u8; 32]) {
+    command(out, &[b"SET", nonce_key.as_bytes(), &pending(digest), b"XX", b"KEEPTTL"]);
+}
+
+/// Writes the done nonce again, unchanged (keeping its expiry): a write, so that a `WAIT`
+/// after it covers the first request's append, which came before it.
+pub fn touch_done(out: &mut Vec<u8>, nonce_key: &str, digest: &[u8; 32]) {
+    command(out, &[b"SET", nonce_key.as_bytes(), digest, b"XX", b"KEEPTTL"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::decode_reply;
+
+    fn frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (f, used) = decode_reply(&bytes[at..]).expect("RESP").expect("complete");
+            out.push(f);
+            at += used;
+        }
+        out
+    }
+
+    fn exec(items: &[u8], n: usize) -> Vec<u8> {
+        let mut r = b"+OK\r\n".to_vec();
+        for _ in 0..n {
+            r.extend_from_slice(b"+QUEUED\r\n");
+        }
+        r.extend_from_slice(format!("*{}\r\n", n).as_bytes());
+        r.extend_from_slice(items);
+        r
+    }
+
+    #[test]
+    fn lease_is_one_transaction() {
+        let mut out = Vec::new();
+        let n = lease(&mut out, "nk", "nk:lease:07", &["s1", "s2"], 602, 12_000, &[7; 32]);
+        let cmds = frames(&out);
+        assert_eq!(cmds.len(), n);
+        let names: Vec<Vec<u8>> = cmds
+            .iter()
+            .map(|c| match c {
+                Frame::Array(a) => match &a[0] {
+                    Frame::BulkString(b) => b.clone(),
+                    _ => panic!(),
+                },
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(names, [&b"MULTI"[..], b"TYPE", b"TYPE", b"SET", b"SET", b"PTTL", b"EXEC"].map(|n| n.to_vec()));
+        assert_eq!(lease_key("nk", &[0xab; 32]), "nk:lease:abababababababab");
+    }
+
+    #[test]
+    fn lease_replies_are_read() {
+        let d = [7u8; 32];
+        let read = |items: &[u8]| lease_reply(frames(&exec(items, 4)), 1, &d);
+        assert_eq!(read(b"+stream\r\n$-1\r\n+OK\r\n:12000\r\n"), Ok(Lease::Held));
+        let mut done = b"+none\r\n$32\r\n".to_vec();
+        done.extend_from_slice(&d);
+        done.extend_from_slice(b"\r\n$-1\r\n:-2\r\n");
+        assert_eq!(read(&done), Ok(Lease::Done));
+        let mut busy = b"+stream\r\n$33\r\nP".to_vec();
+        busy.extend_from_slice(&d);
+        busy.extend_from_slice(b"\r\n$-1\r\n:900\r\n");
+        assert_eq!(read(&busy), Ok(Lease::Busy { retry_ms: 900 }));
+        let mut taken_over = busy.clone();
+        let at = taken_over.len() - b"$-1\r\n:900\r\n".len();
+        taken_over.truncate(at);
+        taken_over.extend_from_slice(b"+OK\r\n:12000\r\n");
+        assert_eq!(read(&taken_over), Ok(Lease::Held));
+        let mut other = b"+stream\r\n$32\r\n".to_vec();
+        other.extend_from_slice(&[8; 32]);
+        other.extend_from_slice(b"\r\n+OK\r\n:12000\r\n");
+        assert_eq!(read(&other), Ok(Lease::Replay));
+        assert_eq!(
+            read(b"+string\r\n$-1\r\n+OK\r\n:12000\r\n"),
+            Ok(Lease::WrongType { what: "string".into(), reserved: true, leased: true })
+        );
+        assert!(lease_reply(frames(b"+OK\r\n+QUEUED\r\n*-1\r\n"), 1, &d).is_err());
+    }
+
+    #[test]
+    fn commit_replies_are_read() {
+        let mut out = Vec::new();
+        let e =
+            EntryArgs { stream: "s", minid: crate::stream::StreamId { ms: 1, seq: 0 }, count: 3, archive: b"\x00\r\n" };
+        let n = commit(&mut out, "nk", "nk:lease:07", "ee", 602, &[7; 32], &[e]);
+        assert_eq!(frames(&out).len(), n);
+        let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n:1\r\n", 4);
+        assert_eq!(commit_reply(frames(&ok), 1), Commit::Added(vec!["1-0".into()]));
+        let failed = exec(b"-WRONGTYPE x\r\n+OK\r\n:1\r\n:1\r\n", 4);
+        assert_eq!(commit_reply(frames(&failed), 1), Commit::Failed("WRONGTYPE x".into()));
+        let aborted = b"+OK\r\n-OOM x\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT y\r\n";
+        assert_eq!(commit_reply(frames(aborted), 1), Commit::NotRun("EXECABORT y".into()));
+    }
+}

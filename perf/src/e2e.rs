@@ -35,6 +35,9 @@ pub struct E2eConfig {
     pub sustain_fraction: f64,
     /// `switch` at this fixed rate, events/s (0: at max, closed loop).
     pub switch_rate: u64,
+    /// `switch` runs `croupier ingest` (no worker) instead of `croupier run`, so that
+    /// redis-server's CPU is the ingest path's alone.
+    pub switch_ingest_only: bool,
 }
 
 const GAME: &str = "perf-game";
@@ -273,10 +276,22 @@ fn start_croupier(
     ch: &ClickHouseServer,
     extra_env: &[(String, String)],
 ) -> Croupier {
+    start_croupier_as("run", driver, cores, redis, ch, extra_env)
+}
+
+/// [`start_croupier`] with the subcommand `cmd` (`run`, or `ingest`: no worker).
+fn start_croupier_as(
+    cmd: &str,
+    driver: &str,
+    cores: &[usize],
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    extra_env: &[(String, String)],
+) -> Croupier {
     let port = croupier_it::free_port();
     let core_list = format!("[{}]", cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
     let child = Command::new(croupier_binary())
-        .arg("run")
+        .arg(cmd)
         .env("CROUPIER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("CROUPIER_OTLP__LISTEN", "")
         .env("CROUPIER_SERVER__SHARDS", cores.len().to_string())
@@ -678,7 +693,17 @@ fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: 
     // Every run starts from empty streams: an earlier run's backlog would hold the next
     // one at its high-water mark (refused with 503) instead of at its max.
     let _ = redis.client().cmd(&["FLUSHALL"]);
-    let croupier = start_croupier("auto", &cfg.croupier_cores, redis, ch, env);
+    let cmd = if cfg.switch_ingest_only { "ingest" } else { "run" };
+    // Nothing consumes without a worker: marks far above what a run appends, so that a
+    // run at max is not held at them.
+    let mut env = env.to_vec();
+    if cfg.switch_ingest_only {
+        for s in ["EVENTS", "CUSTOM", "PAYMENTS"] {
+            env.push((format!("CROUPIER_STREAMS__{s}__RETENTION_EVENTS"), "200000000".into()));
+            env.push((format!("CROUPIER_STREAMS__{s}__HIGH_WATER_EVENTS"), "100000000".into()));
+        }
+    }
+    let croupier = start_croupier_as(cmd, "auto", &cfg.croupier_cores, redis, ch, &env);
     let pid = croupier.child.id();
     let shard0 = threads_cpu(pid, "croupier-shard");
     let redis0 = redis.pid().map_or(0.0, |p| proc_stat(p).0);
@@ -736,11 +761,12 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
     };
     let mut out = format!(
         "## Switch: `{}={}` against the defaults\n\n\
-         `croupier run` {}, {} connections, {} s per run), {} runs each, \
+         `croupier {}` {}, {} connections, {} s per run), {} runs each, \
          alternating which goes first; medians, every run listed.{}\n\n\
          | figure | defaults | with the setting | ratio (setting / defaults) |\n|---|---:|---:|---:|\n",
         env.0,
         env.1,
+        if cfg.switch_ingest_only { "ingest (no worker)" } else { "run" },
         if cfg.switch_rate == 0 {
             "at max (closed loop".to_owned()
         } else {

@@ -7,7 +7,7 @@
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
 //! croupier-perf api    [--rows N[,N...]] [--runs R] [--routes NAME[,NAME...]] [--out FILE]
 //! croupier-perf otlp   [--seconds S] [--connections C] [--runs R] [--smoke] [--out FILE]
-//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]
+//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]
 //! croupier-perf cluster [--seconds S] [--runs R] [--out FILE]
 //! ```
 //!
@@ -18,7 +18,9 @@
 //! `croupier run` at max with the defaults and with the setting, alternated, medians.
 //! `--replica`: redis-server has a replica (`--replicaof`) on both sides, for settings
 //! such as `CROUPIER_REDIS__WAIT_REPLICAS=1`; `--rate EPS`: at that fixed rate (open
-//! loop) instead of at max, where latency is not queueing.
+//! loop) instead of at max, where latency is not queueing; `--ingest-only`: `croupier
+//! ingest` (no worker) instead of `croupier run`, so that redis-server's CPU per event is
+//! the ingest path's alone (the streams' high-water marks raised, as nothing consumes).
 //!
 //! `e2e`: ceilings (simd-json parse on one core, `redis-benchmark` XADD per event and per
 //! batch, `clickhouse-client` Native insert), then `croupier run` under the load
@@ -79,6 +81,7 @@ fn main() {
             .and_then(|w| w[1].parse().ok())
             .unwrap_or(0.75),
         switch_rate: arg(&args, "--rate", 0) as u64,
+        switch_ingest_only: args.iter().any(|a| a == "--ingest-only"),
     };
     let rows = arg(&args, "--rows", if smoke { 20_000 } else { 1_000_000 });
     let runs = arg(&args, "--runs", if smoke { 1 } else { 3 });
@@ -88,7 +91,7 @@ fn main() {
         Some("switch") => {
             let Some((k, v)) = args.windows(2).find(|w| w[0] == "--env").and_then(|w| w[1].split_once('=')) else {
                 eprintln!(
-                    "usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--out FILE]"
+                    "usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]"
                 );
                 std::process::exit(2);
             };

@@ -371,36 +371,46 @@ fn lease3_partition_between_lease_and_append_appends_nothing_late(driver: Driver
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }
 
+/// A process, killed with SIGKILL (and reaped) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `croupier ingest` process of one shard on `redis_addr`, and its address once ready.
-fn ingest_process(redis_addr: &str) -> (Child, SocketAddr) {
+fn ingest_process(redis_addr: &str) -> (Killed, SocketAddr) {
     let port = croupier_it::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(crate::pipeline::CROUPIER)
-        .arg("ingest")
-        .envs([
-            ("CROUPIER_SERVER__LISTEN", listen.as_str()),
-            ("CROUPIER_SERVER__SHARDS", "1"),
-            ("CROUPIER_SERVER__PIN", "false"),
-            ("CROUPIER_SERVER__DRIVER", "epoll"),
-            ("CROUPIER_REDIS__ADDR", redis_addr),
-            ("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "1000"),
-            ("CROUPIER_REDIS__BACKLOG_POLL_MS", "20"),
-            ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:0"),
-            ("CROUPIER_OTLP__LISTEN", "127.0.0.1:0"),
-            ("CROUPIER_OTLP__GRPC_LISTEN", "127.0.0.1:0"),
-            ("CROUPIER_GAMES__g1__SECRET", SECRET),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start croupier ingest");
+    let child = Killed(
+        Command::new(crate::pipeline::CROUPIER)
+            .arg("ingest")
+            .envs([
+                ("CROUPIER_SERVER__LISTEN", listen.as_str()),
+                ("CROUPIER_SERVER__SHARDS", "1"),
+                ("CROUPIER_SERVER__PIN", "false"),
+                ("CROUPIER_SERVER__DRIVER", "epoll"),
+                ("CROUPIER_REDIS__ADDR", redis_addr),
+                ("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "1000"),
+                ("CROUPIER_REDIS__BACKLOG_POLL_MS", "20"),
+                ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:0"),
+                ("CROUPIER_OTLP__LISTEN", "127.0.0.1:0"),
+                ("CROUPIER_OTLP__GRPC_LISTEN", "127.0.0.1:0"),
+                ("CROUPIER_GAMES__g1__SECRET", SECRET),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start croupier ingest"),
+    );
     let addr: SocketAddr = listen.parse().expect("address");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = std::net::TcpStream::connect(addr)
-            .is_ok()
-            .then(|| HttpClient::connect(addr).request("GET", "/readyz", &[], b"").status == 200)
-            .unwrap_or(false);
+        let ready = std::net::TcpStream::connect(addr).is_ok()
+            && HttpClient::connect(addr).request("GET", "/readyz", &[], b"").status == 200;
         if ready {
             return (child, addr);
         }
@@ -435,22 +445,20 @@ fn lease4_croupier_killed_between_the_steps(driver: Driver) {
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(redis.port);
     // Killed after the append, before its answer.
-    let (mut first, addr) = ingest_process(&proxy.addr());
+    let (first, addr) = ingest_process(&proxy.addr());
     proxy.on_reply("EXEC", 2, Fault::Drop);
     let r1 = Signed::new(events(3));
     let client = send_in_background(&r1, addr);
     wait_applied(&proxy);
-    let _ = first.kill();
-    let _ = first.wait();
+    drop(first);
     let _ = client.join();
     // Killed between the lease and the append.
-    let (mut second, addr) = ingest_process(&proxy.addr());
+    let (second, addr) = ingest_process(&proxy.addr());
     proxy.on_next_reply("EXEC", Fault::PassThenFreeze);
     let r2 = Signed::new(events(3));
     let client = send_in_background(&r2, addr);
     wait_applied(&proxy);
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
     let _ = client.join();
     let f = Fixture::start_with_redis(driver, redis, |c| {
         c.server.shards = 1;

@@ -1256,6 +1256,23 @@ mod tests {
     }
 
     #[test]
+    fn ingest_protocol_and_its_lease() {
+        let c = Config::default();
+        assert_eq!((c.redis.ingest_protocol, c.redis.lease_ms()), (IngestProtocol::Lease, 12_000));
+        let c = Config::load(
+            None,
+            env(&[("CROUPIER_REDIS__INGEST_PROTOCOL", "script"), ("CROUPIER_REDIS__INGEST_LEASE_MS", "30000")]),
+        )
+        .expect("loads");
+        assert_eq!((c.redis.ingest_protocol, c.redis.lease_ms()), (IngestProtocol::Script, 30_000));
+        // Shorter than an append can take to reach Redis: refused, naming the key.
+        let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_LEASE_MS", "11999")])).expect_err("short");
+        assert_eq!(e.key, "redis.ingest_lease_ms");
+        let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_PROTOCOL", "eval")])).expect_err("unknown");
+        assert_eq!(e.key, "redis.ingest_protocol");
+    }
+
+    #[test]
     fn file_and_environment_combine() {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = dir.path().join("secret");

@@ -55,7 +55,7 @@ pub enum IngestError {
     /// `Retry-After` is answered as that attempt ended (202 once appended, else appended
     /// then).
     RequestInFlight {
-        /// Seconds to wait before retrying (the rest of the attempt's lease).
+        /// Seconds to wait before retrying.
         retry_after: u64,
     },
     /// The accepted records could not be encoded into a stream entry (a server fault: a

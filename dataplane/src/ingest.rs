@@ -186,7 +186,9 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         Ok(Lease::Held) => {}
         Ok(Lease::Replay) => return Outcome::Replay,
         Ok(Lease::Busy { retry_ms }) => {
-            let secs = retry_ms.div_ceil(1000).max(config.retry_after_secs).max(1);
+            // The attempt holding the lease may finish any moment: the usual retry delay,
+            // or the lease's remaining time when that is shorter.
+            let secs = retry_ms.div_ceil(1000).min(config.retry_after_secs).max(1);
             return Outcome::InFlight { retry_after: secs };
         }
         Ok(Lease::Done) if wanted == 0 => return Outcome::Duplicate { replicas: 0 },
@@ -607,6 +609,13 @@ fn encode_refusal<E>(_: E) -> IngestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_meeting_a_lease_is_told_to_retry() {
+        let e = IngestError::RequestInFlight { retry_after: 2 };
+        assert_eq!((e.status(), e.tag(), e.retry_after()), (503, "request_in_flight", Some(2)));
+        assert!(e.body().contains(r#""error":"request_in_flight""#), "{}", e.body());
+    }
 
     #[test]
     fn low_encode_failure_is_a_500_not_redis_unavailable() {

@@ -72,8 +72,7 @@ fn fault_then_recover(driver: Driver, fault: Fault) {
     let (proxy, f) = through_proxy(driver, |_| {});
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     let connections = proxy.accepted();
-    // The lease transaction's `EXEC` (the first of a request's two).
-    proxy.on_next_reply("EXEC", fault);
+    proxy.on_next_reply("EVAL", fault);
     let t = Instant::now();
     let r = f.post("/api/ingest/events", &events(3));
     assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
@@ -312,7 +311,7 @@ fn retry_until_accepted(addr: SocketAddr, r: &Signed, within: Duration) -> Vec<S
 /// answered 503; its retry meets the lease (503 `request_in_flight`, nothing appended)
 /// until it runs out, then appends once; another body with the nonce is a replay.
 fn lease1_lease_reply_lost_then_the_retry_appends_once(driver: Driver) {
-    let (proxy, f) = through_proxy(driver, |_| {});
+    let (proxy, f) = through_proxy(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     proxy.on_next_reply("EXEC", Fault::Drop);
     let r = Signed::new(events(3));
@@ -335,7 +334,7 @@ fn lease1_lease_reply_lost_then_the_retry_appends_once(driver: Driver) {
 /// done), its reply never came. The attempt is answered 503; the retry 202 at once,
 /// with nothing appended again.
 fn lease2_append_reply_lost_then_the_retry_is_answered_without_an_append(driver: Driver) {
-    let (proxy, f) = through_proxy(driver, |_| {});
+    let (proxy, f) = through_proxy(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     proxy.on_reply("EXEC", 2, Fault::Drop);
     let r = Signed::new(events(3));
@@ -356,7 +355,7 @@ fn lease2_append_reply_lost_then_the_retry_is_answered_without_an_append(driver:
 /// it and never reaches Redis (the connection is given up, and what it held with it).
 /// The retry waits out the lease, then appends once; the partition healing adds nothing.
 fn lease3_partition_between_lease_and_append_appends_nothing_late(driver: Driver) {
-    let (proxy, f) = through_proxy(driver, |_| {});
+    let (proxy, f) = through_proxy(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     proxy.on_next_reply("EXEC", Fault::PassThenFreeze);
     let r = Signed::new(events(3));
@@ -396,6 +395,7 @@ fn ingest_process(redis_addr: &str) -> (Killed, SocketAddr) {
                 ("CROUPIER_REDIS__ADDR", redis_addr),
                 ("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "1000"),
                 ("CROUPIER_REDIS__BACKLOG_POLL_MS", "20"),
+                ("CROUPIER_REDIS__INGEST_PROTOCOL", "lease"),
                 ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:0"),
                 ("CROUPIER_OTLP__LISTEN", "127.0.0.1:0"),
                 ("CROUPIER_OTLP__GRPC_LISTEN", "127.0.0.1:0"),
@@ -463,6 +463,7 @@ fn lease4_croupier_killed_between_the_steps(driver: Driver) {
     let f = Fixture::start_with_redis(driver, redis, |c| {
         c.server.shards = 1;
         c.redis.reply_timeout_ms = REPLY_TIMEOUT_MS;
+        c.redis.ingest_protocol = IngestProtocol::Lease;
     });
     assert_eq!(xlen(&f.redis, "analytics:events"), 1, "the first's append ran, the second's did not");
     let a = r2.send(f.addr);
@@ -490,6 +491,7 @@ fn lease5_redis_restarted_between_the_steps(driver: Driver) {
         c.server.shards = 1;
         c.redis.addr = addr;
         c.redis.reply_timeout_ms = REPLY_TIMEOUT_MS;
+        c.redis.ingest_protocol = IngestProtocol::Lease;
     });
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     // Restarted with the lease taken, the append held in a partition.

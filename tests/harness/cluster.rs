@@ -1,6 +1,10 @@
 //! A real Redis Cluster for one test: `redis-server --cluster-enabled yes` processes on
 //! free loopback ports, joined by `redis-cli --cluster create` (Debian's redis-tools),
 //! with short failure detection.
+//!
+//! Each node's cluster bus port is a free port of its own (`--cluster-port`), not Redis's
+//! default of the client port + 10000: that one may be taken by another process, or be
+//! past 65535 for a client port above 55535, and the node would not start.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,6 +30,25 @@ const NODE_ARGS: &[&str] = &[
     "no",
 ];
 
+/// Starts one node with [`NODE_ARGS`] and a cluster bus port of its own.
+fn start_node() -> RedisServer {
+    let bus = crate::free_port().to_string();
+    let mut args = NODE_ARGS.to_vec();
+    args.extend(["--cluster-port", &bus]);
+    RedisServer::start_with(&args)
+}
+
+/// The cluster bus port `node` was started with.
+fn bus_port(node: &RedisServer) -> u16 {
+    match node.client().cmd(&["CONFIG", "GET", "cluster-port"]) {
+        Frame::Array(a) => match a.get(1) {
+            Some(Frame::BulkString(b)) => String::from_utf8_lossy(b).parse().expect("a port number"),
+            other => panic!("CONFIG GET cluster-port: {other:?}"),
+        },
+        other => panic!("CONFIG GET cluster-port: {other:?}"),
+    }
+}
+
 /// The nodes of a cluster (primaries first, as created).
 pub struct RedisCluster {
     /// Every node; `nodes[..primaries]` were created primaries, the rest their replicas.
@@ -39,8 +62,7 @@ impl RedisCluster {
     /// node says the cluster is `ok` and every replica is in sync.
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
         let cli = require_binary("redis-cli", "redis-tools");
-        let nodes: Vec<RedisServer> =
-            (0..primaries * (1 + replicas)).map(|_| RedisServer::start_with(NODE_ARGS)).collect();
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas)).map(|_| start_node()).collect();
         let mut create = Command::new(cli);
         create.arg("--cluster").arg("create");
         create.args(nodes.iter().map(RedisServer::addr));
@@ -58,15 +80,15 @@ impl RedisCluster {
     /// --cluster create` wants 3 at least): each takes an equal range of the slots
     /// (`CLUSTER ADDSLOTSRANGE`) and meets the first (`CLUSTER MEET`).
     pub fn primaries_only(primaries: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..primaries).map(|_| RedisServer::start_with(NODE_ARGS)).collect();
+        let nodes: Vec<RedisServer> = (0..primaries).map(|_| start_node()).collect();
         let n = primaries.max(1);
         for (i, node) in nodes.iter().enumerate() {
             let (lo, hi) = (i * 16384 / n, (i + 1) * 16384 / n - 1);
             let reply = node.client().cmd(&["CLUSTER", "ADDSLOTSRANGE", &lo.to_string(), &hi.to_string()]);
             assert_eq!(reply, Frame::SimpleString(b"OK".to_vec()), "ADDSLOTSRANGE on node {i}");
             if i > 0 {
-                let port = nodes[0].port.to_string();
-                let reply = node.client().cmd(&["CLUSTER", "MEET", "127.0.0.1", &port]);
+                let (port, bus) = (nodes[0].port.to_string(), bus_port(&nodes[0]).to_string());
+                let reply = node.client().cmd(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
                 assert_eq!(reply, Frame::SimpleString(b"OK".to_vec()), "MEET from node {i}");
             }
         }

@@ -459,3 +459,119 @@ fn cluster_aggregation_counts_players_in_croupiers_keys() {
         assert_eq!(n.client().cmd(&["KEYS", "*:merge"]), croupier_protocol::resp::Frame::Array(vec![]));
     }
 }
+
+/// A slot moved between primaries under load (`CLUSTER SETSLOT … MIGRATING/IMPORTING`,
+/// `MIGRATE` of its keys in batches, then `SETSLOT … NODE`), as `redis-cli --cluster
+/// reshard` does: partition 0's stream, its consumer group and its nonces move from one
+/// primary to the other while requests arrive. Commands for keys already moved are
+/// redirected with `ASK` (the target primary counts `ASKING` calls), a script whose keys are
+/// split between the two gets `TRYAGAIN` (503, retried by the client), and after the move
+/// `MOVED`. Every request answered 202 is in ClickHouse once, and the worker acknowledges
+/// the moved stream's entries on its new primary.
+#[test]
+fn cluster_stream_slot_migrated_under_load_loses_no_202() {
+    use croupier_protocol::resp::Frame;
+    let cluster = RedisCluster::primaries_only(2);
+    let p = cluster_pipeline(&cluster.seeds(), 2, |_| {});
+    let addr = p.ingest.addr;
+    let key = Partitions::new(2).stream(0, StreamKind::Events).to_owned();
+    let slot = croupier_protocol::cluster::key_slot(key.as_bytes()).to_string();
+    let from = cluster.primary_of(&key).expect("a primary");
+    let to = 1 - from;
+    let id = |n: usize| match cluster.nodes[n].client().cmd(&["CLUSTER", "MYID"]) {
+        Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("CLUSTER MYID: {other:?}"),
+    };
+    let (from_id, to_id) = (id(from), id(to));
+
+    let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = Sent::new();
+                s.send(addr);
+                if s.status == 202 {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.push(s);
+            }
+            sent
+        })
+    };
+    let wait_accepted = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while accepted.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "{what}: {} requests accepted", accepted.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_accepted(40, "before the migration");
+    let ok = |f: Frame, what: &str| assert_eq!(f, Frame::SimpleString(b"OK".to_vec()), "{what}");
+    ok(cluster.nodes[to].client().cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]), "IMPORTING");
+    ok(cluster.nodes[from].client().cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]), "MIGRATING");
+    // The keys move a few at a time, requests arriving in between.
+    let to_port = cluster.nodes[to].port.to_string();
+    let mut moved = 0;
+    loop {
+        let keys = match cluster.nodes[from].client().cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "5"]) {
+            Frame::Array(a) => a,
+            other => panic!("GETKEYSINSLOT: {other:?}"),
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| match k {
+                Frame::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => panic!("a key name: {other:?}"),
+            })
+            .collect();
+        let mut cmd = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        cmd.extend(names.iter().map(String::as_str));
+        ok(cluster.nodes[from].client().cmd(&cmd), "MIGRATE");
+        moved += names.len();
+        let before = accepted.load(Ordering::Relaxed);
+        wait_accepted(before + 3, "during the migration");
+    }
+    // Every key has moved, the slot is still migrating: each command is asked over.
+    let before = accepted.load(Ordering::Relaxed);
+    wait_accepted(before + 10, "with every key moved");
+    let asking = |n: usize| match cluster.nodes[n].client().cmd(&["INFO", "commandstats"]) {
+        Frame::BulkString(b) => String::from_utf8_lossy(&b)
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_asking:calls=")?.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0),
+        other => panic!("INFO commandstats: {other:?}"),
+    };
+    let asked = asking(to);
+    ok(cluster.nodes[to].client().cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "SETSLOT NODE (target)");
+    ok(cluster.nodes[from].client().cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "SETSLOT NODE (source)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.primary_of(&key) != Some(to) {
+        assert!(Instant::now() < deadline, "the slot is not served by its new primary within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = accepted.load(Ordering::Relaxed);
+    wait_accepted(before + 40, "after the migration");
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = load.join().expect("load thread");
+    assert!(moved >= 1, "the stream and its nonces moved: {moved} keys");
+    assert!(asked > 0, "commands for moved keys were redirected with ASK");
+
+    let refused = sent.iter().filter(|s| s.status != 202).count();
+    for s in sent.iter_mut().filter(|s| s.status != 202) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.status != 202 {
+            assert!(Instant::now() < deadline, "a retry was not accepted: {}", s.status);
+            s.send(addr);
+        }
+    }
+    let events = (sent.len() * PER_REQUEST) as u64;
+    p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
+    assert_eq!(p.distinct_events(), events, "one row per event");
+    p.wait_for(0, "entries pending on the new primary", |_| cluster.pending(&key) as u64);
+    eprintln!("{} requests, {refused} sent again, {moved} keys moved, {asked} ASKING calls", sent.len());
+}

@@ -110,11 +110,20 @@ impl Partitions {
     }
 
     /// The partition a request whose nonce key is `nonce_key` goes to, and the key that
-    /// records its nonce there (tagged to share the partition's slot).
+    /// records its nonce there (tagged to share the partition's slot). A tagged key has
+    /// its own `{`, `}` and `%` written as `%7B`, `%7D` and `%25` (a nonce may hold any
+    /// printable character), so that Redis finds the partition's hash tag in it, not one
+    /// made by the nonce; distinct nonces keep distinct keys.
     pub fn route(&self, nonce_key: &str) -> (usize, String) {
         let n = u16::try_from(self.len()).unwrap_or(SLOTS);
         let p = usize::from(partition_of(nonce_key, n));
-        (p, tagged(nonce_key, self.tags.get(p).and_then(|t| t.as_deref())))
+        match self.tags.get(p).and_then(|t| t.as_deref()) {
+            Some(tag) if nonce_key.contains(['{', '}', '%']) => {
+                let escaped = nonce_key.replace('%', "%25").replace('{', "%7B").replace('}', "%7D");
+                (p, tagged(&escaped, Some(tag)))
+            }
+            tag => (p, tagged(nonce_key, tag)),
+        }
     }
 
     /// Every stream key of every partition.
@@ -520,5 +529,25 @@ mod tests {
         let map = SlotMap::from_cluster_shards(&reply).expect("a map");
         assert!(map.complete());
         assert_eq!((map.node(0), map.node(16383)), (Some("127.0.0.1:7000"), Some("127.0.0.1:7004")));
+    }
+
+    #[test]
+    fn a_nonce_with_braces_is_routed_to_its_partitions_slot() {
+        let parts = Partitions::new(3);
+        for nonce in ["a{b}", "{x}", "{", "}", "a}b{", "%7B", "{}{}", "plain"] {
+            let key = format!("croupier:nonce:g1:{nonce}");
+            let (p, tagged) = parts.route(&key);
+            assert_eq!(
+                key_slot(tagged.as_bytes()),
+                key_slot(parts.stream(p, StreamKind::Events).as_bytes()),
+                "{nonce}: {tagged}"
+            );
+        }
+        // Distinct nonces, distinct keys.
+        let a = parts.route("croupier:nonce:g1:%7B");
+        let b = parts.route("croupier:nonce:g1:{");
+        assert!(a.0 != b.0 || a.1 != b.1, "{a:?} {b:?}");
+        // One partition keeps Croupier's key as it is.
+        assert_eq!(Partitions::new(1).route("croupier:nonce:g1:a{b}").1, "croupier:nonce:g1:a{b}");
     }
 }

@@ -332,11 +332,11 @@ impl PaymentStatus {
         }
     }
 
-    /// Parses the wire name.
+    /// Parses the wire name; `refund`, which Croupier's SDKs also send, is `refunded`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "success" => Some(PaymentStatus::Success),
-            "refunded" => Some(PaymentStatus::Refunded),
+            "refunded" | "refund" => Some(PaymentStatus::Refunded),
             "failed" => Some(PaymentStatus::Failed),
             _ => None,
         }

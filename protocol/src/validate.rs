@@ -822,7 +822,7 @@ fn payment_fields<'a, 'v: 'a>(
     }
     set(&mut p.currency, currency);
     p.status = PaymentStatus::parse(r.req_str(f::STATUS)?)
-        .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded, failed")))?;
+        .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded (or refund), failed")))?;
     p.ts_ms = r.ts()?;
     set(&mut p.game_id, r.scoped_game(scope, first)?);
     set(&mut p.env, r.scoped_env(scope)?);
@@ -1149,6 +1149,11 @@ mod tests {
         assert_eq!(p[0].amount_cents, 499);
         assert_eq!(p[0].status, PaymentStatus::Refunded);
         assert_eq!((p[0].region.as_str(), p[0].reason.as_str()), ("eu", "chargeback"));
+        // Croupier's other name for a refund.
+        let p = run(r#"[{"ts":"2026-11-25 14:42:29","game_id":"g1","env":"prod","user_id":"u","order_id":"o1",
+            "amount_cents":499,"currency":"EUR","status":"refund"}]"#)
+        .expect("valid");
+        assert_eq!((p[0].status, p[0].status.as_str()), (PaymentStatus::Refunded, "refunded"));
         let base = r#""ts":1795617749,"game_id":"g1","env":"prod","user_id":"u","order_id":"o1""#;
         for (tail, field) in [
             (r#""amount_cents":0,"currency":"EUR","status":"success""#, "amount_cents"),

@@ -23,6 +23,7 @@ mod haproxy;
 mod hll;
 mod ingest;
 mod limits;
+mod load;
 mod logging;
 mod metrics;
 mod otlp;

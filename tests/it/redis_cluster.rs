@@ -5,43 +5,19 @@
 //! exactly the appends its replica had not received.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use croupier_control::config::Driver;
 use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::cluster::RedisCluster;
-use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
+use croupier_it::http::{now_secs, HttpClient};
 use croupier_it::redis::RedisServer;
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::stream::StreamKind;
 
-use crate::fixture::{events, xlen, Fixture, GAME, SECRET};
+use crate::fixture::{xlen, Fixture, GAME, SECRET};
+use crate::load::{Load, Sent, PER_REQUEST};
 use crate::pipeline::{croupier, env, Pipeline};
-
-/// Events per request.
-const PER_REQUEST: usize = 5;
-
-/// One request as sent (sent again with the same headers, it is a retry).
-struct Sent {
-    headers: Vec<(String, String)>,
-    body: String,
-    status: u16,
-}
-
-impl Sent {
-    fn new() -> Sent {
-        let body = events(PER_REQUEST);
-        let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
-        Sent { headers, body, status: 0 }
-    }
-
-    fn send(&mut self, addr: std::net::SocketAddr) {
-        self.status =
-            HttpClient::connect(addr).request("POST", "/api/ingest/events", &self.headers, self.body.as_bytes()).status;
-    }
-}
 
 /// A pipeline whose ingest and worker use the cluster of `seeds` with `partitions`.
 fn cluster_pipeline(
@@ -149,38 +125,12 @@ fn cluster_primary_killed_under_load_loses_no_202_with_wait_replicas_1() {
         c.redis.wait_replicas = 1;
         c.redis.wait_timeout_ms = 500;
     });
-    let addr = p.ingest.addr;
-    let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, accepted) = (stop.clone(), accepted.clone());
-        std::thread::spawn(move || {
-            let mut sent = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let mut s = Sent::new();
-                s.send(addr);
-                if s.status == 202 {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                sent.push(s);
-            }
-            sent
-        })
-    };
-    let wait_accepted = |n: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while accepted.load(Ordering::Relaxed) < n {
-            assert!(Instant::now() < deadline, "{what}: {} requests accepted", accepted.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_accepted(30, "before the kill");
+    let load = Load::start(p.ingest.addr, Duration::from_millis(20));
+    load.wait_more(30, "before the kill");
     // Partition 0's primary dies mid-load; the cluster promotes its replica.
     let key = Partitions::new(3).stream(0, StreamKind::Events).to_owned();
     let victim = cluster.primary_of(&key).expect("a primary");
     cluster.nodes[victim].stop();
-    let before = accepted.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(20);
     while cluster.primary_of(&key).is_none_or(|n| n == victim) {
         assert!(Instant::now() < deadline, "no failover within 20 s");
@@ -189,24 +139,14 @@ fn cluster_primary_killed_under_load_loses_no_202_with_wait_replicas_1() {
     // The old primary comes back as the new one's replica: appends are confirmed again.
     cluster.nodes[victim].restart();
     cluster.nodes[victim].wait_synced();
-    wait_accepted(before + 30, "after the failover");
-    stop.store(true, Ordering::Relaxed);
-    let mut sent = load.join().expect("load thread");
-
-    let refused = sent.iter().filter(|s| s.status != 202).count();
-    for s in sent.iter_mut().filter(|s| s.status != 202) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.status != 202 {
-            assert!(Instant::now() < deadline, "a retry was not accepted: {}", s.status);
-            s.send(addr);
-        }
-    }
-    let events = (sent.len() * PER_REQUEST) as u64;
+    load.wait_more(30, "after the failover");
+    let done = load.finish();
+    let events = done.events();
     // Each event has a user of its own: every one is in ClickHouse, including every one
     // answered 202 during the load (none of those was sent again).
     p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
     assert_eq!(p.distinct_events(), events, "one row per event");
-    eprintln!("{} requests, {} accepted during the load, {refused} sent again", sent.len(), sent.len() - refused);
+    eprintln!("{} requests, {} sent again", done.requests, done.refused);
 }
 
 /// With `wait_replicas = 0` (the default) ingest answers 202 once the partition's primary
@@ -484,30 +424,8 @@ fn cluster_stream_slot_migrated_under_load_loses_no_202() {
     };
     let (from_id, to_id) = (id(from), id(to));
 
-    let (stop, accepted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, accepted) = (stop.clone(), accepted.clone());
-        std::thread::spawn(move || {
-            let mut sent = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let mut s = Sent::new();
-                s.send(addr);
-                if s.status == 202 {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                sent.push(s);
-            }
-            sent
-        })
-    };
-    let wait_accepted = |n: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while accepted.load(Ordering::Relaxed) < n {
-            assert!(Instant::now() < deadline, "{what}: {} requests accepted", accepted.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_accepted(40, "before the migration");
+    let load = Load::start(addr, Duration::ZERO);
+    load.wait_more(40, "before the migration");
     let ok = |f: Frame, what: &str| assert_eq!(f, Frame::SimpleString(b"OK".to_vec()), "{what}");
     ok(cluster.nodes[to].client().cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]), "IMPORTING");
     ok(cluster.nodes[from].client().cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]), "MIGRATING");
@@ -533,12 +451,10 @@ fn cluster_stream_slot_migrated_under_load_loses_no_202() {
         cmd.extend(names.iter().map(String::as_str));
         ok(cluster.nodes[from].client().cmd(&cmd), "MIGRATE");
         moved += names.len();
-        let before = accepted.load(Ordering::Relaxed);
-        wait_accepted(before + 3, "during the migration");
+        load.wait_more(3, "during the migration");
     }
     // Every key has moved, the slot is still migrating: each command is asked over.
-    let before = accepted.load(Ordering::Relaxed);
-    wait_accepted(before + 10, "with every key moved");
+    load.wait_more(10, "with every key moved");
     let asking = |n: usize| match cluster.nodes[n].client().cmd(&["INFO", "commandstats"]) {
         Frame::BulkString(b) => String::from_utf8_lossy(&b)
             .lines()
@@ -554,24 +470,14 @@ fn cluster_stream_slot_migrated_under_load_loses_no_202() {
         assert!(Instant::now() < deadline, "the slot is not served by its new primary within 20 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = accepted.load(Ordering::Relaxed);
-    wait_accepted(before + 40, "after the migration");
-    stop.store(true, Ordering::Relaxed);
-    let mut sent = load.join().expect("load thread");
+    load.wait_more(40, "after the migration");
+    let done = load.finish();
     assert!(moved >= 1, "the stream and its nonces moved: {moved} keys");
     assert!(asked > 0, "commands for moved keys were redirected with ASK");
 
-    let refused = sent.iter().filter(|s| s.status != 202).count();
-    for s in sent.iter_mut().filter(|s| s.status != 202) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.status != 202 {
-            assert!(Instant::now() < deadline, "a retry was not accepted: {}", s.status);
-            s.send(addr);
-        }
-    }
-    let events = (sent.len() * PER_REQUEST) as u64;
+    let events = done.events();
     p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
     assert_eq!(p.distinct_events(), events, "one row per event");
     p.wait_for(0, "entries pending on the new primary", |_| cluster.pending(&key) as u64);
-    eprintln!("{} requests, {refused} sent again, {moved} keys moved, {asked} ASKING calls", sent.len());
+    eprintln!("{} requests, {} sent again, {moved} keys moved, {asked} ASKING calls", done.requests, done.refused);
 }

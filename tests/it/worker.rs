@@ -262,21 +262,12 @@ fn entries_of_a_dead_consumer_are_claimed() {
 
 #[test]
 fn entry_delivered_too_often_goes_to_dead_letter() {
-    let mut p = Pipeline::start(&[]);
-    for user in ["first", "second"] {
-        let body = format!("[{}]", event("login", user));
-        assert_eq!(
-            post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status,
-            202
-        );
-    }
-    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
-    let (first, second) = (entries[0].id.clone(), entries[1].id.clone());
+    let p = Pipeline::start(&[]);
     // Another consumer took both; the first is handed to this worker's consumer as an entry
     // that has already been delivered 10 times, twice `max_deliveries` (it kept killing
     // whoever read it, with others and then alone).
+    let (mut p, first, second) = two_logins_read_by_a_ghost(p, ["first", "second"]);
     let mut r = p.ingest.redis.client();
-    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
     r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "it-0", "0", &first, "RETRYCOUNT", "10"]);
     p.start_worker(&[]);
     p.wait_for(1, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
@@ -298,18 +289,9 @@ fn entry_delivered_too_often_goes_to_dead_letter() {
 /// one delivered 10 times (twice the limit; 11 with the claim) is dead-lettered unread.
 #[test]
 fn entries_claimed_past_the_delivery_limit_are_tried_alone() {
-    let mut p = Pipeline::start(&[]);
-    for user in ["alone", "given-up"] {
-        let body = format!("[{}]", event("login", user));
-        assert_eq!(
-            post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status,
-            202
-        );
-    }
-    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
-    let (first, second) = (entries[0].id.clone(), entries[1].id.clone());
+    let p = Pipeline::start(&[]);
+    let (mut p, first, second) = two_logins_read_by_a_ghost(p, ["alone", "given-up"]);
     let mut r = p.ingest.redis.client();
-    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
     r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "ghost", "0", &first, "RETRYCOUNT", "6", "JUSTID"]);
     r.cmd(&["XCLAIM", "analytics:events", "analytics-workers", "ghost", "0", &second, "RETRYCOUNT", "10", "JUSTID"]);
     p.start_worker(&[]);
@@ -321,6 +303,23 @@ fn entries_claimed_past_the_delivery_limit_are_tried_alone() {
     assert_eq!(dead[0].get("source_id"), Some(second.as_bytes()));
     let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
     assert!(reason.contains("delivered 10 times"), "{reason}");
+}
+
+/// Posts one login of each of `users` (one request, one stream entry each) and has a
+/// consumer `ghost` read both entries without acknowledging them; returns their ids.
+fn two_logins_read_by_a_ghost(p: Pipeline, users: [&str; 2]) -> (Pipeline, String, String) {
+    for user in users {
+        let body = format!("[{}]", event("login", user));
+        assert_eq!(
+            post_signed(&mut p.ingest.client(), "/api/ingest/events", GAME, SECRET, body.as_bytes()).status,
+            202
+        );
+    }
+    let entries = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events");
+    let (first, second) = (entries[0].id.clone(), entries[1].id.clone());
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "ghost", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    (p, first, second)
 }
 
 /// Posts one batch of two events; returns the id of its stream entry.

@@ -244,7 +244,7 @@ pub fn redirect(frame: &Frame) -> Option<Redirect> {
     }
 }
 
-/// Which primary serves each slot, from `CLUSTER SLOTS`.
+/// Which primary serves each slot, from `CLUSTER SHARDS` or `CLUSTER SLOTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotMap {
     /// `host:port` of each primary, in the order first seen.
@@ -335,6 +335,38 @@ impl SlotMap {
             }
         }
         Some(map)
+    }
+
+    /// The same map with its primaries in sorted order, so that two nodes that agree on
+    /// every slot's owner give equal maps whatever order they list their shards in.
+    pub fn canonical(self) -> SlotMap {
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.sort_by(|a, b| self.nodes[*a].cmp(&self.nodes[*b]));
+        // `rank[old index]` = new index.
+        let mut rank = vec![u16::MAX; self.nodes.len()];
+        for (new, old) in order.iter().enumerate() {
+            rank[*old] = u16::try_from(new).unwrap_or(u16::MAX);
+        }
+        let owner = self.owner.iter().map(|o| rank.get(usize::from(*o)).copied().unwrap_or(u16::MAX)).collect();
+        let mut nodes = self.nodes;
+        nodes.sort();
+        SlotMap { nodes, owner }
+    }
+
+    /// Of the maps read from several nodes (canonical, in the order read), the one to
+    /// follow: the complete map the most nodes gave (ties: the first read), else the
+    /// first. A node with a stale view (a restarted old primary, a partitioned minority)
+    /// is outvoted instead of winning by being asked first.
+    pub fn agreed(maps: &[SlotMap]) -> Option<&SlotMap> {
+        let votes = |m: &SlotMap| maps.iter().filter(|x| *x == m).count();
+        let mut best: Option<(&SlotMap, usize)> = None;
+        for m in maps.iter().filter(|m| m.complete()) {
+            let v = votes(m);
+            if best.is_none_or(|(_, b)| v > b) {
+                best = Some((m, v));
+            }
+        }
+        best.map(|(m, _)| m).or(maps.first())
     }
 
     /// The primary serving `slot`, if one does.
@@ -462,6 +494,34 @@ mod tests {
         let partial = Frame::Array(vec![range(0, 5460, 7000)]);
         assert!(!SlotMap::from_cluster_slots(&partial).expect("a map").complete());
         assert_eq!(SlotMap::from_cluster_slots(&Frame::Array(vec![range(10, 5, 7000)])), None);
+    }
+
+    #[test]
+    fn the_map_most_nodes_agree_on_wins_over_the_first_read() {
+        let range = |s: i64, e: i64, port: i64| {
+            Frame::Array(vec![
+                Frame::Integer(s),
+                Frame::Integer(e),
+                Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port), bulk("id")]),
+            ])
+        };
+        let read = |ranges: Vec<Frame>| SlotMap::from_cluster_slots(&Frame::Array(ranges)).expect("a map").canonical();
+        // A restarted old primary still names itself for 0..=5460; two others name 7003.
+        let stale = read(vec![range(0, 5460, 7000), range(5461, 16383, 7001)]);
+        let current = read(vec![range(0, 5460, 7003), range(5461, 16383, 7001)]);
+        // The same ownership listed in another order is the same map.
+        let reordered = read(vec![range(5461, 16383, 7001), range(0, 5460, 7003)]);
+        assert_eq!(current, reordered);
+        assert_eq!(reordered.node(0), Some("127.0.0.1:7003"));
+        assert_eq!(reordered.node(16383), Some("127.0.0.1:7001"));
+        let maps = [stale.clone(), current.clone(), reordered];
+        assert_eq!(SlotMap::agreed(&maps), Some(&current));
+        // A tie goes to the first read; a complete map beats a partial one read first.
+        assert_eq!(SlotMap::agreed(&[stale.clone(), current.clone()]), Some(&stale));
+        let partial = read(vec![range(0, 100, 7003)]);
+        assert_eq!(SlotMap::agreed(&[partial.clone(), stale.clone()]), Some(&stale));
+        assert_eq!(SlotMap::agreed(&[partial.clone()]), Some(&partial));
+        assert_eq!(SlotMap::agreed(&[]), None);
     }
 
     fn cmd(args: &[&[u8]]) -> Vec<u8> {

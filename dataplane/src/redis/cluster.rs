@@ -2,9 +2,10 @@
 //! each command routed by its key's slot.
 //!
 //! The slot map is read with `CLUSTER SHARDS` (Redis 7; `CLUSTER SLOTS` where that is
-//! unknown, Redis 6) from the primaries last known, then the seed nodes
-//! (`redis.cluster`): at start, every `redis.cluster_refresh_ms`, and soon (within
-//! [`STALE_CHECK`]) after a `MOVED` or a failed or timed-out command. A map that names
+//! unknown, Redis 6) from the primaries last known and the seed nodes (`redis.cluster`)
+//! at once, and the complete map most of them give is followed. It is read at start,
+//! every `redis.cluster_refresh_ms`, and soon (within [`STALE_CHECK`]) after a `MOVED`,
+//! a `CLUSTERDOWN` or `TRYAGAIN`, or a failed or timed-out command. A map that names
 //! other primaries opens connections to them and closes those to nodes that no longer
 //! serve slots, and moves the [`Epoch`] (readings of the backlog taken before it are
 //! stale).
@@ -15,6 +16,8 @@
 //!   map read again;
 //! - `ASK <slot> <addr>`: the slot is being migrated; `ASKING` and the command go to
 //!   `addr`, the map unchanged.
+//!
+//! A `CLUSTERDOWN` or `TRYAGAIN` reply is passed on and the map read again.
 //!
 //! At most [`MAX_REDIRECTS`] sends per command; the last redirection is the answer (an
 //! error reply: ingest answers 503, the client retries). The command travels back with
@@ -185,7 +188,12 @@ impl Cluster {
                 Frame::Array(items) if group.replies > 1 => items.iter().find_map(redirect),
                 f => redirect(f),
             };
-            let Some(r) = r else { return Ok(a) };
+            let Some(r) = r else {
+                if unsettled(&a.frame) {
+                    self.stale.set(true);
+                }
+                return Ok(a);
+            };
             let Some(again) = a.cmd else { return Ok(a) };
             cmd = again;
             (addr, asking) = match r {
@@ -199,8 +207,9 @@ impl Cluster {
         Err(RedisError::Unavailable)
     }
 
-    /// Reads the map from the primaries known, then the seeds; the first complete map
-    /// wins, else the first read. Connections follow the map's primaries.
+    /// Reads the map from the primaries known and the seeds, all at once; the complete
+    /// map most of them give wins ([`SlotMap::agreed`]), so a node with a stale view is
+    /// outvoted. Connections follow the map's primaries.
     async fn refresh(&self) {
         let mut candidates: Vec<String> = self.map.borrow().as_ref().map(|m| m.nodes.clone()).unwrap_or_default();
         for s in &self.options.cluster {
@@ -209,17 +218,20 @@ impl Cluster {
             }
         }
         let timeout = self.options.connect_timeout.saturating_add(self.options.reply_timeout);
-        let mut found: Option<SlotMap> = None;
-        for addr in &candidates {
-            let Ok(Some(m)) = monoio::time::timeout(timeout, read_map(addr)).await else { continue };
-            let complete = m.complete();
-            if found.is_none() || complete {
-                found = Some(m);
-            }
-            if complete {
-                break;
+        // Read concurrently: a node that does not answer costs one timeout, not one each.
+        let reads: Vec<_> = candidates
+            .into_iter()
+            .map(|addr| {
+                monoio::spawn(async move { monoio::time::timeout(timeout, read_map(&addr)).await.ok().flatten() })
+            })
+            .collect();
+        let mut maps = Vec::with_capacity(reads.len());
+        for r in reads {
+            if let Some(m) = r.await {
+                maps.push(m);
             }
         }
+        let found = SlotMap::agreed(&maps).cloned();
         let Some(map) = found else { return };
         if self.map.borrow().as_deref() == Some(&map) {
             return;
@@ -231,6 +243,17 @@ impl Cluster {
         self.nodes.borrow_mut().retain(|addr, _| map.nodes.contains(addr));
         *self.map.borrow_mut() = Some(Rc::new(map));
         self.epoch.advance();
+    }
+}
+
+/// Whether a reply (or one of a group's) says the cluster is changing under the command:
+/// `CLUSTERDOWN` (a slot not served, no quorum) or `TRYAGAIN` (a slot half migrated).
+/// The reply is passed on (503); the map is read again.
+fn unsettled(frame: &Frame) -> bool {
+    let says = |f: &Frame| matches!(f, Frame::Error(e) if e.starts_with("CLUSTERDOWN") || e.starts_with("TRYAGAIN"));
+    match frame {
+        Frame::Array(items) => items.iter().any(says),
+        f => says(f),
     }
 }
 
@@ -272,7 +295,7 @@ async fn read_map(addr: &str) -> Option<SlotMap> {
             *n = format!("{host}{n}");
         }
     }
-    Some(map)
+    Some(map.canonical())
 }
 
 async fn ask(stream: &mut TcpStream, rbuf: &mut Vec<u8>, sub: &[u8]) -> Option<Frame> {

@@ -2,16 +2,17 @@
 //! worker find the primary through the sentinels; the primary is killed under load with
 //! `wait_replicas = 1`; the replica takes over and every event answered 202 is in
 //! ClickHouse. The requests answered otherwise are sent again, as a client does, and
-//! every event ends up there once.
+//! every event ends up there once. A primary that stays one but refuses writes
+//! `NOREPLICAS` is left for the primary the sentinels name.
 
 use std::time::{Duration, Instant};
 
 use croupier_control::config::Driver;
 use croupier_it::clickhouse::ClickHouseServer;
-use croupier_it::redis::RedisServer;
+use croupier_it::redis::{RedisClient, RedisServer};
 use croupier_it::sentinel::{SentinelServer, MASTER_NAME};
 
-use crate::fixture::Fixture;
+use crate::fixture::{events, total_entries, Fixture};
 use crate::load::Load;
 use crate::pipeline::{croupier, env, Pipeline};
 
@@ -68,4 +69,46 @@ fn sentinel_failover_under_load_loses_no_202_with_wait_replicas_1() {
     p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
     assert_eq!(p.distinct_events(), events, "one row per event");
     eprintln!("{} requests, {} sent again", done.requests, done.refused);
+}
+
+/// An old primary cut off from its replicas, with `min-replicas-to-write`, refuses every
+/// write `NOREPLICAS` and never `READONLY`, and stays a primary. Ingest asks the
+/// sentinels again on that reply and follows the primary they name now.
+#[test]
+fn sentinel_primary_refusing_noreplicas_is_left_for_the_one_the_sentinels_name() {
+    let old = RedisServer::start();
+    let new = RedisServer::start();
+    let sentinel = SentinelServer::start(&old);
+    let addrs = vec![sentinel.addr()];
+    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |c| {
+        c.redis.addr = "127.0.0.1:1".into();
+        c.redis.sentinels = addrs;
+        c.redis.master_name = MASTER_NAME.into();
+        c.redis.reply_timeout_ms = 1_000;
+    });
+    assert_eq!(ingest.post("/api/ingest/events", &events(1)).status, 202);
+    assert_eq!(total_entries(&old), 1);
+
+    // The sentinels now name `new`; `old` keeps answering as a primary that refuses writes.
+    old.client().cmd(&["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    let mut s = RedisClient::connect(sentinel.port).expect("sentinel");
+    s.cmd(&["SENTINEL", "REMOVE", MASTER_NAME]);
+    s.cmd(&["SENTINEL", "MONITOR", MASTER_NAME, "127.0.0.1", &new.port.to_string(), "1"]);
+    assert_eq!(sentinel.primary_port(), Some(new.port));
+
+    // Each request is answered 202 (appended to `new`) or 503 (nothing appended) until
+    // every shard has moved: then 20 in a row are answered 202.
+    let (mut accepted, mut in_a_row, mut refused) = (0i64, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while in_a_row < 20 {
+        assert!(Instant::now() < deadline, "still refused after 15 s: {refused} refused, {accepted} accepted");
+        match ingest.post("/api/ingest/events", &events(1)).status {
+            202 => (accepted, in_a_row) = (accepted + 1, in_a_row + 1),
+            503 => (refused, in_a_row) = (refused + 1, 0),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(total_entries(&new), accepted, "every 202 after the switch is in the new primary");
+    assert_eq!(total_entries(&old), 1, "nothing more was appended to the old primary");
+    eprintln!("{accepted} accepted, {refused} refused on the way");
 }

@@ -23,8 +23,9 @@
 //! replicas that confirmed. Rounds without such commands send no `WAIT`.
 //!
 //! With `redis.sentinels`, the address is asked of the sentinels on every (re)connect,
-//! the server is checked to be a primary, and a `READONLY` error reply (the server was
-//! demoted) closes the connection so that the next one asks again ([`super::sentinel`]).
+//! the server is checked to be a primary, and a `READONLY` or `NOREPLICAS` error reply
+//! (the server was demoted, or cut off from its replicas) closes the connection so that
+//! the next one asks again ([`super::sentinel`]).
 //!
 //! Before the reply timeout gives a connection up, a reply owed for a quarter of it
 //! already makes `/readyz` fail ([`super::overdue`]).
@@ -130,7 +131,7 @@ struct Shared {
     reply_timeout: Duration,
     /// `WAIT <replicas> <timeout>`, encoded, and the timeout (`None`: not asked for).
     wait: Option<(Vec<u8>, Duration)>,
-    /// The primary is found through sentinels: a `READONLY` reply replaces the connection.
+    /// The primary is found through sentinels: a `READONLY` or `NOREPLICAS` reply replaces the connection.
     follow: bool,
     /// Since when a reply is owed, for `/readyz`.
     overdue: Arc<Overdue>,
@@ -724,12 +725,12 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                     res = Ok(Frame::Array(frames));
                 }
             }
-            // The server was demoted: answer, then connect to the primary the sentinels
-            // name now (what follows in the round was sent to a replica: unknown).
+            // The server was demoted (or refuses writes for want of replicas): answer,
+            // then connect to the primary the sentinels name now (what follows in the round was sent to a replica: unknown).
             let demoted = shared.follow
                 && res.as_ref().is_ok_and(|f| match f {
-                    Frame::Array(items) if head.replies > 1 => items.iter().any(sentinel::is_readonly),
-                    f => sentinel::is_readonly(f),
+                    Frame::Array(items) if head.replies > 1 => items.iter().any(sentinel::is_demoted),
+                    f => sentinel::is_demoted(f),
                 });
             let cmd = head.cmd;
             match (res, head.reply) {

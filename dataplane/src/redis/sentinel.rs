@@ -5,7 +5,8 @@
 //! takes the first answer. After connecting it checks with `ROLE` that the server is a
 //! primary (a sentinel may still name a demoted one for a moment after a failover), and a
 //! connection that gets a `READONLY` error (its server was demoted while it stayed
-//! connected) is closed and made again, asking the sentinels again. So a failover is
+//! connected) or a `NOREPLICAS` one (an old primary cut off from its replicas, still a
+//! primary) is closed and made again, asking the sentinels again. So a failover is
 //! followed on the next error, not announced: a shard does not subscribe to
 //! `+switch-master` (docs/redis-topologies.md says why).
 
@@ -64,7 +65,11 @@ pub async fn is_primary(stream: &mut TcpStream) -> Result<bool, RedisError> {
         if matches!(p.first(), Some(Frame::BulkString(r) | Frame::SimpleString(r)) if r == b"master")))
 }
 
-/// Whether an error reply says the server is a replica now.
-pub fn is_readonly(frame: &Frame) -> bool {
-    matches!(frame, Frame::Error(e) if e.contains("READONLY"))
+/// Whether an error reply says the server is not the primary to write to: `READONLY`
+/// (it is a replica now) or `NOREPLICAS` (an old primary cut off from its replicas, with
+/// `min-replicas-to-write`, stays a primary and refuses every write). Either way the
+/// connection is made again, asking the sentinels; if they still name the same server
+/// (a primary whose replicas are away for a moment) it is the same server again.
+pub fn is_demoted(frame: &Frame) -> bool {
+    matches!(frame, Frame::Error(e) if e.contains("READONLY") || e.starts_with("NOREPLICAS"))
 }

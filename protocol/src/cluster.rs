@@ -519,8 +519,8 @@ mod tests {
         // A tie goes to the first read; a complete map beats a partial one read first.
         assert_eq!(SlotMap::agreed(&[stale.clone(), current.clone()]), Some(&stale));
         let partial = read(vec![range(0, 100, 7003)]);
-        assert_eq!(SlotMap::agreed(&[partial.clone(), stale.clone()]), Some(&stale));
-        assert_eq!(SlotMap::agreed(&[partial.clone()]), Some(&partial));
+        assert_eq!(SlotMap::agreed(std::slice::from_ref(&partial)), Some(&partial));
+        assert_eq!(SlotMap::agreed(&[partial, stale.clone()]), Some(&stale));
         assert_eq!(SlotMap::agreed(&[]), None);
     }
 

@@ -282,6 +282,44 @@ fn cluster_frozen_primary_fails_data_readyz_before_the_reply_timeout() {
     }
 }
 
+/// The control port's `/readyz` read the overdue stamps of each shard's one connection,
+/// which a cluster's primaries did not write (each has a stamp of its own): with a
+/// primary frozen it saw nothing overdue and waited on its own probe's timeout. Each
+/// shard's cluster now mirrors the earliest of its primaries' stamps into the shard's.
+#[test]
+fn cluster_frozen_primary_fails_control_readyz_before_the_reply_timeout() {
+    let cluster = RedisCluster::primaries_only(3);
+    let seeds = format!("[{}]", cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+    let redis = RedisServer::start();
+    let c = crate::control::ingest_on(
+        &redis,
+        &[
+            ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
+            ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
+            ("CROUPIER_STREAMS__PARTITIONS", "3"),
+            ("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "5000"),
+        ],
+    );
+    c.wait_data_ready();
+    c.wait_control_ready(200);
+    let key = Partitions::new(3).stream(0, StreamKind::Events).to_owned();
+    let victim = cluster.primary_of(&key).expect("a primary");
+    let pid = cluster.nodes[victim].pid().expect("the primary's pid");
+    // The shards read the backlog of every partition every 20 ms: replies are owed.
+    signal(pid, "STOP");
+    // Past a quarter of the reply timeout, the control port answers at once and says
+    // which reply is late, without asking Redis.
+    std::thread::sleep(Duration::from_millis(1_600));
+    let asked = Instant::now();
+    let (status, body) = c.control_get("/readyz");
+    let took = asked.elapsed();
+    signal(pid, "CONT");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("overdue"), "{body}");
+    assert!(took < Duration::from_millis(500), "control /readyz took {took:?}: {body}");
+    c.wait_control_ready(200);
+}
+
 /// `cmd` on the primary serving `key`.
 fn on_primary(cluster: &RedisCluster, key: &str, cmd: &[&str]) -> croupier_protocol::resp::Frame {
     let n = cluster.primary_of(key).expect("a primary for the key");

@@ -34,6 +34,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_protocol::cluster::{command_key, key_slot, redirect, Redirect, SlotMap};
@@ -43,6 +44,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use super::connection::{read_frame, Answer, Epoch, Group, Node, RedisError, RedisOptions};
+use super::overdue::{Overdue, MIRROR_EVERY};
 
 /// Sends of one command at most (the first and two redirections).
 const MAX_REDIRECTS: usize = 3;
@@ -61,12 +63,16 @@ pub(super) struct Cluster {
     stale: Cell<bool>,
     /// The `WAIT` timeout when replicated appends are asked for.
     wait: Option<Duration>,
+    /// The shard's stamp (in the process's `RedisHealth`), which the control thread's
+    /// `/readyz` reads: the earliest of the primaries' stamps is copied into it.
+    report: Option<Arc<Overdue>>,
 }
 
 impl Cluster {
     /// Starts reading the slot map (and keeping it) on the current shard.
     pub(super) fn start(options: RedisOptions) -> Rc<Cluster> {
         let wait = (options.wait_replicas > 0).then_some(options.wait_timeout);
+        let report = options.overdue.clone();
         let c = Rc::new(Cluster {
             options,
             map: RefCell::new(None),
@@ -74,8 +80,12 @@ impl Cluster {
             epoch: Epoch::default(),
             stale: Cell::new(true),
             wait,
+            report,
         });
         monoio::spawn(maintain(Rc::downgrade(&c)));
+        if c.report.is_some() {
+            monoio::spawn(mirror(Rc::downgrade(&c)));
+        }
         c
     }
 
@@ -274,6 +284,20 @@ async fn maintain(cluster: Weak<Cluster>) {
         }
         drop(c);
         monoio::time::sleep(STALE_CHECK).await;
+    }
+}
+
+/// Copies the earliest of the primaries' stamps into the shard's every [`MIRROR_EVERY`]
+/// (apart from [`maintain`], whose reads of the map can wait on a frozen primary); ends
+/// with the cluster.
+async fn mirror(cluster: Weak<Cluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        if let Some(report) = &c.report {
+            report.mirror(c.nodes.borrow().values().map(Node::stamp));
+        }
+        drop(c);
+        monoio::time::sleep(MIRROR_EVERY).await;
     }
 }
 

@@ -399,6 +399,11 @@ impl Node {
     }
 
     /// How long a reply has been owed, when that is past a quarter of the reply timeout.
+    /// This connection's stamp.
+    pub(super) fn stamp(&self) -> &Overdue {
+        &self.shared.overdue
+    }
+
     pub(super) fn overdue(&self) -> Option<Duration> {
         self.shared.overdue.late_by()
     }

@@ -8,11 +8,17 @@
 //! `/readyz` answers 503 from then on, long before the connection is given up at the
 //! reply timeout, and 200 again as soon as Redis answers. The ingest shards' stamps form
 //! one [`RedisHealth`] that every shard's `/readyz` and the control thread read: each
-//! stamp has one writer and its own cache line, readers only load, no lock.
+//! stamp has one writer and its own cache line, readers only load, no lock. A shard on a
+//! Redis Cluster has one connection per primary, each with a stamp of its own; the
+//! shard's cluster copies the earliest of them into the shard's stamp every
+//! [`MIRROR_EVERY`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// How often a cluster copies its primaries' stamps into its shard's.
+pub const MIRROR_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The process's reference instant for the stamps.
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -50,6 +56,13 @@ impl Overdue {
     /// Nothing is owed.
     pub(crate) fn settled(&self) {
         self.owed_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Takes the earliest of other connections' stamps (a cluster's primaries, each with
+    /// a stamp of its own) as this one's: owed since the earliest owes, or nothing.
+    pub(crate) fn mirror<'a>(&self, others: impl Iterator<Item = &'a Overdue>) {
+        let since = others.map(|o| o.owed_since.load(Ordering::Relaxed)).filter(|s| *s != 0).min();
+        self.owed_since.store(since.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// How long the owed reply is past the threshold, if it is.
@@ -102,5 +115,25 @@ mod tests {
         assert_eq!(o.late_by(), None, "a blocking read's allowance");
         o.settled();
         assert_eq!(o.late_by(), None);
+    }
+
+    #[test]
+    fn a_mirror_is_owed_since_the_earliest_of_its_connections() {
+        let (a, b, shard) = (
+            Overdue::new(Duration::from_millis(200)),
+            Overdue::new(Duration::from_millis(200)),
+            Overdue::new(Duration::from_millis(200)),
+        );
+        a.owed(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(80));
+        b.owed(Duration::ZERO);
+        shard.mirror([&a, &b].into_iter());
+        assert!(shard.late_by().is_some_and(|d| d >= Duration::from_millis(51)), "a's reply is late");
+        a.settled();
+        shard.mirror([&a, &b].into_iter());
+        assert_eq!(shard.late_by(), None, "b's is not yet");
+        b.settled();
+        shard.mirror([&a, &b].into_iter());
+        assert_eq!(shard.owed_since.load(Ordering::Relaxed), 0);
     }
 }

@@ -227,8 +227,8 @@ pub struct Redis {
     /// How long a request's lease on its nonce lasts under the `lease` protocol,
     /// milliseconds: a retry that meets it is answered 503 `request_in_flight` until the
     /// request holding it finished or the lease ran out. 0: twice `reply_timeout_ms`
-    /// plus 2 seconds, which is also the least accepted (the append must reach Redis
-    /// within the lease).
+    /// plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is set), which is
+    /// also the least accepted (the append must reach Redis within the lease).
     pub ingest_lease_ms: u64,
 }
 
@@ -253,9 +253,12 @@ impl Redis {
     }
 
     /// The shortest lease allowed: a request's append is written within two reply
-    /// timeouts of its lease being asked for, and the lease outlives that by 2 seconds.
+    /// timeouts of its lease being asked for (plus, with `wait_replicas`, the `WAIT` of
+    /// the round before it, which the connection waits for before writing the next), and
+    /// the lease outlives that by 2 seconds.
     pub fn min_lease_ms(&self) -> u64 {
-        self.reply_timeout_ms.saturating_mul(2).saturating_add(2_000)
+        let wait = if self.wait_replicas > 0 { self.wait_timeout_ms } else { 0 };
+        self.reply_timeout_ms.saturating_mul(2).saturating_add(wait).saturating_add(2_000)
     }
 }
 
@@ -1269,6 +1272,23 @@ mod tests {
         assert_eq!((c.redis.ingest_protocol, c.redis.lease_ms()), (IngestProtocol::Lease, 30_000));
         // Shorter than an append can take to reach Redis: refused, naming the key.
         let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_LEASE_MS", "11999")])).expect_err("short");
+        assert_eq!(e.key, "redis.ingest_lease_ms");
+        // With replicated appends, the round before an append may wait for its `WAIT`.
+        let c = Config::load(
+            None,
+            env(&[("CROUPIER_REDIS__WAIT_REPLICAS", "1"), ("CROUPIER_REDIS__WAIT_TIMEOUT_MS", "4000")]),
+        )
+        .expect("loads");
+        assert_eq!(c.redis.lease_ms(), 16_000);
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_REDIS__WAIT_REPLICAS", "1"),
+                ("CROUPIER_REDIS__WAIT_TIMEOUT_MS", "4000"),
+                ("CROUPIER_REDIS__INGEST_LEASE_MS", "15999"),
+            ]),
+        )
+        .expect_err("short for the wait");
         assert_eq!(e.key, "redis.ingest_lease_ms");
         let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_PROTOCOL", "eval")])).expect_err("unknown");
         assert_eq!(e.key, "redis.ingest_protocol");

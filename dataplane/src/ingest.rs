@@ -237,7 +237,14 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 tracing::warn!(nonce = %l.nonce_key, error = %e, "an append of the transaction failed");
                 let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
                 lease::reopen(&mut cmd, &l.nonce_key, &l.digest);
-                let _ = redis.call(cmd).await;
+                if !matches!(redis.call(cmd).await, Ok(Frame::SimpleString(_) | Frame::Null)) {
+                    // The retry will find the nonce done and be answered 202: what failed
+                    // is not appended. Rare (an XADD failing when run, then Redis lost).
+                    tracing::error!(
+                        nonce = %l.nonce_key,
+                        "an append failed and its nonce could not be marked pending again: a retry is answered 202 without it"
+                    );
+                }
                 Outcome::Failed
             }
         },

@@ -266,6 +266,15 @@ impl Api {
     /// Migrated, the history inserted, then `prepare` run before the control listener
     /// starts; answers nothing yet (no request made).
     fn start_after(log_queries: bool, prepare: impl FnOnce(&ClickHouseServer)) -> Api {
+        Self::start_configured(log_queries, prepare, |_, _| {})
+    }
+
+    /// As [`Api::start_after`], with `configure` changing the configuration last.
+    fn start_configured(
+        log_queries: bool,
+        prepare: impl FnOnce(&ClickHouseServer),
+        configure: impl FnOnce(&ClickHouseServer, &mut Config),
+    ) -> Api {
         // A server whose local day is not the UTC day (as many studios' are): every figure
         // is still per UTC day.
         let ch = if log_queries { ClickHouseServer::start_logging_queries() } else { ClickHouseServer::start_in(TZ) };
@@ -318,6 +327,7 @@ impl Api {
         config.api.cpi_cents.insert("appstore".into(), 150);
         config.api.cpi_cents.insert("g1/google".into(), 80);
         config.api.cpi_cents.insert("g2/web".into(), 5);
+        configure(&ch, &mut config);
         let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), false, false)
             .expect("control starts")
             .expect("control listener");
@@ -561,6 +571,130 @@ fn analytics_overview_remembers_complete_days_for_60_s() {
     assert_eq!(fresh["d1"], after_d1);
     assert_eq!(fresh["registered_total"], PLAYERS + 1);
     assert_eq!(api.json(&to_today)["registered_total"], PLAYERS + 2);
+}
+
+/// A TCP relay to ClickHouse that, while armed, holds back every chunk a client sends
+/// containing `marker` (one query: the client writes a query in one buffer) until
+/// released, counting them.
+struct Stall {
+    addr: std::net::SocketAddr,
+    state: Arc<(std::sync::Mutex<(bool, usize)>, std::sync::Condvar)>,
+}
+
+impl Stall {
+    fn start(upstream: String, marker: &'static str) -> Stall {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new((std::sync::Mutex::new((false, 0usize)), std::sync::Condvar::new()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = std::net::TcpStream::connect(&upstream) else { return };
+                let (mut client_r, mut server_r) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut server_r, &mut client));
+                let state = shared.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match client_r.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let hit = buf[..n].windows(marker.len()).any(|w| w == marker.as_bytes());
+                        let (lock, cv) = &*state;
+                        let mut s = lock.lock().unwrap();
+                        if hit && s.0 {
+                            s.1 += 1;
+                            while s.0 {
+                                s = cv.wait(s).unwrap();
+                            }
+                        }
+                        drop(s);
+                        if server.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Stall { addr, state }
+    }
+
+    fn arm(&self, armed: bool) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().0 = armed;
+        cv.notify_all();
+    }
+
+    /// Queries held back so far.
+    fn held(&self) -> usize {
+        self.state.0.lock().unwrap().1
+    }
+}
+
+/// Remembered figures of complete days are read again in the background before they
+/// expire (docs/analytics-api.md): past their 60 s, requests answer them from memory while
+/// that read is in flight (here held back on its way to ClickHouse), with one such read
+/// per figure however many requests ask, and answer the new figure once it is done.
+/// Realtime's registered total is the same remembered total plus the players registered
+/// today, read at each request.
+#[test]
+fn analytics_overview_reads_complete_days_again_in_the_background() {
+    let mut stall = None;
+    let api = Api::start_configured(
+        false,
+        |_| {},
+        |ch, config| {
+            // The registered players per first day (`registered_by_day`).
+            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
+            config.clickhouse.addr = s.addr.to_string();
+            config.api.query_timeout_ms = 60_000;
+            stall = Some(s);
+        },
+    );
+    let stall = stall.unwrap();
+    api.wait_redis();
+    let h = &api.history;
+    let last = h.today - 1;
+    let to_last = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
+    let realtime = "/api/analytics/realtime?game_id=g1&env=prod";
+    // The realtime reads of `wait_redis` read the players per day first: from then on.
+    let read_at = Instant::now();
+    assert_eq!(api.json(&to_last)["registered_total"], PLAYERS);
+    assert_eq!(api.json(realtime)["registered_total"], PLAYERS);
+    // `late` registers on the day before `last` (a complete day), `newcomer` today.
+    let now = croupier_dataplane::analytics::now_secs();
+    api.ch.query(&format!(
+        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+         ({}, 'g1', 'prod', 'late', 'l1', 'register', '', '', 'US', '1', '{}', '{{}}'), \
+         ({}, 'g1', 'prod', 'newcomer', 'n1', 'register', '', '', 'US', '1', '{}', '{{}}')",
+        (last - 1) * DAY + 50,
+        uuid(1 << 41),
+        now - 5,
+        uuid((1 << 41) + 1)
+    ));
+    // Today's registrations are read at each request; the complete days are remembered.
+    assert_eq!(api.json(realtime)["registered_total"], PLAYERS + 1);
+    assert_eq!(api.json(&to_last)["registered_total"], PLAYERS);
+    stall.arm(true);
+    std::thread::sleep(Duration::from_secs(61).saturating_sub(read_at.elapsed()));
+    // Past the memory's 60 s the figure is being read again (held back): requests answer
+    // it from memory rather than reading it themselves.
+    for _ in 0..3 {
+        assert_eq!(api.json(&to_last)["registered_total"], PLAYERS, "from memory while read again");
+        assert_eq!(api.json(realtime)["registered_total"], PLAYERS + 1);
+    }
+    assert_eq!(stall.held(), 1, "one read of the figure in flight, by none of the requests");
+    stall.arm(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.json(&to_last)["registered_total"] != PLAYERS + 1 {
+        assert!(Instant::now() < deadline, "the figure read again never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(api.json(realtime)["registered_total"], PLAYERS + 2);
+    assert_eq!(stall.held(), 1);
 }
 
 /// Retention rows carry day, date and total; D-N only for cohorts whose day N is over.

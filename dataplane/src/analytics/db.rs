@@ -1,11 +1,14 @@
 //! The API's ClickHouse reads: the project's own native-protocol client
 //! (`crate::clickhouse::connection`), a few connections kept on the control thread, at
-//! most `api.max_queries_in_flight` queries at once, each bounded by
-//! `api.query_timeout_ms` (on our side, and on the server's as `max_execution_time`).
+//! most `api.max_queries_in_flight` queries at once (one request at most half of them),
+//! each bounded by `api.query_timeout_ms` (on our side, and on the server's as
+//! `max_execution_time`). Figures of complete days are remembered and read again in the
+//! background before they expire ([`Reads::remembered_or_read`], [`Db::refresh_due`]).
 //! Why the native protocol and not ClickHouse's HTTP interface: `docs/analytics-api.md`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use croupier_protocol::clickhouse::packet::Setting;
@@ -30,26 +33,90 @@ pub struct Db {
     /// `analytics.user_days` and the player tables were found filled
     /// ([`Reads::require_user_days`]).
     user_days_filled: Cell<bool>,
-    /// Figures of complete days, by key, with when they were read ([`Reads::remembered`]).
-    remembered: RefCell<HashMap<String, (Instant, Vec<f64>)>>,
+    /// Figures of complete days, by key ([`Reads::remembered_or_read`]).
+    remembered: RefCell<HashMap<String, Remembered>>,
+    /// Queries one request may run at once: half of `max_in_flight`, at least one.
+    per_request: usize,
 }
 
-/// How long a figure of complete days is answered from memory ([`Reads::remembered`]).
+/// How long a figure of complete days is answered from memory
+/// ([`Reads::remembered_or_read`]).
 pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
+
+/// Age at which [`Db::refresh_due`] reads a remembered figure again, before it expires.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(50);
+
+/// A remembered figure no request asked for this long is forgotten (neither refreshed
+/// nor kept).
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 /// The most figures kept in memory; past it they are all forgotten.
 const REMEMBER_AT_MOST: usize = 4096;
 
+/// How a remembered figure is read: its query, and how its rows become the figures
+/// (`decode(rows, arg)`).
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// The `SELECT`.
+    pub sql: String,
+    /// Its rows to the figures.
+    pub decode: fn(&[Vec<Value>], i64) -> Vec<f64>,
+    /// Passed to `decode`.
+    pub arg: i64,
+}
+
+/// A remembered figure.
+struct Remembered {
+    /// When it was read.
+    at: Instant,
+    /// When a request last asked for it.
+    asked: Instant,
+    figures: Vec<f64>,
+    recipe: Recipe,
+    /// A read of it is in flight (a request's or [`Db::refresh_due`]'s).
+    reading: bool,
+}
+
+/// Marks `key`'s read in flight; unmarks it when dropped (read done, failed or abandoned).
+struct Reading<'a> {
+    db: &'a Db,
+    key: &'a str,
+}
+
+impl<'a> Reading<'a> {
+    fn start(db: &'a Db, key: &'a str) -> Reading<'a> {
+        if let Some(e) = db.remembered.borrow_mut().get_mut(key) {
+            e.reading = true;
+        }
+        Reading { db, key }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.db.remembered.borrow_mut().get_mut(self.key) {
+            e.reading = false;
+        }
+    }
+}
+
 /// One request's reads through [`Db`], with the rows ClickHouse read for all of them (the
-/// audit log's `read_rows`).
+/// audit log's `read_rows`), at most [`Db::per_request`] at once.
 pub struct Reads<'a> {
     db: &'a Db,
     read_rows: Cell<u64>,
+    slots: Semaphore,
 }
 
 impl Reads<'_> {
     /// Runs a `SELECT` ([`Db`] says how) and counts the rows it read.
     pub async fn select(&self, sql: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+        // The request's own share first, so that one request (the overview sends seven
+        // queries) leaves slots to others.
+        let _mine = match monoio::time::timeout(self.db.timeout, self.slots.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) | Err(_) => return Err(ApiError::Busy),
+        };
         let (rows, read) = self.db.select(sql).await?;
         self.read_rows.set(self.read_rows.get().saturating_add(read));
         Ok(rows)
@@ -80,21 +147,28 @@ impl Reads<'_> {
         Ok(())
     }
 
-    /// Figures under `key` read less than [`REMEMBER_FOR`] ago, if any: for figures of
-    /// complete days, which only rows arriving late for those days can change, so that a
-    /// dashboard polling the overview does not read them again every few seconds.
-    pub fn remembered(&self, key: &str) -> Option<Vec<f64>> {
-        let map = self.db.remembered.borrow();
-        map.get(key).filter(|(at, _)| at.elapsed() < REMEMBER_FOR).map(|(_, v)| v.clone())
-    }
-
-    /// Keeps figures under `key` (see [`Reads::remembered`]).
-    pub fn remember(&self, key: String, figures: Vec<f64>) {
-        let mut map = self.db.remembered.borrow_mut();
-        if map.len() >= REMEMBER_AT_MOST {
-            map.clear();
+    /// The figures under `key`, read with `recipe` (the same key, the same recipe): for
+    /// figures of complete days, which only rows arriving late for those days can change,
+    /// so that a dashboard polling the overview does not read them again every few
+    /// seconds. From memory when read less than [`REMEMBER_FOR`] ago, or while a read of
+    /// them is in flight (at most one per key: [`Db::refresh_due`] reads them again from
+    /// [`REFRESH_AFTER`] on, so a request asked for them in the last [`FORGET_AFTER`]
+    /// finds them in memory); else read now.
+    pub async fn remembered_or_read(&self, key: String, recipe: Recipe) -> Result<Vec<f64>, ApiError> {
+        {
+            let mut map = self.db.remembered.borrow_mut();
+            if let Some(e) = map.get_mut(&key) {
+                e.asked = Instant::now();
+                if e.reading || e.at.elapsed() < REMEMBER_FOR {
+                    return Ok(e.figures.clone());
+                }
+            }
         }
-        map.insert(key, (Instant::now(), figures));
+        let _reading = Reading::start(self.db, &key);
+        let rows = self.select(&recipe.sql).await?;
+        let figures = (recipe.decode)(&rows, recipe.arg);
+        self.db.remember(key.clone(), figures.clone(), recipe);
+        Ok(figures)
     }
 
     /// Rows ClickHouse read for this request's queries so far.
@@ -115,6 +189,69 @@ impl Db {
             cluster: false,
             user_days_filled: Cell::new(false),
             remembered: RefCell::new(HashMap::new()),
+            per_request: (max_in_flight / 2).max(1),
+        }
+    }
+
+    /// Queries one request may run at once: half of `api.max_queries_in_flight`, at
+    /// least one.
+    pub fn per_request(&self) -> usize {
+        self.per_request
+    }
+
+    /// Keeps `figures` under `key` (see [`Reads::remembered_or_read`]).
+    fn remember(&self, key: String, figures: Vec<f64>, recipe: Recipe) {
+        let mut map = self.remembered.borrow_mut();
+        if map.len() >= REMEMBER_AT_MOST && !map.contains_key(&key) {
+            map.clear();
+        }
+        let now = Instant::now();
+        let asked = map.get(&key).map_or(now, |e| e.asked);
+        map.insert(key, Remembered { at: now, asked, figures, recipe, reading: false });
+    }
+
+    /// Reads again, one after another, the remembered figures at least [`REFRESH_AFTER`]
+    /// old that a request asked for in the last [`FORGET_AFTER`] and that no read is in
+    /// flight for; forgets those not asked for that long. Meanwhile requests answer the
+    /// figures from memory. A failed read is logged and tried again at the next call.
+    pub async fn refresh_due(&self) {
+        let due: Vec<(String, Recipe)> = {
+            let mut map = self.remembered.borrow_mut();
+            map.retain(|_, e| e.reading || e.asked.elapsed() < FORGET_AFTER);
+            map.iter()
+                .filter(|(_, e)| !e.reading && e.at.elapsed() >= REFRESH_AFTER)
+                .map(|(k, e)| (k.clone(), e.recipe.clone()))
+                .collect()
+        };
+        for (key, recipe) in due {
+            // A request may have read it meanwhile.
+            let still_due =
+                self.remembered.borrow().get(&key).is_some_and(|e| !e.reading && e.at.elapsed() >= REFRESH_AFTER);
+            if !still_due {
+                continue;
+            }
+            let _reading = Reading::start(self, &key);
+            match self.select(&recipe.sql).await {
+                Ok((rows, _)) => {
+                    let figures = (recipe.decode)(&rows, recipe.arg);
+                    if let Some(e) = self.remembered.borrow_mut().get_mut(&key) {
+                        e.at = Instant::now();
+                        e.figures = figures;
+                    }
+                }
+                Err(e) => tracing::warn!(key, error = ?e, "remembered figures not read again yet"),
+            }
+        }
+    }
+
+    /// Calls [`Db::refresh_due`] every second until `stop` is set: the control thread's
+    /// task.
+    pub async fn refresh(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+        while !stop.get() {
+            monoio::time::sleep(Duration::from_secs(1)).await;
+            if !stop.get() {
+                self.refresh_due().await;
+            }
         }
     }
 
@@ -129,7 +266,7 @@ impl Db {
 
     /// A request's reads.
     pub fn reads(&self) -> Reads<'_> {
-        Reads { db: self, read_rows: Cell::new(0) }
+        Reads { db: self, read_rows: Cell::new(0), slots: Semaphore::new(self.per_request) }
     }
 
     /// Runs a `SELECT`: its rows and the rows ClickHouse read for it, or why not (502

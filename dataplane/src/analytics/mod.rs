@@ -171,7 +171,7 @@ impl Ctx<'_> {
 /// The API's state on the control thread.
 pub struct Api {
     verifier: Verifier,
-    db: Db,
+    db: Rc<Db>,
     redis: RedisClient,
     audit: Rc<AuditLog>,
     filters: filters::Filters,
@@ -198,7 +198,7 @@ impl Api {
         let timeout = Duration::from_millis(api.query_timeout_ms);
         Ok(Api {
             verifier: Verifier::from_config(api)?,
-            db: Db::new(opts.clone(), api.max_queries_in_flight, timeout).on_cluster(ch.is_cluster()),
+            db: Rc::new(Db::new(opts.clone(), api.max_queries_in_flight, timeout).on_cluster(ch.is_cluster())),
             redis: RedisClient::start(RedisOptions::from_config(config)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
             filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect())?,
@@ -212,6 +212,12 @@ impl Api {
     /// flush once `stop` is set.
     pub fn audit_task(&self, stop: Rc<std::cell::Cell<bool>>) -> impl std::future::Future<Output = ()> {
         self.audit.clone().run(self.audit_opts.clone(), self.audit_every, stop)
+    }
+
+    /// The task reading remembered figures of complete days again before they expire
+    /// ([`Db::refresh_due`]): spawn it on the control thread; it ends once `stop` is set.
+    pub fn refresh_task(&self, stop: Rc<std::cell::Cell<bool>>) -> impl std::future::Future<Output = ()> {
+        self.db.clone().refresh(stop)
     }
 
     /// Answers a request to `route` (`body`: a `POST`'s) and records it in the audit log.

@@ -9,6 +9,7 @@
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::Recipe;
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
 use super::retention::latest_rates;
@@ -76,7 +77,7 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     );
     let (players, registered_total, pay, rates, new_rows, revenue_series, peak_series) = monoio::try_join!(
         ctx.db.select(&players_sql),
-        registered_total(ctx, last, today),
+        registered_total(ctx, Some(last), today),
         ctx.db.select(&pay_sql),
         latest_rates(ctx, complete),
         ctx.db.select(&new_sql),
@@ -111,58 +112,61 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     }))
 }
 
-/// Players whose first new-user day is at most `last` (exact): the players per first day
-/// of the complete days (before `today`), read from `registered_users` once and then
-/// answered from memory for [`super::db::REMEMBER_FOR`] like the other figures of
-/// complete days, plus, when `last` is today or later, the players whose first such day
-/// is in `today ..= last`, read each time: the players with a new-user event in those
-/// days (`user_days`) whose first day is not earlier (their rows of `registered_users`).
-pub async fn registered_total(ctx: &Ctx<'_>, last: i64, today: i64) -> Result<u64, ApiError> {
+/// Players whose first new-user day is at most `last` (exact; `None`: ever): the players
+/// per first day of the complete days (before `today`), read from `registered_users` and
+/// remembered like the other figures of complete days ([`super::db::Reads::remembered_or_read`]:
+/// rows arriving late for those days show within [`super::db::REMEMBER_FOR`]), plus,
+/// when `last` is today or later, the players whose first such day is in `today ..= last`,
+/// read each time: the players with a new-user event in those days (`user_days`) whose
+/// first day is not earlier (their rows of `registered_users`).
+pub async fn registered_total(ctx: &Ctx<'_>, last: Option<i64>, today: i64) -> Result<u64, ApiError> {
     let w = ctx.scope.filter();
     let recent = async {
-        if last < today {
+        if last.is_some_and(|l| l < today) {
             return Ok::<u64, ApiError>(0);
         }
-        let (from, to) = (day(today), day(last));
+        let from = day(today);
+        let (to_d, to_first) = match last {
+            Some(l) => (format!(" AND d <= {}", day(l)), format!(" AND minMerge(first_d) <= {}", day(l))),
+            None => (String::new(), String::new()),
+        };
         let n = ctx
             .db
             .scalar(&format!(
                 "SELECT count() FROM (SELECT user_id FROM analytics.registered_users WHERE user_id IN \
-                 (SELECT user_id FROM analytics.user_days WHERE d >= {from} AND d <= {to} \
+                 (SELECT user_id FROM analytics.user_days WHERE d >= {from}{to_d} \
                  AND (registered > 0 OR first_active > 0){w}){w} \
-                 GROUP BY user_id HAVING minMerge(first_d) >= {from} AND minMerge(first_d) <= {to})"
+                 GROUP BY user_id HAVING minMerge(first_d) >= {from}{to_first})"
             ))
             .await?;
         Ok(n.as_u64())
     };
     let (by_day, recent) = monoio::try_join!(registered_by_day(ctx, today), recent)?;
-    let complete: u64 = by_day.iter().filter(|(d, _)| *d <= last).map(|(_, n)| n).sum();
+    let complete: u64 = by_day.iter().filter(|(d, _)| last.is_none_or(|l| *d <= l)).map(|(_, n)| n).sum();
     Ok(complete + recent)
 }
 
-/// `(day, players whose first new-user day it is)` for the days before `today`, from
-/// memory when read less than [`super::db::REMEMBER_FOR`] ago (per scope and `today`).
+/// `(day, players whose first new-user day it is)` for the days before `today`,
+/// remembered per scope and `today`.
 async fn registered_by_day(ctx: &Ctx<'_>, today: i64) -> Result<Vec<(i64, u64)>, ApiError> {
     let w = ctx.scope.filter();
-    let key = format!("registered_by_day{w}|{today}");
-    let pairs = |v: &[f64]| -> Vec<(i64, u64)> { v.chunks_exact(2).map(|p| (p[0] as i64, p[1] as u64)).collect() };
-    if let Some(v) = ctx.db.remembered(&key) {
-        return Ok(pairs(&v));
-    }
-    let rows = ctx
-        .db
-        .select(&format!(
+    let recipe = Recipe {
+        sql: format!(
             "SELECT toUInt32(fd) AS day, count() FROM (SELECT user_id, minMerge(first_d) AS fd \
              FROM analytics.registered_users WHERE 1 = 1{w} GROUP BY user_id) WHERE fd < {} \
              GROUP BY day ORDER BY day",
             day(today)
-        ))
-        .await?;
-    // Day numbers and counts below 2^53: exact as f64.
-    let flat: Vec<f64> = rows.iter().flat_map(|r| [get(r, 0) as f64, get(r, 1) as f64]).collect();
-    let out = pairs(&flat);
-    ctx.db.remember(key, flat);
-    Ok(out)
+        ),
+        decode: day_pairs,
+        arg: 0,
+    };
+    let flat = ctx.db.remembered_or_read(format!("registered_by_day{w}|{today}"), recipe).await?;
+    Ok(flat.chunks_exact(2).map(|p| (p[0] as i64, p[1] as u64)).collect())
+}
+
+/// Rows of (day number, n) as `[day, n, day, n, ...]` (both below 2^53: exact as f64).
+fn day_pairs(rows: &[Vec<Value>], _: i64) -> Vec<f64> {
+    rows.iter().flat_map(|r| [get(r, 0) as f64, get(r, 1) as f64]).collect()
 }
 
 /// `[[RFC 3339 of the day, n], ...]` from the rows of `sql`, (day number, n).

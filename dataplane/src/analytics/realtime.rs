@@ -68,11 +68,9 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
     let (rev_5m, rev_today, succ_5m, attempts_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
     ctx.db.require_user_days().await?;
-    let registered_total = ctx
-        .db
-        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.registered_users WHERE 1 = 1{w}"))
-        .await?
-        .as_u64();
+    // Ever: the remembered players per first day of the complete days, as the overview's,
+    // and those whose first day is today or later, read now.
+    let registered_total = super::overview::registered_total(ctx, None, ctx.now.div_euclid(DAY)).await?;
     let peaks = ctx
         .db
         .select(&format!(

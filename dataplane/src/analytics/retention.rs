@@ -6,6 +6,7 @@
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::Recipe;
 use super::error::ApiError;
 use super::params::{self, percent, Range, DAY};
 use super::taxonomy::{FIRST_ACTIVE, REGISTER};
@@ -65,15 +66,11 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
 /// D1, D7 and D30 of the latest cohorts whose day N is `day` (a complete day): the
 /// percent of the `register` cohorts of `day − 1`, `day − 7` and `day − 30` active on
 /// `day`. Reads those four days only (the overview's figures; `cohorts` reads every day
-/// between), and the same figures again only after [`super::db::REMEMBER_FOR`]: the days
-/// are complete.
+/// between), remembered per scope and day ([`super::db::Reads::remembered_or_read`]):
+/// the days are complete.
 pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError> {
     ctx.db.require_user_days().await?;
     let w = ctx.scope.filter();
-    let key = format!("latest_rates{w}|{day}");
-    if let Some(v) = ctx.db.remembered(&key) {
-        return Ok([0, 1, 2].map(|i| v.get(i).copied().unwrap_or(0.0)));
-    }
     let date = |d: i64| format!("toDate('{}')", params::date_string(d));
     let cohort_days: Vec<String> = DAYS.iter().map(|n| date(day - n)).collect();
     let cohort_days = cohort_days.join(", ");
@@ -88,16 +85,19 @@ pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError>
          GROUP BY day ORDER BY day",
         day_d = date(day)
     );
-    let rows = ctx.db.select(&sql).await?;
+    let recipe = Recipe { sql, decode: rates_of, arg: day };
+    let v = ctx.db.remembered_or_read(format!("latest_rates{w}|{day}"), recipe).await?;
+    Ok([0, 1, 2].map(|i| v.get(i).copied().unwrap_or(0.0)))
+}
+
+/// D1, D7, D30 of `day` from the rows of (cohort day, players, of them active on `day`).
+fn rates_of(rows: &[Vec<Value>], day: i64) -> Vec<f64> {
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
-    let mut out = [0.0; 3];
-    for (i, n) in DAYS.iter().enumerate() {
-        if let Some(r) = rows.iter().find(|r| u(r, 0) as i64 == day - n) {
-            out[i] = percent(u(r, 2) as f64, u(r, 1) as f64);
-        }
-    }
-    ctx.db.remember(key, out.to_vec());
-    Ok(out)
+    DAYS.iter()
+        .map(|n| {
+            rows.iter().find(|r| u(r, 0) as i64 == day - n).map_or(0.0, |r| percent(u(r, 2) as f64, u(r, 1) as f64))
+        })
+        .collect()
 }
 
 /// The route.

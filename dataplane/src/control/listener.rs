@@ -263,6 +263,7 @@ pub fn start_with_health(
                 };
                 let audit_stop = Rc::new(Cell::new(false));
                 let audit = monoio::spawn(api.audit_task(audit_stop.clone()));
+                let refresh = monoio::spawn(api.refresh_task(audit_stop.clone()));
                 let dashboard = Dashboard::load(&config.control.dashboard_dir);
                 let port = Rc::new(ControlPort {
                     config,
@@ -280,6 +281,7 @@ pub fn start_with_health(
                 }
                 audit_stop.set(true);
                 audit.await;
+                refresh.await;
             }
         },
     )?;

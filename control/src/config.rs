@@ -591,8 +591,9 @@ pub struct Api {
     pub roles: BTreeMap<String, Vec<String>>,
     /// Longest a ClickHouse read may take, milliseconds (then 504).
     pub query_timeout_ms: u64,
-    /// ClickHouse reads in flight at once (connections of the control thread); more wait
-    /// up to `query_timeout_ms`, then 503.
+    /// ClickHouse reads in flight at once (connections of the control thread), one
+    /// request at most half of them (at least one); more wait up to `query_timeout_ms`,
+    /// then 503.
     pub max_queries_in_flight: usize,
     /// Audit rows are written at least this often, milliseconds.
     pub audit_flush_ms: u64,

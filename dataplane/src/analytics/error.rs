@@ -29,7 +29,8 @@ pub enum ApiError {
     QueryFailed(String),
     /// ClickHouse did not answer within `api.query_timeout_ms`.
     QueryTimeout,
-    /// As many queries as `api.max_queries_in_flight` were running for the whole wait.
+    /// As many queries as `api.max_queries_in_flight` (or the request's share of them)
+    /// were running for the whole wait.
     Busy,
     /// Redis failed or did not answer.
     RedisFailed(String),

@@ -3,8 +3,8 @@
 //! cohorts whose day N is complete, the registered total, and daily series.
 //!
 //! Its queries do not depend on one another: they are sent together (each on its own
-//! connection, within `api.max_queries_in_flight`), so the answer takes about as long as
-//! the slowest one rather than their sum.
+//! connection, at most half of `api.max_queries_in_flight` at once), so the answer takes
+//! about as long as the slowest ones rather than their sum.
 
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};

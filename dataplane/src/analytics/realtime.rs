@@ -2,7 +2,8 @@
 //! minutes from the per-minute HyperLogLogs in Redis (`hll:online:<game>:<env>:<YYYYMMDDHHmm>`,
 //! a union with one `PFCOUNT` over several keys, no temporary key), DAU and new users
 //! of today from `hll:dau:`/`hll:new:...:<YYYY-MM-DD>`; revenue, success rate, the
-//! registered total and the online peaks from ClickHouse. An empty scope reads the keys
+//! registered total (the overview's remembered players per first day of the days before
+//! today, plus those of today or later) and the online peaks from ClickHouse. An empty scope reads the keys
 //! with empty segments, as Croupier's worker writes them.
 
 use croupier_protocol::clickhouse::result::Value;

@@ -67,7 +67,7 @@ pub struct Recipe {
 
 /// A remembered figure.
 struct Remembered {
-    /// When it was read.
+    /// When its read began (rows arriving later may be missing from it).
     at: Instant,
     /// When a request last asked for it.
     asked: Instant,
@@ -165,9 +165,10 @@ impl Reads<'_> {
             }
         }
         let _reading = Reading::start(self.db, &key);
+        let began = Instant::now();
         let rows = self.select(&recipe.sql).await?;
         let figures = (recipe.decode)(&rows, recipe.arg);
-        self.db.remember(key.clone(), figures.clone(), recipe);
+        self.db.remember(key.clone(), figures.clone(), recipe, began);
         Ok(figures)
     }
 
@@ -199,15 +200,14 @@ impl Db {
         self.per_request
     }
 
-    /// Keeps `figures` under `key` (see [`Reads::remembered_or_read`]).
-    fn remember(&self, key: String, figures: Vec<f64>, recipe: Recipe) {
+    /// Keeps `figures` under `key`, read from `began` on (see [`Reads::remembered_or_read`]).
+    fn remember(&self, key: String, figures: Vec<f64>, recipe: Recipe, began: Instant) {
         let mut map = self.remembered.borrow_mut();
         if map.len() >= REMEMBER_AT_MOST && !map.contains_key(&key) {
             map.clear();
         }
-        let now = Instant::now();
-        let asked = map.get(&key).map_or(now, |e| e.asked);
-        map.insert(key, Remembered { at: now, asked, figures, recipe, reading: false });
+        let asked = map.get(&key).map_or_else(Instant::now, |e| e.asked);
+        map.insert(key, Remembered { at: began, asked, figures, recipe, reading: false });
     }
 
     /// Reads again, one after another, the remembered figures at least [`REFRESH_AFTER`]
@@ -231,11 +231,12 @@ impl Db {
                 continue;
             }
             let _reading = Reading::start(self, &key);
+            let began = Instant::now();
             match self.select(&recipe.sql).await {
                 Ok((rows, _)) => {
                     let figures = (recipe.decode)(&rows, recipe.arg);
                     if let Some(e) = self.remembered.borrow_mut().get_mut(&key) {
-                        e.at = Instant::now();
+                        e.at = began;
                         e.figures = figures;
                     }
                 }

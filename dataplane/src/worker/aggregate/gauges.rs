@@ -1,8 +1,8 @@
 //! The business gauges (`croupier_realtime_*`) on the control port's `/metrics`, read at
 //! scrape time from the worker shards' published sketch readers: no lock a shard takes
 //! per event, no Redis or ClickHouse query. Each sketch is raised to Redis's merged value
-//! at every flush, so every worker process reports the all-workers figure (as of its last
-//! flush, plus its own adds since).
+//! at every round of its shard (`aggregate.flush_ms`), so every worker process reports the
+//! all-workers figure (as of its last round, plus its own adds since).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -10,11 +10,12 @@
 //!
 //! Order of work: a consumer stages a batch's adds as it builds the rows and makes them
 //! once ClickHouse confirmed the rows; before the entries are acknowledged, the touched
-//! sketches are merged into Redis ([`Aggregator::flush`]) — so an acknowledged entry's
-//! players are in Redis, and a redelivered one is merged again, which changes nothing (a
-//! merge is a register-wise maximum). Every `aggregate.flush_ms` the shard also merges
-//! (every held sketch each `aggregate.resend_ms`) and reads back the figures Redis holds
-//! after the merge (all workers'); at most every `aggregate.write_ms` it writes them to
+//! sketches are merged into Redis and their rows marked unwritten ([`Aggregator::flush`])
+//! — so an acknowledged entry's players are in Redis, and a redelivered one is merged
+//! again, which changes nothing (a merge is a register-wise maximum). Every
+//! `aggregate.flush_ms` the shard also merges (every held sketch each
+//! `aggregate.resend_ms`) and reads back the keys merged since its last round, as Redis
+//! holds them (all workers'); at most every `aggregate.write_ms` it writes them to
 //! `minute_online` and `daily_users`, and recomputes `daily_revenue` for the days whose
 //! payments were confirmed, from the deduplicated `payments` table.
 
@@ -41,6 +42,9 @@ use what::Kind;
 
 /// A day of a game and environment.
 type DayKey = (Arc<str>, Arc<str>, u32);
+
+/// A sketch's key: kind, game, environment and period.
+type SketchKey = (Kind, Arc<str>, Arc<str>, u32);
 
 /// Figures read from Redis, waiting to be written to ClickHouse (the latest of each).
 #[derive(Default)]
@@ -82,6 +86,9 @@ pub struct Aggregator {
     resend_every: Option<Duration>,
     /// When every held sketch was last merged again.
     resent: Cell<Instant>,
+    /// The keys merged since the last read-back (kind, game, environment, period): read
+    /// back by the next round, not on the way to an acknowledgement.
+    unread: RefCell<HashSet<SketchKey>>,
     /// The Redis connection's epoch the held sketches were last merged under: when it
     /// moves (a reconnect: Redis restarted or failed over, maybe losing its last writes),
     /// every held sketch is merged again before the next acknowledgement.
@@ -111,6 +118,7 @@ impl Aggregator {
             written: Cell::new(None),
             resend_every: (cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
             resent: Cell::new(Instant::now()),
+            unread: RefCell::new(HashSet::new()),
             merged_epoch: Cell::new(redis.epoch().get()),
             redis,
         })
@@ -175,7 +183,6 @@ impl Aggregator {
             sketches.take_dirty()
         };
         let revenue = std::mem::take(&mut self.figures.borrow_mut().revenue_unmarked);
-        let groups = read_groups(dirty.iter().map(|d| (d.kind, &d.game, &d.env, d.period)));
         // The rows these merges change, marked after the merges and before anything is
         // acknowledged: a worker killed before it writes them leaves them named in Redis.
         let mut rows: HashSet<unwritten::Unwritten> = dirty
@@ -194,26 +201,44 @@ impl Aggregator {
             period: *day,
         }));
         let rows: Vec<unwritten::Unwritten> = rows.into_iter().collect();
+        // The read-back is not on the way to an acknowledgement: the round makes it.
         let result = async {
             flush::merge(&self.redis, &dirty).await?;
-            unwritten::mark(&self.redis, &rows).await?;
-            flush::read_back(&self.redis, &groups).await
+            unwritten::mark(&self.redis, &rows).await
         }
         .await;
         self.flushing.set(false);
-        let back = match result {
-            Ok(back) => back,
-            Err(e) => {
-                let mut sketches = self.sketches.borrow_mut();
-                sketches.redirty(&dirty);
-                sketches.end_flush();
-                self.figures.borrow_mut().revenue_unmarked.extend(revenue);
-                return Err(e);
-            }
-        };
-        self.note_figures(back, false);
+        if let Err(e) = result {
+            let mut sketches = self.sketches.borrow_mut();
+            sketches.redirty(&dirty);
+            sketches.end_flush();
+            self.figures.borrow_mut().revenue_unmarked.extend(revenue);
+            return Err(e);
+        }
+        self.unread.borrow_mut().extend(dirty.into_iter().map(|d| (d.kind, d.game, d.env, d.period)));
         self.sketches.borrow_mut().end_flush();
         Ok(())
+    }
+
+    /// Reads back the keys merged since the last call (the all-workers values: the
+    /// shard's sketches are raised to them, and the table figures kept for the next
+    /// write). On an error they are read at the next call.
+    async fn read_back_merged(&self) -> Result<(), String> {
+        let touched: Vec<SketchKey> = self.unread.borrow_mut().drain().collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let groups = read_groups(touched.iter().map(|(k, g, e, p)| (*k, g, e, *p)));
+        match flush::read_back(&self.redis, &groups).await {
+            Ok(back) => {
+                self.note_figures(back, false);
+                Ok(())
+            }
+            Err(e) => {
+                self.unread.borrow_mut().extend(touched);
+                Err(e)
+            }
+        }
     }
 
     /// Raises the shard's sketches to the merged values read back, and keeps the table
@@ -448,6 +473,9 @@ impl Aggregator {
         }
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "real-time sketches not merged into Redis; retried at the next flush");
+        }
+        if let Err(e) = self.read_back_merged().await {
+            tracing::warn!(error = %e, "merged figures not read back from Redis; read at the next flush");
         }
         let refused = {
             let mut sketches = self.sketches.borrow_mut();

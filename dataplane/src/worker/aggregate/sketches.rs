@@ -331,15 +331,21 @@ impl Sketches {
         period >= kind.oldest(self.now_minute, self.today) && period <= ahead
     }
 
-    /// Makes one add; false when it needs a new sketch and there is no room for one.
+    /// Makes one staged add (its period was judged counted when it was staged) and ends
+    /// its wait; false when it needs a new sketch and there is no room for one (the add
+    /// is then neither made nor ended).
     #[inline]
     fn add(&mut self, scope: usize, kind: Kind, period: u32, hash: u64) -> bool {
-        if !self.counted(kind, period) {
-            return true;
-        }
-        let found = self.scopes.get_mut(scope).and_then(|s| s.find(kind, period));
-        let Some(i) = found.or_else(|| self.new_slot(scope, kind, period, None)) else { return false };
         let Some(s) = self.scopes.get_mut(scope) else { return true };
+        let i = match s.find(kind, period) {
+            Some(i) => i,
+            None => match self.new_slot(scope, kind, period, None) {
+                Some(i) => i,
+                None => return false,
+            },
+        };
+        let Some(s) = self.scopes.get_mut(scope) else { return true };
+        s.staged = s.staged.saturating_sub(1);
         let Some((_, slot)) = s.slots.get_mut(i) else { return true };
         if slot.writer.add_hash(hash) && !slot.dirty {
             slot.dirty = true;
@@ -380,10 +386,12 @@ impl Sketches {
         let hash = hash_element(user.as_bytes());
         let before = out.len();
         let scope32 = scope as u32;
+        let minute = minute_of(ts_ms);
+        let online = k.online && self.counted(Kind::Online, minute);
         let mut stage = |kind, period| out.push(Staged { scope: scope32, kind, period, hash });
         stage(Kind::Dau, day);
-        if k.online {
-            stage(Kind::Online, minute_of(ts_ms));
+        if online {
+            stage(Kind::Online, minute);
         }
         if k.new {
             stage(Kind::New, day);
@@ -432,12 +440,11 @@ impl Sketches {
                 if stop_when_full {
                     return n;
                 }
-                if let Some(game) = self.scopes.get(scope).map(|x| x.game.clone()) {
+                if let Some(x) = self.scopes.get_mut(scope) {
+                    x.staged = x.staged.saturating_sub(1);
+                    let game = x.game.clone();
                     self.refuse(&game, 1);
                 }
-            }
-            if let Some(x) = self.scopes.get_mut(scope) {
-                x.staged = x.staged.saturating_sub(1);
             }
         }
         staged.len()

@@ -382,14 +382,17 @@ impl Sink {
             // The shard or a game holds its most sketches with adds left (a backlog of late
             // events, one sketch per minute). While sketches hold unmerged adds, they are
             // merged into Redis, so that those of past periods can go, and the rest is
-            // applied; when no merge can make room (nothing unmerged, or this insert's
-            // merges spent), the add is refused (counted) and the rest go on.
-            if merges >= ROOM_MERGES || !agg.sketches().is_dirty() {
+            // applied; while another consumer's merge is in flight (its sketches clean but
+            // not droppable until it ends), this one waits for it and tries again. When no
+            // merge can make room (nothing unmerged or in flight, or this insert's merges
+            // spent), the add is refused (counted) and the rest go on.
+            if merges >= ROOM_MERGES || !agg.sketches().room_may_come() {
                 agg.sketches().apply(self.staged.get(self.made..self.made + 1).unwrap_or_default(), false);
                 self.made += 1;
                 continue;
             }
             merges += 1;
+            // Waits for a merge in flight, then merges what is still unmerged.
             if let Err(e) = agg.flush().await {
                 // Reported as a failed insert: the part is sent again (the table collapses
                 // the copies) and its adds staged again, none lost.

@@ -274,6 +274,14 @@ impl Sketches {
         self.dirty > 0
     }
 
+    /// Whether a merge may make room for a sketch: some sketch holds unmerged adds, or a
+    /// flush is in flight (its sketches are clean only because their values are on their
+    /// way, and none can go until it ends: once it has, the merged ones of past periods
+    /// can).
+    pub fn room_may_come(&self) -> bool {
+        self.dirty > 0 || self.flushing
+    }
+
     /// The position of the scope of `game` and `env`, if the shard has one.
     fn find_scope(&self, game: &str, env: &str) -> Option<usize> {
         if let Some(s) = self.scopes.get(self.last) {
@@ -916,6 +924,39 @@ mod tests {
         s.evict(now);
         let rest = staged.get(made..).unwrap_or_default();
         assert_eq!(s.apply(rest, true), rest.len(), "the rest fits once the merged minutes went");
+        assert_eq!(s.take_refused().total, 0);
+    }
+
+    /// Two consumers of a shard full of unmerged past minutes (the second's players in
+    /// another environment of the game): one's room-making merge is
+    /// in flight (every sketch clean, none droppable until it ends) when the other finds
+    /// no room. Room will come when the merge ends, so the second waits for it and tries
+    /// again rather than refusing its players.
+    #[test]
+    fn a_merge_in_flight_is_room_to_come_for_another_consumer() {
+        let mut s = Sketches::new(0, Arc::new(Published::default()), 64, 64);
+        let now = crate::ingest::now_ms();
+        s.set_now(now);
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for m in 10..90 {
+            s.stage_event(&mut first, "g", "prod", "heartbeat", "a", "", now - m * 60_000);
+            s.stage_event(&mut second, "g", "dev", "heartbeat", "b", "", now - (m + 100) * 60_000);
+        }
+        let made = s.apply(&first, true);
+        assert!(made < first.len() && s.len() == 64, "{made} made, {} held", s.len());
+        // The first consumer's merge: in flight.
+        s.begin_flush();
+        let dirty = s.take_dirty();
+        // Its first add needs a sketch: no room while the merged minutes are in flight.
+        let stuck = s.apply(&second, true);
+        assert_eq!(stuck, 0);
+        assert!(s.room_may_come(), "the merge in flight will leave past minutes to drop");
+        // It ends; the second consumer's retry finds room.
+        s.end_flush();
+        s.evict(now);
+        assert!(dirty.len() == 64 && s.len() < 64);
+        let rest = second.get(stuck..).unwrap_or_default();
+        assert!(s.apply(rest, true) > 0, "the second consumer's adds are made once the merge ended");
         assert_eq!(s.take_refused().total, 0);
     }
 }

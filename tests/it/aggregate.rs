@@ -1366,3 +1366,52 @@ fn a_backlog_spanning_more_minutes_than_the_shard_holds_is_counted_whole() {
     }
     assert!(p.stop_worker());
 }
+
+/// A game's client stamping events in the future — one heartbeat per minute over the next
+/// ten hours, more minutes than the game's share of a worker shard's sketches
+/// (`aggregate.max_sketches_per_game`, 512) — cannot pin that share with sketches of
+/// minutes to come: the game's players of now, posted after, are counted. Their online
+/// minute's key is register for register Redis's own `PFADD` of them, and the day's DAU
+/// key holds them with the future players of the same day.
+#[test]
+fn events_stamped_in_many_future_minutes_do_not_stop_a_games_players_of_now_being_counted() {
+    let mut p = Pipeline::start(&[]);
+    let now = now_secs() as u64;
+    let future = |i: u64| (now / 60 + 10 + i) * 60 + 30;
+    let mut c = p.ingest.client();
+    let all: Vec<u64> = (0..600).collect();
+    for chunk in all.chunks(300) {
+        let items: Vec<String> = chunk
+            .iter()
+            .map(|&i| {
+                let ts = future(i);
+                format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"heartbeat","user_id":"future-{i}"}}"#)
+            })
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    p.start_worker(FAST);
+    wait_idle(&p);
+    let ts = now_secs() as u64;
+    post_players(&p, "heartbeat", "now", 0..200, ts);
+    wait_idle(&p);
+    let online = key(Kind::Online, ts);
+    let want = oracle(&p, "oracle-online", (0..200).map(|i| format!("now-{i}")));
+    p.wait_for(want, "the online minute of the players of now", |p| pfcount(p, &online));
+    assert!(registers(&p, &online) == registers(&p, "oracle-online"), "{online}");
+    // The future players of the same day count in its DAU (a day ahead is counted).
+    let dau = key(Kind::Dau, ts);
+    let today: Vec<String> = (0..600u64)
+        .filter(|&i| key(Kind::Dau, future(i)) == dau)
+        .map(|i| format!("future-{i}"))
+        .chain((0..200).map(|i| format!("now-{i}")))
+        .collect();
+    let want_dau = oracle(&p, "oracle-dau", today.into_iter());
+    p.wait_for(want_dau, "the day's DAU", |p| pfcount(p, &dau));
+    assert!(registers(&p, &dau) == registers(&p, "oracle-dau"), "{dau}");
+    // Minutes more than a few minutes ahead have no online key.
+    assert_eq!(pfcount(&p, &key(Kind::Online, future(0))), 0, "an online minute ten minutes ahead");
+    assert!(p.stop_worker());
+}

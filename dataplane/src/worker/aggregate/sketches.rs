@@ -35,6 +35,12 @@ pub struct Published {
     refused: Mutex<BTreeMap<Arc<str>, u64>>,
 }
 
+/// How many minutes ahead of the worker's clock an event still counts in its online
+/// minute (clients' clocks run a little fast): further ahead, one event per minute would
+/// make a sketch per minute, which would stay until its minute came — a game's share of
+/// the shard for a day. Such an event still counts in its day's sketches.
+pub const MINUTES_AHEAD: u32 = 5;
+
 /// Games named in `croupier_realtime_adds_refused_total`; adds refused for others are
 /// counted under `game=""`.
 pub const REFUSED_GAMES: usize = 1_000;
@@ -332,10 +338,14 @@ impl Sketches {
         }
     }
 
-    /// Whether `period` of `kind` is still counted (not past its key's TTL, not more than
-    /// a day ahead).
+    /// Whether `period` of `kind` is still counted (not past its key's TTL; not more than
+    /// [`MINUTES_AHEAD`] minutes ahead for a minute, a day ahead for a day).
     fn counted(&self, kind: Kind, period: u32) -> bool {
-        let ahead = if kind.per_minute() { self.now_minute.saturating_add(1440) } else { self.today.saturating_add(1) };
+        let ahead = if kind.per_minute() {
+            self.now_minute.saturating_add(MINUTES_AHEAD)
+        } else {
+            self.today.saturating_add(1)
+        };
         period >= kind.oldest(self.now_minute, self.today) && period <= ahead
     }
 
@@ -601,13 +611,14 @@ impl Sketches {
     }
 
     /// Drops clean sketches of periods before `minute` - 1 (online) or `today` - 1
-    /// (days), and their readers. Scopes keep their places.
+    /// (days), and of periods to come (after `minute` or `today`: Redis holds their adds,
+    /// and a later add starts a new sketch), and their readers. Scopes keep their places.
     fn drop_past(&mut self, minute: u32, today: u32) {
         let keep = |kind: Kind, period: u32| {
             if kind.per_minute() {
-                period + 1 >= minute
+                period.saturating_add(1) >= minute && period <= minute
             } else {
-                period + 1 >= today
+                period.saturating_add(1) >= today && period <= today
             }
         };
         let mut gone: HashSet<(Arc<str>, Arc<str>, Kind, u32)> = HashSet::new();
@@ -656,7 +667,8 @@ impl Sketches {
     }
 
     /// Drops clean sketches of periods before the previous minute (online) or yesterday
-    /// (days): Redis holds them; late events for them start a new sketch. Put off while
+    /// (days), or after the current minute or day: Redis holds them; late (or early)
+    /// events for them start a new sketch. Put off while
     /// a flush is in flight (made when it ends), never by staged adds.
     pub fn evict(&mut self, now_ms: i64) {
         if self.flushing {
@@ -796,6 +808,26 @@ mod tests {
         s.evict(now);
         assert!(s.find_scope("gone", "prod").is_none());
         assert!(s.find_scope("g", "prod").is_some());
+    }
+
+    /// Online minutes count at most a few minutes ahead; sketches of periods to come go
+    /// once merged, like those of past periods.
+    #[test]
+    fn future_minutes_count_a_few_minutes_ahead_and_go_once_merged() {
+        let mut s = Sketches::new(0, Arc::new(Published::default()), 4096, 512);
+        // 2026-12-02 10:37 UTC: the next 600 minutes are of the same day.
+        let now = 1_796_207_820_000;
+        s.set_now(now);
+        for m in 1..600 {
+            s.event("g", "prod", "heartbeat", &format!("u{m}"), "", now + m * 60_000);
+        }
+        let dirty = s.take_dirty();
+        let online = dirty.iter().filter(|d| d.kind == Kind::Online).count();
+        assert_eq!(online, MINUTES_AHEAD as usize, "one sketch per minute up to {MINUTES_AHEAD} ahead");
+        assert!(dirty.iter().any(|d| d.kind == Kind::Dau), "the day still counts them");
+        s.evict(now);
+        let left: Vec<(Kind, u32)> = s.scopes.iter().flat_map(|x| x.slots.iter().map(|(k, _)| *k)).collect();
+        assert_eq!(left, vec![(Kind::Dau, day_of(now))], "merged sketches of periods to come went");
     }
 
     #[test]

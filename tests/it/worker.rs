@@ -641,3 +641,74 @@ fn breaker_stall_does_not_resend_rows_clickhouse_confirmed() {
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 120, "every row exactly once");
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
 }
+
+/// `croupier worker` with consumer prefix `name` beside the pipeline's worker (`it`).
+fn spawn_worker(p: &Pipeline, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
+    let mut env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
+    env.push(("CROUPIER_WORKER__CONSUMER".into(), name.into()));
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Command::new(crate::pipeline::CROUPIER)
+        .arg("worker")
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start another worker")
+}
+
+/// Delivery counts of every entry pending on `analytics:events`, in id order.
+fn delivery_counts(p: &Pipeline) -> Vec<i64> {
+    use croupier_protocol::resp::Frame;
+    let Frame::Array(items) =
+        p.ingest.redis.client().cmd(&["XPENDING", "analytics:events", "analytics-workers", "-", "+", "100"])
+    else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .map(|i| match i {
+            Frame::Array(f) => match f.get(3) {
+                Some(Frame::Integer(n)) => *n,
+                _ => -1,
+            },
+            _ => -1,
+        })
+        .collect()
+}
+
+/// A long ClickHouse outage dead-letters nothing. The entries are taken by a worker that
+/// cannot reach ClickHouse; for several `claim_idle_ms` (1 s) that worker and a second
+/// one are killed and restarted again and again. Restarts and claims while ClickHouse
+/// cannot be reached are not tries of the entries: they do not count towards
+/// `max_deliveries` (2), nothing is set apart or dead-lettered, and once ClickHouse is
+/// back every row is stored and the dead-letter stream is empty.
+#[test]
+fn clickhouse_outage_with_restarts_and_claims_dead_letters_nothing() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.stop();
+    let accepted = post_events(&p, 4, 10);
+    let max = ("CROUPIER_WORKER__MAX_DELIVERIES", "2");
+    p.start_worker(&[max]);
+    p.wait_for(4, "entries taken", |p| p.pending("analytics:events") as u64);
+    let mut other = spawn_worker(&p, "other", &[max]);
+    // Each round outlasts `claim_idle_ms`: what neither worker holds may be claimed.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1500));
+        p.kill_worker();
+        let _ = other.kill();
+        let _ = other.wait();
+        p.start_worker(&[max]);
+        other = spawn_worker(&p, "other", &[max]);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let dead = xlen(&p.ingest.redis, "analytics:events:dead");
+    let counts = delivery_counts(&p);
+    p.clickhouse.restart();
+    assert_eq!(dead, 0, "nothing dead-lettered while ClickHouse was down");
+    assert_eq!(counts, vec![1; 4], "deliveries of the entries while ClickHouse was down");
+    p.wait_for(accepted, "rows once ClickHouse is back", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+    let _ = other.kill();
+    let _ = other.wait();
+}

@@ -384,21 +384,24 @@ fn m5_an_entry_claimed_twice_counts_two_deliveries() {
 }
 
 /// M5: a claim followed by a restart is two deliveries. With `max_deliveries = 3`, an
-/// entry read by a dead consumer, claimed by a worker that cannot insert it (ClickHouse
-/// down) and is killed, then recovered by the next worker, is inserted.
+/// entry read by a dead consumer, claimed by a worker that cannot insert it (the table
+/// drifted: ClickHouse answers, and refuses) and is killed, then recovered by the next
+/// worker, is inserted. (A worker that cannot reach ClickHouse at all claims nothing:
+/// `clickhouse_outage_with_restarts_and_claims_dead_letters_nothing`.)
 #[test]
 fn m5_an_entry_claimed_then_recovered_is_inserted() {
     let mut p = Pipeline::start(&[]);
     let id = post_one_entry(&p, ["a", "b"]);
     let mut r = p.ingest.redis.client();
     r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "dead-1", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
-    p.clickhouse.stop();
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(3)");
     let env = [("CROUPIER_WORKER__MAX_DELIVERIES", "3")];
     p.start_worker(&env);
     p.wait_for(1, "claimed by the worker", |p| u64::from(pending_owner(p, &id).is_some_and(|(c, _)| c == "it-0")));
     std::thread::sleep(Duration::from_millis(300));
     p.kill_worker();
-    p.clickhouse.restart();
+    assert_eq!(pending_owner(&p, &id), Some(("it-0".into(), 2)), "read once, claimed once");
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
     p.start_worker(&env);
     p.wait_for(2, "rows of the recovered entry", Pipeline::distinct_events);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);

@@ -4,10 +4,12 @@
 //! 1. On start (and after any failure) the consumer re-reads its own pending entries
 //!    (`XREADGROUP ... 0`) — entries it was given before but never acknowledged — after
 //!    trying alone those delivered `max_deliveries` times, and moving those delivered
-//!    twice that to the dead-letter stream.
+//!    twice that to the dead-letter stream. It does so only once ClickHouse answers:
+//!    deliveries count tries, and an outage is no try.
 //! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows or `linger_ms`.
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
-//!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead.
+//!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead. It
+//!    claims only while ClickHouse answers it.
 //! 4. A batch is inserted and only after ClickHouse's EndOfStream are its entries
 //!    acknowledged (`XACK`). Entries that cannot be read, or whose rows ClickHouse
 //!    rejects as bad data (found by bisecting the batch), go to
@@ -256,6 +258,17 @@ pub async fn run(
                 }
             }
         } else if claim_due(last_claim) {
+            // A claim is a delivery: only while ClickHouse answers (see `reachable`).
+            if let Err(e) = c.reachable().await {
+                tracing::warn!(
+                    consumer = %c.cfg.consumer,
+                    stream = c.key(),
+                    error = %e,
+                    "ClickHouse cannot be reached: idle entries of other consumers are not claimed"
+                );
+                last_claim = Instant::now();
+                continue;
+            }
             let mut more = false;
             let claimed = c.claim(&mut more).await;
             if !more {
@@ -451,6 +464,14 @@ impl Consumer {
     async fn recover_page(&mut self, mode: Recovery) -> Result<Vec<Entry>, String> {
         let count = self.reader.count(0, 0);
         let pending = self.own_pending(count).await?;
+        if !pending.is_empty() {
+            // Re-reading, setting apart and giving up are decided on delivery counts:
+            // only while ClickHouse answers, so that an outage adds no delivery and ends
+            // no entry's tries (see `reachable`).
+            self.reachable().await.map_err(|e| {
+                format!("{e}; this consumer's pending entries are left pending until ClickHouse answers")
+            })?;
+        }
         let mut page = Vec::new();
         for (id, deliveries) in pending {
             // A restart's re-read would be one more delivery; a resumed one's was counted.
@@ -499,6 +520,8 @@ impl Consumer {
             }
         };
         if let Some(n) = deliveries {
+            // The count of a try: only while ClickHouse answers.
+            self.reachable().await?;
             let retries = n.saturating_add(1).to_string();
             self.call(cmd(&[
                 b"XCLAIM",
@@ -609,7 +632,8 @@ impl Consumer {
     /// `claim_idle`. Other consumers would otherwise claim them, meet the same fault and
     /// count a delivery each time, until the entries were dead-lettered as delivered too
     /// often. Failures to connect to ClickHouse do not keep: there another worker may well
-    /// succeed, and claiming is how it takes over.
+    /// succeed, and claiming is how it takes over (a worker that cannot reach ClickHouse
+    /// either claims nothing, see [`Consumer::reachable`]).
     async fn keep(&mut self, batch: &[Entry], next: Option<&[Entry]>) {
         if self.kept_at.elapsed() < self.cfg.claim_idle / 3 {
             return;
@@ -655,6 +679,26 @@ impl Consumer {
             ]))
             .await?;
         entries::xpending_reply(reply)
+    }
+
+    /// Whether ClickHouse answers now: a replica of every shard connected (its handshake
+    /// answered) and answering a ping.
+    ///
+    /// Every way a consumer takes pending entries — a restart's re-read, a claim, a try
+    /// alone — counts a delivery in the group, and those counts set entries apart and
+    /// dead-letter them. So pending entries are taken only right after ClickHouse
+    /// answered: while it cannot be reached (connection refused, timed out, its name not
+    /// resolved) they stay where they are, and the counts stay those of real tries.
+    async fn reachable(&mut self) -> Result<(), String> {
+        self.connection().await.map_err(|e| format!("ClickHouse cannot be reached: {e}"))?;
+        for link in &mut self.ch {
+            let Some(conn) = link.conn.as_mut() else { continue };
+            if let Err(e) = conn.ping().await {
+                link.conn = None;
+                return Err(format!("ClickHouse cannot be reached: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// Connects to a replica of every shard not connected.

@@ -218,6 +218,8 @@ pub async fn run(
     };
     let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
+    // Claims are being skipped, ClickHouse not answering (logged once until it does).
+    let mut claims_skipped = false;
     let interval = c.cfg.claim_interval;
     let claim_due = |last: Instant| last.elapsed() >= interval;
     // Gathered while the previous batch was committed.
@@ -260,15 +262,19 @@ pub async fn run(
         } else if claim_due(last_claim) {
             // A claim is a delivery: only while ClickHouse answers (see `reachable`).
             if let Err(e) = c.reachable().await {
-                tracing::warn!(
-                    consumer = %c.cfg.consumer,
-                    stream = c.key(),
-                    error = %e,
-                    "ClickHouse cannot be reached: idle entries of other consumers are not claimed"
-                );
+                if !claims_skipped {
+                    tracing::warn!(
+                        consumer = %c.cfg.consumer,
+                        stream = c.key(),
+                        error = %e,
+                        "ClickHouse cannot be reached: idle entries of other consumers are not claimed until it answers"
+                    );
+                }
+                claims_skipped = true;
                 last_claim = Instant::now();
                 continue;
             }
+            claims_skipped = false;
             let mut more = false;
             let claimed = c.claim(&mut more).await;
             if !more {

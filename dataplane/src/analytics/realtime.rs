@@ -2,8 +2,7 @@
 //! minutes from the per-minute HyperLogLogs in Redis (`hll:online:<game>:<env>:<YYYYMMDDHHmm>`,
 //! a union with one `PFCOUNT` over several keys, no temporary key), DAU and new users
 //! of today from `hll:dau:`/`hll:new:...:<YYYY-MM-DD>`; revenue, success rate, the
-//! registered total (the overview's remembered players per first day of the days before
-//! today, plus those of today or later) and the online peaks from ClickHouse. An empty scope reads the keys
+//! registered total and the online peaks from ClickHouse. An empty scope reads the keys
 //! with empty segments, as Croupier's worker writes them.
 
 use croupier_protocol::clickhouse::result::Value;
@@ -69,9 +68,13 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
     let (rev_5m, rev_today, succ_5m, attempts_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
     ctx.db.require_user_days().await?;
-    // Ever: the remembered players per first day of the complete days, as the overview's,
-    // and those whose first day is today or later, read now.
-    let registered_total = super::overview::registered_total(ctx, None, ctx.now.div_euclid(DAY)).await?;
+    // Read at each request: one pass over `registered_users` (a row per player) costs
+    // less than the remembered per-day sum plus today's players checked against it.
+    let registered_total = ctx
+        .db
+        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.registered_users WHERE 1 = 1{w}"))
+        .await?
+        .as_u64();
     let peaks = ctx
         .db
         .select(&format!(

@@ -231,7 +231,13 @@ impl Aggregator {
         let groups = read_groups(touched.iter().map(|(k, g, e, p)| (*k, g, e, *p)));
         match flush::read_back(&self.redis, &groups).await {
             Ok(back) => {
-                self.note_figures(back, false);
+                let empty = self.note_figures(back);
+                // Rows of 0 are not written; their marks go (a later mark stays).
+                if !empty.is_empty() {
+                    if let Err(e) = unwritten::unmark(&self.redis, &empty).await {
+                        tracing::warn!(error = %e, "rows of 0 left out still marked unwritten in Redis");
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -243,9 +249,12 @@ impl Aggregator {
 
     /// Raises the shard's sketches to the merged values read back, and keeps the table
     /// figures among them for the next write (a later reading of a figure replaces an
-    /// earlier one); `skip_empty` leaves out minutes of 0 and days of 0 everywhere (keys
-    /// absent: expired, or never written).
-    fn note_figures(&self, back: Vec<flush::ReadBack>, skip_empty: bool) {
+    /// earlier one). Minutes of 0 and days of 0 everywhere are left out: their keys are
+    /// absent (expired, never written, or lost by Redis between the merge and this
+    /// reading, which comes at the next round), and a row of 0 would replace the right
+    /// one in ClickHouse for good. Returns those rows left out, with their reading's time
+    /// (to unmark them).
+    fn note_figures(&self, back: Vec<flush::ReadBack>) -> Vec<(unwritten::Unwritten, u64)> {
         let mut minutes: HashMap<DayKey, MinuteRow> = HashMap::new();
         let mut days: HashMap<DayKey, DayRow> = HashMap::new();
         // Days one of whose `daily_users` keys could not be read (another type, a
@@ -299,10 +308,24 @@ impl Aggregator {
             }
         }
         days.retain(|k, _| !unreadable.contains(k));
-        if skip_empty {
-            minutes.retain(|_, m| m.online > 0);
-            days.retain(|_, d| d.dau > 0 || d.new_users > 0 || d.payers > 0);
-        }
+        let mut empty = Vec::new();
+        let left_out = |row, (game, env, period): &DayKey, version| {
+            (unwritten::Unwritten { row, game: game.to_string(), env: env.to_string(), period: *period }, version)
+        };
+        minutes.retain(|k, m| {
+            let keep = m.online > 0;
+            if !keep {
+                empty.push(left_out(unwritten::Row::Minute, k, m.version));
+            }
+            keep
+        });
+        days.retain(|k, d| {
+            let keep = d.dau > 0 || d.new_users > 0 || d.payers > 0;
+            if !keep {
+                empty.push(left_out(unwritten::Row::Day, k, d.version));
+            }
+            keep
+        });
         let mut figures = self.figures.borrow_mut();
         for (k, m) in minutes {
             match figures.minutes.get(&k) {
@@ -320,6 +343,15 @@ impl Aggregator {
                 }
             }
         }
+        // A row with figures still waiting to be written keeps its mark.
+        empty.retain(|(u, _)| {
+            let key: DayKey = (u.game.as_str().into(), u.env.as_str().into(), u.period);
+            match u.row {
+                unwritten::Row::Minute => !figures.minutes.contains_key(&key),
+                _ => !figures.days.contains_key(&key),
+            }
+        });
+        empty
     }
 
     /// Reads the rows marked unwritten in Redis ([`unwritten`]; with `min_age`, only
@@ -360,7 +392,7 @@ impl Aggregator {
             .map(|r| ((unwritten::Row::of(r.kind), &*r.game, &*r.env, r.period), r.version))
             .collect();
         tracing::debug!(marked = marked.len(), paid_days = paid.len(), "rows left unwritten read again from Redis");
-        self.note_figures(back.clone(), true);
+        self.note_figures(back.clone());
         let gone: Vec<(unwritten::Unwritten, u64)> = {
             let f = self.figures.borrow();
             marked

@@ -736,3 +736,37 @@ fn clickhouse_outage_with_restarts_and_claims_dead_letters_nothing() {
     let _ = other.kill();
     let _ = other.wait();
 }
+
+/// ClickHouse answers but refuses every insert for a reason every consumer meets (the
+/// table drifted: a read-only replicated table or a full disk behave alike), and the
+/// worker is killed and restarted more than twice `max_deliveries` (2) times. A restart
+/// recovers its pending entries without a delivery, and a try that fails systemically
+/// gives its delivery back: the counts stay at the one read, nothing is set apart or
+/// dead-lettered, and once the table is fixed every row is stored once.
+#[test]
+fn systemic_refusals_with_restarts_add_no_deliveries() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(3)");
+    let max = ("CROUPIER_WORKER__MAX_DELIVERIES", "2");
+    p.start_worker(&[max]);
+    let accepted = post_events(&p, 3, 10);
+    p.wait_for(3, "entries taken", |p| p.pending("analytics:events") as u64);
+    for _ in 0..6 {
+        // Long enough for the recovery and its first (refused) try.
+        std::thread::sleep(Duration::from_millis(2000));
+        p.kill_worker();
+        p.start_worker(&[max]);
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    p.kill_worker();
+    let dead = xlen(&p.ingest.redis, "analytics:events:dead");
+    let counts = delivery_counts(&p);
+    assert_eq!(dead, 0, "nothing dead-lettered while every insert was refused");
+    assert_eq!(counts, vec![1; 3], "deliveries after six restarts");
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0);
+    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
+    p.start_worker(&[max]);
+    p.wait_for(0, "pending once the table is fixed", |p| p.pending("analytics:events") as u64);
+    assert_eq!(p.distinct_events(), accepted, "every row once");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+}

@@ -770,3 +770,39 @@ fn systemic_refusals_with_restarts_add_no_deliveries() {
     assert_eq!(p.distinct_events(), accepted, "every row once");
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
 }
+
+/// An entry whose try never comes back (the worker dies during its insert, every time)
+/// still reaches the delivery limit: each start counts its try before the insert, so with
+/// `max_deliveries = 2` it is set apart after the first crash past the limit, tried alone,
+/// and after twice the limit dead-lettered unread. (Inserts are made to hang with a
+/// materialized view that sleeps on each row; the worker is killed while one hangs.)
+#[test]
+fn a_try_that_never_comes_back_counts_until_dead_lettered() {
+    let mut p = Pipeline::start(&[]);
+    let id = post_one_entry(&p, ["a", "b"]);
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "it-0", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    assert_eq!(pending_owner(&p, &id), Some(("it-0".into(), 1)));
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.slow ENGINE = Memory AS SELECT sleepEachRow(1.2) AS x FROM analytics.events",
+    );
+    let max = ("CROUPIER_WORKER__MAX_DELIVERIES", "2");
+    let deliveries = |p: &Pipeline| pending_owner(p, &id).map_or(0, |(_, n)| n as u64);
+    // Three starts, each killed while its try hangs: tried with the others (2), then,
+    // at the limit, alone (3, 4).
+    for want in 2..=4 {
+        p.start_worker(&[max]);
+        p.wait_for(want, "the try counted", deliveries);
+        p.kill_worker();
+        assert_eq!(deliveries(&p), want, "the try stays counted");
+    }
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+    p.clickhouse.query("DROP TABLE analytics.slow");
+    p.start_worker(&[max]);
+    p.wait_for(1, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert_eq!(dead[0].get("source_id"), Some(id.as_bytes()));
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert!(reason.contains("delivered 4 times"), "{reason}");
+}

@@ -307,6 +307,16 @@ impl Connection {
         }
     }
 
+    /// Sets the per-reply timeout (a probe waits less than an insert).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The per-reply timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Pings the server.
     pub async fn ping(&mut self) -> Result<(), ChError> {
         packet::ping(&mut self.wbuf);

@@ -1,11 +1,13 @@
 //! One stream's consumer on a worker shard: read, insert, acknowledge.
 //!
 //! Order of work:
-//! 1. On start (and after any failure) the consumer re-reads its own pending entries
-//!    (`XREADGROUP ... 0`) — entries it was given before but never acknowledged — after
-//!    trying alone those delivered `max_deliveries` times, and moving those delivered
-//!    twice that to the dead-letter stream. It does so only once ClickHouse answers:
-//!    deliveries count tries, and an outage is no try.
+//! 1. On start (and after any failure) the consumer recovers its own pending entries —
+//!    entries it was given before but never acknowledged — by ID (`XPENDING`, `XRANGE`:
+//!    no delivery), after trying alone those delivered `max_deliveries` times, and moving
+//!    those delivered twice that to the dead-letter stream. It does so only once
+//!    ClickHouse answers. Deliveries count tries: a recovered entry's try is counted just
+//!    before it (`XCLAIM ... RETRYCOUNT`) and given back when it fails for a reason of
+//!    ClickHouse's, so only a try that never came back (a crash) stays counted.
 //! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows or `linger_ms`.
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
 //!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead. It
@@ -123,6 +125,11 @@ fn is_utc(tz: &str) -> bool {
     matches!(tz, "UTC" | "Etc/UTC" | "UCT" | "Etc/UCT" | "GMT" | "Etc/GMT" | "Universal" | "Etc/Universal" | "Zulu")
 }
 
+/// The longest a probe of ClickHouse ([`Consumer::reachable`]) waits for a connect or a
+/// ping: a blackholed host must not hold a claim, a recovery or a shutdown for the whole
+/// `clickhouse.timeout_ms` per replica.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The dead-letter stream of `stream`.
 /// (`<stream key>:dead`: a partition's in the partition's slot).
 pub fn dead_letter_key(key: &str) -> String {
@@ -162,6 +169,13 @@ struct Consumer {
     agg: Option<Rc<Aggregator>>,
     /// Entries delivered `max_deliveries` times, each to be tried in a batch of its own.
     alone: VecDeque<Alone>,
+    /// Entries of the batch in hand recovered after a start, with their deliveries so far:
+    /// their try is counted on purpose (see [`Consumer::count_tries`]).
+    tries: Vec<(String, u64)>,
+    /// Redis holds the counts of `tries` raised by one (a try under way).
+    tries_counted: bool,
+    /// Set when the worker stops.
+    stop: Arc<AtomicBool>,
 }
 
 /// An entry delivered `max_deliveries` times without being acknowledged. It is no longer
@@ -175,7 +189,8 @@ struct Alone {
     id: String,
     /// Its fields when in hand (claimed: the claim counted its delivery).
     entry: Option<Entry>,
-    /// Its deliveries so far when its try must count one more (after a restart).
+    /// Its deliveries so far when its try is to be counted (recovered after a start; a
+    /// claimed entry's claim counted it).
     deliveries: Option<u64>,
 }
 
@@ -215,6 +230,9 @@ pub async fn run(
         metrics,
         agg,
         alone: VecDeque::new(),
+        tries: Vec::new(),
+        tries_counted: false,
+        stop: stop.clone(),
     };
     let mut recovering = Recovery::Restart;
     let mut last_claim = Instant::now();
@@ -262,6 +280,9 @@ pub async fn run(
         } else if claim_due(last_claim) {
             // A claim is a delivery: only while ClickHouse answers (see `reachable`).
             if let Err(e) = c.reachable().await {
+                if stop.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if !claims_skipped {
                     tracing::warn!(
                         consumer = %c.cfg.consumer,
@@ -305,6 +326,15 @@ pub async fn run(
         // ClickHouse confirmed of it is remembered across retries and not sent again.
         let mut progress = Progress::new(batch.len());
         loop {
+            // A recovered entry's try counts a delivery (one that never comes back, a
+            // crash, stays counted).
+            if let Err(e) = c.count_tries().await {
+                c.fail(&e).await;
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                continue;
+            }
             // Overlap only in steady state: recovery and claims read this consumer's
             // pending list, which must not hold a batch gathered ahead.
             let overlap = next.is_none()
@@ -329,9 +359,13 @@ pub async fn run(
             match committed {
                 Ok(()) => {
                     c.backoff = Duration::from_millis(100);
+                    c.tries.clear();
+                    c.tries_counted = false;
                     break;
                 }
                 Err(e) => {
+                    // The try came back: not the entries' fault (bad rows are dead-lettered).
+                    c.give_back_tries().await;
                     c.fail(&e).await;
                     if stop.load(Ordering::Relaxed) {
                         return;
@@ -370,8 +404,7 @@ async fn redis_call_blocking(redis: &RedisClient, c: Vec<u8>, block: Duration) -
 }
 
 impl Reader {
-    /// One `XREADGROUP` page of at most `count` entries from `id` (`0`: own pending,
-    /// `>`: new).
+    /// One `XREADGROUP` page of at most `count` new entries (`id` = `>`).
     async fn read(&self, id: &str, block: Option<Duration>, count: usize) -> Result<Vec<Entry>, String> {
         let count = count.to_string();
         let mut args: Vec<&[u8]> = vec![
@@ -461,31 +494,30 @@ impl Consumer {
     /// to try alone ([`Alone`]) and dead-lettering those delivered too often even for that.
     /// Empty, with entries set apart, when those are to be tried before the page is read.
     ///
-    /// After a start, re-reading an entry is a delivery: `XREADGROUP ... 0` counts it;
-    /// entries already delivered `max_deliveries` times are not re-read with the others
-    /// but tried alone (each try counted as a delivery), and those delivered twice that
-    /// are dead-lettered. After a read or claim failed in this process, the entries were
-    /// delivered (and counted) by that call and never reached the consumer: they are
-    /// fetched by ID (`XRANGE`), not counted a second time.
+    /// The entries are fetched by ID (`XPENDING` for IDs and counts, `XRANGE` for fields),
+    /// which counts no delivery: neither a restart nor a failed read or claim is a try.
+    /// After a start, the page's entries have their try counted on purpose
+    /// ([`Consumer::count_tries`]); entries already delivered `max_deliveries` times are
+    /// tried alone, and those delivered twice that are dead-lettered. After a read or claim
+    /// failed in this process, the entries were delivered (and counted) by that call and
+    /// never reached the consumer: that call was their try.
     async fn recover_page(&mut self, mode: Recovery) -> Result<Vec<Entry>, String> {
         let count = self.reader.count(0, 0);
         let pending = self.own_pending(count).await?;
         if !pending.is_empty() {
-            // Re-reading, setting apart and giving up are decided on delivery counts:
-            // only while ClickHouse answers, so that an outage adds no delivery and ends
-            // no entry's tries (see `reachable`).
+            // Setting apart and giving up are decided on delivery counts: only while
+            // ClickHouse answers, so that an outage ends no entry's tries (see `reachable`).
             self.reachable().await.map_err(|e| {
                 format!("{e}; this consumer's pending entries are left pending until ClickHouse answers")
             })?;
         }
         let mut page = Vec::new();
+        let mut tries = Vec::new();
         for (id, deliveries) in pending {
-            // A restart's re-read would be one more delivery; a resumed one's was counted.
+            // A resumed entry's failed read or claim counted a delivery it never saw.
             let done = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
             if done >= self.give_up_after() {
-                let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
-                // A trimmed entry comes back empty: it is dead-lettered without its fields.
-                let entry = entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() });
+                let entry = self.fetch(&id).await?;
                 let reason = format!("delivered {done} times without being acknowledged");
                 self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
                 self.ack(&[id.as_str()]).await?;
@@ -497,52 +529,44 @@ impl Consumer {
                 continue;
             }
             if mode != Recovery::Resume {
-                continue;
+                tries.push((id.clone(), deliveries));
             }
-            let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
-            // A trimmed entry comes back empty: it is dead-lettered without its fields.
-            page.push(entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() }));
+            page.push(id);
         }
-        if mode == Recovery::Resume || !self.alone.is_empty() {
-            // After a restart the set-apart entries go first: a re-read would count them
-            // again and batch them with the others.
-            return Ok(page);
+        if mode != Recovery::Resume && !self.alone.is_empty() {
+            // After a start the set-apart entries go first, one at a time.
+            return Ok(Vec::new());
         }
-        self.reader.read("0", None, count).await
+        let mut entries = Vec::with_capacity(page.len());
+        for id in &page {
+            entries.push(self.fetch(id).await?);
+        }
+        self.reader.size.observe(entries.iter().map(Entry::byte_len).max());
+        self.tries = tries;
+        self.tries_counted = false;
+        Ok(entries)
+    }
+
+    /// A pending entry by ID (`XRANGE`, no delivery). An entry deleted from the stream
+    /// (trimmed) comes back without fields: it is dead-lettered as such.
+    async fn fetch(&self, id: &str) -> Result<Entry, String> {
+        let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
+        Ok(entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.to_owned(), fields: Vec::new() }))
     }
 
     /// The next entry set apart to be tried alone, as a batch of its own (fetched by ID;
-    /// after a restart its try is counted as a delivery first, `XCLAIM ... RETRYCOUNT`,
-    /// so that an entry that kills its consumer every time reaches the limit).
+    /// after a start its try is counted, see [`Consumer::count_tries`], so that an entry
+    /// that kills its consumer every time reaches the limit).
     async fn next_alone(&mut self) -> Result<Vec<Entry>, String> {
         let Some(a) = self.alone.front() else { return Ok(Vec::new()) };
         let (id, deliveries) = (a.id.clone(), a.deliveries);
         let entry = match &a.entry {
             Some(e) => e.clone(),
-            None => {
-                let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
-                // A trimmed entry comes back empty: it is dead-lettered without its fields.
-                entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.clone(), fields: Vec::new() })
-            }
+            None => self.fetch(&id).await?,
         };
-        if let Some(n) = deliveries {
-            // The count of a try: only while ClickHouse answers.
-            self.reachable().await?;
-            let retries = n.saturating_add(1).to_string();
-            self.call(cmd(&[
-                b"XCLAIM",
-                self.key().as_bytes(),
-                CONSUMER_GROUP.as_bytes(),
-                self.cfg.consumer.as_bytes(),
-                b"0",
-                id.as_bytes(),
-                b"RETRYCOUNT",
-                retries.as_bytes(),
-                b"JUSTID",
-            ]))
-            .await?;
-        }
         self.alone.pop_front();
+        self.tries = deliveries.map(|n| vec![(id.clone(), n)]).unwrap_or_default();
+        self.tries_counted = false;
         tracing::info!(
             consumer = %self.cfg.consumer,
             stream = self.key(),
@@ -550,6 +574,71 @@ impl Consumer {
             "entry delivered worker.max_deliveries times without being acknowledged: tried alone"
         );
         Ok(vec![entry])
+    }
+
+    /// Counts the try of the batch in hand's recovered entries (`tries`) as a delivery,
+    /// just before it and only while ClickHouse answers: `XCLAIM ... RETRYCOUNT <n + 1>
+    /// JUSTID`. A try that kills the consumer stays counted, so an entry that does so every
+    /// time is set apart and at last given up on; one that comes back is given back
+    /// ([`Consumer::give_back_tries`]).
+    async fn count_tries(&mut self) -> Result<(), String> {
+        if self.tries.is_empty() || self.tries_counted {
+            return Ok(());
+        }
+        self.reachable().await?;
+        self.set_tries(1).await?;
+        self.tries_counted = true;
+        Ok(())
+    }
+
+    /// After a try of the batch in hand failed (ClickHouse refused it as a whole, or could
+    /// not be reached): the try was not the entries' fault — rows it refuses as bad data
+    /// are dead-lettered, not retried — so their counts go back to what they were, and
+    /// the retries of this batch in this process count none (a restart alone, or a
+    /// systemic fault held through restarts, never moves an entry towards being set apart
+    /// or dead-lettered).
+    async fn give_back_tries(&mut self) {
+        if !self.tries_counted {
+            self.tries.clear();
+            return;
+        }
+        match self.set_tries(0).await {
+            Ok(()) => {
+                self.tries.clear();
+                self.tries_counted = false;
+            }
+            Err(e) => tracing::warn!(
+                consumer = %self.cfg.consumer,
+                stream = self.key(),
+                error = %e,
+                "cannot give back the deliveries of a failed try; giving them back after the next"
+            ),
+        }
+    }
+
+    /// Sets the delivery counts of `tries` to theirs plus `add` (`XCLAIM` to this
+    /// consumer with `RETRYCOUNT`, `JUSTID`: no delivery counted by the call itself).
+    async fn set_tries(&self, add: u64) -> Result<(), String> {
+        let mut counts: Vec<u64> = self.tries.iter().map(|(_, n)| *n).collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for n in counts {
+            let retries = n.saturating_add(add).to_string();
+            let ids: Vec<&str> = self.tries.iter().filter(|(_, m)| *m == n).map(|(id, _)| id.as_str()).collect();
+            for chunk in ids.chunks(1000) {
+                let mut args: Vec<&[u8]> = vec![
+                    b"XCLAIM",
+                    self.key().as_bytes(),
+                    CONSUMER_GROUP.as_bytes(),
+                    self.cfg.consumer.as_bytes(),
+                    b"0",
+                ];
+                args.extend(chunk.iter().map(|i| i.as_bytes()));
+                args.extend([b"RETRYCOUNT".as_slice(), retries.as_bytes(), b"JUSTID"]);
+                self.call(cmd(&args)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `(id, deliveries)` of the first `count` entries in this consumer's pending list.
@@ -690,18 +779,41 @@ impl Consumer {
     /// Whether ClickHouse answers now: a replica of every shard connected (its handshake
     /// answered) and answering a ping.
     ///
-    /// Every way a consumer takes pending entries — a restart's re-read, a claim, a try
-    /// alone — counts a delivery in the group, and those counts set entries apart and
-    /// dead-letter them. So pending entries are taken only right after ClickHouse
-    /// answered: while it cannot be reached (connection refused, timed out, its name not
-    /// resolved) they stay where they are, and the counts stay those of real tries.
+    /// Every way a consumer takes pending entries from others — a claim — and every try of
+    /// a recovered entry counts a delivery in the group, and those counts set entries apart
+    /// and dead-letter them. So those happen only right after ClickHouse answered: while it
+    /// cannot be reached (connection refused, timed out, its name not resolved) entries
+    /// stay where they are, and the counts stay those of real tries.
+    ///
+    /// A probe: each connect and ping waits at most [`PROBE_TIMEOUT`] (or the configured
+    /// timeout when shorter), a connection that fails its ping (closed by the server while
+    /// idle) is replaced once before ClickHouse is taken as unreachable, and a stopping
+    /// worker probes no further.
     async fn reachable(&mut self) -> Result<(), String> {
-        self.connection().await.map_err(|e| format!("ClickHouse cannot be reached: {e}"))?;
-        for link in &mut self.ch {
-            let Some(conn) = link.conn.as_mut() else { continue };
-            if let Err(e) = conn.ping().await {
-                link.conn = None;
-                return Err(format!("ClickHouse cannot be reached: {e}"));
+        for s in 0..self.ch.len() {
+            let mut fresh = false;
+            loop {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Err("the worker is stopping".into());
+                }
+                if self.ch[s].conn.is_none() {
+                    self.connect_shard(s, true).await.map_err(|e| format!("ClickHouse cannot be reached: {e}"))?;
+                    fresh = true;
+                }
+                let Some(conn) = self.ch[s].conn.as_mut() else { break };
+                let full = conn.timeout();
+                conn.set_timeout(full.min(PROBE_TIMEOUT));
+                let pinged = conn.ping().await;
+                conn.set_timeout(full);
+                match pinged {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.ch[s].conn = None;
+                        if fresh {
+                            return Err(format!("ClickHouse cannot be reached: {e}"));
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -709,18 +821,33 @@ impl Consumer {
 
     /// Connects to a replica of every shard not connected.
     async fn connection(&mut self) -> Result<(), String> {
-        for (s, link) in self.ch.iter_mut().enumerate() {
-            if link.conn.is_some() {
-                continue;
+        for s in 0..self.ch.len() {
+            if self.ch[s].conn.is_none() {
+                self.connect_shard(s, false).await?;
             }
-            let Some(opts) = self.cfg.shards.get(s) else { return Err(format!("no options for shard {s}")) };
-            let (ch, replica) = Connection::connect_from(opts, link.next).await.map_err(|e| e.to_string())?;
-            link.next = replica;
-            // Months are told apart in UTC; elsewhere a month's neighbours are reserved too.
-            let limit = self.sink.partition_limit();
-            self.sink.set_partition_limit(limit, !is_utc(&ch.server().timezone));
-            link.conn = Some(ch);
         }
+        Ok(())
+    }
+
+    /// Connects shard `s` to its next replica that answers (`probe`: waiting at most
+    /// [`PROBE_TIMEOUT`] for each; the connection then waits the configured timeout).
+    async fn connect_shard(&mut self, s: usize, probe: bool) -> Result<(), String> {
+        let Some(opts) = self.cfg.shards.get(s) else { return Err(format!("no options for shard {s}")) };
+        let Some(link) = self.ch.get_mut(s) else { return Err(format!("no link for shard {s}")) };
+        let (ch, replica) = if probe {
+            let mut quick = opts.clone();
+            quick.timeout = opts.timeout.min(PROBE_TIMEOUT);
+            let (mut ch, replica) = Connection::connect_from(&quick, link.next).await.map_err(|e| e.to_string())?;
+            ch.set_timeout(opts.timeout);
+            (ch, replica)
+        } else {
+            Connection::connect_from(opts, link.next).await.map_err(|e| e.to_string())?
+        };
+        link.next = replica;
+        // Months are told apart in UTC; elsewhere a month's neighbours are reserved too.
+        let limit = self.sink.partition_limit();
+        self.sink.set_partition_limit(limit, !is_utc(&ch.server().timezone));
+        link.conn = Some(ch);
         Ok(())
     }
 

@@ -697,6 +697,66 @@ fn analytics_overview_reads_complete_days_again_in_the_background() {
     assert_eq!(stall.held(), 1);
 }
 
+/// A remembered figure is answered past its 60 s only while its background read may still
+/// finish (60 s plus `api.query_timeout_ms` after its read began): when that read keeps
+/// failing (here held back until it times out, again and again), a request past that age
+/// reads the figure itself and answers its error (504), never the old figure, and the
+/// new figure once ClickHouse answers (docs/analytics-api.md).
+#[test]
+fn analytics_overview_never_answers_remembered_figures_past_their_limit() {
+    let mut stall = None;
+    let api = Api::start_configured(
+        false,
+        |_| {},
+        |ch, config| {
+            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
+            config.clickhouse.addr = s.addr.to_string();
+            config.api.query_timeout_ms = 4_000;
+            stall = Some(s);
+        },
+    );
+    let stall = stall.unwrap();
+    api.wait_redis();
+    let h = &api.history;
+    let last = h.today - 1;
+    let to_last = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
+    // The figure was read (by `wait_redis`'s realtime reads) before this.
+    let read_at = Instant::now();
+    assert_eq!(api.json(&to_last)["registered_total"], PLAYERS);
+    api.ch.query(&format!(
+        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+         ({}, 'g1', 'prod', 'late', 'l1', 'register', '', '', 'US', '1', '{}', '{{}}')",
+        (last - 1) * DAY + 50,
+        uuid(1 << 42)
+    ));
+    stall.arm(true);
+    assert!(read_at.elapsed() < Duration::from_secs(45), "the test was too slow to hold the background read");
+    // Past 60 s + 4 s every read of the figure is held until it times out: the background
+    // read fails (and is tried again) and requests read it themselves, also while a
+    // background read is in flight (the 2 s pauses leave the task time to begin one).
+    std::thread::sleep(Duration::from_secs(65).saturating_sub(read_at.elapsed()));
+    for i in 0..3 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let r = api.get(&to_last, &admin());
+        assert_eq!((r.status, r.error_tag()), (504, "query_timeout".to_owned()), "never the old figure: {}", r.text());
+    }
+    assert!(stall.held() >= 4, "the background read and the three requests' reads were held");
+    stall.arm(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = api.get(&to_last, &admin());
+        if r.status == 200 {
+            let v: Value = serde_json::from_str(&r.text()).unwrap();
+            assert_eq!(v["registered_total"], PLAYERS + 1, "the new figure, never the old one");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the figure was never read again: {}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Retention rows carry day, date and total; D-N only for cohorts whose day N is over.
 #[test]
 fn analytics_retention_counts_only_complete_days() {

@@ -1,9 +1,10 @@
 //! The API's ClickHouse reads: the project's own native-protocol client
 //! (`crate::clickhouse::connection`), a few connections kept on the control thread, at
 //! most `api.max_queries_in_flight` queries at once (one request at most half of them),
-//! each bounded by `api.query_timeout_ms` (on our side, and on the server's as
-//! `max_execution_time`). Figures of complete days are remembered and read again in the
-//! background before they expire ([`Reads::remembered_or_read`], [`Db::refresh_due`]).
+//! a request's queries all within `api.query_timeout_ms` of its start (on our side, and on
+//! the server's as `max_execution_time`). Figures of complete days are remembered and read
+//! again in the background before they expire ([`Reads::remembered_or_read`],
+//! [`Db::refresh_due`]).
 //! Why the native protocol and not ClickHouse's HTTP interface: `docs/analytics-api.md`.
 
 use std::cell::{Cell, RefCell};
@@ -46,9 +47,16 @@ pub const REMEMBER_FOR: Duration = Duration::from_secs(60);
 /// Age at which [`Db::refresh_due`] reads a remembered figure again, before it expires.
 pub const REFRESH_AFTER: Duration = Duration::from_secs(50);
 
-/// A remembered figure no request asked for this long is forgotten (neither refreshed
-/// nor kept).
-pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// A remembered figure no request asked for this long is forgotten (neither read again
+/// nor kept): a dashboard polling less often reads it itself.
+pub const FORGET_AFTER: Duration = Duration::from_secs(120);
+
+/// The most figures [`Db::refresh_due`] reads again per call (per second).
+pub const REFRESH_AT_MOST: usize = 8;
+
+/// The longest a figure whose background reads failed waits before the next one (the
+/// wait doubles from 1 s after each failure in a row).
+pub const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(60);
 
 /// The most figures kept in memory; past it they are all forgotten.
 const REMEMBER_AT_MOST: usize = 4096;
@@ -73,51 +81,69 @@ struct Remembered {
     asked: Instant,
     figures: Vec<f64>,
     recipe: Recipe,
-    /// A read of it is in flight (a request's or [`Db::refresh_due`]'s).
-    reading: bool,
+    /// Reads of it in flight (a request's or [`Db::refresh_due`]'s).
+    reading: u32,
+    /// [`Db::refresh_due`]'s reads of it that failed in a row.
+    failed: u32,
+    /// [`Db::refresh_due`] reads it again no sooner than this (after failed reads).
+    retry_at: Instant,
 }
 
-/// Marks `key`'s read in flight; unmarks it when dropped (read done, failed or abandoned).
+/// Counts a read of `key` in flight while it lives (read done, failed or abandoned).
 struct Reading<'a> {
     db: &'a Db,
     key: &'a str,
+    /// `key` was remembered when the read began (and counted).
+    counted: bool,
 }
 
 impl<'a> Reading<'a> {
     fn start(db: &'a Db, key: &'a str) -> Reading<'a> {
-        if let Some(e) = db.remembered.borrow_mut().get_mut(key) {
-            e.reading = true;
-        }
-        Reading { db, key }
+        let counted = match db.remembered.borrow_mut().get_mut(key) {
+            Some(e) => {
+                e.reading = e.reading.saturating_add(1);
+                true
+            }
+            None => false,
+        };
+        Reading { db, key, counted }
     }
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         if let Some(e) = self.db.remembered.borrow_mut().get_mut(self.key) {
-            e.reading = false;
+            e.reading = e.reading.saturating_sub(1);
         }
     }
 }
 
 /// One request's reads through [`Db`], with the rows ClickHouse read for all of them (the
-/// audit log's `read_rows`), at most [`Db::per_request`] at once.
+/// audit log's `read_rows`), at most [`Db::per_request`] at once, all of them within
+/// `api.query_timeout_ms` of the request's start.
 pub struct Reads<'a> {
     db: &'a Db,
     read_rows: Cell<u64>,
     slots: Semaphore,
+    /// The request's start plus `api.query_timeout_ms`.
+    deadline: monoio::time::Instant,
 }
 
 impl Reads<'_> {
     /// Runs a `SELECT` ([`Db`] says how) and counts the rows it read.
     pub async fn select(&self, sql: &str) -> Result<Vec<Vec<Value>>, ApiError> {
         // The request's own share first, so that one request (the overview sends seven
-        // queries) leaves slots to others.
-        let _mine = match monoio::time::timeout(self.db.timeout, self.slots.acquire()).await {
+        // queries) leaves slots to others. Waiting for it is waiting for the request's own
+        // queries, not for others': past the deadline it is 504, not 503 `busy`.
+        let _mine = match monoio::time::timeout_at(self.deadline, self.slots.acquire()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) | Err(_) => return Err(ApiError::Busy),
+            Ok(Err(_)) => return Err(ApiError::Busy),
+            Err(_) => return Err(ApiError::QueryTimeout),
         };
-        let (rows, read) = self.db.select(sql).await?;
+        let (rows, read) = self.db.select(sql, self.deadline, true).await?;
         self.read_rows.set(self.read_rows.get().saturating_add(read));
         Ok(rows)
     }
@@ -151,15 +177,17 @@ impl Reads<'_> {
     /// figures of complete days, which only rows arriving late for those days can change,
     /// so that a dashboard polling the overview does not read them again every few
     /// seconds. From memory when read less than [`REMEMBER_FOR`] ago, or while a read of
-    /// them is in flight (at most one per key: [`Db::refresh_due`] reads them again from
-    /// [`REFRESH_AFTER`] on, so a request asked for them in the last [`FORGET_AFTER`]
-    /// finds them in memory); else read now.
+    /// them is in flight and they are younger than [`REMEMBER_FOR`] plus
+    /// `api.query_timeout_ms` ([`Db::refresh_due`] reads them again from [`REFRESH_AFTER`]
+    /// on, so a request asked for them in the last [`FORGET_AFTER`] finds them in memory
+    /// while that read can still finish); else read now (its error is the answer's).
     pub async fn remembered_or_read(&self, key: String, recipe: Recipe) -> Result<Vec<f64>, ApiError> {
         {
             let mut map = self.db.remembered.borrow_mut();
             if let Some(e) = map.get_mut(&key) {
                 e.asked = Instant::now();
-                if e.reading || e.at.elapsed() < REMEMBER_FOR {
+                let age = e.at.elapsed();
+                if age < REMEMBER_FOR || (e.reading > 0 && age < REMEMBER_FOR + self.db.timeout) {
                     return Ok(e.figures.clone());
                 }
             }
@@ -203,45 +231,81 @@ impl Db {
     /// Keeps `figures` under `key`, read from `began` on (see [`Reads::remembered_or_read`]).
     fn remember(&self, key: String, figures: Vec<f64>, recipe: Recipe, began: Instant) {
         let mut map = self.remembered.borrow_mut();
-        if map.len() >= REMEMBER_AT_MOST && !map.contains_key(&key) {
+        if let Some(e) = map.get_mut(&key) {
+            // Of two reads in flight, the one begun later wins.
+            if began >= e.at {
+                e.at = began;
+                e.figures = figures;
+                e.recipe = recipe;
+            }
+            e.failed = 0;
+            e.retry_at = Instant::now();
+            return;
+        }
+        if map.len() >= REMEMBER_AT_MOST {
             map.clear();
         }
-        let asked = map.get(&key).map_or_else(Instant::now, |e| e.asked);
-        map.insert(key, Remembered { at: began, asked, figures, recipe, reading: false });
+        let now = Instant::now();
+        map.insert(key, Remembered { at: began, asked: now, figures, recipe, reading: 0, failed: 0, retry_at: now });
     }
 
-    /// Reads again, one after another, the remembered figures at least [`REFRESH_AFTER`]
-    /// old that a request asked for in the last [`FORGET_AFTER`] and that no read is in
-    /// flight for; forgets those not asked for that long. Meanwhile requests answer the
-    /// figures from memory. A failed read is logged and tried again at the next call.
+    /// Whether [`Db::refresh_due`] reads `e` again now.
+    fn due(e: &Remembered, now: Instant) -> bool {
+        e.reading == 0 && now.saturating_duration_since(e.at) >= REFRESH_AFTER && now >= e.retry_at
+    }
+
+    /// Reads again, one after another, at most [`REFRESH_AT_MOST`] of the remembered
+    /// figures (oldest first) at least [`REFRESH_AFTER`] old that a request asked for in
+    /// the last [`FORGET_AFTER`] and that no read is in flight for; forgets those not asked
+    /// for that long. Meanwhile requests answer the figures from memory (for
+    /// `api.query_timeout_ms` past [`REMEMBER_FOR`] at most). A figure whose read failed
+    /// is read again 1 s later, then 2, 4, … up to [`RETRY_AFTER_AT_MOST`] while it keeps
+    /// failing; the failures of a call are logged in one line.
     pub async fn refresh_due(&self) {
         let due: Vec<(String, Recipe)> = {
             let mut map = self.remembered.borrow_mut();
-            map.retain(|_, e| e.reading || e.asked.elapsed() < FORGET_AFTER);
-            map.iter()
-                .filter(|(_, e)| !e.reading && e.at.elapsed() >= REFRESH_AFTER)
-                .map(|(k, e)| (k.clone(), e.recipe.clone()))
-                .collect()
+            map.retain(|_, e| e.reading > 0 || e.asked.elapsed() < FORGET_AFTER);
+            let now = Instant::now();
+            let mut due: Vec<(Instant, &String)> =
+                map.iter().filter(|(_, e)| Self::due(e, now)).map(|(k, e)| (e.at, k)).collect();
+            due.sort_unstable();
+            due.truncate(REFRESH_AT_MOST);
+            due.into_iter().filter_map(|(_, k)| map.get(k).map(|e| (k.clone(), e.recipe.clone()))).collect()
         };
+        let (mut failed, mut last_error) = (0usize, None);
         for (key, recipe) in due {
             // A request may have read it meanwhile.
-            let still_due =
-                self.remembered.borrow().get(&key).is_some_and(|e| !e.reading && e.at.elapsed() >= REFRESH_AFTER);
-            if !still_due {
+            if !self.remembered.borrow().get(&key).is_some_and(|e| Self::due(e, Instant::now())) {
                 continue;
             }
             let _reading = Reading::start(self, &key);
             let began = Instant::now();
-            match self.select(&recipe.sql).await {
+            let deadline = monoio::time::Instant::now() + self.timeout;
+            match self.select(&recipe.sql, deadline, false).await {
                 Ok((rows, _)) => {
                     let figures = (recipe.decode)(&rows, recipe.arg);
                     if let Some(e) = self.remembered.borrow_mut().get_mut(&key) {
-                        e.at = began;
-                        e.figures = figures;
+                        // Unless a request's read begun later finished first.
+                        if began >= e.at {
+                            e.at = began;
+                            e.figures = figures;
+                        }
+                        e.failed = 0;
                     }
                 }
-                Err(e) => tracing::warn!(key, error = ?e, "remembered figures not read again yet"),
+                Err(e) => {
+                    if let Some(r) = self.remembered.borrow_mut().get_mut(&key) {
+                        r.failed = r.failed.saturating_add(1);
+                        let wait = Duration::from_secs(1 << (r.failed - 1).min(6)).min(RETRY_AFTER_AT_MOST);
+                        r.retry_at = Instant::now() + wait;
+                    }
+                    failed += 1;
+                    last_error = Some(e);
+                }
             }
+        }
+        if let Some(error) = last_error {
+            tracing::warn!(failed, error = ?error, "remembered figures not read again yet (tried again later)");
         }
     }
 
@@ -267,14 +331,27 @@ impl Db {
 
     /// A request's reads.
     pub fn reads(&self) -> Reads<'_> {
-        Reads { db: self, read_rows: Cell::new(0), slots: Semaphore::new(self.per_request) }
+        Reads {
+            db: self,
+            read_rows: Cell::new(0),
+            slots: Semaphore::new(self.per_request),
+            deadline: monoio::time::Instant::now() + self.timeout,
+        }
     }
 
-    /// Runs a `SELECT`: its rows and the rows ClickHouse read for it, or why not (502
-    /// refused or failed, 504 too slow, 503 no slot free within the timeout).
-    async fn select(&self, sql: &str) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
-        let deadline = monoio::time::Instant::now() + self.timeout;
-        let _slot = match monoio::time::timeout(self.timeout, self.slots.acquire()).await {
+    /// Runs a `SELECT` by `deadline`: its rows and the rows ClickHouse read for it, or why
+    /// not (502 refused or failed, 504 too slow, 503 no slot free by then); `log`: a
+    /// failure is logged (a request's; the background reads log theirs together).
+    async fn select(
+        &self,
+        sql: &str,
+        deadline: monoio::time::Instant,
+        log: bool,
+    ) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
+        if deadline <= monoio::time::Instant::now() {
+            return Err(ApiError::QueryTimeout);
+        }
+        let _slot = match monoio::time::timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) | Err(_) => return Err(ApiError::Busy),
         };
@@ -310,11 +387,15 @@ impl Db {
                 format!("the answer is larger than {} MiB: a shorter range or lower limits", MAX_RESULT_BYTES >> 20),
             )),
             Ok(Err(ChError::Server(e))) => {
-                tracing::warn!(code = e.code, error = %e.message, "analytics query refused");
+                if log {
+                    tracing::warn!(code = e.code, error = %e.message, "analytics query refused");
+                }
                 Err(ApiError::QueryFailed(format!("ClickHouse error {}", e.code)))
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "analytics query failed");
+                if log {
+                    tracing::warn!(error = %e, "analytics query failed");
+                }
                 Err(ApiError::QueryFailed(e.to_string()))
             }
         }

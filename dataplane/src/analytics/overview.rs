@@ -115,7 +115,8 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 /// Players whose first new-user day is at most `last` (exact; `None`: ever): the players
 /// per first day of the complete days (before `today`), read from `registered_users` and
 /// remembered like the other figures of complete days ([`super::db::Reads::remembered_or_read`]:
-/// rows arriving late for those days show within [`super::db::REMEMBER_FOR`]), plus,
+/// rows arriving late for those days show within [`super::db::REMEMBER_FOR`] plus
+/// `api.query_timeout_ms`), plus,
 /// when `last` is today or later, the players whose first such day is in `today ..= last`,
 /// read each time: the players with a new-user event in those days (`user_days`) whose
 /// first day is not earlier (their rows of `registered_users`).

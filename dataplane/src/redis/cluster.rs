@@ -5,7 +5,8 @@
 //! unknown, Redis 6) from the primaries last known and the seed nodes (`redis.cluster`)
 //! at once, and the complete map most of them give is followed. It is read at start,
 //! every `redis.cluster_refresh_ms`, and soon (within [`STALE_CHECK`]) after a `MOVED`,
-//! a `CLUSTERDOWN` or `TRYAGAIN`, or a failed or timed-out command. A map that names
+//! a `CLUSTERDOWN` or `TRYAGAIN`, or a failed or timed-out command; such readings that
+//! keep finding the map unchanged are spaced out, up to [`MAX_STALE_PAUSE`]. A map that names
 //! other primaries opens connections to them and closes those to nodes that no longer
 //! serve slots, and moves the [`Epoch`] (readings of the backlog taken before it are
 //! stale).
@@ -51,6 +52,10 @@ const MAX_REDIRECTS: usize = 3;
 
 /// How soon a map known to be stale is read again (and at most how often).
 const STALE_CHECK: Duration = Duration::from_millis(100);
+
+/// The longest pause between readings of a map known to be stale that keep finding it
+/// unchanged.
+const MAX_STALE_PAUSE: Duration = Duration::from_millis(800);
 
 /// One shard's view of a cluster and its connections to the primaries.
 pub(super) struct Cluster {
@@ -220,7 +225,7 @@ impl Cluster {
     /// Reads the map from the primaries known and the seeds, all at once; the complete
     /// map most of them give wins ([`SlotMap::agreed`]), so a node with a stale view is
     /// outvoted. Connections follow the map's primaries.
-    async fn refresh(&self) {
+    async fn refresh(&self) -> bool {
         let mut candidates: Vec<String> = self.map.borrow().as_ref().map(|m| m.nodes.clone()).unwrap_or_default();
         for s in &self.options.cluster {
             if !candidates.contains(s) {
@@ -242,9 +247,9 @@ impl Cluster {
             }
         }
         let found = SlotMap::agreed(&maps).cloned();
-        let Some(map) = found else { return };
+        let Some(map) = found else { return false };
         if self.map.borrow().as_deref() == Some(&map) {
-            return;
+            return false;
         }
         tracing::info!(primaries = ?map.nodes, complete = map.complete(), "Redis Cluster slot map");
         for addr in &map.nodes {
@@ -253,6 +258,7 @@ impl Cluster {
         self.nodes.borrow_mut().retain(|addr, _| map.nodes.contains(addr));
         *self.map.borrow_mut() = Some(Rc::new(map));
         self.epoch.advance();
+        true
     }
 }
 
@@ -271,19 +277,29 @@ fn unsettled(frame: &Frame) -> bool {
 /// with the cluster.
 async fn maintain(cluster: Weak<Cluster>) {
     let mut last: Option<Instant> = None;
+    // Reading every node's map costs a connection each: while readings asked for by
+    // redirections or failures keep finding the map unchanged (a primary down and not yet
+    // replaced, a slot half migrated), they are spaced out, doubling up to
+    // [`MAX_STALE_PAUSE`]; a changed map brings the pace back to [`STALE_CHECK`].
+    let mut pause = STALE_CHECK;
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let due = c.stale.get() || last.is_none_or(|l| l.elapsed() >= c.options.cluster_refresh);
+        let stale = c.stale.get();
+        let due = stale || last.is_none_or(|l| l.elapsed() >= c.options.cluster_refresh);
         if due {
             c.stale.set(false);
-            c.refresh().await;
+            let changed = c.refresh().await;
             last = Some(Instant::now());
             if c.map.borrow().as_ref().is_none_or(|m| !m.complete()) {
                 c.stale.set(true);
             }
+            pause = match (changed, stale) {
+                (false, true) => pause.saturating_mul(2).min(MAX_STALE_PAUSE),
+                _ => STALE_CHECK,
+            };
         }
         drop(c);
-        monoio::time::sleep(STALE_CHECK).await;
+        monoio::time::sleep(pause).await;
     }
 }
 

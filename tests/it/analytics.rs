@@ -757,6 +757,29 @@ fn analytics_overview_never_answers_remembered_figures_past_their_limit() {
     }
 }
 
+/// Black-box finding (critical): an overview whose queries ran past `api.query_timeout_ms`
+/// (or failed) dropped its other queries while they waited for a slot, and the slots'
+/// semaphore panicked on that drop ("already borrowed"), killing the process. Every
+/// answer is now a status with a JSON body, and the listener stays up.
+#[test]
+fn analytics_overview_past_its_deadline_answers_and_the_listener_stays_up() {
+    let api = Api::start_configured(false, |_| {}, |_, config| config.api.query_timeout_ms = 20);
+    let h = &api.history;
+    let path = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(h.today - 7), date(h.today));
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let r = api.get(&path, &admin());
+        assert!([200, 503, 504].contains(&r.status), "{}: {}", r.status, r.text());
+        if r.status != 200 {
+            let body: Value = serde_json::from_str(&r.text()).unwrap_or(Value::Null);
+            assert!(body["error"].is_string(), "{}", r.text());
+        }
+        seen.push(r.status);
+    }
+    assert!(seen.contains(&504), "no answer ran past 20 ms: {seen:?}");
+    assert_eq!(api.get("/healthz", "").status, 200, "the listener is up");
+}
+
 /// Retention rows carry day, date and total; D-N only for cohorts whose day N is over.
 #[test]
 fn analytics_retention_counts_only_complete_days() {

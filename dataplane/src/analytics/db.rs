@@ -17,8 +17,8 @@ use croupier_protocol::clickhouse::packet::Setting;
 /// The largest answer a query may return (ClickHouse's `max_result_bytes`, in its
 /// uncompressed blocks).
 pub const MAX_RESULT_BYTES: u64 = 64 << 20;
+use super::slots::Slots;
 use croupier_protocol::clickhouse::result::Value;
-use local_sync::semaphore::Semaphore;
 
 use super::error::ApiError;
 use crate::clickhouse::connection::{ChError, ChOptions, Connection, Selected};
@@ -26,7 +26,7 @@ use crate::clickhouse::connection::{ChError, ChOptions, Connection, Selected};
 /// Queries to ClickHouse, bounded.
 pub struct Db {
     opts: ChOptions,
-    slots: Semaphore,
+    slots: Slots,
     idle: RefCell<Vec<Connection>>,
     timeout: Duration,
     /// The tables are `Distributed` (`clickhouse.shards`).
@@ -127,7 +127,7 @@ impl Drop for Reading<'_> {
 pub struct Reads<'a> {
     db: &'a Db,
     read_rows: Cell<u64>,
-    slots: Semaphore,
+    slots: Slots,
     /// The request's start plus `api.query_timeout_ms`.
     deadline: monoio::time::Instant,
 }
@@ -138,10 +138,8 @@ impl Reads<'_> {
         // The request's own share first, so that one request (the overview sends seven
         // queries) leaves slots to others. Waiting for it is waiting for the request's own
         // queries, not for others': past the deadline it is 504, not 503 `busy`.
-        let _mine = match monoio::time::timeout_at(self.deadline, self.slots.acquire()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(ApiError::Busy),
-            Err(_) => return Err(ApiError::QueryTimeout),
+        let Ok(_mine) = monoio::time::timeout_at(self.deadline, self.slots.acquire()).await else {
+            return Err(ApiError::QueryTimeout);
         };
         let (rows, read) = self.db.select(sql, self.deadline, true).await?;
         self.read_rows.set(self.read_rows.get().saturating_add(read));
@@ -212,7 +210,7 @@ impl Db {
         opts.timeout = opts.timeout.min(timeout);
         Db {
             opts,
-            slots: Semaphore::new(max_in_flight.max(1)),
+            slots: Slots::new(max_in_flight.max(1)),
             idle: RefCell::new(Vec::new()),
             timeout,
             cluster: false,
@@ -334,7 +332,7 @@ impl Db {
         Reads {
             db: self,
             read_rows: Cell::new(0),
-            slots: Semaphore::new(self.per_request),
+            slots: Slots::new(self.per_request),
             deadline: monoio::time::Instant::now() + self.timeout,
         }
     }
@@ -351,9 +349,8 @@ impl Db {
         if deadline <= monoio::time::Instant::now() {
             return Err(ApiError::QueryTimeout);
         }
-        let _slot = match monoio::time::timeout_at(deadline, self.slots.acquire()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) | Err(_) => return Err(ApiError::Busy),
+        let Ok(_slot) = monoio::time::timeout_at(deadline, self.slots.acquire()).await else {
+            return Err(ApiError::Busy);
         };
         let left = deadline.saturating_duration_since(monoio::time::Instant::now());
         let secs = left.as_secs().max(1);

@@ -643,6 +643,12 @@ impl Consumer {
 
     /// `(id, deliveries)` of the first `count` entries in this consumer's pending list.
     async fn own_pending(&self, count: usize) -> Result<Vec<(String, u64)>, String> {
+        // The consumer joins the group now, as a read of its history used to make it do:
+        // `XINFO CONSUMERS` lists a worker as soon as it runs, not once it first got an
+        // entry (a blocked `XREADGROUP` creates no consumer).
+        let consumer = self.cfg.consumer.as_bytes();
+        self.call(cmd(&[b"XGROUP", b"CREATECONSUMER", self.key().as_bytes(), CONSUMER_GROUP.as_bytes(), consumer]))
+            .await?;
         let count = count.to_string();
         let reply = self
             .call(cmd(&[

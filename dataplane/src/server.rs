@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use local_sync::semaphore::{OwnedSemaphorePermit, Semaphore};
+use local_sync::semaphore::Semaphore;
+
+use crate::slots::{OwnedSlot, Slots};
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 
@@ -210,7 +212,7 @@ pub struct Server {
     /// Connections between requests.
     pub idle: IdleConnections,
     /// Places for connections: one permit per open connection.
-    slots: Rc<Semaphore>,
+    slots: Rc<Slots>,
     /// Connections open.
     open: Cell<usize>,
 }
@@ -218,11 +220,11 @@ pub struct Server {
 /// Counts a connection as open, and holds its place, until dropped.
 struct Open {
     server: Rc<Server>,
-    _slot: OwnedSemaphorePermit,
+    _slot: OwnedSlot,
 }
 
 impl Open {
-    fn new(server: &Rc<Server>, slot: OwnedSemaphorePermit) -> Open {
+    fn new(server: &Rc<Server>, slot: OwnedSlot) -> Open {
         server.open.set(server.open.get() + 1);
         Open { server: server.clone(), _slot: slot }
     }
@@ -259,7 +261,7 @@ where
             retry_after_secs: limits.retry_after_secs,
         },
         idle: IdleConnections::default(),
-        slots: Rc::new(Semaphore::new(limits.max_connections)),
+        slots: Rc::new(Slots::new(limits.max_connections)),
         open: Cell::new(0),
     });
     let accept = monoio::spawn(accept_loop(listener, queued, server.clone(), serve));
@@ -283,7 +285,7 @@ where
     F: Fn(TcpStream, Rc<Server>) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let start = |stream: std::net::TcpStream, slot: OwnedSemaphorePermit| {
+    let start = |stream: std::net::TcpStream, slot: OwnedSlot| {
         let Some(stream) = adopt(stream) else { return };
         let open = Open::new(&server, slot);
         let conn = serve(stream, server.clone());
@@ -295,13 +297,13 @@ where
     'accepting: loop {
         // A place for the next connection first: at the cap, the kernel holds new ones
         // (or, with `evict_idle`, the oldest idle connection makes room for them).
-        let slot = match server.slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(slot),
-            Err(_) if server.limits.evict_idle => make_room(&listener, &server).await,
-            Err(_) => monoio::select! {
+        let slot = match server.slots.try_acquire_owned() {
+            Some(slot) => Some(slot),
+            None if server.limits.evict_idle => make_room(&listener, &server).await,
+            None => monoio::select! {
                 biased;
                 _ = server.drain.started() => None,
-                slot = server.slots.clone().acquire_owned() => slot.ok(),
+                slot = server.slots.clone().acquire_owned() => Some(slot),
             },
         };
         let Some(slot) = slot else { break };
@@ -332,7 +334,7 @@ where
     // Take what is queued (while there are places), then stop listening at once, whatever
     // else still holds the socket (an io_uring close is asynchronous): a shut-down
     // listening socket leaves the SO_REUSEPORT group.
-    while let Ok(slot) = server.slots.clone().try_acquire_owned() {
+    while let Some(slot) = server.slots.try_acquire_owned() {
         let Ok((stream, _)) = queued.accept() else { break };
         start(stream, slot);
     }
@@ -343,12 +345,12 @@ where
 
 /// At the cap: waits for a place, and while a connection is queued for one, closes the
 /// oldest idle connection to free it. `None` once the drain has begun.
-async fn make_room(listener: &TcpListener, server: &Server) -> Option<OwnedSemaphorePermit> {
+async fn make_room(listener: &TcpListener, server: &Server) -> Option<OwnedSlot> {
     loop {
         let queued = monoio::select! {
             biased;
             _ = server.drain.started() => return None,
-            slot = server.slots.clone().acquire_owned() => return slot.ok(),
+            slot = server.slots.clone().acquire_owned() => return Some(slot),
             r = listener.readable(false) => r.is_ok(),
         };
         // Someone is waiting: make room (the evicted connection gives its place back as
@@ -358,7 +360,7 @@ async fn make_room(listener: &TcpListener, server: &Server) -> Option<OwnedSemap
         monoio::select! {
             biased;
             _ = server.drain.started() => return None,
-            slot = server.slots.clone().acquire_owned() => return slot.ok(),
+            slot = server.slots.clone().acquire_owned() => return Some(slot),
             _ = monoio::time::sleep(Duration::from_millis(wait)) => {}
         }
     }

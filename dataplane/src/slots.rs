@@ -1,14 +1,16 @@
-//! A count of query slots on one thread, which any number of waiting requests may give up
-//! on at any moment (a timeout, a sibling query failing first).
+//! A count of slots on one thread (the analytics API's query connections, a shard's
+//! connection places), which any number of waiters may give up on at any moment (a
+//! timeout, a sibling query failing first, the drain beginning).
 //!
 //! Hand-written because `local_sync`'s semaphore panics ("already borrowed") when a
 //! waiter that was just handed a permit is dropped before it runs: its `Drop` holds the
 //! wait list while giving the permit back through it. Here a release wakes every waiter
 //! and each takes a free slot when it runs; a waiter dropped before then takes nothing.
-//! Fairness is not kept, which a handful of slots per thread does not need.
+//! Fairness is not kept: the first waiter to run after a release wins.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 /// Slots free and the tasks waiting for one.
@@ -30,28 +32,70 @@ impl Slots {
         Slots { free: Cell::new(n), waiting: RefCell::new(Vec::new()) }
     }
 
-    /// Waits for a free slot (cancel-safe: dropping the future takes nothing).
-    pub async fn acquire(&self) -> Slot<'_> {
+    /// Takes a free slot's count, if there is one.
+    fn take(&self) -> bool {
+        let free = self.free.get();
+        if free == 0 {
+            return false;
+        }
+        self.free.set(free - 1);
+        true
+    }
+
+    /// Waits until a slot's count is taken (cancel-safe: dropping the future takes nothing).
+    async fn take_one(&self) {
         poll_fn(|cx| {
-            let free = self.free.get();
-            if free > 0 {
-                self.free.set(free - 1);
-                return Poll::Ready(Slot { slots: self });
+            if self.take() {
+                return Poll::Ready(());
             }
             self.waiting.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         })
         .await
     }
+
+    /// Gives a slot back and wakes every waiter (the first to run takes it).
+    fn give_back(&self) {
+        self.free.set(self.free.get() + 1);
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        for w in waiting {
+            w.wake();
+        }
+    }
+
+    /// Waits for a free slot.
+    pub async fn acquire(&self) -> Slot<'_> {
+        self.take_one().await;
+        Slot { slots: self }
+    }
+
+    /// A free slot now, held apart from this borrow, if there is one.
+    pub fn try_acquire_owned(self: &Rc<Self>) -> Option<OwnedSlot> {
+        self.take().then(|| OwnedSlot { slots: self.clone() })
+    }
+
+    /// Waits for a free slot, held apart from this borrow.
+    pub async fn acquire_owned(self: Rc<Self>) -> OwnedSlot {
+        self.take_one().await;
+        OwnedSlot { slots: self }
+    }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.slots.free.set(self.slots.free.get() + 1);
-        let waiting = std::mem::take(&mut *self.slots.waiting.borrow_mut());
-        for w in waiting {
-            w.wake();
-        }
+        self.slots.give_back();
+    }
+}
+
+/// A slot held until dropped, by whoever owns it (a connection's task).
+#[derive(Debug)]
+pub struct OwnedSlot {
+    slots: Rc<Slots>,
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        self.slots.give_back();
     }
 }
 

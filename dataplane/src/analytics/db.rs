@@ -17,7 +17,7 @@ use croupier_protocol::clickhouse::packet::Setting;
 /// The largest answer a query may return (ClickHouse's `max_result_bytes`, in its
 /// uncompressed blocks).
 pub const MAX_RESULT_BYTES: u64 = 64 << 20;
-use super::slots::Slots;
+use crate::slots::Slots;
 use croupier_protocol::clickhouse::result::Value;
 
 use super::error::ApiError;

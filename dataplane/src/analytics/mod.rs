@@ -20,7 +20,6 @@ pub mod params;
 pub mod payments;
 pub mod realtime;
 pub mod retention;
-pub mod slots;
 pub mod sql;
 pub mod taxonomy;
 

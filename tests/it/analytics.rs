@@ -634,6 +634,28 @@ impl Stall {
     }
 }
 
+/// An API whose ClickHouse is reached through a [`Stall`] that can hold back the query of
+/// the registered players per first day (`registered_by_day`), with `query_timeout_ms`;
+/// and the overview of the 7 days ending yesterday.
+fn api_behind_stall(query_timeout_ms: u64) -> (Api, Stall, String) {
+    let mut stall = None;
+    let api = Api::start_configured(
+        false,
+        |_| {},
+        |ch, config| {
+            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
+            config.clickhouse.addr = s.addr.to_string();
+            config.api.query_timeout_ms = query_timeout_ms;
+            stall = Some(s);
+        },
+    );
+    let stall = stall.expect("the stall started");
+    api.wait_redis();
+    let last = api.history.today - 1;
+    let to_last = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
+    (api, stall, to_last)
+}
+
 /// Remembered figures of complete days are read again in the background before they
 /// expire (docs/analytics-api.md): past their 60 s, requests answer them from memory while
 /// that read is in flight (here held back on its way to ClickHouse), with one such read
@@ -641,23 +663,9 @@ impl Stall {
 /// Realtime's registered total is read at each request.
 #[test]
 fn analytics_overview_reads_complete_days_again_in_the_background() {
-    let mut stall = None;
-    let api = Api::start_configured(
-        false,
-        |_| {},
-        |ch, config| {
-            // The registered players per first day (`registered_by_day`).
-            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
-            config.clickhouse.addr = s.addr.to_string();
-            config.api.query_timeout_ms = 60_000;
-            stall = Some(s);
-        },
-    );
-    let stall = stall.unwrap();
-    api.wait_redis();
+    let (api, stall, to_last) = api_behind_stall(60_000);
     let h = &api.history;
     let last = h.today - 1;
-    let to_last = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
     let realtime = "/api/analytics/realtime?game_id=g1&env=prod";
     // The first overview reads the players per day: from then on.
     let read_at = Instant::now();
@@ -704,23 +712,9 @@ fn analytics_overview_reads_complete_days_again_in_the_background() {
 /// new figure once ClickHouse answers (docs/analytics-api.md).
 #[test]
 fn analytics_overview_never_answers_remembered_figures_past_their_limit() {
-    let mut stall = None;
-    let api = Api::start_configured(
-        false,
-        |_| {},
-        |ch, config| {
-            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
-            config.clickhouse.addr = s.addr.to_string();
-            config.api.query_timeout_ms = 4_000;
-            stall = Some(s);
-        },
-    );
-    let stall = stall.unwrap();
-    api.wait_redis();
-    let h = &api.history;
-    let last = h.today - 1;
-    let to_last = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
-    // The figure was read (by `wait_redis`'s realtime reads) before this.
+    let (api, stall, to_last) = api_behind_stall(4_000);
+    let last = api.history.today - 1;
+    // The figure is first read by the first overview below, after this.
     let read_at = Instant::now();
     assert_eq!(api.json(&to_last)["registered_total"], PLAYERS);
     api.ch.query(&format!(

@@ -512,9 +512,7 @@ fn m4_schema_drift_stalls_instead_of_dead_lettering() {
     assert_eq!(p.pending("analytics:events"), 3, "the entries stay pending");
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0);
     p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
-    p.wait_for(accepted, "rows once the table is fixed", Pipeline::distinct_events);
-    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
-    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+    lands_once(&p, accepted, "once the table is fixed");
 }
 
 /// M5: a read whose reply is lost delivered its entries (Redis counted them) without
@@ -588,9 +586,7 @@ fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
     let dead = xlen(&p.ingest.redis, "analytics:events:dead");
     p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
     assert_eq!(dead, 0, "nothing dead-lettered while stalled");
-    p.wait_for(accepted, "rows once the table is fixed", Pipeline::distinct_events);
-    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
-    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+    lands_once(&p, accepted, "once the table is fixed");
     for o in &mut others {
         let _ = o.kill();
         let _ = o.wait();
@@ -730,9 +726,7 @@ fn clickhouse_outage_with_restarts_and_claims_dead_letters_nothing() {
     p.clickhouse.restart();
     assert_eq!(dead, 0, "nothing dead-lettered while ClickHouse was down");
     assert_eq!(counts, vec![1; 4], "deliveries of the entries while ClickHouse was down");
-    p.wait_for(accepted, "rows once ClickHouse is back", Pipeline::distinct_events);
-    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
-    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
+    lands_once(&p, accepted, "once ClickHouse is back");
     let _ = other.kill();
     let _ = other.wait();
 }
@@ -805,4 +799,12 @@ fn a_try_that_never_comes_back_counts_until_dead_lettered() {
     assert_eq!(dead[0].get("source_id"), Some(id.as_bytes()));
     let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
     assert!(reason.contains("delivered 4 times"), "{reason}");
+}
+
+/// Every accepted event lands once (`FINAL`), nothing stays pending and nothing was
+/// dead-lettered, once the fault described by `after` is gone.
+fn lands_once(p: &Pipeline, accepted: u64, after: &str) {
+    p.wait_for(accepted, &format!("rows {after}"), Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
 }

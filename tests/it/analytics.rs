@@ -1597,6 +1597,115 @@ fn analytics_events_relayout_keeps_rows_and_reads_one_day() {
     eprintln!("one-day read of {} rows: {read_before} rows read before the relayout, {read_after} after", DAY / 65);
 }
 
+/// A first-layout `events` with the views of the current schema already reading it (an
+/// upgrade from a version that had them): after migrate, inserts into the new `events`
+/// still reach `user_days`, `daily_players` and `registered_users`, on ClickHouse 18.16
+/// and on a current engine (chdb-core, ClickHouse 26.x), where the statements the
+/// migration sent to 18.16 (from `system.query_log`, in the order it sent them) are run
+/// again over the same first state. A current engine binds a view to its source table,
+/// not to its name: a view kept through the move of the old table aside follows it.
+#[test]
+fn analytics_events_relayout_keeps_the_views_filling_on_a_current_engine() {
+    let ok = std::process::Command::new("python3").args(["-c", "import chdb"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "python3 with chdb-core is needed (scripts/setup.sh installs it)");
+    let ch = ClickHouseServer::start_logging_queries();
+    let event = |t: i64, user: &str, name: &str, n: u32| {
+        format!(
+            "({t}, 'g1', 'prod', '{user}', 's', '{name}', '', '', 'US', '1', \
+             '00000000-0000-4000-8000-{n:012}', '{{}}')"
+        )
+    };
+    let now = croupier_dataplane::analytics::now_secs();
+    let today = now / DAY;
+    let old_rows: Vec<String> = (0..40u32)
+        .map(|i| {
+            let day = today - 40 + i64::from(i);
+            event(day * DAY + 60, &format!("u{}", i % 7), ["register", "login", "level_start"][i as usize % 3], i)
+        })
+        .collect();
+    // The first state: the database, the first layout, every other table and view of the
+    // current schema (so its views read the first-layout table), their tables marked
+    // filled, and events that reach the views.
+    let mut first: Vec<String> = vec!["CREATE DATABASE analytics".into(), FIRST_EVENTS_LAYOUT.into()];
+    first.extend(
+        schema::STATEMENTS
+            .iter()
+            .filter(|s| {
+                !s.starts_with("CREATE DATABASE") && !s.starts_with("CREATE TABLE IF NOT EXISTS analytics.events ")
+            })
+            .map(|s| s.to_string()),
+    );
+    first.extend([schema::USER_DAYS_MARK.to_owned(), schema::PLAYER_TABLES_MARK.to_owned()]);
+    first.push(format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES {}", old_rows.join(", ")));
+    for sql in &first {
+        ch.query(sql);
+    }
+    block_on(ActiveDriver::Epoll, async {
+        let mut c = Connection::connect(&ch_options(&ch)).await.expect("connect");
+        schema::migrate(&mut c).await.expect("migrate");
+    })
+    .unwrap();
+    ch.query("SYSTEM FLUSH LOGS");
+    // Every statement of the migration's connection, in its order, and whether it threw
+    // (`type` 3 or 4).
+    let logged = ch.query(
+        "SELECT query_id, max(toUInt8(type)) AS t, any(query) AS q \
+         FROM system.query_log \
+         WHERE query_id LIKE 'croupier-%' GROUP BY query_id FORMAT JSONEachRow",
+    );
+    let mut sent: Vec<(u64, bool, String)> = logged
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let id = v["query_id"].as_str().unwrap();
+            let n: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+            (n, v["t"].as_u64().unwrap() > 2, v["q"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    sent.sort();
+    assert!(sent.iter().any(|s| s.2.starts_with("RENAME TABLE analytics.events")), "{sent:?}");
+    // What is inserted after the migration reaches every table a view fills.
+    let late = format!(
+        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES {}",
+        [event(now - 60, "late", "register", 900), event(now - 30, "u1", "login", 901)].join(", ")
+    );
+    let checks =
+        [USER_DAYS_OF_EVENTS, USER_DAYS, DAILY_PLAYERS_OF_EVENTS, DAILY_PLAYERS, REGISTERED_OF_EVENTS, REGISTERED];
+    ch.query(&late);
+    let old: Vec<String> = checks.iter().map(|q| ch.query(q)).collect();
+    for pair in old.chunks(2) {
+        assert_eq!(pair[0], pair[1], "ClickHouse 18.16: a table of the views against events");
+    }
+    assert!(old[5].contains("late"), "{}", old[5]);
+
+    let mut script = String::new();
+    for sql in &first {
+        script.push_str(&format!("{sql}\n;;\n"));
+    }
+    for (_, threw, sql) in &sent {
+        script.push_str(&format!("{sql}\n{}\n", if *threw { ";; may fail" } else { ";;" }));
+    }
+    script.push_str(&format!("{late}\n;;\n"));
+    for q in checks {
+        script.push_str(&format!("{}\n;;\n", q.replace("FORMAT TabSeparated", "")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.sql"), dir.path().join("out.txt"));
+    std::fs::write(&input, script).unwrap();
+    let run = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chdb-run.py");
+    let out = std::process::Command::new("python3").arg(run).arg(&input).arg(&output).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = std::fs::read_to_string(&output).unwrap();
+    let results: Vec<&str> = results.split("--end--\n").collect();
+    let current: Vec<&str> = results[results.len() - 1 - checks.len()..results.len() - 1].to_vec();
+    let names = ["user_days", "daily_players", "registered_users"];
+    for (i, pair) in current.chunks(2).enumerate() {
+        assert_eq!(pair[0].trim(), pair[1].trim(), "current engine: {} against events", names[i]);
+        assert_eq!(pair[1].trim(), old[2 * i + 1].trim(), "current engine: {} as on 18.16", names[i]);
+    }
+}
+
 /// Levels, LTV and segments against the history.
 #[test]
 fn analytics_levels_ltv_and_segments_are_exact() {

@@ -5,12 +5,25 @@
 //! does not narrow a range of `event_time` through `toDate` in the key and read the whole
 //! table; measured in `analytics_events_relayout_keeps_rows_and_reads_one_day`):
 //!
-//! 1. `RENAME TABLE events TO events_relayout` (atomic: inserts arriving now fail and are
+//! 1. the materialized views reading `events` (`user_days_mv`, `daily_players_mv`,
+//!    `registered_users_mv`) and the marks saying their tables are filled are dropped;
+//! 2. `RENAME TABLE events TO events_relayout` (atomic: inserts arriving now fail and are
 //!    retried by the worker, their entries stay pending);
-//! 2. `events` is created with the current layout (inserts succeed again);
-//! 3. per month, the rows of `events_relayout` whose `event_id` is not in `events` yet are
+//! 3. `events` is created with the current layout (inserts succeed again);
+//! 4. per month, the rows of `events_relayout` whose `event_id` is not in `events` yet are
 //!    copied (so a run interrupted anywhere and run again copies each row once);
-//! 4. once no id of `events_relayout` is missing from `events`, it is dropped.
+//! 5. once no id of `events_relayout` is missing from `events` (checked a month at a time,
+//!    so the check's set of ids is a month's, not the table's), it is dropped.
+//!
+//! The migration then creates the views again on the new `events` and fills their tables
+//! from it as on a first start ([`super::schema::fill_user_days`]; until then the API
+//! answers 503 for what reads them). The views are dropped first because a current
+//! ClickHouse (an `Atomic` database) binds a view to its source table, not to the name: a
+//! view kept through the `RENAME` would follow `events_relayout`, be dropped with it, and
+//! never see an insert into the new `events` (ClickHouse 18.16 finds views by name and
+//! would have kept filling them). Filling again over what the tables hold changes no
+//! figure: a sketch or a first day of a player twice is the same, and `user_days`' counts
+//! are read as "more than zero".
 //!
 //! Redelivered copies keep their dedup key (`event_id` and `event_time` are the same), so
 //! the ReplacingMergeTree still folds them.
@@ -24,6 +37,16 @@ use super::connection::{ChError, Connection};
 const CURRENT_KEY: &str = "ORDER BY (game_id, env, event_time,";
 /// The old table while its rows are copied.
 const OLD: &str = "analytics.events_relayout";
+
+/// What is dropped before the old table is moved aside: the views reading `events` and
+/// the marks of their tables' fill, created again by the rest of the migration.
+const DROPPED_FIRST: &[&str] = &[
+    "DROP TABLE IF EXISTS analytics.user_days_mv",
+    "DROP TABLE IF EXISTS analytics.daily_players_mv",
+    "DROP TABLE IF EXISTS analytics.registered_users_mv",
+    "DROP TABLE IF EXISTS analytics.user_days_filled",
+    "DROP TABLE IF EXISTS analytics.player_tables_filled",
+];
 
 async fn exists(conn: &mut Connection, table: &str) -> Result<Option<String>, ChError> {
     let s = conn
@@ -42,12 +65,19 @@ pub async fn relayout_events(
     create: &str,
     settings: &[(&str, Setting<'_>)],
 ) -> Result<u64, ChError> {
-    if let Some(engine) = exists(conn, "events").await? {
-        if engine.contains(CURRENT_KEY) && exists(conn, "events_relayout").await?.is_none() {
-            return Ok(0);
-        }
+    let engine = exists(conn, "events").await?;
+    let current = engine.as_deref().is_some_and(|e| e.contains(CURRENT_KEY));
+    let moved_aside = exists(conn, "events_relayout").await?.is_some();
+    if (current || engine.is_none()) && !moved_aside {
+        return Ok(0);
+    }
+    // Also when a run stopped half way: a view made since may be bound to either table.
+    for sql in DROPPED_FIRST {
+        conn.execute(sql, &[]).await?;
+    }
+    if let Some(engine) = engine {
         if !engine.contains(CURRENT_KEY) {
-            if exists(conn, "events_relayout").await?.is_some() {
+            if moved_aside {
                 return Err(ChError::SchemaMismatch(
                     "analytics.events and analytics.events_relayout both have the first layout: move one away".into(),
                 ));
@@ -55,8 +85,6 @@ pub async fn relayout_events(
             tracing::info!("events: moving the first layout aside to copy it into the current one");
             conn.execute(&format!("RENAME TABLE analytics.events TO {OLD}"), &[]).await?;
         }
-    } else if exists(conn, "events_relayout").await?.is_none() {
-        return Ok(0);
     }
     conn.execute(create, settings).await?;
     let cols = conn
@@ -79,16 +107,19 @@ pub async fn relayout_events(
         .await?;
         copied += count(conn, "analytics.events").await?.saturating_sub(before);
     }
-    let missing = conn
-        .select(
-            &format!(
-                "SELECT count() FROM {OLD} WHERE toString(event_id) NOT IN \
-                 (SELECT toString(event_id) FROM analytics.events)"
-            ),
-            &[],
-        )
-        .await?;
-    let missing = missing.rows.first().and_then(|r| r.first()).map_or(0, Value::as_u64);
+    let mut missing = 0;
+    for m in months.rows.iter().filter_map(|r| r.first()).map(Value::as_u64) {
+        let left = conn
+            .select(
+                &format!(
+                    "SELECT count() FROM {OLD} WHERE toYYYYMM(event_time) = {m} AND toString(event_id) NOT IN \
+                     (SELECT toString(event_id) FROM analytics.events WHERE toYYYYMM(event_time) = {m})"
+                ),
+                &[],
+            )
+            .await?;
+        missing += left.rows.first().and_then(|r| r.first()).map_or(0, Value::as_u64);
+    }
     if missing > 0 {
         return Err(ChError::SchemaMismatch(format!("events relayout: {missing} rows not copied; run migrate again")));
     }

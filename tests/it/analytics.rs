@@ -17,6 +17,7 @@ use croupier_dataplane::clickhouse::schema;
 use croupier_dataplane::control::listener::{self, Control};
 use croupier_dataplane::runtime::{block_on, ActiveDriver};
 use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::cluster::RedisCluster;
 use croupier_it::http::{HttpClient, Reply};
 use croupier_it::redis::RedisServer;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -948,6 +949,89 @@ fn analytics_realtime_reads_the_sketches() {
     assert_eq!(v["online"], json!([[rfc(m0), 4], [rfc(m0 + 60), 6], [rfc(m0 + 600), 8]]));
     assert_eq!(v["active_5m_sum"], json!([[rfc(m0), 4], [rfc(m0 + 60), 10], [rfc(m0 + 600), 18]]));
     assert_eq!(api.get("/api/analytics/realtime/series?game_id=g1", &admin()).status, 400);
+}
+
+/// `/realtime` on a Redis Cluster: the 15 minute keys `hll:online:g:e:YYYYMMDDHHmm` lie
+/// in several slots (no hash tag), so one `PFCOUNT` over them would be refused
+/// (`CROSSSLOT`). The figures equal Redis's `PFCOUNT` of the same unions (the same adds
+/// made on a single Redis) and, the players being few thousand, the players sent to within
+/// 2 %. With a primary frozen, the answer is 504 `query_timeout` at the request's deadline
+/// (`api.query_timeout_ms`), not a 502 after Redis's much longer reply timeout.
+#[test]
+fn analytics_realtime_on_a_redis_cluster() {
+    let cluster = RedisCluster::primaries_only(3);
+    let seeds = cluster.seeds();
+    let api = Api::start_configured(
+        false,
+        |_| {},
+        |_, config| {
+            config.redis.addr = "127.0.0.1:1".into();
+            config.redis.cluster = seeds;
+            config.redis.reply_timeout_ms = 60_000;
+            config.api.query_timeout_ms = 4_000;
+        },
+    );
+    api.wait_redis();
+    let minute = |secs: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+        format!("{:04}{:02}{:02}{:02}{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
+    };
+    // Far enough from the next minute that the adds and the read fall in this one.
+    while croupier_dataplane::analytics::now_secs().rem_euclid(60) > 40 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let now = croupier_dataplane::analytics::now_secs();
+    // Minute i back holds players 200 i .. 200 i + 400: overlapping sets, 3,200 in all.
+    let keys: Vec<String> = (0..15).map(|i| format!("hll:online:g1:prod:{}", minute(now - 60 * i))).collect();
+    let mut single = api.redis.client();
+    for (i, key) in keys.iter().enumerate() {
+        let mut args = vec!["PFADD".to_owned(), key.clone()];
+        args.extend((200 * i..200 * i + 400).map(|u| format!("p{u}")));
+        let n = cluster.primary_of(key).expect("a primary for the key");
+        cluster.nodes[n].client().cmd(&args);
+        single.cmd(&args);
+    }
+    let owners: BTreeSet<usize> = keys.iter().map(|k| cluster.primary_of(k).expect("served")).collect();
+    assert!(owners.len() > 1, "the minute keys lie on several primaries: {owners:?}");
+    let today = date(now.div_euclid(DAY));
+    let dau = format!("hll:dau:g1:prod:{today}");
+    let n = cluster.primary_of(&dau).expect("a primary");
+    cluster.nodes[n].client().cmd(&["PFADD", &dau, "a", "b", "c"]);
+    // Redis's own count of each union, on the single Redis.
+    let mut want = Vec::new();
+    for n in [1, 5, 15] {
+        let mut args = vec!["PFCOUNT".to_owned()];
+        args.extend(keys[..n].iter().cloned());
+        match single.cmd(&args) {
+            croupier_protocol::resp::Frame::Integer(c) => want.push(c as u64),
+            other => panic!("PFCOUNT: {other:?}"),
+        }
+    }
+    let v = api.json("/api/analytics/realtime?game_id=g1&env=prod");
+    assert_eq!(minute(croupier_dataplane::analytics::now_secs()), minute(now), "the minute turned during the test");
+    let got = [v["online"].as_u64(), v["active_5m"].as_u64(), v["active_15m"].as_u64()];
+    assert_eq!(got, [Some(want[0]), Some(want[1]), Some(want[2])], "{v}");
+    assert_eq!(v["active_1m"], v["online"]);
+    for (count, sent) in [(want[0], 400.0), (want[1], 1_200.0), (want[2], 3_200.0)] {
+        assert!((count as f64 - sent).abs() <= sent * 0.02, "{count} counted for {sent} players");
+    }
+    assert_eq!(v["dau_today"], 3);
+    eprintln!("cluster realtime: online/5m/15m = {got:?} for 400/1200/3200 players, on {} primaries", owners.len());
+
+    // One primary frozen: its GETs go unanswered; the request ends at its deadline.
+    let frozen = cluster.primary_of(&keys[0]).expect("a primary");
+    let pid = cluster.nodes[frozen].pid().expect("running").to_string();
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, pid.as_str()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    kill("-STOP");
+    let started = Instant::now();
+    let r = api.get("/api/analytics/realtime?game_id=g1&env=prod", &admin());
+    let took = started.elapsed();
+    kill("-CONT");
+    assert_eq!((r.status, r.error_tag()), (504, "query_timeout".to_owned()), "{}", r.text());
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
 }
 
 /// No token, expired, bad signature, unknown key, wrong role, wrong game: 401/403 as

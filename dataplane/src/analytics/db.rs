@@ -202,6 +202,12 @@ impl Reads<'_> {
     pub fn read_rows(&self) -> u64 {
         self.read_rows.get()
     }
+
+    /// The request's deadline: its start plus `api.query_timeout_ms` (its Redis reads
+    /// keep to it too).
+    pub fn deadline(&self) -> monoio::time::Instant {
+        self.deadline
+    }
 }
 
 impl Db {

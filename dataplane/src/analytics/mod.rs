@@ -38,7 +38,7 @@ use self::error::ApiError;
 use self::params::{Params, Scope};
 use crate::clickhouse::connection::ChOptions;
 use crate::http::response::Response;
-use crate::redis::connection::{RedisClient, RedisOptions};
+use crate::redis::connection::{RedisClient, RedisError, RedisOptions};
 use crate::router::{Methods, Router};
 
 /// An Analytics API route.
@@ -156,15 +156,24 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Runs a Redis command; an error reply or a failure is 502.
+    /// Runs a Redis command within the request's deadline (504 `query_timeout` past it,
+    /// as a ClickHouse query); an error reply or a failure is 502.
     pub async fn redis(&self, args: &[&[u8]]) -> Result<Frame, ApiError> {
         let mut cmd = Vec::new();
         resp::command(&mut cmd, args);
-        match self.redis.call(cmd).await {
-            Ok(Frame::Error(e)) => Err(ApiError::RedisFailed(e.to_string())),
-            Ok(f) => Ok(f),
-            Err(e) => Err(ApiError::RedisFailed(format!("{e:?}"))),
+        match monoio::time::timeout_at(self.db.deadline(), self.redis.call(cmd)).await {
+            Ok(reply) => redis_reply(reply),
+            Err(_) => Err(ApiError::QueryTimeout),
         }
+    }
+}
+
+/// A Redis reply as the API answers it: an error reply or a failure is 502.
+pub fn redis_reply(reply: Result<Frame, RedisError>) -> Result<Frame, ApiError> {
+    match reply {
+        Ok(Frame::Error(e)) => Err(ApiError::RedisFailed(e.to_string())),
+        Ok(f) => Ok(f),
+        Err(e) => Err(ApiError::RedisFailed(format!("{e:?}"))),
     }
 }
 

@@ -1,12 +1,20 @@
 //! `GET /api/analytics/realtime`: online now and active users over the last 1/5/15
-//! minutes from the per-minute HyperLogLogs in Redis (`hll:online:<game>:<env>:<YYYYMMDDHHmm>`,
-//! a union with one `PFCOUNT` over several keys, no temporary key), DAU and new users
-//! of today from `hll:dau:`/`hll:new:...:<YYYY-MM-DD>`; revenue, success rate, the
-//! registered total and the online peaks from ClickHouse. An empty scope reads the keys
-//! with empty segments, as Croupier's worker writes them.
+//! minutes from the per-minute HyperLogLogs in Redis (`hll:online:<game>:<env>:<YYYYMMDDHHmm>`),
+//! DAU and new users of today from `hll:dau:`/`hll:new:...:<YYYY-MM-DD>`; revenue, success
+//! rate, the registered total and the online peaks from ClickHouse. An empty scope reads
+//! the keys with empty segments, as Croupier's worker writes them.
+//!
+//! The minute keys have no hash tag, so on a Redis Cluster they lie in different slots and
+//! one `PFCOUNT` over them is refused (`CROSSSLOT`): each key is read with its own `GET`
+//! (all sent at once; in a cluster each to its slot's primary) and the registers are
+//! merged here with the protocol crate's sketch, whose count is Redis's `PFCOUNT` of the
+//! union. The same path serves a single Redis. Every Redis read is bounded by the
+//! request's deadline (`api.query_timeout_ms`, 504 past it), not only by
+//! `redis.reply_timeout_ms`.
 
 use croupier_protocol::clickhouse::result::Value;
-use croupier_protocol::resp::Frame;
+use croupier_protocol::hll::Sketch;
+use croupier_protocol::resp::{self, Frame};
 use serde_json::{json, Value as Json};
 use time::OffsetDateTime;
 
@@ -21,14 +29,61 @@ pub fn minute_key(secs: i64) -> String {
     format!("{:04}{:02}{:02}{:02}{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
 }
 
-/// `PFCOUNT` of the union of `keys`.
-async fn pfcount(ctx: &Ctx<'_>, keys: &[String]) -> Result<u64, ApiError> {
-    let mut args: Vec<&[u8]> = vec![b"PFCOUNT"];
-    args.extend(keys.iter().map(|k| k.as_bytes()));
-    match ctx.redis(&args).await? {
+/// `PFCOUNT` of one key.
+async fn pfcount(ctx: &Ctx<'_>, key: &str) -> Result<u64, ApiError> {
+    match ctx.redis(&[b"PFCOUNT", key.as_bytes()]).await? {
         Frame::Integer(n) => Ok(u64::try_from(n).unwrap_or(0)),
         other => Err(ApiError::RedisFailed(format!("PFCOUNT answered {other:?}"))),
     }
+}
+
+/// The counts of the unions of the first `ns[i]` of `keys` (each `n` at most
+/// `keys.len()`, in increasing order), equal to Redis's `PFCOUNT` over those keys: every
+/// key is read with a `GET` of its own, all sent at once (in a cluster each to its own
+/// slot's primary), within the request's deadline, and merged in order. An absent key is
+/// an empty sketch; a key of another type, a malformed value or a Redis failure is 502.
+pub async fn union_counts(ctx: &Ctx<'_>, keys: &[String], ns: &[usize]) -> Result<Vec<u64>, ApiError> {
+    let handles: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let redis = ctx.redis.clone();
+            let mut cmd = Vec::with_capacity(k.len() + 24);
+            resp::command(&mut cmd, &[b"GET".as_slice(), k.as_bytes()]);
+            monoio::spawn(async move { redis.call(cmd).await })
+        })
+        .collect();
+    let replies = async {
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await);
+        }
+        out
+    };
+    let Ok(replies) = monoio::time::timeout_at(ctx.db.deadline(), replies).await else {
+        return Err(ApiError::QueryTimeout);
+    };
+    let mut union = Sketch::new();
+    let mut counts = Vec::with_capacity(ns.len());
+    let mut wanted = ns.iter().peekable();
+    for (i, (reply, key)) in replies.into_iter().zip(keys).enumerate() {
+        match super::redis_reply(reply)? {
+            Frame::Null => {}
+            Frame::BulkString(bytes) => {
+                union
+                    .merge_redis(&bytes)
+                    .map_err(|e| ApiError::RedisFailed(format!("{key} holds no HyperLogLog: {e}")))?;
+            }
+            other => return Err(ApiError::RedisFailed(format!("GET {key} answered {other:?}"))),
+        }
+        while wanted.next_if(|n| **n == i + 1).is_some() {
+            counts.push(union.count());
+        }
+    }
+    // Unions of more keys than given (none asked for) are the union of all of them.
+    while wanted.next().is_some() {
+        counts.push(union.count());
+    }
+    Ok(counts)
 }
 
 /// The route.
@@ -43,12 +98,14 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let online_keys = |n: i64| -> Vec<String> {
         (0..n).map(|i| format!("hll:online:{game}:{env}:{}", minute_key(minute - 60 * i))).collect()
     };
-    let online = pfcount(ctx, &online_keys(1)).await?;
-    let active_5m = pfcount(ctx, &online_keys(5)).await?;
-    let active_15m = pfcount(ctx, &online_keys(15)).await?;
+    let counts = union_counts(ctx, &online_keys(15), &[1, 5, 15]).await?;
+    let (online, active_5m, active_15m) = match counts[..] {
+        [a, b, c] => (a, b, c),
+        _ => (0, 0, 0),
+    };
     let today = params::date_string(ctx.now.div_euclid(DAY));
-    let dau_today = pfcount(ctx, &[format!("hll:dau:{game}:{env}:{today}")]).await?;
-    let new_today = pfcount(ctx, &[format!("hll:new:{game}:{env}:{today}")]).await?;
+    let dau_today = pfcount(ctx, &format!("hll:dau:{game}:{env}:{today}")).await?;
+    let new_today = pfcount(ctx, &format!("hll:new:{game}:{env}:{today}")).await?;
 
     let w = ctx.scope.filter();
     let day0 = ctx.now.div_euclid(DAY) * DAY;

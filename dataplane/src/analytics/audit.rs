@@ -3,7 +3,10 @@
 //! `analytics.audit_log` in batches by a task of the control thread, never on the
 //! request's path. At most `api.audit_max_pending` rows wait; past that the oldest are
 //! dropped and counted in the log (an unreachable ClickHouse must not grow memory
-//! without bound).
+//! without bound). Every text field of a row is cut to a bound ([`MAX_FIELD_BYTES`],
+//! [`MAX_SCOPE_BYTES`]), so the bound in rows is one in bytes. Each row carries a sequence
+//! number: a write removes exactly the rows it wrote, however many were dropped or queued
+//! while it was in flight.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -41,9 +44,12 @@ pub struct AuditRow {
 
 /// The rows waiting to be written.
 pub struct AuditLog {
-    pending: RefCell<VecDeque<AuditRow>>,
+    /// Rows with their sequence numbers, oldest first.
+    pending: RefCell<VecDeque<(u64, AuditRow)>>,
     max_pending: usize,
     dropped: Cell<u64>,
+    /// The next row's sequence number.
+    next_seq: Cell<u64>,
 }
 
 /// The statement the rows are inserted with.
@@ -53,22 +59,33 @@ const INSERT: &str =
 impl AuditLog {
     /// An empty log holding at most `max_pending` rows.
     pub fn new(max_pending: usize) -> AuditLog {
-        AuditLog { pending: RefCell::new(VecDeque::new()), max_pending: max_pending.max(1), dropped: Cell::new(0) }
+        AuditLog {
+            pending: RefCell::new(VecDeque::new()),
+            max_pending: max_pending.max(1),
+            dropped: Cell::new(0),
+            next_seq: Cell::new(0),
+        }
     }
 
     /// Queues a row (the oldest is dropped when full).
     pub fn record(&self, mut row: AuditRow) {
         // A row's size is bounded, so that the queue's bound in rows bounds its bytes
-        // (parameters come from the request; a query string may be kilobytes).
-        for field in [&mut row.params, &mut row.user, &mut row.roles] {
+        // (every text comes from the request: a query string, or the scope from the query
+        // or the `X-Game-ID`/`X-Env` headers, may be kilobytes).
+        for field in [&mut row.params, &mut row.user, &mut row.roles, &mut row.route] {
             truncate(field, MAX_FIELD_BYTES);
         }
+        for field in [&mut row.game_id, &mut row.env] {
+            truncate(field, MAX_SCOPE_BYTES);
+        }
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq.wrapping_add(1));
         let mut p = self.pending.borrow_mut();
         if p.len() >= self.max_pending {
             p.pop_front();
             self.dropped.set(self.dropped.get() + 1);
         }
-        p.push_back(row);
+        p.push_back((seq, row));
     }
 
     /// Rows waiting.
@@ -76,12 +93,32 @@ impl AuditLog {
         self.pending.borrow().len()
     }
 
+    /// Rows dropped since the last call (the queue was full), and the count reset.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.replace(0)
+    }
+
+    /// A copy of the rows waiting, and the sequence number of the last of them (`None`:
+    /// none wait).
+    fn snapshot(&self) -> (Vec<AuditRow>, Option<u64>) {
+        let p = self.pending.borrow();
+        (p.iter().map(|(_, r)| r.clone()).collect(), p.back().map(|(seq, _)| *seq))
+    }
+
+    /// Removes the rows written: those numbered up to `last` (rows queued after the
+    /// snapshot stay, and rows dropped meanwhile were counted when dropped). Returns how
+    /// many were removed.
+    fn written(&self, last: u64) -> usize {
+        let mut p = self.pending.borrow_mut();
+        let n = p.iter().take_while(|(seq, _)| *seq <= last).count();
+        p.drain(..n);
+        n
+    }
+
     /// Writes what is pending in one insert; on failure the rows stay queued.
     pub async fn flush(&self, conn: &mut Option<Connection>, opts: &ChOptions) -> Result<usize, ChError> {
-        let rows: Vec<AuditRow> = self.pending.borrow().iter().cloned().collect();
-        if rows.is_empty() {
-            return Ok(0);
-        }
+        let (rows, last) = self.snapshot();
+        let Some(last) = last else { return Ok(0) };
         let c = match conn {
             Some(c) => c,
             None => conn.insert(Connection::connect(opts).await?),
@@ -97,10 +134,7 @@ impl AuditLog {
             *conn = None;
             return Err(e);
         }
-        let mut p = self.pending.borrow_mut();
-        let n = rows.len().min(p.len());
-        p.drain(..n);
-        Ok(n)
+        Ok(self.written(last))
     }
 
     /// Flushes every `every` until `stop` is set, then once more.
@@ -112,7 +146,7 @@ impl AuditLog {
             if let Err(e) = self.flush(&mut conn, &opts).await {
                 tracing::warn!(error = %e, pending = self.pending(), "audit log not written yet");
             }
-            let dropped = self.dropped.replace(0);
+            let dropped = self.take_dropped();
             if dropped > 0 {
                 tracing::warn!(dropped, "audit rows dropped: the log was full");
             }
@@ -156,8 +190,12 @@ fn columns(rows: &[AuditRow]) -> Vec<Column> {
     ]
 }
 
-/// The longest text an audit row keeps per field (parameters, user, roles), bytes.
+/// The longest text an audit row keeps of the parameters, the user, the roles and the
+/// route, bytes.
 pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// The longest `game_id` and `env` an audit row keeps, bytes.
+pub const MAX_SCOPE_BYTES: usize = 256;
 
 /// Cuts `s` to at most `max` bytes at a character boundary, marking the cut with `…`.
 fn truncate(s: &mut String, max: usize) {
@@ -184,5 +222,62 @@ mod tests {
         let mut short = "abc".to_owned();
         truncate(&mut short, MAX_FIELD_BYTES);
         assert_eq!(short, "abc");
+    }
+
+    fn row(n: u32, text: &str) -> AuditRow {
+        AuditRow {
+            time: n,
+            user: text.into(),
+            roles: text.into(),
+            route: "/api/analytics/overview".into(),
+            game_id: text.into(),
+            env: text.into(),
+            params: text.into(),
+            status: 200,
+            duration_ms: 0,
+            read_rows: 0,
+        }
+    }
+
+    /// Every text field is bounded, the scope from the query or the headers included: a
+    /// row's size does not follow the request's.
+    #[test]
+    fn every_field_of_a_row_is_bounded() {
+        let log = AuditLog::new(4);
+        let long = "g".repeat(16 * 1024);
+        let mut r = row(1, &long);
+        r.route = long.clone();
+        log.record(r);
+        let (rows, _) = log.snapshot();
+        let r = &rows[0];
+        assert!(r.game_id.len() <= MAX_SCOPE_BYTES && r.env.len() <= MAX_SCOPE_BYTES, "{}", r.game_id.len());
+        for f in [&r.params, &r.user, &r.roles, &r.route] {
+            assert!(f.len() <= MAX_FIELD_BYTES, "{}", f.len());
+        }
+        let text: usize = [&r.params, &r.user, &r.roles, &r.route, &r.game_id, &r.env].iter().map(|f| f.len()).sum();
+        assert!(text <= 4 * MAX_FIELD_BYTES + 2 * MAX_SCOPE_BYTES, "{text}");
+    }
+
+    /// Rows queued while a write is in flight stay queued after it, even when the full
+    /// queue dropped rows of that write meanwhile; every row is written or counted dropped.
+    #[test]
+    fn a_write_removes_only_the_rows_it_wrote() {
+        let log = AuditLog::new(3);
+        for n in 1..=3 {
+            log.record(row(n, "a"));
+        }
+        let (in_flight, last) = log.snapshot();
+        assert_eq!(in_flight.len(), 3);
+        // While the insert is in flight, two more rows push out the two oldest.
+        log.record(row(4, "a"));
+        log.record(row(5, "a"));
+        assert_eq!(log.take_dropped(), 2);
+        assert_eq!(log.written(last.expect("rows")), 1, "only row 3 of the write was still queued");
+        let (left, _) = log.snapshot();
+        assert_eq!(left.iter().map(|r| r.time).collect::<Vec<_>>(), vec![4, 5]);
+        // A write with nothing queued after it empties the queue.
+        let (_, last) = log.snapshot();
+        assert_eq!(log.written(last.expect("rows")), 2);
+        assert_eq!(log.pending(), 0);
     }
 }

@@ -119,10 +119,13 @@ impl Params {
         allowed.iter().copied().find(|a| a.eq_ignore_ascii_case(v)).unwrap_or(default)
     }
 
-    /// The parameters as a JSON object (for the audit log).
+    /// The parameters as a JSON object (for the audit log): of a repeated name, the first
+    /// value, the one the request was answered with ([`Params::get`]).
     pub fn to_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> =
-            self.pairs.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let mut map = serde_json::Map::new();
+        for (k, v) in &self.pairs {
+            map.entry(k.clone()).or_insert_with(|| serde_json::Value::String(v.clone()));
+        }
         serde_json::Value::Object(map).to_string()
     }
 }
@@ -272,6 +275,15 @@ mod tests {
         assert!(Range::from(&Params::parse("start=2025-11-22&end=2025-11-21"), 0, DAY, false).is_err());
         assert_eq!(percent(1.0, 3.0), 33.33);
         assert_eq!(percent(1.0, 0.0), 0.0);
+    }
+
+    /// The audit log records the value a repeated parameter was answered with.
+    #[test]
+    fn the_audited_parameters_are_those_used() {
+        let p = Params::parse("game_id=g1&start=2025-11-01&game_id=g2&start=2025-11-09");
+        assert_eq!((p.get("game_id"), p.get("start")), (Some("g1"), Some("2025-11-01")));
+        let logged: serde_json::Value = serde_json::from_str(&p.to_json()).expect("json");
+        assert_eq!(logged, serde_json::json!({"game_id": "g1", "start": "2025-11-01"}));
     }
 
     #[test]

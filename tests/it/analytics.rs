@@ -867,6 +867,78 @@ fn analytics_payments_are_exact() {
     assert_eq!(pass_rev, sum(&|p| p.product == "pass" && p.status == "success"));
     let r = api.get(&format!("/api/analytics/payments/product_trend?{range}"), &admin());
     assert_eq!((r.status, r.error_tag()), (400, "invalid_parameter".to_owned()));
+    // Products in request order, one without payments with no points.
+    let trend = api
+        .json(&format!("/api/analytics/payments/product_trend?{range}&product_id=nothing,gems,pass&granularity=hour"));
+    let ids: Vec<&str> =
+        trend["products"].as_array().unwrap().iter().map(|p| p["product_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["nothing", "gems", "pass"]);
+    assert_eq!(trend["products"][0]["points"], json!([]));
+    assert_eq!(trend["products"][2]["points"], products[0]["points"]);
+}
+
+/// The API keeps idle ClickHouse connections: after a restart of the server every one of
+/// them is closed, and the next request's queries, sent on them, are sent again on new
+/// connections rather than answered 502.
+#[test]
+fn analytics_answers_after_a_clickhouse_restart() {
+    let mut api = Api::start();
+    let h = &api.history;
+    let path = format!(
+        "/api/analytics/payments/summary?game_id=g1&env=prod&start={}&end={}",
+        date(h.today - 9),
+        date(h.today - 1)
+    );
+    let before = api.json(&path);
+    api.ch.restart();
+    let r = api.get(&path, &admin());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(after, before);
+}
+
+/// A refusal's status, tag and field.
+fn refusal(api: &Api, path: &str) -> (u16, String, Option<String>) {
+    let r = api.get(path, &admin());
+    let v: Value = serde_json::from_str(&r.text()).unwrap_or(Value::Null);
+    (r.status, r.error_tag(), v["field"].as_str().map(str::to_owned))
+}
+
+/// Times outside ClickHouse's `DateTime` (1970-01-01 .. 2105-12-31) and requests past a
+/// route's caps are refused with 400 naming the field, never answered with wrapped times
+/// or a failed query.
+#[test]
+fn analytics_refuses_times_outside_datetime_and_requests_past_the_caps() {
+    let api = Api::start();
+    let bad = |field: &str| (400, "invalid_parameter".to_owned(), Some(field.to_owned()));
+    for (query, field) in [
+        ("start=1969-12-31&end=1970-01-05", "start"),
+        ("start=1969-12-31T23:59:59Z&end=1970-01-05", "start"),
+        ("start=-0001-01-01&end=1970-01-05", "start"),
+        ("start=2025-01-01&end=2150-01-01", "end"),
+        ("end=2106-01-01", "end"),
+    ] {
+        for route in ["overview", "payments/summary", "ltv", "segments", "behavior/events"] {
+            let path = format!("/api/analytics/{route}?game_id=g1&env=prod&{query}");
+            assert_eq!(refusal(&api, &path), bad(field), "{path}");
+        }
+    }
+    // The first and last days ClickHouse holds are answered.
+    for route in ["overview", "payments/summary", "ltv", "segments"] {
+        api.json(&format!("/api/analytics/{route}?game_id=g1&env=prod&start=1970-01-01&end=1970-01-03"));
+        api.json(&format!("/api/analytics/{route}?game_id=g1&env=prod&start=2105-12-01&end=2105-12-31"));
+    }
+    // Segments read every active user of the range: at most 366 days, as the cohorts.
+    let path = "/api/analytics/segments?game_id=g1&env=prod&start=2024-01-01&end=2025-01-02";
+    assert_eq!(refusal(&api, path), bad("start"));
+    api.json("/api/analytics/segments?game_id=g1&env=prod&start=2024-01-01&end=2025-01-01");
+    // Adoption: at most 50 features.
+    let features = |n: usize| (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",");
+    for route in ["adoption", "adoption_breakdown"] {
+        let path = format!("/api/analytics/behavior/{route}?game_id=g1&env=prod&features={}", features(51));
+        assert_eq!(refusal(&api, &path), bad("features"), "{route}");
+        api.json(&format!("/api/analytics/behavior/{route}?game_id=g1&env=prod&features={}", features(50)));
+    }
 }
 
 /// Realtime figures come from the HyperLogLogs in Redis and today's payments.
@@ -1068,6 +1140,14 @@ fn analytics_auth_is_enforced_and_audited() {
     check(&rs(&api.rsa_pem, "k9"), 401, "unauthorized");
     // Health stays open.
     assert_eq!(api.get("/healthz", "").status, 200);
+    // A `games` claim written as one string: `"*"` reads every game, `"g2"` that one.
+    let star = hs256(json!({"sub":"fay","roles":["viewer"],"games":"*","exp":exp()}), SECRET);
+    assert_eq!(api.get("/api/analytics/filters", &star).status, 200);
+    assert_eq!(api.get("/api/analytics/filters?game_id=g1", &star).status, 200);
+    let only = hs256(json!({"sub":"gus","roles":["viewer"],"games":"g2","exp":exp()}), SECRET);
+    assert_eq!(api.get("/api/analytics/filters?game_id=g2", &only).status, 200);
+    let r = api.get("/api/analytics/filters?game_id=g1", &only);
+    assert_eq!((r.status, r.error_tag()), (403, "forbidden".to_owned()), "{}", r.text());
 
     // CSV export needs analytics:export besides analytics:read: a viewer may read the
     // segments, not export them; an analyst may (and gets the JSON's figures).
@@ -1107,6 +1187,38 @@ fn analytics_auth_is_enforced_and_audited() {
     assert_eq!((count("\t401"), count("\t403"), count("\t200")), (7, 4, 2), "{audit:?}");
     assert!(audit.contains(&"carol\t/api/analytics/overview\tg1\t200".to_owned()), "{audit:?}");
     assert!(audit.contains(&"bob\t/api/analytics/overview\tg2\t200".to_owned()), "{audit:?}");
+
+    // A repeated parameter is logged with the value the answer used (the first), and a
+    // scope of kilobytes (an unauthenticated request's headers) is cut in the log.
+    let r = api.get("/api/analytics/filters?game_id=g2&env=prod&game_id=g1", &only);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let long = "x".repeat(6 * 1024);
+    let r = HttpClient::connect(api.addr()).request(
+        "GET",
+        "/api/analytics/realtime",
+        &[("X-Game-ID".to_owned(), long.clone()), ("X-Env".to_owned(), long)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let text = api.ch.query(
+            "SELECT params, game_id, length(game_id), length(env) FROM analytics.audit_log \
+             WHERE user = 'gus' AND params LIKE '%prod%' OR user = '' AND route = '/api/analytics/realtime' \
+             ORDER BY user DESC FORMAT TabSeparated",
+        );
+        let rows: Vec<String> = text.lines().map(str::to_owned).collect();
+        if rows.len() >= 2 || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    let used: Vec<&str> = logged[0].split('\t').collect();
+    let params: Value = serde_json::from_str(used[0]).unwrap();
+    assert_eq!((params, &used[1..]), (json!({"game_id": "g2", "env": "prod"}), &["g2", "2", "4"][..]), "{logged:?}");
+    let cut: Vec<&str> = logged[1].split('\t').collect();
+    assert!(cut[2].parse::<usize>().unwrap() <= 256 && cut[3].parse::<usize>().unwrap() <= 256, "{:?}", &cut[2..]);
 }
 
 /// The audit log's `read_rows` of an answer is the rows every query of it read, summed

@@ -27,9 +27,25 @@ struct Claims {
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
-    /// Games the token may read; absent means all (`"*"` too).
-    #[serde(default)]
+    /// Games the token may read; absent means all (`"*"` too). A list, or one game as a
+    /// string (`"games":"*"`, `"games":"g1"`).
+    #[serde(default, deserialize_with = "one_or_many")]
     games: Option<Vec<String>>,
+}
+
+/// A string or a list of strings (`null`: absent).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(g)) => Some(vec![g]),
+        Some(OneOrMany::Many(gs)) => Some(gs),
+    })
 }
 
 /// A verified caller.
@@ -181,5 +197,35 @@ impl Verifier {
             }
         }
         Ok(Caller { user: c.sub, roles: c.roles, permissions, games: c.games })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn games(claims: &str) -> Result<Option<Vec<String>>, String> {
+        serde_json::from_str::<Claims>(claims).map(|c| c.games).map_err(|e| e.to_string())
+    }
+
+    /// A `games` claim is a list or one game as a string; `"*"` reads every game.
+    #[test]
+    fn a_games_claim_is_a_string_or_a_list() {
+        assert_eq!(games(r#"{"sub":"a"}"#), Ok(None));
+        assert_eq!(games(r#"{"games":null}"#), Ok(None));
+        assert_eq!(games(r#"{"games":"*"}"#), Ok(Some(vec!["*".into()])));
+        assert_eq!(games(r#"{"games":"g1"}"#), Ok(Some(vec!["g1".into()])));
+        assert_eq!(games(r#"{"games":["g1","g2"]}"#), Ok(Some(vec!["g1".into(), "g2".into()])));
+        assert!(games(r#"{"games":7}"#).is_err());
+        let caller = |g: &str| Caller {
+            user: "a".into(),
+            roles: vec![],
+            permissions: vec![READ],
+            games: games(&format!(r#"{{"games":{g}}}"#)).expect("claims"),
+        };
+        assert_eq!(caller(r#""*""#).may_read(None), Ok(()));
+        assert_eq!(caller(r#""*""#).may_read(Some("g2")), Ok(()));
+        assert_eq!(caller(r#""g1""#).may_read(Some("g1")), Ok(()));
+        assert_eq!(caller(r#""g1""#).may_read(Some("g2")), Err(ApiError::GameNotAllowed("g2".into())));
     }
 }

@@ -16,6 +16,9 @@ use super::Ctx;
 /// Most steps of a funnel or a path.
 const MAX_STEPS: usize = 10;
 
+/// Most features of an adoption (each is an aggregate of the query).
+pub const MAX_FEATURES: usize = 50;
+
 /// A user's events an ordered funnel looks at: the earliest this many of the funnel's
 /// events in the range.
 pub const MAX_FUNNEL_EVENTS: usize = 1_000;
@@ -297,13 +300,23 @@ fn adoption_group(ctx: &Ctx<'_>) -> Result<&'static str, ApiError> {
     })
 }
 
-/// `/behavior/adoption`: per feature event, the groups that did it, as a percent of the
-/// groups with any event in the range (`baseline`).
-pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+/// The `features` of `/adoption` and `/adoption_breakdown`: required, at most
+/// [`MAX_FEATURES`].
+fn features(ctx: &Ctx<'_>) -> Result<Vec<String>, ApiError> {
     let features = ctx.params.list("features");
     if features.is_empty() {
         return Err(ApiError::param("features", "required"));
     }
+    if features.len() > MAX_FEATURES {
+        return Err(ApiError::param("features", format!("at most {MAX_FEATURES}")));
+    }
+    Ok(features)
+}
+
+/// `/behavior/adoption`: per feature event, the groups that did it, as a percent of the
+/// groups with any event in the range (`baseline`).
+pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
+    let features = features(ctx)?;
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
     let g = adoption_group(ctx)?;
@@ -324,10 +337,7 @@ pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 /// `channel`), the groups with any event (`baseline`), those that did any of the features,
 /// and the percent; sorted by value.
 pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
-    let features = ctx.params.list("features");
-    if features.is_empty() {
-        return Err(ApiError::param("features", "required"));
-    }
+    let features = features(ctx)?;
     let by = ctx.params.choice_or_default("by", &["channel", "platform", "country"]);
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());

@@ -95,6 +95,11 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 /// `/segments`.
 pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
+    // Every active user of the range is read (a row each): bounded as the other ranges.
+    let (first, last) = range.days();
+    if last - first > 366 {
+        return Err(ApiError::param("start", "at most 366 days"));
+    }
     let w = ctx.scope.filter();
     let users = ctx
         .db

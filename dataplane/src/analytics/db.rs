@@ -361,11 +361,6 @@ impl Db {
         let left = deadline.saturating_duration_since(monoio::time::Instant::now());
         let secs = left.as_secs().max(1);
         let run = async {
-            let pooled = self.idle.borrow_mut().pop();
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => Connection::connect(&self.opts).await?,
-            };
             let mut settings = vec![
                 ("max_execution_time", Setting::UInt(secs)),
                 // The answer is decoded into memory on the control thread: bounded.
@@ -375,6 +370,23 @@ impl Db {
             if self.cluster {
                 settings.push(("distributed_product_mode", Setting::Str("global")));
             }
+            let pooled = self.idle.borrow_mut().pop();
+            if let Some(mut conn) = pooled {
+                let before = conn.packets_received();
+                match conn.select(sql, &settings).await {
+                    Ok(out) => {
+                        self.idle.borrow_mut().push(conn);
+                        return Ok(out);
+                    }
+                    // The server closed the idle connection (it restarted, or dropped idle
+                    // clients) before answering anything: once more on a fresh connection.
+                    Err(ChError::Io(e)) if conn.packets_received() == before => {
+                        tracing::debug!(error = %e, "pooled ClickHouse connection closed; query sent again on a new one");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut conn = Connection::connect(&self.opts).await?;
             let out = conn.select(sql, &settings).await?;
             self.idle.borrow_mut().push(conn);
             Ok::<Selected, ChError>(out)

@@ -3,7 +3,9 @@
 //!
 //! `start`/`end` accept RFC 3339 with or without fractional seconds (the dashboard sends
 //! `Date.toISOString()`), and `YYYY-MM-DD`. A range is inclusive of both ends, in whole
-//! seconds (UTC); a date as `end` means the end of that day (23:59:59).
+//! seconds (UTC); a date as `end` means the end of that day (23:59:59). A time must lie
+//! within ClickHouse's `DateTime` (1970-01-01 to 2105-12-31, [`MIN_TIME`]..=[`MAX_TIME`]):
+//! outside it ClickHouse would wrap it to another time, so it is refused by name.
 
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -160,17 +162,37 @@ impl Scope {
     }
 }
 
+/// The first second a request may name: 1970-01-01T00:00:00Z (ClickHouse's `DateTime`
+/// starts there).
+pub const MIN_TIME: i64 = 0;
+
+/// The last second a request may name: 2105-12-31T23:59:59Z (ClickHouse's `DateTime`
+/// ends on 2106-02-07; whole years are kept).
+pub const MAX_TIME: i64 = 4_291_747_199;
+
 /// Parses a time: RFC 3339 (fractional seconds dropped) or `YYYY-MM-DD` (its midnight,
-/// or with `end_of_day` its last second). Unix seconds.
+/// or with `end_of_day` its last second). Unix seconds, within [`MIN_TIME`]..=[`MAX_TIME`]
+/// (else refused, naming `field`).
 pub fn parse_time(field: &'static str, v: &str, end_of_day: bool) -> Result<i64, ApiError> {
-    if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
-        return Ok(t.unix_timestamp());
+    let t = match OffsetDateTime::parse(v, &Rfc3339) {
+        Ok(t) => t.unix_timestamp(),
+        Err(_) => {
+            let date = Date::parse(v, format_description!("[year]-[month]-[day]")).map_err(|_| {
+                ApiError::param(field, "expected RFC 3339 (2025-11-22T12:00:00Z, fractions allowed) or YYYY-MM-DD")
+            })?;
+            let midnight = date.midnight().assume_utc().unix_timestamp();
+            if end_of_day {
+                midnight + DAY - 1
+            } else {
+                midnight
+            }
+        }
+    };
+    if (MIN_TIME..=MAX_TIME).contains(&t) {
+        Ok(t)
+    } else {
+        Err(ApiError::param(field, "expected a time from 1970-01-01 to 2105-12-31 (UTC)"))
     }
-    let date = Date::parse(v, format_description!("[year]-[month]-[day]")).map_err(|_| {
-        ApiError::param(field, "expected RFC 3339 (2025-11-22T12:00:00Z, fractions allowed) or YYYY-MM-DD")
-    })?;
-    let midnight = date.midnight().assume_utc().unix_timestamp();
-    Ok(if end_of_day { midnight + DAY - 1 } else { midnight })
 }
 
 /// An inclusive range of seconds.
@@ -194,7 +216,8 @@ impl Range {
         let start = match params.get("start") {
             Some(v) => parse_time("start", v, false)?,
             None if required => return Err(ApiError::param("start", "required")),
-            None => end - default_secs,
+            // A default start before the first second is that second.
+            None => (end - default_secs).max(MIN_TIME),
         };
         if start > end {
             return Err(ApiError::param("start", "after end"));
@@ -202,9 +225,12 @@ impl Range {
         Ok(Range { start, end })
     }
 
-    /// `<col> >= toDateTime(start) AND <col> <= toDateTime(end)`.
+    /// `<col> >= toDateTime(start) AND <col> <= toDateTime(end)`, both kept within
+    /// [`MIN_TIME`]..=[`MAX_TIME`] (a range a route widened, as the LTV's 90 days past its
+    /// cohorts, never wraps around in ClickHouse).
     pub fn filter(&self, col: &str) -> String {
-        format!("{col} >= toDateTime({}) AND {col} <= toDateTime({})", self.start, self.end)
+        let clamp = |t: i64| t.clamp(MIN_TIME, MAX_TIME);
+        format!("{col} >= toDateTime({}) AND {col} <= toDateTime({})", clamp(self.start), clamp(self.end))
     }
 
     /// Day numbers (days since the epoch) of the first and last second.
@@ -213,8 +239,11 @@ impl Range {
     }
 }
 
-/// `YYYY-MM-DD` of a day number.
+/// `YYYY-MM-DD` of a day number, kept within [`MIN_TIME`]..=[`MAX_TIME`] (a day a route
+/// counts back from the range, as the overview's 30 days before its last, is never one
+/// ClickHouse cannot read).
 pub fn date_string(day: i64) -> String {
+    let day = day.clamp(MIN_TIME / DAY, MAX_TIME / DAY);
     let t = OffsetDateTime::from_unix_timestamp(day * DAY).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let d = t.date();
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
@@ -261,6 +290,36 @@ mod tests {
         }
         assert_eq!(rfc3339(want), "2025-11-22T12:00:00Z");
         assert_eq!(date_string(want / DAY), "2025-11-22");
+    }
+
+    /// Times outside ClickHouse's `DateTime` are refused naming the field, never wrapped.
+    #[test]
+    fn times_outside_clickhouses_datetime_are_refused() {
+        assert_eq!(rfc3339(MAX_TIME), "2105-12-31T23:59:59Z");
+        assert_eq!(parse_time("start", "1970-01-01", false), Ok(0));
+        assert_eq!(parse_time("end", "2105-12-31", true), Ok(MAX_TIME));
+        for (field, bad, eod) in [
+            ("start", "1969-12-31", false),
+            ("start", "1969-12-31T23:59:59Z", false),
+            ("start", "-0001-01-01", false),
+            ("end", "2106-01-01", true),
+            ("end", "2150-01-01", true),
+            ("end", "9999-12-31T23:59:59Z", true),
+        ] {
+            let e = parse_time(field, bad, eod).expect_err(bad);
+            assert_eq!((e.status(), e.field()), (400, Some(field)), "{bad}");
+        }
+        let e = Range::from(&Params::parse("start=1969-12-31&end=1970-01-05"), 0, DAY, false).expect_err("start");
+        assert_eq!(e.field(), Some("start"));
+        let e = Range::from(&Params::parse("end=2150-01-01"), 0, DAY, false).expect_err("end");
+        assert_eq!(e.field(), Some("end"));
+        // A default start never goes before the first second.
+        let r = Range::from(&Params::parse("end=1970-01-02"), 0, 30 * DAY, false).expect("range");
+        assert_eq!(r.start, 0);
+        assert_eq!(
+            Range { start: -5, end: MAX_TIME + 90 * DAY }.filter("t"),
+            format!("t >= toDateTime(0) AND t <= toDateTime({MAX_TIME})")
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! delivered). Refunds are `refund` and `refunded` alike; attempts are the rows that are
 //! not refunds; a failure is an attempt that did not succeed.
 
+use std::collections::HashMap;
+
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Map, Value as Json};
 
@@ -152,23 +154,20 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             quote_list(&products)
         ))
         .await?;
+    // One pass over the rows: each product's points, in time order.
+    let mut points: HashMap<String, Vec<Json>> = HashMap::with_capacity(products.len());
+    for r in &rows {
+        let product = r.get(1).map(Value::as_str).unwrap_or_default();
+        points.entry(product).or_default().push(json!({
+            "time": params::rfc3339(u(r, 0) as i64),
+            "success": u(r, 3),
+            "total": u(r, 4),
+            "revenue_cents": u(r, 2),
+        }));
+    }
     let out: Vec<Json> = products
         .iter()
-        .map(|p| {
-            let points: Vec<Json> = rows
-                .iter()
-                .filter(|r| r.get(1).map(Value::as_str).as_deref() == Some(p.as_str()))
-                .map(|r| {
-                    json!({
-                        "time": params::rfc3339(u(r, 0) as i64),
-                        "success": u(r, 3),
-                        "total": u(r, 4),
-                        "revenue_cents": u(r, 2),
-                    })
-                })
-                .collect();
-            json!({ "product_id": p, "points": points })
-        })
+        .map(|p| json!({ "product_id": p, "points": points.get(p).cloned().unwrap_or_default() }))
         .collect();
     Ok(json!({ "products": out }))
 }

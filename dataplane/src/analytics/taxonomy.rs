@@ -1,5 +1,10 @@
 //! The event names each figure counts, with the aliases Croupier's dashboards and SDKs
-//! send (reference §6.2), as SQL lists.
+//! send (reference §6.2), as SQL lists. The level lists hold every name the worker's
+//! sketches count (`worker::aggregate::what`; a unit test keeps them so). Online players
+//! are not counted from events here: the API reads the worker's sketches and
+//! `minute_online`, which count `session.heartbeat` and the rest. Names are compared as
+//! stored (with case), where the worker ignores case: `events.event` keeps the name as sent,
+//! and `user_days`/`daily_players` are filled with the same case-sensitive lists.
 
 /// Activity that makes a user daily-active (DAU/WAU/MAU).
 pub const ACTIVE: &str = "('login', 'session_start', 'user.login', 'session.start')";
@@ -14,9 +19,10 @@ pub const ACTIVE_KIND: u8 = 0;
 /// In `daily_players`: the sketch of a day's players with a [`NEW_USER`] event.
 pub const NEW_KIND: u8 = 1;
 /// A level started.
-pub const LEVEL_START: &str = "('level_start', 'level_enter', 'level_begin', 'progression.start')";
+pub const LEVEL_START: &str = "('level_start', 'level_enter', 'level_begin', 'level.start', 'progression.start')";
 /// A level cleared.
-pub const LEVEL_CLEAR: &str = "('level_clear', 'level_pass', 'level_win', 'level_complete', 'progression.complete')";
+pub const LEVEL_CLEAR: &str =
+    "('level_clear', 'level_pass', 'level_win', 'level_complete', 'level.complete', 'progression.complete')";
 /// A level failed.
 pub const LEVEL_FAIL: &str = "('level_fail', 'level_lose', 'level_dead', 'progression.fail')";
 /// Payment statuses that are refunds (both spellings Croupier uses).
@@ -27,3 +33,21 @@ pub const REFUND: &str = "('refund', 'refunded')";
 /// cluster), an aggregate whose argument is `IN` over a `LowCardinality` column (code 70:
 /// `AggregateFunction(sumIf, UInt64, LowCardinality(UInt8))` is not the `UInt8` one).
 pub const REFUNDED: &str = "CAST(status AS String) IN ('refund', 'refunded')";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::aggregate::what;
+
+    /// The API counts a level start, a clear and a new user under every name the worker's
+    /// sketches count it (the realtime level gauges and the `/levels` figures agree).
+    #[test]
+    fn the_api_counts_every_name_the_worker_counts() {
+        for (api, worker) in [(LEVEL_START, what::LEVEL_START), (LEVEL_CLEAR, what::LEVEL_CLEAR), (NEW_USER, what::NEW)]
+        {
+            for name in worker {
+                assert!(api.contains(&format!("'{name}'")), "{name} missing from {api}");
+            }
+        }
+    }
+}

@@ -120,6 +120,8 @@ pub struct Connection {
     /// Random per connection, so query ids never collide between connections.
     id: u64,
     queries: u64,
+    /// Packets read from the server so far (hello included).
+    packets: u64,
 }
 
 const CLIENT_NAME: &str = "croupier";
@@ -185,6 +187,7 @@ impl Connection {
             timeout: opts.timeout,
             id: fastrand::u64(..),
             queries: 0,
+            packets: 0,
         };
         packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, &opts.password);
         c.flush().await?;
@@ -204,6 +207,12 @@ impl Connection {
         &self.server
     }
 
+    /// Packets read from the server so far: unchanged across a failed call, nothing of
+    /// its answer was read (a pooled connection the server had closed).
+    pub fn packets_received(&self) -> u64 {
+        self.packets
+    }
+
     async fn flush(&mut self) -> Result<(), ChError> {
         let buf = std::mem::take(&mut self.wbuf);
         let (res, mut buf) = match monoio::time::timeout(self.timeout, self.stream.write_all(buf)).await {
@@ -219,6 +228,7 @@ impl Connection {
         loop {
             if let Some((p, used)) = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)? {
                 self.rbuf.drain(..used);
+                self.packets += 1;
                 return Ok(p);
             }
             match monoio::time::timeout(self.timeout, read_more(&mut self.stream, &mut self.rbuf)).await {

@@ -113,10 +113,15 @@ pub struct EventKinds {
     pub level_clear: bool,
 }
 
-const ONLINE: &[&str] = &["session_start", "heartbeat", "session.start", "session.heartbeat"];
-const NEW: &[&str] = &["register", "first_active", "user.register"];
-const LEVEL_START: &[&str] = &["level_start", "level_enter", "level_begin", "level.start", "progression.start"];
-const LEVEL_CLEAR: &[&str] =
+/// Event names (compared without case) of the kind.
+pub(crate) const ONLINE: &[&str] = &["session_start", "heartbeat", "session.start", "session.heartbeat"];
+/// Event names (compared without case) of the kind.
+pub(crate) const NEW: &[&str] = &["register", "first_active", "user.register"];
+/// Event names (compared without case) of the kind.
+pub(crate) const LEVEL_START: &[&str] =
+    &["level_start", "level_enter", "level_begin", "level.start", "progression.start"];
+/// Event names (compared without case) of the kind.
+pub(crate) const LEVEL_CLEAR: &[&str] =
     &["level_clear", "level_pass", "level_win", "level_complete", "level.complete", "progression.complete"];
 
 fn one_of(name: &str, names: &[&str]) -> bool {

@@ -50,6 +50,11 @@ pub struct AuditLog {
     dropped: Cell<u64>,
     /// The next row's sequence number.
     next_seq: Cell<u64>,
+    /// The sequence number of the last row of the write in flight.
+    in_flight: Cell<Option<u64>>,
+    /// Rows of the write in flight pushed out of the full queue meanwhile: written if the
+    /// write succeeds, else counted dropped.
+    dropped_in_flight: Cell<u64>,
 }
 
 /// The statement the rows are inserted with.
@@ -64,6 +69,8 @@ impl AuditLog {
             max_pending: max_pending.max(1),
             dropped: Cell::new(0),
             next_seq: Cell::new(0),
+            in_flight: Cell::new(None),
+            dropped_in_flight: Cell::new(0),
         }
     }
 
@@ -82,8 +89,13 @@ impl AuditLog {
         self.next_seq.set(seq.wrapping_add(1));
         let mut p = self.pending.borrow_mut();
         if p.len() >= self.max_pending {
-            p.pop_front();
-            self.dropped.set(self.dropped.get() + 1);
+            if let Some((old, _)) = p.pop_front() {
+                if self.in_flight.get().is_some_and(|last| old <= last) {
+                    self.dropped_in_flight.set(self.dropped_in_flight.get() + 1);
+                } else {
+                    self.dropped.set(self.dropped.get() + 1);
+                }
+            }
         }
         p.push_back((seq, row));
     }
@@ -98,17 +110,26 @@ impl AuditLog {
         self.dropped.replace(0)
     }
 
-    /// A copy of the rows waiting, and the sequence number of the last of them (`None`:
-    /// none wait).
-    fn snapshot(&self) -> (Vec<AuditRow>, Option<u64>) {
+    /// Starts a write: a copy of the rows waiting and the sequence number of the last of
+    /// them (`None`: none wait).
+    fn begin(&self) -> Option<(Vec<AuditRow>, u64)> {
         let p = self.pending.borrow();
-        (p.iter().map(|(_, r)| r.clone()).collect(), p.back().map(|(seq, _)| *seq))
+        let last = p.back().map(|(seq, _)| *seq)?;
+        self.in_flight.set(Some(last));
+        Some((p.iter().map(|(_, r)| r.clone()).collect(), last))
     }
 
-    /// Removes the rows written: those numbered up to `last` (rows queued after the
-    /// snapshot stay, and rows dropped meanwhile were counted when dropped). Returns how
-    /// many were removed.
-    fn written(&self, last: u64) -> usize {
+    /// Ends the write begun with [`AuditLog::begin`]: when it succeeded, removes the rows
+    /// it wrote, those numbered up to `last` (rows queued since stay); when it failed,
+    /// counts as dropped the rows of it the full queue pushed out meanwhile (the others
+    /// stay queued). Returns the rows removed.
+    fn end(&self, last: u64, written: bool) -> usize {
+        self.in_flight.set(None);
+        let pushed_out = self.dropped_in_flight.replace(0);
+        if !written {
+            self.dropped.set(self.dropped.get() + pushed_out);
+            return 0;
+        }
         let mut p = self.pending.borrow_mut();
         let n = p.iter().take_while(|(seq, _)| *seq <= last).count();
         p.drain(..n);
@@ -117,24 +138,14 @@ impl AuditLog {
 
     /// Writes what is pending in one insert; on failure the rows stay queued.
     pub async fn flush(&self, conn: &mut Option<Connection>, opts: &ChOptions) -> Result<usize, ChError> {
-        let (rows, last) = self.snapshot();
-        let Some(last) = last else { return Ok(0) };
-        let c = match conn {
-            Some(c) => c,
-            None => conn.insert(Connection::connect(opts).await?),
-        };
-        let result = async {
-            c.insert_start(INSERT, &[]).await?;
-            let columns = columns(&rows);
-            c.insert_block(&columns, rows.len()).await?;
-            c.insert_end().await
-        }
-        .await;
+        let Some((rows, last)) = self.begin() else { return Ok(0) };
+        let result = insert(conn, opts, &rows).await;
+        let removed = self.end(last, result.is_ok());
         if let Err(e) = result {
             *conn = None;
             return Err(e);
         }
-        Ok(self.written(last))
+        Ok(removed)
     }
 
     /// Flushes every `every` until `stop` is set, then once more.
@@ -155,6 +166,18 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Inserts `rows` on `conn` (connected first when `None`).
+async fn insert(conn: &mut Option<Connection>, opts: &ChOptions, rows: &[AuditRow]) -> Result<(), ChError> {
+    let c = match conn {
+        Some(c) => c,
+        None => conn.insert(Connection::connect(opts).await?),
+    };
+    c.insert_start(INSERT, &[]).await?;
+    let columns = columns(rows);
+    c.insert_block(&columns, rows.len()).await?;
+    c.insert_end().await
 }
 
 /// The rows as the table's columns.
@@ -248,7 +271,7 @@ mod tests {
         let mut r = row(1, &long);
         r.route = long.clone();
         log.record(r);
-        let (rows, _) = log.snapshot();
+        let (rows, _) = log.begin().expect("a row");
         let r = &rows[0];
         assert!(r.game_id.len() <= MAX_SCOPE_BYTES && r.env.len() <= MAX_SCOPE_BYTES, "{}", r.game_id.len());
         for f in [&r.params, &r.user, &r.roles, &r.route] {
@@ -259,25 +282,36 @@ mod tests {
     }
 
     /// Rows queued while a write is in flight stay queued after it, even when the full
-    /// queue dropped rows of that write meanwhile; every row is written or counted dropped.
+    /// queue pushed out rows of that write meanwhile; every row is written once or counted
+    /// dropped once.
     #[test]
     fn a_write_removes_only_the_rows_it_wrote() {
         let log = AuditLog::new(3);
         for n in 1..=3 {
             log.record(row(n, "a"));
         }
-        let (in_flight, last) = log.snapshot();
+        let (in_flight, last) = log.begin().expect("rows");
         assert_eq!(in_flight.len(), 3);
-        // While the insert is in flight, two more rows push out the two oldest.
+        // While the insert is in flight, two more rows push out the two oldest, which the
+        // insert is writing.
         log.record(row(4, "a"));
         log.record(row(5, "a"));
-        assert_eq!(log.take_dropped(), 2);
-        assert_eq!(log.written(last.expect("rows")), 1, "only row 3 of the write was still queued");
-        let (left, _) = log.snapshot();
-        assert_eq!(left.iter().map(|r| r.time).collect::<Vec<_>>(), vec![4, 5]);
-        // A write with nothing queued after it empties the queue.
-        let (_, last) = log.snapshot();
-        assert_eq!(log.written(last.expect("rows")), 2);
+        assert_eq!(log.end(last, true), 1, "only row 3 of the write was still queued");
+        assert_eq!(log.take_dropped(), 0, "rows 1 and 2 were written");
+        let times = |log: &AuditLog| log.pending.borrow().iter().map(|(_, r)| r.time).collect::<Vec<_>>();
+        assert_eq!(times(&log), vec![4, 5]);
+        // A failed write: a row of it pushed out meanwhile is lost, and counted.
+        let (_, last) = log.begin().expect("rows");
+        log.record(row(6, "a"));
+        log.record(row(7, "a"));
+        assert_eq!(log.end(last, false), 0);
+        assert_eq!(log.take_dropped(), 1, "row 4 was pushed out and not written");
+        assert_eq!(times(&log), vec![5, 6, 7]);
+        // Outside a write, a row pushed out is dropped at once.
+        log.record(row(8, "a"));
+        assert_eq!(log.take_dropped(), 1);
+        let (_, last) = log.begin().expect("rows");
+        assert_eq!(log.end(last, true), 3);
         assert_eq!(log.pending(), 0);
     }
 }

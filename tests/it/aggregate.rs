@@ -723,6 +723,126 @@ fn hll_keys_redis_lost_come_back_from_the_workers_sketches() {
     assert!(p.stop_worker());
 }
 
+/// `daily_users` (`FINAL`) of `GAME`/prod on the UTC day of `ts`: dau, new_users, payers
+/// and version; `None` without a row.
+fn day_row(p: &Pipeline, ts: u64) -> Option<(u64, u64, u64, u64)> {
+    let d = day_of(ts as i64 * 1000);
+    let out = p.clickhouse.query(&format!(
+        "SELECT dau, new_users, payers, version FROM analytics.daily_users FINAL WHERE game_id = '{GAME}' \
+         AND env = 'prod' AND d = toDate('1970-01-01') + {d} FORMAT TabSeparated"
+    ));
+    let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match v[..] {
+        [a, b, c, version] => Some((a, b, c, version)),
+        _ => None,
+    }
+}
+
+/// `minute_online` (`FINAL`) of `GAME`/prod in the minute of `ts`: online and version.
+fn minute_row(p: &Pipeline, ts: u64) -> Option<(u64, u64)> {
+    let m = minute_of(ts as i64 * 1000) as u64 * 60;
+    let out = p.clickhouse.query(&format!(
+        "SELECT online, version FROM analytics.minute_online FINAL WHERE game_id = '{GAME}' AND env = 'prod' \
+         AND m = toDateTime({m}) FORMAT TabSeparated"
+    ));
+    let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match v[..] {
+        [online, version] => Some((online, version)),
+        _ => None,
+    }
+}
+
+/// Redis loses every `hll:*` key while no worker holds a sketch of a past day (two days
+/// back) and of a past minute (an hour back); new players then come for that day and
+/// minute, so the keys count only them. The rows keep at least what they had: each figure
+/// is the larger of the row before and the new reading (`daily_users` dau stays at the
+/// first players' count, `new_users` rises to the second's), never the new reading alone.
+#[test]
+fn figure_rows_are_not_written_lower_after_redis_lost_their_keys() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let now = now_secs() as u64;
+    let (day, minute) = (now - 2 * 86_400, now - 3_600);
+    let players = |prefix: &'static str, n: usize| (0..n).map(move |i| format!("{prefix}-{i}"));
+    post_players(&p, "login", "a", 0..60, day);
+    post_players(&p, "register", "a", 0..20, day);
+    post_players(&p, "heartbeat", "a", 0..40, minute);
+    let (dau_a, new_a, online_a) = (
+        oracle(&p, "oracle:dau", players("a", 60)),
+        oracle(&p, "oracle:new", players("a", 20)),
+        oracle(&p, "oracle:online", players("a", 40)),
+    );
+    p.wait_for(dau_a, "daily_users dau", |p| day_row(p, day).map_or(0, |r| r.0));
+    p.wait_for(new_a, "daily_users new_users", |p| day_row(p, day).map_or(0, |r| r.1));
+    p.wait_for(online_a, "minute_online", |p| minute_row(p, minute).map_or(0, |r| r.0));
+    // The versions of the rows written so far.
+    let before = (day_row(&p, day).map_or(0, |r| r.3), minute_row(&p, minute).map_or(0, |r| r.1));
+    // The worker stops (no sketch of that day or minute is left anywhere) and Redis loses
+    // the keys.
+    assert!(p.stop_worker());
+    let lost = match p.ingest.redis.client().cmd(&["KEYS", "hll:*"]) {
+        croupier_protocol::resp::Frame::Array(k) => k,
+        other => panic!("KEYS: {other:?}"),
+    };
+    assert!(lost.len() >= 3, "{lost:?}");
+    let mut del = vec![croupier_protocol::resp::Frame::BulkString(b"DEL".to_vec())];
+    del.extend(lost);
+    let del: Vec<Vec<u8>> = del
+        .into_iter()
+        .filter_map(|f| match f {
+            croupier_protocol::resp::Frame::BulkString(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    p.ingest.redis.client().cmd(&del);
+    p.start_worker(FAST);
+    post_players(&p, "login", "b", 0..30, day);
+    post_players(&p, "register", "b", 0..30, day);
+    post_players(&p, "heartbeat", "b", 0..15, minute);
+    let (dau_b, new_b, online_b) = (
+        oracle(&p, "oracle:dau", players("b", 30)),
+        oracle(&p, "oracle:new", players("b", 30)),
+        oracle(&p, "oracle:online", players("b", 15)),
+    );
+    p.wait_for(dau_b, "the DAU key (the second players only)", |p| pfcount(p, &key(Kind::Dau, day)));
+    p.wait_for(new_b, "the new-users key", |p| pfcount(p, &key(Kind::New, day)));
+    p.wait_for(online_b, "the online key", |p| pfcount(p, &key(Kind::Online, minute)));
+    // Rewritten since the loss (a later version), the rows hold the larger of what they
+    // had and what the keys now count, figure by figure: `dau` and `online` what they had,
+    // `new_users` the new count.
+    let want = (Some((dau_a.max(dau_b), new_a.max(new_b), 0)), Some(online_a.max(online_b)));
+    let rows = |p: &Pipeline| {
+        let day = day_row(p, day).filter(|r| r.3 > before.0).map(|r| (r.0, r.1, r.2));
+        let minute = minute_row(p, minute).filter(|r| r.1 > before.1).map(|r| r.0);
+        (day, minute)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = rows(&p);
+        if got == want {
+            break;
+        }
+        // Never lower than before, at any write.
+        if let Some((dau, new, _)) = got.0 {
+            assert!(
+                dau >= dau_a && new >= new_a,
+                "daily_users written lower: ({dau}, {new}), before ({dau_a}, {new_a})"
+            );
+        }
+        if let Some(online) = got.1 {
+            assert!(online >= online_a, "minute_online written lower: {online}, before {online_a}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rows rewritten after the loss (daily_users dau, new_users, payers; minute_online online): {got:?}, \
+             expected {want:?}; before the loss: ({dau_a}, {new_a}, 0), {online_a}; the keys now: ({dau_b}, {new_b}, \
+             0), {online_b}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.stop_worker());
+}
+
 /// Inserts a MergeTree table took: every part an insert writes takes the next block
 /// number, one part per partition (month) of its rows — here, at most one insert spans
 /// several months.

@@ -1,7 +1,8 @@
 //! The aggregate rows the worker writes: `minute_online` and `daily_users` from the
 //! merged (all-workers) sketches, `daily_revenue` computed by ClickHouse from the
 //! deduplicated `payments`. Every row is a whole figure with a version; the tables are
-//! `ReplacingMergeTree(version)`, so rewriting a figure never adds to it.
+//! `ReplacingMergeTree(version)`, so rewriting a figure never adds to it; and a player
+//! figure is never written lower than the row it replaces ([`write_figures`]).
 
 use croupier_protocol::clickhouse::block::{Column, ColumnData, LowCardinality};
 use croupier_protocol::clickhouse::packet::Setting;
@@ -129,14 +130,188 @@ async fn insert<T: Table>(ch: &mut Connection, rows: &TableRows<T>) -> Result<()
     ch.insert_end().await
 }
 
-/// Writes minute and day figures (one insert per table).
+/// Writes minute and day figures (one insert per table), each column raised to the row
+/// the table already holds for its minute or day ([`existing_sql`], one look-up per table
+/// with rows to write): a figure row is never written lower than the one it replaces.
+/// A reading of a key Redis lost and then filled again counts only the players merged
+/// since; written as it is, with its later version, it would replace the right figure
+/// for good.
 pub async fn write_figures(ch: &mut Connection, minutes: &[MinuteRow], days: &[DayRow]) -> Result<(), ChError> {
-    let mut m = TableRows::<MinuteOnline>::new();
-    minutes.iter().for_each(|r| m.push(r));
-    insert(ch, &m).await?;
-    let mut d = TableRows::<DailyUsers>::new();
-    days.iter().for_each(|r| d.push(r));
-    insert(ch, &d).await
+    if !minutes.is_empty() {
+        let keys: Vec<(&str, &str, u32)> =
+            minutes.iter().map(|r| (r.game.as_str(), r.env.as_str(), r.minute)).collect();
+        let existing = existing(ch, Figure::Minutes, &keys).await?;
+        let mut m = TableRows::<MinuteOnline>::new();
+        for r in minutes {
+            m.push(&raise_minute(r, &existing));
+        }
+        insert(ch, &m).await?;
+    }
+    if !days.is_empty() {
+        let keys: Vec<(&str, &str, u32)> = days.iter().map(|r| (r.game.as_str(), r.env.as_str(), r.day)).collect();
+        let existing = existing(ch, Figure::Days, &keys).await?;
+        let mut d = TableRows::<DailyUsers>::new();
+        for r in days {
+            d.push(&raise_day(r, &existing));
+        }
+        insert(ch, &d).await?;
+    }
+    Ok(())
+}
+
+/// A table of figures rewritten whole: `minute_online` or `daily_users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// `analytics.minute_online`, per minute (`m`).
+    Minutes,
+    /// `analytics.daily_users`, per UTC day (`d`).
+    Days,
+}
+
+impl Figure {
+    /// The columns read: game, environment, period, then the figures.
+    fn select(self) -> &'static str {
+        match self {
+            Figure::Minutes => "SELECT toString(game_id), toString(env), m, online FROM analytics.minute_online FINAL WHERE ",
+            Figure::Days => {
+                "SELECT toString(game_id), toString(env), d, dau, new_users, payers FROM analytics.daily_users FINAL WHERE "
+            }
+        }
+    }
+
+    /// The period's column.
+    fn column(self) -> &'static str {
+        match self {
+            Figure::Minutes => "m",
+            Figure::Days => "d",
+        }
+    }
+
+    /// A period as a literal of its column's type: a minute's Unix time (independent of
+    /// the server's time zone), a day's UTC date.
+    fn literal(self, period: u32) -> String {
+        match self {
+            Figure::Minutes => format!("toDateTime({})", u64::from(period) * 60),
+            Figure::Days => {
+                let (y, m, d) = crate::worker::aggregate::what::civil(period);
+                format!("toDate('{y:04}-{m:02}-{d:02}')")
+            }
+        }
+    }
+
+    /// The period of a value of its column read back (`DateTime`: seconds; `Date`: days).
+    fn period(self, value: u64) -> Option<u32> {
+        match self {
+            Figure::Minutes => u32::try_from(value / 60).ok(),
+            Figure::Days => u32::try_from(value).ok(),
+        }
+    }
+}
+
+/// Most bytes of SQL in one [`existing_sql`] statement (a quarter of ClickHouse's default
+/// `max_query_size`, as [`ORDER_DAYS_SQL_BYTES`]).
+pub const EXISTING_SQL_BYTES: usize = 64 * 1024;
+
+/// The statements reading the rows `table` holds (`FINAL`: the figure the product reads)
+/// for `keys` (game, environment, minute or UTC day): one for any ordinary write. Per
+/// game and environment, `game_id = … AND env = … AND <period> >= <first> AND <period> <=
+/// <last> AND <period> IN (…)`, joined by `OR`: conditions on the sort key `(game_id,
+/// env, period)` (and the bounds on the partition key's column), so only the granules of
+/// those rows are read, on ClickHouse 18.16 as on later versions, and on a cluster through
+/// the `Distributed` table (whose figures are all on the first shard). Every string goes
+/// through [`quote`]. Statements stay within [`EXISTING_SQL_BYTES`] (one game's and
+/// environment's condition alone may pass it by its quoted names): a long list of one
+/// scope's periods is split over conditions, and conditions over statements.
+pub fn existing_sql(table: Figure, keys: &[(&str, &str, u32)]) -> Vec<String> {
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let col = table.column();
+    let mut conditions = Vec::new();
+    let mut i = 0;
+    while let Some(&(game, env, _)) = sorted.get(i) {
+        let scope = format!("(game_id = {} AND env = {}", quote(game), quote(env));
+        let mut periods: Vec<String> = Vec::new();
+        let mut len = scope.len();
+        let (mut first, mut last) = (u32::MAX, 0);
+        while let Some(&(g, e, period)) = sorted.get(i) {
+            if (g, e) != (game, env) || (!periods.is_empty() && len > EXISTING_SQL_BYTES / 2) {
+                break;
+            }
+            let literal = table.literal(period);
+            len += literal.len() + 2;
+            periods.push(literal);
+            first = first.min(period);
+            last = last.max(period);
+            i += 1;
+        }
+        conditions.push(format!(
+            "{scope} AND {col} >= {} AND {col} <= {} AND {col} IN ({}))",
+            table.literal(first),
+            table.literal(last),
+            periods.join(", ")
+        ));
+    }
+    let mut out = Vec::new();
+    let mut sql = String::new();
+    for c in conditions {
+        if !sql.is_empty() && sql.len() + c.len() + 4 > EXISTING_SQL_BYTES {
+            out.push(std::mem::take(&mut sql));
+        }
+        sql.push_str(if sql.is_empty() { table.select() } else { " OR " });
+        sql.push_str(&c);
+    }
+    if !sql.is_empty() {
+        out.push(sql);
+    }
+    out
+}
+
+/// The figures a table holds, by game, environment and period: `online` for a minute,
+/// `dau`, `new_users`, `payers` for a day.
+pub type Existing = std::collections::HashMap<(String, String, u32), Vec<u64>>;
+
+/// Adds the rows of an [`existing_sql`] answer to `out`: a row per game, environment and
+/// period (should one come twice, the largest of each figure is kept).
+pub fn note_existing(table: Figure, rows: &[Vec<croupier_protocol::clickhouse::result::Value>], out: &mut Existing) {
+    for r in rows {
+        let [game, env, period, figures @ ..] = r.as_slice() else { continue };
+        let Some(period) = table.period(period.as_u64()) else { continue };
+        let known = out.entry((game.as_str(), env.as_str(), period)).or_insert_with(|| vec![0; figures.len()]);
+        for (k, f) in known.iter_mut().zip(figures) {
+            *k = (*k).max(f.as_u64());
+        }
+    }
+}
+
+async fn existing(ch: &mut Connection, table: Figure, keys: &[(&str, &str, u32)]) -> Result<Existing, ChError> {
+    let mut out = Existing::new();
+    for sql in existing_sql(table, keys) {
+        note_existing(table, &ch.select(&sql, &[]).await?.rows, &mut out);
+    }
+    Ok(out)
+}
+
+/// `r` with its figure raised to the row `existing` holds for its minute.
+pub fn raise_minute(r: &MinuteRow, existing: &Existing) -> MinuteRow {
+    let mut out = r.clone();
+    if let Some(f) = existing.get(&(r.game.clone(), r.env.clone(), r.minute)) {
+        let held = f.first().copied().unwrap_or(0);
+        out.online = out.online.max(u32::try_from(held).unwrap_or(u32::MAX));
+    }
+    out
+}
+
+/// `r` with each figure raised to the row `existing` holds for its day.
+pub fn raise_day(r: &DayRow, existing: &Existing) -> DayRow {
+    let mut out = r.clone();
+    if let Some(f) = existing.get(&(r.game.clone(), r.env.clone(), r.day)) {
+        let held = |i: usize| f.get(i).copied().unwrap_or(0);
+        out.dau = out.dau.max(held(0));
+        out.new_users = out.new_users.max(held(1));
+        out.payers = out.payers.max(held(2));
+    }
+    out
 }
 
 /// A string literal for ClickHouse SQL: quoted, backslashes and quotes escaped.
@@ -325,6 +500,86 @@ mod tests {
         assert!(sql.contains("toDate('2026-12-02')"), "{sql}");
         assert!(sql.contains(r"game_id = 'g\'1'") && sql.contains("time >= toDateTime(1796169600)"), "{sql}");
         assert!(sql.contains("time < toDateTime(1796256000)"), "{sql}");
+    }
+
+    #[test]
+    fn existing_figures_are_read_by_the_sort_key_with_every_string_quoted() {
+        let days = [("g'1", r"p\r", 20_789), ("g'1", r"p\r", 20_787), ("g", "prod", 20_789), ("g'1", r"p\r", 20_789)];
+        assert_eq!(
+            existing_sql(Figure::Days, &days),
+            [
+                r"SELECT toString(game_id), toString(env), d, dau, new_users, payers FROM analytics.daily_users FINAL WHERE (game_id = 'g' AND env = 'prod' AND d >= toDate('2026-12-02') AND d <= toDate('2026-12-02') AND d IN (toDate('2026-12-02'))) OR (game_id = 'g\'1' AND env = 'p\\r' AND d >= toDate('2026-11-30') AND d <= toDate('2026-12-02') AND d IN (toDate('2026-11-30'), toDate('2026-12-02')))"
+            ]
+        );
+        let hostile = "x') OR 1=1 --";
+        let minutes = existing_sql(Figure::Minutes, &[("g", hostile, 29_936_160), ("g", hostile, 29_936_161)]);
+        assert_eq!(
+            minutes,
+            [
+                r"SELECT toString(game_id), toString(env), m, online FROM analytics.minute_online FINAL WHERE (game_id = 'g' AND env = 'x\') OR 1=1 --' AND m >= toDateTime(1796169600) AND m <= toDateTime(1796169660) AND m IN (toDateTime(1796169600), toDateTime(1796169660)))"
+            ]
+        );
+        assert!(existing_sql(Figure::Minutes, &[]).is_empty());
+    }
+
+    #[test]
+    fn existing_look_ups_are_split_by_size() {
+        // 500 environments of 250 quotes (doubled by escaping), and one scope with
+        // 20,000 minutes: several statements, none much past the bound, every key once.
+        let long = "'".repeat(250);
+        let envs: Vec<String> = (0..500).map(|i| format!("{i:06}{long}")).collect();
+        let mut keys: Vec<(&str, &str, u32)> = envs.iter().map(|e| ("g", e.as_str(), 29_936_160)).collect();
+        keys.extend((0..20_000).map(|i| ("g", "prod", 29_900_000 + i)));
+        let sql = existing_sql(Figure::Minutes, &keys);
+        assert!(sql.len() > 2, "{} statements", sql.len());
+        for s in &sql {
+            assert!(s.len() <= EXISTING_SQL_BYTES + 2_048, "{}", s.len());
+            assert!(s.starts_with("SELECT toString(game_id), toString(env), m, online FROM analytics.minute_online FINAL WHERE (game_id = 'g' AND env = "));
+        }
+        let scopes: usize = sql.iter().map(|s| s.matches("(game_id = 'g' AND env = '").count()).sum();
+        assert_eq!(scopes - sql.iter().map(|s| s.matches("env = 'prod'").count()).sum::<usize>(), 500);
+        let minutes: usize = sql.iter().map(|s| s.matches("toDateTime(").count()).sum();
+        let conditions: usize = sql.iter().map(|s| s.matches(" IN (").count()).sum();
+        // Each condition names its first and last minute, then its list.
+        assert_eq!(minutes - 2 * conditions, 20_500);
+    }
+
+    #[test]
+    fn figures_are_raised_column_wise_to_the_rows_already_written() {
+        use croupier_protocol::clickhouse::result::Value;
+        let s = |x: &str| Value::Str(x.into());
+        let mut held = Existing::new();
+        note_existing(
+            Figure::Days,
+            &[
+                vec![s("g"), s("prod"), Value::UInt(20_789), Value::UInt(327), Value::UInt(4), Value::UInt(0)],
+                vec![s("g"), s("stg"), Value::UInt(20_789), Value::UInt(9), Value::UInt(9), Value::UInt(9)],
+            ],
+            &mut held,
+        );
+        let day = DayRow {
+            day: 20_789,
+            game: "g".into(),
+            env: "prod".into(),
+            dau: 171,
+            new_users: 30,
+            payers: 2,
+            version: 7,
+        };
+        assert_eq!(raise_day(&day, &held), DayRow { dau: 327, new_users: 30, payers: 2, ..day.clone() });
+        // Another day, another environment: as read.
+        let other = DayRow { day: 20_788, ..day.clone() };
+        assert_eq!(raise_day(&other, &held), other);
+        let mut minutes = Existing::new();
+        note_existing(
+            Figure::Minutes,
+            &[vec![s("g"), s("prod"), Value::UInt(1_796_169_600), Value::UInt(40)]],
+            &mut minutes,
+        );
+        let m = MinuteRow { minute: 29_936_160, game: "g".into(), env: "prod".into(), online: 15, version: 9 };
+        assert_eq!(raise_minute(&m, &minutes), MinuteRow { online: 40, ..m.clone() });
+        let higher = MinuteRow { online: 41, ..m.clone() };
+        assert_eq!(raise_minute(&higher, &minutes), higher);
     }
 
     #[test]

@@ -417,8 +417,9 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Writes the figures waiting for ClickHouse; those not written wait for the next
-    /// call.
+    /// Writes the figures waiting for ClickHouse, each raised to the row the table
+    /// already holds ([`aggregates::write_figures`]: a key Redis lost and then filled
+    /// again never lowers a row); those not written wait for the next call.
     async fn write_tables(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
         let (minutes, days, revenue) = {
             let mut f = self.figures.borrow_mut();

@@ -33,7 +33,8 @@
 //! is promoted the map names it and the commands go there.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,12 +241,13 @@ impl Cluster {
                 monoio::spawn(async move { monoio::time::timeout(timeout, read_map(&addr)).await.ok().flatten() })
             })
             .collect();
-        let mut maps = Vec::with_capacity(reads.len());
+        let mut answers = Vec::with_capacity(reads.len());
         for r in reads {
             if let Some(m) = r.await {
-                maps.push(m);
+                answers.push(m);
             }
         }
+        let maps = one_vote_each(answers);
         let found = SlotMap::agreed(&maps).cloned();
         let Some(map) = found else { return false };
         if self.map.borrow().as_deref() == Some(&map) {
@@ -317,9 +319,20 @@ async fn mirror(cluster: Weak<Cluster>) {
     }
 }
 
-/// The slot map as `addr` sees it (`CLUSTER SHARDS`, else `CLUSTER SLOTS`).
-async fn read_map(addr: &str) -> Option<SlotMap> {
+/// The maps read, one per node: a node asked under two names (a seed given by host name
+/// and the same node as the map names it, by address) answers twice and would vote
+/// twice. Answers are told apart by the address connected to; the first of a node's is
+/// kept, in order.
+fn one_vote_each(answers: Vec<(Option<SocketAddr>, SlotMap)>) -> Vec<SlotMap> {
+    let mut seen = HashSet::with_capacity(answers.len());
+    answers.into_iter().filter(|(peer, _)| peer.is_none_or(|p| seen.insert(p))).map(|(_, map)| map).collect()
+}
+
+/// The slot map as `addr` sees it (`CLUSTER SHARDS`, else `CLUSTER SLOTS`), with the
+/// address connected to.
+async fn read_map(addr: &str) -> Option<(Option<SocketAddr>, SlotMap)> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
+    let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let mut rbuf = Vec::with_capacity(4096);
     let shards = ask(&mut stream, &mut rbuf, b"SHARDS").await?;
@@ -335,7 +348,7 @@ async fn read_map(addr: &str) -> Option<SlotMap> {
             *n = format!("{host}{n}");
         }
     }
-    Some(map.canonical())
+    Some((peer, map.canonical()))
 }
 
 async fn ask(stream: &mut TcpStream, rbuf: &mut Vec<u8>, sub: &[u8]) -> Option<Frame> {
@@ -344,4 +357,37 @@ async fn ask(stream: &mut TcpStream, rbuf: &mut Vec<u8>, sub: &[u8]) -> Option<F
     let (res, _) = stream.write_all(cmd).await;
     res.ok()?;
     read_frame(stream, rbuf).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete map: every slot served by `port`'s node.
+    fn all_on(port: i64) -> SlotMap {
+        let node = Frame::Array(vec![Frame::BulkString(b"127.0.0.1".to_vec()), Frame::Integer(port)]);
+        let range = Frame::Array(vec![Frame::Integer(0), Frame::Integer(16_383), node]);
+        SlotMap::from_cluster_slots(&Frame::Array(vec![range])).expect("map").canonical()
+    }
+
+    #[test]
+    fn a_node_asked_under_two_names_votes_once() {
+        let (x, y, z): (SocketAddr, SocketAddr, SocketAddr) =
+            ("127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7001".parse().unwrap(), "127.0.0.1:7002".parse().unwrap());
+        let (stale, current) = (all_on(7000), all_on(7001));
+        // `x` asked as a seed by host name and by the address the map names: one vote.
+        let answers = vec![
+            (Some(x), stale.clone()),
+            (Some(x), stale.clone()),
+            (Some(y), current.clone()),
+            (Some(z), current.clone()),
+        ];
+        let maps = one_vote_each(answers);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(SlotMap::agreed(&maps), Some(&current));
+        // Counted twice, the stale map would tie and win as the first read.
+        assert_eq!(SlotMap::agreed(&[stale.clone(), stale.clone(), current.clone(), current]), Some(&stale));
+        // An answer whose peer is unknown still counts.
+        assert_eq!(one_vote_each(vec![(None, stale.clone()), (None, stale)]).len(), 2);
+    }
 }

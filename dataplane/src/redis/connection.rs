@@ -133,6 +133,8 @@ struct Shared {
     wait: Option<(Vec<u8>, Duration)>,
     /// The primary is found through sentinels: a `READONLY` or `NOREPLICAS` reply replaces the connection.
     follow: bool,
+    /// When a refusal for want of replicas was last logged.
+    warned: Cell<Option<Instant>>,
     /// Since when a reply is owed, for `/readyz`.
     overdue: Arc<Overdue>,
 }
@@ -387,6 +389,7 @@ impl Node {
                 (cmd, options.wait_timeout)
             }),
             follow: options.sentinels.is_some(),
+            warned: Cell::new(None),
             overdue: options.overdue.clone().unwrap_or_else(|| Arc::new(Overdue::new(options.reply_timeout))),
         });
         monoio::spawn(run(options, rx, shared.clone()));
@@ -538,7 +541,7 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();
                 shared.up.set(true);
-                let closed = serve(&mut stream, &mut rx, &shared).await;
+                let closed = serve(&mut stream, &mut rx, &shared, &addr).await;
                 shared.up.set(false);
                 shared.overdue.settled();
                 if closed {
@@ -628,7 +631,7 @@ pub(super) async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Re
 }
 
 /// Serves commands until the connection fails (`false`) or every client is gone (`true`).
-async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: &Shared) -> bool {
+async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: &Shared, addr: &str) -> bool {
     let reply_timeout = shared.reply_timeout;
     let mut cmds: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -730,6 +733,9 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                     res = Ok(Frame::Array(frames));
                 }
             }
+            if let Ok(f) = &res {
+                warn_refused(shared, addr, f, head.replies);
+            }
             // The server was demoted (or refuses writes for want of replicas): answer,
             // then connect to the primary the sentinels name now (what follows in the round was sent to a replica: unknown).
             let demoted = shared.follow
@@ -772,6 +778,38 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 None => shared.overdue.settled(),
             }
         }
+    }
+}
+
+/// How often at most a connection logs that its primary refuses writes.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs (once per [`WARN_EVERY`] per connection) that the server refused a write
+/// `NOREPLICAS` (`min-replicas-to-write`, its replicas away): the requests it refuses are
+/// answered 503 until its replicas are back (or, with sentinels, another primary is named).
+/// Only error replies are looked into.
+fn warn_refused(shared: &Shared, addr: &str, frame: &Frame, replies: usize) {
+    let noreplicas = match frame {
+        Frame::Error(_) => sentinel::is_noreplicas(frame),
+        Frame::Array(items) if replies > 1 => items.iter().any(sentinel::is_noreplicas),
+        _ => false,
+    };
+    if !noreplicas || shared.warned.get().is_some_and(|t| t.elapsed() < WARN_EVERY) {
+        return;
+    }
+    shared.warned.set(Some(Instant::now()));
+    if shared.follow {
+        tracing::warn!(
+            server = %addr,
+            "Redis refuses writes for want of replicas (NOREPLICAS, min-replicas-to-write): requests are \
+             answered 503 while it does; the sentinels are asked for the primary again"
+        );
+    } else {
+        tracing::warn!(
+            server = %addr,
+            "Redis refuses writes for want of replicas (NOREPLICAS, min-replicas-to-write): requests are \
+             answered 503 until its replicas are back"
+        );
     }
 }
 

@@ -73,3 +73,9 @@ pub async fn is_primary(stream: &mut TcpStream) -> Result<bool, RedisError> {
 pub fn is_demoted(frame: &Frame) -> bool {
     matches!(frame, Frame::Error(e) if e.contains("READONLY") || e.starts_with("NOREPLICAS"))
 }
+
+/// Whether an error reply is `NOREPLICAS` (the primary refuses writes for want of
+/// replicas, `min-replicas-to-write`).
+pub fn is_noreplicas(frame: &Frame) -> bool {
+    matches!(frame, Frame::Error(e) if e.starts_with("NOREPLICAS"))
+}

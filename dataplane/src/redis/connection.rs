@@ -25,7 +25,11 @@
 //! With `redis.sentinels`, the address is asked of the sentinels on every (re)connect,
 //! the server is checked to be a primary, and a `READONLY` or `NOREPLICAS` error reply
 //! (the server was demoted, or cut off from its replicas) closes the connection so that
-//! the next one asks again ([`super::sentinel`]).
+//! the next one asks again ([`super::sentinel`]). Before each round the connection also
+//! looks whether the sentinels announced another primary (`+switch-master`, one atomic
+//! load of the process's [`sentinel::Watch`]); if so it connects there and sends the
+//! round to it: commands queued meanwhile wait for the new connection rather than being
+//! refused.
 //!
 //! Before the reply timeout gives a connection up, a reply owed for a quarter of it
 //! already makes `/readyz` fail ([`super::overdue`]).
@@ -133,6 +137,10 @@ struct Shared {
     wait: Option<(Vec<u8>, Duration)>,
     /// The primary is found through sentinels: a `READONLY` or `NOREPLICAS` reply replaces the connection.
     follow: bool,
+    /// The primary the sentinels announce (`+switch-master`), with sentinels.
+    watch: Option<Arc<sentinel::Watch>>,
+    /// Moving to the announced primary: commands queue for the new connection.
+    moving: Cell<bool>,
     /// When a refusal for want of replicas was last logged.
     warned: Cell<Option<Instant>>,
     /// Since when a reply is owed, for `/readyz`.
@@ -200,17 +208,37 @@ impl RedisOptions {
 /// earlier connection may no longer hold (Redis may have restarted, or failed over), so
 /// readers compare the epoch of their reading with the current one.
 #[derive(Debug, Clone, Default)]
-pub struct Epoch(Rc<Cell<u64>>);
+pub struct Epoch {
+    count: Rc<Cell<u64>>,
+    /// The count reached by the last move to the primary the sentinels announced.
+    moved: Rc<Cell<u64>>,
+}
 
 impl Epoch {
     /// The current count.
     pub fn get(&self) -> u64 {
-        self.0.get()
+        self.count.get()
     }
 
     /// Counts one more connection.
     pub(crate) fn advance(&self) {
-        self.0.set(self.0.get().wrapping_add(1));
+        self.count.set(self.count.get().wrapping_add(1));
+    }
+
+    /// Counts one more connection, made to move to the primary the sentinels announced
+    /// while the previous one still worked.
+    pub(crate) fn advance_moved(&self) {
+        self.advance();
+        self.moved.set(self.get());
+    }
+
+    /// Whether a reading of the streams' backlog taken in epoch `then` still stands: on
+    /// the same connection, or on the one before a move to the announced primary (the
+    /// promoted replica, which holds the old primary's streams and consumer group as
+    /// replicated). A reading from before a reconnect after a failure does not.
+    pub fn carries(&self, then: u64) -> bool {
+        let now = self.get();
+        now == then || (now == then.wrapping_add(1) && self.moved.get() == now)
     }
 }
 
@@ -389,6 +417,11 @@ impl Node {
                 (cmd, options.wait_timeout)
             }),
             follow: options.sentinels.is_some(),
+            watch: options
+                .sentinels
+                .as_ref()
+                .map(|s| sentinel::watch(s, options.connect_timeout.max(options.reply_timeout))),
+            moving: Cell::new(false),
             warned: Cell::new(None),
             overdue: options.overdue.clone().unwrap_or_else(|| Arc::new(Overdue::new(options.reply_timeout))),
         });
@@ -396,9 +429,10 @@ impl Node {
         Node { tx, shared }
     }
 
-    /// Whether the connection is established.
+    /// Whether the connection is established, or moving to the primary the sentinels
+    /// announced (commands wait for the new connection meanwhile).
     pub(super) fn is_up(&self) -> bool {
-        self.shared.up.get()
+        self.shared.up.get() || self.shared.moving.get()
     }
 
     /// How long a reply has been owed, when that is past a quarter of the reply timeout.
@@ -470,7 +504,7 @@ impl Node {
         group: Group,
     ) -> Result<oneshot::Receiver<Result<Answer, RedisError>>, RedisError> {
         let s = &self.shared;
-        if !s.up.get() {
+        if !s.up.get() && !s.moving.get() {
             return Err(RedisError::Unavailable);
         }
         let queued = s.queued_bytes.get();
@@ -519,35 +553,72 @@ async fn prepare(stream: &mut TcpStream, follow: bool, partitions: &Partitions) 
     ensure_groups(stream, partitions).await
 }
 
+/// How [`serve`] ended.
+enum Served {
+    /// Every handle is gone.
+    Closed,
+    /// The connection failed, or its server is no longer the primary to write to.
+    Failed,
+    /// The sentinels announced another primary, at this address (the watch's count when
+    /// it was read): the round taken off the queue was not sent and goes there.
+    Moved(String, u64),
+}
+
 async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<Shared>) {
     let mut backoff = Duration::from_millis(50);
     let (connect_timeout, reply_timeout) = (options.connect_timeout, shared.reply_timeout);
     let partitions = Partitions::new(options.partitions);
+    // Commands taken off the queue for a round that was not sent (the primary changed).
+    let mut round: Vec<Pending> = Vec::with_capacity(64);
+    // The primary the sentinels just announced: the next connection goes there.
+    let mut announced: Option<(String, u64)> = None;
     loop {
-        let Some(addr) = target(&options).await else {
-            if refuse_queued(&mut rx, &shared) {
-                return;
+        let moving = announced.is_some();
+        let (addr, seen) = match announced.take() {
+            Some((a, seen)) => (Some(a), seen),
+            None => {
+                // Read before the sentinels are asked, so an announcement made meanwhile is seen.
+                let seen = shared.watch.as_ref().map_or(0, |w| w.changes());
+                (target(&options).await, seen)
             }
-            monoio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            continue;
         };
-        if let Ok(Ok(mut stream)) = monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await {
+        let connected = match &addr {
+            Some(addr) => monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await.ok(),
+            None => None,
+        };
+        if let (Some(addr), Some(Ok(mut stream))) = (addr, connected) {
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream, reply_timeout);
             if let Ok(Ok(())) =
                 monoio::time::timeout(reply_timeout, prepare(&mut stream, shared.follow, &partitions)).await
             {
                 backoff = Duration::from_millis(50);
-                shared.epoch.advance();
+                if moving {
+                    shared.epoch.advance_moved();
+                } else {
+                    shared.epoch.advance();
+                }
                 shared.up.set(true);
-                let closed = serve(&mut stream, &mut rx, &shared, &addr).await;
+                shared.moving.set(false);
+                let served = serve(&mut stream, &mut rx, &shared, &mut round, &addr, seen).await;
                 shared.up.set(false);
                 shared.overdue.settled();
-                if closed {
-                    return;
+                match served {
+                    Served::Closed => return,
+                    Served::Failed => {}
+                    Served::Moved(to, seen) => {
+                        tracing::debug!(from = %addr, to = %to, "moving to the primary the sentinels announced");
+                        // Commands queue meanwhile; if this connection fails they are refused.
+                        shared.moving.set(true);
+                        announced = Some((to, seen));
+                        continue;
+                    }
                 }
             }
+        }
+        shared.moving.set(false);
+        for p in round.drain(..) {
+            let _ = p.reply.send(Err(RedisError::Unavailable));
         }
         if refuse_queued(&mut rx, &shared) {
             return;
@@ -630,8 +701,17 @@ pub(super) async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Re
     }
 }
 
-/// Serves commands until the connection fails (`false`) or every client is gone (`true`).
-async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: &Shared, addr: &str) -> bool {
+/// Serves commands on the connection to `addr` until it fails, every client is gone, or
+/// the sentinels announce another primary (the watch's count is no longer `seen`): then
+/// the round taken off the queue is left in `round`, unsent.
+async fn serve(
+    stream: &mut TcpStream,
+    rx: &mut unbounded::Rx<Pending>,
+    shared: &Shared,
+    round: &mut Vec<Pending>,
+    addr: &str,
+    mut seen: u64,
+) -> Served {
     let reply_timeout = shared.reply_timeout;
     let mut cmds: Vec<Vec<u8>> = Vec::with_capacity(64);
     let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -640,13 +720,33 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
     // `Unavailable`, if the connection fails first).
     let mut held: Vec<(Waiter, Frame, Option<Vec<u8>>)> = Vec::new();
     loop {
-        let Some(first) = rx.recv().await else { return true };
-        let mut next = Some(first);
-        let mut replicated = false;
-        while let Some(p) = next.take() {
+        // The round: what a moved connection did not send, then what is queued.
+        if round.is_empty() {
+            let Some(first) = rx.recv().await else { return Served::Closed };
+            shared.dequeued(&first);
+            round.push(first);
+        }
+        while round.len() < MAX_ROUND {
+            let Ok(p) = rx.try_recv() else { break };
             shared.dequeued(&p);
             // A caller that gave up has answered its client already: sending the
             // command now would store what was refused.
+            if !p.reply.is_closed() {
+                round.push(p);
+            }
+        }
+        // Nothing is in flight between rounds: moving now refuses nothing.
+        if let Some(watch) = &shared.watch {
+            let changes = watch.changes();
+            if changes != seen {
+                seen = changes;
+                if let Some(primary) = watch.primary().filter(|p| p != addr) {
+                    return Served::Moved(primary, changes);
+                }
+            }
+        }
+        let mut replicated = false;
+        for p in round.drain(..) {
             if !p.reply.is_closed() {
                 cmds.push(p.cmd);
                 replicated |= p.replicated;
@@ -658,9 +758,6 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                     cmd: None,
                     reply: Some(p.reply),
                 });
-            }
-            if inflight.len() < MAX_ROUND {
-                next = rx.try_recv().ok();
             }
         }
         if cmds.is_empty() {
@@ -694,7 +791,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
         if !matches!(written, Ok(Ok(_))) {
             cmds.clear();
             fail_all(&mut inflight, RedisError::Unavailable);
-            return false;
+            return Served::Failed;
         }
         // Commands asked back go with their replies (a cluster may send them elsewhere).
         for (w, cmd) in inflight.iter_mut().zip(cmds.drain(..)) {
@@ -748,7 +845,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                 (Ok(frame), Some(reply)) if demoted => {
                     let _ = reply.send(Ok(Answer { frame, replicas: 0, cmd }));
                     fail_all(&mut inflight, RedisError::Unavailable);
-                    return false;
+                    return Served::Failed;
                 }
                 (Ok(frame), Some(reply)) if head.replicated => held.push((reply, frame, cmd)),
                 (Ok(frame), Some(reply)) => {
@@ -769,7 +866,7 @@ async fn serve(stream: &mut TcpStream, rx: &mut unbounded::Rx<Pending>, shared: 
                         let _ = reply.send(Err(e));
                     }
                     fail_all(&mut inflight, RedisError::Unavailable);
-                    return false;
+                    return Served::Failed;
                 }
             }
             // Redis answered: the next reply is owed from now (as its deadline is).

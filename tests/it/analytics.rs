@@ -1874,6 +1874,11 @@ fn analytics_events_relayout_keeps_the_views_filling_on_a_current_engine() {
         assert_eq!(pair[0], pair[1], "ClickHouse 18.16: a table of the views against events");
     }
     assert!(old[5].contains("late"), "{}", old[5]);
+    // The tables stayed marked filled: a running API went on answering from them.
+    let marks = "SELECT count() FROM system.tables WHERE database = 'analytics' \
+                 AND name IN ('user_days_filled', 'player_tables_filled')";
+    assert_eq!(ch.query(marks), "2\n");
+    assert!(!sent.iter().any(|s| s.2.contains("_filled") && s.2.starts_with("DROP")), "marks dropped: {sent:?}");
 
     let mut script = String::new();
     for sql in &first {

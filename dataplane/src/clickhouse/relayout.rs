@@ -5,25 +5,26 @@
 //! does not narrow a range of `event_time` through `toDate` in the key and read the whole
 //! table; measured in `analytics_events_relayout_keeps_rows_and_reads_one_day`):
 //!
-//! 1. the materialized views reading `events` (`user_days_mv`, `daily_players_mv`,
-//!    `registered_users_mv`) and the marks saying their tables are filled are dropped;
-//! 2. `RENAME TABLE events TO events_relayout` (atomic: inserts arriving now fail and are
+//! 1. `RENAME TABLE events TO events_relayout` (atomic: inserts arriving now fail and are
 //!    retried by the worker, their entries stay pending);
-//! 3. `events` is created with the current layout (inserts succeed again);
+//! 2. `events` is created with the current layout (inserts succeed again);
+//! 3. the materialized views reading `events` (`user_days_mv`, `daily_players_mv`,
+//!    `registered_users_mv`) are made again on it, and their tables given what the new
+//!    `events` took before they existed (a few inserts' rows: the rows since step 2);
 //! 4. per month, the rows of `events_relayout` whose `event_id` is not in `events` yet are
 //!    copied (so a run interrupted anywhere and run again copies each row once);
 //! 5. once no id of `events_relayout` is missing from `events` (checked a month at a time,
 //!    so the check's set of ids is a month's, not the table's), it is dropped.
 //!
-//! The migration then creates the views again on the new `events` and fills their tables
-//! from it as on a first start ([`super::schema::fill_user_days`]; until then the API
-//! answers 503 for what reads them). The views are dropped first because a current
-//! ClickHouse (an `Atomic` database) binds a view to its source table, not to the name: a
-//! view kept through the `RENAME` would follow `events_relayout`, be dropped with it, and
-//! never see an insert into the new `events` (ClickHouse 18.16 finds views by name and
-//! would have kept filling them). Filling again over what the tables hold changes no
-//! figure: a sketch or a first day of a player twice is the same, and `user_days`' counts
-//! are read as "more than zero".
+//! Step 3 is needed on a current ClickHouse (an `Atomic` database), which binds a view to
+//! its source table, not to the name: a view kept through the `RENAME` would follow
+//! `events_relayout`, be dropped with it, and never see an insert into the new `events`
+//! (ClickHouse 18.16 finds views by name and keeps filling them). The views' tables stay
+//! filled and marked throughout, so a running API goes on answering from them. The copy
+//! of step 4 passes through the views again, as step 3's catch-up may: that changes no
+//! figure (a sketch or a first day of a player twice is the same, and `user_days`' counts
+//! are read as "more than zero"). A first-layout table and a moved-aside one together is
+//! refused before anything changes.
 //!
 //! Redelivered copies keep their dedup key (`event_id` and `event_time` are the same), so
 //! the ReplacingMergeTree still folds them.
@@ -37,16 +38,6 @@ use super::connection::{ChError, Connection};
 const CURRENT_KEY: &str = "ORDER BY (game_id, env, event_time,";
 /// The old table while its rows are copied.
 const OLD: &str = "analytics.events_relayout";
-
-/// What is dropped before the old table is moved aside: the views reading `events` and
-/// the marks of their tables' fill, created again by the rest of the migration.
-const DROPPED_FIRST: &[&str] = &[
-    "DROP TABLE IF EXISTS analytics.user_days_mv",
-    "DROP TABLE IF EXISTS analytics.daily_players_mv",
-    "DROP TABLE IF EXISTS analytics.registered_users_mv",
-    "DROP TABLE IF EXISTS analytics.user_days_filled",
-    "DROP TABLE IF EXISTS analytics.player_tables_filled",
-];
 
 async fn exists(conn: &mut Connection, table: &str) -> Result<Option<String>, ChError> {
     let s = conn
@@ -71,22 +62,18 @@ pub async fn relayout_events(
     if (current || engine.is_none()) && !moved_aside {
         return Ok(0);
     }
-    // Also when a run stopped half way: a view made since may be bound to either table.
-    for sql in DROPPED_FIRST {
-        conn.execute(sql, &[]).await?;
-    }
-    if let Some(engine) = engine {
-        if !engine.contains(CURRENT_KEY) {
-            if moved_aside {
-                return Err(ChError::SchemaMismatch(
-                    "analytics.events and analytics.events_relayout both have the first layout: move one away".into(),
-                ));
-            }
-            tracing::info!("events: moving the first layout aside to copy it into the current one");
-            conn.execute(&format!("RENAME TABLE analytics.events TO {OLD}"), &[]).await?;
+    if !current && engine.is_some() {
+        if moved_aside {
+            return Err(ChError::SchemaMismatch(
+                "analytics.events and analytics.events_relayout both have the first layout: move one away".into(),
+            ));
         }
+        tracing::info!("events: moving the first layout aside to copy it into the current one");
+        conn.execute(&format!("RENAME TABLE analytics.events TO {OLD}"), &[]).await?;
     }
     conn.execute(create, settings).await?;
+    // Also when a run stopped half way: a view made since may be bound to either table.
+    super::schema::rebind_event_views(conn, settings).await?;
     let cols = conn
         .select("SELECT name FROM system.columns WHERE database = 'analytics' AND table = 'events_relayout'", &[])
         .await?;

@@ -234,13 +234,39 @@ fn view_copy(view: &str, table: &str, columns: &str, condition: &str, suffix: &s
 /// The rows of `analytics.user_days` for `events` rows matching a condition: what its view
 /// writes, for rows already there.
 fn user_days_copy(condition: &str, suffix: &str) -> String {
-    view_copy(
-        USER_DAYS_VIEW,
-        "user_days",
-        "d, game_id, env, user_id, events, active, registered, first_active",
-        condition,
-        suffix,
-    )
+    view_copy(USER_DAYS_VIEW, "user_days", USER_DAYS_COLUMNS, condition, suffix)
+}
+
+/// The columns of `user_days` its view writes.
+const USER_DAYS_COLUMNS: &str = "d, game_id, env, user_id, events, active, registered, first_active";
+
+/// Makes the views reading `events` again, bound to the `events` there is now (a current
+/// ClickHouse binds a view to its source table, not to its name: [`super::relayout`]),
+/// and gives their tables every row of that `events`: what it took before the views
+/// existed. The tables' marks stay: a row counted twice changes no figure
+/// ([`fill_user_days`]). Run by the relayout once the new `events` exists, while it still
+/// holds only the rows inserted since (or, after an interrupted run, part of the copy).
+/// Views not made yet are left to the rest of the migration.
+pub(super) async fn rebind_event_views(conn: &mut Connection, settings: &[(&str, Setting<'_>)]) -> Result<(), ChError> {
+    let views = std::iter::once((USER_DAYS_VIEW, "user_days", USER_DAYS_COLUMNS)).chain(PLAYER_VIEWS.iter().copied());
+    for (view, table, columns) in views {
+        let Some(statement) = STATEMENTS.iter().find(|s| s.starts_with(view)) else { continue };
+        let name = view.trim_start_matches("CREATE MATERIALIZED VIEW IF NOT EXISTS ");
+        // A view not made yet (nor, then, perhaps its table) is made and its table filled
+        // by the rest of the migration.
+        let short = name.trim_start_matches("analytics.");
+        let exists = format!(
+            "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+             AND name = '{short}') WHERE x != 0"
+        );
+        if !threw(conn, &exists).await? {
+            continue;
+        }
+        conn.execute(&format!("DROP TABLE IF EXISTS {name}"), &[]).await?;
+        conn.execute(statement, settings).await?;
+        conn.execute(&view_copy(view, table, columns, "1 = 1", ""), settings).await?;
+    }
+    Ok(())
 }
 
 /// Marks `user_days` as filled (see [`USER_DAYS_FILLED`]).

@@ -27,9 +27,9 @@
 //! (the server was demoted, or cut off from its replicas) closes the connection so that
 //! the next one asks again ([`super::sentinel`]). Before each round the connection also
 //! looks whether the sentinels announced another primary (`+switch-master`, one atomic
-//! load of the process's [`sentinel::Watch`]); if so it connects there and sends the
-//! round to it: commands queued meanwhile wait for the new connection rather than being
-//! refused.
+//! load of the process's [`sentinel::Watch`]); if so it refuses that round and what is
+//! queued (as a reconnect does: a request's commands never span two primaries) and
+//! connects there.
 //!
 //! Before the reply timeout gives a connection up, a reply owed for a quarter of it
 //! already makes `/readyz` fail ([`super::overdue`]).
@@ -139,8 +139,6 @@ struct Shared {
     follow: bool,
     /// The primary the sentinels announce (`+switch-master`), with sentinels.
     watch: Option<Arc<sentinel::Watch>>,
-    /// Moving to the announced primary: commands queue for the new connection.
-    moving: Cell<bool>,
     /// When a refusal for want of replicas was last logged.
     warned: Cell<Option<Instant>>,
     /// Since when a reply is owed, for `/readyz`.
@@ -208,37 +206,17 @@ impl RedisOptions {
 /// earlier connection may no longer hold (Redis may have restarted, or failed over), so
 /// readers compare the epoch of their reading with the current one.
 #[derive(Debug, Clone, Default)]
-pub struct Epoch {
-    count: Rc<Cell<u64>>,
-    /// The count reached by the last move to the primary the sentinels announced.
-    moved: Rc<Cell<u64>>,
-}
+pub struct Epoch(Rc<Cell<u64>>);
 
 impl Epoch {
     /// The current count.
     pub fn get(&self) -> u64 {
-        self.count.get()
+        self.0.get()
     }
 
     /// Counts one more connection.
     pub(crate) fn advance(&self) {
-        self.count.set(self.count.get().wrapping_add(1));
-    }
-
-    /// Counts one more connection, made to move to the primary the sentinels announced
-    /// while the previous one still worked.
-    pub(crate) fn advance_moved(&self) {
-        self.advance();
-        self.moved.set(self.get());
-    }
-
-    /// Whether a reading of the streams' backlog taken in epoch `then` still stands: on
-    /// the same connection, or on the one before a move to the announced primary (the
-    /// promoted replica, which holds the old primary's streams and consumer group as
-    /// replicated). A reading from before a reconnect after a failure does not.
-    pub fn carries(&self, then: u64) -> bool {
-        let now = self.get();
-        now == then || (now == then.wrapping_add(1) && self.moved.get() == now)
+        self.0.set(self.0.get().wrapping_add(1));
     }
 }
 
@@ -421,7 +399,6 @@ impl Node {
                 .sentinels
                 .as_ref()
                 .map(|s| sentinel::watch(s, options.connect_timeout.max(options.reply_timeout))),
-            moving: Cell::new(false),
             warned: Cell::new(None),
             overdue: options.overdue.clone().unwrap_or_else(|| Arc::new(Overdue::new(options.reply_timeout))),
         });
@@ -429,10 +406,9 @@ impl Node {
         Node { tx, shared }
     }
 
-    /// Whether the connection is established, or moving to the primary the sentinels
-    /// announced (commands wait for the new connection meanwhile).
+    /// Whether the connection is established.
     pub(super) fn is_up(&self) -> bool {
-        self.shared.up.get() || self.shared.moving.get()
+        self.shared.up.get()
     }
 
     /// How long a reply has been owed, when that is past a quarter of the reply timeout.
@@ -504,7 +480,7 @@ impl Node {
         group: Group,
     ) -> Result<oneshot::Receiver<Result<Answer, RedisError>>, RedisError> {
         let s = &self.shared;
-        if !s.up.get() && !s.moving.get() {
+        if !s.up.get() {
             return Err(RedisError::Unavailable);
         }
         let queued = s.queued_bytes.get();
@@ -560,7 +536,7 @@ enum Served {
     /// The connection failed, or its server is no longer the primary to write to.
     Failed,
     /// The sentinels announced another primary, at this address (the watch's count when
-    /// it was read): the round taken off the queue was not sent and goes there.
+    /// it was read): the round taken off the queue was not sent (it is refused).
     Moved(String, u64),
 }
 
@@ -573,7 +549,6 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
     // The primary the sentinels just announced: the next connection goes there.
     let mut announced: Option<(String, u64)> = None;
     loop {
-        let moving = announced.is_some();
         let (addr, seen) = match announced.take() {
             Some((a, seen)) => (Some(a), seen),
             None => {
@@ -593,13 +568,8 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 monoio::time::timeout(reply_timeout, prepare(&mut stream, shared.follow, &partitions)).await
             {
                 backoff = Duration::from_millis(50);
-                if moving {
-                    shared.epoch.advance_moved();
-                } else {
-                    shared.epoch.advance();
-                }
+                shared.epoch.advance();
                 shared.up.set(true);
-                shared.moving.set(false);
                 let served = serve(&mut stream, &mut rx, &shared, &mut round, &addr, seen).await;
                 shared.up.set(false);
                 shared.overdue.settled();
@@ -608,15 +578,25 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                     Served::Failed => {}
                     Served::Moved(to, seen) => {
                         tracing::debug!(from = %addr, to = %to, "moving to the primary the sentinels announced");
-                        // Commands queue meanwhile; if this connection fails they are refused.
-                        shared.moving.set(true);
+                        // Nothing taken for the old primary goes to the new one: a
+                        // request's later commands (its append after its nonce's lease)
+                        // must run where its first ran, or a retry leasing the nonce on
+                        // the new primary and this append would both be answered 202. So
+                        // the round and what is queued are refused, as on any reconnect
+                        // (the clients are told to retry), and the next connection goes
+                        // to the announced primary without asking the sentinels.
+                        for p in round.drain(..) {
+                            let _ = p.reply.send(Err(RedisError::Unavailable));
+                        }
+                        if refuse_queued(&mut rx, &shared) {
+                            return;
+                        }
                         announced = Some((to, seen));
                         continue;
                     }
                 }
             }
         }
-        shared.moving.set(false);
         for p in round.drain(..) {
             let _ = p.reply.send(Err(RedisError::Unavailable));
         }
@@ -703,7 +683,7 @@ pub(super) async fn read_frame(stream: &mut TcpStream, rbuf: &mut Vec<u8>) -> Re
 
 /// Serves commands on the connection to `addr` until it fails, every client is gone, or
 /// the sentinels announce another primary (the watch's count is no longer `seen`): then
-/// the round taken off the queue is left in `round`, unsent.
+/// the round taken off the queue is left in `round`, unsent, for the caller to refuse.
 async fn serve(
     stream: &mut TcpStream,
     rx: &mut unbounded::Rx<Pending>,
@@ -720,7 +700,7 @@ async fn serve(
     // `Unavailable`, if the connection fails first).
     let mut held: Vec<(Waiter, Frame, Option<Vec<u8>>)> = Vec::new();
     loop {
-        // The round: what a moved connection did not send, then what is queued.
+        // The round: the first command queued, then what else is queued.
         if round.is_empty() {
             let Some(first) = rx.recv().await else { return Served::Closed };
             shared.dequeued(&first);
@@ -735,7 +715,7 @@ async fn serve(
                 round.push(p);
             }
         }
-        // Nothing is in flight between rounds: moving now refuses nothing.
+        // Nothing is in flight between rounds: a move refuses only this round.
         if let Some(watch) = &shared.watch {
             let changes = watch.changes();
             if changes != seen {

@@ -245,8 +245,8 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
     }
 }
 
-/// One subscription: asks the sentinel for the primary (an announcement missed while no
-/// subscription held is caught up this way), subscribes, and records every
+/// One subscription: asks the sentinel for the primary (recorded when none was yet),
+/// subscribes, and records every
 /// `+switch-master` about our primary until the connection fails or goes silent.
 fn listen(addr: &str, name: &str, watch: &Weak<Watch>, timeout: Duration) -> End {
     let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
@@ -270,10 +270,16 @@ fn listen(addr: &str, name: &str, watch: &Weak<Watch>, timeout: Duration) -> End
         return lost("write", &e);
     }
     let mut sub = Subscription { stream, buf: Vec::with_capacity(1024), heard: Instant::now(), pinged: Instant::now() };
-    // The primary now.
+    // The primary now: recorded only when none was heard of yet. A sentinel that has not
+    // yet learnt of a failover another announced (its peers' news takes about two
+    // seconds to reach it), or one cut off in a minority, still names the old primary;
+    // taking its answer over an announcement would move every connection back there.
+    // Only `+switch-master` (sent for a newer configuration) moves the recorded primary;
+    // an announcement missed while no subscription held is followed on the next error.
     match sub.next(watch) {
         Ok(f) => {
-            if let Some(primary) = primary_addr(&f) {
+            let Some(w) = watch.upgrade() else { return End::Gone };
+            if let Some(primary) = primary_addr(&f).filter(|_| w.primary().is_none()) {
                 if !record(watch, primary, addr) {
                     return End::Gone;
                 }

@@ -17,9 +17,11 @@
 //! received at once ([`BodyBudget`]).
 //!
 //! With `evict_idle` (the control port), a connection waiting at the cap does not wait
-//! for an idle one to time out: the oldest connection that is between requests (or has
-//! not sent its first byte) is closed to make room ([`IdleConnections`]). A connection
-//! with a request in progress is never closed for this.
+//! for an idle one to time out: the oldest connection that is between requests is
+//! closed to make room, or, none being idle, the oldest that has not sent a whole head
+//! yet (none or part of its first, part of a later one) ([`IdleConnections`]): sockets
+//! that send part of a head, or nothing, and stop cannot keep probes out. A connection whose head is
+//! complete (its request being read or answered) is never closed for this.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -63,20 +65,27 @@ pub struct Limits {
     pub evict_idle: bool,
 }
 
-/// The connections waiting for their next request, oldest first: at the cap (with
-/// [`Limits::evict_idle`]) the oldest is told to close. A connection registers while it
-/// waits between requests and leaves when bytes arrive ([`IdleConnections::wait`]).
+/// The connections waiting for their next request, and those waiting for the rest of a
+/// head, each oldest first: at the cap (with [`Limits::evict_idle`]) the oldest idle one
+/// is told to close, or, none being idle, the oldest still reading a head. A connection
+/// registers while it waits for bytes and leaves when they arrive
+/// ([`IdleConnections::wait`], [`IdleConnections::wait_head`]).
 #[derive(Default)]
 pub struct IdleConnections {
     /// By the order they became idle; each one's signal closes it.
     waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
+    /// Those with part of a head, by the order they began waiting for more.
+    heads: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
 }
 
-/// A connection's place among the idle ones; it leaves when dropped.
+/// A connection's place among the idle ones (or those reading a head); it leaves when
+/// dropped.
 pub struct IdlePlace<'a> {
     idle: &'a IdleConnections,
     key: u64,
+    /// Among those reading a head.
+    head: bool,
     /// Closed when the connection is to close.
     signal: Rc<Semaphore>,
 }
@@ -84,16 +93,35 @@ pub struct IdlePlace<'a> {
 impl IdleConnections {
     /// Registers a connection as idle until the place is dropped.
     pub fn wait(&self) -> IdlePlace<'_> {
+        self.register(false)
+    }
+
+    /// Registers a connection that has part of a head until the place is dropped: closed
+    /// for a new one only when no connection is idle.
+    pub fn wait_head(&self) -> IdlePlace<'_> {
+        self.register(true)
+    }
+
+    fn register(&self, head: bool) -> IdlePlace<'_> {
         let key = self.next.get();
         self.next.set(key.wrapping_add(1));
         let signal = Rc::new(Semaphore::new(0));
-        self.waiting.borrow_mut().insert(key, signal.clone());
-        IdlePlace { idle: self, key, signal }
+        self.map(head).borrow_mut().insert(key, signal.clone());
+        IdlePlace { idle: self, key, head, signal }
     }
 
-    /// Tells the oldest idle connection to close; false when there is none.
+    fn map(&self, head: bool) -> &RefCell<BTreeMap<u64, Rc<Semaphore>>> {
+        if head {
+            &self.heads
+        } else {
+            &self.waiting
+        }
+    }
+
+    /// Tells the oldest idle connection to close, or, none being idle, the oldest reading
+    /// a head; false when there is neither.
     fn evict_oldest(&self) -> bool {
-        let oldest = self.waiting.borrow_mut().pop_first();
+        let oldest = self.waiting.borrow_mut().pop_first().or_else(|| self.heads.borrow_mut().pop_first());
         match oldest {
             Some((_, signal)) => {
                 signal.close();
@@ -114,7 +142,7 @@ impl IdlePlace<'_> {
 
 impl Drop for IdlePlace<'_> {
     fn drop(&mut self) {
-        self.idle.waiting.borrow_mut().remove(&self.key);
+        self.idle.map(self.head).borrow_mut().remove(&self.key);
     }
 }
 

@@ -352,3 +352,35 @@ fn attack_idle_connections_do_not_starve_the_control_port() {
     busy.send_raw(b"\r\n");
     assert_eq!(busy.reply_within(Duration::from_secs(2)).map(|r| r.status), Some(200));
 }
+
+/// Black-box finding: sockets that sent part of a head (`GET /healthz HTTP/1.1\r\n`) and
+/// nothing more held the control port's 64 places until `read_timeout`: none of them was
+/// idle, so none was closed for a new connection, and `/healthz` waited for seconds. At
+/// the cap, no connection being idle, the oldest still reading a head is closed for the
+/// new one.
+#[test]
+fn attack_incomplete_heads_do_not_starve_the_control_port() {
+    let redis = RedisServer::start();
+    // Timeouts far longer than the test: it cannot pass by a connection timing out.
+    let c = ingest_on(
+        &redis,
+        &[("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"), ("CROUPIER_SERVER__READ_TIMEOUT_MS", "120000")],
+    );
+    let half: Vec<HttpClient> = (0..100)
+        .map(|_| {
+            let mut h = HttpClient::connect(c.control);
+            h.send_raw(b"GET /healthz HTTP/1.1\r\n");
+            h
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let t = Instant::now();
+        let mut probe = HttpClient::connect(c.control);
+        probe.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = probe.reply_within(Duration::from_secs(20));
+        eprintln!("DEBUG {path} {:?}", t.elapsed());
+        assert_eq!(r.map(|r| r.status), Some(200), "{path} behind 100 incomplete heads, after {:?}", t.elapsed());
+    }
+    drop(half);
+}

@@ -2,7 +2,9 @@
 //!
 //! An idle connection is closed after `idle_timeout` (`read_timeout` before its first byte); a request whose head and body do
 //! not arrive within `read_timeout` of its first byte gets 408 and the connection is
-//! closed. Each request is routed by the handler's table (404/405 from the table), then
+//! closed. With `evict_idle` (the control port), at the connection cap the oldest idle
+//! connection (between requests) is closed for a new one, or, none being idle, the
+//! oldest that has not sent a whole head yet. Each request is routed by the handler's table (404/405 from the table), then
 //! answered by the handler; a body it left unread is read past (or the connection
 //! closed) before the answer goes out. After a refusal the connection stays open when
 //! the request's body could be read past; otherwise the response says
@@ -64,6 +66,10 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
     // A connection that has sent nothing yet gets the read timeout, not the idle one:
     // clients send at once, and silent sockets must not hold the shard's places.
     let mut idle_wait = read_timeout.min(idle_timeout);
+    // No head read yet: at the cap it counts with the connections reading a head (closed
+    // after the idle ones), so that one just accepted, whose bytes may already be in, is
+    // not the one chosen to make room.
+    let mut fresh = true;
     loop {
         let mut started = (!b.input.is_empty()).then(Instant::now);
         loop {
@@ -78,27 +84,41 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                     return;
                 }
             }
-            let read = match started {
-                Some(t) => sock.read(&mut b.input, t + read_timeout).await,
-                // Between requests: at shutdown, an idle connection is closed.
-                // At the connection cap (`evict_idle`), the oldest idle one is closed too.
-                None => {
-                    let place = server.limits.evict_idle.then(|| server.idle.wait());
-                    let stop = async {
-                        let evicted = async {
-                            match &place {
-                                Some(p) => p.evicted().await,
-                                None => std::future::pending().await,
+            let read =
+                match started {
+                    // At the connection cap (`evict_idle`), a connection whose head is still
+                    // incomplete is closed for a new one when none is idle: clients that send
+                    // part of a head and stop cannot hold every place until `read_timeout`.
+                    Some(t) if server.limits.evict_idle => {
+                        let place = server.idle.wait_head();
+                        sock.read_or_stop(&mut b.input, t + read_timeout, place.evicted()).await
+                    }
+                    Some(t) => sock.read(&mut b.input, t + read_timeout).await,
+                    // Between requests: at shutdown, an idle connection is closed.
+                    // At the connection cap (`evict_idle`), the oldest idle one is closed too.
+                    None => {
+                        let place = server.limits.evict_idle.then(|| {
+                            if fresh {
+                                server.idle.wait_head()
+                            } else {
+                                server.idle.wait()
+                            }
+                        });
+                        let stop = async {
+                            let evicted = async {
+                                match &place {
+                                    Some(p) => p.evicted().await,
+                                    None => std::future::pending().await,
+                                }
+                            };
+                            monoio::select! {
+                                _ = server.drain.idle_past_grace(last_active) => {},
+                                _ = evicted => {},
                             }
                         };
-                        monoio::select! {
-                            _ = server.drain.idle_past_grace(last_active) => {},
-                            _ = evicted => {},
-                        }
-                    };
-                    sock.read_or_stop(&mut b.input, Instant::now() + idle_wait, stop).await
-                }
-            };
+                        sock.read_or_stop(&mut b.input, Instant::now() + idle_wait, stop).await
+                    }
+                };
             match read {
                 Ok(_) => {
                     started.get_or_insert_with(Instant::now);
@@ -113,6 +133,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
             }
         }
         idle_wait = idle_timeout;
+        fresh = false;
         let deadline = started.unwrap_or_else(Instant::now) + read_timeout;
         b.input.drain(..head.len);
         let buffers = (&mut b.input, &mut b.body, &mut b.scratch);

@@ -181,6 +181,11 @@ impl Verifier {
                     ErrorKind::ExpiredSignature => "token expired",
                     ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
                     ErrorKind::InvalidSignature => "bad signature",
+                    // The signature verified: the claims are the issuer's. An `exp` that
+                    // is there but no unix second (-1, 1e30, "x") is not a missing one.
+                    ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) if has_exp(token) => {
+                        "token exp is invalid (unix seconds expected)"
+                    }
                     ErrorKind::MissingRequiredClaim(_) => "token without exp",
                     _ => "invalid token",
                 }
@@ -198,6 +203,12 @@ impl Verifier {
         }
         Ok(Caller { user: c.sub, roles: c.roles, permissions, games: c.games })
     }
+}
+
+/// Whether the claims of `token` (whose signature verified) hold an `exp`, valid or not.
+fn has_exp(token: &str) -> bool {
+    jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(token)
+        .is_ok_and(|d| d.claims.get("exp").is_some_and(|e| !e.is_null()))
 }
 
 #[cfg(test)]
@@ -227,5 +238,27 @@ mod tests {
         assert_eq!(caller(r#""*""#).may_read(Some("g2")), Ok(()));
         assert_eq!(caller(r#""g1""#).may_read(Some("g1")), Ok(()));
         assert_eq!(caller(r#""g1""#).may_read(Some("g2")), Err(ApiError::GameNotAllowed("g2".into())));
+    }
+
+    /// An `exp` that is no unix second is said to be invalid, not missing.
+    #[test]
+    fn an_invalid_exp_is_not_a_missing_one() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let api = croupier_control::config::Api { jwt_secret: "s3cret".into(), ..Default::default() };
+        let v = Verifier::from_config(&api).expect("verifier");
+        let why = |claims: serde_json::Value| {
+            let t =
+                encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret").expect("key")).expect("token");
+            match v.verify(Some(&format!("Bearer {t}"))) {
+                Err(ApiError::Unauthorized(w)) => w,
+                other => panic!("{other:?}"),
+            }
+        };
+        let invalid = "token exp is invalid (unix seconds expected)";
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1e30})), invalid);
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": -1})), invalid);
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": "x"})), invalid);
+        assert_eq!(why(serde_json::json!({"sub": "a"})), "token without exp");
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1})), "token expired");
     }
 }

@@ -847,6 +847,7 @@ fn analytics_payments_are_exact() {
     });
     assert_eq!(v["by_channel"], Value::Array(by_channel));
     assert_eq!(v["by_product"].as_array().unwrap().len(), 2);
+    assert_eq!(v["truncated"], json!(false));
 
     let t = api.json(&format!("/api/analytics/payments/transactions?{range}&status=refund&size=5&page=2"));
     let refunds = count(&is_refund);
@@ -932,6 +933,27 @@ fn analytics_refuses_times_outside_datetime_and_requests_past_the_caps() {
     let path = "/api/analytics/segments?game_id=g1&env=prod&start=2024-01-01&end=2025-01-02";
     assert_eq!(refusal(&api, path), bad("start"));
     api.json("/api/analytics/segments?game_id=g1&env=prod&start=2024-01-01&end=2025-01-01");
+    // Series: at most 100,000 points (products × buckets, minutes).
+    let products = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
+    let trend = |n: usize, start: &str, granularity: &str| {
+        format!(
+            "/api/analytics/payments/product_trend?game_id=g1&env=prod&product_id={}&start={start}&end=2025-12-31&granularity={granularity}",
+            products(n)
+        )
+    };
+    // 100 products by minute over 41 days: by hour they fit, so `granularity` is named;
+    // over a year neither fits.
+    assert_eq!(refusal(&api, &trend(100, "2025-11-21", "minute")), bad("granularity"));
+    assert_eq!(refusal(&api, &trend(100, "2025-01-01", "minute")), bad("start"));
+    assert_eq!(refusal(&api, &trend(100, "2025-01-01", "hour")), bad("start"));
+    // 100 products × 1,000 hours (41 days and 16 hours) is the cap.
+    api.json(&trend(100, "2025-11-20T08:00:00Z", "hour"));
+    assert_eq!(refusal(&api, &trend(100, "2025-11-20T07:59:59Z", "hour")), bad("start"));
+    api.json(&trend(1, "2025-11-01", "minute"));
+    let series =
+        |start: &str| format!("/api/analytics/realtime/series?game_id=g1&env=prod&start={start}&end=2025-12-31");
+    assert_eq!(refusal(&api, &series("2025-01-01")), bad("start"));
+    api.json(&series("2025-11-01"));
     // Adoption: at most 50 features.
     let features = |n: usize| (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",");
     for route in ["adoption", "adoption_breakdown"] {
@@ -1478,7 +1500,7 @@ fn analytics_behavior_is_exact() {
             json!({"dim": p, "baseline": members.len(), "groups": n, "rate": percent(n, members.len() as u64)})
         })
         .collect();
-    assert_eq!(v, json!({"by": "platform", "rows": rows}));
+    assert_eq!(v, json!({"by": "platform", "rows": rows, "truncated": false}));
 }
 
 /// Every query the API sends (logged by ClickHouse 18.16 while the routes answer) gives
@@ -1961,6 +1983,7 @@ fn analytics_levels_ltv_and_segments_are_exact() {
     }
     assert_eq!(v["per_level"], Value::Array(per_level));
     assert_eq!(v["per_level_segments"], json!({"new": new, "payer": payer, "returning": returning}));
+    assert_eq!(v["truncated"], json!(false));
 
     // Episodes: only starts carry one in this history (clears without it are left out).
     let v = api.json(&format!("/api/analytics/levels/episodes?{range}"));
@@ -1971,8 +1994,8 @@ fn analytics_levels_ltv_and_segments_are_exact() {
             json!({"level": lv, "players": n, "win_rate": 0.0})
         })
         .collect();
-    assert_eq!(v, json!({"episodes": [{"episode": "e1", "per_level": per}]}));
-    assert_eq!(api.json(&format!("/api/analytics/levels/maps?{range}")), json!({"maps": []}));
+    assert_eq!(v, json!({"episodes": [{"episode": "e1", "per_level": per}], "truncated": false}));
+    assert_eq!(api.json(&format!("/api/analytics/levels/maps?{range}")), json!({"maps": [], "truncated": false}));
 
     // LTV of the cohorts of the last 40 days.
     let (c0, c1) = (h.today - 40, h.today - 1);
@@ -2028,6 +2051,94 @@ fn analytics_levels_ltv_and_segments_are_exact() {
 
 /// Filters: defaults, a POST needs analytics:manage and a game the token may read, the
 /// value is clamped, kept in the file, and read back.
+/// `props.level`, a platform, a city are whatever clients send: with more distinct values
+/// than an answer holds (1,000), `/levels`, `/levels/episodes` and `/levels/maps` answer
+/// the 1,000 levels with the most players (ties by level), listed by level, the payment
+/// and adoption breakdowns the 1,000 values that weigh most, each with
+/// `"truncated": true`, and the control port keeps answering.
+#[test]
+fn analytics_levels_and_breakdowns_answer_at_most_1000_values() {
+    let t = croupier_dataplane::analytics::now_secs() - 3600;
+    let api = Api::start_after(false, |ch| {
+        let mut rows = Vec::new();
+        let mut id = 1u64 << 40;
+        let mut start = |user: u64, level: &str| {
+            id += 1;
+            // Each level of one player on a platform of its own.
+            let platform = if level.starts_with('x') { format!("p{level}") } else { "ios".to_owned() };
+            rows.push(format!(
+                "{t}\tg1\tlv\tu{user}\ts{user}\tlevel_start\tgoogle\t{platform}\tUS\t1.0\t{}\t{{\"level\":\"{level}\",\"episode\":\"e1\",\"map\":\"m1\"}}",
+                uuid(id)
+            ));
+        };
+        // 1,500 levels of one player, then 10 of three.
+        for l in 0..1500 {
+            start(1, &format!("x{l:04}"));
+        }
+        for l in 0..10 {
+            for user in 1..=3 {
+                start(user, &format!("top{l}"));
+            }
+        }
+        ch.query(&format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) FORMAT TabSeparated\n{}\n", rows.join("\n")));
+        // 1,010 cities, city k with a payment of 1,000 + k cents.
+        let payments: Vec<String> = (0..1010)
+            .map(|k| format!("{t}\tg1\tlv\tu1\to{k}\t{}\tCNY\tsuccess\tgoogle\tios\tUS\tr\tk{k:04}\tp1\t", 1000 + k))
+            .collect();
+        ch.query(&format!(
+            "INSERT INTO analytics.payments ({PAYMENT_COLUMNS}) FORMAT TabSeparated\n{}\n",
+            payments.join("\n")
+        ));
+    });
+    let want: Vec<(String, u64)> =
+        (0..10).map(|l| (format!("top{l}"), 3)).chain((0..990).map(|l| (format!("x{l:04}"), 1))).collect();
+    let levels = |items: &Value| -> Vec<(String, u64)> {
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["level"].as_str().unwrap().to_owned(), i["players"].as_u64().unwrap()))
+            .collect()
+    };
+    let v = api.json("/api/analytics/levels?game_id=g1&env=lv");
+    assert_eq!(v["truncated"], json!(true));
+    assert_eq!(levels(&v["per_level"]), want);
+    for seg in ["new", "payer", "returning"] {
+        assert_eq!(v["per_level_segments"][seg].as_array().map(Vec::len), Some(1000), "{seg}");
+    }
+    for (route, key, dim, value) in [("episodes", "episodes", "episode", "e1"), ("maps", "maps", "map", "m1")] {
+        let v = api.json(&format!("/api/analytics/levels/{route}?game_id=g1&env=lv"));
+        assert_eq!(v["truncated"], json!(true), "{route}");
+        assert_eq!(v[key].as_array().map(Vec::len), Some(1), "{route}");
+        assert_eq!(v[key][0][dim], json!(value), "{route}");
+        assert_eq!(levels(&v[key][0]["per_level"]), want, "{route}");
+    }
+    let v = api.json("/api/analytics/behavior/adoption_breakdown?game_id=g1&env=lv&features=level_start&by=platform");
+    assert_eq!(v["truncated"], json!(true));
+    let dims: Vec<(String, u64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["dim"].as_str().unwrap().to_owned(), r["baseline"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(String, u64)> =
+        std::iter::once(("ios".to_owned(), 3)).chain((0..999).map(|l| (format!("px{l:04}"), 1))).collect();
+    assert_eq!(dims, want);
+    let v = api.json("/api/analytics/payments/summary?game_id=g1&env=lv");
+    assert_eq!(v["truncated"], json!(true));
+    let cities: Vec<(String, u64)> = v["by_city"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["city"].as_str().unwrap().to_owned(), r["revenue_cents"].as_u64().unwrap()))
+        .collect();
+    let want: Vec<(String, u64)> = (10..1010).rev().map(|k| (format!("k{k:04}"), 1000 + k)).collect();
+    assert_eq!(cities, want);
+    assert_eq!(v["by_product"].as_array().map(Vec::len), Some(1));
+    let r = HttpClient::connect(api.addr()).request("GET", "/healthz", &[], b"");
+    assert_eq!(r.status, 200);
+}
+
 #[test]
 fn analytics_filters_are_kept_and_guarded() {
     let api = Api::start();

@@ -335,21 +335,27 @@ pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 
 /// `/behavior/adoption_breakdown`: per value of `by` (`platform`, `country`, else
 /// `channel`), the groups with any event (`baseline`), those that did any of the features,
-/// and the percent; sorted by value.
+/// and the percent; sorted by value; the [`params::MAX_GROUPS`] values with the most
+/// groups at most.
 pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let features = features(ctx)?;
     let by = ctx.params.choice_or_default("by", &["channel", "platform", "country"]);
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
     let g = adoption_group(ctx)?;
-    let rows = ctx
+    let mut rows = ctx
         .db
         .select(&format!(
-            "SELECT toString({by}) AS dim, uniqExact({g}), uniqExactIf({g}, CAST(event AS String) IN {}) FROM analytics.events \
-             WHERE {w} GROUP BY dim ORDER BY dim",
-            quote_list(&features)
+            "SELECT toString({by}) AS dim, uniqExact({g}) AS base, uniqExactIf({g}, CAST(event AS String) IN {}) \
+             FROM analytics.events WHERE {w} GROUP BY dim ORDER BY base DESC, dim LIMIT {}",
+            quote_list(&features),
+            params::MAX_GROUPS + 1
         ))
         .await?;
+    // The MAX_GROUPS values with the largest baseline, by value.
+    let truncated = rows.len() > params::MAX_GROUPS;
+    rows.truncate(params::MAX_GROUPS);
+    rows.sort_by_cached_key(|r| r.first().map(Value::as_str).unwrap_or_default());
     let out: Vec<Json> = rows
         .iter()
         .map(|r| {
@@ -358,7 +364,7 @@ pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
                     "rate": percent(n as f64, base as f64) })
         })
         .collect();
-    Ok(json!({ "by": by, "rows": out }))
+    Ok(json!({ "by": by, "rows": out, "truncated": truncated }))
 }
 
 #[cfg(test)]

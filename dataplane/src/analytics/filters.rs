@@ -138,9 +138,11 @@ impl Filters {
         if let Some(path) = &self.path {
             let text = serde_json::to_string_pretty(&next).map_err(|e| ApiError::QueryFailed(e.to_string()))?;
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|e| ApiError::QueryFailed(format!("filters file: {e}")))?;
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+                // Its text names the file: logged, not answered.
+                tracing::warn!(error = %e, path = %path.display(), "analytics filters file not written");
+                ApiError::QueryFailed("filters file not written".into())
+            })?;
         }
         *map = next;
         Ok(json!({ "ok": true }))

@@ -2,6 +2,9 @@
 //! players, win rate, mean duration and retries of clears, difficulty, and the same per
 //! segment (new, payer, returning). Level fields come from `props` (`level`, `episode`,
 //! `duration_sec`, `retries`); each event is read once (`LIMIT 1 BY event_id`).
+//! `props.level` is whatever clients send: an answer holds the [`MAX_LEVELS`] levels
+//! (pairs of a group and a level for `/episodes` and `/maps`) with the most players, and
+//! says `"truncated": true` when there were more.
 
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
@@ -11,6 +14,11 @@ use super::params::{percent, Range, DAY};
 use super::sql::{prop, quote};
 use super::taxonomy::{LEVEL_CLEAR, LEVEL_FAIL, LEVEL_START, NEW_USER};
 use super::Ctx;
+
+/// The most levels `/levels` answers (and pairs of an episode or map and a level
+/// `/levels/episodes` and `/levels/maps` answer): those with the most players, ties by
+/// level (then group) as strings, listed by level as Croupier lists them.
+pub const MAX_LEVELS: usize = 1000;
 
 fn u(r: &[Value], i: usize) -> u64 {
     r.get(i).map_or(0, Value::as_u64)
@@ -64,10 +72,10 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     // One pass over the range's events: per user, whether a new-user event is among them
     // (the `new` segment) and the level events (start 1, clear 2), each read once
     // (`LIMIT 1 BY event_id`); then per level.
-    let rows = ctx
+    let mut rows = ctx
         .db
         .select(&format!(
-            "SELECT lvl, uniqExactIf(user_id, k = 1), uniqExactIf(user_id, k = 2), \
+            "SELECT lvl, uniqExactIf(user_id, k = 1) AS players, uniqExactIf(user_id, k = 2), \
              if(countIf(k = 2 AND dur != '') = 0, 0, avgIf(toFloat64OrZero(dur), k = 2 AND dur != '')), \
              if(countIf(k = 2 AND ret != '') = 0, 0, avgIf(toFloat64OrZero(ret), k = 2 AND ret != '')), \
              uniqExactIf(user_id, k = 1 AND is_new = 1), uniqExactIf(user_id, k = 2 AND is_new = 1), \
@@ -81,13 +89,15 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
                                WHERE {days} AND (event IN {NEW_USER} OR (event IN {}{episode})) LIMIT 1 BY event_id) \
                          GROUP BY user_id) \
                    ARRAY JOIN evs AS e) \
-             WHERE lvl != '' GROUP BY lvl ORDER BY lvl",
+             WHERE lvl != '' GROUP BY lvl ORDER BY players DESC, lvl LIMIT {}",
             prop("level"),
             prop("duration_sec"),
             prop("retries"),
             level_events(),
+            MAX_LEVELS + 1,
         ))
         .await?;
+    let truncated = keep_top(&mut rows, 1);
     let mut per_level = Vec::new();
     let (mut new, mut payer, mut returning) = (Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
@@ -111,7 +121,20 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         "funnel": steps,
         "per_level": per_level,
         "per_level_segments": { "new": new, "payer": payer, "returning": returning },
+        "truncated": truncated,
     }))
+}
+
+/// Keeps the first [`MAX_LEVELS`] of `rows` (read with `LIMIT MAX_LEVELS + 1`, most
+/// players first), sorted by their first `keys` columns as strings; whether some were
+/// left out.
+fn keep_top(rows: &mut Vec<Vec<Value>>, keys: usize) -> bool {
+    let truncated = rows.len() > MAX_LEVELS;
+    rows.truncate(MAX_LEVELS);
+    let key =
+        |r: &[Value]| -> Vec<String> { (0..keys).map(|i| r.get(i).map(Value::as_str).unwrap_or_default()).collect() };
+    rows.sort_by_cached_key(|r| key(r));
+    truncated
 }
 
 /// Start and clear events together.
@@ -127,19 +150,21 @@ fn level_events() -> String {
 pub async fn facets(ctx: &Ctx<'_>, dim: &'static str, key: &'static str) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = format!("{}{}", range.filter("event_time"), ctx.scope.filter());
-    let rows = ctx
+    let mut rows = ctx
         .db
         .select(&format!(
-            "SELECT grp, lvl, uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_START}), \
+            "SELECT grp, lvl, uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_START}) AS players, \
              uniqExactIf(user_id, CAST(event AS String) IN {LEVEL_CLEAR}) \
              FROM (SELECT user_id, event, {} AS grp, {} AS lvl FROM analytics.events \
                    WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
-             WHERE grp != '' AND lvl != '' GROUP BY grp, lvl ORDER BY grp, lvl",
+             WHERE grp != '' AND lvl != '' GROUP BY grp, lvl ORDER BY players DESC, lvl, grp LIMIT {}",
             prop(dim),
             prop("level"),
             level_events(),
+            MAX_LEVELS + 1,
         ))
         .await?;
+    let truncated = keep_top(&mut rows, 2);
     let mut out: Vec<Json> = Vec::new();
     let mut current: Option<(String, Vec<Json>)> = None;
     for r in &rows {
@@ -163,5 +188,5 @@ pub async fn facets(ctx: &Ctx<'_>, dim: &'static str, key: &'static str) -> Resu
     if let Some((name, items)) = current {
         out.push(json!({ dim: name, "per_level": items }));
     }
-    Ok(json!({ key: out }))
+    Ok(json!({ key: out, "truncated": truncated }))
 }

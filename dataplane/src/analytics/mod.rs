@@ -168,12 +168,19 @@ impl Ctx<'_> {
     }
 }
 
-/// A Redis reply as the API answers it: an error reply or a failure is 502.
+/// A Redis reply as the API answers it: an error reply or a failure is 502, its text
+/// logged (it may name the server) and not answered.
 pub fn redis_reply(reply: Result<Frame, RedisError>) -> Result<Frame, ApiError> {
     match reply {
-        Ok(Frame::Error(e)) => Err(ApiError::RedisFailed(e.to_string())),
+        Ok(Frame::Error(e)) => {
+            tracing::warn!(error = %e, "analytics Redis command refused");
+            Err(ApiError::RedisFailed("Redis refused the command".into()))
+        }
         Ok(f) => Ok(f),
-        Err(e) => Err(ApiError::RedisFailed(format!("{e:?}"))),
+        Err(e) => {
+            tracing::warn!(error = ?e, "analytics Redis command failed");
+            Err(ApiError::RedisFailed("Redis unavailable".into()))
+        }
     }
 }
 
@@ -249,6 +256,12 @@ impl Api {
             },
             (Ok(c), None) => self.authorized(route, c, &params, &scope, &reads).await,
             (Err(e), _) => Err(e.clone()),
+        };
+        // Building the answer counts against the deadline too: past it, 504 rather than
+        // a late answer.
+        let result = match result {
+            Ok(_) if body.is_none() && monoio::time::Instant::now() > reads.deadline() => Err(ApiError::QueryTimeout),
+            r => r,
         };
         let resp = match result {
             Ok(body) if csv => match export::csv(route, &body) {

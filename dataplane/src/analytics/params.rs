@@ -195,6 +195,16 @@ pub fn parse_time(field: &'static str, v: &str, end_of_day: bool) -> Result<i64,
     }
 }
 
+/// The most points a series answers (`/payments/product_trend`: products × buckets,
+/// `/realtime/series`: minutes): a longer range is 400, never an answer that holds the
+/// control thread.
+pub const MAX_POINTS: i64 = 100_000;
+
+/// The most values of a dimension clients send (`city`, `product_id`, `country`, ...) a
+/// breakdown answers: those that weigh most (revenue, groups), and `"truncated": true`
+/// when there were more.
+pub const MAX_GROUPS: usize = 1000;
+
 /// An inclusive range of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
@@ -231,6 +241,12 @@ impl Range {
     pub fn filter(&self, col: &str) -> String {
         let clamp = |t: i64| t.clamp(MIN_TIME, MAX_TIME);
         format!("{col} >= toDateTime({}) AND {col} <= toDateTime({})", clamp(self.start), clamp(self.end))
+    }
+
+    /// How many buckets of `secs` seconds (aligned on the epoch) the range touches.
+    pub fn buckets(&self, secs: i64) -> i64 {
+        let secs = secs.max(1);
+        self.end.div_euclid(secs) - self.start.div_euclid(secs) + 1
     }
 
     /// Day numbers (days since the epoch) of the first and last second.

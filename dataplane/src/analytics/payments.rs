@@ -70,15 +70,19 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             "success_rate": percent(succ as f64, attempts as f64),
         }),
     );
+    let mut truncated = false;
     for (col, key) in DIMENSIONS {
-        let rows = ctx
+        let mut rows = ctx
             .db
             .select(&format!(
                 "SELECT {col}, sumIf(amount_cents, status = 'success') AS revenue, countIf(status = 'success'), \
                  countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL WHERE {w} \
-                 GROUP BY {col} ORDER BY revenue DESC, {col}"
+                 GROUP BY {col} ORDER BY revenue DESC, {col} LIMIT {}",
+                params::MAX_GROUPS + 1
             ))
             .await?;
+        truncated |= rows.len() > params::MAX_GROUPS;
+        rows.truncate(params::MAX_GROUPS);
         let items: Vec<Json> = rows
             .iter()
             .map(|r| {
@@ -94,6 +98,7 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             .collect();
         out.insert(key.into(), Json::Array(items));
     }
+    out.insert("truncated".into(), Json::Bool(truncated));
     Ok(Json::Object(out))
 }
 
@@ -140,10 +145,23 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         return Err(ApiError::param("product_id", "at most 100 products"));
     }
     let range = Range::from(ctx.params, ctx.now, 0, true)?;
-    let bucket = match ctx.params.choice_or_default("granularity", &["hour", "minute"]) {
-        "minute" => "toStartOfMinute",
-        _ => "toStartOfHour",
-    };
+    let minute = ctx.params.choice_or_default("granularity", &["hour", "minute"]) == "minute";
+    let bucket = if minute { "toStartOfMinute" } else { "toStartOfHour" };
+    // At most MAX_POINTS points (products × buckets).
+    let n = products.len() as i64;
+    let points = n.saturating_mul(range.buckets(if minute { 60 } else { 3600 }));
+    if points > params::MAX_POINTS {
+        let reason = format!(
+            "{n} products over this range are {points} points, more than {}: a later start or fewer products",
+            params::MAX_POINTS
+        );
+        let field =
+            if minute && n.saturating_mul(range.buckets(3600)) <= params::MAX_POINTS { "granularity" } else { "start" };
+        return Err(ApiError::param(
+            field,
+            if field == "granularity" { format!("{reason} (or granularity=hour)") } else { reason },
+        ));
+    }
     let w = filter(ctx, &range, false);
     let rows = ctx
         .db

@@ -165,6 +165,12 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 /// and `success` revenue.
 pub async fn series(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = super::params::Range::from(ctx.params, ctx.now, 0, true)?;
+    if range.buckets(60) > params::MAX_POINTS {
+        return Err(ApiError::param(
+            "start",
+            format!("more than {} minutes from start to end: a later start", params::MAX_POINTS),
+        ));
+    }
     let w = ctx.scope.filter();
     let online = ctx
         .db

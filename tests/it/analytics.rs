@@ -882,7 +882,7 @@ fn analytics_payments_are_exact() {
 /// them is closed, and the next request's queries, sent on them, are sent again on new
 /// connections rather than answered 502.
 #[test]
-fn analytics_answers_after_a_clickhouse_restart() {
+fn analytics_answers_after_a_clickhouse_restart_and_hides_its_address_when_it_is_gone() {
     let mut api = Api::start();
     let h = &api.history;
     let path = format!(
@@ -896,6 +896,13 @@ fn analytics_answers_after_a_clickhouse_restart() {
     assert_eq!(r.status, 200, "{}", r.text());
     let after: Value = serde_json::from_str(&r.text()).unwrap();
     assert_eq!(after, before);
+    // ClickHouse gone: 502, whose body names neither its address nor its error text.
+    api.ch.stop();
+    let r = api.get(&path, &admin());
+    let port = api.ch.addr().rsplit(':').next().unwrap_or_default().to_owned();
+    assert_eq!((r.status, r.error_tag()), (502, "query_failed".to_owned()), "{}", r.text());
+    assert!(!r.text().contains(&port) && !r.text().contains("127.0.0.1"), "{}", r.text());
+    assert_eq!(r.text(), r#"{"error":"query_failed","message":"query failed: ClickHouse unavailable"}"#);
 }
 
 /// A refusal's status, tag and field.

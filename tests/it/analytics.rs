@@ -2087,6 +2087,13 @@ fn analytics_levels_and_breakdowns_answer_at_most_1000_values() {
                 start(user, &format!("top{l}"));
             }
         }
+        // In env lv2: 1,010 users registering, each from a channel of its own.
+        for k in 0..1010u64 {
+            rows.push(format!(
+                "{t}\tg1\tlv2\tr{k}\tr{k}\tregister\tch{k:04}\tios\tUS\t1.0\t{}\t{{}}",
+                uuid((2 << 40) + k)
+            ));
+        }
         ch.query(&format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) FORMAT TabSeparated\n{}\n", rows.join("\n")));
         // 1,010 cities, city k with a payment of 1,000 + k cents.
         let payments: Vec<String> = (0..1010)
@@ -2142,6 +2149,13 @@ fn analytics_levels_and_breakdowns_answer_at_most_1000_values() {
     let want: Vec<(String, u64)> = (10..1010).rev().map(|k| (format!("k{k:04}"), 1000 + k)).collect();
     assert_eq!(cities, want);
     assert_eq!(v["by_product"].as_array().map(Vec::len), Some(1));
+    let v = api.json("/api/analytics/attribution?game_id=g1&env=lv2");
+    assert_eq!(v["truncated"], json!(true));
+    assert_eq!(v["summary"]["installs"], json!(1010));
+    let channels: Vec<&str> =
+        v["by_channel"].as_array().unwrap().iter().map(|c| c["channel"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..1000).map(|k| format!("ch{k:04}")).collect();
+    assert_eq!(channels, want);
     let r = HttpClient::connect(api.addr()).request("GET", "/healthz", &[], b"");
     assert_eq!(r.status, 200);
 }
@@ -2221,6 +2235,7 @@ fn analytics_attribution_is_exact() {
         }));
     }
     assert_eq!(v["by_channel"], Value::Array(rows));
+    assert_eq!(v["truncated"], json!(false));
     let back = |n: usize| returned[..n].iter().sum::<u64>();
     let payback = (1..=90).find(|n| back(*n) >= cost);
     assert_eq!(

@@ -18,7 +18,7 @@ use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
 use super::error::ApiError;
-use super::params::{percent, Range, DAY};
+use super::params::{self, percent, Range, DAY};
 use super::taxonomy::{FIRST_ACTIVE, REGISTER};
 use super::Ctx;
 
@@ -143,8 +143,17 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         }
     }
 
-    let by_channel: Vec<Json> = channels
-        .iter()
+    // Channels are whatever clients send: the MAX_GROUPS with the most installs (then
+    // signups, then by name) are listed, by name; the summary counts them all.
+    let truncated = channels.len() > params::MAX_GROUPS;
+    let mut listed: Vec<(&String, &Channel)> = channels.iter().collect();
+    if truncated {
+        listed.sort_by(|a, b| (b.1.installs, b.1.signups).cmp(&(a.1.installs, a.1.signups)).then(a.0.cmp(b.0)));
+        listed.truncate(params::MAX_GROUPS);
+        listed.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    let by_channel: Vec<Json> = listed
+        .into_iter()
         .map(|(name, c)| {
             let mut o = json!({
                 "channel": name,
@@ -178,5 +187,5 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     }
     let payback = (has_cost && cost > 0).then(|| (1..=PAYBACK_DAYS).find(|n| returned(*n) >= cost)).flatten();
     summary["payback_days"] = json!(payback);
-    Ok(json!({ "summary": summary, "by_channel": by_channel }))
+    Ok(json!({ "summary": summary, "by_channel": by_channel, "truncated": truncated }))
 }

@@ -224,6 +224,8 @@ enum End {
 fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
     let mut backoff = MIN_BACKOFF;
     let mut next = 0usize;
+    // Subscriptions lost in a row without one holding `HELD`, and whether that was said.
+    let (mut failed, mut warned) = (0usize, false);
     loop {
         let Some(addr) = sentinels.addrs.get(next % sentinels.addrs.len().max(1)) else { return };
         let started = Instant::now();
@@ -231,10 +233,21 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
             End::Gone => return,
             End::Lost(why) => {
                 tracing::debug!(sentinel = %addr, reason = %why, "+switch-master subscription lost");
+                failed = if started.elapsed() >= HELD { 0 } else { failed + 1 };
+                // Every sentinel in turn (down, refusing `SUBSCRIBE` for want of `AUTH`, ...):
+                // said once, until one holds again.
+                if failed >= sentinels.addrs.len().max(1) && !warned {
+                    warned = true;
+                    tracing::warn!(
+                        reason = %why,
+                        "no sentinel keeps a +switch-master subscription: failovers are followed on errors only"
+                    );
+                }
             }
         }
         if started.elapsed() >= HELD {
             backoff = MIN_BACKOFF;
+            warned = false;
         }
         next = next.wrapping_add(1);
         std::thread::sleep(backoff);
@@ -250,12 +263,20 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
 /// `+switch-master` about our primary until the connection fails or goes silent.
 fn listen(addr: &str, name: &str, watch: &Weak<Watch>, timeout: Duration) -> End {
     let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
-    let sock = match addr.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => a,
-        Ok(None) => return End::Lost("no address".into()),
+    let socks: Vec<std::net::SocketAddr> = match addr.to_socket_addrs() {
+        Ok(a) => a.collect(),
         Err(e) => return lost("resolve", &e),
     };
-    let mut stream = match std::net::TcpStream::connect_timeout(&sock, timeout) {
+    // Every address the name resolves to, in turn (a name may give an IPv6 address first
+    // to a sentinel that listens on IPv4 only).
+    let mut connected = Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address"));
+    for sock in &socks {
+        connected = std::net::TcpStream::connect_timeout(sock, timeout);
+        if connected.is_ok() {
+            break;
+        }
+    }
+    let mut stream = match connected {
         Ok(s) => s,
         Err(e) => return lost("connect", &e),
     };

@@ -905,6 +905,22 @@ fn analytics_answers_after_a_clickhouse_restart_and_hides_its_address_when_it_is
     assert_eq!(r.text(), r#"{"error":"query_failed","message":"query failed: ClickHouse unavailable"}"#);
 }
 
+/// The first realtime requests after a Redis restart are answered (its reads are sent
+/// again while the client reconnects), with the figures Redis holds.
+#[test]
+fn analytics_realtime_answers_after_a_redis_restart() {
+    let mut api = Api::start();
+    let path = "/api/analytics/realtime?game_id=g1&env=prod";
+    let before = api.json(path);
+    api.redis.restart();
+    for _ in 0..3 {
+        let r = api.get(path, &admin());
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The history's keys were not persisted: the figures read are the restarted Redis's.
+    assert!(before.get("online").is_some(), "{before}");
+}
+
 /// A refusal's status, tag and field.
 fn refusal(api: &Api, path: &str) -> (u16, String, Option<String>) {
     let r = api.get(path, &admin());

@@ -184,7 +184,7 @@ impl Verifier {
                     // The signature verified: the claims are the issuer's. An `exp` that
                     // is there but no unix second (-1, 1e30, "x") is not a missing one.
                     ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) if has_exp(token) => {
-                        "token exp is invalid (unix seconds expected)"
+                        "token exp or nbf is invalid (unix seconds expected)"
                     }
                     ErrorKind::MissingRequiredClaim(_) => "token without exp",
                     _ => "invalid token",
@@ -254,7 +254,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        let invalid = "token exp is invalid (unix seconds expected)";
+        let invalid = "token exp or nbf is invalid (unix seconds expected)";
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1e30})), invalid);
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": -1})), invalid);
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": "x"})), invalid);

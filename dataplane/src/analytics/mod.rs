@@ -161,11 +161,30 @@ impl Ctx<'_> {
     pub async fn redis(&self, args: &[&[u8]]) -> Result<Frame, ApiError> {
         let mut cmd = Vec::new();
         resp::command(&mut cmd, args);
-        match monoio::time::timeout_at(self.db.deadline(), self.redis.call(cmd)).await {
+        match monoio::time::timeout_at(self.db.deadline(), read_redis(self.redis, cmd)).await {
             Ok(reply) => redis_reply(reply),
             Err(_) => Err(ApiError::QueryTimeout),
         }
     }
+}
+
+/// Pauses before each new try of a Redis read whose connection was down: a Redis that
+/// just came back is connected to again within the client's reconnect pause (at most 1 s).
+const REDIS_RETRY_PAUSES: [Duration; 3] =
+    [Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(600)];
+
+/// Sends a Redis read, and again (up to three more times, [`REDIS_RETRY_PAUSES`] apart)
+/// while the connection is down: the first requests after a Redis restart are answered
+/// rather than 502. Reads only: sending one twice changes nothing. The caller bounds it
+/// by the request's deadline.
+pub async fn read_redis(redis: &RedisClient, cmd: Vec<u8>) -> Result<Frame, RedisError> {
+    for pause in REDIS_RETRY_PAUSES {
+        match redis.call(cmd.clone()).await {
+            Err(RedisError::Unavailable) => monoio::time::sleep(pause).await,
+            other => return other,
+        }
+    }
+    redis.call(cmd).await
 }
 
 /// A Redis reply as the API answers it: an error reply or a failure is 502, its text

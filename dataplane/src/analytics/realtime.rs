@@ -49,7 +49,7 @@ pub async fn union_counts(ctx: &Ctx<'_>, keys: &[String], ns: &[usize]) -> Resul
             let redis = ctx.redis.clone();
             let mut cmd = Vec::with_capacity(k.len() + 24);
             resp::command(&mut cmd, &[b"GET".as_slice(), k.as_bytes()]);
-            monoio::spawn(async move { redis.call(cmd).await })
+            monoio::spawn(async move { super::read_redis(&redis, cmd).await })
         })
         .collect();
     let replies = async {

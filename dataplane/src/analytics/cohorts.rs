@@ -10,7 +10,7 @@
 //!   at least one when there are payers); each with users, ratio (percent of the active
 //!   users: any event in the range) and ARPU (its revenue in the range per user, cents).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
@@ -95,45 +95,60 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 /// `/segments`.
 pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
-    // Every active user of the range is read (a row each): bounded as the other ranges.
+    // Bounded as the other ranges.
     let (first, last) = range.days();
     if last - first > 366 {
         return Err(ApiError::param("start", "at most 366 days"));
     }
     let w = ctx.scope.filter();
-    let users = ctx
+    // Counted by ClickHouse: a game with millions of players a day sends four rows, not a
+    // row per player.
+    let active = format!(
+        "SELECT user_id, max(CAST(event AS String) IN {NEW_USER}) AS n FROM analytics.events WHERE {}{w} \
+         GROUP BY user_id",
+        range.filter("event_time")
+    );
+    let paid = format!(
+        "SELECT user_id, sum(amount_cents) AS r FROM analytics.payments FINAL WHERE status = 'success' AND {}{w} \
+         GROUP BY user_id",
+        range.filter("time")
+    );
+    let by_kind = ctx
         .db
         .select(&format!(
-            "SELECT user_id, max(CAST(event AS String) IN {NEW_USER}) FROM analytics.events WHERE {}{w} GROUP BY user_id",
-            range.filter("event_time")
+            "SELECT countIf(n = 1), sumIf(r, n = 1), countIf(n = 0), sumIf(r, n = 0) \
+             FROM ({active}) AS a ANY LEFT JOIN ({paid}) AS p USING user_id"
         ))
         .await?;
-    let revenue = ctx
-        .db
-        .select(&format!(
-            "SELECT user_id, sum(amount_cents) FROM analytics.payments FINAL WHERE status = 'success' AND {}{w} \
-             GROUP BY user_id",
-            range.filter("time")
-        ))
-        .await?;
-    let rev: HashMap<String, u64> =
-        revenue.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1))).collect();
-    let active: Vec<(String, bool)> =
-        users.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1) > 0)).collect();
-    let total = active.len() as f64;
-    let mut payers: Vec<(&String, u64)> = rev.iter().map(|(k, v)| (k, *v)).collect();
-    payers.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let whales: HashSet<&String> = payers.iter().take(payers.len().div_ceil(10)).map(|(k, _)| *k).collect();
-    let seg = |name: &str, members: Vec<&String>| {
-        let n = members.len() as f64;
-        let r: u64 = members.iter().map(|m| rev.get(*m).copied().unwrap_or(0)).sum();
-        json!({ "name": name, "users": members.len(), "ratio": percent(n, total), "arpu": ratio(r as f64, n) })
+    let payers = ctx.db.select(&format!("SELECT count(), sum(r) FROM ({paid}) AS p")).await?;
+    let row = |rows: &[Vec<Value>], i: usize| rows.first().map_or(0, |r| u(r, i));
+    let (new, new_rev, returning, returning_rev) =
+        (row(&by_kind, 0), row(&by_kind, 1), row(&by_kind, 2), row(&by_kind, 3));
+    let (paying, paying_rev) = (row(&payers, 0), row(&payers, 1));
+    // Whales: the tenth of the payers who paid most (ties by user id), at least one.
+    let whales = paying.div_ceil(10);
+    let whale_rows = if whales == 0 {
+        Vec::new()
+    } else {
+        ctx.db
+            .select(&format!(
+                "SELECT count(), sum(r) FROM (SELECT user_id, r FROM ({paid}) AS p ORDER BY r DESC, user_id \
+                 LIMIT {whales}) AS t"
+            ))
+            .await?
     };
-    let new: Vec<&String> = active.iter().filter(|(_, n)| *n).map(|(u, _)| u).collect();
-    let returning: Vec<&String> = active.iter().filter(|(_, n)| !*n).map(|(u, _)| u).collect();
-    let paying: Vec<&String> = payers.iter().map(|(k, _)| *k).collect();
-    let whale: Vec<&String> = paying.iter().copied().filter(|k| whales.contains(k)).collect();
+    let (whale, whale_rev) = (row(&whale_rows, 0), row(&whale_rows, 1));
+    let total = (new + returning) as f64;
+    let seg = |name: &str, users: u64, revenue: u64| {
+        let n = users as f64;
+        json!({ "name": name, "users": users, "ratio": percent(n, total), "arpu": ratio(revenue as f64, n) })
+    };
     Ok(json!({
-        "segments": [seg("new", new), seg("returning", returning), seg("payer", paying), seg("whale", whale)]
+        "segments": [
+            seg("new", new, new_rev),
+            seg("returning", returning, returning_rev),
+            seg("payer", paying, paying_rev),
+            seg("whale", whale, whale_rev)
+        ]
     }))
 }

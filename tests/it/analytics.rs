@@ -1044,6 +1044,17 @@ fn analytics_realtime_reads_the_sketches() {
     assert_eq!(v["pay_succ_rate"], 50.0);
     assert_eq!(v["registered_total"], PLAYERS);
 
+    // Redis lost today's keys, but `daily_users` keeps the day's figures (the worker never
+    // writes them lower): they are the floor of the live ones. Another game's row counts
+    // nowhere here.
+    c.cmd(&["DEL", &format!("hll:dau:g1:prod:{today}"), &format!("hll:new:g1:prod:{today}")]);
+    api.ch.query(&format!(
+        "INSERT INTO analytics.daily_users (d, game_id, env, dau, new_users, payers, version) VALUES \
+         ('{today}', 'g1', 'prod', 500, 40, 3, 1), ('{today}', 'g2', 'prod', 900, 90, 9, 1)"
+    ));
+    let v = api.json("/api/analytics/realtime?game_id=g1&env=prod");
+    assert_eq!((v["dau_today"].as_u64(), v["new_today"].as_u64()), (Some(500), Some(40)));
+
     // The series of the last 20 minutes: two writes of one minute, the latest wins.
     let m0 = now - now.rem_euclid(60) - 1200;
     api.ch.query(&format!(

@@ -140,6 +140,16 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ))
         .await?;
     let pk = peaks.first().cloned().unwrap_or_default();
+    // Today's row of `daily_users` (never written lower than it was): the floor of the
+    // key's count when Redis lost the key and the worker that held its sketch is gone.
+    let stored = ctx
+        .db
+        .select(&format!(
+            "SELECT max(dau), max(new_users) FROM analytics.daily_users FINAL WHERE d = toDate('{today}'){w}"
+        ))
+        .await?;
+    let st = stored.first().cloned().unwrap_or_default();
+    let (dau_today, new_today) = (dau_today.max(u(&st, 0)), new_today.max(u(&st, 1)));
     let pay_succ_rate = if attempts_5m == 0 { 0.0 } else { succ_5m as f64 * 100.0 / attempts_5m as f64 };
     Ok(json!({
         "online": online,

@@ -2,10 +2,14 @@
 //! that died holding entries holds back trimming, and ingest refuses (503 backlog_full)
 //! rather than letting the stream grow without bound, until the entries are claimed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use croupier_control::config::StreamLimits;
-use croupier_it::redis::xrange;
+use croupier_control::config::{Config, Driver, StreamLimits};
+use croupier_control::metrics::Registry;
+use croupier_dataplane::control::listener;
+use croupier_it::http::HttpClient;
+use croupier_it::redis::{xrange, RedisServer};
 use croupier_protocol::resp::Frame;
 
 use crate::fixture::event;
@@ -117,4 +121,93 @@ fn c2_entries_pending_with_a_dead_consumer_are_never_trimmed() {
     };
     p.wait_for(5, "the dead consumer's events in ClickHouse", |p| count(p, "ghost-%"));
     p.wait_for(50, "events accepted afterwards in ClickHouse", |p| count(p, "late-%"));
+}
+
+/// The group's `entries-read` as Redis reports it, and its `lag` (`None`: nil).
+fn group_position(redis: &RedisServer) -> (i64, Option<i64>) {
+    let Frame::Array(groups) = redis.client().cmd(&["XINFO", "GROUPS", KEY]) else { panic!("XINFO GROUPS reply") };
+    let Some(Frame::Array(kv)) = groups.first() else { panic!("no group on {KEY}") };
+    let field = |name: &str| {
+        kv.chunks(2).find(|p| matches!(&p[0], Frame::BulkString(k) if k == name.as_bytes())).map(|p| p[1].clone())
+    };
+    let read = match field("entries-read") {
+        Some(Frame::Integer(n)) => n,
+        other => panic!("entries-read {other:?}"),
+    };
+    let lag = match field("lag") {
+        Some(Frame::Integer(n)) => Some(n),
+        _ => None,
+    };
+    (read, lag)
+}
+
+/// A replica can hold a group whose `entries-read` lags its last delivered id (Redis does
+/// not always carry it consistently across a failover), so that Redis's `lag` counts
+/// entries that were delivered and acknowledged long ago. Neither the control port
+/// (`/readyz`, `croupier_stream_backlog_events`) nor ingest counts them as a backlog, and
+/// the ingest shards repair the group's position.
+#[test]
+fn a_wrong_lag_of_a_group_that_delivered_everything_is_no_backlog() {
+    let limits = StreamLimits { retention_events: 100, high_water_events: 40 };
+    let redis = RedisServer::start();
+    let mut r = redis.client();
+    for i in 0..45 {
+        let user = format!("u{i}");
+        assert!(matches!(r.cmd(&["XADD", KEY, "*", "user", &user]), Frame::BulkString(_)));
+    }
+    r.cmd(&["XGROUP", "CREATE", KEY, "analytics-workers", "0"]);
+    let Frame::Array(_) =
+        r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "w", "COUNT", "1000", "STREAMS", KEY, ">"])
+    else {
+        panic!("XREADGROUP reply")
+    };
+    let Frame::Array(all) = r.cmd(&["XRANGE", KEY, "-", "+"]) else { panic!("XRANGE reply") };
+    for e in &all {
+        let Frame::Array(kv) = e else { continue };
+        let Frame::BulkString(id) = &kv[0] else { continue };
+        r.int(&[b"XACK".as_slice(), KEY.as_bytes(), b"analytics-workers", id]);
+    }
+    assert_eq!(group_position(&redis), (45, Some(0)));
+    // What a failover left: the newest entry delivered and acknowledged, but entries-read
+    // 1, so Redis reports a lag of 44 (above the mark of 40).
+    let set = r.cmd(&["XGROUP", "SETID", KEY, "analytics-workers", "$", "ENTRIESREAD", "1"]);
+    assert!(matches!(set, Frame::SimpleString(_)), "{set:?}");
+    assert_eq!(group_position(&redis), (1, Some(44)));
+
+    // The control port, alone on this Redis.
+    let mut config = Config::default();
+    config.server.driver = Driver::Epoll;
+    config.redis.addr = redis.addr();
+    config.control.listen = "127.0.0.1:0".into();
+    config.streams.events = limits;
+    let control = listener::start(Arc::new(config), Registry::new(&[], &[], false), true, false)
+        .expect("control starts")
+        .expect("control listener");
+    let get = |path: &str| HttpClient::connect(control.local_addr()).request("GET", path, &[], b"");
+    // Once its connection is up, it reads the streams on each probe.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let ready = get("/readyz");
+        if !ready.text().contains("not connected") || Instant::now() > deadline {
+            break ready;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let metrics = get("/metrics").text();
+    assert!(metrics.contains("croupier_stream_backlog_events{stream=\"events\"} 0\n"), "{metrics}");
+    assert!(metrics.contains("croupier_stream_entries{stream=\"events\"} 45\n"), "{metrics}");
+    control.shutdown();
+    assert_eq!(group_position(&redis), (1, Some(44)), "the control port only reads");
+
+    // The ingest shards on it: ready, taking events, and the position repaired.
+    let f = crate::fixture::Fixture::start_with_redis(Driver::Epoll, redis, |c| c.streams.events = limits);
+    for _ in 0..8 {
+        let ready = f.client().request("GET", "/readyz", &[], b"");
+        assert_eq!(ready.status, 200, "{}", ready.text());
+    }
+    let accepted = f.post("/api/ingest/events", &format!("[{}]", event("login", "after")));
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let (read, lag) = group_position(&f.redis);
+    assert!(read == 45 && lag == Some(1), "entries-read {read}, lag {lag:?}");
 }

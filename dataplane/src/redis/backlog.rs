@@ -3,7 +3,10 @@
 //!
 //! Every `backlog_poll_ms` the shard reads each stream's group (`XINFO GROUPS`: last
 //! delivered id, entries read, lag), its oldest pending entry (`XPENDING` summary) and
-//! `XLEN`, and adds the entries it appended itself since that reading.
+//! `XLEN`, and adds the entries it appended itself since that reading. A lag is never
+//! counted above `XLEN`, and is 0 when the group delivered the stream's newest entry,
+//! whatever Redis says (its `entries-read` can be wrong after a failover; the shard then
+//! repairs it, see `CAUGHT_UP`).
 //!
 //! **Nothing unacknowledged is ever trimmed.** Entries are trimmed with `XADD MINID ~ T`,
 //! and `T` is never above `S` = min(oldest pending id, last delivered id): every entry
@@ -76,6 +79,10 @@ struct Reading {
     group: GroupInfo,
     oldest_pending: Option<StreamId>,
     xlen: u64,
+    /// When the group has delivered the stream's newest entry (its last delivered id is
+    /// the stream's last generated id): the stream's `entries-added`, which the group's
+    /// `entries-read` now holds.
+    caught_up: Option<u64>,
 }
 
 impl StreamState {
@@ -96,7 +103,15 @@ impl StreamState {
         let safe = r.oldest_pending.map_or(last, |p| p.min(last));
         // A group that has delivered nothing has read nothing.
         let read = g.entries_read.or((last == StreamId::ZERO).then_some(0));
-        let (Some(read), Some(lag)) = (read, g.lag) else {
+        // Redis's lag is `entries-added` − `entries-read`, and `entries-read` is not always
+        // carried consistently to a replica (after a failover it can be far behind): a group
+        // that delivered the newest entry owes nothing, and no group owes more entries than
+        // the stream holds.
+        let (read, lag) = match r.caught_up {
+            Some(added) => (Some(added), Some(0)),
+            None => (read, g.lag.map(|lag| lag.min(r.xlen))),
+        };
+        let (Some(read), Some(lag)) = (read, lag) else {
             self.observed.set(r.xlen);
             self.trim.set(safe);
             return;
@@ -105,8 +120,10 @@ impl StreamState {
         let retention = self.entries(self.limits.retention_events);
         let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
         let mut samples = self.samples.borrow_mut();
-        if samples.back().is_some_and(|(pos, _)| *pos > read) {
-            // The stream was recreated: older samples describe another history.
+        if samples.back().is_some_and(|(pos, _)| *pos > read) || r.caught_up.is_some_and(|a| g.entries_read != Some(a))
+        {
+            // The stream was recreated, or the group's position was repaired: older samples
+            // count in another numbering.
             samples.clear();
         }
         if samples.back().is_none_or(|(pos, id)| read >= pos.saturating_add(spacing) && last > *id) {
@@ -320,11 +337,44 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
         // The group is gone (Redis lost its data): recreate it from the start. Until it
         // is read again, the whole stream counts and nothing is trimmed.
         call(redis, &[b"XGROUP", b"CREATE", key, group, b"0", b"MKSTREAM"]).await;
-        return Some(Reading { group: GroupInfo::default(), oldest_pending: None, xlen });
+        return Some(Reading { group: GroupInfo::default(), oldest_pending: None, xlen, caught_up: None });
     };
     let oldest_pending =
         if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
-    Some(Reading { group: g, oldest_pending, xlen })
+    // A lag of 0 is believed; any other (or none) is checked against the stream's end.
+    let caught_up = if g.lag == Some(0) { None } else { caught_up(redis, key).await };
+    Some(Reading { group: g, oldest_pending, xlen, caught_up })
+}
+
+/// Whether the group has delivered the stream's last generated entry, in one script:
+/// then every entry added was read, and the group's `entries-read` is set to the stream's
+/// `entries-added` when it differs (`XGROUP SETID` to the same last delivered id, which
+/// never moves), so that Redis's own lag is right again. Returns `entries-added` when
+/// caught up (-1 from the script: not caught up).
+const CAUGHT_UP: &str = r"
+local function field(t, name)
+  for i = 1, #t, 2 do if t[i] == name then return t[i + 1] end end
+end
+local s = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, added = field(s, 'last-generated-id'), field(s, 'entries-added')
+if not last or type(added) ~= 'number' then return -1 end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  if field(g, 'name') == ARGV[1] then
+    if field(g, 'last-delivered-id') ~= last then return -1 end
+    if field(g, 'entries-read') ~= added then
+      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
+    end
+    return added
+  end
+end
+return -1
+";
+
+async fn caught_up(redis: &RedisClient, key: &[u8]) -> Option<u64> {
+    match call(redis, &[b"EVAL", CAUGHT_UP.as_bytes(), b"1", key, CONSUMER_GROUP.as_bytes()]).await? {
+        Frame::Integer(n) if n >= 0 => Some(n as u64),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -360,7 +410,54 @@ mod tests {
             last_delivered: Some(id(read)),
             entries_read: Some(read),
         };
-        Reading { group, oldest_pending: pending.map(id), xlen }
+        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None }
+    }
+
+    /// Mark 60000 events, 1 event per entry in these figures.
+    fn events_backlog() -> Rc<Backlog> {
+        let l = StreamLimits { retention_events: 100_000, high_water_events: 60_000 };
+        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1));
+        for s in b.streams.iter().flatten() {
+            s.known.set(true);
+        }
+        b
+    }
+
+    #[test]
+    fn a_group_that_delivered_the_newest_entry_owes_nothing_whatever_its_lag() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        // The new primary's group: nothing pending, last delivered = the newest entry,
+        // entries-read 7252 where the stream added 16284 (lag 9032), then drifting to a
+        // lag of 78246 over more failovers.
+        for (lag, read) in [(9_032, 7_252), (30_288, 7_252), (78_246, 7_252)] {
+            let mut r = reading(read, read + lag, None, 90_000);
+            r.caught_up = Some(16_284);
+            s.assess(&r);
+            assert_eq!(s.observed.get(), 0, "lag {lag}");
+            assert!(b.admits(0, StreamKind::Events));
+        }
+        // The same lag without the check, but the stream holds only 20000 entries: the
+        // backlog is at most those.
+        s.assess(&reading(7_252, 7_252 + 78_246, None, 20_000));
+        assert_eq!(s.observed.get(), 20_000);
+        assert!(b.admits(0, StreamKind::Events));
+    }
+
+    #[test]
+    fn repairing_the_position_renumbers_the_samples() {
+        let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, None, 1010));
+        }
+        assert_eq!(s.trim.get(), id(500));
+        // entries-read was 9032 behind: repaired to entries-added, the old samples would
+        // put the retention 9032 entries too far back.
+        let mut r = reading(1000, 1000, None, 1010);
+        r.caught_up = Some(10_032);
+        s.assess(&r);
+        assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
     }
 
     #[test]
@@ -412,7 +509,7 @@ mod tests {
         s.assess(&reading(0, 0, None, 0));
         assert_eq!(b.added(0, CUSTOM, 1), StreamId::ZERO, "nothing is trimmed before any sample is old enough");
         for read in (25..=1000).step_by(25) {
-            s.assess(&reading(read, read + 10, None, 0));
+            s.assess(&reading(read, read + 10, None, read + 10));
         }
         // The stream ends at 1010: the newest sample at least 500 entries back is 500.
         assert_eq!(s.trim.get(), id(500));

@@ -127,7 +127,8 @@ pub struct Server {
     pub max_decompressed_bytes: usize,
     /// Most records in one request.
     pub max_records: usize,
-    /// Time allowed to receive a request's head and body (408 past it), milliseconds.
+    /// Time allowed to receive a request's head and body (408 past it), and to write a
+    /// response (the connection closes past it), milliseconds.
     pub read_timeout_ms: u64,
     /// Idle keep-alive connections are closed after this long, milliseconds.
     pub idle_timeout_ms: u64,

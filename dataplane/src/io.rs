@@ -2,11 +2,14 @@
 //! reading into a growable buffer, against a deadline or a stop signal.
 
 use std::future::Future;
+use std::rc::Rc;
 
 use monoio::buf::{IoBuf, IoBufMut, VecBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+
+use crate::server::Server;
 
 /// Why no bytes were read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +53,31 @@ pub struct Socket {
     stream: TcpStream,
     /// Reused by every read (it allocates only when it is used to cancel).
     canceller: Canceller,
+    /// A served connection whose reads may be stopped at the connection cap
+    /// ([`Socket::evictable`]).
+    evict: Option<Rc<Server>>,
+    /// A read was stopped for that.
+    evicted: bool,
 }
 
 impl Socket {
     /// Wraps an accepted connection.
     pub fn new(stream: TcpStream) -> Socket {
-        Socket { stream, canceller: Canceller::new() }
+        Socket { stream, canceller: Canceller::new(), evict: None, evicted: false }
+    }
+
+    /// Wraps a served connection on a listener with `evict_idle`: while [`Socket::read`]
+    /// waits (for a request's body, or while closing), the connection counts among those
+    /// that have not sent a whole request, and at the connection cap it may be chosen to
+    /// close ([`crate::server::IdleConnections::wait_head`]); the read then fails with
+    /// [`ReadError::Stopped`] and [`Socket::evicted`] says so.
+    pub fn evictable(stream: TcpStream, server: Rc<Server>) -> Socket {
+        Socket { evict: Some(server), ..Socket::new(stream) }
+    }
+
+    /// Whether a read was stopped to make room for a new connection.
+    pub fn evicted(&self) -> bool {
+        self.evicted
     }
 
     /// The stream, for writing.
@@ -65,7 +87,15 @@ impl Socket {
 
     /// Appends what the socket has (at least one byte) to `buf`, waiting until `deadline`.
     pub async fn read(&mut self, buf: &mut Vec<u8>, deadline: Instant) -> Result<usize, ReadError> {
-        self.read_or_stop(buf, deadline, std::future::pending()).await
+        match self.evict.clone() {
+            Some(server) => {
+                let place = server.idle.wait_head();
+                let read = self.read_or_stop(buf, deadline, place.evicted()).await;
+                self.evicted |= read == Err(ReadError::Stopped);
+                read
+            }
+            None => self.read_or_stop(buf, deadline, std::future::pending()).await,
+        }
     }
 
     /// [`Socket::read`], giving up when `stop` completes first ([`ReadError::Stopped`]).

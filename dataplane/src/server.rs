@@ -18,10 +18,11 @@
 //!
 //! With `evict_idle` (the control port), a connection waiting at the cap does not wait
 //! for an idle one to time out: the oldest connection that is between requests is
-//! closed to make room, or, none being idle, the oldest that has not sent a whole head
-//! yet (none or part of its first, part of a later one) ([`IdleConnections`]): sockets
-//! that send part of a head, or nothing, and stop cannot keep probes out. A connection whose head is
-//! complete (its request being read or answered) is never closed for this.
+//! closed to make room, or, none being idle, the oldest that has not sent a whole request
+//! yet (none or part of a head, or a body still arriving) or is writing an answer
+//! ([`IdleConnections`]): sockets that send part of a request and stop, or never read
+//! their answers, cannot keep probes out. A connection whose whole request is in and
+//! being handled is never closed for this.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -48,7 +49,8 @@ const STOP_POLL: Duration = Duration::from_millis(20);
 /// A listener's limits and budgets, per shard (from `[server]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// A request's head and body must be in within this of its first byte (else 408).
+    /// A request's head and body must be in within this of its first byte (else 408), and
+    /// a response written within this (else the connection closes).
     pub read_timeout: Duration,
     /// A connection idle this long between requests is closed.
     pub idle_timeout: Duration,
@@ -66,7 +68,7 @@ pub struct Limits {
 }
 
 /// The connections waiting for their next request, and those waiting for the rest of a
-/// head, each oldest first: at the cap (with [`Limits::evict_idle`]) the oldest idle one
+/// request (head or body) or writing an answer, each oldest first: at the cap (with [`Limits::evict_idle`]) the oldest idle one
 /// is told to close, or, none being idle, the oldest still reading a head. A connection
 /// registers while it waits for bytes and leaves when they arrive
 /// ([`IdleConnections::wait`], [`IdleConnections::wait_head`]).
@@ -74,7 +76,7 @@ pub struct Limits {
 pub struct IdleConnections {
     /// By the order they became idle; each one's signal closes it.
     waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
-    /// Those with part of a head, by the order they began waiting for more.
+    /// Those with part of a request, or writing an answer, by the order they began waiting.
     heads: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
 }
@@ -96,8 +98,9 @@ impl IdleConnections {
         self.register(false)
     }
 
-    /// Registers a connection that has part of a head until the place is dropped: closed
-    /// for a new one only when no connection is idle.
+    /// Registers a connection that has part of a request (head or body), or is writing an
+    /// answer, until the place is dropped: closed for a new one only when no connection
+    /// is idle.
     pub fn wait_head(&self) -> IdlePlace<'_> {
         self.register(true)
     }

@@ -272,6 +272,11 @@ impl Croupier {
         Croupier { data, control, child: Some(child), log, _dir: dir }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// Waits until the data port's shards are ready (every shard has read the backlogs):
     /// `/readyz` 200 on several new connections in a row.
     pub fn wait_data_ready(&self) {

@@ -384,3 +384,135 @@ fn attack_incomplete_heads_do_not_starve_the_control_port() {
     }
     drop(half);
 }
+
+/// The resident memory of process `pid`, bytes (`VmRSS`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS");
+    kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmRSS in kB") * 1024
+}
+
+/// Whether the server has closed `h` (reset, or end of stream after what it wrote),
+/// reading and dropping what it sent, waiting at most `wait`.
+fn closed_within(h: &HttpClient, wait: Duration) -> bool {
+    let mut s = h.writer();
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).expect("timeout");
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Black-box finding: sockets that sent a whole head (`Content-Length: 60000`) and then
+/// one byte of body a second held the control port's places until `read_timeout`: a
+/// connection whose body was still arriving was never closed for a new one. At the cap
+/// it counts with those reading a head (after the idle ones, oldest first).
+#[test]
+fn attack_slow_bodies_do_not_starve_the_control_port() {
+    let redis = RedisServer::start();
+    // Timeouts far longer than the test: it cannot pass by a connection timing out.
+    let c = ingest_on(
+        &redis,
+        &[("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"), ("CROUPIER_SERVER__READ_TIMEOUT_MS", "120000")],
+    );
+    let slow: Vec<HttpClient> = (0..100)
+        .map(|_| {
+            let mut h = HttpClient::connect(c.control);
+            h.send_raw(b"POST /api/analytics/filters HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n{");
+            h
+        })
+        .collect();
+    // The body keeps trickling in (one byte per socket every 200 ms) during the probes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = slow.iter().map(|h| h.writer()).collect();
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for mut w in &writers {
+                    let _ = std::io::Write::write_all(&mut w, b" ");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let t = Instant::now();
+        let mut probe = HttpClient::connect(c.control);
+        probe.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = probe.reply_within(Duration::from_secs(1));
+        assert_eq!(r.map(|r| r.status), Some(200), "{path} behind 100 slow bodies, after {:?}", t.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().expect("trickle thread");
+    drop(slow);
+}
+
+/// Black-box finding: sockets that pipelined requests for large answers and never read
+/// held the control port's places with no write timeout, each with its answer in memory.
+/// An answer not wholly written within `read_timeout` closes its connection, a connection
+/// holds one answer at a time, and at the cap one stuck writing is closed for a new one.
+#[test]
+fn attack_slow_readers_do_not_starve_the_control_port() {
+    const ASSET: usize = 4 << 20;
+    let redis = RedisServer::start();
+    let dist = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dist.path().join("assets")).expect("assets dir");
+    std::fs::write(dist.path().join("index.html"), "<html>").expect("index.html");
+    std::fs::write(dist.path().join("assets/big-1.js"), vec![b'x'; ASSET]).expect("asset");
+    let c = ingest_on(
+        &redis,
+        &[
+            ("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"),
+            ("CROUPIER_SERVER__READ_TIMEOUT_MS", "5000"),
+            ("CROUPIER_CONTROL__DASHBOARD_DIR", dist.path().to_str().expect("utf-8 path")),
+        ],
+    );
+    let base = rss_bytes(c.pid());
+    let request = "GET /assets/big-1.js HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3);
+    let started = Instant::now();
+    let mut slow: Vec<HttpClient> = (0..70)
+        .map(|_| {
+            let mut h = HttpClient::connect(c.control);
+            h.send_raw(request.as_bytes());
+            h
+        })
+        .collect();
+    // The first answers fill the sockets' kernel buffers.
+    std::thread::sleep(Duration::from_millis(1500));
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let t = Instant::now();
+        let mut probe = HttpClient::connect(c.control);
+        probe.send_raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = probe.reply_within(Duration::from_secs(1));
+        assert_eq!(r.map(|r| r.status), Some(200), "{path} behind 70 slow readers, after {:?}", t.elapsed());
+    }
+    // One answer per connection at most (64 places), however many were asked for.
+    let peak = rss_bytes(c.pid());
+    assert!(peak < base + 64 * ASSET as u64 + (64 << 20), "RSS {peak} from {base}");
+    // Every slow reader is closed by the write timeout: 5 s after its answer began (those
+    // the backlog held began once others closed). Read only after that, so that reading
+    // cannot let an answer finish.
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(started.elapsed()));
+    let mut unread = 0usize;
+    for h in &mut slow {
+        assert!(closed_within(h, Duration::from_secs(2)), "a slow reader still open after {:?}", started.elapsed());
+        unread += 1;
+    }
+    assert_eq!(unread, 70);
+    assert_eq!(HttpClient::connect(c.control).request("GET", "/healthz", &[], b"").status, 200);
+}

@@ -2,9 +2,11 @@
 //!
 //! An idle connection is closed after `idle_timeout` (`read_timeout` before its first byte); a request whose head and body do
 //! not arrive within `read_timeout` of its first byte gets 408 and the connection is
-//! closed. With `evict_idle` (the control port), at the connection cap the oldest idle
-//! connection (between requests) is closed for a new one, or, none being idle, the
-//! oldest that has not sent a whole head yet. Each request is routed by the handler's table (404/405 from the table), then
+//! closed; a response not wholly written within `read_timeout` closes the connection (one
+//! response is held at a time: the next request is read once it is written). With
+//! `evict_idle` (the control port), at the connection cap the oldest idle connection
+//! (between requests) is closed for a new one, or, none being idle, the oldest that has
+//! not sent a whole request (head and body) or is writing an answer. Each request is routed by the handler's table (404/405 from the table), then
 //! answered by the handler; a body it left unread is read past (or the connection
 //! closed) before the answer goes out. After a refusal the connection stays open when
 //! the request's body could be read past; otherwise the response says
@@ -59,7 +61,8 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
     let read_timeout = server.limits.read_timeout;
     let idle_timeout = server.limits.idle_timeout;
     let fields = handler.router().fields();
-    let mut sock = Socket::new(stream);
+    let mut sock =
+        if server.limits.evict_idle { Socket::evictable(stream, server.clone()) } else { Socket::new(stream) };
     let mut b = Buffers { input: Vec::with_capacity(INPUT_BYTES), ..Buffers::default() };
     let mut head = Head::default();
     let mut last_active = Instant::now();
@@ -79,7 +82,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 Err(e) => {
                     let resp = e.response();
                     handler.served(None, resp.status, elapsed(started));
-                    let _ = write(&mut sock, &mut b.output, resp).await;
+                    let _ = write(&mut sock, &mut b.output, resp, &server).await;
                     linger(&mut sock, &mut b.input).await;
                     return;
                 }
@@ -126,7 +129,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 Err(ReadError::Timeout) if started.is_some() => {
                     let resp = HttpError::RequestTimeout.response();
                     handler.served(None, resp.status, elapsed(started));
-                    let _ = write(&mut sock, &mut b.output, resp).await;
+                    let _ = write(&mut sock, &mut b.output, resp, &server).await;
                     return;
                 }
                 Err(_) => return,
@@ -143,6 +146,10 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
             Err(e) => e.response(),
         };
         req.finish(&mut resp).await;
+        // Closed at the cap while its body was still arriving: no answer.
+        if sock.evicted() {
+            return;
+        }
         // At shutdown every response is the connection's last.
         resp.close |= !head.keep_alive || server.drain.is_started();
         resp.keep_alive = head.http10;
@@ -151,9 +158,10 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
         // Counted before it is written: a client that has its answer finds it counted.
         handler.served(Some(head.path()), resp.status, elapsed(started));
         b.trim();
-        if write(&mut sock, &mut b.output, resp).await.is_err() {
+        if write(&mut sock, &mut b.output, resp, &server).await.is_err() {
             return;
         }
+        b.trim();
         if close {
             linger(&mut sock, &mut b.input).await;
             return;
@@ -186,10 +194,35 @@ async fn linger(sock: &mut Socket, scratch: &mut Vec<u8>) {
 /// Most bytes read and discarded while closing.
 const LINGER_BYTES: usize = 32 << 20;
 
-async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response) -> std::io::Result<()> {
+/// Writes `resp`, which must be wholly written within `read_timeout` (else the
+/// connection is to close: a client that does not read cannot hold its place and its
+/// answer). With `evict_idle`, while it is being written the connection counts among
+/// those that have not sent a whole request: at the connection cap it may be chosen to
+/// close. An error means the connection is to close.
+async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response, server: &Server) -> std::io::Result<()> {
     out.clear();
     resp.encode(out);
-    let (res, buf) = sock.stream().write_all(std::mem::take(out)).await;
-    *out = buf;
-    res.map(|_| ())
+    // One copy of the answer is held while it is written, not two.
+    drop(resp);
+    let deadline = Instant::now() + server.limits.read_timeout;
+    let place = server.limits.evict_idle.then(|| server.idle.wait_head());
+    let evicted = async {
+        match &place {
+            Some(p) => p.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    // Dropping an unfinished write cancels it; the connection then closes.
+    let data = std::mem::take(out);
+    monoio::select! {
+        biased;
+        (res, buf) = sock.stream().write_all(data) => {
+            *out = buf;
+            res.map(|_| ())
+        }
+        _ = monoio::time::sleep_until(deadline) => {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response not written within read_timeout"))
+        }
+        _ = evicted => Err(std::io::Error::other("closed to make room for a new connection")),
+    }
 }

@@ -83,6 +83,9 @@ struct Reading {
     /// the stream's last generated id): the stream's `entries-added`, which the group's
     /// `entries-read` now holds.
     caught_up: Option<u64>,
+    /// The group's `entries-read` was set to `entries-added` by this reading (a repair,
+    /// not a group that simply caught up since its `XINFO GROUPS`).
+    repaired: bool,
 }
 
 impl StreamState {
@@ -120,8 +123,7 @@ impl StreamState {
         let retention = self.entries(self.limits.retention_events);
         let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
         let mut samples = self.samples.borrow_mut();
-        if samples.back().is_some_and(|(pos, _)| *pos > read) || r.caught_up.is_some_and(|a| g.entries_read != Some(a))
-        {
+        if samples.back().is_some_and(|(pos, _)| *pos > read) || r.repaired {
             // The stream was recreated, or the group's position was repaired: older samples
             // count in another numbering.
             samples.clear();
@@ -337,20 +339,26 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
         // The group is gone (Redis lost its data): recreate it from the start. Until it
         // is read again, the whole stream counts and nothing is trimmed.
         call(redis, &[b"XGROUP", b"CREATE", key, group, b"0", b"MKSTREAM"]).await;
-        return Some(Reading { group: GroupInfo::default(), oldest_pending: None, xlen, caught_up: None });
+        return Some(Reading {
+            group: GroupInfo::default(),
+            oldest_pending: None,
+            xlen,
+            caught_up: None,
+            repaired: false,
+        });
     };
     let oldest_pending =
         if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
     // A lag of 0 is believed; any other (or none) is checked against the stream's end.
-    let caught_up = if g.lag == Some(0) { None } else { caught_up(redis, key).await };
-    Some(Reading { group: g, oldest_pending, xlen, caught_up })
+    let (caught_up, repaired) = if g.lag == Some(0) { (None, false) } else { caught_up(redis, key).await };
+    Some(Reading { group: g, oldest_pending, xlen, caught_up, repaired })
 }
 
 /// Whether the group has delivered the stream's last generated entry, in one script:
 /// then every entry added was read, and the group's `entries-read` is set to the stream's
 /// `entries-added` when it differs (`XGROUP SETID` to the same last delivered id, which
-/// never moves), so that Redis's own lag is right again. Returns `entries-added` when
-/// caught up (-1 from the script: not caught up).
+/// never moves), so that Redis's own lag is right again. Returns `{entries-added, 1 when
+/// it set entries-read, else 0}` when caught up, -1 when not.
 const CAUGHT_UP: &str = r"
 local function field(t, name)
   for i = 1, #t, 2 do if t[i] == name then return t[i + 1] end end
@@ -363,17 +371,25 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     if field(g, 'last-delivered-id') ~= last then return -1 end
     if field(g, 'entries-read') ~= added then
       redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
+      return {added, 1}
     end
-    return added
+    return {added, 0}
   end
 end
 return -1
 ";
 
-async fn caught_up(redis: &RedisClient, key: &[u8]) -> Option<u64> {
-    match call(redis, &[b"EVAL", CAUGHT_UP.as_bytes(), b"1", key, CONSUMER_GROUP.as_bytes()]).await? {
-        Frame::Integer(n) if n >= 0 => Some(n as u64),
-        _ => None,
+/// [`CAUGHT_UP`]'s answer: `entries-added` when caught up, and whether `entries-read`
+/// was repaired.
+async fn caught_up(redis: &RedisClient, key: &[u8]) -> (Option<u64>, bool) {
+    match call(redis, &[b"EVAL", CAUGHT_UP.as_bytes(), b"1", key, CONSUMER_GROUP.as_bytes()]).await {
+        Some(Frame::Array(a)) => match a.as_slice() {
+            [Frame::Integer(added), Frame::Integer(repaired)] if *added >= 0 => {
+                (Some(u64::try_from(*added).unwrap_or(0)), *repaired == 1)
+            }
+            _ => (None, false),
+        },
+        _ => (None, false),
     }
 }
 
@@ -410,7 +426,7 @@ mod tests {
             last_delivered: Some(id(read)),
             entries_read: Some(read),
         };
-        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None }
+        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repaired: false }
     }
 
     /// Mark 60000 events, 1 event per entry in these figures.
@@ -456,8 +472,26 @@ mod tests {
         // put the retention 9032 entries too far back.
         let mut r = reading(1000, 1000, None, 1010);
         r.caught_up = Some(10_032);
+        r.repaired = true;
         s.assess(&r);
         assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
+    }
+
+    #[test]
+    fn a_group_that_caught_up_since_its_reading_keeps_the_samples() {
+        let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, None, 1010));
+        }
+        assert_eq!(s.trim.get(), id(500));
+        // Behind by 10 when the groups were read, caught up (nothing repaired) when the
+        // script ran: the same numbering, so trimming goes on.
+        let mut r = reading(1000, 1010, Some(1005), 1010);
+        r.caught_up = Some(1010);
+        s.assess(&r);
+        assert_eq!(s.trim.get(), id(500));
+        assert!(s.observed.get() < 1010, "{}", s.observed.get());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use croupier_control::config::Driver;
+use croupier_control::config::{Config, Driver};
 use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::redis::{RedisClient, RedisServer};
 use croupier_it::sentinel::{SentinelServer, MASTER_NAME};
@@ -27,27 +27,11 @@ fn sentinel_failover_under_load_loses_no_202_with_wait_replicas_1() {
     for s in &sentinels {
         s.wait_for_peers(1, 2);
     }
-    let list = format!("[{}]", sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect::<Vec<_>>().join(","));
-    let clickhouse = ClickHouseServer::start();
     let primary_port = primary.port;
-    let addrs: Vec<String> = sentinels.iter().map(SentinelServer::addr).collect();
-    // `redis.addr` names nothing: only the sentinels say where the primary is.
-    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |c| {
-        c.redis.addr = "127.0.0.1:1".into();
-        c.redis.sentinels = addrs;
-        c.redis.master_name = MASTER_NAME.into();
+    let p = through_sentinels(&sentinels, |c| {
         c.redis.wait_replicas = 1;
         c.redis.wait_timeout_ms = 500;
-        c.redis.reply_timeout_ms = 1_000;
     });
-    let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
-    assert!(ok, "croupier migrate failed: {out}");
-    let mut p = Pipeline { ingest, clickhouse, worker: None };
-    p.start_worker(&[
-        ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
-        ("CROUPIER_REDIS__SENTINELS", list.as_str()),
-        ("CROUPIER_REDIS__MASTER_NAME", MASTER_NAME),
-    ]);
 
     // Load: one client, one request after another, until told to stop.
     let load = Load::start(p.ingest.addr, Duration::from_millis(20));
@@ -117,6 +101,30 @@ fn sentinel_primary_refusing_noreplicas_is_left_for_the_one_the_sentinels_name()
 }
 
 /// The role `ROLE` gives (`master`, `slave`).
+/// Ingest, ClickHouse and a worker that find the Redis primary only through `sentinels`
+/// (`redis.addr` names nothing), with `tweak` setting more of the ingest's configuration.
+fn through_sentinels(sentinels: &[SentinelServer], tweak: impl FnOnce(&mut Config)) -> Pipeline {
+    let list = format!("[{}]", sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect::<Vec<_>>().join(","));
+    let addrs: Vec<String> = sentinels.iter().map(SentinelServer::addr).collect();
+    let clickhouse = ClickHouseServer::start();
+    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |c| {
+        c.redis.addr = "127.0.0.1:1".into();
+        c.redis.sentinels = addrs;
+        c.redis.master_name = MASTER_NAME.into();
+        c.redis.reply_timeout_ms = 1_000;
+        tweak(c);
+    });
+    let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
+    assert!(ok, "croupier migrate failed: {out}");
+    let mut p = Pipeline { ingest, clickhouse, worker: None };
+    p.start_worker(&[
+        ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
+        ("CROUPIER_REDIS__SENTINELS", list.as_str()),
+        ("CROUPIER_REDIS__MASTER_NAME", MASTER_NAME),
+    ]);
+    p
+}
+
 fn role(redis: &RedisServer) -> String {
     match redis.client().cmd(&["ROLE"]) {
         Frame::Array(parts) => match parts.first() {
@@ -147,8 +155,9 @@ fn events_added(redis: &RedisServer) -> i64 {
 /// which it throws away once it resyncs from the new one: nothing refuses them, so
 /// following on errors alone would keep appending there (and answering 202) for those
 /// seconds. Ingest and the worker follow the sentinels' announcement: a second after it,
-/// every request is appended to the new primary and none to the old, no request was
-/// refused on the way, and the worker reads them there into ClickHouse.
+/// every request is appended to the new primary and none to the old, at most the requests
+/// queued at the instant of the move were refused (503, sent again), and the worker reads
+/// them there into ClickHouse.
 #[test]
 fn sentinel_switch_master_moves_ingest_while_the_old_primary_still_takes_writes() {
     let old = RedisServer::start();
@@ -157,23 +166,7 @@ fn sentinel_switch_master_moves_ingest_while_the_old_primary_still_takes_writes(
     for s in &sentinels {
         s.wait_for_peers(1, 2);
     }
-    let list = format!("[{}]", sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect::<Vec<_>>().join(","));
-    let addrs: Vec<String> = sentinels.iter().map(SentinelServer::addr).collect();
-    let clickhouse = ClickHouseServer::start();
-    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |c| {
-        c.redis.addr = "127.0.0.1:1".into();
-        c.redis.sentinels = addrs;
-        c.redis.master_name = MASTER_NAME.into();
-        c.redis.reply_timeout_ms = 1_000;
-    });
-    let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
-    assert!(ok, "croupier migrate failed: {out}");
-    let mut p = Pipeline { ingest, clickhouse, worker: None };
-    p.start_worker(&[
-        ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
-        ("CROUPIER_REDIS__SENTINELS", list.as_str()),
-        ("CROUPIER_REDIS__MASTER_NAME", MASTER_NAME),
-    ]);
+    let p = through_sentinels(&sentinels, |_| {});
 
     // The replica counts the appends it receives as the primary does.
     for _ in 0..3 {

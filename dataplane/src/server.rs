@@ -19,7 +19,7 @@
 //! With `evict_idle` (the control port), a connection waiting at the cap does not wait
 //! for an idle one to time out: the oldest connection that is between requests is
 //! closed to make room, or, none being idle, the oldest that has not sent a whole request
-//! yet (none or part of a head, or a body still arriving) or whose answer has taken no byte for 250 ms
+//! yet (none or part of a head, or a body still arriving) or is writing an answer
 //! ([`IdleConnections`]): sockets that send part of a request and stop, or never read
 //! their answers, cannot keep probes out. A connection whose whole request is in and
 //! being handled is never closed for this.
@@ -68,7 +68,7 @@ pub struct Limits {
 }
 
 /// The connections waiting for their next request, and those waiting for the rest of a
-/// request (head or body) or stalled writing an answer, each oldest first: at the cap (with [`Limits::evict_idle`]) the oldest idle one
+/// request (head or body) or writing an answer, each oldest first: at the cap (with [`Limits::evict_idle`]) the oldest idle one
 /// is told to close, or, none being idle, the oldest still reading a head. A connection
 /// registers while it waits for bytes and leaves when they arrive
 /// ([`IdleConnections::wait`], [`IdleConnections::wait_head`]).
@@ -76,7 +76,7 @@ pub struct Limits {
 pub struct IdleConnections {
     /// By the order they became idle; each one's signal closes it.
     waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
-    /// Those with part of a request, or stalled writing an answer, by the order they began waiting.
+    /// Those with part of a request, or writing an answer, by the order they began waiting.
     heads: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
 }

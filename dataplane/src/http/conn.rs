@@ -2,11 +2,11 @@
 //!
 //! An idle connection is closed after `idle_timeout` (`read_timeout` before its first byte); a request whose head and body do
 //! not arrive within `read_timeout` of its first byte gets 408 and the connection is
-//! closed; a response of which the client takes no byte for `read_timeout` closes the connection (one
+//! closed; a response not wholly written within `read_timeout` closes the connection (one
 //! response is held at a time: the next request is read once it is written). With
 //! `evict_idle` (the control port), at the connection cap the oldest idle connection
 //! (between requests) is closed for a new one, or, none being idle, the oldest that has
-//! not sent a whole request (head and body) or whose answer's write has stalled for 250 ms. Each request is routed by the handler's table (404/405 from the table), then
+//! not sent a whole request (head and body) or is writing an answer. Each request is routed by the handler's table (404/405 from the table), then
 //! answered by the handler; a body it left unread is read past (or the connection
 //! closed) before the answer goes out. After a refusal the connection stays open when
 //! the request's body could be read past; otherwise the response says
@@ -15,8 +15,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::buf::IoBuf;
-use monoio::io::AsyncWriteRent;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
@@ -195,55 +194,35 @@ async fn linger(sock: &mut Socket, scratch: &mut Vec<u8>) {
 /// Most bytes read and discarded while closing.
 const LINGER_BYTES: usize = 32 << 20;
 
-/// Writes `resp`; a write during which the client takes no byte for `read_timeout`
-/// closes the connection (a client that does not read cannot hold its place and its
-/// answer; a slow one that keeps reading gets its whole answer, however long). With
-/// `evict_idle`, once a write has taken no byte for [`WRITE_STALL`] the connection counts
-/// among those that have not sent a whole request: at the connection cap it may be chosen
-/// to close. An error means the connection is to close.
-/// How long a response's write may take no byte before the connection counts, on the
-/// control port, among those that may be closed at the cap.
-const WRITE_STALL: Duration = Duration::from_millis(250);
-
+/// Writes `resp`, which must be wholly written within `read_timeout` (else the
+/// connection is to close: a client that does not read cannot hold its place and its
+/// answer). With `evict_idle`, while it is being written the connection counts among
+/// those that have not sent a whole request: at the connection cap it may be chosen to
+/// close. An error means the connection is to close.
 async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response, server: &Server) -> std::io::Result<()> {
     out.clear();
     resp.encode(out);
     // One copy of the answer is held while it is written, not two.
     drop(resp);
-    let mut data = std::mem::take(out);
-    let mut pos = 0;
-    while pos < data.len() {
-        let len = data.len();
-        // On the control port, a write that has taken nothing for `WRITE_STALL` may be
-        // closed at the cap (with those reading a head or body, after the idle ones); one
-        // that is making progress, however large its answer, is not.
-        let evicted = async {
-            if !server.limits.evict_idle {
-                return std::future::pending().await;
-            }
-            monoio::time::sleep(WRITE_STALL).await;
-            let place = server.idle.wait_head();
-            place.evicted().await
-        };
-        // Dropping an unfinished write cancels it; the connection then closes.
-        monoio::select! {
-            biased;
-            (res, buf) = sock.stream().write(data.slice(pos..len)) => {
-                data = buf.into_inner();
-                match res {
-                    Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the peer took no bytes")),
-                    Ok(n) => pos += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            // No progress for `read_timeout`: a client that does not read its answer.
-            _ = monoio::time::sleep(server.limits.read_timeout) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no byte of the response taken within read_timeout"));
-            }
-            _ = evicted => return Err(std::io::Error::other("closed to make room for a new connection")),
+    let deadline = Instant::now() + server.limits.read_timeout;
+    let place = server.limits.evict_idle.then(|| server.idle.wait_head());
+    let evicted = async {
+        match &place {
+            Some(p) => p.evicted().await,
+            None => std::future::pending().await,
         }
+    };
+    // Dropping an unfinished write cancels it; the connection then closes.
+    let data = std::mem::take(out);
+    monoio::select! {
+        biased;
+        (res, buf) = sock.stream().write_all(data) => {
+            *out = buf;
+            res.map(|_| ())
+        }
+        _ = monoio::time::sleep_until(deadline) => {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "response not written within read_timeout"))
+        }
+        _ = evicted => Err(std::io::Error::other("closed to make room for a new connection")),
     }
-    *out = data;
-    Ok(())
 }

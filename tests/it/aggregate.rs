@@ -793,15 +793,20 @@ fn figure_rows_are_not_written_lower_after_redis_lost_their_keys() {
     p.start_worker(FAST);
     let now = now_secs() as u64;
     let (day, minute) = (now - 2 * 86_400, now - 3_600);
-    let players = |prefix: &'static str, n: usize| (0..n).map(move |i| format!("{prefix}-{i}"));
-    post_players(&p, "login", "a", 0..60, day);
-    post_players(&p, "register", "a", 0..20, day);
-    post_players(&p, "heartbeat", "a", 0..40, minute);
-    let (dau_a, new_a, online_a) = (
-        oracle(&p, "oracle:dau", players("a", 60)),
-        oracle(&p, "oracle:new", players("a", 20)),
-        oracle(&p, "oracle:online", players("a", 40)),
-    );
+    // Players `<prefix>-0..` logging in and registering on `day` and online in `minute`;
+    // what Redis's own PFADD of them counts, per key.
+    let come = |p: &Pipeline, prefix: &'static str, (logins, registers, online): (usize, usize, usize)| {
+        let players = |n: usize| (0..n).map(move |i| format!("{prefix}-{i}"));
+        post_players(p, "login", prefix, 0..logins, day);
+        post_players(p, "register", prefix, 0..registers, day);
+        post_players(p, "heartbeat", prefix, 0..online, minute);
+        (
+            oracle(p, "oracle:dau", players(logins)),
+            oracle(p, "oracle:new", players(registers)),
+            oracle(p, "oracle:online", players(online)),
+        )
+    };
+    let (dau_a, new_a, online_a) = come(&p, "a", (60, 20, 40));
     p.wait_for(dau_a, "daily_users dau", |p| day_row(p, day).map_or(0, |r| r.0));
     p.wait_for(new_a, "daily_users new_users", |p| day_row(p, day).map_or(0, |r| r.1));
     p.wait_for(online_a, "minute_online", |p| minute_row(p, minute).map_or(0, |r| r.0));
@@ -826,14 +831,7 @@ fn figure_rows_are_not_written_lower_after_redis_lost_their_keys() {
         .collect();
     p.ingest.redis.client().cmd(&del);
     p.start_worker(FAST);
-    post_players(&p, "login", "b", 0..30, day);
-    post_players(&p, "register", "b", 0..30, day);
-    post_players(&p, "heartbeat", "b", 0..15, minute);
-    let (dau_b, new_b, online_b) = (
-        oracle(&p, "oracle:dau", players("b", 30)),
-        oracle(&p, "oracle:new", players("b", 30)),
-        oracle(&p, "oracle:online", players("b", 15)),
-    );
+    let (dau_b, new_b, online_b) = come(&p, "b", (30, 30, 15));
     p.wait_for(dau_b, "the DAU key (the second players only)", |p| pfcount(p, &key(Kind::Dau, day)));
     p.wait_for(new_b, "the new-users key", |p| pfcount(p, &key(Kind::New, day)));
     p.wait_for(online_b, "the online key", |p| pfcount(p, &key(Kind::Online, minute)));

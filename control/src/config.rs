@@ -231,6 +231,54 @@ pub struct Redis {
     /// plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is set), which is
     /// also the least accepted (the append must reach Redis within the lease).
     pub ingest_lease_ms: u64,
+    /// ACL user every connection to a Redis server authenticates as
+    /// (`AUTH <username> <password>`); none: `AUTH <password>` (the `default` user,
+    /// `requirepass`). Needs a password.
+    pub username: Option<String>,
+    /// Password sent with `AUTH` first on every connection to a Redis server (each node
+    /// of a cluster alike); none: no `AUTH`.
+    pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored), instead of `password`.
+    pub password_file: Option<PathBuf>,
+    /// ACL user of the sentinels (`redis.sentinels`); none: `AUTH <password>`.
+    pub sentinel_username: Option<String>,
+    /// Password sent with `AUTH` first on every connection to a sentinel (their
+    /// `requirepass`); none: no `AUTH`.
+    pub sentinel_password: Option<Secret>,
+    /// A file holding the sentinels' password (trailing newline ignored), instead of
+    /// `sentinel_password`.
+    pub sentinel_password_file: Option<PathBuf>,
+}
+
+/// A password: its `Debug` form is redacted, so a configuration printed or logged with
+/// `{:?}` never shows it. [`Secret::expose`] gives the text to whatever sends it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 /// How ingest records a request's nonce and appends its entries.
@@ -280,6 +328,12 @@ impl Default for Redis {
             cluster_refresh_ms: 2_000,
             ingest_protocol: IngestProtocol::Script,
             ingest_lease_ms: 0,
+            username: None,
+            password: None,
+            password_file: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            sentinel_password_file: None,
         }
     }
 }
@@ -905,6 +959,14 @@ impl Config {
                 .map_err(|e| err("clickhouse.password_file", format!("{}: {e}", file.display())))?;
             self.clickhouse.password = text.trim_end_matches(['\n', '\r']).to_owned();
         }
+        let r = &mut self.redis;
+        resolve_password("redis.", &mut r.password, r.password_file.as_deref(), r.username.as_deref())?;
+        resolve_password(
+            "redis.sentinel_",
+            &mut r.sentinel_password,
+            r.sentinel_password_file.as_deref(),
+            r.sentinel_username.as_deref(),
+        )?;
         if let Some(file) = &self.api.jwt_secret_file {
             if !self.api.jwt_secret.is_empty() {
                 return Err(err("api.jwt_secret_file", "set `jwt_secret` or `jwt_secret_file`, not both"));
@@ -1161,6 +1223,43 @@ impl Config {
     }
 }
 
+/// Reads `<prefix>password_file` into `<prefix>password` (one or the other, not both;
+/// trailing newline trimmed) and checks that a `<prefix>username` comes with a password.
+fn resolve_password(
+    prefix: &str,
+    password: &mut Option<Secret>,
+    file: Option<&Path>,
+    username: Option<&str>,
+) -> Result<(), ConfigError> {
+    let (key, file_key, user_key) =
+        (format!("{prefix}password"), format!("{prefix}password_file"), format!("{prefix}username"));
+    match (&password, file) {
+        (Some(_), Some(_)) => return Err(err(file_key.as_str(), format!("set `{key}` or `{file_key}`, not both"))),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| err(file_key.as_str(), format!("{}: {e}", file.display())))?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                return Err(err(file_key.as_str(), format!("{}: the file is empty", file.display())));
+            }
+            *password = Some(Secret::from(text));
+        }
+        (Some(p), None) if p.expose().is_empty() => {
+            return Err(err(key, "must not be empty (leave it out when the server needs no AUTH)"));
+        }
+        _ => {}
+    }
+    match username {
+        Some("") => Err(err(user_key, "must not be empty (leave it out for the `default` user)")),
+        Some(_) if password.is_none() => Err(err(user_key.as_str(), format!("needs `{key}` or `{file_key}`"))),
+        _ => Ok(()),
+    }
+}
+
+/// Keys whose environment override is taken as written, never read as a TOML value: a
+/// password such as `123456` or `true` stays that text.
+const VERBATIM: [&str; 4] = ["redis.username", "redis.password", "redis.sentinel_username", "redis.sentinel_password"];
+
 /// Sets the key that `rest` (a variable's name after the prefix) names to `raw`;
 /// returns the key's dotted path.
 fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<String, ConfigError> {
@@ -1176,10 +1275,12 @@ fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<Strin
         let keep_case = i == 1 && path.first().is_some_and(|p| p == "games");
         path.push(if keep_case { (*s).to_owned() } else { s.to_ascii_lowercase() });
     }
+    let verbatim = VERBATIM.contains(&path.join(".").as_str());
     let value = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
+        .filter(|_| !verbatim)
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
     let Some((last, parents)) = path.split_last() else {
         return Err(err("", "empty key"));
@@ -1294,6 +1395,83 @@ mod tests {
         assert_eq!(e.key, "redis.ingest_lease_ms");
         let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_PROTOCOL", "eval")])).expect_err("unknown");
         assert_eq!(e.key, "redis.ingest_protocol");
+    }
+
+    #[test]
+    fn redis_credentials_from_keys_files_and_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pw, spw) = (dir.path().join("redis-password"), dir.path().join("sentinel-password"));
+        std::fs::write(&pw, "s3cret pass\n").expect("write");
+        std::fs::write(&spw, "watchtower-key\r\n").expect("write");
+        let file = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+
+        // None by default: no AUTH.
+        let c = Config::from_toml("").expect("defaults");
+        assert_eq!((c.redis.username, c.redis.password, c.redis.sentinel_password), (None, None, None));
+
+        // From files, trailing newline trimmed; a username with its password.
+        let c = Config::from_toml(&format!(
+            "[redis]\nusername = \"croupier\"\npassword_file = {}\nsentinel_password_file = {}\n",
+            file(&pw),
+            file(&spw)
+        ))
+        .expect("loads");
+        assert_eq!(c.redis.username.as_deref(), Some("croupier"));
+        assert_eq!(c.redis.password.as_ref().map(Secret::expose), Some("s3cret pass"));
+        assert_eq!(c.redis.sentinel_password.as_ref().map(Secret::expose), Some("watchtower-key"));
+        // The configuration's Debug form never shows a password.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret") && !debug.contains("watchtower-key"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+
+        // Overrides as for any key; a password that reads as a TOML number stays its text.
+        let c = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_REDIS__PASSWORD", "123456"),
+                ("CROUPIER_REDIS__SENTINEL_USERNAME", "watcher"),
+                ("CROUPIER_REDIS__SENTINEL_PASSWORD", "true"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.redis.password.as_ref().map(Secret::expose), Some("123456"));
+        assert_eq!(c.redis.sentinel_username.as_deref(), Some("watcher"));
+        assert_eq!(c.redis.sentinel_password.as_ref().map(Secret::expose), Some("true"));
+        let c =
+            Config::load(None, env(&[("CROUPIER_REDIS__PASSWORD_FILE", &pw.display().to_string())])).expect("loads");
+        assert_eq!(c.redis.password.as_ref().map(Secret::expose), Some("s3cret pass"));
+
+        // Both a password and its file: refused, naming the key (and the variable).
+        let e = Config::from_toml(&format!("[redis]\npassword = \"x\"\npassword_file = {}\n", file(&pw)))
+            .expect_err("both");
+        assert_eq!(e.key, "redis.password_file");
+        assert!(e.message.contains("not both"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_REDIS__SENTINEL_PASSWORD", "x"),
+                ("CROUPIER_REDIS__SENTINEL_PASSWORD_FILE", "/nonexistent"),
+            ]),
+        )
+        .expect_err("both");
+        assert_eq!(e.key, "redis.sentinel_password_file");
+        assert!(e.variable.is_some(), "{e}");
+        // A file that cannot be read, or is empty; an empty password; a user without one.
+        let e = Config::from_toml("[redis]\npassword_file = \"/nonexistent/pw\"\n").expect_err("unreadable");
+        assert_eq!(e.key, "redis.password_file");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        let e = Config::from_toml(&format!("[redis]\npassword_file = {}\n", file(&empty))).expect_err("empty");
+        assert_eq!(e.key, "redis.password_file");
+        let e = Config::from_toml("[redis]\npassword = \"\"\n").expect_err("empty");
+        assert_eq!(e.key, "redis.password");
+        let e = Config::from_toml("[redis]\nusername = \"croupier\"\n").expect_err("no password");
+        assert_eq!(e.key, "redis.username");
+        let e = Config::from_toml("[redis]\nsentinel_username = \"w\"\n").expect_err("no password");
+        assert_eq!(e.key, "redis.sentinel_username");
+        // The password's text is in no error.
+        let e = Config::from_toml("[redis]\npassword = \"hunter2\"\npassword_file = \"/x\"\n").expect_err("both");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -117,7 +117,10 @@ impl Probes {
     /// Reads the streams (an error says what failed).
     pub async fn streams(&self) -> Result<Vec<StreamReading>, String> {
         if !self.redis.is_up() {
-            return Err(format!("not connected to {}", self.redis_addr));
+            return Err(match crate::redis::auth::recent_refusal() {
+                Some(why) => format!("not connected to {}: {why}", self.redis_addr),
+                None => format!("not connected to {}", self.redis_addr),
+            });
         }
         streams::read(&self.redis, self.limits, &self.partitions).await.map_err(|e| format!("{}: {e}", self.redis_addr))
     }

@@ -45,6 +45,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::auth::{self, Credentials, Role};
 use super::connection::{read_frame, Answer, Epoch, Group, Node, RedisError, RedisOptions};
 use super::overdue::{Overdue, MIRROR_EVERY};
 
@@ -238,7 +239,10 @@ impl Cluster {
         let reads: Vec<_> = candidates
             .into_iter()
             .map(|addr| {
-                monoio::spawn(async move { monoio::time::timeout(timeout, read_map(&addr)).await.ok().flatten() })
+                let auth = self.options.auth.clone();
+                monoio::spawn(async move {
+                    monoio::time::timeout(timeout, read_map(&addr, auth.as_ref())).await.ok().flatten()
+                })
             })
             .collect();
         let mut answers = Vec::with_capacity(reads.len());
@@ -329,13 +333,17 @@ fn one_vote_each(answers: Vec<(Option<SocketAddr>, SlotMap)>) -> Vec<SlotMap> {
 }
 
 /// The slot map as `addr` sees it (`CLUSTER SHARDS`, else `CLUSTER SLOTS`), with the
-/// address connected to.
-async fn read_map(addr: &str) -> Option<(Option<SocketAddr>, SlotMap)> {
+/// address connected to (authenticated with `auth` first).
+async fn read_map(addr: &str, auth: Option<&Credentials>) -> Option<(Option<SocketAddr>, SlotMap)> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    auth::authenticate(&mut stream, auth, Role::Redis, addr).await.ok()?;
     let mut rbuf = Vec::with_capacity(4096);
     let shards = ask(&mut stream, &mut rbuf, b"SHARDS").await?;
+    if let Frame::Error(e) = &shards {
+        auth::note(Role::Redis, addr, e);
+    }
     let mut map = match SlotMap::from_cluster_shards(&shards) {
         Some(m) => m,
         None => SlotMap::from_cluster_slots(&ask(&mut stream, &mut rbuf, b"SLOTS").await?)?,

@@ -22,6 +22,9 @@
 //! round's replies are held until its `WAIT` has answered. The caller gets the number of
 //! replicas that confirmed. Rounds without such commands send no `WAIT`.
 //!
+//! Every (re)connect starts with `AUTH` when `redis.password` is set ([`super::auth`]);
+//! a refusal fails the connection (logged, shown by `/readyz`) and the back-off applies.
+//!
 //! With `redis.sentinels`, the address is asked of the sentinels on every (re)connect,
 //! the server is checked to be a primary, and a `READONLY` or `NOREPLICAS` error reply
 //! (the server was demoted, or cut off from its replicas) closes the connection so that
@@ -53,6 +56,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use super::auth::{self, Credentials, Role};
 use super::cluster::Cluster;
 use super::overdue::Overdue;
 use super::sentinel::{self, Sentinels};
@@ -159,6 +163,9 @@ pub struct RedisOptions {
     pub addr: String,
     /// Where to ask for the primary's address instead (`redis.sentinels`).
     pub sentinels: Option<Sentinels>,
+    /// What each connection sends `AUTH` with first (`redis.username`, `redis.password`);
+    /// `None`: no `AUTH`. Every node of a cluster gets the same.
+    pub auth: Option<Credentials>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for a reply (and for a write) before the connection is given up.
@@ -187,8 +194,12 @@ impl RedisOptions {
         let c = &config.redis;
         RedisOptions {
             addr: c.addr.clone(),
-            sentinels: (!c.sentinels.is_empty())
-                .then(|| Sentinels { addrs: c.sentinels.clone(), master_name: c.master_name.clone() }),
+            sentinels: (!c.sentinels.is_empty()).then(|| Sentinels {
+                addrs: c.sentinels.clone(),
+                master_name: c.master_name.clone(),
+                auth: Credentials::sentinel(c),
+            }),
+            auth: Credentials::redis(c),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             reply_timeout: Duration::from_millis(c.reply_timeout_ms),
             max_queued_bytes: c.max_queued_bytes,
@@ -252,6 +263,7 @@ impl RedisClient {
         Self::start(RedisOptions {
             addr,
             sentinels: None,
+            auth: None,
             connect_timeout,
             reply_timeout,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
@@ -520,13 +532,29 @@ async fn target(options: &RedisOptions) -> Option<String> {
     }
 }
 
-/// Makes the connection ready: a primary, when found through sentinels, and the
-/// consumer groups there (on every partition's streams).
-async fn prepare(stream: &mut TcpStream, follow: bool, partitions: &Partitions) -> Result<(), RedisError> {
-    if follow && !sentinel::is_primary(stream).await? {
-        return Err(RedisError::Protocol("not a primary".into()));
+/// Makes the connection to `addr` ready: authenticated (with `auth`), a primary, when
+/// found through sentinels, and the consumer groups there (on every partition's streams).
+/// A refusal for want of authentication (`NOAUTH` to a connection with no password) is
+/// recorded and logged as such.
+async fn prepare(
+    stream: &mut TcpStream,
+    auth: Option<&Credentials>,
+    addr: &str,
+    follow: bool,
+    partitions: &Partitions,
+) -> Result<(), RedisError> {
+    auth::authenticate(stream, auth, Role::Redis, addr).await?;
+    let ready = async {
+        if follow && !sentinel::is_primary(stream).await? {
+            return Err(RedisError::Protocol("not a primary".into()));
+        }
+        ensure_groups(stream, partitions).await
+    };
+    let res = ready.await;
+    if let Err(RedisError::Protocol(e)) = &res {
+        auth::note(Role::Redis, addr, e);
     }
-    ensure_groups(stream, partitions).await
+    res
 }
 
 /// How [`serve`] ended.
@@ -564,8 +592,11 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
         if let (Some(addr), Some(Ok(mut stream))) = (addr, connected) {
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream, reply_timeout);
-            if let Ok(Ok(())) =
-                monoio::time::timeout(reply_timeout, prepare(&mut stream, shared.follow, &partitions)).await
+            if let Ok(Ok(())) = monoio::time::timeout(
+                reply_timeout,
+                prepare(&mut stream, options.auth.as_ref(), &addr, shared.follow, &partitions),
+            )
+            .await
             {
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();

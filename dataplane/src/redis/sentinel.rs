@@ -26,6 +26,7 @@ use croupier_protocol::resp::{self, Frame};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use super::auth::{self, Credentials, Role};
 use super::connection::{read_frame, RedisError};
 
 /// The channel on which a sentinel announces a new primary:
@@ -52,6 +53,8 @@ pub struct Sentinels {
     pub addrs: Vec<String>,
     /// The primary's name (`sentinel monitor <name> ...`).
     pub master_name: String,
+    /// What each connection to a sentinel sends `AUTH` with first; `None`: no `AUTH`.
+    pub auth: Option<Credentials>,
 }
 
 impl Sentinels {
@@ -59,7 +62,9 @@ impl Sentinels {
     /// when none does (within `timeout` each, connect and reply).
     pub async fn primary(&self, timeout: Duration) -> Option<String> {
         for addr in &self.addrs {
-            if let Ok(Some(primary)) = monoio::time::timeout(timeout, ask(addr, &self.master_name)).await {
+            if let Ok(Some(primary)) =
+                monoio::time::timeout(timeout, ask(addr, &self.master_name, self.auth.as_ref())).await
+            {
                 return Some(primary);
             }
         }
@@ -67,8 +72,9 @@ impl Sentinels {
     }
 }
 
-async fn ask(sentinel: &str, name: &str) -> Option<String> {
+async fn ask(sentinel: &str, name: &str, credentials: Option<&Credentials>) -> Option<String> {
     let mut stream = TcpStream::connect(sentinel).await.ok()?;
+    auth::authenticate(&mut stream, credentials, Role::Sentinel, sentinel).await.ok()?;
     let mut cmd = Vec::with_capacity(64);
     resp::command(&mut cmd, &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()]);
     let (res, _) = stream.write_all(cmd).await;
@@ -229,7 +235,7 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
     loop {
         let Some(addr) = sentinels.addrs.get(next % sentinels.addrs.len().max(1)) else { return };
         let started = Instant::now();
-        match listen(addr, &sentinels.master_name, watch, timeout) {
+        match listen(addr, &sentinels.master_name, sentinels.auth.as_ref(), watch, timeout) {
             End::Gone => return,
             End::Lost(why) => {
                 tracing::debug!(sentinel = %addr, reason = %why, "+switch-master subscription lost");
@@ -261,7 +267,7 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
 /// One subscription: asks the sentinel for the primary (recorded when none was yet),
 /// subscribes, and records every
 /// `+switch-master` about our primary until the connection fails or goes silent.
-fn listen(addr: &str, name: &str, watch: &Weak<Watch>, timeout: Duration) -> End {
+fn listen(addr: &str, name: &str, credentials: Option<&Credentials>, watch: &Weak<Watch>, timeout: Duration) -> End {
     let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
     let socks: Vec<std::net::SocketAddr> = match addr.to_socket_addrs() {
         Ok(a) => a.collect(),
@@ -283,6 +289,9 @@ fn listen(addr: &str, name: &str, watch: &Weak<Watch>, timeout: Duration) -> End
     let _ = stream.set_nodelay(true);
     if let Err(e) = stream.set_read_timeout(Some(PING_EVERY)).and_then(|()| stream.set_write_timeout(Some(timeout))) {
         return lost("socket", &e);
+    }
+    if let Err(e) = auth::authenticate_blocking(&mut stream, credentials, Role::Sentinel, addr, timeout) {
+        return lost("AUTH", &e);
     }
     let mut out = Vec::with_capacity(128);
     resp::command(&mut out, &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()]);
@@ -467,8 +476,8 @@ mod tests {
     #[test]
     fn one_watch_per_set_of_sentinels_while_held() {
         // Sentinels that do not exist: the thread retries with back-off and ends with the watch.
-        let s = Sentinels { addrs: vec!["127.0.0.1:1".into()], master_name: "m".into() };
-        let other = Sentinels { addrs: vec!["127.0.0.1:1".into()], master_name: "n".into() };
+        let s = Sentinels { addrs: vec!["127.0.0.1:1".into()], master_name: "m".into(), auth: None };
+        let other = Sentinels { addrs: vec!["127.0.0.1:1".into()], master_name: "n".into(), auth: None };
         let a = watch(&s, Duration::from_millis(100));
         let b = watch(&s, Duration::from_millis(100));
         assert!(Arc::ptr_eq(&a, &b));

@@ -30,11 +30,15 @@ const NODE_ARGS: &[&str] = &[
     "no",
 ];
 
-/// Starts one node with [`NODE_ARGS`] and a cluster bus port of its own.
-fn start_node() -> RedisServer {
+/// Starts one node with [`NODE_ARGS`] and a cluster bus port of its own (and, with a
+/// `password`, `requirepass` and `masterauth` set to it).
+fn start_node(password: Option<&str>) -> RedisServer {
     let bus = crate::free_port().to_string();
     let mut args = NODE_ARGS.to_vec();
     args.extend(["--cluster-port", &bus]);
+    if let Some(pw) = password {
+        args.extend(["--requirepass", pw, "--masterauth", pw]);
+    }
     RedisServer::start_with(&args)
 }
 
@@ -61,9 +65,18 @@ impl RedisCluster {
     /// Starts `primaries` primaries with `replicas` replicas each and waits until every
     /// node says the cluster is `ok` and every replica is in sync.
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        Self::start_with_password(primaries, replicas, None)
+    }
+
+    /// [`RedisCluster::start`] with `requirepass` and `masterauth` set to `password` on
+    /// every node, when given.
+    pub fn start_with_password(primaries: usize, replicas: usize, password: Option<&str>) -> RedisCluster {
         let cli = require_binary("redis-cli", "redis-tools");
-        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas)).map(|_| start_node()).collect();
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas)).map(|_| start_node(password)).collect();
         let mut create = Command::new(cli);
+        if let Some(pw) = password {
+            create.args(["-a", pw, "--no-auth-warning"]);
+        }
         create.arg("--cluster").arg("create");
         create.args(nodes.iter().map(RedisServer::addr));
         create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
@@ -80,7 +93,7 @@ impl RedisCluster {
     /// --cluster create` wants 3 at least): each takes an equal range of the slots
     /// (`CLUSTER ADDSLOTSRANGE`) and meets the first (`CLUSTER MEET`).
     pub fn primaries_only(primaries: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..primaries).map(|_| start_node()).collect();
+        let nodes: Vec<RedisServer> = (0..primaries).map(|_| start_node(None)).collect();
         let n = primaries.max(1);
         for (i, node) in nodes.iter().enumerate() {
             let (lo, hi) = (i * 16384 / n, (i + 1) * 16384 / n - 1);

@@ -1,14 +1,43 @@
 //! A real `redis-server` for one test, and a small synchronous RESP client.
+//!
+//! A server started with `--requirepass <pw>` has its password noted by port
+//! ([`note_password`]): the harness's own clients ([`RedisClient::connect`]) send `AUTH`
+//! first on such a port, so every helper works on a server that requires a password.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use croupier_protocol::resp::{self, Frame};
 
 use crate::{free_port, kill, require_binary, wait_until_ready};
+
+/// The password of each loopback port that requires one (`requirepass`).
+static PASSWORDS: Mutex<Option<HashMap<u16, String>>> = Mutex::new(None);
+
+/// Notes that the server on `port` requires `password`: the harness's clients
+/// authenticate there.
+pub fn note_password(port: u16, password: &str) {
+    let mut all = PASSWORDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.get_or_insert_with(HashMap::new).insert(port, password.to_owned());
+}
+
+/// The server on `port` requires no password (any more).
+fn forget_password(port: u16) {
+    let mut all = PASSWORDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(m) = all.as_mut() {
+        m.remove(&port);
+    }
+}
+
+fn password_of(port: u16) -> Option<String> {
+    let all = PASSWORDS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.as_ref().and_then(|m| m.get(&port).cloned())
+}
 
 /// A `redis-server` process on a free loopback port, in its own temporary directory.
 /// Dropping it kills the process and removes the directory.
@@ -44,6 +73,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        match self.extra.iter().position(|a| a == "--requirepass").and_then(|i| self.extra.get(i + 1)) {
+            Some(pw) => note_password(self.port, pw),
+            None => forget_password(self.port),
+        }
         let mut cmd = Command::new(&self.binary);
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .args(["--stream-node-max-entries", "4", "--protected-mode", "no", "--logfile", "redis.log"])
@@ -132,8 +165,21 @@ pub struct RedisClient {
 }
 
 impl RedisClient {
-    /// Connects to 127.0.0.1:`port`.
+    /// Connects to 127.0.0.1:`port` (and authenticates, when the port's server was
+    /// noted as requiring a password).
     pub fn connect(port: u16) -> std::io::Result<RedisClient> {
+        let mut c = Self::connect_unauthenticated(port)?;
+        if let Some(pw) = password_of(port) {
+            match c.try_cmd(&["AUTH", pw.as_str()])? {
+                Frame::SimpleString(_) => {}
+                other => return Err(std::io::Error::other(format!("AUTH: {other:?}"))),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Connects to 127.0.0.1:`port` without `AUTH`.
+    pub fn connect_unauthenticated(port: u16) -> std::io::Result<RedisClient> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         Ok(RedisClient { stream, buf: Vec::new() })

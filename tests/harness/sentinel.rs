@@ -26,6 +26,17 @@ impl SentinelServer {
     /// Starts a sentinel monitoring `primary` as [`MASTER_NAME`] with a quorum of 2: the
     /// primary is down after 500 ms without an answer, a failover may take 3 s.
     pub fn start(primary: &RedisServer) -> SentinelServer {
+        Self::start_with_auth(primary, None, None)
+    }
+
+    /// [`SentinelServer::start`] for a primary (and replicas) that require
+    /// `data_password` (`sentinel auth-pass`), the sentinel itself requiring
+    /// `sentinel_password` (`requirepass`; its peers are asked with the same).
+    pub fn start_with_auth(
+        primary: &RedisServer,
+        data_password: Option<&str>,
+        sentinel_password: Option<&str>,
+    ) -> SentinelServer {
         let binary: PathBuf = require_binary("redis-server", "redis-server");
         let dir = tempfile::Builder::new().prefix("croupier-sentinel-").tempdir().expect("temp dir");
         let port = free_port();
@@ -37,12 +48,18 @@ impl SentinelServer {
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} 500\n\
                  sentinel failover-timeout {MASTER_NAME} 3000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                 sentinel parallel-syncs {MASTER_NAME} 1\n{auth_pass}{requirepass}",
                 dir = dir.path().display(),
                 primary = primary.port,
+                auth_pass =
+                    data_password.map(|p| format!("sentinel auth-pass {MASTER_NAME} {p}\n")).unwrap_or_default(),
+                requirepass = sentinel_password.map(|p| format!("requirepass {p}\n")).unwrap_or_default(),
             ),
         )
         .expect("write sentinel.conf");
+        if let Some(pw) = sentinel_password {
+            crate::redis::note_password(port, pw);
+        }
         let mut child = Command::new(binary)
             .arg(&conf)
             .arg("--sentinel")

@@ -29,6 +29,7 @@ mod metrics;
 mod otlp;
 mod pinning;
 mod pipeline;
+mod redis_auth;
 mod redis_cluster;
 mod redis_faults;
 mod refusals;

@@ -29,7 +29,7 @@ fn cluster_pipeline(
 }
 
 /// [`cluster_pipeline`], the worker with `worker_env` too.
-fn cluster_pipeline_with(
+pub(crate) fn cluster_pipeline_with(
     seeds: &[String],
     partitions: u16,
     tweak: impl FnOnce(&mut croupier_control::config::Config),

@@ -104,6 +104,15 @@ fn sentinel_primary_refusing_noreplicas_is_left_for_the_one_the_sentinels_name()
 /// Ingest, ClickHouse and a worker that find the Redis primary only through `sentinels`
 /// (`redis.addr` names nothing), with `tweak` setting more of the ingest's configuration.
 fn through_sentinels(sentinels: &[SentinelServer], tweak: impl FnOnce(&mut Config)) -> Pipeline {
+    through_sentinels_with(sentinels, tweak, &[])
+}
+
+/// [`through_sentinels`], the worker with `worker_env` too.
+pub(crate) fn through_sentinels_with(
+    sentinels: &[SentinelServer],
+    tweak: impl FnOnce(&mut Config),
+    worker_env: &[(&str, &str)],
+) -> Pipeline {
     let list = format!("[{}]", sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect::<Vec<_>>().join(","));
     let addrs: Vec<String> = sentinels.iter().map(SentinelServer::addr).collect();
     let clickhouse = ClickHouseServer::start();
@@ -117,15 +126,17 @@ fn through_sentinels(sentinels: &[SentinelServer], tweak: impl FnOnce(&mut Confi
     let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
     assert!(ok, "croupier migrate failed: {out}");
     let mut p = Pipeline { ingest, clickhouse, worker: None };
-    p.start_worker(&[
+    let mut worker = vec![
         ("CROUPIER_REDIS__ADDR", "127.0.0.1:1"),
         ("CROUPIER_REDIS__SENTINELS", list.as_str()),
         ("CROUPIER_REDIS__MASTER_NAME", MASTER_NAME),
-    ]);
+    ];
+    worker.extend_from_slice(worker_env);
+    p.start_worker(&worker);
     p
 }
 
-fn role(redis: &RedisServer) -> String {
+pub(crate) fn role(redis: &RedisServer) -> String {
     match redis.client().cmd(&["ROLE"]) {
         Frame::Array(parts) => match parts.first() {
             Some(Frame::BulkString(r)) => String::from_utf8_lossy(r).into_owned(),
@@ -137,7 +148,7 @@ fn role(redis: &RedisServer) -> String {
 
 /// Entries ever appended to `analytics:events` (`XINFO STREAM`'s `entries-added`, which
 /// trimming does not lower: the worker acknowledges and ingest trims meanwhile).
-fn events_added(redis: &RedisServer) -> i64 {
+pub(crate) fn events_added(redis: &RedisServer) -> i64 {
     let Frame::Array(kv) = redis.client().cmd(&["XINFO", "STREAM", "analytics:events"]) else {
         panic!("XINFO STREAM analytics:events")
     };

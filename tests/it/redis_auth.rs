@@ -1,0 +1,243 @@
+//! Redis that requires a password: `requirepass`, an ACL user, a Redis Cluster whose
+//! nodes all require one, and Sentinel with passwords on the data nodes and on the
+//! sentinels. Every connection croupier makes (ingest shards, worker, control port,
+//! slot-map readings, the `+switch-master` subscription) authenticates first; a wrong or
+//! missing password is reported as an authentication failure, never with the password.
+
+use std::time::{Duration, Instant};
+
+use croupier_control::config::Secret;
+use croupier_it::clickhouse::ClickHouseServer;
+use croupier_it::cluster::RedisCluster;
+use croupier_it::http::HttpClient;
+use croupier_it::monitoring::Croupier;
+use croupier_it::redis::{RedisClient, RedisServer};
+use croupier_it::sentinel::{SentinelServer, MASTER_NAME};
+use croupier_protocol::cluster::Partitions;
+use croupier_protocol::resp::Frame;
+use croupier_protocol::stream::StreamKind;
+
+use crate::control::ingest_on;
+use crate::fixture::{event, events, post_signed, total_entries, GAME, SECRET};
+use crate::load::{Sent, PER_REQUEST};
+use crate::pipeline::{croupier, env, Pipeline, CROUPIER};
+use crate::redis_cluster::cluster_pipeline_with;
+use crate::sentinel::{events_added, role, through_sentinels_with};
+
+/// The data nodes' password.
+const PASSWORD: &str = "c0rrect-horse-42";
+/// The sentinels' own password.
+const SENTINEL_PASSWORD: &str = "sentinel-s3cret";
+
+/// Waits (20 s at most) until `f()` holds.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `requirepass`: ingest (in this process, the password in its configuration) and
+/// `croupier worker` (the password from a file named by an environment variable)
+/// authenticate; every event lands in ClickHouse and the group acknowledges it.
+#[test]
+fn auth_requirepass_ingest_and_worker_land_in_clickhouse() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, format!("{PASSWORD}\n")).expect("write the password file");
+    let mut p = Pipeline::start_with(&["--requirepass", PASSWORD], |c| c.redis.password = Some(Secret::from(PASSWORD)));
+    let file = file.display().to_string();
+    p.start_worker(&[("CROUPIER_REDIS__PASSWORD_FILE", file.as_str())]);
+    for _ in 0..10 {
+        assert_eq!(p.ingest.post("/api/ingest/events", &events(5)).status, 202);
+    }
+    assert_eq!(total_entries(&p.ingest.redis), 10);
+    p.wait_for(50, "events in ClickHouse", Pipeline::distinct_events);
+    p.wait_for(0, "entries pending", |p| p.pending("analytics:events").max(0) as u64);
+}
+
+/// A wrong password, then none: the control port's `/readyz` is 503 and says the
+/// authentication failed (`WRONGPASS`, `NOAUTH`), the log says so too, ingest refuses
+/// (503), the connections are tried again with back-off (not in a hot loop), and the
+/// password given appears nowhere in what croupier says.
+#[test]
+fn auth_wrong_or_missing_password_is_reported_without_the_password() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let wrong = "not-the-pass-7f3a";
+    for (extra, reply) in [(vec![("CROUPIER_REDIS__PASSWORD", wrong)], "WRONGPASS"), (vec![], "NOAUTH")] {
+        let c = ingest_on(&redis, &extra);
+        let body = c.wait_control_ready(503);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let body = {
+            let mut body = body;
+            while !body.contains(reply) {
+                assert!(Instant::now() < deadline, "/readyz does not say {reply}: {body}\n{}", c.log());
+                std::thread::sleep(Duration::from_millis(50));
+                body = c.control_get("/readyz").1;
+            }
+            body
+        };
+        assert!(body.contains("authentication failed"), "{body}");
+        assert!(body.contains(r#""redis":{"ok":false"#), "{body}");
+        wait_until("the log says the authentication failed", || {
+            let log = c.log();
+            log.contains("authentication failed") && log.contains(reply)
+        });
+        let r = post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+        assert_eq!(r.status, 503, "{}", r.text());
+        // Back-off, not a hot loop: 2 shards and the control thread try at most a few
+        // times a second each once the back-off has grown.
+        let connections = |r: &RedisServer| -> i64 {
+            let Frame::BulkString(info) = r.client().cmd(&["INFO", "stats"]) else { panic!("INFO stats") };
+            let info = String::from_utf8_lossy(&info).into_owned();
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("total_connections_received")
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        let before = connections(&redis);
+        std::thread::sleep(Duration::from_secs(2));
+        let made = connections(&redis) - before - 1;
+        assert!(made <= 30, "{made} connections in 2 s: not backing off");
+        let (log, body) = (c.log(), c.control_get("/readyz").1);
+        for said in [&log, &body] {
+            assert!(!said.contains(wrong) && !said.contains(PASSWORD), "a password in what croupier says:\n{said}");
+        }
+        assert_eq!(total_entries(&redis), 0);
+    }
+}
+
+/// An ACL user (`redis.username`) in a `croupier run` process: ingest, the worker and the
+/// control port's probes authenticate as that user; events land in ClickHouse.
+#[test]
+fn auth_acl_user_runs_the_whole_pipeline() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let reply = redis.client().cmd(&["ACL", "SETUSER", "croupier", "on", ">user-pass", "~*", "&*", "+@all"]);
+    assert_eq!(reply, Frame::SimpleString(b"OK".to_vec()));
+    let clickhouse = ClickHouseServer::start();
+    let mut e = env(&redis, &clickhouse);
+    let (ok, out) = croupier(&["migrate"], &e);
+    assert!(ok, "croupier migrate failed: {out}");
+    e.extend(
+        [
+            ("CROUPIER_REDIS__USERNAME", "croupier"),
+            ("CROUPIER_REDIS__PASSWORD", "user-pass"),
+            ("CROUPIER_SERVER__SHARDS", "2"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    e.push((format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()));
+    let c = Croupier::start(CROUPIER, "run", &e);
+    c.wait_data_ready();
+    let body = c.wait_control_ready(200);
+    assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
+    let mut client = HttpClient::connect(c.data);
+    for _ in 0..4 {
+        let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(5).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clickhouse.query("SELECT count() FROM analytics.events FINAL").trim() != "20" {
+        assert!(Instant::now() < deadline, "events not in ClickHouse: {}", c.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every connection of the process is the ACL user's.
+    let Frame::BulkString(list) = redis.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST") };
+    let list = String::from_utf8_lossy(&list).into_owned();
+    assert!(list.lines().filter(|l| l.contains("user=croupier")).count() >= 3, "{list}");
+    assert!(!c.log().contains("user-pass"), "{}", c.log());
+}
+
+/// A Redis Cluster of 6 nodes, each with `requirepass` and `masterauth`: the slot map
+/// is read and every primary's connection made with `AUTH`; requests across the three
+/// partitions land once.
+#[test]
+fn auth_cluster_with_requirepass_lands_across_partitions() {
+    let cluster = RedisCluster::start_with_password(3, 1, Some(PASSWORD));
+    let p = cluster_pipeline_with(
+        &cluster.seeds(),
+        3,
+        |c| c.redis.password = Some(Secret::from(PASSWORD)),
+        &[("CROUPIER_REDIS__PASSWORD", PASSWORD)],
+    );
+    let addr = p.ingest.addr;
+    for _ in 0..30 {
+        let mut s = Sent::new();
+        s.send(addr);
+        assert_eq!(s.status, 202);
+    }
+    let parts = Partitions::new(3);
+    let keys: Vec<&str> = (0..3).map(|i| parts.stream(i, StreamKind::Events)).collect();
+    let per: Vec<i64> = keys.iter().map(|k| cluster.xlen(k)).collect();
+    assert_eq!(per.iter().sum::<i64>(), 30, "one entry per request: {per:?}");
+    assert!(per.iter().all(|n| *n > 0), "every primary took requests: {per:?}");
+    let events = (30 * PER_REQUEST) as u64;
+    p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
+    p.wait_for(0, "entries pending", |_| keys.iter().map(|k| cluster.pending(k)).sum::<i64>() as u64);
+}
+
+/// Sentinel with passwords everywhere: the data nodes require one (`requirepass`,
+/// `masterauth`; the sentinels' `auth-pass`) and so do the sentinels (`requirepass`).
+/// Ingest and the worker find the primary through them, and a `SENTINEL FAILOVER` is
+/// followed as the sentinels announce it (the `+switch-master` subscription
+/// authenticates too): a second after the announcement every request is appended to the
+/// new primary and none to the old, which is still a writable primary.
+#[test]
+fn auth_sentinel_with_passwords_follows_a_failover() {
+    let auth = ["--requirepass", PASSWORD, "--masterauth", PASSWORD];
+    let old = RedisServer::start_with(&auth);
+    let port = old.port.to_string();
+    let mut replica_args = auth.to_vec();
+    replica_args.extend(["--replicaof", "127.0.0.1", port.as_str()]);
+    let new = RedisServer::start_with(&replica_args);
+    new.wait_synced();
+    let sentinels: Vec<SentinelServer> =
+        (0..3).map(|_| SentinelServer::start_with_auth(&old, Some(PASSWORD), Some(SENTINEL_PASSWORD))).collect();
+    for s in &sentinels {
+        s.wait_for_peers(1, 2);
+    }
+    let p = through_sentinels_with(
+        &sentinels,
+        |c| {
+            c.redis.password = Some(Secret::from(PASSWORD));
+            c.redis.sentinel_password = Some(Secret::from(SENTINEL_PASSWORD));
+        },
+        &[("CROUPIER_REDIS__PASSWORD", PASSWORD), ("CROUPIER_REDIS__SENTINEL_PASSWORD", SENTINEL_PASSWORD)],
+    );
+    for _ in 0..3 {
+        assert_eq!(p.ingest.post("/api/ingest/events", &events(1)).status, 202);
+    }
+    wait_until("the replica has the 3 appends", || events_added(&new) == 3);
+
+    let mut s = RedisClient::connect(sentinels[0].port).expect("sentinel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.try_cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]).expect("SENTINEL FAILOVER") {
+            Frame::SimpleString(_) => break,
+            Frame::Error(e) if e.starts_with("INPROG") => break,
+            other => {
+                // The sentinel may not have checked the replica recently enough yet.
+                assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {other:?}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    wait_until("the sentinels name the new primary", || sentinels[0].primary_port() == Some(new.port));
+    let announced = Instant::now();
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(announced.elapsed()));
+    let (old_before, new_before) = (events_added(&old), events_added(&new));
+    for i in 0..20 {
+        let body = format!("[{}]", event("level_start", &format!("after-switch-{i}")));
+        let r = p.ingest.post("/api/ingest/events", &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    // Still a writable primary: an error would not have moved ingest yet.
+    assert_eq!(role(&old), "master", "the old primary was reconfigured before the test was done");
+    assert_eq!(events_added(&new) - new_before, 20, "every request after the announcement is on the new primary");
+    assert_eq!(events_added(&old), old_before, "nothing more was appended to the old primary");
+    p.wait_for(20, "events sent after the announcement in ClickHouse", |p| {
+        p.scalar("SELECT uniqExact(user_id) FROM analytics.events WHERE user_id LIKE 'after-switch-%'")
+    });
+}

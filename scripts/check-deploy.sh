@@ -80,7 +80,7 @@ for tool in kubernetes-validate check-jsonschema; do
 done
 core=()
 for f in deploy/k8s/*.yaml; do
-  grep -q '^kind: ScaledObject' "$f" || core+=("$f")
+  grep -q '^kind: \(ScaledObject\|TriggerAuthentication\)' "$f" || core+=("$f")
 done
 kubernetes-validate --strict --quiet -k 1.30.0 "${core[@]}"
 check-jsonschema --schemafile deploy/k8s/schemas/keda-scaledobject-v1alpha1.json deploy/k8s/keda-scaledobject.yaml
@@ -92,6 +92,7 @@ printf 'check\n' > "$tmp/k8s/secret"
 for f in ingest worker; do
   env -u CROUPIER_CONFIG CROUPIER_GAMES__demo-game__SECRET_FILE="$tmp/k8s/secret" \
     CROUPIER_CLICKHOUSE__PASSWORD_FILE="$tmp/k8s/secret" CROUPIER_API__JWT_SECRET_FILE="$tmp/k8s/secret" \
+    CROUPIER_REDIS__PASSWORD_FILE="$tmp/k8s/secret" \
     cargo run -q -p croupier-dataplane --bin croupier -- check --config "$tmp/k8s/$f.toml"
 done
 echo "check-deploy: deploy/ is consistent"

@@ -176,6 +176,13 @@ def k8s():
                     or "pendingEntriesCount" not in m:
                 errors.append(f"trigger {t}: redis-streams on analytics-workers' pending entries expected")
             streams.add(m.get("stream"))
+            # The scaler reads Redis with croupier's password (the Secret's redis-password).
+            auth = next((d for _, d in docs if d["kind"] == "TriggerAuthentication"
+                         and d["metadata"]["name"] == t.get("authenticationRef", {}).get("name")), None)
+            refs = (auth or {}).get("spec", {}).get("secretTargetRef", [])
+            if not any((r.get("parameter"), r.get("name"), r.get("key")) ==
+                       ("password", "croupier-secrets", "redis-password") for r in refs):
+                errors.append(f"trigger {t}: its authenticationRef must give KEDA croupier-secrets' redis-password")
         if streams != STREAMS:
             errors.append(f"the triggers watch {sorted(streams)}, expected {sorted(STREAMS)}")
     for e in errors:

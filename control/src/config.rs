@@ -441,8 +441,8 @@ pub struct ClickHouse {
     pub database: String,
     /// User.
     pub user: String,
-    /// Password.
-    pub password: String,
+    /// Password (redacted in `Debug`).
+    pub password: Secret,
     /// A file holding the password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
     /// LZ4-compress data blocks.
@@ -485,7 +485,7 @@ impl Default for ClickHouse {
             addr: "127.0.0.1:9000".into(),
             database: "default".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
             password_file: None,
             compression: true,
             timeout_ms: 30_000,
@@ -957,7 +957,7 @@ impl Config {
         if let Some(file) = &self.clickhouse.password_file {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| err("clickhouse.password_file", format!("{}: {e}", file.display())))?;
-            self.clickhouse.password = text.trim_end_matches(['\n', '\r']).to_owned();
+            self.clickhouse.password = Secret::from(text.trim_end_matches(['\n', '\r']));
         }
         let r = &mut self.redis;
         resolve_password("redis.", &mut r.password, r.password_file.as_deref(), r.username.as_deref())?;
@@ -1411,7 +1411,7 @@ mod tests {
 
         // From files, trailing newline trimmed; a username with its password.
         let c = Config::from_toml(&format!(
-            "[redis]\nusername = \"croupier\"\npassword_file = {}\nsentinel_password_file = {}\n",
+            "[clickhouse]\npassword = \"ch-s3cret\"\n[redis]\nusername = \"croupier\"\npassword_file = {}\nsentinel_password_file = {}\n",
             file(&pw),
             file(&spw)
         ))
@@ -1422,6 +1422,7 @@ mod tests {
         // The configuration's Debug form never shows a password.
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cret") && !debug.contains("watchtower-key"), "{debug}");
+        assert_eq!(c.clickhouse.password.expose(), "ch-s3cret");
         assert!(debug.contains("<redacted>"), "{debug}");
 
         // Overrides as for any key; a password that reads as a TOML number stays its text.

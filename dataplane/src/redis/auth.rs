@@ -106,7 +106,7 @@ pub async fn authenticate(
     res.map_err(|_| RedisError::Unavailable)?;
     let mut rbuf = Vec::with_capacity(128);
     let frame = read_frame(stream, &mut rbuf).await?;
-    judge(&frame, role, server)
+    judge(&frame, c, role, server)
 }
 
 /// [`authenticate`] on a blocking socket (the sentinel subscription's thread), whose reads
@@ -137,15 +137,24 @@ pub fn authenticate_blocking(
             return Err("no answer to AUTH in time".into());
         }
     };
-    judge(&frame, role, server).map_err(|e| match e {
+    judge(&frame, c, role, server).map_err(|e| match e {
         RedisError::Protocol(p) => p,
         other => format!("{other:?}"),
     })
 }
 
 /// The answer to `AUTH`: `OK`, or a server with no password (taken as success), or a
-/// refusal (recorded, logged, an error).
-fn judge(frame: &Frame, role: Role, server: &str) -> Result<(), RedisError> {
+/// refusal (recorded, logged, an error). A reply that quotes the password (a server that
+/// does not know `AUTH` may echo its arguments) has it replaced before it goes anywhere.
+fn judge(frame: &Frame, credentials: &Credentials, role: Role, server: &str) -> Result<(), RedisError> {
+    let scrubbed;
+    let frame = match frame {
+        Frame::Error(e) if e.contains(credentials.password.expose()) => {
+            scrubbed = Frame::Error(e.replace(credentials.password.expose(), "<redacted>"));
+            &scrubbed
+        }
+        f => f,
+    };
     match frame {
         Frame::SimpleString(s) if s == b"OK" => {
             settled(role);
@@ -160,7 +169,7 @@ fn judge(frame: &Frame, role: Role, server: &str) -> Result<(), RedisError> {
             refused(role, server, e);
             Err(RedisError::Protocol(format!("authentication failed: {e}")))
         }
-        other => Err(RedisError::Protocol(format!("unexpected answer to AUTH: {other:?}"))),
+        _ => Err(RedisError::Protocol("unexpected answer to AUTH (not OK nor an error)".into())),
     }
 }
 
@@ -304,13 +313,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_quoting_the_password_is_scrubbed() {
+        let c = creds(None, "hunter2");
+        let echo = Frame::Error("ERR unknown command 'AUTH', with args beginning with: 'hunter2'".into());
+        let Err(RedisError::Protocol(e)) = judge(&echo, &c, Role::Redis, "127.0.0.1:6379") else { panic!("refused") };
+        assert!(!e.contains("hunter2") && e.contains("<redacted>"), "{e}");
+        let said = recent_refusal().unwrap_or_default();
+        assert!(!said.contains("hunter2"), "{said}");
+    }
+
+    #[test]
     fn a_refusal_is_reported_until_an_auth_succeeds() {
+        let c = creds(None, "pw");
         let wrong = Frame::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
-        assert!(judge(&wrong, Role::Sentinel, "127.0.0.1:26379").is_err());
+        assert!(judge(&wrong, &c, Role::Sentinel, "127.0.0.1:26379").is_err());
         let said = recent_refusal().expect("reported");
         assert!(said.contains("sentinel authentication failed at 127.0.0.1:26379: WRONGPASS"), "{said}");
         assert!(said.contains("redis.sentinel_password"), "{said}");
-        assert!(judge(&Frame::SimpleString(b"OK".to_vec()), Role::Sentinel, "127.0.0.1:26379").is_ok());
+        assert!(judge(&Frame::SimpleString(b"OK".to_vec()), &c, Role::Sentinel, "127.0.0.1:26379").is_ok());
         assert!(recent_refusal().is_none_or(|s| !s.contains("sentinel")));
     }
 }

@@ -47,6 +47,11 @@ impl ZooKeeperServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Process id of the running server (the `java` process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// Whether the server on `port` answers the `srvr` four-letter word (allowed by default).

@@ -154,7 +154,7 @@ fn stat_cpu(path: &std::path::Path) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-fn proc_stat(pid: u32) -> (f64, u64) {
+pub(crate) fn proc_stat(pid: u32) -> (f64, u64) {
     let cpu = stat_cpu(std::path::Path::new(&format!("/proc/{pid}/stat")));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
@@ -682,7 +682,7 @@ struct SwitchRun {
 }
 
 /// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` has them.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

@@ -19,6 +19,11 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The time now, UTC, to the second.
+pub fn utc_now() -> String {
+    sh("date -u '+%Y-%m-%d %H:%M:%S UTC'")
+}
+
 /// The report's header: title, date, machine, command.
 pub fn header(args: &[String]) -> String {
     format!(

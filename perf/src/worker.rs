@@ -29,7 +29,7 @@ fn base_ms() -> i64 {
 
 /// The synthetic events: realistic sizes, distinct ids; a new session every 30 events
 /// (so each counts in an online minute), 1 ms apart (about 17 minutes per million).
-fn event(i: usize) -> Event {
+pub(crate) fn event(i: usize) -> Event {
     let names = ["level_start", "level_complete", "economy_earn", "heartbeat", "session_start", "ad_impression"];
     Event {
         ts_ms: base_ms() + (i as i64 % 86_400_000),
@@ -48,18 +48,25 @@ fn event(i: usize) -> Event {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
 fn fill_stream(redis: &RedisServer, rows: usize) {
+    fill_stream_from(redis, 0, rows);
+}
+
+/// Fills `analytics:events` (emptied first, with the workers' group) with the events
+/// `first..first + rows` in batch entries of [`PER_ENTRY`].
+pub(crate) fn fill_stream_from(redis: &RedisServer, first: usize, rows: usize) {
     let mut c = redis.client();
     c.cmd(&["DEL", "analytics:events"]);
     c.cmd(&["XGROUP", "CREATE", "analytics:events", "analytics-workers", "0", "MKSTREAM"]);
-    let mut i = 0;
-    while i < rows {
-        let n = PER_ENTRY.min(rows - i);
+    let mut i = first;
+    let end = first + rows;
+    while i < end {
+        let n = PER_ENTRY.min(end - i);
         let mut events = EventBatch::with_capacity(n, 320);
         (i..i + n).for_each(|k| events.push(&event(k)).expect("an event fits"));
         let archive = batch::encode(&Batch { accepted_at_ms: 1_795_617_749_000, records: Records::Events(events) })

@@ -9,7 +9,13 @@
 //! croupier-perf otlp   [--seconds S] [--connections C] [--runs R] [--smoke] [--out FILE]
 //! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]
 //! croupier-perf cluster [--seconds S] [--runs R] [--out FILE]
+//! croupier-perf chcluster [--rows N] [--runs R] [--out FILE]
 //! ```
+//!
+//! `chcluster`: the worker phase (N events from the stream) into one clickhouse-server
+//! and into 2 shards × 2 replicas with ZooKeeper, alternated R times: rows/s, and CPU
+//! seconds per million rows of the worker's threads, of all clickhouse-server processes
+//! and of ZooKeeper, medians and the ratio (printed unless `--out` names a file).
 //!
 //! `cluster`: ingest at max on a Redis Cluster of 1, 2 and 3 primaries and on one plain
 //! Redis, rotated, medians (a ratio; printed unless `--out` names a file).
@@ -43,6 +49,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod api;
+mod chcluster;
 mod e2e;
 mod machine;
 mod otlp;
@@ -113,19 +120,21 @@ fn main() {
             api::run(&sizes, arg(&args, "--runs", 20), &only)
         }
         Some("cluster") => e2e::cluster(&e2e_cfg(), runs),
+        Some("chcluster") => chcluster::run(rows, runs),
         Some("otlp") => otlp::run(&e2e_cfg(), runs),
         Some("all") => format!("{}{}", e2e::run(&e2e_cfg()), worker::run(rows, runs)),
         _ => {
             eprintln!(
-                "usage: croupier-perf all|e2e|worker|switch|api|cluster|otlp [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
+                "usage: croupier-perf all|e2e|worker|switch|api|cluster|chcluster|otlp [--seconds S] [--rows N] [--runs R] [--smoke] [--out FILE]"
             );
             std::process::exit(2);
         }
     };
     let text = format!("{}\n{}", machine::header(&args), body);
-    // A switch run is an A/B for perf/CHANGES.md and an api, cluster or otlp run one section
-    // of RESULTS.md, not the whole file: they are written to a file only when --out names one.
-    if matches!(args.first().map(String::as_str), Some("switch" | "api" | "cluster" | "otlp"))
+    // A switch run is an A/B for perf/CHANGES.md and an api, cluster, chcluster or otlp run
+    // one section of RESULTS.md, not the whole file: they are written to a file only when
+    // --out names one.
+    if matches!(args.first().map(String::as_str), Some("switch" | "api" | "cluster" | "chcluster" | "otlp"))
         && !args.iter().any(|a| a == "--out")
     {
         println!("{text}");

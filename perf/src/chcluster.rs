@@ -25,6 +25,9 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// answer, through `Distributed` on the cluster: CPU counted with the rest).
 const POLL: Duration = Duration::from_millis(200);
 
+/// How long every process's CPU is read with the schema in place and nothing inserting.
+const IDLE: Duration = Duration::from_secs(10);
+
 /// The counters of `system.events` one run reads on every node.
 const EVENTS: [&str; 4] = ["InsertQuery", "InsertedRows", "ReplicatedPartFetches", "DuplicatedInsertedBlocks"];
 
@@ -219,6 +222,7 @@ pub fn run(rows: usize, runs: usize) -> String {
     let single = ClickHouseServer::start();
     let cluster = ClickHouseCluster::start(2, 2);
     let zookeeper = cluster.zookeeper.pid();
+    let idle = idle_cores(&single, &cluster, zookeeper);
     let load_before = load_average();
     let (mut one, mut two) = (Vec::new(), Vec::new());
     for r in 0..runs {
@@ -235,7 +239,24 @@ pub fn run(rows: usize, runs: usize) -> String {
         }
     }
     let load_after = load_average();
-    report(rows, runs, &cluster, &one, &two, &started, &load_before, &load_after)
+    report(rows, runs, &cluster, &one, &two, idle, &started, &load_before, &load_after)
+}
+
+/// Cores used, idle, by the one server, by the cluster's servers added up and by
+/// ZooKeeper: both schemas in place, nothing inserting or asking, for [`IDLE`]. What they
+/// use by the second whatever the rows (background threads, ZooKeeper sessions and the
+/// replicated tables' polling of it), which a phase's CPU includes.
+fn idle_cores(single: &ClickHouseServer, cluster: &ClickHouseCluster, zookeeper: Option<u32>) -> [f64; 3] {
+    Target::Single(single).reset();
+    Target::Cluster(cluster).reset();
+    // What creating the tables set off settles first.
+    std::thread::sleep(Duration::from_secs(5));
+    let read = || [cpu(single.pid()), cluster.all().map(|n| cpu(n.pid())).sum::<f64>(), cpu(zookeeper)];
+    let (a, t) = (read(), Instant::now());
+    std::thread::sleep(IDLE);
+    let b = read();
+    let secs = t.elapsed().as_secs_f64();
+    [0, 1, 2].map(|i| (b[i] - a[i]) / secs)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -245,6 +266,7 @@ fn report(
     cluster: &ClickHouseCluster,
     one: &[Run],
     two: &[Run],
+    idle: [f64; 3],
     started: &str,
     load_before: &str,
     load_after: &str,
@@ -291,9 +313,19 @@ fn report(
         list(&two.iter().map(total).collect::<Vec<_>>(), 2),
         tb / ta
     );
-    out += "\nPer server, from `system.events` over the phase (inserts include the aggregator's \
-            figures and, on the cluster, both the `Distributed` insert and the shard-local one it \
-            forwards; a replica's fetched parts are `ReplicatedPartFetches`, not inserts):\n\n\
+    out += &format!(
+        "\nIdle, before the runs (both schemas in place, nothing inserting, {} s): the one server used \
+         {:.3} cores, the cluster's four servers {:.3} cores added up, ZooKeeper {:.3} cores. A phase's \
+         CPU includes what they use by the second whatever the rows: the idle rate times the phase's \
+         seconds.\n",
+        IDLE.as_secs(),
+        idle[0],
+        idle[1],
+        idle[2]
+    );
+    out += "\nPer server, from `system.events` over the phase (`InsertQuery`: the INSERT queries \
+            the server took, whoever sent them; a replica's parts fetched from its peer count as \
+            `ReplicatedPartFetches`, not as inserts):\n\n\
             | server | CPU s per million rows (runs) | InsertQuery (runs) | InsertedRows (runs) | \
             ReplicatedPartFetches (runs) | DuplicatedInsertedBlocks (runs) |\n|---|---:|---:|---:|---:|---:|\n";
     let mut names = vec!["one server".to_owned()];

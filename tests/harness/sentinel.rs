@@ -103,6 +103,33 @@ impl SentinelServer {
         })
     }
 
+    /// How many of this sentinel's clients are subscribed to a channel (`CLIENT LIST`'s
+    /// `sub=`): the sentinels connect to each other without subscribing, so these are the
+    /// `+switch-master` subscriptions of the processes that follow the primary.
+    pub fn subscribers(&self) -> usize {
+        let Ok(mut c) = RedisClient::connect(self.port) else { return 0 };
+        let Ok(Frame::BulkString(list)) = c.try_cmd(&["CLIENT", "LIST"]) else { return 0 };
+        String::from_utf8_lossy(&list)
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
+            .count()
+    }
+
+    /// Freezes the sentinel (SIGSTOP): its connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen sentinel go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("sentinel running");
+        assert!(crate::signal(child, sig), "kill -{sig} {}", child.id());
+    }
+
     /// Waits (15 s at most) until this sentinel knows `replicas` replicas and `others`
     /// other sentinels: only then can they agree on a failover.
     pub fn wait_for_peers(&self, replicas: usize, others: usize) {

@@ -29,10 +29,10 @@
 //! the server is checked to be a primary, and a `READONLY` or `NOREPLICAS` error reply
 //! (the server was demoted, or cut off from its replicas) closes the connection so that
 //! the next one asks again ([`super::sentinel`]). Before each round the connection also
-//! looks whether the sentinels announced another primary (`+switch-master`, one atomic
-//! load of the process's [`sentinel::Watch`]); if so it refuses that round and what is
-//! queued (as a reconnect does: a request's commands never span two primaries) and
-//! connects there.
+//! looks whether the sentinels named another primary at a higher configuration epoch
+//! (one atomic load of the process's [`sentinel::Watch`]); if so it refuses that round
+//! and what is queued (as a reconnect does: a request's commands never span two
+//! primaries) and connects there.
 //!
 //! Before the reply timeout gives a connection up, a reply owed for a quarter of it
 //! already makes `/readyz` fail ([`super::overdue`]).
@@ -141,7 +141,7 @@ struct Shared {
     wait: Option<(Vec<u8>, Duration)>,
     /// The primary is found through sentinels: a `READONLY` or `NOREPLICAS` reply replaces the connection.
     follow: bool,
-    /// The primary the sentinels announce (`+switch-master`), with sentinels.
+    /// The primary the sentinels name at the highest epoch heard of, with sentinels.
     watch: Option<Arc<sentinel::Watch>>,
     /// When a refusal for want of replicas was last logged.
     warned: Cell<Option<Instant>>,
@@ -524,11 +524,12 @@ impl Node {
     }
 }
 
-/// The address to connect to: the configured one, or the primary the sentinels name.
-async fn target(options: &RedisOptions) -> Option<String> {
+/// The address to connect to: the configured one, or the primary the sentinels name
+/// (never one at a lower epoch than the primary `watch` recorded).
+async fn target(options: &RedisOptions, watch: Option<&sentinel::Watch>) -> Option<String> {
     match &options.sentinels {
         None => Some(options.addr.clone()),
-        Some(s) => s.primary(options.connect_timeout.max(options.reply_timeout)).await,
+        Some(s) => s.primary(options.connect_timeout.max(options.reply_timeout), watch).await,
     }
 }
 
@@ -582,7 +583,7 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
             None => {
                 // Read before the sentinels are asked, so an announcement made meanwhile is seen.
                 let seen = shared.watch.as_ref().map_or(0, |w| w.changes());
-                (target(&options).await, seen)
+                (target(&options, shared.watch.as_deref()).await, seen)
             }
         };
         let connected = match &addr {

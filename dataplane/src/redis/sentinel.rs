@@ -1,20 +1,29 @@
 //! Finding the primary through Redis Sentinel, and following its failovers.
 //!
 //! With `redis.sentinels` set, a connection asks the sentinels, in the configured order,
-//! `SENTINEL get-master-addr-by-name <redis.master_name>` before every (re)connect, and
-//! takes the first answer. After connecting it checks with `ROLE` that the server is a
-//! primary (a sentinel may still name a demoted one for a moment after a failover).
+//! `SENTINEL get-master-addr-by-name <redis.master_name>` (and `SENTINEL MASTER` for its
+//! epoch) before every (re)connect, and takes the first answer, unless it is at a lower
+//! epoch than the primary the process recorded (below). After connecting it checks with
+//! `ROLE` that the server is a primary (a sentinel may still name a demoted one for a
+//! moment after a failover).
 //!
 //! A failover is followed as the sentinels announce it: one thread per process
-//! ([`watch`]) holds a subscription to `+switch-master` on one sentinel (the next one, with
-//! back-off, when it is lost) and records the announced primary in a [`Watch`]. Every
-//! connection of the process reads the watch's change count (one atomic load) before each
-//! round it sends, and when the primary changed moves there before sending: what it had
-//! queued goes to the new primary, nothing is refused. A connection that gets a
-//! `READONLY` error (its server was demoted while it stayed connected) or a `NOREPLICAS`
-//! one (an old primary cut off from its replicas, still a primary) is closed and made
-//! again, asking the sentinels again: that still follows a failover whose announcement
-//! was missed (docs/redis-topologies.md).
+//! ([`watch`]) records in a [`Watch`] the primary together with the sentinels'
+//! configuration epoch for it, and moves it only for a strictly higher epoch, from any
+//! sentinel. It holds a subscription to `+switch-master` on one sentinel (the next one,
+//! with back-off, when it is lost), and asks every sentinel for the primary and its epoch
+//! (`SENTINEL MASTER`, `SENTINEL get-master-addr-by-name`) when it subscribes, at once
+//! after a message, and every second: a failover the subscribed sentinel did not announce
+//! (frozen, or cut off from the others) is followed as soon as another names the new
+//! primary, and one that has not heard of a failover (a lower or equal epoch) never moves
+//! the connections back. Every connection of the process reads the watch's change count
+//! (one atomic load) before each round it sends, and when the primary moved it refuses
+//! that round and what is queued (503, the clients retry: nothing taken for the old
+//! primary goes to the new one) and connects to the new primary. A connection that gets
+//! a `READONLY` error (its server was demoted while it stayed connected) or a
+//! `NOREPLICAS` one (an old primary cut off from its replicas, still a primary) is closed
+//! and made again, asking the sentinels again: that still follows a failover the watch
+//! did not see (docs/redis-topologies.md).
 
 use std::io::{Read, Write};
 use std::net::ToSocketAddrs;
@@ -41,6 +50,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const HELD: Duration = Duration::from_secs(10);
 /// A quiet subscription is pinged this often...
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// How often the thread looks up from its subscription (the subscription socket's read
+/// timeout) to see whether the sentinels are due to be asked.
+const TICK: Duration = Duration::from_millis(100);
+/// Every sentinel is asked for the primary and its epoch this often.
+const ASK_EVERY: Duration = Duration::from_secs(1);
+/// How long a round of questions waits for the answers before the thread goes back to
+/// its subscription (an answer that comes later is read in the next round).
+const ASK_WAIT: Duration = Duration::from_millis(100);
+/// Longest pause before connecting again to a sentinel that could not be reached.
+const MAX_ASK_BACKOFF: Duration = Duration::from_secs(8);
 /// ...and given up when nothing at all came for this long (the sentinel is gone).
 const SILENT_LIMIT: Duration = Duration::from_secs(3);
 /// Most bytes of a reply not yet complete: a sentinel's messages are small.
@@ -59,28 +78,55 @@ pub struct Sentinels {
 
 impl Sentinels {
     /// The primary's `host:port` as the first sentinel that answers names it, or `None`
-    /// when none does (within `timeout` each, connect and reply).
-    pub async fn primary(&self, timeout: Duration) -> Option<String> {
+    /// when none does (within `timeout` each, connect and reply). When that sentinel holds
+    /// it at a lower epoch than the primary `watch` recorded (it has not heard of the last
+    /// failover yet), the recorded primary instead: a connection made again never goes
+    /// back to a primary the sentinels replaced.
+    pub async fn primary(&self, timeout: Duration, watch: Option<&Watch>) -> Option<String> {
         for addr in &self.addrs {
-            if let Ok(Some(primary)) =
+            if let Ok(Some((primary, epoch))) =
                 monoio::time::timeout(timeout, ask(addr, &self.master_name, self.auth.as_ref())).await
             {
-                return Some(primary);
+                let chosen = to_connect(primary.clone(), epoch, watch.and_then(Watch::named));
+                if chosen != primary {
+                    tracing::debug!(
+                        sentinel = %addr,
+                        named = %primary,
+                        recorded = %chosen,
+                        "a sentinel names the primary at an older epoch: connecting to the recorded one"
+                    );
+                }
+                return Some(chosen);
             }
         }
         None
     }
 }
 
-async fn ask(sentinel: &str, name: &str, credentials: Option<&Credentials>) -> Option<String> {
+/// Where a connection goes when a sentinel names `primary` at `epoch` (`None`: it did not
+/// say) and the watch recorded `recorded`: the recorded primary when its epoch is higher
+/// (the sentinel has not heard of the last failover yet), else the sentinel's answer (an
+/// equal epoch too: a server the sentinels were told to monitor afresh under the name).
+fn to_connect(primary: String, epoch: Option<u64>, recorded: Option<Named>) -> String {
+    match (epoch, recorded) {
+        (Some(epoch), Some(r)) if newer(epoch, r.epoch) => r.addr,
+        _ => primary,
+    }
+}
+
+/// What `sentinel` names: the primary's address and, unless the sentinel refuses
+/// `SENTINEL MASTER`, its epoch for it.
+async fn ask(sentinel: &str, name: &str, credentials: Option<&Credentials>) -> Option<(String, Option<u64>)> {
     let mut stream = TcpStream::connect(sentinel).await.ok()?;
     auth::authenticate(&mut stream, credentials, Role::Sentinel, sentinel).await.ok()?;
-    let mut cmd = Vec::with_capacity(64);
-    resp::command(&mut cmd, &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()]);
+    let mut cmd = Vec::with_capacity(128);
+    question(&mut cmd, name);
     let (res, _) = stream.write_all(cmd).await;
     res.ok()?;
-    let mut rbuf = Vec::with_capacity(256);
-    primary_addr(&read_frame(&mut stream, &mut rbuf).await.ok()?)
+    let mut rbuf = Vec::with_capacity(1024);
+    let master = read_frame(&mut stream, &mut rbuf).await.ok()?;
+    let addr = read_frame(&mut stream, &mut rbuf).await.ok()?;
+    Some((primary_addr(&addr)?, config_epoch(&master)))
 }
 
 /// The `host:port` of a `SENTINEL get-master-addr-by-name` reply (`None`: the sentinel
@@ -89,6 +135,54 @@ fn primary_addr(frame: &Frame) -> Option<String> {
     let Frame::Array(parts) = frame else { return None };
     let [Frame::BulkString(host), Frame::BulkString(port)] = parts.as_slice() else { return None };
     host_port(std::str::from_utf8(host).ok()?, std::str::from_utf8(port).ok()?)
+}
+
+/// The primary as one sentinel names it, with the configuration epoch it holds for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// `host:port` of the primary.
+    pub addr: String,
+    /// The sentinel's `config-epoch` for the primary: the epoch of the failover that made
+    /// it the primary (0 until the first). Every sentinel names the same primary for one
+    /// epoch, and a newer configuration has a higher one.
+    pub epoch: u64,
+}
+
+/// Appends the question that [`named`] reads the answers of: `SENTINEL MASTER <name>`,
+/// then `SENTINEL get-master-addr-by-name <name>`. The address is taken from the second:
+/// while the sentinel that ran a failover reconfigures the replicas, it already holds the
+/// new epoch but `SENTINEL MASTER` still gives the old address, which
+/// `get-master-addr-by-name` does not. Asked in this order, the epoch is never newer than
+/// the address (a failover recorded between the two only makes the epoch older, so the
+/// answer is ignored once and taken in the next round).
+fn question(out: &mut Vec<u8>, name: &str) {
+    resp::command(out, &[b"SENTINEL", b"MASTER", name.as_bytes()]);
+    resp::command(out, &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()]);
+}
+
+/// What a sentinel's answers to [`question`] say, `None` unless both are as expected (an
+/// error for a name it does not monitor, or for want of `AUTH`, a malformed reply).
+fn named(master: &Frame, addr: &Frame) -> Option<Named> {
+    Some(Named { epoch: config_epoch(master)?, addr: primary_addr(addr)? })
+}
+
+/// The `config-epoch` field of a `SENTINEL MASTER <name>` reply (RESP2: a flat array of
+/// field names and values, each a bulk string); `None` for an error reply, a missing or
+/// malformed field, or a reply that is not field/value pairs.
+fn config_epoch(frame: &Frame) -> Option<u64> {
+    let Frame::Array(fields) = frame else { return None };
+    if fields.len() % 2 != 0 {
+        return None;
+    }
+    let value = fields.chunks_exact(2).find_map(|pair| match pair {
+        [Frame::BulkString(k) | Frame::SimpleString(k), v] if k.as_slice() == b"config-epoch" => Some(v),
+        _ => None,
+    })?;
+    match value {
+        Frame::BulkString(v) | Frame::SimpleString(v) => std::str::from_utf8(v).ok()?.parse().ok(),
+        Frame::Integer(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
 }
 
 /// `host:port`, with an IPv6 address in brackets; `None` for an empty host or a port
@@ -154,38 +248,75 @@ fn message_payload(frame: &Frame) -> Option<&[u8]> {
     }
 }
 
-/// The primary as the sentinels last announced it, shared by every connection of the
-/// process that finds the primary through the same sentinels. Written by the thread that
-/// holds the subscription; a connection reads [`Watch::changes`] (one atomic load) before
-/// each round and the address only when the count moved.
+/// The primary as the sentinels last named it, with their configuration epoch for it,
+/// shared by every connection of the process that finds the primary through the same
+/// sentinels. Written by the thread that follows the sentinels; a connection reads
+/// [`Watch::changes`] (one atomic load) before each round and the address only when the
+/// count moved.
 #[derive(Debug, Default)]
 pub struct Watch {
     changes: AtomicU64,
-    primary: Mutex<Option<String>>,
+    primary: Mutex<Option<Named>>,
+}
+
+/// What [`Watch::offer`] did with what a sentinel said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offer {
+    /// The first primary heard of: recorded, the count moved.
+    First,
+    /// A higher epoch naming another primary: recorded, the count moved (the primary
+    /// recorded before is given).
+    Moved(String),
+    /// A higher epoch naming the same primary: the epoch recorded, the count unmoved.
+    Newer,
+    /// An epoch no higher than the recorded one: ignored, whatever the address.
+    Stale,
 }
 
 impl Watch {
-    /// How many times the announced primary changed.
+    /// How many times the recorded primary changed.
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
 
-    /// The announced primary's `host:port`, if any was heard of yet.
+    /// The recorded primary's `host:port`, if any was heard of yet.
     pub fn primary(&self) -> Option<String> {
+        lock(&self.primary).as_ref().map(|n| n.addr.clone())
+    }
+
+    /// The recorded primary and its epoch, if any was heard of yet.
+    pub fn named(&self) -> Option<Named> {
         lock(&self.primary).clone()
     }
 
-    /// Records `addr` as the primary; `true` (and the count moves) when it is another
-    /// than the one recorded.
-    pub fn set(&self, addr: String) -> bool {
+    /// Records what a sentinel names when it is the first heard of or its epoch is
+    /// strictly higher than the recorded one ([`newer`]); the count moves when the
+    /// primary changes.
+    pub fn offer(&self, named: Named) -> Offer {
         let mut p = lock(&self.primary);
-        if p.as_deref() == Some(addr.as_str()) {
-            return false;
+        let offer = match p.as_ref() {
+            None => Offer::First,
+            Some(r) if !newer(r.epoch, named.epoch) => return Offer::Stale,
+            Some(r) if r.addr == named.addr => Offer::Newer,
+            Some(r) => Offer::Moved(r.addr.clone()),
+        };
+        *p = Some(named);
+        if offer != Offer::Newer {
+            self.changes.fetch_add(1, Ordering::Release);
         }
-        *p = Some(addr);
-        self.changes.fetch_add(1, Ordering::Release);
-        true
+        offer
     }
+}
+
+/// Whether a sentinel's answer at `offered` may replace the primary recorded at
+/// `recorded`: only for a strictly higher epoch. A sentinel that has not heard of the
+/// last failover yet (the news takes about two seconds to spread), or one cut off in a
+/// minority, names the old primary at the old epoch; taking its answer would move every
+/// connection back there. Two answers at one epoch name the same primary, except after
+/// the sentinels were told to monitor another server under the name (`SENTINEL REMOVE`
+/// and `MONITOR` start again at 0): that change is followed on errors.
+pub fn newer(recorded: u64, offered: u64) -> bool {
+    offered > recorded
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -195,9 +326,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The watches of the process, one per set of sentinels, each with its thread.
 static WATCHES: Mutex<Vec<(Sentinels, Weak<Watch>)>> = Mutex::new(Vec::new());
 
-/// The process's [`Watch`] of `sentinels`, with the thread that subscribes to
-/// `+switch-master` started on first use (`timeout`: to connect to a sentinel). The
-/// thread ends once no connection holds the watch any more.
+/// The process's [`Watch`] of `sentinels`, with the thread that follows them (subscribed
+/// to `+switch-master`, asking each for the primary and its epoch) started on first use
+/// (`timeout`: to connect to a sentinel). The thread ends once no connection holds the
+/// watch any more.
 pub fn watch(sentinels: &Sentinels, timeout: Duration) -> Arc<Watch> {
     let mut all = lock(&WATCHES);
     all.retain(|(_, w)| w.strong_count() > 0);
@@ -225,9 +357,11 @@ enum End {
 }
 
 /// Holds a subscription to `+switch-master` on one sentinel after another, until the
-/// watch is dropped. A lost subscription is made again on the next sentinel after a
-/// pause (50 ms doubling to 1 s; afresh after one that held 10 s).
+/// watch is dropped, and asks every sentinel for the primary every [`ASK_EVERY`]
+/// meanwhile. A lost subscription is made again on the next sentinel after a pause
+/// (50 ms doubling to 1 s; afresh after one that held 10 s).
 fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
+    let mut askers = Askers::new(sentinels, timeout);
     let mut backoff = MIN_BACKOFF;
     let mut next = 0usize;
     // Subscriptions lost in a row without one holding `HELD`, and whether that was said.
@@ -235,7 +369,7 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
     loop {
         let Some(addr) = sentinels.addrs.get(next % sentinels.addrs.len().max(1)) else { return };
         let started = Instant::now();
-        match listen(addr, &sentinels.master_name, sentinels.auth.as_ref(), watch, timeout) {
+        match listen(addr, &sentinels.master_name, sentinels.auth.as_ref(), watch, timeout, &mut askers) {
             End::Gone => return,
             End::Lost(why) => {
                 tracing::debug!(sentinel = %addr, reason = %why, "+switch-master subscription lost");
@@ -246,7 +380,8 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
                     warned = true;
                     tracing::warn!(
                         reason = %why,
-                        "no sentinel keeps a +switch-master subscription: failovers are followed on errors only"
+                        "no sentinel keeps a +switch-master subscription: failovers are followed as \
+                         the sentinels answer (every second) or on errors"
                     );
                 }
             }
@@ -256,7 +391,14 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
             warned = false;
         }
         next = next.wrapping_add(1);
-        std::thread::sleep(backoff);
+        // The sentinels are still asked during the pause.
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if !askers.tick(watch) {
+                return;
+            }
+            std::thread::sleep(until.saturating_duration_since(Instant::now()).min(TICK));
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if watch.strong_count() == 0 {
             return;
@@ -264,75 +406,85 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
     }
 }
 
-/// One subscription: asks the sentinel for the primary (recorded when none was yet),
-/// subscribes, and records every
-/// `+switch-master` about our primary until the connection fails or goes silent.
-fn listen(addr: &str, name: &str, credentials: Option<&Credentials>, watch: &Weak<Watch>, timeout: Duration) -> End {
-    let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
-    let socks: Vec<std::net::SocketAddr> = match addr.to_socket_addrs() {
-        Ok(a) => a.collect(),
-        Err(e) => return lost("resolve", &e),
-    };
-    // Every address the name resolves to, in turn (a name may give an IPv6 address first
-    // to a sentinel that listens on IPv4 only).
+/// Connects to `addr` within `timeout`, trying every address the name resolves to in turn
+/// (a name may give an IPv6 address first to a sentinel that listens on IPv4 only).
+fn connect(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
     let mut connected = Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address"));
-    for sock in &socks {
-        connected = std::net::TcpStream::connect_timeout(sock, timeout);
+    for sock in addr.to_socket_addrs()? {
+        connected = std::net::TcpStream::connect_timeout(&sock, timeout);
         if connected.is_ok() {
             break;
         }
     }
-    let mut stream = match connected {
+    let stream = connected?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One subscription: asks the sentinel for the primary and its epoch (recorded when it is
+/// the first or its epoch is higher: a failover missed while the previous subscription
+/// did not hear it is followed at once), subscribes, and on every `+switch-master` about
+/// our primary asks the sentinels at once, until the connection fails or goes silent.
+fn listen(
+    addr: &str,
+    name: &str,
+    credentials: Option<&Credentials>,
+    watch: &Weak<Watch>,
+    timeout: Duration,
+    askers: &mut Askers,
+) -> End {
+    let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
+    let mut stream = match connect(addr, timeout) {
         Ok(s) => s,
         Err(e) => return lost("connect", &e),
     };
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = stream.set_read_timeout(Some(PING_EVERY)).and_then(|()| stream.set_write_timeout(Some(timeout))) {
+    if let Err(e) = stream.set_read_timeout(Some(TICK)).and_then(|()| stream.set_write_timeout(Some(timeout))) {
         return lost("socket", &e);
     }
     if let Err(e) = auth::authenticate_blocking(&mut stream, credentials, Role::Sentinel, addr, timeout) {
         return lost("AUTH", &e);
     }
-    let mut out = Vec::with_capacity(128);
-    resp::command(&mut out, &[b"SENTINEL", b"get-master-addr-by-name", name.as_bytes()]);
+    let mut out = Vec::with_capacity(192);
+    question(&mut out, name);
     resp::command(&mut out, &[b"SUBSCRIBE", SWITCH_MASTER.as_bytes()]);
     if let Err(e) = stream.write_all(&out) {
         return lost("write", &e);
     }
     let mut sub = Subscription { stream, buf: Vec::with_capacity(1024), heard: Instant::now(), pinged: Instant::now() };
-    // The primary now: recorded only when none was heard of yet. A sentinel that has not
-    // yet learnt of a failover another announced (its peers' news takes about two
-    // seconds to reach it), or one cut off in a minority, still names the old primary;
-    // taking its answer over an announcement would move every connection back there.
-    // Only `+switch-master` (sent for a newer configuration) moves the recorded primary;
-    // an announcement missed while no subscription held is followed on the next error.
-    match sub.next(watch) {
-        Ok(f) => {
-            let Some(w) = watch.upgrade() else { return End::Gone };
-            if let Some(primary) = primary_addr(&f).filter(|_| w.primary().is_none()) {
-                if !record(watch, primary, addr) {
+    let master = match sub.next(watch, askers) {
+        Ok(f) => f,
+        Err(end) => return end,
+    };
+    match sub.next(watch, askers) {
+        Ok(f) => match named(&master, &f) {
+            Some(n) => {
+                if !record(watch, n, addr) {
                     return End::Gone;
                 }
             }
-        }
+            None => tracing::debug!(sentinel = %addr, "the sentinel does not name the primary with its epoch"),
+        },
         Err(end) => return end,
     }
     // The subscription's confirmation (a sentinel that refuses it, say for want of
     // `AUTH`, is left for the next), then the messages.
-    match sub.next(watch) {
+    match sub.next(watch, askers) {
         Ok(Frame::Error(e)) => return End::Lost(format!("SUBSCRIBE refused: {e}")),
         Ok(_) => {}
         Err(end) => return end,
     }
     loop {
-        let frame = match sub.next(watch) {
+        let frame = match sub.next(watch, askers) {
             Ok(f) => f,
             Err(end) => return end,
         };
         if let Some(payload) = message_payload(&frame) {
             match switch_master(payload, name) {
+                // The message carries no epoch: the sentinels are asked for it now (the
+                // one that announced answers with the new one).
                 Some(primary) => {
-                    if !record(watch, primary, addr) {
+                    tracing::debug!(sentinel = %addr, %primary, "+switch-master: asking the sentinels for its epoch");
+                    if !askers.round(watch) {
                         return End::Gone;
                     }
                 }
@@ -346,17 +498,215 @@ fn listen(addr: &str, name: &str, credentials: Option<&Credentials>, watch: &Wea
     }
 }
 
-/// Records `primary` in the watch (`false`: the watch is gone).
-fn record(watch: &Weak<Watch>, primary: String, sentinel: &str) -> bool {
+/// Offers what `sentinel` names to the watch (`false`: the watch is gone).
+fn record(watch: &Weak<Watch>, named: Named, sentinel: &str) -> bool {
     let Some(w) = watch.upgrade() else { return false };
-    let before = w.primary();
-    if w.set(primary.clone()) {
-        match before {
-            Some(old) => tracing::info!(sentinel, %old, new = %primary, "the sentinels announce a new Redis primary"),
-            None => tracing::debug!(sentinel, %primary, "Redis primary as the sentinels name it"),
+    let (primary, epoch) = (named.addr.clone(), named.epoch);
+    match w.offer(named) {
+        Offer::Moved(old) => {
+            tracing::info!(sentinel, %old, new = %primary, epoch, "the sentinels name a new Redis primary");
+        }
+        Offer::First => tracing::debug!(sentinel, %primary, epoch, "Redis primary as the sentinels name it"),
+        Offer::Newer => tracing::debug!(sentinel, %primary, epoch, "the sentinels' epoch for the Redis primary"),
+        Offer::Stale => {
+            if w.primary().as_deref() != Some(primary.as_str()) {
+                tracing::debug!(
+                    sentinel,
+                    named = %primary,
+                    epoch,
+                    "a sentinel names another primary at an epoch no higher than the recorded one: ignored"
+                );
+            }
         }
     }
     true
+}
+
+/// The sentinels, each asked for the primary and its epoch ([`question`]) on a connection
+/// of its own, kept open, by the thread that holds the subscription: a round every
+/// [`ASK_EVERY`], and one at once after a `+switch-master`.
+struct Askers {
+    peers: Vec<Peer>,
+    question: Vec<u8>,
+    /// What each connection sends `AUTH` with first.
+    credentials: Option<Credentials>,
+    /// To connect to a sentinel.
+    timeout: Duration,
+    /// When the next round is due.
+    due: Instant,
+}
+
+/// One sentinel as [`Askers`] asks it.
+struct Peer {
+    addr: String,
+    /// Non-blocking, once connected.
+    stream: Option<std::net::TcpStream>,
+    buf: Vec<u8>,
+    /// When the question still unanswered was sent, and the first of its two answers if
+    /// it came.
+    owed: Option<(Instant, Option<Frame>)>,
+    /// No connection is tried before this (after a failed one)...
+    retry_at: Instant,
+    /// ...and the pause after the next failure (from [`ASK_EVERY`], doubling).
+    retry: Duration,
+}
+
+impl Askers {
+    fn new(sentinels: &Sentinels, timeout: Duration) -> Askers {
+        let now = Instant::now();
+        let peers = sentinels
+            .addrs
+            .iter()
+            .map(|addr| Peer {
+                addr: addr.clone(),
+                stream: None,
+                buf: Vec::new(),
+                owed: None,
+                retry_at: now,
+                retry: ASK_EVERY,
+            })
+            .collect();
+        let mut q = Vec::with_capacity(128);
+        question(&mut q, &sentinels.master_name);
+        Askers { peers, question: q, credentials: sentinels.auth.clone(), timeout, due: now }
+    }
+
+    /// A round when one is due (`false`: the watch is gone).
+    fn tick(&mut self, watch: &Weak<Watch>) -> bool {
+        if Instant::now() < self.due {
+            return watch.strong_count() > 0;
+        }
+        self.round(watch)
+    }
+
+    /// Asks every sentinel (one that still owes an answer is not asked again) and records
+    /// the answers that come within [`ASK_WAIT`] (`false`: the watch is gone).
+    fn round(&mut self, watch: &Weak<Watch>) -> bool {
+        self.due = Instant::now() + ASK_EVERY;
+        for peer in &mut self.peers {
+            peer.ask(&self.question, self.credentials.as_ref(), self.timeout);
+        }
+        let deadline = Instant::now() + ASK_WAIT;
+        loop {
+            let mut owing = false;
+            for peer in &mut self.peers {
+                if let Some(named) = peer.answer() {
+                    if !record(watch, named, &peer.addr) {
+                        return false;
+                    }
+                }
+                owing |= peer.owed.is_some();
+            }
+            if !owing || Instant::now() >= deadline {
+                return watch.strong_count() > 0;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Peer {
+    /// Sends the question unless an answer is still owed; connects first if need be. A
+    /// sentinel that owes one for [`SILENT_LIMIT`] (frozen, or gone without a word) is
+    /// given up and connected to again.
+    fn ask(&mut self, question: &[u8], credentials: Option<&Credentials>, timeout: Duration) {
+        if let Some((asked, _)) = &self.owed {
+            if asked.elapsed() < SILENT_LIMIT {
+                return;
+            }
+            self.close("no answer");
+        }
+        if self.stream.is_none() {
+            if Instant::now() < self.retry_at {
+                return;
+            }
+            let connected = connect(&self.addr, timeout).map_err(|e| e.to_string()).and_then(|mut s| {
+                // `AUTH` blocking (its reads time out every tick), then non-blocking.
+                s.set_read_timeout(Some(TICK))
+                    .and_then(|()| s.set_write_timeout(Some(timeout)))
+                    .map_err(|e| e.to_string())?;
+                auth::authenticate_blocking(&mut s, credentials, Role::Sentinel, &self.addr, timeout)?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(s)
+            });
+            match connected {
+                Ok(s) => {
+                    self.stream = Some(s);
+                    self.retry = ASK_EVERY;
+                }
+                Err(e) => {
+                    tracing::debug!(sentinel = %self.addr, error = %e, "cannot connect to ask the sentinel");
+                    self.retry_at = Instant::now() + self.retry;
+                    self.retry = (self.retry * 2).min(MAX_ASK_BACKOFF);
+                    return;
+                }
+            }
+        }
+        let Some(stream) = self.stream.as_mut() else { return };
+        // A few dozen bytes on a connection with nothing else unsent: written whole.
+        match stream.write(question) {
+            Ok(n) if n == question.len() => self.owed = Some((Instant::now(), None)),
+            Ok(_) => self.close("write: partial"),
+            Err(e) => self.close(&format!("write: {e}")),
+        }
+    }
+
+    /// Reads what came, without waiting; what the sentinel names once both answers are in.
+    fn answer(&mut self) -> Option<Named> {
+        let stream = self.stream.as_mut()?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.close("closed by the sentinel");
+                    return None;
+                }
+                Ok(n) => self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close(&format!("read: {e}"));
+                    return None;
+                }
+            }
+            if self.buf.len() > MAX_BUFFERED {
+                self.close("reply too large");
+                return None;
+            }
+        }
+        loop {
+            let (frame, used) = match resp::decode_reply(&self.buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.close(&format!("not RESP: {e}"));
+                    return None;
+                }
+            };
+            self.buf.drain(..used);
+            match self.owed.take() {
+                Some((asked, None)) => self.owed = Some((asked, Some(frame))),
+                Some((_, Some(master))) => {
+                    let n = named(&master, &frame);
+                    if n.is_none() {
+                        tracing::debug!(sentinel = %self.addr, "the sentinel does not name the primary with its epoch");
+                    }
+                    return n;
+                }
+                None => {
+                    self.close("a reply to no question");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, why: &str) {
+        tracing::debug!(sentinel = %self.addr, reason = why, "connection to ask the sentinel closed");
+        self.stream = None;
+        self.buf.clear();
+        self.owed = None;
+    }
 }
 
 /// A sentinel connection in subscribed mode (blocking, on the watch's thread).
@@ -371,8 +721,8 @@ struct Subscription {
 
 impl Subscription {
     /// The next frame; a quiet sentinel is pinged every [`PING_EVERY`] and given up after
-    /// [`SILENT_LIMIT`] without a byte.
-    fn next(&mut self, watch: &Weak<Watch>) -> Result<Frame, End> {
+    /// [`SILENT_LIMIT`] without a byte. The sentinels are asked meanwhile when due.
+    fn next(&mut self, watch: &Weak<Watch>, askers: &mut Askers) -> Result<Frame, End> {
         let mut chunk = [0u8; 4096];
         loop {
             match resp::decode_reply(&self.buf) {
@@ -394,7 +744,7 @@ impl Subscription {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(End::Lost(format!("read: {e}"))),
             }
-            if watch.strong_count() == 0 {
+            if !askers.tick(watch) {
                 return Err(End::Gone);
             }
             if self.heard.elapsed() >= SILENT_LIMIT {
@@ -463,14 +813,129 @@ mod tests {
         assert_eq!(primary_addr(&Frame::Array(vec![bulk(""), bulk("6379")])), None);
     }
 
+    fn n(addr: &str, epoch: u64) -> Named {
+        Named { addr: addr.into(), epoch }
+    }
+
     #[test]
     fn the_watch_counts_changes_of_primary_only() {
         let w = Watch::default();
         assert_eq!((w.changes(), w.primary()), (0, None));
-        assert!(w.set("a:1".into()));
-        assert!(!w.set("a:1".into()));
-        assert!(w.set("b:2".into()));
+        assert_eq!(w.offer(n("a:1", 0)), Offer::First);
+        assert_eq!(w.offer(n("a:1", 1)), Offer::Newer);
+        assert_eq!(w.offer(n("b:2", 2)), Offer::Moved("a:1".into()));
         assert_eq!((w.changes(), w.primary()), (2, Some("b:2".into())));
+        assert_eq!(w.named(), Some(n("b:2", 2)));
+    }
+
+    #[test]
+    fn the_first_primary_is_taken_at_any_epoch() {
+        let w = Watch::default();
+        assert_eq!(w.offer(n("a:1", 7)), Offer::First);
+        assert_eq!((w.changes(), w.named()), (1, Some(n("a:1", 7))));
+    }
+
+    #[test]
+    fn a_lower_or_equal_epoch_never_moves_the_primary() {
+        let w = Watch::default();
+        assert_eq!(w.offer(n("new:2", 5)), Offer::First);
+        // A sentinel that has not heard of the failover names the old primary at its epoch.
+        assert_eq!(w.offer(n("old:1", 4)), Offer::Stale);
+        assert_eq!(w.offer(n("old:1", 0)), Offer::Stale);
+        // Another primary at the same epoch (a sentinel told to monitor another server).
+        assert_eq!(w.offer(n("other:3", 5)), Offer::Stale);
+        assert_eq!(w.offer(n("new:2", 5)), Offer::Stale);
+        assert_eq!((w.changes(), w.named()), (1, Some(n("new:2", 5))));
+        // A higher epoch, from any sentinel, moves it.
+        assert_eq!(w.offer(n("old:1", 6)), Offer::Moved("new:2".into()));
+        assert_eq!((w.changes(), w.named()), (2, Some(n("old:1", 6))));
+    }
+
+    #[test]
+    fn a_reconnect_never_takes_a_primary_at_an_older_epoch() {
+        let rec = Some(n("new:2", 5));
+        assert_eq!(to_connect("old:1".into(), Some(4), rec.clone()), "new:2");
+        assert_eq!(to_connect("old:1".into(), Some(0), rec.clone()), "new:2");
+        // The same epoch: the sentinel's answer (told to monitor another server).
+        assert_eq!(to_connect("other:3".into(), Some(5), rec.clone()), "other:3");
+        assert_eq!(to_connect("next:4".into(), Some(6), rec.clone()), "next:4");
+        // No epoch said, or none recorded: the sentinel's answer, as before.
+        assert_eq!(to_connect("old:1".into(), None, rec), "old:1");
+        assert_eq!(to_connect("old:1".into(), Some(0), None), "old:1");
+    }
+
+    #[test]
+    fn only_a_strictly_higher_epoch_is_newer() {
+        assert!(newer(0, 1));
+        assert!(newer(4, u64::MAX));
+        assert!(!newer(3, 3));
+        assert!(!newer(3, 2));
+        assert!(!newer(u64::MAX, 0));
+    }
+
+    /// A `SENTINEL MASTER` reply as redis-server 7 sends it over RESP2 (abridged values).
+    fn sentinel_master(epoch: &str) -> Frame {
+        let bulk = |s: &str| Frame::BulkString(s.as_bytes().to_vec());
+        let fields = [
+            ("name", "croupier"),
+            ("ip", "127.0.0.1"),
+            ("port", "6379"),
+            ("runid", "6a1c7b1e0e8b"),
+            ("flags", "master"),
+            ("link-pending-commands", "0"),
+            ("role-reported", "master"),
+            ("config-epoch", epoch),
+            ("num-slaves", "1"),
+            ("num-other-sentinels", "2"),
+            ("quorum", "2"),
+            ("failover-timeout", "3000"),
+            ("parallel-syncs", "1"),
+        ];
+        Frame::Array(fields.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect())
+    }
+
+    #[test]
+    fn config_epoch_is_read_from_the_sentinel_master_reply() {
+        assert_eq!(config_epoch(&sentinel_master("0")), Some(0));
+        assert_eq!(config_epoch(&sentinel_master("12")), Some(12));
+        assert_eq!(config_epoch(&sentinel_master("18446744073709551615")), Some(u64::MAX));
+        let bulk = |s: &str| Frame::BulkString(s.as_bytes().to_vec());
+        // As an integer, should a server send one.
+        assert_eq!(config_epoch(&Frame::Array(vec![bulk("config-epoch"), Frame::Integer(3)])), Some(3));
+    }
+
+    #[test]
+    fn a_malformed_sentinel_master_reply_has_no_epoch() {
+        let bulk = |s: &str| Frame::BulkString(s.as_bytes().to_vec());
+        for epoch in ["", "-1", "x", "1.5", " 2", "18446744073709551616"] {
+            assert_eq!(config_epoch(&sentinel_master(epoch)), None, "{epoch:?}");
+        }
+        for f in [
+            Frame::Error("ERR No such master with that name".into()),
+            Frame::Null,
+            Frame::Integer(3),
+            Frame::Array(vec![]),
+            // Not field/value pairs.
+            Frame::Array(vec![bulk("config-epoch"), bulk("3"), bulk("num-slaves")]),
+            Frame::Array(vec![bulk("num-slaves"), bulk("config-epoch"), bulk("3")]),
+            Frame::Array(vec![bulk("config-epoch"), Frame::Integer(-1)]),
+            Frame::Array(vec![bulk("config-epoch"), Frame::Null]),
+            Frame::Array(vec![bulk("config-epoch"), Frame::Array(vec![bulk("3")])]),
+            Frame::Array(vec![bulk("config-epoch"), Frame::BulkString(vec![0xff, b'1'])]),
+        ] {
+            assert_eq!(config_epoch(&f), None, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn the_epoch_comes_with_the_address_get_master_addr_by_name_gives() {
+        let bulk = |s: &str| Frame::BulkString(s.as_bytes().to_vec());
+        // `SENTINEL MASTER` may still give the old address with the new epoch: not used.
+        let addr = Frame::Array(vec![bulk("127.0.0.1"), bulk("6380")]);
+        assert_eq!(named(&sentinel_master("4"), &addr), Some(n("127.0.0.1:6380", 4)));
+        assert_eq!(named(&sentinel_master("x"), &addr), None);
+        assert_eq!(named(&sentinel_master("4"), &Frame::Null), None);
+        assert_eq!(named(&Frame::Error("NOAUTH Authentication required.".into()), &addr), None);
     }
 
     #[test]

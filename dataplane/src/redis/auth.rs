@@ -5,14 +5,18 @@
 //!
 //! A refusal (`WRONGPASS`, or `NOAUTH` from a server that wants a password none was
 //! configured for) fails the connection like any other failure, so the caller's back-off
-//! applies. It is logged as an authentication failure (at most once per
-//! [`WARN_EVERY`] per kind of server while it lasts, the server's reply and never the
-//! password) and kept for the control port's `/readyz` ([`recent_refusal`]).
+//! applies; so does an ACL user's `NOPERM` for a command a connection needs to be ready
+//! ([`note`]). Either is logged (at most once per [`WARN_EVERY`] per server and reply
+//! while it lasts) and kept per server for the control port's `/readyz`
+//! ([`recent_refusal`]): a server that accepts the credentials clears its own refusal
+//! only. What is said of a reply to `AUTH` is its error code and a fixed explanation,
+//! never the server's text (which may quote the password).
 //!
 //! A server with no password set answers `AUTH` with an error that says so: that is taken
 //! as success (with one warning), so that croupier can be given the password before the
 //! server starts asking for it.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -93,8 +97,8 @@ impl Role {
 }
 
 /// Sends `AUTH` on a new connection to `server` and reads its answer; nothing when
-/// `credentials` is `None`. A refusal is recorded and logged, and is an error (the
-/// server's reply, which never holds the password).
+/// `credentials` is `None`. A refusal is recorded and logged, and is an error (its error
+/// code and a fixed explanation, never the server's text, which may quote the password).
 pub async fn authenticate(
     stream: &mut TcpStream,
     credentials: Option<&Credentials>,
@@ -106,7 +110,7 @@ pub async fn authenticate(
     res.map_err(|_| RedisError::Unavailable)?;
     let mut rbuf = Vec::with_capacity(128);
     let frame = read_frame(stream, &mut rbuf).await?;
-    judge(&frame, c, role, server)
+    judge(&frame, role, server)
 }
 
 /// [`authenticate`] on a blocking socket (the sentinel subscription's thread), whose reads
@@ -137,38 +141,34 @@ pub fn authenticate_blocking(
             return Err("no answer to AUTH in time".into());
         }
     };
-    judge(&frame, c, role, server).map_err(|e| match e {
+    judge(&frame, role, server).map_err(|e| match e {
         RedisError::Protocol(p) => p,
         other => format!("{other:?}"),
     })
 }
 
 /// The answer to `AUTH`: `OK`, or a server with no password (taken as success), or a
-/// refusal (recorded, logged, an error). A reply that quotes the password (a server that
-/// does not know `AUTH` may echo its arguments) has it replaced before it goes anywhere.
-fn judge(frame: &Frame, credentials: &Credentials, role: Role, server: &str) -> Result<(), RedisError> {
-    let scrubbed;
-    let frame = match frame {
-        Frame::Error(e) if e.contains(credentials.password.expose()) => {
-            scrubbed = Frame::Error(e.replace(credentials.password.expose(), "<redacted>"));
-            &scrubbed
-        }
-        f => f,
-    };
+/// refusal of the credentials (recorded, logged, an error), or another error (an error,
+/// said as what it is). Only the reply's error code goes anywhere, with a fixed
+/// explanation: a server that does not know `AUTH` may quote its arguments, the
+/// password among them, cut or with its line breaks changed.
+fn judge(frame: &Frame, role: Role, server: &str) -> Result<(), RedisError> {
     match frame {
         Frame::SimpleString(s) if s == b"OK" => {
-            settled(role);
+            settled(role, server);
             Ok(())
         }
         Frame::Error(e) if no_password_set(e) => {
-            settled(role);
-            warn_once_per(role, server, "AUTH sent to a server that has no password set: it needs none", e);
+            settled(role, server);
+            warn_once_per(role, server, "AUTH sent to a server that has no password set: it needs none");
             Ok(())
         }
-        Frame::Error(e) => {
-            refused(role, server, e);
-            Err(RedisError::Protocol(format!("authentication failed: {e}")))
+        Frame::Error(e) if is_refusal(e) => {
+            let said = explain(e);
+            refused(role, server, Problem::Auth(code(e).to_owned()));
+            Err(RedisError::Protocol(format!("authentication failed: {said}")))
         }
+        Frame::Error(e) => Err(RedisError::Protocol(format!("AUTH not accepted: {}", explain(e)))),
         _ => Err(RedisError::Protocol("unexpected answer to AUTH (not OK nor an error)".into())),
     }
 }
@@ -180,99 +180,206 @@ fn no_password_set(e: &str) -> bool {
     e.contains("without any password configured") || e.contains("no password is set")
 }
 
-/// Whether an error reply is a server's refusal for want of authentication: `NOAUTH`
-/// (no `AUTH` was sent, or it failed) or `WRONGPASS`.
+/// Whether an error reply is a server's refusal of the credentials: `NOAUTH` (no `AUTH`
+/// was sent, or it failed), `WRONGPASS`, or an older server's `invalid password` /
+/// `invalid username-password pair`. Any other error (`ERR max number of clients
+/// reached`, ...) is not.
 pub fn is_refusal(reply: &str) -> bool {
     let reply = reply.strip_prefix("authentication failed: ").unwrap_or(reply);
-    reply.starts_with("NOAUTH") || reply.starts_with("WRONGPASS") || reply.starts_with("ERR invalid password")
+    reply.starts_with("NOAUTH")
+        || reply.starts_with("WRONGPASS")
+        || reply.starts_with("ERR invalid password")
+        || reply.starts_with("ERR invalid username-password")
 }
 
-/// Records `reply` as a refusal by `server` when it is one ([`is_refusal`]): for a
-/// connection that had no `AUTH` to send and meets `NOAUTH` on its first command.
-pub fn note(role: Role, server: &str, reply: &str) {
-    if is_refusal(reply) {
-        refused(role, server, reply);
+/// Whether an error reply is an ACL refusal of a command or a key (`NOPERM`).
+pub fn is_noperm(reply: &str) -> bool {
+    reply.starts_with("NOPERM")
+}
+
+/// The error code of a reply: its first word when that is a code (capitals, digits,
+/// `_`, `-`, at most 32 of them), else `ERR`.
+fn code(reply: &str) -> &str {
+    let first = reply.split_ascii_whitespace().next().unwrap_or_default();
+    let ok = !first.is_empty()
+        && first.len() <= 32
+        && first.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        first
+    } else {
+        "ERR"
     }
 }
 
-/// The last refusal of one kind of server.
+/// A reply said without its text: its error code and a fixed explanation.
+fn explain(reply: &str) -> String {
+    let what = if reply.starts_with("NOAUTH") {
+        "the server requires a password and none was accepted"
+    } else if reply.starts_with("WRONGPASS") || reply.starts_with("ERR invalid") {
+        "wrong username or password, or the user is disabled"
+    } else if is_noperm(reply) {
+        "the user lacks a permission"
+    } else if reply.contains("max number of clients") {
+        "the server has as many clients as it takes (maxclients)"
+    } else if reply.contains("unknown command") {
+        "the server does not know the command"
+    } else {
+        "an error other than a refusal of the credentials"
+    };
+    format!("{} ({what})", code(reply))
+}
+
+/// Records `reply`, the answer of `server` to `command`, when it is a refusal: of the
+/// credentials ([`is_refusal`], for a connection that had no `AUTH` to send and meets
+/// `NOAUTH` on its first command) or of a permission ([`is_noperm`]). Either is logged
+/// (rate-limited) and shown by `/readyz`. `true` when it was one.
+pub fn note(role: Role, server: &str, command: &'static str, reply: &str) -> bool {
+    let reply = reply.strip_prefix("authentication failed: ").unwrap_or(reply);
+    if is_refusal(reply) {
+        refused(role, server, Problem::Auth(code(reply).to_owned()));
+        true
+    } else if is_noperm(reply) {
+        refused(role, server, Problem::Perm(command));
+        true
+    } else {
+        false
+    }
+}
+
+/// What a server refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Problem {
+    /// The credentials: the reply's error code.
+    Auth(String),
+    /// A command (or its keys) the ACL user may not run: the command.
+    Perm(&'static str),
+}
+
+/// The last refusal by one server.
+#[derive(Debug)]
 struct Refusal {
-    server: String,
-    reply: String,
+    problem: Problem,
     at: Instant,
     logged: Instant,
 }
 
-/// The last refusal by a Redis server and by a sentinel, process-wide (every connection
-/// of the process uses the same credentials).
-static REFUSALS: Mutex<[Option<Refusal>; 2]> = Mutex::new([None, None]);
+/// The refusals per kind of server and server address: a server that accepts the
+/// credentials clears its own refusal only (during a password rotation some servers
+/// may take the new password and others not yet).
+static REFUSALS: Mutex<BTreeMap<(u8, String), Refusal>> = Mutex::new(BTreeMap::new());
 
-/// When a "no password set" warning was last logged, per kind of server.
-static NO_PASSWORD_WARNED: Mutex<[Option<Instant>; 2]> = Mutex::new([None, None]);
+/// When a "no password set" warning was last logged, per kind of server and server.
+static NO_PASSWORD_WARNED: Mutex<BTreeMap<(u8, String), Instant>> = Mutex::new(BTreeMap::new());
+
+/// What the user needs, said with a permission refusal.
+const REDIS_NEEDS: &str = "the commands and keys listed in docs/redis-topologies.md, \"ACL permissions\"";
+const SENTINEL_NEEDS: &str =
+    "+ping +subscribe +sentinel|master +sentinel|get-master-addr-by-name and the channel +switch-master";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn slot(role: Role) -> usize {
+fn slot(role: Role) -> u8 {
     match role {
         Role::Redis => 0,
         Role::Sentinel => 1,
     }
 }
 
-fn refused(role: Role, server: &str, reply: &str) {
+fn refused(role: Role, server: &str, problem: Problem) {
     let now = Instant::now();
     let mut all = lock(&REFUSALS);
-    let Some(last) = all.get_mut(slot(role)) else { return };
-    let log = last.as_ref().is_none_or(|r| r.logged.elapsed() >= WARN_EVERY || r.reply != reply);
+    let key = (slot(role), server.to_owned());
+    let last = all.get(&key);
+    let log = last.is_none_or(|r| r.logged.elapsed() >= WARN_EVERY || r.problem != problem);
     let logged = match last {
         Some(r) if !log => r.logged,
         _ => now,
     };
-    *last = Some(Refusal { server: server.to_owned(), reply: reply.to_owned(), at: now, logged });
+    all.insert(key, Refusal { problem: problem.clone(), at: now, logged });
     drop(all);
-    if log {
-        tracing::warn!(
+    if !log {
+        return;
+    }
+    match problem {
+        Problem::Auth(code) => tracing::warn!(
             server,
-            reply,
+            reply = %code,
             "{} authentication failed: check {} (the connection is tried again with back-off)",
             role.name(),
             role.keys()
-        );
+        ),
+        Problem::Perm(command) => tracing::warn!(
+            server,
+            command,
+            "{} refused {command}: permission denied (NOPERM); the user needs {} (the connection is tried \
+             again with back-off)",
+            role.name(),
+            needs(role)
+        ),
     }
 }
 
-/// A successful `AUTH`: the refusal recorded for `role`, if any, is over.
-fn settled(role: Role) {
-    if let Some(last) = lock(&REFUSALS).get_mut(slot(role)) {
-        if last.take().is_some() {
-            tracing::info!("{} authentication succeeded", role.name());
-        }
+fn needs(role: Role) -> &'static str {
+    match role {
+        Role::Redis => REDIS_NEEDS,
+        Role::Sentinel => SENTINEL_NEEDS,
     }
 }
 
-fn warn_once_per(role: Role, server: &str, what: &str, reply: &str) {
+/// A successful `AUTH` at `server`: its refusal, if any, is over.
+fn settled(role: Role, server: &str) {
+    if lock(&REFUSALS).remove(&(slot(role), server.to_owned())).is_some() {
+        tracing::info!(server, "{} authentication succeeded", role.name());
+    }
+}
+
+fn warn_once_per(role: Role, server: &str, what: &str) {
     let mut all = lock(&NO_PASSWORD_WARNED);
-    let Some(last) = all.get_mut(slot(role)) else { return };
-    if last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+    let key = (slot(role), server.to_owned());
+    if all.get(&key).is_some_and(|t| t.elapsed() < WARN_EVERY) {
         return;
     }
-    *last = Some(Instant::now());
+    all.insert(key, Instant::now());
     drop(all);
-    tracing::warn!(server, reply, "{what} ({} are set)", role.keys());
+    tracing::warn!(server, "{what} ({} are set)", role.keys());
 }
 
-/// The authentication failure of the last few seconds, for `/readyz`: which server
-/// refused, its reply, and the keys to check. `None` when none was refused recently.
+/// Whether `what` (a key, such as a server and an error) was logged less than
+/// [`WARN_EVERY`] ago; if not, it counts as logged now.
+pub fn recently_logged(what: String) -> bool {
+    static LOGGED: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+    let mut all = lock(&LOGGED);
+    all.retain(|_, t| t.elapsed() < WARN_EVERY);
+    if all.contains_key(&what) {
+        return true;
+    }
+    all.insert(what, Instant::now());
+    false
+}
+
+/// The refusals of the last few seconds, for `/readyz`: which server refused what, and
+/// the keys to check or the permissions the user needs. `None` when none was refused
+/// recently.
 pub fn recent_refusal() -> Option<String> {
     let all = lock(&REFUSALS);
     let said: Vec<String> = all
         .iter()
-        .zip([Role::Redis, Role::Sentinel])
-        .filter_map(|(r, role)| {
-            let r = r.as_ref().filter(|r| r.at.elapsed() < RECENT)?;
-            Some(format!("{} authentication failed at {}: {} (check {})", role.name(), r.server, r.reply, role.keys()))
+        .filter(|(_, r)| r.at.elapsed() < RECENT)
+        .map(|((slot, server), r)| {
+            let role = if *slot == 0 { Role::Redis } else { Role::Sentinel };
+            match &r.problem {
+                Problem::Auth(code) => format!(
+                    "{} authentication failed at {server}: {} (check {})",
+                    role.name(),
+                    explain(code),
+                    role.keys()
+                ),
+                Problem::Perm(command) => {
+                    format!("permission denied (NOPERM) for {command} at {server}; the user needs: {}", needs(role))
+                }
+            }
         })
         .collect();
     (!said.is_empty()).then(|| said.join("; "))
@@ -313,24 +420,48 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_quoting_the_password_is_scrubbed() {
-        let c = creds(None, "hunter2");
-        let echo = Frame::Error("ERR unknown command 'AUTH', with args beginning with: 'hunter2'".into());
-        let Err(RedisError::Protocol(e)) = judge(&echo, &c, Role::Redis, "127.0.0.1:6379") else { panic!("refused") };
-        assert!(!e.contains("hunter2") && e.contains("<redacted>"), "{e}");
+    fn only_the_error_code_of_an_auth_reply_is_said() {
+        // Cut to ~128 bytes and with its line break made a space by the server: no exact copy.
+        let echo = Frame::Error("ERR unknown command 'AUTH', with args beginning with: 'hunter2 secondline'".into());
+        let Err(RedisError::Protocol(e)) = judge(&echo, Role::Redis, "127.0.0.1:16379") else { panic!("refused") };
+        assert!(!e.contains("hunter2") && e.starts_with("AUTH not accepted: ERR ("), "{e}");
+        let wrong = Frame::Error("WRONGPASS hunter2 invalid username-password pair".into());
+        let Err(RedisError::Protocol(e)) = judge(&wrong, Role::Redis, "127.0.0.1:16380") else { panic!("refused") };
+        assert!(!e.contains("hunter2") && e.starts_with("authentication failed: WRONGPASS ("), "{e}");
         let said = recent_refusal().unwrap_or_default();
-        assert!(!said.contains("hunter2"), "{said}");
+        assert!(said.contains("127.0.0.1:16380") && !said.contains("hunter2"), "{said}");
     }
 
     #[test]
-    fn a_refusal_is_reported_until_an_auth_succeeds() {
-        let c = creds(None, "pw");
+    fn other_errors_are_not_auth_failures() {
+        let full = Frame::Error("ERR max number of clients reached".into());
+        let Err(RedisError::Protocol(e)) = judge(&full, Role::Redis, "127.0.0.1:16381") else { panic!("an error") };
+        assert!(!e.contains("authentication failed") && e.contains("maxclients"), "{e}");
+        assert!(recent_refusal().is_none_or(|s| !s.contains("127.0.0.1:16381")));
+        assert!(is_refusal("ERR invalid username-password pair"));
+        assert!(!is_refusal("ERR max number of clients reached"));
+    }
+
+    #[test]
+    fn a_refusal_is_kept_per_server_until_that_server_accepts() {
         let wrong = Frame::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
-        assert!(judge(&wrong, &c, Role::Sentinel, "127.0.0.1:26379").is_err());
+        assert!(judge(&wrong, Role::Sentinel, "127.0.0.1:26379").is_err());
         let said = recent_refusal().expect("reported");
         assert!(said.contains("sentinel authentication failed at 127.0.0.1:26379: WRONGPASS"), "{said}");
         assert!(said.contains("redis.sentinel_password"), "{said}");
-        assert!(judge(&Frame::SimpleString(b"OK".to_vec()), &c, Role::Sentinel, "127.0.0.1:26379").is_ok());
-        assert!(recent_refusal().is_none_or(|s| !s.contains("sentinel")));
+        // Another sentinel accepting its AUTH does not clear the first one's refusal.
+        assert!(judge(&Frame::SimpleString(b"OK".to_vec()), Role::Sentinel, "127.0.0.1:26380").is_ok());
+        assert!(recent_refusal().is_some_and(|s| s.contains("127.0.0.1:26379")));
+        assert!(judge(&Frame::SimpleString(b"OK".to_vec()), Role::Sentinel, "127.0.0.1:26379").is_ok());
+        assert!(recent_refusal().is_none_or(|s| !s.contains("127.0.0.1:26379")));
+    }
+
+    #[test]
+    fn a_permission_refusal_names_the_command() {
+        let reply = "NOPERM User croupier has no permissions to run the 'role' command";
+        assert!(note(Role::Redis, "127.0.0.1:16382", "ROLE", reply));
+        let said = recent_refusal().expect("reported");
+        assert!(said.contains("permission denied (NOPERM) for ROLE at 127.0.0.1:16382; the user needs"), "{said}");
+        assert!(!note(Role::Redis, "127.0.0.1:16382", "XGROUP", "BUSYGROUP Consumer Group name already exists"));
     }
 }

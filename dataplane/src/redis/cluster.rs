@@ -342,11 +342,17 @@ async fn read_map(addr: &str, auth: Option<&Credentials>) -> Option<(Option<Sock
     let mut rbuf = Vec::with_capacity(4096);
     let shards = ask(&mut stream, &mut rbuf, b"SHARDS").await?;
     if let Frame::Error(e) = &shards {
-        auth::note(Role::Redis, addr, e);
+        auth::note(Role::Redis, addr, "CLUSTER SHARDS", e);
     }
     let mut map = match SlotMap::from_cluster_shards(&shards) {
         Some(m) => m,
-        None => SlotMap::from_cluster_slots(&ask(&mut stream, &mut rbuf, b"SLOTS").await?)?,
+        None => {
+            let slots = ask(&mut stream, &mut rbuf, b"SLOTS").await?;
+            if let Frame::Error(e) = &slots {
+                auth::note(Role::Redis, addr, "CLUSTER SLOTS", e);
+            }
+            SlotMap::from_cluster_slots(&slots)?
+        }
     };
     // A node that has not talked to another yet does not know its own address and names
     // itself without a host (`:7000`): it is the host asked.

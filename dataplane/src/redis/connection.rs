@@ -535,8 +535,8 @@ async fn target(options: &RedisOptions, watch: Option<&sentinel::Watch>) -> Opti
 
 /// Makes the connection to `addr` ready: authenticated (with `auth`), a primary, when
 /// found through sentinels, and the consumer groups there (on every partition's streams).
-/// A refusal for want of authentication (`NOAUTH` to a connection with no password) is
-/// recorded and logged as such.
+/// A refusal (`NOAUTH` to a connection with no password, `NOPERM` for a command the ACL
+/// user may not run) is recorded and logged as such.
 async fn prepare(
     stream: &mut TcpStream,
     auth: Option<&Credentials>,
@@ -545,17 +545,16 @@ async fn prepare(
     partitions: &Partitions,
 ) -> Result<(), RedisError> {
     auth::authenticate(stream, auth, Role::Redis, addr).await?;
-    let ready = async {
-        if follow && !sentinel::is_primary(stream).await? {
-            return Err(RedisError::Protocol("not a primary".into()));
+    let noted = |command: &'static str, e: RedisError| {
+        if let RedisError::Protocol(reply) = &e {
+            auth::note(Role::Redis, addr, command, reply);
         }
-        ensure_groups(stream, partitions).await
+        e
     };
-    let res = ready.await;
-    if let Err(RedisError::Protocol(e)) = &res {
-        auth::note(Role::Redis, addr, e);
+    if follow && !sentinel::is_primary(stream).await.map_err(|e| noted("ROLE", e))? {
+        return Err(RedisError::Protocol("not a primary".into()));
     }
-    res
+    ensure_groups(stream, partitions).await.map_err(|e| noted("XGROUP CREATE", e))
 }
 
 /// How [`serve`] ended.
@@ -593,12 +592,19 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
         if let (Some(addr), Some(Ok(mut stream))) = (addr, connected) {
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream, reply_timeout);
-            if let Ok(Ok(())) = monoio::time::timeout(
+            let prepared = monoio::time::timeout(
                 reply_timeout,
                 prepare(&mut stream, options.auth.as_ref(), &addr, shared.follow, &partitions),
             )
-            .await
-            {
+            .await;
+            if let Some(why) = unprepared(&prepared) {
+                // A refusal was logged as one already; anything else is said here, at
+                // most every 10 s per server and error.
+                if !recorded(&why) && !auth::recently_logged(format!("{addr} {why}")) {
+                    tracing::warn!(server = %addr, error = %why, "cannot use the Redis connection: tried again with back-off");
+                }
+            }
+            if let Ok(Ok(())) = prepared {
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();
                 shared.up.set(true);
@@ -638,6 +644,21 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
         monoio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Why a connection could not be made ready (`None`: it was).
+fn unprepared(prepared: &Result<Result<(), RedisError>, monoio::time::error::Elapsed>) -> Option<String> {
+    match prepared {
+        Ok(Ok(())) => None,
+        Ok(Err(RedisError::Protocol(e))) => Some(e.clone()),
+        Ok(Err(e)) => Some(format!("{e:?}")),
+        Err(_) => Some("no answer in time".into()),
+    }
+}
+
+/// Whether a preparation error is a refusal [`auth`] logs itself.
+fn recorded(why: &str) -> bool {
+    why.starts_with("authentication failed") || auth::is_refusal(why) || auth::is_noperm(why)
 }
 
 /// Answers everything queued `Unavailable` while not connected; `true` once every handle

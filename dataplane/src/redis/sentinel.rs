@@ -126,6 +126,10 @@ async fn ask(sentinel: &str, name: &str, credentials: Option<&Credentials>) -> O
     let mut rbuf = Vec::with_capacity(1024);
     let master = read_frame(&mut stream, &mut rbuf).await.ok()?;
     let addr = read_frame(&mut stream, &mut rbuf).await.ok()?;
+    if let Frame::Error(e) = &addr {
+        // `NOAUTH` (no `redis.sentinel_password`) or `NOPERM`: logged and shown by `/readyz`.
+        auth::note(Role::Sentinel, sentinel, "SENTINEL GET-MASTER-ADDR-BY-NAME", e);
+    }
     Some((primary_addr(&addr)?, config_epoch(&master)))
 }
 
@@ -195,15 +199,21 @@ fn host_port(host: &str, port: &str) -> Option<String> {
     Some(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
 }
 
-/// Whether the server behind `stream` is a primary (`ROLE` answers `master`).
+/// Whether the server behind `stream` is a primary (`ROLE` answers `master`). An error
+/// reply (`NOAUTH`, `NOPERM`, ...) is an error, with the reply's text.
 pub async fn is_primary(stream: &mut TcpStream) -> Result<bool, RedisError> {
     let mut cmd = Vec::with_capacity(16);
     resp::command(&mut cmd, &[b"ROLE"]);
     let (res, _) = stream.write_all(cmd).await;
     res.map_err(|_| RedisError::Unavailable)?;
     let mut rbuf = Vec::with_capacity(256);
-    Ok(matches!(read_frame(stream, &mut rbuf).await?, Frame::Array(p)
-        if matches!(p.first(), Some(Frame::BulkString(r) | Frame::SimpleString(r)) if r == b"master")))
+    match read_frame(stream, &mut rbuf).await? {
+        Frame::Error(e) => Err(RedisError::Protocol(e)),
+        Frame::Array(p) => {
+            Ok(matches!(p.first(), Some(Frame::BulkString(r) | Frame::SimpleString(r)) if r == b"master"))
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Whether an error reply says the server is not the primary to write to: `READONLY`
@@ -469,7 +479,10 @@ fn listen(
     // The subscription's confirmation (a sentinel that refuses it, say for want of
     // `AUTH`, is left for the next), then the messages.
     match sub.next(watch, askers) {
-        Ok(Frame::Error(e)) => return End::Lost(format!("SUBSCRIBE refused: {e}")),
+        Ok(Frame::Error(e)) => {
+            auth::note(Role::Sentinel, addr, "SUBSCRIBE", &e);
+            return End::Lost(format!("SUBSCRIBE refused: {e}"));
+        }
         Ok(_) => {}
         Err(end) => return end,
     }

@@ -871,6 +871,15 @@ impl Config {
     /// Settings that are accepted but have no effect, one line each.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        let r = &self.redis;
+        let sentinel_keys = r.sentinel_username.is_some() || r.sentinel_password.is_some();
+        if r.sentinels.is_empty() && (sentinel_keys || r.sentinel_password_file.is_some()) {
+            w.push(
+                "redis.sentinel_username / sentinel_password / sentinel_password_file are set but \
+                 redis.sentinels is not: they are not used"
+                    .to_owned(),
+            );
+        }
         if self.streams.batch_events.is_some() {
             w.push(
                 "streams.batch_events is no longer used: each stream's events per entry are measured \
@@ -905,7 +914,7 @@ impl Config {
         let mut root = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| err(p.display().to_string(), e.to_string()))?;
-                text.parse::<toml::Table>().map_err(|e| err(p.display().to_string(), e.to_string()))?
+                text.parse::<toml::Table>().map_err(|e| err(p.display().to_string(), syntax_error(&text, &e)))?
             }
             None => toml::Table::new(),
         };
@@ -940,14 +949,21 @@ impl Config {
 
     /// Parses a TOML document (no environment), for tests and tools.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let root = text.parse::<toml::Table>().map_err(|e| err("<toml>", e.to_string()))?;
+        let root = text.parse::<toml::Table>().map_err(|e| err("<toml>", syntax_error(text, &e)))?;
         Self::from_table(root)
     }
 
     /// Reads the merged document, its secret files, and checks the result.
     fn from_table(root: toml::Table) -> Result<Config, ConfigError> {
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
-            .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+            let key = e.path().to_string();
+            if is_secret(&key) {
+                // The message would quote the value ("invalid type: integer `123456`").
+                err(key, "must be text, in quotes (the value is not shown: it is a secret)")
+            } else {
+                err(key, e.inner().to_string())
+            }
+        })?;
         config.resolve_secrets()?;
         config.check()?;
         Ok(config)
@@ -1257,8 +1273,44 @@ fn resolve_password(
 }
 
 /// Keys whose environment override is taken as written, never read as a TOML value: a
-/// password such as `123456` or `true` stays that text.
-const VERBATIM: [&str; 4] = ["redis.username", "redis.password", "redis.sentinel_username", "redis.sentinel_password"];
+/// password such as `123456` or `true` stays that text. The secrets among them
+/// ([`is_secret`]) are also never quoted by an error.
+const VERBATIM: [&str; 2] = ["redis.username", "redis.sentinel_username"];
+
+/// Secret keys: their value is taken as text from the environment and never quoted by an
+/// error (a TOML value of another type is refused naming the key only).
+const SECRETS: [&str; 6] = [
+    "redis.password",
+    "redis.sentinel_password",
+    "clickhouse.password",
+    "api.jwt_secret",
+    "api.agent_token",
+    "control.metrics_token",
+];
+
+/// Whether the dotted `path` is a secret key: one of [`SECRETS`], or a game's `secret` or
+/// `otlp_token` (`games.<id>.secret`).
+fn is_secret(path: &str) -> bool {
+    SECRETS.contains(&path)
+        || path
+            .strip_prefix("games.")
+            .and_then(|r| r.rsplit_once('.'))
+            .is_some_and(|(id, key)| !id.is_empty() && !id.contains('.') && matches!(key, "secret" | "otlp_token"))
+}
+
+/// A TOML syntax error without the excerpt of the document it quotes (a line may hold a
+/// secret): the position and what is wrong.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {}", e.message().trim_end())
+        }
+        None => format!("TOML syntax error: {}", e.message().trim_end()),
+    }
+}
 
 /// Sets the key that `rest` (a variable's name after the prefix) names to `raw`;
 /// returns the key's dotted path.
@@ -1275,7 +1327,8 @@ fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<Strin
         let keep_case = i == 1 && path.first().is_some_and(|p| p == "games");
         path.push(if keep_case { (*s).to_owned() } else { s.to_ascii_lowercase() });
     }
-    let verbatim = VERBATIM.contains(&path.join(".").as_str());
+    let dotted = path.join(".");
+    let verbatim = VERBATIM.contains(&dotted.as_str()) || is_secret(&dotted);
     let value = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
@@ -1473,6 +1526,55 @@ mod tests {
         // The password's text is in no error.
         let e = Config::from_toml("[redis]\npassword = \"hunter2\"\npassword_file = \"/x\"\n").expect_err("both");
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_text_from_the_environment_and_never_quoted_by_an_error() {
+        // A TOML value of another type than text: refused naming the key, not the value.
+        for (doc, key, value) in [
+            ("[redis]\npassword = 123456\n", "redis.password", "123456"),
+            ("[redis]\nsentinel_password = 223344\n", "redis.sentinel_password", "223344"),
+            ("[clickhouse]\npassword = 987654\n", "clickhouse.password", "987654"),
+            ("[api]\njwt_secret = 31337\n", "api.jwt_secret", "31337"),
+            ("[api]\nagent_token = 737373\n", "api.agent_token", "737373"),
+            ("[control]\nmetrics_token = 424242\n", "control.metrics_token", "424242"),
+            ("[games.Alpha]\nsecret = 555555\n", "games.Alpha.secret", "555555"),
+            ("[games.Alpha]\nsecret = \"s\"\notlp_token = 8080808080\n", "games.Alpha.otlp_token", "8080808080"),
+        ] {
+            let e = Config::from_toml(doc).expect_err("not text");
+            assert_eq!(e.key, key, "{e}");
+            assert!(!e.to_string().contains(value), "{e}");
+        }
+        // A syntax error does not quote the line either.
+        let e = Config::from_toml("[redis]\npassword = hunter2\n").expect_err("unquoted");
+        assert!(!e.to_string().contains("hunter2") && e.to_string().contains("line 2"), "{e}");
+        // From the environment every secret is text as written, digits or not.
+        let c = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_CLICKHOUSE__PASSWORD", "987654"),
+                ("CROUPIER_REDIS__PASSWORD", "123456"),
+                ("CROUPIER_CONTROL__METRICS_TOKEN", "4242424242424242"),
+                ("CROUPIER_API__AGENT_TOKEN", "7373737373737373"),
+                ("CROUPIER_GAMES__Alpha__SECRET", "555555"),
+                ("CROUPIER_GAMES__Alpha__OTLP_TOKEN", "1234567890123456"),
+            ]),
+        )
+        .expect("numeric secrets from the environment");
+        assert_eq!(c.clickhouse.password.expose(), "987654");
+        assert_eq!(c.redis.password.as_ref().map(Secret::expose), Some("123456"));
+        assert_eq!(c.control.metrics_token.as_deref(), Some("4242424242424242"));
+        assert_eq!(c.api.agent_token.as_deref(), Some("7373737373737373"));
+        assert_eq!(c.games["Alpha"].secret.as_deref(), Some("555555"));
+        assert_eq!(c.games["Alpha"].otlp_token.as_deref(), Some("1234567890123456"));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let c = Config::load(None, env(&[("CROUPIER_REDIS__SENTINEL_PASSWORD", "x")])).expect("no sentinels");
+        assert!(c.warnings().iter().any(|w| w.contains("redis.sentinels is not")), "{:?}", c.warnings());
+        let c = Config::load(None, env(&[("CROUPIER_API__JWT_SECRET", "31337")])).expect("a numeric JWT secret");
+        assert_eq!(c.api.jwt_secret, "31337");
+        // A value with a trailing newline is taken as written (the `_file` variants trim).
+        let c = Config::load(None, env(&[("CROUPIER_REDIS__PASSWORD", "pw\n")])).expect("as written");
+        assert_eq!(c.redis.password.as_ref().map(Secret::expose), Some("pw\n"));
     }
 
     #[test]

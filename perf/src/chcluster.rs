@@ -72,7 +72,7 @@ impl Target<'_> {
                             addr: addr.clone(),
                             database: "default".into(),
                             user: "default".into(),
-                            password: String::new(),
+                            password: Default::default(),
                             compression: false,
                             timeout: Duration::from_secs(60),
                         };

@@ -145,7 +145,7 @@ pub fn migrate(ch: &ClickHouseServer) {
             addr,
             database: "default".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Default::default(),
             compression: false,
             timeout: Duration::from_secs(30),
         };

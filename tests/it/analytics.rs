@@ -228,7 +228,7 @@ pub(crate) fn ch_options(ch: &ClickHouseServer) -> ChOptions {
         addr: ch.addr(),
         database: "default".into(),
         user: "default".into(),
-        password: String::new(),
+        password: Default::default(),
         compression: true,
         timeout: Duration::from_secs(30),
     }

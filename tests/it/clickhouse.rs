@@ -15,7 +15,7 @@ fn options(ch: &ClickHouseServer, compression: bool) -> ChOptions {
         addr: ch.addr(),
         database: "default".into(),
         user: "default".into(),
-        password: String::new(),
+        password: Default::default(),
         compression,
         timeout: Duration::from_secs(10),
     }

@@ -225,7 +225,7 @@ impl Api {
             addr: ch.nodes().join(","),
             database: ch.database.clone(),
             user: ch.user.clone(),
-            password: ch.password.expose().to_owned(),
+            password: ch.password.clone(),
             compression: ch.compression,
             timeout: Duration::from_millis(ch.timeout_ms),
         };

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use croupier_control::config::Secret;
 use croupier_protocol::clickhouse::block::{BlockHeader, Column};
 use croupier_protocol::clickhouse::packet::{self, ProtocolError, ServerException, ServerHello, ServerPacket, Setting};
 use croupier_protocol::clickhouse::result::Value;
@@ -99,8 +100,8 @@ pub struct ChOptions {
     pub database: String,
     /// User.
     pub user: String,
-    /// Password.
-    pub password: String,
+    /// Password (redacted in `Debug`, as is every copy of these options).
+    pub password: Secret,
     /// LZ4-compress data blocks.
     pub compression: bool,
     /// Connect and per-reply timeout.
@@ -189,7 +190,7 @@ impl Connection {
             queries: 0,
             packets: 0,
         };
-        packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, &opts.password);
+        packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, opts.password.expose());
         c.flush().await?;
         match c.next_packet(false).await? {
             ServerPacket::Hello(h) => {

@@ -1134,13 +1134,22 @@ mod tests {
                 addr: String::new(),
                 database: String::new(),
                 user: String::new(),
-                password: String::new(),
+                password: Default::default(),
                 compression: false,
                 timeout: Duration::from_secs(1),
             },
             shards: Vec::new(),
             cluster: false,
         }
+    }
+
+    #[test]
+    fn the_clickhouse_password_is_not_in_debug() {
+        let mut c = config(10, 10, 1 << 20, 1 << 20);
+        c.clickhouse.password = "hunter2".into();
+        c.shards = vec![c.clickhouse.clone()];
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("ChOptions"), "{d}");
     }
 
     #[test]

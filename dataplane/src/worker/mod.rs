@@ -34,7 +34,7 @@ pub fn clickhouse_options(config: &Config) -> ChOptions {
         addr: config.clickhouse.nodes().join(","),
         database: config.clickhouse.database.clone(),
         user: config.clickhouse.user.clone(),
-        password: config.clickhouse.password.expose().to_owned(),
+        password: config.clickhouse.password.clone(),
         compression: config.clickhouse.compression,
         timeout: Duration::from_millis(config.clickhouse.timeout_ms),
     }

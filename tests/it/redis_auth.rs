@@ -241,3 +241,149 @@ fn auth_sentinel_with_passwords_follows_a_failover() {
         p.scalar("SELECT uniqExact(user_id) FROM analytics.events WHERE user_id LIKE 'after-switch-%'")
     });
 }
+
+/// The least-privilege ACL of docs/redis-topologies.md ("ACL permissions"), after
+/// `ACL SETUSER croupier on >user-pass`: the commands croupier sends (and those its
+/// scripts call), on its keys only, no channel, nothing `@dangerous` but `ROLE` and
+/// `CLUSTER SHARDS`/`CLUSTER SLOTS`.
+const LEAST_PRIVILEGE: &str =
+    "resetkeys ~analytics:* ~croupier:* ~hll:* ~{hll:* resetchannels -@all +ping +role +wait +multi \
+     +exec +asking +cluster|shards +cluster|slots +eval +get +set +del +expire +pttl +type +time +hget +hset +hmget \
+     +pfcount +pfmerge +zadd +zrangebyscore +zrem +zremrangebyscore +zscore +xadd +xreadgroup +xack +xclaim \
+     +xautoclaim +xpending +xrange +xlen +xinfo|stream +xinfo|groups +xgroup|create +xgroup|createconsumer \
+     +xgroup|setid";
+
+/// `ACL SETUSER croupier on >user-pass <rules>` on `redis`, the rules
+/// [`LEAST_PRIVILEGE`] without `without` (a rule).
+fn acl_user(redis: &RedisServer, without: Option<&str>) {
+    let mut args = vec!["ACL", "SETUSER", "croupier", "reset", "on", ">user-pass"];
+    args.extend(LEAST_PRIVILEGE.split_ascii_whitespace().filter(|r| Some(*r) != without));
+    assert_eq!(redis.client().cmd(&args), Frame::SimpleString(b"OK".to_vec()));
+}
+
+/// What Redis denied an ACL user since the log was last reset (`ACL LOG`).
+fn acl_denials(redis: &RedisServer) -> Vec<String> {
+    let Frame::Array(entries) = redis.client().cmd(&["ACL", "LOG"]) else { panic!("ACL LOG") };
+    let text = |f: &Frame| match f {
+        Frame::BulkString(b) | Frame::SimpleString(b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    entries
+        .iter()
+        .map(|e| match e {
+            Frame::Array(fields) => fields.iter().map(text).collect::<Vec<_>>().join(" "),
+            other => text(other),
+        })
+        .collect()
+}
+
+/// Waits (20 s at most) until the control port's `/readyz` says `what`; its body.
+fn readyz_says(c: &Croupier, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = c.control_get("/readyz");
+        if body.contains(what) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz does not say {what}: {body}\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The least-privilege user of the documentation (`-@all` and the commands croupier
+/// sends, on its keys) runs `croupier run`: ingest, the worker with its aggregates and
+/// the control port's probes. Events land in ClickHouse, Redis denied nothing (`ACL LOG`
+/// stays empty, scripts included) and croupier reports no refusal.
+#[test]
+fn auth_least_privilege_acl_user_runs_the_whole_pipeline() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    acl_user(&redis, None);
+    let clickhouse = ClickHouseServer::start();
+    let mut e = env(&redis, &clickhouse);
+    let (ok, out) = croupier(&["migrate"], &e);
+    assert!(ok, "croupier migrate failed: {out}");
+    e.extend(
+        [
+            ("CROUPIER_REDIS__USERNAME", "croupier"),
+            ("CROUPIER_REDIS__PASSWORD", "user-pass"),
+            ("CROUPIER_SERVER__SHARDS", "2"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    e.push((format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()));
+    let c = Croupier::start(CROUPIER, "run", &e);
+    c.wait_data_ready();
+    let body = c.wait_control_ready(200);
+    assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
+    let mut client = HttpClient::connect(c.data);
+    for _ in 0..4 {
+        let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(5).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clickhouse.query("SELECT count() FROM analytics.events FINAL").trim() != "20" {
+        assert!(Instant::now() < deadline, "events not in ClickHouse: {}", c.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The worker's aggregates (scripts on the hll keys) have had a few seconds to run.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(acl_denials(&redis), Vec::<String>::new(), "{}", c.log());
+    let Frame::BulkString(list) = redis.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST") };
+    let list = String::from_utf8_lossy(&list).into_owned();
+    assert!(list.lines().filter(|l| l.contains("user=croupier")).count() >= 3, "{list}");
+    let log = c.log();
+    assert!(!log.contains("NOPERM") && !log.contains("permission denied"), "{log}");
+}
+
+/// A user without one command croupier needs (`XGROUP CREATE`, sent by every connection
+/// before it is used): the control port's `/readyz` says which command was refused, at
+/// which server, and what the user needs; the log says so too.
+#[test]
+fn auth_a_user_missing_a_command_is_reported() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    acl_user(&redis, Some("+xgroup|create"));
+    let c = ingest_on(&redis, &[("CROUPIER_REDIS__USERNAME", "croupier"), ("CROUPIER_REDIS__PASSWORD", "user-pass")]);
+    let body = readyz_says(&c, "permission denied (NOPERM) for XGROUP CREATE at");
+    assert!(body.contains(&redis.addr()) && body.contains("the user needs"), "{body}");
+    wait_until("the log says NOPERM for XGROUP CREATE", || {
+        let log = c.log();
+        log.contains("NOPERM") && log.contains("XGROUP CREATE")
+    });
+    assert!(!c.log().contains("user-pass"), "{}", c.log());
+}
+
+/// Sentinel, with a password on the data node and one on the sentinel: the one that is
+/// missing from croupier's configuration is reported (`NOAUTH`, naming the server that
+/// refused and the keys to check) by the log and the control port's `/readyz`.
+#[test]
+fn auth_sentinel_noauth_is_reported_for_the_data_node_and_the_sentinel() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let sentinel = SentinelServer::start_with_auth(&redis, Some(PASSWORD), Some(SENTINEL_PASSWORD));
+    let sentinels = format!("[\"127.0.0.1:{}\"]", sentinel.port);
+    let through = [("CROUPIER_REDIS__SENTINELS", sentinels.as_str()), ("CROUPIER_REDIS__MASTER_NAME", MASTER_NAME)];
+    let cases = [
+        (
+            "CROUPIER_REDIS__SENTINEL_PASSWORD",
+            SENTINEL_PASSWORD,
+            format!("Redis authentication failed at {}", redis.addr()),
+        ),
+        (
+            "CROUPIER_REDIS__PASSWORD",
+            PASSWORD,
+            format!("sentinel authentication failed at 127.0.0.1:{}", sentinel.port),
+        ),
+    ];
+    for (key, value, said) in cases {
+        let mut extra = through.to_vec();
+        extra.push((key, value));
+        let c = ingest_on(&redis, &extra);
+        let body = readyz_says(&c, &said);
+        assert!(body.contains("NOAUTH"), "{body}");
+        wait_until("the log says NOAUTH", || {
+            let log = c.log();
+            log.contains("authentication failed") && log.contains("NOAUTH")
+        });
+        let log = c.log();
+        assert!(!log.contains(PASSWORD) && !log.contains(SENTINEL_PASSWORD), "{log}");
+    }
+}

@@ -341,15 +341,16 @@ async fn read_map(addr: &str, auth: Option<&Credentials>) -> Option<(Option<Sock
     auth::authenticate(&mut stream, auth, Role::Redis, addr).await.ok()?;
     let mut rbuf = Vec::with_capacity(4096);
     let shards = ask(&mut stream, &mut rbuf, b"SHARDS").await?;
-    if let Frame::Error(e) = &shards {
-        auth::note(Role::Redis, addr, "CLUSTER SHARDS", e);
-    }
     let mut map = match SlotMap::from_cluster_shards(&shards) {
         Some(m) => m,
         None => {
             let slots = ask(&mut stream, &mut rbuf, b"SLOTS").await?;
+            // A refusal is reported when neither reading works (a user may be allowed
+            // `CLUSTER SLOTS` only; Redis 6 does not know `CLUSTER SHARDS`).
             if let Frame::Error(e) = &slots {
-                auth::note(Role::Redis, addr, "CLUSTER SLOTS", e);
+                if !matches!(&shards, Frame::Error(s) if auth::note(Role::Redis, addr, "CLUSTER SHARDS", s)) {
+                    auth::note(Role::Redis, addr, "CLUSTER SLOTS", e);
+                }
             }
             SlotMap::from_cluster_slots(&slots)?
         }

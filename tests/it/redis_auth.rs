@@ -254,10 +254,10 @@ const LEAST_PRIVILEGE: &str =
      +xgroup|setid";
 
 /// `ACL SETUSER croupier on >user-pass <rules>` on `redis`, the rules
-/// [`LEAST_PRIVILEGE`] without `without` (a rule).
-fn acl_user(redis: &RedisServer, without: Option<&str>) {
+/// [`LEAST_PRIVILEGE`] without the rules `without`.
+fn acl_user(redis: &RedisServer, without: &[&str]) {
     let mut args = vec!["ACL", "SETUSER", "croupier", "reset", "on", ">user-pass"];
-    args.extend(LEAST_PRIVILEGE.split_ascii_whitespace().filter(|r| Some(*r) != without));
+    args.extend(LEAST_PRIVILEGE.split_ascii_whitespace().filter(|r| !without.contains(r)));
     assert_eq!(redis.client().cmd(&args), Frame::SimpleString(b"OK".to_vec()));
 }
 
@@ -297,7 +297,7 @@ fn readyz_says(c: &Croupier, what: &str) -> String {
 #[test]
 fn auth_least_privilege_acl_user_runs_the_whole_pipeline() {
     let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
-    acl_user(&redis, None);
+    acl_user(&redis, &[]);
     let clickhouse = ClickHouseServer::start();
     let mut e = env(&redis, &clickhouse);
     let (ok, out) = croupier(&["migrate"], &e);
@@ -341,7 +341,7 @@ fn auth_least_privilege_acl_user_runs_the_whole_pipeline() {
 #[test]
 fn auth_a_user_missing_a_command_is_reported() {
     let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
-    acl_user(&redis, Some("+xgroup|create"));
+    acl_user(&redis, &["+xgroup|create"]);
     let c = ingest_on(&redis, &[("CROUPIER_REDIS__USERNAME", "croupier"), ("CROUPIER_REDIS__PASSWORD", "user-pass")]);
     let body = readyz_says(&c, "permission denied (NOPERM) for XGROUP CREATE at");
     assert!(body.contains(&redis.addr()) && body.contains("the user needs"), "{body}");
@@ -386,4 +386,31 @@ fn auth_sentinel_noauth_is_reported_for_the_data_node_and_the_sentinel() {
         let log = c.log();
         assert!(!log.contains(PASSWORD) && !log.contains(SENTINEL_PASSWORD), "{log}");
     }
+}
+
+/// A Redis Cluster whose ACL user may run neither `CLUSTER SHARDS` nor `CLUSTER SLOTS`:
+/// the slot map cannot be read, and the log and the control port's `/readyz` say
+/// `NOPERM` for `CLUSTER SHARDS` at a seed.
+#[test]
+fn auth_cluster_user_missing_cluster_commands_is_reported() {
+    let cluster = RedisCluster::start_with_password(3, 1, Some(PASSWORD));
+    for node in &cluster.nodes {
+        acl_user(node, &["+cluster|shards", "+cluster|slots"]);
+    }
+    let seeds = format!("[{}]", cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
+    let c = ingest_on(
+        &cluster.nodes[0],
+        &[
+            ("CROUPIER_REDIS__CLUSTER", seeds.as_str()),
+            ("CROUPIER_STREAMS__PARTITIONS", "3"),
+            ("CROUPIER_REDIS__USERNAME", "croupier"),
+            ("CROUPIER_REDIS__PASSWORD", "user-pass"),
+        ],
+    );
+    let body = readyz_says(&c, "permission denied (NOPERM) for CLUSTER SHARDS at");
+    assert!(body.contains("the user needs"), "{body}");
+    wait_until("the log says NOPERM for CLUSTER SHARDS", || {
+        let log = c.log();
+        log.contains("NOPERM") && log.contains("CLUSTER SHARDS")
+    });
 }

@@ -2,6 +2,7 @@
 //! (ingest + worker) pinned to chosen cores, driven by the load generator on the others.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -288,9 +289,22 @@ fn start_croupier_as(
     ch: &ClickHouseServer,
     extra_env: &[(String, String)],
 ) -> Croupier {
+    start_binary_as(&croupier_binary(), cmd, driver, cores, redis, ch, extra_env)
+}
+
+/// [`start_croupier_as`] with the `croupier` binary at `binary` (another build, for A/B).
+fn start_binary_as(
+    binary: &Path,
+    cmd: &str,
+    driver: &str,
+    cores: &[usize],
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    extra_env: &[(String, String)],
+) -> Croupier {
     let port = croupier_it::free_port();
     let core_list = format!("[{}]", cores.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
-    let child = Command::new(croupier_binary())
+    let child = Command::new(binary)
         .arg(cmd)
         .env("CROUPIER_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("CROUPIER_OTLP__LISTEN", "")
@@ -674,11 +688,54 @@ struct SwitchRun {
     /// answers 503s quickly: its latency percentiles then mix those in).
     refused_per_sec: f64,
     per_shard_cpu_second: f64,
-    /// CPU seconds of redis-server (the primary) per million accepted events, over the
-    /// load (the worker's reads and acknowledgements included).
-    redis_cpu_per_m: f64,
+    /// CPU seconds per million accepted events of croupier (the whole process),
+    /// redis-server (the primary) and clickhouse-server, from the start of the load until
+    /// every accepted event is visible and ClickHouse has no merge running
+    /// ([`wait_merges_idle`]); without a worker, over the load only (ClickHouse's then
+    /// `NaN`). The worker's reads and acknowledgements count in redis-server's.
+    cpu_per_m: [f64; 3],
+    /// Accepted events not visible in ClickHouse at the end (`NaN` without a worker).
+    lost: f64,
     p50_us: u64,
     p99_us: u64,
+}
+
+impl SwitchRun {
+    /// The events per second the machine's cores could carry at most if they did nothing
+    /// but what the three processes spent per event: cores ÷ the sum of their CPU seconds
+    /// per event.
+    fn ceiling(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        cores * 1e6 / self.cpu_per_m.iter().sum::<f64>()
+    }
+}
+
+/// Waits (up to a minute) until ClickHouse runs no merge in two readings 500 ms apart, so
+/// that a run's CPU includes the merges its inserts caused and the next run does not pay
+/// for them.
+fn wait_merges_idle(ch: &ClickHouseServer) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut idle = 0;
+    while idle < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let running: u64 = ch.query("SELECT count() FROM system.merges").trim().parse().unwrap_or(1);
+        idle = if running == 0 { idle + 1 } else { 0 };
+    }
+}
+
+/// A fresh `analytics` database made by `binary`'s own `croupier migrate`, so that each
+/// side of an A/B runs on its own schema and no run pays for an earlier one's merges.
+fn fresh_schema(binary: &Path, ch: &ClickHouseServer) {
+    ch.query("DROP DATABASE IF EXISTS analytics");
+    let status = Command::new(binary)
+        .arg("migrate")
+        .env("CROUPIER_CLICKHOUSE__ADDR", ch.addr())
+        .env(format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET)
+        .stdout(Stdio::null())
+        .stderr(croupier_log())
+        .status()
+        .expect("run croupier migrate");
+    assert!(status.success(), "croupier migrate failed: {status}");
 }
 
 /// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` has them.
@@ -689,11 +746,20 @@ pub(crate) fn load_average() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: &[(String, String)]) -> SwitchRun {
+fn switch_run(
+    cfg: &E2eConfig,
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    env: &[(String, String)],
+    binary: &Path,
+) -> SwitchRun {
     // Every run starts from empty streams: an earlier run's backlog would hold the next
     // one at its high-water mark (refused with 503) instead of at its max.
     let _ = redis.client().cmd(&["FLUSHALL"]);
     let cmd = if cfg.switch_ingest_only { "ingest" } else { "run" };
+    if !cfg.switch_ingest_only {
+        fresh_schema(binary, ch);
+    }
     // Nothing consumes without a worker: marks far above what a run appends, so that a
     // run at max is not held at them.
     let mut env = env.to_vec();
@@ -703,53 +769,75 @@ fn switch_run(cfg: &E2eConfig, redis: &RedisServer, ch: &ClickHouseServer, env: 
             env.push((format!("CROUPIER_STREAMS__{s}__HIGH_WATER_EVENTS"), "100000000".into()));
         }
     }
-    let croupier = start_croupier_as(cmd, "auto", &cfg.croupier_cores, redis, ch, &env);
+    let croupier = start_binary_as(binary, cmd, "auto", &cfg.croupier_cores, redis, ch, &env);
     let pid = croupier.child.id();
+    let pids = [Some(pid), redis.pid(), ch.pid()];
     let shard0 = threads_cpu(pid, "croupier-shard");
-    let redis0 = redis.pid().map_or(0.0, |p| proc_stat(p).0);
+    let cpu0 = processes_cpu(pids);
     let r = load(cfg, croupier.addr, cfg.switch_rate, cfg.seconds);
     let shard1 = threads_cpu(pid, "croupier-shard");
-    let redis1 = redis.pid().map_or(0.0, |p| proc_stat(p).0);
+    let lost = if cfg.switch_ingest_only {
+        f64::NAN
+    } else {
+        let visible = wait_visible(ch, r.accepted_events);
+        wait_merges_idle(ch);
+        r.accepted_events as f64 - visible as f64
+    };
+    let cpu1 = processes_cpu(pids);
     eprintln!("load average after the run: {}", load_average());
     drop(croupier);
     let refused: u64 = r.refused.iter().map(|(_, n)| n).sum();
     if refused > 0 {
         eprintln!("refused answers by status: {:?}", r.refused);
     }
+    let per_m = |i: usize| {
+        if r.accepted_events == 0 || (i == 2 && cfg.switch_ingest_only) {
+            f64::NAN
+        } else {
+            (cpu1[i] - cpu0[i]) * 1e6 / r.accepted_events as f64
+        }
+    };
     SwitchRun {
         events_per_sec: r.events_per_sec,
         refused_per_sec: refused as f64 / r.seconds.max(1e-9),
         per_shard_cpu_second: if shard1 > shard0 { r.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN },
-        redis_cpu_per_m: if r.accepted_events > 0 {
-            (redis1 - redis0) * 1e6 / r.accepted_events as f64
-        } else {
-            f64::NAN
-        },
+        cpu_per_m: [per_m(0), per_m(1), per_m(2)],
+        lost,
         p50_us: r.latency.p50_us,
         p99_us: r.latency.p99_us,
     }
 }
 
-/// The cost of one setting, A/B in one run: `croupier run` at max (closed loop) with the
-/// defaults and with `env` set, `runs` times each, alternating which goes first, medians.
-/// With `replica`, redis-server has a replica on both sides (what `redis.wait_replicas`
-/// waits for).
-pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool) -> String {
+/// What the "with" side of a [`switch`] changes: a setting, another build, or both.
+pub struct Change {
+    /// An environment variable set on the "with" side (`CROUPIER_...=value`).
+    pub env: Option<(String, String)>,
+    /// Another `croupier` binary for the "with" side (its own `croupier migrate` too).
+    pub binary: Option<PathBuf>,
+}
+
+/// The cost of one change, A/B in one run: `croupier run` (or `ingest`) with this build's
+/// defaults and with the change (a setting, another build, or both), `runs` times each,
+/// alternating which goes first, medians. With `replica`, redis-server has a replica on
+/// both sides (what `redis.wait_replicas` waits for).
+pub fn switch(cfg: &E2eConfig, change: &Change, runs: usize, replica: bool) -> String {
     let redis = RedisServer::start();
     let replica = replica.then(|| RedisServer::start_replica_of(&redis));
     let ch = ClickHouseServer::start();
     worker::migrate(&ch);
     let (mut base, mut with) = (Vec::new(), Vec::new());
-    let setting = [env.clone()];
+    let setting: Vec<(String, String)> = change.env.iter().cloned().collect();
+    let this = croupier_binary();
+    let other = change.binary.clone().unwrap_or_else(|| this.clone());
     let load_before = load_average();
     for r in 0..runs.max(1) {
         for first in [r % 2 == 0, r % 2 == 1] {
-            let label = if first { "defaults" } else { "with the setting" };
+            let label = if first { "defaults" } else { "with the change" };
             eprintln!("switch: run {} {label}", r + 1);
             if first {
-                base.push(switch_run(cfg, &redis, &ch, &[]));
+                base.push(switch_run(cfg, &redis, &ch, &[], &this));
             } else {
-                with.push(switch_run(cfg, &redis, &ch, &setting));
+                with.push(switch_run(cfg, &redis, &ch, &setting, &other));
             }
         }
     }
@@ -759,13 +847,17 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
         s.sort_by(|a, b| a.total_cmp(b));
         (q(&s, 0.5), xs)
     };
+    let what = match (&change.env, &change.binary) {
+        (Some((k, v)), None) => format!("`{k}={v}`"),
+        (None, Some(b)) => format!("the build `{}`", b.display()),
+        (Some((k, v)), Some(b)) => format!("the build `{}` with `{k}={v}`", b.display()),
+        (None, None) => "nothing (the same build twice)".to_owned(),
+    };
     let mut out = format!(
-        "## Switch: `{}={}` against the defaults\n\n\
+        "## Switch: {what} against the defaults\n\n\
          `croupier {}` {}, {} connections, {} s per run), {} runs each, \
-         alternating which goes first; medians, every run listed.{}\n\n\
-         | figure | defaults | with the setting | ratio (setting / defaults) |\n|---|---:|---:|---:|\n",
-        env.0,
-        env.1,
+         alternating which goes first; medians, every run listed.{}{}\n\n\
+         | figure | defaults | with the change | ratio (change / defaults) |\n|---|---:|---:|---:|\n",
         if cfg.switch_ingest_only { "ingest (no worker)" } else { "run" },
         if cfg.switch_rate == 0 {
             "at max (closed loop".to_owned()
@@ -775,18 +867,34 @@ pub fn switch(cfg: &E2eConfig, env: (String, String), runs: usize, replica: bool
         cfg.connections,
         cfg.seconds,
         runs.max(1),
-        if replica.is_some() { " redis-server has one replica (`--replicaof`) on both sides." } else { "" }
+        if replica.is_some() { " redis-server has one replica (`--replicaof`) on both sides." } else { "" },
+        if cfg.switch_ingest_only {
+            " CPU per million events over the load."
+        } else {
+            " Each run starts on a fresh `analytics` database made by its build's `croupier migrate`; CPU per \
+             million events from the start of the load until every accepted event is visible and ClickHouse \
+             runs no merge (two readings of `system.merges` 500 ms apart, at most a minute); the ceiling is \
+             the machine's cores ÷ the three processes' CPU seconds per event."
+        }
     );
-    let figures: [(&str, Figure, usize); 6] = [
+    let figures: [(&str, Figure, usize); 11] = [
         ("accepted events/s", |r| r.events_per_sec, 0),
         ("refused requests/s (not 202)", |r| r.refused_per_sec, 0),
+        ("accepted but not in ClickHouse at the end", |r| r.lost, 0),
         ("events per ingest-shard CPU second", |r| r.per_shard_cpu_second, 0),
-        ("redis-server CPU s per million events", |r| r.redis_cpu_per_m, 3),
+        ("croupier CPU s per million events", |r| r.cpu_per_m[0], 3),
+        ("redis-server CPU s per million events", |r| r.cpu_per_m[1], 3),
+        ("clickhouse-server CPU s per million events", |r| r.cpu_per_m[2], 3),
+        ("all three, CPU s per million events", |r| r.cpu_per_m.iter().sum(), 3),
+        ("ceiling they imply, events/s (cores ÷ sum)", SwitchRun::ceiling, 0),
         ("ack p50, µs", |r| r.p50_us as f64, 0),
         ("ack p99, µs", |r| r.p99_us as f64, 0),
     ];
     for (name, f, digits) in figures {
         let ((a, xa), (b, xb)) = (median(&base, f), median(&with, f));
+        if a.is_nan() && b.is_nan() {
+            continue;
+        }
         let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ");
         out += &format!("| {name} | {a:.digits$} ({}) | {b:.digits$} ({}) | {:.3} |\n", list(&xa), list(&xb), b / a);
     }
@@ -812,7 +920,7 @@ pub fn cluster(cfg: &E2eConfig, runs: usize) -> String {
             );
             let plain = RedisServer::start();
             let run = if k == 0 {
-                switch_run(cfg, &plain, &ch, &[])
+                switch_run(cfg, &plain, &ch, &[], &croupier_binary())
             } else {
                 let c = croupier_it::cluster::RedisCluster::primaries_only(k);
                 let seeds = format!("[{}]", c.seeds().iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","));
@@ -820,7 +928,7 @@ pub fn cluster(cfg: &E2eConfig, runs: usize) -> String {
                     ("CROUPIER_REDIS__CLUSTER".to_owned(), seeds),
                     ("CROUPIER_STREAMS__PARTITIONS".to_owned(), "6".to_owned()),
                 ];
-                switch_run(cfg, &plain, &ch, &env)
+                switch_run(cfg, &plain, &ch, &env, &croupier_binary())
             };
             by[k].push(run);
         }

@@ -96,14 +96,17 @@ fn main() {
         Some("worker") => worker::run(rows, runs),
         Some("e2e") => e2e::run(&e2e_cfg()),
         Some("switch") => {
-            let Some((k, v)) = args.windows(2).find(|w| w[0] == "--env").and_then(|w| w[1].split_once('=')) else {
+            let env = args.windows(2).find(|w| w[0] == "--env").and_then(|w| w[1].split_once('='));
+            let binary = args.windows(2).find(|w| w[0] == "--with-binary").map(|w| std::path::PathBuf::from(&w[1]));
+            if env.is_none() && binary.is_none() {
                 eprintln!(
-                    "usage: croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]"
+                    "usage: croupier-perf switch (--env KEY=VALUE | --with-binary PATH | both) [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]"
                 );
                 std::process::exit(2);
-            };
+            }
             let replica = args.iter().any(|a| a == "--replica");
-            e2e::switch(&e2e_cfg(), (k.to_owned(), v.to_owned()), runs, replica)
+            let change = e2e::Change { env: env.map(|(k, v)| (k.to_owned(), v.to_owned())), binary };
+            e2e::switch(&e2e_cfg(), &change, runs, replica)
         }
         Some("api") => {
             let sizes: Vec<u64> = args

@@ -282,7 +282,24 @@ impl Connection {
 
     /// Writes one block of an insert started with [`Connection::insert_start`].
     pub async fn insert_block(&mut self, columns: &[Column], rows: usize) -> Result<(), ChError> {
-        packet::data(&mut self.wbuf, self.revision, self.compression, columns, rows, &mut self.scratch);
+        self.insert_block_in_order(columns, rows, None).await
+    }
+
+    /// [`Connection::insert_block`] with the rows in `order`
+    /// (`croupier_protocol::clickhouse::order::sort_order`).
+    pub async fn insert_block_in_order(
+        &mut self,
+        columns: &[Column],
+        rows: usize,
+        order: Option<&[u32]>,
+    ) -> Result<(), ChError> {
+        packet::data_in_order(
+            &mut self.wbuf,
+            self.revision,
+            self.compression,
+            (columns, rows, order),
+            &mut self.scratch,
+        );
         self.flush().await
     }
 

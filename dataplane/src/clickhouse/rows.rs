@@ -82,6 +82,10 @@ pub trait Table {
     const NAME: &'static str;
     /// The insert statement matching [`Table::columns`].
     const INSERT: &'static str;
+    /// The table's sort key (`ORDER BY`), by column name: blocks are sent in its order so
+    /// that the server need not sort them (`croupier_protocol::clickhouse::order`). Empty:
+    /// sent as pushed.
+    const ORDER_BY: &'static [&'static str] = &[];
     /// Empty columns, in insert order.
     fn columns() -> Vec<Column>;
 }
@@ -166,6 +170,7 @@ impl Table for Events {
     const NAME: &'static str = "analytics.events";
     const INSERT: &'static str = "INSERT INTO analytics.events (event_time, game_id, env, user_id, session_id, \
         event, channel, platform, country, app_version, event_id, props_json, device_id, ingested_at) VALUES";
+    const ORDER_BY: &'static [&'static str] = &["game_id", "env", "event_time", "event", "event_id"];
 
     fn columns() -> Vec<Column> {
         vec![
@@ -293,6 +298,7 @@ impl Table for Payments {
     const NAME: &'static str = "analytics.payments";
     const INSERT: &'static str = "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, \
         amount_cents, currency, status, channel, platform, country, region, city, product_id, reason, ingested_at) VALUES";
+    const ORDER_BY: &'static [&'static str] = &["game_id", "env", "order_id", "status"];
 
     fn columns() -> Vec<Column> {
         vec![

@@ -5,7 +5,7 @@
 //! reported with its reason and contributes no rows. Rows are grouped by partition (month
 //! of their time) into blocks of at most a set number of partitions
 //! ([`crate::clickhouse::partitions`]), and a block streams to ClickHouse once it holds
-//! [`BLOCK_ROWS`] rows. On a cluster (`clickhouse.shards`) every row goes to the shard
+//! [`BLOCK_ROWS`] rows, its rows in the table's sort-key order. On a cluster (`clickhouse.shards`) every row goes to the shard
 //! [`cluster::shard_of`] names for its dedup key (event id, order id), into that shard's
 //! `_local` table; a batch's rows for a shard keep their batch order, so the same entries
 //! always make the same blocks (replicated block deduplication drops a retried one).
@@ -30,8 +30,13 @@ use crate::clickhouse::rows::{
     Table, TableRows,
 };
 
-/// Rows per block sent to ClickHouse.
-pub const BLOCK_ROWS: usize = 65_536;
+/// Rows per block sent to ClickHouse: above the default `worker.batch_rows` (200,000), so
+/// that a batch's rows of one partition make one block, sent in the table's sort-key order
+/// (ClickHouse then writes the part without sorting it, `croupier_protocol::clickhouse::order`).
+/// Smaller blocks would not spare the server anything: it joins an insert's blocks into one
+/// before writing (up to `min_insert_block_size_rows`, 1,048,576), and blocks each in order
+/// but not between them it sorts again. What a block holds is bounded by `batch_bytes`.
+pub const BLOCK_ROWS: usize = 262_144;
 
 /// Merges into Redis one insert may wait for to make room for its players' sketches
 /// (past periods go once merged); past them, adds that find no room are refused. Bounds
@@ -115,7 +120,9 @@ async fn send_blocks<T: Table>(
             *started = true;
             check_header(T::NAME, &header, &b.columns).map_err(ChError::SchemaMismatch)?;
         }
-        ch.insert_block(&b.columns, b.rows).await?;
+        // In the table's order, so that ClickHouse need not sort the part it writes.
+        let order = croupier_protocol::clickhouse::order::sort_order(&b.columns, b.rows, T::ORDER_BY);
+        ch.insert_block_in_order(&b.columns, b.rows, order.as_deref()).await?;
         b.clear();
     }
     Ok(())

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use super::order::string_ranges;
 use super::rev;
 use super::wire::{put_str, put_varint, Incomplete, Reader};
 
@@ -71,6 +72,16 @@ impl LowCardinality {
             }
         };
         self.indexes.push(idx);
+    }
+
+    /// The distinct values, in the order they were first pushed.
+    pub(crate) fn keys(&self) -> &[Vec<u8>] {
+        &self.keys
+    }
+
+    /// Each row's index into [`LowCardinality::keys`].
+    pub(crate) fn indexes(&self) -> &[u32] {
+        &self.indexes
     }
 
     fn clear(&mut self) {
@@ -138,10 +149,44 @@ impl ColumnData {
         }
     }
 
-    fn write_data(&self, out: &mut Vec<u8>) {
+    /// Whether the column holds exactly `rows` well-formed values, so that it can be
+    /// written in another order.
+    fn holds(&self, rows: usize) -> bool {
         match self {
-            ColumnData::Fixed { bytes, .. } => out.extend_from_slice(bytes),
-            ColumnData::String(b) => out.extend_from_slice(b),
+            ColumnData::Fixed { width, bytes } => rows.checked_mul(*width) == Some(bytes.len()),
+            ColumnData::String(b) => string_ranges(b, rows).is_some(),
+            ColumnData::LowCardinality(lc) => lc.indexes.len() == rows,
+            ColumnData::Nullable { nulls, inner } => nulls.len() == rows && inner.holds(rows),
+            ColumnData::Array { offsets, inner } => {
+                offsets.len() == rows
+                    && offsets.windows(2).all(|w| w[0] <= w[1])
+                    && offsets.last().and_then(|&n| usize::try_from(n).ok()).is_some_and(|n| inner.holds(n))
+                    || rows == 0
+            }
+        }
+    }
+
+    /// Writes the values, in `order` when given (checked by [`ColumnData::holds`]).
+    fn write_data(&self, out: &mut Vec<u8>, order: Option<&[u32]>) {
+        match self {
+            ColumnData::Fixed { bytes, width } => match order {
+                None => out.extend_from_slice(bytes),
+                Some(order) => {
+                    for &i in order {
+                        let i = i as usize;
+                        out.extend_from_slice(bytes.get(i * width..(i + 1) * width).unwrap_or_default());
+                    }
+                }
+            },
+            ColumnData::String(b) => match order.zip(order.and_then(|o| string_ranges(b, o.len()))) {
+                None => out.extend_from_slice(b),
+                Some((order, ranges)) => {
+                    for &i in order {
+                        let (start, _, end) = ranges.get(i as usize).copied().unwrap_or_default();
+                        out.extend_from_slice(b.get(start..end).unwrap_or_default());
+                    }
+                }
+            },
             ColumnData::LowCardinality(lc) => {
                 let (index_type, width) = match lc.keys.len() {
                     0..=0x100 => (0u64, 1usize),
@@ -155,20 +200,44 @@ impl ColumnData {
                     put_str(out, k);
                 }
                 out.extend_from_slice(&(lc.indexes.len() as u64).to_le_bytes());
-                for i in &lc.indexes {
-                    out.extend_from_slice(&i.to_le_bytes()[..width]);
+                let mut put = |i: u32| out.extend_from_slice(&i.to_le_bytes()[..width]);
+                match order {
+                    None => lc.indexes.iter().for_each(|&i| put(i)),
+                    Some(order) => order.iter().for_each(|&r| put(lc.indexes.get(r as usize).copied().unwrap_or(0))),
                 }
             }
             ColumnData::Nullable { nulls, inner } => {
-                out.extend_from_slice(nulls);
-                inner.write_data(out);
-            }
-            ColumnData::Array { offsets, inner } => {
-                for o in offsets {
-                    out.extend_from_slice(&o.to_le_bytes());
+                match order {
+                    None => out.extend_from_slice(nulls),
+                    Some(order) => out.extend(order.iter().map(|&r| nulls.get(r as usize).copied().unwrap_or(0))),
                 }
-                inner.write_data(out);
+                inner.write_data(out, order);
             }
+            ColumnData::Array { offsets, inner } => match order {
+                None => {
+                    for o in offsets {
+                        out.extend_from_slice(&o.to_le_bytes());
+                    }
+                    inner.write_data(out, None);
+                }
+                Some(order) => {
+                    // Each row's elements, in the rows' new order.
+                    let range = |r: usize| {
+                        let end = offsets.get(r).copied().unwrap_or(0);
+                        let start = if r == 0 { 0 } else { offsets.get(r - 1).copied().unwrap_or(end) };
+                        start.min(end)..end
+                    };
+                    let mut elements = Vec::new();
+                    let mut end = 0u64;
+                    for &r in order {
+                        let rows = range(r as usize);
+                        end += rows.end - rows.start;
+                        out.extend_from_slice(&end.to_le_bytes());
+                        elements.extend(rows.map(|e| e as u32));
+                    }
+                    inner.write_data(out, Some(&elements));
+                }
+            },
         }
     }
 }
@@ -194,6 +263,14 @@ impl Column {
 /// Writes a block (block info, sizes, then each column) to `out`. With zero rows the
 /// columns carry no data: the block is a header.
 pub fn write_block(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: usize) {
+    write_block_in_order(out, revision, columns, rows, None);
+}
+
+/// [`write_block`] with the rows in `order` (indexes of the rows as pushed, each once;
+/// from [`super::order::sort_order`]); `None`, or an order of another length than `rows`,
+/// writes them as pushed.
+pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: usize, order: Option<&[u32]>) {
+    let order = order.filter(|o| o.len() == rows && columns.iter().all(|c| c.data.holds(rows)));
     if revision >= rev::BLOCK_INFO {
         put_varint(out, 1);
         out.push(0); // is_overflows
@@ -208,7 +285,7 @@ pub fn write_block(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: u
         put_str(out, c.ty.as_bytes());
         if rows > 0 {
             c.data.write_prefix(out);
-            c.data.write_data(out);
+            c.data.write_data(out, order);
         }
     }
 }
@@ -305,7 +382,7 @@ mod tests {
         }
         let mut out = Vec::new();
         lc.write_prefix(&mut out);
-        lc.write_data(&mut out);
+        lc.write_data(&mut out, None);
         let mut want = Vec::new();
         want.extend_from_slice(&1u64.to_le_bytes());
         want.extend_from_slice(&((1u64 << 9) | (1 << 10)).to_le_bytes());
@@ -320,5 +397,77 @@ mod tests {
     fn uuid_halves_are_reversed() {
         let u: [u8; 16] = core::array::from_fn(|i| i as u8);
         assert_eq!(uuid_bytes(&u), [7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8]);
+    }
+
+    /// Columns of each kind with `rows` pushed in the given order.
+    fn pushed(rows: &[(u32, &str, Option<&str>, &[u8])]) -> Vec<Column> {
+        let mut cols = vec![
+            Column::new("n", "UInt32", ColumnData::fixed(4)),
+            Column::new("s", "String", ColumnData::String(Vec::new())),
+            Column::new(
+                "ns",
+                "Nullable(String)",
+                ColumnData::Nullable { nulls: Vec::new(), inner: Box::new(ColumnData::String(Vec::new())) },
+            ),
+            Column::new(
+                "a",
+                "Array(UInt8)",
+                ColumnData::Array { offsets: Vec::new(), inner: Box::new(ColumnData::fixed(1)) },
+            ),
+        ];
+        for &(n, s, ns, a) in rows {
+            cols[0].data.push_fixed(&n.to_le_bytes());
+            cols[1].data.push_str(s.as_bytes());
+            if let ColumnData::Nullable { nulls, inner } = &mut cols[2].data {
+                nulls.push(u8::from(ns.is_none()));
+                inner.push_str(ns.unwrap_or_default().as_bytes());
+            }
+            if let ColumnData::Array { offsets, inner } = &mut cols[3].data {
+                a.iter().for_each(|b| inner.push_fixed(&[*b]));
+                offsets.push(offsets.last().copied().unwrap_or(0) + a.len() as u64);
+            }
+        }
+        cols
+    }
+
+    #[test]
+    fn a_block_written_in_an_order_is_the_block_of_its_rows_pushed_in_that_order() {
+        let rows: [(u32, &str, Option<&str>, &[u8]); 4] = [
+            (1, "one", None, &[1]),
+            (2, "", Some("two"), &[]),
+            (3, "a longer third value", Some(""), &[3, 3, 3]),
+            (4, "4", None, &[4, 4]),
+        ];
+        let order = [2u32, 0, 3, 1];
+        let mut written = Vec::new();
+        write_block_in_order(&mut written, 54412, &pushed(&rows), 4, Some(&order));
+        let reordered: Vec<_> = order.iter().map(|&i| rows[i as usize]).collect();
+        let mut want = Vec::new();
+        write_block(&mut want, 54412, &pushed(&reordered), 4);
+        assert_eq!(written, want);
+        // An order of another length, or a column not holding the rows, is not taken.
+        let mut as_pushed = Vec::new();
+        write_block(&mut as_pushed, 54412, &pushed(&rows), 4);
+        let mut short = Vec::new();
+        write_block_in_order(&mut short, 54412, &pushed(&rows), 4, Some(&order[..3]));
+        assert_eq!(short, as_pushed);
+        let mut broken = pushed(&rows);
+        broken[1].data = ColumnData::String(vec![9, b'x']);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_block_in_order(&mut a, 54412, &broken, 4, Some(&order));
+        write_block(&mut b, 54412, &broken, 4);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn low_cardinality_in_an_order_keeps_its_dictionary() {
+        let mut lc = ColumnData::LowCardinality(LowCardinality::default());
+        for v in [b"x".as_slice(), b"y", b"z"] {
+            lc.push_str(v);
+        }
+        let mut out = Vec::new();
+        lc.write_data(&mut out, Some(&[2, 0, 1]));
+        assert_eq!(out[out.len() - 3..], [2, 0, 1]);
+        assert_eq!(out[16..22], *b"\x01x\x01y\x01z");
     }
 }

@@ -3,6 +3,7 @@
 //! - [`wire`]: varints, strings, fixed-width integers; a reader that reports "need more".
 //! - [`compress`]: LZ4 frames with CityHash128 checksums.
 //! - [`block`]: column encoders and the block layout.
+//! - [`order`]: the order of a block's rows by a table's sort key, as the server sorts.
 //! - [`result`]: the rows of a `SELECT`, decoded into values.
 //! - [`packet`]: client packets (hello, query, data, ping) and server packets (hello,
 //!   data, exception, progress, profile info, table columns, end of stream, ...).
@@ -15,6 +16,7 @@
 
 pub mod block;
 pub mod compress;
+pub mod order;
 pub mod packet;
 pub mod result;
 pub mod wire;

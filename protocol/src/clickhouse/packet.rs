@@ -134,14 +134,26 @@ pub fn data(
     rows: usize,
     scratch: &mut Vec<u8>,
 ) {
+    data_in_order(out, revision, compression, (columns, rows, None), scratch);
+}
+
+/// [`data`] with the block's rows in an order ([`block::write_block_in_order`]):
+/// `(columns, rows, order)`.
+pub fn data_in_order(
+    out: &mut Vec<u8>,
+    revision: u64,
+    compression: bool,
+    (columns, rows, order): (&[Column], usize, Option<&[u32]>),
+    scratch: &mut Vec<u8>,
+) {
     put_varint(out, client::DATA);
     put_str(out, b""); // temporary table name
     if compression {
         scratch.clear();
-        block::write_block(scratch, revision, columns, rows);
+        block::write_block_in_order(scratch, revision, columns, rows, order);
         compress::compress_into(scratch, FRAME_CHUNK, out);
     } else {
-        block::write_block(out, revision, columns, rows);
+        block::write_block_in_order(out, revision, columns, rows, order);
     }
 }
 

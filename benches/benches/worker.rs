@@ -6,8 +6,9 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use croupier_dataplane::clickhouse::partitions::PartitionedRows;
-use croupier_dataplane::clickhouse::rows::{unix_seconds, ArchivedEventRef, EventFields, EventRows, Events};
+use croupier_dataplane::clickhouse::rows::{unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, Table};
 use croupier_protocol::batch::{self, ArchivedRecords, Batch, Records};
+use croupier_protocol::clickhouse::order::sort_order;
 use croupier_protocol::clickhouse::packet;
 use croupier_protocol::envelope::{Event, EventBatch};
 
@@ -80,6 +81,24 @@ fn block_encoding(c: &mut Criterion) {
             })
         });
     }
+    // As the worker sends them: in the table's sort-key order (the archive's events are in
+    // time order with the event names interleaved, so the order is not the pushed one).
+    g.bench_function("fill_sort_and_encode_lz4", |b| {
+        b.iter(|| {
+            rows.clear();
+            for index in 0..events.len() {
+                rows.push(&ArchivedEventRef { batch: events, index }, 1);
+            }
+            let order = sort_order(&rows.columns, rows.rows, Events::ORDER_BY);
+            assert!(order.is_some(), "the rows need sorting");
+            out.clear();
+            packet::data_in_order(&mut out, 54412, true, (&rows.columns, rows.rows, order.as_deref()), &mut scratch);
+            black_box(out.len())
+        })
+    });
+    g.bench_function("sort_order_only", |b| {
+        b.iter(|| black_box(sort_order(&rows.columns, rows.rows, Events::ORDER_BY).map(|o| o.len())))
+    });
     g.finish();
     out.clear();
     packet::data(&mut out, 54412, false, &rows.columns, rows.rows, &mut scratch);

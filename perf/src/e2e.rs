@@ -694,6 +694,8 @@ struct SwitchRun {
     /// ([`wait_merges_idle`]); without a worker, over the load only (ClickHouse's then
     /// `NaN`). The worker's reads and acknowledgements count in redis-server's.
     cpu_per_m: [f64; 3],
+    /// Of croupier's, the worker threads' (`croupier-worker*`), per million events.
+    worker_cpu_per_m: f64,
     /// Accepted events not visible in ClickHouse at the end (`NaN` without a worker).
     lost: f64,
     p50_us: u64,
@@ -773,6 +775,7 @@ fn switch_run(
     let pid = croupier.child.id();
     let pids = [Some(pid), redis.pid(), ch.pid()];
     let shard0 = threads_cpu(pid, "croupier-shard");
+    let worker0 = threads_cpu(pid, "croupier-worker");
     let cpu0 = processes_cpu(pids);
     let r = load(cfg, croupier.addr, cfg.switch_rate, cfg.seconds);
     let shard1 = threads_cpu(pid, "croupier-shard");
@@ -784,6 +787,7 @@ fn switch_run(
         r.accepted_events as f64 - visible as f64
     };
     let cpu1 = processes_cpu(pids);
+    let worker1 = threads_cpu(pid, "croupier-worker");
     eprintln!("load average after the run: {}", load_average());
     drop(croupier);
     let refused: u64 = r.refused.iter().map(|(_, n)| n).sum();
@@ -802,6 +806,11 @@ fn switch_run(
         refused_per_sec: refused as f64 / r.seconds.max(1e-9),
         per_shard_cpu_second: if shard1 > shard0 { r.accepted_events as f64 / (shard1 - shard0) } else { f64::NAN },
         cpu_per_m: [per_m(0), per_m(1), per_m(2)],
+        worker_cpu_per_m: if r.accepted_events == 0 || cfg.switch_ingest_only {
+            f64::NAN
+        } else {
+            (worker1 - worker0) * 1e6 / r.accepted_events as f64
+        },
         lost,
         p50_us: r.latency.p50_us,
         p99_us: r.latency.p99_us,
@@ -877,12 +886,13 @@ pub fn switch(cfg: &E2eConfig, change: &Change, runs: usize, replica: bool) -> S
              the machine's cores ÷ the three processes' CPU seconds per event."
         }
     );
-    let figures: [(&str, Figure, usize); 11] = [
+    let figures: [(&str, Figure, usize); 12] = [
         ("accepted events/s", |r| r.events_per_sec, 0),
         ("refused requests/s (not 202)", |r| r.refused_per_sec, 0),
         ("accepted but not in ClickHouse at the end", |r| r.lost, 0),
         ("events per ingest-shard CPU second", |r| r.per_shard_cpu_second, 0),
         ("croupier CPU s per million events", |r| r.cpu_per_m[0], 3),
+        ("of which its worker threads", |r| r.worker_cpu_per_m, 3),
         ("redis-server CPU s per million events", |r| r.cpu_per_m[1], 3),
         ("clickhouse-server CPU s per million events", |r| r.cpu_per_m[2], 3),
         ("all three, CPU s per million events", |r| r.cpu_per_m.iter().sum(), 3),

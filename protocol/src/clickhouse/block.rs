@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::order::string_ranges;
+use super::order::string_starts;
 use super::rev;
 use super::wire::{put_str, put_varint, Incomplete, Reader};
 
@@ -154,7 +154,7 @@ impl ColumnData {
     fn holds(&self, rows: usize) -> bool {
         match self {
             ColumnData::Fixed { width, bytes } => rows.checked_mul(*width) == Some(bytes.len()),
-            ColumnData::String(b) => string_ranges(b, rows).is_some(),
+            ColumnData::String(b) => string_starts(b, rows).is_some(),
             ColumnData::LowCardinality(lc) => lc.indexes.len() == rows,
             ColumnData::Nullable { nulls, inner } => nulls.len() == rows && inner.holds(rows),
             ColumnData::Array { offsets, inner } => {
@@ -172,20 +172,16 @@ impl ColumnData {
             ColumnData::Fixed { bytes, width } => match order {
                 None => out.extend_from_slice(bytes),
                 Some(order) => {
+                    out.reserve(bytes.len());
                     for &i in order {
                         let i = i as usize;
                         out.extend_from_slice(bytes.get(i * width..(i + 1) * width).unwrap_or_default());
                     }
                 }
             },
-            ColumnData::String(b) => match order.zip(order.and_then(|o| string_ranges(b, o.len()))) {
+            ColumnData::String(b) => match order.zip(order.and_then(|o| string_starts(b, o.len()))) {
                 None => out.extend_from_slice(b),
-                Some((order, ranges)) => {
-                    for &i in order {
-                        let (start, _, end) = ranges.get(i as usize).copied().unwrap_or_default();
-                        out.extend_from_slice(b.get(start..end).unwrap_or_default());
-                    }
-                }
+                Some((order, starts)) => gather_strings(out, b, &starts, order),
             },
             ColumnData::LowCardinality(lc) => {
                 let (index_type, width) = match lc.keys.len() {
@@ -270,7 +266,21 @@ pub fn write_block(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: u
 /// from [`super::order::sort_order`]); `None`, or an order of another length than `rows`,
 /// writes them as pushed.
 pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: usize, order: Option<&[u32]>) {
-    let order = order.filter(|o| o.len() == rows && columns.iter().all(|c| c.data.holds(rows)));
+    // A `String` column's value offsets are found once, to check it and to write it.
+    let mut starts: Vec<Option<Vec<u32>>> = Vec::new();
+    let order = order.filter(|o| {
+        o.len() == rows
+            && columns.iter().all(|c| match &c.data {
+                ColumnData::String(b) => {
+                    starts.push(string_starts(b, rows));
+                    starts.last().is_some_and(Option::is_some)
+                }
+                data => {
+                    starts.push(None);
+                    data.holds(rows)
+                }
+            })
+    });
     if revision >= rev::BLOCK_INFO {
         put_varint(out, 1);
         out.push(0); // is_overflows
@@ -280,13 +290,31 @@ pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column]
     }
     put_varint(out, columns.len() as u64);
     put_varint(out, rows as u64);
-    for c in columns {
+    for (i, c) in columns.iter().enumerate() {
         put_str(out, c.name.as_bytes());
         put_str(out, c.ty.as_bytes());
-        if rows > 0 {
-            c.data.write_prefix(out);
-            c.data.write_data(out, order);
+        if rows == 0 {
+            continue;
         }
+        c.data.write_prefix(out);
+        match (&c.data, order, starts.get(i).and_then(Option::as_ref)) {
+            (ColumnData::String(b), Some(order), Some(starts)) => gather_strings(out, b, starts, order),
+            (data, order, _) => data.write_data(out, order),
+        }
+    }
+}
+
+/// Writes a `String` column's values (`bytes`, each value starting at `starts[i]`, the
+/// last ending at `starts[rows]`) in `order`.
+fn gather_strings(out: &mut Vec<u8>, bytes: &[u8], starts: &[u32], order: &[u32]) {
+    out.reserve(bytes.len());
+    for &i in order {
+        let i = i as usize;
+        let value = match (starts.get(i), starts.get(i + 1)) {
+            (Some(&s), Some(&e)) => bytes.get(s as usize..e as usize),
+            _ => None,
+        };
+        out.extend_from_slice(value.unwrap_or_default());
     }
 }
 

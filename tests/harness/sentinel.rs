@@ -18,7 +18,7 @@ pub const MASTER_NAME: &str = "croupier";
 pub struct SentinelServer {
     /// The port it listens on.
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -37,10 +37,50 @@ impl SentinelServer {
         data_password: Option<&str>,
         sentinel_password: Option<&str>,
     ) -> SentinelServer {
-        let binary: PathBuf = require_binary("redis-server", "redis-server");
         let dir = tempfile::Builder::new().prefix("croupier-sentinel-").tempdir().expect("temp dir");
         let port = free_port();
-        let conf = dir.path().join("sentinel.conf");
+        let child = Self::spawn(dir.path(), port, primary, 0, data_password, sentinel_password);
+        SentinelServer { port, dir, child: Some(child) }
+    }
+
+    /// [`SentinelServer::start`] with a history: its configuration file says the
+    /// sentinels' epoch is `epoch` and the primary's configuration epoch too (as after that
+    /// many failovers).
+    pub fn start_at_epoch(primary: &RedisServer, epoch: u64) -> SentinelServer {
+        let dir = tempfile::Builder::new().prefix("croupier-sentinel-").tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port, primary, epoch, None, None);
+        SentinelServer { port, dir, child: Some(child) }
+    }
+
+    /// Kills the sentinel (SIGKILL); [`SentinelServer::start_afresh`] starts it again.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts the sentinel again on its port with a new configuration file monitoring
+    /// `primary` (no password), as a sentinel deployed afresh: a new id, its epochs at 0,
+    /// knowing no other sentinel until it hears from them.
+    pub fn start_afresh(&mut self, primary: &RedisServer) {
+        kill(&mut self.child);
+        self.child = Some(Self::spawn(self.dir.path(), self.port, primary, 0, None, None));
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        port: u16,
+        primary: &RedisServer,
+        epoch: u64,
+        data_password: Option<&str>,
+        sentinel_password: Option<&str>,
+    ) -> Child {
+        let binary: PathBuf = require_binary("redis-server", "redis-server");
+        let conf = dir.join("sentinel.conf");
+        let history = if epoch > 0 {
+            format!("sentinel current-epoch {epoch}\nsentinel config-epoch {MASTER_NAME} {epoch}\n")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
             format!(
@@ -48,8 +88,8 @@ impl SentinelServer {
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
                  sentinel down-after-milliseconds {MASTER_NAME} 500\n\
                  sentinel failover-timeout {MASTER_NAME} 3000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n{auth_pass}{requirepass}",
-                dir = dir.path().display(),
+                 sentinel parallel-syncs {MASTER_NAME} 1\n{history}{auth_pass}{requirepass}",
+                dir = dir.display(),
                 primary = primary.port,
                 auth_pass =
                     data_password.map(|p| format!("sentinel auth-pass {MASTER_NAME} {p}\n")).unwrap_or_default(),
@@ -67,11 +107,11 @@ impl SentinelServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel: {e}"));
-        let log = dir.path().join("sentinel.log");
+        let log = dir.join("sentinel.log");
         wait_until_ready(&mut child, "redis-server --sentinel", &log, Duration::from_secs(10), || {
             RedisClient::connect(port).is_ok_and(|mut c| c.try_cmd(&["PING"]).is_ok())
         });
-        SentinelServer { port, _dir: dir, child: Some(child) }
+        child
     }
 
     /// `host:port` of the sentinel.
@@ -113,6 +153,20 @@ impl SentinelServer {
             .lines()
             .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
             .count()
+    }
+
+    /// The ids (`CLIENT LIST`'s `id=`) of the clients subscribed to a channel: an id that
+    /// stays is a subscription that held.
+    pub fn subscriber_ids(&self) -> Vec<u64> {
+        let Ok(mut c) = RedisClient::connect(self.port) else { return Vec::new() };
+        let Ok(Frame::BulkString(list)) = c.try_cmd(&["CLIENT", "LIST"]) else { return Vec::new() };
+        let mut ids: Vec<u64> = String::from_utf8_lossy(&list)
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f.strip_prefix("sub=").is_some_and(|n| n != "0")))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).and_then(|n| n.parse().ok()))
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Freezes the sentinel (SIGSTOP): its connections stay open, nothing is answered.

@@ -526,9 +526,9 @@ impl Node {
 
 /// The address to connect to: the configured one, or the primary the sentinels name
 /// (never one at a lower epoch than the primary `watch` recorded).
-async fn target(options: &RedisOptions, watch: Option<&sentinel::Watch>) -> Option<String> {
+async fn target(options: &RedisOptions, watch: Option<&sentinel::Watch>) -> Option<sentinel::Target> {
     match &options.sentinels {
-        None => Some(options.addr.clone()),
+        None => Some(sentinel::Target::plain(options.addr.clone())),
         Some(s) => s.primary(options.connect_timeout.max(options.reply_timeout), watch).await,
     }
 }
@@ -552,7 +552,7 @@ async fn prepare(
         e
     };
     if follow && !sentinel::is_primary(stream).await.map_err(|e| noted("ROLE", e))? {
-        return Err(RedisError::Protocol("not a primary".into()));
+        return Err(RedisError::Protocol(sentinel::NOT_A_PRIMARY.into()));
     }
     ensure_groups(stream, partitions).await.map_err(|e| noted("XGROUP CREATE", e))
 }
@@ -561,8 +561,10 @@ async fn prepare(
 enum Served {
     /// Every handle is gone.
     Closed,
-    /// The connection failed, or its server is no longer the primary to write to.
+    /// The connection failed.
     Failed,
+    /// Its server is no longer the primary to write to (`READONLY`, `NOREPLICAS`).
+    Demoted,
     /// The sentinels announced another primary, at this address (the watch's count when
     /// it was read): the round taken off the queue was not sent (it is refused).
     Moved(String, u64),
@@ -577,14 +579,19 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
     // The primary the sentinels just announced: the next connection goes there.
     let mut announced: Option<(String, u64)> = None;
     loop {
-        let (addr, seen) = match announced.take() {
-            Some((a, seen)) => (Some(a), seen),
+        let (target, seen) = match announced.take() {
+            Some((a, seen)) => (Some(sentinel::Target::plain(a)), seen),
             None => {
                 // Read before the sentinels are asked, so an announcement made meanwhile is seen.
                 let seen = shared.watch.as_ref().map_or(0, |w| w.changes());
                 (target(&options, shared.watch.as_deref()).await, seen)
             }
         };
+        let addr = target.as_ref().map(|t| t.addr.clone());
+        // Whether the server could not be used as the primary (unreachable, not a primary,
+        // refusing writes): when it is the recorded primary, chosen over what the sentinel
+        // named, the watch is told.
+        let mut unusable = true;
         let connected = match &addr {
             Some(addr) => monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await.ok(),
             None => None,
@@ -604,6 +611,11 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                     tracing::warn!(server = %addr, error = %why, "cannot use the Redis connection: tried again with back-off");
                 }
             }
+            unusable = match &prepared {
+                Ok(Ok(())) => false,
+                Ok(Err(RedisError::Protocol(e))) => e == sentinel::NOT_A_PRIMARY,
+                Ok(Err(_)) | Err(_) => true,
+            };
             if let Ok(Ok(())) = prepared {
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();
@@ -614,6 +626,7 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 match served {
                     Served::Closed => return,
                     Served::Failed => {}
+                    Served::Demoted => unusable = true,
                     Served::Moved(to, seen) => {
                         tracing::debug!(from = %addr, to = %to, "moving to the primary the sentinels announced");
                         // Nothing taken for the old primary goes to the new one: a
@@ -634,6 +647,11 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                     }
                 }
             }
+        }
+        if let (true, Some(w), Some(sentinel::Target { addr, instead_of: Some(named) })) =
+            (unusable, &shared.watch, &target)
+        {
+            sentinel::recorded_failed(w, addr, named);
         }
         for p in round.drain(..) {
             let _ = p.reply.send(Err(RedisError::Unavailable));
@@ -878,7 +896,7 @@ async fn serve(
                 (Ok(frame), Some(reply)) if demoted => {
                     let _ = reply.send(Ok(Answer { frame, replicas: 0, cmd }));
                     fail_all(&mut inflight, RedisError::Unavailable);
-                    return Served::Failed;
+                    return Served::Demoted;
                 }
                 (Ok(frame), Some(reply)) if head.replicated => held.push((reply, frame, cmd)),
                 (Ok(frame), Some(reply)) => {

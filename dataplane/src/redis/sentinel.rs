@@ -28,6 +28,7 @@
 use std::io::{Read, Write};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,8 +51,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const HELD: Duration = Duration::from_secs(10);
 /// A quiet subscription is pinged this often...
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// How often the thread looks up from its subscription (the subscription socket's read
-/// timeout) to see whether the sentinels are due to be asked.
+/// How often the subscribing thread looks up from its subscription (the subscription
+/// socket's read timeout) to see whether a ping is due or the watch is gone.
 const TICK: Duration = Duration::from_millis(100);
 /// Every sentinel is asked for the primary and its epoch this often.
 const ASK_EVERY: Duration = Duration::from_secs(1);
@@ -77,29 +78,48 @@ pub struct Sentinels {
 }
 
 impl Sentinels {
-    /// The primary's `host:port` as the first sentinel that answers names it, or `None`
-    /// when none does (within `timeout` each, connect and reply). When that sentinel holds
-    /// it at a lower epoch than the primary `watch` recorded (it has not heard of the last
-    /// failover yet), the recorded primary instead: a connection made again never goes
-    /// back to a primary the sentinels replaced.
-    pub async fn primary(&self, timeout: Duration, watch: Option<&Watch>) -> Option<String> {
+    /// Where to connect: the primary's `host:port` as the first sentinel that answers
+    /// names it, or `None` when none does (within `timeout` each, connect and reply). When
+    /// that sentinel holds it at a lower epoch than the primary `watch` recorded (it has
+    /// not heard of the last failover yet), the recorded primary instead: a connection
+    /// made again never goes back to a primary the sentinels replaced. When that one cannot
+    /// be used, the connection says so ([`recorded_failed`]).
+    pub async fn primary(&self, timeout: Duration, watch: Option<&Watch>) -> Option<Target> {
         for addr in &self.addrs {
             if let Ok(Some((primary, epoch))) =
                 monoio::time::timeout(timeout, ask(addr, &self.master_name, self.auth.as_ref())).await
             {
                 let chosen = to_connect(primary.clone(), epoch, watch.and_then(Watch::named));
-                if chosen != primary {
-                    tracing::debug!(
-                        sentinel = %addr,
-                        named = %primary,
-                        recorded = %chosen,
-                        "a sentinel names the primary at an older epoch: connecting to the recorded one"
-                    );
+                if chosen == primary {
+                    return Some(Target { addr: chosen, instead_of: None });
                 }
-                return Some(chosen);
+                tracing::debug!(
+                    sentinel = %addr,
+                    named = %primary,
+                    recorded = %chosen,
+                    "a sentinel names the primary at an older epoch: connecting to the recorded one"
+                );
+                let instead_of = epoch.map(|epoch| Named { addr: primary, epoch });
+                return Some(Target { addr: chosen, instead_of });
             }
         }
         None
+    }
+}
+
+/// Where a connection goes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port` to connect to.
+    pub addr: String,
+    /// What the sentinel asked named, when the recorded primary was chosen over it.
+    pub instead_of: Option<Named>,
+}
+
+impl Target {
+    /// A target that is what it is: the configured address, or one a sentinel named.
+    pub fn plain(addr: String) -> Target {
+        Target { addr, instead_of: None }
     }
 }
 
@@ -111,6 +131,29 @@ fn to_connect(primary: String, epoch: Option<u64>, recorded: Option<Named>) -> S
     match (epoch, recorded) {
         (Some(epoch), Some(r)) if newer(epoch, r.epoch) => r.addr,
         _ => primary,
+    }
+}
+
+/// The reply that [`is_primary`]'s `false` makes the preparation of a connection fail with.
+pub const NOT_A_PRIMARY: &str = "not a primary";
+
+/// A connection chose the recorded primary `failed` over what its sentinel named
+/// (`instead_of`) and could not use it: it refused or dropped the connection, did not
+/// answer in time, is not a primary (`ROLE`), or refuses writes (`READONLY`,
+/// `NOREPLICAS`). When no sentinel answering still names it at the recorded epoch or a
+/// higher one, the sentinels' answer is recorded instead, whatever its epoch (their
+/// epochs started again: they were set up afresh), with a warning, so that the next
+/// (re)connects go there ([`Watch::failed`]).
+pub fn recorded_failed(watch: &Watch, failed: &str, instead_of: &Named) {
+    if let Some((before, now)) = watch.failed(failed, instead_of) {
+        tracing::warn!(
+            failed = %before.addr,
+            recorded_epoch = before.epoch,
+            primary = %now.addr,
+            epoch = now.epoch,
+            "the recorded Redis primary cannot be used and the sentinels name another at an older \
+             configuration epoch (their epochs started again): following the sentinels"
+        );
     }
 }
 
@@ -260,16 +303,31 @@ fn message_payload(frame: &Frame) -> Option<&[u8]> {
 
 /// The primary as the sentinels last named it, with their configuration epoch for it,
 /// shared by every connection of the process that finds the primary through the same
-/// sentinels. Written by the thread that follows the sentinels; a connection reads
+/// sentinels. Written by the thread that asks the sentinels (and by a connection that
+/// cannot use the recorded primary, [`recorded_failed`]); a connection reads
 /// [`Watch::changes`] (one atomic load) before each round and the address only when the
 /// count moved.
 #[derive(Debug, Default)]
 pub struct Watch {
     changes: AtomicU64,
-    primary: Mutex<Option<Named>>,
+    state: Mutex<State>,
 }
 
-/// What [`Watch::offer`] did with what a sentinel said.
+/// What a [`Watch`] holds behind its lock.
+#[derive(Debug, Default)]
+struct State {
+    /// The recorded primary.
+    primary: Option<Named>,
+    /// The answers of the last round that had any, and when it ended.
+    last: Option<(Instant, Vec<Named>)>,
+    /// What a majority of the sentinels named at an epoch no higher than the recorded one
+    /// (another primary, or the same at a lower epoch), and in how many rounds in a row.
+    behind: Option<(Named, u32)>,
+    /// How many sentinels there are (as the last round said).
+    configured: usize,
+}
+
+/// What [`Watch::offer`] or [`Watch::heard`] did with what the sentinels said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Offer {
     /// The first primary heard of: recorded, the count moved.
@@ -281,7 +339,24 @@ pub enum Offer {
     Newer,
     /// An epoch no higher than the recorded one: ignored, whatever the address.
     Stale,
+    /// A majority of the sentinels named, in [`REBASE_ROUNDS`] rounds in a row and with no
+    /// sentinel naming a newer configuration, another primary at an epoch no higher than
+    /// the recorded one, or the same primary at a lower epoch (their epochs started
+    /// again): recorded (what was recorded before is given), the count moved when the
+    /// primary changed.
+    Rebased(Named),
+    /// Nothing was answered.
+    Nothing,
 }
+
+/// Rounds in a row in which a majority of the sentinels name an older configuration
+/// before it is taken ([`Offer::Rebased`]): about 5 s, more than two of the sentinels'
+/// hello periods (2 s), in which a failover's configuration reaches every sentinel that
+/// can hear the others.
+pub const REBASE_ROUNDS: u32 = 5;
+
+/// Answers of a round older than this are not used by [`Watch::failed`].
+const FRESH: Duration = Duration::from_secs(3);
 
 impl Watch {
     /// How many times the recorded primary changed.
@@ -291,40 +366,140 @@ impl Watch {
 
     /// The recorded primary's `host:port`, if any was heard of yet.
     pub fn primary(&self) -> Option<String> {
-        lock(&self.primary).as_ref().map(|n| n.addr.clone())
+        lock(&self.state).primary.as_ref().map(|n| n.addr.clone())
     }
 
     /// The recorded primary and its epoch, if any was heard of yet.
     pub fn named(&self) -> Option<Named> {
-        lock(&self.primary).clone()
+        lock(&self.state).primary.clone()
     }
 
     /// Records what a sentinel names when it is the first heard of or its epoch is
     /// strictly higher than the recorded one ([`newer`]); the count moves when the
     /// primary changes.
     pub fn offer(&self, named: Named) -> Offer {
-        let mut p = lock(&self.primary);
-        let offer = match p.as_ref() {
+        let mut st = lock(&self.state);
+        self.offer_locked(&mut st, named)
+    }
+
+    fn offer_locked(&self, st: &mut State, named: Named) -> Offer {
+        let offer = match st.primary.as_ref() {
             None => Offer::First,
             Some(r) if !newer(r.epoch, named.epoch) => return Offer::Stale,
             Some(r) if r.addr == named.addr => Offer::Newer,
             Some(r) => Offer::Moved(r.addr.clone()),
         };
-        *p = Some(named);
-        if offer != Offer::Newer {
-            self.changes.fetch_add(1, Ordering::Release);
-        }
+        self.set(st, named);
         offer
     }
+
+    /// Records `named`, moving the count when the address changes.
+    fn set(&self, st: &mut State, named: Named) {
+        let moved = st.primary.as_ref().is_none_or(|r| r.addr != named.addr);
+        st.primary = Some(named);
+        st.behind = None;
+        if moved {
+            self.changes.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// What one round of asking the sentinels heard (`answers`, one per sentinel that
+    /// answered; `configured`: how many sentinels there are). Only the highest epoch of
+    /// the round is offered ([`Watch::offer`]). When that moves nothing, and a majority of
+    /// the configured sentinels name one configuration that is not the recorded one, at
+    /// an epoch no higher, with no sentinel naming a newer one or another primary at that
+    /// epoch, for [`REBASE_ROUNDS`] rounds in a row, it is recorded
+    /// ([`Offer::Rebased`]): the sentinels started their epochs again (set up afresh, or
+    /// told to monitor another server under the name). A single sentinel, or any
+    /// minority, never does that.
+    pub fn heard(&self, answers: Vec<Named>, configured: usize) -> Offer {
+        let mut st = lock(&self.state);
+        st.configured = configured;
+        let Some(top) = highest(&answers).cloned() else {
+            st.behind = None;
+            return Offer::Nothing;
+        };
+        let offer = self.offer_locked(&mut st, top.clone());
+        let behind = match (&offer, st.primary.clone(), majority(&answers, configured)) {
+            (Offer::Stale, Some(recorded), Some(m))
+                if *m != recorded
+                    && m.epoch <= recorded.epoch
+                    && answers.iter().all(|a| a == m || a.epoch < m.epoch) =>
+            {
+                Some(m.clone())
+            }
+            _ => None,
+        };
+        st.last = Some((Instant::now(), answers));
+        let Some(m) = behind else {
+            st.behind = None;
+            return offer;
+        };
+        let rounds = match st.behind.take() {
+            Some((b, n)) if b == m => n + 1,
+            _ => 1,
+        };
+        if rounds < REBASE_ROUNDS {
+            st.behind = Some((m, rounds));
+            return offer;
+        }
+        let before = st.primary.clone().unwrap_or_else(|| m.clone());
+        self.set(&mut st, m);
+        Offer::Rebased(before)
+    }
+
+    /// A connection could not use the recorded primary `failed`, chosen over `instead_of`
+    /// (what its sentinel named at a lower epoch). Unless a sentinel of the last round
+    /// (within [`FRESH`]; else `instead_of` alone) still names `failed` at the recorded
+    /// epoch or a higher one, the sentinels' answer is recorded ([`instead`]): returns what
+    /// was recorded before and now.
+    pub fn failed(&self, failed: &str, instead_of: &Named) -> Option<(Named, Named)> {
+        let mut st = lock(&self.state);
+        let recorded = st.primary.clone().filter(|r| r.addr == failed)?;
+        let answers = match &st.last {
+            Some((at, a)) if at.elapsed() < FRESH && !a.is_empty() => a.clone(),
+            _ => vec![instead_of.clone()],
+        };
+        let now = instead(&recorded, &answers, st.configured.max(answers.len()))?;
+        self.set(&mut st, now.clone());
+        Some((recorded, now))
+    }
+}
+
+/// The highest epoch among `answers`; at one epoch, the address most of them name (the
+/// first of those named as often).
+fn highest(answers: &[Named]) -> Option<&Named> {
+    let top = answers.iter().map(|a| a.epoch).max()?;
+    let at_top = || answers.iter().filter(move |a| a.epoch == top);
+    let votes = |n: &Named| answers.iter().filter(|a| *a == n).count();
+    let most = at_top().map(votes).max()?;
+    at_top().find(|a| votes(a) == most)
+}
+
+/// What more than half of `configured` sentinels name alike, if anything.
+fn majority(answers: &[Named], configured: usize) -> Option<&Named> {
+    answers.iter().find(|n| answers.iter().filter(|a| a == n).count() * 2 > configured)
+}
+
+/// What to record instead of `recorded`, which a connection could not use, from the
+/// sentinels' `answers`: nothing while any still names it at its epoch or a higher one;
+/// else what a majority of them names, or the highest epoch naming another server.
+fn instead(recorded: &Named, answers: &[Named], configured: usize) -> Option<Named> {
+    if answers.iter().any(|a| a.addr == recorded.addr && a.epoch >= recorded.epoch) {
+        return None;
+    }
+    let others: Vec<Named> = answers.iter().filter(|a| a.addr != recorded.addr).cloned().collect();
+    majority(&others, configured).or_else(|| highest(&others)).cloned()
 }
 
 /// Whether a sentinel's answer at `offered` may replace the primary recorded at
 /// `recorded`: only for a strictly higher epoch. A sentinel that has not heard of the
 /// last failover yet (the news takes about two seconds to spread), or one cut off in a
 /// minority, names the old primary at the old epoch; taking its answer would move every
-/// connection back there. Two answers at one epoch name the same primary, except after
-/// the sentinels were told to monitor another server under the name (`SENTINEL REMOVE`
-/// and `MONITOR` start again at 0): that change is followed on errors.
+/// connection back there. Sentinels whose epochs started again (set up afresh, or told to
+/// monitor another server under the name with `SENTINEL REMOVE` and `MONITOR`) are
+/// followed otherwise: by a majority of them ([`Watch::heard`]), or at once when the
+/// recorded primary cannot be used ([`Watch::failed`]).
 pub fn newer(recorded: u64, offered: u64) -> bool {
     offered > recorded
 }
@@ -333,12 +508,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The watches of the process, one per set of sentinels, each with its thread.
+/// The watches of the process, one per set of sentinels, each with its threads.
 static WATCHES: Mutex<Vec<(Sentinels, Weak<Watch>)>> = Mutex::new(Vec::new());
 
-/// The process's [`Watch`] of `sentinels`, with the thread that follows them (subscribed
-/// to `+switch-master`, asking each for the primary and its epoch) started on first use
-/// (`timeout`: to connect to a sentinel). The thread ends once no connection holds the
+/// The process's [`Watch`] of `sentinels`, with the threads that follow them started on
+/// first use (`timeout`: to connect to a sentinel): one holds a subscription to
+/// `+switch-master`, the other asks each sentinel for the primary and its epoch, every
+/// second and at once when the first says so. They end once no connection holds the
 /// watch any more.
 pub fn watch(sentinels: &Sentinels, timeout: Duration) -> Arc<Watch> {
     let mut all = lock(&WATCHES);
@@ -347,12 +523,21 @@ pub fn watch(sentinels: &Sentinels, timeout: Duration) -> Arc<Watch> {
         return w;
     }
     let w = Arc::new(Watch::default());
+    let timeout = timeout.max(Duration::from_millis(100));
+    // A round at once when asked (coalesced: one pending is enough).
+    let (poke, poked) = mpsc::sync_channel::<()>(1);
     let (s, weak) = (sentinels.clone(), Arc::downgrade(&w));
-    let started = std::thread::Builder::new()
-        .name("croupier-sentinel".into())
-        .spawn(move || follow(&s, &weak, timeout.max(Duration::from_millis(100))));
+    let asking = std::thread::Builder::new()
+        .name("croupier-sentinel-ask".into())
+        .spawn(move || ask_every_second(&s, &weak, timeout, &poked));
+    if let Err(e) = asking {
+        tracing::warn!(error = %e, "cannot ask the sentinels for the primary's epoch: a failover is followed on errors only");
+    }
+    let (s, weak) = (sentinels.clone(), Arc::downgrade(&w));
+    let started =
+        std::thread::Builder::new().name("croupier-sentinel".into()).spawn(move || follow(&s, &weak, timeout, &poke));
     if let Err(e) = started {
-        tracing::warn!(error = %e, "cannot subscribe to +switch-master: a failover is followed on errors only");
+        tracing::warn!(error = %e, "cannot subscribe to +switch-master: a failover is followed as the sentinels answer");
     }
     all.push((sentinels.clone(), Arc::downgrade(&w)));
     w
@@ -367,11 +552,12 @@ enum End {
 }
 
 /// Holds a subscription to `+switch-master` on one sentinel after another, until the
-/// watch is dropped, and asks every sentinel for the primary every [`ASK_EVERY`]
-/// meanwhile. A lost subscription is made again on the next sentinel after a pause
-/// (50 ms doubling to 1 s; afresh after one that held 10 s).
-fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
-    let mut askers = Askers::new(sentinels, timeout);
+/// watch is dropped, and has the sentinels asked at once (`poke`) when one is made and
+/// on every announcement. A lost subscription is made again on the next sentinel after a
+/// pause (50 ms doubling to 1 s; afresh after one that held 10 s). Nothing else runs on
+/// this thread: a sentinel that holds a connect or `AUTH` here only delays the
+/// subscription, never the asking.
+fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration, poke: &SyncSender<()>) {
     let mut backoff = MIN_BACKOFF;
     let mut next = 0usize;
     // Subscriptions lost in a row without one holding `HELD`, and whether that was said.
@@ -379,7 +565,7 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
     loop {
         let Some(addr) = sentinels.addrs.get(next % sentinels.addrs.len().max(1)) else { return };
         let started = Instant::now();
-        match listen(addr, &sentinels.master_name, sentinels.auth.as_ref(), watch, timeout, &mut askers) {
+        match listen(addr, &sentinels.master_name, sentinels.auth.as_ref(), watch, timeout, poke) {
             End::Gone => return,
             End::Lost(why) => {
                 tracing::debug!(sentinel = %addr, reason = %why, "+switch-master subscription lost");
@@ -401,18 +587,14 @@ fn follow(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration) {
             warned = false;
         }
         next = next.wrapping_add(1);
-        // The sentinels are still asked during the pause.
         let until = Instant::now() + backoff;
         while Instant::now() < until {
-            if !askers.tick(watch) {
+            if watch.strong_count() == 0 {
                 return;
             }
             std::thread::sleep(until.saturating_duration_since(Instant::now()).min(TICK));
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if watch.strong_count() == 0 {
-            return;
-        }
     }
 }
 
@@ -431,17 +613,16 @@ fn connect(addr: &str, timeout: Duration) -> std::io::Result<std::net::TcpStream
     Ok(stream)
 }
 
-/// One subscription: asks the sentinel for the primary and its epoch (recorded when it is
-/// the first or its epoch is higher: a failover missed while the previous subscription
-/// did not hear it is followed at once), subscribes, and on every `+switch-master` about
-/// our primary asks the sentinels at once, until the connection fails or goes silent.
+/// One subscription: subscribes, has the sentinels asked at once (a failover missed while
+/// the previous subscription did not hear it is followed then), and again on every
+/// `+switch-master` about our primary, until the connection fails or goes silent.
 fn listen(
     addr: &str,
     name: &str,
     credentials: Option<&Credentials>,
     watch: &Weak<Watch>,
     timeout: Duration,
-    askers: &mut Askers,
+    poke: &SyncSender<()>,
 ) -> End {
     let lost = |what: &str, e: &dyn std::fmt::Display| End::Lost(format!("{what}: {e}"));
     let mut stream = match connect(addr, timeout) {
@@ -454,40 +635,26 @@ fn listen(
     if let Err(e) = auth::authenticate_blocking(&mut stream, credentials, Role::Sentinel, addr, timeout) {
         return lost("AUTH", &e);
     }
-    let mut out = Vec::with_capacity(192);
-    question(&mut out, name);
+    let mut out = Vec::with_capacity(64);
     resp::command(&mut out, &[b"SUBSCRIBE", SWITCH_MASTER.as_bytes()]);
     if let Err(e) = stream.write_all(&out) {
         return lost("write", &e);
     }
     let mut sub = Subscription { stream, buf: Vec::with_capacity(1024), heard: Instant::now(), pinged: Instant::now() };
-    let master = match sub.next(watch, askers) {
-        Ok(f) => f,
-        Err(end) => return end,
-    };
-    match sub.next(watch, askers) {
-        Ok(f) => match named(&master, &f) {
-            Some(n) => {
-                if !record(watch, n, addr) {
-                    return End::Gone;
-                }
-            }
-            None => tracing::debug!(sentinel = %addr, "the sentinel does not name the primary with its epoch"),
-        },
-        Err(end) => return end,
-    }
     // The subscription's confirmation (a sentinel that refuses it, say for want of
     // `AUTH`, is left for the next), then the messages.
-    match sub.next(watch, askers) {
+    match sub.next(watch) {
         Ok(Frame::Error(e)) => {
             auth::note(Role::Sentinel, addr, "SUBSCRIBE", &e);
             return End::Lost(format!("SUBSCRIBE refused: {e}"));
         }
-        Ok(_) => {}
+        Ok(_) => {
+            let _ = poke.try_send(());
+        }
         Err(end) => return end,
     }
     loop {
-        let frame = match sub.next(watch, askers) {
+        let frame = match sub.next(watch) {
             Ok(f) => f,
             Err(end) => return end,
         };
@@ -497,9 +664,7 @@ fn listen(
                 // one that announced answers with the new one).
                 Some(primary) => {
                     tracing::debug!(sentinel = %addr, %primary, "+switch-master: asking the sentinels for its epoch");
-                    if !askers.round(watch) {
-                        return End::Gone;
-                    }
+                    let _ = poke.try_send(());
                 }
                 None => tracing::debug!(
                     sentinel = %addr,
@@ -511,33 +676,76 @@ fn listen(
     }
 }
 
-/// Offers what `sentinel` names to the watch (`false`: the watch is gone).
-fn record(watch: &Weak<Watch>, named: Named, sentinel: &str) -> bool {
+/// Gives one round's answers to the watch and logs what it did (`false`: the watch is
+/// gone).
+fn record(watch: &Weak<Watch>, answers: Vec<Named>, configured: usize) -> bool {
     let Some(w) = watch.upgrade() else { return false };
-    let (primary, epoch) = (named.addr.clone(), named.epoch);
-    match w.offer(named) {
+    let heard: Vec<String> = answers.iter().map(|n| format!("{}@{}", n.addr, n.epoch)).collect();
+    let offer = w.heard(answers, configured);
+    let Some(now) = w.named() else { return true };
+    let (primary, epoch) = (now.addr, now.epoch);
+    match offer {
         Offer::Moved(old) => {
-            tracing::info!(sentinel, %old, new = %primary, epoch, "the sentinels name a new Redis primary");
+            tracing::info!(%old, new = %primary, epoch, "the sentinels name a new Redis primary");
         }
-        Offer::First => tracing::debug!(sentinel, %primary, epoch, "Redis primary as the sentinels name it"),
-        Offer::Newer => tracing::debug!(sentinel, %primary, epoch, "the sentinels' epoch for the Redis primary"),
+        Offer::Rebased(before) => tracing::warn!(
+            recorded = %before.addr,
+            recorded_epoch = before.epoch,
+            primary = %primary,
+            epoch,
+            rounds = REBASE_ROUNDS,
+            "most sentinels name the Redis primary at an older configuration epoch than the recorded one, \
+             round after round (their epochs started again): following them"
+        ),
+        Offer::First => tracing::debug!(%primary, epoch, "Redis primary as the sentinels name it"),
+        Offer::Newer => tracing::debug!(%primary, epoch, "the sentinels' epoch for the Redis primary"),
         Offer::Stale => {
-            if w.primary().as_deref() != Some(primary.as_str()) {
+            if heard.iter().any(|h| !h.starts_with(&format!("{primary}@"))) {
                 tracing::debug!(
-                    sentinel,
-                    named = %primary,
+                    answers = ?heard,
+                    recorded = %primary,
                     epoch,
                     "a sentinel names another primary at an epoch no higher than the recorded one: ignored"
                 );
             }
         }
+        Offer::Nothing => {}
     }
     true
 }
 
+/// Asks every sentinel for the primary and its epoch ([`question`]), each on a connection
+/// of its own kept open: a round every [`ASK_EVERY`], and one at once when `poked` (a
+/// subscription made, a `+switch-master`), until the watch is dropped.
+fn ask_every_second(sentinels: &Sentinels, watch: &Weak<Watch>, timeout: Duration, poked: &Receiver<()>) {
+    let mut askers = Askers::new(sentinels, timeout);
+    let mut subscribed = true;
+    loop {
+        if !askers.round(watch) {
+            return;
+        }
+        let due = Instant::now() + ASK_EVERY;
+        loop {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if subscribed {
+                match poked.recv_timeout(left) {
+                    Ok(()) => break,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    // The subscribing thread is gone (or never started): every second only.
+                    Err(RecvTimeoutError::Disconnected) => subscribed = false,
+                }
+            } else {
+                std::thread::sleep(left);
+            }
+        }
+    }
+}
+
 /// The sentinels, each asked for the primary and its epoch ([`question`]) on a connection
-/// of its own, kept open, by the thread that holds the subscription: a round every
-/// [`ASK_EVERY`], and one at once after a `+switch-master`.
+/// of its own, kept open, by the thread that asks them.
 struct Askers {
     peers: Vec<Peer>,
     question: Vec<u8>,
@@ -545,8 +753,6 @@ struct Askers {
     credentials: Option<Credentials>,
     /// To connect to a sentinel.
     timeout: Duration,
-    /// When the next round is due.
-    due: Instant,
 }
 
 /// One sentinel as [`Askers`] asks it.
@@ -554,6 +760,10 @@ struct Peer {
     addr: String,
     /// Non-blocking, once connected.
     stream: Option<std::net::TcpStream>,
+    /// A connection being made (connect, `AUTH`) on a thread of its own, so that a
+    /// sentinel that holds it (its packets dropped, or frozen with a password to check)
+    /// delays no other sentinel's answer.
+    connecting: Option<Receiver<Result<std::net::TcpStream, String>>>,
     buf: Vec<u8>,
     /// When the question still unanswered was sent, and the first of its two answers if
     /// it came.
@@ -573,6 +783,7 @@ impl Askers {
             .map(|addr| Peer {
                 addr: addr.clone(),
                 stream: None,
+                connecting: None,
                 buf: Vec::new(),
                 owed: None,
                 retry_at: now,
@@ -581,37 +792,31 @@ impl Askers {
             .collect();
         let mut q = Vec::with_capacity(128);
         question(&mut q, &sentinels.master_name);
-        Askers { peers, question: q, credentials: sentinels.auth.clone(), timeout, due: now }
+        Askers { peers, question: q, credentials: sentinels.auth.clone(), timeout }
     }
 
-    /// A round when one is due (`false`: the watch is gone).
-    fn tick(&mut self, watch: &Weak<Watch>) -> bool {
-        if Instant::now() < self.due {
-            return watch.strong_count() > 0;
-        }
-        self.round(watch)
-    }
-
-    /// Asks every sentinel (one that still owes an answer is not asked again) and records
-    /// the answers that come within [`ASK_WAIT`] (`false`: the watch is gone).
+    /// Asks every sentinel (one that still owes an answer is not asked again; one being
+    /// connected to is asked once connected) and gives the watch the answers that come
+    /// within [`ASK_WAIT`] (`false`: the watch is gone).
     fn round(&mut self, watch: &Weak<Watch>) -> bool {
-        self.due = Instant::now() + ASK_EVERY;
         for peer in &mut self.peers {
             peer.ask(&self.question, self.credentials.as_ref(), self.timeout);
         }
         let deadline = Instant::now() + ASK_WAIT;
+        let mut answers = Vec::with_capacity(self.peers.len());
         loop {
-            let mut owing = false;
+            let mut waiting = false;
             for peer in &mut self.peers {
-                if let Some(named) = peer.answer() {
-                    if !record(watch, named, &peer.addr) {
-                        return false;
-                    }
+                if peer.connected() {
+                    peer.ask(&self.question, self.credentials.as_ref(), self.timeout);
                 }
-                owing |= peer.owed.is_some();
+                if let Some(named) = peer.answer() {
+                    answers.push(named);
+                }
+                waiting |= peer.owed.is_some() || peer.connecting.is_some();
             }
-            if !owing || Instant::now() >= deadline {
-                return watch.strong_count() > 0;
+            if !waiting || Instant::now() >= deadline {
+                return record(watch, answers, self.peers.len());
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -619,9 +824,34 @@ impl Askers {
 }
 
 impl Peer {
-    /// Sends the question unless an answer is still owed; connects first if need be. A
-    /// sentinel that owes one for [`SILENT_LIMIT`] (frozen, or gone without a word) is
-    /// given up and connected to again.
+    /// Whether a connection being made is ready now (`true`: it is, and no question was
+    /// sent on it yet). A failed one is tried again after the pause.
+    fn connected(&mut self) -> bool {
+        let Some(rx) = &self.connecting else { return false };
+        let made = match rx.try_recv() {
+            Err(TryRecvError::Empty) => return false,
+            Ok(made) => made,
+            Err(TryRecvError::Disconnected) => Err("the connecting thread ended".to_string()),
+        };
+        self.connecting = None;
+        match made {
+            Ok(s) => {
+                self.stream = Some(s);
+                self.retry = ASK_EVERY;
+                true
+            }
+            Err(e) => {
+                tracing::debug!(sentinel = %self.addr, error = %e, "cannot connect to ask the sentinel");
+                self.retry_at = Instant::now() + self.retry;
+                self.retry = (self.retry * 2).min(MAX_ASK_BACKOFF);
+                false
+            }
+        }
+    }
+
+    /// Sends the question unless an answer is still owed; starts connecting first if need
+    /// be (asked once connected). A sentinel that owes one for [`SILENT_LIMIT`] (frozen, or
+    /// gone without a word) is given up and connected to again.
     fn ask(&mut self, question: &[u8], credentials: Option<&Credentials>, timeout: Duration) {
         if let Some((asked, _)) = &self.owed {
             if asked.elapsed() < SILENT_LIMIT {
@@ -630,30 +860,10 @@ impl Peer {
             self.close("no answer");
         }
         if self.stream.is_none() {
-            if Instant::now() < self.retry_at {
-                return;
+            if self.connecting.is_none() && Instant::now() >= self.retry_at {
+                self.start_connecting(credentials, timeout);
             }
-            let connected = connect(&self.addr, timeout).map_err(|e| e.to_string()).and_then(|mut s| {
-                // `AUTH` blocking (its reads time out every tick), then non-blocking.
-                s.set_read_timeout(Some(TICK))
-                    .and_then(|()| s.set_write_timeout(Some(timeout)))
-                    .map_err(|e| e.to_string())?;
-                auth::authenticate_blocking(&mut s, credentials, Role::Sentinel, &self.addr, timeout)?;
-                s.set_nonblocking(true).map_err(|e| e.to_string())?;
-                Ok(s)
-            });
-            match connected {
-                Ok(s) => {
-                    self.stream = Some(s);
-                    self.retry = ASK_EVERY;
-                }
-                Err(e) => {
-                    tracing::debug!(sentinel = %self.addr, error = %e, "cannot connect to ask the sentinel");
-                    self.retry_at = Instant::now() + self.retry;
-                    self.retry = (self.retry * 2).min(MAX_ASK_BACKOFF);
-                    return;
-                }
-            }
+            return;
         }
         let Some(stream) = self.stream.as_mut() else { return };
         // A few dozen bytes on a connection with nothing else unsent: written whole.
@@ -661,6 +871,33 @@ impl Peer {
             Ok(n) if n == question.len() => self.owed = Some((Instant::now(), None)),
             Ok(_) => self.close("write: partial"),
             Err(e) => self.close(&format!("write: {e}")),
+        }
+    }
+
+    /// Connects and authenticates on a thread of its own (ended within about twice
+    /// `timeout`), the result read by [`Peer::connected`].
+    fn start_connecting(&mut self, credentials: Option<&Credentials>, timeout: Duration) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (addr, credentials) = (self.addr.clone(), credentials.cloned());
+        let spawned = std::thread::Builder::new().name("croupier-sentinel-connect".into()).spawn(move || {
+            let made = connect(&addr, timeout).map_err(|e| e.to_string()).and_then(|mut s| {
+                // `AUTH` blocking (its reads time out every tick), then non-blocking.
+                s.set_read_timeout(Some(TICK))
+                    .and_then(|()| s.set_write_timeout(Some(timeout)))
+                    .map_err(|e| e.to_string())?;
+                auth::authenticate_blocking(&mut s, credentials.as_ref(), Role::Sentinel, &addr, timeout)?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(s)
+            });
+            let _ = tx.send(made);
+        });
+        match spawned {
+            Ok(_) => self.connecting = Some(rx),
+            Err(e) => {
+                tracing::debug!(sentinel = %self.addr, error = %e, "cannot start connecting to the sentinel");
+                self.retry_at = Instant::now() + self.retry;
+                self.retry = (self.retry * 2).min(MAX_ASK_BACKOFF);
+            }
         }
     }
 
@@ -722,7 +959,7 @@ impl Peer {
     }
 }
 
-/// A sentinel connection in subscribed mode (blocking, on the watch's thread).
+/// A sentinel connection in subscribed mode (blocking, on the subscribing thread).
 struct Subscription {
     stream: std::net::TcpStream,
     buf: Vec<u8>,
@@ -734,8 +971,8 @@ struct Subscription {
 
 impl Subscription {
     /// The next frame; a quiet sentinel is pinged every [`PING_EVERY`] and given up after
-    /// [`SILENT_LIMIT`] without a byte. The sentinels are asked meanwhile when due.
-    fn next(&mut self, watch: &Weak<Watch>, askers: &mut Askers) -> Result<Frame, End> {
+    /// [`SILENT_LIMIT`] without a byte.
+    fn next(&mut self, watch: &Weak<Watch>) -> Result<Frame, End> {
         let mut chunk = [0u8; 4096];
         loop {
             match resp::decode_reply(&self.buf) {
@@ -752,12 +989,13 @@ impl Subscription {
                 Ok(n) => {
                     self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                     self.heard = Instant::now();
+                    continue;
                 }
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(End::Lost(format!("read: {e}"))),
             }
-            if !askers.tick(watch) {
+            if watch.strong_count() == 0 {
                 return Err(End::Gone);
             }
             if self.heard.elapsed() >= SILENT_LIMIT {
@@ -875,6 +1113,106 @@ mod tests {
         // No epoch said, or none recorded: the sentinel's answer, as before.
         assert_eq!(to_connect("old:1".into(), None, rec), "old:1");
         assert_eq!(to_connect("old:1".into(), Some(0), None), "old:1");
+    }
+
+    #[test]
+    fn a_round_offers_only_its_highest_epoch() {
+        let w = Watch::default();
+        // A stale sentinel answering before a fresh one at start: only the newer is taken.
+        assert_eq!(w.heard(vec![n("a:1", 4), n("b:2", 5)], 3), Offer::First);
+        assert_eq!((w.changes(), w.named()), (1, Some(n("b:2", 5))));
+        assert_eq!(w.heard(vec![n("a:1", 4), n("c:3", 6), n("c:3", 6)], 3), Offer::Moved("b:2".into()));
+        assert_eq!(w.heard(vec![], 3), Offer::Nothing);
+        assert_eq!((w.changes(), w.named()), (2, Some(n("c:3", 6))));
+    }
+
+    #[test]
+    fn a_majority_at_an_older_epoch_is_taken_after_rounds_in_a_row() {
+        let w = Watch::default();
+        assert_eq!(w.heard(vec![n("r:1", 3)], 3), Offer::First);
+        // Every sentinel set up afresh names another server at epoch 0.
+        for _ in 1..REBASE_ROUNDS {
+            assert_eq!(w.heard(vec![n("s:2", 0), n("s:2", 0), n("s:2", 0)], 3), Offer::Stale);
+        }
+        assert_eq!(w.named(), Some(n("r:1", 3)));
+        assert_eq!(w.heard(vec![n("s:2", 0), n("s:2", 0)], 3), Offer::Rebased(n("r:1", 3)));
+        assert_eq!((w.changes(), w.named()), (2, Some(n("s:2", 0))));
+        // Then a failover at their epoch 1 is followed as any.
+        assert_eq!(w.heard(vec![n("t:3", 1)], 3), Offer::Moved("s:2".into()));
+    }
+
+    #[test]
+    fn the_same_primary_at_an_older_epoch_lowers_the_epoch_only() {
+        let w = Watch::default();
+        assert_eq!(w.heard(vec![n("r:1", 3)], 3), Offer::First);
+        for _ in 1..REBASE_ROUNDS {
+            assert_eq!(w.heard(vec![n("r:1", 0), n("r:1", 0)], 3), Offer::Stale);
+        }
+        assert_eq!(w.heard(vec![n("r:1", 0), n("r:1", 0)], 3), Offer::Rebased(n("r:1", 3)));
+        assert_eq!((w.changes(), w.named()), (1, Some(n("r:1", 0))));
+    }
+
+    #[test]
+    fn a_minority_or_an_interrupted_majority_never_takes_an_older_epoch() {
+        let w = Watch::default();
+        assert_eq!(w.heard(vec![n("new:2", 5)], 3), Offer::First);
+        // One stale sentinel of three, however long.
+        for _ in 0..3 * REBASE_ROUNDS {
+            assert_eq!(w.heard(vec![n("old:1", 4)], 3), Offer::Stale);
+            assert_eq!(w.heard(vec![n("old:1", 0), n("new:2", 5)], 3), Offer::Stale);
+        }
+        // Two of five.
+        for _ in 0..3 * REBASE_ROUNDS {
+            assert_eq!(w.heard(vec![n("old:1", 0), n("old:1", 0)], 5), Offer::Stale);
+        }
+        // A majority, but a sentinel still names the recorded configuration.
+        for _ in 0..3 * REBASE_ROUNDS {
+            assert_eq!(w.heard(vec![n("old:1", 4), n("old:1", 4), n("new:2", 5)], 3), Offer::Stale);
+        }
+        // A majority, interrupted before enough rounds in a row.
+        for _ in 0..3 {
+            for _ in 1..REBASE_ROUNDS {
+                assert_eq!(w.heard(vec![n("old:1", 0), n("old:1", 0)], 3), Offer::Stale);
+            }
+            assert_eq!(w.heard(vec![n("old:1", 0), n("new:2", 5)], 3), Offer::Stale);
+        }
+        assert_eq!((w.changes(), w.named()), (1, Some(n("new:2", 5))));
+    }
+
+    #[test]
+    fn a_recorded_primary_that_fails_gives_way_to_the_sentinels_answer() {
+        let w = Watch::default();
+        assert_eq!(w.heard(vec![n("r:1", 3)], 3), Offer::First);
+        // Another server's failure is not the recorded one's.
+        assert_eq!(w.failed("x:9", &n("s:2", 0)), None);
+        // The last round: every sentinel names s at epoch 0.
+        assert_eq!(w.heard(vec![n("s:2", 0), n("s:2", 0), n("s:2", 0)], 3), Offer::Stale);
+        assert_eq!(w.failed("r:1", &n("s:2", 0)), Some((n("r:1", 3), n("s:2", 0))));
+        assert_eq!((w.changes(), w.named()), (2, Some(n("s:2", 0))));
+        // Told again by another connection: already done.
+        assert_eq!(w.failed("r:1", &n("s:2", 0)), None);
+    }
+
+    #[test]
+    fn a_recorded_primary_that_fails_stays_while_a_sentinel_names_it_at_its_epoch() {
+        let w = Watch::default();
+        assert_eq!(w.heard(vec![n("r:1", 3)], 3), Offer::First);
+        // A stale sentinel first in order, the others still name r: r merely blinked.
+        assert_eq!(w.heard(vec![n("old:0", 0), n("r:1", 3), n("r:1", 3)], 3), Offer::Stale);
+        assert_eq!(w.failed("r:1", &n("old:0", 0)), None);
+        assert_eq!((w.changes(), w.named()), (1, Some(n("r:1", 3))));
+    }
+
+    #[test]
+    fn what_replaces_a_failed_recorded_primary() {
+        let r = n("r:1", 3);
+        // A majority, else the highest epoch naming another server.
+        assert_eq!(instead(&r, &[n("s:2", 0), n("s:2", 0), n("b:3", 1)], 3), Some(n("s:2", 0)));
+        assert_eq!(instead(&r, &[n("s:2", 0), n("b:3", 1)], 3), Some(n("b:3", 1)));
+        assert_eq!(instead(&r, &[n("r:1", 0), n("b:3", 1)], 3), Some(n("b:3", 1)));
+        assert_eq!(instead(&r, &[n("r:1", 3), n("b:3", 1)], 3), None);
+        assert_eq!(instead(&r, &[n("r:1", 0)], 3), None);
+        assert_eq!(instead(&r, &[], 3), None);
     }
 
     #[test]

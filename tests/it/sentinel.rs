@@ -540,7 +540,7 @@ fn sentinel_failover_after_the_sentinels_were_deployed_afresh_is_followed() {
 
 /// The sentinels require a password; one that no process subscribes to is frozen
 /// (SIGSTOP: its kernel accepts connections, `AUTH` is never answered). Asking it ties up
-/// nothing else: the subscriptions on the others hold (the same clients, 8 s later), and
+/// nothing else: the subscriptions on the others hold (the same clients, 12 s later), and
 /// a `SENTINEL FAILOVER` asked of another is followed within 4 s while the old primary is
 /// still a writable primary. Before, the thread that held the subscription also asked the
 /// sentinels, and waited there for the frozen one's `AUTH` reply for the connect timeout:
@@ -557,7 +557,11 @@ fn sentinel_a_frozen_sentinel_with_a_password_holds_up_neither_subscription_nor_
     }
     let p = through_sentinels_with(
         &sentinels,
-        |c| c.redis.sentinel_password = Some(croupier_control::config::Secret::from(PASSWORD)),
+        |c| {
+            c.redis.sentinel_password = Some(croupier_control::config::Secret::from(PASSWORD));
+            // The default, as the worker's: the longest a connect or `AUTH` may take.
+            c.redis.reply_timeout_ms = 5_000;
+        },
         &[("CROUPIER_REDIS__SENTINEL_PASSWORD", PASSWORD)],
     );
     assert_eq!(p.ingest.post("/api/ingest/events", &events(1)).status, 202);
@@ -572,9 +576,9 @@ fn sentinel_a_frozen_sentinel_with_a_password_holds_up_neither_subscription_nor_
     };
     let frozen = subscribed.iter().position(Vec::is_empty).expect("a sentinel without subscriptions");
     sentinels[frozen].freeze();
-    // Its connections go unanswered for 3 s, then are made again: connected, and `AUTH`
-    // waits for a reply for the connect timeout (5 s).
-    std::thread::sleep(Duration::from_secs(8));
+    // Its connections go unanswered for 3 s (asked within a second), then are made again:
+    // connected, and `AUTH` waits for a reply for the connect timeout (5 s).
+    std::thread::sleep(Duration::from_secs(12));
     let now: Vec<Vec<u64>> =
         sentinels.iter().enumerate().map(|(i, s)| if i == frozen { Vec::new() } else { s.subscriber_ids() }).collect();
     assert_eq!(now, subscribed, "the subscriptions were not held while a frozen sentinel was asked");

@@ -7,23 +7,27 @@
 //! `ROLE` that the server is a primary (a sentinel may still name a demoted one for a
 //! moment after a failover).
 //!
-//! A failover is followed as the sentinels announce it: one thread per process
-//! ([`watch`]) records in a [`Watch`] the primary together with the sentinels'
-//! configuration epoch for it, and moves it only for a strictly higher epoch, from any
-//! sentinel. It holds a subscription to `+switch-master` on one sentinel (the next one,
-//! with back-off, when it is lost), and asks every sentinel for the primary and its epoch
-//! (`SENTINEL MASTER`, `SENTINEL get-master-addr-by-name`) when it subscribes, at once
-//! after a message, and every second: a failover the subscribed sentinel did not announce
-//! (frozen, or cut off from the others) is followed as soon as another names the new
-//! primary, and one that has not heard of a failover (a lower or equal epoch) never moves
-//! the connections back. Every connection of the process reads the watch's change count
-//! (one atomic load) before each round it sends, and when the primary moved it refuses
-//! that round and what is queued (503, the clients retry: nothing taken for the old
-//! primary goes to the new one) and connects to the new primary. A connection that gets
-//! a `READONLY` error (its server was demoted while it stayed connected) or a
-//! `NOREPLICAS` one (an old primary cut off from its replicas, still a primary) is closed
-//! and made again, asking the sentinels again: that still follows a failover the watch
-//! did not see (docs/redis-topologies.md).
+//! A failover is followed as the sentinels announce it: two threads per process
+//! ([`watch`]) record in a [`Watch`] the primary together with the sentinels'
+//! configuration epoch for it, moved only for a strictly higher epoch, from any sentinel
+//! (the highest of each round). One holds a subscription to `+switch-master` on one
+//! sentinel (the next one, with back-off, when it is lost); the other asks every sentinel
+//! for the primary and its epoch (`SENTINEL MASTER`, `SENTINEL get-master-addr-by-name`)
+//! when a subscription is made, at once after a message, and every second, each
+//! connection made on a thread of its own so that no sentinel holds up another: a failover
+//! the subscribed sentinel did not announce (frozen, or cut off from the others) is
+//! followed as soon as another names the new primary, and one that has not heard of a
+//! failover (a lower or equal epoch) never moves the connections back. Sentinels whose
+//! epochs started again (deployed afresh) are followed when a majority of them names an
+//! older configuration for [`REBASE_ROUNDS`] rounds in a row, or at once when the
+//! recorded primary cannot be used ([`recorded_failed`]). Every connection of the process
+//! reads the watch's change count (one atomic load) before each round it sends, and when
+//! the primary moved it refuses that round and what is queued (503, the clients retry:
+//! nothing taken for the old primary goes to the new one) and connects to the new
+//! primary. A connection that gets a `READONLY` error (its server was demoted while it
+//! stayed connected) or a `NOREPLICAS` one (an old primary cut off from its replicas,
+//! still a primary) is closed and made again, asking the sentinels again: that still
+//! follows a failover the watch did not see (docs/redis-topologies.md).
 
 use std::io::{Read, Write};
 use std::net::ToSocketAddrs;

@@ -32,7 +32,10 @@
 //! looks whether the sentinels named another primary at a higher configuration epoch
 //! (one atomic load of the process's [`sentinel::Watch`]); if so it refuses that round
 //! and what is queued (as a reconnect does: a request's commands never span two
-//! primaries) and connects there.
+//! primaries) and connects there. A connection that went to the recorded primary rather
+//! than the server its sentinel named at a lower epoch, and cannot use it (unreachable,
+//! not a primary, refusing writes), tells the watch ([`sentinel::recorded_failed`]): the
+//! sentinels' epochs may have started again.
 //!
 //! Before the reply timeout gives a connection up, a reply owed for a quarter of it
 //! already makes `/readyz` fail ([`super::overdue`]).

@@ -5,10 +5,11 @@
 //! reported with its reason and contributes no rows. Rows are grouped by partition (month
 //! of their time) into blocks of at most a set number of partitions
 //! ([`crate::clickhouse::partitions`]), and a block streams to ClickHouse once it holds
-//! [`BLOCK_ROWS`] rows, its rows in the table's sort-key order. On a cluster (`clickhouse.shards`) every row goes to the shard
-//! [`cluster::shard_of`] names for its dedup key (event id, order id), into that shard's
-//! `_local` table; a batch's rows for a shard keep their batch order, so the same entries
-//! always make the same blocks (replicated block deduplication drops a retried one).
+//! [`BLOCK_ROWS`] rows, its rows in the table's sort-key order. On a cluster
+//! (`clickhouse.shards`) every row goes to the shard [`cluster::shard_of`] names for its
+//! dedup key (event id, order id), into that shard's `_local` table; the same entries
+//! always make the same blocks, in the same order (replicated block deduplication drops a
+//! retried one).
 
 use croupier_control::metrics::DeadReason;
 use std::rc::Rc;
@@ -31,11 +32,12 @@ use crate::clickhouse::rows::{
 };
 
 /// Rows per block sent to ClickHouse: above the default `worker.batch_rows` (200,000), so
-/// that a batch's rows of one partition make one block, sent in the table's sort-key order
-/// (ClickHouse then writes the part without sorting it, `croupier_protocol::clickhouse::order`).
-/// Smaller blocks would not spare the server anything: it joins an insert's blocks into one
-/// before writing (up to `min_insert_block_size_rows`, 1,048,576), and blocks each in order
-/// but not between them it sorts again. What a block holds is bounded by `batch_bytes`.
+/// that a batch's rows of one partition make one block, sent in the table's sort-key
+/// order (ClickHouse then writes the part without sorting it,
+/// `croupier_protocol::clickhouse::order`). Smaller blocks would not spare the server
+/// anything: it joins an insert's blocks into one before writing (up to
+/// `min_insert_block_size_rows`, 1,048,576), and blocks each in order but not between them
+/// it sorts again. What a block holds in memory: docs/worker.md ("At most two batches").
 pub const BLOCK_ROWS: usize = 262_144;
 
 /// Merges into Redis one insert may wait for to make room for its players' sketches

@@ -158,10 +158,10 @@ impl ColumnData {
             ColumnData::LowCardinality(lc) => lc.indexes.len() == rows,
             ColumnData::Nullable { nulls, inner } => nulls.len() == rows && inner.holds(rows),
             ColumnData::Array { offsets, inner } => {
-                offsets.len() == rows
-                    && offsets.windows(2).all(|w| w[0] <= w[1])
-                    && offsets.last().and_then(|&n| usize::try_from(n).ok()).is_some_and(|n| inner.holds(n))
-                    || rows == 0
+                rows == 0
+                    || (offsets.len() == rows
+                        && offsets.windows(2).all(|w| w[0] <= w[1])
+                        && offsets.last().and_then(|&n| u32::try_from(n).ok()).is_some_and(|n| inner.holds(n as usize)))
             }
         }
     }
@@ -270,6 +270,7 @@ pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column]
     let mut starts: Vec<Option<Vec<u32>>> = Vec::new();
     let order = order.filter(|o| {
         o.len() == rows
+            && is_permutation(o)
             && columns.iter().all(|c| match &c.data {
                 ColumnData::String(b) => {
                     starts.push(string_starts(b, rows));
@@ -302,6 +303,13 @@ pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column]
             (data, order, _) => data.write_data(out, order),
         }
     }
+}
+
+/// Whether `order` holds each of `0..order.len()` once: anything else would drop a row and
+/// repeat another.
+fn is_permutation(order: &[u32]) -> bool {
+    let mut seen = vec![false; order.len()];
+    order.iter().all(|&i| seen.get_mut(i as usize).is_some_and(|s| !std::mem::replace(s, true)))
 }
 
 /// Writes a `String` column's values (`bytes`, each value starting at `starts[i]`, the
@@ -479,6 +487,11 @@ mod tests {
         let mut short = Vec::new();
         write_block_in_order(&mut short, 54412, &pushed(&rows), 4, Some(&order[..3]));
         assert_eq!(short, as_pushed);
+        for not_a_permutation in [[2u32, 0, 2, 1], [0, 1, 2, 4]] {
+            let mut out = Vec::new();
+            write_block_in_order(&mut out, 54412, &pushed(&rows), 4, Some(&not_a_permutation));
+            assert_eq!(out, as_pushed, "{not_a_permutation:?}");
+        }
         let mut broken = pushed(&rows);
         broken[1].data = ColumnData::String(vec![9, b'x']);
         let (mut a, mut b) = (Vec::new(), Vec::new());

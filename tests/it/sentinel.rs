@@ -591,3 +591,30 @@ fn sentinel_a_frozen_sentinel_with_a_password_holds_up_neither_subscription_nor_
     sentinels[frozen].thaw();
     eprintln!("followed {took:?} after the failover was asked for, one sentinel frozen");
 }
+
+/// Every sentinel is down (killed) while the primary stays healthy, and the primary drops
+/// every client connection (`CLIENT KILL TYPE normal`): the connections made again go to
+/// the primary the watch recorded, since no sentinel answers, and ingest is back on it
+/// within 5 s. Before, a connection made again needed a sentinel's answer: every request
+/// was refused until the sentinels came back.
+#[test]
+fn sentinel_all_sentinels_down_connections_made_again_go_to_the_recorded_primary() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let mut sentinels: Vec<SentinelServer> = (0..3).map(|_| SentinelServer::start(&primary)).collect();
+    for s in &sentinels {
+        s.wait_for_peers(1, 2);
+    }
+    let p = through_sentinels(&sentinels, |_| {});
+    assert_eq!(p.ingest.post("/api/ingest/events", &events(1)).status, 202);
+    // Asked every second: the primary is recorded.
+    std::thread::sleep(Duration::from_millis(1_500));
+    for s in &mut sentinels {
+        s.kill();
+    }
+    primary.client().cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let killed = Instant::now();
+    let took = ten_in_a_row_on(&p, None, &primary, killed, Duration::from_secs(5));
+    drop(replica);
+    eprintln!("10 requests in a row on the recorded primary {took:?} after every sentinel was down");
+}

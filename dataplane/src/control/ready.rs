@@ -88,10 +88,17 @@ impl Probes {
         options.reply_timeout = options.reply_timeout.min(timeout);
         Probes {
             redis: RedisClient::start(options),
-            redis_addr: if config.redis.cluster.is_empty() {
-                config.redis.addr.clone()
-            } else {
+            redis_addr: if !config.redis.cluster.is_empty() {
                 format!("the cluster of {}", config.redis.cluster.join(", "))
+            } else if !config.redis.sentinels.is_empty() {
+                // `redis.addr` is not used: the primary is the one the sentinels name.
+                format!(
+                    "the primary \"{}\" of sentinels {}",
+                    config.redis.master_name,
+                    config.redis.sentinels.join(", ")
+                )
+            } else {
+                config.redis.addr.clone()
             },
             limits,
             partitions: Partitions::new(config.streams.partitions),

@@ -83,7 +83,8 @@ pub struct Sentinels {
 
 impl Sentinels {
     /// Where to connect: the primary's `host:port` as the first sentinel that answers
-    /// names it, or `None` when none does (within `timeout` each, connect and reply). When
+    /// names it; when none does (within `timeout` each, connect and reply), the primary
+    /// `watch` recorded, or `None` without one. When
     /// that sentinel holds it at a lower epoch than the primary `watch` recorded (it has
     /// not heard of the last failover yet), the recorded primary instead: a connection
     /// made again never goes back to a primary the sentinels replaced. When that one cannot
@@ -107,7 +108,12 @@ impl Sentinels {
                 return Some(Target { addr: chosen, instead_of });
             }
         }
-        None
+        // No sentinel answers (all down or unreachable): the primary the watch recorded,
+        // rather than no connection at all. It is checked like any other (`ROLE`), so a
+        // server demoted meanwhile is not written to.
+        let recorded = watch.and_then(Watch::named)?;
+        tracing::debug!(recorded = %recorded.addr, "no sentinel answers: connecting to the recorded primary");
+        Some(Target::plain(recorded.addr))
     }
 }
 

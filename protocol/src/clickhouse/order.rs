@@ -35,8 +35,8 @@ enum Key<'a> {
     Uuid(&'a [u8]),
     /// Byte strings of `width` bytes each (`FixedString(N)`).
     Fixed { bytes: &'a [u8], width: usize },
-    /// `String` values: each row's value as a range of `bytes`.
-    Str { bytes: &'a [u8], ranges: Vec<(usize, usize)> },
+    /// `String` values: where each row's encoding starts in `bytes` ([`string_starts`]).
+    Str { bytes: &'a [u8], starts: Vec<u32> },
     /// `LowCardinality(String)`: each row's dictionary index and each key's rank.
     Ranked { indexes: &'a [u32], ranks: Vec<u32> },
 }
@@ -62,8 +62,8 @@ impl<'a> Key<'a> {
                 }
             }
             ColumnData::String(bytes) if ty == "String" => {
-                let ranges = string_ranges(bytes, rows)?;
-                Some(Key::Str { bytes, ranges })
+                let starts = string_starts(bytes, rows)?;
+                Some(Key::Str { bytes, starts })
             }
             ColumnData::LowCardinality(lc) if ty == "LowCardinality(String)" && lc.indexes().len() == rows => {
                 let keys = lc.keys();
@@ -96,8 +96,14 @@ impl<'a> Key<'a> {
                 let v = |row: usize| bytes.get(row * width..(row + 1) * width).unwrap_or_default();
                 v(a).cmp(v(b))
             }
-            Key::Str { bytes, ranges } => {
-                let v = |row: usize| ranges.get(row).and_then(|&(s, e)| bytes.get(s..e)).unwrap_or_default();
+            Key::Str { bytes, starts } => {
+                let v = |row: usize| {
+                    let encoded = match (starts.get(row), starts.get(row + 1)) {
+                        (Some(&s), Some(&e)) => bytes.get(s as usize..e as usize),
+                        _ => None,
+                    };
+                    without_length(encoded.unwrap_or_default())
+                };
                 v(a).cmp(v(b))
             }
             Key::Ranked { indexes, ranks } => {
@@ -206,35 +212,10 @@ pub(crate) fn string_starts(bytes: &[u8], rows: usize) -> Option<Vec<u32>> {
     (out.len() == rows + 1).then_some(out)
 }
 
-/// For each of the `rows` values of a `String` column's bytes (each a varint length, then
-/// the value): where its value starts and ends. `None` when the bytes do not hold exactly
-/// `rows` values.
-fn string_ranges(bytes: &[u8], rows: usize) -> Option<Vec<(usize, usize)>> {
-    let mut out = Vec::with_capacity(rows);
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let mut len = 0u64;
-        let mut shift = 0;
-        loop {
-            let b = *bytes.get(pos)?;
-            pos += 1;
-            len |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return None;
-            }
-        }
-        let end = pos.checked_add(usize::try_from(len).ok()?)?;
-        if end > bytes.len() {
-            return None;
-        }
-        out.push((pos, end));
-        pos = end;
-    }
-    (out.len() == rows).then_some(out)
+/// A `String` value as encoded (its varint length, then its bytes) without its length.
+fn without_length(encoded: &[u8]) -> &[u8] {
+    let prefix = encoded.iter().position(|b| b & 0x80 == 0).map_or(encoded.len(), |i| i + 1);
+    encoded.get(prefix..).unwrap_or_default()
 }
 
 /// The order of the `rows` rows of `columns` by the columns named in `key`, compared as
@@ -396,5 +377,13 @@ mod tests {
                 assert_eq!(pack(a).cmp(&pack(b)), a.cmp(b), "{a:?} {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn long_strings_compare_by_their_bytes_not_their_length_prefix() {
+        // 200 and 130 bytes take two-byte lengths: the longer one is smaller by its bytes.
+        let (long_a, long_b) = ("a".repeat(200), format!("b{}", "a".repeat(129)));
+        let rows = [("g", 1, long_b.as_str(), 0), ("g", 1, long_a.as_str(), 0), ("g", 1, "b", 0)];
+        assert_eq!(sort_order(&events(&rows), 3, KEY), Some(vec![1, 2, 0]));
     }
 }

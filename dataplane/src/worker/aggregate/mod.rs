@@ -75,6 +75,9 @@ pub struct Aggregator {
     orphans_every: Option<Duration>,
     /// When shard 0 last looked for such rows.
     orphans_checked: Cell<Instant>,
+    /// When the failure to read the rows left unwritten was last logged as a warning (it
+    /// is retried at every flush: while Redis refuses, one warning per 10 s).
+    reconcile_warned: Cell<Option<Instant>>,
     /// Whether ClickHouse is a cluster (`clickhouse.shards`): `payments` is `Distributed`
     /// ([`aggregates::revenue_sql`]).
     ch_cluster: bool,
@@ -113,6 +116,7 @@ impl Aggregator {
             reconcile: Cell::new(shard == 0),
             orphans_every: (shard == 0 && cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
             orphans_checked: Cell::new(Instant::now()),
+            reconcile_warned: Cell::new(None),
             ch_cluster,
             write_every: Duration::from_millis(cfg.write_ms),
             written: Cell::new(None),
@@ -532,8 +536,12 @@ impl Aggregator {
             self.orphans_checked.set(Instant::now());
             match self.reconcile(if start { None } else { self.orphans_every }).await {
                 Ok(()) => self.reconcile.set(false),
-                Err(e) => {
+                Err(e) if self.reconcile_warned.get().is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) => {
+                    self.reconcile_warned.set(Some(Instant::now()));
                     tracing::warn!(error = %e, "rows left unwritten not read from Redis; retried at the next flush")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "rows left unwritten not read from Redis; retried at the next flush")
                 }
             }
         }

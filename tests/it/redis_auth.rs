@@ -109,13 +109,10 @@ fn auth_wrong_or_missing_password_is_reported_without_the_password() {
     }
 }
 
-/// An ACL user (`redis.username`) in a `croupier run` process: ingest, the worker and the
-/// control port's probes authenticate as that user; events land in ClickHouse.
-#[test]
-fn auth_acl_user_runs_the_whole_pipeline() {
-    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
-    let reply = redis.client().cmd(&["ACL", "SETUSER", "croupier", "on", ">user-pass", "~*", "&*", "+@all"]);
-    assert_eq!(reply, Frame::SimpleString(b"OK".to_vec()));
+/// `croupier run` (2 ingest shards and a worker) as the ACL user `croupier` (password
+/// `user-pass`) on `redis`: both ports ready with Redis ok, 20 events posted and in
+/// ClickHouse. Returns the ClickHouse server (kept running) and the process.
+fn run_as_the_acl_user(redis: &RedisServer) -> (ClickHouseServer, Croupier) {
     let clickhouse = ClickHouseServer::start();
     let mut e = env(&redis, &clickhouse);
     let (ok, out) = croupier(&["migrate"], &e);
@@ -143,6 +140,17 @@ fn auth_acl_user_runs_the_whole_pipeline() {
         assert!(Instant::now() < deadline, "events not in ClickHouse: {}", c.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    (clickhouse, c)
+}
+
+/// An ACL user (`redis.username`) in a `croupier run` process: ingest, the worker and the
+/// control port's probes authenticate as that user; events land in ClickHouse.
+#[test]
+fn auth_acl_user_runs_the_whole_pipeline() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let reply = redis.client().cmd(&["ACL", "SETUSER", "croupier", "on", ">user-pass", "~*", "&*", "+@all"]);
+    assert_eq!(reply, Frame::SimpleString(b"OK".to_vec()));
+    let (_clickhouse, c) = run_as_the_acl_user(&redis);
     // Every connection of the process is the ACL user's.
     let Frame::BulkString(list) = redis.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST") };
     let list = String::from_utf8_lossy(&list).into_owned();
@@ -298,33 +306,7 @@ fn readyz_says(c: &Croupier, what: &str) -> String {
 fn auth_least_privilege_acl_user_runs_the_whole_pipeline() {
     let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
     acl_user(&redis, &[]);
-    let clickhouse = ClickHouseServer::start();
-    let mut e = env(&redis, &clickhouse);
-    let (ok, out) = croupier(&["migrate"], &e);
-    assert!(ok, "croupier migrate failed: {out}");
-    e.extend(
-        [
-            ("CROUPIER_REDIS__USERNAME", "croupier"),
-            ("CROUPIER_REDIS__PASSWORD", "user-pass"),
-            ("CROUPIER_SERVER__SHARDS", "2"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
-    e.push((format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()));
-    let c = Croupier::start(CROUPIER, "run", &e);
-    c.wait_data_ready();
-    let body = c.wait_control_ready(200);
-    assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
-    let mut client = HttpClient::connect(c.data);
-    for _ in 0..4 {
-        let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(5).as_bytes());
-        assert_eq!(r.status, 202, "{}", r.text());
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while clickhouse.query("SELECT count() FROM analytics.events FINAL").trim() != "20" {
-        assert!(Instant::now() < deadline, "events not in ClickHouse: {}", c.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (_clickhouse, c) = run_as_the_acl_user(&redis);
     // The worker's aggregates (scripts on the hll keys) have had a few seconds to run.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(acl_denials(&redis), Vec::<String>::new(), "{}", c.log());

@@ -114,7 +114,7 @@ fn auth_wrong_or_missing_password_is_reported_without_the_password() {
 /// ClickHouse. Returns the ClickHouse server (kept running) and the process.
 fn run_as_the_acl_user(redis: &RedisServer) -> (ClickHouseServer, Croupier) {
     let clickhouse = ClickHouseServer::start();
-    let mut e = env(&redis, &clickhouse);
+    let mut e = env(redis, &clickhouse);
     let (ok, out) = croupier(&["migrate"], &e);
     assert!(ok, "croupier migrate failed: {out}");
     e.extend(

@@ -11,7 +11,7 @@ use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::cluster::RedisCluster;
 use croupier_it::http::HttpClient;
 use croupier_it::monitoring::Croupier;
-use croupier_it::redis::{RedisClient, RedisServer};
+use croupier_it::redis::RedisServer;
 use croupier_it::sentinel::{SentinelServer, MASTER_NAME};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::Frame;
@@ -219,19 +219,7 @@ fn auth_sentinel_with_passwords_follows_a_failover() {
     }
     wait_until("the replica has the 3 appends", || events_added(&new) == 3);
 
-    let mut s = RedisClient::connect(sentinels[0].port).expect("sentinel");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match s.try_cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]).expect("SENTINEL FAILOVER") {
-            Frame::SimpleString(_) => break,
-            Frame::Error(e) if e.starts_with("INPROG") => break,
-            other => {
-                // The sentinel may not have checked the replica recently enough yet.
-                assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {other:?}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    crate::sentinel::ask_failover(&sentinels[0]);
     wait_until("the sentinels name the new primary", || sentinels[0].primary_port() == Some(new.port));
     let announced = Instant::now();
     std::thread::sleep(Duration::from_secs(1).saturating_sub(announced.elapsed()));

@@ -206,19 +206,7 @@ fn sentinel_switch_master_moves_ingest_while_the_old_primary_still_takes_writes(
     // Steady traffic across the failover.
     let load = Load::start(p.ingest.addr, Duration::from_millis(20));
     load.wait_more(20, "before the failover");
-    let mut s = RedisClient::connect(sentinels[0].port).expect("sentinel");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match s.try_cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]).expect("SENTINEL FAILOVER") {
-            Frame::SimpleString(_) => break,
-            Frame::Error(e) if e.starts_with("INPROG") => break,
-            other => {
-                // The sentinel may not have checked the replica recently enough yet.
-                assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {other:?}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    ask_failover(&sentinels[0]);
     let asked = Instant::now();
     let deadline = asked + Duration::from_secs(20);
     while sentinels[0].primary_port() != Some(new.port) {
@@ -301,18 +289,7 @@ fn sentinel_failover_missed_by_a_frozen_subscribed_sentinel_is_followed_by_its_e
     for (s, _) in sentinels.iter().zip(&subscribed).filter(|(_, n)| **n > 0) {
         s.freeze();
     }
-    let mut s = RedisClient::connect(sentinels[asked].port).expect("sentinel");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match s.try_cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]).expect("SENTINEL FAILOVER") {
-            Frame::SimpleString(_) => break,
-            Frame::Error(e) if e.starts_with("INPROG") => break,
-            other => {
-                assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {other:?}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    ask_failover(&sentinels[asked]);
     let started = Instant::now();
 
     // Requests one after another: each is appended to the old primary (which the new one
@@ -407,7 +384,7 @@ fn sentinel_failover_missed_by_a_frozen_subscribed_sentinel_is_followed_by_its_e
 
 /// Asks `sentinel` for a failover, again while it may not have checked the replica
 /// recently enough, until it starts one (or one is in progress).
-fn ask_failover(sentinel: &SentinelServer) {
+pub(crate) fn ask_failover(sentinel: &SentinelServer) {
     let mut s = RedisClient::connect(sentinel.port).expect("sentinel");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -513,6 +513,11 @@ pub struct Worker {
     pub batch_bytes: usize,
     /// Flush at most this long after the first buffered row, milliseconds.
     pub linger_ms: u64,
+    /// A consumer's batches close at least this long apart, milliseconds: under a steady
+    /// load each batch gathers this long (fewer, larger inserts), while the first batch
+    /// after a quiet spell still closes `linger_ms` after its first row. 0: only
+    /// `linger_ms` (docs/worker.md).
+    pub insert_interval_ms: u64,
     /// Entries asked for per read.
     pub read_count: usize,
     /// Entries pending longer than this with another consumer are claimed, milliseconds.
@@ -543,6 +548,7 @@ impl Default for Worker {
             batch_rows: 200_000,
             batch_bytes: 64 << 20,
             linger_ms: 200,
+            insert_interval_ms: 600,
             read_count: 200,
             claim_idle_ms: 60_000,
             claim_interval_ms: 5_000,

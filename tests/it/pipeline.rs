@@ -30,6 +30,7 @@ pub fn env(redis: &RedisServer, ch: &ClickHouseServer) -> Vec<(String, String)> 
         ("CROUPIER_SERVER__DRIVER", "epoll".into()),
         ("CROUPIER_WORKER__CONSUMER", "it".into()),
         ("CROUPIER_WORKER__LINGER_MS", "50".into()),
+        ("CROUPIER_WORKER__INSERT_INTERVAL_MS", "50".into()),
         ("CROUPIER_WORKER__CLAIM_IDLE_MS", "1000".into()),
         ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "200".into()),
         ("CROUPIER_WORKER__BACKOFF_MAX_MS", "300".into()),

@@ -221,6 +221,36 @@ fn next_batch_is_read_while_one_is_inserted() {
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), warm + first + second, "each row once");
 }
 
+/// Under a steady load a consumer's batches close `worker.insert_interval_ms` apart, not a
+/// linger after each one's first entry: requests every 50 ms for 3 s with a 50 ms linger
+/// and a 600 ms interval make about five inserts into `events` (a linger alone: dozens).
+/// Inserts are counted by the table's block numbers, which every insert takes and merges do
+/// not.
+#[test]
+fn a_steady_load_is_inserted_once_per_insert_interval() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "600")]);
+    let blocks = |p: &Pipeline| {
+        p.scalar("SELECT max(max_block_number) FROM system.parts WHERE database = 'analytics' AND table = 'events'")
+    };
+    let warm = post_events(&p, 1, 10);
+    p.wait_for(warm, "first rows", Pipeline::distinct_events);
+    let before = blocks(&p);
+    let mut c = p.ingest.client();
+    let mut accepted = warm;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(10).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+        accepted += 10;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.wait_for(accepted, "rows of the steady load", Pipeline::distinct_events);
+    let inserts = blocks(&p) - before;
+    // 3 s / 600 ms, plus the batches at either end.
+    assert!((2..=8).contains(&inserts), "{inserts} inserts for {} requests", (accepted - warm) / 10);
+}
+
 /// Redis is killed (SIGKILL) and restarted from its append-only file. With
 /// `appendfsync always` every acknowledged append survives; with Redis's default
 /// `everysec` a crash may lose the last writes Redis already confirmed (README).

@@ -19,6 +19,7 @@
 //! 5. While ClickHouse fails otherwise, the batch is kept and retried with back-off:
 //!    nothing is acknowledged, nothing dropped.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,8 +56,10 @@ pub struct ConsumerConfig {
     pub batch_bytes: usize,
     /// The largest entry a read can return, in bytes (what ingest can write).
     pub max_entry_bytes: usize,
-    /// Flush this long after the first row.
+    /// Flush this long after the first row ...
     pub linger: Duration,
+    /// ... but not before this long after the previous batch closed.
+    pub insert_interval: Duration,
     /// Claim entries idle this long.
     pub claim_idle: Duration,
     /// How often to try claiming.
@@ -211,7 +214,12 @@ pub async fn run(
     metrics: Rc<ShardWriter>,
     agg: Option<Rc<Aggregator>>,
 ) {
-    let reader = Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), cfg: cfg.clone(), redis: reads };
+    let reader = Reader {
+        size: Rc::new(ReadSize::new(cfg.max_entry_bytes)),
+        closed: Rc::new(Cell::new(None)),
+        cfg: cfg.clone(),
+        redis: reads,
+    };
     let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster);
     sink.set_partition_limit(cfg.partitions_per_block, true);
     sink.set_aggregator(agg.clone());
@@ -387,6 +395,22 @@ struct Reader {
     redis: RedisClient,
     /// The entry size reads are sized for, shared by the clones.
     size: Rc<ReadSize>,
+    /// When the last batch gathered closed, shared by the clones.
+    closed: Rc<Cell<Option<Instant>>>,
+}
+
+/// When a batch whose first entries were read at `first` closes (unless full first):
+/// `linger` after them, and no sooner than `insert_interval` after the previous batch
+/// closed (`previous`), so that under a steady load a consumer inserts once per interval
+/// while the first entries after a quiet spell wait only the linger.
+fn close_at(first: Instant, previous: Option<Instant>, cfg: &ConsumerConfig) -> Instant {
+    // A configured length past what an `Instant` holds waits a year instead.
+    let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t + Duration::from_secs(365 * 86_400));
+    let by_linger = after(first, cfg.linger);
+    match previous {
+        Some(p) => by_linger.max(after(p, cfg.insert_interval)),
+        None => by_linger,
+    }
 }
 
 /// One command; a Redis error reply is an error.
@@ -432,13 +456,26 @@ impl Reader {
     }
 
     /// New entries: waits up to the idle block for the first, then gathers until
-    /// `batch_rows` rows or `linger` after the first.
+    /// `batch_rows` rows (or `batch_bytes`), or until [`close_at`] for the linger and the
+    /// insert interval.
     async fn gather(&self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
-        let mut batch = self.read(">", Some(self.cfg.idle_block), self.count(0, 0)).await?;
+        let batch = self.read(">", Some(self.cfg.idle_block), self.count(0, 0)).await?;
         if batch.is_empty() {
             return Ok(batch);
         }
-        let deadline = Instant::now() + self.cfg.linger;
+        let deadline = close_at(Instant::now(), self.closed.get(), &self.cfg);
+        let batch = self.gather_until(batch, deadline, stop).await;
+        self.closed.set(Some(Instant::now()));
+        batch
+    }
+
+    /// [`Reader::gather`] after the first read.
+    async fn gather_until(
+        &self,
+        mut batch: Vec<Entry>,
+        deadline: Instant,
+        stop: &AtomicBool,
+    ) -> Result<Vec<Entry>, String> {
         let mut rows: usize = batch.iter().map(entry_rows).sum();
         let mut bytes: usize = batch.iter().map(Entry::byte_len).sum();
         while !self.cfg.is_full(rows, bytes) && !stop.load(Ordering::Relaxed) {
@@ -1123,6 +1160,7 @@ mod tests {
             batch_bytes,
             max_entry_bytes,
             linger: Duration::from_millis(200),
+            insert_interval: Duration::from_millis(600),
             claim_idle: Duration::from_secs(60),
             claim_interval: Duration::from_secs(5),
             max_deliveries: 5,
@@ -1141,6 +1179,29 @@ mod tests {
             shards: Vec::new(),
             cluster: false,
         }
+    }
+
+    #[test]
+    fn a_batch_closes_after_the_linger_and_not_sooner_than_the_interval_after_the_last() {
+        let c = config(10, 10, 1 << 20, 1 << 20);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // The first batch: the linger after its first entries.
+        assert_eq!(close_at(t0, None, &c), t0 + ms(200));
+        // Under a steady load (the previous batch closed just now): the interval.
+        assert_eq!(close_at(t0 + ms(5), Some(t0), &c), t0 + ms(600));
+        // After a quiet spell: the linger again.
+        assert_eq!(close_at(t0 + ms(2_000), Some(t0), &c), t0 + ms(2_200));
+        // In between: whichever is later.
+        assert_eq!(close_at(t0 + ms(500), Some(t0), &c), t0 + ms(700));
+        // An interval of 0: the linger alone.
+        let mut c0 = c.clone();
+        c0.insert_interval = Duration::ZERO;
+        assert_eq!(close_at(t0 + ms(5), Some(t0), &c0), t0 + ms(205));
+        // Lengths past what an `Instant` holds do not panic.
+        c0.insert_interval = Duration::MAX;
+        c0.linger = Duration::MAX;
+        assert!(close_at(t0, Some(t0), &c0) > t0 + ms(1_000_000));
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn consumer_config(config: &Config, stream: StreamKind, key: &str, shard: usize)
         max_entry_bytes: max_entry_bytes(config),
         // Honoured as configured: gathering reads in blocks of at most `idle_block`.
         linger: Duration::from_millis(w.linger_ms),
+        insert_interval: Duration::from_millis(w.insert_interval_ms),
         claim_idle: Duration::from_millis(w.claim_idle_ms),
         claim_interval: Duration::from_millis(w.claim_interval_ms),
         max_deliveries: w.max_deliveries,

@@ -513,9 +513,9 @@ pub struct Worker {
     pub batch_bytes: usize,
     /// Flush at most this long after the first buffered row, milliseconds.
     pub linger_ms: u64,
-    /// A consumer's batches close at least this long apart, milliseconds: under a steady
-    /// load each batch gathers this long (fewer, larger inserts), while the first batch
-    /// after a quiet spell still closes `linger_ms` after its first row. 0: only
+    /// Under a heavy load (the previous batch held at least a tenth of `batch_rows`), a
+    /// consumer's batches close at least this long apart, milliseconds: fewer, larger
+    /// inserts; a lighter load closes `linger_ms` after the first row. 0: only
     /// `linger_ms` (docs/worker.md).
     pub insert_interval_ms: u64,
     /// Entries asked for per read.

@@ -694,6 +694,9 @@ struct SwitchRun {
     /// ([`wait_merges_idle`]); without a worker, over the load only (ClickHouse's then
     /// `NaN`). The worker's reads and acknowledgements count in redis-server's.
     cpu_per_m: [f64; 3],
+    /// redis-server's time in each command (`INFO commandstats`, counted from the start
+    /// of the load to the end of the run), seconds per million accepted events.
+    redis_commands: Vec<(String, f64)>,
     /// Of croupier's, the worker threads' (`croupier-worker*`), per million events.
     worker_cpu_per_m: f64,
     /// Accepted events not visible in ClickHouse at the end (`NaN` without a worker).
@@ -777,6 +780,7 @@ fn switch_run(
     let shard0 = threads_cpu(pid, "croupier-shard");
     let worker0 = threads_cpu(pid, "croupier-worker");
     let cpu0 = processes_cpu(pids);
+    let _ = redis.client().try_cmd(&["CONFIG", "RESETSTAT"]);
     let r = load(cfg, croupier.addr, cfg.switch_rate, cfg.seconds);
     let shard1 = threads_cpu(pid, "croupier-shard");
     let lost = if cfg.switch_ingest_only {
@@ -788,6 +792,7 @@ fn switch_run(
     };
     let cpu1 = processes_cpu(pids);
     let worker1 = threads_cpu(pid, "croupier-worker");
+    let commands = command_usec(redis);
     eprintln!("load average after the run: {}", load_average());
     drop(croupier);
     let refused: u64 = r.refused.iter().map(|(_, n)| n).sum();
@@ -814,7 +819,27 @@ fn switch_run(
         lost,
         p50_us: r.latency.p50_us,
         p99_us: r.latency.p99_us,
+        redis_commands: commands
+            .into_iter()
+            .map(|(name, usec)| (name, usec / r.accepted_events.max(1) as f64))
+            .collect(),
     }
+}
+
+/// Microseconds redis-server spent in each command since its statistics were reset
+/// (`INFO commandstats`: `cmdstat_<name>:calls=…,usec=…,…`); empty if it does not answer.
+fn command_usec(redis: &RedisServer) -> Vec<(String, f64)> {
+    let info = match redis.client().try_cmd(&["INFO", "commandstats"]) {
+        Ok(croupier_protocol::resp::Frame::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+        _ => return Vec::new(),
+    };
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let usec = stats.split(',').find_map(|kv| kv.strip_prefix("usec="))?.parse().ok()?;
+            Some((name.to_owned(), usec))
+        })
+        .collect()
 }
 
 /// What the "with" side of a [`switch`] changes: a setting, another build, or both.
@@ -908,7 +933,43 @@ pub fn switch(cfg: &E2eConfig, change: &Change, runs: usize, replica: bool) -> S
         let list = |xs: &[f64]| xs.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ");
         out += &format!("| {name} | {a:.digits$} ({}) | {b:.digits$} ({}) | {:.3} |\n", list(&xa), list(&xb), b / a);
     }
+    out += &commands_table(&base, &with);
     out += &format!("\nLoad average (1, 5, 15 min) before the runs: {load_before}; after: {}.\n", load_average());
+    out
+}
+
+/// redis-server's time per command on both sides of a [`switch`] (medians of the runs,
+/// seconds per million accepted events), largest first, beside its whole CPU.
+fn commands_table(base: &[SwitchRun], with: &[SwitchRun]) -> String {
+    let mut names: Vec<&str> =
+        base.iter().chain(with).flat_map(|r| r.redis_commands.iter().map(|(n, _)| n.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return String::new();
+    }
+    let median = |runs: &[SwitchRun], name: &str| {
+        let mut xs: Vec<f64> =
+            runs.iter().map(|r| r.redis_commands.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v)).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        q(&xs, 0.5)
+    };
+    let mut rows: Vec<(&str, f64, f64)> = names.iter().map(|n| (*n, median(base, n), median(with, n))).collect();
+    rows.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    let total = |runs: &[SwitchRun]| {
+        let mut xs: Vec<f64> = runs.iter().map(|r| r.redis_commands.iter().map(|(_, v)| v).sum()).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        q(&xs, 0.5)
+    };
+    let mut out = String::from(
+        "\nredis-server's time inside commands (`INFO commandstats`, from the start of the load to the end of \
+         the run; reading requests and writing replies are not in it), CPU s per million events, medians:\n\n\
+         | command | defaults | with the change |\n|---|---:|---:|\n",
+    );
+    out += &format!("| all commands | {:.3} | {:.3} |\n", total(base), total(with));
+    for (name, a, b) in rows.into_iter().filter(|r| r.1 + r.2 >= 0.005) {
+        out += &format!("| `{name}` | {a:.3} | {b:.3} |\n");
+    }
     out
 }
 

@@ -221,34 +221,49 @@ fn next_batch_is_read_while_one_is_inserted() {
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), warm + first + second, "each row once");
 }
 
-/// Under a steady load a consumer's batches close `worker.insert_interval_ms` apart, not a
-/// linger after each one's first entry: requests every 50 ms for 3 s with a 50 ms linger
-/// and a 600 ms interval make about five inserts into `events` (a linger alone: dozens).
-/// Inserts are counted by the table's block numbers, which every insert takes and merges do
-/// not.
+/// Under a heavy load a consumer's batches close `worker.insert_interval_ms` apart, not a
+/// linger after each one's first entry, while a light load is inserted a linger after it
+/// arrives. "Heavy" is a previous batch of at least a tenth of `batch_rows`: here 100
+/// rows, with a 150 ms linger and a 600 ms interval. Inserts are counted by the table's
+/// block numbers, which every insert takes and merges do not.
 #[test]
-fn a_steady_load_is_inserted_once_per_insert_interval() {
+fn a_heavy_load_is_inserted_once_per_insert_interval_a_light_one_after_the_linger() {
     let mut p = Pipeline::start(&[]);
-    p.start_worker(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "600")]);
+    p.start_worker(&[
+        ("CROUPIER_WORKER__INSERT_INTERVAL_MS", "600"),
+        ("CROUPIER_WORKER__LINGER_MS", "150"),
+        ("CROUPIER_WORKER__BATCH_ROWS", "1000"),
+    ]);
     let blocks = |p: &Pipeline| {
         p.scalar("SELECT max(max_block_number) FROM system.parts WHERE database = 'analytics' AND table = 'events'")
     };
-    let warm = post_events(&p, 1, 10);
-    p.wait_for(warm, "first rows", Pipeline::distinct_events);
-    let before = blocks(&p);
+    let mut accepted = post_events(&p, 1, 10);
+    p.wait_for(accepted, "first rows", Pipeline::distinct_events);
     let mut c = p.ingest.client();
-    let mut accepted = warm;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(10).as_bytes());
-        assert_eq!(r.status, 202, "{}", r.text());
-        accepted += 10;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p.wait_for(accepted, "rows of the steady load", Pipeline::distinct_events);
-    let inserts = blocks(&p) - before;
-    // 3 s / 600 ms, plus the batches at either end.
-    assert!((2..=8).contains(&inserts), "{inserts} inserts for {} requests", (accepted - warm) / 10);
+    // Posts `per` events every `every` for `seconds`; returns the inserts they took.
+    let mut phase = |per: usize, every: u64, seconds: u64, accepted: &mut u64| {
+        let before = blocks(&p);
+        let start = Instant::now();
+        let mut requests = 0;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(per).as_bytes());
+            assert_eq!(r.status, 202, "{}", r.text());
+            *accepted += per as u64;
+            requests += 1;
+            std::thread::sleep(Duration::from_millis(every));
+        }
+        p.wait_for(*accepted, "rows of the phase", Pipeline::distinct_events);
+        (blocks(&p) - before, requests)
+    };
+    // Heavy: 40 events every 50 ms, a linger's batch above 100 rows. 3 s / 600 ms, plus
+    // the batches at either end (a linger alone: about 3 s / 150 ms).
+    let (inserts, requests) = phase(40, 50, 3, &mut accepted);
+    assert!((2..=8).contains(&inserts), "heavy: {inserts} inserts for {requests} requests");
+    // Light: one event every 100 ms: each batch a linger after its first (the interval
+    // would make about 3 of 2 s).
+    std::thread::sleep(Duration::from_secs(1));
+    let (inserts, requests) = phase(1, 100, 2, &mut accepted);
+    assert!(inserts >= 6, "light: {inserts} inserts for {requests} requests");
 }
 
 /// Redis is killed (SIGKILL) and restarted from its append-only file. With

@@ -395,21 +395,22 @@ struct Reader {
     redis: RedisClient,
     /// The entry size reads are sized for, shared by the clones.
     size: Rc<ReadSize>,
-    /// When the last batch gathered closed, shared by the clones.
-    closed: Rc<Cell<Option<Instant>>>,
+    /// When the last batch gathered closed, and its rows; shared by the clones.
+    closed: Rc<Cell<Option<(Instant, usize)>>>,
 }
 
 /// When a batch whose first entries were read at `first` closes (unless full first):
-/// `linger` after them, and no sooner than `insert_interval` after the previous batch
-/// closed (`previous`), so that under a steady load a consumer inserts once per interval
-/// while the first entries after a quiet spell wait only the linger.
-fn close_at(first: Instant, previous: Option<Instant>, cfg: &ConsumerConfig) -> Instant {
+/// `linger` after them, and, when the previous batch closed at `previous.0` with
+/// `previous.1` rows, at least a tenth of `batch_rows` (a heavy load), no sooner than
+/// `insert_interval` after it: under a heavy load a consumer inserts once per interval,
+/// while a light load (or the first entries after a quiet spell) waits only the linger.
+fn close_at(first: Instant, previous: Option<(Instant, usize)>, cfg: &ConsumerConfig) -> Instant {
     // A configured length past what an `Instant` holds waits a year instead.
     let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t + Duration::from_secs(365 * 86_400));
     let by_linger = after(first, cfg.linger);
     match previous {
-        Some(p) => by_linger.max(after(p, cfg.insert_interval)),
-        None => by_linger,
+        Some((at, rows)) if rows >= cfg.batch_rows / 10 => by_linger.max(after(at, cfg.insert_interval)),
+        _ => by_linger,
     }
 }
 
@@ -464,9 +465,9 @@ impl Reader {
             return Ok(batch);
         }
         let deadline = close_at(Instant::now(), self.closed.get(), &self.cfg);
-        let batch = self.gather_until(batch, deadline, stop).await;
-        self.closed.set(Some(Instant::now()));
-        batch
+        let batch = self.gather_until(batch, deadline, stop).await?;
+        self.closed.set(Some((Instant::now(), batch.iter().map(entry_rows).sum())));
+        Ok(batch)
     }
 
     /// [`Reader::gather`] after the first read.
@@ -1182,26 +1183,29 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_closes_after_the_linger_and_not_sooner_than_the_interval_after_the_last() {
-        let c = config(10, 10, 1 << 20, 1 << 20);
+    fn a_batch_closes_after_the_linger_and_under_heavy_load_not_sooner_than_the_interval() {
+        // batch_rows 1000: "heavy" is a previous batch of at least 100 rows.
+        let c = config(10, 1000, 1 << 20, 1 << 20);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         // The first batch: the linger after its first entries.
         assert_eq!(close_at(t0, None, &c), t0 + ms(200));
-        // Under a steady load (the previous batch closed just now): the interval.
-        assert_eq!(close_at(t0 + ms(5), Some(t0), &c), t0 + ms(600));
+        // Under a heavy load (the previous batch closed just now, full enough): the interval.
+        assert_eq!(close_at(t0 + ms(5), Some((t0, 100)), &c), t0 + ms(600));
+        // A light load (the previous batch small): the linger.
+        assert_eq!(close_at(t0 + ms(5), Some((t0, 99)), &c), t0 + ms(205));
         // After a quiet spell: the linger again.
-        assert_eq!(close_at(t0 + ms(2_000), Some(t0), &c), t0 + ms(2_200));
+        assert_eq!(close_at(t0 + ms(2_000), Some((t0, 1000)), &c), t0 + ms(2_200));
         // In between: whichever is later.
-        assert_eq!(close_at(t0 + ms(500), Some(t0), &c), t0 + ms(700));
+        assert_eq!(close_at(t0 + ms(500), Some((t0, 1000)), &c), t0 + ms(700));
         // An interval of 0: the linger alone.
         let mut c0 = c.clone();
         c0.insert_interval = Duration::ZERO;
-        assert_eq!(close_at(t0 + ms(5), Some(t0), &c0), t0 + ms(205));
+        assert_eq!(close_at(t0 + ms(5), Some((t0, 1000)), &c0), t0 + ms(205));
         // Lengths past what an `Instant` holds do not panic.
         c0.insert_interval = Duration::MAX;
         c0.linger = Duration::MAX;
-        assert!(close_at(t0, Some(t0), &c0) > t0 + ms(1_000_000));
+        assert!(close_at(t0, Some((t0, 1000)), &c0) > t0 + ms(1_000_000));
     }
 
     #[test]

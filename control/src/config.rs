@@ -513,10 +513,10 @@ pub struct Worker {
     pub batch_bytes: usize,
     /// Flush at most this long after the first buffered row, milliseconds.
     pub linger_ms: u64,
-    /// Under a heavy load (the previous batch held at least a tenth of `batch_rows`), a
-    /// consumer's batches close at least this long apart, milliseconds: fewer, larger
-    /// inserts; a lighter load closes `linger_ms` after the first row. 0: only
-    /// `linger_ms` (docs/worker.md).
+    /// Under a heavy load (rows arriving at a consumer fast enough to fill a tenth of
+    /// `batch_rows` in this time), a consumer's batches close at least this long apart,
+    /// milliseconds: fewer, larger inserts; a lighter load closes `linger_ms` after the
+    /// first row. 0: only `linger_ms` (docs/worker.md).
     pub insert_interval_ms: u64,
     /// Entries asked for per read.
     pub read_count: usize,

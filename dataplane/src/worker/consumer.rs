@@ -8,7 +8,8 @@
 //!    ClickHouse answers. Deliveries count tries: a recovered entry's try is counted just
 //!    before it (`XCLAIM ... RETRYCOUNT`) and given back when it fails for a reason of
 //!    ClickHouse's, so only a try that never came back (a crash) stays counted.
-//! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows or `linger_ms`.
+//! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows, `linger_ms`, or
+//!    under a heavy load `insert_interval_ms` after the previous batch (docs/worker.md).
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
 //!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead. It
 //!    claims only while ClickHouse answers it.
@@ -200,8 +201,8 @@ struct Alone {
 /// Runs the consumer until `stop` is set (finishing the batches in hand when it can).
 ///
 /// In steady state the next batch is gathered from Redis while the current one is
-/// inserted and acknowledged, so reading never waits for ClickHouse and a row waits at
-/// most one insert plus the linger. Both batches are in this consumer's pending list
+/// inserted and acknowledged, so reading never waits for ClickHouse and a row waits for
+/// the longer of the insert and the linger (or the insert interval under a heavy load). Both batches are in this consumer's pending list
 /// until acknowledged: a crash in between loses nothing. `reads` carries the
 /// `XREADGROUP`s, `redis` everything else; `metrics` counts inserts and dead letters;
 /// `agg` (when aggregating) gets each batch's players, merged into Redis before the
@@ -395,21 +396,40 @@ struct Reader {
     redis: RedisClient,
     /// The entry size reads are sized for, shared by the clones.
     size: Rc<ReadSize>,
-    /// When the last batch gathered closed, and its rows; shared by the clones.
-    closed: Rc<Cell<Option<(Instant, usize)>>>,
+    /// The last batch gathered; shared by the clones.
+    closed: Rc<Cell<Option<Closed>>>,
+}
+
+/// The batch a consumer gathered last: when it closed, how long it gathered (from its
+/// first entries to its close) and its rows.
+#[derive(Debug, Clone, Copy)]
+struct Closed {
+    at: Instant,
+    gathered: Duration,
+    rows: usize,
+}
+
+impl Closed {
+    /// Whether its rows arrived fast enough to fill a tenth of `batch_rows` within the
+    /// insert interval (a heavy load: 33,333 rows/s per consumer by default). A rate, not
+    /// a count, so that the answer does not depend on how long the batch gathered.
+    fn heavy(&self, cfg: &ConsumerConfig) -> bool {
+        let tenth = (cfg.batch_rows / 10).max(1) as u128;
+        self.rows > 0 && self.rows as u128 * cfg.insert_interval.as_micros() >= tenth * self.gathered.as_micros()
+    }
 }
 
 /// When a batch whose first entries were read at `first` closes (unless full first):
-/// `linger` after them, and, when the previous batch closed at `previous.0` with
-/// `previous.1` rows, at least a tenth of `batch_rows` (a heavy load), no sooner than
-/// `insert_interval` after it: under a heavy load a consumer inserts once per interval,
-/// while a light load (or the first entries after a quiet spell) waits only the linger.
-fn close_at(first: Instant, previous: Option<(Instant, usize)>, cfg: &ConsumerConfig) -> Instant {
+/// `linger` after them, and, when the previous batch came in under a heavy load
+/// ([`Closed::heavy`]), no sooner than `insert_interval` after it closed: under a heavy
+/// load a consumer inserts about once per interval, while a light load (or the first
+/// entries after a quiet spell) waits only the linger.
+fn close_at(first: Instant, previous: Option<Closed>, cfg: &ConsumerConfig) -> Instant {
     // A configured length past what an `Instant` holds waits a year instead.
     let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t + Duration::from_secs(365 * 86_400));
     let by_linger = after(first, cfg.linger);
     match previous {
-        Some((at, rows)) if rows >= cfg.batch_rows / 10 => by_linger.max(after(at, cfg.insert_interval)),
+        Some(p) if p.heavy(cfg) => by_linger.max(after(p.at, cfg.insert_interval)),
         _ => by_linger,
     }
 }
@@ -464,9 +484,11 @@ impl Reader {
         if batch.is_empty() {
             return Ok(batch);
         }
-        let deadline = close_at(Instant::now(), self.closed.get(), &self.cfg);
+        let first = Instant::now();
+        let deadline = close_at(first, self.closed.get(), &self.cfg);
         let batch = self.gather_until(batch, deadline, stop).await?;
-        self.closed.set(Some((Instant::now(), batch.iter().map(entry_rows).sum())));
+        let at = Instant::now();
+        self.closed.set(Some(Closed { at, gathered: at - first, rows: batch.iter().map(entry_rows).sum() }));
         Ok(batch)
     }
 
@@ -1184,28 +1206,37 @@ mod tests {
 
     #[test]
     fn a_batch_closes_after_the_linger_and_under_heavy_load_not_sooner_than_the_interval() {
-        // batch_rows 1000: "heavy" is a previous batch of at least 100 rows.
+        // batch_rows 1000, interval 600 ms: "heavy" is at least 100 rows per 600 ms.
         let c = config(10, 1000, 1 << 20, 1 << 20);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
+        let closed = |rows, gathered| Some(Closed { at: t0, gathered: ms(gathered), rows });
         // The first batch: the linger after its first entries.
         assert_eq!(close_at(t0, None, &c), t0 + ms(200));
-        // Under a heavy load (the previous batch closed just now, full enough): the interval.
-        assert_eq!(close_at(t0 + ms(5), Some((t0, 100)), &c), t0 + ms(600));
-        // A light load (the previous batch small): the linger.
-        assert_eq!(close_at(t0 + ms(5), Some((t0, 99)), &c), t0 + ms(205));
+        // Under a heavy load (the previous batch closed just now): the interval.
+        assert_eq!(close_at(t0 + ms(5), closed(34, 200), &c), t0 + ms(600));
+        assert_eq!(close_at(t0 + ms(5), closed(100, 600), &c), t0 + ms(600));
+        // The same rate is heavy whether it gathered a linger or an interval (no state
+        // that depends on the previous mode).
+        assert!(closed(40, 200).is_some_and(|p| p.heavy(&c)) && closed(120, 600).is_some_and(|p| p.heavy(&c)));
+        assert!(!closed(30, 200).is_some_and(|p| p.heavy(&c)) && !closed(90, 600).is_some_and(|p| p.heavy(&c)));
+        // A light load: the linger.
+        assert_eq!(close_at(t0 + ms(5), closed(33, 200), &c), t0 + ms(205));
+        // A full batch gathered at once is heavy; an empty one is not.
+        assert!(closed(1000, 0).is_some_and(|p| p.heavy(&c)));
+        assert!(!closed(0, 0).is_some_and(|p| p.heavy(&c)));
         // After a quiet spell: the linger again.
-        assert_eq!(close_at(t0 + ms(2_000), Some((t0, 1000)), &c), t0 + ms(2_200));
+        assert_eq!(close_at(t0 + ms(2_000), closed(1000, 600), &c), t0 + ms(2_200));
         // In between: whichever is later.
-        assert_eq!(close_at(t0 + ms(500), Some((t0, 1000)), &c), t0 + ms(700));
+        assert_eq!(close_at(t0 + ms(500), closed(1000, 600), &c), t0 + ms(700));
         // An interval of 0: the linger alone.
         let mut c0 = c.clone();
         c0.insert_interval = Duration::ZERO;
-        assert_eq!(close_at(t0 + ms(5), Some((t0, 1000)), &c0), t0 + ms(205));
+        assert_eq!(close_at(t0 + ms(5), closed(1000, 100), &c0), t0 + ms(205));
         // Lengths past what an `Instant` holds do not panic.
         c0.insert_interval = Duration::MAX;
         c0.linger = Duration::MAX;
-        assert!(close_at(t0, Some((t0, 1000)), &c0) > t0 + ms(1_000_000));
+        assert!(close_at(t0, closed(1000, 0), &c0) > t0 + ms(1_000_000));
     }
 
     #[test]

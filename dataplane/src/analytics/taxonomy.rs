@@ -4,7 +4,9 @@
 //! are not counted from events here: the API reads the worker's sketches and
 //! `minute_online`, which count `session.heartbeat` and the rest. Names are compared as
 //! stored (with case), where the worker ignores case: `events.event` keeps the name as sent,
-//! and `user_days`/`daily_players` are filled with the same case-sensitive lists.
+//! and `user_days`/`daily_players` are filled with the same case-sensitive lists (the
+//! worker's `user_days` fold takes them from `crate::clickhouse::user_days`; a unit test
+//! keeps these the same).
 
 /// Activity that makes a user daily-active (DAU/WAU/MAU).
 pub const ACTIVE: &str = "('login', 'session_start', 'user.login', 'session.start')";
@@ -41,6 +43,26 @@ mod tests {
 
     /// The API counts a level start, a clear and a new user under every name the worker's
     /// sketches count it (the realtime level gauges and the `/levels` figures agree).
+    /// What the API reads as active, registered and first-active is what `user_days` was
+    /// filled with, and what `daily_players_mv` keeps.
+    #[test]
+    fn the_api_reads_user_days_by_the_lists_it_was_filled_with() {
+        use crate::clickhouse::user_days::{sql_list, ACTIVE_EVENTS, FIRST_ACTIVE_EVENTS, REGISTER_EVENTS};
+        assert_eq!(ACTIVE, sql_list(ACTIVE_EVENTS));
+        assert_eq!(REGISTER, sql_list(REGISTER_EVENTS));
+        assert_eq!(FIRST_ACTIVE, sql_list(FIRST_ACTIVE_EVENTS));
+        let new_user: Vec<&str> = REGISTER_EVENTS.iter().chain(FIRST_ACTIVE_EVENTS).copied().collect();
+        assert_eq!(NEW_USER, sql_list(&new_user));
+        let view = crate::clickhouse::schema::STATEMENTS
+            .iter()
+            .find(|s| s.contains("TO analytics.daily_players\n"))
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        let every: Vec<&str> = ACTIVE_EVENTS.iter().chain(&new_user).copied().collect();
+        assert!(view.contains(&format!("toUInt8(event IN {}) AS kind", sql_list(&new_user))), "{view}");
+        assert!(view.contains(&format!("WHERE event IN {} GROUP BY", sql_list(&every))), "{view}");
+    }
+
     #[test]
     fn the_api_counts_every_name_the_worker_counts() {
         for (api, worker) in [(LEVEL_START, what::LEVEL_START), (LEVEL_CLEAR, what::LEVEL_CLEAR), (NEW_USER, what::NEW)]

@@ -35,8 +35,9 @@ const SHARDING_KEYS: &[(&str, &str)] = &[
     ("daily_online_peak", "0"),
     // Written once per API request, read by operators: anywhere.
     ("audit_log", "rand()"),
-    // Written by its view on each shard from that shard's events (a player's days are
-    // spread over the shards with the events; reads count distinct users across them).
+    // Written by the worker on each shard from the events it inserts there (a player's
+    // days are spread over the shards with the events; reads count distinct users across
+    // them).
     ("user_days", "sipHash64(user_id)"),
     // The same: each shard's sketches of its own events' players per day (merged across
     // shards on reads), and its registered players' first days.
@@ -98,7 +99,7 @@ pub fn statements(cluster: &str) -> Vec<String> {
             ));
         } else if sql.starts_with("CREATE MATERIALIZED VIEW") {
             // A view feeds each shard's own table from its own rows (the peaks from its
-            // minutes, user_days from its events).
+            // minutes, the player tables from its events).
             let mut view = (*sql).to_owned();
             for (table, _) in SHARDING_KEYS {
                 for clause in ["TO", "FROM"] {
@@ -133,6 +134,8 @@ pub async fn migrate_node(
     cluster: &str,
     settings: &[(&str, Setting<'_>)],
 ) -> Result<(), ChError> {
+    // Each node's view of earlier versions (views are not replicated).
+    conn.execute(super::schema::DROP_USER_DAYS_VIEW, &[]).await?;
     for sql in statements(cluster) {
         conn.execute(&sql, settings).await?;
     }
@@ -202,9 +205,8 @@ mod tests {
             .iter()
             .any(|x| x.contains("TO analytics.daily_online_peak_local")
                 && x.contains("FROM analytics.minute_online_local")));
-        assert!(s
-            .iter()
-            .any(|x| x.contains("TO analytics.user_days_local") && x.contains("FROM analytics.events_local GROUP BY")));
+        // user_days_local is written by the worker, not by a view.
+        assert!(!s.iter().any(|x| x.contains("user_days_mv") || x.contains("TO analytics.user_days")));
         assert!(s.iter().any(|x| x.starts_with("CREATE TABLE IF NOT EXISTS analytics.user_days_local (")
             && x.contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/analytics/user_days_local', '{replica}', (events, active, registered, first_active))")));
         assert!(

@@ -8,9 +8,10 @@
 //! 1. `RENAME TABLE events TO events_relayout` (atomic: inserts arriving now fail and are
 //!    retried by the worker, their entries stay pending);
 //! 2. `events` is created with the current layout (inserts succeed again);
-//! 3. the materialized views reading `events` (`user_days_mv`, `daily_players_mv`,
-//!    `registered_users_mv`) are made again on it, and their tables given what the new
-//!    `events` took before they existed (a few inserts' rows: the rows since step 2);
+//! 3. the materialized views reading `events` (`daily_players_mv`, `registered_users_mv`)
+//!    are made again on it, and their tables given what the new `events` took before they
+//!    existed (a few inserts' rows: the rows since step 2); `user_days` needs nothing: the
+//!    worker writes it with each insert, into whichever `events` there is;
 //! 4. per month, the rows of `events_relayout` whose `event_id` is not in `events` yet are
 //!    copied (so a run interrupted anywhere and run again copies each row once);
 //! 5. once no id of `events_relayout` is missing from `events` (checked a month at a time,
@@ -22,9 +23,9 @@
 //! (ClickHouse 18.16 finds views by name and keeps filling them). The views' tables stay
 //! filled and marked throughout, so a running API goes on answering from them. The copy
 //! of step 4 passes through the views again, as step 3's catch-up may: that changes no
-//! figure (a sketch or a first day of a player twice is the same, and `user_days`' counts
-//! are read as "more than zero"). A first-layout table and a moved-aside one together is
-//! refused before anything changes.
+//! figure (a sketch or a first day of a player twice is the same); it does not reach
+//! `user_days`, which already holds those rows. A first-layout table and a moved-aside one
+//! together is refused before anything changes.
 //!
 //! Redelivered copies keep their dedup key (`event_id` and `event_time` are the same), so
 //! the ReplacingMergeTree still folds them.

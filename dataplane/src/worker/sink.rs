@@ -10,6 +10,12 @@
 //! dedup key (event id, order id), into that shard's `_local` table; the same entries
 //! always make the same blocks, in the same order (replicated block deduplication drops a
 //! retried one).
+//!
+//! The events of an insert are also folded into `analytics.user_days` rows, per shard
+//! ([`UserDayFold`]), inserted on the shard's connection (into `user_days_local` on a
+//! cluster) once its `events` insert is confirmed: an insert is confirmed only when both
+//! are, so the batch is acknowledged only then, and a failure of either keeps it for a
+//! retry. Entries without rows (poison) and parts ClickHouse refuses are folded nowhere.
 
 use croupier_control::metrics::DeadReason;
 use std::rc::Rc;
@@ -30,6 +36,7 @@ use crate::clickhouse::rows::{
     check_header, unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, PaymentFields, PaymentRows, Payments,
     Table, TableRows,
 };
+use crate::clickhouse::user_days::{UserDayFold, UserDayRows, UserDays};
 
 /// Rows per block sent to ClickHouse: above the default `worker.batch_rows` (200,000), so
 /// that a batch's rows of one partition make one block, sent in the table's sort-key
@@ -137,6 +144,13 @@ pub struct Sink {
     rows: Vec<Rows>,
     /// The insert statement (into the `_local` table on a cluster).
     insert_sql: String,
+    /// Per shard, the `user_days` rows of the events being inserted there (none for
+    /// payments).
+    user_days: Vec<UserDayFold>,
+    /// The `user_days` insert statement (into `user_days_local` on a cluster).
+    user_days_sql: String,
+    /// Blocks of `user_days` rows being sent, kept for their allocations.
+    user_day_blocks: Vec<UserDayRows>,
     archive: BatchBuf,
     json: Vec<u8>,
     limits: Limits,
@@ -181,10 +195,21 @@ impl Sink {
             StreamKind::Payments => (Payments::NAME, PaymentRows::INSERT),
             _ => (Events::NAME, EventRows::INSERT),
         };
+        let user_days = match stream {
+            StreamKind::Payments => Vec::new(),
+            _ => (0..shards.max(1)).map(|_| UserDayFold::default()).collect(),
+        };
         Sink {
             stream,
             rows: (0..shards.max(1)).map(|_| one()).collect(),
             insert_sql: if local { cluster::local_insert(insert, table) } else { insert.to_owned() },
+            user_days,
+            user_days_sql: if local {
+                cluster::local_insert(UserDays::INSERT, UserDays::NAME)
+            } else {
+                UserDays::INSERT.to_owned()
+            },
+            user_day_blocks: Vec::new(),
             archive: BatchBuf::default(),
             json: Vec::new(),
             limits: Limits::default(),
@@ -281,10 +306,13 @@ impl Sink {
                     let id = validate::derived_event_id(self.stream.key(), &e.id);
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
-                    let Some(Rows::Events(r)) = self.rows.get_mut(event_shard(&ev.event_id, shards)) else {
+                    let shard = event_shard(&ev.event_id, shards);
+                    let (Some(Rows::Events(r)), Some(days)) = (self.rows.get_mut(shard), self.user_days.get_mut(shard))
+                    else {
                         return Err("no rows for the event's shard".into());
                     };
                     r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
+                    days.add(unix_seconds(ev.ts_ms), &ev.game_id, &ev.env, &ev.user_id, &ev.event);
                     if let Some(s) = sketches.as_mut() {
                         s.stage_event(
                             &mut self.staged,
@@ -324,12 +352,15 @@ impl Sink {
                 for index in 0..b.len() {
                     let ev = ArchivedEventRef { batch: b, index };
                     let ts = ev.ts_ms();
-                    let Some(Rows::Events(r)) = self.rows.get_mut(event_shard(&ev.event_id(), shards)) else {
+                    let shard = event_shard(&ev.event_id(), shards);
+                    let (Some(Rows::Events(r)), Some(days)) = (self.rows.get_mut(shard), self.user_days.get_mut(shard))
+                    else {
                         return Err("no rows for the event's shard".into());
                     };
                     r.block(unix_seconds(ts)).push(&ev, accepted);
+                    let f = |i| b.field(index, i);
+                    days.add(unix_seconds(ts), f(text::GAME_ID), f(text::ENV), f(text::USER_ID), f(text::EVENT));
                     if let Some(s) = sketches.as_mut() {
-                        let f = |i| b.field(index, i);
                         s.stage_event(
                             &mut self.staged,
                             f(text::GAME_ID),
@@ -361,7 +392,7 @@ impl Sink {
     /// Inserts the rows of `batch[i]` for every `i` in `which`, streaming blocks as they
     /// fill, and returns the entries that had no rows to give (poison). `ch` holds a
     /// connection per shard. `Ok` means every shard's ClickHouse confirmed its insert
-    /// (EndOfStream); only then are the rows' players counted in the shard's sketches (a
+    /// (EndOfStream), and then its insert of the events' `user_days` rows; only then are the rows' players counted in the shard's sketches (a
     /// part ClickHouse refuses, later dead-lettered entry by entry, counts nowhere). On an
     /// error, what some shard confirmed is sent again on the retry in the same blocks,
     /// which its replicated table deduplicates.
@@ -431,6 +462,9 @@ impl Sink {
         for r in &mut self.rows {
             r.clear();
         }
+        for d in &mut self.user_days {
+            d.clear();
+        }
         let mut poison = Vec::new();
         let mut started = vec![false; self.rows.len()];
         for &i in which {
@@ -450,7 +484,37 @@ impl Sink {
                 ch[s].insert_end().await?;
             }
         }
+        self.insert_user_days(ch).await?;
         Ok(poison)
+    }
+
+    /// Inserts each shard's `user_days` rows on its connection, once its `events` rows
+    /// are confirmed: in blocks of at most the partitions an `events` block may span,
+    /// already in the table's order.
+    async fn insert_user_days(&mut self, ch: &mut [&mut Connection]) -> Result<(), ChError> {
+        let limit = self.partition_limit();
+        for (s, days) in self.user_days.iter().enumerate() {
+            if days.is_empty() {
+                continue;
+            }
+            let Some(conn) = ch.get_mut(s) else {
+                return Err(ChError::Unexpected(format!("no connection for shard {s}")));
+            };
+            days.blocks(limit, &mut self.user_day_blocks);
+            let mut started = false;
+            for b in &self.user_day_blocks {
+                if !started {
+                    let header = conn.insert_start(&self.user_days_sql, &[]).await?;
+                    started = true;
+                    check_header(UserDays::NAME, &header, &b.columns).map_err(ChError::SchemaMismatch)?;
+                }
+                conn.insert_block_in_order(&b.columns, b.rows, None).await?;
+            }
+            if started {
+                conn.insert_end().await?;
+            }
+        }
+        Ok(())
     }
 
     /// The partitions one block may span.

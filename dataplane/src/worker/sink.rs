@@ -392,10 +392,11 @@ impl Sink {
     /// Inserts the rows of `batch[i]` for every `i` in `which`, streaming blocks as they
     /// fill, and returns the entries that had no rows to give (poison). `ch` holds a
     /// connection per shard. `Ok` means every shard's ClickHouse confirmed its insert
-    /// (EndOfStream), and then its insert of the events' `user_days` rows; only then are the rows' players counted in the shard's sketches (a
-    /// part ClickHouse refuses, later dead-lettered entry by entry, counts nowhere). On an
-    /// error, what some shard confirmed is sent again on the retry in the same blocks,
-    /// which its replicated table deduplicates.
+    /// (EndOfStream), and then its insert of the events' `user_days` rows; only then are
+    /// the rows' players counted in the shard's sketches (a part ClickHouse refuses, later
+    /// dead-lettered entry by entry, counts nowhere). On an error, what some shard
+    /// confirmed is sent again on the retry in the same blocks, which its replicated table
+    /// deduplicates.
     pub async fn insert(
         &mut self,
         ch: &mut [&mut Connection],
@@ -573,6 +574,68 @@ pub fn entry_rows(e: &Entry) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use croupier_protocol::batch::{encode, Batch, Records};
+    use croupier_protocol::envelope::{Event, EventBatch};
+
+    /// The rows pushed for a batch entry, a Croupier-format entry and a poison entry: each
+    /// shard's `user_days` fold holds exactly the events of its `events` rows, and the
+    /// poison entry counts nowhere.
+    #[test]
+    fn each_shards_user_days_fold_holds_the_events_pushed_there() {
+        let t: i64 = 1_700_000_000_000; // 2023-11-14T22:13:20Z, day 19,675
+        let mut b = EventBatch::default();
+        for i in 0..40u32 {
+            let e = Event {
+                ts_ms: t + i64::from(i),
+                game_id: "g".into(),
+                env: "prod".into(),
+                event: ["login", "register", "level_start", "first_active"][i as usize % 4].into(),
+                user_id: format!("u{}", i % 8),
+                event_id: u128::from(i).to_le_bytes(),
+                ..Event::default()
+            };
+            b.push(&e).expect("fits");
+        }
+        let archive = encode(&Batch { accepted_at_ms: 1, records: Records::Events(b) }).expect("encodes");
+        let field = |k: &str, v: &[u8]| (k.as_bytes().to_vec(), v.to_vec());
+        let batch_entry = Entry {
+            id: "1-0".into(),
+            fields: vec![field(FIELD_FORMAT, FORMAT.as_bytes()), field(FIELD_BATCH, archive.as_slice())],
+        };
+        let json = format!(r#"{{"ts":{t},"game_id":"g","env":"prod","event":"session.start","user_id":"u0"}}"#);
+        let json_entry = Entry { id: "2-0".into(), fields: vec![field(FIELD_CROUPIER_DATA, json.as_bytes())] };
+        let poison = Entry { id: "3-0".into(), fields: vec![field(FIELD_CROUPIER_DATA, b"{not json")] };
+        let mut sink = Sink::new(StreamKind::Events, 2, true);
+        assert!(sink.user_days_sql.starts_with("INSERT INTO analytics.user_days_local ("), "{}", sink.user_days_sql);
+        sink.push(&batch_entry).expect("rows");
+        sink.push(&json_entry).expect("rows");
+        assert!(sink.push(&poison).is_err());
+        let day = 19_675;
+        let mut per_user = [(0u64, 0u64, 0u64, 0u64); 8];
+        for (s, rows) in sink.rows.iter().enumerate() {
+            let events = rows.count() as u64;
+            let folded = &sink.user_days[s];
+            let mut counted = 0;
+            for (u, total) in per_user.iter_mut().enumerate() {
+                if let Some(c) = folded.get(day, "g", "prod", &format!("u{u}")) {
+                    counted += c.events;
+                    total.0 += c.events;
+                    total.1 += c.active;
+                    total.2 += c.registered;
+                    total.3 += c.first_active;
+                }
+            }
+            assert_eq!(counted, events, "shard {s}: its user_days count its events rows");
+            assert!(events > 0, "both shards hold events");
+        }
+        // u0: events 0, 8, .. 32 (all logins) and the session.start; u1: registers; u3: first_active.
+        assert_eq!(per_user[0], (6, 6, 0, 0));
+        assert_eq!(per_user[1], (5, 0, 5, 0));
+        assert_eq!(per_user[2], (5, 0, 0, 0));
+        assert_eq!(per_user[3], (5, 0, 0, 5));
+        // Payments have no user_days.
+        assert!(Sink::new(StreamKind::Payments, 1, false).user_days.is_empty());
+    }
 
     #[test]
     fn payment_days_are_noted_once_each_in_linear_time() {

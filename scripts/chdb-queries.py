@@ -6,7 +6,9 @@ TabSeparated files, then each query, printing its TabSeparated result.
     python3 scripts/chdb-queries.py DIR
 
 DIR holds <table>.tsv for each table of the analytics schema to load (the columns named
-in <table>.cols) and queries.sql (one query per line). Results go to DIR/results.txt,
+in <table>.cols), queries.sql (one query per line) and, optionally, after_load.sql
+(statements run once the rows are loaded, one per line: what fills the tables no view
+fills, such as user_days, which the worker writes). Results go to DIR/results.txt,
 each query's rows followed by a line `--end--`. Used by the integration test
 analytics_queries_agree_on_a_current_engine and grafana_business_board_sql_is_exact_on_clickhouse,
 which compare them with ClickHouse 18.16's.
@@ -39,6 +41,11 @@ for table in tables:
     path = os.path.join(d, table + '.tsv')
     if os.path.getsize(path) > 0:
         s.query(f"INSERT INTO analytics.{table} ({cols}) SELECT * FROM file('{path}', 'TabSeparated', '{structure}')")
+after = os.path.join(d, 'after_load.sql')
+if os.path.exists(after):
+    for st in open(after).read().splitlines():
+        if st.strip():
+            s.query(st)
 out = []
 for q in open(os.path.join(d, 'queries.sql')).read().splitlines():
     if q.strip():

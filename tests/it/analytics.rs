@@ -13,7 +13,7 @@ use croupier_control::config::{Config, Driver, Game};
 use croupier_control::metrics::Registry;
 use croupier_dataplane::analytics::sql::quote;
 use croupier_dataplane::clickhouse::connection::{ChOptions, Connection};
-use croupier_dataplane::clickhouse::schema;
+use croupier_dataplane::clickhouse::{schema, user_days};
 use croupier_dataplane::control::listener::{self, Control};
 use croupier_dataplane::runtime::{block_on, ActiveDriver};
 use croupier_it::clickhouse::ClickHouseServer;
@@ -219,6 +219,32 @@ struct Api {
 
 const EVENT_COLUMNS: &str =
     "event_time, game_id, env, user_id, session_id, event, channel, platform, country, app_version, event_id, props_json";
+
+/// The statements that insert `data` (`VALUES ...` or `FORMAT TabSeparated\n...`, of
+/// [`EVENT_COLUMNS`]) into `analytics.events` as the worker does: the rows, then the
+/// `user_days` rows folded from those rows alone (the same fold in SQL, over a table
+/// holding only them, dropped after). A batch inserted again adds its days again, as a
+/// redelivered batch does.
+fn worker_insert(data: &str) -> Vec<String> {
+    vec![
+        "CREATE TABLE analytics.events_batch AS analytics.events ENGINE = Memory".to_owned(),
+        format!("INSERT INTO analytics.events_batch ({EVENT_COLUMNS}) {data}"),
+        "INSERT INTO analytics.events SELECT * FROM analytics.events_batch".to_owned(),
+        format!(
+            "INSERT INTO analytics.user_days ({}) {}",
+            user_days::COLUMNS,
+            user_days::fold_select("analytics.events_batch", "1 = 1")
+        ),
+        "DROP TABLE analytics.events_batch".to_owned(),
+    ]
+}
+
+/// Inserts `data` into `analytics.events` on `ch` as the worker does ([`worker_insert`]).
+fn insert_events(ch: &ClickHouseServer, data: &str) {
+    for sql in worker_insert(data) {
+        ch.query(&sql);
+    }
+}
 const PAYMENT_COLUMNS: &str =
     "time, game_id, env, user_id, order_id, amount_cents, currency, status, channel, platform, country, region, city, product_id, reason";
 
@@ -289,10 +315,12 @@ impl Api {
         let history = History::generate(now);
         let insert = |table: &str, cols: &str, rows: &[String]| {
             for chunk in rows.chunks(20_000) {
-                ch.query(&format!(
-                    "INSERT INTO analytics.{table} ({cols}) FORMAT TabSeparated\n{}\n",
-                    chunk.join("\n")
-                ));
+                let data = format!("FORMAT TabSeparated\n{}\n", chunk.join("\n"));
+                if table == "events" {
+                    insert_events(&ch, &data);
+                } else {
+                    ch.query(&format!("INSERT INTO analytics.{table} ({cols}) {data}"));
+                }
             }
         };
         insert("events", EVENT_COLUMNS, &history.event_rows);
@@ -394,16 +422,16 @@ fn analytics_overview_is_exact() {
     let last = h.today - 1;
     // A player of an env of its own registers the day before yesterday and yesterday sends
     // only a level event: retained on D1 (any event), even after user_days is merged.
-    api.ch.query(&format!(
-        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+    insert_events(&api.ch, &format!(
+        "VALUES \
          ({}, 'g1', 'solo', 'lone', 's1', 'register', '', '', 'US', '1', '00000000-0000-4000-8000-0000000000a1', '{{}}'), \
          ({}, 'g1', 'solo', 'lone', 's2', 'level_start', '', '', 'US', '1', '00000000-0000-4000-8000-0000000000a2', '{{}}')",
         (last - 1) * DAY + 100,
         last * DAY + 100
     ));
     api.ch.query("OPTIMIZE TABLE analytics.user_days FINAL");
-    // The view filled user_days from the inserts (duplicates in parts of their own), and a
-    // merge keeps every player's day.
+    // The worker's fold filled user_days from the inserts (duplicates in parts of their
+    // own), and a merge keeps every player's day.
     assert_eq!(api.ch.query(USER_DAYS_OF_EVENTS), api.ch.query(USER_DAYS));
     api.ch.query("OPTIMIZE TABLE analytics.daily_players FINAL");
     api.ch.query("OPTIMIZE TABLE analytics.registered_users FINAL");
@@ -556,7 +584,7 @@ fn analytics_overview_remembers_complete_days_for_60_s() {
             uuid((1 << 40) + 3)
         ));
     }
-    api.ch.query(&format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES {}", rows.join(", ")));
+    insert_events(&api.ch, &format!("VALUES {}", rows.join(", ")));
     let again = api.json(&to_last);
     assert!(read_at.elapsed() < Duration::from_secs(50), "the test was too slow to see the memory");
     assert_eq!((&again["d1"], &again["d7"], &again["d30"]), (&before["d1"], &before["d7"], &before["d30"]));
@@ -674,15 +702,18 @@ fn analytics_overview_reads_complete_days_again_in_the_background() {
     assert_eq!(api.json(realtime)["registered_total"], PLAYERS);
     // `late` registers on the day before `last` (a complete day), `newcomer` today.
     let now = croupier_dataplane::analytics::now_secs();
-    api.ch.query(&format!(
-        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+    insert_events(
+        &api.ch,
+        &format!(
+            "VALUES \
          ({}, 'g1', 'prod', 'late', 'l1', 'register', '', '', 'US', '1', '{}', '{{}}'), \
          ({}, 'g1', 'prod', 'newcomer', 'n1', 'register', '', '', 'US', '1', '{}', '{{}}')",
-        (last - 1) * DAY + 50,
-        uuid(1 << 41),
-        now - 5,
-        uuid((1 << 41) + 1)
-    ));
+            (last - 1) * DAY + 50,
+            uuid(1 << 41),
+            now - 5,
+            uuid((1 << 41) + 1)
+        ),
+    );
     // Today's registrations are read at each request; the complete days are remembered
     // (realtime reads everything at each request).
     assert_eq!(api.json(realtime)["registered_total"], PLAYERS + 2);
@@ -718,12 +749,15 @@ fn analytics_overview_never_answers_remembered_figures_past_their_limit() {
     // The figure is first read by the first overview below, after this.
     let read_at = Instant::now();
     assert_eq!(api.json(&to_last)["registered_total"], PLAYERS);
-    api.ch.query(&format!(
-        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+    insert_events(
+        &api.ch,
+        &format!(
+            "VALUES \
          ({}, 'g1', 'prod', 'late', 'l1', 'register', '', '', 'US', '1', '{}', '{{}}')",
-        (last - 1) * DAY + 50,
-        uuid(1 << 42)
-    ));
+            (last - 1) * DAY + 50,
+            uuid(1 << 42)
+        ),
+    );
     stall.arm(true);
     assert!(read_at.elapsed() < Duration::from_secs(45), "the test was too slow to hold the background read");
     // Past 60 s + 4 s every read of the figure is held until it times out: the background
@@ -1592,6 +1626,8 @@ fn analytics_queries_agree_on_a_current_engine() {
         std::fs::write(dir.path().join(format!("{table}.cols")), cols).unwrap();
     }
     std::fs::write(dir.path().join("queries.sql"), queries.join("\n")).unwrap();
+    // user_days from the rows loaded, by the worker's fold in SQL (no view fills it).
+    std::fs::write(dir.path().join("after_load.sql"), schema::user_days_copy("1 = 1", "")).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chdb-queries.py");
     let out = std::process::Command::new("python3").arg(script).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1644,12 +1680,25 @@ fn analytics_routes_agree_through_a_cluster() {
     .unwrap();
     let h = &api.history;
     let node = &cluster.nodes[0][0];
+    // Events as the worker inserts them (their user_days rows folded from them alone),
+    // through the Distributed tables: the user_days rows go to the shard of their user
+    // rather than of their events, which changes nothing the routes read (a player's days
+    // are counted across the shards); `ch_cluster_user_days_land_on_the_shard_of_their_events`
+    // checks where the worker puts them.
     let insert = |table: &str, cols: &str, rows: &[String]| {
         for chunk in rows.chunks(20_000) {
-            node.query_with(
-                "&insert_distributed_sync=1",
-                &format!("INSERT INTO analytics.{table} ({cols}) FORMAT TabSeparated\n{}\n", chunk.join("\n")),
-            );
+            let data = format!("FORMAT TabSeparated\n{}\n", chunk.join("\n"));
+            if table == "events" {
+                for sql in worker_insert(&data) {
+                    let sql = sql.replace("AS analytics.events ENGINE", "AS analytics.events_local ENGINE");
+                    node.query_with("&insert_distributed_sync=1", &sql);
+                }
+            } else {
+                node.query_with(
+                    "&insert_distributed_sync=1",
+                    &format!("INSERT INTO analytics.{table} ({cols}) {data}"),
+                );
+            }
         }
     };
     insert("events", EVENT_COLUMNS, &h.event_rows);
@@ -1728,6 +1777,16 @@ const FIRST_EVENTS_LAYOUT: &str = "CREATE TABLE analytics.events (
     platform LowCardinality(String), country FixedString(2), app_version String, event_id UUID,
     props_json String, device_id String DEFAULT '', ingested_at DateTime DEFAULT now()
 ) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(event_time) ORDER BY (game_id, env, event, event_id)";
+
+/// The materialized view that filled `analytics.user_days` in earlier versions, as they
+/// created it (`croupier migrate` drops it: the worker writes `user_days`).
+const OLD_USER_DAYS_VIEW: &str = "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.user_days_mv
+    TO analytics.user_days
+    AS SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id, count() AS events,
+        countIf(event IN ('login', 'session_start', 'user.login', 'session.start')) AS active,
+        countIf(event IN ('register', 'user.register')) AS registered,
+        countIf(event IN ('first_active')) AS first_active
+    FROM analytics.events GROUP BY d, game_id, env, user_id";
 
 /// What `analytics.user_days` must hold for the rows of `analytics.events`: each (day,
 /// game, env, user) once, with whether it had an active, register and `first_active` event.
@@ -1835,9 +1894,9 @@ fn analytics_events_relayout_keeps_rows_and_reads_one_day() {
                      AND name IN ('user_days_filled', 'player_tables_filled')";
         assert_eq!(ch.query(marks), "2\n");
     }
-    // The views add what is inserted from then on.
-    ch.query(&format!(
-        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES \
+    // The views (and the worker, for user_days) add what is inserted from then on.
+    insert_events(&ch, &format!(
+        "VALUES \
          ({}, 'g3', 'prod', 'late', 's1', 'register', '', '', 'US', '1', '00000000-0000-4000-8000-0000000000b1', '{{}}')",
         h.today * DAY + 5
     ));
@@ -1887,6 +1946,8 @@ fn analytics_events_relayout_keeps_the_views_filling_on_a_current_engine() {
             })
             .map(|s| s.to_string()),
     );
+    // The view that filled `user_days` until the worker did, which migrate drops.
+    first.push(OLD_USER_DAYS_VIEW.to_owned());
     first.extend([schema::USER_DAYS_MARK.to_owned(), schema::PLAYER_TABLES_MARK.to_owned()]);
     first.push(format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES {}", old_rows.join(", ")));
     for sql in &first {
@@ -1917,14 +1978,20 @@ fn analytics_events_relayout_keeps_the_views_filling_on_a_current_engine() {
         .collect();
     sent.sort();
     assert!(sent.iter().any(|s| s.2.starts_with("RENAME TABLE analytics.events")), "{sent:?}");
-    // What is inserted after the migration reaches every table a view fills.
-    let late = format!(
-        "INSERT INTO analytics.events ({EVENT_COLUMNS}) VALUES {}",
+    assert!(sent.iter().any(|s| s.2 == schema::DROP_USER_DAYS_VIEW), "{sent:?}");
+    let views = "SELECT count() FROM system.tables WHERE database = 'analytics' AND name = 'user_days_mv'";
+    assert_eq!(ch.query(views), "0\n", "user_days_mv dropped");
+    // What is inserted after the migration, as the worker inserts it, reaches every table a
+    // view or the worker fills.
+    let late = worker_insert(&format!(
+        "VALUES {}",
         [event(now - 60, "late", "register", 900), event(now - 30, "u1", "login", 901)].join(", ")
-    );
+    ));
     let checks =
         [USER_DAYS_OF_EVENTS, USER_DAYS, DAILY_PLAYERS_OF_EVENTS, DAILY_PLAYERS, REGISTERED_OF_EVENTS, REGISTERED];
-    ch.query(&late);
+    for sql in &late {
+        ch.query(sql);
+    }
     let old: Vec<String> = checks.iter().map(|q| ch.query(q)).collect();
     for pair in old.chunks(2) {
         assert_eq!(pair[0], pair[1], "ClickHouse 18.16: a table of the views against events");
@@ -1943,7 +2010,9 @@ fn analytics_events_relayout_keeps_the_views_filling_on_a_current_engine() {
     for (_, threw, sql) in &sent {
         script.push_str(&format!("{sql}\n{}\n", if *threw { ";; may fail" } else { ";;" }));
     }
-    script.push_str(&format!("{late}\n;;\n"));
+    for sql in &late {
+        script.push_str(&format!("{sql}\n;;\n"));
+    }
     for q in checks {
         script.push_str(&format!("{}\n;;\n", q.replace("FORMAT TabSeparated", "")));
     }
@@ -2121,7 +2190,7 @@ fn analytics_levels_and_breakdowns_answer_at_most_1000_values() {
                 uuid((2 << 40) + k)
             ));
         }
-        ch.query(&format!("INSERT INTO analytics.events ({EVENT_COLUMNS}) FORMAT TabSeparated\n{}\n", rows.join("\n")));
+        insert_events(ch, &format!("FORMAT TabSeparated\n{}\n", rows.join("\n")));
         // 1,010 cities, city k with a payment of 1,000 + k cents.
         let payments: Vec<String> = (0..1010)
             .map(|k| format!("{t}\tg1\tlv\tu1\to{k}\t{}\tCNY\tsuccess\tgoogle\tios\tUS\tr\tk{k:04}\tp1\t", 1000 + k))

@@ -2,7 +2,7 @@
 //! one ZooKeeper on loopback: `croupier migrate` creates the cluster schema on every node,
 //! the worker inserts into the shard-local replicated tables by event id, and a replica
 //! killed while the worker inserts loses nothing and duplicates nothing, as read through
-//! the `Distributed` tables.
+//! the `Distributed` tables; the worker writes `user_days_local` on the shard of its events.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,6 +145,79 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
         cluster.nodes.iter().map(|s| number(&s[0], "SELECT count() FROM analytics.events_local")).collect();
     assert_eq!(shard_rows.iter().sum::<u64>(), accepted);
     assert!(shard_rows.iter().all(|&n| n > accepted / 4), "both shards hold events: {shard_rows:?}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
+
+/// `user_days` on a cluster: `croupier migrate` leaves no `user_days_mv` on any node, and
+/// the worker writes each event's user-day rows into `user_days_local` on the shard that
+/// holds the event (where the view wrote them before), with the counts of that shard's
+/// events, on both of its replicas.
+#[test]
+fn ch_cluster_user_days_land_on_the_shard_of_their_events() {
+    let cluster = ClickHouseCluster::start(2, 2);
+    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |_| {});
+    let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
+    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
+    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
+    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
+    let (ok, out) = croupier(&["migrate"], &env);
+    assert!(ok, "croupier migrate failed: {out}");
+    for node in cluster.all() {
+        let views = "SELECT count() FROM system.tables WHERE database = 'analytics' AND name LIKE 'user_days_mv%'";
+        assert_eq!(number(node, views), 0, "user_days_mv on {}", node.addr());
+    }
+    let mut worker = Command::new(CROUPIER)
+        .arg("worker")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start croupier worker");
+    // 40 players, each with a login, a registration and a level event (spread over both
+    // shards by event id), in 4 bodies.
+    let mut c = croupier_it::http::HttpClient::connect(ingest.addr);
+    let mut posted = 0u64;
+    for b in 0..4 {
+        let mut items = Vec::new();
+        for i in 0..10 {
+            let user = format!("p{b}-{i}");
+            items.extend(["login", "register", "level_start"].map(|name| event(name, &user)));
+        }
+        posted += items.len() as u64;
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", items.join(",")).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let reader = &cluster.nodes[1][1];
+    wait_for(posted, "events through the Distributed table", || {
+        number(reader, "SELECT count() FROM analytics.events FINAL")
+    });
+    // Each node's user_days_local against the fold of its own shard's events.
+    let fold = "SELECT toUInt16(toDate(event_time, 'UTC')) AS d, game_id, env, user_id, count(), \
+                countIf(event IN ('login', 'session_start', 'user.login', 'session.start')), \
+                countIf(event IN ('register', 'user.register')), countIf(event IN ('first_active')) \
+                FROM analytics.events_local FINAL GROUP BY d, game_id, env, user_id \
+                ORDER BY d, game_id, env, user_id FORMAT TabSeparated";
+    let stored = "SELECT toUInt16(d), game_id, env, user_id, sum(events), sum(active), sum(registered), \
+                  sum(first_active) FROM analytics.user_days_local GROUP BY d, game_id, env, user_id \
+                  ORDER BY d, game_id, env, user_id FORMAT TabSeparated";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in cluster.all() {
+        loop {
+            node.query("SYSTEM SYNC REPLICA analytics.events_local");
+            node.query("SYSTEM SYNC REPLICA analytics.user_days_local");
+            let (want, got) = (node.query(fold), node.query(stored));
+            if want == got && !got.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "user_days_local on {}:\n{got}\nexpected\n{want}", node.addr());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Every player's day is somewhere, and the shards' pieces add up to its events.
+    let total = "SELECT sum(events), uniqExact(user_id) FROM analytics.user_days FORMAT TabSeparated";
+    assert_eq!(reader.query(total), format!("{posted}\t40\n"));
     let _ = worker.kill();
     let _ = worker.wait();
 }

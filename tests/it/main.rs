@@ -39,4 +39,5 @@ mod sdk_browser;
 mod sentinel;
 mod shutdown;
 mod trimming;
+mod user_days;
 mod worker;

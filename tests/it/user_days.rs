@@ -1,0 +1,122 @@
+//! `analytics.user_days` written by the worker: after `croupier migrate` no materialized
+//! view fills it; the worker folds the events it inserts into a row per (UTC day, game,
+//! env, user) with exact counts, and counts nothing of an entry it dead-letters.
+
+use croupier_it::http::now_secs;
+
+use crate::fixture::{post_signed, GAME, SECRET};
+use crate::pipeline::Pipeline;
+
+const DAY: i64 = 86_400;
+
+/// Posts `(seconds, user, event)` as one body (an entry per stream the names go to).
+fn post(p: &Pipeline, events: &[(i64, &str, &str)]) {
+    let items: Vec<String> = events
+        .iter()
+        .map(|(ts, user, name)| {
+            format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"prod","event":"{name}","user_id":"{user}"}}"#)
+        })
+        .collect();
+    let mut c = p.ingest.client();
+    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", items.join(",")).as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+/// `user_days` of the game, summed per row: day number, user, events, active, registered,
+/// first_active.
+const USER_DAYS: &str = "SELECT toUInt16(d), user_id, sum(events), sum(active), sum(registered), sum(first_active) \
+    FROM analytics.user_days WHERE game_id = 'g1' AND env = 'prod' GROUP BY d, user_id ORDER BY d, user_id \
+    FORMAT TabSeparated";
+
+/// The same fold over `events` (each event once), as the view that filled `user_days`
+/// before counted it.
+const FOLD_OF_EVENTS: &str = "SELECT toUInt16(toDate(event_time, 'UTC')) AS d, user_id, count(), \
+    countIf(event IN ('login', 'session_start', 'user.login', 'session.start')), \
+    countIf(event IN ('register', 'user.register')), countIf(event IN ('first_active')) \
+    FROM analytics.events FINAL WHERE game_id = 'g1' AND env = 'prod' GROUP BY d, user_id ORDER BY d, user_id \
+    FORMAT TabSeparated";
+
+fn user_days_mv(p: &Pipeline) -> u64 {
+    p.scalar("SELECT count() FROM system.tables WHERE database = 'analytics' AND name = 'user_days_mv'")
+}
+
+/// No view after migrate; the worker's rows for a known set of events, over two UTC days
+/// and both event streams (standard names and custom ones), have the exact counts.
+#[test]
+fn user_days_come_from_the_worker_with_exact_counts() {
+    let mut p = Pipeline::start(&[]);
+    assert_eq!(user_days_mv(&p), 0, "croupier migrate leaves no user_days_mv");
+    let now = now_secs();
+    let today = now.div_euclid(DAY);
+    let (y, t) = ((today - 1) * DAY + 43_200, today * DAY + 5);
+    post(
+        &p,
+        &[
+            (y, "u1", "login"),
+            (y + 1, "u1", "session_start"),
+            (y + 2, "u1", "register"),
+            (y + 3, "u1", "level_start"),
+            (t, "u1", "user.login"),
+            (t + 1, "u1", "first_active"),
+            (t + 2, "u2", "user.register"),
+        ],
+    );
+    post(
+        &p,
+        &[
+            (t + 3, "u2", "session.start"),
+            (t + 4, "u2", "Login"),
+            (t + 5, "u3", "level_start"),
+            (t + 6, "u3", "level_start"),
+        ],
+    );
+    p.start_worker(&[]);
+    p.wait_for(11, "events", Pipeline::distinct_events);
+    p.wait_for(0, "pending events", |p| p.pending("analytics:events") as u64);
+    p.wait_for(0, "pending custom events", |p| p.pending("analytics:custom") as u64);
+    let (y, t) = (today - 1, today);
+    let want = format!(
+        "{y}\tu1\t4\t2\t1\t0\n\
+         {t}\tu1\t2\t1\t0\t1\n\
+         {t}\tu2\t3\t1\t1\t0\n\
+         {t}\tu3\t2\t0\t0\t0\n"
+    );
+    assert_eq!(p.clickhouse.query(USER_DAYS), want);
+    assert_eq!(p.clickhouse.query(FOLD_OF_EVENTS), want, "as the view counted the events");
+    assert!(p.stop_worker());
+}
+
+/// An entry ClickHouse refuses (a view on `events` fails on one user's rows, as bad data),
+/// found by bisecting its batch and dead-lettered, is counted in no row of `user_days`; the
+/// entries inserted around it are, once each.
+#[test]
+fn a_dead_lettered_entry_counts_in_no_user_day() {
+    let mut p = Pipeline::start(&[]);
+    assert_eq!(user_days_mv(&p), 0, "croupier migrate leaves no user_days_mv");
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.refuse_one_player ENGINE = Memory AS \
+         SELECT toUInt32(if(user_id = 'refused', 'not a number', '1')) AS x FROM analytics.events",
+    );
+    let t = now_secs();
+    let day = t.div_euclid(DAY);
+    // Entries before and after the refused one, gathered into one batch by the worker.
+    for i in 0..4 {
+        post(&p, &[(t, &format!("a{i}"), "login"), (t, &format!("a{i}"), "register")]);
+    }
+    post(&p, &[(t, "refused", "login"), (t, "refused", "first_active")]);
+    for i in 0..4 {
+        post(&p, &[(t, &format!("b{i}"), "session_start")]);
+    }
+    p.start_worker(&[]);
+    p.wait_for(1, "dead letters", |p| crate::fixture::xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    p.wait_for(0, "pending events", |p| p.pending("analytics:events") as u64);
+    let mut want = String::new();
+    for i in 0..4 {
+        want.push_str(&format!("{day}\ta{i}\t2\t1\t1\t0\n"));
+    }
+    for i in 0..4 {
+        want.push_str(&format!("{day}\tb{i}\t1\t1\t0\t0\n"));
+    }
+    assert_eq!(p.clickhouse.query(USER_DAYS), want, "the refused entry's user is in no row");
+    assert!(p.stop_worker());
+}

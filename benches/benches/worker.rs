@@ -1,16 +1,17 @@
 //! The worker's hot path: filling `analytics.events` column blocks from archived batch
 //! records (read in place) and laying the block out in the native format, with and
-//! without LZ4 frames. Read with `benches/README.md`.
+//! without LZ4 frames; folding the events into `analytics.user_days` rows. Read with `benches/README.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use croupier_dataplane::clickhouse::partitions::PartitionedRows;
 use croupier_dataplane::clickhouse::rows::{unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, Table};
+use croupier_dataplane::clickhouse::user_days::UserDayFold;
 use croupier_protocol::batch::{self, ArchivedRecords, Batch, Records};
 use croupier_protocol::clickhouse::order::sort_order;
 use croupier_protocol::clickhouse::packet;
-use croupier_protocol::envelope::{Event, EventBatch};
+use croupier_protocol::envelope::{text, Event, EventBatch};
 
 const ROWS: usize = 10_000;
 
@@ -108,5 +109,45 @@ fn block_encoding(c: &mut Criterion) {
     eprintln!("events_block_10k_rows: {plain} bytes plain, {} bytes LZ4", out.len());
 }
 
-criterion_group!(benches, block_encoding);
+/// The `user_days` rows of 10,000 events as the worker's sink folds them
+/// (`clickhouse::user_days`): one look-up per event, then the rows sorted into their block.
+fn user_days_fold(c: &mut Criterion) {
+    let bytes = archive();
+    let archived = batch::access(&bytes).unwrap();
+    let ArchivedRecords::Events(events) = &archived.records else { unreachable!("the archive holds events") };
+    let mut fold = UserDayFold::default();
+    let mut blocks = Vec::new();
+    let fill = |fold: &mut UserDayFold| {
+        fold.clear();
+        for index in 0..events.len() {
+            let f = |i| events.field(index, i);
+            fold.add(
+                unix_seconds(events.ts_ms(index)),
+                f(text::GAME_ID),
+                f(text::ENV),
+                f(text::USER_ID),
+                f(text::EVENT),
+            );
+        }
+    };
+    let mut g = c.benchmark_group("user_days_fold_10k_rows");
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("fold", |b| {
+        b.iter(|| {
+            fill(&mut fold);
+            black_box(fold.len())
+        })
+    });
+    g.bench_function("fold_and_block", |b| {
+        b.iter(|| {
+            fill(&mut fold);
+            fold.blocks(100, &mut blocks);
+            black_box(blocks.len())
+        })
+    });
+    g.finish();
+    eprintln!("user_days_fold_10k_rows: {} rows of user_days", fold.len());
+}
+
+criterion_group!(benches, block_encoding, user_days_fold);
 criterion_main!(benches);

@@ -115,14 +115,14 @@ fn write_key(key: &mut Vec<u8>, day: u16, game: &str, env: &str, user: &str) {
     key.extend_from_slice(user.as_bytes());
 }
 
-/// The parts of a key made by [`write_key`]: day, game, env, user.
-fn split_key(key: &[u8]) -> Option<(u16, &[u8], &[u8], &[u8])> {
+/// A folded row: the parts of its key made by [`write_key`], and its counts.
+fn folded(key: &[u8], counts: DayCounts) -> Option<Folded<'_>> {
     let (day, rest) = key.split_first_chunk::<2>()?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let (game, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let (env, user) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
-    Some((u16::from_le_bytes(*day), game, env, user))
+    Some(Folded { game, env, day: u16::from_le_bytes(*day), user, counts })
 }
 
 impl UserDayFold {
@@ -172,14 +172,7 @@ impl UserDayFold {
         if self.days.is_empty() {
             return;
         }
-        let mut rows: Vec<Folded<'_>> = self
-            .days
-            .iter()
-            .filter_map(|(key, counts)| {
-                let (day, game, env, user) = split_key(key)?;
-                Some(Folded { game, env, day, user, counts: *counts })
-            })
-            .collect();
+        let mut rows: Vec<Folded<'_>> = self.days.iter().filter_map(|(key, counts)| folded(key, *counts)).collect();
         let month = |day: u16| utc_month(u32::from(day) * 86_400).0;
         let mut months: Vec<u32> = rows.iter().map(|r| month(r.day)).collect();
         months.sort_unstable();

@@ -88,14 +88,17 @@ pub struct DayCounts {
 /// per (UTC day, game, env, user). Keys are kept as bytes (the day, then the game, env
 /// and user, each but the last after its length), so that a row already seen costs a
 /// hash look-up and no allocation.
+/// Keys are hashed with foldhash (as `LowCardinality` columns are): a look-up per event.
 #[derive(Default)]
 pub struct UserDayFold {
-    days: HashMap<Box<[u8]>, DayCounts>,
+    days: HashMap<Box<[u8]>, DayCounts, foldhash::fast::RandomState>,
     key: Vec<u8>,
 }
 
 /// A folded row, its key read back from the bytes.
 struct Folded<'a> {
+    /// The block it goes to ([`UserDayFold::blocks`]).
+    block: usize,
     game: &'a [u8],
     env: &'a [u8],
     day: u16,
@@ -122,7 +125,7 @@ fn folded(key: &[u8], counts: DayCounts) -> Option<Folded<'_>> {
     let (game, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let (env, user) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
-    Some(Folded { game, env, day: u16::from_le_bytes(*day), user, counts })
+    Some(Folded { block: 0, game, env, day: u16::from_le_bytes(*day), user, counts })
 }
 
 impl UserDayFold {
@@ -168,9 +171,8 @@ impl UserDayFold {
     /// the same blocks, byte for byte, whatever order they were folded in (a retried block
     /// is then one a replicated table recognises).
     pub fn blocks(&self, partitions: usize, out: &mut Vec<UserDayRows>) {
-        out.clear();
-        if self.days.is_empty() {
-            return;
+        for b in out.iter_mut() {
+            b.clear();
         }
         let mut rows: Vec<Folded<'_>> = self.days.iter().filter_map(|(key, counts)| folded(key, *counts)).collect();
         let month = |day: u16| utc_month(u32::from(day) * 86_400).0;
@@ -178,17 +180,35 @@ impl UserDayFold {
         months.sort_unstable();
         months.dedup();
         let per = partitions.max(1);
-        // Block of a row: its month's place among the batch's months, `per` months a block.
-        let block = |day: u16| months.binary_search(&month(day)).unwrap_or(0) / per;
-        rows.sort_unstable_by(|a, b| {
-            (block(a.day), a.game, a.env, a.day, a.user).cmp(&(block(b.day), b.game, b.env, b.day, b.user))
-        });
-        for r in &rows {
-            let b = block(r.day);
-            while out.len() <= b {
-                out.push(UserDayRows::new());
+        // A row's block: its month's place among the batch's months, `per` months a block
+        // (one block unless the batch spans more months than that).
+        if months.len() > per {
+            for r in &mut rows {
+                r.block = months.binary_search(&month(r.day)).unwrap_or(0) / per;
             }
-            let Some(rows) = out.get_mut(b) else { continue };
+        }
+        // Sorted by one number (the block, then the rank of the game and env among the
+        // batch's, then the day) and the user: a batch holds few games and envs.
+        let mut pairs: Vec<(&[u8], &[u8])> = rows.iter().map(|r| (r.game, r.env)).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut keyed: Vec<(u64, &[u8], usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rank = pairs.binary_search(&(r.game, r.env)).unwrap_or(0) as u64;
+                ((r.block as u64) << 48 | rank << 16 | u64::from(r.day), r.user, i)
+            })
+            .collect();
+        keyed.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let rows: Vec<&Folded<'_>> = keyed.iter().filter_map(|k| rows.get(k.2)).collect();
+        let used = rows.last().map_or(0, |r| r.block + 1);
+        while out.len() < used {
+            out.push(UserDayRows::new());
+        }
+        out.truncate(used);
+        for r in rows {
+            let Some(rows) = out.get_mut(r.block) else { continue };
             let c = &mut rows.columns;
             c[0].data.push_fixed(&r.day.to_le_bytes());
             c[1].data.push_str(r.game);
@@ -200,7 +220,6 @@ impl UserDayFold {
             c[7].data.push_fixed(&r.counts.first_active.to_le_bytes());
             rows.rows += 1;
         }
-        out.retain(|b| b.rows > 0);
     }
 }
 

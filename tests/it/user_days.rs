@@ -103,7 +103,7 @@ fn a_dead_lettered_entry_counts_in_no_user_day() {
     for i in 0..4 {
         post(&p, &[(t, &format!("a{i}"), "login"), (t, &format!("a{i}"), "register")]);
     }
-    post(&p, &[(t, "refused", "login"), (t, "refused", "first_active")]);
+    post(&p, &[(t, "refused", "login"), (t, "refused", "register")]);
     for i in 0..4 {
         post(&p, &[(t, &format!("b{i}"), "session_start")]);
     }

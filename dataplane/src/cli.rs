@@ -12,7 +12,9 @@ commands:
   ingest    run the HTTP ingest data plane (events into Redis Streams)
   worker    consume the streams into ClickHouse
   run       ingest and worker in one process
-  migrate   create or upgrade the ClickHouse schema, then exit
+  migrate   create or upgrade the ClickHouse schema, then exit; with
+            --drop-user-days-view, also drop the view earlier versions filled
+            analytics.user_days with (once every worker runs this version: docs/deploy.md)
   check     load and check the configuration, then exit
   demo      the whole pipeline on local redis-server and clickhouse-server, driven by
             simulated players, with a live screen (croupier demo --help)
@@ -38,8 +40,10 @@ fn run() -> ExitCode {
         return crate::demo::main(args);
     }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
+    let mut drop_view = false;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--drop-user-days-view" if command == "migrate" => drop_view = true,
             "--config" | "-c" => match args.next() {
                 Some(p) => config_path = Some(PathBuf::from(p)),
                 None => {
@@ -79,7 +83,7 @@ fn run() -> ExitCode {
         "ingest" => serve(config, true, false),
         "worker" => serve(config, false, true),
         "run" => serve(config, true, true),
-        "migrate" => migrate(&config),
+        "migrate" => migrate(&config, drop_view),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -91,7 +95,23 @@ fn run() -> ExitCode {
     }
 }
 
-fn migrate(config: &Config) -> ExitCode {
+/// What `croupier migrate` did about `user_days_mv` on one server.
+fn report_view(node: &str, dropped: Option<bool>, kept: bool) {
+    match dropped {
+        Some(true) => println!(
+            "{node}analytics.user_days_mv dropped; user_days copied again from the events of the last {} s",
+            crate::clickhouse::schema::USER_DAYS_CATCH_UP_SECONDS
+        ),
+        Some(false) => println!("{node}no analytics.user_days_mv to drop"),
+        None if kept => println!(
+            "{node}analytics.user_days_mv kept: workers of earlier versions need it; once every worker runs this \
+             version, run `croupier migrate --drop-user-days-view` (docs/deploy.md)"
+        ),
+        None => {}
+    }
+}
+
+fn migrate(config: &Config, drop_view: bool) -> ExitCode {
     let opts = crate::worker::clickhouse_options(config);
     let fsync = config.clickhouse.fsync_after_insert;
     let driver = match crate::runtime::resolve(config.server.driver) {
@@ -109,6 +129,12 @@ fn migrate(config: &Config) -> ExitCode {
         let Some(cluster) = cluster else {
             let mut conn = Connection::connect(&opts).await?;
             schema::migrate(&mut conn).await?;
+            if drop_view {
+                let dropped = schema::drop_user_days_view(&mut conn, &[], "").await?;
+                report_view("", Some(dropped), false);
+            } else {
+                report_view("", None, schema::has_user_days_view(&mut conn).await?);
+            }
             let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, false).await?) } else { None };
             return Ok::<_, ChError>((conn.server().clone(), fsync));
         };
@@ -123,6 +149,13 @@ fn migrate(config: &Config) -> ExitCode {
             };
             let mut conn = Connection::connect(&node_opts).await.map_err(on)?;
             schema::migrate_cluster_node(&mut conn, &cluster).await.map_err(on)?;
+            let at = format!("{node}: ");
+            if drop_view {
+                let dropped = schema::drop_user_days_view(&mut conn, &[], "_local").await.map_err(on)?;
+                report_view(&at, Some(dropped), false);
+            } else {
+                report_view(&at, None, schema::has_user_days_view(&mut conn).await.map_err(on)?);
+            }
             let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, true).await.map_err(on)?) } else { None };
             println!("{node}: cluster {cluster} schema up to date");
             last = Some((conn.server().clone(), fsync));

@@ -120,3 +120,43 @@ fn a_dead_lettered_entry_counts_in_no_user_day() {
     assert_eq!(p.clickhouse.query(USER_DAYS), want, "the refused entry's user is in no row");
     assert!(p.stop_worker());
 }
+
+/// The view of earlier versions, as they made it.
+const OLD_VIEW: &str = "CREATE MATERIALIZED VIEW analytics.user_days_mv TO analytics.user_days \
+    AS SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id, count() AS events, \
+    countIf(event IN ('login', 'session_start', 'user.login', 'session.start')) AS active, \
+    countIf(event IN ('register', 'user.register')) AS registered, \
+    countIf(event IN ('first_active')) AS first_active \
+    FROM analytics.events GROUP BY d, game_id, env, user_id";
+
+/// An upgrade: `croupier migrate` keeps the view of an earlier version (its workers still
+/// need it) and says so; `--drop-user-days-view` drops it and copies the recent events
+/// into `user_days` again, so that what an earlier worker inserted while the view went
+/// (here: rows inserted into `events` directly after the view is gone) has its rows.
+#[test]
+fn migrate_keeps_the_view_of_earlier_workers_until_asked_and_then_catches_up() {
+    let p = Pipeline::start(&[]);
+    p.clickhouse.query(OLD_VIEW);
+    let env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok, "{out}");
+    assert_eq!(user_days_mv(&p), 1, "kept: {out}");
+    assert!(out.contains("analytics.user_days_mv kept"), "{out}");
+    // An earlier worker's insert while the view is being dropped: no row in user_days.
+    p.clickhouse.query("DROP TABLE analytics.user_days_mv");
+    let now = now_secs();
+    p.clickhouse.query(&format!(
+        "INSERT INTO analytics.events (event_time, game_id, env, user_id, event, event_id) VALUES \
+         ({now}, 'g1', 'prod', 'late', 'login', '6c0ffee0-0000-4000-8000-000000000001')"
+    ));
+    let late = "SELECT count() FROM analytics.user_days WHERE user_id = 'late'";
+    assert_eq!(p.scalar(late), 0);
+    p.clickhouse.query(OLD_VIEW);
+    let (ok, out) = crate::pipeline::croupier(&["migrate", "--drop-user-days-view"], &env);
+    assert!(ok, "{out}");
+    assert!(out.contains("analytics.user_days_mv dropped"), "{out}");
+    assert_eq!(user_days_mv(&p), 0);
+    assert_eq!(p.scalar(late), 1, "the recent events copied again");
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok && !out.contains("user_days_mv kept"), "{out}");
+}

@@ -134,8 +134,6 @@ pub async fn migrate_node(
     cluster: &str,
     settings: &[(&str, Setting<'_>)],
 ) -> Result<(), ChError> {
-    // Each node's view of earlier versions (views are not replicated).
-    conn.execute(super::schema::DROP_USER_DAYS_VIEW, &[]).await?;
     for sql in statements(cluster) {
         conn.execute(&sql, settings).await?;
     }

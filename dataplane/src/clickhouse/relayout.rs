@@ -70,6 +70,9 @@ pub async fn relayout_events(
             ));
         }
         tracing::info!("events: moving the first layout aside to copy it into the current one");
+        // Its view, bound to the table moved aside, would follow it; the worker writes
+        // `user_days` (docs/deploy.md: replace the workers first).
+        conn.execute(super::schema::DROP_USER_DAYS_VIEW, &[]).await?;
         conn.execute(&format!("RENAME TABLE analytics.events TO {OLD}"), &[]).await?;
     }
     conn.execute(create, settings).await?;

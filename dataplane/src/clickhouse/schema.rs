@@ -184,8 +184,39 @@ pub const STATEMENTS: &[&str] = &[
 
 /// Drops the materialized view that filled `user_days` from every insert into `events`
 /// in earlier versions: the worker folds its inserts into `user_days` itself now
-/// ([`super::user_days`]), at a fraction of what the view cost the server per insert.
+/// ([`super::user_days`]). `croupier migrate` keeps a view it finds (workers of earlier
+/// versions still need it) unless asked to drop it ([`drop_user_days_view`]), or when it
+/// lays `events` out again ([`super::relayout`]).
 pub const DROP_USER_DAYS_VIEW: &str = "DROP TABLE IF EXISTS analytics.user_days_mv";
+
+/// How far back [`drop_user_days_view`] copies `events` into `user_days` again: longer
+/// than any batch an earlier worker had in flight when the view went.
+pub const USER_DAYS_CATCH_UP_SECONDS: u64 = 900;
+
+/// Drops `user_days_mv` (on this node: `suffix` is `_local` in a cluster) and copies the
+/// `events` rows ingested in the last [`USER_DAYS_CATCH_UP_SECONDS`] into `user_days`
+/// again, so that a batch an earlier worker inserted while the view went is not missing
+/// there. Rows counted twice change no figure: readers take the counts as "more than
+/// zero". Run by `croupier migrate --drop-user-days-view`, once every worker writes
+/// `user_days` itself (docs/deploy.md). Returns whether the view existed.
+pub async fn drop_user_days_view(
+    conn: &mut Connection,
+    settings: &[(&str, Setting<'_>)],
+    suffix: &str,
+) -> Result<bool, ChError> {
+    let existed = has_user_days_view(conn).await?;
+    conn.execute(DROP_USER_DAYS_VIEW, &[]).await?;
+    let since = format!("ingested_at >= now() - {USER_DAYS_CATCH_UP_SECONDS}");
+    conn.execute(&user_days_copy(&since, suffix), settings).await?;
+    Ok(existed)
+}
+
+/// Whether `analytics.user_days_mv` exists on the server `conn` is connected to.
+pub async fn has_user_days_view(conn: &mut Connection) -> Result<bool, ChError> {
+    let found = "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+                 AND name = 'user_days_mv') WHERE x != 0";
+    threw(conn, found).await
+}
 
 /// The table whose existence says that `user_days` holds the rows `events` had when the
 /// migration filled it ([`fill_user_days`]); the API answers from `user_days` only then.
@@ -471,8 +502,6 @@ pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
         conn.execute(database, settings).await?;
     }
     replace_first_aggregate_tables(conn).await?;
-    // Before the relayout, which would otherwise make the view again on the new `events`.
-    conn.execute(DROP_USER_DAYS_VIEW, &[]).await?;
     if let Some(events) = STATEMENTS.iter().find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS analytics.events ")) {
         super::relayout::relayout_events(conn, events, settings).await?;
     }

@@ -68,6 +68,14 @@ while [ "$done_rows" -lt "$ROWS" ]; do
   done_rows=$((done_rows + n))
   echo "overview.sh: $done_rows of $ROWS rows inserted ($(echo "$(date +%s.%N) - $t0" | bc) s)" >&2
 done
+# user_days as the worker leaves it for the events it inserts (none here: the rows went
+# straight into events): the fold of dataplane/src/clickhouse/user_days.rs.
+clickhouse-client --port "$ch_tcp" -q "
+  INSERT INTO analytics.user_days (d, game_id, env, user_id, events, active, registered, first_active)
+  SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id, count(),
+    countIf(event IN ('login', 'session_start', 'user.login', 'session.start')),
+    countIf(event IN ('register', 'user.register')), countIf(event IN ('first_active'))
+  FROM analytics.events GROUP BY d, game_id, env, user_id"
 rows=$(clickhouse-client --port "$ch_tcp" -q 'SELECT count() FROM analytics.events')
 bytes=$(clickhouse-client --port "$ch_tcp" -q "SELECT sum(bytes) FROM system.parts WHERE active AND table = 'events'")
 echo "overview.sh: analytics.events holds $rows rows, $bytes bytes on disk" >&2

@@ -70,6 +70,9 @@ fn generate(ch: &ClickHouseServer, rows: u64) -> u64 {
         done += n;
         eprintln!("api: {done} of {rows} events written");
     }
+    // `user_days` as the worker leaves it for the events it inserts (written here
+    // straight into `events`, no worker folds them).
+    ch.query(&croupier_dataplane::clickhouse::schema::user_days_copy("1 = 1", ""));
     let payments = rows / 500;
     ch.query(&format!(
         "INSERT INTO analytics.payments (time, game_id, env, user_id, order_id, amount_cents, currency, status, channel, \

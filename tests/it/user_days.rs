@@ -4,7 +4,7 @@
 
 use croupier_it::http::now_secs;
 
-use crate::fixture::{post_signed, GAME, SECRET};
+use crate::fixture::{post_signed, xlen, GAME, SECRET};
 use crate::pipeline::Pipeline;
 
 const DAY: i64 = 86_400;
@@ -159,4 +159,28 @@ fn migrate_keeps_the_view_of_earlier_workers_until_asked_and_then_catches_up() {
     assert_eq!(p.scalar(late), 1, "the recent events copied again");
     let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
     assert!(ok && !out.contains("user_days_mv kept"), "{out}");
+}
+
+/// A `user_days` insert that fails (the table renamed away) after the `events` insert
+/// succeeded keeps the batch: its entry stays pending, nothing is dead-lettered; once the
+/// table is back, the retry lands the rows in both tables.
+#[test]
+fn a_failing_user_days_insert_keeps_the_batch_pending() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("RENAME TABLE analytics.user_days TO analytics.user_days_away");
+    p.start_worker(&[]);
+    let now = now_secs();
+    post(&p, &[(now, "k1", "login"), (now + 1, "k2", "login")]);
+    p.wait_for(1, "the entry delivered", |p| p.pending("analytics:events") as u64);
+    // Several tries (back-off up to 300 ms in the harness): still pending, none dead.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(p.pending("analytics:events"), 1, "acknowledged without its user_days rows");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "dead-lettered");
+    p.clickhouse.query("RENAME TABLE analytics.user_days_away TO analytics.user_days");
+    p.wait_for(2, "user_days rows", |p| {
+        p.scalar("SELECT count() FROM (SELECT user_id FROM analytics.user_days WHERE user_id IN ('k1', 'k2') GROUP BY user_id)")
+    });
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events FINAL WHERE user_id IN ('k1', 'k2')"), 2);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
 }

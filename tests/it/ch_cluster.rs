@@ -65,13 +65,7 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
         );
     }
 
-    let mut worker = Command::new(CROUPIER)
-        .arg("worker")
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start croupier worker");
+    let mut worker = start_worker(&env);
 
     // Batches posted one after the other while the first replica of the first shard (the
     // one the worker inserts into first) is killed.
@@ -168,13 +162,7 @@ fn ch_cluster_user_days_land_on_the_shard_of_their_events() {
         let views = "SELECT count() FROM system.tables WHERE database = 'analytics' AND name LIKE 'user_days_mv%'";
         assert_eq!(number(node, views), 0, "user_days_mv on {}", node.addr());
     }
-    let mut worker = Command::new(CROUPIER)
-        .arg("worker")
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start croupier worker");
+    let mut worker = start_worker(&env);
     // 40 players, each with a login, a registration and a level event (spread over both
     // shards by event id), in 4 bodies.
     let mut c = croupier_it::http::HttpClient::connect(ingest.addr);
@@ -220,4 +208,15 @@ fn ch_cluster_user_days_land_on_the_shard_of_their_events() {
     assert_eq!(reader.query(total), format!("{posted}\t40\n"));
     let _ = worker.kill();
     let _ = worker.wait();
+}
+
+/// `croupier worker` with `env`, its output discarded.
+fn start_worker(env: &[(String, String)]) -> std::process::Child {
+    Command::new(CROUPIER)
+        .arg("worker")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start croupier worker")
 }

@@ -213,9 +213,7 @@ pub async fn drop_user_days_view(
 
 /// Whether `analytics.user_days_mv` exists on the server `conn` is connected to.
 pub async fn has_user_days_view(conn: &mut Connection) -> Result<bool, ChError> {
-    let found = "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
-                 AND name = 'user_days_mv') WHERE x != 0";
-    threw(conn, found).await
+    marked(conn, "user_days_mv").await
 }
 
 /// The table whose existence says that `user_days` holds the rows `events` had when the

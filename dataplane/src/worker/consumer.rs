@@ -486,19 +486,19 @@ impl Reader {
         }
         let first = Instant::now();
         let deadline = close_at(first, self.closed.get(), &self.cfg);
-        let batch = self.gather_until(batch, deadline, stop).await?;
+        let (batch, rows) = self.gather_until(batch, deadline, stop).await?;
         let at = Instant::now();
-        self.closed.set(Some(Closed { at, gathered: at - first, rows: batch.iter().map(entry_rows).sum() }));
+        self.closed.set(Some(Closed { at, gathered: at - first, rows }));
         Ok(batch)
     }
 
-    /// [`Reader::gather`] after the first read.
+    /// [`Reader::gather`] after the first read; also returns the batch's rows.
     async fn gather_until(
         &self,
         mut batch: Vec<Entry>,
         deadline: Instant,
         stop: &AtomicBool,
-    ) -> Result<Vec<Entry>, String> {
+    ) -> Result<(Vec<Entry>, usize), String> {
         let mut rows: usize = batch.iter().map(entry_rows).sum();
         let mut bytes: usize = batch.iter().map(Entry::byte_len).sum();
         while !self.cfg.is_full(rows, bytes) && !stop.load(Ordering::Relaxed) {
@@ -513,7 +513,7 @@ impl Reader {
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);
         }
-        Ok(batch)
+        Ok((batch, rows))
     }
 }
 

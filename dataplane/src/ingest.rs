@@ -153,19 +153,21 @@ enum Outcome {
     Failed,
 }
 
-/// The `script` protocol: one `EVAL` that records the nonce and appends.
-async fn script_append(shard: &Shard, cmd: Vec<u8>, entries: usize) -> Outcome {
+/// The `script` protocol: one transaction that appends and records the nonce (or takes
+/// the appends back, `croupier_protocol::resp::INGEST_SCRIPT`).
+async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
     // With `wait_replicas` 0 nothing waits: the primary's reply is the answer.
-    let reply = if shard.config.redis.wait_replicas == 0 {
-        shard.redis.call(cmd).await.map(|f| (f, 0))
-    } else {
-        shard.redis.call_replicated(cmd).await
-    };
-    match reply.map(|(f, replicas)| (resp::ingest_reply(f), replicas)) {
+    let replicated = shard.config.redis.wait_replicas > 0;
+    let reply = shard.redis.call_group(t.cmd, t.replies, 0, &t.nonce_key, replicated).await;
+    match reply.map(|(frames, replicas)| (resp::ingest_reply(frames, entries), replicas)) {
         Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => Outcome::Added { replicas },
         Ok((Ok(IngestReply::Duplicate), replicas)) => Outcome::Duplicate { replicas },
         Ok((Ok(IngestReply::Replay), _)) => Outcome::Replay,
-        Ok((Ok(IngestReply::Added(_)) | Err(_), _)) | Err(_) => Outcome::Failed,
+        Ok((Err(e), _)) => {
+            tracing::debug!(nonce = %t.nonce_key, error = %e, "ingest transaction failed: nothing appended");
+            Outcome::Failed
+        }
+        Ok((Ok(IngestReply::Added(_)), _)) | Err(_) => Outcome::Failed,
     }
 }
 
@@ -287,10 +289,18 @@ impl Refusal {
 
 /// The commands of an append, per `redis.ingest_protocol`.
 enum Command {
-    /// The `EVAL` that records the nonce and appends.
-    Script(Vec<u8>),
+    /// The transaction that appends and records the nonce.
+    Script(ScriptCmd),
     /// The lease and append transactions.
     Lease(LeaseCmds),
+}
+
+/// The transaction of the `script` protocol, and what reading its replies needs.
+struct ScriptCmd {
+    cmd: Vec<u8>,
+    replies: usize,
+    /// The nonce key (tagged with its partition), which routes it in a cluster.
+    nonce_key: String,
 }
 
 /// The two transactions of the `lease` protocol, and what reading their replies needs.
@@ -461,7 +471,7 @@ pub(crate) fn stage<'s>(
     // Counted when queued, in the same order as the backlog readings are queued, so a
     // reading never misses nor double-counts it (an append that fails is over-counted
     // until the next reading: the safe side). Nothing awaits between here and the send
-    // of the `EVAL`; the lease protocol counts right before its append transaction.
+    // of the transaction; the lease protocol counts right before its append transaction.
     let protocol = shard.config.redis.ingest_protocol;
     let entries: Vec<EntryArgs<'_>> = parts
         .iter()
@@ -484,8 +494,8 @@ pub(crate) fn stage<'s>(
     let entry_events = shard.backlog.partitions().entry_events(partition);
     let cmd = match protocol {
         IngestProtocol::Script => {
-            resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
-            Command::Script(cmd)
+            let replies = resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
+            Command::Script(ScriptCmd { cmd, replies, nonce_key })
         }
         IngestProtocol::Lease => {
             let lease_key = lease::lease_key(&nonce_key, digest);

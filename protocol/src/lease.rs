@@ -17,7 +17,7 @@
 //! done requests; `P` followed by the digest while the request is pending. The lease key
 //! carries the digest, so a replay (another body) never holds up the request's own retry.
 
-use crate::resp::{command, EntryArgs, Frame, RespError};
+use crate::resp::{command, exec_items, xadd, EntryArgs, Frame, RespError};
 
 /// Marks a nonce reserved by a request whose append is not known to be done.
 pub const PENDING: u8 = b'P';
@@ -109,16 +109,6 @@ pub enum Lease {
     },
 }
 
-/// The `EXEC` reply at the end of a group's replies, as its items.
-fn exec_items(frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, RespError> {
-    match frames.into_iter().last() {
-        Some(Frame::Array(items)) if items.len() == expected => Ok(items),
-        Some(Frame::Error(e)) => Err(RespError(e)),
-        Some(Frame::Null) => Err(RespError("transaction aborted".into())),
-        other => Err(RespError(format!("unexpected EXEC reply {other:?}"))),
-    }
-}
-
 /// Reads the replies of [`lease`] for `streams` target streams.
 pub fn lease_reply(frames: Vec<Frame>, streams: usize, digest: &[u8; 32]) -> Result<Lease, RespError> {
     let items = exec_items(frames, streams + 3)?;
@@ -167,33 +157,12 @@ pub fn commit(
     digest: &[u8; 32],
     entries: &[EntryArgs<'_>],
 ) -> usize {
-    use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
     let ttl = ttl_secs.to_string();
     command(out, &[b"MULTI"]);
-    let mut counts = Vec::with_capacity(entries.len());
     for e in entries {
-        let mut minid = String::with_capacity(24);
-        e.minid.write_to(&mut minid);
-        let count = e.count.to_string();
-        command(
-            out,
-            &[
-                b"XADD",
-                e.stream.as_bytes(),
-                b"MINID",
-                b"~",
-                minid.as_bytes(),
-                b"*",
-                FIELD_FORMAT.as_bytes(),
-                FORMAT.as_bytes(),
-                FIELD_COUNT.as_bytes(),
-                count.as_bytes(),
-                FIELD_BATCH.as_bytes(),
-                e.archive,
-            ],
-        );
-        counts.push(count);
+        xadd(out, e);
     }
+    let counts: Vec<String> = entries.iter().map(|e| e.count.to_string()).collect();
     command(out, &[b"SET", nonce_key.as_bytes(), digest, b"EX", ttl.as_bytes()]);
     command(out, &[b"DEL", lease_key.as_bytes()]);
     let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * entries.len());

@@ -1,12 +1,16 @@
 //! The Redis commands the data plane sends, encoded with `redis-protocol`, and the
 //! parsing of their replies.
 //!
-//! Ingest writes a request's batch entries with one `EVAL` of [`INGEST_SCRIPT`]: it
-//! checks that the stream keys are streams, remembers the request's nonce with the body's
-//! digest (`SET NX EX`) and appends the entries (`XADD MINID ~`) atomically, so a replayed
-//! nonce adds nothing, a refused request leaves no trace, and the same request sent again
-//! is recognised. It also keeps each stream's mean events per entry ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)),
-//! which every shard reads to convert its limits from events to entries.
+//! Ingest writes a request's batch entries with one transaction ([`ingest`]): `MULTI`,
+//! plain `XADD`s (`MINID ~`), an `EVAL` of [`INGEST_SCRIPT`], `EXEC`. The script runs
+//! right after the appends, inside the transaction: it checks that the stream keys are
+//! streams and remembers the request's nonce with the body's digest (`SET NX EX`); when
+//! either fails it deletes the entries just appended before anything else can run, so a
+//! replayed nonce adds nothing, a refused request leaves no trace, and the same request
+//! sent again is recognised. The archives are plain `XADD` arguments: they never pass
+//! through Lua. The script also keeps each stream's mean events per entry
+//! ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)), which every shard reads to convert its
+//! limits from events to entries.
 
 use redis_protocol::resp2::types::BorrowedFrame;
 pub use redis_protocol::resp2::types::OwnedFrame as Frame;
@@ -15,42 +19,51 @@ use redis_protocol::resp2::{decode, encode};
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
 use crate::stream::{StreamId, ENTRY_EVENTS_WINDOW};
 
-/// The script behind [`ingest`]. `KEYS[1]` is the nonce key, `KEYS[2]` the
-/// [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash, `KEYS[3..]` the streams; `ARGV[1]` the nonce TTL in seconds,
-/// `ARGV[2]` the body's SHA-256, then per stream: MINID, record count, archive.
+/// The script of [`ingest`]'s transaction, run right after its `XADD`s. `KEYS[1]` is the
+/// nonce key, `KEYS[2]` the [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash, `KEYS[3..]`
+/// the streams just appended to; `ARGV[1]` the nonce TTL in seconds, `ARGV[2]` the body's
+/// SHA-256, then each stream's record count.
 ///
-/// Replies with the entry IDs; with the status `DUPLICATE` when the nonce was used by a
-/// request with the same body (nothing appended again, but the nonce is written again,
-/// unchanged: a write, so that a `WAIT` after it on any connection covers the first
-/// request's append, which came before it in the replication stream); with the error `REPLAY` when it was
-/// used by another body. Every stream key is checked to be a stream (or absent) before the
-/// nonce is recorded, so a `WRONGTYPE` leaves neither a used nonce nor a partial append.
-/// Entries older than the MINID are trimmed (`~`: whole nodes), and the shard only ever
-/// sends a MINID at or below what the consumer group has acknowledged
-/// (`redis::backlog`). The mean is kept with `pcall`: if the hash cannot be read or
-/// written (say, the key holds another type), the appends go on.
+/// Replies `OK` when the nonce was free and is now recorded (the appends stand); with the
+/// status `DUPLICATE` when the nonce was used by a request with the same body (the entries
+/// just appended are deleted again, and the nonce written again, unchanged: a write, so
+/// that a `WAIT` after it on any connection covers the first request's append, which came
+/// before it in the replication stream); with the error `REPLAY` when it was used by
+/// another body (the entries deleted). A key that is not a stream after the appends is one
+/// whose `XADD` failed (it holds another type): the other entries are deleted, the nonce is
+/// not recorded, and the reply is the error `WRONGTYPE`. The transaction runs whole, with
+/// nothing in between, so an entry deleted here is the last of its stream and no reader
+/// ever saw it. Entries older than the MINID are trimmed (`~`: whole nodes), and the shard
+/// only ever sends a MINID at or below what the consumer group has acknowledged
+/// (`redis::backlog`). The mean is kept with `pcall`: if the hash cannot be read or written
+/// (say, the key holds another type), the appends stand.
 pub const INGEST_SCRIPT: &str = "\
+local function undo() \
+for i = 3, #KEYS do \
+if redis.call('TYPE', KEYS[i])['ok'] == 'stream' then \
+local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1] \
+if last then redis.call('XDEL', KEYS[i], last[1]) end \
+end \
+end \
+end \
 for i = 3, #KEYS do \
 local t = redis.call('TYPE', KEYS[i])['ok'] \
-if t ~= 'stream' and t ~= 'none' then \
+if t ~= 'stream' then undo() \
 return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t) end \
 end \
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then \
+undo() \
 if redis.call('GET', KEYS[1]) == ARGV[2] then \
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') \
 return redis.status_reply('DUPLICATE') end \
 return redis.error_reply('REPLAY nonce already used') end \
-local ids = {} \
 for i = 3, #KEYS do \
-local a = (i - 3) * 3 + 3 \
-ids[#ids + 1] = redis.call('XADD', KEYS[i], 'MINID', '~', ARGV[a], '*', \
-'fmt', 'rkyv1', 'n', ARGV[a + 1], 'batch', ARGV[a + 2]) \
-local n = tonumber(ARGV[a + 1]) \
+local n = tonumber(ARGV[i]) \
 local m = tonumber(redis.pcall('HGET', KEYS[2], KEYS[i])) \
 if m then m = m + (n - m) / 64 else m = n end \
 redis.pcall('HSET', KEYS[2], KEYS[i], tostring(m)) \
 end \
-return ids";
+return redis.status_reply('OK')";
 
 const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
 const _: () = assert!(ENTRY_EVENTS_WINDOW == 64, "the script's window");
@@ -93,9 +106,35 @@ pub struct EntryArgs<'a> {
     pub archive: &'a [u8],
 }
 
-/// Appends the `EVAL` that records `nonce_key` (with the body's SHA-256) for `ttl_secs`
-/// and appends `entries`, keeping their mean size in the hash `entry_events`
-/// ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) or a partition's: every key in one slot for a cluster).
+/// Appends one `XADD` of `e` (`MINID ~`, an automatic id, the batch entry's fields).
+pub fn xadd(out: &mut Vec<u8>, e: &EntryArgs<'_>) {
+    let mut minid = String::with_capacity(24);
+    e.minid.write_to(&mut minid);
+    let count = e.count.to_string();
+    command(
+        out,
+        &[
+            b"XADD",
+            e.stream.as_bytes(),
+            b"MINID",
+            b"~",
+            minid.as_bytes(),
+            b"*",
+            FIELD_FORMAT.as_bytes(),
+            FORMAT.as_bytes(),
+            FIELD_COUNT.as_bytes(),
+            count.as_bytes(),
+            FIELD_BATCH.as_bytes(),
+            e.archive,
+        ],
+    );
+}
+
+/// Appends the transaction that appends `entries` and records `nonce_key` (with the
+/// body's SHA-256) for `ttl_secs`, keeping their mean size in the hash `entry_events`
+/// ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) or a partition's: every key in one slot
+/// for a cluster): `MULTI`, the `XADD`s, the `EVAL` of [`INGEST_SCRIPT`], `EXEC`. Returns
+/// the number of replies it is owed, read by [`ingest_reply`].
 pub fn ingest(
     out: &mut Vec<u8>,
     nonce_key: &str,
@@ -103,18 +142,15 @@ pub fn ingest(
     ttl_secs: u64,
     body_sha256: &[u8; 32],
     entries: &[EntryArgs<'_>],
-) {
+) -> usize {
+    command(out, &[b"MULTI"]);
+    for e in entries {
+        xadd(out, e);
+    }
     let numkeys = (2 + entries.len()).to_string();
     let ttl = ttl_secs.to_string();
-    let nums: Vec<(String, String)> = entries
-        .iter()
-        .map(|e| {
-            let mut id = String::with_capacity(24);
-            e.minid.write_to(&mut id);
-            (id, e.count.to_string())
-        })
-        .collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(7 + 4 * entries.len());
+    let counts: Vec<String> = entries.iter().map(|e| e.count.to_string()).collect();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(7 + 2 * entries.len());
     args.extend([
         b"EVAL".as_slice(),
         INGEST_SCRIPT.as_bytes(),
@@ -124,13 +160,13 @@ pub fn ingest(
     ]);
     args.extend(entries.iter().map(|e| e.stream.as_bytes()));
     args.extend([ttl.as_bytes(), body_sha256.as_slice()]);
-    for (e, (minid, count)) in entries.iter().zip(&nums) {
-        args.extend([minid.as_bytes(), count.as_bytes(), e.archive]);
-    }
+    args.extend(counts.iter().map(|c| c.as_bytes()));
     command(out, &args);
+    command(out, &[b"EXEC"]);
+    entries.len() + 3
 }
 
-/// What the ingest script answered.
+/// What the ingest transaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestReply {
     /// The entries were appended, with these IDs.
@@ -142,24 +178,41 @@ pub enum IngestReply {
     Replay,
 }
 
-/// Interprets the reply to [`ingest`]. An unexpected reply is an error.
-pub fn ingest_reply(frame: Frame) -> Result<IngestReply, RespError> {
-    match frame {
-        Frame::Array(items) => items
-            .into_iter()
-            .map(|f| match f {
-                Frame::BulkString(b) | Frame::SimpleString(b) => {
-                    String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))
-                }
-                other => Err(RespError(format!("unexpected entry id {other:?}"))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(IngestReply::Added),
-        Frame::SimpleString(s) if s == b"DUPLICATE" => Ok(IngestReply::Duplicate),
-        Frame::Error(e) if e.starts_with("REPLAY") => Ok(IngestReply::Replay),
-        Frame::Error(e) => Err(RespError(e)),
-        other => Err(RespError(format!("unexpected reply {other:?}"))),
+/// The items of a transaction's `EXEC` reply, the last of `frames`, when there are
+/// `expected` of them: else why it did not run (refused when queued, aborted).
+pub fn exec_items(frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, RespError> {
+    match frames.into_iter().last() {
+        Some(Frame::Array(items)) if items.len() == expected => Ok(items),
+        Some(Frame::Error(e)) => Err(RespError(e)),
+        Some(Frame::Null) => Err(RespError("transaction aborted".into())),
+        other => Err(RespError(format!("unexpected EXEC reply {other:?}"))),
     }
+}
+
+/// Interprets the replies to [`ingest`] for `entries` entries. An unexpected reply, a
+/// transaction that did not run, or an error of the script other than `REPLAY` (such as
+/// `WRONGTYPE`) is an error: nothing was appended.
+pub fn ingest_reply(frames: Vec<Frame>, entries: usize) -> Result<IngestReply, RespError> {
+    let mut items = exec_items(frames, entries + 1)?;
+    let verdict = items.pop().ok_or_else(|| RespError("short EXEC reply".into()))?;
+    match verdict {
+        Frame::SimpleString(s) if s == b"OK" => {}
+        Frame::SimpleString(s) if s == b"DUPLICATE" => return Ok(IngestReply::Duplicate),
+        Frame::Error(e) if e.starts_with("REPLAY") => return Ok(IngestReply::Replay),
+        Frame::Error(e) => return Err(RespError(e)),
+        other => return Err(RespError(format!("unexpected script reply {other:?}"))),
+    }
+    items
+        .into_iter()
+        .map(|f| match f {
+            Frame::BulkString(b) | Frame::SimpleString(b) => {
+                String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))
+            }
+            Frame::Error(e) => Err(RespError(e)),
+            other => Err(RespError(format!("unexpected entry id {other:?}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(IngestReply::Added)
 }
 
 /// State of a consumer group, from `XINFO GROUPS`.
@@ -324,46 +377,84 @@ mod tests {
         assert_eq!(out, b"*2\r\n$4\r\nXLEN\r\n$16\r\nanalytics:events\r\n");
     }
 
+    /// Every command of `out`, as its arguments.
+    fn commands(mut out: &[u8]) -> Vec<Vec<Vec<u8>>> {
+        let mut all = Vec::new();
+        while !out.is_empty() {
+            let (frame, used) = decode_reply(out).expect("decodes").expect("complete");
+            out = &out[used..];
+            let Frame::Array(items) = frame else { panic!("array") };
+            all.push(
+                items
+                    .into_iter()
+                    .map(|f| match f {
+                        Frame::BulkString(b) => b,
+                        other => panic!("{other:?}"),
+                    })
+                    .collect(),
+            );
+        }
+        all
+    }
+
     #[test]
-    fn ingest_lays_out_keys_and_args() {
+    fn ingest_is_a_transaction_of_plain_appends_then_the_script() {
         let mut out = Vec::new();
         let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n" };
-        ingest(&mut out, "nk", ENTRY_EVENTS, 602, &[7; 32], &[e]);
-        let (frame, used) = decode_reply(&out).expect("decodes").expect("complete");
-        assert_eq!(used, out.len());
-        let Frame::Array(items) = frame else { panic!("array") };
-        let args: Vec<Vec<u8>> = items
-            .into_iter()
-            .map(|f| match f {
-                Frame::BulkString(b) => b,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(args[0], b"EVAL");
+        let f = EntryArgs { stream: "c", minid: StreamId::ZERO, count: 7, archive: b"abc" };
+        let replies = ingest(&mut out, "nk", ENTRY_EVENTS, 602, &[7; 32], &[e, f]);
+        assert_eq!(replies, 5, "OK, three QUEUED, the EXEC");
+        let cmds = commands(&out);
+        let v = |x: &[&[u8]]| x.iter().map(|a| a.to_vec()).collect::<Vec<_>>();
+        assert_eq!(cmds.len(), 5);
+        assert_eq!(cmds[0], v(&[b"MULTI"]));
         assert_eq!(
-            args[2..].to_vec(),
-            vec![
-                b"3".to_vec(),
-                b"nk".to_vec(),
-                b"croupier:entry-events".to_vec(),
-                b"s".to_vec(),
-                b"602".to_vec(),
-                vec![7; 32],
-                b"10-1".to_vec(),
-                b"2".to_vec(),
-                b"\x00\r\n".to_vec()
-            ]
+            cmds[1],
+            v(&[b"XADD", b"s", b"MINID", b"~", b"10-1", b"*", b"fmt", b"rkyv1", b"n", b"2", b"batch", b"\x00\r\n"])
         );
+        assert_eq!(
+            cmds[2],
+            v(&[b"XADD", b"c", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"7", b"batch", b"abc"])
+        );
+        assert_eq!(cmds[3][0], b"EVAL");
+        assert_eq!(cmds[3][1], INGEST_SCRIPT.as_bytes());
+        // Counts only: no archive passes through the script.
+        assert_eq!(
+            cmds[3][2..].to_vec(),
+            v(&[b"4", b"nk", b"croupier:entry-events", b"s", b"c", b"602", &[7; 32], b"2", b"7"])
+        );
+        assert_eq!(cmds[4], v(&[b"EXEC"]));
     }
 
     #[test]
     fn replies_are_interpreted() {
-        let ok = decode_reply(b"*2\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n").expect("ok").expect("complete").0;
-        assert_eq!(ingest_reply(ok), Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()])));
-        let replay = decode_reply(b"-REPLAY nonce already used\r\n").expect("ok").expect("complete").0;
-        assert_eq!(ingest_reply(replay), Ok(IngestReply::Replay));
-        let dup = decode_reply(b"+DUPLICATE\r\n").expect("ok").expect("complete").0;
-        assert_eq!(ingest_reply(dup), Ok(IngestReply::Duplicate));
+        let frames = |wire: &[u8]| {
+            let mut rest = wire;
+            let mut all = Vec::new();
+            while !rest.is_empty() {
+                let (f, used) = decode_reply(rest).expect("ok").expect("complete");
+                all.push(f);
+                rest = &rest[used..];
+            }
+            all
+        };
+        let queued = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n".to_vec();
+        let with = |exec: &[u8]| frames(&[queued.as_slice(), exec].concat());
+        let ok = with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+OK\r\n");
+        assert_eq!(ingest_reply(ok, 2), Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()])));
+        let replay = with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n-REPLAY nonce already used\r\n");
+        assert_eq!(ingest_reply(replay, 2), Ok(IngestReply::Replay));
+        let dup = with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+DUPLICATE\r\n");
+        assert_eq!(ingest_reply(dup, 2), Ok(IngestReply::Duplicate));
+        // A stream key of another type: its `XADD` failed, the script took the other back.
+        let wrong = with(b"*3\r\n-WRONGTYPE x\r\n$3\r\n2-0\r\n-WRONGTYPE s holds a string\r\n");
+        assert!(ingest_reply(wrong, 2).is_err());
+        // Refused when queued, aborted, or short: not appended.
+        assert!(ingest_reply(frames(b"+OK\r\n-EXECABORT Transaction discarded\r\n"), 2).is_err());
+        assert!(ingest_reply(frames(b"*-1\r\n"), 2).is_err());
+        assert!(ingest_reply(with(b"*2\r\n$3\r\n1-0\r\n+OK\r\n"), 2).is_err());
+        // An `XADD` that failed although the script recorded the nonce: not confirmed.
+        assert!(ingest_reply(with(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n+OK\r\n"), 2).is_err());
         assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
     }
 

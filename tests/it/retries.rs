@@ -128,3 +128,35 @@ fn hostile5_a_nonce_lives_while_its_timestamp_is_fresh() {
     assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"), "{}", r.text());
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
 }
+
+/// A duplicate's and a replay's entries are appended and deleted again within their
+/// transaction, while a worker is blocked reading the stream: none is ever delivered.
+/// Every accepted event lands once (no extra row, not even one collapsed later), nothing
+/// is dead-lettered, nothing stays pending.
+#[test]
+fn a_duplicate_or_replay_taken_back_is_never_delivered_to_a_waiting_worker() {
+    let mut p = crate::pipeline::Pipeline::start(&[]);
+    p.start_worker(&[]);
+    let mut accepted = 0;
+    for _ in 0..20 {
+        let body = events(3);
+        let nonce = fresh_nonce();
+        let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+        let first = p.ingest.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!(first.status, 202, "{}", first.text());
+        accepted += 3;
+        // The worker reads that entry, then waits on the stream again.
+        std::thread::sleep(Duration::from_millis(30));
+        let again = p.ingest.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!((again.status, again.text()), (202, r#"{"accepted":3}"#.to_owned()));
+        let other = events(4);
+        let h = signed_headers(GAME, SECRET, other.as_bytes(), now_secs(), &nonce);
+        let replay = p.ingest.client().request("POST", "/api/ingest/events", &h, other.as_bytes());
+        assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"));
+    }
+    p.wait_for(accepted, "events in ClickHouse", crate::pipeline::Pipeline::distinct_events);
+    p.wait_for(0, "pending entries", |p| p.pending("analytics:events") as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), accepted, "no row inserted twice");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+}

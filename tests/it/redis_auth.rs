@@ -246,7 +246,7 @@ const LEAST_PRIVILEGE: &str =
     "resetkeys ~analytics:* ~croupier:* ~hll:* ~{hll:* resetchannels -@all +ping +role +wait +multi \
      +exec +asking +cluster|shards +cluster|slots +eval +get +set +del +expire +pttl +type +time +hget +hset +hmget \
      +pfcount +pfmerge +zadd +zrangebyscore +zrem +zremrangebyscore +zscore +xadd +xreadgroup +xack +xclaim \
-     +xautoclaim +xpending +xrange +xlen +xinfo|stream +xinfo|groups +xgroup|create +xgroup|createconsumer \
+     +xautoclaim +xpending +xrange +xrevrange +xdel +xlen +xinfo|stream +xinfo|groups +xgroup|create +xgroup|createconsumer \
      +xgroup|setid";
 
 /// `ACL SETUSER croupier on >user-pass <rules>` on `redis`, the rules
@@ -295,6 +295,17 @@ fn auth_least_privilege_acl_user_runs_the_whole_pipeline() {
     let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
     acl_user(&redis, &[]);
     let (_clickhouse, c) = run_as_the_acl_user(&redis);
+    // A request sent again and a replay: the ingest script takes their appends back.
+    let body = events(2);
+    let nonce = croupier_it::http::fresh_nonce();
+    let h = croupier_it::http::signed_headers(GAME, SECRET, body.as_bytes(), croupier_it::http::now_secs(), &nonce);
+    let mut client = HttpClient::connect(c.data);
+    for _ in 0..2 {
+        assert_eq!(client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202, "{}", c.log());
+    }
+    let other = events(3);
+    let h = croupier_it::http::signed_headers(GAME, SECRET, other.as_bytes(), croupier_it::http::now_secs(), &nonce);
+    assert_eq!(client.request("POST", "/api/ingest/events", &h, other.as_bytes()).status, 401);
     // The worker's aggregates (scripts on the hll keys) have had a few seconds to run.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(acl_denials(&redis), Vec::<String>::new(), "{}", c.log());
@@ -320,6 +331,21 @@ fn auth_a_user_missing_a_command_is_reported() {
         log.contains("NOPERM") && log.contains("XGROUP CREATE")
     });
     assert!(!c.log().contains("user-pass"), "{}", c.log());
+}
+
+/// A user that may append but not take an append back (`XDEL`, which the ingest script
+/// needs for a duplicate or a replay): refused before any request is appended, and
+/// reported as such by `/readyz` and the log, so that a replay can never be appended.
+#[test]
+fn auth_a_user_who_may_not_take_an_append_back_is_refused() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    acl_user(&redis, &["+xdel"]);
+    let c = ingest_on(&redis, &[("CROUPIER_REDIS__USERNAME", "croupier"), ("CROUPIER_REDIS__PASSWORD", "user-pass")]);
+    let body = readyz_says(&c, "permission denied (NOPERM) for XREVRANGE and XDEL at");
+    assert!(body.contains(&redis.addr()) && body.contains("the user needs"), "{body}");
+    let r = post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(2).as_bytes());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(redis.client().int(&["XLEN", "analytics:events"]), 0);
 }
 
 /// Sentinel, with a password on the data node and one on the sentinel: the one that is

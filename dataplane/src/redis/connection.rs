@@ -557,8 +557,39 @@ async fn prepare(
     if follow && !sentinel::is_primary(stream).await.map_err(|e| noted("ROLE", e))? {
         return Err(RedisError::Protocol(sentinel::NOT_A_PRIMARY.into()));
     }
-    ensure_groups(stream, partitions).await.map_err(|e| noted("XGROUP CREATE", e))
+    ensure_groups(stream, partitions).await.map_err(|e| noted("XGROUP CREATE", e))?;
+    may_take_back(stream, partitions).await.map_err(|e| noted("XREVRANGE and XDEL", e))
 }
+
+/// Asks Redis (7.0 and later: `redis.acl_check_cmd`) whether the connection's user may
+/// run what the ingest script runs to take back a duplicate's or a replay's append
+/// (`croupier_protocol::resp::INGEST_SCRIPT`). Without it the script would fail after its
+/// `XADD`s had run, and a replay's entries would stay: the connection is refused instead,
+/// with `NOPERM`. The keys are arguments, not keys, so any node of a cluster answers.
+async fn may_take_back(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
+    let keys: Vec<&str> = partitions.all_streams().collect();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", TAKE_BACK_ALLOWED.as_bytes(), b"0"];
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    let mut out = Vec::new();
+    resp::command(&mut out, &args);
+    let (res, _) = stream.write_all(out).await;
+    res.map_err(|_| RedisError::Unavailable)?;
+    let mut rbuf = Vec::with_capacity(256);
+    match read_frame(stream, &mut rbuf).await? {
+        Frame::Error(e) => Err(RedisError::Protocol(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The script of [`may_take_back`]; `ARGV`: the stream keys.
+const TAKE_BACK_ALLOWED: &str = "\
+if not redis.acl_check_cmd then return 1 end \
+for i = 1, #ARGV do \
+if not redis.acl_check_cmd('XREVRANGE', ARGV[i], '+', '-', 'COUNT', '1') \
+or not redis.acl_check_cmd('XDEL', ARGV[i], '0-1') then \
+return redis.error_reply('NOPERM the ingest script needs XREVRANGE and XDEL on ' .. ARGV[i]) end \
+end \
+return 1";
 
 /// How [`serve`] ended.
 enum Served {

@@ -173,6 +173,9 @@ impl Default for Server {
     }
 }
 
+/// The largest `auth.max_skew_secs`: a day.
+pub const MAX_SKEW_SECS: u64 = 86_400;
+
 /// `[auth]`: request signatures.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1056,6 +1059,12 @@ impl Config {
                 ));
             }
         }
+        if self.auth.max_skew_secs > MAX_SKEW_SECS {
+            return Err(err(
+                "auth.max_skew_secs",
+                format!("expected at most {MAX_SKEW_SECS} seconds (a day: a nonce is kept twice as long, plus 2 s)"),
+            ));
+        }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections", "expected a count greater than 0 (connections per shard)"));
         }
@@ -1402,6 +1411,9 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 10 << 20);
         assert_eq!((c.server.max_connections, c.server.max_inflight_body_bytes), (4096, 64 << 20));
         assert_eq!(c.auth.max_skew_secs, 300);
+        let e = Config::load(None, [("CROUPIER_AUTH__MAX_SKEW_SECS".to_owned(), "86401".to_owned())])
+            .expect_err("a skew above a day is refused");
+        assert!(e.to_string().contains("auth.max_skew_secs"), "{e}");
         assert_eq!((c.streams.events.retention_events, c.streams.events.high_water_events), (1_000_000, 800_000));
         assert_eq!((c.streams.custom.retention_events, c.streams.custom.high_water_events), (500_000, 400_000));
         assert_eq!((c.streams.payments.retention_events, c.streams.payments.high_water_events), (100_000, 80_000));

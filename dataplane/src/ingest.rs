@@ -163,8 +163,24 @@ async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
         Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => Outcome::Added { replicas },
         Ok((Ok(IngestReply::Duplicate), replicas)) => Outcome::Duplicate { replicas },
         Ok((Ok(IngestReply::Replay), _)) => Outcome::Replay,
+        Ok((Ok(IngestReply::AppendFailed(e)), _)) => {
+            // The nonce was recorded although an append failed: given back, so that the
+            // retry appends.
+            tracing::warn!(nonce = %t.nonce_key, error = %e, "an append of the ingest transaction failed");
+            let mut cmd = Vec::with_capacity(t.nonce_key.len() + 160);
+            resp::forget_nonce(&mut cmd, &t.nonce_key, &t.digest);
+            if !matches!(shard.redis.call(cmd).await, Ok(Frame::Integer(_))) {
+                // The retry will find the nonce and be answered 202 without what failed.
+                // Rare: an append failing when run, then Redis lost.
+                tracing::error!(
+                    nonce = %t.nonce_key,
+                    "an append failed and its nonce could not be given back: a retry is answered 202 without it"
+                );
+            }
+            Outcome::Failed
+        }
         Ok((Err(e), _)) => {
-            tracing::debug!(nonce = %t.nonce_key, error = %e, "ingest transaction failed: nothing appended");
+            tracing::debug!(nonce = %t.nonce_key, error = %e, "ingest transaction failed");
             Outcome::Failed
         }
         Ok((Ok(IngestReply::Added(_)), _)) | Err(_) => Outcome::Failed,
@@ -301,6 +317,8 @@ struct ScriptCmd {
     replies: usize,
     /// The nonce key (tagged with its partition), which routes it in a cluster.
     nonce_key: String,
+    /// The body's digest, the nonce's value.
+    digest: [u8; 32],
 }
 
 /// The two transactions of the `lease` protocol, and what reading their replies needs.
@@ -495,7 +513,7 @@ pub(crate) fn stage<'s>(
     let cmd = match protocol {
         IngestProtocol::Script => {
             let replies = resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
-            Command::Script(ScriptCmd { cmd, replies, nonce_key })
+            Command::Script(ScriptCmd { cmd, replies, nonce_key, digest: *digest })
         }
         IngestProtocol::Lease => {
             let lease_key = lease::lease_key(&nonce_key, digest);

@@ -22,7 +22,7 @@ use crate::stream::{StreamId, ENTRY_EVENTS_WINDOW};
 /// The script of [`ingest`]'s transaction, run right after its `XADD`s. `KEYS[1]` is the
 /// nonce key, `KEYS[2]` the [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash, `KEYS[3..]`
 /// the streams just appended to; `ARGV[1]` the nonce TTL in seconds, `ARGV[2]` the body's
-/// SHA-256, then each stream's record count.
+/// SHA-256, then per stream its entry's record count and archive length.
 ///
 /// Replies `OK` when the nonce was free and is now recorded (the appends stand); with the
 /// status `DUPLICATE` when the nonce was used by a request with the same body (the entries
@@ -31,34 +31,48 @@ use crate::stream::{StreamId, ENTRY_EVENTS_WINDOW};
 /// before it in the replication stream); with the error `REPLAY` when it was used by
 /// another body (the entries deleted). A key that is not a stream after the appends is one
 /// whose `XADD` failed (it holds another type): the other entries are deleted, the nonce is
-/// not recorded, and the reply is the error `WRONGTYPE`. The transaction runs whole, with
-/// nothing in between, so an entry deleted here is the last of its stream and no reader
-/// ever saw it. Entries older than the MINID are trimmed (`~`: whole nodes), and the shard
-/// only ever sends a MINID at or below what the consumer group has acknowledged
-/// (`redis::backlog`). The mean is kept with `pcall`: if the hash cannot be read or written
-/// (say, the key holds another type), the appends stand.
+/// not recorded, and the reply is the error `WRONGTYPE`. Any other error of a command here
+/// (say, one the ACL user may not run) also deletes the entries and records nothing.
+///
+/// The transaction runs whole, with nothing in between, so an entry appended by it is the
+/// last of its stream and no reader ever saw it; one is deleted only when the stream's
+/// last entry has this request's record count and archive length (an `XADD` that failed
+/// when run left someone else's entry last). Entries older than the MINID are trimmed
+/// (`~`: whole nodes), and the shard only ever sends a MINID at or below what the
+/// consumer group has acknowledged (`redis::backlog`). The mean is kept with `pcall`: if
+/// the hash cannot be read or written (say, the key holds another type), the appends
+/// stand.
 pub const INGEST_SCRIPT: &str = "\
 local function undo() \
 for i = 3, #KEYS do \
-if redis.call('TYPE', KEYS[i])['ok'] == 'stream' then \
-local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1] \
-if last then redis.call('XDEL', KEYS[i], last[1]) end \
+local a = 2 * i - 3 \
+local last = redis.pcall('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1) \
+last = type(last) == 'table' and last[1] \
+if last then \
+local f, n, len = last[2], nil, nil \
+for j = 1, #f, 2 do \
+if f[j] == 'n' then n = f[j + 1] elseif f[j] == 'batch' then len = #f[j + 1] end \
+end \
+if n == ARGV[a] and len == tonumber(ARGV[a + 1]) then redis.call('XDEL', KEYS[i], last[1]) end \
 end \
 end \
 end \
+local function failed(e) undo() return redis.error_reply(e) end \
 for i = 3, #KEYS do \
-local t = redis.call('TYPE', KEYS[i])['ok'] \
-if t ~= 'stream' then undo() \
-return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t) end \
+local t = redis.pcall('TYPE', KEYS[i]) \
+if type(t) ~= 'table' or t['ok'] ~= 'stream' then \
+return failed(t['err'] or ('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. tostring(t['ok']))) end \
 end \
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then \
+local set = redis.pcall('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) \
+if type(set) == 'table' and set['err'] then return failed(set['err']) end \
+if not set then \
 undo() \
 if redis.call('GET', KEYS[1]) == ARGV[2] then \
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') \
 return redis.status_reply('DUPLICATE') end \
 return redis.error_reply('REPLAY nonce already used') end \
 for i = 3, #KEYS do \
-local n = tonumber(ARGV[i]) \
+local n = tonumber(ARGV[2 * i - 3]) \
 local m = tonumber(redis.pcall('HGET', KEYS[2], KEYS[i])) \
 if m then m = m + (n - m) / 64 else m = n end \
 redis.pcall('HSET', KEYS[2], KEYS[i], tostring(m)) \
@@ -149,8 +163,9 @@ pub fn ingest(
     }
     let numkeys = (2 + entries.len()).to_string();
     let ttl = ttl_secs.to_string();
-    let counts: Vec<String> = entries.iter().map(|e| e.count.to_string()).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(7 + 2 * entries.len());
+    let nums: Vec<(String, String)> =
+        entries.iter().map(|e| (e.count.to_string(), e.archive.len().to_string())).collect();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(7 + 3 * entries.len());
     args.extend([
         b"EVAL".as_slice(),
         INGEST_SCRIPT.as_bytes(),
@@ -160,7 +175,9 @@ pub fn ingest(
     ]);
     args.extend(entries.iter().map(|e| e.stream.as_bytes()));
     args.extend([ttl.as_bytes(), body_sha256.as_slice()]);
-    args.extend(counts.iter().map(|c| c.as_bytes()));
+    for (count, len) in &nums {
+        args.extend([count.as_bytes(), len.as_bytes()]);
+    }
     command(out, &args);
     command(out, &[b"EXEC"]);
     entries.len() + 3
@@ -176,6 +193,18 @@ pub enum IngestReply {
     Duplicate,
     /// The nonce had been used before by another body; nothing was appended.
     Replay,
+    /// The script recorded the nonce, but an `XADD` had failed when run (an error only
+    /// the transaction's run can give, such as an ACL changed in between): what failed
+    /// is not appended, and the nonce must be given back ([`forget_nonce`]) so that the
+    /// request's retry appends.
+    AppendFailed(String),
+}
+
+/// Deletes the nonce `nonce_key` if it still holds `body_sha256` (after
+/// [`IngestReply::AppendFailed`]); replies 1 when it did.
+pub fn forget_nonce(out: &mut Vec<u8>, nonce_key: &str, body_sha256: &[u8; 32]) {
+    const FORGET: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+    command(out, &[b"EVAL", FORGET.as_bytes(), b"1", nonce_key.as_bytes(), body_sha256]);
 }
 
 /// The items of a transaction's `EXEC` reply, the last of `frames`, when there are
@@ -202,17 +231,17 @@ pub fn ingest_reply(frames: Vec<Frame>, entries: usize) -> Result<IngestReply, R
         Frame::Error(e) => return Err(RespError(e)),
         other => return Err(RespError(format!("unexpected script reply {other:?}"))),
     }
-    items
-        .into_iter()
-        .map(|f| match f {
+    let mut ids = Vec::with_capacity(items.len());
+    for f in items {
+        match f {
             Frame::BulkString(b) | Frame::SimpleString(b) => {
-                String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))
+                ids.push(String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))?)
             }
-            Frame::Error(e) => Err(RespError(e)),
-            other => Err(RespError(format!("unexpected entry id {other:?}"))),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(IngestReply::Added)
+            Frame::Error(e) => return Ok(IngestReply::AppendFailed(e)),
+            other => return Ok(IngestReply::AppendFailed(format!("unexpected entry id {other:?}"))),
+        }
+    }
+    Ok(IngestReply::Added(ids))
 }
 
 /// State of a consumer group, from `XINFO GROUPS`.
@@ -421,7 +450,7 @@ mod tests {
         // Counts only: no archive passes through the script.
         assert_eq!(
             cmds[3][2..].to_vec(),
-            v(&[b"4", b"nk", b"croupier:entry-events", b"s", b"c", b"602", &[7; 32], b"2", b"7"])
+            v(&[b"4", b"nk", b"croupier:entry-events", b"s", b"c", b"602", &[7; 32], b"2", b"3", b"7", b"3"])
         );
         assert_eq!(cmds[4], v(&[b"EXEC"]));
     }
@@ -454,7 +483,10 @@ mod tests {
         assert!(ingest_reply(frames(b"*-1\r\n"), 2).is_err());
         assert!(ingest_reply(with(b"*2\r\n$3\r\n1-0\r\n+OK\r\n"), 2).is_err());
         // An `XADD` that failed although the script recorded the nonce: not confirmed.
-        assert!(ingest_reply(with(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n+OK\r\n"), 2).is_err());
+        assert_eq!(
+            ingest_reply(with(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n+OK\r\n"), 2),
+            Ok(IngestReply::AppendFailed("ERR x".into()))
+        );
         assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
     }
 

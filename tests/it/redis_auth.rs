@@ -348,6 +348,27 @@ fn auth_a_user_who_may_not_take_an_append_back_is_refused() {
     assert_eq!(redis.client().int(&["XLEN", "analytics:events"]), 0);
 }
 
+/// A user that may take an append back but not run another command of the ingest script
+/// (`TYPE`): each request is answered 503 and its append is taken back within its
+/// transaction, so nothing is appended, however often it is retried.
+#[test]
+fn auth_a_command_refused_inside_the_ingest_script_appends_nothing() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    acl_user(&redis, &["+type"]);
+    let c = ingest_on(&redis, &[("CROUPIER_REDIS__USERNAME", "croupier"), ("CROUPIER_REDIS__PASSWORD", "user-pass")]);
+    c.wait_data_ready();
+    let body = events(2);
+    let nonce = croupier_it::http::fresh_nonce();
+    let h = croupier_it::http::signed_headers(GAME, SECRET, body.as_bytes(), croupier_it::http::now_secs(), &nonce);
+    let mut client = HttpClient::connect(c.data);
+    for _ in 0..3 {
+        let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    assert_eq!(redis.client().int(&["XLEN", "analytics:events"]), 0);
+    assert_eq!(redis.client().int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0);
+}
+
 /// Sentinel, with a password on the data node and one on the sentinel: the one that is
 /// missing from croupier's configuration is reported (`NOAUTH`, naming the server that
 /// refused and the keys to check) by the log and the control port's `/readyz`.

@@ -211,3 +211,42 @@ fn a_wrong_lag_of_a_group_that_delivered_everything_is_no_backlog() {
     let (read, lag) = group_position(&f.redis);
     assert!(read == 45 && lag == Some(1), "entries-read {read}, lag {lag:?}");
 }
+
+/// A request sent again (same nonce, same body) is appended and deleted again within the
+/// ingest transaction, leaving the stream's last generated id on a deleted entry: Redis
+/// then reports no lag for the group, and the group never delivers that id. A group that
+/// delivered every entry there is is still caught up: ingest takes the next request
+/// (not `503 backlog_full` for a stream holding its retention above the mark) and the
+/// retained entries are not trimmed.
+#[test]
+fn a_taken_back_duplicate_at_the_end_of_the_stream_is_no_backlog() {
+    let p = Pipeline::start_with(&[], |c| {
+        c.streams.events = StreamLimits { retention_events: 100, high_water_events: 40 };
+    });
+    for i in 0..45 {
+        assert_eq!(post(&p, &format!("u{i}")).status, 202);
+        if i % 10 == 9 {
+            consume(&p);
+        }
+    }
+    consume(&p);
+    let body = format!("[{}]", event("login", "again"));
+    let nonce = croupier_it::http::fresh_nonce();
+    let h = croupier_it::http::signed_headers(
+        crate::fixture::GAME,
+        crate::fixture::SECRET,
+        body.as_bytes(),
+        croupier_it::http::now_secs(),
+        &nonce,
+    );
+    for _ in 0..2 {
+        let r = p.ingest.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    consume(&p);
+    // Every shard reads the backlog after the duplicate.
+    std::thread::sleep(Duration::from_millis(600));
+    let r = post(&p, "next");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(crate::fixture::xlen(&p.ingest.redis, KEY) >= 47, "the retained entries are kept");
+}

@@ -349,16 +349,22 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
     };
     let oldest_pending =
         if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
-    // A lag of 0 is believed; any other (or none) is checked against the stream's end.
-    let (caught_up, repaired) = if g.lag == Some(0) { (None, false) } else { caught_up(redis, key).await };
+    // A lag of 0 with a position is believed; any other lag (or none), or no position, is
+    // checked against the stream's end.
+    let (caught_up, repaired) =
+        if g.lag == Some(0) && g.entries_read.is_some() { (None, false) } else { caught_up(redis, key).await };
     Some(Reading { group: g, oldest_pending, xlen, caught_up, repaired })
 }
 
-/// Whether the group has delivered the stream's last generated entry, in one script:
-/// then every entry added was read, and the group's `entries-read` is set to the stream's
-/// `entries-added` when it differs (`XGROUP SETID` to the same last delivered id, which
-/// never moves), so that Redis's own lag is right again. Returns `{entries-added, 1 when
-/// it set entries-read, else 0}` when caught up, -1 when not.
+/// Whether the group has delivered every entry the stream holds, in one script: then
+/// every entry added was read or deleted, and the group's `entries-read` is set to the
+/// stream's `entries-added` when it differs (`XGROUP SETID`, to the stream's last
+/// generated id), so that Redis's own lag is right again. The last generated id may be
+/// an entry the ingest script appended and deleted again (a duplicate's or a replay's,
+/// docs/ingest.md): no entry after what the group delivered is caught up too, and the
+/// group is moved past that deleted id (nothing lies in between, and the script runs
+/// whole). Returns `{entries-added, 1 when it set the group, else 0}` when caught up, -1
+/// when not.
 const CAUGHT_UP: &str = r"
 local function field(t, name)
   for i = 1, #t, 2 do if t[i] == name then return t[i + 1] end end
@@ -368,7 +374,12 @@ local last, added = field(s, 'last-generated-id'), field(s, 'entries-added')
 if not last or type(added) ~= 'number' then return -1 end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if field(g, 'name') == ARGV[1] then
-    if field(g, 'last-delivered-id') ~= last then return -1 end
+    local delivered = field(g, 'last-delivered-id')
+    if delivered ~= last then
+      if #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then return -1 end
+      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
+      return {added, 1}
+    end
     if field(g, 'entries-read') ~= added then
       redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
       return {added, 1}

@@ -561,33 +561,42 @@ async fn prepare(
     may_take_back(stream, partitions).await.map_err(|e| noted("XREVRANGE and XDEL", e))
 }
 
-/// Asks Redis (7.0 and later: `redis.acl_check_cmd`) whether the connection's user may
-/// run what the ingest script runs to take back a duplicate's or a replay's append
-/// (`croupier_protocol::resp::INGEST_SCRIPT`). Without it the script would fail after its
-/// `XADD`s had run, and a replay's entries would stay: the connection is refused instead,
-/// with `NOPERM`. The keys are arguments, not keys, so any node of a cluster answers.
+/// Checks that the connection's user may run what the ingest script runs to take back a
+/// duplicate's or a replay's append (`XREVRANGE`, `XDEL`: see
+/// `croupier_protocol::resp::INGEST_SCRIPT`). Without them the script would fail after
+/// its `XADD`s had run, and a replay's entries would stay: the connection is refused
+/// instead, with `NOPERM`. Each stream key is tried by a script of its own that runs both
+/// commands without effect (Redis checks a script's commands against the ACL when it runs
+/// them, on every version), so a cluster node answers for the keys it serves; `MOVED`,
+/// `ASK` and `CLUSTERDOWN` are passed over, as for the groups.
 async fn may_take_back(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
-    let keys: Vec<&str> = partitions.all_streams().collect();
-    let mut args: Vec<&[u8]> = vec![b"EVAL", TAKE_BACK_ALLOWED.as_bytes(), b"0"];
-    args.extend(keys.iter().map(|k| k.as_bytes()));
     let mut out = Vec::new();
-    resp::command(&mut out, &args);
+    for key in partitions.all_streams() {
+        resp::command(&mut out, &[b"EVAL", TAKE_BACK_ALLOWED.as_bytes(), b"1", key.as_bytes()]);
+    }
     let (res, _) = stream.write_all(out).await;
     res.map_err(|_| RedisError::Unavailable)?;
-    let mut rbuf = Vec::with_capacity(256);
-    match read_frame(stream, &mut rbuf).await? {
-        Frame::Error(e) => Err(RedisError::Protocol(e)),
-        _ => Ok(()),
+    let mut rbuf = Vec::with_capacity(1024);
+    let mut failed = None;
+    for _ in partitions.all_streams() {
+        match read_frame(stream, &mut rbuf).await? {
+            Frame::Error(e) if !["MOVED", "ASK", "CLUSTERDOWN"].iter().any(|p| e.starts_with(p)) => {
+                failed.get_or_insert(e);
+            }
+            _ => {}
+        }
     }
+    failed.map_or(Ok(()), |e| Err(RedisError::Protocol(e)))
 }
 
-/// The script of [`may_take_back`]; `ARGV`: the stream keys.
+/// The script of [`may_take_back`]: `XREVRANGE … COUNT 1` and `XDEL` of the id `0-0`,
+/// which no entry has. On a stream key (or none) either can only fail by the ACL (whose
+/// error text differs between Redis versions): that is the reply, as `NOPERM`; a key of
+/// another type (`WRONGTYPE`) is not this check's.
 const TAKE_BACK_ALLOWED: &str = "\
-if not redis.acl_check_cmd then return 1 end \
-for i = 1, #ARGV do \
-if not redis.acl_check_cmd('XREVRANGE', ARGV[i], '+', '-', 'COUNT', '1') \
-or not redis.acl_check_cmd('XDEL', ARGV[i], '0-1') then \
-return redis.error_reply('NOPERM the ingest script needs XREVRANGE and XDEL on ' .. ARGV[i]) end \
+for _, r in ipairs({redis.pcall('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1), redis.pcall('XDEL', KEYS[1], '0-0')}) do \
+if type(r) == 'table' and r['err'] and not string.find(r['err'], 'WRONGTYPE', 1, true) then \
+return redis.error_reply('NOPERM the ingest script may not run XREVRANGE or XDEL (' .. r['err'] .. ')') end \
 end \
 return 1";
 

@@ -500,6 +500,12 @@ impl Default for ClickHouse {
     }
 }
 
+/// The longest `worker.insert_interval_ms` accepted: a minute. Under a heavy load a batch
+/// gathers for the interval, its entries pending in Redis (and counted in ingest's
+/// backlog) meanwhile, so a longer one would hold rows back from ClickHouse for longer
+/// than any reader waits for them.
+pub const MAX_INSERT_INTERVAL_MS: u64 = 60_000;
+
 /// `[worker]`: stream consumers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -519,7 +525,7 @@ pub struct Worker {
     /// Under a heavy load (rows arriving at a consumer fast enough to fill a tenth of
     /// `batch_rows` in this time), a consumer's batches close at least this long apart,
     /// milliseconds: fewer, larger inserts; a lighter load closes `linger_ms` after the
-    /// first row. 0: only `linger_ms` (docs/worker.md).
+    /// first row. 0: only `linger_ms`; at most [`MAX_INSERT_INTERVAL_MS`] (docs/worker.md).
     pub insert_interval_ms: u64,
     /// Entries asked for per read.
     pub read_count: usize,
@@ -1212,6 +1218,15 @@ impl Config {
         if self.worker.max_deliveries < 2 {
             return Err(err("worker.max_deliveries", "expected 2 or more"));
         }
+        if self.worker.insert_interval_ms > MAX_INSERT_INTERVAL_MS {
+            return Err(err(
+                "worker.insert_interval_ms",
+                format!(
+                    "expected at most {MAX_INSERT_INTERVAL_MS} (ms): under a heavy load entries wait that long \
+                     in Redis, pending, before their insert"
+                ),
+            ));
+        }
         for id in self.games.keys() {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
@@ -1391,6 +1406,19 @@ mod tests {
         )
         .expect_err("an empty shard");
         assert!(e.to_string().contains("clickhouse.shards"), "{e}");
+    }
+
+    #[test]
+    fn the_insert_interval_is_bounded() {
+        let c = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "60000")])).expect("a minute");
+        assert_eq!(c.worker.insert_interval_ms, MAX_INSERT_INTERVAL_MS);
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "60001")])).expect_err("above");
+        assert!(e.to_string().contains("worker.insert_interval_ms"), "{e}");
+        assert!(e.to_string().contains("60000"), "{e}");
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "18446744073709551615")]))
+            .expect_err("u64::MAX");
+        assert!(e.to_string().contains("worker.insert_interval_ms"), "{e}");
+        assert_eq!(Config::load(None, env(&[])).expect("defaults").worker.insert_interval_ms, 600);
     }
 
     #[test]

@@ -184,3 +184,40 @@ fn a_failing_user_days_insert_keeps_the_batch_pending() {
     assert_eq!(p.scalar("SELECT count() FROM analytics.events FINAL WHERE user_id IN ('k1', 'k2')"), 2);
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
 }
+
+/// While the `user_days` insert fails (the table renamed away) after the `events` insert
+/// succeeded, the retries send only what is missing: the batch's `events` rows are
+/// inserted once (merges stopped, so that a copy would stay a row and a part of its own),
+/// however many retries the back-off makes; once the table is back, everything drains,
+/// each event once in `events` and each user's day counted once in `user_days`.
+#[test]
+fn a_failing_user_days_insert_sends_the_events_rows_once() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("SYSTEM STOP MERGES analytics.events");
+    p.clickhouse.query("RENAME TABLE analytics.user_days TO analytics.user_days_away");
+    let rows = "SELECT count() FROM analytics.events WHERE user_id IN ('k1', 'k2')";
+    let parts = "SELECT count() FROM system.parts WHERE database = 'analytics' AND table = 'events' AND active";
+    let t = now_secs().div_euclid(DAY) * DAY + 5;
+    post(&p, &[(t, "k1", "login"), (t + 1, "k2", "register"), (t + 2, "k1", "level_start")]);
+    p.start_worker(&[]);
+    p.wait_for(3, "the events rows", |p| p.scalar(rows));
+    let inserts = p.scalar(parts);
+    // Several retries (back-off up to 300 ms in the harness): no row sent again.
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(p.scalar(rows), 3, "the events rows were sent again with a retry");
+        assert_eq!(p.scalar(parts), inserts, "another events insert");
+    }
+    assert!(p.pending("analytics:events") >= 1, "acknowledged without its user_days rows");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "dead-lettered");
+    p.clickhouse.query("RENAME TABLE analytics.user_days_away TO analytics.user_days");
+    p.wait_for(0, "pending events", |p| p.pending("analytics:events") as u64);
+    p.wait_for(0, "pending custom events", |p| p.pending("analytics:custom") as u64);
+    assert_eq!(p.scalar(rows), 3, "each event inserted once");
+    let d = t.div_euclid(DAY);
+    let want = format!("{d}\tk1\t2\t1\t0\t0\n{d}\tk2\t1\t0\t1\t0\n");
+    assert_eq!(p.clickhouse.query(USER_DAYS), want, "each user's day counted once");
+    assert_eq!(p.clickhouse.query(FOLD_OF_EVENTS), want);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+    assert!(p.stop_worker());
+}

@@ -36,7 +36,7 @@ use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 use super::aggregate::Aggregator;
 use super::entries::{self, cmd, Entry};
 use super::read_size::ReadSize;
-use super::sink::{entry_ms, entry_rows, Poison, Sink};
+use super::sink::{entry_ms, entry_rows, Confirmed, Poison, Sink};
 use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 use crate::redis::connection::RedisClient;
 
@@ -333,7 +333,7 @@ pub async fn run(
         };
         // Retry the batch until it is committed; on shutdown leave it pending. What
         // ClickHouse confirmed of it is remembered across retries and not sent again.
-        let mut progress = Progress::new(batch.len());
+        let mut progress = Progress::new(batch.len(), c.cfg.shards.len());
         loop {
             // A recovered entry's try counts a delivery (one that never comes back, a
             // crash, stays counted).
@@ -954,7 +954,9 @@ impl Consumer {
     /// `progress` carries what earlier attempts at the same batch settled: entries whose
     /// rows ClickHouse confirmed (and unreadable entries found on the way) are not sent
     /// again, so a batch stalled by the refusal breaker or a failing server does not
-    /// insert its good rows once per retry.
+    /// insert its good rows once per retry; and of the others, what a shard confirmed
+    /// already (`events` rows stored, their `user_days` insert failed) is not sent to it
+    /// again either.
     async fn commit(&mut self, batch: &[Entry], progress: &mut Progress) -> Result<(), String> {
         self.systemic = false;
         // Entries ClickHouse refused one by one in this attempt: dead-lettered only if the
@@ -987,7 +989,7 @@ impl Consumer {
             }
             let mut conns: Vec<&mut Connection> = self.ch.iter_mut().filter_map(|l| l.conn.as_mut()).collect();
             let started = Instant::now();
-            let inserted = self.sink.insert(&mut conns, batch, &part).await;
+            let inserted = self.sink.insert(&mut conns, batch, &part, &mut progress.confirmed).await;
             if inserted.is_err() {
                 self.metrics.emit(InsertFailed { table });
             }
@@ -1011,6 +1013,18 @@ impl Consumer {
                 Err(e) if e.is_bad_data() => {
                     self.disconnect();
                     if let [index] = part[..] {
+                        if progress.confirmed.table_rows_stored(index) {
+                            // Its rows are in the table: it is its `user_days` rows that were
+                            // refused. Dead-lettering it would leave its rows stored but never
+                            // counted in the sketches, and the batch cannot be acknowledged
+                            // without them: the stream stalls like on a drifted table.
+                            self.systemic = true;
+                            return Err(format!(
+                                "ClickHouse refused the user_days rows of entry {} after storing its \
+                                 events rows ({e}); it is not dead-lettered, the batch is retried",
+                                batch.get(index).map_or("?", |x| x.id.as_str())
+                            ));
+                        }
                         if refused.len() >= self.cfg.max_refused_per_batch {
                             // Entries were validated at ingest: this many refusals is a fault
                             // of the stream (schema, server, this client), not of its rows.
@@ -1123,12 +1137,15 @@ struct Progress {
     /// Settled entries still to be dead-lettered, the last in the batch first (they are
     /// written from the end of this list).
     poison: Vec<Poison>,
+    /// Of the entries not settled, what each shard confirmed already (their `events` rows
+    /// stored, their `user_days` insert failed): not sent to it again.
+    confirmed: Confirmed,
 }
 
 impl Progress {
-    /// Nothing settled yet of a batch of `len` entries.
-    fn new(len: usize) -> Progress {
-        Progress { settled: vec![false; len], poison: Vec::new() }
+    /// Nothing settled yet of a batch of `len` entries, inserted on `shards` shards.
+    fn new(len: usize, shards: usize) -> Progress {
+        Progress { settled: vec![false; len], poison: Vec::new(), confirmed: Confirmed::new(len, shards) }
     }
 
     /// The entries still to insert, in batch order.
@@ -1250,7 +1267,7 @@ mod tests {
 
     #[test]
     fn breaker_retry_sends_only_what_clickhouse_did_not_confirm() {
-        let mut p = Progress::new(6);
+        let mut p = Progress::new(6, 1);
         assert_eq!(p.unsettled(), vec![0, 1, 2, 3, 4, 5]);
         // A half confirmed (entry 1 had no rows), then the breaker trips: 2, 3, 5 are left.
         let unreadable = |index| Poison { index, cause: DeadReason::Undecodable, reason: "bad".into() };

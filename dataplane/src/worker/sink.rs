@@ -16,6 +16,9 @@
 //! cluster) once its `events` insert is confirmed: an insert is confirmed only when both
 //! are, so the batch is acknowledged only then, and a failure of either keeps it for a
 //! retry. Entries without rows (poison) and parts ClickHouse refuses are folded nowhere.
+//! What a shard confirmed of a batch being retried ([`Confirmed`]) is not sent to it again:
+//! a batch whose `events` rows a shard stored but whose `user_days` insert failed sends
+//! that shard only its `user_days` rows on the retry.
 
 use croupier_control::metrics::DeadReason;
 use std::rc::Rc;
@@ -51,6 +54,63 @@ pub const BLOCK_ROWS: usize = 262_144;
 /// (past periods go once merged); past them, adds that find no room are refused. Bounds
 /// what a client spreading timestamps over many periods can cost the shard per insert.
 pub const ROOM_MERGES: usize = 8;
+
+/// Nothing of an entry's rows on a shard is confirmed ([`Confirmed`]).
+const NOTHING: u8 = 0;
+/// The shard confirmed the entry's rows in the stream's table (`events`, `payments`).
+const TABLE: u8 = 1;
+/// The shard confirmed them and their `user_days` rows too.
+const BOTH: u8 = 2;
+
+/// What ClickHouse confirmed (EndOfStream), shard by shard, of the entries of a batch
+/// whose insert has not succeeded as a whole yet. The consumer keeps it with the batch in
+/// hand across its retries, and [`Sink::insert`] sends a shard only what it has not
+/// confirmed: the rows of an entry whose `events` rows a shard stored are not sent there
+/// again, only its `user_days` rows until those are stored too. An entry's rows are still
+/// pushed on every try (its sketch adds and revenue days are staged again and made only
+/// when the whole insert succeeds), so the batch is acknowledged only once every shard
+/// confirmed both.
+#[derive(Debug, Default)]
+pub struct Confirmed {
+    /// Shards of the sink.
+    shards: usize,
+    /// Per entry of the batch, then per shard: [`NOTHING`], [`TABLE`] or [`BOTH`].
+    level: Vec<u8>,
+}
+
+impl Confirmed {
+    /// Nothing confirmed yet of a batch of `entries` entries on `shards` shards (at least 1).
+    pub fn new(entries: usize, shards: usize) -> Confirmed {
+        let shards = shards.max(1);
+        Confirmed { shards, level: vec![NOTHING; entries.saturating_mul(shards)] }
+    }
+
+    /// How far entry `i`'s rows on shard `s` are confirmed (nothing when out of range).
+    fn get(&self, i: usize, s: usize) -> u8 {
+        if s >= self.shards {
+            return NOTHING;
+        }
+        i.checked_mul(self.shards).and_then(|at| self.level.get(at + s)).copied().unwrap_or(NOTHING)
+    }
+
+    /// Shard `s` confirmed `to` for the entries `which`.
+    fn raise(&mut self, which: &[usize], s: usize, to: u8) {
+        if s >= self.shards {
+            return;
+        }
+        for &i in which {
+            if let Some(l) = i.checked_mul(self.shards).and_then(|at| self.level.get_mut(at + s)) {
+                *l = (*l).max(to);
+            }
+        }
+    }
+
+    /// Whether every shard confirmed entry `i`'s rows in the stream's table: a refusal of
+    /// it since came from its `user_days` rows, not from them.
+    pub fn table_rows_stored(&self, i: usize) -> bool {
+        (0..self.shards).all(|s| self.get(i, s) >= TABLE)
+    }
+}
 
 /// An entry that cannot be inserted, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +211,9 @@ pub struct Sink {
     user_days_sql: String,
     /// Blocks of `user_days` rows being sent, kept for their allocations.
     user_day_blocks: Vec<UserDayRows>,
+    /// Per shard, how far the entry being pushed is already confirmed there ([`Confirmed`]):
+    /// its rows go only where they are not (none: everywhere).
+    pushing: Vec<u8>,
     archive: BatchBuf,
     json: Vec<u8>,
     limits: Limits,
@@ -210,6 +273,7 @@ impl Sink {
                 UserDays::INSERT.to_owned()
             },
             user_day_blocks: Vec::new(),
+            pushing: Vec::new(),
             archive: BatchBuf::default(),
             json: Vec::new(),
             limits: Limits::default(),
@@ -311,8 +375,13 @@ impl Sink {
                     else {
                         return Err("no rows for the event's shard".into());
                     };
-                    r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
-                    days.add(unix_seconds(ev.ts_ms), &ev.game_id, &ev.env, &ev.user_id, &ev.event);
+                    let done = self.pushing.get(shard).copied().unwrap_or(NOTHING);
+                    if done < TABLE {
+                        r.block(unix_seconds(ev.ts_ms)).push(&ev, entry_ms(&e.id));
+                    }
+                    if done < BOTH {
+                        days.add(unix_seconds(ev.ts_ms), &ev.game_id, &ev.env, &ev.user_id, &ev.event);
+                    }
                     if let Some(s) = sketches.as_mut() {
                         s.stage_event(
                             &mut self.staged,
@@ -328,10 +397,13 @@ impl Sink {
                 }
                 Some(Rows::Payments(_)) => {
                     let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
-                    let Some(Rows::Payments(r)) = self.rows.get_mut(payment_shard(&p, shards)) else {
+                    let shard = payment_shard(&p, shards);
+                    let Some(Rows::Payments(r)) = self.rows.get_mut(shard) else {
                         return Err("no rows for the payment's shard".into());
                     };
-                    r.block(unix_seconds(p.ts_ms)).push(&p, entry_ms(&e.id));
+                    if self.pushing.get(shard).copied().unwrap_or(NOTHING) < TABLE {
+                        r.block(unix_seconds(p.ts_ms)).push(&p, entry_ms(&e.id));
+                    }
                     if let Some(s) = sketches.as_mut() {
                         count_payment(s, &mut self.staged, &mut self.revenue_days, &p);
                     }
@@ -357,9 +429,14 @@ impl Sink {
                     else {
                         return Err("no rows for the event's shard".into());
                     };
-                    r.block(unix_seconds(ts)).push(&ev, accepted);
+                    let done = self.pushing.get(shard).copied().unwrap_or(NOTHING);
+                    if done < TABLE {
+                        r.block(unix_seconds(ts)).push(&ev, accepted);
+                    }
                     let f = |i| b.field(index, i);
-                    days.add(unix_seconds(ts), f(text::GAME_ID), f(text::ENV), f(text::USER_ID), f(text::EVENT));
+                    if done < BOTH {
+                        days.add(unix_seconds(ts), f(text::GAME_ID), f(text::ENV), f(text::USER_ID), f(text::EVENT));
+                    }
                     if let Some(s) = sketches.as_mut() {
                         s.stage_event(
                             &mut self.staged,
@@ -375,10 +452,13 @@ impl Sink {
             }
             (ArchivedRecords::Payments(v), Some(Rows::Payments(_))) => {
                 for p in v.iter() {
-                    let Some(Rows::Payments(r)) = self.rows.get_mut(payment_shard(p, shards)) else {
+                    let shard = payment_shard(p, shards);
+                    let Some(Rows::Payments(r)) = self.rows.get_mut(shard) else {
                         return Err("no rows for the payment's shard".into());
                     };
-                    r.block(unix_seconds(p.ts_ms())).push(p, accepted);
+                    if self.pushing.get(shard).copied().unwrap_or(NOTHING) < TABLE {
+                        r.block(unix_seconds(p.ts_ms())).push(p, accepted);
+                    }
                     if let Some(s) = sketches.as_mut() {
                         count_payment(s, &mut self.staged, &mut self.revenue_days, p);
                     }
@@ -394,21 +474,22 @@ impl Sink {
     /// connection per shard. `Ok` means every shard's ClickHouse confirmed its insert
     /// (EndOfStream), and then its insert of the events' `user_days` rows; only then are
     /// the rows' players counted in the shard's sketches (a part ClickHouse refuses, later
-    /// dead-lettered entry by entry, counts nowhere). On an error, what some shard
-    /// confirmed is sent again on the retry in the same blocks, which its replicated table
-    /// deduplicates.
+    /// dead-lettered entry by entry, counts nowhere). What each shard confirmed is noted in
+    /// `confirmed` as it does, and not sent to it again by a later call with the same
+    /// `confirmed` (the retry of an insert that failed after it).
     pub async fn insert(
         &mut self,
         ch: &mut [&mut Connection],
         batch: &[Entry],
         which: &[usize],
+        confirmed: &mut Confirmed,
     ) -> Result<Vec<Poison>, ChError> {
-        let Some(agg) = self.agg.clone() else { return self.insert_rows(ch, batch, which).await };
+        let Some(agg) = self.agg.clone() else { return self.insert_rows(ch, batch, which, confirmed).await };
         // Left by an insert that never finished (its future dropped): ended unmade.
         agg.sketches().discard(self.staged.get(self.made..).unwrap_or_default());
         self.staged.clear();
         self.made = 0;
-        let inserted = self.insert_rows(ch, batch, which).await;
+        let inserted = self.insert_rows(ch, batch, which, confirmed).await;
         if inserted.is_err() {
             agg.sketches().discard(&self.staged);
             self.staged.clear();
@@ -435,8 +516,8 @@ impl Sink {
             merges += 1;
             // Waits for a merge in flight, then merges what is still unmerged.
             if let Err(e) = agg.flush().await {
-                // Reported as a failed insert: the part is sent again (the table collapses
-                // the copies) and its adds staged again, none lost.
+                // Reported as a failed insert: its rows, confirmed, are not sent again; its
+                // adds are staged again on the retry, none lost.
                 agg.sketches().discard(self.staged.get(self.made..).unwrap_or_default());
                 self.staged.clear();
                 self.made = 0;
@@ -456,6 +537,7 @@ impl Sink {
         ch: &mut [&mut Connection],
         batch: &[Entry],
         which: &[usize],
+        confirmed: &mut Confirmed,
     ) -> Result<Vec<Poison>, ChError> {
         if ch.len() != self.rows.len() {
             return Err(ChError::Unexpected(format!("{} connections for {} shards", ch.len(), self.rows.len())));
@@ -468,7 +550,10 @@ impl Sink {
         }
         let mut poison = Vec::new();
         let mut started = vec![false; self.rows.len()];
+        let shards = self.rows.len();
         for &i in which {
+            self.pushing.clear();
+            self.pushing.extend((0..shards).map(|s| confirmed.get(i, s)));
             if let Err(reason) = self.push(&batch[i]) {
                 poison.push(Poison { index: i, cause: DeadReason::Undecodable, reason });
                 continue;
@@ -484,18 +569,27 @@ impl Sink {
             if started[s] {
                 ch[s].insert_end().await?;
             }
+            confirmed.raise(which, s, TABLE);
         }
-        self.insert_user_days(ch).await?;
+        self.pushing.clear();
+        self.insert_user_days(ch, which, confirmed).await?;
         Ok(poison)
     }
 
     /// Inserts each shard's `user_days` rows on its connection, once its `events` rows
     /// are confirmed: in blocks of at most the partitions an `events` block may span,
-    /// already in the table's order.
-    async fn insert_user_days(&mut self, ch: &mut [&mut Connection]) -> Result<(), ChError> {
+    /// already in the table's order. Each shard that confirms them (or has none) is noted
+    /// in `confirmed` for the entries `which`.
+    async fn insert_user_days(
+        &mut self,
+        ch: &mut [&mut Connection],
+        which: &[usize],
+        confirmed: &mut Confirmed,
+    ) -> Result<(), ChError> {
         let limit = self.partition_limit();
         for (s, days) in self.user_days.iter().enumerate() {
             if days.is_empty() {
+                confirmed.raise(which, s, BOTH);
                 continue;
             }
             let Some(conn) = ch.get_mut(s) else {
@@ -514,6 +608,7 @@ impl Sink {
             if started {
                 conn.insert_end().await?;
             }
+            confirmed.raise(which, s, BOTH);
         }
         Ok(())
     }
@@ -635,6 +730,50 @@ mod tests {
         assert_eq!(per_user[3], (5, 0, 0, 5));
         // Payments have no user_days.
         assert!(Sink::new(StreamKind::Payments, 1, false).user_days.is_empty());
+    }
+
+    /// What a shard confirmed is not pushed for it again: an entry whose `events` rows a
+    /// shard stored gives that shard only its `user_days` rows, one stored in both gives it
+    /// nothing; the other shard gets both. An entry's table rows count as stored only once
+    /// every shard confirmed them.
+    #[test]
+    fn an_entry_gives_a_shard_only_what_it_did_not_confirm() {
+        let json = r#"{"ts":1700000000000,"game_id":"g","env":"prod","event":"login","user_id":"u"}"#;
+        let field = |k: &str, v: &[u8]| (k.as_bytes().to_vec(), v.to_vec());
+        let entry = |id: &str| Entry { id: id.into(), fields: vec![field(FIELD_CROUPIER_DATA, json.as_bytes())] };
+        let mut sink = Sink::new(StreamKind::Events, 1, false);
+        let mut confirmed = Confirmed::new(3, 1);
+        assert!(!confirmed.table_rows_stored(0));
+        confirmed.raise(&[0, 1], 0, TABLE);
+        confirmed.raise(&[1], 0, BOTH);
+        confirmed.raise(&[0], 0, NOTHING);
+        assert!(confirmed.table_rows_stored(0) && confirmed.table_rows_stored(1) && !confirmed.table_rows_stored(2));
+        // Out of range: nothing confirmed, nothing noted.
+        confirmed.raise(&[7], 0, BOTH);
+        confirmed.raise(&[2], 3, BOTH);
+        assert_eq!((confirmed.get(7, 0), confirmed.get(2, 3), confirmed.get(2, 0)), (NOTHING, NOTHING, NOTHING));
+        let day = 19_675;
+        let pushed = |sink: &mut Sink, i: usize| {
+            for r in &mut sink.rows {
+                r.clear();
+            }
+            for d in &mut sink.user_days {
+                d.clear();
+            }
+            sink.pushing = vec![confirmed.get(i, 0)];
+            sink.push(&entry(&format!("{i}-0"))).expect("rows");
+            let folded = sink.user_days[0].get(day, "g", "prod", "u").map_or(0, |c| c.events);
+            (sink.rows[0].count(), folded)
+        };
+        assert_eq!(pushed(&mut sink, 0), (0, 1), "events stored: only its user_days rows");
+        assert_eq!(pushed(&mut sink, 1), (0, 0), "both stored: nothing");
+        assert_eq!(pushed(&mut sink, 2), (1, 1), "nothing stored: both");
+        // Two shards: stored on one only is not stored.
+        let mut two = Confirmed::new(1, 2);
+        two.raise(&[0], 1, TABLE);
+        assert!(!two.table_rows_stored(0));
+        two.raise(&[0], 0, BOTH);
+        assert!(two.table_rows_stored(0));
     }
 
     #[test]

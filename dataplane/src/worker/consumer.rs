@@ -252,6 +252,9 @@ pub async fn run(
     // Gathered while the previous batch was committed.
     let mut next: Option<Vec<Entry>> = None;
     while next.is_some() || !stop.load(Ordering::Relaxed) {
+        // The batch below was gathered from new entries (which set the insert interval's
+        // clock as they close), not claimed, recovered or tried alone.
+        let mut gathered = false;
         if !c.reader.redis.is_up() || !c.redis.is_up() {
             if stop.load(Ordering::Relaxed) {
                 // A batch read ahead stays pending; it is re-read on the next start.
@@ -262,6 +265,7 @@ pub async fn run(
             continue;
         }
         let batch = if let Some(b) = next.take() {
+            gathered = true;
             b
         } else if !c.alone.is_empty() {
             match c.next_alone().await {
@@ -321,6 +325,7 @@ pub async fn run(
                 }
             }
         } else {
+            gathered = true;
             match c.reader.gather(&stop).await {
                 Ok(b) if b.is_empty() => continue,
                 Ok(b) => b,
@@ -331,6 +336,10 @@ pub async fn run(
                 }
             }
         };
+        if !gathered {
+            // An insert too: the next gathered batch keeps the interval from it.
+            c.reader.closed.set(other_insert(c.reader.closed.get(), Instant::now()));
+        }
         // Retry the batch until it is committed; on shutdown leave it pending. What
         // ClickHouse confirmed of it is remembered across retries and not sent again.
         let mut progress = Progress::new(batch.len(), c.cfg.shards.len());
@@ -423,7 +432,8 @@ impl Closed {
 /// `linger` after them, and, when the previous batch came in under a heavy load
 /// ([`Closed::heavy`]), no sooner than `insert_interval` after it closed: under a heavy
 /// load a consumer inserts about once per interval, while a light load (or the first
-/// entries after a quiet spell) waits only the linger.
+/// entries after a quiet spell) waits only the linger. A claimed, recovered or tried-alone
+/// batch's insert moves `previous`'s time ([`other_insert`]).
 fn close_at(first: Instant, previous: Option<Closed>, cfg: &ConsumerConfig) -> Instant {
     // A configured length past what an `Instant` holds waits a year instead.
     let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t + Duration::from_secs(365 * 86_400));
@@ -432,6 +442,15 @@ fn close_at(first: Instant, previous: Option<Closed>, cfg: &ConsumerConfig) -> I
         Some(p) if p.heavy(cfg) => by_linger.max(after(p.at, cfg.insert_interval)),
         _ => by_linger,
     }
+}
+
+/// The last batch closed as `previous` says, once a claimed, recovered or tried-alone
+/// batch's insert starts at `at`: the interval's clock moves to it (an insert like any
+/// other: under a heavy load the next gathered batch closes no sooner than the interval
+/// after it), while the load stays the one judged from the last gathered batch (a claimed
+/// batch comes at once, whatever the stream's rate). Unknown before a batch was gathered.
+fn other_insert(previous: Option<Closed>, at: Instant) -> Option<Closed> {
+    previous.map(|p| Closed { at: at.max(p.at), ..p })
 }
 
 /// One command; a Redis error reply is an error.
@@ -1254,6 +1273,27 @@ mod tests {
         c0.insert_interval = Duration::MAX;
         c0.linger = Duration::MAX;
         assert!(close_at(t0, closed(1000, 0), &c0) > t0 + ms(1_000_000));
+    }
+
+    #[test]
+    fn a_claimed_recovered_or_alone_insert_moves_the_intervals_clock_not_the_load() {
+        let c = config(10, 1000, 1 << 20, 1 << 20);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let heavy = Some(Closed { at: t0, gathered: ms(600), rows: 1000 });
+        let light = Some(Closed { at: t0, gathered: ms(200), rows: 10 });
+        // Heavy: a claimed batch inserted 400 ms after the last gathered one closed; the next
+        // gathered batch closes the interval after the claimed one, not after the last.
+        let after_claim = other_insert(heavy, t0 + ms(400));
+        assert_eq!(close_at(t0 + ms(450), heavy, &c), t0 + ms(650), "without the claim");
+        assert_eq!(close_at(t0 + ms(450), after_claim, &c), t0 + ms(1_000));
+        assert!(after_claim.is_some_and(|p| p.heavy(&c) && p.rows == 1000 && p.gathered == ms(600)));
+        // Light: still the linger.
+        assert_eq!(close_at(t0 + ms(450), other_insert(light, t0 + ms(400)), &c), t0 + ms(650));
+        // Nothing gathered yet: nothing known of the load, the linger.
+        assert!(other_insert(None, t0).is_none());
+        // The clock never goes back.
+        assert!(other_insert(heavy, t0.checked_sub(ms(1)).unwrap_or(t0)).is_some_and(|p| p.at == t0));
     }
 
     #[test]

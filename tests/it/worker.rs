@@ -226,7 +226,10 @@ fn next_batch_is_read_while_one_is_inserted() {
 /// arrives. "Heavy" is rows arriving fast enough to fill a tenth of `batch_rows` within
 /// the interval: here 100 rows per 600 ms, with a 150 ms linger. Claims are put out of the
 /// way so that the consumer reads ahead, as in steady state. Inserts are counted by the
-/// table's block numbers, which every insert takes and merges do not.
+/// table's block numbers, which every insert takes and merges do not: one per partition it
+/// writes, so every event is stamped with the test's start time (one month, one partition,
+/// even when the test runs across the turn of a UTC month) and the count is checked to be
+/// of one partition.
 #[test]
 fn a_heavy_load_is_inserted_once_per_insert_interval_a_light_one_after_the_linger() {
     let mut p = Pipeline::start(&[]);
@@ -239,16 +242,32 @@ fn a_heavy_load_is_inserted_once_per_insert_interval_a_light_one_after_the_linge
     let blocks = |p: &Pipeline| {
         p.scalar("SELECT max(max_block_number) FROM system.parts WHERE database = 'analytics' AND table = 'events'")
     };
-    let mut accepted = post_events(&p, 1, 10);
-    p.wait_for(accepted, "first rows", Pipeline::distinct_events);
+    // `per` events at the test's start time, of users no other body has.
+    let t0 = now_secs();
+    let mut bodies = 0;
+    let mut events_at_start = |per: usize| {
+        bodies += 1;
+        let items: Vec<String> = (0..per)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":{t0},"game_id":"{GAME}","env":"prod","event":"level_start","user_id":"u{i}-h{bodies}"}}"#
+                )
+            })
+            .collect();
+        format!("[{}]", items.join(","))
+    };
     let mut c = p.ingest.client();
+    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events_at_start(10).as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut accepted = 10;
+    p.wait_for(accepted, "first rows", Pipeline::distinct_events);
     // Posts `per` events every `every` for `seconds`; returns the inserts they took.
     let mut phase = |per: usize, every: u64, seconds: u64, accepted: &mut u64| {
         let before = blocks(&p);
         let start = Instant::now();
         let mut requests = 0;
         while start.elapsed() < Duration::from_secs(seconds) {
-            let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(per).as_bytes());
+            let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events_at_start(per).as_bytes());
             assert_eq!(r.status, 202, "{}", r.text());
             *accepted += per as u64;
             requests += 1;
@@ -266,6 +285,8 @@ fn a_heavy_load_is_inserted_once_per_insert_interval_a_light_one_after_the_linge
     std::thread::sleep(Duration::from_secs(1));
     let (inserts, requests) = phase(1, 100, 2, &mut accepted);
     assert!(inserts >= 6, "light: {inserts} inserts for {requests} requests");
+    let partitions = "SELECT uniqExact(partition) FROM system.parts WHERE database = 'analytics' AND table = 'events'";
+    assert_eq!(p.scalar(partitions), 1, "a block number per insert");
 }
 
 /// Redis is killed (SIGKILL) and restarted from its append-only file. With

@@ -210,6 +210,82 @@ fn ch_cluster_user_days_land_on_the_shard_of_their_events() {
     let _ = worker.wait();
 }
 
+/// On a cluster, the `user_days` insert failing on one shard only (`user_days_local`
+/// renamed away on both its replicas) after both shards stored their `events` rows: the
+/// retries send neither shard its `events` rows again, nor the other shard its
+/// `user_days` rows — nothing reaches a replicated table twice, so the servers deduplicate
+/// no block (`DuplicatedInsertedBlocks`; aggregation is off, whose figures are written
+/// again by design) — and the batch stays pending until the table is back, when every
+/// shard's `user_days_local` holds the fold of its own events, once.
+#[test]
+fn ch_cluster_user_days_failing_on_one_shard_sends_each_shard_only_what_it_lacks() {
+    let cluster = ClickHouseCluster::start(2, 2);
+    let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |_| {});
+    let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
+    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
+    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    env.push(("CROUPIER_AGGREGATE__ENABLED".into(), "false".into()));
+    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
+    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
+    let (ok, out) = croupier(&["migrate"], &env);
+    assert!(ok, "croupier migrate failed: {out}");
+    for node in &cluster.nodes[1] {
+        node.query("RENAME TABLE analytics.user_days_local TO analytics.user_days_away");
+    }
+    let duplicated = || -> u64 {
+        let sql = "SELECT sum(value) FROM system.events WHERE event = 'DuplicatedInsertedBlocks'";
+        cluster.all().map(|node| number(node, sql)).sum()
+    };
+    let before = duplicated();
+    // 20 players with a login and a registration each (spread over both shards), one body.
+    let items: Vec<String> =
+        (0..20).flat_map(|i| ["login", "register"].map(|name| event(name, &format!("s{i}")))).collect();
+    let posted = items.len() as u64;
+    let mut c = croupier_it::http::HttpClient::connect(ingest.addr);
+    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", items.join(",")).as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut worker = start_worker(&env);
+    let reader = &cluster.nodes[0][1];
+    wait_for(posted, "events on both shards", || number(reader, "SELECT count() FROM analytics.events FINAL"));
+    let shard_events = |s: usize| {
+        cluster.nodes[s][0].query("SYSTEM SYNC REPLICA analytics.events_local");
+        number(&cluster.nodes[s][0], "SELECT count() FROM analytics.events_local FINAL")
+    };
+    assert!(shard_events(0) > 0 && shard_events(1) > 0, "events on both shards");
+    let pending = || match ingest.redis.client().cmd(&["XPENDING", "analytics:events", "analytics-workers"]) {
+        croupier_protocol::resp::Frame::Array(a) => match a.first() {
+            Some(croupier_protocol::resp::Frame::Integer(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    // Several retries (back-off up to 300 ms, each to the shards' other replica).
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(duplicated(), before, "rows a shard had confirmed were sent to it again");
+        assert_eq!(pending(), 1, "acknowledged without shard 1's user_days rows");
+    }
+    for node in &cluster.nodes[1] {
+        node.query("RENAME TABLE analytics.user_days_away TO analytics.user_days_local");
+    }
+    wait_for(0, "pending", pending);
+    let fold = "SELECT toUInt16(toDate(event_time, 'UTC')) AS d, user_id, count(), \
+                countIf(event IN ('login', 'session_start', 'user.login', 'session.start')), \
+                countIf(event IN ('register', 'user.register')) \
+                FROM analytics.events_local FINAL GROUP BY d, user_id ORDER BY d, user_id FORMAT TabSeparated";
+    let stored = "SELECT toUInt16(d), user_id, sum(events), sum(active), sum(registered) \
+                  FROM analytics.user_days_local GROUP BY d, user_id ORDER BY d, user_id FORMAT TabSeparated";
+    for node in cluster.all() {
+        node.query("SYSTEM SYNC REPLICA analytics.events_local");
+        node.query("SYSTEM SYNC REPLICA analytics.user_days_local");
+        let (want, got) = (node.query(fold), node.query(stored));
+        assert!(!got.is_empty() && want == got, "user_days_local on {}:\n{got}\nexpected\n{want}", node.addr());
+    }
+    assert_eq!(duplicated(), before, "a block sent twice");
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
+
 /// `croupier worker` with `env`, its output discarded.
 fn start_worker(env: &[(String, String)]) -> std::process::Child {
     Command::new(CROUPIER)

@@ -1227,6 +1227,18 @@ impl Config {
                 ),
             ));
         }
+        let held = self.worker.insert_interval_ms.saturating_add(self.worker.linger_ms);
+        if held.saturating_mul(2) >= self.worker.claim_idle_ms {
+            return Err(err(
+                "worker.insert_interval_ms",
+                format!(
+                    "worker.insert_interval_ms + worker.linger_ms ({held} ms) must be less than half of \
+                     worker.claim_idle_ms ({} ms): a batch's first entries stay pending that long before their \
+                     insert, and another worker would claim them",
+                    self.worker.claim_idle_ms
+                ),
+            ));
+        }
         for id in self.games.keys() {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
@@ -1410,8 +1422,16 @@ mod tests {
 
     #[test]
     fn the_insert_interval_is_bounded() {
-        let c = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "60000")])).expect("a minute");
+        let c = Config::load(
+            None,
+            env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "60000"), ("CROUPIER_WORKER__CLAIM_IDLE_MS", "130000")]),
+        )
+        .expect("a minute");
         assert_eq!(c.worker.insert_interval_ms, MAX_INSERT_INTERVAL_MS);
+        // Entries held pending for half the claim threshold or more would be claimed.
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "29800")])).expect_err("claimed");
+        assert!(e.to_string().contains("worker.claim_idle_ms"), "{e}");
+        Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "29799")])).expect("below half");
         let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "60001")])).expect_err("above");
         assert!(e.to_string().contains("worker.insert_interval_ms"), "{e}");
         assert!(e.to_string().contains("60000"), "{e}");

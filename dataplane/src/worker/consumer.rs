@@ -1032,18 +1032,6 @@ impl Consumer {
                 Err(e) if e.is_bad_data() => {
                     self.disconnect();
                     if let [index] = part[..] {
-                        if progress.confirmed.table_rows_stored(index) {
-                            // Its rows are in the table: it is its `user_days` rows that were
-                            // refused. Dead-lettering it would leave its rows stored but never
-                            // counted in the sketches, and the batch cannot be acknowledged
-                            // without them: the stream stalls like on a drifted table.
-                            self.systemic = true;
-                            return Err(format!(
-                                "ClickHouse refused the user_days rows of entry {} after storing its \
-                                 events rows ({e}); it is not dead-lettered, the batch is retried",
-                                batch.get(index).map_or("?", |x| x.id.as_str())
-                            ));
-                        }
                         if refused.len() >= self.cfg.max_refused_per_batch {
                             // Entries were validated at ingest: this many refusals is a fault
                             // of the stream (schema, server, this client), not of its rows.
@@ -1056,11 +1044,16 @@ impl Consumer {
                                 batch.len()
                             ));
                         }
-                        refused.push(Poison {
-                            index,
-                            cause: DeadReason::Rejected,
-                            reason: format!("rejected by ClickHouse: {e}"),
-                        });
+                        // An entry whose rows every shard stored had its `user_days` rows
+                        // refused: dead-lettered all the same (a stall would stop the stream
+                        // for good), saying that its rows are in the table, so that replaying
+                        // it adds its player-days and collapses into the stored rows.
+                        let reason = if progress.confirmed.table_rows_stored(index) {
+                            format!("its rows are stored; its user_days rows were rejected by ClickHouse: {e}")
+                        } else {
+                            format!("rejected by ClickHouse: {e}")
+                        };
+                        refused.push(Poison { index, cause: DeadReason::Rejected, reason });
                     } else {
                         let (a, b) = part.split_at(part.len() / 2);
                         todo.push(b.to_vec());

@@ -19,13 +19,15 @@
 //! is at least the retention (in entries) behind the stream's end (entries read + lag)
 //! has at least that many entries after it. `T` = min(`S`, the newest such sampled id), or
 //! no trimming while no sample is that old. When Redis cannot tell the group's position
-//! (after `XDEL`s), `T` = `S`: safety first, retention second.
+//! (after `XDEL`s) for a moment after it could, the last `T` and backlog are kept, this
+//! shard's appends counted on top ([`HOLD_READINGS`]); longer, `T` = `S`: safety first,
+//! retention second.
 //!
 //! **Memory is bounded by refusing ingest, never by deletion.** The backlog that the mark
 //! is compared with is the part of the stream that cannot be trimmed: the lag when
 //! nothing is pending, else everything after the newest sample older than the oldest
 //! pending entry (a consumer that died holding entries makes it grow until they are
-//! claimed), or `XLEN` when the position is unknown. At the mark ingest answers 503
+//! claimed), or `XLEN` when the position is unknown (past the moment above). At the mark ingest answers 503
 //! `backlog_full`.
 //!
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
@@ -68,7 +70,19 @@ struct StreamState {
     trim: Cell<StreamId>,
     /// The group's position over time: (entries read, last delivered id), oldest first.
     samples: RefCell<VecDeque<(u64, StreamId)>>,
+    /// Whether a reading since the last connect knew the group's position.
+    positioned: Cell<bool>,
+    /// Readings in a row, since, that did not ([`HOLD_READINGS`]).
+    unknown_for: Cell<u32>,
 }
+
+/// Readings in a row that keep the last known backlog and trim point while Redis cannot
+/// tell the group's position (2 s at the default `redis.backlog_poll_ms`), counting this
+/// shard's appends on top: a duplicate's or a replay's append that the ingest script took
+/// back leaves a deleted entry beyond the group's position, and Redis knows the position
+/// again as soon as the group has delivered the stream's last entry, which a worker
+/// keeping up does every insert. Past them, the whole stream counts.
+const HOLD_READINGS: u32 = 20;
 
 /// Samples kept per stream.
 const MAX_SAMPLES: usize = 64;
@@ -98,8 +112,17 @@ impl StreamState {
         self.observed.get() + self.added.get()
     }
 
-    /// Takes a reading: the untrimmable backlog and the trim point.
-    fn assess(&self, r: &Reading) {
+    /// Nothing read can be trusted any more (no connection, a reconnect, a failed reading).
+    fn forget_position(&self) {
+        self.known.set(false);
+        self.positioned.set(false);
+        self.unknown_for.set(0);
+    }
+
+    /// Takes a reading: the untrimmable backlog and the trim point. `false` when it kept
+    /// the last ones ([`HOLD_READINGS`]): the appends counted before it was asked for are
+    /// not in them, and stay counted.
+    fn assess(&self, r: &Reading) -> bool {
         let g = &r.group;
         let last = g.last_delivered.unwrap_or(StreamId::ZERO);
         // Below every entry still owed to the group.
@@ -115,10 +138,17 @@ impl StreamState {
             None => (read, g.lag.map(|lag| lag.min(r.xlen))),
         };
         let (Some(read), Some(lag)) = (read, lag) else {
+            let unknown = self.unknown_for.get().saturating_add(1);
+            self.unknown_for.set(unknown);
+            if self.positioned.get() && unknown <= HOLD_READINGS {
+                return false;
+            }
             self.observed.set(r.xlen);
             self.trim.set(safe);
-            return;
+            return true;
         };
+        self.positioned.set(true);
+        self.unknown_for.set(0);
         let end = read.saturating_add(lag);
         let retention = self.entries(self.limits.retention_events);
         let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
@@ -144,6 +174,7 @@ impl StreamState {
         self.observed.set(untrimmable);
         let kept = samples.iter().rev().find(|(pos, _)| end.saturating_sub(*pos) >= retention);
         self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| (*id).min(safe)));
+        true
     }
 }
 
@@ -182,6 +213,8 @@ impl Backlog {
             limits,
             trim: Cell::new(StreamId::ZERO),
             samples: RefCell::new(VecDeque::new()),
+            positioned: Cell::new(false),
+            unknown_for: Cell::new(0),
         };
         Rc::new(Backlog { epoch, streams: (0..partitions.len()).map(|_| limits.map(state)).collect(), partitions })
     }
@@ -279,21 +312,22 @@ impl Backlog {
         for kind in StreamKind::ALL {
             let s = &streams[kind.index()];
             if !redis.is_up() {
-                s.known.set(false);
+                s.forget_position();
                 continue;
             }
             let added_before = s.added.get();
             let epoch = self.epoch.get();
             match read_backlog(redis, self.partitions.stream(p, kind)).await {
                 // A reading that spans a reconnect is not trusted.
-                Some(_) if self.epoch.get() != epoch => s.known.set(false),
+                Some(_) if self.epoch.get() != epoch => s.forget_position(),
                 Some(reading) => {
-                    s.assess(&reading);
-                    s.added.set(s.added.get() - added_before);
+                    if s.assess(&reading) {
+                        s.added.set(s.added.get() - added_before);
+                    }
                     s.read_in.set(epoch);
                     s.known.set(true);
                 }
-                None => s.known.set(false),
+                None => s.forget_position(),
             }
         }
     }
@@ -586,8 +620,41 @@ mod tests {
         let s = &b.streams[0][CUSTOM.index()];
         let mut r = reading(600, 700, Some(550), 690);
         r.group.lag = None;
-        s.assess(&r);
+        assert!(s.assess(&r));
         assert_eq!((s.trim.get(), s.observed.get()), (id(550), 690));
+    }
+
+    /// A position Redis cannot tell for a moment, after a known one (a duplicate taken
+    /// back under load): the last backlog and trim point are kept, with this shard's
+    /// appends since on top, for [`HOLD_READINGS`] readings; then the length counts.
+    #[test]
+    fn a_moment_without_a_position_keeps_the_last_known_backlog_then_counts_the_length() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        for read in (1_000..=50_000).step_by(1_000) {
+            assert!(s.assess(&reading(read, read + 50, None, read + 50)));
+        }
+        let (observed, trim) = (s.observed.get(), s.trim.get());
+        assert_eq!(observed, 50);
+        // The retained history alone (90000 entries) is above the mark of 60000.
+        let mut r = reading(50_100, 50_200, None, 90_000);
+        r.group.lag = None;
+        r.group.entries_read = None;
+        for _ in 0..HOLD_READINGS {
+            assert!(!s.assess(&r), "held");
+            assert_eq!((s.observed.get(), s.trim.get()), (observed, trim));
+            assert!(b.admits(0, StreamKind::Events));
+        }
+        assert!(s.assess(&r), "held no longer");
+        assert_eq!(s.observed.get(), 90_000);
+        assert!(!b.admits(0, StreamKind::Events));
+        // Known again: counted as usual.
+        assert!(s.assess(&reading(50_300, 50_310, None, 90_000)));
+        assert_eq!(s.observed.get(), 10);
+        // Lost after a reconnect: nothing is held over it.
+        s.forget_position();
+        assert!(s.assess(&r));
+        assert_eq!(s.observed.get(), 90_000);
     }
 
     #[test]

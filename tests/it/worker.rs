@@ -238,6 +238,8 @@ fn a_heavy_load_is_inserted_once_per_insert_interval_a_light_one_after_the_linge
         ("CROUPIER_WORKER__LINGER_MS", "150"),
         ("CROUPIER_WORKER__BATCH_ROWS", "1000"),
         ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "600000"),
+        // Above twice the interval and the linger (else refused), and no claims anyway.
+        ("CROUPIER_WORKER__CLAIM_IDLE_MS", "600000"),
     ]);
     let blocks = |p: &Pipeline| {
         p.scalar("SELECT max(max_block_number) FROM system.parts WHERE database = 'analytics' AND table = 'events'")

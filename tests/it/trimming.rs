@@ -212,14 +212,9 @@ fn a_wrong_lag_of_a_group_that_delivered_everything_is_no_backlog() {
     assert!(read == 45 && lag == Some(1), "entries-read {read}, lag {lag:?}");
 }
 
-/// A request sent again (same nonce, same body) is appended and deleted again within the
-/// ingest transaction, leaving the stream's last generated id on a deleted entry: Redis
-/// then reports no lag for the group, and the group never delivers that id. A group that
-/// delivered every entry there is is still caught up: ingest takes the next request
-/// (not `503 backlog_full` for a stream holding its retention above the mark) and the
-/// retained entries are not trimmed.
-#[test]
-fn a_taken_back_duplicate_at_the_end_of_the_stream_is_no_backlog() {
+/// Limits of 100 events and a mark of 40, with 45 one-event entries (above the mark) all
+/// delivered and acknowledged: the retained history.
+fn at_retention_all_acknowledged() -> Pipeline {
     let p = Pipeline::start_with(&[], |c| {
         c.streams.events = StreamLimits { retention_events: 100, high_water_events: 40 };
     });
@@ -230,6 +225,11 @@ fn a_taken_back_duplicate_at_the_end_of_the_stream_is_no_backlog() {
         }
     }
     consume(&p);
+    p
+}
+
+/// One request sent twice (same nonce, same body): both 202, the second's append taken back.
+fn send_twice(p: &Pipeline) {
     let body = format!("[{}]", event("login", "again"));
     let nonce = croupier_it::http::fresh_nonce();
     let h = croupier_it::http::signed_headers(
@@ -243,6 +243,18 @@ fn a_taken_back_duplicate_at_the_end_of_the_stream_is_no_backlog() {
         let r = p.ingest.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
         assert_eq!(r.status, 202, "{}", r.text());
     }
+}
+
+/// A request sent again (same nonce, same body) is appended and deleted again within the
+/// ingest transaction, leaving the stream's last generated id on a deleted entry: Redis
+/// then reports no lag for the group, and the group never delivers that id. A group that
+/// delivered every entry there is is still caught up: ingest takes the next request
+/// (not `503 backlog_full` for a stream holding its retention above the mark) and the
+/// retained entries are not trimmed.
+#[test]
+fn a_taken_back_duplicate_at_the_end_of_the_stream_is_no_backlog() {
+    let p = at_retention_all_acknowledged();
+    send_twice(&p);
     consume(&p);
     // Every shard reads the backlog after the duplicate.
     std::thread::sleep(Duration::from_millis(600));
@@ -258,34 +270,13 @@ fn a_taken_back_duplicate_at_the_end_of_the_stream_is_no_backlog() {
 /// history: the next request is 202.
 #[test]
 fn a_taken_back_duplicate_under_load_keeps_the_last_known_backlog() {
-    let p = Pipeline::start_with(&[], |c| {
-        c.streams.events = StreamLimits { retention_events: 100, high_water_events: 40 };
-    });
-    for i in 0..45 {
-        assert_eq!(post(&p, &format!("u{i}")).status, 202);
-        if i % 10 == 9 {
-            consume(&p);
-        }
-    }
-    consume(&p);
+    let p = at_retention_all_acknowledged();
     // Entries the group has not read yet, then a reading that knows the position.
     for i in 0..3 {
         assert_eq!(post(&p, &format!("v{i}")).status, 202);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let body = format!("[{}]", event("login", "again"));
-    let nonce = croupier_it::http::fresh_nonce();
-    let h = croupier_it::http::signed_headers(
-        crate::fixture::GAME,
-        crate::fixture::SECRET,
-        body.as_bytes(),
-        croupier_it::http::now_secs(),
-        &nonce,
-    );
-    for _ in 0..2 {
-        let r = p.ingest.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
-        assert_eq!(r.status, 202, "{}", r.text());
-    }
+    send_twice(&p);
     std::thread::sleep(Duration::from_millis(300));
     let r = post(&p, "next");
     assert_eq!(r.status, 202, "{}", r.text());

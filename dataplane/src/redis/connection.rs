@@ -570,23 +570,8 @@ async fn prepare(
 /// them, on every version), so a cluster node answers for the keys it serves; `MOVED`,
 /// `ASK` and `CLUSTERDOWN` are passed over, as for the groups.
 async fn may_take_back(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
-    let mut out = Vec::new();
-    for key in partitions.all_streams() {
-        resp::command(&mut out, &[b"EVAL", TAKE_BACK_ALLOWED.as_bytes(), b"1", key.as_bytes()]);
-    }
-    let (res, _) = stream.write_all(out).await;
-    res.map_err(|_| RedisError::Unavailable)?;
-    let mut rbuf = Vec::with_capacity(1024);
-    let mut failed = None;
-    for _ in partitions.all_streams() {
-        match read_frame(stream, &mut rbuf).await? {
-            Frame::Error(e) if !["MOVED", "ASK", "CLUSTERDOWN"].iter().any(|p| e.starts_with(p)) => {
-                failed.get_or_insert(e);
-            }
-            _ => {}
-        }
-    }
-    failed.map_or(Ok(()), |e| Err(RedisError::Protocol(e)))
+    let script = TAKE_BACK_ALLOWED.as_bytes();
+    on_each_stream(stream, partitions, |key| vec![b"EVAL".as_slice(), script, b"1", key], &[]).await
 }
 
 /// The script of [`may_take_back`]: `XREVRANGE … COUNT 1` and `XDEL` of the id `0-0`,
@@ -758,9 +743,28 @@ fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
 /// it exists. In a cluster, a stream whose slot another primary serves is that
 /// connection's to create (`MOVED`, `ASK` and `CLUSTERDOWN` are passed over).
 async fn ensure_groups(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
+    let group = CONSUMER_GROUP.as_bytes();
+    on_each_stream(
+        stream,
+        partitions,
+        |key| vec![b"XGROUP".as_slice(), b"CREATE", key, group, b"0", b"MKSTREAM"],
+        &["BUSYGROUP"],
+    )
+    .await
+}
+
+/// Sends `command(key)` for each stream of each partition, pipelined, and reads every
+/// reply: the first error is the answer, save those starting with one of `passed` and a
+/// cluster's `MOVED`, `ASK` and `CLUSTERDOWN` (that stream's slot is another node's).
+async fn on_each_stream<'k>(
+    stream: &mut TcpStream,
+    partitions: &'k Partitions,
+    command: impl Fn(&'k [u8]) -> Vec<&'k [u8]>,
+    passed: &[&str],
+) -> Result<(), RedisError> {
     let mut out = Vec::new();
     for key in partitions.all_streams() {
-        resp::command(&mut out, &[b"XGROUP", b"CREATE", key.as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"]);
+        resp::command(&mut out, &command(key.as_bytes()));
     }
     let (res, _) = stream.write_all(out).await;
     res.map_err(|_| RedisError::Unavailable)?;
@@ -768,7 +772,7 @@ async fn ensure_groups(stream: &mut TcpStream, partitions: &Partitions) -> Resul
     let mut failed = None;
     for _ in partitions.all_streams() {
         match read_frame(stream, &mut rbuf).await? {
-            Frame::Error(e) if !["BUSYGROUP", "MOVED", "ASK", "CLUSTERDOWN"].iter().any(|p| e.starts_with(p)) => {
+            Frame::Error(e) if !["MOVED", "ASK", "CLUSTERDOWN"].iter().chain(passed).any(|p| e.starts_with(p)) => {
                 failed.get_or_insert(e);
             }
             _ => {}

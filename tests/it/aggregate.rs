@@ -507,9 +507,15 @@ fn unwritten(p: &Pipeline) -> Vec<String> {
 fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_start() {
     let mut p = logging_pipeline();
     p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "600000")]);
-    let now = now_secs() as u64;
-    // The current minute, and one ten minutes ago that nothing touches afterwards.
-    let earlier = now - 600;
+    // The current minute, and one up to ten minutes earlier on the same UTC day that
+    // nothing touches afterwards (in a day's first two minutes, the test waits for its
+    // third: a minute of yesterday would count in yesterday's players, not today's).
+    let mut now = now_secs() as u64;
+    if now % 86_400 < 120 {
+        std::thread::sleep(Duration::from_secs(120 - now % 86_400));
+        now = now_secs() as u64;
+    }
+    let earlier = now - (now % 86_400 - 60).min(600);
     post_players(&p, "heartbeat", "on", 0..250, now);
     post_players(&p, "session_start", "on", 100..400, earlier);
     post_players(&p, "register", "on", 0..30, now);

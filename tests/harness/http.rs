@@ -146,6 +146,25 @@ pub fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
 }
 
+/// Waits, if needed, until the UTC day has at least `ahead` seconds left and has run at
+/// least `after` seconds, and returns the Unix seconds then: a test whose figures are per
+/// UTC day and that stamps events up to `after` seconds back, or runs for up to `ahead`
+/// seconds, calls it first, so that its events and its reads fall on one day.
+pub fn clear_of_day_turn(ahead: u64, after: u64) -> i64 {
+    let into = now_secs().rem_euclid(86_400) as u64;
+    let wait = if into < after {
+        after - into
+    } else if 86_400 - into < ahead {
+        86_400 - into + after
+    } else {
+        0
+    };
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_secs(wait));
+    }
+    now_secs()
+}
+
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
 /// A nonce not used before in this process.

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use croupier_dataplane::worker::aggregate::what::{day_of, minute_of, Kind};
-use croupier_it::http::now_secs;
+use croupier_it::http::{clear_of_day_turn, now_secs};
 
 use crate::fixture::{post_signed, GAME, SECRET};
 use crate::pipeline::{env, Pipeline, CROUPIER};
@@ -508,13 +508,9 @@ fn minute_online_and_daily_users_left_behind_by_a_killed_worker_are_written_at_s
     let mut p = logging_pipeline();
     p.start_worker(&[("CROUPIER_AGGREGATE__FLUSH_MS", "600000")]);
     // The current minute, and one up to ten minutes earlier on the same UTC day that
-    // nothing touches afterwards (in a day's first two minutes, the test waits for its
-    // third: a minute of yesterday would count in yesterday's players, not today's).
-    let mut now = now_secs() as u64;
-    if now % 86_400 < 120 {
-        std::thread::sleep(Duration::from_secs(120 - now % 86_400));
-        now = now_secs() as u64;
-    }
+    // nothing touches afterwards (a minute of yesterday would count in yesterday's
+    // players, not today's).
+    let now = clear_of_day_turn(60, 120) as u64;
     let earlier = now - (now % 86_400 - 60).min(600);
     post_players(&p, "heartbeat", "on", 0..250, now);
     post_players(&p, "session_start", "on", 100..400, earlier);
@@ -1057,7 +1053,8 @@ fn realtime_gauges_on_the_control_port_equal_the_keys() {
     let mut settings = FAST.to_vec();
     settings.push(("CROUPIER_CONTROL__LISTEN", &listen));
     p.start_worker(&settings);
-    let ts = now_secs() as u64;
+    // The gauges are of the day: it does not turn before the scrapes match.
+    let ts = clear_of_day_turn(60, 0) as u64;
     // Yesterday's cohort: 2,000 new players, as an earlier worker left them in Redis.
     let yesterday = {
         let mut k = String::new();

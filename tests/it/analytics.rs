@@ -18,7 +18,7 @@ use croupier_dataplane::control::listener::{self, Control};
 use croupier_dataplane::runtime::{block_on, ActiveDriver};
 use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::cluster::RedisCluster;
-use croupier_it::http::{HttpClient, Reply};
+use croupier_it::http::{clear_of_day_turn, HttpClient, Reply};
 use croupier_it::redis::RedisServer;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -311,6 +311,9 @@ impl Api {
             schema::migrate(&mut c).await.expect("migrate");
         })
         .unwrap();
+        // The history and the tests' requests fall on one UTC day ("today", complete
+        // days, the realtime figures of payments stamped up to a minute back).
+        clear_of_day_turn(180, 60);
         let now = croupier_dataplane::analytics::now_secs();
         let history = History::generate(now);
         let insert = |table: &str, cols: &str, rows: &[String]| {

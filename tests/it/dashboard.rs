@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use croupier_it::clickhouse::ClickHouseServer;
-use croupier_it::http::{now_secs, HttpClient};
+use croupier_it::http::{clear_of_day_turn, now_secs, HttpClient};
 use croupier_it::monitoring::Croupier;
 use croupier_it::redis::RedisServer;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -52,7 +52,7 @@ fn insert_history(ch: &ClickHouseServer, now: i64) {
                 continue;
             }
             // Today's events stay before now.
-            let span = if d == today { (now - today * DAY).max(600) as u64 - 500 } else { DAY as u64 - 7200 };
+            let span = if d == today { (now - today * DAY - 400).max(1) as u64 } else { DAY as u64 - 7200 };
             let base = d * DAY + (mix(&[p, d as u64, 3]) % span) as i64;
             let session = format!("s{p}-{d}");
             let mut ev = |t: i64, name: &str, props: String| {
@@ -217,7 +217,8 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
     ]);
     let (ok, out) = croupier(&["migrate"], &env);
     assert!(ok, "croupier migrate: {out}");
-    let now = now_secs();
+    // The pages and the API read the same UTC day ("today" and its complete days).
+    let now = clear_of_day_turn(180, 0);
     insert_history(&ch, now);
     let c = Croupier::start(CROUPIER, "run", &env);
     c.wait_data_ready();

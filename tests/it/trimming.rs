@@ -282,3 +282,25 @@ fn a_taken_back_duplicate_under_load_keeps_the_last_known_backlog() {
     assert_eq!(r.status, 202, "{}", r.text());
     assert!(crate::fixture::xlen(&p.ingest.redis, KEY) >= 50, "the retained entries are kept");
 }
+
+/// A steady trickle of duplicates (one request in ten sent twice, the group keeping up):
+/// each leaves a deleted entry at the stream's end that the shard's reading moves the
+/// group past, and the stream is still trimmed to about its retention. (When every such
+/// repair dropped the sampled positions, trimming waited a whole retention after each
+/// duplicate and the stream grew without bound.)
+#[test]
+fn a_trickle_of_duplicates_does_not_stop_trimming() {
+    let p = at_retention_all_acknowledged();
+    for round in 0..20 {
+        for i in 0..10 {
+            assert_eq!(post(&p, &format!("w{round}-{i}")).status, 202);
+        }
+        send_twice(&p);
+        consume(&p);
+        // A reading of the backlog after the duplicate.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let appended = 45 + 20 * 11;
+    let xlen = crate::fixture::xlen(&p.ingest.redis, KEY);
+    assert!((100..180).contains(&xlen), "{xlen} of {appended} entries kept, retention 100");
+}

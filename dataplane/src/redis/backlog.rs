@@ -11,8 +11,11 @@
 //! **Nothing unacknowledged is ever trimmed.** Entries are trimmed with `XADD MINID ~ T`,
 //! and `T` is never above `S` = min(oldest pending id, last delivered id): every entry
 //! below `S` was delivered (it is not above the last delivered id) and acknowledged (it is
-//! below the oldest pending one). `S` never moves back (new deliveries come after the last
-//! delivered id), so a `T` read earlier stays safe until the next reading.
+//! below the oldest pending one). `S` moves back only when the group is moved back (an
+//! operator's `XGROUP SETID` to an older id, or the group re-created): every reading, also
+//! one that keeps the last figures, takes `T` no higher than the `S` it read, so a `T`
+//! read earlier stays safe until the next reading (a group moved back between two
+//! readings is the one window, of one `backlog_poll_ms`).
 //!
 //! **Acknowledged entries are kept for the retention where possible.** The shard samples
 //! the group's position (entries read, last delivered id) over time; an id whose position
@@ -76,8 +79,9 @@ struct StreamState {
     unknown_for: Cell<u32>,
 }
 
-/// Readings in a row that keep the last known backlog and trim point while Redis cannot
-/// tell the group's position (2 s at the default `redis.backlog_poll_ms`), counting this
+/// Readings in a row that keep the last known backlog and trim point (the point never above
+/// the reading's `S`) while Redis cannot tell the group's position (about 2 s at the
+/// default `redis.backlog_poll_ms`), counting this
 /// shard's appends on top: a duplicate's or a replay's append that the ingest script took
 /// back leaves a deleted entry beyond the group's position, and Redis knows the position
 /// again as soon as the group has delivered the stream's last entry, which a worker
@@ -99,7 +103,26 @@ struct Reading {
     caught_up: Option<u64>,
     /// The group's `entries-read` was set to `entries-added` by this reading (a repair,
     /// not a group that simply caught up since its `XINFO GROUPS`).
-    repaired: bool,
+    repair: Repair,
+}
+
+/// What [`CAUGHT_UP`] did to the group's `entries-read`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Repair {
+    /// Nothing: it was right.
+    #[default]
+    None,
+    /// Raised by this many: the entries added after the group's position and deleted
+    /// since (a duplicate's or a replay's appends, taken back), or a drift.
+    By(u64),
+    /// Set from an unknown value: Redis stops counting the group's reads while a deleted
+    /// entry lies after its position (a duplicate taken back while the group had entries
+    /// left to read), and the group is then moved past it. The samples were taken while it
+    /// counted, in the stream's own numbering (`entries-added`), which the group's position
+    /// is now in again.
+    Unknown,
+    /// Set from a larger value: the numbering changed.
+    Renumbered,
 }
 
 impl StreamState {
@@ -141,6 +164,9 @@ impl StreamState {
             let unknown = self.unknown_for.get().saturating_add(1);
             self.unknown_for.set(unknown);
             if self.positioned.get() && unknown <= HOLD_READINGS {
+                // The backlog is held, the trim point is not trusted past `S`: the group
+                // may have been moved back (`XGROUP SETID`) or re-created since.
+                self.trim.set(self.trim.get().min(safe));
                 return false;
             }
             self.observed.set(r.xlen);
@@ -153,9 +179,20 @@ impl StreamState {
         let retention = self.entries(self.limits.retention_events);
         let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
         let mut samples = self.samples.borrow_mut();
-        if samples.back().is_some_and(|(pos, _)| *pos > read) || r.repaired {
-            // The stream was recreated, or the group's position was repaired: older samples
-            // count in another numbering.
+        // The stream was recreated, or the group's position was repaired by more than a
+        // sample's spacing (a drift after a failover): older samples count in another
+        // numbering. A repair by a few (entries taken back, counted by `entries-added` but
+        // never read), or from a count Redis had stopped keeping, keeps them: they are in
+        // the stream's numbering. (Should a drifted count have been sampled and then
+        // stopped, the retention kept is short by the drift until those samples age out;
+        // nothing is trimmed above `S` either way.) Clearing them at every duplicate would
+        // stop trimming for a whole retention each time.
+        let renumbered = match r.repair {
+            Repair::None | Repair::Unknown => false,
+            Repair::By(d) => d > spacing,
+            Repair::Renumbered => true,
+        };
+        if samples.back().is_some_and(|(pos, _)| *pos > read) || renumbered {
             samples.clear();
         }
         if samples.back().is_none_or(|(pos, id)| read >= pos.saturating_add(spacing) && last > *id) {
@@ -378,16 +415,16 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
             oldest_pending: None,
             xlen,
             caught_up: None,
-            repaired: false,
+            repair: Repair::None,
         });
     };
     let oldest_pending =
         if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
     // A lag of 0 with a position is believed; any other lag (or none), or no position, is
     // checked against the stream's end.
-    let (caught_up, repaired) =
-        if g.lag == Some(0) && g.entries_read.is_some() { (None, false) } else { caught_up(redis, key).await };
-    Some(Reading { group: g, oldest_pending, xlen, caught_up, repaired })
+    let (caught_up, repair) =
+        if g.lag == Some(0) && g.entries_read.is_some() { (None, Repair::None) } else { caught_up(redis, key).await };
+    Some(Reading { group: g, oldest_pending, xlen, caught_up, repair })
 }
 
 /// Whether the group has delivered every entry the stream holds, in one script: then
@@ -397,8 +434,8 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
 /// an entry the ingest script appended and deleted again (a duplicate's or a replay's,
 /// docs/ingest.md): no entry after what the group delivered is caught up too, and the
 /// group is moved past that deleted id (nothing lies in between, and the script runs
-/// whole). Returns `{entries-added, 1 when it set the group, else 0}` when caught up, -1
-/// when not.
+/// whole). Returns `{entries-added, what it raised entries-read by}` when caught up (0:
+/// nothing set; -1: set from an unknown value; -2: from a larger one), -1 when not.
 const CAUGHT_UP: &str = r"
 local function field(t, name)
   for i = 1, #t, 2 do if t[i] == name then return t[i + 1] end end
@@ -408,33 +445,36 @@ local last, added = field(s, 'last-generated-id'), field(s, 'entries-added')
 if not last or type(added) ~= 'number' then return -1 end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if field(g, 'name') == ARGV[1] then
-    local delivered = field(g, 'last-delivered-id')
-    if delivered ~= last then
-      if #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then return -1 end
-      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
-      return {added, 1}
+    local delivered, read = field(g, 'last-delivered-id'), field(g, 'entries-read')
+    if delivered ~= last and #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
+      return -1
     end
-    if field(g, 'entries-read') ~= added then
-      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
-      return {added, 1}
-    end
-    return {added, 0}
+    if delivered == last and read == added then return {added, 0} end
+    redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
+    if type(read) ~= 'number' then return {added, -1} end
+    if read < added then return {added, added - read} end
+    return {added, -2}
   end
 end
 return -1
 ";
 
-/// [`CAUGHT_UP`]'s answer: `entries-added` when caught up, and whether `entries-read`
-/// was repaired.
-async fn caught_up(redis: &RedisClient, key: &[u8]) -> (Option<u64>, bool) {
+/// [`CAUGHT_UP`]'s answer: `entries-added` when caught up, and what it did to
+/// `entries-read`.
+async fn caught_up(redis: &RedisClient, key: &[u8]) -> (Option<u64>, Repair) {
     match call(redis, &[b"EVAL", CAUGHT_UP.as_bytes(), b"1", key, CONSUMER_GROUP.as_bytes()]).await {
         Some(Frame::Array(a)) => match a.as_slice() {
-            [Frame::Integer(added), Frame::Integer(repaired)] if *added >= 0 => {
-                (Some(u64::try_from(*added).unwrap_or(0)), *repaired == 1)
+            [Frame::Integer(added), Frame::Integer(by)] if *added >= 0 => {
+                let repair = match *by {
+                    0 => Repair::None,
+                    -1 => Repair::Unknown,
+                    d => u64::try_from(d).map_or(Repair::Renumbered, Repair::By),
+                };
+                (Some(u64::try_from(*added).unwrap_or(0)), repair)
             }
-            _ => (None, false),
+            _ => (None, Repair::None),
         },
-        _ => (None, false),
+        _ => (None, Repair::None),
     }
 }
 
@@ -471,7 +511,7 @@ mod tests {
             last_delivered: Some(id(read)),
             entries_read: Some(read),
         };
-        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repaired: false }
+        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repair: Repair::None }
     }
 
     /// Mark 60000 events, 1 event per entry in these figures.
@@ -517,9 +557,70 @@ mod tests {
         // put the retention 9032 entries too far back.
         let mut r = reading(1000, 1000, None, 1010);
         r.caught_up = Some(10_032);
-        r.repaired = true;
+        r.repair = Repair::By(9_032);
         s.assess(&r);
         assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
+        // The same from an unknown entries-read.
+        let s = &b.streams[0][StreamKind::Payments.index()];
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, None, 1010));
+        }
+        r.repair = Repair::Renumbered;
+        s.assess(&r);
+        assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
+    }
+
+    /// A duplicate's append taken back at the stream's end leaves Redis unable to tell the
+    /// lag until the group is moved past it, by one: the samples stay, and trimming goes on
+    /// (clearing them at every duplicate left the stream untrimmed for good under a steady
+    /// trickle of duplicates).
+    #[test]
+    fn a_repair_by_a_few_taken_back_entries_keeps_trimming() {
+        let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, None, 1010));
+        }
+        assert_eq!(s.trim.get(), id(500));
+        for (n, read) in (1025..=3000).step_by(25).enumerate() {
+            let mut r = reading(read, read, None, 600);
+            if n % 4 == 0 {
+                r.caught_up = Some(read + 1);
+                r.repair = Repair::By(1);
+            } else if n % 4 == 2 {
+                // Redis had stopped counting the group's reads.
+                r.caught_up = Some(read + 1);
+                r.repair = Repair::Unknown;
+            }
+            s.assess(&r);
+            assert!(s.trim.get() >= id(read - 560), "{read}: trim {:?}", s.trim.get());
+        }
+    }
+
+    /// The group moved back while its position cannot be told (`XGROUP SETID` to an
+    /// older id, or re-created from 0): the held trim point goes no further than `S`, so
+    /// no entry the group is owed again is trimmed.
+    #[test]
+    fn a_held_trim_point_is_never_above_what_the_group_acknowledged() {
+        let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read + 10, None, 1010));
+        }
+        assert_eq!(s.trim.get(), id(500));
+        // Rewound to entry 300: entries-read unknown, nothing pending.
+        let mut r = reading(300, 1010, None, 1010);
+        r.group.lag = None;
+        r.group.entries_read = None;
+        assert!(!s.assess(&r), "held");
+        assert_eq!(s.trim.get(), id(300));
+        // Re-created from 0.
+        let mut r = reading(0, 1010, None, 1010);
+        r.group.last_delivered = None;
+        r.group.lag = None;
+        r.group.entries_read = None;
+        assert!(!s.assess(&r), "held");
+        assert_eq!(s.trim.get(), StreamId::ZERO);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! operator's `XGROUP SETID` to an older id, or the group re-created): every reading, also
 //! one that keeps the last figures, takes `T` no higher than the `S` it read, so a `T`
 //! read earlier stays safe until the next reading (a group moved back between two
-//! readings is the one window, of one `backlog_poll_ms`).
+//! readings of the stream is the one window: a poll cycle, see docs/ingest.md).
 //!
 //! **Acknowledged entries are kept for the retention where possible.** The shard samples
 //! the group's position (entries read, last delivered id) over time; an id whose position
@@ -77,6 +77,10 @@ struct StreamState {
     positioned: Cell<bool>,
     /// Readings in a row, since, that did not ([`HOLD_READINGS`]).
     unknown_for: Cell<u32>,
+    /// The connection epoch of the last repair of the group's position ([`CAUGHT_UP`]):
+    /// a drift of `entries-read` comes with a failover or a restart, which is a new
+    /// connection, so only the first repair on a connection may renumber.
+    repaired_in: Cell<Option<u64>>,
 }
 
 /// Readings in a row that keep the last known backlog and trim point (the point never above
@@ -104,6 +108,8 @@ struct Reading {
     /// The group's `entries-read` was set to `entries-added` by this reading (a repair,
     /// not a group that simply caught up since its `XINFO GROUPS`).
     repair: Repair,
+    /// The connection epoch the reading was taken in.
+    epoch: u64,
 }
 
 /// What [`CAUGHT_UP`] did to the group's `entries-read`.
@@ -121,7 +127,7 @@ enum Repair {
     /// counted, in the stream's own numbering (`entries-added`), which the group's position
     /// is now in again.
     Unknown,
-    /// Set from a larger value: the numbering changed.
+    /// Set from a larger value, or the group re-created: the numbering changed.
     Renumbered,
 }
 
@@ -179,19 +185,24 @@ impl StreamState {
         let retention = self.entries(self.limits.retention_events);
         let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
         let mut samples = self.samples.borrow_mut();
-        // The stream was recreated, or the group's position was repaired by more than a
-        // sample's spacing (a drift after a failover): older samples count in another
-        // numbering. A repair by a few (entries taken back, counted by `entries-added` but
-        // never read), or from a count Redis had stopped keeping, keeps them: they are in
-        // the stream's numbering. (Should a drifted count have been sampled and then
-        // stopped, the retention kept is short by the drift until those samples age out;
-        // nothing is trimmed above `S` either way.) Clearing them at every duplicate would
-        // stop trimming for a whole retention each time.
+        // The stream or the group was recreated, or the group's position was repaired by
+        // more than a sample's spacing on a new connection (a drift after a failover or a
+        // restart): older samples count in another numbering. Any other repair keeps them:
+        // by entries taken back (counted by `entries-added` but never read, however many
+        // duplicates came between two readings), or from a count Redis had stopped
+        // keeping; they are in the stream's numbering. (Should a drifted count have been
+        // sampled and then stopped, the retention kept is short by the drift until those
+        // samples age out; nothing is trimmed above `S` either way.) Clearing them at
+        // duplicates would stop trimming for a whole retention each time.
+        let first_repair = self.repaired_in.get() != Some(r.epoch);
         let renumbered = match r.repair {
             Repair::None | Repair::Unknown => false,
-            Repair::By(d) => d > spacing,
+            Repair::By(d) => d > spacing && first_repair,
             Repair::Renumbered => true,
         };
+        if r.repair != Repair::None {
+            self.repaired_in.set(Some(r.epoch));
+        }
         if samples.back().is_some_and(|(pos, _)| *pos > read) || renumbered {
             samples.clear();
         }
@@ -252,6 +263,7 @@ impl Backlog {
             samples: RefCell::new(VecDeque::new()),
             positioned: Cell::new(false),
             unknown_for: Cell::new(0),
+            repaired_in: Cell::new(None),
         };
         Rc::new(Backlog { epoch, streams: (0..partitions.len()).map(|_| limits.map(state)).collect(), partitions })
     }
@@ -354,7 +366,7 @@ impl Backlog {
             }
             let added_before = s.added.get();
             let epoch = self.epoch.get();
-            match read_backlog(redis, self.partitions.stream(p, kind)).await {
+            match read_backlog(redis, self.partitions.stream(p, kind), epoch).await {
                 // A reading that spans a reconnect is not trusted.
                 Some(_) if self.epoch.get() != epoch => s.forget_position(),
                 Some(reading) => {
@@ -395,7 +407,7 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Option<Frame> {
     }
 }
 
-async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
+async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Reading> {
     let key = key.as_bytes();
     let group = CONSUMER_GROUP.as_bytes();
     let mut cmd = Vec::with_capacity(64);
@@ -408,14 +420,16 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
     };
     let Some(g) = found else {
         // The group is gone (Redis lost its data): recreate it from the start. Until it
-        // is read again, the whole stream counts and nothing is trimmed.
+        // is read again, the whole stream counts and nothing is trimmed; the samples were
+        // of the group that is gone.
         call(redis, &[b"XGROUP", b"CREATE", key, group, b"0", b"MKSTREAM"]).await;
         return Some(Reading {
             group: GroupInfo::default(),
             oldest_pending: None,
             xlen,
             caught_up: None,
-            repair: Repair::None,
+            repair: Repair::Renumbered,
+            epoch,
         });
     };
     let oldest_pending =
@@ -424,7 +438,7 @@ async fn read_backlog(redis: &RedisClient, key: &str) -> Option<Reading> {
     // checked against the stream's end.
     let (caught_up, repair) =
         if g.lag == Some(0) && g.entries_read.is_some() { (None, Repair::None) } else { caught_up(redis, key).await };
-    Some(Reading { group: g, oldest_pending, xlen, caught_up, repair })
+    Some(Reading { group: g, oldest_pending, xlen, caught_up, repair, epoch })
 }
 
 /// Whether the group has delivered every entry the stream holds, in one script: then
@@ -511,7 +525,7 @@ mod tests {
             last_delivered: Some(id(read)),
             entries_read: Some(read),
         };
-        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repair: Repair::None }
+        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repair: Repair::None, epoch: 1 }
     }
 
     /// Mark 60000 events, 1 event per entry in these figures.
@@ -560,7 +574,7 @@ mod tests {
         r.repair = Repair::By(9_032);
         s.assess(&r);
         assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
-        // The same from an unknown entries-read.
+        // The same from a larger entries-read.
         let s = &b.streams[0][StreamKind::Payments.index()];
         for read in (0..=1000).step_by(25) {
             s.assess(&reading(read, read + 10, None, 1010));
@@ -595,6 +609,34 @@ mod tests {
             s.assess(&r);
             assert!(s.trim.get() >= id(read - 560), "{read}: trim {:?}", s.trim.get());
         }
+    }
+
+    /// Many duplicates between two readings (more than a sample's spacing): only the first
+    /// such repair on a connection may be a failover's drift and drop the samples; the next
+    /// ones keep them, and trimming goes on.
+    #[test]
+    fn bursts_of_duplicates_drop_the_samples_once_per_connection() {
+        let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read, None, 600));
+        }
+        let burst = |read: u64, epoch: u64| {
+            let mut r = reading(read, read, None, 600);
+            r.caught_up = Some(read + 100);
+            r.repair = Repair::By(100);
+            r.epoch = epoch;
+            r
+        };
+        s.assess(&burst(1000, 1));
+        assert_eq!(s.trim.get(), StreamId::ZERO, "the first repair on a connection renumbers");
+        for read in (1025..=3000).step_by(25) {
+            s.assess(&burst(read, 1));
+        }
+        assert!(s.trim.get() >= id(3000 - 600), "trim {:?}", s.trim.get());
+        // A new connection (a failover): its first large repair renumbers again.
+        s.assess(&burst(3025, 2));
+        assert_eq!(s.trim.get(), StreamId::ZERO);
     }
 
     /// The group moved back while its position cannot be told (`XGROUP SETID` to an

@@ -150,12 +150,18 @@ impl StreamState {
 
     /// Takes a reading: the untrimmable backlog and the trim point. `false` when it kept
     /// the last ones ([`HOLD_READINGS`]): the appends counted before it was asked for are
-    /// not in them, and stay counted.
+    /// not in them, and stay counted. Whatever it keeps or finds, the trim point leaves it
+    /// no higher than the reading's `S`, below every entry still owed to the group.
     fn assess(&self, r: &Reading) -> bool {
+        let taken = self.take(r);
+        self.trim.set(self.trim.get().min(r.safe()));
+        taken
+    }
+
+    /// [`StreamState::assess`] but for bounding the trim point by `S`.
+    fn take(&self, r: &Reading) -> bool {
         let g = &r.group;
         let last = g.last_delivered.unwrap_or(StreamId::ZERO);
-        // Below every entry still owed to the group.
-        let safe = r.oldest_pending.map_or(last, |p| p.min(last));
         // A group that has delivered nothing has read nothing.
         let read = g.entries_read.or((last == StreamId::ZERO).then_some(0));
         // Redis's lag is `entries-added` − `entries-read`, and `entries-read` is not always
@@ -170,13 +176,12 @@ impl StreamState {
             let unknown = self.unknown_for.get().saturating_add(1);
             self.unknown_for.set(unknown);
             if self.positioned.get() && unknown <= HOLD_READINGS {
-                // The backlog is held, the trim point is not trusted past `S`: the group
-                // may have been moved back (`XGROUP SETID`) or re-created since.
-                self.trim.set(self.trim.get().min(safe));
+                // The backlog is held; the trim point too, but no higher than `S`: the
+                // group may have been moved back (`XGROUP SETID`) or re-created since.
                 return false;
             }
             self.observed.set(r.xlen);
-            self.trim.set(safe);
+            self.trim.set(r.safe());
             return true;
         };
         self.positioned.set(true);
@@ -221,8 +226,17 @@ impl StreamState {
         };
         self.observed.set(untrimmable);
         let kept = samples.iter().rev().find(|(pos, _)| end.saturating_sub(*pos) >= retention);
-        self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| (*id).min(safe)));
+        self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| *id));
         true
+    }
+}
+
+impl Reading {
+    /// `S`: min(oldest pending id, last delivered id), below every entry still owed to
+    /// the group.
+    fn safe(&self) -> StreamId {
+        let last = self.group.last_delivered.unwrap_or(StreamId::ZERO);
+        self.oldest_pending.map_or(last, |p| p.min(last))
     }
 }
 
@@ -528,6 +542,14 @@ mod tests {
         Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repair: Repair::None, epoch: 1 }
     }
 
+    /// `s` read every 25 entries up to entry 1000, the group `behind` entries behind the
+    /// stream's end: its positions sampled, retention 500 entries (trim point entry 500).
+    fn sampled_to_1000(s: &StreamState, behind: u64, xlen: u64) {
+        for read in (0..=1000).step_by(25) {
+            s.assess(&reading(read, read + behind, None, xlen));
+        }
+    }
+
     /// Mark 60000 events, 1 event per entry in these figures.
     fn events_backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 100_000, high_water_events: 60_000 };
@@ -563,9 +585,7 @@ mod tests {
     fn repairing_the_position_renumbers_the_samples() {
         let b = backlog();
         let s = &b.streams[0][CUSTOM.index()];
-        for read in (0..=1000).step_by(25) {
-            s.assess(&reading(read, read + 10, None, 1010));
-        }
+        sampled_to_1000(s, 10, 1010);
         assert_eq!(s.trim.get(), id(500));
         // entries-read was 9032 behind: repaired to entries-added, the old samples would
         // put the retention 9032 entries too far back.
@@ -576,9 +596,7 @@ mod tests {
         assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
         // The same from a larger entries-read.
         let s = &b.streams[0][StreamKind::Payments.index()];
-        for read in (0..=1000).step_by(25) {
-            s.assess(&reading(read, read + 10, None, 1010));
-        }
+        sampled_to_1000(s, 10, 1010);
         r.repair = Repair::Renumbered;
         s.assess(&r);
         assert_eq!((s.observed.get(), s.trim.get()), (0, StreamId::ZERO));
@@ -592,9 +610,7 @@ mod tests {
     fn a_repair_by_a_few_taken_back_entries_keeps_trimming() {
         let b = backlog();
         let s = &b.streams[0][CUSTOM.index()];
-        for read in (0..=1000).step_by(25) {
-            s.assess(&reading(read, read + 10, None, 1010));
-        }
+        sampled_to_1000(s, 10, 1010);
         assert_eq!(s.trim.get(), id(500));
         for (n, read) in (1025..=3000).step_by(25).enumerate() {
             let mut r = reading(read, read, None, 600);
@@ -618,9 +634,7 @@ mod tests {
     fn bursts_of_duplicates_drop_the_samples_once_per_connection() {
         let b = backlog();
         let s = &b.streams[0][CUSTOM.index()];
-        for read in (0..=1000).step_by(25) {
-            s.assess(&reading(read, read, None, 600));
-        }
+        sampled_to_1000(s, 0, 600);
         let burst = |read: u64, epoch: u64| {
             let mut r = reading(read, read, None, 600);
             r.caught_up = Some(read + 100);
@@ -646,9 +660,7 @@ mod tests {
     fn a_held_trim_point_is_never_above_what_the_group_acknowledged() {
         let b = backlog();
         let s = &b.streams[0][CUSTOM.index()];
-        for read in (0..=1000).step_by(25) {
-            s.assess(&reading(read, read + 10, None, 1010));
-        }
+        sampled_to_1000(s, 10, 1010);
         assert_eq!(s.trim.get(), id(500));
         // Rewound to entry 300: entries-read unknown, nothing pending.
         let mut r = reading(300, 1010, None, 1010);
@@ -669,9 +681,7 @@ mod tests {
     fn a_group_that_caught_up_since_its_reading_keeps_the_samples() {
         let b = backlog();
         let s = &b.streams[0][CUSTOM.index()];
-        for read in (0..=1000).step_by(25) {
-            s.assess(&reading(read, read + 10, None, 1010));
-        }
+        sampled_to_1000(s, 10, 1010);
         assert_eq!(s.trim.get(), id(500));
         // Behind by 10 when the groups were read, caught up (nothing repaired) when the
         // script ran: the same numbering, so trimming goes on.

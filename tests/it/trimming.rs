@@ -304,3 +304,45 @@ fn a_trickle_of_duplicates_does_not_stop_trimming() {
     let xlen = crate::fixture::xlen(&p.ingest.redis, KEY);
     assert!((100..180).contains(&xlen), "{xlen} of {appended} entries kept, retention 100");
 }
+
+/// The group kept behind a taken-back duplicate for longer than the shards hold their last
+/// backlog (workers lagging for seconds): Redis still cannot tell the position, and the
+/// shards place it from their samples of the stream's end instead of counting the whole
+/// stream with its retained history (above the mark: every request was refused `503
+/// backlog_full` until the group caught up). Memory stays bounded: the mark still refuses.
+#[test]
+fn a_group_behind_a_taken_back_duplicate_for_long_is_placed_and_still_bounded() {
+    let p = at_retention_all_acknowledged();
+    // Entries the group has not read, a reading that samples the stream's end, then the
+    // duplicate behind the group's position and more unread entries.
+    for i in 0..3 {
+        assert_eq!(post(&p, &format!("v{i}")).status, 202);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    send_twice(&p);
+    for i in 0..3 {
+        assert_eq!(post(&p, &format!("w{i}")).status, 202);
+    }
+    let (read, lag) = group_position(&p.ingest.redis);
+    assert_eq!(lag, None, "Redis cannot tell the position (entries-read {read})");
+    // Well past the 20 readings of the hold (20 ms apart).
+    std::thread::sleep(Duration::from_millis(2_000));
+    let r = post(&p, "next");
+    assert_eq!(r.status, 202, "{}", r.text());
+    // About 8 entries owed: the mark (40) refuses after some 30 more, not after the
+    // retained history, and not never.
+    let mut accepted = 0;
+    let refused = loop {
+        let r = post(&p, &format!("x{accepted}"));
+        if r.status != 202 {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted < 60, "never refused: the backlog is not bounded");
+        std::thread::sleep(Duration::from_millis(30));
+    };
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("backlog_full"), "{}", refused.text());
+    assert!(accepted >= 20, "refused after {accepted}: the owed entries were over-counted");
+    assert_eq!(group_position(&p.ingest.redis).1, None, "still not told by Redis");
+}

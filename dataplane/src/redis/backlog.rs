@@ -22,16 +22,20 @@
 //! is at least the retention (in entries) behind the stream's end (entries read + lag)
 //! has at least that many entries after it. `T` = min(`S`, the newest such sampled id), or
 //! no trimming while no sample is that old. When Redis cannot tell the group's position
-//! (after `XDEL`s) for a moment after it could, the last `T` and backlog are kept, this
-//! shard's appends counted on top ([`HOLD_READINGS`]); longer, `T` = `S`: safety first,
-//! retention second.
+//! (a deleted entry lies after it), the shard places it itself: its samples of the
+//! group's position and of the stream's end (`entries-added`, last generated id) give a
+//! count of entries at or below the group's last delivered id, and the backlog is at most
+//! `entries-added` minus that count ([`StreamState::estimate`]). Without such a sample,
+//! for a moment after a reading that knew the position, the last `T` and backlog are
+//! kept, this shard's appends counted on top ([`HOLD_READINGS`]); longer, `T` = `S`:
+//! safety first, retention second.
 //!
 //! **Memory is bounded by refusing ingest, never by deletion.** The backlog that the mark
 //! is compared with is the part of the stream that cannot be trimmed: the lag when
 //! nothing is pending, else everything after the newest sample older than the oldest
 //! pending entry (a consumer that died holding entries makes it grow until they are
-//! claimed), or `XLEN` when the position is unknown (past the moment above). At the mark ingest answers 503
-//! `backlog_full`.
+//! claimed), or `XLEN` when the position can be neither told nor placed (past the moment
+//! above). At the mark ingest answers 503 `backlog_full`.
 //!
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
 //! events an entry holds depends on the traffic: a 100-event request makes one full entry
@@ -77,6 +81,12 @@ struct StreamState {
     positioned: Cell<bool>,
     /// Readings in a row, since, that did not ([`HOLD_READINGS`]).
     unknown_for: Cell<u32>,
+    /// The stream's end over time: (entries added, last generated id), oldest first, read
+    /// by [`CAUGHT_UP`] whenever the group was behind or its position unknown. Entry
+    /// number `n` of the stream has an id at or below the sample's id when `n` is at most
+    /// its count, so these place the group's last delivered id in the stream's numbering
+    /// when Redis cannot ([`StreamState::estimate`]).
+    ends: RefCell<VecDeque<(u64, StreamId)>>,
     /// The connection epoch of the last repair of the group's position ([`CAUGHT_UP`]):
     /// a drift of `entries-read` comes with a failover or a restart, which is a new
     /// connection, so only the first repair on a connection may renumber.
@@ -84,7 +94,7 @@ struct StreamState {
 }
 
 /// Readings in a row that keep the last known backlog and trim point (the point never above
-/// the reading's `S`) while Redis cannot tell the group's position (about 2 s at the
+/// the reading's `S`) while neither Redis nor the samples can tell the group's position (about 2 s at the
 /// default `redis.backlog_poll_ms`), counting this
 /// shard's appends on top: a duplicate's or a replay's append that the ingest script took
 /// back leaves a deleted entry beyond the group's position, and Redis knows the position
@@ -110,6 +120,8 @@ struct Reading {
     repair: Repair,
     /// The connection epoch the reading was taken in.
     epoch: u64,
+    /// The stream's `entries-added` and last generated id, when [`CAUGHT_UP`] read them.
+    end: Option<(u64, StreamId)>,
 }
 
 /// What [`CAUGHT_UP`] did to the group's `entries-read`.
@@ -146,6 +158,64 @@ impl StreamState {
         self.known.set(false);
         self.positioned.set(false);
         self.unknown_for.set(0);
+        // Another server may number the stream otherwise.
+        self.ends.borrow_mut().clear();
+    }
+
+    /// A sample's spacing, in entries: a sixteenth of the retention or the mark.
+    fn spacing(&self) -> u64 {
+        (self.entries(self.limits.retention_events).min(self.entries(self.limits.high_water_events)) / 16).max(1)
+    }
+
+    /// Keeps the stream's end read by `r`, a sample's spacing after the last one kept.
+    fn sample_end(&self, r: &Reading) {
+        let Some((added, last)) = r.end else { return };
+        let mut ends = self.ends.borrow_mut();
+        // Fewer entries added, or an older last id: the stream was deleted and made anew.
+        if ends.back().is_some_and(|(n, id)| *n > added || *id > last) {
+            ends.clear();
+        }
+        if ends.back().is_none_or(|(n, _)| added >= n.saturating_add(self.spacing())) {
+            ends.push_back((added, last));
+            if ends.len() > MAX_SAMPLES {
+                ends.pop_front();
+            }
+        }
+    }
+
+    /// The backlog and trim point when Redis cannot tell the group's position (a deleted
+    /// entry lies after it), from the stream's `entries-added` and the sampled positions
+    /// (the group's and the stream end's): the group has read at least as many entries
+    /// as the newest sample at or below its last delivered id, so what it still owes is at
+    /// most `entries-added` minus that sample's count (more by the entries deleted since
+    /// and by at most a sample's spacing and the entries added between two readings). `None` when this reading did not read the stream's
+    /// end or no sample lies at or below the group's position.
+    fn estimate(&self, r: &Reading) -> Option<(u64, StreamId)> {
+        let (added, _) = r.end?;
+        let (samples, ends) = (self.samples.borrow(), self.ends.borrow());
+        // The count of the newest sample of either kind whose id passes `below`.
+        let count_below = |below: &dyn Fn(StreamId) -> bool| {
+            let newest = |v: &VecDeque<(u64, StreamId)>| v.iter().rev().find(|(_, id)| below(*id)).map(|(n, _)| *n);
+            newest(&samples).max(newest(&ends))
+        };
+        let last = r.group.last_delivered.unwrap_or(StreamId::ZERO);
+        let read = count_below(&|id| id <= last)?;
+        if read > added {
+            return None;
+        }
+        let untrimmable = match r.oldest_pending {
+            None => added - read,
+            Some(p) => count_below(&|id| id < p).map_or(r.xlen, |n| added.saturating_sub(n)),
+        };
+        let retention = self.entries(self.limits.retention_events);
+        let kept = samples
+            .iter()
+            .chain(ends.iter())
+            .filter(|(n, _)| added.saturating_sub(*n) >= retention)
+            .map(|(_, id)| *id)
+            .max()
+            .unwrap_or(StreamId::ZERO);
+        Some((untrimmable.min(r.xlen), kept))
     }
 
     /// Takes a reading: the untrimmable backlog and the trim point. `false` when it kept
@@ -172,9 +242,15 @@ impl StreamState {
             Some(added) => (Some(added), Some(0)),
             None => (read, g.lag.map(|lag| lag.min(r.xlen))),
         };
+        self.sample_end(r);
         let (Some(read), Some(lag)) = (read, lag) else {
             let unknown = self.unknown_for.get().saturating_add(1);
             self.unknown_for.set(unknown);
+            if let Some((untrimmable, trim)) = self.estimate(r) {
+                self.observed.set(untrimmable);
+                self.trim.set(trim);
+                return true;
+            }
             if self.positioned.get() && unknown <= HOLD_READINGS {
                 // The backlog is held; the trim point too, but no higher than `S`: the
                 // group may have been moved back (`XGROUP SETID`) or re-created since.
@@ -188,7 +264,7 @@ impl StreamState {
         self.unknown_for.set(0);
         let end = read.saturating_add(lag);
         let retention = self.entries(self.limits.retention_events);
-        let spacing = (retention.min(self.entries(self.limits.high_water_events)) / 16).max(1);
+        let spacing = self.spacing();
         let mut samples = self.samples.borrow_mut();
         // The stream or the group was recreated, or the group's position was repaired by
         // more than a sample's spacing on a new connection (a drift after a failover or a
@@ -277,6 +353,7 @@ impl Backlog {
             samples: RefCell::new(VecDeque::new()),
             positioned: Cell::new(false),
             unknown_for: Cell::new(0),
+            ends: RefCell::new(VecDeque::new()),
             repaired_in: Cell::new(None),
         };
         Rc::new(Backlog { epoch, streams: (0..partitions.len()).map(|_| limits.map(state)).collect(), partitions })
@@ -444,15 +521,19 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
             caught_up: None,
             repair: Repair::Renumbered,
             epoch,
+            end: None,
         });
     };
     let oldest_pending =
         if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
     // A lag of 0 with a position is believed; any other lag (or none), or no position, is
     // checked against the stream's end.
-    let (caught_up, repair) =
-        if g.lag == Some(0) && g.entries_read.is_some() { (None, Repair::None) } else { caught_up(redis, key).await };
-    Some(Reading { group: g, oldest_pending, xlen, caught_up, repair, epoch })
+    let CaughtUp { added, repair, end } = if g.lag == Some(0) && g.entries_read.is_some() {
+        CaughtUp { added: None, repair: Repair::None, end: None }
+    } else {
+        caught_up(redis, key).await
+    };
+    Some(Reading { group: g, oldest_pending, xlen, caught_up: added, repair, epoch, end })
 }
 
 /// Whether the group has delivered every entry the stream holds, in one script: then
@@ -462,8 +543,10 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
 /// an entry the ingest script appended and deleted again (a duplicate's or a replay's,
 /// docs/ingest.md): no entry after what the group delivered is caught up too, and the
 /// group is moved past that deleted id (nothing lies in between, and the script runs
-/// whole). Returns `{entries-added, what it raised entries-read by}` when caught up (0:
-/// nothing set; -1: set from an unknown value; -2: from a larger one), -1 when not.
+/// whole). Returns `{entries-added, what it raised entries-read by, last generated id}`
+/// when caught up (0: nothing set; -1: set from an unknown value; -2: from a larger one),
+/// `{entries-added, -3, last generated id}` when not, and -1 when the stream or the group
+/// cannot be read.
 const CAUGHT_UP: &str = r"
 local function field(t, name)
   for i = 1, #t, 2 do if t[i] == name then return t[i + 1] end end
@@ -475,35 +558,45 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if field(g, 'name') == ARGV[1] then
     local delivered, read = field(g, 'last-delivered-id'), field(g, 'entries-read')
     if delivered ~= last and #redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1) > 0 then
-      return -1
+      return {added, -3, last}
     end
-    if delivered == last and read == added then return {added, 0} end
+    if delivered == last and read == added then return {added, 0, last} end
     redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added)
-    if type(read) ~= 'number' then return {added, -1} end
-    if read < added then return {added, added - read} end
-    return {added, -2}
+    if type(read) ~= 'number' then return {added, -1, last} end
+    if read < added then return {added, added - read, last} end
+    return {added, -2, last}
   end
 end
 return -1
 ";
 
-/// [`CAUGHT_UP`]'s answer: `entries-added` when caught up, and what it did to
-/// `entries-read`.
-async fn caught_up(redis: &RedisClient, key: &[u8]) -> (Option<u64>, Repair) {
-    match call(redis, &[b"EVAL", CAUGHT_UP.as_bytes(), b"1", key, CONSUMER_GROUP.as_bytes()]).await {
-        Some(Frame::Array(a)) => match a.as_slice() {
-            [Frame::Integer(added), Frame::Integer(by)] if *added >= 0 => {
-                let repair = match *by {
-                    0 => Repair::None,
-                    -1 => Repair::Unknown,
-                    d => u64::try_from(d).map_or(Repair::Renumbered, Repair::By),
-                };
-                (Some(u64::try_from(*added).unwrap_or(0)), repair)
-            }
-            _ => (None, Repair::None),
-        },
-        _ => (None, Repair::None),
+/// [`CAUGHT_UP`]'s answer.
+#[derive(Debug, Clone, Copy)]
+struct CaughtUp {
+    /// `entries-added` when the group is caught up.
+    added: Option<u64>,
+    /// What the script did to the group's `entries-read`.
+    repair: Repair,
+    /// The stream's `entries-added` and last generated id, caught up or not.
+    end: Option<(u64, StreamId)>,
+}
+
+async fn caught_up(redis: &RedisClient, key: &[u8]) -> CaughtUp {
+    let reply = call(redis, &[b"EVAL", CAUGHT_UP.as_bytes(), b"1", key, CONSUMER_GROUP.as_bytes()]).await;
+    let mut answer = CaughtUp { added: None, repair: Repair::None, end: None };
+    let Some(Frame::Array(a)) = reply else { return answer };
+    let [Frame::Integer(added), Frame::Integer(by), Frame::BulkString(last)] = a.as_slice() else { return answer };
+    let (Ok(added), Some(last)) = (u64::try_from(*added), StreamId::parse(last)) else { return answer };
+    answer.end = Some((added, last));
+    if *by != -3 {
+        answer.added = Some(added);
+        answer.repair = match *by {
+            0 => Repair::None,
+            -1 => Repair::Unknown,
+            d => u64::try_from(d).map_or(Repair::Renumbered, Repair::By),
+        };
     }
+    answer
 }
 
 #[cfg(test)]
@@ -539,7 +632,15 @@ mod tests {
             last_delivered: Some(id(read)),
             entries_read: Some(read),
         };
-        Reading { group, oldest_pending: pending.map(id), xlen, caught_up: None, repair: Repair::None, epoch: 1 }
+        Reading {
+            group,
+            oldest_pending: pending.map(id),
+            xlen,
+            caught_up: None,
+            repair: Repair::None,
+            epoch: 1,
+            end: None,
+        }
     }
 
     /// `s` read every 25 entries up to entry 1000, the group `behind` entries behind the
@@ -808,6 +909,77 @@ mod tests {
         s.forget_position();
         assert!(s.assess(&r));
         assert_eq!(s.observed.get(), 90_000);
+    }
+
+    /// A reading that could not tell the group's position, the stream's end read by the
+    /// script.
+    fn unplaced(delivered: u64, end: u64, pending: Option<u64>, xlen: u64) -> Reading {
+        let mut r = reading(delivered, end, pending, xlen);
+        r.group.lag = None;
+        r.group.entries_read = None;
+        r.end = Some((end, id(end)));
+        r
+    }
+
+    /// A group kept behind a deleted entry for longer than the hold (workers lagging under
+    /// load, a duplicate taken back): what it owes is told from the sampled ends of the
+    /// stream, a little above the truth, instead of the whole stream with its retained
+    /// history, which is above the mark and refused every request until the group caught up.
+    #[test]
+    fn a_group_behind_a_deleted_entry_is_placed_by_the_sampled_ends_of_the_stream() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        // Known and 5000 behind, the stream's end read at every reading.
+        for read in (1_000..=50_000).step_by(1_000) {
+            let mut r = reading(read, read + 5_000, None, 90_000);
+            r.end = Some((read + 5_000, id(read + 5_000)));
+            assert!(s.assess(&r));
+        }
+        assert_eq!(s.observed.get(), 5_000);
+        // Then Redis cannot tell the position for many readings while the group goes on
+        // 5000 behind: never the whole stream, never below the truth, above it by at most
+        // a sample's spacing (3750 entries) and the entries between two readings (1000).
+        for delivered in (50_100..=80_000).step_by(100) {
+            assert!(s.assess(&unplaced(delivered, delivered + 5_000, None, 90_000)), "not held");
+            let owed = s.observed.get();
+            assert!((5_000..=5_000 + 3_750 + 1_000).contains(&owed), "{delivered}: {owed}");
+            assert!(b.admits(0, StreamKind::Events));
+            assert!(s.trim.get() <= id(delivered), "{delivered}: trim {:?}", s.trim.get());
+        }
+        // Retention: an id at least 100000 entries before the end is trimmed to, no later.
+        s.assess(&unplaced(120_000, 125_000, None, 110_000));
+        let trim = s.trim.get();
+        assert!(trim > StreamId::ZERO && trim <= id(25_000), "trim {trim:?}");
+        // A pending entry: everything after the newest sample before it counts.
+        s.assess(&unplaced(120_000, 125_000, Some(60_500), 110_000));
+        assert!((64_500..=64_500 + 3_750 + 1_000).contains(&s.observed.get()), "{}", s.observed.get());
+        assert!(s.trim.get() < id(60_500));
+        // The group stuck while the stream grows past the mark: refused.
+        s.assess(&unplaced(120_000, 181_000, None, 140_000));
+        assert!(s.observed.get() >= 61_000, "{}", s.observed.get());
+        assert!(!b.admits(0, StreamKind::Events));
+    }
+
+    /// The stream deleted and made anew (fewer entries added than sampled): the samples
+    /// are of another stream, and the position is unknown as before them.
+    #[test]
+    fn the_sampled_ends_of_a_stream_made_anew_place_nothing() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        for read in (1_000..=50_000).step_by(1_000) {
+            let mut r = reading(read, read + 5_000, None, 90_000);
+            r.end = Some((read + 5_000, id(read + 5_000)));
+            s.assess(&r);
+        }
+        let mut r = unplaced(50_100, 55_000, None, 90_000);
+        r.end = Some((700, id(55_000)));
+        s.forget_position();
+        assert!(s.assess(&r));
+        assert_eq!(s.observed.get(), 90_000, "the length counts");
+        // Lost with a reconnect, too.
+        s.assess(&unplaced(50_100, 55_100, None, 90_000));
+        s.forget_position();
+        assert!(s.ends.borrow().is_empty());
     }
 
     #[test]

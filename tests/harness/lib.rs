@@ -20,9 +20,41 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A free loopback TCP port (bound once, then released).
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768 and up on
+/// Linux), so no connection's local port and no `bind(0)` of another process takes one
+/// between the test choosing it and its server binding it.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// A free loopback TCP port that no other test process is handed: one of [`TEST_PORTS`],
+/// reserved for this process's life by an exclusive `flock` on a file named after it (tests
+/// run side by side, a process each), and bound once to check that nothing else holds it.
+/// (A port the kernel picks for `bind(0)` and that is released again can be picked
+/// again by another test, or taken as a connection's local port, before the server
+/// that was meant to get it binds it: "Address already in use".)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free loopback port")
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("croupier-it-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = fastrand::u32(..span);
+    for i in 0..span {
+        let port = TEST_PORTS.start + ((start + i) % span) as u16;
+        let Ok(file) =
+            std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // SAFETY: `flock` on a descriptor this function owns; it reads no memory.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(file);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}")
 }
 
 /// Finds `binary` on PATH (or in /usr/sbin, /usr/bin), or panics naming the Debian

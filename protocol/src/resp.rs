@@ -249,7 +249,8 @@ pub fn ingest_reply(frames: Vec<Frame>, entries: usize) -> Result<IngestReply, R
 pub struct GroupInfo {
     /// Entries delivered but not acknowledged.
     pub pending: u64,
-    /// Entries not yet delivered; `None` when Redis cannot tell (after deletions).
+    /// Entries not yet delivered; `None` when Redis cannot tell (after deletions, or a
+    /// negative lag: the group's `entries-read` above the stream's `entries-added`).
     pub lag: Option<u64>,
     /// The last entry delivered to any consumer of the group.
     pub last_delivered: Option<StreamId>,
@@ -275,7 +276,9 @@ pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespE
             match (k.as_slice(), v) {
                 (b"name", Frame::BulkString(n) | Frame::SimpleString(n)) => name = Some(n.as_slice()),
                 (b"pending", Frame::Integer(p)) => info.pending = (*p).max(0) as u64,
-                (b"lag", Frame::Integer(l)) => info.lag = Some((*l).max(0) as u64),
+                // Negative when `entries-read` is above `entries-added` (set so, or drifted):
+                // then Redis cannot tell the lag either.
+                (b"lag", Frame::Integer(l)) => info.lag = u64::try_from(*l).ok(),
                 (b"last-delivered-id", Frame::BulkString(id) | Frame::SimpleString(id)) => {
                     info.last_delivered = StreamId::parse(id)
                 }
@@ -542,6 +545,10 @@ $12\r\nentries-read\r\n:40\r\n$3\r\nlag\r\n:2\r\n";
         let f = decode_reply(raw).expect("ok").expect("complete").0;
         let g = group_info(&f, "g").expect("ok").expect("group");
         assert_eq!((g.last_delivered, g.entries_read, g.lag), (Some(StreamId { ms: 12, seq: 3 }), Some(40), Some(2)));
+        // A negative lag (entries-read set above entries-added) is no lag Redis can tell.
+        let raw = b"*1\r\n*4\r\n$4\r\nname\r\n$1\r\ng\r\n$3\r\nlag\r\n:-1500\r\n";
+        let f = decode_reply(raw).expect("ok").expect("complete").0;
+        assert_eq!(group_info(&f, "g").expect("ok").expect("group").lag, None);
         let summary = decode_reply(b"*4\r\n:2\r\n$3\r\n5-0\r\n$3\r\n9-0\r\n*0\r\n").expect("ok").expect("complete").0;
         assert_eq!(oldest_pending(&summary), Ok(Some(StreamId { ms: 5, seq: 0 })));
         let none = decode_reply(b"*4\r\n:0\r\n$-1\r\n$-1\r\n*-1\r\n").expect("ok").expect("complete").0;

@@ -307,14 +307,15 @@ fn a_trickle_of_duplicates_does_not_stop_trimming() {
 
 /// The group kept behind a taken-back duplicate for longer than the shards hold their last
 /// backlog (workers lagging for seconds): Redis still cannot tell the position, and the
-/// shards place it from their samples of the stream's end instead of counting the whole
-/// stream with its retained history (above the mark: every request was refused `503
+/// shards place it from their samples (here the group's own, taken while it was 3 behind)
+/// and the stream's `entries-added` instead of counting the whole stream with its retained
+/// history (above the mark: every request was refused `503
 /// backlog_full` until the group caught up). Memory stays bounded: the mark still refuses.
 #[test]
 fn a_group_behind_a_taken_back_duplicate_for_long_is_placed_and_still_bounded() {
     let p = at_retention_all_acknowledged();
-    // Entries the group has not read, a reading that samples the stream's end, then the
-    // duplicate behind the group's position and more unread entries.
+    // Entries the group has not read, a reading that samples its position, then the
+    // duplicate behind it and more unread entries.
     for i in 0..3 {
         assert_eq!(post(&p, &format!("v{i}")).status, 202);
     }

@@ -167,14 +167,27 @@ impl StreamState {
         (self.entries(self.limits.retention_events).min(self.entries(self.limits.high_water_events)) / 16).max(1)
     }
 
+    /// Drops every sample and what was known of the group's position: the stream or the
+    /// group is numbered anew.
+    fn renumber(&self) {
+        self.samples.borrow_mut().clear();
+        self.ends.borrow_mut().clear();
+        self.positioned.set(false);
+    }
+
     /// Keeps the stream's end read by `r`, a sample's spacing after the last one kept.
     fn sample_end(&self, r: &Reading) {
         let Some((added, last)) = r.end else { return };
-        let mut ends = self.ends.borrow_mut();
-        // Fewer entries added, or an older last id: the stream was deleted and made anew.
-        if ends.back().is_some_and(|(n, id)| *n > added || *id > last) {
-            ends.clear();
+        // Fewer entries added than sampled, or an older last id: the stream was deleted and
+        // made anew. A group that read more than the stream ever added: its `entries-read`
+        // drifted or was set high, and its samples count in another numbering.
+        let anew = self.ends.borrow().back().is_some_and(|(n, id)| *n > added || *id > last)
+            || self.samples.borrow().back().is_some_and(|(n, _)| *n > added)
+            || r.group.entries_read.is_some_and(|n| n > added);
+        if anew {
+            self.renumber();
         }
+        let mut ends = self.ends.borrow_mut();
         if ends.back().is_none_or(|(n, _)| added >= n.saturating_add(self.spacing())) {
             ends.push_back((added, last));
             if ends.len() > MAX_SAMPLES {
@@ -188,15 +201,22 @@ impl StreamState {
     /// (the group's and the stream end's): the group has read at least as many entries
     /// as the newest sample at or below its last delivered id, so what it still owes is at
     /// most `entries-added` minus that sample's count (more by the entries deleted since
-    /// and by at most a sample's spacing and the entries added between two readings). `None` when this reading did not read the stream's
-    /// end or no sample lies at or below the group's position.
+    /// and by at most a sample's spacing and the entries added between two readings). The
+    /// group's own samples count only while a reading on this connection knew its position
+    /// (one from another server, before a restart or a failover, may be in another
+    /// numbering; the stream end's are dropped with the connection). `None` when this
+    /// reading did not read the stream's end or no sample lies at or below the group's
+    /// position.
     fn estimate(&self, r: &Reading) -> Option<(u64, StreamId)> {
         let (added, _) = r.end?;
-        let (samples, ends) = (self.samples.borrow(), self.ends.borrow());
+        let no_samples = VecDeque::new();
+        let samples = self.samples.borrow();
+        let samples = if self.positioned.get() { &*samples } else { &no_samples };
+        let ends = self.ends.borrow();
         // The count of the newest sample of either kind whose id passes `below`.
         let count_below = |below: &dyn Fn(StreamId) -> bool| {
             let newest = |v: &VecDeque<(u64, StreamId)>| v.iter().rev().find(|(_, id)| below(*id)).map(|(n, _)| *n);
-            newest(&samples).max(newest(&ends))
+            newest(samples).max(newest(&ends))
         };
         let last = r.group.last_delivered.unwrap_or(StreamId::ZERO);
         let read = count_below(&|id| id <= last)?;
@@ -231,7 +251,18 @@ impl StreamState {
     /// [`StreamState::assess`] but for bounding the trim point by `S`.
     fn take(&self, r: &Reading) -> bool {
         let g = &r.group;
-        let last = g.last_delivered.unwrap_or(StreamId::ZERO);
+        // The group re-created (Redis lost it) or its count above the stream's: nothing
+        // sampled before is in its numbering.
+        if r.repair == Repair::Renumbered {
+            self.renumber();
+        }
+        // Caught up, the group is at the stream's last generated id when the script read
+        // `entries-added` (it moved the group there): the sample's id, not the last
+        // delivered id read before, which a worker may have moved on since.
+        let last = match (r.caught_up, r.end) {
+            (Some(_), Some((_, id))) => id,
+            _ => g.last_delivered.unwrap_or(StreamId::ZERO),
+        };
         // A group that has delivered nothing has read nothing.
         let read = g.entries_read.or((last == StreamId::ZERO).then_some(0));
         // Redis's lag is `entries-added` − `entries-read`, and `entries-read` is not always
@@ -960,26 +991,88 @@ mod tests {
         assert!(!b.admits(0, StreamKind::Events));
     }
 
-    /// The stream deleted and made anew (fewer entries added than sampled): the samples
-    /// are of another stream, and the position is unknown as before them.
-    #[test]
-    fn the_sampled_ends_of_a_stream_made_anew_place_nothing() {
-        let b = events_backlog();
-        let s = &b.streams[0][StreamKind::Events.index()];
+    /// Known and 5000 behind up to entry 50000, the stream's end read at every reading.
+    fn sampled_behind_to_50000(s: &StreamState) {
         for read in (1_000..=50_000).step_by(1_000) {
             let mut r = reading(read, read + 5_000, None, 90_000);
             r.end = Some((read + 5_000, id(read + 5_000)));
-            s.assess(&r);
+            assert!(s.assess(&r));
         }
-        let mut r = unplaced(50_100, 55_000, None, 90_000);
-        r.end = Some((700, id(55_000)));
-        s.forget_position();
-        assert!(s.assess(&r));
+    }
+
+    /// The stream deleted and made anew (fewer entries added than sampled, later ids): no
+    /// sample of the old one places the group in the new one, not even once the new one
+    /// has added more entries than the old samples count (that placed a group 12000 behind
+    /// at 2000).
+    #[test]
+    fn the_samples_of_a_stream_made_anew_place_nothing_in_it() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        sampled_behind_to_50000(s);
+        // The new stream: entry n has id 200000 + n; the group 12000 behind it (or at its
+        // start), a deleted entry after it.
+        for added in (700u64..=52_000).step_by(100) {
+            let delivered = added.saturating_sub(12_000);
+            let mut r = unplaced(200_000 + delivered, 200_000 + added, None, added);
+            r.end = Some((added, id(200_000 + added)));
+            s.assess(&r);
+            let owed = s.observed.get();
+            assert!(owed >= added - delivered, "{added}: {owed} owed, {} undelivered", added - delivered);
+        }
+    }
+
+    /// The group gone (Redis lost it; the shard re-creates it) or its count found above
+    /// the stream's: the samples are dropped, and so is what was known of its position.
+    #[test]
+    fn a_group_renumbered_drops_every_sample() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        sampled_behind_to_50000(s);
+        let gone = Reading { xlen: 90_000, repair: Repair::Renumbered, ..Reading::default() };
+        s.assess(&gone);
+        assert!(s.samples.borrow().is_empty() && s.ends.borrow().is_empty());
         assert_eq!(s.observed.get(), 90_000, "the length counts");
-        // Lost with a reconnect, too.
-        s.assess(&unplaced(50_100, 55_100, None, 90_000));
+        // entries-read above entries-added: Redis's lag is negative, read as unknown.
+        sampled_behind_to_50000(s);
+        let mut r = unplaced(50_500, 55_500, None, 90_000);
+        r.group.entries_read = Some(60_000);
+        s.assess(&r);
+        assert!(s.samples.borrow().is_empty());
+        assert_eq!(s.observed.get(), 90_000, "not placed: its end sample is after the group");
+    }
+
+    /// After a reconnect (a restart, a failover) the group's samples, from the other
+    /// server, place nothing until a reading on this connection knows the position.
+    #[test]
+    fn samples_from_before_a_reconnect_place_nothing() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        sampled_behind_to_50000(s);
         s.forget_position();
         assert!(s.ends.borrow().is_empty());
+        s.assess(&unplaced(50_500, 55_500, None, 90_000));
+        assert_eq!(s.observed.get(), 90_000);
+        // Known again on this connection: placed again.
+        let mut r = reading(51_000, 56_000, None, 90_000);
+        r.end = Some((56_000, id(56_000)));
+        s.assess(&r);
+        s.assess(&unplaced(51_500, 56_500, None, 90_000));
+        assert!((5_000..=5_000 + 3_750 + 1_000).contains(&s.observed.get()), "{}", s.observed.get());
+    }
+
+    /// Caught up, the sample is the script's: `entries-added` at the stream's last id, not
+    /// at the last delivered id read before it (a worker's read in between would give
+    /// that id too high a count).
+    #[test]
+    fn a_caught_up_sample_is_placed_at_the_last_generated_id() {
+        let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
+        s.assess(&reading(0, 0, None, 0));
+        let mut r = reading(1_000, 1_010, None, 1_010);
+        r.caught_up = Some(1_010);
+        r.end = Some((1_010, id(1_010)));
+        s.assess(&r);
+        assert_eq!(s.samples.borrow().back(), Some(&(1_010, id(1_010))));
     }
 
     #[test]

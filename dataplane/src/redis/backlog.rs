@@ -154,12 +154,12 @@ impl StreamState {
     }
 
     /// Nothing read can be trusted any more (no connection, a reconnect, a failed reading).
+    /// Every sample goes too: another server (after a restart or a failover) may number
+    /// the stream otherwise, or hold another stream under the name.
     fn forget_position(&self) {
         self.known.set(false);
-        self.positioned.set(false);
         self.unknown_for.set(0);
-        // Another server may number the stream otherwise.
-        self.ends.borrow_mut().clear();
+        self.renumber();
     }
 
     /// A sample's spacing, in entries: a sixteenth of the retention or the mark.
@@ -203,8 +203,7 @@ impl StreamState {
     /// most `entries-added` minus that sample's count (more by the entries deleted since
     /// and by at most a sample's spacing and the entries added between two readings). The
     /// group's own samples count only while a reading on this connection knew its position
-    /// (one from another server, before a restart or a failover, may be in another
-    /// numbering; the stream end's are dropped with the connection). `None` when this
+    /// (every sample is dropped with the connection). `None` when this
     /// reading did not read the stream's end or no sample lies at or below the group's
     /// position.
     fn estimate(&self, r: &Reading) -> Option<(u64, StreamId)> {
@@ -488,6 +487,11 @@ impl Backlog {
             }
             let added_before = s.added.get();
             let epoch = self.epoch.get();
+            // The connection was replaced since the last reading (a restart or a failover
+            // can fall between two readings): nothing read on the old one holds.
+            if s.read_in.get() != epoch {
+                s.forget_position();
+            }
             match read_backlog(redis, self.partitions.stream(p, kind), epoch).await {
                 // A reading that spans a reconnect is not trusted.
                 Some(_) if self.epoch.get() != epoch => s.forget_position(),
@@ -1041,22 +1045,25 @@ mod tests {
         assert_eq!(s.observed.get(), 90_000, "not placed: its end sample is after the group");
     }
 
-    /// After a reconnect (a restart, a failover) the group's samples, from the other
-    /// server, place nothing until a reading on this connection knows the position.
+    /// After a reconnect (a restart, a failover, noticed between two readings by the
+    /// connection's epoch) no sample from the other server places the group; those taken
+    /// on the new connection do.
     #[test]
     fn samples_from_before_a_reconnect_place_nothing() {
         let b = events_backlog();
         let s = &b.streams[0][StreamKind::Events.index()];
         sampled_behind_to_50000(s);
         s.forget_position();
-        assert!(s.ends.borrow().is_empty());
+        assert!(s.samples.borrow().is_empty() && s.ends.borrow().is_empty());
         s.assess(&unplaced(50_500, 55_500, None, 90_000));
         assert_eq!(s.observed.get(), 90_000);
-        // Known again on this connection: placed again.
-        let mut r = reading(51_000, 56_000, None, 90_000);
-        r.end = Some((56_000, id(56_000)));
-        s.assess(&r);
-        s.assess(&unplaced(51_500, 56_500, None, 90_000));
+        // Sampled again on this connection: placed again.
+        for read in (51_000..=60_000).step_by(1_000) {
+            let mut r = reading(read, read + 5_000, None, 90_000);
+            r.end = Some((read + 5_000, id(read + 5_000)));
+            s.assess(&r);
+        }
+        s.assess(&unplaced(60_500, 65_500, None, 90_000));
         assert!((5_000..=5_000 + 3_750 + 1_000).contains(&s.observed.get()), "{}", s.observed.get());
     }
 

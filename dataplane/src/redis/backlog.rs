@@ -154,17 +154,28 @@ impl StreamState {
     }
 
     /// Nothing read can be trusted any more (no connection, a reconnect, a failed reading).
-    /// Every sample goes too: another server (after a restart or a failover) may number
-    /// the stream otherwise, or hold another stream under the name.
+    /// The samples of the stream's end go too, and the group's own place it no more until
+    /// a reading on the new connection knows its position: another server (after a
+    /// restart or a failover) may number the stream otherwise. The group's samples stay
+    /// for trimming (a reading that finds the group's count below them drops them; the
+    /// trim point stays at most `S` whatever they say): dropping them at every reconnect
+    /// would stop trimming for a whole retention each time, for good under a flapping
+    /// connection.
     fn forget_position(&self) {
         self.known.set(false);
+        self.positioned.set(false);
         self.unknown_for.set(0);
-        self.renumber();
+        self.ends.borrow_mut().clear();
     }
 
-    /// A sample's spacing, in entries: a sixteenth of the retention or the mark.
+    /// A sample's spacing, in entries: a sixteenth of the retention or the mark, but no
+    /// less than a 48th of the retention, so that the [`MAX_SAMPLES`] kept always reach a
+    /// retention back (with a mark below a quarter of the retention they did not, and
+    /// nothing was ever trimmed).
     fn spacing(&self) -> u64 {
-        (self.entries(self.limits.retention_events).min(self.entries(self.limits.high_water_events)) / 16).max(1)
+        let retention = self.entries(self.limits.retention_events);
+        let finest = retention.min(self.entries(self.limits.high_water_events)) / 16;
+        finest.max(retention / 48).max(1)
     }
 
     /// Drops every sample and what was known of the group's position: the stream or the
@@ -1046,25 +1057,38 @@ mod tests {
     }
 
     /// After a reconnect (a restart, a failover, noticed between two readings by the
-    /// connection's epoch) no sample from the other server places the group; those taken
-    /// on the new connection do.
+    /// connection's epoch) no sample from the other server places the group until a
+    /// reading on the new connection knows its position; the group's samples still trim.
     #[test]
     fn samples_from_before_a_reconnect_place_nothing() {
         let b = events_backlog();
         let s = &b.streams[0][StreamKind::Events.index()];
         sampled_behind_to_50000(s);
         s.forget_position();
-        assert!(s.samples.borrow().is_empty() && s.ends.borrow().is_empty());
+        assert!(s.ends.borrow().is_empty() && !s.samples.borrow().is_empty());
         s.assess(&unplaced(50_500, 55_500, None, 90_000));
         assert_eq!(s.observed.get(), 90_000);
-        // Sampled again on this connection: placed again.
-        for read in (51_000..=60_000).step_by(1_000) {
-            let mut r = reading(read, read + 5_000, None, 90_000);
-            r.end = Some((read + 5_000, id(read + 5_000)));
-            s.assess(&r);
-        }
-        s.assess(&unplaced(60_500, 65_500, None, 90_000));
+        // Known again on this connection: placed again, and trimmed as before.
+        let mut r = reading(51_000, 56_000, None, 90_000);
+        r.end = Some((56_000, id(56_000)));
+        s.assess(&r);
+        s.assess(&unplaced(51_500, 56_500, None, 90_000));
         assert!((5_000..=5_000 + 3_750 + 1_000).contains(&s.observed.get()), "{}", s.observed.get());
+    }
+
+    /// A mark far below the retention (a fifth here): the samples kept still reach a
+    /// retention back, and the stream is trimmed (they spanned four marks, 16000 entries
+    /// of the 20000 retention, and nothing was ever trimmed).
+    #[test]
+    fn a_mark_far_below_the_retention_still_trims() {
+        let l = StreamLimits { retention_events: 20_000, high_water_events: 4_000 };
+        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1));
+        let s = &b.streams[0][StreamKind::Events.index()];
+        for read in (0..=60_000).step_by(50) {
+            s.assess(&reading(read, read + 50, None, 20_100));
+        }
+        let trim = s.trim.get();
+        assert!(trim >= id(60_050 - 20_000 - 500) && trim <= id(60_050 - 20_000), "trim {trim:?}");
     }
 
     /// Caught up, the sample is the script's: `entries-added` at the stream's last id, not

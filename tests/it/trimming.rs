@@ -347,3 +347,90 @@ fn a_group_behind_a_taken_back_duplicate_for_long_is_placed_and_still_bounded() 
     assert!(accepted >= 20, "refused after {accepted}: the owed entries were over-counted");
     assert_eq!(group_position(&p.ingest.redis).1, None, "still not told by Redis");
 }
+
+/// Times the server ran `XINFO GROUPS` (a shard's reading of a stream), from
+/// `INFO commandstats`.
+fn readings(r: &RedisServer) -> u64 {
+    let Frame::BulkString(info) = r.client().cmd(&["INFO", "commandstats"]) else { panic!("INFO reply") };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xinfo|groups:calls="))
+        .map_or(0, |rest| rest.split(',').next().and_then(|n| n.parse().ok()).expect("calls"))
+}
+
+/// Connections open to the server.
+fn connections(r: &RedisServer) -> usize {
+    let Frame::BulkString(list) = r.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST reply") };
+    String::from_utf8_lossy(&list).lines().count()
+}
+
+/// Redis restarted without its data between two readings of the shards, and requests
+/// made the shards connect again before the next one (so only the connection's epoch
+/// tells that reading that the samples it holds were taken on another server): those
+/// samples never place the group on the new server. Here another producer fills the new
+/// stream past the old sampled counts, with the group behind a deleted entry and 45
+/// entries owed (mark 40): every shard refuses. (Placed by the old samples, the group
+/// seemed to owe 6, and ingest took more.)
+#[test]
+fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
+    let mut p = Pipeline::start_with(&[], |c| {
+        c.streams.events = StreamLimits { retention_events: 100, high_water_events: 40 };
+        c.redis.backlog_poll_ms = 2_000;
+    });
+    // The old server: the group's position sampled at 20, 40 and 60 entries.
+    for round in 0..3 {
+        for i in 0..20 {
+            assert_eq!(post(&p, &format!("old{round}-{i}")).status, 202);
+        }
+        consume(&p);
+        std::thread::sleep(Duration::from_millis(2_200));
+    }
+    // Just after a reading, so that the restart and the shards' reconnect fall before the
+    // next one.
+    let open = connections(&p.ingest.redis) - 1;
+    let before = readings(&p.ingest.redis);
+    while readings(&p.ingest.redis) == before {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    p.ingest.redis.restart();
+    // 20 entries delivered and acknowledged, 5 owed, a deleted one (a duplicate taken
+    // back), 40 more owed.
+    let mut r = p.ingest.redis.client();
+    let _ = r.cmd(&["XGROUP", "CREATE", KEY, "analytics-workers", "0", "MKSTREAM"]);
+    for _ in 0..20 {
+        r.cmd(&["XADD", KEY, "*", "f", "v"]);
+    }
+    consume(&p);
+    for _ in 0..5 {
+        r.cmd(&["XADD", KEY, "*", "f", "v"]);
+    }
+    let Frame::BulkString(taken_back) = r.cmd(&["XADD", KEY, "*", "f", "v"]) else { panic!("XADD reply") };
+    assert_eq!(r.int(&[b"XDEL".as_slice(), KEY.as_bytes(), &taken_back]), 1);
+    for _ in 0..40 {
+        r.cmd(&["XADD", KEY, "*", "f", "v"]);
+    }
+    assert_eq!(group_position(&p.ingest.redis).1, None, "Redis cannot tell the lag");
+    let ours = readings(&p.ingest.redis);
+    // Requests find the old connections closed and the shards connect again, before
+    // their next reading (a request on a dead connection is refused: its effect is
+    // unknown; one that finds the new connection not yet read is taken or refused).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut taken = 0;
+    while connections(&p.ingest.redis) - 1 < open {
+        assert!(Instant::now() < deadline, "the shards did not reconnect");
+        let reply = post(&p, "meanwhile");
+        assert!([202, 503].contains(&reply.status), "{}", reply.text());
+        taken += usize::from(reply.status == 202);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(taken <= 10, "{taken} taken");
+    assert_eq!(readings(&p.ingest.redis), ours, "a shard read the new server before it was set up");
+    // Every shard has read it.
+    std::thread::sleep(Duration::from_millis(4_500));
+    for i in 0..4 {
+        let reply = post(&p, &format!("new{i}"));
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(reply.text().contains("backlog_full"), "{}", reply.text());
+    }
+}

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use croupier_control::config::EventIds;
 use croupier_dataplane::auth;
 use croupier_dataplane::data_port::{self, FIELDS};
 use croupier_dataplane::event_id::IdDeriver;
@@ -113,7 +114,7 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
     } else {
         k.events.clear();
         k.custom.clear();
-        let mut ids = IdDeriver::new(&digest);
+        let mut ids = IdDeriver::new(&digest, EventIds::default());
         let mut new_id = || ids.next_id();
         validate::parse_events_in(&mut k.json, &mut k.body, GAME, &limits, &mut new_id, &mut k.events, &mut k.custom)
             .unwrap();

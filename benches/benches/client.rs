@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use criterion::{black_box, BatchSize, Criterion, Throughput};
-use croupier_control::config::FilteredEvents;
+use croupier_control::config::{EventIds, FilteredEvents};
 use croupier_dataplane::client::filters::FilterView;
 use croupier_dataplane::event_id::IdDeriver;
 use croupier_protocol::envelope::EventBatch;
@@ -53,14 +53,14 @@ struct Kept {
     body: Vec<u8>,
 }
 
-fn signed(k: &mut Kept, wire: &[u8], sig: &str) -> usize {
+fn signed(k: &mut Kept, wire: &[u8], sig: &str, ids: EventIds) -> usize {
     let sha = signature::body_sha256(wire);
     assert!(signature::verify_sha256(SECRET, "1795617749", "nonce-1", &sha, sig));
     k.body.clear();
     k.body.extend_from_slice(wire);
     k.events.clear();
     k.custom.clear();
-    let mut ids = IdDeriver::new(&sha);
+    let mut ids = IdDeriver::new(&sha, ids);
     let mut new_id = || ids.next_id();
     let limits = Limits::default();
     validate::parse_events_in(&mut k.json, &mut k.body, "g1", &limits, &mut new_id, &mut k.events, &mut k.custom)
@@ -81,7 +81,7 @@ fn client(k: &mut Kept, wire: &[u8], keys: &HashMap<String, String>, filters: &F
     k.body.extend_from_slice(wire);
     k.events.clear();
     k.custom.clear();
-    let mut ids = IdDeriver::new(&digest);
+    let mut ids = IdDeriver::new(&digest, EventIds::default());
     let mut new_id = || ids.next_id();
     let mut keep = |r: &RecordView<'_>| filters.event(r, FilteredEvents::Drop);
     let scope = Scope { game: Some(game), fill_game: true, env: Some("prod") };
@@ -125,7 +125,19 @@ fn main() {
     let mut g = c.benchmark_group("prepare_100_events");
     g.throughput(Throughput::Elements(100));
     g.bench_function("signed_ingest", |b| {
-        b.iter_batched_ref(|| (), |_| black_box(signed(&mut k, &signed_body, &sig)), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || (),
+            |_| black_box(signed(&mut k, &signed_body, &sig, EventIds::Siphash)),
+            BatchSize::SmallInput,
+        )
+    });
+    // The same with the ids of earlier versions (`server.event_ids = "sha256"`).
+    g.bench_function("signed_ingest_sha256_ids", |b| {
+        b.iter_batched_ref(
+            || (),
+            |_| black_box(signed(&mut k, &signed_body, &sig, EventIds::Sha256)),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("client_ingest_filters_all_kept", |b| {
         b.iter_batched_ref(|| (), |_| black_box(client(&mut k, &client_body, &keys, &all)), BatchSize::SmallInput)

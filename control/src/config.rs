@@ -143,6 +143,9 @@ pub struct Server {
     /// port goes on serving, before the listener closes, milliseconds: the time a load
     /// balancer or Kubernetes needs to stop sending new requests (docs/deploy.md).
     pub drain_delay_ms: u64,
+    /// How ids are derived for events sent without `event_id` (docs/ingest.md, "Event
+    /// ids").
+    pub event_ids: EventIds,
 }
 
 impl Server {
@@ -169,6 +172,7 @@ impl Default for Server {
             max_connections: 4096,
             max_inflight_body_bytes: 64 << 20,
             drain_delay_ms: 0,
+            event_ids: EventIds::Siphash,
         }
     }
 }
@@ -282,6 +286,20 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("\"<redacted>\"")
     }
+}
+
+/// How an event sent without `event_id` gets its id, from the body's digest and its
+/// index. Both are stable across retries of the same body; a batch sent again with a new
+/// nonce must meet the same choice to get the same ids (docs/deploy.md, "Upgrading").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventIds {
+    /// SipHash-1-3-128 keyed by the digest: a few nanoseconds per id (the default).
+    #[default]
+    Siphash,
+    /// The first 16 bytes of SHA-256 of a tag, the digest and the index: the ids of
+    /// earlier versions (two SHA-256 blocks per id).
+    Sha256,
 }
 
 /// How ingest records a request's nonce and appends its entries.
@@ -1480,6 +1498,15 @@ mod tests {
         assert!(c.ignored_variables.is_empty());
         let e = Config::load(None, env(&[("CROUPIER_AGGREGATE__FLUSH_MS", "0")])).expect_err("0 ms");
         assert_eq!(e.key, "aggregate.flush_ms");
+    }
+
+    #[test]
+    fn event_ids_by_siphash_unless_the_earlier_derivation_is_asked_for() {
+        assert_eq!(Config::default().server.event_ids, EventIds::Siphash);
+        let c = Config::load(None, env(&[("CROUPIER_SERVER__EVENT_IDS", "sha256")])).expect("loads");
+        assert_eq!(c.server.event_ids, EventIds::Sha256);
+        let e = Config::load(None, env(&[("CROUPIER_SERVER__EVENT_IDS", "md5")])).expect_err("unknown");
+        assert_eq!(e.key, "server.event_ids");
     }
 
     #[test]

@@ -412,7 +412,7 @@ fn prepare<'s>(
             b.events.clear();
             b.custom.clear();
             // Derived from the body: a retried batch gets the same ids (docs/ingest.md).
-            let mut ids = IdDeriver::new(&digest);
+            let mut ids = IdDeriver::new(&digest, shard.config.server.event_ids);
             let mut new_id = || ids.next_id();
             let mut json = shard.json.borrow_mut();
             validate::parse_events_in(

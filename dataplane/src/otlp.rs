@@ -230,7 +230,7 @@ fn prepare<'s>(
         limits: &shard.limits,
         spans: SpanEvents { patterns: &shard.config.otlp.span_events },
     };
-    let mut ids = IdDeriver::new(&digest);
+    let mut ids = IdDeriver::new(&digest, shard.config.server.event_ids);
     let mut new_id = || ids.next_id();
     let summary = {
         let mut json = shard.json.borrow_mut();

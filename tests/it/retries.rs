@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use croupier_control::config::Driver;
+use croupier_control::config::{Driver, EventIds};
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
 use croupier_it::redis::xrange;
 use croupier_protocol::batch::{self, BatchBuf, Records};
@@ -62,6 +62,51 @@ fn c4_a_retried_batch_gets_the_same_event_ids(driver: Driver) {
     assert_eq!(f.post("/api/ingest/events", &body.replace(r#""a""#, r#""a2""#)).status, 202);
     let standard = entry_ids(&f, "analytics:events");
     assert_ne!(standard[2][0], standard[0][0]);
+}
+
+/// The ids the SHA-256 derivation (`server.event_ids = "sha256"`) gives the first `n`
+/// id-less events of `body`, computed by Python's hashlib.
+fn sha256_ids(body: &str, n: usize) -> Vec<[u8; 16]> {
+    let script = "import hashlib,sys\n\
+        d=hashlib.sha256(sys.stdin.buffer.read()).digest()\n\
+        for i in range(int(sys.argv[1])):\n\
+        \x20b=bytearray(hashlib.sha256(b'croupier event id v1\\n'+d+i.to_bytes(4,'little')).digest()[:16])\n\
+        \x20b[6]=(b[6]&15)|128; b[8]=(b[8]&63)|128; print(b.hex())\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, &n.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), body.as_bytes()).expect("body");
+    let out = child.wait_with_output().expect("python3 output");
+    assert!(out.status.success(), "python3 failed");
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(|l| {
+            let b: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&l[2 * i..2 * i + 2], 16).expect("hex")).collect();
+            b.try_into().expect("16 bytes")
+        })
+        .collect()
+}
+
+/// `server.event_ids` picks the derivation: `sha256` gives the ids of earlier versions,
+/// exactly as Python computes them from the body; the default gives others, so a batch
+/// sent again under a new nonce to a node with the other setting is stored twice
+/// (docs/deploy.md, "Upgrading: event ids").
+#[test]
+fn event_ids_follow_the_configured_derivation() {
+    let body = format!("[{},{}]", event("login", "a"), event("level_start", "b"));
+    let old = Fixture::start(Driver::Epoll, |c| c.server.event_ids = EventIds::Sha256);
+    assert_eq!(old.post("/api/ingest/events", &body).status, 202);
+    let sha = entry_ids(&old, "analytics:events");
+    assert_eq!(sha, vec![sha256_ids(&body, 2)], "the SHA-256 ids of earlier versions");
+    let new = Fixture::start(Driver::Epoll, |_| {});
+    assert_eq!(new.post("/api/ingest/events", &body).status, 202);
+    let sip = entry_ids(&new, "analytics:events");
+    assert_eq!(sip[0].len(), 2);
+    assert!(sip[0][0] != sha[0][0] && sip[0][1] != sha[0][1], "SipHash ids by default");
 }
 
 fn c4_same_nonce_same_body_is_answered_202_without_a_second_append(driver: Driver) {

@@ -287,7 +287,9 @@ fn a_taken_back_duplicate_under_load_keeps_the_last_known_backlog() {
 /// each leaves a deleted entry at the stream's end that the shard's reading moves the
 /// group past, and the stream is still trimmed to about its retention. (When every such
 /// repair dropped the sampled positions, trimming waited a whole retention after each
-/// duplicate and the stream grew without bound.)
+/// duplicate and the stream grew without bound.) The retention is counted in entries
+/// added, so the entries taken back within it (one in twelve here: about 8 of 100) come
+/// off what is kept.
 #[test]
 fn a_trickle_of_duplicates_does_not_stop_trimming() {
     let p = at_retention_all_acknowledged();
@@ -302,7 +304,7 @@ fn a_trickle_of_duplicates_does_not_stop_trimming() {
     }
     let appended = 45 + 20 * 11;
     let xlen = crate::fixture::xlen(&p.ingest.redis, KEY);
-    assert!((100..180).contains(&xlen), "{xlen} of {appended} entries kept, retention 100");
+    assert!((85..180).contains(&xlen), "{xlen} of {appended} entries kept, retention 100");
 }
 
 /// The group kept behind a taken-back duplicate for longer than the shards hold their last

@@ -185,7 +185,7 @@ fn prepare<'s>(
         let mut json = shard.json.borrow_mut();
         match endpoint {
             Endpoint::Events => {
-                let mut ids = IdDeriver::new(digest);
+                let mut ids = IdDeriver::new(digest, shard.config.server.event_ids);
                 let mut new_id = || ids.next_id();
                 let mut keep = |r: &RecordView<'_>| filters.event(r, action);
                 validate::parse_events_scoped(

@@ -36,23 +36,24 @@ fn post(p: &Pipeline, user: &str) -> croupier_it::http::Reply {
     p.ingest.post("/api/ingest/events", &format!("[{}]", event("login", user)))
 }
 
-/// Reads everything new as consumer `other` and acknowledges it.
+/// Reads everything new as consumer `other`, acknowledged as it is delivered (`NOACK`):
+/// a worker that never holds an entry pending. (Acknowledged one by one after the read, a
+/// shard's reading could fall in between, find those entries pending with no sampled
+/// position older than them, and count the whole acknowledged history as backlog: enough,
+/// with these tests' mark below their retained history, to refuse a request.)
 fn consume(p: &Pipeline) {
-    let mut r = p.ingest.redis.client();
-    let Frame::Array(streams) =
-        r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "other", "COUNT", "1000", "STREAMS", KEY, ">"])
-    else {
-        return;
-    };
-    for s in streams {
-        let Frame::Array(parts) = s else { continue };
-        let Frame::Array(entries) = &parts[1] else { continue };
-        for e in entries {
-            let Frame::Array(kv) = e else { continue };
-            let Frame::BulkString(id) = &kv[0] else { continue };
-            r.int(&[b"XACK".as_slice(), KEY.as_bytes(), b"analytics-workers", id]);
-        }
-    }
+    p.ingest.redis.client().cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "analytics-workers",
+        "other",
+        "COUNT",
+        "1000",
+        "NOACK",
+        "STREAMS",
+        KEY,
+        ">",
+    ]);
 }
 
 #[test]

@@ -150,6 +150,24 @@ impl RedisServer {
     pub fn client(&self) -> RedisClient {
         RedisClient::connect(self.port).expect("connect to redis-server")
     }
+
+    /// Calls of `command` the server has counted (`INFO commandstats`; a subcommand as
+    /// `xinfo|groups`), 0 for one never called.
+    pub fn calls(&self, command: &str) -> u64 {
+        let Frame::BulkString(info) = self.client().cmd(&["INFO", "commandstats"]) else { panic!("INFO reply") };
+        let info = String::from_utf8_lossy(&info).into_owned();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("calls"))
+    }
+
+    /// Connections open to the server (`CLIENT LIST`), the one asking included.
+    pub fn clients(&self) -> usize {
+        let Frame::BulkString(list) = self.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST reply") };
+        String::from_utf8_lossy(&list).lines().count()
+    }
 }
 
 impl Drop for RedisServer {

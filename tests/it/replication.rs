@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use croupier_control::config::{Config, Driver};
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
 use croupier_it::redis::RedisServer;
-use croupier_protocol::resp::Frame;
 
 use crate::fixture::{events, xlen, Fixture, GAME, SECRET};
 
@@ -18,17 +17,6 @@ fn primary_and_replica(tweak: impl FnOnce(&mut Config)) -> (Fixture, RedisServer
     let replica = RedisServer::start_replica_of(&primary);
     let f = Fixture::start_with_redis(Driver::Epoll, primary, tweak);
     (f, replica)
-}
-
-/// Calls of `command` the server has counted (`INFO commandstats`).
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let Frame::BulkString(info) = redis.client().cmd(&["INFO", "commandstats"]) else { panic!("INFO reply") };
-    let info = String::from_utf8_lossy(&info).into_owned();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("calls"))
 }
 
 #[test]
@@ -44,7 +32,7 @@ fn wait1_every_202_is_on_the_replica_with_one_wait_per_round() {
         assert_eq!(xlen(&replica, "analytics:events"), i, "the 202 came before the replica had the entry");
     }
     // 8 clients at once: the rounds hold several appends, each round one WAIT.
-    let (appends, waits) = (calls(&f.redis, "xadd"), calls(&f.redis, "wait"));
+    let (appends, waits) = (f.redis.calls("xadd"), f.redis.calls("wait"));
     let addr = f.addr;
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -63,7 +51,7 @@ fn wait1_every_202_is_on_the_replica_with_one_wait_per_round() {
     let accepted: usize = clients.into_iter().map(|t| t.join().expect("client")).sum();
     assert_eq!(accepted, 80);
     assert_eq!(xlen(&replica, "analytics:events"), 90, "every 202 is on the replica");
-    let (appends, waits) = (calls(&f.redis, "xadd") - appends, calls(&f.redis, "wait") - waits);
+    let (appends, waits) = (f.redis.calls("xadd") - appends, f.redis.calls("wait") - waits);
     assert_eq!(appends, 80);
     assert!(waits < appends, "{waits} WAITs for {appends} appends: one round trip per request");
 }
@@ -107,5 +95,5 @@ fn wait0_sends_no_wait_and_does_not_wait_for_a_replica() {
     let t = Instant::now();
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
     assert!(t.elapsed() < Duration::from_millis(500), "took {:?}", t.elapsed());
-    assert_eq!(calls(&f.redis, "wait"), 0);
+    assert_eq!(f.redis.calls("wait"), 0);
 }

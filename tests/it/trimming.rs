@@ -351,22 +351,6 @@ fn a_group_behind_a_taken_back_duplicate_for_long_is_placed_and_still_bounded() 
     assert_eq!(group_position(&p.ingest.redis).1, None, "still not told by Redis");
 }
 
-/// Times the server ran `XINFO GROUPS` (a shard's reading of a stream), from
-/// `INFO commandstats`.
-fn readings(r: &RedisServer) -> u64 {
-    let Frame::BulkString(info) = r.client().cmd(&["INFO", "commandstats"]) else { panic!("INFO reply") };
-    let info = String::from_utf8_lossy(&info).into_owned();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_xinfo|groups:calls="))
-        .map_or(0, |rest| rest.split(',').next().and_then(|n| n.parse().ok()).expect("calls"))
-}
-
-/// Connections open to the server.
-fn connections(r: &RedisServer) -> usize {
-    let Frame::BulkString(list) = r.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST reply") };
-    String::from_utf8_lossy(&list).lines().count()
-}
-
 /// Redis restarted without its data between two readings of the shards, and requests
 /// made the shards connect again before the next one (so only the connection's epoch
 /// tells that reading that the samples it holds were taken on another server): those
@@ -390,9 +374,9 @@ fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
     }
     // Just after a reading, so that the restart and the shards' reconnect fall before the
     // next one.
-    let open = connections(&p.ingest.redis) - 1;
-    let before = readings(&p.ingest.redis);
-    while readings(&p.ingest.redis) == before {
+    let open = p.ingest.redis.clients() - 1;
+    let before = p.ingest.redis.calls("xinfo|groups");
+    while p.ingest.redis.calls("xinfo|groups") == before {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(50));
@@ -414,13 +398,13 @@ fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
         r.cmd(&["XADD", KEY, "*", "f", "v"]);
     }
     assert_eq!(group_position(&p.ingest.redis).1, None, "Redis cannot tell the lag");
-    let ours = readings(&p.ingest.redis);
+    let ours = p.ingest.redis.calls("xinfo|groups");
     // Requests find the old connections closed and the shards connect again, before
     // their next reading (a request on a dead connection is refused: its effect is
     // unknown; one that finds the new connection not yet read is taken or refused).
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut taken = 0;
-    while connections(&p.ingest.redis) - 1 < open {
+    while p.ingest.redis.clients() - 1 < open {
         assert!(Instant::now() < deadline, "the shards did not reconnect");
         let reply = post(&p, "meanwhile");
         assert!([202, 503].contains(&reply.status), "{}", reply.text());
@@ -428,7 +412,7 @@ fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(taken <= 10, "{taken} taken");
-    assert_eq!(readings(&p.ingest.redis), ours, "a shard read the new server before it was set up");
+    assert_eq!(p.ingest.redis.calls("xinfo|groups"), ours, "a shard read the new server before it was set up");
     // Every shard has read it.
     std::thread::sleep(Duration::from_millis(4_500));
     for i in 0..4 {

@@ -37,6 +37,8 @@ pub struct Fixture {
     pub redis: RedisServer,
     pub ingest: Option<Handle>,
     pub addr: SocketAddr,
+    /// The configuration the shards were started with.
+    config: Config,
 }
 
 impl Fixture {
@@ -61,11 +63,22 @@ impl Fixture {
             config.games.insert(g.into(), Game { secret: Some(s.into()), ..Game::default() });
         }
         tweak(&mut config);
-        let ingest = croupier_dataplane::start(config).expect("ingest starts");
+        let ingest = croupier_dataplane::start(config.clone()).expect("ingest starts");
         let addr = ingest.local_addr();
-        let f = Fixture { redis, ingest: Some(ingest), addr };
+        let f = Fixture { redis, ingest: Some(ingest), addr, config };
         f.wait_ready();
         f
+    }
+
+    /// Stops the shards and starts them again with the same configuration (on a new port),
+    /// without waiting until they are ready.
+    pub fn restart_ingest(&mut self) {
+        if let Some(h) = self.ingest.take() {
+            h.shutdown();
+        }
+        let ingest = croupier_dataplane::start(self.config.clone()).expect("ingest starts again");
+        self.addr = ingest.local_addr();
+        self.ingest = Some(ingest);
     }
 
     /// Waits until every shard reports ready (it has read the backlogs once).

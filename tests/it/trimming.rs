@@ -37,10 +37,7 @@ fn post(p: &Pipeline, user: &str) -> croupier_it::http::Reply {
 }
 
 /// Reads everything new as consumer `other`, acknowledged as it is delivered (`NOACK`):
-/// a worker that never holds an entry pending. (Acknowledged one by one after the read, a
-/// shard's reading could fall in between, find those entries pending with no sampled
-/// position older than them, and count the whole acknowledged history as backlog: enough,
-/// with these tests' mark below their retained history, to refuse a request.)
+/// a worker that never holds an entry pending, so that what a shard counts is the lag.
 fn consume(p: &Pipeline) {
     p.ingest.redis.client().cmd(&[
         "XREADGROUP",
@@ -216,8 +213,14 @@ fn a_wrong_lag_of_a_group_that_delivered_everything_is_no_backlog() {
 /// Limits of 100 events and a mark of 40, with 45 one-event entries (above the mark) all
 /// delivered and acknowledged: the retained history.
 fn at_retention_all_acknowledged() -> Pipeline {
+    at_retention_all_acknowledged_with(|_| {})
+}
+
+/// [`at_retention_all_acknowledged`] with the configuration adjusted by `tweak`.
+fn at_retention_all_acknowledged_with(tweak: impl FnOnce(&mut Config)) -> Pipeline {
     let p = Pipeline::start_with(&[], |c| {
         c.streams.events = StreamLimits { retention_events: 100, high_water_events: 40 };
+        tweak(c);
     });
     for i in 0..45 {
         assert_eq!(post(&p, &format!("u{i}")).status, 202);
@@ -419,5 +422,72 @@ fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
         let reply = post(&p, &format!("new{i}"));
         assert_eq!(reply.status, 503, "{}", reply.text());
         assert!(reply.text().contains("backlog_full"), "{}", reply.text());
+    }
+}
+
+/// A shard started while a worker's insert holds entries pending (here consumer `slow`
+/// holds the newest entry, behind the retained history: 46 entries, mark 40) has no
+/// sampled position older than them: for a moment it counts what is owed and pending (1),
+/// not the whole stream, and takes requests (counting the whole stream, a shard started
+/// under steady traffic refused every request until the insert was acknowledged). Held
+/// for longer (a consumer that died holding it), the whole stream counts and ingest
+/// refuses, until the entry is acknowledged.
+#[test]
+fn a_shard_started_while_an_insert_is_pending_takes_requests() {
+    // 20 readings 250 ms apart: held for 5 s.
+    let mut p = at_retention_all_acknowledged_with(|c| c.redis.backlog_poll_ms = 250);
+    assert_eq!(post(&p, "pending").status, 202);
+    p.ingest.redis.client().cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "analytics-workers",
+        "slow",
+        "COUNT",
+        "10",
+        "STREAMS",
+        KEY,
+        ">",
+    ]);
+    let held = pel(&p, "slow");
+    assert_eq!(held.len(), 1);
+    p.ingest.restart_ingest();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = |p: &Pipeline| p.ingest.client().request("GET", "/readyz", &[], b"");
+    while (0..8).any(|_| status(&p).text().contains("redis_unavailable")) {
+        assert!(Instant::now() < deadline, "the shards did not read the backlog");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for i in 0..8 {
+        let r = post(&p, &format!("started-{i}"));
+        assert_eq!(r.status, 202, "{}", r.text());
+        consume(&p);
+    }
+    // Pending for longer than the shards hold: refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post(&p, "held");
+        if r.status == 503 {
+            assert_eq!(r.error_tag(), "backlog_full", "{}", r.text());
+            break;
+        }
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert!(Instant::now() < deadline, "ingest still took requests with an entry pending for long");
+        consume(&p);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pel(&p, "slow"), held, "the pending entry is kept");
+    // Acknowledged: every shard takes requests again.
+    assert_eq!(
+        p.ingest.redis.client().int(&[b"XACK".as_slice(), KEY.as_bytes(), b"analytics-workers", held[0].as_bytes()]),
+        1
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut in_a_row = 0;
+    while in_a_row < 8 {
+        let r = post(&p, "after");
+        consume(&p);
+        in_a_row = if r.status == 202 { in_a_row + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "still refused after the acknowledgement: {}", r.text());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

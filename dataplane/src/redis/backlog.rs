@@ -35,7 +35,9 @@
 //! nothing is pending, else everything after the newest sample older than the oldest
 //! pending entry (a consumer that died holding entries makes it grow until they are
 //! claimed), or `XLEN` when the position can be neither told nor placed (past the moment
-//! above). At the mark ingest answers 503 `backlog_full`.
+//! above). With no sample older than the oldest pending entry (a shard just started, or
+//! its samples dropped), the lag and the pending entries count for a moment, then `XLEN`.
+//! At the mark ingest answers 503 `backlog_full`.
 //!
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
 //! events an entry holds depends on the traffic: a 100-event request makes one full entry
@@ -81,6 +83,9 @@ struct StreamState {
     positioned: Cell<bool>,
     /// Readings in a row, since, that did not ([`HOLD_READINGS`]).
     unknown_for: Cell<u32>,
+    /// Readings in a row that knew the group's position but had no sample older than the
+    /// oldest pending entry ([`HOLD_READINGS`]).
+    pending_unplaced_for: Cell<u32>,
     /// The stream's end over time: (entries added, last generated id), oldest first, read
     /// by [`CAUGHT_UP`] whenever the group was behind or its position unknown. Entry
     /// number `n` of the stream has an id at or below the sample's id when `n` is at most
@@ -93,13 +98,18 @@ struct StreamState {
     repaired_in: Cell<Option<u64>>,
 }
 
-/// Readings in a row that keep the last known backlog and trim point (the point never above
-/// the reading's `S`) while neither Redis nor the samples can tell the group's position (about 2 s at the
-/// default `redis.backlog_poll_ms`), counting this
-/// shard's appends on top: a duplicate's or a replay's append that the ingest script took
-/// back leaves a deleted entry beyond the group's position, and Redis knows the position
-/// again as soon as the group has delivered the stream's last entry, which a worker
-/// keeping up does every insert. Past them, the whole stream counts.
+/// Readings in a row (about 2 s at the default `redis.backlog_poll_ms`) that keep the last
+/// known backlog and trim point (the point never above the reading's `S`) while neither
+/// Redis nor the samples can tell the group's position, counting this shard's appends on
+/// top: a duplicate's or a replay's append that the ingest script took back leaves a
+/// deleted entry beyond the group's position, and Redis knows the position again as soon
+/// as the group has delivered the stream's last entry, which a worker keeping up does
+/// every insert. Past them, the whole stream counts.
+///
+/// Also the readings in a row that count the lag and the pending entries as the backlog
+/// when no sample is older than the oldest pending entry (a shard just started under
+/// traffic: a worker's insert holds entries pending for about an insert interval). Past
+/// them (a consumer died holding the entry), the whole stream counts.
 const HOLD_READINGS: u32 = 20;
 
 /// Samples kept per stream.
@@ -334,13 +344,19 @@ impl StreamState {
                 samples.pop_front();
             }
         }
-        let untrimmable = match r.oldest_pending {
+        let unplaced = self.pending_unplaced_for.get();
+        let placed = r.oldest_pending.map(|p| samples.iter().rev().find(|(_, id)| *id < p));
+        let untrimmable = match placed {
             None => lag,
-            Some(p) => match samples.iter().rev().find(|(_, id)| *id < p) {
-                Some((pos, _)) => end.saturating_sub(*pos),
-                None => r.xlen,
-            },
+            Some(Some((pos, _))) => end.saturating_sub(*pos),
+            // No sample older than the oldest pending entry (the shard just started, or the
+            // samples were dropped): for a moment, what is owed and what is pending; for
+            // longer (a consumer died holding it), the whole stream, so that memory stays
+            // bounded.
+            Some(None) if unplaced < HOLD_READINGS => lag.saturating_add(g.pending).min(r.xlen),
+            Some(None) => r.xlen,
         };
+        self.pending_unplaced_for.set(if matches!(placed, Some(None)) { unplaced.saturating_add(1) } else { 0 });
         self.observed.set(untrimmable);
         let kept = samples.iter().rev().find(|(pos, _)| end.saturating_sub(*pos) >= retention);
         self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| *id));
@@ -394,6 +410,7 @@ impl Backlog {
             samples: RefCell::new(VecDeque::new()),
             positioned: Cell::new(false),
             unknown_for: Cell::new(0),
+            pending_unplaced_for: Cell::new(0),
             ends: RefCell::new(VecDeque::new()),
             repaired_in: Cell::new(None),
         };
@@ -955,6 +972,44 @@ mod tests {
         s.forget_position();
         assert!(s.assess(&r));
         assert_eq!(s.observed.get(), 90_000);
+    }
+
+    /// A shard started under traffic: a worker's insert holds entries pending, and no
+    /// sample is older than them. What is owed and pending counts for [`HOLD_READINGS`]
+    /// readings (counting the stream with its retained history, above the mark, refused
+    /// every request until the insert was acknowledged); held longer (a consumer that
+    /// died), the whole stream counts.
+    #[test]
+    fn a_shard_started_under_traffic_counts_what_is_owed_and_pending_for_a_moment() {
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        let started = || {
+            let mut r = reading(90_000, 90_050, Some(89_500), 90_050);
+            r.group.pending = 500;
+            r
+        };
+        for n in 0..HOLD_READINGS {
+            assert!(s.assess(&started()));
+            assert_eq!(s.observed.get(), 550, "reading {n}");
+            assert!(b.admits(0, StreamKind::Events));
+        }
+        assert!(s.assess(&started()));
+        assert_eq!(s.observed.get(), 90_050, "held too long: the whole stream");
+        assert!(!b.admits(0, StreamKind::Events));
+        // Acknowledged: the lag. The next insert's pending entries lie after a sample.
+        // (Samples are 3750 entries apart.)
+        assert!(s.assess(&reading(95_000, 95_050, None, 95_050)));
+        assert_eq!(s.observed.get(), 50);
+        let mut r = reading(96_000, 96_050, Some(95_500), 96_050);
+        r.group.pending = 500;
+        assert!(s.assess(&r));
+        assert_eq!(s.observed.get(), 1_050, "everything after the sample at entry 95000");
+        // Samples dropped (a group re-created) with entries pending: a moment again.
+        s.renumber();
+        for _ in 0..HOLD_READINGS {
+            s.assess(&started());
+        }
+        assert_eq!(s.observed.get(), 550);
     }
 
     /// A reading that could not tell the group's position, the stream's end read by the

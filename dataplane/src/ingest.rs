@@ -521,7 +521,7 @@ pub(crate) fn stage<'s>(
             let mut first = Vec::with_capacity(256 + lease_key.len() + nonce_key.len());
             let lease_ms = shard.config.redis.lease_ms();
             let lease_replies = lease::lease(&mut first, &nonce_key, &lease_key, &streams, ttl, lease_ms, digest);
-            let commit_replies = lease::commit(&mut cmd, &nonce_key, &lease_key, entry_events, ttl, digest, &entries);
+            let commit_replies = lease::commit(&mut cmd, &nonce_key, &lease_key, ttl, digest, &entries);
             Command::Lease(LeaseCmds {
                 lease: first,
                 lease_replies,

@@ -850,6 +850,8 @@ pub struct Change {
     pub env: Option<(String, String)>,
     /// Another `croupier` binary for the "with" side (its own `croupier migrate` too).
     pub binary: Option<PathBuf>,
+    /// An environment variable set on both sides.
+    pub both: Option<(String, String)>,
 }
 
 /// The cost of one change, A/B in one run: `croupier run` (or `ingest`) with this build's
@@ -862,7 +864,8 @@ pub fn switch(cfg: &E2eConfig, change: &Change, runs: usize, replica: bool) -> S
     let ch = ClickHouseServer::start();
     worker::migrate(&ch);
     let (mut base, mut with) = (Vec::new(), Vec::new());
-    let setting: Vec<(String, String)> = change.env.iter().cloned().collect();
+    let common: Vec<(String, String)> = change.both.iter().cloned().collect();
+    let setting: Vec<(String, String)> = common.iter().chain(&change.env).cloned().collect();
     let this = croupier_binary();
     let other = change.binary.clone().unwrap_or_else(|| this.clone());
     let load_before = load_average();
@@ -871,7 +874,7 @@ pub fn switch(cfg: &E2eConfig, change: &Change, runs: usize, replica: bool) -> S
             let label = if first { "defaults" } else { "with the change" };
             eprintln!("switch: run {} {label}", r + 1);
             if first {
-                base.push(switch_run(cfg, &redis, &ch, &[], &this));
+                base.push(switch_run(cfg, &redis, &ch, &common, &this));
             } else {
                 with.push(switch_run(cfg, &redis, &ch, &setting, &other));
             }
@@ -888,6 +891,10 @@ pub fn switch(cfg: &E2eConfig, change: &Change, runs: usize, replica: bool) -> S
         (None, Some(b)) => format!("the build `{}`", b.display()),
         (Some((k, v)), Some(b)) => format!("the build `{}` with `{k}={v}`", b.display()),
         (None, None) => "nothing (the same build twice)".to_owned(),
+    };
+    let what = match &change.both {
+        Some((k, v)) => format!("{what}, `{k}={v}` on both sides,"),
+        None => what,
     };
     let mut out = format!(
         "## Switch: {what} against the defaults\n\n\

@@ -7,7 +7,7 @@
 //! croupier-perf worker [--rows N] [--runs R] [--out FILE]
 //! croupier-perf api    [--rows N[,N...]] [--runs R] [--routes NAME[,NAME...]] [--out FILE]
 //! croupier-perf otlp   [--seconds S] [--connections C] [--runs R] [--smoke] [--out FILE]
-//! croupier-perf switch --env KEY=VALUE [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]
+//! croupier-perf switch --env KEY=VALUE [--both-env KEY=VALUE] [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]
 //! croupier-perf cluster [--seconds S] [--runs R] [--out FILE]
 //! croupier-perf chcluster [--rows N] [--runs R] [--out FILE]
 //! ```
@@ -26,7 +26,9 @@
 //! such as `CROUPIER_REDIS__WAIT_REPLICAS=1`; `--rate EPS`: at that fixed rate (open
 //! loop) instead of at max, where latency is not queueing; `--ingest-only`: `croupier
 //! ingest` (no worker) instead of `croupier run`, so that redis-server's CPU per event is
-//! the ingest path's alone (the streams' high-water marks raised, as nothing consumes).
+//! the ingest path's alone (the streams' high-water marks raised, as nothing consumes);
+//! `--both-env KEY=VALUE`: a setting on both sides (say, another build under a non-default
+//! setting).
 //!
 //! `e2e`: ceilings (simd-json parse on one core, `redis-benchmark` XADD per event and per
 //! batch, `clickhouse-client` Native insert), then `croupier run` under the load
@@ -100,12 +102,14 @@ fn main() {
             let binary = args.windows(2).find(|w| w[0] == "--with-binary").map(|w| std::path::PathBuf::from(&w[1]));
             if env.is_none() && binary.is_none() {
                 eprintln!(
-                    "usage: croupier-perf switch (--env KEY=VALUE | --with-binary PATH | both) [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]"
+                    "usage: croupier-perf switch (--env KEY=VALUE | --with-binary PATH | both) [--both-env KEY=VALUE] [--seconds S] [--runs R] [--replica] [--rate EPS] [--ingest-only] [--out FILE]"
                 );
                 std::process::exit(2);
             }
             let replica = args.iter().any(|a| a == "--replica");
-            let change = e2e::Change { env: env.map(|(k, v)| (k.to_owned(), v.to_owned())), binary };
+            let both = args.windows(2).find(|w| w[0] == "--both-env").and_then(|w| w[1].split_once('='));
+            let pair = |(k, v): (&str, &str)| (k.to_owned(), v.to_owned());
+            let change = e2e::Change { env: env.map(pair), binary, both: both.map(pair) };
             e2e::switch(&e2e_cfg(), &change, runs, replica)
         }
         Some("api") => {

@@ -9,8 +9,9 @@
 //!    <lease> 1 NX PX <lease>` (the right to append, one holder at a time), `PTTL <lease>`,
 //!    `EXEC`. Read by [`lease_reply`].
 //! 2. Only for the lease holder, [`commit`]: `MULTI`, the `XADD`s, `SET <nonce> <digest>
-//!    EX <window>` (done), `DEL <lease>`, the small `EVAL` of [`MEAN_SCRIPT`] that keeps
-//!    each stream's mean events per entry, `EXEC`. Read by [`commit_reply`].
+//!    EX <window>` (done), `DEL <lease>`, `EXEC`. Read by [`commit_reply`]. No script
+//!    runs: each shard writes the streams' mean events per entry itself, with its backlog
+//!    readings.
 //!
 //! The nonce's value is the body's SHA-256 once appended, as the `EVAL` of
 //! [`crate::resp::INGEST_SCRIPT`] stores it, so either protocol recognises the other's
@@ -21,22 +22,6 @@ use crate::resp::{command, exec_items, xadd, EntryArgs, Frame, RespError};
 
 /// Marks a nonce reserved by a request whose append is not known to be done.
 pub const PENDING: u8 = b'P';
-
-/// The script that moves each stream's mean events per entry by 1/64 of the difference
-/// (`KEYS[1]`: the [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash; `ARGV`: stream,
-/// records, ...). Only counts pass through it. In the transaction after the `XADD`s: if
-/// it fails (the hash holds another type), its error is one reply among the others and
-/// the appends stand.
-pub const MEAN_SCRIPT: &str = "\
-for i = 1, #ARGV, 2 do \
-local n = tonumber(ARGV[i + 1]) \
-local m = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) \
-if m then m = m + (n - m) / 64 else m = n end \
-redis.call('HSET', KEYS[1], ARGV[i], tostring(m)) \
-end \
-return 1";
-
-const _: () = assert!(crate::stream::ENTRY_EVENTS_WINDOW == 64, "the script's window");
 
 /// The lease key of a request: its nonce key (so its slot, in a cluster) and the first
 /// 8 bytes of its body's digest.
@@ -146,13 +131,12 @@ pub fn lease_reply(frames: Vec<Frame>, streams: usize, digest: &[u8; 32]) -> Res
     Ok(Lease::Busy { retry_ms })
 }
 
-/// Appends the second transaction: the entries, the nonce marked done, the lease given
-/// back and the means kept. Returns the number of replies it is owed.
+/// Appends the second transaction: the entries, the nonce marked done and the lease given
+/// back. Returns the number of replies it is owed.
 pub fn commit(
     out: &mut Vec<u8>,
     nonce_key: &str,
     lease_key: &str,
-    entry_events: &str,
     ttl_secs: u64,
     digest: &[u8; 32],
     entries: &[EntryArgs<'_>],
@@ -162,17 +146,10 @@ pub fn commit(
     for e in entries {
         xadd(out, e);
     }
-    let counts: Vec<String> = entries.iter().map(|e| e.count.to_string()).collect();
     command(out, &[b"SET", nonce_key.as_bytes(), digest, b"EX", ttl.as_bytes()]);
     command(out, &[b"DEL", lease_key.as_bytes()]);
-    let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 2 * entries.len());
-    args.extend([b"EVAL".as_slice(), MEAN_SCRIPT.as_bytes(), b"1", entry_events.as_bytes()]);
-    for (e, c) in entries.iter().zip(&counts) {
-        args.extend([e.stream.as_bytes(), c.as_bytes()]);
-    }
-    command(out, &args);
     command(out, &[b"EXEC"]);
-    entries.len() + 5
+    entries.len() + 4
 }
 
 /// What the second transaction did.
@@ -191,7 +168,7 @@ pub enum Commit {
 
 /// Reads the replies of [`commit`] for `entries` entries.
 pub fn commit_reply(frames: Vec<Frame>, entries: usize) -> Commit {
-    let items = match exec_items(frames, entries + 3) {
+    let items = match exec_items(frames, entries + 2) {
         Ok(items) => items,
         Err(e) => return Commit::NotRun(e.0),
     };
@@ -312,13 +289,13 @@ mod tests {
         let mut out = Vec::new();
         let e =
             EntryArgs { stream: "s", minid: crate::stream::StreamId { ms: 1, seq: 0 }, count: 3, archive: b"\x00\r\n" };
-        let n = commit(&mut out, "nk", "nk:lease:07", "ee", 602, &[7; 32], &[e]);
+        let n = commit(&mut out, "nk", "nk:lease:07", 602, &[7; 32], &[e]);
         assert_eq!(frames(&out).len(), n);
-        let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n:1\r\n", 4);
+        let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n", 3);
         assert_eq!(commit_reply(frames(&ok), 1), Commit::Added(vec!["1-0".into()]));
-        let failed = exec(b"-WRONGTYPE x\r\n+OK\r\n:1\r\n:1\r\n", 4);
+        let failed = exec(b"-WRONGTYPE x\r\n+OK\r\n:1\r\n", 3);
         assert_eq!(commit_reply(frames(&failed), 1), Commit::Failed("WRONGTYPE x".into()));
-        let aborted = b"+OK\r\n-OOM x\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT y\r\n";
+        let aborted = b"+OK\r\n-OOM x\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT y\r\n";
         assert_eq!(commit_reply(frames(aborted), 1), Commit::NotRun("EXECABORT y".into()));
     }
 }

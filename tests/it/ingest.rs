@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use croupier_control::config::{Driver, Game, StreamLimits};
+use croupier_control::config::{Driver, Game, IngestProtocol, StreamLimits};
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
 use croupier_it::redis::{xrange, Entry};
 use croupier_protocol::batch::{self, BatchBuf, Records};
@@ -248,11 +248,23 @@ fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
 }
 
 fn sparse_stream_gets_its_room_in_events(driver: Driver) {
+    sparse_stream_gets_its_room(driver, IngestProtocol::Script);
+}
+
+/// The same with the `lease` protocol, whose appends run no script: the shards write the
+/// entry sizes with their backlog readings.
+#[test]
+fn sparse_stream_gets_its_room_in_events_with_the_lease_protocol() {
+    sparse_stream_gets_its_room(Driver::Epoll, IngestProtocol::Lease);
+}
+
+fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {
     // Requests that carry one custom event each fill the custom stream with one-event
     // entries: its mark of 40 events is 40 entries (not 40 / 100, as if entries were
     // full batches).
     let f = Fixture::start(driver, |c| {
         c.streams.custom = StreamLimits { retention_events: 50, high_water_events: 40 };
+        c.redis.ingest_protocol = protocol;
     });
     let mut accepted = 0;
     let refused = loop {
@@ -271,22 +283,46 @@ fn sparse_stream_gets_its_room_in_events(driver: Driver) {
     assert_eq!(xlen(&f.redis, "analytics:custom"), 40, "nothing trimmed unread");
     // The standard stream keeps its own room.
     assert_eq!(f.post("/api/ingest/events", &events(10)).status, 202);
-    // Every shard reads the entry sizes that the ingest script keeps.
+    // The entry sizes every shard reads: kept by the ingest script, or written by the
+    // shards with their next reading.
     let mut redis = f.redis.client();
     let mut mean = |key: &str| match redis.cmd(&["HGET", "croupier:entry-events", key]) {
         Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
+        Frame::Null => String::new(),
         other => panic!("{other:?}"),
     };
-    assert_eq!((mean("analytics:custom"), mean("analytics:events")), ("1".to_owned(), "10".to_owned()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let means = (mean("analytics:custom"), mean("analytics:events"));
+        if means == ("1".to_owned(), "10".to_owned()) {
+            break;
+        }
+        assert!(protocol == IngestProtocol::Lease && Instant::now() < deadline, "{means:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn a_broken_entry_sizes_key_does_not_stop_ingest(driver: Driver) {
-    let f = Fixture::start(driver, |_| {});
+    a_broken_entry_sizes_key_does_not_stop(driver, IngestProtocol::Script);
+}
+
+#[test]
+fn a_broken_entry_sizes_key_does_not_stop_ingest_with_the_lease_protocol() {
+    a_broken_entry_sizes_key_does_not_stop(Driver::Epoll, IngestProtocol::Lease);
+}
+
+fn a_broken_entry_sizes_key_does_not_stop(driver: Driver, protocol: IngestProtocol) {
+    let f = Fixture::start(driver, |c| c.redis.ingest_protocol = protocol);
     let mut redis = f.redis.client();
     assert_eq!(redis.cmd(&["SET", "croupier:entry-events", "not a hash"]), Frame::SimpleString(b"OK".to_vec()));
     let r = f.post("/api/ingest/events", &events(5));
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    // Readings since (which read the sizes, and with the lease write them) go on.
+    std::thread::sleep(Duration::from_millis(100));
+    let r = f.post("/api/ingest/events", &events(5));
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }
 
 fn redis_stopped_then_back_without_restart(driver: Driver) {

@@ -73,6 +73,9 @@ struct StreamState {
     /// Mean events per entry of the stream: the last reading, moved by this shard's own
     /// appends since (`None` before any entry: one event per entry is assumed).
     per_entry: Cell<Option<f64>>,
+    /// Whether this shard appended to the stream since it last wrote the mean
+    /// ([`Backlog::poll`], when the shards keep the means).
+    appended: Cell<bool>,
     /// Retention and mark, in events.
     limits: StreamLimits,
     /// `MINID` to trim with (`0-0`: none).
@@ -394,17 +397,22 @@ pub struct Backlog {
     partitions: Partitions,
     /// The Redis connection's epoch: a reading from an earlier connection is unknown.
     epoch: Epoch,
+    /// Whether the shards write the streams' mean events per entry (the `lease` protocol,
+    /// whose appends run no script): each shard its own, with its readings.
+    writes_means: bool,
 }
 
 impl Backlog {
-    /// `limits[i]` are those of `StreamKind::ALL[i]` in one partition.
-    pub fn new(limits: [StreamLimits; 3], epoch: Epoch, partitions: Partitions) -> Rc<Backlog> {
+    /// `limits[i]` are those of `StreamKind::ALL[i]` in one partition. `writes_means`: the
+    /// shard writes the streams' mean events per entry (no ingest script keeps them).
+    pub fn new(limits: [StreamLimits; 3], epoch: Epoch, partitions: Partitions, writes_means: bool) -> Rc<Backlog> {
         let state = |limits| StreamState {
             observed: Cell::new(0),
             added: Cell::new(0),
             known: Cell::new(false),
             read_in: Cell::new(0),
             per_entry: Cell::new(None),
+            appended: Cell::new(false),
             limits,
             trim: Cell::new(StreamId::ZERO),
             samples: RefCell::new(VecDeque::new()),
@@ -414,7 +422,8 @@ impl Backlog {
             ends: RefCell::new(VecDeque::new()),
             repaired_in: Cell::new(None),
         };
-        Rc::new(Backlog { epoch, streams: (0..partitions.len()).map(|_| limits.map(state)).collect(), partitions })
+        let streams = (0..partitions.len()).map(|_| limits.map(state)).collect();
+        Rc::new(Backlog { epoch, streams, partitions, writes_means })
     }
 
     /// The partitions' key names.
@@ -484,6 +493,7 @@ impl Backlog {
         let n = events.max(1) as f64;
         let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
         s.per_entry.set(Some(m.max(1.0)));
+        s.appended.set(true);
     }
 
     /// Reads the backlogs every `every`, forever (spawned once per shard).
@@ -498,6 +508,9 @@ impl Backlog {
 
     async fn read_partition(&self, redis: &RedisClient, p: usize) {
         let streams = &self.streams[p];
+        if redis.is_up() && self.writes_means {
+            write_entry_events(redis, &self.partitions, p, streams).await;
+        }
         if redis.is_up() {
             if let Some(means) = read_entry_events(redis, &self.partitions, p).await {
                 for (s, mean) in streams.iter().zip(means) {
@@ -532,6 +545,33 @@ impl Backlog {
                 }
                 None => s.forget_position(),
             }
+        }
+    }
+}
+
+/// Writes this shard's mean events per entry of partition `p`'s streams it appended to
+/// since the last write. Each shard moves the mean it last read by its own appends, so
+/// the last one to write sets it: the appends of the others since that reading are not in
+/// it, and the mean settles over more entries than the script's window (a shard's share
+/// of them), on the same value for traffic that the shards share alike. A failed write
+/// (Redis gone, the key of another type) is tried again with the next reading.
+async fn write_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize, streams: &[StreamState; 3]) {
+    let values: Vec<(&str, String)> = StreamKind::ALL
+        .iter()
+        .zip(streams)
+        .filter(|(_, s)| s.appended.get())
+        .filter_map(|(k, s)| Some((partitions.stream(p, *k), s.per_entry.get()?.to_string())))
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    let mut args: Vec<&[u8]> = vec![b"HSET", partitions.entry_events(p).as_bytes()];
+    for (stream, mean) in &values {
+        args.extend([stream.as_bytes(), mean.as_bytes()]);
+    }
+    if call(redis, &args).await.is_some() {
+        for s in streams {
+            s.appended.set(false);
         }
     }
 }
@@ -671,7 +711,7 @@ mod tests {
     /// Retention 500 events, mark 400 on every stream, backlogs read (empty).
     fn backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 500, high_water_events: 400 };
-        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1));
+        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1), false);
         for s in b.streams.iter().flatten() {
             s.known.set(true);
         }
@@ -717,7 +757,7 @@ mod tests {
     /// Mark 60000 events, 1 event per entry in these figures.
     fn events_backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 100_000, high_water_events: 60_000 };
-        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1));
+        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1), false);
         for s in b.streams.iter().flatten() {
             s.known.set(true);
         }
@@ -1137,7 +1177,7 @@ mod tests {
     #[test]
     fn a_mark_far_below_the_retention_still_trims() {
         let l = StreamLimits { retention_events: 20_000, high_water_events: 4_000 };
-        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1));
+        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1), false);
         let s = &b.streams[0][StreamKind::Events.index()];
         for read in (0..=60_000).step_by(50) {
             s.assess(&reading(read, read + 50, None, 20_100));

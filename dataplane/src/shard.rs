@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use croupier_control::config::{Config, IngestProtocol};
+use croupier_control::config::Config;
 use croupier_control::metrics::{GameIx, ShardWriter};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::validate::{JsonBuffers, Limits};
@@ -19,7 +19,7 @@ use crate::analytics::auth::Verifier;
 use crate::client::filters::FilterView;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
-use crate::redis::backlog::Backlog;
+use crate::redis::backlog::{Backlog, BacklogSettings};
 use crate::redis::connection::{RedisClient, RedisOptions};
 use crate::redis::overdue::RedisHealth;
 
@@ -115,12 +115,7 @@ pub fn build(
     options.overdue = Some(redis_health.shard(id, options.reply_timeout));
     let redis = RedisClient::start(options);
     let partitions = Partitions::new(config.streams.partitions);
-    let backlog = Backlog::new(
-        config.streams.partition_limits(),
-        redis.epoch(),
-        partitions,
-        config.redis.ingest_protocol == IngestProtocol::Lease,
-    );
+    let backlog = Backlog::new(BacklogSettings::from_config(&config), redis.epoch(), partitions);
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
     let mut keys = HashMap::new();

@@ -293,6 +293,26 @@ pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespE
     Ok(None)
 }
 
+/// The oldest pending entry from `XPENDING <key> <group> - + 1`: its id and for how
+/// long, in milliseconds, it was last delivered (`None`: nothing pending).
+pub fn oldest_pending_entry(frame: &Frame) -> Result<Option<(StreamId, u64)>, RespError> {
+    match frame {
+        Frame::Array(rows) => match rows.first() {
+            None => Ok(None),
+            Some(Frame::Array(row)) => match (row.first(), row.get(2)) {
+                (Some(Frame::BulkString(id) | Frame::SimpleString(id)), Some(Frame::Integer(idle))) => {
+                    let id = StreamId::parse(id).ok_or_else(|| RespError("bad pending id".into()))?;
+                    Ok(Some((id, (*idle).max(0) as u64)))
+                }
+                _ => Err(RespError("unexpected XPENDING entry".into())),
+            },
+            Some(other) => Err(RespError(format!("unexpected XPENDING entry {other:?}"))),
+        },
+        Frame::Error(e) => Err(RespError(e.clone())),
+        other => Err(RespError(format!("unexpected XPENDING reply {other:?}"))),
+    }
+}
+
 /// The oldest pending id from an `XPENDING <key> <group>` summary (`None`: nothing
 /// pending).
 pub fn oldest_pending(frame: &Frame) -> Result<Option<StreamId>, RespError> {
@@ -553,6 +573,13 @@ $12\r\nentries-read\r\n:40\r\n$3\r\nlag\r\n:2\r\n";
         assert_eq!(oldest_pending(&summary), Ok(Some(StreamId { ms: 5, seq: 0 })));
         let none = decode_reply(b"*4\r\n:0\r\n$-1\r\n$-1\r\n*-1\r\n").expect("ok").expect("complete").0;
         assert_eq!(oldest_pending(&none), Ok(None));
+        let one =
+            decode_reply(b"*1\r\n*4\r\n$3\r\n5-1\r\n$1\r\nw\r\n:2500\r\n:1\r\n").expect("ok").expect("complete").0;
+        assert_eq!(oldest_pending_entry(&one), Ok(Some((StreamId { ms: 5, seq: 1 }, 2500))));
+        let empty = decode_reply(b"*0\r\n").expect("ok").expect("complete").0;
+        assert_eq!(oldest_pending_entry(&empty), Ok(None));
+        let odd = decode_reply(b"*1\r\n*2\r\n$3\r\n5-1\r\n$1\r\nw\r\n").expect("ok").expect("complete").0;
+        assert!(oldest_pending_entry(&odd).is_err());
     }
 
     #[test]

@@ -427,42 +427,39 @@ fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
 
 /// A shard started while a worker's insert holds entries pending (here consumer `slow`
 /// holds the newest entry, behind the retained history: 46 entries, mark 40) has no
-/// sampled position older than them: for a moment it counts what is owed and pending (1),
-/// not the whole stream, and takes requests (counting the whole stream, a shard started
-/// under steady traffic refused every request until the insert was acknowledged). Held
-/// for longer (a consumer that died holding it), the whole stream counts and ingest
-/// refuses, until the entry is acknowledged.
+/// sampled position older than them: while the entry was delivered less long ago than a
+/// worker's insert holds one, it counts what is owed and pending (1), not the whole
+/// stream, and takes requests (counting the whole stream, a shard started under steady
+/// traffic refused every request until the insert was acknowledged). Pending for longer
+/// (a consumer that died holding it), the whole stream counts and ingest refuses, also
+/// right after the shards are started again, until the entry is acknowledged.
 #[test]
 fn a_shard_started_while_an_insert_is_pending_takes_requests() {
-    // 20 readings 250 ms apart: held for 5 s.
-    let mut p = at_retention_all_acknowledged_with(|c| c.redis.backlog_poll_ms = 250);
+    // An insert holds entries for 5 s + 0.2 s + 2 s.
+    let mut p = at_retention_all_acknowledged_with(|c| c.worker.insert_interval_ms = 5_000);
     assert_eq!(post(&p, "pending").status, 202);
-    p.ingest.redis.client().cmd(&[
-        "XREADGROUP",
-        "GROUP",
-        "analytics-workers",
-        "slow",
-        "COUNT",
-        "10",
-        "STREAMS",
-        KEY,
-        ">",
-    ]);
+    let slow = ["XREADGROUP", "GROUP", "analytics-workers", "slow", "COUNT", "10", "STREAMS", KEY, ">"];
+    p.ingest.redis.client().cmd(&slow);
+    let delivered = Instant::now();
     let held = pel(&p, "slow");
     assert_eq!(held.len(), 1);
     p.ingest.restart_ingest();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let status = |p: &Pipeline| p.ingest.client().request("GET", "/readyz", &[], b"");
-    while (0..8).any(|_| status(&p).text().contains("redis_unavailable")) {
-        assert!(Instant::now() < deadline, "the shards did not read the backlog");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    for i in 0..8 {
-        let r = post(&p, &format!("started-{i}"));
+    let mut taken = 0;
+    while taken < 8 {
+        let r = post(&p, &format!("started-{taken}"));
+        if r.status == 503 && r.error_tag() == "redis_unavailable" {
+            // A shard that has not read the backlog yet.
+            assert!(Instant::now() < deadline, "the shards did not read the backlog");
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         assert_eq!(r.status, 202, "{}", r.text());
+        taken += 1;
         consume(&p);
     }
-    // Pending for longer than the shards hold: refused.
+    assert!(delivered.elapsed() < Duration::from_millis(7_200), "the requests came after the grace");
+    // Pending for longer than an insert holds it: refused.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = post(&p, "held");
@@ -475,12 +472,23 @@ fn a_shard_started_while_an_insert_is_pending_takes_requests() {
         consume(&p);
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(pel(&p, "slow"), held, "the pending entry is kept");
+    // Shards started again refuse at once (Redis's idle time does not start again).
+    p.ingest.restart_ingest();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = post(&p, "again");
+        if r.error_tag() != "redis_unavailable" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the shards did not read the backlog");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!((r.status, r.error_tag().as_str()), (503, "backlog_full"), "{}", r.text());
+    let ids: Vec<String> = xrange(&mut p.ingest.redis.client(), KEY).into_iter().map(|e| e.id).collect();
+    assert!(ids.contains(&held[0]), "the pending entry was trimmed");
     // Acknowledged: every shard takes requests again.
-    assert_eq!(
-        p.ingest.redis.client().int(&[b"XACK".as_slice(), KEY.as_bytes(), b"analytics-workers", held[0].as_bytes()]),
-        1
-    );
+    let ack = [b"XACK".as_slice(), KEY.as_bytes(), b"analytics-workers", held[0].as_bytes()];
+    assert_eq!(p.ingest.redis.client().int(&ack), 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut in_a_row = 0;
     while in_a_row < 8 {

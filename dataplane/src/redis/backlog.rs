@@ -36,7 +36,9 @@
 //! pending entry (a consumer that died holding entries makes it grow until they are
 //! claimed), or `XLEN` when the position can be neither told nor placed (past the moment
 //! above). With no sample older than the oldest pending entry (a shard just started, or
-//! its samples dropped), the lag and the pending entries count for a moment, then `XLEN`.
+//! its samples dropped), the lag and the pending entries count while that entry was
+//! delivered less long ago than a worker's insert holds one
+//! ([`BacklogSettings::pending_grace`]), else `XLEN`.
 //! At the mark ingest answers 503 `backlog_full`.
 //!
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
@@ -52,7 +54,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use croupier_control::config::StreamLimits;
+use croupier_control::config::{Config, IngestProtocol, StreamLimits};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::{self, Frame, GroupInfo};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS_WINDOW};
@@ -78,6 +80,8 @@ struct StreamState {
     appended: Cell<bool>,
     /// Retention and mark, in events.
     limits: StreamLimits,
+    /// [`BacklogSettings::pending_grace`], in milliseconds.
+    pending_grace_ms: u64,
     /// `MINID` to trim with (`0-0`: none).
     trim: Cell<StreamId>,
     /// The group's position over time: (entries read, last delivered id), oldest first.
@@ -86,9 +90,6 @@ struct StreamState {
     positioned: Cell<bool>,
     /// Readings in a row, since, that did not ([`HOLD_READINGS`]).
     unknown_for: Cell<u32>,
-    /// Readings in a row that knew the group's position but had no sample older than the
-    /// oldest pending entry ([`HOLD_READINGS`]).
-    pending_unplaced_for: Cell<u32>,
     /// The stream's end over time: (entries added, last generated id), oldest first, read
     /// by [`CAUGHT_UP`] whenever the group was behind or its position unknown. Entry
     /// number `n` of the stream has an id at or below the sample's id when `n` is at most
@@ -108,11 +109,6 @@ struct StreamState {
 /// deleted entry beyond the group's position, and Redis knows the position again as soon
 /// as the group has delivered the stream's last entry, which a worker keeping up does
 /// every insert. Past them, the whole stream counts.
-///
-/// Also the readings in a row that count the lag and the pending entries as the backlog
-/// when no sample is older than the oldest pending entry (a shard just started under
-/// traffic: a worker's insert holds entries pending for about an insert interval). Past
-/// them (a consumer died holding the entry), the whole stream counts.
 const HOLD_READINGS: u32 = 20;
 
 /// Samples kept per stream.
@@ -123,6 +119,8 @@ const MAX_SAMPLES: usize = 64;
 struct Reading {
     group: GroupInfo,
     oldest_pending: Option<StreamId>,
+    /// How long ago the oldest pending entry was last delivered, in milliseconds.
+    pending_idle_ms: u64,
     xlen: u64,
     /// When the group has delivered the stream's newest entry (its last delivered id is
     /// the stream's last generated id): the stream's `entries-added`, which the group's
@@ -347,19 +345,19 @@ impl StreamState {
                 samples.pop_front();
             }
         }
-        let unplaced = self.pending_unplaced_for.get();
-        let placed = r.oldest_pending.map(|p| samples.iter().rev().find(|(_, id)| *id < p));
-        let untrimmable = match placed {
+        let untrimmable = match r.oldest_pending {
             None => lag,
-            Some(Some((pos, _))) => end.saturating_sub(*pos),
-            // No sample older than the oldest pending entry (the shard just started, or the
-            // samples were dropped): for a moment, what is owed and what is pending; for
-            // longer (a consumer died holding it), the whole stream, so that memory stays
-            // bounded.
-            Some(None) if unplaced < HOLD_READINGS => lag.saturating_add(g.pending).min(r.xlen),
-            Some(None) => r.xlen,
+            Some(p) => match samples.iter().rev().find(|(_, id)| *id < p) {
+                Some((pos, _)) => end.saturating_sub(*pos),
+                // No sample older than the oldest pending entry (the shard just started,
+                // or the samples were dropped): while that entry is no older than a
+                // worker's insert holds one, what is owed and what is pending; older (a
+                // consumer died holding it), the whole stream, so that memory stays bounded
+                // (Redis's idle time: a shard started again does not start it again).
+                None if r.pending_idle_ms < self.pending_grace_ms => lag.saturating_add(g.pending).min(r.xlen),
+                None => r.xlen,
+            },
         };
-        self.pending_unplaced_for.set(if matches!(placed, Some(None)) { unplaced.saturating_add(1) } else { 0 });
         self.observed.set(untrimmable);
         let kept = samples.iter().rev().find(|(pos, _)| end.saturating_sub(*pos) >= retention);
         self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| *id));
@@ -375,6 +373,37 @@ impl Reading {
         self.oldest_pending.map_or(last, |p| p.min(last))
     }
 }
+
+/// What a shard's [`Backlog`] is set up with.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogSettings {
+    /// Retention and mark of `StreamKind::ALL[i]` in one partition.
+    pub limits: [StreamLimits; 3],
+    /// Whether the shard writes the streams' mean events per entry (the `lease` protocol,
+    /// whose appends run no script).
+    pub writes_means: bool,
+    /// How long a worker's insert may hold an entry pending: with no sampled position
+    /// older than the oldest pending entry, the lag and the pending entries count as the
+    /// backlog while that entry was delivered less long ago; past it, the whole stream.
+    pub pending_grace: Duration,
+}
+
+impl BacklogSettings {
+    /// From the configuration: the partition's limits, the protocol, and
+    /// `worker.insert_interval_ms` + `worker.linger_ms` (how long a batch's first entries
+    /// wait, pending, before their insert) + [`INSERT_MARGIN`] for the insert itself.
+    pub fn from_config(config: &Config) -> BacklogSettings {
+        let held = config.worker.insert_interval_ms.saturating_add(config.worker.linger_ms);
+        BacklogSettings {
+            limits: config.streams.partition_limits(),
+            writes_means: config.redis.ingest_protocol == IngestProtocol::Lease,
+            pending_grace: Duration::from_millis(held).saturating_add(INSERT_MARGIN),
+        }
+    }
+}
+
+/// The time an insert takes on top of a batch's wait, in [`BacklogSettings::pending_grace`].
+const INSERT_MARGIN: Duration = Duration::from_secs(2);
 
 /// Whether a stream takes more entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,9 +432,10 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// `limits[i]` are those of `StreamKind::ALL[i]` in one partition. `writes_means`: the
-    /// shard writes the streams' mean events per entry (no ingest script keeps them).
-    pub fn new(limits: [StreamLimits; 3], epoch: Epoch, partitions: Partitions, writes_means: bool) -> Rc<Backlog> {
+    /// A shard's backlogs of `partitions`' streams, read on the connection of `epoch`.
+    pub fn new(settings: BacklogSettings, epoch: Epoch, partitions: Partitions) -> Rc<Backlog> {
+        let BacklogSettings { limits, writes_means, pending_grace } = settings;
+        let pending_grace_ms = u64::try_from(pending_grace.as_millis()).unwrap_or(u64::MAX);
         let state = |limits| StreamState {
             observed: Cell::new(0),
             added: Cell::new(0),
@@ -414,11 +444,11 @@ impl Backlog {
             per_entry: Cell::new(None),
             appended: Cell::new(false),
             limits,
+            pending_grace_ms,
             trim: Cell::new(StreamId::ZERO),
             samples: RefCell::new(VecDeque::new()),
             positioned: Cell::new(false),
             unknown_for: Cell::new(0),
-            pending_unplaced_for: Cell::new(0),
             ends: RefCell::new(VecDeque::new()),
             repaired_in: Cell::new(None),
         };
@@ -620,6 +650,7 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
         return Some(Reading {
             group: GroupInfo::default(),
             oldest_pending: None,
+            pending_idle_ms: 0,
             xlen,
             caught_up: None,
             repair: Repair::Renumbered,
@@ -627,8 +658,12 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
             end: None,
         });
     };
-    let oldest_pending =
-        if g.pending > 0 { resp::oldest_pending(&call(redis, &[b"XPENDING", key, group]).await?).ok()? } else { None };
+    let (oldest_pending, pending_idle_ms) = if g.pending > 0 {
+        let oldest = call(redis, &[b"XPENDING", key, group, b"-", b"+", b"1"]).await?;
+        resp::oldest_pending_entry(&oldest).ok()?.map_or((None, 0), |(id, idle)| (Some(id), idle))
+    } else {
+        (None, 0)
+    };
     // A lag of 0 with a position is believed; any other lag (or none), or no position, is
     // checked against the stream's end.
     let CaughtUp { added, repair, end } = if g.lag == Some(0) && g.entries_read.is_some() {
@@ -636,7 +671,7 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
     } else {
         caught_up(redis, key).await
     };
-    Some(Reading { group: g, oldest_pending, xlen, caught_up: added, repair, epoch, end })
+    Some(Reading { group: g, oldest_pending, pending_idle_ms, xlen, caught_up: added, repair, epoch, end })
 }
 
 /// Whether the group has delivered every entry the stream holds, in one script: then
@@ -711,11 +746,16 @@ mod tests {
     /// Retention 500 events, mark 400 on every stream, backlogs read (empty).
     fn backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 500, high_water_events: 400 };
-        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1), false);
+        let b = Backlog::new(settings(l), Epoch::default(), Partitions::new(1));
         for s in b.streams.iter().flatten() {
             s.known.set(true);
         }
         b
+    }
+
+    /// `l` for each stream, a grace of 3 s for pending entries.
+    fn settings(l: StreamLimits) -> BacklogSettings {
+        BacklogSettings { limits: [l; 3], writes_means: false, pending_grace: Duration::from_secs(3) }
     }
 
     fn set_mean(b: &Backlog, stream: StreamKind, mean: f64) {
@@ -738,6 +778,7 @@ mod tests {
         Reading {
             group,
             oldest_pending: pending.map(id),
+            pending_idle_ms: 0,
             xlen,
             caught_up: None,
             repair: Repair::None,
@@ -757,7 +798,7 @@ mod tests {
     /// Mark 60000 events, 1 event per entry in these figures.
     fn events_backlog() -> Rc<Backlog> {
         let l = StreamLimits { retention_events: 100_000, high_water_events: 60_000 };
-        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1), false);
+        let b = Backlog::new(settings(l), Epoch::default(), Partitions::new(1));
         for s in b.streams.iter().flatten() {
             s.known.set(true);
         }
@@ -1015,41 +1056,47 @@ mod tests {
     }
 
     /// A shard started under traffic: a worker's insert holds entries pending, and no
-    /// sample is older than them. What is owed and pending counts for [`HOLD_READINGS`]
-    /// readings (counting the stream with its retained history, above the mark, refused
-    /// every request until the insert was acknowledged); held longer (a consumer that
-    /// died), the whole stream counts.
+    /// sample is older than them. What is owed and pending counts while the oldest pending
+    /// entry was delivered less than the grace ago (counting the stream with its retained
+    /// history, above the mark, refused every request until the insert was acknowledged);
+    /// delivered longer ago (a consumer that died holding it), the whole stream counts,
+    /// from the first reading of a shard started again too.
     #[test]
-    fn a_shard_started_under_traffic_counts_what_is_owed_and_pending_for_a_moment() {
+    fn a_shard_started_under_traffic_counts_what_is_owed_and_pending_while_an_insert_holds_them() {
         let b = events_backlog();
         let s = &b.streams[0][StreamKind::Events.index()];
-        let started = || {
+        let started = |idle_ms: u64| {
             let mut r = reading(90_000, 90_050, Some(89_500), 90_050);
             r.group.pending = 500;
+            r.pending_idle_ms = idle_ms;
             r
         };
-        for n in 0..HOLD_READINGS {
-            assert!(s.assess(&started()));
-            assert_eq!(s.observed.get(), 550, "reading {n}");
+        for idle_ms in [0, 1_000, 2_999] {
+            assert!(s.assess(&started(idle_ms)));
+            assert_eq!(s.observed.get(), 550, "delivered {idle_ms} ms ago");
+            assert!(s.trim.get() <= id(89_500));
             assert!(b.admits(0, StreamKind::Events));
         }
-        assert!(s.assess(&started()));
-        assert_eq!(s.observed.get(), 90_050, "held too long: the whole stream");
+        assert!(s.assess(&started(3_000)));
+        assert_eq!(s.observed.get(), 90_050, "pending for longer than an insert: the whole stream");
         assert!(!b.admits(0, StreamKind::Events));
-        // Acknowledged: the lag. The next insert's pending entries lie after a sample.
-        // (Samples are 3750 entries apart.)
+        // A reconnect changes nothing, nor does a shard started anew.
+        s.forget_position();
+        s.assess(&started(3_100));
+        assert_eq!(s.observed.get(), 90_050);
+        let again = events_backlog();
+        let s2 = &again.streams[0][StreamKind::Events.index()];
+        s2.assess(&started(3_100));
+        assert_eq!(s2.observed.get(), 90_050);
+        // Acknowledged: the lag. The next insert's pending entries lie after a sample, and
+        // everything after it counts however long they are pending. (Samples are 3750
+        // entries apart.)
         assert!(s.assess(&reading(95_000, 95_050, None, 95_050)));
         assert_eq!(s.observed.get(), 50);
         let mut r = reading(96_000, 96_050, Some(95_500), 96_050);
         r.group.pending = 500;
         assert!(s.assess(&r));
         assert_eq!(s.observed.get(), 1_050, "everything after the sample at entry 95000");
-        // Samples dropped (a group re-created) with entries pending: a moment again.
-        s.renumber();
-        for _ in 0..HOLD_READINGS {
-            s.assess(&started());
-        }
-        assert_eq!(s.observed.get(), 550);
     }
 
     /// A reading that could not tell the group's position, the stream's end read by the
@@ -1177,7 +1224,7 @@ mod tests {
     #[test]
     fn a_mark_far_below_the_retention_still_trims() {
         let l = StreamLimits { retention_events: 20_000, high_water_events: 4_000 };
-        let b = Backlog::new([l; 3], Epoch::default(), Partitions::new(1), false);
+        let b = Backlog::new(settings(l), Epoch::default(), Partitions::new(1));
         let s = &b.streams[0][StreamKind::Events.index()];
         for read in (0..=60_000).step_by(50) {
             s.assess(&reading(read, read + 50, None, 20_100));

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use croupier_control::config::{Driver, Game, IngestProtocol, StreamLimits};
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
-use croupier_it::redis::{xrange, Entry};
+use croupier_it::redis::{xrange, Entry, RedisServer};
 use croupier_protocol::batch::{self, BatchBuf, Records};
 use croupier_protocol::envelope::{Event, Payment, PaymentStatus};
+use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::Frame;
 
 use crate::fixture::{both_drivers, event, events, post_signed, total_entries, xlen, Fixture, GAME, SECRET};
@@ -256,6 +257,33 @@ fn sparse_stream_gets_its_room_in_events(driver: Driver) {
 #[test]
 fn sparse_stream_gets_its_room_in_events_with_the_lease_protocol() {
     sparse_stream_gets_its_room(Driver::Epoll, IngestProtocol::Lease);
+}
+
+/// The lease protocol's merge of a shard's appends into the mean entry sizes, against
+/// redis-server: `k` entries of `n` events in all move a mean as `k` appends of `n / k`
+/// events each would, one by one, by 1/64 of the difference (the ingest script's rule);
+/// a stream with no mean yet takes theirs.
+#[test]
+fn merged_entry_sizes_move_as_appends_one_by_one() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    let mut merge = |appended: &[Appended<'_>]| {
+        let mut cmd = Vec::new();
+        merge_means(&mut cmd, "croupier:entry-events", appended);
+        c.send(&cmd).expect("send");
+        assert_eq!(c.replies(1).expect("reply"), vec![Frame::Integer(1)]);
+    };
+    merge(&[Appended { stream: "s", entries: 1, events: 500 }, Appended { stream: "t", entries: 4, events: 8 }]);
+    merge(&[Appended { stream: "s", entries: 100, events: 100 }]);
+    let mut c = redis.client();
+    let mut mean = |key: &str| match c.cmd(&["HGET", "croupier:entry-events", key]) {
+        Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(mean("t"), "2");
+    let want = (0..100).fold(500.0_f64, |m, _| m + (1.0 - m) / 64.0);
+    let got: f64 = mean("s").parse().expect("a number");
+    assert!((got - want).abs() < 1e-9 * want, "{got} against {want}");
 }
 
 fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {

@@ -37,25 +37,27 @@
 //! claimed), or `XLEN` when the position can be neither told nor placed (past the moment
 //! above). With no sample older than the oldest pending entry (a shard just started, or
 //! its samples dropped), the lag and the pending entries count while that entry was
-//! delivered less long ago than a worker's insert holds one
-//! ([`BacklogSettings::pending_grace`]), else `XLEN`.
+//! delivered, and first found so by the shard, less long ago than a worker's insert holds
+//! one ([`BacklogSettings::pending_grace`]), else `XLEN`.
 //! At the mark ingest answers 503 `backlog_full`.
 //!
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
 //! events an entry holds depends on the traffic: a 100-event request makes one full entry
 //! on `analytics:events` and, beside it, one entry of a few events on `analytics:custom`.
 //! The ingest script keeps each stream's mean events per entry over the last entries of
-//! every shard (`croupier:entry-events`); the shard reads it with the backlog, moves it by
-//! its own appends in between, and converts with it (one event per entry before any entry
-//! was ever appended).
+//! every shard (`croupier:entry-events`; with the lease protocol, whose appends run no
+//! script, each shard merges its appends into it before each reading); the shard reads it
+//! with the backlog, moves it by its own appends in between, and converts with it (one
+//! event per entry before any entry was ever appended).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use croupier_control::config::{Config, IngestProtocol, StreamLimits};
 use croupier_protocol::cluster::Partitions;
+use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::{self, Frame, GroupInfo};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS_WINDOW};
 
@@ -75,9 +77,12 @@ struct StreamState {
     /// Mean events per entry of the stream: the last reading, moved by this shard's own
     /// appends since (`None` before any entry: one event per entry is assumed).
     per_entry: Cell<Option<f64>>,
-    /// Whether this shard appended to the stream since it last wrote the mean
-    /// ([`Backlog::poll`], when the shards keep the means).
-    appended: Cell<bool>,
+    /// Entries and events this shard appended to the stream since it last merged them into
+    /// the mean ([`merge_entry_events`], when the shards keep the means).
+    unmerged: Cell<(u64, u64)>,
+    /// The oldest pending entry with no sample older than it, and when a reading first
+    /// found it so ([`BacklogSettings::pending_grace`]).
+    unplaced_since: Cell<Option<(StreamId, Instant)>>,
     /// Retention and mark, in events.
     limits: StreamLimits,
     /// [`BacklogSettings::pending_grace`], in milliseconds.
@@ -115,12 +120,14 @@ const HOLD_READINGS: u32 = 20;
 const MAX_SAMPLES: usize = 64;
 
 /// One reading of a stream.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Reading {
     group: GroupInfo,
     oldest_pending: Option<StreamId>,
     /// How long ago the oldest pending entry was last delivered, in milliseconds.
     pending_idle_ms: u64,
+    /// When the reading was taken.
+    at: Instant,
     xlen: u64,
     /// When the group has delivered the stream's newest entry (its last delivered id is
     /// the stream's last generated id): the stream's `entries-added`, which the group's
@@ -259,6 +266,23 @@ impl StreamState {
         Some((untrimmable.min(r.xlen), kept))
     }
 
+    /// Whether the oldest pending entry `p`, with no sample older than it, is still within
+    /// the time a worker's insert holds an entry: delivered less long ago (Redis's idle
+    /// time, which a shard started again does not start again) and first found so by this
+    /// shard less long ago (which a worker keeping a stalled batch, `XCLAIM … JUSTID`,
+    /// does not start again).
+    fn pending_in_grace(&self, p: StreamId, r: &Reading) -> bool {
+        let since = match self.unplaced_since.get() {
+            Some((q, since)) if q == p => since,
+            _ => {
+                self.unplaced_since.set(Some((p, r.at)));
+                r.at
+            }
+        };
+        let held = r.at.saturating_duration_since(since);
+        r.pending_idle_ms < self.pending_grace_ms && held < Duration::from_millis(self.pending_grace_ms)
+    }
+
     /// Takes a reading: the untrimmable backlog and the trim point. `false` when it kept
     /// the last ones ([`HOLD_READINGS`]): the appends counted before it was asked for are
     /// not in them, and stay counted. Whatever it keeps or finds, the trim point leaves it
@@ -354,10 +378,13 @@ impl StreamState {
                 // worker's insert holds one, what is owed and what is pending; older (a
                 // consumer died holding it), the whole stream, so that memory stays bounded
                 // (Redis's idle time: a shard started again does not start it again).
-                None if r.pending_idle_ms < self.pending_grace_ms => lag.saturating_add(g.pending).min(r.xlen),
+                None if self.pending_in_grace(p, r) => lag.saturating_add(g.pending).min(r.xlen),
                 None => r.xlen,
             },
         };
+        if r.oldest_pending.is_none_or(|p| samples.iter().any(|(_, id)| *id < p)) {
+            self.unplaced_since.set(None);
+        }
         self.observed.set(untrimmable);
         let kept = samples.iter().rev().find(|(pos, _)| end.saturating_sub(*pos) >= retention);
         self.trim.set(kept.map_or(StreamId::ZERO, |(_, id)| *id));
@@ -442,7 +469,8 @@ impl Backlog {
             known: Cell::new(false),
             read_in: Cell::new(0),
             per_entry: Cell::new(None),
-            appended: Cell::new(false),
+            unmerged: Cell::new((0, 0)),
+            unplaced_since: Cell::new(None),
             limits,
             pending_grace_ms,
             trim: Cell::new(StreamId::ZERO),
@@ -520,10 +548,12 @@ impl Backlog {
         let s = self.state(p, stream);
         s.added.set(s.added.get() + 1);
         // The script's update, mirrored until the next reading brings every shard's.
-        let n = events.max(1) as f64;
+        let events = events.max(1);
+        let n = events as f64;
         let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
         s.per_entry.set(Some(m.max(1.0)));
-        s.appended.set(true);
+        let (k, sum) = s.unmerged.get();
+        s.unmerged.set((k.saturating_add(1), sum.saturating_add(events as u64)));
     }
 
     /// Reads the backlogs every `every`, forever (spawned once per shard).
@@ -539,7 +569,7 @@ impl Backlog {
     async fn read_partition(&self, redis: &RedisClient, p: usize) {
         let streams = &self.streams[p];
         if redis.is_up() && self.writes_means {
-            write_entry_events(redis, &self.partitions, p, streams).await;
+            merge_entry_events(redis, &self.partitions, p, streams).await;
         }
         if redis.is_up() {
             if let Some(means) = read_entry_events(redis, &self.partitions, p).await {
@@ -579,29 +609,34 @@ impl Backlog {
     }
 }
 
-/// Writes this shard's mean events per entry of partition `p`'s streams it appended to
-/// since the last write. Each shard moves the mean it last read by its own appends, so
-/// the last one to write sets it: the appends of the others since that reading are not in
-/// it, and the mean settles over more entries than the script's window (a shard's share
-/// of them), on the same value for traffic that the shards share alike. A failed write
-/// (Redis gone, the key of another type) is tried again with the next reading.
-async fn write_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize, streams: &[StreamState; 3]) {
-    let values: Vec<(&str, String)> = StreamKind::ALL
+/// Merges this shard's appends to partition `p`'s streams since the last merge into their
+/// mean events per entry (`croupier_protocol::lease::merge_means`: the streams' entries
+/// and events since, so the mean moves as the ingest script would have moved it, append by
+/// append, whichever shard appended). Appends that fail to merge (Redis gone, the key of
+/// another type) are merged with the next reading.
+async fn merge_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize, streams: &[StreamState; 3]) {
+    let taken: Vec<(StreamKind, u64, u64)> = StreamKind::ALL
         .iter()
         .zip(streams)
-        .filter(|(_, s)| s.appended.get())
-        .filter_map(|(k, s)| Some((partitions.stream(p, *k), s.per_entry.get()?.to_string())))
+        .filter_map(|(k, s)| {
+            let (entries, events) = s.unmerged.replace((0, 0));
+            (entries > 0).then_some((*k, entries, events))
+        })
         .collect();
-    if values.is_empty() {
+    if taken.is_empty() {
         return;
     }
-    let mut args: Vec<&[u8]> = vec![b"HSET", partitions.entry_events(p).as_bytes()];
-    for (stream, mean) in &values {
-        args.extend([stream.as_bytes(), mean.as_bytes()]);
-    }
-    if call(redis, &args).await.is_some() {
-        for s in streams {
-            s.appended.set(false);
+    let appended: Vec<Appended<'_>> = taken
+        .iter()
+        .map(|(k, entries, events)| Appended { stream: partitions.stream(p, *k), entries: *entries, events: *events })
+        .collect();
+    let mut cmd = Vec::with_capacity(512);
+    merge_means(&mut cmd, partitions.entry_events(p), &appended);
+    if !matches!(redis.call(cmd).await, Ok(Frame::Integer(1))) {
+        for (k, entries, events) in taken {
+            let s = &streams[k.index()];
+            let (e, n) = s.unmerged.get();
+            s.unmerged.set((e.saturating_add(entries), n.saturating_add(events)));
         }
     }
 }
@@ -632,6 +667,7 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Option<Frame> {
 }
 
 async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Reading> {
+    let at = Instant::now();
     let key = key.as_bytes();
     let group = CONSUMER_GROUP.as_bytes();
     let mut cmd = Vec::with_capacity(64);
@@ -651,6 +687,7 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
             group: GroupInfo::default(),
             oldest_pending: None,
             pending_idle_ms: 0,
+            at,
             xlen,
             caught_up: None,
             repair: Repair::Renumbered,
@@ -671,7 +708,7 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
     } else {
         caught_up(redis, key).await
     };
-    Some(Reading { group: g, oldest_pending, pending_idle_ms, xlen, caught_up: added, repair, epoch, end })
+    Some(Reading { group: g, oldest_pending, pending_idle_ms, at, xlen, caught_up: added, repair, epoch, end })
 }
 
 /// Whether the group has delivered every entry the stream holds, in one script: then
@@ -779,6 +816,7 @@ mod tests {
             group,
             oldest_pending: pending.map(id),
             pending_idle_ms: 0,
+            at: Instant::now(),
             xlen,
             caught_up: None,
             repair: Repair::None,
@@ -1057,37 +1095,50 @@ mod tests {
 
     /// A shard started under traffic: a worker's insert holds entries pending, and no
     /// sample is older than them. What is owed and pending counts while the oldest pending
-    /// entry was delivered less than the grace ago (counting the stream with its retained
-    /// history, above the mark, refused every request until the insert was acknowledged);
-    /// delivered longer ago (a consumer that died holding it), the whole stream counts,
-    /// from the first reading of a shard started again too.
+    /// entry was delivered less than the grace ago and this shard first found it so less
+    /// than the grace ago (counting the stream with its retained history, above the mark,
+    /// refused every request until the insert was acknowledged); past either (a consumer
+    /// that died holding it, seen from a shard started again, or a stalled batch kept by
+    /// its worker, whose `XCLAIM` starts Redis's idle time again), the whole stream counts.
     #[test]
     fn a_shard_started_under_traffic_counts_what_is_owed_and_pending_while_an_insert_holds_them() {
-        let b = events_backlog();
-        let s = &b.streams[0][StreamKind::Events.index()];
-        let started = |idle_ms: u64| {
+        let t0 = Instant::now();
+        let started = |idle_ms: u64, at_ms: u64| {
             let mut r = reading(90_000, 90_050, Some(89_500), 90_050);
             r.group.pending = 500;
             r.pending_idle_ms = idle_ms;
+            r.at = t0 + Duration::from_millis(at_ms);
             r
         };
-        for idle_ms in [0, 1_000, 2_999] {
-            assert!(s.assess(&started(idle_ms)));
+        let b = events_backlog();
+        let s = &b.streams[0][StreamKind::Events.index()];
+        for (idle_ms, at_ms) in [(0, 0), (1_000, 1_000), (2_999, 2_999)] {
+            assert!(s.assess(&started(idle_ms, at_ms)));
             assert_eq!(s.observed.get(), 550, "delivered {idle_ms} ms ago");
             assert!(s.trim.get() <= id(89_500));
             assert!(b.admits(0, StreamKind::Events));
         }
-        assert!(s.assess(&started(3_000)));
+        assert!(s.assess(&started(3_000, 3_000)));
         assert_eq!(s.observed.get(), 90_050, "pending for longer than an insert: the whole stream");
         assert!(!b.admits(0, StreamKind::Events));
         // A reconnect changes nothing, nor does a shard started anew.
         s.forget_position();
-        s.assess(&started(3_100));
+        s.assess(&started(3_100, 3_100));
         assert_eq!(s.observed.get(), 90_050);
         let again = events_backlog();
         let s2 = &again.streams[0][StreamKind::Events.index()];
-        s2.assess(&started(3_100));
+        s2.assess(&started(3_100, 3_100));
         assert_eq!(s2.observed.get(), 90_050);
+        // A worker keeping its stalled batch (Redis's idle time starts again): the shard's
+        // own time still runs.
+        let kept = events_backlog();
+        let s3 = &kept.streams[0][StreamKind::Events.index()];
+        for at_ms in (0..3_000).step_by(500) {
+            s3.assess(&started(at_ms % 1_000, at_ms));
+            assert_eq!(s3.observed.get(), 550, "{at_ms} ms");
+        }
+        s3.assess(&started(100, 3_000));
+        assert_eq!(s3.observed.get(), 90_050);
         // Acknowledged: the lag. The next insert's pending entries lie after a sample, and
         // everything after it counts however long they are pending. (Samples are 3750
         // entries apart.)
@@ -1095,8 +1146,15 @@ mod tests {
         assert_eq!(s.observed.get(), 50);
         let mut r = reading(96_000, 96_050, Some(95_500), 96_050);
         r.group.pending = 500;
+        r.pending_idle_ms = 10_000;
         assert!(s.assess(&r));
         assert_eq!(s.observed.get(), 1_050, "everything after the sample at entry 95000");
+        // Another entry found with no older sample (the samples dropped): its own grace.
+        s.renumber();
+        let mut r = reading(97_000, 97_050, Some(96_500), 97_050);
+        r.group.pending = 500;
+        assert!(s.assess(&r));
+        assert_eq!(s.observed.get(), 550);
     }
 
     /// A reading that could not tell the group's position, the stream's end read by the
@@ -1185,7 +1243,8 @@ mod tests {
         let b = events_backlog();
         let s = &b.streams[0][StreamKind::Events.index()];
         sampled_behind_to_50000(s);
-        let gone = Reading { xlen: 90_000, repair: Repair::Renumbered, ..Reading::default() };
+        let mut gone = reading(0, 0, None, 90_000);
+        (gone.group, gone.repair, gone.epoch) = (GroupInfo::default(), Repair::Renumbered, 0);
         s.assess(&gone);
         assert!(s.samples.borrow().is_empty() && s.ends.borrow().is_empty());
         assert_eq!(s.observed.get(), 90_000, "the length counts");

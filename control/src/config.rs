@@ -547,6 +547,11 @@ pub struct Worker {
     pub insert_interval_ms: u64,
     /// Entries asked for per read.
     pub read_count: usize,
+    /// While a batch gathers, a read that returned fewer entries than it asked for is
+    /// followed by this pause before the next, milliseconds (never past the batch's
+    /// close): at moderate rates a consumer then reads a pause's worth of entries at a
+    /// time instead of each entry as it is appended (docs/worker.md). 0: no pause.
+    pub read_pause_ms: u64,
     /// Entries pending longer than this with another consumer are claimed, milliseconds.
     pub claim_idle_ms: u64,
     /// How often to look for entries to claim, milliseconds.
@@ -577,6 +582,7 @@ impl Default for Worker {
             linger_ms: 200,
             insert_interval_ms: 600,
             read_count: 200,
+            read_pause_ms: 25,
             claim_idle_ms: 60_000,
             claim_interval_ms: 5_000,
             max_deliveries: 5,

@@ -74,6 +74,8 @@ pub struct ConsumerConfig {
     pub max_refused_per_batch: usize,
     /// Longest a read blocks while idle.
     pub idle_block: Duration,
+    /// The pause after a short read while a batch gathers.
+    pub read_pause: Duration,
     /// Partitions one INSERT block may span.
     pub partitions_per_block: usize,
     /// ClickHouse.
@@ -527,10 +529,19 @@ impl Reader {
             }
             // A long linger is waited out in reads of at most the idle block each.
             let block = left.min(self.cfg.idle_block);
-            let more = self.read(">", Some(block), self.count(rows, bytes)).await?;
+            let asked = self.count(rows, bytes);
+            let more = self.read(">", Some(block), asked).await?;
+            let short = more.len() < asked;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);
+            // What was there is read: the next read waits for a pause's worth of entries
+            // rather than returning with the next one appended (one read per append at
+            // moderate rates). The batch closes when it would have.
+            if short && !self.cfg.is_full(rows, bytes) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                monoio::time::sleep(self.cfg.read_pause.min(left)).await;
+            }
         }
         Ok((batch, rows))
     }
@@ -1219,6 +1230,7 @@ mod tests {
             backoff_max: Duration::from_secs(5),
             max_refused_per_batch: 10,
             idle_block: Duration::from_secs(1),
+            read_pause: Duration::from_millis(25),
             partitions_per_block: 100,
             clickhouse: ChOptions {
                 addr: String::new(),

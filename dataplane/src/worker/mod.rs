@@ -86,6 +86,7 @@ fn consumer_config(config: &Config, stream: StreamKind, key: &str, shard: usize)
         backoff_max: Duration::from_millis(w.backoff_max_ms),
         max_refused_per_batch: w.max_refused_per_batch,
         idle_block,
+        read_pause: Duration::from_millis(w.read_pause_ms),
         partitions_per_block: config.clickhouse.max_partitions_per_block,
         clickhouse: clickhouse_options(config),
         shards: shard_options(config),

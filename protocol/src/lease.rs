@@ -28,13 +28,15 @@ pub const PENDING: u8 = b'P';
 /// hash; `ARGV`: stream, entries, events, ...): `k` entries of `n` events in all move the
 /// mean as `k` appends of `n / k` events each would, one by one, by 1/64 of the
 /// difference (what the ingest script does per append): `m (63/64)^k + (n/k) (1 -
-/// (63/64)^k)`. Run once per reading, not per request.
+/// (63/64)^k)`; a stored mean that is not a number, not finite or out of bounds
+/// ([`MAX_ENTRY_MEAN`](crate::stream::MAX_ENTRY_MEAN)) is replaced. Run once per reading,
+/// not per request.
 pub const MERGE_MEANS_SCRIPT: &str = "\
 for i = 1, #ARGV, 3 do \
 local k = tonumber(ARGV[i + 1]) \
 local mean = tonumber(ARGV[i + 2]) / k \
 local m = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) \
-if m then local w = (63 / 64) ^ k; m = m * w + mean * (1 - w) else m = mean end \
+if m and m >= 1 and m <= 1000000 then local w = (63 / 64) ^ k; m = m * w + mean * (1 - w) else m = mean end \
 redis.call('HSET', KEYS[1], ARGV[i], tostring(m)) \
 end \
 return 1";

@@ -74,7 +74,7 @@ return redis.error_reply('REPLAY nonce already used') end \
 for i = 3, #KEYS do \
 local n = tonumber(ARGV[2 * i - 3]) \
 local m = tonumber(redis.pcall('HGET', KEYS[2], KEYS[i])) \
-if m then m = m + (n - m) / 64 else m = n end \
+if m and m >= 1 and m <= 1000000 then m = m + (n - m) / 64 else m = n end \
 redis.pcall('HSET', KEYS[2], KEYS[i], tostring(m)) \
 end \
 return redis.status_reply('OK')";

@@ -11,6 +11,18 @@ pub const ENTRY_EVENTS: &str = "croupier:entry-events";
 /// 1/`ENTRY_EVENTS_WINDOW` of its difference to the entry's count.
 pub const ENTRY_EVENTS_WINDOW: u32 = 64;
 
+/// The largest mean events per entry believed ([`entry_mean`]); a stored mean above it (or
+/// not a number, or not finite) is a damaged key, and the scripts that keep the means
+/// start again from the next entries.
+pub const MAX_ENTRY_MEAN: f64 = 1_000_000.0;
+
+/// A mean events per entry as stored in [`ENTRY_EVENTS`]: at least 1; `None` when it is
+/// not a number, not finite or above [`MAX_ENTRY_MEAN`].
+pub fn entry_mean(stored: &[u8]) -> Option<f64> {
+    let m = std::str::from_utf8(stored).ok()?.trim().parse::<f64>().ok()?;
+    (m.is_finite() && m <= MAX_ENTRY_MEAN).then_some(m.max(1.0))
+}
+
 /// A stream entry id, `<ms>-<seq>`; ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct StreamId {
@@ -129,6 +141,21 @@ pub fn route_event(name: &str) -> StreamKind {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_means_are_believed_within_bounds() {
+        assert_eq!(super::entry_mean(b"7.5"), Some(7.5));
+        assert_eq!(super::entry_mean(b"0.2"), Some(1.0));
+        assert_eq!(super::entry_mean(b"-5"), Some(1.0));
+        for bad in [&b"nan"[..], b"inf", b"-inf", b"1e308", b"1000001", b"abc", b"", b"\xff"] {
+            assert_eq!(super::entry_mean(bad), None, "{bad:?}");
+        }
+        assert_eq!(super::entry_mean(b"1000000"), Some(super::MAX_ENTRY_MEAN));
+        // The scripts that keep the means start again above the same bound.
+        for script in [crate::resp::INGEST_SCRIPT, crate::lease::MERGE_MEANS_SCRIPT] {
+            assert!(script.contains("m >= 1 and m <= 1000000"), "{script}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -12,6 +12,7 @@ use croupier_it::http::HttpClient;
 use croupier_it::monitoring::{webhook, Alertmanager, Croupier, Prometheus};
 use croupier_it::redis::RedisServer;
 use croupier_it::require_binary;
+use croupier_protocol::resp::Frame;
 
 use crate::fixture::{events, post_signed, GAME, SECRET};
 use crate::metrics::sample;
@@ -292,6 +293,34 @@ fn alerting_backlog_alert_reaches_a_webhook_while_clickhouse_is_paused_and_resol
     received.wait_for(Duration::from_secs(120), "the backlog alert resolved", |v| is(v, "resolved"));
     let backlog = prom.query("max(croupier_stream_backlog_events)");
     assert!(backlog.first().is_some_and(|(_, v)| *v < 300.0), "{backlog:?}");
+}
+
+/// Black-box finding: the hash of mean entry sizes damaged (another type, or a value that
+/// is no mean) made the control port's `/readyz` answer 503 (the streams "cannot be
+/// read"), which deploy/ and docker-compose.yml probe, while ingest took requests: one bad
+/// key marked every ingest process unready. The streams are read with one event per entry
+/// where the mean cannot be; a mean of `1e308` is not believed.
+#[test]
+fn a_damaged_entry_sizes_key_keeps_the_control_port_ready() {
+    let redis = RedisServer::start();
+    let i = ingest_on(&redis, &[]);
+    i.wait_data_ready();
+    assert_eq!(i.wait_control_ready(200), r#"{"ready":true,"components":{"redis":{"ok":true},"streams":{"ok":true}}}"#);
+    let mut c = redis.client();
+    assert_eq!(c.cmd(&["SET", "croupier:entry-events", "garbage"]), Frame::SimpleString(b"OK".to_vec()));
+    let mut client = HttpClient::connect(i.data);
+    assert_eq!(post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(20).as_bytes()).status, 202);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = i.control_get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(scrape(&i).contains(r#"croupier_stream_backlog_events{stream="events"}"#), "the gauges stay");
+    // A mean no entry can have is not believed: the entry counts one event, not 1e308.
+    c.cmd(&["DEL", "croupier:entry-events"]);
+    c.cmd(&["HSET", "croupier:entry-events", "analytics:events", "1e308"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let text = scrape(&i);
+    assert_eq!(value(&text, r#"croupier_stream_backlog_events{stream="events"}"#), 1.0, "{text}");
+    assert_eq!(i.control_get("/readyz").0, 200);
 }
 
 /// A `croupier ingest` on `redis` alone (no ClickHouse needed), with `extra` settings.

@@ -275,12 +275,20 @@ fn merged_entry_sizes_move_as_appends_one_by_one() {
     };
     merge(&[Appended { stream: "s", entries: 1, events: 500 }, Appended { stream: "t", entries: 4, events: 8 }]);
     merge(&[Appended { stream: "s", entries: 100, events: 100 }]);
+    // A damaged mean (not finite, or more events than an entry can hold) starts again.
+    let mut other = redis.client();
+    for (field, bad) in [("u", "inf"), ("v", "nan"), ("w", "1e308")] {
+        assert_eq!(other.int(&["HSET", "croupier:entry-events", field, bad]), 1);
+    }
+    let again = |f| Appended { stream: f, entries: 2, events: 6 };
+    merge(&[again("u"), again("v"), again("w")]);
     let mut c = redis.client();
     let mut mean = |key: &str| match c.cmd(&["HGET", "croupier:entry-events", key]) {
         Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
         other => panic!("{other:?}"),
     };
     assert_eq!(mean("t"), "2");
+    assert_eq!((mean("u"), mean("v"), mean("w")), ("3".to_owned(), "3".to_owned(), "3".to_owned()));
     let want = (0..100).fold(500.0_f64, |m, _| m + (1.0 - m) / 64.0);
     let got: f64 = mean("s").parse().expect("a number");
     assert!((got - want).abs() < 1e-9 * want, "{got} against {want}");

@@ -7,7 +7,7 @@ use croupier_control::config::StreamLimits;
 use croupier_control::metrics::{labels, Encoder, Kind};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::{self, Frame};
-use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP};
+use croupier_protocol::stream::{entry_mean, StreamId, StreamKind, CONSUMER_GROUP};
 
 use crate::redis::connection::{RedisClient, RedisError};
 
@@ -62,18 +62,19 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Result<Frame, String> {
     }
 }
 
-/// Partition `p`'s streams' mean events per entry, in [`StreamKind::ALL`] order.
+/// Partition `p`'s streams' mean events per entry, in [`StreamKind::ALL`] order: one
+/// event per entry where none is kept, or the hash is damaged (another type, a value
+/// that is no mean): the figures are then in entries, and Redis still counts as read
+/// (ingest takes requests all the same). A Redis that cannot be reached is an error.
 async fn entry_means(redis: &RedisClient, partitions: &Partitions, p: usize) -> Result<[f64; 3], String> {
     let [a, b, c] = StreamKind::ALL.map(|k| partitions.stream(p, k).as_bytes());
     let mut means = [1.0; 3];
-    if let Frame::Array(items) = call(redis, &[b"HMGET", partitions.entry_events(p).as_bytes(), a, b, c]).await? {
+    let mut cmd = Vec::with_capacity(128);
+    resp::command(&mut cmd, &[b"HMGET", partitions.entry_events(p).as_bytes(), a, b, c]);
+    if let Frame::Array(items) = redis.call(cmd).await.map_err(failed)? {
         for (m, item) in means.iter_mut().zip(items) {
             if let Frame::BulkString(v) = item {
-                if let Some(v) = std::str::from_utf8(&v).ok().and_then(|v| v.parse::<f64>().ok()) {
-                    if v.is_finite() {
-                        *m = v.max(1.0);
-                    }
-                }
+                *m = entry_mean(&v).unwrap_or(1.0);
             }
         }
     }

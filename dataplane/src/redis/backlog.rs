@@ -59,7 +59,7 @@ use croupier_control::config::{Config, IngestProtocol, StreamLimits};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::{self, Frame, GroupInfo};
-use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS_WINDOW};
+use croupier_protocol::stream::{entry_mean, StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS_WINDOW};
 
 use super::connection::{Epoch, RedisClient};
 
@@ -651,7 +651,7 @@ async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usiz
     let mut means = [None; 3];
     for (m, item) in means.iter_mut().zip(items) {
         if let Frame::BulkString(v) = item {
-            *m = std::str::from_utf8(&v).ok().and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+            *m = entry_mean(&v);
         }
     }
     Some(means)

@@ -1191,6 +1191,15 @@ impl Config {
         if self.server.max_records == 0 {
             return Err(err("server.max_records", "expected a count greater than 0"));
         }
+        if self.server.max_records as f64 > croupier_protocol::stream::MAX_ENTRY_MEAN {
+            return Err(err(
+                "server.max_records",
+                format!(
+                    "expected at most {} (a stream's mean events per entry above it is taken for a damaged key)",
+                    croupier_protocol::stream::MAX_ENTRY_MEAN
+                ),
+            ));
+        }
         for (name, l) in
             [("events", self.streams.events), ("custom", self.streams.custom), ("payments", self.streams.payments)]
         {
@@ -1513,6 +1522,14 @@ mod tests {
         assert_eq!(c.server.event_ids, EventIds::Sha256);
         let e = Config::load(None, env(&[("CROUPIER_SERVER__EVENT_IDS", "md5")])).expect_err("unknown");
         assert_eq!(e.key, "server.event_ids");
+    }
+
+    #[test]
+    fn records_per_request_stay_below_the_largest_believed_entry_mean() {
+        let c = Config::load(None, env(&[("CROUPIER_SERVER__MAX_RECORDS", "1000000")])).expect("loads");
+        assert_eq!(c.server.max_records, 1_000_000);
+        let e = Config::load(None, env(&[("CROUPIER_SERVER__MAX_RECORDS", "1000001")])).expect_err("too many");
+        assert_eq!(e.key, "server.max_records");
     }
 
     #[test]

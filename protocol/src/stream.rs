@@ -150,7 +150,8 @@ mod tests {
             assert_eq!(super::entry_mean(bad), None, "{bad:?}");
         }
         assert_eq!(super::entry_mean(b"1000000"), Some(super::MAX_ENTRY_MEAN));
-        // The scripts that keep the means start again above the same bound.
+        // The scripts that keep the means start again above the same upper bound (and below
+        // 1, where these readers count 1).
         for script in [crate::resp::INGEST_SCRIPT, crate::lease::MERGE_MEANS_SCRIPT] {
             assert!(script.contains("m >= 1 and m <= 1000000"), "{script}");
         }

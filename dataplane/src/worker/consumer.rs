@@ -537,10 +537,21 @@ impl Reader {
             batch.extend(more);
             // What was there is read: the next read waits for a pause's worth of entries
             // rather than returning with the next one appended (one read per append at
-            // moderate rates). The batch closes when it would have.
+            // moderate rates). The batch closes when it would have, with what arrived
+            // during a pause cut short by its close (one more read, not blocking).
             if short && !self.cfg.is_full(rows, bytes) {
                 let left = deadline.saturating_duration_since(Instant::now());
-                monoio::time::sleep(self.cfg.read_pause.min(left)).await;
+                let pause = self.cfg.read_pause.min(self.cfg.idle_block);
+                if pause.is_zero() {
+                    continue;
+                }
+                monoio::time::sleep(pause.min(left)).await;
+                if pause >= left && !stop.load(Ordering::Relaxed) {
+                    let last = self.read(">", None, self.count(rows, bytes)).await?;
+                    rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
+                    batch.extend(last);
+                    break;
+                }
             }
         }
         Ok((batch, rows))

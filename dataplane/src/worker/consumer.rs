@@ -501,28 +501,51 @@ impl Reader {
     /// `batch_rows` rows (or `batch_bytes`), or until [`close_at`] for the linger and the
     /// insert interval.
     async fn gather(&self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
-        let batch = self.read(">", Some(self.cfg.idle_block), self.count(0, 0)).await?;
+        let asked = self.count(0, 0);
+        let batch = self.read(">", Some(self.cfg.idle_block), asked).await?;
         if batch.is_empty() {
             return Ok(batch);
         }
         let first = Instant::now();
         let deadline = close_at(first, self.closed.get(), &self.cfg);
-        let (batch, rows) = self.gather_until(batch, deadline, stop).await?;
+        let short = batch.len() < asked;
+        let (batch, rows) = self.gather_until(batch, short, deadline, stop).await?;
         let at = Instant::now();
         self.closed.set(Some(Closed { at, gathered: at - first, rows }));
         Ok(batch)
     }
 
-    /// [`Reader::gather`] after the first read; also returns the batch's rows.
+    /// [`Reader::gather`] after the first read (`short`: it returned fewer entries than it
+    /// asked for); also returns the batch's rows.
+    ///
+    /// After a short read the next waits `read_pause` (capped at the idle block, never past
+    /// the close): what was there is read, and the next read then takes a pause's worth of
+    /// entries rather than returning with the next one appended (one read per append at
+    /// moderate rates). The batch closes when it would have, with what arrived during a
+    /// pause that its close cut short (one more read, not blocking).
     async fn gather_until(
         &self,
         mut batch: Vec<Entry>,
+        mut short: bool,
         deadline: Instant,
         stop: &AtomicBool,
     ) -> Result<(Vec<Entry>, usize), String> {
         let mut rows: usize = batch.iter().map(entry_rows).sum();
         let mut bytes: usize = batch.iter().map(Entry::byte_len).sum();
+        let pause = self.cfg.read_pause.min(self.cfg.idle_block);
         while !self.cfg.is_full(rows, bytes) && !stop.load(Ordering::Relaxed) {
+            if short && !pause.is_zero() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                monoio::time::sleep(pause.min(left)).await;
+                if pause >= left {
+                    if !stop.load(Ordering::Relaxed) {
+                        let last = self.read(">", None, self.count(rows, bytes)).await?;
+                        rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
+                        batch.extend(last);
+                    }
+                    break;
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -531,28 +554,10 @@ impl Reader {
             let block = left.min(self.cfg.idle_block);
             let asked = self.count(rows, bytes);
             let more = self.read(">", Some(block), asked).await?;
-            let short = more.len() < asked;
+            short = more.len() < asked;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);
-            // What was there is read: the next read waits for a pause's worth of entries
-            // rather than returning with the next one appended (one read per append at
-            // moderate rates). The batch closes when it would have, with what arrived
-            // during a pause cut short by its close (one more read, not blocking).
-            if short && !self.cfg.is_full(rows, bytes) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let pause = self.cfg.read_pause.min(self.cfg.idle_block);
-                if pause.is_zero() {
-                    continue;
-                }
-                monoio::time::sleep(pause.min(left)).await;
-                if pause >= left && !stop.load(Ordering::Relaxed) {
-                    let last = self.read(">", None, self.count(rows, bytes)).await?;
-                    rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
-                    batch.extend(last);
-                    break;
-                }
-            }
         }
         Ok((batch, rows))
     }

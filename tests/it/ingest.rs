@@ -354,11 +354,23 @@ fn a_broken_entry_sizes_key_does_not_stop(driver: Driver, protocol: IngestProtoc
     let r = f.post("/api/ingest/events", &events(5));
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
-    // Readings since (which read the sizes, and with the lease write them) go on.
-    std::thread::sleep(Duration::from_millis(100));
+    // The shards' readings delete the key of another type (logged), and the sizes are
+    // kept again from the next appends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cmd(&["TYPE", "croupier:entry-events"]) == Frame::SimpleString(b"string".to_vec()) {
+        assert!(Instant::now() < deadline, "the key of another type is still there");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let r = f.post("/api/ingest/events", &events(5));
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+    loop {
+        match redis.cmd(&["HGET", "croupier:entry-events", "analytics:events"]) {
+            Frame::BulkString(v) if v == b"5" => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn redis_stopped_then_back_without_restart(driver: Driver) {

@@ -642,12 +642,27 @@ async fn merge_entry_events(redis: &RedisClient, partitions: &Partitions, p: usi
 }
 
 /// Partition `p`'s streams' mean events per entry, in `StreamKind::ALL` order (`None` for
-/// a stream nothing was appended to yet).
+/// a stream nothing was appended to yet). The hash holding another type (nothing of
+/// Croupier's writes one: an operator's mistake) is deleted, logged: it holds nothing but
+/// these means, which the next appends make again, and left so no script could keep them.
 async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize) -> Option<[Option<f64>; 3]> {
     let mut cmd = Vec::with_capacity(128);
     let [a, b, c] = StreamKind::ALL.map(|k| partitions.stream(p, k).as_bytes());
-    resp::command(&mut cmd, &[b"HMGET", partitions.entry_events(p).as_bytes(), a, b, c]);
-    let Frame::Array(items) = redis.call(cmd).await.ok()? else { return None };
+    let key = partitions.entry_events(p);
+    resp::command(&mut cmd, &[b"HMGET", key.as_bytes(), a, b, c]);
+    let items = match redis.call(cmd).await.ok()? {
+        Frame::Array(items) => items,
+        Frame::Error(e) if e.starts_with("WRONGTYPE") => {
+            if call(redis, &[b"DEL", key.as_bytes()]).await.is_some() {
+                tracing::warn!(
+                    key,
+                    "the mean entry sizes' key held another type: deleted, made again by the next appends"
+                );
+            }
+            return None;
+        }
+        _ => return None,
+    };
     let mut means = [None; 3];
     for (m, item) in means.iter_mut().zip(items) {
         if let Frame::BulkString(v) = item {

@@ -550,7 +550,8 @@ pub struct Worker {
     /// While a batch gathers, a read that returned fewer entries than it asked for is
     /// followed by this pause before the next, milliseconds (never past the batch's
     /// close): at moderate rates a consumer then reads a pause's worth of entries at a
-    /// time instead of each entry as it is appended (docs/worker.md). 0: no pause.
+    /// time instead of each entry as it is appended (docs/worker.md). 0: no pause; longer
+    /// than the idle block (half `redis.reply_timeout_ms`, at most 1 s): the idle block.
     pub read_pause_ms: u64,
     /// Entries pending longer than this with another consumer are claimed, milliseconds.
     pub claim_idle_ms: u64,

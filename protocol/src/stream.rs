@@ -23,6 +23,14 @@ pub fn entry_mean(stored: &[u8]) -> Option<f64> {
     (m.is_finite() && m <= MAX_ENTRY_MEAN).then_some(m.max(1.0))
 }
 
+/// The script that unlinks `KEYS[1]` (the [`ENTRY_EVENTS`] hash) when it holds another type
+/// (nothing of Croupier's writes one): 1 when it did, else 0. One script, so that a hash
+/// made again in between is never deleted.
+pub const DROP_DAMAGED_MEANS_SCRIPT: &str = "\
+local t = redis.call('TYPE', KEYS[1]).ok \
+if t ~= 'hash' and t ~= 'none' then return redis.call('UNLINK', KEYS[1]) end \
+return 0";
+
 /// A stream entry id, `<ms>-<seq>`; ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct StreamId {

@@ -59,7 +59,9 @@ use croupier_control::config::{Config, IngestProtocol, StreamLimits};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::{self, Frame, GroupInfo};
-use croupier_protocol::stream::{entry_mean, StreamId, StreamKind, CONSUMER_GROUP, ENTRY_EVENTS_WINDOW};
+use croupier_protocol::stream::{
+    entry_mean, StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAGED_MEANS_SCRIPT, ENTRY_EVENTS_WINDOW,
+};
 
 use super::connection::{Epoch, RedisClient};
 
@@ -653,7 +655,8 @@ async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usiz
     let items = match redis.call(cmd).await.ok()? {
         Frame::Array(items) => items,
         Frame::Error(e) if e.starts_with("WRONGTYPE") => {
-            if call(redis, &[b"DEL", key.as_bytes()]).await.is_some() {
+            let drop = [b"EVAL".as_slice(), DROP_DAMAGED_MEANS_SCRIPT.as_bytes(), b"1", key.as_bytes()];
+            if call(redis, &drop).await == Some(Frame::Integer(1)) {
                 tracing::warn!(
                     key,
                     "the mean entry sizes' key held another type: deleted, made again by the next appends"

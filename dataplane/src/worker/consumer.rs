@@ -537,12 +537,13 @@ impl Reader {
             if short && !pause.is_zero() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 monoio::time::sleep(pause.min(left)).await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 if pause >= left {
-                    if !stop.load(Ordering::Relaxed) {
-                        let last = self.read(">", None, self.count(rows, bytes)).await?;
-                        rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
-                        batch.extend(last);
-                    }
+                    let last = self.read(">", None, self.count(rows, bytes)).await?;
+                    rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
+                    batch.extend(last);
                     break;
                 }
             }
@@ -554,7 +555,8 @@ impl Reader {
             let block = left.min(self.cfg.idle_block);
             let asked = self.count(rows, bytes);
             let more = self.read(">", Some(block), asked).await?;
-            short = more.len() < asked;
+            // An empty read blocked until the close or the idle block: nothing to pace.
+            short = !more.is_empty() && more.len() < asked;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);

@@ -109,6 +109,15 @@ impl Partitions {
         self.entry_events.get(p).map_or(ENTRY_EVENTS, String::as_str)
     }
 
+    /// `HMGET` of partition `p`'s mean-entry-size hash for its three streams (in
+    /// [`StreamKind::ALL`] order), read by [`crate::resp::entry_means`].
+    pub fn entry_means_command(&self, p: usize) -> Vec<u8> {
+        let mut cmd = Vec::with_capacity(128);
+        let [a, b, c] = StreamKind::ALL.map(|k| self.stream(p, k).as_bytes());
+        crate::resp::command(&mut cmd, &[b"HMGET", self.entry_events(p).as_bytes(), a, b, c]);
+        cmd
+    }
+
     /// The partition a request whose nonce key is `nonce_key` goes to, and the key that
     /// records its nonce there (tagged to share the partition's slot). A tagged key has
     /// its own `{`, `}` and `%` written as `%7B`, `%7D` and `%25` (a nonce may hold any

@@ -293,6 +293,25 @@ pub fn group_info(frame: &Frame, group: &str) -> Result<Option<GroupInfo>, RespE
     Ok(None)
 }
 
+/// The reply to [`Partitions::entry_means_command`](crate::cluster::Partitions::entry_means_command):
+/// each stream's mean events per entry where one is kept and believed
+/// ([`entry_mean`](crate::stream::entry_mean)); an error reply (such as `WRONGTYPE`: the
+/// hash holds another type) or another shape is an error.
+pub fn entry_means(reply: &Frame) -> Result<[Option<f64>; 3], RespError> {
+    let items = match reply {
+        Frame::Array(items) => items,
+        Frame::Error(e) => return Err(RespError(e.clone())),
+        other => return Err(RespError(format!("unexpected HMGET reply {other:?}"))),
+    };
+    let mut means = [None; 3];
+    for (m, item) in means.iter_mut().zip(items) {
+        if let Frame::BulkString(v) = item {
+            *m = crate::stream::entry_mean(v);
+        }
+    }
+    Ok(means)
+}
+
 /// The oldest pending entry from `XPENDING <key> <group> - + 1`: its id and for how
 /// long, in milliseconds, it was last delivered (`None`: nothing pending).
 pub fn oldest_pending_entry(frame: &Frame) -> Result<Option<(StreamId, u64)>, RespError> {
@@ -578,6 +597,9 @@ $12\r\nentries-read\r\n:40\r\n$3\r\nlag\r\n:2\r\n";
         assert_eq!(oldest_pending_entry(&one), Ok(Some((StreamId { ms: 5, seq: 1 }, 2500))));
         let empty = decode_reply(b"*0\r\n").expect("ok").expect("complete").0;
         assert_eq!(oldest_pending_entry(&empty), Ok(None));
+        let means = decode_reply(b"*3\r\n$3\r\n2.5\r\n$-1\r\n$3\r\ninf\r\n").expect("ok").expect("complete").0;
+        assert_eq!(entry_means(&means), Ok([Some(2.5), None, None]));
+        assert!(entry_means(&Frame::Error("WRONGTYPE x".into())).is_err());
         let odd = decode_reply(b"*1\r\n*2\r\n$3\r\n5-1\r\n$1\r\nw\r\n").expect("ok").expect("complete").0;
         assert!(oldest_pending_entry(&odd).is_err());
     }

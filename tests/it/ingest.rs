@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use croupier_control::config::{Driver, Game, IngestProtocol, StreamLimits};
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
-use croupier_it::redis::{xrange, Entry, RedisServer};
+use croupier_it::redis::{xrange, Entry, RedisClient, RedisServer};
 use croupier_protocol::batch::{self, BatchBuf, Records};
 use croupier_protocol::envelope::{Event, Payment, PaymentStatus};
 use croupier_protocol::lease::{merge_means, Appended};
@@ -259,6 +259,16 @@ fn sparse_stream_gets_its_room_in_events_with_the_lease_protocol() {
     sparse_stream_gets_its_room(Driver::Epoll, IngestProtocol::Lease);
 }
 
+/// The mean entry size kept for `stream` in `croupier:entry-events`, as stored (empty:
+/// none).
+fn stored_mean(redis: &mut RedisClient, stream: &str) -> String {
+    match redis.cmd(&["HGET", "croupier:entry-events", stream]) {
+        Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
+        Frame::Null => String::new(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The lease protocol's merge of a shard's appends into the mean entry sizes, against
 /// redis-server: `k` entries of `n` events in all move a mean as `k` appends of `n / k`
 /// events each would, one by one, by 1/64 of the difference (the ingest script's rule);
@@ -283,10 +293,7 @@ fn merged_entry_sizes_move_as_appends_one_by_one() {
     let again = |f| Appended { stream: f, entries: 2, events: 6 };
     merge(&[again("u"), again("v"), again("w")]);
     let mut c = redis.client();
-    let mut mean = |key: &str| match c.cmd(&["HGET", "croupier:entry-events", key]) {
-        Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
-        other => panic!("{other:?}"),
-    };
+    let mut mean = |key: &str| stored_mean(&mut c, key);
     assert_eq!(mean("t"), "2");
     assert_eq!((mean("u"), mean("v"), mean("w")), ("3".to_owned(), "3".to_owned(), "3".to_owned()));
     let want = (0..100).fold(500.0_f64, |m, _| m + (1.0 - m) / 64.0);
@@ -322,11 +329,7 @@ fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {
     // The entry sizes every shard reads: kept by the ingest script, or written by the
     // shards with their next reading.
     let mut redis = f.redis.client();
-    let mut mean = |key: &str| match redis.cmd(&["HGET", "croupier:entry-events", key]) {
-        Frame::BulkString(v) => String::from_utf8(v).expect("utf8"),
-        Frame::Null => String::new(),
-        other => panic!("{other:?}"),
-    };
+    let mut mean = |key: &str| stored_mean(&mut redis, key);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let means = (mean("analytics:custom"), mean("analytics:events"));
@@ -365,10 +368,11 @@ fn a_broken_entry_sizes_key_does_not_stop(driver: Driver, protocol: IngestProtoc
     assert_eq!((r.status, r.text()), (202, r#"{"accepted":5}"#.to_owned()));
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
     loop {
-        match redis.cmd(&["HGET", "croupier:entry-events", "analytics:events"]) {
-            Frame::BulkString(v) if v == b"5" => break,
-            other => assert!(Instant::now() < deadline, "{other:?}"),
+        let mean = stored_mean(&mut redis, "analytics:events");
+        if mean == "5" {
+            break;
         }
+        assert!(Instant::now() < deadline, "{mean:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -7,7 +7,7 @@ use croupier_control::config::StreamLimits;
 use croupier_control::metrics::{labels, Encoder, Kind};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::{self, Frame};
-use croupier_protocol::stream::{entry_mean, StreamId, StreamKind, CONSUMER_GROUP};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP};
 
 use crate::redis::connection::{RedisClient, RedisError};
 
@@ -67,18 +67,8 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Result<Frame, String> {
 /// that is no mean): the figures are then in entries, and Redis still counts as read
 /// (ingest takes requests all the same). A Redis that cannot be reached is an error.
 async fn entry_means(redis: &RedisClient, partitions: &Partitions, p: usize) -> Result<[f64; 3], String> {
-    let [a, b, c] = StreamKind::ALL.map(|k| partitions.stream(p, k).as_bytes());
-    let mut means = [1.0; 3];
-    let mut cmd = Vec::with_capacity(128);
-    resp::command(&mut cmd, &[b"HMGET", partitions.entry_events(p).as_bytes(), a, b, c]);
-    if let Frame::Array(items) = redis.call(cmd).await.map_err(failed)? {
-        for (m, item) in means.iter_mut().zip(items) {
-            if let Frame::BulkString(v) = item {
-                *m = entry_mean(&v).unwrap_or(1.0);
-            }
-        }
-    }
-    Ok(means)
+    let reply = redis.call(partitions.entry_means_command(p)).await.map_err(failed)?;
+    Ok(resp::entry_means(&reply).unwrap_or_default().map(|m| m.unwrap_or(1.0)))
 }
 
 /// The first id of an `XRANGE` reply.

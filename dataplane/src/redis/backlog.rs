@@ -59,9 +59,7 @@ use croupier_control::config::{Config, IngestProtocol, StreamLimits};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::{self, Frame, GroupInfo};
-use croupier_protocol::stream::{
-    entry_mean, StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAGED_MEANS_SCRIPT, ENTRY_EVENTS_WINDOW,
-};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAGED_MEANS_SCRIPT, ENTRY_EVENTS_WINDOW};
 
 use super::connection::{Epoch, RedisClient};
 
@@ -87,8 +85,8 @@ struct StreamState {
     unplaced_since: Cell<Option<(StreamId, Instant)>>,
     /// Retention and mark, in events.
     limits: StreamLimits,
-    /// [`BacklogSettings::pending_grace`], in milliseconds.
-    pending_grace_ms: u64,
+    /// [`BacklogSettings::pending_grace`].
+    pending_grace: Duration,
     /// `MINID` to trim with (`0-0`: none).
     trim: Cell<StreamId>,
     /// The group's position over time: (entries read, last delivered id), oldest first.
@@ -126,8 +124,8 @@ const MAX_SAMPLES: usize = 64;
 struct Reading {
     group: GroupInfo,
     oldest_pending: Option<StreamId>,
-    /// How long ago the oldest pending entry was last delivered, in milliseconds.
-    pending_idle_ms: u64,
+    /// How long ago the oldest pending entry was last delivered.
+    pending_idle: Duration,
     /// When the reading was taken.
     at: Instant,
     xlen: u64,
@@ -282,7 +280,7 @@ impl StreamState {
             }
         };
         let held = r.at.saturating_duration_since(since);
-        r.pending_idle_ms < self.pending_grace_ms && held < Duration::from_millis(self.pending_grace_ms)
+        r.pending_idle < self.pending_grace && held < self.pending_grace
     }
 
     /// Takes a reading: the untrimmable backlog and the trim point. `false` when it kept
@@ -371,20 +369,20 @@ impl StreamState {
                 samples.pop_front();
             }
         }
-        let untrimmable = match r.oldest_pending {
+        // The newest sample older than the oldest pending entry, if any.
+        let placing = r.oldest_pending.map(|p| (p, samples.iter().rev().find(|(_, id)| *id < p).map(|(pos, _)| *pos)));
+        let untrimmable = match placing {
             None => lag,
-            Some(p) => match samples.iter().rev().find(|(_, id)| *id < p) {
-                Some((pos, _)) => end.saturating_sub(*pos),
-                // No sample older than the oldest pending entry (the shard just started,
-                // or the samples were dropped): while that entry is no older than a
-                // worker's insert holds one, what is owed and what is pending; older (a
-                // consumer died holding it), the whole stream, so that memory stays bounded
-                // (Redis's idle time: a shard started again does not start it again).
-                None if self.pending_in_grace(p, r) => lag.saturating_add(g.pending).min(r.xlen),
-                None => r.xlen,
-            },
+            Some((_, Some(pos))) => end.saturating_sub(pos),
+            // No sample older than the oldest pending entry (the shard just started, or the
+            // samples were dropped): while that entry is no older than a worker's insert
+            // holds one, what is owed and what is pending; older (a consumer died holding
+            // it), the whole stream, so that memory stays bounded (Redis's idle time: a
+            // shard started again does not start it again).
+            Some((p, None)) if self.pending_in_grace(p, r) => lag.saturating_add(g.pending).min(r.xlen),
+            Some((_, None)) => r.xlen,
         };
-        if r.oldest_pending.is_none_or(|p| samples.iter().any(|(_, id)| *id < p)) {
+        if !matches!(placing, Some((_, None))) {
             self.unplaced_since.set(None);
         }
         self.observed.set(untrimmable);
@@ -464,7 +462,6 @@ impl Backlog {
     /// A shard's backlogs of `partitions`' streams, read on the connection of `epoch`.
     pub fn new(settings: BacklogSettings, epoch: Epoch, partitions: Partitions) -> Rc<Backlog> {
         let BacklogSettings { limits, writes_means, pending_grace } = settings;
-        let pending_grace_ms = u64::try_from(pending_grace.as_millis()).unwrap_or(u64::MAX);
         let state = |limits| StreamState {
             observed: Cell::new(0),
             added: Cell::new(0),
@@ -474,7 +471,7 @@ impl Backlog {
             unmerged: Cell::new((0, 0)),
             unplaced_since: Cell::new(None),
             limits,
-            pending_grace_ms,
+            pending_grace,
             trim: Cell::new(StreamId::ZERO),
             samples: RefCell::new(VecDeque::new()),
             positioned: Cell::new(false),
@@ -617,28 +614,24 @@ impl Backlog {
 /// append, whichever shard appended). Appends that fail to merge (Redis gone, the key of
 /// another type) are merged with the next reading.
 async fn merge_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize, streams: &[StreamState; 3]) {
-    let taken: Vec<(StreamKind, u64, u64)> = StreamKind::ALL
+    let taken: Vec<(&StreamState, Appended<'_>)> = StreamKind::ALL
         .iter()
         .zip(streams)
         .filter_map(|(k, s)| {
             let (entries, events) = s.unmerged.replace((0, 0));
-            (entries > 0).then_some((*k, entries, events))
+            (entries > 0).then(|| (s, Appended { stream: partitions.stream(p, *k), entries, events }))
         })
         .collect();
     if taken.is_empty() {
         return;
     }
-    let appended: Vec<Appended<'_>> = taken
-        .iter()
-        .map(|(k, entries, events)| Appended { stream: partitions.stream(p, *k), entries: *entries, events: *events })
-        .collect();
+    let appended: Vec<Appended<'_>> = taken.iter().map(|(_, a)| *a).collect();
     let mut cmd = Vec::with_capacity(512);
     merge_means(&mut cmd, partitions.entry_events(p), &appended);
     if !matches!(redis.call(cmd).await, Ok(Frame::Integer(1))) {
-        for (k, entries, events) in taken {
-            let s = &streams[k.index()];
+        for (s, a) in taken {
             let (e, n) = s.unmerged.get();
-            s.unmerged.set((e.saturating_add(entries), n.saturating_add(events)));
+            s.unmerged.set((e.saturating_add(a.entries), n.saturating_add(a.events)));
         }
     }
 }
@@ -648,13 +641,10 @@ async fn merge_entry_events(redis: &RedisClient, partitions: &Partitions, p: usi
 /// Croupier's writes one: an operator's mistake) is deleted, logged: it holds nothing but
 /// these means, which the next appends make again, and left so no script could keep them.
 async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize) -> Option<[Option<f64>; 3]> {
-    let mut cmd = Vec::with_capacity(128);
-    let [a, b, c] = StreamKind::ALL.map(|k| partitions.stream(p, k).as_bytes());
-    let key = partitions.entry_events(p);
-    resp::command(&mut cmd, &[b"HMGET", key.as_bytes(), a, b, c]);
-    let items = match redis.call(cmd).await.ok()? {
-        Frame::Array(items) => items,
-        Frame::Error(e) if e.starts_with("WRONGTYPE") => {
+    match resp::entry_means(&redis.call(partitions.entry_means_command(p)).await.ok()?) {
+        Ok(means) => Some(means),
+        Err(e) if e.0.starts_with("WRONGTYPE") => {
+            let key = partitions.entry_events(p);
             let drop = [b"EVAL".as_slice(), DROP_DAMAGED_MEANS_SCRIPT.as_bytes(), b"1", key.as_bytes()];
             if call(redis, &drop).await == Some(Frame::Integer(1)) {
                 tracing::warn!(
@@ -662,17 +652,10 @@ async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usiz
                     "the mean entry sizes' key held another type: deleted, made again by the next appends"
                 );
             }
-            return None;
+            None
         }
-        _ => return None,
-    };
-    let mut means = [None; 3];
-    for (m, item) in means.iter_mut().zip(items) {
-        if let Frame::BulkString(v) = item {
-            *m = entry_mean(&v);
-        }
+        Err(_) => None,
     }
-    Some(means)
 }
 
 async fn call(redis: &RedisClient, args: &[&[u8]]) -> Option<Frame> {
@@ -704,7 +687,7 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
         return Some(Reading {
             group: GroupInfo::default(),
             oldest_pending: None,
-            pending_idle_ms: 0,
+            pending_idle: Duration::ZERO,
             at,
             xlen,
             caught_up: None,
@@ -713,11 +696,14 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
             end: None,
         });
     };
-    let (oldest_pending, pending_idle_ms) = if g.pending > 0 {
+    let (oldest_pending, pending_idle) = if g.pending > 0 {
         let oldest = call(redis, &[b"XPENDING", key, group, b"-", b"+", b"1"]).await?;
-        resp::oldest_pending_entry(&oldest).ok()?.map_or((None, 0), |(id, idle)| (Some(id), idle))
+        match resp::oldest_pending_entry(&oldest).ok()? {
+            Some((id, idle_ms)) => (Some(id), Duration::from_millis(idle_ms)),
+            None => (None, Duration::ZERO),
+        }
     } else {
-        (None, 0)
+        (None, Duration::ZERO)
     };
     // A lag of 0 with a position is believed; any other lag (or none), or no position, is
     // checked against the stream's end.
@@ -726,7 +712,7 @@ async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Read
     } else {
         caught_up(redis, key).await
     };
-    Some(Reading { group: g, oldest_pending, pending_idle_ms, at, xlen, caught_up: added, repair, epoch, end })
+    Some(Reading { group: g, oldest_pending, pending_idle, at, xlen, caught_up: added, repair, epoch, end })
 }
 
 /// Whether the group has delivered every entry the stream holds, in one script: then
@@ -833,7 +819,7 @@ mod tests {
         Reading {
             group,
             oldest_pending: pending.map(id),
-            pending_idle_ms: 0,
+            pending_idle: Duration::ZERO,
             at: Instant::now(),
             xlen,
             caught_up: None,
@@ -1124,7 +1110,7 @@ mod tests {
         let started = |idle_ms: u64, at_ms: u64| {
             let mut r = reading(90_000, 90_050, Some(89_500), 90_050);
             r.group.pending = 500;
-            r.pending_idle_ms = idle_ms;
+            r.pending_idle = Duration::from_millis(idle_ms);
             r.at = t0 + Duration::from_millis(at_ms);
             r
         };
@@ -1164,7 +1150,7 @@ mod tests {
         assert_eq!(s.observed.get(), 50);
         let mut r = reading(96_000, 96_050, Some(95_500), 96_050);
         r.group.pending = 500;
-        r.pending_idle_ms = 10_000;
+        r.pending_idle = Duration::from_secs(10);
         assert!(s.assess(&r));
         assert_eq!(s.observed.get(), 1_050, "everything after the sample at entry 95000");
         // Another entry found with no older sample (the samples dropped): its own grace.

@@ -540,8 +540,9 @@ pub struct Worker {
     pub batch_bytes: usize,
     /// Flush at most this long after the first buffered row, milliseconds.
     pub linger_ms: u64,
-    /// Under a heavy load (rows arriving at a consumer fast enough to fill a tenth of
-    /// `batch_rows` in this time), a consumer's batches close at least this long apart,
+    /// Under a heavy load (rows arriving for a table on a worker shard, over the consumers
+    /// that write it, fast enough to fill a tenth of `batch_rows` in this time), each of
+    /// those consumers closes its batches at least this long apart,
     /// milliseconds: fewer, larger inserts; a lighter load closes `linger_ms` after the
     /// first row. 0: only `linger_ms`; at most [`MAX_INSERT_INTERVAL_MS`] (docs/worker.md).
     pub insert_interval_ms: u64,

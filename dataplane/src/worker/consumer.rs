@@ -9,7 +9,8 @@
 //!    before it (`XCLAIM ... RETRYCOUNT`) and given back when it fails for a reason of
 //!    ClickHouse's, so only a try that never came back (a crash) stays counted.
 //! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows, `linger_ms`, or
-//!    under a heavy load `insert_interval_ms` after the previous batch (docs/worker.md).
+//!    under a heavy load (of its table on the shard, [`super::cadence`])
+//!    `insert_interval_ms` after the previous batch (docs/worker.md).
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
 //!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead. It
 //!    claims only while ClickHouse answers it.
@@ -20,7 +21,6 @@
 //! 5. While ClickHouse fails otherwise, the batch is kept and retried with back-off:
 //!    nothing is acknowledged, nothing dropped.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,7 @@ use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
 use super::aggregate::Aggregator;
+use super::cadence::{close_at, other_insert, Cadence, Closed, LoadSlot};
 use super::entries::{self, cmd, Entry};
 use super::read_size::ReadSize;
 use super::sink::{entry_ms, entry_rows, Confirmed, Poison, Sink};
@@ -87,6 +88,11 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// When its batches close.
+    pub fn cadence(&self) -> Cadence {
+        Cadence { linger: self.linger, insert_interval: self.insert_interval, batch_rows: self.batch_rows }
+    }
+
     /// Entries to ask for in one read when the batch already holds `rows` rows and
     /// `bytes` bytes and entries are expected to hold up to `entry_bytes` bytes (see
     /// [`ReadSize`]): no more than `read_count`, than the rows still wanted (an entry holds
@@ -216,13 +222,9 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     metrics: Rc<ShardWriter>,
     agg: Option<Rc<Aggregator>>,
+    load: LoadSlot,
 ) {
-    let reader = Reader {
-        size: Rc::new(ReadSize::new(cfg.max_entry_bytes)),
-        closed: Rc::new(Cell::new(None)),
-        cfg: cfg.clone(),
-        redis: reads,
-    };
+    let reader = Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), load, cfg: cfg.clone(), redis: reads };
     let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster);
     sink.set_partition_limit(cfg.partitions_per_block, true);
     sink.set_aggregator(agg.clone());
@@ -340,7 +342,7 @@ pub async fn run(
         };
         if !gathered {
             // An insert too: the next gathered batch keeps the interval from it.
-            c.reader.closed.set(other_insert(c.reader.closed.get(), Instant::now()));
+            c.reader.load.set(other_insert(c.reader.load.last(), Instant::now()));
         }
         // Retry the batch until it is committed; on shutdown leave it pending. What
         // ClickHouse confirmed of it is remembered across retries and not sent again.
@@ -407,52 +409,8 @@ struct Reader {
     redis: RedisClient,
     /// The entry size reads are sized for, shared by the clones.
     size: Rc<ReadSize>,
-    /// The last batch gathered; shared by the clones.
-    closed: Rc<Cell<Option<Closed>>>,
-}
-
-/// The batch a consumer gathered last: when it closed, how long it gathered (from its
-/// first entries to its close) and its rows.
-#[derive(Debug, Clone, Copy)]
-struct Closed {
-    at: Instant,
-    gathered: Duration,
-    rows: usize,
-}
-
-impl Closed {
-    /// Whether its rows arrived fast enough to fill a tenth of `batch_rows` within the
-    /// insert interval (a heavy load: 33,333 rows/s per consumer by default). A rate, not
-    /// a count, so that the answer does not depend on how long the batch gathered.
-    fn heavy(&self, cfg: &ConsumerConfig) -> bool {
-        let tenth = (cfg.batch_rows / 10).max(1) as u128;
-        self.rows > 0 && self.rows as u128 * cfg.insert_interval.as_micros() >= tenth * self.gathered.as_micros()
-    }
-}
-
-/// When a batch whose first entries were read at `first` closes (unless full first):
-/// `linger` after them, and, when the previous batch came in under a heavy load
-/// ([`Closed::heavy`]), no sooner than `insert_interval` after it closed: under a heavy
-/// load a consumer inserts about once per interval, while a light load (or the first
-/// entries after a quiet spell) waits only the linger. A claimed, recovered or tried-alone
-/// batch's insert moves `previous`'s time ([`other_insert`]).
-fn close_at(first: Instant, previous: Option<Closed>, cfg: &ConsumerConfig) -> Instant {
-    // A configured length past what an `Instant` holds waits a year instead.
-    let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t + Duration::from_secs(365 * 86_400));
-    let by_linger = after(first, cfg.linger);
-    match previous {
-        Some(p) if p.heavy(cfg) => by_linger.max(after(p.at, cfg.insert_interval)),
-        _ => by_linger,
-    }
-}
-
-/// The last batch closed as `previous` says, once a claimed, recovered or tried-alone
-/// batch's insert starts at `at`: the interval's clock moves to it (an insert like any
-/// other: under a heavy load the next gathered batch closes no sooner than the interval
-/// after it), while the load stays the one judged from the last gathered batch (a claimed
-/// batch comes at once, whatever the stream's rate). Unknown before a batch was gathered.
-fn other_insert(previous: Option<Closed>, at: Instant) -> Option<Closed> {
-    previous.map(|p| Closed { at: at.max(p.at), ..p })
+    /// The consumer's last batch, in its table's load on the shard; shared by the clones.
+    load: LoadSlot,
 }
 
 /// One command; a Redis error reply is an error.
@@ -507,11 +465,12 @@ impl Reader {
             return Ok(batch);
         }
         let first = Instant::now();
-        let deadline = close_at(first, self.closed.get(), &self.cfg);
+        let cadence = self.cfg.cadence();
+        let deadline = close_at(first, self.load.last(), self.load.heavy(first, &cadence), &cadence);
         let short = batch.len() < asked;
         let (batch, rows) = self.gather_until(batch, short, deadline, stop).await?;
         let at = Instant::now();
-        self.closed.set(Some(Closed { at, gathered: at - first, rows }));
+        self.load.set(Some(Closed { at, gathered: at - first, rows }));
         Ok(batch)
     }
 
@@ -1261,62 +1220,6 @@ mod tests {
             shards: Vec::new(),
             cluster: false,
         }
-    }
-
-    #[test]
-    fn a_batch_closes_after_the_linger_and_under_heavy_load_not_sooner_than_the_interval() {
-        // batch_rows 1000, interval 600 ms: "heavy" is at least 100 rows per 600 ms.
-        let c = config(10, 1000, 1 << 20, 1 << 20);
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let closed = |rows, gathered| Some(Closed { at: t0, gathered: ms(gathered), rows });
-        // The first batch: the linger after its first entries.
-        assert_eq!(close_at(t0, None, &c), t0 + ms(200));
-        // Under a heavy load (the previous batch closed just now): the interval.
-        assert_eq!(close_at(t0 + ms(5), closed(34, 200), &c), t0 + ms(600));
-        assert_eq!(close_at(t0 + ms(5), closed(100, 600), &c), t0 + ms(600));
-        // The same rate is heavy whether it gathered a linger or an interval (no state
-        // that depends on the previous mode).
-        assert!(closed(40, 200).is_some_and(|p| p.heavy(&c)) && closed(120, 600).is_some_and(|p| p.heavy(&c)));
-        assert!(!closed(30, 200).is_some_and(|p| p.heavy(&c)) && !closed(90, 600).is_some_and(|p| p.heavy(&c)));
-        // A light load: the linger.
-        assert_eq!(close_at(t0 + ms(5), closed(33, 200), &c), t0 + ms(205));
-        // A full batch gathered at once is heavy; an empty one is not.
-        assert!(closed(1000, 0).is_some_and(|p| p.heavy(&c)));
-        assert!(!closed(0, 0).is_some_and(|p| p.heavy(&c)));
-        // After a quiet spell: the linger again.
-        assert_eq!(close_at(t0 + ms(2_000), closed(1000, 600), &c), t0 + ms(2_200));
-        // In between: whichever is later.
-        assert_eq!(close_at(t0 + ms(500), closed(1000, 600), &c), t0 + ms(700));
-        // An interval of 0: the linger alone.
-        let mut c0 = c.clone();
-        c0.insert_interval = Duration::ZERO;
-        assert_eq!(close_at(t0 + ms(5), closed(1000, 100), &c0), t0 + ms(205));
-        // Lengths past what an `Instant` holds do not panic.
-        c0.insert_interval = Duration::MAX;
-        c0.linger = Duration::MAX;
-        assert!(close_at(t0, closed(1000, 0), &c0) > t0 + ms(1_000_000));
-    }
-
-    #[test]
-    fn a_claimed_recovered_or_alone_insert_moves_the_intervals_clock_not_the_load() {
-        let c = config(10, 1000, 1 << 20, 1 << 20);
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let heavy = Some(Closed { at: t0, gathered: ms(600), rows: 1000 });
-        let light = Some(Closed { at: t0, gathered: ms(200), rows: 10 });
-        // Heavy: a claimed batch inserted 400 ms after the last gathered one closed; the next
-        // gathered batch closes the interval after the claimed one, not after the last.
-        let after_claim = other_insert(heavy, t0 + ms(400));
-        assert_eq!(close_at(t0 + ms(450), heavy, &c), t0 + ms(650), "without the claim");
-        assert_eq!(close_at(t0 + ms(450), after_claim, &c), t0 + ms(1_000));
-        assert!(after_claim.is_some_and(|p| p.heavy(&c) && p.rows == 1000 && p.gathered == ms(600)));
-        // Light: still the linger.
-        assert_eq!(close_at(t0 + ms(450), other_insert(light, t0 + ms(400)), &c), t0 + ms(650));
-        // Nothing gathered yet: nothing known of the load, the linger.
-        assert!(other_insert(None, t0).is_none());
-        // The clock never goes back.
-        assert!(other_insert(heavy, t0.checked_sub(ms(1)).unwrap_or(t0)).is_some_and(|p| p.at == t0));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! connection.
 
 pub mod aggregate;
+pub mod cadence;
 pub mod consumer;
 pub mod entries;
 pub mod read_size;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::Config;
-use croupier_control::metrics::Registry;
+use croupier_control::metrics::{Registry, Table};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::stream::StreamKind;
 
@@ -167,13 +168,16 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let keys = (0..partitions.len())
                 .flat_map(|p| StreamKind::ALL.map(|k| (k, partitions.stream(p, k).to_owned())))
                 .collect::<Vec<_>>();
+            // The consumers of one table judge its load on this shard together.
+            let tables = Table::ALL.map(|_| Rc::new(cadence::TableLoad::default()));
             for (stream, key) in keys {
                 let cfg = Rc::new(consumer_config(&config, stream, &key, shard));
+                let load = tables[Table::of(stream).index()].join();
                 let (reads, redis) = (connect(), connect());
                 let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
                 live.set(live.get() + 1);
                 monoio::spawn(async move {
-                    consumer::run(cfg, reads, redis, stop, writer, agg).await;
+                    consumer::run(cfg, reads, redis, stop, writer, agg, load).await;
                     live.set(live.get() - 1);
                 });
             }

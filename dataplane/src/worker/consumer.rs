@@ -34,7 +34,7 @@ use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 
 use super::aggregate::Aggregator;
-use super::cadence::{close_at, other_insert, Cadence, Closed, LoadSlot};
+use super::cadence::{close_at, Cadence, Closed, LoadSlot};
 use super::entries::{self, cmd, Entry};
 use super::read_size::ReadSize;
 use super::sink::{entry_ms, entry_rows, Confirmed, Poison, Sink};
@@ -340,10 +340,14 @@ pub async fn run(
                 }
             }
         };
-        if !gathered {
-            // An insert too: the next gathered batch keeps the interval from it.
-            c.reader.load.set(other_insert(c.reader.load.last(), Instant::now()));
-        }
+        // An insert too: the next gathered batch keeps the interval from it. A gathered
+        // batch's load counts for the table's other consumers until it is committed.
+        let _held = if gathered {
+            Some(c.reader.load.hold())
+        } else {
+            c.reader.load.inserted_other(Instant::now());
+            None
+        };
         // Retry the batch until it is committed; on shutdown leave it pending. What
         // ClickHouse confirmed of it is remembered across retries and not sent again.
         let mut progress = Progress::new(batch.len(), c.cfg.shards.len());
@@ -470,7 +474,7 @@ impl Reader {
         let short = batch.len() < asked;
         let (batch, rows) = self.gather_until(batch, short, deadline, stop).await?;
         let at = Instant::now();
-        self.load.set(Some(Closed { at, gathered: at - first, rows }));
+        self.load.gathered(Closed { at, gathered: at - first, rows });
         Ok(batch)
     }
 

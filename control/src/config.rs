@@ -524,6 +524,12 @@ impl Default for ClickHouse {
 /// than any reader waits for them.
 pub const MAX_INSERT_INTERVAL_MS: u64 = 60_000;
 
+/// The longest `worker.linger_ms` accepted: a minute, as the interval. A batch's first
+/// entries wait that long in Redis, pending, and ingest gives a pending entry that long
+/// (with the interval and 2 s) before it counts the whole stream against its mark
+/// (docs/ingest.md "Retention, trimming and the high-water mark").
+pub const MAX_LINGER_MS: u64 = 60_000;
+
 /// `[worker]`: stream consumers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -538,7 +544,8 @@ pub struct Worker {
     /// Flush when the entries of a batch hold this many bytes; also bounds each read
     /// (docs/worker.md).
     pub batch_bytes: usize,
-    /// Flush at most this long after the first buffered row, milliseconds.
+    /// Flush at most this long after the first buffered row, milliseconds; at most
+    /// [`MAX_LINGER_MS`].
     pub linger_ms: u64,
     /// Under a heavy load (rows arriving for a table on a worker shard, over the consumers
     /// that write it, fast enough to fill a tenth of `batch_rows` in this time), each of
@@ -1262,6 +1269,15 @@ impl Config {
                 ),
             ));
         }
+        if self.worker.linger_ms > MAX_LINGER_MS {
+            return Err(err(
+                "worker.linger_ms",
+                format!(
+                    "expected at most {MAX_LINGER_MS} (ms): a batch's first entries wait that long in Redis, \
+                     pending, before their insert"
+                ),
+            ));
+        }
         let held = self.worker.insert_interval_ms.saturating_add(self.worker.linger_ms);
         if held.saturating_mul(2) >= self.worker.claim_idle_ms {
             return Err(err(
@@ -1473,6 +1489,12 @@ mod tests {
         let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "18446744073709551615")]))
             .expect_err("u64::MAX");
         assert!(e.to_string().contains("worker.insert_interval_ms"), "{e}");
+        // The linger likewise, whatever the claim threshold.
+        let long_claims = ("CROUPIER_WORKER__CLAIM_IDLE_MS", "600000");
+        let c = Config::load(None, env(&[("CROUPIER_WORKER__LINGER_MS", "60000"), long_claims])).expect("a minute");
+        assert_eq!(c.worker.linger_ms, MAX_LINGER_MS);
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__LINGER_MS", "60001"), long_claims])).expect_err("above");
+        assert!(e.to_string().contains("worker.linger_ms") && e.to_string().contains("60000"), "{e}");
         assert_eq!(Config::load(None, env(&[])).expect("defaults").worker.insert_interval_ms, 600);
     }
 

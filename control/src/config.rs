@@ -1280,8 +1280,14 @@ impl Config {
         }
         let held = self.worker.insert_interval_ms.saturating_add(self.worker.linger_ms);
         if held.saturating_mul(2) >= self.worker.claim_idle_ms {
+            // Named after the larger of the two (the one likely set).
+            let key = if self.worker.linger_ms > self.worker.insert_interval_ms {
+                "worker.linger_ms"
+            } else {
+                "worker.insert_interval_ms"
+            };
             return Err(err(
-                "worker.insert_interval_ms",
+                key,
                 format!(
                     "worker.insert_interval_ms + worker.linger_ms ({held} ms) must be less than half of \
                      worker.claim_idle_ms ({} ms): a batch's first entries stay pending that long before their \
@@ -1495,6 +1501,9 @@ mod tests {
         assert_eq!(c.worker.linger_ms, MAX_LINGER_MS);
         let e = Config::load(None, env(&[("CROUPIER_WORKER__LINGER_MS", "60001"), long_claims])).expect_err("above");
         assert!(e.to_string().contains("worker.linger_ms") && e.to_string().contains("60000"), "{e}");
+        // A linger that alone breaks the claim rule is the variable named.
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__LINGER_MS", "30000")])).expect_err("claimed");
+        assert!(e.to_string().contains("CROUPIER_WORKER__LINGER_MS"), "{e}");
         assert_eq!(Config::load(None, env(&[])).expect("defaults").worker.insert_interval_ms, 600);
     }
 

@@ -1009,7 +1009,7 @@ impl Config {
                 // The message would quote the value ("invalid type: integer `123456`").
                 err(key, "must be text, in quotes (the value is not shown: it is a secret)")
             } else {
-                err(key, e.inner().to_string())
+                err(key, out_of_range(e.inner().to_string()))
             }
         })?;
         config.resolve_secrets()?;
@@ -1411,6 +1411,25 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// A number too large for TOML's integers (above `i64::MAX`) reaches a number key as
+/// text: says so, instead of serde's `invalid type: string "…", expected u64`.
+fn out_of_range(message: String) -> String {
+    let digits = message
+        .strip_prefix("invalid type: string \"")
+        .and_then(|m| m.split_once('"'))
+        .filter(|(n, rest)| {
+            rest.starts_with(", expected ")
+                && !n.is_empty()
+                && n.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || c == '_')
+                && n.chars().any(|c| c.is_ascii_digit())
+        })
+        .map(|(n, _)| n.to_owned());
+    match digits {
+        Some(n) => format!("number {n} is out of range (at most {})", i64::MAX),
+        None => message,
+    }
+}
+
 /// Sets the key that `rest` (a variable's name after the prefix) names to `raw`;
 /// returns the key's dotted path.
 fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<String, ConfigError> {
@@ -1495,6 +1514,11 @@ mod tests {
         let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "18446744073709551615")]))
             .expect_err("u64::MAX");
         assert!(e.to_string().contains("worker.insert_interval_ms"), "{e}");
+        // Above what a TOML integer holds: said so.
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__INSERT_INTERVAL_MS", "9223372036854775808")]))
+            .expect_err("above i64::MAX");
+        assert!(e.to_string().contains("out of range (at most 9223372036854775807)"), "{e}");
+        assert!(!e.to_string().contains("invalid type"), "{e}");
         // The linger likewise, whatever the claim threshold.
         let long_claims = ("CROUPIER_WORKER__CLAIM_IDLE_MS", "600000");
         let c = Config::load(None, env(&[("CROUPIER_WORKER__LINGER_MS", "60000"), long_claims])).expect("a minute");

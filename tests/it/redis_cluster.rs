@@ -116,6 +116,19 @@ fn cluster_traffic_across_partitions_lands_once() {
     assert_eq!(p.distinct_events(), events);
     // Every partition's entries were acknowledged by the workers.
     p.wait_for(0, "entries pending", |_| keys.iter().map(|k| cluster.pending(k)).sum::<i64>() as u64);
+    // Custom events: each partition's events consumer reads its custom stream with its own
+    // (one XREADGROUP over two keys of one slot) and acknowledges them there.
+    let mut c = p.ingest.client();
+    for k in 0..30 {
+        let body = format!("[{}]", crate::fixture::event("boss_killed", &format!("custom-{k}")));
+        let r = crate::fixture::post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let custom: Vec<&str> = (0..3).map(|i| parts.stream(i, StreamKind::Custom)).collect();
+    assert_eq!(custom.iter().map(|k| cluster.xlen(k)).sum::<i64>(), 30);
+    assert!(custom.iter().filter(|k| cluster.xlen(k) > 0).count() >= 2, "custom events on more than one partition");
+    p.wait_for(events + 30, "custom events in ClickHouse too", Pipeline::distinct_events);
+    p.wait_for(0, "custom entries pending", |_| custom.iter().map(|k| cluster.pending(k)).sum::<i64>() as u64);
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //!    ClickHouse's, so only a try that never came back (a crash) stays counted.
 //! 2. Then it reads new entries (`>`), gathering until `batch_rows` rows, `linger_ms`, or
 //!    under a heavy load (of its table on the shard, [`super::cadence`])
-//!    `insert_interval_ms` after the previous batch (docs/worker.md).
+//!    `insert_interval_ms` after the previous batch (docs/worker.md). The events consumer
+//!    reads the custom stream's new entries with its own, and the custom consumer none
+//!    ([`super::join`]): one insert into `events` for both.
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
 //!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead. It
 //!    claims only while ClickHouse answers it.
@@ -36,6 +38,7 @@ use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
 use super::aggregate::Aggregator;
 use super::cadence::{close_at, Cadence, Closed, LoadSlot};
 use super::entries::{self, cmd, Entry};
+use super::join::Join;
 use super::read_size::ReadSize;
 use super::sink::{entry_ms, entry_rows, Confirmed, Poison, Sink};
 use crate::clickhouse::connection::{ChError, ChOptions, Connection};
@@ -97,10 +100,12 @@ impl ConsumerConfig {
     /// `bytes` bytes and entries are expected to hold up to `entry_bytes` bytes (see
     /// [`ReadSize`]): no more than `read_count`, than the rows still wanted (an entry holds
     /// at least one row), or than such entries that fit in the bytes still allowed; at
-    /// least one.
-    pub fn read_count(&self, rows: usize, bytes: usize, entry_bytes: usize) -> usize {
-        let by_rows = self.batch_rows.saturating_sub(rows);
-        let by_bytes = self.batch_bytes.saturating_sub(bytes) / entry_bytes.max(1);
+    /// least one. `streams`: streams read at once (each returns up to the count), which
+    /// share the rows and bytes still allowed.
+    pub fn read_count(&self, rows: usize, bytes: usize, entry_bytes: usize, streams: usize) -> usize {
+        let streams = streams.max(1);
+        let by_rows = self.batch_rows.saturating_sub(rows) / streams;
+        let by_bytes = self.batch_bytes.saturating_sub(bytes) / entry_bytes.max(1) / streams;
         self.read_count.min(by_rows).min(by_bytes).max(1)
     }
 
@@ -214,7 +219,8 @@ struct Alone {
 /// until acknowledged: a crash in between loses nothing. `reads` carries the
 /// `XREADGROUP`s, `redis` everything else; `metrics` counts inserts and dead letters;
 /// `agg` (when aggregating) gets each batch's players, merged into Redis before the
-/// batch is acknowledged.
+/// batch is acknowledged. `siblings`: what it shares with its table's other consumers on
+/// the shard.
 pub async fn run(
     cfg: Rc<ConsumerConfig>,
     reads: RedisClient,
@@ -222,9 +228,12 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     metrics: Rc<ShardWriter>,
     agg: Option<Rc<Aggregator>>,
-    load: LoadSlot,
+    siblings: Siblings,
 ) {
-    let reader = Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), load, cfg: cfg.clone(), redis: reads };
+    let Siblings { load, join } = siblings;
+    let join = Rc::new(join);
+    let reader =
+        Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), load, cfg: cfg.clone(), redis: reads, join };
     let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster);
     sink.set_partition_limit(cfg.partitions_per_block, true);
     sink.set_aggregator(agg.clone());
@@ -248,6 +257,10 @@ pub async fn run(
         stop: stop.clone(),
     };
     let mut recovering = Recovery::Restart;
+    // Its pending list holds the entries its stream's reader has in hand too: it is not
+    // re-read after a failure (what a lost reply delivered is claimed again once idle).
+    let reads_new = c.reader.join.reads_new();
+    let after_failure = |r: Recovery| if reads_new { r.after_failure() } else { r };
     let mut last_claim = Instant::now();
     // Claims are being skipped, ClickHouse not answering (logged once until it does).
     let mut claims_skipped = false;
@@ -285,6 +298,7 @@ pub async fn run(
                     // Entries to try alone first: then the pending list again.
                     if c.alone.is_empty() {
                         recovering = Recovery::Done;
+                        c.reader.join.recovered();
                     }
                     continue;
                 }
@@ -324,10 +338,15 @@ pub async fn run(
                 Err(e) => {
                     c.fail(&e).await;
                     // Entries claimed before the failure are in this consumer's list.
-                    recovering = recovering.after_failure();
+                    recovering = after_failure(recovering);
                     continue;
                 }
             }
+        } else if !reads_new {
+            // Its new entries are read with the other stream's: only claims are left.
+            let due = interval.saturating_sub(last_claim.elapsed());
+            monoio::time::sleep(due.min(Duration::from_millis(50))).await;
+            continue;
         } else {
             gathered = true;
             match c.reader.gather(&stop).await {
@@ -335,7 +354,7 @@ pub async fn run(
                 Ok(b) => b,
                 Err(e) => {
                     c.fail(&e).await;
-                    recovering = recovering.after_failure();
+                    recovering = after_failure(recovering);
                     continue;
                 }
             }
@@ -364,6 +383,7 @@ pub async fn run(
             // Overlap only in steady state: recovery and claims read this consumer's
             // pending list, which must not hold a batch gathered ahead.
             let overlap = next.is_none()
+                && reads_new
                 && recovering == Recovery::Done
                 && !stop.load(Ordering::Relaxed)
                 && !claim_due(last_claim);
@@ -375,7 +395,7 @@ pub async fn run(
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(consumer = %c.cfg.consumer, stream = c.key(), error = %e, "reading ahead failed");
-                        recovering = recovering.after_failure();
+                        recovering = after_failure(recovering);
                     }
                 }
                 committed
@@ -405,6 +425,14 @@ pub async fn run(
     }
 }
 
+/// What a consumer shares with the other consumers of its table on its worker shard.
+pub struct Siblings {
+    /// Its last batch, in the table's load ([`super::cadence`]).
+    pub load: LoadSlot,
+    /// Whether it reads the table's other stream, or is read by that stream's consumer.
+    pub join: Join,
+}
+
 /// Reads from the stream for one consumer; cloned so that the next batch can be
 /// gathered while the consumer commits the current one.
 #[derive(Clone)]
@@ -415,6 +443,8 @@ struct Reader {
     size: Rc<ReadSize>,
     /// The consumer's last batch, in its table's load on the shard; shared by the clones.
     load: LoadSlot,
+    /// The table's other stream, when read with this one.
+    join: Rc<Join>,
 }
 
 /// One command; a Redis error reply is an error.
@@ -432,46 +462,53 @@ async fn redis_call_blocking(redis: &RedisClient, c: Vec<u8>, block: Duration) -
 }
 
 impl Reader {
-    /// One `XREADGROUP` page of at most `count` new entries (`id` = `>`).
-    async fn read(&self, id: &str, block: Option<Duration>, count: usize) -> Result<Vec<Entry>, String> {
-        let count = count.to_string();
+    /// One `XREADGROUP` page of new entries, at most `count` of each stream read (its own
+    /// and, when joined, the table's other one); also whether it was short (no stream
+    /// gave `count`).
+    async fn read(&self, block: Option<Duration>, count: usize) -> Result<(Vec<Entry>, bool), String> {
+        let count_arg = count.to_string();
         let mut args: Vec<&[u8]> = vec![
             b"XREADGROUP",
             b"GROUP",
             CONSUMER_GROUP.as_bytes(),
             self.cfg.consumer.as_bytes(),
             b"COUNT",
-            count.as_bytes(),
+            count_arg.as_bytes(),
         ];
         let ms = block.map(|b| b.as_millis().max(1).to_string());
         if let Some(ms) = &ms {
             args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
         }
-        args.extend([b"STREAMS".as_slice(), self.cfg.key.as_bytes(), id.as_bytes()]);
-        let entries =
-            entries::xreadgroup_reply(redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?)?;
+        let mut keys = vec![(self.cfg.key.as_str(), self.cfg.stream)];
+        keys.extend(self.join.reading().map(|(stream, key)| (key, stream)));
+        args.push(b"STREAMS");
+        args.extend(keys.iter().map(|(k, _)| k.as_bytes()));
+        args.extend(keys.iter().map(|_| b">".as_slice()));
+        let reply = redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?;
+        let entries = entries::xreadgroup_reply(reply, &keys)?;
         self.size.observe(entries.iter().map(Entry::byte_len).max());
-        Ok(entries)
+        let short = keys.iter().all(|&(_, s)| entries.iter().filter(|e| e.stream == s).count() < count);
+        Ok((entries, short))
     }
 
-    /// Entries to ask for when the batch holds `rows` rows and `bytes` bytes.
+    /// Entries to ask for, of each stream read, when the batch holds `rows` rows and
+    /// `bytes` bytes.
     fn count(&self, rows: usize, bytes: usize) -> usize {
-        self.cfg.read_count(rows, bytes, self.size.entry_bytes())
+        let streams = 1 + usize::from(self.join.reading().is_some());
+        self.cfg.read_count(rows, bytes, self.size.entry_bytes(), streams)
     }
 
     /// New entries: waits up to the idle block for the first, then gathers until
     /// `batch_rows` rows (or `batch_bytes`), or until [`close_at`] for the linger and the
     /// insert interval.
     async fn gather(&self, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
-        let asked = self.count(0, 0);
-        let batch = self.read(">", Some(self.cfg.idle_block), asked).await?;
+        let (batch, short) = self.read(Some(self.cfg.idle_block), self.count(0, 0)).await?;
         if batch.is_empty() {
             return Ok(batch);
         }
         let first = Instant::now();
         let cadence = self.cfg.cadence();
         let deadline = close_at(first, self.load.last(), self.load.heavy(first, &cadence), &cadence);
-        let short = batch.len() < asked;
         let (batch, rows) = self.gather_until(batch, short, deadline, stop).await?;
         let at = Instant::now();
         self.load.gathered(Closed { at, gathered: at - first, rows });
@@ -504,7 +541,7 @@ impl Reader {
                     break;
                 }
                 if pause >= left {
-                    let last = self.read(">", None, self.count(rows, bytes)).await?;
+                    let (last, _) = self.read(None, self.count(rows, bytes)).await?;
                     rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
                     batch.extend(last);
                     break;
@@ -516,10 +553,9 @@ impl Reader {
             }
             // A long linger is waited out in reads of at most the idle block each.
             let block = left.min(self.cfg.idle_block);
-            let asked = self.count(rows, bytes);
-            let more = self.read(">", Some(block), asked).await?;
+            let (more, short_read) = self.read(Some(block), self.count(rows, bytes)).await?;
             // An empty read blocked until the close or the idle block: nothing to pace.
-            short = !more.is_empty() && more.len() < asked;
+            short = !more.is_empty() && short_read;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
             bytes = bytes.saturating_add(more.iter().map(Entry::byte_len).sum::<usize>());
             batch.extend(more);
@@ -531,6 +567,28 @@ impl Reader {
 impl Consumer {
     fn key(&self) -> &str {
         &self.cfg.key
+    }
+
+    /// The key `stream`'s entries in hand were read from: this consumer's, or the joined
+    /// stream's ([`Join`]).
+    fn key_of(&self, stream: StreamKind) -> &str {
+        if stream == self.cfg.stream {
+            return &self.cfg.key;
+        }
+        self.reader.join.key_of(stream).unwrap_or(&self.cfg.key)
+    }
+
+    /// The streams of `entries` (in hand: this consumer's, and the joined one's) with
+    /// their keys and the entries' IDs, in order.
+    fn by_key<'e>(&self, entries: impl Iterator<Item = &'e Entry>) -> Vec<(&str, Vec<&'e str>)> {
+        let mut out: Vec<(StreamKind, Vec<&'e str>)> = Vec::new();
+        for e in entries {
+            match out.iter_mut().find(|(s, _)| *s == e.stream) {
+                Some((_, ids)) => ids.push(e.id.as_str()),
+                None => out.push((e.stream, vec![e.id.as_str()])),
+            }
+        }
+        out.into_iter().map(|(s, ids)| (self.key_of(s), ids)).collect()
     }
 
     async fn fail(&mut self, e: &str) {
@@ -622,7 +680,8 @@ impl Consumer {
     /// (trimmed) comes back without fields: it is dead-lettered as such.
     async fn fetch(&self, id: &str) -> Result<Entry, String> {
         let got = self.call(cmd(&[b"XRANGE", self.key().as_bytes(), id.as_bytes(), id.as_bytes()])).await?;
-        Ok(entries::xrange_reply(got)?.pop().unwrap_or(Entry { id: id.to_owned(), fields: Vec::new() }))
+        let stream = self.cfg.stream;
+        Ok(entries::xrange_reply(got, stream)?.pop().unwrap_or(Entry { stream, id: id.to_owned(), fields: Vec::new() }))
     }
 
     /// The next entry set apart to be tried alone, as a batch of its own (fetched by ID;
@@ -758,7 +817,7 @@ impl Consumer {
                 count_arg.as_bytes(),
             ]))
             .await?;
-        let claimed = entries::xautoclaim_reply(reply)?;
+        let claimed = entries::xautoclaim_reply(reply, self.cfg.stream)?;
         self.reader.size.observe(claimed.entries.iter().map(Entry::byte_len).max());
         *more = claimed.cursor != "0-0" && claimed.entries.len() + claimed.deleted.len() >= count;
         self.claim_cursor = claimed.cursor;
@@ -811,15 +870,16 @@ impl Consumer {
             return;
         }
         self.kept_at = Instant::now();
-        let ids: Vec<&str> = batch.iter().chain(next.unwrap_or_default()).map(|e| e.id.as_str()).collect();
-        for chunk in ids.chunks(1000) {
-            let mut args: Vec<&[u8]> =
-                vec![b"XCLAIM", self.key().as_bytes(), CONSUMER_GROUP.as_bytes(), self.cfg.consumer.as_bytes(), b"0"];
-            args.extend(chunk.iter().map(|i| i.as_bytes()));
-            args.push(b"JUSTID");
-            if let Err(e) = self.call(cmd(&args)).await {
-                tracing::warn!(consumer = %self.cfg.consumer, stream = self.key(), error = %e, "cannot keep the stalled batch");
-                return;
+        for (key, ids) in self.by_key(batch.iter().chain(next.unwrap_or_default())) {
+            for chunk in ids.chunks(1000) {
+                let mut args: Vec<&[u8]> =
+                    vec![b"XCLAIM", key.as_bytes(), CONSUMER_GROUP.as_bytes(), self.cfg.consumer.as_bytes(), b"0"];
+                args.extend(chunk.iter().map(|i| i.as_bytes()));
+                args.push(b"JUSTID");
+                if let Err(e) = self.call(cmd(&args)).await {
+                    tracing::warn!(consumer = %self.cfg.consumer, stream = key, error = %e, "cannot keep the stalled batch");
+                    return;
+                }
             }
         }
     }
@@ -827,7 +887,7 @@ impl Consumer {
     /// Writes the dead letters of entries Redis reported deleted while pending.
     async fn dead_letter_deleted(&mut self) -> Result<(), String> {
         while let Some(id) = self.deleted.last() {
-            let gone = Entry { id: id.clone(), fields: Vec::new() };
+            let gone = Entry { stream: self.cfg.stream, id: id.clone(), fields: Vec::new() };
             self.dead_letter(&gone, DeadReason::Deleted, "deleted from the stream while pending").await?;
             self.deleted.pop();
         }
@@ -1075,8 +1135,10 @@ impl Consumer {
             self.dead_letter(&batch[p.index], p.cause, &p.reason).await?;
             progress.poison.pop();
         }
-        let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
-        self.ack(&ids).await
+        for (key, ids) in self.by_key(batch.iter()) {
+            self.ack_on(key, &ids).await?;
+        }
+        Ok(())
     }
 
     /// Notes, for the revenue recompute after this batch commits, the days on which
@@ -1109,8 +1171,9 @@ impl Consumer {
     /// Moves `e` to the dead-letter stream with `reason`. That stream is never trimmed:
     /// its entries are what an operator must see (and delete when handled).
     async fn dead_letter(&self, e: &Entry, cause: DeadReason, reason: &str) -> Result<(), String> {
-        let dead = dead_letter_key(&self.cfg.key);
-        tracing::warn!(consumer = %self.cfg.consumer, stream = self.key(), id = %e.id, to = %dead, reason, "dead-lettered");
+        let key = self.key_of(e.stream);
+        let dead = dead_letter_key(key);
+        tracing::warn!(consumer = %self.cfg.consumer, stream = key, id = %e.id, to = %dead, reason, "dead-lettered");
         let mut args: Vec<&[u8]> =
             vec![b"XADD", dead.as_bytes(), b"*", b"reason", reason.as_bytes(), b"source_id", e.id.as_bytes()];
         for (k, v) in &e.fields {
@@ -1118,13 +1181,19 @@ impl Consumer {
             args.push(v);
         }
         self.call(cmd(&args)).await?;
-        self.metrics.emit(DeadLettered { stream: self.cfg.stream, reason: cause });
+        self.metrics.emit(DeadLettered { stream: e.stream, reason: cause });
         Ok(())
     }
 
+    /// Acknowledges entries `ids` of this consumer's stream.
     async fn ack(&self, ids: &[&str]) -> Result<(), String> {
+        self.ack_on(self.key(), ids).await
+    }
+
+    /// Acknowledges entries `ids` of stream `key`.
+    async fn ack_on(&self, key: &str, ids: &[&str]) -> Result<(), String> {
         for chunk in ids.chunks(1000) {
-            let mut args: Vec<&[u8]> = vec![b"XACK", self.key().as_bytes(), CONSUMER_GROUP.as_bytes()];
+            let mut args: Vec<&[u8]> = vec![b"XACK", key.as_bytes(), CONSUMER_GROUP.as_bytes()];
             args.extend(chunk.iter().map(|i| i.as_bytes()));
             self.call(cmd(&args)).await?;
         }
@@ -1255,17 +1324,22 @@ mod tests {
         // Defaults: 64 MiB per batch; sized for entries of ~11.3 MiB: 5 entries per read.
         let max = (10 << 20) + 10_000 * 128 + 4096;
         let c = config(200, 200_000, 64 << 20, max);
-        assert_eq!(c.read_count(0, 0, max), 5);
-        assert!(c.read_count(0, 0, max) * max <= c.batch_bytes);
+        assert_eq!(c.read_count(0, 0, max, 1), 5);
+        assert!(c.read_count(0, 0, max, 1) * max <= c.batch_bytes);
         // As the batch fills, fewer; never zero (a batch always progresses).
-        assert_eq!(c.read_count(0, 40 << 20, max), 2);
-        assert_eq!(c.read_count(0, 63 << 20, max), 1);
-        assert_eq!(c.read_count(0, usize::MAX, max), 1);
-        assert_eq!(c.read_count(0, 0, 0), 200);
+        assert_eq!(c.read_count(0, 40 << 20, max, 1), 2);
+        assert_eq!(c.read_count(0, 63 << 20, max, 1), 1);
+        assert_eq!(c.read_count(0, usize::MAX, max, 1), 1);
+        assert_eq!(c.read_count(0, 0, 0, 1), 200);
         // Small entries: `read_count` bounds it.
-        assert_eq!(c.read_count(0, 0, 64 << 10), 200);
+        assert_eq!(c.read_count(0, 0, 64 << 10, 1), 200);
         // Rows still wanted bound it too: every entry holds at least one row.
-        assert_eq!(c.read_count(199_990, 0, 64 << 10), 10);
+        assert_eq!(c.read_count(199_990, 0, 64 << 10, 1), 10);
+        // Two streams read at once (events with custom) share what is left: each gets half.
+        assert_eq!(c.read_count(0, 0, max, 2), 2);
+        assert!(2 * c.read_count(0, 0, max, 2) * max <= c.batch_bytes);
+        assert_eq!(c.read_count(199_990, 0, 64 << 10, 2), 5);
+        assert_eq!(c.read_count(0, 0, 64 << 10, 2), 200);
         assert!(c.is_full(200_000, 0) && c.is_full(0, 64 << 20) && !c.is_full(199_999, (64 << 20) - 1));
     }
 }

@@ -1,10 +1,14 @@
 //! Stream entries as the worker reads them, and the Redis commands it uses.
 
 use croupier_protocol::resp::{self, Frame};
+use croupier_protocol::stream::StreamKind;
 
 /// One stream entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The stream it was read from: its key (or its partition's) is where it is
+    /// acknowledged and dead-lettered.
+    pub stream: StreamKind,
     /// Entry ID (`<ms>-<seq>`).
     pub id: String,
     /// Field/value pairs; empty when the entry was deleted (trimmed) while pending.
@@ -30,7 +34,7 @@ fn bulk(f: Frame) -> Option<Vec<u8>> {
     }
 }
 
-fn entry(f: Frame) -> Option<Entry> {
+fn entry(f: Frame, stream: StreamKind) -> Option<Entry> {
     let Frame::Array(mut parts) = f else { return None };
     if parts.len() != 2 {
         return None;
@@ -48,25 +52,39 @@ fn entry(f: Frame) -> Option<Entry> {
         }
         _ => Vec::new(),
     };
-    Some(Entry { id, fields })
+    Some(Entry { stream, id, fields })
 }
 
-fn entries(f: Frame) -> Option<Vec<Entry>> {
+fn entries(f: Frame, stream: StreamKind) -> Option<Vec<Entry>> {
     match f {
-        Frame::Array(items) => items.into_iter().map(entry).collect(),
+        Frame::Array(items) => items.into_iter().map(|i| entry(i, stream)).collect(),
         Frame::Null => Some(Vec::new()),
         _ => None,
     }
 }
 
-/// Entries of an `XREADGROUP` reply for one stream (none on timeout).
-pub fn xreadgroup_reply(f: Frame) -> Result<Vec<Entry>, String> {
+/// Entries of an `XREADGROUP` reply (none on timeout), each tagged with the stream
+/// `keys` names for the key Redis sent it under; an unknown key is an error.
+pub fn xreadgroup_reply(f: Frame, keys: &[(&str, StreamKind)]) -> Result<Vec<Entry>, String> {
     match f {
         Frame::Null => Ok(Vec::new()),
-        Frame::Array(mut streams) => {
-            let Some(Frame::Array(mut s)) = streams.pop() else { return Ok(Vec::new()) };
-            let list = s.pop().ok_or("XREADGROUP: no entries")?;
-            entries(list).ok_or_else(|| "XREADGROUP: malformed entries".to_owned())
+        Frame::Array(streams) => {
+            let mut out = Vec::new();
+            for s in streams {
+                let Frame::Array(s) = s else { return Err("XREADGROUP: malformed stream".into()) };
+                let mut it = s.into_iter();
+                let (Some(key), Some(list)) = (it.next().and_then(bulk), it.next()) else {
+                    return Err("XREADGROUP: malformed stream".into());
+                };
+                let Some(&(_, stream)) = keys.iter().find(|(k, _)| k.as_bytes() == key) else {
+                    return Err(format!(
+                        "XREADGROUP: entries of a stream not asked for: {}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                };
+                out.extend(entries(list, stream).ok_or("XREADGROUP: malformed entries")?);
+            }
+            Ok(out)
         }
         Frame::Error(e) => Err(e),
         other => Err(format!("XREADGROUP: unexpected {other:?}")),
@@ -74,10 +92,10 @@ pub fn xreadgroup_reply(f: Frame) -> Result<Vec<Entry>, String> {
 }
 
 /// Entries of an `XRANGE` reply.
-pub fn xrange_reply(f: Frame) -> Result<Vec<Entry>, String> {
+pub fn xrange_reply(f: Frame, stream: StreamKind) -> Result<Vec<Entry>, String> {
     match f {
         Frame::Error(e) => Err(e),
-        other => entries(other).ok_or_else(|| "XRANGE: malformed entries".to_owned()),
+        other => entries(other, stream).ok_or_else(|| "XRANGE: malformed entries".to_owned()),
     }
 }
 
@@ -95,13 +113,13 @@ pub struct Claimed {
 
 /// An `XAUTOCLAIM` reply: the cursor, the claimed entries and (Redis 7 and later) the
 /// IDs of pending entries that were deleted from the stream.
-pub fn xautoclaim_reply(f: Frame) -> Result<Claimed, String> {
+pub fn xautoclaim_reply(f: Frame, stream: StreamKind) -> Result<Claimed, String> {
     match f {
         Frame::Array(parts) => {
             let mut it = parts.into_iter();
             let cursor =
                 it.next().and_then(bulk).and_then(|c| String::from_utf8(c).ok()).ok_or("XAUTOCLAIM: cursor")?;
-            let entries = it.next().and_then(entries).ok_or("XAUTOCLAIM: entries")?;
+            let entries = it.next().and_then(|e| entries(e, stream)).ok_or("XAUTOCLAIM: entries")?;
             let deleted = match it.next() {
                 None | Some(Frame::Null) => Vec::new(),
                 Some(Frame::Array(ids)) => ids
@@ -157,29 +175,43 @@ mod tests {
     #[test]
     fn reads_entries_including_deleted_ones() {
         let f = frame(b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\ndata\r\n$2\r\n{}\r\n*2\r\n$3\r\n2-0\r\n*-1\r\n");
-        let e = xreadgroup_reply(f).expect("parses");
+        let e = xreadgroup_reply(f, &[("s", StreamKind::Events)]).expect("parses");
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].get("data"), Some(b"{}".as_slice()));
         assert!(e[1].fields.is_empty());
-        assert_eq!(xreadgroup_reply(frame(b"*-1\r\n")), Ok(Vec::new()));
+        assert_eq!(xreadgroup_reply(frame(b"*-1\r\n"), &[("s", StreamKind::Events)]), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_read_of_two_streams_tags_each_entry_with_its_stream() {
+        let keys = [("e", StreamKind::Events), ("c", StreamKind::Custom)];
+        let f = frame(
+            b"*2\r\n*2\r\n$1\r\nc\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*0\r\n*2\r\n$1\r\ne\r\n*1\r\n*2\r\n$3\r\n2-0\r\n*0\r\n",
+        );
+        let got: Vec<(StreamKind, String)> =
+            xreadgroup_reply(f, &keys).expect("parses").into_iter().map(|e| (e.stream, e.id)).collect();
+        assert_eq!(got, vec![(StreamKind::Custom, "1-0".to_owned()), (StreamKind::Events, "2-0".to_owned())]);
+        // Entries of a key not asked for are not taken as another stream's.
+        let f = frame(b"*1\r\n*2\r\n$1\r\nx\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*0\r\n");
+        assert!(xreadgroup_reply(f, &keys).is_err());
     }
 
     #[test]
     fn c2_claims_report_the_ids_deleted_while_pending() {
         let f = frame(b"*3\r\n$3\r\n7-0\r\n*0\r\n*2\r\n$3\r\n5-0\r\n$3\r\n6-1\r\n");
-        let c = xautoclaim_reply(f).expect("parses");
+        let c = xautoclaim_reply(f, StreamKind::Custom).expect("parses");
         assert_eq!(c.cursor, "7-0");
         assert!(c.entries.is_empty());
         assert_eq!(c.deleted, vec!["5-0".to_owned(), "6-1".to_owned()]);
         // Redis 6.2 sends two elements.
         let f = frame(b"*2\r\n$3\r\n0-0\r\n*0\r\n");
-        assert!(xautoclaim_reply(f).expect("parses").deleted.is_empty());
+        assert!(xautoclaim_reply(f, StreamKind::Custom).expect("parses").deleted.is_empty());
     }
 
     #[test]
     fn reads_claims_and_delivery_counts() {
         let f = frame(b"*3\r\n$3\r\n0-0\r\n*1\r\n*2\r\n$3\r\n5-0\r\n*2\r\n$1\r\nk\r\n$1\r\nv\r\n*0\r\n");
-        let c = xautoclaim_reply(f).expect("parses");
+        let c = xautoclaim_reply(f, StreamKind::Custom).expect("parses");
         assert_eq!((c.cursor.as_str(), c.entries[0].id.as_str()), ("0-0", "5-0"));
         assert!(c.deleted.is_empty());
         let p = frame(b"*1\r\n*4\r\n$3\r\n5-0\r\n$1\r\nc\r\n:100\r\n:3\r\n");

@@ -3,12 +3,14 @@
 //! Each worker shard is one pinned thread with its own runtime and, per stream (and per
 //! partition, `streams.partitions`), one consumer task ([`consumer`]) with two Redis connections of its own (one for its
 //! blocking reads, one for acknowledgements and the rest) and its own ClickHouse
-//! connection.
+//! connection. A partition's events consumer reads its custom stream's new entries with
+//! its own ([`join`]).
 
 pub mod aggregate;
 pub mod cadence;
 pub mod consumer;
 pub mod entries;
+pub mod join;
 pub mod read_size;
 pub mod sink;
 
@@ -164,20 +166,26 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             }
             // Every worker shard reads every partition of every stream, in the one consumer
             // group: an idle or dead shard's entries are claimed by the others as before.
+            // A partition's events consumer reads its custom stream's new entries too.
             let partitions = Partitions::new(config.streams.partitions);
             let keys = (0..partitions.len())
-                .flat_map(|p| StreamKind::ALL.map(|k| (k, partitions.stream(p, k).to_owned())))
+                .flat_map(|p| {
+                    let custom = partitions.stream(p, StreamKind::Custom);
+                    let recovered = Rc::new(Cell::new(false));
+                    StreamKind::ALL
+                        .map(|k| (k, partitions.stream(p, k).to_owned(), join::Join::of(k, custom, &recovered)))
+                })
                 .collect::<Vec<_>>();
             // The consumers of one table judge its load on this shard together.
             let tables = Table::ALL.map(|_| Rc::new(cadence::TableLoad::default()));
-            for (stream, key) in keys {
+            for (stream, key, join) in keys {
                 let cfg = Rc::new(consumer_config(&config, stream, &key, shard));
                 let load = tables[Table::of(stream).index()].join();
                 let (reads, redis) = (connect(), connect());
                 let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
                 live.set(live.get() + 1);
                 monoio::spawn(async move {
-                    consumer::run(cfg, reads, redis, stop, writer, agg, load).await;
+                    consumer::run(cfg, reads, redis, stop, writer, agg, consumer::Siblings { load, join }).await;
                     live.set(live.get() - 1);
                 });
             }

@@ -367,7 +367,7 @@ impl Sink {
             let shards = self.rows.len();
             return match self.rows.first() {
                 Some(Rows::Events(_)) => {
-                    let id = validate::derived_event_id(self.stream.key(), &e.id);
+                    let id = validate::derived_event_id(e.stream.key(), &e.id);
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
                     let shard = event_shard(&ev.event_id, shards);
@@ -694,12 +694,21 @@ mod tests {
         let archive = encode(&Batch { accepted_at_ms: 1, records: Records::Events(b) }).expect("encodes");
         let field = |k: &str, v: &[u8]| (k.as_bytes().to_vec(), v.to_vec());
         let batch_entry = Entry {
+            stream: StreamKind::Events,
             id: "1-0".into(),
             fields: vec![field(FIELD_FORMAT, FORMAT.as_bytes()), field(FIELD_BATCH, archive.as_slice())],
         };
         let json = format!(r#"{{"ts":{t},"game_id":"g","env":"prod","event":"session.start","user_id":"u0"}}"#);
-        let json_entry = Entry { id: "2-0".into(), fields: vec![field(FIELD_CROUPIER_DATA, json.as_bytes())] };
-        let poison = Entry { id: "3-0".into(), fields: vec![field(FIELD_CROUPIER_DATA, b"{not json")] };
+        let json_entry = Entry {
+            stream: StreamKind::Events,
+            id: "2-0".into(),
+            fields: vec![field(FIELD_CROUPIER_DATA, json.as_bytes())],
+        };
+        let poison = Entry {
+            stream: StreamKind::Events,
+            id: "3-0".into(),
+            fields: vec![field(FIELD_CROUPIER_DATA, b"{not json")],
+        };
         let mut sink = Sink::new(StreamKind::Events, 2, true);
         assert!(sink.user_days_sql.starts_with("INSERT INTO analytics.user_days_local ("), "{}", sink.user_days_sql);
         sink.push(&batch_entry).expect("rows");
@@ -740,7 +749,11 @@ mod tests {
     fn an_entry_gives_a_shard_only_what_it_did_not_confirm() {
         let json = r#"{"ts":1700000000000,"game_id":"g","env":"prod","event":"login","user_id":"u"}"#;
         let field = |k: &str, v: &[u8]| (k.as_bytes().to_vec(), v.to_vec());
-        let entry = |id: &str| Entry { id: id.into(), fields: vec![field(FIELD_CROUPIER_DATA, json.as_bytes())] };
+        let entry = |id: &str| Entry {
+            stream: StreamKind::Events,
+            id: id.into(),
+            fields: vec![field(FIELD_CROUPIER_DATA, json.as_bytes())],
+        };
         let mut sink = Sink::new(StreamKind::Events, 1, false);
         let mut confirmed = Confirmed::new(3, 1);
         assert!(!confirmed.table_rows_stored(0));

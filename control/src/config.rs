@@ -553,7 +553,8 @@ pub struct Worker {
     /// milliseconds: fewer, larger inserts; a lighter load closes `linger_ms` after the
     /// first row. 0: only `linger_ms`; at most [`MAX_INSERT_INTERVAL_MS`] (docs/worker.md).
     pub insert_interval_ms: u64,
-    /// Entries asked for per read.
+    /// Entries asked for per read (the events consumer, reading the custom stream too, asks
+    /// each stream for half).
     pub read_count: usize,
     /// While a batch gathers, a read that returned fewer entries than it asked for is
     /// followed by this pause before the next, milliseconds (never past the batch's

@@ -360,22 +360,23 @@ fn a_light_stream_is_inserted_with_its_tables_heavy_one_once_per_interval() {
     // load stopped.
     let bound = secs + 3.0;
     assert!((inserts as f64) <= bound, "{inserts} inserts in {secs:.1} s (at most {bound})");
-    assert_eq!(p.pending("analytics:custom"), 0, "acknowledged on their own stream");
+    p.wait_for(0, "custom entries acknowledged on their own stream", |p| p.pending("analytics:custom") as u64);
 }
 
-/// The events consumer reads the custom stream's new entries with its own: each entry is
-/// still acknowledged on its own stream, dead-lettered to its own stream's dead letters,
-/// and a Croupier-format entry's derived event id is its own stream's.
+/// The events consumer reads the custom stream's new entries with its own, in one insert
+/// (the table's only block number is 1): each entry is still acknowledged on its own
+/// stream, dead-lettered to its own stream's dead letters, and a Croupier-format entry's
+/// derived event id is its own stream's.
 #[test]
 fn custom_entries_read_with_events_keep_their_own_stream() {
     let mut p = Pipeline::start(&[]);
-    p.start_worker(&[]);
     let ts = now_secs();
     let custom = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"boss_killed","user_id":"c-1"}}"#);
     let standard = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"e-1"}}"#);
     let custom_id = redis_cli(&p, &["XADD", "analytics:custom", "*", "data", &custom]);
     let poison_id = redis_cli(&p, &["XADD", "analytics:custom", "*", "data", "{not json"]);
     let standard_id = redis_cli(&p, &["XADD", "analytics:events", "*", "data", &standard]);
+    p.start_worker(&[]);
     p.wait_for(2, "both events", Pipeline::distinct_events);
     p.wait_for(1, "the custom dead letter", |p| xlen(&p.ingest.redis, "analytics:custom:dead") as u64);
     p.wait_for(0, "pending custom", |p| p.pending("analytics:custom") as u64);
@@ -393,6 +394,65 @@ fn custom_entries_read_with_events_keep_their_own_stream() {
         derived("analytics:events", &standard_id)
     );
     assert_eq!(ids, want);
+    let blocks = "SELECT max(max_block_number) FROM system.parts WHERE database = 'analytics' AND table = 'events'";
+    assert_eq!(p.scalar(blocks), 1, "one insert for both streams");
+}
+
+/// A fault of the custom stream alone does not stop the events stream read with it: with
+/// `analytics:custom` turned into a string (a read of both keys answers `WRONGTYPE`), the
+/// events consumer reads its own stream alone, and the custom entries flow again once the
+/// key is a stream with its group.
+#[test]
+fn a_broken_custom_stream_does_not_stop_the_events_stream_read_with_it() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[]);
+    let ts = now_secs();
+    let entry = |event: &str, user: &str| {
+        format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"{event}","user_id":"{user}"}}"#)
+    };
+    redis_cli(&p, &["XADD", "analytics:custom", "*", "data", &entry("boss_killed", "c-1")]);
+    p.wait_for(1, "the first custom event (the custom stream is read with events)", Pipeline::distinct_events);
+    redis_cli(&p, &["DEL", "analytics:custom"]);
+    redis_cli(&p, &["SET", "analytics:custom", "oops"]);
+    redis_cli(&p, &["XADD", "analytics:events", "*", "data", &entry("login", "e-1")]);
+    p.wait_for(2, "the standard event while the custom stream is broken", Pipeline::distinct_events);
+    redis_cli(&p, &["DEL", "analytics:custom"]);
+    redis_cli(&p, &["XGROUP", "CREATE", "analytics:custom", "analytics-workers", "0", "MKSTREAM"]);
+    redis_cli(&p, &["XADD", "analytics:custom", "*", "data", &entry("boss_killed", "c-2")]);
+    p.wait_for(3, "the custom event once the stream is back", Pipeline::distinct_events);
+    p.wait_for(0, "pending custom", |p| p.pending("analytics:custom") as u64);
+}
+
+/// The custom stream's consumer claims idle entries under the shard's consumer name,
+/// which is also the name the events consumer reads custom entries under. While the
+/// events consumer's inserts fail (the `user_days` table renamed away: ClickHouse answers,
+/// nothing systemic), the custom entries it holds go idle past `claim_idle_ms`: the custom
+/// consumer's claims leave them to it, giving back the delivery each claim counted. Once
+/// the table is back, every event is counted once in `user_days`.
+#[test]
+fn custom_entries_the_events_consumer_holds_are_not_claimed_from_it() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("RENAME TABLE analytics.user_days TO analytics.user_days_away");
+    p.start_worker(&[
+        ("CROUPIER_WORKER__LINGER_MS", "50"),
+        ("CROUPIER_WORKER__INSERT_INTERVAL_MS", "100"),
+        ("CROUPIER_WORKER__CLAIM_IDLE_MS", "1000"),
+        ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "200"),
+    ]);
+    let mut c = p.ingest.client();
+    let body = format!("[{},{}]", event("boss_killed", "held-1"), event("level_start", "held-2"));
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes()).status, 202);
+    p.wait_for(1, "the custom entry delivered", |p| p.pending("analytics:custom") as u64);
+    let id = redis_cli(&p, &["XRANGE", "analytics:custom", "-", "+", "COUNT", "1"]);
+    let id = id.lines().next().unwrap_or_default().to_owned();
+    // Three claim idles: without the rule the custom consumer took it at the first.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(pending_owner_in(&p, "analytics:custom", &id), Some(("it-0".into(), 1)), "claimed from its holder");
+    p.clickhouse.query("RENAME TABLE analytics.user_days_away TO analytics.user_days");
+    p.wait_for(0, "pending custom", |p| p.pending("analytics:custom") as u64);
+    p.wait_for(0, "pending events", |p| p.pending("analytics:events") as u64);
+    assert_eq!(p.scalar("SELECT sum(events) FROM analytics.user_days"), 2, "each event counted once");
+    assert_eq!(xlen(&p.ingest.redis, "analytics:custom:dead"), 0);
 }
 
 /// Custom entries a killed worker left pending under its consumer name are recovered by
@@ -543,10 +603,13 @@ fn post_one_entry(p: &Pipeline, users: [&str; 2]) -> String {
 
 /// `(consumer, deliveries)` of a pending entry.
 fn pending_owner(p: &Pipeline, id: &str) -> Option<(String, i64)> {
+    pending_owner_in(p, "analytics:events", id)
+}
+
+/// [`pending_owner`] in stream `key`.
+fn pending_owner_in(p: &Pipeline, key: &str, id: &str) -> Option<(String, i64)> {
     use croupier_protocol::resp::Frame;
-    let Frame::Array(items) =
-        p.ingest.redis.client().cmd(&["XPENDING", "analytics:events", "analytics-workers", id, id, "1"])
-    else {
+    let Frame::Array(items) = p.ingest.redis.client().cmd(&["XPENDING", key, "analytics-workers", id, id, "1"]) else {
         return None;
     };
     let Some(Frame::Array(item)) = items.into_iter().next() else { return None };

@@ -6,7 +6,9 @@
 //! consumers of `analytics:events` and `analytics:custom` (and of their partitions) all
 //! write `analytics.events`, and every insert is a part that table writes and merges. A
 //! consumer whose own stream is light but whose table is heavy waits for the interval too,
-//! instead of inserting a small part every linger.
+//! instead of inserting a small part every linger. (The custom stream's new entries are
+//! now read by the events consumer, [`super::join`]; partitions and future streams of one
+//! table still add up here.)
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -1,7 +1,8 @@
 //! One stream's consumer on a worker shard: read, insert, acknowledge.
 //!
 //! Order of work:
-//! 1. On start (and after any failure) the consumer recovers its own pending entries —
+//! 1. On start (and after a failed read or claim; the custom consumer only on start,
+//!    [`super::join`]) the consumer recovers its own pending entries —
 //!    entries it was given before but never acknowledged — by ID (`XPENDING`, `XRANGE`:
 //!    no delivery), after trying alone those delivered `max_deliveries` times, and moving
 //!    those delivered twice that to the dead-letter stream. It does so only once
@@ -14,8 +15,9 @@
 //!    reads the custom stream's new entries with its own, and the custom consumer none
 //!    ([`super::join`]): one insert into `events` for both.
 //! 3. Every `claim_interval_ms` it claims entries idle past `claim_idle_ms` in other
-//!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead. It
-//!    claims only while ClickHouse answers it.
+//!    consumers' pending lists (`XAUTOCLAIM`): those consumers are presumed dead (and its
+//!    own, after a lost reply; the custom entries the events consumer holds are left to
+//!    it). It claims only while ClickHouse answers it.
 //! 4. A batch is inserted and only after ClickHouse's EndOfStream are its entries
 //!    acknowledged (`XACK`). Entries that cannot be read, or whose rows ClickHouse
 //!    rejects as bad data (found by bisecting the batch), go to
@@ -101,12 +103,12 @@ impl ConsumerConfig {
     /// [`ReadSize`]): no more than `read_count`, than the rows still wanted (an entry holds
     /// at least one row), or than such entries that fit in the bytes still allowed; at
     /// least one. `streams`: streams read at once (each returns up to the count), which
-    /// share the rows and bytes still allowed.
+    /// share all three bounds.
     pub fn read_count(&self, rows: usize, bytes: usize, entry_bytes: usize, streams: usize) -> usize {
         let streams = streams.max(1);
         let by_rows = self.batch_rows.saturating_sub(rows) / streams;
         let by_bytes = self.batch_bytes.saturating_sub(bytes) / entry_bytes.max(1) / streams;
-        self.read_count.min(by_rows).min(by_bytes).max(1)
+        (self.read_count / streams).min(by_rows).min(by_bytes).max(1)
     }
 
     /// Whether a batch of `rows` rows and `bytes` bytes is full.
@@ -345,7 +347,7 @@ pub async fn run(
         } else if !reads_new {
             // Its new entries are read with the other stream's: only claims are left.
             let due = interval.saturating_sub(last_claim.elapsed());
-            monoio::time::sleep(due.min(Duration::from_millis(50))).await;
+            monoio::time::sleep(due.min(Duration::from_millis(250))).await;
             continue;
         } else {
             gathered = true;
@@ -381,7 +383,9 @@ pub async fn run(
                 continue;
             }
             // Overlap only in steady state: recovery and claims read this consumer's
-            // pending list, which must not hold a batch gathered ahead.
+            // pending list, which must not hold a batch gathered ahead. (Custom entries
+            // the events consumer holds are in the custom consumer's list: its claims
+            // leave them, see `claim`, and it does not re-read that list after a start.)
             let overlap = next.is_none()
                 && reads_new
                 && recovering == Recovery::Done
@@ -464,8 +468,41 @@ async fn redis_call_blocking(redis: &RedisClient, c: Vec<u8>, block: Duration) -
 impl Reader {
     /// One `XREADGROUP` page of new entries, at most `count` of each stream read (its own
     /// and, when joined, the table's other one); also whether it was short (no stream
-    /// gave `count`).
+    /// gave `count`). A joined read that fails is made again per stream, so that a fault
+    /// of the other stream alone (its group gone, its slot half moved between cluster
+    /// nodes: `TRYAGAIN` for a command of two keys) does not stop this one; the other
+    /// stream's entries then wait for it to read again.
     async fn read(&self, block: Option<Duration>, count: usize) -> Result<(Vec<Entry>, bool), String> {
+        let own = (self.cfg.key.as_str(), self.cfg.stream);
+        let Some((stream, key)) = self.join.reading() else {
+            return self.read_keys(&[own], block, count).await;
+        };
+        let both = [own, (key, stream)];
+        match self.read_keys(&both, block, count).await {
+            Ok(read) => Ok(read),
+            Err(e) if !self.redis.is_up() => Err(e),
+            Err(e) => {
+                tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e, "read of both streams failed; reading each");
+                let (mut entries, mut short) = self.read_keys(&[own], block, count).await?;
+                match self.read_keys(&[(key, stream)], None, count).await {
+                    Ok((other, other_short)) => {
+                        entries.extend(other);
+                        short &= other_short;
+                    }
+                    Err(e) => tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e, "read failed"),
+                }
+                Ok((entries, short))
+            }
+        }
+    }
+
+    /// [`Reader::read`] of the streams `keys` (key, stream) in one `XREADGROUP`.
+    async fn read_keys(
+        &self,
+        keys: &[(&str, StreamKind)],
+        block: Option<Duration>,
+        count: usize,
+    ) -> Result<(Vec<Entry>, bool), String> {
         let count_arg = count.to_string();
         let mut args: Vec<&[u8]> = vec![
             b"XREADGROUP",
@@ -479,14 +516,15 @@ impl Reader {
         if let Some(ms) = &ms {
             args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
         }
-        let mut keys = vec![(self.cfg.key.as_str(), self.cfg.stream)];
-        keys.extend(self.join.reading().map(|(stream, key)| (key, stream)));
         args.push(b"STREAMS");
         args.extend(keys.iter().map(|(k, _)| k.as_bytes()));
         args.extend(keys.iter().map(|_| b">".as_slice()));
         let reply = redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?;
-        let entries = entries::xreadgroup_reply(reply, &keys)?;
+        let entries = entries::xreadgroup_reply(reply, keys)?;
         self.size.observe(entries.iter().map(Entry::byte_len).max());
+        if let Some(in_hand) = self.join.in_hand().filter(|_| self.join.reads_new()) {
+            in_hand.add(entries.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()));
+        }
         let short = keys.iter().all(|&(_, s)| entries.iter().filter(|e| e.stream == s).count() < count);
         Ok((entries, short))
     }
@@ -496,6 +534,11 @@ impl Reader {
     fn count(&self, rows: usize, bytes: usize) -> usize {
         let streams = 1 + usize::from(self.join.reading().is_some());
         self.cfg.read_count(rows, bytes, self.size.entry_bytes(), streams)
+    }
+
+    /// Entries of a page of this consumer's own stream alone (recovery, claims).
+    fn page(&self) -> usize {
+        self.cfg.read_count(0, 0, self.size.entry_bytes(), 1)
     }
 
     /// New entries: waits up to the idle block for the first, then gathers until
@@ -631,7 +674,7 @@ impl Consumer {
     /// failed in this process, the entries were delivered (and counted) by that call and
     /// never reached the consumer: that call was their try.
     async fn recover_page(&mut self, mode: Recovery) -> Result<Vec<Entry>, String> {
-        let count = self.reader.count(0, 0);
+        let count = self.reader.page();
         let pending = self.own_pending(count).await?;
         if !pending.is_empty() {
             // Setting apart and giving up are decided on delivery counts: only while
@@ -746,15 +789,21 @@ impl Consumer {
         }
     }
 
-    /// Sets the delivery counts of `tries` to theirs plus `add` (`XCLAIM` to this
-    /// consumer with `RETRYCOUNT`, `JUSTID`: no delivery counted by the call itself).
+    /// Sets the delivery counts of `tries` to theirs plus `add`.
     async fn set_tries(&self, add: u64) -> Result<(), String> {
-        let mut counts: Vec<u64> = self.tries.iter().map(|(_, n)| *n).collect();
+        self.set_deliveries(&self.tries, add).await
+    }
+
+    /// Sets the delivery counts of `entries` (id, count) in this consumer's stream to
+    /// theirs plus `add` (`XCLAIM` to this consumer with `RETRYCOUNT`, `JUSTID`: no
+    /// delivery counted by the call itself; their idle time starts again).
+    async fn set_deliveries(&self, entries: &[(String, u64)], add: u64) -> Result<(), String> {
+        let mut counts: Vec<u64> = entries.iter().map(|(_, n)| *n).collect();
         counts.sort_unstable();
         counts.dedup();
         for n in counts {
             let retries = n.saturating_add(add).to_string();
-            let ids: Vec<&str> = self.tries.iter().filter(|(_, m)| *m == n).map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = entries.iter().filter(|(_, m)| *m == n).map(|(id, _)| id.as_str()).collect();
             for chunk in ids.chunks(1000) {
                 let mut args: Vec<&[u8]> = vec![
                     b"XCLAIM",
@@ -803,7 +852,7 @@ impl Consumer {
     /// are dead-lettered by ID, so what was lost can be seen.
     async fn claim(&mut self, more: &mut bool) -> Result<Vec<Entry>, String> {
         let idle = self.cfg.claim_idle.as_millis().to_string();
-        let count = self.reader.count(0, 0);
+        let count = self.reader.page();
         let count_arg = count.to_string();
         let reply = self
             .call(cmd(&[
@@ -840,8 +889,25 @@ impl Consumer {
         // Claiming counted one delivery; entries that keep killing consumers are tried
         // alone, and stop here once delivered too often even for that.
         let deliveries = self.deliveries(&claimed.entries).await?;
-        let mut ours = Vec::with_capacity(claimed.entries.len());
-        for e in claimed.entries {
+        // Custom entries the events consumer of this shard has in hand (its inserts
+        // failing long enough for them to be idle): still its to insert, under the same
+        // consumer name. Left to it, with the delivery this claim counted given back.
+        let (held, entries): (Vec<Entry>, Vec<Entry>) = match self.reader.join.in_hand() {
+            Some(in_hand) if !self.reader.join.reads_new() => {
+                claimed.entries.into_iter().partition(|e| in_hand.holds(&e.id))
+            }
+            _ => (Vec::new(), claimed.entries),
+        };
+        if !held.is_empty() {
+            let back: Vec<(String, u64)> = deliveries
+                .iter()
+                .filter(|(id, _)| held.iter().any(|e| e.id == *id))
+                .map(|(id, n)| (id.clone(), n.saturating_sub(1)))
+                .collect();
+            self.set_deliveries(&back, 0).await?;
+        }
+        let mut ours = Vec::with_capacity(entries.len());
+        for e in entries {
             match deliveries.iter().find(|(id, _)| *id == e.id) {
                 Some(&(_, n)) if n > self.give_up_after() => {
                     let reason = format!("delivered {} times without being acknowledged", n - 1);
@@ -1137,6 +1203,11 @@ impl Consumer {
         }
         for (key, ids) in self.by_key(batch.iter()) {
             self.ack_on(key, &ids).await?;
+            if key != self.key() {
+                if let Some(in_hand) = self.reader.join.in_hand() {
+                    in_hand.remove(&ids);
+                }
+            }
         }
         Ok(())
     }
@@ -1339,7 +1410,7 @@ mod tests {
         assert_eq!(c.read_count(0, 0, max, 2), 2);
         assert!(2 * c.read_count(0, 0, max, 2) * max <= c.batch_bytes);
         assert_eq!(c.read_count(199_990, 0, 64 << 10, 2), 5);
-        assert_eq!(c.read_count(0, 0, 64 << 10, 2), 200);
+        assert_eq!(c.read_count(0, 0, 64 << 10, 2), 100, "the worst case stays read_count largest entries");
         assert!(c.is_full(200_000, 0) && c.is_full(0, 64 << 20) && !c.is_full(199_999, (64 << 20) - 1));
     }
 }

@@ -171,9 +171,10 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let keys = (0..partitions.len())
                 .flat_map(|p| {
                     let custom = partitions.stream(p, StreamKind::Custom);
-                    let recovered = Rc::new(Cell::new(false));
-                    StreamKind::ALL
-                        .map(|k| (k, partitions.stream(p, k).to_owned(), join::Join::of(k, custom, &recovered)))
+                    let (recovered, in_hand) = (Rc::new(Cell::new(false)), join::InHand::default());
+                    StreamKind::ALL.map(|k| {
+                        (k, partitions.stream(p, k).to_owned(), join::Join::of(k, custom, &recovered, &in_hand))
+                    })
                 })
                 .collect::<Vec<_>>();
             // The consumers of one table judge its load on this shard together.
@@ -181,7 +182,9 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             for (stream, key, join) in keys {
                 let cfg = Rc::new(consumer_config(&config, stream, &key, shard));
                 let load = tables[Table::of(stream).index()].join();
-                let (reads, redis) = (connect(), connect());
+                // A consumer whose new entries another reads blocks on no read of its own.
+                let redis = connect();
+                let reads = if join.reads_new() { connect() } else { redis.clone() };
                 let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
                 live.set(live.get() + 1);
                 monoio::spawn(async move {

@@ -1202,11 +1202,13 @@ impl Consumer {
             progress.poison.pop();
         }
         for (key, ids) in self.by_key(batch.iter()) {
-            self.ack_on(key, &ids).await?;
-            if key != self.key() {
-                if let Some(in_hand) = self.reader.join.in_hand() {
-                    in_hand.remove(&ids);
-                }
+            if key == self.key() {
+                self.ack_on(key, &ids).await?;
+                continue;
+            }
+            self.ack_joined(key, &ids).await?;
+            if let Some(in_hand) = self.reader.join.in_hand() {
+                in_hand.remove(&ids);
             }
         }
         Ok(())
@@ -1259,6 +1261,27 @@ impl Consumer {
     /// Acknowledges entries `ids` of this consumer's stream.
     async fn ack(&self, ids: &[&str]) -> Result<(), String> {
         self.ack_on(self.key(), ids).await
+    }
+
+    /// Acknowledges entries `ids` of the joined stream `key` (their rows are stored). A
+    /// key that now holds another type (`WRONGTYPE`; the stream was deleted, and its entries
+    /// with it) has nothing left to acknowledge: logged and passed over, so that a broken
+    /// custom stream does not hold the events stream's batch back. Any other failure is
+    /// the batch's, as for its own entries.
+    async fn ack_joined(&self, key: &str, ids: &[&str]) -> Result<(), String> {
+        match self.ack_on(key, ids).await {
+            Err(e) if e.starts_with("Redis: WRONGTYPE") => {
+                tracing::warn!(
+                    consumer = %self.cfg.consumer,
+                    stream = key,
+                    count = ids.len(),
+                    error = %e,
+                    "the stream of these inserted entries is gone (its key holds another type): nothing to acknowledge"
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Acknowledges entries `ids` of stream `key`.

@@ -290,7 +290,10 @@ fn run(o: &Options) -> Result<(), String> {
         };
         (last_metrics, last_at) = (m, Instant::now());
         if live {
-            print!("\x1b[H\x1b[2J{}", screen::live(&view));
+            // One write that draws over the last frame (each line cleared to its end, the
+            // rest below cleared after it): the screen is never blank, and never half drawn
+            // for long, however the terminal is read.
+            let _ = std::io::stdout().lock().write_all(screen::frame(&screen::live(&view)).as_bytes());
         } else if tick.is_multiple_of(5) || done {
             println!("{}", screen::line(&view));
         }

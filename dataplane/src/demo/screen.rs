@@ -67,6 +67,19 @@ fn clock(d: Duration) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// `text` as a frame drawn over the previous one: from the top left, each line cleared
+/// to its end, everything below the last cleared.
+pub fn frame(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8 * text.lines().count() + 8);
+    out.push_str("\x1b[H");
+    for line in text.lines() {
+        out.push_str(line);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[J");
+    out
+}
+
 /// The live screen's text (without the escape codes that clear the terminal).
 pub fn live(v: &View) -> String {
     let mut o = String::new();
@@ -238,6 +251,13 @@ mod tests {
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(money(123456), "$1,234.56");
         assert_eq!(clock(Duration::from_secs(3725)), "01:02:05");
+    }
+
+    #[test]
+    fn a_frame_draws_over_the_last_without_clearing_the_screen_first() {
+        let f = frame("a\nbc\n");
+        assert_eq!(f, "\x1b[Ha\x1b[K\nbc\x1b[K\n\x1b[J");
+        assert!(!f.contains("\x1b[2J"), "a cleared screen shows blank until redrawn");
     }
 
     #[test]

@@ -522,9 +522,7 @@ impl Reader {
         let reply = redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?;
         let entries = entries::xreadgroup_reply(reply, keys)?;
         self.size.observe(entries.iter().map(Entry::byte_len).max());
-        if let Some(in_hand) = self.join.in_hand().filter(|_| self.join.reads_new()) {
-            in_hand.add(entries.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()));
-        }
+        self.join.took(entries.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()));
         let short = keys.iter().all(|&(_, s)| entries.iter().filter(|e| e.stream == s).count() < count);
         Ok((entries, short))
     }
@@ -892,12 +890,8 @@ impl Consumer {
         // Custom entries the events consumer of this shard has in hand (its inserts
         // failing long enough for them to be idle): still its to insert, under the same
         // consumer name. Left to it, with the delivery this claim counted given back.
-        let (held, entries): (Vec<Entry>, Vec<Entry>) = match self.reader.join.in_hand() {
-            Some(in_hand) if !self.reader.join.reads_new() => {
-                claimed.entries.into_iter().partition(|e| in_hand.holds(&e.id))
-            }
-            _ => (Vec::new(), claimed.entries),
-        };
+        let (held, entries): (Vec<Entry>, Vec<Entry>) =
+            claimed.entries.into_iter().partition(|e| self.reader.join.held_by_reader(&e.id));
         if !held.is_empty() {
             let back: Vec<(String, u64)> = deliveries
                 .iter()
@@ -1207,9 +1201,7 @@ impl Consumer {
                 continue;
             }
             self.ack_joined(key, &ids).await?;
-            if let Some(in_hand) = self.reader.join.in_hand() {
-                in_hand.remove(&ids);
-            }
+            self.reader.join.released(&ids);
         }
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! consumer name, so a crash leaves every entry in that name's pending lists, as before;
 //! and so the custom consumer's claims can meet custom entries the events consumer has in
 //! hand (idle while its inserts fail): those it leaves to the events consumer
-//! ([`InHand`]).
+//! ([`Shared`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -20,30 +20,17 @@ use std::rc::Rc;
 
 use croupier_protocol::stream::StreamKind;
 
-/// The IDs of the custom entries the events consumer has in hand (read, not yet
-/// acknowledged): a claim of the custom stream on the same shard takes them too once they
-/// are idle, and must not insert them a second time.
-#[derive(Debug, Clone, Default)]
-pub struct InHand(Rc<RefCell<HashSet<String>>>);
-
-impl InHand {
-    /// Entries `ids` were read.
-    pub fn add<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        self.0.borrow_mut().extend(ids.map(str::to_owned));
-    }
-
-    /// Entries `ids` were acknowledged.
-    pub fn remove(&self, ids: &[&str]) {
-        let mut set = self.0.borrow_mut();
-        for id in ids {
-            set.remove(*id);
-        }
-    }
-
-    /// Whether entry `id` is in hand.
-    pub fn holds(&self, id: &str) -> bool {
-        self.0.borrow().contains(id)
-    }
+/// What a partition's events and custom consumers on one shard share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The custom consumer's recovery after the start is done: the events consumer may
+    /// read custom entries (one read now is not also taken for one left by a stopped
+    /// consumer).
+    recovered: Cell<bool>,
+    /// The IDs of the custom entries the events consumer has in hand (read, not yet
+    /// acknowledged): a claim of the custom stream on the same shard takes them too once
+    /// they are idle, and must not insert them a second time.
+    in_hand: RefCell<HashSet<String>>,
 }
 
 /// How a consumer shares its table with the other consumer of that table on its shard.
@@ -51,49 +38,33 @@ impl InHand {
 pub enum Join {
     /// Alone with its table (payments).
     Alone,
-    /// Also reads the new entries of `key`, stream `stream`, once `recovered` is set (the
-    /// other consumer recovered its pending list: an entry read now is not also taken for
-    /// one left by a stopped consumer).
+    /// Also reads the new entries of `key`, stream `stream`, once the other consumer
+    /// recovered its pending list.
     Reads {
         /// The other stream.
         stream: StreamKind,
         /// Its key (or its partition's).
         key: String,
-        /// Set by the other consumer once its recovery after the start is done.
-        recovered: Rc<Cell<bool>>,
-        /// The other stream's entries in this consumer's hands.
-        in_hand: InHand,
+        /// Shared with the other consumer.
+        shared: Rc<Shared>,
     },
     /// Its new entries are read by the other consumer: this one recovers its pending list
-    /// after the start (then sets `recovered`), claims idle entries and tries entries alone.
+    /// after the start, claims idle entries and tries entries alone.
     ReadBy {
-        /// Set once the recovery after the start is done.
-        recovered: Rc<Cell<bool>>,
-        /// This stream's entries in the other consumer's hands.
-        in_hand: InHand,
+        /// Shared with the other consumer.
+        shared: Rc<Shared>,
     },
 }
 
 impl Join {
-    /// The join of one partition's consumers of `stream`; `custom_key` is the key of that
-    /// partition's custom stream; `recovered` and `in_hand` are shared by the partition's
-    /// two event streams.
-    pub fn of(stream: StreamKind, custom_key: &str, recovered: &Rc<Cell<bool>>, in_hand: &InHand) -> Join {
-        let (recovered, in_hand) = (recovered.clone(), in_hand.clone());
+    /// The join of one partition's consumer of `stream`; `custom_key` is the key of that
+    /// partition's custom stream, `shared` the partition's (one per partition and shard).
+    pub fn of(stream: StreamKind, custom_key: &str, shared: &Rc<Shared>) -> Join {
+        let shared = shared.clone();
         match stream {
-            StreamKind::Events => {
-                Join::Reads { stream: StreamKind::Custom, key: custom_key.to_owned(), recovered, in_hand }
-            }
-            StreamKind::Custom => Join::ReadBy { recovered, in_hand },
+            StreamKind::Events => Join::Reads { stream: StreamKind::Custom, key: custom_key.to_owned(), shared },
+            StreamKind::Custom => Join::ReadBy { shared },
             StreamKind::Payments => Join::Alone,
-        }
-    }
-
-    /// The custom entries the events consumer has in hand (none: not joined).
-    pub fn in_hand(&self) -> Option<&InHand> {
-        match self {
-            Join::Reads { in_hand, .. } | Join::ReadBy { in_hand, .. } => Some(in_hand),
-            Join::Alone => None,
         }
     }
 
@@ -105,7 +76,7 @@ impl Join {
     /// The other stream and its key, when this consumer reads it now.
     pub fn reading(&self) -> Option<(StreamKind, &str)> {
         match self {
-            Join::Reads { stream, key, recovered, .. } if recovered.get() => Some((*stream, key.as_str())),
+            Join::Reads { stream, key, shared } if shared.recovered.get() => Some((*stream, key.as_str())),
             _ => None,
         }
     }
@@ -121,8 +92,34 @@ impl Join {
 
     /// After the start, this consumer's recovery is done (the other may read its stream).
     pub fn recovered(&self) {
-        if let Join::ReadBy { recovered, .. } = self {
-            recovered.set(true);
+        if let Join::ReadBy { shared } = self {
+            shared.recovered.set(true);
+        }
+    }
+
+    /// The reading consumer has entries `ids` of the other stream in hand.
+    pub fn took<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        if let Join::Reads { shared, .. } = self {
+            shared.in_hand.borrow_mut().extend(ids.map(str::to_owned));
+        }
+    }
+
+    /// The reading consumer acknowledged entries `ids` of the other stream.
+    pub fn released(&self, ids: &[&str]) {
+        if let Join::Reads { shared, .. } = self {
+            let mut set = shared.in_hand.borrow_mut();
+            for id in ids {
+                set.remove(*id);
+            }
+        }
+    }
+
+    /// Whether this consumer's entry `id` is in the other consumer's hands (read with its
+    /// own stream, not yet acknowledged).
+    pub fn held_by_reader(&self, id: &str) -> bool {
+        match self {
+            Join::ReadBy { shared } => shared.in_hand.borrow().contains(id),
+            _ => false,
         }
     }
 }
@@ -131,12 +128,14 @@ impl Join {
 mod tests {
     use super::*;
 
+    fn partition() -> [Join; 3] {
+        let shared = Rc::new(Shared::default());
+        StreamKind::ALL.map(|k| Join::of(k, "analytics:custom", &shared))
+    }
+
     #[test]
     fn the_events_consumer_reads_custom_only_once_its_consumer_recovered() {
-        let (recovered, in_hand) = (Rc::new(Cell::new(false)), InHand::default());
-        let events = Join::of(StreamKind::Events, "analytics:custom", &recovered, &in_hand);
-        let custom = Join::of(StreamKind::Custom, "analytics:custom", &recovered, &in_hand);
-        let payments = Join::of(StreamKind::Payments, "analytics:custom", &recovered, &in_hand);
+        let [events, custom, payments] = partition();
         assert!(events.reads_new() && !custom.reads_new() && payments.reads_new());
         assert_eq!(events.reading(), None);
         events.recovered();
@@ -148,18 +147,16 @@ mod tests {
         assert_eq!(events.key_of(StreamKind::Payments), None);
         assert_eq!(custom.reading(), None);
         assert_eq!(payments.key_of(StreamKind::Custom), None);
-        assert!(payments.in_hand().is_none());
     }
 
     #[test]
     fn entries_read_by_one_are_in_hand_for_the_other_until_acknowledged() {
-        let (recovered, in_hand) = (Rc::new(Cell::new(true)), InHand::default());
-        let events = Join::of(StreamKind::Events, "c", &recovered, &in_hand);
-        let custom = Join::of(StreamKind::Custom, "c", &recovered, &in_hand);
-        events.in_hand().expect("joined").add(["1-0", "2-0"].into_iter());
-        let seen = custom.in_hand().expect("joined");
-        assert!(seen.holds("1-0") && seen.holds("2-0") && !seen.holds("3-0"));
-        events.in_hand().expect("joined").remove(&["1-0"]);
-        assert!(!seen.holds("1-0") && seen.holds("2-0"));
+        let [events, custom, payments] = partition();
+        events.took(["1-0", "2-0"].into_iter());
+        assert!(custom.held_by_reader("1-0") && custom.held_by_reader("2-0") && !custom.held_by_reader("3-0"));
+        // Only the custom consumer asks: an events entry of the same ID is another entry.
+        assert!(!events.held_by_reader("1-0") && !payments.held_by_reader("1-0"));
+        events.released(&["1-0"]);
+        assert!(!custom.held_by_reader("1-0") && custom.held_by_reader("2-0"));
     }
 }

@@ -171,10 +171,8 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let keys = (0..partitions.len())
                 .flat_map(|p| {
                     let custom = partitions.stream(p, StreamKind::Custom);
-                    let (recovered, in_hand) = (Rc::new(Cell::new(false)), join::InHand::default());
-                    StreamKind::ALL.map(|k| {
-                        (k, partitions.stream(p, k).to_owned(), join::Join::of(k, custom, &recovered, &in_hand))
-                    })
+                    let shared = Rc::new(join::Shared::default());
+                    StreamKind::ALL.map(|k| (k, partitions.stream(p, k).to_owned(), join::Join::of(k, custom, &shared)))
                 })
                 .collect::<Vec<_>>();
             // The consumers of one table judge its load on this shard together.

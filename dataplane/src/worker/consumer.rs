@@ -451,6 +451,23 @@ struct Reader {
     join: Rc<Join>,
 }
 
+/// Why a read failed.
+enum ReadFailure {
+    /// Redis answered with an error (the fault is one of the keys': its type, its group).
+    Refused(String),
+    /// No usable answer (the connection, a timeout, a malformed reply): entries may have
+    /// been delivered.
+    Lost(String),
+}
+
+impl ReadFailure {
+    fn into_message(self) -> String {
+        match self {
+            ReadFailure::Refused(m) | ReadFailure::Lost(m) => m,
+        }
+    }
+}
+
 /// One command; a Redis error reply is an error.
 async fn redis_call(redis: &RedisClient, c: Vec<u8>) -> Result<Frame, String> {
     redis_call_blocking(redis, c, Duration::ZERO).await
@@ -475,21 +492,25 @@ impl Reader {
     async fn read(&self, block: Option<Duration>, count: usize) -> Result<(Vec<Entry>, bool), String> {
         let own = (self.cfg.key.as_str(), self.cfg.stream);
         let Some((stream, key)) = self.join.reading() else {
-            return self.read_keys(&[own], block, count).await;
+            return self.read_keys(&[own], block, count).await.map_err(ReadFailure::into_message);
         };
         let both = [own, (key, stream)];
         match self.read_keys(&both, block, count).await {
             Ok(read) => Ok(read),
-            Err(e) if !self.redis.is_up() => Err(e),
-            Err(e) => {
-                tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e, "read of both streams failed; reading each");
-                let (mut entries, mut short) = self.read_keys(&[own], block, count).await?;
+            // No answer: what the read delivered, if anything, is the consumer's to recover.
+            Err(ReadFailure::Lost(e)) => Err(e),
+            Err(ReadFailure::Refused(e)) => {
+                tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e, "read of both streams refused; reading each");
+                let (mut entries, mut short) =
+                    self.read_keys(&[own], block, count).await.map_err(ReadFailure::into_message)?;
                 match self.read_keys(&[(key, stream)], None, count).await {
                     Ok((other, other_short)) => {
                         entries.extend(other);
                         short &= other_short;
                     }
-                    Err(e) => tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e, "read failed"),
+                    Err(e) => {
+                        tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e.into_message(), "read failed")
+                    }
                 }
                 Ok((entries, short))
             }
@@ -502,7 +523,7 @@ impl Reader {
         keys: &[(&str, StreamKind)],
         block: Option<Duration>,
         count: usize,
-    ) -> Result<(Vec<Entry>, bool), String> {
+    ) -> Result<(Vec<Entry>, bool), ReadFailure> {
         let count_arg = count.to_string();
         let mut args: Vec<&[u8]> = vec![
             b"XREADGROUP",
@@ -519,8 +540,12 @@ impl Reader {
         args.push(b"STREAMS");
         args.extend(keys.iter().map(|(k, _)| k.as_bytes()));
         args.extend(keys.iter().map(|_| b">".as_slice()));
-        let reply = redis_call_blocking(&self.redis, cmd(&args), block.unwrap_or_default()).await?;
-        let entries = entries::xreadgroup_reply(reply, keys)?;
+        let reply = match self.redis.call_blocking(cmd(&args), block.unwrap_or_default()).await {
+            Ok(Frame::Error(e)) => return Err(ReadFailure::Refused(format!("Redis: {e}"))),
+            Ok(f) => f,
+            Err(e) => return Err(ReadFailure::Lost(format!("Redis: {e:?}"))),
+        };
+        let entries = entries::xreadgroup_reply(reply, keys).map_err(ReadFailure::Lost)?;
         self.size.observe(entries.iter().map(Entry::byte_len).max());
         self.join.took(entries.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()));
         let short = keys.iter().all(|&(_, s)| entries.iter().filter(|e| e.stream == s).count() < count);

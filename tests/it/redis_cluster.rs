@@ -438,7 +438,11 @@ fn cluster_aggregation_counts_players_in_croupiers_keys() {
     let marked = "croupier:aggregate:unwritten";
     let deadline = Instant::now() + Duration::from_secs(30);
     while on_primary(&cluster, marked, &["ZCARD", marked]) != croupier_protocol::resp::Frame::Integer(0) {
-        assert!(Instant::now() < deadline, "rows left marked unwritten");
+        assert!(
+            Instant::now() < deadline,
+            "rows left marked unwritten: {:?}",
+            on_primary(&cluster, marked, &["ZRANGE", marked, "0", "-1", "WITHSCORES"])
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // TTLs as on one Redis; no scratch key left.

@@ -55,6 +55,38 @@ struct Figures {
     revenue: HashSet<(String, String, u32)>,
     /// Of those, the days not yet marked unwritten in Redis ([`unwritten`]).
     revenue_unmarked: HashSet<(String, String, u32)>,
+    /// Of those, the days whose mark is being made (by the one flush in progress).
+    revenue_marking: HashSet<(String, String, u32)>,
+}
+
+impl Figures {
+    /// Moves the days to mark into the mark in progress; returns them.
+    fn begin_marking(&mut self) -> Vec<(String, String, u32)> {
+        let days: Vec<_> = self.revenue_unmarked.drain().collect();
+        self.revenue_marking.extend(days.iter().cloned());
+        days
+    }
+
+    /// Ends the mark in progress: made (`ok`), or to be made again by the next flush.
+    fn end_marking(&mut self, ok: bool) {
+        let days = std::mem::take(&mut self.revenue_marking);
+        if !ok {
+            self.revenue_unmarked.extend(days);
+        }
+    }
+
+    /// The confirmed days whose `daily_revenue` may be computed now: those marked
+    /// unwritten in Redis. A day whose mark is still to be made or in progress waits for
+    /// the next write: computed now, its unmark (by the time taken before the
+    /// computation) would meet no mark, or one made after that time, and the mark would
+    /// stay until the next `aggregate.resend_ms` check.
+    fn take_marked_revenue(&mut self) -> HashSet<(String, String, u32)> {
+        let (marked, waiting) = std::mem::take(&mut self.revenue)
+            .into_iter()
+            .partition(|d| !self.revenue_unmarked.contains(d) && !self.revenue_marking.contains(d));
+        self.revenue = waiting;
+        marked
+    }
 }
 
 /// A worker shard's aggregation: its sketches, its Redis connection for merging, and
@@ -186,7 +218,7 @@ impl Aggregator {
             sketches.begin_flush();
             sketches.take_dirty()
         };
-        let revenue = std::mem::take(&mut self.figures.borrow_mut().revenue_unmarked);
+        let revenue = self.figures.borrow_mut().begin_marking();
         // The rows these merges change, marked after the merges and before anything is
         // acknowledged: a worker killed before it writes them leaves them named in Redis.
         let mut rows: HashSet<unwritten::Unwritten> = dirty
@@ -216,9 +248,10 @@ impl Aggregator {
             let mut sketches = self.sketches.borrow_mut();
             sketches.redirty(&dirty);
             sketches.end_flush();
-            self.figures.borrow_mut().revenue_unmarked.extend(revenue);
+            self.figures.borrow_mut().end_marking(false);
             return Err(e);
         }
+        self.figures.borrow_mut().end_marking(true);
         self.unread.borrow_mut().extend(dirty.into_iter().map(|d| (d.kind, d.game, d.env, d.period)));
         self.sketches.borrow_mut().end_flush();
         Ok(())
@@ -427,10 +460,11 @@ impl Aggregator {
     async fn write_tables(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
         let (minutes, days, revenue) = {
             let mut f = self.figures.borrow_mut();
-            if f.minutes.is_empty() && f.days.is_empty() && f.revenue.is_empty() {
+            let revenue = f.take_marked_revenue();
+            if f.minutes.is_empty() && f.days.is_empty() && revenue.is_empty() {
                 return Ok(());
             }
-            (std::mem::take(&mut f.minutes), std::mem::take(&mut f.days), std::mem::take(&mut f.revenue))
+            (std::mem::take(&mut f.minutes), std::mem::take(&mut f.days), revenue)
         };
         let result = async {
             if ch.is_none() {
@@ -599,4 +633,33 @@ fn read_groups<'a>(touched: impl IntoIterator<Item = (Kind, &'a Arc<str>, &'a Ar
         groups.push(group);
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revenue_is_computed_only_for_days_whose_mark_is_made() {
+        let day = |d| ("g".to_owned(), "prod".to_owned(), d);
+        let mut f = Figures::default();
+        // Confirmed, not yet marked: waits.
+        f.revenue.insert(day(1));
+        f.revenue_unmarked.insert(day(1));
+        assert!(f.take_marked_revenue().is_empty());
+        // Its mark in progress, a second day confirmed meanwhile: both wait.
+        assert_eq!(f.begin_marking(), vec![day(1)]);
+        f.revenue.insert(day(2));
+        f.revenue_unmarked.insert(day(2));
+        assert!(f.take_marked_revenue().is_empty());
+        // The mark failed: the day is marked again by the next flush.
+        f.end_marking(false);
+        assert!(f.take_marked_revenue().is_empty());
+        let mut marking = f.begin_marking();
+        marking.sort();
+        assert_eq!(marking, vec![day(1), day(2)]);
+        f.end_marking(true);
+        assert_eq!(f.take_marked_revenue(), HashSet::from([day(1), day(2)]));
+        assert!(f.revenue.is_empty() && f.revenue_unmarked.is_empty() && f.revenue_marking.is_empty());
+    }
 }

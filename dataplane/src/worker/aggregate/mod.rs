@@ -75,17 +75,15 @@ impl Figures {
         }
     }
 
-    /// The confirmed days whose `daily_revenue` may be computed now: those marked
-    /// unwritten in Redis. A day whose mark is still to be made or in progress waits for
-    /// the next write: computed now, its unmark (by the time taken before the
-    /// computation) would meet no mark, or one made after that time, and the mark would
-    /// stay until the next `aggregate.resend_ms` check.
-    fn take_marked_revenue(&mut self) -> HashSet<(String, String, u32)> {
-        let (marked, waiting) = std::mem::take(&mut self.revenue)
-            .into_iter()
-            .partition(|d| !self.revenue_unmarked.contains(d) && !self.revenue_marking.contains(d));
-        self.revenue = waiting;
-        marked
+    /// The confirmed days whose `daily_revenue` to compute now: all of them. A day whose
+    /// mark is still to be made or in progress also stays for the next write: this
+    /// write's unmark (by a time taken before the mark) would leave the mark, which only
+    /// a computation after it removes (else it would stay until a start or the
+    /// `aggregate.resend_ms` check).
+    fn take_revenue(&mut self) -> HashSet<(String, String, u32)> {
+        let all = self.revenue.clone();
+        self.revenue.retain(|d| self.revenue_unmarked.contains(d) || self.revenue_marking.contains(d));
+        all
     }
 }
 
@@ -167,7 +165,8 @@ impl Aggregator {
 
     /// Days (game, environment, UTC day) whose payments ClickHouse has just confirmed:
     /// marked unwritten in Redis by the next [`Aggregator::flush`] (which the consumer
-    /// awaits before acknowledging), their `daily_revenue` recomputed at the next write.
+    /// awaits before acknowledging), their `daily_revenue` recomputed at the next write
+    /// (and again at the one after, when their mark was not made yet).
     pub fn revenue_confirmed(&self, days: impl IntoIterator<Item = (String, String, u32)>) {
         let mut f = self.figures.borrow_mut();
         for d in days {
@@ -195,6 +194,11 @@ impl Aggregator {
             let now = epoch.get();
             if now != self.merged_epoch.get() {
                 self.sketches.borrow_mut().redirty_all();
+                // The marks of the days still to compute may be lost with the rest.
+                let mut f = self.figures.borrow_mut();
+                let days: Vec<_> = f.revenue.iter().cloned().collect();
+                f.revenue_unmarked.extend(days);
+                drop(f);
                 self.merged_epoch.set(now);
             }
             if !self.sketches.borrow().is_dirty() && self.figures.borrow().revenue_unmarked.is_empty() {
@@ -460,7 +464,7 @@ impl Aggregator {
     async fn write_tables(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
         let (minutes, days, revenue) = {
             let mut f = self.figures.borrow_mut();
-            let revenue = f.take_marked_revenue();
+            let revenue = f.take_revenue();
             if f.minutes.is_empty() && f.days.is_empty() && revenue.is_empty() {
                 return Ok(());
             }
@@ -640,26 +644,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revenue_is_computed_only_for_days_whose_mark_is_made() {
+    fn revenue_of_a_day_not_marked_yet_is_computed_again_after_its_mark() {
         let day = |d| ("g".to_owned(), "prod".to_owned(), d);
         let mut f = Figures::default();
-        // Confirmed, not yet marked: waits.
+        // Confirmed, not yet marked: computed, and kept for the next write.
         f.revenue.insert(day(1));
         f.revenue_unmarked.insert(day(1));
-        assert!(f.take_marked_revenue().is_empty());
-        // Its mark in progress, a second day confirmed meanwhile: both wait.
+        assert_eq!(f.take_revenue(), HashSet::from([day(1)]));
+        assert_eq!(f.revenue, HashSet::from([day(1)]));
+        // Its mark in progress, a second day confirmed meanwhile: both computed and kept.
         assert_eq!(f.begin_marking(), vec![day(1)]);
         f.revenue.insert(day(2));
         f.revenue_unmarked.insert(day(2));
-        assert!(f.take_marked_revenue().is_empty());
-        // The mark failed: the day is marked again by the next flush.
+        assert_eq!(f.take_revenue(), HashSet::from([day(1), day(2)]));
+        assert_eq!(f.revenue.len(), 2);
+        // The mark failed: made again by the next flush, the days still kept.
         f.end_marking(false);
-        assert!(f.take_marked_revenue().is_empty());
+        assert_eq!(f.take_revenue().len(), 2);
         let mut marking = f.begin_marking();
         marking.sort();
         assert_eq!(marking, vec![day(1), day(2)]);
         f.end_marking(true);
-        assert_eq!(f.take_marked_revenue(), HashSet::from([day(1), day(2)]));
+        // Marked: the next write computes them after their marks, and lets them go.
+        assert_eq!(f.take_revenue(), HashSet::from([day(1), day(2)]));
         assert!(f.revenue.is_empty() && f.revenue_unmarked.is_empty() && f.revenue_marking.is_empty());
+        assert!(f.take_revenue().is_empty());
     }
 }

@@ -264,7 +264,8 @@ fn connection(cfg: &LoadConfig, bodies: &[Pooled], index: usize, hist: &mut Hist
             std::thread::sleep(due - now);
         }
         // Payments are built fresh (order ids are dedup keys); event bodies are copied from
-        // the pool and stamped with a fresh first id, so that no two requests are alike.
+        // the pool and stamped with a fresh id in their last event, so that no two requests
+        // are alike.
         let body = if cfg.payments_every > 0 && k as usize % cfg.payments_every == cfg.payments_every - 1 {
             let b = payments.payments_body(5, now_secs() as i64 * 1000).into_bytes();
             Body { path: "/api/ingest/payments", digest: signature::body_digest(&b), bytes: b }

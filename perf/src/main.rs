@@ -79,9 +79,7 @@ fn main() {
         } else {
             20.0
         }),
-        // Enough requests in flight to keep the ingest shard busy at max: with 8 it idled
-        // while its requests waited on Redis (perf/CHANGES.md, "load generator").
-        connections: arg(&args, "--connections", 16),
+        connections: arg(&args, "--connections", 8),
         croupier_cores: (0..(cores / 2).max(1)).collect(),
         loadgen_cores: ((cores / 2).max(1).min(cores - 1)..cores).collect(),
         ceiling_rows: if smoke { 20_000 } else { 1_000_000 },

@@ -51,7 +51,8 @@ type SketchKey = (Kind, Arc<str>, Arc<str>, u32);
 struct Figures {
     minutes: HashMap<DayKey, MinuteRow>,
     days: HashMap<DayKey, DayRow>,
-    /// Days whose payments ClickHouse confirmed since `daily_revenue` was last computed.
+    /// Days whose `daily_revenue` the next write computes: days whose payments ClickHouse
+    /// confirmed since it was last computed, and days computed before their mark was made.
     revenue: HashSet<(String, String, u32)>,
     /// Of those, the days not yet marked unwritten in Redis ([`unwritten`]).
     revenue_unmarked: HashSet<(String, String, u32)>,
@@ -76,10 +77,10 @@ impl Figures {
     }
 
     /// The confirmed days whose `daily_revenue` to compute now: all of them. A day whose
-    /// mark is still to be made or in progress also stays for the next write: this
-    /// write's unmark (by a time taken before the mark) would leave the mark, which only
-    /// a computation after it removes (else it would stay until a start or the
-    /// `aggregate.resend_ms` check).
+    /// mark is still to be made or in progress also stays for the next write (and every
+    /// write until one comes after its mark): this write's unmark, by a time that may come
+    /// before the mark, could leave the mark, which only a computation after it removes
+    /// (else it would stay until a start or the `aggregate.resend_ms` check).
     fn take_revenue(&mut self) -> HashSet<(String, String, u32)> {
         let all = self.revenue.clone();
         self.revenue.retain(|d| self.revenue_unmarked.contains(d) || self.revenue_marking.contains(d));
@@ -166,7 +167,7 @@ impl Aggregator {
     /// Days (game, environment, UTC day) whose payments ClickHouse has just confirmed:
     /// marked unwritten in Redis by the next [`Aggregator::flush`] (which the consumer
     /// awaits before acknowledging), their `daily_revenue` recomputed at the next write
-    /// (and again at the one after, when their mark was not made yet).
+    /// (and at every write until one comes after their mark).
     pub fn revenue_confirmed(&self, days: impl IntoIterator<Item = (String, String, u32)>) {
         let mut f = self.figures.borrow_mut();
         for d in days {
@@ -531,6 +532,9 @@ impl Aggregator {
             for (k, v) in days {
                 f.days.entry(k).or_insert(v);
             }
+            // Marked again too: a reconnect while the write was under way may have lost
+            // their marks, and the days were not in `revenue` to be marked again then.
+            f.revenue_unmarked.extend(revenue.iter().cloned());
             f.revenue.extend(revenue);
         }
         result
@@ -665,8 +669,14 @@ mod tests {
         marking.sort();
         assert_eq!(marking, vec![day(1), day(2)]);
         f.end_marking(true);
-        // Marked: the next write computes them after their marks, and lets them go.
-        assert_eq!(f.take_revenue(), HashSet::from([day(1), day(2)]));
+        // Marked, and a third day confirmed since: all computed, only the third kept.
+        f.revenue.insert(day(3));
+        f.revenue_unmarked.insert(day(3));
+        assert_eq!(f.take_revenue(), HashSet::from([day(1), day(2), day(3)]));
+        assert_eq!(f.revenue, HashSet::from([day(3)]));
+        assert_eq!(f.begin_marking(), vec![day(3)]);
+        f.end_marking(true);
+        assert_eq!(f.take_revenue(), HashSet::from([day(3)]));
         assert!(f.revenue.is_empty() && f.revenue_unmarked.is_empty() && f.revenue_marking.is_empty());
         assert!(f.take_revenue().is_empty());
     }

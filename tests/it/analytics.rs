@@ -1961,14 +1961,22 @@ fn analytics_events_relayout_keeps_the_views_filling_on_a_current_engine() {
         schema::migrate(&mut c).await.expect("migrate");
     })
     .unwrap();
-    ch.query("SYSTEM FLUSH LOGS");
     // Every statement of the migration's connection, in its order, and whether it threw
-    // (`type` 3 or 4).
-    let logged = ch.query(
-        "SELECT query_id, max(toUInt8(type)) AS t, any(query) AS q \
-         FROM system.query_log \
-         WHERE query_id LIKE 'croupier-%' GROUP BY query_id FORMAT JSONEachRow",
-    );
+    // (`type` 3 or 4). A statement's end (2, 3 or 4) may reach the log after its answer
+    // reached the client: read until no statement shows only its start (1).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        ch.query("SYSTEM FLUSH LOGS");
+        let logged = ch.query(
+            "SELECT query_id, max(toUInt8(type)) AS t, any(query) AS q \
+             FROM system.query_log \
+             WHERE query_id LIKE 'croupier-%' GROUP BY query_id FORMAT JSONEachRow",
+        );
+        if !logged.contains(r#""t":1,"#) || Instant::now() > deadline {
+            break logged;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut sent: Vec<(u64, bool, String)> = logged
         .lines()
         .filter(|l| !l.is_empty())

@@ -114,13 +114,7 @@ impl Pooled {
     /// only from the slot on.
     fn digest_of(&self, body: &[u8]) -> [u8; 64] {
         let sha = self.prefix.clone().chain_update(body.get(self.slot..).unwrap_or_default()).finalize();
-        let mut hex_digest = [0u8; 64];
-        for (pair, byte) in hex_digest.chunks_exact_mut(2).zip(sha.iter()) {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0xf)];
-        }
-        hex_digest
+        signature::hex_digest(&sha.into())
     }
 }
 

@@ -13,9 +13,15 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Lower-case hex SHA-256 of a body: the last line of the signed string.
 pub fn body_digest(body: &[u8]) -> [u8; 64] {
+    hex_digest(&Sha256::digest(body).into())
+}
+
+/// A body's SHA-256 as the signed string's last line (lower-case hex), for a client
+/// that hashed the body itself.
+pub fn hex_digest(sha: &[u8; 32]) -> [u8; 64] {
     let mut hex_digest = [0u8; 64];
     // Encoding 32 bytes into 64 cannot fail.
-    let _ = hex::encode_to_slice(Sha256::digest(body), &mut hex_digest);
+    let _ = hex::encode_to_slice(sha, &mut hex_digest);
     hex_digest
 }
 
@@ -26,9 +32,7 @@ pub fn body_sha256(body: &[u8]) -> [u8; 32] {
 
 /// [`verify`] with the body's SHA-256 computed beforehand ([`body_sha256`]).
 pub fn verify_sha256(secret: &[u8], ts: &str, nonce: &str, sha: &[u8; 32], signature: &str) -> bool {
-    let mut hex_digest = [0u8; 64];
-    // Encoding 32 bytes into 64 cannot fail.
-    let _ = hex::encode_to_slice(sha, &mut hex_digest);
+    let hex_digest = hex_digest(sha);
     let mut raw = [0u8; 48];
     let Ok(n) = STANDARD.decode_slice(signature.trim().as_bytes(), &mut raw) else {
         return false;

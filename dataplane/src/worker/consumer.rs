@@ -451,7 +451,7 @@ struct Reader {
     join: Rc<Join>,
 }
 
-/// Why a read failed.
+/// Why a Redis call failed.
 enum ReadFailure {
     /// Redis answered with an error (the fault is one of the keys': its type, its group).
     Refused(String),
@@ -475,20 +475,27 @@ async fn redis_call(redis: &RedisClient, c: Vec<u8>) -> Result<Frame, String> {
 
 /// [`redis_call`] for a command that blocks in Redis for up to `block`.
 async fn redis_call_blocking(redis: &RedisClient, c: Vec<u8>, block: Duration) -> Result<Frame, String> {
+    redis_reply(redis, c, block).await.map_err(ReadFailure::into_message)
+}
+
+/// One command that may block up to `block`; an error reply is [`ReadFailure::Refused`],
+/// no usable answer [`ReadFailure::Lost`] (the messages start `Redis: `).
+async fn redis_reply(redis: &RedisClient, c: Vec<u8>, block: Duration) -> Result<Frame, ReadFailure> {
     match redis.call_blocking(c, block).await {
-        Ok(Frame::Error(e)) => Err(format!("Redis: {e}")),
+        Ok(Frame::Error(e)) => Err(ReadFailure::Refused(format!("Redis: {e}"))),
         Ok(f) => Ok(f),
-        Err(e) => Err(format!("Redis: {e:?}")),
+        Err(e) => Err(ReadFailure::Lost(format!("Redis: {e:?}"))),
     }
 }
 
 impl Reader {
     /// One `XREADGROUP` page of new entries, at most `count` of each stream read (its own
     /// and, when joined, the table's other one); also whether it was short (no stream
-    /// gave `count`). A joined read that fails is made again per stream, so that a fault
-    /// of the other stream alone (its group gone, its slot half moved between cluster
-    /// nodes: `TRYAGAIN` for a command of two keys) does not stop this one; the other
-    /// stream's entries then wait for it to read again.
+    /// gave `count`). A joined read that Redis refuses is made again per stream, so that
+    /// a fault of the other stream alone (its group gone, its slot half moved between
+    /// cluster nodes: `TRYAGAIN` for a command of two keys) does not stop this one; the
+    /// other stream's entries then wait for it to read again. A joined read without an
+    /// answer fails, as a read of one stream does.
     async fn read(&self, block: Option<Duration>, count: usize) -> Result<(Vec<Entry>, bool), String> {
         let own = (self.cfg.key.as_str(), self.cfg.stream);
         let Some((stream, key)) = self.join.reading() else {
@@ -540,11 +547,7 @@ impl Reader {
         args.push(b"STREAMS");
         args.extend(keys.iter().map(|(k, _)| k.as_bytes()));
         args.extend(keys.iter().map(|_| b">".as_slice()));
-        let reply = match self.redis.call_blocking(cmd(&args), block.unwrap_or_default()).await {
-            Ok(Frame::Error(e)) => return Err(ReadFailure::Refused(format!("Redis: {e}"))),
-            Ok(f) => f,
-            Err(e) => return Err(ReadFailure::Lost(format!("Redis: {e:?}"))),
-        };
+        let reply = redis_reply(&self.redis, cmd(&args), block.unwrap_or_default()).await?;
         let entries = entries::xreadgroup_reply(reply, keys).map_err(ReadFailure::Lost)?;
         self.size.observe(entries.iter().map(Entry::byte_len).max());
         self.join.took(entries.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()));

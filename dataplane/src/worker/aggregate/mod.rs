@@ -196,10 +196,8 @@ impl Aggregator {
             if now != self.merged_epoch.get() {
                 self.sketches.borrow_mut().redirty_all();
                 // The marks of the days still to compute may be lost with the rest.
-                let mut f = self.figures.borrow_mut();
-                let days: Vec<_> = f.revenue.iter().cloned().collect();
-                f.revenue_unmarked.extend(days);
-                drop(f);
+                let f = &mut *self.figures.borrow_mut();
+                f.revenue_unmarked.extend(f.revenue.iter().cloned());
                 self.merged_epoch.set(now);
             }
             if !self.sketches.borrow().is_dirty() && self.figures.borrow().revenue_unmarked.is_empty() {

@@ -151,14 +151,7 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
         })
         .collect();
     let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
-    resp::ingest(
-        &mut cmd,
-        &auth::nonce_key(cred.game, cred.nonce),
-        croupier_protocol::stream::ENTRY_EVENTS,
-        602,
-        &digest,
-        &entries,
-    );
+    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 602, &digest, &entries);
     std::hint::black_box(&cmd);
     drop(cmd);
     step(5, counts);

@@ -143,14 +143,7 @@ fn xadd_encoding(c: &mut Criterion) {
                 count: 80,
                 archive: &archive,
             };
-            resp::ingest(
-                &mut out,
-                "croupier:nonce:g1:abcdef0123456789",
-                croupier_protocol::stream::ENTRY_EVENTS,
-                602,
-                &[7; 32],
-                &[entry],
-            );
+            resp::ingest(&mut out, "croupier:nonce:g1:abcdef0123456789", 602, &[7; 32], &[entry]);
             black_box(out.len())
         })
     });

@@ -97,6 +97,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
     };
     let retry_after = shard.config.redis.retry_after_secs;
     let wanted = shard.config.redis.wait_replicas;
+    let partition = cmd.partition();
     let outcome = match cmd {
         Command::Script(cmd) => script_append(shard, cmd, entries).await,
         Command::Lease(l) => lease_append(shard, l, &parts[..entries]).await,
@@ -104,6 +105,9 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
     let not_replicated = |replicas| IngestError::NotReplicated { replicas, wanted, retry_after };
     let result = match outcome {
         Outcome::Added { replicas } => {
+            for (stream, count) in &parts[..entries] {
+                shard.backlog.appended(partition, *stream, *count);
+            }
             let m = &shard.metrics;
             if m.enabled() {
                 for (stream, count) in &parts[..entries] {
@@ -311,10 +315,22 @@ enum Command {
     Lease(LeaseCmds),
 }
 
+impl Command {
+    /// The partition appended to.
+    fn partition(&self) -> usize {
+        match self {
+            Command::Script(s) => s.partition,
+            Command::Lease(l) => l.partition,
+        }
+    }
+}
+
 /// The transaction of the `script` protocol, and what reading its replies needs.
 struct ScriptCmd {
     cmd: Vec<u8>,
     replies: usize,
+    /// The partition appended to.
+    partition: usize,
     /// The nonce key (tagged with its partition), which routes it in a cluster.
     nonce_key: String,
     /// The body's digest, the nonce's value.
@@ -509,11 +525,10 @@ pub(crate) fn stage<'s>(
     // included: from `ts - skew` to the end of second `ts + skew`. A nonce recorded at the
     // earliest of these must outlive the latest, hence twice the skew and two seconds.
     let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
-    let entry_events = shard.backlog.partitions().entry_events(partition);
     let cmd = match protocol {
         IngestProtocol::Script => {
-            let replies = resp::ingest(&mut cmd, &nonce_key, entry_events, ttl, digest, &entries);
-            Command::Script(ScriptCmd { cmd, replies, nonce_key, digest: *digest })
+            let replies = resp::ingest(&mut cmd, &nonce_key, ttl, digest, &entries);
+            Command::Script(ScriptCmd { cmd, replies, partition, nonce_key, digest: *digest })
         }
         IngestProtocol::Lease => {
             let lease_key = lease::lease_key(&nonce_key, digest);

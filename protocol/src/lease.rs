@@ -10,8 +10,8 @@
 //!    `EXEC`. Read by [`lease_reply`].
 //! 2. Only for the lease holder, [`commit`]: `MULTI`, the `XADD`s, `SET <nonce> <digest>
 //!    EX <window>` (done), `DEL <lease>`, `EXEC`. Read by [`commit_reply`]. No script
-//!    runs: each shard merges its appends into the streams' mean events per entry once
-//!    per backlog reading ([`merge_means`]).
+//!    runs (each shard merges its appends into the streams' mean events per entry once
+//!    per backlog reading, as with the script: [`crate::stream::merge_means`]).
 //!
 //! The nonce's value is the body's SHA-256 once appended, as the `EVAL` of
 //! [`crate::resp::INGEST_SCRIPT`] stores it, so either protocol recognises the other's
@@ -22,49 +22,6 @@ use crate::resp::{command, exec_items, xadd, EntryArgs, Frame, RespError};
 
 /// Marks a nonce reserved by a request whose append is not known to be done.
 pub const PENDING: u8 = b'P';
-
-/// The script that merges one shard's appends since its last merge into each stream's
-/// mean events per entry (`KEYS[1]`: the [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)
-/// hash; `ARGV`: stream, entries, events, ...): `k` entries of `n` events in all move the
-/// mean as `k` appends of `n / k` events each would, one by one, by 1/64 of the
-/// difference (what the ingest script does per append): `m (63/64)^k + (n/k) (1 -
-/// (63/64)^k)`; a stored mean that is not a number, not finite or out of bounds
-/// ([`MAX_ENTRY_MEAN`](crate::stream::MAX_ENTRY_MEAN)) is replaced. Run once per reading,
-/// not per request.
-pub const MERGE_MEANS_SCRIPT: &str = "\
-for i = 1, #ARGV, 3 do \
-local k = tonumber(ARGV[i + 1]) \
-local mean = tonumber(ARGV[i + 2]) / k \
-local m = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) \
-if m and m >= 1 and m <= 1000000 then local w = (63 / 64) ^ k; m = m * w + mean * (1 - w) else m = mean end \
-redis.call('HSET', KEYS[1], ARGV[i], tostring(m)) \
-end \
-return 1";
-
-const _: () = assert!(crate::stream::ENTRY_EVENTS_WINDOW == 64, "the script's window");
-
-/// One stream's appends since the last merge, for [`merge_means`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended<'a> {
-    /// The stream key.
-    pub stream: &'a str,
-    /// Entries appended (at least one).
-    pub entries: u64,
-    /// Events in them.
-    pub events: u64,
-}
-
-/// The command that merges `appended` into the means kept in the hash `entry_events`
-/// ([`MERGE_MEANS_SCRIPT`]).
-pub fn merge_means(out: &mut Vec<u8>, entry_events: &str, appended: &[Appended<'_>]) {
-    let counts: Vec<[String; 2]> = appended.iter().map(|a| [a.entries.to_string(), a.events.to_string()]).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 3 * appended.len());
-    args.extend([b"EVAL".as_slice(), MERGE_MEANS_SCRIPT.as_bytes(), b"1", entry_events.as_bytes()]);
-    for (a, [k, n]) in appended.iter().zip(&counts) {
-        args.extend([a.stream.as_bytes(), k.as_bytes(), n.as_bytes()]);
-    }
-    command(out, &args);
-}
 
 /// The lease key of a request: its nonce key (so its slot, in a cluster) and the first
 /// 8 bytes of its body's digest.
@@ -325,15 +282,6 @@ mod tests {
             Ok(Lease::WrongType { what: "string".into(), reserved: true, leased: true })
         );
         assert!(lease_reply(frames(b"+OK\r\n+QUEUED\r\n*-1\r\n"), 1, &d).is_err());
-    }
-
-    #[test]
-    fn merge_means_sends_counts_only() {
-        let mut out = Vec::new();
-        merge_means(&mut out, "ee", &[Appended { stream: "s", entries: 3, events: 12 }]);
-        let mut want = Vec::new();
-        command(&mut want, &[b"EVAL", MERGE_MEANS_SCRIPT.as_bytes(), b"1", b"ee", b"s", b"3", b"12"]);
-        assert_eq!(out, want);
     }
 
     #[test]

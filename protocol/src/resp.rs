@@ -8,21 +8,22 @@
 //! either fails it deletes the entries just appended before anything else can run, so a
 //! replayed nonce adds nothing, a refused request leaves no trace, and the same request
 //! sent again is recognised. The archives are plain `XADD` arguments: they never pass
-//! through Lua. The script also keeps each stream's mean events per entry
-//! ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)), which every shard reads to convert its
-//! limits from events to entries.
+//! through Lua. The streams' mean events per entry
+//! ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)) are not kept per request: each shard
+//! merges its appends into them once per backlog reading
+//! ([`merge_means`](crate::stream::merge_means)).
 
 use redis_protocol::resp2::types::BorrowedFrame;
 pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use redis_protocol::resp2::{decode, encode};
 
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
-use crate::stream::{StreamId, ENTRY_EVENTS_WINDOW};
+use crate::stream::StreamId;
 
 /// The script of [`ingest`]'s transaction, run right after its `XADD`s. `KEYS[1]` is the
-/// nonce key, `KEYS[2]` the [`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) hash, `KEYS[3..]`
-/// the streams just appended to; `ARGV[1]` the nonce TTL in seconds, `ARGV[2]` the body's
-/// SHA-256, then per stream its entry's record count and archive length.
+/// nonce key, `KEYS[2..]` the streams just appended to; `ARGV[1]` the nonce TTL in
+/// seconds, `ARGV[2]` the body's SHA-256, then per stream its entry's record count and
+/// archive length.
 ///
 /// Replies `OK` when the nonce was free and is now recorded (the appends stand); with the
 /// status `DUPLICATE` when the nonce was used by a request with the same body (the entries
@@ -39,13 +40,14 @@ use crate::stream::{StreamId, ENTRY_EVENTS_WINDOW};
 /// last entry has this request's record count and archive length (an `XADD` that failed
 /// when run left someone else's entry last). Entries older than the MINID are trimmed
 /// (`~`: whole nodes), and the shard only ever sends a MINID at or below what the
-/// consumer group has acknowledged (`redis::backlog`). The mean is kept with `pcall`: if
-/// the hash cannot be read or written (say, the key holds another type), the appends
-/// stand.
+/// consumer group has acknowledged (`redis::backlog`).
+///
+/// Redis hashes a script's text at every `EVAL` (twice inside a transaction: when queued
+/// and when run), so the text is kept short: the mean events per entry are merged by
+/// the shards, not kept here.
 pub const INGEST_SCRIPT: &str = "\
 local function undo() \
-for i = 3, #KEYS do \
-local a = 2 * i - 3 \
+for i = 2, #KEYS do \
 local last = redis.pcall('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1) \
 last = type(last) == 'table' and last[1] \
 if last then \
@@ -53,34 +55,26 @@ local f, n, len = last[2], nil, nil \
 for j = 1, #f, 2 do \
 if f[j] == 'n' then n = f[j + 1] elseif f[j] == 'batch' then len = #f[j + 1] end \
 end \
-if n == ARGV[a] and len == tonumber(ARGV[a + 1]) then redis.call('XDEL', KEYS[i], last[1]) end \
+if n == ARGV[2 * i - 1] and len == tonumber(ARGV[2 * i]) then redis.call('XDEL', KEYS[i], last[1]) end \
 end \
 end \
 end \
 local function failed(e) undo() return redis.error_reply(e) end \
-for i = 3, #KEYS do \
+for i = 2, #KEYS do \
 local t = redis.pcall('TYPE', KEYS[i]) \
 if type(t) ~= 'table' or t['ok'] ~= 'stream' then \
 return failed(t['err'] or ('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. tostring(t['ok']))) end \
 end \
 local set = redis.pcall('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) \
 if type(set) == 'table' and set['err'] then return failed(set['err']) end \
-if not set then \
+if set then return redis.status_reply('OK') end \
 undo() \
 if redis.call('GET', KEYS[1]) == ARGV[2] then \
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') \
 return redis.status_reply('DUPLICATE') end \
-return redis.error_reply('REPLAY nonce already used') end \
-for i = 3, #KEYS do \
-local n = tonumber(ARGV[2 * i - 3]) \
-local m = tonumber(redis.pcall('HGET', KEYS[2], KEYS[i])) \
-if m and m >= 1 and m <= 1000000 then m = m + (n - m) / 64 else m = n end \
-redis.pcall('HSET', KEYS[2], KEYS[i], tostring(m)) \
-end \
-return redis.status_reply('OK')";
+return redis.error_reply('REPLAY nonce already used')";
 
 const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
-const _: () = assert!(ENTRY_EVENTS_WINDOW == 64, "the script's window");
 
 /// A protocol error in a reply (not an error reply, which is a [`Frame::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,14 +139,12 @@ pub fn xadd(out: &mut Vec<u8>, e: &EntryArgs<'_>) {
 }
 
 /// Appends the transaction that appends `entries` and records `nonce_key` (with the
-/// body's SHA-256) for `ttl_secs`, keeping their mean size in the hash `entry_events`
-/// ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS) or a partition's: every key in one slot
-/// for a cluster): `MULTI`, the `XADD`s, the `EVAL` of [`INGEST_SCRIPT`], `EXEC`. Returns
-/// the number of replies it is owed, read by [`ingest_reply`].
+/// body's SHA-256) for `ttl_secs` (every key in one slot for a cluster): `MULTI`, the
+/// `XADD`s, the `EVAL` of [`INGEST_SCRIPT`], `EXEC`. Returns the number of replies it is
+/// owed, read by [`ingest_reply`].
 pub fn ingest(
     out: &mut Vec<u8>,
     nonce_key: &str,
-    entry_events: &str,
     ttl_secs: u64,
     body_sha256: &[u8; 32],
     entries: &[EntryArgs<'_>],
@@ -161,18 +153,12 @@ pub fn ingest(
     for e in entries {
         xadd(out, e);
     }
-    let numkeys = (2 + entries.len()).to_string();
+    let numkeys = (1 + entries.len()).to_string();
     let ttl = ttl_secs.to_string();
     let nums: Vec<(String, String)> =
         entries.iter().map(|e| (e.count.to_string(), e.archive.len().to_string())).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(7 + 3 * entries.len());
-    args.extend([
-        b"EVAL".as_slice(),
-        INGEST_SCRIPT.as_bytes(),
-        numkeys.as_bytes(),
-        nonce_key.as_bytes(),
-        entry_events.as_bytes(),
-    ]);
+    let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 3 * entries.len());
+    args.extend([b"EVAL".as_slice(), INGEST_SCRIPT.as_bytes(), numkeys.as_bytes(), nonce_key.as_bytes()]);
     args.extend(entries.iter().map(|e| e.stream.as_bytes()));
     args.extend([ttl.as_bytes(), body_sha256.as_slice()]);
     for (count, len) in &nums {
@@ -439,7 +425,6 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::ENTRY_EVENTS;
 
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
@@ -473,7 +458,7 @@ mod tests {
         let mut out = Vec::new();
         let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n" };
         let f = EntryArgs { stream: "c", minid: StreamId::ZERO, count: 7, archive: b"abc" };
-        let replies = ingest(&mut out, "nk", ENTRY_EVENTS, 602, &[7; 32], &[e, f]);
+        let replies = ingest(&mut out, "nk", 602, &[7; 32], &[e, f]);
         assert_eq!(replies, 5, "OK, three QUEUED, the EXEC");
         let cmds = commands(&out);
         let v = |x: &[&[u8]]| x.iter().map(|a| a.to_vec()).collect::<Vec<_>>();
@@ -490,10 +475,7 @@ mod tests {
         assert_eq!(cmds[3][0], b"EVAL");
         assert_eq!(cmds[3][1], INGEST_SCRIPT.as_bytes());
         // Counts only: no archive passes through the script.
-        assert_eq!(
-            cmds[3][2..].to_vec(),
-            v(&[b"4", b"nk", b"croupier:entry-events", b"s", b"c", b"602", &[7; 32], b"2", b"3", b"7", b"3"])
-        );
+        assert_eq!(cmds[3][2..].to_vec(), v(&[b"3", b"nk", b"s", b"c", b"602", &[7; 32], b"2", b"3", b"7", b"3"]));
         assert_eq!(cmds[4], v(&[b"EXEC"]));
     }
 

@@ -4,7 +4,8 @@
 pub const CONSUMER_GROUP: &str = "analytics-workers";
 
 /// Hash of the mean events per batch entry of each stream (field: the stream key), kept
-/// by the ingest script over the last entries of every shard (see `resp::INGEST_SCRIPT`).
+/// over the last entries of every shard: each shard merges its appends into it once per
+/// backlog reading ([`MERGE_MEANS_SCRIPT`]).
 pub const ENTRY_EVENTS: &str = "croupier:entry-events";
 
 /// Entries over which [`ENTRY_EVENTS`] settles: each append moves the mean by
@@ -12,8 +13,8 @@ pub const ENTRY_EVENTS: &str = "croupier:entry-events";
 pub const ENTRY_EVENTS_WINDOW: u32 = 64;
 
 /// The largest mean events per entry believed ([`entry_mean`]); a stored mean above it (or
-/// not a number, or not finite) is a damaged key, and the scripts that keep the means
-/// start again from the next entries.
+/// not a number, or not finite) is a damaged key, and the script that keeps the means
+/// starts again from the next entries.
 pub const MAX_ENTRY_MEAN: f64 = 1_000_000.0;
 
 /// A mean events per entry as stored in [`ENTRY_EVENTS`]: at least 1; `None` when it is
@@ -30,6 +31,49 @@ pub const DROP_DAMAGED_MEANS_SCRIPT: &str = "\
 local t = redis.call('TYPE', KEYS[1]).ok \
 if t ~= 'hash' and t ~= 'none' then return redis.call('UNLINK', KEYS[1]) end \
 return 0";
+
+/// The script that merges one shard's appends since its last merge into each stream's
+/// mean events per entry (`KEYS[1]`: the [`ENTRY_EVENTS`]
+/// hash; `ARGV`: stream, entries, events, ...): `k` entries of `n` events in all move the
+/// mean as `k` appends of `n / k` events each would, one by one, by 1/64 of the
+/// difference: `m (63/64)^k + (n/k) (1 -
+/// (63/64)^k)`; a stored mean that is not a number, not finite or out of bounds
+/// ([`MAX_ENTRY_MEAN`]) is replaced. Run once per reading,
+/// not per request.
+pub const MERGE_MEANS_SCRIPT: &str = "\
+for i = 1, #ARGV, 3 do \
+local k = tonumber(ARGV[i + 1]) \
+local mean = tonumber(ARGV[i + 2]) / k \
+local m = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) \
+if m and m >= 1 and m <= 1000000 then local w = (63 / 64) ^ k; m = m * w + mean * (1 - w) else m = mean end \
+redis.call('HSET', KEYS[1], ARGV[i], tostring(m)) \
+end \
+return 1";
+
+const _: () = assert!(ENTRY_EVENTS_WINDOW == 64, "the script's window");
+
+/// One stream's appends since the last merge, for [`merge_means`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended<'a> {
+    /// The stream key.
+    pub stream: &'a str,
+    /// Entries appended (at least one).
+    pub entries: u64,
+    /// Events in them.
+    pub events: u64,
+}
+
+/// The command that merges `appended` into the means kept in the hash `entry_events`
+/// ([`MERGE_MEANS_SCRIPT`]).
+pub fn merge_means(out: &mut Vec<u8>, entry_events: &str, appended: &[Appended<'_>]) {
+    let counts: Vec<[String; 2]> = appended.iter().map(|a| [a.entries.to_string(), a.events.to_string()]).collect();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 3 * appended.len());
+    args.extend([b"EVAL".as_slice(), MERGE_MEANS_SCRIPT.as_bytes(), b"1", entry_events.as_bytes()]);
+    for (a, [k, n]) in appended.iter().zip(&counts) {
+        args.extend([a.stream.as_bytes(), k.as_bytes(), n.as_bytes()]);
+    }
+    crate::resp::command(out, &args);
+}
 
 /// A stream entry id, `<ms>-<seq>`; ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -158,11 +202,10 @@ mod tests {
             assert_eq!(super::entry_mean(bad), None, "{bad:?}");
         }
         assert_eq!(super::entry_mean(b"1000000"), Some(super::MAX_ENTRY_MEAN));
-        // The scripts that keep the means start again above the same upper bound (and below
-        // 1, where these readers count 1).
-        for script in [crate::resp::INGEST_SCRIPT, crate::lease::MERGE_MEANS_SCRIPT] {
-            assert!(script.contains("m >= 1 and m <= 1000000"), "{script}");
-        }
+        // The script that keeps the means starts again above the same upper bound (and
+        // below 1, where these readers count 1).
+        let script = MERGE_MEANS_SCRIPT;
+        assert!(script.contains("m >= 1 and m <= 1000000"), "{script}");
     }
 
     use super::*;
@@ -191,5 +234,14 @@ mod tests {
         for name in ["boss_killed", "Login", "session.Start", "", "level_complete "] {
             assert_eq!(route_event(name), StreamKind::Custom, "{name:?}");
         }
+    }
+
+    #[test]
+    fn merge_means_sends_counts_only() {
+        let mut out = Vec::new();
+        merge_means(&mut out, "ee", &[Appended { stream: "s", entries: 3, events: 12 }]);
+        let mut want = Vec::new();
+        crate::resp::command(&mut want, &[b"EVAL", MERGE_MEANS_SCRIPT.as_bytes(), b"1", b"ee", b"s", b"3", b"12"]);
+        assert_eq!(out, want);
     }
 }

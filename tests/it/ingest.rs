@@ -8,8 +8,8 @@ use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
 use croupier_it::redis::{xrange, Entry, RedisClient, RedisServer};
 use croupier_protocol::batch::{self, BatchBuf, Records};
 use croupier_protocol::envelope::{Event, Payment, PaymentStatus};
-use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::Frame;
+use croupier_protocol::stream::{merge_means, Appended};
 
 use crate::fixture::{both_drivers, event, events, post_signed, total_entries, xlen, Fixture, GAME, SECRET};
 
@@ -252,11 +252,41 @@ fn sparse_stream_gets_its_room_in_events(driver: Driver) {
     sparse_stream_gets_its_room(driver, IngestProtocol::Script);
 }
 
-/// The same with the `lease` protocol, whose appends run no script: the shards write the
-/// entry sizes with their backlog readings.
+/// The same with the `lease` protocol.
 #[test]
 fn sparse_stream_gets_its_room_in_events_with_the_lease_protocol() {
     sparse_stream_gets_its_room(Driver::Epoll, IngestProtocol::Lease);
+}
+
+/// Only appends Redis confirmed move the mean entry sizes: a replay's (which the script
+/// appends and takes back) and a duplicate's do not.
+#[test]
+fn only_confirmed_appends_move_the_entry_sizes() {
+    for protocol in [IngestProtocol::Script, IngestProtocol::Lease] {
+        let f = Fixture::start(Driver::Epoll, |c| c.redis.ingest_protocol = protocol);
+        // One connection: one shard, whose merges cover all it appended before.
+        let mut c = f.client();
+        let mut post = |body: &str, nonce: &str| {
+            let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), nonce);
+            c.request("POST", "/api/ingest/events", &h, body.as_bytes())
+        };
+        let (nonce, ten) = (fresh_nonce(), events(10));
+        assert_eq!(post(&ten, &nonce).status, 202);
+        let replay = post(&events(1), &nonce);
+        assert_eq!((replay.status, replay.error_tag().as_str()), (401, "replayed_nonce"), "{protocol:?}");
+        assert_eq!(post(&ten, &nonce).text(), r#"{"accepted":10}"#, "{protocol:?}: a duplicate");
+        assert_eq!(post(&format!("[{}]", event("boss_killed", "u1")), &fresh_nonce()).status, 202);
+        assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+        // The custom stream's mean appears with the merge that covers the appends before it.
+        let mut redis = f.redis.client();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stored_mean(&mut redis, "analytics:custom").is_empty() {
+            assert!(Instant::now() < deadline, "{protocol:?}: no mean merged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stored_mean(&mut redis, "analytics:custom"), "1", "{protocol:?}");
+        assert_eq!(stored_mean(&mut redis, "analytics:events"), "10", "{protocol:?}");
+    }
 }
 
 /// The mean entry size kept for `stream` in `croupier:entry-events`, as stored (empty:
@@ -269,10 +299,9 @@ fn stored_mean(redis: &mut RedisClient, stream: &str) -> String {
     }
 }
 
-/// The lease protocol's merge of a shard's appends into the mean entry sizes, against
-/// redis-server: `k` entries of `n` events in all move a mean as `k` appends of `n / k`
-/// events each would, one by one, by 1/64 of the difference (the ingest script's rule);
-/// a stream with no mean yet takes theirs.
+/// The merge of a shard's appends into the mean entry sizes, against redis-server: `k`
+/// entries of `n` events in all move a mean as `k` appends of `n / k` events each would,
+/// one by one, by 1/64 of the difference; a stream with no mean yet takes theirs.
 #[test]
 fn merged_entry_sizes_move_as_appends_one_by_one() {
     let redis = RedisServer::start();
@@ -326,8 +355,8 @@ fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {
     assert_eq!(xlen(&f.redis, "analytics:custom"), 40, "nothing trimmed unread");
     // The standard stream keeps its own room.
     assert_eq!(f.post("/api/ingest/events", &events(10)).status, 202);
-    // The entry sizes every shard reads: kept by the ingest script, or written by the
-    // shards with their next reading.
+    // The entry sizes every shard reads: written by the shards with their next reading
+    // (whichever protocol: no script keeps them per request).
     let mut redis = f.redis.client();
     let mut mean = |key: &str| stored_mean(&mut redis, key);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -336,7 +365,7 @@ fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {
         if means == ("1".to_owned(), "10".to_owned()) {
             break;
         }
-        assert!(protocol == IngestProtocol::Lease && Instant::now() < deadline, "{means:?}");
+        assert!(Instant::now() < deadline, "{means:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -44,21 +44,21 @@
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
 //! events an entry holds depends on the traffic: a 100-event request makes one full entry
 //! on `analytics:events` and, beside it, one entry of a few events on `analytics:custom`.
-//! The ingest script keeps each stream's mean events per entry over the last entries of
-//! every shard (`croupier:entry-events`; with the lease protocol, whose appends run no
-//! script, each shard merges its appends into it before each reading); the shard reads it
-//! with the backlog, moves it by its own appends in between, and converts with it (one
-//! event per entry before any entry was ever appended).
+//! Each stream's mean events per entry over the last entries of every shard is kept in
+//! `croupier:entry-events`: each shard merges the entries it appended into it before each
+//! reading (no script runs for it per request), reads it with the backlog, moves its copy
+//! by its own appends in between, and converts with it (one event per entry before any
+//! entry was ever appended).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use croupier_control::config::{Config, IngestProtocol, StreamLimits};
+use croupier_control::config::{Config, StreamLimits};
 use croupier_protocol::cluster::Partitions;
-use croupier_protocol::lease::{merge_means, Appended};
 use croupier_protocol::resp::{self, Frame, GroupInfo};
+use croupier_protocol::stream::{merge_means, Appended};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAGED_MEANS_SCRIPT, ENTRY_EVENTS_WINDOW};
 
 use super::connection::{Epoch, RedisClient};
@@ -78,7 +78,7 @@ struct StreamState {
     /// appends since (`None` before any entry: one event per entry is assumed).
     per_entry: Cell<Option<f64>>,
     /// Entries and events this shard appended to the stream since it last merged them into
-    /// the mean ([`merge_entry_events`], when the shards keep the means).
+    /// the mean ([`merge_entry_events`]; [`Backlog::appended`]).
     unmerged: Cell<(u64, u64)>,
     /// The oldest pending entry with no sample older than it, and when a reading first
     /// found it so ([`BacklogSettings::pending_grace`]).
@@ -406,9 +406,6 @@ impl Reading {
 pub struct BacklogSettings {
     /// Retention and mark of `StreamKind::ALL[i]` in one partition.
     pub limits: [StreamLimits; 3],
-    /// Whether the shard writes the streams' mean events per entry (the `lease` protocol,
-    /// whose appends run no script).
-    pub writes_means: bool,
     /// How long a worker's insert may hold an entry pending: with no sampled position
     /// older than the oldest pending entry, the lag and the pending entries count as the
     /// backlog while that entry was delivered less long ago; past it, the whole stream.
@@ -416,14 +413,13 @@ pub struct BacklogSettings {
 }
 
 impl BacklogSettings {
-    /// From the configuration: the partition's limits, the protocol, and
+    /// From the configuration: the partition's limits, and
     /// `worker.insert_interval_ms` + `worker.linger_ms` (how long a batch's first entries
     /// wait, pending, before their insert) + [`INSERT_MARGIN`] for the insert itself.
     pub fn from_config(config: &Config) -> BacklogSettings {
         let held = config.worker.insert_interval_ms.saturating_add(config.worker.linger_ms);
         BacklogSettings {
             limits: config.streams.partition_limits(),
-            writes_means: config.redis.ingest_protocol == IngestProtocol::Lease,
             pending_grace: Duration::from_millis(held).saturating_add(INSERT_MARGIN),
         }
     }
@@ -453,15 +449,12 @@ pub struct Backlog {
     partitions: Partitions,
     /// The Redis connection's epoch: a reading from an earlier connection is unknown.
     epoch: Epoch,
-    /// Whether the shards write the streams' mean events per entry (the `lease` protocol,
-    /// whose appends run no script): each shard its own, with its readings.
-    writes_means: bool,
 }
 
 impl Backlog {
     /// A shard's backlogs of `partitions`' streams, read on the connection of `epoch`.
     pub fn new(settings: BacklogSettings, epoch: Epoch, partitions: Partitions) -> Rc<Backlog> {
-        let BacklogSettings { limits, writes_means, pending_grace } = settings;
+        let BacklogSettings { limits, pending_grace } = settings;
         let state = |limits| StreamState {
             observed: Cell::new(0),
             added: Cell::new(0),
@@ -480,7 +473,7 @@ impl Backlog {
             repaired_in: Cell::new(None),
         };
         let streams = (0..partitions.len()).map(|_| limits.map(state)).collect();
-        Rc::new(Backlog { epoch, streams, partitions, writes_means })
+        Rc::new(Backlog { epoch, streams, partitions })
     }
 
     /// The partitions' key names.
@@ -546,13 +539,19 @@ impl Backlog {
     pub fn count_added(&self, p: usize, stream: StreamKind, events: usize) {
         let s = self.state(p, stream);
         s.added.set(s.added.get() + 1);
-        // The script's update, mirrored until the next reading brings every shard's.
-        let events = events.max(1);
-        let n = events as f64;
+        // The merge's update, mirrored until the next reading brings every shard's.
+        let n = events.max(1) as f64;
         let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
         s.per_entry.set(Some(m.max(1.0)));
+    }
+
+    /// Records that Redis confirmed this shard's append of one entry of `events` records to
+    /// `stream` of partition `p`, to be merged into the streams' mean events per entry
+    /// with the next reading (a duplicate's or a replay's append, taken back, is not).
+    pub fn appended(&self, p: usize, stream: StreamKind, events: usize) {
+        let s = self.state(p, stream);
         let (k, sum) = s.unmerged.get();
-        s.unmerged.set((k.saturating_add(1), sum.saturating_add(events as u64)));
+        s.unmerged.set((k.saturating_add(1), sum.saturating_add(events.max(1) as u64)));
     }
 
     /// Reads the backlogs every `every`, forever (spawned once per shard).
@@ -567,7 +566,7 @@ impl Backlog {
 
     async fn read_partition(&self, redis: &RedisClient, p: usize) {
         let streams = &self.streams[p];
-        if redis.is_up() && self.writes_means {
+        if redis.is_up() {
             merge_entry_events(redis, &self.partitions, p, streams).await;
         }
         if redis.is_up() {
@@ -609,7 +608,7 @@ impl Backlog {
 }
 
 /// Merges this shard's appends to partition `p`'s streams since the last merge into their
-/// mean events per entry (`croupier_protocol::lease::merge_means`: the streams' entries
+/// mean events per entry (`croupier_protocol::stream::merge_means`: the streams' entries
 /// and events since, so the mean moves as the ingest script would have moved it, append by
 /// append, whichever shard appended). Appends that fail to merge (Redis gone, the key of
 /// another type) are merged with the next reading.
@@ -796,7 +795,7 @@ mod tests {
 
     /// `l` for each stream, a grace of 3 s for pending entries.
     fn settings(l: StreamLimits) -> BacklogSettings {
-        BacklogSettings { limits: [l; 3], writes_means: false, pending_grace: Duration::from_secs(3) }
+        BacklogSettings { limits: [l; 3], pending_grace: Duration::from_secs(3) }
     }
 
     fn set_mean(b: &Backlog, stream: StreamKind, mean: f64) {

@@ -13,16 +13,15 @@ Variants:
   set      MULTI, XADD, SET nonce NX EX, EXEC (no script: what an append without the
            script's checks would cost)
   eval     MULTI, XADD, EVAL <the ingest script> , EXEC: croupier's transaction
-  evalsha  the same with EVALSHA
-  nomean   EVALSHA of the script without its mean-entry-size update (HGET, HSET)
-  notype   and without its TYPE checks
+  evalsha  the same with EVALSHA (Redis does not hash the script's text: what that costs)
+  notype   EVALSHA of the script without its TYPE checks
   lease    redis.ingest_protocol = "lease": MULTI, TYPE, SET nonce NX GET EX, SET lease NX
-           PX, PTTL, EXEC, then MULTI, XADD, SET nonce EX, DEL lease, EVAL <the mean
-           script>, EXEC (two round trips, sent here back to back)
-  lease_nomean  the same without the mean script's EVAL: no script at all
+           PX, PTTL, EXEC, then MULTI, XADD, SET nonce EX, DEL lease, EXEC (two round
+           trips, sent here back to back; no script)
 
-The scripts are read from protocol/src/resp.rs (INGEST_SCRIPT) and protocol/src/lease.rs
-(MEAN_SCRIPT).
+Neither protocol keeps the mean entry sizes per request (each shard merges its appends
+into them once per backlog reading), so no variant does. The ingest script is read from
+protocol/src/resp.rs (INGEST_SCRIPT).
 
 usage: transaction.py [--requests N] [--depth D] [--rounds R] [variant,...]
 """
@@ -36,7 +35,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESP_RS = os.path.join(HERE, '..', '..', 'protocol', 'src', 'resp.rs')
-LEASE_RS = os.path.join(HERE, '..', '..', 'protocol', 'src', 'lease.rs')
 KEY = 'analytics:events'
 ARCHIVE = os.urandom(30_000)
 
@@ -45,13 +43,8 @@ def scripts():
     src = open(RESP_RS).read()
     m = re.search(r'pub const INGEST_SCRIPT: &str = "\\\n(.*?)";\n', src, re.S)
     full = m.group(1).replace('\\\n', '').replace('\\"', '"').encode()
-    mean = re.search(rb"for i = 3, #KEYS do local n = tonumber.*?tostring\(m\)\) end ", full).group(0)
-    nomean = full.replace(mean, b'')
-    types = re.search(rb"for i = 3, #KEYS do local t = redis.pcall\('TYPE'.*?end end ", nomean).group(0)
-    m = re.search(r'pub const MEAN_SCRIPT: &str = "\\\n(.*?)";\n', open(LEASE_RS).read(), re.S)
-    mean_script = m.group(1).replace('\\\n', '').replace('\\"', '"').encode()
-    return {'eval': full, 'evalsha': full, 'nomean': nomean, 'notype': nomean.replace(types, b''),
-            'mean': mean_script}
+    types = re.search(rb"for i = 2, #KEYS do local t = redis.pcall\('TYPE'.*?end end ", full).group(0)
+    return {'eval': full, 'evalsha': full, 'notype': full.replace(types, b'')}
 
 
 def command(*args):
@@ -73,14 +66,13 @@ def request(variant, tag, i, bodies):
         lease = f'{nonce}:lease'
         first = (command('MULTI') + command('TYPE', KEY) + command('SET', nonce, b'P' + digest, 'NX', 'GET', 'EX', '602')
                  + command('SET', lease, '1', 'NX', 'PX', '12000') + command('PTTL', lease) + command('EXEC'))
-        mean = b'' if variant == 'lease_nomean' else command('EVAL', bodies['mean'], '1', 'croupier:entry-events', KEY, '100')
-        second = command('MULTI') + xadd + command('SET', nonce, digest, 'EX', '602') + command('DEL', lease) + mean + command('EXEC')
-        return first + second, 6 + (5 if variant == 'lease_nomean' else 6)
+        second = command('MULTI') + xadd + command('SET', nonce, digest, 'EX', '602') + command('DEL', lease) + command('EXEC')
+        return first + second, 6 + 5
     if variant == 'set':
         return command('MULTI') + xadd + command('SET', nonce, digest, 'NX', 'EX', '602') + command('EXEC'), 4
     body = bodies[variant]
     head = ('EVAL', body) if variant == 'eval' else ('EVALSHA', hashlib.sha1(body).hexdigest())
-    ev = command(*head, '3', nonce, 'croupier:entry-events', KEY, '602', digest, '100', str(len(ARCHIVE)))
+    ev = command(*head, '2', nonce, KEY, '602', digest, '100', str(len(ARCHIVE)))
     return command('MULTI') + xadd + ev + command('EXEC'), 4
 
 
@@ -136,7 +128,7 @@ def run(variant, tag, n, depth, port, pid, bodies):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('variants', nargs='?', default='xadd,set,eval,evalsha,nomean,notype,lease,lease_nomean')
+    ap.add_argument('variants', nargs='?', default='xadd,set,eval,evalsha,notype,lease')
     ap.add_argument('--requests', type=int, default=30_000)
     ap.add_argument('--depth', type=int, default=8)
     ap.add_argument('--rounds', type=int, default=5)
@@ -162,7 +154,7 @@ def main():
         runs = {v: [] for v in variants}
         for r in range(a.rounds):
             for v in variants:
-                runs[v].append(run(v, f'{r}', a.requests, a.depth, port, server.pid, bodies))
+                runs[v].append(run(v, f'{r}:{v}', a.requests, a.depth, port, server.pid, bodies))
         print(f'redis-server CPU µs per request ({a.requests} requests of a {len(ARCHIVE)}-byte archive, '
               f'{a.depth} in flight, {a.rounds} rounds)')
         for v in variants:

@@ -5,9 +5,9 @@
 //!
 //! A partitioned stream is `<stream>:{<tag>}` (`analytics:events:{p0.5}`), the nonce of a
 //! request appended to partition `p` is `<nonce key>:{<tag>}` and the mean entry size of
-//! its streams is kept in `croupier:entry-events:{<tag>}`: every key of the ingest script
-//! hashes on the same tag, so the script runs on one node, atomically, as it does on a
-//! single Redis. One partition keeps Croupier's key names, without a tag. Partition `p`
+//! its streams is kept in `croupier:entry-events:{<tag>}`: every key of the ingest
+//! transaction hashes on the same tag, so it runs on one node, atomically, as it does on a
+//! single Redis (and the partition's merge of the mean runs on that node too). One partition keeps Croupier's key names, without a tag. Partition `p`
 //! of `n` has the first tag `p.i` (i = 0, 1, ...) whose slot is in the `p`-th of `n` equal
 //! ranges of the 16384 slots, so that `n` partitions are spread evenly over primaries that
 //! share the slots evenly (what `redis-cli --cluster create` does).

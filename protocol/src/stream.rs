@@ -4,11 +4,12 @@
 pub const CONSUMER_GROUP: &str = "analytics-workers";
 
 /// Hash of the mean events per batch entry of each stream (field: the stream key), kept
-/// over the last entries of every shard: each shard merges its appends into it once per
-/// backlog reading ([`MERGE_MEANS_SCRIPT`]).
+/// over the recent entries of every shard: each shard merges its appends into it once per
+/// backlog reading ([`MERGE_MEANS_SCRIPT`], which also keeps the sums it is the ratio of).
 pub const ENTRY_EVENTS: &str = "croupier:entry-events";
 
-/// Entries over which [`ENTRY_EVENTS`] settles: each append moves the mean by
+/// Entries over which [`ENTRY_EVENTS`] settles at the least (at high rates it covers a
+/// window of time: [`MERGE_MEANS_SCRIPT`]): each append moves the mean by about
 /// 1/`ENTRY_EVENTS_WINDOW` of its difference to the entry's count.
 pub const ENTRY_EVENTS_WINDOW: u32 = 64;
 
@@ -33,20 +34,33 @@ if t ~= 'hash' and t ~= 'none' then return redis.call('UNLINK', KEYS[1]) end \
 return 0";
 
 /// The script that merges one shard's appends since its last merge into each stream's
-/// mean events per entry (`KEYS[1]`: the [`ENTRY_EVENTS`]
-/// hash; `ARGV`: stream, entries, events, ...): `k` entries of `n` events in all move the
-/// mean as `k` appends of `n / k` events each would, one by one, by 1/64 of the
-/// difference: `m (63/64)^k + (n/k) (1 -
-/// (63/64)^k)`; a stored mean that is not a number, not finite or out of bounds
-/// ([`MAX_ENTRY_MEAN`]) is replaced. Run once per reading,
-/// not per request.
+/// mean events per entry (`KEYS[1]`: the [`ENTRY_EVENTS`] hash; `ARGV[1]`: the window in
+/// milliseconds, then stream, entries, events, ...). The hash keeps, per stream, decayed
+/// sums of entries and events (fields `<stream>:entries`, `<stream>:events`, and
+/// `<stream>:at`, Redis's time of the last merge) and their ratio, the mean (field
+/// `<stream>`, what [`entry_mean`] reads). A merge of `k` entries of `n` events in all
+/// weighs what the sums held by `d`, then adds `k` and `n`: `d` is the larger of
+/// `(63/64)^k` (the sums remember the last [`ENTRY_EVENTS_WINDOW`] entries, as if each
+/// append moved the mean by 1/64 of the difference) and `e^(-t/window)`, `t` the time
+/// since the last merge of any shard (they remember the last window of time). At high
+/// rates each shard merges hundreds of entries at a time, and the entries alone would
+/// leave only the last shard's: the time keeps every shard's of the last window. Sums that
+/// are not numbers, not finite, out of bounds (a mean below 1 or above
+/// [`MAX_ENTRY_MEAN`]) or from the future start again. Run once per reading, not per
+/// request.
 pub const MERGE_MEANS_SCRIPT: &str = "\
-for i = 1, #ARGV, 3 do \
-local k = tonumber(ARGV[i + 1]) \
-local mean = tonumber(ARGV[i + 2]) / k \
-local m = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) \
-if m and m >= 1 and m <= 1000000 then local w = (63 / 64) ^ k; m = m * w + mean * (1 - w) else m = mean end \
-redis.call('HSET', KEYS[1], ARGV[i], tostring(m)) \
+local t = redis.call('TIME') \
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+local window = tonumber(ARGV[1]) \
+for i = 2, #ARGV, 3 do \
+local s, k, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]) \
+local v = redis.call('HMGET', KEYS[1], s .. ':entries', s .. ':events', s .. ':at') \
+local ke, ne, at = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]) \
+if ke and ne and at and ke > 0 and ke < 1e15 and ne >= ke and ne <= ke * 1000000 and at <= now then \
+local d = math.max((63 / 64) ^ k, math.exp((at - now) / window)) \
+k, n = ke * d + k, ne * d + n \
+end \
+redis.call('HSET', KEYS[1], s, tostring(n / k), s .. ':entries', tostring(k), s .. ':events', tostring(n), s .. ':at', tostring(now)) \
 end \
 return 1";
 
@@ -64,11 +78,12 @@ pub struct Appended<'a> {
 }
 
 /// The command that merges `appended` into the means kept in the hash `entry_events`
-/// ([`MERGE_MEANS_SCRIPT`]).
-pub fn merge_means(out: &mut Vec<u8>, entry_events: &str, appended: &[Appended<'_>]) {
+/// over the last `window_ms` ([`MERGE_MEANS_SCRIPT`]).
+pub fn merge_means(out: &mut Vec<u8>, entry_events: &str, window_ms: u64, appended: &[Appended<'_>]) {
+    let window = window_ms.max(1).to_string();
     let counts: Vec<[String; 2]> = appended.iter().map(|a| [a.entries.to_string(), a.events.to_string()]).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(4 + 3 * appended.len());
-    args.extend([b"EVAL".as_slice(), MERGE_MEANS_SCRIPT.as_bytes(), b"1", entry_events.as_bytes()]);
+    let mut args: Vec<&[u8]> = Vec::with_capacity(5 + 3 * appended.len());
+    args.extend([b"EVAL".as_slice(), MERGE_MEANS_SCRIPT.as_bytes(), b"1", entry_events.as_bytes(), window.as_bytes()]);
     for (a, [k, n]) in appended.iter().zip(&counts) {
         args.extend([a.stream.as_bytes(), k.as_bytes(), n.as_bytes()]);
     }
@@ -205,7 +220,7 @@ mod tests {
         // The script that keeps the means starts again above the same upper bound (and
         // below 1, where these readers count 1).
         let script = MERGE_MEANS_SCRIPT;
-        assert!(script.contains("m >= 1 and m <= 1000000"), "{script}");
+        assert!(script.contains("ne >= ke and ne <= ke * 1000000 "), "{script}");
     }
 
     use super::*;
@@ -239,9 +254,10 @@ mod tests {
     #[test]
     fn merge_means_sends_counts_only() {
         let mut out = Vec::new();
-        merge_means(&mut out, "ee", &[Appended { stream: "s", entries: 3, events: 12 }]);
+        merge_means(&mut out, "ee", 2000, &[Appended { stream: "s", entries: 3, events: 12 }]);
         let mut want = Vec::new();
-        crate::resp::command(&mut want, &[b"EVAL", MERGE_MEANS_SCRIPT.as_bytes(), b"1", b"ee", b"s", b"3", b"12"]);
+        let script = MERGE_MEANS_SCRIPT.as_bytes();
+        crate::resp::command(&mut want, &[b"EVAL", script, b"1", b"ee", b"2000", b"s", b"3", b"12"]);
         assert_eq!(out, want);
     }
 }

@@ -299,35 +299,62 @@ fn stored_mean(redis: &mut RedisClient, stream: &str) -> String {
     }
 }
 
-/// The merge of a shard's appends into the mean entry sizes, against redis-server: `k`
-/// entries of `n` events in all move a mean as `k` appends of `n / k` events each would,
-/// one by one, by 1/64 of the difference; a stream with no mean yet takes theirs.
+/// The merge of the shards' appends into the mean entry sizes, against redis-server: the
+/// hash keeps decayed sums of entries and events per stream, and their ratio. Merged
+/// within the window, every shard's entries count (at high rates each shard merges
+/// hundreds of entries at once: one shard's must not wipe out another's); past it, the
+/// last 64 entries still do, as if each append moved the mean by 1/64; a stream with no
+/// sums yet takes the merge's mean; damaged sums start again.
 #[test]
-fn merged_entry_sizes_move_as_appends_one_by_one() {
+fn merged_entry_sizes_mix_every_shards_appends() {
     let redis = RedisServer::start();
     let mut c = redis.client();
-    let mut merge = |appended: &[Appended<'_>]| {
+    let mut merge = |window_ms: u64, appended: &[Appended<'_>]| {
         let mut cmd = Vec::new();
-        merge_means(&mut cmd, "croupier:entry-events", appended);
+        merge_means(&mut cmd, "croupier:entry-events", window_ms, appended);
         c.send(&cmd).expect("send");
         assert_eq!(c.replies(1).expect("reply"), vec![Frame::Integer(1)]);
     };
-    merge(&[Appended { stream: "s", entries: 1, events: 500 }, Appended { stream: "t", entries: 4, events: 8 }]);
-    merge(&[Appended { stream: "s", entries: 100, events: 100 }]);
-    // A damaged mean (not finite, or more events than an entry can hold) starts again.
+    let hour = 3_600_000;
+    let a = |stream, entries, events| Appended { stream, entries, events };
+    // Two shards within the window: one of full entries, one of single events.
+    merge(hour, &[a("mixed", 340, 34_000), a("first", 4, 8)]);
+    merge(hour, &[a("mixed", 340, 340)]);
+    // Past a 1 ms window, only the last 64 entries' weight is left of what came before.
+    merge(1, &[a("decayed", 1, 500)]);
+    std::thread::sleep(Duration::from_millis(30));
+    merge(1, &[a("decayed", 100, 100)]);
+    // Damaged sums (not numbers, not finite, a mean out of bounds, a time to come) and a
+    // damaged mean without sums start again.
     let mut other = redis.client();
-    for (field, bad) in [("u", "inf"), ("v", "nan"), ("w", "1e308")] {
+    for (field, bad) in [
+        ("u:entries", "nan"),
+        ("u:events", "6"),
+        ("u:at", "0"),
+        ("v:entries", "inf"),
+        ("v:events", "inf"),
+        ("v:at", "0"),
+        ("w:entries", "1"),
+        ("w:events", "1e308"),
+        ("w:at", "0"),
+        ("x:entries", "1"),
+        ("x:events", "1"),
+        ("x:at", "99999999999999"),
+        ("y", "1e308"),
+    ] {
         assert_eq!(other.int(&["HSET", "croupier:entry-events", field, bad]), 1);
     }
-    let again = |f| Appended { stream: f, entries: 2, events: 6 };
-    merge(&[again("u"), again("v"), again("w")]);
+    merge(hour, &[a("u", 2, 6), a("v", 2, 6), a("w", 2, 6), a("x", 2, 6), a("y", 2, 6)]);
     let mut c = redis.client();
-    let mut mean = |key: &str| stored_mean(&mut c, key);
-    assert_eq!(mean("t"), "2");
-    assert_eq!((mean("u"), mean("v"), mean("w")), ("3".to_owned(), "3".to_owned(), "3".to_owned()));
-    let want = (0..100).fold(500.0_f64, |m, _| m + (1.0 - m) / 64.0);
-    let got: f64 = mean("s").parse().expect("a number");
-    assert!((got - want).abs() < 1e-9 * want, "{got} against {want}");
+    let mut mean = |key: &str| -> f64 { stored_mean(&mut c, key).parse().expect("a number") };
+    assert_eq!(mean("first"), 2.0);
+    let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-4 * want, "{got} against {want}");
+    close(mean("mixed"), 34_340.0 / 680.0);
+    let w = (63.0_f64 / 64.0).powi(100);
+    close(mean("decayed"), (500.0 * w + 100.0) / (w + 100.0));
+    for key in ["u", "v", "w", "x", "y"] {
+        assert_eq!(mean(key), 3.0, "{key}");
+    }
 }
 
 fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {

@@ -44,11 +44,11 @@
 //! Retention and the mark are configured in events, but Redis counts entries, and how many
 //! events an entry holds depends on the traffic: a 100-event request makes one full entry
 //! on `analytics:events` and, beside it, one entry of a few events on `analytics:custom`.
-//! Each stream's mean events per entry over the last entries of every shard is kept in
-//! `croupier:entry-events`: each shard merges the entries it appended into it before each
-//! reading (no script runs for it per request), reads it with the backlog, moves its copy
-//! by its own appends in between, and converts with it (one event per entry before any
-//! entry was ever appended).
+//! Each stream's mean events per entry over the recent entries of every shard is kept in
+//! `croupier:entry-events`: each shard merges the entries Redis confirmed it appended into
+//! it before each reading (nothing per request keeps it), reads it with the backlog, moves
+//! its copy by its own appends in between, and converts with it (one event per entry before
+//! any entry was ever appended).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -410,20 +410,30 @@ pub struct BacklogSettings {
     /// older than the oldest pending entry, the lag and the pending entries count as the
     /// backlog while that entry was delivered less long ago; past it, the whole stream.
     pub pending_grace: Duration,
+    /// The time over which the streams' mean events per entry mixes every shard's appends
+    /// (`croupier_protocol::stream::MERGE_MEANS_SCRIPT`).
+    pub mean_window: Duration,
 }
 
 impl BacklogSettings {
-    /// From the configuration: the partition's limits, and
+    /// From the configuration: the partition's limits;
     /// `worker.insert_interval_ms` + `worker.linger_ms` (how long a batch's first entries
-    /// wait, pending, before their insert) + [`INSERT_MARGIN`] for the insert itself.
+    /// wait, pending, before their insert) + [`INSERT_MARGIN`] for the insert itself; and
+    /// [`MEAN_WINDOW_READINGS`] backlog readings.
     pub fn from_config(config: &Config) -> BacklogSettings {
         let held = config.worker.insert_interval_ms.saturating_add(config.worker.linger_ms);
+        let poll = Duration::from_millis(config.redis.backlog_poll_ms.max(1));
         BacklogSettings {
             limits: config.streams.partition_limits(),
             pending_grace: Duration::from_millis(held).saturating_add(INSERT_MARGIN),
+            mean_window: poll.saturating_mul(MEAN_WINDOW_READINGS),
         }
     }
 }
+
+/// The mean events per entry covers the appends of this many backlog readings of every
+/// shard (each shard merges its own with each reading): 2 s at the default 100 ms.
+const MEAN_WINDOW_READINGS: u32 = 20;
 
 /// The time an insert takes on top of a batch's wait, in [`BacklogSettings::pending_grace`].
 const INSERT_MARGIN: Duration = Duration::from_secs(2);
@@ -449,12 +459,14 @@ pub struct Backlog {
     partitions: Partitions,
     /// The Redis connection's epoch: a reading from an earlier connection is unknown.
     epoch: Epoch,
+    /// [`BacklogSettings::mean_window`].
+    mean_window: Duration,
 }
 
 impl Backlog {
     /// A shard's backlogs of `partitions`' streams, read on the connection of `epoch`.
     pub fn new(settings: BacklogSettings, epoch: Epoch, partitions: Partitions) -> Rc<Backlog> {
-        let BacklogSettings { limits, pending_grace } = settings;
+        let BacklogSettings { limits, pending_grace, mean_window } = settings;
         let state = |limits| StreamState {
             observed: Cell::new(0),
             added: Cell::new(0),
@@ -473,7 +485,7 @@ impl Backlog {
             repaired_in: Cell::new(None),
         };
         let streams = (0..partitions.len()).map(|_| limits.map(state)).collect();
-        Rc::new(Backlog { epoch, streams, partitions })
+        Rc::new(Backlog { epoch, streams, partitions, mean_window })
     }
 
     /// The partitions' key names.
@@ -539,7 +551,9 @@ impl Backlog {
     pub fn count_added(&self, p: usize, stream: StreamKind, events: usize) {
         let s = self.state(p, stream);
         s.added.set(s.added.get() + 1);
-        // The merge's update, mirrored until the next reading brings every shard's.
+        // The shard's own appends move its copy as they are queued (a later duplicate's,
+        // replay's or failure's too: the merge counts confirmed appends only), until the
+        // next reading brings every shard's.
         let n = events.max(1) as f64;
         let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
         s.per_entry.set(Some(m.max(1.0)));
@@ -567,7 +581,7 @@ impl Backlog {
     async fn read_partition(&self, redis: &RedisClient, p: usize) {
         let streams = &self.streams[p];
         if redis.is_up() {
-            merge_entry_events(redis, &self.partitions, p, streams).await;
+            merge_entry_events(redis, &self.partitions, p, self.mean_window, streams).await;
         }
         if redis.is_up() {
             if let Some(means) = read_entry_events(redis, &self.partitions, p).await {
@@ -612,7 +626,13 @@ impl Backlog {
 /// and events since, so the mean moves as the ingest script would have moved it, append by
 /// append, whichever shard appended). Appends that fail to merge (Redis gone, the key of
 /// another type) are merged with the next reading.
-async fn merge_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize, streams: &[StreamState; 3]) {
+async fn merge_entry_events(
+    redis: &RedisClient,
+    partitions: &Partitions,
+    p: usize,
+    window: Duration,
+    streams: &[StreamState; 3],
+) {
     let taken: Vec<(&StreamState, Appended<'_>)> = StreamKind::ALL
         .iter()
         .zip(streams)
@@ -626,7 +646,8 @@ async fn merge_entry_events(redis: &RedisClient, partitions: &Partitions, p: usi
     }
     let appended: Vec<Appended<'_>> = taken.iter().map(|(_, a)| *a).collect();
     let mut cmd = Vec::with_capacity(512);
-    merge_means(&mut cmd, partitions.entry_events(p), &appended);
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    merge_means(&mut cmd, partitions.entry_events(p), window_ms, &appended);
     if !matches!(redis.call(cmd).await, Ok(Frame::Integer(1))) {
         for (s, a) in taken {
             let (e, n) = s.unmerged.get();
@@ -795,7 +816,7 @@ mod tests {
 
     /// `l` for each stream, a grace of 3 s for pending entries.
     fn settings(l: StreamLimits) -> BacklogSettings {
-        BacklogSettings { limits: [l; 3], pending_grace: Duration::from_secs(3) }
+        BacklogSettings { limits: [l; 3], pending_grace: Duration::from_secs(3), mean_window: Duration::from_secs(2) }
     }
 
     fn set_mean(b: &Backlog, stream: StreamKind, mean: f64) {

@@ -38,10 +38,25 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 }
 
 /// Runs `fut` to completion on a new runtime of the given driver (with timers).
+///
+/// The io_uring ring is made with `IORING_SETUP_COOP_TASKRUN` where the kernel has it
+/// (5.19+): a completion (a socket became readable because the peer on another core sent)
+/// then waits for the thread's next `io_uring_enter` instead of interrupting it with an
+/// inter-processor interrupt to post it. The runtime enters the kernel whenever it runs
+/// out of tasks, which is when it reads completions anyway, so nothing is seen later; the
+/// interrupts had cost an ingest shard several percent of its CPU (perf/CHANGES.md). An
+/// older kernel refuses the flag, and the ring is made without it.
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
     Ok(match driver {
         ActiveDriver::IoUring => {
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build()?.block_on(fut)
+            let mut cooperative = io_uring::IoUring::builder();
+            cooperative.setup_coop_taskrun();
+            let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .uring_builder(cooperative)
+                .enable_timer()
+                .build()
+                .or_else(|_| monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build())?;
+            runtime.block_on(fut)
         }
         ActiveDriver::Epoll => {
             monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?.block_on(fut)

@@ -45,17 +45,30 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 /// inter-processor interrupt to post it. The runtime enters the kernel whenever it runs
 /// out of tasks, which is when it reads completions anyway, so nothing is seen later; the
 /// interrupts had cost an ingest shard several percent of its CPU (perf/CHANGES.md). An
-/// older kernel refuses the flag, and the ring is made without it.
+/// older kernel refuses the flag (`EINVAL`), and the ring is made without it; which ring
+/// the process runs is logged once.
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
     Ok(match driver {
         ActiveDriver::IoUring => {
             let mut cooperative = io_uring::IoUring::builder();
             cooperative.setup_coop_taskrun();
-            let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                 .uring_builder(cooperative)
                 .enable_timer()
-                .build()
-                .or_else(|_| monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build())?;
+                .build();
+            let mut runtime = match built {
+                Ok(runtime) => {
+                    RING_LOGGED.call_once(|| tracing::info!("io_uring rings with cooperative task running"));
+                    runtime
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    RING_LOGGED.call_once(|| {
+                        tracing::info!("io_uring rings without cooperative task running (a kernel before 5.19)")
+                    });
+                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build()?
+                }
+                Err(e) => return Err(e),
+            };
             runtime.block_on(fut)
         }
         ActiveDriver::Epoll => {
@@ -63,6 +76,9 @@ pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::O
         }
     })
 }
+
+/// Which io_uring ring the process runs is logged by the first thread that makes one.
+static RING_LOGGED: std::sync::Once = std::sync::Once::new();
 
 /// The `index`-th CPU (by number) the process may run on: its affinity mask, which in a
 /// container is the cpuset it was given (the static CPU manager's exclusive CPUs in a

@@ -84,6 +84,8 @@ def skip_reply(buf, pos):
     kind, line = buf[pos:pos + 1], buf[pos + 1:nl]
     if kind == b'-':
         raise SystemExit(f'error reply: {bytes(line)!r}')
+    if kind == b'+' and line == b'DUPLICATE':
+        raise SystemExit('the script took the duplicate path: a variant reused nonces')
     if kind in (b'+', b':'):
         return nl + 2
     if kind == b'$':

@@ -39,15 +39,17 @@ return 0";
 /// sums of entries and events (fields `<stream>:entries`, `<stream>:events`, and
 /// `<stream>:at`, Redis's time of the last merge) and their ratio, the mean (field
 /// `<stream>`, what [`entry_mean`] reads). A merge of `k` entries of `n` events in all
-/// weighs what the sums held by `d`, then adds `k` and `n`: `d` is the larger of
-/// `(63/64)^k` (the sums remember the last [`ENTRY_EVENTS_WINDOW`] entries, as if each
-/// append moved the mean by 1/64 of the difference) and `e^(-t/window)`, `t` the time
-/// since the last merge of any shard (they remember the last window of time). At high
-/// rates each shard merges hundreds of entries at a time, and the entries alone would
-/// leave only the last shard's: the time keeps every shard's of the last window. Sums that
-/// are not numbers, not finite, out of bounds (a mean below 1 or above
-/// [`MAX_ENTRY_MEAN`]) or from the future start again. Run once per reading, not per
-/// request.
+/// keeps of the sums the larger of two weights, in entries, then adds `k` and `n`: what the
+/// window of time keeps, `entries · e^(-t/window)` with `t` the time since the last merge
+/// of any shard, and what an average over the last [`ENTRY_EVENTS_WINDOW`] entries keeps,
+/// `min(entries, 64) · (63/64)^k` (the weight of the old mean after `k` appends that each
+/// move it by 1/64 of the difference); the events are kept in proportion. At high rates
+/// each shard merges hundreds of entries at a time, and weighed by entries alone each merge
+/// would leave only the merging shard's mean: the time keeps every shard's of the last
+/// window. At low rates the entries keep the last 64, as long ago as they were. Sums that
+/// are not numbers, not finite, out of bounds (a mean below 1 or above [`MAX_ENTRY_MEAN`])
+/// or more than a minute ahead of Redis's clock start again (a clock a little behind, say
+/// after a failover, counts as no time passed). Run once per reading, not per request.
 pub const MERGE_MEANS_SCRIPT: &str = "\
 local t = redis.call('TIME') \
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
@@ -56,9 +58,9 @@ for i = 2, #ARGV, 3 do \
 local s, k, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]) \
 local v = redis.call('HMGET', KEYS[1], s .. ':entries', s .. ':events', s .. ':at') \
 local ke, ne, at = tonumber(v[1]), tonumber(v[2]), tonumber(v[3]) \
-if ke and ne and at and ke > 0 and ke < 1e15 and ne >= ke and ne <= ke * 1000000 and at <= now then \
-local d = math.max((63 / 64) ^ k, math.exp((at - now) / window)) \
-k, n = ke * d + k, ne * d + n \
+if ke and ne and at and ke > 0 and ke < 1e15 and ne >= ke and ne <= ke * 1000000 and at <= now + 60000 then \
+local kept = math.max(ke * math.exp(math.min(0, at - now) / window), math.min(ke, 64) * (63 / 64) ^ k) \
+k, n = kept + k, ne * kept / ke + n \
 end \
 redis.call('HSET', KEYS[1], s, tostring(n / k), s .. ':entries', tostring(k), s .. ':events', tostring(n), s .. ':at', tostring(now)) \
 end \

@@ -303,8 +303,8 @@ fn stored_mean(redis: &mut RedisClient, stream: &str) -> String {
 /// hash keeps decayed sums of entries and events per stream, and their ratio. Merged
 /// within the window, every shard's entries count (at high rates each shard merges
 /// hundreds of entries at once: one shard's must not wipe out another's); past it, the
-/// last 64 entries still do, as if each append moved the mean by 1/64; a stream with no
-/// sums yet takes the merge's mean; damaged sums start again.
+/// weight of the last 64 entries still does, and no more (a burst's sums do not linger);
+/// a stream with no sums yet takes the merge's mean; damaged sums start again.
 #[test]
 fn merged_entry_sizes_mix_every_shards_appends() {
     let redis = RedisServer::start();
@@ -321,9 +321,9 @@ fn merged_entry_sizes_mix_every_shards_appends() {
     merge(hour, &[a("mixed", 340, 34_000), a("first", 4, 8)]);
     merge(hour, &[a("mixed", 340, 340)]);
     // Past a 1 ms window, only the last 64 entries' weight is left of what came before.
-    merge(1, &[a("decayed", 1, 500)]);
+    merge(1, &[a("decayed", 1, 500), a("burst", 10_000, 1_000_000)]);
     std::thread::sleep(Duration::from_millis(30));
-    merge(1, &[a("decayed", 100, 100)]);
+    merge(1, &[a("decayed", 100, 100), a("burst", 1, 1)]);
     // Damaged sums (not numbers, not finite, a mean out of bounds, a time to come) and a
     // damaged mean without sums start again.
     let mut other = redis.client();
@@ -344,7 +344,14 @@ fn merged_entry_sizes_mix_every_shards_appends() {
     ] {
         assert_eq!(other.int(&["HSET", "croupier:entry-events", field, bad]), 1);
     }
-    merge(hour, &[a("u", 2, 6), a("v", 2, 6), a("w", 2, 6), a("x", 2, 6), a("y", 2, 6)]);
+    // Sums written by a clock 5 s ahead of this server's (a failover): no time passed.
+    let Frame::Array(time) = other.cmd(&["TIME"]) else { panic!("TIME") };
+    let [Frame::BulkString(secs), _] = time.as_slice() else { panic!("TIME {time:?}") };
+    let ahead = std::str::from_utf8(secs).expect("utf8").parse::<u64>().expect("seconds") * 1000 + 5000;
+    for (field, value) in [("z:entries", "1".to_owned()), ("z:events", "100".to_owned()), ("z:at", ahead.to_string())] {
+        assert_eq!(other.int(&["HSET", "croupier:entry-events", field, &value]), 1);
+    }
+    merge(hour, &[a("u", 2, 6), a("v", 2, 6), a("w", 2, 6), a("x", 2, 6), a("y", 2, 6), a("z", 2, 6)]);
     let mut c = redis.client();
     let mut mean = |key: &str| -> f64 { stored_mean(&mut c, key).parse().expect("a number") };
     assert_eq!(mean("first"), 2.0);
@@ -352,9 +359,13 @@ fn merged_entry_sizes_mix_every_shards_appends() {
     close(mean("mixed"), 34_340.0 / 680.0);
     let w = (63.0_f64 / 64.0).powi(100);
     close(mean("decayed"), (500.0 * w + 100.0) / (w + 100.0));
+    // 10,000 entries of 100 events, then one of 1: 64 entries' worth of weight, 63 kept.
+    let kept = 64.0 * 63.0 / 64.0;
+    close(mean("burst"), (100.0 * kept + 1.0) / (kept + 1.0));
     for key in ["u", "v", "w", "x", "y"] {
         assert_eq!(mean(key), 3.0, "{key}");
     }
+    close(mean("z"), 106.0 / 3.0);
 }
 
 fn sparse_stream_gets_its_room(driver: Driver, protocol: IngestProtocol) {

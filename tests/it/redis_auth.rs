@@ -244,7 +244,7 @@ fn auth_sentinel_with_passwords_follows_a_failover() {
 /// `CLUSTER SHARDS`/`CLUSTER SLOTS`.
 const LEAST_PRIVILEGE: &str =
     "resetkeys ~analytics:* ~croupier:* ~hll:* ~{hll:* resetchannels -@all +ping +role +wait +multi \
-     +exec +asking +cluster|shards +cluster|slots +eval +get +set +del +expire +pttl +type +time +hget +hset +hmget \
+     +exec +asking +cluster|shards +cluster|slots +eval +get +set +del +expire +pttl +type +time +hset +hmget \
      +pfcount +pfmerge +zadd +zrangebyscore +zrem +zremrangebyscore +zscore +xadd +xreadgroup +xack +xclaim \
      +xautoclaim +xpending +xrange +xrevrange +xdel +xlen +xinfo|stream +xinfo|groups +xgroup|create +xgroup|createconsumer \
      +xgroup|setid";

@@ -74,9 +74,14 @@ struct StreamState {
     known: Cell<bool>,
     /// The connection epoch the last reading was taken in.
     read_in: Cell<u64>,
-    /// Mean events per entry of the stream: the last reading, moved by this shard's own
-    /// appends since (`None` before any entry: one event per entry is assumed).
+    /// Mean events per entry of the stream: the last reading's; before any reading found
+    /// one, this shard's own appends' (`None` before any entry: one event per entry is
+    /// assumed).
     per_entry: Cell<Option<f64>>,
+    /// Whether a reading found the stream's mean (every shard's appends), which this
+    /// shard's own appends then no longer move: at high rates a shard appends hundreds of
+    /// entries between readings, and moved by them the copy would be its own mean again.
+    mean_read: Cell<bool>,
     /// Entries and events this shard appended to the stream since it last merged them into
     /// the mean ([`merge_entry_events`]; [`Backlog::appended`]).
     unmerged: Cell<(u64, u64)>,
@@ -431,8 +436,9 @@ impl BacklogSettings {
     }
 }
 
-/// The mean events per entry covers the appends of this many backlog readings of every
-/// shard (each shard merges its own with each reading): 2 s at the default 100 ms.
+/// The mean events per entry covers the appends of every shard over this many times
+/// `redis.backlog_poll_ms` (each shard merges its own with each reading): 2 s at the
+/// default 100 ms.
 const MEAN_WINDOW_READINGS: u32 = 20;
 
 /// The time an insert takes on top of a batch's wait, in [`BacklogSettings::pending_grace`].
@@ -473,6 +479,7 @@ impl Backlog {
             known: Cell::new(false),
             read_in: Cell::new(0),
             per_entry: Cell::new(None),
+            mean_read: Cell::new(false),
             unmerged: Cell::new((0, 0)),
             unplaced_since: Cell::new(None),
             limits,
@@ -551,12 +558,13 @@ impl Backlog {
     pub fn count_added(&self, p: usize, stream: StreamKind, events: usize) {
         let s = self.state(p, stream);
         s.added.set(s.added.get() + 1);
-        // The shard's own appends move its copy as they are queued (a later duplicate's,
-        // replay's or failure's too: the merge counts confirmed appends only), until the
-        // next reading brings every shard's.
-        let n = events.max(1) as f64;
-        let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
-        s.per_entry.set(Some(m.max(1.0)));
+        // Until a reading finds every shard's mean, the shard's own appends make its copy,
+        // as they are queued (a later duplicate's, replay's or failure's too).
+        if !s.mean_read.get() {
+            let n = events.max(1) as f64;
+            let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
+            s.per_entry.set(Some(m.max(1.0)));
+        }
     }
 
     /// Records that Redis confirmed this shard's append of one entry of `events` records to
@@ -588,6 +596,7 @@ impl Backlog {
                 for (s, mean) in streams.iter().zip(means) {
                     if let Some(m) = mean {
                         s.per_entry.set(Some(m.max(1.0)));
+                        s.mean_read.set(true);
                     }
                 }
             }
@@ -623,8 +632,8 @@ impl Backlog {
 
 /// Merges this shard's appends to partition `p`'s streams since the last merge into their
 /// mean events per entry (`croupier_protocol::stream::merge_means`: the streams' entries
-/// and events since, so the mean moves as the ingest script would have moved it, append by
-/// append, whichever shard appended). Appends that fail to merge (Redis gone, the key of
+/// and events since, added to the hash's decayed sums, whose ratio is the mean of every
+/// shard's recent entries). Appends that fail to merge (Redis gone, the key of
 /// another type) are merged with the next reading.
 async fn merge_entry_events(
     redis: &RedisClient,
@@ -659,7 +668,8 @@ async fn merge_entry_events(
 /// Partition `p`'s streams' mean events per entry, in `StreamKind::ALL` order (`None` for
 /// a stream nothing was appended to yet). The hash holding another type (nothing of
 /// Croupier's writes one: an operator's mistake) is deleted, logged: it holds nothing but
-/// these means, which the next appends make again, and left so no script could keep them.
+/// these means and their sums, which the next merges make again, and left so no merge
+/// could keep them.
 async fn read_entry_events(redis: &RedisClient, partitions: &Partitions, p: usize) -> Option<[Option<f64>; 3]> {
     match resp::entry_means(&redis.call(partitions.entry_means_command(p)).await.ok()?) {
         Ok(means) => Some(means),
@@ -1032,12 +1042,20 @@ mod tests {
     }
 
     #[test]
-    fn own_appends_move_the_measure_between_readings() {
+    fn own_appends_make_the_measure_until_a_reading_finds_one() {
         let b = backlog();
+        let s = &b.streams[0][CUSTOM.index()];
         b.added(0, CUSTOM, 4);
-        assert_eq!(b.streams[0][CUSTOM.index()].per_entry.get(), Some(4.0), "the first entry sets it");
+        assert_eq!(s.per_entry.get(), Some(4.0), "the first entry sets it");
         b.added(0, CUSTOM, 68);
-        assert_eq!(b.streams[0][CUSTOM.index()].per_entry.get(), Some(5.0), "then 1/64 of each difference");
+        assert_eq!(s.per_entry.get(), Some(5.0), "then 1/64 of each difference");
+        // A reading's mean is every shard's: this shard's appends no longer move it.
+        s.per_entry.set(Some(50.0));
+        s.mean_read.set(true);
+        for _ in 0..500 {
+            b.added(0, CUSTOM, 1);
+        }
+        assert_eq!(s.per_entry.get(), Some(50.0));
     }
 
     #[test]

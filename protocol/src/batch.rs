@@ -143,6 +143,12 @@ mod tests {
                 assert_eq!(v.field(1, crate::envelope::text::PROPS), "");
                 assert_eq!(v.field(1, crate::envelope::text::GAME_ID), "g1");
                 assert_eq!(v.event_id(1), [7; 16]);
+                // All of an event's fields at once are its fields one by one.
+                for i in 0..2 {
+                    assert_eq!(v.fields(i), std::array::from_fn(|f| v.field(i, f)), "event {i}");
+                }
+                assert_eq!(v.fields(0)[crate::envelope::text::COUNTRY], "US");
+                assert_eq!(v.fields(2), [""; 11], "past the batch");
             }
             ArchivedRecords::Payments(_) => panic!("wrong kind"),
         }

@@ -69,7 +69,7 @@ impl EventFields for ArchivedEventRef<'_> {
         self.batch.ts_ms(self.index)
     }
     fn text(&self) -> [&str; 11] {
-        std::array::from_fn(|f| self.batch.field(self.index, f))
+        self.batch.fields(self.index)
     }
     fn event_id(&self) -> [u8; 16] {
         self.batch.event_id(self.index)

@@ -433,7 +433,8 @@ impl Sink {
                     if done < TABLE {
                         r.block(unix_seconds(ts)).push(&ev, accepted);
                     }
-                    let f = |i| b.field(index, i);
+                    let fields = b.fields(index);
+                    let f = |i: usize| fields[i];
                     if done < BOTH {
                         days.add(unix_seconds(ts), f(text::GAME_ID), f(text::ENV), f(text::USER_ID), f(text::EVENT));
                     }

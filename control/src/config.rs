@@ -530,6 +530,12 @@ pub const MAX_INSERT_INTERVAL_MS: u64 = 60_000;
 /// (docs/ingest.md "Retention, trimming and the high-water mark").
 pub const MAX_LINGER_MS: u64 = 60_000;
 
+/// The longest `worker.claim_idle_ms`: the entries a dead worker held stay pending, undelivered
+/// to the tables and counted in ingest's backlog, that long before another worker claims
+/// them; a day is past any insert, and a value beyond what Redis takes as an idle time would
+/// make every claim fail.
+pub const MAX_CLAIM_IDLE_MS: u64 = 86_400_000;
+
 /// `[worker]`: stream consumers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1279,6 +1285,15 @@ impl Config {
                 ),
             ));
         }
+        if self.worker.claim_idle_ms > MAX_CLAIM_IDLE_MS {
+            return Err(err(
+                "worker.claim_idle_ms",
+                format!(
+                    "expected at most {MAX_CLAIM_IDLE_MS} (ms, a day): the entries a dead worker held stay \
+                     pending that long before another worker claims them"
+                ),
+            ));
+        }
         let held = self.worker.insert_interval_ms.saturating_add(self.worker.linger_ms);
         if held.saturating_mul(2) >= self.worker.claim_idle_ms {
             // Named after the larger of the two (the one likely set).
@@ -1495,6 +1510,18 @@ mod tests {
         )
         .expect_err("an empty shard");
         assert!(e.to_string().contains("clickhouse.shards"), "{e}");
+    }
+
+    #[test]
+    fn the_claim_threshold_is_bounded() {
+        let day = MAX_CLAIM_IDLE_MS.to_string();
+        let c = Config::load(None, env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", day.as_str())])).expect("a day");
+        assert_eq!(c.worker.claim_idle_ms, MAX_CLAIM_IDLE_MS);
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", "86400001")])).expect_err("past a day");
+        assert!(e.to_string().contains("worker.claim_idle_ms") && e.to_string().contains("86400000"), "{e}");
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", "9223372036854775807")]))
+            .expect_err("past what Redis takes");
+        assert!(e.to_string().contains("worker.claim_idle_ms") && e.to_string().contains("86400000"), "{e}");
     }
 
     #[test]

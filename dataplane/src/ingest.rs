@@ -105,17 +105,15 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
     let not_replicated = |replicas| IngestError::NotReplicated { replicas, wanted, retry_after };
     let result = match outcome {
         Outcome::Added { replicas } => {
+            let m = &shard.metrics;
             for (stream, count) in &parts[..entries] {
                 shard.backlog.appended(partition, *stream, *count);
-            }
-            let m = &shard.metrics;
-            if m.enabled() {
-                for (stream, count) in &parts[..entries] {
+                if m.enabled() {
                     m.emit(EventsAccepted { game, stream: *stream, count: *count as u64 });
                 }
-                if rejected > 0 {
-                    m.emit(EventsRefused { game, reason: "invalid_field", count: rejected as u64 });
-                }
+            }
+            if m.enabled() && rejected > 0 {
+                m.emit(EventsRefused { game, reason: "invalid_field", count: rejected as u64 });
             }
             // Appended (and counted: the entries will reach the tables), but not on
             // enough replicas in time. The rate was used; the client's retry is a

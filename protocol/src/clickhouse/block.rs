@@ -329,15 +329,17 @@ fn gather_strings(out: &mut Vec<u8>, bytes: &[u8], starts: &[u32], order: &[u32]
             (Some(&s), Some(&e)) if s <= e => (s as usize, e as usize),
             _ => continue,
         };
-        let window = bytes.get(start..start + SHORT_VALUE).and_then(|w| <&[u8; SHORT_VALUE]>::try_from(w).ok());
-        match window {
-            Some(window) if end - start <= SHORT_VALUE => {
+        if end - start <= SHORT_VALUE {
+            if let Some(window) =
+                bytes.get(start..start + SHORT_VALUE).and_then(|w| <&[u8; SHORT_VALUE]>::try_from(w).ok())
+            {
                 let at = out.len();
                 out.extend_from_slice(window);
                 out.truncate(at + (end - start));
+                continue;
             }
-            _ => out.extend_from_slice(bytes.get(start..end).unwrap_or_default()),
         }
+        out.extend_from_slice(bytes.get(start..end).unwrap_or_default());
     }
 }
 

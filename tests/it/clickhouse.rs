@@ -242,7 +242,7 @@ fn every_column_type_round_trips() {
                 vec![1.5f64.to_le_bytes().to_vec(), (-0.25f64).to_le_bytes().to_vec(), 1e10f64.to_le_bytes().to_vec()],
             ),
         ),
-        Column::new("s", "String", strings(ColumnData::String(Vec::new()), &["", "ascii", "ünïcødé"])),
+        Column::new("s", "String", strings(ColumnData::String(Default::default()), &["", "ascii", "ünïcødé"])),
         Column::new("fs", "FixedString(3)", fixed(3, vec![b"abc".to_vec(), b"xyz".to_vec(), b"q\0\0".to_vec()])),
         Column::new(
             "d",
@@ -276,7 +276,7 @@ fn every_column_type_round_trips() {
             "Nullable(String)",
             ColumnData::Nullable {
                 nulls: vec![0, 1, 0],
-                inner: Box::new(strings(ColumnData::String(Vec::new()), &["x", "", "z"])),
+                inner: Box::new(strings(ColumnData::String(Default::default()), &["x", "", "z"])),
             },
         ),
         Column::new(

@@ -183,7 +183,7 @@ async fn insert(conn: &mut Option<Connection>, opts: &ChOptions, rows: &[AuditRo
 /// The rows as the table's columns.
 fn columns(rows: &[AuditRow]) -> Vec<Column> {
     let string = |name: &str, get: &dyn Fn(&AuditRow) -> &str| {
-        let mut d = ColumnData::String(Vec::new());
+        let mut d = ColumnData::String(Default::default());
         for r in rows {
             d.push_str(get(r).as_bytes());
         }

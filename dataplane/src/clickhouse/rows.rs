@@ -11,7 +11,7 @@ fn lc() -> ColumnData {
 }
 
 fn s() -> ColumnData {
-    ColumnData::String(Vec::new())
+    ColumnData::String(Default::default())
 }
 
 fn country(c: &str) -> [u8; 2] {

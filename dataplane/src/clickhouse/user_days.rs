@@ -59,7 +59,7 @@ impl Table for UserDays {
             Column::new("d", "Date", ColumnData::fixed(2)),
             Column::new("game_id", "LowCardinality(String)", ColumnData::LowCardinality(LowCardinality::default())),
             Column::new("env", "LowCardinality(String)", ColumnData::LowCardinality(LowCardinality::default())),
-            Column::new("user_id", "String", ColumnData::String(Vec::new())),
+            Column::new("user_id", "String", ColumnData::String(Default::default())),
             Column::new("events", "UInt64", ColumnData::fixed(8)),
             Column::new("active", "UInt64", ColumnData::fixed(8)),
             Column::new("registered", "UInt64", ColumnData::fixed(8)),

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use super::order::string_starts;
 use super::rev;
 use super::wire::{put_str, put_varint, Incomplete, Reader};
 
@@ -29,8 +28,8 @@ pub enum ColumnData {
         /// The values back to back.
         bytes: Vec<u8>,
     },
-    /// `String`: each value varint-length-prefixed.
-    String(Vec<u8>),
+    /// `String`: each value varint-length-prefixed, and where each starts.
+    String(Strings),
     /// `LowCardinality(String)`: a dictionary of distinct values and one index per row.
     LowCardinality(LowCardinality),
     /// `Nullable(T)`: a null flag per row, then every row of the inner column.
@@ -49,6 +48,60 @@ pub enum ColumnData {
     },
 }
 
+/// `String` values as the native format lays them out (each one's varint length, then its
+/// bytes, back to back), with where each value starts, recorded as it is pushed: writing
+/// the rows in another order needs every value's place, and finding them again by walking
+/// the length prefixes was a twentieth of a worker's CPU (perf/CHANGES.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Strings {
+    bytes: Vec<u8>,
+    /// Where each value's length prefix starts in `bytes`; the last value ends at its end.
+    starts: Vec<u32>,
+    /// A value started past what a `u32` offset holds (4 GiB): the starts are incomplete,
+    /// and the column can only be written as pushed.
+    beyond_offsets: bool,
+}
+
+impl Strings {
+    /// Appends a value.
+    pub fn push(&mut self, v: &[u8]) {
+        match u32::try_from(self.bytes.len()) {
+            Ok(at) => self.starts.push(at),
+            Err(_) => self.beyond_offsets = true,
+        }
+        put_str(&mut self.bytes, v);
+    }
+
+    /// The values as encoded, back to back.
+    pub fn encoded(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Where each value starts in [`Strings::encoded`], when every start fits a `u32`.
+    pub(crate) fn starts(&self) -> Option<&[u32]> {
+        (!self.beyond_offsets).then_some(&self.starts)
+    }
+
+    /// Value `row` with its length prefix (empty past the last row).
+    pub(crate) fn encoded_value(&self, row: usize) -> &[u8] {
+        let end = self.starts.get(row + 1).map_or(self.bytes.len(), |&e| e as usize);
+        self.starts.get(row).and_then(|&s| self.bytes.get(s as usize..end)).unwrap_or_default()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+        self.beyond_offsets = false;
+    }
+
+    /// Values whose encoding and starts disagree, for tests of what a writer does with
+    /// data it cannot order.
+    #[cfg(test)]
+    pub(crate) fn inconsistent(bytes: Vec<u8>, starts: Vec<u32>) -> Self {
+        Strings { bytes, starts, beyond_offsets: false }
+    }
+}
+
 /// Dictionary-encoded strings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LowCardinality {
@@ -62,6 +115,14 @@ pub struct LowCardinality {
 impl LowCardinality {
     /// Appends a value.
     pub fn push(&mut self, v: &[u8]) {
+        // The rows of one request share their game and environment, often more: the value
+        // of the row before is compared first, without hashing.
+        if let Some(&last) = self.indexes.last() {
+            if self.keys.get(last as usize).is_some_and(|k| k.as_slice() == v) {
+                self.indexes.push(last);
+                return;
+            }
+        }
         let idx = match self.positions.get(v) {
             Some(i) => *i,
             None => {
@@ -107,7 +168,7 @@ impl ColumnData {
     /// Appends a string to a `String` or `LowCardinality(String)` column.
     pub fn push_str(&mut self, v: &[u8]) {
         match self {
-            ColumnData::String(b) => put_str(b, v),
+            ColumnData::String(s) => s.push(v),
             ColumnData::LowCardinality(lc) => lc.push(v),
             _ => {}
         }
@@ -117,7 +178,7 @@ impl ColumnData {
     pub fn clear(&mut self) {
         match self {
             ColumnData::Fixed { bytes, .. } => bytes.clear(),
-            ColumnData::String(b) => b.clear(),
+            ColumnData::String(s) => s.clear(),
             ColumnData::LowCardinality(lc) => lc.clear(),
             ColumnData::Nullable { nulls, inner } => {
                 nulls.clear();
@@ -134,7 +195,7 @@ impl ColumnData {
     pub fn byte_len(&self) -> usize {
         match self {
             ColumnData::Fixed { bytes, .. } => bytes.len(),
-            ColumnData::String(b) => b.len(),
+            ColumnData::String(s) => s.bytes.len(),
             ColumnData::LowCardinality(lc) => lc.indexes.len() * 4 + lc.keys.iter().map(|k| k.len() + 1).sum::<usize>(),
             ColumnData::Nullable { nulls, inner } => nulls.len() + inner.byte_len(),
             ColumnData::Array { offsets, inner } => offsets.len() * 8 + inner.byte_len(),
@@ -151,10 +212,15 @@ impl ColumnData {
 
     /// Whether the column holds exactly `rows` well-formed values, so that it can be
     /// written in another order.
-    fn holds(&self, rows: usize) -> bool {
+    pub(crate) fn holds(&self, rows: usize) -> bool {
         match self {
             ColumnData::Fixed { width, bytes } => rows.checked_mul(*width) == Some(bytes.len()),
-            ColumnData::String(b) => string_starts(b, rows).is_some(),
+            ColumnData::String(s) => s.starts().is_some_and(|starts| {
+                starts.len() == rows
+                    && starts.first().is_none_or(|&first| first == 0)
+                    && starts.windows(2).all(|w| w[0] <= w[1])
+                    && starts.last().is_none_or(|&last| last as usize <= s.bytes.len())
+            }),
             ColumnData::LowCardinality(lc) => lc.indexes.len() == rows,
             ColumnData::Nullable { nulls, inner } => nulls.len() == rows && inner.holds(rows),
             ColumnData::Array { offsets, inner } => {
@@ -171,17 +237,23 @@ impl ColumnData {
         match self {
             ColumnData::Fixed { bytes, width } => match order {
                 None => out.extend_from_slice(bytes),
-                Some(order) => {
-                    out.reserve(bytes.len());
-                    for &i in order {
-                        let i = i as usize;
-                        out.extend_from_slice(bytes.get(i * width..(i + 1) * width).unwrap_or_default());
+                Some(order) => match *width {
+                    2 => gather_fixed::<2>(out, bytes, order),
+                    4 => gather_fixed::<4>(out, bytes, order),
+                    8 => gather_fixed::<8>(out, bytes, order),
+                    16 => gather_fixed::<16>(out, bytes, order),
+                    width => {
+                        out.reserve(bytes.len());
+                        for &i in order {
+                            let i = i as usize;
+                            out.extend_from_slice(bytes.get(i * width..(i + 1) * width).unwrap_or_default());
+                        }
                     }
-                }
+                },
             },
-            ColumnData::String(b) => match order.zip(order.and_then(|o| string_starts(b, o.len()))) {
-                None => out.extend_from_slice(b),
-                Some((order, starts)) => gather_strings(out, b, &starts, order),
+            ColumnData::String(s) => match order.zip(s.starts()) {
+                None => out.extend_from_slice(&s.bytes),
+                Some((order, starts)) => gather_strings(out, &s.bytes, starts, order),
             },
             ColumnData::LowCardinality(lc) => {
                 let (index_type, width) = match lc.keys.len() {
@@ -196,10 +268,18 @@ impl ColumnData {
                     put_str(out, k);
                 }
                 out.extend_from_slice(&(lc.indexes.len() as u64).to_le_bytes());
-                let mut put = |i: u32| out.extend_from_slice(&i.to_le_bytes()[..width]);
-                match order {
-                    None => lc.indexes.iter().for_each(|&i| put(i)),
-                    Some(order) => order.iter().for_each(|&r| put(lc.indexes.get(r as usize).copied().unwrap_or(0))),
+                let index = |r: &u32| lc.indexes.get(*r as usize).copied().unwrap_or(0);
+                // Each index at the width the flags name, as a value of that width rather
+                // than a slice of a runtime length (a call per row).
+                match (order, width) {
+                    (None, 1) => out.extend(lc.indexes.iter().map(|&i| i as u8)),
+                    (None, 2) => lc.indexes.iter().for_each(|&i| out.extend_from_slice(&(i as u16).to_le_bytes())),
+                    (None, _) => lc.indexes.iter().for_each(|&i| out.extend_from_slice(&i.to_le_bytes())),
+                    (Some(order), 1) => out.extend(order.iter().map(|r| index(r) as u8)),
+                    (Some(order), 2) => {
+                        order.iter().for_each(|r| out.extend_from_slice(&(index(r) as u16).to_le_bytes()))
+                    }
+                    (Some(order), _) => order.iter().for_each(|r| out.extend_from_slice(&index(r).to_le_bytes())),
                 }
             }
             ColumnData::Nullable { nulls, inner } => {
@@ -266,22 +346,7 @@ pub fn write_block(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: u
 /// from [`super::order::sort_order`]); `None`, or an order of another length than `rows`,
 /// writes them as pushed.
 pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column], rows: usize, order: Option<&[u32]>) {
-    // A `String` column's value offsets are found once, to check it and to write it.
-    let mut starts: Vec<Option<Vec<u32>>> = Vec::new();
-    let order = order.filter(|o| {
-        o.len() == rows
-            && is_permutation(o)
-            && columns.iter().all(|c| match &c.data {
-                ColumnData::String(b) => {
-                    starts.push(string_starts(b, rows));
-                    starts.last().is_some_and(Option::is_some)
-                }
-                data => {
-                    starts.push(None);
-                    data.holds(rows)
-                }
-            })
-    });
+    let order = order.filter(|o| o.len() == rows && is_permutation(o) && columns.iter().all(|c| c.data.holds(rows)));
     if revision >= rev::BLOCK_INFO {
         put_varint(out, 1);
         out.push(0); // is_overflows
@@ -291,17 +356,14 @@ pub fn write_block_in_order(out: &mut Vec<u8>, revision: u64, columns: &[Column]
     }
     put_varint(out, columns.len() as u64);
     put_varint(out, rows as u64);
-    for (i, c) in columns.iter().enumerate() {
+    for c in columns {
         put_str(out, c.name.as_bytes());
         put_str(out, c.ty.as_bytes());
         if rows == 0 {
             continue;
         }
         c.data.write_prefix(out);
-        match (&c.data, order, starts.get(i).and_then(Option::as_ref)) {
-            (ColumnData::String(b), Some(order), Some(starts)) => gather_strings(out, b, starts, order),
-            (data, order, _) => data.write_data(out, order),
-        }
+        c.data.write_data(out, order);
     }
 }
 
@@ -312,21 +374,34 @@ fn is_permutation(order: &[u32]) -> bool {
     order.iter().all(|&i| seen.get_mut(i as usize).is_some_and(|s| !std::mem::replace(s, true)))
 }
 
+/// Writes fixed-width values of `W` bytes (`bytes`, back to back) in `order`: a copy of a
+/// known size per row, where a slice of the column's runtime width was a call to `memcpy`.
+fn gather_fixed<const W: usize>(out: &mut Vec<u8>, bytes: &[u8], order: &[u32]) {
+    out.reserve(order.len() * W);
+    for &i in order {
+        let i = i as usize;
+        if let Some(v) = bytes.get(i * W..(i + 1) * W).and_then(|v| <&[u8; W]>::try_from(v).ok()) {
+            out.extend_from_slice(v);
+        }
+    }
+}
+
 /// Values up to this many bytes are gathered as a window of this fixed size (a few vector
 /// moves, no call to `memcpy`), the bytes past the value cut off again: most values
 /// (their length prefix included) are ids, names and versions that short, and a call per
 /// value was a tenth of a worker's CPU (perf/CHANGES.md).
 const SHORT_VALUE: usize = 32;
 
-/// Writes a `String` column's values (`bytes`, each value starting at `starts[i]`, the
-/// last ending at `starts[rows]`) in `order`.
+/// Writes a `String` column's values (`bytes`, value `i` starting at `starts[i]` and
+/// ending where the next starts, the last at the end of `bytes`) in `order`.
 fn gather_strings(out: &mut Vec<u8>, bytes: &[u8], starts: &[u32], order: &[u32]) {
     // Room for every value and for one window past the last: nothing moves while gathering.
     out.reserve(bytes.len() + SHORT_VALUE);
     for &i in order {
         let i = i as usize;
-        let (start, end) = match (starts.get(i), starts.get(i + 1)) {
-            (Some(&s), Some(&e)) if s <= e => (s as usize, e as usize),
+        let end = starts.get(i + 1).map_or(bytes.len(), |&e| e as usize);
+        let start = match starts.get(i) {
+            Some(&s) if s as usize <= end && end <= bytes.len() => s as usize,
             _ => continue,
         };
         if end - start <= SHORT_VALUE {
@@ -456,11 +531,11 @@ mod tests {
     fn pushed(rows: &[(u32, &str, Option<&str>, &[u8])]) -> Vec<Column> {
         let mut cols = vec![
             Column::new("n", "UInt32", ColumnData::fixed(4)),
-            Column::new("s", "String", ColumnData::String(Vec::new())),
+            Column::new("s", "String", ColumnData::String(Strings::default())),
             Column::new(
                 "ns",
                 "Nullable(String)",
-                ColumnData::Nullable { nulls: Vec::new(), inner: Box::new(ColumnData::String(Vec::new())) },
+                ColumnData::Nullable { nulls: Vec::new(), inner: Box::new(ColumnData::String(Strings::default())) },
             ),
             Column::new(
                 "a",
@@ -510,11 +585,76 @@ mod tests {
             assert_eq!(out, as_pushed, "{not_a_permutation:?}");
         }
         let mut broken = pushed(&rows);
-        broken[1].data = ColumnData::String(vec![9, b'x']);
+        broken[1].data = ColumnData::String(Strings::inconsistent(vec![9, b'x'], vec![0, 1, 2, 3]));
         let (mut a, mut b) = (Vec::new(), Vec::new());
         write_block_in_order(&mut a, 54412, &broken, 4, Some(&order));
         write_block(&mut b, 54412, &broken, 4);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn every_width_written_in_an_order_is_the_column_pushed_in_that_order() {
+        // Fixed widths with a copy of their own size (2, 4, 8, 16) and one without (3);
+        // dictionaries whose indexes take 1, 2 and 4 bytes; runs of a repeated value (the
+        // dictionary's shortcut for the row before) between distinct ones.
+        let rows = 100_000usize;
+        let value = |r: usize| if r.is_multiple_of(5) { 7 } else { r };
+        let fill = |order: &mut dyn Iterator<Item = usize>| {
+            let mut cols: Vec<Column> = [2usize, 3, 4, 8, 16]
+                .iter()
+                .map(|&w| Column::new(&format!("f{w}"), &format!("FixedString({w})"), ColumnData::fixed(w)))
+                .collect();
+            for distinct in [200usize, 3_000, 100_000] {
+                let lc = ColumnData::LowCardinality(LowCardinality::default());
+                cols.push(Column::new(&format!("lc{distinct}"), "LowCardinality(String)", lc));
+            }
+            for r in order {
+                for c in cols.iter_mut() {
+                    let v = value(r);
+                    match &mut c.data {
+                        ColumnData::Fixed { width, .. } => {
+                            let w = *width;
+                            c.data.push_fixed(format!("{v:0w$}").as_bytes().get(..w).unwrap_or_default());
+                        }
+                        data => data.push_str(format!("{}", v % c.name[2..].parse::<usize>().unwrap_or(1)).as_bytes()),
+                    }
+                }
+            }
+            cols
+        };
+        let order: Vec<u32> = (0..rows as u32).map(|i| (i * 7_919) % rows as u32).collect();
+        let pushed = fill(&mut (0..rows));
+        let mut written = Vec::new();
+        write_block_in_order(&mut written, 54412, &pushed, rows, Some(&order));
+        // The dictionaries of the reordered push list their keys in another order, so the
+        // comparison is of what the server reads back: each row's values.
+        let reordered = fill(&mut order.iter().map(|&i| i as usize));
+        let mut want = Vec::new();
+        write_block(&mut want, 54412, &reordered, rows);
+        assert_eq!(written.len(), want.len());
+        for c in &pushed {
+            if let ColumnData::LowCardinality(lc) = &c.data {
+                let widths = [(200, 1), (3_000, 2), (100_000, 4)];
+                let w = widths.iter().find(|(d, _)| c.name == format!("lc{d}")).map_or(0, |x| x.1);
+                let keys = lc.keys().len();
+                assert_eq!(
+                    w,
+                    if keys <= 0x100 {
+                        1
+                    } else if keys <= 0x1_0000 {
+                        2
+                    } else {
+                        4
+                    },
+                    "{}",
+                    c.name
+                );
+            }
+        }
+        let read = |bytes: &[u8]| super::super::result::read_block(&mut Reader::new(bytes), 54412).expect("a block");
+        let (written, want) = (read(&written), read(&want));
+        assert_eq!(written.rows, rows);
+        assert_eq!(written.values, want.values);
     }
 
     #[test]
@@ -540,18 +680,22 @@ mod tests {
             starts.push(bytes.len() as u32);
             bytes.extend((0..*len).map(|b| (n * 31 + b) as u8));
         }
-        starts.push(bytes.len() as u32);
         let order: Vec<u32> = vec![11, 3, 0, 10, 5, 1, 8, 2, 9, 4, 7, 6];
         let mut want = b"head".to_vec();
         for &i in &order {
-            want.extend_from_slice(&bytes[starts[i as usize] as usize..starts[i as usize + 1] as usize]);
+            let end = starts.get(i as usize + 1).map_or(bytes.len(), |&e| e as usize);
+            want.extend_from_slice(&bytes[starts[i as usize] as usize..end]);
         }
         let mut out = b"head".to_vec();
         gather_strings(&mut out, &bytes, &starts, &order);
         assert_eq!(out, want);
-        // A row past the starts, or starts that go backwards, write nothing for that row.
+        // A row past the starts, starts that go backwards, or past the bytes, write nothing
+        // for that row.
         let mut out = Vec::new();
         gather_strings(&mut out, &bytes, &[4, 2, 9], &[0, 5, 1]);
         assert_eq!(out, &bytes[2..9]);
+        let mut out = Vec::new();
+        gather_strings(&mut out, &bytes[..20], &[0, 30], &[1, 0]);
+        assert!(out.is_empty());
     }
 }

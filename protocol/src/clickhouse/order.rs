@@ -24,7 +24,7 @@
 
 use std::cmp::Ordering;
 
-use super::block::{Column, ColumnData};
+use super::block::{Column, ColumnData, Strings};
 
 /// One key column, ready to compare two rows.
 enum Key<'a> {
@@ -35,8 +35,8 @@ enum Key<'a> {
     Uuid(&'a [u8]),
     /// Byte strings of `width` bytes each (`FixedString(N)`).
     Fixed { bytes: &'a [u8], width: usize },
-    /// `String` values: where each row's encoding starts in `bytes` ([`string_starts`]).
-    Str { bytes: &'a [u8], starts: Vec<u32> },
+    /// `String` values.
+    Str(&'a Strings),
     /// `LowCardinality(String)`: each row's dictionary index and each key's rank.
     Ranked { indexes: &'a [u32], ranks: Vec<u32> },
 }
@@ -61,10 +61,7 @@ impl<'a> Key<'a> {
                     None
                 }
             }
-            ColumnData::String(bytes) if ty == "String" => {
-                let starts = string_starts(bytes, rows)?;
-                Some(Key::Str { bytes, starts })
-            }
+            ColumnData::String(strings) if ty == "String" && column.data.holds(rows) => Some(Key::Str(strings)),
             ColumnData::LowCardinality(lc) if ty == "LowCardinality(String)" && lc.indexes().len() == rows => {
                 let keys = lc.keys();
                 if lc.indexes().iter().any(|&i| i as usize >= keys.len()) {
@@ -96,14 +93,8 @@ impl<'a> Key<'a> {
                 let v = |row: usize| bytes.get(row * width..(row + 1) * width).unwrap_or_default();
                 v(a).cmp(v(b))
             }
-            Key::Str { bytes, starts } => {
-                let v = |row: usize| {
-                    let encoded = match (starts.get(row), starts.get(row + 1)) {
-                        (Some(&s), Some(&e)) => bytes.get(s as usize..e as usize),
-                        _ => None,
-                    };
-                    without_length(encoded.unwrap_or_default())
-                };
+            Key::Str(strings) => {
+                let v = |row: usize| without_length(strings.encoded_value(row));
                 v(a).cmp(v(b))
             }
             Key::Ranked { indexes, ranks } => {
@@ -180,38 +171,6 @@ fn unsigned(bytes: &[u8], width: usize, row: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-/// Where each of the `rows` values of a `String` column's bytes starts (its length
-/// prefix), and then where the last ends: `rows + 1` offsets. `None` when the bytes do
-/// not hold exactly `rows` values, or are beyond `u32` offsets.
-pub(crate) fn string_starts(bytes: &[u8], rows: usize) -> Option<Vec<u32>> {
-    u32::try_from(bytes.len()).ok()?;
-    let mut out = Vec::with_capacity(rows + 1);
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        out.push(pos as u32);
-        let mut len = 0u64;
-        let mut shift = 0;
-        loop {
-            let b = *bytes.get(pos)?;
-            pos += 1;
-            len |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return None;
-            }
-        }
-        pos = pos.checked_add(usize::try_from(len).ok()?)?;
-        if pos > bytes.len() || out.len() > rows {
-            return None;
-        }
-    }
-    out.push(pos as u32);
-    (out.len() == rows + 1).then_some(out)
-}
-
 /// A `String` value as encoded (its varint length, then its bytes) without its length.
 fn without_length(encoded: &[u8]) -> &[u8] {
     let prefix = encoded.iter().position(|b| b & 0x80 == 0).map_or(encoded.len(), |i| i + 1);
@@ -265,7 +224,7 @@ mod tests {
         let mut cols = vec![
             Column::new("event_time", "DateTime", ColumnData::fixed(4)),
             Column::new("game_id", "LowCardinality(String)", ColumnData::LowCardinality(Default::default())),
-            Column::new("event", "String", ColumnData::String(Vec::new())),
+            Column::new("event", "String", ColumnData::String(Strings::default())),
             Column::new("event_id", "UUID", ColumnData::fixed(16)),
         ];
         for &(game, t, event, id) in rows {
@@ -321,7 +280,7 @@ mod tests {
         assert_eq!(sort_order(&cols, 3, &["game_id"]), None);
         cols[0].ty = "Int32".into();
         assert_eq!(sort_order(&cols, 2, &["event_time", "game_id"]), None);
-        let broken = [Column::new("s", "String", ColumnData::String(vec![5, b'a']))];
+        let broken = [Column::new("s", "String", ColumnData::String(Strings::inconsistent(vec![5, b'a'], vec![0, 3])))];
         assert_eq!(sort_order(&broken, 2, &["s"]), None);
     }
 

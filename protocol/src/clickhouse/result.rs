@@ -279,7 +279,7 @@ mod tests {
         let mut n = ColumnData::fixed(8);
         n.push_fixed(&7u64.to_le_bytes());
         n.push_fixed(&9u64.to_le_bytes());
-        let mut s = ColumnData::String(Vec::new());
+        let mut s = ColumnData::String(Default::default());
         s.push_str(b"a'b");
         s.push_str(b"");
         let mut lc = ColumnData::LowCardinality(LowCardinality::default());

@@ -118,19 +118,57 @@ impl Key<'_> {
         }
     }
 
-    /// Packs row `row`'s value, which orders as [`Key::cmp`] orders the row.
-    fn put_bits(&self, row: usize, p: &mut Packed) {
+    /// The smallest value of the column's `rows` rows and how many bits the values span
+    /// above it, for each of its parts (a UUID's two halves, one part for the others):
+    /// what [`Key::put_bits`] needs to pack them in as few bits as order allows.
+    fn spans(&self, rows: usize) -> [Span; 2] {
+        let of = |value: &dyn Fn(usize) -> u64| {
+            let (min, max) = (0..rows).map(value).fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            Span { min: min.min(max), bits: 64 - max.saturating_sub(min).leading_zeros() }
+        };
         match self {
-            Key::Unsigned { bytes, width } => p.push(unsigned(bytes, *width, row), 8 * *width as u32),
+            Key::Unsigned { bytes, width } => [of(&|row| unsigned(bytes, *width, row)), Span::NONE],
+            Key::Uuid(bytes) => [of(&|row| unsigned(bytes, 8, row * 2 + 1)), of(&|row| unsigned(bytes, 8, row * 2))],
+            Key::Ranked { ranks, .. } => {
+                [Span { min: 0, bits: 64 - (ranks.len().saturating_sub(1) as u64).leading_zeros() }, Span::NONE]
+            }
+            Key::Fixed { .. } | Key::Str { .. } => [Span::NONE; 2],
+        }
+    }
+
+    /// Packs row `row`'s value in the bits of its `spans` (from [`Key::spans`]), which
+    /// orders as [`Key::cmp`] orders the row.
+    fn put_bits(&self, row: usize, spans: &[Span; 2], p: &mut Packed) {
+        let [first, second] = spans;
+        match self {
+            Key::Unsigned { bytes, width } => first.put(unsigned(bytes, *width, row), p),
             Key::Uuid(bytes) => {
-                p.push(unsigned(bytes, 8, row * 2 + 1), 64);
-                p.push(unsigned(bytes, 8, row * 2), 64);
+                first.put(unsigned(bytes, 8, row * 2 + 1), p);
+                second.put(unsigned(bytes, 8, row * 2), p);
             }
             Key::Ranked { indexes, ranks } => {
-                p.push(u64::from(indexes.get(row).and_then(|&i| ranks.get(i as usize)).copied().unwrap_or(0)), 32)
+                first.put(u64::from(indexes.get(row).and_then(|&i| ranks.get(i as usize)).copied().unwrap_or(0)), p)
             }
             Key::Fixed { .. } | Key::Str { .. } => {}
         }
+    }
+}
+
+/// The values of one part of a key column in a block: the smallest, and how many bits
+/// the rest span above it.
+#[derive(Clone, Copy)]
+struct Span {
+    min: u64,
+    bits: u32,
+}
+
+impl Span {
+    /// A part that takes no bits.
+    const NONE: Span = Span { min: 0, bits: 0 };
+
+    /// Packs `v`, one of the values this span was taken of.
+    fn put(&self, v: u64, p: &mut Packed) {
+        p.push(v.wrapping_sub(self.min), self.bits);
     }
 }
 
@@ -188,25 +226,44 @@ pub fn sort_order(columns: &[Column], rows: usize, key: &[&str]) -> Option<Vec<u
         .iter()
         .map(|name| columns.iter().find(|c| c.name == *name).and_then(|c| Key::of(c, rows)))
         .collect::<Option<_>>()?;
+    let cmp = |a: usize, b: usize| keys.iter().map(|k| k.cmp(a, b)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal);
     // Keys of numbers only (the events' key: ranks of the game, environment and event, the
-    // time, the id) are packed into 256 bits per row and sorted as arrays.
+    // time, the id) are sorted by their first 64 bits, each column packed into only the
+    // bits its values span in this block (one game and environment take none, a block's
+    // few seconds a few, ids made in sequence the bits they count): that prefix is the
+    // whole key or all of it but random ids' low bits, and (prefix, row) pairs sort much
+    // faster than whole keys. Rows whose prefixes tie are then ordered by the whole key.
     if keys.iter().map(Key::bits).sum::<Option<u32>>().is_some_and(|b| b <= PACKED_BITS) {
-        let packed: Vec<([u64; 4], u32)> = (0..rows)
+        let spans: Vec<[Span; 2]> = keys.iter().map(|k| k.spans(rows)).collect();
+        let whole = spans.iter().flatten().map(|s| s.bits).sum::<u32>() <= 64;
+        let mut order: Vec<(u64, u32)> = (0..rows)
             .map(|row| {
                 let mut p = Packed::default();
-                keys.iter().for_each(|k| k.put_bits(row, &mut p));
-                (p.words, row as u32)
+                keys.iter().zip(&spans).for_each(|(k, spans)| k.put_bits(row, spans, &mut p));
+                (p.words[0], row as u32)
             })
             .collect();
-        if packed.windows(2).all(|w| w[0].0 <= w[1].0) {
+        let in_order = |a: &(u64, u32), b: &(u64, u32)| {
+            a.0 < b.0 || (a.0 == b.0 && (whole || cmp(a.1 as usize, b.1 as usize) != Ordering::Greater))
+        };
+        if order.windows(2).all(|w| in_order(&w[0], &w[1])) {
             return None;
         }
-        let mut packed = packed;
-        // On (key, row): as stable as sorting on the key alone, and faster.
-        packed.sort_unstable();
-        return Some(packed.into_iter().map(|(_, row)| row).collect());
+        // On (prefix, row): as stable as sorting on the prefix alone, and faster.
+        order.sort_unstable();
+        if !whole {
+            // Ties are rare: they need ids alike in their first 50-odd bits.
+            let packed = |row: u32| {
+                let mut p = Packed::default();
+                keys.iter().zip(&spans).for_each(|(k, spans)| k.put_bits(row as usize, spans, &mut p));
+                (p.words, row)
+            };
+            for run in order.chunk_by_mut(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+                run.sort_by_cached_key(|&(_, row)| packed(row));
+            }
+        }
+        return Some(order.into_iter().map(|(_, row)| row).collect());
     }
-    let cmp = |a: usize, b: usize| keys.iter().map(|k| k.cmp(a, b)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal);
     if (1..rows).all(|i| cmp(i - 1, i) != Ordering::Greater) {
         return None;
     }
@@ -293,7 +350,7 @@ mod tests {
                 let k = i.wrapping_mul(2_654_435_761);
                 (
                     ["g2", "g1"][(k % 2) as usize],
-                    k % 7,
+                    1_795_617_000 + k % 7,
                     ["b", "a", "ab", ""][(k >> 5) as usize % 4],
                     u128::from(k % 5) << (k % 100),
                 )
@@ -310,6 +367,13 @@ mod tests {
         sorted.sort_by(|(_, a), (_, b)| {
             (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then((a.3 as u64, a.3 >> 64).cmp(&(b.3 as u64, b.3 >> 64)))
         });
+        assert_eq!(generic, sorted.iter().map(|(i, _)| *i as u32).collect::<Vec<_>>());
+        // Without the id the packed key fits one word (no ties to settle): equal keys in
+        // row order.
+        let short = &["game_id", "event_time", "event"];
+        let generic = sort_order(&strings, rows.len(), short).expect("shuffled");
+        assert_eq!(sort_order(&ranked, rows.len(), short), Some(generic.clone()));
+        sorted.sort_by(|(i, a), (j, b)| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)).then(i.cmp(j)));
         assert_eq!(generic, sorted.iter().map(|(i, _)| *i as u32).collect::<Vec<_>>());
     }
 

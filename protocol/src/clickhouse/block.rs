@@ -595,10 +595,10 @@ mod tests {
     #[test]
     fn every_width_written_in_an_order_is_the_column_pushed_in_that_order() {
         // Fixed widths with a copy of their own size (2, 4, 8, 16) and one without (3);
-        // dictionaries whose indexes take 1, 2 and 4 bytes; runs of a repeated value (the
-        // dictionary's shortcut for the row before) between distinct ones.
-        let rows = 100_000usize;
-        let value = |r: usize| if r.is_multiple_of(5) { 7 } else { r };
+        // dictionaries whose indexes take 1, 2 and 4 bytes; pairs of rows with the same
+        // value (the dictionary's shortcut for the row before) between distinct ones.
+        let rows = 160_000usize;
+        let value = |r: usize| if r.is_multiple_of(5) { 7 } else { r / 2 };
         let fill = |order: &mut dyn Iterator<Item = usize>| {
             let mut cols: Vec<Column> = [2usize, 3, 4, 8, 16]
                 .iter()
@@ -624,6 +624,14 @@ mod tests {
         };
         let order: Vec<u32> = (0..rows as u32).map(|i| (i * 7_919) % rows as u32).collect();
         let pushed = fill(&mut (0..rows));
+        let keys: Vec<usize> = pushed
+            .iter()
+            .filter_map(|c| match &c.data {
+                ColumnData::LowCardinality(lc) => Some(lc.keys().len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, [200, 3_000, 80_000], "one dictionary of each index width");
         let mut written = Vec::new();
         write_block_in_order(&mut written, 54412, &pushed, rows, Some(&order));
         // The dictionaries of the reordered push list their keys in another order, so the
@@ -631,30 +639,37 @@ mod tests {
         let reordered = fill(&mut order.iter().map(|&i| i as usize));
         let mut want = Vec::new();
         write_block(&mut want, 54412, &reordered, rows);
-        assert_eq!(written.len(), want.len());
-        for c in &pushed {
-            if let ColumnData::LowCardinality(lc) = &c.data {
-                let widths = [(200, 1), (3_000, 2), (100_000, 4)];
-                let w = widths.iter().find(|(d, _)| c.name == format!("lc{d}")).map_or(0, |x| x.1);
-                let keys = lc.keys().len();
-                assert_eq!(
-                    w,
-                    if keys <= 0x100 {
-                        1
-                    } else if keys <= 0x1_0000 {
-                        2
-                    } else {
-                        4
-                    },
-                    "{}",
-                    c.name
-                );
-            }
-        }
         let read = |bytes: &[u8]| super::super::result::read_block(&mut Reader::new(bytes), 54412).expect("a block");
         let (written, want) = (read(&written), read(&want));
         assert_eq!(written.rows, rows);
         assert_eq!(written.values, want.values);
+    }
+
+    #[test]
+    fn a_dictionary_index_takes_the_width_its_key_count_needs() {
+        // At each boundary: the index type in the flags, and each row's index at that width,
+        // as pushed and in reverse.
+        for (distinct, index_type, width) in [(256usize, 0u8, 1usize), (257, 1, 2), (65_536, 1, 2), (65_537, 2, 4)] {
+            let mut lc = ColumnData::LowCardinality(LowCardinality::default());
+            let rows = distinct + 2;
+            (0..rows).for_each(|r| lc.push_str(format!("{}", r % distinct).as_bytes()));
+            let reverse: Vec<u32> = (0..rows as u32).rev().collect();
+            for order in [None, Some(reverse.as_slice())] {
+                let mut out = Vec::new();
+                lc.write_data(&mut out, order);
+                assert_eq!(out[0], index_type, "{distinct} keys");
+                let indexes = &out[out.len() - rows * width..];
+                let row_index = |at: usize| {
+                    let mut v = [0u8; 4];
+                    v[..width].copy_from_slice(&indexes[at * width..(at + 1) * width]);
+                    u32::from_le_bytes(v) as usize
+                };
+                for at in [0, 1, rows - 2, rows - 1] {
+                    let row = order.map_or(at, |o| o[at] as usize);
+                    assert_eq!(row_index(at), row % distinct, "{distinct} keys, row {row}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -106,9 +106,9 @@ impl<'a> Key<'a> {
 }
 
 impl Key<'_> {
-    /// How many bits [`Key::put_bits`] packs per row: keys that are numbers (or ranks)
-    /// compare as packed bits, much faster than through [`Key::cmp`]; `None` for byte
-    /// strings.
+    /// The most bits [`Key::put_bits`] packs per row (its [`Key::spans`] may take fewer):
+    /// keys that are numbers (or ranks) compare as packed bits, much faster than through
+    /// [`Key::cmp`]; `None` for byte strings.
     fn bits(&self) -> Option<u32> {
         match self {
             Key::Unsigned { width, .. } => Some(8 * *width as u32),
@@ -183,7 +183,7 @@ struct Packed {
 }
 
 impl Packed {
-    /// Appends the low `bits` bits of `v` (1 to 64; the caller keeps the total within
+    /// Appends the low `bits` bits of `v` (0 to 64; the caller keeps the total within
     /// [`PACKED_BITS`]).
     fn push(&mut self, v: u64, bits: u32) {
         let mut left = bits.min(64);
@@ -252,7 +252,10 @@ pub fn sort_order(columns: &[Column], rows: usize, key: &[&str]) -> Option<Vec<u
         // On (prefix, row): as stable as sorting on the prefix alone, and faster.
         order.sort_unstable();
         if !whole {
-            // Ties are rare: they need ids alike in their first 50-odd bits.
+            // Ties need rows alike in all of the prefix: with one game and environment, a
+            // few seconds and ten event names, ids alike in their first 50-odd bits. Ids
+            // chosen to tie (alike but for their last bits, one far off to widen the span)
+            // cost about what sorting whole keys did.
             let packed = |row: u32| {
                 let mut p = Packed::default();
                 keys.iter().zip(&spans).for_each(|(k, spans)| k.put_bits(row as usize, spans, &mut p));
@@ -337,8 +340,34 @@ mod tests {
         assert_eq!(sort_order(&cols, 3, &["game_id"]), None);
         cols[0].ty = "Int32".into();
         assert_eq!(sort_order(&cols, 2, &["event_time", "game_id"]), None);
-        let broken = [Column::new("s", "String", ColumnData::String(Strings::inconsistent(vec![5, b'a'], vec![0, 3])))];
-        assert_eq!(sort_order(&broken, 2, &["s"]), None);
+        // "b" then "a": a String key that holds its rows is ordered; one whose value offsets
+        // do not start at 0, go backwards or pass its bytes is not.
+        let strings = |starts: Vec<u32>| {
+            [Column::new("s", "String", ColumnData::String(Strings::inconsistent(vec![1, b'b', 1, b'a'], starts)))]
+        };
+        assert_eq!(sort_order(&strings(vec![0, 2]), 2, &["s"]), Some(vec![1, 0]));
+        for broken in [vec![1, 2], vec![2, 0], vec![0, 5]] {
+            assert_eq!(sort_order(&strings(broken.clone()), 2, &["s"]), None, "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn rows_in_order_whose_prefixes_tie_are_found_in_order() {
+        // Packed key: time (1 bit over the block), then the id's first-compared half (64
+        // bits: 0 to u64::MAX), then its other half (3 bits). The first two rows share the
+        // 64-bit prefix and differ past it: in order as given, out of order swapped.
+        let ids = [5u128 << 64, 1, u128::from(u64::MAX)];
+        let rows = [("a", 100, "x", ids[0]), ("a", 100, "x", ids[1]), ("a", 101, "x", ids[2])];
+        let ranked = |rows: &[(&str, u32, &str, u128)]| {
+            let mut cols = events(rows);
+            let mut lc = ColumnData::LowCardinality(Default::default());
+            rows.iter().for_each(|r| lc.push_str(r.2.as_bytes()));
+            cols[2] = Column::new("event", "LowCardinality(String)", lc);
+            cols
+        };
+        assert_eq!(sort_order(&ranked(&rows), 3, KEY), None);
+        let swapped = [rows[1], rows[0], rows[2]];
+        assert_eq!(sort_order(&ranked(&swapped), 3, KEY), Some(vec![1, 0, 2]));
     }
 
     #[test]

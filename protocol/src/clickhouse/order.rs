@@ -230,8 +230,8 @@ pub fn sort_order(columns: &[Column], rows: usize, key: &[&str]) -> Option<Vec<u
     // Keys of numbers only (the events' key: ranks of the game, environment and event, the
     // time, the id) are sorted by their first 64 bits, each column packed into only the
     // bits its values span in this block (one game and environment take none, a block's
-    // few seconds a few, ids made in sequence the bits they count): that prefix is the
-    // whole key or all of it but random ids' low bits, and (prefix, row) pairs sort much
+    // few seconds a few, a half of the ids that never varies none): that prefix is the
+    // whole key or all of it but the ids' last bits, and (prefix, row) pairs sort much
     // faster than whole keys. Rows whose prefixes tie are then ordered by the whole key.
     if keys.iter().map(Key::bits).sum::<Option<u32>>().is_some_and(|b| b <= PACKED_BITS) {
         let spans: Vec<[Span; 2]> = keys.iter().map(|k| k.spans(rows)).collect();

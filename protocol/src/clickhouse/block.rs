@@ -72,12 +72,7 @@ impl Strings {
         put_str(&mut self.bytes, v);
     }
 
-    /// The values as encoded, back to back.
-    pub fn encoded(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// Where each value starts in [`Strings::encoded`], when every start fits a `u32`.
+    /// Where each value starts in the encoded values, when every start fits a `u32`.
     pub(crate) fn starts(&self) -> Option<&[u32]> {
         (!self.beyond_offsets).then_some(&self.starts)
     }

@@ -64,6 +64,18 @@ pub struct ArchivedEventRef<'a> {
     pub index: usize,
 }
 
+impl<'a> ArchivedEventRef<'a> {
+    /// The event's fields, each read once: for a caller that uses them more than once (the
+    /// worker's sink fills the row, `user_days` and the sketches from the same event).
+    pub fn read(&self) -> ReadEvent<'a> {
+        ReadEvent {
+            ts_ms: self.batch.ts_ms(self.index),
+            text: self.batch.fields(self.index),
+            event_id: self.batch.event_id(self.index),
+        }
+    }
+}
+
 impl EventFields for ArchivedEventRef<'_> {
     fn ts_ms(&self) -> i64 {
         self.batch.ts_ms(self.index)
@@ -73,6 +85,29 @@ impl EventFields for ArchivedEventRef<'_> {
     }
     fn event_id(&self) -> [u8; 16] {
         self.batch.event_id(self.index)
+    }
+}
+
+/// An archived event's fields, read out of its batch ([`ArchivedEventRef::read`]).
+#[derive(Clone, Copy)]
+pub struct ReadEvent<'a> {
+    /// Milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Text fields in [`croupier_protocol::envelope::EVENT_TEXT_FIELDS`] order.
+    pub text: [&'a str; 11],
+    /// Dedup key.
+    pub event_id: [u8; 16],
+}
+
+impl EventFields for ReadEvent<'_> {
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn text(&self) -> [&str; 11] {
+        self.text
+    }
+    fn event_id(&self) -> [u8; 16] {
+        self.event_id
     }
 }
 

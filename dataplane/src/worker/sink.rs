@@ -36,8 +36,8 @@ use crate::clickhouse::cluster;
 use crate::clickhouse::connection::{ChError, Connection};
 use crate::clickhouse::partitions::{self, PartitionedRows};
 use crate::clickhouse::rows::{
-    check_header, unix_seconds, ArchivedEventRef, EventFields, EventRows, Events, PaymentFields, PaymentRows, Payments,
-    Table, TableRows,
+    check_header, unix_seconds, ArchivedEventRef, EventRows, Events, PaymentFields, PaymentRows, Payments, Table,
+    TableRows,
 };
 use crate::clickhouse::user_days::{UserDayFold, UserDayRows, UserDays};
 
@@ -422,9 +422,9 @@ impl Sink {
         match (&batch.records, self.rows.first()) {
             (ArchivedRecords::Events(b), Some(Rows::Events(_))) => {
                 for index in 0..b.len() {
-                    let ev = ArchivedEventRef { batch: b, index };
-                    let ts = ev.ts_ms();
-                    let shard = event_shard(&ev.event_id(), shards);
+                    let ev = ArchivedEventRef { batch: b, index }.read();
+                    let ts = ev.ts_ms;
+                    let shard = event_shard(&ev.event_id, shards);
                     let (Some(Rows::Events(r)), Some(days)) = (self.rows.get_mut(shard), self.user_days.get_mut(shard))
                     else {
                         return Err("no rows for the event's shard".into());
@@ -433,8 +433,7 @@ impl Sink {
                     if done < TABLE {
                         r.block(unix_seconds(ts)).push(&ev, accepted);
                     }
-                    let fields = b.fields(index);
-                    let f = |i: usize| fields[i];
+                    let f = |i: usize| ev.text[i];
                     if done < BOTH {
                         days.add(unix_seconds(ts), f(text::GAME_ID), f(text::ENV), f(text::USER_ID), f(text::EVENT));
                     }

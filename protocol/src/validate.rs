@@ -119,20 +119,25 @@ impl std::fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 /// Checks the nesting depth of a parsed document on its tape: each array or object
-/// node says how many nodes it spans, so one pass with a stack of where each open
-/// container ends gives every node's depth. `open` is reused scratch; it never holds
-/// more than `max_depth` entries.
+/// node says how many nodes it spans, so one pass that knows where each open container
+/// ends gives every node's depth. The innermost container's end is kept apart from the
+/// stack of the outer ones' (the test per node is one comparison with a local); `open`
+/// is reused scratch holding, per open container, the end of the one around it (so its
+/// length is the depth), never more than `max_depth` entries.
 fn check_depth(tape: &[Node<'_>], max_depth: usize, open: &mut Vec<usize>) -> Result<(), BodyError> {
     open.clear();
+    // The last node of the innermost open container (none open: past every node).
+    let mut end = usize::MAX;
     for (i, node) in tape.iter().enumerate() {
-        while open.last().is_some_and(|&end| end < i) {
-            open.pop();
+        while i > end {
+            end = open.pop().unwrap_or(usize::MAX);
         }
         if let Node::Array { count, .. } | Node::Object { count, .. } = node {
             if open.len() == max_depth {
                 return Err(BodyError::TooDeep(max_depth));
             }
-            open.push(i + count);
+            open.push(end);
+            end = i + count;
         }
     }
     Ok(())
@@ -361,6 +366,9 @@ fn slot_of(key: &str) -> Option<usize> {
 
 /// Field accessor for one record, carrying its index for error reports. Strings borrow
 /// the request buffer (`'v`).
+///
+/// A batch's records are read into one `Rec` in turn ([`Rec::read`]): its slots are some
+/// 350 bytes, which a `Rec` returned by value per record would copy twice.
 struct Rec<'t, 'v> {
     index: usize,
     fields: [Option<Value<'t, 'v>>; KNOWN_FIELDS.len()],
@@ -368,22 +376,36 @@ struct Rec<'t, 'v> {
 }
 
 impl<'t, 'v> Rec<'t, 'v> {
+    /// A record holding no fields yet.
+    fn empty(limits: &Limits) -> Self {
+        Rec { index: 0, fields: [None; KNOWN_FIELDS.len()], limits: *limits }
+    }
+
+    /// One record, read into a new `Rec`.
     fn new(index: usize, value: Value<'t, 'v>, limits: &Limits) -> Result<Self, BodyError> {
+        let mut r = Rec::empty(limits);
+        r.read(index, value)?;
+        Ok(r)
+    }
+
+    /// Makes this the record `value`, the `index`th of its batch, in place.
+    fn read(&mut self, index: usize, value: Value<'t, 'v>) -> Result<(), BodyError> {
+        self.index = index;
         let obj: Object<'t, 'v> = value.as_object().ok_or(BodyError::Field {
             index,
             field: "record",
             problem: Problem::WrongType("an object"),
         })?;
-        let mut fields = [None; KNOWN_FIELDS.len()];
+        self.fields = [None; KNOWN_FIELDS.len()];
         for (k, v) in obj.iter() {
             // Unknown fields are ignored; with a repeated key the first wins, as `get` would.
             if let Some(i) = slot_of(k) {
-                if fields[i].is_none() && v.as_null().is_none() {
-                    fields[i] = Some(v);
+                if self.fields[i].is_none() && v.as_null().is_none() {
+                    self.fields[i] = Some(v);
                 }
             }
         }
-        Ok(Rec { index, fields, limits: *limits })
+        Ok(())
     }
 
     fn err(&self, field: &'static str, problem: Problem) -> BodyError {
@@ -517,8 +539,9 @@ pub fn parse_events_in(
 ) -> Result<(), BodyError> {
     count_records(body, limits)?;
     with_root(body, limits, bufs, |root, scratch| {
+        let mut r = Rec::empty(limits);
         for (index, v) in records(root, limits)?.iter().enumerate() {
-            let r = Rec::new(index, v, limits)?;
+            r.read(index, v)?;
             let name = event_name(&r)?;
             let out = match route_event(name) {
                 StreamKind::Events => &mut *events,
@@ -600,8 +623,9 @@ pub fn parse_events_scoped(
     with_root(body, limits, bufs, |root, scratch| {
         let mut first = None;
         let mut dropped = 0;
+        let mut r = Rec::empty(limits);
         for (index, v) in records(root, limits)?.iter().enumerate() {
-            let r = Rec::new(index, v, limits)?;
+            r.read(index, v)?;
             let name = event_name(&r)?;
             let out = match route_event(name) {
                 StreamKind::Events => &mut *events,
@@ -628,8 +652,9 @@ pub fn parse_payments_scoped(
     with_root(body, limits, bufs, |root, _| {
         let mut first = None;
         let mut dropped = 0;
+        let mut r = Rec::empty(limits);
         for (index, v) in records(root, limits)?.iter().enumerate() {
-            let r = Rec::new(index, v, limits)?;
+            r.read(index, v)?;
             let p = out.next_to_fill();
             payment_fields(&r, scope, &mut first, p)?;
             let view = RecordView { game: &p.game_id, env: &p.env, event: "", user_id: &p.user_id, event_id: [0; 16] };
@@ -783,8 +808,10 @@ pub fn parse_payments_in(
 ) -> Result<(), BodyError> {
     count_records(body, limits)?;
     with_root(body, limits, bufs, |root, _| {
+        let mut r = Rec::empty(limits);
         for (index, v) in records(root, limits)?.iter().enumerate() {
-            payment_record(&Rec::new(index, v, limits)?, Some(game), out.next_to_fill())?;
+            r.read(index, v)?;
+            payment_record(&r, Some(game), out.next_to_fill())?;
         }
         Ok(())
     })
@@ -953,6 +980,89 @@ mod tests {
             let got = parse_events(&mut b, "g1", &Limits::default(), &mut || [1; 16], &mut e, &mut c);
             assert_eq!(matches!(got, Err(BodyError::TooDeep(16))), !want, "{n} levels: {got:?}");
         }
+    }
+
+    /// The deepest nesting of a JSON text of brackets, strings and numbers, counted on
+    /// its bytes (strings hold no brackets here).
+    fn depth_of(text: &str) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        for b in text.bytes() {
+            match b {
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth -= 1,
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    /// A random JSON value: arrays and objects of up to four members, up to `room` deep.
+    fn random_value(seed: &mut u64, room: usize, out: &mut String) {
+        let mut next = |n: u64| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (*seed >> 33) % n
+        };
+        let kind = if room == 0 { 2 } else { next(4) };
+        let members = next(5);
+        match kind {
+            0 => {
+                out.push('[');
+                for m in 0..members {
+                    if m > 0 {
+                        out.push(',');
+                    }
+                    random_value(seed, room - 1, out);
+                }
+                out.push(']');
+            }
+            1 => {
+                out.push('{');
+                for m in 0..members {
+                    if m > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&format!(r#""k{m}":"#));
+                    random_value(seed, room - 1, out);
+                }
+                out.push('}');
+            }
+            _ if members % 2 == 0 => out.push_str(r#""s""#),
+            _ => out.push_str(&members.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_depth_on_the_tape_is_the_depth_of_the_text() {
+        let mut seed = 7u64;
+        let mut deepest_seen = 0;
+        let mut buffers = simd_json::Buffers::default();
+        let mut open = Vec::new();
+        for _ in 0..4_000 {
+            let mut text = String::new();
+            random_value(&mut seed, 9, &mut text);
+            let depth = depth_of(&text);
+            deepest_seen = deepest_seen.max(depth);
+            let mut bytes = text.clone().into_bytes();
+            let mut tape = Tape(Vec::new());
+            simd_json::fill_tape(&mut bytes, &mut buffers, &mut tape).expect("valid JSON");
+            // Refused exactly when the limit is below the text's depth, at every limit
+            // around it (the scratch reused, as a shard does).
+            for max in depth.saturating_sub(2)..=depth + 1 {
+                let got = check_depth(&tape.0, max, &mut open);
+                assert_eq!(got.is_err(), depth > max, "depth {depth}, limit {max}: {text}");
+            }
+        }
+        assert!(deepest_seen >= 7, "the documents reach deep enough to matter: {deepest_seen}");
+        // Many deep siblings one after another: the depth falls back after each.
+        let sibling = format!("{}1{}", "[".repeat(15), "]".repeat(15));
+        let mut wide = format!("[{}]", vec![sibling.as_str(); 200].join(",")).into_bytes();
+        let mut tape = Tape(Vec::new());
+        simd_json::fill_tape(&mut wide, &mut buffers, &mut tape).expect("valid JSON");
+        assert_eq!(check_depth(&tape.0, 16, &mut open), Ok(()));
+        assert_eq!(check_depth(&tape.0, 15, &mut open), Err(BodyError::TooDeep(15)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The Redis commands the data plane sends, encoded with `redis-protocol`, and the
-//! parsing of their replies.
+//! The Redis commands the data plane sends, and the parsing of their replies (with
+//! `redis-protocol`).
 //!
 //! Ingest writes a request's batch entries with one transaction ([`ingest`]): `MULTI`,
 //! plain `XADD`s (`MINID ~`), an `EVAL` of [`INGEST_SCRIPT`], `EXEC`. The script runs
@@ -13,9 +13,8 @@
 //! merges its appends into them once per backlog reading
 //! ([`merge_means`](crate::stream::merge_means)).
 
-use redis_protocol::resp2::types::BorrowedFrame;
+use redis_protocol::resp2::decode;
 pub use redis_protocol::resp2::types::OwnedFrame as Frame;
-use redis_protocol::resp2::{decode, encode};
 
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
 use crate::stream::StreamId;
@@ -89,16 +88,26 @@ impl std::fmt::Display for RespError {
 impl std::error::Error for RespError {}
 
 /// Appends one command (an array of bulk strings) to `out`.
+///
+/// Written here rather than by `redis-protocol`'s encoder, whose frames for a command
+/// take an allocation and a pass to size them: a command is `*<n>\r\n` then
+/// `$<len>\r\n<bytes>\r\n` per argument, and every ingest request sends four
+/// (a test holds this to the crate's encoding).
 pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    let frames: Vec<BorrowedFrame<'_>> = args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
-    let frame = BorrowedFrame::Array(&frames);
-    let len = frame.encode_len(false);
-    let start = out.len();
-    out.resize(start + len, 0);
-    // The buffer was sized by `encode_len`, so encoding cannot run out of room.
-    if encode::encode_borrowed(&mut out[start..], &frame, false).is_err() {
-        out.truncate(start);
+    out.reserve(args.iter().map(|a| a.len() + 25).sum::<usize>() + 23);
+    put_len(out, b'*', args.len());
+    for a in args {
+        put_len(out, b'$', a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `<kind><n>\r\n`.
+fn put_len(out: &mut Vec<u8>, kind: u8, n: usize) {
+    out.push(kind);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// One batch entry to append.
@@ -425,6 +434,32 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_is_encoded_as_redis_protocol_encodes_it() {
+        use redis_protocol::resp2::{encode, types::BorrowedFrame};
+        let long = vec![b'x'; 70_000];
+        let binary: Vec<u8> = (0..=255).collect();
+        let cases: [&[&[u8]]; 6] = [
+            &[b"EXEC"],
+            &[b"XLEN", b"analytics:events"],
+            &[b"SET", b"k", b"", b"NX"],
+            &[b"XADD", b"s", b"*", b"batch", &long],
+            &[b"EVAL", INGEST_SCRIPT.as_bytes(), b"2", b"\r\n$3\r\n", &binary],
+            &[b"A".as_slice(); 12],
+        ];
+        for args in cases {
+            let frames: Vec<BorrowedFrame<'_>> = args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
+            let frame = BorrowedFrame::Array(&frames);
+            let mut want = vec![0; frame.encode_len(false)];
+            encode::encode_borrowed(&mut want, &frame, false).expect("sized by encode_len");
+            // Appended after what the buffer held, which stays.
+            let mut got = b"before".to_vec();
+            command(&mut got, args);
+            assert_eq!(&got[..6], b"before");
+            assert_eq!(got[6..], want[..], "{:?}", args.iter().map(|a| a.len()).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn commands_are_arrays_of_bulk_strings() {

@@ -15,7 +15,7 @@ use croupier_dataplane::http::response::Response;
 use croupier_perf::alloc_count::{self, Counting};
 use croupier_protocol::batch::{self, AlignedVec, Batch, Records};
 use croupier_protocol::envelope::{EventBatch, PaymentBatch};
-use croupier_protocol::resp::{self, EntryArgs};
+use croupier_protocol::resp::{self, EntryArgs, EntryMeta, Member};
 use croupier_protocol::signature;
 use croupier_protocol::stream::StreamId;
 use croupier_protocol::validate::{self, JsonBuffers, Limits};
@@ -150,8 +150,16 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
             archive,
         })
         .collect();
+    // The request's `MULTI` and `XADD`s, then the end of its transaction (a group of one).
     let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 64).sum::<usize>() + 1024);
-    resp::ingest(&mut cmd, &auth::nonce_key(cred.game, cred.nonce), 602, &digest, &entries);
+    resp::ingest_begin(&mut cmd);
+    for e in &entries {
+        resp::xadd(&mut cmd, e);
+    }
+    let meta: Vec<EntryMeta<'_>> = entries.iter().map(EntryMeta::of).collect();
+    let nonce_key = auth::nonce_key(cred.game, cred.nonce);
+    let member = Member { nonce_key: &nonce_key, digest: &digest, entries: &meta };
+    resp::ingest_end(&mut cmd, 602, &[member]);
     std::hint::black_box(&cmd);
     drop(cmd);
     step(5, counts);

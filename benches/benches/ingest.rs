@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use croupier_protocol::batch::{self, AlignedVec, Batch, Records};
 use croupier_protocol::envelope::EventBatch;
-use croupier_protocol::resp::{self, EntryArgs};
+use croupier_protocol::resp::{self, EntryArgs, EntryMeta, Member};
 use croupier_protocol::stream::StreamId;
 use croupier_protocol::validate::{self, JsonBuffers, Limits};
 use simd_json::prelude::*;
@@ -143,7 +143,11 @@ fn xadd_encoding(c: &mut Criterion) {
                 count: 80,
                 archive: &archive,
             };
-            resp::ingest(&mut out, "croupier:nonce:g1:abcdef0123456789", 602, &[7; 32], &[entry]);
+            resp::ingest_begin(&mut out);
+            resp::xadd(&mut out, &entry);
+            let meta = [EntryMeta::of(&entry)];
+            let member = Member { nonce_key: "croupier:nonce:g1:abcdef0123456789", digest: &[7; 32], entries: &meta };
+            resp::ingest_end(&mut out, 602, &[member]);
             black_box(out.len())
         })
     });

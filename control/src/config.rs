@@ -238,6 +238,11 @@ pub struct Redis {
     /// plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is set), which is
     /// also the least accepted (the append must reach Redis within the lease).
     pub ingest_lease_ms: u64,
+    /// Most requests appended by one transaction under the `script` protocol: the
+    /// requests a shard has waiting for Redis at once, on one partition, share one
+    /// `MULTI`/`EXEC` and one `EVAL` (each keeps its own nonce, entries and answer;
+    /// docs/ingest.md, "Requests appended together"). 1: one transaction per request.
+    pub ingest_group_max: usize,
     /// ACL user every connection to a Redis server authenticates as
     /// (`AUTH <username> <password>`); none: `AUTH <password>` (the `default` user,
     /// `requirepass`). Needs a password.
@@ -349,6 +354,7 @@ impl Default for Redis {
             cluster_refresh_ms: 2_000,
             ingest_protocol: IngestProtocol::Script,
             ingest_lease_ms: 0,
+            ingest_group_max: 32,
             username: None,
             password: None,
             password_file: None,
@@ -1171,6 +1177,9 @@ impl Config {
         if self.redis.max_queued_bytes == 0 {
             return Err(err("redis.max_queued_bytes", "expected a size greater than 0"));
         }
+        if !(1..=1_000).contains(&self.redis.ingest_group_max) {
+            return Err(err("redis.ingest_group_max", "expected 1 to 1000 requests"));
+        }
         if self.redis.ingest_lease_ms != 0 && self.redis.ingest_lease_ms < self.redis.min_lease_ms() {
             return Err(err(
                 "redis.ingest_lease_ms",
@@ -1649,6 +1658,17 @@ mod tests {
         assert_eq!(e.key, "redis.ingest_lease_ms");
         let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_PROTOCOL", "eval")])).expect_err("unknown");
         assert_eq!(e.key, "redis.ingest_protocol");
+    }
+
+    #[test]
+    fn ingest_group_max_is_bounded() {
+        assert_eq!(Config::default().redis.ingest_group_max, 32);
+        let c = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_GROUP_MAX", "1")])).expect("loads");
+        assert_eq!(c.redis.ingest_group_max, 1);
+        for bad in ["0", "1001"] {
+            let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_GROUP_MAX", bad)])).expect_err("out of range");
+            assert_eq!(e.key, "redis.ingest_group_max", "{bad}");
+        }
     }
 
     #[test]

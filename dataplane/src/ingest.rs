@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use croupier_control::config::IngestProtocol;
+use croupier_control::config::{Config, IngestProtocol};
 
 use croupier_control::metrics::{EventsAccepted, EventsRefused, GameIx};
 use croupier_protocol::batch::{self, AlignedVec, Batch, BatchError, Records};
@@ -20,6 +20,7 @@ use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
 use crate::http::error::HttpError;
 use crate::ratelimit::GameRate;
+use crate::redis::append_group::Append;
 use crate::redis::backlog::Admission;
 use crate::shard::{GameState, Shard};
 
@@ -155,34 +156,33 @@ enum Outcome {
     Failed,
 }
 
-/// The `script` protocol: one transaction that appends and records the nonce (or takes
-/// the appends back, `croupier_protocol::resp::INGEST_SCRIPT`).
+/// The `script` protocol: a transaction that appends and records the nonce (or takes
+/// the appends back, `croupier_protocol::resp::INGEST_SCRIPT`), shared with the other
+/// requests waiting at the same time.
 async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
-    // With `wait_replicas` 0 nothing waits: the primary's reply is the answer.
-    let replicated = shard.config.redis.wait_replicas > 0;
-    let reply = shard.redis.call_group(t.cmd, t.replies, 0, &t.nonce_key, replicated).await;
-    match reply.map(|(frames, replicas)| (resp::ingest_reply(frames, entries), replicas)) {
+    let (nonce_key, digest) = (t.append.nonce_key.clone(), t.append.digest);
+    match shard.appends.append(t.partition, t.append).await {
         Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => Outcome::Added { replicas },
         Ok((Ok(IngestReply::Duplicate), replicas)) => Outcome::Duplicate { replicas },
         Ok((Ok(IngestReply::Replay), _)) => Outcome::Replay,
         Ok((Ok(IngestReply::AppendFailed(e)), _)) => {
             // The nonce was recorded although an append failed: given back, so that the
             // retry appends.
-            tracing::warn!(nonce = %t.nonce_key, error = %e, "an append of the ingest transaction failed");
-            let mut cmd = Vec::with_capacity(t.nonce_key.len() + 160);
-            resp::forget_nonce(&mut cmd, &t.nonce_key, &t.digest);
+            tracing::warn!(nonce = %nonce_key, error = %e, "an append of the ingest transaction failed");
+            let mut cmd = Vec::with_capacity(nonce_key.len() + 160);
+            resp::forget_nonce(&mut cmd, &nonce_key, &digest);
             if !matches!(shard.redis.call(cmd).await, Ok(Frame::Integer(_))) {
                 // The retry will find the nonce and be answered 202 without what failed.
                 // Rare: an append failing when run, then Redis lost.
                 tracing::error!(
-                    nonce = %t.nonce_key,
+                    nonce = %nonce_key,
                     "an append failed and its nonce could not be given back: a retry is answered 202 without it"
                 );
             }
             Outcome::Failed
         }
         Ok((Err(e), _)) => {
-            tracing::debug!(nonce = %t.nonce_key, error = %e, "ingest transaction failed");
+            tracing::debug!(nonce = %nonce_key, error = %e, "ingest transaction failed");
             Outcome::Failed
         }
         Ok((Ok(IngestReply::Added(_)), _)) | Err(_) => Outcome::Failed,
@@ -323,16 +323,12 @@ impl Command {
     }
 }
 
-/// The transaction of the `script` protocol, and what reading its replies needs.
+/// The append of the `script` protocol, sent in a transaction with the other requests
+/// waiting at the same time (`redis::append_group`).
 struct ScriptCmd {
-    cmd: Vec<u8>,
-    replies: usize,
+    append: Append,
     /// The partition appended to.
     partition: usize,
-    /// The nonce key (tagged with its partition), which routes it in a cluster.
-    nonce_key: String,
-    /// The body's digest, the nonce's value.
-    digest: [u8; 32],
 }
 
 /// The two transactions of the `lease` protocol, and what reading their replies needs.
@@ -500,33 +496,35 @@ pub(crate) fn stage<'s>(
     if let Some(rate) = rate {
         rate.take(total, Instant::now()).map_err(|retry_after| refuse(IngestError::RateLimited { retry_after }))?;
     }
-    // Counted when queued, in the same order as the backlog readings are queued, so a
-    // reading never misses nor double-counts it (an append that fails is over-counted
-    // until the next reading: the safe side). Nothing awaits between here and the send
-    // of the transaction; the lease protocol counts right before its append transaction.
+    // The entries are counted for the backlog when their transaction is queued, in the
+    // same order as the backlog readings are queued, so a reading never misses nor
+    // double-counts them (an append that fails is over-counted until the next reading:
+    // the safe side): by the group that sends them (`redis::append_group`), or by the
+    // lease protocol right before its append transaction. The `MINID` read now stays
+    // safe to send later.
     let protocol = shard.config.redis.ingest_protocol;
     let entries: Vec<EntryArgs<'_>> = parts
         .iter()
         .zip(&b.archives)
         .map(|((s, count), archive)| EntryArgs {
             stream: shard.backlog.partitions().stream(partition, *s),
-            minid: match protocol {
-                IngestProtocol::Script => shard.backlog.added(partition, *s, *count),
-                IngestProtocol::Lease => shard.backlog.trim_point(partition, *s),
-            },
+            minid: shard.backlog.trim_point(partition, *s),
             count: *count,
             archive,
         })
         .collect();
     let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 96).sum::<usize>() + 1024);
-    // A timestamp is fresh while it is within the skew of the clock, whole seconds
-    // included: from `ts - skew` to the end of second `ts + skew`. A nonce recorded at the
-    // earliest of these must outlive the latest, hence twice the skew and two seconds.
-    let ttl = shard.config.auth.max_skew_secs.saturating_mul(2).saturating_add(2);
+    let ttl = nonce_ttl_secs(&shard.config);
     let cmd = match protocol {
         IngestProtocol::Script => {
-            let replies = resp::ingest(&mut cmd, &nonce_key, ttl, digest, &entries);
-            Command::Script(ScriptCmd { cmd, replies, partition, nonce_key, digest: *digest })
+            resp::ingest_begin(&mut cmd);
+            let xadds_at = cmd.len();
+            for e in &entries {
+                resp::xadd(&mut cmd, e);
+            }
+            let entries = parts.iter().zip(&entries).map(|((s, count), e)| (*s, *count, e.archive.len())).collect();
+            let append = Append { cmd, xadds_at, entries, nonce_key, digest: *digest };
+            Command::Script(ScriptCmd { append, partition })
         }
         IngestProtocol::Lease => {
             let lease_key = lease::lease_key(&nonce_key, digest);
@@ -557,6 +555,14 @@ pub(crate) fn stage<'s>(
         game: game.metrics,
         rejected: 0,
     })
+}
+
+/// How long a nonce is remembered, seconds. A timestamp is fresh while it is within the
+/// skew of the clock, whole seconds included: from `ts - skew` to the end of second
+/// `ts + skew`. A nonce recorded at the earliest of these must outlive the latest, hence
+/// twice the skew and two seconds.
+pub(crate) fn nonce_ttl_secs(config: &Config) -> u64 {
+    config.auth.max_skew_secs.saturating_mul(2).saturating_add(2)
 }
 
 /// One request's record batches and archives, kept by the shard and reused, so a request

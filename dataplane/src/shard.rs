@@ -19,6 +19,7 @@ use crate::analytics::auth::Verifier;
 use crate::client::filters::FilterView;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
+use crate::redis::append_group::AppendGroups;
 use crate::redis::backlog::{Backlog, BacklogSettings};
 use crate::redis::connection::{RedisClient, RedisOptions};
 use crate::redis::overdue::RedisHealth;
@@ -65,6 +66,8 @@ pub struct Shard {
     pub redis_health: Arc<RedisHealth>,
     /// The shard's view of the group backlogs.
     pub backlog: Rc<Backlog>,
+    /// Ingest appends waiting for Redis, sent a group per transaction.
+    pub appends: Rc<AppendGroups>,
     /// Body limits.
     pub limits: Limits,
     /// simd-json buffers reused by every request of the shard.
@@ -117,6 +120,7 @@ pub fn build(
     let partitions = Partitions::new(config.streams.partitions);
     let backlog = Backlog::new(BacklogSettings::from_config(&config), redis.epoch(), partitions);
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
+    let appends = AppendGroups::new(redis.clone(), backlog.clone(), &config);
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
     let mut keys = HashMap::new();
     for (name, g) in &config.games {
@@ -144,6 +148,7 @@ pub fn build(
         redis,
         redis_health,
         backlog,
+        appends,
         limits,
         json: RefCell::new(JsonBuffers::default()),
         batches: RefCell::new(IngestBuffers::default()),

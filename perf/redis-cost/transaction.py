@@ -12,16 +12,20 @@ Variants:
   xadd     the XADD alone (no nonce: a floor, not a protocol)
   set      MULTI, XADD, SET nonce NX EX, EXEC (no script: what an append without the
            script's checks would cost)
-  eval     MULTI, XADD, EVAL <the ingest script> , EXEC: croupier's transaction
+  eval     MULTI, XADD, EVAL <the ingest script> , EXEC: croupier's transaction for a
+           request alone
   evalsha  the same with EVALSHA (Redis does not hash the script's text: what that costs)
-  notype   EVALSHA of the script without its TYPE checks
+  groupN   croupier's transaction for N requests waiting at once (N a number, e.g.
+           group4): MULTI, the N requests' XADDs, one EVAL judging the N, EXEC; the
+           figure is per request
   lease    redis.ingest_protocol = "lease": MULTI, TYPE, SET nonce NX GET EX, SET lease NX
            PX, PTTL, EXEC, then MULTI, XADD, SET nonce EX, DEL lease, EXEC (two round
            trips, sent here back to back; no script)
 
 Neither protocol keeps the mean entry sizes per request (each shard merges its appends
 into them once per backlog reading), so no variant does. The ingest script is read from
-protocol/src/resp.rs (INGEST_SCRIPT).
+protocol/src/resp.rs (INGEST_SCRIPT). With `depth` requests in flight, a groupN variant
+sends depth/N transactions at a time (N at most `depth`).
 
 usage: transaction.py [--requests N] [--depth D] [--rounds R] [variant,...]
 """
@@ -39,12 +43,10 @@ KEY = 'analytics:events'
 ARCHIVE = os.urandom(30_000)
 
 
-def scripts():
+def script():
     src = open(RESP_RS).read()
     m = re.search(r'pub const INGEST_SCRIPT: &str = "\\\n(.*?)";\n', src, re.S)
-    full = m.group(1).replace('\\\n', '').replace('\\"', '"').encode()
-    types = re.search(rb"for i = 2, #KEYS do local t = redis.pcall\('TYPE'.*?end end ", full).group(0)
-    return {'eval': full, 'evalsha': full, 'notype': full.replace(types, b'')}
+    return m.group(1).replace('\\\n', '').replace('\\"', '"').encode()
 
 
 def command(*args):
@@ -55,8 +57,9 @@ def command(*args):
     return b''.join(out)
 
 
-def request(variant, tag, i, bodies):
-    """The bytes of one request and the number of replies it is owed."""
+def request(variant, tag, i, body):
+    """The bytes of request `i` and the number of replies it is owed (a groupN variant
+    sends its transaction with the group's first request, nothing with the others)."""
     nonce = f'croupier:nonce:bench:{tag}:{i}'
     digest = hashlib.sha256(f'{tag}:{i}'.encode()).digest()
     xadd = command('XADD', KEY, 'MAXLEN', '~', '2000', '*', 'fmt', 'cr/v1', 'n', '100', 'batch', ARCHIVE)
@@ -70,10 +73,16 @@ def request(variant, tag, i, bodies):
         return first + second, 6 + 5
     if variant == 'set':
         return command('MULTI') + xadd + command('SET', nonce, digest, 'NX', 'EX', '602') + command('EXEC'), 4
-    body = bodies[variant]
-    head = ('EVAL', body) if variant == 'eval' else ('EVALSHA', hashlib.sha1(body).hexdigest())
-    ev = command(*head, '2', nonce, KEY, '602', digest, '100', str(len(ARCHIVE)))
-    return command('MULTI') + xadd + ev + command('EXEC'), 4
+    n = int(variant[5:]) if variant.startswith('group') else 1
+    if i % n:
+        return b'', 0
+    keys, args = [], []
+    for j in range(i, i + n):
+        keys += [f'croupier:nonce:bench:{tag}:{j}', KEY]
+        args += [hashlib.sha256(f'{tag}:{j}'.encode()).digest(), '1', '100', str(len(ARCHIVE))]
+    head = ('EVALSHA', hashlib.sha1(body).hexdigest()) if variant == 'evalsha' else ('EVAL', body)
+    ev = command(*head, str(len(keys)), *keys, '602', *args)
+    return command('MULTI') + xadd * n + ev + command('EXEC'), 3 + n
 
 
 def skip_reply(buf, pos):
@@ -107,12 +116,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
-def run(variant, tag, n, depth, port, pid, bodies):
+def run(variant, tag, n, depth, port, pid, body):
     s = socket.create_connection(('127.0.0.1', port))
     before = cpu_seconds(pid)
     done = 0
     while done < n:
-        batch = [request(variant, tag, i, bodies) for i in range(done, min(n, done + depth))]
+        batch = [request(variant, tag, i, body) for i in range(done, min(n, done + depth))]
         s.sendall(b''.join(r for r, _ in batch))
         owed = sum(k for _, k in batch)
         buf, pos = bytearray(), 0
@@ -130,12 +139,12 @@ def run(variant, tag, n, depth, port, pid, bodies):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('variants', nargs='?', default='xadd,set,eval,evalsha,notype,lease')
+    ap.add_argument('variants', nargs='?', default='xadd,set,eval,evalsha,group2,group4,group8,lease')
     ap.add_argument('--requests', type=int, default=30_000)
     ap.add_argument('--depth', type=int, default=8)
     ap.add_argument('--rounds', type=int, default=5)
     a = ap.parse_args()
-    bodies = scripts()
+    body = script()
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
@@ -149,14 +158,13 @@ def main():
             except OSError:
                 time.sleep(0.05)
         with socket.create_connection(('127.0.0.1', port)) as s:
-            for b in set(bodies.values()):
-                s.sendall(command('SCRIPT', 'LOAD', b))
-                s.recv(1 << 16)
+            s.sendall(command('SCRIPT', 'LOAD', body))
+            s.recv(1 << 16)
         variants = a.variants.split(',')
         runs = {v: [] for v in variants}
         for r in range(a.rounds):
             for v in variants:
-                runs[v].append(run(v, f'{r}:{v}', a.requests, a.depth, port, server.pid, bodies))
+                runs[v].append(run(v, f'{r}:{v}', a.requests, a.depth, port, server.pid, body))
         print(f'redis-server CPU µs per request ({a.requests} requests of a {len(ARCHIVE)}-byte archive, '
               f'{a.depth} in flight, {a.rounds} rounds)')
         for v in variants:

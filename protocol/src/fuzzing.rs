@@ -56,7 +56,7 @@ pub fn resp_replies(data: &[u8]) {
             assert!(matches!(d, Ok(None)), "decode_reply of a {i}-byte prefix of a {used}-byte reply: {d:?}");
         }
         let _ = resp::group_info(&frame, "analytics-workers");
-        let _ = resp::ingest_reply(vec![frame], 1);
+        let _ = resp::ingest_reply(vec![frame], &[1]);
         buf = &buf[used..];
     }
 }

@@ -1,13 +1,14 @@
 //! The Redis commands the data plane sends, and the parsing of their replies (with
 //! `redis-protocol`).
 //!
-//! Ingest writes a request's batch entries with one transaction ([`ingest`]): `MULTI`,
-//! plain `XADD`s (`MINID ~`), an `EVAL` of [`INGEST_SCRIPT`], `EXEC`. The script runs
-//! right after the appends, inside the transaction: it checks that the stream keys are
-//! streams and remembers the request's nonce with the body's digest (`SET NX EX`); when
-//! either fails it deletes the entries just appended before anything else can run, so a
-//! replayed nonce adds nothing, a refused request leaves no trace, and the same request
-//! sent again is recognised. The archives are plain `XADD` arguments: they never pass
+//! Ingest writes the batch entries of a request, or of a group of requests waiting at
+//! once, with one transaction ([`ingest_begin`], [`xadd`], [`ingest_end`]): `MULTI`,
+//! plain `XADD`s (`MINID ~`), an `EVAL` of [`INGEST_SCRIPT`], `EXEC`. The script runs right after the appends, inside the
+//! transaction: it checks that the stream keys are streams and remembers each request's
+//! nonce with its body's digest (`SET NX EX`); when either fails it deletes that request's
+//! entries just appended before anything else can run, so a replayed nonce adds nothing, a
+//! refused request leaves no trace, and the same request sent again is recognised. The
+//! archives are plain `XADD` arguments: they never pass
 //! through Lua. The streams' mean events per entry
 //! ([`ENTRY_EVENTS`](crate::stream::ENTRY_EVENTS)) are not kept per request: each shard
 //! merges its appends into them once per backlog reading
@@ -19,59 +20,106 @@ pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
 use crate::stream::StreamId;
 
-/// The script of [`ingest`]'s transaction, run right after its `XADD`s. `KEYS[1]` is the
-/// nonce key, `KEYS[2..]` the streams just appended to; `ARGV[1]` the nonce TTL in
-/// seconds, `ARGV[2]` the body's SHA-256, then per stream its entry's record count and
-/// archive length.
+/// The script of the ingest transaction ([`ingest_end`]), run right after its `XADD`s: one request's
+/// appends, or several requests' (a *group*: the requests a shard had waiting at once, each
+/// with its own nonce, its own entries and its own verdict).
 ///
-/// Replies `OK` when the nonce was free and is now recorded (the appends stand); with the
-/// status `DUPLICATE` when the nonce was used by a request with the same body (the entries
-/// just appended are deleted again, and the nonce written again, unchanged: a write, so
-/// that a `WAIT` after it on any connection covers the first request's append, which came
-/// before it in the replication stream); with the error `REPLAY` when it was used by
-/// another body (the entries deleted). A key that is not a stream after the appends is one
-/// whose `XADD` failed (it holds another type): the other entries are deleted, the nonce is
-/// not recorded, and the reply is the error `WRONGTYPE`. Any other error of a command here
-/// (say, one the ACL user may not run) also deletes the entries and records nothing.
+/// `KEYS`: per request, its nonce key, then the streams its entries were appended to.
+/// `ARGV[1]`: the nonce TTL in seconds; then per request the body's SHA-256, its number of
+/// entries `k`, and `k` pairs of record count and archive length. The reply is an array of
+/// one verdict per request, in order.
 ///
-/// The transaction runs whole, with nothing in between, so an entry appended by it is the
-/// last of its stream and no reader ever saw it; one is deleted only when the stream's
-/// last entry has this request's record count and archive length (an `XADD` that failed
-/// when run left someone else's entry last). Entries older than the MINID are trimmed
-/// (`~`: whole nodes), and the shard only ever sends a MINID at or below what the
-/// consumer group has acknowledged (`redis::backlog`).
+/// A request's verdict is `OK` when its nonce was free and is now recorded (its appends
+/// stand); the status `DUPLICATE` when the nonce was used by a request with the same body
+/// (its entries just appended are deleted again, and the nonce written again, unchanged: a
+/// write, so that a `WAIT` after it on any connection covers the first request's append,
+/// which came before it in the replication stream); the error `REPLAY` when it was used by
+/// another body (its entries deleted). A key that is not a stream after the appends is one
+/// whose `XADD` failed (it holds another type): every request appending to it has its other
+/// entries deleted, its nonce not recorded, and the error `WRONGTYPE`. Any other error of a
+/// request's `SET` also deletes its entries and records nothing. Requests are judged in
+/// order, so the second of two requests with one nonce in a group is the duplicate or the
+/// replay.
+///
+/// The transaction runs whole, with nothing in between, so the group's entries on a stream
+/// are its last ones, in the order of the requests, and no reader ever saw them; one is
+/// deleted only when the entry at its place has its request's record count and archive
+/// length (an `XADD` that failed when run leaves the places shifted). Entries older than
+/// the MINID are trimmed (`~`: whole nodes), and the shard only ever sends a MINID at or
+/// below what the consumer group has acknowledged (`redis::backlog`).
 ///
 /// Redis hashes a script's text at every `EVAL` (twice inside a transaction: when queued
-/// and when run), so the text is kept short: the mean events per entry are merged by
-/// the shards, not kept here.
+/// and when run, ~0.5 µs per 100 bytes each time) and sets up the interpreter for it: a
+/// group pays that once for all its requests, and the names are short. `k` and `a` walk
+/// `KEYS` and `ARGV` a request at a time (`K` its nonce key, `D` its digest, `n` its
+/// entries, `e` why one of its streams is not one); `b` holds each stream key's `TYPE`
+/// verdict (`false`: a stream), `o` the verdicts, `d` the requests whose entries are taken
+/// back (`u`: any). Taking back: `p` lists per stream its entries' places (request, and
+/// where its count is in `ARGV`), read against the stream's last entries (`x`).
 pub const INGEST_SCRIPT: &str = "\
-local function undo() \
-for i = 2, #KEYS do \
-local last = redis.pcall('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1) \
-last = type(last) == 'table' and last[1] \
-if last then \
-local f, n, len = last[2], nil, nil \
-for j = 1, #f, 2 do \
-if f[j] == 'n' then n = f[j + 1] elseif f[j] == 'batch' then len = #f[j + 1] end \
+local b,o,d,u,k,a={},{},{},false,1,2 \
+while a<#ARGV do \
+local n,e,K,D=tonumber(ARGV[a+1]),false,KEYS[k],ARGV[a] \
+for j=k+1,k+n do \
+local s=KEYS[j] \
+if b[s]==nil then \
+local t=redis.pcall('TYPE',s) \
+b[s]=(type(t)~='table' or t.ok~='stream') and (t.err or ('WRONGTYPE '..s..' holds a '..tostring(t.ok))) or false \
 end \
-if n == ARGV[2 * i - 1] and len == tonumber(ARGV[2 * i]) then redis.call('XDEL', KEYS[i], last[1]) end \
+e=e or b[s] \
+end \
+local i=#o+1 \
+if e then \
+o[i],d[i]=redis.error_reply(e),1 \
+else \
+local r=redis.pcall('SET',K,D,'NX','EX',ARGV[1]) \
+if type(r)=='table' and r.err then \
+o[i],d[i]=redis.error_reply(r.err),1 \
+elseif r then \
+o[i]=redis.status_reply('OK') \
+else \
+d[i]=1 \
+if redis.pcall('GET',K)==D then \
+redis.call('SET',K,D,'KEEPTTL') \
+o[i]=redis.status_reply('DUPLICATE') \
+else \
+o[i]=redis.error_reply('REPLAY nonce already used') \
 end \
 end \
 end \
-local function failed(e) undo() return redis.error_reply(e) end \
-for i = 2, #KEYS do \
-local t = redis.pcall('TYPE', KEYS[i]) \
-if type(t) ~= 'table' or t['ok'] ~= 'stream' then \
-return failed(t['err'] or ('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. tostring(t['ok']))) end \
+u=u or d[i] \
+k,a=k+1+n,a+2+2*n \
 end \
-local set = redis.pcall('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) \
-if type(set) == 'table' and set['err'] then return failed(set['err']) end \
-if set then return redis.status_reply('OK') end \
-undo() \
-if redis.call('GET', KEYS[1]) == ARGV[2] then \
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') \
-return redis.status_reply('DUPLICATE') end \
-return redis.error_reply('REPLAY nonce already used')";
+if u then \
+local p,i={},0 \
+k,a=1,2 \
+while a<#ARGV do \
+local n=tonumber(ARGV[a+1]) \
+i=i+1 \
+for j=1,n do \
+local s=KEYS[k+j] \
+p[s]=p[s] or {} \
+table.insert(p[s],{i,a+2*j}) \
+end \
+k,a=k+1+n,a+2+2*n \
+end \
+for s,l in pairs(p) do \
+local x=redis.pcall('XREVRANGE',s,'+','-','COUNT',#l) \
+if type(x)=='table' and not x.err then \
+for q,v in ipairs(l) do \
+local y=x[#l-q+1] \
+if d[v[1]] and y then \
+local f,c,z=y[2] \
+for w=1,#f,2 do \
+if f[w]=='n' then c=f[w+1] elseif f[w]=='batch' then z=#f[w+1] end \
+end \
+if c==ARGV[v[2]] and z==tonumber(ARGV[v[2]+1]) then redis.call('XDEL',s,y[1]) end \
+end \
+end \
+end \
+end \
+end \
+return o";
 
 const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
 
@@ -97,9 +145,7 @@ pub fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.reserve(args.iter().map(|a| a.len() + 25).sum::<usize>() + 23);
     put_len(out, b'*', args.len());
     for a in args {
-        put_len(out, b'$', a.len());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
+        put_arg(out, a);
     }
 }
 
@@ -147,35 +193,84 @@ pub fn xadd(out: &mut Vec<u8>, e: &EntryArgs<'_>) {
     );
 }
 
-/// Appends the transaction that appends `entries` and records `nonce_key` (with the
-/// body's SHA-256) for `ttl_secs` (every key in one slot for a cluster): `MULTI`, the
-/// `XADD`s, the `EVAL` of [`INGEST_SCRIPT`], `EXEC`. Returns the number of replies it is
-/// owed, read by [`ingest_reply`].
-pub fn ingest(
-    out: &mut Vec<u8>,
-    nonce_key: &str,
-    ttl_secs: u64,
-    body_sha256: &[u8; 32],
-    entries: &[EntryArgs<'_>],
-) -> usize {
+/// One request's part of an ingest transaction: what the script judges it by.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    /// The request's nonce key (every key of a transaction in one slot for a cluster).
+    pub nonce_key: &'a str,
+    /// The body's SHA-256, the nonce's value.
+    pub digest: &'a [u8; 32],
+    /// Each of its entries' stream, record count and archive length, in the order of its
+    /// `XADD`s.
+    pub entries: &'a [EntryMeta<'a>],
+}
+
+/// What the script checks of one entry appended by an `XADD` of a [`Member`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta<'a> {
+    /// Stream key.
+    pub stream: &'a str,
+    /// Records in the archive.
+    pub count: usize,
+    /// The archive's length in bytes.
+    pub archive_len: usize,
+}
+
+impl<'a> EntryMeta<'a> {
+    /// What the script checks of the entry `e` appends.
+    pub fn of(e: &EntryArgs<'a>) -> EntryMeta<'a> {
+        EntryMeta { stream: e.stream, count: e.count, archive_len: e.archive.len() }
+    }
+}
+
+/// Appends `MULTI`, which starts an ingest transaction: then come every member's `XADD`s
+/// ([`xadd`]), in the order of the members, then [`ingest_end`].
+pub fn ingest_begin(out: &mut Vec<u8>) {
     command(out, &[b"MULTI"]);
-    for e in entries {
-        xadd(out, e);
+}
+
+/// Ends the ingest transaction begun by [`ingest_begin`] and the `XADD`s of `members`:
+/// one `EVAL` of [`INGEST_SCRIPT`] recording each member's nonce (with its body's
+/// SHA-256) for `ttl_secs`, then `EXEC`. Returns the number of replies the whole
+/// transaction is owed, read by [`ingest_reply`].
+pub fn ingest_end(out: &mut Vec<u8>, ttl_secs: u64, members: &[Member<'_>]) -> usize {
+    let entries = members.iter().map(|m| m.entries.len()).sum::<usize>();
+    let keys = members.len() + entries;
+    // EVAL, the script, numkeys, the keys, the TTL, per member its digest and entry count,
+    // per entry its record count and archive length.
+    put_len(out, b'*', 3 + keys + 1 + 2 * members.len() + 2 * entries);
+    put_arg(out, b"EVAL");
+    put_arg(out, INGEST_SCRIPT.as_bytes());
+    put_num_arg(out, keys as u64);
+    for m in members {
+        put_arg(out, m.nonce_key.as_bytes());
+        for e in m.entries {
+            put_arg(out, e.stream.as_bytes());
+        }
     }
-    let numkeys = (1 + entries.len()).to_string();
-    let ttl = ttl_secs.to_string();
-    let nums: Vec<(String, String)> =
-        entries.iter().map(|e| (e.count.to_string(), e.archive.len().to_string())).collect();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 3 * entries.len());
-    args.extend([b"EVAL".as_slice(), INGEST_SCRIPT.as_bytes(), numkeys.as_bytes(), nonce_key.as_bytes()]);
-    args.extend(entries.iter().map(|e| e.stream.as_bytes()));
-    args.extend([ttl.as_bytes(), body_sha256.as_slice()]);
-    for (count, len) in &nums {
-        args.extend([count.as_bytes(), len.as_bytes()]);
+    put_num_arg(out, ttl_secs);
+    for m in members {
+        put_arg(out, m.digest);
+        put_num_arg(out, m.entries.len() as u64);
+        for e in m.entries {
+            put_num_arg(out, e.count as u64);
+            put_num_arg(out, e.archive_len as u64);
+        }
     }
-    command(out, &args);
     command(out, &[b"EXEC"]);
-    entries.len() + 3
+    entries + 3
+}
+
+/// Appends one bulk string.
+fn put_arg(out: &mut Vec<u8>, a: &[u8]) {
+    put_len(out, b'$', a.len());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a number as a bulk string of its decimal digits.
+fn put_num_arg(out: &mut Vec<u8>, n: u64) {
+    put_arg(out, itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// What the ingest transaction did.
@@ -213,12 +308,29 @@ pub fn exec_items(frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, Res
     }
 }
 
-/// Interprets the replies to [`ingest`] for `entries` entries. An unexpected reply, a
-/// transaction that did not run, or an error of the script other than `REPLAY` (such as
-/// `WRONGTYPE`) is an error: nothing was appended.
-pub fn ingest_reply(frames: Vec<Frame>, entries: usize) -> Result<IngestReply, RespError> {
-    let mut items = exec_items(frames, entries + 1)?;
-    let verdict = items.pop().ok_or_else(|| RespError("short EXEC reply".into()))?;
+/// Interprets the replies to an ingest transaction ([`ingest_end`]) whose members appended `entries[i]` entries
+/// each: one verdict per member. `Err` for the whole transaction when it did not run
+/// (refused when queued, aborted), when a reply is unexpected, or when the script failed
+/// as a whole: nothing is known to be appended. A member's own error other than `REPLAY`
+/// (such as `WRONGTYPE`) is its `Err`: nothing of it was appended.
+pub fn ingest_reply(frames: Vec<Frame>, entries: &[usize]) -> Result<Vec<Result<IngestReply, RespError>>, RespError> {
+    let total = entries.iter().sum::<usize>();
+    let mut items = exec_items(frames, total + 1)?;
+    let verdicts = match items.pop() {
+        Some(Frame::Array(v)) if v.len() == entries.len() => v,
+        Some(Frame::Error(e)) => return Err(RespError(e)),
+        other => return Err(RespError(format!("unexpected script reply {other:?}"))),
+    };
+    let mut ids = items.into_iter();
+    Ok(verdicts
+        .into_iter()
+        .zip(entries)
+        .map(|(verdict, &n)| member_reply(verdict, ids.by_ref().take(n).collect()))
+        .collect())
+}
+
+/// One member's verdict, with the replies to its `XADD`s.
+fn member_reply(verdict: Frame, xadds: Vec<Frame>) -> Result<IngestReply, RespError> {
     match verdict {
         Frame::SimpleString(s) if s == b"OK" => {}
         Frame::SimpleString(s) if s == b"DUPLICATE" => return Ok(IngestReply::Duplicate),
@@ -226,8 +338,8 @@ pub fn ingest_reply(frames: Vec<Frame>, entries: usize) -> Result<IngestReply, R
         Frame::Error(e) => return Err(RespError(e)),
         other => return Err(RespError(format!("unexpected script reply {other:?}"))),
     }
-    let mut ids = Vec::with_capacity(items.len());
-    for f in items {
+    let mut ids = Vec::with_capacity(xadds.len());
+    for f in xadds {
         match f {
             Frame::BulkString(b) | Frame::SimpleString(b) => {
                 ids.push(String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))?)
@@ -493,11 +605,21 @@ mod tests {
         let mut out = Vec::new();
         let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n" };
         let f = EntryArgs { stream: "c", minid: StreamId::ZERO, count: 7, archive: b"abc" };
-        let replies = ingest(&mut out, "nk", 602, &[7; 32], &[e, f]);
-        assert_eq!(replies, 5, "OK, three QUEUED, the EXEC");
+        let g = EntryArgs { stream: "s", minid: StreamId::ZERO, count: 12, archive: b"hello" };
+        ingest_begin(&mut out);
+        for x in [&e, &f, &g] {
+            xadd(&mut out, x);
+        }
+        let (m1, m2) = ([EntryMeta::of(&e), EntryMeta::of(&f)], [EntryMeta::of(&g)]);
+        let members = [
+            Member { nonce_key: "nk", digest: &[7; 32], entries: &m1 },
+            Member { nonce_key: "nk2", digest: &[9; 32], entries: &m2 },
+        ];
+        let replies = ingest_end(&mut out, 602, &members);
+        assert_eq!(replies, 6, "OK, four QUEUED, the EXEC");
         let cmds = commands(&out);
         let v = |x: &[&[u8]]| x.iter().map(|a| a.to_vec()).collect::<Vec<_>>();
-        assert_eq!(cmds.len(), 5);
+        assert_eq!(cmds.len(), 6);
         assert_eq!(cmds[0], v(&[b"MULTI"]));
         assert_eq!(
             cmds[1],
@@ -507,11 +629,23 @@ mod tests {
             cmds[2],
             v(&[b"XADD", b"c", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"7", b"batch", b"abc"])
         );
-        assert_eq!(cmds[3][0], b"EVAL");
-        assert_eq!(cmds[3][1], INGEST_SCRIPT.as_bytes());
-        // Counts only: no archive passes through the script.
-        assert_eq!(cmds[3][2..].to_vec(), v(&[b"3", b"nk", b"s", b"c", b"602", &[7; 32], b"2", b"3", b"7", b"3"]));
-        assert_eq!(cmds[4], v(&[b"EXEC"]));
+        assert_eq!(
+            cmds[3],
+            v(&[b"XADD", b"s", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"12", b"batch", b"hello"])
+        );
+        assert_eq!(cmds[4][0], b"EVAL");
+        assert_eq!(cmds[4][1], INGEST_SCRIPT.as_bytes());
+        // Counts only: no archive passes through the script. Keys: each member's nonce
+        // then its streams; arguments: the TTL, then each member's digest, entry count,
+        // and per entry its record count and archive length.
+        assert_eq!(
+            cmds[4][2..].to_vec(),
+            v(&[
+                b"5", b"nk", b"s", b"c", b"nk2", b"s", b"602", &[7; 32], b"2", b"2", b"3", b"7", b"3", &[9; 32], b"1",
+                b"12", b"5"
+            ])
+        );
+        assert_eq!(cmds[5], v(&[b"EXEC"]));
     }
 
     #[test]
@@ -528,23 +662,44 @@ mod tests {
         };
         let queued = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n".to_vec();
         let with = |exec: &[u8]| frames(&[queued.as_slice(), exec].concat());
-        let ok = with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+OK\r\n");
-        assert_eq!(ingest_reply(ok, 2), Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()])));
-        let replay = with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n-REPLAY nonce already used\r\n");
-        assert_eq!(ingest_reply(replay, 2), Ok(IngestReply::Replay));
-        let dup = with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+DUPLICATE\r\n");
-        assert_eq!(ingest_reply(dup, 2), Ok(IngestReply::Duplicate));
+        let one = |exec: &[u8]| ingest_reply(with(exec), &[2]).map(|mut v| v.remove(0));
+        let ok = b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*1\r\n+OK\r\n";
+        assert_eq!(one(ok), Ok(Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()]))));
+        let replay = b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*1\r\n-REPLAY nonce already used\r\n";
+        assert_eq!(one(replay), Ok(Ok(IngestReply::Replay)));
+        let dup = b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*1\r\n+DUPLICATE\r\n";
+        assert_eq!(one(dup), Ok(Ok(IngestReply::Duplicate)));
         // A stream key of another type: its `XADD` failed, the script took the other back.
-        let wrong = with(b"*3\r\n-WRONGTYPE x\r\n$3\r\n2-0\r\n-WRONGTYPE s holds a string\r\n");
-        assert!(ingest_reply(wrong, 2).is_err());
-        // Refused when queued, aborted, or short: not appended.
-        assert!(ingest_reply(frames(b"+OK\r\n-EXECABORT Transaction discarded\r\n"), 2).is_err());
-        assert!(ingest_reply(frames(b"*-1\r\n"), 2).is_err());
-        assert!(ingest_reply(with(b"*2\r\n$3\r\n1-0\r\n+OK\r\n"), 2).is_err());
+        let wrong = b"*3\r\n-WRONGTYPE x\r\n$3\r\n2-0\r\n*1\r\n-WRONGTYPE s holds a string\r\n";
+        assert_eq!(one(wrong), Ok(Err(RespError("WRONGTYPE s holds a string".into()))));
+        // Refused when queued, aborted, short, or the script failed whole: not appended.
+        assert!(ingest_reply(frames(b"+OK\r\n-EXECABORT Transaction discarded\r\n"), &[2]).is_err());
+        assert!(ingest_reply(frames(b"*-1\r\n"), &[2]).is_err());
+        assert!(ingest_reply(with(b"*2\r\n$3\r\n1-0\r\n*1\r\n+OK\r\n"), &[2]).is_err());
+        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n-ERR script\r\n"), &[2]).is_err());
+        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*2\r\n+OK\r\n+OK\r\n"), &[2]).is_err());
+        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+OK\r\n"), &[2]).is_err());
         // An `XADD` that failed although the script recorded the nonce: not confirmed.
         assert_eq!(
-            ingest_reply(with(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n+OK\r\n"), 2),
-            Ok(IngestReply::AppendFailed("ERR x".into()))
+            one(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n*1\r\n+OK\r\n"),
+            Ok(Ok(IngestReply::AppendFailed("ERR x".into())))
+        );
+        // A group: each member's verdict with its own `XADD`s' replies.
+        let group = frames(
+            &[
+                b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n".as_slice(),
+                b"*5\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n-ERR x\r\n$3\r\n4-0\r\n",
+                b"*3\r\n+OK\r\n+OK\r\n-REPLAY nonce already used\r\n",
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            ingest_reply(group, &[1, 2, 1]),
+            Ok(vec![
+                Ok(IngestReply::Added(vec!["1-0".into()])),
+                Ok(IngestReply::AppendFailed("ERR x".into())),
+                Ok(IngestReply::Replay),
+            ])
         );
         assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
     }

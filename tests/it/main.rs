@@ -6,6 +6,7 @@
 mod aggregate;
 mod analytics;
 mod api_hardening;
+mod append_groups;
 mod body;
 mod ch_cluster;
 mod clickhouse;

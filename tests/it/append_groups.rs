@@ -1,0 +1,170 @@
+//! Several requests' appends in one ingest transaction (`redis.ingest_protocol =
+//! "script"`, `redis.ingest_group_max`): the transaction `croupier_protocol::resp::ingest`
+//! writes, run by a real redis-server, judges each request on its own; and through the
+//! server, requests sent at once (duplicates and replays among them) are each answered
+//! as alone, with one append per nonce.
+
+use std::sync::{Arc, Barrier};
+
+use croupier_control::config::Driver;
+use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
+use croupier_it::redis::{xrange, RedisClient, RedisServer};
+use croupier_protocol::resp::{self, EntryArgs, EntryMeta, Frame, IngestReply, Member, RespError};
+use croupier_protocol::stream::StreamId;
+
+use crate::fixture::{events, xlen, Fixture, GAME, SECRET};
+
+/// One request of a group: its nonce, digest and entries (stream, count, archive).
+struct Req {
+    nonce: &'static str,
+    digest: [u8; 32],
+    entries: Vec<(&'static str, usize, Vec<u8>)>,
+}
+
+/// Runs `reqs` as one transaction; the verdicts.
+fn run(c: &mut RedisClient, reqs: &[Req]) -> Vec<Result<IngestReply, RespError>> {
+    let mut cmd = Vec::new();
+    resp::ingest_begin(&mut cmd);
+    let metas: Vec<Vec<EntryMeta<'_>>> = reqs
+        .iter()
+        .map(|r| {
+            r.entries
+                .iter()
+                .map(|(stream, count, archive)| {
+                    let e = EntryArgs { stream, minid: StreamId::ZERO, count: *count, archive };
+                    resp::xadd(&mut cmd, &e);
+                    EntryMeta::of(&e)
+                })
+                .collect()
+        })
+        .collect();
+    let members: Vec<Member<'_>> =
+        reqs.iter().zip(&metas).map(|(r, entries)| Member { nonce_key: r.nonce, digest: &r.digest, entries }).collect();
+    let replies = resp::ingest_end(&mut cmd, 602, &members);
+    c.send(&cmd).expect("send");
+    let frames = c.replies(replies).expect("replies");
+    let counts: Vec<usize> = reqs.iter().map(|r| r.entries.len()).collect();
+    resp::ingest_reply(frames, &counts).expect("the transaction ran")
+}
+
+/// The `batch` of every entry of `key`, oldest first.
+fn batches(c: &mut RedisClient, key: &str) -> Vec<Vec<u8>> {
+    xrange(c, key).iter().map(|e| e.get("batch").expect("batch").to_vec()).collect()
+}
+
+fn added(v: &Result<IngestReply, RespError>, n: usize) -> bool {
+    matches!(v, Ok(IngestReply::Added(ids)) if ids.len() == n)
+}
+
+#[test]
+fn a_group_judges_each_request_on_its_own() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    // A nonce used before, by another transaction.
+    let old = [1; 32];
+    run(&mut c, &[Req { nonce: "n:old", digest: old, entries: vec![("ev", 1, b"old".to_vec())] }]);
+    let reqs = [
+        // Fresh, two streams.
+        Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec()), ("cu", 1, b"a-cu".to_vec())] },
+        // A replay of the old nonce (another body), between fresh ones.
+        Req { nonce: "n:old", digest: [3; 32], entries: vec![("ev", 4, b"replayed".to_vec())] },
+        // Fresh.
+        Req { nonce: "n:b", digest: [4; 32], entries: vec![("ev", 2, b"b-ev".to_vec())] },
+        // The first request again in the same group (same nonce, same body).
+        Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec()), ("cu", 1, b"a-cu".to_vec())] },
+        // The second fresh one's nonce with another body, same sizes as its entry.
+        Req { nonce: "n:b", digest: [5; 32], entries: vec![("ev", 2, b"b-xx".to_vec())] },
+        // Fresh, last.
+        Req { nonce: "n:c", digest: [6; 32], entries: vec![("cu", 7, b"c-cu".to_vec())] },
+    ];
+    let v = run(&mut c, &reqs);
+    assert_eq!(v.len(), 6);
+    assert!(added(&v[0], 2), "{:?}", v[0]);
+    assert_eq!(v[1], Ok(IngestReply::Replay));
+    assert!(added(&v[2], 1), "{:?}", v[2]);
+    assert_eq!(v[3], Ok(IngestReply::Duplicate));
+    assert_eq!(v[4], Ok(IngestReply::Replay));
+    assert!(added(&v[5], 1), "{:?}", v[5]);
+    // Exactly the accepted requests' entries, in order: the taken-back ones were the
+    // ones at their own places, not a neighbour of the same sizes.
+    assert_eq!(batches(&mut c, "ev"), [b"old".to_vec(), b"a-ev".to_vec(), b"b-ev".to_vec()]);
+    assert_eq!(batches(&mut c, "cu"), [b"a-cu".to_vec(), b"c-cu".to_vec()]);
+    // Each nonce holds its first body's digest.
+    for (nonce, digest) in [("n:old", old), ("n:a", [2; 32]), ("n:b", [4; 32]), ("n:c", [6; 32])] {
+        assert_eq!(c.cmd(&["GET", nonce]), Frame::BulkString(digest.to_vec()), "{nonce}");
+    }
+}
+
+#[test]
+fn a_stream_of_another_type_fails_only_the_requests_appending_to_it() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    c.cmd(&["SET", "cu", "not a stream"]);
+    let reqs = [
+        Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec())] },
+        Req { nonce: "n:b", digest: [3; 32], entries: vec![("ev", 5, b"b-ev".to_vec()), ("cu", 1, b"b-cu".to_vec())] },
+        Req { nonce: "n:c", digest: [4; 32], entries: vec![("ev", 6, b"c-ev".to_vec())] },
+    ];
+    let v = run(&mut c, &reqs);
+    assert!(added(&v[0], 1), "{:?}", v[0]);
+    assert!(matches!(&v[1], Err(RespError(e)) if e.starts_with("WRONGTYPE")), "{:?}", v[1]);
+    assert!(added(&v[2], 1), "{:?}", v[2]);
+    // The failed request's other entry is taken back, its nonce not used up.
+    assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"c-ev".to_vec()]);
+    assert_eq!(c.int(&["EXISTS", "n:b"]), 0);
+    assert_eq!(c.int(&["EXISTS", "n:a"]) + c.int(&["EXISTS", "n:c"]), 2);
+}
+
+#[test]
+fn requests_sent_at_once_are_each_answered_as_alone() {
+    let f = Fixture::start(Driver::Epoll, |_| {});
+    // 24 pairs of requests sent at the same moment: in each pair the second is the
+    // first again (same nonce, same body) or a replay (same nonce, another body); and
+    // 16 requests alone.
+    let mut sends = Vec::new();
+    for i in 0..24 {
+        let nonce = fresh_nonce();
+        let body = events(1 + i % 3);
+        let second = if i % 2 == 0 { body.clone() } else { events(4) };
+        sends.push((nonce.clone(), body));
+        sends.push((nonce, second));
+    }
+    for i in 0..16 {
+        sends.push((fresh_nonce(), events(1 + i % 2)));
+    }
+    let start = Arc::new(Barrier::new(sends.len()));
+    let handles: Vec<_> = sends
+        .into_iter()
+        .map(|(nonce, body)| {
+            let mut client = f.client();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+                start.wait();
+                let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
+                (nonce, body, r.status, r.error_tag())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let mut appended = 0i64;
+    for pair in answers[..48].chunks(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.1 == b.1 {
+            // The same request twice: both answered 202, one append.
+            assert_eq!((a.2, b.2), (202, 202), "{a:?} {b:?}");
+            appended += 1;
+        } else {
+            // One of the two bodies won the nonce; the other is a replay.
+            let mut statuses = [(a.2, a.3.as_str()), (b.2, b.3.as_str())];
+            statuses.sort();
+            assert_eq!(statuses, [(202, ""), (401, "replayed_nonce")], "{a:?} {b:?}");
+            appended += 1;
+        }
+    }
+    for a in &answers[48..] {
+        assert_eq!(a.2, 202, "{a:?}");
+        appended += 1;
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), appended, "one entry per accepted nonce");
+}

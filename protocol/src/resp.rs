@@ -64,27 +64,27 @@ for j=k+1,k+n do \
 local s=KEYS[j] \
 if b[s]==nil then \
 local t=redis.pcall('TYPE',s) \
-b[s]=(type(t)~='table' or t.ok~='stream') and (t.err or ('WRONGTYPE '..s..' holds a '..tostring(t.ok))) or false \
+b[s]=t.ok~='stream' and (t.err or 'WRONGTYPE '..s..' holds a '..tostring(t.ok)) or false \
 end \
 e=e or b[s] \
 end \
 local i=#o+1 \
 if e then \
-o[i],d[i]=redis.error_reply(e),1 \
+o[i],d[i]={err=e},1 \
 else \
 local r=redis.pcall('SET',K,D,'NX','EX',ARGV[1]) \
-if type(r)=='table' and r.err then \
-o[i],d[i]=redis.error_reply(r.err),1 \
-elseif r then \
-o[i]=redis.status_reply('OK') \
-else \
+if not r then \
 d[i]=1 \
 if redis.pcall('GET',K)==D then \
 redis.call('SET',K,D,'KEEPTTL') \
-o[i]=redis.status_reply('DUPLICATE') \
+o[i]={ok='DUPLICATE'} \
 else \
-o[i]=redis.error_reply('REPLAY nonce already used') \
+o[i]={err='REPLAY nonce already used'} \
 end \
+elseif r.err then \
+o[i],d[i]=r,1 \
+else \
+o[i]=r \
 end \
 end \
 u=u or d[i] \
@@ -105,7 +105,7 @@ k,a=k+1+n,a+2+2*n \
 end \
 for s,l in pairs(p) do \
 local x=redis.pcall('XREVRANGE',s,'+','-','COUNT',#l) \
-if type(x)=='table' and not x.err then \
+if not x.err then \
 for q,v in ipairs(l) do \
 local y=x[#l-q+1] \
 if d[v[1]] and y then \

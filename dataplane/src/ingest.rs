@@ -513,7 +513,11 @@ pub(crate) fn stage<'s>(
             archive,
         })
         .collect();
-    let mut cmd = Vec::with_capacity(entries.iter().map(|e| e.archive.len() + 96).sum::<usize>() + 1024);
+    // Room for the `XADD`s (~140 bytes besides each archive) and, for a request sent alone,
+    // the script's `EVAL` and `EXEC` after them.
+    let mut cmd = Vec::with_capacity(
+        entries.iter().map(|e| e.archive.len() + 192).sum::<usize>() + resp::INGEST_SCRIPT.len() + 512,
+    );
     let ttl = nonce_ttl_secs(&shard.config);
     let cmd = match protocol {
         IngestProtocol::Script => {
@@ -522,8 +526,10 @@ pub(crate) fn stage<'s>(
             for e in &entries {
                 resp::xadd(&mut cmd, e);
             }
+            let kinds: Vec<StreamKind> = parts.iter().map(|(s, _)| *s).collect();
+            let staged = shard.backlog.stage(partition, &kinds);
             let entries = parts.iter().zip(&entries).map(|((s, count), e)| (*s, *count, e.archive.len())).collect();
-            let append = Append { cmd, xadds_at, entries, nonce_key, digest: *digest };
+            let append = Append { cmd, xadds_at, entries, nonce_key, digest: *digest, staged };
             Command::Script(ScriptCmd { append, partition })
         }
         IngestProtocol::Lease => {

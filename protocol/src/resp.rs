@@ -34,7 +34,8 @@ use crate::stream::StreamId;
 /// (its entries just appended are deleted again, and the nonce written again, unchanged: a
 /// write, so that a `WAIT` after it on any connection covers the first request's append,
 /// which came before it in the replication stream); the error `REPLAY` when it was used by
-/// another body (its entries deleted). A key that is not a stream after the appends is one
+/// another body (its entries deleted); the error of `GET` when the nonce key cannot be read
+/// (its entries deleted). A key that is not a stream after the appends is one
 /// whose `XADD` failed (it holds another type): every request appending to it has its other
 /// entries deleted, its nonce not recorded, and the error `WRONGTYPE`. Any other error of a
 /// request's `SET` also deletes its entries and records nothing. Requests are judged in
@@ -42,9 +43,10 @@ use crate::stream::StreamId;
 /// replay.
 ///
 /// The transaction runs whole, with nothing in between, so the group's entries on a stream
-/// are its last ones, in the order of the requests, and no reader ever saw them; one is
-/// deleted only when the entry at its place has its request's record count and archive
-/// length (an `XADD` that failed when run leaves the places shifted). Entries older than
+/// are its last ones, in the order of the requests, and no reader ever saw them; the
+/// stream's last entries are read back from the first one to delete on (`XREVRANGE`), and
+/// one is deleted only when the entry at its place has its request's record count and
+/// archive length (an `XADD` that failed when run leaves the places shifted). Entries older than
 /// the MINID are trimmed (`~`: whole nodes), and the shard only ever sends a MINID at or
 /// below what the consumer group has acknowledged (`redis::backlog`).
 ///
@@ -55,7 +57,8 @@ use crate::stream::StreamId;
 /// entries, `e` why one of its streams is not one); `b` holds each stream key's `TYPE`
 /// verdict (`false`: a stream), `o` the verdicts, `d` the requests whose entries are taken
 /// back (`u`: any). Taking back: `p` lists per stream its entries' places (request, and
-/// where its count is in `ARGV`), read against the stream's last entries (`x`).
+/// where its count is in `ARGV`), `m` the first place to take back, read against the
+/// stream's last entries (`x`).
 pub const INGEST_SCRIPT: &str = "\
 local b,o,d,u,k,a={},{},{},false,1,2 \
 while a<#ARGV do \
@@ -75,9 +78,12 @@ else \
 local r=redis.pcall('SET',K,D,'NX','EX',ARGV[1]) \
 if not r then \
 d[i]=1 \
-if redis.pcall('GET',K)==D then \
+local g=redis.pcall('GET',K) \
+if g==D then \
 redis.call('SET',K,D,'KEEPTTL') \
 o[i]={ok='DUPLICATE'} \
+elseif type(g)=='table' and g.err then \
+o[i]=g \
 else \
 o[i]={err='REPLAY nonce already used'} \
 end \
@@ -104,10 +110,14 @@ end \
 k,a=k+1+n,a+2+2*n \
 end \
 for s,l in pairs(p) do \
-local x=redis.pcall('XREVRANGE',s,'+','-','COUNT',#l) \
-if not x.err then \
+local m=#l+1 \
 for q,v in ipairs(l) do \
-local y=x[#l-q+1] \
+if d[v[1]] and q<m then m=q end \
+end \
+local x=m<=#l and redis.pcall('XREVRANGE',s,'+','-','COUNT',#l-m+1) or {} \
+if not x.err then \
+for q=m,#l do \
+local v,y=l[q],x[#l-q+1] \
 if d[v[1]] and y then \
 local f,c,z=y[2] \
 for w=1,#f,2 do \

@@ -1,8 +1,8 @@
 //! Several requests' appends in one ingest transaction (`redis.ingest_protocol =
-//! "script"`, `redis.ingest_group_max`): the transaction `croupier_protocol::resp::ingest`
-//! writes, run by a real redis-server, judges each request on its own; and through the
-//! server, requests sent at once (duplicates and replays among them) are each answered
-//! as alone, with one append per nonce.
+//! "script"`, `redis.ingest_group_max`): the transaction `croupier_protocol::resp` writes
+//! (`ingest_begin`, `xadd`, `ingest_end`), run by a real redis-server, judges each request
+//! on its own; and through the server, requests sent at once (duplicates and replays
+//! among them) are each answered as alone, with one append per nonce.
 
 use std::sync::{Arc, Barrier};
 
@@ -80,6 +80,12 @@ fn a_group_judges_each_request_on_its_own() {
     let v = run(&mut c, &reqs);
     assert_eq!(v.len(), 6);
     assert!(added(&v[0], 2), "{:?}", v[0]);
+    // The ids each accepted request is told are its entries', which stay.
+    let ids = |key: &str, c: &mut RedisClient| xrange(c, key).into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let (ev, cu) = (ids("ev", &mut c), ids("cu", &mut c));
+    assert_eq!(v[0], Ok(IngestReply::Added(vec![ev[1].clone(), cu[0].clone()])));
+    assert_eq!(v[2], Ok(IngestReply::Added(vec![ev[2].clone()])));
+    assert_eq!(v[5], Ok(IngestReply::Added(vec![cu[1].clone()])));
     assert_eq!(v[1], Ok(IngestReply::Replay));
     assert!(added(&v[2], 1), "{:?}", v[2]);
     assert_eq!(v[3], Ok(IngestReply::Duplicate));
@@ -116,6 +122,34 @@ fn a_stream_of_another_type_fails_only_the_requests_appending_to_it() {
 }
 
 #[test]
+fn a_nonce_key_that_cannot_be_read_fails_its_request_and_takes_its_entries_back() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    // Someone wrote a hash at a nonce key: `SET NX` finds it taken, `GET` fails.
+    c.cmd(&["HSET", "n:h", "f", "v"]);
+    let reqs = [
+        Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec())] },
+        Req { nonce: "n:h", digest: [3; 32], entries: vec![("ev", 5, b"h-ev".to_vec())] },
+        Req { nonce: "n:c", digest: [4; 32], entries: vec![("ev", 6, b"c-ev".to_vec())] },
+    ];
+    let v = run(&mut c, &reqs);
+    assert!(added(&v[0], 1) && added(&v[2], 1), "{v:?}");
+    assert!(matches!(&v[1], Err(RespError(e)) if e.starts_with("WRONGTYPE")), "an error, not a replay: {:?}", v[1]);
+    assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"c-ev".to_vec()]);
+}
+
+/// `INFO commandstats` calls of `cmd` since the last `CONFIG RESETSTAT`.
+fn calls(c: &mut RedisClient, cmd: &str) -> i64 {
+    let Frame::BulkString(info) = c.cmd(&["INFO", "commandstats"]) else { panic!("INFO") };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
 fn requests_sent_at_once_are_each_answered_as_alone() {
     let f = Fixture::start(Driver::Epoll, |_| {});
     // 24 pairs of requests sent at the same moment: in each pair the second is the
@@ -132,6 +166,9 @@ fn requests_sent_at_once_are_each_answered_as_alone() {
     for i in 0..16 {
         sends.push((fresh_nonce(), events(1 + i % 2)));
     }
+    let requests = sends.len() as i64;
+    let mut stats = f.redis.client();
+    stats.cmd(&["CONFIG", "RESETSTAT"]);
     let start = Arc::new(Barrier::new(sends.len()));
     let handles: Vec<_> = sends
         .into_iter()
@@ -167,4 +204,48 @@ fn requests_sent_at_once_are_each_answered_as_alone() {
         appended += 1;
     }
     assert_eq!(xlen(&f.redis, "analytics:events"), appended, "one entry per accepted nonce");
+    // They were judged by far fewer scripts than requests (the backlog's readings run a
+    // few scripts of their own meanwhile).
+    let scripts = calls(&mut stats, "eval");
+    assert!(scripts * 2 < requests, "{scripts} scripts for {requests} requests: no transaction carried several");
+}
+
+/// The same request sent twice to a stream that can take no more entries (its ids are
+/// used up, so every `XADD` fails when run), both copies judged in one transaction (they
+/// queue while Redis holds writes back): the first records the nonce and its append
+/// fails, the second is its duplicate there; neither is answered 202, and the nonce is
+/// given back.
+#[test]
+fn copies_of_a_request_whose_append_failed_are_not_answered_as_appended() {
+    let f = Fixture::start(Driver::Epoll, |c| c.server.shards = 1);
+    let mut c = f.redis.client();
+    let last = "18446744073709551615-18446744073709551615";
+    assert_eq!(c.cmd(&["XADD", "analytics:events", last, "f", "v"]), Frame::BulkString(last.as_bytes().to_vec()));
+    for _ in 0..5 {
+        // A request in flight while Redis holds writes back; the two copies queue behind it.
+        c.cmd(&["CLIENT", "PAUSE", "400", "WRITE"]);
+        let mut ahead = f.client();
+        let first = std::thread::spawn(move || {
+            let body = format!("[{}]", crate::fixture::event("boss_killed", "x"));
+            crate::fixture::post_signed(&mut ahead, "/api/ingest/events", GAME, SECRET, body.as_bytes()).status
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let nonce = fresh_nonce();
+        let body = events(2);
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let mut client = f.client();
+                let (nonce, body) = (nonce.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+                    client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+        assert_eq!(first.join().expect("thread"), 202);
+        assert_eq!(statuses, [503, 503]);
+        assert_eq!(c.int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0, "the nonce is given back");
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
 }

@@ -1,57 +1,72 @@
 //! Ingest appends grouped into shared transactions (`redis.ingest_protocol = "script"`).
 //!
-//! Every request's append is one `MULTI`, its `XADD`s, an `EVAL` of the ingest script and
-//! `EXEC` (`croupier_protocol::resp::ingest`). Redis's cost of a transaction is mostly
-//! per transaction, not per byte: the script's set-up and the hash of its text, and the
-//! `MULTI`/`EXEC` around it. So the requests a shard has waiting for Redis at the same
-//! moment, on the same partition, go in one transaction: every request's `XADD`s in
-//! order, then one `EVAL` that judges each request on its own (its nonce, its entries, its
-//! verdict), then `EXEC`. Nothing waits to fill a group: a request queues its append, and
-//! the partition's sender takes whatever is queued when it runs — after the request
-//! handlers that were ready with it, and then again each time the transaction before comes
-//! back. Under a light load a group is one request.
+//! Every request's append is a `MULTI`, its `XADD`s, an `EVAL` of the ingest script and
+//! `EXEC` (`croupier_protocol::resp::{ingest_begin, xadd, ingest_end}`). Redis's cost of a
+//! transaction is mostly per transaction, not per byte: the script's set-up and the hash
+//! of its text, and the `MULTI`/`EXEC` around it. So the requests a shard has waiting for
+//! Redis at the same moment, on the same partition, share transactions: every request's
+//! `XADD`s in order, then one `EVAL` that judges each request on its own (its nonce, its
+//! entries, its verdict), then `EXEC`. Nothing waits to fill a group: a request queues its
+//! append, and the partition's sender takes everything queued when it runs — after the
+//! request handlers that were ready with it, and then again each time the transactions
+//! before come back — and sends it at once as one round of transactions of at most
+//! `redis.ingest_group_max` requests each (the connection writes them in one `writev`, as
+//! it did the requests' own transactions). Under a light load a transaction is one request.
 //!
 //! What each request is told is what it would be told alone: its own entry ids, or
-//! `DUPLICATE`, `REPLAY`, its own error, or the group's failure (the connection lost or no
-//! reply in time: not known to be appended, like a request alone). A request whose
-//! handler has given up before its group is sent is left out of it.
+//! `DUPLICATE`, `REPLAY`, its own error, or the transaction's failure (the connection lost
+//! or no reply in time: not known to be appended, like a request alone). A request whose
+//! handler has given up before its transaction is queued is left out of it.
 //!
-//! The entries are counted for the backlog (`Backlog::count_added`) when the group is
-//! queued on the connection, as a request alone counts them when it queues its own
-//! transaction; the `MINID` each `XADD` carries was read when the request was staged
-//! (`Backlog::trim_point`), which stays safe to send later.
+//! Admission counts a request's entries from the moment it is staged
+//! ([`Backlog::stage`]), so requests waiting here count against the high-water mark; the
+//! entries are counted for the backlog's readings (`Backlog::count_added`) when their
+//! transaction is queued on the connection, as a request alone counts them when it queues
+//! its own; the `MINID` each `XADD` carries was read when the request was staged
+//! (`Backlog::trim_point`), which stays safe to send later. The appends waiting here are
+//! bounded by `redis.max_queued_bytes` (one always fits when none waits): past it a
+//! request is refused at once.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 use croupier_control::config::Config;
-use croupier_protocol::resp::{self, EntryMeta, IngestReply, Member, RespError};
+use croupier_protocol::resp::{self, EntryMeta, IngestReply, Member, RespError, INGEST_SCRIPT};
 use croupier_protocol::stream::StreamKind;
 use local_sync::oneshot;
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, Staged};
 use super::connection::{RedisClient, RedisError};
 
 /// Most bytes of `XADD`s one transaction carries, unless `redis.max_queued_bytes` is
-/// smaller (a request larger than this goes alone).
+/// smaller ([`AppendGroups::group_bytes`]; a request larger than this goes alone).
 const GROUP_BYTES: usize = 4 << 20;
 
 /// One request's append, staged: its `XADD`s and what the script needs to judge it.
 #[derive(Debug)]
 pub struct Append {
     /// `MULTI` (`resp::ingest_begin`), then the request's `XADD`s (`resp::xadd`), from
-    /// [`Append::xadds_at`] on: the first request of a group lends its buffer to the
-    /// whole transaction, so a request alone is not copied again.
+    /// [`Append::xadds_at`] on: the first request of a transaction lends its buffer to
+    /// the whole transaction, so a request alone is not copied again.
     pub cmd: Vec<u8>,
     /// Where the `XADD`s start in `cmd`.
     pub xadds_at: usize,
-    /// Each entry's stream, record count and archive length, in the order of `xadds`.
+    /// Each entry's stream, record count and archive length, in the order of the `XADD`s.
     pub entries: Vec<(StreamKind, usize, usize)>,
     /// The nonce key (tagged with its partition).
     pub nonce_key: String,
     /// The body's digest, the nonce's value.
     pub digest: [u8; 32],
+    /// The entries, counted by admission until their transaction is queued.
+    pub staged: Staged,
+}
+
+impl Append {
+    /// The request's `XADD`s.
+    fn xadds(&self) -> &[u8] {
+        self.cmd.get(self.xadds_at..).unwrap_or_default()
+    }
 }
 
 /// What became of one request's append: the script's verdict on it (or why it could not
@@ -59,7 +74,7 @@ pub struct Append {
 /// fate is not known.
 pub type Appended = Result<(Result<IngestReply, RespError>, u32), RedisError>;
 
-/// A request waiting for its group.
+/// A request waiting for its transaction.
 struct Waiting {
     append: Append,
     reply: oneshot::Sender<Appended>,
@@ -90,13 +105,6 @@ pub struct AppendGroups {
     queues: Vec<RefCell<Queue>>,
 }
 
-impl Append {
-    /// The request's `XADD`s.
-    fn xadds(&self) -> &[u8] {
-        self.cmd.get(self.xadds_at..).unwrap_or_default()
-    }
-}
-
 impl AppendGroups {
     /// Groups for the partitions of `backlog`, sent on `redis`.
     pub fn new(redis: RedisClient, backlog: Rc<Backlog>, config: &Config) -> Rc<AppendGroups> {
@@ -114,15 +122,16 @@ impl AppendGroups {
     }
 
     /// Most bytes of `XADD`s one transaction carries: at most half of what a connection
-    /// may hold waiting, so that a group fits beside what is queued there already (a
+    /// may hold waiting, so that a transaction fits beside what is queued there already (a
     /// request larger than this goes alone).
     fn group_bytes(&self) -> usize {
         GROUP_BYTES.min(self.max_queued / 2)
     }
 
-    /// Appends `a` to partition `p` in the next transaction sent there, and waits for it.
-    /// Fails at once with [`RedisError::QueueFull`] when the appends waiting here would go
-    /// past `redis.max_queued_bytes` (one append always fits when none waits).
+    /// Appends `a` to partition `p` in the next round of transactions sent there, and
+    /// waits for it. Fails at once with [`RedisError::QueueFull`] when the appends waiting
+    /// here would go past `redis.max_queued_bytes` (one append always fits when none
+    /// waits).
     pub async fn append(self: &Rc<Self>, p: usize, a: Append) -> Appended {
         let Some(queue) = self.queues.get(p) else { return Err(RedisError::Unavailable) };
         let queued = self.queued.get();
@@ -142,54 +151,66 @@ impl AppendGroups {
         answer.await.unwrap_or(Err(RedisError::Unavailable))
     }
 
-    /// Sends partition `p`'s queued appends, a group at a time, until none is left.
+    /// Sends partition `p`'s queued appends, a round at a time, until none is left.
     async fn send_all(self: Rc<Self>, p: usize) {
         loop {
-            let group = self.take(p);
-            if group.is_empty() {
-                // Nothing left waiting (`take` leaves nothing behind when it takes
-                // nothing): the next append starts a sender again.
+            let groups = self.take(p);
+            if groups.is_empty() {
+                // Nothing left waiting (`take` leaves nothing behind): the next append
+                // starts a sender again.
                 if let Some(q) = self.queues.get(p) {
                     q.borrow_mut().sending = false;
                 }
                 return;
             }
-            self.send(p, group).await;
+            // Every transaction of the round is queued on the connection before any
+            // answer is awaited (in order: a task's first poll queues it).
+            let sends: Vec<_> = groups.into_iter().map(|g| monoio::spawn(self.clone().send(p, g))).collect();
+            for s in sends {
+                s.await;
+            }
         }
     }
 
-    /// The next group of partition `p`: the oldest waiting appends, up to the limits,
-    /// without those whose handler has given up.
-    fn take(&self, p: usize) -> Vec<Waiting> {
+    /// Everything waiting on partition `p`, as transactions of at most `max_members`
+    /// requests and [`AppendGroups::group_bytes`] of `XADD`s, in order, without the
+    /// requests whose handler has given up.
+    fn take(&self, p: usize) -> Vec<Vec<Waiting>> {
         let Some(q) = self.queues.get(p) else { return Vec::new() };
         let mut q = q.borrow_mut();
-        let mut group = Vec::new();
+        let mut groups: Vec<Vec<Waiting>> = Vec::new();
         let mut bytes = 0;
-        while group.len() < self.max_members {
-            let Some(next) = q.waiting.front() else { break };
-            if !group.is_empty() && bytes + next.append.xadds().len() > self.group_bytes() {
-                break;
-            }
-            let Some(w) = q.waiting.pop_front() else { break };
+        while let Some(w) = q.waiting.pop_front() {
             self.queued.set(self.queued.get().saturating_sub(w.append.cmd.len()));
             if w.reply.is_closed() {
+                // Dropped: its entries no longer count as staged.
                 continue;
             }
-            bytes += w.append.xadds().len();
-            group.push(w);
+            let len = w.append.xadds().len();
+            match groups.last_mut() {
+                Some(g) if g.len() < self.max_members && bytes + len <= self.group_bytes() => {
+                    bytes += len;
+                    g.push(w);
+                }
+                _ => {
+                    bytes = len;
+                    groups.push(vec![w]);
+                }
+            }
         }
-        group
+        groups
     }
 
-    /// Sends one group as a transaction and answers each of its requests.
-    async fn send(&self, p: usize, mut group: Vec<Waiting>) {
+    /// Sends one transaction of `group` and answers each of its requests.
+    async fn send(self: Rc<Self>, p: usize, mut group: Vec<Waiting>) {
         // The first request's `MULTI` and `XADD`s, then the others' `XADD`s.
         let mut cmd = match group.first_mut() {
             Some(w) => std::mem::take(&mut w.append.cmd),
             None => return,
         };
+        let keys = group.iter().map(|w| w.append.nonce_key.len() + 24 * w.append.entries.len()).sum::<usize>();
         let rest = group.iter().skip(1).map(|w| w.append.xadds().len()).sum::<usize>();
-        cmd.reserve(rest + 1024 + 160 * group.len());
+        cmd.reserve(rest + INGEST_SCRIPT.len() + 64 + 2 * keys + 120 * group.len());
         for w in group.iter().skip(1) {
             cmd.extend_from_slice(w.append.xadds());
         }
@@ -217,23 +238,74 @@ impl AppendGroups {
         let counts: Vec<usize> = metas.iter().map(Vec::len).collect();
         drop(members);
         drop(metas);
-        let route = group.first().map(|w| w.append.nonce_key.as_str()).unwrap_or_default();
         // Counted as queued: nothing awaits between here and the call's queueing.
-        for w in &group {
+        for w in &mut group {
             for &(kind, count, _) in &w.append.entries {
                 self.backlog.count_added(p, kind, count);
             }
+            w.append.staged.release();
         }
-        let answers: Vec<Appended> = match self.redis.call_group(cmd, replies, 0, route, self.replicated).await {
+        let route = group.first().map(|w| w.append.nonce_key.as_str()).unwrap_or_default();
+        let mut answers: Vec<Appended> = match self.redis.call_group(cmd, replies, 0, route, self.replicated).await {
             Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
             Ok((frames, replicas)) => match resp::ingest_reply(frames, &counts) {
                 Ok(verdicts) => verdicts.into_iter().map(|v| Ok((v, replicas))).collect(),
-                Err(e) => group.iter().map(|_| Ok((Err(e.clone()), replicas))).collect(),
+                Err(e) => {
+                    tracing::warn!(requests = group.len(), error = %e, "an ingest transaction failed as a whole");
+                    group.iter().map(|_| Ok((Err(e.clone()), replicas))).collect()
+                }
             },
         };
+        let keys: Vec<(&str, &[u8; 32])> =
+            group.iter().map(|w| (w.append.nonce_key.as_str(), &w.append.digest)).collect();
+        duplicates_follow_their_first(&keys, &mut answers);
+        drop(keys);
         for (w, a) in group.into_iter().zip(answers) {
             // A handler that gave up in the meantime is not told.
             let _ = w.reply.send(a);
         }
+    }
+}
+
+/// A request judged `DUPLICATE` because an earlier request of the same transaction, with
+/// the same nonce and body (`keys`, per request), recorded the nonce is answered as that
+/// one was when that one's `XADD` failed when run (croupier then gives the nonce back and
+/// answers 503): a 202 would claim entries that are not there.
+fn duplicates_follow_their_first(keys: &[(&str, &[u8; 32])], answers: &mut [Appended]) {
+    let mut failed: Vec<(&str, &[u8; 32])> = Vec::new();
+    for (key, a) in keys.iter().zip(answers.iter_mut()) {
+        match a {
+            Ok((Ok(IngestReply::AppendFailed(_)), _)) => failed.push(*key),
+            Ok((Ok(IngestReply::Duplicate), _)) if failed.contains(key) => {
+                *a = Ok((Err(RespError("the same request earlier in its transaction was not appended".into())), 0));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_of_a_failed_append_in_its_transaction_is_not_answered_as_appended() {
+        let (a, b) = ([1; 32], [2; 32]);
+        let keys = [("n1", &a), ("n2", &b), ("n1", &a), ("n2", &b), ("n1", &b)];
+        let mut answers: Vec<Appended> = vec![
+            Ok((Ok(IngestReply::AppendFailed("ERR x".into())), 0)),
+            Ok((Ok(IngestReply::Added(vec!["1-0".into()])), 0)),
+            Ok((Ok(IngestReply::Duplicate), 0)),
+            Ok((Ok(IngestReply::Duplicate), 0)),
+            Ok((Ok(IngestReply::Duplicate), 0)),
+        ];
+        duplicates_follow_their_first(&keys, &mut answers);
+        // The copy of the failed one fails; the copy of the appended one stands, and so
+        // does a duplicate of another body (its first was appended by an earlier
+        // transaction).
+        assert!(matches!(&answers[2], Ok((Err(_), _))), "{:?}", answers[2]);
+        assert!(matches!(&answers[3], Ok((Ok(IngestReply::Duplicate), _))));
+        assert!(matches!(&answers[4], Ok((Ok(IngestReply::Duplicate), _))));
+        assert!(matches!(&answers[0], Ok((Ok(IngestReply::AppendFailed(_)), _))));
     }
 }

@@ -63,6 +63,37 @@ use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAG
 
 use super::connection::{Epoch, RedisClient};
 
+/// Entries admitted but not yet queued ([`Backlog::stage`]): counted by admission until
+/// [`Staged::release`], or until dropped (a request that never queued its transaction).
+pub struct Staged {
+    backlog: Rc<Backlog>,
+    partition: usize,
+    streams: Vec<StreamKind>,
+}
+
+impl Staged {
+    /// The entries are queued now (and counted by [`Backlog::count_added`]), or never will
+    /// be: admission no longer counts them as staged.
+    pub fn release(&mut self) {
+        for stream in self.streams.drain(..) {
+            let s = self.backlog.state(self.partition, stream);
+            s.staged.set(s.staged.get().saturating_sub(1));
+        }
+    }
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged").field("partition", &self.partition).field("streams", &self.streams).finish()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Per-stream backlog estimate and limits.
 #[derive(Debug)]
 struct StreamState {
@@ -70,6 +101,10 @@ struct StreamState {
     observed: Cell<u64>,
     /// Entries this shard appended since that reading was requested.
     added: Cell<u64>,
+    /// Entries of requests this shard admitted whose transaction is not queued yet
+    /// (waiting for their group, `redis::append_group`): part of the backlog the mark is
+    /// compared with, not of what a reading counts.
+    staged: Cell<u64>,
     /// Whether a reading succeeded since the last connect.
     known: Cell<bool>,
     /// The connection epoch the last reading was taken in.
@@ -174,6 +209,12 @@ impl StreamState {
 
     fn backlog(&self) -> u64 {
         self.observed.get() + self.added.get()
+    }
+
+    /// The backlog, with the entries staged but not yet queued: what admission compares
+    /// with the mark.
+    fn admitted(&self) -> u64 {
+        self.backlog() + self.staged.get()
     }
 
     /// Nothing read can be trusted any more (no connection, a reconnect, a failed reading).
@@ -476,6 +517,7 @@ impl Backlog {
         let state = |limits| StreamState {
             observed: Cell::new(0),
             added: Cell::new(0),
+            staged: Cell::new(0),
             known: Cell::new(false),
             read_in: Cell::new(0),
             per_entry: Cell::new(None),
@@ -511,7 +553,7 @@ impl Backlog {
         let s = self.state(p, stream);
         if !s.known.get() || s.read_in.get() != self.epoch.get() {
             Admission::Unknown
-        } else if s.backlog() < s.entries(s.limits.high_water_events) {
+        } else if s.admitted() < s.entries(s.limits.high_water_events) {
             Admission::Open
         } else {
             Admission::Full
@@ -565,6 +607,17 @@ impl Backlog {
             let m = s.per_entry.get().map_or(n, |m| m + (n - m) / f64::from(ENTRY_EVENTS_WINDOW));
             s.per_entry.set(Some(m.max(1.0)));
         }
+    }
+
+    /// Records that this shard admitted one entry to each of `streams` of partition `p`,
+    /// whose transaction waits to be queued: admission counts them until the returned
+    /// guard is released or dropped.
+    pub fn stage(self: &Rc<Self>, p: usize, streams: &[StreamKind]) -> Staged {
+        for stream in streams {
+            let s = self.state(p, *stream);
+            s.staged.set(s.staged.get() + 1);
+        }
+        Staged { backlog: self.clone(), partition: p, streams: streams.to_vec() }
     }
 
     /// Records that Redis confirmed this shard's append of one entry of `events` records to

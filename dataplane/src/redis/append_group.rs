@@ -164,9 +164,16 @@ impl AppendGroups {
                 return;
             }
             // Every transaction of the round is queued on the connection before any
-            // answer is awaited (in order: a task's first poll queues it).
-            let sends: Vec<_> = groups.into_iter().map(|g| monoio::spawn(self.clone().send(p, g))).collect();
-            for s in sends {
+            // answer is awaited: the first here, at once (no further wait behind the
+            // handlers that became ready meanwhile), the others by tasks of their own,
+            // which run as soon as this one waits.
+            let mut groups = groups.into_iter();
+            let first = groups.next();
+            let others: Vec<_> = groups.map(|g| monoio::spawn(self.clone().send(p, g))).collect();
+            if let Some(g) = first {
+                self.clone().send(p, g).await;
+            }
+            for s in others {
                 s.await;
             }
         }

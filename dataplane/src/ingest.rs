@@ -160,8 +160,9 @@ enum Outcome {
 /// the appends back, `croupier_protocol::resp::INGEST_SCRIPT`), shared with the other
 /// requests waiting at the same time.
 async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
-    let (nonce_key, digest) = (t.append.nonce_key.clone(), t.append.digest);
-    match shard.appends.append(t.partition, t.append).await {
+    let digest = t.append.digest;
+    let (appended, nonce_key) = shard.appends.append(t.partition, t.append).await;
+    match appended {
         Ok((Ok(IngestReply::Added(ids)), replicas)) if ids.len() == entries => Outcome::Added { replicas },
         Ok((Ok(IngestReply::Duplicate), replicas)) => Outcome::Duplicate { replicas },
         Ok((Ok(IngestReply::Replay), _)) => Outcome::Replay,
@@ -526,10 +527,11 @@ pub(crate) fn stage<'s>(
             for e in &entries {
                 resp::xadd(&mut cmd, e);
             }
-            let kinds: Vec<StreamKind> = parts.iter().map(|(s, _)| *s).collect();
-            let staged = shard.backlog.stage(partition, &kinds);
-            let entries = parts.iter().zip(&entries).map(|((s, count), e)| (*s, *count, e.archive.len())).collect();
-            let append = Append { cmd, xadds_at, entries, nonce_key, digest: *digest, staged };
+            let mut staged = [(StreamKind::Events, 0, 0); 3];
+            for (slot, ((s, count), e)) in staged.iter_mut().zip(parts.iter().zip(&entries)) {
+                *slot = (*s, *count, e.archive.len());
+            }
+            let append = Append { cmd, xadds_at, entries: staged, len: n, nonce_key, digest: *digest };
             Command::Script(ScriptCmd { append, partition })
         }
         IngestProtocol::Lease => {

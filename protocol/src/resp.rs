@@ -181,26 +181,24 @@ pub struct EntryArgs<'a> {
 
 /// Appends one `XADD` of `e` (`MINID ~`, an automatic id, the batch entry's fields).
 pub fn xadd(out: &mut Vec<u8>, e: &EntryArgs<'_>) {
-    let mut minid = String::with_capacity(24);
-    e.minid.write_to(&mut minid);
-    let count = e.count.to_string();
-    command(
-        out,
-        &[
-            b"XADD",
-            e.stream.as_bytes(),
-            b"MINID",
-            b"~",
-            minid.as_bytes(),
-            b"*",
-            FIELD_FORMAT.as_bytes(),
-            FORMAT.as_bytes(),
-            FIELD_COUNT.as_bytes(),
-            count.as_bytes(),
-            FIELD_BATCH.as_bytes(),
-            e.archive,
-        ],
-    );
+    out.reserve(e.archive.len() + e.stream.len() + 128);
+    put_len(out, b'*', 12);
+    for a in [b"XADD".as_slice(), e.stream.as_bytes(), b"MINID", b"~"] {
+        put_arg(out, a);
+    }
+    let (mut ms, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (ms, seq) = (ms.format(e.minid.ms).as_bytes(), seq.format(e.minid.seq).as_bytes());
+    put_len(out, b'$', ms.len() + 1 + seq.len());
+    out.extend_from_slice(ms);
+    out.push(b'-');
+    out.extend_from_slice(seq);
+    out.extend_from_slice(b"\r\n");
+    for a in [b"*".as_slice(), FIELD_FORMAT.as_bytes(), FORMAT.as_bytes(), FIELD_COUNT.as_bytes()] {
+        put_arg(out, a);
+    }
+    put_num_arg(out, e.count as u64);
+    put_arg(out, FIELD_BATCH.as_bytes());
+    put_arg(out, e.archive);
 }
 
 /// One request's part of an ingest transaction: what the script judges it by.
@@ -318,25 +316,47 @@ pub fn exec_items(frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, Res
     }
 }
 
-/// Interprets the replies to an ingest transaction ([`ingest_end`]) whose members appended `entries[i]` entries
-/// each: one verdict per member. `Err` for the whole transaction when it did not run
-/// (refused when queued, aborted), when a reply is unexpected, or when the script failed
-/// as a whole: nothing is known to be appended. A member's own error other than `REPLAY`
-/// (such as `WRONGTYPE`) is its `Err`: nothing of it was appended.
-pub fn ingest_reply(frames: Vec<Frame>, entries: &[usize]) -> Result<Vec<Result<IngestReply, RespError>>, RespError> {
-    let total = entries.iter().sum::<usize>();
+/// Interprets the replies to the ingest transaction of `members` ([`ingest_end`]): one
+/// verdict per member. `Err` for the whole transaction when it did not run (refused when
+/// queued, aborted), when a reply is unexpected, or when the script failed as a whole:
+/// nothing is known to be appended. A member's own error other than `REPLAY` (such as
+/// `WRONGTYPE`) is its `Err`: nothing of it was appended.
+///
+/// A member judged `DUPLICATE` because an earlier member with the same nonce and body
+/// recorded the nonce in this transaction is answered as that one was appended: when that
+/// one's `XADD` failed when run ([`IngestReply::AppendFailed`]: its nonce is to be given
+/// back, and it is answered 503), the duplicate is an `Err` too, never a claim of entries
+/// that are not there.
+pub fn ingest_reply(
+    frames: Vec<Frame>,
+    members: &[Member<'_>],
+) -> Result<Vec<Result<IngestReply, RespError>>, RespError> {
+    let total = members.iter().map(|m| m.entries.len()).sum::<usize>();
     let mut items = exec_items(frames, total + 1)?;
     let verdicts = match items.pop() {
-        Some(Frame::Array(v)) if v.len() == entries.len() => v,
+        Some(Frame::Array(v)) if v.len() == members.len() => v,
         Some(Frame::Error(e)) => return Err(RespError(e)),
         other => return Err(RespError(format!("unexpected script reply {other:?}"))),
     };
     let mut ids = items.into_iter();
-    Ok(verdicts
+    let mut replies: Vec<Result<IngestReply, RespError>> = verdicts
         .into_iter()
-        .zip(entries)
-        .map(|(verdict, &n)| member_reply(verdict, ids.by_ref().take(n).collect()))
-        .collect())
+        .zip(members)
+        .map(|(verdict, m)| member_reply(verdict, ids.by_ref().take(m.entries.len()).collect()))
+        .collect();
+    for (i, m) in members.iter().enumerate() {
+        let failed_before = members[..i].iter().zip(&replies).any(|(earlier, r)| {
+            earlier.nonce_key == m.nonce_key
+                && earlier.digest == m.digest
+                && matches!(r, Ok(IngestReply::AppendFailed(_)))
+        });
+        if failed_before && matches!(replies.get(i), Some(Ok(IngestReply::Duplicate))) {
+            if let Some(r) = replies.get_mut(i) {
+                *r = Err(RespError("the same request earlier in its transaction was not appended".into()));
+            }
+        }
+    }
+    Ok(replies)
 }
 
 /// One member's verdict, with the replies to its `XADD`s.
@@ -658,6 +678,14 @@ mod tests {
         assert_eq!(cmds[5], v(&[b"EXEC"]));
     }
 
+    const ONE: [EntryMeta<'static>; 1] = [EntryMeta { stream: "s", count: 1, archive_len: 1 }];
+    const TWO: [EntryMeta<'static>; 2] = [ONE[0], ONE[0]];
+
+    /// A member appending `entries` under `nonce_key`, with the body `digest`.
+    fn member<'a>(nonce_key: &'a str, digest: &'a [u8; 32], entries: &'a [EntryMeta<'a>]) -> Member<'a> {
+        Member { nonce_key, digest, entries }
+    }
+
     #[test]
     fn replies_are_interpreted() {
         let frames = |wire: &[u8]| {
@@ -672,7 +700,8 @@ mod tests {
         };
         let queued = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n".to_vec();
         let with = |exec: &[u8]| frames(&[queued.as_slice(), exec].concat());
-        let one = |exec: &[u8]| ingest_reply(with(exec), &[2]).map(|mut v| v.remove(0));
+        let two = [member("n", &[7; 32], &TWO)];
+        let one = |exec: &[u8]| ingest_reply(with(exec), &two).map(|mut v| v.remove(0));
         let ok = b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*1\r\n+OK\r\n";
         assert_eq!(one(ok), Ok(Ok(IngestReply::Added(vec!["1-0".into(), "2-0".into()]))));
         let replay = b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*1\r\n-REPLAY nonce already used\r\n";
@@ -683,12 +712,12 @@ mod tests {
         let wrong = b"*3\r\n-WRONGTYPE x\r\n$3\r\n2-0\r\n*1\r\n-WRONGTYPE s holds a string\r\n";
         assert_eq!(one(wrong), Ok(Err(RespError("WRONGTYPE s holds a string".into()))));
         // Refused when queued, aborted, short, or the script failed whole: not appended.
-        assert!(ingest_reply(frames(b"+OK\r\n-EXECABORT Transaction discarded\r\n"), &[2]).is_err());
-        assert!(ingest_reply(frames(b"*-1\r\n"), &[2]).is_err());
-        assert!(ingest_reply(with(b"*2\r\n$3\r\n1-0\r\n*1\r\n+OK\r\n"), &[2]).is_err());
-        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n-ERR script\r\n"), &[2]).is_err());
-        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*2\r\n+OK\r\n+OK\r\n"), &[2]).is_err());
-        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+OK\r\n"), &[2]).is_err());
+        assert!(ingest_reply(frames(b"+OK\r\n-EXECABORT Transaction discarded\r\n"), &two).is_err());
+        assert!(ingest_reply(frames(b"*-1\r\n"), &two).is_err());
+        assert!(ingest_reply(with(b"*2\r\n$3\r\n1-0\r\n*1\r\n+OK\r\n"), &two).is_err());
+        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n-ERR script\r\n"), &two).is_err());
+        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*2\r\n+OK\r\n+OK\r\n"), &two).is_err());
+        assert!(ingest_reply(with(b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n+OK\r\n"), &two).is_err());
         // An `XADD` that failed although the script recorded the nonce: not confirmed.
         assert_eq!(
             one(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n*1\r\n+OK\r\n"),
@@ -704,7 +733,10 @@ mod tests {
             .concat(),
         );
         assert_eq!(
-            ingest_reply(group, &[1, 2, 1]),
+            ingest_reply(
+                group,
+                &[member("a", &[1; 32], &ONE), member("b", &[1; 32], &TWO), member("c", &[1; 32], &ONE)]
+            ),
             Ok(vec![
                 Ok(IngestReply::Added(vec!["1-0".into()])),
                 Ok(IngestReply::AppendFailed("ERR x".into())),
@@ -712,6 +744,36 @@ mod tests {
             ])
         );
         assert!(decode_reply(b"*2\r\n$3\r\n1-0\r\n").expect("ok").is_none());
+    }
+
+    #[test]
+    fn a_duplicate_of_a_failed_append_in_its_transaction_is_not_answered_as_appended() {
+        let (a, b) = ([1; 32], [2; 32]);
+        let members = [
+            member("n1", &a, &ONE),
+            member("n2", &b, &ONE),
+            member("n1", &a, &ONE),
+            member("n2", &b, &ONE),
+            member("n1", &b, &ONE),
+        ];
+        let mut wire = b"+OK\r\n".to_vec();
+        wire.extend(b"+QUEUED\r\n".repeat(6));
+        wire.extend(b"*6\r\n-ERR x\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n$3\r\n3-0\r\n$3\r\n4-0\r\n");
+        wire.extend(b"*5\r\n+OK\r\n+OK\r\n+DUPLICATE\r\n+DUPLICATE\r\n+DUPLICATE\r\n");
+        let mut frames = Vec::new();
+        let mut rest = wire.as_slice();
+        while let Some((f, used)) = decode_reply(rest).expect("RESP") {
+            frames.push(f);
+            rest = &rest[used..];
+        }
+        let answers = ingest_reply(frames, &members).expect("ran");
+        // The copy of the failed one fails; the copy of the appended one stands, and so
+        // does a duplicate of another body (its first was appended by an earlier
+        // transaction).
+        assert!(answers[2].is_err(), "{:?}", answers[2]);
+        assert!(matches!(&answers[3], Ok(IngestReply::Duplicate)));
+        assert!(matches!(&answers[4], Ok(IngestReply::Duplicate)));
+        assert!(matches!(&answers[0], Ok(IngestReply::AppendFailed(_))));
     }
 
     #[test]

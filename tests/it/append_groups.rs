@@ -43,8 +43,7 @@ fn run(c: &mut RedisClient, reqs: &[Req]) -> Vec<Result<IngestReply, RespError>>
     let replies = resp::ingest_end(&mut cmd, 602, &members);
     c.send(&cmd).expect("send");
     let frames = c.replies(replies).expect("replies");
-    let counts: Vec<usize> = reqs.iter().map(|r| r.entries.len()).collect();
-    resp::ingest_reply(frames, &counts).expect("the transaction ran")
+    resp::ingest_reply(frames, &members).expect("the transaction ran")
 }
 
 /// The `batch` of every entry of `key`, oldest first.

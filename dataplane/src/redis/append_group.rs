@@ -18,8 +18,9 @@
 //! or no reply in time: not known to be appended, like a request alone). A request whose
 //! handler has given up before its transaction is queued is left out of it.
 //!
-//! Admission counts a request's entries from the moment it is staged
-//! ([`Backlog::stage`]), so requests waiting here count against the high-water mark; the
+//! Admission counts a request's entries while they wait here ([`Backlog::stage`], from
+//! when the request queues its append, right after its admission, to when its
+//! transaction is queued), so requests waiting here count against the high-water mark; the
 //! entries are counted for the backlog's readings (`Backlog::count_added`) when their
 //! transaction is queued on the connection, as a request alone counts them when it queues
 //! its own; the `MINID` each `XADD` carries was read when the request was staged
@@ -36,7 +37,7 @@ use croupier_protocol::resp::{self, EntryMeta, IngestReply, Member, RespError, I
 use croupier_protocol::stream::StreamKind;
 use local_sync::oneshot;
 
-use super::backlog::{Backlog, Staged};
+use super::backlog::Backlog;
 use super::connection::{RedisClient, RedisError};
 
 /// Most bytes of `XADD`s one transaction carries, unless `redis.max_queued_bytes` is
@@ -52,20 +53,26 @@ pub struct Append {
     pub cmd: Vec<u8>,
     /// Where the `XADD`s start in `cmd`.
     pub xadds_at: usize,
-    /// Each entry's stream, record count and archive length, in the order of the `XADD`s.
-    pub entries: Vec<(StreamKind, usize, usize)>,
-    /// The nonce key (tagged with its partition).
+    /// Each entry's stream, record count and archive length, in the order of the `XADD`s
+    /// (the first [`Append::len`]).
+    pub entries: [(StreamKind, usize, usize); 3],
+    /// How many entries.
+    pub len: usize,
+    /// The nonce key (tagged with its partition), handed back with the answer.
     pub nonce_key: String,
     /// The body's digest, the nonce's value.
     pub digest: [u8; 32],
-    /// The entries, counted by admission until their transaction is queued.
-    pub staged: Staged,
 }
 
 impl Append {
     /// The request's `XADD`s.
     fn xadds(&self) -> &[u8] {
         self.cmd.get(self.xadds_at..).unwrap_or_default()
+    }
+
+    /// Each entry's stream, record count and archive length.
+    fn entries(&self) -> &[(StreamKind, usize, usize)] {
+        self.entries.get(..self.len).unwrap_or_default()
     }
 }
 
@@ -77,7 +84,9 @@ pub type Appended = Result<(Result<IngestReply, RespError>, u32), RedisError>;
 /// A request waiting for its transaction.
 struct Waiting {
     append: Append,
-    reply: oneshot::Sender<Appended>,
+    /// The answer, and the nonce key handed back (to give the nonce back after an append
+    /// that failed when run).
+    reply: oneshot::Sender<(Appended, String)>,
 }
 
 /// The appends waiting on one partition, and whether its sender is running.
@@ -129,16 +138,19 @@ impl AppendGroups {
     }
 
     /// Appends `a` to partition `p` in the next round of transactions sent there, and
-    /// waits for it. Fails at once with [`RedisError::QueueFull`] when the appends waiting
-    /// here would go past `redis.max_queued_bytes` (one append always fits when none
-    /// waits).
-    pub async fn append(self: &Rc<Self>, p: usize, a: Append) -> Appended {
-        let Some(queue) = self.queues.get(p) else { return Err(RedisError::Unavailable) };
+    /// waits for it; hands `a`'s nonce key back with the answer. Fails at once with
+    /// [`RedisError::QueueFull`] when the appends waiting here would go past
+    /// `redis.max_queued_bytes` (one append always fits when none waits).
+    pub async fn append(self: &Rc<Self>, p: usize, a: Append) -> (Appended, String) {
+        let Some(queue) = self.queues.get(p) else { return (Err(RedisError::Unavailable), a.nonce_key) };
         let queued = self.queued.get();
         if queued > 0 && queued.saturating_add(a.cmd.len()) > self.max_queued {
-            return Err(RedisError::QueueFull);
+            return (Err(RedisError::QueueFull), a.nonce_key);
         }
         self.queued.set(queued + a.cmd.len());
+        for &(kind, _, _) in a.entries() {
+            self.backlog.stage(p, kind);
+        }
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut q = queue.borrow_mut();
@@ -148,7 +160,8 @@ impl AppendGroups {
         if start {
             monoio::spawn(self.clone().send_all(p));
         }
-        answer.await.unwrap_or(Err(RedisError::Unavailable))
+        // The sender answers every append it takes; were it gone, the key went with it.
+        answer.await.unwrap_or_else(|_| (Err(RedisError::Unavailable), String::new()))
     }
 
     /// Sends partition `p`'s queued appends, a round at a time, until none is left.
@@ -189,8 +202,11 @@ impl AppendGroups {
         let mut bytes = 0;
         while let Some(w) = q.waiting.pop_front() {
             self.queued.set(self.queued.get().saturating_sub(w.append.cmd.len()));
+            // Queued on the connection next (counted by `count_added` then), or dropped.
+            for &(kind, _, _) in w.append.entries() {
+                self.backlog.unstage(p, kind);
+            }
             if w.reply.is_closed() {
-                // Dropped: its entries no longer count as staged.
                 continue;
             }
             let len = w.append.xadds().len();
@@ -215,104 +231,47 @@ impl AppendGroups {
             Some(w) => std::mem::take(&mut w.append.cmd),
             None => return,
         };
-        let keys = group.iter().map(|w| w.append.nonce_key.len() + 24 * w.append.entries.len()).sum::<usize>();
+        let keys = group.iter().map(|w| w.append.nonce_key.len() + 24 * w.append.len).sum::<usize>();
         let rest = group.iter().skip(1).map(|w| w.append.xadds().len()).sum::<usize>();
         cmd.reserve(rest + INGEST_SCRIPT.len() + 64 + 2 * keys + 120 * group.len());
         for w in group.iter().skip(1) {
             cmd.extend_from_slice(w.append.xadds());
         }
         let partitions = self.backlog.partitions();
-        let metas: Vec<Vec<EntryMeta<'_>>> = group
+        let metas: Vec<EntryMeta<'_>> = group
             .iter()
-            .map(|w| {
-                w.append
-                    .entries
-                    .iter()
-                    .map(|&(kind, count, archive_len)| EntryMeta {
-                        stream: partitions.stream(p, kind),
-                        count,
-                        archive_len,
-                    })
-                    .collect()
-            })
+            .flat_map(|w| w.append.entries())
+            .map(|&(kind, count, archive_len)| EntryMeta { stream: partitions.stream(p, kind), count, archive_len })
             .collect();
+        let mut at = 0;
         let members: Vec<Member<'_>> = group
             .iter()
-            .zip(&metas)
-            .map(|(w, entries)| Member { nonce_key: &w.append.nonce_key, digest: &w.append.digest, entries })
+            .map(|w| {
+                let entries = metas.get(at..at + w.append.len).unwrap_or_default();
+                at += w.append.len;
+                Member { nonce_key: &w.append.nonce_key, digest: &w.append.digest, entries }
+            })
             .collect();
         let replies = resp::ingest_end(&mut cmd, self.ttl_secs, &members);
-        let counts: Vec<usize> = metas.iter().map(Vec::len).collect();
-        drop(members);
-        drop(metas);
         // Counted as queued: nothing awaits between here and the call's queueing.
-        for w in &mut group {
-            for &(kind, count, _) in &w.append.entries {
-                self.backlog.count_added(p, kind, count);
-            }
-            w.append.staged.release();
+        for &(kind, count, _) in group.iter().flat_map(|w| w.append.entries()) {
+            self.backlog.count_added(p, kind, count);
         }
-        let route = group.first().map(|w| w.append.nonce_key.as_str()).unwrap_or_default();
-        let mut answers: Vec<Appended> = match self.redis.call_group(cmd, replies, 0, route, self.replicated).await {
-            Err(e) => group.iter().map(|_| Err(e.clone())).collect(),
-            Ok((frames, replicas)) => match resp::ingest_reply(frames, &counts) {
+        let route = members.first().map(|m| m.nonce_key).unwrap_or_default();
+        let answers: Vec<Appended> = match self.redis.call_group(cmd, replies, 0, route, self.replicated).await {
+            Err(e) => members.iter().map(|_| Err(e.clone())).collect(),
+            Ok((frames, replicas)) => match resp::ingest_reply(frames, &members) {
                 Ok(verdicts) => verdicts.into_iter().map(|v| Ok((v, replicas))).collect(),
                 Err(e) => {
-                    tracing::warn!(requests = group.len(), error = %e, "an ingest transaction failed as a whole");
-                    group.iter().map(|_| Ok((Err(e.clone()), replicas))).collect()
+                    tracing::warn!(requests = members.len(), error = %e, "an ingest transaction failed as a whole");
+                    members.iter().map(|_| Ok((Err(e.clone()), replicas))).collect()
                 }
             },
         };
-        let keys: Vec<(&str, &[u8; 32])> =
-            group.iter().map(|w| (w.append.nonce_key.as_str(), &w.append.digest)).collect();
-        duplicates_follow_their_first(&keys, &mut answers);
-        drop(keys);
+        drop(members);
         for (w, a) in group.into_iter().zip(answers) {
             // A handler that gave up in the meantime is not told.
-            let _ = w.reply.send(a);
+            let _ = w.reply.send((a, w.append.nonce_key));
         }
-    }
-}
-
-/// A request judged `DUPLICATE` because an earlier request of the same transaction, with
-/// the same nonce and body (`keys`, per request), recorded the nonce is answered as that
-/// one was when that one's `XADD` failed when run (croupier then gives the nonce back and
-/// answers 503): a 202 would claim entries that are not there.
-fn duplicates_follow_their_first(keys: &[(&str, &[u8; 32])], answers: &mut [Appended]) {
-    let mut failed: Vec<(&str, &[u8; 32])> = Vec::new();
-    for (key, a) in keys.iter().zip(answers.iter_mut()) {
-        match a {
-            Ok((Ok(IngestReply::AppendFailed(_)), _)) => failed.push(*key),
-            Ok((Ok(IngestReply::Duplicate), _)) if failed.contains(key) => {
-                *a = Ok((Err(RespError("the same request earlier in its transaction was not appended".into())), 0));
-            }
-            _ => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_duplicate_of_a_failed_append_in_its_transaction_is_not_answered_as_appended() {
-        let (a, b) = ([1; 32], [2; 32]);
-        let keys = [("n1", &a), ("n2", &b), ("n1", &a), ("n2", &b), ("n1", &b)];
-        let mut answers: Vec<Appended> = vec![
-            Ok((Ok(IngestReply::AppendFailed("ERR x".into())), 0)),
-            Ok((Ok(IngestReply::Added(vec!["1-0".into()])), 0)),
-            Ok((Ok(IngestReply::Duplicate), 0)),
-            Ok((Ok(IngestReply::Duplicate), 0)),
-            Ok((Ok(IngestReply::Duplicate), 0)),
-        ];
-        duplicates_follow_their_first(&keys, &mut answers);
-        // The copy of the failed one fails; the copy of the appended one stands, and so
-        // does a duplicate of another body (its first was appended by an earlier
-        // transaction).
-        assert!(matches!(&answers[2], Ok((Err(_), _))), "{:?}", answers[2]);
-        assert!(matches!(&answers[3], Ok((Ok(IngestReply::Duplicate), _))));
-        assert!(matches!(&answers[4], Ok((Ok(IngestReply::Duplicate), _))));
-        assert!(matches!(&answers[0], Ok((Ok(IngestReply::AppendFailed(_)), _))));
     }
 }

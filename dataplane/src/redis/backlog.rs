@@ -63,37 +63,6 @@ use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAG
 
 use super::connection::{Epoch, RedisClient};
 
-/// Entries admitted but not yet queued ([`Backlog::stage`]): counted by admission until
-/// [`Staged::release`], or until dropped (a request that never queued its transaction).
-pub struct Staged {
-    backlog: Rc<Backlog>,
-    partition: usize,
-    streams: Vec<StreamKind>,
-}
-
-impl Staged {
-    /// The entries are queued now (and counted by [`Backlog::count_added`]), or never will
-    /// be: admission no longer counts them as staged.
-    pub fn release(&mut self) {
-        for stream in self.streams.drain(..) {
-            let s = self.backlog.state(self.partition, stream);
-            s.staged.set(s.staged.get().saturating_sub(1));
-        }
-    }
-}
-
-impl std::fmt::Debug for Staged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Staged").field("partition", &self.partition).field("streams", &self.streams).finish()
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
 /// Per-stream backlog estimate and limits.
 #[derive(Debug)]
 struct StreamState {
@@ -583,6 +552,7 @@ impl Backlog {
     /// Records that this shard is appending one entry of `events` records to `stream` of
     /// partition `p` (call before queueing the command), and returns the `MINID ~` to
     /// send with it.
+    #[cfg(test)]
     pub fn added(&self, p: usize, stream: StreamKind, events: usize) -> StreamId {
         self.count_added(p, stream, events);
         self.trim_point(p, stream)
@@ -609,15 +579,18 @@ impl Backlog {
         }
     }
 
-    /// Records that this shard admitted one entry to each of `streams` of partition `p`,
-    /// whose transaction waits to be queued: admission counts them until the returned
-    /// guard is released or dropped.
-    pub fn stage(self: &Rc<Self>, p: usize, streams: &[StreamKind]) -> Staged {
-        for stream in streams {
-            let s = self.state(p, *stream);
-            s.staged.set(s.staged.get() + 1);
-        }
-        Staged { backlog: self.clone(), partition: p, streams: streams.to_vec() }
+    /// Records that this shard admitted an entry to `stream` of partition `p` whose
+    /// transaction waits to be queued: admission counts it until [`Backlog::unstage`].
+    pub fn stage(&self, p: usize, stream: StreamKind) {
+        let s = self.state(p, stream);
+        s.staged.set(s.staged.get() + 1);
+    }
+
+    /// An entry [`Backlog::stage`] recorded is queued now (and counted by
+    /// [`Backlog::count_added`]), or never will be.
+    pub fn unstage(&self, p: usize, stream: StreamKind) {
+        let s = self.state(p, stream);
+        s.staged.set(s.staged.get().saturating_sub(1));
     }
 
     /// Records that Redis confirmed this shard's append of one entry of `events` records to

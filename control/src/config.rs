@@ -1325,6 +1325,14 @@ impl Config {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
             }
+            // Redis keys are `<prefix>:<game>:<…>` (nonces, sketches): a `:` would let two
+            // games' keys meet, a brace move a key off its partition's slot.
+            if !id.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}')) {
+                return Err(err(
+                    format!("games.{id}"),
+                    "game ids are printable ASCII without ':', '{' or '}' (they are parts of Redis keys)",
+                ));
+            }
         }
         let mut tokens: Vec<(&str, &str)> =
             self.games.iter().filter_map(|(id, g)| Some((g.otlp_token.as_deref()?, id.as_str()))).collect();
@@ -1880,6 +1888,12 @@ mod tests {
         }
         let e = Config::from_toml("[games.g]\n").expect_err("no secret");
         assert_eq!(e.key, "games.g");
+        for id in ["g1:x", "a{b}", "sp ace"] {
+            let e = Config::from_toml(&format!("[games.\"{id}\"]\nsecret = \"s\"\n")).expect_err(id);
+            assert_eq!(e.key, format!("games.{id}"), "{e}");
+            assert!(e.message.contains("without ':'"), "{e}");
+        }
+        assert!(Config::from_toml("[games.\"studio-1_game.x\"]\nsecret = \"s\"\n").is_ok());
         let e = Config::load(None, env(&[("CROUPIER_REDIS__ADR", "x")])).expect_err("unknown env key");
         assert!(e.message.contains("adr"), "{e}");
     }

@@ -401,7 +401,7 @@ fn prepare<'s>(
     // The digest of the signed body identifies the request for retries: it is the
     // nonce's value and the seed of the ids of events sent without one.
     let signed_wire = auth::signed_digest(&game.secret, cred, wire);
-    let (body, digest): (&mut Vec<u8>, [u8; 32]) = match (encoding, signed_wire) {
+    let (body, mut digest): (&mut Vec<u8>, [u8; 32]) = match (encoding, signed_wire) {
         (Encoding::Identity, Some(d)) => (wire, d),
         (Encoding::Gzip, Some(d)) => {
             body::gunzip(wire, limit, scratch).map_err(IngestError::from)?;
@@ -446,6 +446,7 @@ fn prepare<'s>(
             n
         }
         Endpoint::Payments => {
+            digest = auth::payments_identity(&digest);
             b.payments.clear();
             let mut json = shard.json.borrow_mut();
             validate::parse_payments_in(&mut json, body, cred.game, &shard.limits, &mut b.payments)

@@ -21,6 +21,7 @@ both_drivers!(
     backlog_at_high_water_refuses_without_trimming,
     sparse_stream_gets_its_room_in_events,
     a_broken_entry_sizes_key_does_not_stop_ingest,
+    a_stream_key_of_another_type_fails_only_its_requests_after_a_restart,
     redis_stopped_then_back_without_restart,
     keep_alive_serves_many_requests,
     pipelined_requests_in_one_write,
@@ -442,6 +443,51 @@ fn a_broken_entry_sizes_key_does_not_stop(driver: Driver, protocol: IngestProtoc
         assert!(Instant::now() < deadline, "{mean:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Posts `body` until it is answered 202, within 10 s; any other answer meanwhile must be
+/// a 503.
+fn accepted_within_10s(f: &Fixture, path: &str, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = f.post(path, body);
+        if r.status == 202 {
+            return;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "{path} not accepted within 10 s: {}", r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Black-box finding: a key of another type where a stream belongs failed every request
+/// once croupier (re)connected, since making the connection ready (the consumer group on
+/// each stream) failed, without naming the key. Now only the requests appending to that
+/// stream are refused, and they are taken again once the key is repaired.
+fn a_stream_key_of_another_type_fails_only_its_requests_after_a_restart(driver: Driver) {
+    let mut f = Fixture::start(driver, |c| c.server.shards = 1);
+    let mut redis = f.redis.client();
+    assert_eq!(redis.int(&["DEL", "analytics:custom"]), 1);
+    assert_eq!(redis.cmd(&["SET", "analytics:custom", "not a stream"]), Frame::SimpleString(b"OK".to_vec()));
+    f.restart_ingest();
+    accepted_within_10s(&f, "/api/ingest/events", &events(3));
+    let payment = r#"[{"ts":1795617749000,"game_id":"g1","env":"prod","user_id":"u1","order_id":"o-1",
+        "amount_cents":499,"currency":"USD","status":"success"}]"#;
+    let r = f.post("/api/ingest/payments", payment);
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":1}"#.to_owned()));
+    // A custom event goes to the broken key: refused, and nothing of it stored.
+    let custom = format!("[{}]", event("boss_killed", "u1"));
+    for _ in 0..3 {
+        let r = f.post("/api/ingest/events", &custom);
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    assert_eq!((xlen(&f.redis, "analytics:events"), xlen(&f.redis, "analytics:payments")), (1, 1));
+    assert_eq!(redis.cmd(&["TYPE", "analytics:custom"]), Frame::SimpleString(b"string".to_vec()));
+    assert_eq!(f.client().request("GET", "/readyz", &[], b"").status, 503, "ready with a stream unreadable");
+    // Repaired: taken again.
+    assert_eq!(redis.int(&["DEL", "analytics:custom"]), 1);
+    accepted_within_10s(&f, "/api/ingest/events", &custom);
+    assert_eq!(xlen(&f.redis, "analytics:custom"), 1);
 }
 
 fn redis_stopped_then_back_without_restart(driver: Driver) {

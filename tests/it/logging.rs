@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use croupier_it::monitoring::Croupier;
+use croupier_it::proxy::FaultProxy;
 use croupier_it::redis::RedisServer;
+use croupier_protocol::resp::Frame;
 
 use crate::pipeline::CROUPIER;
 
@@ -70,4 +72,28 @@ fn logs_are_text_by_default_and_rust_log_overrides_the_level() {
     assert!(log.contains(" WARN "), "{log}");
     std::thread::sleep(Duration::from_millis(200));
     assert!(!c.log().contains("ingest listening"), "info filtered out by RUST_LOG=warn:\n{}", c.log());
+}
+
+/// Black-box findings: a Redis that stopped answering for seconds, and a stream key of
+/// another type, left nothing in the log. Both are warnings now, naming the server, the
+/// cause and the key.
+#[test]
+fn a_frozen_redis_and_a_stream_key_of_another_type_are_warned_of() {
+    let redis = RedisServer::start();
+    let mut client = redis.client();
+    assert_eq!(client.cmd(&["SET", "analytics:custom", "not a stream"]), Frame::SimpleString(b"OK".to_vec()));
+    let proxy = FaultProxy::start(redis.port);
+    let mut e = env(&redis, &[("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "1000")]);
+    e.retain(|(k, _)| k != "CROUPIER_REDIS__ADDR");
+    e.push(("CROUPIER_REDIS__ADDR".into(), proxy.addr()));
+    let c = Croupier::start(CROUPIER, "ingest", &e);
+    let log = log_with(&c, "the key is not a stream");
+    let line = log.lines().find(|l| l.contains("the key is not a stream")).expect("the line");
+    assert!(line.contains(" WARN ") && line.contains("key=analytics:custom"), "{line}");
+    // The backlog readings keep the connection busy: frozen, it times out.
+    log_with(&c, "ingest listening");
+    proxy.freeze();
+    let log = log_with(&c, "no reply within redis.reply_timeout_ms");
+    let line = log.lines().find(|l| l.contains("no reply within")).expect("the line");
+    assert!(line.contains(" WARN ") && line.contains(&format!("server={}", proxy.addr())), "{line}");
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use croupier_control::config::{Driver, EventIds};
+use croupier_control::config::{Driver, EventIds, IngestProtocol};
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
 use croupier_it::redis::xrange;
 use croupier_protocol::batch::{self, BatchBuf, Records};
@@ -204,4 +204,41 @@ fn a_duplicate_or_replay_taken_back_is_never_delivered_to_a_waiting_worker() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), accepted, "no row inserted twice");
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
+}
+
+/// Black-box finding: the nonce recorded the body's digest alone, so the same nonce and
+/// body sent to the events route and then to the payments route (a record valid as both)
+/// was answered 202 for the payment with nothing appended. The route is part of the
+/// request's identity now: the second is a replay, whichever route comes first, under
+/// both ingest protocols.
+#[test]
+fn the_same_nonce_and_body_on_the_other_route_is_a_replay() {
+    for protocol in [IngestProtocol::Script, IngestProtocol::Lease] {
+        let f = Fixture::start(Driver::Epoll, |c| c.redis.ingest_protocol = protocol);
+        let record = format!(
+            r#"[{{"ts":{},"game_id":"{GAME}","env":"prod","event":"purchase","user_id":"u1","order_id":"o-1",
+            "amount_cents":499,"currency":"USD","status":"success"}}]"#,
+            now_secs()
+        );
+        for (first, second, stream) in [
+            ("/api/ingest/events", "/api/ingest/payments", "analytics:payments"),
+            ("/api/ingest/payments", "/api/ingest/events", "analytics:events"),
+        ] {
+            let headers = signed_headers(GAME, SECRET, record.as_bytes(), now_secs(), &fresh_nonce());
+            let r = f.client().request("POST", first, &headers, record.as_bytes());
+            assert_eq!((r.status, r.text()), (202, r#"{"accepted":1}"#.to_owned()), "{protocol:?} {first}");
+            let r = f.client().request("POST", second, &headers, record.as_bytes());
+            assert_eq!(
+                (r.status, r.error_tag().as_str()),
+                (401, "replayed_nonce"),
+                "{protocol:?} {second}: {}",
+                r.text()
+            );
+            assert_eq!(xlen(&f.redis, stream), if stream == "analytics:events" { 1 } else { 0 }, "{protocol:?}");
+            // The first route's retry is still the duplicate it was.
+            let r = f.client().request("POST", first, &headers, record.as_bytes());
+            assert_eq!((r.status, r.text()), (202, r#"{"accepted":1}"#.to_owned()), "{protocol:?} {first} again");
+        }
+        assert_eq!((xlen(&f.redis, "analytics:events"), xlen(&f.redis, "analytics:payments")), (1, 1), "{protocol:?}");
+    }
 }

@@ -557,8 +557,8 @@ async fn prepare(
     if follow && !sentinel::is_primary(stream).await.map_err(|e| noted("ROLE", e))? {
         return Err(RedisError::Protocol(sentinel::NOT_A_PRIMARY.into()));
     }
-    ensure_groups(stream, partitions).await.map_err(|e| noted("XGROUP CREATE", e))?;
-    may_take_back(stream, partitions).await.map_err(|e| noted("XREVRANGE and XDEL", e))
+    ensure_groups(stream, addr, partitions).await.map_err(|e| noted("XGROUP CREATE", e))?;
+    may_take_back(stream, addr, partitions).await.map_err(|e| noted("XREVRANGE and XDEL", e))
 }
 
 /// Checks that the connection's user may run what the ingest script runs to take back a
@@ -569,9 +569,9 @@ async fn prepare(
 /// commands without effect (Redis checks a script's commands against the ACL when it runs
 /// them, on every version), so a cluster node answers for the keys it serves; `MOVED`,
 /// `ASK` and `CLUSTERDOWN` are passed over, as for the groups.
-async fn may_take_back(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
+async fn may_take_back(stream: &mut TcpStream, addr: &str, partitions: &Partitions) -> Result<(), RedisError> {
     let script = TAKE_BACK_ALLOWED.as_bytes();
-    on_each_stream(stream, partitions, |key| vec![b"EVAL".as_slice(), script, b"1", key], &[]).await
+    on_each_stream(stream, addr, partitions, |key| vec![b"EVAL".as_slice(), script, b"1", key], &[]).await
 }
 
 /// The script of [`may_take_back`]: `XREVRANGE … COUNT 1` and `XDEL` of the id `0-0`,
@@ -742,10 +742,11 @@ fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
 /// Creates the consumer group on each stream of each partition (with the stream) unless
 /// it exists. In a cluster, a stream whose slot another primary serves is that
 /// connection's to create (`MOVED`, `ASK` and `CLUSTERDOWN` are passed over).
-async fn ensure_groups(stream: &mut TcpStream, partitions: &Partitions) -> Result<(), RedisError> {
+async fn ensure_groups(stream: &mut TcpStream, addr: &str, partitions: &Partitions) -> Result<(), RedisError> {
     let group = CONSUMER_GROUP.as_bytes();
     on_each_stream(
         stream,
+        addr,
         partitions,
         |key| vec![b"XGROUP".as_slice(), b"CREATE", key, group, b"0", b"MKSTREAM"],
         &["BUSYGROUP"],
@@ -758,6 +759,7 @@ async fn ensure_groups(stream: &mut TcpStream, partitions: &Partitions) -> Resul
 /// cluster's `MOVED`, `ASK` and `CLUSTERDOWN` (that stream's slot is another node's).
 async fn on_each_stream<'k>(
     stream: &mut TcpStream,
+    addr: &str,
     partitions: &'k Partitions,
     command: impl Fn(&'k [u8]) -> Vec<&'k [u8]>,
     passed: &[&str],
@@ -770,15 +772,31 @@ async fn on_each_stream<'k>(
     res.map_err(|_| RedisError::Unavailable)?;
     let mut rbuf = Vec::with_capacity(1024);
     let mut failed = None;
-    for _ in partitions.all_streams() {
+    for key in partitions.all_streams() {
         match read_frame(stream, &mut rbuf).await? {
+            // A key of another type where a stream belongs fails the requests that append
+            // to it (each answered 503 by its own `XADD`), not the connection: the others
+            // go on. It is named in the log, at most every 10 s.
+            Frame::Error(e) if e.starts_with("WRONGTYPE") => warn_not_a_stream(addr, key),
             Frame::Error(e) if !["MOVED", "ASK", "CLUSTERDOWN"].iter().chain(passed).any(|p| e.starts_with(p)) => {
-                failed.get_or_insert(e);
+                failed.get_or_insert(format!("{e} (key {key})"));
             }
             _ => {}
         }
     }
     failed.map_or(Ok(()), |e| Err(RedisError::Protocol(e)))
+}
+
+/// Logs (at most every 10 s per server and key) that `key`, where a stream belongs, holds
+/// another type.
+fn warn_not_a_stream(addr: &str, key: &str) {
+    if !auth::recently_logged(format!("{addr} wrongtype {key}")) {
+        tracing::warn!(
+            server = %addr,
+            key = %key,
+            "the key is not a stream: requests appending to it are answered 503 until it is deleted or renamed"
+        );
+    }
 }
 
 /// Reads one reply, reading more bytes as needed; consumed bytes are removed from `rbuf`.
@@ -887,6 +905,8 @@ async fn serve(
         shared.overdue.owed(inflight.front().map_or(Duration::ZERO, |c| c.allowance));
         let written = monoio::time::timeout(reply_timeout, write).await;
         if !matches!(written, Ok(Ok(_))) {
+            let why = if written.is_err() { RedisError::Timeout } else { RedisError::Unavailable };
+            warn_failed(addr, &why, reply_timeout, inflight.len());
             cmds.clear();
             fail_all(&mut inflight, RedisError::Unavailable);
             return Served::Failed;
@@ -960,6 +980,7 @@ async fn serve(
                     }
                 }
                 (Err(e), reply) => {
+                    warn_failed(addr, &e, reply_timeout, inflight.len() + 1);
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(e));
                     }
@@ -1005,6 +1026,31 @@ fn warn_refused(shared: &Shared, addr: &str, frame: &Frame, replies: usize) {
             "Redis refuses writes for want of replicas (NOREPLICAS, min-replicas-to-write): requests are \
              answered 503 until its replicas are back"
         );
+    }
+}
+
+/// Logs (at most every 10 s per server and cause) that a connection in use failed: Redis
+/// did not answer within the reply timeout (a server frozen, paused or overloaded, or a
+/// network that drops packets), closed it, or sent what is not RESP. The `waiting`
+/// commands are answered 503 and a new connection is made.
+fn warn_failed(addr: &str, why: &RedisError, reply_timeout: Duration, waiting: usize) {
+    let cause = match why {
+        RedisError::Timeout => "no reply within redis.reply_timeout_ms",
+        RedisError::Protocol(_) => "a reply that is not RESP",
+        RedisError::Unavailable | RedisError::QueueFull => "closed or reset",
+    };
+    if auth::recently_logged(format!("{addr} failed {cause}")) {
+        return;
+    }
+    match why {
+        RedisError::Protocol(e) => tracing::warn!(
+            server = %addr, cause, error = %e, waiting,
+            "the Redis connection failed: the requests waiting on it are answered 503, a new one is made"
+        ),
+        _ => tracing::warn!(
+            server = %addr, cause, reply_timeout_ms = reply_timeout.as_millis() as u64, waiting,
+            "the Redis connection failed: the requests waiting on it are answered 503, a new one is made"
+        ),
     }
 }
 

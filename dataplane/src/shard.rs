@@ -75,7 +75,7 @@ pub struct Shard {
     /// Record batches and archives reused by every request of the shard.
     pub batches: RefCell<IngestBuffers>,
     /// The shard's own counters (`/metrics`).
-    pub metrics: ShardWriter,
+    pub metrics: Rc<ShardWriter>,
     /// Public write keys of every game (client ingest).
     pub keys: HashMap<String, WriteKey>,
     /// Verifies client ingest's bearer tokens (`[api]`'s keys); `None` if they could not
@@ -120,7 +120,8 @@ pub fn build(
     let partitions = Partitions::new(config.streams.partitions);
     let backlog = Backlog::new(BacklogSettings::from_config(&config), redis.epoch(), partitions);
     monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
-    let appends = AppendGroups::new(redis.clone(), backlog.clone(), &config);
+    let metrics = Rc::new(metrics);
+    let appends = AppendGroups::new(redis.clone(), backlog.clone(), metrics.clone(), &config);
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };
     let mut keys = HashMap::new();
     for (name, g) in &config.games {

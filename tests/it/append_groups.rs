@@ -207,6 +207,22 @@ fn requests_sent_at_once_are_each_answered_as_alone() {
     // few scripts of their own meanwhile).
     let scripts = calls(&mut stats, "eval");
     assert!(scripts * 2 < requests, "{scripts} scripts for {requests} requests: no transaction carried several");
+    // The metric says as much: every request in a transaction, fewer transactions than
+    // half the requests, and at least one carrying more than one.
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    let v = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let (transactions, carried) =
+        (v("croupier_ingest_transaction_requests_count"), v("croupier_ingest_transaction_requests_sum"));
+    assert_eq!(carried, requests as f64, "{text}");
+    assert!(transactions * 2.0 < carried, "{transactions} transactions for {carried} requests");
+    assert!(v(r#"croupier_ingest_transaction_requests_bucket{le="1"}"#) < transactions, "{text}");
 }
 
 /// The same request sent twice to a stream that can take no more entries (its ids are

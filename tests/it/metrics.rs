@@ -84,6 +84,10 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
     assert_eq!(v(r#"croupier_http_requests_total{route="unmatched",status="404"}"#), 1.0);
     assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/events"}"#), 15.0);
     assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/payments"}"#), 5.0);
+    // The 14 accepted requests were sent one after another: a transaction each.
+    assert_eq!(v("croupier_ingest_transaction_requests_count"), 14.0);
+    assert_eq!(v("croupier_ingest_transaction_requests_sum"), 14.0);
+    assert_eq!(v(r#"croupier_ingest_transaction_requests_bucket{le="1"}"#), 14.0);
 }
 
 #[test]

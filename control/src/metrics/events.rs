@@ -7,7 +7,7 @@ use std::time::Duration;
 use croupier_protocol::stream::StreamKind;
 
 use super::cells::Cells;
-use super::histogram::{DELAY_SECONDS, INSERT_SECONDS, REQUEST_SECONDS};
+use super::histogram::{DELAY_SECONDS, INSERT_SECONDS, REQUEST_SECONDS, TRANSACTION_REQUESTS};
 use super::labels::{reason_index, DeadReason, Table};
 use super::registry::{observe, GameIx, Layout, RouteIx};
 
@@ -55,6 +55,21 @@ impl Event for EventsAccepted {
     #[inline]
     fn record(self, l: &Layout, c: &Cells) {
         c.add(l.accepted(self.game, self.stream), self.count);
+    }
+}
+
+/// An ingest Redis transaction was sent: the requests waiting at once on a partition
+/// share one (`redis.ingest_group_max` at most).
+#[derive(Debug, Clone, Copy)]
+pub struct IngestTransactionSent {
+    /// The requests it carries.
+    pub requests: u64,
+}
+
+impl Event for IngestTransactionSent {
+    #[inline]
+    fn record(self, l: &Layout, c: &Cells) {
+        observe(c, l.transaction_requests, &TRANSACTION_REQUESTS, self.requests, 1);
     }
 }
 

@@ -48,6 +48,13 @@ pub const REQUEST_SECONDS: Buckets = Buckets {
     per_unit: 1e9,
 };
 
+/// Ingest requests per Redis transaction (`redis.ingest_group_max` at most, 1000 at most).
+pub const TRANSACTION_REQUESTS: Buckets = Buckets {
+    bounds: &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0],
+    ticks: &[1, 2, 4, 8, 16, 32, 64, 128, 256, 1000],
+    per_unit: 1.0,
+};
+
 /// ClickHouse insert durations, in seconds (counted in nanoseconds): 5 ms to 30 s.
 pub const INSERT_SECONDS: Buckets = Buckets {
     bounds: &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],

@@ -21,7 +21,8 @@ pub mod registry;
 
 pub use encode::{Encoder, Kind, CONTENT_TYPE};
 pub use events::{
-    DeadLettered, Event, EventsAccepted, EventsDelayed, EventsRefused, InsertFailed, RequestServed, RowsInserted,
+    DeadLettered, Event, EventsAccepted, EventsDelayed, EventsRefused, IngestTransactionSent, InsertFailed,
+    RequestServed, RowsInserted,
 };
 pub use labels::{DeadReason, Table};
 pub use registry::{GameIx, Layout, Registry, RouteIx, ShardWriter, Source};

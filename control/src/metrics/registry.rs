@@ -16,7 +16,7 @@ use croupier_protocol::stream::StreamKind;
 use super::cells::Cells;
 use super::encode::{Encoder, Kind};
 use super::events::Event;
-use super::histogram::{Buckets, DELAY_SECONDS, INSERT_SECONDS, REQUEST_SECONDS};
+use super::histogram::{Buckets, DELAY_SECONDS, INSERT_SECONDS, REQUEST_SECONDS, TRANSACTION_REQUESTS};
 use super::labels::{self, DeadReason, Table, REASONS, STATUSES, STATUS_MIN, UNKNOWN_GAME};
 
 /// A route of the data port, as its requests are counted.
@@ -38,6 +38,8 @@ pub struct Layout {
     request_seconds: usize,
     accepted: usize,
     refused: usize,
+    /// The histogram of requests per ingest transaction.
+    pub(crate) transaction_requests: usize,
     rows: usize,
     insert_failures: usize,
     insert_seconds: usize,
@@ -67,6 +69,7 @@ impl Layout {
         let request_seconds = take(r * REQUEST_SECONDS.cells());
         let accepted = take(n * StreamKind::ALL.len());
         let refused = take(n * REASONS.len());
+        let transaction_requests = take(TRANSACTION_REQUESTS.cells());
         let rows = take(Table::ALL.len());
         let insert_failures = take(Table::ALL.len());
         let insert_seconds = take(Table::ALL.len() * INSERT_SECONDS.cells());
@@ -79,6 +82,7 @@ impl Layout {
             request_seconds,
             accepted,
             refused,
+            transaction_requests,
             rows,
             insert_failures,
             insert_seconds,
@@ -293,6 +297,14 @@ impl Registry {
                 }
             }
         }
+        enc.family(
+            "croupier_ingest_transaction_requests",
+            Kind::Histogram,
+            "Ingest requests per Redis transaction (redis.ingest_protocol script): the requests a shard has \
+             waiting at once on a partition share one, up to redis.ingest_group_max.",
+        );
+        let (counts, sum) = hist(l.transaction_requests, &TRANSACTION_REQUESTS);
+        enc.histogram("croupier_ingest_transaction_requests", &[], &TRANSACTION_REQUESTS, counts, sum);
         enc.family("croupier_worker_rows_inserted_total", Kind::Counter, "Rows inserted into ClickHouse, by table.");
         for tb in Table::ALL {
             enc.sample("croupier_worker_rows_inserted_total", &[("table", tb.label())], t[l.rows(tb)]);

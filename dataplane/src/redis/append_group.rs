@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use croupier_control::config::Config;
+use croupier_control::metrics::{IngestTransactionSent, ShardWriter};
 use croupier_protocol::resp::{self, EntryMeta, IngestReply, Member, RespError, INGEST_SCRIPT};
 use croupier_protocol::stream::StreamKind;
 use local_sync::oneshot;
@@ -100,6 +101,8 @@ struct Queue {
 pub struct AppendGroups {
     redis: RedisClient,
     backlog: Rc<Backlog>,
+    /// The shard's counters (requests per transaction).
+    metrics: Rc<ShardWriter>,
     /// The nonces' TTL, seconds.
     ttl_secs: u64,
     /// Whether a `WAIT` must confirm each transaction (`redis.wait_replicas`).
@@ -116,11 +119,17 @@ pub struct AppendGroups {
 
 impl AppendGroups {
     /// Groups for the partitions of `backlog`, sent on `redis`.
-    pub fn new(redis: RedisClient, backlog: Rc<Backlog>, config: &Config) -> Rc<AppendGroups> {
+    pub fn new(
+        redis: RedisClient,
+        backlog: Rc<Backlog>,
+        metrics: Rc<ShardWriter>,
+        config: &Config,
+    ) -> Rc<AppendGroups> {
         let partitions = backlog.partitions().len();
         Rc::new(AppendGroups {
             redis,
             backlog,
+            metrics,
             ttl_secs: crate::ingest::nonce_ttl_secs(config),
             replicated: config.redis.wait_replicas > 0,
             max_members: config.redis.ingest_group_max.max(1),
@@ -257,6 +266,7 @@ impl AppendGroups {
         for &(kind, count, _) in group.iter().flat_map(|w| w.append.entries()) {
             self.backlog.count_added(p, kind, count);
         }
+        self.metrics.emit(IngestTransactionSent { requests: members.len() as u64 });
         let route = members.first().map(|m| m.nonce_key).unwrap_or_default();
         let answers: Vec<Appended> = match self.redis.call_group(cmd, replies, 0, route, self.replicated).await {
             Err(e) => members.iter().map(|_| Err(e.clone())).collect(),

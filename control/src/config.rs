@@ -1326,11 +1326,11 @@ impl Config {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
             }
             // Redis keys are `<prefix>:<game>:<…>` (nonces, sketches): a `:` would let two
-            // games' keys meet, a brace move a key off its partition's slot.
+            // games' keys meet; braces are Redis Cluster's hash tags, kept out of key parts.
             if !id.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'{' | b'}')) {
                 return Err(err(
                     format!("games.{id}"),
-                    "game ids are printable ASCII without ':', '{' or '}' (they are parts of Redis keys)",
+                    "game ids are visible ASCII (no space) without ':', '{' or '}' (they are parts of Redis keys)",
                 ));
             }
         }

@@ -72,24 +72,11 @@ pub fn signed_digest(secret: &[u8], cred: &Credential<'_>, body: &[u8]) -> Optio
     signature::verify_sha256(secret, cred.timestamp, cred.nonce, &sha, cred.signature).then_some(sha)
 }
 
-/// The Redis key remembering a used nonce: `croupier:nonce:<game>:<nonce>`. Game ids
-/// hold no `:` (the configuration refuses one), so no two games' keys meet. In the nonce,
-/// `{` is written `%7B` and `%` `%25` (a nonce without either is as sent): a `{` would
-/// make Redis Cluster hash the key by what follows it rather than by the partition's tag
-/// after it, away from the streams it is appended with.
+/// The Redis key remembering a used nonce (`Partitions::route` tags it with its
+/// partition, its braces and `%` escaped). Game ids hold no `:` (the configuration
+/// refuses one), so no two games' keys meet.
 pub fn nonce_key(game: &str, nonce: &str) -> String {
-    let mut key = String::with_capacity(16 + game.len() + nonce.len());
-    key.push_str("croupier:nonce:");
-    key.push_str(game);
-    key.push(':');
-    for c in nonce.chars() {
-        match c {
-            '{' => key.push_str("%7B"),
-            '%' => key.push_str("%25"),
-            c => key.push(c),
-        }
-    }
-    key
+    format!("croupier:nonce:{game}:{nonce}")
 }
 
 /// A payment request's identity for retries: the SHA-256 of `payments:` and its body's
@@ -107,17 +94,6 @@ pub fn payments_identity(digest: &[u8; 32]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nonce_keys_keep_plain_nonces_and_escape_braces() {
-        assert_eq!(nonce_key("g1", "n-1:x"), "croupier:nonce:g1:n-1:x");
-        assert_eq!(nonce_key("g1", "a{b}"), "croupier:nonce:g1:a%7Bb}");
-        assert_eq!(nonce_key("g1", "%7B"), "croupier:nonce:g1:%257B");
-        // Every key has its partition's tag, appended after it, as its hash tag.
-        let tagged = croupier_protocol::cluster::tagged(&nonce_key("g1", "x{y}"), Some("3"));
-        let open = tagged.find('{').expect("a tag");
-        assert_eq!(&tagged[open..], "{3}");
-    }
 
     #[test]
     fn a_payment_and_an_events_request_of_one_body_differ() {

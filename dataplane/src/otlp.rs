@@ -247,7 +247,13 @@ fn prepare<'s>(
         }
         return Ok((None, summary));
     }
-    let nonce_key = format!("croupier:otlp:{game_id}:{}", hex::encode(digest));
+    // The signal is part of the key for traces (logs keep the key they always had): the
+    // same bytes exported as logs and then as traces (a body both decode) are two
+    // requests, not a retry answered 200 with nothing appended.
+    let nonce_key = match signal {
+        Signal::Logs => format!("croupier:otlp:{game_id}:{}", hex::encode(digest)),
+        Signal::Traces => format!("croupier:otlp:{game_id}:traces:{}", hex::encode(digest)),
+    };
     let prepared = ingest::stage(shard, b, game, &nonce_key, &digest, parts, n)?.with_rejected(summary.rejected);
     Ok((Some(prepared), summary))
 }

@@ -48,7 +48,12 @@ use crate::stream::StreamId;
 /// one is deleted only when the entry at its place has its request's record count and
 /// archive length (an `XADD` that failed when run leaves the places shifted). Entries older than
 /// the MINID are trimmed (`~`: whole nodes), and the shard only ever sends a MINID at or
-/// below what the consumer group has acknowledged (`redis::backlog`).
+/// below what the consumer group has acknowledged (`redis::backlog`). Should Redis refuse
+/// the script's `XREVRANGE` or `XDEL` (an ACL changed while the connection was up: its
+/// set-up checks both), the script stops with an error starting `NOPERM`: every request of
+/// the transaction is answered 503, and the connection, told by that error, is made again,
+/// which its check refuses until the user may take appends back (a replay or a duplicate
+/// then stays appended in that one transaction, never silently in the ones after).
 ///
 /// Redis hashes a script's text at every `EVAL` (twice inside a transaction: when queued
 /// and when run, ~0.5 µs per 100 bytes each time) and sets up the interpreter for it: a
@@ -115,6 +120,7 @@ for q,v in ipairs(l) do \
 if d[v[1]] and q<m then m=q end \
 end \
 local x=m<=#l and redis.pcall('XREVRANGE',s,'+','-','COUNT',#l-m+1) or {} \
+if x.err and not string.find(x.err,'WRONGTYPE',1,true) then return redis.error_reply('NOPERM cannot take back: '..x.err) end \
 if not x.err then \
 for q=m,#l do \
 local v,y=l[q],x[#l-q+1] \
@@ -123,7 +129,10 @@ local f,c,z=y[2] \
 for w=1,#f,2 do \
 if f[w]=='n' then c=f[w+1] elseif f[w]=='batch' then z=#f[w+1] end \
 end \
-if c==ARGV[v[2]] and z==tonumber(ARGV[v[2]+1]) then redis.call('XDEL',s,y[1]) end \
+if c==ARGV[v[2]] and z==tonumber(ARGV[v[2]+1]) then \
+local r=redis.pcall('XDEL',s,y[1]) \
+if type(r)=='table' and r.err then return redis.error_reply('NOPERM cannot take back: '..r.err) end \
+end \
 end \
 end \
 end \

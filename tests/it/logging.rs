@@ -87,8 +87,8 @@ fn a_frozen_redis_and_a_stream_key_of_another_type_are_warned_of() {
     e.retain(|(k, _)| k != "CROUPIER_REDIS__ADDR");
     e.push(("CROUPIER_REDIS__ADDR".into(), proxy.addr()));
     let c = Croupier::start(CROUPIER, "ingest", &e);
-    let log = log_with(&c, "the key is not a stream");
-    let line = log.lines().find(|l| l.contains("the key is not a stream")).expect("the line");
+    let log = log_with(&c, "a stream key holds another type");
+    let line = log.lines().find(|l| l.contains("a stream key holds another type")).expect("the line");
     assert!(line.contains(" WARN ") && line.contains("key=analytics:custom"), "{line}");
     // The backlog readings keep the connection busy: frozen, it times out.
     log_with(&c, "ingest listening");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use croupier_control::config::{Config, Driver};
 use croupier_it::http::{HttpClient, Reply};
 
-use crate::fixture::{both_drivers, Fixture, GAME, OTHER_GAME};
+use crate::fixture::{both_drivers, total_entries, Fixture, GAME, OTHER_GAME};
 use crate::pipeline::Pipeline;
 
 const TOKEN: &str = "otlp-token-of-game-one";
@@ -662,4 +662,32 @@ fn otlp_identical_log_records_in_one_request_are_two_rows_and_a_retry_adds_none(
     );
     assert_eq!(got, [["2", "2", "ad_impression"]]);
     assert_eq!(p.scalar(&count), 2);
+}
+
+/// Review finding: the request's key was the body's digest alone, whatever the route, so
+/// the same bytes exported as logs and then as traces (a body both decode) were answered
+/// 200 the second time with nothing appended. Traces have a key of their own: each
+/// route's retry appends nothing, the other route's request does.
+#[test]
+fn otlp_the_same_bytes_as_logs_then_as_traces_are_two_requests() {
+    let f = Fixture::start(Driver::Epoll, tokens);
+    let run = unique_run();
+    let logs = json_logs(GAME, &[("level_start", format!("{run}-log"), now_ns())]);
+    let spans = json_spans(&run, 0, 1);
+    // One JSON object holding both signals' requests.
+    let both = format!("{},{}", logs.trim_end_matches('}'), spans.trim_start_matches('{'));
+    let ok = |path: &str| {
+        let r = post(&f, path, TOKEN, "application/json", &[], both.as_bytes());
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    };
+    ok("/v1/logs");
+    let after_logs = total_entries(&f.redis);
+    assert!(after_logs > 0);
+    ok("/v1/logs");
+    assert_eq!(total_entries(&f.redis), after_logs, "a retry of the logs appends nothing");
+    ok("/v1/traces");
+    let after_traces = total_entries(&f.redis);
+    assert!(after_traces > after_logs, "the traces request appended nothing");
+    ok("/v1/traces");
+    assert_eq!(total_entries(&f.redis), after_traces, "a retry of the traces appends nothing");
 }

@@ -369,6 +369,66 @@ fn auth_a_command_refused_inside_the_ingest_script_appends_nothing() {
     assert_eq!(redis.client().int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0);
 }
 
+/// Black-box finding: `XREVRANGE` revoked while the connections were up (their set-up
+/// had checked it): the ingest script's take-back failed quietly, so a request sent again
+/// stayed appended twice and a replay's body stayed, nothing logged, until the next
+/// connection. Now the transaction that meets the refusal is answered 503 and logged, and
+/// the connection made again is refused by its check: nothing more is appended until the
+/// permission is back; then the retry is the duplicate it is.
+#[test]
+fn auth_take_back_revoked_while_connected_stops_ingest_loudly() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    acl_user(&redis, &[]);
+    let c = ingest_on(
+        &redis,
+        &[
+            ("CROUPIER_REDIS__USERNAME", "croupier"),
+            ("CROUPIER_REDIS__PASSWORD", "user-pass"),
+            ("CROUPIER_SERVER__SHARDS", "1"),
+        ],
+    );
+    c.wait_data_ready();
+    let xlen = || redis.client().int(&["XLEN", "analytics:events"]);
+    let body = events(2);
+    let nonce = croupier_it::http::fresh_nonce();
+    let h = croupier_it::http::signed_headers(GAME, SECRET, body.as_bytes(), croupier_it::http::now_secs(), &nonce);
+    let mut client = HttpClient::connect(c.data);
+    assert_eq!(client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202, "{}", c.log());
+    assert_eq!(xlen(), 1);
+    assert_eq!(redis.client().cmd(&["ACL", "SETUSER", "croupier", "-xrevrange"]), Frame::SimpleString(b"OK".to_vec()));
+    // The retry meets the refusal: 503, not a quiet 202 with its copy left appended.
+    let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
+    assert_eq!(r.status, 503, "{}", r.text());
+    let after_refusal = xlen();
+    assert!(after_refusal <= 2, "one transaction's copy at most: {after_refusal}");
+    wait_until("the log names the refusal and the check's", || {
+        let log = c.log();
+        log.contains("NOPERM cannot take back") && log.contains("Redis refused XREVRANGE and XDEL")
+    });
+    assert_eq!(
+        croupier_it::monitoring::http_get(&format!("http://{}/readyz", c.data)),
+        None,
+        "the data port is not ready"
+    );
+    for _ in 0..5 {
+        let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
+        assert_eq!(r.status, 503, "{}", r.text());
+        let r = post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    assert_eq!(xlen(), after_refusal, "nothing appended while the user may not take appends back");
+    // The permission back: the retry is a duplicate again, a new request is appended.
+    assert_eq!(redis.client().cmd(&["ACL", "SETUSER", "croupier", "+xrevrange"]), Frame::SimpleString(b"OK".to_vec()));
+    wait_until("ingest takes requests again", || {
+        post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(1).as_bytes()).status
+            == 202
+    });
+    let now = xlen();
+    let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
+    assert_eq!((r.status, r.text()), (202, r#"{"accepted":2}"#.to_owned()));
+    assert_eq!(xlen(), now, "the retry appends nothing");
+}
+
 /// Sentinel, with a password on the data node and one on the sentinel: the one that is
 /// missing from croupier's configuration is reported (`NOAUTH`, naming the server that
 /// refused and the keys to check) by the log and the control port's `/readyz`.

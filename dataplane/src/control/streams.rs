@@ -86,11 +86,13 @@ async fn read_one(
     (stream, partition, name): (StreamKind, u16, &str),
     mean: f64,
     limits: StreamLimits,
-) -> Result<StreamReading, String> {
+) -> Result<Option<StreamReading>, String> {
     let key = name.as_bytes();
-    let entries = match call(redis, &[b"XLEN", key]).await? {
-        Frame::Integer(n) => n.max(0) as u64,
-        other => return Err(format!("XLEN {name}: {other:?}")),
+    let entries = match call(redis, &[b"XLEN", key]).await {
+        Ok(Frame::Integer(n)) => n.max(0) as u64,
+        Err(e) if e.starts_with("WRONGTYPE") => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(other) => return Err(format!("XLEN {name}: {other:?}")),
     };
     // An error reply for a missing key means no group: not through `call`.
     let frame = redis.call(xinfo(key)).await.map_err(failed)?;
@@ -108,7 +110,7 @@ async fn read_one(
         // No group yet: everything in the stream is owed to it.
         reading.oldest_unacked_ms =
             first_id(&call(redis, &[b"XRANGE", key, b"-", b"+", b"COUNT", b"1"]).await?).map(|i| i.ms);
-        return Ok(reading);
+        return Ok(Some(reading));
     };
     let oldest_pending = if g.pending > 0 {
         resp::oldest_pending(&call(redis, &[b"XPENDING", key, CONSUMER_GROUP.as_bytes()]).await?).map_err(|e| e.0)?
@@ -122,7 +124,7 @@ async fn read_one(
         (Some(a), Some(b)) => Some(a.min(b).ms),
         (a, b) => a.or(b).map(|i| i.ms),
     };
-    Ok(reading)
+    Ok(Some(reading))
 }
 
 /// Entries pending in the group or not yet delivered: `pending` + `lag`, where the lag is 0
@@ -145,7 +147,8 @@ fn xinfo(key: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the three streams of each partition (in [`StreamKind::ALL`] order, partition by
-/// partition); `limits` are a partition's.
+/// partition); `limits` are a partition's. A stream key holding another type is left out
+/// (ingest refuses only the requests appending to it; the data shards log it).
 pub async fn read(
     redis: &RedisClient,
     limits: [StreamLimits; 3],
@@ -156,7 +159,9 @@ pub async fn read(
         let means = entry_means(redis, partitions, p).await?;
         let id = u16::try_from(p).unwrap_or(u16::MAX);
         for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
-            out.push(read_one(redis, (stream, id, partitions.stream(p, stream)), means[i], limits[i]).await?);
+            if let Some(r) = read_one(redis, (stream, id, partitions.stream(p, stream)), means[i], limits[i]).await? {
+                out.push(r);
+            }
         }
     }
     Ok(out)

@@ -76,6 +76,10 @@ struct StreamState {
     staged: Cell<u64>,
     /// Whether a reading succeeded since the last connect.
     known: Cell<bool>,
+    /// The connection epoch in which the last reading found the key holding another type
+    /// (`None` since a reading found a stream, or could not tell): requests appending to
+    /// it are refused, and readiness passes over it (the other streams take requests).
+    not_a_stream_in: Cell<Option<u64>>,
     /// The connection epoch the last reading was taken in.
     read_in: Cell<u64>,
     /// Mean events per entry of the stream: the last reading's; before any reading found
@@ -488,6 +492,7 @@ impl Backlog {
             added: Cell::new(0),
             staged: Cell::new(0),
             known: Cell::new(false),
+            not_a_stream_in: Cell::new(None),
             read_in: Cell::new(0),
             per_entry: Cell::new(None),
             mean_read: Cell::new(false),
@@ -534,17 +539,29 @@ impl Backlog {
         self.admission(p, stream) == Admission::Open
     }
 
+    /// Whether `f` holds for every stream of every partition, save those whose key the
+    /// last reading on this connection found holding another type: only the requests
+    /// appending to those are refused, so they do not make a shard unready (with one Redis
+    /// behind every node, a load balancer taking every node out would refuse the other
+    /// streams' requests too).
     fn every(&self, f: impl Fn(usize, StreamKind) -> bool) -> bool {
-        (0..self.streams.len()).all(|p| StreamKind::ALL.iter().all(|s| f(p, *s)))
+        (0..self.streams.len()).all(|p| StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s) || f(p, *s)))
+    }
+
+    /// Whether the last reading on this connection found `stream`'s key of partition `p`
+    /// holding another type.
+    pub fn not_a_stream(&self, p: usize, stream: StreamKind) -> bool {
+        self.state(p, stream).not_a_stream_in.get() == Some(self.epoch.get())
     }
 
     /// Whether every stream's backlog (of every partition) has been read since the last
-    /// connect.
+    /// connect (a key holding another type passed over).
     pub fn all_known(&self) -> bool {
         self.every(|p, s| self.admission(p, s) != Admission::Unknown)
     }
 
-    /// Whether every stream (of every partition) is below its mark.
+    /// Whether every stream (of every partition) is below its mark (a key holding another
+    /// type passed over).
     pub fn all_admit(&self) -> bool {
         self.every(|p, s| self.admits(p, s))
     }
@@ -640,17 +657,19 @@ impl Backlog {
             if s.read_in.get() != epoch {
                 s.forget_position();
             }
-            match read_backlog(redis, self.partitions.stream(p, kind), epoch).await {
+            let read = read_backlog(redis, self.partitions.stream(p, kind), epoch).await;
+            s.not_a_stream_in.set((read.as_ref().err() == Some(&Unread::NotAStream)).then_some(epoch));
+            match read {
                 // A reading that spans a reconnect is not trusted.
-                Some(_) if self.epoch.get() != epoch => s.forget_position(),
-                Some(reading) => {
+                Ok(_) if self.epoch.get() != epoch => s.forget_position(),
+                Ok(reading) => {
                     if s.assess(&reading) {
                         s.added.set(s.added.get() - added_before);
                     }
                     s.read_in.set(epoch);
                     s.known.set(true);
                 }
-                None => s.forget_position(),
+                Err(_) => s.forget_position(),
             }
         }
     }
@@ -723,14 +742,30 @@ async fn call(redis: &RedisClient, args: &[&[u8]]) -> Option<Frame> {
     }
 }
 
-async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Option<Reading> {
+/// Why a stream's backlog could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unread {
+    /// The key holds another type (`WRONGTYPE`).
+    NotAStream,
+    /// Redis did not answer, or answered what cannot be read.
+    Failed,
+}
+
+async fn read_backlog(redis: &RedisClient, key: &str, epoch: u64) -> Result<Reading, Unread> {
     let at = Instant::now();
-    let key = key.as_bytes();
-    let group = CONSUMER_GROUP.as_bytes();
     let mut cmd = Vec::with_capacity(64);
-    resp::command(&mut cmd, &[b"XINFO", b"GROUPS", key]);
-    let info = redis.call(cmd).await.ok()?;
-    let found = resp::group_info(&info, CONSUMER_GROUP).ok()?;
+    resp::command(&mut cmd, &[b"XINFO", b"GROUPS", key.as_bytes()]);
+    let info = redis.call(cmd).await.map_err(|_| Unread::Failed)?;
+    if matches!(&info, Frame::Error(e) if e.starts_with("WRONGTYPE")) {
+        return Err(Unread::NotAStream);
+    }
+    read_group(redis, key.as_bytes(), epoch, at, &info).await.ok_or(Unread::Failed)
+}
+
+/// The rest of a backlog reading, from the group's `XINFO GROUPS` reply `info`.
+async fn read_group(redis: &RedisClient, key: &[u8], epoch: u64, at: Instant, info: &Frame) -> Option<Reading> {
+    let group = CONSUMER_GROUP.as_bytes();
+    let found = resp::group_info(info, CONSUMER_GROUP).ok()?;
     let xlen = match call(redis, &[b"XLEN", key]).await? {
         Frame::Integer(n) => n.max(0) as u64,
         _ => return None,

@@ -775,8 +775,8 @@ async fn on_each_stream<'k>(
     for key in partitions.all_streams() {
         match read_frame(stream, &mut rbuf).await? {
             // A key of another type where a stream belongs fails the requests that append
-            // to it (each answered 503 by its own `XADD`), not the connection: the others
-            // go on. It is named in the log, at most every 10 s.
+            // to it (refused at admission, its backlog unreadable: 503), not the
+            // connection: the others go on. It is named in the log, at most every 10 s.
             Frame::Error(e) if e.starts_with("WRONGTYPE") => warn_not_a_stream(addr, key),
             Frame::Error(e) if !["MOVED", "ASK", "CLUSTERDOWN"].iter().chain(passed).any(|p| e.starts_with(p)) => {
                 failed.get_or_insert(format!("{e} (key {key})"));
@@ -794,7 +794,8 @@ fn warn_not_a_stream(addr: &str, key: &str) {
         tracing::warn!(
             server = %addr,
             key = %key,
-            "the key is not a stream: requests appending to it are answered 503 until it is deleted or renamed"
+            "a stream key holds another type: ingest refuses the requests appending to it (503) and workers \
+             cannot read it until it is deleted or renamed"
         );
     }
 }
@@ -905,8 +906,8 @@ async fn serve(
         shared.overdue.owed(inflight.front().map_or(Duration::ZERO, |c| c.allowance));
         let written = monoio::time::timeout(reply_timeout, write).await;
         if !matches!(written, Ok(Ok(_))) {
-            let why = if written.is_err() { RedisError::Timeout } else { RedisError::Unavailable };
-            warn_failed(addr, &why, reply_timeout, inflight.len());
+            let cause = if written.is_err() { Cause::WriteTimeout } else { Cause::Closed };
+            warn_failed(addr, cause, reply_timeout, inflight.len());
             cmds.clear();
             fail_all(&mut inflight, RedisError::Unavailable);
             return Served::Failed;
@@ -958,8 +959,24 @@ async fn serve(
                     Frame::Array(items) if head.replies > 1 => items.iter().any(sentinel::is_demoted),
                     f => sentinel::is_demoted(f),
                 });
+            // An ingest transaction Redis refused for want of a permission (an ACL changed
+            // since the connection's set-up checked it): answered, then the connection is
+            // made again, and its check refuses it while the user lacks what ingest needs.
+            let refused = head.replies > 1 && res.as_ref().is_ok_and(refused_permission);
             let cmd = head.cmd;
             match (res, head.reply) {
+                (Ok(frame), Some(reply)) if refused => {
+                    let _ = reply.send(Ok(Answer { frame, replicas: 0, cmd }));
+                    if !auth::recently_logged(format!("{addr} noperm in a transaction")) {
+                        tracing::error!(
+                            server = %addr,
+                            "Redis refused a command of an ingest transaction (NOPERM: the ACL user's permissions \
+                             changed): its requests are answered 503 and the connection is made again"
+                        );
+                    }
+                    fail_all(&mut inflight, RedisError::Unavailable);
+                    return Served::Failed;
+                }
                 (Ok(frame), Some(reply)) if demoted => {
                     let _ = reply.send(Ok(Answer { frame, replicas: 0, cmd }));
                     fail_all(&mut inflight, RedisError::Unavailable);
@@ -980,7 +997,7 @@ async fn serve(
                     }
                 }
                 (Err(e), reply) => {
-                    warn_failed(addr, &e, reply_timeout, inflight.len() + 1);
+                    warn_failed(addr, Cause::of(&e), reply_timeout, inflight.len() + 1);
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(e));
                     }
@@ -994,6 +1011,19 @@ async fn serve(
                 None => shared.overdue.settled(),
             }
         }
+    }
+}
+
+/// Whether a transaction's replies (its queued commands' and `EXEC`'s items) hold an error
+/// starting `NOPERM`.
+fn refused_permission(f: &Frame) -> bool {
+    let noperm = |f: &Frame| matches!(f, Frame::Error(e) if e.starts_with("NOPERM"));
+    match f {
+        Frame::Array(items) => items.iter().any(|i| match i {
+            Frame::Array(inner) => inner.iter().any(noperm),
+            i => noperm(i),
+        }),
+        f => noperm(f),
     }
 }
 
@@ -1029,29 +1059,57 @@ fn warn_refused(shared: &Shared, addr: &str, frame: &Frame, replies: usize) {
     }
 }
 
+/// Why a connection in use failed.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    /// No reply within the reply timeout.
+    ReplyTimeout,
+    /// The commands could not be written within the reply timeout.
+    WriteTimeout,
+    /// Closed or reset.
+    Closed,
+    /// A reply that is not RESP.
+    NotResp,
+}
+
+impl Cause {
+    fn of(e: &RedisError) -> Cause {
+        match e {
+            RedisError::Timeout => Cause::ReplyTimeout,
+            RedisError::Protocol(_) => Cause::NotResp,
+            RedisError::Unavailable | RedisError::QueueFull => Cause::Closed,
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Cause::ReplyTimeout => "no reply within redis.reply_timeout_ms",
+            Cause::WriteTimeout => "commands not written within redis.reply_timeout_ms",
+            Cause::Closed => "closed or reset",
+            Cause::NotResp => "a reply that is not RESP",
+        }
+    }
+}
+
 /// Logs (at most every 10 s per server and cause) that a connection in use failed: Redis
 /// did not answer within the reply timeout (a server frozen, paused or overloaded, or a
-/// network that drops packets), closed it, or sent what is not RESP. The `waiting`
-/// commands are answered 503 and a new connection is made.
-fn warn_failed(addr: &str, why: &RedisError, reply_timeout: Duration, waiting: usize) {
-    let cause = match why {
-        RedisError::Timeout => "no reply within redis.reply_timeout_ms",
-        RedisError::Protocol(_) => "a reply that is not RESP",
-        RedisError::Unavailable | RedisError::QueueFull => "closed or reset",
-    };
+/// network that drops packets), did not take the commands, closed it (a restart, a
+/// sentinel's `CLIENT KILL` in a failover), or sent what is not RESP. The `in_flight`
+/// commands fail (an ingest request among them is answered 503) and a new connection is
+/// made.
+fn warn_failed(addr: &str, cause: Cause, reply_timeout: Duration, in_flight: usize) {
+    let cause = cause.words();
     if auth::recently_logged(format!("{addr} failed {cause}")) {
         return;
     }
-    match why {
-        RedisError::Protocol(e) => tracing::warn!(
-            server = %addr, cause, error = %e, waiting,
-            "the Redis connection failed: the requests waiting on it are answered 503, a new one is made"
-        ),
-        _ => tracing::warn!(
-            server = %addr, cause, reply_timeout_ms = reply_timeout.as_millis() as u64, waiting,
-            "the Redis connection failed: the requests waiting on it are answered 503, a new one is made"
-        ),
-    }
+    tracing::warn!(
+        server = %addr,
+        cause,
+        reply_timeout_ms = reply_timeout.as_millis() as u64,
+        in_flight,
+        "a Redis connection failed: the commands in flight on it fail (ingest requests are answered 503) and a \
+         new one is made"
+    );
 }
 
 fn fail_all(inflight: &mut VecDeque<InFlight>, e: RedisError) {

@@ -55,6 +55,9 @@ use crate::stream::StreamId;
 /// which its check refuses until the user may take appends back (a replay or a duplicate
 /// then stays appended in that one transaction, never silently in the ones after).
 ///
+/// A key of another type met when taking back (`WRONGTYPE`: its `XADD` failed, nothing of
+/// it to take back) is passed over.
+///
 /// Redis hashes a script's text at every `EVAL` (twice inside a transaction: when queued
 /// and when run, ~0.5 µs per 100 bytes each time) and sets up the interpreter for it: a
 /// group pays that once for all its requests, and the names are short. `k` and `a` walk
@@ -120,8 +123,7 @@ for q,v in ipairs(l) do \
 if d[v[1]] and q<m then m=q end \
 end \
 local x=m<=#l and redis.pcall('XREVRANGE',s,'+','-','COUNT',#l-m+1) or {} \
-if x.err and not string.find(x.err,'WRONGTYPE',1,true) then return redis.error_reply('NOPERM cannot take back: '..x.err) end \
-if not x.err then \
+if x.err and not x.err:find('WRONGTYPE',1,true) then return redis.error_reply('NOPERM '..x.err) end \
 for q=m,#l do \
 local v,y=l[q],x[#l-q+1] \
 if d[v[1]] and y then \
@@ -131,8 +133,7 @@ if f[w]=='n' then c=f[w+1] elseif f[w]=='batch' then z=#f[w+1] end \
 end \
 if c==ARGV[v[2]] and z==tonumber(ARGV[v[2]+1]) then \
 local r=redis.pcall('XDEL',s,y[1]) \
-if type(r)=='table' and r.err then return redis.error_reply('NOPERM cannot take back: '..r.err) end \
-end \
+if type(r)=='table' then return redis.error_reply('NOPERM '..r.err) end \
 end \
 end \
 end \

@@ -403,7 +403,9 @@ fn auth_take_back_revoked_while_connected_stops_ingest_loudly() {
     assert!(after_refusal <= 2, "one transaction's copy at most: {after_refusal}");
     wait_until("the log names the refusal and the check's", || {
         let log = c.log();
-        log.contains("NOPERM cannot take back") && log.contains("Redis refused XREVRANGE and XDEL")
+        log.contains("an ingest transaction failed as a whole")
+            && log.contains("NOPERM")
+            && log.contains("Redis refused XREVRANGE and XDEL")
     });
     assert_eq!(
         croupier_it::monitoring::http_get(&format!("http://{}/readyz", c.data)),

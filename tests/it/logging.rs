@@ -90,6 +90,12 @@ fn a_frozen_redis_and_a_stream_key_of_another_type_are_warned_of() {
     let log = log_with(&c, "a stream key holds another type");
     let line = log.lines().find(|l| l.contains("a stream key holds another type")).expect("the line");
     assert!(line.contains(" WARN ") && line.contains("key=analytics:custom"), "{line}");
+    // Broken while running (no connection is made again): the backlog readings name it.
+    assert_eq!(client.int(&["DEL", "analytics:payments"]), 1);
+    assert_eq!(client.int(&["LPUSH", "analytics:payments", "x"]), 1);
+    let log = log_with(&c, "key=analytics:payments");
+    let line = log.lines().find(|l| l.contains("key=analytics:payments")).expect("the line");
+    assert!(line.contains(" WARN ") && line.contains("a stream key holds another type"), "{line}");
     // The backlog readings keep the connection busy: frozen, it times out.
     log_with(&c, "ingest listening");
     proxy.freeze();

@@ -34,6 +34,7 @@ both_drivers!(
     lease4_croupier_killed_between_the_steps,
     lease5_redis_restarted_between_the_steps,
     lease6_the_script_protocol_stays_selectable,
+    lease7_an_append_failing_in_the_commit_takes_the_requests_other_entries_back,
 );
 
 const REPLY_TIMEOUT_MS: u64 = 1_000;
@@ -572,4 +573,64 @@ fn lease6_the_script_protocol_stays_selectable(driver: Driver) {
         })
     };
     assert_eq!((field("length"), field("entries-added")), (Some(1), Some(3)), "{info:?}");
+}
+
+/// Black-box finding: under the lease protocol, a request appending to two streams whose
+/// one key was made another type between the lease and the commit had its other entry
+/// left appended (Redis does not roll a transaction back) while it was answered 503, and
+/// its retry appended that entry again. Now the entries that were appended are deleted
+/// with the nonce made pending again: the request is appended whole, once, by its retry.
+fn lease7_an_append_failing_in_the_commit_takes_the_requests_other_entries_back(driver: Driver) {
+    let (proxy, f) = through_proxy(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
+    assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
+    let (events_before, custom_before) = (xlen(&f.redis, "analytics:events"), xlen(&f.redis, "analytics:custom"));
+    // A standard and a custom event: an entry on each stream.
+    let body = format!("[{},{}]", crate::fixture::event("login", "a"), crate::fixture::event("boss_killed", "b"));
+    let r = Signed::new(body);
+    // The lease's reply passes, then the commit is held while the events key is broken.
+    proxy.on_next_reply("EXEC", Fault::PassThenFreeze);
+    let addr = f.addr;
+    let (headers, bytes) = (r.headers.clone(), r.body.clone());
+    let attempt = std::thread::spawn(move || {
+        HttpClient::connect(addr).request("POST", "/api/ingest/events", &headers, bytes.as_bytes())
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.fault_pending() {
+        assert!(Instant::now() < deadline, "the lease transaction was not sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut redis = f.redis.client();
+    assert_eq!(
+        redis.cmd(&["RENAME", "analytics:events", "kept:events"]),
+        croupier_protocol::resp::Frame::SimpleString(b"OK".to_vec())
+    );
+    assert_eq!(redis.int(&["LPUSH", "analytics:events", "not a stream"]), 1);
+    proxy.thaw();
+    let a = attempt.join().expect("attempt");
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(xlen(&f.redis, "analytics:custom"), custom_before, "the custom entry was taken back");
+    // Repaired: the retry appends the request whole, once.
+    assert_eq!(redis.int(&["DEL", "analytics:events"]), 1);
+    assert_eq!(
+        redis.cmd(&["RENAME", "kept:events", "analytics:events"]),
+        croupier_protocol::resp::Frame::SimpleString(b"OK".to_vec())
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = r.send(f.addr);
+        if a.status == 202 {
+            assert_eq!(a.text(), r#"{"accepted":2}"#);
+            break;
+        }
+        assert_eq!(a.status, 503, "{}", a.text());
+        assert!(Instant::now() < deadline, "not accepted again: {}", a.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (xlen(&f.redis, "analytics:events"), xlen(&f.redis, "analytics:custom")),
+        (events_before + 1, custom_before + 1),
+        "appended whole, once"
+    );
+    assert_eq!(r.send(f.addr).status, 202);
+    assert_eq!(xlen(&f.redis, "analytics:custom"), custom_before + 1);
 }

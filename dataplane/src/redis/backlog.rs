@@ -657,8 +657,17 @@ impl Backlog {
             if s.read_in.get() != epoch {
                 s.forget_position();
             }
-            let read = read_backlog(redis, self.partitions.stream(p, kind), epoch).await;
-            s.not_a_stream_in.set((read.as_ref().err() == Some(&Unread::NotAStream)).then_some(epoch));
+            let key = self.partitions.stream(p, kind);
+            let read = read_backlog(redis, key, epoch).await;
+            let not_a_stream = read.as_ref().err() == Some(&Unread::NotAStream);
+            if not_a_stream && !super::auth::recently_logged(format!("backlog wrongtype {key}")) {
+                tracing::warn!(
+                    key = %key,
+                    "a stream key holds another type: ingest refuses the requests appending to it (503) and workers \
+                     cannot read it until it is deleted or renamed"
+                );
+            }
+            s.not_a_stream_in.set(not_a_stream.then_some(epoch));
             match read {
                 // A reading that spans a reconnect is not trusted.
                 Ok(_) if self.epoch.get() != epoch => s.forget_position(),

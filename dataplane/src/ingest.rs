@@ -258,31 +258,16 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             Commit::Added(ids) if ids.len() == parts.len() => Outcome::Added { replicas },
             // Nothing ran: the lease runs out, and the retry then appends.
             Commit::Added(_) | Commit::NotRun(_) => Outcome::Failed,
-            Commit::Failed { error, appended } => {
+            Commit::Failed(e) => {
                 // The nonce was marked done and the lease given back although an append
-                // failed: the request's entries that were appended are deleted (it is
-                // appended whole or not at all) and the nonce made pending again, in one
-                // transaction, so that the retry appends them, once.
-                let partitions = shard.backlog.partitions();
-                let taken: Vec<(&str, &str)> = appended
-                    .iter()
-                    .filter_map(|(place, id)| {
-                        parts.get(*place).map(|(kind, _)| (partitions.stream(l.partition, *kind), id.as_str()))
-                    })
-                    .collect();
-                tracing::warn!(
-                    nonce = %l.nonce_key,
-                    error = %error,
-                    taken_back = taken.len(),
-                    "an append of the transaction failed: the request's other entries are deleted"
-                );
-                let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80 + 64 * taken.len());
-                let replies = lease::take_back_and_reopen(&mut cmd, &l.nonce_key, &l.digest, &taken);
-                let done = redis.call_group(cmd, replies, 0, &l.nonce_key, false).await;
-                let reopened = matches!(&done, Ok((frames, _)) if matches!(
-                    frames.last(),
-                    Some(Frame::Array(items)) if matches!(items.last(), Some(Frame::SimpleString(_) | Frame::Null))
-                ));
+                // failed: pending again, so that the retry appends. The request's other
+                // entries stay appended (Redis does not roll a transaction back, and a
+                // worker may have read them already): its retry appends them again, with
+                // the same event ids, which ClickHouse keeps once.
+                tracing::warn!(nonce = %l.nonce_key, error = %e, "an append of the transaction failed");
+                let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
+                lease::reopen(&mut cmd, &l.nonce_key, &l.digest);
+                let reopened = matches!(redis.call(cmd).await, Ok(Frame::SimpleString(_) | Frame::Null));
                 if !reopened {
                     // The retry will find the nonce done and be answered 202: what failed
                     // is not appended. Rare (an XADD failing when run, then Redis lost).

@@ -163,14 +163,7 @@ pub enum Commit {
     NotRun(String),
     /// It ran, but an `XADD` failed (a stream key of another type, made so after the
     /// lease's check): the nonce was marked done all the same, and the lease given back.
-    /// The request's other entries were appended (their places among its entries, and
-    /// their ids): [`take_back_and_reopen`] deletes them.
-    Failed {
-        /// The first failure.
-        error: String,
-        /// The entries that were appended: (place among the request's entries, id).
-        appended: Vec<(usize, String)>,
-    },
+    Failed(String),
 }
 
 /// Reads the replies of [`commit`] for `entries` entries.
@@ -180,25 +173,17 @@ pub fn commit_reply(frames: Vec<Frame>, entries: usize) -> Commit {
         Err(e) => return Commit::NotRun(e.0),
     };
     let mut ids = Vec::with_capacity(entries);
-    let mut error = None;
-    for (place, f) in items.into_iter().take(entries).enumerate() {
-        let failed = match f {
+    for f in items.into_iter().take(entries) {
+        match f {
             Frame::BulkString(b) | Frame::SimpleString(b) => match String::from_utf8(b) {
-                Ok(id) => {
-                    ids.push((place, id));
-                    continue;
-                }
-                Err(_) => "entry id is not UTF-8".to_owned(),
+                Ok(id) => ids.push(id),
+                Err(_) => return Commit::Failed("entry id is not UTF-8".into()),
             },
-            Frame::Error(e) => e,
-            other => format!("unexpected XADD reply {other:?}"),
-        };
-        error.get_or_insert(failed);
+            Frame::Error(e) => return Commit::Failed(e),
+            other => return Commit::Failed(format!("unexpected XADD reply {other:?}")),
+        }
     }
-    match error {
-        None => Commit::Added(ids.into_iter().map(|(_, id)| id).collect()),
-        Some(error) => Commit::Failed { error, appended: ids },
-    }
+    Commit::Added(ids)
 }
 
 /// Gives back what a [`Lease::WrongType`] took: the lease, and the nonce when the
@@ -216,20 +201,6 @@ pub fn release(out: &mut Vec<u8>, nonce_key: &str, lease_key: &str, reserved: bo
 /// request's retry may then append what failed.
 pub fn reopen(out: &mut Vec<u8>, nonce_key: &str, digest: &[u8; 32]) {
     command(out, &[b"SET", nonce_key.as_bytes(), &pending(digest), b"XX", b"KEEPTTL"]);
-}
-
-/// After a [`Commit::Failed`], in one transaction: deletes the entries of the request
-/// that were appended (`appended`: stream key and id; a request is appended whole or not
-/// at all, so its retry appends them again, once) and marks the nonce pending again
-/// ([`reopen`]). Returns the number of replies.
-pub fn take_back_and_reopen(out: &mut Vec<u8>, nonce_key: &str, digest: &[u8; 32], appended: &[(&str, &str)]) -> usize {
-    command(out, &[b"MULTI"]);
-    for (stream, id) in appended {
-        command(out, &[b"XDEL", stream.as_bytes(), id.as_bytes()]);
-    }
-    reopen(out, nonce_key, digest);
-    command(out, &[b"EXEC"]);
-    appended.len() + 3
 }
 
 /// Writes the done nonce again, unchanged (keeping its expiry): a write, so that a `WAIT`
@@ -323,20 +294,7 @@ mod tests {
         let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n", 3);
         assert_eq!(commit_reply(frames(&ok), 1), Commit::Added(vec!["1-0".into()]));
         let failed = exec(b"-WRONGTYPE x\r\n+OK\r\n:1\r\n", 3);
-        assert_eq!(commit_reply(frames(&failed), 1), Commit::Failed { error: "WRONGTYPE x".into(), appended: vec![] });
-        // The first entry appended, the second failed: the first is handed back to delete.
-        let e2 = EntryArgs { stream: "t", ..e };
-        out.clear();
-        let n = commit(&mut out, "nk", "nk:lease:07", 602, &[7; 32], &[e, e2]);
-        assert_eq!(frames(&out).len(), n);
-        let half = exec(b"$3\r\n1-0\r\n-WRONGTYPE t\r\n+OK\r\n:1\r\n", 4);
-        assert_eq!(
-            commit_reply(frames(&half), 2),
-            Commit::Failed { error: "WRONGTYPE t".into(), appended: vec![(0, "1-0".into())] }
-        );
-        out.clear();
-        assert_eq!(take_back_and_reopen(&mut out, "nk", &[7; 32], &[("s", "1-0")]), 4);
-        assert_eq!(frames(&out).len(), 4);
+        assert_eq!(commit_reply(frames(&failed), 1), Commit::Failed("WRONGTYPE x".into()));
         let aborted = b"+OK\r\n-OOM x\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT y\r\n";
         assert_eq!(commit_reply(frames(aborted), 1), Commit::NotRun("EXECABORT y".into()));
     }

@@ -50,10 +50,11 @@ use crate::stream::StreamId;
 /// the MINID are trimmed (`~`: whole nodes), and the shard only ever sends a MINID at or
 /// below what the consumer group has acknowledged (`redis::backlog`). Should Redis refuse
 /// the script's `XREVRANGE` or `XDEL` (an ACL changed while the connection was up: its
-/// set-up checks both), the script stops with an error starting `NOPERM`: every request of
-/// the transaction is answered 503, and the connection, told by that error, is made again,
-/// which its check refuses until the user may take appends back (a replay or a duplicate
-/// then stays appended in that one transaction, never silently in the ones after).
+/// set-up checks both), the script stops with an error starting [`TAKE_BACK_REFUSED`]:
+/// every request of the transaction is answered 503, and the connection, told by that
+/// error, is made again, which its check refuses until the user may take appends back (a
+/// replay or a duplicate then stays appended in the transactions in flight on that
+/// connection, never silently in the ones after).
 ///
 /// A key of another type met when taking back (`WRONGTYPE`: its `XADD` failed, nothing of
 /// it to take back) is passed over.
@@ -123,7 +124,7 @@ for q,v in ipairs(l) do \
 if d[v[1]] and q<m then m=q end \
 end \
 local x=m<=#l and redis.pcall('XREVRANGE',s,'+','-','COUNT',#l-m+1) or {} \
-if x.err and not x.err:find('WRONGTYPE',1,true) then return redis.error_reply('NOPERM '..x.err) end \
+if x.err and not x.err:find('WRONGTYPE',1,true) then return redis.error_reply('NOPERM take-back '..x.err) end \
 for q=m,#l do \
 local v,y=l[q],x[#l-q+1] \
 if d[v[1]] and y then \
@@ -133,13 +134,16 @@ if f[w]=='n' then c=f[w+1] elseif f[w]=='batch' then z=#f[w+1] end \
 end \
 if c==ARGV[v[2]] and z==tonumber(ARGV[v[2]+1]) then \
 local r=redis.pcall('XDEL',s,y[1]) \
-if type(r)=='table' then return redis.error_reply('NOPERM '..r.err) end \
+if type(r)=='table' then return redis.error_reply('NOPERM take-back '..r.err) end \
 end \
 end \
 end \
 end \
 end \
 return o";
+
+/// The start of the ingest script's error when Redis refused it a take-back.
+pub const TAKE_BACK_REFUSED: &str = "NOPERM take-back";
 
 const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
 
@@ -586,6 +590,12 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Frame, usize)>, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_marks_its_refused_take_backs() {
+        let marked = format!("redis.error_reply('{TAKE_BACK_REFUSED} ");
+        assert_eq!(INGEST_SCRIPT.matches(&marked).count(), 2, "XREVRANGE and XDEL");
+    }
 
     #[test]
     fn a_command_is_encoded_as_redis_protocol_encodes_it() {

@@ -544,8 +544,12 @@ impl Backlog {
     /// appending to those are refused, so they do not make a shard unready (with one Redis
     /// behind every node, a load balancer taking every node out would refuse the other
     /// streams' requests too).
+    /// A partition whose every stream key holds another type holds nothing: `false`.
     fn every(&self, f: impl Fn(usize, StreamKind) -> bool) -> bool {
-        (0..self.streams.len()).all(|p| StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s) || f(p, *s)))
+        (0..self.streams.len()).all(|p| {
+            !StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s))
+                && StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s) || f(p, *s))
+        })
     }
 
     /// Whether the last reading on this connection found `stream`'s key of partition `p`

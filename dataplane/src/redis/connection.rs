@@ -959,9 +959,9 @@ async fn serve(
                     Frame::Array(items) if head.replies > 1 => items.iter().any(sentinel::is_demoted),
                     f => sentinel::is_demoted(f),
                 });
-            // An ingest transaction Redis refused for want of a permission (an ACL changed
-            // since the connection's set-up checked it): answered, then the connection is
-            // made again, and its check refuses it while the user lacks what ingest needs.
+            // An ingest transaction whose take-back Redis refused (an ACL changed since the
+            // connection's set-up checked `XREVRANGE` and `XDEL`): answered, then the
+            // connection is made again, and its check refuses it while the user lacks them.
             let refused = head.replies > 1 && res.as_ref().is_ok_and(refused_permission);
             let cmd = head.cmd;
             match (res, head.reply) {
@@ -970,8 +970,8 @@ async fn serve(
                     if !auth::recently_logged(format!("{addr} noperm in a transaction")) {
                         tracing::error!(
                             server = %addr,
-                            "Redis refused a command of an ingest transaction (NOPERM: the ACL user's permissions \
-                             changed): its requests are answered 503 and the connection is made again"
+                            "Redis refused the ingest script a take-back (NOPERM: the ACL user's permissions changed): \
+                             its requests are answered 503 and the connection is made again"
                         );
                     }
                     fail_all(&mut inflight, RedisError::Unavailable);
@@ -1014,17 +1014,15 @@ async fn serve(
     }
 }
 
-/// Whether a transaction's replies (its queued commands' and `EXEC`'s items) hold an error
-/// starting `NOPERM`.
+/// Whether a transaction's `EXEC` (its replies' last) holds the ingest script's error
+/// for a take-back Redis refused ([`resp::TAKE_BACK_REFUSED`]): only that, which the
+/// connection's set-up checks, so that the connection made again is refused by the check
+/// rather than meeting the same refusal on every transaction.
 fn refused_permission(f: &Frame) -> bool {
-    let noperm = |f: &Frame| matches!(f, Frame::Error(e) if e.starts_with("NOPERM"));
-    match f {
-        Frame::Array(items) => items.iter().any(|i| match i {
-            Frame::Array(inner) => inner.iter().any(noperm),
-            i => noperm(i),
-        }),
-        f => noperm(f),
-    }
+    let Frame::Array(frames) = f else { return false };
+    matches!(frames.last(), Some(Frame::Array(items)) if items.iter().any(
+        |i| matches!(i, Frame::Error(e) if e.starts_with(resp::TAKE_BACK_REFUSED))
+    ))
 }
 
 /// How often at most a connection logs that its primary refuses writes.

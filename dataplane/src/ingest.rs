@@ -222,12 +222,13 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 _ => Outcome::Failed,
             };
         }
-        Ok(Lease::WrongType { what, reserved, leased }) => {
-            if !crate::redis::auth::recently_logged(format!("lease wrongtype {what}")) {
+        Ok(Lease::WrongType { what, place, reserved, leased }) => {
+            let key = parts.get(place).map_or("", |(kind, _)| shard.backlog.partitions().stream(l.partition, *kind));
+            if !crate::redis::auth::recently_logged(format!("lease wrongtype {key}")) {
                 tracing::warn!(
-                    nonce = %l.nonce_key,
+                    key = %key,
                     %what,
-                    "a target stream key holds another type: nothing appended (logged at most every 10 s)"
+                    "a stream key holds another type: nothing appended (logged at most every 10 s per key)"
                 );
             }
             if leased {

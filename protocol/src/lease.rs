@@ -85,8 +85,10 @@ pub enum Lease {
     /// nonce was reserved by this transaction and `leased`: the lease taken, which the
     /// caller gives back ([`release`]).
     WrongType {
-        /// The key and its type.
+        /// The key's type.
         what: String,
+        /// Which of the request's target streams (its place among them).
+        place: usize,
         /// This transaction reserved the nonce.
         reserved: bool,
         /// This transaction took the lease.
@@ -101,12 +103,12 @@ pub fn lease_reply(frames: Vec<Frame>, streams: usize, digest: &[u8; 32]) -> Res
     let [reserve, lease, pttl] = rest else { return Err(RespError("short EXEC reply".into())) };
     let reserved = matches!(reserve, Frame::Null);
     let leased = matches!(lease, Frame::SimpleString(s) if s == b"OK");
-    for t in types {
+    for (place, t) in types.iter().enumerate() {
         match t {
             Frame::SimpleString(t) if t == b"stream" || t == b"none" => {}
             Frame::SimpleString(t) => {
                 let what = String::from_utf8_lossy(t).into_owned();
-                return Ok(Lease::WrongType { what, reserved, leased });
+                return Ok(Lease::WrongType { what, place, reserved, leased });
             }
             other => return Err(RespError(format!("unexpected TYPE reply {other:?}"))),
         }
@@ -279,7 +281,7 @@ mod tests {
         assert_eq!(read(&other), Ok(Lease::Replay));
         assert_eq!(
             read(b"+string\r\n$-1\r\n+OK\r\n:12000\r\n"),
-            Ok(Lease::WrongType { what: "string".into(), reserved: true, leased: true })
+            Ok(Lease::WrongType { what: "string".into(), place: 0, reserved: true, leased: true })
         );
         assert!(lease_reply(frames(b"+OK\r\n+QUEUED\r\n*-1\r\n"), 1, &d).is_err());
     }

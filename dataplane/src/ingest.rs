@@ -183,7 +183,7 @@ async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
             Outcome::Failed
         }
         Ok((Err(e), _)) => {
-            tracing::debug!(nonce = %nonce_key, error = %e, "ingest transaction failed");
+            warn_failed_in_redis(&e.0);
             Outcome::Failed
         }
         Ok((Ok(IngestReply::Added(_)), _)) | Err(_) => Outcome::Failed,
@@ -240,7 +240,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             return Outcome::Failed;
         }
         Err(e) => {
-            tracing::debug!(error = %e, "lease transaction failed");
+            warn_failed_in_redis(&e.0);
             return Outcome::Failed;
         }
     }
@@ -258,7 +258,11 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         Ok((frames, replicas)) => match lease::commit_reply(frames, parts.len()) {
             Commit::Added(ids) if ids.len() == parts.len() => Outcome::Added { replicas },
             // Nothing ran: the lease runs out, and the retry then appends.
-            Commit::Added(_) | Commit::NotRun(_) => Outcome::Failed,
+            Commit::Added(_) => Outcome::Failed,
+            Commit::NotRun(e) => {
+                warn_failed_in_redis(&e);
+                Outcome::Failed
+            }
             Commit::Failed(e) => {
                 // The nonce was marked done and the lease given back although an append
                 // failed: pending again, so that the retry appends. The request's other
@@ -283,6 +287,19 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         // Unknown: the transaction ran whole or not at all; the lease runs out, and the
         // retry then finds the nonce done, or appends.
         Err(_) => Outcome::Failed,
+    }
+}
+
+/// Logs (at most every 10 s per error code) that Redis answered an ingest request's
+/// transaction with an error (a command the ACL user lost, `OOM`, a key of another type,
+/// `EXECABORT`): the request is answered 503. A replay or a duplicate is not an error.
+fn warn_failed_in_redis(error: &str) {
+    let code = error.split_whitespace().next().unwrap_or_default();
+    if !crate::redis::auth::recently_logged(format!("ingest failed {code}")) {
+        tracing::warn!(
+            error,
+            "Redis refused an ingest request's transaction: answered 503 (logged at most every 10 s per error code)"
+        );
     }
 }
 

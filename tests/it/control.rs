@@ -551,3 +551,35 @@ fn attack_slow_readers_do_not_starve_the_control_port() {
     assert_eq!(unread, 70);
     assert_eq!(HttpClient::connect(c.control).request("GET", "/healthz", &[], b"").status, 200);
 }
+
+/// Black-box finding: with every stream key of another type, ingest refused every request
+/// while the control port's `/readyz` answered 200 (the broken streams left out of its
+/// readings, none left). It answers 503 naming why; with one stream working, 200.
+#[test]
+fn control_readyz_is_unready_when_every_stream_key_holds_another_type() {
+    let redis = RedisServer::start();
+    let c = ingest_on(&redis, &[("CROUPIER_SERVER__SHARDS", "1")]);
+    c.wait_data_ready();
+    let mut client = redis.client();
+    for key in ["analytics:events", "analytics:payments"] {
+        client.cmd(&["DEL", key]);
+        assert_eq!(client.int(&["LPUSH", key, "x"]), 1);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = c.control_get("/readyz");
+    assert_eq!(status, 200, "one stream works: {body}");
+    client.cmd(&["DEL", "analytics:custom"]);
+    assert_eq!(client.int(&["LPUSH", "analytics:custom", "x"]), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = c.control_get("/readyz");
+        if status == 503 {
+            assert!(body.contains("holds another type"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The data port says so as well.
+    assert_eq!(croupier_it::monitoring::http_get(&format!("http://{}/readyz", c.data)), None);
+}

@@ -367,6 +367,11 @@ fn auth_a_command_refused_inside_the_ingest_script_appends_nothing() {
     }
     assert_eq!(redis.client().int(&["XLEN", "analytics:events"]), 0);
     assert_eq!(redis.client().int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0);
+    // Black-box finding: every request refused and nothing in the log. Said now, once
+    // for the three (at most every 10 s per error code).
+    wait_until("the log says Redis refused the requests", || {
+        c.log().matches("Redis refused an ingest request's transaction").count() == 1
+    });
 }
 
 /// Black-box finding: `XREVRANGE` revoked while the connections were up (their set-up
@@ -412,6 +417,8 @@ fn auth_take_back_revoked_while_connected_stops_ingest_loudly() {
         None,
         "the data port is not ready"
     );
+    // The control port says so too (its own connection is up: a shard's was refused).
+    readyz_says(&c, "permission denied (NOPERM) for XREVRANGE and XDEL");
     for _ in 0..5 {
         let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
         assert_eq!(r.status, 503, "{}", r.text());

@@ -129,6 +129,11 @@ impl Probes {
                 None => format!("not connected to {}", self.redis_addr),
             });
         }
+        // Another connection of the process (an ingest shard's) refused: ingest is not
+        // ready although this one is up.
+        if let Some(why) = crate::redis::auth::recent_refusal() {
+            return Err(format!("{}: {why}", self.redis_addr));
+        }
         streams::read(&self.redis, self.limits, &self.partitions).await.map_err(|e| format!("{}: {e}", self.redis_addr))
     }
 

@@ -158,10 +158,14 @@ pub async fn read(
     for p in 0..partitions.len() {
         let means = entry_means(redis, partitions, p).await?;
         let id = u16::try_from(p).unwrap_or(u16::MAX);
+        let before = out.len();
         for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
             if let Some(r) = read_one(redis, (stream, id, partitions.stream(p, stream)), means[i], limits[i]).await? {
                 out.push(r);
             }
+        }
+        if out.len() == before {
+            return Err(format!("every stream key of partition {p} holds another type"));
         }
     }
     Ok(out)

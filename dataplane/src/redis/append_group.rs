@@ -273,7 +273,14 @@ impl AppendGroups {
             Ok((frames, replicas)) => match resp::ingest_reply(frames, &members) {
                 Ok(verdicts) => verdicts.into_iter().map(|v| Ok((v, replicas))).collect(),
                 Err(e) => {
-                    tracing::warn!(requests = members.len(), error = %e, "an ingest transaction failed as a whole");
+                    let kind = e.0.split_whitespace().next().unwrap_or_default();
+                    if !super::auth::recently_logged(format!("transaction failed {kind}")) {
+                        tracing::warn!(
+                            requests = members.len(),
+                            error = %e,
+                            "an ingest transaction failed as a whole (logged at most every 10 s per error code)"
+                        );
+                    }
                     members.iter().map(|_| Ok((Err(e.clone()), replicas))).collect()
                 }
             },

@@ -328,9 +328,16 @@ fn needs(role: Role) -> &'static str {
     }
 }
 
-/// A successful `AUTH` at `server`: its refusal, if any, is over.
+/// A successful `AUTH` at `server`: its refusal of the credentials, if any, is over. A
+/// refused command is not (the same connection's check may refuse it again right after):
+/// it stays recent until [`RECENT`] after it was last refused, and is logged at most
+/// every [`WARN_EVERY`].
 fn settled(role: Role, server: &str) {
-    if lock(&REFUSALS).remove(&(slot(role), server.to_owned())).is_some() {
+    let mut all = lock(&REFUSALS);
+    let key = (slot(role), server.to_owned());
+    if all.get(&key).is_some_and(|r| matches!(r.problem, Problem::Auth(_))) {
+        all.remove(&key);
+        drop(all);
         tracing::info!(server, "{} authentication succeeded", role.name());
     }
 }

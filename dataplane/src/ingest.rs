@@ -222,13 +222,11 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 _ => Outcome::Failed,
             };
         }
-        Ok(Lease::WrongType { what, place, reserved, leased }) => {
-            let key = parts.get(place).map_or("", |(kind, _)| shard.backlog.partitions().stream(l.partition, *kind));
-            if !crate::redis::auth::recently_logged(format!("lease wrongtype {key}")) {
-                tracing::warn!(
-                    key = %key,
-                    %what,
-                    "a stream key holds another type: nothing appended (logged at most every 10 s per key)"
+        Ok(Lease::WrongType { place, reserved, leased, .. }) => {
+            if let Some((kind, _)) = parts.get(place) {
+                crate::redis::connection::warn_not_a_stream(
+                    shard.backlog.partitions().stream(l.partition, *kind),
+                    None,
                 );
             }
             if leased {
@@ -272,8 +270,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 tracing::warn!(nonce = %l.nonce_key, error = %e, "an append of the transaction failed");
                 let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
                 lease::reopen(&mut cmd, &l.nonce_key, &l.digest);
-                let reopened = matches!(redis.call(cmd).await, Ok(Frame::SimpleString(_) | Frame::Null));
-                if !reopened {
+                if !matches!(redis.call(cmd).await, Ok(Frame::SimpleString(_) | Frame::Null)) {
                     // The retry will find the nonce done and be answered 202: what failed
                     // is not appended. Rare (an XADD failing when run, then Redis lost).
                     tracing::error!(
@@ -294,13 +291,20 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
 /// transaction with an error (a command the ACL user lost, `OOM`, a key of another type,
 /// `EXECABORT`): the request is answered 503. A replay or a duplicate is not an error.
 fn warn_failed_in_redis(error: &str) {
-    let code = error.split_whitespace().next().unwrap_or_default();
-    if !crate::redis::auth::recently_logged(format!("ingest failed {code}")) {
+    if first_failure_in_a_while(error) {
         tracing::warn!(
             error,
             "Redis refused an ingest request's transaction: answered 503 (logged at most every 10 s per error code)"
         );
     }
+}
+
+/// Whether no ingest failure with `error`'s code (its first word) was logged in the last
+/// 10 s, a transaction's and its requests' alike: a transaction that failed as a whole is
+/// logged once, not again for each of its requests.
+pub(crate) fn first_failure_in_a_while(error: &str) -> bool {
+    let code = error.split_whitespace().next().unwrap_or_default();
+    !crate::redis::auth::recently_logged(format!("ingest failed {code}"))
 }
 
 /// Counts a refused batch of `records` records (`croupier_events_refused_total`).

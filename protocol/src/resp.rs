@@ -359,12 +359,17 @@ pub fn ingest_reply(
         .map(|(verdict, m)| member_reply(verdict, ids.by_ref().take(m.entries.len()).collect()))
         .collect();
     for (i, m) in members.iter().enumerate() {
+        // Only a duplicate looks back, and only at failed appends (the common transaction
+        // has neither: no scan of earlier members per member).
+        if !matches!(replies.get(i), Some(Ok(IngestReply::Duplicate))) {
+            continue;
+        }
         let failed_before = members[..i].iter().zip(&replies).any(|(earlier, r)| {
-            earlier.nonce_key == m.nonce_key
+            matches!(r, Ok(IngestReply::AppendFailed(_)))
                 && earlier.digest == m.digest
-                && matches!(r, Ok(IngestReply::AppendFailed(_)))
+                && earlier.nonce_key == m.nonce_key
         });
-        if failed_before && matches!(replies.get(i), Some(Ok(IngestReply::Duplicate))) {
+        if failed_before {
             if let Some(r) = replies.get_mut(i) {
                 *r = Err(RespError("the same request earlier in its transaction was not appended".into()));
             }

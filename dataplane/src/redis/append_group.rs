@@ -273,8 +273,7 @@ impl AppendGroups {
             Ok((frames, replicas)) => match resp::ingest_reply(frames, &members) {
                 Ok(verdicts) => verdicts.into_iter().map(|v| Ok((v, replicas))).collect(),
                 Err(e) => {
-                    let kind = e.0.split_whitespace().next().unwrap_or_default();
-                    if !super::auth::recently_logged(format!("transaction failed {kind}")) {
+                    if crate::ingest::first_failure_in_a_while(&e.0) {
                         tracing::warn!(
                             requests = members.len(),
                             error = %e,

@@ -554,7 +554,7 @@ impl Backlog {
 
     /// Whether the last reading on this connection found `stream`'s key of partition `p`
     /// holding another type.
-    pub fn not_a_stream(&self, p: usize, stream: StreamKind) -> bool {
+    fn not_a_stream(&self, p: usize, stream: StreamKind) -> bool {
         self.state(p, stream).not_a_stream_in.get() == Some(self.epoch.get())
     }
 
@@ -664,12 +664,8 @@ impl Backlog {
             let key = self.partitions.stream(p, kind);
             let read = read_backlog(redis, key, epoch).await;
             let not_a_stream = read.as_ref().err() == Some(&Unread::NotAStream);
-            if not_a_stream && !super::auth::recently_logged(format!("backlog wrongtype {key}")) {
-                tracing::warn!(
-                    key = %key,
-                    "a stream key holds another type: ingest refuses the requests appending to it (503) and workers \
-                     cannot read it until it is deleted or renamed"
-                );
+            if not_a_stream {
+                super::connection::warn_not_a_stream(key, None);
             }
             s.not_a_stream_in.set(not_a_stream.then_some(epoch));
             match read {

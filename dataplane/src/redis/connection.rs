@@ -777,7 +777,7 @@ async fn on_each_stream<'k>(
             // A key of another type where a stream belongs fails the requests that append
             // to it (refused at admission, its backlog unreadable: 503), not the
             // connection: the others go on. It is named in the log, at most every 10 s.
-            Frame::Error(e) if e.starts_with("WRONGTYPE") => warn_not_a_stream(addr, key),
+            Frame::Error(e) if e.starts_with("WRONGTYPE") => warn_not_a_stream(key, Some(addr)),
             Frame::Error(e) if !["MOVED", "ASK", "CLUSTERDOWN"].iter().chain(passed).any(|p| e.starts_with(p)) => {
                 failed.get_or_insert(format!("{e} (key {key})"));
             }
@@ -787,16 +787,18 @@ async fn on_each_stream<'k>(
     failed.map_or(Ok(()), |e| Err(RedisError::Protocol(e)))
 }
 
-/// Logs (at most every 10 s per server and key) that `key`, where a stream belongs, holds
-/// another type.
-fn warn_not_a_stream(addr: &str, key: &str) {
-    if !auth::recently_logged(format!("{addr} wrongtype {key}")) {
-        tracing::warn!(
-            server = %addr,
-            key = %key,
-            "a stream key holds another type: ingest refuses the requests appending to it (503) and workers \
-             cannot read it until it is deleted or renamed"
-        );
+/// Logs (at most every 10 s per key, whoever finds it) that `key`, where a stream belongs,
+/// holds another type: found making a connection ready (`server`), by a backlog reading,
+/// or by the lease protocol's check.
+pub(crate) fn warn_not_a_stream(key: &str, server: Option<&str>) {
+    const WHAT: &str = "a stream key holds another type: ingest refuses the requests appending to it (503) and \
+                        workers cannot read it until it is deleted or renamed";
+    if auth::recently_logged(format!("wrongtype {key}")) {
+        return;
+    }
+    match server {
+        Some(server) => tracing::warn!(server = %server, key = %key, "{WHAT}"),
+        None => tracing::warn!(key = %key, "{WHAT}"),
     }
 }
 

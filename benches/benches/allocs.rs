@@ -140,6 +140,7 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
         }
     }
     step(4, counts);
+    let mark = croupier_protocol::batch::Marks::new(7).next();
     let entries: Vec<EntryArgs<'_>> = parts[..n]
         .iter()
         .zip(&k.archives)
@@ -148,6 +149,7 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
             minid: StreamId { ms: 1_795_617_000_000, seq: 3 },
             count: *count,
             archive,
+            mark,
         })
         .collect();
     // The request's `MULTI` and `XADD`s, then the end of its transaction (a group of one).
@@ -158,7 +160,7 @@ fn request(k: &mut Kept, raw_head: &[u8], body: &[u8], payments: bool, counts: &
     }
     let meta: Vec<EntryMeta<'_>> = entries.iter().map(EntryMeta::of).collect();
     let nonce_key = auth::nonce_key(cred.game, cred.nonce);
-    let member = Member { nonce_key: &nonce_key, digest: &digest, entries: &meta };
+    let member = Member { nonce_key: &nonce_key, digest: &digest, entries: &meta, mark };
     resp::ingest_end(&mut cmd, 602, &[member]);
     std::hint::black_box(&cmd);
     drop(cmd);

@@ -134,6 +134,7 @@ fn xadd_encoding(c: &mut Criterion) {
     let mut g = c.benchmark_group("xadd_command");
     g.throughput(Throughput::Bytes(archive.len() as u64));
     let mut out = Vec::with_capacity(archive.len() + 1024);
+    let marks = batch::Marks::new(7);
     g.bench_function("ingest_eval_one_entry", |b| {
         b.iter(|| {
             out.clear();
@@ -142,11 +143,17 @@ fn xadd_encoding(c: &mut Criterion) {
                 minid: StreamId { ms: 1_795_617_749_000, seq: 0 },
                 count: 80,
                 archive: &archive,
+                mark: marks.next(),
             };
             resp::ingest_begin(&mut out);
             resp::xadd(&mut out, &entry);
             let meta = [EntryMeta::of(&entry)];
-            let member = Member { nonce_key: "croupier:nonce:g1:abcdef0123456789", digest: &[7; 32], entries: &meta };
+            let member = Member {
+                nonce_key: "croupier:nonce:g1:abcdef0123456789",
+                digest: &[7; 32],
+                entries: &meta,
+                mark: entry.mark,
+            };
             resp::ingest_end(&mut out, 602, &[member]);
             black_box(out.len())
         })

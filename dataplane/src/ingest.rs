@@ -537,6 +537,7 @@ pub(crate) fn stage<'s>(
     // lease protocol right before its append transaction. The `MINID` read now stays
     // safe to send later.
     let protocol = shard.config.redis.ingest_protocol;
+    let mark = shard.marks.next();
     let entries: Vec<EntryArgs<'_>> = parts
         .iter()
         .zip(&b.archives)
@@ -545,12 +546,13 @@ pub(crate) fn stage<'s>(
             minid: shard.backlog.trim_point(partition, *s),
             count: *count,
             archive,
+            mark,
         })
         .collect();
-    // Room for the `XADD`s (~140 bytes besides each archive) and, for a request sent alone,
-    // the script's `EVAL` and `EXEC` after them.
+    // Room for the `XADD`s (~190 bytes besides each archive and its stream key) and, for
+    // a request sent alone, the script's `EVAL` and `EXEC` after them.
     let mut cmd = Vec::with_capacity(
-        entries.iter().map(|e| e.archive.len() + 192).sum::<usize>() + resp::INGEST_SCRIPT.len() + 512,
+        entries.iter().map(|e| e.archive.len() + e.stream.len() + 192).sum::<usize>() + resp::INGEST_SCRIPT.len() + 512,
     );
     let ttl = nonce_ttl_secs(&shard.config);
     let cmd = match protocol {
@@ -560,11 +562,7 @@ pub(crate) fn stage<'s>(
             for e in &entries {
                 resp::xadd(&mut cmd, e);
             }
-            let mut staged = [(StreamKind::Events, 0, 0); 3];
-            for (slot, ((s, count), e)) in staged.iter_mut().zip(parts.iter().zip(&entries)) {
-                *slot = (*s, *count, e.archive.len());
-            }
-            let append = Append { cmd, xadds_at, entries: staged, len: n, nonce_key, digest: *digest };
+            let append = Append { cmd, xadds_at, entries: all_parts, len: n, nonce_key, digest: *digest, mark };
             Command::Script(ScriptCmd { append, partition })
         }
         IngestProtocol::Lease => {

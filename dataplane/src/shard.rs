@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use croupier_control::config::Config;
 use croupier_control::metrics::{GameIx, ShardWriter};
+use croupier_protocol::batch::Marks;
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
@@ -85,6 +86,16 @@ pub struct Shard {
     pub filters: RefCell<FilterView>,
     /// Rate limits shared with every shard (write keys', client addresses').
     pub rates: Arc<RateLimits>,
+    /// The marks of the shard's appends (one per request, in each of its entries).
+    pub marks: Marks,
+}
+
+/// A number drawn from the operating system's randomness (the keys of a new
+/// `RandomState`), mixed with the process id and the time.
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::hash::RandomState::new().hash_one((std::process::id(), now.as_nanos()))
 }
 
 /// Builds shard `id`'s context on the current thread's runtime (its Redis connection and
@@ -158,5 +169,6 @@ pub fn build(
         verifier,
         filters,
         rates: rates.clone(),
+        marks: Marks::new(random_u64()),
     })
 }

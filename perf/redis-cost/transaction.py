@@ -62,7 +62,7 @@ def request(variant, tag, i, body):
     sends its transaction with the group's first request, nothing with the others)."""
     nonce = f'croupier:nonce:bench:{tag}:{i}'
     digest = hashlib.sha256(f'{tag}:{i}'.encode()).digest()
-    xadd = command('XADD', KEY, 'MAXLEN', '~', '2000', '*', 'fmt', 'cr/v1', 'n', '100', 'batch', ARCHIVE)
+    xadd = append(tag, i)
     if variant == 'xadd':
         return xadd, 1
     if variant.startswith('lease'):
@@ -79,10 +79,22 @@ def request(variant, tag, i, body):
     keys, args = [], []
     for j in range(i, i + n):
         keys += [f'croupier:nonce:bench:{tag}:{j}', KEY]
-        args += [hashlib.sha256(f'{tag}:{j}'.encode()).digest(), '1', '100', str(len(ARCHIVE))]
+        args += [hashlib.sha256(f'{tag}:{j}'.encode()).digest(), '1', mark(tag, j)]
     head = ('EVALSHA', hashlib.sha1(body).hexdigest()) if variant == 'evalsha' else ('EVAL', body)
     ev = command(*head, str(len(keys)), *keys, '602', *args)
-    return command('MULTI') + xadd * n + ev + command('EXEC'), 3 + n
+    xadds = b''.join(append(tag, j) for j in range(i, i + n))
+    return command('MULTI') + xadds + ev + command('EXEC'), 3 + n
+
+
+def mark(tag, i):
+    """Request `i`'s mark (32 hexadecimal digits, as an ingest shard writes them)."""
+    return '%016x%016x' % (hash(tag) & (2**64 - 1), i)
+
+
+def append(tag, i):
+    """Request `i`'s XADD, with its entry's fields as an ingest shard writes them."""
+    return command('XADD', KEY, 'MAXLEN', '~', '2000', '*', 'fmt', 'rkyv1', 'n', '100', 'm', mark(tag, i),
+                   'batch', ARCHIVE)
 
 
 def skip_reply(buf, pos):

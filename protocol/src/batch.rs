@@ -1,7 +1,8 @@
 //! Stream batch entries: many validated records in one rkyv archive.
 //!
 //! An ingest shard writes one stream entry per batch with the fields
-//! `fmt` = [`FORMAT`], `n` = number of records, `batch` = the archive. A worker reads the
+//! `fmt` = [`FORMAT`], `n` = number of records, `m` = the [`Mark`] of the request's append,
+//! `batch` = the archive. A worker reads the
 //! archive in place ([`access`]) without deserialising it; the archive is validated
 //! (bytecheck) first, so a corrupt entry is an error, never undefined behaviour.
 
@@ -19,6 +20,61 @@ pub const FIELD_FORMAT: &str = "fmt";
 pub const FIELD_COUNT: &str = "n";
 /// Field holding the archive.
 pub const FIELD_BATCH: &str = "batch";
+/// Field holding the [`Mark`] of the append that wrote the entry.
+pub const FIELD_MARK: &str = "m";
+
+/// What an ingest shard writes in every entry of one request's append (field
+/// [`FIELD_MARK`]): 32 hexadecimal digits, a 64-bit number the shard drew at random (from
+/// the operating system's randomness) when it started, then a count of its appends. Two
+/// appends share one only if two shards drew the same number (odds of 2⁻⁶⁴ per pair), so
+/// the ingest script takes back an entry only when it carries the mark of a request it
+/// refused (`crate::resp::INGEST_SCRIPT`), never one at a place an `XADD` that failed has
+/// shifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark([u8; 32]);
+
+impl Mark {
+    /// The mark's digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A shard's source of [`Mark`]s.
+#[derive(Debug)]
+pub struct Marks {
+    /// The digits of the shard's random number.
+    prefix: [u8; 16],
+    /// Appends marked so far.
+    next: std::cell::Cell<u64>,
+}
+
+impl Marks {
+    /// Marks starting with the random number `random`.
+    pub fn new(random: u64) -> Marks {
+        Marks { prefix: hex16(random), next: std::cell::Cell::new(0) }
+    }
+
+    /// The next append's mark.
+    pub fn next(&self) -> Mark {
+        let n = self.next.get();
+        self.next.set(n.wrapping_add(1));
+        let mut m = [0; 32];
+        m[..16].copy_from_slice(&self.prefix);
+        m[16..].copy_from_slice(&hex16(n));
+        Mark(m)
+    }
+}
+
+/// `n` as 16 lowercase hexadecimal digits.
+fn hex16(n: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
 /// Field of a Croupier-format entry (one event's JSON per entry).
 pub const FIELD_CROUPIER_DATA: &str = "data";
 
@@ -136,6 +192,18 @@ mod tests {
         b.push(&e).expect("fits");
         b.push(&crate::envelope::Event { event: "logout".into(), props: String::new(), ..e }).expect("fits");
         Batch { accepted_at_ms: 1, records: Records::Events(b) }
+    }
+
+    #[test]
+    fn marks_are_the_random_number_then_a_count_in_hex() {
+        let marks = Marks::new(0x0123_4567_89ab_cdef);
+        assert_eq!(marks.next().as_bytes(), b"0123456789abcdef0000000000000000");
+        assert_eq!(marks.next().as_bytes(), b"0123456789abcdef0000000000000001");
+        for _ in 0..253 {
+            marks.next();
+        }
+        assert_eq!(marks.next().as_bytes(), b"0123456789abcdef00000000000000ff");
+        assert_ne!(Marks::new(1).next(), Marks::new(2).next());
     }
 
     #[test]

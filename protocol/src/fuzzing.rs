@@ -56,8 +56,9 @@ pub fn resp_replies(data: &[u8]) {
             assert!(matches!(d, Ok(None)), "decode_reply of a {i}-byte prefix of a {used}-byte reply: {d:?}");
         }
         let _ = resp::group_info(&frame, "analytics-workers");
-        const ENTRY: [resp::EntryMeta<'static>; 1] = [resp::EntryMeta { stream: "s", count: 1, archive_len: 1 }];
-        let member = resp::Member { nonce_key: "n", digest: &[0; 32], entries: &ENTRY };
+        const ENTRY: [resp::EntryMeta<'static>; 1] = [resp::EntryMeta { stream: "s" }];
+        let mark = crate::batch::Marks::new(0).next();
+        let member = resp::Member { nonce_key: "n", digest: &[0; 32], entries: &ENTRY, mark };
         let _ = resp::ingest_reply(vec![frame], &[member]);
         buf = &buf[used..];
     }

@@ -289,8 +289,13 @@ mod tests {
     #[test]
     fn commit_replies_are_read() {
         let mut out = Vec::new();
-        let e =
-            EntryArgs { stream: "s", minid: crate::stream::StreamId { ms: 1, seq: 0 }, count: 3, archive: b"\x00\r\n" };
+        let e = EntryArgs {
+            stream: "s",
+            minid: crate::stream::StreamId { ms: 1, seq: 0 },
+            count: 3,
+            archive: b"\x00\r\n",
+            mark: crate::batch::Marks::new(0).next(),
+        };
         let n = commit(&mut out, "nk", "nk:lease:07", 602, &[7; 32], &[e]);
         assert_eq!(frames(&out).len(), n);
         let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n", 3);

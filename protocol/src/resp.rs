@@ -17,7 +17,7 @@
 use redis_protocol::resp2::decode;
 pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 
-use crate::batch::{FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FORMAT};
+use crate::batch::{Mark, FIELD_BATCH, FIELD_COUNT, FIELD_FORMAT, FIELD_MARK, FORMAT};
 use crate::stream::StreamId;
 
 /// The script of the ingest transaction ([`ingest_end`]), run right after its `XADD`s: one request's
@@ -26,8 +26,8 @@ use crate::stream::StreamId;
 ///
 /// `KEYS`: per request, its nonce key, then the streams its entries were appended to.
 /// `ARGV[1]`: the nonce TTL in seconds; then per request the body's SHA-256, its number of
-/// entries `k`, and `k` pairs of record count and archive length. The reply is an array of
-/// one verdict per request, in order.
+/// entries, and the [`Mark`] its entries carry. The reply is an array of one verdict per
+/// request, in order.
 ///
 /// A request's verdict is `OK` when its nonce was free and is now recorded (its appends
 /// stand); the status `DUPLICATE` when the nonce was used by a request with the same body
@@ -45,8 +45,11 @@ use crate::stream::StreamId;
 /// The transaction runs whole, with nothing in between, so the group's entries on a stream
 /// are its last ones, in the order of the requests, and no reader ever saw them; the
 /// stream's last entries are read back from the first one to delete on (`XREVRANGE`), and
-/// one is deleted only when the entry at its place has its request's record count and
-/// archive length (an `XADD` that failed when run leaves the places shifted). Entries older than
+/// of those only an entry carrying the mark of a request taken back is deleted: an `XADD`
+/// that failed when run (a stream whose last id is the largest possible one, an ACL changed
+/// in between) leaves the places shifted, and the entry at one may then be another
+/// request's, even one with the same body and nonce (a duplicate's first copy), or one
+/// from before the transaction. Entries older than
 /// the MINID are trimmed (`~`: whole nodes), and the shard only ever sends a MINID at or
 /// below what the consumer group has acknowledged (`redis::backlog`). Should Redis refuse
 /// the script's `XREVRANGE` or `XDEL` (an ACL changed while the connection was up: its
@@ -65,9 +68,9 @@ use crate::stream::StreamId;
 /// `KEYS` and `ARGV` a request at a time (`K` its nonce key, `D` its digest, `n` its
 /// entries, `e` why one of its streams is not one); `b` holds each stream key's `TYPE`
 /// verdict (`false`: a stream), `o` the verdicts, `d` the requests whose entries are taken
-/// back (`u`: any). Taking back: `p` lists per stream its entries' places (request, and
-/// where its count is in `ARGV`), `m` the first place to take back, read against the
-/// stream's last entries (`x`).
+/// back (`u`: any). Taking back: `M` holds their marks, `p` lists per stream the request of
+/// each of its entries, in order, `m` the first place to take back, and `x` the stream's
+/// entries from there on.
 pub const INGEST_SCRIPT: &str = "\
 local b,o,d,u,k,a={},{},{},false,1,2 \
 while a<#ARGV do \
@@ -103,38 +106,37 @@ o[i]=r \
 end \
 end \
 u=u or d[i] \
-k,a=k+1+n,a+2+2*n \
+k,a=k+1+n,a+3 \
 end \
 if u then \
-local p,i={},0 \
+local p,M,i={},{},0 \
 k,a=1,2 \
 while a<#ARGV do \
 local n=tonumber(ARGV[a+1]) \
 i=i+1 \
+if d[i] then M[ARGV[a+2]]=1 end \
 for j=1,n do \
 local s=KEYS[k+j] \
 p[s]=p[s] or {} \
-table.insert(p[s],{i,a+2*j}) \
+table.insert(p[s],i) \
 end \
-k,a=k+1+n,a+2+2*n \
+k,a=k+1+n,a+3 \
 end \
 for s,l in pairs(p) do \
 local m=#l+1 \
 for q,v in ipairs(l) do \
-if d[v[1]] and q<m then m=q end \
+if d[v] and q<m then m=q end \
 end \
 local x=m<=#l and redis.pcall('XREVRANGE',s,'+','-','COUNT',#l-m+1) or {} \
 if x.err and not x.err:find('WRONGTYPE',1,true) then return redis.error_reply('NOPERM take-back '..x.err) end \
-for q=m,#l do \
-local v,y=l[q],x[#l-q+1] \
-if d[v[1]] and y then \
-local f,c,z=y[2] \
+if not x.err then \
+for _,y in ipairs(x) do \
+local f=y[2] \
 for w=1,#f,2 do \
-if f[w]=='n' then c=f[w+1] elseif f[w]=='batch' then z=#f[w+1] end \
-end \
-if c==ARGV[v[2]] and z==tonumber(ARGV[v[2]+1]) then \
+if f[w]=='m' and M[f[w+1]] then \
 local r=redis.pcall('XDEL',s,y[1]) \
 if type(r)=='table' then return redis.error_reply('NOPERM take-back '..r.err) end \
+end \
 end \
 end \
 end \
@@ -145,7 +147,13 @@ return o";
 /// The start of the ingest script's error when Redis refused it a take-back.
 pub const TAKE_BACK_REFUSED: &str = "NOPERM take-back";
 
-const _: () = assert!(FORMAT.len() == 5 && FIELD_FORMAT.len() == 3 && FIELD_COUNT.len() == 1 && FIELD_BATCH.len() == 5);
+const _: () = assert!(
+    FORMAT.len() == 5
+        && FIELD_FORMAT.len() == 3
+        && FIELD_COUNT.len() == 1
+        && FIELD_MARK.len() == 1
+        && FIELD_BATCH.len() == 5
+);
 
 /// A protocol error in a reply (not an error reply, which is a [`Frame::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,12 +199,14 @@ pub struct EntryArgs<'a> {
     pub count: usize,
     /// The rkyv archive.
     pub archive: &'a [u8],
+    /// The mark of the request's append.
+    pub mark: Mark,
 }
 
 /// Appends one `XADD` of `e` (`MINID ~`, an automatic id, the batch entry's fields).
 pub fn xadd(out: &mut Vec<u8>, e: &EntryArgs<'_>) {
-    out.reserve(e.archive.len() + e.stream.len() + 128);
-    put_len(out, b'*', 12);
+    out.reserve(e.archive.len() + e.stream.len() + 192);
+    put_len(out, b'*', 14);
     for a in [b"XADD".as_slice(), e.stream.as_bytes(), b"MINID", b"~"] {
         put_arg(out, a);
     }
@@ -211,6 +221,8 @@ pub fn xadd(out: &mut Vec<u8>, e: &EntryArgs<'_>) {
         put_arg(out, a);
     }
     put_num_arg(out, e.count as u64);
+    put_arg(out, FIELD_MARK.as_bytes());
+    put_arg(out, e.mark.as_bytes());
     put_arg(out, FIELD_BATCH.as_bytes());
     put_arg(out, e.archive);
 }
@@ -222,26 +234,23 @@ pub struct Member<'a> {
     pub nonce_key: &'a str,
     /// The body's SHA-256, the nonce's value.
     pub digest: &'a [u8; 32],
-    /// Each of its entries' stream, record count and archive length, in the order of its
-    /// `XADD`s.
+    /// Each of its entries' stream, in the order of its `XADD`s.
     pub entries: &'a [EntryMeta<'a>],
+    /// The mark its entries carry ([`EntryArgs::mark`]).
+    pub mark: Mark,
 }
 
-/// What the script checks of one entry appended by an `XADD` of a [`Member`].
+/// What the script needs of one entry appended by an `XADD` of a [`Member`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryMeta<'a> {
     /// Stream key.
     pub stream: &'a str,
-    /// Records in the archive.
-    pub count: usize,
-    /// The archive's length in bytes.
-    pub archive_len: usize,
 }
 
 impl<'a> EntryMeta<'a> {
-    /// What the script checks of the entry `e` appends.
+    /// What the script needs of the entry `e` appends.
     pub fn of(e: &EntryArgs<'a>) -> EntryMeta<'a> {
-        EntryMeta { stream: e.stream, count: e.count, archive_len: e.archive.len() }
+        EntryMeta { stream: e.stream }
     }
 }
 
@@ -258,9 +267,9 @@ pub fn ingest_begin(out: &mut Vec<u8>) {
 pub fn ingest_end(out: &mut Vec<u8>, ttl_secs: u64, members: &[Member<'_>]) -> usize {
     let entries = members.iter().map(|m| m.entries.len()).sum::<usize>();
     let keys = members.len() + entries;
-    // EVAL, the script, numkeys, the keys, the TTL, per member its digest and entry count,
-    // per entry its record count and archive length.
-    put_len(out, b'*', 3 + keys + 1 + 2 * members.len() + 2 * entries);
+    // EVAL, the script, numkeys, the keys, the TTL, per member its digest, entry count and
+    // mark.
+    put_len(out, b'*', 3 + keys + 1 + 3 * members.len());
     put_arg(out, b"EVAL");
     put_arg(out, INGEST_SCRIPT.as_bytes());
     put_num_arg(out, keys as u64);
@@ -274,10 +283,7 @@ pub fn ingest_end(out: &mut Vec<u8>, ttl_secs: u64, members: &[Member<'_>]) -> u
     for m in members {
         put_arg(out, m.digest);
         put_num_arg(out, m.entries.len() as u64);
-        for e in m.entries {
-            put_num_arg(out, e.count as u64);
-            put_num_arg(out, e.archive_len as u64);
-        }
+        put_arg(out, m.mark.as_bytes());
     }
     command(out, &[b"EXEC"]);
     entries + 3
@@ -658,17 +664,22 @@ mod tests {
     #[test]
     fn ingest_is_a_transaction_of_plain_appends_then_the_script() {
         let mut out = Vec::new();
-        let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n" };
-        let f = EntryArgs { stream: "c", minid: StreamId::ZERO, count: 7, archive: b"abc" };
-        let g = EntryArgs { stream: "s", minid: StreamId::ZERO, count: 12, archive: b"hello" };
+        let marks = crate::batch::Marks::new(0xfeed);
+        let (m1, m2) = (marks.next(), marks.next());
+        let e = EntryArgs { stream: "s", minid: StreamId { ms: 10, seq: 1 }, count: 2, archive: b"\x00\r\n", mark: m1 };
+        let f = EntryArgs { stream: "c", minid: StreamId::ZERO, count: 7, archive: b"abc", mark: m1 };
+        let g = EntryArgs { stream: "s", minid: StreamId::ZERO, count: 12, archive: b"hello", mark: m2 };
+        const M1: &[u8] = b"000000000000feed0000000000000000";
+        const M2: &[u8] = b"000000000000feed0000000000000001";
+        assert_eq!((m1.as_bytes(), m2.as_bytes()), (M1, M2));
         ingest_begin(&mut out);
         for x in [&e, &f, &g] {
             xadd(&mut out, x);
         }
-        let (m1, m2) = ([EntryMeta::of(&e), EntryMeta::of(&f)], [EntryMeta::of(&g)]);
+        let (e1, e2) = ([EntryMeta::of(&e), EntryMeta::of(&f)], [EntryMeta::of(&g)]);
         let members = [
-            Member { nonce_key: "nk", digest: &[7; 32], entries: &m1 },
-            Member { nonce_key: "nk2", digest: &[9; 32], entries: &m2 },
+            Member { nonce_key: "nk", digest: &[7; 32], entries: &e1, mark: m1 },
+            Member { nonce_key: "nk2", digest: &[9; 32], entries: &e2, mark: m2 },
         ];
         let replies = ingest_end(&mut out, 602, &members);
         assert_eq!(replies, 6, "OK, four QUEUED, the EXEC");
@@ -678,37 +689,51 @@ mod tests {
         assert_eq!(cmds[0], v(&[b"MULTI"]));
         assert_eq!(
             cmds[1],
-            v(&[b"XADD", b"s", b"MINID", b"~", b"10-1", b"*", b"fmt", b"rkyv1", b"n", b"2", b"batch", b"\x00\r\n"])
+            v(&[
+                b"XADD",
+                b"s",
+                b"MINID",
+                b"~",
+                b"10-1",
+                b"*",
+                b"fmt",
+                b"rkyv1",
+                b"n",
+                b"2",
+                b"m",
+                M1,
+                b"batch",
+                b"\x00\r\n"
+            ])
         );
         assert_eq!(
             cmds[2],
-            v(&[b"XADD", b"c", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"7", b"batch", b"abc"])
+            v(&[b"XADD", b"c", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"7", b"m", M1, b"batch", b"abc"])
         );
         assert_eq!(
             cmds[3],
-            v(&[b"XADD", b"s", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"12", b"batch", b"hello"])
+            v(&[
+                b"XADD", b"s", b"MINID", b"~", b"0-0", b"*", b"fmt", b"rkyv1", b"n", b"12", b"m", M2, b"batch",
+                b"hello"
+            ])
         );
         assert_eq!(cmds[4][0], b"EVAL");
         assert_eq!(cmds[4][1], INGEST_SCRIPT.as_bytes());
-        // Counts only: no archive passes through the script. Keys: each member's nonce
-        // then its streams; arguments: the TTL, then each member's digest, entry count,
-        // and per entry its record count and archive length.
+        // No archive passes through the script. Keys: each member's nonce then its
+        // streams; arguments: the TTL, then each member's digest, entry count and mark.
         assert_eq!(
             cmds[4][2..].to_vec(),
-            v(&[
-                b"5", b"nk", b"s", b"c", b"nk2", b"s", b"602", &[7; 32], b"2", b"2", b"3", b"7", b"3", &[9; 32], b"1",
-                b"12", b"5"
-            ])
+            v(&[b"5", b"nk", b"s", b"c", b"nk2", b"s", b"602", &[7; 32], b"2", M1, &[9; 32], b"1", M2])
         );
         assert_eq!(cmds[5], v(&[b"EXEC"]));
     }
 
-    const ONE: [EntryMeta<'static>; 1] = [EntryMeta { stream: "s", count: 1, archive_len: 1 }];
+    const ONE: [EntryMeta<'static>; 1] = [EntryMeta { stream: "s" }];
     const TWO: [EntryMeta<'static>; 2] = [ONE[0], ONE[0]];
 
     /// A member appending `entries` under `nonce_key`, with the body `digest`.
     fn member<'a>(nonce_key: &'a str, digest: &'a [u8; 32], entries: &'a [EntryMeta<'a>]) -> Member<'a> {
-        Member { nonce_key, digest, entries }
+        Member { nonce_key, digest, entries, mark: crate::batch::Marks::new(1).next() }
     }
 
     #[test]

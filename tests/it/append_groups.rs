@@ -9,6 +9,7 @@ use std::sync::{Arc, Barrier};
 use croupier_control::config::Driver;
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers};
 use croupier_it::redis::{xrange, RedisClient, RedisServer};
+use croupier_protocol::batch::{Mark, Marks};
 use croupier_protocol::resp::{self, EntryArgs, EntryMeta, Frame, IngestReply, Member, RespError};
 use croupier_protocol::stream::StreamId;
 
@@ -24,22 +25,29 @@ struct Req {
 /// Runs `reqs` as one transaction; the verdicts.
 fn run(c: &mut RedisClient, reqs: &[Req]) -> Vec<Result<IngestReply, RespError>> {
     let mut cmd = Vec::new();
+    let marks = Marks::new(fastrand::u64(..));
+    let marks: Vec<Mark> = reqs.iter().map(|_| marks.next()).collect();
     resp::ingest_begin(&mut cmd);
     let metas: Vec<Vec<EntryMeta<'_>>> = reqs
         .iter()
-        .map(|r| {
+        .zip(&marks)
+        .map(|(r, &mark)| {
             r.entries
                 .iter()
                 .map(|(stream, count, archive)| {
-                    let e = EntryArgs { stream, minid: StreamId::ZERO, count: *count, archive };
+                    let e = EntryArgs { stream, minid: StreamId::ZERO, count: *count, archive, mark };
                     resp::xadd(&mut cmd, &e);
                     EntryMeta::of(&e)
                 })
                 .collect()
         })
         .collect();
-    let members: Vec<Member<'_>> =
-        reqs.iter().zip(&metas).map(|(r, entries)| Member { nonce_key: r.nonce, digest: &r.digest, entries }).collect();
+    let members: Vec<Member<'_>> = reqs
+        .iter()
+        .zip(&metas)
+        .zip(&marks)
+        .map(|((r, entries), &mark)| Member { nonce_key: r.nonce, digest: &r.digest, entries, mark })
+        .collect();
     let replies = resp::ingest_end(&mut cmd, 602, &members);
     c.send(&cmd).expect("send");
     let frames = c.replies(replies).expect("replies");
@@ -91,7 +99,7 @@ fn a_group_judges_each_request_on_its_own() {
     assert_eq!(v[4], Ok(IngestReply::Replay));
     assert!(added(&v[5], 1), "{:?}", v[5]);
     // Exactly the accepted requests' entries, in order: the taken-back ones were the
-    // ones at their own places, not a neighbour of the same sizes.
+    // ones with their own marks, not a neighbour of the same sizes.
     assert_eq!(batches(&mut c, "ev"), [b"old".to_vec(), b"a-ev".to_vec(), b"b-ev".to_vec()]);
     assert_eq!(batches(&mut c, "cu"), [b"a-cu".to_vec(), b"c-cu".to_vec()]);
     // Each nonce holds its first body's digest.
@@ -135,6 +143,74 @@ fn a_nonce_key_that_cannot_be_read_fails_its_request_and_takes_its_entries_back(
     assert!(added(&v[0], 1) && added(&v[2], 1), "{v:?}");
     assert!(matches!(&v[1], Err(RespError(e)) if e.starts_with("WRONGTYPE")), "an error, not a replay: {:?}", v[1]);
     assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"c-ev".to_vec()]);
+}
+
+#[test]
+fn an_append_that_fails_when_run_never_takes_back_another_requests_entry() {
+    // A stream whose ids are used up: every `XADD` to it fails when the transaction runs,
+    // so the entries the script reads back from a take-back's place are older ones.
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    let a = Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec())] };
+    let b = Req { nonce: "n:b", digest: [3; 32], entries: vec![("ev", 3, b"b-ev".to_vec())] };
+    let v = run(&mut c, &[a, b]);
+    assert!(added(&v[0], 1) && added(&v[1], 1), "{v:?}");
+    c.cmd(&["XSETID", "ev", "18446744073709551615-18446744073709551615"]);
+    // The second request again (a duplicate: its first copy is the last entry, same
+    // body, same sizes), a replay of the first's nonce (another body, same sizes), and a
+    // fresh request, all to the used-up stream.
+    let reqs = [
+        Req { nonce: "n:b", digest: [3; 32], entries: vec![("ev", 3, b"b-ev".to_vec())] },
+        Req { nonce: "n:a", digest: [9; 32], entries: vec![("ev", 3, b"x-ev".to_vec())] },
+        Req { nonce: "n:c", digest: [4; 32], entries: vec![("ev", 3, b"c-ev".to_vec())] },
+    ];
+    let v = run(&mut c, &reqs);
+    assert_eq!(v[0], Ok(IngestReply::Duplicate));
+    assert_eq!(v[1], Ok(IngestReply::Replay));
+    assert!(matches!(&v[2], Ok(IngestReply::AppendFailed(_))), "{:?}", v[2]);
+    // Both accepted entries stay: the script read them back, but they carry other marks.
+    assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"b-ev".to_vec()]);
+    // The same with one request alone per transaction, as a light load sends them.
+    for r in [
+        Req { nonce: "n:b", digest: [3; 32], entries: vec![("ev", 3, b"b-ev".to_vec())] },
+        Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec())] },
+    ] {
+        assert_eq!(run(&mut c, &[r]), [Ok(IngestReply::Duplicate)]);
+    }
+    assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"b-ev".to_vec()]);
+    // A replay to the used-up stream and to a working one, behind an accepted request of
+    // the same sizes on the working one: its own entry there is taken back, the accepted
+    // one stays, and on the used-up stream the entry read back (another's) stays.
+    let reqs = [
+        Req { nonce: "n:d", digest: [5; 32], entries: vec![("cu", 3, b"d-cu".to_vec())] },
+        Req { nonce: "n:a", digest: [8; 32], entries: vec![("ev", 3, b"y-ev".to_vec()), ("cu", 3, b"y-cu".to_vec())] },
+    ];
+    let v = run(&mut c, &reqs);
+    assert!(added(&v[0], 1), "{:?}", v[0]);
+    assert_eq!(v[1], Ok(IngestReply::Replay));
+    assert_eq!(batches(&mut c, "cu"), [b"d-cu".to_vec()]);
+    assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"b-ev".to_vec()]);
+}
+
+#[test]
+fn every_entry_carries_its_requests_mark() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    let reqs = [
+        Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec()), ("cu", 1, b"a-cu".to_vec())] },
+        Req { nonce: "n:b", digest: [3; 32], entries: vec![("ev", 2, b"b-ev".to_vec())] },
+    ];
+    run(&mut c, &reqs);
+    let (ev, cu) = (xrange(&mut c, "ev"), xrange(&mut c, "cu"));
+    let mark = |e: &croupier_it::redis::Entry| e.get("m").expect("m").to_vec();
+    assert_eq!(mark(&ev[0]), mark(&cu[0]), "one request, one mark");
+    assert_ne!(mark(&ev[0]), mark(&ev[1]), "two requests, two marks");
+    for e in ev.iter().chain(&cu) {
+        let m = mark(e);
+        assert_eq!(m.len(), 32);
+        assert!(m.iter().all(|b| b.is_ascii_hexdigit()), "{m:?}");
+        assert_eq!(e.get("fmt"), Some(b"rkyv1".as_slice()));
+    }
 }
 
 /// `INFO commandstats` calls of `cmd` since the last `CONFIG RESETSTAT`.

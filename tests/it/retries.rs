@@ -16,6 +16,7 @@ both_drivers!(
     c4_a_retried_batch_gets_the_same_event_ids,
     c4_same_nonce_same_body_is_answered_202_without_a_second_append,
     low_a_stream_key_of_another_type_uses_up_nothing,
+    a_retry_to_a_stream_whose_ids_are_used_up_takes_back_nothing_accepted,
 );
 
 /// The event ids of every entry of `key`, entry by entry.
@@ -126,6 +127,40 @@ fn c4_same_nonce_same_body_is_answered_202_without_a_second_append(driver: Drive
     let r = f.client().request("POST", "/api/ingest/events", &h, other.as_bytes());
     assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"));
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+}
+
+fn a_retry_to_a_stream_whose_ids_are_used_up_takes_back_nothing_accepted(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    // Two accepted requests of the same size, then the stream's ids used up: every
+    // `XADD` to it fails when run, so a take-back reads older entries back.
+    let (a, b) = (events(3), events(3));
+    let (na, nb) = (fresh_nonce(), fresh_nonce());
+    let send = |body: &str, nonce: &str| {
+        let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), nonce);
+        f.client().request("POST", "/api/ingest/events", &h, body.as_bytes())
+    };
+    assert_eq!((send(&a, &na).status, send(&b, &nb).status), (202, 202));
+    let before = xrange(&mut f.redis.client(), "analytics:events");
+    assert_eq!(before.len(), 2);
+    let mut redis = f.redis.client();
+    redis.cmd(&["XSETID", "analytics:events", "18446744073709551615-18446744073709551615"]);
+    // Retries of both (each a duplicate whose first copy is where its own append would
+    // have been) and a replay of the first's nonce: answered as ever, nothing deleted.
+    for _ in 0..2 {
+        assert_eq!(send(&b, &nb).status, 202);
+        assert_eq!(send(&a, &na).status, 202);
+        let r = send(&b, &na);
+        assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"));
+    }
+    // A new request cannot be appended: 503, and its nonce stays free.
+    let (c, nc) = (events(3), fresh_nonce());
+    let r = send(&c, &nc);
+    assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+    let after = xrange(&mut f.redis.client(), "analytics:events");
+    let ids = |v: &[croupier_it::redis::Entry]| v.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before), "the accepted entries are all there");
+    assert!(after.iter().zip(&before).all(|(x, y)| x.get("batch") == y.get("batch")), "unchanged");
+    assert_eq!(redis.int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nc}")]), 0, "the nonce is given back");
 }
 
 fn low_a_stream_key_of_another_type_uses_up_nothing(driver: Driver) {

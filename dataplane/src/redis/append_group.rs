@@ -34,6 +34,7 @@ use std::rc::Rc;
 
 use croupier_control::config::Config;
 use croupier_control::metrics::{IngestTransactionSent, ShardWriter};
+use croupier_protocol::batch::Mark;
 use croupier_protocol::resp::{self, EntryMeta, IngestReply, Member, RespError, INGEST_SCRIPT};
 use croupier_protocol::stream::StreamKind;
 use local_sync::oneshot;
@@ -54,15 +55,17 @@ pub struct Append {
     pub cmd: Vec<u8>,
     /// Where the `XADD`s start in `cmd`.
     pub xadds_at: usize,
-    /// Each entry's stream, record count and archive length, in the order of the `XADD`s
-    /// (the first [`Append::len`]).
-    pub entries: [(StreamKind, usize, usize); 3],
+    /// Each entry's stream and record count, in the order of the `XADD`s (the first
+    /// [`Append::len`]).
+    pub entries: [(StreamKind, usize); 3],
     /// How many entries.
     pub len: usize,
     /// The nonce key (tagged with its partition), handed back with the answer.
     pub nonce_key: String,
     /// The body's digest, the nonce's value.
     pub digest: [u8; 32],
+    /// The mark its entries carry.
+    pub mark: Mark,
 }
 
 impl Append {
@@ -71,8 +74,8 @@ impl Append {
         self.cmd.get(self.xadds_at..).unwrap_or_default()
     }
 
-    /// Each entry's stream, record count and archive length.
-    fn entries(&self) -> &[(StreamKind, usize, usize)] {
+    /// Each entry's stream and record count.
+    fn entries(&self) -> &[(StreamKind, usize)] {
         self.entries.get(..self.len).unwrap_or_default()
     }
 }
@@ -157,7 +160,7 @@ impl AppendGroups {
             return (Err(RedisError::QueueFull), a.nonce_key);
         }
         self.queued.set(queued + a.cmd.len());
-        for &(kind, _, _) in a.entries() {
+        for &(kind, _) in a.entries() {
             self.backlog.stage(p, kind);
         }
         let (reply, answer) = oneshot::channel();
@@ -212,7 +215,7 @@ impl AppendGroups {
         while let Some(w) = q.waiting.pop_front() {
             self.queued.set(self.queued.get().saturating_sub(w.append.cmd.len()));
             // Queued on the connection next (counted by `count_added` then), or dropped.
-            for &(kind, _, _) in w.append.entries() {
+            for &(kind, _) in w.append.entries() {
                 self.backlog.unstage(p, kind);
             }
             if w.reply.is_closed() {
@@ -250,7 +253,7 @@ impl AppendGroups {
         let metas: Vec<EntryMeta<'_>> = group
             .iter()
             .flat_map(|w| w.append.entries())
-            .map(|&(kind, count, archive_len)| EntryMeta { stream: partitions.stream(p, kind), count, archive_len })
+            .map(|&(kind, _)| EntryMeta { stream: partitions.stream(p, kind) })
             .collect();
         let mut at = 0;
         let members: Vec<Member<'_>> = group
@@ -258,12 +261,12 @@ impl AppendGroups {
             .map(|w| {
                 let entries = metas.get(at..at + w.append.len).unwrap_or_default();
                 at += w.append.len;
-                Member { nonce_key: &w.append.nonce_key, digest: &w.append.digest, entries }
+                Member { nonce_key: &w.append.nonce_key, digest: &w.append.digest, entries, mark: w.append.mark }
             })
             .collect();
         let replies = resp::ingest_end(&mut cmd, self.ttl_secs, &members);
         // Counted as queued: nothing awaits between here and the call's queueing.
-        for &(kind, count, _) in group.iter().flat_map(|w| w.append.entries()) {
+        for &(kind, count) in group.iter().flat_map(|w| w.append.entries()) {
             self.backlog.count_added(p, kind, count);
         }
         self.metrics.emit(IngestTransactionSent { requests: members.len() as u64 });

@@ -168,8 +168,16 @@ async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
         Ok((Ok(IngestReply::Replay), _)) => Outcome::Replay,
         Ok((Ok(IngestReply::AppendFailed(e)), _)) => {
             // The nonce was recorded although an append failed: given back, so that the
-            // retry appends.
-            tracing::warn!(nonce = %nonce_key, error = %e, "an append of the ingest transaction failed");
+            // retry appends. A stream that refuses every append (its ids used up) fails
+            // every request to it: logged with the first word of its error, in a while.
+            if first_failure_in_a_while(&e) {
+                tracing::warn!(
+                    nonce = %nonce_key,
+                    error = %e,
+                    "an append of the ingest transaction failed when run: its nonce given back, answered 503 \
+                     (logged at most every 10 s per error code)"
+                );
+            }
             let mut cmd = Vec::with_capacity(nonce_key.len() + 160);
             resp::forget_nonce(&mut cmd, &nonce_key, &digest);
             if !matches!(shard.redis.call(cmd).await, Ok(Frame::Integer(_))) {

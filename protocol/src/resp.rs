@@ -362,7 +362,7 @@ pub fn ingest_reply(
     let mut replies: Vec<Result<IngestReply, RespError>> = verdicts
         .into_iter()
         .zip(members)
-        .map(|(verdict, m)| member_reply(verdict, ids.by_ref().take(m.entries.len()).collect()))
+        .map(|(verdict, m)| member_reply(verdict, ids.by_ref().take(m.entries.len()).collect(), m.entries))
         .collect();
     for (i, m) in members.iter().enumerate() {
         // Only a duplicate looks back, and only at failed appends (the common transaction
@@ -384,8 +384,8 @@ pub fn ingest_reply(
     Ok(replies)
 }
 
-/// One member's verdict, with the replies to its `XADD`s.
-fn member_reply(verdict: Frame, xadds: Vec<Frame>) -> Result<IngestReply, RespError> {
+/// One member's verdict, with the replies to its `XADD`s (to `entries`' streams).
+fn member_reply(verdict: Frame, xadds: Vec<Frame>, entries: &[EntryMeta<'_>]) -> Result<IngestReply, RespError> {
     match verdict {
         Frame::SimpleString(s) if s == b"OK" => {}
         Frame::SimpleString(s) if s == b"DUPLICATE" => return Ok(IngestReply::Duplicate),
@@ -394,13 +394,16 @@ fn member_reply(verdict: Frame, xadds: Vec<Frame>) -> Result<IngestReply, RespEr
         other => return Err(RespError(format!("unexpected script reply {other:?}"))),
     }
     let mut ids = Vec::with_capacity(xadds.len());
-    for f in xadds {
+    for (i, f) in xadds.into_iter().enumerate() {
+        let stream = entries.get(i).map_or("?", |e| e.stream);
         match f {
             Frame::BulkString(b) | Frame::SimpleString(b) => {
                 ids.push(String::from_utf8(b).map_err(|_| RespError("entry id is not UTF-8".into()))?)
             }
-            Frame::Error(e) => return Ok(IngestReply::AppendFailed(e)),
-            other => return Ok(IngestReply::AppendFailed(format!("unexpected entry id {other:?}"))),
+            Frame::Error(e) => return Ok(IngestReply::AppendFailed(format!("{e} (XADD to {stream})"))),
+            other => {
+                return Ok(IngestReply::AppendFailed(format!("unexpected reply {other:?} to the XADD to {stream}")))
+            }
         }
     }
     Ok(IngestReply::Added(ids))
@@ -771,7 +774,7 @@ mod tests {
         // An `XADD` that failed although the script recorded the nonce: not confirmed.
         assert_eq!(
             one(b"*3\r\n-ERR x\r\n$3\r\n2-0\r\n*1\r\n+OK\r\n"),
-            Ok(Ok(IngestReply::AppendFailed("ERR x".into())))
+            Ok(Ok(IngestReply::AppendFailed("ERR x (XADD to s)".into())))
         );
         // A group: each member's verdict with its own `XADD`s' replies.
         let group = frames(
@@ -789,7 +792,7 @@ mod tests {
             ),
             Ok(vec![
                 Ok(IngestReply::Added(vec!["1-0".into()])),
-                Ok(IngestReply::AppendFailed("ERR x".into())),
+                Ok(IngestReply::AppendFailed("ERR x (XADD to s)".into())),
                 Ok(IngestReply::Replay),
             ])
         );

@@ -8,6 +8,7 @@ use croupier_it::proxy::FaultProxy;
 use croupier_it::redis::RedisServer;
 use croupier_protocol::resp::Frame;
 
+use crate::fixture::{events, post_signed, GAME, SECRET};
 use crate::pipeline::CROUPIER;
 
 fn env(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -104,4 +105,27 @@ fn a_frozen_redis_and_a_stream_key_of_another_type_are_warned_of() {
     let log = log_with(&c, "no reply within redis.reply_timeout_ms");
     let line = log.lines().find(|l| l.contains("no reply within")).expect("the line");
     assert!(line.contains(" WARN ") && line.contains(&format!("server={}", proxy.addr())), "{line}");
+}
+
+#[test]
+fn a_stream_whose_ids_are_used_up_is_warned_of_once_not_per_request() {
+    let redis = RedisServer::start();
+    let secret = format!("CROUPIER_GAMES__{GAME}__SECRET");
+    let c = Croupier::start(CROUPIER, "ingest", &env(&redis, &[(secret.as_str(), SECRET)]));
+    c.wait_data_ready();
+    let mut http = croupier_it::http::HttpClient::connect(c.data);
+    let ok = post_signed(&mut http, "/api/ingest/events", GAME, SECRET, events(2).as_bytes());
+    assert_eq!(ok.status, 202, "{}", ok.text());
+    redis.client().cmd(&["XSETID", "analytics:events", "18446744073709551615-18446744073709551615"]);
+    for _ in 0..20 {
+        let r = post_signed(&mut http, "/api/ingest/events", GAME, SECRET, events(2).as_bytes());
+        assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+    }
+    // One line for the twenty (at most every 10 s per error code), naming the stream.
+    let what = "an append of the ingest transaction failed when run";
+    let log = log_with(&c, what);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(what)).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains(" WARN ") && lines[0].contains("XADD to analytics:events"), "{}", lines[0]);
+    assert_eq!(redis.client().int(&["XLEN", "analytics:events"]), 1);
 }

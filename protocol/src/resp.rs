@@ -385,10 +385,27 @@ pub fn ingest_reply(
 }
 
 /// One member's verdict, with the replies to its `XADD`s (to `entries`' streams).
+///
+/// A `DUPLICATE` whose own `XADD` failed when run is an `Err`, not a duplicate: its first
+/// copy went to the same streams, and may have failed the same way in a transaction whose
+/// nonce is yet to be given back ([`IngestReply::AppendFailed`] is answered, and its nonce
+/// deleted, only after that transaction's reply), so a 202 could claim entries that are
+/// not there. Its nonce is left alone: it is the first copy's.
 fn member_reply(verdict: Frame, xadds: Vec<Frame>, entries: &[EntryMeta<'_>]) -> Result<IngestReply, RespError> {
     match verdict {
         Frame::SimpleString(s) if s == b"OK" => {}
-        Frame::SimpleString(s) if s == b"DUPLICATE" => return Ok(IngestReply::Duplicate),
+        Frame::SimpleString(s) if s == b"DUPLICATE" => {
+            let failed = xadds.iter().zip(entries).find_map(|(f, e)| match f {
+                Frame::Error(err) => Some((err.clone(), e.stream)),
+                _ => None,
+            });
+            return match failed {
+                None => Ok(IngestReply::Duplicate),
+                Some((err, stream)) => Err(RespError(format!(
+                    "{err} (XADD to {stream}): a copy of a request whose first copy may have failed the same way"
+                ))),
+            };
+        }
         Frame::Error(e) if e.starts_with("REPLAY") => return Ok(IngestReply::Replay),
         Frame::Error(e) => return Err(RespError(e)),
         other => return Err(RespError(format!("unexpected script reply {other:?}"))),
@@ -761,6 +778,9 @@ mod tests {
         assert_eq!(one(replay), Ok(Ok(IngestReply::Replay)));
         let dup = b"*3\r\n$3\r\n1-0\r\n$3\r\n2-0\r\n*1\r\n+DUPLICATE\r\n";
         assert_eq!(one(dup), Ok(Ok(IngestReply::Duplicate)));
+        // A duplicate whose own append failed when run: not answered as appended.
+        let dup_failed = b"*3\r\n$3\r\n1-0\r\n-ERR exhausted\r\n*1\r\n+DUPLICATE\r\n";
+        assert!(matches!(one(dup_failed), Ok(Err(RespError(e))) if e.starts_with("ERR exhausted (XADD to s)")));
         // A stream key of another type: its `XADD` failed, the script took the other back.
         let wrong = b"*3\r\n-WRONGTYPE x\r\n$3\r\n2-0\r\n*1\r\n-WRONGTYPE s holds a string\r\n";
         assert_eq!(one(wrong), Ok(Err(RespError("WRONGTYPE s holds a string".into()))));

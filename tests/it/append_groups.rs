@@ -165,7 +165,9 @@ fn an_append_that_fails_when_run_never_takes_back_another_requests_entry() {
         Req { nonce: "n:c", digest: [4; 32], entries: vec![("ev", 3, b"c-ev".to_vec())] },
     ];
     let v = run(&mut c, &reqs);
-    assert_eq!(v[0], Ok(IngestReply::Duplicate));
+    // The duplicate's own append failed: not answered as appended (it cannot tell a first
+    // copy stored long ago from one that failed the same way just before).
+    assert!(matches!(&v[0], Err(RespError(e)) if e.contains("XADD to ev")), "{:?}", v[0]);
     assert_eq!(v[1], Ok(IngestReply::Replay));
     assert!(matches!(&v[2], Ok(IngestReply::AppendFailed(_))), "{:?}", v[2]);
     // Both accepted entries stay: the script read them back, but they carry other marks.
@@ -175,7 +177,8 @@ fn an_append_that_fails_when_run_never_takes_back_another_requests_entry() {
         Req { nonce: "n:b", digest: [3; 32], entries: vec![("ev", 3, b"b-ev".to_vec())] },
         Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec())] },
     ] {
-        assert_eq!(run(&mut c, &[r]), [Ok(IngestReply::Duplicate)]);
+        let v = run(&mut c, &[r]);
+        assert!(matches!(&v[0], Err(RespError(e)) if e.contains("XADD to ev")), "{v:?}");
     }
     assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"b-ev".to_vec()]);
     // A replay to the used-up stream and to a working one, behind an accepted request of
@@ -190,6 +193,26 @@ fn an_append_that_fails_when_run_never_takes_back_another_requests_entry() {
     assert_eq!(v[1], Ok(IngestReply::Replay));
     assert_eq!(batches(&mut c, "cu"), [b"d-cu".to_vec()]);
     assert_eq!(batches(&mut c, "ev"), [b"a-ev".to_vec(), b"b-ev".to_vec()]);
+}
+
+#[test]
+fn a_copy_of_a_request_whose_append_failed_is_not_answered_as_appended() {
+    // The first copy's `XADD` fails when run and the script records its nonce; before
+    // croupier has given that nonce back (after the transaction's reply), a second copy
+    // runs in its own transaction: its `DUPLICATE` verdict must not be a 202, as nothing
+    // of the request is stored.
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    let a = || Req { nonce: "n:a", digest: [2; 32], entries: vec![("ev", 3, b"a-ev".to_vec())] };
+    run(&mut c, &[Req { nonce: "n:z", digest: [1; 32], entries: vec![("ev", 1, b"z-ev".to_vec())] }]);
+    c.cmd(&["XSETID", "ev", "18446744073709551615-18446744073709551615"]);
+    let first = run(&mut c, &[a()]);
+    assert!(matches!(&first[0], Ok(IngestReply::AppendFailed(e)) if e.contains("XADD to ev")), "{first:?}");
+    let second = run(&mut c, &[a()]);
+    assert!(matches!(&second[0], Err(RespError(e)) if e.contains("XADD to ev")), "{second:?}");
+    // The nonce is the first copy's, left for croupier to give back.
+    assert_eq!(c.cmd(&["GET", "n:a"]), Frame::BulkString(vec![2; 32]));
+    assert_eq!(batches(&mut c, "ev"), [b"z-ev".to_vec()]);
 }
 
 #[test]

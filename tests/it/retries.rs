@@ -17,6 +17,7 @@ both_drivers!(
     c4_same_nonce_same_body_is_answered_202_without_a_second_append,
     low_a_stream_key_of_another_type_uses_up_nothing,
     a_retry_to_a_stream_whose_ids_are_used_up_takes_back_nothing_accepted,
+    copies_sent_at_once_to_a_stream_that_refuses_appends_are_never_202,
 );
 
 /// The event ids of every entry of `key`, entry by entry.
@@ -145,10 +146,13 @@ fn a_retry_to_a_stream_whose_ids_are_used_up_takes_back_nothing_accepted(driver:
     let mut redis = f.redis.client();
     redis.cmd(&["XSETID", "analytics:events", "18446744073709551615-18446744073709551615"]);
     // Retries of both (each a duplicate whose first copy is where its own append would
-    // have been) and a replay of the first's nonce: answered as ever, nothing deleted.
+    // have been: 503, as its own append failed and croupier cannot tell a first copy
+    // stored long ago from one that failed the same way) and a replay of the first's
+    // nonce (401): nothing deleted.
     for _ in 0..2 {
-        assert_eq!(send(&b, &nb).status, 202);
-        assert_eq!(send(&a, &na).status, 202);
+        let (rb, ra) = (send(&b, &nb), send(&a, &na));
+        assert_eq!((rb.status, rb.error_tag().as_str()), (503, "redis_unavailable"), "{}", rb.text());
+        assert_eq!(ra.status, 503, "{}", ra.text());
         let r = send(&b, &na);
         assert_eq!((r.status, r.error_tag().as_str()), (401, "replayed_nonce"));
     }
@@ -161,6 +165,37 @@ fn a_retry_to_a_stream_whose_ids_are_used_up_takes_back_nothing_accepted(driver:
     assert_eq!(ids(&after), ids(&before), "the accepted entries are all there");
     assert!(after.iter().zip(&before).all(|(x, y)| x.get("batch") == y.get("batch")), "unchanged");
     assert_eq!(redis.int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nc}")]), 0, "the nonce is given back");
+}
+
+/// Black-box finding: identical copies of a request sent at once to a stream whose every
+/// `XADD` fails when run (its ids used up) were answered 202 with nothing stored: a copy
+/// judged a duplicate of the first, whose nonce was recorded and not yet given back.
+fn copies_sent_at_once_to_a_stream_that_refuses_appends_are_never_202(driver: Driver) {
+    let f = Fixture::start(driver, |_| {});
+    f.redis.client().cmd(&["XSETID", "analytics:events", "18446744073709551615-18446744073709551615"]);
+    let mut sent = Vec::new();
+    for _ in 0..12 {
+        let (body, nonce) = (events(2), fresh_nonce());
+        let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let copies: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut client, h, body, start) = (f.client(), h.clone(), body.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = copies.into_iter().map(|c| c.join().expect("thread")).collect();
+        assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+        sent.push(nonce);
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), 0);
+    let mut redis = f.redis.client();
+    for nonce in sent {
+        assert_eq!(redis.int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0, "given back");
+    }
 }
 
 fn low_a_stream_key_of_another_type_uses_up_nothing(driver: Driver) {

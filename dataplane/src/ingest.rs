@@ -220,15 +220,23 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             let secs = retry_ms.div_ceil(1000).min(config.retry_after_secs).max(1);
             return Outcome::InFlight { retry_after: secs };
         }
-        Ok(Lease::Done) if wanted == 0 => return Outcome::Duplicate { replicas: 0 },
         Ok(Lease::Done) => {
+            // The lease this transaction took is given back (were that lost, it runs out).
+            let mut release = Vec::with_capacity(l.lease_key.len() + 32);
+            lease::release(&mut release, &l.nonce_key, &l.lease_key, false);
+            if wanted == 0 {
+                let _ = redis.call(release).await;
+                return Outcome::Duplicate { replicas: 0 };
+            }
             // A write of this connection's after the first append, for its `WAIT`.
             let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
             lease::touch_done(&mut cmd, &l.nonce_key, &l.digest);
-            return match redis.call_replicated(cmd).await {
+            let answer = match redis.call_replicated(cmd).await {
                 Ok((Frame::SimpleString(_), replicas)) => Outcome::Duplicate { replicas },
                 _ => Outcome::Failed,
             };
+            let _ = redis.call(release).await;
+            return answer;
         }
         Ok(Lease::WrongType { place, reserved, leased, .. }) => {
             if let Some((kind, _)) = parts.get(place) {
@@ -262,7 +270,18 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     }
     match redis.call_group(l.commit, l.commit_replies, 0, &l.nonce_key, wanted > 0).await {
         Ok((frames, replicas)) => match lease::commit_reply(frames, parts.len()) {
-            Commit::Added(ids) if ids.len() == parts.len() => Outcome::Added { replicas },
+            Commit::Added(ids) if ids.len() == parts.len() => {
+                // Given back without holding up the answer: until then (or until it runs
+                // out, two reply timeouts after the append) another attempt of the
+                // request is told to retry, not that it is done.
+                let mut release = Vec::with_capacity(l.lease_key.len() + 32);
+                lease::release(&mut release, &l.nonce_key, &l.lease_key, false);
+                let redis = redis.clone();
+                monoio::spawn(async move {
+                    let _ = redis.call(release).await;
+                });
+                Outcome::Added { replicas }
+            }
             // Nothing ran: the lease runs out, and the retry then appends.
             Commit::Added(_) => Outcome::Failed,
             Commit::NotRun(e) => {
@@ -270,15 +289,25 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 Outcome::Failed
             }
             Commit::Failed(e) => {
-                // The nonce was marked done and the lease given back although an append
-                // failed: pending again, so that the retry appends. The request's other
-                // entries stay appended (Redis does not roll a transaction back, and a
-                // worker may have read them already): its retry appends them again, with
-                // the same event ids, which ClickHouse keeps once.
-                tracing::warn!(nonce = %l.nonce_key, error = %e, "an append of the transaction failed");
-                let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
-                lease::reopen(&mut cmd, &l.nonce_key, &l.digest);
-                if !matches!(redis.call(cmd).await, Ok(Frame::SimpleString(_) | Frame::Null)) {
+                // The nonce was marked done although an append failed, the lease still
+                // held (so no other attempt is told the request is done): the nonce
+                // pending again and the lease given back, so that the retry appends. The
+                // request's other entries stay appended (Redis does not roll a
+                // transaction back, and a worker may have read them already): its retry
+                // appends them again, with the same event ids, which ClickHouse keeps once.
+                if first_failure_in_a_while(&e) {
+                    tracing::warn!(
+                        nonce = %l.nonce_key,
+                        error = %e,
+                        "an append of the transaction failed when run: its nonce pending again, answered 503 \
+                         (logged at most every 10 s per error code)"
+                    );
+                }
+                let mut cmd = Vec::with_capacity(l.nonce_key.len() + l.lease_key.len() + 96);
+                lease::reopen(&mut cmd, &l.nonce_key, &l.lease_key, &l.digest);
+                let reopened = redis.call_group(cmd, 2, 0, &l.nonce_key, false).await;
+                if !matches!(reopened.as_ref().map(|(f, _)| f.first()), Ok(Some(Frame::SimpleString(_) | Frame::Null)))
+                {
                     // The retry will find the nonce done and be answered 202: what failed
                     // is not appended. Rare (an XADD failing when run, then Redis lost).
                     tracing::error!(
@@ -579,7 +608,8 @@ pub(crate) fn stage<'s>(
             let mut first = Vec::with_capacity(256 + lease_key.len() + nonce_key.len());
             let lease_ms = shard.config.redis.lease_ms();
             let lease_replies = lease::lease(&mut first, &nonce_key, &lease_key, &streams, ttl, lease_ms, digest);
-            let commit_replies = lease::commit(&mut cmd, &nonce_key, &lease_key, ttl, digest, &entries);
+            let hold_ms = shard.config.redis.reply_timeout_ms.saturating_mul(2);
+            let commit_replies = lease::commit(&mut cmd, &nonce_key, &lease_key, ttl, hold_ms, digest, &entries);
             Command::Lease(LeaseCmds {
                 lease: first,
                 lease_replies,

@@ -9,9 +9,15 @@
 //!    <lease> 1 NX PX <lease>` (the right to append, one holder at a time), `PTTL <lease>`,
 //!    `EXEC`. Read by [`lease_reply`].
 //! 2. Only for the lease holder, [`commit`]: `MULTI`, the `XADD`s, `SET <nonce> <digest>
-//!    EX <window>` (done), `DEL <lease>`, `EXEC`. Read by [`commit_reply`]. No script
-//!    runs (each shard merges its appends into the streams' mean events per entry once
-//!    per backlog reading, as with the script: [`crate::stream::merge_means`]).
+//!    EX <window>` (done), `PEXPIRE <lease> <hold>`, `EXEC`. Read by [`commit_reply`].
+//!    The lease is kept a little longer, not deleted: an `XADD` may fail when the
+//!    transaction runs, which marks the nonce done all the same, and until its holder
+//!    has read the reply and marked the nonce pending again ([`reopen`]), the lease keeps
+//!    another attempt of the request from being told it is done ([`Lease::Done`] needs
+//!    the lease free). After a confirmed append the holder gives the lease back
+//!    ([`release`]). No script runs (each shard merges its appends into the streams' mean
+//!    events per entry once per backlog reading, as with the script:
+//!    [`crate::stream::merge_means`]).
 //!
 //! The nonce's value is the body's SHA-256 once appended, as the `EVAL` of
 //! [`crate::resp::INGEST_SCRIPT`] stores it, so either protocol recognises the other's
@@ -77,7 +83,10 @@ pub enum Lease {
         /// The lease's remaining time.
         retry_ms: u64,
     },
-    /// The nonce was used by this body, whose entries are there: nothing to append.
+    /// The nonce was used by this body, whose entries are there, and no attempt holds the
+    /// lease: nothing to append. This transaction took the lease, which the caller gives
+    /// back ([`release`]). Done with the lease held is [`Lease::Busy`]: its holder may
+    /// have just found an append failed, and be about to mark the nonce pending again.
     Done,
     /// The nonce was used (or is reserved) by another body.
     Replay,
@@ -115,7 +124,8 @@ pub fn lease_reply(frames: Vec<Frame>, streams: usize, digest: &[u8; 32]) -> Res
     }
     let mine = match reserve {
         Frame::Null => true,
-        Frame::BulkString(v) if v.as_slice() == digest.as_slice() => return Ok(Lease::Done),
+        Frame::BulkString(v) if v.as_slice() == digest.as_slice() && leased => return Ok(Lease::Done),
+        Frame::BulkString(v) if v.as_slice() == digest.as_slice() => true,
         Frame::BulkString(v) => v.as_slice() == pending(digest).as_slice(),
         Frame::Error(e) => return Err(RespError(e.clone())),
         other => return Err(RespError(format!("unexpected SET reply {other:?}"))),
@@ -133,23 +143,26 @@ pub fn lease_reply(frames: Vec<Frame>, streams: usize, digest: &[u8; 32]) -> Res
     Ok(Lease::Busy { retry_ms })
 }
 
-/// Appends the second transaction: the entries, the nonce marked done and the lease given
-/// back. Returns the number of replies it is owed.
+/// Appends the second transaction: the entries, the nonce marked done and the lease kept
+/// for `hold_ms` more (time for the holder to read the reply and, should an `XADD` have
+/// failed, to mark the nonce pending again). Returns the number of replies it is owed.
+#[allow(clippy::too_many_arguments)]
 pub fn commit(
     out: &mut Vec<u8>,
     nonce_key: &str,
     lease_key: &str,
     ttl_secs: u64,
+    hold_ms: u64,
     digest: &[u8; 32],
     entries: &[EntryArgs<'_>],
 ) -> usize {
-    let ttl = ttl_secs.to_string();
+    let (ttl, hold) = (ttl_secs.to_string(), hold_ms.max(1).to_string());
     command(out, &[b"MULTI"]);
     for e in entries {
         xadd(out, e);
     }
     command(out, &[b"SET", nonce_key.as_bytes(), digest, b"EX", ttl.as_bytes()]);
-    command(out, &[b"DEL", lease_key.as_bytes()]);
+    command(out, &[b"PEXPIRE", lease_key.as_bytes(), hold.as_bytes()]);
     command(out, &[b"EXEC"]);
     entries.len() + 4
 }
@@ -157,14 +170,17 @@ pub fn commit(
 /// What the second transaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Commit {
-    /// Every entry was appended (their ids) and the nonce marked done.
+    /// Every entry was appended (their ids) and the nonce marked done; the lease is still
+    /// held, for the caller to give back ([`release`]).
     Added(Vec<String>),
     /// The transaction did not run (refused when queued, e.g. a redirection or a server
     /// out of memory): nothing was appended, the nonce is still pending and the lease
     /// still held.
     NotRun(String),
     /// It ran, but an `XADD` failed (a stream key of another type, made so after the
-    /// lease's check): the nonce was marked done all the same, and the lease given back.
+    /// lease's check; a stream whose ids are used up): the nonce was marked done all the
+    /// same, and the lease is still held: the caller marks the nonce pending again and
+    /// gives the lease back ([`reopen`]).
     Failed(String),
 }
 
@@ -188,9 +204,9 @@ pub fn commit_reply(frames: Vec<Frame>, entries: usize) -> Commit {
     Commit::Added(ids)
 }
 
-/// Gives back what a [`Lease::WrongType`] took: the lease, and the nonce when the
-/// transaction reserved it (nobody else can have changed it: only the lease's holder
-/// marks it done).
+/// Gives back the lease: after a [`Lease::Done`] or a [`Commit::Added`], or what a
+/// [`Lease::WrongType`] took, with the nonce when the transaction reserved it (nobody else
+/// can have changed it: only the lease's holder marks it done).
 pub fn release(out: &mut Vec<u8>, nonce_key: &str, lease_key: &str, reserved: bool) {
     if reserved {
         command(out, &[b"DEL", lease_key.as_bytes(), nonce_key.as_bytes()]);
@@ -199,10 +215,11 @@ pub fn release(out: &mut Vec<u8>, nonce_key: &str, lease_key: &str, reserved: bo
     }
 }
 
-/// Marks the nonce pending again (keeping its expiry), after a [`Commit::Failed`]: the
-/// request's retry may then append what failed.
-pub fn reopen(out: &mut Vec<u8>, nonce_key: &str, digest: &[u8; 32]) {
+/// Marks the nonce pending again (keeping its expiry) and gives the lease back, after a
+/// [`Commit::Failed`]: the request's retry may then append what failed. Two replies.
+pub fn reopen(out: &mut Vec<u8>, nonce_key: &str, lease_key: &str, digest: &[u8; 32]) {
     command(out, &[b"SET", nonce_key.as_bytes(), &pending(digest), b"XX", b"KEEPTTL"]);
+    command(out, &[b"DEL", lease_key.as_bytes()]);
 }
 
 /// Writes the done nonce again, unchanged (keeping its expiry): a write, so that a `WAIT`
@@ -264,8 +281,13 @@ mod tests {
         assert_eq!(read(b"+stream\r\n$-1\r\n+OK\r\n:12000\r\n"), Ok(Lease::Held));
         let mut done = b"+none\r\n$32\r\n".to_vec();
         done.extend_from_slice(&d);
-        done.extend_from_slice(b"\r\n$-1\r\n:-2\r\n");
+        done.extend_from_slice(b"\r\n+OK\r\n:12000\r\n");
         assert_eq!(read(&done), Ok(Lease::Done));
+        // Done, but the lease held: its holder may be about to mark the nonce pending again.
+        let mut done_held = b"+none\r\n$32\r\n".to_vec();
+        done_held.extend_from_slice(&d);
+        done_held.extend_from_slice(b"\r\n$-1\r\n:900\r\n");
+        assert_eq!(read(&done_held), Ok(Lease::Busy { retry_ms: 900 }));
         let mut busy = b"+stream\r\n$33\r\nP".to_vec();
         busy.extend_from_slice(&d);
         busy.extend_from_slice(b"\r\n$-1\r\n:900\r\n");
@@ -296,7 +318,7 @@ mod tests {
             archive: b"\x00\r\n",
             mark: crate::batch::Marks::new(0).next(),
         };
-        let n = commit(&mut out, "nk", "nk:lease:07", 602, &[7; 32], &[e]);
+        let n = commit(&mut out, "nk", "nk:lease:07", 602, 10_000, &[7; 32], &[e]);
         assert_eq!(frames(&out).len(), n);
         let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n", 3);
         assert_eq!(commit_reply(frames(&ok), 1), Commit::Added(vec!["1-0".into()]));

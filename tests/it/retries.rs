@@ -168,33 +168,44 @@ fn a_retry_to_a_stream_whose_ids_are_used_up_takes_back_nothing_accepted(driver:
 }
 
 /// Black-box finding: identical copies of a request sent at once to a stream whose every
-/// `XADD` fails when run (its ids used up) were answered 202 with nothing stored: a copy
-/// judged a duplicate of the first, whose nonce was recorded and not yet given back.
+/// `XADD` fails when run (its ids used up) were answered 202 with nothing stored, under
+/// either protocol: a copy judged a duplicate of the first, whose nonce was marked done
+/// by the failed transaction and not yet given back.
 fn copies_sent_at_once_to_a_stream_that_refuses_appends_are_never_202(driver: Driver) {
-    let f = Fixture::start(driver, |_| {});
-    f.redis.client().cmd(&["XSETID", "analytics:events", "18446744073709551615-18446744073709551615"]);
-    let mut sent = Vec::new();
-    for _ in 0..12 {
-        let (body, nonce) = (events(2), fresh_nonce());
-        let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
-        let start = std::sync::Arc::new(std::sync::Barrier::new(4));
-        let copies: Vec<_> = (0..4)
-            .map(|_| {
-                let (mut client, h, body, start) = (f.client(), h.clone(), body.clone(), start.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status
+    for protocol in [IngestProtocol::Script, IngestProtocol::Lease] {
+        let f = Fixture::start(driver, |c| c.redis.ingest_protocol = protocol);
+        f.redis.client().cmd(&["XSETID", "analytics:events", "18446744073709551615-18446744073709551615"]);
+        let mut sent = Vec::new();
+        for _ in 0..12 {
+            let (body, nonce) = (events(2), fresh_nonce());
+            let h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &nonce);
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let copies: Vec<_> = (0..4)
+                .map(|_| {
+                    let (mut client, h, body, start) = (f.client(), h.clone(), body.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status
+                    })
                 })
-            })
-            .collect();
-        let statuses: Vec<u16> = copies.into_iter().map(|c| c.join().expect("thread")).collect();
-        assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
-        sent.push(nonce);
-    }
-    assert_eq!(xlen(&f.redis, "analytics:events"), 0);
-    let mut redis = f.redis.client();
-    for nonce in sent {
-        assert_eq!(redis.int(&["EXISTS", &format!("croupier:nonce:{GAME}:{nonce}")]), 0, "given back");
+                .collect();
+            let statuses: Vec<u16> = copies.into_iter().map(|c| c.join().expect("thread")).collect();
+            assert!(statuses.iter().all(|s| *s == 503), "{protocol:?}: {statuses:?}");
+            sent.push(nonce);
+        }
+        assert_eq!(xlen(&f.redis, "analytics:events"), 0);
+        // Given back (script) or pending again (lease): a retry once repaired appends.
+        let mut redis = f.redis.client();
+        for nonce in sent {
+            let key = format!("croupier:nonce:{GAME}:{nonce}");
+            match protocol {
+                IngestProtocol::Script => assert_eq!(redis.int(&["EXISTS", &key]), 0, "given back"),
+                IngestProtocol::Lease => {
+                    let Frame::BulkString(v) = redis.cmd(&["GET", &key]) else { panic!("no nonce") };
+                    assert_eq!(v.first(), Some(&b'P'), "pending again");
+                }
+            }
+        }
     }
 }
 

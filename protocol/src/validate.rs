@@ -313,6 +313,9 @@ const KNOWN_FIELDS: [&str; 21] = [
     "reason",
 ];
 
+// A record's fields seen are a bit each in a `u32` (`Rec::read`).
+const _: () = assert!(KNOWN_FIELDS.len() <= 32);
+
 /// Slot of each field in [`KNOWN_FIELDS`], so a record's fields are read by index.
 mod f {
     /// `ts`
@@ -397,10 +400,17 @@ impl<'t, 'v> Rec<'t, 'v> {
             problem: Problem::WrongType("an object"),
         })?;
         self.fields = [None; KNOWN_FIELDS.len()];
+        // Unknown fields are ignored. A known field given twice is refused: parsers differ
+        // on which of the two counts (the first, the last), and a proxy or a tool reading
+        // the body must not see another game or event than the one stored.
+        let mut seen = 0u32;
         for (k, v) in obj.iter() {
-            // Unknown fields are ignored; with a repeated key the first wins, as `get` would.
             if let Some(i) = slot_of(k) {
-                if self.fields[i].is_none() && v.as_null().is_none() {
+                if seen & (1 << i) != 0 {
+                    return Err(self.err(KNOWN_FIELDS[i], Problem::Invalid("given once")));
+                }
+                seen |= 1 << i;
+                if v.as_null().is_none() {
                     self.fields[i] = Some(v);
                 }
             }
@@ -965,6 +975,18 @@ mod tests {
         );
         assert_eq!(events("[]"), Err(BodyError::Empty));
         assert_eq!(events(r#"{"x":1}"#), Err(BodyError::NotABatch));
+        // A known field given twice is refused, whichever value comes first; an unknown
+        // one given twice is ignored as ever.
+        for twice in [
+            r#"[{"ts":1795617749,"game_id":"g1","env":"prod","event":"login","game_id":"g2"}]"#,
+            r#"[{"ts":1795617749,"game_id":"g2","env":"prod","event":"login","game_id":"g1"}]"#,
+            r#"[{"ts":1795617749,"game_id":"g1","env":"prod","event":"login","event":null}]"#,
+        ] {
+            let (_, field, problem) = field_err(events(twice));
+            assert_eq!(problem, Problem::Invalid("given once"), "{twice}");
+            assert!(field == "game_id" || field == "event", "{twice}");
+        }
+        assert!(events(r#"[{"ts":1795617749,"game_id":"g1","env":"prod","event":"login","x":1,"x":2}]"#).is_ok());
         assert!(matches!(events("[{"), Err(BodyError::Malformed(_))));
         assert_eq!(field_err(events("[1]")).1, "record");
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));

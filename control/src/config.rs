@@ -332,8 +332,16 @@ impl Redis {
     /// the round before it, which the connection waits for before writing the next), and
     /// the lease outlives that by 2 seconds.
     pub fn min_lease_ms(&self) -> u64 {
+        self.lease_hold_ms().saturating_add(2_000)
+    }
+
+    /// How long the lease protocol's append keeps the lease after it ran: its reply comes
+    /// within a reply timeout (after the round's `WAIT`, with `wait_replicas`), and what
+    /// its holder then sends (the nonce pending again, when an `XADD` failed) is written
+    /// within another.
+    pub fn lease_hold_ms(&self) -> u64 {
         let wait = if self.wait_replicas > 0 { self.wait_timeout_ms } else { 0 };
-        self.reply_timeout_ms.saturating_mul(2).saturating_add(wait).saturating_add(2_000)
+        self.reply_timeout_ms.saturating_mul(2).saturating_add(wait)
     }
 }
 

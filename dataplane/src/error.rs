@@ -51,9 +51,10 @@ pub enum IngestError {
         retry_after: u64,
     },
     /// The same request (same nonce, same body) is being appended by another attempt
-    /// that may still succeed: nothing was appended by this one; the retry after
-    /// `Retry-After` is answered as that attempt ended (202 once appended, else appended
-    /// then).
+    /// that may still succeed, or was appended by one that has yet to give its lease back
+    /// (`redis.ingest_protocol = "lease"`): nothing was appended by this one; the retry
+    /// after `Retry-After` is answered as that attempt ended (202 once appended, else
+    /// appended then).
     RequestInFlight {
         /// Seconds to wait before retrying.
         retry_after: u64,

@@ -221,22 +221,24 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             return Outcome::InFlight { retry_after: secs };
         }
         Ok(Lease::Done) => {
-            // The lease this transaction took is given back (were that lost, it runs out).
+            // The lease this transaction took is given back without holding up the answer
+            // (were that lost, it runs out).
             let mut release = Vec::with_capacity(l.lease_key.len() + 32);
             lease::release(&mut release, &l.nonce_key, &l.lease_key, false);
+            let give_back = redis.clone();
+            monoio::spawn(async move {
+                let _ = give_back.call(release).await;
+            });
             if wanted == 0 {
-                let _ = redis.call(release).await;
                 return Outcome::Duplicate { replicas: 0 };
             }
             // A write of this connection's after the first append, for its `WAIT`.
             let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
             lease::touch_done(&mut cmd, &l.nonce_key, &l.digest);
-            let answer = match redis.call_replicated(cmd).await {
+            return match redis.call_replicated(cmd).await {
                 Ok((Frame::SimpleString(_), replicas)) => Outcome::Duplicate { replicas },
                 _ => Outcome::Failed,
             };
-            let _ = redis.call(release).await;
-            return answer;
         }
         Ok(Lease::WrongType { place, reserved, leased, .. }) => {
             if let Some((kind, _)) = parts.get(place) {
@@ -259,8 +261,10 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         }
     }
     // The append must run within the lease, which began after `asked`: it is written
-    // within a reply timeout of being queued, and the lease lasts two reply timeouts and
-    // two seconds. A lease answered later than one reply timeout is left to run out.
+    // within a reply timeout of being queued (plus the round before's `WAIT`, with
+    // `wait_replicas`), and the lease lasts that and two seconds more
+    // (`Redis::min_lease_ms`). A lease answered later than one reply timeout is left to
+    // run out.
     if asked.elapsed() > Duration::from_millis(config.reply_timeout_ms) {
         return Outcome::Failed;
     }
@@ -288,7 +292,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 warn_failed_in_redis(&e);
                 Outcome::Failed
             }
-            Commit::Failed(e) => {
+            Commit::Failed { error: e, lease_kept } => {
                 // The nonce was marked done although an append failed, the lease still
                 // held (so no other attempt is told the request is done): the nonce
                 // pending again and the lease given back, so that the retry appends. The
@@ -301,6 +305,15 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                         error = %e,
                         "an append of the transaction failed when run: its nonce pending again, answered 503 \
                          (logged at most every 10 s per error code)"
+                    );
+                }
+                if !lease_kept {
+                    // Redis ran the append after the lease had run out: an attempt in
+                    // between may have been told the request was done.
+                    tracing::error!(
+                        nonce = %l.nonce_key,
+                        error = %e,
+                        "an append failed when run after its lease had run out: a copy sent meanwhile may have been answered 202 without it"
                     );
                 }
                 let mut cmd = Vec::with_capacity(l.nonce_key.len() + l.lease_key.len() + 96);
@@ -608,7 +621,7 @@ pub(crate) fn stage<'s>(
             let mut first = Vec::with_capacity(256 + lease_key.len() + nonce_key.len());
             let lease_ms = shard.config.redis.lease_ms();
             let lease_replies = lease::lease(&mut first, &nonce_key, &lease_key, &streams, ttl, lease_ms, digest);
-            let hold_ms = shard.config.redis.reply_timeout_ms.saturating_mul(2);
+            let hold_ms = shard.config.redis.lease_hold_ms();
             let commit_replies = lease::commit(&mut cmd, &nonce_key, &lease_key, ttl, hold_ms, digest, &entries);
             Command::Lease(LeaseCmds {
                 lease: first,

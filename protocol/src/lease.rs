@@ -181,7 +181,14 @@ pub enum Commit {
     /// lease's check; a stream whose ids are used up): the nonce was marked done all the
     /// same, and the lease is still held: the caller marks the nonce pending again and
     /// gives the lease back ([`reopen`]).
-    Failed(String),
+    Failed {
+        /// The `XADD`'s error.
+        error: String,
+        /// Whether the lease was still there when the append ran (its `PEXPIRE` found
+        /// it): if not (Redis held the append past the lease), another attempt may have
+        /// been told the request is done before the nonce is pending again.
+        lease_kept: bool,
+    },
 }
 
 /// Reads the replies of [`commit`] for `entries` entries.
@@ -190,15 +197,17 @@ pub fn commit_reply(frames: Vec<Frame>, entries: usize) -> Commit {
         Ok(items) => items,
         Err(e) => return Commit::NotRun(e.0),
     };
+    let lease_kept = !matches!(items.last(), Some(Frame::Integer(0)));
+    let failed = |error: String| Commit::Failed { error, lease_kept };
     let mut ids = Vec::with_capacity(entries);
     for f in items.into_iter().take(entries) {
         match f {
             Frame::BulkString(b) | Frame::SimpleString(b) => match String::from_utf8(b) {
                 Ok(id) => ids.push(id),
-                Err(_) => return Commit::Failed("entry id is not UTF-8".into()),
+                Err(_) => return failed("entry id is not UTF-8".into()),
             },
-            Frame::Error(e) => return Commit::Failed(e),
-            other => return Commit::Failed(format!("unexpected XADD reply {other:?}")),
+            Frame::Error(e) => return failed(e),
+            other => return failed(format!("unexpected XADD reply {other:?}")),
         }
     }
     Commit::Added(ids)
@@ -323,7 +332,9 @@ mod tests {
         let ok = exec(b"$3\r\n1-0\r\n+OK\r\n:1\r\n", 3);
         assert_eq!(commit_reply(frames(&ok), 1), Commit::Added(vec!["1-0".into()]));
         let failed = exec(b"-WRONGTYPE x\r\n+OK\r\n:1\r\n", 3);
-        assert_eq!(commit_reply(frames(&failed), 1), Commit::Failed("WRONGTYPE x".into()));
+        assert_eq!(commit_reply(frames(&failed), 1), Commit::Failed { error: "WRONGTYPE x".into(), lease_kept: true });
+        let late = exec(b"-WRONGTYPE x\r\n+OK\r\n:0\r\n", 3);
+        assert_eq!(commit_reply(frames(&late), 1), Commit::Failed { error: "WRONGTYPE x".into(), lease_kept: false });
         let aborted = b"+OK\r\n-OOM x\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT y\r\n";
         assert_eq!(commit_reply(frames(aborted), 1), Commit::NotRun("EXECABORT y".into()));
     }

@@ -261,7 +261,12 @@ fn records<'t, 'a>(root: Value<'t, 'a>, limits: &Limits) -> Result<Array<'t, 'a>
     let arr = match root.as_array() {
         Some(a) => a,
         None => {
-            root.as_object().and_then(|o| o.get("events")).and_then(|v| v.as_array()).ok_or(BodyError::NotABatch)?
+            let o = root.as_object().ok_or(BodyError::NotABatch)?;
+            // Given twice, parsers differ on which counts (see `Rec::read`).
+            if o.iter().filter(|(k, _)| *k == "events").count() > 1 {
+                return Err(BodyError::Malformed("the key `events` is given twice".into()));
+            }
+            o.get("events").and_then(|v| v.as_array()).ok_or(BodyError::NotABatch)?
         }
     };
     if arr.is_empty() {
@@ -987,6 +992,9 @@ mod tests {
             assert!(field == "game_id" || field == "event", "{twice}");
         }
         assert!(events(r#"[{"ts":1795617749,"game_id":"g1","env":"prod","event":"login","x":1,"x":2}]"#).is_ok());
+        let rec = r#"{"ts":1795617749,"game_id":"g1","env":"prod","event":"login"}"#;
+        assert!(events(&format!(r#"{{"events":[{rec}]}}"#)).is_ok());
+        assert!(matches!(events(&format!(r#"{{"events":[{rec}],"events":[]}}"#)), Err(BodyError::Malformed(_))));
         assert!(matches!(events("[{"), Err(BodyError::Malformed(_))));
         assert_eq!(field_err(events("[1]")).1, "record");
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));

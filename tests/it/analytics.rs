@@ -2163,6 +2163,54 @@ fn analytics_levels_ltv_and_segments_are_exact() {
     );
 }
 
+/// A level's `avg_duration_sec` / `avg_retries` average the numbers among its clears'
+/// `props.duration_sec` / `props.retries` (a JSON number, or a string holding one, as
+/// `toFloat64OrNull(JSON_VALUE(...))` reads them), skip anything else, are `null` when
+/// none is left, and stay finite for values near the largest `Float64`.
+#[test]
+fn analytics_levels_average_only_the_numbers_of_clears() {
+    let api = Api::start();
+    let t = api.history.today;
+    let ev = |n: u64, user: &str, event: &str, props: &str| {
+        format!(
+            "({}, 'g1', 'lv', '{user}', 's', '{event}', '', '', 'US', '1', '{}', {})",
+            (t - 1) * DAY + 600 + n as i64,
+            uuid(0xF000 + n),
+            quote(props)
+        )
+    };
+    let rows = [
+        ev(1, "u1", "level_start", r#"{"level":"1"}"#),
+        ev(2, "u2", "level_start", r#"{"level":"1"}"#),
+        ev(3, "u3", "level_start", r#"{"level":"1"}"#),
+        ev(4, "u1", "level_clear", r#"{"level":"1","duration_sec":10,"retries":"2"}"#),
+        ev(5, "u2", "level_clear", r#"{"level":"1","duration_sec":"abc","retries":[1]}"#),
+        ev(6, "u3", "level_clear", r#"{"level":"1","retries":{"n":4}}"#),
+        ev(7, "u1", "level_start", r#"{"level":"2"}"#),
+        ev(8, "u1", "level_clear", r#"{"level":"2","duration_sec":1e308,"retries":true}"#),
+        ev(9, "u1", "level_clear", r#"{"level":"2","duration_sec":"1e308","retries":""}"#),
+        ev(10, "u1", "level_start", r#"{"level":"3","duration_sec":5,"retries":1}"#),
+        ev(11, "u2", "level_fail", r#"{"level":"3","duration_sec":5,"retries":1}"#),
+    ];
+    insert_events(&api.ch, &format!("VALUES {}", rows.join(", ")));
+    let v = api.json(&format!("/api/analytics/levels?game_id=g1&env=lv&start={}&end={}", date(t - 1), date(t - 1)));
+    let means: Vec<(Value, Value, Value)> = v["per_level"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["level"].clone(), l["avg_duration_sec"].clone(), l["avg_retries"].clone()))
+        .collect();
+    assert_eq!(
+        means,
+        vec![
+            (json!("1"), json!(10.0), json!(2.0)),
+            (json!("2"), json!(1e308), Value::Null),
+            (json!("3"), Value::Null, Value::Null),
+        ],
+        "{v}"
+    );
+}
+
 /// Filters: defaults, a POST needs analytics:manage and a game the token may read, the
 /// value is clamped, kept in the file, and read back.
 /// `props.level`, a platform, a city are whatever clients send: with more distinct values

@@ -24,11 +24,39 @@ fn u(r: &[Value], i: usize) -> u64 {
     r.get(i).map_or(0, Value::as_u64)
 }
 
+/// `x` to 2 decimals; a value too large to have any (|x| × 100 ≥ 2^53) is itself.
 fn round2(x: f64) -> f64 {
-    if x.is_finite() {
-        (x * 100.0).round() / 100.0
+    let y = x * 100.0;
+    if y.is_finite() && y.abs() < 9_007_199_254_740_992.0 {
+        y.round() / 100.0
     } else {
-        0.0
+        x
+    }
+}
+
+/// Two columns: how many clears carry a number in `col` (a prop's text), and the mean of
+/// those numbers × 2^-64. A number is what `toFloat64OrNull` reads from the text (as
+/// Croupier's `avgOrNull(toFloat64OrNull(JSON_VALUE(...)))`: a JSON number or a string
+/// holding one; other strings, objects, arrays, booleans and absent keys are skipped).
+/// Scaling by a power of two changes no digit of a sum, but keeps the sum of values near
+/// the largest `Float64` finite, where their sum itself would overflow.
+fn mean_of_clears(col: &str) -> String {
+    let n = format!("toFloat64OrNull({col})");
+    format!("countIf(k = 2 AND isNotNull({n})), avgIf(ifNull({n}, 0) * exp2(-64), k = 2 AND isNotNull({n}))")
+}
+
+/// The mean of the columns `i` (count) and `i + 1` (scaled mean) of [`mean_of_clears`],
+/// to 2 decimals; `null` when no clear carries a number (or the mean is no finite
+/// number: a value of `inf` or `nan`).
+fn mean(r: &[Value], i: usize) -> Json {
+    if u(r, i) == 0 {
+        return Json::Null;
+    }
+    let m = r.get(i + 1).map_or(f64::NAN, Value::as_f64) * 2f64.powi(64);
+    if m.is_finite() {
+        json!(round2(m))
+    } else {
+        Json::Null
     }
 }
 
@@ -76,8 +104,7 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .db
         .select(&format!(
             "SELECT lvl, uniqExactIf(user_id, k = 1) AS players, uniqExactIf(user_id, k = 2), \
-             if(countIf(k = 2 AND dur != '') = 0, 0, avgIf(toFloat64OrZero(dur), k = 2 AND dur != '')), \
-             if(countIf(k = 2 AND ret != '') = 0, 0, avgIf(toFloat64OrZero(ret), k = 2 AND ret != '')), \
+             {}, {}, \
              uniqExactIf(user_id, k = 1 AND is_new = 1), uniqExactIf(user_id, k = 2 AND is_new = 1), \
              uniqExactIf(user_id, k = 1 AND user_id IN ({payers})), \
              uniqExactIf(user_id, k = 2 AND user_id IN ({payers})) \
@@ -90,6 +117,8 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
                          GROUP BY user_id) \
                    ARRAY JOIN evs AS e) \
              WHERE lvl != '' GROUP BY lvl ORDER BY players DESC, lvl LIMIT {}",
+            mean_of_clears("dur"),
+            mean_of_clears("ret"),
             prop("level"),
             prop("duration_sec"),
             prop("retries"),
@@ -108,14 +137,14 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             "level": level,
             "players": players,
             "win_rate": win_rate,
-            "avg_duration_sec": round2(r.get(3).map_or(0.0, Value::as_f64)),
-            "avg_retries": round2(r.get(4).map_or(0.0, Value::as_f64)),
+            "avg_duration_sec": mean(r, 3),
+            "avg_retries": mean(r, 5),
             "difficulty": difficulty(win_rate),
         }));
         let seg = |p: u64, w: u64| json!({ "level": level, "players": p, "win_rate": percent(w as f64, p as f64) });
-        new.push(seg(u(r, 5), u(r, 6)));
-        payer.push(seg(u(r, 7), u(r, 8)));
-        returning.push(seg(players.saturating_sub(u(r, 5)), winners.saturating_sub(u(r, 6))));
+        new.push(seg(u(r, 7), u(r, 8)));
+        payer.push(seg(u(r, 9), u(r, 10)));
+        returning.push(seg(players.saturating_sub(u(r, 7)), winners.saturating_sub(u(r, 8))));
     }
     Ok(json!({
         "funnel": steps,

@@ -1314,6 +1314,23 @@ fn analytics_auth_is_enforced_and_audited() {
     assert!(cut[2].parse::<usize>().unwrap() <= 256 && cut[3].parse::<usize>().unwrap() <= 256, "{:?}", &cut[2..]);
 }
 
+/// An `exp` or `nbf` that is not a unix second (a JSON integer) is refused with 401
+/// `unauthorized`, a fraction however small (the JWT crate alone rounds it and accepts).
+#[test]
+fn analytics_refuses_an_exp_or_nbf_that_is_not_a_unix_second() {
+    let api = Api::start_after(false, |_| {});
+    let status = |claims: Value| {
+        let r = api.get("/api/analytics/filters?game_id=g1", &hs256(claims, SECRET));
+        (r.status, r.error_tag())
+    };
+    let now = croupier_dataplane::analytics::now_secs();
+    let refused = (401, "unauthorized".to_owned());
+    assert_eq!(status(json!({"sub":"a","roles":["admin"],"exp":now as f64 + 100.5})), refused);
+    assert_eq!(status(json!({"sub":"a","roles":["admin"],"exp":(now + 100) as f64})), refused);
+    assert_eq!(status(json!({"sub":"a","roles":["admin"],"exp":now + 100,"nbf":now as f64 - 10.5})), refused);
+    assert_eq!(status(json!({"sub":"a","roles":["admin"],"exp":now + 100,"nbf":now - 10})), (200, String::new()));
+}
+
 /// The audit log's `read_rows` of an answer is the rows every query of it read, summed
 /// (the overview sends seven), as ClickHouse logged them.
 #[test]

@@ -31,6 +31,18 @@ struct Claims {
     /// string (`"games":"*"`, `"games":"g1"`).
     #[serde(default, deserialize_with = "one_or_many")]
     games: Option<Vec<String>>,
+    /// `exp` and `nbf` as sent: the crate's check reads a JSON number with a fraction
+    /// (`1764950000.5`) as its rounded second, which is not a unix second.
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
+}
+
+/// A claim that is absent or a unix second: a JSON integer from 0 (`1764950000`, not
+/// `1764950000.5`, `1.76495e9` or `1764950000.0`, as Croupier's integer field reads it).
+fn unix_second(claim: &Option<serde_json::Value>) -> bool {
+    claim.as_ref().is_none_or(serde_json::Value::is_u64)
 }
 
 /// A string or a list of strings (`null`: absent).
@@ -193,6 +205,9 @@ impl Verifier {
             )
         })?;
         let c = data.claims;
+        if !unix_second(&c.exp) || !unix_second(&c.nbf) {
+            return Err(ApiError::Unauthorized("token exp or nbf is invalid (unix seconds expected)".into()));
+        }
         let mut permissions: Vec<&'static str> = Vec::new();
         for r in &c.roles {
             for p in self.roles.get(r).into_iter().flatten() {
@@ -260,5 +275,17 @@ mod tests {
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": "x"})), invalid);
         assert_eq!(why(serde_json::json!({"sub": "a"})), "token without exp");
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1})), "token expired");
+        // A fraction of a second is no unix second either, in `exp` or `nbf`, however near.
+        let later = crate::analytics::now_secs() + 100;
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": later as f64 + 0.5})), invalid);
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": later as f64})), invalid);
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": later, "nbf": (later - 200) as f64 + 0.5})), invalid);
+        let ok = encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "a", "exp": later, "nbf": later - 200}),
+            &EncodingKey::from_secret(b"s3cret").expect("key"),
+        )
+        .expect("token");
+        assert_eq!(v.verify(Some(&format!("Bearer {ok}"))).map(|c| c.user), Ok("a".to_owned()));
     }
 }

@@ -843,6 +843,67 @@ fn analytics_retention_counts_only_complete_days() {
     assert_eq!(iso, v);
 }
 
+/// Black-box finding: the overview's D1 counted a player registering again on the cohort
+/// day, the retention route only a player's first register in the range. Both now count
+/// as Croupier does: a cohort is the players with a `register` event on its day, whatever
+/// they did before (a player registering on two days is in both), and the two routes agree
+/// whatever the range's start. An env of its own, today T: a, b, c, d register on T−3; on
+/// T−2 a and b log in, a registers again, e and h register; on T−1 a logs in and e sends a
+/// heartbeat. p registers on T−10 and T−8 and logs in on T−1.
+#[test]
+fn analytics_cohorts_are_the_players_registering_that_day_in_both_routes() {
+    let api = Api::start();
+    let t = api.history.today;
+    let ev = |n: u64, day: i64, user: &str, event: &str| {
+        format!(
+            "({}, 'g1', 'ret', '{user}', 's', '{event}', '', '', 'US', '1', '{}', '{{}}')",
+            day * DAY + 600,
+            uuid(0xE000 + n)
+        )
+    };
+    let rows = [
+        ev(1, t - 3, "a", "register"),
+        ev(2, t - 3, "b", "register"),
+        ev(3, t - 3, "c", "register"),
+        ev(4, t - 3, "d", "register"),
+        ev(5, t - 2, "a", "login"),
+        ev(6, t - 2, "b", "login"),
+        ev(7, t - 2, "a", "register"),
+        ev(8, t - 2, "e", "register"),
+        ev(9, t - 2, "h", "register"),
+        ev(10, t - 1, "a", "login"),
+        ev(11, t - 1, "e", "heartbeat"),
+        ev(12, t - 10, "p", "register"),
+        ev(13, t - 8, "p", "register"),
+        ev(14, t - 1, "p", "login"),
+    ];
+    insert_events(&api.ch, &format!("VALUES {}", rows.join(", ")));
+    for start in [t - 10, t - 3, t - 2] {
+        let q = format!("game_id=g1&env=ret&start={}&end={}", date(start), date(t - 1));
+        let o = api.json(&format!("/api/analytics/overview?{q}"));
+        // D1: T−2's cohort a, e, h, of whom a and e are active on T−1; D7: T−8's, p, active.
+        assert_eq!((&o["d1"], &o["d7"], &o["d30"]), (&json!(66.67), &json!(100.0), &json!(0.0)), "from {start}: {o}");
+        let r = api.json(&format!("/api/analytics/retention?{q}"));
+        let day = |d: i64| {
+            r["cohorts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["day"] == date(d))
+                .cloned()
+                .unwrap_or_else(|| panic!("no {}: {r}", date(d)))
+        };
+        assert_eq!((&day(t - 2)["total"], &day(t - 2)["d1"]), (&json!(3), &json!(66.67)), "from {start}: {r}");
+        if start <= t - 3 {
+            assert_eq!((&day(t - 3)["total"], &day(t - 3)["d1"]), (&json!(4), &json!(50.0)), "from {start}: {r}");
+        }
+        if start <= t - 8 {
+            assert_eq!((&day(t - 8)["total"], &day(t - 8)["d7"]), (&json!(1), &json!(100.0)), "{r}");
+            assert_eq!((&day(t - 10)["total"], &day(t - 10)["d1"]), (&json!(1), &json!(0.0)), "{r}");
+        }
+    }
+}
+
 /// Payments: totals (refund and refunded both refunds, duplicates read once), breakdowns,
 /// transactions paged, product trend.
 #[test]

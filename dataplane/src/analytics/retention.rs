@@ -1,5 +1,6 @@
-//! `GET /api/analytics/retention`: per cohort day D (users whose first `register` — or
-//! `first_active` with `cohort=first_active` — in the range is on D), the cohort size
+//! `GET /api/analytics/retention`: per cohort day D (users with a `register` — or
+//! `first_active` with `cohort=first_active` — event on D, as Croupier counts it: a
+//! player registering on two days is in both cohorts), the cohort size
 //! and the percent of it active (any event) on D+1, D+7 and D+30. A D-N figure is given
 //! only when day D+N is complete (before today, UTC); otherwise it is `null`.
 
@@ -45,8 +46,8 @@ pub async fn cohorts(ctx: &Ctx<'_>, kind: &str, first: i64, last: i64) -> Result
     let activity = Range { start: (first + 1) * DAY, end: (last + 30) * DAY + DAY - 1 }.filter("event_time");
     let sql = format!(
         "SELECT toUInt32(cd) AS day, count(), sum(has(ad, cd + 1)), sum(has(ad, cd + 7)), sum(has(ad, cd + 30)) \
-         FROM (SELECT user_id, toDate(min(event_time), 'UTC') AS cd FROM analytics.events \
-               WHERE event IN {events} AND {cohort_range}{w} GROUP BY user_id) AS c \
+         FROM (SELECT DISTINCT user_id, toDate(event_time, 'UTC') AS cd FROM analytics.events \
+               WHERE event IN {events} AND {cohort_range}{w}) AS c \
          ANY LEFT JOIN \
               (SELECT user_id, groupUniqArray(toDate(event_time, 'UTC')) AS ad FROM analytics.events \
                WHERE {activity}{w} AND user_id IN \
@@ -75,13 +76,15 @@ pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError>
     let cohort_days: Vec<String> = DAYS.iter().map(|n| date(day - n)).collect();
     let cohort_days = cohort_days.join(", ");
     // From `user_days` (a row per player and day, not an event), in one pass over the
-    // four days: per player, the earliest cohort day with a register event, and whether
-    // any row is on `day`.
+    // four days: per player, the cohort days with a register event (each a cohort of
+    // its own, as the retention route counts them), and whether any row is on `day`.
     let sql = format!(
         "SELECT toUInt32(cd) AS day, count(), sum(retained) \
-         FROM (SELECT user_id, minIf(d, registered > 0 AND d IN ({cohort_days})) AS cd, max(d = {day_d}) AS retained \
+         FROM (SELECT user_id, groupUniqArrayIf(d, registered > 0 AND d IN ({cohort_days})) AS cds, \
+                      max(d = {day_d}) AS retained \
                FROM analytics.user_days WHERE d IN ({cohort_days}, {day_d}){w} GROUP BY user_id \
-               HAVING countIf(registered > 0 AND d IN ({cohort_days})) > 0) \
+               HAVING length(cds) > 0) \
+         ARRAY JOIN cds AS cd \
          GROUP BY day ORDER BY day",
         day_d = date(day)
     );

@@ -2264,6 +2264,8 @@ fn analytics_levels_average_only_the_numbers_of_clears() {
         ev(4, "u1", "level_clear", r#"{"level":"1","duration_sec":10,"retries":"2"}"#),
         ev(5, "u2", "level_clear", r#"{"level":"1","duration_sec":"abc","retries":[1]}"#),
         ev(6, "u3", "level_clear", r#"{"level":"1","retries":{"n":4}}"#),
+        ev(12, "u3", "level_clear", r#"{"level":"1","duration_sec":"nan","retries":"inf"}"#),
+        ev(13, "u2", "level_clear", r#"{"level":"1","duration_sec":"-inf"}"#),
         ev(7, "u1", "level_start", r#"{"level":"2"}"#),
         ev(8, "u1", "level_clear", r#"{"level":"2","duration_sec":1e308,"retries":true}"#),
         ev(9, "u1", "level_clear", r#"{"level":"2","duration_sec":"1e308","retries":""}"#),

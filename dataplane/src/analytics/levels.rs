@@ -41,8 +41,11 @@ fn round2(x: f64) -> f64 {
 /// Scaling by a power of two changes no digit of a sum, but keeps the sum of values near
 /// the largest `Float64` finite, where their sum itself would overflow.
 fn mean_of_clears(col: &str) -> String {
+    // `inf` and `nan` read as numbers; they are skipped as other non-numbers are, so one
+    // client cannot blank a level's mean. 2^-64 as a literal (exact in a Float64).
     let n = format!("toFloat64OrNull({col})");
-    format!("countIf(k = 2 AND isNotNull({n})), avgIf(ifNull({n}, 0) * exp2(-64), k = 2 AND isNotNull({n}))")
+    let kept = format!("k = 2 AND isNotNull({n}) AND isFinite(ifNull({n}, 0))");
+    format!("countIf({kept}), avgIf(ifNull({n}, 0) * 5.42101086242752217003726400434970855712890625e-20, {kept})")
 }
 
 /// The mean of the columns `i` (count) and `i + 1` (scaled mean) of [`mean_of_clears`],

@@ -221,14 +221,8 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             return Outcome::InFlight { retry_after: secs };
         }
         Ok(Lease::Done) => {
-            // The lease this transaction took is given back without holding up the answer
-            // (were that lost, it runs out).
-            let mut release = Vec::with_capacity(l.lease_key.len() + 32);
-            lease::release(&mut release, &l.nonce_key, &l.lease_key, false);
-            let give_back = redis.clone();
-            monoio::spawn(async move {
-                let _ = give_back.call(release).await;
-            });
+            // The lease this transaction took is given back (were that lost, it runs out).
+            give_back_lease(redis, &l.nonce_key, &l.lease_key);
             if wanted == 0 {
                 return Outcome::Duplicate { replicas: 0 };
             }
@@ -275,15 +269,9 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     match redis.call_group(l.commit, l.commit_replies, 0, &l.nonce_key, wanted > 0).await {
         Ok((frames, replicas)) => match lease::commit_reply(frames, parts.len()) {
             Commit::Added(ids) if ids.len() == parts.len() => {
-                // Given back without holding up the answer: until then (or until it runs
-                // out, two reply timeouts after the append) another attempt of the
-                // request is told to retry, not that it is done.
-                let mut release = Vec::with_capacity(l.lease_key.len() + 32);
-                lease::release(&mut release, &l.nonce_key, &l.lease_key, false);
-                let redis = redis.clone();
-                monoio::spawn(async move {
-                    let _ = redis.call(release).await;
-                });
+                // Until it is given back (or runs out, at the hold after the append)
+                // another attempt of the request is told to retry, not that it is done.
+                give_back_lease(redis, &l.nonce_key, &l.lease_key);
                 Outcome::Added { replicas }
             }
             // Nothing ran: the lease runs out, and the retry then appends.
@@ -335,6 +323,16 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         // retry then finds the nonce done, or appends.
         Err(_) => Outcome::Failed,
     }
+}
+
+/// Gives back the lease `lease_key` (of `nonce_key`) without holding up the answer.
+fn give_back_lease(redis: &crate::redis::connection::RedisClient, nonce_key: &str, lease_key: &str) {
+    let mut release = Vec::with_capacity(lease_key.len() + 32);
+    lease::release(&mut release, nonce_key, lease_key, false);
+    let redis = redis.clone();
+    monoio::spawn(async move {
+        let _ = redis.call(release).await;
+    });
 }
 
 /// Logs (at most every 10 s per error code) that Redis answered an ingest request's

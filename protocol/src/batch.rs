@@ -68,11 +68,9 @@ impl Marks {
 
 /// `n` as 16 lowercase hexadecimal digits.
 fn hex16(n: u64) -> [u8; 16] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0; 16];
-    for (i, d) in out.iter_mut().enumerate() {
-        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    let mut out = [b'0'; 16];
+    // 8 bytes always fill 16 digits: the only error (a length mismatch) cannot occur.
+    let _ = hex::encode_to_slice(n.to_be_bytes(), &mut out);
     out
 }
 /// Field of a Croupier-format entry (one event's JSON per entry).

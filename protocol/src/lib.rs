@@ -6,6 +6,7 @@
 //!
 //! - [`envelope`]: the event and payment records, as stored in stream batches.
 //! - [`validate`]: request bodies (JSON) into records, with field-level errors.
+//! - `compact_json`: a parsed `props` object written back as compact text.
 //! - [`prescan`]: what is checked of a body before it is parsed.
 //! - [`batch`]: the rkyv batch entry a worker reads without deserialising.
 //! - [`stream`]: stream names and which stream a record goes to.
@@ -17,6 +18,7 @@
 pub mod batch;
 pub mod clickhouse;
 pub mod cluster;
+mod compact_json;
 pub mod country;
 pub mod envelope;
 #[doc(hidden)]

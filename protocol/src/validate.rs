@@ -8,6 +8,7 @@
 use simd_json::prelude::*;
 use simd_json::tape::{Array, Node, Object, Tape, Value};
 
+use crate::compact_json;
 use crate::country;
 use crate::envelope::{Event, EventBatch, Payment, PaymentBatch, PaymentStatus};
 use crate::prescan;
@@ -148,7 +149,6 @@ fn check_depth(tape: &[Node<'_>], max_depth: usize, open: &mut Vec<usize>) -> Re
 pub struct JsonBuffers {
     buffers: simd_json::Buffers,
     tape: Tape<'static>,
-    scratch: Vec<u8>,
     open: Vec<usize>,
     /// Length of the largest body parsed into `buffers` since they were made.
     parsed_for: usize,
@@ -156,24 +156,17 @@ pub struct JsonBuffers {
 
 impl Default for JsonBuffers {
     fn default() -> Self {
-        JsonBuffers {
-            buffers: simd_json::Buffers::default(),
-            tape: Tape(Vec::new()),
-            scratch: Vec::new(),
-            open: Vec::new(),
-            parsed_for: 0,
-        }
+        JsonBuffers { buffers: simd_json::Buffers::default(), tape: Tape(Vec::new()), open: Vec::new(), parsed_for: 0 }
     }
 }
 
 impl JsonBuffers {
     /// About how many bytes the buffers hold on to between requests: the tape, the
-    /// scratch buffers, and simd-json's buffers (sized by the largest body parsed since
+    /// depth check's stack, and simd-json's buffers (sized by the largest body parsed since
     /// they were last let go: its copy, its unescaped strings and up to 4 bytes of
     /// structural index per byte).
     pub fn retained_bytes(&self) -> usize {
         self.tape.0.capacity() * std::mem::size_of::<Node<'static>>()
-            + self.scratch.capacity()
             + self.open.capacity() * std::mem::size_of::<usize>()
             + self.parsed_for.saturating_mul(6)
     }
@@ -201,9 +194,6 @@ impl JsonBuffers {
         }
         if self.tape.0.capacity() > KEEP_TAPE_NODES {
             self.tape = Tape(Vec::new());
-        }
-        if self.scratch.capacity() > KEEP_PARSED_BYTES {
-            self.scratch = Vec::new();
         }
     }
 }
@@ -233,7 +223,7 @@ pub(crate) fn with_root<'a, R, E: From<BodyError>>(
     body: &'a mut [u8],
     limits: &Limits,
     bufs: &mut JsonBuffers,
-    f: impl for<'t> FnOnce(Value<'t, 'a>, &mut Vec<u8>) -> Result<R, E>,
+    f: impl for<'t> FnOnce(Value<'t, 'a>) -> Result<R, E>,
 ) -> Result<R, E> {
     check_surrogates(body)?;
     if prescan::nesting_exceeds(body, limits.max_depth) {
@@ -243,7 +233,7 @@ pub(crate) fn with_root<'a, R, E: From<BodyError>>(
     bufs.parsed_for = bufs.parsed_for.max(body.len());
     let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
         Ok(()) => match check_depth(&tape.0, limits.max_depth, &mut bufs.open) {
-            Ok(()) => f(tape.as_value(), &mut bufs.scratch),
+            Ok(()) => f(tape.as_value()),
             Err(e) => Err(e.into()),
         },
         Err(e) => Err(match e.error() {
@@ -367,9 +357,35 @@ mod f {
     pub const REASON: usize = 20;
 }
 
+/// The slot of a field name: a `match`, which the compiler turns into a switch on the
+/// length and a comparison with the few names of that length (a search of the table
+/// compared each name in turn). `field_slots_match_the_table` checks it against
+/// [`KNOWN_FIELDS`].
 fn slot_of(key: &str) -> Option<usize> {
-    // Length first: it rules out most names without comparing bytes.
-    KNOWN_FIELDS.iter().position(|k| k.len() == key.len() && *k == key)
+    Some(match key {
+        "ts" => f::TS,
+        "game_id" => f::GAME_ID,
+        "env" => f::ENV,
+        "event" => f::EVENT,
+        "user_id" => f::USER_ID,
+        "session_id" => f::SESSION_ID,
+        "device_id" => f::DEVICE_ID,
+        "channel" => f::CHANNEL,
+        "platform" => f::PLATFORM,
+        "country" => f::COUNTRY,
+        "app_version" => f::APP_VERSION,
+        "event_id" => f::EVENT_ID,
+        "props" => f::PROPS,
+        "order_id" => f::ORDER_ID,
+        "amount_cents" => f::AMOUNT_CENTS,
+        "currency" => f::CURRENCY,
+        "status" => f::STATUS,
+        "region" => f::REGION,
+        "city" => f::CITY,
+        "product_id" => f::PRODUCT_ID,
+        "reason" => f::REASON,
+        _ => return None,
+    })
 }
 
 /// Field accessor for one record, carrying its index for error reports. Strings borrow
@@ -553,7 +569,7 @@ pub fn parse_events_in(
     custom: &mut EventBatch,
 ) -> Result<(), BodyError> {
     count_records(body, limits)?;
-    with_root(body, limits, bufs, |root, scratch| {
+    with_root(body, limits, bufs, |root| {
         let mut r = Rec::empty(limits);
         for (index, v) in records(root, limits)?.iter().enumerate() {
             r.read(index, v)?;
@@ -562,7 +578,7 @@ pub fn parse_events_in(
                 StreamKind::Events => &mut *events,
                 _ => &mut *custom,
             };
-            event_record(&r, name, Some(game), new_id, out, scratch)?;
+            event_record(&r, name, Some(game), new_id, out)?;
         }
         Ok(())
     })
@@ -635,7 +651,7 @@ pub fn parse_events_scoped(
     custom: &mut EventBatch,
 ) -> Result<Scoped, BodyError> {
     count_records(body, limits)?;
-    with_root(body, limits, bufs, |root, scratch| {
+    with_root(body, limits, bufs, |root| {
         let mut first = None;
         let mut dropped = 0;
         let mut r = Rec::empty(limits);
@@ -646,7 +662,7 @@ pub fn parse_events_scoped(
                 StreamKind::Events => &mut *events,
                 _ => &mut *custom,
             };
-            if !event_record_scoped(&r, name, scope, &mut first, new_id, keep, out, scratch)? {
+            if !event_record_scoped(&r, name, scope, &mut first, new_id, keep, out)? {
                 dropped += 1;
             }
         }
@@ -664,7 +680,7 @@ pub fn parse_payments_scoped(
     out: &mut PaymentBatch,
 ) -> Result<Scoped, BodyError> {
     count_records(body, limits)?;
-    with_root(body, limits, bufs, |root, _| {
+    with_root(body, limits, bufs, |root| {
         let mut first = None;
         let mut dropped = 0;
         let mut r = Rec::empty(limits);
@@ -689,18 +705,18 @@ pub fn parse_payments_scoped(
 /// Validates one event given as a JSON object (a Croupier-format stream entry), of any
 /// game. An event without `event_id` gets `fallback_id`.
 pub fn parse_event_object(json: &mut [u8], limits: &Limits, fallback_id: [u8; 16]) -> Result<Event, BodyError> {
-    with_root(json, limits, &mut JsonBuffers::default(), |root, scratch| {
+    with_root(json, limits, &mut JsonBuffers::default(), |root| {
         let r = Rec::new(0, root, limits)?;
         let name = event_name(&r)?;
         let mut one = EventBatch::default();
-        event_record(&r, name, None, &mut || fallback_id, &mut one, scratch)?;
+        event_record(&r, name, None, &mut || fallback_id, &mut one)?;
         Ok(one.get(0))
     })
 }
 
 /// Validates one payment given as a JSON object (a Croupier-format stream entry).
 pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment, BodyError> {
-    with_root(json, limits, &mut JsonBuffers::default(), |root, _| {
+    with_root(json, limits, &mut JsonBuffers::default(), |root| {
         let mut p = Payment::default();
         payment_record(&Rec::new(0, root, limits)?, None, &mut p)?;
         Ok(p)
@@ -722,10 +738,9 @@ fn event_record(
     game: Option<&str>,
     new_id: &mut dyn FnMut() -> [u8; 16],
     out: &mut EventBatch,
-    scratch: &mut Vec<u8>,
 ) -> Result<(), BodyError> {
     let scope = Scope { game, fill_game: false, env: None };
-    event_record_scoped(r, name, &scope, &mut None, new_id, &mut keep_all, out, scratch).map(|_| ())
+    event_record_scoped(r, name, &scope, &mut None, new_id, &mut keep_all, out).map(|_| ())
 }
 
 /// [`event_record`] under `scope`, appended only if `keep` keeps it (whether it did).
@@ -738,7 +753,6 @@ fn event_record_scoped<'a, 'v: 'a>(
     new_id: &mut dyn FnMut() -> [u8; 16],
     keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
     out: &mut EventBatch,
-    scratch: &mut Vec<u8>,
 ) -> Result<bool, BodyError> {
     let limits = r.limits;
     let ts_ms = r.ts()?;
@@ -774,14 +788,17 @@ fn event_record_scoped<'a, 'v: 'a>(
     match props {
         None => w.field("{}"),
         Some(p) => {
-            // Serialised into a reused buffer (writing to a Vec cannot fail); simd-json
-            // escapes as it writes, so the bytes are UTF-8 JSON.
-            scratch.clear();
-            let _ = p.write(&mut *scratch);
-            if scratch.len() > limits.max_props_bytes {
+            // Written as compact text straight into the batch's text; refused once
+            // written when too long (the request is refused whole, its batch let go).
+            let mut long = false;
+            w.field_with(|text| {
+                let start = text.len();
+                compact_json::write(p, text);
+                long = text.len() - start > limits.max_props_bytes;
+            });
+            if long {
                 return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
             }
-            w.field(std::str::from_utf8(scratch).unwrap_or("{}"));
         }
     }
     // Unreachable within the body limits (the text is at most the body's size), but the
@@ -822,7 +839,7 @@ pub fn parse_payments_in(
     out: &mut PaymentBatch,
 ) -> Result<(), BodyError> {
     count_records(body, limits)?;
-    with_root(body, limits, bufs, |root, _| {
+    with_root(body, limits, bufs, |root| {
         let mut r = Rec::empty(limits);
         for (index, v) in records(root, limits)?.iter().enumerate() {
             r.read(index, v)?;

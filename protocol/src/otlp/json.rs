@@ -67,7 +67,7 @@ pub fn walk(
         Signal::Logs => ("resourceLogs", "scopeLogs", "logRecords"),
         Signal::Traces => ("resourceSpans", "scopeSpans", "spans"),
     };
-    let parsed = validate::with_root(body, &json_limits, bufs, |root, _| -> Result<(), DecodeError> {
+    let parsed = validate::with_root(body, &json_limits, bufs, |root| -> Result<(), DecodeError> {
         let root = root.as_object().ok_or(DecodeError::Json("the body must be an object"))?;
         for r in array_of(&root, resources)?.iter().flat_map(|a| a.iter()) {
             let r = object(r)?;

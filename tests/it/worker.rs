@@ -644,6 +644,28 @@ fn c2_entry_deleted_while_pending_is_dead_lettered_by_id() {
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
 
+/// A worker's own pending entry deleted from the stream (read by it before a restart,
+/// then deleted) comes back without fields on recovery: dead-lettered as deleted while
+/// pending, as `XAUTOCLAIM`'s deleted ids are (docs/worker.md), not as undecodable.
+#[test]
+fn an_own_pending_entry_deleted_is_dead_lettered_as_deleted() {
+    let mut p = Pipeline::start(&[]);
+    let id = post_one_entry(&p, ["a", "b"]);
+    let kept = post_one_entry(&p, ["c", "d"]);
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "it-0", "COUNT", "10", "STREAMS", "analytics:events", ">"]);
+    assert_eq!(r.int(&["XDEL", "analytics:events", &id]), 1);
+    assert_eq!(pending_owner(&p, &kept), Some(("it-0".into(), 1)));
+    p.start_worker(&[]);
+    p.wait_for(2, "rows of the entry left", Pipeline::distinct_events);
+    p.wait_for(1, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    assert_eq!(dead[0].get("source_id"), Some(id.as_bytes()));
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert_eq!(reason, "deleted from the stream while pending");
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}
+
 /// M5: a claim is one delivery. With `max_deliveries = 3`, an entry read by one dead
 /// consumer, claimed by a second that died too, and then claimed by the worker has been
 /// delivered 3 times: it is inserted, not dead-lettered.

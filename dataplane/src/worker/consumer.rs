@@ -976,7 +976,7 @@ impl Consumer {
     async fn dead_letter_deleted(&mut self) -> Result<(), String> {
         while let Some(id) = self.deleted.last() {
             let gone = Entry { stream: self.cfg.stream, id: id.clone(), fields: Vec::new() };
-            self.dead_letter(&gone, DeadReason::Deleted, "deleted from the stream while pending").await?;
+            self.dead_letter(&gone, DeadReason::Deleted, super::sink::DELETED_WHILE_PENDING).await?;
             self.deleted.pop();
         }
         Ok(())

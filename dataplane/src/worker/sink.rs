@@ -50,6 +50,10 @@ use crate::clickhouse::user_days::{UserDayFold, UserDayRows, UserDays};
 /// it sorts again. What a block holds in memory: docs/worker.md ("At most two batches").
 pub const BLOCK_ROWS: usize = 262_144;
 
+/// The dead-letter reason of an entry deleted from its stream while pending (its rows
+/// lost): found by `XAUTOCLAIM`, or without fields among a consumer's own pending entries.
+pub const DELETED_WHILE_PENDING: &str = "deleted from the stream while pending";
+
 /// Merges into Redis one insert may wait for to make room for its players' sketches
 /// (past periods go once merged); past them, adds that find no room are refused. Bounds
 /// what a client spreading timestamps over many periods can cost the shard per insert.
@@ -355,7 +359,7 @@ impl Sink {
     /// Appends the rows of `e`, or says why it has none.
     fn push(&mut self, e: &Entry) -> Result<(), String> {
         if e.fields.is_empty() {
-            return Err("entry was deleted (trimmed) before it was consumed".into());
+            return Err(DELETED_WHILE_PENDING.into());
         }
         let mut sketches = self.agg.as_ref().map(|a| a.sketches());
         if let Some(s) = sketches.as_mut() {
@@ -554,6 +558,14 @@ impl Sink {
         for &i in which {
             self.pushing.clear();
             self.pushing.extend((0..shards).map(|s| confirmed.get(i, s)));
+            // A consumer's own pending entry deleted from the stream comes back without
+            // fields on recovery: dead-lettered as lost, as `XAUTOCLAIM`'s deleted ids are
+            // (docs/worker.md), not as undecodable.
+            if batch[i].fields.is_empty() {
+                let reason = DELETED_WHILE_PENDING.to_owned();
+                poison.push(Poison { index: i, cause: DeadReason::Deleted, reason });
+                continue;
+            }
             if let Err(reason) = self.push(&batch[i]) {
                 poison.push(Poison { index: i, cause: DeadReason::Undecodable, reason });
                 continue;

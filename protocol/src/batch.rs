@@ -138,7 +138,9 @@ pub fn encode(batch: &Batch) -> Result<AlignedVec, BatchError> {
 /// Validates and accesses an archive in place. `bytes` must be 16-byte aligned, as an
 /// [`AlignedVec`] is; use [`BatchBuf`] for bytes straight off the wire.
 pub fn access(bytes: &[u8]) -> Result<&ArchivedBatch, BatchError> {
-    rkyv::access::<ArchivedBatch, rancor::Error>(bytes).map_err(|e| BatchError(e.to_string()))
+    // `BoxedError` keeps what the check found (`rancor::Error` keeps nothing in a release
+    // build); it is made only when the check fails.
+    rkyv::access::<ArchivedBatch, rancor::BoxedError>(bytes).map_err(|e| BatchError(e.to_string()))
 }
 
 /// Aligned storage for an archive read from a stream entry, when its bytes are not
@@ -281,5 +283,8 @@ mod tests {
         assert!(buf.load(&bytes[..bytes.len() / 2]).is_err());
         assert!(buf.load(b"").is_err());
         assert!(buf.load(&[0xff; 64]).is_err());
+        // The error says what the check found (a dead letter's reason carries it).
+        let e = buf.load(&[0xff; 64]).expect_err("corrupt").to_string();
+        assert!(e.starts_with("batch archive: ") && !e.contains("without error information"), "{e}");
     }
 }

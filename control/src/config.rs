@@ -1101,6 +1101,32 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses two listeners on one port of one address (or of every address): the second
+    /// would fail to bind when the process starts, or, as the data and OTLP listeners bind
+    /// with `SO_REUSEPORT`, silently share the port with the first.
+    fn listeners_apart(&self) -> Result<(), ConfigError> {
+        let listeners = [
+            ("server.listen", &self.server.listen),
+            ("control.listen", &self.control.listen),
+            ("otlp.listen", &self.otlp.listen),
+            ("otlp.grpc_listen", &self.otlp.grpc_listen),
+        ];
+        let addrs: Vec<(&str, std::net::SocketAddr)> =
+            listeners.iter().filter_map(|(k, a)| Some((*k, a.parse::<std::net::SocketAddr>().ok()?))).collect();
+        for (i, (key, a)) in addrs.iter().enumerate() {
+            // Port 0 is one the system picks, a new one per listener.
+            let clash = addrs[..i].iter().find(|(_, b)| {
+                a.port() != 0
+                    && a.port() == b.port()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            });
+            if let Some((other, _)) = clash {
+                return Err(err(*key, format!("{a} is {other}'s port too: each listener needs a port of its own")));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("server.listen", "expected an address like 0.0.0.0:8080"));
@@ -1118,6 +1144,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.auth.max_skew_secs == 0 {
+            return Err(err(
+                "auth.max_skew_secs",
+                "expected 1 or more seconds (a request's timestamp is never exactly the server's clock)",
+            ));
         }
         if self.auth.max_skew_secs > MAX_SKEW_SECS {
             return Err(err(
@@ -1137,6 +1169,7 @@ impl Config {
         if !self.control.listen.is_empty() && self.control.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("control.listen", "expected an address like 0.0.0.0:8081, or \"\" for none"));
         }
+        self.listeners_apart()?;
         if let Err(e) = crate::logging::filter(&self.log, None) {
             return Err(err(
                 "log.level",
@@ -1265,10 +1298,24 @@ impl Config {
         if self.clickhouse.max_partitions_per_block == 0 {
             return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));
         }
+        if !self.clickhouse.is_cluster() && !self.clickhouse.cluster.is_empty() {
+            return Err(err(
+                "clickhouse.cluster",
+                "given without clickhouse.shards (the cluster's shards and their replicas): set both, or neither to \
+                 write to clickhouse.addr",
+            ));
+        }
         if self.clickhouse.is_cluster() {
             let ch = &self.clickhouse;
             if ch.shards.iter().any(|s| s.is_empty() || s.iter().any(|a| a.is_empty() || a.contains(','))) {
                 return Err(err("clickhouse.shards", "every shard lists one or more replicas, each one host:port"));
+            }
+            let nodes = ch.nodes();
+            if let Some(twice) = nodes.iter().enumerate().find_map(|(i, a)| nodes[..i].contains(a).then_some(a)) {
+                return Err(err(
+                    "clickhouse.shards",
+                    format!("{twice} is listed twice: each server holds one replica of one shard"),
+                ));
             }
             let name_ok = ch.cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if ch.cluster.is_empty() || !name_ok {
@@ -1535,6 +1582,16 @@ mod tests {
         )
         .expect_err("an empty shard");
         assert!(e.to_string().contains("clickhouse.shards"), "{e}");
+        let e = Config::load(None, env(&[("CROUPIER_CLICKHOUSE__CLUSTER", "c")])).expect_err("a name, no shards");
+        assert!(e.to_string().contains("clickhouse.cluster"), "{e}");
+        for twice in [r#"[["a:9000"],["a:9000"]]"#, r#"[["a:9000","a:9000"]]"#] {
+            let e = Config::load(
+                None,
+                env(&[("CROUPIER_CLICKHOUSE__SHARDS", twice), ("CROUPIER_CLICKHOUSE__CLUSTER", "x")]),
+            )
+            .expect_err(twice);
+            assert!(e.to_string().contains("a:9000 is listed twice"), "{e}");
+        }
     }
 
     #[test]
@@ -1876,8 +1933,26 @@ mod tests {
         assert_eq!((c.log.format, c.log.level.as_str()), (LogFormat::Json, "debug"));
         let e = Config::from_toml("[log]\nformat = \"xml\"\n").expect_err("bad format");
         assert_eq!(e.key, "log.format");
+        let e = Config::from_toml("[control]\nlisten = \"127.0.0.1:8080\"\n").expect_err("the data port's");
+        assert_eq!(e.key, "control.listen");
+        let e = Config::from_toml("[server]\nlisten = \"0.0.0.0:9100\"\n[otlp]\ngrpc_listen = \"127.0.0.1:9100\"\n")
+            .expect_err("every address's port");
+        assert_eq!(e.key, "otlp.grpc_listen");
+        assert!(Config::from_toml("[server]\nlisten = \"127.0.0.1:9100\"\n[control]\nlisten = \"127.0.0.2:9100\"\n")
+            .is_ok());
+        let e = Config::from_toml("[auth]\nmax_skew_secs = 0\n").expect_err("no skew at all");
+        assert_eq!(e.key, "auth.max_skew_secs");
         let e = Config::from_toml("[log]\nlevel = \"worker=loudest\"\n").expect_err("bad level");
         assert_eq!(e.key, "log.level");
+        // A bare word that is no level would be read as a target's name, every other line
+        // then unlogged (errors included).
+        for bad in ["warning", "verbose", "info,loud", "critical"] {
+            let e = Config::from_toml(&format!("[log]\nlevel = {bad:?}\n")).expect_err(bad);
+            assert_eq!(e.key, "log.level", "{bad}");
+        }
+        for good in ["WARN", "info,croupier_dataplane=debug", "off", "warn,croupier_dataplane::worker=trace"] {
+            assert!(Config::from_toml(&format!("[log]\nlevel = {good:?}\n")).is_ok(), "{good}");
+        }
         let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");
         assert_eq!(old.warnings().len(), 1, "and says what to remove");
         let old = Config::from_toml("[worker]\ndead_letter_maxlen = 100000\n").expect("an older file still loads");

@@ -21,8 +21,20 @@ const QUEUED_LINES: usize = 64 * 1024;
 static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// The filter of `log`, `RUST_LOG` first.
+///
+/// A directive without `=` must be a level: `tracing`'s filter reads any other bare word
+/// (`warning`, `verbose`) as the name of a target to log, and everything else, errors
+/// included, would then go unlogged. A target is given with its level (`croupier=debug`).
 pub fn filter(log: &Log, rust_log: Option<&str>) -> Result<EnvFilter, String> {
     let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or(&log.level);
+    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = ["error", "warn", "info", "debug", "trace", "off"].iter().any(|l| d.eq_ignore_ascii_case(l));
+        if !level && !d.contains('=') {
+            return Err(format!(
+                "{spec:?}: {d:?} is not a level (error, warn, info, debug, trace, off); a target takes one (target=debug)"
+            ));
+        }
+    }
     EnvFilter::try_new(spec).map_err(|e| format!("{spec:?}: {e}"))
 }
 

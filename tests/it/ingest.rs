@@ -214,6 +214,33 @@ fn maxlen_trims_consumed_entries(driver: Driver) {
     assert_eq!(groups.len(), 1);
 }
 
+/// With several partitions, one at its high-water mark refuses (503 `backlog_full`) only
+/// the requests routed to it: the others are taken, and the node stays ready (every node
+/// sees the same Redis; a load balancer taking every node out would refuse them all).
+#[test]
+fn a_partition_at_its_mark_refuses_only_its_requests_and_leaves_the_node_ready() {
+    // Per partition: retention 100 events, mark 50.
+    let f = Fixture::start(Driver::Epoll, |c| {
+        c.streams.partitions = 3;
+        c.streams.events = StreamLimits { retention_events: 300, high_water_events: 150 };
+    });
+    assert_eq!(f.post("/api/ingest/events", &events(55)).status, 202);
+    // The backlog readings (every 20 ms) see one partition at its mark.
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(f.client().request("GET", "/readyz", &[], b"").status, 200);
+    let (mut taken, mut full) = (0, 0);
+    for _ in 0..30 {
+        let r = f.post("/api/ingest/events", &events(1));
+        match (r.status, r.error_tag().as_str()) {
+            (202, _) => taken += 1,
+            (503, "backlog_full") => full += 1,
+            other => panic!("{other:?}: {}", r.text()),
+        }
+    }
+    assert!(taken > 0 && full > 0, "{taken} taken, {full} refused");
+    assert_eq!(f.client().request("GET", "/readyz", &[], b"").status, 200);
+}
+
 fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
     // Entries of 10 events: MAXLEN ~ 10 entries, high-water mark 3 entries.
     let f = Fixture::start(driver, |c| {

@@ -92,6 +92,38 @@ fn three_partitions_on_one_redis_land_once_and_a_retry_is_a_duplicate() {
     });
 }
 
+/// A primary of the cluster gone (no replica to take over; the others serve their slots):
+/// the requests routed to its partition are refused, the others' taken, and the node
+/// stays ready (a load balancer taking every node out would refuse them all).
+#[test]
+fn a_primary_gone_refuses_only_its_partitions_requests_and_leaves_the_node_ready() {
+    let mut cluster = RedisCluster::primaries_only(3);
+    let p = cluster_pipeline(&cluster.seeds(), 3, |_| {});
+    let addr = p.ingest.addr;
+    let ready = || p.ingest.client().request("GET", "/readyz", &[], b"").status;
+    assert_eq!(ready(), 200);
+    let gone = cluster.primary_of(Partitions::new(3).stream(0, StreamKind::Events)).expect("served");
+    cluster.nodes[gone].stop();
+    // The others find it failed after the node timeout (1 s), a shard's readings after that.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut taken, mut refused) = (0, 0);
+    while taken == 0 || refused == 0 || ready() != 200 {
+        assert!(Instant::now() < deadline, "{taken} taken, {refused} refused, /readyz {}", ready());
+        let mut s = Sent::new();
+        s.send(addr);
+        match s.status {
+            202 => taken += 1,
+            _ => refused += 1,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Ready again for a while, not by chance of one probe.
+    for _ in 0..10 {
+        assert_eq!(ready(), 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn cluster_traffic_across_partitions_lands_once() {
     let cluster = RedisCluster::start(3, 1);

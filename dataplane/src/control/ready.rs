@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use croupier_control::config::{Config, StreamLimits};
 use croupier_protocol::cluster::Partitions;
+use croupier_protocol::stream::StreamKind;
 
 use super::streams::{self, StreamReading};
 use crate::clickhouse::connection::{ChOptions, Connection};
@@ -172,6 +173,16 @@ impl Probes {
         if self.ingest {
             let error = match &read {
                 Err(_) => Some("unknown: Redis cannot be read".to_owned()),
+                // As the data port's: unready when a stream is at its mark in every
+                // partition read (a partition at its mark refuses only its own requests).
+                Ok(r)
+                    if !StreamKind::ALL.iter().any(|k| {
+                        let mut of = r.iter().filter(|s| s.stream == *k).peekable();
+                        of.peek().is_some() && of.all(StreamReading::at_high_water)
+                    }) =>
+                {
+                    None
+                }
                 Ok(r) => {
                     let full: Vec<String> = r
                         .iter()

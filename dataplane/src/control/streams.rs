@@ -148,25 +148,53 @@ fn xinfo(key: &[u8]) -> Vec<u8> {
 
 /// Reads the three streams of each partition (in [`StreamKind::ALL`] order, partition by
 /// partition); `limits` are a partition's. A stream key holding another type is left out
-/// (ingest refuses only the requests appending to it; the data shards log it).
+/// (ingest refuses only the requests appending to it; the data shards log it). A
+/// partition that cannot be read (its primary of a Redis Cluster down, every stream key
+/// of another type) is left out and logged, the others read: ingest refuses only the
+/// requests routed to it. An error when no partition can be read.
 pub async fn read(
     redis: &RedisClient,
     limits: [StreamLimits; 3],
     partitions: &Partitions,
 ) -> Result<Vec<StreamReading>, String> {
     let mut out = Vec::with_capacity(3 * partitions.len());
+    let mut failed = Vec::new();
     for p in 0..partitions.len() {
-        let means = entry_means(redis, partitions, p).await?;
-        let id = u16::try_from(p).unwrap_or(u16::MAX);
-        let before = out.len();
-        for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
-            if let Some(r) = read_one(redis, (stream, id, partitions.stream(p, stream)), means[i], limits[i]).await? {
-                out.push(r);
-            }
+        match read_partition(redis, limits, partitions, p).await {
+            Ok(r) => out.extend(r),
+            Err(e) => failed.push(if partitions.len() > 1 { format!("partition {p}: {e}") } else { e }),
         }
-        if out.len() == before {
-            return Err(format!("every stream key of partition {p} holds another type"));
+    }
+    if out.is_empty() {
+        return Err(failed.join("; "));
+    }
+    if !failed.is_empty() && !crate::redis::auth::recently_logged(format!("streams unread {}", failed.len())) {
+        tracing::warn!(
+            unread = %failed.join("; "),
+            "partitions of the streams could not be read: their gauges are left out, the others' reported \
+             (logged at most every 10 s)"
+        );
+    }
+    Ok(out)
+}
+
+/// The three streams of partition `p`: those that are streams, or an error.
+async fn read_partition(
+    redis: &RedisClient,
+    limits: [StreamLimits; 3],
+    partitions: &Partitions,
+    p: usize,
+) -> Result<Vec<StreamReading>, String> {
+    let means = entry_means(redis, partitions, p).await?;
+    let id = u16::try_from(p).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(3);
+    for (i, stream) in StreamKind::ALL.into_iter().enumerate() {
+        if let Some(r) = read_one(redis, (stream, id, partitions.stream(p, stream)), means[i], limits[i]).await? {
+            out.push(r);
         }
+    }
+    if out.is_empty() {
+        return Err(format!("every stream key of partition {p} holds another type"));
     }
     Ok(out)
 }

@@ -539,17 +539,23 @@ impl Backlog {
         self.admission(p, stream) == Admission::Open
     }
 
-    /// Whether `f` holds for every stream of every partition, save those whose key the
-    /// last reading on this connection found holding another type: only the requests
-    /// appending to those are refused, so they do not make a shard unready (with one Redis
-    /// behind every node, a load balancer taking every node out would refuse the other
-    /// streams' requests too).
-    /// A partition whose every stream key holds another type holds nothing: `false`.
+    /// Whether every stream (events, custom, payments) takes requests somewhere: for each,
+    /// `f` holds in at least one partition, passing over the keys the last reading on this
+    /// connection found holding another type. Only the requests routed to a stream that
+    /// fails `f` (or to a key of another type) are refused, so they do not make a shard
+    /// unready: every node sees the same Redis, and a load balancer taking every node out
+    /// would refuse the other streams' and partitions' requests too. With one partition
+    /// this is `f` of every stream key that is a stream.
+    /// A partition whose every stream key holds another type holds nothing: passed over,
+    /// and `false` when every partition is such.
     fn every(&self, f: impl Fn(usize, StreamKind) -> bool) -> bool {
-        (0..self.streams.len()).all(|p| {
-            !StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s))
-                && StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s) || f(p, *s))
-        })
+        let holds = |p: usize| !StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s));
+        let live: Vec<usize> = (0..self.streams.len()).filter(|&p| holds(p)).collect();
+        !live.is_empty()
+            && StreamKind::ALL.iter().all(|s| {
+                let mut streams = live.iter().filter(|&&p| !self.not_a_stream(p, *s)).peekable();
+                streams.peek().is_none() || streams.any(|&p| f(p, *s))
+            })
     }
 
     /// Whether the last reading on this connection found `stream`'s key of partition `p`
@@ -558,14 +564,15 @@ impl Backlog {
         self.state(p, stream).not_a_stream_in.get() == Some(self.epoch.get())
     }
 
-    /// Whether every stream's backlog (of every partition) has been read since the last
-    /// connect (a key holding another type passed over).
+    /// Whether every stream's backlog has been read since the last connect, in one
+    /// partition at least ([`Backlog::every`]).
     pub fn all_known(&self) -> bool {
         self.every(|p, s| self.admission(p, s) != Admission::Unknown)
     }
 
-    /// Whether every stream (of every partition) is below its mark (a key holding another
-    /// type passed over).
+    /// Whether every stream is below its mark, in one partition at least
+    /// ([`Backlog::every`]): a partition at its mark refuses (503 `backlog_full`) only the
+    /// requests routed to it.
     pub fn all_admit(&self) -> bool {
         self.every(|p, s| self.admits(p, s))
     }
@@ -1417,6 +1424,36 @@ mod tests {
         r.end = Some((1_010, id(1_010)));
         s.assess(&r);
         assert_eq!(s.samples.borrow().back(), Some(&(1_010, id(1_010))));
+    }
+
+    #[test]
+    fn a_partition_at_its_mark_leaves_the_shard_ready_while_another_takes_the_stream() {
+        let l = StreamLimits { retention_events: 500, high_water_events: 400 };
+        let b = Backlog::new(settings(l), Epoch::default(), Partitions::new(3));
+        for s in b.streams.iter().flatten() {
+            s.known.set(true);
+        }
+        assert!(b.all_admit());
+        // Partition 1's events at the mark: its requests are refused, the others' taken.
+        b.streams[1][StreamKind::Events.index()].observed.set(400);
+        assert_eq!(b.admission(1, StreamKind::Events), Admission::Full);
+        assert!(b.all_admit());
+        // Events at the mark in every partition: no events request is taken anywhere.
+        for p in [0, 2] {
+            b.streams[p][StreamKind::Events.index()].observed.set(400);
+        }
+        assert!(!b.all_admit());
+        // One partition unread (its primary down) while the others are read.
+        b.streams[0][CUSTOM.index()].known.set(false);
+        assert!(b.all_known());
+        for p in [1, 2] {
+            b.streams[p][CUSTOM.index()].known.set(false);
+        }
+        assert!(!b.all_known());
+        // A single partition: one full stream is enough, as before.
+        let one = backlog();
+        one.streams[0][StreamKind::Payments.index()].observed.set(400);
+        assert!(!one.all_admit());
     }
 
     #[test]

@@ -20,6 +20,38 @@ use crate::stream::{StreamKind, ENTRY_EVENTS};
 /// Slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 
+/// The partition counts ingest has written with (`streams.partitions`), a sorted set of
+/// counts scored by when an ingest shard last said so (milliseconds): a worker reads
+/// every layout listed, so that the streams of a count no longer configured (changed
+/// while entries waited in them) are still drained.
+pub const LAYOUTS: &str = "croupier:partitions";
+
+/// `ZADD croupier:partitions <now_ms> <n>`: ingest writes with `n` partitions.
+pub fn announce_layout(out: &mut Vec<u8>, n: u16, now_ms: u64) {
+    crate::resp::command(
+        out,
+        &[b"ZADD", LAYOUTS.as_bytes(), now_ms.to_string().as_bytes(), n.max(1).to_string().as_bytes()],
+    );
+}
+
+/// `ZRANGEBYSCORE croupier:partitions -inf +inf`: every layout ingest wrote with.
+pub fn read_layouts(out: &mut Vec<u8>) {
+    crate::resp::command(out, &[b"ZRANGEBYSCORE", LAYOUTS.as_bytes(), b"-inf", b"+inf"]);
+}
+
+/// The partition counts of a [`read_layouts`] reply (members that are no count left out).
+pub fn layouts(reply: &Frame) -> Vec<u16> {
+    let Frame::Array(items) = reply else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|f| match f {
+            Frame::BulkString(b) | Frame::SimpleString(b) => std::str::from_utf8(b).ok()?.parse::<u16>().ok(),
+            _ => None,
+        })
+        .filter(|n| (1..=SLOTS).contains(n))
+        .collect()
+}
+
 /// The slot of `key` (hash tags honoured).
 pub fn key_slot(key: &[u8]) -> u16 {
     redis_keyslot(key)
@@ -411,6 +443,18 @@ fn field<'a>(pairs: &[(&[u8], &'a Frame)], name: &str) -> Option<&'a Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layouts_are_announced_and_read_back() {
+        let mut cmd = Vec::new();
+        announce_layout(&mut cmd, 3, 1_795_617_749_000);
+        assert_eq!(cmd, b"*4\r\n$4\r\nZADD\r\n$19\r\ncroupier:partitions\r\n$13\r\n1795617749000\r\n$1\r\n3\r\n");
+        let reply = Frame::Array(
+            ["1", "3", "x", "0", "16385", "16384"].iter().map(|m| Frame::BulkString(m.as_bytes().to_vec())).collect(),
+        );
+        assert_eq!(layouts(&reply), [1, 3, 16384]);
+        assert!(layouts(&Frame::Error("NOPERM".into())).is_empty());
+    }
 
     fn bulk(s: &str) -> Frame {
         Frame::BulkString(s.as_bytes().to_vec())

@@ -124,6 +124,30 @@ fn a_primary_gone_refuses_only_its_partitions_requests_and_leaves_the_node_ready
     }
 }
 
+/// `streams.partitions` changed while entries waited: ingest wrote with 3 partitions, the
+/// worker is configured with 2. Ingest records its count (`croupier:partitions`), and the
+/// worker reads the streams of every count recorded: nothing is stranded in the old ones.
+#[test]
+fn a_worker_with_another_partition_count_drains_the_streams_ingest_wrote() {
+    let mut p = Pipeline::start_with(&[], |c| c.streams.partitions = 3);
+    let addr = p.ingest.addr;
+    let mut sent: Vec<Sent> = (0..12).map(|_| Sent::new()).collect();
+    for s in &mut sent {
+        s.send(addr);
+        assert_eq!(s.status, 202);
+    }
+    let layouts = p.ingest.redis.client().cmd(&["ZRANGE", "croupier:partitions", "0", "-1"]);
+    assert_eq!(croupier_protocol::cluster::layouts(&layouts), [3], "{layouts:?}");
+    p.start_worker(&[("CROUPIER_STREAMS__PARTITIONS", "2")]);
+    let events = (12 * PER_REQUEST) as u64;
+    p.wait_for(events, "distinct users in ClickHouse", |p| p.scalar("SELECT uniqExact(user_id) FROM analytics.events"));
+    let old = Partitions::new(3);
+    // Acknowledged once inserted, in the old partitions' groups.
+    p.wait_for(0, "entries of the old partitions pending", |p| {
+        (0..3).map(|i| p.pending(old.stream(i, StreamKind::Events))).sum::<i64>() as u64
+    });
+}
+
 #[test]
 fn cluster_traffic_across_partitions_lands_once() {
     let cluster = RedisCluster::start(3, 1);

@@ -56,7 +56,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use croupier_control::config::{Config, StreamLimits};
-use croupier_protocol::cluster::Partitions;
+use croupier_protocol::cluster::{self, Partitions};
 use croupier_protocol::resp::{self, Frame, GroupInfo};
 use croupier_protocol::stream::{merge_means, Appended};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAGED_MEANS_SCRIPT, ENTRY_EVENTS_WINDOW};
@@ -481,6 +481,9 @@ pub struct Backlog {
     epoch: Epoch,
     /// [`BacklogSettings::mean_window`].
     mean_window: Duration,
+    /// The connection epoch in which the partition count was last written to
+    /// `croupier:partitions` ([`Backlog::announce_layout`]).
+    announced_in: Cell<Option<u64>>,
 }
 
 impl Backlog {
@@ -508,7 +511,7 @@ impl Backlog {
             repaired_in: Cell::new(None),
         };
         let streams = (0..partitions.len()).map(|_| limits.map(state)).collect();
-        Rc::new(Backlog { epoch, streams, partitions, mean_window })
+        Rc::new(Backlog { epoch, streams, partitions, mean_window, announced_in: Cell::new(None) })
     }
 
     /// The partitions' key names.
@@ -633,10 +636,40 @@ impl Backlog {
     /// Reads the backlogs every `every`, forever (spawned once per shard).
     pub async fn poll(self: Rc<Self>, redis: RedisClient, every: Duration) {
         loop {
+            self.announce_layout(&redis).await;
             for p in 0..self.streams.len() {
                 self.read_partition(&redis, p).await;
             }
             monoio::time::sleep(every).await;
+        }
+    }
+
+    /// Writes this shard's partition count to `croupier:partitions` once per connection,
+    /// so that workers configured with another count still drain these streams
+    /// (`croupier_protocol::cluster::LAYOUTS`). A refusal (an ACL without `ZADD` on
+    /// `croupier:*`) is logged and not retried before the next connection.
+    async fn announce_layout(&self, redis: &RedisClient) {
+        let epoch = self.epoch.get();
+        if !redis.is_up() || self.announced_in.get() == Some(epoch) {
+            return;
+        }
+        let mut cmd = Vec::with_capacity(64);
+        let n = u16::try_from(self.partitions.len()).unwrap_or(u16::MAX);
+        cluster::announce_layout(&mut cmd, n, crate::ingest::now_ms().max(0) as u64);
+        match redis.call(cmd).await {
+            Ok(Frame::Integer(_)) => self.announced_in.set(Some(epoch)),
+            Ok(other) => {
+                self.announced_in.set(Some(epoch));
+                if !super::auth::recently_logged("partitions not announced".to_owned()) {
+                    tracing::warn!(
+                        key = cluster::LAYOUTS,
+                        reply = ?other,
+                        "the partition count could not be written: a worker configured with another \
+                         streams.partitions would not drain these streams (logged at most every 10 s)"
+                    );
+                }
+            }
+            Err(_) => {}
         }
     }
 

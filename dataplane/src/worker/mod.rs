@@ -15,14 +15,16 @@ pub mod read_size;
 pub mod sink;
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use croupier_control::config::Config;
 use croupier_control::metrics::{Registry, Table};
 use croupier_protocol::cluster::Partitions;
+use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::StreamKind;
 
 use crate::clickhouse::connection::ChOptions;
@@ -118,6 +120,35 @@ pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option
     }
 }
 
+/// How often a worker shard looks for partition counts ingest wrote with
+/// (`croupier_protocol::cluster::LAYOUTS`).
+const LAYOUTS_EVERY: Duration = Duration::from_secs(10);
+
+/// The partition counts ingest has written with: none when Redis refuses (an ACL
+/// without `ZRANGEBYSCORE` on `croupier:*`, logged), `None` when it cannot be reached.
+async fn written_layouts(redis: &RedisClient) -> Option<Vec<u16>> {
+    if !redis.is_up() {
+        return None;
+    }
+    let mut cmd = Vec::with_capacity(64);
+    croupier_protocol::cluster::read_layouts(&mut cmd);
+    match redis.call(cmd).await {
+        Ok(Frame::Error(e)) => {
+            if !crate::redis::auth::recently_logged("partitions not read".to_owned()) {
+                tracing::warn!(
+                    key = croupier_protocol::cluster::LAYOUTS,
+                    error = %e,
+                    "the partition counts ingest wrote with could not be read: only streams.partitions' \
+                     streams are read (logged at most every 10 s)"
+                );
+            }
+            Some(Vec::new())
+        }
+        Ok(reply) => Some(croupier_protocol::cluster::layouts(&reply)),
+        Err(_) => None,
+    }
+}
+
 /// Starts the worker shards; `beside_ingest` when ingest shards run in the same process
 /// (their cores are left to them). They count in a registry of their own.
 pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
@@ -167,30 +198,52 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             // Every worker shard reads every partition of every stream, in the one consumer
             // group: an idle or dead shard's entries are claimed by the others as before.
             // A partition's events consumer reads its custom stream's new entries too.
-            let partitions = Partitions::new(config.streams.partitions);
-            let keys = (0..partitions.len())
-                .flat_map(|p| {
-                    let custom = partitions.stream(p, StreamKind::Custom);
-                    let shared = Rc::new(join::Shared::default());
-                    StreamKind::ALL.map(|k| (k, partitions.stream(p, k).to_owned(), join::Join::of(k, custom, &shared)))
-                })
-                .collect::<Vec<_>>();
             // The consumers of one table judge its load on this shard together.
             let tables = Table::ALL.map(|_| Rc::new(cadence::TableLoad::default()));
-            for (stream, key, join) in keys {
-                let cfg = Rc::new(consumer_config(&config, stream, &key, shard));
-                let load = tables[Table::of(stream).index()].join();
-                // A consumer whose new entries another reads blocks on no read of its own.
-                let redis = connect();
-                let reads = if join.reads_new() { connect() } else { redis.clone() };
-                let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
-                live.set(live.get() + 1);
-                monoio::spawn(async move {
-                    consumer::run(cfg, reads, redis, stop, writer, agg, consumer::Siblings { load, join }).await;
-                    live.set(live.get() - 1);
-                });
+            // Partitions read, by their events stream's key (layouts may share partitions).
+            let mut reading: HashSet<String> = HashSet::new();
+            let mut read_partition = |partitions: &Partitions, p: usize| {
+                if !reading.insert(partitions.stream(p, StreamKind::Events).to_owned()) {
+                    return;
+                }
+                let custom = partitions.stream(p, StreamKind::Custom);
+                let shared = Rc::new(join::Shared::default());
+                for stream in StreamKind::ALL {
+                    let (key, join) = (partitions.stream(p, stream), join::Join::of(stream, custom, &shared));
+                    let cfg = Rc::new(consumer_config(&config, stream, key, shard));
+                    let load = tables[Table::of(stream).index()].join();
+                    // A consumer whose new entries another reads blocks on no read of its own.
+                    let redis = connect();
+                    let reads = if join.reads_new() { connect() } else { redis.clone() };
+                    let (stop, live, writer, agg) = (stop.clone(), live.clone(), writer.clone(), agg.clone());
+                    live.set(live.get() + 1);
+                    monoio::spawn(async move {
+                        consumer::run(cfg, reads, redis, stop, writer, agg, consumer::Siblings { load, join }).await;
+                        live.set(live.get() - 1);
+                    });
+                }
+            };
+            let partitions = Partitions::new(config.streams.partitions);
+            for p in 0..partitions.len() {
+                read_partition(&partitions, p);
             }
+            // The partitions of every count ingest has written with (`streams.partitions`
+            // changed while entries waited): read too, found at start and every 10 s.
+            let layouts = connect();
+            let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next_look {
+                    let found = written_layouts(&layouts).await;
+                    // Not connected yet: looked for again soon.
+                    let again = if found.is_some() { LAYOUTS_EVERY } else { Duration::from_millis(200) };
+                    next_look = Instant::now() + again;
+                    for n in found.unwrap_or_default() {
+                        let other = Partitions::new(n);
+                        for p in 0..other.len() {
+                            read_partition(&other, p);
+                        }
+                    }
+                }
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
             let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -180,6 +180,9 @@ impl Default for Server {
 /// The largest `auth.max_skew_secs`: a day.
 pub const MAX_SKEW_SECS: u64 = 86_400;
 
+/// Most partitions of each stream (`streams.partitions`).
+pub const MAX_PARTITIONS: u16 = 1024;
+
 /// `[auth]`: request signatures.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1103,8 +1106,9 @@ impl Config {
 
     /// Refuses two listeners on one port of one address (or of every address): the second
     /// would fail to bind when the process starts, or, as the data and OTLP listeners bind
-    /// with `SO_REUSEPORT`, silently share the port with the first.
-    fn listeners_apart(&self) -> Result<(), ConfigError> {
+    /// with `SO_REUSEPORT`, silently share the port with the first. Checked by the roles
+    /// that bind them all (`ingest`, `run`): a worker binds only `control.listen`.
+    pub fn listeners_apart(&self) -> Result<(), ConfigError> {
         let listeners = [
             ("server.listen", &self.server.listen),
             ("control.listen", &self.control.listen),
@@ -1169,7 +1173,6 @@ impl Config {
         if !self.control.listen.is_empty() && self.control.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("control.listen", "expected an address like 0.0.0.0:8081, or \"\" for none"));
         }
-        self.listeners_apart()?;
         if let Err(e) = crate::logging::filter(&self.log, None) {
             return Err(err(
                 "log.level",
@@ -1240,8 +1243,8 @@ impl Config {
         if !self.redis.cluster.is_empty() && self.redis.cluster_refresh_ms == 0 {
             return Err(err("redis.cluster_refresh_ms", "expected an interval greater than 0"));
         }
-        if !(1..=1024).contains(&self.streams.partitions) {
-            return Err(err("streams.partitions", "expected 1 to 1024 partitions"));
+        if !(1..=MAX_PARTITIONS).contains(&self.streams.partitions) {
+            return Err(err("streams.partitions", format!("expected 1 to {MAX_PARTITIONS} partitions")));
         }
         // One partition keeps Croupier's plain key names, whose slots differ: the ingest
         // script's keys would span slots (CROSSSLOT) and every request would be refused.
@@ -1933,13 +1936,14 @@ mod tests {
         assert_eq!((c.log.format, c.log.level.as_str()), (LogFormat::Json, "debug"));
         let e = Config::from_toml("[log]\nformat = \"xml\"\n").expect_err("bad format");
         assert_eq!(e.key, "log.format");
-        let e = Config::from_toml("[control]\nlisten = \"127.0.0.1:8080\"\n").expect_err("the data port's");
+        let apart = |toml: &str| Config::from_toml(toml).expect("loads").listeners_apart();
+        let e = apart("[control]\nlisten = \"127.0.0.1:8080\"\n").expect_err("the data port's");
         assert_eq!(e.key, "control.listen");
-        let e = Config::from_toml("[server]\nlisten = \"0.0.0.0:9100\"\n[otlp]\ngrpc_listen = \"127.0.0.1:9100\"\n")
+        let e = apart("[server]\nlisten = \"0.0.0.0:9100\"\n[otlp]\ngrpc_listen = \"127.0.0.1:9100\"\n")
             .expect_err("every address's port");
         assert_eq!(e.key, "otlp.grpc_listen");
-        assert!(Config::from_toml("[server]\nlisten = \"127.0.0.1:9100\"\n[control]\nlisten = \"127.0.0.2:9100\"\n")
-            .is_ok());
+        assert!(apart("[server]\nlisten = \"127.0.0.1:9100\"\n[control]\nlisten = \"127.0.0.2:9100\"\n").is_ok());
+        assert!(apart("[server]\nlisten = \"127.0.0.1:0\"\n[control]\nlisten = \"127.0.0.1:0\"\n").is_ok());
         let e = Config::from_toml("[auth]\nmax_skew_secs = 0\n").expect_err("no skew at all");
         assert_eq!(e.key, "auth.max_skew_secs");
         let e = Config::from_toml("[log]\nlevel = \"worker=loudest\"\n").expect_err("bad level");

@@ -22,13 +22,16 @@ static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// The filter of `log`, `RUST_LOG` first.
 ///
-/// A directive without `=` must be a level: `tracing`'s filter reads any other bare word
-/// (`warning`, `verbose`) as the name of a target to log, and everything else, errors
-/// included, would then go unlogged. A target is given with its level (`croupier=debug`).
+/// A directive without `=` must be a level (a name, or 0–5 as `tracing` reads them):
+/// `tracing`'s filter reads any other bare word (`warning`, `verbose`) as the name of a
+/// target to log, and everything else, errors included, would then go unlogged. A target
+/// is given with its level (`croupier=debug`). `RUST_LOG` is held to the same rule.
 pub fn filter(log: &Log, rust_log: Option<&str>) -> Result<EnvFilter, String> {
     let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or(&log.level);
     for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let level = ["error", "warn", "info", "debug", "trace", "off"].iter().any(|l| d.eq_ignore_ascii_case(l));
+        let level = ["error", "warn", "info", "debug", "trace", "off", "0", "1", "2", "3", "4", "5"]
+            .iter()
+            .any(|l| d.eq_ignore_ascii_case(l));
         if !level && !d.contains('=') {
             return Err(format!(
                 "{spec:?}: {d:?} is not a level (error, warn, info, debug, trace, off); a target takes one (target=debug)"

@@ -32,6 +32,11 @@ impl Sent {
         Sent { headers, body, status: 0 }
     }
 
+    /// Its nonce.
+    pub fn nonce(&self) -> &str {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-nonce")).map_or("", |(_, v)| v.as_str())
+    }
+
     /// Sends it on a new connection and keeps the answer's status.
     pub fn send(&mut self, addr: SocketAddr) {
         self.status =

@@ -117,10 +117,19 @@ fn a_primary_gone_refuses_only_its_partitions_requests_and_leaves_the_node_ready
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Ready again for a while, not by chance of one probe.
-    for _ in 0..10 {
+    // Ready again for a while, not by chance of one probe; meanwhile exactly the requests
+    // routed to the gone primary's partition are refused.
+    // Partition 0's primary was stopped; each of the three primaries serves one partition
+    // (`cluster_traffic_across_partitions_lands_once`).
+    let gone_partition = 0;
+    for _ in 0..20 {
         assert_eq!(ready(), 200);
-        std::thread::sleep(Duration::from_millis(100));
+        let mut s = Sent::new();
+        s.send(addr);
+        let key = croupier_dataplane::auth::nonce_key(GAME, s.nonce());
+        let partition = croupier_protocol::cluster::partition_of(&key, 3);
+        assert_eq!(s.status == 202, partition != gone_partition, "partition {partition}: {}", s.status);
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

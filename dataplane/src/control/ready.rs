@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use croupier_control::config::{Config, StreamLimits};
 use croupier_protocol::cluster::Partitions;
-use croupier_protocol::stream::StreamKind;
 
 use super::streams::{self, StreamReading};
 use crate::clickhouse::connection::{ChOptions, Connection};
 use crate::http::response::json_string;
+use crate::redis::backlog::every_stream_somewhere;
 use crate::redis::connection::{RedisClient, RedisOptions};
 use crate::redis::overdue::RedisHealth;
 
@@ -173,12 +173,11 @@ impl Probes {
         if self.ingest {
             let error = match &read {
                 Err(_) => Some("unknown: Redis cannot be read".to_owned()),
-                // As the data port's: unready when a stream is at its mark in every
+                // The data port's rule: unready when a stream is at its mark in every
                 // partition read (a partition at its mark refuses only its own requests).
                 Ok(r)
-                    if !StreamKind::ALL.iter().any(|k| {
-                        let mut of = r.iter().filter(|s| s.stream == *k).peekable();
-                        of.peek().is_some() && of.all(StreamReading::at_high_water)
+                    if every_stream_somewhere(self.partitions.len(), |p, k| {
+                        r.iter().find(|s| usize::from(s.partition) == p && s.stream == k).map(|s| !s.at_high_water())
                     }) =>
                 {
                     None

@@ -542,23 +542,10 @@ impl Backlog {
         self.admission(p, stream) == Admission::Open
     }
 
-    /// Whether every stream (events, custom, payments) takes requests somewhere: for each,
-    /// `f` holds in at least one partition, passing over the keys the last reading on this
-    /// connection found holding another type. Only the requests routed to a stream that
-    /// fails `f` (or to a key of another type) are refused, so they do not make a shard
-    /// unready: every node sees the same Redis, and a load balancer taking every node out
-    /// would refuse the other streams' and partitions' requests too. With one partition
-    /// this is `f` of every stream key that is a stream.
-    /// A partition whose every stream key holds another type holds nothing: passed over,
-    /// and `false` when every partition is such.
+    /// [`every_stream_somewhere`] of `f`, passing over the keys the last reading on this
+    /// connection found holding another type.
     fn every(&self, f: impl Fn(usize, StreamKind) -> bool) -> bool {
-        let holds = |p: usize| !StreamKind::ALL.iter().all(|s| self.not_a_stream(p, *s));
-        let live: Vec<usize> = (0..self.streams.len()).filter(|&p| holds(p)).collect();
-        !live.is_empty()
-            && StreamKind::ALL.iter().all(|s| {
-                let mut streams = live.iter().filter(|&&p| !self.not_a_stream(p, *s)).peekable();
-                streams.peek().is_none() || streams.any(|&p| f(p, *s))
-            })
+        every_stream_somewhere(self.streams.len(), |p, s| (!self.not_a_stream(p, s)).then(|| f(p, s)))
     }
 
     /// Whether the last reading on this connection found `stream`'s key of partition `p`
@@ -722,6 +709,25 @@ impl Backlog {
             }
         }
     }
+}
+
+/// Whether every stream (events, custom, payments) takes requests somewhere, the rule of
+/// readiness on both ports: for each, `state` is `Some(true)` in at least one of
+/// `partitions` partitions. `state` is `None` for a stream passed over: its key holds
+/// another type, or its partition could not be read. Only the requests routed to a stream
+/// that fails (or is passed over) are refused, so they do not make a node unready: every
+/// node sees the same Redis, and a load balancer taking every node out would refuse the
+/// other streams' and partitions' requests too. With one partition this is every stream
+/// that is not passed over. A partition whose every stream is passed over holds nothing
+/// and is left out; none left is `false`.
+pub fn every_stream_somewhere(partitions: usize, state: impl Fn(usize, StreamKind) -> Option<bool>) -> bool {
+    let live: Vec<usize> =
+        (0..partitions).filter(|&p| StreamKind::ALL.iter().any(|s| state(p, *s).is_some())).collect();
+    !live.is_empty()
+        && StreamKind::ALL.iter().all(|s| {
+            let mut known = live.iter().filter_map(|&p| state(p, *s)).peekable();
+            known.peek().is_none() || known.any(|ok| ok)
+        })
 }
 
 /// Merges this shard's appends to partition `p`'s streams since the last merge into their
@@ -1457,6 +1463,24 @@ mod tests {
         r.end = Some((1_010, id(1_010)));
         s.assess(&r);
         assert_eq!(s.samples.borrow().back(), Some(&(1_010, id(1_010))));
+    }
+
+    #[test]
+    fn every_stream_is_taken_somewhere() {
+        use StreamKind::{Custom, Events, Payments};
+        let rule = |n: usize, f: &dyn Fn(usize, StreamKind) -> Option<bool>| every_stream_somewhere(n, f);
+        // One partition: every stream that is a stream must pass.
+        assert!(rule(1, &|_, _| Some(true)));
+        assert!(!rule(1, &|_, s| Some(s != Payments)));
+        assert!(rule(1, &|_, s| if s == Payments { None } else { Some(true) }), "another type: passed over");
+        assert!(!rule(1, &|_, _| None), "holds nothing");
+        // Three: a stream failing in one partition is taken by another.
+        assert!(rule(3, &|p, s| Some(!(p == 1 && s == Events))));
+        assert!(!rule(3, &|_, s| Some(s != Events)), "events taken nowhere");
+        // A partition unread (None throughout) is left out; the others decide.
+        assert!(rule(3, &|p, _| (p != 0).then_some(true)));
+        assert!(!rule(3, &|p, s| (p != 0).then_some(s != Custom)));
+        assert!(!rule(3, &|_, _| None));
     }
 
     #[test]

@@ -716,8 +716,13 @@ impl Consumer {
             let done = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
             if done >= self.give_up_after() {
                 let entry = self.fetch(&id).await?;
-                let reason = format!("delivered {done} times without being acknowledged");
-                self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
+                if entry.fields.is_empty() {
+                    // Deleted from the stream while pending: lost, not given up on.
+                    self.dead_letter(&entry, DeadReason::Deleted, super::sink::DELETED_WHILE_PENDING).await?;
+                } else {
+                    let reason = format!("delivered {done} times without being acknowledged");
+                    self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
+                }
                 self.ack(&[id.as_str()]).await?;
                 continue;
             }

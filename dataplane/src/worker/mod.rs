@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use croupier_control::config::Config;
+use croupier_control::config::{Config, MAX_PARTITIONS};
 use croupier_control::metrics::{Registry, Table};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::Frame;
@@ -228,8 +228,11 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                 read_partition(&partitions, p);
             }
             // The partitions of every count ingest has written with (`streams.partitions`
-            // changed while entries waited): read too, found at start and every 10 s.
+            // changed while entries waited): read too, found at start and every 10 s. A
+            // count the configuration could not hold is passed over (one partition too, on
+            // a Redis Cluster: its plain keys span slots), and each count is handled once.
             let layouts = connect();
+            let mut handled: HashSet<u16> = HashSet::from([config.streams.partitions]);
             let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_look {
@@ -237,7 +240,18 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                     // Not connected yet: looked for again soon.
                     let again = if found.is_some() { LAYOUTS_EVERY } else { Duration::from_millis(200) };
                     next_look = Instant::now() + again;
+                    let lowest = if config.redis.cluster.is_empty() { 1 } else { 2 };
                     for n in found.unwrap_or_default() {
+                        if stop.load(Ordering::Relaxed) || !(lowest..=MAX_PARTITIONS).contains(&n) || !handled.insert(n)
+                        {
+                            continue;
+                        }
+                        tracing::info!(
+                            shard,
+                            partitions = n,
+                            configured = config.streams.partitions,
+                            "ingest wrote with another partition count: its streams are read too"
+                        );
                         let other = Partitions::new(n);
                         for p in 0..other.len() {
                             read_partition(&other, p);

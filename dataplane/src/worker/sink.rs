@@ -356,11 +356,9 @@ impl Sink {
         out
     }
 
-    /// Appends the rows of `e`, or says why it has none.
+    /// Appends the rows of `e`, or says why it has none (an entry without fields is the
+    /// caller's: [`DELETED_WHILE_PENDING`]).
     fn push(&mut self, e: &Entry) -> Result<(), String> {
-        if e.fields.is_empty() {
-            return Err(DELETED_WHILE_PENDING.into());
-        }
         let mut sketches = self.agg.as_ref().map(|a| a.sketches());
         if let Some(s) = sketches.as_mut() {
             s.set_now(crate::ingest::now_ms());

@@ -1103,6 +1103,15 @@ mod tests {
             }
         }
         assert!(deepest_seen >= 7, "the documents reach deep enough to matter: {deepest_seen}");
+        // Members that are one node each: an empty member is a level deeper all the same.
+        for (text, depth) in [(r#"["s",{}]"#, 2), (r#"{"a":[],"b":1}"#, 2), (r#"[{"a":1},[2,[]]]"#, 3), ("[1,2]", 1)] {
+            let mut bytes = text.as_bytes().to_vec();
+            let mut tape = Tape(Vec::new());
+            simd_json::fill_tape(&mut bytes, &mut buffers, &mut tape).expect("valid JSON");
+            for max in 1..=4 {
+                assert_eq!(check_depth(&tape.0, max, &mut open).is_err(), depth > max, "{text} at {max}");
+            }
+        }
         // Many deep siblings one after another: the depth falls back after each.
         let sibling = format!("{}1{}", "[".repeat(15), "]".repeat(15));
         let mut wide = format!("[{}]", vec![sibling.as_str(); 200].join(",")).into_bytes();

@@ -552,6 +552,45 @@ fn attack_slow_readers_do_not_starve_the_control_port() {
     assert_eq!(HttpClient::connect(c.control).request("GET", "/healthz", &[], b"").status, 200);
 }
 
+/// `streams.partitions` changed from 3 to 2 while entries waited (no worker): the control
+/// port reports the old count's streams with `layout="3"` (a partition of both counts, the
+/// same keys, once, as the configured one's), every event posted counted once over all
+/// the series; readiness is the new count's.
+#[test]
+fn the_streams_of_an_earlier_partition_count_are_reported_with_their_layout() {
+    use croupier_protocol::cluster::Partitions;
+    use croupier_protocol::stream::StreamKind;
+    let redis = RedisServer::start();
+    let old = ingest_on(&redis, &[("CROUPIER_STREAMS__PARTITIONS", "3")]);
+    old.wait_data_ready();
+    let mut c = HttpClient::connect(old.data);
+    // One event per request: the backlog in events is the entries, whatever mean was kept.
+    for _ in 0..12 {
+        assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(1).as_bytes()).status, 202);
+    }
+    drop(old);
+    let new = ingest_on(&redis, &[("CROUPIER_STREAMS__PARTITIONS", "2")]);
+    new.wait_data_ready();
+    let text = scrape(&new);
+    let series = |labels: &str| sample(&text, &format!("croupier_stream_backlog_events{{{labels}}}")).unwrap_or(0.0);
+    let (three, two) = (Partitions::new(3), Partitions::new(2));
+    let new_keys: Vec<&str> = (0..2).map(|p| two.stream(p, StreamKind::Events)).collect();
+    // Entries of the old partitions that are not the new ones' (XLEN: nothing was read).
+    let only_old: i64 = (0..3)
+        .map(|p| three.stream(p, StreamKind::Events))
+        .filter(|k| !new_keys.contains(k))
+        .map(|k| crate::fixture::xlen(&redis, k))
+        .sum();
+    let layout3: f64 = (0..3).map(|p| series(&format!(r#"stream="events",layout="3",partition="{p}""#))).sum();
+    let configured: f64 = (0..2).map(|p| series(&format!(r#"stream="events",partition="{p}""#))).sum();
+    // Partitions 0 and 2 of 3 are tagged `0.1` and `2.0`, 1 of both counts `1.0`: the 12
+    // requests spread over the three (all in the shared one: one chance in 3^12).
+    assert!(only_old > 0);
+    assert_eq!(layout3, only_old as f64, "{text}");
+    assert_eq!(layout3 + configured, 12.0, "every event once: {text}");
+    assert_eq!(new.control_get("/readyz").0, 200);
+}
+
 /// Black-box finding: with every stream key of another type, ingest refused every request
 /// while the control port's `/readyz` answered 200 (the broken streams left out of its
 /// readings, none left). It answers 503 naming why; with one stream working, 200.

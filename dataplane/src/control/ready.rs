@@ -177,7 +177,9 @@ impl Probes {
                 // partition read (a partition at its mark refuses only its own requests).
                 Ok(r)
                     if every_stream_somewhere(self.partitions.len(), |p, k| {
-                        r.iter().find(|s| usize::from(s.partition) == p && s.stream == k).map(|s| !s.at_high_water())
+                        r.iter()
+                            .find(|s| s.layout.is_none() && usize::from(s.partition) == p && s.stream == k)
+                            .map(|s| !s.at_high_water())
                     }) =>
                 {
                     None
@@ -185,7 +187,7 @@ impl Probes {
                 Ok(r) => {
                     let full: Vec<String> = r
                         .iter()
-                        .filter(|s| s.at_high_water())
+                        .filter(|s| s.layout.is_none() && s.at_high_water())
                         .map(|s| {
                             format!(
                                 "{} at its high-water mark ({} of {} events)",

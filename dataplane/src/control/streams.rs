@@ -18,6 +18,9 @@ pub struct StreamReading {
     pub stream: StreamKind,
     /// Its partition (`streams.partitions`; 0 when there is one).
     pub partition: u16,
+    /// The partition count it belongs to when that is not the configured one (ingest
+    /// wrote with it: `croupier_protocol::cluster::LAYOUTS`), `None` for the configured.
+    pub layout: Option<u16>,
     /// Entries pending in the group or not yet read (`XLEN` when Redis cannot tell the lag).
     pub backlog_entries: u64,
     /// Mean events per entry (`croupier:entry-events`; 1 before any entry).
@@ -100,6 +103,7 @@ async fn read_one(
     let mut reading = StreamReading {
         stream,
         partition,
+        layout: None,
         backlog_entries: entries,
         events_per_entry: mean,
         entries,
@@ -168,6 +172,22 @@ pub async fn read(
     if out.is_empty() {
         return Err(failed.join("; "));
     }
+    // The streams of another partition count ingest wrote with, which the workers drain
+    // too: their backlog is reported (with `layout`), never their readiness.
+    // A partition of theirs whose streams are gone (or never made) is passed over, and one
+    // whose keys are a configured partition's (the same tag) is reported as that one.
+    let configured: Vec<&str> = (0..partitions.len()).map(|p| partitions.stream(p, StreamKind::Events)).collect();
+    for n in other_layouts(redis, partitions.len()).await {
+        let other = Partitions::new(n);
+        for p in 0..other.len() {
+            if configured.contains(&other.stream(p, StreamKind::Events)) {
+                continue;
+            }
+            if let Ok(r) = read_partition(redis, limits, &other, p).await {
+                out.extend(r.into_iter().map(|r| StreamReading { layout: Some(n), ..r }));
+            }
+        }
+    }
     if !failed.is_empty() && !crate::redis::auth::recently_logged(format!("streams unread {}", failed.len())) {
         tracing::warn!(
             unread = %failed.join("; "),
@@ -176,6 +196,31 @@ pub async fn read(
         );
     }
     Ok(out)
+}
+
+/// The partition counts ingest wrote with besides `configured` (a count above the
+/// configuration's limit passed over) whose streams hold entries: a count whose every
+/// events stream is empty or gone (deleted once drained) is passed over. None when Redis
+/// cannot say.
+async fn other_layouts(redis: &RedisClient, configured: usize) -> Vec<u16> {
+    let mut cmd = Vec::with_capacity(64);
+    croupier_protocol::cluster::read_layouts(&mut cmd);
+    let Ok(reply) = redis.call(cmd).await else { return Vec::new() };
+    let mut out = Vec::new();
+    for n in croupier_protocol::cluster::layouts(&reply) {
+        if usize::from(n) == configured || n > croupier_control::config::MAX_PARTITIONS {
+            continue;
+        }
+        let other = Partitions::new(n);
+        for p in 0..other.len() {
+            let key = other.stream(p, StreamKind::Events);
+            if matches!(call(redis, &[b"XLEN", key.as_bytes()]).await, Ok(Frame::Integer(len)) if len > 0) {
+                out.push(n);
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The three streams of partition `p`: those that are streams, or an error.
@@ -202,14 +247,21 @@ async fn read_partition(
 /// Writes the stream gauges of `readings`, ages as of `now_ms`; labelled by partition
 /// too when there are several (one partition keeps the series as they were).
 pub fn encode(enc: &mut Encoder, readings: &[StreamReading], now_ms: u64) {
-    let partitioned = readings.iter().any(|r| r.partition > 0);
-    let parts: Vec<String> = readings.iter().map(|r| r.partition.to_string()).collect();
+    let partitioned = readings.iter().any(|r| r.partition > 0 && r.layout.is_none());
+    let parts: Vec<(String, String)> = readings
+        .iter()
+        .map(|r| (r.partition.to_string(), r.layout.map(|n| n.to_string()).unwrap_or_default()))
+        .collect();
     let labels: Vec<Vec<(&str, &str)>> = readings
         .iter()
         .zip(&parts)
-        .map(|(r, p)| {
+        .map(|(r, (p, n))| {
             let mut l = vec![("stream", labels::stream(r.stream))];
-            if partitioned {
+            if r.layout.is_some() {
+                // Another partition count's stream: its count and partition.
+                l.push(("layout", n.as_str()));
+                l.push(("partition", p.as_str()));
+            } else if partitioned {
                 l.push(("partition", p.as_str()));
             }
             l
@@ -261,6 +313,7 @@ mod tests {
         let r = StreamReading {
             stream: StreamKind::Custom,
             partition: 0,
+            layout: None,
             backlog_entries: 10,
             events_per_entry: 2.5,
             entries: 40,
@@ -274,6 +327,17 @@ mod tests {
         let text = enc.finish();
         assert!(text.contains("croupier_stream_backlog_events{stream=\"custom\"} 25\n"), "{text}");
         assert!(text.contains("croupier_stream_oldest_unacked_age_seconds{stream=\"custom\"} 30\n"), "{text}");
+        // Another partition count's stream beside them: its count and partition as labels,
+        // the configured single stream's series as they were.
+        let old = StreamReading { partition: 1, layout: Some(3), ..r };
+        let mut enc = Encoder::new();
+        encode(&mut enc, &[r, old], 31_000);
+        let text = enc.finish();
+        assert!(text.contains("croupier_stream_backlog_events{stream=\"custom\"} 25\n"), "{text}");
+        assert!(
+            text.contains("croupier_stream_backlog_events{stream=\"custom\",layout=\"3\",partition=\"1\"} 25\n"),
+            "{text}"
+        );
     }
     #[test]
     fn a_wrong_lag_is_no_backlog() {
@@ -284,6 +348,7 @@ mod tests {
         let r = StreamReading {
             stream: StreamKind::Events,
             partition: 0,
+            layout: None,
             backlog_entries: entries,
             events_per_entry: 3.0,
             entries: 90_000,

@@ -52,6 +52,12 @@ export interface Purchase {
 
 type Rec = Record<string, unknown>;
 /** One queued record: an event ("e") or a payment ("p"). */
+/** A body handed to sendBeacon, to be sent again by a later page (see Client.beacons). */
+interface Beacon {
+  k: "e" | "p";
+  body: string;
+}
+
 interface Item {
   k: "e" | "p";
   r: Rec;
@@ -97,7 +103,14 @@ export class Client {
   private closed = false;
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
+  /**
+   * Bodies handed to sendBeacon by an earlier page, kept until a fetch of the same bytes is
+   * answered: a beacon gets no answer, and the server may refuse it (429 on a burst). Sent
+   * again as they were, they are stored once if the beacon was.
+   */
+  beacons: Beacon[] = [];
   private readonly qkey: string;
+  private readonly bkey: string;
 
   constructor(config: Config) {
     this.c = {
@@ -112,6 +125,7 @@ export class Client {
       ...config,
     };
     this.qkey = `croupier:${config.game}:queue`;
+    this.bkey = `croupier:${config.game}:beacons`;
     this.user = config.userId || "";
     const s = this.store();
     let device = s ? s.getItem(`croupier:${config.game}:device`) : null;
@@ -130,6 +144,12 @@ export class Client {
     } catch {
       this.queue = [];
     }
+    try {
+      const saved = s?.getItem(this.bkey);
+      if (saved) this.beacons = JSON.parse(saved) as Beacon[];
+    } catch {
+      this.beacons = [];
+    }
     const w = globalThis as unknown as Window;
     if (typeof w.addEventListener === "function") {
       w.addEventListener("pagehide", () => this.close());
@@ -147,7 +167,7 @@ export class Client {
         this.beat = setInterval(() => this.track("heartbeat"), this.c.heartbeatInterval);
       }
     }
-    this.schedule(this.queue.length ? 0 : this.c.flushInterval);
+    this.schedule(this.queue.length || this.beacons.length ? 0 : this.c.flushInterval);
   }
 
   private store(): Pick<Storage, "getItem" | "setItem"> | null {
@@ -162,6 +182,7 @@ export class Client {
   private save(): void {
     try {
       this.store()?.setItem(this.qkey, JSON.stringify(this.queue));
+      this.store()?.setItem(this.bkey, JSON.stringify(this.beacons));
     } catch {
       /* full or denied: the queue lives in memory only */
     }
@@ -233,6 +254,14 @@ export class Client {
     if (this.sending) return;
     this.sending = true;
     try {
+      // An earlier page's beacons first, as they were.
+      while (this.beacons.length && !this.closed) {
+        const b = this.beacons[0];
+        const ok = await this.post(b.k, b.body, () => {
+          this.beacons = this.beacons.filter((x) => x !== b);
+        });
+        if (!ok) return;
+      }
       while (this.queue.length && !this.closed) {
         const k = this.queue[0].k;
         const batch = this.queue.filter((i) => i.k === k).slice(0, this.c.batchSize);
@@ -246,11 +275,18 @@ export class Client {
 
   /** Posts one batch: true when the queue may go on (sent, or refused for good). */
   private async send(k: "e" | "p", batch: Item[]): Promise<boolean> {
+    const body = JSON.stringify(batch.map((i) => i.r));
+    this.inflight = { k, batch, body };
+    return this.post(k, body, () => {
+      this.queue = this.queue.filter((i) => !batch.includes(i));
+    });
+  }
+
+  /** Posts `body`; `done` lets it go once answered for good. True when sending may go on. */
+  private async post(k: "e" | "p", body: string, done: () => void): Promise<boolean> {
     const f = this.c.fetch ?? globalThis.fetch;
     let status = 0;
     let retryAfter: string | null = null;
-    const body = JSON.stringify(batch.map((i) => i.r));
-    this.inflight = { k, batch, body };
     try {
       const res = await f(this.c.endpoint + (k === "e" ? EVENTS : PAYMENTS), {
         method: "POST",
@@ -266,7 +302,7 @@ export class Client {
     this.inflight = undefined;
     if (status === 202 || (status >= 400 && status < 500 && status !== 408 && status !== 429)) {
       // Stored, or never storable (a bad record, a revoked key): either way not kept.
-      this.queue = this.queue.filter((i) => !batch.includes(i));
+      done();
       this.save();
       this.attempt = 0;
       return true;
@@ -285,9 +321,14 @@ export class Client {
     clearInterval(this.beat);
     const nav = (globalThis as { navigator?: Navigator }).navigator;
     if (!nav || typeof nav.sendBeacon !== "function") return;
+    // A body the browser takes leaves the queue for `beacons`, kept until a later page's
+    // fetch of the same bytes is answered (the oldest dropped past 50).
     const beacon = (k: "e" | "p", batch: Item[], body: string) => {
       const url = `${this.c.endpoint}${k === "e" ? EVENTS : PAYMENTS}?key=${encodeURIComponent(this.c.key)}`;
-      if (nav.sendBeacon(url, body)) this.queue = this.queue.filter((q) => !batch.includes(q));
+      if (nav.sendBeacon(url, body)) {
+        this.queue = this.queue.filter((q) => !batch.includes(q));
+        this.beacons = [...this.beacons, { k, body }].slice(-50);
+      }
     };
     // A batch still being posted goes again with the same bytes: if both arrive, the
     // server stores it once.

@@ -184,3 +184,37 @@ test("close: session_end and the queue go by sendBeacon with the key in the URL"
     delete globalThis.navigator;
   }
 });
+
+test("a beaconed body is kept and sent again as the same bytes by the next page, whatever the beacon met", async () => {
+  // The beacon's answer is never seen (the server may refuse it, 429 on a burst): the
+  // next page posts the same body, stored once if the beacon was.
+  const sent = [];
+  Object.defineProperty(globalThis, "navigator", {
+    value: { sendBeacon: (url, body) => (sent.push(body), true) },
+    configurable: true,
+  });
+  const storage = memory();
+  try {
+    const first = client({ fetch: server("offline"), storage, batchSize: 2 });
+    for (const e of ["a", "b", "c"]) first.track(e);
+    first.close();
+    assert.equal(sent.length, 2, "two batches of at most 2");
+    assert.equal(JSON.parse(storage.getItem("croupier:g1:beacons")).length, 2);
+    assert.equal(JSON.parse(storage.getItem("croupier:g1:queue")).length, 0);
+    const f = server(429, 202);
+    const next = client({ fetch: f, storage, batchSize: 2, maxBackoff: 10 });
+    await next.flush();
+    await sleep(50);
+    await next.flush();
+    assert.deepEqual(
+      f.calls.map((x) => x.init.body),
+      [sent[0], sent[0], sent[1]],
+      "the same bytes, again after the 429, in order"
+    );
+    assert.equal(next.beacons.length, 0);
+    assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:beacons")), []);
+    next.close();
+  } finally {
+    delete globalThis.navigator;
+  }
+});

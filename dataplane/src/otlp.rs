@@ -94,8 +94,10 @@ fn refusal(format: Format, e: &IngestError) -> Response {
 pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> Response {
     let head = req.head();
     let Some(format) = head.field(CONTENT_TYPE).and_then(Format::from_content_type) else {
+        // 415 with a `google.rpc.Status` as every other refusal of the route, in JSON (the
+        // request's encoding is what is unknown).
         let e = HttpError::UnsupportedMediaType("Content-Type (use application/x-protobuf or application/json)");
-        return e.response();
+        return refusal(Format::Json, &e.into());
     };
     let signal = match route {
         OtlpRoute::Export(s) => s,

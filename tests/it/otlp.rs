@@ -301,8 +301,12 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
     assert_eq!((r.status, r.body.as_slice()), (400, b"\x08\x03\x12\x15protobuf is truncated".as_slice()));
     let r = post(&f, "/v1/logs", TOKEN, "application/json", &[], b"{\"resourceLogs\":[{");
     assert_eq!(r.status, 400);
+    // An unknown Content-Type: 415, a `google.rpc.Status` in JSON as the other refusals.
     let r = post(&f, "/v1/logs", TOKEN, "text/plain", &[], b"x");
-    assert_eq!(r.status, 415);
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+        (415, r#"{"code":3,"message":"unsupported Content-Type (use application/x-protobuf or application/json)"}"#)
+    );
     // A gzip body that does not inflate is an undecodable payload too.
     let r = post(&f, "/v1/logs", TOKEN, "application/x-protobuf", &[("Content-Encoding", "gzip")], b"\x1f\x8b junk");
     assert_eq!(

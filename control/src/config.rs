@@ -62,6 +62,17 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A server's `host:port` spelled one way: the host's case, a trailing dot, an IP
+/// address's form and the port's digits made the same (`LOCALHOST:09000` is
+/// `localhost:9000`, `[0:0::1]:9000` is `::1:9000`).
+fn server_id(addr: &str) -> String {
+    let Some((host, port)) = addr.rsplit_once(':') else { return addr.to_ascii_lowercase() };
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    let host = host.parse::<std::net::IpAddr>().map(|ip| ip.to_string()).unwrap_or(host);
+    let port = port.parse::<u16>().map_or_else(|_| port.to_owned(), |p| p.to_string());
+    format!("{host}:{port}")
+}
+
 fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), message: message.into(), variable: None }
 }
@@ -1314,7 +1325,8 @@ impl Config {
                 return Err(err("clickhouse.shards", "every shard lists one or more replicas, each one host:port"));
             }
             let nodes = ch.nodes();
-            if let Some(twice) = nodes.iter().enumerate().find_map(|(i, a)| nodes[..i].contains(a).then_some(a)) {
+            let ids: Vec<String> = nodes.iter().map(|a| server_id(a)).collect();
+            if let Some(twice) = nodes.iter().enumerate().find_map(|(i, a)| ids[..i].contains(&ids[i]).then_some(a)) {
                 return Err(err(
                     "clickhouse.shards",
                     format!("{twice} is listed twice: each server holds one replica of one shard"),
@@ -1587,13 +1599,18 @@ mod tests {
         assert!(e.to_string().contains("clickhouse.shards"), "{e}");
         let e = Config::load(None, env(&[("CROUPIER_CLICKHOUSE__CLUSTER", "c")])).expect_err("a name, no shards");
         assert!(e.to_string().contains("clickhouse.cluster"), "{e}");
-        for twice in [r#"[["a:9000"],["a:9000"]]"#, r#"[["a:9000","a:9000"]]"#] {
+        for twice in [
+            r#"[["a:9000"],["a:9000"]]"#,
+            r#"[["a:9000","a:9000"]]"#,
+            r#"[["a:9000"],["A.:09000"]]"#,
+            r#"[["a:9000"],["[::1]:9000"],["[0:0::1]:9000"]]"#,
+        ] {
             let e = Config::load(
                 None,
                 env(&[("CROUPIER_CLICKHOUSE__SHARDS", twice), ("CROUPIER_CLICKHOUSE__CLUSTER", "x")]),
             )
             .expect_err(twice);
-            assert!(e.to_string().contains("a:9000 is listed twice"), "{e}");
+            assert!(e.to_string().contains("is listed twice"), "{e}");
         }
     }
 
@@ -1950,11 +1967,13 @@ mod tests {
         assert_eq!(e.key, "log.level");
         // A bare word that is no level would be read as a target's name, every other line
         // then unlogged (errors included).
-        for bad in ["warning", "verbose", "info,loud", "critical"] {
+        for bad in ["warning", "verbose", "info,loud", "critical", "", " , "] {
             let e = Config::from_toml(&format!("[log]\nlevel = {bad:?}\n")).expect_err(bad);
             assert_eq!(e.key, "log.level", "{bad}");
         }
-        for good in ["WARN", "info,croupier_dataplane=debug", "off", "warn,croupier_dataplane::worker=trace"] {
+        for good in
+            ["WARN", "info,croupier_dataplane=debug", "off", "warn,croupier_dataplane::worker=trace", " info", "info,"]
+        {
             assert!(Config::from_toml(&format!("[log]\nlevel = {good:?}\n")).is_ok(), "{good}");
         }
         let old = Config::from_toml("[streams]\nbatch_events = 100\n").expect("an older file still loads");

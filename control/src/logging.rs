@@ -28,7 +28,12 @@ static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 /// is given with its level (`croupier=debug`). `RUST_LOG` is held to the same rule.
 pub fn filter(log: &Log, rust_log: Option<&str>) -> Result<EnvFilter, String> {
     let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or(&log.level);
-    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    // Directives trimmed (` info` would be a target's name to `tracing`), none empty.
+    let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        return Err(format!("{spec:?}: no level (error, warn, info, debug, trace, off)"));
+    }
+    for d in directives.iter().copied() {
         let level = ["error", "warn", "info", "debug", "trace", "off", "0", "1", "2", "3", "4", "5"]
             .iter()
             .any(|l| d.eq_ignore_ascii_case(l));
@@ -38,7 +43,7 @@ pub fn filter(log: &Log, rust_log: Option<&str>) -> Result<EnvFilter, String> {
             ));
         }
     }
-    EnvFilter::try_new(spec).map_err(|e| format!("{spec:?}: {e}"))
+    EnvFilter::try_new(directives.join(",")).map_err(|e| format!("{spec:?}: {e}"))
 }
 
 /// Installs the process's logger. Later calls do nothing (the first logger stays).

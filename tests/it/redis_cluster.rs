@@ -157,6 +157,32 @@ fn a_worker_with_another_partition_count_drains_the_streams_ingest_wrote() {
     });
 }
 
+/// A count recorded by mistake (`ZADD croupier:partitions … 1000`, as an ingest started with
+/// a typo would) costs a worker no consumer for its empty partitions: its connections stay
+/// those of its own streams (a black-box run saw 5,000 per worker, and Redis at its
+/// `maxclients` for every client).
+#[test]
+fn a_stray_partition_count_opens_no_consumers() {
+    let mut p = Pipeline::start(&[]);
+    let mut r = p.ingest.redis.client();
+    r.cmd(&["ZADD", "croupier:partitions", "1", "1000"]);
+    let clients = |r: &mut croupier_it::redis::RedisClient| match r.cmd(&["CLIENT", "LIST"]) {
+        croupier_protocol::resp::Frame::BulkString(b) => String::from_utf8_lossy(&b).lines().count(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    let before = clients(&mut r);
+    p.start_worker(&[]);
+    // The worker's first look is at its start; give it that and a request's round trip.
+    let mut sent = Sent::new();
+    sent.send(p.ingest.addr);
+    assert_eq!(sent.status, 202);
+    p.wait_for(PER_REQUEST as u64, "the request's events", Pipeline::distinct_events);
+    // Consumers connect as they start: counted once they would have.
+    std::thread::sleep(Duration::from_secs(2));
+    let worker = clients(&mut r) - before;
+    assert!(worker < 40, "{worker} connections for one worker shard reading 3 streams");
+}
+
 #[test]
 fn cluster_traffic_across_partitions_lands_once() {
     let cluster = RedisCluster::start(3, 1);

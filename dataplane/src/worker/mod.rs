@@ -124,6 +124,17 @@ pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option
 /// (`croupier_protocol::cluster::LAYOUTS`).
 const LAYOUTS_EVERY: Duration = Duration::from_secs(10);
 
+/// Most partitions of other counts a worker shard reads besides its own (each costs its
+/// three consumers' connections).
+const EXTRA_PARTITIONS: usize = 64;
+
+/// Whether stream `key` holds entries (`XLEN`; an unreachable Redis or another type: no).
+async fn holds_entries(redis: &RedisClient, key: &str) -> bool {
+    let mut cmd = Vec::with_capacity(key.len() + 24);
+    croupier_protocol::resp::command(&mut cmd, &[b"XLEN", key.as_bytes()]);
+    matches!(redis.call(cmd).await, Ok(Frame::Integer(n)) if n > 0)
+}
+
 /// The partition counts ingest has written with: none when Redis refuses (an ACL
 /// without `ZRANGEBYSCORE` on `croupier:*`, logged), `None` when it cannot be reached.
 async fn written_layouts(redis: &RedisClient) -> Option<Vec<u16>> {
@@ -202,10 +213,7 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let tables = Table::ALL.map(|_| Rc::new(cadence::TableLoad::default()));
             // Partitions read, by their events stream's key (layouts may share partitions).
             let mut reading: HashSet<String> = HashSet::new();
-            let mut read_partition = |partitions: &Partitions, p: usize| {
-                if !reading.insert(partitions.stream(p, StreamKind::Events).to_owned()) {
-                    return;
-                }
+            let read_partition = |partitions: &Partitions, p: usize| {
                 let custom = partitions.stream(p, StreamKind::Custom);
                 let shared = Rc::new(join::Shared::default());
                 for stream in StreamKind::ALL {
@@ -225,14 +233,18 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             };
             let partitions = Partitions::new(config.streams.partitions);
             for p in 0..partitions.len() {
+                reading.insert(partitions.stream(p, StreamKind::Events).to_owned());
                 read_partition(&partitions, p);
             }
             // The partitions of every count ingest has written with (`streams.partitions`
-            // changed while entries waited): read too, found at start and every 10 s. A
-            // count the configuration could not hold is passed over (one partition too, on
-            // a Redis Cluster: its plain keys span slots), and each count is handled once.
+            // changed while entries waited): read too, found at start and every 10 s. Only a
+            // partition whose events stream holds entries is read (a count recorded by
+            // mistake costs no consumer), at most `EXTRA_PARTITIONS` per worker shard; a
+            // count the configuration could not hold is passed over (one partition too, on a
+            // Redis Cluster: its plain keys span slots).
             let layouts = connect();
-            let mut handled: HashSet<u16> = HashSet::from([config.streams.partitions]);
+            let lowest = if config.redis.cluster.is_empty() { 1 } else { 2 };
+            let (mut extra, mut full_logged) = (0usize, false);
             let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_look {
@@ -240,20 +252,42 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                     // Not connected yet: looked for again soon.
                     let again = if found.is_some() { LAYOUTS_EVERY } else { Duration::from_millis(200) };
                     next_look = Instant::now() + again;
-                    let lowest = if config.redis.cluster.is_empty() { 1 } else { 2 };
                     for n in found.unwrap_or_default() {
-                        if stop.load(Ordering::Relaxed) || !(lowest..=MAX_PARTITIONS).contains(&n) || !handled.insert(n)
-                        {
+                        if n == config.streams.partitions || !(lowest..=MAX_PARTITIONS).contains(&n) {
                             continue;
                         }
-                        tracing::info!(
-                            shard,
-                            partitions = n,
-                            configured = config.streams.partitions,
-                            "ingest wrote with another partition count: its streams are read too"
-                        );
                         let other = Partitions::new(n);
                         for p in 0..other.len() {
+                            let key = other.stream(p, StreamKind::Events);
+                            if stop.load(Ordering::Relaxed)
+                                || reading.contains(key)
+                                || !holds_entries(&layouts, key).await
+                            {
+                                continue;
+                            }
+                            if extra >= EXTRA_PARTITIONS {
+                                if !full_logged {
+                                    full_logged = true;
+                                    tracing::error!(
+                                        shard,
+                                        partitions = n,
+                                        limit = EXTRA_PARTITIONS,
+                                        "streams of another partition count hold entries past the partitions a worker \
+                                         shard reads besides its own: run workers with that streams.partitions to \
+                                         drain them"
+                                    );
+                                }
+                                continue;
+                            }
+                            extra += 1;
+                            reading.insert(key.to_owned());
+                            tracing::info!(
+                                shard,
+                                partitions = n,
+                                partition = p,
+                                configured = config.streams.partitions,
+                                "ingest wrote with another partition count: this partition is read too"
+                            );
                             read_partition(&other, p);
                         }
                     }

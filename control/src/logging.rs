@@ -33,7 +33,7 @@ pub fn filter(log: &Log, rust_log: Option<&str>) -> Result<EnvFilter, String> {
     if directives.is_empty() {
         return Err(format!("{spec:?}: no level (error, warn, info, debug, trace, off)"));
     }
-    for d in directives.iter().copied() {
+    for &d in &directives {
         let level = ["error", "warn", "info", "debug", "trace", "off", "0", "1", "2", "3", "4", "5"]
             .iter()
             .any(|l| d.eq_ignore_ascii_case(l));

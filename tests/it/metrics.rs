@@ -11,7 +11,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
 }
 
-fn payments(n: usize) -> String {
+pub(crate) fn payments(n: usize) -> String {
     let ts = now_secs();
     let items: Vec<String> = (0..n)
         .map(|i| {

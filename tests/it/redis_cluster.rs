@@ -157,6 +157,21 @@ fn a_worker_with_another_partition_count_drains_the_streams_ingest_wrote() {
     });
 }
 
+/// An old count's partitions that took only payments (no event) are drained too: a
+/// partition is read when any of its three streams holds entries.
+#[test]
+fn a_worker_drains_the_payments_only_partitions_of_another_count() {
+    let mut p = Pipeline::start_with(&[], |c| c.streams.partitions = 3);
+    let mut c = p.ingest.client();
+    for _ in 0..9 {
+        let body = crate::metrics::payments(1);
+        let r = crate::fixture::post_signed(&mut c, "/api/ingest/payments", GAME, SECRET, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    p.start_worker(&[("CROUPIER_STREAMS__PARTITIONS", "2")]);
+    p.wait_for(9, "payments in ClickHouse", |p| p.scalar("SELECT count() FROM analytics.payments"));
+}
+
 /// A count recorded by mistake (`ZADD croupier:partitions … 1000`, as an ingest started with
 /// a typo would) costs a worker no consumer for its empty partitions: its connections stay
 /// those of its own streams (a black-box run saw 5,000 per worker, and Redis at its

@@ -94,7 +94,7 @@ impl ControlPort {
     }
 
     async fn metrics(&self) -> Response {
-        let readings = self.probes.streams().await;
+        let readings = self.probes.streams(true).await;
         let mut enc = Encoder::new();
         self.registry.encode(&mut enc);
         if let Ok(r) = &readings {

@@ -122,8 +122,9 @@ impl Probes {
         self.redis.overdue().map(|d| late("control connection".into(), d))
     }
 
-    /// Reads the streams (an error says what failed).
-    pub async fn streams(&self) -> Result<Vec<StreamReading>, String> {
+    /// Reads the configured partition count's streams (an error says what failed), and,
+    /// with `others` (for `/metrics`), those of other counts ingest wrote with.
+    pub async fn streams(&self, others: bool) -> Result<Vec<StreamReading>, String> {
         if !self.redis.is_up() {
             return Err(match crate::redis::auth::recent_refusal() {
                 Some(why) => format!("not connected to {}: {why}", self.redis_addr),
@@ -135,7 +136,10 @@ impl Probes {
         if let Some(why) = crate::redis::auth::recent_refusal() {
             return Err(format!("{}: {why}", self.redis_addr));
         }
-        streams::read(&self.redis, self.limits, &self.partitions).await.map_err(|e| format!("{}: {e}", self.redis_addr))
+        let others = others.then_some(streams::OtherCounts { cluster: self.redis.is_cluster() });
+        streams::read(&self.redis, self.limits, &self.partitions, others)
+            .await
+            .map_err(|e| format!("{}: {e}", self.redis_addr))
     }
 
     /// Connects if needed and pings ClickHouse, within the probe timeout.
@@ -164,7 +168,7 @@ impl Probes {
         let mut components = Vec::with_capacity(3);
         let read = match self.overdue() {
             Some(e) => Err(e),
-            None => self.streams().await,
+            None => self.streams(false).await,
         };
         components.push(Component { name: "redis", error: read.as_ref().err().cloned() });
         if let Some(opts) = &self.clickhouse {
@@ -178,7 +182,7 @@ impl Probes {
                 Ok(r)
                     if every_stream_somewhere(self.partitions.len(), |p, k| {
                         r.iter()
-                            .find(|s| s.layout.is_none() && usize::from(s.partition) == p && s.stream == k)
+                            .find(|s| s.configured && usize::from(s.partition) == p && s.stream == k)
                             .map(|s| !s.at_high_water())
                     }) =>
                 {
@@ -187,7 +191,7 @@ impl Probes {
                 Ok(r) => {
                     let full: Vec<String> = r
                         .iter()
-                        .filter(|s| s.layout.is_none() && s.at_high_water())
+                        .filter(|s| s.configured && s.at_high_water())
                         .map(|s| {
                             format!(
                                 "{} at its high-water mark ({} of {} events)",

@@ -16,11 +16,15 @@ use crate::redis::connection::{RedisClient, RedisError};
 pub struct StreamReading {
     /// The stream.
     pub stream: StreamKind,
-    /// Its partition (`streams.partitions`; 0 when there is one).
+    /// Its partition in its partition count (`streams.partitions`; 0 when there is one).
     pub partition: u16,
-    /// The partition count it belongs to when that is not the configured one (ingest
-    /// wrote with it: `croupier_protocol::cluster::LAYOUTS`), `None` for the configured.
-    pub layout: Option<u16>,
+    /// Whether it is a stream of the configured partition count (the others, of counts
+    /// ingest wrote with before, count for no readiness).
+    pub configured: bool,
+    /// `layout` and `partition` labels, set while several partition counts are recorded
+    /// (`croupier_protocol::cluster::LAYOUTS`): the smallest count holding the stream's key
+    /// and its partition there, the same whatever count the process is configured with.
+    pub label: Option<(u16, u16)>,
     /// Entries pending in the group or not yet read (`XLEN` when Redis cannot tell the lag).
     pub backlog_entries: u64,
     /// Mean events per entry (`croupier:entry-events`; 1 before any entry).
@@ -103,7 +107,8 @@ async fn read_one(
     let mut reading = StreamReading {
         stream,
         partition,
-        layout: None,
+        configured: true,
+        label: None,
         backlog_entries: entries,
         events_per_entry: mean,
         entries,
@@ -160,6 +165,7 @@ pub async fn read(
     redis: &RedisClient,
     limits: [StreamLimits; 3],
     partitions: &Partitions,
+    others: Option<OtherCounts>,
 ) -> Result<Vec<StreamReading>, String> {
     let mut out = Vec::with_capacity(3 * partitions.len());
     let mut failed = Vec::new();
@@ -172,21 +178,8 @@ pub async fn read(
     if out.is_empty() {
         return Err(failed.join("; "));
     }
-    // The streams of another partition count ingest wrote with, which the workers drain
-    // too: their backlog is reported (with `layout`), never their readiness.
-    // A partition of theirs whose streams are gone (or never made) is passed over, and one
-    // whose keys are a configured partition's (the same tag) is reported as that one.
-    let configured: Vec<&str> = (0..partitions.len()).map(|p| partitions.stream(p, StreamKind::Events)).collect();
-    for n in other_layouts(redis, partitions.len()).await {
-        let other = Partitions::new(n);
-        for p in 0..other.len() {
-            if configured.contains(&other.stream(p, StreamKind::Events)) {
-                continue;
-            }
-            if let Ok(r) = read_partition(redis, limits, &other, p).await {
-                out.extend(r.into_iter().map(|r| StreamReading { layout: Some(n), ..r }));
-            }
-        }
+    if let Some(others) = others {
+        read_other_counts(redis, limits, partitions, others, &mut out).await;
     }
     if !failed.is_empty() && !crate::redis::auth::recently_logged(format!("streams unread {}", failed.len())) {
         tracing::warn!(
@@ -198,29 +191,93 @@ pub async fn read(
     Ok(out)
 }
 
-/// The partition counts ingest wrote with besides `configured` (a count above the
-/// configuration's limit passed over) whose streams hold entries: a count whose every
-/// events stream is empty or gone (deleted once drained) is passed over. None when Redis
-/// cannot say.
-async fn other_layouts(redis: &RedisClient, configured: usize) -> Vec<u16> {
+/// Which other partition counts a reading covers (for `/metrics`, never for readiness).
+#[derive(Debug, Clone, Copy)]
+pub struct OtherCounts {
+    /// Whether Redis is a Redis Cluster (one partition's plain keys span slots there: a
+    /// count of 1 is passed over).
+    pub cluster: bool,
+}
+
+thread_local! {
+    /// The keys of each partition count read (the control thread's; finding a count's tags
+    /// takes a search per partition).
+    static COUNTS: std::cell::RefCell<std::collections::HashMap<u16, std::rc::Rc<Partitions>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The partitions of `n`, made once per thread.
+fn partitions_of(n: u16) -> std::rc::Rc<Partitions> {
+    COUNTS.with(|c| c.borrow_mut().entry(n).or_insert_with(|| std::rc::Rc::new(Partitions::new(n))).clone())
+}
+
+/// Adds the streams of the other partition counts ingest wrote with (the workers drain
+/// them too) that hold entries, and labels every reading with its `layout` and
+/// `partition` while more than one count is recorded: a stream's key is labelled by the
+/// smallest count holding it (two counts may share a partition's tag), so every process,
+/// whatever count it is configured with, reports one stream under one label set and the
+/// backlog alert's sum counts it once. A partition of another count whose three streams
+/// are empty or gone is passed over (a count recorded by mistake adds nothing).
+async fn read_other_counts(
+    redis: &RedisClient,
+    limits: [StreamLimits; 3],
+    partitions: &Partitions,
+    others: OtherCounts,
+    out: &mut Vec<StreamReading>,
+) {
+    let configured = u16::try_from(partitions.len()).unwrap_or(u16::MAX);
     let mut cmd = Vec::with_capacity(64);
     croupier_protocol::cluster::read_layouts(&mut cmd);
-    let Ok(reply) = redis.call(cmd).await else { return Vec::new() };
-    let mut out = Vec::new();
-    for n in croupier_protocol::cluster::layouts(&reply) {
-        if usize::from(n) == configured || n > croupier_control::config::MAX_PARTITIONS {
-            continue;
+    let Ok(reply) = redis.call(cmd).await else { return };
+    let lowest = if others.cluster { 2 } else { 1 };
+    let mut counts: Vec<u16> = croupier_protocol::cluster::layouts(&reply)
+        .into_iter()
+        .filter(|n| *n != configured && (lowest..=croupier_control::config::MAX_PARTITIONS).contains(n))
+        .collect();
+    if counts.is_empty() {
+        return;
+    }
+    counts.push(configured);
+    counts.sort_unstable();
+    counts.dedup();
+    // Each key's label: the smallest count holding it, and its partition there.
+    let mut owner: std::collections::HashMap<String, (u16, u16)> = std::collections::HashMap::new();
+    for &n in &counts {
+        let parts = partitions_of(n);
+        for p in 0..parts.len() {
+            let id = u16::try_from(p).unwrap_or(u16::MAX);
+            owner.entry(parts.stream(p, StreamKind::Events).to_owned()).or_insert((n, id));
         }
-        let other = Partitions::new(n);
-        for p in 0..other.len() {
-            let key = other.stream(p, StreamKind::Events);
-            if matches!(call(redis, &[b"XLEN", key.as_bytes()]).await, Ok(Frame::Integer(len)) if len > 0) {
-                out.push(n);
-                break;
+    }
+    for r in out.iter_mut() {
+        r.label = owner.get(partitions.stream(usize::from(r.partition), StreamKind::Events)).copied();
+    }
+    let mut seen: std::collections::HashSet<String> =
+        (0..partitions.len()).map(|p| partitions.stream(p, StreamKind::Events).to_owned()).collect();
+    for &n in counts.iter().filter(|n| **n != configured) {
+        let parts = partitions_of(n);
+        for p in 0..parts.len() {
+            let key = parts.stream(p, StreamKind::Events);
+            if seen.contains(key) || !holds_entries(redis, &parts, p).await {
+                continue;
+            }
+            seen.insert(key.to_owned());
+            if let Ok(r) = read_partition(redis, limits, &parts, p).await {
+                let label = owner.get(key).copied();
+                out.extend(r.into_iter().map(|r| StreamReading { configured: false, label, ..r }));
             }
         }
     }
-    out
+}
+
+/// Whether any of partition `p`'s three streams holds entries (`XLEN`).
+async fn holds_entries(redis: &RedisClient, parts: &Partitions, p: usize) -> bool {
+    for kind in StreamKind::ALL {
+        if matches!(call(redis, &[b"XLEN", parts.stream(p, kind).as_bytes()]).await, Ok(Frame::Integer(n)) if n > 0) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The three streams of partition `p`: those that are streams, or an error.
@@ -247,18 +304,21 @@ async fn read_partition(
 /// Writes the stream gauges of `readings`, ages as of `now_ms`; labelled by partition
 /// too when there are several (one partition keeps the series as they were).
 pub fn encode(enc: &mut Encoder, readings: &[StreamReading], now_ms: u64) {
-    let partitioned = readings.iter().any(|r| r.partition > 0 && r.layout.is_none());
+    let partitioned = readings.iter().any(|r| r.partition > 0 && r.configured);
     let parts: Vec<(String, String)> = readings
         .iter()
-        .map(|r| (r.partition.to_string(), r.layout.map(|n| n.to_string()).unwrap_or_default()))
+        .map(|r| match r.label {
+            Some((n, p)) => (p.to_string(), n.to_string()),
+            None => (r.partition.to_string(), String::new()),
+        })
         .collect();
     let labels: Vec<Vec<(&str, &str)>> = readings
         .iter()
         .zip(&parts)
         .map(|(r, (p, n))| {
             let mut l = vec![("stream", labels::stream(r.stream))];
-            if r.layout.is_some() {
-                // Another partition count's stream: its count and partition.
+            if r.label.is_some() {
+                // Several partition counts recorded: the count and the partition there.
                 l.push(("layout", n.as_str()));
                 l.push(("partition", p.as_str()));
             } else if partitioned {
@@ -313,7 +373,8 @@ mod tests {
         let r = StreamReading {
             stream: StreamKind::Custom,
             partition: 0,
-            layout: None,
+            configured: true,
+            label: None,
             backlog_entries: 10,
             events_per_entry: 2.5,
             entries: 40,
@@ -327,9 +388,8 @@ mod tests {
         let text = enc.finish();
         assert!(text.contains("croupier_stream_backlog_events{stream=\"custom\"} 25\n"), "{text}");
         assert!(text.contains("croupier_stream_oldest_unacked_age_seconds{stream=\"custom\"} 30\n"), "{text}");
-        // Another partition count's stream beside them: its count and partition as labels,
-        // the configured single stream's series as they were.
-        let old = StreamReading { partition: 1, layout: Some(3), ..r };
+        // Another partition count's stream beside one unlabelled: its count and partition.
+        let old = StreamReading { partition: 1, configured: false, label: Some((3, 1)), ..r };
         let mut enc = Encoder::new();
         encode(&mut enc, &[r, old], 31_000);
         let text = enc.finish();
@@ -348,7 +408,8 @@ mod tests {
         let r = StreamReading {
             stream: StreamKind::Events,
             partition: 0,
-            layout: None,
+            configured: true,
+            label: None,
             backlog_entries: entries,
             events_per_entry: 3.0,
             entries: 90_000,

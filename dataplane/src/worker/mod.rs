@@ -15,7 +15,7 @@ pub mod read_size;
 pub mod sink;
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -128,11 +128,19 @@ const LAYOUTS_EVERY: Duration = Duration::from_secs(10);
 /// three consumers' connections).
 const EXTRA_PARTITIONS: usize = 64;
 
-/// Whether stream `key` holds entries (`XLEN`; an unreachable Redis or another type: no).
-async fn holds_entries(redis: &RedisClient, key: &str) -> bool {
-    let mut cmd = Vec::with_capacity(key.len() + 24);
-    croupier_protocol::resp::command(&mut cmd, &[b"XLEN", key.as_bytes()]);
-    matches!(redis.call(cmd).await, Ok(Frame::Integer(n)) if n > 0)
+/// Whether any of partition `p`'s three streams holds entries (`XLEN`: one request may
+/// have gone to its payments or custom stream only; an unreachable Redis or a key of
+/// another type: no).
+async fn holds_entries(redis: &RedisClient, parts: &Partitions, p: usize) -> bool {
+    for kind in StreamKind::ALL {
+        let key = parts.stream(p, kind);
+        let mut cmd = Vec::with_capacity(key.len() + 24);
+        croupier_protocol::resp::command(&mut cmd, &[b"XLEN", key.as_bytes()]);
+        if matches!(redis.call(cmd).await, Ok(Frame::Integer(n)) if n > 0) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The partition counts ingest has written with: none when Redis refuses (an ACL
@@ -245,6 +253,8 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let layouts = connect();
             let lowest = if config.redis.cluster.is_empty() { 1 } else { 2 };
             let (mut extra, mut full_logged) = (0usize, false);
+            // Each count's keys, made once (finding a count's tags takes a search each).
+            let mut counts: HashMap<u16, Partitions> = HashMap::new();
             let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_look {
@@ -256,13 +266,15 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                         if n == config.streams.partitions || !(lowest..=MAX_PARTITIONS).contains(&n) {
                             continue;
                         }
-                        let other = Partitions::new(n);
+                        let other = counts.entry(n).or_insert_with(|| Partitions::new(n));
                         for p in 0..other.len() {
                             let key = other.stream(p, StreamKind::Events);
-                            if stop.load(Ordering::Relaxed)
-                                || reading.contains(key)
-                                || !holds_entries(&layouts, key).await
-                            {
+                            // Past the limit, said once, nothing more is looked at.
+                            let spent = extra >= EXTRA_PARTITIONS && full_logged;
+                            if stop.load(Ordering::Relaxed) || reading.contains(key) || spent {
+                                continue;
+                            }
+                            if !holds_entries(&layouts, other, p).await {
                                 continue;
                             }
                             if extra >= EXTRA_PARTITIONS {
@@ -288,7 +300,7 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                                 configured = config.streams.partitions,
                                 "ingest wrote with another partition count: this partition is read too"
                             );
-                            read_partition(&other, p);
+                            read_partition(other, p);
                         }
                     }
                 }

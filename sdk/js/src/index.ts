@@ -104,9 +104,10 @@ export class Client {
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
   /**
-   * Bodies handed to sendBeacon by an earlier page, kept until a fetch of the same bytes is
-   * answered: a beacon gets no answer, and the server may refuse it (429 on a burst). Sent
-   * again as they were, they are stored once if the beacon was.
+   * Bodies handed to sendBeacon by earlier pages (stored when this page started), kept
+   * until a fetch of the same bytes is answered: a beacon gets no answer, and the server
+   * may refuse it (429 on a burst). Sent again as they were, they are stored once if the
+   * beacon was.
    */
   beacons: Beacon[] = [];
   private readonly qkey: string;
@@ -144,12 +145,7 @@ export class Client {
     } catch {
       this.queue = [];
     }
-    try {
-      const saved = s?.getItem(this.bkey);
-      if (saved) this.beacons = JSON.parse(saved) as Beacon[];
-    } catch {
-      this.beacons = [];
-    }
+    this.beacons = this.storedBeacons();
     const w = globalThis as unknown as Window;
     if (typeof w.addEventListener === "function") {
       w.addEventListener("pagehide", () => this.close());
@@ -182,9 +178,39 @@ export class Client {
   private save(): void {
     try {
       this.store()?.setItem(this.qkey, JSON.stringify(this.queue));
-      this.store()?.setItem(this.bkey, JSON.stringify(this.beacons));
     } catch {
       /* full or denied: the queue lives in memory only */
+    }
+  }
+
+  /** The beacons kept in storage (another tab's too). */
+  private storedBeacons(): Beacon[] {
+    try {
+      const v: unknown = JSON.parse(this.store()?.getItem(this.bkey) || "[]");
+      return Array.isArray(v) ? (v as Beacon[]).filter((b) => b && typeof b.body === "string") : [];
+    } catch {
+      return [];
+    }
+  }
+
+  /**
+   * Adds `add` to the stored beacons and takes out `done` (answered): read, merged and
+   * written, so that tabs sharing the storage keep each other's. At most 256 KiB of
+   * bodies are kept, the oldest dropped first (and on a full storage).
+   */
+  private saveBeacons(add: Beacon[], done: string[]): void {
+    let list = this.storedBeacons().filter((b) => !done.includes(b.body));
+    for (const b of add) if (!list.some((x) => x.body === b.body)) list.push(b);
+    const size = (l: Beacon[]) => l.reduce((n, b) => n + b.body.length, 0);
+    while (list.length && size(list) > 262144) list = list.slice(1);
+    for (;;) {
+      try {
+        this.store()?.setItem(this.bkey, JSON.stringify(list));
+        return;
+      } catch {
+        if (!list.length) return;
+        list = list.slice(1);
+      }
     }
   }
 
@@ -259,6 +285,7 @@ export class Client {
         const b = this.beacons[0];
         const ok = await this.post(b.k, b.body, () => {
           this.beacons = this.beacons.filter((x) => x !== b);
+          this.saveBeacons([], [b.body]);
         });
         if (!ok) return;
       }
@@ -321,13 +348,14 @@ export class Client {
     clearInterval(this.beat);
     const nav = (globalThis as { navigator?: Navigator }).navigator;
     if (!nav || typeof nav.sendBeacon !== "function") return;
-    // A body the browser takes leaves the queue for `beacons`, kept until a later page's
-    // fetch of the same bytes is answered (the oldest dropped past 50).
+    // A body the browser takes leaves the queue for the stored beacons, kept until a later
+    // page's fetch of the same bytes is answered; they are written before the queue.
+    const taken: Beacon[] = [];
     const beacon = (k: "e" | "p", batch: Item[], body: string) => {
       const url = `${this.c.endpoint}${k === "e" ? EVENTS : PAYMENTS}?key=${encodeURIComponent(this.c.key)}`;
       if (nav.sendBeacon(url, body)) {
         this.queue = this.queue.filter((q) => !batch.includes(q));
-        this.beacons = [...this.beacons, { k, body }].slice(-50);
+        taken.push({ k, body });
       }
     };
     // A batch still being posted goes again with the same bytes: if both arrive, the
@@ -341,6 +369,7 @@ export class Client {
         beacon(k, batch, JSON.stringify(batch.map((b) => b.r)));
       }
     }
+    this.saveBeacons(taken, []);
     this.save();
   }
 }

@@ -185,6 +185,32 @@ test("close: session_end and the queue go by sendBeacon with the key in the URL"
   }
 });
 
+test("two tabs sharing the storage keep each other's beacons", async () => {
+  Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => true }, configurable: true });
+  const storage = memory();
+  try {
+    const a = client({ fetch: server("offline"), storage });
+    const b = client({ fetch: server("offline"), storage });
+    a.track("from-a");
+    a.close();
+    // Tab b goes on queueing (each track writes its queue) and then closes too.
+    b.track("from-b");
+    b.track("from-b-again");
+    b.close();
+    const kept = JSON.parse(storage.getItem("croupier:g1:beacons")).map((x) => JSON.parse(x.body).map((r) => r.event));
+    assert.deepEqual(kept, [["from-a"], ["from-b", "from-b-again"]]);
+    // A non-array value (damaged storage) is no beacon, and a page still closes.
+    storage.setItem("croupier:g1:beacons", "{}");
+    const c = client({ fetch: server("offline"), storage });
+    assert.deepEqual(c.beacons, []);
+    c.track("x");
+    c.close();
+    assert.equal(JSON.parse(storage.getItem("croupier:g1:beacons")).length, 1);
+  } finally {
+    delete globalThis.navigator;
+  }
+});
+
 test("a beaconed body is kept and sent again as the same bytes by the next page, whatever the beacon met", async () => {
   // The beacon's answer is never seen (the server may refuse it, 429 on a burst): the
   // next page posts the same body, stored once if the beacon was.

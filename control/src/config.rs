@@ -1475,9 +1475,9 @@ fn resolve_password(
 }
 
 /// Keys whose environment override is taken as written, never read as a TOML value: a
-/// password such as `123456` or `true` stays that text. The secrets among them
+/// password such as `123456` or `true` stays that text, and so does a log level `5`. The secrets among them
 /// ([`is_secret`]) are also never quoted by an error.
-const VERBATIM: [&str; 2] = ["redis.username", "redis.sentinel_username"];
+const VERBATIM: [&str; 3] = ["redis.username", "redis.sentinel_username", "log.level"];
 
 /// Secret keys: their value is taken as text from the environment and never quoted by an
 /// error (a TOML value of another type is refused naming the key only).
@@ -1963,6 +1963,10 @@ mod tests {
         assert!(apart("[server]\nlisten = \"127.0.0.1:0\"\n[control]\nlisten = \"127.0.0.1:0\"\n").is_ok());
         let e = Config::from_toml("[auth]\nmax_skew_secs = 0\n").expect_err("no skew at all");
         assert_eq!(e.key, "auth.max_skew_secs");
+        // A level from the environment is text, a number too (0-5, as in the file).
+        for level in ["5", "info", "warn,croupier_dataplane=debug"] {
+            assert!(Config::load(None, env(&[("CROUPIER_LOG__LEVEL", level)])).is_ok(), "{level}");
+        }
         let e = Config::from_toml("[log]\nlevel = \"worker=loudest\"\n").expect_err("bad level");
         assert_eq!(e.key, "log.level");
         // A bare word that is no level would be read as a target's name, every other line

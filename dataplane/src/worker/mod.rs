@@ -129,15 +129,23 @@ const LAYOUTS_EVERY: Duration = Duration::from_secs(10);
 const EXTRA_PARTITIONS: usize = 64;
 
 /// Whether any of partition `p`'s three streams holds entries (`XLEN`: one request may
-/// have gone to its payments or custom stream only; an unreachable Redis or a key of
-/// another type: no).
+/// have gone to its payments or custom stream only; an unreachable Redis: no, looked at
+/// again 10 s later; an error reply, a key of another type among them: no, logged).
 async fn holds_entries(redis: &RedisClient, parts: &Partitions, p: usize) -> bool {
     for kind in StreamKind::ALL {
         let key = parts.stream(p, kind);
         let mut cmd = Vec::with_capacity(key.len() + 24);
         croupier_protocol::resp::command(&mut cmd, &[b"XLEN", key.as_bytes()]);
-        if matches!(redis.call(cmd).await, Ok(Frame::Integer(n)) if n > 0) {
-            return true;
+        match redis.call(cmd).await {
+            Ok(Frame::Integer(n)) if n > 0 => return true,
+            Ok(Frame::Error(e)) if !crate::redis::auth::recently_logged("partitions not looked at".to_owned()) => {
+                tracing::warn!(
+                    key,
+                    error = %e,
+                    "a stream of another partition count could not be looked at: not read (logged at most every 10 s)"
+                );
+            }
+            _ => {}
         }
     }
     false

@@ -206,6 +206,16 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
+thread_local! {
+    /// Per other partition count, when its partitions were looked at and which held
+    /// entries then (looked at again at most every minute: three `XLEN`s a partition).
+    static HOLDING: std::cell::RefCell<std::collections::HashMap<u16, (std::time::Instant, Vec<usize>)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// How long the partitions of another count found holding entries are believed.
+const HOLDING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The partitions of `n`, made once per thread.
 fn partitions_of(n: u16) -> std::rc::Rc<Partitions> {
     COUNTS.with(|c| c.borrow_mut().entry(n).or_insert_with(|| std::rc::Rc::new(Partitions::new(n))).clone())
@@ -217,7 +227,8 @@ fn partitions_of(n: u16) -> std::rc::Rc<Partitions> {
 /// smallest count holding it (two counts may share a partition's tag), so every process,
 /// whatever count it is configured with, reports one stream under one label set and the
 /// backlog alert's sum counts it once. A partition of another count whose three streams
-/// are empty or gone is passed over (a count recorded by mistake adds nothing).
+/// are empty or gone is passed over (a count recorded by mistake adds nothing to the
+/// series; its partitions are looked at once a minute).
 async fn read_other_counts(
     redis: &RedisClient,
     limits: [StreamLimits; 3],
@@ -256,9 +267,24 @@ async fn read_other_counts(
         (0..partitions.len()).map(|p| partitions.stream(p, StreamKind::Events).to_owned()).collect();
     for &n in counts.iter().filter(|n| **n != configured) {
         let parts = partitions_of(n);
-        for p in 0..parts.len() {
+        let cached =
+            HOLDING.with(|h| h.borrow().get(&n).filter(|(at, _)| at.elapsed() < HOLDING_FOR).map(|c| c.1.clone()));
+        let holding = match cached {
+            Some(list) => list,
+            None => {
+                let mut list = Vec::new();
+                for p in 0..parts.len() {
+                    if !seen.contains(parts.stream(p, StreamKind::Events)) && holds_entries(redis, &parts, p).await {
+                        list.push(p);
+                    }
+                }
+                HOLDING.with(|h| h.borrow_mut().insert(n, (std::time::Instant::now(), list.clone())));
+                list
+            }
+        };
+        for p in holding {
             let key = parts.stream(p, StreamKind::Events);
-            if seen.contains(key) || !holds_entries(redis, &parts, p).await {
+            if seen.contains(key) {
                 continue;
             }
             seen.insert(key.to_owned());

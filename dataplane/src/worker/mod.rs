@@ -124,6 +124,10 @@ pub fn worker_core(config: &Config, shard: usize, beside_ingest: bool) -> Option
 /// (`croupier_protocol::cluster::LAYOUTS`).
 const LAYOUTS_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a worker shard looks at the partitions of another recorded count it does
+/// not read yet (three `XLEN`s each): a new count's at once, then at this pace.
+const LAYOUT_SCAN_EVERY: Duration = Duration::from_secs(60);
+
 /// Most partitions of other counts a worker shard reads besides its own (each costs its
 /// three consumers' connections).
 const EXTRA_PARTITIONS: usize = 64;
@@ -261,8 +265,10 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let layouts = connect();
             let lowest = if config.redis.cluster.is_empty() { 1 } else { 2 };
             let (mut extra, mut full_logged) = (0usize, false);
-            // Each count's keys, made once (finding a count's tags takes a search each).
+            // Each count's keys, made once (finding a count's tags takes a search each), and
+            // when its partitions were last looked at (at most every `LAYOUT_SCAN_EVERY`).
             let mut counts: HashMap<u16, Partitions> = HashMap::new();
+            let mut scanned: HashMap<u16, Instant> = HashMap::new();
             let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_look {
@@ -274,6 +280,10 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                         if n == config.streams.partitions || !(lowest..=MAX_PARTITIONS).contains(&n) {
                             continue;
                         }
+                        if scanned.get(&n).is_some_and(|t| t.elapsed() < LAYOUT_SCAN_EVERY) {
+                            continue;
+                        }
+                        scanned.insert(n, Instant::now());
                         let other = counts.entry(n).or_insert_with(|| Partitions::new(n));
                         for p in 0..other.len() {
                             let key = other.stream(p, StreamKind::Events);

@@ -196,9 +196,10 @@ export class Client {
   /**
    * Adds `add` to the stored beacons and takes out `done` (answered): read, merged and
    * written, so that tabs sharing the storage keep each other's. At most 256 KiB of
-   * bodies are kept, the oldest dropped first (and on a full storage).
+   * bodies are kept, the oldest dropped first (and on a full storage). Returns what of
+   * `add` could not be kept.
    */
-  private saveBeacons(add: Beacon[], done: string[]): void {
+  private saveBeacons(add: Beacon[], done: string[]): Beacon[] {
     let list = this.storedBeacons().filter((b) => !done.includes(b.body));
     for (const b of add) if (!list.some((x) => x.body === b.body)) list.push(b);
     const size = (l: Beacon[]) => l.reduce((n, b) => n + b.body.length, 0);
@@ -206,9 +207,10 @@ export class Client {
     for (;;) {
       try {
         this.store()?.setItem(this.bkey, JSON.stringify(list));
-        return;
+        // What of `add` could not be kept.
+        return add.filter((b) => !list.includes(b));
       } catch {
-        if (!list.length) return;
+        if (!list.length) return add;
         list = list.slice(1);
       }
     }
@@ -351,11 +353,14 @@ export class Client {
     // A body the browser takes leaves the queue for the stored beacons, kept until a later
     // page's fetch of the same bytes is answered; they are written before the queue.
     const taken: Beacon[] = [];
+    const records = new Map<Beacon, Item[]>();
     const beacon = (k: "e" | "p", batch: Item[], body: string) => {
       const url = `${this.c.endpoint}${k === "e" ? EVENTS : PAYMENTS}?key=${encodeURIComponent(this.c.key)}`;
       if (nav.sendBeacon(url, body)) {
         this.queue = this.queue.filter((q) => !batch.includes(q));
-        taken.push({ k, body });
+        const b = { k, body };
+        taken.push(b);
+        records.set(b, batch);
       }
     };
     // A batch still being posted goes again with the same bytes: if both arrive, the
@@ -369,8 +374,14 @@ export class Client {
         beacon(k, batch, JSON.stringify(batch.map((b) => b.r)));
       }
     }
-    this.saveBeacons(taken, []);
+    // The queue first (what went by beacon leaves it, freeing its room), then the bodies;
+    // a body the storage cannot hold puts its records back in the queue.
     this.save();
+    const lost = this.saveBeacons(taken, []);
+    if (lost.length) {
+      this.queue = [...lost.flatMap((b) => records.get(b) ?? []), ...this.queue];
+      this.save();
+    }
   }
 }
 

@@ -8,10 +8,15 @@ import { Client, uuid, backoff } from "../dist/croupier.esm.js";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** A storage that keeps strings in a Map. */
-function memory() {
+/** A storage that keeps strings in a Map, refusing (as a full localStorage) past `quota` characters. */
+function memory(quota = Infinity) {
   const m = new Map();
-  return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem: (k, v) => m.set(k, String(v)), m };
+  const setItem = (k, v) => {
+    const used = [...m].reduce((n, [key, val]) => n + (key === k ? 0 : val.length), 0);
+    if (used + String(v).length > quota) throw new DOMException("full", "QuotaExceededError");
+    m.set(k, String(v));
+  };
+  return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem, m };
 }
 
 /** A fetch that answers each call with the next status (the last one repeats) and records the calls. */
@@ -180,6 +185,40 @@ test("close: session_end and the queue go by sendBeacon with the key in the URL"
     assert.equal(c.queue.length, 0);
     c.track("late");
     assert.equal(c.queue.length, 0, "nothing is queued after close");
+  } finally {
+    delete globalThis.navigator;
+  }
+});
+
+test("a nearly full storage keeps what went by beacon: in the beacons, or back in the queue", async () => {
+  Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => true }, configurable: true });
+  try {
+    // Room for the queue of 30 records, not for it and their beacons at once; with 1.05 ×
+    // the queue, room for it alone (the bodies, escaped in the beacons' list, take more).
+    const probe = client({ fetch: server("offline") });
+    for (let i = 0; i < 30; i++) probe.track(`e${i}`, { pad: "x".repeat(100) });
+    const size = JSON.stringify(probe.queue).length;
+    probe.close();
+    for (const [quota, kept] of [
+      [size * 1.5, "beacons"],
+      [size * 1.05, "queue"],
+    ]) {
+      const storage = memory(Infinity);
+      const c = client({ fetch: server("offline"), storage });
+      for (let i = 0; i < 30; i++) c.track(`e${i}`, { pad: "x".repeat(100) });
+      // The storage fills up (another script's keys) before the page closes.
+      const full = memory(quota);
+      for (const [k, v] of storage.m) full.m.set(k, v);
+      c.c.storage = full;
+      c.close();
+      const beacons = JSON.parse(full.getItem("croupier:g1:beacons") || "[]");
+      const queue = JSON.parse(full.getItem("croupier:g1:queue") || "[]");
+      const events = beacons.flatMap((b) => JSON.parse(b.body).map((r) => r.event)).concat(queue.map((q) => q.r.event));
+      assert.equal(new Set(events).size, 30, `${kept}: every record kept somewhere`);
+      // With room, all in the beacons; without, what does not fit back in the queue.
+      if (kept === "beacons") assert.equal(queue.length, 0);
+      else assert.ok(queue.length > 0, "some records back in the queue");
+    }
   } finally {
     delete globalThis.navigator;
   }

@@ -92,7 +92,8 @@ export class Client {
   readonly c: Required<Omit<Config, "userId" | "appVersion" | "channel" | "storage" | "fetch">> & Config;
   queue: Item[] = [];
   user: string;
-  readonly session = uuid();
+  /** The session's id: a new one when the page comes back from the back/forward cache. */
+  session = uuid();
   readonly device: string;
   private started = Date.now();
   private sending = false;
@@ -149,6 +150,10 @@ export class Client {
     const w = globalThis as unknown as Window;
     if (typeof w.addEventListener === "function") {
       w.addEventListener("pagehide", () => this.close());
+      // A page kept in the back/forward cache comes back after its pagehide: it goes on.
+      w.addEventListener("pageshow", (e) => {
+        if ((e as PageTransitionEvent).persisted) this.reopen();
+      });
       w.addEventListener("online", () => {
         this.wait = 0;
         void this.flush();
@@ -339,6 +344,26 @@ export class Client {
     this.wait = backoff(this.attempt++, retryAfter, this.c.maxBackoff);
     this.schedule(this.wait);
     return false;
+  }
+
+  /**
+   * Takes events again after close(), as a page restored from the back/forward cache
+   * does (pageshow): a new session (session_start), the heartbeat and the flushes again,
+   * and the beacons the close stored sent first. Events tracked while closed were not kept.
+   */
+  reopen(): void {
+    if (!this.closed) return;
+    this.closed = false;
+    this.session = uuid();
+    this.started = Date.now();
+    this.beacons = this.storedBeacons();
+    if (this.c.autoSession) {
+      this.track("session_start");
+      if (this.c.heartbeatInterval > 0) {
+        this.beat = setInterval(() => this.track("heartbeat"), this.c.heartbeatInterval);
+      }
+    }
+    this.schedule(this.queue.length || this.beacons.length ? 0 : this.c.flushInterval);
   }
 
   /** Ends the session and hands what is queued to sendBeacon (pagehide does this). */

@@ -224,6 +224,36 @@ test("a nearly full storage keeps what went by beacon: in the beacons, or back i
   }
 });
 
+test("a page back from the back/forward cache takes events again, in a new session", async () => {
+  Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => true }, configurable: true });
+  try {
+    const f = server(202);
+    const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0, batchSize: 50 });
+    const first = c.session;
+    c.track("before");
+    c.close(); // pagehide: kept in the back/forward cache
+    c.track("while-away");
+    c.reopen(); // pageshow, persisted
+    c.track("after");
+    assert.notEqual(c.session, first);
+    assert.deepEqual(c.queue.map((i) => i.r.event), ["session_start", "after"]);
+    assert.ok(c.queue.every((i) => i.r.session_id === c.session));
+    await c.flush();
+    // The close's beacon body first (kept, sent again as it was), then the new session.
+    assert.deepEqual(
+      f.calls.map((x) => x.records.map((r) => r.event)),
+      [
+        ["session_start", "before", "session_end"],
+        ["session_start", "after"],
+      ]
+    );
+    assert.equal(c.queue.length, 0);
+    c.close();
+  } finally {
+    delete globalThis.navigator;
+  }
+});
+
 test("two tabs sharing the storage keep each other's beacons", async () => {
   Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => true }, configurable: true });
   const storage = memory();

@@ -80,15 +80,14 @@ fn run() -> ExitCode {
             println!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());
             ExitCode::SUCCESS
         }
-        "ingest" | "run" if config.listeners_apart().is_err() => {
-            if let Err(e) = config.listeners_apart() {
+        "ingest" | "run" => match config.listeners_apart() {
+            Ok(()) => serve(config, true, command == "run"),
+            Err(e) => {
                 eprintln!("croupier: {e}");
+                ExitCode::from(2)
             }
-            ExitCode::from(2)
-        }
-        "ingest" => serve(config, true, false),
+        },
         "worker" => serve(config, false, true),
-        "run" => serve(config, true, true),
         "migrate" => migrate(&config, drop_view),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");

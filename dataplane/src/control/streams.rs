@@ -10,6 +10,7 @@ use croupier_protocol::resp::{self, Frame};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP};
 
 use crate::redis::connection::{RedisClient, RedisError};
+use crate::redis::partition_counts;
 
 /// One stream, read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -237,14 +238,7 @@ async fn read_other_counts(
     out: &mut Vec<StreamReading>,
 ) {
     let configured = u16::try_from(partitions.len()).unwrap_or(u16::MAX);
-    let mut cmd = Vec::with_capacity(64);
-    croupier_protocol::cluster::read_layouts(&mut cmd);
-    let Ok(reply) = redis.call(cmd).await else { return };
-    let lowest = if others.cluster { 2 } else { 1 };
-    let mut counts: Vec<u16> = croupier_protocol::cluster::layouts(&reply)
-        .into_iter()
-        .filter(|n| *n != configured && (lowest..=croupier_control::config::MAX_PARTITIONS).contains(n))
-        .collect();
+    let Some(mut counts) = partition_counts::recorded(redis, configured, others.cluster).await else { return };
     if counts.is_empty() {
         return;
     }
@@ -274,7 +268,9 @@ async fn read_other_counts(
             None => {
                 let mut list = Vec::new();
                 for p in 0..parts.len() {
-                    if !seen.contains(parts.stream(p, StreamKind::Events)) && holds_entries(redis, &parts, p).await {
+                    if !seen.contains(parts.stream(p, StreamKind::Events))
+                        && partition_counts::holds_entries(redis, &parts, p).await
+                    {
                         list.push(p);
                     }
                 }
@@ -294,16 +290,6 @@ async fn read_other_counts(
             }
         }
     }
-}
-
-/// Whether any of partition `p`'s three streams holds entries (`XLEN`).
-async fn holds_entries(redis: &RedisClient, parts: &Partitions, p: usize) -> bool {
-    for kind in StreamKind::ALL {
-        if matches!(call(redis, &[b"XLEN", parts.stream(p, kind).as_bytes()]).await, Ok(Frame::Integer(n)) if n > 0) {
-            return true;
-        }
-    }
-    false
 }
 
 /// The three streams of partition `p`: those that are streams, or an error.

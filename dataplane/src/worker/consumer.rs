@@ -716,13 +716,8 @@ impl Consumer {
             let done = if mode == Recovery::Resume { deliveries.saturating_sub(1) } else { deliveries };
             if done >= self.give_up_after() {
                 let entry = self.fetch(&id).await?;
-                if entry.fields.is_empty() {
-                    // Deleted from the stream while pending: lost, not given up on.
-                    self.dead_letter(&entry, DeadReason::Deleted, super::sink::DELETED_WHILE_PENDING).await?;
-                } else {
-                    let reason = format!("delivered {done} times without being acknowledged");
-                    self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
-                }
+                let reason = format!("delivered {done} times without being acknowledged");
+                self.dead_letter(&entry, DeadReason::MaxDeliveries, &reason).await?;
                 self.ack(&[id.as_str()]).await?;
                 continue;
             }
@@ -1269,6 +1264,14 @@ impl Consumer {
     /// Moves `e` to the dead-letter stream with `reason`. That stream is never trimmed:
     /// its entries are what an operator must see (and delete when handled).
     async fn dead_letter(&self, e: &Entry, cause: DeadReason, reason: &str) -> Result<(), String> {
+        // Redis keeps no entry without fields: one that comes back without them was deleted
+        // from the stream while pending, whatever found it (a claim, a recovery, a try past
+        // the delivery limit). Its rows are lost, and it is said so.
+        let (cause, reason) = if e.fields.is_empty() {
+            (DeadReason::Deleted, super::sink::DELETED_WHILE_PENDING)
+        } else {
+            (cause, reason)
+        };
         let key = self.key_of(e.stream);
         let dead = dead_letter_key(key);
         tracing::warn!(consumer = %self.cfg.consumer, stream = key, id = %e.id, to = %dead, reason, "dead-lettered");

@@ -21,14 +21,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use croupier_control::config::{Config, MAX_PARTITIONS};
+use croupier_control::config::Config;
 use croupier_control::metrics::{Registry, Table};
 use croupier_protocol::cluster::Partitions;
-use croupier_protocol::resp::Frame;
 use croupier_protocol::stream::StreamKind;
 
 use crate::clickhouse::connection::ChOptions;
 use crate::redis::connection::{RedisClient, RedisOptions};
+use crate::redis::partition_counts;
 use crate::runtime;
 use crate::shards::{self, Shards};
 
@@ -132,54 +132,6 @@ const LAYOUT_SCAN_EVERY: Duration = Duration::from_secs(60);
 /// three consumers' connections).
 const EXTRA_PARTITIONS: usize = 64;
 
-/// Whether any of partition `p`'s three streams holds entries (`XLEN`: one request may
-/// have gone to its payments or custom stream only; an unreachable Redis: no, looked at
-/// again 10 s later; an error reply, a key of another type among them: no, logged).
-async fn holds_entries(redis: &RedisClient, parts: &Partitions, p: usize) -> bool {
-    for kind in StreamKind::ALL {
-        let key = parts.stream(p, kind);
-        let mut cmd = Vec::with_capacity(key.len() + 24);
-        croupier_protocol::resp::command(&mut cmd, &[b"XLEN", key.as_bytes()]);
-        match redis.call(cmd).await {
-            Ok(Frame::Integer(n)) if n > 0 => return true,
-            Ok(Frame::Error(e)) if !crate::redis::auth::recently_logged("partitions not looked at".to_owned()) => {
-                tracing::warn!(
-                    key,
-                    error = %e,
-                    "a stream of another partition count could not be looked at: not read (logged at most every 10 s)"
-                );
-            }
-            _ => {}
-        }
-    }
-    false
-}
-
-/// The partition counts ingest has written with: none when Redis refuses (an ACL
-/// without `ZRANGEBYSCORE` on `croupier:*`, logged), `None` when it cannot be reached.
-async fn written_layouts(redis: &RedisClient) -> Option<Vec<u16>> {
-    if !redis.is_up() {
-        return None;
-    }
-    let mut cmd = Vec::with_capacity(64);
-    croupier_protocol::cluster::read_layouts(&mut cmd);
-    match redis.call(cmd).await {
-        Ok(Frame::Error(e)) => {
-            if !crate::redis::auth::recently_logged("partitions not read".to_owned()) {
-                tracing::warn!(
-                    key = croupier_protocol::cluster::LAYOUTS,
-                    error = %e,
-                    "the partition counts ingest wrote with could not be read: only streams.partitions' \
-                     streams are read (logged at most every 10 s)"
-                );
-            }
-            Some(Vec::new())
-        }
-        Ok(reply) => Some(croupier_protocol::cluster::layouts(&reply)),
-        Err(_) => None,
-    }
-}
-
 /// Starts the worker shards; `beside_ingest` when ingest shards run in the same process
 /// (their cores are left to them). They count in a registry of their own.
 pub fn start(config: Config, beside_ingest: bool) -> Result<Shards, String> {
@@ -263,7 +215,6 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             // count the configuration could not hold is passed over (one partition too, on a
             // Redis Cluster: its plain keys span slots).
             let layouts = connect();
-            let lowest = if config.redis.cluster.is_empty() { 1 } else { 2 };
             let (mut extra, mut full_logged) = (0usize, false);
             // Each count's keys, made once (finding a count's tags takes a search each), and
             // when its partitions were last looked at (at most every `LAYOUT_SCAN_EVERY`).
@@ -272,14 +223,12 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
             let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_look {
-                    let found = written_layouts(&layouts).await;
+                    let cluster = !config.redis.cluster.is_empty();
+                    let found = partition_counts::recorded(&layouts, config.streams.partitions, cluster).await;
                     // Not connected yet: looked for again soon.
                     let again = if found.is_some() { LAYOUTS_EVERY } else { Duration::from_millis(200) };
                     next_look = Instant::now() + again;
                     for n in found.unwrap_or_default() {
-                        if n == config.streams.partitions || !(lowest..=MAX_PARTITIONS).contains(&n) {
-                            continue;
-                        }
                         if scanned.get(&n).is_some_and(|t| t.elapsed() < LAYOUT_SCAN_EVERY) {
                             continue;
                         }
@@ -292,7 +241,7 @@ pub fn start_with_metrics(config: Config, beside_ingest: bool, metrics: Arc<Regi
                             if stop.load(Ordering::Relaxed) || reading.contains(key) || spent {
                                 continue;
                             }
-                            if !holds_entries(&layouts, other, p).await {
+                            if !partition_counts::holds_entries(&layouts, other, p).await {
                                 continue;
                             }
                             if extra >= EXTRA_PARTITIONS {

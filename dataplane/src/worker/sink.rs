@@ -356,8 +356,8 @@ impl Sink {
         out
     }
 
-    /// Appends the rows of `e`, or says why it has none (an entry without fields is the
-    /// caller's: [`DELETED_WHILE_PENDING`]).
+    /// Appends the rows of `e`, or says why it has none (an entry without fields, deleted
+    /// while pending, is dead-lettered as such: `Consumer::dead_letter`).
     fn push(&mut self, e: &Entry) -> Result<(), String> {
         let mut sketches = self.agg.as_ref().map(|a| a.sketches());
         if let Some(s) = sketches.as_mut() {
@@ -556,14 +556,6 @@ impl Sink {
         for &i in which {
             self.pushing.clear();
             self.pushing.extend((0..shards).map(|s| confirmed.get(i, s)));
-            // A consumer's own pending entry deleted from the stream comes back without
-            // fields on recovery: dead-lettered as lost, as `XAUTOCLAIM`'s deleted ids are
-            // (docs/worker.md), not as undecodable.
-            if batch[i].fields.is_empty() {
-                let reason = DELETED_WHILE_PENDING.to_owned();
-                poison.push(Poison { index: i, cause: DeadReason::Deleted, reason });
-                continue;
-            }
             if let Err(reason) = self.push(&batch[i]) {
                 poison.push(Poison { index: i, cause: DeadReason::Undecodable, reason });
                 continue;

@@ -1104,6 +1104,22 @@ fn realtime_gauges_on_the_control_port_equal_the_keys() {
     });
     assert!((d1 - 0.5).abs() < 0.05, "day-1 retention {d1}");
     assert!(p.stop_worker());
+    // A worker started afresh reports the day's figures again with the scope's first event,
+    // not only once another player pays or clears a level: one login of a known player.
+    p.start_worker(&settings);
+    post_players(&p, "login", "player", 0..1, ts);
+    wait_idle(&p);
+    let days = &want[..want.len() - 1];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = croupier_it::http::HttpClient::connect(addr).request("GET", "/metrics", &[], b"").text();
+        if days.iter().all(|(n, v)| gauge(&text, n) == Some(*v as f64)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after a restart, gauges {days:?} not in\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p.stop_worker());
 }
 
 /// A write of the aggregates to Redis that fails mid-way is retried, and nothing is lost

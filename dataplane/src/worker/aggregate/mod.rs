@@ -308,8 +308,13 @@ impl Aggregator {
                 }
                 continue;
             };
-            // Keys read for the gauges only get a sketch of their own (kept until evicted).
-            sketches.merge_back(r.kind, &r.game, &r.env, r.period, sketch, !r.table);
+            // Keys read for the gauges only get a sketch of their own (kept until evicted),
+            // and so does a figure of the day this shard holds no sketch of but Redis
+            // counts players in: after a restart, the day's payers and level clears are
+            // reported again with the scope's first event, not only with its next payment
+            // or clear (an absent gauge reads as 0 to the alerts).
+            let create = !r.table || (!r.kind.per_minute() && !sketch.is_empty());
+            sketches.merge_back(r.kind, &r.game, &r.env, r.period, sketch, create);
             if !r.table {
                 continue;
             }

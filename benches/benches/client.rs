@@ -108,7 +108,7 @@ fn filters(sample: u32) -> FilterView {
     let text =
         format!(r#"{{"g1|prod":{{"events":[{}],"payments_enabled":true,"sample_global":{sample}}}}}"#, names.join(","));
     std::fs::write(&path, text).unwrap();
-    FilterView::new(Some(path), Duration::from_secs(3600))
+    FilterView::new(Some(path), Duration::from_secs(3600), Default::default())
 }
 
 fn main() {

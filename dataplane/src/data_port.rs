@@ -185,6 +185,8 @@ pub struct Flags {
     pub draining: Arc<AtomicBool>,
     /// The shards' Redis connections' owed replies.
     pub health: Arc<crate::redis::overdue::RedisHealth>,
+    /// The client filters the Analytics API stored (read when no `api.filters_file` is set).
+    pub filters: Arc<crate::analytics::filters::SharedFilters>,
 }
 
 /// Readiness: not draining, Redis reached, no shard's reply from Redis overdue (owed for
@@ -266,7 +268,7 @@ pub async fn run(
     listeners: (std::net::TcpListener, Option<std::net::TcpListener>, Option<std::net::TcpListener>),
     flags: Flags,
 ) {
-    let Flags { stop, draining, health } = flags;
+    let Flags { stop, draining, health, filters } = flags;
     let limits = server::Limits {
         read_timeout: Duration::from_millis(config.server.read_timeout_ms),
         idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
@@ -276,7 +278,7 @@ pub async fn run(
         retry_after_secs: config.redis.retry_after_secs,
         evict_idle: false,
     };
-    let shard = shard::build(id, config, &rates, metrics, health);
+    let shard = shard::build(id, config, &rates, metrics, health, filters);
     let (listener, otlp_listener, grpc_listener) = listeners;
     let otlp = otlp_listener.map(|l| {
         let port = Rc::new(DataPort::otlp(shard.clone(), draining.clone()));

@@ -146,7 +146,7 @@ pub fn registry(config: &Config) -> Arc<Registry> {
 pub fn start(config: Config) -> Result<Handle, String> {
     let metrics = registry(&config);
     let health = redis_health(&config);
-    start_with_metrics(config, metrics, health)
+    start_with_metrics(config, metrics, health, Arc::default())
 }
 
 /// The stamps of the ingest shards' Redis connections, for `/readyz` (one per shard).
@@ -155,12 +155,14 @@ pub fn redis_health(config: &Config) -> Arc<redis::overdue::RedisHealth> {
     redis::overdue::RedisHealth::new(config.shard_count(), reply_timeout)
 }
 
-/// Starts the ingest shards; each counts in its own block of `metrics` and stamps the
-/// replies its Redis connection owes in its place of `health`.
+/// Starts the ingest shards; each counts in its own block of `metrics`, stamps the
+/// replies its Redis connection owes in its place of `health`, and applies the client
+/// filters of `filters` when no `api.filters_file` is set.
 pub fn start_with_metrics(
     config: Config,
     metrics: Arc<Registry>,
     health: Arc<redis::overdue::RedisHealth>,
+    filters: Arc<analytics::filters::SharedFilters>,
 ) -> Result<Handle, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let shards = config.shard_count();
@@ -189,10 +191,10 @@ pub fn start_with_metrics(
     let shards = shards::spawn_shards("shard", shards, driver, core, |id, stop| {
         let (config, rates, writer) = (config.clone(), rates.clone(), metrics.writer());
         let (listener, otlp, grpc) = (listeners.next(), otlp.next(), grpc.next());
-        let (draining, health) = (draining.clone(), health.clone());
+        let (draining, health, filters) = (draining.clone(), health.clone(), filters.clone());
         move || async move {
             if let Some(listener) = listener {
-                let flags = data_port::Flags { stop, draining, health };
+                let flags = data_port::Flags { stop, draining, health, filters };
                 data_port::run(id, config, rates, writer, (listener, otlp, grpc), flags).await;
             }
         }

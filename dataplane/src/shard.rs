@@ -17,6 +17,7 @@ use croupier_protocol::cluster::Partitions;
 use croupier_protocol::validate::{JsonBuffers, Limits};
 
 use crate::analytics::auth::Verifier;
+use crate::analytics::filters::SharedFilters;
 use crate::client::filters::FilterView;
 use crate::ingest::IngestBuffers;
 use crate::ratelimit::{GameRate, RateLimits};
@@ -82,7 +83,7 @@ pub struct Shard {
     /// Verifies client ingest's bearer tokens (`[api]`'s keys); `None` if they could not
     /// be read.
     pub verifier: Option<Verifier>,
-    /// The games' filters, as last read from `api.filters_file`.
+    /// The games' filters, as last read from `api.filters_file` (or the process's API).
     pub filters: RefCell<FilterView>,
     /// Rate limits shared with every shard (write keys', client addresses').
     pub rates: Arc<RateLimits>,
@@ -107,6 +108,7 @@ pub fn build(
     rates: &Arc<RateLimits>,
     metrics: ShardWriter,
     redis_health: Arc<RedisHealth>,
+    filters: Arc<SharedFilters>,
 ) -> Rc<Shard> {
     let games = config
         .games
@@ -152,6 +154,7 @@ pub fn build(
     let filters = RefCell::new(FilterView::new(
         config.api.filters_file.clone(),
         Duration::from_millis(config.client.filters_check_ms),
+        filters,
     ));
     Rc::new(Shard {
         id,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use croupier_control::config::Config;
 
+use crate::analytics::filters::SharedFilters;
 use crate::control::listener::Control;
 use crate::shards::Shards;
 use crate::Handle;
@@ -33,11 +34,14 @@ impl Stack {
         let mut stack = Stack { control: None, workers: None, ingest: None, drain_delay };
         // The ingest shards' Redis connections, whose overdue replies both ports' /readyz report.
         let health = ingest.then(|| crate::redis_health(&config));
+        // The filters the Analytics API stores and client ingest applies (without a file).
+        let filters = Arc::new(SharedFilters::default());
         stack.control = crate::control::listener::start_with_health(
             Arc::new(config.clone()),
             metrics.clone(),
             (ingest, worker),
             health.clone(),
+            filters.clone(),
         )?;
         if let Some(c) = &stack.control {
             tracing::info!(addr = %c.local_addr(), "control listening (/metrics, /healthz, /readyz)");
@@ -61,7 +65,7 @@ impl Stack {
         if ingest {
             let shards = config.shard_count();
             let health = health.unwrap_or_else(|| crate::redis_health(&config));
-            match crate::start_with_metrics(config, metrics, health) {
+            match crate::start_with_metrics(config, metrics, health, filters) {
                 Ok(h) => {
                     tracing::info!(addr = %h.local_addr(), shards, io_driver = h.driver().name(), "ingest listening");
                     if let Some(addr) = h.otlp_addr() {

@@ -429,3 +429,110 @@ fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
     refused(&send(&bare(&format!("{run}-b"), 10, "login")), 503, "not_replicated");
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }
+
+/// A `croupier ingest` process (data port and control port, one shard), killed when dropped.
+struct IngestProcess {
+    child: std::process::Child,
+    data: std::net::SocketAddr,
+    control: std::net::SocketAddr,
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `croupier ingest` on `redis` with game `GAME`'s write key `KEY`, no filters file.
+fn ingest_process(redis: &croupier_it::redis::RedisServer) -> IngestProcess {
+    let (data, control) = (croupier_it::free_port(), croupier_it::free_port());
+    let (data, control): (std::net::SocketAddr, std::net::SocketAddr) =
+        (format!("127.0.0.1:{data}").parse().expect("addr"), format!("127.0.0.1:{control}").parse().expect("addr"));
+    let child = std::process::Command::new(crate::pipeline::CROUPIER)
+        .arg("ingest")
+        .envs([
+            ("CROUPIER_SERVER__LISTEN", data.to_string()),
+            ("CROUPIER_CONTROL__LISTEN", control.to_string()),
+            ("CROUPIER_SERVER__SHARDS", "1".into()),
+            ("CROUPIER_SERVER__PIN", "false".into()),
+            ("CROUPIER_SERVER__DRIVER", "epoll".into()),
+            ("CROUPIER_REDIS__ADDR", redis.addr()),
+            ("CROUPIER_OTLP__LISTEN", "127.0.0.1:0".into()),
+            ("CROUPIER_OTLP__GRPC_LISTEN", "127.0.0.1:0".into()),
+            ("CROUPIER_API__JWT_SECRET", JWT_SECRET.into()),
+            ("CROUPIER_GAMES__g1__SECRET", "a-secret-of-game-one".into()),
+            ("CROUPIER_GAMES__g1__WRITE_KEYS", format!(r#"["{KEY}"]"#)),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start croupier ingest");
+    let p = IngestProcess { child, data, control };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = std::net::TcpStream::connect(data).is_ok()
+            && std::net::TcpStream::connect(control).is_ok()
+            && HttpClient::connect(data).request("GET", "/readyz", &[], b"").status == 200;
+        if ready {
+            return p;
+        }
+        assert!(std::time::Instant::now() < deadline, "croupier ingest not ready within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Without `api.filters_file`, the filters `POST /api/analytics/filters` stores are the
+/// ones the process's client ingest applies, at once; `GET` answers what it applies to an
+/// environment without settings of its own (the game's for every environment).
+#[test]
+fn filters_stored_without_a_file_are_applied_by_the_process() {
+    let redis = croupier_it::redis::RedisServer::start();
+    let p = ingest_process(&redis);
+    let t = now_secs();
+    let body =
+        format!(r#"[{{"ts":{t},"event":"login","user_id":"a"}},{{"ts":{t},"event":"level_start","user_id":"b"}}]"#);
+    let send = |env: &str| {
+        HttpClient::connect(p.data).request(
+            "POST",
+            EVENTS,
+            &[
+                ("Content-Type".into(), "application/json".into()),
+                ("X-Write-Key".into(), KEY.into()),
+                ("X-Env".into(), env.into()),
+            ],
+            body.as_bytes(),
+        )
+    };
+    ok(&send("prod"), 2, 0);
+    let manage = vec![("Authorization".to_owned(), bearer(&token(&["ops"], 600, None)))];
+    let store = |settings: Value| {
+        let r = HttpClient::connect(p.control).request(
+            "POST",
+            "/api/analytics/filters",
+            &manage,
+            settings.to_string().as_bytes(),
+        );
+        assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#.to_owned()));
+    };
+    store(json!({"game_id": GAME, "env": "prod", "events": ["login"]}));
+    ok(&send("prod"), 1, 1);
+    ok(&send("dev"), 2, 0);
+    // The game's settings for every environment: applied to `dev`, and what GET answers for it.
+    store(json!({"game_id": GAME, "env": "", "events": ["level_start"]}));
+    ok(&send("dev"), 1, 1);
+    ok(&send("prod"), 1, 1);
+    let r = HttpClient::connect(p.control).request(
+        "GET",
+        &format!("/api/analytics/filters?game_id={GAME}&env=dev"),
+        &manage,
+        b"",
+    );
+    let got: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!(
+        (r.status, got),
+        (200, json!({"events": ["level_start"], "payments_enabled": true, "sample_global": 100})),
+        "{}",
+        r.text()
+    );
+}

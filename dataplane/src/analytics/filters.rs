@@ -3,8 +3,9 @@
 //! `[]`, `true`, `100`). Kept in memory and, when `api.filters_file` is set, in that JSON
 //! file (a map keyed `"<game>|<env>"` as Croupier's), rewritten whole on each change
 //! (written to a temporary file, then renamed). Client ingest (`/api/analytics/ingest` on
-//! the data port, `client/filters.rs`) enforces them; the signed `/api/ingest/*` and
-//! OTLP do not (trusted servers).
+//! the data port, `client/filters.rs`) enforces them — read from the file when there is
+//! one, else from the memory of this process ([`SharedFilters`]); the signed
+//! `/api/ingest/*` and OTLP do not (trusted servers).
 //!
 //! A `POST` names a configured game (`[games.<id>]`); neither its game nor its env may
 //! hold `|`, the key's separator (else `g|a` + `b` and `g` + `a|b` would be one key), nor
@@ -13,6 +14,8 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -50,10 +53,44 @@ struct Update {
     sample_global: Option<i64>,
 }
 
+/// The stored map, keyed `"<game>|<env>"`.
+pub type Stored = BTreeMap<String, Settings>;
+
+/// The filters as the process's Analytics API last stored them, for its client-ingest
+/// shards when no `api.filters_file` is set. Written by the control thread on a `POST`;
+/// a shard loads the version (one atomic load) and takes the lock only when it moved.
+#[derive(Debug, Default)]
+pub struct SharedFilters {
+    version: AtomicU64,
+    map: Mutex<Arc<Stored>>,
+}
+
+impl SharedFilters {
+    /// Replaces the filters.
+    fn publish(&self, map: &Stored) {
+        let mut held = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        *held = Arc::new(map.clone());
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the filters were replaced.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The filters, with their version.
+    pub fn snapshot(&self) -> (u64, Arc<Stored>) {
+        let held = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.version.load(Ordering::Acquire), held.clone())
+    }
+}
+
 /// The settings of every game and environment.
 pub struct Filters {
     path: Option<PathBuf>,
-    map: RefCell<BTreeMap<String, Settings>>,
+    map: RefCell<Stored>,
+    /// Where the process's client ingest reads them.
+    shared: Arc<SharedFilters>,
     /// The configured games: the only ones a `POST` may set.
     games: Vec<String>,
 }
@@ -71,8 +108,9 @@ fn key(game: &str, env: &str) -> String {
 }
 
 impl Filters {
-    /// Reads `path` when it exists; `games` are the configured ones.
-    pub fn load(path: Option<PathBuf>, games: Vec<String>) -> Result<Filters, String> {
+    /// Reads `path` when it exists; `games` are the configured ones; `shared` is where the
+    /// process's client ingest reads them.
+    pub fn load(path: Option<PathBuf>, games: Vec<String>, shared: Arc<SharedFilters>) -> Result<Filters, String> {
         let map = match &path {
             Some(p) if p.exists() => {
                 let text = std::fs::read_to_string(p).map_err(|e| format!("api.filters_file: {}: {e}", p.display()))?;
@@ -80,15 +118,18 @@ impl Filters {
             }
             _ => BTreeMap::new(),
         };
-        Ok(Filters { path, map: RefCell::new(map), games })
+        shared.publish(&map);
+        Ok(Filters { path, map: RefCell::new(map), shared, games })
     }
 
-    /// `GET`: the scope's settings, or the defaults.
+    /// `GET`: the settings client ingest applies to the scope — its own, else its game's
+    /// for every environment (`"<game>|"`), else the defaults.
     pub fn get(&self, scope: &Scope) -> Result<Json, ApiError> {
         let (game, env) = (scope.game.as_deref().unwrap_or(""), scope.env.as_deref().unwrap_or(""));
         check_id("game_id", game)?;
         check_id("env", env)?;
-        let s = self.map.borrow().get(&key(game, env)).cloned().unwrap_or_default();
+        let map = self.map.borrow();
+        let s = map.get(&key(game, env)).or_else(|| map.get(&key(game, ""))).cloned().unwrap_or_default();
         Ok(json!(s))
     }
 
@@ -144,6 +185,7 @@ impl Filters {
                 ApiError::QueryFailed("filters file not written".into())
             })?;
         }
+        self.shared.publish(&next);
         *map = next;
         Ok(json!({ "ok": true }))
     }

@@ -216,8 +216,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// From the configuration, on the control thread (starts its Redis connection).
-    pub fn new(config: &Config) -> Result<Api, String> {
+    /// From the configuration, on the control thread (starts its Redis connection);
+    /// `filters` is where the process's client ingest reads the filters it stores.
+    pub fn new(config: &Config, filters: std::sync::Arc<filters::SharedFilters>) -> Result<Api, String> {
         let ch = &config.clickhouse;
         let opts = ChOptions {
             // On a cluster: any node (the first that answers); reads go through its
@@ -236,7 +237,7 @@ impl Api {
             db: Rc::new(Db::new(opts.clone(), api.max_queries_in_flight, timeout).on_cluster(ch.is_cluster())),
             redis: RedisClient::start(RedisOptions::from_config(config)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
-            filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect())?,
+            filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect(), filters)?,
             audit_opts: opts,
             audit_every: Duration::from_millis(api.audit_flush_ms),
             costs: api.cpi_cents.clone(),

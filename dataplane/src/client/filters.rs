@@ -1,7 +1,8 @@
 //! The games' filters as client ingest enforces them: the settings the Analytics API
 //! keeps in `api.filters_file` (`POST /api/analytics/filters`, a map keyed
 //! `"<game>|<env>"`), read by each shard and read again when the file changes (looked at
-//! no more often than `client.filters_check_ms`), and the verdict on one record: the
+//! no more often than `client.filters_check_ms`) — without a file, the ones the process's
+//! API holds in memory, taken again when they change — and the verdict on one record: the
 //! event allow-list, `payments_enabled`, and `sample_global` (percent of users, chosen by
 //! a hash of the user id — of the event id for events without one — so a retried batch
 //! is sampled the same way and a sampled user's events are all kept). The hash is
@@ -9,22 +10,26 @@
 //! or out of the sample in every process and release (std's `DefaultHasher` promises
 //! neither), and several times cheaper per record than SHA-256.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use croupier_control::config::FilteredEvents;
 use croupier_protocol::validate::{RecordView, Verdict};
 use siphasher::sip::SipHasher13;
 
-use crate::analytics::filters::Settings;
+use crate::analytics::filters::{Settings, SharedFilters, Stored};
 
 /// The filters a shard holds: per game, per environment (`""`: the game's settings for
 /// environments without their own).
 #[derive(Debug)]
 pub struct FilterView {
     path: Option<PathBuf>,
+    /// Without `path`: the process's API's filters, and the version last taken.
+    shared: Arc<SharedFilters>,
+    taken: u64,
     every: Duration,
     checked: Option<Instant>,
     modified: Option<SystemTime>,
@@ -36,17 +41,26 @@ pub struct FilterView {
 static DEFAULT: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Settings::default);
 
 impl FilterView {
-    /// Filters read from `path` (none: every record passes), looked at again every `every`.
-    pub fn new(path: Option<PathBuf>, every: Duration) -> FilterView {
-        let mut v = FilterView { path, every, checked: None, modified: None, games: HashMap::new() };
+    /// Filters read from `path`, looked at again every `every`; without a path, the ones
+    /// the process's API stores in `shared` (none stored: every record passes).
+    pub fn new(path: Option<PathBuf>, every: Duration, shared: Arc<SharedFilters>) -> FilterView {
+        let mut v = FilterView { path, shared, taken: 0, every, checked: None, modified: None, games: HashMap::new() };
         v.refresh(Instant::now());
         v
     }
 
     /// Reads the file again if it changed and it was not looked at within `every`. A file
     /// that cannot be read or parsed keeps the filters read before (and says so in the log).
+    /// Without a file, takes the API's filters when they changed (one atomic load).
     pub fn refresh(&mut self, now: Instant) {
-        let Some(path) = &self.path else { return };
+        let Some(path) = &self.path else {
+            if self.shared.version() != self.taken {
+                let (version, map) = self.shared.snapshot();
+                self.taken = version;
+                self.games = by_game(&map);
+            }
+            return;
+        };
         if self.checked.is_some_and(|t| now.saturating_duration_since(t) < self.every) {
             return;
         }
@@ -62,9 +76,9 @@ impl FilterView {
         }
         let parsed = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<BTreeMap<String, Settings>>(&t).map_err(|e| e.to_string()));
+            .and_then(|t| serde_json::from_str::<Stored>(&t).map_err(|e| e.to_string()));
         match parsed {
-            Ok(map) => self.games = by_game(map),
+            Ok(map) => self.games = by_game(&map),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "filters not read again; the previous ones hold")
             }
@@ -111,11 +125,11 @@ fn refused(action: FilteredEvents) -> Verdict {
 }
 
 /// The stored map (`"<game>|<env>"`) by game, then environment.
-fn by_game(map: BTreeMap<String, Settings>) -> HashMap<String, HashMap<String, Settings>> {
+fn by_game(map: &Stored) -> HashMap<String, HashMap<String, Settings>> {
     let mut games: HashMap<String, HashMap<String, Settings>> = HashMap::new();
     for (key, s) in map {
         let (game, env) = key.split_once('|').unwrap_or((key.as_str(), ""));
-        games.entry(game.to_owned()).or_default().insert(env.to_owned(), s);
+        games.entry(game.to_owned()).or_default().insert(env.to_owned(), s.clone());
     }
     games
 }
@@ -158,7 +172,7 @@ mod tests {
         let text = r#"{"g1|prod":{"events":["login"],"payments_enabled":false,"sample_global":100},
             "g1|":{"events":[],"payments_enabled":true,"sample_global":0}}"#;
         assert!(std::fs::write(&path, text).is_ok());
-        let v = FilterView::new(Some(path.clone()), Duration::from_secs(60));
+        let v = FilterView::new(Some(path.clone()), Duration::from_secs(60), Arc::default());
         assert_eq!(v.event(&view("prod", "login", "u"), FilteredEvents::Drop), Verdict::Keep);
         assert_eq!(v.event(&view("prod", "level_start", "u"), FilteredEvents::Drop), Verdict::Drop);
         assert_eq!(v.event(&view("prod", "level_start", "u"), FilteredEvents::Refuse), Verdict::Refuse);

@@ -17,6 +17,7 @@ use croupier_control::metrics::{process, Encoder, Registry, CONTENT_TYPE};
 use super::dashboard::{self, Dashboard};
 use super::ready::Probes;
 use super::streams;
+use crate::analytics::filters::SharedFilters;
 use crate::analytics::{self, Api, Headers};
 use crate::http::conn;
 use crate::http::handler::{Handler, Request};
@@ -209,16 +210,18 @@ pub fn start(
     ingest: bool,
     worker: bool,
 ) -> Result<Option<Control>, String> {
-    start_with_health(config, registry, (ingest, worker), None)
+    start_with_health(config, registry, (ingest, worker), None, Arc::default())
 }
 
 /// [`start`], with the ingest shards' Redis connections (`health`), whose overdue
-/// replies `/readyz` reports at once.
+/// replies `/readyz` reports at once, and the filters the ingest shards read when no
+/// `api.filters_file` is set (`filters`, which the Analytics API stores into).
 pub fn start_with_health(
     config: Arc<Config>,
     registry: Arc<Registry>,
     (ingest, worker): (bool, bool),
     health: Option<Arc<RedisHealth>>,
+    filters: Arc<SharedFilters>,
 ) -> Result<Option<Control>, String> {
     if config.control.listen.is_empty() {
         return Ok(None);
@@ -238,8 +241,8 @@ pub fn start_with_health(
         driver,
         |_| None,
         |_, stop| {
-            let (config, registry, listener, draining, health) =
-                (config.clone(), registry.clone(), listener.take(), flag.clone(), health.clone());
+            let (config, registry, listener, draining, health, filters) =
+                (config.clone(), registry.clone(), listener.take(), flag.clone(), health.clone(), filters.clone());
             move || async move {
                 let Some(listener) = listener else { return };
                 let limits = server::Limits {
@@ -254,7 +257,7 @@ pub fn start_with_health(
                     evict_idle: true,
                 };
                 let probes = Probes::new(&config, ingest, worker, health);
-                let api = match Api::new(&config) {
+                let api = match Api::new(&config, filters) {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::error!(error = %e, "analytics API cannot start");

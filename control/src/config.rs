@@ -73,12 +73,23 @@ fn server_id(addr: &str) -> String {
     format!("{host}:{port}")
 }
 
+/// Whether `addr` is `host:port`: a host (a name, an IPv4 address, or an IPv6 one in
+/// brackets) and a port from 1 to 65535.
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')),
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
 fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), message: message.into(), variable: None }
 }
 
 /// The keys set from the environment: each override's dotted path and its variable.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Overrides(Vec<(String, String)>);
 
 impl Overrides {
@@ -948,6 +959,9 @@ pub struct Config {
     /// [`Config::warnings`]).
     #[serde(skip)]
     pub ignored_variables: Vec<String>,
+    /// The keys set from the environment, to name the variable in a later error.
+    #[serde(skip)]
+    overrides: Overrides,
 }
 
 impl Config {
@@ -1002,6 +1016,8 @@ impl Config {
             None => toml::Table::new(),
         };
         let mut overrides = Overrides::default();
+        // Each override's path and value as written.
+        let mut raw_values: Vec<(String, String)> = Vec::new();
         let mut ignored = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
@@ -1017,7 +1033,10 @@ impl Config {
                 continue;
             }
             match apply_override(&mut root, rest, &value) {
-                Ok(path) => overrides.0.push((path, name)),
+                Ok(path) => {
+                    raw_values.push((path.clone(), value));
+                    overrides.0.push((path, name));
+                }
                 Err(mut e) => {
                     e.variable = Some(name);
                     return Err(e);
@@ -1025,8 +1044,23 @@ impl Config {
             }
         }
         ignored.sort();
-        let mut config = Self::from_table(root).map_err(|e| overrides.attribute(e))?;
+        let mut config = loop {
+            match Self::from_table(root.clone()) {
+                Ok(c) => break c,
+                // A text key given digits or `true` from the environment (a consumer
+                // named 7, a database 2024): the value as written, as text.
+                Err(e) if e.message.contains("expected a string") => {
+                    let raw = raw_values.iter().rev().find(|(path, _)| *path == e.key).map(|(_, v)| v.as_str());
+                    match raw {
+                        Some(raw) if set_text(&mut root, &e.key, raw) => continue,
+                        _ => return Err(overrides.attribute(e)),
+                    }
+                }
+                Err(e) => return Err(overrides.attribute(e)),
+            }
+        };
         config.ignored_variables = ignored;
+        config.overrides = overrides;
         Ok(config)
     }
 
@@ -1120,6 +1154,10 @@ impl Config {
     /// with `SO_REUSEPORT`, silently share the port with the first. Checked by the roles
     /// that bind them all (`ingest`, `run`): a worker binds only `control.listen`.
     pub fn listeners_apart(&self) -> Result<(), ConfigError> {
+        self.listeners_clash().map_err(|e| self.overrides.attribute(e))
+    }
+
+    fn listeners_clash(&self) -> Result<(), ConfigError> {
         let listeners = [
             ("server.listen", &self.server.listen),
             ("control.listen", &self.control.listen),
@@ -1190,11 +1228,44 @@ impl Config {
                 format!("expected a level or a filter (info, warn, info,croupier_dataplane=debug): {e}"),
             ));
         }
-        if self.api.query_timeout_ms == 0 || self.api.max_queries_in_flight == 0 || self.api.audit_flush_ms == 0 {
-            return Err(err(
-                "api.query_timeout_ms",
-                "expected query_timeout_ms, max_queries_in_flight and audit_flush_ms greater than 0",
-            ));
+        // Values 0 would mean nothing sensible: a timeout at once, a loop without pause, no room.
+        let w = &self.worker;
+        for (key, value, what) in [
+            ("server.read_timeout_ms", self.server.read_timeout_ms, "a timeout"),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms, "a timeout"),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms, "a timeout"),
+            ("redis.reply_timeout_ms", self.redis.reply_timeout_ms, "a timeout"),
+            ("redis.backlog_poll_ms", self.redis.backlog_poll_ms, "an interval"),
+            ("clickhouse.timeout_ms", self.clickhouse.timeout_ms, "a timeout"),
+            ("worker.shards", w.shards as u64, "a count"),
+            ("worker.batch_rows", w.batch_rows as u64, "a count"),
+            ("worker.read_count", w.read_count as u64, "a count"),
+            ("worker.claim_idle_ms", w.claim_idle_ms, "a time"),
+            ("worker.claim_interval_ms", w.claim_interval_ms, "an interval"),
+            ("worker.backoff_max_ms", w.backoff_max_ms, "a delay"),
+            ("api.query_timeout_ms", self.api.query_timeout_ms, "a timeout"),
+            ("api.max_queries_in_flight", self.api.max_queries_in_flight as u64, "a count"),
+            ("api.audit_flush_ms", self.api.audit_flush_ms, "an interval"),
+        ] {
+            if value == 0 {
+                return Err(err(key, format!("expected {what} greater than 0")));
+            }
+        }
+        // `redis.addr` is unused with cluster seed nodes or sentinels; `clickhouse.addr` with shards.
+        let direct = self.redis.cluster.is_empty() && self.redis.sentinels.is_empty();
+        let addrs = [
+            ("redis.addr", &self.redis.addr, direct),
+            ("clickhouse.addr", &self.clickhouse.addr, !self.clickhouse.is_cluster()),
+        ];
+        for (key, addr, _) in addrs.into_iter().filter(|a| a.2) {
+            if !addr.split(',').all(is_host_port) {
+                return Err(err(key, format!("expected host:port (a port from 1 to 65535), not {addr:?}")));
+            }
+        }
+        for (key, list) in [("redis.cluster", &self.redis.cluster), ("redis.sentinels", &self.redis.sentinels)] {
+            if let Some(bad) = list.iter().find(|a| !is_host_port(a)) {
+                return Err(err(key, format!("expected host:port entries (a port from 1 to 65535), not {bad:?}")));
+            }
         }
         for (role, perms) in &self.api.roles {
             if let Some(p) =
@@ -1225,9 +1296,6 @@ impl Config {
         }
         if self.control.probe_timeout_ms == 0 {
             return Err(err("control.probe_timeout_ms", "expected a timeout greater than 0"));
-        }
-        if self.redis.reply_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
-            return Err(err("redis.reply_timeout_ms", "expected timeouts greater than 0"));
         }
         if self.redis.max_queued_bytes == 0 {
             return Err(err("redis.max_queued_bytes", "expected a size greater than 0"));
@@ -1283,6 +1351,9 @@ impl Config {
         for (name, l) in
             [("events", self.streams.events), ("custom", self.streams.custom), ("payments", self.streams.payments)]
         {
+            if l.retention_events < 2 {
+                return Err(err(format!("streams.{name}.retention_events"), "expected 2 or more events"));
+            }
             if l.high_water_events == 0 || l.high_water_events >= l.retention_events {
                 return Err(err(
                     format!("streams.{name}.high_water_events"),
@@ -1293,9 +1364,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if self.worker.shards == 0 || self.worker.batch_rows == 0 || self.worker.read_count == 0 {
-            return Err(err("worker", "shards, batch_rows and read_count must be greater than 0"));
         }
         if self.aggregate.flush_ms == 0 {
             return Err(err("aggregate.flush_ms", "expected 1 or more"));
@@ -1321,7 +1389,7 @@ impl Config {
         }
         if self.clickhouse.is_cluster() {
             let ch = &self.clickhouse;
-            if ch.shards.iter().any(|s| s.is_empty() || s.iter().any(|a| a.is_empty() || a.contains(','))) {
+            if ch.shards.iter().any(|s| s.is_empty() || s.iter().any(|a| !is_host_port(a))) {
                 return Err(err("clickhouse.shards", "every shard lists one or more replicas, each one host:port"));
             }
             let nodes = ch.nodes();
@@ -1535,6 +1603,27 @@ fn out_of_range(message: String) -> String {
 
 /// Sets the key that `rest` (a variable's name after the prefix) names to `raw`;
 /// returns the key's dotted path.
+/// Sets the value at dotted `path` to the text `raw`; false when it is text already (or
+/// the path leads nowhere).
+fn set_text(root: &mut toml::Table, path: &str, raw: &str) -> bool {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else { return false };
+    let mut table = root;
+    for p in parts {
+        match table.get_mut(p).and_then(toml::Value::as_table_mut) {
+            Some(t) => table = t,
+            None => return false,
+        }
+    }
+    match table.get_mut(last) {
+        Some(v) if !v.is_str() => {
+            *v = toml::Value::String(raw.to_owned());
+            true
+        }
+        _ => false,
+    }
+}
+
 fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<String, ConfigError> {
     let segments: Vec<&str> = rest.split("__").collect();
     let mut path: Vec<String> = Vec::with_capacity(segments.len());
@@ -2052,6 +2141,83 @@ mod tests {
             assert!(e.to_string().contains(name), "the message names {name}: {e}");
             assert!(e.key.starts_with(key), "{name}: key {} (expected {key})", e.key);
         }
+        // Each zero that would mean a timeout at once, a loop without pause or no room is
+        // refused naming its own key and variable.
+        for key in [
+            "SERVER__READ_TIMEOUT_MS",
+            "SERVER__IDLE_TIMEOUT_MS",
+            "REDIS__CONNECT_TIMEOUT_MS",
+            "REDIS__REPLY_TIMEOUT_MS",
+            "REDIS__BACKLOG_POLL_MS",
+            "CLICKHOUSE__TIMEOUT_MS",
+            "WORKER__SHARDS",
+            "WORKER__BATCH_ROWS",
+            "WORKER__READ_COUNT",
+            "WORKER__CLAIM_IDLE_MS",
+            "WORKER__CLAIM_INTERVAL_MS",
+            "WORKER__BACKOFF_MAX_MS",
+            "API__QUERY_TIMEOUT_MS",
+            "API__MAX_QUERIES_IN_FLIGHT",
+            "API__AUDIT_FLUSH_MS",
+            "STREAMS__EVENTS__RETENTION_EVENTS",
+        ] {
+            let name = format!("CROUPIER_{key}");
+            let e = Config::load(None, env(&[(&name, "0")])).expect_err(&name);
+            assert_eq!(e.key, key.to_ascii_lowercase().replace("__", "."), "{e}");
+            assert!(e.to_string().contains(&name), "{e}");
+        }
+        // Addresses are host:port.
+        for (name, value, key) in [
+            ("CROUPIER_REDIS__ADDR", "", "redis.addr"),
+            ("CROUPIER_REDIS__ADDR", "redis", "redis.addr"),
+            ("CROUPIER_REDIS__ADDR", "redis:0", "redis.addr"),
+            ("CROUPIER_CLICKHOUSE__ADDR", "nohostport", "clickhouse.addr"),
+            ("CROUPIER_CLICKHOUSE__ADDR", ":9000", "clickhouse.addr"),
+            ("CROUPIER_REDIS__SENTINELS", r#"["a:26379", ""]"#, "redis.sentinels"),
+            ("CROUPIER_REDIS__CLUSTER", r#"["bad"]"#, "redis.cluster"),
+        ] {
+            let mut vars = vec![(name, value)];
+            if name == "CROUPIER_REDIS__SENTINELS" {
+                vars.push(("CROUPIER_REDIS__MASTER_NAME", "mymaster"));
+            }
+            if name == "CROUPIER_REDIS__CLUSTER" {
+                vars.push(("CROUPIER_STREAMS__PARTITIONS", "2"));
+            }
+            let e = Config::load(None, env(&vars)).expect_err(value);
+            assert_eq!(e.key, key, "{value}: {e}");
+        }
+        for good in ["redis:6379", "10.0.0.1:6379", "[::1]:6379", "my-redis.svc.cluster.local:6380"] {
+            assert!(Config::load(None, env(&[("CROUPIER_REDIS__ADDR", good)])).is_ok(), "{good}");
+        }
+        // Unused with cluster seed nodes.
+        let cluster = [
+            ("CROUPIER_REDIS__ADDR", ""),
+            ("CROUPIER_REDIS__CLUSTER", r#"["a:7000"]"#),
+            ("CROUPIER_STREAMS__PARTITIONS", "2"),
+        ];
+        assert!(Config::load(None, env(&cluster)).is_ok());
+        // Text keys take digits or a word like `true` from the environment as text.
+        let c = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_WORKER__CONSUMER", "7"),
+                ("CROUPIER_CLICKHOUSE__DATABASE", "2024"),
+                ("CROUPIER_CLICKHOUSE__USER", "true"),
+            ]),
+        )
+        .expect("text keys");
+        assert_eq!(
+            (c.worker.consumer.as_str(), c.clickhouse.database.as_str(), c.clickhouse.user.as_str()),
+            ("7", "2024", "true")
+        );
+        // A clash of listeners from the environment names the variable.
+        let c = Config::load(
+            None,
+            env(&[("CROUPIER_SERVER__LISTEN", "127.0.0.1:9100"), ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:9100")]),
+        )
+        .expect("loads");
+        let e = c.listeners_apart().expect_err("one port");
+        assert!(e.to_string().contains("CROUPIER_CONTROL__LISTEN"), "{e}");
         // One key of a stream set alone keeps the stream's other default.
         let c = Config::load(None, env(&[("CROUPIER_STREAMS__PAYMENTS__HIGH_WATER_EVENTS", "1000")])).expect("loads");
         assert_eq!((c.streams.payments.retention_events, c.streams.payments.high_water_events), (100_000, 1000));

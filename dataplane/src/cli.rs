@@ -15,7 +15,9 @@ commands:
   migrate   create or upgrade the ClickHouse schema, then exit; with
             --drop-user-days-view, also drop the view earlier versions filled
             analytics.user_days with (once every worker runs this version: docs/deploy.md)
-  check     load and check the configuration, then exit
+  check     load and check the configuration (with what ingest and run check at start:
+            the listeners' ports apart, api.jwks_file readable), then exit
+  version   print the version (also --version)
   demo      the whole pipeline on local redis-server and clickhouse-server, driven by
             simulated players, with a live screen (croupier demo --help)
 
@@ -38,6 +40,10 @@ fn run() -> ExitCode {
     };
     if command == "demo" {
         return crate::demo::main(args);
+    }
+    if matches!(command.as_str(), "--version" | "-V" | "version") {
+        println!("croupier {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
     }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     let mut drop_view = false;
@@ -75,18 +81,27 @@ fn run() -> ExitCode {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
+    if config_path.is_none() && command != "migrate" {
+        tracing::warn!(
+            "no configuration file (--config FILE or CROUPIER_CONFIG): the built-in defaults and CROUPIER_* \
+             variables only, {} game(s)",
+            config.games.len()
+        );
+    }
+    // What a serving process would refuse at start, refused before it binds anything
+    // (and by `check`, which checks for every role).
+    if matches!(command.as_str(), "check" | "ingest" | "run" | "worker") {
+        if let Err(e) = startable(&config, command != "worker") {
+            eprintln!("croupier: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match command.as_str() {
         "check" => {
             println!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());
             ExitCode::SUCCESS
         }
-        "ingest" | "run" => match config.listeners_apart() {
-            Ok(()) => serve(config, true, command == "run"),
-            Err(e) => {
-                eprintln!("croupier: {e}");
-                ExitCode::from(2)
-            }
-        },
+        "ingest" | "run" => serve(config, true, command == "run"),
         "worker" => serve(config, false, true),
         "migrate" => migrate(&config, drop_view),
         "--help" | "-h" | "help" => {
@@ -98,6 +113,19 @@ fn run() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Checks made from files and the listeners, past what loading the configuration checks:
+/// the listeners' ports apart (`ingest`, `run`), and the Analytics API's keys readable
+/// (`api.jwks_file`), which a process with a control port or client ingest needs.
+fn startable(config: &Config, ingest: bool) -> Result<(), String> {
+    if ingest {
+        config.listeners_apart().map_err(|e| e.to_string())?;
+    }
+    if ingest || !config.control.listen.is_empty() {
+        crate::analytics::auth::Verifier::from_config(&config.api)?;
+    }
+    Ok(())
 }
 
 /// What `croupier migrate` did about `user_days_mv` on one server.

@@ -50,7 +50,10 @@ impl Stack {
             match crate::worker::start_with_metrics(config.clone(), ingest, metrics.clone()) {
                 Ok(w) => {
                     tracing::info!(
-                        consumers = %format!("{}-0..{}", config.consumer_prefix(), config.worker.shards),
+                        consumers = %match config.worker.shards {
+                            1 => format!("{}-0", config.consumer_prefix()),
+                            n => format!("{p}-0..{p}-{}", n - 1, p = config.consumer_prefix()),
+                        },
                         clickhouse = %config.clickhouse.nodes().join(","),
                         "worker consuming"
                     );

@@ -20,3 +20,37 @@ fn env_a_bad_override_names_the_variable() {
     assert!(!ok, "a bad value must stop the process: {out}");
     assert!(out.contains("CROUPIER_SERVER__SHARDS") && out.contains("server.shards"), "{out}");
 }
+
+/// What `ingest` and `run` refuse at start, `check` refuses too (with the exit code of a
+/// configuration error, 2, not a crashed thread's 70 after every listener was bound).
+#[test]
+fn check_refuses_what_a_start_would_refuse() {
+    let out = |vars: &[(&str, &str)], cmd: &str| {
+        let o = std::process::Command::new(crate::pipeline::CROUPIER)
+            .arg(cmd)
+            .env_clear()
+            .envs(env(vars))
+            .output()
+            .expect("run croupier");
+        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (code, text) =
+        out(&[("CROUPIER_SERVER__LISTEN", "127.0.0.1:9100"), ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:9100")], "check");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("control.listen") && text.contains("CROUPIER_CONTROL__LISTEN"), "{text}");
+    for cmd in ["check", "ingest", "worker"] {
+        let (code, text) = out(&[("CROUPIER_API__JWKS_FILE", "/nonexistent/jwks.json")], cmd);
+        assert_eq!(code, Some(2), "{cmd}: {text}");
+        assert!(text.contains("api.jwks_file"), "{cmd}: {text}");
+    }
+    let (code, text) = out(&[("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "0")], "check");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("worker.claim_interval_ms"), "{text}");
+    // Without a file: said, not silent.
+    let (code, text) = out(&[], "check");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no configuration file"), "{text}");
+    let (code, text) = out(&[], "--version");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("croupier "), "{text}");
+}

@@ -132,3 +132,24 @@ fn a_stream_whose_ids_are_used_up_is_warned_of_once_not_per_request() {
     assert!(lines[0].contains(" WARN ") && lines[0].contains("XADD to analytics:events"), "{}", lines[0]);
     assert_eq!(redis.client().int(&["XLEN", "analytics:events"]), 1);
 }
+
+/// Black-box finding: with Redis refusing connections, the ingest shards said nothing
+/// (the node was just unready). Each server and error is now one warning per 10 s,
+/// naming the server and the system's error.
+#[test]
+fn a_redis_that_cannot_be_reached_is_warned_of_with_its_address() {
+    let redis = RedisServer::start();
+    let closed = format!("127.0.0.1:{}", croupier_it::free_port());
+    let mut e = env(&redis, &[]);
+    e.retain(|(k, _)| k != "CROUPIER_REDIS__ADDR");
+    e.push(("CROUPIER_REDIS__ADDR".into(), closed.clone()));
+    let c = Croupier::start(CROUPIER, "ingest", &e);
+    let log = log_with(&c, "cannot connect to Redis");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("cannot connect to Redis")).collect();
+    assert!(lines[0].contains(" WARN ") && lines[0].contains(&format!("server={closed}")), "{}", lines[0]);
+    assert!(lines[0].to_ascii_lowercase().contains("refused"), "{}", lines[0]);
+    // Tried again every few hundred milliseconds, said once.
+    std::thread::sleep(Duration::from_secs(2));
+    let n = c.log().lines().filter(|l| l.contains("cannot connect to Redis")).count();
+    assert_eq!(n, 1, "{}", c.log());
+}

@@ -624,6 +624,19 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
             Some(addr) => monoio::time::timeout(connect_timeout, TcpStream::connect(addr.as_str())).await.ok(),
             None => None,
         };
+        // A server that cannot be reached is said, at most every 10 s per server and error.
+        let unreached = match (&addr, &connected) {
+            (Some(a), None) => {
+                Some((a, format!("no connection within redis.connect_timeout_ms ({connect_timeout:?})")))
+            }
+            (Some(a), Some(Err(e))) => Some((a, e.to_string())),
+            _ => None,
+        };
+        if let Some((addr, why)) = unreached {
+            if !auth::recently_logged(format!("{addr} {why}")) {
+                tracing::warn!(server = %addr, error = %why, "cannot connect to Redis: tried again with back-off");
+            }
+        }
         if let (Some(addr), Some(Ok(mut stream))) = (addr, connected) {
             let _ = stream.set_nodelay(true);
             set_keepalive(&stream, reply_timeout);

@@ -217,15 +217,20 @@ async fn read_message(
         if len > max + grpc::PREFIX_LEN {
             return Err(HttpError::PayloadTooLarge { limit: max }.into());
         }
-        if !held.grow_to(len) {
+        // Room for the declared message at once (at most 256 KiB, and never past `max`),
+        // counted in the shard's body budget as if it had arrived: a call that declares
+        // a large message and sends a few bytes holds what it made the server allocate,
+        // so calls in their thousands cannot hold memory past the budget.
+        let room = if wire.is_empty() {
+            let declared = grpc::declared_len(&chunk).unwrap_or(0).min(256 << 10).min(max as u64) as usize;
+            grpc::PREFIX_LEN + declared
+        } else {
+            0
+        };
+        if !held.grow_to(len.max(room).max(wire.capacity())) {
             return Err(HttpError::ServerBusy { retry_after: held.retry_after_secs() }.into());
         }
-        if wire.is_empty() {
-            // Room for the declared message at once (bounded: a prefix alone cannot make
-            // the server allocate much).
-            let declared = grpc::declared_len(&chunk).unwrap_or(0).min(256 << 10) as usize;
-            wire.reserve(grpc::PREFIX_LEN + declared);
-        }
+        wire.reserve(room.saturating_sub(wire.len()));
         wire.extend_from_slice(&chunk);
         if grpc::declared_len(wire).is_some_and(|n| n > max as u64) {
             return Err(HttpError::PayloadTooLarge { limit: max }.into());

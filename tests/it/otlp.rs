@@ -695,3 +695,92 @@ fn otlp_the_same_bytes_as_logs_then_as_traces_are_two_requests() {
     ok("/v1/traces");
     assert_eq!(total_entries(&f.redis), after_traces, "a retry of the traces appends nothing");
 }
+
+/// Black-box finding: an OTLP/gRPC call declaring a large message made the server reserve
+/// up to 256 KiB at its first bytes, outside the shard's body budget, so thousands of calls
+/// sending a few bytes each held gigabytes. The reservation is now counted in the budget:
+/// past it, calls are refused `UNAVAILABLE` (retry later) while the ones holding it wait.
+#[test]
+fn grpc_calls_declaring_large_messages_are_held_within_the_body_budget() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+        c.server.max_body_bytes = 1 << 20;
+        c.server.max_inflight_body_bytes = 1 << 20;
+    });
+    let addr = grpc_addr(&f);
+    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
+    let request = || {
+        http::Request::post(logs.as_str())
+            .header("content-type", "application/grpc")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(())
+            .expect("request")
+    };
+    let connect = || async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (client.ready().await.expect("ready"), conn)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let (mut client, conn) = connect().await;
+        let mut calls = Vec::new();
+        for _ in 0..16 {
+            let (answer, mut send) = client.send_request(request(), false).expect("send");
+            // A message declared 1,000,000 bytes long, of which 1,000 are sent.
+            let mut data = vec![0u8];
+            data.extend_from_slice(&1_000_000u32.to_be_bytes());
+            data.extend_from_slice(&[0u8; 1000]);
+            send.send_data(bytes::Bytes::from(data), false).expect("data");
+            calls.push((answer, send));
+            client = client.ready().await.expect("ready");
+        }
+        let (mut held, mut refused) = (0, 0);
+        for (answer, _send) in &mut calls {
+            match tokio::time::timeout(Duration::from_millis(1500), answer).await {
+                Err(_) => held += 1,
+                Ok(Ok(r)) => {
+                    let status = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    assert_eq!(status, "14", "{r:?}");
+                    refused += 1;
+                }
+                Ok(Err(e)) => panic!("call reset: {e}"),
+            }
+        }
+        // 1 MiB holds three calls of 256 KiB and their prefixes; the others are refused.
+        assert_eq!((held, refused), (3, 13));
+        drop(calls);
+        drop(client);
+        conn.abort();
+        // Nothing stays counted once those calls are gone: a whole small export is taken.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (mut client, _conn) = connect().await;
+            let (answer, mut send) = client.send_request(request(), false).expect("send");
+            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+            let r = answer.await.expect("answer");
+            let early = r.headers().get("grpc-status").map(|v| v.as_bytes().to_vec());
+            let status = match early {
+                Some(s) => s,
+                None => {
+                    let mut body = r.into_body();
+                    while let Some(d) = body.data().await {
+                        let n = d.map(|d| d.len()).unwrap_or(0);
+                        let _ = body.flow_control().release_capacity(n);
+                    }
+                    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+                    trailers.get("grpc-status").map(|v| v.as_bytes().to_vec()).unwrap_or_default()
+                }
+            };
+            if status == b"0" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a small export still refused: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

@@ -276,7 +276,10 @@ pub async fn run(
         max_connections: config.server.max_connections,
         max_inflight_body_bytes: config.server.body_budget(),
         retry_after_secs: config.redis.retry_after_secs,
-        evict_idle: false,
+        // At the cap, the oldest idle keep-alive connection (else the oldest still sending
+        // its head) is closed for a new one: otherwise one host holding idle connections
+        // keeps every other client out.
+        evict_idle: true,
     };
     let shard = shard::build(id, config, &rates, metrics, health, filters);
     let (listener, otlp_listener, grpc_listener) = listeners;

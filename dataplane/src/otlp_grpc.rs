@@ -61,6 +61,10 @@ impl Answer {
     }
 }
 
+/// How often a connection with calls in progress looks whether they ended, to be counted
+/// idle again (at the connection cap, idle connections are closed for new ones).
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A call as the connection hands it over: its request and the way to answer it.
 type Call = (http::Request<RecvStream>, SendResponse<Bytes>);
 
@@ -70,6 +74,10 @@ enum Next {
     Drain,
     /// Nothing came for the idle timeout.
     Idle,
+    /// Closed to make room for a new connection at the cap (`evict_idle`).
+    Evicted,
+    /// Look again whether calls are in progress.
+    Recheck,
     /// A call, the end of the connection, or its failure.
     Call(Option<Result<Box<Call>, h2::Error>>),
 }
@@ -86,10 +94,25 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
     let handshake = builder.handshake::<_, Bytes>(StreamWrapper::new(stream));
-    let mut conn = match monoio::time::timeout(limits.read_timeout, handshake).await {
-        Ok(Ok(conn)) => conn,
-        // Not HTTP/2 with prior knowledge, or too slow: nothing to answer.
-        Ok(Err(_)) | Err(_) => return,
+    // At the connection cap (`evict_idle`), a connection still in its handshake is closed
+    // for a new one when none is idle, as an incomplete HTTP/1 head is.
+    let place = limits.evict_idle.then(|| server.idle.wait_head());
+    let evicted = async {
+        match &place {
+            Some(p) => p.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    let shaken = monoio::select! {
+        biased;
+        _ = evicted => None,
+        h = monoio::time::timeout(limits.read_timeout, handshake) => Some(h),
+    };
+    drop(place);
+    let mut conn = match shaken {
+        Some(Ok(Ok(conn))) => conn,
+        // Not HTTP/2 with prior knowledge, too slow, or closed for another: nothing to answer.
+        _ => return,
     };
     let calls = Rc::new(Cell::new(0usize));
     let mut closing = false;
@@ -100,13 +123,29 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             }
             server.drain.started().await;
         };
+        // Without a call in progress the connection is idle: at the cap (`evict_idle`) the
+        // oldest idle connection is closed for a new one. With calls in progress it is
+        // not, and it looks again shortly whether they ended (they run in tasks of their own).
+        let idle = limits.evict_idle && !closing && calls.get() == 0;
+        let place = idle.then(|| server.idle.wait());
+        let evicted = async {
+            match &place {
+                Some(p) => p.evicted().await,
+                None if limits.evict_idle && calls.get() > 0 => monoio::time::sleep(RECHECK).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = monoio::select! {
             biased;
             _ = draining => Next::Drain,
             c = conn.accept() => Next::Call(c.map(|r| r.map(Box::new))),
             _ = monoio::time::sleep(limits.idle_timeout) => Next::Idle,
+            _ = evicted => if place.is_some() { Next::Evicted } else { Next::Recheck },
         };
+        drop(place);
         match next {
+            Next::Evicted => break,
+            Next::Recheck => {}
             Next::Drain => {
                 closing = true;
                 conn.graceful_shutdown();

@@ -10,7 +10,7 @@ use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
 use crate::fixture::{both_drivers, events, post_signed, total_entries, Fixture, GAME, SECRET};
 
 both_drivers!(
-    m2_connection_cap_holds_new_connections_until_one_closes,
+    m2_connection_cap_closes_the_oldest_idle_connection_for_a_new_one,
     m2_body_budget_refuses_with_503_while_spent,
     attack_declared_lengths_alone_do_not_spend_the_body_budget,
     m2_refused_bodies_are_drained_not_kept,
@@ -23,26 +23,39 @@ fn one_shard(c: &mut Config) {
     c.server.shards = 1;
 }
 
-fn m2_connection_cap_holds_new_connections_until_one_closes(driver: Driver) {
+/// Black-box finding: at `server.max_connections` new connections waited until one
+/// closed, so one host holding idle keep-alive connections (one `GET /healthz` each) kept
+/// every other client out for `idle_timeout_ms`, again and again. At the cap the oldest
+/// connection idle between requests is now closed for the new one (as on the control
+/// port); a request in progress is not cut.
+fn m2_connection_cap_closes_the_oldest_idle_connection_for_a_new_one(driver: Driver) {
     let f = Fixture::start(driver, |c| {
         one_shard(c);
-        c.server.max_connections = 2;
+        c.server.max_connections = 3;
+        // Far longer than the test: it cannot pass by a connection timing out.
+        c.server.idle_timeout_ms = 120_000;
+        c.server.read_timeout_ms = 120_000;
     });
-    // wait_ready's probes have closed; two connections take the two places.
+    // wait_ready's probes have closed; a request in progress (half its head), then two
+    // idle keep-alive connections take the three places.
+    let mut busy = f.client();
+    busy.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n");
+    std::thread::sleep(Duration::from_millis(100));
     let mut first = f.client();
     let mut second = f.client();
     for c in [&mut first, &mut second] {
         assert_eq!(c.request("GET", "/healthz", &[], b"").status, 200);
     }
-    // A third waits in the listen backlog: not accepted, not answered...
-    let mut third = f.client();
-    third.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert!(third.reply_within(Duration::from_millis(500)).is_none(), "a third connection was served");
-    // ... until one of the two closes.
-    drop(first);
-    let r = third.read_reply();
+    // A fourth is served at once: the oldest idle connection made room, closed cleanly.
+    let mut fourth = f.client();
+    fourth.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = fourth.reply_within(Duration::from_secs(1)).expect("a new connection at the cap was served");
     assert_eq!(r.status, 200);
+    assert!(first.is_closed(Duration::from_secs(1)), "the oldest idle connection was closed");
     assert_eq!(second.request("GET", "/healthz", &[], b"").status, 200);
+    // The request in progress was not the one closed: it is answered.
+    busy.send_raw(b"\r\n");
+    assert_eq!(busy.reply_within(Duration::from_secs(2)).map(|r| r.status), Some(200));
 }
 
 /// A connection that never sends a byte holds its place for `read_timeout_ms`, not for

@@ -784,3 +784,57 @@ fn grpc_calls_declaring_large_messages_are_held_within_the_body_budget() {
         }
     });
 }
+
+/// Black-box finding: connections that sent the HTTP/2 preface and nothing else held every
+/// place of the OTLP/gRPC listener (`server.max_connections`), so no exporter got in
+/// until `idle_timeout_ms`. At the cap the oldest connection without a call in progress
+/// is closed for the new one.
+#[test]
+fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+        c.server.max_connections = 4;
+        c.server.idle_timeout_ms = 120_000;
+        c.server.read_timeout_ms = 120_000;
+    });
+    let addr = grpc_addr(&f);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+            let conn = tokio::spawn(conn);
+            let client = client.ready().await.expect("ready");
+            idle.push((client, conn));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let call = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut client = client.ready().await.expect("ready");
+            let req =
+                http::Request::post(format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export"))
+                    .header("content-type", "application/grpc")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(())
+                    .expect("request");
+            let (answer, mut send) = client.send_request(req, false).expect("send");
+            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+            answer.await.expect("answer").status()
+        };
+        let status =
+            tokio::time::timeout(Duration::from_secs(2), call).await.expect("a new exporter served at the cap");
+        assert_eq!(status, http::StatusCode::OK);
+        // The oldest idle connection was the one closed.
+        let (_, oldest) = idle.remove(0);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), oldest).await.is_ok(),
+            "the oldest idle connection is open"
+        );
+    });
+}

@@ -19,7 +19,8 @@ COPY . .
 RUN scripts/build-release.sh
 
 FROM debian:12.11-slim
-RUN useradd --system --no-create-home --uid 10001 croupier
+RUN useradd --system --no-create-home --uid 10001 croupier \
+ && install -d -o croupier -g croupier /var/lib/croupier
 COPY --from=build /src/target/release/croupier /usr/local/bin/croupier
 COPY croupier.example.toml /etc/croupier/croupier.toml
 COPY --from=dashboard /src/dashboard/dist /usr/share/croupier/dashboard

@@ -1253,12 +1253,17 @@ impl Config {
         }
         // `redis.addr` is unused with cluster seed nodes or sentinels; `clickhouse.addr` with shards.
         let direct = self.redis.cluster.is_empty() && self.redis.sentinels.is_empty();
+        // ClickHouse's may list several servers, comma-separated (the first that answers).
         let addrs = [
-            ("redis.addr", &self.redis.addr, direct),
-            ("clickhouse.addr", &self.clickhouse.addr, !self.clickhouse.is_cluster()),
+            ("redis.addr", &self.redis.addr, direct, false),
+            ("clickhouse.addr", &self.clickhouse.addr, !self.clickhouse.is_cluster(), true),
         ];
-        for (key, addr, _) in addrs.into_iter().filter(|a| a.2) {
-            if !addr.split(',').all(is_host_port) {
+        for (key, addr, _, several) in addrs.into_iter().filter(|a| a.2) {
+            let mut listed: Vec<&str> = vec![addr.as_str()];
+            if several {
+                listed = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+            }
+            if listed.is_empty() || !listed.iter().all(|a| is_host_port(a)) {
                 return Err(err(key, format!("expected host:port (a port from 1 to 65535), not {addr:?}")));
             }
         }
@@ -1389,7 +1394,7 @@ impl Config {
         }
         if self.clickhouse.is_cluster() {
             let ch = &self.clickhouse;
-            if ch.shards.iter().any(|s| s.is_empty() || s.iter().any(|a| !is_host_port(a))) {
+            if ch.shards.iter().any(|s| s.is_empty() || s.iter().any(|a| !is_host_port(a.trim()))) {
                 return Err(err("clickhouse.shards", "every shard lists one or more replicas, each one host:port"));
             }
             let nodes = ch.nodes();
@@ -2189,6 +2194,10 @@ mod tests {
         for good in ["redis:6379", "10.0.0.1:6379", "[::1]:6379", "my-redis.svc.cluster.local:6380"] {
             assert!(Config::load(None, env(&[("CROUPIER_REDIS__ADDR", good)])).is_ok(), "{good}");
         }
+        for good in ["ch1:9000, ch2:9000", "ch1:9000,"] {
+            assert!(Config::load(None, env(&[("CROUPIER_CLICKHOUSE__ADDR", good)])).is_ok(), "{good}");
+        }
+        assert!(Config::load(None, env(&[("CROUPIER_REDIS__ADDR", "a:6379,b:6379")])).is_err(), "one Redis");
         // Unused with cluster seed nodes.
         let cluster = [
             ("CROUPIER_REDIS__ADDR", ""),

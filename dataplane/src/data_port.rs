@@ -276,10 +276,12 @@ pub async fn run(
         max_connections: config.server.max_connections,
         max_inflight_body_bytes: config.server.body_budget(),
         retry_after_secs: config.redis.retry_after_secs,
-        // At the cap, the oldest idle keep-alive connection (else the oldest still sending
-        // its head) is closed for a new one: otherwise one host holding idle connections
-        // keeps every other client out.
+        // At the cap, the oldest idle keep-alive connection (else the oldest that sent
+        // nothing yet or part of a head) is closed for a new one: otherwise one host
+        // holding idle connections keeps every other client out. An upload whose body is
+        // arriving and an answer being written are never cut (held at most read_timeout).
         evict_idle: true,
+        evict_busy: false,
     };
     let shard = shard::build(id, config, &rates, metrics, health, filters);
     let (listener, otlp_listener, grpc_listener) = listeners;

@@ -66,7 +66,7 @@ impl Socket {
         Socket { stream, canceller: Canceller::new(), evict: None, evicted: false }
     }
 
-    /// Wraps a served connection on a listener with `evict_idle`: while [`Socket::read`]
+    /// Wraps a served connection on a listener with `evict_busy`: while [`Socket::read`]
     /// waits (for a request's body, or while closing), the connection counts among those
     /// that have not sent a whole request, and at the connection cap it may be chosen to
     /// close ([`crate::server::IdleConnections::wait_head`]); the read then fails with

@@ -126,7 +126,7 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         // Without a call in progress the connection is idle: at the cap (`evict_idle`) the
         // oldest idle connection is closed for a new one. With calls in progress it is
         // not, and it looks again shortly whether they ended (they run in tasks of their own).
-        let idle = limits.evict_idle && !closing && calls.get() == 0;
+        let idle = limits.evict_idle && calls.get() == 0;
         let place = idle.then(|| server.idle.wait());
         let evicted = async {
             match &place {
@@ -266,7 +266,7 @@ async fn read_message(
         } else {
             0
         };
-        if !held.grow_to(len.max(room).max(wire.capacity())) {
+        if !held.grow_to(len.max(room)) {
             return Err(HttpError::ServerBusy { retry_after: held.retry_after_secs() }.into());
         }
         wire.reserve(room.saturating_sub(wire.len()));

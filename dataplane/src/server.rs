@@ -62,9 +62,13 @@ pub struct Limits {
     pub max_inflight_body_bytes: usize,
     /// `Retry-After` of a request refused for lack of body budget, seconds.
     pub retry_after_secs: u64,
-    /// At the connection cap, close the oldest idle connection for a new one rather than
-    /// keep the new one waiting.
+    /// At the connection cap, close the oldest idle connection (else the oldest that sent
+    /// nothing yet or part of a head) for a new one rather than keep the new one waiting.
     pub evict_idle: bool,
+    /// With `evict_idle`, connections whose body is still arriving or whose answer is
+    /// being written may be closed too (the control port's probes; not ingest, whose
+    /// uploads and acknowledgements are not cut).
+    pub evict_busy: bool,
 }
 
 /// The connections waiting for their next request, and those waiting for the rest of a

@@ -535,4 +535,16 @@ fn filters_stored_without_a_file_are_applied_by_the_process() {
         "{}",
         r.text()
     );
+    // A POST for an environment without settings of its own starts from what applied to
+    // it: fields it leaves out keep the game's.
+    store(json!({"game_id": GAME, "env": "", "events": [], "payments_enabled": false}));
+    store(json!({"game_id": GAME, "env": "qa", "events": [], "sample_global": 50}));
+    let r = HttpClient::connect(p.control).request(
+        "GET",
+        &format!("/api/analytics/filters?game_id={GAME}&env=qa"),
+        &manage,
+        b"",
+    );
+    let got: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!(got, json!({"events": [], "payments_enabled": false, "sample_global": 50}), "{}", r.text());
 }

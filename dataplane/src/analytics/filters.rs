@@ -166,7 +166,9 @@ impl Filters {
         let u = self.parse(body)?;
         let k = key(&u.game_id, &u.env);
         let mut map = self.map.borrow_mut();
-        let mut s = map.get(&k).cloned().unwrap_or_default();
+        // Fields left out keep what applied to the scope: its own settings, else its game's
+        // for every environment (what GET answered), else the defaults.
+        let mut s = map.get(&k).or_else(|| map.get(&key(&u.game_id, ""))).cloned().unwrap_or_default();
         s.events = u.events;
         if let Some(p) = u.payments_enabled {
             s.payments_enabled = p;

@@ -255,6 +255,7 @@ pub fn start_with_health(
                     retry_after_secs: config.redis.retry_after_secs,
                     // Probes and scrapes must get through idle keep-alive connections.
                     evict_idle: true,
+                    evict_busy: true,
                 };
                 let probes = Probes::new(&config, ingest, worker, health);
                 let api = match Api::new(&config, filters) {

@@ -62,7 +62,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
     let idle_timeout = server.limits.idle_timeout;
     let fields = handler.router().fields();
     let mut sock =
-        if server.limits.evict_idle { Socket::evictable(stream, server.clone()) } else { Socket::new(stream) };
+        if server.limits.evict_busy { Socket::evictable(stream, server.clone()) } else { Socket::new(stream) };
     let mut b = Buffers { input: Vec::with_capacity(INPUT_BYTES), ..Buffers::default() };
     let mut head = Head::default();
     let mut last_active = Instant::now();
@@ -196,7 +196,7 @@ const LINGER_BYTES: usize = 32 << 20;
 
 /// Writes `resp`, which must be wholly written within `read_timeout` (else the
 /// connection is to close: a client that does not read cannot hold its place and its
-/// answer). With `evict_idle`, while it is being written the connection counts among
+/// answer). With `evict_busy`, while it is being written the connection counts among
 /// those that have not sent a whole request: at the connection cap it may be chosen to
 /// close. An error means the connection is to close.
 async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response, server: &Server) -> std::io::Result<()> {
@@ -205,7 +205,7 @@ async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response, server: &Se
     // One copy of the answer is held while it is written, not two.
     drop(resp);
     let deadline = Instant::now() + server.limits.read_timeout;
-    let place = server.limits.evict_idle.then(|| server.idle.wait_head());
+    let place = server.limits.evict_busy.then(|| server.idle.wait_head());
     let evicted = async {
         match &place {
             Some(p) => p.evicted().await,

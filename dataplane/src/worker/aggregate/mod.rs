@@ -301,6 +301,7 @@ impl Aggregator {
         // malformed value): their row is not written rather than written with a 0.
         let mut unreadable: HashSet<DayKey> = HashSet::new();
         let mut sketches = self.sketches.borrow_mut();
+        let today = what::day_of(crate::ingest::now_ms());
         for r in back {
             let Some(sketch) = &r.sketch else {
                 if r.table && matches!(r.kind, Kind::Dau | Kind::New | Kind::Payers) {
@@ -309,11 +310,12 @@ impl Aggregator {
                 continue;
             };
             // Keys read for the gauges only get a sketch of their own (kept until evicted),
-            // and so does a figure of the day this shard holds no sketch of but Redis
+            // and so does a figure of today this shard holds no sketch of but Redis
             // counts players in: after a restart, the day's payers and level clears are
             // reported again with the scope's first event, not only with its next payment
-            // or clear (an absent gauge reads as 0 to the alerts).
-            let create = !r.table || (!r.kind.per_minute() && !sketch.is_empty());
+            // or clear (an absent gauge reads as 0 to the alerts). Only today's: the
+            // gauges read no other day, and each such sketch takes room in the bounds.
+            let create = !r.table || (!r.kind.per_minute() && r.period == today && !sketch.is_empty());
             sketches.merge_back(r.kind, &r.game, &r.env, r.period, sketch, create);
             if !r.table {
                 continue;

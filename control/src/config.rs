@@ -1166,12 +1166,14 @@ impl Config {
         ];
         let addrs: Vec<(&str, std::net::SocketAddr)> =
             listeners.iter().filter_map(|(k, a)| Some((*k, a.parse::<std::net::SocketAddr>().ok()?))).collect();
+        // `[::ffff:127.0.0.1]` is 127.0.0.1 (an IPv4-mapped address).
+        let ip = |a: &std::net::SocketAddr| a.ip().to_canonical();
         for (i, (key, a)) in addrs.iter().enumerate() {
             // Port 0 is one the system picks, a new one per listener.
             let clash = addrs[..i].iter().find(|(_, b)| {
                 a.port() != 0
                     && a.port() == b.port()
-                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+                    && (ip(a) == ip(b) || ip(a).is_unspecified() || ip(b).is_unspecified())
             });
             if let Some((other, _)) = clash {
                 return Err(err(*key, format!("{a} is {other}'s port too: each listener needs a port of its own")));
@@ -2054,6 +2056,9 @@ mod tests {
             .expect_err("every address's port");
         assert_eq!(e.key, "otlp.grpc_listen");
         assert!(apart("[server]\nlisten = \"127.0.0.1:9100\"\n[control]\nlisten = \"127.0.0.2:9100\"\n").is_ok());
+        let e = apart("[server]\nlisten = \"[::ffff:127.0.0.1]:9100\"\n[otlp]\nlisten = \"127.0.0.1:9100\"\n")
+            .expect_err("an IPv4-mapped address is the IPv4 one");
+        assert_eq!(e.key, "otlp.listen");
         assert!(apart("[server]\nlisten = \"127.0.0.1:0\"\n[control]\nlisten = \"127.0.0.1:0\"\n").is_ok());
         let e = Config::from_toml("[auth]\nmax_skew_secs = 0\n").expect_err("no skew at all");
         assert_eq!(e.key, "auth.max_skew_secs");

@@ -277,9 +277,9 @@ pub async fn run(
         max_inflight_body_bytes: config.server.body_budget(),
         retry_after_secs: config.redis.retry_after_secs,
         // At the cap, the oldest idle keep-alive connection (else the oldest that sent
-        // nothing yet or part of a head) is closed for a new one: otherwise one host
-        // holding idle connections keeps every other client out. An upload whose body is
-        // arriving and an answer being written are never cut (held at most read_timeout).
+        // nothing yet or part of a head, else the oldest whose body is still arriving) is
+        // closed for a new one: otherwise one host holding connections keeps every other
+        // client out. An answer being written is never cut.
         evict_idle: true,
         evict_busy: false,
     };

@@ -53,9 +53,9 @@ pub struct Socket {
     stream: TcpStream,
     /// Reused by every read (it allocates only when it is used to cancel).
     canceller: Canceller,
-    /// A served connection whose reads may be stopped at the connection cap
-    /// ([`Socket::evictable`]).
-    evict: Option<Rc<Server>>,
+    /// A served connection whose reads may be stopped at the connection cap, and the
+    /// tier its reads count in ([`Socket::evictable`]).
+    evict: Option<(Rc<Server>, crate::server::Tier)>,
     /// A read was stopped for that.
     evicted: bool,
 }
@@ -66,13 +66,13 @@ impl Socket {
         Socket { stream, canceller: Canceller::new(), evict: None, evicted: false }
     }
 
-    /// Wraps a served connection on a listener with `evict_busy`: while [`Socket::read`]
-    /// waits (for a request's body, or while closing), the connection counts among those
-    /// that have not sent a whole request, and at the connection cap it may be chosen to
-    /// close ([`crate::server::IdleConnections::wait_head`]); the read then fails with
+    /// Wraps a served connection on a listener with `evict_idle`: while [`Socket::read`]
+    /// waits (for a request's body, or while closing), the connection counts in `tier`
+    /// among those that may be chosen to close at the connection cap
+    /// ([`crate::server::IdleConnections::register`]); the read then fails with
     /// [`ReadError::Stopped`] and [`Socket::evicted`] says so.
-    pub fn evictable(stream: TcpStream, server: Rc<Server>) -> Socket {
-        Socket { evict: Some(server), ..Socket::new(stream) }
+    pub fn evictable(stream: TcpStream, server: Rc<Server>, tier: crate::server::Tier) -> Socket {
+        Socket { evict: Some((server, tier)), ..Socket::new(stream) }
     }
 
     /// Whether a read was stopped to make room for a new connection.
@@ -88,8 +88,8 @@ impl Socket {
     /// Appends what the socket has (at least one byte) to `buf`, waiting until `deadline`.
     pub async fn read(&mut self, buf: &mut Vec<u8>, deadline: Instant) -> Result<usize, ReadError> {
         match self.evict.clone() {
-            Some(server) => {
-                let place = server.idle.wait_head();
+            Some((server, tier)) => {
+                let place = server.idle.register(tier);
                 let read = self.read_or_stop(buf, deadline, place.evicted()).await;
                 self.evicted |= read == Err(ReadError::Stopped);
                 read

@@ -66,8 +66,11 @@ pub struct Limits {
     /// nothing yet or part of a head) for a new one rather than keep the new one waiting.
     pub evict_idle: bool,
     /// With `evict_idle`, connections whose body is still arriving or whose answer is
-    /// being written may be closed too (the control port's probes; not ingest, whose
-    /// uploads and acknowledgements are not cut).
+    /// being written count with incomplete heads (the control port's probes). Without it,
+    /// an answer being written is never closed (ingest: an acknowledgement cut would make
+    /// its client send again what is stored), and a body arriving is closed only when no
+    /// connection is idle or reading a head, oldest first (a slow upload cannot hold a
+    /// place against every new client; what is cut was not acknowledged).
     pub evict_busy: bool,
 }
 
@@ -82,7 +85,21 @@ pub struct IdleConnections {
     waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     /// Those with part of a request, or writing an answer, by the order they began waiting.
     heads: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
+    /// Those receiving a body, on listeners whose bodies are closed last (`evict_busy` off).
+    bodies: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
+}
+
+/// Which of the connections waiting a place belongs to, in the order they are closed at
+/// the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Between requests.
+    Idle,
+    /// Nothing or part of a head (or, with `evict_busy`, a body or an answer).
+    Head,
+    /// A body arriving (without `evict_busy`).
+    Body,
 }
 
 /// A connection's place among the idle ones (or those reading a head); it leaves when
@@ -90,8 +107,7 @@ pub struct IdleConnections {
 pub struct IdlePlace<'a> {
     idle: &'a IdleConnections,
     key: u64,
-    /// Among those reading a head.
-    head: bool,
+    tier: Tier,
     /// Closed when the connection is to close.
     signal: Rc<Semaphore>,
 }
@@ -99,36 +115,42 @@ pub struct IdlePlace<'a> {
 impl IdleConnections {
     /// Registers a connection as idle until the place is dropped.
     pub fn wait(&self) -> IdlePlace<'_> {
-        self.register(false)
+        self.register(Tier::Idle)
     }
 
     /// Registers a connection that has part of a request (head or body), or is writing an
     /// answer, until the place is dropped: closed for a new one only when no connection
     /// is idle.
     pub fn wait_head(&self) -> IdlePlace<'_> {
-        self.register(true)
+        self.register(Tier::Head)
     }
 
-    fn register(&self, head: bool) -> IdlePlace<'_> {
+    /// Registers a connection in `tier` until the place is dropped.
+    pub fn register(&self, tier: Tier) -> IdlePlace<'_> {
         let key = self.next.get();
         self.next.set(key.wrapping_add(1));
         let signal = Rc::new(Semaphore::new(0));
-        self.map(head).borrow_mut().insert(key, signal.clone());
-        IdlePlace { idle: self, key, head, signal }
+        self.map(tier).borrow_mut().insert(key, signal.clone());
+        IdlePlace { idle: self, key, tier, signal }
     }
 
-    fn map(&self, head: bool) -> &RefCell<BTreeMap<u64, Rc<Semaphore>>> {
-        if head {
-            &self.heads
-        } else {
-            &self.waiting
+    fn map(&self, tier: Tier) -> &RefCell<BTreeMap<u64, Rc<Semaphore>>> {
+        match tier {
+            Tier::Idle => &self.waiting,
+            Tier::Head => &self.heads,
+            Tier::Body => &self.bodies,
         }
     }
 
     /// Tells the oldest idle connection to close, or, none being idle, the oldest reading
     /// a head; false when there is neither.
     fn evict_oldest(&self) -> bool {
-        let oldest = self.waiting.borrow_mut().pop_first().or_else(|| self.heads.borrow_mut().pop_first());
+        let oldest = self
+            .waiting
+            .borrow_mut()
+            .pop_first()
+            .or_else(|| self.heads.borrow_mut().pop_first())
+            .or_else(|| self.bodies.borrow_mut().pop_first());
         match oldest {
             Some((_, signal)) => {
                 signal.close();
@@ -149,7 +171,7 @@ impl IdlePlace<'_> {
 
 impl Drop for IdlePlace<'_> {
     fn drop(&mut self) {
-        self.idle.map(self.head).borrow_mut().remove(&self.key);
+        self.idle.map(self.tier).borrow_mut().remove(&self.key);
     }
 }
 

@@ -547,4 +547,12 @@ fn filters_stored_without_a_file_are_applied_by_the_process() {
     );
     let got: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     assert_eq!(got, json!({"events": [], "payments_enabled": false, "sample_global": 50}), "{}", r.text());
+    // Names a read would trim are refused: settings stored under them could not be read back.
+    let r = HttpClient::connect(p.control).request(
+        "POST",
+        "/api/analytics/filters",
+        &manage,
+        json!({"game_id": GAME, "env": " prod", "events": ["x"]}).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, r.error_tag().as_str()), (400, "invalid_parameter"), "{}", r.text());
 }

@@ -43,6 +43,10 @@ fn check_refuses_what_a_start_would_refuse() {
         assert_eq!(code, Some(2), "{cmd}: {text}");
         assert!(text.contains("api.jwks_file"), "{cmd}: {text}");
     }
+    // A device named by mistake is refused, not read for ever.
+    let (code, text) = out(&[("CROUPIER_API__JWKS_FILE", "/dev/zero")], "check");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
     let (code, text) = out(&[("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "0")], "check");
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("worker.claim_interval_ms"), "{text}");

@@ -11,6 +11,7 @@ use crate::fixture::{both_drivers, events, post_signed, total_entries, Fixture, 
 
 both_drivers!(
     m2_connection_cap_closes_the_oldest_idle_connection_for_a_new_one,
+    attack_slow_bodies_do_not_starve_the_data_port,
     m2_body_budget_refuses_with_503_while_spent,
     attack_declared_lengths_alone_do_not_spend_the_body_budget,
     m2_refused_bodies_are_drained_not_kept,
@@ -75,6 +76,37 @@ fn m2_connection_cap_closes_the_oldest_idle_connection_for_a_new_one(driver: Dri
     assert_eq!(upload.reply_within(Duration::from_secs(2)).map(|r| r.status), Some(202));
     assert_eq!(total_entries(&f.redis), 1);
     partial.clear();
+}
+
+/// Black-box finding: requests whose whole head was in (a signed-looking head of a known
+/// game, a refused one with a `Content-Length`) and whose body trickled a byte every half
+/// second held every place until `read_timeout_ms`, with no credentials. With no
+/// connection idle or reading a head, the oldest whose body is arriving is closed for the
+/// new one (it was not acknowledged: nothing stored is lost).
+fn attack_slow_bodies_do_not_starve_the_data_port(driver: Driver) {
+    let f = Fixture::start(driver, |c| {
+        one_shard(c);
+        c.server.max_connections = 2;
+        c.server.read_timeout_ms = 120_000;
+    });
+    let body = padded_batch(4096);
+    let mut slow: Vec<HttpClient> = (0..2)
+        .map(|_| {
+            let mut c = f.client();
+            let mut head =
+                head(body.len(), vec![("X-Game-ID".into(), GAME.into()), ("X-Signature".into(), "0".repeat(64))]);
+            head.extend_from_slice(&body[..10]);
+            c.send_raw(&head);
+            std::thread::sleep(Duration::from_millis(100));
+            c
+        })
+        .collect();
+    let mut probe = f.client();
+    probe.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = probe.reply_within(Duration::from_secs(2)).expect("a new connection served at the cap");
+    assert_eq!(r.status, 200);
+    assert!(slow[0].is_closed(Duration::from_secs(2)), "the oldest slow body was closed");
+    slow.clear();
 }
 
 /// A connection that never sends a byte holds its place for `read_timeout_ms`, not for

@@ -128,6 +128,25 @@ fn default_roles() -> BTreeMap<String, Vec<&'static str>> {
     ])
 }
 
+/// Most bytes of a key file read (a JWKS of a few keys is a few KiB).
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a regular file of at most [`MAX_KEY_FILE_BYTES`] as text (a device or a pipe
+/// named by mistake would be read for ever).
+fn read_small(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(std::io::Error::other(format!("larger than {MAX_KEY_FILE_BYTES} bytes")));
+    }
+    Ok(text)
+}
+
 impl Verifier {
     /// From `[api]`: reads the JWKS file, if any.
     pub fn from_config(api: &Api) -> Result<Verifier, String> {
@@ -138,7 +157,7 @@ impl Verifier {
         };
         let mut rs256 = Vec::new();
         if let Some(path) = &api.jwks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("api.jwks_file: {}: {e}", path.display()))?;
+            let text = read_small(path).map_err(|e| format!("api.jwks_file: {}: {e}", path.display()))?;
             let set: JwkSet =
                 serde_json::from_str(&text).map_err(|e| format!("api.jwks_file: {}: {e}", path.display()))?;
             for jwk in &set.keys {

@@ -149,6 +149,11 @@ impl Filters {
         let u = Self::read(body)?;
         check_id("game_id", &u.game_id)?;
         check_id("env", &u.env)?;
+        // A read's values are trimmed: settings under an untrimmed name could be applied
+        // and never read back.
+        if u.env.trim() != u.env {
+            return Err(ApiError::param("env", "must not begin or end with whitespace"));
+        }
         if !self.games.contains(&u.game_id) {
             return Err(ApiError::param("game_id", format!("{} is not a configured game", u.game_id)));
         }

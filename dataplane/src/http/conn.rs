@@ -24,7 +24,7 @@ use super::handler::{Handler, Request};
 use super::request::{Head, Method};
 use super::response::Response;
 use crate::io::{ReadError, Socket};
-use crate::server::Server;
+use crate::server::{Server, Tier};
 
 /// Buffers reused across the requests of one connection.
 #[derive(Default)]
@@ -61,8 +61,12 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
     let read_timeout = server.limits.read_timeout;
     let idle_timeout = server.limits.idle_timeout;
     let fields = handler.router().fields();
-    let mut sock =
-        if server.limits.evict_busy { Socket::evictable(stream, server.clone()) } else { Socket::new(stream) };
+    // Reads of a body count among incomplete heads (`evict_busy`), or after them.
+    let mut sock = match (server.limits.evict_idle, server.limits.evict_busy) {
+        (true, true) => Socket::evictable(stream, server.clone(), Tier::Head),
+        (true, false) => Socket::evictable(stream, server.clone(), Tier::Body),
+        (false, _) => Socket::new(stream),
+    };
     let mut b = Buffers { input: Vec::with_capacity(INPUT_BYTES), ..Buffers::default() };
     let mut head = Head::default();
     let mut last_active = Instant::now();

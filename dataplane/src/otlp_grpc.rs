@@ -144,7 +144,14 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         };
         drop(place);
         match next {
-            Next::Evicted => break,
+            Next::Evicted => {
+                // No call in progress: a GOAWAY first, so that a call the client is sending
+                // at this moment is retried elsewhere rather than met by a bare close.
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                let flush = async { while conn.accept().await.is_some() {} };
+                let _ = monoio::time::timeout(std::time::Duration::from_millis(200), flush).await;
+                break;
+            }
             Next::Recheck => {}
             Next::Drain => {
                 closing = true;

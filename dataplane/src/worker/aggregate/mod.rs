@@ -626,8 +626,11 @@ impl Aggregator {
 /// The keys to read back after merging sketches (`touched`: kind, game, environment,
 /// period): each online minute alone, and for each day touched, the day's DAU, new-users
 /// and payers keys together (one row of `daily_users`), its level keys and the previous
-/// day's new users (for the live figures: day-1 retention).
+/// day's new users (for the live figures: day-1 retention), and for today the current and
+/// previous online minutes (the online gauge).
 fn read_groups<'a>(touched: impl IntoIterator<Item = (Kind, &'a Arc<str>, &'a Arc<str>, u32)>) -> Vec<Vec<Wanted>> {
+    let now = crate::ingest::now_ms();
+    let (today, now_minute) = (what::day_of(now), what::minute_of(now));
     let mut groups = Vec::new();
     let mut days: HashSet<DayKey> = HashSet::new();
     for (kind, game, env, period) in touched {
@@ -642,6 +645,14 @@ fn read_groups<'a>(touched: impl IntoIterator<Item = (Kind, &'a Arc<str>, &'a Ar
         let mut group: Vec<Wanted> = Kind::ALL.iter().filter(|k| !k.per_minute()).map(|&k| want(k)).collect();
         if let Some(yesterday) = period.checked_sub(1) {
             group.push(Wanted { period: yesterday, table: false, ..want(Kind::New) });
+        }
+        // Today's: the current and previous online minutes too, for the gauge, which a
+        // worker restarted mid-day would otherwise report only with the scope's next
+        // session or heartbeat.
+        if period == today {
+            for minute in [now_minute.saturating_sub(1), now_minute] {
+                group.push(Wanted { kind: Kind::Online, period: minute, table: false, ..want(Kind::Online) });
+            }
         }
         groups.push(group);
     }

@@ -3,7 +3,7 @@
 //! into redis-server, the worker and clickhouse-server; refusals, partial success and the
 //! retry contract; OTLP/gRPC with the SDK's gRPC exporters and raw grpcio calls.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -801,8 +801,13 @@ fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
     let addr = grpc_addr(&f);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
+        // The oldest: a raw connection (the preface and an empty SETTINGS), to see the frames
+        // it gets; the others: idle h2 clients.
+        let mut raw = std::net::TcpStream::connect(addr).expect("connect");
+        raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").expect("preface");
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let mut idle = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..3 {
             let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
             let conn = tokio::spawn(conn);
@@ -830,11 +835,18 @@ fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
         let status =
             tokio::time::timeout(Duration::from_secs(2), call).await.expect("a new exporter served at the cap");
         assert_eq!(status, http::StatusCode::OK);
-        // The oldest idle connection was the one closed.
-        let (_, oldest) = idle.remove(0);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(1), oldest).await.is_ok(),
-            "the oldest idle connection is open"
-        );
+        // The oldest idle connection was the one closed, after a GOAWAY (frame type 7).
+        raw.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut got = Vec::new();
+        let _ = raw.read_to_end(&mut got);
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+            types.push(got[at + 3]);
+            at += 9 + len;
+        }
+        assert!(types.contains(&7), "frames before the close: {types:?}");
+        drop(idle);
     });
 }

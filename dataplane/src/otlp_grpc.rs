@@ -97,12 +97,7 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
     // At the connection cap (`evict_idle`), a connection still in its handshake is closed
     // for a new one when none is idle, as an incomplete HTTP/1 head is.
     let place = limits.evict_idle.then(|| server.idle.wait_head());
-    let evicted = async {
-        match &place {
-            Some(p) => p.evicted().await,
-            None => std::future::pending().await,
-        }
-    };
+    let evicted = crate::server::evicted(&place);
     let shaken = monoio::select! {
         biased;
         _ = evicted => None,
@@ -129,10 +124,10 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         let idle = limits.evict_idle && calls.get() == 0;
         let place = idle.then(|| server.idle.wait());
         let evicted = async {
-            match &place {
-                Some(p) => p.evicted().await,
-                None if limits.evict_idle && calls.get() > 0 => monoio::time::sleep(RECHECK).await,
-                None => std::future::pending().await,
+            if place.is_none() && limits.evict_idle && calls.get() > 0 {
+                monoio::time::sleep(RECHECK).await
+            } else {
+                crate::server::evicted(&place).await
             }
         };
         let next = monoio::select! {

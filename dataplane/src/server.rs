@@ -169,6 +169,15 @@ impl IdlePlace<'_> {
     }
 }
 
+/// Completes once `place`'s connection has been chosen to close; never without a place
+/// (a listener that does not close connections at the cap).
+pub async fn evicted(place: &Option<IdlePlace<'_>>) {
+    match place {
+        Some(p) => p.evicted().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Drop for IdlePlace<'_> {
     fn drop(&mut self) {
         self.idle.map(self.tier).borrow_mut().remove(&self.key);

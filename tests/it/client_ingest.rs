@@ -515,6 +515,16 @@ fn filters_stored_without_a_file_are_applied_by_the_process() {
         );
         assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#.to_owned()));
     };
+    let read = |env: &str| {
+        let r = HttpClient::connect(p.control).request(
+            "GET",
+            &format!("/api/analytics/filters?game_id={GAME}&env={env}"),
+            &manage,
+            b"",
+        );
+        let got: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        (r, got)
+    };
     store(json!({"game_id": GAME, "env": "prod", "events": ["login"]}));
     ok(&send("prod"), 1, 1);
     ok(&send("dev"), 2, 0);
@@ -522,13 +532,7 @@ fn filters_stored_without_a_file_are_applied_by_the_process() {
     store(json!({"game_id": GAME, "env": "", "events": ["level_start"]}));
     ok(&send("dev"), 1, 1);
     ok(&send("prod"), 1, 1);
-    let r = HttpClient::connect(p.control).request(
-        "GET",
-        &format!("/api/analytics/filters?game_id={GAME}&env=dev"),
-        &manage,
-        b"",
-    );
-    let got: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    let (r, got) = read("dev");
     assert_eq!(
         (r.status, got),
         (200, json!({"events": ["level_start"], "payments_enabled": true, "sample_global": 100})),
@@ -539,13 +543,7 @@ fn filters_stored_without_a_file_are_applied_by_the_process() {
     // it: fields it leaves out keep the game's.
     store(json!({"game_id": GAME, "env": "", "events": [], "payments_enabled": false}));
     store(json!({"game_id": GAME, "env": "qa", "events": [], "sample_global": 50}));
-    let r = HttpClient::connect(p.control).request(
-        "GET",
-        &format!("/api/analytics/filters?game_id={GAME}&env=qa"),
-        &manage,
-        b"",
-    );
-    let got: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    let (r, got) = read("qa");
     assert_eq!(got, json!({"events": [], "payments_enabled": false, "sample_global": 50}), "{}", r.text());
     // Names a read would trim are refused: settings stored under them could not be read back.
     let r = HttpClient::connect(p.control).request(

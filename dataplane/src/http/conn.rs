@@ -112,12 +112,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                             }
                         });
                         let stop = async {
-                            let evicted = async {
-                                match &place {
-                                    Some(p) => p.evicted().await,
-                                    None => std::future::pending().await,
-                                }
-                            };
+                            let evicted = crate::server::evicted(&place);
                             monoio::select! {
                                 _ = server.drain.idle_past_grace(last_active) => {},
                                 _ = evicted => {},
@@ -210,12 +205,7 @@ async fn write(sock: &mut Socket, out: &mut Vec<u8>, resp: Response, server: &Se
     drop(resp);
     let deadline = Instant::now() + server.limits.read_timeout;
     let place = server.limits.evict_busy.then(|| server.idle.wait_head());
-    let evicted = async {
-        match &place {
-            Some(p) => p.evicted().await,
-            None => std::future::pending().await,
-        }
-    };
+    let evicted = crate::server::evicted(&place);
     // Dropping an unfinished write cancels it; the connection then closes.
     let data = std::mem::take(out);
     monoio::select! {

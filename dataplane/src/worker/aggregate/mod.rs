@@ -651,7 +651,7 @@ fn read_groups<'a>(touched: impl IntoIterator<Item = (Kind, &'a Arc<str>, &'a Ar
         // session or heartbeat.
         if period == today {
             for minute in [now_minute.saturating_sub(1), now_minute] {
-                group.push(Wanted { kind: Kind::Online, period: minute, table: false, ..want(Kind::Online) });
+                group.push(Wanted { period: minute, table: false, ..want(Kind::Online) });
             }
         }
         groups.push(group);

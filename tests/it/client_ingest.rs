@@ -430,65 +430,18 @@ fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }
 
-/// A `croupier ingest` process (data port and control port, one shard), killed when dropped.
-struct IngestProcess {
-    child: std::process::Child,
-    data: std::net::SocketAddr,
-    control: std::net::SocketAddr,
-}
-
-impl Drop for IngestProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `croupier ingest` on `redis` with game `GAME`'s write key `KEY`, no filters file.
-fn ingest_process(redis: &croupier_it::redis::RedisServer) -> IngestProcess {
-    let (data, control) = (croupier_it::free_port(), croupier_it::free_port());
-    let (data, control): (std::net::SocketAddr, std::net::SocketAddr) =
-        (format!("127.0.0.1:{data}").parse().expect("addr"), format!("127.0.0.1:{control}").parse().expect("addr"));
-    let child = std::process::Command::new(crate::pipeline::CROUPIER)
-        .arg("ingest")
-        .envs([
-            ("CROUPIER_SERVER__LISTEN", data.to_string()),
-            ("CROUPIER_CONTROL__LISTEN", control.to_string()),
-            ("CROUPIER_SERVER__SHARDS", "1".into()),
-            ("CROUPIER_SERVER__PIN", "false".into()),
-            ("CROUPIER_SERVER__DRIVER", "epoll".into()),
-            ("CROUPIER_REDIS__ADDR", redis.addr()),
-            ("CROUPIER_OTLP__LISTEN", "127.0.0.1:0".into()),
-            ("CROUPIER_OTLP__GRPC_LISTEN", "127.0.0.1:0".into()),
-            ("CROUPIER_API__JWT_SECRET", JWT_SECRET.into()),
-            ("CROUPIER_GAMES__g1__SECRET", "a-secret-of-game-one".into()),
-            ("CROUPIER_GAMES__g1__WRITE_KEYS", format!(r#"["{KEY}"]"#)),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start croupier ingest");
-    let p = IngestProcess { child, data, control };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = std::net::TcpStream::connect(data).is_ok()
-            && std::net::TcpStream::connect(control).is_ok()
-            && HttpClient::connect(data).request("GET", "/readyz", &[], b"").status == 200;
-        if ready {
-            return p;
-        }
-        assert!(std::time::Instant::now() < deadline, "croupier ingest not ready within 10 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Without `api.filters_file`, the filters `POST /api/analytics/filters` stores are the
 /// ones the process's client ingest applies, at once; `GET` answers what it applies to an
 /// environment without settings of its own (the game's for every environment).
 #[test]
 fn filters_stored_without_a_file_are_applied_by_the_process() {
     let redis = croupier_it::redis::RedisServer::start();
-    let p = ingest_process(&redis);
+    let write_keys = format!(r#"["{KEY}"]"#);
+    let p = crate::control::ingest_on(
+        &redis,
+        &[("CROUPIER_API__JWT_SECRET", JWT_SECRET), (&format!("CROUPIER_GAMES__{GAME}__WRITE_KEYS"), &write_keys)],
+    );
+    p.wait_data_ready();
     let t = now_secs();
     let body =
         format!(r#"[{{"ts":{t},"event":"login","user_id":"a"}},{{"ts":{t},"event":"level_start","user_id":"b"}}]"#);

@@ -1238,6 +1238,7 @@ impl Config {
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms, "a timeout"),
             ("redis.reply_timeout_ms", self.redis.reply_timeout_ms, "a timeout"),
             ("redis.backlog_poll_ms", self.redis.backlog_poll_ms, "an interval"),
+            ("redis.retry_after_secs", self.redis.retry_after_secs, "a delay"),
             ("clickhouse.timeout_ms", self.clickhouse.timeout_ms, "a timeout"),
             ("worker.shards", w.shards as u64, "a count"),
             ("worker.batch_rows", w.batch_rows as u64, "a count"),
@@ -1248,6 +1249,7 @@ impl Config {
             ("api.query_timeout_ms", self.api.query_timeout_ms, "a timeout"),
             ("api.max_queries_in_flight", self.api.max_queries_in_flight as u64, "a count"),
             ("api.audit_flush_ms", self.api.audit_flush_ms, "an interval"),
+            ("api.audit_max_pending", self.api.audit_max_pending as u64, "a count"),
         ] {
             if value == 0 {
                 return Err(err(key, format!("expected {what} greater than 0")));
@@ -1646,7 +1648,14 @@ fn apply_override(root: &mut toml::Table, rest: &str, raw: &str) -> Result<Strin
     }
     let dotted = path.join(".");
     let verbatim = VERBATIM.contains(&dotted.as_str()) || is_secret(&dotted);
-    let value = format!("v = {raw}")
+    // Decimal digits with leading zeros (`01`) are a number to a shell user, not to TOML.
+    let zero_led = raw.len() > 1 && raw.starts_with('0') && raw.bytes().all(|b| b.is_ascii_digit());
+    let number = match raw.trim_start_matches('0') {
+        "" if zero_led => "0",
+        digits if zero_led => digits,
+        _ => raw,
+    };
+    let value = format!("v = {number}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -2159,6 +2168,7 @@ mod tests {
             "REDIS__CONNECT_TIMEOUT_MS",
             "REDIS__REPLY_TIMEOUT_MS",
             "REDIS__BACKLOG_POLL_MS",
+            "REDIS__RETRY_AFTER_SECS",
             "CLICKHOUSE__TIMEOUT_MS",
             "WORKER__SHARDS",
             "WORKER__BATCH_ROWS",
@@ -2169,6 +2179,7 @@ mod tests {
             "API__QUERY_TIMEOUT_MS",
             "API__MAX_QUERIES_IN_FLIGHT",
             "API__AUDIT_FLUSH_MS",
+            "API__AUDIT_MAX_PENDING",
             "STREAMS__EVENTS__RETENTION_EVENTS",
         ] {
             let name = format!("CROUPIER_{key}");
@@ -2224,6 +2235,19 @@ mod tests {
             (c.worker.consumer.as_str(), c.clickhouse.database.as_str(), c.clickhouse.user.as_str()),
             ("7", "2024", "true")
         );
+        // Digits with leading zeros are a number for a number key, the text itself for a text key.
+        let c = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_SERVER__SHARDS", "02"),
+                ("CROUPIER_WORKER__SHARDS", "001"),
+                ("CROUPIER_WORKER__CONSUMER", "007"),
+            ]),
+        )
+        .expect("leading zeros");
+        assert_eq!((c.server.shards, c.worker.shards, c.worker.consumer.as_str()), (2, 1, "007"));
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__SHARDS", "00")])).expect_err("zero");
+        assert_eq!(e.key, "worker.shards", "{e}");
         // A clash of listeners from the environment names the variable.
         let c = Config::load(
             None,

@@ -16,7 +16,8 @@ commands:
             --drop-user-days-view, also drop the view earlier versions filled
             analytics.user_days with (once every worker runs this version: docs/deploy.md)
   check     load and check the configuration (with what ingest and run check at start:
-            the listeners' ports apart, api.jwks_file readable), then exit
+            the listeners' ports apart, api.jwks_file readable), then exit; with
+            --for worker, as `croupier worker` checks it (no ingest listeners)
   version   print the version (also --version)
   demo      the whole pipeline on local redis-server and clickhouse-server, driven by
             simulated players, with a live screen (croupier demo --help)
@@ -47,9 +48,18 @@ fn run() -> ExitCode {
     }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     let mut drop_view = false;
+    // The role `check` checks for: every role (`run`) unless told.
+    let mut role = command.clone();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--drop-user-days-view" if command == "migrate" => drop_view = true,
+            "--for" if command == "check" => match args.next() {
+                Some(r) if matches!(r.as_str(), "ingest" | "worker" | "run") => role = r,
+                _ => {
+                    eprintln!("croupier: --for needs one of ingest, worker, run\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "--config" | "-c" => match args.next() {
                 Some(p) => config_path = Some(PathBuf::from(p)),
                 None => {
@@ -91,7 +101,7 @@ fn run() -> ExitCode {
     // What a serving process would refuse at start, refused before it binds anything
     // (and by `check`, which checks for every role).
     if matches!(command.as_str(), "check" | "ingest" | "run" | "worker") {
-        if let Err(e) = startable(&config, command != "worker") {
+        if let Err(e) = startable(&config, role != "worker") {
             eprintln!("croupier: {e}");
             return ExitCode::from(2);
         }

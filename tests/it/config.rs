@@ -27,7 +27,7 @@ fn env_a_bad_override_names_the_variable() {
 fn check_refuses_what_a_start_would_refuse() {
     let out = |vars: &[(&str, &str)], cmd: &str| {
         let o = std::process::Command::new(crate::pipeline::CROUPIER)
-            .arg(cmd)
+            .args(cmd.split(' '))
             .env_clear()
             .envs(env(vars))
             .output()
@@ -38,6 +38,15 @@ fn check_refuses_what_a_start_would_refuse() {
         out(&[("CROUPIER_SERVER__LISTEN", "127.0.0.1:9100"), ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:9100")], "check");
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("control.listen") && text.contains("CROUPIER_CONTROL__LISTEN"), "{text}");
+    // A worker binds no ingest listener: checked as a worker, the same file is fine.
+    let (code, text) = out(
+        &[("CROUPIER_SERVER__LISTEN", "127.0.0.1:9100"), ("CROUPIER_CONTROL__LISTEN", "127.0.0.1:9100")],
+        "check --for worker",
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = out(&[], "check --for everything");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--for needs one of ingest, worker, run"), "{text}");
     for cmd in ["check", "ingest", "worker"] {
         let (code, text) = out(&[("CROUPIER_API__JWKS_FILE", "/nonexistent/jwks.json")], cmd);
         assert_eq!(code, Some(2), "{cmd}: {text}");

@@ -460,6 +460,32 @@ fn custom_entries_the_events_consumer_holds_are_not_claimed_from_it() {
     assert_eq!(xlen(&p.ingest.redis, "analytics:custom:dead"), 0);
 }
 
+/// The events consumer gathers a batch holding a custom entry and loses its Redis
+/// connection before the batch closes: the batch is let go, its entries still pending
+/// under the consumer's name. The custom entry is no longer in the events consumer's
+/// hands, so the custom consumer claims it once idle and it lands. (Left marked as held,
+/// every claim gave it back to a holder that had dropped it: it waited for a restart.)
+#[test]
+fn a_custom_entry_of_a_batch_cut_short_by_a_lost_connection_is_claimed_and_lands() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(&[
+        ("CROUPIER_WORKER__LINGER_MS", "2500"),
+        ("CROUPIER_WORKER__CLAIM_IDLE_MS", "6000"),
+        ("CROUPIER_WORKER__CLAIM_INTERVAL_MS", "200"),
+    ]);
+    // Let the consumers start and settle into their blocking reads.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut c = p.ingest.client();
+    let body = format!("[{}]", event("boss_killed", "cut-1"));
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes()).status, 202);
+    p.wait_for(1, "the custom entry read", |p| p.pending("analytics:custom") as u64);
+    // The batch is still gathering (a 2.5 s linger): every connection of the worker cut.
+    p.ingest.redis.client().cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    p.wait_for(1, "the custom event in ClickHouse", Pipeline::distinct_events);
+    p.wait_for(0, "pending custom", |p| p.pending("analytics:custom") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:custom:dead"), 0);
+}
+
 /// Custom entries a killed worker left pending under its consumer name are recovered by
 /// the custom consumer after the start, while new custom entries arrive and are read by
 /// the events consumer: every event lands once. `user_days` sums what it is sent, so an

@@ -610,7 +610,10 @@ impl Reader {
                     break;
                 }
                 if pause >= left {
-                    let (last, _) = self.read(None, self.count(rows, bytes)).await?;
+                    let (last, _) = match self.read(None, self.count(rows, bytes)).await {
+                        Ok(read) => read,
+                        Err(e) => return Err(self.let_go(&batch, e)),
+                    };
                     rows = rows.saturating_add(last.iter().map(entry_rows).sum::<usize>());
                     batch.extend(last);
                     break;
@@ -622,7 +625,10 @@ impl Reader {
             }
             // A long linger is waited out in reads of at most the idle block each.
             let block = left.min(self.cfg.idle_block);
-            let (more, short_read) = self.read(Some(block), self.count(rows, bytes)).await?;
+            let (more, short_read) = match self.read(Some(block), self.count(rows, bytes)).await {
+                Ok(read) => read,
+                Err(e) => return Err(self.let_go(&batch, e)),
+            };
             // An empty read blocked until the close or the idle block: nothing to pace.
             short = !more.is_empty() && short_read;
             rows = rows.saturating_add(more.iter().map(entry_rows).sum::<usize>());
@@ -630,6 +636,17 @@ impl Reader {
             batch.extend(more);
         }
         Ok((batch, rows))
+    }
+
+    /// Lets go of a batch whose gathering a failed read cut short (returns the read's
+    /// error). Its entries stay pending under the consumer's name: its own stream's are
+    /// recovered after the failure, and the joined stream's are no longer in its hands,
+    /// so that stream's consumer claims them once idle (left marked as held, every claim
+    /// would give them back, and they would wait for a restart).
+    fn let_go(&self, batch: &[Entry], error: String) -> String {
+        let joined: Vec<&str> = batch.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()).collect();
+        self.join.released(&joined);
+        error
     }
 }
 

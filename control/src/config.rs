@@ -1257,17 +1257,24 @@ impl Config {
         }
         // `redis.addr` is unused with cluster seed nodes or sentinels; `clickhouse.addr` with shards.
         let direct = self.redis.cluster.is_empty() && self.redis.sentinels.is_empty();
-        // ClickHouse's may list several servers, comma-separated (the first that answers).
-        let addrs = [
-            ("redis.addr", &self.redis.addr, direct, false),
-            ("clickhouse.addr", &self.clickhouse.addr, !self.clickhouse.is_cluster(), true),
-        ];
-        for (key, addr, _, several) in addrs.into_iter().filter(|a| a.2) {
-            let mut listed: Vec<&str> = vec![addr.as_str()];
-            if several {
-                listed = addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+        // One server each: ClickHouse's replicas are listed per shard (`clickhouse.shards`);
+        // a list here would spread rows over servers that share nothing.
+        for (key, addr, used) in [
+            ("redis.addr", &self.redis.addr, direct),
+            ("clickhouse.addr", &self.clickhouse.addr, !self.clickhouse.is_cluster()),
+        ] {
+            if used && addr.contains(',') {
+                return Err(err(
+                    key,
+                    format!(
+                        "expected one host:port, not the list {addr:?} (a server's replicas are listed in \
+                         clickhouse.shards with clickhouse.cluster: docs/clickhouse-cluster.md)"
+                    ),
+                ));
             }
-            if listed.is_empty() || !listed.iter().all(|a| is_host_port(a)) {
+            // ClickHouse's client trims the address; Redis's takes it as given.
+            let addr_as_read = if key == "clickhouse.addr" { addr.trim() } else { addr.as_str() };
+            if used && !is_host_port(addr_as_read) {
                 return Err(err(key, format!("expected host:port (a port from 1 to 65535), not {addr:?}")));
             }
         }
@@ -2210,9 +2217,12 @@ mod tests {
         for good in ["redis:6379", "10.0.0.1:6379", "[::1]:6379", "my-redis.svc.cluster.local:6380"] {
             assert!(Config::load(None, env(&[("CROUPIER_REDIS__ADDR", good)])).is_ok(), "{good}");
         }
-        for good in ["ch1:9000, ch2:9000", "ch1:9000,"] {
-            assert!(Config::load(None, env(&[("CROUPIER_CLICKHOUSE__ADDR", good)])).is_ok(), "{good}");
+        // One server: a list would split the rows between servers that share nothing.
+        for list in ["ch1:9000, ch2:9000", "ch1:9000,"] {
+            let e = Config::load(None, env(&[("CROUPIER_CLICKHOUSE__ADDR", list)])).expect_err(list);
+            assert!(e.key == "clickhouse.addr" && e.to_string().contains("clickhouse.shards"), "{e}");
         }
+        assert!(Config::load(None, env(&[("CROUPIER_CLICKHOUSE__ADDR", " ch1:9000 ")])).is_ok());
         assert!(Config::load(None, env(&[("CROUPIER_REDIS__ADDR", "a:6379,b:6379")])).is_err(), "one Redis");
         // Unused with cluster seed nodes.
         let cluster = [

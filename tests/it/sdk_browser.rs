@@ -37,7 +37,7 @@ fn sdk_js_unit_tests_and_bundle_size() {
     assert!(text.contains("croupier.min.js") && text.contains("limit 6144"), "{text}");
     let out = node(&["--test", "test/"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("# fail 0") && text.contains("# pass 12"), "{text}");
+    assert!(text.contains("# fail 0") && text.contains("# pass 19"), "{text}");
 }
 
 #[test]
@@ -65,6 +65,8 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
         "{seen}"
     );
     assert_eq!(seen["c"]["queuedAtClose"].as_u64(), Some(7), "{seen}");
+    // The one record over the server's props limit refused alone, and told.
+    assert_eq!(seen["b"]["errors"], serde_json::json!([["refused", 400, 1]]), "{seen}");
 
     let count = |user: &str, event: &str| {
         p.scalar(&format!(
@@ -72,7 +74,7 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
         ))
     };
     // Each page's events, every one once: rows = distinct event ids.
-    let fixed: u64 = 4 + 1 + (1 + 5 + 1) + (1 + 7 + 1);
+    let fixed: u64 = 4 + 1 + (1 + 5 + 1) + (1 + 7 + 1) + (1 + 19 + 1 + 1);
     p.wait_for(1, "the session's payment", |p| {
         p.scalar(&format!(
             "SELECT count() FROM analytics.payments WHERE order_id = '{run}-order' AND user_id = '{run}-s' AND amount_cents = 499 AND currency = 'USD' AND product_id = 'gems_100'"
@@ -93,10 +95,20 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
         ("c", "session_start", 1),
         ("c", "level_fail", 7),
         ("c", "session_end", 1),
+        ("b", "session_start", 1),
+        ("b", "level_start", 19),
+        ("b", "level_fail", 0),
+        ("b", "nick_set", 1),
+        ("b", "session_end", 1),
     ] {
         assert_eq!(count(user, event), n, "{user} {event}");
     }
     assert!(count("s", "heartbeat") >= 1, "no heartbeat");
+    // The name cut inside an emoji: its lone surrogate sent as U+FFFD.
+    let nick = p.scalar(&format!(
+        "SELECT count() FROM analytics.events WHERE user_id = '{run}-b' AND event = 'nick_set' AND props_json = '{{\"nick\":\"Ace\u{fffd}\"}}'"
+    ));
+    assert_eq!(nick, 1, "the nick stored with U+FFFD");
     let total = p.scalar(&format!("SELECT count() FROM analytics.events WHERE user_id LIKE '{run}-%'"));
     let distinct = p.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE user_id LIKE '{run}-%'"));
     assert_eq!(total, distinct, "an event stored twice");

@@ -11,6 +11,9 @@
 //      the queue delivered
 //   c: a batch still queued (large batch, long interval) when the page is closed →
 //      sendBeacon delivers it
+//   b: more than the 64 KiB Chromium sends with keepalive queued at once, a name cut
+//      inside an emoji (a lone surrogate), and one record the server refuses (props over
+//      32 KiB) → every other record stored, the refused one told to onError
 // Prints one JSON object: what each page saw.
 import { createServer } from "node:http";
 import { readFileSync } from "node:fs";
@@ -82,6 +85,19 @@ try {
   await ctx.setOffline(false);
   await drained(o);
   await o.close({ runBeforeUnload: true });
+
+  // b: large bodies, a lone surrogate, a refused record.
+  const b = await open("b", { batchSize: 100, flushInterval: 100, heartbeatInterval: 0 });
+  await b.evaluate(() => {
+    window.errors = [];
+    window.client.c.onError = (e) => window.errors.push(e);
+    for (let i = 0; i < 19; i++) Croupier.track("level_start", { level: i, pad: "x".repeat(4000) });
+    Croupier.track("level_fail", { level: 99, pad: "y".repeat(40000) });
+    Croupier.track("nick_set", { nick: "Ace\u{1f3b2}".slice(0, 4) });
+  });
+  await drained(b);
+  out.b = { errors: await b.evaluate(() => window.errors.map((e) => [e.reason, e.status, e.records])) };
+  await b.close({ runBeforeUnload: true });
 
   // c: closed with a batch still queued.
   const c = await open("c", { batchSize: 100, flushInterval: 60000, heartbeatInterval: 0 });

@@ -21,7 +21,10 @@ export interface Config {
   appVersion?: string;
   /** Channel column. */
   channel?: string;
-  /** Events per request; a full batch is sent at once (default 20). */
+  /**
+   * Records per request; a full batch is sent at once (default 20). A request also stays
+   * under 60 KiB of JSON, so that the browser sends it with `keepalive`.
+   */
   batchSize?: number;
   /** Longest wait before a partial batch is sent, ms (default 5000). */
   flushInterval?: number;
@@ -37,6 +40,23 @@ export interface Config {
   storage?: Pick<Storage, "getItem" | "setItem"> | null;
   /** The fetch function (default globalThis.fetch). */
   fetch?: typeof fetch;
+  /**
+   * Told of records that are not sent: refused by the server for good, or not queued
+   * (props that are not JSON, a bad event name or purchase). Default: `console.warn`.
+   */
+  onError?: (e: SendError) => void;
+}
+
+/** Records the SDK did not store, and why. */
+export interface SendError {
+  /** `refused` (the server's answer), `invalid` (not queued: what is wrong is in `message`). */
+  reason: "refused" | "invalid";
+  /** The HTTP status of a refusal. */
+  status?: number;
+  /** The server's answer, or what is wrong with the record. */
+  message: string;
+  /** How many records. */
+  records: number;
 }
 
 /** A purchase: stored as a payment (the game must allow payments from write keys) and a `purchase` event. */
@@ -61,6 +81,47 @@ interface Beacon {
 interface Item {
   k: "e" | "p";
   r: Rec;
+  /** Bytes of the record's JSON (computed again for items stored without it). */
+  n?: number;
+}
+
+/** Most bytes of JSON in a request: under the 64 KiB a browser allows `keepalive` and beacons. */
+const MAX_BODY = 60 * 1024;
+/** The largest body the browser sends with `keepalive` (it refuses a larger one). */
+const KEEPALIVE = 64 * 1024;
+
+/** Bytes of `s` in UTF-8. */
+function bytes(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x800) n += c >= 0xd800 && c < 0xdc00 ? 1 : 2;
+    else if (c >= 0x80) n += 1;
+  }
+  return n;
+}
+
+/** `s` with each lone UTF-16 surrogate replaced by U+FFFD (the server refuses lone ones). */
+export function wellFormed(s: string): string {
+  return s.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd");
+}
+
+/** The record as JSON: strings well formed (keys too), what JSON cannot hold left out as JSON.stringify does. */
+function encode(r: Rec): string {
+  return JSON.stringify(r, function (this: unknown, _k: string, v: unknown) {
+    if (typeof v === "string") return wellFormed(v);
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      const o: Rec = {};
+      let changed = false;
+      for (const key of Object.keys(v)) {
+        const w = wellFormed(key);
+        changed = changed || w !== key;
+        o[w] = (v as Rec)[key];
+      }
+      return changed ? o : v;
+    }
+    return v;
+  });
 }
 
 const EVENTS = "/api/analytics/ingest";
@@ -89,7 +150,7 @@ export function backoff(attempt: number, retryAfter: string | null, max: number)
 
 /** A client of one game. Most pages use the module functions, which share one. */
 export class Client {
-  readonly c: Required<Omit<Config, "userId" | "appVersion" | "channel" | "storage" | "fetch">> & Config;
+  readonly c: Required<Omit<Config, "userId" | "appVersion" | "channel" | "storage" | "fetch" | "onError">> & Config;
   queue: Item[] = [];
   user: string;
   /** The session's id: a new one when the page comes back from the back/forward cache. */
@@ -104,6 +165,13 @@ export class Client {
   private closed = false;
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
+  /**
+   * Records per request now: `batchSize`, halved while a refused batch is split to find
+   * the records the server refuses, and capped by the most the server takes in one
+   * request (its answer says so).
+   */
+  private limit: number;
+  private cap = Infinity;
   /**
    * Bodies handed to sendBeacon by earlier pages (stored when this page started), kept
    * until a fetch of the same bytes is answered: a beacon gets no answer, and the server
@@ -126,6 +194,7 @@ export class Client {
       autoSession: true,
       ...config,
     };
+    this.limit = Math.max(1, Math.floor(this.c.batchSize) || 1);
     this.qkey = `croupier:${config.game}:queue`;
     this.bkey = `croupier:${config.game}:beacons`;
     this.user = config.userId || "";
@@ -141,8 +210,11 @@ export class Client {
     }
     this.device = device;
     try {
-      const saved = s?.getItem(this.qkey);
-      if (saved) this.queue = JSON.parse(saved) as Item[];
+      const saved: unknown = JSON.parse(s?.getItem(this.qkey) || "[]");
+      // What an earlier page (or another script) left: records only.
+      this.queue = Array.isArray(saved)
+        ? (saved as Item[]).filter((i) => i && (i.k === "e" || i.k === "p") && i.r && typeof i.r === "object")
+        : [];
     } catch {
       this.queue = [];
     }
@@ -182,7 +254,7 @@ export class Client {
 
   private save(): void {
     try {
-      this.store()?.setItem(this.qkey, JSON.stringify(this.queue));
+      this.store()?.setItem(this.qkey, JSON.stringify(this.queue.map((i) => ({ k: i.k, r: i.r }))));
     } catch {
       /* full or denied: the queue lives in memory only */
     }
@@ -221,11 +293,32 @@ export class Client {
     }
   }
 
-  private push(k: "e" | "p", r: Rec): void {
-    this.queue.push({ k, r });
+  /** Tells `onError` (else the console) of records not stored. */
+  private report(e: SendError): void {
+    try {
+      if (this.c.onError) this.c.onError(e);
+      else (globalThis as { console?: Console }).console?.warn("croupier:", e.message, e);
+    } catch {
+      /* the page's handler failed: nothing more to do */
+    }
+  }
+
+  /** Queues a record as JSON can carry it (false, and reported, when it cannot). */
+  private push(k: "e" | "p", rec: Rec): boolean {
+    let text: string;
+    try {
+      text = encode(rec);
+    } catch (e) {
+      this.report({ reason: "invalid", message: `not JSON (${String(e)}): not queued`, records: 1 });
+      return false;
+    }
+    // A copy: what the page changes afterwards is not what was tracked.
+    const r = JSON.parse(text) as Rec;
+    this.queue.push({ k, r, n: bytes(text) });
     if (this.queue.length > this.c.maxQueue) this.queue.splice(0, this.queue.length - this.c.maxQueue);
     this.save();
-    if (this.queue.length >= this.c.batchSize && !this.wait) void this.flush();
+    if (this.queue.length >= this.limit && !this.wait) void this.flush();
+    return true;
   }
 
   private base(): Rec {
@@ -246,6 +339,10 @@ export class Client {
   /** Queues an event. */
   track(event: string, props?: Record<string, unknown>): void {
     if (this.closed) return;
+    if (typeof event !== "string" || !event || bytes(event) > 128) {
+      this.report({ reason: "invalid", message: `event name must be 1 to 128 bytes: ${String(event)}`, records: 1 });
+      return;
+    }
     const r = this.base();
     r.event = event;
     r.event_id = uuid();
@@ -260,17 +357,37 @@ export class Client {
 
   /** Queues a payment and a `purchase` event. */
   purchase(p: Purchase): void {
+    const status = p.status ?? "success";
+    const bad = !p.orderId || typeof p.orderId !== "string"
+      ? "orderId must be a non-empty string"
+      : !Number.isInteger(p.amountCents) || p.amountCents < 1 || p.amountCents > 1e12
+        ? "amountCents must be an integer from 1 to 10^12 (minor units)"
+        : typeof p.currency !== "string" || !/^[A-Z]{3}$/.test(p.currency)
+          ? "currency must be three upper-case letters (ISO 4217)"
+          : !["success", "refunded", "failed"].includes(status)
+            ? "status must be success, refunded or failed"
+            : "";
+    if (bad) {
+      this.report({ reason: "invalid", message: `purchase ${String(p.orderId)}: ${bad}; not queued`, records: 2 });
+      return;
+    }
     const pay = this.base();
     pay.user_id = this.user || this.device;
     pay.order_id = p.orderId;
     pay.amount_cents = p.amountCents;
     pay.currency = p.currency;
-    pay.status = p.status ?? "success";
+    pay.status = status;
     if (p.productId) pay.product_id = p.productId;
     delete pay.session_id;
     delete pay.device_id;
-    this.push("p", pay);
-    this.track("purchase", { order_id: p.orderId, amount_cents: p.amountCents, currency: p.currency, product_id: p.productId });
+    if (!this.push("p", pay)) return;
+    this.track("purchase", {
+      order_id: p.orderId,
+      amount_cents: p.amountCents,
+      currency: p.currency,
+      product_id: p.productId,
+      status,
+    });
   }
 
   private schedule(ms: number): void {
@@ -290,16 +407,29 @@ export class Client {
       // An earlier page's beacons first, as they were.
       while (this.beacons.length && !this.closed) {
         const b = this.beacons[0];
-        const ok = await this.post(b.k, b.body, () => {
+        const forget = () => {
           this.beacons = this.beacons.filter((x) => x !== b);
           this.saveBeacons([], [b.body]);
+        };
+        const ok = await this.post(b.k, b.body, 0, forget, () => {
+          // Refused as a whole: its records go back in the queue, where a refused batch is split.
+          let records: unknown;
+          try {
+            records = JSON.parse(b.body);
+          } catch {
+            records = [];
+          }
+          const list = Array.isArray(records) ? (records as Rec[]) : [];
+          if (list.length < 2) return false;
+          forget();
+          this.queue = [...list.map((r) => ({ k: b.k, r })), ...this.queue];
+          this.save();
+          return true;
         });
         if (!ok) return;
       }
       while (this.queue.length && !this.closed) {
-        const k = this.queue[0].k;
-        const batch = this.queue.filter((i) => i.k === k).slice(0, this.c.batchSize);
-        const ok = await this.send(k, batch);
+        const ok = await this.send(this.queue[0].k, this.next(this.queue[0].k));
         if (!ok) return;
       }
     } finally {
@@ -307,38 +437,90 @@ export class Client {
     }
   }
 
+  /**
+   * The next batch of kind `k` from the queue: at most `limit` records and `MAX_BODY`
+   * bytes of JSON (one record at least, however large).
+   */
+  private next(k: "e" | "p", from: Item[] = this.queue, limit = this.limit): Item[] {
+    const batch: Item[] = [];
+    let size = 2;
+    for (const i of from) {
+      if (i.k !== k) continue;
+      if (i.n === undefined) i.n = bytes(JSON.stringify(i.r));
+      if (batch.length && (batch.length >= limit || size + i.n + 1 > MAX_BODY)) break;
+      batch.push(i);
+      size += i.n + 1;
+    }
+    return batch;
+  }
+
   /** Posts one batch: true when the queue may go on (sent, or refused for good). */
   private async send(k: "e" | "p", batch: Item[]): Promise<boolean> {
     const body = JSON.stringify(batch.map((i) => i.r));
     this.inflight = { k, batch, body };
-    return this.post(k, body, () => {
+    const drop = () => {
       this.queue = this.queue.filter((i) => !batch.includes(i));
+    };
+    return this.post(k, body, batch.length, drop, () => {
+      if (batch.length < 2) return false;
+      // Split: the records the server refuses are found and dropped alone.
+      this.limit = Math.ceil(batch.length / 2);
+      return true;
     });
   }
 
-  /** Posts `body`; `done` lets it go once answered for good. True when sending may go on. */
-  private async post(k: "e" | "p", body: string, done: () => void): Promise<boolean> {
+  /**
+   * Posts `body` (`records` records; 0: unknown). `done` lets it go once stored or
+   * refused for good; `split`, on a refusal of its content (400, 413), may keep it to
+   * send in smaller parts (true). True when sending may go on.
+   */
+  private async post(
+    k: "e" | "p",
+    body: string,
+    records: number,
+    done: () => void,
+    split: () => boolean,
+  ): Promise<boolean> {
     const f = this.c.fetch ?? globalThis.fetch;
     let status = 0;
     let retryAfter: string | null = null;
+    let text = "";
     try {
       const res = await f(this.c.endpoint + (k === "e" ? EVENTS : PAYMENTS), {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-Write-Key": this.c.key },
         body,
-        keepalive: true,
+        // The browser refuses a larger keepalive body outright: sent without, it is answered.
+        keepalive: bytes(body) <= KEEPALIVE,
       });
       status = res.status;
       retryAfter = res.headers.get("Retry-After");
+      if (status >= 400 && status < 500) text = await res.text().catch(() => "");
     } catch {
       status = 0; // offline or refused by the network
     }
     this.inflight = undefined;
-    if (status === 202 || (status >= 400 && status < 500 && status !== 408 && status !== 429)) {
-      // Stored, or never storable (a bad record, a revoked key): either way not kept.
+    if (status === 202) {
       done();
       this.save();
       this.attempt = 0;
+      // A split batch's parts are through: whole batches again (within what the server takes).
+      this.limit = Math.min(Math.max(1, Math.floor(this.c.batchSize) || 1), this.cap);
+      return true;
+    }
+    if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+      // `more than N records`: the most the server takes in one request, kept for the page.
+      const most = /more than (\d+) records/.exec(text);
+      if (most) this.cap = Math.max(1, Number(most[1]));
+      if ((status === 400 || status === 413) && split()) {
+        if (most) this.limit = Math.min(this.limit, this.cap);
+        return true;
+      }
+      // Never storable (a bad record, a revoked key): not kept.
+      done();
+      this.save();
+      this.attempt = 0;
+      this.report({ reason: "refused", status, message: text || `HTTP ${status}`, records: records || 1 });
       return true;
     }
     this.wait = backoff(this.attempt++, retryAfter, this.c.maxBackoff);
@@ -393,9 +575,10 @@ export class Client {
     const f = this.inflight;
     if (f) beacon(f.k, f.batch, f.body);
     for (const k of ["e", "p"] as const) {
-      const items = this.queue.filter((i) => i.k === k);
-      for (let i = 0; i < items.length; i += this.c.batchSize) {
-        const batch = items.slice(i, i + this.c.batchSize);
+      let items = this.queue.filter((i) => i.k === k);
+      while (items.length) {
+        const batch = this.next(k, items);
+        items = items.slice(batch.length);
         beacon(k, batch, JSON.stringify(batch.map((b) => b.r)));
       }
     }

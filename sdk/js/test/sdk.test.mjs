@@ -33,6 +33,14 @@ function server(...statuses) {
   return f;
 }
 
+/** Flushes until the queue is empty or nothing more goes (a flush a full batch started may be running). */
+async function drain(c) {
+  for (let i = 0; i < 500 && c.queue.length + c.beacons.length; i++) {
+    await c.flush();
+    await sleep(1);
+  }
+}
+
 function client(over = {}) {
   return new Client({
     endpoint: "http://ingest.test",
@@ -197,7 +205,7 @@ test("a nearly full storage keeps what went by beacon: in the beacons, or back i
     // the queue, room for it alone (the bodies, escaped in the beacons' list, take more).
     const probe = client({ fetch: server("offline") });
     for (let i = 0; i < 30; i++) probe.track(`e${i}`, { pad: "x".repeat(100) });
-    const size = JSON.stringify(probe.queue).length;
+    const size = probe.c.storage.getItem("croupier:g1:queue").length;
     probe.close();
     for (const [quota, kept] of [
       [size * 1.5, "beacons"],
@@ -312,4 +320,131 @@ test("a beaconed body is kept and sent again as the same bytes by the next page,
   } finally {
     delete globalThis.navigator;
   }
+});
+
+test("a record JSON cannot carry is not queued, and told; what follows is sent", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, onError: (e) => errors.push(e) });
+  const o = { a: 1 };
+  o.self = o;
+  c.track("circular", o);
+  c.track("big", { n: 10n });
+  c.track("", {});
+  c.track("x".repeat(129));
+  c.track("after");
+  await drain(c);
+  assert.deepEqual(f.calls.flatMap((x) => x.records.map((r) => r.event)), ["after"]);
+  assert.deepEqual(errors.map((e) => e.reason), ["invalid", "invalid", "invalid", "invalid"]);
+  // What the page changes after tracking is not what was tracked.
+  const props = { level: 1 };
+  c.track("copy", props);
+  props.level = 2;
+  await drain(c);
+  assert.equal(f.calls.at(-1).records[0].props.level, 1);
+  c.close();
+});
+
+test("requests stay under 60 KiB, sent with keepalive; a larger record goes alone without it", async () => {
+  const f = server(202);
+  const c = client({ fetch: f });
+  for (let i = 0; i < 19; i++) c.track(`e${i}`, { pad: "x".repeat(4000) });
+  c.track("huge", { pad: "y".repeat(70_000) });
+  c.track("last");
+  await drain(c);
+  const sent = f.calls.flatMap((x) => x.records.map((r) => r.event));
+  assert.deepEqual(sent, [...Array.from({ length: 19 }, (_, i) => `e${i}`), "huge", "last"]);
+  for (const call of f.calls) {
+    const size = Buffer.byteLength(call.init.body);
+    if (call.records.some((r) => r.event === "huge")) {
+      assert.equal(call.records.length, 1);
+      assert.equal(call.init.keepalive, false);
+    } else {
+      assert.ok(size <= 60 * 1024, `${size} bytes`);
+      assert.equal(call.init.keepalive, true);
+    }
+  }
+  c.close();
+});
+
+test("a refused batch is split: the records the server refuses are dropped alone, and told", async () => {
+  const calls = [];
+  // Refuses a batch holding a `bad` event, and more than 8 records, as the server words it.
+  const f = async (url, init) => {
+    const records = JSON.parse(init.body);
+    calls.push(records.length);
+    if (records.length > 8) return new Response('{"error":"invalid_batch","message":"batch holds more than 8 records"}', { status: 400 });
+    if (records.some((r) => r.event === "bad")) return new Response('{"error":"invalid_field"}', { status: 400 });
+    stored.push(...records.map((r) => r.event));
+    return new Response('{"ok":true}', { status: 202 });
+  };
+  const stored = [];
+  const errors = [];
+  const c = client({ fetch: f, batchSize: 20, onError: (e) => errors.push(e) });
+  for (let i = 0; i < 40; i++) c.track(i === 13 ? "bad" : `e${i}`);
+  await drain(c);
+  assert.equal(stored.length, 39);
+  assert.ok(!stored.includes("bad"));
+  assert.deepEqual(errors.map((e) => [e.reason, e.status, e.records]), [["refused", 400, 1]]);
+  // After the first answer naming the most, no request holds more.
+  assert.ok(calls.slice(1).every((n) => n <= 8), `${calls}`);
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("lone surrogates are sent as U+FFFD, in values and keys", async () => {
+  const f = server(202);
+  const c = client({ fetch: f });
+  const cut = "Ace\u{1f3b2}".slice(0, 4);
+  c.track("nick", { nick: cut, [cut]: 1, ok: "\u{1f3b2}" });
+  await drain(c);
+  const body = f.calls[0].init.body;
+  assert.ok(!/\\ud[89a-f]/i.test(body), body);
+  assert.deepEqual(f.calls[0].records[0].props, { nick: "Ace\ufffd", "Ace\ufffd": 1, ok: "\u{1f3b2}" });
+  c.close();
+});
+
+test("a purchase the server would refuse is not queued, and told; a queued one's event has its status", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, userId: "p1", onError: (e) => errors.push(e.message) });
+  c.purchase({ orderId: "o-1", amountCents: 4.99, currency: "USD" });
+  c.purchase({ orderId: "o-2", amountCents: 499, currency: "usd" });
+  c.purchase({ orderId: "", amountCents: 499, currency: "USD" });
+  c.purchase({ orderId: "o-3", amountCents: 499, currency: "USD", status: "refunded" });
+  await drain(c);
+  assert.equal(errors.length, 3, errors.join("; "));
+  const pay = f.calls.filter((x) => x.url.endsWith("/payments/ingest")).flatMap((x) => x.records);
+  const ev = f.calls.filter((x) => !x.url.endsWith("/payments/ingest")).flatMap((x) => x.records);
+  assert.deepEqual(pay.map((p) => [p.order_id, p.status]), [["o-3", "refunded"]]);
+  assert.deepEqual(ev.map((e) => [e.event, e.props.order_id, e.props.status]), [["purchase", "o-3", "refunded"]]);
+  c.close();
+});
+
+test("a stored queue that is not a list of records is set aside, not thrown on", async () => {
+  for (const saved of ["null", '{"k":"e"}', '"x"', "[1,null,{\"k\":\"z\",\"r\":{}},{\"k\":\"e\",\"r\":{\"event\":\"kept\"}}]"]) {
+    const storage = memory();
+    storage.setItem("croupier:g1:queue", saved);
+    const c = client({ fetch: server(202), storage });
+    assert.deepEqual(c.queue.map((i) => i.r.event), saved.includes("kept") ? ["kept"] : [], saved);
+    c.close();
+  }
+});
+
+test("a beaconed body refused as a whole comes back as records, split until the bad one is alone", async () => {
+  const storage = memory();
+  const records = ["a", "bad", "c"].map((event) => ({ event, game_id: "g1" }));
+  storage.setItem("croupier:g1:beacons", JSON.stringify([{ k: "e", body: JSON.stringify(records) }]));
+  const stored = [];
+  const f = async (url, init) => {
+    const list = JSON.parse(init.body);
+    if (list.some((r) => r.event === "bad")) return new Response("{}", { status: 400 });
+    stored.push(...list.map((r) => r.event));
+    return new Response('{"ok":true}', { status: 202 });
+  };
+  const c = client({ fetch: f, storage, onError: () => {} });
+  await drain(c);
+  assert.deepEqual(stored.sort(), ["a", "c"]);
+  assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:beacons")), []);
+  c.close();
 });

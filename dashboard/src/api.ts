@@ -19,8 +19,11 @@ export function setUnauthorizedHandler(f: () => void): void {
   onUnauthorized = f;
 }
 
-/** `GET path` (with its query) on the control port, as JSON. */
-export async function get<T = any>(path: string, signal?: AbortSignal): Promise<T> {
+/**
+ * `GET path` (with its query) on the control port, as JSON. A 401 clears the token and,
+ * unless `relogin` is false (the login page's own check), sends the user to log in.
+ */
+export async function get<T = any>(path: string, signal?: AbortSignal, relogin = true): Promise<T> {
   const t = token();
   const headers: Record<string, string> = t ? { Authorization: `Bearer ${t}` } : {};
   let resp: Response;
@@ -33,6 +36,7 @@ export async function get<T = any>(path: string, signal?: AbortSignal): Promise<
   const text = await resp.text();
   if (resp.status === 401) {
     clearToken();
+    if (!relogin) throw new ApiError(401, 'unauthorized', apiMessage(text, 'the token was refused'));
     onUnauthorized();
     throw new ApiError(401, 'unauthorized', 'the session ended: log in again');
   }
@@ -68,4 +72,14 @@ export function qs(params: Record<string, string | number | boolean | undefined>
   }
   const s = u.toString();
   return s ? '?' + s : '';
+}
+
+/** The `message` of an API error body, else `fallback`. */
+function apiMessage(text: string, fallback: string): string {
+  try {
+    const j = JSON.parse(text);
+    return typeof j.message === 'string' && j.message ? j.message : fallback;
+  } catch {
+    return fallback;
+  }
 }

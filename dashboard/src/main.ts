@@ -47,7 +47,8 @@ function loginPage(): HTMLElement {
       // must name one of them.
       const games = claims().games;
       const game = Array.isArray(games) && typeof games[0] === 'string' && games[0] !== '*' ? games[0] : '';
-      await get('/api/analytics/filters' + qs({ game_id: game }));
+      // A refused token stays on this page, with the answer (no detour through the 401 handler).
+      await get('/api/analytics/filters' + qs({ game_id: game }), undefined, false);
       navigate(next.startsWith('/') && !next.startsWith('/login') ? next : '/realtime', true);
     } catch (e) {
       clearToken();

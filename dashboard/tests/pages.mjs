@@ -191,6 +191,35 @@ try {
   const kept = await page.evaluate(() => sessionStorage.getItem('croupier.token'));
   if (kept !== null) fail('401: the refused token was kept');
   console.log('401: back to the login page');
+  // On the login page, a refused token is said there, and the page asked for is kept.
+  await page.waitForSelector('#token');
+  const asked = page.url();
+  await page.fill('#token', 'not-a-jwt');
+  await page.click('#login');
+  await page.waitForFunction(() => document.getElementById('login-error')?.textContent, null, { timeout: 10000 }).catch(() => {});
+  const said = await page.$eval('#login-error', (e) => e.textContent).catch(() => '');
+  if (!said) fail('login with a refused token: no error shown');
+  if (page.url() !== asked) fail(`login with a refused token: ${asked} became ${page.url()}`);
+  await page.fill('#token', TOKEN);
+  await page.click('#login');
+  await page.waitForURL(/\/payments\?/, { timeout: 10000 }).catch(() => fail(`login after a refusal: not back on the page asked for (${page.url()})`));
+  console.log(`login: a refused token says "${said}"; then back to ${page.url()}`);
+
+  // A block drawn from another block's read shows that read's error (the summary refused).
+  await page.goto(`${BASE}/payments?game_id=${GAME}&env=${ENV}&start=${END}&end=${START}`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const blocks = await page.$$eval('section.card', (s) => s.map((e) => [e.querySelector('h2')?.textContent, e.dataset.state, e.querySelector('.body')?.textContent?.trim()]));
+  for (const [title, state, text] of blocks) {
+    if (state !== 'error' || !text) fail(`payments with a refused range: ${title} is ${state} "${text}"`);
+  }
+  console.log(`payments with a refused range: ${blocks.length} blocks show the API's error`);
+
+  // Realtime without a game (an admin token names none): says to choose one, reads nothing.
+  await page.goto(`${BASE}/realtime?game_id=&env=${ENV}`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const noGame = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
+  if (!noGame.every((t) => t.startsWith('ready') && t.includes('Choose a game'))) fail(`realtime without a game: ${noGame}`);
+  else console.log('realtime without a game: asks for one');
 } finally {
   await browser.close();
 }

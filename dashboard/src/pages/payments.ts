@@ -1,6 +1,6 @@
 // Payments: totals, revenue by dimension, the top products' trend, transactions
 // (`/payments/summary`, `/payments/product_trend`, `/payments/transactions`).
-import { get, qs } from '../api';
+import { ApiError, get, qs } from '../api';
 import { alignSeries, lineChart } from '../chart';
 import { card, h, kpis, table, val } from '../dom';
 import { scopeParams } from '../state';
@@ -24,6 +24,7 @@ export const payments: Page = {
     const dimSel = h('select', { id: 'dimension' }, ...DIMS.map(([k, , t]) => h('option', { value: k }, t))) as HTMLSelectElement;
     const byDim = card('By dimension', dimSel);
     const trend = card('Top products (hourly revenue)');
+    trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
     const statusSel = h('select', { id: 'tx-status' }, ...['', 'success', 'failed', 'refund'].map((s) => h('option', { value: s }, s || 'any status'))) as HTMLSelectElement;
     const tx = card('Transactions', statusSel);
     root.append(totals.el, h('div', { class: 'grid2' }, byDim.el, trend.el), tx.el);
@@ -67,8 +68,11 @@ export const payments: Page = {
           return lineChart(a.x, a.series, { height: 200 });
         });
       })
-      .catch(() => {
-        /* the summary's error is shown by its cards */
+      .catch((e: unknown) => {
+        if ((e as Error).name === 'AbortError') return;
+        // Drawn from the summary: its error, as the summary's cards show it.
+        const msg = e instanceof ApiError ? `${e.status || ''} ${e.tag}: ${e.message}` : String(e);
+        trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'error' }, msg.trim()));
         trend.el.dataset.state = 'error';
       });
 

@@ -4,7 +4,7 @@
 import type uPlot from 'uplot';
 import { get, qs } from '../api';
 import { lineChart, alignSeries } from '../chart';
-import { card, kpis } from '../dom';
+import { card, h, kpis } from '../dom';
 import { scopeParams } from '../state';
 import type { Page } from './page';
 
@@ -18,6 +18,14 @@ export const realtime: Page = {
     const now = card('Now', undefined);
     const live = card('Online (live)');
     root.append(now.el, live.el);
+    if (!scope.game) {
+      // Realtime figures are per game: no read until one is chosen.
+      for (const c of [now, live]) {
+        c.el.dataset.state = 'ready';
+        c.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'Choose a game (above): realtime figures are per game.'));
+      }
+      return () => {};
+    }
     const src = '/api/analytics/realtime' + qs(scopeParams(scope, false));
     const x: number[] = [];
     const online: (number | null)[] = [];
@@ -29,15 +37,19 @@ export const realtime: Page = {
       const start = new Date(end.getTime() - 3600_000);
       return '/api/analytics/realtime/series' + qs({ ...scopeParams(scope, false), start: start.toISOString(), end: end.toISOString() });
     };
-    const seriesUrl = seriesSrc();
-    const first = live.load(seriesUrl, () => get(seriesUrl, abort.signal), (d: { online: [string, number][] }) => {
-      const a = alignSeries([{ label: 'online', points: d.online }]);
-      x.push(...a.x);
-      online.push(...a.series[0].values);
-      const el = lineChart(x, [{ label: 'online', values: online }], { height: 220 });
-      plot = (el as HTMLElement & { plot?: uPlot }).plot;
-      return el;
-    });
+    // The last hour, read again at each refresh until a read succeeds.
+    const loadSeries = () => {
+      const seriesUrl = seriesSrc();
+      return live.load(seriesUrl, () => get(seriesUrl, abort.signal), (d: { online: [string, number][] }) => {
+        const a = alignSeries([{ label: 'online', points: d.online }]);
+        x.splice(0, x.length, ...a.x);
+        online.splice(0, online.length, ...a.series[0].values);
+        const el = lineChart(x, [{ label: 'online', values: online }], { height: 220 });
+        plot = (el as HTMLElement & { plot?: uPlot }).plot;
+        return el;
+      });
+    };
+    let first = loadSeries();
 
     const tick = async () => {
       let latest: Record<string, number> | undefined;
@@ -58,6 +70,7 @@ export const realtime: Page = {
         ]),
       );
       await first;
+      if (!plot && live.el.dataset.state === 'error') first = loadSeries();
       if (latest && plot) {
         x.push(Date.now() / 1000);
         online.push(latest.online);

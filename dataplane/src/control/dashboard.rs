@@ -42,6 +42,12 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `Cache-Control` of `index.html`: checked at each load, so a new build is seen at once.
 const REVALIDATE: &str = "no-cache";
 
+/// `Content-Security-Policy` of the pages: scripts, styles, data and frames of this origin
+/// only (the built files are external scripts; the charts set inline styles), never framed.
+const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
 /// One file in memory.
 #[derive(Debug)]
 struct File {
@@ -151,7 +157,13 @@ impl Dashboard {
             Err(e) => return Response::with_type(404, "text/plain; charset=utf-8", format!("{e}\n")),
         };
         if PAGES.contains(&path) {
-            return file(content_type("index.html"), &build.index, REVALIDATE);
+            let mut r = file(content_type("index.html"), &build.index, REVALIDATE);
+            // A page holds the API token: not framed by another site (clickjacking), and
+            // what it loads and sends restricted to this origin.
+            r.headers.push(("Content-Security-Policy", PAGE_POLICY.to_owned()));
+            r.headers.push(("X-Frame-Options", "DENY".to_owned()));
+            r.headers.push(("Referrer-Policy", "no-referrer".to_owned()));
+            return r;
         }
         let asset = path.strip_prefix(ASSETS).filter(|n| plain_name(n)).and_then(|n| build.assets.get(n));
         match asset {
@@ -185,6 +197,9 @@ mod tests {
         let r = d.serve("/overview");
         assert_eq!((r.status, r.content_type, r.body.as_slice()), (200, "text/html; charset=utf-8", &b"<html>"[..]));
         assert_eq!(r.headers[0], ("Cache-Control", REVALIDATE.to_owned()));
+        let header = |name: &str| r.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        assert_eq!(header("X-Frame-Options"), Some("DENY"));
+        assert!(header("Content-Security-Policy").is_some_and(|p| p.contains("frame-ancestors 'none'")));
         let r = d.serve("/assets/app-1a2b.js");
         assert_eq!((r.status, r.content_type), (200, "text/javascript; charset=utf-8"));
         assert_eq!(

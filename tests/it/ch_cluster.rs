@@ -296,3 +296,37 @@ fn start_worker(env: &[(String, String)]) -> std::process::Child {
         .spawn()
         .expect("start croupier worker")
 }
+
+/// A worker's `/readyz` answers for every shard: with the only replica of one shard
+/// stopped, every insert stalls, so ClickHouse is not ready, the shard named; ready again
+/// once the replica is back.
+#[test]
+fn ch_cluster_a_shard_without_a_replica_makes_the_worker_unready() {
+    let mut cluster = ClickHouseCluster::start(2, 1);
+    let redis = RedisServer::start();
+    let mut env = env(&redis, &cluster.nodes[0][0]);
+    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
+    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
+    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
+    let (ok, out) = croupier(&["migrate"], &env);
+    assert!(ok, "croupier migrate failed: {out}");
+    let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &env);
+    let readyz = |want: u16, what: &str, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = w.control_get("/readyz");
+            if status == want && body.contains(needle) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{what}: {status} {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    readyz(200, "ready with both shards", r#""clickhouse":{"ok":true}"#);
+    cluster.nodes[1][0].stop();
+    let body = readyz(503, "unready with shard 2 down", "shard 2 of 2: ");
+    assert!(body.contains(&cluster.nodes[1][0].addr()), "{body}");
+    cluster.nodes[1][0].restart();
+    readyz(200, "ready again", r#""clickhouse":{"ok":true}"#);
+}

@@ -5,7 +5,8 @@
 //!   the control thread's connection or an ingest shard's, and the control thread's own
 //!   connection is up and reads the streams; an overdue reply is reported at once,
 //!   without asking Redis;
-//! - `clickhouse` (processes that run workers): a connection answers a ping;
+//! - `clickhouse` (processes that run workers): a connection answers a ping, on every
+//!   shard of `clickhouse.shards` (any of its replicas);
 //! - `streams` (processes that run ingest): no stream's backlog is at its high-water
 //!   mark, where ingest refuses with 503 `backlog_full`.
 
@@ -69,10 +70,12 @@ pub struct Probes {
     /// A partition's limits.
     limits: [StreamLimits; 3],
     partitions: Partitions,
-    /// Set when the process runs workers (ClickHouse is its dependency).
-    clickhouse: Option<ChOptions>,
-    /// Kept between probes; dropped after a failure.
-    ch: RefCell<Option<Connection>>,
+    /// Set when the process runs workers (ClickHouse is its dependency): per shard the
+    /// worker inserts into, the options reaching its replicas (one, the server, without
+    /// `clickhouse.shards`). A shard none of whose replicas answers stalls every insert.
+    clickhouse: Option<Vec<ChOptions>>,
+    /// Per shard, kept between probes; dropped after a failure.
+    ch: RefCell<Vec<Option<Connection>>>,
     /// Set when the process runs ingest (the streams' marks concern it).
     ingest: bool,
     timeout: Duration,
@@ -103,8 +106,8 @@ impl Probes {
             },
             limits,
             partitions: Partitions::new(config.streams.partitions),
-            clickhouse: worker.then(|| crate::worker::clickhouse_options(config)),
-            ch: RefCell::new(None),
+            clickhouse: worker.then(|| crate::worker::shard_options(config)),
+            ch: RefCell::new(Vec::new()),
             ingest,
             timeout,
             health,
@@ -142,9 +145,21 @@ impl Probes {
             .map_err(|e| format!("{}: {e}", self.redis_addr))
     }
 
-    /// Connects if needed and pings ClickHouse, within the probe timeout.
-    async fn ping_clickhouse(&self, opts: &ChOptions) -> Result<(), String> {
-        let held = self.ch.borrow_mut().take();
+    /// Pings every shard (the server, without `clickhouse.shards`): the first error, a
+    /// shard's named by its place when there are several.
+    async fn ping_clickhouse(&self, shards: &[ChOptions]) -> Result<(), String> {
+        for (i, opts) in shards.iter().enumerate() {
+            self.ping_shard(i, opts).await.map_err(|e| match shards.len() {
+                1 => e,
+                n => format!("shard {} of {n}: {e}", i + 1),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Connects if needed and pings shard `i` (any of its replicas), within the probe timeout.
+    async fn ping_shard(&self, i: usize, opts: &ChOptions) -> Result<(), String> {
+        let held = self.ch.borrow_mut().get_mut(i).and_then(Option::take);
         let attempt = async {
             let mut conn = match held {
                 Some(c) => c,
@@ -155,7 +170,11 @@ impl Probes {
         };
         match monoio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(conn)) => {
-                *self.ch.borrow_mut() = Some(conn);
+                let mut held = self.ch.borrow_mut();
+                if held.len() <= i {
+                    held.resize_with(i + 1, || None);
+                }
+                held[i] = Some(conn);
                 Ok(())
             }
             Ok(Err(e)) => Err(format!("{}: {e}", opts.addr)),

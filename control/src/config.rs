@@ -1264,13 +1264,13 @@ impl Config {
             ("clickhouse.addr", &self.clickhouse.addr, !self.clickhouse.is_cluster()),
         ] {
             if used && addr.contains(',') {
-                return Err(err(
-                    key,
-                    format!(
-                        "expected one host:port, not the list {addr:?} (a server's replicas are listed in \
-                         clickhouse.shards with clickhouse.cluster: docs/clickhouse-cluster.md)"
-                    ),
-                ));
+                let instead = if key == "clickhouse.addr" {
+                    "a server's replicas are listed in clickhouse.shards with clickhouse.cluster: \
+                     docs/clickhouse-cluster.md"
+                } else {
+                    "several servers are redis.cluster seed nodes or redis.sentinels: docs/redis-topologies.md"
+                };
+                return Err(err(key, format!("expected one host:port, not the list {addr:?} ({instead})")));
             }
             // ClickHouse's client trims the address; Redis's takes it as given.
             let addr_as_read = if key == "clickhouse.addr" { addr.trim() } else { addr.as_str() };
@@ -2223,7 +2223,8 @@ mod tests {
             assert!(e.key == "clickhouse.addr" && e.to_string().contains("clickhouse.shards"), "{e}");
         }
         assert!(Config::load(None, env(&[("CROUPIER_CLICKHOUSE__ADDR", " ch1:9000 ")])).is_ok());
-        assert!(Config::load(None, env(&[("CROUPIER_REDIS__ADDR", "a:6379,b:6379")])).is_err(), "one Redis");
+        let e = Config::load(None, env(&[("CROUPIER_REDIS__ADDR", "a:6379,b:6379")])).expect_err("one Redis");
+        assert!(e.key == "redis.addr" && e.to_string().contains("redis.sentinels"), "{e}");
         // Unused with cluster seed nodes.
         let cluster = [
             ("CROUPIER_REDIS__ADDR", ""),

@@ -17,7 +17,8 @@ commands:
             analytics.user_days with (once every worker runs this version: docs/deploy.md)
   check     load and check the configuration (with what ingest and run check at start:
             the listeners' ports apart, api.jwks_file readable), then exit; with
-            --for worker, as `croupier worker` checks it (no ingest listeners)
+            --for worker|ingest|run, as that command checks it (a worker binds no
+            ingest listener)
   version   print the version (also --version)
   demo      the whole pipeline on local redis-server and clickhouse-server, driven by
             simulated players, with a live screen (croupier demo --help)

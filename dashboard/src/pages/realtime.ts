@@ -2,7 +2,7 @@
 // revenue, refreshed every few seconds (`/realtime`; the chart starts from the last hour of
 // `/realtime/series` and adds each refresh's online figure).
 import type uPlot from 'uplot';
-import { get, qs } from '../api';
+import { ApiError, get, qs } from '../api';
 import { lineChart, alignSeries } from '../chart';
 import { card, h, kpis } from '../dom';
 import { scopeParams } from '../state';
@@ -37,10 +37,17 @@ export const realtime: Page = {
       const start = new Date(end.getTime() - 3600_000);
       return '/api/analytics/realtime/series' + qs({ ...scopeParams(scope, false), start: start.toISOString(), end: end.toISOString() });
     };
-    // The last hour, read again at each refresh until a read succeeds.
+    // The last hour, read again at a refresh after a read that got no answer or a 5xx
+    // (a timeout, ClickHouse away): a refusal (4xx) would be refused again.
+    let again = false;
     const loadSeries = () => {
       const seriesUrl = seriesSrc();
-      return live.load(seriesUrl, () => get(seriesUrl, abort.signal), (d: { online: [string, number][] }) => {
+      const read = () =>
+        get(seriesUrl, abort.signal).catch((e: unknown) => {
+          again = e instanceof ApiError && (e.status === 0 || e.status >= 500);
+          throw e;
+        });
+      return live.load(seriesUrl, read, (d: { online: [string, number][] }) => {
         const a = alignSeries([{ label: 'online', points: d.online }]);
         x.splice(0, x.length, ...a.x);
         online.splice(0, online.length, ...a.series[0].values);
@@ -70,7 +77,10 @@ export const realtime: Page = {
         ]),
       );
       await first;
-      if (!plot && live.el.dataset.state === 'error') first = loadSeries();
+      if (!plot && again) {
+        again = false;
+        first = loadSeries();
+      }
       if (latest && plot) {
         x.push(Date.now() / 1000);
         online.push(latest.online);
@@ -81,8 +91,15 @@ export const realtime: Page = {
         plot.setData([x, online]);
       }
     };
-    void tick();
-    const timer = setInterval(() => void tick(), REFRESH_MS);
+    // One refresh at a time: a slow one is not overlapped by the next.
+    let busy = false;
+    const refresh = () => {
+      if (busy) return;
+      busy = true;
+      void tick().finally(() => (busy = false));
+    };
+    refresh();
+    const timer = setInterval(refresh, REFRESH_MS);
     return () => {
       clearInterval(timer);
       abort.abort();

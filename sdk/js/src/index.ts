@@ -67,7 +67,7 @@ export interface Purchase {
   /** ISO 4217 code, upper case. */
   currency: string;
   productId?: string;
-  status?: "success" | "refunded" | "failed";
+  status?: "success" | "refunded" | "refund" | "failed";
 }
 
 type Rec = Record<string, unknown>;
@@ -95,7 +95,9 @@ function bytes(s: string): number {
   let n = s.length;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
-    if (c >= 0x800) n += c >= 0xd800 && c < 0xdc00 ? 1 : 2;
+    // A surrogate pair is 4 bytes (2 + 2); another character from U+0800 is 3.
+    if (c >= 0xd800 && c < 0xe000) n += 1;
+    else if (c >= 0x800) n += 2;
     else if (c >= 0x80) n += 1;
   }
   return n;
@@ -103,7 +105,9 @@ function bytes(s: string): number {
 
 /** `s` with each lone UTF-16 surrogate replaced by U+FFFD (the server refuses lone ones). */
 export function wellFormed(s: string): string {
-  return s.replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "\ufffd");
+  // Pairs are matched first and kept; what is left of a surrogate is alone (no lookbehind:
+  // older Safari refuses the whole script over one).
+  return s.replace(/[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]/g, (m) => (m.length === 2 ? m : "\ufffd"));
 }
 
 /** The record as JSON: strings well formed (keys too), what JSON cannot hold left out as JSON.stringify does. */
@@ -111,7 +115,8 @@ function encode(r: Rec): string {
   return JSON.stringify(r, function (this: unknown, _k: string, v: unknown) {
     if (typeof v === "string") return wellFormed(v);
     if (v && typeof v === "object" && !Array.isArray(v)) {
-      const o: Rec = {};
+      // Without a prototype: a `__proto__` key is a key like another.
+      const o: Rec = Object.create(null) as Rec;
       let changed = false;
       for (const key of Object.keys(v)) {
         const w = wellFormed(key);
@@ -122,6 +127,20 @@ function encode(r: Rec): string {
     }
     return v;
   });
+}
+
+/** A server's answer to a post. */
+interface Answer {
+  /** 0: no answer (offline, or refused by the network). */
+  status: number;
+  /** The body of a 4xx. */
+  text: string;
+  retryAfter: string | null;
+}
+
+/** Whether a post answered `status` is sent again later: all but 202 and a 4xx other than 408 and 429. */
+function retryable(status: number): boolean {
+  return !(status === 202 || (status >= 400 && status < 500 && status !== 408 && status !== 429));
 }
 
 const EVENTS = "/api/analytics/ingest";
@@ -166,11 +185,9 @@ export class Client {
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
   /**
-   * Records per request now: `batchSize`, halved while a refused batch is split to find
-   * the records the server refuses, and capped by the most the server takes in one
-   * request (its answer says so).
+   * The most records the server takes in one request, as its refusals said (`more than N
+   * records`; a 413 halves it): batches hold at most this and `batchSize`.
    */
-  private limit: number;
   private cap = Infinity;
   /**
    * Bodies handed to sendBeacon by earlier pages (stored when this page started), kept
@@ -194,7 +211,6 @@ export class Client {
       autoSession: true,
       ...config,
     };
-    this.limit = Math.max(1, Math.floor(this.c.batchSize) || 1);
     this.qkey = `croupier:${config.game}:queue`;
     this.bkey = `croupier:${config.game}:beacons`;
     this.user = config.userId || "";
@@ -317,7 +333,7 @@ export class Client {
     this.queue.push({ k, r, n: bytes(text) });
     if (this.queue.length > this.c.maxQueue) this.queue.splice(0, this.queue.length - this.c.maxQueue);
     this.save();
-    if (this.queue.length >= this.limit && !this.wait) void this.flush();
+    if (this.queue.length >= this.size() && !this.wait) void this.flush();
     return true;
   }
 
@@ -364,8 +380,8 @@ export class Client {
         ? "amountCents must be an integer from 1 to 10^12 (minor units)"
         : typeof p.currency !== "string" || !/^[A-Z]{3}$/.test(p.currency)
           ? "currency must be three upper-case letters (ISO 4217)"
-          : !["success", "refunded", "failed"].includes(status)
-            ? "status must be success, refunded or failed"
+          : !["success", "refunded", "refund", "failed"].includes(status)
+            ? "status must be success, refunded (or refund) or failed"
             : "";
     if (bad) {
       this.report({ reason: "invalid", message: `purchase ${String(p.orderId)}: ${bad}; not queued`, records: 2 });
@@ -411,22 +427,26 @@ export class Client {
           this.beacons = this.beacons.filter((x) => x !== b);
           this.saveBeacons([], [b.body]);
         };
-        const ok = await this.post(b.k, b.body, 0, forget, () => {
-          // Refused as a whole: its records go back in the queue, where a refused batch is split.
-          let records: unknown;
+        const a = await this.post(b.k, b.body);
+        if (a.status === 202) forget();
+        else if (retryable(a.status)) {
+          this.later(a);
+          return;
+        } else {
+          // Refused: the records the answer names are dropped, the others queued again.
+          let parsed: unknown;
           try {
-            records = JSON.parse(b.body);
+            parsed = JSON.parse(b.body);
           } catch {
-            records = [];
+            parsed = [];
           }
-          const list = Array.isArray(records) ? (records as Rec[]) : [];
-          if (list.length < 2) return false;
+          const list = Array.isArray(parsed) ? (parsed as Rec[]) : [];
+          const bad = this.refusedOf(a, list);
           forget();
-          this.queue = [...list.map((r) => ({ k: b.k, r })), ...this.queue];
+          this.queue = [...list.filter((_, i) => !bad.includes(i)).map((r) => ({ k: b.k, r })), ...this.queue];
           this.save();
-          return true;
-        });
-        if (!ok) return;
+          this.refusal(a, bad.length || (list.length ? 0 : 1));
+        }
       }
       while (this.queue.length && !this.closed) {
         const ok = await this.send(this.queue[0].k, this.next(this.queue[0].k));
@@ -437,12 +457,18 @@ export class Client {
     }
   }
 
+  /** Records per request: `batchSize`, within what the server takes. */
+  private size(): number {
+    return Math.max(1, Math.min(Math.floor(this.c.batchSize) || 1, this.cap));
+  }
+
   /**
-   * The next batch of kind `k` from the queue: at most `limit` records and `MAX_BODY`
-   * bytes of JSON (one record at least, however large).
+   * The next batch of kind `k` from `from` (the queue): at most `size()` records and
+   * `MAX_BODY` bytes of JSON (one record at least, however large).
    */
-  private next(k: "e" | "p", from: Item[] = this.queue, limit = this.limit): Item[] {
+  private next(k: "e" | "p", from: Item[] = this.queue): Item[] {
     const batch: Item[] = [];
+    const limit = this.size();
     let size = 2;
     for (const i of from) {
       if (i.k !== k) continue;
@@ -454,37 +480,70 @@ export class Client {
     return batch;
   }
 
-  /** Posts one batch: true when the queue may go on (sent, or refused for good). */
+  /** Posts one batch: true when the queue may go on (sent, or what was refused dropped). */
   private async send(k: "e" | "p", batch: Item[]): Promise<boolean> {
     const body = JSON.stringify(batch.map((i) => i.r));
     this.inflight = { k, batch, body };
-    const drop = () => {
-      this.queue = this.queue.filter((i) => !batch.includes(i));
-    };
-    return this.post(k, body, batch.length, drop, () => {
-      if (batch.length < 2) return false;
-      // Split: the records the server refuses are found and dropped alone.
-      this.limit = Math.ceil(batch.length / 2);
-      return true;
-    });
+    const a = await this.post(k, body);
+    this.inflight = undefined;
+    if (retryable(a.status)) return this.later(a);
+    const bad = a.status === 202 ? batch.map((_, i) => i) : this.refusedOf(a, batch.map((i) => i.r));
+    const gone = batch.filter((_, i) => bad.includes(i));
+    this.queue = this.queue.filter((i) => !gone.includes(i));
+    this.save();
+    if (a.status !== 202) this.refusal(a, gone.length);
+    return true;
   }
 
   /**
-   * Posts `body` (`records` records; 0: unknown). `done` lets it go once stored or
-   * refused for good; `split`, on a refusal of its content (400, 413), may keep it to
-   * send in smaller parts (true). True when sending may go on.
+   * Of `records` the server refused with answer `a`, the indexes that cannot be stored:
+   * none when the batch was too large (what the answer says the server takes is kept:
+   * `more than N records`, or half on a 413), the record the answer names and those with
+   * the same value in the field it names (refused alike: a field the SDK sets on every
+   * record drops them at once, not one request each), else all.
    */
-  private async post(
-    k: "e" | "p",
-    body: string,
-    records: number,
-    done: () => void,
-    split: () => boolean,
-  ): Promise<boolean> {
+  private refusedOf(a: Answer, records: Rec[]): number[] {
+    const all = records.map((_, i) => i);
+    const most = /more than (\d+) records/.exec(a.text);
+    if (a.status === 400 && most && records.length > Number(most[1])) {
+      this.cap = Math.max(1, Number(most[1]));
+      return [];
+    }
+    if (a.status === 413 && records.length > 1) {
+      this.cap = Math.ceil(records.length / 2);
+      return [];
+    }
+    let why: { index?: unknown; field?: unknown } = {};
+    try {
+      why = JSON.parse(a.text) as typeof why;
+    } catch {
+      /* not the server's JSON: the whole batch */
+    }
+    const at = typeof why.index === "number" ? why.index : -1;
+    const named = records[at];
+    if (a.status !== 400 || !named) return all;
+    const field = typeof why.field === "string" ? why.field : "";
+    if (!(field in named)) return [at];
+    const value = JSON.stringify(named[field]);
+    return all.filter((i) => JSON.stringify(records[i][field]) === value);
+  }
+
+  /** Tells of `n` records refused with answer `a`. */
+  private refusal(a: Answer, n: number): void {
+    this.attempt = 0;
+    if (n) this.report({ reason: "refused", status: a.status, message: a.text || `HTTP ${a.status}`, records: n });
+  }
+
+  /** Waits before sending again (`Retry-After`, else a growing back-off); false. */
+  private later(a: Answer): false {
+    this.wait = backoff(this.attempt++, a.retryAfter, this.c.maxBackoff);
+    this.schedule(this.wait);
+    return false;
+  }
+
+  /** Posts `body`: the answer (status 0 when the network failed). */
+  private async post(k: "e" | "p", body: string): Promise<Answer> {
     const f = this.c.fetch ?? globalThis.fetch;
-    let status = 0;
-    let retryAfter: string | null = null;
-    let text = "";
     try {
       const res = await f(this.c.endpoint + (k === "e" ? EVENTS : PAYMENTS), {
         method: "POST",
@@ -493,39 +552,11 @@ export class Client {
         // The browser refuses a larger keepalive body outright: sent without, it is answered.
         keepalive: bytes(body) <= KEEPALIVE,
       });
-      status = res.status;
-      retryAfter = res.headers.get("Retry-After");
-      if (status >= 400 && status < 500) text = await res.text().catch(() => "");
+      const text = res.status >= 400 && res.status < 500 ? await res.text().catch(() => "") : "";
+      return { status: res.status, text, retryAfter: res.headers.get("Retry-After") };
     } catch {
-      status = 0; // offline or refused by the network
+      return { status: 0, text: "", retryAfter: null }; // offline or refused by the network
     }
-    this.inflight = undefined;
-    if (status === 202) {
-      done();
-      this.save();
-      this.attempt = 0;
-      // A split batch's parts are through: whole batches again (within what the server takes).
-      this.limit = Math.min(Math.max(1, Math.floor(this.c.batchSize) || 1), this.cap);
-      return true;
-    }
-    if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
-      // `more than N records`: the most the server takes in one request, kept for the page.
-      const most = /more than (\d+) records/.exec(text);
-      if (most) this.cap = Math.max(1, Number(most[1]));
-      if ((status === 400 || status === 413) && split()) {
-        if (most) this.limit = Math.min(this.limit, this.cap);
-        return true;
-      }
-      // Never storable (a bad record, a revoked key): not kept.
-      done();
-      this.save();
-      this.attempt = 0;
-      this.report({ reason: "refused", status, message: text || `HTTP ${status}`, records: records || 1 });
-      return true;
-    }
-    this.wait = backoff(this.attempt++, retryAfter, this.c.maxBackoff);
-    this.schedule(this.wait);
-    return false;
   }
 
   /**

@@ -73,7 +73,7 @@ test("a full batch is sent at once with the key, each record complete", async ()
   c.track("level_complete", { level: 1 });
   assert.equal(f.calls.length, 0);
   c.track("level_start", { level: 2 });
-  await c.flush();
+  await drain(c);
   assert.equal(f.calls.length, 1);
   const { url, init, records } = f.calls[0];
   assert.equal(url, "http://ingest.test/api/analytics/ingest");
@@ -367,18 +367,23 @@ test("requests stay under 60 KiB, sent with keepalive; a larger record goes alon
   c.close();
 });
 
-test("a refused batch is split: the records the server refuses are dropped alone, and told", async () => {
+/** A refusal as the server words it: the record's index and field. */
+const refuse = (index, field) =>
+  new Response(JSON.stringify({ error: "invalid_field", message: `record ${index}: field \`${field}\` is bad`, field, index }), { status: 400 });
+
+test("a refused record is dropped with those refused alike; the rest is sent, in batches the server takes", async () => {
   const calls = [];
-  // Refuses a batch holding a `bad` event, and more than 8 records, as the server words it.
+  const stored = [];
+  // Refuses more than 8 records, and a `bad` event, as the server words it.
   const f = async (url, init) => {
     const records = JSON.parse(init.body);
-    calls.push(records.length);
+    calls.push(records.map((r) => r.event));
     if (records.length > 8) return new Response('{"error":"invalid_batch","message":"batch holds more than 8 records"}', { status: 400 });
-    if (records.some((r) => r.event === "bad")) return new Response('{"error":"invalid_field"}', { status: 400 });
+    const at = records.findIndex((r) => r.event === "bad");
+    if (at >= 0) return refuse(at, "event");
     stored.push(...records.map((r) => r.event));
     return new Response('{"ok":true}', { status: 202 });
   };
-  const stored = [];
   const errors = [];
   const c = client({ fetch: f, batchSize: 20, onError: (e) => errors.push(e) });
   for (let i = 0; i < 40; i++) c.track(i === 13 ? "bad" : `e${i}`);
@@ -386,9 +391,41 @@ test("a refused batch is split: the records the server refuses are dropped alone
   assert.equal(stored.length, 39);
   assert.ok(!stored.includes("bad"));
   assert.deepEqual(errors.map((e) => [e.reason, e.status, e.records]), [["refused", 400, 1]]);
-  // After the first answer naming the most, no request holds more.
-  assert.ok(calls.slice(1).every((n) => n <= 8), `${calls}`);
+  // After the first answer naming the most, no request holds more; the bad record went twice.
+  assert.ok(calls.slice(1).every((b) => b.length <= 8), `${calls.map((b) => b.length)}`);
+  assert.equal(calls.filter((b) => b.includes("bad")).length, 2);
+  assert.ok(calls.length <= 8, `${calls.length} requests`);
   assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("a field every record shares refused drops them at once, not one request each", async () => {
+  const calls = [];
+  const f = async (url, init) => {
+    calls.push(JSON.parse(init.body).length);
+    return refuse(0, "app_version");
+  };
+  const errors = [];
+  const c = client({ fetch: f, batchSize: 20, appVersion: "v".repeat(300), onError: (e) => errors.push(e.records) });
+  for (let i = 0; i < 40; i++) c.track(`e${i}`);
+  await drain(c);
+  assert.deepEqual(calls, [20, 20]);
+  assert.deepEqual(errors, [20, 20]);
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("a 413 halves the batches of the page", async () => {
+  const calls = [];
+  const f = async (url, init) => {
+    const n = JSON.parse(init.body).length;
+    calls.push(n);
+    return new Response(n > 5 ? "too large" : '{"ok":true}', { status: n > 5 ? 413 : 202 });
+  };
+  const c = client({ fetch: f, batchSize: 20 });
+  for (let i = 0; i < 40; i++) c.track(`e${i}`);
+  await drain(c);
+  assert.deepEqual(calls, [20, 10, 5, 5, 5, 5, 5, 5, 5, 5]);
   c.close();
 });
 
@@ -431,20 +468,36 @@ test("a stored queue that is not a list of records is set aside, not thrown on",
   }
 });
 
-test("a beaconed body refused as a whole comes back as records, split until the bad one is alone", async () => {
+test("a beaconed body refused comes back as records, the refused one dropped", async () => {
   const storage = memory();
   const records = ["a", "bad", "c"].map((event) => ({ event, game_id: "g1" }));
   storage.setItem("croupier:g1:beacons", JSON.stringify([{ k: "e", body: JSON.stringify(records) }]));
   const stored = [];
   const f = async (url, init) => {
     const list = JSON.parse(init.body);
-    if (list.some((r) => r.event === "bad")) return new Response("{}", { status: 400 });
+    const at = list.findIndex((r) => r.event === "bad");
+    if (at >= 0) return refuse(at, "event");
     stored.push(...list.map((r) => r.event));
     return new Response('{"ok":true}', { status: 202 });
   };
-  const c = client({ fetch: f, storage, onError: () => {} });
+  const errors = [];
+  const c = client({ fetch: f, storage, onError: (e) => errors.push(e.records) });
   await drain(c);
   assert.deepEqual(stored.sort(), ["a", "c"]);
+  assert.deepEqual(errors, [1]);
   assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:beacons")), []);
+  c.close();
+});
+
+test("names are measured in UTF-8 bytes, as the server does (an emoji is 4)", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, onError: (e) => errors.push(e.message) });
+  c.track("\u{1f3b2}".repeat(32));
+  c.track("\u{1f3b2}".repeat(33));
+  c.track("é".repeat(64));
+  await drain(c);
+  assert.equal(errors.length, 1, errors.join("; "));
+  assert.deepEqual(f.calls.flatMap((x) => x.records.map((r) => r.event.length)), [64, 64]);
   c.close();
 });

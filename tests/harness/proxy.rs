@@ -22,7 +22,9 @@ use croupier_protocol::resp::{self, Frame};
 /// What to do with one reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Swallow it (the client waits for it forever).
+    /// Swallow it and every later reply on its connection (the client waits for it
+    /// forever): a reply lost on the way, as TCP loses one, with what follows it. Had the
+    /// later replies passed, the client would take the next one for the lost one.
     Drop,
     /// Send these bytes instead.
     Rewrite(Vec<u8>),
@@ -32,7 +34,8 @@ pub enum Fault {
 
 /// A fault waiting for the next reply to a command.
 struct Rule {
-    /// Upper-case command name (`EVAL`, `XREADGROUP`, ...).
+    /// Upper-case command name (`EVAL`, `XREADGROUP`, ...); `EXEC+XADD` is the `EXEC` of a
+    /// transaction that queued an `XADD` (`EXEC` matches both).
     command: String,
     /// Replies to that command to let pass first.
     skip: usize,
@@ -42,6 +45,8 @@ struct Rule {
 /// One proxied connection's switches.
 struct Conn {
     frozen: AtomicBool,
+    /// A reply was dropped: none passes any more (commands still do).
+    cut: AtomicBool,
     /// Command names sent on it whose replies have not come back yet, oldest first.
     commands: Mutex<VecDeque<String>>,
 }
@@ -139,7 +144,11 @@ fn accept_loop(listener: TcpListener, upstream: u16, shared: Arc<Shared>) {
         };
         let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
-        let conn = Arc::new(Conn { frozen: AtomicBool::new(false), commands: Mutex::new(VecDeque::new()) });
+        let conn = Arc::new(Conn {
+            frozen: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            commands: Mutex::new(VecDeque::new()),
+        });
         shared.conns.lock().expect("conns").push(conn.clone());
         for s in [&client, &server] {
             let _ = s.set_nonblocking(false);
@@ -176,6 +185,9 @@ fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> Got {
 fn pump_commands(mut client: TcpStream, mut server: TcpStream, conn: Arc<Conn>, shared: Arc<Shared>) {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut parse = Vec::new();
+    // Inside `MULTI`: whether the transaction queued an `XADD` (its `EXEC` is then named
+    // `EXEC+XADD`: an append's, told apart from a lease's).
+    let mut appends: Option<bool> = None;
     let mut held = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
         let frozen = conn.frozen.load(Ordering::SeqCst);
@@ -200,6 +212,18 @@ fn pump_commands(mut client: TcpStream, mut server: TcpStream, conn: Arc<Conn>, 
                             _ => String::new(),
                         },
                         _ => String::new(),
+                    };
+                    let name = match name.as_str() {
+                        "MULTI" => {
+                            appends = Some(false);
+                            name
+                        }
+                        "XADD" => {
+                            appends = appends.map(|_| true);
+                            name
+                        }
+                        "EXEC" if appends.take() == Some(true) => "EXEC+XADD".to_owned(),
+                        _ => name,
                     };
                     conn.commands.lock().expect("commands").push_back(name);
                     parse.drain(..len);
@@ -235,9 +259,16 @@ fn pump_replies(mut server: TcpStream, mut client: TcpStream, conn: Arc<Conn>, s
         }
         while let Ok(Some(len)) = resp::frame_len(&parse) {
             let name = conn.commands.lock().expect("commands").pop_front().unwrap_or_default();
+            if conn.cut.load(Ordering::SeqCst) {
+                // After a dropped reply: lost too, and no rule spent on it.
+                parse.drain(..len);
+                continue;
+            }
             let fault = {
                 let mut rules = shared.rules.lock().expect("rules");
-                match rules.iter().position(|r| r.command == name) {
+                // `EXEC` also matches an append's (`EXEC+XADD`).
+                let base = name.strip_suffix("+XADD").unwrap_or(&name);
+                match rules.iter().position(|r| r.command == name || r.command == base) {
                     Some(i) if rules[i].skip > 0 => {
                         rules[i].skip -= 1;
                         None
@@ -248,7 +279,7 @@ fn pump_replies(mut server: TcpStream, mut client: TcpStream, conn: Arc<Conn>, s
             };
             match fault {
                 None => out.extend_from_slice(&parse[..len]),
-                Some(Fault::Drop) => {}
+                Some(Fault::Drop) => conn.cut.store(true, Ordering::SeqCst),
                 Some(Fault::Rewrite(bytes)) => out.extend_from_slice(&bytes),
                 Some(Fault::PassThenFreeze) => {
                     // Frozen first, so that nothing the client sends on this reply

@@ -339,7 +339,7 @@ fn lease1_lease_reply_lost_then_the_retry_appends_once(driver: Driver) {
 fn lease2_append_reply_lost_then_the_retry_is_answered_without_an_append(driver: Driver) {
     let (proxy, f) = through_proxy(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
     assert_eq!(f.post("/api/ingest/events", &events(3)).status, 202);
-    proxy.on_reply("EXEC", 2, Fault::Drop);
+    proxy.on_next_reply("EXEC+XADD", Fault::Drop);
     let r = Signed::new(events(3));
     let a = r.send(f.addr);
     assert_eq!((a.status, a.error_tag().as_str()), (503, "redis_unavailable"), "{}", a.text());
@@ -456,7 +456,7 @@ fn lease4_croupier_killed_between_the_steps(driver: Driver) {
     let proxy = FaultProxy::start(redis.port);
     // Killed after the append, before its answer.
     let (first, addr) = ingest_process(&proxy.addr());
-    proxy.on_reply("EXEC", 2, Fault::Drop);
+    proxy.on_next_reply("EXEC+XADD", Fault::Drop);
     let r1 = Signed::new(events(3));
     let client = send_in_background(&r1, addr);
     wait_applied(&proxy);
@@ -515,7 +515,7 @@ fn lease5_redis_restarted_between_the_steps(driver: Driver) {
     assert!(seen.iter().any(|t| t == "request_in_flight"), "the lease outlived the restart: {seen:?}");
     assert_eq!(xlen(&f.redis, "analytics:events"), 2, "appended once");
     // Restarted after the append, before its reply.
-    proxy.on_reply("EXEC", 2, Fault::Drop);
+    proxy.on_next_reply("EXEC+XADD", Fault::Drop);
     let r2 = Signed::new(events(3));
     let client = send_in_background(&r2, f.addr);
     wait_applied(&proxy);

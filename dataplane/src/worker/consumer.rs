@@ -897,6 +897,9 @@ impl Consumer {
         let idle = self.cfg.claim_idle.as_millis().to_string();
         let count = self.reader.page();
         let count_arg = count.to_string();
+        // What the events consumer acknowledges while the claim is out is still in its
+        // reply, inserted already: kept until the claimed entries are sorted below.
+        self.reader.join.claim_sent();
         let reply = self
             .call(cmd(&[
                 b"XAUTOCLAIM",
@@ -908,8 +911,18 @@ impl Consumer {
                 b"COUNT",
                 count_arg.as_bytes(),
             ]))
-            .await?;
-        let claimed = entries::xautoclaim_reply(reply, self.cfg.stream)?;
+            .await;
+        let claimed = reply.and_then(|r| entries::xautoclaim_reply(r, self.cfg.stream));
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                self.reader.join.claim_read();
+                return Err(e);
+            }
+        };
+        // Sorted now, before anything awaited lets the events consumer acknowledge more.
+        let held_ids: Vec<bool> = claimed.entries.iter().map(|e| self.reader.join.held_by_reader(&e.id)).collect();
+        self.reader.join.claim_read();
         self.reader.size.observe(claimed.entries.iter().map(Entry::byte_len).max());
         *more = claimed.cursor != "0-0" && claimed.entries.len() + claimed.deleted.len() >= count;
         self.claim_cursor = claimed.cursor;
@@ -935,8 +948,16 @@ impl Consumer {
         // Custom entries the events consumer of this shard has in hand (its inserts
         // failing long enough for them to be idle): still its to insert, under the same
         // consumer name. Left to it, with the delivery this claim counted given back.
-        let (held, entries): (Vec<Entry>, Vec<Entry>) =
-            claimed.entries.into_iter().partition(|e| self.reader.join.held_by_reader(&e.id));
+        // (Also those it acknowledged while the claim was out: inserted already.)
+        let mut held = Vec::new();
+        let mut entries = Vec::with_capacity(claimed.entries.len());
+        for (e, is_held) in claimed.entries.into_iter().zip(held_ids) {
+            if is_held {
+                held.push(e);
+            } else {
+                entries.push(e);
+            }
+        }
         if !held.is_empty() {
             let back: Vec<(String, u64)> = deliveries
                 .iter()

@@ -31,6 +31,10 @@ pub struct Shared {
     /// acknowledged): a claim of the custom stream on the same shard takes them too once
     /// they are idle, and must not insert them a second time.
     in_hand: RefCell<HashSet<String>>,
+    /// While a claim of the custom stream is out (`Some`): the IDs the events consumer
+    /// acknowledged meanwhile. Held when the claim ran, gone from the pending list when
+    /// its reply is read: the claim's reply may still hold them, and they are inserted.
+    released_during_claim: RefCell<Option<HashSet<String>>>,
 }
 
 /// How a consumer shares its table with the other consumer of that table on its shard.
@@ -108,18 +112,41 @@ impl Join {
     pub fn released(&self, ids: &[&str]) {
         if let Join::Reads { shared, .. } = self {
             let mut set = shared.in_hand.borrow_mut();
+            let mut during = shared.released_during_claim.borrow_mut();
             for id in ids {
                 set.remove(*id);
+                if let Some(d) = during.as_mut() {
+                    d.insert((*id).to_owned());
+                }
             }
         }
     }
 
     /// Whether this consumer's entry `id` is in the other consumer's hands (read with its
-    /// own stream, not yet acknowledged).
+    /// own stream, not yet acknowledged), or was acknowledged by it since
+    /// [`Join::claim_sent`].
     pub fn held_by_reader(&self, id: &str) -> bool {
         match self {
-            Join::ReadBy { shared } => shared.in_hand.borrow().contains(id),
+            Join::ReadBy { shared } => {
+                shared.in_hand.borrow().contains(id)
+                    || shared.released_during_claim.borrow().as_ref().is_some_and(|d| d.contains(id))
+            }
             _ => false,
+        }
+    }
+
+    /// This consumer sends a claim: what the reader acknowledges until
+    /// [`Join::claim_read`] is kept, for [`Join::held_by_reader`].
+    pub fn claim_sent(&self) {
+        if let Join::ReadBy { shared } = self {
+            *shared.released_during_claim.borrow_mut() = Some(HashSet::new());
+        }
+    }
+
+    /// The claim's reply was read and its entries sorted: no more need of what was kept.
+    pub fn claim_read(&self) {
+        if let Join::ReadBy { shared } = self {
+            *shared.released_during_claim.borrow_mut() = None;
         }
     }
 }
@@ -147,6 +174,19 @@ mod tests {
         assert_eq!(events.key_of(StreamKind::Payments), None);
         assert_eq!(custom.reading(), None);
         assert_eq!(payments.key_of(StreamKind::Custom), None);
+    }
+
+    #[test]
+    fn entries_acknowledged_while_a_claim_is_out_count_as_held_until_its_reply_is_read() {
+        let [events, custom, _] = partition();
+        events.took(["1-0", "2-0"].into_iter());
+        events.released(&["1-0"]);
+        assert!(!custom.held_by_reader("1-0"), "acknowledged before the claim");
+        custom.claim_sent();
+        events.released(&["2-0"]);
+        assert!(custom.held_by_reader("2-0"), "acknowledged while the claim was out");
+        custom.claim_read();
+        assert!(!custom.held_by_reader("2-0"));
     }
 
     #[test]

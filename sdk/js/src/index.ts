@@ -440,9 +440,12 @@ export class Client {
           } catch {
             parsed = [];
           }
-          const list = Array.isArray(parsed) ? (parsed as Rec[]) : [];
+          // Another tab that met the same refusal took the records back already.
+          const mine = this.storedBeacons().some((x) => x.body === b.body);
+          const list = Array.isArray(parsed) && mine ? (parsed as Rec[]) : [];
           const bad = this.refusedOf(a, list);
           forget();
+          if (!mine) continue;
           this.queue = [...list.filter((_, i) => !bad.includes(i)).map((r) => ({ k: b.k, r })), ...this.queue];
           this.save();
           this.refusal(a, bad.length || (list.length ? 0 : 1));

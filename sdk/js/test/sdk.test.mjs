@@ -501,3 +501,25 @@ test("names are measured in UTF-8 bytes, as the server does (an emoji is 4)", as
   assert.deepEqual(f.calls.flatMap((x) => x.records.map((r) => r.event.length)), [64, 64]);
   c.close();
 });
+
+test("two tabs meeting the refusal of one stored beacon take its records back once", async () => {
+  const storage = memory();
+  const records = ["a", "bad", "c"].map((event) => ({ event, game_id: "g1", event_id: `id-${event}` }));
+  storage.setItem("croupier:g1:beacons", JSON.stringify([{ k: "e", body: JSON.stringify(records) }]));
+  const stored = [];
+  const f = async (url, init) => {
+    const list = JSON.parse(init.body);
+    const at = list.findIndex((r) => r.event === "bad");
+    if (at >= 0) return refuse(at, "event");
+    stored.push(...list.map((r) => r.event));
+    return new Response('{"ok":true}', { status: 202 });
+  };
+  // Both tabs loaded the beacon at their start; the second meets the refusal after the first.
+  const one = client({ fetch: f, storage, onError: () => {} });
+  const two = client({ fetch: f, storage, onError: () => {} });
+  await drain(one);
+  await drain(two);
+  assert.deepEqual(stored.sort(), ["a", "c"]);
+  one.close();
+  two.close();
+});

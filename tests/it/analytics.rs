@@ -1153,8 +1153,10 @@ fn analytics_realtime_reads_the_sketches() {
     let v = api.json("/api/analytics/realtime?game_id=g1&env=prod");
     assert_eq!((v["dau_today"].as_u64(), v["new_today"].as_u64()), (Some(500), Some(40)));
 
-    // The series of the last 20 minutes: two writes of one minute, the latest wins.
-    let m0 = now - now.rem_euclid(60) - 1200;
+    // A series of 15 minutes: two writes of one minute, the latest wins. Two hours before
+    // today's midnight, away from the peaks' rows written above around it (a run just
+    // after midnight found them in a window of the last 20 minutes).
+    let m0 = now.div_euclid(DAY) * DAY - 7200;
     api.ch.query(&format!(
         "INSERT INTO analytics.minute_online (m, game_id, env, online, version) VALUES \
          ({m0}, 'g1', 'prod', 3, 1), ({m0}, 'g1', 'prod', 4, 2), ({}, 'g1', 'prod', 6, 1), ({}, 'g1', 'prod', 8, 1), \

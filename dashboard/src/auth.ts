@@ -26,3 +26,10 @@ export function claims(t: string | null = token()): Record<string, unknown> {
     return {};
   }
 }
+
+/** The games the token names (`games`: a list, or one string), `*` left out. */
+export function claimedGames(t: string | null = token()): string[] {
+  const g = claims(t).games;
+  const list = Array.isArray(g) ? g : typeof g === 'string' ? [g] : [];
+  return list.filter((x): x is string => typeof x === 'string' && x !== '' && x !== '*');
+}

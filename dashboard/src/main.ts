@@ -2,7 +2,7 @@
 // the page router (History API; the control listener answers index.html at each page path).
 import './style.css';
 import { get, qs, setUnauthorizedHandler } from './api';
-import { claims, clearToken, setToken, token } from './auth';
+import { claimedGames, claims, clearToken, setToken, token } from './auth';
 import { h } from './dom';
 import { readScope, saveScope, Scope, scopeQuery } from './state';
 import type { Page } from './pages/page';
@@ -45,11 +45,12 @@ function loginPage(): HTMLElement {
     try {
       // Any read checks the token: the filters are cheap. A token limited to some games
       // must name one of them.
-      const games = claims().games;
-      const game = Array.isArray(games) && typeof games[0] === 'string' && games[0] !== '*' ? games[0] : '';
+      const game = claimedGames()[0] ?? '';
       // A refused token stays on this page, with the answer (no detour through the 401 handler).
       await get('/api/analytics/filters' + qs({ game_id: game }), undefined, false);
-      navigate(next.startsWith('/') && !next.startsWith('/login') ? next : '/realtime', true);
+      // A path of this site only (`//host/...` and `/\host/...` name another).
+      const local = /^\/(?![\/\\])/.test(next) && !next.startsWith('/login');
+      navigate(local ? next : '/realtime', true);
     } catch (e) {
       clearToken();
       msg.textContent = (e as Error).message;
@@ -79,8 +80,7 @@ function loginPage(): HTMLElement {
 }
 
 function scopeBar(scope: Scope, onChange: (s: Scope) => void): HTMLElement {
-  const games = claims().games;
-  const list = h('datalist', { id: 'games' }, ...(Array.isArray(games) ? games.filter((g) => g !== '*').map((g) => h('option', { value: String(g) })) : []));
+  const list = h('datalist', { id: 'games' }, ...claimedGames().map((g) => h('option', { value: g })));
   const game = h('input', { id: 'game', list: 'games', value: scope.game, placeholder: 'all games', size: 14 }) as HTMLInputElement;
   const env = h('select', { id: 'env' }, ...['prod', 'staging', 'dev', ''].map((e) => h('option', { value: e, selected: e === scope.env }, e || 'all envs'))) as HTMLSelectElement;
   const start = h('input', { id: 'start', type: 'date', value: scope.start }) as HTMLInputElement;

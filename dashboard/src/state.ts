@@ -1,6 +1,6 @@
 // What every page reads: the game, environment and date range, kept in the URL's query
 // (so a link shows the same view) and in sessionStorage (so they survive a page change).
-import { claims } from './auth';
+import { claimedGames } from './auth';
 import { ymd } from './format';
 
 export interface Scope {
@@ -15,8 +15,7 @@ export interface Scope {
 const KEY = 'croupier.scope';
 
 function defaults(): Scope {
-  const games = claims().games;
-  const game = Array.isArray(games) && typeof games[0] === 'string' && games[0] !== '*' ? games[0] : '';
+  const game = claimedGames()[0] ?? '';
   const today = new Date();
   const week = new Date(today.getTime() - 6 * 86400_000);
   return { game, env: 'prod', start: ymd(week), end: ymd(today) };

@@ -176,8 +176,8 @@ try {
   await page.screenshot({ path: join(SHOTS, 'realtime-live.png'), fullPage: true });
   for (const e of errors) fail(`realtime (live): ${e}`);
 
-  // An answer the API refuses (400: realtime needs an env) is shown as the block's error.
-  await page.goto(`${BASE}/realtime?game_id=${GAME}&env=`);
+  // An answer the API refuses (400: a range that ends before it starts) is shown as the block's error.
+  await page.goto(`${BASE}/retention?game_id=${GAME}&env=${ENV}&start=${END}&end=${START}`);
   await page.waitForFunction(settled, null, { timeout: 15000 });
   const shown = await page.$eval('section.card[data-state="error"]', (e) => e.textContent).catch(() => '');
   if (!shown.includes('400 invalid_parameter')) fail(`error state: expected the API's 400 in a block, got "${shown}"`);
@@ -220,6 +220,10 @@ try {
   const noGame = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
   if (!noGame.every((t) => t.startsWith('ready') && t.includes('Choose a game'))) fail(`realtime without a game: ${noGame}`);
   else console.log('realtime without a game: asks for one');
+  await page.goto(`${BASE}/realtime?game_id=${GAME}&env=`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const noEnv = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
+  if (!noEnv.every((t) => t.startsWith('ready') && t.includes('Choose an environment'))) fail(`realtime without an env: ${noEnv}`);
 } finally {
   await browser.close();
 }

@@ -18,11 +18,12 @@ export const realtime: Page = {
     const now = card('Now', undefined);
     const live = card('Online (live)');
     root.append(now.el, live.el);
-    if (!scope.game) {
-      // Realtime figures are per game: no read until one is chosen.
+    if (!scope.game || !scope.env) {
+      // Realtime figures are per game and environment: no read until both are chosen.
+      const what = !scope.game ? 'a game' : 'an environment';
       for (const c of [now, live]) {
         c.el.dataset.state = 'ready';
-        c.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'Choose a game (above): realtime figures are per game.'));
+        c.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, `Choose ${what} (above): realtime figures are per game and environment.`));
       }
       return () => {};
     }

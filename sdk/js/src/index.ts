@@ -85,6 +85,19 @@ interface Item {
   n?: number;
 }
 
+/** Most bytes of a record's text field the server takes (`orderId`, `productId`, ...). */
+const FIELD_BYTES = 256;
+/** Deepest nesting of a record the server takes: the body's array and the record make 2 of its 16. */
+const RECORD_DEPTH = 15;
+
+/** Nesting depth of `v` (a scalar: 0; `{}`: 1). */
+function depth(v: unknown): number {
+  if (!v || typeof v !== "object") return 0;
+  let d = 0;
+  for (const x of Object.values(v as Rec)) d = Math.max(d, depth(x));
+  return d + 1;
+}
+
 /** Most bytes of JSON in a request: under the 64 KiB a browser allows `keepalive` and beacons. */
 const MAX_BODY = 60 * 1024;
 /** The largest body the browser sends with `keepalive` (it refuses a larger one). */
@@ -330,6 +343,10 @@ export class Client {
     }
     // A copy: what the page changes afterwards is not what was tracked.
     const r = JSON.parse(text) as Rec;
+    if (depth(r) > RECORD_DEPTH) {
+      this.report({ reason: "invalid", message: `nested deeper than the server takes (${RECORD_DEPTH - 1} levels of props): not queued`, records: 1 });
+      return false;
+    }
     this.queue.push({ k, r, n: bytes(text) });
     if (this.queue.length > this.c.maxQueue) this.queue.splice(0, this.queue.length - this.c.maxQueue);
     this.save();
@@ -355,7 +372,7 @@ export class Client {
   /** Queues an event. */
   track(event: string, props?: Record<string, unknown>): void {
     if (this.closed) return;
-    if (typeof event !== "string" || !event || bytes(event) > 128) {
+    if (typeof event !== "string" || !event || bytes(wellFormed(event)) > 128) {
       this.report({ reason: "invalid", message: `event name must be 1 to 128 bytes: ${String(event)}`, records: 1 });
       return;
     }
@@ -373,9 +390,16 @@ export class Client {
 
   /** Queues a payment and a `purchase` event. */
   purchase(p: Purchase): void {
+    if (!p || typeof p !== "object") {
+      this.report({ reason: "invalid", message: "purchase needs an object: not queued", records: 2 });
+      return;
+    }
     const status = p.status ?? "success";
+    const long = (v: unknown) => typeof v === "string" && bytes(wellFormed(v)) > FIELD_BYTES;
     const bad = !p.orderId || typeof p.orderId !== "string"
       ? "orderId must be a non-empty string"
+      : long(p.orderId) || long(p.productId) || long(this.user)
+        ? `orderId, productId and the user id must be at most ${FIELD_BYTES} bytes`
       : !Number.isInteger(p.amountCents) || p.amountCents < 1 || p.amountCents > 1e12
         ? "amountCents must be an integer from 1 to 10^12 (minor units)"
         : typeof p.currency !== "string" || !/^[A-Z]{3}$/.test(p.currency)
@@ -428,7 +452,10 @@ export class Client {
           this.saveBeacons([], [b.body]);
         };
         const a = await this.post(b.k, b.body);
-        if (a.status === 202) forget();
+        if (a.status === 202) {
+          forget();
+          this.attempt = 0;
+        }
         else if (retryable(a.status)) {
           this.later(a);
           return;
@@ -492,6 +519,7 @@ export class Client {
     if (retryable(a.status)) return this.later(a);
     const bad = a.status === 202 ? batch.map((_, i) => i) : this.refusedOf(a, batch.map((i) => i.r));
     const gone = batch.filter((_, i) => bad.includes(i));
+    if (a.status === 202) this.attempt = 0;
     this.queue = this.queue.filter((i) => !gone.includes(i));
     this.save();
     if (a.status !== 202) this.refusal(a, gone.length);
@@ -524,7 +552,8 @@ export class Client {
     }
     const at = typeof why.index === "number" ? why.index : -1;
     const named = records[at];
-    if (a.status !== 400 || !named) return all;
+    // A 400 (a bad field) or a 403 (the game's filters) naming a record.
+    if ((a.status !== 400 && a.status !== 403) || !named) return all;
     const field = typeof why.field === "string" ? why.field : "";
     if (!(field in named)) return [at];
     const value = JSON.stringify(named[field]);
@@ -555,7 +584,10 @@ export class Client {
         // The browser refuses a larger keepalive body outright: sent without, it is answered.
         keepalive: bytes(body) <= KEEPALIVE,
       });
-      const text = res.status >= 400 && res.status < 500 ? await res.text().catch(() => "") : "";
+      // Read whatever the status: until its body is read, an answered keepalive request
+      // keeps its share of the browser's 64 KiB, and the next large one is refused.
+      const answer = await res.text().catch(() => "");
+      const text = res.status >= 400 && res.status < 500 ? answer : "";
       return { status: res.status, text, retryAfter: res.headers.get("Retry-After") };
     } catch {
       return { status: 0, text: "", retryAfter: null }; // offline or refused by the network

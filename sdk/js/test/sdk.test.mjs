@@ -523,3 +523,38 @@ test("two tabs meeting the refusal of one stored beacon take its records back on
   one.close();
   two.close();
 });
+
+test("props nested deeper than the server takes are refused when tracked; a 403 naming a record drops it alone", async () => {
+  const nest = (n) => (n === 0 ? 1 : { a: nest(n - 1) });
+  const stored = [];
+  let read = 0;
+  const f = async (url, init) => {
+    const list = JSON.parse(init.body);
+    const at = list.findIndex((r) => r.event === "not_listed");
+    const res = at >= 0
+      ? new Response(JSON.stringify({ error: "not_allowed", field: "event", index: at }), { status: 403 })
+      : (stored.push(...list.map((r) => r.event)), new Response('{"ok":true}', { status: 202 }));
+    // Every answer's body is read (an unread one keeps its keepalive share in a browser).
+    const text = res.text.bind(res);
+    res.text = () => ((read += 1), text());
+    return res;
+  };
+  const errors = [];
+  const c = client({ fetch: f, onError: (e) => errors.push(e) });
+  c.track("deep_ok", nest(14)); // props 14 levels: the body 16
+  c.track("too_deep", nest(15));
+  c.track("not_listed");
+  c.track("after");
+  c.purchase(null);
+  c.purchase({ orderId: "o".repeat(257), amountCents: 100, currency: "USD" });
+  await drain(c);
+  assert.deepEqual(stored, ["deep_ok", "after"]);
+  assert.deepEqual(errors.map((e) => [e.reason, e.status, e.records]), [
+    ["invalid", undefined, 1],
+    ["invalid", undefined, 2],
+    ["invalid", undefined, 2],
+    ["refused", 403, 1],
+  ]);
+  assert.equal(read, 2);
+  c.close();
+});

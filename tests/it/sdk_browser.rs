@@ -67,6 +67,7 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
     assert_eq!(seen["c"]["queuedAtClose"].as_u64(), Some(7), "{seen}");
     // The one record over the server's props limit refused alone, and told.
     assert_eq!(seen["b"]["errors"], serde_json::json!([["refused", 400, 1]]), "{seen}");
+    assert_eq!(seen["b"]["refusedByBrowser"], 0, "requests the browser refused to send: {seen}");
 
     let count = |user: &str, event: &str| {
         p.scalar(&format!(
@@ -74,7 +75,7 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
         ))
     };
     // Each page's events, every one once: rows = distinct event ids.
-    let fixed: u64 = 4 + 1 + (1 + 5 + 1) + (1 + 7 + 1) + (1 + 19 + 1 + 1);
+    let fixed: u64 = 4 + 1 + (1 + 5 + 1) + (1 + 7 + 1) + (1 + 19 + 20 + 1 + 1);
     p.wait_for(1, "the session's payment", |p| {
         p.scalar(&format!(
             "SELECT count() FROM analytics.payments WHERE order_id = '{run}-order' AND user_id = '{run}-s' AND amount_cents = 499 AND currency = 'USD' AND product_id = 'gems_100'"
@@ -97,6 +98,7 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
         ("c", "session_end", 1),
         ("b", "session_start", 1),
         ("b", "level_start", 19),
+        ("b", "level_up", 20),
         ("b", "level_fail", 0),
         ("b", "nick_set", 1),
         ("b", "session_end", 1),

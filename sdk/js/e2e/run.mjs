@@ -89,14 +89,24 @@ try {
   // b: large bodies, a lone surrogate, a refused record.
   const b = await open("b", { batchSize: 100, flushInterval: 100, heartbeatInterval: 0 });
   await b.evaluate(() => {
+    // Posts the browser itself refused (an answered keepalive request whose body is not
+    // read keeps its share of the 64 KiB, and the next large one fails without being sent).
+    window.refusedByBrowser = 0;
+    const send = window.fetch.bind(window);
+    window.fetch = (...args) => send(...args).catch((e) => ((window.refusedByBrowser += 1), Promise.reject(e)));
     window.errors = [];
     window.client.c.onError = (e) => window.errors.push(e);
     for (let i = 0; i < 19; i++) Croupier.track("level_start", { level: i, pad: "x".repeat(4000) });
+    // Two more requests of about 40 KB each, back to back.
+    for (let i = 0; i < 20; i++) Croupier.track("level_up", { level: i, pad: "w".repeat(4000) });
     Croupier.track("level_fail", { level: 99, pad: "y".repeat(40000) });
     Croupier.track("nick_set", { nick: "Ace\u{1f3b2}".slice(0, 4) });
   });
   await drained(b);
-  out.b = { errors: await b.evaluate(() => window.errors.map((e) => [e.reason, e.status, e.records])) };
+  out.b = {
+    errors: await b.evaluate(() => window.errors.map((e) => [e.reason, e.status, e.records])),
+    refusedByBrowser: await b.evaluate(() => window.refusedByBrowser),
+  };
   await b.close({ runBeforeUnload: true });
 
   // c: closed with a batch still queued.

@@ -83,3 +83,8 @@ function apiMessage(text: string, fallback: string): string {
     return fallback;
   }
 }
+
+/** An error as a block shows it: `status tag: message` for the API's, else its text. */
+export function errorText(e: unknown): string {
+  return (e instanceof ApiError ? `${e.status || ''} ${e.tag}: ${e.message}` : String(e)).trim();
+}

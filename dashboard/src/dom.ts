@@ -2,7 +2,7 @@
 // states. Every figure taken from an API answer carries `data-key` (its path in the
 // answer), `data-scale` and `data-dec`; its section carries `data-src` (the URL it was
 // read from). The browser tests read the API at `data-src` themselves and compare.
-import { ApiError } from './api';
+import { errorText } from './api';
 import { show } from './format';
 
 type Attrs = Record<string, string | number | boolean | undefined | ((e: Event) => void)>;
@@ -125,8 +125,7 @@ export function card(title: string, extra?: HTMLElement): { el: HTMLElement; loa
       el.dataset.state = 'ready';
     } catch (e) {
       if ((e as Error).name === 'AbortError') return;
-      const msg = e instanceof ApiError ? `${e.status || ''} ${e.tag}: ${e.message}` : String(e);
-      body.replaceChildren(h('p', { class: 'error' }, msg.trim()));
+      body.replaceChildren(h('p', { class: 'error' }, errorText(e)));
       el.dataset.state = 'error';
     } finally {
       el.classList.remove('loading');

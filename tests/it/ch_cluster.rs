@@ -32,24 +32,36 @@ fn wait_for(want: u64, what: &str, f: impl Fn() -> u64) {
     }
 }
 
+/// The worker's environment for `cluster` (its shards, its name) and `redis`, with a
+/// ClickHouse timeout long enough for replicated DDL, which waits on ZooKeeper (more than
+/// the pipeline's 3 s on a loaded machine).
+fn cluster_env(redis: &RedisServer, cluster: &ClickHouseCluster) -> Vec<(String, String)> {
+    let mut env = env(redis, &cluster.nodes[0][0]);
+    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
+    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
+    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
+    env
+}
+
+/// `croupier migrate` with `env`, which must succeed.
+fn migrate(env: &[(String, String)]) {
+    let (ok, out) = croupier(&["migrate"], env);
+    assert!(ok, "croupier migrate failed: {out}");
+}
+
 #[test]
 fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
     let mut cluster = ClickHouseCluster::start(2, 2);
     let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |_| {});
-    let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
-    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
-    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    let mut env = cluster_env(&ingest.redis, &cluster);
     // The figures too: written through their Distributed tables to the first shard.
     env.push(("CROUPIER_AGGREGATE__FLUSH_MS".into(), "200".into()));
     env.push(("CROUPIER_AGGREGATE__WRITE_MS".into(), "200".into()));
-    // Replicated DDL waits on ZooKeeper: more than the pipeline's 3 s on a loaded machine.
-    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
-    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
 
     // Twice: the second run finds everything in place.
     for _ in 0..2 {
-        let (ok, out) = croupier(&["migrate"], &env);
-        assert!(ok, "croupier migrate failed: {out}");
+        migrate(&env);
     }
     for node in cluster.all() {
         let tables = node.query(
@@ -151,13 +163,8 @@ fn ch_cluster_replica_killed_mid_insert_loses_and_duplicates_nothing() {
 fn ch_cluster_user_days_land_on_the_shard_of_their_events() {
     let cluster = ClickHouseCluster::start(2, 2);
     let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |_| {});
-    let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
-    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
-    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
-    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
-    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
-    let (ok, out) = croupier(&["migrate"], &env);
-    assert!(ok, "croupier migrate failed: {out}");
+    let env = cluster_env(&ingest.redis, &cluster);
+    migrate(&env);
     for node in cluster.all() {
         let views = "SELECT count() FROM system.tables WHERE database = 'analytics' AND name LIKE 'user_days_mv%'";
         assert_eq!(number(node, views), 0, "user_days_mv on {}", node.addr());
@@ -221,14 +228,9 @@ fn ch_cluster_user_days_land_on_the_shard_of_their_events() {
 fn ch_cluster_user_days_failing_on_one_shard_sends_each_shard_only_what_it_lacks() {
     let cluster = ClickHouseCluster::start(2, 2);
     let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start(), |_| {});
-    let mut env = env(&ingest.redis, &cluster.nodes[0][0]);
-    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
-    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
+    let mut env = cluster_env(&ingest.redis, &cluster);
     env.push(("CROUPIER_AGGREGATE__ENABLED".into(), "false".into()));
-    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
-    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
-    let (ok, out) = croupier(&["migrate"], &env);
-    assert!(ok, "croupier migrate failed: {out}");
+    migrate(&env);
     for node in &cluster.nodes[1] {
         node.query("RENAME TABLE analytics.user_days_local TO analytics.user_days_away");
     }
@@ -304,13 +306,8 @@ fn start_worker(env: &[(String, String)]) -> std::process::Child {
 fn ch_cluster_a_shard_without_a_replica_makes_the_worker_unready() {
     let mut cluster = ClickHouseCluster::start(2, 1);
     let redis = RedisServer::start();
-    let mut env = env(&redis, &cluster.nodes[0][0]);
-    env.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), cluster.shards_toml()));
-    env.push(("CROUPIER_CLICKHOUSE__CLUSTER".into(), CLUSTER.into()));
-    env.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__TIMEOUT_MS");
-    env.push(("CROUPIER_CLICKHOUSE__TIMEOUT_MS".into(), "20000".into()));
-    let (ok, out) = croupier(&["migrate"], &env);
-    assert!(ok, "croupier migrate failed: {out}");
+    let env = cluster_env(&redis, &cluster);
+    migrate(&env);
     let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &env);
     let readyz = |want: u16, what: &str, needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,6 +1,6 @@
 // Payments: totals, revenue by dimension, the top products' trend, transactions
 // (`/payments/summary`, `/payments/product_trend`, `/payments/transactions`).
-import { ApiError, get, qs } from '../api';
+import { errorText, get, qs } from '../api';
 import { alignSeries, lineChart } from '../chart';
 import { card, h, kpis, table, val } from '../dom';
 import { scopeParams } from '../state';
@@ -71,8 +71,7 @@ export const payments: Page = {
       .catch((e: unknown) => {
         if ((e as Error).name === 'AbortError') return;
         // Drawn from the summary: its error, as the summary's cards show it.
-        const msg = e instanceof ApiError ? `${e.status || ''} ${e.tag}: ${e.message}` : String(e);
-        trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'error' }, msg.trim()));
+        trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'error' }, errorText(e)));
         trend.el.dataset.state = 'error';
       });
 

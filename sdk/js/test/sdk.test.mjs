@@ -371,6 +371,15 @@ test("requests stay under 60 KiB, sent with keepalive; a larger record goes alon
 const refuse = (index, field) =>
   new Response(JSON.stringify({ error: "invalid_field", message: `record ${index}: field \`${field}\` is bad`, field, index }), { status: 400 });
 
+/** A server refusing a batch that holds a `bad` event (naming it), else storing the events' names in `stored`. */
+const refusingBad = (stored) => async (url, init) => {
+  const list = JSON.parse(init.body);
+  const at = list.findIndex((r) => r.event === "bad");
+  if (at >= 0) return refuse(at, "event");
+  stored.push(...list.map((r) => r.event));
+  return new Response('{"ok":true}', { status: 202 });
+};
+
 test("a refused record is dropped with those refused alike; the rest is sent, in batches the server takes", async () => {
   const calls = [];
   const stored = [];
@@ -473,13 +482,7 @@ test("a beaconed body refused comes back as records, the refused one dropped", a
   const records = ["a", "bad", "c"].map((event) => ({ event, game_id: "g1" }));
   storage.setItem("croupier:g1:beacons", JSON.stringify([{ k: "e", body: JSON.stringify(records) }]));
   const stored = [];
-  const f = async (url, init) => {
-    const list = JSON.parse(init.body);
-    const at = list.findIndex((r) => r.event === "bad");
-    if (at >= 0) return refuse(at, "event");
-    stored.push(...list.map((r) => r.event));
-    return new Response('{"ok":true}', { status: 202 });
-  };
+  const f = refusingBad(stored);
   const errors = [];
   const c = client({ fetch: f, storage, onError: (e) => errors.push(e.records) });
   await drain(c);
@@ -507,13 +510,7 @@ test("two tabs meeting the refusal of one stored beacon take its records back on
   const records = ["a", "bad", "c"].map((event) => ({ event, game_id: "g1", event_id: `id-${event}` }));
   storage.setItem("croupier:g1:beacons", JSON.stringify([{ k: "e", body: JSON.stringify(records) }]));
   const stored = [];
-  const f = async (url, init) => {
-    const list = JSON.parse(init.body);
-    const at = list.findIndex((r) => r.event === "bad");
-    if (at >= 0) return refuse(at, "event");
-    stored.push(...list.map((r) => r.event));
-    return new Response('{"ok":true}', { status: 202 });
-  };
+  const f = refusingBad(stored);
   // Both tabs loaded the beacon at their start; the second meets the refusal after the first.
   const one = client({ fetch: f, storage, onError: () => {} });
   const two = client({ fetch: f, storage, onError: () => {} });

@@ -370,6 +370,9 @@ impl Redis {
     }
 }
 
+/// The longest `server.drain_delay_ms` accepted: ten minutes.
+pub const MAX_DRAIN_DELAY_MS: u64 = 600_000;
+
 impl Default for Redis {
     fn default() -> Self {
         Redis {
@@ -977,6 +980,9 @@ impl Config {
                     .to_owned(),
             );
         }
+        if r.sentinels.is_empty() && r.master_name != Redis::default().master_name {
+            w.push(format!("redis.master_name is {:?} but redis.sentinels is not set: it is not used", r.master_name));
+        }
         if self.streams.batch_events.is_some() {
             w.push(
                 "streams.batch_events is no longer used: each stream's events per entry are measured \
@@ -1282,6 +1288,9 @@ impl Config {
             if let Some(bad) = list.iter().find(|a| !is_host_port(a)) {
                 return Err(err(key, format!("expected host:port entries (a port from 1 to 65535), not {bad:?}")));
             }
+            if let Some((i, twice)) = list.iter().enumerate().find(|(i, a)| list[..*i].contains(a)) {
+                return Err(err(key, format!("entry {i}, {twice:?}, is listed twice: each server once")));
+            }
         }
         for (role, perms) in &self.api.roles {
             if let Some(p) =
@@ -1351,6 +1360,14 @@ impl Config {
         }
         if !self.redis.sentinels.is_empty() && self.redis.master_name.is_empty() {
             return Err(err("redis.master_name", "expected the primary's name at the sentinels"));
+        }
+        // A drain longer than any orchestrator's grace period is a typo (seconds written as
+        // milliseconds twice over): the process would be killed while it still drains.
+        if self.server.drain_delay_ms > MAX_DRAIN_DELAY_MS {
+            return Err(err(
+                "server.drain_delay_ms",
+                format!("expected at most {MAX_DRAIN_DELAY_MS} (ten minutes), milliseconds"),
+            ));
         }
         if self.server.max_records == 0 {
             return Err(err("server.max_records", "expected a count greater than 0"));
@@ -1783,6 +1800,24 @@ mod tests {
         )
         .expect("two partitions");
         assert_eq!(c.streams.partitions, 2);
+    }
+
+    #[test]
+    fn a_server_listed_twice_a_drain_past_ten_minutes_and_an_unused_master_name_are_named() {
+        for key in ["cluster", "sentinels"] {
+            let toml = format!("[streams]\npartitions = 2\n[redis]\n{key} = [\"a:7000\", \"b:7000\", \"a:7000\"]\n");
+            let e = Config::from_toml(&toml).expect_err("listed twice");
+            assert_eq!(e.key, format!("redis.{key}"));
+            assert!(e.message.contains("entry 2, \"a:7000\", is listed twice"), "{e}");
+        }
+        let e = Config::from_toml("[server]\ndrain_delay_ms = 600001\n").expect_err("past ten minutes");
+        assert_eq!(e.key, "server.drain_delay_ms");
+        let c = Config::from_toml("[server]\ndrain_delay_ms = 600000\n").expect("ten minutes");
+        assert_eq!(c.server.drain_delay_ms, 600_000);
+        let c = Config::from_toml("[redis]\nmaster_name = \"primary\"\n").expect("a warning, not an error");
+        assert!(c.warnings().iter().any(|w| w.contains("redis.master_name is \"primary\"")), "{:?}", c.warnings());
+        let c = Config::from_toml("[redis]\nsentinels = [\"s:26379\"]\nmaster_name = \"primary\"\n").expect("used");
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]

@@ -2273,6 +2273,8 @@ fn analytics_levels_average_only_the_numbers_of_clears() {
         ev(9, "u1", "level_clear", r#"{"level":"2","duration_sec":"1e308","retries":""}"#),
         ev(10, "u1", "level_start", r#"{"level":"3","duration_sec":5,"retries":1}"#),
         ev(11, "u2", "level_fail", r#"{"level":"3","duration_sec":5,"retries":1}"#),
+        // A string with escapes is its value, as `JSON_VALUE` reads it: `a"b\c`.
+        ev(14, "u3", "level_start", r#"{"level":"a\"b\\c","duration_sec":"7"}"#),
     ];
     insert_events(&api.ch, &format!("VALUES {}", rows.join(", ")));
     let v = api.json(&format!("/api/analytics/levels?game_id=g1&env=lv&start={}&end={}", date(t - 1), date(t - 1)));
@@ -2288,9 +2290,17 @@ fn analytics_levels_average_only_the_numbers_of_clears() {
             (json!("1"), json!(10.0), json!(2.0)),
             (json!("2"), json!(1e308), Value::Null),
             (json!("3"), Value::Null, Value::Null),
+            (json!("a\"b\\c"), Value::Null, Value::Null),
         ],
         "{v}"
     );
+    // The events filter compares the same value (`a"b\c`, percent-encoded).
+    let v = api.json(&format!(
+        "/api/analytics/behavior/events?game_id=g1&env=lv&start={}&end={}&prop_key=level&prop_val=a%22b%5Cc",
+        date(t - 1),
+        date(t - 1)
+    ));
+    assert_eq!(v["total"], 1, "{v}");
 }
 
 /// Filters: defaults, a POST needs analytics:manage and a game the token may read, the

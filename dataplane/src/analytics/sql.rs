@@ -38,10 +38,15 @@ pub fn prop_key(field: &'static str, k: &str) -> Result<String, ApiError> {
 }
 
 /// The value of `props.<key>` as a string, on every ClickHouse version (18.16 has no
-/// JSON functions but `visitParamExtractRaw`): a JSON string loses its quotes, a number
-/// is its text. `key` must come from [`prop_key`] or a constant.
+/// JSON functions but the `visitParam` ones): a JSON string is its value, unescaped
+/// (`visitParamExtractString`), anything else its text (`visitParamExtractRaw`), as
+/// `JSON_VALUE` reads them. `key` must come from [`prop_key`] or a constant.
 pub fn prop(key: &str) -> String {
-    format!("replaceRegexpAll(visitParamExtractRaw(props_json, {}), '^\"|\"$', '')", quote(key))
+    let k = quote(key);
+    format!(
+        "if(startsWith(visitParamExtractRaw(props_json, {k}), '\"'), visitParamExtractString(props_json, {k}), \
+         visitParamExtractRaw(props_json, {k}))"
+    )
 }
 
 /// A dimension column of `table` from its allow-list: `Some(column)` or `None`.

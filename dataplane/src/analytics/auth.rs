@@ -42,7 +42,8 @@ struct Claims {
 /// A claim that is absent or a unix second: a JSON integer from 0 (`1764950000`, not
 /// `1764950000.5`, `1.76495e9` or `1764950000.0`, as Croupier's integer field reads it).
 fn unix_second(claim: &Option<serde_json::Value>) -> bool {
-    claim.as_ref().is_none_or(serde_json::Value::is_u64)
+    // Croupier's `exp` and `nbf` are `int64`s: 2^63 and above is no time of theirs.
+    claim.as_ref().is_none_or(|c| c.as_u64().is_some_and(|s| i64::try_from(s).is_ok()))
 }
 
 /// A string or a list of strings (`null`: absent).
@@ -292,6 +293,9 @@ mod tests {
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1e30})), invalid);
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": -1})), invalid);
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": "x"})), invalid);
+        // Past an int64, as Croupier reads `exp` and `nbf`: refused, not "never expires".
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1u64 << 63})), invalid);
+        assert_eq!(why(serde_json::json!({"sub": "a", "exp": u64::MAX})), invalid);
         assert_eq!(why(serde_json::json!({"sub": "a"})), "token without exp");
         assert_eq!(why(serde_json::json!({"sub": "a", "exp": 1})), "token expired");
         // A fraction of a second is no unix second either, in `exp` or `nbf`, however near.

@@ -45,11 +45,16 @@ impl Params {
             .unwrap_or_default()
     }
 
-    /// An integer, `default` when absent; refused when not a number.
+    /// An integer, `default` when absent; refused when not a number (spaces around it
+    /// included, as Croupier's integer parsing refuses them; a leading `+` it takes).
     pub fn int(&self, name: &'static str, default: i64) -> Result<i64, ApiError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| ApiError::param(name, "expected an integer")),
+        let raw = self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        match (self.get(name), raw) {
+            (Some(v), Some(raw)) if v.len() == raw.len() => {
+                v.parse().map_err(|_| ApiError::param(name, "expected an integer"))
+            }
+            (Some(_), _) => Err(ApiError::param(name, "expected an integer (without spaces)")),
+            (None, _) => Ok(default),
         }
     }
 
@@ -170,16 +175,20 @@ pub const MIN_TIME: i64 = 0;
 /// ends on 2106-02-07; whole years are kept).
 pub const MAX_TIME: i64 = 4_291_747_199;
 
-/// Parses a time: RFC 3339 (fractional seconds dropped) or `YYYY-MM-DD` (its midnight,
-/// or with `end_of_day` its last second). Unix seconds, within [`MIN_TIME`]..=[`MAX_TIME`]
-/// (else refused, naming `field`).
+/// Parses a time: RFC 3339 or `YYYY-MM-DD` (its midnight, or with `end_of_day` its last
+/// second). Unix seconds, within [`MIN_TIME`]..=[`MAX_TIME`] (else refused, naming
+/// `field`). Rows are stamped in whole seconds: a fraction rounds a range's start up and
+/// its end (`end_of_day`) down, so that the range holds no second outside the one asked.
 pub fn parse_time(field: &'static str, v: &str, end_of_day: bool) -> Result<i64, ApiError> {
+    let refused =
+        || ApiError::param(field, "expected RFC 3339 (2025-11-22T12:00:00Z, fractions allowed) or YYYY-MM-DD");
     let t = match OffsetDateTime::parse(v, &Rfc3339) {
+        Ok(t) if t.nanosecond() > 0 && !end_of_day => t.unix_timestamp().saturating_add(1),
         Ok(t) => t.unix_timestamp(),
+        // Four digits of year, as in RFC 3339 (`[year]` alone also takes `+2026`).
+        Err(_) if !v.as_bytes().first().is_some_and(u8::is_ascii_digit) => return Err(refused()),
         Err(_) => {
-            let date = Date::parse(v, format_description!("[year]-[month]-[day]")).map_err(|_| {
-                ApiError::param(field, "expected RFC 3339 (2025-11-22T12:00:00Z, fractions allowed) or YYYY-MM-DD")
-            })?;
+            let date = Date::parse(v, format_description!("[year]-[month]-[day]")).map_err(|_| refused())?;
             let midnight = date.midnight().assume_utc().unix_timestamp();
             if end_of_day {
                 midnight + DAY - 1
@@ -301,7 +310,10 @@ mod tests {
         assert_eq!(parse_time("start", "2025-11-22T14:00:00+02:00", false), Ok(want));
         assert_eq!(parse_time("start", "2025-11-22", false), Ok(want - 12 * 3600));
         assert_eq!(parse_time("end", "2025-11-22", true), Ok(want + 12 * 3600 - 1));
-        for bad in ["", "2025-11", "22/11/2025", "2025-11-22 12:00:00", "x'; DROP"] {
+        // A fraction: the start is the next whole second, the end its own.
+        assert_eq!(parse_time("start", "2025-11-22T12:00:00.5Z", false), Ok(want + 1));
+        assert_eq!(parse_time("end", "2025-11-22T12:00:00.5Z", true), Ok(want));
+        for bad in ["", "2025-11", "22/11/2025", "2025-11-22 12:00:00", "x'; DROP", "+2025-11-22", "-2025-11-22"] {
             assert!(parse_time("start", bad, false).is_err(), "{bad}");
         }
         assert_eq!(rfc3339(want), "2025-11-22T12:00:00Z");
@@ -348,6 +360,12 @@ mod tests {
         assert_eq!(r.end - r.start + 1, 2 * DAY);
         assert!(Range::from(&Params::parse(""), 0, DAY, true).is_err());
         assert!(Range::from(&Params::parse("start=2025-11-22&end=2025-11-21"), 0, DAY, false).is_err());
+        // Integers as Croupier parses them: a `+` taken, spaces refused.
+        assert_eq!(Params::parse("size=%2B10").int("size", 50), Ok(10));
+        for bad in ["size=%2010", "size=10%20", "size=1.0", "size=x"] {
+            assert!(Params::parse(bad).int("size", 50).is_err(), "{bad}");
+        }
+        assert_eq!(Params::parse("size=").int("size", 50), Ok(50));
         assert_eq!(percent(1.0, 3.0), 33.33);
         assert_eq!(percent(1.0, 0.0), 0.0);
     }

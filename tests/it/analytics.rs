@@ -688,6 +688,47 @@ fn api_behind_stall(query_timeout_ms: u64) -> (Api, Stall, String) {
     (api, stall, to_last)
 }
 
+/// 503 `busy` with `Retry-After: 1` for a request kept waiting by other requests' queries:
+/// with two connections (`api.max_queries_in_flight`) held by two overviews whose query of
+/// the players per first day is held back, a third overview's query waits until theirs
+/// time out, then runs out of its own time: its wait was the others' load, not its query
+/// (a black-box finding: it was 504 `query_timeout`). The first two are 504.
+#[test]
+fn analytics_a_request_kept_waiting_by_others_is_busy_not_a_timeout() {
+    let mut stall = None;
+    let api = Api::start_configured(
+        false,
+        |_| {},
+        |ch, config| {
+            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
+            config.clickhouse.addr = s.addr.to_string();
+            config.api.query_timeout_ms = 3_000;
+            config.api.max_queries_in_flight = 2;
+            stall = Some(s);
+        },
+    );
+    let stall = stall.expect("the stall started");
+    api.wait_redis();
+    let last = api.history.today - 1;
+    let path = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
+    stall.arm(true);
+    let [a, b, c] = std::thread::scope(|s| {
+        let first = [s.spawn(|| api.get(&path, &admin())), s.spawn(|| api.get(&path, &admin()))];
+        std::thread::sleep(Duration::from_millis(500));
+        let third = s.spawn(|| api.get(&path, &admin()));
+        let [a, b] = first.map(|t| t.join().unwrap());
+        [a, b, third.join().unwrap()]
+    });
+    stall.arm(false);
+    for r in [&a, &b] {
+        assert_eq!((r.status, r.error_tag()), (504, "query_timeout".to_owned()), "{}", r.text());
+    }
+    assert_eq!((c.status, c.error_tag(), c.header("retry-after")), (503, "busy".to_owned(), Some("1")), "{}", c.text());
+    assert!(stall.held() >= 3, "each overview's query was held");
+    // Released, the overview answers.
+    assert_eq!(api.json(&path)["registered_total"], PLAYERS);
+}
+
 /// Remembered figures of complete days are read again in the background before they
 /// expire (docs/analytics-api.md): past their 60 s, requests answer them from memory while
 /// that read is in flight (here held back on its way to ClickHouse), with one such read

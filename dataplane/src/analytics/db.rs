@@ -131,6 +131,8 @@ pub struct Reads<'a> {
     db: &'a Db,
     read_rows: Cell<u64>,
     slots: Slots,
+    /// One of its queries waited for a connection half of `api.query_timeout_ms` or more.
+    kept_waiting: Cell<bool>,
     /// The request's start plus `api.query_timeout_ms`.
     deadline: monoio::time::Instant,
 }
@@ -141,10 +143,20 @@ impl Reads<'_> {
         // The request's own share first, so that one request (the overview sends seven
         // queries) leaves slots to others. Waiting for it is waiting for the request's own
         // queries, not for others': past the deadline it is 504, not 503 `busy`.
-        let Ok(_mine) = monoio::time::timeout_at(self.deadline, self.slots.acquire()).await else {
-            return Err(ApiError::QueryTimeout);
+        // A request one of whose queries was kept waiting by others' (half of its time or
+        // more) and that then runs out of time is answered 503 `busy` (with its
+        // `Retry-After`): their load's doing, not 504.
+        let late = |e: ApiError| {
+            if e == ApiError::QueryTimeout && self.kept_waiting.get() {
+                ApiError::Busy
+            } else {
+                e
+            }
         };
-        let (rows, read) = self.db.select(sql, self.deadline, true).await?;
+        let Ok(_mine) = monoio::time::timeout_at(self.deadline, self.slots.acquire()).await else {
+            return Err(late(ApiError::QueryTimeout));
+        };
+        let (rows, read) = self.db.select(sql, self.deadline, true, &self.kept_waiting).await.map_err(late)?;
         self.read_rows.set(self.read_rows.get().saturating_add(read));
         Ok(rows)
     }
@@ -288,7 +300,7 @@ impl Db {
             let _reading = Reading::start(self, &key);
             let began = Instant::now();
             let deadline = monoio::time::Instant::now() + self.timeout;
-            match self.select(&recipe.sql, deadline, false).await {
+            match self.select(&recipe.sql, deadline, false, &Cell::new(false)).await {
                 Ok((rows, _)) => {
                     let figures = (recipe.decode)(&rows, recipe.arg);
                     if let Some(e) = self.remembered.borrow_mut().get_mut(&key) {
@@ -342,25 +354,46 @@ impl Db {
             db: self,
             read_rows: Cell::new(0),
             slots: Slots::new(self.per_request),
+            kept_waiting: Cell::new(false),
             deadline: monoio::time::Instant::now() + self.timeout,
         }
     }
 
     /// Runs a `SELECT` by `deadline`: its rows and the rows ClickHouse read for it, or why
     /// not (502 refused or failed, 504 too slow, 503 no slot free by then); `log`: a
-    /// failure is logged (a request's; the background reads log theirs together).
+    /// failure is logged (a request's; the background reads log theirs together);
+    /// `kept_waiting` is set when it waited for a slot half of `api.query_timeout_ms` or
+    /// more, or until the deadline.
     async fn select(
         &self,
         sql: &str,
         deadline: monoio::time::Instant,
         log: bool,
+        kept_waiting: &Cell<bool>,
     ) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
-        if deadline <= monoio::time::Instant::now() {
+        let asked = monoio::time::Instant::now();
+        if deadline <= asked {
             return Err(ApiError::QueryTimeout);
         }
         let Ok(_slot) = monoio::time::timeout_at(deadline, self.slots.acquire()).await else {
+            kept_waiting.set(true);
             return Err(ApiError::Busy);
         };
+        // Kept waiting by others' queries for half of the request's time or more: running
+        // out of time is then their load's doing ([`Reads::select`]).
+        if asked.elapsed().saturating_mul(2) >= self.timeout {
+            kept_waiting.set(true);
+        }
+        self.run_select(sql, deadline, log).await
+    }
+
+    /// [`Db::select`] once a connection slot is held.
+    async fn run_select(
+        &self,
+        sql: &str,
+        deadline: monoio::time::Instant,
+        log: bool,
+    ) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
         let left = deadline.saturating_duration_since(monoio::time::Instant::now());
         let secs = left.as_secs().max(1);
         let run = async {

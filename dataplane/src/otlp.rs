@@ -90,14 +90,20 @@ fn refusal(format: Format, e: &IngestError) -> Response {
     r
 }
 
-/// Answers an OTLP/HTTP request.
+/// Answers an OTLP/HTTP request. A request refused before its records were counted
+/// (headers, token, body) counts as one refused event, as on the data port.
 pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> Response {
     let head = req.head();
+    let refuse = |format: Format, game: &str, e: IngestError| {
+        ingest::count_refused(shard, game, &e, 1);
+        refusal(format, &e)
+    };
     let Some(format) = head.field(CONTENT_TYPE).and_then(Format::from_content_type) else {
         // 415 with a `google.rpc.Status` as every other refusal of the route, in JSON (the
         // request's encoding is what is unknown).
         let e = HttpError::UnsupportedMediaType("Content-Type (use application/x-protobuf or application/json)");
-        return refusal(Format::Json, &e.into());
+        let game = bearer_game(shard, head.field(AUTHORIZATION)).unwrap_or("");
+        return refuse(Format::Json, game, e.into());
     };
     let signal = match route {
         OtlpRoute::Export(s) => s,
@@ -107,23 +113,24 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
             return Response::bytes(404, format.content_type(), body);
         }
     };
+    let game = bearer_game(shard, head.field(AUTHORIZATION));
     let encoding = match Encoding::parse(head.field(CONTENT_ENCODING)) {
         Ok(e) => e,
-        Err(e) => return refusal(format, &e.into()),
+        Err(e) => return refuse(format, game.unwrap_or(""), e.into()),
     };
-    let Some(game) = bearer_game(shard, head.field(AUTHORIZATION)) else {
-        return refusal(format, &IngestError::MissingCredentials("Authorization"));
+    let Some(game) = game else {
+        return refuse(format, "", IngestError::MissingCredentials("Authorization"));
     };
     let retry_after = shard.config.redis.retry_after_secs;
     if !shard.redis.is_up() {
-        return refusal(format, &IngestError::RedisUnavailable { retry_after });
+        return refuse(format, game, IngestError::RedisUnavailable { retry_after });
     }
     let mut held = match req.claim_body() {
         Ok(held) => held,
-        Err(e) => return refusal(format, &e.into()),
+        Err(e) => return refuse(format, game, e.into()),
     };
     if let Err(e) = req.read_body(&mut held).await {
-        return refusal(format, &e.into());
+        return refuse(format, game, e.into());
     }
     let (wire, scratch) = req.buffers();
     match export(shard, signal, format, encoding, game, wire, scratch).await {

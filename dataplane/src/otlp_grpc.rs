@@ -13,6 +13,7 @@ use bytes::Bytes;
 use croupier_protocol::otlp::grpc::{self, Method};
 use croupier_protocol::otlp::response::{self, Code};
 use croupier_protocol::otlp::Format;
+use croupier_protocol::validate::BodyError;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -205,11 +206,17 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
             return Answer::Status(Code::Unimplemented, m, None);
         }
     };
+    // Refused before its records were counted (token, body): one refused event, as on the
+    // data port.
+    let refuse = |game: &str, e: IngestError| {
+        crate::ingest::count_refused(shard, game, &e, 1);
+        Answer::refusal(&e)
+    };
     let Some(game) = otlp::bearer_game(shard, field("authorization")) else {
-        return Answer::refusal(&IngestError::MissingCredentials("authorization"));
+        return refuse("", IngestError::MissingCredentials("authorization"));
     };
     if !shard.redis.is_up() {
-        return Answer::refusal(&IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
+        return refuse(game, IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
     }
     let max = server.limits.max_body_bytes;
     let mut wire = Vec::new();
@@ -217,15 +224,16 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
     let read = read_message(&mut body, max, &mut wire, &mut held);
     match monoio::time::timeout(server.limits.read_timeout, read).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Answer::refusal(&e),
-        Err(_) => return Answer::refusal(&HttpError::RequestTimeout.into()),
+        Ok(Err(e)) => return refuse(game, e),
+        Err(_) => return refuse(game, HttpError::RequestTimeout.into()),
     }
     let message = match grpc::message(&wire, max) {
         Ok(m) => m,
         Err(grpc::FrameError::TooLarge { .. }) => {
-            return Answer::refusal(&HttpError::PayloadTooLarge { limit: max }.into());
+            return refuse(game, HttpError::PayloadTooLarge { limit: max }.into());
         }
-        Err(e) => return Answer::Status(Code::InvalidArgument, e.to_string(), None),
+        // `INVALID_ARGUMENT` with the framing's error, as the decoder's.
+        Err(e) => return refuse(game, IngestError::Body(BodyError::Malformed(e.to_string()))),
     };
     if message.compressed && !gzip {
         return Answer::Status(Code::Internal, "compressed flag set without a grpc-encoding".into(), None);

@@ -324,6 +324,18 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
         (r.status, String::from_utf8_lossy(&r.body).as_ref()),
         (404, r#"{"code":12,"message":"metrics are not accepted: export logs and traces"}"#)
     );
+    // Each request refused before its records were counted counts as one refused event,
+    // as on the data port (a black-box finding: the token, Content-Type and Redis
+    // refusals counted none, so the drop-rate alert missed them).
+    let refused = |reason: &str, game: &str| {
+        let mut enc = croupier_control::metrics::Encoder::new();
+        registry.encode(&mut enc);
+        let text = enc.finish();
+        let series = format!(r#"croupier_events_refused_total{{game="{game}",reason="{reason}"}}"#);
+        crate::metrics::sample(&text, &series).unwrap_or(0.0)
+    };
+    assert_eq!(refused("missing_credentials", "(unknown)"), 3.0);
+    assert_eq!(refused("unsupported_media_type", "g1"), 1.0);
     // Redis down: 503 UNAVAILABLE with Retry-After, so exporters retry.
     let mut f = f;
     f.redis.stop();
@@ -338,6 +350,20 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
     assert_eq!(r.status, 503);
     assert!(r.headers.iter().any(|(k, _)| k == "retry-after"), "{:?}", r.headers);
     assert!(String::from_utf8_lossy(&r.body).starts_with(r#"{"code":14,"#), "{:?}", String::from_utf8_lossy(&r.body));
+    // Once the shard knows Redis is gone, a request is refused before its body is read
+    // (its 5 spans uncounted): one refused event (the code before: none).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = refused("redis_unavailable", "g1");
+        let r = post(&f, "/v1/traces", TOKEN, "application/json", &[], json_spans("z", 0, 5).as_bytes());
+        assert_eq!(r.status, 503);
+        let counted = refused("redis_unavailable", "g1") - before;
+        if counted == 1.0 {
+            break;
+        }
+        assert!(counted == 5.0 && Instant::now() < deadline, "counted {counted} for a request of 5 spans");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -508,7 +534,7 @@ fn otlp_grpc_statuses_partial_success_and_retry_info(driver: Driver) {
         ]),
     );
     // Partial success in the ExportTraceServiceResponse, grpc-status 0.
-    let message = "1 of 3 rejected; the first, span 1: time_unix_nano must be nanoseconds between 2000 and 2100";
+    let message = "1 of 3 rejected; the first, span 1: start_time_unix_nano must be nanoseconds between 2000 and 2100";
     let mut partial = vec![0x08, 0x01];
     partial.extend(pb(2, message.as_bytes()));
     let want_ok = serde_json::json!({"code": "OK", "response_hex": hex(&pb(1, &partial))});
@@ -528,6 +554,12 @@ fn otlp_grpc_statuses_partial_success_and_retry_info(driver: Driver) {
             "unknown method /opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
         )
     );
+    // The call without a token counts as one refused event, as on the data port.
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    let series = r#"croupier_events_refused_total{game="(unknown)",reason="missing_credentials"}"#;
+    assert_eq!(crate::metrics::sample(&text, series), Some(1.0), "{text}");
     let entries = croupier_it::redis::xrange(&mut f.redis.client(), "analytics:events");
     // The gzip call's bytes differ, so it is a request of its own (the nonce is the body's
     // digest as sent); its spans' ids are the first call's (from their trace and span

@@ -196,8 +196,23 @@ pub fn json_double(v: JsonValue<'_, '_>) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         "Infinity" => Some(f64::INFINITY),
         "-Infinity" => Some(f64::NEG_INFINITY),
-        s => s.trim().parse::<f64>().ok().filter(|d| d.is_finite()),
+        // A number's text as proto3 JSON writes it: no spaces around it.
+        s if s.trim() != s => None,
+        s => s.parse::<f64>().ok().filter(|d| d.is_finite()),
     }
+}
+
+/// The members of an `AnyValue`'s `value` oneof, as OTLP/JSON names them.
+const ONE_OF: [&str; 7] =
+    ["stringValue", "boolValue", "intValue", "doubleValue", "bytesValue", "arrayValue", "kvlistValue"];
+
+/// Base64 as proto3 JSON reads `bytes`: the standard or the URL-safe alphabet, padded or
+/// not (padding only at the end, at most two).
+fn is_base64(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    s.len() - body.len() <= 2
+        && body.len() % 4 != 1
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
 }
 
 /// An OTLP/JSON `AnyValue` object.
@@ -209,12 +224,20 @@ pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeEr
         if v.as_null().is_some() {
             continue;
         }
+        // The value is a `oneof`: a second member is refused, as proto3 JSON parsers do.
+        if !matches!(out, AnyRef::Empty) && ONE_OF.contains(&k) {
+            return Err(DecodeError::Json("an AnyValue holds one value (two of stringValue, intValue, … were set)"));
+        }
         out = match k {
             "stringValue" => AnyRef::Str(v.into_string().ok_or(DecodeError::Json("stringValue must be a string"))?),
             "boolValue" => AnyRef::Bool(v.as_bool().ok_or(DecodeError::Json("boolValue must be a boolean"))?),
             "intValue" => AnyRef::Int(json_int(v).ok_or(DecodeError::Json("intValue must be an integer"))?),
             "doubleValue" => AnyRef::Double(json_double(v).ok_or(DecodeError::Json("doubleValue must be a number"))?),
-            "bytesValue" => AnyRef::Base64(v.into_string().ok_or(DecodeError::Json("bytesValue must be a string"))?),
+            "bytesValue" => AnyRef::Base64(
+                v.into_string()
+                    .filter(|b| is_base64(b))
+                    .ok_or(DecodeError::Json("bytesValue must be a base64 string"))?,
+            ),
             "arrayValue" => AnyRef::JsonArray(values(v)?),
             "kvlistValue" => AnyRef::JsonKvlist(values(v)?),
             _ => out,

@@ -483,7 +483,10 @@ impl<'m, 'o> Mapper<'m, 'o> {
         let ns = if rec.time_ns != 0 { rec.time_ns } else { rec.fallback_ns };
         let ts_ms = (ns / 1_000_000) as i64;
         if !(MIN_MS..MAX_MS).contains(&ts_ms) {
-            return Err(Fail::Reject("time_unix_nano must be nanoseconds between 2000 and 2100"));
+            return Err(Fail::Reject(match signal {
+                Signal::Traces => "start_time_unix_nano must be nanoseconds between 2000 and 2100",
+                Signal::Logs => "time_unix_nano must be nanoseconds between 2000 and 2100",
+            }));
         }
         let game = self.opt(&slots, Slot::GameId)?;
         if !game.as_str().is_empty() && game.as_str() != self.ctx.game {

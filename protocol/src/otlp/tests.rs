@@ -517,9 +517,23 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
     // NaN and the infinities are null in props, as from protobuf; a null value is no value.
     assert_eq!(out.custom[0].props, r#"{"nan":null,"inf":null,"ninf":null,"s":1.5,"none":null,"n":2}"#);
     assert_eq!(out.custom[1].event, "x");
-    for bad in [r#""inf""#, r#""1.5x""#, "true"] {
+    for bad in [r#""inf""#, r#""1.5x""#, "true", r#"" 1.5""#, r#""1.5 ""#] {
         let body = body.replace(r#"{"doubleValue":"1.5"}"#, &format!(r#"{{"doubleValue":{bad}}}"#));
         assert!(run(Signal::Logs, Format::Json, body.as_bytes()).is_err(), "{bad}");
+    }
+    // A oneof holds one value; bytes are base64 (either alphabet, padded or not).
+    for (value, ok) in [
+        (r#"{"stringValue":"a","intValue":"3"}"#, false),
+        (r#"{"bytesValue":"!!!"}"#, false),
+        (r#"{"bytesValue":"QUJD"}"#, true),
+        (r#"{"bytesValue":"QUI="}"#, true),
+        (r#"{"bytesValue":"QUI"}"#, true),
+        (r#"{"bytesValue":"-_-_"}"#, true),
+        (r#"{"bytesValue":"Q"}"#, false),
+        (r#"{"bytesValue":"QUI==="}"#, false),
+    ] {
+        let body = body.replace(r#"{"doubleValue":"1.5"}"#, value);
+        assert_eq!(run(Signal::Logs, Format::Json, body.as_bytes()).is_ok(), ok, "{value}");
     }
 }
 

@@ -20,20 +20,46 @@ export function setUnauthorizedHandler(f: () => void): void {
 }
 
 /**
+ * How long a read may go unanswered, milliseconds: the API answers within its own query
+ * timeout (`api.query_timeout_ms`, 10 s), so only a proxy that holds a request runs past
+ * this; the read then fails as `timeout` (a live view reads again) instead of waiting for
+ * ever.
+ */
+export const READ_TIMEOUT_MS = 30_000;
+
+/**
  * `GET path` (with its query) on the control port, as JSON. A 401 clears the token and,
  * unless `relogin` is false (the login page's own check), sends the user to log in.
  */
 export async function get<T = any>(path: string, signal?: AbortSignal, relogin = true): Promise<T> {
   const t = token();
   const headers: Record<string, string> = t ? { Authorization: `Bearer ${t}` } : {};
+  // The caller's abort (the page left) or the read's own timeout, whichever comes first.
+  const ctl = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ctl.abort();
+  }, READ_TIMEOUT_MS);
+  const leave = () => ctl.abort();
+  if (signal?.aborted) ctl.abort();
+  signal?.addEventListener('abort', leave);
+  const failed = (e: unknown): unknown => {
+    if (timedOut) return new ApiError(0, 'timeout', `no answer within ${READ_TIMEOUT_MS / 1000} s`);
+    if ((e as Error).name === 'AbortError') return e;
+    return new ApiError(0, 'network', `cannot reach the server: ${(e as Error).message}`);
+  };
   let resp: Response;
+  let text: string;
   try {
-    resp = await fetch(path, { headers, signal });
+    resp = await fetch(path, { headers, signal: ctl.signal });
+    text = await resp.text();
   } catch (e) {
-    if ((e as Error).name === 'AbortError') throw e;
-    throw new ApiError(0, 'network', `cannot reach the server: ${(e as Error).message}`);
+    throw failed(e);
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', leave);
   }
-  const text = await resp.text();
   if (resp.status === 401) {
     clearToken();
     if (!relogin) throw new ApiError(401, 'unauthorized', apiMessage(text, 'the token was refused'));

@@ -224,6 +224,39 @@ try {
   await page.waitForFunction(settled, null, { timeout: 15000 });
   const noEnv = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
   if (!noEnv.every((t) => t.startsWith('ready') && t.includes('Choose an environment'))) fail(`realtime without an env: ${noEnv}`);
+
+  // A realtime read no one answers (a proxy holding it) fails after 30 s as `timeout`, and
+  // the next refresh reads again (the build before waited for ever: the live view froze).
+  // The page's clock is Playwright's, run forward; the read is held by the browser.
+  const isNow = (url) => new URL(url).pathname === '/api/analytics/realtime';
+  let held = 0;
+  await page.clock.install();
+  await page.route(isNow, () => {
+    held++;
+  });
+  await page.goto(`${BASE}/realtime?game_id=${GAME}&env=${ENV}`);
+  for (let i = 0; i < 100 && held === 0; i++) await page.waitForTimeout(100);
+  const nowCard = () => page.$eval('section.card[data-src^="/api/analytics/realtime?"]', (e) => `${e.dataset.state} ${e.textContent}`).catch(() => '');
+  await page.clock.runFor(29_000);
+  const waiting = await nowCard();
+  if (held !== 1 || !waiting.startsWith('loading')) fail(`held realtime read: ${held} held, after 29 s "${waiting}"`);
+  await page.clock.runFor(2_000);
+  let timedOut = '';
+  // (The card shows the error; a refresh may already be reading again, `loading`.)
+  for (let i = 0; i < 50 && !timedOut.includes('timeout'); i++) {
+    await page.waitForTimeout(100);
+    timedOut = await nowCard();
+  }
+  if (!timedOut.includes('timeout: no answer within 30 s')) fail(`held realtime read after 31 s: "${timedOut}"`);
+  await page.unroute(isNow);
+  let back = '';
+  for (let i = 0; i < 50 && !back.startsWith('ready'); i++) {
+    await page.clock.runFor(1_000);
+    await page.waitForTimeout(100);
+    back = await nowCard();
+  }
+  if (!back.startsWith('ready') || !back.includes('Online now')) fail(`after the held read: "${back}"`);
+  else console.log(`held realtime read: "${timedOut.replace(/^\S+ Now/, '')}" after 30 s, then read again`);
 } finally {
   await browser.close();
 }

@@ -128,11 +128,12 @@ pub fn build(
         })
         .collect();
     let mut options = RedisOptions::from_config(&config);
-    options.overdue = Some(redis_health.shard(id, options.reply_timeout));
+    let health = redis_health.shard(id, options.reply_timeout);
+    options.overdue = Some(health.clone());
     let redis = RedisClient::start(options);
     let partitions = Partitions::new(config.streams.partitions);
     let backlog = Backlog::new(BacklogSettings::from_config(&config), redis.epoch(), partitions);
-    monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms)));
+    monoio::spawn(backlog.clone().poll(redis.clone(), Duration::from_millis(config.redis.backlog_poll_ms), health));
     let metrics = Rc::new(metrics);
     let appends = AppendGroups::new(redis.clone(), backlog.clone(), metrics.clone(), &config);
     let limits = Limits { max_records: config.server.max_records, ..Limits::default() };

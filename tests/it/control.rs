@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::http::HttpClient;
-use croupier_it::monitoring::{webhook, Alertmanager, Croupier, Prometheus};
+use croupier_it::monitoring::{http_get, webhook, Alertmanager, Croupier, Prometheus};
 use croupier_it::redis::RedisServer;
 use croupier_it::require_binary;
 use croupier_protocol::resp::Frame;
@@ -228,6 +228,50 @@ fn control_readyz_names_the_failing_component() {
     s.redis.stop();
     let body = wait(503);
     assert!(body.contains(r#""redis":{"ok":false,"error":""#) && body.contains(&s.redis.addr()), "{body}");
+}
+
+/// The control port's `/readyz` (the readiness probe of ingest pods, deploy/k8s) is 503
+/// while an ingest shard cannot ingest yet: after Redis comes back, until every shard has
+/// read the streams again, as the data port's `/readyz` (a black-box finding: the control
+/// port said ready while the shards still refused). The shards read every 3 s here, so the
+/// control port's own reading comes first by far.
+#[test]
+fn control_readyz_waits_for_every_ingest_shard_after_redis_returns() {
+    let mut s = servers();
+    let mut env = s.env.clone();
+    env.push(("CROUPIER_REDIS__BACKLOG_POLL_MS".into(), "3000".into()));
+    let i = Croupier::start(CROUPIER, "ingest", &env);
+    i.wait_data_ready();
+    i.wait_control_ready(200);
+    s.redis.stop();
+    let body = i.wait_control_ready(503);
+    assert!(body.contains(r#""redis":{"ok":false"#), "{body}");
+    // The shards find Redis gone at their next reading.
+    let data_ready = || (0..8).map(|_| http_get(&format!("http://{}/readyz", i.data)).is_some()).collect::<Vec<_>>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while data_ready().contains(&true) {
+        assert!(Instant::now() < deadline, "the shards never found Redis gone");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.redis.restart();
+    // Ready again only once the shards are (their next reading, up to 3 s on): from then
+    // on they take requests.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = i.control_get("/readyz");
+        if status == 200 {
+            assert_eq!(body, r#"{"ready":true,"components":{"redis":{"ok":true},"streams":{"ok":true}}}"#);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready again: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!data_ready().contains(&false), "the control port said ready before the shards");
+    for _ in 0..4 {
+        let mut client = HttpClient::connect(i.data);
+        let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+        assert_eq!(r.status, 202, "the control port said ready: {}", r.text());
+    }
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! it depends on, whether it is fine, and what failed.
 //!
 //! - `redis`: no reply is overdue (owed for a quarter of `redis.reply_timeout_ms`) on
-//!   the control thread's connection or an ingest shard's, and the control thread's own
-//!   connection is up and reads the streams; an overdue reply is reported at once,
-//!   without asking Redis;
+//!   the control thread's connection or an ingest shard's, the control thread's own
+//!   connection is up and reads the streams, and every ingest shard is connected and has
+//!   read the streams since (what its data port's `/readyz` asks); an overdue reply is
+//!   reported at once, without asking Redis;
 //! - `clickhouse` (processes that run workers): a connection answers a ping, on every
 //!   shard of `clickhouse.shards` (any of its replicas);
 //! - `streams` (processes that run ingest): no stream's backlog is at its high-water
@@ -125,6 +126,16 @@ impl Probes {
         self.redis.overdue().map(|d| late("control connection".into(), d))
     }
 
+    /// An ingest shard that cannot ingest yet: not connected to Redis, or its streams not
+    /// read since it connected (its data port's `/readyz` is 503 too).
+    fn shard_not_serving(&self) -> Option<String> {
+        let shard = self.health.as_ref()?.not_serving()?;
+        Some(format!(
+            "ingest shard {shard} is not connected to {} or has not read the streams since it connected",
+            self.redis_addr
+        ))
+    }
+
     /// Reads the configured partition count's streams (an error says what failed), and,
     /// with `others` (for `/metrics`), those of other counts ingest wrote with.
     pub async fn streams(&self, others: bool) -> Result<Vec<StreamReading>, String> {
@@ -189,7 +200,8 @@ impl Probes {
             Some(e) => Err(e),
             None => self.streams(false).await,
         };
-        components.push(Component { name: "redis", error: read.as_ref().err().cloned() });
+        let error = read.as_ref().err().cloned().or_else(|| self.shard_not_serving());
+        components.push(Component { name: "redis", error });
         if let Some(opts) = &self.clickhouse {
             components.push(Component { name: "clickhouse", error: self.ping_clickhouse(opts).await.err() });
         }

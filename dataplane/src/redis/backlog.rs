@@ -53,6 +53,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use croupier_control::config::{Config, StreamLimits};
@@ -62,6 +63,7 @@ use croupier_protocol::stream::{merge_means, Appended};
 use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP, DROP_DAMAGED_MEANS_SCRIPT, ENTRY_EVENTS_WINDOW};
 
 use super::connection::{Epoch, RedisClient};
+use super::overdue::Overdue;
 
 /// Per-stream backlog estimate and limits.
 #[derive(Debug)]
@@ -620,13 +622,16 @@ impl Backlog {
         s.unmerged.set((k.saturating_add(1), sum.saturating_add(events.max(1) as u64)));
     }
 
-    /// Reads the backlogs every `every`, forever (spawned once per shard).
-    pub async fn poll(self: Rc<Self>, redis: RedisClient, every: Duration) {
+    /// Reads the backlogs every `every`, forever (spawned once per shard), and after each
+    /// reading says in `serving` whether the shard can ingest (the control port's
+    /// `/readyz` reads it).
+    pub async fn poll(self: Rc<Self>, redis: RedisClient, every: Duration, serving: Arc<Overdue>) {
         loop {
             self.announce_layout(&redis).await;
             for p in 0..self.streams.len() {
                 self.read_partition(&redis, p).await;
             }
+            serving.set_serving(redis.is_up() && self.all_known());
             monoio::time::sleep(every).await;
         }
     }

@@ -664,6 +664,8 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 let served = serve(&mut stream, &mut rx, &shared, &mut round, &addr, seen).await;
                 shared.up.set(false);
                 shared.overdue.settled();
+                // Not serving until the shard's next backlog reading on a new connection.
+                shared.overdue.set_serving(false);
                 match served {
                     Served::Closed => return,
                     Served::Failed => {}

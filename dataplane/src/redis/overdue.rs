@@ -13,7 +13,7 @@
 //! shard's cluster copies the earliest of them into the shard's stamp every
 //! [`MIRROR_EVERY`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,25 @@ fn stamp(extra: Duration) -> u64 {
 pub struct Overdue {
     owed_since: AtomicU64,
     threshold: Duration,
+    /// The shard's own readiness to ingest, as its data port's `/readyz` reads it
+    /// (connected, every stream's backlog read since): set by the shard after each
+    /// backlog reading, read by the control thread's `/readyz`.
+    serving: AtomicBool,
 }
 
 impl Overdue {
     /// A connection whose replies are overdue after a quarter of `reply_timeout`.
     pub fn new(reply_timeout: Duration) -> Overdue {
-        Overdue { owed_since: AtomicU64::new(0), threshold: Self::threshold(reply_timeout) }
+        Overdue {
+            owed_since: AtomicU64::new(0),
+            threshold: Self::threshold(reply_timeout),
+            serving: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the shard can ingest: connected, every stream's backlog read since.
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     /// How long a reply may be owed before `/readyz` fails: a quarter of the reply timeout.
@@ -96,6 +109,12 @@ impl RedisHealth {
     /// The shard whose reply is overdue the longest, and how long it has been owed.
     pub fn overdue(&self) -> Option<(usize, Duration)> {
         self.shards.iter().enumerate().filter_map(|(i, o)| o.late_by().map(|d| (i, d))).max_by_key(|(_, d)| *d)
+    }
+
+    /// The first shard that cannot ingest yet (not connected, or its streams not read
+    /// since it connected): its data port's `/readyz` is 503 too.
+    pub fn not_serving(&self) -> Option<usize> {
+        self.shards.iter().position(|o| !o.serving.load(Ordering::Relaxed))
     }
 }
 

@@ -554,7 +554,7 @@ fn otlp_grpc_statuses_partial_success_and_retry_info(driver: Driver) {
             "unknown method /opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
         )
     );
-    // The call without a token counts as one refused event, as on the data port.
+    // The call with a wrong token counts as one refused event, as on the data port.
     let mut enc = croupier_control::metrics::Encoder::new();
     f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
     let text = enc.finish();

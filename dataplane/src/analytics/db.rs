@@ -142,21 +142,12 @@ impl Reads<'_> {
     pub async fn select(&self, sql: &str) -> Result<Vec<Vec<Value>>, ApiError> {
         // The request's own share first, so that one request (the overview sends seven
         // queries) leaves slots to others. Waiting for it is waiting for the request's own
-        // queries, not for others': past the deadline it is 504, not 503 `busy`.
-        // A request one of whose queries was kept waiting by others' (half of its time or
-        // more) and that then runs out of time is answered 503 `busy` (with its
-        // `Retry-After`): their load's doing, not 504.
-        let late = |e: ApiError| {
-            if e == ApiError::QueryTimeout && self.kept_waiting.get() {
-                ApiError::Busy
-            } else {
-                e
-            }
-        };
+        // queries, not for others': past the deadline it is 504, not 503 `busy` (unless
+        // others kept one of its queries waiting: [`Reads::answer_late`]).
         let Ok(_mine) = monoio::time::timeout_at(self.deadline, self.slots.acquire()).await else {
-            return Err(late(ApiError::QueryTimeout));
+            return Err(ApiError::QueryTimeout);
         };
-        let (rows, read) = self.db.select(sql, self.deadline, true, &self.kept_waiting).await.map_err(late)?;
+        let (rows, read) = self.db.select(sql, self.deadline, true, &self.kept_waiting).await?;
         self.read_rows.set(self.read_rows.get().saturating_add(read));
         Ok(rows)
     }
@@ -222,6 +213,33 @@ impl Reads<'_> {
     /// keep to it too).
     pub fn deadline(&self) -> monoio::time::Instant {
         self.deadline
+    }
+
+    /// The request's error as answered: running out of time (504) is 503 `busy` (with its
+    /// `Retry-After`) when others' queries kept one of its queries waiting for a
+    /// connection — until the request ended, or half of the time it had left when it
+    /// asked, or more — their load's doing rather than its own queries'.
+    pub fn answer_late(&self, e: ApiError) -> ApiError {
+        if e == ApiError::QueryTimeout && self.kept_waiting.get() {
+            ApiError::Busy
+        } else {
+            e
+        }
+    }
+}
+
+/// A query waiting for a connection: dropped before it got one (its request ended, or
+/// the deadline passed), it marks its request as kept waiting.
+struct Waiting<'a> {
+    kept_waiting: &'a Cell<bool>,
+    got: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.got {
+            self.kept_waiting.set(true);
+        }
     }
 }
 
@@ -362,8 +380,8 @@ impl Db {
     /// Runs a `SELECT` by `deadline`: its rows and the rows ClickHouse read for it, or why
     /// not (502 refused or failed, 504 too slow, 503 no slot free by then); `log`: a
     /// failure is logged (a request's; the background reads log theirs together);
-    /// `kept_waiting` is set when it waited for a slot half of `api.query_timeout_ms` or
-    /// more, or until the deadline.
+    /// `kept_waiting` is set when it waited for a slot half of the time it had left or
+    /// more, or never got one ([`Reads::answer_late`]).
     async fn select(
         &self,
         sql: &str,
@@ -375,13 +393,13 @@ impl Db {
         if deadline <= asked {
             return Err(ApiError::QueryTimeout);
         }
+        let mut waiting = Waiting { kept_waiting, got: false };
         let Ok(_slot) = monoio::time::timeout_at(deadline, self.slots.acquire()).await else {
-            kept_waiting.set(true);
             return Err(ApiError::Busy);
         };
-        // Kept waiting by others' queries for half of the request's time or more: running
-        // out of time is then their load's doing ([`Reads::select`]).
-        if asked.elapsed().saturating_mul(2) >= self.timeout {
+        waiting.got = true;
+        // Kept waiting by others' queries for half of the time it had left or more.
+        if asked.elapsed().saturating_mul(2) >= deadline.saturating_duration_since(asked) {
             kept_waiting.set(true);
         }
         self.run_select(sql, deadline, log).await

@@ -282,7 +282,8 @@ impl Api {
         let result = match result {
             Ok(_) if body.is_none() && monoio::time::Instant::now() > reads.deadline() => Err(ApiError::QueryTimeout),
             r => r,
-        };
+        }
+        .map_err(|e| reads.answer_late(e));
         let resp = match result {
             Ok(body) if csv => match export::csv(route, &body) {
                 Ok(text) => Response::with_type(200, "text/csv; charset=utf-8", text),

@@ -48,13 +48,10 @@ impl Params {
     /// An integer, `default` when absent; refused when not a number (spaces around it
     /// included, as Croupier's integer parsing refuses them; a leading `+` it takes).
     pub fn int(&self, name: &'static str, default: i64) -> Result<i64, ApiError> {
-        let raw = self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        match (self.get(name), raw) {
-            (Some(v), Some(raw)) if v.len() == raw.len() => {
-                v.parse().map_err(|_| ApiError::param(name, "expected an integer"))
-            }
-            (Some(_), _) => Err(ApiError::param(name, "expected an integer (without spaces)")),
-            (None, _) => Ok(default),
+        match self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()) {
+            None | Some("") => Ok(default),
+            Some(v) if v.trim() != v => Err(ApiError::param(name, "expected an integer (without spaces)")),
+            Some(v) => v.parse().map_err(|_| ApiError::param(name, "expected an integer")),
         }
     }
 
@@ -175,15 +172,13 @@ pub const MIN_TIME: i64 = 0;
 /// ends on 2106-02-07; whole years are kept).
 pub const MAX_TIME: i64 = 4_291_747_199;
 
-/// Parses a time: RFC 3339 or `YYYY-MM-DD` (its midnight, or with `end_of_day` its last
-/// second). Unix seconds, within [`MIN_TIME`]..=[`MAX_TIME`] (else refused, naming
-/// `field`). Rows are stamped in whole seconds: a fraction rounds a range's start up and
-/// its end (`end_of_day`) down, so that the range holds no second outside the one asked.
+/// Parses a time: RFC 3339 (fractional seconds dropped) or `YYYY-MM-DD` (its midnight,
+/// or with `end_of_day` its last second). Unix seconds, within [`MIN_TIME`]..=[`MAX_TIME`]
+/// (else refused, naming `field`).
 pub fn parse_time(field: &'static str, v: &str, end_of_day: bool) -> Result<i64, ApiError> {
     let refused =
         || ApiError::param(field, "expected RFC 3339 (2025-11-22T12:00:00Z, fractions allowed) or YYYY-MM-DD");
     let t = match OffsetDateTime::parse(v, &Rfc3339) {
-        Ok(t) if t.nanosecond() > 0 && !end_of_day => t.unix_timestamp().saturating_add(1),
         Ok(t) => t.unix_timestamp(),
         // Four digits of year, as in RFC 3339 (`[year]` alone also takes `+2026`).
         Err(_) if !v.as_bytes().first().is_some_and(u8::is_ascii_digit) => return Err(refused()),
@@ -310,8 +305,8 @@ mod tests {
         assert_eq!(parse_time("start", "2025-11-22T14:00:00+02:00", false), Ok(want));
         assert_eq!(parse_time("start", "2025-11-22", false), Ok(want - 12 * 3600));
         assert_eq!(parse_time("end", "2025-11-22", true), Ok(want + 12 * 3600 - 1));
-        // A fraction: the start is the next whole second, the end its own.
-        assert_eq!(parse_time("start", "2025-11-22T12:00:00.5Z", false), Ok(want + 1));
+        // A fraction is dropped, for the start as for the end.
+        assert_eq!(parse_time("start", "2025-11-22T12:00:00.5Z", false), Ok(want));
         assert_eq!(parse_time("end", "2025-11-22T12:00:00.5Z", true), Ok(want));
         for bad in ["", "2025-11", "22/11/2025", "2025-11-22 12:00:00", "x'; DROP", "+2025-11-22", "-2025-11-22"] {
             assert!(parse_time("start", bad, false).is_err(), "{bad}");
@@ -362,7 +357,7 @@ mod tests {
         assert!(Range::from(&Params::parse("start=2025-11-22&end=2025-11-21"), 0, DAY, false).is_err());
         // Integers as Croupier parses them: a `+` taken, spaces refused.
         assert_eq!(Params::parse("size=%2B10").int("size", 50), Ok(10));
-        for bad in ["size=%2010", "size=10%20", "size=1.0", "size=x"] {
+        for bad in ["size=%2010", "size=10%20", "size=%20", "size=+10", "size=1.0", "size=x"] {
             assert!(Params::parse(bad).int("size", 50).is_err(), "{bad}");
         }
         assert_eq!(Params::parse("size=").int("size", 50), Ok(50));

@@ -39,8 +39,9 @@ pub fn prop_key(field: &'static str, k: &str) -> Result<String, ApiError> {
 
 /// The value of `props.<key>` as a string, on every ClickHouse version (18.16 has no
 /// JSON functions but the `visitParam` ones): a JSON string is its value, unescaped
-/// (`visitParamExtractString`), anything else its text (`visitParamExtractRaw`), as
-/// `JSON_VALUE` reads them. `key` must come from [`prop_key`] or a constant.
+/// (`visitParamExtractString`), as `JSON_VALUE` reads it; anything else its text
+/// (`visitParamExtractRaw`). The first `"<key>":` of the text, nested ones included
+/// (docs/analytics-api.md). `key` must come from [`prop_key`] or a constant.
 pub fn prop(key: &str) -> String {
     let k = quote(key);
     format!(

@@ -196,8 +196,8 @@ pub fn json_double(v: JsonValue<'_, '_>) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         "Infinity" => Some(f64::INFINITY),
         "-Infinity" => Some(f64::NEG_INFINITY),
-        // A number's text as proto3 JSON writes it: no spaces around it.
-        s if s.trim() != s => None,
+        // A JSON number's text, as proto3 JSON reads it (no spaces, `+`, `.5` or `1.`).
+        s if !is_json_number(s) => None,
         s => s.parse::<f64>().ok().filter(|d| d.is_finite()),
     }
 }
@@ -206,13 +206,45 @@ pub fn json_double(v: JsonValue<'_, '_>) -> Option<f64> {
 const ONE_OF: [&str; 7] =
     ["stringValue", "boolValue", "intValue", "doubleValue", "bytesValue", "arrayValue", "kvlistValue"];
 
-/// Base64 as proto3 JSON reads `bytes`: the standard or the URL-safe alphabet, padded or
-/// not (padding only at the end, at most two).
-fn is_base64(s: &str) -> bool {
-    let body = s.trim_end_matches('=');
-    s.len() - body.len() <= 2
-        && body.len() % 4 != 1
-        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
+/// Whether `s` is a number as JSON writes it: `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(s: &str) -> bool {
+    let digits = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut b = s.strip_prefix('-').unwrap_or(s).as_bytes();
+    match digits(b) {
+        0 => return false,
+        n if n > 1 && b[0] == b'0' => return false,
+        n => b = &b[n..],
+    }
+    if let Some(rest) = b.strip_prefix(b".") {
+        let n = digits(rest);
+        if n == 0 {
+            return false;
+        }
+        b = &rest[n..];
+    }
+    if let Some(rest) = b.strip_prefix(b"e").or_else(|| b.strip_prefix(b"E")) {
+        let rest = rest.strip_prefix(b"+").or_else(|| rest.strip_prefix(b"-")).unwrap_or(rest);
+        let n = digits(rest);
+        if n == 0 {
+            return false;
+        }
+        b = &rest[n..];
+    }
+    b.is_empty()
+}
+
+/// Base64 as proto3 JSON reads `bytes`: the standard or the URL-safe alphabet (one of
+/// them), padded correctly or not at all.
+fn base64_bytes(s: &str) -> Option<Vec<u8>> {
+    use base64::alphabet;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+    STANDARD.decode(s).or_else(|_| URL_SAFE.decode(s)).ok()
 }
 
 /// An OTLP/JSON `AnyValue` object.
@@ -235,7 +267,7 @@ pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeEr
             "doubleValue" => AnyRef::Double(json_double(v).ok_or(DecodeError::Json("doubleValue must be a number"))?),
             "bytesValue" => AnyRef::Base64(
                 v.into_string()
-                    .filter(|b| is_base64(b))
+                    .filter(|b| base64_bytes(b).is_some())
                     .ok_or(DecodeError::Json("bytesValue must be a base64 string"))?,
             ),
             "arrayValue" => AnyRef::JsonArray(values(v)?),
@@ -325,7 +357,14 @@ impl AnyRef<'_, '_> {
                 base64::engine::general_purpose::STANDARD.encode_string(b, out);
                 out.push('"');
             }
-            AnyRef::Base64(s) => write_str(out, s),
+            // Written as protobuf's bytes are (standard alphabet, padded): the same bytes
+            // give the same `props` whichever the encoding sent.
+            AnyRef::Base64(s) => {
+                use base64::Engine;
+                out.push('"');
+                base64::engine::general_purpose::STANDARD.encode_string(base64_bytes(s).unwrap_or_default(), out);
+                out.push('"');
+            }
             AnyRef::PbArray(msg) => {
                 out.push('[');
                 let mut first = true;

@@ -517,13 +517,27 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
     // NaN and the infinities are null in props, as from protobuf; a null value is no value.
     assert_eq!(out.custom[0].props, r#"{"nan":null,"inf":null,"ninf":null,"s":1.5,"none":null,"n":2}"#);
     assert_eq!(out.custom[1].event, "x");
-    for bad in [r#""inf""#, r#""1.5x""#, "true", r#"" 1.5""#, r#""1.5 ""#] {
+    for bad in [
+        r#""inf""#,
+        r#""1.5x""#,
+        "true",
+        r#"" 1.5""#,
+        r#""1.5 ""#,
+        r#""+1.5""#,
+        r#"".5""#,
+        r#""1.""#,
+        r#""01""#,
+        r#""1e""#,
+    ] {
         let body = body.replace(r#"{"doubleValue":"1.5"}"#, &format!(r#"{{"doubleValue":{bad}}}"#));
         assert!(run(Signal::Logs, Format::Json, body.as_bytes()).is_err(), "{bad}");
     }
-    // A oneof holds one value; bytes are base64 (either alphabet, padded or not).
+    // A oneof holds one value; bytes are base64 (one alphabet, padded right or not), and
+    // stored as protobuf's bytes are (standard, padded).
     for (value, ok) in [
         (r#"{"stringValue":"a","intValue":"3"}"#, false),
+        (r#"{"doubleValue":"-0.5e+3"}"#, true),
+        (r#"{"doubleValue":"0"}"#, true),
         (r#"{"bytesValue":"!!!"}"#, false),
         (r#"{"bytesValue":"QUJD"}"#, true),
         (r#"{"bytesValue":"QUI="}"#, true),
@@ -531,10 +545,17 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
         (r#"{"bytesValue":"-_-_"}"#, true),
         (r#"{"bytesValue":"Q"}"#, false),
         (r#"{"bytesValue":"QUI==="}"#, false),
+        (r#"{"bytesValue":"QUI=="}"#, false),
+        (r#"{"bytesValue":"QUJD="}"#, false),
+        (r#"{"bytesValue":"="}"#, false),
+        (r#"{"bytesValue":"+/-_"}"#, false),
     ] {
         let body = body.replace(r#"{"doubleValue":"1.5"}"#, value);
         assert_eq!(run(Signal::Logs, Format::Json, body.as_bytes()).is_ok(), ok, "{value}");
     }
+    let body = body.replace(r#"{"doubleValue":"1.5"}"#, r#"{"bytesValue":"-_8"}"#);
+    let out = run(Signal::Logs, Format::Json, body.as_bytes()).expect("URL-safe, unpadded");
+    assert!(out.custom[0].props.contains(r#""s":"+/8=""#), "{}", out.custom[0].props);
 }
 
 #[test]

@@ -27,6 +27,7 @@ mod limits;
 mod load;
 mod logging;
 mod metrics;
+mod nginx;
 mod otlp;
 mod pinning;
 mod pipeline;

@@ -205,6 +205,61 @@ fn demo_live_screen_shows_every_figure_and_changes_and_ctrl_c_stops_it() {
     }
 }
 
+/// A second demo on a running demo's directory is refused before it touches anything
+/// (`--fresh` deleted the running one's Redis data, and without it a second redis-server
+/// opened the same append-only file); a terminal that goes away (tmux's session killed: a
+/// hang-up) stops the demo in order, servers included (they were left running, and the
+/// next demo could not start its ClickHouse on the locked directory).
+#[test]
+fn demo_refuses_a_second_demo_on_its_directory_and_stops_on_a_hang_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let socket = format!("croupier-demo-hup-{}", std::process::id());
+    let cmd = format!(
+        "{} demo --dir {} --fresh --duration 120 --rate 300 --players 2000",
+        env!("CARGO_BIN_EXE_croupier-it-bin"),
+        dir.display()
+    );
+    tmux(&socket, &["new-session", "-d", "-s", "demo", "-x", "132", "-y", "40", &cmd]);
+    struct Session(String);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            tmux(&self.0, &["kill-server"]);
+        }
+    }
+    let session = Session(socket.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let screen = tmux(&socket, &["capture-pane", "-p", "-t", "demo"]);
+        if screen.contains("Croupier demo  00:00:02") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no live screen:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_croupier-it-bin"))
+        .args(["demo", "--dir"])
+        .arg(&dir)
+        .args(["--fresh", "--duration", "5"])
+        .output()
+        .expect("croupier demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a second demo ran:\n{stdout}");
+    assert!(stdout.contains("another croupier demo is running on"), "{stdout}");
+    assert!(dir.join("redis").is_dir() && dir.join("clickhouse").is_dir(), "the running demo's data was deleted");
+    // The terminal goes: everything stops.
+    drop(session);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = left_running(&dir);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after the hang-up: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Processes working in `dir` (the servers run in its sub-directories) or running
 /// `demo --dir <dir>`.
 fn left_running(dir: &Path) -> Vec<String> {

@@ -76,6 +76,34 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Strin
     res
 }
 
+/// The demo's directory, locked for this run (`flock` on its `lock` file, released when
+/// the returned file closes, the process's end included): a second demo on the same
+/// directory would start a second redis-server on its append-only file, and `--fresh`
+/// would delete a running demo's data.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => format!(
+                "another croupier demo is running on {} (stop it first, or give this one another --dir)",
+                dir.display()
+            ),
+            _ => format!("{}: cannot lock: {e}", path.display()),
+        });
+    }
+    Ok(f)
+}
+
 fn prepare_dir(o: &Options) -> Result<PathBuf, String> {
     if o.fresh {
         for e in ENTRIES {
@@ -116,13 +144,16 @@ fn next_run(dir: &Path) -> Result<u64, String> {
     Ok(runs)
 }
 
-/// The built web dashboard: `dashboard/dist` under the working directory, or next to the
-/// repository the binary was built in (`target/<profile>/croupier`); `None` when not built.
+/// The built web dashboard: `dashboard/dist` under the working directory, near the
+/// binary (`target/<profile>/croupier` in its repository), or in the repository the
+/// binary was built from (a copied binary on the machine that built it); `None` when not
+/// built.
 fn dashboard_dir() -> Option<PathBuf> {
     let mut candidates = vec![PathBuf::from("dashboard/dist")];
     if let Ok(exe) = std::env::current_exe() {
         candidates.extend(exe.ancestors().skip(1).take(3).map(|d| d.join("dashboard/dist")));
     }
+    candidates.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboard/dist")));
     candidates.into_iter().find(|d| d.join("index.html").is_file()).and_then(|d| d.canonicalize().ok())
 }
 
@@ -188,9 +219,23 @@ fn run(o: &Options) -> Result<(), String> {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // SIGHUP too: a closed terminal stops the demo in order, servers included.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
+    // Its terminal gone, the screen goes to /dev/null: a write to the closed terminal would
+    // fail (and `println!` panic) while the demo stops its servers.
+    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let devnull = std::os::fd::IntoRawFd::into_raw_fd(devnull);
+    // SAFETY: the action only calls dup2, which is async-signal-safe, on a descriptor that
+    // stays open for the life of the process (never closed: its ownership was released).
+    unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
+            libc::dup2(devnull, 1);
+        })
+    }
+    .map_err(|e| format!("signal handler: {e}"))?;
+    let _lock = lock_dir(&o.dir)?;
     let dir = prepare_dir(o)?;
     log_to(&dir.join("croupier.log"))?;
     println!("Croupier demo: data in {}{}", dir.display(), if o.fresh { " (fresh)" } else { "" });

@@ -16,7 +16,7 @@ everything cleanly; the data stays in DIR for the next run.
 
   --dir DIR         where the servers keep their data and logs (default: croupier-demo)
   --fresh           delete DIR's data first
-  --duration SECS   stop after this long (default: run until Ctrl-C)
+  --duration SECS   stop after this long (default, or 0: run until Ctrl-C)
   --rate N          events per second sent (default: 1000)
   --players N       simulated players (default: 5000)
   --day SECS        length of the compressed day over which players join (default: 600)

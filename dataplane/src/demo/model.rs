@@ -15,6 +15,8 @@ struct Player {
     id: u64,
     session: u64,
     level: u32,
+    /// Playing `level` (started, neither cleared nor failed yet).
+    in_level: bool,
     coins: u64,
     in_session: bool,
     registered: bool,
@@ -46,7 +48,15 @@ impl TrafficModel {
     /// A model of `players` players of `game`, aiming at about `event_bytes` per event.
     pub fn new(seed: u64, game: &str, players: usize, event_bytes: usize) -> TrafficModel {
         let players = (0..players.max(1) as u64)
-            .map(|id| Player { id, session: 0, level: 1, coins: 100, in_session: false, registered: false })
+            .map(|id| Player {
+                id,
+                session: 0,
+                level: 1,
+                in_level: false,
+                coins: 100,
+                in_session: false,
+                registered: false,
+            })
             .collect::<Vec<_>>();
         let joined = players.len();
         // A typical event without padding is about 260 bytes.
@@ -102,12 +112,20 @@ impl TrafficModel {
         } else {
             match roll {
                 0..=24 => ("heartbeat", String::new()),
-                25..=44 => ("level_start", format!(r#""level":{}"#, p.level)),
-                45..=57 => {
+                // A level is started, then cleared or failed: never cleared unstarted.
+                25..=64 if !p.in_level => {
+                    p.in_level = true;
+                    ("level_start", format!(r#""level":{}"#, p.level))
+                }
+                25..=57 => {
+                    p.in_level = false;
                     p.level += 1;
                     ("level_complete", format!(r#""level":{},"stars":{}"#, p.level - 1, 1 + roll % 3))
                 }
-                58..=64 => ("level_fail", format!(r#""level":{},"reason":"timeout""#, p.level)),
+                58..=64 => {
+                    p.in_level = false;
+                    ("level_fail", format!(r#""level":{},"reason":"timeout""#, p.level))
+                }
                 65..=74 => {
                     p.coins += 25;
                     ("economy_earn", format!(r#""currency":"coins","amount":25,"balance":{}"#, p.coins))
@@ -119,6 +137,7 @@ impl TrafficModel {
                 82..=87 => ("ad_impression", r#""network":"admob","placement":"rewarded""#.to_owned()),
                 88..=89 => {
                     p.in_session = false;
+                    p.in_level = false;
                     ("session_end", format!(r#""duration_s":{}"#, 60 + roll))
                 }
                 _ => (CUSTOM[roll as usize % CUSTOM.len()], format!(r#""level":{}"#, p.level)),
@@ -212,6 +231,29 @@ mod tests {
         croupier_protocol::validate::parse_events(&mut buf, "g1", &limits, &mut || [0; 16], &mut e, &mut c)
             .expect("valid");
         assert_eq!(e.len() + c.len(), 4);
+    }
+
+    /// Each player's levels are started before they are cleared or failed: per level, as
+    /// many starts at least as clears and fails together (a pass rate of at most 100 %).
+    #[test]
+    fn levels_are_started_before_they_end() {
+        let mut m = TrafficModel::new(5, "g1", 50, 0);
+        m.set_joined(50);
+        let body = m.events_body(20_000, 1_795_617_749_000);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let mut per_level: std::collections::HashMap<(String, u64), (u32, u32)> = Default::default();
+        for e in v.as_array().expect("a list of events") {
+            let Some(level) = e["props"]["level"].as_u64() else { continue };
+            let key = (e["user_id"].as_str().unwrap_or("").to_owned(), level);
+            let (starts, ends) = per_level.entry(key).or_default();
+            match e["event"].as_str() {
+                Some("level_start") => *starts += 1,
+                Some("level_complete" | "level_fail") => *ends += 1,
+                _ => {}
+            }
+        }
+        assert!(per_level.values().any(|(_, ends)| *ends > 0));
+        assert!(per_level.values().all(|(starts, ends)| ends <= starts), "{per_level:?}");
     }
 
     #[test]

@@ -394,6 +394,8 @@ fn attack_idle_connections_do_not_starve_the_control_port() {
         &redis,
         &[("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"), ("CROUPIER_SERVER__READ_TIMEOUT_MS", "120000")],
     );
+    // Ready first (the shards' first readings of the streams): `/readyz` is probed below.
+    c.wait_control_ready(200);
     // The oldest connection has a request in progress: half its head is in.
     let mut busy = HttpClient::connect(c.control);
     busy.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n");
@@ -439,6 +441,8 @@ fn attack_incomplete_heads_do_not_starve_the_control_port() {
         &redis,
         &[("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"), ("CROUPIER_SERVER__READ_TIMEOUT_MS", "120000")],
     );
+    // Ready first (the shards' first readings of the streams): `/readyz` is probed below.
+    c.wait_control_ready(200);
     let half: Vec<HttpClient> = (0..100)
         .map(|_| {
             let mut h = HttpClient::connect(c.control);
@@ -501,6 +505,8 @@ fn attack_slow_bodies_do_not_starve_the_control_port() {
         &redis,
         &[("CROUPIER_SERVER__IDLE_TIMEOUT_MS", "120000"), ("CROUPIER_SERVER__READ_TIMEOUT_MS", "120000")],
     );
+    // Ready first (the shards' first readings of the streams): `/readyz` is probed below.
+    c.wait_control_ready(200);
     let slow: Vec<HttpClient> = (0..100)
         .map(|_| {
             let mut h = HttpClient::connect(c.control);
@@ -558,6 +564,8 @@ fn attack_slow_readers_do_not_starve_the_control_port() {
             ("CROUPIER_CONTROL__DASHBOARD_DIR", dist.path().to_str().expect("utf-8 path")),
         ],
     );
+    // Ready first (the shards' first readings of the streams): `/readyz` is probed below.
+    c.wait_control_ready(200);
     let base = rss_bytes(c.pid());
     let request = "GET /assets/big-1.js HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3);
     let started = Instant::now();

@@ -245,7 +245,7 @@ fn demo_refuses_a_second_demo_on_its_directory_and_stops_on_a_hang_up() {
         .expect("croupier demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "a second demo ran:\n{stdout}");
-    assert!(stdout.contains("another croupier demo is running on"), "{stdout}");
+    assert!(stdout.contains("another croupier demo, or servers an earlier one left running, use"), "{stdout}");
     assert!(dir.join("redis").is_dir() && dir.join("clickhouse").is_dir(), "the running demo's data was deleted");
     // The terminal goes: everything stops.
     drop(session);

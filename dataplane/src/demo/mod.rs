@@ -76,10 +76,11 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Strin
     res
 }
 
-/// The demo's directory, locked for this run (`flock` on its `lock` file, released when
-/// the returned file closes, the process's end included): a second demo on the same
-/// directory would start a second redis-server on its append-only file, and `--fresh`
-/// would delete a running demo's data.
+/// The demo's directory, locked for this run (`flock` on its `lock` file): a second demo
+/// on the same directory would start a second redis-server on its append-only file, and
+/// `--fresh` would delete a running demo's data. The servers started after this inherit
+/// the lock's descriptor, so the directory stays locked while any of them runs — a demo
+/// killed (`SIGKILL`, out of memory) leaves its servers running, and they hold it.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -95,13 +96,28 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
             Some(libc::EWOULDBLOCK) => format!(
-                "another croupier demo is running on {} (stop it first, or give this one another --dir)",
-                dir.display()
+                "another croupier demo, or servers an earlier one left running, use {} (stop them first — \
+                 `fuser {}` lists them — or give this one another --dir)",
+                dir.display(),
+                path.display()
             ),
             _ => format!("{}: cannot lock: {e}", path.display()),
         });
     }
+    // SAFETY: fcntl on a descriptor we own: cleared close-on-exec, the servers inherit it.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+        return Err(format!("{}: {}", path.display(), std::io::Error::last_os_error()));
+    }
     Ok(f)
+}
+
+/// Whether `sig` was ignored when the process started (`nohup` ignores SIGHUP).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 fn prepare_dir(o: &Options) -> Result<PathBuf, String> {
@@ -219,22 +235,28 @@ fn run(o: &Options) -> Result<(), String> {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    // SIGHUP too: a closed terminal stops the demo in order, servers included.
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    // SIGHUP too (unless ignored, as under `nohup`): a closed terminal stops the demo in
+    // order, servers included. First the screen goes to /dev/null — a write to the closed
+    // terminal would fail (and `println!` panic) while the demo stops its servers — then
+    // the stop is flagged (the actions run in the order registered).
+    if !ignored(libc::SIGHUP) {
+        let devnull =
+            std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        let devnull = std::os::fd::IntoRawFd::into_raw_fd(devnull);
+        // SAFETY: the action only calls dup2, which is async-signal-safe, on a descriptor
+        // that stays open for the life of the process (its ownership was released).
+        unsafe {
+            signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
+                libc::dup2(devnull, 1);
+            })
+        }
+        .map_err(|e| format!("signal handler: {e}"))?;
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
-    // Its terminal gone, the screen goes to /dev/null: a write to the closed terminal would
-    // fail (and `println!` panic) while the demo stops its servers.
-    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    let devnull = std::os::fd::IntoRawFd::into_raw_fd(devnull);
-    // SAFETY: the action only calls dup2, which is async-signal-safe, on a descriptor that
-    // stays open for the life of the process (never closed: its ownership was released).
-    unsafe {
-        signal_hook::low_level::register(signal_hook::consts::SIGHUP, move || {
-            libc::dup2(devnull, 1);
-        })
-    }
-    .map_err(|e| format!("signal handler: {e}"))?;
     let _lock = lock_dir(&o.dir)?;
     let dir = prepare_dir(o)?;
     log_to(&dir.join("croupier.log"))?;

@@ -631,7 +631,8 @@ impl Backlog {
             for p in 0..self.streams.len() {
                 self.read_partition(&redis, p).await;
             }
-            serving.set_serving(redis.is_up() && self.all_known());
+            // The epoch the reading was made in (`all_known` holds only for the current one).
+            serving.set_serving((redis.is_up() && self.all_known()).then(|| self.epoch.get()));
             monoio::time::sleep(every).await;
         }
     }

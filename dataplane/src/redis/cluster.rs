@@ -313,18 +313,18 @@ async fn maintain(cluster: Weak<Cluster>) {
 /// (apart from [`maintain`], whose reads of the map can wait on a frozen primary); ends
 /// with the cluster.
 async fn mirror(cluster: Weak<Cluster>) {
-    let mut seen = None;
     loop {
         let Some(c) = cluster.upgrade() else { return };
         if let Some(report) = &c.report {
             report.mirror(c.nodes.borrow().values().map(Node::stamp));
             // A primary reconnected or the map changed (or none is up): not serving until
-            // the shard's next backlog reading.
-            let epoch = c.epoch.get();
-            if seen != Some(epoch) || !c.is_up() {
-                report.set_serving(false);
+            // the shard's next backlog reading in the new epoch (one made in it already,
+            // between two mirrors, stands).
+            if c.is_up() {
+                report.epoch_began(c.epoch.get());
+            } else {
+                report.set_serving(None);
             }
-            seen = Some(epoch);
         }
         drop(c);
         monoio::time::sleep(MIRROR_EVERY).await;

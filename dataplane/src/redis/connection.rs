@@ -665,7 +665,7 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 shared.up.set(false);
                 shared.overdue.settled();
                 // Not serving until the shard's next backlog reading on a new connection.
-                shared.overdue.set_serving(false);
+                shared.overdue.set_serving(None);
                 match served {
                     Served::Closed => return,
                     Served::Failed => {}

@@ -13,7 +13,7 @@
 //! shard's cluster copies the earliest of them into the shard's stamp every
 //! [`MIRROR_EVERY`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,10 +36,15 @@ pub struct Overdue {
     owed_since: AtomicU64,
     threshold: Duration,
     /// The shard's own readiness to ingest, as its data port's `/readyz` reads it
-    /// (connected, every stream's backlog read since): set by the shard after each
-    /// backlog reading, read by the control thread's `/readyz`.
-    serving: AtomicBool,
+    /// (connected, every stream's backlog read since): the connection epoch its last
+    /// complete backlog reading was made in, or [`NOT_SERVING`]. Set by the shard after
+    /// each reading, cleared when its connection goes or a newer epoch begins; read by the
+    /// control thread's `/readyz`.
+    serving: AtomicU64,
 }
+
+/// [`Overdue`]'s serving epoch when the shard cannot ingest.
+const NOT_SERVING: u64 = u64::MAX;
 
 impl Overdue {
     /// A connection whose replies are overdue after a quarter of `reply_timeout`.
@@ -47,13 +52,23 @@ impl Overdue {
         Overdue {
             owed_since: AtomicU64::new(0),
             threshold: Self::threshold(reply_timeout),
-            serving: AtomicBool::new(false),
+            serving: AtomicU64::new(NOT_SERVING),
         }
     }
 
-    /// Whether the shard can ingest: connected, every stream's backlog read since.
-    pub(crate) fn set_serving(&self, serving: bool) {
-        self.serving.store(serving, Ordering::Relaxed);
+    /// The shard can ingest (connected, every stream's backlog read since), as read in
+    /// connection epoch `epoch`; `None`: it cannot.
+    pub(crate) fn set_serving(&self, epoch: Option<u64>) {
+        self.serving.store(epoch.map_or(NOT_SERVING, |e| e.min(NOT_SERVING - 1)), Ordering::Relaxed);
+    }
+
+    /// A connection epoch began (a primary of a cluster reconnected, the map changed): a
+    /// reading of an earlier one no longer makes the shard serving. One made in `epoch`
+    /// already (the mirror noticing late) still does.
+    pub(crate) fn epoch_began(&self, epoch: u64) {
+        let _ = self.serving.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+            (e != NOT_SERVING && e != epoch.min(NOT_SERVING - 1)).then_some(NOT_SERVING)
+        });
     }
 
     /// How long a reply may be owed before `/readyz` fails: a quarter of the reply timeout.
@@ -114,7 +129,7 @@ impl RedisHealth {
     /// The first shard that cannot ingest yet (not connected, or its streams not read
     /// since it connected): its data port's `/readyz` is 503 too.
     pub fn not_serving(&self) -> Option<usize> {
-        self.shards.iter().position(|o| !o.serving.load(Ordering::Relaxed))
+        self.shards.iter().position(|o| o.serving.load(Ordering::Relaxed) == NOT_SERVING)
     }
 }
 
@@ -134,6 +149,28 @@ mod tests {
         assert_eq!(o.late_by(), None, "a blocking read's allowance");
         o.settled();
         assert_eq!(o.late_by(), None);
+    }
+
+    /// A shard serves from a complete reading until its connection goes or a newer epoch
+    /// begins; the cluster's mirror noticing the reading's own epoch late changes nothing.
+    #[test]
+    fn serving_holds_for_the_epoch_it_was_read_in() {
+        let h = RedisHealth::new(2, Duration::from_millis(200));
+        let (a, b) = (h.shard(0, Duration::ZERO), h.shard(1, Duration::ZERO));
+        assert_eq!(h.not_serving(), Some(0), "nothing read yet");
+        a.set_serving(Some(3));
+        b.set_serving(Some(7));
+        assert_eq!(h.not_serving(), None);
+        a.epoch_began(3);
+        assert_eq!(h.not_serving(), None, "read in the epoch that began");
+        a.epoch_began(4);
+        assert_eq!(h.not_serving(), Some(0), "read in an earlier epoch");
+        a.epoch_began(5);
+        assert_eq!(h.not_serving(), Some(0));
+        a.set_serving(Some(5));
+        assert_eq!(h.not_serving(), None);
+        b.set_serving(None);
+        assert_eq!(h.not_serving(), Some(1));
     }
 
     #[test]

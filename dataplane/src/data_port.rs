@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::Config;
-use croupier_control::metrics::{EventsRefused, RequestServed, ShardWriter};
+use croupier_control::metrics::{RequestServed, ShardWriter};
 use croupier_protocol::otlp::Signal;
 
 use crate::auth::CredentialHeaders;
@@ -249,11 +249,7 @@ async fn ingest(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) -> Res
 
 /// Counts a refused batch whose records were not counted (refused before its body).
 fn refused(shard: &Shard, head: &IngestHead<'_>, e: &IngestError) {
-    let m = &shard.metrics;
-    if m.enabled() {
-        let game = m.layout().game(head.credentials.game_id.unwrap_or(""));
-        m.emit(EventsRefused { game, reason: e.tag(), count: 1 });
-    }
+    ingest::count_refused(shard, head.credentials.game_id.unwrap_or(""), e, 1);
 }
 
 /// Runs shard `id`'s data port, and its OTLP port when it has a listener for it, on the

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod haproxy;
 pub mod http;
 pub mod monitoring;
+pub mod nginx;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;

@@ -670,6 +670,11 @@ impl Stall {
 /// the registered players per first day (`registered_by_day`), with `query_timeout_ms`;
 /// and the overview of the 7 days ending yesterday.
 fn api_behind_stall(query_timeout_ms: u64) -> (Api, Stall, String) {
+    api_behind_stall_with(|config| config.api.query_timeout_ms = query_timeout_ms)
+}
+
+/// [`api_behind_stall`] with the API's configuration set by `tweak`.
+fn api_behind_stall_with(tweak: impl FnOnce(&mut Config)) -> (Api, Stall, String) {
     let mut stall = None;
     let api = Api::start_configured(
         false,
@@ -677,7 +682,7 @@ fn api_behind_stall(query_timeout_ms: u64) -> (Api, Stall, String) {
         |ch, config| {
             let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
             config.clickhouse.addr = s.addr.to_string();
-            config.api.query_timeout_ms = query_timeout_ms;
+            tweak(config);
             stall = Some(s);
         },
     );
@@ -695,22 +700,10 @@ fn api_behind_stall(query_timeout_ms: u64) -> (Api, Stall, String) {
 /// (a black-box finding: it was 504 `query_timeout`). The first two are 504.
 #[test]
 fn analytics_a_request_kept_waiting_by_others_is_busy_not_a_timeout() {
-    let mut stall = None;
-    let api = Api::start_configured(
-        false,
-        |_| {},
-        |ch, config| {
-            let s = Stall::start(ch.addr(), "minMerge(first_d) AS fd");
-            config.clickhouse.addr = s.addr.to_string();
-            config.api.query_timeout_ms = 3_000;
-            config.api.max_queries_in_flight = 2;
-            stall = Some(s);
-        },
-    );
-    let stall = stall.expect("the stall started");
-    api.wait_redis();
-    let last = api.history.today - 1;
-    let path = format!("/api/analytics/overview?game_id=g1&env=prod&start={}&end={}", date(last - 6), date(last));
+    let (api, stall, path) = api_behind_stall_with(|config| {
+        config.api.query_timeout_ms = 3_000;
+        config.api.max_queries_in_flight = 2;
+    });
     stall.arm(true);
     let [a, b, c] = std::thread::scope(|s| {
         let first = [s.spawn(|| api.get(&path, &admin())), s.spawn(|| api.get(&path, &admin()))];

@@ -117,26 +117,41 @@ fn tmux(socket: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A tmux session of its own (`socket`) running `croupier demo --dir dir --fresh
+/// --duration 120 --rate 300 --players 2000` and then `after` in a 132×40 terminal; the
+/// session goes with the value, whatever happens (its demo stops on the hang-up).
+struct Session(String);
+
+impl Session {
+    fn start(socket: &str, dir: &Path, after: &str) -> Session {
+        let cmd = format!(
+            "{} demo --dir {} --fresh --duration 120 --rate 300 --players 2000{after}",
+            env!("CARGO_BIN_EXE_croupier-it-bin"),
+            dir.display()
+        );
+        tmux(socket, &["new-session", "-d", "-s", "demo", "-x", "132", "-y", "40", &cmd]);
+        Session(socket.to_owned())
+    }
+
+    /// The screen as it shows now.
+    fn capture(&self) -> String {
+        tmux(&self.0, &["capture-pane", "-p", "-t", "demo"])
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        tmux(&self.0, &["kill-server"]);
+    }
+}
+
 #[test]
 fn demo_live_screen_shows_every_figure_and_changes_and_ctrl_c_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let socket = format!("croupier-demo-{}", std::process::id());
-    let cmd = format!(
-        "{} demo --dir {} --fresh --duration 120 --rate 300 --players 2000; sleep 60",
-        env!("CARGO_BIN_EXE_croupier-it-bin"),
-        dir.display()
-    );
-    tmux(&socket, &["new-session", "-d", "-s", "demo", "-x", "132", "-y", "40", &cmd]);
-    // The session goes with the test, whatever happens (its demo stops on the hang-up).
-    struct Session(String);
-    impl Drop for Session {
-        fn drop(&mut self) {
-            tmux(&self.0, &["kill-server"]);
-        }
-    }
-    let _session = Session(socket.clone());
-    let capture = || tmux(&socket, &["capture-pane", "-p", "-t", "demo"]);
+    let session = Session::start(&socket, &dir, "; sleep 60");
+    let capture = || session.capture();
     let fields = [
         "accepted",
         "refused",
@@ -215,22 +230,10 @@ fn demo_refuses_a_second_demo_on_its_directory_and_stops_on_a_hang_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let socket = format!("croupier-demo-hup-{}", std::process::id());
-    let cmd = format!(
-        "{} demo --dir {} --fresh --duration 120 --rate 300 --players 2000",
-        env!("CARGO_BIN_EXE_croupier-it-bin"),
-        dir.display()
-    );
-    tmux(&socket, &["new-session", "-d", "-s", "demo", "-x", "132", "-y", "40", &cmd]);
-    struct Session(String);
-    impl Drop for Session {
-        fn drop(&mut self) {
-            tmux(&self.0, &["kill-server"]);
-        }
-    }
-    let session = Session(socket.clone());
+    let session = Session::start(&socket, &dir, "");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let screen = tmux(&socket, &["capture-pane", "-p", "-t", "demo"]);
+        let screen = session.capture();
         if screen.contains("Croupier demo  00:00:02") {
             break;
         }

@@ -4,12 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use croupier_control::config::Driver;
 use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
-use croupier_it::{free_port, kill, require_binary, wait_until_ready};
+use croupier_it::nginx::Nginx;
 
 use crate::fixture::{events, total_entries, Fixture, GAME, SECRET};
 
@@ -55,51 +54,6 @@ fn broken_replica(how: Broken) -> (SocketAddr, std::sync::Arc<std::sync::atomic:
         }
     });
     (addr, seen)
-}
-
-/// nginx running the shipped file with its upstreams `first` and `second` and listening
-/// on a free port; killed when dropped.
-struct Nginx {
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl Nginx {
-    fn start(first: SocketAddr, second: SocketAddr) -> Nginx {
-        let binary = require_binary("nginx", "nginx");
-        let dir = tempfile::Builder::new().prefix("croupier-nginx-").tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let shipped =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx/nginx.conf")).unwrap();
-        let conf = shipped
-            .replace("server 172.28.0.11:8080", &format!("server {first}"))
-            .replace("server 172.28.0.12:8080", &format!("server {second}"))
-            .replace("listen 8080 reuseport;", &format!("listen {addr};"))
-            .replace("worker_processes auto;", "worker_processes 1;\npid nginx.pid;");
-        assert_ne!(conf, shipped);
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let log = dir.path().join("nginx.log");
-        let mut child = Command::new(binary)
-            .arg("-p")
-            .arg(dir.path())
-            .args(["-c", "nginx.conf", "-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nginx: {e}"));
-        wait_until_ready(&mut child, "nginx", &log, Duration::from_secs(20), || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
-        Nginx { addr, _dir: dir, child: Some(child) }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
 }
 
 /// Through the shipped nginx, with one replica answering 502 (or closing the connection

@@ -1089,6 +1089,9 @@ impl Config {
         })?;
         config.resolve_secrets()?;
         config.check()?;
+        // `0` (one shard per core) is resolved once, here: the ingest shards, their
+        // readiness slots and the workers' consumer names beside them count the same.
+        config.server.shards = config.shard_count();
         Ok(config)
     }
 
@@ -2069,6 +2072,16 @@ mod tests {
         assert_eq!(c.server.driver, Driver::Epoll);
         assert_eq!(c.games["Alpha"].secret.as_deref(), Some("from-file"));
         assert_eq!(c.games["Beta"].secret.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn zero_shards_is_resolved_once_at_load() {
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        let c = Config::from_toml("[server]\nshards = 0\n").expect("loads");
+        assert_eq!(c.server.shards, cores);
+        assert_eq!(c.shard_count(), cores);
+        let c = Config::from_toml("[server]\nshards = 5\n").expect("loads");
+        assert_eq!(c.server.shards, 5);
     }
 
     #[test]

@@ -188,7 +188,14 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
         return Answer::Http(StatusCode::METHOD_NOT_ALLOWED);
     }
     let field = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+    // A call refused for its headers counts as one refused event of the token's game (as
+    // the data port and OTLP/HTTP count theirs), with the answer gRPC prescribes.
+    let count_media = |what: &'static str| {
+        let game = otlp::bearer_game(shard, field("authorization")).unwrap_or("");
+        crate::ingest::count_refused(shard, game, &HttpError::UnsupportedMediaType(what).into(), 1);
+    };
     if !field("content-type").is_some_and(grpc::is_grpc_content_type) {
+        count_media("content-type (use application/grpc)");
         return Answer::Http(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
     let signal = match Method::from_path(head.uri.path()) {
@@ -202,6 +209,7 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
         None | Some("identity") => false,
         Some("gzip") => true,
         Some(other) => {
+            count_media("grpc-encoding (use gzip or identity)");
             let m = format!("grpc-encoding {other} is not supported (use gzip or identity)");
             return Answer::Status(Code::Unimplemented, m, None);
         }
@@ -236,6 +244,7 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
         Err(e) => return refuse(game, IngestError::Body(BodyError::Malformed(e.to_string()))),
     };
     if message.compressed && !gzip {
+        count_media("compressed message without a grpc-encoding");
         return Answer::Status(Code::Internal, "compressed flag set without a grpc-encoding".into(), None);
     }
     wire.drain(..message.payload.start);

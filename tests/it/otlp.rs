@@ -817,6 +817,55 @@ fn grpc_calls_declaring_large_messages_are_held_within_the_body_budget() {
     });
 }
 
+/// A gRPC call refused for its headers — a `content-type` that is not gRPC's, a
+/// `grpc-encoding` the receiver does not have, a compressed message without one — counts
+/// as one refused event of the token's game, as the data port and OTLP/HTTP count theirs
+/// (the receiver before answered them and counted nothing).
+#[test]
+fn grpc_calls_refused_for_their_headers_count_as_refused() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+    });
+    let addr = grpc_addr(&f);
+    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // (content-type, grpc-encoding, the message's compressed flag) -> (HTTP status, grpc-status)
+    let call = |content_type: &str, encoding: Option<&str>, compressed: u8| {
+        let mut request = http::Request::post(logs.as_str())
+            .header("content-type", content_type)
+            .header("authorization", format!("Bearer {TOKEN}"));
+        if let Some(e) = encoding {
+            request = request.header("grpc-encoding", e);
+        }
+        let request = request.body(()).expect("request");
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut client = client.ready().await.expect("ready");
+            let (answer, mut send) = client.send_request(request, false).expect("send");
+            send.send_data(bytes::Bytes::from(vec![compressed, 0, 0, 0, 0]), true).expect("data");
+            let r = answer.await.expect("answer");
+            let status = r.headers().get("grpc-status").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            conn.abort();
+            (r.status().as_u16(), status.unwrap_or_default())
+        })
+    };
+    assert_eq!(call("text/plain", None, 0), (415, String::new()));
+    assert_eq!(call("application/grpc", Some("br"), 0), (200, "12".to_owned()));
+    assert_eq!(call("application/grpc", None, 1), (200, "13".to_owned()));
+    // A good call beside them: taken, and not counted as refused.
+    assert_eq!(call("application/grpc", None, 0), (200, String::new()));
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    let series = r#"croupier_events_refused_total{game="g1",reason="unsupported_media_type"}"#;
+    assert_eq!(crate::metrics::sample(&text, series), Some(3.0), "{text}");
+}
+
 /// Black-box finding: connections that sent the HTTP/2 preface and nothing else held every
 /// place of the OTLP/gRPC listener (`server.max_connections`), so no exporter got in
 /// until `idle_timeout_ms`. At the cap the oldest connection without a call in progress

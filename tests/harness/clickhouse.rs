@@ -19,6 +19,9 @@ pub struct ClickHouseServer {
     timezone: &'static str,
     /// More top-level configuration (a cluster node's `remote_servers`, `macros`, ...).
     extra: String,
+    /// The level of the server's own log (`warning` unless a test asks for another): an
+    /// 18.16 server sends a client no log line below it, whatever `send_logs_level` says.
+    log_level: &'static str,
     dir: tempfile::TempDir,
     binary: PathBuf,
     child: Option<Child>,
@@ -41,6 +44,15 @@ impl ClickHouseServer {
         Self::start_with(true, "UTC")
     }
 
+    /// Starts a server that logs at `level` (`trace`, `information`, ...).
+    pub fn start_logging_at(level: &'static str) -> ClickHouseServer {
+        let mut s = Self::new_node(free_port(), free_port(), String::new(), false, "UTC");
+        s.log_level = level;
+        s.write_config();
+        s.spawn();
+        s
+    }
+
     fn start_with(log_queries: bool, timezone: &'static str) -> ClickHouseServer {
         Self::start_node(free_port(), free_port(), String::new(), log_queries, timezone)
     }
@@ -54,12 +66,23 @@ impl ClickHouseServer {
         log_queries: bool,
         timezone: &'static str,
     ) -> ClickHouseServer {
-        let binary = require_binary("clickhouse-server", "clickhouse-server");
-        let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
-        let mut s = ClickHouseServer { tcp_port, http_port, log_queries, timezone, extra, dir, binary, child: None };
+        let mut s = Self::new_node(tcp_port, http_port, extra, log_queries, timezone);
         s.write_config();
         s.spawn();
         s
+    }
+
+    fn new_node(
+        tcp_port: u16,
+        http_port: u16,
+        extra: String,
+        log_queries: bool,
+        timezone: &'static str,
+    ) -> ClickHouseServer {
+        let binary = require_binary("clickhouse-server", "clickhouse-server");
+        let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
+        let log_level = "warning";
+        ClickHouseServer { tcp_port, http_port, log_queries, timezone, extra, log_level, dir, binary, child: None }
     }
 
     /// Process id of the running server.
@@ -72,7 +95,7 @@ impl ClickHouseServer {
         let config = format!(
             r#"<?xml version="1.0"?>
 <yandex>
-  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
+  <logger><level>{}</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
   <listen_host>127.0.0.1</listen_host>
   <tcp_port>{}</tcp_port>
   <http_port>{}</http_port>
@@ -91,6 +114,7 @@ impl ClickHouseServer {
   {}
 </yandex>
 "#,
+            self.log_level,
             self.tcp_port,
             self.http_port,
             self.timezone,
@@ -102,18 +126,42 @@ impl ClickHouseServer {
                 ""
             }
         );
-        let profile = if self.log_queries { "<log_queries>1</log_queries>" } else { "" };
+        std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
+        self.write_users("");
+    }
+
+    /// Writes `users.xml`: the default user, its profile with `settings` (XML elements).
+    fn write_users(&self, settings: &str) {
+        let log = if self.log_queries { "<log_queries>1</log_queries>" } else { "" };
         let users = format!(
             r#"<?xml version="1.0"?>
 <yandex>
-  <profiles><default>{profile}</default></profiles>
+  <profiles><default>{log}{settings}</default></profiles>
   <users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></default></users>
   <quotas><default></default></quotas>
 </yandex>
 "#
         );
-        std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
         std::fs::write(self.dir.path().join("users.xml"), users).expect("write users");
+    }
+
+    /// Sets the default user's profile to `settings` (XML elements, e.g.
+    /// `<send_logs_level>trace</send_logs_level>`) while the server runs, and waits until
+    /// the server has read it again (it looks at `users.xml` every few seconds):
+    /// `check` is a `(setting, value)` pair then shown by `system.settings`.
+    pub fn set_profile(&self, settings: &str, check: (&str, &str)) {
+        self.write_users(settings);
+        // The server compares modification times in whole seconds: one written in the
+        // second the server started would look unchanged.
+        let later = std::time::SystemTime::now() + Duration::from_secs(2);
+        let file = std::fs::File::options().write(true).open(self.dir.path().join("users.xml")).expect("users.xml");
+        file.set_modified(later).expect("set the modification time");
+        let sql = format!("SELECT value FROM system.settings WHERE name = '{}'", check.0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.query(&sql).trim() != check.1 {
+            assert!(std::time::Instant::now() < deadline, "clickhouse-server did not take the profile {settings}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn spawn(&mut self) {

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use croupier_dataplane::worker::aggregate::what::{day_of, minute_of, Kind};
+use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::http::{clear_of_day_turn, now_secs};
 
 use crate::fixture::{post_signed, GAME, SECRET};
@@ -1585,4 +1586,21 @@ fn events_stamped_in_many_future_minutes_do_not_stop_a_games_players_of_now_bein
     // Minutes more than a few minutes ahead have no online key.
     assert_eq!(pfcount(&p, &key(Kind::Online, future(0))), 0, "an online minute ten minutes ahead");
     assert!(p.stop_worker());
+}
+
+/// A server that sends its log lines with every query (`send_logs_level` in the worker
+/// user's profile): the `Log` packets carry rows, which the client read as a protocol error
+/// before, so no insert and no figure was ever written. They are read and set aside.
+#[test]
+fn server_logs_sent_with_every_query_do_not_stop_inserts_or_figures() {
+    let mut p = Pipeline::start_on(ClickHouseServer::start_logging_at("trace"), &[], |_| {});
+    p.clickhouse.set_profile("<send_logs_level>trace</send_logs_level>", ("send_logs_level", "trace"));
+    p.start_worker(FAST);
+    let ts = clear_of_day_turn(60, 0) as u64;
+    post_players(&p, "login", "logger", 0..30, ts);
+    let rows = [("ord-log-1".to_owned(), "logger-1".to_owned(), 1234, "success")];
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&rows, ts)).status, 202);
+    p.wait_for(30, "events in ClickHouse", Pipeline::distinct_events);
+    assert_eq!(wait_revenue(&p, ts, 1234), (1234, 0, 0));
+    assert_eq!(wait_daily_users_match_redis(&p, ts).0, 30);
 }

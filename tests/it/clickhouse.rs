@@ -522,3 +522,31 @@ fn blocks_sent_in_the_tables_order_are_not_sorted_again_by_the_server() {
     // Equal ids may come in either order there (an unstable sort): compared as texts.
     assert_eq!(current, ours, "26.x orders UUIDs otherwise");
 }
+
+/// A server sending its log lines (`send_logs_level`, as a user's profile may set it):
+/// `Log` packets carry rows between a query's other packets; the client reads and sets
+/// them aside, on plain and compressed connections, for statements, inserts and selects.
+#[test]
+fn log_packets_with_rows_are_set_aside() {
+    use croupier_protocol::clickhouse::packet::Setting;
+    let ch = ClickHouseServer::start_logging_at("trace");
+    for compression in [false, true] {
+        let opts = options(&ch, compression);
+        let logs = [("send_logs_level", Setting::Str("trace"))];
+        let got = block_on(ActiveDriver::Epoll, async {
+            let mut conn = Connection::connect(&opts).await.expect("connect");
+            conn.execute("CREATE TABLE IF NOT EXISTS default.logged (x UInt64) ENGINE = MergeTree ORDER BY x", &logs)
+                .await
+                .expect("create");
+            conn.execute("INSERT INTO default.logged SELECT number FROM system.numbers LIMIT 10", &logs)
+                .await
+                .expect("insert select");
+            let s = conn.select("SELECT count() FROM default.logged", &logs).await.expect("select");
+            conn.ping().await.expect("ping after");
+            s.rows.len()
+        })
+        .expect("runtime");
+        assert_eq!(got, 1);
+    }
+    assert_eq!(ch.query("SELECT count() FROM default.logged").trim(), "20");
+}

@@ -57,7 +57,11 @@ impl Pipeline {
 
     /// [`Pipeline::start`] with the ingest configuration adjusted by `tweak`.
     pub fn start_with(redis_args: &[&str], tweak: impl FnOnce(&mut Config)) -> Pipeline {
-        let clickhouse = ClickHouseServer::start();
+        Self::start_on(ClickHouseServer::start(), redis_args, tweak)
+    }
+
+    /// [`Pipeline::start_with`] on a ClickHouse server the test started.
+    pub fn start_on(clickhouse: ClickHouseServer, redis_args: &[&str], tweak: impl FnOnce(&mut Config)) -> Pipeline {
         let ingest = Fixture::start_with_redis(Driver::Epoll, RedisServer::start_with(redis_args), tweak);
         let (ok, out) = croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
         assert!(ok, "croupier migrate failed: {out}");

@@ -359,6 +359,19 @@ fn block_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<B
     }
 }
 
+/// A block read whole, rows included, and set aside (totals, extremes, log lines).
+fn skipped_block(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<(), Step> {
+    r.str()?; // table name
+    if compressed {
+        let mut raw = Vec::new();
+        compress::decompress_frame(r, &mut raw)?;
+        result::read_block(&mut Reader::new(&raw), revision)?;
+    } else {
+        result::read_block(r, revision)?;
+    }
+    Ok(())
+}
+
 /// A data packet: its header when it has no rows, else its rows (only read uncompressed:
 /// a compressed result may span frames).
 fn data_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerPacket, Step> {
@@ -386,11 +399,12 @@ fn packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerP
         }
         server::DATA => data_packet(r, revision, compressed)?,
         server::TOTALS | server::EXTREMES => {
-            block_packet(r, revision, compressed)?;
+            skipped_block(r, revision, compressed)?;
             ServerPacket::Skipped(code)
         }
+        // The server's log lines (`send_logs_level`), rows and all, never compressed.
         server::LOG => {
-            block_packet(r, revision, false)?;
+            skipped_block(r, revision, false)?;
             ServerPacket::Skipped(code)
         }
         server::EXCEPTION => ServerPacket::Exception(exception(r)?),
@@ -479,5 +493,36 @@ mod tests {
         assert!(matches!(decode(&ok, CLIENT_REVISION, false), Ok(Some((ServerPacket::Exception(_), _)))));
         let over = nested_exception(MAX_NESTED_EXCEPTIONS + 1);
         assert_eq!(decode(&over, CLIENT_REVISION, false), Err(ProtocolError::NestedTooDeep));
+    }
+
+    /// A `Log` packet as a server sends it with `send_logs_level`: its block has rows
+    /// (one line here: a time, a priority, a text), which are read and set aside.
+    #[test]
+    fn log_packets_with_rows_are_skipped_whole() {
+        let mut bytes = Vec::new();
+        put_varint(&mut bytes, server::LOG);
+        put_str(&mut bytes, b""); // table name
+        bytes.extend_from_slice(&[1, 0, 2]); // block info: is_overflows 0, bucket_num -1
+        bytes.extend_from_slice(&(-1i32).to_le_bytes());
+        bytes.push(0);
+        put_varint(&mut bytes, 3); // columns
+        put_varint(&mut bytes, 1); // rows
+        put_str(&mut bytes, b"event_time");
+        put_str(&mut bytes, b"DateTime");
+        bytes.extend_from_slice(&1_795_000_000u32.to_le_bytes());
+        put_str(&mut bytes, b"priority");
+        put_str(&mut bytes, b"Int8");
+        bytes.push(7);
+        put_str(&mut bytes, b"text");
+        put_str(&mut bytes, b"String");
+        put_str(&mut bytes, b"Renaming temporary part");
+        let log = bytes.len();
+        put_varint(&mut bytes, server::END_OF_STREAM);
+        let Some((first, used)) = decode(&bytes, CLIENT_REVISION, false).expect("decodes") else { panic!("a packet") };
+        assert_eq!((first, used), (ServerPacket::Skipped(server::LOG), log));
+        assert_eq!(decode(&bytes[used..], CLIENT_REVISION, false), Ok(Some((ServerPacket::EndOfStream, 1))));
+        for cut in 0..log {
+            assert_eq!(decode(&bytes[..cut], CLIENT_REVISION, false), Ok(None), "cut at {cut}");
+        }
     }
 }

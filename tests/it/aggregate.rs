@@ -1604,3 +1604,40 @@ fn server_logs_sent_with_every_query_do_not_stop_inserts_or_figures() {
     assert_eq!(wait_revenue(&p, ts, 1234), (1234, 0, 0));
     assert_eq!(wait_daily_users_match_redis(&p, ts).0, 30);
 }
+
+/// A revenue statement that keeps failing (here `daily_revenue` renamed away) holds back
+/// no other figure: the minute and the day are written once and unmarked, only the
+/// revenue day stays marked, and it is written once the table is back. (The worker before
+/// put the minutes and days back with the revenue, re-inserted them at every write and
+/// never unmarked them: a set that only grew.)
+#[test]
+fn a_revenue_statement_that_keeps_failing_holds_back_no_other_figure() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("RENAME TABLE analytics.daily_revenue TO analytics.daily_revenue_away");
+    p.start_worker(FAST);
+    let ts = clear_of_day_turn(60, 0) as u64;
+    post_players(&p, "login", "held", 0..40, ts);
+    let rows = [("ord-held-1".to_owned(), "held-1".to_owned(), 500, "success")];
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&rows, ts)).status, 202);
+    p.wait_for(40, "daily_users' dau", |p| daily_users(p, ts).0);
+    assert_eq!(wait_daily_users_match_redis(&p, ts), (40, 0, 1));
+    let day = day_of(ts as i64 * 1000);
+    let revenue_mark = vec![format!("r:{day}:2:{GAME}prod")];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unwritten(&p) != revenue_mark {
+        assert!(Instant::now() < deadline, "marked unwritten: {:?}, expected {revenue_mark:?}", unwritten(&p));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Written once, not again at every write (every 200 ms): merges may only lower the
+    // count of rows as inserted.
+    let inserted = |p: &Pipeline| {
+        p.scalar("SELECT count() FROM analytics.minute_online") + p.scalar("SELECT count() FROM analytics.daily_users")
+    };
+    let before = inserted(&p);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(inserted(&p) <= before, "minute and day rows inserted again: {} after {before}", inserted(&p));
+    assert_eq!(unwritten(&p), revenue_mark);
+    p.clickhouse.query("RENAME TABLE analytics.daily_revenue_away TO analytics.daily_revenue");
+    assert_eq!(wait_revenue(&p, ts, 500), (500, 0, 0));
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
+}

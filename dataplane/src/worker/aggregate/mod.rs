@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clickhouse::aggregates::{self, DayRow, MinuteRow};
-use crate::clickhouse::connection::{ChOptions, Connection};
+use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 use crate::redis::connection::RedisClient;
 use croupier_control::config::Aggregate as AggregateConfig;
 use flush::Wanted;
@@ -466,7 +466,10 @@ impl Aggregator {
 
     /// Writes the figures waiting for ClickHouse, each raised to the row the table
     /// already holds ([`aggregates::write_figures`]: a key Redis lost and then filled
-    /// again never lowers a row); those not written wait for the next call.
+    /// again never lowers a row), then the revenue days. The two are apart: rows
+    /// ClickHouse confirmed are unmarked whatever happens to the rest, and only what was
+    /// not written waits for the next call (a revenue statement that keeps failing never
+    /// holds back, nor piles up, the minutes and days).
     async fn write_tables(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<(), String> {
         let (minutes, days, revenue) = {
             let mut f = self.figures.borrow_mut();
@@ -476,73 +479,135 @@ impl Aggregator {
             }
             (std::mem::take(&mut f.minutes), std::mem::take(&mut f.days), revenue)
         };
-        let result = async {
-            if ch.is_none() {
-                *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
+        if ch.is_none() {
+            match Connection::connect(opts).await {
+                Ok(c) => *ch = Some(c),
+                Err(e) => {
+                    self.put_back_figures(minutes, days);
+                    self.put_back_revenue(revenue);
+                    return Err(e.to_string());
+                }
             }
-            let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
+        }
+        let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
+        let mut failed = None;
+        if !minutes.is_empty() || !days.is_empty() {
             let m: Vec<MinuteRow> = minutes.values().cloned().collect();
             let d: Vec<DayRow> = days.values().cloned().collect();
-            aggregates::write_figures(conn, &m, &d).await.map_err(|e| e.to_string())?;
-            let mut written: Vec<(unwritten::Unwritten, u64)> = m
-                .into_iter()
-                .map(|r| {
-                    (
-                        unwritten::Unwritten {
-                            row: unwritten::Row::Minute,
-                            game: r.game,
-                            env: r.env,
-                            period: r.minute,
-                        },
-                        r.version,
-                    )
-                })
-                .chain(d.into_iter().map(|r| {
-                    (
-                        unwritten::Unwritten { row: unwritten::Row::Day, game: r.game, env: r.env, period: r.day },
-                        r.version,
-                    )
-                }))
-                .collect();
-            if !revenue.is_empty() {
-                // Taken after the payments were confirmed and before the computation:
-                // orders the computations, and no later mark is removed.
-                let version = unwritten::time(&self.redis).await?;
-                let days: Vec<(String, String, u32)> = revenue.iter().cloned().collect();
-                aggregates::write_revenue(conn, &days, version, self.ch_cluster).await.map_err(|e| e.to_string())?;
-                written.extend(days.into_iter().map(|(game, env, period)| {
-                    (unwritten::Unwritten { row: unwritten::Row::Revenue, game, env, period }, version)
-                }));
-            }
-            Ok(written)
-        }
-        .await;
-        let result = match result {
-            Ok(written) => {
-                // Not fatal: a row left marked is written again at a start.
-                if let Err(e) = unwritten::unmark(&self.redis, &written).await {
-                    tracing::warn!(error = %e, "rows written to the aggregate tables still marked unwritten in Redis");
+            match aggregates::write_figures(conn, &m, &d).await {
+                Ok(()) => {
+                    let minutes = m.into_iter().map(|r| {
+                        let row = unwritten::Row::Minute;
+                        (unwritten::Unwritten { row, game: r.game, env: r.env, period: r.minute }, r.version)
+                    });
+                    let days = d.into_iter().map(|r| {
+                        let row = unwritten::Row::Day;
+                        (unwritten::Unwritten { row, game: r.game, env: r.env, period: r.day }, r.version)
+                    });
+                    self.unmark_written(&minutes.chain(days).collect::<Vec<_>>()).await;
                 }
-                Ok(())
+                Err(e) => {
+                    self.put_back_figures(minutes, days);
+                    failed = Some(e);
+                }
             }
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            *ch = None;
-            // Put back what was taken, unless a later reading came meanwhile.
-            let mut f = self.figures.borrow_mut();
-            for (k, v) in minutes {
-                f.minutes.entry(k).or_insert(v);
-            }
-            for (k, v) in days {
-                f.days.entry(k).or_insert(v);
-            }
-            // Marked again too: a reconnect while the write was under way may have lost
-            // their marks, and the days were not in `revenue` to be marked again then.
-            f.revenue_unmarked.extend(revenue.iter().cloned());
-            f.revenue.extend(revenue);
         }
-        result
+        // After a refusal the connection serves on; after any other error it may be in
+        // any state: a new one next time.
+        let broken = |e: &ChError| !matches!(e, ChError::Server(_));
+        let mut reset = failed.as_ref().is_some_and(broken);
+        let mut failed = failed.map(|e| e.to_string());
+        if reset {
+            self.put_back_revenue(revenue);
+        } else if !revenue.is_empty() {
+            match unwritten::time(&self.redis).await {
+                Ok(version) => {
+                    if let Err(e) = self.write_revenue(conn, revenue, version).await {
+                        reset |= broken(&e);
+                        failed = failed.or(Some(e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    self.put_back_revenue(revenue);
+                    failed = failed.or(Some(e));
+                }
+            }
+        }
+        if reset {
+            *ch = None;
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Recomputes the revenue of `days`, [`aggregates::REVENUE_DAYS_PER_INSERT`] per
+    /// statement, as of `version` (Redis's time, taken after their payments were
+    /// confirmed and before the computation: orders the computations, and no later mark
+    /// is removed). A statement the server refuses leaves its days for the next write
+    /// and the others go on; a broken connection leaves every day not yet written.
+    async fn write_revenue(
+        &self,
+        conn: &mut Connection,
+        days: HashSet<(String, String, u32)>,
+        version: u64,
+    ) -> Result<(), ChError> {
+        let mut days: Vec<(String, String, u32)> = days.into_iter().collect();
+        days.sort_unstable();
+        let mut first_error = None;
+        let mut chunks = days.chunks(aggregates::REVENUE_DAYS_PER_INSERT);
+        for chunk in chunks.by_ref() {
+            match aggregates::write_revenue(conn, chunk, version, self.ch_cluster).await {
+                Ok(()) => {
+                    let written: Vec<_> = chunk
+                        .iter()
+                        .map(|(game, env, period)| {
+                            let (game, env, period) = (game.clone(), env.clone(), *period);
+                            (unwritten::Unwritten { row: unwritten::Row::Revenue, game, env, period }, version)
+                        })
+                        .collect();
+                    self.unmark_written(&written).await;
+                }
+                Err(e) => {
+                    self.put_back_revenue(chunk.iter().cloned().collect());
+                    let refused = matches!(e, ChError::Server(_));
+                    first_error = first_error.or(Some(e));
+                    if !refused {
+                        break;
+                    }
+                }
+            }
+        }
+        for rest in chunks {
+            self.put_back_revenue(rest.iter().cloned().collect());
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes the marks of rows ClickHouse confirmed (as of the versions written).
+    async fn unmark_written(&self, written: &[(unwritten::Unwritten, u64)]) {
+        // Not fatal: a row left marked is written again at a start.
+        if let Err(e) = unwritten::unmark(&self.redis, written).await {
+            tracing::warn!(error = %e, "rows written to the aggregate tables still marked unwritten in Redis");
+        }
+    }
+
+    /// Puts back minutes and days not written, unless a later reading came meanwhile.
+    fn put_back_figures(&self, minutes: HashMap<DayKey, MinuteRow>, days: HashMap<DayKey, DayRow>) {
+        let mut f = self.figures.borrow_mut();
+        for (k, v) in minutes {
+            f.minutes.entry(k).or_insert(v);
+        }
+        for (k, v) in days {
+            f.days.entry(k).or_insert(v);
+        }
+    }
+
+    /// Puts back revenue days not written, to be marked again too: a reconnect while the
+    /// write was under way may have lost their marks, and the days were not in `revenue`
+    /// to be marked again then.
+    fn put_back_revenue(&self, days: HashSet<(String, String, u32)>) {
+        let mut f = self.figures.borrow_mut();
+        f.revenue_unmarked.extend(days.iter().cloned());
+        f.revenue.extend(days);
     }
 
     /// One round: merge into Redis (every held sketch when `aggregate.resend_ms` has

@@ -1641,3 +1641,34 @@ fn a_revenue_statement_that_keeps_failing_holds_back_no_other_figure() {
     assert_eq!(wait_revenue(&p, ts, 500), (500, 0, 0));
     p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
 }
+
+/// The day an order leaves (a retry re-stamped after midnight) is marked unwritten in
+/// Redis before the order's new row is inserted: once that row is in and merged no
+/// look-up finds the earlier day, so a worker killed between the insert and its flush
+/// would have left that day counting the order. Here the insert stalls (the table's
+/// `amount_cents` drifted to `Int64`): the mark is there while it waits; once the table is mended, each
+/// day holds the order once.
+#[test]
+fn the_day_an_order_leaves_is_marked_before_the_insert_that_moves_it() {
+    let mut p = Pipeline::start(&[]);
+    p.start_worker(FAST);
+    let now = now_secs() as u64;
+    let (before, after) = (now - now % 86_400 - 30, now);
+    let (yesterday, today) = (day_of(before as i64 * 1000), day_of(after as i64 * 1000));
+    let order = [("ord-moved".to_owned(), "mover".to_owned(), 700, "success")];
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&order, before)).status, 202);
+    wait_revenue_rows(&p, &[("prod", yesterday, (700, 0, 0))]);
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
+    p.clickhouse.query("ALTER TABLE analytics.payments MODIFY COLUMN amount_cents Int64");
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&order, after)).status, 202);
+    let mark = format!("r:{yesterday}:2:{GAME}prod");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !unwritten(&p).contains(&mark) {
+        assert!(Instant::now() < deadline, "{mark} not marked while the insert waits: {:?}", unwritten(&p));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(p.scalar("SELECT count() FROM analytics.payments"), 1, "the insert waits");
+    p.clickhouse.query("ALTER TABLE analytics.payments MODIFY COLUMN amount_cents UInt64");
+    wait_revenue_rows(&p, &[("prod", today, (700, 0, 0)), ("prod", yesterday, (0, 0, 0))]);
+    p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
+}

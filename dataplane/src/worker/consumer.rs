@@ -1289,6 +1289,18 @@ impl Consumer {
         };
         match crate::clickhouse::aggregates::order_days(ch, &orders).await {
             Ok(days) => {
+                // Marked unwritten in Redis now, before the insert: once the new rows
+                // are in and merged, no look-up finds the day an order left, so a worker
+                // killed between the insert and its flush would leave that day counting
+                // the order. A mark made early costs one recompute more.
+                // (Redis failing now fails the flush after the insert too, so the batch is
+                // not acknowledged and its look-up is made again.)
+                if let (Some(agg), false) = (&self.agg, days.is_empty()) {
+                    agg.revenue_confirmed(days.iter().cloned());
+                    if let Err(e) = agg.flush().await {
+                        tracing::warn!(consumer = %self.cfg.consumer, error = %e, "the days the batch's orders are on not marked unwritten before the insert");
+                    }
+                }
                 self.sink.note_revenue_days(days);
                 Ok(())
             }

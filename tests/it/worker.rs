@@ -1091,6 +1091,37 @@ fn systemic_refusals_with_restarts_add_no_deliveries() {
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
 }
 
+/// ClickHouse answers but refuses every insert for its own state (here the worker's user
+/// is read-only, `readonly = 2`: code 164; a full disk or a read-only replicated table alike), and a second
+/// worker with nothing to do claims idle entries. The holder keeps its stalled batch
+/// marked as worked on, so the other never claims it: the counts stay at the one read and
+/// nothing is dead-lettered, and once the server takes inserts again every row is stored
+/// once. (Before, only a drifted schema and "too many parts" kept: the claims added a
+/// delivery each until the entries were dead-lettered unread.)
+#[test]
+fn refusals_for_the_servers_state_are_not_claimed_into_dead_letters() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.set_profile("<readonly>2</readonly>", ("readonly", "2"));
+    // Idle for 3 s before another may claim: longer than a batch takes to gather and
+    // meet its first refusal.
+    let settings = [("CROUPIER_WORKER__MAX_DELIVERIES", "2"), ("CROUPIER_WORKER__CLAIM_IDLE_MS", "3000")];
+    p.start_worker(&settings);
+    let accepted = post_events(&p, 3, 10);
+    p.wait_for(3, "entries taken", |p| p.pending("analytics:events") as u64);
+    let mut other = spawn_worker(&p, "other", &settings);
+    // Several `claim_idle_ms`.
+    std::thread::sleep(Duration::from_secs(10));
+    let dead = xlen(&p.ingest.redis, "analytics:events:dead");
+    let counts = delivery_counts(&p);
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0, "every insert refused");
+    p.clickhouse.set_profile("", ("readonly", "0"));
+    assert_eq!(dead, 0, "nothing dead-lettered while the server refused every insert");
+    assert_eq!(counts, vec![1; 3], "deliveries while the server refused every insert");
+    lands_once(&p, accepted, "once the server takes inserts");
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
 /// An entry whose try never comes back (the worker dies during its insert, every time)
 /// still reaches the delivery limit: each start counts its try before the insert, so with
 /// `max_deliveries = 2` it is set apart after the first crash past the limit, tried alone,

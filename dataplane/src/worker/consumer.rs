@@ -1239,9 +1239,12 @@ impl Consumer {
                     }
                 }
                 Err(e) => {
-                    // Faults every consumer would meet: the schema, a server in backpressure.
-                    self.systemic =
-                        matches!(&e, ChError::SchemaMismatch(_)) || matches!(&e, ChError::Server(x) if x.code == 252);
+                    // Faults every consumer would meet: the schema, or the server answering
+                    // and refusing for its own state (backpressure, a full disk, read-only
+                    // tables or user, memory): another consumer claiming the entries would
+                    // only count deliveries towards dead-lettering them unread. Not being
+                    // able to reach the server is not: another worker may well reach it.
+                    self.systemic = matches!(&e, ChError::SchemaMismatch(_) | ChError::Server(_));
                     return Err(e.to_string());
                 }
             }

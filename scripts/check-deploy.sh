@@ -40,6 +40,7 @@ route() {
 }
 route "ops-webhook,critical" alertname=CroupierClickHouseWriteFailures severity=critical
 route "ops-webhook,warning" alertname=CroupierStreamBacklogHigh severity=warning
+route "ops-webhook,warning" alertname=CroupierDeadLetters severity=warning
 route "ops-webhook,info" alertname=Something severity=info
 route "ops-webhook,warning" alertname=Something
 

@@ -20,6 +20,7 @@ both_drivers!(
     hostile11_absolute_form_target_routes_like_origin_form,
     hostile12_duplicate_credential_and_media_headers_are_refused,
     low_http10_keep_alive_answer_says_keep_alive,
+    expect_continue_is_not_answered_for_a_refused_length_nor_to_http10,
 );
 
 /// Connections opened per check: enough that every shard of the fixture gets some
@@ -254,4 +255,57 @@ fn low_http10_keep_alive_answer_says_keep_alive(driver: Driver) {
     let r = c.read_reply();
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     assert!(c.is_closed(std::time::Duration::from_secs(2)));
+}
+
+/// Black-box finding: `Expect: 100-continue` was answered `100 Continue` for a head whose
+/// declared length is refused already (then 413: the client was told to upload a body
+/// that could only be refused), and to HTTP/1.0 clients, which cannot take an interim
+/// answer (RFC 9110 10.1.1).
+fn expect_continue_is_not_answered_for_a_refused_length_nor_to_http10(driver: Driver) {
+    use std::io::Read;
+    let f = Fixture::start(driver, |c| c.server.max_body_bytes = 64 * 1024);
+    let head_of = |raw: &[u8]| {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        (raw[..end].to_vec(), raw[end..].to_vec())
+    };
+    let first_bytes = |s: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) => String::new(),
+        }
+    };
+    // Declared past `server.max_body_bytes`: 413 at once, no 100.
+    let raw = signed_raw("/api/ingest/events", |lines| {
+        lines[0] = "Content-Length: 5000000".to_owned();
+        lines.push("Expect: 100-continue".to_owned());
+    });
+    let (head, _) = head_of(&raw);
+    let mut s = std::net::TcpStream::connect(f.addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    s.write_all(&head).expect("head");
+    let got = first_bytes(&mut s);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got:?}");
+    // HTTP/1.0: no interim answer; the body sent after a pause is taken.
+    let raw = signed_raw("/api/ingest/events", |lines| lines.push("Expect: 100-continue".to_owned()));
+    let raw = String::from_utf8(raw).expect("text").replacen("HTTP/1.1", "HTTP/1.0", 1).into_bytes();
+    let (head, body) = head_of(&raw);
+    let mut s = std::net::TcpStream::connect(f.addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_millis(500))).expect("timeout");
+    s.write_all(&head).expect("head");
+    assert_eq!(first_bytes(&mut s), "", "nothing before the body");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    s.write_all(&body).expect("body");
+    let got = first_bytes(&mut s);
+    assert!(got.starts_with("HTTP/1.1 202"), "{got:?}");
+    // HTTP/1.1 with a length within the limit still gets its 100 Continue.
+    let raw = signed_raw("/api/ingest/events", |lines| lines.push("Expect: 100-continue".to_owned()));
+    let (head, body) = head_of(&raw);
+    let mut s = std::net::TcpStream::connect(f.addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    s.write_all(&head).expect("head");
+    assert_eq!(first_bytes(&mut s), "HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(&body).expect("body");
+    assert!(first_bytes(&mut s).starts_with("HTTP/1.1 202"));
+    assert_eq!(total_entries(&f.redis), 2);
 }

@@ -95,17 +95,22 @@ impl<'a> Request<'a> {
     }
 
     /// Reads the body into the connection's body buffer ([`Request::buffers`]), first
-    /// answering `100 Continue` if the client waits for it, counting it in `held`.
+    /// answering `100 Continue` if the client waits for it, counting it in `held`. A
+    /// declared length past the limit is refused before that: a client is not told to
+    /// send a body that is refused already (the refusal closes the connection).
     pub async fn read_body(&mut self, held: &mut BodyBytes<'_>) -> Result<(), HttpError> {
         self.state = BodyState::Consumed;
         let framing = self.head.framing;
+        let limit = self.server.limits.max_body_bytes;
+        if matches!(framing, BodyFraming::Length(n) if n > limit) {
+            return Err(HttpError::PayloadTooLarge { limit });
+        }
         if self.head.expect_continue && framing != BodyFraming::None {
             let (res, _) = self.sock.stream().write_all(response::CONTINUE).await;
             if res.is_err() {
                 return Err(HttpError::BadRequest("connection closed"));
             }
         }
-        let limit = self.server.limits.max_body_bytes;
         body::read(self.sock, self.input, framing, limit, self.deadline, self.body, held).await
     }
 

@@ -167,7 +167,8 @@ impl Head {
                     self.keep_alive = true;
                 }
             } else if name.eq_ignore_ascii_case("expect") {
-                self.expect_continue = text(h.value)?.eq_ignore_ascii_case("100-continue");
+                // An HTTP/1.0 client cannot take an interim answer (RFC 9110 10.1.1).
+                self.expect_continue = !self.http10 && text(h.value)?.eq_ignore_ascii_case("100-continue");
             }
         }
         self.framing = match (chunked, content_length) {

@@ -935,6 +935,15 @@ impl Consumer {
                 "pending entries deleted from the stream before being consumed (dead-lettered by id)"
             );
         }
+        if claimed.unnamed_deleted > 0 {
+            tracing::warn!(
+                consumer = %self.cfg.consumer,
+                stream = self.key(),
+                count = claimed.unnamed_deleted,
+                "pending entries deleted from the stream before being consumed, which this Redis (6.2) does not \
+                 name: they stay pending to this consumer and are dead-lettered by id at its next start"
+            );
+        }
         // Already gone from the pending list (nothing to acknowledge), so kept here until
         // their dead letters are written, across failures.
         self.deleted.extend(claimed.deleted);

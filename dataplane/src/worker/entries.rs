@@ -109,6 +109,9 @@ pub struct Claimed {
     /// IDs that were pending but no longer in the stream (deleted or trimmed); Redis 7
     /// reports them here and removes them from the pending list.
     pub deleted: Vec<String>,
+    /// Entries Redis 6.2 claimed but answered as nil (deleted from the stream while
+    /// pending): it names none of them and keeps them pending, now the caller's.
+    pub unnamed_deleted: usize,
 }
 
 /// An `XAUTOCLAIM` reply: the cursor, the claimed entries and (Redis 7 and later) the
@@ -119,7 +122,18 @@ pub fn xautoclaim_reply(f: Frame, stream: StreamKind) -> Result<Claimed, String>
             let mut it = parts.into_iter();
             let cursor =
                 it.next().and_then(bulk).and_then(|c| String::from_utf8(c).ok()).ok_or("XAUTOCLAIM: cursor")?;
-            let entries = it.next().and_then(|e| entries(e, stream)).ok_or("XAUTOCLAIM: entries")?;
+            // Redis 6.2 answers a claimed entry that was deleted as a nil among the others.
+            let (items, unnamed_deleted) = match it.next() {
+                Some(Frame::Array(items)) => {
+                    let before = items.len();
+                    let named: Vec<Frame> = items.into_iter().filter(|i| !matches!(i, Frame::Null)).collect();
+                    let unnamed = before - named.len();
+                    (Frame::Array(named), unnamed)
+                }
+                Some(other) => (other, 0),
+                None => return Err("XAUTOCLAIM: entries".into()),
+            };
+            let entries = entries(items, stream).ok_or("XAUTOCLAIM: entries")?;
             let deleted = match it.next() {
                 None | Some(Frame::Null) => Vec::new(),
                 Some(Frame::Array(ids)) => ids
@@ -129,7 +143,7 @@ pub fn xautoclaim_reply(f: Frame, stream: StreamKind) -> Result<Claimed, String>
                     .ok_or("XAUTOCLAIM: deleted IDs")?,
                 Some(other) => return Err(format!("XAUTOCLAIM: unexpected deleted IDs {other:?}")),
             };
-            Ok(Claimed { cursor, entries, deleted })
+            Ok(Claimed { cursor, entries, deleted, unnamed_deleted })
         }
         Frame::Error(e) => Err(e),
         other => Err(format!("XAUTOCLAIM: unexpected {other:?}")),
@@ -206,6 +220,14 @@ mod tests {
         // Redis 6.2 sends two elements.
         let f = frame(b"*2\r\n$3\r\n0-0\r\n*0\r\n");
         assert!(xautoclaim_reply(f, StreamKind::Custom).expect("parses").deleted.is_empty());
+        // ...and a claimed entry deleted while pending as a nil among the others: the
+        // others are taken, the nil counted (the reply before failed whole).
+        let f = frame(
+            b"*2\r\n$3\r\n9-0\r\n*3\r\n*2\r\n$3\r\n5-0\r\n*2\r\n$1\r\nk\r\n$1\r\nv\r\n$-1\r\n*2\r\n$3\r\n8-0\r\n*0\r\n",
+        );
+        let c = xautoclaim_reply(f, StreamKind::Custom).expect("parses");
+        let ids: Vec<&str> = c.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!((ids, c.unnamed_deleted, c.deleted.len()), (vec!["5-0", "8-0"], 1, 0));
     }
 
     #[test]

@@ -28,13 +28,13 @@ const USER_DAYS: &str = "SELECT toUInt16(d), user_id, sum(events), sum(active), 
     FROM analytics.user_days WHERE game_id = 'g1' AND env = 'prod' GROUP BY d, user_id ORDER BY d, user_id \
     FORMAT TabSeparated";
 
-/// The same fold over `events` (each event once), as the view that filled `user_days`
-/// before counted it.
+/// The same fold over `events` (each event once): names without their case (`Login` is a
+/// login, as Croupier lowercases names), events without a user in no row.
 const FOLD_OF_EVENTS: &str = "SELECT toUInt16(toDate(event_time, 'UTC')) AS d, user_id, count(), \
-    countIf(event IN ('login', 'session_start', 'user.login', 'session.start')), \
-    countIf(event IN ('register', 'user.register')), countIf(event IN ('first_active')) \
-    FROM analytics.events FINAL WHERE game_id = 'g1' AND env = 'prod' GROUP BY d, user_id ORDER BY d, user_id \
-    FORMAT TabSeparated";
+    countIf(lower(event) IN ('login', 'session_start', 'user.login', 'session.start')), \
+    countIf(lower(event) IN ('register', 'user.register')), countIf(lower(event) IN ('first_active')) \
+    FROM analytics.events FINAL WHERE game_id = 'g1' AND env = 'prod' AND user_id != '' \
+    GROUP BY d, user_id ORDER BY d, user_id FORMAT TabSeparated";
 
 fn user_days_mv(p: &Pipeline) -> u64 {
     p.scalar("SELECT count() FROM system.tables WHERE database = 'analytics' AND name = 'user_days_mv'")
@@ -68,21 +68,23 @@ fn user_days_come_from_the_worker_with_exact_counts() {
             (t + 4, "u2", "Login"),
             (t + 5, "u3", "level_start"),
             (t + 6, "u3", "level_start"),
+            // Without a user: nobody's day.
+            (t + 7, "", "login"),
         ],
     );
     p.start_worker(&[]);
-    p.wait_for(11, "events", Pipeline::distinct_events);
+    p.wait_for(12, "events", Pipeline::distinct_events);
     p.wait_for(0, "pending events", |p| p.pending("analytics:events") as u64);
     p.wait_for(0, "pending custom events", |p| p.pending("analytics:custom") as u64);
     let (y, t) = (today - 1, today);
     let want = format!(
         "{y}\tu1\t4\t2\t1\t0\n\
          {t}\tu1\t2\t1\t0\t1\n\
-         {t}\tu2\t3\t1\t1\t0\n\
+         {t}\tu2\t3\t2\t1\t0\n\
          {t}\tu3\t2\t0\t0\t0\n"
     );
     assert_eq!(p.clickhouse.query(USER_DAYS), want);
-    assert_eq!(p.clickhouse.query(FOLD_OF_EVENTS), want, "as the view counted the events");
+    assert_eq!(p.clickhouse.query(FOLD_OF_EVENTS), want, "the fold of the events in SQL");
     assert!(p.stop_worker());
 }
 
@@ -259,4 +261,65 @@ fn an_entry_whose_user_days_rows_are_refused_is_dead_lettered_saying_its_rows_ar
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 1);
     p.clickhouse.query("DROP TABLE analytics.refuse_one_user_day");
     assert!(p.stop_worker());
+}
+
+/// The player views of an earlier schema matched event names with their case and counted
+/// events without a user as one player. `croupier migrate` replaces them and copies every
+/// `events` row again into their tables and `user_days`: a `Login` counts as a login, a
+/// `Register` as a registration, from then on and for the days before; the empty user is
+/// in no new row, and the readers of `registered_users` leave out the one the old view
+/// wrote. A second migrate copies nothing again.
+#[test]
+fn migrate_replaces_player_views_that_matched_names_with_their_case() {
+    let p = Pipeline::start(&[]);
+    let env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
+    p.clickhouse.query("DROP TABLE analytics.daily_players_mv");
+    p.clickhouse.query("DROP TABLE analytics.registered_users_mv");
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.daily_players_mv TO analytics.daily_players \
+         AS SELECT toDate(event_time, 'UTC') AS d, game_id, env, \
+         toUInt8(event IN ('register', 'user.register', 'first_active')) AS kind, uniqCombinedState(user_id) AS users \
+         FROM analytics.events WHERE event IN ('login', 'session_start', 'user.login', 'session.start', 'register', \
+         'user.register', 'first_active') GROUP BY d, game_id, env, kind",
+    );
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.registered_users_mv TO analytics.registered_users \
+         AS SELECT game_id, env, user_id, minState(toDate(event_time, 'UTC')) AS first_d \
+         FROM analytics.events WHERE event IN ('register', 'user.register', 'first_active') \
+         GROUP BY game_id, env, user_id",
+    );
+    let now = now_secs();
+    let rows = [("a", "login"), ("b", "Login"), ("c", "SESSION_START"), ("d", "Register"), ("", "register")];
+    let values: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (user, event))| {
+            format!("({now}, 'g1', 'prod', '{user}', '{event}', '6c0ffee0-0000-4000-8000-00000000000{i}')")
+        })
+        .collect();
+    p.clickhouse.query(&format!(
+        "INSERT INTO analytics.events (event_time, game_id, env, user_id, event, event_id) VALUES {}",
+        values.join(", ")
+    ));
+    let active = "SELECT uniqCombinedMerge(users) FROM analytics.daily_players WHERE kind = 0";
+    let registered = "SELECT uniqExact(user_id) FROM analytics.registered_users WHERE user_id != ''";
+    let user_days = "SELECT count() FROM analytics.user_days WHERE active > 0";
+    assert_eq!((p.scalar(active), p.scalar(registered)), (1, 0), "the earlier views' counts");
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok, "{out}");
+    let views = "SELECT count() FROM system.tables WHERE database = 'analytics' \
+                 AND name IN ('daily_players_mv', 'registered_users_mv') AND create_table_query LIKE '%lower(event)%'";
+    assert_eq!(p.scalar(views), 2, "{out}");
+    assert_eq!((p.scalar(active), p.scalar(registered), p.scalar(user_days)), (3, 1, 3));
+    assert_eq!(p.scalar("SELECT count() FROM analytics.user_days WHERE user_id = ''"), 0);
+    assert_eq!(p.scalar("SELECT count() FROM system.tables WHERE name = 'player_views_recopy'"), 0);
+    // The new views count a new login in another case, and no event without a user.
+    p.clickhouse.query(&format!(
+        "INSERT INTO analytics.events (event_time, game_id, env, user_id, event, event_id) VALUES \
+         ({now}, 'g1', 'prod', 'e', 'User.Login', '6c0ffee0-0000-4000-8000-000000000010'), \
+         ({now}, 'g1', 'prod', '', 'login', '6c0ffee0-0000-4000-8000-000000000011')"
+    ));
+    assert_eq!(p.scalar(active), 4);
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok && !out.contains("replacing daily_players_mv"), "{out}");
 }

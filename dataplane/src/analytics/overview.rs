@@ -134,7 +134,7 @@ pub async fn registered_total(ctx: &Ctx<'_>, last: Option<i64>, today: i64) -> R
         let n = ctx
             .db
             .scalar(&format!(
-                "SELECT count() FROM (SELECT user_id FROM analytics.registered_users WHERE user_id IN \
+                "SELECT count() FROM (SELECT user_id FROM analytics.registered_users WHERE user_id != '' AND user_id IN \
                  (SELECT user_id FROM analytics.user_days WHERE d >= {from}{to_d} \
                  AND (registered > 0 OR first_active > 0){w}){w} \
                  GROUP BY user_id HAVING minMerge(first_d) >= {from}{to_first})"
@@ -154,7 +154,7 @@ async fn registered_by_day(ctx: &Ctx<'_>, today: i64) -> Result<Vec<(i64, u64)>,
     let recipe = Recipe {
         sql: format!(
             "SELECT toUInt32(fd) AS day, count() FROM (SELECT user_id, minMerge(first_d) AS fd \
-             FROM analytics.registered_users WHERE 1 = 1{w} GROUP BY user_id) WHERE fd < {} \
+             FROM analytics.registered_users WHERE user_id != ''{w} GROUP BY user_id) WHERE fd < {} \
              GROUP BY day ORDER BY day",
             day(today)
         ),

@@ -129,7 +129,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     // less than the remembered per-day sum plus today's players checked against it.
     let registered_total = ctx
         .db
-        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.registered_users WHERE 1 = 1{w}"))
+        .scalar(&format!("SELECT uniqExact(user_id) FROM analytics.registered_users WHERE user_id != ''{w}"))
         .await?
         .as_u64();
     let peaks = ctx

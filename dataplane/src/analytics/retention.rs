@@ -82,7 +82,7 @@ pub async fn latest_rates(ctx: &Ctx<'_>, day: i64) -> Result<[f64; 3], ApiError>
         "SELECT toUInt32(cd) AS day, count(), sum(retained) \
          FROM (SELECT user_id, groupUniqArrayIf(d, registered > 0 AND d IN ({cohort_days})) AS cds, \
                       max(d = {day_d}) AS retained \
-               FROM analytics.user_days WHERE d IN ({cohort_days}, {day_d}){w} GROUP BY user_id \
+               FROM analytics.user_days WHERE d IN ({cohort_days}, {day_d}) AND user_id != ''{w} GROUP BY user_id \
                HAVING length(cds) > 0) \
          ARRAY JOIN cds AS cd \
          GROUP BY day ORDER BY day",

@@ -59,8 +59,11 @@ mod tests {
             .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
         let every: Vec<&str> = ACTIVE_EVENTS.iter().chain(&new_user).copied().collect();
-        assert!(view.contains(&format!("toUInt8(event IN {}) AS kind", sql_list(&new_user))), "{view}");
-        assert!(view.contains(&format!("WHERE event IN {} GROUP BY", sql_list(&every))), "{view}");
+        assert!(view.contains(&format!("toUInt8(lower(event) IN {}) AS kind", sql_list(&new_user))), "{view}");
+        assert!(
+            view.contains(&format!("WHERE lower(event) IN {} AND user_id != '' GROUP BY", sql_list(&every))),
+            "{view}"
+        );
     }
 
     #[test]

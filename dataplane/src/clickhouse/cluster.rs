@@ -134,11 +134,13 @@ pub async fn migrate_node(
     cluster: &str,
     settings: &[(&str, Setting<'_>)],
 ) -> Result<(), ChError> {
+    super::schema::drop_case_sensitive_player_views(conn).await?;
     for sql in statements(cluster) {
         conn.execute(&sql, settings).await?;
     }
     super::schema::fill_user_days(conn, settings, "_local").await?;
     super::schema::fill_player_tables(conn, settings, "_local").await?;
+    super::schema::recopy_player_tables(conn, settings, "_local").await?;
     let names = distributed_tables().iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
     let found = conn
         .select(

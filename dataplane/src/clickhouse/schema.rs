@@ -166,9 +166,9 @@ pub const STATEMENTS: &[&str] = &[
     "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.daily_players_mv
     TO analytics.daily_players
     AS SELECT toDate(event_time, 'UTC') AS d, game_id, env,
-        toUInt8(event IN ('register', 'user.register', 'first_active')) AS kind, uniqCombinedState(user_id) AS users
-    FROM analytics.events WHERE event IN ('login', 'session_start', 'user.login', 'session.start', 'register',
-        'user.register', 'first_active') GROUP BY d, game_id, env, kind",
+        toUInt8(lower(event) IN ('register', 'user.register', 'first_active')) AS kind, uniqCombinedState(user_id) AS users
+    FROM analytics.events WHERE lower(event) IN ('login', 'session_start', 'user.login', 'session.start', 'register',
+        'user.register', 'first_active') AND user_id != '' GROUP BY d, game_id, env, kind",
     "CREATE TABLE IF NOT EXISTS analytics.registered_users (
         game_id LowCardinality(String),
         env     LowCardinality(String),
@@ -179,7 +179,8 @@ pub const STATEMENTS: &[&str] = &[
     "CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.registered_users_mv
     TO analytics.registered_users
     AS SELECT game_id, env, user_id, minState(toDate(event_time, 'UTC')) AS first_d
-    FROM analytics.events WHERE event IN ('register', 'user.register', 'first_active') GROUP BY game_id, env, user_id",
+    FROM analytics.events WHERE lower(event) IN ('register', 'user.register', 'first_active') AND user_id != ''
+    GROUP BY game_id, env, user_id",
 ];
 
 /// Drops the materialized view that filled `user_days` from every insert into `events`
@@ -368,6 +369,58 @@ pub async fn fill_player_tables(
     conn.execute(PLAYER_TABLES_MARK, settings).await
 }
 
+/// The mark that the player tables and `user_days` are to be given every `events` row
+/// again, as they count now ([`drop_case_sensitive_player_views`]).
+const PLAYER_RECOPY: &str = "player_views_recopy";
+
+/// Drops `daily_players_mv` and `registered_users_mv` of an earlier schema, which matched
+/// event names with their case (`Login` was no login; Croupier lowercases names) and
+/// counted the events without a user as one player, so that they are made again as they
+/// are now; [`recopy_player_tables`] then gives their tables every `events` row again.
+/// The mark is made first: a migrate stopped in between copies next time.
+pub(super) async fn drop_case_sensitive_player_views(conn: &mut Connection) -> Result<(), ChError> {
+    let old = "SELECT * FROM (SELECT throwIf(count() > 0) AS x FROM system.tables WHERE database = 'analytics' \
+               AND name IN ('daily_players_mv', 'registered_users_mv') \
+               AND create_table_query NOT LIKE '%lower(event)%') WHERE x != 0";
+    if threw(conn, old).await? {
+        tracing::info!("replacing daily_players_mv and registered_users_mv: event names without case, no empty user");
+        let mark = format!(
+            "CREATE TABLE IF NOT EXISTS analytics.{PLAYER_RECOPY} (at DateTime DEFAULT now()) ENGINE = TinyLog"
+        );
+        conn.execute(&mark, &[]).await?;
+        conn.execute("DROP TABLE IF EXISTS analytics.daily_players_mv", &[]).await?;
+        conn.execute("DROP TABLE IF EXISTS analytics.registered_users_mv", &[]).await?;
+    }
+    Ok(())
+}
+
+/// Copies every `events` row (of this node: `suffix`) into the player tables and
+/// `user_days` as the views and the worker count now, one month at a time, when
+/// [`drop_case_sensitive_player_views`] replaced the views. What the earlier views and
+/// workers wrote stays: the players they missed (a name in another case) are added, since
+/// a player counted twice is one (sketch states and minimum dates merge; `user_days`
+/// counts are read as "more than zero"); the empty user they counted in a day's sketch
+/// stays in that day (readers of `registered_users` and `user_days` leave it out).
+pub(super) async fn recopy_player_tables(
+    conn: &mut Connection,
+    settings: &[(&str, Setting<'_>)],
+    suffix: &str,
+) -> Result<(), ChError> {
+    if !marked(conn, PLAYER_RECOPY).await? {
+        return Ok(());
+    }
+    for month in event_months(conn, suffix).await? {
+        let condition = format!("toYYYYMM(event_time) = {month}");
+        for (view, table, columns) in PLAYER_VIEWS {
+            tracing::info!(month, table, "copying analytics.events into analytics.{table} again");
+            conn.execute(&view_copy(view, table, columns, &condition, suffix), settings).await?;
+        }
+        tracing::info!(month, "copying analytics.events into analytics.user_days again");
+        conn.execute(&user_days_copy(&condition, suffix), settings).await?;
+    }
+    conn.execute(&format!("DROP TABLE IF EXISTS analytics.{PLAYER_RECOPY}"), &[]).await
+}
+
 /// Servers from this revision (19.x) may understand `ALTER TABLE ... MODIFY SETTING`;
 /// 18.x does not.
 const MODIFY_SETTING: u64 = 54420;
@@ -504,11 +557,13 @@ pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
         super::relayout::relayout_events(conn, events, settings).await?;
     }
     replace_local_time_view(conn).await?;
+    drop_case_sensitive_player_views(conn).await?;
     for sql in STATEMENTS {
         conn.execute(sql, settings).await?;
     }
     fill_user_days(conn, settings, "").await?;
     fill_player_tables(conn, settings, "").await?;
+    recopy_player_tables(conn, settings, "").await?;
     add_payers_column(conn).await?;
     Ok(())
 }

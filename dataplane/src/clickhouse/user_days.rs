@@ -23,6 +23,12 @@ pub const REGISTER_EVENTS: &[&str] = &["register", "user.register"];
 /// A user's first activity (`user_days.first_active`).
 pub const FIRST_ACTIVE_EVENTS: &[&str] = &["first_active"];
 
+/// Whether `event` is one of `names`, compared without ASCII case (Croupier lowercases
+/// event names before it counts them; SQL's `lower(event)` is the same).
+fn named(names: &[&str], event: &str) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(event))
+}
+
 /// A list of names as SQL: `('a', 'b')`. The names hold no quote or backslash.
 pub fn sql_list(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
@@ -37,8 +43,9 @@ pub const COLUMNS: &str = "d, game_id, env, user_id, events, active, registered,
 pub fn fold_select(from: &str, condition: &str) -> String {
     format!(
         "SELECT toDate(event_time, 'UTC') AS d, game_id, env, user_id, count() AS events, \
-         countIf(event IN {}) AS active, countIf(event IN {}) AS registered, countIf(event IN {}) AS first_active \
-         FROM {from} WHERE {condition} GROUP BY d, game_id, env, user_id",
+         countIf(lower(event) IN {}) AS active, countIf(lower(event) IN {}) AS registered, \
+         countIf(lower(event) IN {}) AS first_active \
+         FROM {from} WHERE user_id != '' AND {condition} GROUP BY d, game_id, env, user_id",
         sql_list(ACTIVE_EVENTS),
         sql_list(REGISTER_EVENTS),
         sql_list(FIRST_ACTIVE_EVENTS)
@@ -131,7 +138,11 @@ fn folded(key: &[u8], counts: DayCounts) -> Option<Folded<'_>> {
 impl UserDayFold {
     /// Counts one event of `user` at `event_time` (Unix seconds, as the `events` row holds
     /// it): its UTC day is the row's `d`.
+    /// An event without a user is nobody's day: not folded.
     pub fn add(&mut self, event_time: u32, game: &str, env: &str, user: &str, event: &str) {
+        if user.is_empty() {
+            return;
+        }
         // Days since 1970 of a `u32` time fit a `u16` (a `Date`).
         write_key(&mut self.key, (event_time / 86_400) as u16, game, env, user);
         let counts = match self.days.get_mut(self.key.as_slice()) {
@@ -139,9 +150,9 @@ impl UserDayFold {
             None => self.days.entry(self.key.as_slice().into()).or_default(),
         };
         counts.events += 1;
-        counts.active += u64::from(ACTIVE_EVENTS.contains(&event));
-        counts.registered += u64::from(REGISTER_EVENTS.contains(&event));
-        counts.first_active += u64::from(FIRST_ACTIVE_EVENTS.contains(&event));
+        counts.active += u64::from(named(ACTIVE_EVENTS, event));
+        counts.registered += u64::from(named(REGISTER_EVENTS, event));
+        counts.first_active += u64::from(named(FIRST_ACTIVE_EVENTS, event));
     }
 
     /// Rows folded.
@@ -244,9 +255,11 @@ mod tests {
             (t + 7, "u1", "register"),
             (t + 8, "u1", "level_start"),
             (t + DAY - 1, "u1", "first_active"),
-            // The next UTC day, and a name compared with its case.
+            // The next UTC day, and a name in another case (the same name: Croupier
+            // lowercases names), and an event without a user (nobody's day).
             (t + DAY, "u1", "user.login"),
             (t + DAY + 1, "u1", "Login"),
+            (t + DAY + 2, "", "login"),
             (t + 9, "u2", "user.register"),
         ] {
             f.add(secs, "g1", "prod", user, event);
@@ -256,7 +269,8 @@ mod tests {
         f.add(t, "g1", "dev", "u1", "level_start");
         assert_eq!(f.len(), 5);
         assert_eq!(f.get(20_000, "g1", "prod", "u1"), counts(5, 2, 1, 1));
-        assert_eq!(f.get(20_001, "g1", "prod", "u1"), counts(2, 1, 0, 0));
+        assert_eq!(f.get(20_001, "g1", "prod", "u1"), counts(2, 2, 0, 0));
+        assert_eq!(f.get(20_001, "g1", "prod", ""), None);
         assert_eq!(f.get(20_000, "g1", "prod", "u2"), counts(1, 0, 1, 0));
         assert_eq!(f.get(20_000, "g2", "prod", "u1"), counts(1, 1, 0, 0));
         assert_eq!(f.get(20_000, "g1", "dev", "u1"), counts(1, 0, 0, 0));
@@ -271,10 +285,11 @@ mod tests {
     #[test]
     fn the_sql_fold_uses_the_same_lists() {
         let sql = fold_select("analytics.events", "1 = 1");
-        assert!(sql.contains("countIf(event IN ('login', 'session_start', 'user.login', 'session.start')) AS active"));
-        assert!(sql.contains("countIf(event IN ('register', 'user.register')) AS registered"));
-        assert!(sql.contains("countIf(event IN ('first_active')) AS first_active"));
-        assert!(sql.contains("FROM analytics.events WHERE 1 = 1 GROUP BY d, game_id, env, user_id"));
+        assert!(sql
+            .contains("countIf(lower(event) IN ('login', 'session_start', 'user.login', 'session.start')) AS active"));
+        assert!(sql.contains("countIf(lower(event) IN ('register', 'user.register')) AS registered"));
+        assert!(sql.contains("countIf(lower(event) IN ('first_active')) AS first_active"));
+        assert!(sql.contains("FROM analytics.events WHERE user_id != '' AND 1 = 1 GROUP BY d, game_id, env, user_id"));
         let names: Vec<String> = UserDays::columns().iter().map(|c| c.name.clone()).collect();
         assert_eq!(names.join(", "), COLUMNS);
         assert!(UserDays::INSERT.contains(&format!("({COLUMNS})")));

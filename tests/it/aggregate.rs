@@ -1672,3 +1672,34 @@ fn the_day_an_order_leaves_is_marked_before_the_insert_that_moves_it() {
     wait_revenue_rows(&p, &[("prod", today, (700, 0, 0)), ("prod", yesterday, (0, 0, 0))]);
     p.wait_for(0, "rows marked unwritten", |p| unwritten(p).len() as u64);
 }
+
+/// Black-box finding: the sketches a worker reads back for its figures (the current and
+/// the previous minute online, yesterday's new players) were merged into Redis again at
+/// every `aggregate.resend_ms` even when nobody was in them, making keys of nobody (a
+/// `PFCOUNT` of 0, kept 48 hours or 30 days) for every scope. Only logins here: after
+/// several resends every `hll:*` key counts someone.
+#[test]
+fn resent_sketches_make_no_key_of_nobody() {
+    let mut p = Pipeline::start(&[]);
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
+    p.start_worker(&settings);
+    let ts = clear_of_day_turn(60, 0) as u64;
+    post_players(&p, "login", "only", 0..5, ts);
+    p.wait_for(5, "dau", |p| pfcount(p, &key(Kind::Dau, ts)));
+    std::thread::sleep(Duration::from_secs(3));
+    let keys = match p.ingest.redis.client().cmd(&["KEYS", "hll:*"]) {
+        croupier_protocol::resp::Frame::Array(keys) => keys,
+        other => panic!("{other:?}"),
+    };
+    let mut empty = Vec::new();
+    for k in keys {
+        let croupier_protocol::resp::Frame::BulkString(k) = k else { continue };
+        let k = String::from_utf8_lossy(&k).into_owned();
+        if pfcount(&p, &k) == 0 {
+            empty.push(k);
+        }
+    }
+    assert!(empty.is_empty(), "keys of nobody: {empty:?}");
+    assert_eq!(pfcount(&p, &key(Kind::Dau, ts)), 5);
+}

@@ -517,8 +517,14 @@ impl Sketches {
             for ((kind, period), slot) in s.slots.iter_mut().filter(|(_, slot)| slot.dirty) {
                 let (kind, period) = (*kind, *period);
                 slot.dirty = false;
+                // A sketch of nobody (one read back for the figures, resent): no key is
+                // made for it, as Croupier makes one only with a player.
+                let sketch = slot.writer.snapshot();
+                if sketch.is_empty() {
+                    continue;
+                }
                 let mut value = Vec::new();
-                slot.writer.snapshot().write_redis(&mut value);
+                sketch.write_redis(&mut value);
                 out.push(Dirty { kind, game: s.game.clone(), env: s.env.clone(), period, value });
             }
         }

@@ -47,6 +47,11 @@ fn run() -> ExitCode {
         println!("croupier {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    // The usage alone: no configuration is read (nor warned about).
+    if matches!(command.as_str(), "--help" | "-h" | "help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     let mut drop_view = false;
     // The role `check` checks for: every role (`run`) unless told.
@@ -115,10 +120,6 @@ fn run() -> ExitCode {
         "ingest" | "run" => serve(config, true, command == "run"),
         "worker" => serve(config, false, true),
         "migrate" => migrate(&config, drop_view),
-        "--help" | "-h" | "help" => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
         other => {
             eprintln!("croupier: unknown command {other}\n{USAGE}");
             ExitCode::from(2)

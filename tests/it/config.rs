@@ -67,3 +67,19 @@ fn check_refuses_what_a_start_would_refuse() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.starts_with("croupier "), "{text}");
 }
+
+/// `croupier --help` prints the usage and nothing else: no configuration is read, so no
+/// warning about a missing one follows the usage (a black-box finding).
+#[test]
+fn help_prints_the_usage_alone() {
+    for flag in ["--help", "-h", "help"] {
+        let o = std::process::Command::new(crate::pipeline::CROUPIER)
+            .arg(flag)
+            .env_remove("CROUPIER_CONFIG")
+            .output()
+            .expect("run croupier");
+        assert!(o.status.success(), "{flag}");
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("usage: croupier <command>"), "{flag}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), "", "{flag}");
+    }
+}

@@ -518,6 +518,9 @@ impl<'t, 'v> Rec<'t, 'v> {
             timestamp::from_unix_int(i)
         } else if let Some(f) = v.as_f64() {
             timestamp::from_unix_float(f)
+        } else if v.as_u64().is_some() {
+            // A whole number past `i64`: a number, out of range.
+            Err(TimestampError::OutOfRange)
         } else {
             return Err(self.err("ts", Problem::WrongType("a string or a number")));
         };
@@ -964,6 +967,11 @@ mod tests {
                 r#"{"ts":true,"game_id":"g1","env":"prod","event":"login"}"#,
                 "ts",
                 Problem::WrongType("a string or a number"),
+            ),
+            (
+                r#"{"ts":9999999999999999999,"game_id":"g1","env":"prod","event":"login"}"#,
+                "ts",
+                Problem::Invalid("a time between 2000 and 2100"),
             ),
             (r#"{"ts":1795617749,"game_id":"g1","env":"prod"}"#, "event", Problem::Missing),
             (r#"{"ts":1795617749,"game_id":"g1","env":5,"event":"login"}"#, "env", Problem::WrongType("a string")),

@@ -1158,6 +1158,36 @@ fn a_try_that_never_comes_back_counts_until_dead_lettered() {
     assert!(reason.contains("delivered 4 times"), "{reason}");
 }
 
+/// Review finding: the breaker judged one batch, so at a light load — a few entries per
+/// batch — a fault of the stream that makes ClickHouse refuse every row as bad data
+/// dead-lettered every entry, batch after batch, never more than the limit in one. It also
+/// counts refusals in a row since the consumer's last insert: with
+/// `max_refused_per_batch = 3`, entries sent one at a time while every row is refused (a
+/// materialized column of the user id as a number), at most three are dead-lettered; the
+/// rest wait in the stream and land once the table is fixed.
+#[test]
+fn refusals_in_a_row_across_small_batches_trip_the_breaker() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("ALTER TABLE analytics.events ADD COLUMN probe UInt64 MATERIALIZED toUInt64(user_id)");
+    p.start_worker(&[("CROUPIER_WORKER__MAX_REFUSED_PER_BATCH", "3"), ("CROUPIER_WORKER__BACKOFF_MAX_MS", "200")]);
+    let mut c = p.ingest.client();
+    for i in 0..10 {
+        let body = format!("[{}]", crate::fixture::event("level_start", &format!("player-{i}")));
+        assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, body.as_bytes()).status, 202);
+        // Each its own batch (the worker lingers 50 ms).
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let dead = xlen(&p.ingest.redis, "analytics:events:dead");
+    assert!(dead <= 3, "{dead} entries dead-lettered");
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0, "every row refused");
+    p.kill_worker();
+    p.clickhouse.query("ALTER TABLE analytics.events DROP COLUMN probe");
+    p.start_worker(&[]);
+    p.wait_for(10 - dead as u64, "rows once the table is fixed", Pipeline::distinct_events);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+}
+
 /// Every accepted event lands once (`FINAL`), nothing stays pending and nothing was
 /// dead-lettered, once the fault described by `after` is gone.
 fn lands_once(p: &Pipeline, accepted: u64, after: &str) {

@@ -182,6 +182,10 @@ struct Consumer {
     systemic: bool,
     /// When the batches in hand were last marked as being worked on.
     kept_at: Instant,
+    /// Entries refused one by one since ClickHouse last took an insert of this consumer,
+    /// across batches: at a light load a batch holds a few entries, and a fault of the
+    /// stream would otherwise dead-letter them batch after batch below the breaker.
+    refused_in_a_row: usize,
     /// The worker shard's counters (shared by its consumers).
     metrics: Rc<ShardWriter>,
     /// The worker shard's real-time sketches (none: aggregation off).
@@ -251,6 +255,7 @@ pub async fn run(
         deleted: Vec::new(),
         systemic: false,
         kept_at: Instant::now(),
+        refused_in_a_row: 0,
         metrics,
         agg,
         alone: VecDeque::new(),
@@ -1205,6 +1210,7 @@ impl Consumer {
                         count_inserted(&self.metrics, table, batch, &part, &p, started.elapsed());
                     }
                     progress.settle(&part, p);
+                    self.refused_in_a_row = 0;
                 }
                 Err(e) if e.too_many_partitions().is_some() => {
                     // Not the rows' fault: split the blocks finer and insert again.
@@ -1219,15 +1225,16 @@ impl Consumer {
                 Err(e) if e.is_bad_data() => {
                     self.disconnect();
                     if let [index] = part[..] {
-                        if refused.len() >= self.cfg.max_refused_per_batch {
+                        self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
+                        let max = self.cfg.max_refused_per_batch;
+                        if refused.len() >= max || self.refused_in_a_row > max {
                             // Entries were validated at ingest: this many refusals is a fault
                             // of the stream (schema, server, this client), not of its rows.
                             self.systemic = true;
                             return Err(format!(
-                                "ClickHouse refused more than {} entries of a batch of {} one by one \
-                                 (last: {e}); that looks systemic, not bad rows: nothing is dead-lettered, \
-                                 the batch is retried (worker.max_refused_per_batch)",
-                                self.cfg.max_refused_per_batch,
+                                "ClickHouse refused more than {max} entries one by one (of a batch of {}, or \
+                                 in a row since its last insert; last: {e}); that looks systemic, not bad rows: \
+                                 nothing more is dead-lettered, the batch is retried (worker.max_refused_per_batch)",
                                 batch.len()
                             ));
                         }

@@ -120,6 +120,27 @@ impl RedisServer {
         }
     }
 
+    /// Waits (30 s at most) until this server and its peer replicate one way or the
+    /// other: this one a replica with its link up, or — sentinels having made it the
+    /// primary again meanwhile (a second failover under a loaded machine) — a primary with
+    /// a replica online.
+    pub fn wait_replicating(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = match self.client().cmd(&["INFO", "replication"]) {
+                Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                other => panic!("INFO reply {other:?}"),
+            };
+            let replica_up = info.contains("master_link_status:up");
+            let primary_with_replica = info.contains("role:master") && info.contains("state=online");
+            if replica_up || primary_with_replica {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "not replicating within 30 s: {info}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Process id of the running server.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -1179,7 +1179,8 @@ fn refusals_in_a_row_across_small_batches_trip_the_breaker() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let dead = xlen(&p.ingest.redis, "analytics:events:dead");
-    assert!(dead <= 3, "{dead} entries dead-lettered");
+    // The first three, each alone in its batch, look like bad rows; the fourth trips it.
+    assert!((1..=3).contains(&dead), "{dead} entries dead-lettered");
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0, "every row refused");
     p.kill_worker();
     p.clickhouse.query("ALTER TABLE analytics.events DROP COLUMN probe");

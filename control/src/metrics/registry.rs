@@ -348,14 +348,10 @@ impl Registry {
         );
         for s in StreamKind::ALL {
             for r in DeadReason::ALL {
+                // Every series from the start, at 0: an alert's `increase()` then sees the
+                // first dead letter of a process too.
                 let v = t[l.dead(s, r)];
-                if v > 0 {
-                    enc.sample(
-                        "croupier_dead_letters_total",
-                        &[("stream", labels::stream(s)), ("reason", r.label())],
-                        v,
-                    );
-                }
+                enc.sample("croupier_dead_letters_total", &[("stream", labels::stream(s)), ("reason", r.label())], v);
             }
         }
         let sources: Vec<Arc<dyn Source>> = lock(&self.sources).clone();
@@ -456,6 +452,8 @@ mod tests {
             "croupier_worker_event_delay_seconds_bucket{table=\"payments\",le=\"60\"} 21\n",
             "croupier_worker_event_delay_seconds_sum{table=\"payments\"} 945\n",
             "croupier_dead_letters_total{stream=\"custom\",reason=\"rejected\"} 3\n",
+            // Every stream and reason from the start, at 0.
+            "croupier_dead_letters_total{stream=\"events\",reason=\"max_deliveries\"} 0\n",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }

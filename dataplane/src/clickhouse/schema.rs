@@ -273,6 +273,9 @@ pub fn user_days_copy(condition: &str, suffix: &str) -> String {
 /// holds only the rows inserted since (or, after an interrupted run, part of the copy).
 /// Views not made yet are left to the rest of the migration.
 pub(super) async fn rebind_event_views(conn: &mut Connection, settings: &[(&str, Setting<'_>)]) -> Result<(), ChError> {
+    // Views of the schema that matched names with their case go first, with the mark
+    // that has the rest of the migration copy every row again, `user_days` included.
+    drop_case_sensitive_player_views(conn).await?;
     for &(view, table, columns) in PLAYER_VIEWS {
         let Some(statement) = STATEMENTS.iter().find(|s| s.starts_with(view)) else { continue };
         let name = view.trim_start_matches("CREATE MATERIALIZED VIEW IF NOT EXISTS ");

@@ -182,9 +182,10 @@ struct Consumer {
     systemic: bool,
     /// When the batches in hand were last marked as being worked on.
     kept_at: Instant,
-    /// Entries refused one by one since ClickHouse last took an insert of this consumer,
-    /// across batches: at a light load a batch holds a few entries, and a fault of the
-    /// stream would otherwise dead-letter them batch after batch below the breaker.
+    /// Entries refused one by one and dead-lettered since ClickHouse last took an insert
+    /// of this consumer, across batches: at a light load a batch holds a few entries, and
+    /// a fault of the stream would otherwise dead-letter them batch after batch below the
+    /// breaker.
     refused_in_a_row: usize,
     /// The worker shard's counters (shared by its consumers).
     metrics: Rc<ShardWriter>,
@@ -433,6 +434,15 @@ pub async fn run(
         }
     }
 }
+
+/// ClickHouse's refusals for its own state, whatever the rows: a batch they stall is
+/// kept from other consumers' claims (see [`Consumer::keep`]). 60 UNKNOWN_TABLE,
+/// 81 UNKNOWN_DATABASE, 164 READONLY, 202 TOO_MANY_SIMULTANEOUS_QUERIES,
+/// 203 NO_FREE_CONNECTION, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 225 NO_ZOOKEEPER,
+/// 242 TABLE_IS_READ_ONLY, 243 NOT_ENOUGH_SPACE, 252 TOO_MANY_PARTS,
+/// 319 UNKNOWN_STATUS_OF_INSERT, 497 ACCESS_DENIED, 516 AUTHENTICATION_FAILED,
+/// 999 KEEPER_EXCEPTION.
+pub const SERVER_STATE_CODES: &[i32] = &[60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 497, 516, 999];
 
 /// What a consumer shares with the other consumers of its table on its worker shard.
 pub struct Siblings {
@@ -1176,18 +1186,32 @@ impl Consumer {
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
         let mut todo: Vec<Vec<usize>> = vec![progress.unsettled()];
         let table = Table::of(self.cfg.stream);
-        if self.cfg.stream == StreamKind::Payments && self.agg.is_some() {
-            // Before the rows replace them: the days orders of this batch are on now. Never
-            // fatal: without the answer the batch's days' neighbours are recomputed too.
-            if let Err(e) = self.moved_orders_days(batch, &todo[0]).await {
-                tracing::warn!(
-                    consumer = %self.cfg.consumer,
-                    stream = self.key(),
-                    error = %e,
-                    "could not ask ClickHouse which days the batch's orders are on; the payments are \
-                     inserted anyway and the day before and after each of their days is recomputed too"
-                );
-                self.sink.recompute_neighbour_days();
+        if let (StreamKind::Payments, Some(agg)) = (self.cfg.stream, self.agg.clone()) {
+            // Before the rows replace them: the days orders of this batch are on now. The
+            // look-up is never fatal: without its answer the batch's days' neighbours are
+            // recomputed too.
+            match self.moved_orders_days(batch, &todo[0]).await {
+                Ok(days) => {
+                    // Marked unwritten in Redis before the insert (not computed: that
+                    // comes once it is confirmed): once the new rows are in and merged, no
+                    // look-up finds the day an order left, so a worker killed between the
+                    // insert and its flush would leave that day counting the order. No
+                    // insert without the mark.
+                    agg.mark_revenue_unwritten(&days)
+                        .await
+                        .map_err(|e| format!("the days the batch's orders are on not marked unwritten: {e}"))?;
+                    self.sink.note_revenue_days(days);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        consumer = %self.cfg.consumer,
+                        stream = self.key(),
+                        error = %e,
+                        "could not ask ClickHouse which days the batch's orders are on; the payments are \
+                         inserted anyway and the day before and after each of their days is recomputed too"
+                    );
+                    self.sink.recompute_neighbour_days();
+                }
             }
         }
         while let Some(part) = todo.pop() {
@@ -1225,9 +1249,11 @@ impl Consumer {
                 Err(e) if e.is_bad_data() => {
                     self.disconnect();
                     if let [index] = part[..] {
-                        self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
                         let max = self.cfg.max_refused_per_batch;
-                        if refused.len() >= max || self.refused_in_a_row > max {
+                        // This attempt's refusals, and those dead-lettered since the last
+                        // insert ClickHouse took (counted once settled: a retry of a batch
+                        // does not count its entries again).
+                        if refused.len().saturating_add(self.refused_in_a_row) >= max {
                             // Entries were validated at ingest: this many refusals is a fault
                             // of the stream (schema, server, this client), not of its rows.
                             self.systemic = true;
@@ -1256,15 +1282,19 @@ impl Consumer {
                 }
                 Err(e) => {
                     // Faults every consumer would meet: the schema, or the server answering
-                    // and refusing for its own state (backpressure, a full disk, read-only
-                    // tables or user, memory): another consumer claiming the entries would
-                    // only count deliveries towards dead-lettering them unread. Not being
-                    // able to reach the server is not: another worker may well reach it.
-                    self.systemic = matches!(&e, ChError::SchemaMismatch(_) | ChError::Server(_));
+                    // and refusing for its own state ([`SERVER_STATE_CODES`]): another
+                    // consumer claiming the entries would only count deliveries towards
+                    // dead-lettering them unread. Not being able to reach the server is
+                    // not (another worker may well reach it), nor a refusal that may be the
+                    // batch's (a memory or size limit, a timeout): its deliveries grow, and
+                    // it is tried alone in the end.
+                    self.systemic = matches!(&e, ChError::SchemaMismatch(_))
+                        || matches!(&e, ChError::Server(x) if SERVER_STATE_CODES.contains(&x.code));
                     return Err(e.to_string());
                 }
             }
         }
+        self.refused_in_a_row = self.refused_in_a_row.saturating_add(refused.len());
         for p in refused {
             progress.settle(&[p.index], vec![p]);
         }
@@ -1291,15 +1321,19 @@ impl Consumer {
         Ok(())
     }
 
-    /// Notes, for the revenue recompute after this batch commits, the days on which
-    /// `payments` already holds the orders of `batch[i]`, `i` in `which`: an order sent
-    /// again with another time (a retry re-stamped after midnight) replaces its row and
-    /// leaves its earlier day, whose revenue must drop it. Asked before the insert, when
-    /// the earlier row is certainly there (a merge after the insert keeps the new row).
-    async fn moved_orders_days(&mut self, batch: &[Entry], which: &[usize]) -> Result<(), String> {
+    /// The days on which `payments` already holds the orders of `batch[i]`, `i` in
+    /// `which`, for the revenue recompute after this batch commits: an order sent again
+    /// with another time (a retry re-stamped after midnight) replaces its row and leaves its
+    /// earlier day, whose revenue must drop it. Asked before the insert, when the earlier
+    /// row is certainly there (a merge after the insert keeps the new row).
+    async fn moved_orders_days(
+        &mut self,
+        batch: &[Entry],
+        which: &[usize],
+    ) -> Result<Vec<(String, String, u32)>, String> {
         let orders = self.sink.payment_orders(batch, which);
         if orders.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.connection().await?;
         // `analytics.payments` (Distributed on a cluster: every shard) from any shard's node.
@@ -1307,22 +1341,7 @@ impl Consumer {
             return Err("no ClickHouse connection".into());
         };
         match crate::clickhouse::aggregates::order_days(ch, &orders).await {
-            Ok(days) => {
-                // Marked unwritten in Redis now, before the insert: once the new rows
-                // are in and merged, no look-up finds the day an order left, so a worker
-                // killed between the insert and its flush would leave that day counting
-                // the order. A mark made early costs one recompute more.
-                // (Redis failing now fails the flush after the insert too, so the batch is
-                // not acknowledged and its look-up is made again.)
-                if let (Some(agg), false) = (&self.agg, days.is_empty()) {
-                    agg.revenue_confirmed(days.iter().cloned());
-                    if let Err(e) = agg.flush().await {
-                        tracing::warn!(consumer = %self.cfg.consumer, error = %e, "the days the batch's orders are on not marked unwritten before the insert");
-                    }
-                }
-                self.sink.note_revenue_days(days);
-                Ok(())
-            }
+            Ok(days) => Ok(days),
             Err(e) => {
                 self.disconnect();
                 Err(e.to_string())

@@ -464,6 +464,23 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Marks the revenue of `days` unwritten in Redis now, without computing it: the days
+    /// a batch's orders are on, before the insert that may move them. The computation
+    /// comes once the insert is confirmed ([`Aggregator::revenue_confirmed`]); if the
+    /// worker dies in between, the mark has the next start compute them.
+    pub async fn mark_revenue_unwritten(&self, days: &[(String, String, u32)]) -> Result<(), String> {
+        let rows: Vec<unwritten::Unwritten> = days
+            .iter()
+            .map(|(game, env, period)| unwritten::Unwritten {
+                row: unwritten::Row::Revenue,
+                game: game.clone(),
+                env: env.clone(),
+                period: *period,
+            })
+            .collect();
+        unwritten::mark(&self.redis, &rows).await
+    }
+
     /// Writes the figures waiting for ClickHouse, each raised to the row the table
     /// already holds ([`aggregates::write_figures`]: a key Redis lost and then filled
     /// again never lowers a row), then the revenue days. The two are apart: rows

@@ -988,18 +988,29 @@ fn breaker_stall_does_not_resend_rows_clickhouse_confirmed() {
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0);
 }
 
+/// A worker process started by a test, killed when dropped (also when the test fails).
+struct OtherWorker(std::process::Child);
+
+impl Drop for OtherWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `croupier worker` with consumer prefix `name` beside the pipeline's worker (`it`).
-fn spawn_worker(p: &Pipeline, name: &str, extra: &[(&str, &str)]) -> std::process::Child {
+fn spawn_worker(p: &Pipeline, name: &str, extra: &[(&str, &str)]) -> OtherWorker {
     let mut env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
     env.push(("CROUPIER_WORKER__CONSUMER".into(), name.into()));
     env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    Command::new(crate::pipeline::CROUPIER)
+    let child = Command::new(crate::pipeline::CROUPIER)
         .arg("worker")
         .envs(env)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("start another worker")
+        .expect("start another worker");
+    OtherWorker(child)
 }
 
 /// Delivery counts of every entry pending on `analytics:events`, in id order.
@@ -1041,8 +1052,7 @@ fn clickhouse_outage_with_restarts_and_claims_dead_letters_nothing() {
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(1500));
         p.kill_worker();
-        let _ = other.kill();
-        let _ = other.wait();
+        drop(other);
         p.start_worker(&[max]);
         other = spawn_worker(&p, "other", &[max]);
     }
@@ -1053,8 +1063,7 @@ fn clickhouse_outage_with_restarts_and_claims_dead_letters_nothing() {
     assert_eq!(dead, 0, "nothing dead-lettered while ClickHouse was down");
     assert_eq!(counts, vec![1; 4], "deliveries of the entries while ClickHouse was down");
     lands_once(&p, accepted, "once ClickHouse is back");
-    let _ = other.kill();
-    let _ = other.wait();
+    drop(other);
 }
 
 /// ClickHouse answers but refuses every insert for a reason every consumer meets (the
@@ -1108,7 +1117,7 @@ fn refusals_for_the_servers_state_are_not_claimed_into_dead_letters() {
     p.start_worker(&settings);
     let accepted = post_events(&p, 3, 10);
     p.wait_for(3, "entries taken", |p| p.pending("analytics:events") as u64);
-    let mut other = spawn_worker(&p, "other", &settings);
+    let other = spawn_worker(&p, "other", &settings);
     // Several `claim_idle_ms`.
     std::thread::sleep(Duration::from_secs(10));
     let dead = xlen(&p.ingest.redis, "analytics:events:dead");
@@ -1118,8 +1127,7 @@ fn refusals_for_the_servers_state_are_not_claimed_into_dead_letters() {
     assert_eq!(dead, 0, "nothing dead-lettered while the server refused every insert");
     assert_eq!(counts, vec![1; 3], "deliveries while the server refused every insert");
     lands_once(&p, accepted, "once the server takes inserts");
-    let _ = other.kill();
-    let _ = other.wait();
+    drop(other);
 }
 
 /// An entry whose try never comes back (the worker dies during its insert, every time)

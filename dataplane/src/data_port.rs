@@ -223,8 +223,9 @@ fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
 /// read, then ingest proper.
 async fn ingest(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) -> Response {
     let head = ingest_head(req.head());
+    // Refused before its records were counted: one refused event.
     let refuse = |e: IngestError| {
-        refused(shard, &head, &e);
+        ingest::count_refused(shard, head.credentials.game_id.unwrap_or(""), &e, 1);
         e.response()
     };
     let (cred, encoding) = match ingest::precheck(shard, &head) {
@@ -245,11 +246,6 @@ async fn ingest(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) -> Res
         Ok(n) => Response::json(202, format!(r#"{{"accepted":{n}}}"#)),
         Err(e) => e.response(),
     }
-}
-
-/// Counts a refused batch whose records were not counted (refused before its body).
-fn refused(shard: &Shard, head: &IngestHead<'_>, e: &IngestError) {
-    ingest::count_refused(shard, head.credentials.game_id.unwrap_or(""), e, 1);
 }
 
 /// Runs shard `id`'s data port, and its OTLP port when it has a listener for it, on the

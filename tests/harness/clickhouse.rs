@@ -46,15 +46,11 @@ impl ClickHouseServer {
 
     /// Starts a server that logs at `level` (`trace`, `information`, ...).
     pub fn start_logging_at(level: &'static str) -> ClickHouseServer {
-        let mut s = Self::new_node(free_port(), free_port(), String::new(), false, "UTC");
-        s.log_level = level;
-        s.write_config();
-        s.spawn();
-        s
+        Self::launch(free_port(), free_port(), String::new(), false, "UTC", level)
     }
 
     fn start_with(log_queries: bool, timezone: &'static str) -> ClickHouseServer {
-        Self::start_node(free_port(), free_port(), String::new(), log_queries, timezone)
+        Self::launch(free_port(), free_port(), String::new(), log_queries, timezone, "warning")
     }
 
     /// Starts a server on the given ports with `extra` in its configuration (a node of a
@@ -66,23 +62,24 @@ impl ClickHouseServer {
         log_queries: bool,
         timezone: &'static str,
     ) -> ClickHouseServer {
-        let mut s = Self::new_node(tcp_port, http_port, extra, log_queries, timezone);
-        s.write_config();
-        s.spawn();
-        s
+        Self::launch(tcp_port, http_port, extra, log_queries, timezone, "warning")
     }
 
-    fn new_node(
+    fn launch(
         tcp_port: u16,
         http_port: u16,
         extra: String,
         log_queries: bool,
         timezone: &'static str,
+        log_level: &'static str,
     ) -> ClickHouseServer {
         let binary = require_binary("clickhouse-server", "clickhouse-server");
         let dir = tempfile::Builder::new().prefix("croupier-clickhouse-").tempdir().expect("temp dir");
-        let log_level = "warning";
-        ClickHouseServer { tcp_port, http_port, log_queries, timezone, extra, log_level, dir, binary, child: None }
+        let mut s =
+            ClickHouseServer { tcp_port, http_port, log_queries, timezone, extra, log_level, dir, binary, child: None };
+        s.write_config();
+        s.spawn();
+        s
     }
 
     /// Process id of the running server.

@@ -106,18 +106,7 @@ impl RedisServer {
     /// primary restarted as a replica under sentinels can be reconfigured by them once more
     /// before its link is up: 10 s was once too short for that under a full CI load.)
     pub fn wait_synced(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let info = match self.client().cmd(&["INFO", "replication"]) {
-                Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                other => panic!("INFO reply {other:?}"),
-            };
-            if info.contains("master_link_status:up") {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "replica not synchronised within 30 s: {info}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_replication("replica not synchronised", |info| info.contains("master_link_status:up"));
     }
 
     /// Waits (30 s at most) until this server and its peer replicate one way or the
@@ -125,18 +114,24 @@ impl RedisServer {
     /// primary again meanwhile (a second failover under a loaded machine) — a primary with
     /// a replica online.
     pub fn wait_replicating(&self) {
+        self.wait_replication("not replicating", |info| {
+            info.contains("master_link_status:up") || (info.contains("role:master") && info.contains("state=online"))
+        });
+    }
+
+    /// Waits (30 s at most) until `INFO replication` satisfies `ready`; `what` names the
+    /// failure.
+    fn wait_replication(&self, what: &str, ready: impl Fn(&str) -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let info = match self.client().cmd(&["INFO", "replication"]) {
                 Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
                 other => panic!("INFO reply {other:?}"),
             };
-            let replica_up = info.contains("master_link_status:up");
-            let primary_with_replica = info.contains("role:master") && info.contains("state=online");
-            if replica_up || primary_with_replica {
+            if ready(&info) {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "not replicating within 30 s: {info}");
+            assert!(std::time::Instant::now() < deadline, "{what} within 30 s: {info}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

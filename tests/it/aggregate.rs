@@ -470,15 +470,14 @@ fn revenue_left_behind_by_a_killed_worker_is_recomputed_at_start() {
 
 /// A pipeline whose ClickHouse logs every query in `system.query_log`.
 fn logging_pipeline() -> Pipeline {
-    let ingest = crate::fixture::Fixture::start_with_redis(
-        croupier_control::config::Driver::Epoll,
-        croupier_it::redis::RedisServer::start(),
-        |_| {},
-    );
-    let clickhouse = croupier_it::clickhouse::ClickHouseServer::start_logging_queries();
-    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env(&ingest.redis, &clickhouse));
-    assert!(ok, "croupier migrate failed: {out}");
-    Pipeline { ingest, clickhouse, worker: None }
+    Pipeline::start_on(ClickHouseServer::start_logging_queries(), &[], |_| {})
+}
+
+/// [`FAST`], and every held sketch merged again every 500 ms (`aggregate.resend_ms`).
+fn fast_resending() -> Vec<(&'static str, &'static str)> {
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
+    settings
 }
 
 /// The rows marked unwritten in Redis (`croupier:aggregate:unwritten`), sorted.
@@ -715,9 +714,7 @@ fn hll_keys_redis_lost_come_back_from_the_workers_sketches() {
     while now_secs() % 60 > 45 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut settings = FAST.to_vec();
-    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
-    p.start_worker(&settings);
+    p.start_worker(&fast_resending());
     let ts = now_secs() as u64;
     post_players(&p, "login", "kept", 0..500, ts);
     post_players(&p, "register", "kept", 0..50, ts);
@@ -1197,9 +1194,7 @@ fn aggregates_written_half_way_to_redis_are_retried_after_a_redis_restart() {
 #[test]
 fn rows_left_marked_by_a_worker_that_died_are_written_by_a_running_one() {
     let mut p = Pipeline::start(&[]);
-    let mut settings = FAST.to_vec();
-    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
-    p.start_worker(&settings);
+    p.start_worker(&fast_resending());
     // Its start-time look at the marks is behind it once it has written a row.
     let now = now_secs() as u64;
     post_players(&p, "login", "alive", 0..10, now);
@@ -1687,9 +1682,7 @@ fn the_day_an_order_leaves_is_marked_before_the_insert_that_moves_it() {
 #[test]
 fn resent_sketches_make_no_key_of_nobody() {
     let mut p = Pipeline::start(&[]);
-    let mut settings = FAST.to_vec();
-    settings.push(("CROUPIER_AGGREGATE__RESEND_MS", "500"));
-    p.start_worker(&settings);
+    p.start_worker(&fast_resending());
     let ts = clear_of_day_turn(60, 0) as u64;
     post_players(&p, "login", "only", 0..5, ts);
     p.wait_for(5, "dau", |p| pfcount(p, &key(Kind::Dau, ts)));

@@ -47,6 +47,18 @@ impl ChError {
         matches!(self, ChError::Server(e) if [6, 27, 32, 33, 41, 42, 53, 69, 70, 72, 117, 131].contains(&e.code))
     }
 
+    /// Whether the server refused for its own state, whatever the rows: 60 UNKNOWN_TABLE,
+    /// 81 UNKNOWN_DATABASE, 164 READONLY, 202 TOO_MANY_SIMULTANEOUS_QUERIES,
+    /// 203 NO_FREE_CONNECTION, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 225 NO_ZOOKEEPER,
+    /// 242 TABLE_IS_READ_ONLY, 243 NOT_ENOUGH_SPACE, 252 TOO_MANY_PARTS,
+    /// 319 UNKNOWN_STATUS_OF_INSERT, 497 ACCESS_DENIED, 516 AUTHENTICATION_FAILED,
+    /// 999 KEEPER_EXCEPTION. A memory or size limit, a timeout or a view's exception is
+    /// not: it may be the batch's.
+    pub fn is_server_state(&self) -> bool {
+        matches!(self, ChError::Server(e)
+            if [60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 497, 516, 999].contains(&e.code))
+    }
+
     /// Whether the server refused a block for spanning more partitions than its
     /// `max_partitions_per_insert_block` (ClickHouse 19 and later), and the limit it named
     /// if it did. Same code (252) as "too many parts", which is backpressure: told apart by

@@ -340,10 +340,35 @@ pub async fn fill_user_days(
         return Ok(());
     }
     for month in event_months(conn, suffix).await? {
-        tracing::info!(month, "filling analytics.user_days from analytics.events");
-        conn.execute(&user_days_copy(&format!("toYYYYMM(event_time) = {month}"), suffix), settings).await?;
+        copy_user_days_month(conn, settings, suffix, month).await?;
     }
     conn.execute(USER_DAYS_MARK, settings).await
+}
+
+/// Copies `events`' rows of `month` (`YYYYMM`) into `user_days`, as the worker folds them.
+async fn copy_user_days_month(
+    conn: &mut Connection,
+    settings: &[(&str, Setting<'_>)],
+    suffix: &str,
+    month: u64,
+) -> Result<(), ChError> {
+    tracing::info!(month, "copying analytics.events into analytics.user_days");
+    conn.execute(&user_days_copy(&format!("toYYYYMM(event_time) = {month}"), suffix), settings).await
+}
+
+/// Copies `events`' rows of `month` (`YYYYMM`) into the player tables, as their views count.
+async fn copy_player_tables_month(
+    conn: &mut Connection,
+    settings: &[(&str, Setting<'_>)],
+    suffix: &str,
+    month: u64,
+) -> Result<(), ChError> {
+    let condition = format!("toYYYYMM(event_time) = {month}");
+    for (view, table, columns) in PLAYER_VIEWS {
+        tracing::info!(month, table, "copying analytics.events into analytics.{table}");
+        conn.execute(&view_copy(view, table, columns, &condition, suffix), settings).await?;
+    }
+    Ok(())
 }
 
 /// `daily_players` (per game, env and UTC day, a `uniqCombined` sketch of the players
@@ -363,11 +388,7 @@ pub async fn fill_player_tables(
         return Ok(());
     }
     for month in event_months(conn, suffix).await? {
-        for (view, table, columns) in PLAYER_VIEWS {
-            tracing::info!(month, table, "filling analytics.{table} from analytics.events");
-            let condition = format!("toYYYYMM(event_time) = {month}");
-            conn.execute(&view_copy(view, table, columns, &condition, suffix), settings).await?;
-        }
+        copy_player_tables_month(conn, settings, suffix, month).await?;
     }
     conn.execute(PLAYER_TABLES_MARK, settings).await
 }
@@ -413,13 +434,8 @@ pub(super) async fn recopy_player_tables(
         return Ok(());
     }
     for month in event_months(conn, suffix).await? {
-        let condition = format!("toYYYYMM(event_time) = {month}");
-        for (view, table, columns) in PLAYER_VIEWS {
-            tracing::info!(month, table, "copying analytics.events into analytics.{table} again");
-            conn.execute(&view_copy(view, table, columns, &condition, suffix), settings).await?;
-        }
-        tracing::info!(month, "copying analytics.events into analytics.user_days again");
-        conn.execute(&user_days_copy(&condition, suffix), settings).await?;
+        copy_player_tables_month(conn, settings, suffix, month).await?;
+        copy_user_days_month(conn, settings, suffix, month).await?;
     }
     conn.execute(&format!("DROP TABLE IF EXISTS analytics.{PLAYER_RECOPY}"), &[]).await
 }

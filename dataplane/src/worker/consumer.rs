@@ -435,15 +435,6 @@ pub async fn run(
     }
 }
 
-/// ClickHouse's refusals for its own state, whatever the rows: a batch they stall is
-/// kept from other consumers' claims (see [`Consumer::keep`]). 60 UNKNOWN_TABLE,
-/// 81 UNKNOWN_DATABASE, 164 READONLY, 202 TOO_MANY_SIMULTANEOUS_QUERIES,
-/// 203 NO_FREE_CONNECTION, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 225 NO_ZOOKEEPER,
-/// 242 TABLE_IS_READ_ONLY, 243 NOT_ENOUGH_SPACE, 252 TOO_MANY_PARTS,
-/// 319 UNKNOWN_STATUS_OF_INSERT, 497 ACCESS_DENIED, 516 AUTHENTICATION_FAILED,
-/// 999 KEEPER_EXCEPTION.
-pub const SERVER_STATE_CODES: &[i32] = &[60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 497, 516, 999];
-
 /// What a consumer shares with the other consumers of its table on its worker shard.
 pub struct Siblings {
     /// Its last batch, in the table's load ([`super::cadence`]).
@@ -1282,14 +1273,13 @@ impl Consumer {
                 }
                 Err(e) => {
                     // Faults every consumer would meet: the schema, or the server answering
-                    // and refusing for its own state ([`SERVER_STATE_CODES`]): another
+                    // and refusing for its own state ([`ChError::is_server_state`]): another
                     // consumer claiming the entries would only count deliveries towards
                     // dead-lettering them unread. Not being able to reach the server is
                     // not (another worker may well reach it), nor a refusal that may be the
                     // batch's (a memory or size limit, a timeout): its deliveries grow, and
                     // it is tried alone in the end.
-                    self.systemic = matches!(&e, ChError::SchemaMismatch(_))
-                        || matches!(&e, ChError::Server(x) if SERVER_STATE_CODES.contains(&x.code));
+                    self.systemic = matches!(&e, ChError::SchemaMismatch(_)) || e.is_server_state();
                     return Err(e.to_string());
                 }
             }

@@ -123,17 +123,17 @@ pub fn xautoclaim_reply(f: Frame, stream: StreamKind) -> Result<Claimed, String>
             let cursor =
                 it.next().and_then(bulk).and_then(|c| String::from_utf8(c).ok()).ok_or("XAUTOCLAIM: cursor")?;
             // Redis 6.2 answers a claimed entry that was deleted as a nil among the others.
-            let (items, unnamed_deleted) = match it.next() {
+            let (entries, unnamed_deleted) = match it.next() {
                 Some(Frame::Array(items)) => {
-                    let before = items.len();
-                    let named: Vec<Frame> = items.into_iter().filter(|i| !matches!(i, Frame::Null)).collect();
-                    let unnamed = before - named.len();
-                    (Frame::Array(named), unnamed)
+                    let total = items.len();
+                    let named = items.into_iter().filter(|i| !matches!(i, Frame::Null)).map(|i| entry(i, stream));
+                    let named = named.collect::<Option<Vec<Entry>>>().ok_or("XAUTOCLAIM: entries")?;
+                    let unnamed = total - named.len();
+                    (named, unnamed)
                 }
-                Some(other) => (other, 0),
-                None => return Err("XAUTOCLAIM: entries".into()),
+                Some(Frame::Null) => (Vec::new(), 0),
+                _ => return Err("XAUTOCLAIM: entries".into()),
             };
-            let entries = entries(items, stream).ok_or("XAUTOCLAIM: entries")?;
             let deleted = match it.next() {
                 None | Some(Frame::Null) => Vec::new(),
                 Some(Frame::Array(ids)) => ids

@@ -218,33 +218,67 @@ fn check_surrogates(body: &[u8]) -> Result<(), BodyError> {
     }
 }
 
+/// The first raw control character (U+0000 to U+001F) inside a JSON string of `body`, and
+/// its offset: JSON wants them escaped. Read only when a parse has failed.
+fn raw_control_in_string(body: &[u8]) -> Option<(usize, u8)> {
+    let (mut in_string, mut escaped) = (false, false);
+    for (at, &b) in body.iter().enumerate() {
+        if !in_string {
+            in_string = b == b'"';
+        } else if escaped {
+            escaped = false;
+        } else if b < 0x20 {
+            return Some((at, b));
+        } else {
+            escaped = b == b'\\';
+            in_string = b != b'"';
+        }
+    }
+    None
+}
+
 /// Parses `body` in place into the reused tape and hands its root to `f`.
-pub(crate) fn with_root<'a, R, E: From<BodyError>>(
-    body: &'a mut [u8],
+pub(crate) fn with_root<R, E: From<BodyError>>(
+    body: &mut [u8],
     limits: &Limits,
     bufs: &mut JsonBuffers,
-    f: impl for<'t> FnOnce(Value<'t, 'a>) -> Result<R, E>,
+    f: impl for<'t, 'a> FnOnce(Value<'t, 'a>) -> Result<R, E>,
 ) -> Result<R, E> {
     check_surrogates(body)?;
     if prescan::nesting_exceeds(body, limits.max_depth) {
         return Err(BodyError::TooDeep(limits.max_depth).into());
     }
-    let mut tape: Tape<'a> = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
     bufs.parsed_for = bufs.parsed_for.max(body.len());
-    let res = match simd_json::fill_tape(body, &mut bufs.buffers, &mut tape) {
-        Ok(()) => match check_depth(&tape.0, limits.max_depth, &mut bufs.open) {
-            Ok(()) => f(tape.as_value()),
-            Err(e) => Err(e.into()),
-        },
-        Err(e) => Err(match e.error() {
-            simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
-            _ => BodyError::Malformed(e.to_string()),
-        }
-        .into()),
+    let parsed = {
+        let mut tape = std::mem::replace(&mut bufs.tape, Tape(Vec::new())).reset();
+        let res = match simd_json::fill_tape(&mut *body, &mut bufs.buffers, &mut tape) {
+            Ok(()) => Ok(match check_depth(&tape.0, limits.max_depth, &mut bufs.open) {
+                Ok(()) => f(tape.as_value()),
+                Err(e) => Err(e.into()),
+            }),
+            Err(e) => Err(e),
+        };
+        bufs.tape = tape.reset();
+        res
     };
-    bufs.tape = tape.reset();
     bufs.trim();
-    res
+    parsed.unwrap_or_else(|e| Err(parse_error(&e, body).into()))
+}
+
+/// What a failed parse of `body` is answered with.
+fn parse_error(e: &simd_json::Error, body: &[u8]) -> BodyError {
+    match e.error() {
+        simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
+        // simd-json's first stage finds a raw control character in a string without
+        // saying where ("Syntax at character 0"); it has not changed the body by then.
+        simd_json::ErrorType::Syntax => match raw_control_in_string(body) {
+            Some((at, c)) => BodyError::Malformed(format!(
+                "unescaped control character U+{c:04X} in a string at byte {at} (write it as \\u{c:04x})"
+            )),
+            None => BodyError::Malformed(e.to_string()),
+        },
+        _ => BodyError::Malformed(e.to_string()),
+    }
 }
 
 fn records<'t, 'a>(root: Value<'t, 'a>, limits: &Limits) -> Result<Array<'t, 'a>, BodyError> {
@@ -1022,6 +1056,20 @@ mod tests {
         assert!(matches!(events(&format!(r#"{{"events":[{rec}],"events":[]}}"#)), Err(BodyError::Malformed(_))));
         assert!(matches!(events("[{"), Err(BodyError::Malformed(_))));
         assert_eq!(field_err(events("[1]")).1, "record");
+        // A raw control character in a string is named with its offset (simd-json says
+        // "character 0"); escaped quotes and backslashes before it do not hide it.
+        for (body, at, c) in [
+            ("[{\"event\":\"a\u{1}b\"}]", 12, "U+0001"),
+            ("  [{\"event\":\"a\\\"\\\\\tb\"}]", 18, "U+0009"),
+            ("[{\"ts\":1,\n\"event\":\"x\u{1f}\"}]", 20, "U+001F"),
+        ] {
+            match events(body) {
+                Err(BodyError::Malformed(m)) => {
+                    assert!(m.contains(&format!("{c} in a string at byte {at}")), "{body:?}: {m}")
+                }
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
         assert_eq!(events(&deep), Err(BodyError::TooDeep(16)));
         // Exactly at the limit passes, one more level does not; brackets inside strings

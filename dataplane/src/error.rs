@@ -239,6 +239,75 @@ mod tests {
         );
     }
 
+    /// Every tag an ingest surface answers has its own `reason` label on
+    /// `croupier_events_refused_total` (docs/metrics.md: `reason` = the error tag), none
+    /// counted as `other`. The `match` has no catch-all: a new variant must be listed here.
+    #[test]
+    fn every_refusal_tag_has_its_reason_label() {
+        use croupier_control::metrics::labels::{reason_index, REASONS};
+        let field = BodyError::Field { index: 0, field: "ts", problem: Problem::Missing };
+        let stream = StreamKind::Events;
+        let all = [
+            IngestError::Http(HttpError::NotFound),
+            IngestError::Http(HttpError::MethodNotAllowed { allow: "POST" }),
+            IngestError::Http(HttpError::BadRequest("x")),
+            IngestError::Http(HttpError::DuplicateHeader("x")),
+            IngestError::Http(HttpError::UnsupportedMediaType("x")),
+            IngestError::Http(HttpError::PayloadTooLarge { limit: 1 }),
+            IngestError::Http(HttpError::RequestTimeout),
+            IngestError::Http(HttpError::ServerBusy { retry_after: 1 }),
+            IngestError::Body(BodyError::Malformed("x".into())),
+            IngestError::Body(BodyError::InvalidUtf8),
+            IngestError::Body(BodyError::TooDeep(1)),
+            IngestError::Body(BodyError::NotABatch),
+            IngestError::Body(BodyError::Empty),
+            IngestError::Body(BodyError::TooManyRecords(1)),
+            IngestError::Body(field),
+            IngestError::Body(BodyError::GameMismatch { index: 0 }),
+            IngestError::Body(BodyError::NotAllowed { index: 0, field: "event" }),
+            IngestError::MissingCredentials("X-Nonce"),
+            IngestError::UnknownGame,
+            IngestError::StaleTimestamp { max_skew_secs: 1 },
+            IngestError::BadSignature,
+            IngestError::ReplayedNonce,
+            IngestError::RateLimited { retry_after: 1 },
+            IngestError::RedisUnavailable { retry_after: 1 },
+            IngestError::NotReplicated { replicas: 0, wanted: 1, retry_after: 1 },
+            IngestError::RequestInFlight { retry_after: 1 },
+            IngestError::EncodeFailed,
+            IngestError::BadToken("x".into()),
+            IngestError::UnknownKey,
+            IngestError::RevokedKey,
+            IngestError::Forbidden("game_mismatch", "x"),
+            IngestError::Forbidden("origin_not_allowed", "x"),
+            IngestError::Forbidden("game_not_allowed", "x"),
+            IngestError::BacklogFull { stream, retry_after: 1 },
+        ];
+        for e in &all {
+            // Exhaustive, so that a variant added later fails to compile until listed above.
+            match e {
+                IngestError::Http(_)
+                | IngestError::Body(_)
+                | IngestError::MissingCredentials(_)
+                | IngestError::UnknownGame
+                | IngestError::StaleTimestamp { .. }
+                | IngestError::BadSignature
+                | IngestError::ReplayedNonce
+                | IngestError::RateLimited { .. }
+                | IngestError::RedisUnavailable { .. }
+                | IngestError::NotReplicated { .. }
+                | IngestError::RequestInFlight { .. }
+                | IngestError::EncodeFailed
+                | IngestError::BadToken(_)
+                | IngestError::UnknownKey
+                | IngestError::RevokedKey
+                | IngestError::Forbidden(..)
+                | IngestError::BacklogFull { .. } => {}
+            }
+            assert_eq!(REASONS[reason_index(e.tag())], e.tag(), "{e:?}");
+        }
+    }
+
     #[test]
     fn statuses_and_retry_after() {
         assert_eq!(IngestError::Body(BodyError::GameMismatch { index: 0 }).status(), 403);

@@ -28,13 +28,14 @@ pub fn status_index(status: u16) -> usize {
 
 /// Refusal reasons: the error tags of the ingest API (README, "Ingest API"). A tag not in
 /// this list (one added later and not here yet) counts as `other`.
-pub const REASONS: [&str; 24] = [
+pub const REASONS: [&str; 31] = [
     "malformed_json",
     "invalid_utf8",
     "too_deep",
     "invalid_batch",
     "invalid_field",
     "game_mismatch",
+    "not_allowed",
     "bad_request",
     "not_found",
     "method_not_allowed",
@@ -42,12 +43,18 @@ pub const REASONS: [&str; 24] = [
     "payload_too_large",
     "unsupported_media_type",
     "missing_credentials",
+    "bad_token",
+    "unknown_key",
+    "revoked_key",
+    "origin_not_allowed",
+    "game_not_allowed",
     "unknown_game",
     "stale_timestamp",
     "bad_signature",
     "replayed_nonce",
     "rate_limited",
     "redis_unavailable",
+    "not_replicated",
     "request_in_flight",
     "backlog_full",
     "encode_failed",

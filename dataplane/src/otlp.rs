@@ -83,6 +83,12 @@ pub fn refusal_status(e: &IngestError) -> (Code, String, Option<u64>) {
 /// of the ingest contract, with a `google.rpc.Status` body in the request's encoding.
 fn refusal(format: Format, e: &IngestError) -> Response {
     let mut r = e.response();
+    // A body not in within the read timeout is answered 503, not the data port's 408:
+    // OTLP/HTTP exporters retry 429, 502, 503 and 504 only (the spec's list; the Collector
+    // and the Go exporter drop a batch answered 408), and OTLP/gRPC answers `UNAVAILABLE`.
+    if r.status == 408 {
+        r.status = 503;
+    }
     let (code, message, _) = refusal_status(e);
     r.body.clear();
     response::status(&mut r.body, format, code, &message);
@@ -133,7 +139,7 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
         return refuse(format, game, e.into());
     }
     let (wire, scratch) = req.buffers();
-    match export(shard, signal, format, encoding, game, wire, scratch).await {
+    match export(shard, signal, format, encoding, game, wire, scratch, INFLATED_KEEP).await {
         Ok(Exported { rejected, message }) => {
             let mut out = Vec::new();
             response::export(&mut out, signal, format, rejected, &message);
@@ -160,7 +166,10 @@ const INFLATED_KEEP: usize = 256 << 10;
 /// An export request whose body (as sent, `encoding` says whether gzip) is in `wire`,
 /// from `game` (its token checked): decoded, mapped, and its events appended, answered
 /// once Redis has them; or why not. The one path of OTLP/HTTP and OTLP/gRPC alike.
-/// `scratch` is a reused buffer for the inflated body.
+/// `scratch` is the buffer for the inflated body, of which `keep` bytes of capacity stay
+/// across the wait for Redis (for the connection's next request; 0 where the caller drops
+/// it after this one).
+#[allow(clippy::too_many_arguments)]
 pub async fn export(
     shard: &Shard,
     signal: Signal,
@@ -169,13 +178,14 @@ pub async fn export(
     game: &str,
     wire: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
+    keep: usize,
 ) -> Result<Exported, IngestError> {
     let prepared = prepare(shard, signal, format, encoding, game, wire, scratch);
     // The inflated body is done with (its events are staged): it is not kept across the
     // wait for Redis, as its bytes are outside the shard's body budget (the body as sent
-    // is counted there). Only a buffer of typical size stays for the next request.
+    // is counted there). Only a buffer of typical size stays, for the next request.
     scratch.clear();
-    scratch.shrink_to(INFLATED_KEEP);
+    scratch.shrink_to(keep.min(INFLATED_KEEP));
     let (prepared, summary) = prepared.map_err(|r| r.counted(shard, game))?;
     if let Some(p) = prepared {
         ingest::append(shard, game, p).await?;

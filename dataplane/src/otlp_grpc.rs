@@ -249,8 +249,9 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
     }
     wire.drain(..message.payload.start);
     let encoding = if message.compressed { Encoding::Gzip } else { Encoding::Identity };
+    // A call's own inflate buffer: none of it is kept across the wait for Redis.
     let mut scratch = Vec::new();
-    match otlp::export(shard, signal, Format::Protobuf, encoding, game, &mut wire, &mut scratch).await {
+    match otlp::export(shard, signal, Format::Protobuf, encoding, game, &mut wire, &mut scratch, 0).await {
         Ok(Exported { rejected, message }) => {
             let mut out = Vec::new();
             response::export(&mut out, signal, Format::Protobuf, rejected, &message);

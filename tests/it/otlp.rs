@@ -234,6 +234,27 @@ fn assert_sdk_rows(p: &Pipeline, run: &str, before: u128) {
     assert_eq!(pay, [["g1", "prod", &u1, "499", "USD", "success", "android", "eu-west", "gems_500"]]);
 }
 
+/// A body that does not arrive within `server.read_timeout_ms` is answered 503
+/// `UNAVAILABLE`, which OTLP/HTTP exporters retry (they drop a batch answered 408).
+#[test]
+fn otlp_http_body_not_in_time_is_answered_503_unavailable() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.read_timeout_ms = 300;
+    });
+    let mut s = std::net::TcpStream::connect(otlp_addr(&f)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let head = format!(
+        "POST /v1/logs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"resource"
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.ends_with(r#"{"code":14,"message":"request not received in time"}"#), "{answer}");
+}
+
 #[test]
 fn otlp_partial_success_refusals_and_unsupported_signals() {
     let f = Fixture::start(Driver::Epoll, tokens);

@@ -12,13 +12,14 @@
 //! - `payback_days`: the first N (1 to 90) at which the installs of the channels with a
 //!   cost have returned their cost, `null` when not (yet).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
 use super::error::ApiError;
 use super::params::{self, percent, Range, DAY};
+use super::sql;
 use super::taxonomy::{FIRST_ACTIVE, REGISTER};
 use super::Ctx;
 
@@ -39,12 +40,9 @@ fn s(r: &[Value], i: usize) -> String {
     r.get(i).map(Value::as_str).unwrap_or_default()
 }
 
-fn channel_name(c: String) -> String {
-    if c.is_empty() {
-        "unknown".to_owned()
-    } else {
-        c
-    }
+/// A channel's name as answered, in SQL: an empty `channel` is `unknown`.
+fn channel_sql(column: &str) -> String {
+    format!("if(empty(toString({column})), 'unknown', toString({column}))")
 }
 
 /// One channel's figures.
@@ -73,18 +71,17 @@ fn cpi(costs: &BTreeMap<String, u64>, game: Option<&str>, channel: &str) -> Opti
     game.and_then(|g| costs.get(&format!("{g}/{channel}"))).or_else(|| costs.get(channel)).copied()
 }
 
-/// The figures of `name`, created with its configured cost.
-fn entry<'c>(
-    channels: &'c mut BTreeMap<String, Channel>,
-    costs: &BTreeMap<String, u64>,
-    game: Option<&str>,
-    name: String,
-) -> &'c mut Channel {
-    channels.entry(name).or_insert_with_key(|name| Channel {
-        by_offset: vec![0; PAYBACK_DAYS as usize],
-        cpi: cpi(costs, game, name),
-        ..Channel::default()
-    })
+/// The channels that may have a configured cost in `game`: every key, and every key of
+/// the game without its `"<game>/"`.
+fn costed_names(costs: &BTreeMap<String, u64>, game: Option<&str>) -> Vec<String> {
+    let mut names: Vec<String> = costs.keys().cloned().collect();
+    if let Some(g) = game {
+        let prefix = format!("{g}/");
+        names.extend(costs.keys().filter_map(|k| k.strip_prefix(&prefix)).map(str::to_owned));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn roas(revenue: u64, cost: Option<u64>) -> Json {
@@ -94,66 +91,98 @@ fn roas(revenue: u64, cost: Option<u64>) -> Json {
     }
 }
 
-/// `/attribution`.
+/// `/attribution`. Channels are whatever clients send: everything per user or per
+/// channel is counted in ClickHouse, and only the channels listed (at most
+/// `MAX_GROUPS`) and those with a configured cost come back, so that no number of
+/// distinct channels costs this process memory.
 pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
     let (first, last) = range.days();
-    if last - first > 366 {
-        return Err(ApiError::param("start", "at most 366 days"));
-    }
+    params::at_most_366_days(first, last)?;
     let w = ctx.scope.filter();
     let span = range.filter("event_time");
-    let installs = ctx
-        .db
-        .select(&format!(
-            "SELECT user_id, toString(argMin(channel, event_time)), toUInt32(toDate(min(event_time), 'UTC')) \
-             FROM analytics.events WHERE event IN {INSTALL} AND {span}{w} GROUP BY user_id"
-        ))
-        .await?;
-    let counted = |events: &'static str| {
+    // Each user's install: the channel and day of their earliest install event.
+    let installs = format!(
+        "SELECT user_id, {} AS c, toUInt32(toDate(min(event_time), 'UTC')) AS d \
+         FROM analytics.events WHERE event IN {INSTALL} AND {span}{w} GROUP BY user_id",
+        channel_sql("argMin(channel, event_time)")
+    );
+    // Users per channel of `events`, as the signups (`s`) or first_active (`f`) column.
+    let counted = |events: &str, signups: bool| {
+        let (sv, fv) =
+            if signups { ("uniqExact(user_id)", "toUInt64(0)") } else { ("toUInt64(0)", "uniqExact(user_id)") };
         format!(
-            "SELECT toString(channel), uniqExact(user_id) FROM analytics.events WHERE event IN {events} AND {span}{w} \
-             GROUP BY channel"
+            "SELECT {} AS c, toUInt64(0) AS i, {sv} AS s, {fv} AS f FROM analytics.events \
+             WHERE event IN {events} AND {span}{w} GROUP BY c",
+            channel_sql("channel")
         )
     };
-    let signups = ctx.db.select(&counted(REGISTER)).await?;
-    let first_active = ctx.db.select(&counted(FIRST_ACTIVE)).await?;
-    let pay = Range { start: first * DAY, end: (last + PAYBACK_DAYS) * DAY - 1 }.filter("time");
-    let paid = super::cohorts::paid_by_day(ctx, &pay, INSTALL, &span).await?;
-
+    // Per channel: installs, signups, first_active (a user once per channel).
+    let per_channel = format!(
+        "SELECT c, sum(i) AS installs, sum(s) AS signups, sum(f) AS first_active FROM (\
+         SELECT c, count() AS i, toUInt64(0) AS s, toUInt64(0) AS f FROM ({installs}) GROUP BY c \
+         UNION ALL {} UNION ALL {}) GROUP BY c",
+        counted(REGISTER, true),
+        counted(FIRST_ACTIVE, false)
+    );
+    let costed = sql::quote_list(&costed_names(ctx.costs, ctx.scope.game.as_deref()));
+    // The channels with the most installs (then signups, then by name), one past the list
+    // to know whether it is cut; the totals; the channels with a configured cost.
+    let top = format!(
+        "SELECT c, installs, signups, first_active FROM ({per_channel}) \
+         ORDER BY installs DESC, signups DESC, c LIMIT {}",
+        params::MAX_GROUPS + 1
+    );
+    let totals = format!("SELECT sum(installs), sum(signups), sum(first_active) FROM ({per_channel})");
+    let costed = format!("SELECT c, installs, signups, first_active FROM ({per_channel}) WHERE c IN {costed}");
+    let (top, totals, costed_rows) =
+        monoio::try_join!(ctx.db.select(&top), ctx.db.select(&totals), ctx.db.select(&costed))?;
+    let truncated = top.len() > params::MAX_GROUPS;
     let game = ctx.scope.game.as_deref();
     let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
-    let mut installed: HashMap<String, (String, i64)> = HashMap::new();
-    for r in &installs {
-        let channel = channel_name(s(r, 1));
-        entry(&mut channels, ctx.costs, game, channel.clone()).installs += 1;
-        installed.insert(s(r, 0), (channel, u(r, 2) as i64));
+    let mut listed: Vec<String> = Vec::with_capacity(top.len().min(params::MAX_GROUPS));
+    for (n, r) in top.iter().chain(&costed_rows).enumerate() {
+        let name = s(r, 0);
+        if n < params::MAX_GROUPS.min(top.len()) {
+            listed.push(name.clone());
+        }
+        let c = cpi(ctx.costs, game, &name);
+        channels.entry(name).or_insert_with(|| Channel {
+            installs: u(r, 1),
+            signups: u(r, 2),
+            first_active: u(r, 3),
+            by_offset: vec![0; PAYBACK_DAYS as usize],
+            cpi: c,
+        });
     }
-    for r in &signups {
-        entry(&mut channels, ctx.costs, game, channel_name(s(r, 0))).signups += u(r, 1);
-    }
-    for r in &first_active {
-        entry(&mut channels, ctx.costs, game, channel_name(s(r, 0))).first_active += u(r, 1);
-    }
-    for r in &paid {
-        let Some((channel, day)) = installed.get(&s(r, 0)) else { continue };
-        let offset = u(r, 1) as i64 - day;
-        if (0..PAYBACK_DAYS).contains(&offset) {
-            entry(&mut channels, ctx.costs, game, channel.clone()).by_offset[offset as usize] += u(r, 2);
+    // Their installs' `success` revenue per day after the install.
+    if !channels.is_empty() {
+        let names: Vec<&String> = channels.keys().collect();
+        let pay = Range { start: first * DAY, end: (last + PAYBACK_DAYS) * DAY - 1 }.filter("time");
+        let paid = super::cohorts::paid_by_day_sql(ctx, &pay, INSTALL, &span);
+        let rows = ctx
+            .db
+            .select(&format!(
+                "SELECT c, toUInt64(pd - d) AS o, sum(cents) FROM \
+                 ({paid}) AS p ALL INNER JOIN (SELECT user_id, c, d FROM ({installs}) WHERE c IN {}) AS i USING user_id \
+                 WHERE pd >= d AND pd - d < {PAYBACK_DAYS} GROUP BY c, o",
+                sql::quote_list(&names)
+            ))
+            .await?;
+        for r in &rows {
+            if let (Some(c), Ok(i)) = (channels.get_mut(&s(r, 0)), usize::try_from(u(r, 1))) {
+                if let Some(slot) = c.by_offset.get_mut(i) {
+                    *slot += u(r, 2);
+                }
+            }
         }
     }
 
-    // Channels are whatever clients send: the MAX_GROUPS with the most installs (then
-    // signups, then by name) are listed, by name; the summary counts them all.
-    let truncated = channels.len() > params::MAX_GROUPS;
-    let mut listed: Vec<(&String, &Channel)> = channels.iter().collect();
-    if truncated {
-        listed.sort_by(|a, b| (b.1.installs, b.1.signups).cmp(&(a.1.installs, a.1.signups)).then(a.0.cmp(b.0)));
-        listed.truncate(params::MAX_GROUPS);
-        listed.sort_by(|a, b| a.0.cmp(b.0));
-    }
+    // Listed by name.
+    listed.sort();
     let by_channel: Vec<Json> = listed
-        .into_iter()
+        .iter()
+        .filter_map(|name| channels.get(name).map(|c| (name, c)))
         .map(|(name, c)| {
             let mut o = json!({
                 "channel": name,
@@ -169,16 +198,17 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             o
         })
         .collect();
-    // The summary: every channel's counts; cost and returns of the channels with a cost.
+    // The summary: every channel's counts (ClickHouse's sums); cost and returns of the
+    // channels with a cost.
     let costed: Vec<&Channel> = channels.values().filter(|c| c.cpi.is_some()).collect();
     let cost: u64 = costed.iter().filter_map(|c| c.cost()).sum();
     let costed_installs: u64 = costed.iter().map(|c| c.installs).sum();
-    let total = |f: fn(&Channel) -> u64| channels.values().map(f).sum::<u64>();
     let has_cost = !costed.is_empty();
+    let totals = totals.first().map(Vec::as_slice).unwrap_or_default();
     let mut summary = json!({
-        "installs": total(|c| c.installs),
-        "signups": total(|c| c.signups),
-        "first_active": total(|c| c.first_active),
+        "installs": u(totals, 0),
+        "signups": u(totals, 1),
+        "first_active": u(totals, 2),
         "cpi_cents": if has_cost && costed_installs > 0 { json!(cost / costed_installs) } else { Json::Null },
     });
     let returned = |n: i64| costed.iter().map(|c| c.revenue_within(n)).sum::<u64>();

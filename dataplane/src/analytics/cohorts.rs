@@ -27,27 +27,28 @@ fn u(r: &[Value], i: usize) -> u64 {
     r.get(i).map_or(0, Value::as_u64)
 }
 
-/// Rows `(user_id, UTC day, cents)`: the `success` revenue per user and day, in the
-/// payments range `pay` (a filter on `time`), of the users with an event of `events`
-/// (an SQL list) in `span` (a filter on `event_time`) — the revenue of a cohort.
-pub async fn paid_by_day(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+/// The query of rows `(user_id, pd: UTC day, cents)`: the `success` revenue per user and
+/// day, in the payments range `pay` (a filter on `time`), of the users with an event of
+/// `events` (an SQL list) in `span` (a filter on `event_time`) — the revenue of a cohort.
+pub fn paid_by_day_sql(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> String {
     let w = ctx.scope.filter();
-    ctx.db
-        .select(&format!(
-            "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS d, sum(amount_cents) FROM analytics.payments FINAL \
-             WHERE status = 'success' AND {pay}{w} AND user_id IN \
-             (SELECT user_id FROM analytics.events WHERE event IN {events} AND {span}{w}) GROUP BY user_id, d"
-        ))
-        .await
+    format!(
+        "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS pd, sum(amount_cents) AS cents FROM analytics.payments FINAL \
+         WHERE status = 'success' AND {pay}{w} AND user_id IN \
+         (SELECT user_id FROM analytics.events WHERE event IN {events} AND {span}{w}) GROUP BY user_id, pd"
+    )
+}
+
+/// The rows of [`paid_by_day_sql`].
+pub async fn paid_by_day(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> Result<Vec<Vec<Value>>, ApiError> {
+    ctx.db.select(&paid_by_day_sql(ctx, pay, events, span)).await
 }
 
 /// `/ltv`.
 pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
     let (first, last) = range.days();
-    if last - first > 366 {
-        return Err(ApiError::param("start", "at most 366 days"));
-    }
+    params::at_most_366_days(first, last)?;
     let w = ctx.scope.filter();
     let cohort = Range { start: first * DAY, end: last * DAY + DAY - 1 }.filter("event_time");
     let pay = Range { start: first * DAY, end: (last + 90) * DAY - 1 }.filter("time");
@@ -97,9 +98,7 @@ pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 29 * DAY, false)?;
     // Bounded as the other ranges.
     let (first, last) = range.days();
-    if last - first > 366 {
-        return Err(ApiError::param("start", "at most 366 days"));
-    }
+    params::at_most_366_days(first, last)?;
     let w = ctx.scope.filter();
     // Counted by ClickHouse: a game with millions of players a day sends four rows, not a
     // row per player.

@@ -209,6 +209,19 @@ pub const MAX_POINTS: i64 = 100_000;
 /// when there were more.
 pub const MAX_GROUPS: usize = 1000;
 
+/// The longest range, in days, of the routes that answer a row per day of it (retention,
+/// LTV, segments, attribution).
+pub const MAX_DAYS: i64 = 366;
+
+/// Refuses a range from day `first` to day `last` (both included) of more than
+/// [`MAX_DAYS`] days.
+pub fn at_most_366_days(first: i64, last: i64) -> Result<(), ApiError> {
+    if last - first >= MAX_DAYS {
+        return Err(ApiError::param("start", "at most 366 days"));
+    }
+    Ok(())
+}
+
 /// An inclusive range of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {

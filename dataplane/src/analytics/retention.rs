@@ -107,9 +107,7 @@ fn rates_of(rows: &[Vec<Value>], day: i64) -> Vec<f64> {
 pub async fn retention(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 13 * DAY, false)?;
     let (first, last) = range.days();
-    if last - first > 366 {
-        return Err(ApiError::param("start", "at most 366 days"));
-    }
+    params::at_most_366_days(first, last)?;
     // As Croupier: `first_active` in any case, anything else (the dashboard sends
     // `signup`) is `register`.
     let kind = ctx.params.choice_or_default("cohort", &["register", "first_active"]);

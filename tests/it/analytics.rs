@@ -1084,10 +1084,13 @@ fn analytics_refuses_times_outside_datetime_and_requests_past_the_caps() {
         api.json(&format!("/api/analytics/{route}?game_id=g1&env=prod&start=1970-01-01&end=1970-01-03"));
         api.json(&format!("/api/analytics/{route}?game_id=g1&env=prod&start=2105-12-01&end=2105-12-31"));
     }
-    // Segments read every active user of the range: at most 366 days, as the cohorts.
-    let path = "/api/analytics/segments?game_id=g1&env=prod&start=2024-01-01&end=2025-01-02";
-    assert_eq!(refusal(&api, path), bad("start"));
-    api.json("/api/analytics/segments?game_id=g1&env=prod&start=2024-01-01&end=2025-01-01");
+    // Segments read every active user of the range: at most 366 days, both ends included,
+    // as the cohorts and attribution (2024 has 366).
+    for route in ["segments", "retention", "ltv", "attribution"] {
+        let path = format!("/api/analytics/{route}?game_id=g1&env=prod&start=2024-01-01&end=2025-01-01");
+        assert_eq!(refusal(&api, &path), bad("start"), "{route}");
+        api.json(&format!("/api/analytics/{route}?game_id=g1&env=prod&start=2024-01-01&end=2024-12-31"));
+    }
     // Series: at most 100,000 points (products × buckets, minutes).
     let products = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
     let trend = |n: usize, start: &str, granularity: &str| {

@@ -6,8 +6,8 @@
   deploy_lint.py board-rules   prints the Grafana boards' PromQL queries as a rule file, so
                                that `promtool check rules` parses every one of them
   deploy_lint.py k8s           deploy/k8s/: what the schemas do not say — Guaranteed QoS with
-                               whole CPUs (requests = limits), probes on the control port's
-                               /readyz and /healthz, config and secrets mounted as files, a
+                               whole CPUs (requests = limits), probes on /readyz and /healthz
+                               (an ingest pod's on the data port, a worker's on the control port), config and secrets mounted as files, a
                                PodDisruptionBudget per workload, the workers scaled 3..20 by
                                KEDA on croupier's backlog gauge, secrets readable by the
                                pods' user (fsGroup)
@@ -142,10 +142,14 @@ def k8s():
                 errors.append(f"{f}: {name}/{c['name']}: requests must equal limits (Guaranteed QoS)")
             if not str(lim.get("cpu", "")).isdigit():
                 errors.append(f"{f}: {name}/{c['name']}: cpu must be a whole number of CPUs (pinned by the static policy)")
-            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            # An ingest pod is probed on its data port, answered by the shards: the control
+            # port's thread also runs analytics queries.
+            ingest = "ingest" in c.get("args", [])
+            port = "http" if ingest else "control"
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
                 got = c.get(probe, {}).get("httpGet", {})
-                if got.get("path") != path or got.get("port") != "control":
-                    errors.append(f"{f}: {name}/{c['name']}: {probe} must be GET {path} on the control port")
+                if got.get("path") != path or got.get("port") != port:
+                    errors.append(f"{f}: {name}/{c['name']}: {probe} must be GET {path} on the {port} port")
             mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             if not any("configMap" in volumes.get(n, {}) for n in mounts):

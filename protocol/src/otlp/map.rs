@@ -697,17 +697,18 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 code.copy_from_slice(cur.as_bytes());
                 (c, code)
             }
-            (AnyRef::Empty, AnyRef::Double(usd)) => ((usd * 100.0).round() as i64, *b"USD"),
-            (AnyRef::Empty, AnyRef::Int(usd)) => (usd.saturating_mul(100), *b"USD"),
-            (AnyRef::Empty, AnyRef::Str(s)) => {
-                let usd: f64 = s.trim().parse().map_err(|_| bad_amount)?;
-                ((usd * 100.0).round() as i64, *b"USD")
+            // A double as its shortest decimal form (what the sender wrote: 1.005, not the
+            // binary 1.00499999…), rounded as a decimal.
+            (AnyRef::Empty, AnyRef::Double(usd)) => {
+                (usd_cents(&format!("{usd}")).ok_or(Fail::Reject(AMOUNT_RANGE))?, *b"USD")
             }
+            (AnyRef::Empty, AnyRef::Int(usd)) => (usd.saturating_mul(100), *b"USD"),
+            (AnyRef::Empty, AnyRef::Str(s)) => (usd_cents(s.trim()).ok_or(bad_amount)?, *b"USD"),
             _ => return Err(bad_amount),
         };
         let cents = u64::try_from(cents).unwrap_or(0);
         if cents == 0 || cents > MAX_AMOUNT_CENTS {
-            return Err(Fail::Reject("a payment's amount must be from 1 cent to 10^12 cents"));
+            return Err(Fail::Reject(AMOUNT_RANGE));
         }
         let texts = [
             self.opt(slots, Slot::Channel)?,
@@ -742,4 +743,32 @@ impl<'m, 'o> Mapper<'m, 'o> {
 fn set(to: &mut String, from: &str) {
     to.clear();
     to.push_str(from);
+}
+
+/// Why a payment's amount is refused when it is out of range.
+const AMOUNT_RANGE: &str = "a payment's amount must be from 1 cent to 10^12 cents";
+
+/// Cents of a decimal amount of dollars (`19.99`, `-1`, `0.005`: digits, at most one
+/// point, no exponent), rounded half away from zero as a decimal — not through a binary
+/// float, which would round `1.005` down; saturated far past any amount accepted.
+pub(crate) fn usd_cents(s: &str) -> Option<i64> {
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && fraction.is_empty() || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut cents: i64 = 0;
+    for b in whole.bytes() {
+        cents = cents.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+    }
+    let mut frac = fraction.bytes().map(|b| i64::from(b - b'0'));
+    cents = cents.saturating_mul(100).saturating_add(frac.next().unwrap_or(0) * 10 + frac.next().unwrap_or(0));
+    if frac.next().is_some_and(|d| d >= 5) {
+        cents = cents.saturating_add(1);
+    }
+    Some(if negative { -cents } else { cents })
 }

@@ -264,6 +264,40 @@ fn purchase_spans_become_payments() {
     assert_eq!((p.amount_cents, p.currency.as_str(), p.status), (500, "EUR", PaymentStatus::Failed));
 }
 
+/// `monetization.price_usd` is rounded to the cent as a decimal, half away from zero,
+/// whether a string or a double (its shortest decimal form); an exponent is not a decimal.
+#[test]
+fn prices_in_dollars_are_rounded_as_decimals() {
+    let price =
+        |v| span("monetization.purchase_success", &[("monetization.order_id", s("o")), ("monetization.price_usd", v)]);
+    for (v, cents) in [
+        (s("1.005"), Some(101)),
+        (s("2.675"), Some(268)),
+        (s("0.285"), Some(29)),
+        (s("19.995"), Some(2000)),
+        (s("1.0049999"), Some(100)),
+        (s("1.0050000000000000001"), Some(101)),
+        (s(" 7 "), Some(700)),
+        (s("+0.5"), Some(50)),
+        (s(".5"), Some(50)),
+        (s("3."), Some(300)),
+        (s("0.004"), None),
+        (s("-1.00"), None),
+        (s("1e2"), None),
+        (s("1.2.3"), None),
+        (s("."), None),
+        (s(""), None),
+        (double(1.005), Some(101)),
+        (double(0.285), Some(29)),
+        (double(4.99), Some(499)),
+        (double(1e-7), None),
+        (int(3), Some(300)),
+    ] {
+        let out = run(Signal::Traces, Format::Protobuf, &request(&resource(), &[price(v.clone())])).expect("decodes");
+        assert_eq!(out.payments.first().map(|p| p.amount_cents), cents, "{v:?}");
+    }
+}
+
 #[test]
 fn truncated_and_malformed_protobuf_is_refused_cleanly() {
     let body = request(&resource(), &[log("user.login", T, &[("deep", kvlist(&[("a", array(&[int(1)]))]))])]);

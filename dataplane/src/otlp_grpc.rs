@@ -187,6 +187,16 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
     if head.method != http::Method::POST {
         return Answer::Http(StatusCode::METHOD_NOT_ALLOWED);
     }
+    // A field that decides something, sent twice, is refused as on OTLP/HTTP: two readers
+    // (a proxy, this server) would take different values.
+    if let Some(name) = ["authorization", "content-type", "grpc-encoding"]
+        .into_iter()
+        .find(|name| head.headers.get_all(*name).iter().nth(1).is_some())
+    {
+        let e = IngestError::from(HttpError::DuplicateHeader(name));
+        crate::ingest::count_refused(shard, "", &e, 1);
+        return Answer::refusal(&e);
+    }
     let field = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
     // A call refused for its headers counts as one refused event of the token's game (as
     // the data port and OTLP/HTTP count theirs), with the answer gRPC prescribes.

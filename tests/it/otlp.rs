@@ -851,13 +851,17 @@ fn grpc_calls_refused_for_their_headers_count_as_refused() {
     let addr = grpc_addr(&f);
     let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    // (content-type, grpc-encoding, the message's compressed flag) -> (HTTP status, grpc-status)
-    let call = |content_type: &str, encoding: Option<&str>, compressed: u8| {
+    // (content-type, grpc-encoding, the message's compressed flag, more header fields) ->
+    // (HTTP status, grpc-status)
+    let call_with = |content_type: &str, encoding: Option<&str>, compressed: u8, more: &[(&str, &str)]| {
         let mut request = http::Request::post(logs.as_str())
             .header("content-type", content_type)
             .header("authorization", format!("Bearer {TOKEN}"));
         if let Some(e) = encoding {
             request = request.header("grpc-encoding", e);
+        }
+        for (k, v) in more {
+            request = request.header(*k, *v);
         }
         let request = request.body(()).expect("request");
         rt.block_on(async {
@@ -875,6 +879,8 @@ fn grpc_calls_refused_for_their_headers_count_as_refused() {
             (r.status().as_u16(), status.unwrap_or_default())
         })
     };
+    let call =
+        |content_type: &str, encoding: Option<&str>, compressed: u8| call_with(content_type, encoding, compressed, &[]);
     assert_eq!(call("text/plain", None, 0), (415, String::new()));
     assert_eq!(call("application/grpc", Some("br"), 0), (200, "12".to_owned()));
     assert_eq!(call("application/grpc", None, 1), (200, "13".to_owned()));
@@ -885,6 +891,22 @@ fn grpc_calls_refused_for_their_headers_count_as_refused() {
     let text = enc.finish();
     let series = r#"croupier_events_refused_total{game="g1",reason="unsupported_media_type"}"#;
     assert_eq!(crate::metrics::sample(&text, series), Some(3.0), "{text}");
+    // A deciding field sent twice: INVALID_ARGUMENT, as OTLP/HTTP's 400 (the first token
+    // was taken, whichever the second).
+    let other = format!("Bearer {OTHER_TOKEN}");
+    for more in [
+        [("authorization", other.as_str())],
+        [("authorization", "Bearer nope")],
+        [("content-type", "application/json")],
+    ] {
+        assert_eq!(call_with("application/grpc", None, 0, &more), (200, "3".to_owned()), "{more:?}");
+    }
+    assert_eq!(call_with("application/grpc", Some("identity"), 0, &[("grpc-encoding", "gzip")]), (200, "3".to_owned()));
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    let series = r#"croupier_events_refused_total{game="(unknown)",reason="bad_request"}"#;
+    assert_eq!(crate::metrics::sample(&text, series), Some(4.0), "{text}");
 }
 
 /// Black-box finding: connections that sent the HTTP/2 preface and nothing else held every

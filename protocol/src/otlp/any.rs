@@ -278,11 +278,13 @@ pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeEr
     Ok(out)
 }
 
-/// The `values` array of an `arrayValue` or `kvlistValue` (`None`: absent, empty).
+/// The `values` array of an `arrayValue` or `kvlistValue` (`None`: absent or null, empty).
 fn values<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<Option<Array<'t, 'a>>, DecodeError> {
     let o = v.as_object().ok_or(DecodeError::Json("arrayValue and kvlistValue must be objects"))?;
     match o.get("values") {
         None => Ok(None),
+        // proto3 JSON: null is the default, no values.
+        Some(vals) if vals.as_null().is_some() => Ok(None),
         Some(vals) => vals.as_array().map(Some).ok_or(DecodeError::Json("values must be an array")),
     }
 }

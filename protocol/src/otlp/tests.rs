@@ -537,6 +537,8 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
         dv("s", r#""1.5""#),
         dv("none", "null"),
         dv("n", "2"),
+        r#"{"key":"arr","value":{"arrayValue":{"values":null}}}"#.to_owned(),
+        r#"{"key":"kv","value":{"kvlistValue":{"values":null}}}"#.to_owned(),
     ];
     let body = format!(
         r#"{{"resourceLogs":[{{"resource":null,"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"{t}","eventName":"boss_killed",
@@ -549,7 +551,10 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
     let out = run(Signal::Logs, Format::Json, body.as_bytes()).expect("decodes");
     assert_eq!((out.summary.accepted, out.summary.rejected), (2, 0), "{:?}", out.summary);
     // NaN and the infinities are null in props, as from protobuf; a null value is no value.
-    assert_eq!(out.custom[0].props, r#"{"nan":null,"inf":null,"ninf":null,"s":1.5,"none":null,"n":2}"#);
+    assert_eq!(
+        out.custom[0].props,
+        r#"{"nan":null,"inf":null,"ninf":null,"s":1.5,"none":null,"n":2,"arr":[],"kv":{}}"#
+    );
     assert_eq!(out.custom[1].event, "x");
     for bad in [
         r#""inf""#,

@@ -936,6 +936,17 @@ fn analytics_cohorts_are_the_players_registering_that_day_in_both_routes() {
             assert_eq!((&day(t - 10)["total"], &day(t - 10)["d1"]), (&json!(1), &json!(0.0)), "{r}");
         }
     }
+    // L, the last complete day, must lie in the range: a range of today only, or of the
+    // future, has none (not yesterday's figures); one that ends today has yesterday.
+    let rates = |start: i64, end: i64| {
+        let o =
+            api.json(&format!("/api/analytics/overview?game_id=g1&env=ret&start={}&end={}", date(start), date(end)));
+        (o["d1"].clone(), o["d7"].clone(), o["d30"].clone())
+    };
+    let none = (json!(0.0), json!(0.0), json!(0.0));
+    assert_eq!(rates(t, t), none);
+    assert_eq!(rates(t + 400, t + 401), none);
+    assert_eq!(rates(t - 1, t), (json!(66.67), json!(100.0), json!(0.0)));
 }
 
 /// Payments: totals (refund and refunded both refunds, duplicates read once), breakdowns,

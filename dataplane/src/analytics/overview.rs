@@ -53,8 +53,9 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
 
     // D-N of the latest cohort whose day N is complete: day N is at most yesterday and
     // at most the range's last complete day.
+    // None when the range holds no such day (today only, the future): no cohort, 0.
     let end_complete = if range.end.rem_euclid(DAY) == DAY - 1 { last } else { last - 1 };
-    let complete = end_complete.min(today - 1);
+    let complete = Some(end_complete.min(today - 1)).filter(|l| *l >= range.start.div_euclid(DAY));
 
     let series_range = Range { start: range.start.div_euclid(DAY) * DAY, end: day_end };
     let (first_day, last_day) = series_range.days();
@@ -79,7 +80,12 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ctx.db.select(&players_sql),
         registered_total(ctx, Some(last), today),
         ctx.db.select(&pay_sql),
-        latest_rates(ctx, complete),
+        async {
+            match complete {
+                Some(l) => latest_rates(ctx, l).await,
+                None => Ok([0.0; 3]),
+            }
+        },
         ctx.db.select(&new_sql),
         day_series(ctx, &revenue_sql),
         day_series(ctx, &peak_sql),

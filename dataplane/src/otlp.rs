@@ -34,10 +34,7 @@ pub enum OtlpRoute {
 /// The game whose OTLP token is `Authorization: Bearer <token>`, compared in constant
 /// time with each configured token.
 pub fn bearer_game<'s>(shard: &'s Shard, authorization: Option<&str>) -> Option<&'s str> {
-    let token = authorization?.strip_prefix("Bearer ").or_else(|| authorization?.strip_prefix("bearer "))?.trim();
-    if token.is_empty() {
-        return None;
-    }
+    let token = crate::http::request::bearer_token(authorization)?;
     let mut found = None;
     for (id, g) in &shard.games {
         if let Some(t) = &g.otlp_token {

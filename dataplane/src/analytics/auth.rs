@@ -178,11 +178,7 @@ impl Verifier {
     /// when present, not later than now; the caller, or 401.
     pub fn verify(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
         let header = authorization.ok_or_else(|| ApiError::Unauthorized("no bearer token".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        let token = crate::http::request::bearer_token(Some(header))
             .ok_or_else(|| ApiError::Unauthorized("expected Authorization: Bearer <token>".into()))?;
         let head = decode_header(token).map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
         let key = match head.alg {

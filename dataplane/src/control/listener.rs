@@ -84,8 +84,7 @@ impl ControlPort {
     /// 401 unless `Authorization` carries `control.metrics_token` (when one is set).
     fn metrics_refused(&self, authorization: Option<&str>) -> Option<Response> {
         let expected = self.config.control.metrics_token.as_deref()?;
-        let given = authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")));
-        if token_matches(expected, given.map(str::trim)) {
+        if token_matches(expected, crate::http::request::bearer_token(authorization)) {
             return None;
         }
         let body = error_body("unauthorized", "/metrics needs Authorization: Bearer <control.metrics_token>", "");

@@ -181,6 +181,14 @@ impl Head {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` field: the scheme in any case (RFC 9110
+/// §11.1), the token trimmed; `None` for another scheme or no token.
+pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Parses a head from the front of `buf`, reading `fields`: `Ok(None)` when it is not
 /// complete yet. (A connection reuses one [`Head`] with [`Head::parse_from`].)
 pub fn parse(buf: &[u8], fields: &Fields) -> Result<Option<Head>, HttpError> {
@@ -220,6 +228,23 @@ fn target_path(target: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for (field, token) in [
+            (Some("Bearer abc"), Some("abc")),
+            (Some("bearer abc "), Some("abc")),
+            (Some("BEARER  abc"), Some("abc")),
+            (Some("bEaReR abc"), Some("abc")),
+            (Some("Bearer "), None),
+            (Some("Bearer"), None),
+            (Some("Basic abc"), None),
+            (Some("Bearerabc"), None),
+            (None, None),
+        ] {
+            assert_eq!(bearer_token(field), token, "{field:?}");
+        }
+    }
 
     static FIELDS: Fields = Fields::new(&["X-Game-Id", "X-Nonce", "Content-Type"]);
 

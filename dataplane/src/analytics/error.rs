@@ -37,6 +37,9 @@ pub enum ApiError {
     /// What the route reads is not filled yet (`croupier migrate` has not finished):
     /// names it.
     NotReady(&'static str),
+    /// What a `POST` changed could not be stored (`api.filters_file`): names it; the
+    /// change is not applied.
+    StoreFailed(&'static str),
 }
 
 impl ApiError {
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::QueryFailed(_) | ApiError::RedisFailed(_) => 502,
             ApiError::QueryTimeout => 504,
             ApiError::Busy | ApiError::NotReady(_) => 503,
+            ApiError::StoreFailed(_) => 500,
         }
     }
 
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::Busy => "busy",
             ApiError::RedisFailed(_) => "redis_failed",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::StoreFailed(_) => "store_failed",
         }
     }
 
@@ -89,6 +94,7 @@ impl ApiError {
             ApiError::Busy => "too many queries in flight".into(),
             ApiError::RedisFailed(e) => format!("redis failed: {e}"),
             ApiError::NotReady(what) => format!("{what} is being filled by croupier migrate; try again later"),
+            ApiError::StoreFailed(what) => format!("{what} could not be stored; nothing was changed"),
         }
     }
 

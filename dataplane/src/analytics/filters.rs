@@ -1,8 +1,10 @@
 //! `GET`/`POST /api/analytics/filters`: the sampling and allow-list Croupier pushes to its
 //! agents, per game and environment (`{events, payments_enabled, sample_global}`; defaults
 //! `[]`, `true`, `100`). Kept in memory and, when `api.filters_file` is set, in that JSON
-//! file (a map keyed `"<game>|<env>"` as Croupier's), rewritten whole on each change
-//! (written to a temporary file, then renamed). Client ingest (`/api/analytics/ingest` on
+//! file (a map keyed `"<game>|<env>"` as Croupier's), which several processes may share:
+//! a change is made under an exclusive lock (`flock` of `<file>.lock`) on the file as it
+//! is then (another process's changes kept), written to a temporary file of its own,
+//! synced and renamed over it; a `GET` reads the file again when it changed. Client ingest (`/api/analytics/ingest` on
 //! the data port, `client/filters.rs`) enforces them — read from the file when there is
 //! one, else from the memory of this process ([`SharedFilters`]); the signed
 //! `/api/ingest/*` and OTLP do not (trusted servers).
@@ -11,11 +13,13 @@
 //! hold `|`, the key's separator (else `g|a` + `b` and `g` + `a|b` would be one key), nor
 //! may a read's.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -40,15 +44,15 @@ impl Default for Settings {
     }
 }
 
-/// A `POST` body.
+/// A `POST` body: a JSON object (a field that is `null` is absent, as Go's decoder reads it).
 #[derive(Debug, Deserialize)]
 struct Update {
     #[serde(default)]
-    game_id: String,
+    game_id: Option<String>,
     #[serde(default)]
-    env: String,
+    env: Option<String>,
     #[serde(default)]
-    events: Vec<String>,
+    events: Option<Vec<String>>,
     payments_enabled: Option<bool>,
     sample_global: Option<i64>,
 }
@@ -89,10 +93,61 @@ impl SharedFilters {
 pub struct Filters {
     path: Option<PathBuf>,
     map: RefCell<Stored>,
+    /// The file's modification time and length when `map` was read from it.
+    read_as: Cell<Option<(SystemTime, u64)>>,
     /// Where the process's client ingest reads them.
     shared: Arc<SharedFilters>,
     /// The configured games: the only ones a `POST` may set.
     games: Vec<String>,
+}
+
+/// The file's modification time and length, `None` when it is not there.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The map in `path` (empty when there is no file).
+fn read_file(path: &Path) -> Result<Stored, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("api.filters_file: {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("api.filters_file: {}: {e}", path.display())),
+    }
+}
+
+/// Writes `map` over `path`: to a temporary file of this process, synced, renamed over
+/// it, and the directory synced (a crash leaves the old file or the new one).
+fn write_file(path: &Path, map: &Stored) -> std::io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let text = serde_json::to_string_pretty(map).map_err(std::io::Error::other)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp =
+        path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
+}
+
+/// An exclusive lock (`flock`) of `<path>.lock`, held until dropped (the file closed); it
+/// waits while another process holds it (only while that one writes the file).
+fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(PathBuf::from(name))?;
+    f.lock()?;
+    Ok(f)
 }
 
 /// 400 naming `field` when `id` holds the key's separator.
@@ -111,15 +166,32 @@ impl Filters {
     /// Reads `path` when it exists; `games` are the configured ones; `shared` is where the
     /// process's client ingest reads them.
     pub fn load(path: Option<PathBuf>, games: Vec<String>, shared: Arc<SharedFilters>) -> Result<Filters, String> {
-        let map = match &path {
-            Some(p) if p.exists() => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("api.filters_file: {}: {e}", p.display()))?;
-                serde_json::from_str(&text).map_err(|e| format!("api.filters_file: {}: {e}", p.display()))?
-            }
-            _ => BTreeMap::new(),
+        let (map, read_as) = match &path {
+            Some(p) => (read_file(p)?, stamp(p)),
+            None => (BTreeMap::new(), None),
         };
         shared.publish(&map);
-        Ok(Filters { path, map: RefCell::new(map), shared, games })
+        Ok(Filters { path, map: RefCell::new(map), read_as: Cell::new(read_as), shared, games })
+    }
+
+    /// Reads the file again when it changed since it was last read (another process
+    /// sharing it wrote it). A file that no longer reads keeps the settings in memory.
+    fn refresh(&self) {
+        let Some(path) = &self.path else { return };
+        let now = stamp(path);
+        if now.is_none() || now == self.read_as.get() {
+            return;
+        }
+        match read_file(path) {
+            Ok(map) => {
+                self.shared.publish(&map);
+                *self.map.borrow_mut() = map;
+                self.read_as.set(now);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "analytics filters file not read again; the settings read before stay")
+            }
+        }
     }
 
     /// `GET`: the settings client ingest applies to the scope — its own, else its game's
@@ -128,15 +200,20 @@ impl Filters {
         let (game, env) = (scope.game.as_deref().unwrap_or(""), scope.env.as_deref().unwrap_or(""));
         check_id("game_id", game)?;
         check_id("env", env)?;
+        self.refresh();
         let map = self.map.borrow();
         let s = map.get(&key(game, env)).or_else(|| map.get(&key(game, ""))).cloned().unwrap_or_default();
         Ok(json!(s))
     }
 
-    /// A `POST` body, read: JSON naming a game (nothing said yet about that game).
+    /// A `POST` body, read: a JSON object naming a game (nothing said yet about that game).
     fn read(body: &[u8]) -> Result<Update, ApiError> {
-        let u: Update = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
-        if u.game_id.trim().is_empty() {
+        let v: Json = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
+        if !v.is_object() {
+            return Err(ApiError::param("body", "expected a JSON object"));
+        }
+        let u: Update = serde_json::from_value(v).map_err(|e| ApiError::param("body", e.to_string()))?;
+        if u.game_id.as_deref().is_none_or(|g| g.trim().is_empty()) {
             return Err(ApiError::param("game_id", "required"));
         }
         Ok(u)
@@ -147,15 +224,16 @@ impl Filters {
     /// callers limited to other games.
     fn parse(&self, body: &[u8]) -> Result<Update, ApiError> {
         let u = Self::read(body)?;
-        check_id("game_id", &u.game_id)?;
-        check_id("env", &u.env)?;
+        let (game, env) = (u.game_id.as_deref().unwrap_or_default(), u.env.as_deref().unwrap_or_default());
+        check_id("game_id", game)?;
+        check_id("env", env)?;
         // A read's values are trimmed: settings under an untrimmed name could be applied
         // and never read back.
-        if u.env.trim() != u.env {
+        if env.trim() != env {
             return Err(ApiError::param("env", "must not begin or end with whitespace"));
         }
-        if !self.games.contains(&u.game_id) {
-            return Err(ApiError::param("game_id", format!("{} is not a configured game", u.game_id)));
+        if !self.games.iter().any(|g| g == game) {
+            return Err(ApiError::param("game_id", format!("{game} is not a configured game")));
         }
         Ok(u)
     }
@@ -163,37 +241,104 @@ impl Filters {
     /// The game a `POST` body names (400 without one), before any check of that game:
     /// the caller's access to it is checked first.
     pub fn game_of(&self, body: &[u8]) -> Result<String, ApiError> {
-        Self::read(body).map(|u| u.game_id)
+        Self::read(body).map(|u| u.game_id.unwrap_or_default())
     }
 
-    /// `POST`: stores the body's settings (`sample_global` clamped to 0..100).
+    /// `POST`: stores the body's settings (`sample_global` clamped to 0..100). With a
+    /// file, the change is made to the file as it is under its lock, so that processes
+    /// sharing it lose none of each other's changes; nothing is changed when it cannot be
+    /// written (500 `store_failed`).
     pub fn update(&self, body: &[u8]) -> Result<Json, ApiError> {
         let u = self.parse(body)?;
-        let k = key(&u.game_id, &u.env);
-        let mut map = self.map.borrow_mut();
-        // Fields left out keep what applied to the scope: its own settings, else its game's
-        // for every environment (what GET answered), else the defaults.
-        let mut s = map.get(&k).or_else(|| map.get(&key(&u.game_id, ""))).cloned().unwrap_or_default();
-        s.events = u.events;
-        if let Some(p) = u.payments_enabled {
-            s.payments_enabled = p;
-        }
-        if let Some(g) = u.sample_global {
-            s.sample_global = g.clamp(0, 100);
-        }
-        let mut next = map.clone();
-        next.insert(k, s);
-        if let Some(path) = &self.path {
-            let text = serde_json::to_string_pretty(&next).map_err(|e| ApiError::QueryFailed(e.to_string()))?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+        let (game, env) = (u.game_id.unwrap_or_default(), u.env.unwrap_or_default());
+        let k = key(&game, &env);
+        let change = |map: &Stored| {
+            // Fields left out keep what applied to the scope: its own settings, else its
+            // game's for every environment (what GET answered), else the defaults.
+            let mut s = map.get(&k).or_else(|| map.get(&key(&game, ""))).cloned().unwrap_or_default();
+            s.events = u.events.clone().unwrap_or_default();
+            if let Some(p) = u.payments_enabled {
+                s.payments_enabled = p;
+            }
+            if let Some(g) = u.sample_global {
+                s.sample_global = g.clamp(0, 100);
+            }
+            let mut next = map.clone();
+            next.insert(k.clone(), s);
+            next
+        };
+        let next = match &self.path {
+            None => change(&self.map.borrow()),
+            Some(path) => {
                 // Its text names the file: logged, not answered.
-                tracing::warn!(error = %e, path = %path.display(), "analytics filters file not written");
-                ApiError::QueryFailed("filters file not written".into())
-            })?;
-        }
+                let failed = |e: &dyn std::fmt::Display| {
+                    tracing::warn!(error = %e, path = %path.display(), "analytics filters file not written");
+                    ApiError::StoreFailed("the filters file")
+                };
+                let _held = lock(path).map_err(|e| failed(&e))?;
+                let next = change(&read_file(path).map_err(|e| failed(&e))?);
+                write_file(path, &next).map_err(|e| failed(&e))?;
+                self.read_as.set(stamp(path));
+                next
+            }
+        };
         self.shared.publish(&next);
-        *map = next;
+        *self.map.borrow_mut() = next;
         Ok(json!({ "ok": true }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(game: &str, env: &str) -> Scope {
+        Scope { game: Some(game.into()), env: Some(env.into()) }
+    }
+
+    /// Two processes sharing one file (as the docs advise for several nodes): neither
+    /// loses the other's change, and each reads the other's.
+    #[test]
+    fn processes_sharing_the_file_keep_each_others_changes() {
+        let dir = std::env::temp_dir().join(format!("croupier-filters-{}-{:?}", std::process::id(), SystemTime::now()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("filters.json");
+        let games = vec!["g1".to_owned()];
+        let open = || Filters::load(Some(path.clone()), games.clone(), Arc::default()).expect("load");
+        let (a, b) = (open(), open());
+        a.update(br#"{"game_id":"g1","env":"prod","payments_enabled":false}"#).expect("a");
+        b.update(br#"{"game_id":"g1","env":"dev","events":["login"]}"#).expect("b");
+        let stored = read_file(&path).expect("file");
+        assert_eq!(stored.keys().collect::<Vec<_>>(), ["g1|dev", "g1|prod"]);
+        assert!(!stored["g1|prod"].payments_enabled);
+        // Each answers the other's change (the file's length or time changed).
+        assert_eq!(b.get(&scope("g1", "prod")).expect("get")["payments_enabled"], json!(false));
+        assert_eq!(a.get(&scope("g1", "dev")).expect("get")["events"], json!(["login"]));
+        // No temporary file is left beside it.
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A body is a JSON object; a `null` field is absent (Go's decoder gives it its zero
+    /// value); a file that cannot be written changes nothing and says so.
+    #[test]
+    fn bodies_are_objects_and_nulls_are_absent() {
+        let f = Filters::load(None, vec!["g1".to_owned()], Arc::default()).expect("load");
+        let err = f.update(br#"["g1","prod",["x"],false,7]"#).expect_err("an array");
+        assert_eq!((err.status(), err.field()), (400, Some("body")));
+        f.update(br#"{"game_id":"g1","env":null,"events":null,"sample_global":5}"#).expect("nulls");
+        assert_eq!(
+            f.get(&scope("g1", "")).expect("get"),
+            json!({"events": [], "payments_enabled": true, "sample_global": 5})
+        );
+        let gone = std::env::temp_dir().join(format!("croupier-no-such-dir-{}", std::process::id())).join("f.json");
+        let f = Filters::load(Some(gone), vec!["g1".to_owned()], Arc::default()).expect("load");
+        let err = f.update(br#"{"game_id":"g1","env":"prod"}"#).expect_err("not written");
+        assert_eq!((err.status(), err.tag()), (500, "store_failed"));
+        assert_eq!(f.get(&scope("g1", "prod")).expect("get"), json!(Settings::default()));
     }
 }

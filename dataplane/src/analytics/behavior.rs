@@ -234,14 +234,12 @@ pub fn path_of(seq: &[Step], n: usize, same_session: bool, gap: u64) -> String {
     out.join(">")
 }
 
-/// A path filter (`path_re`, `path_not_re`): an RE2-syntax expression as Go's `regexp`
-/// takes it (the `regex` crate: linear time, no backreferences), compiled within a size
-/// bound; a bad one is 400 naming the parameter.
+/// A path filter (`path_re`, `path_not_re`): an expression in Go's `regexp` syntax, with
+/// its meaning (`go_regex`), compiled within a size bound; a bad one is 400 naming the
+/// parameter.
 fn path_pattern(ctx: &Ctx<'_>, name: &'static str) -> Result<Option<regex::Regex>, ApiError> {
     let Some(p) = ctx.params.get(name).filter(|p| !p.is_empty()) else { return Ok(None) };
-    regex::RegexBuilder::new(p)
-        .size_limit(1 << 20)
-        .build()
+    super::go_regex::compile(p, 1 << 20)
         .map(Some)
         .map_err(|e| ApiError::param(name, format!("not a regular expression: {e}")))
 }

@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod filters;
+pub mod go_regex;
 pub mod levels;
 pub mod overview;
 pub mod params;

@@ -1,0 +1,224 @@
+//! Path filters (`path_re`, `path_not_re`) in Go's `regexp` syntax (RE2), which Croupier's
+//! server compiles, run on the `regex` crate (linear time as RE2). The two dialects
+//! differ, and a filter must mean here what it means there:
+//!
+//! - Go's `\w`, `\d`, `\s` and `\b` are ASCII (the crate's are Unicode): written here as
+//!   their ASCII sets, inside a bracket class or not;
+//! - Go quotes with `\Q…\E`: written here as the escaped text;
+//! - inside a bracket class Go reads `[` (but `[:name:]`), `&&`, `~~` as themselves (the
+//!   crate as a nested class and set operations): escaped;
+//! - Go refuses a repeat count over 1,000 (also as the product of nested counts) and a
+//!   repetition of a repetition (`a**`), which the crate takes: refused here too.
+//!
+//! Case folding (`(?i)`), Unicode classes (`\pL`, `\p{Greek}`) and the rest are the same
+//! in both.
+
+use regex_syntax::ast::{self, Ast, RepetitionKind, RepetitionRange};
+
+/// Go's largest repeat count (`regexp/syntax`'s `maxRepeat`).
+const MAX_REPEAT: u32 = 1000;
+
+/// `pattern`, a Go `regexp` expression, compiled with the same meaning; or why Go (or
+/// this server, past `size_limit` bytes of compiled program) refuses it.
+pub fn compile(pattern: &str, size_limit: usize) -> Result<regex::Regex, String> {
+    let translated = translate(pattern)?;
+    let parsed = ast::parse::Parser::new().parse(&translated).map_err(|e| e.to_string())?;
+    check_repetitions(&parsed, 1)?;
+    regex::RegexBuilder::new(&translated).size_limit(size_limit).build().map_err(|e| e.to_string())
+}
+
+/// Go's ASCII meaning of the Perl class `c` (`w`, `W`, `d`, `D`, `s`, `S`) outside a
+/// bracket class; inside one, the items to put there.
+fn perl_class(c: char, in_class: bool) -> Option<&'static str> {
+    Some(match (c, in_class) {
+        ('w', false) => "[0-9A-Za-z_]",
+        ('W', false) => "[^0-9A-Za-z_]",
+        ('d', false) => "[0-9]",
+        ('D', false) => "[^0-9]",
+        ('s', false) => r"[\t\n\x0C\r ]",
+        ('S', false) => r"[^\t\n\x0C\r ]",
+        ('w', true) => "0-9A-Za-z_",
+        ('W', true) => "[^0-9A-Za-z_]",
+        ('d', true) => "0-9",
+        ('D', true) => "[^0-9]",
+        ('s', true) => r"\t\n\x0C\r ",
+        ('S', true) => r"[^\t\n\x0C\r ]",
+        _ => return None,
+    })
+}
+
+/// Rewrites a Go expression into the crate's syntax with the same meaning (the list in
+/// the module's documentation). Only escapes and bracket classes are read; the rest is
+/// copied as it is.
+fn translate(pattern: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    // Inside a bracket class; and whether the next character is its first (where `]` is
+    // itself, as in both dialects).
+    let (mut in_class, mut class_start) = (false, false);
+    while let Some(c) = chars.next() {
+        let first = std::mem::replace(&mut class_start, false);
+        match c {
+            '\\' => {
+                let Some(e) = chars.next() else { return Err("trailing backslash at end of expression".into()) };
+                match e {
+                    'Q' => {
+                        let mut quoted = String::new();
+                        while let Some(q) = chars.next() {
+                            if q == '\\' && chars.peek() == Some(&'E') {
+                                chars.next();
+                                break;
+                            }
+                            quoted.push(q);
+                        }
+                        for q in quoted.chars() {
+                            out.push_str(&regex_syntax::escape(q.encode_utf8(&mut [0; 4])));
+                        }
+                    }
+                    'b' | 'B' if !in_class => {
+                        out.push_str(if e == 'b' { r"(?-u:\b)" } else { r"(?-u:\B)" });
+                    }
+                    e => match perl_class(e, in_class) {
+                        Some(ascii) => out.push_str(ascii),
+                        None => {
+                            out.push('\\');
+                            out.push(e);
+                        }
+                    },
+                }
+            }
+            '[' if !in_class => {
+                out.push('[');
+                in_class = true;
+                class_start = true;
+                if chars.peek() == Some(&'^') {
+                    chars.next();
+                    out.push('^');
+                }
+            }
+            '[' => {
+                // `[:alpha:]` as itself; any other `[` is a literal in Go.
+                let rest: String = chars.clone().take_while(|c| *c != ']').collect();
+                if rest.starts_with(':') && rest.len() > 1 && rest.ends_with(':') {
+                    out.push('[');
+                    for _ in 0..rest.chars().count() + 1 {
+                        if let Some(c) = chars.next() {
+                            out.push(c);
+                        }
+                    }
+                } else {
+                    out.push_str(r"\[");
+                }
+            }
+            ']' if in_class && !first => {
+                out.push(']');
+                in_class = false;
+            }
+            ']' if in_class => out.push_str(r"\]"),
+            '&' | '~' if in_class => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses what Go's parser refuses among repetitions: a repetition of a repetition, and
+/// repeat counts whose product over nested repetitions passes [`MAX_REPEAT`]. `outer`:
+/// the product of the counts around `ast`.
+fn check_repetitions(ast: &Ast, outer: u32) -> Result<(), String> {
+    match ast {
+        Ast::Repetition(r) => {
+            if matches!(*r.ast, Ast::Repetition(_)) {
+                return Err(format!("invalid nested repetition operator at {}", r.op.span.start.offset));
+            }
+            let count = match &r.op.kind {
+                RepetitionKind::Range(RepetitionRange::Exactly(n) | RepetitionRange::AtLeast(n)) => Some(*n),
+                RepetitionKind::Range(RepetitionRange::Bounded(_, m)) => Some(*m),
+                _ => None,
+            };
+            let outer = match count {
+                Some(n) if n > MAX_REPEAT || outer.saturating_mul(n.max(1)) > MAX_REPEAT => {
+                    return Err(format!("invalid repeat count at {} (at most {MAX_REPEAT})", r.op.span.start.offset));
+                }
+                Some(n) => outer * n.max(1),
+                None => outer,
+            };
+            check_repetitions(&r.ast, outer)
+        }
+        Ast::Group(g) => check_repetitions(&g.ast, outer),
+        Ast::Alternation(a) => a.asts.iter().try_for_each(|a| check_repetitions(a, outer)),
+        Ast::Concat(c) => c.asts.iter().try_for_each(|a| check_repetitions(a, outer)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, text: &str) -> bool {
+        compile(pattern, 1 << 20).unwrap_or_else(|e| panic!("{pattern}: {e}")).is_match(text)
+    }
+
+    #[test]
+    fn perl_classes_and_word_boundaries_are_ascii_as_in_go() {
+        for (p, text, want) in [
+            (r"^\w+$", "login", true),
+            (r"^\w+$", "登录", false),
+            (r"^\w+$", "Émoji", false),
+            (r"^\W+$", "登录", true),
+            (r"^\d+$", "123", true),
+            (r"^\d+$", "١٢٣", false),
+            (r"^\s$", "\u{a0}", false),
+            (r"^\s$", "\u{b}", false),
+            (r"^\S$", "\u{b}", true),
+            (r"^[\w-]+$", "level-1_up", true),
+            (r"^[\w-]+$", "é", false),
+            (r"^[^\d]+$", "abc", true),
+            (r"^[\D]+$", "a1", false),
+            (r"\bb", "éb", true),
+            (r"\bb", "ab", false),
+            (r"a\Bb", "ab", true),
+        ] {
+            assert_eq!(matches(p, text), want, "{p} on {text:?}");
+        }
+    }
+
+    #[test]
+    fn unicode_case_classes_and_quoting_as_in_go() {
+        for (p, text, want) in [
+            ("(?i)login", "LOGIN>shop", true),
+            ("(?i)straße", "STRASSE", false),
+            ("(?i)é", "É", true),
+            (r"^\pL+$", "登录", true),
+            (r"^\p{Greek}+$", "αβγ", true),
+            (r"^\PL$", "1", true),
+            (r"\Qa.b\E", "a.b", true),
+            (r"\Qa.b\E", "axb", false),
+            (r"\Qa.b", "a.b", true),
+            (r"x\Q[*\E+", "x[*[*", true),
+            ("[[:alpha:]]+", "abc", true),
+            ("^[a[]$", "[", true),
+            ("^[a&&b]$", "&", true),
+            ("^[a~~b]$", "~", true),
+            ("^[]a]$", "]", true),
+            ("^[^]a]$", "]", false),
+            ("^[^]a]$", "b", true),
+        ] {
+            assert_eq!(matches(p, text), want, "{p} on {text:?}");
+        }
+    }
+
+    #[test]
+    fn what_go_refuses_is_refused() {
+        for p in ["a{1001}", "a{2,1001}", "(a{100}){11}", "x**", "x+*", "(", r"a\", "[a", r"\8"] {
+            assert!(compile(p, 1 << 20).is_err(), "{p}");
+        }
+        for p in ["a{1000}", "(a{10}){100}", "(x*)*", "x*?", "a{2,}", "login|logout", r"\\Q"] {
+            assert!(compile(p, 1 << 20).is_ok(), "{p}");
+        }
+    }
+}

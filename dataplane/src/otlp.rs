@@ -246,7 +246,15 @@ fn prepare<'s>(
         limits: &shard.limits,
         spans: SpanEvents { patterns: &shard.config.otlp.span_events },
     };
-    let mut ids = IdDeriver::new(&digest, shard.config.server.event_ids);
+    // OTLP/JSON records' ids come from the body and their position: from the body as
+    // decoded, so that the same JSON sent gzip-compressed or not (a proxy or a Collector
+    // hop that compresses again) gets the same ids. (Protobuf records' ids come from their
+    // own bytes, whatever the encoding.)
+    let seed = match (format, encoding) {
+        (Format::Json, Encoding::Gzip) => signature::body_sha256(body),
+        _ => digest,
+    };
+    let mut ids = IdDeriver::new(&seed, shard.config.server.event_ids);
     let mut new_id = || ids.next_id();
     let summary = {
         let mut json = shard.json.borrow_mut();

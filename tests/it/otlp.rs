@@ -719,6 +719,24 @@ fn otlp_identical_log_records_in_one_request_are_two_rows_and_a_retry_adds_none(
     );
     assert_eq!(got, [["2", "2", "ad_impression"]]);
     assert_eq!(p.scalar(&count), 2);
+
+    // The same OTLP/JSON sent plain, then gzip-compressed (a hop that compresses again):
+    // two requests, the same ids (from the body as decoded), one row per record.
+    let user = format!("{}-json", unique_run());
+    let body = json_logs(GAME, &[("user.login", user.clone(), now_ns()), ("user.logout", user.clone(), now_ns())]);
+    let r = post(&p.ingest, "/v1/logs", TOKEN, "application/json", &[], body.as_bytes());
+    assert_eq!(r.status, 200);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).expect("gzip");
+    let gzipped = gz.finish().expect("gzip");
+    let r = post(&p.ingest, "/v1/logs", TOKEN, "application/json", &[("Content-Encoding", "gzip")], &gzipped);
+    assert_eq!(r.status, 200);
+    let count = format!("SELECT count() FROM analytics.events WHERE user_id = '{user}'");
+    p.wait_for(4, "both JSON requests stored", |p| p.scalar(&count));
+    p.clickhouse.query("OPTIMIZE TABLE analytics.events FINAL");
+    let got =
+        rows(&p, &format!("SELECT count(), uniqExact(event_id) FROM analytics.events FINAL WHERE user_id = '{user}'"));
+    assert_eq!(got, [["2", "2"]]);
 }
 
 /// Review finding: the request's key was the body's digest alone, whatever the route, so

@@ -6,7 +6,9 @@
 //! without bound). Every text field of a row is cut to a bound ([`MAX_FIELD_BYTES`],
 //! [`MAX_SCOPE_BYTES`]), so the bound in rows is one in bytes. Each row carries a sequence
 //! number: a write removes exactly the rows it wrote, however many were dropped or queued
-//! while it was in flight.
+//! while it was in flight. Requests refused without a verified token are audited at most
+//! [`MAX_ANONYMOUS_PER_SEC`] a second (the rest counted in the log): a flood of them must
+//! not push the rows of real users out of the queue, nor fill ClickHouse's disk.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -55,7 +57,14 @@ pub struct AuditLog {
     /// Rows of the write in flight pushed out of the full queue meanwhile: written if the
     /// write succeeds, else counted dropped.
     dropped_in_flight: Cell<u64>,
+    /// The second of the last anonymous row, and how many were queued in it.
+    anonymous: Cell<(u32, u32)>,
+    /// Anonymous rows not queued (past [`MAX_ANONYMOUS_PER_SEC`]) since last logged.
+    anonymous_skipped: Cell<u64>,
 }
+
+/// Most rows a second of requests refused without a verified token.
+pub const MAX_ANONYMOUS_PER_SEC: u32 = 10;
 
 /// The statement the rows are inserted with.
 const INSERT: &str =
@@ -71,7 +80,22 @@ impl AuditLog {
             next_seq: Cell::new(0),
             in_flight: Cell::new(None),
             dropped_in_flight: Cell::new(0),
+            anonymous: Cell::new((0, 0)),
+            anonymous_skipped: Cell::new(0),
         }
+    }
+
+    /// Queues the row of a request refused without a verified token, unless
+    /// [`MAX_ANONYMOUS_PER_SEC`] were queued in its second already (then it is counted).
+    pub fn record_anonymous(&self, row: AuditRow) {
+        let (second, count) = self.anonymous.get();
+        let count = if second == row.time { count } else { 0 };
+        if count >= MAX_ANONYMOUS_PER_SEC {
+            self.anonymous_skipped.set(self.anonymous_skipped.get() + 1);
+            return;
+        }
+        self.anonymous.set((row.time, count + 1));
+        self.record(row);
     }
 
     /// Queues a row (the oldest is dropped when full).
@@ -161,6 +185,14 @@ impl AuditLog {
             if dropped > 0 {
                 tracing::warn!(dropped, "audit rows dropped: the log was full");
             }
+            let skipped = self.anonymous_skipped.replace(0);
+            if skipped > 0 {
+                tracing::warn!(
+                    skipped,
+                    per_second = MAX_ANONYMOUS_PER_SEC,
+                    "requests refused without a verified token not audited (past the rows kept per second)"
+                );
+            }
             if last {
                 return;
             }
@@ -236,6 +268,21 @@ fn truncate(s: &mut String, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_without_a_token_are_audited_at_most_ten_a_second() {
+        let log = AuditLog::new(1000);
+        let anonymous = |time: u32| AuditRow { time, ..row(time, "") };
+        for _ in 0..25 {
+            log.record_anonymous(anonymous(7));
+        }
+        log.record(row(7, "a"));
+        for _ in 0..3 {
+            log.record_anonymous(anonymous(8));
+        }
+        assert_eq!(log.pending(), 10 + 1 + 3);
+        assert_eq!(log.anonymous_skipped.get(), 15);
+    }
 
     #[test]
     fn long_fields_are_cut_at_a_character_boundary() {

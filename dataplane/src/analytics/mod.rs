@@ -297,7 +297,7 @@ impl Api {
             Ok(c) => (c.user.clone(), c.roles.join(",")),
             Err(_) => (String::new(), String::new()),
         };
-        self.audit.record(AuditRow {
+        let row = AuditRow {
             time: u32::try_from(now_secs()).unwrap_or(0),
             user,
             roles,
@@ -308,7 +308,11 @@ impl Api {
             status: resp.status,
             duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
             read_rows: reads.read_rows(),
-        });
+        };
+        match caller {
+            Ok(_) => self.audit.record(row),
+            Err(_) => self.audit.record_anonymous(row),
+        }
         resp
     }
 

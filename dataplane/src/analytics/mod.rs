@@ -346,6 +346,7 @@ impl Api {
         reads: &Reads<'_>,
     ) -> Result<Json, ApiError> {
         caller.require(route.permission(false))?;
+        scope.check()?;
         caller.may_read(scope.game.as_deref())?;
         let ctx = Ctx { db: reads, redis: &self.redis, params, scope, now: now_secs(), costs: &self.costs };
         match route {

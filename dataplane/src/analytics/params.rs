@@ -151,6 +151,18 @@ impl Scope {
         Scope { game: pick(params.get("game_id"), game_header), env: pick(params.get("env"), env_header) }
     }
 
+    /// Refuses a `game_id` or `env` longer than ingest takes one (256 bytes): no row can
+    /// hold it, and the figures remembered per scope would be keyed by kilobytes.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let max = croupier_protocol::validate::Limits::default().max_field_bytes;
+        for (field, v) in [("game_id", &self.game), ("env", &self.env)] {
+            if v.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(ApiError::param(field, format!("longer than {max} bytes")));
+            }
+        }
+        Ok(())
+    }
+
     /// ` AND game_id = '...' AND env = '...'` for what is set.
     pub fn filter(&self) -> String {
         let mut out = String::new();
@@ -364,6 +376,11 @@ mod tests {
         assert_eq!(p.list("steps"), vec!["a", "b", "c"]);
         let s = Scope::resolve(&p, Some("other"), Some("prod"));
         assert_eq!(s, Scope { game: Some("g 1".into()), env: Some("prod".into()) });
+        assert!(s.check().is_ok());
+        // Longer than ingest takes: no row can hold it.
+        let long = Scope { game: Some("g".into()), env: Some("e".repeat(257)) };
+        assert_eq!(long.check().map_err(|e| e.field()), Err(Some("env")));
+        assert!(Scope { game: Some("g".repeat(256)), env: None }.check().is_ok());
         let r = Range::from(&p, 0, DAY, false).expect("range");
         assert_eq!(r.end - r.start + 1, 2 * DAY);
         assert!(Range::from(&Params::parse(""), 0, DAY, true).is_err());

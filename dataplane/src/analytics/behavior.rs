@@ -121,15 +121,16 @@ pub fn funnel_depth(seq: &[Step], steps: &[String], same_session: bool, gap: u64
 }
 
 /// Each group's events in time order (ties by event name, then session), from rows of
-/// (group, [times], [events], [sessions]).
-fn sequences(rows: &[Vec<Value>]) -> Vec<Vec<Step>> {
-    rows.iter()
+/// (group, [times], [events], [sessions]). The rows are consumed as they are read (each
+/// row's arrays freed once its steps are made), not copied.
+fn sequences(rows: Vec<Vec<Value>>) -> Vec<Vec<Step>> {
+    rows.into_iter()
         .map(|r| {
-            let arr = |i: usize| match r.get(i) {
-                Some(Value::Array(a)) => a.clone(),
+            let mut r = r.into_iter().skip(1).map(|v| match v {
+                Value::Array(a) => a,
                 _ => Vec::new(),
-            };
-            let (t, e, s) = (arr(1), arr(2), arr(3));
+            });
+            let (t, e, s) = (r.next().unwrap_or_default(), r.next().unwrap_or_default(), r.next().unwrap_or_default());
             let mut seq: Vec<Step> = t
                 .iter()
                 .zip(e.iter())
@@ -171,7 +172,7 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             ))
             .await?;
         let mut budget = FUNNEL_BUDGET;
-        for seq in sequences(&rows) {
+        for seq in sequences(rows) {
             let d = funnel_depth(&seq, &steps, same_session, gap, &mut budget).ok_or_else(|| {
                 ApiError::param(
                     "max_users",
@@ -275,7 +276,7 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ))
         .await?;
     let mut counts: HashMap<String, u64> = HashMap::new();
-    for seq in sequences(&rows) {
+    for seq in sequences(rows) {
         let p = path_of(&seq, n, same_session, gap);
         let wanted = path_re.as_ref().is_none_or(|re| re.is_match(&p))
             && !path_not_re.as_ref().is_some_and(|re| re.is_match(&p));

@@ -28,7 +28,7 @@ pub struct RequestServed {
     pub route: RouteIx,
     /// The status of the response.
     pub status: u16,
-    /// From its head's arrival to the response written.
+    /// From its head's arrival to the response made (counted before it is written).
     pub duration: Duration,
 }
 

@@ -5,8 +5,8 @@
 //! Columns are the table's field names in name order (the series of
 //! `/realtime/series`: `ts, online, active_5m_sum, active_15m_sum, revenue_cents`, the
 //! columns Croupier's dashboard exports); nested values are written as JSON. A text cell
-//! that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, tab or
-//! carriage return) is prefixed with `'`, and one holding `;` is quoted (a separator in
+//! that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@` — after
+//! spaces too, or in full width — tab or carriage return) is prefixed with `'`, and one holding `;` is quoted (a separator in
 //! many locales): user ids and event names come from clients.
 
 use std::collections::BTreeMap;
@@ -49,11 +49,16 @@ pub fn check(route: Route) -> Result<(), ApiError> {
     }
 }
 
+/// What a spreadsheet may read as the start of a formula.
+const FORMULA_STARTS: [char; 8] = ['=', '+', '-', '@', '\u{FF1D}', '\u{FF0B}', '\u{FF0D}', '\u{FF20}'];
+
 fn cell(v: &Json, out: &mut String) {
     let text = match v {
         Json::Null => String::new(),
         Json::String(s) => {
-            if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            // Also after leading spaces (some imports trim them) and in full width (some
+            // spreadsheets read `＝` as `=`).
+            if s.starts_with(['\t', '\r']) || s.trim_start().starts_with(FORMULA_STARTS) {
                 format!("'{s}")
             } else {
                 s.clone()
@@ -139,10 +144,13 @@ mod tests {
             {"path": "a>b", "groups": 3},
             {"path": "=HYPERLINK(\"x\"),y", "groups": 1, "extra": [1, 2]},
             {"path": ";=1+1", "groups": 2},
+            {"path": " =1+1", "groups": 4},
+            {"path": "\u{FF1D}1+1", "groups": 5},
         ]});
         assert_eq!(
             csv(Route::BehaviorPaths, &answer).unwrap(),
-            "extra,groups,path\r\n,3,a>b\r\n\"[1,2]\",1,\"'=HYPERLINK(\"\"x\"\"),y\"\r\n,2,\";=1+1\"\r\n"
+            "extra,groups,path\r\n,3,a>b\r\n\"[1,2]\",1,\"'=HYPERLINK(\"\"x\"\"),y\"\r\n,2,\";=1+1\"\r\n\
+             ,4,' =1+1\r\n,5,'\u{FF1D}1+1\r\n"
         );
     }
 

@@ -1636,7 +1636,12 @@ fn analytics_behavior_is_exact() {
             assert!(want[2] > want[3], "{q}: the gap cuts some chains: {want:?}");
         }
         assert_eq!(v["steps"], rates(&want), "{q}");
+        assert_eq!(v["truncated"], json!(false), "{q}");
     }
+    // Past `max_users` the ordered funnel reads the lowest user ids only, and says so.
+    let v = api.json(&format!("{base}&sequential=1&max_users=1"));
+    assert_eq!(v["truncated"], json!(true), "{v}");
+    assert!(v["steps"][0]["users"].as_u64().is_some_and(|n| n <= 1), "{v}");
     // Same session: register is in a session of its own, so nobody goes further.
     assert_eq!(expect(true, 0)[1], 0);
     // Plain: users of step 1 who also did step k in the range, in any order.

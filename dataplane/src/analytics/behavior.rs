@@ -159,6 +159,9 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let ordered = ctx.params.flag_one("sequential") || same_session || gap > 0;
     let max_users = ctx.params.int_or_default("max_users", 50_000, 1..=200_000)?;
     let mut counts = vec![0u64; steps.len()];
+    // Ordered, the funnel reads the events of at most `max_users` users (the lowest ids):
+    // said in `truncated` when there were more.
+    let mut truncated = false;
     if ordered {
         let rows = ctx
             .db
@@ -167,10 +170,14 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
                  (SELECT * FROM (SELECT user_id, toUInt32(event_time) AS t, event, session_id FROM analytics.events \
                   WHERE {w} AND event IN {} LIMIT 1 BY event_id) \
                   ORDER BY user_id, t, event, session_id LIMIT {MAX_FUNNEL_EVENTS} BY user_id) \
-                 GROUP BY user_id ORDER BY user_id LIMIT {max_users}",
-                quote_list(&steps)
+                 GROUP BY user_id ORDER BY user_id LIMIT {}",
+                quote_list(&steps),
+                max_users + 1
             ))
             .await?;
+        let mut rows = rows;
+        truncated = rows.len() as i64 > max_users;
+        rows.truncate(max_users as usize);
         let mut budget = FUNNEL_BUDGET;
         for seq in sequences(rows) {
             let d = funnel_depth(&seq, &steps, same_session, gap, &mut budget).ok_or_else(|| {
@@ -213,7 +220,7 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .zip(&counts)
         .map(|(s, n)| json!({ "step": s, "users": n, "rate": percent(*n as f64, base as f64) }))
         .collect();
-    Ok(json!({ "steps": out }))
+    Ok(json!({ "steps": out, "truncated": truncated }))
 }
 
 /// A group's path: its first `n` events joined with `>`, cut at a gap longer than `gap`

@@ -6,7 +6,7 @@
 //! against the limit on the way (deeper is a refusal of the request, not a stack overflow).
 
 use simd_json::prelude::*;
-use simd_json::tape::{Array, Value as JsonValue};
+use simd_json::tape::{Array, Object, Value as JsonValue};
 
 use super::map::{slot_of, Slot};
 use super::wire::{Fields, WireError};
@@ -165,9 +165,33 @@ pub fn pb_any<'t, 'a>(msg: &'a [u8]) -> Result<AnyRef<'t, 'a>, DecodeError> {
     Ok(out)
 }
 
+/// `v` as an OTLP/JSON message (`what` says which, when it is not an object). A field
+/// given twice in one object is refused, as Go's `protojson` refuses it (and JSON ingest
+/// does): parsers differ on which of the two counts, and protobuf keeps the last where this
+/// reader would see the first.
+pub(crate) fn json_object<'t, 'a>(v: JsonValue<'t, 'a>, what: &'static str) -> Result<Object<'t, 'a>, DecodeError> {
+    let o = v.as_object().ok_or(DecodeError::Json(what))?;
+    let twice = DecodeError::Json("a field is given twice in one object");
+    // A message has a few fields: compared pairwise, nothing allocated; an object of many
+    // (a crafted one) through a set, so that the check stays linear.
+    if o.len() <= 16 {
+        for (i, (k, _)) in o.iter().enumerate() {
+            if o.iter().skip(i + 1).any(|(other, _)| other == k) {
+                return Err(twice);
+            }
+        }
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(o.len());
+        if !o.iter().all(|(k, _)| seen.insert(k)) {
+            return Err(twice);
+        }
+    }
+    Ok(o)
+}
+
 /// An OTLP/JSON `{"key":..,"value":{..}}`.
 fn json_key_value<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<(&'a str, AnyRef<'t, 'a>), DecodeError> {
-    let o = v.as_object().ok_or(DecodeError::Json("an attribute must be an object"))?;
+    let o = json_object(v, "an attribute must be an object")?;
     let key = o.get("key").and_then(|k| k.into_string()).unwrap_or("");
     let value = match o.get("value") {
         Some(v) if v.as_null().is_none() => json_any(v)?,
@@ -249,7 +273,7 @@ fn base64_bytes(s: &str) -> Option<Vec<u8>> {
 
 /// An OTLP/JSON `AnyValue` object.
 pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeError> {
-    let o = v.as_object().ok_or(DecodeError::Json("an AnyValue must be an object"))?;
+    let o = json_object(v, "an AnyValue must be an object")?;
     let mut out = AnyRef::Empty;
     for (k, v) in o.iter() {
         // proto3 JSON: a null field is the field's default, here the value not set.
@@ -280,7 +304,7 @@ pub fn json_any<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<AnyRef<'t, 'a>, DecodeEr
 
 /// The `values` array of an `arrayValue` or `kvlistValue` (`None`: absent or null, empty).
 fn values<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<Option<Array<'t, 'a>>, DecodeError> {
-    let o = v.as_object().ok_or(DecodeError::Json("arrayValue and kvlistValue must be objects"))?;
+    let o = json_object(v, "arrayValue and kvlistValue must be objects")?;
     match o.get("values") {
         None => Ok(None),
         // proto3 JSON: null is the default, no values.

@@ -5,7 +5,7 @@
 use simd_json::prelude::*;
 use simd_json::tape::{Object, Value};
 
-use super::any::{json_any, json_u64, AnyRef, Attrs};
+use super::any::{json_any, json_object, json_u64, AnyRef, Attrs};
 use super::map::{Id, Mapper, RecordIn, Slots};
 use super::{DecodeError, Signal};
 use crate::validate::{self, JsonBuffers, Limits};
@@ -28,7 +28,7 @@ fn array_of<'t, 'a>(o: &Object<'t, 'a>, key: &str) -> Result<Option<simd_json::t
 }
 
 fn object<'t, 'a>(v: Value<'t, 'a>) -> Result<Object<'t, 'a>, DecodeError> {
-    v.as_object().ok_or(DecodeError::Json("a message must be an object"))
+    json_object(v, "a message must be an object")
 }
 
 /// A field's value unless absent or null (proto3 JSON: null is the default value).
@@ -68,7 +68,7 @@ pub fn walk(
         Signal::Traces => ("resourceSpans", "scopeSpans", "spans"),
     };
     let parsed = validate::with_root(body, &json_limits, bufs, |root| -> Result<(), DecodeError> {
-        let root = root.as_object().ok_or(DecodeError::Json("the body must be an object"))?;
+        let root = json_object(root, "the body must be an object")?;
         for r in array_of(&root, resources)?.iter().flat_map(|a| a.iter()) {
             let r = object(r)?;
             let mut slots = Slots::empty();

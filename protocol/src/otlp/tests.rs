@@ -611,6 +611,25 @@ fn bad_otlp_json_is_refused() {
             r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[{"key":"k","value":{"intValue":"x"}}]}]}]}]}"#,
             "intValue",
         ),
+        // A field given twice: refused at every level, as Go's protojson refuses it.
+        (r#"{"resourceLogs":[],"resourceLogs":[]}"#, "given twice"),
+        (r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"eventName":"a","eventName":"b"}]}]}]}"#, "given twice"),
+        (
+            r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[{"key":"k","key":"j","value":{}}]}]}]}]}"#,
+            "given twice",
+        ),
+        (
+            r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"a","stringValue":"b"}}]}]}]}"#,
+            "given twice",
+        ),
+        // Past the pairwise comparison's size, through the set: the same answer.
+        (
+            &format!(
+                r#"{{"resourceLogs":[{{{}"scopeLogs":[],"x7":1}}]}}"#,
+                (0..40).map(|i| format!(r#""x{i}":1,"#)).collect::<String>()
+            ),
+            "given twice",
+        ),
     ] {
         match run(Signal::Logs, Format::Json, body.as_bytes()) {
             Err(e) => assert!(e.to_string().contains(want) || want == "malformed", "{body}: {e}"),

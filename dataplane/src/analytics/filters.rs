@@ -72,8 +72,10 @@ pub struct SharedFilters {
 impl SharedFilters {
     /// Replaces the filters.
     fn publish(&self, map: &Stored) {
+        // Copied before the lock is taken: the shards take it too.
+        let next = Arc::new(map.clone());
         let mut held = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        *held = Arc::new(map.clone());
+        *held = next;
         self.version.fetch_add(1, Ordering::Release);
     }
 

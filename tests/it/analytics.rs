@@ -2557,3 +2557,27 @@ fn analytics_attribution_is_exact() {
     );
     assert!(installs_total > 100 && back(30) > 0, "{v}");
 }
+
+/// Review finding: with no `api.cpi_cents` (the default) the costed channels' query read
+/// `c IN ()`, which ClickHouse refuses: every attribution was 502. Without costs every
+/// channel is listed with null CPI and ROAS, and the summary counts them all.
+#[test]
+fn analytics_attribution_without_configured_costs() {
+    let api = Api::start_configured(false, |_| {}, |_, c| c.api.cpi_cents.clear());
+    let h = &api.history;
+    let (first, last) = (h.today - 40, h.today - 1);
+    let v =
+        api.json(&format!("/api/analytics/attribution?game_id=g1&env=prod&start={}&end={}", date(first), date(last)));
+    let channels = v["by_channel"].as_array().expect("channels");
+    assert_eq!(channels.len(), CHANNELS.len(), "{v}");
+    let installs: u64 = channels.iter().map(|c| c["installs"].as_u64().expect("installs")).sum();
+    assert!(installs > 100, "{v}");
+    for c in channels {
+        assert_eq!((&c["cpi_cents"], &c["roas_d1"], &c["roas_d30"]), (&Value::Null, &Value::Null, &Value::Null), "{c}");
+    }
+    assert_eq!(
+        v["summary"],
+        json!({"installs": installs, "signups": installs, "first_active": 0, "cpi_cents": null,
+               "roas_d1": null, "roas_d7": null, "roas_d30": null, "payback_days": null})
+    );
+}

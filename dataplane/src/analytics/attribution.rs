@@ -125,48 +125,72 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         counted(REGISTER, true),
         counted(FIRST_ACTIVE, false)
     );
-    let costed = sql::quote_list(&costed_names(ctx.costs, ctx.scope.game.as_deref()));
     // The channels with the most installs (then signups, then by name), one past the list
-    // to know whether it is cut; the totals; the channels with a configured cost.
+    // to know whether it is cut; the channels with a configured cost (names of the
+    // configuration); each with its name's hash, by which the revenue query picks them
+    // (names are client text: a thousand of them could pass ClickHouse's query size).
     let top = format!(
-        "SELECT c, installs, signups, first_active FROM ({per_channel}) \
+        "SELECT c, installs, signups, first_active, cityHash64(c) FROM ({per_channel}) \
          ORDER BY installs DESC, signups DESC, c LIMIT {}",
         params::MAX_GROUPS + 1
     );
-    let totals = format!("SELECT sum(installs), sum(signups), sum(first_active) FROM ({per_channel})");
-    let costed = format!("SELECT c, installs, signups, first_active FROM ({per_channel}) WHERE c IN {costed}");
-    let (top, totals, costed_rows) =
-        monoio::try_join!(ctx.db.select(&top), ctx.db.select(&totals), ctx.db.select(&costed))?;
+    let costed = costed_names(ctx.costs, ctx.scope.game.as_deref());
+    let costed = (!costed.is_empty()).then(|| {
+        format!(
+            "SELECT c, installs, signups, first_active, cityHash64(c) FROM ({per_channel}) WHERE c IN {}",
+            sql::quote_list(&costed)
+        )
+    });
+    // The summary's counts over every channel, in one pass: users with an install event;
+    // (channel, user) pairs with a register or first_active event.
+    let totals = format!(
+        "SELECT uniqExact(user_id), uniqExactIf(c, user_id, e IN {REGISTER}), uniqExactIf(c, user_id, e IN {FIRST_ACTIVE}) \
+         FROM (SELECT {} AS c, user_id, CAST(event AS String) AS e FROM analytics.events WHERE event IN {INSTALL} AND {span}{w})",
+        channel_sql("channel")
+    );
+    let costed_rows = async {
+        match &costed {
+            Some(q) => ctx.db.select(q).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let (top, totals, costed_rows) = monoio::try_join!(ctx.db.select(&top), ctx.db.select(&totals), costed_rows)?;
     let truncated = top.len() > params::MAX_GROUPS;
     let game = ctx.scope.game.as_deref();
     let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
+    let mut hashes: Vec<u64> = Vec::with_capacity(top.len() + costed_rows.len());
     let mut listed: Vec<String> = Vec::with_capacity(top.len().min(params::MAX_GROUPS));
-    for (n, r) in top.iter().chain(&costed_rows).enumerate() {
+    for (n, r) in top.iter().take(params::MAX_GROUPS).chain(&costed_rows).enumerate() {
         let name = s(r, 0);
         if n < params::MAX_GROUPS.min(top.len()) {
             listed.push(name.clone());
         }
         let c = cpi(ctx.costs, game, &name);
-        channels.entry(name).or_insert_with(|| Channel {
-            installs: u(r, 1),
-            signups: u(r, 2),
-            first_active: u(r, 3),
-            by_offset: vec![0; PAYBACK_DAYS as usize],
-            cpi: c,
+        channels.entry(name).or_insert_with(|| {
+            hashes.push(u(r, 4));
+            Channel {
+                installs: u(r, 1),
+                signups: u(r, 2),
+                first_active: u(r, 3),
+                by_offset: vec![0; PAYBACK_DAYS as usize],
+                cpi: c,
+            }
         });
     }
-    // Their installs' `success` revenue per day after the install.
-    if !channels.is_empty() {
-        let names: Vec<&String> = channels.keys().collect();
+    // Their installs' `success` revenue per day after the install (a channel whose name's
+    // hash another shares brings rows that no listed channel takes), the payers' days on
+    // the right of the join (ClickHouse holds that side in memory: fewer than the installs).
+    if !hashes.is_empty() {
+        let hashes: Vec<String> = hashes.iter().map(u64::to_string).collect();
         let pay = Range { start: first * DAY, end: (last + PAYBACK_DAYS) * DAY - 1 }.filter("time");
         let paid = super::cohorts::paid_by_day_sql(ctx, &pay, INSTALL, &span);
         let rows = ctx
             .db
             .select(&format!(
                 "SELECT c, toUInt64(pd - d) AS o, sum(cents) FROM \
-                 ({paid}) AS p ALL INNER JOIN (SELECT user_id, c, d FROM ({installs}) WHERE c IN {}) AS i USING user_id \
-                 WHERE pd >= d AND pd - d < {PAYBACK_DAYS} GROUP BY c, o",
-                sql::quote_list(&names)
+                 (SELECT user_id, c, d FROM ({installs}) WHERE cityHash64(c) IN ({})) AS i ALL INNER JOIN ({paid}) AS p \
+                 USING user_id WHERE pd >= d AND pd - d < {PAYBACK_DAYS} GROUP BY c, o",
+                hashes.join(", ")
             ))
             .await?;
         for r in &rows {

@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -95,18 +95,23 @@ impl SharedFilters {
 pub struct Filters {
     path: Option<PathBuf>,
     map: RefCell<Stored>,
-    /// The file's modification time and length when `map` was read from it.
-    read_as: Cell<Option<(SystemTime, u64)>>,
+    /// The file's [`Stamp`] when `map` was read from it (`None`: there was no file).
+    read_as: Cell<Option<Stamp>>,
     /// Where the process's client ingest reads them.
     shared: Arc<SharedFilters>,
     /// The configured games: the only ones a `POST` may set.
     games: Vec<String>,
 }
 
-/// The file's modification time and length, `None` when it is not there.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What tells one version of the file from another: its inode (a rename over it makes a
+/// new one), modification time and length; `None` when it is not there.
+type Stamp = (u64, SystemTime, u64);
+
+/// The file's [`Stamp`].
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 /// The map in `path` (empty when there is no file).
@@ -142,14 +147,32 @@ fn write_file(path: &Path, map: &Stored) -> std::io::Result<()> {
     }
 }
 
-/// An exclusive lock (`flock`) of `<path>.lock`, held until dropped (the file closed); it
-/// waits while another process holds it (only while that one writes the file).
-fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+/// How long a `POST` waits for another process to let go of the filters file's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// An exclusive lock (`flock`) of `<path>.lock`, held until dropped (the file closed).
+/// Another process holds it only while it writes the file: it is asked again every 10 ms
+/// for up to [`LOCK_WAIT`], the control thread serving its other requests meanwhile.
+async fn lock(path: &Path) -> std::io::Result<std::fs::File> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(PathBuf::from(name))?;
-    f.lock()?;
-    Ok(f)
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("another process held the lock for {} ms", LOCK_WAIT.as_millis()),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 /// 400 naming `field` when `id` holds the key's separator.
@@ -168,20 +191,22 @@ impl Filters {
     /// Reads `path` when it exists; `games` are the configured ones; `shared` is where the
     /// process's client ingest reads them.
     pub fn load(path: Option<PathBuf>, games: Vec<String>, shared: Arc<SharedFilters>) -> Result<Filters, String> {
-        let (map, read_as) = match &path {
-            Some(p) => (read_file(p)?, stamp(p)),
-            None => (BTreeMap::new(), None),
+        // Stamped before it is read: a write in between is read again at the next look.
+        let (read_as, map) = match &path {
+            Some(p) => (stamp(p), read_file(p)?),
+            None => (None, BTreeMap::new()),
         };
         shared.publish(&map);
         Ok(Filters { path, map: RefCell::new(map), read_as: Cell::new(read_as), shared, games })
     }
 
     /// Reads the file again when it changed since it was last read (another process
-    /// sharing it wrote it). A file that no longer reads keeps the settings in memory.
+    /// sharing it wrote it); a file taken away is no settings, as client ingest reads it.
+    /// A file that no longer reads keeps the settings in memory.
     fn refresh(&self) {
         let Some(path) = &self.path else { return };
         let now = stamp(path);
-        if now.is_none() || now == self.read_as.get() {
+        if now == self.read_as.get() {
             return;
         }
         match read_file(path) {
@@ -191,7 +216,9 @@ impl Filters {
                 self.read_as.set(now);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "analytics filters file not read again; the settings read before stay")
+                // Not read again until it changes (one warning per version of it).
+                self.read_as.set(now);
+                tracing::warn!(error = %e, "analytics filters file not read again; the settings read before stay");
             }
         }
     }
@@ -199,6 +226,7 @@ impl Filters {
     /// `GET`: the settings client ingest applies to the scope — its own, else its game's
     /// for every environment (`"<game>|"`), else the defaults.
     pub fn get(&self, scope: &Scope) -> Result<Json, ApiError> {
+        scope.check()?;
         let (game, env) = (scope.game.as_deref().unwrap_or(""), scope.env.as_deref().unwrap_or(""));
         check_id("game_id", game)?;
         check_id("env", env)?;
@@ -227,6 +255,9 @@ impl Filters {
     fn parse(&self, body: &[u8]) -> Result<Update, ApiError> {
         let u = Self::read(body)?;
         let (game, env) = (u.game_id.as_deref().unwrap_or_default(), u.env.as_deref().unwrap_or_default());
+        // As long as ingest takes them, else settings no event can match and no read can
+        // ask for.
+        Scope { game: Some(game.to_owned()), env: Some(env.to_owned()) }.check()?;
         check_id("game_id", game)?;
         check_id("env", env)?;
         // A read's values are trimmed: settings under an untrimmed name could be applied
@@ -250,7 +281,7 @@ impl Filters {
     /// file, the change is made to the file as it is under its lock, so that processes
     /// sharing it lose none of each other's changes; nothing is changed when it cannot be
     /// written (500 `store_failed`).
-    pub fn update(&self, body: &[u8]) -> Result<Json, ApiError> {
+    pub async fn update(&self, body: &[u8]) -> Result<Json, ApiError> {
         let u = self.parse(body)?;
         let (game, env) = (u.game_id.unwrap_or_default(), u.env.unwrap_or_default());
         let k = key(&game, &env);
@@ -277,7 +308,7 @@ impl Filters {
                     tracing::warn!(error = %e, path = %path.display(), "analytics filters file not written");
                     ApiError::StoreFailed("the filters file")
                 };
-                let _held = lock(path).map_err(|e| failed(&e))?;
+                let _held = lock(path).await.map_err(|e| failed(&e))?;
                 let next = change(&read_file(path).map_err(|e| failed(&e))?);
                 write_file(path, &next).map_err(|e| failed(&e))?;
                 self.read_as.set(stamp(path));
@@ -294,6 +325,11 @@ impl Filters {
 mod tests {
     use super::*;
 
+    /// Runs `f` to its end on a runtime of its own (the control thread's kind).
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        crate::runtime::block_on(crate::runtime::ActiveDriver::Epoll, f).expect("runtime")
+    }
+
     fn scope(game: &str, env: &str) -> Scope {
         Scope { game: Some(game.into()), env: Some(env.into()) }
     }
@@ -308,8 +344,8 @@ mod tests {
         let games = vec!["g1".to_owned()];
         let open = || Filters::load(Some(path.clone()), games.clone(), Arc::default()).expect("load");
         let (a, b) = (open(), open());
-        a.update(br#"{"game_id":"g1","env":"prod","payments_enabled":false}"#).expect("a");
-        b.update(br#"{"game_id":"g1","env":"dev","events":["login"]}"#).expect("b");
+        run(a.update(br#"{"game_id":"g1","env":"prod","payments_enabled":false}"#)).expect("a");
+        run(b.update(br#"{"game_id":"g1","env":"dev","events":["login"]}"#)).expect("b");
         let stored = read_file(&path).expect("file");
         assert_eq!(stored.keys().collect::<Vec<_>>(), ["g1|dev", "g1|prod"]);
         assert!(!stored["g1|prod"].payments_enabled);
@@ -322,6 +358,13 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        // A file taken away is no settings, as client ingest reads it.
+        std::fs::remove_file(&path).expect("rm");
+        assert_eq!(a.get(&scope("g1", "prod")).expect("get"), json!(Settings::default()));
+        // Longer than ingest takes: refused, not written.
+        let long = format!(r#"{{"game_id":"g1","env":"{}"}}"#, "e".repeat(257));
+        assert_eq!(run(a.update(long.as_bytes())).map_err(|e| e.field()), Err(Some("env")));
+        assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -330,17 +373,44 @@ mod tests {
     #[test]
     fn bodies_are_objects_and_nulls_are_absent() {
         let f = Filters::load(None, vec!["g1".to_owned()], Arc::default()).expect("load");
-        let err = f.update(br#"["g1","prod",["x"],false,7]"#).expect_err("an array");
+        let err = run(f.update(br#"["g1","prod",["x"],false,7]"#)).expect_err("an array");
         assert_eq!((err.status(), err.field()), (400, Some("body")));
-        f.update(br#"{"game_id":"g1","env":null,"events":null,"sample_global":5}"#).expect("nulls");
+        run(f.update(br#"{"game_id":"g1","env":null,"events":null,"sample_global":5}"#)).expect("nulls");
         assert_eq!(
             f.get(&scope("g1", "")).expect("get"),
             json!({"events": [], "payments_enabled": true, "sample_global": 5})
         );
         let gone = std::env::temp_dir().join(format!("croupier-no-such-dir-{}", std::process::id())).join("f.json");
         let f = Filters::load(Some(gone), vec!["g1".to_owned()], Arc::default()).expect("load");
-        let err = f.update(br#"{"game_id":"g1","env":"prod"}"#).expect_err("not written");
+        let err = run(f.update(br#"{"game_id":"g1","env":"prod"}"#)).expect_err("not written");
         assert_eq!((err.status(), err.tag()), (500, "store_failed"));
         assert_eq!(f.get(&scope("g1", "prod")).expect("get"), json!(Settings::default()));
+    }
+
+    /// Review finding: the lock was waited for without end, on the control thread. Held by
+    /// another process past the wait, a `POST` is 500 `store_failed` after about a second,
+    /// and changes nothing.
+    #[test]
+    fn a_lock_held_elsewhere_is_waited_for_a_second_only() {
+        let dir =
+            std::env::temp_dir().join(format!("croupier-filters-lock-{}-{:?}", std::process::id(), SystemTime::now()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("filters.json");
+        let held = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("filters.json.lock"))
+            .expect("lock file");
+        held.lock().expect("held");
+        let f = Filters::load(Some(path.clone()), vec!["g1".to_owned()], Arc::default()).expect("load");
+        let started = std::time::Instant::now();
+        let err = run(f.update(br#"{"game_id":"g1","env":"prod"}"#)).expect_err("lock held");
+        assert_eq!((err.status(), err.tag()), (500, "store_failed"));
+        assert!(started.elapsed() >= LOCK_WAIT && started.elapsed() < LOCK_WAIT * 3, "{:?}", started.elapsed());
+        assert!(!path.exists());
+        drop(held);
+        run(f.update(br#"{"game_id":"g1","env":"prod"}"#)).expect("lock free");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

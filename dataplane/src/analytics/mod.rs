@@ -270,7 +270,7 @@ impl Api {
         let csv = body.is_none() && format == Ok("csv");
         let result = match (&caller, body) {
             (Ok(_), None) if format.is_err() => format.map(|_| Json::Null),
-            (Ok(c), Some(body)) => self.post(route, c, body, &mut scope),
+            (Ok(c), Some(body)) => self.post(route, c, body, &mut scope).await,
             (Ok(c), None) if csv => match export::check(route).and_then(|()| c.require(auth::EXPORT)) {
                 Ok(()) => self.authorized(route, c, &params, &scope, &reads).await,
                 Err(e) => Err(e),
@@ -329,12 +329,12 @@ impl Api {
     }
 
     /// A `POST` (the filters): the game it changes is the body's.
-    fn post(&self, route: Route, caller: &Caller, body: &[u8], scope: &mut Scope) -> Result<Json, ApiError> {
+    async fn post(&self, route: Route, caller: &Caller, body: &[u8], scope: &mut Scope) -> Result<Json, ApiError> {
         caller.require(route.permission(true))?;
         let game = self.filters.game_of(body)?;
         caller.may_read(Some(&game))?;
         scope.game = Some(game);
-        self.filters.update(body)
+        self.filters.update(body).await
     }
 
     async fn authorized(

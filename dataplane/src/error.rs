@@ -281,6 +281,8 @@ mod tests {
             IngestError::Forbidden("game_mismatch", "x"),
             IngestError::Forbidden("origin_not_allowed", "x"),
             IngestError::Forbidden("game_not_allowed", "x"),
+            IngestError::Forbidden("payments_not_allowed", "x"),
+            IngestError::Forbidden("missing_permission", "x"),
             IngestError::BacklogFull { stream, retry_after: 1 },
         ];
         for e in &all {

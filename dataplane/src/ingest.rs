@@ -117,18 +117,20 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
                 m.emit(EventsRefused { game, reason: "invalid_field", count: rejected as u64 });
             }
             // Appended (and counted: the entries will reach the tables), but not on
-            // enough replicas in time. The rate was used; the client's retry is a
-            // duplicate, answered 202 once replicated.
-            return if replicas < wanted { Err(not_replicated(replicas)) } else { Ok(records) };
+            // enough replicas in time: also counted refused, as answered (503). The rate
+            // was used; the client's retry is a duplicate, answered 202 once replicated.
+            if replicas < wanted {
+                let e = not_replicated(replicas);
+                count_refused(shard, game_id, &e, records);
+                return Err(e);
+            }
+            return Ok(records);
         }
         // The same request sent again (same nonce, same body): answered as the first time,
         // whose entries are there (the body, and so the count, is the same); nothing was
         // appended, so the rate is given back. With `wait_replicas`, the nonce was written
         // again, so this connection's `WAIT` covers the first time's append too.
-        Outcome::Duplicate { replicas } if replicas < wanted => {
-            give_back();
-            return Err(not_replicated(replicas));
-        }
+        Outcome::Duplicate { replicas } if replicas < wanted => Err(not_replicated(replicas)),
         Outcome::Duplicate { .. } => Ok(records),
         Outcome::Replay => Err(IngestError::ReplayedNonce),
         Outcome::InFlight { retry_after } => Err(IngestError::RequestInFlight { retry_after }),

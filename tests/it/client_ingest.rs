@@ -214,6 +214,27 @@ fn client_ingest_tokens_and_write_keys() {
     // The key's request had the token's body and scope: a retry of it, appended once.
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
     assert_eq!(xlen(&f.redis, "analytics:payments"), 1);
+    // Every refusal is counted under its own reason (black-box finding: those before the
+    // body were not counted at all), one event each when the records were not read yet.
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    for (game, reason, n) in [
+        ("(unknown)", "bad_token", 2.0),
+        ("(unknown)", "missing_permission", 1.0),
+        (GAME, "game_not_allowed", 1.0),
+        (OTHER_GAME, "game_mismatch", 1.0),
+        ("(unknown)", "unknown_key", 1.0),
+        ("(unknown)", "revoked_key", 1.0),
+        ("(unknown)", "missing_credentials", 1.0),
+        (GAME, "game_mismatch", 1.0),
+        (OTHER_GAME, "payments_not_allowed", 1.0),
+        (GAME, "invalid_field", 1.0),
+        (GAME, "unsupported_media_type", 1.0),
+    ] {
+        let series = format!(r#"croupier_events_refused_total{{game="{game}",reason="{reason}"}}"#);
+        assert_eq!(crate::metrics::sample(&text, &series), Some(n), "{series}\n{text}");
+    }
 }
 
 #[test]
@@ -428,6 +449,13 @@ fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
     // So another request of a second's worth fits at once (not 429).
     refused(&send(&bare(&format!("{run}-b"), 10, "login")), 503, "not_replicated");
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+    // Each answer counted as refused, as answered (black-box finding: none was, and the
+    // drop-rate alert reads this reason), besides the 20 records accepted.
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    let series = format!(r#"croupier_events_refused_total{{game="{OTHER_GAME}",reason="not_replicated"}}"#);
+    assert_eq!(crate::metrics::sample(&text, &series), Some(30.0), "{text}");
 }
 
 /// Without `api.filters_file`, the filters `POST /api/analytics/filters` stores are the

@@ -28,7 +28,7 @@ pub fn status_index(status: u16) -> usize {
 
 /// Refusal reasons: the error tags of the ingest API (README, "Ingest API"). A tag not in
 /// this list (one added later and not here yet) counts as `other`.
-pub const REASONS: [&str; 31] = [
+pub const REASONS: [&str; 33] = [
     "malformed_json",
     "invalid_utf8",
     "too_deep",
@@ -48,6 +48,8 @@ pub const REASONS: [&str; 31] = [
     "revoked_key",
     "origin_not_allowed",
     "game_not_allowed",
+    "payments_not_allowed",
+    "missing_permission",
     "unknown_game",
     "stale_timestamp",
     "bad_signature",

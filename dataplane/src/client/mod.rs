@@ -36,6 +36,30 @@ struct Stored {
     dropped: usize,
 }
 
+/// Why a request was refused, and whether `croupier_events_refused_total` counted it
+/// already (with its records, once they were known).
+struct Refused {
+    error: IngestError,
+    counted: bool,
+}
+
+impl From<IngestError> for Refused {
+    fn from(error: IngestError) -> Refused {
+        Refused { error, counted: false }
+    }
+}
+
+/// `e`, not counted yet.
+fn refuse<T>(e: IngestError) -> Result<T, Refused> {
+    Err(e.into())
+}
+
+impl From<HttpError> for Refused {
+    fn from(e: HttpError) -> Refused {
+        IngestError::from(e).into()
+    }
+}
+
 /// Answers a client ingest request (or its preflight).
 pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) -> Response {
     let head = req.head();
@@ -49,7 +73,14 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
     let result = serve(shard, endpoint, req, &mut cors_game).await;
     let mut resp = match result {
         Ok(s) => Response::json(202, format!(r#"{{"ok":true,"accepted":{},"dropped":{}}}"#, s.accepted, s.dropped)),
-        Err(e) => e.response(),
+        Err(Refused { error, counted }) => {
+            // Refused before its records were counted (credential, game, headers, body):
+            // one refused event, as on the data port's other routes.
+            if !counted {
+                ingest::count_refused(shard, cors_game.unwrap_or(""), &error, 1);
+            }
+            error.response()
+        }
     };
     let readable = match (origin, cors_game.and_then(|g| shard.games.get(g))) {
         (Some(origin), Some(game)) => cors::allowed(game, origin),
@@ -77,7 +108,7 @@ async fn serve<'s>(
     endpoint: Endpoint,
     req: &mut Request<'_>,
     cors_game: &mut Option<&'s str>,
-) -> Result<Stored, IngestError> {
+) -> Result<Stored, Refused> {
     let head = req.head();
     let header_game = head.field(GAME_ID).filter(|g| !g.is_empty());
     let sender = credential::check(shard, head.field(AUTHORIZATION), head.field(WRITE_KEY), head.query())?;
@@ -86,16 +117,19 @@ async fn serve<'s>(
         Sender::Key { game, .. } => {
             *cors_game = Some(game);
             if header_game.is_some_and(|h| h != *game) {
-                return Err(IngestError::Forbidden("game_mismatch", "X-Game-ID is not the game of the write key"));
+                return refuse(IngestError::Forbidden("game_mismatch", "X-Game-ID is not the game of the write key"));
             }
             let state = shard.games.get(*game).ok_or(IngestError::UnknownKey)?;
             if let Some(origin) = head.field(ORIGIN).filter(|o| !o.is_empty()) {
                 if !cors::allowed(state, origin) {
-                    return Err(IngestError::Forbidden("origin_not_allowed", "this origin may not send to this game"));
+                    return refuse(IngestError::Forbidden(
+                        "origin_not_allowed",
+                        "this origin may not send to this game",
+                    ));
                 }
             }
             if endpoint == Endpoint::Payments && !state.public_payments {
-                return Err(IngestError::Forbidden(
+                return refuse(IngestError::Forbidden(
                     "payments_not_allowed",
                     "this game takes payments only with a bearer token (games.<id>.public_payments)",
                 ));
@@ -107,7 +141,7 @@ async fn serve<'s>(
                 let (known, _) = shard.games.get_key_value(g).ok_or(IngestError::UnknownGame)?;
                 *cors_game = Some(known);
                 if caller.may_read(Some(g)).is_err() {
-                    return Err(IngestError::Forbidden(
+                    return refuse(IngestError::Forbidden(
                         "game_not_allowed",
                         "the token's games claim excludes this game",
                     ));
@@ -122,7 +156,7 @@ async fn serve<'s>(
     }
     let encoding = Encoding::parse(head.field(CONTENT_ENCODING))?;
     if !shard.redis.is_up() {
-        return Err(IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
+        return refuse(IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
     }
     let env = head.field(ENV).filter(|e| !e.is_empty());
     let peer = req.peer_ip();
@@ -154,11 +188,12 @@ async fn serve<'s>(
         .finalize()
         .into();
     let scope = Scope { game, fill_game: true, env };
+    let counted = |error| Refused { error, counted: true };
     let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body)
-        .map_err(|r| r.counted(shard, game.unwrap_or("")))?;
+        .map_err(|r| counted(r.counted(shard, game.unwrap_or(""))))?;
     let (staged, game, dropped) = prepared;
     let Some(staged) = staged else { return Ok(Stored { accepted: 0, dropped }) };
-    let accepted = ingest::append(shard, game, staged).await?;
+    let accepted = ingest::append(shard, game, staged).await.map_err(counted)?;
     Ok(Stored { accepted, dropped })
 }
 

@@ -4,9 +4,13 @@
 //!
 //! - Go's `\w`, `\d`, `\s` and `\b` are ASCII (the crate's are Unicode): written here as
 //!   their ASCII sets, inside a bracket class or not;
-//! - Go quotes with `\Q…\E`: written here as the escaped text;
-//! - inside a bracket class Go reads `[` (but `[:name:]`), `&&`, `~~` as themselves (the
-//!   crate as a nested class and set operations): escaped;
+//! - Go quotes with `\Q…\E`, writes octal `\141` and negated `\p{^Greek}`, and reads an
+//!   escaped punctuation mark (`\<`, `\>`: word edges in the crate) and a brace that starts
+//!   no repeat count (`a{,5}`) as themselves: written here so;
+//! - Go has not the crate's `\u`, `\U` escapes, nor its `x`, `u`, `R` flags: refused;
+//! - inside a bracket class Go reads `[` (but `[:name:]`), `&&`, `~~`, `--` and a `-` after
+//!   a class as themselves or a range (the crate as a nested class, set operations, a
+//!   range): escaped;
 //! - Go refuses a repeat count over 1,000 (also as the product of nested counts) and a
 //!   repetition of a repetition (`a**`), which the crate takes: refused here too.
 //!
@@ -18,13 +22,24 @@ use regex_syntax::ast::{self, Ast, RepetitionKind, RepetitionRange};
 /// Go's largest repeat count (`regexp/syntax`'s `maxRepeat`).
 const MAX_REPEAT: u32 = 1000;
 
+/// Deepest nesting of groups and classes taken (Go's `maxHeight`).
+const NEST_LIMIT: u32 = 1000;
+
 /// `pattern`, a Go `regexp` expression, compiled with the same meaning; or why Go (or
 /// this server, past `size_limit` bytes of compiled program) refuses it.
 pub fn compile(pattern: &str, size_limit: usize) -> Result<regex::Regex, String> {
     let translated = translate(pattern)?;
-    let parsed = ast::parse::Parser::new().parse(&translated).map_err(|e| e.to_string())?;
+    let parsed = ast::parse::ParserBuilder::new()
+        .nest_limit(NEST_LIMIT)
+        .build()
+        .parse(&translated)
+        .map_err(|e| e.to_string())?;
     check_repetitions(&parsed, 1)?;
-    regex::RegexBuilder::new(&translated).size_limit(size_limit).build().map_err(|e| e.to_string())
+    regex::RegexBuilder::new(&translated)
+        .size_limit(size_limit)
+        .nest_limit(NEST_LIMIT)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Go's ASCII meaning of the Perl class `c` (`w`, `W`, `d`, `D`, `s`, `S`) outside a
@@ -48,16 +63,19 @@ fn perl_class(c: char, in_class: bool) -> Option<&'static str> {
 }
 
 /// Rewrites a Go expression into the crate's syntax with the same meaning (the list in
-/// the module's documentation). Only escapes and bracket classes are read; the rest is
-/// copied as it is.
+/// the module's documentation). Only escapes, groups' flags, braces and bracket classes
+/// are read; the rest is copied as it is.
 fn translate(pattern: &str) -> Result<String, String> {
     let mut out = String::with_capacity(pattern.len() + 16);
     let mut chars = pattern.chars().peekable();
-    // Inside a bracket class; and whether the next character is its first (where `]` is
-    // itself, as in both dialects).
-    let (mut in_class, mut class_start) = (false, false);
+    // Inside a bracket class; whether the next character is its first (where `]` is
+    // itself, as in both dialects); whether the last item written there was a class (a
+    // `-` after it is itself in Go, where the crate would read a range).
+    let (mut in_class, mut class_start, mut after_set) = (false, false, false);
+    let mut prev = '\0';
     while let Some(c) = chars.next() {
         let first = std::mem::replace(&mut class_start, false);
+        let was_set = std::mem::replace(&mut after_set, false);
         match c {
             '\\' => {
                 let Some(e) = chars.next() else { return Err("trailing backslash at end of expression".into()) };
@@ -78,15 +96,79 @@ fn translate(pattern: &str) -> Result<String, String> {
                     'b' | 'B' if !in_class => {
                         out.push_str(if e == 'b' { r"(?-u:\b)" } else { r"(?-u:\B)" });
                     }
+                    // Octal: `\0` to `\377` (a lone `\1`..`\7` would be a backreference,
+                    // which RE2 has not).
+                    '0'..='7' => {
+                        let mut value = e.to_digit(8).unwrap_or(0);
+                        let mut digits = 1;
+                        while digits < 3 {
+                            match chars.peek().and_then(|d| d.to_digit(8)) {
+                                Some(d) => {
+                                    value = value * 8 + d;
+                                    digits += 1;
+                                    chars.next();
+                                }
+                                None => break,
+                            }
+                        }
+                        if e != '0' && digits == 1 {
+                            return Err(format!("invalid escape sequence \\{e} (backreferences are not supported)"));
+                        }
+                        out.push_str(&format!(r"\x{{{value:X}}}"));
+                    }
+                    // `\p{^Greek}` is `\P{Greek}`.
+                    'p' | 'P' if chars.peek() == Some(&'{') && chars.clone().nth(1) == Some('^') => {
+                        chars.next();
+                        chars.next();
+                        out.push_str(if e == 'p' { r"\P{" } else { r"\p{" });
+                        for c in chars.by_ref() {
+                            out.push(c);
+                            if c == '}' {
+                                break;
+                            }
+                        }
+                    }
+                    // Escapes Go has not (the crate's `\u`, `\U`, `\<`, `\>` among them
+                    // are refused or read as the punctuation they escape).
+                    'u' | 'U' | 'h' | 'H' | 'V' | 'K' | 'R' | 'X' | 'Z' | 'G' => {
+                        return Err(format!("invalid escape sequence \\{e}"));
+                    }
+                    e if e.is_ascii_punctuation() => out.push_str(&regex_syntax::escape(e.encode_utf8(&mut [0; 4]))),
                     e => match perl_class(e, in_class) {
-                        Some(ascii) => out.push_str(ascii),
+                        Some(ascii) => {
+                            out.push_str(ascii);
+                            after_set = in_class;
+                        }
                         None => {
                             out.push('\\');
                             out.push(e);
+                            // `\p{Greek}`, `\x{263a}`: the braces are the escape's.
+                            if matches!(e, 'p' | 'P' | 'x') && chars.peek() == Some(&'{') {
+                                for c in chars.by_ref() {
+                                    out.push(c);
+                                    if c == '}' {
+                                        break;
+                                    }
+                                }
+                            }
                         }
                     },
                 }
             }
+            // A group's flags: Go's are i, m, s, U (the crate's x, u, R are refused).
+            '(' if !in_class && chars.peek() == Some(&'?') => {
+                out.push('(');
+                let flags: String =
+                    chars.clone().skip(1).take_while(|f| f.is_ascii_alphabetic() || *f == '-').take(16).collect();
+                if let Some(bad) = flags.chars().find(|f| !matches!(f, 'i' | 'm' | 's' | 'U' | '-')) {
+                    if !flags.starts_with('P') {
+                        return Err(format!("invalid or unsupported Perl syntax: flag {bad}"));
+                    }
+                }
+            }
+            // A brace that does not start a repeat count (`{n}`, `{n,}`, `{n,m}`) is
+            // itself in Go.
+            '{' if !in_class && !starts_repeat(chars.clone()) => out.push_str(r"\{"),
             '[' if !in_class => {
                 out.push('[');
                 in_class = true;
@@ -97,15 +179,21 @@ fn translate(pattern: &str) -> Result<String, String> {
                 }
             }
             '[' => {
-                // `[:alpha:]` as itself; any other `[` is a literal in Go.
-                let rest: String = chars.clone().take_while(|c| *c != ']').collect();
-                if rest.starts_with(':') && rest.len() > 1 && rest.ends_with(':') {
+                // `[:alpha:]` as itself; any other `[` is a literal in Go. (The name is
+                // looked for a few characters ahead only.)
+                let rest: String = chars.clone().take(12).take_while(|c| *c != ']').collect();
+                if rest.len() > 1
+                    && rest.starts_with(':')
+                    && rest.ends_with(':')
+                    && chars.clone().nth(rest.chars().count()) == Some(']')
+                {
                     out.push('[');
                     for _ in 0..rest.chars().count() + 1 {
                         if let Some(c) = chars.next() {
                             out.push(c);
                         }
                     }
+                    after_set = true;
                 } else {
                     out.push_str(r"\[");
                 }
@@ -119,10 +207,38 @@ fn translate(pattern: &str) -> Result<String, String> {
                 out.push('\\');
                 out.push(c);
             }
+            // `-` after a class (`[\w-.]`), or after another `-` (`[#--x]`, a range to `-`
+            // in Go, a set difference in the crate): itself.
+            '-' if in_class && (was_set || prev == '-') => out.push_str(r"\-"),
             c => out.push(c),
         }
+        prev = c;
     }
     Ok(out)
+}
+
+/// Whether what follows a `{` makes a repeat count: digits, then `}`, `,}` or `,` digits `}`.
+fn starts_repeat(mut rest: impl Iterator<Item = char>) -> bool {
+    let mut digits = 0;
+    let mut c = rest.next();
+    while c.is_some_and(|d| d.is_ascii_digit()) {
+        digits += 1;
+        c = rest.next();
+    }
+    if digits == 0 {
+        return false;
+    }
+    match c {
+        Some('}') => true,
+        Some(',') => {
+            let mut c = rest.next();
+            while c.is_some_and(|d| d.is_ascii_digit()) {
+                c = rest.next();
+            }
+            c == Some('}')
+        }
+        _ => false,
+    }
 }
 
 /// Refuses what Go's parser refuses among repetitions: a repetition of a repetition, and
@@ -207,17 +323,74 @@ mod tests {
             ("^[]a]$", "]", true),
             ("^[^]a]$", "]", false),
             ("^[^]a]$", "b", true),
+            // Escaped punctuation is itself (the crate reads `\<`, `\>` as word edges).
+            (r"^login\>shop$", "login>shop", true),
+            (r"\<", "a<b", true),
+            (r"\<", "ab", false),
+            // A `-` after a class, or after another `-`, in a class.
+            (r"^[\w-.]+$", "a-b.c", true),
+            (r"^[\w-z]+$", "-", true),
+            (r"^[\s-~]$", "a", false),
+            (r"^[#--x]+$", "x", true),
+            (r"^[#--x]+$", "$", true),
+            (r"^[#--x]+$", "a", false),
+            // Octal, `\x{…}`, a negated `\p{^…}`.
+            (r"^\141\0$", "a\0", true),
+            (r"^\x{263a}$", "\u{263a}", true),
+            (r"^\p{^L}$", "1", true),
+            (r"^\P{^L}$", "a", true),
+            // A brace that starts no repeat count is itself.
+            ("^a{,5}$", "a{,5}", true),
+            ("^a{$", "a{", true),
+            ("^a{2}$", "aa", true),
+            (r"\b{start}", "a{start}", true),
+            ("(?i:LOGIN)|(?U)x+", "login", true),
         ] {
             assert_eq!(matches(p, text), want, "{p} on {text:?}");
         }
     }
 
     #[test]
+    fn deep_nesting_is_taken_up_to_go_s_height() {
+        let deep = format!("{}a{}", "(".repeat(300), ")".repeat(300));
+        assert!(matches(&deep, "a"));
+        let long = "[".repeat(16 * 1024);
+        assert!(compile(&long, 1 << 20).is_err());
+    }
+
+    #[test]
     fn what_go_refuses_is_refused() {
-        for p in ["a{1001}", "a{2,1001}", "(a{100}){11}", "x**", "x+*", "(", r"a\", "[a", r"\8"] {
+        for p in [
+            "a{1001}",
+            "a{2,1001}",
+            "(a{100}){11}",
+            "x**",
+            "x+*",
+            "(",
+            r"a\",
+            "[a",
+            r"\8",
+            r"\1",
+            "(?x)a b",
+            "(?u)a",
+            "(?R)a",
+            r"\u0041",
+            r"\U00000041",
+        ] {
             assert!(compile(p, 1 << 20).is_err(), "{p}");
         }
-        for p in ["a{1000}", "(a{10}){100}", "(x*)*", "x*?", "a{2,}", "login|logout", r"\\Q"] {
+        for p in [
+            "a{1000}",
+            "(a{10}){100}",
+            "(x*)*",
+            "x*?",
+            "a{2,}",
+            "login|logout",
+            r"\\Q",
+            "(?P<n>a)",
+            "(?<n>a)",
+            "(?i-s:a)",
+        ] {
             assert!(compile(p, 1 << 20).is_ok(), "{p}");
         }
     }

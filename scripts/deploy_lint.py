@@ -6,8 +6,8 @@
   deploy_lint.py board-rules   prints the Grafana boards' PromQL queries as a rule file, so
                                that `promtool check rules` parses every one of them
   deploy_lint.py k8s           deploy/k8s/: what the schemas do not say — Guaranteed QoS with
-                               whole CPUs (requests = limits), probes on /readyz and /healthz
-                               (an ingest pod's on the data port, a worker's on the control port), config and secrets mounted as files, a
+                               whole CPUs (requests = limits), probes on /readyz (an ingest pod's
+                               on the data port) and /healthz (the control port), config and secrets mounted as files, a
                                PodDisruptionBudget per workload, the workers scaled 3..20 by
                                KEDA on croupier's backlog gauge, secrets readable by the
                                pods' user (fsGroup)
@@ -142,11 +142,15 @@ def k8s():
                 errors.append(f"{f}: {name}/{c['name']}: requests must equal limits (Guaranteed QoS)")
             if not str(lim.get("cpu", "")).isdigit():
                 errors.append(f"{f}: {name}/{c['name']}: cpu must be a whole number of CPUs (pinned by the static policy)")
-            # An ingest pod is probed on its data port, answered by the shards: the control
-            # port's thread also runs analytics queries.
+            # An ingest pod's readiness is its data port's, answered by the shards (the
+            # control port's thread also runs analytics queries); liveness is the control
+            # port's (the data port's answers can wait behind busy connections under load).
             ingest = "ingest" in c.get("args", [])
-            port = "http" if ingest else "control"
-            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
+            for probe, path, port in (
+                ("readinessProbe", "/readyz", "http" if ingest else "control"),
+                ("livenessProbe", "/healthz", "control"),
+                ("startupProbe", "/healthz", "control"),
+            ):
                 got = c.get(probe, {}).get("httpGet", {})
                 if got.get("path") != path or got.get("port") != port:
                     errors.append(f"{f}: {name}/{c['name']}: {probe} must be GET {path} on the {port} port")

@@ -270,8 +270,9 @@ fn parse_error(e: &simd_json::Error, body: &[u8]) -> BodyError {
     match e.error() {
         simd_json::ErrorType::InvalidUtf8 => BodyError::InvalidUtf8,
         // simd-json's first stage finds a raw control character in a string without
-        // saying where ("Syntax at character 0"); it has not changed the body by then.
-        simd_json::ErrorType::Syntax => match raw_control_in_string(body) {
+        // saying where ("Syntax at character 0"); it has not changed the body by then
+        // (the second stage unescapes strings in place: its errors say where they are).
+        simd_json::ErrorType::Syntax if e.index() == 0 => match raw_control_in_string(body) {
             Some((at, c)) => BodyError::Malformed(format!(
                 "unescaped control character U+{c:04X} in a string at byte {at} (write it as \\u{c:04x})"
             )),

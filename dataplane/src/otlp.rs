@@ -80,11 +80,13 @@ pub fn refusal_status(e: &IngestError) -> (Code, String, Option<u64>) {
 /// of the ingest contract, with a `google.rpc.Status` body in the request's encoding.
 fn refusal(format: Format, e: &IngestError) -> Response {
     let mut r = e.response();
-    // A body not in within the read timeout is answered 503, not the data port's 408:
+    // A body not in within the read timeout is answered 504, not the data port's 408:
     // OTLP/HTTP exporters retry 429, 502, 503 and 504 only (the spec's list; the Collector
     // and the Go exporter drop a batch answered 408), and OTLP/gRPC answers `UNAVAILABLE`.
+    // Not 503, which the drop-rate alert counts as the server's refusal: a slow client is
+    // not.
     if r.status == 408 {
-        r.status = 503;
+        r.status = 504;
     }
     let (code, message, _) = refusal_status(e);
     r.body.clear();
@@ -230,13 +232,21 @@ fn prepare<'s>(
 ) -> Result<(Option<Prepared<'s>>, Summary), Refusal> {
     let game = shard.games.get(game_id).ok_or(IngestError::UnknownGame)?;
     // The request's identity: a retry of the same bytes is recognised by Redis and
-    // answered without appending again, and its records get the same ids.
-    let digest = signature::body_sha256(wire);
-    let body: &mut Vec<u8> = match encoding {
-        Encoding::Identity => wire,
+    // answered without appending again, and its records get the same ids. OTLP/JSON
+    // records' ids come from it and their position: for a compressed JSON body it is the
+    // digest of the body as decoded, so that the same JSON sent compressed or not (a proxy
+    // or a Collector hop that compresses again) is one request with the same ids.
+    // (Protobuf records' ids come from their own bytes, whatever the encoding.)
+    let (body, digest): (&mut Vec<u8>, [u8; 32]) = match encoding {
+        Encoding::Identity => {
+            let d = signature::body_sha256(wire);
+            (wire, d)
+        }
         Encoding::Gzip => {
+            let sent = (format == Format::Protobuf).then(|| signature::body_sha256(wire));
             body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch).map_err(gzip_refusal)?;
-            scratch
+            let d = sent.unwrap_or_else(|| signature::body_sha256(scratch));
+            (scratch, d)
         }
     };
     let mut bufs = shard.batches.borrow_mut();
@@ -246,15 +256,7 @@ fn prepare<'s>(
         limits: &shard.limits,
         spans: SpanEvents { patterns: &shard.config.otlp.span_events },
     };
-    // OTLP/JSON records' ids come from the body and their position: from the body as
-    // decoded, so that the same JSON sent gzip-compressed or not (a proxy or a Collector
-    // hop that compresses again) gets the same ids. (Protobuf records' ids come from their
-    // own bytes, whatever the encoding.)
-    let seed = match (format, encoding) {
-        (Format::Json, Encoding::Gzip) => signature::body_sha256(body),
-        _ => digest,
-    };
-    let mut ids = IdDeriver::new(&seed, shard.config.server.event_ids);
+    let mut ids = IdDeriver::new(&digest, shard.config.server.event_ids);
     let mut new_id = || ids.next_id();
     let summary = {
         let mut json = shard.json.borrow_mut();

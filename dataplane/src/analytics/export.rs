@@ -56,9 +56,10 @@ fn cell(v: &Json, out: &mut String) {
     let text = match v {
         Json::Null => String::new(),
         Json::String(s) => {
-            // Also after leading spaces (some imports trim them) and in full width (some
-            // spreadsheets read `＝` as `=`).
-            if s.starts_with(['\t', '\r']) || s.trim_start().starts_with(FORMULA_STARTS) {
+            // Also after leading spaces, a byte-order mark or a zero-width space (some
+            // imports drop them) and in full width (some spreadsheets read `＝` as `=`).
+            let lead = s.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '\u{FEFF}' | '\u{200B}'));
+            if s.starts_with(['\t', '\r']) || lead.starts_with(FORMULA_STARTS) {
                 format!("'{s}")
             } else {
                 s.clone()
@@ -146,11 +147,12 @@ mod tests {
             {"path": ";=1+1", "groups": 2},
             {"path": " =1+1", "groups": 4},
             {"path": "\u{FF1D}1+1", "groups": 5},
+            {"path": "\u{FEFF}\u{200B}=1", "groups": 6},
         ]});
         assert_eq!(
             csv(Route::BehaviorPaths, &answer).unwrap(),
             "extra,groups,path\r\n,3,a>b\r\n\"[1,2]\",1,\"'=HYPERLINK(\"\"x\"\"),y\"\r\n,2,\";=1+1\"\r\n\
-             ,4,' =1+1\r\n,5,'\u{FF1D}1+1\r\n"
+             ,4,' =1+1\r\n,5,'\u{FF1D}1+1\r\n,6,'\u{FEFF}\u{200B}=1\r\n"
         );
     }
 

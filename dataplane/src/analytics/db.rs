@@ -61,7 +61,7 @@ pub const REFRESH_AT_MOST: usize = 8;
 /// wait doubles from 1 s after each failure in a row).
 pub const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(60);
 
-/// The most figures kept in memory; past it they are all forgotten.
+/// The most figures kept in memory; past it the one asked for least recently is forgotten.
 const REMEMBER_AT_MOST: usize = 4096;
 
 /// How a remembered figure is read: its query, and how its rows become the figures
@@ -279,8 +279,12 @@ impl Db {
             e.retry_at = Instant::now();
             return;
         }
+        // Full: the figure asked for least recently makes room (not every dashboard's
+        // figures at once).
         if map.len() >= REMEMBER_AT_MOST {
-            map.clear();
+            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.asked).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
         }
         let now = Instant::now();
         map.insert(key, Remembered { at: began, asked: now, figures, recipe, reading: 0, failed: 0, retry_at: now });

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::u;
 use super::error::ApiError;
 use super::params::{self, percent, Range, DAY};
 use super::sql;
@@ -31,10 +32,6 @@ const ROAS_DAYS: [i64; 3] = [1, 7, 30];
 
 /// Days after an install that payback is looked for.
 const PAYBACK_DAYS: i64 = 90;
-
-fn u(r: &[Value], i: usize) -> u64 {
-    r.get(i).map_or(0, Value::as_u64)
-}
 
 fn s(r: &[Value], i: usize) -> String {
     r.get(i).map(Value::as_str).unwrap_or_default()

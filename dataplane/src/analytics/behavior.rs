@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::u;
 use super::error::ApiError;
 use super::params::{self, percent, Range, DAY};
 use super::sql::{prop, prop_key, quote, quote_list};
@@ -25,10 +26,6 @@ pub const MAX_FUNNEL_EVENTS: usize = 1_000;
 
 /// Events an ordered funnel may look at in one request, over all users.
 pub const FUNNEL_BUDGET: u64 = 50_000_000;
-
-fn u(r: &[Value], i: usize) -> u64 {
-    r.get(i).map_or(0, Value::as_u64)
-}
 
 /// `/behavior/events`.
 pub async fn events(ctx: &Ctx<'_>) -> Result<Json, ApiError> {

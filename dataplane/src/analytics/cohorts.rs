@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::u;
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
 use super::taxonomy::{NEW_USER, REGISTER};
@@ -22,10 +23,6 @@ use super::Ctx;
 
 /// The LTV horizons in days.
 pub const LTV_DAYS: [i64; 4] = [1, 7, 30, 90];
-
-fn u(r: &[Value], i: usize) -> u64 {
-    r.get(i).map_or(0, Value::as_u64)
-}
 
 /// The query of rows `(user_id, pd: UTC day, cents)`: the `success` revenue per user and
 /// day, in the payments range `pay` (a filter on `time`), of the users with an event of

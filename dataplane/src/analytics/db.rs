@@ -61,6 +61,12 @@ pub const REFRESH_AT_MOST: usize = 8;
 /// wait doubles from 1 s after each failure in a row).
 pub const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(60);
 
+/// The unsigned integer in column `i` of a row (0 when absent), as the routes read
+/// their counts.
+pub fn u(r: &[Value], i: usize) -> u64 {
+    r.get(i).map_or(0, Value::as_u64)
+}
+
 /// The most figures kept in memory; past it the one asked for least recently is forgotten.
 const REMEMBER_AT_MOST: usize = 4096;
 

@@ -9,6 +9,7 @@
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::u;
 use super::error::ApiError;
 use super::params::{percent, Range, DAY};
 use super::sql::{prop, quote};
@@ -19,10 +20,6 @@ use super::Ctx;
 /// `/levels/episodes` and `/levels/maps` answer): those with the most players, ties by
 /// level (then group) as strings, listed by level as Croupier lists them.
 pub const MAX_LEVELS: usize = 1000;
-
-fn u(r: &[Value], i: usize) -> u64 {
-    r.get(i).map_or(0, Value::as_u64)
-}
 
 /// `x` to 2 decimals; a value too large to have any (|x| × 100 ≥ 2^53) is itself.
 fn round2(x: f64) -> f64 {

@@ -9,6 +9,7 @@
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
+use super::db::u as get;
 use super::db::Recipe;
 use super::error::ApiError;
 use super::params::{self, percent, ratio, Range, DAY};
@@ -19,10 +20,6 @@ use super::Ctx;
 /// `toDate('YYYY-MM-DD')` of a day number.
 fn day(n: i64) -> String {
     format!("toDate('{}')", params::date_string(n))
-}
-
-fn get(r: &[Value], i: usize) -> u64 {
-    r.get(i).map_or(0, Value::as_u64)
 }
 
 /// The route.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Map, Value as Json};
 
+use super::db::u;
 use super::error::ApiError;
 use super::params::{self, percent, Range, DAY};
 use super::sql::{quote, quote_list};
@@ -41,10 +42,6 @@ fn filter(ctx: &Ctx<'_>, range: &Range, with_status: bool) -> String {
         }
     }
     w
-}
-
-fn u(r: &[Value], i: usize) -> u64 {
-    r.get(i).map_or(0, Value::as_u64)
 }
 
 /// `/payments/summary`.

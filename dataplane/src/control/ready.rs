@@ -196,14 +196,24 @@ impl Probes {
     /// Asks every component; also returns the streams when Redis could be read.
     pub async fn readiness(&self) -> (Readiness, Option<Vec<StreamReading>>) {
         let mut components = Vec::with_capacity(3);
+        // Each component within the probe timeout as a whole (a reading is many commands,
+        // each within it; several ClickHouse shards are pinged one after another).
+        let within = self.timeout;
+        let late = |what: &str| format!("{what}: no answer within {} ms", within.as_millis());
         let read = match self.overdue() {
             Some(e) => Err(e),
-            None => self.streams(false).await,
+            None => {
+                monoio::time::timeout(within, self.streams(false)).await.unwrap_or_else(|_| Err(late(&self.redis_addr)))
+            }
         };
         let error = read.as_ref().err().cloned().or_else(|| self.shard_not_serving());
         components.push(Component { name: "redis", error });
         if let Some(opts) = &self.clickhouse {
-            components.push(Component { name: "clickhouse", error: self.ping_clickhouse(opts).await.err() });
+            let pinged = monoio::time::timeout(within, self.ping_clickhouse(opts)).await;
+            components.push(Component {
+                name: "clickhouse",
+                error: pinged.unwrap_or_else(|_| Err(late("ClickHouse"))).err(),
+            });
         }
         if self.ingest {
             let error = match &read {

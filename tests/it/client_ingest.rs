@@ -219,14 +219,15 @@ fn client_ingest_tokens_and_write_keys() {
     let mut enc = croupier_control::metrics::Encoder::new();
     f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
     let text = enc.finish();
+    // The game is the credential's, else the configured game `X-Game-ID` names.
     for (game, reason, n) in [
-        ("(unknown)", "bad_token", 2.0),
-        ("(unknown)", "missing_permission", 1.0),
+        (GAME, "bad_token", 2.0),
+        (GAME, "missing_permission", 1.0),
         (GAME, "game_not_allowed", 1.0),
         (OTHER_GAME, "game_mismatch", 1.0),
-        ("(unknown)", "unknown_key", 1.0),
-        ("(unknown)", "revoked_key", 1.0),
-        ("(unknown)", "missing_credentials", 1.0),
+        (GAME, "unknown_key", 1.0),
+        (GAME, "revoked_key", 1.0),
+        (GAME, "missing_credentials", 1.0),
         (GAME, "game_mismatch", 1.0),
         (OTHER_GAME, "payments_not_allowed", 1.0),
         (GAME, "invalid_field", 1.0),

@@ -68,6 +68,9 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
         let key_game = credential::query_key(head.query()).and_then(|k| shard.keys.get(k)).map(|k| k.game.as_str());
         return cors::preflight(shard, origin, key_game);
     }
+    // The configured game `X-Game-ID` names: a refusal's label before the credential
+    // named one.
+    let named = head.field(GAME_ID).and_then(|g| shard.games.get_key_value(g)).map(|(g, _)| g.as_str());
     // The game whose origins decide whether the page may read the answer.
     let mut cors_game = None;
     let result = serve(shard, endpoint, req, &mut cors_game).await;
@@ -77,7 +80,7 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
             // Refused before its records were counted (credential, game, headers, body):
             // one refused event, as on the data port's other routes.
             if !counted {
-                ingest::count_refused(shard, cors_game.unwrap_or(""), &error, 1);
+                ingest::count_refused(shard, cors_game.or(named).unwrap_or(""), &error, 1);
             }
             error.response()
         }

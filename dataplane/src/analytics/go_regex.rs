@@ -144,12 +144,17 @@ fn translate(pattern: &str) -> Result<String, String> {
                             out.push(e);
                             // `\p{Greek}`, `\x{263a}`: the braces are the escape's.
                             if matches!(e, 'p' | 'P' | 'x') && chars.peek() == Some(&'{') {
+                                let mut name = String::new();
                                 for c in chars.by_ref() {
                                     out.push(c);
                                     if c == '}' {
                                         break;
                                     }
+                                    if c != '{' {
+                                        name.push(c);
+                                    }
                                 }
+                                unicode_class_name(e, &name)?;
                             }
                         }
                     },
@@ -215,6 +220,33 @@ fn translate(pattern: &str) -> Result<String, String> {
         prev = c;
     }
     Ok(out)
+}
+
+/// Refuses a `\p{…}` name Go never takes and the crate does: a property with a value
+/// (`Script=Latin`, `sc:Han`), an `Is` prefix (`IsLatin`), a binary property (`Alphabetic`,
+/// `Emoji`, `White_Space`, ...).
+fn unicode_class_name(escape: char, name: &str) -> Result<(), String> {
+    const BINARY: [&str; 12] = [
+        "Alphabetic",
+        "Emoji",
+        "Emoji_Presentation",
+        "Lowercase",
+        "Uppercase",
+        "Math",
+        "Ideographic",
+        "Hex_Digit",
+        "Dash",
+        "White_Space",
+        "Default_Ignorable_Code_Point",
+        "Extended_Pictographic",
+    ];
+    if escape == 'x' {
+        return Ok(());
+    }
+    if name.contains(['=', ':', ' ']) || name.starts_with("Is") || BINARY.iter().any(|b| b.eq_ignore_ascii_case(name)) {
+        return Err(format!("invalid character class range \\{escape}{{{name}}}"));
+    }
+    Ok(())
 }
 
 /// Whether what follows a `{` makes a repeat count: digits, then `}`, `,}` or `,` digits `}`.
@@ -376,6 +408,11 @@ mod tests {
             "(?R)a",
             r"\u0041",
             r"\U00000041",
+            r"\p{IsLatin}",
+            r"\p{Script=Latin}",
+            r"\p{sc:Han}",
+            r"\p{Alphabetic}",
+            r"\P{Emoji}",
         ] {
             assert!(compile(p, 1 << 20).is_err(), "{p}");
         }

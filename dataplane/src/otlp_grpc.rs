@@ -194,7 +194,10 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
         .find(|name| head.headers.get_all(*name).iter().nth(1).is_some())
     {
         let e = IngestError::from(HttpError::DuplicateHeader(name));
-        crate::ingest::count_refused(shard, "", &e, 1);
+        // The token's game when the token is not what was sent twice.
+        let token = (name != "authorization").then(|| head.headers.get("authorization")).flatten();
+        let game = otlp::bearer_game(shard, token.and_then(|v| v.to_str().ok())).unwrap_or("");
+        crate::ingest::count_refused(shard, game, &e, 1);
         return Answer::refusal(&e);
     }
     let field = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());

@@ -327,3 +327,28 @@ fn ch_cluster_a_shard_without_a_replica_makes_the_worker_unready() {
     cluster.nodes[1][0].restart();
     readyz(200, "ready again", r#""clickhouse":{"ok":true}"#);
 }
+
+/// Black-box finding: with one replica of a shard killed and the other up, `/readyz` said
+/// the shard was down for a round (its held connection to the killed one failed the ping).
+/// The probe now asks another replica at once: ready throughout.
+#[test]
+fn ch_cluster_a_lost_replica_beside_a_live_one_keeps_the_worker_ready() {
+    let mut cluster = ClickHouseCluster::start(2, 2);
+    let redis = RedisServer::start();
+    let env = cluster_env(&redis, &cluster);
+    migrate(&env);
+    let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.control_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready: {:?}", w.control_get("/readyz"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The probe's connections are on each shard's first replica: stop shard 1's.
+    cluster.nodes[0][0].stop();
+    for _ in 0..20 {
+        let (status, body) = w.control_get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.nodes[0][0].restart();
+}

@@ -172,10 +172,13 @@ impl Probes {
     async fn ping_shard(&self, i: usize, opts: &ChOptions) -> Result<(), String> {
         let held = self.ch.borrow_mut().get_mut(i).and_then(Option::take);
         let attempt = async {
-            let mut conn = match held {
-                Some(c) => c,
-                None => Connection::connect(opts).await.map_err(|e| e.to_string())?,
-            };
+            if let Some(mut conn) = held {
+                if conn.ping().await.is_ok() {
+                    return Ok(conn);
+                }
+                // The replica it was on went away: another of the shard's may answer.
+            }
+            let mut conn = Connection::connect(opts).await.map_err(|e| e.to_string())?;
             conn.ping().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(conn)
         };

@@ -8,9 +8,10 @@
 //!   escaped punctuation mark (`\<`, `\>`: word edges in the crate) and a brace that starts
 //!   no repeat count (`a{,5}`) as themselves: written here so;
 //! - Go has not the crate's `\u`, `\U` escapes, nor its `x`, `u`, `R` flags: refused;
-//! - inside a bracket class Go reads `[` (but `[:name:]`), `&&`, `~~`, `--` and a `-` after
-//!   a class as themselves or a range (the crate as a nested class, set operations, a
-//!   range): escaped;
+//! - inside a bracket class Go reads `[` (but `[:name:]`), `&&` and `~~` as themselves
+//!   (the crate as a nested class and set operations), and a `-` as a range's operator
+//!   only after a single character that is not a range's end (`[--x]`, `[#--x]`,
+//!   `[a-b-c]`, `[\w-.]`): written so, the other `-` escaped;
 //! - Go refuses a repeat count over 1,000 (also as the product of nested counts) and a
 //!   repetition of a repetition (`a**`), which the crate takes: refused here too.
 //!
@@ -22,8 +23,9 @@ use regex_syntax::ast::{self, Ast, RepetitionKind, RepetitionRange};
 /// Go's largest repeat count (`regexp/syntax`'s `maxRepeat`).
 const MAX_REPEAT: u32 = 1000;
 
-/// Deepest nesting of groups and classes taken (Go's `maxHeight`).
-const NEST_LIMIT: u32 = 1000;
+/// Deepest nesting of groups and classes taken: the crate's default (Go takes 1,000; the
+/// crate's compiler recurses, and the control thread's stack is not sized for that).
+const NEST_LIMIT: u32 = 250;
 
 /// `pattern`, a Go `regexp` expression, compiled with the same meaning; or why Go (or
 /// this server, past `size_limit` bytes of compiled program) refuses it.
@@ -71,11 +73,14 @@ fn translate(pattern: &str) -> Result<String, String> {
     // Inside a bracket class; whether the next character is its first (where `]` is
     // itself, as in both dialects); whether the last item written there was a class (a
     // `-` after it is itself in Go, where the crate would read a range).
-    let (mut in_class, mut class_start, mut after_set) = (false, false, false);
-    let mut prev = '\0';
+    let (mut in_class, mut class_start) = (false, false);
+    // In a bracket class, what the last item written was: a `-` is a range's operator only
+    // after a single character, as Go reads it, and written `\-` everywhere else.
+    let mut last = Item::Open;
     while let Some(c) = chars.next() {
         let first = std::mem::replace(&mut class_start, false);
-        let was_set = std::mem::replace(&mut after_set, false);
+        // What this character writes, in a class: a single character unless said.
+        let mut item = Item::Char;
         match c {
             '\\' => {
                 let Some(e) = chars.next() else { return Err("trailing backslash at end of expression".into()) };
@@ -121,12 +126,16 @@ fn translate(pattern: &str) -> Result<String, String> {
                         chars.next();
                         chars.next();
                         out.push_str(if e == 'p' { r"\P{" } else { r"\p{" });
+                        let mut name = String::new();
                         for c in chars.by_ref() {
                             out.push(c);
                             if c == '}' {
                                 break;
                             }
+                            name.push(c);
                         }
+                        unicode_class_name(e, &name)?;
+                        item = Item::Set;
                     }
                     // Escapes Go has not (the crate's `\u`, `\U`, `\<`, `\>` among them
                     // are refused or read as the punctuation they escape).
@@ -137,13 +146,14 @@ fn translate(pattern: &str) -> Result<String, String> {
                     e => match perl_class(e, in_class) {
                         Some(ascii) => {
                             out.push_str(ascii);
-                            after_set = in_class;
+                            item = Item::Set;
                         }
                         None => {
                             out.push('\\');
                             out.push(e);
                             // `\p{Greek}`, `\x{263a}`: the braces are the escape's.
-                            if matches!(e, 'p' | 'P' | 'x') && chars.peek() == Some(&'{') {
+                            let braced = chars.peek() == Some(&'{');
+                            if matches!(e, 'p' | 'P' | 'x') && braced {
                                 let mut name = String::new();
                                 for c in chars.by_ref() {
                                     out.push(c);
@@ -155,6 +165,13 @@ fn translate(pattern: &str) -> Result<String, String> {
                                     }
                                 }
                                 unicode_class_name(e, &name)?;
+                            }
+                            if matches!(e, 'p' | 'P') {
+                                // `\pL`: the one-letter name is the escape's too.
+                                if let Some(l) = chars.next_if(|_| !braced) {
+                                    out.push(l);
+                                }
+                                item = Item::Set;
                             }
                         }
                     },
@@ -198,7 +215,7 @@ fn translate(pattern: &str) -> Result<String, String> {
                             out.push(c);
                         }
                     }
-                    after_set = true;
+                    item = Item::Set;
                 } else {
                     out.push_str(r"\[");
                 }
@@ -214,10 +231,25 @@ fn translate(pattern: &str) -> Result<String, String> {
             }
             // `-` after a class (`[\w-.]`), or after another `-` (`[#--x]`, a range to `-`
             // in Go, a set difference in the crate): itself.
-            '-' if in_class && (was_set || prev == '-') => out.push_str(r"\-"),
+            '-' if in_class => {
+                let operator = last == Item::Char && chars.peek().is_some_and(|n| *n != ']');
+                if operator {
+                    out.push('-');
+                    item = Item::Operator;
+                } else {
+                    out.push_str(r"\-");
+                }
+            }
             c => out.push(c),
         }
-        prev = c;
+        if in_class {
+            last = match (item, last) {
+                _ if class_start => Item::Open,
+                // A range's end: a `-` after it is itself.
+                (Item::Char, Item::Operator) => Item::Set,
+                (item, _) => item,
+            };
+        }
     }
     Ok(out)
 }
@@ -249,28 +281,44 @@ fn unicode_class_name(escape: char, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What was last written inside a bracket class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    /// The class's start.
+    Open,
+    /// A single character, which a `-` may make a range's start.
+    Char,
+    /// A range's `-`.
+    Operator,
+    /// A class (`\w`, `\pL`, `[:alpha:]`) or a range's end: a `-` after it is itself.
+    Set,
+}
+
 /// Whether what follows a `{` makes a repeat count: digits, then `}`, `,}` or `,` digits `}`.
 fn starts_repeat(mut rest: impl Iterator<Item = char>) -> bool {
-    let mut digits = 0;
-    let mut c = rest.next();
-    while c.is_some_and(|d| d.is_ascii_digit()) {
-        digits += 1;
-        c = rest.next();
-    }
-    if digits == 0 {
-        return false;
-    }
+    let first = rest.next();
+    let Some((c, _)) = repeat_number(first, &mut rest) else { return false };
     match c {
         Some('}') => true,
-        Some(',') => {
-            let mut c = rest.next();
-            while c.is_some_and(|d| d.is_ascii_digit()) {
-                c = rest.next();
-            }
-            c == Some('}')
-        }
+        Some(',') => match rest.next() {
+            Some('}') => true,
+            next => repeat_number(next, &mut rest).is_some_and(|(c, _)| c == Some('}')),
+        },
         _ => false,
     }
+}
+
+/// A repeat count's number as Go's `parseRepeat` reads it, from `first` on: digits without
+/// a leading zero (`{01}` is text); the character after it, and the number of digits.
+fn repeat_number(first: Option<char>, rest: &mut impl Iterator<Item = char>) -> Option<(Option<char>, usize)> {
+    let mut digits = String::new();
+    let mut c = first;
+    while let Some(d) = c.filter(char::is_ascii_digit) {
+        digits.push(d);
+        c = rest.next();
+    }
+    let leading_zero = digits.len() > 1 && digits.starts_with('0');
+    (!digits.is_empty() && !leading_zero).then_some((c, digits.len()))
 }
 
 /// Refuses what Go's parser refuses among repetitions: a repetition of a repetition, and
@@ -377,15 +425,29 @@ mod tests {
             ("^a{2}$", "aa", true),
             (r"\b{start}", "a{start}", true),
             ("(?i:LOGIN)|(?U)x+", "login", true),
+            // Ranges as Go reads them: a `-` first in a class starts one, a range's end is
+            // not another's start, a `-` after a class is itself.
+            ("^[--x]$", "a", true),
+            ("^[--x]$", "y", false),
+            ("^[a-b-c]$", "-", true),
+            ("^[a-b-c]$", "c", true),
+            (r"^[\p{L}-.]+$", "é-.", true),
+            (r"^[\pL-_]+$", "a_", true),
+            // A number with a leading zero starts no repeat count: text.
+            ("^a{01}$", "a{01}", true),
+            ("^a{1,02}$", "a{1,02}", true),
+            ("^a{0}b$", "b", true),
         ] {
             assert_eq!(matches(p, text), want, "{p} on {text:?}");
         }
     }
 
     #[test]
-    fn deep_nesting_is_taken_up_to_go_s_height() {
-        let deep = format!("{}a{}", "(".repeat(300), ")".repeat(300));
-        assert!(matches(&deep, "a"));
+    fn deep_nesting_is_taken_to_the_crate_s_limit() {
+        let deep = |n: usize| format!("{}a{}", "(".repeat(n), ")".repeat(n));
+        assert!(matches(&deep(240), "a"));
+        // Deeper than the crate's compiler is given stack for: refused, not a crash.
+        assert!(compile(&deep(1000), 1 << 20).is_err());
         let long = "[".repeat(16 * 1024);
         assert!(compile(&long, 1 << 20).is_err());
     }
@@ -413,6 +475,7 @@ mod tests {
             r"\p{sc:Han}",
             r"\p{Alphabetic}",
             r"\P{Emoji}",
+            r"\p{^Script=Latin}",
         ] {
             assert!(compile(p, 1 << 20).is_err(), "{p}");
         }

@@ -299,6 +299,19 @@ fn start_worker(env: &[(String, String)]) -> std::process::Child {
         .expect("start croupier worker")
 }
 
+/// Waits up to 30 s for `w`'s `/readyz` to answer `want` with `needle` in its body; the body.
+fn wait_readyz(w: &croupier_it::monitoring::Croupier, want: u16, what: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = w.control_get("/readyz");
+        if status == want && body.contains(needle) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A worker's `/readyz` answers for every shard: with the only replica of one shard
 /// stopped, every insert stalls, so ClickHouse is not ready, the shard named; ready again
 /// once the replica is back.
@@ -309,17 +322,7 @@ fn ch_cluster_a_shard_without_a_replica_makes_the_worker_unready() {
     let env = cluster_env(&redis, &cluster);
     migrate(&env);
     let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &env);
-    let readyz = |want: u16, what: &str, needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = w.control_get("/readyz");
-            if status == want && body.contains(needle) {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "{what}: {status} {body}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let readyz = |want: u16, what: &str, needle: &str| wait_readyz(&w, want, what, needle);
     readyz(200, "ready with both shards", r#""clickhouse":{"ok":true}"#);
     cluster.nodes[1][0].stop();
     let body = readyz(503, "unready with shard 2 down", "shard 2 of 2: ");
@@ -338,11 +341,7 @@ fn ch_cluster_a_lost_replica_beside_a_live_one_keeps_the_worker_ready() {
     let env = cluster_env(&redis, &cluster);
     migrate(&env);
     let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &env);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while w.control_get("/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "never ready: {:?}", w.control_get("/readyz"));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_readyz(&w, 200, "ready with both shards", r#""clickhouse":{"ok":true}"#);
     // The probe's connections are on each shard's first replica: stop shard 1's.
     cluster.nodes[0][0].stop();
     for _ in 0..20 {

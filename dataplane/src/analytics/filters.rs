@@ -257,7 +257,8 @@ impl Filters {
         let (game, env) = (u.game_id.as_deref().unwrap_or_default(), u.env.as_deref().unwrap_or_default());
         // As long as ingest takes them, else settings no event can match and no read can
         // ask for.
-        Scope { game: Some(game.to_owned()), env: Some(env.to_owned()) }.check()?;
+        super::params::check_scope_value("game_id", game)?;
+        super::params::check_scope_value("env", env)?;
         check_id("game_id", game)?;
         check_id("env", env)?;
         // A read's values are trimmed: settings under an untrimmed name could be applied

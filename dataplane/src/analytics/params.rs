@@ -143,6 +143,15 @@ pub struct Scope {
     pub env: Option<String>,
 }
 
+/// Refuses a `game_id` or `env` (`field`) longer than ingest takes one (256 bytes).
+pub fn check_scope_value(field: &'static str, v: &str) -> Result<(), ApiError> {
+    let max = croupier_protocol::validate::Limits::default().max_field_bytes;
+    if v.len() > max {
+        return Err(ApiError::param(field, format!("longer than {max} bytes")));
+    }
+    Ok(())
+}
+
 impl Scope {
     /// From the query, else the headers.
     pub fn resolve(params: &Params, game_header: Option<&str>, env_header: Option<&str>) -> Scope {
@@ -154,11 +163,8 @@ impl Scope {
     /// Refuses a `game_id` or `env` longer than ingest takes one (256 bytes): no row can
     /// hold it, and the figures remembered per scope would be keyed by kilobytes.
     pub fn check(&self) -> Result<(), ApiError> {
-        let max = croupier_protocol::validate::Limits::default().max_field_bytes;
         for (field, v) in [("game_id", &self.game), ("env", &self.env)] {
-            if v.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(ApiError::param(field, format!("longer than {max} bytes")));
-            }
+            check_scope_value(field, v.as_deref().unwrap_or_default())?;
         }
         Ok(())
     }

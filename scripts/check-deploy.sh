@@ -12,6 +12,7 @@
 # prometheus-alertmanager, docker-compose, nginx, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 
 for tool in promtool amtool python3 docker-compose nginx haproxy redis-server redis-cli; do
   command -v "$tool" >/dev/null 2>&1 || { echo "check-deploy: $tool not found (run scripts/setup.sh)" >&2; exit 1; }

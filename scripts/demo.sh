@@ -8,6 +8,7 @@
 # see `croupier demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 scripts/setup.sh
 scripts/build-release.sh
 exec "${CARGO_TARGET_DIR:-target}/release/croupier" demo "$@"

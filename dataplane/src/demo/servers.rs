@@ -77,9 +77,22 @@ pub fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
-/// Whether `program` is an executable file on the PATH.
-pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+/// Where `program` is: the first executable file of that name on the PATH, else in
+/// `/usr/sbin` or `/sbin`, where Debian installs `clickhouse-server` and which a user's
+/// PATH does not name.
+pub fn find(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(program))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// A command running `program` as [`find`] finds it (by name when it is nowhere: the
+/// spawn's error then says so).
+fn command(program: &str) -> Command {
+    Command::new(find(program).unwrap_or_else(|| PathBuf::from(program)))
 }
 
 fn spawn(name: &'static str, mut cmd: Command, dir: &Path, log: PathBuf) -> Result<Server, String> {
@@ -101,7 +114,7 @@ fn spawn(name: &'static str, mut cmd: Command, dir: &Path, log: PathBuf) -> Resu
 pub fn redis(dir: &Path, port: u16) -> Result<Server, String> {
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log = dir.join("redis.log");
-    let mut cmd = Command::new("redis-server");
+    let mut cmd = command("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no", "--save", ""])
         .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
         .arg(dir)
@@ -152,7 +165,7 @@ pub fn clickhouse(dir: &Path, tcp: u16, http: u16) -> Result<Server, String> {
 "#;
     fs::write(dir.join("config.xml"), config).map_err(|e| format!("{d}: {e}"))?;
     fs::write(dir.join("users.xml"), users).map_err(|e| format!("{d}: {e}"))?;
-    let mut cmd = Command::new("clickhouse-server");
+    let mut cmd = command("clickhouse-server");
     cmd.arg(format!("--config-file={d}/config.xml"));
     let mut server = spawn("clickhouse-server", cmd, dir, dir.join("error.log"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], http));

@@ -180,6 +180,17 @@ export function backoff(attempt: number, retryAfter: string | null, max: number)
   return base / 2 + Math.random() * (base / 2);
 }
 
+/**
+ * A column's value as the server takes it: a string as is, a number's text, `undefined`
+ * for none, `null` for what no column can hold.
+ */
+function columnText(v: unknown): string | undefined | null {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === "string") return v;
+  if ((typeof v === "number" && Number.isFinite(v)) || typeof v === "bigint") return String(v);
+  return null;
+}
+
 /** A client of one game. Most pages use the module functions, which share one. */
 export class Client {
   readonly c: Required<Omit<Config, "userId" | "appVersion" | "channel" | "storage" | "fetch" | "onError">> & Config;
@@ -195,6 +206,8 @@ export class Client {
   private beat: ReturnType<typeof setInterval> | undefined;
   private wait = 0;
   private closed = false;
+  /** This session's `session_start` while it carries no player. */
+  private anonymous: Item | undefined;
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
   /**
@@ -213,6 +226,15 @@ export class Client {
   private readonly bkey: string;
 
   constructor(config: Config) {
+    // The server takes these columns as strings only: a number given for one is sent as
+    // its text (a record with a number there would be refused, and with it every record
+    // of the page); anything else is left out (the default where there is one), reported.
+    const bad: string[] = [];
+    const text = (v: unknown, what: string): string | undefined => {
+      const t = columnText(v);
+      if (t === null) bad.push(what);
+      return t ?? undefined;
+    };
     this.c = {
       env: "prod",
       platform: "web",
@@ -223,10 +245,19 @@ export class Client {
       maxBackoff: 60000,
       autoSession: true,
       ...config,
+      // "https://ingest.example/" and "https://ingest.example" name the same routes.
+      endpoint: String(config.endpoint ?? "").replace(/\/+$/, ""),
     };
+    this.c.env = text(config.env, "env") ?? "prod";
+    this.c.platform = text(config.platform, "platform") ?? "web";
+    this.c.appVersion = text(config.appVersion, "appVersion");
+    this.c.channel = text(config.channel, "channel");
+    this.user = text(config.userId, "userId") ?? "";
+    for (const what of bad) {
+      this.report({ reason: "invalid", message: `${what} must be a string: left out`, records: 0 });
+    }
     this.qkey = `croupier:${config.game}:queue`;
     this.bkey = `croupier:${config.game}:beacons`;
-    this.user = config.userId || "";
     const s = this.store();
     let device = s ? s.getItem(`croupier:${config.game}:device`) : null;
     if (!device) {
@@ -264,12 +295,19 @@ export class Client {
       });
     }
     if (this.c.autoSession) {
-      this.track("session_start");
+      this.startSession();
       if (this.c.heartbeatInterval > 0) {
         this.beat = setInterval(() => this.track("heartbeat"), this.c.heartbeatInterval);
       }
     }
     this.schedule(this.queue.length || this.beacons.length ? 0 : this.c.flushInterval);
+  }
+
+  /** Queues the session's `session_start`, remembered while it has no player (see identify). */
+  private startSession(): void {
+    this.track("session_start");
+    const last = this.queue[this.queue.length - 1];
+    this.anonymous = !this.user && last?.r.event === "session_start" && last.r.session_id === this.session ? last : undefined;
   }
 
   private store(): Pick<Storage, "getItem" | "setItem"> | null {
@@ -383,9 +421,32 @@ export class Client {
     this.push("e", r);
   }
 
-  /** Sets the player of the events that follow. */
-  identify(userId: string): void {
-    this.user = userId;
+  /**
+   * Sets the player of the events that follow (a number is taken as its text; an empty
+   * string forgets the player). The session's `session_start`, sent by `init` before the
+   * page knew its player, gets the player too while it waits in the queue; when it has
+   * already left without one, a `login` event says who the session's player is — the day's
+   * active players are counted on `session_start` and `login`.
+   */
+  identify(userId: string | number): void {
+    const id = columnText(userId);
+    if (id === null) {
+      this.report({ reason: "invalid", message: `the user id must be a string: ${String(userId)} not taken`, records: 0 });
+      return;
+    }
+    this.user = id ?? "";
+    const start = this.anonymous;
+    if (!id || !start) return;
+    this.anonymous = undefined;
+    if (start.r.session_id !== this.session) return;
+    const waiting = this.queue.includes(start) && !this.inflight?.batch.includes(start);
+    if (waiting) {
+      start.r.user_id = id;
+      start.n = undefined;
+      this.save();
+    } else {
+      this.track("login");
+    }
   }
 
   /** Queues a payment and a `purchase` event. */
@@ -606,7 +667,7 @@ export class Client {
     this.started = Date.now();
     this.beacons = this.storedBeacons();
     if (this.c.autoSession) {
-      this.track("session_start");
+      this.startSession();
       if (this.c.heartbeatInterval > 0) {
         this.beat = setInterval(() => this.track("heartbeat"), this.c.heartbeatInterval);
       }
@@ -673,7 +734,7 @@ export function track(event: string, props?: Record<string, unknown>): void {
 }
 
 /** Sets the player of the events that follow. */
-export function identify(userId: string): void {
+export function identify(userId: string | number): void {
   client?.identify(userId);
 }
 

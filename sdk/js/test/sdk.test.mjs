@@ -555,3 +555,48 @@ test("props nested deeper than the server takes are refused when tracked; a 403 
   assert.equal(read, 2);
   c.close();
 });
+
+test("identify after init gives the waiting session_start its player; once it has left, a login says who it is", async () => {
+  const f = server(202);
+  const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0 });
+  c.identify("p1");
+  c.track("level_start", { level: 1 });
+  await drain(c);
+  const first = f.calls.flatMap((x) => x.records);
+  assert.deepEqual(first.map((r) => [r.event, r.user_id]), [["session_start", "p1"], ["level_start", "p1"]]);
+
+  const g = server(202);
+  const d = client({ fetch: g, autoSession: true, heartbeatInterval: 0 });
+  await drain(d);
+  d.identify("p2");
+  d.identify("p2");
+  d.track("level_start", { level: 1 });
+  await drain(d);
+  const sent = g.calls.flatMap((x) => x.records);
+  assert.deepEqual(sent.map((r) => [r.event, r.user_id]), [["session_start", undefined], ["login", "p2"], ["level_start", "p2"]]);
+  assert.ok(sent.every((r) => r.session_id === d.session));
+  c.close();
+  d.close();
+});
+
+test("numbers given for the user id and the columns are sent as their text; a trailing slash of the endpoint is dropped", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, endpoint: "http://ingest.test//", appVersion: 2, channel: 7, env: { x: 1 }, onError: (e) => errors.push(e) });
+  c.identify(987654);
+  c.track("level_start");
+  c.identify({ id: 1 });
+  c.track("level_start");
+  await drain(c);
+  assert.equal(f.calls[0].url, "http://ingest.test/api/analytics/ingest");
+  for (const r of f.calls[0].records) {
+    assert.equal(r.user_id, "987654");
+    assert.equal(r.app_version, "2");
+    assert.equal(r.channel, "7");
+    assert.equal(r.env, "prod");
+  }
+  assert.deepEqual(errors.map((e) => e.reason), ["invalid", "invalid"]);
+  assert.match(errors[0].message, /env/);
+  assert.match(errors[1].message, /user id/);
+  c.close();
+});

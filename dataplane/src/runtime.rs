@@ -39,34 +39,46 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 
 /// Runs `fut` to completion on a new runtime of the given driver (with timers).
 ///
-/// The io_uring ring is made with `IORING_SETUP_COOP_TASKRUN` where the kernel has it
-/// (5.19+): a completion (a socket became readable because the peer on another core sent)
-/// then waits for the thread's next `io_uring_enter` instead of interrupting it with an
-/// inter-processor interrupt to post it. The runtime enters the kernel whenever it runs
-/// out of tasks, which is when it reads completions anyway, so nothing is seen later; the
-/// interrupts had cost an ingest shard several percent of its CPU (perf/CHANGES.md). An
-/// older kernel refuses the flag (`EINVAL`), and the ring is made without it; which ring
-/// the process runs is logged once.
+/// The io_uring ring is made with `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`
+/// where the kernel has them (6.1+): the ring is made and used by this thread only, and a
+/// completion (a socket became readable because the peer on another core sent) is
+/// posted only when the thread asks for completions, which the runtime does when it runs
+/// out of tasks and waits — once per round for everything that completed in it, instead
+/// of at every kernel entry, or with an inter-processor interrupt. A kernel without them
+/// (`EINVAL`) gets `IORING_SETUP_COOP_TASKRUN` (5.19+: no interrupt, the work run at the
+/// next entry), else a plain ring; which ring the process runs is logged once. Each step
+/// cost or saved an ingest shard a few percent of its CPU (perf/CHANGES.md).
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
     Ok(match driver {
         ActiveDriver::IoUring => {
+            let mut deferred = io_uring::IoUring::builder();
+            deferred.setup_single_issuer().setup_defer_taskrun();
             let mut cooperative = io_uring::IoUring::builder();
             cooperative.setup_coop_taskrun();
-            let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .uring_builder(cooperative)
-                .enable_timer()
-                .build();
-            let mut runtime = match built {
+            let build = |ring: Option<io_uring::Builder>| {
+                let builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new();
+                match ring {
+                    Some(ring) => builder.uring_builder(ring).enable_timer().build(),
+                    None => builder.enable_timer().build(),
+                }
+            };
+            let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+            let mut runtime = match build(Some(deferred)) {
                 Ok(runtime) => {
-                    RING_LOGGED.call_once(|| tracing::info!("io_uring rings with cooperative task running"));
+                    RING_LOGGED.call_once(|| tracing::info!("io_uring rings with deferred task running"));
                     runtime
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    RING_LOGGED.call_once(|| {
-                        tracing::info!("io_uring rings without cooperative task running (a kernel before 5.19)")
-                    });
-                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build()?
-                }
+                Err(e) if refused(&e) => match build(Some(cooperative)) {
+                    Ok(runtime) => {
+                        RING_LOGGED.call_once(|| tracing::info!("io_uring rings with cooperative task running"));
+                        runtime
+                    }
+                    Err(e) if refused(&e) => {
+                        RING_LOGGED.call_once(|| tracing::info!("io_uring rings without cooperative task running"));
+                        build(None)?
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(e) => return Err(e),
             };
             runtime.block_on(fut)

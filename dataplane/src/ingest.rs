@@ -517,7 +517,8 @@ fn prepare<'s>(
                 &mut b.events,
                 &mut b.custom,
             )
-            .map_err(IngestError::Body)?;
+            // A record refused counts the batch's records refused.
+            .map_err(|e| Refusal { error: IngestError::Body(e), records: json.batch_records() })?;
             let mut n = 0;
             for (kind, len) in [(StreamKind::Events, b.events.len()), (StreamKind::Custom, b.custom.len())] {
                 if len > 0 {
@@ -532,7 +533,7 @@ fn prepare<'s>(
             b.payments.clear();
             let mut json = shard.json.borrow_mut();
             validate::parse_payments_in(&mut json, body, cred.game, &shard.limits, &mut b.payments)
-                .map_err(IngestError::Body)?;
+                .map_err(|e| Refusal { error: IngestError::Body(e), records: json.batch_records() })?;
             parts[0] = (StreamKind::Payments, b.payments.len());
             1
         }

@@ -152,15 +152,30 @@ pub struct JsonBuffers {
     open: Vec<usize>,
     /// Length of the largest body parsed into `buffers` since they were made.
     parsed_for: usize,
+    /// Records of the batch last parsed, once its list was read.
+    batch_records: Option<usize>,
 }
 
 impl Default for JsonBuffers {
     fn default() -> Self {
-        JsonBuffers { buffers: simd_json::Buffers::default(), tape: Tape(Vec::new()), open: Vec::new(), parsed_for: 0 }
+        JsonBuffers {
+            buffers: simd_json::Buffers::default(),
+            tape: Tape(Vec::new()),
+            open: Vec::new(),
+            parsed_for: 0,
+            batch_records: None,
+        }
     }
 }
 
 impl JsonBuffers {
+    /// How many records the batch last parsed held, when the parse read its list (`None`
+    /// when it was refused before: too large, not JSON, not a batch) — what a refusal of
+    /// one of its records counts as refused.
+    pub fn batch_records(&self) -> Option<usize> {
+        self.batch_records
+    }
+
     /// About how many bytes the buffers hold on to between requests: the tape, the
     /// depth check's stack, and simd-json's buffers (sized by the largest body parsed since
     /// they were last let go: its copy, its unescaped strings and up to 4 bytes of
@@ -280,6 +295,27 @@ fn parse_error(e: &simd_json::Error, body: &[u8]) -> BodyError {
         },
         _ => BodyError::Malformed(e.to_string()),
     }
+}
+
+/// [`with_root`] for a batch body: `f` gets its records (refused beyond
+/// [`Limits::max_records`], first by a scan of the bytes), whose count is kept in `bufs`
+/// ([`JsonBuffers::batch_records`]).
+fn with_batch<R>(
+    body: &mut [u8],
+    limits: &Limits,
+    bufs: &mut JsonBuffers,
+    f: impl for<'t, 'a> FnOnce(Array<'t, 'a>) -> Result<R, BodyError>,
+) -> Result<R, BodyError> {
+    bufs.batch_records = None;
+    count_records(body, limits)?;
+    let mut seen = None;
+    let out = with_root(body, limits, bufs, |root| {
+        let list = records(root, limits)?;
+        seen = Some(list.len());
+        f(list)
+    });
+    bufs.batch_records = seen;
+    out
 }
 
 fn records<'t, 'a>(root: Value<'t, 'a>, limits: &Limits) -> Result<Array<'t, 'a>, BodyError> {
@@ -606,10 +642,9 @@ pub fn parse_events_in(
     events: &mut EventBatch,
     custom: &mut EventBatch,
 ) -> Result<(), BodyError> {
-    count_records(body, limits)?;
-    with_root(body, limits, bufs, |root| {
+    with_batch(body, limits, bufs, |list| {
         let mut r = Rec::empty(limits);
-        for (index, v) in records(root, limits)?.iter().enumerate() {
+        for (index, v) in list.iter().enumerate() {
             r.read(index, v)?;
             let name = event_name(&r)?;
             let out = match route_event(name) {
@@ -688,12 +723,11 @@ pub fn parse_events_scoped(
     events: &mut EventBatch,
     custom: &mut EventBatch,
 ) -> Result<Scoped, BodyError> {
-    count_records(body, limits)?;
-    with_root(body, limits, bufs, |root| {
+    with_batch(body, limits, bufs, |list| {
         let mut first = None;
         let mut dropped = 0;
         let mut r = Rec::empty(limits);
-        for (index, v) in records(root, limits)?.iter().enumerate() {
+        for (index, v) in list.iter().enumerate() {
             r.read(index, v)?;
             let name = event_name(&r)?;
             let out = match route_event(name) {
@@ -717,12 +751,11 @@ pub fn parse_payments_scoped(
     keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
     out: &mut PaymentBatch,
 ) -> Result<Scoped, BodyError> {
-    count_records(body, limits)?;
-    with_root(body, limits, bufs, |root| {
+    with_batch(body, limits, bufs, |list| {
         let mut first = None;
         let mut dropped = 0;
         let mut r = Rec::empty(limits);
-        for (index, v) in records(root, limits)?.iter().enumerate() {
+        for (index, v) in list.iter().enumerate() {
             r.read(index, v)?;
             let p = out.next_to_fill();
             payment_fields(&r, scope, &mut first, p)?;
@@ -876,10 +909,9 @@ pub fn parse_payments_in(
     limits: &Limits,
     out: &mut PaymentBatch,
 ) -> Result<(), BodyError> {
-    count_records(body, limits)?;
-    with_root(body, limits, bufs, |root| {
+    with_batch(body, limits, bufs, |list| {
         let mut r = Rec::empty(limits);
-        for (index, v) in records(root, limits)?.iter().enumerate() {
+        for (index, v) in list.iter().enumerate() {
             r.read(index, v)?;
             payment_record(&r, Some(game), out.next_to_fill())?;
         }

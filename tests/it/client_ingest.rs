@@ -205,7 +205,11 @@ fn client_ingest_tokens_and_write_keys() {
     refused(&post(&f, PAYMENTS, &[("X-Write-Key", OTHER_KEY)], &pay), 403, "payments_not_allowed");
     ok(&post(&f, PAYMENTS, &[("X-Write-Key", KEY)], &pay), 1, 0);
     // Validation and media type as on /api/ingest/*.
-    refused(&post(&f, EVENTS, &[("X-Write-Key", KEY)], r#"[{"event":"login"}]"#), 400, "invalid_field");
+    refused(
+        &post(&f, EVENTS, &[("X-Write-Key", KEY)], r#"[{"event":"login"},{"event":"login"}]"#),
+        400,
+        "invalid_field",
+    );
     refused(
         &post(&f, EVENTS, &[("X-Write-Key", KEY), ("Content-Type", "application/xml")], &body),
         415,
@@ -215,7 +219,8 @@ fn client_ingest_tokens_and_write_keys() {
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
     assert_eq!(xlen(&f.redis, "analytics:payments"), 1);
     // Every refusal is counted under its own reason (black-box finding: those before the
-    // body were not counted at all), one event each when the records were not read yet.
+    // body were not counted at all), one event each when the records were not read yet,
+    // each record of the batch when one of them was refused.
     let mut enc = croupier_control::metrics::Encoder::new();
     f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
     let text = enc.finish();
@@ -228,9 +233,9 @@ fn client_ingest_tokens_and_write_keys() {
         (GAME, "unknown_key", 1.0),
         (GAME, "revoked_key", 1.0),
         (GAME, "missing_credentials", 1.0),
-        (GAME, "game_mismatch", 1.0),
+        (GAME, "game_mismatch", 2.0),
         (OTHER_GAME, "payments_not_allowed", 1.0),
-        (GAME, "invalid_field", 1.0),
+        (GAME, "invalid_field", 2.0),
         (GAME, "unsupported_media_type", 1.0),
     ] {
         let series = format!(r#"croupier_events_refused_total{{game="{game}",reason="{reason}"}}"#);

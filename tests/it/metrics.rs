@@ -51,7 +51,9 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
         let r = post_signed(&mut c, "/api/ingest/events", GAME, "wrong", events(3).as_bytes());
         assert_eq!((r.status, r.error_tag().as_str()), (401, "bad_signature"));
     }
-    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, br#"[{"ts":1,"game_id":"g1"}]"#);
+    // A bad record refuses its batch: its three events are counted refused.
+    let bad = br#"[{"ts":1,"game_id":"g1"},{"ts":1,"game_id":"g1"},{"ts":1,"game_id":"g1"}]"#;
+    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, bad);
     assert_eq!((r.status, r.error_tag().as_str()), (400, "invalid_field"));
     let r = post_signed(&mut c, "/api/ingest/events", "nope", "x", events(1).as_bytes());
     assert_eq!((r.status, r.error_tag().as_str()), (401, "unknown_game"));
@@ -72,7 +74,7 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
     assert_eq!(v(r#"croupier_events_accepted_total{game="g1",stream="payments"}"#), 20.0);
     assert_eq!(sample(&text, r#"croupier_events_accepted_total{game="g2",stream="events"}"#), None);
     assert_eq!(v(r#"croupier_events_refused_total{game="g1",reason="bad_signature"}"#), 2.0);
-    assert_eq!(v(r#"croupier_events_refused_total{game="g1",reason="invalid_field"}"#), 1.0);
+    assert_eq!(v(r#"croupier_events_refused_total{game="g1",reason="invalid_field"}"#), 3.0);
     assert_eq!(v(r#"croupier_events_refused_total{game="(unknown)",reason="unknown_game"}"#), 1.0);
     assert_eq!(v(r#"croupier_events_refused_total{game="(unknown)",reason="missing_credentials"}"#), 1.0);
     assert_eq!(v(r#"croupier_events_refused_total{game="g2",reason="invalid_batch"}"#), 1.0);

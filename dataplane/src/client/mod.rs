@@ -242,7 +242,8 @@ fn prepare<'s>(
                 validate::parse_payments_scoped(&mut json, body, scope, &shard.limits, &mut keep, sink.payments)
             }
         }
-        .map_err(IngestError::Body)?
+        // A record refused counts the batch's records refused.
+        .map_err(|e| Refusal { error: IngestError::Body(e), records: json.batch_records() })?
     };
     // The batch's game: named before the body, or its first record's.
     let named = scope.game.or(scoped.game.as_deref()).unwrap_or("");

@@ -19,7 +19,9 @@ export function claims(t: string | null = token()): Record<string, unknown> {
   if (!t) return {};
   try {
     const part = t.split('.')[1] ?? '';
-    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'));
+    // base64url of UTF-8 bytes (atob gives one character per byte).
+    const bytes = Uint8Array.from(atob(part.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
+    const json = new TextDecoder().decode(bytes);
     const v: unknown = JSON.parse(json);
     return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : {};
   } catch {

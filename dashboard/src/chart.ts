@@ -4,6 +4,22 @@ import 'uplot/dist/uPlot.min.css';
 
 const COLORS = ['#2f7de1', '#e8743b', '#19a979', '#945ecf', '#d64d76', '#13a4b4'];
 
+/**
+ * The value axis's width: its longest label, measured in the axis's font, with the ticks
+ * and the gap (a fixed width cut large figures to their last digits). At least 40 px.
+ */
+function valueAxisSize(self: uPlot, values: string[] | null, axisIdx: number, cycleNum: number): number {
+  const axis = self.axes[axisIdx] as uPlot.Axis & { _size?: number };
+  if (cycleNum > 1 && axis._size) return axis._size;
+  const longest = (values ?? []).reduce((a, v) => (String(v).length > a.length ? String(v) : a), '');
+  const font = Array.isArray(axis.font) ? axis.font[0] : axis.font;
+  if (typeof font === 'string') self.ctx.font = font;
+  const text = longest ? self.ctx.measureText(longest).width / (window.devicePixelRatio || 1) : 0;
+  const ticks = typeof axis.ticks?.size === 'number' ? axis.ticks.size : 10;
+  const gap = typeof axis.gap === 'number' ? axis.gap : 5;
+  return Math.max(40, Math.ceil(text + ticks + gap + 4));
+}
+
 /** A time series chart: x in unix seconds, one line per series. */
 export function lineChart(x: number[], series: { label: string; values: (number | null)[] }[], opts: { height?: number; bars?: boolean; time?: boolean } = {}): HTMLElement {
   const el = document.createElement('div');
@@ -27,7 +43,7 @@ export function lineChart(x: number[], series: { label: string; values: (number 
           points: { show: x.length < 40 },
         })),
       ],
-      axes: [{}, { size: 60 }],
+      axes: [{}, { size: valueAxisSize }],
     },
     data,
     el,

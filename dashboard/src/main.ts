@@ -4,7 +4,7 @@ import './style.css';
 import { get, qs, setUnauthorizedHandler } from './api';
 import { claimedGames, claims, clearToken, setToken, token } from './auth';
 import { h } from './dom';
-import { readScope, saveScope, Scope, scopeQuery } from './state';
+import { clearScope, readScope, saveScope, Scope, scopeQuery } from './state';
 import type { Page } from './pages/page';
 import { realtime } from './pages/realtime';
 import { overview } from './pages/overview';
@@ -82,7 +82,11 @@ function loginPage(): HTMLElement {
 function scopeBar(scope: Scope, onChange: (s: Scope) => void): HTMLElement {
   const list = h('datalist', { id: 'games' }, ...claimedGames().map((g) => h('option', { value: g })));
   const game = h('input', { id: 'game', list: 'games', value: scope.game, placeholder: 'all games', size: 14 }) as HTMLInputElement;
-  const env = h('select', { id: 'env' }, ...['prod', 'staging', 'dev', ''].map((e) => h('option', { value: e, selected: e === scope.env }, e || 'all envs'))) as HTMLSelectElement;
+  // The usual environments, and the one the URL names when it is another (an env is any
+  // string the events carry): the page shows and keeps what it reads.
+  const envs = ['prod', 'staging', 'dev', ''];
+  if (!envs.includes(scope.env)) envs.splice(envs.length - 1, 0, scope.env);
+  const env = h('select', { id: 'env' }, ...envs.map((e) => h('option', { value: e, selected: e === scope.env }, e || 'all envs'))) as HTMLSelectElement;
   const start = h('input', { id: 'start', type: 'date', value: scope.start }) as HTMLInputElement;
   const end = h('input', { id: 'end', type: 'date', value: scope.end }) as HTMLInputElement;
   const apply = () => onChange({ game: game.value.trim(), env: env.value, start: start.value || scope.start, end: end.value || scope.end });
@@ -125,7 +129,7 @@ function route(): void {
         p.title,
       ),
     ),
-    h('div', { class: 'user' }, String(claims().sub ?? ''), ' ', h('a', { href: '/login', id: 'logout', onclick: (e: Event) => { e.preventDefault(); clearToken(); navigate('/login', true); } }, 'log out')),
+    h('div', { class: 'user' }, String(claims().sub ?? ''), ' ', h('a', { href: '/login', id: 'logout', onclick: (e: Event) => { e.preventDefault(); clearToken(); clearScope(); navigate('/login', true); } }, 'log out')),
   );
   const bar = scopeBar(scope, (s) => {
     saveScope(s);

@@ -33,7 +33,15 @@ export function readScope(): Scope {
   if (q.has('env')) s.env = q.get('env') ?? '';
   if (q.get('start')) s.start = q.get('start') ?? s.start;
   if (q.get('end')) s.end = q.get('end') ?? s.end;
+  // A game the token may not read (kept from another token in this tab): its first game.
+  const games = claimedGames();
+  if (games.length && !q.has('game_id') && !games.includes(s.game)) s.game = games[0];
   return s;
+}
+
+/** Forgets the stored scope (log out: the next token starts from its own games). */
+export function clearScope(): void {
+  sessionStorage.removeItem(KEY);
 }
 
 export function saveScope(s: Scope): void {

@@ -225,6 +225,31 @@ try {
   const noEnv = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
   if (!noEnv.every((t) => t.startsWith('ready') && t.includes('Choose an environment'))) fail(`realtime without an env: ${noEnv}`);
 
+  // The user named in the token, decoded as UTF-8 (the test's token says "dash-José").
+  const user = await page.$eval('nav .user', (e) => e.textContent).catch(() => '');
+  if (!user.includes('dash-José')) fail(`the token's sub shown as "${user}"`);
+  // An environment other than the usual three is shown and kept: a change of the range
+  // stays on it.
+  await page.goto(`${BASE}/overview?game_id=${GAME}&env=live&start=${START}&end=${END}`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  if ((await page.$eval('#env', (e) => e.value)) !== 'live') fail(`env=live shown as "${await page.$eval('#env', (e) => e.value)}"`);
+  await page.fill('#start', END);
+  await page.dispatchEvent('#start', 'change');
+  await page.waitForURL(/start=/, { timeout: 10000 });
+  if (new URL(page.url()).searchParams.get('env') !== 'live') fail(`a change of the range left env=live: ${page.url()}`);
+  else console.log('env=live: shown and kept');
+  // Log out forgets the game and range chosen; the next token starts from its own games.
+  await page.goto(`${BASE}/overview?game_id=elsewhere&env=${ENV}&start=${START}&end=${END}`);
+  await page.click('#logout');
+  await page.waitForURL(/\/login/, { timeout: 10000 });
+  if ((await page.evaluate(() => sessionStorage.getItem('croupier.scope'))) !== null) fail('log out kept the scope');
+  await page.fill('#token', TOKEN);
+  await page.click('#login');
+  await page.waitForURL(/\/realtime/, { timeout: 10000 }).catch(() => fail(`log in again: ${page.url()}`));
+  const game = await page.$eval('#game', (e) => e.value).catch(() => '');
+  if (game !== GAME) fail(`after log out and in, the game is "${game}", not the token's ${GAME}`);
+  else console.log(`log out and in: the token's game ${GAME}`);
+
   // A realtime read no one answers (a proxy holding it) fails after 30 s as `timeout`, and
   // the next refresh reads again (the build before waited for ever: the live view froze).
   // The page's clock is Playwright's, run forward; the read is held by the browser.

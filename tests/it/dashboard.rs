@@ -226,7 +226,7 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
 
     let token = encode(
         &Header::new(Algorithm::HS256),
-        &json!({"sub": "dash", "roles": ["viewer"], "games": [GAME], "exp": now + 3600}),
+        &json!({"sub": "dash-José", "roles": ["viewer"], "games": [GAME], "exp": now + 3600}),
         &EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
     )
     .unwrap();

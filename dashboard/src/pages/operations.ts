@@ -43,8 +43,17 @@ export const operations: Page = {
 
     const tick = async () => {
       let samples: Sample[] = [];
+      let failure: unknown;
       const at = Date.now() / 1000;
-      await now.load('/metrics', async () => (samples = parse(await metricsText(abort.signal))), () => {
+      const read = async () => {
+        try {
+          samples = parse(await metricsText(abort.signal));
+        } catch (e) {
+          failure = e;
+          throw e;
+        }
+      };
+      await now.load('/metrics', read, () => {
         const accepted = sum(samples, 'croupier_events_accepted_total');
         const perSec = last ? (accepted - sum(last.samples, 'croupier_events_accepted_total')) / Math.max(0.001, at - last.at) : null;
         const ack = buckets(samples, 'croupier_http_request_duration_seconds', INGEST);
@@ -75,6 +84,14 @@ export const operations: Page = {
           fig('Dead letters', fixed(sum(samples, 'croupier_dead_letters_total'), 0), 'croupier_dead_letters_total'),
         );
       });
+      if (!samples.length && failure !== undefined && !last) {
+        // Nothing read yet: the other blocks say why, as the first does, until a read works.
+        const refused = async () => {
+          throw failure;
+        };
+        void rate.load('/metrics', refused, () => []);
+        void detail.load('/metrics', refused, () => []);
+      }
       if (samples.length) {
         if (!plot) {
           void rate.load('/metrics', async () => null, () => {

@@ -56,10 +56,12 @@ export const payments: Page = {
 
     void summary
       .then((d: { by_product: { product_id: string }[] }) => {
-        const top = d.by_product.slice(0, 3).map((p) => p.product_id);
+        // Payments without a product id have no trend to ask for, and `product_id` is a
+        // comma-separated list: ids holding a comma cannot be named in it.
+        const top = d.by_product.map((p) => p.product_id).filter((id) => id !== '' && !id.includes(',')).slice(0, 3);
         if (top.length === 0) {
           trend.el.dataset.state = 'ready';
-          trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'No products in this range.'));
+          trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'No products in this range (payments without a product id are not drawn).'));
           return;
         }
         const tsrc = '/api/analytics/payments/product_trend' + qs({ ...scopeParams(scope), product_id: top.join(','), granularity: 'hour' });

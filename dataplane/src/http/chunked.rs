@@ -80,8 +80,11 @@ impl ChunkedDecoder {
         let progress = loop {
             let rest = &input[pos..];
             match self.state {
-                State::Size => match httparse::parse_chunk_size(rest) {
+                // Leading zeros are read past (`chunk-size = 1*HEXDIG`): the parser
+                // counts them against the 16 digits a 64-bit size has.
+                State::Size => match httparse::parse_chunk_size(&rest[leading_zeros(rest)..]) {
                     Ok(httparse::Status::Complete((used, size))) => {
+                        let used = used + leading_zeros(rest);
                         if used > MAX_CHUNK_LINE {
                             return Err(HttpError::BadRequest("chunk size line too long"));
                         }
@@ -143,6 +146,12 @@ impl ChunkedDecoder {
     }
 }
 
+/// How many `0`s start `line` before its size's last digit: those followed by another hex
+/// digit (`000a` → 3, `0\r\n` → 0).
+fn leading_zeros(line: &[u8]) -> usize {
+    line.windows(2).take_while(|w| w[0] == b'0' && w[1].is_ascii_hexdigit()).count()
+}
+
 /// Decodes a whole chunked body from the front of `input` into `out`, at most `limit`
 /// data bytes: [`Chunks::Done`] with the bytes the body took, or [`Chunks::More`] if
 /// `input` ends inside it. (The one-shot form of [`ChunkedDecoder`].)
@@ -180,6 +189,18 @@ mod tests {
             assert!(end - start <= 12, "{start}..{end}");
         };
         assert_eq!((out.as_slice(), done), (b"Wikipedia".as_slice(), BODY.len() - 4));
+    }
+
+    #[test]
+    fn sizes_with_leading_zeros() {
+        let mut out = Vec::new();
+        let body = b"00000000000000000000004\r\nWiki\r\n0000000000000000000\r\n\r\n";
+        assert_eq!(decode_chunks(body, 100, &mut out), Ok(Chunks::Done(body.len())));
+        assert_eq!(out, b"Wiki");
+        // Still 16 digits at most once the zeros are past, and a line of at most MAX_CHUNK_LINE.
+        assert!(matches!(decode_chunks(b"010000000000000000\r\n", 5, &mut Vec::new()), Err(HttpError::BadRequest(_))));
+        let long = [&vec![b'0'; MAX_CHUNK_LINE][..], b"1\r\nx\r\n0\r\n\r\n"].concat();
+        assert!(matches!(decode_chunks(&long, 5, &mut Vec::new()), Err(HttpError::BadRequest(_))));
     }
 
     #[test]

@@ -1320,6 +1320,10 @@ fn analytics_auth_is_enforced_and_audited() {
         let r = api.get(path, token);
         assert_eq!((r.status, r.error_tag()), (status, tag.to_owned()), "{}", r.text());
         assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            (r.header("cache-control"), r.header("x-content-type-options")),
+            (Some("no-store"), Some("nosniff"))
+        );
     };
     check("", 401, "unauthorized");
     check("not-a-jwt", 401, "unauthorized");
@@ -1364,6 +1368,7 @@ fn analytics_auth_is_enforced_and_audited() {
     assert_eq!((r.status, e["permission"].as_str()), (403, Some("analytics:export")), "{}", r.text());
     let r = api.get(&format!("{segments}&format=csv"), &analyst);
     assert_eq!((r.status, r.header("content-type")), (200, Some("text/csv; charset=utf-8")));
+    assert_eq!((r.header("cache-control"), r.header("x-content-type-options")), (Some("no-store"), Some("nosniff")));
     let json = api.json(segments);
     let mut want = String::from("arpu,name,ratio,users\r\n");
     for s in json["segments"].as_array().unwrap() {

@@ -136,7 +136,7 @@ impl Handler for ControlPort {
                 Some(refused) => refused,
                 None => self.metrics().await,
             },
-            Route::AgentFilters => {
+            Route::AgentFilters => private({
                 let head = req.head();
                 let headers = Headers { authorization: None, game: head.field(1), env: head.field(2) };
                 match self.config.api.agent_token.as_deref() {
@@ -146,7 +146,7 @@ impl Handler for ControlPort {
                     }
                     Some(_) => self.api.agent_filters(head.query(), headers),
                 }
-            }
+            }),
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
             Route::Ready => self.ready().await,
             Route::Dashboard => self.dashboard.serve(req.head().path()),
@@ -154,7 +154,7 @@ impl Handler for ControlPort {
                 let head = req.head();
                 let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
                 if head.method != Method::Post {
-                    return self.api.handle(r, head.query(), headers, None).await;
+                    return private(self.api.handle(r, head.query(), headers, None).await);
                 }
                 let mut held = match req.claim_body() {
                     Ok(h) => h,
@@ -164,7 +164,7 @@ impl Handler for ControlPort {
                     return e.response();
                 }
                 let body = req.buffers().0.clone();
-                self.api.handle(r, head.query(), headers, Some(&body)).await
+                private(self.api.handle(r, head.query(), headers, Some(&body)).await)
             }
         }
     }
@@ -172,6 +172,14 @@ impl Handler for ControlPort {
     /// The control port's own requests are not counted (its scrapes would show in the
     /// data port's figures).
     fn served(&self, _path: Option<&str>, _status: u16, _duration: Duration) {}
+}
+
+/// An answer of the Analytics API (a player's figures, a game's settings): kept by no
+/// cache (`Cache-Control: no-store`), and read as the type it says (`nosniff`).
+fn private(mut r: Response) -> Response {
+    r.headers.push(("Cache-Control", "no-store".to_owned()));
+    r.headers.push(("X-Content-Type-Options", "nosniff".to_owned()));
+    r
 }
 
 /// A running control listener.

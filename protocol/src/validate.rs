@@ -293,6 +293,11 @@ fn parse_error(e: &simd_json::Error, body: &[u8]) -> BodyError {
             )),
             None => BodyError::Malformed(e.to_string()),
         },
+        // JSON itself has no bound; the tape holds 64-bit integers and doubles.
+        simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent => BodyError::Malformed(format!(
+            "a number out of range near character {} (integers are taken from -2^63 to 2^64-1, others as doubles up to about 1.8e308): send it as a string",
+            e.index()
+        )),
         _ => BodyError::Malformed(e.to_string()),
     }
 }
@@ -1101,6 +1106,16 @@ mod tests {
                     assert!(m.contains(&format!("{c} in a string at byte {at}")), "{body:?}: {m}")
                 }
                 other => panic!("{body:?}: {other:?}"),
+            }
+        }
+        // A number JSON allows but no 64-bit integer or double holds says so, and where.
+        for n in ["123456789012345678901234567890", "18446744073709551616", "-9223372036854775809", "1e400"] {
+            let body = format!(r#"[{{"ts":1795617749,"game_id":"g1","event":"x","props":{{"v":{n}}}}}]"#);
+            match events(&body) {
+                Err(BodyError::Malformed(m)) => {
+                    assert!(m.starts_with("a number out of range near character"), "{n}: {m}")
+                }
+                other => panic!("{n}: {other:?}"),
             }
         }
         let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));

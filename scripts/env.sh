@@ -9,8 +9,8 @@ croupier_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 case ":$PATH:" in *:/sbin:*) ;; *) PATH="$PATH:/sbin" ;; esac
 case ":$PATH:" in *:"$HOME/.local/bin":*) ;; *) PATH="$PATH:$HOME/.local/bin" ;; esac
+# (Named whether or not it is there yet: a script that sources this before setup installs
+# it runs the installed one afterwards.)
 croupier_node="$croupier_root/.tools/node/node_modules/.bin"
-if [ -x "$croupier_node/node" ]; then
-  case ":$PATH:" in *:"$croupier_node":*) ;; *) PATH="$croupier_node:$PATH" ;; esac
-fi
+case ":$PATH:" in *:"$croupier_node":*) ;; *) PATH="$croupier_node:$PATH" ;; esac
 export PATH

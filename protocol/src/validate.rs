@@ -293,9 +293,10 @@ fn parse_error(e: &simd_json::Error, body: &[u8]) -> BodyError {
             )),
             None => BodyError::Malformed(e.to_string()),
         },
-        // JSON itself has no bound; the tape holds 64-bit integers and doubles.
+        // The parser says the same of a malformed number (`01`, `1.`, `-`) and of one no
+        // 64-bit integer or double holds (JSON itself has no bound).
         simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent => BodyError::Malformed(format!(
-            "a number out of range near character {} (integers are taken from -2^63 to 2^64-1, others as doubles up to about 1.8e308): send it as a string",
+            "a number malformed or out of range near character {} (integers are taken from -2^63 to 2^64-1, others as doubles up to about 1.8e308; send larger ones as strings)",
             e.index()
         )),
         _ => BodyError::Malformed(e.to_string()),
@@ -1108,12 +1109,13 @@ mod tests {
                 other => panic!("{body:?}: {other:?}"),
             }
         }
-        // A number JSON allows but no 64-bit integer or double holds says so, and where.
-        for n in ["123456789012345678901234567890", "18446744073709551616", "-9223372036854775809", "1e400"] {
+        // A malformed number, or one no 64-bit integer or double holds, says so, and where.
+        for n in ["123456789012345678901234567890", "18446744073709551616", "-9223372036854775809", "1e400", "01", "1."]
+        {
             let body = format!(r#"[{{"ts":1795617749,"game_id":"g1","event":"x","props":{{"v":{n}}}}}]"#);
             match events(&body) {
                 Err(BodyError::Malformed(m)) => {
-                    assert!(m.starts_with("a number out of range near character"), "{n}: {m}")
+                    assert!(m.starts_with("a number malformed or out of range near character"), "{n}: {m}")
                 }
                 other => panic!("{n}: {other:?}"),
             }

@@ -35,3 +35,10 @@ export function claimedGames(t: string | null = token()): string[] {
   const list = Array.isArray(g) ? g : typeof g === 'string' ? [g] : [];
   return list.filter((x): x is string => typeof x === 'string' && x !== '' && x !== '*');
 }
+
+/** Whether the token reads every game: no `games` claim, or one that holds `*`. */
+export function anyGame(t: string | null = token()): boolean {
+  const g = claims(t).games;
+  if (g === undefined || g === null) return true;
+  return Array.isArray(g) ? g.includes('*') : g === '*';
+}

@@ -11,16 +11,16 @@ export interface Config {
   key: string;
   /** The game id. */
   game: string;
-  /** Environment (default "prod"). */
-  env?: string;
+  /** Environment (default "prod"; a number is sent as its text, as for the columns below). */
+  env?: string | number;
   /** The player, if known at start (see {@link identify}). */
-  userId?: string;
+  userId?: string | number;
   /** Platform column (default "web"). */
-  platform?: string;
+  platform?: string | number;
   /** App version column. */
-  appVersion?: string;
+  appVersion?: string | number;
   /** Channel column. */
-  channel?: string;
+  channel?: string | number;
   /**
    * Records per request; a full batch is sent at once (default 20). A request also stays
    * under 60 KiB of JSON, so that the browser sends it with `keepalive`.
@@ -441,7 +441,8 @@ export class Client {
     if (start.r.session_id !== this.session) return;
     const waiting = this.queue.includes(start) && !this.inflight?.batch.includes(start);
     if (waiting) {
-      start.r.user_id = id;
+      // As a record's strings are when tracked: a lone surrogate becomes U+FFFD.
+      start.r.user_id = wellFormed(id);
       start.n = undefined;
       this.save();
     } else {

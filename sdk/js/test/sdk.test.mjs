@@ -600,3 +600,14 @@ test("numbers given for the user id and the columns are sent as their text; a tr
   assert.match(errors[1].message, /user id/);
   c.close();
 });
+
+test("a player id with a lone surrogate given to the waiting session_start is sent well formed, as tracked records are", async () => {
+  const f = server(202);
+  const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0 });
+  c.identify("p\uD800");
+  c.track("level_start");
+  await drain(c);
+  const sent = f.calls.flatMap((x) => x.records);
+  assert.deepEqual(sent.map((r) => r.user_id), ["p\uFFFD", "p\uFFFD"]);
+  c.close();
+});

@@ -47,7 +47,11 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 /// of at every kernel entry, or with an inter-processor interrupt. A kernel without them
 /// (`EINVAL`) gets `IORING_SETUP_COOP_TASKRUN` (5.19+: no interrupt, the work run at the
 /// next entry), else a plain ring; which ring the process runs is logged once. Each step
-/// cost or saved an ingest shard a few percent of its CPU (perf/CHANGES.md).
+/// cost or saved an ingest shard a few percent of its CPU (perf/CHANGES.md). On the
+/// deferred ring, the runtime's submit between two rounds of tasks (when tasks stay
+/// runnable) no longer collects completions: a task that kept itself runnable without
+/// awaiting I/O would hold every socket of its shard back. No task of croupier's does
+/// (none yields in a loop); each awaits I/O, a timer or a message.
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
     Ok(match driver {
         ActiveDriver::IoUring => {

@@ -247,10 +247,14 @@ fn prepare<'s>(
     };
     // The batch's game: named before the body, or its first record's.
     let named = scope.game.or(scoped.game.as_deref()).unwrap_or("");
-    let (game_id, game) = shard.games.get_key_value(named).ok_or(IngestError::UnknownGame)?;
+    // The records were read: a refusal now counts them all.
+    let read = shard.json.borrow().batch_records();
+    let (game_id, game) =
+        shard.games.get_key_value(named).ok_or(Refusal { error: IngestError::UnknownGame, records: read })?;
     if let Sender::Token(caller) = sender {
         if caller.may_read(Some(game_id)).is_err() {
-            return Err(IngestError::Forbidden("game_not_allowed", "the token's games claim excludes this game").into());
+            let error = IngestError::Forbidden("game_not_allowed", "the token's games claim excludes this game");
+            return Err(Refusal { error, records: read });
         }
     }
     let (parts, n) = b.parts();

@@ -158,10 +158,10 @@ impl Handler for ControlPort {
                 }
                 let mut held = match req.claim_body() {
                     Ok(h) => h,
-                    Err(e) => return e.response(),
+                    Err(e) => return private(e.response()),
                 };
                 if let Err(e) = req.read_body(&mut held).await {
-                    return e.response();
+                    return private(e.response());
                 }
                 let body = req.buffers().0.clone();
                 private(self.api.handle(r, head.query(), headers, Some(&body)).await)

@@ -76,40 +76,52 @@ pub struct Step {
 }
 
 /// How far a funnel's chain goes from each start: the steps reached by the best chain,
-/// where each step is the first later event of the next name (in the same session with
-/// `same_session`, at most `gap` seconds after the previous with `gap > 0`). `seq` is in
-/// time order. Each event looked at takes one from `budget`; `None` when it runs out (a
-/// request's funnel may not hold the control thread for long).
+/// where each step is the first event of the next name at the previous step's second or
+/// later, not already in the chain (times are kept to the second: the events of one
+/// second may have come in any order) — in the same session with `same_session`, at most
+/// `gap` seconds after the previous with `gap > 0`. `seq` is in time order. Each event
+/// looked at takes one from `budget`; `None` when it runs out (a request's funnel may not
+/// hold the control thread for long).
 pub fn funnel_depth(seq: &[Step], steps: &[String], same_session: bool, gap: u64, budget: &mut u64) -> Option<usize> {
     let mut best = 0;
+    let mut chain: Vec<usize> = Vec::with_capacity(steps.len());
+    // Where each event's second starts in `seq`: a next step's candidates start there.
+    *budget = budget.checked_sub(seq.len() as u64)?;
+    let mut second_starts = Vec::with_capacity(seq.len());
+    for (i, s) in seq.iter().enumerate() {
+        let same = i > 0 && seq[i - 1].time == s.time;
+        second_starts.push(if same { second_starts[i - 1] } else { i });
+    }
     for (start, first) in seq.iter().enumerate() {
         *budget = budget.checked_sub(1)?;
         if first.event != steps[0] {
             continue;
         }
-        let (mut depth, mut prev) = (1, start);
+        chain.clear();
+        chain.push(start);
+        let mut prev = start;
         for name in &steps[1..] {
             let p = &seq[prev];
             let mut next = None;
-            for (j, s) in seq.iter().enumerate().skip(prev + 1) {
+            for (j, s) in seq.iter().enumerate().skip(second_starts[prev]) {
                 *budget = budget.checked_sub(1)?;
                 if gap > 0 && s.time - p.time > gap {
                     break;
                 }
-                if &s.event == name && (!same_session || s.session == p.session) {
+                if &s.event == name && (!same_session || s.session == p.session) && !chain.contains(&j) {
                     next = Some(j);
                     break;
                 }
             }
             match next {
                 Some(j) => {
-                    depth += 1;
+                    chain.push(j);
                     prev = j;
                 }
                 None => break,
             }
         }
-        best = best.max(depth);
+        best = best.max(chain.len());
         if best == steps.len() {
             break;
         }
@@ -395,6 +407,25 @@ mod tests {
     }
 
     #[test]
+    fn events_of_one_second_follow_each_other_in_any_order() {
+        let steps = |names: &[&str]| names.iter().map(|s| (*s).to_string()).collect::<Vec<String>>();
+        let mut budget = u64::MAX;
+        let b = &mut budget;
+        // A session's start and its first event in the same second (sorted by name).
+        let s = seq(&[(5, "level_start", "s"), (5, "session_start", "s"), (9, "session_end", "s")]);
+        assert_eq!(funnel_depth(&s, &steps(&["session_start", "level_start", "session_end"]), true, 0, b), Some(3));
+        assert_eq!(funnel_depth(&s, &steps(&["session_start", "level_start"]), false, 1, b), Some(2));
+        // An earlier second is still before: no step goes back in time.
+        assert_eq!(funnel_depth(&s, &steps(&["session_end", "level_start"]), false, 0, b), Some(1));
+        // The same event is not two steps.
+        assert_eq!(funnel_depth(&seq(&[(0, "a", "s")]), &steps(&["a", "a"]), false, 0, b), Some(1));
+        assert_eq!(funnel_depth(&seq(&[(0, "a", "s"), (0, "a", "s")]), &steps(&["a", "a"]), false, 0, b), Some(2));
+        // Another session's event of the same second is not the next step with same_session.
+        let s = seq(&[(5, "level_start", "other"), (5, "session_start", "s")]);
+        assert_eq!(funnel_depth(&s, &steps(&["session_start", "level_start"]), true, 0, b), Some(1));
+    }
+
+    #[test]
     fn a_funnel_stops_when_its_budget_is_spent() {
         let steps: Vec<String> = ["a", "b"].iter().map(|s| (*s).to_string()).collect();
         // Every event starts a chain that never finds "b": quadratic in the events.
@@ -402,7 +433,8 @@ mod tests {
         let s = seq(&many);
         let mut budget = 1_000_000;
         assert_eq!(funnel_depth(&s, &steps, false, 0, &mut budget), Some(1));
-        assert_eq!(budget, 1_000_000 - 1_000 - 999 * 1_000 / 2);
+        // The seconds' starts, each start, and each chain's look from its own event on.
+        assert_eq!(budget, 1_000_000 - 1_000 - 1_000 - 1_000 * 1_001 / 2);
         let mut budget = 10_000;
         assert_eq!(funnel_depth(&s, &steps, false, 0, &mut budget), None);
     }

@@ -208,6 +208,8 @@ export class Client {
   private closed = false;
   /** This session's `session_start` while it carries no player. */
   private anonymous: Item | undefined;
+  /** The player this session's `session_start` or last `login` named ("" for none). */
+  private announced = "";
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
   /**
@@ -248,8 +250,9 @@ export class Client {
       // "https://ingest.example/" and "https://ingest.example" name the same routes.
       endpoint: String(config.endpoint ?? "").replace(/\/+$/, ""),
     };
-    this.c.env = text(config.env, "env") ?? "prod";
-    this.c.platform = text(config.platform, "platform") ?? "web";
+    // An empty one is none (the server requires an environment).
+    this.c.env = text(config.env, "env") || "prod";
+    this.c.platform = text(config.platform, "platform") || "web";
     this.c.appVersion = text(config.appVersion, "appVersion");
     this.c.channel = text(config.channel, "channel");
     this.user = text(config.userId, "userId") ?? "";
@@ -307,7 +310,9 @@ export class Client {
   private startSession(): void {
     this.track("session_start");
     const last = this.queue[this.queue.length - 1];
-    this.anonymous = !this.user && last?.r.event === "session_start" && last.r.session_id === this.session ? last : undefined;
+    const queued = last?.r.event === "session_start" && last.r.session_id === this.session;
+    this.anonymous = !this.user && queued ? last : undefined;
+    this.announced = queued ? this.user : "";
   }
 
   private store(): Pick<Storage, "getItem" | "setItem"> | null {
@@ -423,26 +428,29 @@ export class Client {
 
   /**
    * Sets the player of the events that follow (a number is taken as its text; an empty
-   * string forgets the player). The session's `session_start`, sent by `init` before the
-   * page knew its player, gets the player too while it waits in the queue; when it has
-   * already left without one, a `login` event says who the session's player is — the day's
-   * active players are counted on `session_start` and `login`.
+   * string, `null` or `undefined` forgets the player). The session's `session_start`,
+   * sent by `init` before the page knew its player, gets the player too while it waits
+   * in the queue; when it has already left without one, or named another player, a
+   * `login` event says who the session's player is now — the day's active players are
+   * counted on `session_start` and `login`. An id the server would refuse (over 256
+   * bytes) is not taken, and told to `onError`.
    */
-  identify(userId: string | number): void {
+  identify(userId: string | number | null | undefined): void {
     const id = columnText(userId);
-    if (id === null) {
-      this.report({ reason: "invalid", message: `the user id must be a string: ${String(userId)} not taken`, records: 0 });
+    if (id === null || (id !== undefined && bytes(wellFormed(id)) > FIELD_BYTES)) {
+      const why = id === null ? "must be a string" : `must be at most ${FIELD_BYTES} bytes`;
+      this.report({ reason: "invalid", message: `the user id ${why}: ${String(userId)} not taken`, records: 0 });
       return;
     }
     this.user = id ?? "";
+    if (!this.user || !this.c.autoSession || this.closed || this.user === this.announced) return;
     const start = this.anonymous;
-    if (!id || !start) return;
     this.anonymous = undefined;
-    if (start.r.session_id !== this.session) return;
-    const waiting = this.queue.includes(start) && !this.inflight?.batch.includes(start);
+    this.announced = this.user;
+    const waiting = start && start.r.session_id === this.session && this.queue.includes(start) && !this.inflight?.batch.includes(start);
     if (waiting) {
       // As a record's strings are when tracked: a lone surrogate becomes U+FFFD.
-      start.r.user_id = wellFormed(id);
+      start.r.user_id = wellFormed(this.user);
       start.n = undefined;
       this.save();
     } else {
@@ -735,7 +743,7 @@ export function track(event: string, props?: Record<string, unknown>): void {
 }
 
 /** Sets the player of the events that follow. */
-export function identify(userId: string | number): void {
+export function identify(userId: string | number | null | undefined): void {
   client?.identify(userId);
 }
 

@@ -611,3 +611,24 @@ test("a player id with a lone surrogate given to the waiting session_start is se
   assert.deepEqual(sent.map((r) => r.user_id), ["p\uFFFD", "p\uFFFD"]);
   c.close();
 });
+
+test("another player identified in the session is announced by a login; the same one again, or none, is not", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0, userId: "p1", env: "", onError: (e) => errors.push(e) });
+  c.identify("p1");
+  c.identify("p2");
+  c.identify("p2");
+  c.identify(undefined);
+  c.track("level_start");
+  c.identify("x".repeat(257));
+  c.identify("p2");
+  c.track("level_start");
+  await drain(c);
+  const sent = f.calls.flatMap((x) => x.records);
+  assert.deepEqual(sent.map((r) => [r.event, r.user_id]), [["session_start", "p1"], ["login", "p2"], ["level_start", undefined], ["level_start", "p2"]]);
+  assert.ok(sent.every((r) => r.env === "prod"));
+  assert.equal(errors.length, 1);
+  assert.match(errors[0].message, /at most 256 bytes/);
+  c.close();
+});

@@ -2,7 +2,7 @@
 // the page router (History API; the control listener answers index.html at each page path).
 import './style.css';
 import { get, qs, setUnauthorizedHandler } from './api';
-import { claimedGames, claims, clearToken, setToken, token } from './auth';
+import { anyGame, claimedGames, claims, clearToken, setToken, token } from './auth';
 import { h } from './dom';
 import { clearScope, readScope, saveScope, Scope, scopeQuery } from './state';
 import type { Page } from './pages/page';
@@ -50,7 +50,7 @@ function loginPage(): HTMLElement {
       await get('/api/analytics/filters' + qs({ game_id: game }), undefined, false);
       // A path of this site only (`//host/...` and `/\host/...` name another).
       const local = /^\/(?![\/\\])/.test(next) && !next.startsWith('/login');
-      navigate(local ? next : '/realtime', true);
+      navigate(local ? readableNext(next) : '/realtime', true);
     } catch (e) {
       clearToken();
       msg.textContent = (e as Error).message;
@@ -77,6 +77,19 @@ function loginPage(): HTMLElement {
     void submit(frag);
   }
   return h('main', { class: 'login-page' }, form);
+}
+
+/**
+ * The page to go back to after logging in, its game replaced by the token's first when the
+ * token may not read it (the page was left by another token, whose session ran out).
+ */
+function readableNext(next: string): string {
+  const url = new URL(next, location.origin);
+  const game = url.searchParams.get('game_id');
+  const games = claimedGames();
+  if (game === null || anyGame() || games.length === 0 || games.includes(game)) return next;
+  url.searchParams.set('game_id', games[0]);
+  return url.pathname + url.search;
 }
 
 function scopeBar(scope: Scope, onChange: (s: Scope) => void): HTMLElement {

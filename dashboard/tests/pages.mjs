@@ -205,6 +205,19 @@ try {
   await page.waitForURL(/\/payments\?/, { timeout: 10000 }).catch(() => fail(`login after a refusal: not back on the page asked for (${page.url()})`));
   console.log(`login: a refused token says "${said}"; then back to ${page.url()}`);
 
+  // A page left by a token whose session ran out, logged into with a token of other
+  // games: back on that page, on the new token's game.
+  await page.evaluate(() => sessionStorage.setItem('croupier.token', 'not-a-jwt'));
+  await page.goto(`${BASE}/levels?game_id=elsewhere&env=${ENV}&start=${START}&end=${END}`);
+  await page.waitForURL(/\/login\?next=/, { timeout: 10000 }).catch(() => fail(`401 on levels: ${page.url()}`));
+  await page.waitForSelector('#token');
+  await page.fill('#token', TOKEN);
+  await page.click('#login');
+  await page.waitForURL(/\/levels\?/, { timeout: 10000 }).catch(() => fail(`login back to levels: ${page.url()}`));
+  const returned = new URL(page.url()).searchParams.get('game_id');
+  if (returned !== GAME) fail(`back after a login with another token: game_id=${returned}, not the token's ${GAME}`);
+  else console.log(`back after a login: levels of ${returned}`);
+
   // A block drawn from another block's read shows that read's error (the summary refused).
   await page.goto(`${BASE}/payments?game_id=${GAME}&env=${ENV}&start=${END}&end=${START}`);
   await page.waitForFunction(settled, null, { timeout: 15000 });

@@ -58,10 +58,11 @@ export const payments: Page = {
       .then((d: { by_product: { product_id: string }[] }) => {
         // Payments without a product id have no trend to ask for, and `product_id` is a
         // comma-separated list: ids holding a comma cannot be named in it.
-        const top = d.by_product.map((p) => p.product_id).filter((id) => id !== '' && !id.includes(',')).slice(0, 3);
+        // (The API trims each id of the list: one with spaces around it names another.)
+        const top = d.by_product.map((p) => p.product_id).filter((id) => id !== '' && !id.includes(',') && id.trim() === id).slice(0, 3);
         if (top.length === 0) {
           trend.el.dataset.state = 'ready';
-          trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'No products in this range (payments without a product id are not drawn).'));
+          trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'No products in this range (payments without a product id, or with one holding a comma or spaces around it, are not drawn).'));
           return;
         }
         const tsrc = '/api/analytics/payments/product_trend' + qs({ ...scopeParams(scope), product_id: top.join(','), granularity: 'hour' });

@@ -206,8 +206,8 @@ export class Client {
   private beat: ReturnType<typeof setInterval> | undefined;
   private wait = 0;
   private closed = false;
-  /** This session's `session_start` while it carries no player. */
-  private anonymous: Item | undefined;
+  /** This session's `session_start`, while it may still wait in the queue. */
+  private starting: Item | undefined;
   /** The player this session's `session_start` or last `login` named ("" for none). */
   private announced = "";
   /** The batch being posted and its body, sent again as is by close() (identical bytes are stored once). */
@@ -234,8 +234,10 @@ export class Client {
     const bad: string[] = [];
     const text = (v: unknown, what: string): string | undefined => {
       const t = columnText(v);
-      if (t === null) bad.push(what);
-      return t ?? undefined;
+      // Over 256 bytes the server refuses the record (and every record of the page).
+      const long = typeof t === "string" && bytes(wellFormed(t)) > FIELD_BYTES;
+      if (t === null || long) bad.push(what);
+      return t === null || long ? undefined : t;
     };
     this.c = {
       env: "prod",
@@ -257,7 +259,7 @@ export class Client {
     this.c.channel = text(config.channel, "channel");
     this.user = text(config.userId, "userId") ?? "";
     for (const what of bad) {
-      this.report({ reason: "invalid", message: `${what} must be a string: left out`, records: 0 });
+      this.report({ reason: "invalid", message: `${what} must be a string of at most ${FIELD_BYTES} bytes: left out`, records: 0 });
     }
     this.qkey = `croupier:${config.game}:queue`;
     this.bkey = `croupier:${config.game}:beacons`;
@@ -311,7 +313,7 @@ export class Client {
     this.track("session_start");
     const last = this.queue[this.queue.length - 1];
     const queued = last?.r.event === "session_start" && last.r.session_id === this.session;
-    this.anonymous = !this.user && queued ? last : undefined;
+    this.starting = queued ? last : undefined;
     this.announced = queued ? this.user : "";
   }
 
@@ -429,9 +431,9 @@ export class Client {
   /**
    * Sets the player of the events that follow (a number is taken as its text; an empty
    * string, `null` or `undefined` forgets the player). The session's `session_start`,
-   * sent by `init` before the page knew its player, gets the player too while it waits
-   * in the queue; when it has already left without one, or named another player, a
-   * `login` event says who the session's player is now — the day's active players are
+   * sent by `init`, takes the player while it waits in the queue (the last one given
+   * before it leaves); once it has left without one, or named another player, a `login`
+   * event says who the session's player is now — the day's active players are
    * counted on `session_start` and `login`. An id the server would refuse (over 256
    * bytes) is not taken, and told to `onError`.
    */
@@ -444,16 +446,18 @@ export class Client {
     }
     this.user = id ?? "";
     if (!this.user || !this.c.autoSession || this.closed || this.user === this.announced) return;
-    const start = this.anonymous;
-    this.anonymous = undefined;
+    const start = this.starting;
     this.announced = this.user;
     const waiting = start && start.r.session_id === this.session && this.queue.includes(start) && !this.inflight?.batch.includes(start);
     if (waiting) {
+      // Not sent yet: the session starts with this player (a guest id, then the
+      // account's, before the first flush is one player, not two).
       // As a record's strings are when tracked: a lone surrogate becomes U+FFFD.
       start.r.user_id = wellFormed(this.user);
       start.n = undefined;
       this.save();
     } else {
+      this.starting = undefined;
       this.track("login");
     }
   }

@@ -415,7 +415,7 @@ test("a field every record shares refused drops them at once, not one request ea
     return refuse(0, "app_version");
   };
   const errors = [];
-  const c = client({ fetch: f, batchSize: 20, appVersion: "v".repeat(300), onError: (e) => errors.push(e.records) });
+  const c = client({ fetch: f, batchSize: 20, appVersion: "1.0-refused-by-the-server", onError: (e) => errors.push(e.records) });
   for (let i = 0; i < 40; i++) c.track(`e${i}`);
   await drain(c);
   assert.deepEqual(calls, [20, 20]);
@@ -616,6 +616,7 @@ test("another player identified in the session is announced by a login; the same
   const f = server(202);
   const errors = [];
   const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0, userId: "p1", env: "", onError: (e) => errors.push(e) });
+  await drain(c);
   c.identify("p1");
   c.identify("p2");
   c.identify("p2");
@@ -630,5 +631,21 @@ test("another player identified in the session is announced by a login; the same
   assert.ok(sent.every((r) => r.env === "prod"));
   assert.equal(errors.length, 1);
   assert.match(errors[0].message, /at most 256 bytes/);
+  c.close();
+});
+
+test("players named before the session_start leaves: it takes the last one, no login; too long a column at init is left out", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0, appVersion: "v".repeat(300), onError: (e) => errors.push(e) });
+  c.identify("guest-1");
+  c.track("tutorial");
+  c.identify("account-9");
+  await drain(c);
+  const sent = f.calls.flatMap((x) => x.records);
+  assert.deepEqual(sent.map((r) => [r.event, r.user_id]), [["session_start", "account-9"], ["tutorial", "guest-1"]]);
+  assert.ok(sent.every((r) => r.app_version === undefined));
+  assert.equal(errors.length, 1);
+  assert.match(errors[0].message, /appVersion must be a string of at most 256 bytes/);
   c.close();
 });

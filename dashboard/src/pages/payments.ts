@@ -57,18 +57,22 @@ export const payments: Page = {
     void summary
       .then((d: { by_product: { product_id: string }[] }) => {
         // Payments without a product id have no trend to ask for, and `product_id` is a
-        // comma-separated list: ids holding a comma cannot be named in it.
-        // (The API trims each id of the list: one with spaces around it names another.)
-        const top = d.by_product.map((p) => p.product_id).filter((id) => id !== '' && !id.includes(',') && id.trim() === id).slice(0, 3);
+        // comma-separated list whose items the API trims: of the top 3, ids holding a
+        // comma or spaces around them cannot be named in it, and are said, not drawn.
+        const first3 = d.by_product.slice(0, 3).map((p) => p.product_id);
+        const top = first3.filter((id) => id !== '' && !id.includes(',') && id.trim() === id);
+        const skipped = first3.filter((id) => !top.includes(id)).map((id) => (id === '' ? '(no product id)' : JSON.stringify(id)));
+        const note = skipped.length ? h('p', { class: 'muted' }, `Not drawn: ${skipped.join(', ')}.`) : null;
         if (top.length === 0) {
           trend.el.dataset.state = 'ready';
-          trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, 'No products in this range (payments without a product id, or with one holding a comma or spaces around it, are not drawn).'));
+          trend.el.querySelector('.body')?.replaceChildren(h('p', { class: 'muted empty' }, first3.length ? `No product of the top 3 can be drawn. ${note?.textContent ?? ''}` : 'No products in this range.'));
           return;
         }
         const tsrc = '/api/analytics/payments/product_trend' + qs({ ...scopeParams(scope), product_id: top.join(','), granularity: 'hour' });
         return trend.load(tsrc, () => get(tsrc, abort.signal), (t: { products: { product_id: string; points: { time: string; revenue_cents: number }[] }[] }) => {
           const a = alignSeries(t.products.map((p) => ({ label: p.product_id, points: p.points.map((x) => [x.time, x.revenue_cents / 100] as [string, number]) })));
-          return lineChart(a.x, a.series, { height: 200 });
+          const chart = lineChart(a.x, a.series, { height: 200 });
+          return note ? [chart, note] : chart;
         });
       })
       .catch((e: unknown) => {

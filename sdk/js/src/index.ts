@@ -308,7 +308,7 @@ export class Client {
     this.schedule(this.queue.length || this.beacons.length ? 0 : this.c.flushInterval);
   }
 
-  /** Queues the session's `session_start`, remembered while it has no player (see identify). */
+  /** Queues the session's `session_start`, remembered while it may still take a player (see identify). */
   private startSession(): void {
     this.track("session_start");
     const last = this.queue[this.queue.length - 1];

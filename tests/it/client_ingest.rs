@@ -197,6 +197,14 @@ fn client_ingest_tokens_and_write_keys() {
     let r = post(&f, EVENTS, &[("X-Write-Key", KEY)], &mixed);
     refused(&r, 403, "game_mismatch");
     assert!(r.text().contains(r#""index":1"#), "{}", r.text());
+    // A token's batch whose game is its first record's, one not configured: refused once
+    // the records were read, so all three count.
+    let unknown = format!(
+        r#"[{{"ts":{t},"game_id":"nope","event":"login","env":"prod"}},{{"ts":{t},"game_id":"nope","event":"login","env":"prod"}},{{"ts":{t},"game_id":"nope","event":"login","env":"prod"}}]"#,
+        t = now_secs()
+    );
+    let r = post(&f, EVENTS, &[("Authorization", &bearer(&token(&["ops"], 3600, None)))], &unknown);
+    refused(&r, 401, "unknown_game");
     // Payments: the other game takes none from its public key.
     let pay = format!(
         r#"[{{"ts":{},"env":"prod","user_id":"u","order_id":"{run}-o","amount_cents":100,"currency":"EUR","status":"success"}}]"#,
@@ -237,6 +245,7 @@ fn client_ingest_tokens_and_write_keys() {
         (OTHER_GAME, "payments_not_allowed", 1.0),
         (GAME, "invalid_field", 2.0),
         (GAME, "unsupported_media_type", 1.0),
+        ("(unknown)", "unknown_game", 3.0),
     ] {
         let series = format!(r#"croupier_events_refused_total{{game="{game}",reason="{reason}"}}"#);
         assert_eq!(crate::metrics::sample(&text, &series), Some(n), "{series}\n{text}");

@@ -55,36 +55,31 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
     Ok(match driver {
         ActiveDriver::IoUring => {
+            // The rings to try, best first; a kernel that refuses one (`EINVAL`) gets the next.
             let mut deferred = io_uring::IoUring::builder();
             deferred.setup_single_issuer().setup_defer_taskrun();
             let mut cooperative = io_uring::IoUring::builder();
             cooperative.setup_coop_taskrun();
-            let build = |ring: Option<io_uring::Builder>| {
+            let rings = [
+                (Some(deferred), "io_uring rings with deferred task running"),
+                (Some(cooperative), "io_uring rings with cooperative task running"),
+                (None, "io_uring rings without cooperative task running"),
+            ];
+            let mut built = Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            for (ring, what) in rings {
                 let builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new();
-                match ring {
+                built = match ring {
                     Some(ring) => builder.uring_builder(ring).enable_timer().build(),
                     None => builder.enable_timer().build(),
+                };
+                match &built {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+                    Ok(_) => RING_LOGGED.call_once(|| tracing::info!("{what}")),
+                    Err(_) => {}
                 }
-            };
-            let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
-            let mut runtime = match build(Some(deferred)) {
-                Ok(runtime) => {
-                    RING_LOGGED.call_once(|| tracing::info!("io_uring rings with deferred task running"));
-                    runtime
-                }
-                Err(e) if refused(&e) => match build(Some(cooperative)) {
-                    Ok(runtime) => {
-                        RING_LOGGED.call_once(|| tracing::info!("io_uring rings with cooperative task running"));
-                        runtime
-                    }
-                    Err(e) if refused(&e) => {
-                        RING_LOGGED.call_once(|| tracing::info!("io_uring rings without cooperative task running"));
-                        build(None)?
-                    }
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
-            };
+                break;
+            }
+            let mut runtime = built?;
             runtime.block_on(fut)
         }
         ActiveDriver::Epoll => {

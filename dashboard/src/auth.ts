@@ -42,3 +42,9 @@ export function anyGame(t: string | null = token()): boolean {
   if (g === undefined || g === null) return true;
   return Array.isArray(g) ? g.includes('*') : g === '*';
 }
+
+/** `game` if the token may read it, else the first game the token names. */
+export function readableGame(game: string, t: string | null = token()): string {
+  const games = claimedGames(t);
+  return games.length === 0 || anyGame(t) || games.includes(game) ? game : games[0];
+}

@@ -2,7 +2,7 @@
 // the page router (History API; the control listener answers index.html at each page path).
 import './style.css';
 import { get, qs, setUnauthorizedHandler } from './api';
-import { anyGame, claimedGames, claims, clearToken, setToken, token } from './auth';
+import { claimedGames, claims, clearToken, readableGame, setToken, token } from './auth';
 import { h } from './dom';
 import { clearScope, readScope, saveScope, Scope, scopeQuery } from './state';
 import type { Page } from './pages/page';
@@ -86,9 +86,8 @@ function loginPage(): HTMLElement {
 function readableNext(next: string): string {
   const url = new URL(next, location.origin);
   const game = url.searchParams.get('game_id');
-  const games = claimedGames();
-  if (game === null || anyGame() || games.length === 0 || games.includes(game)) return next;
-  url.searchParams.set('game_id', games[0]);
+  if (game === null || readableGame(game) === game) return next;
+  url.searchParams.set('game_id', readableGame(game));
   return url.pathname + url.search;
 }
 

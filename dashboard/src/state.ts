@@ -1,6 +1,6 @@
 // What every page reads: the game, environment and date range, kept in the URL's query
 // (so a link shows the same view) and in sessionStorage (so they survive a page change).
-import { anyGame, claimedGames } from './auth';
+import { claimedGames, readableGame } from './auth';
 import { ymd } from './format';
 
 export interface Scope {
@@ -34,8 +34,7 @@ export function readScope(): Scope {
   if (q.get('start')) s.start = q.get('start') ?? s.start;
   if (q.get('end')) s.end = q.get('end') ?? s.end;
   // A game the token may not read (kept from another token in this tab): its first game.
-  const games = claimedGames();
-  if (games.length && !anyGame() && !q.has('game_id') && !games.includes(s.game)) s.game = games[0];
+  if (!q.has('game_id')) s.game = readableGame(s.game);
   return s;
 }
 

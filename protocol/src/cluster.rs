@@ -420,6 +420,23 @@ impl SlotMap {
     pub fn complete(&self) -> bool {
         self.owner.iter().all(|o| *o != u16::MAX)
     }
+
+    /// Whether going from `self` to `new` gives some slot a primary it did not have: a
+    /// slot served by another node, or served again. A slot that only stops being served
+    /// (its primary failed, none took over) is not: what was read from the other primaries
+    /// still stands.
+    pub fn reassigns(&self, new: &SlotMap) -> bool {
+        // `was[new index]` = the same node's index in `self`.
+        let was: Vec<Option<u16>> = new
+            .nodes
+            .iter()
+            .map(|n| self.nodes.iter().position(|o| o == n).and_then(|i| u16::try_from(i).ok()))
+            .collect();
+        new.owner
+            .iter()
+            .zip(&self.owner)
+            .any(|(now, before)| *now != u16::MAX && was.get(usize::from(*now)).copied().flatten() != Some(*before))
+    }
 }
 
 /// A RESP2 flat list or a RESP3 map of name/value pairs.
@@ -642,6 +659,37 @@ mod tests {
         let map = SlotMap::from_cluster_shards(&reply).expect("a map");
         assert!(map.complete());
         assert_eq!((map.node(0), map.node(16383)), (Some("127.0.0.1:7000"), Some("127.0.0.1:7004")));
+    }
+
+    #[test]
+    fn a_slot_reassigned_is_told_from_a_slot_no_longer_served() {
+        let range = |s: i64, e: i64, port: i64| {
+            Frame::Array(vec![
+                Frame::Integer(s),
+                Frame::Integer(e),
+                Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port)]),
+            ])
+        };
+        let map = |ranges: Vec<Frame>| SlotMap::from_cluster_slots(&Frame::Array(ranges)).expect("a map");
+        let three = map(vec![range(0, 5460, 7000), range(5461, 10922, 7001), range(10923, 16383, 7002)]);
+        // The same owners, listed in another order.
+        let reordered = map(vec![range(10923, 16383, 7002), range(0, 5460, 7000), range(5461, 10922, 7001)]);
+        // 7001 failed and nothing took over.
+        let gone = map(vec![range(0, 5460, 7000), range(10923, 16383, 7002)]);
+        // Its replica took over; and one slot moved from 7002 to 7000.
+        let replaced = map(vec![range(0, 5460, 7000), range(5461, 10922, 7004), range(10923, 16383, 7002)]);
+        let moved = map(vec![
+            range(0, 5460, 7000),
+            range(5461, 10922, 7001),
+            range(10923, 10923, 7000),
+            range(10924, 16383, 7002),
+        ]);
+        assert!(!three.reassigns(&reordered));
+        assert!(!three.reassigns(&gone), "a slot no longer served reassigns nothing");
+        assert!(gone.reassigns(&three), "a slot served again");
+        assert!(gone.reassigns(&replaced) && three.reassigns(&replaced));
+        assert!(three.reassigns(&moved));
+        assert!(!three.reassigns(&three));
     }
 
     #[test]

@@ -168,6 +168,29 @@ impl RedisCluster {
         None
     }
 
+    /// Waits until every running node flags node `gone` as failed (`fail`, agreed, not
+    /// `fail?`): from then on the slot maps they give leave its slots unserved.
+    pub fn wait_failed(&self, gone: usize, timeout: Duration) {
+        let port = format!(":{}@", self.nodes[gone].port);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let agreed = self.nodes.iter().filter(|n| n.pid().is_some()).all(|n| {
+                let Ok(mut c) = crate::redis::RedisClient::connect(n.port) else { return false };
+                let Ok(Frame::BulkString(text)) = c.try_cmd(&["CLUSTER", "NODES"]) else { return false };
+                String::from_utf8_lossy(&text).lines().any(|l| {
+                    let mut cols = l.split(' ');
+                    let (addr, flags) = (cols.nth(1).unwrap_or(""), cols.next().unwrap_or(""));
+                    addr.contains(&port) && flags.split(',').any(|f| f == "fail")
+                })
+            });
+            if agreed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {gone} not flagged failed within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `XLEN key` on the node serving it.
     pub fn xlen(&self, key: &str) -> i64 {
         let n = self.primary_of(key).expect("a primary for the key");

@@ -94,11 +94,14 @@ fn three_partitions_on_one_redis_land_once_and_a_retry_is_a_duplicate() {
 
 /// A primary of the cluster gone (no replica to take over; the others serve their slots):
 /// the requests routed to its partition are refused, the others' taken, and the node
-/// stays ready (a load balancer taking every node out would refuse them all).
+/// stays ready (a load balancer taking every node out would refuse them all) — also when
+/// the cluster agrees the primary failed and ingest reads the map without its slots,
+/// which leaves the other partitions' backlog readings standing. The backlog is read
+/// every second here, so a node that forgot them would be unready until the next reading.
 #[test]
 fn a_primary_gone_refuses_only_its_partitions_requests_and_leaves_the_node_ready() {
     let mut cluster = RedisCluster::primaries_only(3);
-    let p = cluster_pipeline(&cluster.seeds(), 3, |_| {});
+    let p = cluster_pipeline(&cluster.seeds(), 3, |c| c.redis.backlog_poll_ms = 1_000);
     let addr = p.ingest.addr;
     let ready = || p.ingest.client().request("GET", "/readyz", &[], b"").status;
     assert_eq!(ready(), 200);
@@ -117,19 +120,31 @@ fn a_primary_gone_refuses_only_its_partitions_requests_and_leaves_the_node_ready
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Ready again for a while, not by chance of one probe; meanwhile exactly the requests
-    // routed to the gone primary's partition are refused.
-    // Partition 0's primary was stopped; each of the three primaries serves one partition
-    // (`cluster_traffic_across_partitions_lands_once`).
+    // Ready for a while, not by chance of one probe, through the moment the cluster flags
+    // the primary failed and ingest reads the map without it (up to its 800 ms pause
+    // between unchanged readings); meanwhile exactly the requests routed to the gone
+    // primary's partition are refused. Partition 0's primary was stopped; each of the
+    // three primaries serves one partition (`cluster_traffic_across_partitions_lands_once`).
     let gone_partition = 0;
-    for _ in 0..20 {
-        assert_eq!(ready(), 200);
+    let probe = |round: usize| {
+        let r = p.ingest.client().request("GET", "/readyz", &[], b"");
+        assert_eq!(r.status, 200, "round {round}: {}", String::from_utf8_lossy(&r.body));
         let mut s = Sent::new();
         s.send(addr);
         let key = croupier_dataplane::auth::nonce_key(GAME, s.nonce());
         let partition = croupier_protocol::cluster::partition_of(&key, 3);
-        assert_eq!(s.status == 202, partition != gone_partition, "partition {partition}: {}", s.status);
-        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(s.status == 202, partition != gone_partition, "round {round}, partition {partition}: {}", s.status);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for round in 0..5 {
+        probe(round);
+    }
+    cluster.wait_failed(gone, Duration::from_secs(20));
+    let until = Instant::now() + Duration::from_millis(2_500);
+    let mut round = 5;
+    while Instant::now() < until {
+        probe(round);
+        round += 1;
     }
 }
 

@@ -258,12 +258,20 @@ impl Cluster {
             return false;
         }
         tracing::info!(primaries = ?map.nodes, complete = map.complete(), "Redis Cluster slot map");
+        // A new epoch when a slot has a primary it did not have (its streams' readings,
+        // made on another node, no longer stand). A primary gone with nothing in its
+        // place leaves the other partitions' readings standing: a new epoch would make
+        // every partition unknown, refusing every request and the node's readiness
+        // until the next readings, when only the gone primary's partitions have to be.
+        let reassigned = self.map.borrow().as_deref().is_none_or(|old| old.reassigns(&map));
         for addr in &map.nodes {
             self.node(addr);
         }
         self.nodes.borrow_mut().retain(|addr, _| map.nodes.contains(addr));
         *self.map.borrow_mut() = Some(Rc::new(map));
-        self.epoch.advance();
+        if reassigned {
+            self.epoch.advance();
+        }
         true
     }
 }

@@ -263,12 +263,18 @@ fn base64_bytes(s: &str) -> Option<Vec<u8>> {
     use base64::alphabet;
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     use base64::Engine;
-    const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    // Padded, the padding must be whole (`QQ==`, not `QQ=`: the `Indifferent` mode
+    // would take both).
+    const PADDED: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
         .with_decode_allow_trailing_bits(true);
-    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
-    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
-    STANDARD.decode(s).or_else(|_| URL_SAFE.decode(s)).ok()
+    const UNPADDED: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true);
+    let config = if s.ends_with('=') { PADDED } else { UNPADDED };
+    let standard = GeneralPurpose::new(&alphabet::STANDARD, config);
+    let url_safe = GeneralPurpose::new(&alphabet::URL_SAFE, config);
+    standard.decode(s).or_else(|_| url_safe.decode(s)).ok()
 }
 
 /// An OTLP/JSON `AnyValue` object.

@@ -109,10 +109,11 @@ pub fn walk(
         }
         Ok(())
     });
-    // JSON nested past the parser's bound is values nested too deep: said in `AnyValue`
-    // levels, as for protobuf.
+    // JSON nested past the parser's bound is refused as such: the bound holds any
+    // `AnyValue` protobuf takes, but applies to the whole document (simd-json's tape is
+    // built before anything is read), also to fields not read, where protobuf skips them.
     match parsed {
-        Err(DecodeError::TooDeep(_)) => Err(DecodeError::TooDeep(limits.max_depth)),
+        Err(DecodeError::TooDeep(_)) => Err(DecodeError::JsonTooDeep(json_limits.max_depth)),
         r => r,
     }
 }

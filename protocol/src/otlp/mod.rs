@@ -77,6 +77,9 @@ pub enum DecodeError {
     Json(&'static str),
     /// `AnyValue`s nested deeper than the limit.
     TooDeep(usize),
+    /// An OTLP/JSON body nested deeper than its parser's bound (JSON levels, wherever
+    /// they are: also in fields that are not read).
+    JsonTooDeep(usize),
     /// More records than [`Limits::max_records`](crate::validate::Limits::max_records).
     TooManyRecords(usize),
 }
@@ -103,6 +106,11 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Body(e) => e.fmt(f),
             DecodeError::Json(m) => write!(f, "not OTLP/JSON: {m}"),
             DecodeError::TooDeep(n) => write!(f, "values nest deeper than {n} levels"),
+            DecodeError::JsonTooDeep(n) => write!(
+                f,
+                "values nest deeper than 16 levels, or the JSON body deeper than {n} levels (wherever \
+                 it nests, also in fields not read)"
+            ),
             DecodeError::TooManyRecords(n) => write!(f, "request holds more than {n} records"),
         }
     }

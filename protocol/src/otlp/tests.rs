@@ -356,9 +356,21 @@ fn deeply_nested_values_are_refused_not_recursed_into() {
         v = format!(r#"{{"arrayValue":{{"values":[{v}]}}}}"#);
     }
     let body = json_log(&format!(r#",{{"key":"n","value":{v}}}"#));
-    assert_eq!(run(Signal::Logs, Format::Json, body.as_bytes()).err(), Some(DecodeError::TooDeep(16)));
+    assert_eq!(run(Signal::Logs, Format::Json, body.as_bytes()).err(), Some(DecodeError::JsonTooDeep(76)));
     let body = json_log(&format!(r#",{{"key":"n","value":{}}}"#, "[".repeat(200) + &"]".repeat(200)));
-    assert!(matches!(run(Signal::Logs, Format::Json, body.as_bytes()), Err(DecodeError::TooDeep(_))));
+    assert_eq!(run(Signal::Logs, Format::Json, body.as_bytes()).err(), Some(DecodeError::JsonTooDeep(76)));
+    // The JSON bound is the document's: 76 levels, also in a field that is not read.
+    let unread = |levels: usize| {
+        let deep = "[".repeat(levels) + &"]".repeat(levels);
+        let body = format!(r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"x":{deep}}}]}}]}}]}}"#);
+        run(Signal::Logs, Format::Json, body.as_bytes()).err()
+    };
+    assert_eq!((unread(69), unread(70)), (None, Some(DecodeError::JsonTooDeep(76))));
+    assert_eq!(
+        DecodeError::JsonTooDeep(76).to_string(),
+        "values nest deeper than 16 levels, or the JSON body deeper than 76 levels (wherever it nests, also in \
+         fields not read)"
+    );
 }
 
 #[test]
@@ -378,7 +390,8 @@ fn kvlists_nest_as_deep_in_otlp_json_as_in_protobuf() {
         run(Signal::Logs, Format::Json, json_log(&format!(r#",{{"key":"n","value":{v}}}"#)).as_bytes()).err()
     };
     assert_eq!((pb_kvlist(16), json_kvlist(16)), (None, None));
-    assert_eq!((pb_kvlist(17), json_kvlist(17)), (Some(DecodeError::TooDeep(16)), Some(DecodeError::TooDeep(16))));
+    // Refused in both (OTLP/JSON's by its parser's bound, which says so).
+    assert_eq!((pb_kvlist(17), json_kvlist(17)), (Some(DecodeError::TooDeep(16)), Some(DecodeError::JsonTooDeep(76))));
 }
 
 #[test]
@@ -585,6 +598,11 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
         (r#"{"bytesValue":"Q"}"#, false),
         (r#"{"bytesValue":"QUI==="}"#, false),
         (r#"{"bytesValue":"QUI=="}"#, false),
+        (r#"{"bytesValue":"QQ=="}"#, true),
+        (r#"{"bytesValue":"QQ="}"#, false),
+        (r#"{"bytesValue":"QQ"}"#, true),
+        (r#"{"bytesValue":"_-8="}"#, true),
+        (r#"{"bytesValue":"_-8=="}"#, false),
         (r#"{"bytesValue":"QUJD="}"#, false),
         (r#"{"bytesValue":"="}"#, false),
         (r#"{"bytesValue":"+/-_"}"#, false),

@@ -919,6 +919,50 @@ fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
     }
 }
 
+/// Rows an operator's view refuses (`throwIf`, code 395, neither bad data nor the server's
+/// state) do not stall the stream for good: the batch is retried as it is a few times, then
+/// bisected; the entries refused alone are dead-lettered with the server's message and the
+/// others land. (Before, the consumer retried the whole batch forever: no other worker
+/// claimed it, every one being busy with its own.)
+#[test]
+fn rows_a_view_refuses_are_isolated_instead_of_stalling_the_stream() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("CREATE TABLE analytics.trap (x UInt8) ENGINE = Null");
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.trap_mv TO analytics.trap AS \
+         SELECT throwIf(user_id LIKE 'poison%') AS x FROM analytics.events",
+    );
+    let mut c = p.ingest.client();
+    for b in 0..12u64 {
+        let poison = b % 4 == 3;
+        let items: Vec<String> = (0..10u64)
+            .map(|i| {
+                let user = if poison { format!("poison-{b}-{i}") } else { format!("good-{b}-{i}") };
+                crate::fixture::event("level_start", &user)
+            })
+            .collect();
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", items.join(",")).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    p.start_worker(&[("CROUPIER_WORKER__BACKOFF_MAX_MS", "200")]);
+    p.wait_for(3, "the three entries the view refuses dead-lettered", |p| {
+        xlen(&p.ingest.redis, "analytics:events:dead") as u64
+    });
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    p.wait_for(90, "the other entries' rows", |p| {
+        p.scalar("SELECT uniqExact(event_id) FROM analytics.events WHERE user_id LIKE 'good-%'")
+    });
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    for d in &dead {
+        let reason = String::from_utf8_lossy(d.get("reason").expect("reason")).into_owned();
+        assert!(reason.contains("rejected by ClickHouse") && reason.contains("395"), "{reason}");
+    }
+    // A later entry lands at once: the stream goes on.
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(5).as_bytes()).status, 202);
+    p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
+    assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 3);
+}
+
 /// The refusal breaker: once ClickHouse has refused more than `worker.max_refused_per_batch`
 /// entries of a batch one by one, the batch stalls and is retried — but the entries it
 /// already inserted (halves ClickHouse confirmed while bisecting) are not sent again on

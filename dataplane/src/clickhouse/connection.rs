@@ -59,6 +59,17 @@ impl ChError {
             if [60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 497, 516, 999].contains(&e.code))
     }
 
+    /// Whether the server refused for a reason that may be the batch's own: an exception
+    /// that is neither bad data nor the server's state (a view's exception such as
+    /// `throwIf`'s 395, a memory or size limit, a query timeout), and not "too many
+    /// partitions". Retried as it is a few times, then bisected like bad data.
+    pub fn may_be_the_batchs(&self) -> bool {
+        matches!(self, ChError::Server(_))
+            && !self.is_bad_data()
+            && !self.is_server_state()
+            && self.too_many_partitions().is_none()
+    }
+
     /// Whether the server refused a block for spanning more partitions than its
     /// `max_partitions_per_insert_block` (ClickHouse 19 and later), and the limit it named
     /// if it did. Same code (252) as "too many parts", which is backpressure: told apart by

@@ -1175,6 +1175,8 @@ impl Consumer {
         // attempt ends without tripping the breaker; otherwise retried with the rest.
         let mut refused: Vec<Poison> = Vec::new();
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
+        // So, after a few attempts, for refusals that may be the batch's own.
+        let bisect_own = progress.own_refusals >= BISECT_AFTER_REFUSALS;
         let mut todo: Vec<Vec<usize>> = vec![progress.unsettled()];
         let table = Table::of(self.cfg.stream);
         if let (StreamKind::Payments, Some(agg)) = (self.cfg.stream, self.agg.clone()) {
@@ -1237,7 +1239,7 @@ impl Consumer {
                     }
                     todo.push(part);
                 }
-                Err(e) if e.is_bad_data() => {
+                Err(e) if e.is_bad_data() || (bisect_own && e.may_be_the_batchs()) => {
                     self.disconnect();
                     if let [index] = part[..] {
                         let max = self.cfg.max_refused_per_batch;
@@ -1277,9 +1279,17 @@ impl Consumer {
                     // consumer claiming the entries would only count deliveries towards
                     // dead-lettering them unread. Not being able to reach the server is
                     // not (another worker may well reach it), nor a refusal that may be the
-                    // batch's (a memory or size limit, a timeout): its deliveries grow, and
-                    // it is tried alone in the end.
+                    // batch's (a view's exception, a memory or size limit, a timeout): it is
+                    // retried, and bisected from its `BISECT_AFTER_REFUSALS`th attempt on.
                     self.systemic = matches!(&e, ChError::SchemaMismatch(_)) || e.is_server_state();
+                    if e.may_be_the_batchs() {
+                        progress.own_refusals = progress.own_refusals.saturating_add(1);
+                        return Err(format!(
+                            "{e} (attempt {} of the batch refused so; from the {BISECT_AFTER_REFUSALS}th on it \
+                             is bisected, the entries refused alone dead-lettered)",
+                            progress.own_refusals
+                        ));
+                    }
                     return Err(e.to_string());
                 }
             }
@@ -1413,12 +1423,27 @@ struct Progress {
     /// Of the entries not settled, what each shard confirmed already (their `events` rows
     /// stored, their `user_days` insert failed): not sent to it again.
     confirmed: Confirmed,
+    /// Attempts at the batch refused for a reason that may be its own
+    /// ([`ChError::may_be_the_batchs`]): from [`BISECT_AFTER_REFUSALS`] on, such a
+    /// refusal is bisected like bad data.
+    own_refusals: u32,
 }
+
+/// Attempts of a batch refused for a reason that may be its own (a view's exception, a
+/// memory limit) before it is bisected like bad data: a passing fault is retried as it
+/// is, but rows a view refuses cannot stall the stream for good (no consumer would ever
+/// claim them: each is busy retrying its own batch).
+const BISECT_AFTER_REFUSALS: u32 = 3;
 
 impl Progress {
     /// Nothing settled yet of a batch of `len` entries, inserted on `shards` shards.
     fn new(len: usize, shards: usize) -> Progress {
-        Progress { settled: vec![false; len], poison: Vec::new(), confirmed: Confirmed::new(len, shards) }
+        Progress {
+            settled: vec![false; len],
+            poison: Vec::new(),
+            confirmed: Confirmed::new(len, shards),
+            own_refusals: 0,
+        }
     }
 
     /// The entries still to insert, in batch order.

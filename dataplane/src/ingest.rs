@@ -79,7 +79,7 @@ pub async fn handle(
     endpoint: Endpoint,
     cred: &Credential<'_>,
     encoding: Encoding,
-    wire: &mut Vec<u8>,
+    wire: &mut [u8],
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
     let prepared = prepare(shard, endpoint, cred, encoding, wire, scratch).map_err(|r| r.counted(shard, cred.game))?;
@@ -471,7 +471,7 @@ fn prepare<'s>(
     endpoint: Endpoint,
     cred: &Credential<'_>,
     encoding: Encoding,
-    wire: &mut Vec<u8>,
+    wire: &mut [u8],
     scratch: &mut Vec<u8>,
 ) -> Result<Prepared<'s>, Refusal> {
     let game = shard.games.get(cred.game).ok_or(IngestError::UnknownGame)?;
@@ -483,7 +483,7 @@ fn prepare<'s>(
     // The digest of the signed body identifies the request for retries: it is the
     // nonce's value and the seed of the ids of events sent without one.
     let signed_wire = auth::signed_digest(&game.secret, cred, wire);
-    let (body, mut digest): (&mut Vec<u8>, [u8; 32]) = match (encoding, signed_wire) {
+    let (body, mut digest): (&mut [u8], [u8; 32]) = match (encoding, signed_wire) {
         (Encoding::Identity, Some(d)) => (wire, d),
         (Encoding::Gzip, Some(d)) => {
             body::gunzip(wire, limit, scratch).map_err(IngestError::from)?;

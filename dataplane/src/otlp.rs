@@ -175,7 +175,7 @@ pub async fn export(
     format: Format,
     encoding: Encoding,
     game: &str,
-    wire: &mut Vec<u8>,
+    wire: &mut [u8],
     scratch: &mut Vec<u8>,
     keep: usize,
 ) -> Result<Exported, IngestError> {
@@ -227,7 +227,7 @@ fn prepare<'s>(
     format: Format,
     encoding: Encoding,
     game_id: &str,
-    wire: &mut Vec<u8>,
+    wire: &mut [u8],
     scratch: &mut Vec<u8>,
 ) -> Result<(Option<Prepared<'s>>, Summary), Refusal> {
     let game = shard.games.get(game_id).ok_or(IngestError::UnknownGame)?;
@@ -237,7 +237,7 @@ fn prepare<'s>(
     // digest of the body as decoded, so that the same JSON sent compressed or not (a proxy
     // or a Collector hop that compresses again) is one request with the same ids.
     // (Protobuf records' ids come from their own bytes, whatever the encoding.)
-    let (body, digest): (&mut Vec<u8>, [u8; 32]) = match encoding {
+    let (body, digest): (&mut [u8], [u8; 32]) = match encoding {
         Encoding::Identity => {
             let d = signature::body_sha256(wire);
             (wire, d)

@@ -568,23 +568,30 @@ fn keep_alive_serves_many_requests(driver: Driver) {
 }
 
 fn pipelined_requests_in_one_write(driver: Driver) {
-    // Two signed requests back to back in one write: the first body is followed, in the
-    // same read, by the second request's head and body.
+    // Signed requests back to back in one write, each body followed in the same read by
+    // the next request's head: before them, one answered from its head whose body is read
+    // past (no such game) and one without a body.
     let f = Fixture::start(driver, |_| {});
     let mut raw = Vec::new();
-    for n in [3, 4] {
+    for (game, n) in [("nosuchgame", 2), (GAME, 3), (GAME, 4)] {
         let body = events(n);
         raw.extend_from_slice(
             format!("POST /api/ingest/events HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n", body.len()).as_bytes(),
         );
-        for (k, v) in signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce()) {
+        for (k, v) in signed_headers(game, SECRET, body.as_bytes(), now_secs(), &fresh_nonce()) {
             raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
         raw.extend_from_slice(b"\r\n");
         raw.extend_from_slice(body.as_bytes());
+        if n == 2 {
+            raw.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
     }
     let mut c = f.client();
     c.send_raw(&raw);
+    let r = c.read_reply();
+    assert_eq!((r.status, r.error_tag().as_str()), (401, "unknown_game"), "{}", r.text());
+    assert_eq!(c.read_reply().status, 200);
     for want in [r#"{"accepted":3}"#, r#"{"accepted":4}"#] {
         let r = c.read_reply();
         assert_eq!((r.status, r.text()), (202, want.to_owned()));

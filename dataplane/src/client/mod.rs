@@ -166,7 +166,7 @@ async fn serve<'s>(
     let mut held = req.claim_body()?;
     req.read_body(&mut held).await?;
     let (wire, scratch) = req.buffers();
-    let body: &mut Vec<u8> = match encoding {
+    let body: &mut [u8] = match encoding {
         Encoding::Identity => wire,
         Encoding::Gzip => {
             body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch)?;

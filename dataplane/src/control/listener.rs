@@ -163,7 +163,7 @@ impl Handler for ControlPort {
                 if let Err(e) = req.read_body(&mut held).await {
                     return private(e.response());
                 }
-                let body = req.buffers().0.clone();
+                let body = req.buffers().0.to_vec();
                 private(self.api.handle(r, head.query(), headers, Some(&body)).await)
             }
         }

@@ -18,50 +18,77 @@ fn read_err(e: ReadError) -> HttpError {
     }
 }
 
+/// A connection's input as a request's body is read: the request's head, its first
+/// `head` bytes, and bytes read past it.
+pub struct Input<'a> {
+    /// The bytes.
+    pub buf: &'a mut Vec<u8>,
+    /// How many of the first are the head's.
+    pub head: usize,
+}
+
 /// Reads the body framed by `framing` into `out`, counting it against the shard's body
-/// budget in `held` (503 `server_busy` when there is no room). `buf` holds bytes already
-/// read past the head; bytes past the body (a pipelined request) are left in it.
+/// budget in `held` (503 `server_busy` when there is no room), and returns where in `out`
+/// the body starts. The head is gone from `input` afterwards, whatever the outcome, and
+/// bytes past the body (a pipelined request) are left in it.
 pub async fn read(
     sock: &mut Socket,
-    buf: &mut Vec<u8>,
+    input: Input<'_>,
     framing: BodyFraming,
     limit: usize,
     deadline: Instant,
     out: &mut Vec<u8>,
     held: &mut BodyBytes<'_>,
-) -> Result<(), HttpError> {
+) -> Result<usize, HttpError> {
     out.clear();
     let busy = |held: &BodyBytes<'_>| HttpError::ServerBusy { retry_after: held.retry_after_secs() };
+    let Input { buf, head } = input;
+    let head = head.min(buf.len());
     match framing {
-        BodyFraming::None => Ok(()),
+        BodyFraming::None => {
+            buf.drain(..head);
+            Ok(0)
+        }
         BodyFraming::Length(n) => {
-            if n > limit {
-                return Err(HttpError::PayloadTooLarge { limit });
-            }
+            let end = head.saturating_add(n);
             // Counted as its bytes arrive (what the connection's buffer holds of it), and
             // the buffer grows with them: a declared length alone neither spends the
             // budget nor makes the server allocate.
-            if !held.grow_to(buf.len().min(n)) {
-                return Err(busy(held));
-            }
-            buf.reserve(n.min(16 << 10).saturating_sub(buf.len()));
-            while buf.len() < n {
-                sock.read(buf, deadline).await.map_err(read_err)?;
-                if !held.grow_to(buf.len().min(n)) {
+            let arrived = |buf: &Vec<u8>| buf.len().min(end) - head;
+            let read = async {
+                if n > limit {
+                    return Err(HttpError::PayloadTooLarge { limit });
+                }
+                if !held.grow_to(arrived(buf)) {
                     return Err(busy(held));
                 }
+                buf.reserve(end.min(head + (16 << 10)).saturating_sub(buf.len()));
+                while buf.len() < end {
+                    sock.read(buf, deadline).await.map_err(read_err)?;
+                    if !held.grow_to(arrived(buf)) {
+                        return Err(busy(held));
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = read.await {
+                buf.drain(..head);
+                return Err(e);
             }
-            if buf.len() == n {
-                // Nothing pipelined behind the body (the usual case): hand over the
-                // buffer instead of copying it.
+            if buf.len() == end {
+                // Nothing pipelined behind the body (the usual case): the buffer is handed
+                // over, the head before the body left in it, instead of moving the body.
                 std::mem::swap(buf, out);
+                buf.clear();
+                Ok(head)
             } else {
-                out.extend_from_slice(&buf[..n]);
-                buf.drain(..n);
+                out.extend_from_slice(&buf[head..end]);
+                buf.drain(..end);
+                Ok(0)
             }
-            Ok(())
         }
         BodyFraming::Chunked => {
+            buf.drain(..head);
             // Consumed bytes are drained as the decoder goes: the buffer holds at most a
             // partial chunk line, and no byte is decoded twice.
             let mut sink = |data: &[u8]| {
@@ -72,22 +99,24 @@ pub async fn read(
                     Err(busy(held))
                 }
             };
-            read_chunked(sock, buf, limit, deadline, &mut sink).await
+            read_chunked(sock, buf, limit, deadline, &mut sink).await.map(|()| 0)
         }
     }
 }
 
 /// Reads past the body framed by `framing` without keeping it (at most `limit` bytes, as
 /// for [`read`]): a request answered without its body must still be consumed, or its
-/// bytes would be read as the next request. The buffer holds one read at a time; bytes
-/// past the body are left in it.
+/// bytes would be read as the next request. The head is dropped from `input`, which then
+/// holds one read at a time; bytes past the body are left in it.
 pub async fn discard(
     sock: &mut Socket,
-    buf: &mut Vec<u8>,
+    input: Input<'_>,
     framing: BodyFraming,
     limit: usize,
     deadline: Instant,
 ) -> Result<(), HttpError> {
+    let Input { buf, head } = input;
+    buf.drain(..head.min(buf.len()));
     match framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => {

@@ -137,7 +137,8 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
         idle_wait = idle_timeout;
         fresh = false;
         let deadline = started.unwrap_or_else(Instant::now) + read_timeout;
-        b.input.drain(..head.len);
+        // The head's bytes stay before the body's until the body is read: a body read
+        // whole is handed over where it lies, not moved to the front.
         let buffers = (&mut b.input, &mut b.body, &mut b.scratch);
         let mut req = Request::new(&head, &mut sock, buffers, &server, deadline);
         let mut resp = match handler.router().find(head.method, head.path()) {

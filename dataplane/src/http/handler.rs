@@ -13,7 +13,7 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use monoio::time::Instant;
 
-use super::body;
+use super::body::{self, Input};
 use super::error::HttpError;
 use super::request::{BodyFraming, Head};
 use super::response::{self, Response};
@@ -51,10 +51,14 @@ enum BodyState {
 pub struct Request<'a> {
     head: &'a Head,
     sock: &'a mut Socket,
-    /// Bytes read past the head.
+    /// The head's bytes (the first `head_len`, until the body is read or passed over)
+    /// and bytes read past it.
     input: &'a mut Vec<u8>,
-    /// Where [`Request::read_body`] puts the body.
+    /// How many of `input`'s first bytes are the head's.
+    head_len: usize,
+    /// Where [`Request::read_body`] puts the body, from `body_start` on.
     body: &'a mut Vec<u8>,
+    body_start: usize,
     /// A spare buffer for the handler (trimmed after each request like the others).
     scratch: &'a mut Vec<u8>,
     server: &'a Server,
@@ -64,6 +68,7 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    /// A request whose head, `head.len` bytes, is at the start of `buffers.0`.
     pub(super) fn new(
         head: &'a Head,
         sock: &'a mut Socket,
@@ -72,7 +77,20 @@ impl<'a> Request<'a> {
         deadline: Instant,
     ) -> Request<'a> {
         let (input, body, scratch) = buffers;
-        Request { head, sock, input, body, scratch, server, deadline, state: BodyState::Unread }
+        let head_len = head.len;
+        body.clear();
+        Request {
+            head,
+            sock,
+            input,
+            head_len,
+            body,
+            body_start: 0,
+            scratch,
+            server,
+            deadline,
+            state: BodyState::Unread,
+        }
     }
 
     /// The head.
@@ -102,21 +120,29 @@ impl<'a> Request<'a> {
         self.state = BodyState::Consumed;
         let framing = self.head.framing;
         let limit = self.server.limits.max_body_bytes;
+        // Whatever happens, the head's bytes leave the input.
+        let head = std::mem::take(&mut self.head_len);
         if matches!(framing, BodyFraming::Length(n) if n > limit) {
+            self.input.drain(..head.min(self.input.len()));
             return Err(HttpError::PayloadTooLarge { limit });
         }
         if self.head.expect_continue && framing != BodyFraming::None {
             let (res, _) = self.sock.stream().write_all(response::CONTINUE).await;
             if res.is_err() {
+                self.input.drain(..head.min(self.input.len()));
                 return Err(HttpError::BadRequest("connection closed"));
             }
         }
-        body::read(self.sock, self.input, framing, limit, self.deadline, self.body, held).await
+        self.body_start =
+            body::read(self.sock, Input { buf: self.input, head }, framing, limit, self.deadline, self.body, held)
+                .await?;
+        Ok(())
     }
 
-    /// The body buffer (the body once read) and the spare buffer.
-    pub fn buffers(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
-        (self.body, self.scratch)
+    /// The body (once read; empty before) and the spare buffer.
+    pub fn buffers(&mut self) -> (&mut [u8], &mut Vec<u8>) {
+        let start = self.body_start.min(self.body.len());
+        (&mut self.body[start..], self.scratch)
     }
 
     /// Consumes a body the handler left unread before `resp` goes out: read past and
@@ -124,10 +150,17 @@ impl<'a> Request<'a> {
     /// connection closes. A body that cannot be read past replaces `resp` with why.
     pub(super) async fn finish(&mut self, resp: &mut Response) {
         let framing = self.head.framing;
-        if self.state == BodyState::Consumed || framing == BodyFraming::None {
+        if self.state == BodyState::Consumed {
             return;
         }
         self.state = BodyState::Consumed;
+        let head = std::mem::take(&mut self.head_len);
+        if framing == BodyFraming::None || self.head.expect_continue || resp.close {
+            self.input.drain(..head.min(self.input.len()));
+        }
+        if framing == BodyFraming::None {
+            return;
+        }
         if self.head.expect_continue {
             resp.close = true;
             return;
@@ -137,7 +170,7 @@ impl<'a> Request<'a> {
             return;
         }
         let limit = self.server.limits.max_body_bytes;
-        if let Err(e) = body::discard(self.sock, self.input, framing, limit, self.deadline).await {
+        if let Err(e) = body::discard(self.sock, Input { buf: self.input, head }, framing, limit, self.deadline).await {
             *resp = e.response();
             resp.close = true;
         }

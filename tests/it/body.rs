@@ -45,6 +45,7 @@ fn m2_hostile3_gzip_is_inflated_only_after_its_signature_matched() {
     h.push(("Content-Encoding".into(), "gzip".into()));
     let r = f.client().request("POST", "/api/ingest/events", &h, &bomb);
     assert_eq!((r.status, r.error_tag().as_str()), (413, "payload_too_large"), "{}", r.text());
+    assert!(r.text().contains("body larger than 262144 bytes once decompressed"), "{}", r.text());
 
     // By default a gzip body signed over its decompressed JSON is refused ...
     let plain = events(5);

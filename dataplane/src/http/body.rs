@@ -197,7 +197,7 @@ pub fn gunzip(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), HttpE
     out.clear();
     let mut dec = flate2::read::MultiGzDecoder::new(input).take(limit as u64 + 1);
     match dec.read_to_end(out) {
-        Ok(n) if n > limit => Err(HttpError::PayloadTooLarge { limit }),
+        Ok(n) if n > limit => Err(HttpError::InflatedTooLarge { limit }),
         Ok(_) => Ok(()),
         Err(_) => Err(HttpError::UnsupportedMediaType("gzip body (it does not decompress)")),
     }
@@ -216,7 +216,11 @@ mod tests {
         let mut out = Vec::new();
         assert!(gunzip(&bomb, 2 << 20, &mut out).is_ok());
         assert_eq!(out.len(), 1 << 20);
-        assert_eq!(gunzip(&bomb, 1000, &mut out), Err(HttpError::PayloadTooLarge { limit: 1000 }));
+        assert_eq!(gunzip(&bomb, 1000, &mut out), Err(HttpError::InflatedTooLarge { limit: 1000 }));
+        assert_eq!(
+            HttpError::InflatedTooLarge { limit: 1000 }.message(),
+            "body larger than 1000 bytes once decompressed"
+        );
         assert!(matches!(gunzip(b"not gzip", 1000, &mut out), Err(HttpError::UnsupportedMediaType(_))));
         assert_eq!(Encoding::parse(Some("br")).map_err(|e| e.status()), Err(415));
     }

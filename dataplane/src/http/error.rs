@@ -21,8 +21,13 @@ pub enum HttpError {
     DuplicateHeader(&'static str),
     /// The body's media type or content coding is not one the route takes (says which).
     UnsupportedMediaType(&'static str),
-    /// The body (as sent, or decoded) exceeds the limit.
+    /// The body as sent exceeds the limit.
     PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body, decompressed, exceeds the limit (`server.max_decompressed_bytes`).
+    InflatedTooLarge {
         /// The limit in bytes.
         limit: usize,
     },
@@ -44,7 +49,7 @@ impl HttpError {
             HttpError::MethodNotAllowed { .. } => 405,
             HttpError::BadRequest(_) | HttpError::DuplicateHeader(_) => 400,
             HttpError::UnsupportedMediaType(_) => 415,
-            HttpError::PayloadTooLarge { .. } => 413,
+            HttpError::PayloadTooLarge { .. } | HttpError::InflatedTooLarge { .. } => 413,
             HttpError::RequestTimeout => 408,
             HttpError::ServerBusy { .. } => 503,
         }
@@ -57,7 +62,7 @@ impl HttpError {
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
             HttpError::BadRequest(_) | HttpError::DuplicateHeader(_) => "bad_request",
             HttpError::UnsupportedMediaType(_) => "unsupported_media_type",
-            HttpError::PayloadTooLarge { .. } => "payload_too_large",
+            HttpError::PayloadTooLarge { .. } | HttpError::InflatedTooLarge { .. } => "payload_too_large",
             HttpError::RequestTimeout => "request_timeout",
             HttpError::ServerBusy { .. } => "server_busy",
         }
@@ -79,6 +84,7 @@ impl HttpError {
             HttpError::BadRequest(_)
                 | HttpError::DuplicateHeader(_)
                 | HttpError::PayloadTooLarge { .. }
+                | HttpError::InflatedTooLarge { .. }
                 | HttpError::RequestTimeout
                 | HttpError::ServerBusy { .. }
         )
@@ -93,6 +99,7 @@ impl HttpError {
             HttpError::DuplicateHeader(h) => format!("bad request: header {h} appears more than once"),
             HttpError::UnsupportedMediaType(what) => format!("unsupported {what}"),
             HttpError::PayloadTooLarge { limit } => format!("body larger than {limit} bytes"),
+            HttpError::InflatedTooLarge { limit } => format!("body larger than {limit} bytes once decompressed"),
             HttpError::RequestTimeout => "request not received in time".into(),
             HttpError::ServerBusy { .. } => "server busy: too many request bodies in flight".into(),
         }

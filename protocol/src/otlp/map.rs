@@ -690,6 +690,9 @@ impl<'m, 'o> Mapper<'m, 'o> {
             (AnyRef::Int(c), _) => {
                 let cur = self.opt(slots, Slot::Currency)?;
                 let cur = cur.as_str();
+                if cur.is_empty() {
+                    return Err(Fail::Reject("a payment with amount_cents needs monetization.currency"));
+                }
                 if cur.len() != 3 || !cur.bytes().all(|b| b.is_ascii_uppercase()) {
                     return Err(Fail::Reject("currency must be three upper-case letters (ISO 4217)"));
                 }

@@ -262,6 +262,21 @@ fn purchase_spans_become_payments() {
     assert_eq!((p.env.as_str(), p.ts_ms), ("prod", 1_795_617_749_123));
     let p = &out.payments[1];
     assert_eq!((p.amount_cents, p.currency.as_str(), p.status), (500, "EUR", PaymentStatus::Failed));
+    // amount_cents without a currency, or with one that is not a code: each said as it is.
+    for (currency, why) in [
+        (None, "a payment with amount_cents needs monetization.currency"),
+        (Some("eur"), "currency must be three upper-case letters (ISO 4217)"),
+    ] {
+        let mut attrs = vec![("monetization.order_id", s("o-3")), ("amount_cents", int(500))];
+        attrs.extend(currency.map(|c| ("currency", s(c))));
+        let out = run(
+            Signal::Traces,
+            Format::Protobuf,
+            &request(&resource(), &[span("monetization.purchase_success", &attrs)]),
+        )
+        .expect("decodes");
+        assert_eq!(out.summary.first_rejection, Some((0, why)), "{currency:?}");
+    }
 }
 
 /// `monetization.price_usd` is rounded to the cent as a decimal, half away from zero,

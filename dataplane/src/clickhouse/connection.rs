@@ -59,15 +59,13 @@ impl ChError {
             if [60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 497, 516, 999].contains(&e.code))
     }
 
-    /// Whether the server refused for a reason that may be the batch's own: an exception
-    /// that is neither bad data nor the server's state (a view's exception such as
-    /// `throwIf`'s 395, a memory or size limit, a query timeout), and not "too many
-    /// partitions". Retried as it is a few times, then bisected like bad data.
-    pub fn may_be_the_batchs(&self) -> bool {
-        matches!(self, ChError::Server(_))
-            && !self.is_bad_data()
-            && !self.is_server_state()
-            && self.too_many_partitions().is_none()
+    /// Whether the server refused with an exception a row raised on purpose: `throwIf`'s
+    /// 395 (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO), as an operator's materialized view on
+    /// the table raises it for rows it will not take. Such a batch is retried as it is,
+    /// then bisected like bad data. Other refusals that may be the batch's (a memory limit,
+    /// a query timeout) are as likely the server's load, and are only retried.
+    pub fn is_raised_by_rows(&self) -> bool {
+        matches!(self, ChError::Server(e) if e.code == 395)
     }
 
     /// Whether the server refused a block for spanning more partitions than its

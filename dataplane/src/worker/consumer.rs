@@ -1175,8 +1175,8 @@ impl Consumer {
         // attempt ends without tripping the breaker; otherwise retried with the rest.
         let mut refused: Vec<Poison> = Vec::new();
         // Bisect on bad data: halves that insert commit; single entries that fail are poison.
-        // So, after a few attempts, for refusals that may be the batch's own.
-        let bisect_own = progress.own_refusals >= BISECT_AFTER_REFUSALS;
+        // So, after a few attempts, for exceptions rows raise (a view's `throwIf`).
+        let bisect_raised = progress.raised_by_rows >= BISECT_AFTER_REFUSALS;
         let mut todo: Vec<Vec<usize>> = vec![progress.unsettled()];
         let table = Table::of(self.cfg.stream);
         if let (StreamKind::Payments, Some(agg)) = (self.cfg.stream, self.agg.clone()) {
@@ -1239,7 +1239,7 @@ impl Consumer {
                     }
                     todo.push(part);
                 }
-                Err(e) if e.is_bad_data() || (bisect_own && e.may_be_the_batchs()) => {
+                Err(e) if e.is_bad_data() || (bisect_raised && e.is_raised_by_rows()) => {
                     self.disconnect();
                     if let [index] = part[..] {
                         let max = self.cfg.max_refused_per_batch;
@@ -1263,6 +1263,13 @@ impl Consumer {
                         // it adds its player-days and collapses into the stored rows.
                         let reason = if progress.confirmed.table_rows_stored(index) {
                             format!("its rows are stored; its user_days rows were rejected by ClickHouse: {e}")
+                        } else if e.is_raised_by_rows() {
+                            // ClickHouse writes the table before its views: the rows may be
+                            // in it; a replay collapses into them.
+                            format!(
+                                "rejected by ClickHouse (raised while the rows were written: they may be stored \
+                                 in the table, not in the real-time figures): {e}"
+                            )
                         } else {
                             format!("rejected by ClickHouse: {e}")
                         };
@@ -1279,15 +1286,16 @@ impl Consumer {
                     // consumer claiming the entries would only count deliveries towards
                     // dead-lettering them unread. Not being able to reach the server is
                     // not (another worker may well reach it), nor a refusal that may be the
-                    // batch's (a view's exception, a memory or size limit, a timeout): it is
-                    // retried, and bisected from its `BISECT_AFTER_REFUSALS`th attempt on.
+                    // batch's (a memory or size limit, a timeout): its deliveries grow, and
+                    // it is tried alone in the end. An exception rows raise (a view's
+                    // `throwIf`) is retried, then bisected (`BISECT_AFTER_REFUSALS`).
                     self.systemic = matches!(&e, ChError::SchemaMismatch(_)) || e.is_server_state();
-                    if e.may_be_the_batchs() {
-                        progress.own_refusals = progress.own_refusals.saturating_add(1);
+                    if e.is_raised_by_rows() {
+                        progress.raised_by_rows = progress.raised_by_rows.saturating_add(1);
                         return Err(format!(
-                            "{e} (attempt {} of the batch refused so; from the {BISECT_AFTER_REFUSALS}th on it \
-                             is bisected, the entries refused alone dead-lettered)",
-                            progress.own_refusals
+                            "{e} (the batch refused whole {} time(s); after {BISECT_AFTER_REFUSALS} it is \
+                             bisected, and the entries refused alone are dead-lettered)",
+                            progress.raised_by_rows
                         ));
                     }
                     return Err(e.to_string());
@@ -1423,17 +1431,17 @@ struct Progress {
     /// Of the entries not settled, what each shard confirmed already (their `events` rows
     /// stored, their `user_days` insert failed): not sent to it again.
     confirmed: Confirmed,
-    /// Attempts at the batch refused for a reason that may be its own
-    /// ([`ChError::may_be_the_batchs`]): from [`BISECT_AFTER_REFUSALS`] on, such a
-    /// refusal is bisected like bad data.
-    own_refusals: u32,
+    /// Attempts at the batch refused whole with an exception rows raise
+    /// ([`ChError::is_raised_by_rows`]): once there were [`BISECT_AFTER_REFUSALS`], the
+    /// next attempt bisects such a refusal like bad data.
+    raised_by_rows: u32,
 }
 
-/// Attempts of a batch refused for a reason that may be its own (a view's exception, a
-/// memory limit) before it is bisected like bad data: a passing fault is retried as it
-/// is, but rows a view refuses cannot stall the stream for good (no consumer would ever
+/// Attempts of a batch refused whole with an exception rows raise (an operator's view
+/// calling `throwIf`) before the next bisects it like bad data: the third attempt is
+/// bisected, so rows a view refuses cannot stall the stream for good (no consumer would
 /// claim them: each is busy retrying its own batch).
-const BISECT_AFTER_REFUSALS: u32 = 3;
+const BISECT_AFTER_REFUSALS: u32 = 2;
 
 impl Progress {
     /// Nothing settled yet of a batch of `len` entries, inserted on `shards` shards.
@@ -1442,7 +1450,7 @@ impl Progress {
             settled: vec![false; len],
             poison: Vec::new(),
             confirmed: Confirmed::new(len, shards),
-            own_refusals: 0,
+            raised_by_rows: 0,
         }
     }
 

@@ -8,8 +8,9 @@
 //! a `CLUSTERDOWN` or `TRYAGAIN`, or a failed or timed-out command; such readings that
 //! keep finding the map unchanged are spaced out, up to [`MAX_STALE_PAUSE`]. A map that names
 //! other primaries opens connections to them and closes those to nodes that no longer
-//! serve slots, and moves the [`Epoch`] (readings of the backlog taken before it are
-//! stale).
+//! serve slots; when it gives a slot a primary it did not have, it moves the [`Epoch`]
+//! (readings of the backlog taken before it are stale; a primary gone with nothing in its
+//! place leaves the others' readings standing).
 //!
 //! A command's key is found by [`command_key`] (the first key; a keyless command goes to
 //! any primary). Its reply is passed on unless it redirects:
@@ -101,7 +102,8 @@ impl Cluster {
         self.map.borrow().is_some() && self.nodes.borrow().values().any(Node::is_up)
     }
 
-    /// Moves on every connect of a primary's connection and every change of the map.
+    /// Moves on every connect of a primary's connection and every change of the map that
+    /// gives a slot a primary it did not have ([`SlotMap::reassigns`]).
     pub(super) fn epoch(&self) -> Epoch {
         self.epoch.clone()
     }
@@ -325,7 +327,7 @@ async fn mirror(cluster: Weak<Cluster>) {
         let Some(c) = cluster.upgrade() else { return };
         if let Some(report) = &c.report {
             report.mirror(c.nodes.borrow().values().map(Node::stamp));
-            // A primary reconnected or the map changed (or none is up): not serving until
+            // A primary reconnected or a slot got a new primary (or none is up): not serving until
             // the shard's next backlog reading in the new epoch (one made in it already,
             // between two mirrors, stands).
             if c.is_up() {

@@ -62,7 +62,7 @@ impl Overdue {
         self.serving.store(epoch.map_or(NOT_SERVING, |e| e.min(NOT_SERVING - 1)), Ordering::Relaxed);
     }
 
-    /// A connection epoch began (a primary of a cluster reconnected, the map changed): a
+    /// A connection epoch began (a primary of a cluster reconnected, a slot got a new primary): a
     /// reading of an earlier one no longer makes the shard serving. One made in `epoch`
     /// already (the mirror noticing late) still does.
     pub(crate) fn epoch_began(&self, epoch: u64) {

@@ -254,6 +254,7 @@ mod tests {
             IngestError::Http(HttpError::DuplicateHeader("x")),
             IngestError::Http(HttpError::UnsupportedMediaType("x")),
             IngestError::Http(HttpError::PayloadTooLarge { limit: 1 }),
+            IngestError::Http(HttpError::InflatedTooLarge { limit: 1 }),
             IngestError::Http(HttpError::RequestTimeout),
             IngestError::Http(HttpError::ServerBusy { retry_after: 1 }),
             IngestError::Body(BodyError::Malformed("x".into())),

@@ -113,7 +113,7 @@ pub fn walk(
     // `AnyValue` protobuf takes, but applies to the whole document (simd-json's tape is
     // built before anything is read), also to fields not read, where protobuf skips them.
     match parsed {
-        Err(DecodeError::TooDeep(_)) => Err(DecodeError::JsonTooDeep(json_limits.max_depth)),
+        Err(DecodeError::TooDeep(n)) if n == json_limits.max_depth => Err(DecodeError::JsonTooDeep(n)),
         r => r,
     }
 }

@@ -691,7 +691,9 @@ impl<'m, 'o> Mapper<'m, 'o> {
                 let cur = self.opt(slots, Slot::Currency)?;
                 let cur = cur.as_str();
                 if cur.is_empty() {
-                    return Err(Fail::Reject("a payment with amount_cents needs monetization.currency"));
+                    return Err(Fail::Reject(
+                        "a payment with amount_cents needs a currency (monetization.currency or currency)",
+                    ));
                 }
                 if cur.len() != 3 || !cur.bytes().all(|b| b.is_ascii_uppercase()) {
                     return Err(Fail::Reject("currency must be three upper-case letters (ISO 4217)"));

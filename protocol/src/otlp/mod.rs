@@ -108,8 +108,8 @@ impl std::fmt::Display for DecodeError {
             DecodeError::TooDeep(n) => write!(f, "values nest deeper than {n} levels"),
             DecodeError::JsonTooDeep(n) => write!(
                 f,
-                "values nest deeper than 16 levels, or the JSON body deeper than {n} levels (wherever \
-                 it nests, also in fields not read)"
+                "the JSON body nests deeper than {n} levels, anywhere in it (also in fields not read; \
+                 AnyValues nested 16 levels fit)"
             ),
             DecodeError::TooManyRecords(n) => write!(f, "request holds more than {n} records"),
         }

@@ -207,6 +207,11 @@ fn control_readyz_names_the_failing_component() {
     assert!(body.contains(r#""clickhouse":{"ok":false,"error":"127.0.0.1:"#), "{body}");
     assert!(!body.contains("streams"), "a worker-only process does not answer for the streams' marks: {body}");
     assert_eq!(w.control_get("/healthz").0, 200, "alive all the same");
+    // /metrics says as much, with no traffic at all (CroupierDependencyDown).
+    let text = scrape(&w);
+    assert_eq!(value(&text, r#"croupier_component_ready{component="clickhouse"}"#), 0.0);
+    assert_eq!(value(&text, r#"croupier_component_ready{component="redis"}"#), 1.0);
+    assert!(!text.contains(r#"component="streams""#), "{text}");
     drop(w);
 
     // Ingest alone, no worker: a backlog at the high-water mark.
@@ -224,10 +229,16 @@ fn control_readyz_names_the_failing_component() {
     let body = wait(503);
     assert!(body.contains("analytics:events at its high-water mark (40 of 30 events)"), "{body}");
     assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
+    let text = scrape(&i);
+    assert_eq!(value(&text, r#"croupier_component_ready{component="streams"}"#), 0.0);
+    assert_eq!(value(&text, r#"croupier_component_ready{component="redis"}"#), 1.0);
     // Redis gone: the component says so.
     s.redis.stop();
     let body = wait(503);
     assert!(body.contains(r#""redis":{"ok":false,"error":""#) && body.contains(&s.redis.addr()), "{body}");
+    let text = scrape(&i);
+    assert_eq!(value(&text, r#"croupier_component_ready{component="redis"}"#), 0.0, "{text}");
+    assert!(!text.contains("croupier_stream_backlog_events"), "no stream gauges while Redis cannot be read");
 }
 
 /// The control port's `/readyz` (the readiness probe of ingest pods, deploy/k8s) is 503

@@ -71,7 +71,7 @@ pub fn router() -> Router<Route> {
 struct ControlPort {
     config: Arc<Config>,
     registry: Arc<Registry>,
-    probes: Probes,
+    probes: Rc<Probes>,
     driver: ActiveDriver,
     router: Router<Route>,
     api: Api,
@@ -94,13 +94,14 @@ impl ControlPort {
     }
 
     async fn metrics(&self) -> Response {
-        let readings = self.probes.streams(true).await;
+        let (readiness, readings) = self.probes.scrape().await;
         let mut enc = Encoder::new();
         self.registry.encode(&mut enc);
         if let Ok(r) = &readings {
             let now = u64::try_from(crate::ingest::now_ms()).unwrap_or(0);
             streams::encode(&mut enc, r, now);
         }
+        super::ready::encode(&mut enc, &readiness);
         process::encode_build_info(&mut enc, self.driver.name());
         process::encode_process(&mut enc);
         Response::with_type(200, CONTENT_TYPE, enc.finish())
@@ -264,7 +265,7 @@ pub fn start_with_health(
                     evict_idle: true,
                     evict_busy: true,
                 };
-                let probes = Probes::new(&config, ingest, worker, health);
+                let probes = Rc::new(Probes::new(&config, ingest, worker, health));
                 let api = match Api::new(&config, filters) {
                     Ok(a) => a,
                     Err(e) => {
@@ -275,6 +276,7 @@ pub fn start_with_health(
                 let audit_stop = Rc::new(Cell::new(false));
                 let audit = monoio::spawn(api.audit_task(audit_stop.clone()));
                 let refresh = monoio::spawn(api.refresh_task(audit_stop.clone()));
+                let watch = monoio::spawn(probes.clone().watch_clickhouse(audit_stop.clone()));
                 let dashboard = Dashboard::load(&config.control.dashboard_dir);
                 let port = Rc::new(ControlPort {
                     config,
@@ -293,6 +295,7 @@ pub fn start_with_health(
                 audit_stop.set(true);
                 audit.await;
                 refresh.await;
+                watch.await;
             }
         },
     )?;

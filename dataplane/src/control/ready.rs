@@ -11,11 +11,13 @@
 //! - `streams` (processes that run ingest): no stream's backlog is at its high-water
 //!   mark, where ingest refuses with 503 `backlog_full`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_control::config::{Config, StreamLimits};
+use croupier_control::metrics::{Encoder, Kind};
 use croupier_protocol::cluster::Partitions;
 
 use super::streams::{self, StreamReading};
@@ -64,6 +66,9 @@ impl Readiness {
     }
 }
 
+/// How often [`Probes::watch_clickhouse`] pings ClickHouse for `/metrics`.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
 /// What the control thread asks Redis and ClickHouse, with connections of its own.
 pub struct Probes {
     redis: RedisClient,
@@ -77,6 +82,10 @@ pub struct Probes {
     clickhouse: Option<Vec<ChOptions>>,
     /// Per shard, kept between probes; dropped after a failure.
     ch: RefCell<Vec<Option<Connection>>>,
+    /// The last ClickHouse ping's outcome (`None` before the first), for `/metrics`,
+    /// which does not wait for a ping: a paused server would hold the scrape past
+    /// Prometheus's timeout. Pinged by [`Probes::watch_clickhouse`] and by `/readyz`.
+    pinged: RefCell<Option<Result<(), String>>>,
     /// Set when the process runs ingest (the streams' marks concern it).
     ingest: bool,
     timeout: Duration,
@@ -109,6 +118,7 @@ impl Probes {
             partitions: Partitions::new(config.streams.partitions),
             clickhouse: worker.then(|| crate::worker::shard_options(config)),
             ch: RefCell::new(Vec::new()),
+            pinged: RefCell::new(None),
             ingest,
             timeout,
             health,
@@ -198,28 +208,75 @@ impl Probes {
 
     /// Asks every component; also returns the streams when Redis could be read.
     pub async fn readiness(&self) -> (Readiness, Option<Vec<StreamReading>>) {
-        let mut components = Vec::with_capacity(3);
-        // Each component within the probe timeout as a whole (a reading is many commands,
-        // each within it; several ClickHouse shards are pinged one after another).
-        let within = self.timeout;
-        let late = |what: &str| format!("{what}: no answer within {} ms", within.as_millis());
-        let read = match self.overdue() {
-            Some(e) => Err(e),
-            None => {
-                monoio::time::timeout(within, self.streams(false)).await.unwrap_or_else(|_| Err(late(&self.redis_addr)))
+        let read = self.read(false).await;
+        (self.judge(&read, true).await, read.ok())
+    }
+
+    /// What `/metrics` shows: the streams of every partition count ingest wrote with (an
+    /// error when Redis cannot be read), and each component as `/readyz` judges it —
+    /// ClickHouse by its last ping ([`Probes::watch_clickhouse`]), not one made now.
+    pub async fn scrape(&self) -> (Readiness, Result<Vec<StreamReading>, String>) {
+        let read = self.read(true).await;
+        (self.judge(&read, false).await, read)
+    }
+
+    /// Pings ClickHouse every [`WATCH_EVERY`] (processes that run workers) so that
+    /// `/metrics` has a recent outcome without waiting for one; until `stop`.
+    pub async fn watch_clickhouse(self: Rc<Self>, stop: Rc<Cell<bool>>) {
+        let Some(opts) = &self.clickhouse else { return };
+        while !stop.get() {
+            let pinged = monoio::time::timeout(self.timeout, self.ping_clickhouse(opts)).await;
+            *self.pinged.borrow_mut() = Some(pinged.unwrap_or_else(|_| Err(self.ch_late())));
+            // In short steps, so that a stopping control thread does not wait a whole one.
+            for _ in 0..WATCH_EVERY.as_millis() / 100 {
+                if stop.get() {
+                    return;
+                }
+                monoio::time::sleep(Duration::from_millis(100)).await;
             }
-        };
+        }
+    }
+
+    fn ch_late(&self) -> String {
+        format!("ClickHouse: no answer within {} ms", self.timeout.as_millis())
+    }
+
+    /// The streams (with `others`: of other partition counts too) within the probe
+    /// timeout as a whole (a reading is many commands, each within it); an overdue reply
+    /// is an error at once.
+    async fn read(&self, others: bool) -> Result<Vec<StreamReading>, String> {
+        match self.overdue() {
+            Some(e) => Err(e),
+            None => monoio::time::timeout(self.timeout, self.streams(others)).await.unwrap_or_else(|_| {
+                Err(format!("{}: no answer within {} ms", self.redis_addr, self.timeout.as_millis()))
+            }),
+        }
+    }
+
+    /// Each component's state, given the streams as `read`; ClickHouse pinged now with
+    /// `ping`, else as last pinged (left out before the first ping).
+    async fn judge(&self, read: &Result<Vec<StreamReading>, String>, ping: bool) -> Readiness {
+        let mut components = Vec::with_capacity(3);
+        // Several ClickHouse shards are pinged one after another, within the probe timeout
+        // as a whole.
+        let within = self.timeout;
         let error = read.as_ref().err().cloned().or_else(|| self.shard_not_serving());
         components.push(Component { name: "redis", error });
         if let Some(opts) = &self.clickhouse {
-            let pinged = monoio::time::timeout(within, self.ping_clickhouse(opts)).await;
-            components.push(Component {
-                name: "clickhouse",
-                error: pinged.unwrap_or_else(|_| Err(late("ClickHouse"))).err(),
-            });
+            let pinged = if ping {
+                let pinged = monoio::time::timeout(within, self.ping_clickhouse(opts)).await;
+                let pinged = pinged.unwrap_or_else(|_| Err(self.ch_late()));
+                *self.pinged.borrow_mut() = Some(pinged.clone());
+                Some(pinged)
+            } else {
+                self.pinged.borrow().clone()
+            };
+            if let Some(pinged) = pinged {
+                components.push(Component { name: "clickhouse", error: pinged.err() });
+            }
         }
         if self.ingest {
-            let error = match &read {
+            let error = match read {
                 Err(_) => Some("unknown: Redis cannot be read".to_owned()),
                 // The data port's rule: unready when a stream is at its mark in every
                 // partition read (a partition at its mark refuses only its own requests).
@@ -250,7 +307,22 @@ impl Probes {
             };
             components.push(Component { name: "streams", error });
         }
-        (Readiness { components }, read.ok())
+        Readiness { components }
+    }
+}
+
+/// `croupier_component_ready`: each component `/readyz` checks, 1 when it is fine. A
+/// dependency down shows here whatever the traffic (the counters of refusals and failed
+/// inserts move only when requests or batches meet it).
+pub fn encode(enc: &mut Encoder, readiness: &Readiness) {
+    enc.family(
+        "croupier_component_ready",
+        Kind::Gauge,
+        "Whether a component /readyz checks is fine (1) or not (0): redis, clickhouse (processes that run \
+         workers), streams (processes that run ingest: no stream at its high-water mark).",
+    );
+    for c in &readiness.components {
+        enc.sample("croupier_component_ready", &[("component", c.name)], u64::from(c.error.is_none()));
     }
 }
 

@@ -194,6 +194,20 @@ fn control_readyz_names_the_failing_component() {
     let mut env = s.env.clone();
     env.push(("CROUPIER_CLICKHOUSE__ADDR".into(), format!("127.0.0.1:{}", croupier_it::free_port())));
     let w = Croupier::start(CROUPIER, "worker", &env);
+    // /metrics has ClickHouse's state from the control thread's own pings (every 2 to 3 s),
+    // before any /readyz: absent until the first, then 0.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = w.control_get("/metrics");
+        if status == 200 {
+            if let Some(v) = sample(&text, r#"croupier_component_ready{component="clickhouse"}"#) {
+                assert_eq!(v, 0.0, "{text}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no clickhouse component on /metrics: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         let (status, body) = w.control_get("/readyz");

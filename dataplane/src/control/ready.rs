@@ -82,6 +82,8 @@ pub struct Probes {
     clickhouse: Option<Vec<ChOptions>>,
     /// Per shard, kept between probes; dropped after a failure.
     ch: RefCell<Vec<Option<Connection>>>,
+    /// Per shard, the replica that answered the last connection (tried first next time).
+    answered: RefCell<Vec<usize>>,
     /// The last ClickHouse ping's outcome (`None` before the first), for `/metrics`,
     /// which does not wait for a ping: a paused server would hold the scrape past
     /// Prometheus's timeout. Pinged by [`Probes::watch_clickhouse`] and by `/readyz`.
@@ -118,6 +120,7 @@ impl Probes {
             partitions: Partitions::new(config.streams.partitions),
             clickhouse: worker.then(|| crate::worker::shard_options(config)),
             ch: RefCell::new(Vec::new()),
+            answered: RefCell::new(Vec::new()),
             pinged: RefCell::new(None),
             ingest,
             timeout,
@@ -188,8 +191,19 @@ impl Probes {
                 }
                 // The replica it was on went away: another of the shard's may answer.
             }
-            let mut conn = Connection::connect(opts).await.map_err(|e| e.to_string())?;
+            // Each replica within its share of the probe's time (a silent first one
+            // would take it all), from the one that answered last.
+            let n = u32::try_from(opts.addrs().len()).unwrap_or(u32::MAX).max(1);
+            let mut each = opts.clone();
+            each.timeout = (self.timeout / n).max(Duration::from_millis(100));
+            let start = self.answered.borrow().get(i).copied().unwrap_or(0);
+            let (mut conn, at) = Connection::connect_from(&each, start).await.map_err(|e| e.to_string())?;
             conn.ping().await.map_err(|e| e.to_string())?;
+            let mut answered = self.answered.borrow_mut();
+            if answered.len() <= i {
+                answered.resize(i + 1, 0);
+            }
+            answered[i] = at;
             Ok::<_, String>(conn)
         };
         match monoio::time::timeout(self.timeout, attempt).await {
@@ -216,8 +230,11 @@ impl Probes {
     /// error when Redis cannot be read), and each component as `/readyz` judges it —
     /// ClickHouse by its last ping ([`Probes::watch_clickhouse`]), not one made now.
     pub async fn scrape(&self) -> (Readiness, Result<Vec<StreamReading>, String>) {
-        let read = self.read(true).await;
-        (self.judge(&read, false).await, read)
+        // Two readings at once: the gauges' as they always were (every partition count,
+        // each command within its own timeout, also while a reply is overdue), and
+        // `/readyz`'s, which the components are judged on.
+        let (judged, readings) = monoio::join!(self.read(false), self.streams(true));
+        (self.judge(&judged, false).await, readings)
     }
 
     /// Pings ClickHouse every [`WATCH_EVERY`] (processes that run workers) so that

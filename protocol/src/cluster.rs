@@ -542,16 +542,19 @@ mod tests {
         assert_eq!(redirect(&bulk("MOVED 1 a:1")), None);
     }
 
+    /// A `CLUSTER SLOTS` range: slots `s..=e` served by 127.0.0.1:`port`, with a replica
+    /// at `port + 3`.
+    fn range(s: i64, e: i64, port: i64) -> Frame {
+        Frame::Array(vec![
+            Frame::Integer(s),
+            Frame::Integer(e),
+            Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port), bulk("id")]),
+            Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port + 3), bulk("replica")]),
+        ])
+    }
+
     #[test]
     fn slot_map_from_cluster_slots() {
-        let range = |s: i64, e: i64, port: i64| {
-            Frame::Array(vec![
-                Frame::Integer(s),
-                Frame::Integer(e),
-                Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port), bulk("id")]),
-                Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port + 3), bulk("replica")]),
-            ])
-        };
         let reply = Frame::Array(vec![range(0, 5460, 7000), range(5461, 10922, 7001), range(10923, 16383, 7002)]);
         let map = SlotMap::from_cluster_slots(&reply).expect("a map");
         assert!(map.complete());
@@ -568,13 +571,6 @@ mod tests {
 
     #[test]
     fn the_map_most_nodes_agree_on_wins_over_the_first_read() {
-        let range = |s: i64, e: i64, port: i64| {
-            Frame::Array(vec![
-                Frame::Integer(s),
-                Frame::Integer(e),
-                Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port), bulk("id")]),
-            ])
-        };
         let read = |ranges: Vec<Frame>| SlotMap::from_cluster_slots(&Frame::Array(ranges)).expect("a map").canonical();
         // A restarted old primary still names itself for 0..=5460; two others name 7003.
         let stale = read(vec![range(0, 5460, 7000), range(5461, 16383, 7001)]);
@@ -663,13 +659,6 @@ mod tests {
 
     #[test]
     fn a_slot_reassigned_is_told_from_a_slot_no_longer_served() {
-        let range = |s: i64, e: i64, port: i64| {
-            Frame::Array(vec![
-                Frame::Integer(s),
-                Frame::Integer(e),
-                Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port)]),
-            ])
-        };
         let map = |ranges: Vec<Frame>| SlotMap::from_cluster_slots(&Frame::Array(ranges)).expect("a map");
         let three = map(vec![range(0, 5460, 7000), range(5461, 10922, 7001), range(10923, 16383, 7002)]);
         // The same owners, listed in another order.

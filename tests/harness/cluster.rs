@@ -127,21 +127,27 @@ impl RedisCluster {
     /// Waits until every running node reports `cluster_state:ok` and agrees on one
     /// primary per slot range.
     pub fn wait_ok(&self, timeout: Duration) {
+        self.wait_every_node(timeout, "the cluster is not ok", |c| {
+            matches!(c.try_cmd(&["CLUSTER", "INFO"]), Ok(Frame::BulkString(b))
+                if String::from_utf8_lossy(&b).contains("cluster_state:ok"))
+        });
+    }
+
+    /// Waits until `holds` is true of a connection to every running node (at most
+    /// `timeout`; panics with `what` after it).
+    fn wait_every_node(&self, timeout: Duration, what: &str, holds: impl Fn(&mut crate::redis::RedisClient) -> bool) {
         let deadline = Instant::now() + timeout;
         loop {
-            let ok = self.nodes.iter().filter(|n| n.pid().is_some()).all(|n| {
-                let mut c = match crate::redis::RedisClient::connect(n.port) {
-                    Ok(c) => c,
-                    Err(_) => return false,
-                };
-                matches!(c.try_cmd(&["CLUSTER", "INFO"]), Ok(Frame::BulkString(b))
-                    if String::from_utf8_lossy(&b).contains("cluster_state:ok"))
-            });
-            if ok {
+            let all = self
+                .nodes
+                .iter()
+                .filter(|n| n.pid().is_some())
+                .all(|n| crate::redis::RedisClient::connect(n.port).is_ok_and(|mut c| holds(&mut c)));
+            if all {
                 return;
             }
-            assert!(Instant::now() < deadline, "the cluster is not ok within {timeout:?}");
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -172,23 +178,14 @@ impl RedisCluster {
     /// `fail?`): from then on the slot maps they give leave its slots unserved.
     pub fn wait_failed(&self, gone: usize, timeout: Duration) {
         let port = format!(":{}@", self.nodes[gone].port);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let agreed = self.nodes.iter().filter(|n| n.pid().is_some()).all(|n| {
-                let Ok(mut c) = crate::redis::RedisClient::connect(n.port) else { return false };
-                let Ok(Frame::BulkString(text)) = c.try_cmd(&["CLUSTER", "NODES"]) else { return false };
-                String::from_utf8_lossy(&text).lines().any(|l| {
-                    let mut cols = l.split(' ');
-                    let (addr, flags) = (cols.nth(1).unwrap_or(""), cols.next().unwrap_or(""));
-                    addr.contains(&port) && flags.split(',').any(|f| f == "fail")
-                })
-            });
-            if agreed {
-                return;
-            }
-            assert!(Instant::now() < deadline, "node {gone} not flagged failed within {timeout:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_every_node(timeout, &format!("node {gone} not flagged failed"), |c| {
+            let Ok(Frame::BulkString(text)) = c.try_cmd(&["CLUSTER", "NODES"]) else { return false };
+            String::from_utf8_lossy(&text).lines().any(|l| {
+                let mut cols = l.split(' ');
+                let (addr, flags) = (cols.nth(1).unwrap_or(""), cols.next().unwrap_or(""));
+                addr.contains(&port) && flags.split(',').any(|f| f == "fail")
+            })
+        });
     }
 
     /// `XLEN key` on the node serving it.

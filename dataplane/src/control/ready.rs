@@ -216,25 +216,30 @@ impl Probes {
                 Ok(())
             }
             Ok(Err(e)) => Err(format!("{}: {e}", opts.addr)),
-            Err(_) => Err(format!("{}: no answer within {} ms", opts.addr, self.timeout.as_millis())),
+            Err(_) => Err(self.late(&opts.addr)),
         }
     }
 
     /// Asks every component; also returns the streams when Redis could be read.
     pub async fn readiness(&self) -> (Readiness, Option<Vec<StreamReading>>) {
-        let read = self.read(false).await;
-        (self.judge(&read, true).await, read.ok())
+        let read = self.read().await;
+        (self.judge(read.as_deref().map_err(Clone::clone), true).await, read.ok())
     }
 
     /// What `/metrics` shows: the streams of every partition count ingest wrote with (an
     /// error when Redis cannot be read), and each component as `/readyz` judges it —
     /// ClickHouse by its last ping ([`Probes::watch_clickhouse`]), not one made now.
     pub async fn scrape(&self) -> (Readiness, Result<Vec<StreamReading>, String>) {
-        // Two readings at once: the gauges' as they always were (every partition count,
-        // each command within its own timeout, also while a reply is overdue), and
-        // `/readyz`'s, which the components are judged on.
-        let (judged, readings) = monoio::join!(self.read(false), self.streams(true));
-        (self.judge(&judged, false).await, readings)
+        // One reading: the gauges' as they always were (every partition count, each
+        // command within its own timeout, also while a reply is overdue). Its configured
+        // count's part is what `/readyz` reads (the other counts' are added, never an
+        // error), so the components are judged on it, an overdue reply first.
+        let readings = self.streams(true).await;
+        let judged = match self.overdue() {
+            Some(e) => Err(e),
+            None => readings.as_deref().map_err(Clone::clone),
+        };
+        (self.judge(judged, false).await, readings)
     }
 
     /// Pings ClickHouse every [`WATCH_EVERY`] (processes that run workers) so that
@@ -243,7 +248,7 @@ impl Probes {
         let Some(opts) = &self.clickhouse else { return };
         while !stop.get() {
             let pinged = monoio::time::timeout(self.timeout, self.ping_clickhouse(opts)).await;
-            *self.pinged.borrow_mut() = Some(pinged.unwrap_or_else(|_| Err(self.ch_late())));
+            *self.pinged.borrow_mut() = Some(pinged.unwrap_or_else(|_| Err(self.late("ClickHouse"))));
             // In short steps, so that a stopping control thread does not wait a whole one.
             for _ in 0..WATCH_EVERY.as_millis() / 100 {
                 if stop.get() {
@@ -254,25 +259,25 @@ impl Probes {
         }
     }
 
-    fn ch_late(&self) -> String {
-        format!("ClickHouse: no answer within {} ms", self.timeout.as_millis())
+    /// `what` did not answer within the probe timeout.
+    fn late(&self, what: &str) -> String {
+        format!("{what}: no answer within {} ms", self.timeout.as_millis())
     }
 
-    /// The streams (with `others`: of other partition counts too) within the probe
-    /// timeout as a whole (a reading is many commands, each within it); an overdue reply
-    /// is an error at once.
-    async fn read(&self, others: bool) -> Result<Vec<StreamReading>, String> {
+    /// The configured partition count's streams within the probe timeout as a whole (a
+    /// reading is many commands, each within it); an overdue reply is an error at once.
+    async fn read(&self) -> Result<Vec<StreamReading>, String> {
         match self.overdue() {
             Some(e) => Err(e),
-            None => monoio::time::timeout(self.timeout, self.streams(others)).await.unwrap_or_else(|_| {
-                Err(format!("{}: no answer within {} ms", self.redis_addr, self.timeout.as_millis()))
-            }),
+            None => monoio::time::timeout(self.timeout, self.streams(false))
+                .await
+                .unwrap_or_else(|_| Err(self.late(&self.redis_addr))),
         }
     }
 
     /// Each component's state, given the streams as `read`; ClickHouse pinged now with
     /// `ping`, else as last pinged (left out before the first ping).
-    async fn judge(&self, read: &Result<Vec<StreamReading>, String>, ping: bool) -> Readiness {
+    async fn judge(&self, read: Result<&[StreamReading], String>, ping: bool) -> Readiness {
         let mut components = Vec::with_capacity(3);
         // Several ClickHouse shards are pinged one after another, within the probe timeout
         // as a whole.
@@ -282,7 +287,7 @@ impl Probes {
         if let Some(opts) = &self.clickhouse {
             let pinged = if ping {
                 let pinged = monoio::time::timeout(within, self.ping_clickhouse(opts)).await;
-                let pinged = pinged.unwrap_or_else(|_| Err(self.ch_late()));
+                let pinged = pinged.unwrap_or_else(|_| Err(self.late("ClickHouse")));
                 *self.pinged.borrow_mut() = Some(pinged.clone());
                 Some(pinged)
             } else {

@@ -106,17 +106,15 @@ pub async fn read(
 
 /// Reads past the body framed by `framing` without keeping it (at most `limit` bytes, as
 /// for [`read`]): a request answered without its body must still be consumed, or its
-/// bytes would be read as the next request. The head is dropped from `input`, which then
-/// holds one read at a time; bytes past the body are left in it.
+/// bytes would be read as the next request. The buffer holds one read at a time; bytes
+/// past the body are left in it.
 pub async fn discard(
     sock: &mut Socket,
-    input: Input<'_>,
+    buf: &mut Vec<u8>,
     framing: BodyFraming,
     limit: usize,
     deadline: Instant,
 ) -> Result<(), HttpError> {
-    let Input { buf, head } = input;
-    buf.drain(..head.min(buf.len()));
     match framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => {

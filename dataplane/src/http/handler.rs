@@ -121,22 +121,29 @@ impl<'a> Request<'a> {
         let framing = self.head.framing;
         let limit = self.server.limits.max_body_bytes;
         // Whatever happens, the head's bytes leave the input.
-        let head = std::mem::take(&mut self.head_len);
         if matches!(framing, BodyFraming::Length(n) if n > limit) {
-            self.input.drain(..head.min(self.input.len()));
+            self.drop_head();
             return Err(HttpError::PayloadTooLarge { limit });
         }
         if self.head.expect_continue && framing != BodyFraming::None {
             let (res, _) = self.sock.stream().write_all(response::CONTINUE).await;
             if res.is_err() {
-                self.input.drain(..head.min(self.input.len()));
+                self.drop_head();
                 return Err(HttpError::BadRequest("connection closed"));
             }
         }
+        let head = std::mem::take(&mut self.head_len);
         self.body_start =
             body::read(self.sock, Input { buf: self.input, head }, framing, limit, self.deadline, self.body, held)
                 .await?;
         Ok(())
+    }
+
+    /// Drops the head's bytes from the input (once: a body not read where it lies, or
+    /// none).
+    fn drop_head(&mut self) {
+        let head = std::mem::take(&mut self.head_len);
+        self.input.drain(..head.min(self.input.len()));
     }
 
     /// The body (once read; empty before) and the spare buffer.
@@ -154,10 +161,7 @@ impl<'a> Request<'a> {
             return;
         }
         self.state = BodyState::Consumed;
-        let head = std::mem::take(&mut self.head_len);
-        if framing == BodyFraming::None || self.head.expect_continue || resp.close {
-            self.input.drain(..head.min(self.input.len()));
-        }
+        self.drop_head();
         if framing == BodyFraming::None {
             return;
         }
@@ -170,7 +174,7 @@ impl<'a> Request<'a> {
             return;
         }
         let limit = self.server.limits.max_body_bytes;
-        if let Err(e) = body::discard(self.sock, Input { buf: self.input, head }, framing, limit, self.deadline).await {
+        if let Err(e) = body::discard(self.sock, self.input, framing, limit, self.deadline).await {
             *resp = e.response();
             resp.close = true;
         }

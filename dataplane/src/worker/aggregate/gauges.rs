@@ -32,7 +32,7 @@ type Merged = BTreeMap<(Kind, Arc<str>, Arc<str>, u32), Sketch>;
 
 /// Each gauge: its name, help, and the kind of sketch it reads.
 const FAMILIES: &[(&str, &str, Kind)] = &[
-    ("croupier_realtime_online_users", "Distinct players online in the current UTC minute (session_start, heartbeat or an event with a session; the previous minute while the current one has none).", Kind::Online),
+    ("croupier_realtime_online_users", "Distinct players online in the current UTC minute (session_start, heartbeat or an event with a session; the previous minute while the current one holds no player).", Kind::Online),
     ("croupier_realtime_dau", "Distinct players with an event so far today (UTC day), all workers.", Kind::Dau),
     ("croupier_realtime_new_users_today", "Distinct players who registered today (register, first_active, user.register).", Kind::New),
     ("croupier_realtime_payers_today", "Distinct players with a successful payment today.", Kind::Payers),
@@ -60,7 +60,9 @@ impl Source for RealtimeGauges {
         for &(name, help, kind) in FAMILIES {
             let mut wrote = false;
             let mut last: Option<(&str, &str)> = None;
-            // Latest period first, so the current minute wins over the previous one.
+            // Latest period first, so the current minute wins over the previous one, unless
+            // it holds no player yet (a sketch of the minute may exist empty: made by an
+            // event without a session, or read back from Redis at a worker's start).
             for ((_, game, env, period), sketch) in merged.iter().rev().filter(|((k, ..), _)| *k == kind) {
                 if kind == Kind::New && *period != today {
                     continue;
@@ -68,12 +70,20 @@ impl Source for RealtimeGauges {
                 if last == Some((game, env)) {
                     continue;
                 }
+                let count = sketch.count();
+                if kind.per_minute()
+                    && count == 0
+                    && *period == minute
+                    && merged.contains_key(&(kind, game.clone(), env.clone(), minute.saturating_sub(1)))
+                {
+                    continue;
+                }
                 last = Some((game, env));
                 if !wrote {
                     enc.family(name, MetricKind::Gauge, help);
                     wrote = true;
                 }
-                enc.sample(name, &[("game", game), ("env", env)], sketch.count());
+                enc.sample(name, &[("game", game), ("env", env)], count);
             }
         }
         d1_retention(enc, &merged, today);
@@ -149,5 +159,41 @@ mod tests {
         assert!((d1 - 0.5).abs() < 0.05, "{d1}");
         assert!(text.contains("croupier_realtime_dau{game=\"g\",env=\"e\"} "), "{text}");
         assert!(!text.contains("croupier_realtime_new_users_today"), "yesterday's cohort is not today's: {text}");
+    }
+
+    #[test]
+    fn online_is_the_previous_minute_while_the_current_one_holds_no_player() {
+        let players = |n: usize, tag: &str| {
+            let mut k = Sketch::new();
+            for i in 0..n {
+                k.add(format!("{tag}-{i}").as_bytes());
+            }
+            k
+        };
+        // Made again if the minute turns while it runs (the gauges read the clock).
+        let got = loop {
+            let published = Arc::new(Published::default());
+            let mut s = Sketches::new(0, published.clone(), 4096, 512);
+            let minute = minute_of(crate::ingest::now_ms());
+            // g1: 30 players last minute, the current minute's sketch made empty (read
+            // back at a start, or by an event without a session); g2: 30 last minute, 5
+            // now; g3: an empty current minute alone.
+            s.merge_back(Kind::Online, "g1", "e", minute - 1, &players(30, "a"), true);
+            s.merge_back(Kind::Online, "g1", "e", minute, &Sketch::new(), true);
+            s.merge_back(Kind::Online, "g2", "e", minute - 1, &players(30, "b"), true);
+            s.merge_back(Kind::Online, "g2", "e", minute, &players(5, "c"), true);
+            s.merge_back(Kind::Online, "g3", "e", minute, &Sketch::new(), true);
+            let mut enc = Encoder::new();
+            RealtimeGauges::new(published).encode(&mut enc);
+            if minute_of(crate::ingest::now_ms()) != minute {
+                continue;
+            }
+            let text = enc.finish();
+            let line = |g: &str| format!("croupier_realtime_online_users{{game=\"{g}\",env=\"e\"}} ");
+            let read = |g: &str| text.lines().find_map(|l| l.strip_prefix(&line(g))).map(str::to_owned);
+            break (read("g1"), read("g2"), read("g3"));
+        };
+        let want = |n: &str| Some(n.to_owned());
+        assert_eq!(got, (want("30"), want("5"), want("0")));
     }
 }

@@ -30,7 +30,7 @@ export interface Config {
   flushInterval?: number;
   /** Heartbeat period, ms; 0 turns heartbeats off (default 60000). */
   heartbeatInterval?: number;
-  /** Most records kept while they cannot be sent; the oldest go first (default 1000). */
+  /** Most records kept while they cannot be sent; the oldest go first, told to `onError` (default 1000). */
   maxQueue?: number;
   /** Longest back-off between retries, ms (default 60000). */
   maxBackoff?: number;
@@ -41,16 +41,20 @@ export interface Config {
   /** The fetch function (default globalThis.fetch). */
   fetch?: typeof fetch;
   /**
-   * Told of records that are not sent: refused by the server for good, or not queued
-   * (props that are not JSON, a bad event name or purchase). Default: `console.warn`.
+   * Told of records that are not sent: refused by the server for good, not queued (props
+   * that are not JSON, a bad event name or purchase), or dropped from a full queue.
+   * Default: `console.warn`.
    */
   onError?: (e: SendError) => void;
 }
 
 /** Records the SDK did not store, and why. */
 export interface SendError {
-  /** `refused` (the server's answer), `invalid` (not queued: what is wrong is in `message`). */
-  reason: "refused" | "invalid";
+  /**
+   * `refused` (the server's answer), `invalid` (not queued: what is wrong is in `message`),
+   * `dropped` (the oldest queued records, past `maxQueue` while they could not be sent).
+   */
+  reason: "refused" | "invalid" | "dropped";
   /** The HTTP status of a refusal. */
   status?: number;
   /** The server's answer, or what is wrong with the record. */
@@ -97,6 +101,12 @@ function depth(v: unknown): number {
   for (const x of Object.values(v as Rec)) d = Math.max(d, depth(x));
   return d + 1;
 }
+
+/**
+ * How long drops from a full queue are gathered before `onError` hears of them, at once:
+ * a handler that tracks an event of its own cannot call itself back from `track`.
+ */
+const DROPS_TOLD_AFTER = 500;
 
 /** Most bytes of JSON in a request: under the 64 KiB a browser allows `keepalive` and beacons. */
 const MAX_BODY = 60 * 1024;
@@ -204,6 +214,9 @@ export class Client {
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private beat: ReturnType<typeof setInterval> | undefined;
+  /** Records a full queue dropped that `onError` has not heard of yet, and its timer. */
+  private dropped = 0;
+  private droppedTimer: ReturnType<typeof setTimeout> | undefined;
   private wait = 0;
   private closed = false;
   /** This session's `session_start`, while it may still wait in the queue. */
@@ -393,10 +406,39 @@ export class Client {
       return false;
     }
     this.queue.push({ k, r, n: bytes(text) });
-    if (this.queue.length > this.c.maxQueue) this.queue.splice(0, this.queue.length - this.c.maxQueue);
+    this.bound();
     this.save();
     if (this.queue.length >= this.size() && !this.wait) void this.flush();
     return true;
+  }
+
+  /**
+   * Keeps the queue to `maxQueue` records: the oldest go first, except those being
+   * posted (their answer decides), and `onError` is told how many went.
+   */
+  private bound(): void {
+    const over = this.queue.length - this.c.maxQueue;
+    if (over <= 0) return;
+    const posting = this.inflight?.batch ?? [];
+    const gone = new Set(this.queue.filter((i) => !posting.includes(i)).slice(0, over));
+    if (!gone.size) return;
+    this.queue = this.queue.filter((i) => !gone.has(i));
+    this.dropped += gone.size;
+    if (this.droppedTimer === undefined) this.droppedTimer = setTimeout(() => this.tellDropped(), DROPS_TOLD_AFTER);
+  }
+
+  /** Tells `onError` of the records a full queue dropped since it was last told. */
+  private tellDropped(): void {
+    clearTimeout(this.droppedTimer);
+    this.droppedTimer = undefined;
+    const n = this.dropped;
+    this.dropped = 0;
+    if (!n) return;
+    this.report({
+      reason: "dropped",
+      message: `the queue holds at most ${this.c.maxQueue} records while they cannot be sent: the ${n} oldest dropped`,
+      records: n,
+    });
   }
 
   private base(): Rec {
@@ -695,6 +737,7 @@ export class Client {
     this.closed = true;
     clearTimeout(this.timer);
     clearInterval(this.beat);
+    this.tellDropped();
     const nav = (globalThis as { navigator?: Navigator }).navigator;
     if (!nav || typeof nav.sendBeacon !== "function") return;
     // A body the browser takes leaves the queue for the stored beacons, kept until a later

@@ -128,10 +128,14 @@ test("429 and 503 are retried after Retry-After or a growing back-off, each even
 test("offline: the queue is kept in storage, bounded, and delivered by the next page", async () => {
   const storage = memory();
   const down = server("offline");
-  const c = client({ fetch: down, storage, maxQueue: 5, maxBackoff: 60_000 });
+  const told = [];
+  const c = client({ fetch: down, storage, maxQueue: 5, maxBackoff: 60_000, onError: (e) => told.push(e) });
   for (let i = 0; i < 8; i++) c.track("heartbeat", { i });
   await c.flush();
   assert.equal(c.queue.length, 5);
+  assert.deepEqual(told, [], "told together, a moment later");
+  await sleep(600);
+  assert.deepEqual(told.map((e) => [e.reason, e.records]), [["dropped", 3]], "every record dropped is told");
   const saved = JSON.parse(storage.getItem("croupier:g1:queue"));
   assert.deepEqual(saved.map((s) => s.r.props.i), [3, 4, 5, 6, 7], "the oldest were dropped");
   c.close();
@@ -142,6 +146,55 @@ test("offline: the queue is kept in storage, bounded, and delivered by the next 
   assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:queue")), []);
   assert.equal(next.device, c.device, "the device id is kept");
   next.close();
+});
+
+test("a full queue drops the oldest records that are not being posted, and tells how many", async () => {
+  // A page whose origin the game does not allow: the browser hides the 403 (no CORS
+  // headers), the SDK sees the network fail and retries, and the queue fills.
+  let release;
+  const hang = new Promise((r) => (release = r));
+  const calls = [];
+  const f = async (url, init) => {
+    calls.push(JSON.parse(init.body));
+    await hang;
+    throw new TypeError("Failed to fetch");
+  };
+  const told = [];
+  const c = client({ fetch: f, maxQueue: 4, batchSize: 2, onError: (e) => told.push(e) });
+  c.track("a0");
+  c.track("a1"); // a full batch: posted, and held
+  await sleep(5);
+  assert.deepEqual(calls.map((b) => b.map((r) => r.event)), [["a0", "a1"]]);
+  for (let i = 2; i < 7; i++) c.track(`a${i}`);
+  assert.deepEqual(c.queue.map((i) => i.r.event), ["a0", "a1", "a5", "a6"], "the batch being posted stays");
+  await sleep(600);
+  assert.deepEqual(told.map((e) => [e.reason, e.records]), [["dropped", 3]]);
+  assert.match(told[0].message, /at most 4 records/);
+  release();
+  await sleep(5);
+  c.close();
+});
+
+test("a handler that tracks what it is told does not call itself back", async () => {
+  const f = async () => {
+    throw new TypeError("Failed to fetch");
+  };
+  let c;
+  const told = [];
+  c = client({
+    fetch: f,
+    maxQueue: 3,
+    onError: (e) => {
+      told.push(e);
+      c.track("sdk_error", { reason: e.reason });
+    },
+  });
+  for (let i = 0; i < 10; i++) c.track(`b${i}`);
+  await sleep(600);
+  assert.equal(told.length, 1, "one report for the drops of a moment");
+  assert.equal(told[0].records, 7);
+  assert.equal(c.queue.length, 3);
+  c.close();
 });
 
 test("a refusal that cannot succeed drops the batch; 5xx keeps it", async () => {

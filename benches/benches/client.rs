@@ -82,7 +82,7 @@ fn client(k: &mut Kept, wire: &[u8], keys: &HashMap<String, String>, filters: &F
     k.events.clear();
     k.custom.clear();
     let mut ids = IdDeriver::new(&digest, EventIds::default());
-    let mut new_id = || ids.next_id();
+    let mut new_id = |_: Option<&str>| ids.next_id();
     let mut keep = |r: &RecordView<'_>| filters.event(r, FilteredEvents::Drop);
     let scope = Scope { game: Some(game), fill_game: true, env: Some("prod") };
     let limits = Limits::default();

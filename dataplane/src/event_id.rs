@@ -71,8 +71,14 @@ impl IdDeriver {
     /// digest's last 16 bytes ‖ index (4 bytes, little-endian), its two words
     /// little-endian; or the first 16 bytes of SHA-256(tag ‖ digest ‖ index).
     pub fn next_id(&mut self) -> [u8; 16] {
-        let index = self.next.to_le_bytes();
+        let index = self.next;
         self.next = self.next.wrapping_add(1);
+        self.id_at(index)
+    }
+
+    /// The id of the `index`th id-less event ([`IdDeriver::next_id`] without the count).
+    pub fn id_at(&self, index: u32) -> [u8; 16] {
+        let index = index.to_le_bytes();
         let mut id = [0u8; 16];
         match &self.seeded {
             Seeded::Sip(seeded) => {

@@ -434,35 +434,97 @@ mod f {
     pub const REASON: usize = 20;
 }
 
-/// The slot of a field name: a `match`, which the compiler turns into a switch on the
-/// length and a comparison with the few names of that length (a search of the table
-/// compared each name in turn). `field_slots_match_the_table` checks it against
-/// [`KNOWN_FIELDS`].
-fn slot_of(key: &str) -> Option<usize> {
+/// What a record's key names: a field (its slot in [`KNOWN_FIELDS`]), under its own name
+/// (`alias` [`OWN_NAME`]) or under one of Croupier's other names for it (`alias` its index
+/// in [`ALIASES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Named {
+    slot: usize,
+    alias: u8,
+}
+
+/// [`Named::alias`] of a field given under its own name.
+const OWN_NAME: u8 = u8::MAX;
+
+/// What a key names: a `match`, which the compiler turns into a switch on the length and
+/// a comparison with the few names of that length (a search of the table compared each
+/// name in turn; the aliases are in the same `match`, so they cost a record nothing).
+/// `field_slots_match_the_table` checks it against [`KNOWN_FIELDS`] and [`ALIASES`].
+fn slot_of(key: &str) -> Option<Named> {
+    let own = |slot| Named { slot, alias: OWN_NAME };
+    let alias = |slot, alias| Named { slot, alias };
     Some(match key {
-        "ts" => f::TS,
-        "game_id" => f::GAME_ID,
-        "env" => f::ENV,
-        "event" => f::EVENT,
-        "user_id" => f::USER_ID,
-        "session_id" => f::SESSION_ID,
-        "device_id" => f::DEVICE_ID,
-        "channel" => f::CHANNEL,
-        "platform" => f::PLATFORM,
-        "country" => f::COUNTRY,
-        "app_version" => f::APP_VERSION,
-        "event_id" => f::EVENT_ID,
-        "props" => f::PROPS,
-        "order_id" => f::ORDER_ID,
-        "amount_cents" => f::AMOUNT_CENTS,
-        "currency" => f::CURRENCY,
-        "status" => f::STATUS,
-        "region" => f::REGION,
-        "city" => f::CITY,
-        "product_id" => f::PRODUCT_ID,
-        "reason" => f::REASON,
+        "ts" => own(f::TS),
+        "game_id" => own(f::GAME_ID),
+        "env" => own(f::ENV),
+        "event" => own(f::EVENT),
+        "user_id" => own(f::USER_ID),
+        "session_id" => own(f::SESSION_ID),
+        "device_id" => own(f::DEVICE_ID),
+        "channel" => own(f::CHANNEL),
+        "platform" => own(f::PLATFORM),
+        "country" => own(f::COUNTRY),
+        "app_version" => own(f::APP_VERSION),
+        "event_id" => own(f::EVENT_ID),
+        "props" => own(f::PROPS),
+        "order_id" => own(f::ORDER_ID),
+        "amount_cents" => own(f::AMOUNT_CENTS),
+        "currency" => own(f::CURRENCY),
+        "status" => own(f::STATUS),
+        "region" => own(f::REGION),
+        "city" => own(f::CITY),
+        "product_id" => own(f::PRODUCT_ID),
+        "reason" => own(f::REASON),
+        "attrs" => alias(f::PROPS, 0),
+        "properties" => alias(f::PROPS, 1),
+        "Properties" => alias(f::PROPS, 2),
+        "uid" => alias(f::USER_ID, 3),
+        "UserID" => alias(f::USER_ID, 4),
+        "EventName" => alias(f::EVENT, 5),
+        "GameID" => alias(f::GAME_ID, 6),
+        "Environment" => alias(f::ENV, 7),
+        "SessionID" => alias(f::SESSION_ID, 8),
+        "DeviceID" => alias(f::DEVICE_ID, 9),
+        "Platform" => alias(f::PLATFORM, 10),
+        "AppVersion" => alias(f::APP_VERSION, 11),
+        "Timestamp" => alias(f::TS, 12),
         _ => return None,
     })
+}
+
+/// Other names Croupier's client SDKs give record fields, in [`Named::alias`] order, each
+/// with the slot it fills: `attrs` (its JS/H5 SDK's documentation), `properties` and `uid`
+/// (the superset a compatible server accepts), and the PascalCase fields its Unity SDK's
+/// documentation serialises. A field's own name wins over its aliases, and an alias
+/// earlier in this list over a later one; an alias whose value is not of the field's type
+/// (`"uid": 7`, `"attrs": "x"`) is ignored, as any unknown field is: a record that was
+/// valid without them stays valid. An alias, as a field, given twice is refused.
+const ALIASES: [(&str, usize); 13] = [
+    ("attrs", f::PROPS),
+    ("properties", f::PROPS),
+    ("Properties", f::PROPS),
+    ("uid", f::USER_ID),
+    ("UserID", f::USER_ID),
+    ("EventName", f::EVENT),
+    ("GameID", f::GAME_ID),
+    ("Environment", f::ENV),
+    ("SessionID", f::SESSION_ID),
+    ("DeviceID", f::DEVICE_ID),
+    ("Platform", f::PLATFORM),
+    ("AppVersion", f::APP_VERSION),
+    ("Timestamp", f::TS),
+];
+
+// The aliases seen in a record are a bit each in a `u16`.
+const _: () = assert!(ALIASES.len() <= 16);
+
+/// Whether `v` is of the type field `slot` takes.
+fn fits(slot: usize, v: &Value<'_, '_>) -> bool {
+    match slot {
+        f::PROPS => v.as_object().is_some(),
+        f::TS => v.as_str().is_some() || v.as_f64().is_some() || v.as_u64().is_some() || v.as_i64().is_some(),
+        _ => v.as_str().is_some(),
+    }
 }
 
 /// Field accessor for one record, carrying its index for error reports. Strings borrow
@@ -473,13 +535,27 @@ fn slot_of(key: &str) -> Option<usize> {
 struct Rec<'t, 'v> {
     index: usize,
     fields: [Option<Value<'t, 'v>>; KNOWN_FIELDS.len()],
+    /// The slots this record gave under an alias (a bit each), and which alias: errors
+    /// name the field as the record did.
+    aliased: u32,
+    alias: [u8; KNOWN_FIELDS.len()],
+    /// Whether the scope's `env` filled a record read into this `Rec` (kept across the
+    /// batch's records).
+    env_filled: std::cell::Cell<bool>,
     limits: Limits,
 }
 
 impl<'t, 'v> Rec<'t, 'v> {
     /// A record holding no fields yet.
     fn empty(limits: &Limits) -> Self {
-        Rec { index: 0, fields: [None; KNOWN_FIELDS.len()], limits: *limits }
+        Rec {
+            index: 0,
+            fields: [None; KNOWN_FIELDS.len()],
+            aliased: 0,
+            alias: [0; KNOWN_FIELDS.len()],
+            env_filled: std::cell::Cell::new(false),
+            limits: *limits,
+        }
     }
 
     /// One record, read into a new `Rec`.
@@ -498,25 +574,48 @@ impl<'t, 'v> Rec<'t, 'v> {
             problem: Problem::WrongType("an object"),
         })?;
         self.fields = [None; KNOWN_FIELDS.len()];
+        self.aliased = 0;
         // Unknown fields are ignored. A known field given twice is refused: parsers differ
         // on which of the two counts (the first, the last), and a proxy or a tool reading
-        // the body must not see another game or event than the one stored.
-        let mut seen = 0u32;
+        // the body must not see another game or event than the one stored. Under another
+        // of its names it is not refused (see `ALIASES`).
+        let (mut seen, mut seen_aliases) = (0u32, 0u16);
         for (k, v) in obj.iter() {
-            if let Some(i) = slot_of(k) {
+            let Some(Named { slot: i, alias }) = slot_of(k) else { continue };
+            if alias == OWN_NAME {
                 if seen & (1 << i) != 0 {
-                    return Err(self.err(KNOWN_FIELDS[i], Problem::Invalid("given once")));
+                    return Err(BodyError::Field {
+                        index,
+                        field: KNOWN_FIELDS[i],
+                        problem: Problem::Invalid("given once"),
+                    });
                 }
                 seen |= 1 << i;
-                if v.as_null().is_none() {
-                    self.fields[i] = Some(v);
+                self.aliased &= !(1 << i);
+            } else {
+                if seen_aliases & (1 << alias) != 0 {
+                    let field = ALIASES[alias as usize].0;
+                    return Err(BodyError::Field { index, field, problem: Problem::Invalid("given once") });
                 }
+                seen_aliases |= 1 << alias;
+                let earlier = self.aliased & (1 << i) != 0 && self.alias[i] < alias;
+                if seen & (1 << i) != 0 || earlier || v.as_null().is_some() || !fits(i, &v) {
+                    continue;
+                }
+                self.aliased |= 1 << i;
+                self.alias[i] = alias;
             }
+            self.fields[i] = if v.as_null().is_none() { Some(v) } else { None };
         }
         Ok(())
     }
 
-    fn err(&self, field: &'static str, problem: Problem) -> BodyError {
+    /// A refusal of the field in `slot`, named as the record gave it.
+    fn err(&self, slot: usize, problem: Problem) -> BodyError {
+        let field = match self.aliased & (1 << slot) != 0 {
+            true => ALIASES[self.alias[slot] as usize].0,
+            false => KNOWN_FIELDS[slot],
+        };
         BodyError::Field { index: self.index, field, problem }
     }
 
@@ -528,10 +627,9 @@ impl<'t, 'v> Rec<'t, 'v> {
         match self.get(slot) {
             None => Ok(""),
             Some(v) => {
-                let field = KNOWN_FIELDS[slot];
-                let s = v.into_string().ok_or_else(|| self.err(field, Problem::WrongType("a string")))?;
+                let s = v.into_string().ok_or_else(|| self.err(slot, Problem::WrongType("a string")))?;
                 if s.len() > self.limits.max_field_bytes {
-                    return Err(self.err(field, Problem::TooLong(self.limits.max_field_bytes)));
+                    return Err(self.err(slot, Problem::TooLong(self.limits.max_field_bytes)));
                 }
                 Ok(s)
             }
@@ -541,7 +639,7 @@ impl<'t, 'v> Rec<'t, 'v> {
     fn req_str(&self, slot: usize) -> Result<&'v str, BodyError> {
         let s = self.opt_str(slot)?;
         if s.is_empty() {
-            return Err(self.err(KNOWN_FIELDS[slot], Problem::Missing));
+            return Err(self.err(slot, Problem::Missing));
         }
         Ok(s)
     }
@@ -571,8 +669,8 @@ impl<'t, 'v> Rec<'t, 'v> {
         Ok(g)
     }
 
-    /// The record's `env`, filled from `scope` when absent.
-    fn scoped_env<'a>(&self, scope: &Scope<'a>) -> Result<&'a str, BodyError>
+    /// The record's `env`, filled from `scope` when absent; and whether it was.
+    fn scoped_env<'a>(&self, scope: &Scope<'a>) -> Result<(&'a str, bool), BodyError>
     where
         'v: 'a,
     {
@@ -580,15 +678,18 @@ impl<'t, 'v> Rec<'t, 'v> {
             // The header's value is held to the record field's bound: it fills every
             // record, so an unbounded one would multiply a small request.
             ("", Some(e)) if e.len() > self.limits.max_field_bytes => {
-                Err(self.err("env", Problem::TooLong(self.limits.max_field_bytes)))
+                Err(self.err(f::ENV, Problem::TooLong(self.limits.max_field_bytes)))
             }
-            ("", Some(e)) if !e.is_empty() => Ok(e),
-            _ => self.req_str(f::ENV),
+            ("", Some(e)) if !e.is_empty() => {
+                self.env_filled.set(true);
+                Ok((e, true))
+            }
+            _ => self.req_str(f::ENV).map(|e| (e, false)),
         }
     }
 
     fn ts(&self) -> Result<i64, BodyError> {
-        let v = self.get(f::TS).ok_or_else(|| self.err("ts", Problem::Missing))?;
+        let v = self.get(f::TS).ok_or_else(|| self.err(f::TS, Problem::Missing))?;
         let r = if let Some(s) = v.as_str() {
             timestamp::parse_str(s)
         } else if let Some(i) = v.as_i64() {
@@ -599,13 +700,13 @@ impl<'t, 'v> Rec<'t, 'v> {
             // A whole number past `i64`: a number, out of range.
             Err(TimestampError::OutOfRange)
         } else {
-            return Err(self.err("ts", Problem::WrongType("a string or a number")));
+            return Err(self.err(f::TS, Problem::WrongType("a string or a number")));
         };
         r.map_err(|e| match e {
             TimestampError::Format => {
-                self.err("ts", Problem::Invalid("RFC 3339, `YYYY-MM-DD HH:MM:SS` or unix seconds/milliseconds"))
+                self.err(f::TS, Problem::Invalid("RFC 3339, `YYYY-MM-DD HH:MM:SS` or unix seconds/milliseconds"))
             }
-            TimestampError::OutOfRange => self.err("ts", Problem::Invalid("a time between 2000 and 2100")),
+            TimestampError::OutOfRange => self.err(f::TS, Problem::Invalid("a time between 2000 and 2100")),
         })
     }
 
@@ -616,7 +717,7 @@ impl<'t, 'v> Rec<'t, 'v> {
             return Ok(CountryCode::default());
         }
         let code =
-            country::normalize(c).ok_or_else(|| self.err("country", Problem::Invalid("an ISO-3166 alpha-2 code")))?;
+            country::normalize(c).ok_or_else(|| self.err(f::COUNTRY, Problem::Invalid("an ISO-3166 alpha-2 code")))?;
         Ok(CountryCode { code, len: 2 })
     }
 }
@@ -709,6 +810,9 @@ pub struct Scoped {
     pub game: Option<String>,
     /// Valid records the filter dropped.
     pub dropped: usize,
+    /// Whether the scope's `env` filled some record (else the same records sent without
+    /// it are the same request).
+    pub env_filled: bool,
 }
 
 /// A filter that keeps every record.
@@ -717,14 +821,16 @@ pub fn keep_all(_: &RecordView<'_>) -> Verdict {
 }
 
 /// [`parse_events_in`] under a [`Scope`], each valid record put to `keep` before it is
-/// stored (client ingest: the game's filters and sampling).
+/// stored (client ingest: the game's filters and sampling). An event without `event_id`
+/// gets `new_id(filled)`, `filled` the scope's `env` when it filled the record's: the same
+/// body filled with another `env` holds other records, which must not share ids.
 #[allow(clippy::too_many_arguments)]
 pub fn parse_events_scoped(
     bufs: &mut JsonBuffers,
     body: &mut [u8],
     scope: &Scope<'_>,
     limits: &Limits,
-    new_id: &mut dyn FnMut() -> [u8; 16],
+    new_id: &mut dyn FnMut(Option<&str>) -> [u8; 16],
     keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
     events: &mut EventBatch,
     custom: &mut EventBatch,
@@ -732,8 +838,14 @@ pub fn parse_events_scoped(
     with_batch(body, limits, bufs, |list| {
         let mut first = None;
         let mut dropped = 0;
+        let mut records = 0;
         let mut r = Rec::empty(limits);
         for (index, v) in list.iter().enumerate() {
+            // Croupier's route skips `null` elements; errors still count the batch's places.
+            if v.as_null().is_some() {
+                continue;
+            }
+            records += 1;
             r.read(index, v)?;
             let name = event_name(&r)?;
             let out = match route_event(name) {
@@ -744,7 +856,14 @@ pub fn parse_events_scoped(
                 dropped += 1;
             }
         }
-        Ok(Scoped { game: if scope.game.is_none() { first.map(str::to_owned) } else { None }, dropped })
+        if records == 0 {
+            return Err(BodyError::Empty);
+        }
+        Ok(Scoped {
+            game: if scope.game.is_none() { first.map(str::to_owned) } else { None },
+            dropped,
+            env_filled: r.env_filled.get(),
+        })
     })
 }
 
@@ -760,8 +879,13 @@ pub fn parse_payments_scoped(
     with_batch(body, limits, bufs, |list| {
         let mut first = None;
         let mut dropped = 0;
+        let mut records = 0;
         let mut r = Rec::empty(limits);
         for (index, v) in list.iter().enumerate() {
+            if v.as_null().is_some() {
+                continue;
+            }
+            records += 1;
             r.read(index, v)?;
             let p = out.next_to_fill();
             payment_fields(&r, scope, &mut first, p)?;
@@ -775,7 +899,14 @@ pub fn parse_payments_scoped(
                 Verdict::Refuse => return Err(BodyError::NotAllowed { index, field: "record" }),
             }
         }
-        Ok(Scoped { game: if scope.game.is_none() { first.map(str::to_owned) } else { None }, dropped })
+        if records == 0 {
+            return Err(BodyError::Empty);
+        }
+        Ok(Scoped {
+            game: if scope.game.is_none() { first.map(str::to_owned) } else { None },
+            dropped,
+            env_filled: r.env_filled.get(),
+        })
     })
 }
 
@@ -803,7 +934,7 @@ pub fn parse_payment_object(json: &mut [u8], limits: &Limits) -> Result<Payment,
 fn event_name<'v>(r: &Rec<'v, '_>) -> Result<&'v str, BodyError> {
     let name = r.req_str(f::EVENT)?;
     if name.len() > 128 {
-        return Err(r.err("event", Problem::TooLong(128)));
+        return Err(r.err(f::EVENT, Problem::TooLong(128)));
     }
     Ok(name)
 }
@@ -817,7 +948,7 @@ fn event_record(
     out: &mut EventBatch,
 ) -> Result<(), BodyError> {
     let scope = Scope { game, fill_game: false, env: None };
-    event_record_scoped(r, name, &scope, &mut None, new_id, &mut keep_all, out).map(|_| ())
+    event_record_scoped(r, name, &scope, &mut None, &mut |_| new_id(), &mut keep_all, out).map(|_| ())
 }
 
 /// [`event_record`] under `scope`, appended only if `keep` keeps it (whether it did).
@@ -827,23 +958,24 @@ fn event_record_scoped<'a, 'v: 'a>(
     name: &str,
     scope: &Scope<'a>,
     first: &mut Option<&'a str>,
-    new_id: &mut dyn FnMut() -> [u8; 16],
+    new_id: &mut dyn FnMut(Option<&str>) -> [u8; 16],
     keep: &mut dyn FnMut(&RecordView<'_>) -> Verdict,
     out: &mut EventBatch,
 ) -> Result<bool, BodyError> {
     let limits = r.limits;
     let ts_ms = r.ts()?;
-    let event_id = match r.opt_str(f::EVENT_ID)? {
-        "" => new_id(),
-        s => *uuid::Uuid::try_parse(s).map_err(|_| r.err("event_id", Problem::Invalid("a UUID")))?.as_bytes(),
+    let given = match r.opt_str(f::EVENT_ID)? {
+        "" => None,
+        s => Some(*uuid::Uuid::try_parse(s).map_err(|_| r.err(f::EVENT_ID, Problem::Invalid("a UUID")))?.as_bytes()),
     };
     let game_id = r.scoped_game(scope, first)?;
-    let env = r.scoped_env(scope)?;
+    let (env, filled) = r.scoped_env(scope)?;
+    let event_id = given.unwrap_or_else(|| new_id(filled.then_some(env)));
     let country = r.country()?;
     let props = match r.get(f::PROPS) {
         None => None,
         Some(p) if p.as_object().is_some() => Some(p),
-        Some(_) => return Err(r.err("props", Problem::WrongType("an object"))),
+        Some(_) => return Err(r.err(f::PROPS, Problem::WrongType("an object"))),
     };
     let user_id = r.opt_str(f::USER_ID)?;
     match keep(&RecordView { game: game_id, env, event: name, user_id, event_id }) {
@@ -874,13 +1006,17 @@ fn event_record_scoped<'a, 'v: 'a>(
                 long = text.len() - start > limits.max_props_bytes;
             });
             if long {
-                return Err(r.err("props", Problem::TooLong(limits.max_props_bytes)));
+                return Err(r.err(f::PROPS, Problem::TooLong(limits.max_props_bytes)));
             }
         }
     }
     // Unreachable within the body limits (the text is at most the body's size), but the
     // offsets are u32 and are checked rather than cut.
-    w.finish(ts_ms, event_id).map_err(|_| r.err("record", Problem::TooLong(u32::MAX as usize)))?;
+    w.finish(ts_ms, event_id).map_err(|_| BodyError::Field {
+        index: r.index,
+        field: "record",
+        problem: Problem::TooLong(u32::MAX as usize),
+    })?;
     Ok(true)
 }
 
@@ -943,24 +1079,24 @@ fn payment_fields<'a, 'v: 'a>(
     first: &mut Option<&'a str>,
     p: &mut Payment,
 ) -> Result<(), BodyError> {
-    let amount = r.get(f::AMOUNT_CENTS).ok_or_else(|| r.err("amount_cents", Problem::Missing))?;
+    let amount = r.get(f::AMOUNT_CENTS).ok_or_else(|| r.err(f::AMOUNT_CENTS, Problem::Missing))?;
     p.amount_cents = match (amount.as_u64(), amount.as_i64()) {
         (Some(a), _) if a > 0 && a <= MAX_AMOUNT_CENTS => a,
         (Some(_), _) | (None, Some(_)) => {
-            return Err(r.err("amount_cents", Problem::Invalid("an integer from 1 to 1000000000000 (10^12)")))
+            return Err(r.err(f::AMOUNT_CENTS, Problem::Invalid("an integer from 1 to 1000000000000 (10^12)")))
         }
-        _ => return Err(r.err("amount_cents", Problem::WrongType("an integer"))),
+        _ => return Err(r.err(f::AMOUNT_CENTS, Problem::WrongType("an integer"))),
     };
     let currency = r.req_str(f::CURRENCY)?;
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(r.err("currency", Problem::Invalid("three upper-case letters (ISO 4217)")));
+        return Err(r.err(f::CURRENCY, Problem::Invalid("three upper-case letters (ISO 4217)")));
     }
     set(&mut p.currency, currency);
     p.status = PaymentStatus::parse(r.req_str(f::STATUS)?)
-        .ok_or_else(|| r.err("status", Problem::Invalid("one of success, refunded (or refund), failed")))?;
+        .ok_or_else(|| r.err(f::STATUS, Problem::Invalid("one of success, refunded (or refund), failed")))?;
     p.ts_ms = r.ts()?;
     set(&mut p.game_id, r.scoped_game(scope, first)?);
-    set(&mut p.env, r.scoped_env(scope)?);
+    set(&mut p.env, r.scoped_env(scope)?.0);
     set(&mut p.user_id, r.req_str(f::USER_ID)?);
     set(&mut p.order_id, r.req_str(f::ORDER_ID)?);
     set(&mut p.channel, r.opt_str(f::CHANNEL)?);
@@ -1015,6 +1151,60 @@ mod tests {
         let mut props_text = e.props.clone().into_bytes();
         let props: simd_json::BorrowedValue = simd_json::to_borrowed_value(&mut props_text).expect("props json");
         assert_eq!(props.get("b").and_then(|v| v.as_str()), Some("x"));
+    }
+
+    #[test]
+    fn croupier_sdk_field_names_fill_the_same_fields() {
+        // The JS/H5 documentation's `attrs`, the superset's `properties` and `uid`.
+        let (e, _) = events(
+            r#"[{"ts":1795617749000,"game_id":"g1","env":"prod","event":"session.start","uid":"u2","attrs":{"uid":"u1"}},
+                {"ts":1795617749000,"game_id":"g1","env":"prod","event":"login","properties":{"a":1}}]"#,
+        )
+        .expect("valid");
+        assert_eq!((e[0].user_id.as_str(), e[0].props.as_str()), ("u2", r#"{"uid":"u1"}"#));
+        assert_eq!(e[1].props, r#"{"a":1}"#);
+        // The Unity documentation's PascalCase record.
+        let (e, _) = events(
+            r#"[{"EventName":"level_start","GameID":"g1","Environment":"prod","UserID":"u3","SessionID":"s3",
+                "DeviceID":"d3","Platform":"android","AppVersion":"1.0","Timestamp":1795617749000,
+                "Properties":{"device_model":"Pixel"}}]"#,
+        )
+        .expect("valid");
+        let e = &e[0];
+        assert_eq!((e.game_id.as_str(), e.env.as_str(), e.event.as_str()), ("g1", "prod", "level_start"));
+        assert_eq!((e.user_id.as_str(), e.session_id.as_str(), e.device_id.as_str()), ("u3", "s3", "d3"));
+        assert_eq!((e.platform.as_str(), e.app_version.as_str(), e.ts_ms), ("android", "1.0", 1_795_617_749_000));
+        assert_eq!(e.props, r#"{"device_model":"Pixel"}"#);
+        // A field's own name wins over its aliases, an earlier alias over a later one,
+        // whatever their order in the record; an alias of the wrong type is ignored, as an
+        // unknown field is (a record valid without it stays valid).
+        let rec = r#"{"ts":1795617749000,"game_id":"g1","env":"prod","event":"login""#;
+        let one = |extra: &str| {
+            let (e, _) = events(&format!("[{rec},{extra}}}]")).unwrap_or_else(|e| panic!("{extra}: {e}"));
+            (e[0].user_id.clone(), e[0].props.clone())
+        };
+        let both = |u: &str, p: &str| (u.to_owned(), p.to_owned());
+        assert_eq!(one(r#""uid":"a","user_id":"b","attrs":{"x":1},"props":{"y":2}"#), both("b", r#"{"y":2}"#));
+        assert_eq!(one(r#""user_id":"b","uid":"a","props":{"y":2},"attrs":{"x":1}"#), both("b", r#"{"y":2}"#));
+        assert_eq!(one(r#""UserID":"c","uid":"a","Properties":{"z":3},"attrs":{"x":1}"#), both("a", r#"{"x":1}"#));
+        assert_eq!(one(r#""uid":7,"attrs":"x","Platform":3"#), both("", "{}"));
+        assert_eq!(one(r#""uid":null,"UserID":"c","attrs":null,"properties":{"p":1}"#), both("c", r#"{"p":1}"#));
+        // The same name twice is refused, an alias as a field.
+        let (_, field, problem) = field_err(events(&format!(r#"[{rec},"uid":"a","uid":"b"}}]"#)));
+        assert_eq!((field, problem), ("uid", Problem::Invalid("given once")));
+        let (_, field, problem) = field_err(events(&format!(r#"[{rec},"user_id":"a","user_id":"b"}}]"#)));
+        assert_eq!((field, problem), ("user_id", Problem::Invalid("given once")));
+        // A refusal of a value names the field as the record gave it; the next record of
+        // the batch, which gives it under its own name, is named so.
+        let (_, field, _) = field_err(events(&format!(r#"[{rec},"UserID":"{}"}}]"#, "u".repeat(300))));
+        assert_eq!(field, "UserID");
+        let (_, field, _) = field_err(events(r#"[{"Timestamp":"yesterday","game_id":"g1","env":"prod","event":"x"}]"#));
+        assert_eq!(field, "Timestamp");
+        let (index, field, _) =
+            field_err(events(&format!(r#"[{rec},"UserID":"c"}},{rec},"user_id":"{}"}}]"#, "u".repeat(300))));
+        assert_eq!((index, field), (1, "user_id"));
+        let (_, field, problem) = field_err(events(r#"[{"ts":1795617749000,"game_id":"g1","env":"prod"}]"#));
+        assert_eq!((field, problem), ("event", Problem::Missing));
     }
 
     #[test]
@@ -1230,7 +1420,10 @@ mod tests {
     #[test]
     fn field_slots_match_the_table() {
         for (i, k) in KNOWN_FIELDS.iter().enumerate() {
-            assert_eq!(slot_of(k), Some(i), "{k}");
+            assert_eq!(slot_of(k), Some(Named { slot: i, alias: OWN_NAME }), "{k}");
+        }
+        for (i, (k, slot)) in ALIASES.iter().enumerate() {
+            assert_eq!(slot_of(k), Some(Named { slot: *slot, alias: i as u8 }), "{k}");
         }
         let named = [
             (f::TS, "ts"),

@@ -550,3 +550,62 @@ fn filters_stored_without_a_file_are_applied_by_the_process() {
     );
     assert_eq!((r.status, r.error_tag().as_str()), (400, "invalid_parameter"), "{}", r.text());
 }
+
+#[test]
+fn client_ingest_takes_croupier_sdk_bodies_and_derives_ids_from_the_records() {
+    let mut p = Pipeline::start_with(&[], keys);
+    p.start_worker(&[]);
+    let f = &p.ingest;
+    let run = run_id();
+    let ms = now_secs() * 1000;
+    // Croupier's JS/H5 documentation: `attrs` is the props; the superset's `uid` the player.
+    let h5 =
+        format!(r#"[{{"event":"session.start","ts":{ms},"uid":"{run}-h5","attrs":{{"uid":"{run}-h5","lvl":2}}}}]"#);
+    ok(&post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &h5), 1, 0);
+    // Its Unity documentation's PascalCase records, with X-Game-ID and X-Env.
+    let unity = format!(
+        r#"[{{"EventName":"level_start","GameID":"{GAME}","Environment":"prod","UserID":"{run}-unity","SessionID":"s1",
+            "DeviceID":"d1","Platform":"android","AppVersion":"1.0","Timestamp":{ms},"Properties":{{"device_model":"Pixel"}}}}]"#
+    );
+    ok(&post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Game-ID", GAME), ("X-Env", "prod")], &unity), 1, 0);
+    // Croupier's route skips null elements; a batch of nothing else holds no record.
+    let nulls = format!(r#"[null,{{"event":"login","ts":{ms},"env":"prod","user_id":"{run}-null"}},null]"#);
+    ok(&post(f, EVENTS, &[("X-Write-Key", KEY)], &nulls), 1, 0);
+    refused(&post(f, EVENTS, &[("X-Write-Key", KEY)], "[null]"), 400, "invalid_batch");
+    // An alias given twice is refused, as a field is.
+    let twice = format!(r#"[{{"event":"login","ts":{ms},"env":"prod","uid":"a","uid":"b"}}]"#);
+    let r = post(f, EVENTS, &[("X-Write-Key", KEY)], &twice);
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!((r.status, v["field"].as_str()), (400, Some("uid")), "{}", r.text());
+    // Records without `event_id` sent with and without headers that fill nothing (a
+    // fetch with X-Env and X-Game-ID, then its beacon) get the same ids.
+    let plain = format!(r#"[{{"event":"login","ts":{ms},"env":"prod","game_id":"{GAME}","user_id":"{run}-ids"}}]"#);
+    ok(&post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "staging"), ("X-Game-ID", GAME)], &plain), 1, 0);
+    let beacon = format!("{EVENTS}?key={}", KEY.replace('_', "%5F"));
+    ok(&post(f, &beacon, &[("Content-Type", "text/plain;charset=UTF-8")], &plain), 1, 0);
+    // X-Env filling the record makes another record: another id.
+    let bare = format!(r#"[{{"event":"login","ts":{ms},"user_id":"{run}-ids"}}]"#);
+    ok(&post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "beta")], &bare), 1, 0);
+    // The same bytes filled with another env: another request, other records, other ids.
+    ok(&post(f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "gamma")], &bare), 1, 0);
+
+    p.wait_for(6, "client events stored", |p| {
+        p.scalar(&format!("SELECT count() FROM analytics.events WHERE user_id LIKE '{run}-%'"))
+    });
+    let ids = p.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE user_id LIKE '{run}-%'"));
+    assert_eq!(ids, 6, "every record has an id of its own");
+    let got = p.clickhouse.query(&format!(
+        "SELECT env, event, user_id, session_id, device_id, platform, app_version, props_json, uniqExact(event_id) \
+         FROM analytics.events WHERE user_id LIKE '{run}-%' \
+         GROUP BY env, event, user_id, session_id, device_id, platform, app_version, props_json ORDER BY user_id, env"
+    ));
+    let want = [
+        format!("prod\tsession.start\t{run}-h5\t\t\t\t\t{{\"uid\":\"{run}-h5\",\"lvl\":2}}\t1"),
+        format!("beta\tlogin\t{run}-ids\t\t\t\t\t{{}}\t1"),
+        format!("gamma\tlogin\t{run}-ids\t\t\t\t\t{{}}\t1"),
+        format!("prod\tlogin\t{run}-ids\t\t\t\t\t{{}}\t1"),
+        format!("prod\tlogin\t{run}-null\t\t\t\t\t{{}}\t1"),
+        format!("prod\tlevel_start\t{run}-unity\ts1\td1\tandroid\t1.0\t{{\"device_model\":\"Pixel\"}}\t1"),
+    ];
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+}

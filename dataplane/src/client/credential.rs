@@ -4,6 +4,8 @@
 //! cannot set headers). Write keys are public by design (they ship in pages), so they
 //! are looked up in a hash map, not compared in constant time.
 
+use std::borrow::Cow;
+
 use crate::analytics::auth::{Caller, MANAGE};
 use crate::analytics::error::ApiError;
 use crate::error::IngestError;
@@ -23,10 +25,11 @@ pub enum Sender<'s> {
     },
 }
 
-/// The value of query parameter `key` in `query` (percent-decoding is not needed: keys
-/// are `A-Z a-z 0-9 _ -`, checked when the config is loaded).
-pub fn query_key(query: &str) -> Option<&str> {
-    query.split('&').find_map(|p| p.strip_prefix("key=")).filter(|k| !k.is_empty())
+/// The value of the first query parameter `key` in `query`, percent-decoded as a form's
+/// (a client may write `_` as `%5F`; keys are `A-Z a-z 0-9 _ -`, checked when the config
+/// is loaded).
+pub fn query_key(query: &str) -> Option<Cow<'_, str>> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v).filter(|k| !k.is_empty())
 }
 
 /// Checks the request's credential: `Authorization` first, then `X-Write-Key`, then
@@ -53,9 +56,10 @@ pub fn check<'s>(
     }
     let key = header_key
         .filter(|k| !k.is_empty())
+        .map(Cow::Borrowed)
         .or_else(|| query_key(query))
         .ok_or(IngestError::MissingCredentials("Authorization or X-Write-Key"))?;
-    let (key, found) = shard.keys.get_key_value(key).ok_or(IngestError::UnknownKey)?;
+    let (key, found) = shard.keys.get_key_value(key.as_ref()).ok_or(IngestError::UnknownKey)?;
     if found.revoked {
         return Err(IngestError::RevokedKey);
     }
@@ -68,8 +72,9 @@ mod tests {
 
     #[test]
     fn key_from_the_query() {
-        assert_eq!(query_key("key=pk_abc"), Some("pk_abc"));
-        assert_eq!(query_key("x=1&key=pk_abc&y=2"), Some("pk_abc"));
+        assert_eq!(query_key("key=pk_abc").as_deref(), Some("pk_abc"));
+        assert_eq!(query_key("x=1&key=pk_abc&y=2").as_deref(), Some("pk_abc"));
+        assert_eq!(query_key("key=pk%5Fabc&key=pk_other").as_deref(), Some("pk_abc"));
         assert_eq!(query_key("key="), None);
         assert_eq!(query_key("monkey=1"), None);
     }

@@ -65,7 +65,8 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
     let head = req.head();
     let origin = head.field(ORIGIN).filter(|o| !o.is_empty());
     if head.method == Method::Options {
-        let key_game = credential::query_key(head.query()).and_then(|k| shard.keys.get(k)).map(|k| k.game.as_str());
+        let key_game =
+            credential::query_key(head.query()).and_then(|k| shard.keys.get(k.as_ref())).map(|k| k.game.as_str());
         return cors::preflight(shard, origin, key_game);
     }
     // The configured game `X-Game-ID` names: a refusal's label before the credential
@@ -173,23 +174,17 @@ async fn serve<'s>(
             scratch
         }
     };
-    // The request's identity: the route, and the body with the header scope that fills
-    // it. A retry of the same request is recognised by Redis (appended once) and its
-    // records without an `event_id` get the same ids; the same bytes sent to the other
-    // route (a record can be valid as an event and as a payment) are another request.
+    // The body's digest, with its route: the same bytes sent to the other route (a record
+    // can be valid as an event and as a payment) are another request. `request_identity`
+    // adds the `X-Env` that fills records. (The two newlines keep the digest of a request
+    // without `X-Game-ID` and `X-Env` what it was when both were always hashed: a retry
+    // across an upgrade is still recognised.)
     let route: &[u8] = match endpoint {
         Endpoint::Events => b"events\n",
         Endpoint::Payments => b"payments\n",
     };
-    let digest: [u8; 32] = Sha256::new()
-        .chain_update(route)
-        .chain_update(header_game.unwrap_or("").as_bytes())
-        .chain_update(b"\n")
-        .chain_update(env.unwrap_or("").as_bytes())
-        .chain_update(b"\n")
-        .chain_update(&body[..])
-        .finalize()
-        .into();
+    let digest: [u8; 32] =
+        Sha256::new().chain_update(route).chain_update(b"\n\n").chain_update(&body[..]).finalize().into();
     let scope = Scope { game, fill_game: true, env };
     let counted = |error| Refused { error, counted: true };
     let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body)
@@ -223,8 +218,24 @@ fn prepare<'s>(
         let mut json = shard.json.borrow_mut();
         match endpoint {
             Endpoint::Events => {
-                let mut ids = IdDeriver::new(digest, shard.config.server.event_ids);
-                let mut new_id = || ids.next_id();
+                // Ids of the records the scope's env filled are derived from the request's
+                // identity with it, the others' from the body's digest alone: a header that
+                // fills nothing changes no id, and the same body filled with two envs (two
+                // requests, two sets of records) shares none.
+                let how = shard.config.server.event_ids;
+                let ids = IdDeriver::new(digest, how);
+                let mut filled_ids: Option<IdDeriver> = None;
+                let mut index = 0u32;
+                let mut new_id = |filled: Option<&str>| {
+                    let i = index;
+                    index = index.wrapping_add(1);
+                    match filled {
+                        None => ids.id_at(i),
+                        Some(env) => filled_ids
+                            .get_or_insert_with(|| IdDeriver::new(&request_identity(digest, Some(env)), how))
+                            .id_at(i),
+                    }
+                };
                 let mut keep = |r: &RecordView<'_>| filters.event(r, action);
                 validate::parse_events_scoped(
                     &mut json,
@@ -278,14 +289,28 @@ fn prepare<'s>(
         Sender::Key { key, .. } => [shard.rates.key(key), peer.and_then(|ip| shard.rates.address(ip))],
         Sender::Token(_) => [None, None],
     };
-    let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(digest));
-    match ingest::stage(shard, b, game, &nonce_key, digest, parts, n) {
+    let identity = request_identity(digest, scope.env.filter(|_| scoped.env_filled));
+    let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(identity));
+    match ingest::stage(shard, b, game, &nonce_key, &identity, parts, n) {
         Ok(staged) => Ok((Some(staged.with_client_rates(cells)), game_id, scoped.dropped)),
         Err(refusal) => {
             for r in cells.iter().flatten() {
                 r.give_back(total);
             }
             Err(refusal)
+        }
+    }
+}
+
+/// A request's identity, by which Redis recognises a retry (appended once): its game (in
+/// the key that records it), its route and body (`digest`), and the `X-Env` that filled
+/// some of its records (`filled`). A header that filled nothing does not make the same
+/// records another request; the game's header never does (the records' game is in the key).
+fn request_identity(digest: &[u8; 32], filled: Option<&str>) -> [u8; 32] {
+    match filled {
+        None => *digest,
+        Some(env) => {
+            Sha256::new().chain_update(digest).chain_update(b"env\n").chain_update(env.as_bytes()).finalize().into()
         }
     }
 }
@@ -315,4 +340,18 @@ fn take_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_another_only_when_the_header_env_filled_its_records() {
+        let digest = [7u8; 32];
+        assert_eq!(request_identity(&digest, None), digest, "nothing filled: the body's digest");
+        let (a, b) = (request_identity(&digest, Some("staging")), request_identity(&digest, Some("prod")));
+        assert!(a != digest && b != digest && a != b, "each filling env: a request of its own");
+        assert_eq!(a, request_identity(&digest, Some("staging")));
+    }
 }

@@ -1102,25 +1102,34 @@ fn realtime_gauges_on_the_control_port_equal_the_keys() {
     });
     assert!((d1 - 0.5).abs() < 0.05, "day-1 retention {d1}");
     assert!(p.stop_worker());
-    // A worker started afresh reports the day's figures again with the scope's first event,
-    // not only once another player pays or clears a level or a session beats: one login of
-    // a known player (no session: it counts in no online minute). The online gauge is the
-    // current minute's, else the previous one's: the heartbeats' minute while at most one
-    // minute has turned since (the test takes seconds).
+    // A worker started afresh reports the day's figures again before any event (the
+    // games of today's `daily_users` rows read back from Redis), and keeps them when the
+    // scope's first event comes: one login of a known player (no session: it counts in no
+    // online minute, and the current minute's sketch it makes holds no player). The online
+    // gauge is the current minute's, else the previous one's: the heartbeats' minute while
+    // at most one minute has turned since (the test takes seconds).
     p.start_worker(&settings);
+    let expect = |when: &str| {
+        let turned = minute_of(now_secs() as i64 * 1000) - minute_of(ts as i64 * 1000);
+        let days = if turned <= 1 { &want[..] } else { &want[..want.len() - 1] };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The worker may not listen yet.
+            let text = match std::net::TcpStream::connect(addr) {
+                Ok(_) => croupier_it::http::HttpClient::connect(addr).request("GET", "/metrics", &[], b"").text(),
+                Err(e) => e.to_string(),
+            };
+            if days.iter().all(|(n, v)| gauge(&text, n) == Some(*v as f64)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "after a restart, {when}: gauges {days:?} not in\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    expect("before any event");
     post_players(&p, "login", "player", 0..1, ts);
     wait_idle(&p);
-    let turned = minute_of(now_secs() as i64 * 1000) - minute_of(ts as i64 * 1000);
-    let days = if turned <= 1 { &want[..] } else { &want[..want.len() - 1] };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = croupier_it::http::HttpClient::connect(addr).request("GET", "/metrics", &[], b"").text();
-        if days.iter().all(|(n, v)| gauge(&text, n) == Some(*v as f64)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "after a restart, gauges {days:?} not in\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    expect("after a login");
     assert!(p.stop_worker());
 }
 

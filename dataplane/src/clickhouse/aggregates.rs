@@ -6,6 +6,7 @@
 
 use croupier_protocol::clickhouse::block::{Column, ColumnData, LowCardinality};
 use croupier_protocol::clickhouse::packet::Setting;
+use croupier_protocol::clickhouse::result::Value;
 
 use super::connection::{ChError, Connection};
 use super::rows::{check_header, Table, TableRows};
@@ -222,6 +223,30 @@ pub const EXISTING_SQL_BYTES: usize = 64 * 1024;
 /// through [`quote`]. Statements stay within [`EXISTING_SQL_BYTES`] (one game's and
 /// environment's condition alone may pass it by its quoted names): a long list of one
 /// scope's periods is split over conditions, and conditions over statements.
+/// The most games and environments a worker's start reads back from Redis for the live
+/// gauges ([`scopes_of_day`]): each costs a handful of `GET`s of up to 12 KiB.
+pub const MAX_SCOPES_READ_AT_START: usize = 1_000;
+
+/// The games and environments with a `daily_users` row on UTC day `day` (days since the
+/// epoch): those whose real-time figures a worker just started reports at once, read back
+/// from Redis, rather than with each scope's next event. At most
+/// [`MAX_SCOPES_READ_AT_START`], the most active first.
+pub async fn scopes_of_day(ch: &mut Connection, day: u32) -> Result<Vec<(String, String)>, ChError> {
+    let (y, m, d) = crate::worker::aggregate::what::civil(day);
+    let sql = format!(
+        "SELECT toString(game_id), toString(env) FROM analytics.daily_users WHERE d = toDate('{y:04}-{m:02}-{d:02}') \
+         GROUP BY game_id, env ORDER BY max(dau) DESC, game_id, env LIMIT {MAX_SCOPES_READ_AT_START}"
+    );
+    let rows = ch.select(&sql, &[]).await?.rows;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| match (r.first(), r.get(1)) {
+            (Some(Value::Str(g)), Some(Value::Str(e))) => Some((g.clone(), e.clone())),
+            _ => None,
+        })
+        .collect())
+}
+
 pub fn existing_sql(table: Figure, keys: &[(&str, &str, u32)]) -> Vec<String> {
     let mut sorted = keys.to_vec();
     sorted.sort_unstable();

@@ -100,6 +100,11 @@ pub struct Aggregator {
     /// before its next write of the tables left `daily_revenue`, `minute_online` and
     /// `daily_users` behind Redis, and no later entry of the same minute or day may come.
     reconcile: Cell<bool>,
+    /// Whether this shard still has to read back today's figures of every game and
+    /// environment `daily_users` has a row of today for (shard 0, once per start): the live
+    /// gauges of a worker just started report them at once, not each with its scope's
+    /// next event (an absent gauge reads as 0 to the alerts and the boards).
+    discover: Cell<bool>,
     /// How often shard 0 also writes the rows marked unwritten for longer than this
     /// (`aggregate.resend_ms`; none on other shards, or with `resend_ms = 0`): marks a
     /// worker killed while others run left, without waiting for a start.
@@ -145,6 +150,7 @@ impl Aggregator {
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
+            discover: Cell::new(shard == 0),
             orphans_every: (shard == 0 && cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
             orphans_checked: Cell::new(Instant::now()),
             reconcile_warned: Cell::new(None),
@@ -674,6 +680,17 @@ impl Aggregator {
                 }
             }
         }
+        if self.discover.get() && !last {
+            match self.discover_today(ch, opts).await {
+                Ok(n) => {
+                    self.discover.set(false);
+                    tracing::debug!(scopes = n, "today's figures to read back for the live gauges");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "today's games not read from daily_users; retried at the next flush")
+                }
+            }
+        }
         if !last && self.written.get().is_some_and(|t| t.elapsed() < self.write_every) {
             return;
         }
@@ -681,6 +698,30 @@ impl Aggregator {
         if let Err(e) = self.write_tables(ch, opts).await {
             tracing::warn!(error = %e, "aggregate tables not written; retried at the next write");
         }
+    }
+
+    /// Queues today's keys of every game and environment with a `daily_users` row today
+    /// for the next read-back ([`Aggregator::discover`]); how many.
+    async fn discover_today(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<usize, String> {
+        if ch.is_none() {
+            *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
+        }
+        let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
+        let today = what::day_of(crate::ingest::now_ms());
+        let scopes = match aggregates::scopes_of_day(conn, today).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The next round connects again.
+                *ch = None;
+                return Err(e.to_string());
+            }
+        };
+        let n = scopes.len();
+        let mut unread = self.unread.borrow_mut();
+        for (game, env) in scopes {
+            unread.insert((Kind::Dau, game.as_str().into(), env.as_str().into(), today));
+        }
+        Ok(n)
     }
 
     /// Flushes every `every` until `stop` is set.

@@ -474,6 +474,25 @@ fn auth_sentinel_noauth_is_reported_for_the_data_node_and_the_sentinel() {
     }
 }
 
+/// Black-box finding: a `redis.master_name` the sentinels do not monitor refused every
+/// request (503 `redis_unavailable`) with nothing said at the default log level, and
+/// `/readyz` only "not connected". The sentinel's refusal is logged and shown.
+#[test]
+fn a_master_name_the_sentinels_do_not_monitor_is_reported() {
+    let redis = RedisServer::start();
+    let sentinel = SentinelServer::start(&redis);
+    let sentinels = format!("[\"127.0.0.1:{}\"]", sentinel.port);
+    let c = ingest_on(
+        &redis,
+        &[("CROUPIER_REDIS__SENTINELS", sentinels.as_str()), ("CROUPIER_REDIS__MASTER_NAME", "nosuch")],
+    );
+    let body = readyz_says(&c, &format!("the sentinel at 127.0.0.1:{} names no primary", sentinel.port));
+    assert!(body.contains("No such master") && body.contains("redis.master_name"), "{body}");
+    wait_until("the log says so", || c.log().contains("the sentinel names no primary by redis.master_name"));
+    let r = post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+    assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+}
+
 /// A Redis Cluster whose ACL user may run neither `CLUSTER SHARDS` nor `CLUSTER SLOTS`:
 /// the slot map cannot be read, and the log and the control port's `/readyz` say
 /// `NOPERM` for `CLUSTER SHARDS` at a seed.

@@ -246,6 +246,13 @@ pub fn note(role: Role, server: &str, command: &'static str, reply: &str) -> boo
     }
 }
 
+/// A sentinel's refusal to name the primary (`ERR No such master with that name`: a
+/// `redis.master_name` it does not monitor), `reply` its error: logged (rate-limited) and
+/// shown by `/readyz`, as a refusal of the credentials is.
+pub fn note_unnamed(server: &str, reply: &str) {
+    refused(Role::Sentinel, server, Problem::Unnamed(reply.to_owned()));
+}
+
 /// What a server refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Problem {
@@ -253,6 +260,8 @@ enum Problem {
     Auth(String),
     /// A command (or its keys) the ACL user may not run: the command.
     Perm(&'static str),
+    /// A sentinel would not name the primary: its reply.
+    Unnamed(String),
 }
 
 /// The last refusal by one server.
@@ -317,6 +326,12 @@ fn refused(role: Role, server: &str, problem: Problem) {
              again with back-off)",
             role.name(),
             needs(role)
+        ),
+        Problem::Unnamed(reply) => tracing::warn!(
+            server,
+            reply = %reply,
+            "the sentinel names no primary by redis.master_name: check it is a name the sentinels monitor \
+             (asked again every second)"
         ),
     }
 }
@@ -385,6 +400,9 @@ pub fn recent_refusal() -> Option<String> {
                 ),
                 Problem::Perm(command) => {
                     format!("permission denied (NOPERM) for {command} at {server}; the user needs: {}", needs(role))
+                }
+                Problem::Unnamed(reply) => {
+                    format!("the sentinel at {server} names no primary: {reply} (check redis.master_name)")
                 }
             }
         })

@@ -948,8 +948,13 @@ impl Peer {
                 Some((asked, None)) => self.owed = Some((asked, Some(frame))),
                 Some((_, Some(master))) => {
                     let n = named(&master, &frame);
-                    if n.is_none() {
-                        tracing::debug!(sentinel = %self.addr, "the sentinel does not name the primary with its epoch");
+                    match (&n, &master) {
+                        // Refused: logged and shown by `/readyz`, as a refused password is.
+                        (None, Frame::Error(e)) => auth::note_unnamed(&self.addr, e),
+                        (None, _) => {
+                            tracing::debug!(sentinel = %self.addr, "the sentinel does not name the primary with its epoch")
+                        }
+                        _ => {}
                     }
                     return n;
                 }

@@ -281,3 +281,65 @@ fn left_running(dir: &Path) -> Vec<String> {
     }
     left
 }
+
+/// Waits until nothing runs in `dir` (90 s at most).
+fn wait_all_stopped(dir: &Path, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = left_running(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still running {after}: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Black-box findings: a demo killed (`SIGKILL`) left clickhouse-server running, which
+/// holds none of the demo's lock (it closes what it inherits), so `--fresh` deleted its
+/// data under it; and a demo whose output was closed (`| head`) panicked, leaving both
+/// servers running. The servers now stop with a killed demo, a run while one still stops is
+/// refused, and a closed output stops the demo in order.
+#[test]
+fn demo_killed_or_cut_off_leaves_no_server_running() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let start = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_croupier-it-bin"))
+            .args(["demo", "--plain", "--dir"])
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("croupier demo starts")
+    };
+    // Read until the players start, then kill the demo.
+    let mut child = start(&["--duration", "600"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("players:")), "the demo did not start");
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(lines);
+    wait_all_stopped(&dir, "after the demo was killed");
+    // A closed output: the demo stops in order (drain, servers stopped) and exits 0.
+    let mut child = start(&["--duration", "600"]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(lines.by_ref().map_while(Result::ok).any(|l| l.contains("players:")), "the demo did not start");
+    drop(lines);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop when its output closed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status:?}");
+    wait_all_stopped(&dir, "after the output closed");
+    // And the directory is usable again, its data kept.
+    let summary = demo(&dir, &["--plain", "--duration", "3"]);
+    assert!(n(&summary, "event_rows") > 0, "{summary:?}");
+}

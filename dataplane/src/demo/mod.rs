@@ -40,6 +40,27 @@ const ENTRIES: [&str; 6] = ["redis", "clickhouse", "croupier.toml", "croupier.lo
 /// How long the drain at the end may take.
 const DRAIN: Duration = Duration::from_secs(60);
 
+/// Set once standard output is closed (its reader gone: `croupier demo --plain | head`):
+/// the demo then stops in order, as on Ctrl-C, and writes nothing more.
+static OUTPUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to standard output. A write that fails (a closed pipe) points standard
+/// output at `/dev/null` for the rest of the run and flags [`OUTPUT_GONE`], where
+/// `println!` would panic and leave the servers running.
+fn say(text: &str) {
+    if OUTPUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+        OUTPUT_GONE.store(true, Ordering::Relaxed);
+        if let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            // SAFETY: dup2 onto standard output of a descriptor we own (closed after).
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 1) };
+        }
+    }
+}
+
 /// Runs `croupier demo` with the arguments after `demo`.
 pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let opts = match options::parse(args) {
@@ -57,7 +78,7 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Standard error may be the log file by now: say it on standard output too.
-            println!("croupier demo: {e}");
+            say(&format!("croupier demo: {e}\n"));
             ExitCode::FAILURE
         }
     }
@@ -65,22 +86,22 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
 
 /// A step of the start-up, shown as it happens.
 fn step<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    print!("  {what} ... ");
-    let _ = std::io::stdout().flush();
+    say(&format!("  {what} ... "));
     let t0 = Instant::now();
     let res = f();
     match &res {
-        Ok(_) => println!("ok ({:.1} s)", t0.elapsed().as_secs_f64()),
-        Err(_) => println!("failed"),
+        Ok(_) => say(&format!("ok ({:.1} s)\n", t0.elapsed().as_secs_f64())),
+        Err(_) => say("failed\n"),
     }
     res
 }
 
 /// The demo's directory, locked for this run (`flock` on its `lock` file): a second demo
 /// on the same directory would start a second redis-server on its append-only file, and
-/// `--fresh` would delete a running demo's data. The servers started after this inherit
-/// the lock's descriptor, so the directory stays locked while any of them runs — a demo
-/// killed (`SIGKILL`, out of memory) leaves its servers running, and they hold it.
+/// `--fresh` would delete a running demo's data. redis-server inherits the lock's
+/// descriptor, so the directory stays locked while it runs; the servers are sent SIGTERM
+/// when the demo dies however it ends ([`servers`]), and a clickhouse-server still
+/// stopping (or left by an earlier version) is found by its own lock on its status file.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -107,6 +128,23 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     // SAFETY: fcntl on a descriptor we own: cleared close-on-exec, the servers inherit it.
     if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
         return Err(format!("{}: {}", path.display(), std::io::Error::last_os_error()));
+    }
+    // clickhouse-server closes the descriptors it inherits, so the lock above is not held
+    // while one an earlier demo left runs (killed before its servers could be told, or
+    // still stopping): its own lock on its status file says it.
+    let status = dir.join("clickhouse").join("data").join("status");
+    if let Ok(s) = std::fs::File::open(&status) {
+        // SAFETY: flock on a descriptor we own; released when `s` is closed.
+        if unsafe { libc::flock(s.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+        {
+            return Err(format!(
+                "a clickhouse-server an earlier demo started still runs on {} (stop it first — `fuser {}` \
+                 lists it — or give this demo another --dir)",
+                dir.display(),
+                status.display()
+            ));
+        }
     }
     Ok(f)
 }
@@ -260,7 +298,7 @@ fn run(o: &Options) -> Result<(), String> {
     let _lock = lock_dir(&o.dir)?;
     let dir = prepare_dir(o)?;
     log_to(&dir.join("croupier.log"))?;
-    println!("Croupier demo: data in {}{}", dir.display(), if o.fresh { " (fresh)" } else { "" });
+    say(&format!("Croupier demo: data in {}{}\n", dir.display(), if o.fresh { " (fresh)" } else { "" }));
 
     let (redis_port, ch_tcp, ch_http) = (servers::free_port()?, servers::free_port()?, servers::free_port()?);
     let mut redis =
@@ -300,19 +338,25 @@ fn run(o: &Options) -> Result<(), String> {
         day: o.day,
         seed,
     };
-    println!("  players: {} over a day of {} s, {} events/s (run {})", o.players, o.day.as_secs(), o.rate, run_no + 1);
-    println!("  ingest:  http://{data}/api/ingest/events (game {GAME}, secret {SECRET}); /healthz /readyz");
-    println!("  metrics: http://{control}/metrics; /healthz /readyz");
-    println!(
-        "  API:     curl -H \"Authorization: Bearer $(cat {})\" 'http://{control}/api/analytics/realtime?game_id={GAME}&env=prod'",
+    say(&format!(
+        "  players: {} over a day of {} s, {} events/s (run {})\n",
+        o.players,
+        o.day.as_secs(),
+        o.rate,
+        run_no + 1
+    ));
+    say(&format!("  ingest:  http://{data}/api/ingest/events (game {GAME}, secret {SECRET}); /healthz /readyz\n"));
+    say(&format!("  metrics: http://{control}/metrics; /healthz /readyz\n"));
+    say(&format!(
+        "  API:     curl -H \"Authorization: Bearer $(cat {})\" 'http://{control}/api/analytics/realtime?game_id={GAME}&env=prod'\n",
         token.display()
-    );
+    ));
     match &dashboard {
         Some(_) => {
             let jwt = std::fs::read_to_string(&token).unwrap_or_default();
-            println!("  dashboard: http://{control}/login#token={}", jwt.trim());
+            say(&format!("  dashboard: http://{control}/login#token={}\n", jwt.trim()));
         }
-        None => println!("  dashboard: not built (scripts/build-dashboard.sh builds dashboard/dist)"),
+        None => say("  dashboard: not built (scripts/build-dashboard.sh builds dashboard/dist)\n"),
     }
     let players = load::Load::start(plan)?;
     let endpoints = Endpoints {
@@ -327,7 +371,7 @@ fn run(o: &Options) -> Result<(), String> {
     let mut stored = Stored::default();
     let live = !o.plain;
     if live {
-        print!("\x1b[?25l");
+        say("\x1b[?25l");
     }
     let mut tick = 0u64;
     loop {
@@ -336,9 +380,17 @@ fn run(o: &Options) -> Result<(), String> {
         while Instant::now() < next && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let done = stop.load(Ordering::Relaxed) || o.duration.is_some_and(|d| started.elapsed() >= d);
-        let m = figures::metrics(control).unwrap_or(last_metrics);
-        let secs = last_at.elapsed().as_secs_f64().max(0.001);
+        let done = stop.load(Ordering::Relaxed)
+            || OUTPUT_GONE.load(Ordering::Relaxed)
+            || o.duration.is_some_and(|d| started.elapsed() >= d);
+        // The rates are the counters' differences over the time between their readings (a
+        // reading that failed is skipped: the next difference spans both seconds).
+        let (m, read_at) = match figures::metrics(control) {
+            Ok(m) => (m, Instant::now()),
+            Err(_) => (last_metrics, last_at),
+        };
+        let secs = read_at.duration_since(last_at).as_secs_f64();
+        let per_sec = |now: u64, before: u64| if secs > 0.0 { now.saturating_sub(before) as f64 / secs } else { 0.0 };
         if let Ok(s) = figures::stored(ch_addr, redis_addr) {
             stored = s;
         }
@@ -346,8 +398,8 @@ fn run(o: &Options) -> Result<(), String> {
         let view = View {
             elapsed: started.elapsed(),
             duration: o.duration,
-            accepted_per_sec: m.accepted.saturating_sub(last_metrics.accepted) as f64 / secs,
-            refused_per_sec: m.refused.saturating_sub(last_metrics.refused) as f64 / secs,
+            accepted_per_sec: per_sec(m.accepted, last_metrics.accepted),
+            refused_per_sec: per_sec(m.refused, last_metrics.refused),
             metrics: m,
             stored: stored.clone(),
             ack_ms: load::percentiles(&mut recent),
@@ -355,26 +407,25 @@ fn run(o: &Options) -> Result<(), String> {
             day_part: (started.elapsed().as_secs_f64() / o.day.as_secs_f64()).min(1.0),
             endpoints: endpoints.clone(),
         };
-        (last_metrics, last_at) = (m, Instant::now());
+        (last_metrics, last_at) = (m, read_at);
         if live {
             // One write that draws over the last frame (each line cleared to its end, the
             // rest below cleared after it): the screen is never blank, and never half drawn
             // for long, however the terminal is read.
-            let _ = std::io::stdout().lock().write_all(screen::frame(&screen::live(&view)).as_bytes());
+            say(&screen::frame(&screen::live(&view)));
         } else if tick.is_multiple_of(5) || done {
-            println!("{}", screen::line(&view));
+            say(&format!("{}\n", screen::line(&view)));
         }
-        let _ = std::io::stdout().flush();
         if done {
             break;
         }
     }
     if live {
-        print!("\x1b[?25h");
+        say("\x1b[?25h");
     }
     let elapsed = started.elapsed();
     let (stats, mut all) = players.stop();
-    println!("\nstopping: players stopped; draining the streams into ClickHouse ...");
+    say("\nstopping: players stopped; draining the streams into ClickHouse ...\n");
     let drained = drain(control);
     stack.shutdown();
     let stored = figures::stored(ch_addr, redis_addr)?;
@@ -385,13 +436,13 @@ fn run(o: &Options) -> Result<(), String> {
         ack_ms: load::percentiles(&mut all),
         elapsed,
     };
-    print!("{}", screen::summary(&totals, &stored, &dir.display().to_string()));
+    say(&screen::summary(&totals, &stored, &dir.display().to_string()));
     if let Err(e) = &drained {
-        println!("warning: {e}");
+        say(&format!("warning: {e}\n"));
     }
     clickhouse.stop();
     redis.stop();
-    println!("servers stopped; run again to continue on the same data (--fresh to start over)");
+    say("servers stopped; run again to continue on the same data (--fresh to start over)\n");
     drained.map(|_| ())
 }
 

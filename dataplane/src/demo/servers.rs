@@ -98,15 +98,30 @@ fn command(program: &str) -> Command {
 fn spawn(name: &'static str, mut cmd: Command, dir: &Path, log: PathBuf) -> Result<Server, String> {
     let out = fs::File::create(dir.join(format!("{name}.out"))).map_err(|e| format!("{}: {e}", dir.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let child = cmd
-        .current_dir(dir)
+    cmd.current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         // Its own process group: the terminal's Ctrl-C is the demo's to handle.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start {name}: {e}"))?;
+        .process_group(0);
+    // Stopped with the demo however it ends (killed, out of memory): sent SIGTERM when the
+    // thread that started it (the demo's main thread) is gone, rather than left running.
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure only calls prctl and getppid, which are
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo died before the prctl: nothing would send the signal.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
     Ok(Server { name, child: Some(child), log })
 }
 

@@ -38,11 +38,12 @@ async fn pfcount(ctx: &Ctx<'_>, key: &str) -> Result<u64, ApiError> {
 }
 
 /// The counts of the unions of the first `ns[i]` of `keys` (each `n` at most
-/// `keys.len()`, in increasing order), equal to Redis's `PFCOUNT` over those keys: every
+/// `keys.len()`, in increasing order), equal to Redis's `PFCOUNT` over those keys, and the
+/// count of each key alone: every
 /// key is read with a `GET` of its own, all sent at once (in a cluster each to its own
 /// slot's primary), within the request's deadline, and merged in order. An absent key is
 /// an empty sketch; a key of another type, a malformed value or a Redis failure is 502.
-pub async fn union_counts(ctx: &Ctx<'_>, keys: &[String], ns: &[usize]) -> Result<Vec<u64>, ApiError> {
+pub async fn union_counts(ctx: &Ctx<'_>, keys: &[String], ns: &[usize]) -> Result<(Vec<u64>, Vec<u64>), ApiError> {
     let handles: Vec<_> = keys
         .iter()
         .map(|k| {
@@ -64,14 +65,17 @@ pub async fn union_counts(ctx: &Ctx<'_>, keys: &[String], ns: &[usize]) -> Resul
     };
     let mut union = Sketch::new();
     let mut counts = Vec::with_capacity(ns.len());
+    let mut each = Vec::with_capacity(keys.len());
     let mut wanted = ns.iter().peekable();
     for (i, (reply, key)) in replies.into_iter().zip(keys).enumerate() {
         match super::redis_reply(reply)? {
-            Frame::Null => {}
+            Frame::Null => each.push(0),
             Frame::BulkString(bytes) => {
-                union
-                    .merge_redis(&bytes)
+                let mut one = Sketch::new();
+                one.merge_redis(&bytes)
                     .map_err(|e| ApiError::RedisFailed(format!("{key} holds no HyperLogLog: {e}")))?;
+                each.push(one.count());
+                union.merge(&one);
             }
             other => return Err(ApiError::RedisFailed(format!("GET {key} answered {other:?}"))),
         }
@@ -83,7 +87,7 @@ pub async fn union_counts(ctx: &Ctx<'_>, keys: &[String], ns: &[usize]) -> Resul
     while wanted.next().is_some() {
         counts.push(union.count());
     }
-    Ok(counts)
+    Ok((counts, each))
 }
 
 /// The route.
@@ -98,11 +102,23 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let online_keys = |n: i64| -> Vec<String> {
         (0..n).map(|i| format!("hll:online:{game}:{env}:{}", minute_key(minute - 60 * i))).collect()
     };
-    let counts = union_counts(ctx, &online_keys(15), &[1, 5, 15]).await?;
+    let (counts, minutes) = union_counts(ctx, &online_keys(15), &[1, 5, 15]).await?;
     let (online, active_5m, active_15m) = match counts[..] {
         [a, b, c] => (a, b, c),
         _ => (0, 0, 0),
     };
+    // The last minutes' figures count in the peaks: the stored ones come with the worker's
+    // next write of `minute_online`, and a peak must not fall back meanwhile when a minute
+    // turns (the minutes of today only for today's).
+    let day_start = ctx.now.div_euclid(DAY) * DAY;
+    let recent_peak = minutes.iter().copied().max().unwrap_or(0);
+    let today_peak = minutes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| minute - 60 * *i as i64 >= day_start)
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
     let today = params::date_string(ctx.now.div_euclid(DAY));
     let dau_today = pfcount(ctx, &format!("hll:dau:{game}:{env}:{today}")).await?;
     let new_today = pfcount(ctx, &format!("hll:new:{game}:{env}:{today}")).await?;
@@ -162,8 +178,8 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         "rev_today_yuan": format!("{:.2}", rev_today as f64 / 100.0),
         "pay_succ_rate": pay_succ_rate,
         "registered_total": registered_total,
-        "online_peak_today": u(&pk, 0).max(online),
-        "online_peak_all_time": u(&pk, 1).max(online),
+        "online_peak_today": u(&pk, 0).max(today_peak),
+        "online_peak_all_time": u(&pk, 1).max(recent_peak),
         "dau_today": dau_today,
         "new_today": new_today,
     }))

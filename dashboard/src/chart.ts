@@ -30,7 +30,21 @@ export function lineChart(x: number[], series: { label: string; values: (number 
     {
       width: 600,
       height: opts.height ?? 180,
-      scales: { x: { time: opts.time ?? true } },
+      // A single time (a first day, a first hour) would otherwise get an axis of years:
+      // half a day on each side of a day's midnight, half an hour of any other time.
+      scales: {
+        x: {
+          time: opts.time ?? true,
+          range: (u: uPlot, min: number, max: number): uPlot.Range.MinMax => {
+            // uPlot widens a single time by itself before asking: the data says.
+            const xs = u.data[0] ?? [];
+            if (xs.length !== 1 || !(opts.time ?? true)) return [min, max];
+            const x = Number(xs[0]);
+            const pad = x % 86400 === 0 ? 43200 : 1800;
+            return [x - pad, x + pad];
+          },
+        },
+      },
       legend: { show: series.length > 1 },
       series: [
         {},

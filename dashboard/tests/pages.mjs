@@ -27,6 +27,24 @@ const fail = (msg) => {
   console.log(`FAIL ${msg}`);
 };
 
+/** Every time chart's axis spans its data, give or take a day (a single point once got an axis of years). */
+async function checkAxes(page, name) {
+  const axes = await page.$$eval('.chart', (els) =>
+    els.map((el) => {
+      const p = el.plot;
+      const xs = (p?.data?.[0] ?? []).filter((x) => x !== null);
+      return { n: xs.length, first: Math.min(...xs), last: Math.max(...xs), min: p?.scales?.x?.min, max: p?.scales?.x?.max };
+    }),
+  );
+  let points = 0;
+  for (const a of axes) {
+    if (a.n === 0) continue;
+    points += a.n;
+    if (!(a.min >= a.first - 86400 && a.max <= a.last + 86400)) fail(`${name}: a chart of ${a.n} point(s) from ${a.first} to ${a.last} has an axis from ${a.min} to ${a.max}`);
+  }
+  return { charts: axes.length, points };
+}
+
 async function api(src) {
   const r = await fetch(BASE + src, { headers: { Authorization: `Bearer ${TOKEN}` } });
   if (!r.ok) throw new Error(`${src}: ${r.status} ${await r.text()}`);
@@ -136,6 +154,14 @@ try {
   await page.click('#login');
   await page.waitForURL(/\/overview\?/);
 
+  // One day: the overview's daily series have a point each.
+  {
+    await page.goto(`${BASE}/overview?game_id=${encodeURIComponent(GAME ?? '')}&env=${encodeURIComponent(ENV ?? '')}&start=${END}&end=${END}`);
+    await page.waitForFunction(settled, null, { timeout: 15000 });
+    const { charts, points } = await checkAxes(page, 'overview of one day');
+    if (charts === 0 || points !== charts) fail(`overview of one day: ${charts} charts, ${points} points`);
+    console.log(`overview of one day: ${charts} charts of one point, axes within a day of it`);
+  }
   for (const name of PAGES) {
     errors = [];
     const t0 = Date.now();
@@ -154,6 +180,7 @@ try {
     }
     if (compared === 0) fail(`${name}: no figure compared`);
     for (const b of bad) fail(`${name}: ${b}`);
+    await checkAxes(page, name);
     const shot = join(SHOTS, `${name}.png`);
     await page.screenshot({ path: shot, fullPage: true });
     for (const e of errors) fail(`${name}: ${e}`);

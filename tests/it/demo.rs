@@ -137,6 +137,11 @@ impl Session {
     fn capture(&self) -> String {
         tmux(&self.0, &["capture-pane", "-p", "-t", "demo"])
     }
+
+    /// The scrollback and the screen.
+    fn history(&self) -> String {
+        tmux(&self.0, &["capture-pane", "-p", "-S", "-", "-t", "demo"])
+    }
 }
 
 impl Drop for Session {
@@ -183,6 +188,13 @@ fn demo_live_screen_shows_every_figure_and_changes_and_ctrl_c_stops_it() {
     };
     std::thread::sleep(Duration::from_secs(3));
     let second = capture();
+    // The start-up lines went up into the scrollback, not under the screen: the login
+    // link is there to click (black-box finding: the first frame drew over it).
+    let history = session.history();
+    assert!(
+        history.contains("/login#token=") || history.contains("dashboard: not built"),
+        "no dashboard line in the scrollback:\n{history}"
+    );
     let result = std::panic::catch_unwind(|| {
         for screen in [&first, &second] {
             for f in fields {

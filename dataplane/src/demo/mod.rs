@@ -371,6 +371,10 @@ fn run(o: &Options) -> Result<(), String> {
     let mut stored = Stored::default();
     let live = !o.plain;
     if live {
+        // The frames draw from the top of the terminal: the start-up lines (the dashboard's
+        // login link among them) are first scrolled up into the terminal's scrollback
+        // rather than drawn over.
+        say(&"\n".repeat(terminal_rows()));
         say("\x1b[?25l");
     }
     let mut tick = 0u64;
@@ -444,6 +448,18 @@ fn run(o: &Options) -> Result<(), String> {
     redis.stop();
     say("servers stopped; run again to continue on the same data (--fresh to start over)\n");
     drained.map(|_| ())
+}
+
+/// The terminal's height in rows (standard output's), 50 when it cannot be read.
+fn terminal_rows() -> usize {
+    // SAFETY: TIOCGWINSZ fills the `winsize` it is given, on standard output.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let read = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if read && ws.ws_row > 0 {
+        usize::from(ws.ws_row)
+    } else {
+        50
+    }
 }
 
 /// Waits until every accepted record is in ClickHouse and the streams hold no backlog.

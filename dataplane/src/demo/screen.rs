@@ -147,7 +147,11 @@ pub fn live(v: &View) -> String {
     let _ = writeln!(o, "             (Authorization: Bearer $(cat {}))", e.token);
     match &e.dashboard {
         Some(_) => {
-            let _ = writeln!(o, "  dashboard  http://{}/   (log in with the token in {})", e.control, e.token);
+            let _ = writeln!(
+                o,
+                "  dashboard  http://{}/   (log in with the token in {}, or the login link above, in the scrollback)",
+                e.control, e.token
+            );
         }
         None => {
             let _ = writeln!(o, "  dashboard  not built: scripts/build-dashboard.sh, then run the demo again");

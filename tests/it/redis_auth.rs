@@ -11,7 +11,7 @@ use croupier_it::clickhouse::ClickHouseServer;
 use croupier_it::cluster::RedisCluster;
 use croupier_it::http::HttpClient;
 use croupier_it::monitoring::Croupier;
-use croupier_it::redis::RedisServer;
+use croupier_it::redis::{RedisClient, RedisServer};
 use croupier_it::sentinel::{SentinelServer, MASTER_NAME};
 use croupier_protocol::cluster::Partitions;
 use croupier_protocol::resp::Frame;
@@ -491,6 +491,28 @@ fn a_master_name_the_sentinels_do_not_monitor_is_reported() {
     wait_until("the log says so", || c.log().contains("the sentinel names no primary by redis.master_name"));
     let r = post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
     assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+    drop(c);
+    // One sentinel of two that does not monitor the name (being set up, or another
+    // deployment's): the other names the primary, requests are taken, and the control
+    // port stays ready while the odd one is logged.
+    let other = SentinelServer::start(&redis);
+    RedisClient::connect(other.port).expect("sentinel").cmd(&["SENTINEL", "REMOVE", MASTER_NAME]);
+    let both = format!("[\"127.0.0.1:{}\",\"127.0.0.1:{}\"]", other.port, sentinel.port);
+    let c = ingest_on(
+        &redis,
+        &[("CROUPIER_REDIS__SENTINELS", both.as_str()), ("CROUPIER_REDIS__MASTER_NAME", MASTER_NAME)],
+    );
+    wait_until("ingest takes requests", || {
+        post_signed(&mut HttpClient::connect(c.data), "/api/ingest/events", GAME, SECRET, events(1).as_bytes()).status
+            == 202
+    });
+    wait_until("the odd sentinel is logged", || c.log().contains("the sentinel names no primary by redis.master_name"));
+    wait_until("the control port is ready", || c.control_get("/readyz").0 == 200);
+    for _ in 0..30 {
+        let (status, body) = c.control_get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A Redis Cluster whose ACL user may run neither `CLUSTER SHARDS` nor `CLUSTER SLOTS`:

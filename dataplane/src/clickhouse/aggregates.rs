@@ -213,29 +213,20 @@ impl Figure {
 /// `max_query_size`, as [`ORDER_DAYS_SQL_BYTES`]).
 pub const EXISTING_SQL_BYTES: usize = 64 * 1024;
 
-/// The statements reading the rows `table` holds (`FINAL`: the figure the product reads)
-/// for `keys` (game, environment, minute or UTC day): one for any ordinary write. Per
-/// game and environment, `game_id = … AND env = … AND <period> >= <first> AND <period> <=
-/// <last> AND <period> IN (…)`, joined by `OR`: conditions on the sort key `(game_id,
-/// env, period)` (and the bounds on the partition key's column), so only the granules of
-/// those rows are read, on ClickHouse 18.16 as on later versions, and on a cluster through
-/// the `Distributed` table (whose figures are all on the first shard). Every string goes
-/// through [`quote`]. Statements stay within [`EXISTING_SQL_BYTES`] (one game's and
-/// environment's condition alone may pass it by its quoted names): a long list of one
-/// scope's periods is split over conditions, and conditions over statements.
 /// The most games and environments a worker's start reads back from Redis for the live
 /// gauges ([`scopes_of_day`]): each costs a handful of `GET`s of up to 12 KiB.
 pub const MAX_SCOPES_READ_AT_START: usize = 1_000;
 
 /// The games and environments with a `daily_users` row on UTC day `day` (days since the
 /// epoch): those whose real-time figures a worker just started reports at once, read back
-/// from Redis, rather than with each scope's next event. At most
-/// [`MAX_SCOPES_READ_AT_START`], the most active first.
-pub async fn scopes_of_day(ch: &mut Connection, day: u32) -> Result<Vec<(String, String)>, ChError> {
+/// from Redis, rather than with each scope's next event. At most `limit` (and
+/// [`MAX_SCOPES_READ_AT_START`]), the most active first.
+pub async fn scopes_of_day(ch: &mut Connection, day: u32, limit: usize) -> Result<Vec<(String, String)>, ChError> {
+    let limit = limit.min(MAX_SCOPES_READ_AT_START);
     let (y, m, d) = crate::worker::aggregate::what::civil(day);
     let sql = format!(
         "SELECT toString(game_id), toString(env) FROM analytics.daily_users WHERE d = toDate('{y:04}-{m:02}-{d:02}') \
-         GROUP BY game_id, env ORDER BY max(dau) DESC, game_id, env LIMIT {MAX_SCOPES_READ_AT_START}"
+         GROUP BY game_id, env ORDER BY max(dau) DESC, game_id, env LIMIT {limit}"
     );
     let rows = ch.select(&sql, &[]).await?.rows;
     Ok(rows
@@ -247,6 +238,16 @@ pub async fn scopes_of_day(ch: &mut Connection, day: u32) -> Result<Vec<(String,
         .collect())
 }
 
+/// The statements reading the rows `table` holds (`FINAL`: the figure the product reads)
+/// for `keys` (game, environment, minute or UTC day): one for any ordinary write. Per
+/// game and environment, `game_id = … AND env = … AND <period> >= <first> AND <period> <=
+/// <last> AND <period> IN (…)`, joined by `OR`: conditions on the sort key `(game_id,
+/// env, period)` (and the bounds on the partition key's column), so only the granules of
+/// those rows are read, on ClickHouse 18.16 as on later versions, and on a cluster through
+/// the `Distributed` table (whose figures are all on the first shard). Every string goes
+/// through [`quote`]. Statements stay within [`EXISTING_SQL_BYTES`] (one game's and
+/// environment's condition alone may pass it by its quoted names): a long list of one
+/// scope's periods is split over conditions, and conditions over statements.
 pub fn existing_sql(table: Figure, keys: &[(&str, &str, u32)]) -> Vec<String> {
     let mut sorted = keys.to_vec();
     sorted.sort_unstable();

@@ -153,7 +153,7 @@ impl Probes {
     /// with `others` (for `/metrics`), those of other counts ingest wrote with.
     pub async fn streams(&self, others: bool) -> Result<Vec<StreamReading>, String> {
         if !self.redis.is_up() {
-            return Err(match crate::redis::auth::recent_refusal() {
+            return Err(match crate::redis::auth::why_not_connected() {
                 Some(why) => format!("not connected to {}: {why}", self.redis_addr),
                 None => format!("not connected to {}", self.redis_addr),
             });

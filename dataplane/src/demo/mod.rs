@@ -52,7 +52,10 @@ fn say(text: &str) {
         return;
     }
     let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    // A standard output left non-blocking by another program that is full: this frame
+    // is dropped, the next one drawn.
+    if written.as_ref().is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock) {
         OUTPUT_GONE.store(true, Ordering::Relaxed);
         if let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
             // SAFETY: dup2 onto standard output of a descriptor we own (closed after).
@@ -139,8 +142,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
         {
             return Err(format!(
-                "a clickhouse-server an earlier demo started still runs on {} (stop it first — `fuser {}` \
-                 lists it — or give this demo another --dir)",
+                "a clickhouse-server an earlier demo started still runs on {} (it may be stopping: try again \
+                 in a moment; else stop it — `fuser {}` lists it — or give this demo another --dir)",
                 dir.display(),
                 status.display()
             ));
@@ -367,7 +370,9 @@ fn run(o: &Options) -> Result<(), String> {
         dashboard: dashboard.as_ref().map(|d| d.display().to_string()),
     };
     let started = Instant::now();
-    let (mut last_metrics, mut last_at) = (figures::metrics(control).unwrap_or_default(), Instant::now());
+    // The last reading of the counters (none until one succeeds) and the rates shown.
+    let mut last: Option<(Metrics, Instant)> = figures::metrics(control).ok().map(|m| (m, Instant::now()));
+    let mut rates = (0.0, 0.0);
     let mut stored = Stored::default();
     let live = !o.plain;
     if live {
@@ -389,12 +394,24 @@ fn run(o: &Options) -> Result<(), String> {
             || o.duration.is_some_and(|d| started.elapsed() >= d);
         // The rates are the counters' differences over the time between their readings (a
         // reading that failed is skipped: the next difference spans both seconds).
-        let (m, read_at) = match figures::metrics(control) {
-            Ok(m) => (m, Instant::now()),
-            Err(_) => (last_metrics, last_at),
+        // A reading that fails keeps the rates shown; the next difference spans both seconds.
+        let m = match (figures::metrics(control), last) {
+            (Ok(m), Some((before, at))) => {
+                let secs = at.elapsed().as_secs_f64();
+                if secs > 0.0 {
+                    let per_sec = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+                    rates = (per_sec(m.accepted, before.accepted), per_sec(m.refused, before.refused));
+                }
+                last = Some((m, Instant::now()));
+                m
+            }
+            (Ok(m), None) => {
+                last = Some((m, Instant::now()));
+                m
+            }
+            (Err(_), Some((before, _))) => before,
+            (Err(_), None) => Metrics::default(),
         };
-        let secs = read_at.duration_since(last_at).as_secs_f64();
-        let per_sec = |now: u64, before: u64| if secs > 0.0 { now.saturating_sub(before) as f64 / secs } else { 0.0 };
         if let Ok(s) = figures::stored(ch_addr, redis_addr) {
             stored = s;
         }
@@ -402,8 +419,8 @@ fn run(o: &Options) -> Result<(), String> {
         let view = View {
             elapsed: started.elapsed(),
             duration: o.duration,
-            accepted_per_sec: per_sec(m.accepted, last_metrics.accepted),
-            refused_per_sec: per_sec(m.refused, last_metrics.refused),
+            accepted_per_sec: rates.0,
+            refused_per_sec: rates.1,
             metrics: m,
             stored: stored.clone(),
             ack_ms: load::percentiles(&mut recent),
@@ -411,7 +428,6 @@ fn run(o: &Options) -> Result<(), String> {
             day_part: (started.elapsed().as_secs_f64() / o.day.as_secs_f64()).min(1.0),
             endpoints: endpoints.clone(),
         };
-        (last_metrics, last_at) = (m, read_at);
         if live {
             // One write that draws over the last frame (each line cleared to its end, the
             // rest below cleared after it): the screen is never blank, and never half drawn

@@ -383,12 +383,24 @@ pub fn recently_logged(what: String) -> bool {
 
 /// The refusals of the last few seconds, for `/readyz`: which server refused what, and
 /// the keys to check or the permissions the user needs. `None` when none was refused
-/// recently.
+/// recently. A sentinel that names no primary by `redis.master_name` is not among them
+/// (the others may name it, and the connection works): [`why_not_connected`] says it.
 pub fn recent_refusal() -> Option<String> {
+    refusals(false)
+}
+
+/// [`recent_refusal`] for a connection that is not up: with the sentinels that name no
+/// primary by `redis.master_name` (the likely reason when every one of them says so).
+pub fn why_not_connected() -> Option<String> {
+    refusals(true)
+}
+
+fn refusals(unnamed: bool) -> Option<String> {
     let all = lock(&REFUSALS);
     let said: Vec<String> = all
         .iter()
         .filter(|(_, r)| r.at.elapsed() < RECENT)
+        .filter(|(_, r)| unnamed || !matches!(r.problem, Problem::Unnamed(_)))
         .map(|((slot, server), r)| {
             let role = if *slot == 0 { Role::Redis } else { Role::Sentinel };
             match &r.problem {

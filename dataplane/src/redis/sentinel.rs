@@ -949,8 +949,9 @@ impl Peer {
                 Some((_, Some(master))) => {
                     let n = named(&master, &frame);
                     match (&n, &master) {
-                        // Refused: logged and shown by `/readyz`, as a refused password is.
-                        (None, Frame::Error(e)) => auth::note_unnamed(&self.addr, e),
+                        // A name it does not monitor: logged, and shown by `/readyz` while
+                        // the primary is not connected, as a refused password is.
+                        (None, Frame::Error(e)) if e.contains("No such master") => auth::note_unnamed(&self.addr, e),
                         (None, _) => {
                             tracing::debug!(sentinel = %self.addr, "the sentinel does not name the primary with its epoch")
                         }

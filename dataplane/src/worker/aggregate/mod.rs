@@ -105,6 +105,12 @@ pub struct Aggregator {
     /// gauges of a worker just started report them at once, not each with its scope's
     /// next event (an absent gauge reads as 0 to the alerts and the boards).
     discover: Cell<bool>,
+    /// The most scopes read back so: an eighth of `aggregate.max_sketches` (a scope takes
+    /// up to 8 sketches), so that the shard keeps room for the day's new ones.
+    discover_limit: usize,
+    /// When the read was last tried (it waits on ClickHouse: tried at most every
+    /// [`DISCOVER_RETRY`] while ClickHouse does not answer, not at every round).
+    discover_tried: Cell<Option<Instant>>,
     /// How often shard 0 also writes the rows marked unwritten for longer than this
     /// (`aggregate.resend_ms`; none on other shards, or with `resend_ms = 0`): marks a
     /// worker killed while others run left, without waiting for a start.
@@ -151,6 +157,8 @@ impl Aggregator {
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
             discover: Cell::new(shard == 0),
+            discover_limit: cfg.max_sketches / 8,
+            discover_tried: Cell::new(None),
             orphans_every: (shard == 0 && cfg.resend_ms > 0).then(|| Duration::from_millis(cfg.resend_ms)),
             orphans_checked: Cell::new(Instant::now()),
             reconcile_warned: Cell::new(None),
@@ -680,15 +688,20 @@ impl Aggregator {
                 }
             }
         }
-        if self.discover.get() && !last {
+        if self.discover.get() && !last && self.discover_tried.get().is_none_or(|t| t.elapsed() >= DISCOVER_RETRY) {
+            let first = self.discover_tried.get().is_none();
+            self.discover_tried.set(Some(Instant::now()));
             match self.discover_today(ch, opts).await {
                 Ok(n) => {
                     self.discover.set(false);
                     tracing::debug!(scopes = n, "today's figures to read back for the live gauges");
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "today's games not read from daily_users; retried at the next flush")
-                }
+                Err(e) if first => tracing::warn!(
+                    error = %e,
+                    "today's games not read from daily_users: the live gauges come with each game's next event \
+                     until ClickHouse answers (tried every 10 s)"
+                ),
+                Err(e) => tracing::debug!(error = %e, "today's games not read from daily_users"),
             }
         }
         if !last && self.written.get().is_some_and(|t| t.elapsed() < self.write_every) {
@@ -708,7 +721,7 @@ impl Aggregator {
         }
         let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
         let today = what::day_of(crate::ingest::now_ms());
-        let scopes = match aggregates::scopes_of_day(conn, today).await {
+        let scopes = match aggregates::scopes_of_day(conn, today, self.discover_limit).await {
             Ok(s) => s,
             Err(e) => {
                 // The next round connects again.
@@ -745,6 +758,10 @@ impl Aggregator {
         self.round(&mut ch, opts, true).await;
     }
 }
+
+/// How often shard 0 tries again to read today's games from `daily_users` at a start
+/// ([`Aggregator::discover`]) while ClickHouse does not answer.
+const DISCOVER_RETRY: Duration = Duration::from_secs(10);
 
 /// The keys to read back after merging sketches (`touched`: kind, game, environment,
 /// period): each online minute alone, and for each day touched, the day's DAU, new-users

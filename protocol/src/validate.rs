@@ -518,6 +518,11 @@ const ALIASES: [(&str, usize); 13] = [
 // The aliases seen in a record are a bit each in a `u16`.
 const _: () = assert!(ALIASES.len() <= 16);
 
+/// Whether `v` gives no value: `null`, or `""` (an optional text field's absence).
+fn absent(v: &Value<'_, '_>) -> bool {
+    v.as_null().is_some() || v.as_str() == Some("")
+}
+
 /// Whether `v` is of the type field `slot` takes.
 fn fits(slot: usize, v: &Value<'_, '_>) -> bool {
     match slot {
@@ -591,7 +596,13 @@ impl<'t, 'v> Rec<'t, 'v> {
                     });
                 }
                 seen |= 1 << i;
-                self.aliased &= !(1 << i);
+                if self.aliased & (1 << i) != 0 {
+                    // `null` or `""` is an absent field: the alias given before stays.
+                    if absent(&v) {
+                        continue;
+                    }
+                    self.aliased &= !(1 << i);
+                }
             } else {
                 if seen_aliases & (1 << alias) != 0 {
                     let field = ALIASES[alias as usize].0;
@@ -599,7 +610,10 @@ impl<'t, 'v> Rec<'t, 'v> {
                 }
                 seen_aliases |= 1 << alias;
                 let earlier = self.aliased & (1 << i) != 0 && self.alias[i] < alias;
-                if seen & (1 << i) != 0 || earlier || v.as_null().is_some() || !fits(i, &v) {
+                // The field's own name wins when it gave a value (`null` or `""` is none).
+                let own =
+                    seen & (1 << i) != 0 && self.aliased & (1 << i) == 0 && self.fields[i].is_some_and(|v| !absent(&v));
+                if own || earlier || absent(&v) || !fits(i, &v) {
                     continue;
                 }
                 self.aliased |= 1 << i;
@@ -1189,6 +1203,11 @@ mod tests {
         assert_eq!(one(r#""UserID":"c","uid":"a","Properties":{"z":3},"attrs":{"x":1}"#), both("a", r#"{"x":1}"#));
         assert_eq!(one(r#""uid":7,"attrs":"x","Platform":3"#), both("", "{}"));
         assert_eq!(one(r#""uid":null,"UserID":"c","attrs":null,"properties":{"p":1}"#), both("c", r#"{"p":1}"#));
+        // `null` or `""` under the field's own name is no value: an alias fills it, in
+        // either order.
+        assert_eq!(one(r#""user_id":null,"uid":"a","props":null,"attrs":{"x":1}"#), both("a", r#"{"x":1}"#));
+        assert_eq!(one(r#""uid":"a","user_id":"","attrs":{"x":1},"props":null"#), both("a", r#"{"x":1}"#));
+        assert_eq!(one(r#""uid":"","user_id":null"#), both("", "{}"));
         // The same name twice is refused, an alias as a field.
         let (_, field, problem) = field_err(events(&format!(r#"[{rec},"uid":"a","uid":"b"}}]"#)));
         assert_eq!((field, problem), ("uid", Problem::Invalid("given once")));

@@ -53,7 +53,8 @@ impl Source for RealtimeGauges {
                 // Yesterday's new users too: the day-1 cohort.
                 p.period == today || (p.kind == Kind::New && p.period + 1 == today)
             };
-            if current {
+            // Only sketches raised to Redis's merged key once: the all-workers figure.
+            if current && p.read_back.load(std::sync::atomic::Ordering::Relaxed) {
                 merged.entry((p.kind, p.game, p.env, p.period)).or_default().merge(&p.reader.snapshot());
             }
         }
@@ -147,6 +148,17 @@ mod tests {
         for i in 0..3_000 {
             s.event("g", "e", "login", &format!("p-{i}"), "", now);
         }
+        // The shard's own adds alone are not the all-workers figure: no gauge until the
+        // sketch is raised to Redis's key once (a round's read-back, here the same adds).
+        let mut enc = Encoder::new();
+        RealtimeGauges::new(published.clone()).encode(&mut enc);
+        let text = enc.finish();
+        assert!(!text.contains("croupier_realtime_dau"), "{text}");
+        let mut dau = Sketch::new();
+        for i in 0..3_000 {
+            dau.add(format!("p-{i}").as_bytes());
+        }
+        s.merge_back(Kind::Dau, "g", "e", day_of(now), &dau, true);
         s.merge_back(Kind::New, "g", "e", day_of(now) - 1, &cohort, true);
         let mut enc = Encoder::new();
         RealtimeGauges::new(published).encode(&mut enc);

@@ -2,6 +2,7 @@
 //! the shard alone (no locks); each one's reader is published for the control thread.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use croupier_protocol::hll::{hash_element, Sketch, SketchReader, SketchWriter};
@@ -23,6 +24,11 @@ pub struct PublishedSketch {
     pub period: u32,
     /// Live reader.
     pub reader: SketchReader,
+    /// Whether it has been raised to Redis's merged key once (made from a read-back, or
+    /// read back since): before that it holds only this shard's adds, which the gauges do
+    /// not show as the all-workers figure (a worker just started would read a day's
+    /// players as the few it has counted itself).
+    pub read_back: Arc<AtomicBool>,
 }
 
 /// The readers of every worker shard's sketches, for the control thread. Locked only when
@@ -75,6 +81,8 @@ impl Published {
 struct Slot {
     writer: SketchWriter,
     dirty: bool,
+    /// Shared with its [`PublishedSketch`].
+    read_back: Arc<AtomicBool>,
 }
 
 /// The sketches of one game and environment.
@@ -566,6 +574,7 @@ impl Sketches {
         let Some(s) = self.scopes.get_mut(scope) else { return };
         if let Some(slot) = s.get_mut(kind, period) {
             slot.writer.merge(merged);
+            slot.read_back.store(true, Ordering::Relaxed);
             return;
         }
         if create {
@@ -600,6 +609,7 @@ impl Sketches {
         if let Some(m) = merged {
             writer.merge(m);
         }
+        let read_back = Arc::new(AtomicBool::new(merged.is_some()));
         self.published.lock().push(PublishedSketch {
             shard: self.shard,
             kind,
@@ -607,8 +617,9 @@ impl Sketches {
             env: s.env.clone(),
             period,
             reader: writer.reader(),
+            read_back: read_back.clone(),
         });
-        let i = s.insert(kind, period, Slot { writer, dirty: false });
+        let i = s.insert(kind, period, Slot { writer, dirty: false, read_back });
         if let Some(g) = self.games.get_mut(&*s.game) {
             g.held += 1;
         }

@@ -495,8 +495,9 @@ fn slot_of(key: &str) -> Option<Named> {
 /// Other names Croupier's client SDKs give record fields, in [`Named::alias`] order, each
 /// with the slot it fills: `attrs` (its JS/H5 SDK's documentation), `properties` and `uid`
 /// (the superset a compatible server accepts), and the PascalCase fields its Unity SDK's
-/// documentation serialises. A field's own name wins over its aliases, and an alias
-/// earlier in this list over a later one; an alias whose value is not of the field's type
+/// documentation serialises. A field's own name wins over its aliases when it gives a
+/// value (`null` and `""` give none: [`absent`]), and an alias earlier in this list over a
+/// later one; an alias whose value is not of the field's type
 /// (`"uid": 7`, `"attrs": "x"`) is ignored, as any unknown field is: a record that was
 /// valid without them stays valid. An alias, as a field, given twice is refused.
 const ALIASES: [(&str, usize); 13] = [

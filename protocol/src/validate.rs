@@ -871,14 +871,27 @@ pub fn parse_events_scoped(
                 dropped += 1;
             }
         }
-        if records == 0 {
-            return Err(BodyError::Empty);
-        }
-        Ok(Scoped {
-            game: if scope.game.is_none() { first.map(str::to_owned) } else { None },
-            dropped,
-            env_filled: r.env_filled.get(),
-        })
+        scoped(scope, first, dropped, records, &r)
+    })
+}
+
+/// What a scoped parse of `records` records (`null` elements left out) found: the batch's
+/// game when the scope named none (`first`), the records `dropped`, and whether the
+/// scope's env filled one (kept by `r`); a batch of `null`s alone holds no record.
+fn scoped(
+    scope: &Scope<'_>,
+    first: Option<&str>,
+    dropped: usize,
+    records: usize,
+    r: &Rec<'_, '_>,
+) -> Result<Scoped, BodyError> {
+    if records == 0 {
+        return Err(BodyError::Empty);
+    }
+    Ok(Scoped {
+        game: if scope.game.is_none() { first.map(str::to_owned) } else { None },
+        dropped,
+        env_filled: r.env_filled.get(),
     })
 }
 
@@ -914,14 +927,7 @@ pub fn parse_payments_scoped(
                 Verdict::Refuse => return Err(BodyError::NotAllowed { index, field: "record" }),
             }
         }
-        if records == 0 {
-            return Err(BodyError::Empty);
-        }
-        Ok(Scoped {
-            game: if scope.game.is_none() { first.map(str::to_owned) } else { None },
-            dropped,
-            env_filled: r.env_filled.get(),
-        })
+        scoped(scope, first, dropped, records, &r)
     })
 }
 

@@ -264,15 +264,7 @@ fn demo_refuses_a_second_demo_on_its_directory_and_stops_on_a_hang_up() {
     assert!(dir.join("redis").is_dir() && dir.join("clickhouse").is_dir(), "the running demo's data was deleted");
     // The terminal goes: everything stops.
     drop(session);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = left_running(&dir);
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still running after the hang-up: {left:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_all_stopped(&dir, "after the hang-up");
 }
 
 /// Processes working in `dir` (the servers run in its sub-directories) or running

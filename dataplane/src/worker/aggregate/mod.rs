@@ -510,17 +510,14 @@ impl Aggregator {
             }
             (std::mem::take(&mut f.minutes), std::mem::take(&mut f.days), revenue)
         };
-        if ch.is_none() {
-            match Connection::connect(opts).await {
-                Ok(c) => *ch = Some(c),
-                Err(e) => {
-                    self.put_back_figures(minutes, days);
-                    self.put_back_revenue(revenue);
-                    return Err(e.to_string());
-                }
+        let conn = match connected(ch, opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.put_back_figures(minutes, days);
+                self.put_back_revenue(revenue);
+                return Err(e);
             }
-        }
-        let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
+        };
         let mut failed = None;
         if !minutes.is_empty() || !days.is_empty() {
             let m: Vec<MinuteRow> = minutes.values().cloned().collect();
@@ -716,10 +713,7 @@ impl Aggregator {
     /// Queues today's keys of every game and environment with a `daily_users` row today
     /// for the next read-back ([`Aggregator::discover`]); how many.
     async fn discover_today(&self, ch: &mut Option<Connection>, opts: &ChOptions) -> Result<usize, String> {
-        if ch.is_none() {
-            *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
-        }
-        let Some(conn) = ch.as_mut() else { return Err("no ClickHouse connection".to_owned()) };
+        let conn = connected(ch, opts).await?;
         let today = what::day_of(crate::ingest::now_ms());
         let scopes = match aggregates::scopes_of_day(conn, today, self.discover_limit).await {
             Ok(s) => s,
@@ -757,6 +751,14 @@ impl Aggregator {
         let mut ch = None;
         self.round(&mut ch, opts, true).await;
     }
+}
+
+/// The round's ClickHouse connection, made first when there is none.
+async fn connected<'c>(ch: &'c mut Option<Connection>, opts: &ChOptions) -> Result<&'c mut Connection, String> {
+    if ch.is_none() {
+        *ch = Some(Connection::connect(opts).await.map_err(|e| e.to_string())?);
+    }
+    ch.as_mut().ok_or_else(|| "no ClickHouse connection".to_owned())
 }
 
 /// How often shard 0 tries again to read today's games from `daily_users` at a start

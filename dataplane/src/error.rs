@@ -198,7 +198,9 @@ impl IngestError {
             IngestError::Body(BodyError::Field { index, field, .. }) => {
                 format!(r#","field":"{field}","index":{index}"#)
             }
-            IngestError::Body(BodyError::GameMismatch { index }) => format!(r#","field":"game_id","index":{index}"#),
+            IngestError::Body(BodyError::GameMismatch { index, field }) => {
+                format!(r#","field":"{field}","index":{index}"#)
+            }
             IngestError::Body(BodyError::NotAllowed { index, field }) => {
                 format!(r#","field":"{field}","index":{index}"#)
             }
@@ -264,7 +266,7 @@ mod tests {
             IngestError::Body(BodyError::Empty),
             IngestError::Body(BodyError::TooManyRecords(1)),
             IngestError::Body(field),
-            IngestError::Body(BodyError::GameMismatch { index: 0 }),
+            IngestError::Body(BodyError::GameMismatch { index: 0, field: "game_id" }),
             IngestError::Body(BodyError::NotAllowed { index: 0, field: "event" }),
             IngestError::MissingCredentials("X-Nonce"),
             IngestError::UnknownGame,
@@ -313,7 +315,7 @@ mod tests {
 
     #[test]
     fn statuses_and_retry_after() {
-        assert_eq!(IngestError::Body(BodyError::GameMismatch { index: 0 }).status(), 403);
+        assert_eq!(IngestError::Body(BodyError::GameMismatch { index: 0, field: "game_id" }).status(), 403);
         assert_eq!(IngestError::from(HttpError::BadRequest("x")).status(), 400);
         assert_eq!(IngestError::ReplayedNonce.status(), 401);
         let e = IngestError::BacklogFull { stream: StreamKind::Events, retry_after: 2 };

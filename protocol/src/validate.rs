@@ -81,6 +81,8 @@ pub enum BodyError {
     GameMismatch {
         /// Position of the record in the batch.
         index: usize,
+        /// The field as the record named it (`game_id`, or an alias such as `GameID`).
+        field: &'static str,
     },
     /// A record the game's filters do not allow, where the filters refuse rather than
     /// drop (client ingest, `docs/sdk.md`).
@@ -107,8 +109,8 @@ impl std::fmt::Display for BodyError {
                 Problem::Invalid(what) => write!(f, "record {index}: field `{field}` must be {what}"),
                 Problem::TooLong(max) => write!(f, "record {index}: field `{field}` is longer than {max} bytes"),
             },
-            BodyError::GameMismatch { index } => {
-                write!(f, "record {index}: `game_id` differs from the game of the credential")
+            BodyError::GameMismatch { index, field } => {
+                write!(f, "record {index}: `{field}` differs from the game of the credential")
             }
             BodyError::NotAllowed { index, field } => {
                 write!(f, "record {index}: `{field}` is not allowed by the game's filters")
@@ -627,11 +629,15 @@ impl<'t, 'v> Rec<'t, 'v> {
 
     /// A refusal of the field in `slot`, named as the record gave it.
     fn err(&self, slot: usize, problem: Problem) -> BodyError {
-        let field = match self.aliased & (1 << slot) != 0 {
+        BodyError::Field { index: self.index, field: self.name(slot), problem }
+    }
+
+    /// The name the record gave the field in `slot` (its own, or the alias it used).
+    fn name(&self, slot: usize) -> &'static str {
+        match self.aliased & (1 << slot) != 0 {
             true => ALIASES[self.alias[slot] as usize].0,
             false => KNOWN_FIELDS[slot],
-        };
-        BodyError::Field { index: self.index, field, problem }
+        }
     }
 
     fn get(&self, slot: usize) -> Option<Value<'t, 'v>> {
@@ -663,7 +669,7 @@ impl<'t, 'v> Rec<'t, 'v> {
     fn game(&self, game: Option<&str>) -> Result<&'v str, BodyError> {
         let g = self.req_str(f::GAME_ID)?;
         if game.is_some_and(|want| g != want) {
-            return Err(BodyError::GameMismatch { index: self.index });
+            return Err(BodyError::GameMismatch { index: self.index, field: self.name(f::GAME_ID) });
         }
         Ok(g)
     }
@@ -1290,7 +1296,11 @@ mod tests {
     fn refuses_other_games_and_bad_shapes() {
         assert_eq!(
             events(r#"[{"ts":1795617749,"game_id":"g2","env":"prod","event":"login"}]"#),
-            Err(BodyError::GameMismatch { index: 0 })
+            Err(BodyError::GameMismatch { index: 0, field: "game_id" })
+        );
+        assert_eq!(
+            events(r#"[{"ts":1795617749,"GameID":"g2","env":"prod","event":"login"}]"#),
+            Err(BodyError::GameMismatch { index: 0, field: "GameID" })
         );
         assert_eq!(events("[]"), Err(BodyError::Empty));
         assert_eq!(events(r#"{"x":1}"#), Err(BodyError::NotABatch));

@@ -30,7 +30,10 @@ export interface Config {
   flushInterval?: number;
   /** Heartbeat period, ms; 0 turns heartbeats off (default 60000). */
   heartbeatInterval?: number;
-  /** Most records kept while they cannot be sent; the oldest go first, told to `onError` (default 1000). */
+  /**
+   * Most records kept waiting while they cannot be sent, beside the batch being posted; the
+   * oldest go first, told to `onError` (default 1000; at least 1).
+   */
   maxQueue?: number;
   /** Longest back-off between retries, ms (default 60000). */
   maxBackoff?: number;
@@ -413,13 +416,13 @@ export class Client {
   }
 
   /**
-   * Keeps the queue to `maxQueue` records: the oldest go first, except those being
-   * posted (their answer decides), and `onError` is told how many went.
+   * Keeps the records waiting (those not being posted: their answer decides) to
+   * `maxQueue`: the oldest go first, and `onError` is told how many went.
    */
   private bound(): void {
-    const over = this.queue.length - this.c.maxQueue;
-    if (over <= 0) return;
     const posting = this.inflight?.batch ?? [];
+    const over = this.queue.length - posting.length - Math.max(1, Math.floor(this.c.maxQueue) || 1);
+    if (over <= 0) return;
     const gone = new Set(this.queue.filter((i) => !posting.includes(i)).slice(0, over));
     if (!gone.size) return;
     this.queue = this.queue.filter((i) => !gone.has(i));
@@ -436,7 +439,7 @@ export class Client {
     if (!n) return;
     this.report({
       reason: "dropped",
-      message: `the queue holds at most ${this.c.maxQueue} records while they cannot be sent: the ${n} oldest dropped`,
+      message: `the queue holds at most ${Math.max(1, Math.floor(this.c.maxQueue) || 1)} records while they cannot be sent: the ${n} oldest dropped`,
       records: n,
     });
   }

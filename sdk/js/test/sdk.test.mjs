@@ -166,12 +166,35 @@ test("a full queue drops the oldest records that are not being posted, and tells
   await sleep(5);
   assert.deepEqual(calls.map((b) => b.map((r) => r.event)), [["a0", "a1"]]);
   for (let i = 2; i < 7; i++) c.track(`a${i}`);
-  assert.deepEqual(c.queue.map((i) => i.r.event), ["a0", "a1", "a5", "a6"], "the batch being posted stays");
+  // The batch being posted stays, beside at most 4 waiting: the newest.
+  assert.deepEqual(c.queue.map((i) => i.r.event), ["a0", "a1", "a3", "a4", "a5", "a6"]);
   await sleep(600);
-  assert.deepEqual(told.map((e) => [e.reason, e.records]), [["dropped", 3]]);
+  assert.deepEqual(told.map((e) => [e.reason, e.records]), [["dropped", 1]]);
   assert.match(told[0].message, /at most 4 records/);
   release();
   await sleep(5);
+  c.close();
+});
+
+test("a queue smaller than a batch keeps the newest beside the batch being posted; maxQueue 0 is 1", async () => {
+  let release;
+  const hang = new Promise((r) => (release = r));
+  const calls = [];
+  const f = async (url, init) => {
+    calls.push(JSON.parse(init.body).map((r) => r.event));
+    await hang;
+    return new Response('{"accepted":1}', { status: 202 });
+  };
+  const c = client({ fetch: f, maxQueue: 0, batchSize: 1, onError: () => {} });
+  c.track("c0"); // posted, and held
+  await sleep(5);
+  c.track("c1");
+  c.track("c2");
+  assert.deepEqual(c.queue.map((i) => i.r.event), ["c0", "c2"]);
+  release();
+  await sleep(20);
+  assert.deepEqual(calls, [["c0"], ["c2"]]);
+  assert.equal(c.queue.length, 0);
   c.close();
 });
 

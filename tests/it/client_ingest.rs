@@ -185,6 +185,11 @@ fn client_ingest_tokens_and_write_keys() {
     refused(&with(("Authorization", &bearer(&other_only))), 403, "game_not_allowed");
     // Write keys: valid, the other game's key for this game, unknown, revoked, none.
     ok(&with(("X-Write-Key", KEY)), 2, 0);
+    // Another scheme's `Authorization` (a proxy's or a staging site's Basic) beside a key
+    // is not the credential; alone it is a bad token.
+    let basic = ("Authorization", "Basic dXNlcjpwYXNz");
+    ok(&post(&f, EVENTS, &[scope[0], scope[1], basic, ("X-Write-Key", KEY)], &body), 2, 0);
+    refused(&with(basic), 401, "bad_token");
     refused(&with(("X-Write-Key", OTHER_KEY)), 403, "game_mismatch");
     refused(&with(("X-Write-Key", "pk_nobody_has_this_key")), 401, "unknown_key");
     refused(&with(("X-Write-Key", REVOKED)), 401, "revoked_key");
@@ -234,7 +239,7 @@ fn client_ingest_tokens_and_write_keys() {
     let text = enc.finish();
     // The game is the credential's, else the configured game `X-Game-ID` names.
     for (game, reason, n) in [
-        (GAME, "bad_token", 2.0),
+        (GAME, "bad_token", 3.0),
         (GAME, "missing_permission", 1.0),
         (GAME, "game_not_allowed", 1.0),
         (OTHER_GAME, "game_mismatch", 1.0),

@@ -32,14 +32,23 @@ pub fn query_key(query: &str) -> Option<Cow<'_, str>> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v).filter(|k| !k.is_empty())
 }
 
-/// Checks the request's credential: `Authorization` first, then `X-Write-Key`, then
-/// `?key=`.
+/// Whether an `Authorization` value uses the `Bearer` scheme (case-insensitive, RFC 9110).
+fn is_bearer(authorization: &str) -> bool {
+    authorization.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+}
+
+/// Checks the request's credential: a `Bearer` `Authorization` first, then `X-Write-Key`,
+/// then `?key=`. An `Authorization` of another scheme (a proxy's or a staging site's
+/// `Basic`) is not this route's credential: beside a write key it is ignored, alone it is
+/// refused as a bad token.
 pub fn check<'s>(
     shard: &'s Shard,
     authorization: Option<&str>,
     header_key: Option<&str>,
     query: &str,
 ) -> Result<Sender<'s>, IngestError> {
+    let key = header_key.filter(|k| !k.is_empty()).map(Cow::Borrowed).or_else(|| query_key(query));
+    let authorization = authorization.filter(|a| is_bearer(a) || key.is_none());
     if authorization.is_some() {
         let verifier = shard.verifier.as_ref().ok_or_else(|| IngestError::BadToken("no keys are configured".into()))?;
         let caller = verifier.verify(authorization).map_err(|e| match e {
@@ -54,11 +63,7 @@ pub fn check<'s>(
         }
         return Ok(Sender::Token(caller));
     }
-    let key = header_key
-        .filter(|k| !k.is_empty())
-        .map(Cow::Borrowed)
-        .or_else(|| query_key(query))
-        .ok_or(IngestError::MissingCredentials("Authorization or X-Write-Key"))?;
+    let key = key.ok_or(IngestError::MissingCredentials("Authorization or X-Write-Key"))?;
     let (key, found) = shard.keys.get_key_value(key.as_ref()).ok_or(IngestError::UnknownKey)?;
     if found.revoked {
         return Err(IngestError::RevokedKey);
@@ -69,6 +74,15 @@ pub fn check<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bearer_is_a_token() {
+        assert!(is_bearer("Bearer abc"));
+        assert!(is_bearer("bearer abc"));
+        assert!(!is_bearer("Basic dXNlcjpwYXNz"));
+        assert!(!is_bearer("Bearer"));
+        assert!(!is_bearer("Béarer x"));
+    }
 
     #[test]
     fn key_from_the_query() {

@@ -32,9 +32,9 @@ pub fn query_key(query: &str) -> Option<Cow<'_, str>> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v).filter(|k| !k.is_empty())
 }
 
-/// Whether an `Authorization` value uses the `Bearer` scheme (case-insensitive, RFC 9110).
+/// Whether an `Authorization` value is a `Bearer` token (the scheme in any case).
 fn is_bearer(authorization: &str) -> bool {
-    authorization.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+    crate::http::request::bearer_token(Some(authorization)).is_some()
 }
 
 /// Checks the request's credential: a `Bearer` `Authorization` first, then `X-Write-Key`,

@@ -18,6 +18,7 @@ use crate::auth::CredentialHeaders;
 use crate::client;
 use crate::error::IngestError;
 use crate::http::conn;
+use crate::http::error::HttpError;
 use crate::http::handler::{Handler, Request};
 use crate::http::request::{Fields, Head};
 use crate::http::response::Response;
@@ -165,6 +166,16 @@ impl Handler for DataPort {
             Route::Ingest(endpoint) => ingest(&self.shard, endpoint, req).await,
             Route::Otlp(route) => otlp::handle(&self.shard, route, req).await,
             Route::Client(endpoint) => client::handle(&self.shard, endpoint, req).await,
+        }
+    }
+
+    /// A head refused on an ingest or client-ingest route counts as one refused record
+    /// of the game its `X-Game-Id` names (docs/metrics.md: a batch refused before its
+    /// records were counted counts as one).
+    fn refused_head(&self, head: &Head, error: &HttpError) {
+        if let Ok(Route::Ingest(_) | Route::Client(_)) = self.router.find(head.method, head.path()) {
+            let game = head.field(GAME_ID).unwrap_or_default();
+            ingest::count_refused(&self.shard, game, &IngestError::Http(error.clone()), 1);
         }
     }
 

@@ -63,6 +63,14 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
     let h = signed_headers(OTHER_GAME, OTHER_SECRET, b"[]", now_secs(), &fresh_nonce());
     assert_eq!(c.request("POST", "/api/ingest/events", &h, b"[]").error_tag(), "invalid_batch");
     assert_eq!(c.request("GET", "/nowhere", &[], b"").status, 404);
+    // A head refused after its request line (a credential header sent twice) counts on
+    // its route and as one refused record of its game; the connection closes after it.
+    let body = events(2);
+    let mut h = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let nonce = h.iter().find(|(k, _)| k.eq_ignore_ascii_case("X-Nonce")).cloned().expect("a nonce");
+    h.push(nonce);
+    let r = f.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
+    assert_eq!((r.status, r.error_tag().as_str()), (400, "bad_request"));
 
     let registry = f.ingest.as_ref().expect("running").metrics().clone();
     let mut enc = Encoder::new();
@@ -78,13 +86,14 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
     assert_eq!(v(r#"croupier_events_refused_total{game="(unknown)",reason="unknown_game"}"#), 1.0);
     assert_eq!(v(r#"croupier_events_refused_total{game="(unknown)",reason="missing_credentials"}"#), 1.0);
     assert_eq!(v(r#"croupier_events_refused_total{game="g2",reason="invalid_batch"}"#), 1.0);
+    assert_eq!(v(r#"croupier_events_refused_total{game="g1",reason="bad_request"}"#), 1.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="202"}"#), 10.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/payments",status="202"}"#), 4.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="401"}"#), 3.0);
-    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="400"}"#), 2.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="400"}"#), 3.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/payments",status="401"}"#), 1.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="unmatched",status="404"}"#), 1.0);
-    assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/events"}"#), 15.0);
+    assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/events"}"#), 16.0);
     assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/payments"}"#), 5.0);
     // The 14 accepted requests were sent one after another: a transaction each.
     assert_eq!(v("croupier_ingest_transaction_requests_count"), 14.0);

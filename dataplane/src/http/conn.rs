@@ -85,7 +85,11 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 Ok(false) => {}
                 Err(e) => {
                     let resp = e.response();
-                    handler.served(None, resp.status, elapsed(started));
+                    let path = head.read_line().then(|| head.path());
+                    if path.is_some() {
+                        handler.refused_head(&head, &e);
+                    }
+                    handler.served(path, resp.status, elapsed(started));
                     let _ = write(&mut sock, &mut b.output, resp, &server).await;
                     linger(&mut sock, &mut b.input).await;
                     return;

@@ -32,9 +32,17 @@ pub trait Handler {
     /// Answers a request routed to `route`.
     fn handle(&self, route: Self::Route, req: &mut Request<'_>) -> impl Future<Output = Response>;
 
-    /// Sees each answer before it is written: the request's path (`None` when its head
-    /// could not be read), the status, and the time from the request's first byte.
+    /// Sees each answer before it is written: the request's path (`None` when its
+    /// request line could not be read), the status, and the time from the request's
+    /// first byte.
     fn served(&self, path: Option<&str>, status: u16, duration: Duration);
+
+    /// Sees a head refused after its request line was read (a header sent twice, a bad
+    /// `Content-Length`, ...), before [`Handler::served`]: `head` holds its method, path
+    /// and the fields read before the fault. Nothing by default.
+    fn refused_head(&self, head: &Head, error: &HttpError) {
+        let _ = (head, error);
+    }
 }
 
 /// Where a request's body is.

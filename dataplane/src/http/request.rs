@@ -76,6 +76,8 @@ pub struct Head {
     query_end: usize,
     /// Where each field's value lies in `text`, when it was sent.
     fields: [Option<(usize, usize)>; MAX_FIELDS],
+    /// The last parse read the request line.
+    line_read: bool,
 }
 
 impl Head {
@@ -95,9 +97,16 @@ impl Head {
         self.text.get(start..end)
     }
 
+    /// Whether the last [`Head::parse_from`] read the request line (its method and
+    /// path), complete or refused after it.
+    pub fn read_line(&self) -> bool {
+        self.line_read
+    }
+
     /// Parses a head from the front of `buf` into `self`, reading `fields`: false when
     /// it is not complete yet.
     pub fn parse_from(&mut self, buf: &[u8], fields: &Fields) -> Result<bool, HttpError> {
+        self.line_read = false;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(buf) {
@@ -134,6 +143,7 @@ impl Head {
         self.text.push_str(target.split_once('?').map_or("", |(_, q)| q));
         self.query_end = self.text.len();
         self.fields = [None; MAX_FIELDS];
+        self.line_read = true;
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
         for h in req.headers.iter() {

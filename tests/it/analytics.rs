@@ -1021,6 +1021,53 @@ fn analytics_payments_are_exact() {
     assert_eq!(trend["products"][2]["points"], products[0]["points"]);
 }
 
+/// An order stored again at a later time (a client's retry stamped anew, across midnight)
+/// counts on its latest day only, in every report of payments: `FINAL` runs over whole
+/// orders before the range is applied (docs/aggregation.md), so day by day the figures
+/// add up to the range's.
+#[test]
+fn analytics_an_order_stored_again_later_counts_on_its_latest_day_only() {
+    let api = Api::start();
+    let today = api.history.today;
+    let (d1, d2) = (today - 3, today - 2);
+    // Two inserts: the second row is the order's latest.
+    for d in [d1, d2] {
+        api.ch.query(&format!(
+            "INSERT INTO analytics.payments ({PAYMENT_COLUMNS}) FORMAT TabSeparated\n\
+             {}\tg1\tmoved\tu1\tmv1\t1000\tUSD\tsuccess\tweb\tios\tUS\t\t\tgems\t\n",
+            d * DAY + 500
+        ));
+    }
+    let scope = "game_id=g1&env=moved";
+    let day = |a: i64, b: i64| format!("{scope}&start={}&end={}", date(a), date(b));
+    for (a, b, want) in [(d1, d1, 0), (d2, d2, 1000), (d1, d2, 1000)] {
+        let range = day(a, b);
+        let v = api.json(&format!("/api/analytics/payments/summary?{range}"));
+        assert_eq!(v["totals"]["revenue_cents"], want, "summary {range}");
+        let t = api.json(&format!("/api/analytics/payments/transactions?{range}"));
+        assert_eq!(t["total"], u64::from(want > 0), "transactions {range}");
+        let trend = api.json(&format!("/api/analytics/payments/product_trend?{range}&product_id=gems"));
+        let cents: u64 = trend["products"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["revenue_cents"].as_u64().unwrap())
+            .sum();
+        assert_eq!(cents, want, "product_trend {range}");
+        let o = api.json(&format!("/api/analytics/overview?{range}"));
+        assert_eq!(o["revenue_cents"], want, "overview {range}");
+        let series = api.json(&format!(
+            "/api/analytics/realtime/series?{scope}&start={}T00:00:00Z&end={}T23:59:00Z",
+            date(a),
+            date(b)
+        ));
+        let cents: u64 = series["revenue_cents"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+        assert_eq!(cents, want, "realtime/series {range}");
+    }
+    let t = api.json(&format!("/api/analytics/payments/transactions?{}", day(d1, d2)));
+    assert_eq!(t["transactions"][0]["time"], format!("{}T00:08:20Z", date(d2)));
+}
+
 /// The API keeps idle ClickHouse connections: after a restart of the server every one of
 /// them is closed, and the next request's queries, sent on them, are sent again on new
 /// connections rather than answered 502.

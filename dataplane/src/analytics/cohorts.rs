@@ -29,8 +29,9 @@ pub const LTV_DAYS: [i64; 4] = [1, 7, 30, 90];
 /// `events` (an SQL list) in `span` (a filter on `event_time`) — the revenue of a cohort.
 pub fn paid_by_day_sql(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> String {
     let w = ctx.scope.filter();
+    let from = super::payments::latest(pay, &w);
     format!(
-        "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS pd, sum(amount_cents) AS cents FROM analytics.payments FINAL \
+        "SELECT user_id, toUInt32(toDate(time, 'UTC')) AS pd, sum(amount_cents) AS cents FROM {from} \
          WHERE status = 'success' AND {pay}{w} AND user_id IN \
          (SELECT user_id FROM analytics.events WHERE event IN {events} AND {span}{w}) GROUP BY user_id, pd"
     )
@@ -105,8 +106,9 @@ pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         range.filter("event_time")
     );
     let paid = format!(
-        "SELECT user_id, sum(amount_cents) AS r FROM analytics.payments FINAL WHERE status = 'success' AND {}{w} \
+        "SELECT user_id, sum(amount_cents) AS r FROM {} WHERE status = 'success' AND {}{w} \
          GROUP BY user_id",
+        super::payments::latest(&range.filter("time"), &w),
         range.filter("time")
     );
     let by_kind = ctx

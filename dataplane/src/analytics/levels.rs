@@ -95,8 +95,11 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .iter()
         .map(|(s, n)| json!({ "step": s, "users": n, "rate": percent(*n as f64, started as f64) }))
         .collect();
-    let payers =
-        format!("SELECT user_id FROM analytics.payments WHERE status = 'success' AND {}{scope}", range.filter("time"));
+    let payers = format!(
+        "SELECT user_id FROM {} WHERE status = 'success' AND {}{scope}",
+        super::payments::latest(&range.filter("time"), &scope),
+        range.filter("time")
+    );
     // One pass over the range's events: per user, whether a new-user event is among them
     // (the `new` segment) and the level events (start 1, clear 2), each read once
     // (`LIMIT 1 BY event_id`); then per level.

@@ -43,9 +43,11 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         day(last - 6),
         day(last - 29)
     );
+    let pay_time = format!("time >= toDateTime({day0}) AND time <= toDateTime({day_end})");
     let pay_sql = format!(
         "SELECT sumIf(amount_cents, status = 'success'), uniqExactIf(user_id, status = 'success') \
-         FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({day_end}){w}"
+         FROM {} WHERE {pay_time}{w}",
+        super::payments::latest(&pay_time, &w)
     );
 
     // D-N of the latest cohort whose day N is complete: day N is at most yesterday and
@@ -63,8 +65,9 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         day(last_day)
     );
     let revenue_sql = format!(
-        "SELECT toUInt32(toDate(time, 'UTC')) AS d, sumIf(amount_cents, status = 'success') FROM analytics.payments FINAL \
+        "SELECT toUInt32(toDate(time, 'UTC')) AS d, sumIf(amount_cents, status = 'success') FROM {} \
          WHERE {}{w} GROUP BY d ORDER BY d",
+        super::payments::latest(&series_range.filter("time"), &w),
         series_range.filter("time")
     );
     let peak_sql = format!(

@@ -25,6 +25,26 @@ const DIMENSIONS: [(&str, &str); 6] = [
     ("product_id", "by_product"),
 ];
 
+/// `analytics.payments` as the reports read it, for rows whose `time` passes `time` (a
+/// condition on `time`) in `scope` (a `Scope::filter`): `FINAL` over whole orders — those
+/// with a row that passes — so that each order and status is one row, at its latest time;
+/// the caller's own conditions (`time` again among them) go outside, on `FINAL`'s result.
+/// A condition on `time` inside `FINAL` would keep a superseded row (an order stored
+/// again at a later time would count on both days: docs/aggregation.md). `order_id` is
+/// in the sort key, so only the granules of those orders are read; on a cluster the
+/// `IN` is `GLOBAL` (`distributed_product_mode`), and an order's rows are on one shard.
+pub fn latest(time: &str, scope: &str) -> String {
+    format!(
+        "(SELECT * FROM analytics.payments FINAL WHERE order_id IN \
+         (SELECT order_id FROM analytics.payments WHERE {time}{scope}){scope})"
+    )
+}
+
+/// The reports' payments of `range` in the request's scope ([`latest`]).
+fn latest_in(ctx: &Ctx<'_>, range: &Range) -> String {
+    latest(&range.filter("time"), &ctx.scope.filter())
+}
+
 /// The WHERE clause: range, scope, then the dimension filters given, and `status`
 /// (`refund` or `refunded` matches both) when `with_status`.
 fn filter(ctx: &Ctx<'_>, range: &Range, with_status: bool) -> String {
@@ -48,11 +68,12 @@ fn filter(ctx: &Ctx<'_>, range: &Range, with_status: bool) -> String {
 pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let range = Range::from(ctx.params, ctx.now, 7 * DAY, false)?;
     let w = filter(ctx, &range, false);
+    let from = latest_in(ctx, &range);
     let t = ctx
         .db
         .select(&format!(
             "SELECT sumIf(amount_cents, status = 'success'), sumIf(amount_cents, {REFUNDED}), \
-             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL WHERE {w}"
+             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM {from} WHERE {w}"
         ))
         .await?;
     let t = t.first().cloned().unwrap_or_default();
@@ -73,7 +94,7 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             .db
             .select(&format!(
                 "SELECT {col}, sumIf(amount_cents, status = 'success') AS revenue, countIf(status = 'success'), \
-                 countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL WHERE {w} \
+                 countIf(NOT ({REFUNDED})) FROM {from} WHERE {w} \
                  GROUP BY {col} ORDER BY revenue DESC, {col} LIMIT {}",
                 params::MAX_GROUPS + 1
             ))
@@ -105,12 +126,13 @@ pub async fn transactions(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = filter(ctx, &range, true);
     let page = ctx.params.page()?;
     let size = ctx.params.int_or_default("size", 20, 1..=200)?;
-    let total = ctx.db.scalar(&format!("SELECT count() FROM analytics.payments FINAL WHERE {w}")).await?.as_u64();
+    let from = latest_in(ctx, &range);
+    let total = ctx.db.scalar(&format!("SELECT count() FROM {from} WHERE {w}")).await?.as_u64();
     let rows = ctx
         .db
         .select(&format!(
             "SELECT toUInt32(time), order_id, user_id, amount_cents, status, channel, reason \
-             FROM analytics.payments FINAL WHERE {w} ORDER BY time DESC, order_id, status LIMIT {size} OFFSET {}",
+             FROM {from} WHERE {w} ORDER BY time DESC, order_id, status LIMIT {size} OFFSET {}",
             (page - 1).saturating_mul(size)
         ))
         .await?;
@@ -160,11 +182,12 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ));
     }
     let w = filter(ctx, &range, false);
+    let from = latest_in(ctx, &range);
     let rows = ctx
         .db
         .select(&format!(
             "SELECT toUInt32({bucket}(time, 'UTC')) AS t, product_id, sumIf(amount_cents, status = 'success'), \
-             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM analytics.payments FINAL \
+             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM {from} \
              WHERE {w} AND product_id IN {} GROUP BY t, product_id ORDER BY t",
             quote_list(&products)
         ))

@@ -126,6 +126,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = ctx.scope.filter();
     let day0 = ctx.now.div_euclid(DAY) * DAY;
     let five = ctx.now - 300;
+    let so_far = format!("time >= toDateTime({day0}) AND time <= toDateTime({})", ctx.now);
     let pay = ctx
         .db
         .select(&format!(
@@ -133,8 +134,8 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
              sumIf(amount_cents, status = 'success'), \
              countIf(status = 'success' AND time > toDateTime({five})), \
              countIf(NOT ({REFUNDED}) AND time > toDateTime({five})) \
-             FROM analytics.payments FINAL WHERE time >= toDateTime({day0}) AND time <= toDateTime({}){w}",
-            ctx.now
+             FROM {} WHERE {so_far}{w}",
+            super::payments::latest(&so_far, &w)
         ))
         .await?;
     let p = pay.first().cloned().unwrap_or_default();
@@ -210,7 +211,8 @@ pub async fn series(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .db
         .select(&format!(
             "SELECT toUInt32(toStartOfMinute(time, 'UTC')) AS t, sumIf(amount_cents, status = 'success') \
-             FROM analytics.payments FINAL WHERE {}{w} GROUP BY t ORDER BY t",
+             FROM {} WHERE {}{w} GROUP BY t ORDER BY t",
+            super::payments::latest(&range.filter("time"), &w),
             range.filter("time")
         ))
         .await?;

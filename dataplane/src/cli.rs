@@ -235,8 +235,10 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
 }
 
 fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // SIGHUP drains too: its default would end the process at once, without the drain,
+    // and the configuration is read at start only (there is no reload to ask for).
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers");
@@ -250,8 +252,13 @@ fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "draining and stopping");
+    match signals.forever().next() {
+        Some(SIGHUP) => tracing::warn!(
+            signal = SIGHUP,
+            "SIGHUP: the configuration is read at start only, there is no reload; draining and stopping (start again to apply a change)"
+        ),
+        Some(sig) => tracing::info!(signal = sig, "draining and stopping"),
+        None => {}
     }
     stack.shutdown();
     ExitCode::SUCCESS

@@ -66,6 +66,22 @@ fn drain_readyz_goes_503_while_the_data_port_still_answers() {
     assert!(signalled.elapsed() >= Duration::from_millis(1500), "stopped after {:?}", signalled.elapsed());
 }
 
+/// SIGHUP (a closed terminal, an operator's reload habit) drains as SIGTERM does, and the
+/// log says why: the configuration is read at start only.
+#[test]
+fn sighup_drains_as_sigterm_does_and_says_there_is_no_reload() {
+    let (_redis, _clickhouse, env) = servers(0);
+    let mut node = Croupier::start(CROUPIER, "ingest", &env);
+    node.wait_data_ready();
+    node.wait_control_ready(200);
+    let mut c = HttpClient::connect(node.data);
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(3).as_bytes()).status, 202);
+    assert!(node.signal("HUP"));
+    let status = node.wait_exit(Duration::from_secs(15)).expect("the node stops after its drain");
+    assert!(status.success(), "{status}: {}", node.log());
+    assert!(node.log().contains("there is no reload; draining and stopping"), "{}", node.log());
+}
+
 /// What the clients saw.
 #[derive(Debug, Default)]
 struct Outcome {

@@ -236,9 +236,11 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
 
 fn serve(config: Config, ingest: bool, worker: bool) -> ExitCode {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    // SIGHUP drains too: its default would end the process at once, without the drain,
-    // and the configuration is read at start only (there is no reload to ask for).
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+    // SIGHUP drains too (its default would end the process at once, without the drain;
+    // the configuration is read at start only, there is no reload to ask for), unless it
+    // was ignored at start (`nohup`): such a process outlives its terminal.
+    let hup = (!crate::signals::ignored(SIGHUP)).then_some(SIGHUP);
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM].into_iter().chain(hup)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers");

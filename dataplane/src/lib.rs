@@ -31,6 +31,7 @@ pub mod runtime;
 pub mod server;
 pub mod shard;
 pub mod shards;
+pub mod signals;
 pub mod slots;
 pub mod stack;
 pub mod worker;

@@ -70,13 +70,15 @@ fn drain_readyz_goes_503_while_the_data_port_still_answers() {
 /// log says why: the configuration is read at start only.
 #[test]
 fn sighup_drains_as_sigterm_does_and_says_there_is_no_reload() {
-    let (_redis, _clickhouse, env) = servers(0);
+    let (_redis, _clickhouse, env) = servers(1000);
     let mut node = Croupier::start(CROUPIER, "ingest", &env);
     node.wait_data_ready();
     node.wait_control_ready(200);
     let mut c = HttpClient::connect(node.data);
     assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(3).as_bytes()).status, 202);
     assert!(node.signal("HUP"));
+    let body = node.wait_control_ready(503);
+    assert!(body.contains(r#""draining":true"#), "{body}");
     let status = node.wait_exit(Duration::from_secs(15)).expect("the node stops after its drain");
     assert!(status.success(), "{status}: {}", node.log());
     assert!(node.log().contains("there is no reload; draining and stopping"), "{}", node.log());

@@ -152,15 +152,6 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
-/// Whether `sig` was ignored when the process started (`nohup` ignores SIGHUP).
-fn ignored(sig: libc::c_int) -> bool {
-    // SAFETY: sigaction with a null new action only reads the current one into `old`.
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
-    }
-}
-
 fn prepare_dir(o: &Options) -> Result<PathBuf, String> {
     if o.fresh {
         for e in ENTRIES {
@@ -280,7 +271,7 @@ fn run(o: &Options) -> Result<(), String> {
     // order, servers included. First the screen goes to /dev/null — a write to the closed
     // terminal would fail (and `println!` panic) while the demo stops its servers — then
     // the stop is flagged (the actions run in the order registered).
-    if !ignored(libc::SIGHUP) {
+    if !crate::signals::ignored(libc::SIGHUP) {
         let devnull =
             std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
         let devnull = std::os::fd::IntoRawFd::into_raw_fd(devnull);

@@ -167,7 +167,9 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
         }
     };
     let cluster = config.clickhouse.is_cluster().then(|| config.clickhouse.cluster.clone());
-    let nodes = config.clickhouse.nodes();
+    // Each node with the index of its shard in `clickhouse.shards`.
+    let nodes: Vec<(usize, String)> =
+        config.clickhouse.shards.iter().enumerate().flat_map(|(s, r)| r.iter().map(move |n| (s, n.clone()))).collect();
     let res = crate::runtime::block_on(driver, async move {
         use crate::clickhouse::connection::{ChError, Connection};
         use crate::clickhouse::schema;
@@ -185,7 +187,7 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
         };
         // Every node, one after the other: each gets its local and Distributed tables.
         let mut last = None;
-        for node in nodes {
+        for (shard, node) in nodes {
             let node_opts = crate::clickhouse::connection::ChOptions { addr: node.clone(), ..opts.clone() };
             // Names the node (a refused statement does not), then the error as it is.
             let on = |e: ChError| {
@@ -193,6 +195,7 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
                 e
             };
             let mut conn = Connection::connect(&node_opts).await.map_err(on)?;
+            crate::clickhouse::cluster::check_shard_macro(&mut conn, &node, shard).await.map_err(on)?;
             schema::migrate_cluster_node(&mut conn, &cluster).await.map_err(on)?;
             let at = format!("{node}: ");
             if drop_view {

@@ -331,6 +331,53 @@ fn ch_cluster_a_shard_without_a_replica_makes_the_worker_unready() {
     readyz(200, "ready again", r#""clickhouse":{"ok":true}"#);
 }
 
+/// Black-box finding: `clickhouse.shards` listing a node under another shard than its
+/// `shard` macro names was taken silently, and the worker's rows landed on the wrong
+/// shard (copies of a row on two shards after fail-overs). `croupier migrate` refuses it
+/// naming the node, and a worker takes no row there: `/readyz` says why.
+#[test]
+fn ch_cluster_a_node_listed_under_another_shard_is_refused() {
+    let cluster = ClickHouseCluster::start(2, 1);
+    let redis = RedisServer::start();
+    let env = cluster_env(&redis, &cluster);
+    migrate(&env);
+    let (a, b) = (cluster.nodes[0][0].addr(), cluster.nodes[1][0].addr());
+    let mut swapped = env.clone();
+    swapped.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__SHARDS");
+    swapped.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), format!(r#"[["{b}"],["{a}"]]"#)));
+    let (ok, out) = croupier(&["migrate"], &swapped);
+    assert!(!ok, "migrate took the swapped shards: {out}");
+    assert!(out.contains(&format!(r#"{b} has `shard` macro "2" but is listed in clickhouse.shards[0]"#)), "{out}");
+    let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &swapped);
+    wait_readyz(&w, 503, "unready on the swapped shards", "is listed in clickhouse.shards[0], shard 1");
+}
+
+/// Black-box finding: with ZooKeeper gone, every insert failed (`Table is in readonly
+/// mode`) while `/readyz` said ClickHouse was fine (its pings answer). The replicated
+/// tables' read-only state is part of the probe now.
+#[test]
+fn ch_cluster_read_only_replicas_without_zookeeper_make_the_worker_unready() {
+    let cluster = ClickHouseCluster::start(2, 1);
+    let redis = RedisServer::start();
+    let env = cluster_env(&redis, &cluster);
+    migrate(&env);
+    let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &env);
+    wait_readyz(&w, 200, "ready with ZooKeeper", r#""clickhouse":{"ok":true}"#);
+    let pid = cluster.zookeeper.pid().expect("ZooKeeper running");
+    let killed = Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(killed, "kill ZooKeeper");
+    // The nodes' ZooKeeper sessions expire after 10 s (the harness's session timeout).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = w.control_get("/readyz");
+        if status == 503 && body.contains("read-only (ZooKeeper not reachable?)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body} a minute after ZooKeeper went");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Black-box finding: with one replica of a shard killed and the other up, `/readyz` said
 /// the shard was down for a round (its held connection to the killed one failed the ping).
 /// The probe now asks another replica at once: ready throughout.

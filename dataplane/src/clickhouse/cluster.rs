@@ -163,6 +163,26 @@ pub async fn migrate_node(
     Ok(())
 }
 
+/// Checks that the node `conn` is connected to (`addr`) is a replica of shard `s`
+/// (0-based) of `clickhouse.shards`: its `shard` macro — which names the ZooKeeper path
+/// its replicated tables share with the shard's other replicas — must be `s + 1` (leading
+/// zeros allowed), as docs/clickhouse-cluster.md asks. A node listed under another shard
+/// would take rows [`shard_of`] sends to that shard, and a copy of a row inserted again
+/// after a fail-over could land on two shards, where `FINAL` cannot fold it.
+pub async fn check_shard_macro(conn: &mut Connection, addr: &str, s: usize) -> Result<(), ChError> {
+    let found = conn.select("SELECT substitution FROM system.macros WHERE macro = 'shard'", &[]).await?;
+    let value = found.rows.first().and_then(|r| r.first()).map(Value::as_str).unwrap_or_default();
+    let want = s + 1;
+    if value.trim().parse::<usize>().ok() == Some(want) {
+        return Ok(());
+    }
+    let has = if value.is_empty() { "no `shard` macro".to_owned() } else { format!("`shard` macro {value:?}") };
+    Err(ChError::SchemaMismatch(format!(
+        "{addr} has {has} but is listed in clickhouse.shards[{s}], shard {want}: list each node under the shard \
+         its <macros><shard> names (1, 2, ... in the order of clickhouse.shards; docs/clickhouse-cluster.md)"
+    )))
+}
+
 /// The insert statement of a table into its shard-local table.
 pub fn local_insert(insert: &str, table: &str) -> String {
     insert.replacen(&format!("INSERT INTO {table} "), &format!("INSERT INTO {table}_local "), 1)

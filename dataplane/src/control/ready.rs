@@ -84,6 +84,9 @@ pub struct Probes {
     ch: RefCell<Vec<Option<Connection>>>,
     /// Per shard, the replica that answered the last connection (tried first next time).
     answered: RefCell<Vec<usize>>,
+    /// ClickHouse is a cluster (`clickhouse.shards`): a node must be listed under its own
+    /// shard, and its replicated tables writable.
+    ch_cluster: bool,
     /// The last ClickHouse ping's outcome (`None` before the first), for `/metrics`,
     /// which does not wait for a ping: a paused server would hold the scrape past
     /// Prometheus's timeout. Pinged by [`Probes::watch_clickhouse`] and by `/readyz`.
@@ -121,6 +124,7 @@ impl Probes {
             clickhouse: worker.then(|| crate::worker::shard_options(config)),
             ch: RefCell::new(Vec::new()),
             answered: RefCell::new(Vec::new()),
+            ch_cluster: config.clickhouse.is_cluster(),
             pinged: RefCell::new(None),
             ingest,
             timeout,
@@ -187,6 +191,7 @@ impl Probes {
         let attempt = async {
             if let Some(mut conn) = held {
                 if conn.ping().await.is_ok() {
+                    self.writable(&mut conn, i, opts).await?;
                     return Ok(conn);
                 }
                 // The replica it was on went away: another of the shard's may answer.
@@ -199,11 +204,24 @@ impl Probes {
             let start = self.answered.borrow().get(i).copied().unwrap_or(0);
             let (mut conn, at) = Connection::connect_from(&each, start).await.map_err(|e| e.to_string())?;
             conn.ping().await.map_err(|e| e.to_string())?;
-            let mut answered = self.answered.borrow_mut();
-            if answered.len() <= i {
-                answered.resize(i + 1, 0);
+            {
+                let mut answered = self.answered.borrow_mut();
+                if answered.len() <= i {
+                    answered.resize(i + 1, 0);
+                }
+                answered[i] = at;
             }
-            answered[i] = at;
+            if self.ch_cluster {
+                let addr = opts.addrs().get(at).copied().unwrap_or_default().to_owned();
+                if let Err(e) = crate::clickhouse::cluster::check_shard_macro(&mut conn, &addr, i).await {
+                    // The next probe tries the shard's next replica first.
+                    if let Some(a) = self.answered.borrow_mut().get_mut(i) {
+                        *a = at + 1;
+                    }
+                    return Err(e.to_string());
+                }
+            }
+            self.writable(&mut conn, i, opts).await?;
             Ok::<_, String>(conn)
         };
         match monoio::time::timeout(self.timeout, attempt).await {
@@ -218,6 +236,27 @@ impl Probes {
             Ok(Err(e)) => Err(format!("{}: {e}", opts.addr)),
             Err(_) => Err(self.late(&opts.addr)),
         }
+    }
+
+    /// On a cluster, that the replicated tables of the node `conn` is on (shard `i`) take
+    /// inserts: without ZooKeeper (or Keeper) they are read-only, and every insert into
+    /// them fails (`Table is in readonly mode`) while pings answer.
+    async fn writable(&self, conn: &mut Connection, i: usize, opts: &ChOptions) -> Result<(), String> {
+        if !self.ch_cluster {
+            return Ok(());
+        }
+        let sql = "SELECT count() FROM system.replicas WHERE database = 'analytics' AND is_readonly";
+        let found = conn.select(sql, &[]).await.map_err(|e| e.to_string())?;
+        let n = found.rows.first().and_then(|r| r.first()).map(|v| v.as_u64()).unwrap_or(0);
+        if n == 0 {
+            return Ok(());
+        }
+        let at = self.answered.borrow().get(i).copied().unwrap_or(0);
+        let addr = opts.addrs().get(at).copied().unwrap_or_default().to_owned();
+        Err(format!(
+            "{addr}: {n} replicated table(s) of analytics are read-only (ZooKeeper not reachable?): inserts into \
+             them fail"
+        ))
     }
 
     /// Asks every component; also returns the streams when Redis could be read.

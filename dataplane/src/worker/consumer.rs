@@ -43,6 +43,7 @@ use super::entries::{self, cmd, Entry};
 use super::join::Join;
 use super::read_size::ReadSize;
 use super::sink::{entry_ms, entry_rows, Confirmed, Poison, Sink};
+use crate::clickhouse::cluster;
 use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 use crate::redis::connection::RedisClient;
 
@@ -1111,16 +1112,30 @@ impl Consumer {
     /// [`PROBE_TIMEOUT`] for each; the connection then waits the configured timeout).
     async fn connect_shard(&mut self, s: usize, probe: bool) -> Result<(), String> {
         let Some(opts) = self.cfg.shards.get(s) else { return Err(format!("no options for shard {s}")) };
-        let Some(link) = self.ch.get_mut(s) else { return Err(format!("no link for shard {s}")) };
-        let (ch, replica) = if probe {
+        let Some(start) = self.ch.get(s).map(|l| l.next) else { return Err(format!("no link for shard {s}")) };
+        let (mut ch, replica) = if probe {
             let mut quick = opts.clone();
             quick.timeout = opts.timeout.min(PROBE_TIMEOUT);
-            let (mut ch, replica) = Connection::connect_from(&quick, link.next).await.map_err(|e| e.to_string())?;
+            let (mut ch, replica) = Connection::connect_from(&quick, start).await.map_err(|e| e.to_string())?;
             ch.set_timeout(opts.timeout);
             (ch, replica)
         } else {
-            Connection::connect_from(opts, link.next).await.map_err(|e| e.to_string())?
+            Connection::connect_from(opts, start).await.map_err(|e| e.to_string())?
         };
+        // On a cluster, a node listed under another shard than its own takes no row.
+        let checked = match self.cfg.cluster {
+            true => {
+                let addr = opts.addrs().get(replica).copied().unwrap_or_default().to_owned();
+                cluster::check_shard_macro(&mut ch, &addr, s).await
+            }
+            false => Ok(()),
+        };
+        let Some(link) = self.ch.get_mut(s) else { return Err(format!("no link for shard {s}")) };
+        if let Err(e) = checked {
+            // The next attempt starts at the next replica.
+            link.next = replica + 1;
+            return Err(e.to_string());
+        }
         link.next = replica;
         // Months are told apart in UTC; elsewhere a month's neighbours are reserved too.
         let limit = self.sink.partition_limit();

@@ -20,7 +20,7 @@ use crate::error::IngestError;
 use crate::http::conn;
 use crate::http::error::HttpError;
 use crate::http::handler::{Handler, Request};
-use crate::http::request::{Fields, Head};
+use crate::http::request::{Fields, Head, Method};
 use crate::http::response::Response;
 use crate::ingest::{self, Endpoint, IngestHead};
 use crate::otlp::{self, OtlpRoute};
@@ -170,13 +170,21 @@ impl Handler for DataPort {
     }
 
     /// A head refused on an ingest or client-ingest route counts as one refused record
-    /// of the game its `X-Game-Id` names (docs/metrics.md: a batch refused before its
-    /// records were counted counts as one).
+    /// (docs/metrics.md: a batch refused before its records were counted counts as one)
+    /// of the game its credential names, as far as it was read before the fault: a
+    /// client route's write key, else `X-Game-Id`. A preflight (`OPTIONS`) carries no
+    /// records and counts none.
     fn refused_head(&self, head: &Head, error: &HttpError) {
-        if let Ok(Route::Ingest(_) | Route::Client(_)) = self.router.find(head.method, head.path()) {
-            let game = head.field(GAME_ID).unwrap_or_default();
-            ingest::count_refused(&self.shard, game, &IngestError::Http(error.clone()), 1);
-        }
+        let game = match self.router.find(head.method, head.path()) {
+            Ok(Route::Ingest(_)) => head.field(GAME_ID),
+            Ok(Route::Client(_)) if head.method != Method::Options => head
+                .field(WRITE_KEY)
+                .and_then(|k| self.shard.keys.get(k))
+                .map(|k| k.game.as_str())
+                .or_else(|| head.field(GAME_ID)),
+            _ => return,
+        };
+        ingest::count_refused(&self.shard, game.unwrap_or_default(), &IngestError::Http(error.clone()), 1);
     }
 
     fn served(&self, path: Option<&str>, status: u16, duration: Duration) {

@@ -190,6 +190,15 @@ fn client_ingest_tokens_and_write_keys() {
     let basic = ("Authorization", "Basic dXNlcjpwYXNz");
     ok(&post(&f, EVENTS, &[scope[0], scope[1], basic, ("X-Write-Key", KEY)], &body), 2, 0);
     refused(&with(basic), 401, "bad_token");
+    // A head refused whole (a header sent twice) counts as one refused record of the
+    // write key's game; a refused preflight counts none.
+    let twice: Vec<(String, String)> =
+        [("Content-Type", "application/json"), ("X-Write-Key", KEY), ("X-Env", "prod"), ("X-Env", "prod")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    refused(&HttpClient::connect(f.addr).request("POST", EVENTS, &twice, body.as_bytes()), 400, "bad_request");
+    assert_eq!(HttpClient::connect(f.addr).request("OPTIONS", EVENTS, &twice, b"").status, 400);
     refused(&with(("X-Write-Key", OTHER_KEY)), 403, "game_mismatch");
     refused(&with(("X-Write-Key", "pk_nobody_has_this_key")), 401, "unknown_key");
     refused(&with(("X-Write-Key", REVOKED)), 401, "revoked_key");
@@ -240,6 +249,7 @@ fn client_ingest_tokens_and_write_keys() {
     // The game is the credential's, else the configured game `X-Game-ID` names.
     for (game, reason, n) in [
         (GAME, "bad_token", 3.0),
+        (GAME, "bad_request", 1.0),
         (GAME, "missing_permission", 1.0),
         (GAME, "game_not_allowed", 1.0),
         (OTHER_GAME, "game_mismatch", 1.0),

@@ -421,13 +421,19 @@ export class Client {
    */
   private bound(): void {
     const posting = this.inflight?.batch ?? [];
-    const over = this.queue.length - posting.length - Math.max(1, Math.floor(this.c.maxQueue) || 1);
+    const over = this.queue.length - posting.length - this.maxWaiting();
     if (over <= 0) return;
     const gone = new Set(this.queue.filter((i) => !posting.includes(i)).slice(0, over));
     if (!gone.size) return;
     this.queue = this.queue.filter((i) => !gone.has(i));
     this.dropped += gone.size;
     if (this.droppedTimer === undefined) this.droppedTimer = setTimeout(() => this.tellDropped(), DROPS_TOLD_AFTER);
+  }
+
+  /** `maxQueue` as a count: at least 1, the default (1000) when it is not a number. */
+  private maxWaiting(): number {
+    const q = Number(this.c.maxQueue);
+    return Number.isFinite(q) ? Math.max(1, Math.floor(q)) : 1000;
   }
 
   /** Tells `onError` of the records a full queue dropped since it was last told. */
@@ -439,7 +445,7 @@ export class Client {
     if (!n) return;
     this.report({
       reason: "dropped",
-      message: `the queue holds at most ${Math.max(1, Math.floor(this.c.maxQueue) || 1)} records while they cannot be sent: the ${n} oldest dropped`,
+      message: `the queue keeps at most ${this.maxWaiting()} records waiting while they cannot be sent: the ${n} oldest dropped`,
       records: n,
     });
   }

@@ -185,7 +185,8 @@ test("a queue smaller than a batch keeps the newest beside the batch being poste
     await hang;
     return new Response('{"accepted":1}', { status: 202 });
   };
-  const c = client({ fetch: f, maxQueue: 0, batchSize: 1, onError: () => {} });
+  const told = [];
+  const c = client({ fetch: f, maxQueue: 0, batchSize: 1, onError: (e) => told.push(e) });
   c.track("c0"); // posted, and held
   await sleep(5);
   c.track("c1");
@@ -195,6 +196,19 @@ test("a queue smaller than a batch keeps the newest beside the batch being poste
   await sleep(20);
   assert.deepEqual(calls, [["c0"], ["c2"]]);
   assert.equal(c.queue.length, 0);
+  await sleep(600);
+  assert.deepEqual(told.map((e) => [e.reason, e.records]), [["dropped", 1]]);
+  assert.match(told[0].message, /at most 1 records waiting/);
+  c.close();
+});
+
+test("maxQueue given as undefined keeps the default", async () => {
+  const down = async () => {
+    throw new TypeError("Failed to fetch");
+  };
+  const c = client({ fetch: down, maxQueue: undefined, onError: () => {} });
+  for (let i = 0; i < 50; i++) c.track(`d${i}`);
+  assert.equal(c.queue.length, 50);
   c.close();
 });
 

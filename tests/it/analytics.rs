@@ -1021,15 +1021,20 @@ fn analytics_payments_are_exact() {
     assert_eq!(trend["products"][2]["points"], products[0]["points"]);
 }
 
-/// An order stored again at a later time (a client's retry stamped anew, across midnight)
-/// counts on its latest day only, in every report of payments: `FINAL` runs over whole
-/// orders before the range is applied (docs/aggregation.md), so day by day the figures
-/// add up to the range's.
+/// An order stored again at a later time (a client's retry stamped anew, across midnight
+/// and a month) counts on the day of its last stored row only, in every report of
+/// payments: `FINAL` runs over whole orders before the range is applied
+/// (docs/aggregation.md), so day by day the figures add up to the range's. Merges are
+/// stopped: the two rows stay apart, as they are until ClickHouse merges them.
 #[test]
 fn analytics_an_order_stored_again_later_counts_on_its_latest_day_only() {
     let api = Api::start();
     let today = api.history.today;
-    let (d1, d2) = (today - 3, today - 2);
+    // Across a month boundary (each month its own partition), the latest month's first
+    // day at most today: the order's rows are never merged into one.
+    let first = (0..62).map(|k| today - k).find(|d| date(*d).ends_with("-01") && *d < today).unwrap_or(today - 1);
+    let (d1, d2) = (first - 1, first);
+    api.ch.query("SYSTEM STOP MERGES analytics.payments");
     // Two inserts: the second row is the order's latest.
     for d in [d1, d2] {
         api.ch.query(&format!(

@@ -27,12 +27,13 @@ const DIMENSIONS: [(&str, &str); 6] = [
 
 /// `analytics.payments` as the reports read it, for rows whose `time` passes `time` (a
 /// condition on `time`) in `scope` (a `Scope::filter`): `FINAL` over whole orders — those
-/// with a row that passes — so that each order and status is one row, at its latest time;
+/// with a row that passes — so that each order and status is one row, the last stored;
 /// the caller's own conditions (`time` again among them) go outside, on `FINAL`'s result.
 /// A condition on `time` inside `FINAL` would keep a superseded row (an order stored
 /// again at a later time would count on both days: docs/aggregation.md). `order_id` is
-/// in the sort key, so only the granules of those orders are read; on a cluster the
-/// `IN` is `GLOBAL` (`distributed_product_mode`), and an order's rows are on one shard.
+/// in the sort key, so only the granules of those orders are read (on one server; on a
+/// cluster the `IN` is `GLOBAL`, `distributed_product_mode`, whose set 18.16 does not use
+/// the index for: docs/clickhouse-cluster.md), and an order's rows are on one shard.
 pub fn latest(time: &str, scope: &str) -> String {
     format!(
         "(SELECT * FROM analytics.payments FINAL WHERE order_id IN \

@@ -15,6 +15,8 @@ scripts/check-deploy.sh):
     exactly those;
   - deploy/seccomp-io_uring.json is moby's default profile (vendored in deploy/seccomp/)
     with io_uring_setup, io_uring_enter and io_uring_register allowed, nothing else changed;
+  - every fixed `ipv4_address` is in its network's subnet and outside its `ip_range`, where
+    the other containers' addresses are drawn;
   - CI (.ci/run) runs every command of the Dockerfile's build stages (build, dashboard).
 """
 
@@ -163,6 +165,29 @@ def seccomp():
             fail(f"seccomp-io_uring.json: {sc} is allowed unconditionally (Docker's default profile does not)")
 
 
+def fixed_addresses(doc):
+    """Every fixed `ipv4_address` lies in its network's subnet and outside its `ip_range`
+    (where the other containers' addresses are drawn: one started first could take it)."""
+    import ipaddress
+    for name, svc in doc["services"].items():
+        nets = svc.get("networks") or {}
+        if not isinstance(nets, dict):
+            continue
+        for net, opts in nets.items():
+            addr = (opts or {}).get("ipv4_address")
+            if not addr:
+                continue
+            configs = (doc.get("networks", {}).get(net, {}).get("ipam") or {}).get("config") or []
+            ip = ipaddress.ip_address(addr)
+            if not any("subnet" in c and ip in ipaddress.ip_network(c["subnet"]) for c in configs):
+                fail(f"{name}: ipv4_address {addr} is in no subnet of network {net}")
+            for c in configs:
+                if "ip_range" not in c:
+                    fail(f"{name}: network {net} sets no ip_range: another container may take {addr} first")
+                elif ip in ipaddress.ip_network(c["ip_range"]):
+                    fail(f"{name}: ipv4_address {addr} is inside ip_range {c['ip_range']} of network {net}")
+
+
 def build_stage():
     with open(os.path.join(ROOT, "Dockerfile")) as f:
         lines = f.read().splitlines()
@@ -189,9 +214,10 @@ mounts(doc)
 clickhouse_credentials(doc)
 collector()
 seccomp()
+fixed_addresses(doc)
 build_stage()
 for e in errors:
     print(f"compose_lint: {e}", file=sys.stderr)
 if errors:
     sys.exit(1)
-print(f"compose_lint: {len(doc['services'])} services, images and plugins pinned, mounts present, ClickHouse credentials equal, build stage run by CI")
+print(f"compose_lint: {len(doc['services'])} services, images and plugins pinned, mounts present, ClickHouse credentials equal, fixed addresses outside the dynamic range, build stage run by CI")

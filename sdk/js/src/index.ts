@@ -222,6 +222,8 @@ export class Client {
   private droppedTimer: ReturnType<typeof setTimeout> | undefined;
   private wait = 0;
   private closed = false;
+  /** close() is telling the last drops: what a handler tracks then is not bounded. */
+  private closing = false;
   /** This session's `session_start`, while it may still wait in the queue. */
   private starting: Item | undefined;
   /** The player this session's `session_start` or last `login` named ("" for none). */
@@ -420,6 +422,7 @@ export class Client {
    * `maxQueue`: the oldest go first, and `onError` is told how many went.
    */
   private bound(): void {
+    if (this.closing) return;
     const posting = this.inflight?.batch ?? [];
     const over = this.queue.length - posting.length - this.maxWaiting();
     if (over <= 0) return;
@@ -743,10 +746,16 @@ export class Client {
   close(): void {
     if (this.closed) return;
     if (this.c.autoSession) this.track("session_end", { duration_sec: Math.round((Date.now() - this.started) / 1000) });
+    // Drops not told yet are told while tracking is still open: what the handler tracks
+    // in answer goes with the beacons, past the bound rather than in place of others.
+    this.closing = true;
+    this.tellDropped();
+    this.closing = false;
     this.closed = true;
     clearTimeout(this.timer);
     clearInterval(this.beat);
-    this.tellDropped();
+    clearTimeout(this.droppedTimer);
+    this.droppedTimer = undefined;
     const nav = (globalThis as { navigator?: Navigator }).navigator;
     if (!nav || typeof nav.sendBeacon !== "function") return;
     // A body the browser takes leaves the queue for the stored beacons, kept until a later

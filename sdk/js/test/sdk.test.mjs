@@ -288,6 +288,33 @@ test("close: session_end and the queue go by sendBeacon with the key in the URL"
   }
 });
 
+test("close: an event a handler tracks in answer to the last drop report goes with the beacons", async () => {
+  const beacons = [];
+  Object.defineProperty(globalThis, "navigator", {
+    value: { sendBeacon: (url, body) => (beacons.push(JSON.parse(body)), true) },
+    configurable: true,
+  });
+  try {
+    let c;
+    c = client({
+      fetch: server("offline"),
+      maxQueue: 3,
+      batchSize: 50,
+      onError: (e) => c.track("sdk_error", { reason: e.reason, records: e.records }),
+    });
+    for (let i = 0; i < 5; i++) c.track(`e${i}`);
+    c.close(); // before the half-second report
+    const sent = beacons.flat();
+    const report = sent.find((r) => r.event === "sdk_error");
+    assert.ok(report, JSON.stringify(sent.map((r) => r.event)));
+    assert.deepEqual(report.props, { reason: "dropped", records: 2 });
+    // The report takes no other record's place.
+    assert.deepEqual(sent.map((r) => r.event), ["e2", "e3", "e4", "sdk_error"]);
+  } finally {
+    delete globalThis.navigator;
+  }
+});
+
 test("a nearly full storage keeps what went by beacon: in the beacons, or back in the queue", async () => {
   Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => true }, configurable: true });
   try {

@@ -187,6 +187,34 @@ fn croupier_run_metrics_are_exact_and_a_real_prometheus_scrapes_them() {
     assert!(driver.first().is_some_and(|(m, _)| m["io_driver"].is_string()), "{driver:?}");
 }
 
+/// A worker whose every insert fails while ClickHouse answers pings (here `user_days`,
+/// which every insert of events also writes, renamed away) is not ready once no row was
+/// inserted for 15 s while inserts failed, and ready again once they go through.
+#[test]
+fn control_readyz_says_when_every_insert_fails_while_clickhouse_answers() {
+    let s = servers();
+    s.clickhouse.query("RENAME TABLE analytics.user_days TO analytics.user_days_away");
+    let w = Croupier::start(CROUPIER, "run", &s.env);
+    w.wait_data_ready();
+    let mut c = HttpClient::connect(w.data);
+    assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(5).as_bytes()).status, 202);
+    let wait = |status: u16, needle: &str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (got, body) = w.control_get("/readyz");
+            if got == status && body.contains(needle) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "not {status} with {needle:?} within {secs} s: {got} {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let body = wait(503, "no row inserted for 1", 45);
+    assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
+    s.clickhouse.query("RENAME TABLE analytics.user_days_away TO analytics.user_days");
+    wait(200, r#""clickhouse":{"ok":true}"#, 30);
+}
+
 #[test]
 fn control_readyz_names_the_failing_component() {
     let mut s = servers();

@@ -265,7 +265,7 @@ pub fn start_with_health(
                     evict_idle: true,
                     evict_busy: true,
                 };
-                let probes = Rc::new(Probes::new(&config, ingest, worker, health));
+                let probes = Rc::new(Probes::new(&config, ingest, worker, health, registry.clone()));
                 let api = match Api::new(&config, filters) {
                     Ok(a) => a,
                     Err(e) => {

@@ -14,10 +14,10 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use croupier_control::config::{Config, StreamLimits};
-use croupier_control::metrics::{Encoder, Kind};
+use croupier_control::metrics::{Encoder, Kind, Registry};
 use croupier_protocol::cluster::Partitions;
 
 use super::streams::{self, StreamReading};
@@ -69,6 +69,55 @@ impl Readiness {
 /// How often [`Probes::watch_clickhouse`] pings ClickHouse for `/metrics`.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
+/// How long inserts may fail with no row inserted before ClickHouse is not ready
+/// ([`InsertWatch`]).
+const STALLED_AFTER: Duration = Duration::from_secs(15);
+
+/// What the readiness remembers of the workers' inserts between two looks (every
+/// [`WATCH_EVERY`] and at each probe): a worker whose every insert fails while ClickHouse
+/// answers pings (a table read-only, too many parts, a full disk) stalls its streams; so
+/// once no row was inserted for [`STALLED_AFTER`] since an insert failed, and one failed
+/// within the last `window`, ClickHouse is not ready.
+#[derive(Debug, Default)]
+struct InsertWatch {
+    /// The counters at the last look.
+    rows: u64,
+    failed: u64,
+    /// The first failure with no row inserted since, and the failures counted then.
+    since: Option<(Instant, u64)>,
+    /// The last look that saw a new failure.
+    last_failure: Option<Instant>,
+}
+
+impl InsertWatch {
+    /// Takes the counters `(rows, failed)` at `now`; why inserts are stalled, if they are.
+    fn look(&mut self, (rows, failed): (u64, u64), now: Instant, window: Duration) -> Option<String> {
+        let progressed = rows != self.rows;
+        let new_failure = failed != self.failed;
+        if new_failure {
+            self.last_failure = Some(now);
+        }
+        if progressed {
+            self.since = None;
+        } else if new_failure && self.since.is_none() {
+            self.since = Some((now, self.failed));
+        }
+        self.rows = rows;
+        self.failed = failed;
+        let (since, before) = self.since?;
+        let stalled = now.saturating_duration_since(since);
+        let recent = self.last_failure.is_some_and(|f| now.saturating_duration_since(f) < window);
+        (stalled >= STALLED_AFTER && recent).then(|| {
+            format!(
+                "no row inserted for {} s while inserts fail ({} failed inserts since; the worker's log says why, \
+                 croupier_worker_insert_failures_total counts them)",
+                stalled.as_secs(),
+                failed.wrapping_sub(before)
+            )
+        })
+    }
+}
+
 /// What the control thread asks Redis and ClickHouse, with connections of its own.
 pub struct Probes {
     redis: RedisClient,
@@ -87,6 +136,12 @@ pub struct Probes {
     /// ClickHouse is a cluster (`clickhouse.shards`): a node must be listed under its own
     /// shard, and its replicated tables writable.
     ch_cluster: bool,
+    /// The process's metrics, whose insert counters [`InsertWatch`] watches (workers).
+    registry: Option<Arc<Registry>>,
+    inserts: RefCell<InsertWatch>,
+    /// How recent a failed insert must be for inserts to count as stalled: three of the
+    /// workers' longest back-offs, and [`STALLED_AFTER`] at least.
+    stall_window: Duration,
     /// The last ClickHouse ping's outcome (`None` before the first), for `/metrics`,
     /// which does not wait for a ping: a paused server would hold the scrape past
     /// Prometheus's timeout. Pinged by [`Probes::watch_clickhouse`] and by `/readyz`.
@@ -100,7 +155,13 @@ pub struct Probes {
 
 impl Probes {
     /// Starts the Redis connection on the current runtime.
-    pub fn new(config: &Config, ingest: bool, worker: bool, health: Option<Arc<RedisHealth>>) -> Probes {
+    pub fn new(
+        config: &Config,
+        ingest: bool,
+        worker: bool,
+        health: Option<Arc<RedisHealth>>,
+        registry: Arc<Registry>,
+    ) -> Probes {
         let limits = config.streams.partition_limits();
         let timeout = Duration::from_millis(config.control.probe_timeout_ms);
         let mut options = RedisOptions::from_config(config);
@@ -125,6 +186,9 @@ impl Probes {
             ch: RefCell::new(Vec::new()),
             answered: RefCell::new(Vec::new()),
             ch_cluster: config.clickhouse.is_cluster(),
+            registry: worker.then_some(registry),
+            inserts: RefCell::new(InsertWatch::default()),
+            stall_window: Duration::from_millis(config.worker.backoff_max_ms.saturating_mul(3)).max(STALLED_AFTER),
             pinged: RefCell::new(None),
             ingest,
             timeout,
@@ -288,6 +352,7 @@ impl Probes {
         while !stop.get() {
             let pinged = monoio::time::timeout(self.timeout, self.ping_clickhouse(opts)).await;
             *self.pinged.borrow_mut() = Some(pinged.unwrap_or_else(|_| Err(self.late("ClickHouse"))));
+            self.stalled_inserts();
             // In short steps, so that a stopping control thread does not wait a whole one.
             for _ in 0..WATCH_EVERY.as_millis() / 100 {
                 if stop.get() {
@@ -296,6 +361,12 @@ impl Probes {
                 monoio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+
+    /// Why the workers' inserts are stalled, if they are ([`InsertWatch`]).
+    fn stalled_inserts(&self) -> Option<String> {
+        let totals = self.registry.as_ref()?.insert_totals();
+        self.inserts.borrow_mut().look(totals, Instant::now(), self.stall_window)
     }
 
     /// `what` did not answer within the probe timeout.
@@ -333,7 +404,8 @@ impl Probes {
                 self.pinged.borrow().clone()
             };
             if let Some(pinged) = pinged {
-                components.push(Component { name: "clickhouse", error: pinged.err() });
+                let error = pinged.err().or_else(|| self.stalled_inserts());
+                components.push(Component { name: "clickhouse", error });
             }
         }
         if self.ingest {
@@ -390,6 +462,32 @@ pub fn encode(enc: &mut Encoder, readiness: &Readiness) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inserts_failing_with_no_row_for_a_while_are_stalled_until_a_row_is_inserted() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let window = Duration::from_secs(15);
+        let mut w = InsertWatch::default();
+        assert_eq!(w.look((1000, 0), at(0), window), None);
+        // Failures from second 2 on, no row: stalled from second 17.
+        assert_eq!(w.look((1000, 1), at(2), window), None);
+        assert_eq!(w.look((1000, 3), at(10), window), None);
+        let why = w.look((1000, 5), at(17), window).expect("stalled");
+        assert!(why.starts_with("no row inserted for 15 s while inserts fail (5 failed inserts since"), "{why}");
+        // A row inserted: not stalled, whatever failed beside it.
+        assert_eq!(w.look((1001, 6), at(18), window), None);
+        assert_eq!(w.look((1001, 6), at(40), window), None);
+        // One failure, then nothing to insert: not stalled.
+        assert_eq!(w.look((1001, 7), at(41), window), None);
+        assert_eq!(w.look((1001, 7), at(56), window), None);
+        assert_eq!(w.look((1001, 7), at(80), window), None);
+        // Failing again, no row since the failure at second 41: stalled; once failures
+        // stop, past the window, not.
+        assert!(w.look((1001, 8), at(90), window).is_some());
+        assert!(w.look((1001, 9), at(120), window).is_some());
+        assert_eq!(w.look((1001, 9), at(136), window), None);
+    }
 
     #[test]
     fn the_body_says_per_component_what_failed() {

@@ -606,7 +606,7 @@ impl Reader {
         deadline: Instant,
         stop: &AtomicBool,
     ) -> Result<(Vec<Entry>, usize), String> {
-        let mut rows: usize = batch.iter().map(entry_rows).sum();
+        let mut rows: usize = batch.iter().map(entry_rows).fold(0, usize::saturating_add);
         let mut bytes: usize = batch.iter().map(Entry::byte_len).sum();
         let pause = self.cfg.read_pause.min(self.cfg.idle_block);
         while !self.cfg.is_full(rows, bytes) && !stop.load(Ordering::Relaxed) {
@@ -1500,7 +1500,7 @@ fn count_inserted(m: &ShardWriter, table: Table, batch: &[Entry], part: &[usize]
         }
         let Some(e) = batch.get(i) else { continue };
         let n = entry_rows(e) as u64;
-        rows += n;
+        rows = rows.saturating_add(n);
         let delay_ms = u64::try_from(now.saturating_sub(entry_ms(&e.id))).unwrap_or(0);
         m.emit(EventsDelayed { table, delay_ms, count: n });
     }

@@ -660,12 +660,15 @@ pub fn entry_ms(id: &str) -> i64 {
     id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
 }
 
-/// Rows an entry holds, from its `n` field (1 for Croupier-format entries).
+/// Rows an entry holds, from its `n` field (1 for Croupier-format entries). Another
+/// producer writes the streams too: an `n` is held to the entry's size (a row takes a
+/// byte at least), so a wrong one cannot make a batch look full or a counter wrap.
 pub fn entry_rows(e: &Entry) -> usize {
     e.get(croupier_protocol::batch::FIELD_COUNT)
         .and_then(|n| std::str::from_utf8(n).ok())
-        .and_then(|n| n.parse().ok())
+        .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(1)
+        .min(e.byte_len().max(1))
 }
 
 #[cfg(test)]
@@ -673,6 +676,19 @@ mod tests {
     use super::*;
     use croupier_protocol::batch::{encode, Batch, Records};
     use croupier_protocol::envelope::{Event, EventBatch};
+
+    #[test]
+    fn an_entry_count_is_held_to_the_entry_size() {
+        let entry = |n: &str| Entry {
+            stream: StreamKind::Events,
+            id: "1-0".into(),
+            fields: vec![(b"n".to_vec(), n.as_bytes().to_vec()), (b"b".to_vec(), vec![0; 100])],
+        };
+        assert_eq!(entry_rows(&entry("100")), 100);
+        let huge = entry("18446744073709551615");
+        assert_eq!(entry_rows(&huge), huge.byte_len());
+        assert_eq!(entry_rows(&entry("x")), 1);
+    }
 
     /// The rows pushed for a batch entry, a Croupier-format entry and a poison entry: each
     /// shard's `user_days` fold holds exactly the events of its `events` rows, and the

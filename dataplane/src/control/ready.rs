@@ -255,38 +255,38 @@ impl Probes {
         let attempt = async {
             if let Some(mut conn) = held {
                 if conn.ping().await.is_ok() {
-                    self.writable(&mut conn, i, opts).await?;
-                    return Ok(conn);
+                    let at = self.answered.borrow().get(i).copied().unwrap_or(0);
+                    match self.fits(&mut conn, i, opts, at, false).await {
+                        Ok(()) => return Ok(conn),
+                        // Read-only: another of the shard's replicas may take inserts.
+                        Err(_) => self.set_answered(i, at + 1),
+                    }
                 }
                 // The replica it was on went away: another of the shard's may answer.
             }
             // Each replica within its share of the probe's time (a silent first one
-            // would take it all), from the one that answered last.
-            let n = u32::try_from(opts.addrs().len()).unwrap_or(u32::MAX).max(1);
+            // would take it all), from the one that answered last; one that answers but
+            // does not fit (another shard's, read-only) hands over to the next.
+            let replicas = opts.addrs().len().max(1);
+            let n = u32::try_from(replicas).unwrap_or(u32::MAX);
             let mut each = opts.clone();
             each.timeout = (self.timeout / n).max(Duration::from_millis(100));
-            let start = self.answered.borrow().get(i).copied().unwrap_or(0);
-            let (mut conn, at) = Connection::connect_from(&each, start).await.map_err(|e| e.to_string())?;
-            conn.ping().await.map_err(|e| e.to_string())?;
-            {
-                let mut answered = self.answered.borrow_mut();
-                if answered.len() <= i {
-                    answered.resize(i + 1, 0);
-                }
-                answered[i] = at;
-            }
-            if self.ch_cluster {
-                let addr = opts.addrs().get(at).copied().unwrap_or_default().to_owned();
-                if let Err(e) = crate::clickhouse::cluster::check_shard_macro(&mut conn, &addr, i).await {
-                    // The next probe tries the shard's next replica first.
-                    if let Some(a) = self.answered.borrow_mut().get_mut(i) {
-                        *a = at + 1;
+            let mut last = String::new();
+            for _ in 0..replicas {
+                let start = self.answered.borrow().get(i).copied().unwrap_or(0);
+                let (mut conn, at) = Connection::connect_from(&each, start).await.map_err(|e| e.to_string())?;
+                conn.ping().await.map_err(|e| e.to_string())?;
+                self.set_answered(i, at);
+                match self.fits(&mut conn, i, opts, at, true).await {
+                    Ok(()) => return Ok(conn),
+                    Err(e) => {
+                        // The next try, and the next probe, from the shard's next replica.
+                        self.set_answered(i, at + 1);
+                        last = e;
                     }
-                    return Err(e.to_string());
                 }
             }
-            self.writable(&mut conn, i, opts).await?;
-            Ok::<_, String>(conn)
+            Err(last)
         };
         match monoio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(conn)) => {
@@ -302,12 +302,36 @@ impl Probes {
         }
     }
 
-    /// On a cluster, that the replicated tables of the node `conn` is on (shard `i`) take
-    /// inserts: without ZooKeeper (or Keeper) they are read-only, and every insert into
-    /// them fails (`Table is in readonly mode`) while pings answer.
-    async fn writable(&self, conn: &mut Connection, i: usize, opts: &ChOptions) -> Result<(), String> {
+    /// Remembers replica `at` (modulo their number) as the one shard `i`'s next connection
+    /// tries first.
+    fn set_answered(&self, i: usize, at: usize) {
+        let mut answered = self.answered.borrow_mut();
+        if answered.len() <= i {
+            answered.resize(i + 1, 0);
+        }
+        answered[i] = at;
+    }
+
+    /// On a cluster, whether the node `conn` is on (replica `at` of shard `i`) fits: listed
+    /// under the shard its `shard` macro names (checked on a new connection, `fresh`), and
+    /// its replicated tables taking inserts — without ZooKeeper (or Keeper) they are
+    /// read-only, and every insert into them fails (`Table is in readonly mode`) while
+    /// pings answer.
+    async fn fits(
+        &self,
+        conn: &mut Connection,
+        i: usize,
+        opts: &ChOptions,
+        at: usize,
+        fresh: bool,
+    ) -> Result<(), String> {
         if !self.ch_cluster {
             return Ok(());
+        }
+        let addrs = opts.addrs();
+        let addr = addrs.get(at % addrs.len().max(1)).copied().unwrap_or_default().to_owned();
+        if fresh {
+            crate::clickhouse::cluster::check_shard_macro(conn, &addr, i).await.map_err(|e| e.to_string())?;
         }
         let sql = "SELECT count() FROM system.replicas WHERE database = 'analytics' AND is_readonly";
         let found = conn.select(sql, &[]).await.map_err(|e| e.to_string())?;
@@ -315,8 +339,6 @@ impl Probes {
         if n == 0 {
             return Ok(());
         }
-        let at = self.answered.borrow().get(i).copied().unwrap_or(0);
-        let addr = opts.addrs().get(at).copied().unwrap_or_default().to_owned();
         Err(format!(
             "{addr}: {n} replicated table(s) of analytics are read-only (ZooKeeper not reachable?): inserts into \
              them fail"

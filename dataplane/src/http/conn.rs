@@ -85,7 +85,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 Ok(false) => {}
                 Err(e) => {
                     let resp = e.response();
-                    let path = head.read_line().then(|| head.path());
+                    let path = head.has_request_line().then(|| head.path());
                     if path.is_some() {
                         handler.refused_head(&head, &e);
                     }

@@ -99,7 +99,7 @@ impl Head {
 
     /// Whether the last [`Head::parse_from`] read the request line (its method and
     /// path), complete or refused after it.
-    pub fn read_line(&self) -> bool {
+    pub fn has_request_line(&self) -> bool {
         self.line_read
     }
 

@@ -71,6 +71,12 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
     h.push(nonce);
     let r = f.client().request("POST", "/api/ingest/events", &h, body.as_bytes());
     assert_eq!((r.status, r.error_tag().as_str()), (400, "bad_request"));
+    // A head refused before its request line is read, after a request on the same
+    // connection: `unmatched`, not the earlier request's route.
+    let mut k = f.client();
+    assert_eq!(k.request("GET", "/healthz", &[], b"").status, 200);
+    k.send_raw(b"NOT A REQUEST LINE\r\n\r\n");
+    assert_eq!(k.read_reply().status, 400);
 
     let registry = f.ingest.as_ref().expect("running").metrics().clone();
     let mut enc = Encoder::new();
@@ -93,6 +99,9 @@ fn ingest_counters_are_exact_against_what_was_sent_and_answered() {
     assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/events",status="400"}"#), 3.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="/api/ingest/payments",status="401"}"#), 1.0);
     assert_eq!(v(r#"croupier_http_requests_total{route="unmatched",status="404"}"#), 1.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="unmatched",status="400"}"#), 1.0);
+    assert_eq!(v(r#"croupier_http_requests_total{route="/healthz",status="200"}"#), 1.0);
+    assert_eq!(sample(&text, r#"croupier_http_requests_total{route="/healthz",status="400"}"#), None);
     assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/events"}"#), 16.0);
     assert_eq!(v(r#"croupier_http_request_duration_seconds_count{route="/api/ingest/payments"}"#), 5.0);
     // The 14 accepted requests were sent one after another: a transaction each.

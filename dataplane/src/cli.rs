@@ -168,6 +168,7 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
     };
     let cluster = config.clickhouse.is_cluster().then(|| config.clickhouse.cluster.clone());
     // Each node with the index of its shard in `clickhouse.shards`.
+    let shards = config.clickhouse.shards.len();
     let nodes: Vec<(usize, String)> =
         config.clickhouse.shards.iter().enumerate().flat_map(|(s, r)| r.iter().map(move |n| (s, n.clone()))).collect();
     let res = crate::runtime::block_on(driver, async move {
@@ -195,7 +196,7 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
                 e
             };
             let mut conn = Connection::connect(&node_opts).await.map_err(on)?;
-            crate::clickhouse::cluster::check_shard_macro(&mut conn, &node, shard).await.map_err(on)?;
+            crate::clickhouse::cluster::check_node(&mut conn, &node, shard, shards, &cluster).await.map_err(on)?;
             schema::migrate_cluster_node(&mut conn, &cluster).await.map_err(on)?;
             let at = format!("{node}: ");
             if drop_view {

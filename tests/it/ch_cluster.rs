@@ -350,6 +350,19 @@ fn ch_cluster_a_node_listed_under_another_shard_is_refused() {
     assert!(out.contains(&format!(r#"{b} has `shard` macro "2" but is listed in clickhouse.shards[0]"#)), "{out}");
     let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &swapped);
     wait_readyz(&w, 503, "unready on the swapped shards", "is listed in clickhouse.shards[0], shard 1");
+    drop(w);
+    // A list that leaves a shard out: its rows would land on the shards listed.
+    let mut short = env.clone();
+    short.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__SHARDS");
+    short.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), format!(r#"[["{a}"]]"#)));
+    let (ok, out) = croupier(&["migrate"], &short);
+    assert!(!ok, "migrate took one shard of two: {out}");
+    assert!(
+        out.contains(&format!("{a} defines cluster {CLUSTER:?} with 2 shard(s), but clickhouse.shards lists 1")),
+        "{out}"
+    );
+    let w = croupier_it::monitoring::Croupier::start(CROUPIER, "worker", &short);
+    wait_readyz(&w, 503, "unready on one shard of two", "with 2 shard(s), but clickhouse.shards lists 1");
 }
 
 /// Black-box finding: with ZooKeeper gone, every insert failed (`Table is in readonly

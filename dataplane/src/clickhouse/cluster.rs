@@ -164,23 +164,48 @@ pub async fn migrate_node(
 }
 
 /// Checks that the node `conn` is connected to (`addr`) is a replica of shard `s`
-/// (0-based) of `clickhouse.shards`: its `shard` macro — which names the ZooKeeper path
-/// its replicated tables share with the shard's other replicas — must be `s + 1` (leading
-/// zeros allowed), as docs/clickhouse-cluster.md asks. A node listed under another shard
-/// would take rows [`shard_of`] sends to that shard, and a copy of a row inserted again
-/// after a fail-over could land on two shards, where `FINAL` cannot fold it.
-pub async fn check_shard_macro(conn: &mut Connection, addr: &str, s: usize) -> Result<(), ChError> {
+/// (0-based) of the `shards` of `clickhouse.shards`, on a cluster `cluster` of as many
+/// shards: its `shard` macro — which names the ZooKeeper path its replicated tables share
+/// with the shard's other replicas — must be `s + 1` (leading zeros allowed), as
+/// docs/clickhouse-cluster.md asks, and its `<remote_servers>` entry for `cluster` must
+/// list `shards` shards. A node listed under another shard, or a list that leaves shards
+/// out, would take rows [`shard_of`] sends elsewhere, and a copy of a row inserted again
+/// once the list is mended could land on two shards, where `FINAL` cannot fold it.
+pub async fn check_node(
+    conn: &mut Connection,
+    addr: &str,
+    s: usize,
+    shards: usize,
+    cluster: &str,
+) -> Result<(), ChError> {
     let found = conn.select("SELECT substitution FROM system.macros WHERE macro = 'shard'", &[]).await?;
     let value = found.rows.first().and_then(|r| r.first()).map(Value::as_str).unwrap_or_default();
     let want = s + 1;
-    if value.trim().parse::<usize>().ok() == Some(want) {
-        return Ok(());
+    if value.trim().parse::<usize>().ok() != Some(want) {
+        let has = if value.is_empty() { "no `shard` macro".to_owned() } else { format!("`shard` macro {value:?}") };
+        return Err(ChError::SchemaMismatch(format!(
+            "{addr} has {has} but is listed in clickhouse.shards[{s}], shard {want}: list each node under the \
+             shard its <macros><shard> names (1, 2, ... in the order of clickhouse.shards; \
+             docs/clickhouse-cluster.md)"
+        )));
     }
-    let has = if value.is_empty() { "no `shard` macro".to_owned() } else { format!("`shard` macro {value:?}") };
-    Err(ChError::SchemaMismatch(format!(
-        "{addr} has {has} but is listed in clickhouse.shards[{s}], shard {want}: list each node under the shard \
-         its <macros><shard> names (1, 2, ... in the order of clickhouse.shards; docs/clickhouse-cluster.md)"
-    )))
+    let sql = format!(
+        "SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = {}",
+        super::aggregates::quote(cluster)
+    );
+    let found = conn.select(&sql, &[]).await?;
+    let defined = found.rows.first().and_then(|r| r.first()).map(Value::as_u64).unwrap_or(0);
+    if defined != shards as u64 {
+        let what = match defined {
+            0 => format!("defines no cluster {cluster:?} in its <remote_servers>"),
+            n => format!("defines cluster {cluster:?} with {n} shard(s)"),
+        };
+        return Err(ChError::SchemaMismatch(format!(
+            "{addr} {what}, but clickhouse.shards lists {shards}: list every shard of the cluster, in the order of \
+             its <macros><shard> (docs/clickhouse-cluster.md)"
+        )));
+    }
+    Ok(())
 }
 
 /// The insert statement of a table into its shard-local table.

@@ -136,6 +136,8 @@ pub struct Probes {
     /// ClickHouse is a cluster (`clickhouse.shards`): a node must be listed under its own
     /// shard, and its replicated tables writable.
     ch_cluster: bool,
+    /// Its name (`clickhouse.cluster`).
+    cluster_name: String,
     /// The process's metrics, whose insert counters [`InsertWatch`] watches (workers).
     registry: Option<Arc<Registry>>,
     inserts: RefCell<InsertWatch>,
@@ -186,6 +188,7 @@ impl Probes {
             ch: RefCell::new(Vec::new()),
             answered: RefCell::new(Vec::new()),
             ch_cluster: config.clickhouse.is_cluster(),
+            cluster_name: config.clickhouse.cluster.clone(),
             registry: worker.then_some(registry),
             inserts: RefCell::new(InsertWatch::default()),
             stall_window: Duration::from_millis(config.worker.backoff_max_ms.saturating_mul(3)).max(STALLED_AFTER),
@@ -331,7 +334,10 @@ impl Probes {
         let addrs = opts.addrs();
         let addr = addrs.get(at % addrs.len().max(1)).copied().unwrap_or_default().to_owned();
         if fresh {
-            crate::clickhouse::cluster::check_shard_macro(conn, &addr, i).await.map_err(|e| e.to_string())?;
+            let shards = self.clickhouse.as_ref().map_or(0, Vec::len);
+            crate::clickhouse::cluster::check_node(conn, &addr, i, shards, &self.cluster_name)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let sql = "SELECT count() FROM system.replicas WHERE database = 'analytics' AND is_readonly";
         let found = conn.select(sql, &[]).await.map_err(|e| e.to_string())?;

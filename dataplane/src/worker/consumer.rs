@@ -89,8 +89,9 @@ pub struct ConsumerConfig {
     pub clickhouse: ChOptions,
     /// Per shard, its replicas (one shard: the server).
     pub shards: Vec<ChOptions>,
-    /// Inserts go to the shards' `_local` tables (`clickhouse.shards`).
-    pub cluster: bool,
+    /// The cluster's name when inserts go to the shards' `_local` tables
+    /// (`clickhouse.shards`).
+    pub cluster: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -242,7 +243,7 @@ pub async fn run(
     let join = Rc::new(join);
     let reader =
         Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), load, cfg: cfg.clone(), redis: reads, join };
-    let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster);
+    let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster.is_some());
     sink.set_partition_limit(cfg.partitions_per_block, true);
     sink.set_aggregator(agg.clone());
     let links = (0..cfg.shards.len().max(1)).map(|_| ShardLink::default()).collect();
@@ -1123,12 +1124,12 @@ impl Consumer {
             Connection::connect_from(opts, start).await.map_err(|e| e.to_string())?
         };
         // On a cluster, a node listed under another shard than its own takes no row.
-        let checked = match self.cfg.cluster {
-            true => {
+        let checked = match &self.cfg.cluster {
+            Some(name) => {
                 let addr = opts.addrs().get(replica).copied().unwrap_or_default().to_owned();
-                cluster::check_shard_macro(&mut ch, &addr, s).await
+                cluster::check_node(&mut ch, &addr, s, self.cfg.shards.len(), name).await
             }
-            false => Ok(()),
+            None => Ok(()),
         };
         let Some(link) = self.ch.get_mut(s) else { return Err(format!("no link for shard {s}")) };
         if let Err(e) = checked {
@@ -1539,7 +1540,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
             shards: Vec::new(),
-            cluster: false,
+            cluster: None,
         }
     }
 

@@ -95,7 +95,7 @@ fn consumer_config(config: &Config, stream: StreamKind, key: &str, shard: usize)
         partitions_per_block: config.clickhouse.max_partitions_per_block,
         clickhouse: clickhouse_options(config),
         shards: shard_options(config),
-        cluster: config.clickhouse.is_cluster(),
+        cluster: config.clickhouse.is_cluster().then(|| config.clickhouse.cluster.clone()),
     }
 }
 

@@ -209,10 +209,37 @@ fn control_readyz_says_when_every_insert_fails_while_clickhouse_answers() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let body = wait(503, "no row inserted for 1", 45);
+    let body = wait(503, "events: no row inserted for 1", 45);
     assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
     s.clickhouse.query("RENAME TABLE analytics.user_days_away TO analytics.user_days");
     wait(200, r#""clickhouse":{"ok":true}"#, 30);
+
+    // One table stalled while the other's rows go in: named, not hidden by the others.
+    s.clickhouse.query("RENAME TABLE analytics.payments TO analytics.payments_away");
+    let t = croupier_it::http::now_secs();
+    let payment = format!(
+        r#"[{{"ts":{t},"game_id":"{GAME}","env":"prod","user_id":"u1","order_id":"stall-1","amount_cents":100,"currency":"EUR","status":"success"}}]"#
+    );
+    assert_eq!(post_signed(&mut c, "/api/ingest/payments", GAME, SECRET, payment.as_bytes()).status, 202);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let body = loop {
+        assert_eq!(post_signed(&mut c, "/api/ingest/events", GAME, SECRET, events(5).as_bytes()).status, 202);
+        let (got, body) = w.control_get("/readyz");
+        if got == 503 && body.contains("payments: no row inserted for 1") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "payments' stall not seen: {got} {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!body.contains("events: no row"), "{body}");
+    s.clickhouse.query("RENAME TABLE analytics.payments_away TO analytics.payments");
+    wait(200, r#""clickhouse":{"ok":true}"#, 30);
+    let stored = || s.clickhouse.query("SELECT count() FROM analytics.payments WHERE order_id = 'stall-1'");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored().trim() != "1" {
+        assert!(Instant::now() < deadline, "the payment was not stored once the table was back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -230,16 +230,15 @@ impl Registry {
         t
     }
 
-    /// Rows inserted into ClickHouse and failed inserts, every table and worker shard
-    /// added up: what the control thread's readiness watches for a worker whose every
-    /// insert fails while ClickHouse answers pings (both 0 when metrics are off).
-    pub fn insert_totals(&self) -> (u64, u64) {
+    /// Per table ([`Table::ALL`]'s order), rows inserted into ClickHouse and failed
+    /// inserts, every worker shard added up: what the control thread's readiness watches
+    /// for a table whose every insert fails while ClickHouse answers pings (0 when
+    /// metrics are off).
+    pub fn insert_totals(&self) -> [(u64, u64); Table::ALL.len()] {
         let t = self.totals();
         let l = &*self.layout;
         let at = |i: usize| t.get(i).copied().unwrap_or(0);
-        Table::ALL.iter().fold((0, 0), |(rows, failed), tb| {
-            (rows.wrapping_add(at(l.rows(*tb))), failed.wrapping_add(at(l.insert_failures(*tb))))
-        })
+        Table::ALL.map(|tb| (at(l.rows(tb)), at(l.insert_failures(tb))))
     }
 
     /// Encodes the shards' counters summed, then the sources.

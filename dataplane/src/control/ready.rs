@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use croupier_control::config::{Config, StreamLimits};
-use croupier_control::metrics::{Encoder, Kind, Registry};
+use croupier_control::metrics::{Encoder, Kind, Registry, Table};
 use croupier_protocol::cluster::Partitions;
 
 use super::streams::{self, StreamReading};
@@ -90,7 +90,8 @@ struct InsertWatch {
 }
 
 impl InsertWatch {
-    /// Takes the counters `(rows, failed)` at `now`; why inserts are stalled, if they are.
+    /// Takes a table's counters `(rows, failed)` at `now`; why its inserts are stalled, if
+    /// they are.
     fn look(&mut self, (rows, failed): (u64, u64), now: Instant, window: Duration) -> Option<String> {
         let progressed = rows != self.rows;
         let new_failure = failed != self.failed;
@@ -140,7 +141,9 @@ pub struct Probes {
     cluster_name: String,
     /// The process's metrics, whose insert counters [`InsertWatch`] watches (workers).
     registry: Option<Arc<Registry>>,
-    inserts: RefCell<InsertWatch>,
+    /// Per table, in [`Table::ALL`]'s order: one table's inserts may all fail while the
+    /// other's go through.
+    inserts: RefCell<[InsertWatch; Table::ALL.len()]>,
     /// How recent a failed insert must be for inserts to count as stalled: three of the
     /// workers' longest back-offs, and [`STALLED_AFTER`] at least.
     stall_window: Duration,
@@ -190,7 +193,7 @@ impl Probes {
             ch_cluster: config.clickhouse.is_cluster(),
             cluster_name: config.clickhouse.cluster.clone(),
             registry: worker.then_some(registry),
-            inserts: RefCell::new(InsertWatch::default()),
+            inserts: RefCell::new(Default::default()),
             stall_window: Duration::from_millis(config.worker.backoff_max_ms.saturating_mul(3)).max(STALLED_AFTER),
             pinged: RefCell::new(None),
             ingest,
@@ -394,7 +397,17 @@ impl Probes {
     /// Why the workers' inserts are stalled, if they are ([`InsertWatch`]).
     fn stalled_inserts(&self) -> Option<String> {
         let totals = self.registry.as_ref()?.insert_totals();
-        self.inserts.borrow_mut().look(totals, Instant::now(), self.stall_window)
+        let now = Instant::now();
+        let mut watches = self.inserts.borrow_mut();
+        let stalled: Vec<String> = Table::ALL
+            .iter()
+            .zip(totals)
+            .zip(watches.iter_mut())
+            .filter_map(|((table, t), w)| {
+                w.look(t, now, self.stall_window).map(|why| format!("{}: {why}", table.label()))
+            })
+            .collect();
+        (!stalled.is_empty()).then(|| stalled.join("; "))
     }
 
     /// `what` did not answer within the probe timeout.

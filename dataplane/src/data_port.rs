@@ -169,19 +169,23 @@ impl Handler for DataPort {
         }
     }
 
-    /// A head refused on an ingest or client-ingest route counts as one refused record
-    /// (docs/metrics.md: a batch refused before its records were counted counts as one)
-    /// of the game its credential names, as far as it was read before the fault: a
-    /// client route's write key, else `X-Game-Id`. A preflight (`OPTIONS`) carries no
-    /// records and counts none.
+    /// A head refused on an ingest, client-ingest or OTLP/HTTP signal route counts as one
+    /// refused record (docs/metrics.md: a batch refused before its records were counted
+    /// counts as one) of the game its credential names, as far as it was read before the
+    /// fault: a client route's write key (header, else `?key=`), else `X-Game-Id`; an
+    /// OTLP route's bearer token. A preflight (`OPTIONS`) carries no records and counts
+    /// none, nor does `/v1/metrics` (not a signal taken).
     fn refused_head(&self, head: &Head, error: &HttpError) {
         let game = match self.router.find(head.method, head.path()) {
             Ok(Route::Ingest(_)) => head.field(GAME_ID),
-            Ok(Route::Client(_)) if head.method != Method::Options => head
-                .field(WRITE_KEY)
-                .and_then(|k| self.shard.keys.get(k))
-                .map(|k| k.game.as_str())
-                .or_else(|| head.field(GAME_ID)),
+            Ok(Route::Client(_)) if head.method != Method::Options => {
+                let key = head.field(WRITE_KEY).map(std::borrow::Cow::Borrowed);
+                key.or_else(|| client::credential::query_key(head.query()))
+                    .and_then(|k| self.shard.keys.get(k.as_ref()))
+                    .map(|k| k.game.as_str())
+                    .or_else(|| head.field(GAME_ID))
+            }
+            Ok(Route::Otlp(OtlpRoute::Export(_))) => otlp::bearer_game(&self.shard, head.field(AUTHORIZATION)),
             _ => return,
         };
         ingest::count_refused(&self.shard, game.unwrap_or_default(), &IngestError::Http(error.clone()), 1);

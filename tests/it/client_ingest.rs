@@ -198,6 +198,10 @@ fn client_ingest_tokens_and_write_keys() {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
     refused(&HttpClient::connect(f.addr).request("POST", EVENTS, &twice, body.as_bytes()), 400, "bad_request");
+    // The key in the query (a beacon's): the same.
+    let by_query: Vec<(String, String)> = twice.iter().filter(|(k, _)| k != "X-Write-Key").cloned().collect();
+    let target = format!("{EVENTS}?key={KEY}");
+    refused(&HttpClient::connect(f.addr).request("POST", &target, &by_query, body.as_bytes()), 400, "bad_request");
     assert_eq!(HttpClient::connect(f.addr).request("OPTIONS", EVENTS, &twice, b"").status, 400);
     refused(&with(("X-Write-Key", OTHER_KEY)), 403, "game_mismatch");
     refused(&with(("X-Write-Key", "pk_nobody_has_this_key")), 401, "unknown_key");
@@ -249,7 +253,7 @@ fn client_ingest_tokens_and_write_keys() {
     // The game is the credential's, else the configured game `X-Game-ID` names.
     for (game, reason, n) in [
         (GAME, "bad_token", 3.0),
-        (GAME, "bad_request", 1.0),
+        (GAME, "bad_request", 2.0),
         (GAME, "missing_permission", 1.0),
         (GAME, "game_not_allowed", 1.0),
         (OTHER_GAME, "game_mismatch", 1.0),

@@ -281,12 +281,18 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
     let r = post(&f, "/v1/logs", TOKEN, "application/json", &[], body.as_bytes());
     assert_eq!(r.status, 200);
     assert_eq!(croupier_it::redis::xrange(&mut f.redis.client(), "analytics:events").len(), 1);
+    // A head refused for a header sent twice counts as one refused record of the token's
+    // game, as on the data port.
+    let twice = [("Content-Type", "application/json")];
+    assert_eq!(post(&f, "/v1/logs", TOKEN, "application/json", &twice, body.as_bytes()).status, 400);
     // Its rejected record is counted once, with the append, not again for the retry.
     let registry = f.ingest.as_ref().expect("running").metrics().clone();
     let mut enc = croupier_control::metrics::Encoder::new();
     registry.encode(&mut enc);
     let text = enc.finish();
     let series = r#"croupier_events_refused_total{game="g1",reason="invalid_field"}"#;
+    assert_eq!(crate::metrics::sample(&text, series), Some(1.0), "{text}");
+    let series = r#"croupier_events_refused_total{game="g1",reason="bad_request"}"#;
     assert_eq!(crate::metrics::sample(&text, series), Some(1.0), "{text}");
 
     // A token never grants another game: g2's token with records of g1 rejects them all.

@@ -354,6 +354,25 @@ fn control_readyz_waits_for_every_ingest_shard_after_redis_returns() {
     }
 }
 
+/// Black-box finding: after Redis restarted, the first `/readyz` (or scrape) said Redis
+/// was down, whenever it came: its reading found the control thread's idle connection
+/// lost, which is news of the past. It reads again once the client has reconnected.
+#[test]
+fn control_readyz_after_a_redis_restart_reads_redis_as_it_is_now() {
+    let mut s = servers();
+    let i = Croupier::start(CROUPIER, "ingest", &s.env);
+    i.wait_data_ready();
+    i.wait_control_ready(200);
+    for _ in 0..3 {
+        s.redis.stop();
+        s.redis.restart();
+        // Redis back, the shards reading it again (every 20 ms here); nobody probes.
+        std::thread::sleep(Duration::from_secs(3));
+        let (status, body) = i.control_get("/readyz");
+        assert_eq!(status, 200, "the first probe after the restart: {body}");
+    }
+}
+
 #[test]
 fn alerting_backlog_alert_reaches_a_webhook_while_clickhouse_is_paused_and_resolves() {
     let s = servers();

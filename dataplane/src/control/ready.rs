@@ -238,9 +238,21 @@ impl Probes {
             return Err(format!("{}: {why}", self.redis_addr));
         }
         let others = others.then_some(streams::OtherCounts { cluster: self.redis.is_cluster() });
-        streams::read(&self.redis, self.limits, &self.partitions, others)
-            .await
-            .map_err(|e| format!("{}: {e}", self.redis_addr))
+        let read = || streams::read(&self.redis, self.limits, &self.partitions, others);
+        match read().await {
+            // This reading found the connection lost (an idle one, closed while Redis
+            // restarted or by its `timeout`): that is news of the past, not of Redis now.
+            // The client reconnects at once; read again once it has, within half the
+            // probe's time, before saying Redis is down.
+            Err(e) if e.contains(streams::CONNECTION_LOST) => {
+                let until = monoio::time::Instant::now() + self.timeout / 2;
+                while !self.redis.is_up() && monoio::time::Instant::now() < until {
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+                read().await.map_err(|e| format!("{}: {e}", self.redis_addr))
+            }
+            r => r.map_err(|e| format!("{}: {e}", self.redis_addr)),
+        }
     }
 
     /// Pings every shard (the server, without `clickhouse.shards`): the first error, a

@@ -51,10 +51,14 @@ impl StreamReading {
     }
 }
 
+/// What a reading says when its connection was found lost (the reading may be tried again
+/// once the client has reconnected).
+pub const CONNECTION_LOST: &str = "connection lost";
+
 /// What went wrong with a command, in words.
 fn failed(e: RedisError) -> String {
     match e {
-        RedisError::Unavailable => "connection lost".into(),
+        RedisError::Unavailable => CONNECTION_LOST.into(),
         RedisError::Timeout => "no reply in time".into(),
         RedisError::QueueFull => "too many commands waiting".into(),
         RedisError::Protocol(p) => format!("protocol error: {p}"),

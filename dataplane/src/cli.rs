@@ -167,8 +167,8 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
         }
     };
     let cluster = config.clickhouse.is_cluster().then(|| config.clickhouse.cluster.clone());
-    // Each node with the index of its shard in `clickhouse.shards`.
     let shards = config.clickhouse.shards.len();
+    // Each node with the index of its shard in `clickhouse.shards`.
     let nodes: Vec<(usize, String)> =
         config.clickhouse.shards.iter().enumerate().flat_map(|(s, r)| r.iter().map(move |n| (s, n.clone()))).collect();
     let res = crate::runtime::block_on(driver, async move {

@@ -98,9 +98,13 @@ impl InsertWatch {
         if new_failure {
             self.last_failure = Some(now);
         }
-        if progressed {
+        // A row inserted ends a stall, and so does a window without a failure (a poison
+        // entry dead-lettered, then nothing to insert): a later failure starts anew.
+        let quiet = self.last_failure.is_none_or(|f| now.saturating_duration_since(f) >= window);
+        if progressed || quiet {
             self.since = None;
-        } else if new_failure && self.since.is_none() {
+        }
+        if new_failure && !progressed && self.since.is_none() {
             self.since = Some((now, self.failed));
         }
         self.rows = rows;
@@ -293,8 +297,13 @@ impl Probes {
             for _ in 0..replicas {
                 let start = self.answered.borrow().get(i).copied().unwrap_or(0);
                 let (mut conn, at) = Connection::connect_from(&each, start).await.map_err(|e| e.to_string())?;
-                conn.ping().await.map_err(|e| e.to_string())?;
                 self.set_answered(i, at);
+                if let Err(e) = conn.ping().await {
+                    // Connected but not answering: the next try from the next replica.
+                    self.set_answered(i, at + 1);
+                    last = e.to_string();
+                    continue;
+                }
                 match self.fits(&mut conn, i, opts, at, true).await {
                     Ok(()) => return Ok(conn),
                     Err(e) => {
@@ -535,11 +544,13 @@ mod tests {
         assert_eq!(w.look((1001, 7), at(41), window), None);
         assert_eq!(w.look((1001, 7), at(56), window), None);
         assert_eq!(w.look((1001, 7), at(80), window), None);
-        // Failing again, no row since the failure at second 41: stalled; once failures
-        // stop, past the window, not.
-        assert!(w.look((1001, 8), at(90), window).is_some());
-        assert!(w.look((1001, 9), at(120), window).is_some());
-        assert_eq!(w.look((1001, 9), at(136), window), None);
+        // A failure long after: a stall of its own, from it (not from second 41).
+        assert_eq!(w.look((1001, 8), at(2400), window), None);
+        assert_eq!(w.look((1001, 9), at(2410), window), None);
+        let why = w.look((1001, 10), at(2415), window).expect("stalled");
+        assert!(why.starts_with("no row inserted for 15 s"), "{why}");
+        // Once failures stop, past the window, not.
+        assert_eq!(w.look((1001, 10), at(2431), window), None);
     }
 
     #[test]

@@ -178,9 +178,13 @@ impl Handler for DataPort {
     fn refused_head(&self, head: &Head, error: &HttpError) {
         let game = match self.router.find(head.method, head.path()) {
             Ok(Route::Ingest(_)) => head.field(GAME_ID),
+            // As the route reads its credential: a bearer token first (its game is then
+            // `X-Game-ID`'s), else the write key's.
             Ok(Route::Client(_)) if head.method != Method::Options => {
-                let key = head.field(WRITE_KEY).map(std::borrow::Cow::Borrowed);
+                let token = crate::http::request::bearer_token(head.field(AUTHORIZATION)).is_some();
+                let key = head.field(WRITE_KEY).filter(|k| !k.is_empty()).map(std::borrow::Cow::Borrowed);
                 key.or_else(|| client::credential::query_key(head.query()))
+                    .filter(|_| !token)
                     .and_then(|k| self.shard.keys.get(k.as_ref()))
                     .map(|k| k.game.as_str())
                     .or_else(|| head.field(GAME_ID))

@@ -174,7 +174,9 @@ fn read_values(r: &mut Reader<'_>, ty: &str, rows: usize) -> Result<Vec<Value>, 
         "Float32" => fixed::<4>(r, rows, |b| Value::Float(f64::from(f32::from_le_bytes(b))))?,
         "Float64" => fixed::<8>(r, rows, |b| Value::Float(f64::from_le_bytes(b)))?,
         "String" => {
-            let mut out = Vec::with_capacity(rows);
+            // Reserved for the values the bytes at hand can hold (one byte each at least),
+            // not for what the header claims before they arrive.
+            let mut out = Vec::with_capacity(rows.min(r.remaining().len()));
             for _ in 0..rows {
                 out.push(Value::Str(String::from_utf8_lossy(r.str()?).into_owned()));
             }
@@ -202,7 +204,7 @@ fn read_values(r: &mut Reader<'_>, ty: &str, rows: usize) -> Result<Vec<Value>, 
                 let values = read_values(r, t, rows)?;
                 values.into_iter().zip(nulls).map(|(v, n)| if n != 0 { Value::Null } else { v }).collect()
             } else if let Some(t) = inner(t, "Array") {
-                let mut offsets = Vec::with_capacity(rows);
+                let mut offsets = Vec::with_capacity(rows.min(r.remaining().len() / 8));
                 for _ in 0..rows {
                     offsets.push(u64_at(r)?);
                 }
@@ -324,6 +326,17 @@ mod tests {
         }
         let ok = read_block(&mut Reader::new(&out), 54412).expect("block");
         assert_eq!(ok.values[0], vec![Value::Str("x".into())]);
+    }
+
+    #[test]
+    fn a_header_claiming_more_values_than_the_bytes_hold_is_incomplete() {
+        // A block that says a million rows and holds one value (a peer's partial packet,
+        // or a hostile one): the read waits for more, reserving only what the bytes hold.
+        let mut s = ColumnData::String(Default::default());
+        s.push_str(b"x");
+        let mut out = Vec::new();
+        write_block(&mut out, 54412, &[Column::new("s", "String", s)], 1 << 20);
+        assert_eq!(read_block(&mut Reader::new(&out), 54412), Err(BlockError::Incomplete));
     }
 
     #[test]

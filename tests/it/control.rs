@@ -114,13 +114,16 @@ fn croupier_run_metrics_are_exact_and_a_real_prometheus_scrapes_them() {
     let sent = accepted.load(Ordering::Relaxed);
     assert_eq!(sent, 2000);
 
-    // Once the worker has inserted everything, every counter is final.
+    // Once the worker has inserted and acknowledged everything, every counter is final
+    // (rows are counted when ClickHouse confirms them, just before their entries are
+    // acknowledged: a scrape in between sees them in the backlog still).
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
         let text = scrape(&c);
         let rows = sample(&text, r#"croupier_worker_rows_inserted_total{table="events"}"#).unwrap_or(0.0);
         let pay = sample(&text, r#"croupier_worker_rows_inserted_total{table="payments"}"#).unwrap_or(0.0);
-        if rows == sent as f64 && pay == 6.0 {
+        let backlog = sample(&text, r#"croupier_stream_backlog_events{stream="events"}"#);
+        if rows == sent as f64 && pay == 6.0 && backlog == Some(0.0) {
             break text;
         }
         assert!(Instant::now() < deadline, "worker did not insert everything within 60 s:\n{text}\n{}", c.log());

@@ -182,8 +182,7 @@ impl Handler for DataPort {
             // `X-Game-ID`'s), else the write key's.
             Ok(Route::Client(_)) if head.method != Method::Options => {
                 let token = crate::http::request::bearer_token(head.field(AUTHORIZATION)).is_some();
-                let key = head.field(WRITE_KEY).filter(|k| !k.is_empty()).map(std::borrow::Cow::Borrowed);
-                key.or_else(|| client::credential::query_key(head.query()))
+                client::credential::write_key(head.field(WRITE_KEY), head.query())
                     .filter(|_| !token)
                     .and_then(|k| self.shard.keys.get(k.as_ref()))
                     .map(|k| k.game.as_str())

@@ -32,6 +32,11 @@ pub fn query_key(query: &str) -> Option<Cow<'_, str>> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v).filter(|k| !k.is_empty())
 }
 
+/// The write key a request gives: `X-Write-Key` (an empty one is none), else `?key=`.
+pub fn write_key<'a>(header: Option<&'a str>, query: &'a str) -> Option<Cow<'a, str>> {
+    header.filter(|k| !k.is_empty()).map(Cow::Borrowed).or_else(|| query_key(query))
+}
+
 /// Whether an `Authorization` value is a `Bearer` token (the scheme in any case).
 fn is_bearer(authorization: &str) -> bool {
     crate::http::request::bearer_token(Some(authorization)).is_some()
@@ -47,7 +52,7 @@ pub fn check<'s>(
     header_key: Option<&str>,
     query: &str,
 ) -> Result<Sender<'s>, IngestError> {
-    let key = header_key.filter(|k| !k.is_empty()).map(Cow::Borrowed).or_else(|| query_key(query));
+    let key = write_key(header_key, query);
     let authorization = authorization.filter(|a| is_bearer(a) || key.is_none());
     if authorization.is_some() {
         let verifier = shard.verifier.as_ref().ok_or_else(|| IngestError::BadToken("no keys are configured".into()))?;

@@ -342,9 +342,14 @@ fn ch_cluster_a_node_listed_under_another_shard_is_refused() {
     let env = cluster_env(&redis, &cluster);
     migrate(&env);
     let (a, b) = (cluster.nodes[0][0].addr(), cluster.nodes[1][0].addr());
-    let mut swapped = env.clone();
-    swapped.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__SHARDS");
-    swapped.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), format!(r#"[["{b}"],["{a}"]]"#)));
+    // `env` with `clickhouse.shards` set to `toml`.
+    let with_shards = |toml: String| {
+        let mut e = env.clone();
+        e.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__SHARDS");
+        e.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), toml));
+        e
+    };
+    let swapped = with_shards(format!(r#"[["{b}"],["{a}"]]"#));
     let (ok, out) = croupier(&["migrate"], &swapped);
     assert!(!ok, "migrate took the swapped shards: {out}");
     assert!(out.contains(&format!(r#"{b} has `shard` macro "2" but is listed in clickhouse.shards[0]"#)), "{out}");
@@ -352,9 +357,7 @@ fn ch_cluster_a_node_listed_under_another_shard_is_refused() {
     wait_readyz(&w, 503, "unready on the swapped shards", "is listed in clickhouse.shards[0], shard 1");
     drop(w);
     // A list that leaves a shard out: its rows would land on the shards listed.
-    let mut short = env.clone();
-    short.retain(|(k, _)| k != "CROUPIER_CLICKHOUSE__SHARDS");
-    short.push(("CROUPIER_CLICKHOUSE__SHARDS".into(), format!(r#"[["{a}"]]"#)));
+    let short = with_shards(format!(r#"[["{a}"]]"#));
     let (ok, out) = croupier(&["migrate"], &short);
     assert!(!ok, "migrate took one shard of two: {out}");
     assert!(

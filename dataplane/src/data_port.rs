@@ -173,9 +173,10 @@ impl Handler for DataPort {
     /// refused record (docs/metrics.md: a batch refused before its records were counted
     /// counts as one) of the game its credential names, as far as it was read before the
     /// fault: a client route's write key (header, else `?key=`), else `X-Game-Id`; an
-    /// OTLP route's bearer token. A preflight (`OPTIONS`) carries no records and counts
-    /// none, nor does `/v1/metrics` (not a signal taken).
-    fn refused_head(&self, head: &Head, error: &HttpError) {
+    /// OTLP route's bearer token (`otlp::refused_head`, which also answers in OTLP's
+    /// contract). A preflight (`OPTIONS`) carries no records and counts none, nor does
+    /// `/v1/metrics` (not a signal taken).
+    fn refused_head(&self, head: &Head, error: &HttpError) -> Option<Response> {
         let game = match self.router.find(head.method, head.path()) {
             Ok(Route::Ingest(_)) => head.field(GAME_ID),
             // As the route reads its credential: a bearer token first (its game is then
@@ -188,10 +189,11 @@ impl Handler for DataPort {
                     .map(|k| k.game.as_str())
                     .or_else(|| head.field(GAME_ID))
             }
-            Ok(Route::Otlp(OtlpRoute::Export(_))) => otlp::bearer_game(&self.shard, head.field(AUTHORIZATION)),
-            _ => return,
+            Ok(Route::Otlp(route)) => return Some(otlp::refused_head(&self.shard, route, head, error)),
+            _ => return None,
         };
         ingest::count_refused(&self.shard, game.unwrap_or_default(), &IngestError::Http(error.clone()), 1);
+        None
     }
 
     fn served(&self, path: Option<&str>, status: u16, duration: Duration) {

@@ -18,6 +18,7 @@ use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
 use crate::http::error::HttpError;
 use crate::http::handler::Request;
+use crate::http::request::Head;
 use crate::http::response::Response;
 use crate::ingest::{self, Prepared, Refusal};
 use crate::shard::Shard;
@@ -93,6 +94,20 @@ fn refusal(format: Format, e: &IngestError) -> Response {
     response::status(&mut r.body, format, code, &message);
     r.content_type = format.content_type();
     r
+}
+
+/// Answers a head the HTTP layer refused on an OTLP/HTTP route (a header sent twice, a
+/// bad `Content-Length`, ...) as the route's other refusals: a `google.rpc.Status` in
+/// the encoding the `Content-Type` read before the fault names (JSON when none was read),
+/// with the ingest contract's status. An export counts as one refused record of the
+/// bearer token's game.
+pub fn refused_head(shard: &Shard, route: OtlpRoute, head: &Head, error: &HttpError) -> Response {
+    let e = IngestError::Http(error.clone());
+    if let OtlpRoute::Export(_) = route {
+        ingest::count_refused(shard, bearer_game(shard, head.field(AUTHORIZATION)).unwrap_or(""), &e, 1);
+    }
+    let format = head.field(CONTENT_TYPE).and_then(Format::from_content_type).unwrap_or(Format::Json);
+    refusal(format, &e)
 }
 
 /// Answers an OTLP/HTTP request. A request refused before its records were counted

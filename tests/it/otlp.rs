@@ -283,8 +283,20 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
     assert_eq!(croupier_it::redis::xrange(&mut f.redis.client(), "analytics:events").len(), 1);
     // A head refused for a header sent twice counts as one refused record of the token's
     // game, as on the data port.
+    // Answered as the route's other refusals: a `google.rpc.Status`, in the encoding of
+    // the Content-Type read before the fault.
     let twice = [("Content-Type", "application/json")];
-    assert_eq!(post(&f, "/v1/logs", TOKEN, "application/json", &twice, body.as_bytes()).status, 400);
+    let r = post(&f, "/v1/logs", TOKEN, "application/json", &twice, body.as_bytes());
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+        (400, r#"{"code":3,"message":"bad request: header Content-Type appears more than once"}"#)
+    );
+    let twice = [("Authorization", "Bearer x")];
+    let r = post(&f, "/v1/traces", TOKEN, "application/x-protobuf", &twice, b"");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (400, b"\x08\x03\x12\x38bad request: header Authorization appears more than once".as_slice())
+    );
     // Its rejected record is counted once, with the append, not again for the retry.
     let registry = f.ingest.as_ref().expect("running").metrics().clone();
     let mut enc = croupier_control::metrics::Encoder::new();
@@ -293,7 +305,7 @@ fn otlp_partial_success_refusals_and_unsupported_signals() {
     let series = r#"croupier_events_refused_total{game="g1",reason="invalid_field"}"#;
     assert_eq!(crate::metrics::sample(&text, series), Some(1.0), "{text}");
     let series = r#"croupier_events_refused_total{game="g1",reason="bad_request"}"#;
-    assert_eq!(crate::metrics::sample(&text, series), Some(1.0), "{text}");
+    assert_eq!(crate::metrics::sample(&text, series), Some(2.0), "{text}");
 
     // A token never grants another game: g2's token with records of g1 rejects them all.
     let r = post(

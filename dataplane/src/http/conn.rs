@@ -84,11 +84,8 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => {
-                    let resp = e.response();
                     let path = head.has_request_line().then(|| head.path());
-                    if path.is_some() {
-                        handler.refused_head(&head, &e);
-                    }
+                    let resp = path.and_then(|_| handler.refused_head(&head, &e)).unwrap_or_else(|| e.response());
                     handler.served(path, resp.status, elapsed(started));
                     let _ = write(&mut sock, &mut b.output, resp, &server).await;
                     linger(&mut sock, &mut b.input).await;

@@ -39,9 +39,11 @@ pub trait Handler {
 
     /// Sees a head refused after its request line was read (a header sent twice, a bad
     /// `Content-Length`, ...), before [`Handler::served`]: `head` holds its method, path
-    /// and the fields read before the fault. Nothing by default.
-    fn refused_head(&self, head: &Head, error: &HttpError) {
+    /// and the fields read before the fault. Returns the answer in the route's own error
+    /// contract, or `None` for the HTTP layer's (`HttpError::response`, the default).
+    fn refused_head(&self, head: &Head, error: &HttpError) -> Option<Response> {
         let _ = (head, error);
+        None
     }
 }
 

@@ -259,8 +259,8 @@ pub struct Redis {
     pub ingest_protocol: IngestProtocol,
     /// How long a request's lease on its nonce lasts under the `lease` protocol,
     /// milliseconds: a retry that meets it is answered 503 `request_in_flight` until the
-    /// request holding it finished or the lease ran out. 0: twice `reply_timeout_ms`
-    /// plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is set), which is
+    /// request holding it finished or the lease ran out. 0: three times
+    /// `reply_timeout_ms` plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is set), which is
     /// also the least accepted (the append must reach Redis within the lease).
     pub ingest_lease_ms: u64,
     /// Most requests appended by one transaction under the `script` protocol: the
@@ -352,21 +352,23 @@ impl Redis {
         self.ingest_lease_ms.max(self.min_lease_ms())
     }
 
-    /// The shortest lease allowed: a request's append is written within two reply
-    /// timeouts of its lease being asked for (plus, with `wait_replicas`, the `WAIT` of
-    /// the round before it, which the connection waits for before writing the next), and
-    /// the lease outlives that by 2 seconds.
+    /// The shortest lease allowed: a request's append is queued within a reply timeout
+    /// of its lease being asked for, taken into a pipeline round within another (its
+    /// caller gives up then, and a command whose caller gave up is not sent) — plus, with
+    /// `wait_replicas`, the `WAIT` of the round before, which the connection waits for
+    /// before building the next —, and that round is written within a third (or the
+    /// connection fails); the lease outlives that by 2 seconds.
     pub fn min_lease_ms(&self) -> u64 {
         self.lease_hold_ms().saturating_add(2_000)
     }
 
     /// How long the lease protocol's append keeps the lease after it ran: its reply comes
     /// within a reply timeout (after the round's `WAIT`, with `wait_replicas`), and what
-    /// its holder then sends (the nonce pending again, when an `XADD` failed) is written
-    /// within another.
+    /// its holder then sends (the nonce pending again, when an `XADD` failed) is taken
+    /// into a round within another and written within a third.
     pub fn lease_hold_ms(&self) -> u64 {
         let wait = if self.wait_replicas > 0 { self.wait_timeout_ms } else { 0 };
-        self.reply_timeout_ms.saturating_mul(2).saturating_add(wait)
+        self.reply_timeout_ms.saturating_mul(3).saturating_add(wait)
     }
 }
 
@@ -1335,7 +1337,7 @@ impl Config {
             return Err(err(
                 "redis.ingest_lease_ms",
                 format!(
-                    "expected 0 (the default) or at least twice reply_timeout_ms plus 2000 ({})",
+                    "expected 0 (the default) or at least three times reply_timeout_ms plus 2000 ({})",
                     self.redis.min_lease_ms()
                 ),
             ));
@@ -1872,7 +1874,7 @@ mod tests {
     #[test]
     fn ingest_protocol_and_its_lease() {
         let c = Config::default();
-        assert_eq!((c.redis.ingest_protocol, c.redis.lease_ms()), (IngestProtocol::Script, 12_000));
+        assert_eq!((c.redis.ingest_protocol, c.redis.lease_ms()), (IngestProtocol::Script, 17_000));
         let c = Config::load(
             None,
             env(&[("CROUPIER_REDIS__INGEST_PROTOCOL", "lease"), ("CROUPIER_REDIS__INGEST_LEASE_MS", "30000")]),
@@ -1880,7 +1882,7 @@ mod tests {
         .expect("loads");
         assert_eq!((c.redis.ingest_protocol, c.redis.lease_ms()), (IngestProtocol::Lease, 30_000));
         // Shorter than an append can take to reach Redis: refused, naming the key.
-        let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_LEASE_MS", "11999")])).expect_err("short");
+        let e = Config::load(None, env(&[("CROUPIER_REDIS__INGEST_LEASE_MS", "16999")])).expect_err("short");
         assert_eq!(e.key, "redis.ingest_lease_ms");
         // With replicated appends, the round before an append may wait for its `WAIT`.
         let c = Config::load(
@@ -1888,13 +1890,13 @@ mod tests {
             env(&[("CROUPIER_REDIS__WAIT_REPLICAS", "1"), ("CROUPIER_REDIS__WAIT_TIMEOUT_MS", "4000")]),
         )
         .expect("loads");
-        assert_eq!(c.redis.lease_ms(), 16_000);
+        assert_eq!(c.redis.lease_ms(), 21_000);
         let e = Config::load(
             None,
             env(&[
                 ("CROUPIER_REDIS__WAIT_REPLICAS", "1"),
                 ("CROUPIER_REDIS__WAIT_TIMEOUT_MS", "4000"),
-                ("CROUPIER_REDIS__INGEST_LEASE_MS", "15999"),
+                ("CROUPIER_REDIS__INGEST_LEASE_MS", "20999"),
             ]),
         )
         .expect_err("short for the wait");

@@ -22,6 +22,7 @@ use crate::http::error::HttpError;
 use crate::ratelimit::GameRate;
 use crate::redis::append_group::Append;
 use crate::redis::backlog::Admission;
+use crate::redis::connection::{Placement, RedisClient};
 use crate::shard::{GameState, Shard};
 
 /// Which ingest endpoint.
@@ -210,7 +211,11 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     // The append that follows is counted by the queue bound now: a full queue refuses
     // before a lease is taken.
     let (lease_cmd, reserve) = (l.lease, l.commit.len());
-    let Ok((frames, _)) = redis.call_group(lease_cmd, l.lease_replies, reserve, &l.nonce_key, false).await else {
+    // Every later command of the request runs where the lease ran, or nowhere
+    // (`call_group_on`): on another server (a failover, a restart that lost the lease, a
+    // cluster's slot moved) a retry may hold a lease of its own, and both would append.
+    let Ok((frames, _, at)) = redis.call_group_placed(lease_cmd, l.lease_replies, reserve, &l.nonce_key, false).await
+    else {
         return Outcome::Failed;
     };
     match lease::lease_reply(frames, parts.len(), &l.digest) {
@@ -224,15 +229,17 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         }
         Ok(Lease::Done) => {
             // The lease this transaction took is given back (were that lost, it runs out).
-            give_back_lease(redis, &l.nonce_key, &l.lease_key);
+            give_back_lease(redis, &at, &l.nonce_key, &l.lease_key);
             if wanted == 0 {
                 return Outcome::Duplicate { replicas: 0 };
             }
             // A write of this connection's after the first append, for its `WAIT`.
             let mut cmd = Vec::with_capacity(l.nonce_key.len() + 80);
             lease::touch_done(&mut cmd, &l.nonce_key, &l.digest);
-            return match redis.call_replicated(cmd).await {
-                Ok((Frame::SimpleString(_), replicas)) => Outcome::Duplicate { replicas },
+            return match redis.call_group_on(&at, cmd, 1, true).await {
+                Ok((frames, replicas)) if matches!(frames.first(), Some(Frame::SimpleString(_))) => {
+                    Outcome::Duplicate { replicas }
+                }
                 _ => Outcome::Failed,
             };
         }
@@ -247,7 +254,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 // Held a moment ago: given back, with the nonce when this reserved it.
                 let mut cmd = Vec::with_capacity(2 * l.lease_key.len() + 32);
                 lease::release(&mut cmd, &l.nonce_key, &l.lease_key, reserved);
-                let _ = redis.call(cmd).await;
+                let _ = redis.call_group_on(&at, cmd, 1, false).await;
             }
             return Outcome::Failed;
         }
@@ -268,12 +275,12 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     for (stream, count) in parts {
         shard.backlog.count_added(l.partition, *stream, *count);
     }
-    match redis.call_group(l.commit, l.commit_replies, 0, &l.nonce_key, wanted > 0).await {
+    match redis.call_group_on(&at, l.commit, l.commit_replies, wanted > 0).await {
         Ok((frames, replicas)) => match lease::commit_reply(frames, parts.len()) {
             Commit::Added(ids) if ids.len() == parts.len() => {
                 // Until it is given back (or runs out, at the hold after the append)
                 // another attempt of the request is told to retry, not that it is done.
-                give_back_lease(redis, &l.nonce_key, &l.lease_key);
+                give_back_lease(redis, &at, &l.nonce_key, &l.lease_key);
                 Outcome::Added { replicas }
             }
             // Nothing ran: the lease runs out, and the retry then appends.
@@ -308,7 +315,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
                 }
                 let mut cmd = Vec::with_capacity(l.nonce_key.len() + l.lease_key.len() + 96);
                 lease::reopen(&mut cmd, &l.nonce_key, &l.lease_key, &l.digest);
-                let reopened = redis.call_group(cmd, 2, 0, &l.nonce_key, false).await;
+                let reopened = redis.call_group_on(&at, cmd, 2, false).await;
                 if !matches!(reopened.as_ref().map(|(f, _)| f.first()), Ok(Some(Frame::SimpleString(_) | Frame::Null)))
                 {
                     // The retry will find the nonce done and be answered 202: what failed
@@ -327,13 +334,14 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     }
 }
 
-/// Gives back the lease `lease_key` (of `nonce_key`) without holding up the answer.
-fn give_back_lease(redis: &crate::redis::connection::RedisClient, nonce_key: &str, lease_key: &str) {
+/// Gives back the lease `lease_key` (of `nonce_key`) where it was taken (`at`), without
+/// holding up the answer; a lease not given back runs out.
+fn give_back_lease(redis: &RedisClient, at: &Placement, nonce_key: &str, lease_key: &str) {
     let mut release = Vec::with_capacity(lease_key.len() + 32);
     lease::release(&mut release, nonce_key, lease_key, false);
-    let redis = redis.clone();
+    let (redis, at) = (redis.clone(), at.clone());
     monoio::spawn(async move {
-        let _ = redis.call(release).await;
+        let _ = redis.call_group_on(&at, release, 1, false).await;
     });
 }
 

@@ -657,3 +657,64 @@ fn cluster_stream_slot_migrated_under_load_loses_no_202() {
     p.wait_for(0, "entries pending on the new primary", |_| cluster.pending(&key) as u64);
     eprintln!("{} requests, {} sent again, {moved} keys moved, {asked} ASKING calls", done.requests, done.refused);
 }
+
+/// A request's commands after its lease run where its lease ran or nowhere
+/// (docs/ingest.md, "One server"): with the lease's slot moved to the other primary, a
+/// command sent on the lease's placement is answered `MOVED` and not sent on (it is not
+/// run by either primary), while a routed command follows the slot.
+#[test]
+fn cluster_a_placed_command_does_not_follow_its_slot_to_another_primary() {
+    use croupier_dataplane::redis::connection::{RedisClient, RedisOptions};
+    use croupier_protocol::resp::{self, Frame};
+    let cluster = RedisCluster::primaries_only(2);
+    let (leased, placed, routed) = ("{placed}lease", "{placed}append", "{placed}routed");
+    let slot = croupier_protocol::cluster::key_slot(leased.as_bytes()).to_string();
+    let from = cluster.primary_of(leased).expect("a primary");
+    let to = 1 - from;
+    let id = |n: usize| match cluster.nodes[n].client().cmd(&["CLUSTER", "MYID"]) {
+        Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("CLUSTER MYID: {other:?}"),
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    let ok = |f: Frame, what: &str| assert_eq!(f, Frame::SimpleString(b"OK".to_vec()), "{what}");
+    let mut config = croupier_control::config::Config::default();
+    config.redis.cluster = cluster.seeds();
+    let options = RedisOptions::from_config(&config);
+    let set = |key: &str| {
+        let mut cmd = Vec::new();
+        resp::command(&mut cmd, &[b"SET", key.as_bytes(), b"1"]);
+        cmd
+    };
+    let driver = croupier_dataplane::runtime::resolve(Driver::Epoll).expect("epoll");
+    croupier_dataplane::runtime::block_on(driver, async {
+        let client = RedisClient::start(options);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client.is_up() {
+            assert!(Instant::now() < deadline, "not connected within 10 s");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (frames, _, at) = client.call_group_placed(set(leased), 1, 0, leased, false).await.expect("ran");
+        assert_eq!(frames, vec![Frame::SimpleString(b"OK".to_vec())]);
+        // The slot moves to the other primary, its key with it.
+        ok(cluster.nodes[to].client().cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]), "IMPORTING");
+        ok(cluster.nodes[from].client().cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]), "MIGRATING");
+        let to_port = cluster.nodes[to].port.to_string();
+        let migrate = ["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS", leased];
+        ok(cluster.nodes[from].client().cmd(&migrate), "MIGRATE");
+        ok(cluster.nodes[to].client().cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "SETSLOT NODE (target)");
+        ok(cluster.nodes[from].client().cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]), "SETSLOT NODE (source)");
+        let (frames, _) = client.call_group_on(&at, set(placed), 1, false).await.expect("answered");
+        assert!(matches!(frames.as_slice(), [Frame::Error(e)] if e.starts_with("MOVED")), "{frames:?}");
+        let (frames, _) = client.call_group(set(routed), 1, 0, routed, false).await.expect("answered");
+        assert_eq!(frames, vec![Frame::SimpleString(b"OK".to_vec())]);
+    })
+    .expect("a runtime");
+    for (key, at_from, at_to) in [(leased, 0, 1), (placed, 0, 0), (routed, 0, 1)] {
+        let exists = |n: usize| match cluster.nodes[n].client().cmd(&["EXISTS", key]) {
+            Frame::Integer(i) => i,
+            Frame::Error(_) => 0, // MOVED: not there
+            other => panic!("EXISTS: {other:?}"),
+        };
+        assert_eq!((exists(from), exists(to)), (at_from, at_to), "{key}");
+    }
+}

@@ -259,8 +259,8 @@ fn attack_frozen_redis_fails_readyz_before_the_reply_timeout() {
     c.wait_control_ready(200);
 }
 
-/// The lease of a request whose attempt was lost: two reply timeouts and 2 s.
-const LEASE_MS: u64 = 2 * REPLY_TIMEOUT_MS + 2_000;
+/// The lease of a request whose attempt was lost: three reply timeouts and 2 s.
+const LEASE_MS: u64 = 3 * REPLY_TIMEOUT_MS + 2_000;
 
 /// A signed request kept to be sent again as it is (same nonce, same body).
 struct Signed {
@@ -332,9 +332,9 @@ fn lease1_lease_reply_lost_then_the_retry_appends_once(driver: Driver) {
 }
 
 /// Cut after the append: the append transaction ran (entries and the nonce marked
-/// done, the lease kept two reply timeouts more), its reply never came. The attempt is
+/// done, the lease kept three reply timeouts more), its reply never came. The attempt is
 /// answered 503 after one reply timeout; the retry meets the lease for at most the
-/// second (503 `request_in_flight`: its holder could have been about to mark the nonce
+/// other two (503 `request_in_flight`: its holder could have been about to mark the nonce
 /// pending again), then is answered 202 with nothing appended again.
 fn lease2_append_reply_lost_then_the_retry_is_answered_without_an_append(driver: Driver) {
     let (proxy, f) = through_proxy(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
@@ -349,7 +349,7 @@ fn lease2_append_reply_lost_then_the_retry_is_answered_without_an_append(driver:
     let seen = retry_until_accepted(f.addr, &r, Duration::from_secs(5));
     assert!(seen.iter().all(|t| t == "request_in_flight" || t == "redis_unavailable"), "{seen:?}");
     assert!(
-        t.elapsed() < Duration::from_millis(REPLY_TIMEOUT_MS + 1_500),
+        t.elapsed() < Duration::from_millis(2 * REPLY_TIMEOUT_MS + 1_500),
         "the lease outlived its hold: {:?}",
         t.elapsed()
     );
@@ -449,7 +449,7 @@ fn wait_applied(proxy: &FaultProxy) {
 
 /// croupier killed (SIGKILL) with the append made and not answered, then killed with
 /// the lease taken and the append not sent: a fresh process answers the first's retry
-/// without an append (once the lease's hold after the append, two reply timeouts, is
+/// without an append (once the lease's hold after the append, three reply timeouts, is
 /// over), and appends the second's once (after the lease).
 fn lease4_croupier_killed_between_the_steps(driver: Driver) {
     let redis = RedisServer::start();
@@ -522,7 +522,7 @@ fn lease5_redis_restarted_between_the_steps(driver: Driver) {
     f.redis.restart_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let _ = client.join();
     assert_eq!(xlen(&f.redis, "analytics:events"), 3, "the append outlived the restart");
-    // The lease held two reply timeouts after the append (it outlived the restart too),
+    // The lease held three reply timeouts after the append (it outlived the restart too),
     // then the retry is answered without an append.
     let seen = retry_until_accepted(f.addr, &r2, Duration::from_secs(10));
     assert!(seen.iter().all(|t| t == "request_in_flight" || t == "redis_unavailable"), "{seen:?}");
@@ -661,4 +661,57 @@ fn lease7_an_append_failing_in_the_commit_leaves_the_other_entry_and_its_retry_a
     // Answered as appended from now on, without another append.
     assert_eq!(r.send(f.addr).status, 202);
     assert_eq!(xlen(&f.redis, "analytics:custom"), custom_before + 2);
+}
+
+/// A request's commands after its lease go on the connection its lease ran on, or
+/// nowhere (docs/ingest.md, "One server"): once that connection was replaced (here, killed
+/// by the server; as after a restart or a failover), a command sent on the placement is
+/// refused unsent, while the client's other commands go on the new connection.
+#[test]
+fn commands_sent_on_a_placement_run_on_its_connection_or_nowhere() {
+    use croupier_dataplane::redis::connection::{RedisClient, RedisError};
+    use croupier_protocol::resp::{self, Frame};
+    let redis = RedisServer::start();
+    let mut admin = redis.client();
+    let addr = redis.addr();
+    let set = |key: &str| {
+        let mut cmd = Vec::new();
+        resp::command(&mut cmd, &[b"SET", key.as_bytes(), b"1"]);
+        cmd
+    };
+    let ok = || vec![Frame::SimpleString(b"OK".to_vec())];
+    let driver = croupier_dataplane::runtime::resolve(Driver::Epoll).expect("epoll");
+    croupier_dataplane::runtime::block_on(driver, async move {
+        let client = RedisClient::spawn(addr, Duration::from_secs(1), Duration::from_secs(1));
+        let up = |client: &RedisClient| client.is_up();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !up(&client) {
+            assert!(Instant::now() < deadline, "not connected within 5 s");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (frames, _, at) = client.call_group_placed(set("p:lease"), 1, 0, "p:lease", false).await.expect("ran");
+        assert_eq!(frames, ok());
+        // The same connection: sent.
+        assert_eq!(client.call_group_on(&at, set("p:same"), 1, false).await.map(|(f, _)| f), Ok(ok()));
+        // The connection replaced: refused unsent.
+        let epoch = client.epoch();
+        let before = epoch.get();
+        assert!(
+            matches!(admin.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]), Frame::Integer(n) if n >= 1)
+        );
+        // An idle connection learns it was closed when next used: the client's other
+        // commands fail until it has connected again, then go on the new connection.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(client.call_group(set("p:routed"), 1, 0, "p:routed", false).await, Ok((f, _)) if f == ok()) {
+            assert!(Instant::now() < deadline, "not connected again within 5 s");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(epoch.get() > before && up(&client));
+        assert_eq!(client.call_group_on(&at, set("p:after"), 1, false).await, Err(RedisError::Unavailable));
+    })
+    .expect("a runtime");
+    let mut c = redis.client();
+    for (key, there) in [("p:lease", 1), ("p:same", 1), ("p:after", 0), ("p:routed", 1)] {
+        assert_eq!(c.cmd(&["EXISTS", key]), Frame::Integer(there), "{key}");
+    }
 }

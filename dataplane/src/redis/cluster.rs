@@ -47,7 +47,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use super::auth::{self, Credentials, Role};
-use super::connection::{read_frame, Answer, Epoch, Group, Node, RedisError, RedisOptions};
+use super::connection::{read_frame, Answer, Epoch, Group, Node, Placement, RedisError, RedisOptions};
 use super::overdue::{Overdue, MIRROR_EVERY};
 
 /// Sends of one command at most (the first and two redirections).
@@ -148,11 +148,12 @@ impl Cluster {
     /// Sends `cmd` to the primary of its key's slot, following redirections.
     pub(super) async fn send(&self, cmd: Vec<u8>, block: Duration, replicated: bool) -> Result<Answer, RedisError> {
         let slot = command_key(&cmd).map(key_slot);
-        self.send_to(cmd, block, replicated, Group::ONE, slot).await
+        self.send_to(cmd, block, replicated, Group::ONE, slot).await.map(|(a, _)| a)
     }
 
     /// Sends `cmd`, a group of commands, to the primary of `route_key`'s slot,
-    /// following a redirection of any of them with the whole group.
+    /// following a redirection of any of them with the whole group; with the connection
+    /// it ran on.
     pub(super) async fn send_group(
         &self,
         cmd: Vec<u8>,
@@ -160,7 +161,7 @@ impl Cluster {
         replicated: bool,
         group: Group,
         route_key: &str,
-    ) -> Result<Answer, RedisError> {
+    ) -> Result<(Answer, Placement), RedisError> {
         self.send_to(cmd, block, replicated, group, Some(key_slot(route_key.as_bytes()))).await
     }
 
@@ -171,7 +172,7 @@ impl Cluster {
         replicated: bool,
         group: Group,
         slot: Option<u16>,
-    ) -> Result<Answer, RedisError> {
+    ) -> Result<(Answer, Placement), RedisError> {
         let Some(mut addr) = self.route(slot) else {
             self.stale.set(true);
             return Err(RedisError::Unavailable);
@@ -190,9 +191,9 @@ impl Cluster {
             let sent = if asking {
                 node.send_asking(cmd, block, replicated, group).await
             } else {
-                node.send_group(cmd, block, replicated, keep, group).await
+                node.send_placed(cmd, block, replicated, keep, group).await
             };
-            let a = match sent {
+            let (a, at) = match sent {
                 Ok(a) => a,
                 Err(e) => {
                     if e != RedisError::QueueFull {
@@ -211,9 +212,9 @@ impl Cluster {
                 if unsettled(&a.frame) {
                     self.stale.set(true);
                 }
-                return Ok(a);
+                return Ok((a, at));
             };
-            let Some(again) = a.cmd else { return Ok(a) };
+            let Some(again) = a.cmd else { return Ok((a, at)) };
             cmd = again;
             (addr, asking) = match r {
                 Redirect::Moved { addr, .. } => {
@@ -224,6 +225,18 @@ impl Cluster {
             };
         }
         Err(RedisError::Unavailable)
+    }
+
+    /// Notes a reply of a group sent to a node directly (not routed here): a redirection
+    /// or a cluster changing under it has the map read again.
+    pub(super) fn saw(&self, frame: &Frame, replies: usize) {
+        let redirected = match frame {
+            Frame::Array(items) if replies > 1 => items.iter().any(|f| redirect(f).is_some()),
+            f => redirect(f).is_some(),
+        };
+        if redirected || unsettled(frame) {
+            self.stale.set(true);
+        }
     }
 
     /// Reads the map from the primaries known and the seeds, all at once; the complete

@@ -134,8 +134,12 @@ struct InFlight {
 /// State shared by the handles and the connection task.
 struct Shared {
     up: Cell<bool>,
-    /// Connections made so far: a reading taken on an earlier one is stale.
+    /// Connections made so far: a reading taken on an earlier one is stale. (A cluster's
+    /// primaries share one.)
     epoch: Epoch,
+    /// This task's connections made so far: which one a command was queued for
+    /// ([`Placement`]).
+    connections: Cell<u64>,
     /// Bytes of the commands in the channel.
     queued_bytes: Cell<usize>,
     max_queued_bytes: usize,
@@ -245,6 +249,17 @@ pub struct RedisClient {
 enum Inner {
     Node(Node),
     Cluster(Rc<Cluster>),
+}
+
+/// Where a command ran: one connection of a server's connection task. A command queued
+/// while the task is up runs on its current connection or is refused (a failed
+/// connection refuses its round and its queue before the next is made), so a later
+/// command sent [`RedisClient::call_group_on`] the placement runs on the same connection
+/// — the same server, no restart or failover in between — or not at all.
+#[derive(Clone)]
+pub struct Placement {
+    node: Node,
+    connection: u64,
 }
 
 /// One pipelined connection to one server.
@@ -373,23 +388,74 @@ impl RedisClient {
         route_key: &str,
         replicated: bool,
     ) -> Result<(Vec<Frame>, u32), RedisError> {
+        let (frames, replicas, _) = self.call_group_placed(cmd, replies, reserve, route_key, replicated).await?;
+        Ok((frames, replicas))
+    }
+
+    /// [`RedisClient::call_group`], with the connection the group ran on (in a cluster,
+    /// the one a redirection led to), for commands that must follow it there
+    /// ([`RedisClient::call_group_on`]).
+    pub async fn call_group_placed(
+        &self,
+        cmd: Vec<u8>,
+        replies: usize,
+        reserve: usize,
+        route_key: &str,
+        replicated: bool,
+    ) -> Result<(Vec<Frame>, u32, Placement), RedisError> {
         let replies = replies.max(1);
         let group = Group { replies, reserve };
-        let a = match &self.inner {
+        let (a, at) = match &self.inner {
             Inner::Node(n) => match (&n.shared.wait, replicated) {
-                (Some((_, wait)), true) => n.send_group(cmd, *wait, true, false, group).await?,
-                _ => n.send_group(cmd, Duration::ZERO, false, false, group).await?,
+                (Some((_, wait)), true) => n.send_placed(cmd, *wait, true, false, group).await?,
+                _ => n.send_placed(cmd, Duration::ZERO, false, false, group).await?,
             },
             Inner::Cluster(c) => {
                 let wait = c.wait().filter(|_| replicated);
                 c.send_group(cmd, wait.unwrap_or(Duration::ZERO), wait.is_some(), group, route_key).await?
             }
         };
-        let frames = match a.frame {
-            Frame::Array(items) if replies > 1 => items,
-            f => vec![f],
-        };
-        Ok((frames, a.replicas))
+        Ok((group_frames(a.frame, replies), a.replicas, at))
+    }
+
+    /// Sends a group of commands (`replies` owed) on the connection `at` an earlier one
+    /// ran on, only while it is still the one its server's task holds: `Unavailable` once
+    /// it was replaced (Redis restarted, the connection failed, the sentinels announced
+    /// another primary), and, in a cluster, a redirection is not followed — its error
+    /// reply is returned. So a request's commands run on one server or not at all (the
+    /// lease protocol's append after its lease, docs/ingest.md).
+    pub async fn call_group_on(
+        &self,
+        at: &Placement,
+        cmd: Vec<u8>,
+        replies: usize,
+        replicated: bool,
+    ) -> Result<(Vec<Frame>, u32), RedisError> {
+        let node = &at.node;
+        if node.shared.connections.get() != at.connection {
+            return Err(RedisError::Unavailable);
+        }
+        let replies = replies.max(1);
+        let wait = match &self.inner {
+            Inner::Node(n) => n.shared.wait.as_ref().map(|(_, w)| *w),
+            Inner::Cluster(c) => c.wait(),
+        }
+        .filter(|_| replicated);
+        let group = Group { replies, reserve: 0 };
+        let a = node.send_group(cmd, wait.unwrap_or(Duration::ZERO), wait.is_some(), false, group).await?;
+        if let Inner::Cluster(c) = &self.inner {
+            c.saw(&a.frame, replies);
+        }
+        Ok((group_frames(a.frame, replies), a.replicas))
+    }
+}
+
+/// A group's replies: the array of them, or the one reply (also an error that stood for
+/// the whole group).
+fn group_frames(frame: Frame, replies: usize) -> Vec<Frame> {
+    match frame {
+        Frame::Array(items) if replies > 1 => items,
+        f => vec![f],
     }
 }
 
@@ -400,6 +466,7 @@ impl Node {
         let shared = Rc::new(Shared {
             up: Cell::new(false),
             epoch,
+            connections: Cell::new(0),
             queued_bytes: Cell::new(0),
             max_queued_bytes: options.max_queued_bytes.max(1),
             reply_timeout: options.reply_timeout,
@@ -469,6 +536,21 @@ impl Node {
         self.answer(rx, block).await
     }
 
+    /// [`Node::send_group`], with the connection it ran on.
+    pub(super) async fn send_placed(
+        &self,
+        cmd: Vec<u8>,
+        block: Duration,
+        replicated: bool,
+        keep: bool,
+        group: Group,
+    ) -> Result<(Answer, Placement), RedisError> {
+        // Read when queued: the connection the command runs on, if it runs.
+        let at = Placement { node: self.clone(), connection: self.shared.connections.get() };
+        let rx = self.queue(cmd, block, replicated, keep, group)?;
+        Ok((self.answer(rx, block).await?, at))
+    }
+
     /// `ASKING`, then `cmd` right after it on the connection (a cluster's `ASK`
     /// redirection): both are queued before anything else can be.
     pub(super) async fn send_asking(
@@ -477,13 +559,14 @@ impl Node {
         block: Duration,
         replicated: bool,
         group: Group,
-    ) -> Result<Answer, RedisError> {
+    ) -> Result<(Answer, Placement), RedisError> {
         let mut asking = Vec::with_capacity(16);
         resp::command(&mut asking, &[b"ASKING"]);
+        let at = Placement { node: self.clone(), connection: self.shared.connections.get() };
         // Kept open until the command's answer, so `ASKING` is not skipped as abandoned.
         let _asking = self.queue(asking, Duration::ZERO, false, false, Group::ONE)?;
         let rx = self.queue(cmd, block, replicated, true, group)?;
-        self.answer(rx, block).await
+        Ok((self.answer(rx, block).await?, at))
     }
 
     fn queue(
@@ -660,6 +743,7 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
             if let Ok(Ok(())) = prepared {
                 backoff = Duration::from_millis(50);
                 shared.epoch.advance();
+                shared.connections.set(shared.connections.get().wrapping_add(1));
                 shared.up.set(true);
                 let served = serve(&mut stream, &mut rx, &shared, &mut round, &addr, seen).await;
                 shared.up.set(false);

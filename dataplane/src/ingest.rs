@@ -263,11 +263,12 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             return Outcome::Failed;
         }
     }
-    // The append must run within the lease, which began after `asked`: it is written
-    // within a reply timeout of being queued (plus the round before's `WAIT`, with
-    // `wait_replicas`), and the lease lasts that and two seconds more
-    // (`Redis::min_lease_ms`). A lease answered later than one reply timeout is left to
-    // run out.
+    // The append must run within the lease, which began after `asked`: queued now, it is
+    // taken into a pipeline round within a reply timeout (plus the round before's `WAIT`,
+    // with `wait_replicas`) or not sent, and the round is written within another or the
+    // connection is reset; the lease lasts that, the reply timeout before this point, and
+    // two seconds more (`Redis::min_lease_ms`). A lease answered later than one reply
+    // timeout is left to run out.
     if asked.elapsed() > Duration::from_millis(config.reply_timeout_ms) {
         return Outcome::Failed;
     }

@@ -747,6 +747,12 @@ async fn run(options: RedisOptions, mut rx: unbounded::Rx<Pending>, shared: Rc<S
                 shared.up.set(true);
                 let served = serve(&mut stream, &mut rx, &shared, &mut round, &addr, seen).await;
                 shared.up.set(false);
+                if !matches!(served, Served::Closed) {
+                    // What the kernel still holds of the rounds written is dropped, not
+                    // delivered late: their callers were answered 503 (or are about to be)
+                    // and a retry may be appended by then.
+                    reset_on_close(&stream);
+                }
                 shared.overdue.settled();
                 // Not serving until the shard's next backlog reading on a new connection.
                 shared.overdue.set_serving(None);
@@ -836,6 +842,16 @@ fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
         .with_retries(3);
     let _ = sock.set_tcp_keepalive(&keepalive);
     let _ = sock.set_tcp_user_timeout(Some(reply_timeout.max(Duration::from_secs(1))));
+}
+
+/// Closes the connection with a reset (`SO_LINGER` 0) when it is dropped: bytes written
+/// and not yet taken by the server are discarded, not sent on after the connection was
+/// given up (a partition healing). Best effort.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: as in `set_keepalive`.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
 }
 
 /// Creates the consumer group on each stream of each partition (with the stream) unless

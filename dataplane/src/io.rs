@@ -90,7 +90,12 @@ impl Socket {
         match self.evict.clone() {
             Some((server, tier)) => {
                 let place = server.idle.register(tier);
-                let read = self.read_or_stop(buf, deadline, place.evicted()).await;
+                let mut read = self.read_or_stop(buf, deadline, place.evicted()).await;
+                // Chosen to close as bytes came in: it closes all the same, or a body
+                // trickled byte by byte would dodge every choice and free no place.
+                if read.is_ok() && place.is_evicted() {
+                    read = Err(ReadError::Stopped);
+                }
                 self.evicted |= read == Err(ReadError::Stopped);
                 read
             }

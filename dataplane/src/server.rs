@@ -19,10 +19,10 @@
 //! With `evict_idle` (the control port), a connection waiting at the cap does not wait
 //! for an idle one to time out: the oldest connection that is between requests is
 //! closed to make room, or, none being idle, the oldest that has not sent a whole request
-//! yet (none or part of a head, or a body still arriving) or is writing an answer
-//! ([`IdleConnections`]): sockets that send part of a request and stop, or never read
-//! their answers, cannot keep probes out. A connection whose whole request is in and
-//! being handled is never closed for this.
+//! yet (part of a head, or a body still arriving) or is writing an answer, and last one
+//! that has sent nothing yet ([`IdleConnections`]): sockets that send part of a request
+//! and stop, or never read their answers, cannot keep probes out. A connection whose
+//! whole request is in and being handled is never closed for this.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -74,20 +74,30 @@ pub struct Limits {
     pub evict_busy: bool,
 }
 
-/// The connections waiting for their next request, and those waiting for the rest of a
-/// request (head or body) or writing an answer, each oldest first: at the cap (with [`Limits::evict_idle`]) the oldest idle one
-/// is told to close, or, none being idle, the oldest still reading a head. A connection
-/// registers while it waits for bytes and leaves when they arrive
-/// ([`IdleConnections::wait`], [`IdleConnections::wait_head`]).
-#[derive(Default)]
+/// The connections waiting for their next request, those waiting for the rest of a
+/// request (head or body) or writing an answer, and those just accepted, each oldest first
+/// (by when their current wait began): at the cap (with [`Limits::evict_idle`]) the oldest
+/// idle one is told to close, or, none being idle, the oldest still reading a head, then
+/// a body, then the oldest that has sent nothing. A connection registers while it waits
+/// for bytes and leaves when they arrive ([`IdleConnections::wait`],
+/// [`IdleConnections::wait_head`], [`IdleConnections::register`]).
 pub struct IdleConnections {
     /// By the order they became idle; each one's signal closes it.
     waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     /// Those with part of a request, or writing an answer, by the order they began waiting.
     heads: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
-    /// Those receiving a body, on listeners whose bodies are closed last (`evict_busy` off).
+    /// Those receiving a body, on listeners whose bodies are closed after heads
+    /// (`evict_busy` off).
     bodies: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
+    /// Those just accepted, waiting for their first bytes: closed last, so that the
+    /// connection a place is being made for (whose request is often in already) is not
+    /// the one chosen to make room for the next.
+    fresh: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
+    /// A permit for each connection that was chosen to close as its request came in and
+    /// stays to answer it ([`IdleConnections::decline`]): the place waited for will not
+    /// come from it, so another is chosen at once.
+    declined: Semaphore,
 }
 
 /// Which of the connections waiting a place belongs to, in the order they are closed at
@@ -100,6 +110,8 @@ pub enum Tier {
     Head,
     /// A body arriving (without `evict_busy`).
     Body,
+    /// Just accepted, nothing read yet.
+    Fresh,
 }
 
 /// A connection's place among the idle ones (or those reading a head); it leaves when
@@ -112,7 +124,41 @@ pub struct IdlePlace<'a> {
     signal: Rc<Semaphore>,
 }
 
+impl Default for IdleConnections {
+    fn default() -> Self {
+        IdleConnections {
+            waiting: RefCell::default(),
+            heads: RefCell::default(),
+            bodies: RefCell::default(),
+            fresh: RefCell::default(),
+            next: Cell::new(0),
+            declined: Semaphore::new(0),
+        }
+    }
+}
+
 impl IdleConnections {
+    /// Says that a connection chosen to close stays: its request arrived as it was
+    /// chosen, and is answered (a request racing with the choice is not dropped).
+    pub fn decline(&self) {
+        self.declined.add_permits(1);
+    }
+
+    /// Completes when a connection chosen to close since [`IdleConnections::forget_declines`]
+    /// stays.
+    async fn declined(&self) {
+        if let Ok(p) = self.declined.acquire().await {
+            p.forget();
+        }
+    }
+
+    /// Forgets stays said before: they answered earlier choices.
+    fn forget_declines(&self) {
+        while let Ok(p) = self.declined.try_acquire() {
+            p.forget();
+        }
+    }
+
     /// Registers a connection as idle until the place is dropped.
     pub fn wait(&self) -> IdlePlace<'_> {
         self.register(Tier::Idle)
@@ -139,6 +185,7 @@ impl IdleConnections {
             Tier::Idle => &self.waiting,
             Tier::Head => &self.heads,
             Tier::Body => &self.bodies,
+            Tier::Fresh => &self.fresh,
         }
     }
 
@@ -150,7 +197,8 @@ impl IdleConnections {
             .borrow_mut()
             .pop_first()
             .or_else(|| self.heads.borrow_mut().pop_first())
-            .or_else(|| self.bodies.borrow_mut().pop_first());
+            .or_else(|| self.bodies.borrow_mut().pop_first())
+            .or_else(|| self.fresh.borrow_mut().pop_first());
         match oldest {
             Some((_, signal)) => {
                 signal.close();
@@ -162,6 +210,11 @@ impl IdleConnections {
 }
 
 impl IdlePlace<'_> {
+    /// Whether the connection has been chosen to close.
+    pub fn is_evicted(&self) -> bool {
+        self.signal.is_closed()
+    }
+
     /// Completes once the connection has been chosen to close.
     pub async fn evicted(&self) {
         // A closed semaphore answers every waiter with an error: that is the signal.
@@ -420,13 +473,24 @@ async fn make_room(listener: &TcpListener, server: &Server) -> Option<OwnedSlot>
             r = listener.readable(false) => r.is_ok(),
         };
         // Someone is waiting: make room (the evicted connection gives its place back as
-        // it closes), or, every connection being busy with a request, look again shortly
-        // (readiness stays set while the connection is queued).
-        let wait = if queued && server.idle.evict_oldest() { 100 } else { 20 };
+        // it closes; one whose request came in as it was chosen stays to answer it, and
+        // another is chosen at once), or, every connection being busy with a request,
+        // look again shortly (readiness stays set while the connection is queued).
+        server.idle.forget_declines();
+        let evicted = queued && server.idle.evict_oldest();
+        let wait = if evicted { 100 } else { 20 };
+        let declined = async {
+            if evicted {
+                server.idle.declined().await
+            } else {
+                std::future::pending().await
+            }
+        };
         monoio::select! {
             biased;
             _ = server.drain.started() => return None,
             slot = server.slots.clone().acquire_owned() => return Some(slot),
+            _ = declined => {}
             _ = monoio::time::sleep(Duration::from_millis(wait)) => {}
         }
     }

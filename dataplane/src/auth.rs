@@ -76,7 +76,7 @@ pub fn signed_digest(secret: &[u8], cred: &Credential<'_>, body: &[u8]) -> Optio
 /// partition, its braces and `%` escaped). Game ids hold no `:` (the configuration
 /// refuses one), so no two games' keys meet.
 pub fn nonce_key(game: &str, nonce: &str) -> String {
-    format!("croupier:nonce:{game}:{nonce}")
+    format!("{}{game}:{nonce}", croupier_protocol::lease::NONCE_PREFIX)
 }
 
 /// A payment request's identity for retries: the SHA-256 of `payments:` and its body's

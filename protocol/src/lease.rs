@@ -29,12 +29,23 @@ use crate::resp::{command, exec_items, xadd, EntryArgs, Frame, RespError};
 /// Marks a nonce reserved by a request whose append is not known to be done.
 pub const PENDING: u8 = b'P';
 
-/// The lease key of a request: its nonce key (so its slot, in a cluster) and the first
-/// 8 bytes of its body's digest.
+/// Where nonce keys begin (`croupier:nonce:<game>:<nonce>`, then a partition's tag).
+pub const NONCE_PREFIX: &str = "croupier:nonce:";
+/// Where lease keys begin: never where a nonce key does, whatever the nonce.
+pub const LEASE_PREFIX: &str = "croupier:lease:";
+
+/// The lease key of a request: its nonce key under [`LEASE_PREFIX`] instead of
+/// [`NONCE_PREFIX`] (so its slot, in a cluster: the partition's tag comes along), `:`
+/// and the first 8 bytes of its body's digest in hex. No nonce key is a lease key (a
+/// nonce may hold `:lease:` and hex: under the nonce key's own prefix, the nonce
+/// `n:lease:<hex>` would have named the lease of nonce `n`), and no two requests share
+/// one (a fixed-length tail after distinct nonce keys).
 pub fn lease_key(nonce_key: &str, digest: &[u8; 32]) -> String {
-    let mut k = String::with_capacity(nonce_key.len() + 24);
-    k.push_str(nonce_key);
-    k.push_str(":lease:");
+    let rest = nonce_key.strip_prefix(NONCE_PREFIX).unwrap_or(nonce_key);
+    let mut k = String::with_capacity(LEASE_PREFIX.len() + rest.len() + 17);
+    k.push_str(LEASE_PREFIX);
+    k.push_str(rest);
+    k.push(':');
     for b in &digest[..8] {
         k.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
         k.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
@@ -280,7 +291,15 @@ mod tests {
             })
             .collect();
         assert_eq!(names, [&b"MULTI"[..], b"TYPE", b"TYPE", b"SET", b"SET", b"PTTL", b"EXEC"].map(|n| n.to_vec()));
-        assert_eq!(lease_key("nk", &[0xab; 32]), "nk:lease:abababababababab");
+        assert_eq!(lease_key("nk", &[0xab; 32]), "croupier:lease:nk:abababababababab");
+        // A nonce that spells another request's lease names its own nonce key, not it.
+        let digest = [0xab; 32];
+        let lease = lease_key("croupier:nonce:g:n:{0.1}", &digest);
+        assert_eq!(lease, "croupier:lease:g:n:{0.1}:abababababababab");
+        assert_ne!(
+            format!("croupier:nonce:g:n:lease:{}", &lease[lease.len() - 16..]),
+            lease_key("croupier:nonce:g:n", &digest)
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn auth_wrong_or_missing_password_is_reported_without_the_password() {
 /// `croupier run` (2 ingest shards and a worker) as the ACL user `croupier` (password
 /// `user-pass`) on `redis`: both ports ready with Redis ok, 20 events posted and in
 /// ClickHouse. Returns the ClickHouse server (kept running) and the process.
-fn run_as_the_acl_user(redis: &RedisServer) -> (ClickHouseServer, Croupier) {
+fn run_as_the_acl_user(redis: &RedisServer, extra: &[(&str, &str)]) -> (ClickHouseServer, Croupier) {
     let clickhouse = ClickHouseServer::start();
     let mut e = env(redis, &clickhouse);
     let (ok, out) = croupier(&["migrate"], &e);
@@ -123,7 +123,9 @@ fn run_as_the_acl_user(redis: &RedisServer) -> (ClickHouseServer, Croupier) {
             ("CROUPIER_REDIS__PASSWORD", "user-pass"),
             ("CROUPIER_SERVER__SHARDS", "2"),
         ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     e.push((format!("CROUPIER_GAMES__{GAME}__SECRET"), SECRET.to_owned()));
     let c = Croupier::start(CROUPIER, "run", &e);
@@ -150,7 +152,7 @@ fn auth_acl_user_runs_the_whole_pipeline() {
     let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
     let reply = redis.client().cmd(&["ACL", "SETUSER", "croupier", "on", ">user-pass", "~*", "&*", "+@all"]);
     assert_eq!(reply, Frame::SimpleString(b"OK".to_vec()));
-    let (_clickhouse, c) = run_as_the_acl_user(&redis);
+    let (_clickhouse, c) = run_as_the_acl_user(&redis, &[]);
     // Every connection of the process is the ACL user's.
     let Frame::BulkString(list) = redis.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST") };
     let list = String::from_utf8_lossy(&list).into_owned();
@@ -244,7 +246,7 @@ fn auth_sentinel_with_passwords_follows_a_failover() {
 /// `CLUSTER SHARDS`/`CLUSTER SLOTS`.
 const LEAST_PRIVILEGE: &str =
     "resetkeys ~analytics:* ~croupier:* ~hll:* ~{hll:* resetchannels -@all +ping +role +wait +multi \
-     +exec +asking +cluster|shards +cluster|slots +eval +get +set +del +expire +pttl +type +time +hset +hmget \
+     +exec +asking +cluster|shards +cluster|slots +eval +get +set +del +expire +pexpire +pttl +type +time +hset +hmget \
      +pfcount +pfmerge +zadd +zrangebyscore +zrem +zremrangebyscore +zscore +xadd +xreadgroup +xack +xclaim \
      +xautoclaim +xpending +xrange +xrevrange +xdel +xlen +xinfo|stream +xinfo|groups +xgroup|create +xgroup|createconsumer \
      +xgroup|setid";
@@ -294,8 +296,25 @@ fn readyz_says(c: &Croupier, what: &str) -> String {
 fn auth_least_privilege_acl_user_runs_the_whole_pipeline() {
     let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
     acl_user(&redis, &[]);
-    let (_clickhouse, c) = run_as_the_acl_user(&redis);
-    // A request sent again and a replay: the ingest script takes their appends back.
+    let (_clickhouse, c) = run_as_the_acl_user(&redis, &[]);
+    requests_again_and_replayed_with_nothing_denied(&redis, &c);
+}
+
+/// The same user under the lease protocol (`redis.ingest_protocol = "lease"`: `SET NX`,
+/// `PTTL`, `PEXPIRE` and `DEL` instead of the script): events land in ClickHouse, a
+/// request sent again is answered 202, a replay 401, and Redis denied nothing.
+#[test]
+fn auth_least_privilege_acl_user_runs_the_lease_protocol() {
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    acl_user(&redis, &[]);
+    let (_clickhouse, c) = run_as_the_acl_user(&redis, &[("CROUPIER_REDIS__INGEST_PROTOCOL", "lease")]);
+    requests_again_and_replayed_with_nothing_denied(&redis, &c);
+}
+
+/// A request sent twice (202 both times) and a replay of its nonce (401) through `c`,
+/// then: `ACL LOG` empty, croupier's connections are the ACL user's, no refusal logged.
+fn requests_again_and_replayed_with_nothing_denied(redis: &RedisServer, c: &Croupier) {
+    // A request sent again and a replay: their appends are taken back or never made.
     let body = events(2);
     let nonce = croupier_it::http::fresh_nonce();
     let h = croupier_it::http::signed_headers(GAME, SECRET, body.as_bytes(), croupier_it::http::now_secs(), &nonce);

@@ -35,6 +35,7 @@ both_drivers!(
     lease5_redis_restarted_between_the_steps,
     lease6_the_script_protocol_stays_selectable,
     lease7_an_append_failing_in_the_commit_leaves_the_other_entry_and_its_retry_appends_the_same_ids,
+    lease8_a_nonce_that_spells_another_requests_lease_is_a_nonce_of_its_own,
 );
 
 const REPLY_TIMEOUT_MS: u64 = 1_000;
@@ -550,7 +551,7 @@ fn lease6_the_script_protocol_stays_selectable(driver: Driver) {
     let mut redis = f.redis.client();
     let key = format!("croupier:nonce:{GAME}:{}", r.nonce);
     assert_eq!(redis.int(&["STRLEN", &key]), 32);
-    assert_eq!(redis.int(&["EXISTS", &format!("{key}:lease:")]), 0);
+    assert_eq!(redis.cmd(&["KEYS", "croupier:lease:*"]), croupier_protocol::resp::Frame::Array(vec![]));
     let stats = match redis.cmd(&["INFO", "commandstats"]) {
         croupier_protocol::resp::Frame::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
         other => panic!("INFO reply {other:?}"),
@@ -714,4 +715,27 @@ fn commands_sent_on_a_placement_run_on_its_connection_or_nowhere() {
     for (key, there) in [("p:lease", 1), ("p:same", 1), ("p:after", 0), ("p:routed", 1)] {
         assert_eq!(c.cmd(&["EXISTS", key]), Frame::Integer(there), "{key}");
     }
+}
+
+/// Black-box finding: the lease key was the nonce key and `:lease:<hex>`, and a nonce may
+/// hold both, so the request whose nonce was `n:lease:<hex of B's digest>` took the key
+/// of nonce `n`'s lease for body B: sent first, it left (n, B) — a nonce never used —
+/// answered 503 `request_in_flight` for the whole nonce window. Lease keys now live
+/// under their own prefix: both requests are appended, each once.
+fn lease8_a_nonce_that_spells_another_requests_lease_is_a_nonce_of_its_own(driver: Driver) {
+    let f = Fixture::start(driver, |c| c.redis.ingest_protocol = IngestProtocol::Lease);
+    let body = events(3);
+    let digest = croupier_protocol::signature::body_sha256(body.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let nonce = fresh_nonce();
+    let spelled = Signed::with_nonce(format!("{nonce}:lease:{hex}"), events(2));
+    assert_eq!(spelled.send(f.addr).status, 202);
+    let r = Signed::with_nonce(nonce, body);
+    let a = r.send(f.addr);
+    assert_eq!((a.status, a.error_tag()), (202, String::new()), "{}", a.text());
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+    // Each is its own request: sent again, answered 202 with nothing appended.
+    assert_eq!(r.send(f.addr).status, 202);
+    assert_eq!(spelled.send(f.addr).status, 202);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }

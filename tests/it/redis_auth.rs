@@ -327,7 +327,7 @@ fn requests_again_and_replayed_with_nothing_denied(redis: &RedisServer, c: &Crou
     assert_eq!(client.request("POST", "/api/ingest/events", &h, other.as_bytes()).status, 401);
     // The worker's aggregates (scripts on the hll keys) have had a few seconds to run.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(acl_denials(&redis), Vec::<String>::new(), "{}", c.log());
+    assert_eq!(acl_denials(redis), Vec::<String>::new(), "{}", c.log());
     let Frame::BulkString(list) = redis.client().cmd(&["CLIENT", "LIST"]) else { panic!("CLIENT LIST") };
     let list = String::from_utf8_lossy(&list).into_owned();
     assert!(list.lines().filter(|l| l.contains("user=croupier")).count() >= 3, "{list}");

@@ -355,6 +355,9 @@ mod tests {
         let late = exec(b"-WRONGTYPE x\r\n+OK\r\n:0\r\n", 3);
         assert_eq!(commit_reply(frames(&late), 1), Commit::Failed { error: "WRONGTYPE x".into(), lease_kept: false });
         let aborted = b"+OK\r\n-OOM x\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT y\r\n";
-        assert_eq!(commit_reply(frames(aborted), 1), Commit::NotRun("EXECABORT y".into()));
+        assert_eq!(
+            commit_reply(frames(aborted), 1),
+            Commit::NotRun("OOM x (the transaction was discarded: EXECABORT y)".into())
+        );
     }
 }

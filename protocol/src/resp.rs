@@ -327,9 +327,20 @@ pub fn forget_nonce(out: &mut Vec<u8>, nonce_key: &str, body_sha256: &[u8; 32]) 
 
 /// The items of a transaction's `EXEC` reply, the last of `frames`, when there are
 /// `expected` of them: else why it did not run (refused when queued, aborted).
-pub fn exec_items(frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, RespError> {
-    match frames.into_iter().last() {
+pub fn exec_items(mut frames: Vec<Frame>, expected: usize) -> Result<Vec<Frame>, RespError> {
+    match frames.pop() {
         Some(Frame::Array(items)) if items.len() == expected => Ok(items),
+        // `EXECABORT` names no cause: the command refused when queued does (`OOM` with
+        // Redis's memory full, `NOPERM`, ...), and is what is said first.
+        Some(Frame::Error(e)) if e.starts_with("EXECABORT") => {
+            match frames.into_iter().find_map(|f| match f {
+                Frame::Error(cause) => Some(cause),
+                _ => None,
+            }) {
+                Some(cause) => Err(RespError(format!("{cause} (the transaction was discarded: {e})"))),
+                None => Err(RespError(e)),
+            }
+        }
         Some(Frame::Error(e)) => Err(RespError(e)),
         Some(Frame::Null) => Err(RespError("transaction aborted".into())),
         other => Err(RespError(format!("unexpected EXEC reply {other:?}"))),

@@ -19,10 +19,11 @@
 //! With `evict_idle` (the control port), a connection waiting at the cap does not wait
 //! for an idle one to time out: the oldest connection that is between requests is
 //! closed to make room, or, none being idle, the oldest that has not sent a whole request
-//! yet (part of a head, or a body still arriving) or is writing an answer, and last one
-//! that has sent nothing yet ([`IdleConnections`]): sockets that send part of a request
-//! and stop, or never read their answers, cannot keep probes out. A connection whose
-//! whole request is in and being handled is never closed for this.
+//! yet (none or part of a head, or a body still arriving) or is writing an answer
+//! ([`IdleConnections`]): sockets that send part of a request and stop, or never read
+//! their answers, cannot keep probes out. A connection whose whole request is in and
+//! being handled is never closed for this. One chosen as its request arrives stays to
+//! answer it and says so ([`IdleConnections::decline`]): another is chosen at once.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -74,25 +75,19 @@ pub struct Limits {
     pub evict_busy: bool,
 }
 
-/// The connections waiting for their next request, those waiting for the rest of a
-/// request (head or body) or writing an answer, and those just accepted, each oldest first
-/// (by when their current wait began): at the cap (with [`Limits::evict_idle`]) the oldest
-/// idle one is told to close, or, none being idle, the oldest still reading a head, then
-/// a body, then the oldest that has sent nothing. A connection registers while it waits
-/// for bytes and leaves when they arrive ([`IdleConnections::wait`],
-/// [`IdleConnections::wait_head`], [`IdleConnections::register`]).
+/// The connections waiting for their next request, and those waiting for the rest of a
+/// request (head or body) or writing an answer, each oldest first (by when their current
+/// wait began): at the cap (with [`Limits::evict_idle`]) the oldest idle one is told to
+/// close, or, none being idle, the oldest still reading a head (or none yet), then a
+/// body. A connection registers while it waits for bytes and leaves when they arrive
+/// ([`IdleConnections::wait`], [`IdleConnections::wait_head`]).
 pub struct IdleConnections {
     /// By the order they became idle; each one's signal closes it.
     waiting: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     /// Those with part of a request, or writing an answer, by the order they began waiting.
     heads: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
-    /// Those receiving a body, on listeners whose bodies are closed after heads
-    /// (`evict_busy` off).
+    /// Those receiving a body, on listeners whose bodies are closed last (`evict_busy` off).
     bodies: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
-    /// Those just accepted, waiting for their first bytes: closed last, so that the
-    /// connection a place is being made for (whose request is often in already) is not
-    /// the one chosen to make room for the next.
-    fresh: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
     /// A permit for each connection that was chosen to close as its request came in and
     /// stays to answer it ([`IdleConnections::decline`]): the place waited for will not
@@ -110,8 +105,6 @@ pub enum Tier {
     Head,
     /// A body arriving (without `evict_busy`).
     Body,
-    /// Just accepted, nothing read yet.
-    Fresh,
 }
 
 /// A connection's place among the idle ones (or those reading a head); it leaves when
@@ -130,7 +123,6 @@ impl Default for IdleConnections {
             waiting: RefCell::default(),
             heads: RefCell::default(),
             bodies: RefCell::default(),
-            fresh: RefCell::default(),
             next: Cell::new(0),
             declined: Semaphore::new(0),
         }
@@ -185,7 +177,6 @@ impl IdleConnections {
             Tier::Idle => &self.waiting,
             Tier::Head => &self.heads,
             Tier::Body => &self.bodies,
-            Tier::Fresh => &self.fresh,
         }
     }
 
@@ -197,8 +188,7 @@ impl IdleConnections {
             .borrow_mut()
             .pop_first()
             .or_else(|| self.heads.borrow_mut().pop_first())
-            .or_else(|| self.bodies.borrow_mut().pop_first())
-            .or_else(|| self.fresh.borrow_mut().pop_first());
+            .or_else(|| self.bodies.borrow_mut().pop_first());
         match oldest {
             Some((_, signal)) => {
                 signal.close();

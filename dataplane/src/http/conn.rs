@@ -73,9 +73,9 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
     // A connection that has sent nothing yet gets the read timeout, not the idle one:
     // clients send at once, and silent sockets must not hold the shard's places.
     let mut idle_wait = read_timeout.min(idle_timeout);
-    // No head read yet: at the cap it is closed last (after the idle ones, those reading
-    // a head, and those whose body is arriving), so that one just accepted, whose bytes
-    // may already be in, is not the one chosen to make room for the next.
+    // No head read yet: at the cap it counts with the connections reading a head (closed
+    // after the idle ones); one just accepted whose bytes are in already stays when
+    // chosen, and says so, so that another is chosen for the waiting one.
     let mut fresh = true;
     loop {
         let mut started = (!b.input.is_empty()).then(Instant::now);
@@ -92,45 +92,46 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                     return;
                 }
             }
-            let read = match started {
-                // At the connection cap (`evict_idle`), a connection whose head is still
-                // incomplete is closed for a new one when none is idle: clients that send
-                // part of a head and stop cannot hold every place until `read_timeout`.
-                Some(t) if server.limits.evict_idle => {
-                    let place = server.idle.wait_head();
-                    match sock.read_or_stop(&mut b.input, t + read_timeout, place.evicted()).await {
-                        // Chosen to close as bytes came in: it closes all the same.
-                        Ok(_) if place.is_evicted() => Err(ReadError::Stopped),
-                        read => read,
-                    }
-                }
-                Some(t) => sock.read(&mut b.input, t + read_timeout).await,
-                // Between requests: at shutdown, an idle connection is closed.
-                // At the connection cap (`evict_idle`), the oldest idle one is closed too.
-                None => {
-                    let place = server.limits.evict_idle.then(|| {
-                        if fresh {
-                            server.idle.register(Tier::Fresh)
-                        } else {
-                            server.idle.wait()
+            let read =
+                match started {
+                    // At the connection cap (`evict_idle`), a connection whose head is still
+                    // incomplete is closed for a new one when none is idle: clients that send
+                    // part of a head and stop cannot hold every place until `read_timeout`.
+                    Some(t) if server.limits.evict_idle => {
+                        let place = server.idle.wait_head();
+                        match sock.read_or_stop(&mut b.input, t + read_timeout, place.evicted()).await {
+                            // Chosen to close as bytes came in: it closes all the same.
+                            Ok(_) if place.is_evicted() => Err(ReadError::Stopped),
+                            read => read,
                         }
-                    });
-                    let stop = async {
-                        let evicted = crate::server::evicted(&place);
-                        monoio::select! {
-                            _ = server.drain.idle_past_grace(last_active) => {},
-                            _ = evicted => {},
-                        }
-                    };
-                    let read = sock.read_or_stop(&mut b.input, Instant::now() + idle_wait, stop).await;
-                    if read.is_ok() && place.as_ref().is_some_and(|p| p.is_evicted()) {
-                        // Chosen to close as its request came in: it stays to answer it,
-                        // and says so, so that another is chosen for the waiting one.
-                        server.idle.decline();
                     }
-                    read
-                }
-            };
+                    Some(t) => sock.read(&mut b.input, t + read_timeout).await,
+                    // Between requests: at shutdown, an idle connection is closed.
+                    // At the connection cap (`evict_idle`), the oldest idle one is closed too.
+                    None => {
+                        let place = server.limits.evict_idle.then(|| {
+                            if fresh {
+                                server.idle.wait_head()
+                            } else {
+                                server.idle.wait()
+                            }
+                        });
+                        let stop = async {
+                            let evicted = crate::server::evicted(&place);
+                            monoio::select! {
+                                _ = server.drain.idle_past_grace(last_active) => {},
+                                _ = evicted => {},
+                            }
+                        };
+                        let read = sock.read_or_stop(&mut b.input, Instant::now() + idle_wait, stop).await;
+                        if read.is_ok() && place.as_ref().is_some_and(|p| p.is_evicted()) {
+                            // Chosen to close as its request came in: it stays to answer it,
+                            // and says so, so that another is chosen for the waiting one.
+                            server.idle.decline();
+                        }
+                        read
+                    }
+                };
             match read {
                 Ok(_) => {
                     started.get_or_insert_with(Instant::now);

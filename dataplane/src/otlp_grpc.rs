@@ -138,6 +138,11 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             _ = monoio::time::sleep(limits.idle_timeout) => Next::Idle,
             _ = evicted => if place.is_some() { Next::Evicted } else { Next::Recheck },
         };
+        if !matches!(next, Next::Evicted) && place.as_ref().is_some_and(|p| p.is_evicted()) {
+            // Chosen to close as a call came in: it stays to serve it, and says so, so
+            // that another is chosen for the connection waiting at the cap.
+            server.idle.decline();
+        }
         drop(place);
         match next {
             Next::Evicted => {

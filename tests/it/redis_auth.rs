@@ -319,8 +319,18 @@ fn requests_again_and_replayed_with_nothing_denied(redis: &RedisServer, c: &Crou
     let nonce = croupier_it::http::fresh_nonce();
     let h = croupier_it::http::signed_headers(GAME, SECRET, body.as_bytes(), croupier_it::http::now_secs(), &nonce);
     let mut client = HttpClient::connect(c.data);
-    for _ in 0..2 {
-        assert_eq!(client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202, "{}", c.log());
+    assert_eq!(client.request("POST", "/api/ingest/events", &h, body.as_bytes()).status, 202, "{}", c.log());
+    // Sent again: 202, nothing appended; under the lease protocol after `request_in_flight`
+    // while the first attempt has not yet given its lease back (README, "503").
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client.request("POST", "/api/ingest/events", &h, body.as_bytes());
+        if r.status == 202 {
+            break;
+        }
+        assert_eq!((r.status, r.error_tag().as_str()), (503, "request_in_flight"), "{}", c.log());
+        assert!(Instant::now() < deadline, "not answered 202 within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let other = events(3);
     let h = croupier_it::http::signed_headers(GAME, SECRET, other.as_bytes(), croupier_it::http::now_secs(), &nonce);

@@ -260,8 +260,9 @@ pub struct Redis {
     /// How long a request's lease on its nonce lasts under the `lease` protocol,
     /// milliseconds: a retry that meets it is answered 503 `request_in_flight` until the
     /// request holding it finished or the lease ran out. 0: three times
-    /// `reply_timeout_ms` plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is set), which is
-    /// also the least accepted (the append must reach Redis within the lease).
+    /// `reply_timeout_ms` plus 2 seconds (plus `wait_timeout_ms` when `wait_replicas` is
+    /// set), which is also the least accepted (the append must reach Redis within the
+    /// lease).
     pub ingest_lease_ms: u64,
     /// Most requests appended by one transaction under the `script` protocol: the
     /// requests a shard has waiting for Redis at once, on one partition, share one

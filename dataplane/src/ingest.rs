@@ -214,8 +214,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     // Every later command of the request runs where the lease ran, or nowhere
     // (`call_group_on`): on another server (a failover, a restart that lost the lease, a
     // cluster's slot moved) a retry may hold a lease of its own, and both would append.
-    let Ok((frames, _, at)) = redis.call_group_placed(lease_cmd, l.lease_replies, reserve, &l.nonce_key, false).await
-    else {
+    let Ok((frames, _, at)) = redis.call_group(lease_cmd, l.lease_replies, reserve, &l.nonce_key, false).await else {
         return Outcome::Failed;
     };
     match lease::lease_reply(frames, parts.len(), &l.digest) {

@@ -9,7 +9,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsy
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::server::Server;
+use crate::server::{IdlePlace, Server};
 
 /// Why no bytes were read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,16 +90,27 @@ impl Socket {
         match self.evict.clone() {
             Some((server, tier)) => {
                 let place = server.idle.register(tier);
-                let mut read = self.read_or_stop(buf, deadline, place.evicted()).await;
-                // Chosen to close as bytes came in: it closes all the same, or a body
-                // trickled byte by byte would dodge every choice and free no place.
-                if read.is_ok() && place.is_evicted() {
-                    read = Err(ReadError::Stopped);
-                }
+                let read = self.read_in_place(buf, deadline, &place).await;
                 self.evicted |= read == Err(ReadError::Stopped);
                 read
             }
             None => self.read_or_stop(buf, deadline, std::future::pending()).await,
+        }
+    }
+
+    /// [`Socket::read_or_stop`] until `place`'s connection is chosen to close at the
+    /// connection cap ([`ReadError::Stopped`]). One chosen as bytes came in closes all the
+    /// same, or a body or head trickled byte by byte would dodge every choice and free no
+    /// place.
+    pub async fn read_in_place(
+        &mut self,
+        buf: &mut Vec<u8>,
+        deadline: Instant,
+        place: &IdlePlace<'_>,
+    ) -> Result<usize, ReadError> {
+        match self.read_or_stop(buf, deadline, place.evicted()).await {
+            Ok(_) if place.is_evicted() => Err(ReadError::Stopped),
+            read => read,
         }
     }
 

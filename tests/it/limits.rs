@@ -85,19 +85,10 @@ fn m2_connection_cap_closes_the_oldest_idle_connection_for_a_new_one(driver: Dri
 /// connection idle or reading a head, the oldest whose body is arriving is closed for the
 /// new one (it was not acknowledged: nothing stored is lost).
 fn attack_slow_bodies_do_not_starve_the_data_port(driver: Driver) {
-    let f = Fixture::start(driver, |c| {
-        one_shard(c);
-        c.server.max_connections = 2;
-        c.server.read_timeout_ms = 120_000;
-    });
-    let body = padded_batch(4096);
+    let f = two_places(driver);
     let mut slow: Vec<HttpClient> = (0..2)
         .map(|_| {
-            let mut c = f.client();
-            let mut head =
-                head(body.len(), vec![("X-Game-ID".into(), GAME.into()), ("X-Signature".into(), "0".repeat(64))]);
-            head.extend_from_slice(&body[..10]);
-            c.send_raw(&head);
+            let c = slow_body(&f);
             std::thread::sleep(Duration::from_millis(100));
             c
         })
@@ -110,32 +101,40 @@ fn attack_slow_bodies_do_not_starve_the_data_port(driver: Driver) {
     slow.clear();
 }
 
-/// Black-box finding: slow bodies arriving faster than about ten a second kept the data
-/// port from new clients (a probe waited 4–10 s behind them). At the cap each queued
-/// connection was let in by closing another, and the one chosen was the one let in just
-/// before, whose request had already arrived: it went on, nothing was freed, and the
-/// next place waited 100 ms. A connection just accepted is now closed last, and one
-/// chosen to close closes even as its bytes arrive. Forty slow bodies queued ahead of a
-/// probe: it is served, and not after forty such waits.
-fn attack_a_queue_of_slow_bodies_does_not_starve_the_data_port(driver: Driver) {
-    let f = Fixture::start(driver, |c| {
+/// One shard of two connection places and a read timeout of two minutes.
+fn two_places(driver: Driver) -> Fixture {
+    Fixture::start(driver, |c| {
         one_shard(c);
         c.server.max_connections = 2;
         c.server.read_timeout_ms = 120_000;
-    });
+    })
+}
+
+/// A connection that sent a signed-looking head of a known game (a wrong signature) and
+/// the first 10 bytes of its 4096-byte body, and nothing more.
+fn slow_body(f: &Fixture) -> HttpClient {
     let body = padded_batch(4096);
-    let slow_body = || {
-        let mut c = f.client();
-        let mut head =
-            head(body.len(), vec![("X-Game-ID".into(), GAME.into()), ("X-Signature".into(), "0".repeat(64))]);
-        head.extend_from_slice(&body[..10]);
-        c.send_raw(&head);
-        c
-    };
-    let mut slow: Vec<HttpClient> = (0..2).map(|_| slow_body()).collect();
+    let mut c = f.client();
+    let mut head = head(body.len(), vec![("X-Game-ID".into(), GAME.into()), ("X-Signature".into(), "0".repeat(64))]);
+    head.extend_from_slice(&body[..10]);
+    c.send_raw(&head);
+    c
+}
+
+/// Black-box finding: slow bodies arriving faster than about ten a second kept the data
+/// port from new clients (a probe waited 4–10 s behind them). At the cap each queued
+/// connection was let in by closing another, and the one chosen was often the one let in
+/// just before, whose request had already arrived: it went on, nothing was freed, and the
+/// next place waited 100 ms. One chosen as its request arrives now stays and says so, and
+/// another is chosen at once; one chosen while reading a body closes even as its bytes
+/// arrive. Forty slow bodies queued ahead of a probe: it is served, and not after forty
+/// such waits.
+fn attack_a_queue_of_slow_bodies_does_not_starve_the_data_port(driver: Driver) {
+    let f = two_places(driver);
+    let mut slow: Vec<HttpClient> = (0..2).map(|_| slow_body(&f)).collect();
     std::thread::sleep(Duration::from_millis(200));
     // Forty more wait in the listen queue, their requests sent.
-    slow.extend((0..40).map(|_| slow_body()));
+    slow.extend((0..40).map(|_| slow_body(&f)));
     let mut probe = f.client();
     probe.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = probe.reply_within(Duration::from_secs(2)).expect("a new connection served behind the queue");

@@ -690,7 +690,7 @@ fn commands_sent_on_a_placement_run_on_its_connection_or_nowhere() {
             assert!(Instant::now() < deadline, "not connected within 5 s");
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (frames, _, at) = client.call_group_placed(set("p:lease"), 1, 0, "p:lease", false).await.expect("ran");
+        let (frames, _, at) = client.call_group(set("p:lease"), 1, 0, "p:lease", false).await.expect("ran");
         assert_eq!(frames, ok());
         // The same connection: sent.
         assert_eq!(client.call_group_on(&at, set("p:same"), 1, false).await.map(|(f, _)| f), Ok(ok()));
@@ -703,7 +703,7 @@ fn commands_sent_on_a_placement_run_on_its_connection_or_nowhere() {
         // An idle connection learns it was closed when next used: the client's other
         // commands fail until it has connected again, then go on the new connection.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !matches!(client.call_group(set("p:routed"), 1, 0, "p:routed", false).await, Ok((f, _)) if f == ok()) {
+        while !matches!(client.call_group(set("p:routed"), 1, 0, "p:routed", false).await, Ok((f, _, _)) if f == ok()) {
             assert!(Instant::now() < deadline, "not connected again within 5 s");
             monoio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -138,11 +138,9 @@ pub struct Probes {
     ch: RefCell<Vec<Option<Connection>>>,
     /// Per shard, the replica that answered the last connection (tried first next time).
     answered: RefCell<Vec<usize>>,
-    /// ClickHouse is a cluster (`clickhouse.shards`): a node must be listed under its own
-    /// shard, and its replicated tables writable.
-    ch_cluster: bool,
-    /// Its name (`clickhouse.cluster`).
-    cluster_name: String,
+    /// The cluster's name when ClickHouse is a cluster (`clickhouse.shards`): a node must
+    /// be listed under its own shard, and its replicated tables writable.
+    ch_cluster: Option<String>,
     /// The process's metrics, whose insert counters [`InsertWatch`] watches (workers).
     registry: Option<Arc<Registry>>,
     /// Per table, in [`Table::ALL`]'s order: one table's inserts may all fail while the
@@ -194,8 +192,7 @@ impl Probes {
             clickhouse: worker.then(|| crate::worker::shard_options(config)),
             ch: RefCell::new(Vec::new()),
             answered: RefCell::new(Vec::new()),
-            ch_cluster: config.clickhouse.is_cluster(),
-            cluster_name: config.clickhouse.cluster.clone(),
+            ch_cluster: config.clickhouse.is_cluster().then(|| config.clickhouse.cluster.clone()),
             registry: worker.then_some(registry),
             inserts: RefCell::new(Default::default()),
             stall_window: Duration::from_millis(config.worker.backoff_max_ms.saturating_mul(3)).max(STALLED_AFTER),
@@ -352,16 +349,12 @@ impl Probes {
         at: usize,
         fresh: bool,
     ) -> Result<(), String> {
-        if !self.ch_cluster {
-            return Ok(());
-        }
+        let Some(cluster) = &self.ch_cluster else { return Ok(()) };
         let addrs = opts.addrs();
         let addr = addrs.get(at % addrs.len().max(1)).copied().unwrap_or_default().to_owned();
         if fresh {
             let shards = self.clickhouse.as_ref().map_or(0, Vec::len);
-            crate::clickhouse::cluster::check_node(conn, &addr, i, shards, &self.cluster_name)
-                .await
-                .map_err(|e| e.to_string())?;
+            crate::clickhouse::cluster::check_node(conn, &addr, i, shards, cluster).await.map_err(|e| e.to_string())?;
         }
         let sql = "SELECT count() FROM system.replicas WHERE database = 'analytics' AND is_readonly";
         let found = conn.select(sql, &[]).await.map_err(|e| e.to_string())?;

@@ -99,11 +99,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
                     // part of a head and stop cannot hold every place until `read_timeout`.
                     Some(t) if server.limits.evict_idle => {
                         let place = server.idle.wait_head();
-                        match sock.read_or_stop(&mut b.input, t + read_timeout, place.evicted()).await {
-                            // Chosen to close as bytes came in: it closes all the same.
-                            Ok(_) if place.is_evicted() => Err(ReadError::Stopped),
-                            read => read,
-                        }
+                        sock.read_in_place(&mut b.input, t + read_timeout, &place).await
                     }
                     Some(t) => sock.read(&mut b.input, t + read_timeout).await,
                     // Between requests: at shutdown, an idle connection is closed.

@@ -273,7 +273,7 @@ impl AppendGroups {
         let route = members.first().map(|m| m.nonce_key).unwrap_or_default();
         let answers: Vec<Appended> = match self.redis.call_group(cmd, replies, 0, route, self.replicated).await {
             Err(e) => members.iter().map(|_| Err(e.clone())).collect(),
-            Ok((frames, replicas)) => match resp::ingest_reply(frames, &members) {
+            Ok((frames, replicas, _)) => match resp::ingest_reply(frames, &members) {
                 Ok(verdicts) => verdicts.into_iter().map(|v| Ok((v, replicas))).collect(),
                 Err(e) => {
                     if crate::ingest::first_failure_in_a_while(&e.0) {

@@ -202,13 +202,7 @@ impl Cluster {
                     return Err(e);
                 }
             };
-            // A group is redirected by the first of its replies that redirects (a
-            // transaction's commands are refused when queued, and its `EXEC` aborts).
-            let r = match &a.frame {
-                Frame::Array(items) if group.replies > 1 => items.iter().find_map(redirect),
-                f => redirect(f),
-            };
-            let Some(r) = r else {
+            let Some(r) = group_redirect(&a.frame, group.replies) else {
                 if unsettled(&a.frame) {
                     self.stale.set(true);
                 }
@@ -230,11 +224,7 @@ impl Cluster {
     /// Notes a reply of a group sent to a node directly (not routed here): a redirection
     /// or a cluster changing under it has the map read again.
     pub(super) fn saw(&self, frame: &Frame, replies: usize) {
-        let redirected = match frame {
-            Frame::Array(items) if replies > 1 => items.iter().any(|f| redirect(f).is_some()),
-            f => redirect(f).is_some(),
-        };
-        if redirected || unsettled(frame) {
+        if group_redirect(frame, replies).is_some() || unsettled(frame) {
             self.stale.set(true);
         }
     }
@@ -288,6 +278,15 @@ impl Cluster {
             self.epoch.advance();
         }
         true
+    }
+}
+
+/// The redirection of a group of `replies` commands: the first of its replies that
+/// redirects (a transaction's commands are refused when queued, and its `EXEC` aborts).
+fn group_redirect(frame: &Frame, replies: usize) -> Option<Redirect> {
+    match frame {
+        Frame::Array(items) if replies > 1 => items.iter().find_map(redirect),
+        f => redirect(f),
     }
 }
 

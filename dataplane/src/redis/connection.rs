@@ -379,7 +379,9 @@ impl RedisClient {
     /// `replicated`, as [`RedisClient::call_replicated`]: the number of replicas that
     /// confirmed it comes with the replies. `reserve`: the bytes of a command the caller
     /// will send after this answer, which the queue bound (`redis.max_queued_bytes`)
-    /// counts with this one when it is queued.
+    /// counts with this one when it is queued. The replies come with the connection the
+    /// group ran on (in a cluster, the one a redirection led to), for commands that must
+    /// follow it there ([`RedisClient::call_group_on`]).
     pub async fn call_group(
         &self,
         cmd: Vec<u8>,
@@ -387,35 +389,14 @@ impl RedisClient {
         reserve: usize,
         route_key: &str,
         replicated: bool,
-    ) -> Result<(Vec<Frame>, u32), RedisError> {
-        let (frames, replicas, _) = self.call_group_placed(cmd, replies, reserve, route_key, replicated).await?;
-        Ok((frames, replicas))
-    }
-
-    /// [`RedisClient::call_group`], with the connection the group ran on (in a cluster,
-    /// the one a redirection led to), for commands that must follow it there
-    /// ([`RedisClient::call_group_on`]).
-    pub async fn call_group_placed(
-        &self,
-        cmd: Vec<u8>,
-        replies: usize,
-        reserve: usize,
-        route_key: &str,
-        replicated: bool,
     ) -> Result<(Vec<Frame>, u32, Placement), RedisError> {
-        let replies = replies.max(1);
-        let group = Group { replies, reserve };
+        let group = Group { replies: replies.max(1), reserve };
+        let (block, replicated) = self.replication(replicated);
         let (a, at) = match &self.inner {
-            Inner::Node(n) => match (&n.shared.wait, replicated) {
-                (Some((_, wait)), true) => n.send_placed(cmd, *wait, true, false, group).await?,
-                _ => n.send_placed(cmd, Duration::ZERO, false, false, group).await?,
-            },
-            Inner::Cluster(c) => {
-                let wait = c.wait().filter(|_| replicated);
-                c.send_group(cmd, wait.unwrap_or(Duration::ZERO), wait.is_some(), group, route_key).await?
-            }
+            Inner::Node(n) => n.clone().send_placed(cmd, block, replicated, false, group).await?,
+            Inner::Cluster(c) => c.send_group(cmd, block, replicated, group, route_key).await?,
         };
-        Ok((group_frames(a.frame, replies), a.replicas, at))
+        Ok((group_frames(a.frame, group.replies), a.replicas, at))
     }
 
     /// Sends a group of commands (`replies` owed) on the connection `at` an earlier one
@@ -435,18 +416,25 @@ impl RedisClient {
         if node.shared.connections.get() != at.connection {
             return Err(RedisError::Unavailable);
         }
-        let replies = replies.max(1);
+        let group = Group { replies: replies.max(1), reserve: 0 };
+        let (block, replicated) = self.replication(replicated);
+        let a = node.send_group(cmd, block, replicated, false, group).await?;
+        if let Inner::Cluster(c) = &self.inner {
+            c.saw(&a.frame, group.replies);
+        }
+        Ok((group_frames(a.frame, group.replies), a.replicas))
+    }
+
+    /// How a group asked to be `replicated` is sent: the `WAIT` timeout its reply may
+    /// take beyond the reply timeout, and whether it is answered after the round's
+    /// `WAIT` (only with `redis.wait_replicas`).
+    fn replication(&self, replicated: bool) -> (Duration, bool) {
         let wait = match &self.inner {
             Inner::Node(n) => n.shared.wait.as_ref().map(|(_, w)| *w),
             Inner::Cluster(c) => c.wait(),
         }
         .filter(|_| replicated);
-        let group = Group { replies, reserve: 0 };
-        let a = node.send_group(cmd, wait.unwrap_or(Duration::ZERO), wait.is_some(), false, group).await?;
-        if let Inner::Cluster(c) = &self.inner {
-            c.saw(&a.frame, replies);
-        }
-        Ok((group_frames(a.frame, replies), a.replicas))
+        (wait.unwrap_or(Duration::ZERO), wait.is_some())
     }
 }
 
@@ -536,9 +524,10 @@ impl Node {
         self.answer(rx, block).await
     }
 
-    /// [`Node::send_group`], with the connection it ran on.
+    /// [`Node::send_group`], with the connection it ran on (this handle and which of its
+    /// connections).
     pub(super) async fn send_placed(
-        &self,
+        self,
         cmd: Vec<u8>,
         block: Duration,
         replicated: bool,
@@ -546,15 +535,16 @@ impl Node {
         group: Group,
     ) -> Result<(Answer, Placement), RedisError> {
         // Read when queued: the connection the command runs on, if it runs.
-        let at = Placement { node: self.clone(), connection: self.shared.connections.get() };
+        let connection = self.shared.connections.get();
         let rx = self.queue(cmd, block, replicated, keep, group)?;
-        Ok((self.answer(rx, block).await?, at))
+        let a = self.answer(rx, block).await?;
+        Ok((a, Placement { node: self, connection }))
     }
 
     /// `ASKING`, then `cmd` right after it on the connection (a cluster's `ASK`
     /// redirection): both are queued before anything else can be.
     pub(super) async fn send_asking(
-        &self,
+        self,
         cmd: Vec<u8>,
         block: Duration,
         replicated: bool,
@@ -562,11 +552,12 @@ impl Node {
     ) -> Result<(Answer, Placement), RedisError> {
         let mut asking = Vec::with_capacity(16);
         resp::command(&mut asking, &[b"ASKING"]);
-        let at = Placement { node: self.clone(), connection: self.shared.connections.get() };
+        let connection = self.shared.connections.get();
         // Kept open until the command's answer, so `ASKING` is not skipped as abandoned.
         let _asking = self.queue(asking, Duration::ZERO, false, false, Group::ONE)?;
         let rx = self.queue(cmd, block, replicated, true, group)?;
-        Ok((self.answer(rx, block).await?, at))
+        let a = self.answer(rx, block).await?;
+        Ok((a, Placement { node: self, connection }))
     }
 
     fn queue(
@@ -827,14 +818,19 @@ fn refuse_queued(rx: &mut unbounded::Rx<Pending>, shared: &Shared) -> bool {
     }
 }
 
+/// The descriptor of `stream`, borrowed to set socket options on it.
+fn descriptor(stream: &TcpStream) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `stream`, which outlives the borrow; socket2 only
+    // sets options on it and does not close it.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+}
+
 /// TCP keepalive (probes after 5 s idle, every second, 3 of them) and
 /// `TCP_USER_TIMEOUT` (unacknowledged data for longer than the reply timeout, at least
 /// a second, drops the connection): the kernel notices a peer that is gone. Best effort.
 fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow; socket2 only
-    // sets options on it and does not close it.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let fd = descriptor(stream);
     let sock = socket2::SockRef::from(&fd);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(5))
@@ -848,10 +844,7 @@ fn set_keepalive(stream: &TcpStream, reply_timeout: Duration) {
 /// and not yet taken by the server are discarded, not sent on after the connection was
 /// given up (a partition healing). Best effort.
 fn reset_on_close(stream: &TcpStream) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: as in `set_keepalive`.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+    let _ = socket2::SockRef::from(&descriptor(stream)).set_linger(Some(Duration::ZERO));
 }
 
 /// Creates the consumer group on each stream of each partition (with the stream) unless

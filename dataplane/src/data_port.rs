@@ -219,7 +219,8 @@ pub struct Flags {
 
 /// Readiness: not draining, Redis reached, no shard's reply from Redis overdue (owed for
 /// a quarter of `redis.reply_timeout_ms`; in a Redis Cluster, no reply owed by a primary
-/// to this shard's connections), every stream's backlog read since it
+/// to this shard's connections), no shard's appends refused by Redis (the last one
+/// refused within the reply timeout, none taken since), every stream's backlog read since it
 /// connected, no stream at its high-water mark — what ingest needs, and nothing else (a
 /// load balancer checking it keeps taking events while ClickHouse is away: Redis holds
 /// them).
@@ -238,6 +239,9 @@ fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
         // stamp would be cleared by one primary while another owes a reply): this shard's
         // are read here (the same thread, no lock, no allocation).
         || shard.redis.overdue().is_some()
+        // Redis answers but refuses appends (out of memory, read-only): a shard's last
+        // append was refused, within the reply timeout, and none went in since.
+        || shard.redis_health.refusing().is_some()
     {
         unready("redis_unavailable")
     } else if !shard.backlog.all_admit() {

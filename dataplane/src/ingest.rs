@@ -105,6 +105,15 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         Command::Lease(l) => lease_append(shard, l, &parts[..entries]).await,
     };
     let not_replicated = |replicas| IngestError::NotReplicated { replicas, wanted, retry_after };
+    // Whether Redis takes appends, for `/readyz` (an unanswered one is judged by its
+    // connection's overdue reply instead).
+    match outcome {
+        Outcome::Added { .. } | Outcome::Duplicate { .. } | Outcome::Replay => {
+            shard.redis_health.append_answered(shard.id, true)
+        }
+        Outcome::Refused => shard.redis_health.append_answered(shard.id, false),
+        Outcome::InFlight { .. } | Outcome::Failed => {}
+    }
     let result = match outcome {
         Outcome::Added { replicas } => {
             let m = &shard.metrics;
@@ -135,7 +144,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         Outcome::Duplicate { .. } => Ok(records),
         Outcome::Replay => Err(IngestError::ReplayedNonce),
         Outcome::InFlight { retry_after } => Err(IngestError::RequestInFlight { retry_after }),
-        Outcome::Failed => Err(IngestError::RedisUnavailable { retry_after }),
+        Outcome::Failed | Outcome::Refused => Err(IngestError::RedisUnavailable { retry_after }),
     };
     // Not appended: the rates were not used.
     give_back();
@@ -155,8 +164,12 @@ enum Outcome {
     Replay,
     /// Another attempt of the same request holds the lease.
     InFlight { retry_after: u64 },
-    /// Not appended, or not known to be (Redis unreachable, no reply in time, an error).
+    /// Not appended, or not known to be (Redis unreachable, no reply in time, an append
+    /// of one stream failing).
     Failed,
+    /// Not appended: Redis refused the transaction with an error (out of memory,
+    /// read-only, a command the ACL user lacks): Redis takes no writes (`/readyz`).
+    Refused,
 }
 
 /// The `script` protocol: a transaction that appends and records the nonce (or takes
@@ -195,7 +208,7 @@ async fn script_append(shard: &Shard, t: ScriptCmd, entries: usize) -> Outcome {
         }
         Ok((Err(e), _)) => {
             warn_failed_in_redis(&e.0);
-            Outcome::Failed
+            refused(&e.0)
         }
         Ok((Ok(IngestReply::Added(_)), _)) | Err(_) => Outcome::Failed,
     }
@@ -259,7 +272,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         }
         Err(e) => {
             warn_failed_in_redis(&e.0);
-            return Outcome::Failed;
+            return refused(&e.0);
         }
     }
     // The append must run within the lease, which began after `asked`: queued now, it is
@@ -287,7 +300,7 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
             Commit::Added(_) => Outcome::Failed,
             Commit::NotRun(e) => {
                 warn_failed_in_redis(&e);
-                Outcome::Failed
+                refused(&e)
             }
             Commit::Failed { error: e, lease_kept } => {
                 // The nonce was marked done although an append failed, the lease still
@@ -331,6 +344,19 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
         // Unknown: the transaction ran whole or not at all; the lease runs out, and the
         // retry then finds the nonce done, or appends.
         Err(_) => Outcome::Failed,
+    }
+}
+
+/// What an error reply to a transaction (refused as a whole: it did not run) says: Redis
+/// refuses appends (out of memory, read-only, a command the ACL user lacks), unless it is
+/// a Redis Cluster's redirection (a slot that moved: the next append goes where it is) or
+/// a stream key of another type (only the requests to that stream fail: docs/ingest.md).
+/// An append that fails when run (its stream's key or ids) is of its stream alone too.
+fn refused(error: &str) -> Outcome {
+    if ["MOVED ", "ASK ", "WRONGTYPE"].iter().any(|p| error.starts_with(p)) {
+        Outcome::Failed
+    } else {
+        Outcome::Refused
     }
 }
 

@@ -18,7 +18,7 @@ use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient, Reply
 use croupier_it::proxy::{Fault, FaultProxy};
 use croupier_it::redis::RedisServer;
 
-use crate::fixture::{both_drivers, events, xlen, Fixture, GAME, SECRET};
+use crate::fixture::{both_drivers, events, total_entries, xlen, Fixture, GAME, SECRET};
 use crate::pipeline::Pipeline;
 
 both_drivers!(
@@ -257,6 +257,63 @@ fn attack_frozen_redis_fails_readyz_before_the_reply_timeout() {
         assert!(t.elapsed() < Duration::from_secs(5), "data /readyz after CONT: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    c.wait_control_ready(200);
+}
+
+/// Noticed after a black-box run: with Redis out of memory (every append refused, 503
+/// `redis_unavailable`) the data port's `/readyz` stayed 200, as Redis still answered
+/// reads in time. Both ports' `/readyz` now answer 503 while a shard's last append was
+/// refused (within the reply timeout) and none went in since: 200 again at once when one
+/// goes in, and after the reply timeout without traffic.
+#[test]
+fn attack_redis_refusing_appends_fails_readyz() {
+    let redis = RedisServer::start();
+    let c = crate::control::ingest_on(&redis, &[("CROUPIER_REDIS__REPLY_TIMEOUT_MS", "3000")]);
+    c.wait_data_ready();
+    c.wait_control_ready(200);
+    let mut admin = redis.client();
+    let oom = |admin: &mut croupier_it::redis::RedisClient, on: bool| {
+        admin.cmd(&["CONFIG", "SET", "maxmemory", if on { "1" } else { "0" }]);
+    };
+    // A refusal on either shard makes every shard's `/readyz` 503 (as an overdue reply does).
+    let refused_everywhere = |admin: &mut croupier_it::redis::RedisClient| {
+        oom(admin, true);
+        for _ in 0..3 {
+            let r = Signed::new(events(2)).send(c.data);
+            assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+        }
+        let seen = data_readyz(c.data);
+        assert!(seen.iter().all(|s| *s == (503, "redis_unavailable".to_owned())), "data /readyz: {seen:?}");
+        let (status, body) = c.control_get("/readyz");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(r#""redis":{"ok":false,"error":""#) && body.contains("refuses appends"), "{body}");
+    };
+    refused_everywhere(&mut admin);
+    // Memory again, and an append goes in: ready at once.
+    oom(&mut admin, false);
+    let before = total_entries(&redis);
+    for _ in 0..8 {
+        assert_eq!(Signed::new(events(2)).send(c.data).status, 202);
+    }
+    assert!(total_entries(&redis) > before);
+    let seen = data_readyz(c.data);
+    assert!(seen.iter().all(|s| s.0 == 200), "data /readyz after appends went in: {seen:?}");
+    assert_eq!(c.control_get("/readyz").0, 200);
+    // Refused again, then memory again with no traffic: ready once the reply timeout ran
+    // out since the last refusal.
+    refused_everywhere(&mut admin);
+    let refused = Instant::now();
+    oom(&mut admin, false);
+    let t = Instant::now();
+    loop {
+        let seen = data_readyz(c.data);
+        if seen.iter().all(|s| s.0 == 200) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(8), "data /readyz without traffic: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused.elapsed() >= Duration::from_millis(2_500), "ready {:?} after the last refusal", refused.elapsed());
     c.wait_control_ready(200);
 }
 

@@ -4,8 +4,9 @@
 //! - `redis`: no reply is overdue (owed for a quarter of `redis.reply_timeout_ms`) on
 //!   the control thread's connection or an ingest shard's, the control thread's own
 //!   connection is up and reads the streams, and every ingest shard is connected and has
-//!   read the streams since (what its data port's `/readyz` asks); an overdue reply is
-//!   reported at once, without asking Redis;
+//!   read the streams since, and none has had its last append refused by Redis within the
+//!   reply timeout (what its data port's `/readyz` asks); an overdue reply is reported at
+//!   once, without asking Redis;
 //! - `clickhouse` (processes that run workers): a connection answers a ping, on every
 //!   shard of `clickhouse.shards` (any of its replicas);
 //! - `streams` (processes that run ingest): no stream's backlog is at its high-water
@@ -214,13 +215,23 @@ impl Probes {
         self.redis.overdue().map(|d| late("control connection".into(), d))
     }
 
-    /// An ingest shard that cannot ingest yet: not connected to Redis, or its streams not
-    /// read since it connected (its data port's `/readyz` is 503 too).
+    /// An ingest shard that cannot ingest: not connected to Redis, its streams not read
+    /// since it connected, or its appends refused by Redis (its data port's `/readyz` is
+    /// 503 too).
     fn shard_not_serving(&self) -> Option<String> {
-        let shard = self.health.as_ref()?.not_serving()?;
+        let health = self.health.as_ref()?;
+        if let Some(shard) = health.not_serving() {
+            return Some(format!(
+                "ingest shard {shard} is not connected to {} or has not read the streams since it connected",
+                self.redis_addr
+            ));
+        }
+        let (shard, ago) = health.refusing()?;
         Some(format!(
-            "ingest shard {shard} is not connected to {} or has not read the streams since it connected",
-            self.redis_addr
+            "{} refuses appends: ingest shard {shard}'s last append was refused {} ms ago and none went in since \
+             (the log names the error: out of memory, read-only, a command the ACL user lacks)",
+            self.redis_addr,
+            ago.as_millis()
         ))
     }
 

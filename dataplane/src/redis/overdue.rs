@@ -41,6 +41,14 @@ pub struct Overdue {
     /// each reading, cleared when its connection goes or a newer epoch begins; read by the
     /// control thread's `/readyz`.
     serving: AtomicU64,
+    /// When the shard's last append was refused by Redis (an error reply: out of memory,
+    /// a read-only replica, a command the ACL user lacks), as a stamp; 0 once an append
+    /// went in since. Written by the shard after each append's outcome, read by both
+    /// `/readyz`s: a Redis that answers but takes no writes is not ready either.
+    refused_since: AtomicU64,
+    /// How long a refusal holds `/readyz` at 503 when no append follows it: the reply
+    /// timeout (without traffic, nothing else tells that Redis takes writes again).
+    refusal_hold: Duration,
 }
 
 /// [`Overdue`]'s serving epoch when the shard cannot ingest.
@@ -53,6 +61,8 @@ impl Overdue {
             owed_since: AtomicU64::new(0),
             threshold: Self::threshold(reply_timeout),
             serving: AtomicU64::new(NOT_SERVING),
+            refused_since: AtomicU64::new(0),
+            refusal_hold: reply_timeout,
         }
     }
 
@@ -93,6 +103,29 @@ impl Overdue {
         self.owed_since.store(since.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// An append's outcome: `went_in` when Redis took it (or had it: a duplicate, a
+    /// replay), else Redis refused it with an error reply. A refusal stamps its time; an
+    /// append that goes in clears the stamp (a store only when one is there: the common
+    /// path only loads).
+    pub(crate) fn append_answered(&self, went_in: bool) {
+        if !went_in {
+            self.refused_since.store(stamp(Duration::ZERO), Ordering::Relaxed);
+        } else if self.refused_since.load(Ordering::Relaxed) != 0 {
+            self.refused_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long ago the last append was refused, when no append went in since and it was
+    /// within the hold (the reply timeout).
+    pub fn refused_for(&self) -> Option<Duration> {
+        let since = self.refused_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let ago = Duration::from_millis(stamp(Duration::ZERO).saturating_sub(since));
+        (ago <= self.refusal_hold).then_some(ago)
+    }
+
     /// How long the owed reply is past the threshold, if it is.
     pub fn late_by(&self) -> Option<Duration> {
         let since = self.owed_since.load(Ordering::Relaxed);
@@ -119,6 +152,19 @@ impl RedisHealth {
     /// Shard `id`'s stamp, for its connection (a fresh one past the table).
     pub fn shard(&self, id: usize, reply_timeout: Duration) -> Arc<Overdue> {
         self.shards.get(id).cloned().unwrap_or_else(|| Arc::new(Overdue::new(reply_timeout)))
+    }
+
+    /// Shard `id`'s appends were answered: `went_in`, or refused by Redis.
+    pub fn append_answered(&self, id: usize, went_in: bool) {
+        if let Some(o) = self.shards.get(id) {
+            o.append_answered(went_in);
+        }
+    }
+
+    /// The first shard whose appends Redis refuses (the last one refused within the reply
+    /// timeout, none taken since), and how long ago it was refused.
+    pub fn refusing(&self) -> Option<(usize, Duration)> {
+        self.shards.iter().enumerate().find_map(|(i, o)| o.refused_for().map(|d| (i, d)))
     }
 
     /// The shard whose reply is overdue the longest, and how long it has been owed.
@@ -171,6 +217,27 @@ mod tests {
         assert_eq!(h.not_serving(), None);
         b.set_serving(None);
         assert_eq!(h.not_serving(), Some(1));
+    }
+
+    #[test]
+    fn a_refused_append_holds_until_one_goes_in_or_the_hold_runs_out() {
+        let h = RedisHealth::new(2, Duration::from_millis(150));
+        assert_eq!(h.refusing(), None);
+        h.append_answered(1, false);
+        assert_eq!(h.refusing().map(|(i, _)| i), Some(1));
+        h.append_answered(0, true);
+        assert_eq!(h.refusing().map(|(i, _)| i), Some(1), "another shard's append went in");
+        h.append_answered(1, true);
+        assert_eq!(h.refusing(), None, "one went in");
+        h.append_answered(0, false);
+        std::thread::sleep(Duration::from_millis(100));
+        h.append_answered(0, false);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(h.refusing().is_some(), "the hold counts from the latest refusal");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.refusing(), None, "no append since, and the hold ran out");
+        h.append_answered(7, false);
+        assert_eq!(h.refusing(), None, "a shard past the table");
     }
 
     #[test]

@@ -831,6 +831,54 @@ pub struct Client {
     pub filters_check_ms: u64,
     /// `Access-Control-Max-Age` of answers to CORS preflights, seconds.
     pub preflight_max_age_secs: u64,
+    /// Proxies whose `X-Forwarded-For` names the client address (addresses or networks,
+    /// `10.0.0.7`, `10.0.0.0/8`): a request from one of them is limited by the right-most
+    /// address of that header not listed here. Empty: the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Longest body of a public write key's request, as sent and once decompressed,
+    /// bytes (the server's limits apply too, `server.max_body_bytes` and
+    /// `server.max_decompressed_bytes`): what a page's request may make a shard read,
+    /// inflate and parse. The SDK's requests stay under 64 KiB.
+    pub max_body_bytes: usize,
+}
+
+/// `client.trusted_proxies`: addresses and networks of the proxies in front of the data
+/// port, read from `"10.0.0.7"` or `"10.0.0.0/8"` (IPv4 or IPv6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` is one of them (an IPv4 address mapped into IPv6, `::ffff:a.b.c.d`,
+    /// as its IPv4 form).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        list.iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "expected an IP address or network (10.0.0.7, 10.0.0.0/8, fd00::/8), not {s:?}"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
 }
 
 impl Default for Client {
@@ -841,6 +889,8 @@ impl Default for Client {
             filtered_events: FilteredEvents::Drop,
             filters_check_ms: 1_000,
             preflight_max_age_secs: 600,
+            trusted_proxies: TrustedProxies::default(),
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -1321,6 +1371,9 @@ impl Config {
                     return Err(err(format!("games.{id}.write_keys"), format!("key {k:?} is listed twice")));
                 }
             }
+        }
+        if self.client.max_body_bytes == 0 {
+            return Err(err("client.max_body_bytes", "expected a size greater than 0"));
         }
         if self.client.filters_check_ms == 0 {
             return Err(err("client.filters_check_ms", "expected an interval greater than 0"));

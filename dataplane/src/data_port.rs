@@ -44,7 +44,8 @@ pub const ROUTES: [&str; 9] = [
 ];
 
 /// The header fields the data port reads, by index ([`GAME_ID`] ...): each may appear
-/// once (a second is a `400 bad_request` naming it).
+/// once (a second is a `400 bad_request` naming it), but `X-Forwarded-For`, a list
+/// proxies may send as several lines (its last is read).
 pub static FIELDS: Fields = Fields::new(&[
     "X-Game-Id",
     "X-Timestamp",
@@ -56,7 +57,9 @@ pub static FIELDS: Fields = Fields::new(&[
     "X-Env",
     "Origin",
     "X-Write-Key",
-]);
+    "X-Forwarded-For",
+])
+.list(FORWARDED_FOR);
 /// Index of `X-Game-Id` in [`FIELDS`].
 pub const GAME_ID: usize = 0;
 /// Index of `X-Timestamp` in [`FIELDS`].
@@ -77,6 +80,9 @@ pub const ENV: usize = 7;
 pub const ORIGIN: usize = 8;
 /// Index of `X-Write-Key` in [`FIELDS`] (client ingest).
 pub const WRITE_KEY: usize = 9;
+/// Index of `X-Forwarded-For` in [`FIELDS`] (client ingest's address, from trusted
+/// proxies: `client.trusted_proxies`).
+pub const FORWARDED_FOR: usize = 10;
 
 /// What a data-port request is routed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

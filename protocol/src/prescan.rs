@@ -19,7 +19,15 @@ pub const COUNT_FROM_BYTES: usize = 256 << 10;
 /// A body shorter than [`COUNT_FROM_BYTES`] or with at most `max` commas in all is not
 /// scanned element by element. The scan stops at the first element past `max`.
 pub fn records_may_exceed(body: &[u8], max: usize) -> bool {
-    if body.len() < COUNT_FROM_BYTES || body.len() / 2 < max {
+    body.len() >= COUNT_FROM_BYTES && records_may_exceed_any_size(body, max)
+}
+
+/// [`records_may_exceed`] for a body of any size: for limits far below the parser's
+/// (a public write key's burst), where even a short body's parse is worth sparing.
+pub fn records_may_exceed_any_size(body: &[u8], max: usize) -> bool {
+    // Every element after an array's first follows a comma, and each element is a byte
+    // at least.
+    if body.len() / 2 < max {
         return false;
     }
     // Every element after an array's first follows a comma: more than `max` elements

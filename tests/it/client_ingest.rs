@@ -322,6 +322,107 @@ fn client_ingest_write_key_and_address_rates() {
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
 }
 
+/// Review finding: behind a proxy every browser counted as the proxy's address (one cell
+/// of `address_rate_eps` for all of them), and the shipped compose, HAProxy and Kubernetes
+/// set-ups all have one. With `client.trusted_proxies` the address is the right-most
+/// `X-Forwarded-For` hop that is not a trusted proxy; a peer not listed is its own
+/// address, whatever it writes there.
+#[test]
+fn client_ingest_address_rate_counts_the_client_behind_a_trusted_proxy() {
+    let proxied = |trusted: &'static str| {
+        Fixture::start(Driver::Epoll, move |c| {
+            keys(c);
+            c.client.key_rate_eps = 0;
+            c.client.address_rate_eps = 20;
+            c.client.trusted_proxies = serde_json::from_value(json!([trusted])).expect("valid");
+        })
+    };
+    let run = run_id();
+    let batch = std::sync::atomic::AtomicUsize::new(0);
+    let send = |f: &Fixture, forwarded: &str| {
+        let b = batch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Two lines, as HAProxy's `option forwardfor` sends behind a client's own: the
+        // last is read.
+        let body = bare(&format!("{run}-{b}"), 20, "login");
+        let h = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("X-Write-Key".to_owned(), KEY.to_owned()),
+            ("X-Env".to_owned(), "prod".to_owned()),
+            ("X-Forwarded-For".to_owned(), "192.0.2.99".to_owned()),
+            ("X-Forwarded-For".to_owned(), format!("{forwarded}, 127.0.0.1")),
+        ];
+        HttpClient::connect(f.addr).request("POST", EVENTS, &h, body.as_bytes())
+    };
+    // The test's connections come from 127.0.0.1, listed (as a network): through it,
+    // one address spends its second's worth and is refused; others are not held by it.
+    let f = proxied("127.0.0.0/8");
+    ok(&send(&f, "198.51.100.1"), 20, 0);
+    refused(&send(&f, "198.51.100.1"), 429, "rate_limited");
+    // Addresses share 4096 cells by hash: two of three others are enough to show theirs.
+    let others = ["203.0.113.1", "203.0.113.2", "203.0.113.3"].map(|a| send(&f, a).status);
+    assert!(others.iter().filter(|s| **s == 202).count() >= 2, "{others:?}");
+    drop(f);
+    // A peer that is not a trusted proxy: its header names nothing.
+    let f = proxied("10.0.0.0/8");
+    ok(&send(&f, "198.51.100.1"), 20, 0);
+    refused(&send(&f, "203.0.113.1"), 429, "rate_limited");
+}
+
+/// Review finding: a public write key's request made the shard inflate up to 10 MiB and
+/// parse up to 10,000 records before it was refused for more records than the key's
+/// burst, and refusals spend no rate. A write key's body is now at most
+/// `client.max_body_bytes` as sent and once inflated (413), and more records than the
+/// burst are refused from a scan of the bytes, before the parse.
+#[test]
+fn client_ingest_a_write_keys_request_is_bounded_before_it_is_parsed() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 50;
+        c.client.address_rate_eps = 0;
+        c.client.max_body_bytes = 64 << 10;
+    });
+    let key = |extra: &[(&str, &str)], body: &[u8]| {
+        let mut h = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("X-Write-Key".to_owned(), KEY.to_owned()),
+            ("X-Env".to_owned(), "prod".to_owned()),
+        ];
+        h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        HttpClient::connect(f.addr).request("POST", EVENTS, &h, body)
+    };
+    let run = run_id();
+    // 51 records, the last not even JSON: refused for their number, not their syntax.
+    let good = bare(&run, 50, "login");
+    let many = format!("{},{{\"ts\":oops}}]", good.trim_end_matches(']'));
+    let r = key(&[], many.as_bytes());
+    refused(&r, 400, "invalid_batch");
+    assert!(r.text().contains("50"), "{}", r.text());
+    // Larger than 64 KiB as sent, and once inflated (a few hundred bytes of gzip).
+    let padded = format!(
+        r#"[{{"ts":{},"event":"login","user_id":"{run}","props":{{"pad":"{}"}}}}]"#,
+        now_secs(),
+        "x".repeat(70_000)
+    );
+    refused(&key(&[], padded.as_bytes()), 413, "payload_too_large");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, padded.as_bytes()).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    assert!(gz.len() < 4096);
+    refused(&key(&[("Content-Encoding", "gzip")], &gz), 413, "payload_too_large");
+    // A token's request is a server's: the server's limits.
+    let t = token(&["admin"], 3600, None);
+    let h = vec![
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        ("Authorization".to_owned(), bearer(&t)),
+        ("X-Game-ID".to_owned(), GAME.to_owned()),
+        ("X-Env".to_owned(), "prod".to_owned()),
+    ];
+    let big = HttpClient::connect(f.addr).request("POST", EVENTS, &h, bare(&run, 600, "login").as_bytes());
+    ok(&big, 600, 0);
+    // Nothing refused above was appended; the key's full second was not spent by them.
+    ok(&key(&[], good.as_bytes()), 50, 0);
+}
+
 #[test]
 fn client_ingest_cors() {
     let f = Fixture::start(Driver::Epoll, keys);

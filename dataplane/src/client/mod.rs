@@ -9,6 +9,7 @@
 //! backlog admission and error contract), and `202 {"ok":true}` is sent once Redis has
 //! them.
 
+pub mod address;
 pub mod cors;
 pub mod credential;
 pub mod filters;
@@ -18,7 +19,7 @@ use std::time::Instant;
 use croupier_protocol::validate::{self, RecordView, Scope, Scoped};
 use sha2::{Digest, Sha256};
 
-use crate::data_port::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, ENV, GAME_ID, ORIGIN, WRITE_KEY};
+use crate::data_port::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, ENV, FORWARDED_FOR, GAME_ID, ORIGIN, WRITE_KEY};
 use crate::error::IngestError;
 use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
@@ -163,17 +164,40 @@ async fn serve<'s>(
         return refuse(IngestError::RedisUnavailable { retry_after: shard.config.redis.retry_after_secs });
     }
     let env = head.field(ENV).filter(|e| !e.is_empty());
-    let peer = req.peer_ip();
+    let forwarded = head.field(FORWARDED_FOR);
+    let peer = address::client_address(req.peer_ip(), forwarded, &shard.config.client.trusted_proxies);
     let mut held = req.claim_body()?;
     req.read_body(&mut held).await?;
     let (wire, scratch) = req.buffers();
+    // What a page's request may make the shard read, inflate and parse: far less than a
+    // signed server's.
+    let limits = &shard.config;
+    let (max_body, max_inflated) = match &sender {
+        Sender::Key { .. } => (
+            limits.client.max_body_bytes.min(limits.server.max_body_bytes),
+            limits.client.max_body_bytes.min(limits.server.max_decompressed_bytes),
+        ),
+        Sender::Token(_) => (limits.server.max_body_bytes, limits.server.max_decompressed_bytes),
+    };
+    if wire.len() > max_body {
+        return Err(HttpError::PayloadTooLarge { limit: max_body }.into());
+    }
     let body: &mut [u8] = match encoding {
         Encoding::Identity => wire,
         Encoding::Gzip => {
-            body::gunzip(wire, shard.config.server.max_decompressed_bytes, scratch)?;
+            body::gunzip(wire, max_inflated, scratch)?;
             scratch
         }
     };
+    // A public key's request carries at most its rates' burst: more is refused before
+    // the parse, from a scan of the bytes.
+    if let Sender::Key { key, .. } = sender {
+        let burst = client_burst(shard, key, peer);
+        if croupier_protocol::prescan::records_may_exceed_any_size(body, burst) {
+            let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
+            return Err(error.into());
+        }
+    }
     // The body's digest, with its route: the same bytes sent to the other route (a record
     // can be valid as an event and as a payment) are another request. `request_identity`
     // adds the `X-Env` that fills records. (The two newlines keep the digest of a request

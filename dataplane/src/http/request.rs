@@ -41,15 +41,27 @@ pub enum BodyFraming {
 
 /// The header fields a surface reads from heads, by index. Each may appear once (a
 /// second is refused, naming it, rather than letting one win where a proxy in front may
-/// have read the other) and must be UTF-8; its value is kept, trimmed.
+/// have read the other), unless it is a list ([`Fields::list`]), and must be UTF-8; its
+/// value is kept, trimmed.
 #[derive(Debug)]
-pub struct Fields(&'static [&'static str]);
+pub struct Fields {
+    names: &'static [&'static str],
+    /// Bit `i`: field `i` is a list whose last line is kept.
+    lists: u32,
+}
 
 impl Fields {
     /// Fields named `names` (at most [`MAX_FIELDS`]), read back by their index.
     pub const fn new(names: &'static [&'static str]) -> Fields {
         assert!(names.len() <= MAX_FIELDS, "too many header fields");
-        Fields(names)
+        Fields { names, lists: 0 }
+    }
+
+    /// Field `i` is a list (`X-Forwarded-For`), which proxies may send as several lines,
+    /// each appending one: its last line is kept, which holds the hops added last.
+    pub const fn list(self, i: usize) -> Fields {
+        assert!(i < self.names.len(), "no such field");
+        Fields { names: self.names, lists: self.lists | (1 << i) }
     }
 }
 
@@ -148,9 +160,9 @@ impl Head {
         let mut chunked = false;
         for h in req.headers.iter() {
             let name = h.name;
-            if let Some(i) = fields.0.iter().position(|f| name.eq_ignore_ascii_case(f)) {
-                if self.fields[i].is_some() {
-                    return Err(HttpError::DuplicateHeader(fields.0[i]));
+            if let Some(i) = fields.names.iter().position(|f| name.eq_ignore_ascii_case(f)) {
+                if self.fields[i].is_some() && fields.lists & (1 << i) == 0 {
+                    return Err(HttpError::DuplicateHeader(fields.names[i]));
                 }
                 let start = self.text.len();
                 self.text.push_str(text(h.value)?);
@@ -337,5 +349,16 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
         assert_eq!(parse(twice), Err(HttpError::DuplicateHeader("X-Nonce")));
         let te = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse(te), Err(HttpError::DuplicateHeader("Transfer-Encoding")));
+    }
+
+    #[test]
+    fn a_list_field_sent_twice_keeps_its_last_line() {
+        static LISTS: Fields = Fields::new(&["X-Nonce", "X-Forwarded-For"]).list(1);
+        let twice =
+            b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Nonce: n\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\r\n";
+        let h = super::parse(twice, &LISTS).expect("valid").expect("complete");
+        assert_eq!((h.field(0), h.field(1)), (Some("n"), Some("2.2.2.2, 3.3.3.3")));
+        let nonce_twice = b"GET / HTTP/1.1\r\nX-Nonce: a\r\nX-Nonce: b\r\n\r\n";
+        assert_eq!(super::parse(nonce_twice, &LISTS), Err(HttpError::DuplicateHeader("X-Nonce")));
     }
 }

@@ -842,6 +842,35 @@ pub struct Client {
     pub max_body_bytes: usize,
 }
 
+/// Whether `o` is an origin as a browser serialises it in `Origin` (what
+/// `allowed_origins` is compared with, byte for byte): `scheme://host[:port]`, lower
+/// case, no path, no default port of `http`/`https`; or `null` (sandboxed and `file:`
+/// pages).
+fn is_serialised_origin(o: &str) -> bool {
+    if o == "null" {
+        return true;
+    }
+    let Some((scheme, rest)) = o.split_once("://") else { return false };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 host's colons are inside its brackets.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.[]:".contains(&b))
+        && (host.starts_with('[') == host.ends_with(']'));
+    let port_ok = match port {
+        None => true,
+        Some(p) => {
+            let default = matches!((scheme, p), ("http", "80") | ("https", "443"));
+            !p.is_empty() && !p.starts_with('0') && p.parse::<u16>().is_ok() && !default
+        }
+    };
+    scheme_ok && host_ok && port_ok
+}
+
 /// `client.trusted_proxies`: addresses and networks of the proxies in front of the data
 /// port, read from `"10.0.0.7"` or `"10.0.0.0/8"` (IPv4 or IPv6).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -1372,6 +1401,17 @@ impl Config {
                 }
             }
         }
+        for (id, g) in &self.games {
+            if let Some(bad) = g.allowed_origins.iter().find(|o| !is_serialised_origin(o)) {
+                return Err(err(
+                    format!("games.{id}.allowed_origins"),
+                    format!(
+                        "expected origins as browsers send them, scheme://host[:port] in lower case, without a path, \
+                         a trailing slash or the scheme's default port (\"https://play.example.com\"), or \"null\"; not {bad:?}"
+                    ),
+                ));
+            }
+        }
         if self.client.max_body_bytes == 0 {
             return Err(err("client.max_body_bytes", "expected a size greater than 0"));
         }
@@ -1762,6 +1802,39 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn allowed_origins_are_written_as_browsers_send_them() {
+        for good in
+            ["https://play.example.com", "http://127.0.0.1:5555", "https://[::1]:8443", "capacitor://localhost", "null"]
+        {
+            assert!(is_serialised_origin(good), "{good}");
+        }
+        for bad in [
+            "https://play.example.com/",
+            "https://Play.example.com",
+            "HTTPS://play.example.com",
+            "https://play.example.com:443",
+            "http://play.example.com:80",
+            "https://play.example.com/game",
+            "play.example.com",
+            "https://",
+            "https://a:0",
+            "https://a:99999",
+            "*",
+        ] {
+            assert!(!is_serialised_origin(bad), "{bad}");
+        }
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_GAMES__g__SECRET", "s"),
+                ("CROUPIER_GAMES__g__ALLOWED_ORIGINS", r#"["https://a.example/"]"#),
+            ]),
+        );
+        let e = e.expect_err("a trailing slash");
+        assert!(e.to_string().contains("games.g.allowed_origins"), "{e}");
     }
 
     #[test]

@@ -91,9 +91,15 @@ pub async fn handle(
 /// (or had them: the same request again), else why not (the rate taken is given back).
 pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>) -> Result<usize, IngestError> {
     let Prepared { cmd, entries, parts, records, rate, client_rates, game, rejected } = prepared;
-    // Nothing appended: what the request took from its rates is given back.
-    let give_back = || {
-        for r in rate.iter().chain(client_rates.iter().flatten()) {
+    // Nothing appended: what the request took from its rates is given back — but a
+    // public write key's and its address's for a duplicate answered 202, which cost Redis
+    // an append (the script protocol's, taken back) or a lookup all the same: sent again
+    // and again, the same accepted body would otherwise be free.
+    let give_back = |duplicate: bool| {
+        for r in rate.iter() {
+            r.give_back(records);
+        }
+        for r in client_rates.iter().flatten().filter(|_| !duplicate) {
             r.give_back(records);
         }
     };
@@ -105,6 +111,9 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         Command::Lease(l) => lease_append(shard, l, &parts[..entries]).await,
     };
     let not_replicated = |replicas| IngestError::NotReplicated { replicas, wanted, retry_after };
+    // Answered 202 as the first time: a replay of an accepted body (one still to be
+    // replicated is answered 503 and sent again: that leaves the key as it found it).
+    let duplicate = matches!(outcome, Outcome::Duplicate { replicas } if replicas >= wanted);
     // Whether Redis takes appends, for `/readyz` (an unanswered one is judged by its
     // connection's overdue reply instead).
     match outcome {
@@ -138,7 +147,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         }
         // The same request sent again (same nonce, same body): answered as the first time,
         // whose entries are there (the body, and so the count, is the same); nothing was
-        // appended, so the rate is given back. With `wait_replicas`, the nonce was written
+        // appended, so the game's rate is given back (not a write key's, above). With `wait_replicas`, the nonce was written
         // again, so this connection's `WAIT` covers the first time's append too.
         Outcome::Duplicate { replicas } if replicas < wanted => Err(not_replicated(replicas)),
         Outcome::Duplicate { .. } => Ok(records),
@@ -147,7 +156,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
         Outcome::Failed | Outcome::Refused => Err(IngestError::RedisUnavailable { retry_after }),
     };
     // Not appended: the rates were not used.
-    give_back();
+    give_back(duplicate);
     if let Err(e) = &result {
         count_refused(shard, game_id, e, records);
     }

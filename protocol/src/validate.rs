@@ -809,6 +809,10 @@ pub struct RecordView<'r> {
     pub event: &'r str,
     /// `user_id`.
     pub user_id: &'r str,
+    /// `device_id` (empty for a payment).
+    pub device_id: &'r str,
+    /// `session_id` (empty for a payment).
+    pub session_id: &'r str,
     /// The event id (given or derived; zero for a payment).
     pub event_id: [u8; 16],
 }
@@ -923,7 +927,15 @@ pub fn parse_payments_scoped(
             r.read(index, v)?;
             let p = out.next_to_fill();
             payment_fields(&r, scope, &mut first, p)?;
-            let view = RecordView { game: &p.game_id, env: &p.env, event: "", user_id: &p.user_id, event_id: [0; 16] };
+            let view = RecordView {
+                game: &p.game_id,
+                env: &p.env,
+                event: "",
+                user_id: &p.user_id,
+                device_id: "",
+                session_id: "",
+                event_id: [0; 16],
+            };
             match keep(&view) {
                 Verdict::Keep => {}
                 Verdict::Drop => {
@@ -1005,7 +1017,8 @@ fn event_record_scoped<'a, 'v: 'a>(
         Some(_) => return Err(r.err(f::PROPS, Problem::WrongType("an object"))),
     };
     let user_id = r.opt_str(f::USER_ID)?;
-    match keep(&RecordView { game: game_id, env, event: name, user_id, event_id }) {
+    let (device_id, session_id) = (r.opt_str(f::DEVICE_ID)?, r.opt_str(f::SESSION_ID)?);
+    match keep(&RecordView { game: game_id, env, event: name, user_id, device_id, session_id, event_id }) {
         Verdict::Keep => {}
         Verdict::Drop => return Ok(false),
         Verdict::Refuse => return Err(BodyError::NotAllowed { index: r.index, field: "event" }),

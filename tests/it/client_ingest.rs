@@ -597,6 +597,30 @@ fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
     assert_eq!(crate::metrics::sample(&text, &series), Some(30.0), "{text}");
 }
 
+/// Review finding: the same accepted body sent again was answered 202 and its rates
+/// given back, so a page could make Redis append (and take back) or look up a body at
+/// will, free. A duplicate answered 202 now keeps what it took from the key's and the
+/// address's cells (one not yet replicated still gives it back, above).
+#[test]
+fn client_ingest_an_accepted_body_sent_again_is_paid_for() {
+    const A: &str = "pk_rate_paid_again_key";
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 10;
+        c.client.address_rate_eps = 0;
+        c.games.get_mut(OTHER_GAME).expect("g2").write_keys = vec![A.into()];
+    });
+    let run = run_id();
+    let send = |body: &str| post(&f, EVENTS, &[("X-Write-Key", A), ("X-Env", "prod")], body);
+    let first = bare(&format!("{run}-a"), 10, "login");
+    ok(&send(&first), 10, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // Answered as the first time, nothing appended, the key's second spent.
+    ok(&send(&first), 10, 0);
+    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    refused(&send(&bare(&format!("{run}-b"), 10, "login")), 429, "rate_limited");
+}
+
 /// Without `api.filters_file`, the filters `POST /api/analytics/filters` stores are the
 /// ones the process's client ingest applies, at once; `GET` answers what it applies to an
 /// environment without settings of its own (the game's for every environment).

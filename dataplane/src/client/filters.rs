@@ -134,9 +134,11 @@ fn by_game(map: &Stored) -> HashMap<String, HashMap<String, Settings>> {
     games
 }
 
-/// Whether a record is in a sample of `percent` percent: its user (its event id when it
-/// has no user) hashed with SipHash-1-3 (fixed keys) into one of 10 000 buckets, stable
-/// across processes and releases.
+/// Whether a record is in a sample of `percent` percent: its user hashed with SipHash-1-3
+/// (fixed keys) into one of 10 000 buckets, stable across processes and releases. A
+/// record without a user is sampled by its device, else its session, else its event id:
+/// a player not yet identified is kept or left out whole (the SDK always sends its
+/// device), not event by event.
 pub fn sampled(percent: i64, r: &RecordView<'_>) -> bool {
     if percent >= 100 {
         return true;
@@ -145,12 +147,18 @@ pub fn sampled(percent: i64, r: &RecordView<'_>) -> bool {
         return false;
     }
     let mut h = SipHasher13::new_with_keys(0x6372_6f75_7069_6572, 0x7361_6d70_6c65_7631);
-    if r.user_id.is_empty() {
-        h.write(b"e\0");
-        h.write(&r.event_id);
-    } else {
+    if !r.user_id.is_empty() {
         h.write(b"u\0");
         h.write(r.user_id.as_bytes());
+    } else if !r.device_id.is_empty() {
+        h.write(b"d\0");
+        h.write(r.device_id.as_bytes());
+    } else if !r.session_id.is_empty() {
+        h.write(b"s\0");
+        h.write(r.session_id.as_bytes());
+    } else {
+        h.write(b"e\0");
+        h.write(&r.event_id);
     }
     let word = h.finish();
     (word % 10_000) < (percent as u64) * 100
@@ -161,7 +169,7 @@ mod tests {
     use super::*;
 
     fn view<'a>(env: &'a str, event: &'a str, user: &'a str) -> RecordView<'a> {
-        RecordView { game: "g1", env, event, user_id: user, event_id: [7; 16] }
+        RecordView { game: "g1", env, event, user_id: user, device_id: "", session_id: "", event_id: [7; 16] }
     }
 
     #[test]
@@ -194,5 +202,32 @@ mod tests {
         assert_eq!(kept, 6_105);
         let again = (0..20_000).filter(|i| sampled(30, &view("p", "e", &format!("user-{i}")))).count();
         assert_eq!(kept, again);
+    }
+
+    /// Review finding: a player without a user id was sampled event by event (by event
+    /// id), so a sample kept parts of sessions. Its device decides, else its session.
+    #[test]
+    fn a_player_without_a_user_is_sampled_whole_by_device_then_session() {
+        fn anonymous<'a>(device: &'a str, session: &'a str, id: u8) -> RecordView<'a> {
+            RecordView {
+                game: "g1",
+                env: "p",
+                event: "e",
+                user_id: "",
+                device_id: device,
+                session_id: session,
+                event_id: [id; 16],
+            }
+        }
+        for d in 0..200 {
+            let device = format!("device-{d}");
+            let first = sampled(30, &anonymous(&device, "s", 0));
+            assert!((1..=50).all(|i| sampled(30, &anonymous(&device, &format!("s{i}"), i)) == first), "{device}");
+            let session = format!("session-{d}");
+            let first = sampled(30, &anonymous("", &session, 0));
+            assert!((1..=50).all(|i| sampled(30, &anonymous("", &session, i)) == first), "{session}");
+        }
+        let kept = (0..20_000).filter(|i| sampled(30, &anonymous(&format!("device-{i}"), "", 0))).count();
+        assert!((5_700..=6_300).contains(&kept), "{kept}");
     }
 }

@@ -89,10 +89,12 @@ pub struct IdleConnections {
     /// Those receiving a body, on listeners whose bodies are closed last (`evict_busy` off).
     bodies: RefCell<BTreeMap<u64, Rc<Semaphore>>>,
     next: Cell<u64>,
-    /// A permit for each connection that was chosen to close as its request came in and
+    /// A count for each connection that was chosen to close as its request came in and
     /// stays to answer it ([`IdleConnections::decline`]): the place waited for will not
-    /// come from it, so another is chosen at once.
-    declined: Semaphore,
+    /// come from it, so another is chosen at once. `Slots`, not `local_sync`'s semaphore,
+    /// whose waiter dropped just after a permit was handed to it panics (`make_room`
+    /// gives up on the wait whenever a place frees first).
+    declined: Slots,
 }
 
 /// Which of the connections waiting a place belongs to, in the order they are closed at
@@ -124,7 +126,7 @@ impl Default for IdleConnections {
             heads: RefCell::default(),
             bodies: RefCell::default(),
             next: Cell::new(0),
-            declined: Semaphore::new(0),
+            declined: Slots::new(0),
         }
     }
 }
@@ -133,22 +135,18 @@ impl IdleConnections {
     /// Says that a connection chosen to close stays: its request arrived as it was
     /// chosen, and is answered (a request racing with the choice is not dropped).
     pub fn decline(&self) {
-        self.declined.add_permits(1);
+        self.declined.give_back();
     }
 
     /// Completes when a connection chosen to close since [`IdleConnections::forget_declines`]
     /// stays.
     async fn declined(&self) {
-        if let Ok(p) = self.declined.acquire().await {
-            p.forget();
-        }
+        self.declined.take_one().await;
     }
 
     /// Forgets stays said before: they answered earlier choices.
     fn forget_declines(&self) {
-        while let Ok(p) = self.declined.try_acquire() {
-            p.forget();
-        }
+        while self.declined.take() {}
     }
 
     /// Registers a connection as idle until the place is dropped.
@@ -496,6 +494,30 @@ fn adopt(stream: std::net::TcpStream) -> Option<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Black-box finding: at the connection cap the process aborted ("already borrowed"
+    /// in `local_sync`'s semaphore) when a connection declined its eviction while
+    /// `make_room`'s wait for the decline was given up for a place freed at the same time.
+    #[test]
+    fn attack_a_decline_handed_to_a_wait_given_up_is_kept_not_a_panic() {
+        let idle = IdleConnections::default();
+        let mut waiting = Box::pin(idle.declined());
+        assert!(poll_once(waiting.as_mut()).is_pending());
+        idle.decline();
+        // A place freed first: the wait is dropped before it runs.
+        drop(waiting);
+        let mut again = Box::pin(idle.declined());
+        assert!(poll_once(again.as_mut()).is_ready(), "the decline is still there");
+        idle.decline();
+        idle.decline();
+        idle.forget_declines();
+        let mut none = Box::pin(idle.declined());
+        assert!(poll_once(none.as_mut()).is_pending(), "forgotten");
+    }
 
     #[test]
     fn body_bytes_are_counted_until_dropped() {

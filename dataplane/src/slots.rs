@@ -32,8 +32,9 @@ impl Slots {
         Slots { free: Cell::new(n), waiting: RefCell::new(Vec::new()) }
     }
 
-    /// Takes a free slot's count, if there is one.
-    fn take(&self) -> bool {
+    /// Takes a free slot's count, if there is one (a count taken for good: nothing gives
+    /// it back).
+    pub fn take(&self) -> bool {
         let free = self.free.get();
         if free == 0 {
             return false;
@@ -42,8 +43,9 @@ impl Slots {
         true
     }
 
-    /// Waits until a slot's count is taken (cancel-safe: dropping the future takes nothing).
-    async fn take_one(&self) {
+    /// Waits until a slot's count is taken for good (cancel-safe: dropping the future
+    /// takes nothing).
+    pub async fn take_one(&self) {
         poll_fn(|cx| {
             if self.take() {
                 return Poll::Ready(());
@@ -54,8 +56,9 @@ impl Slots {
         .await
     }
 
-    /// Gives a slot back and wakes every waiter (the first to run takes it).
-    fn give_back(&self) {
+    /// Gives a slot back (or adds one: a count of events, `server`'s declined evictions)
+    /// and wakes every waiter (the first to run takes it).
+    pub fn give_back(&self) {
         self.free.set(self.free.get() + 1);
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
         for w in waiting {

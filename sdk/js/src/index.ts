@@ -55,9 +55,10 @@ export interface Config {
 export interface SendError {
   /**
    * `refused` (the server's answer), `invalid` (not queued: what is wrong is in `message`),
-   * `dropped` (the oldest queued records, past `maxQueue` while they could not be sent).
+   * `dropped` (the oldest queued records, past `maxQueue` while they could not be sent),
+   * `filtered` (accepted, but left out by the game's filters: the `dropped` of a 202).
    */
-  reason: "refused" | "invalid" | "dropped";
+  reason: "refused" | "invalid" | "dropped" | "filtered";
   /** The HTTP status of a refusal. */
   status?: number;
   /** The server's answer, or what is wrong with the record. */
@@ -159,14 +160,33 @@ function encode(r: Rec): string {
 interface Answer {
   /** 0: no answer (offline, or refused by the network). */
   status: number;
-  /** The body of a 4xx. */
+  /** The body of a 4xx or 5xx. */
   text: string;
   retryAfter: string | null;
+  /** Of a 202: the records the game's filters left out. */
+  dropped: number;
 }
 
-/** Whether a post answered `status` is sent again later: all but 202 and a 4xx other than 408 and 429. */
-function retryable(status: number): boolean {
-  return !(status === 202 || (status >= 400 && status < 500 && status !== 408 && status !== 429));
+/**
+ * A record's identity across tabs: its kind and event id, or a payment's order and
+ * status, else its JSON.
+ */
+function itemId(i: Item): string {
+  const r = i.r as { event_id?: unknown; order_id?: unknown; status?: unknown };
+  if (typeof r.event_id === "string" && r.event_id) return `${i.k}:${r.event_id}`;
+  if (typeof r.order_id === "string" && r.order_id) return `${i.k}:${r.order_id}:${String(r.status ?? "")}`;
+  return `${i.k}:${JSON.stringify(i.r)}`;
+}
+
+/**
+ * Whether a post answered `a` is sent again later: all but 202, a 4xx other than 408 and
+ * 429, and the server's `500 encode_failed` (a record it cannot write: sent again, it
+ * fails again, and would hold the queue behind it for ever).
+ */
+function retryable(a: Answer): boolean {
+  const s = a.status;
+  if (s === 500 && /"error"\s*:\s*"encode_failed"/.test(a.text)) return false;
+  return !(s === 202 || (s >= 400 && s < 500 && s !== 408 && s !== 429));
 }
 
 const EVENTS = "/api/analytics/ingest";
@@ -208,6 +228,8 @@ function columnText(v: unknown): string | undefined | null {
 export class Client {
   readonly c: Required<Omit<Config, "userId" | "appVersion" | "channel" | "storage" | "fetch" | "onError">> & Config;
   queue: Item[] = [];
+  /** Ids (`itemId`) of the records this tab queued that may still be in storage. */
+  private held = new Set<string>();
   user: string;
   /** The session's id: a new one when the page comes back from the back/forward cache. */
   session = uuid();
@@ -301,6 +323,8 @@ export class Client {
     } catch {
       this.queue = [];
     }
+    // Taken over: this tab's from now on (sent, they leave the storage).
+    this.held = new Set(this.queue.map(itemId));
     this.beacons = this.storedBeacons();
     const w = globalThis as unknown as Window;
     if (typeof w.addEventListener === "function") {
@@ -344,11 +368,39 @@ export class Client {
     }
   }
 
+  /**
+   * Writes the queue to storage, beside what other tabs of the origin keep there: read,
+   * merged and written. The stored records this tab never held (another tab's, such as
+   * those its closing page could not hand to sendBeacon) stay for the next page; those it
+   * held and no longer does (sent, refused, dropped) go.
+   */
   private save(): void {
+    const s = this.store();
+    if (!s) return;
+    const mine = this.queue.map((i) => ({ k: i.k, r: i.r }));
+    const ids = new Set(mine.map(itemId));
+    let others: Item[] = [];
     try {
-      this.store()?.setItem(this.qkey, JSON.stringify(this.queue.map((i) => ({ k: i.k, r: i.r }))));
+      const stored: unknown = JSON.parse(s.getItem(this.qkey) || "[]");
+      if (Array.isArray(stored)) others = (stored as Item[]).filter((i) => i && i.r && typeof i.r === "object");
     } catch {
-      /* full or denied: the queue lives in memory only */
+      /* not a list: written over */
+    }
+    const storedIds = new Set(others.map(itemId));
+    others = others.filter((i) => !ids.has(itemId(i)) && !this.held.has(itemId(i)));
+    // What this tab held: its queue, and what of it is still stored (so a record it sent
+    // is not taken for another tab's; the rest need not be remembered).
+    const held = new Set(ids);
+    for (const id of this.held) if (storedIds.has(id)) held.add(id);
+    this.held = held;
+    try {
+      s.setItem(this.qkey, JSON.stringify([...others, ...mine]));
+    } catch {
+      try {
+        s.setItem(this.qkey, JSON.stringify(mine));
+      } catch {
+        /* full or denied: the queue lives in memory only */
+      }
     }
   }
 
@@ -584,7 +636,7 @@ export class Client {
           forget();
           this.attempt = 0;
         }
-        else if (retryable(a.status)) {
+        else if (retryable(a)) {
           this.later(a);
           return;
         } else {
@@ -607,7 +659,10 @@ export class Client {
         }
       }
       while (this.queue.length && !this.closed) {
-        const ok = await this.send(this.queue[0].k, this.next(this.queue[0].k));
+        const held = this.inflight;
+        const ok = held
+          ? await this.send(held.k, held.batch, held.body)
+          : await this.send(this.queue[0].k, this.next(this.queue[0].k));
         if (!ok) return;
       }
     } finally {
@@ -638,19 +693,26 @@ export class Client {
     return batch;
   }
 
-  /** Posts one batch: true when the queue may go on (sent, or what was refused dropped). */
-  private async send(k: "e" | "p", batch: Item[]): Promise<boolean> {
-    const body = JSON.stringify(batch.map((i) => i.r));
+  /**
+   * Posts one batch: true when the queue may go on (sent, or what was refused dropped).
+   * A batch to be sent again stays `inflight`, and goes again as the same bytes (the
+   * server then stores it once, also when its first answer was lost or `not_replicated`).
+   */
+  private async send(k: "e" | "p", batch: Item[], body = JSON.stringify(batch.map((i) => i.r))): Promise<boolean> {
     this.inflight = { k, batch, body };
     const a = await this.post(k, body);
+    if (retryable(a)) return this.later(a);
     this.inflight = undefined;
-    if (retryable(a.status)) return this.later(a);
     const bad = a.status === 202 ? batch.map((_, i) => i) : this.refusedOf(a, batch.map((i) => i.r));
     const gone = batch.filter((_, i) => bad.includes(i));
     if (a.status === 202) this.attempt = 0;
     this.queue = this.queue.filter((i) => !gone.includes(i));
     this.save();
     if (a.status !== 202) this.refusal(a, gone.length);
+    if (a.dropped) {
+      const message = `${a.dropped} of ${batch.length} records left out by the game's filters`;
+      this.report({ reason: "filtered", status: 202, message, records: a.dropped });
+    }
     return true;
   }
 
@@ -715,10 +777,19 @@ export class Client {
       // Read whatever the status: until its body is read, an answered keepalive request
       // keeps its share of the browser's 64 KiB, and the next large one is refused.
       const answer = await res.text().catch(() => "");
-      const text = res.status >= 400 && res.status < 500 ? answer : "";
-      return { status: res.status, text, retryAfter: res.headers.get("Retry-After") };
+      const text = res.status >= 400 && res.status < 600 ? answer : "";
+      let dropped = 0;
+      if (res.status === 202) {
+        try {
+          const d = (JSON.parse(answer) as { dropped?: unknown }).dropped;
+          dropped = typeof d === "number" && d > 0 ? d : 0;
+        } catch {
+          /* not the server's JSON: nothing said */
+        }
+      }
+      return { status: res.status, text, retryAfter: res.headers.get("Retry-After"), dropped };
     } catch {
-      return { status: 0, text: "", retryAfter: null }; // offline or refused by the network
+      return { status: 0, text: "", retryAfter: null, dropped: 0 }; // offline or refused by the network
     }
   }
 
@@ -775,6 +846,9 @@ export class Client {
     // server stores it once.
     const f = this.inflight;
     if (f) beacon(f.k, f.batch, f.body);
+    // Gone by beacon, or back among the queue's batches (a page restored from the
+    // back/forward cache sends it again as the queue's).
+    this.inflight = undefined;
     for (const k of ["e", "p"] as const) {
       let items = this.queue.filter((i) => i.k === k);
       while (items.length) {

@@ -766,3 +766,87 @@ test("players named before the session_start leaves: it takes the last one, no l
   assert.match(errors[0].message, /appVersion must be a string of at most 256 bytes/);
   c.close();
 });
+
+/** A fetch that answers each call with the next [status, body] (the last one repeats) and records the calls. */
+function answering(...answers) {
+  const calls = [];
+  const f = async (url, init) => {
+    const [status, body] = answers[Math.min(calls.length, answers.length - 1)];
+    calls.push({ url, init, body: init.body });
+    return new Response(body, { status, headers: new Headers(status === 503 ? { "Retry-After": "0" } : {}) });
+  };
+  f.calls = calls;
+  return f;
+}
+
+test("a batch to send again goes as the same bytes, whatever was tracked meanwhile", async () => {
+  const f = answering([503, '{"error":"not_replicated","appended":true}'], [202, '{"ok":true,"accepted":2,"dropped":0}']);
+  const c = client({ fetch: f, batchSize: 5 });
+  c.track("a");
+  c.track("b");
+  await c.flush();
+  assert.equal(f.calls.length, 1);
+  c.track("c");
+  await c.flush();
+  await c.flush();
+  assert.equal(f.calls[1].body, f.calls[0].body, "the server stores the same request once");
+  assert.deepEqual(JSON.parse(f.calls[2].body).map((r) => r.event), ["c"]);
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("records a 202 says the game's filters left out are told", async () => {
+  const told = [];
+  const f = answering([202, '{"ok":true,"accepted":1,"dropped":2}']);
+  const c = client({ fetch: f, onError: (e) => told.push(e) });
+  for (const e of ["a", "b", "c"]) c.track(e);
+  await c.flush();
+  assert.deepEqual(told.map((e) => [e.reason, e.status, e.records]), [["filtered", 202, 2]]);
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("500 encode_failed drops the batch and is told; another 500 keeps it", async () => {
+  const told = [];
+  const f = answering([500, '{"error":"encode_failed","message":"a server fault; retrying will not help"}']);
+  const c = client({ fetch: f, onError: (e) => told.push(e) });
+  c.track("a");
+  await c.flush();
+  assert.equal(c.queue.length, 0);
+  assert.deepEqual(told.map((e) => [e.reason, e.status, e.records]), [["refused", 500, 1]]);
+  const g = answering([500, '{"error":"internal"}']);
+  const d = client({ fetch: g });
+  d.track("a");
+  await d.flush();
+  assert.equal(d.queue.length, 1);
+  c.close();
+  d.close();
+});
+
+test("records a closing tab could not hand to sendBeacon outlive another tab's writes", async () => {
+  // The browser takes no beacon (its 64 KiB in flight are spent): the records stay stored.
+  Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => false }, configurable: true });
+  const storage = memory();
+  try {
+    const a = client({ fetch: server("offline"), storage });
+    const b = client({ fetch: server(202), storage });
+    a.track("from-a");
+    a.close();
+    // Tab b goes on, tracking and sending: its writes keep a's records.
+    b.track("from-b");
+    await b.flush();
+    b.track("from-b-again");
+    const stored = JSON.parse(storage.getItem("croupier:g1:queue")).map((i) => i.r.event);
+    assert.deepEqual(stored, ["from-a", "from-b-again"]);
+    // The next page sends them; once sent they leave the storage.
+    const up = server(202);
+    const c = client({ fetch: up, storage });
+    await c.flush();
+    assert.deepEqual(up.calls.flatMap((x) => x.records.map((r) => r.event)), ["from-a", "from-b-again"]);
+    assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:queue")), []);
+    b.close();
+    c.close();
+  } finally {
+    delete globalThis.navigator;
+  }
+});

@@ -750,6 +750,9 @@ pub struct Api {
     /// request at most half of them (at least one); more wait up to `query_timeout_ms`,
     /// then 503.
     pub max_queries_in_flight: usize,
+    /// Most memory one ClickHouse read may take on the server, bytes
+    /// (`max_memory_usage`; 0: the server's own limit). A read past it is refused 400.
+    pub max_query_memory_bytes: u64,
     /// Audit rows are written at least this often, milliseconds.
     pub audit_flush_ms: u64,
     /// Most audit rows held before the oldest are dropped (counted in the log).
@@ -773,6 +776,7 @@ impl Default for Api {
             roles: BTreeMap::new(),
             query_timeout_ms: 10_000,
             max_queries_in_flight: 4,
+            max_query_memory_bytes: 2 << 30,
             audit_flush_ms: 1_000,
             audit_max_pending: 100_000,
             filters_file: None,

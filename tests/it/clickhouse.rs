@@ -550,3 +550,54 @@ fn log_packets_with_rows_are_set_aside() {
     }
     assert_eq!(ch.query("SELECT count() FROM default.logged").trim(), "20");
 }
+
+/// Black-box finding: an analytics read the API gave up on (504 at `api.query_timeout_ms`)
+/// freed its slot while ClickHouse 18.16 ran the query on (`max_execution_time` is checked
+/// only between blocks read), so requests sent again piled queries onto the server past
+/// `api.max_queries_in_flight` (35 at once, 6.9 GB, with a limit of 4). A read given up on
+/// is now cancelled and holds its slot until the server ended it.
+#[test]
+fn attack_an_analytics_read_given_up_on_holds_its_slot_until_the_server_ends_it() {
+    use croupier_dataplane::analytics::db::Db;
+    use croupier_dataplane::analytics::error::ApiError;
+    let ch = ClickHouseServer::start();
+    block_on(ActiveDriver::Epoll, async {
+        let db = Db::new(options(&ch, false), 1, Duration::from_millis(1_000));
+        let start = std::time::Instant::now();
+        // One block that takes 3 s to make: nothing read meanwhile, nothing checked.
+        let r = db.reads().select("SELECT sleep(3)").await;
+        assert!(matches!(r, Err(ApiError::QueryTimeout)), "{r:?}");
+        // The server still runs it: the one slot stays taken, another read is refused.
+        let r = db.reads().select("SELECT 1").await;
+        assert!(matches!(r, Err(ApiError::Busy)), "{r:?} after {:?}", start.elapsed());
+        // Once it ended on the server, the slot is free again.
+        monoio::time::sleep(Duration::from_millis(3_500).saturating_sub(start.elapsed())).await;
+        let r = db.reads().select("SELECT 1").await;
+        assert!(r.is_ok(), "{r:?}");
+    })
+    .expect("runtime");
+}
+
+/// Black-box finding: no memory limit was sent with analytics reads (one viewer's request
+/// took 3.1 GB of the server). Reads now carry `max_memory_usage`
+/// (`api.max_query_memory_bytes`); one past it is refused 400, naming the range.
+#[test]
+fn attack_an_analytics_read_past_its_memory_limit_is_refused() {
+    use croupier_dataplane::analytics::db::Db;
+    use croupier_dataplane::analytics::error::ApiError;
+    let ch = ClickHouseServer::start();
+    block_on(ActiveDriver::Epoll, async {
+        let db = Db::new(options(&ch, false), 2, Duration::from_secs(20)).with_memory_limit(20 << 20);
+        let r = db.reads().select("SELECT length(groupArray(number)) FROM numbers(20000000)").await;
+        match r {
+            Err(ApiError::InvalidParameter { field, reason }) => {
+                assert_eq!(field, "end");
+                assert!(reason.contains("max_query_memory_bytes"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = db.reads().select("SELECT length(groupArray(number)) FROM numbers(1000)").await;
+        assert!(r.is_ok(), "{r:?}");
+    })
+    .expect("runtime");
+}

@@ -20,16 +20,21 @@ use croupier_protocol::clickhouse::packet::Setting;
 /// at 16 MiB an answer holds that thread well under a second and ~120 MB; the routes
 /// whose JSON grows with their rows bound those (`docs/analytics-api.md`).
 pub const MAX_RESULT_BYTES: u64 = 16 << 20;
-use crate::slots::Slots;
+use crate::slots::{OwnedSlot, Slots};
 use croupier_protocol::clickhouse::result::Value;
 
 use super::error::ApiError;
-use crate::clickhouse::connection::{ChError, ChOptions, Connection, Selected};
+use crate::clickhouse::connection::{ChError, ChOptions, Connection};
 
 /// Queries to ClickHouse, bounded.
 pub struct Db {
     opts: ChOptions,
-    slots: Slots,
+    /// A read holds one from before it is sent until the server ended it: a read given up
+    /// on holds it while its cancel is waited for ([`Db::reap`]), so that no more than
+    /// `api.max_queries_in_flight` queries run on the server.
+    slots: Rc<Slots>,
+    /// `max_memory_usage` of every read (0: the server's own).
+    memory_limit: u64,
     idle: RefCell<Vec<Connection>>,
     timeout: Duration,
     /// The tables are `Distributed` (`clickhouse.shards`).
@@ -255,7 +260,8 @@ impl Db {
         opts.timeout = opts.timeout.min(timeout);
         Db {
             opts,
-            slots: Slots::new(max_in_flight.max(1)),
+            slots: Rc::new(Slots::new(max_in_flight.max(1))),
+            memory_limit: 0,
             idle: RefCell::new(Vec::new()),
             timeout,
             cluster: false,
@@ -376,6 +382,12 @@ impl Db {
         self
     }
 
+    /// Reads limited to `bytes` of memory on the server (`max_memory_usage`; 0: none).
+    pub fn with_memory_limit(mut self, bytes: u64) -> Db {
+        self.memory_limit = bytes;
+        self
+    }
+
     /// A request's reads.
     pub fn reads(&self) -> Reads<'_> {
         Reads {
@@ -404,7 +416,7 @@ impl Db {
             return Err(ApiError::QueryTimeout);
         }
         let mut waiting = Waiting { kept_waiting, got: false };
-        let Ok(_slot) = monoio::time::timeout_at(deadline, self.slots.acquire()).await else {
+        let Ok(slot) = monoio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await else {
             return Err(ApiError::Busy);
         };
         waiting.got = true;
@@ -412,7 +424,27 @@ impl Db {
         if asked.elapsed().saturating_mul(2) >= deadline.saturating_duration_since(asked) {
             kept_waiting.set(true);
         }
-        self.run_select(sql, deadline, log).await
+        self.run_select(sql, deadline, log, slot).await
+    }
+
+    /// A read given up on (its deadline passed on our side): its connection, which the
+    /// server may still be running the query on, is cancelled in the background, and
+    /// `slot` held until the server ended the query or another `api.query_timeout_ms`
+    /// passed — ClickHouse 18.16 checks `max_execution_time` only between blocks read, so a
+    /// query in a long `GROUP BY` or sort runs on; were the slot freed at once, requests
+    /// sent again would pile queries onto the server past `api.max_queries_in_flight`.
+    fn reap(&self, mut conn: Connection, slot: OwnedSlot) {
+        let within = self.timeout;
+        monoio::spawn(async move {
+            if !conn.cancel(within).await {
+                tracing::warn!(
+                    within_ms = within.as_millis() as u64,
+                    "an analytics query given up on did not end on the server after its cancel: its connection is closed"
+                );
+            }
+            drop(conn);
+            drop(slot);
+        });
     }
 
     /// [`Db::select`] once a connection slot is held.
@@ -421,27 +453,32 @@ impl Db {
         sql: &str,
         deadline: monoio::time::Instant,
         log: bool,
+        slot: OwnedSlot,
     ) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
         let left = deadline.saturating_duration_since(monoio::time::Instant::now());
         let secs = left.as_secs().max(1);
+        let mut settings = vec![
+            ("max_execution_time", Setting::UInt(secs)),
+            // The answer is decoded into memory on the control thread: bounded.
+            ("max_result_bytes", Setting::UInt(MAX_RESULT_BYTES)),
+            ("result_overflow_mode", Setting::Str("throw")),
+        ];
+        if self.memory_limit > 0 {
+            settings.push(("max_memory_usage", Setting::UInt(self.memory_limit)));
+        }
+        if self.cluster {
+            settings.push(("distributed_product_mode", Setting::Str("global")));
+        }
+        // The connection the query runs on, kept past a timeout to be cancelled.
+        let mut held: Option<Connection> = None;
         let run = async {
-            let mut settings = vec![
-                ("max_execution_time", Setting::UInt(secs)),
-                // The answer is decoded into memory on the control thread: bounded.
-                ("max_result_bytes", Setting::UInt(MAX_RESULT_BYTES)),
-                ("result_overflow_mode", Setting::Str("throw")),
-            ];
-            if self.cluster {
-                settings.push(("distributed_product_mode", Setting::Str("global")));
+            if let Some(conn) = self.idle.borrow_mut().pop() {
+                held = Some(conn);
             }
-            let pooled = self.idle.borrow_mut().pop();
-            if let Some(mut conn) = pooled {
+            if let Some(conn) = held.as_mut() {
                 let before = conn.packets_received();
                 match conn.select(sql, &settings).await {
-                    Ok(out) => {
-                        self.idle.borrow_mut().push(conn);
-                        return Ok(out);
-                    }
+                    Ok(out) => return Ok(out),
                     // The server closed the idle connection (it restarted, or dropped idle
                     // clients) before answering anything: once more on a fresh connection.
                     Err(ChError::Io(e)) if conn.packets_received() == before => {
@@ -450,16 +487,32 @@ impl Db {
                     Err(e) => return Err(e),
                 }
             }
-            let mut conn = Connection::connect(&self.opts).await?;
-            let out = conn.select(sql, &settings).await?;
-            self.idle.borrow_mut().push(conn);
-            Ok::<Selected, ChError>(out)
+            held = None;
+            let conn = held.insert(Connection::connect(&self.opts).await?);
+            conn.select(sql, &settings).await
         };
-        match monoio::time::timeout(left, run).await {
+        let outcome = monoio::time::timeout(left, run).await;
+        match (&outcome, held.take()) {
+            (Ok(Ok(_)), Some(conn)) => self.idle.borrow_mut().push(conn),
+            // Given up on while the server may still run it (a connection is held only
+            // once made: one given up on while connecting has nothing to cancel).
+            (Err(_) | Ok(Err(ChError::Timeout)), Some(conn)) => {
+                self.reap(conn, slot);
+                return Err(ApiError::QueryTimeout);
+            }
+            _ => {}
+        }
+        drop(slot);
+        match outcome {
             // Decoding a large answer may itself run past the deadline.
             Ok(Ok(_)) if monoio::time::Instant::now() > deadline => Err(ApiError::QueryTimeout),
             Ok(Ok(s)) => Ok((s.rows, s.read_rows)),
             Ok(Err(ChError::Timeout)) | Err(_) => Err(ApiError::QueryTimeout),
+            // 241 MEMORY_LIMIT_EXCEEDED: past `api.max_query_memory_bytes`.
+            Ok(Err(ChError::Server(e))) if e.code == 241 => Err(ApiError::param(
+                "end",
+                "the query needs more memory than api.max_query_memory_bytes: a shorter range, fewer groups or lower limits",
+            )),
             // 159 TIMEOUT_EXCEEDED: the server's own max_execution_time.
             Ok(Err(ChError::Server(e))) if e.code == 159 => Err(ApiError::QueryTimeout),
             // 396 TOO_MANY_ROWS_OR_BYTES: the answer passed MAX_RESULT_BYTES.

@@ -235,7 +235,11 @@ impl Api {
         let timeout = Duration::from_millis(api.query_timeout_ms);
         Ok(Api {
             verifier: Verifier::from_config(api)?,
-            db: Rc::new(Db::new(opts.clone(), api.max_queries_in_flight, timeout).on_cluster(ch.is_cluster())),
+            db: Rc::new(
+                Db::new(opts.clone(), api.max_queries_in_flight, timeout)
+                    .on_cluster(ch.is_cluster())
+                    .with_memory_limit(api.max_query_memory_bytes),
+            ),
             redis: RedisClient::start(RedisOptions::from_config(config)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
             filters: filters::Filters::load(api.filters_file.clone(), config.games.keys().cloned().collect(), filters)?,

@@ -366,6 +366,27 @@ impl Connection {
         self.timeout
     }
 
+    /// Cancels the query in progress (a reader that gave up on it) and reads what the
+    /// server still sends until it ends the query (end of stream, or an exception), for
+    /// at most `within`: true when it did. A server may finish the step it is in first
+    /// (ClickHouse 18.16 checks a cancel, as `max_execution_time`, between blocks read),
+    /// so until this returns the query may still be running.
+    pub async fn cancel(&mut self, within: Duration) -> bool {
+        packet::cancel(&mut self.wbuf);
+        let timeout = std::mem::replace(&mut self.timeout, within);
+        let ended = async {
+            self.flush().await?;
+            loop {
+                if let ServerPacket::EndOfStream | ServerPacket::Exception(_) = self.next_packet(false).await? {
+                    return Ok::<(), ChError>(());
+                }
+            }
+        };
+        let ended = matches!(monoio::time::timeout(within, ended).await, Ok(Ok(())));
+        self.timeout = timeout;
+        ended
+    }
+
     /// Pings the server.
     pub async fn ping(&mut self) -> Result<(), ChError> {
         packet::ping(&mut self.wbuf);

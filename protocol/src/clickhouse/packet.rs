@@ -14,6 +14,8 @@ pub mod client {
     pub const QUERY: u64 = 1;
     /// Data block.
     pub const DATA: u64 = 2;
+    /// Cancel of the query in progress.
+    pub const CANCEL: u64 = 3;
     /// Ping.
     pub const PING: u64 = 4;
 }
@@ -160,6 +162,12 @@ pub fn data_in_order(
 /// Appends a ping.
 pub fn ping(out: &mut Vec<u8>) {
     put_varint(out, client::PING);
+}
+
+/// Appends a cancel of the query in progress: the server stops it where it checks, and
+/// ends its answer (end of stream, or an exception).
+pub fn cancel(out: &mut Vec<u8>) {
+    put_varint(out, client::CANCEL);
 }
 
 /// The server's hello.

@@ -722,6 +722,35 @@ fn analytics_a_request_kept_waiting_by_others_is_busy_not_a_timeout() {
     assert_eq!(api.json(&path)["registered_total"], PLAYERS);
 }
 
+/// Black-box finding: with 64 Analytics API requests in flight (each may wait
+/// `api.query_timeout_ms` for ClickHouse) every place of the control port was taken by a
+/// connection in a request, never closed for a new one: `/healthz` and `/metrics` waited
+/// 6–10 s. At most half the places now handle API requests; past that an API request is
+/// 503 `busy` at once, and probes get through.
+#[test]
+fn attack_api_requests_leave_the_control_port_places_for_probes() {
+    let (api, stall, path) = api_behind_stall_with(|config| {
+        config.api.query_timeout_ms = 4_000;
+        config.api.max_queries_in_flight = 2;
+    });
+    stall.arm(true);
+    let (probe, answers) = std::thread::scope(|s| {
+        let requests: Vec<_> = (0..70).map(|_| s.spawn(|| api.get(&path, &admin()))).collect();
+        std::thread::sleep(Duration::from_millis(800));
+        let asked = Instant::now();
+        let health = HttpClient::connect(api.addr()).request("GET", "/healthz", &[], b"");
+        let probe = (health.status, asked.elapsed());
+        let answers: Vec<Reply> = requests.into_iter().map(|t| t.join().unwrap()).collect();
+        (probe, answers)
+    });
+    stall.arm(false);
+    assert_eq!(probe.0, 200);
+    assert!(probe.1 < Duration::from_millis(1_000), "/healthz answered after {:?}", probe.1);
+    let busy = answers.iter().filter(|r| r.status == 503 && r.error_tag() == "busy").count();
+    assert!(busy >= 70 - 32, "{busy} busy of 70: {:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(answers.iter().all(|r| matches!(r.status, 503 | 504)), "every other one waited for the stalled query");
+}
+
 /// Remembered figures of complete days are read again in the background before they
 /// expire (docs/analytics-api.md): past their 60 s, requests answer them from memory while
 /// that read is in flight (here held back on its way to ClickHouse), with one such read

@@ -78,6 +78,36 @@ struct ControlPort {
     /// Set by [`Control::drain`]: `/readyz` answers 503 from then on.
     draining: Arc<AtomicBool>,
     dashboard: Dashboard,
+    /// Analytics API requests being handled ([`API_REQUESTS_AT_ONCE`] at most).
+    api_requests: Cell<usize>,
+}
+
+/// The control port's places (connections at once).
+const PLACES: usize = 64;
+
+/// Analytics API requests the control port handles at once: half its places. A request
+/// may wait `api.query_timeout_ms` for ClickHouse, and connections in a request are never
+/// closed for new ones: were every place taken by such requests, `/healthz`, `/readyz`
+/// and `/metrics` would wait that long (a liveness probe failing under a dashboard's
+/// load). Past it a request is answered 503 `busy` at once.
+const API_REQUESTS_AT_ONCE: usize = PLACES / 2;
+
+/// A counted Analytics API request; uncounted when dropped.
+struct ApiRequest<'a>(&'a Cell<usize>);
+
+impl<'a> ApiRequest<'a> {
+    fn start(count: &'a Cell<usize>) -> Option<ApiRequest<'a>> {
+        (count.get() < API_REQUESTS_AT_ONCE).then(|| {
+            count.set(count.get() + 1);
+            ApiRequest(count)
+        })
+    }
+}
+
+impl Drop for ApiRequest<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl ControlPort {
@@ -152,6 +182,9 @@ impl Handler for ControlPort {
             Route::Ready => self.ready().await,
             Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
+                let Some(_counted) = ApiRequest::start(&self.api_requests) else {
+                    return private(crate::analytics::error::ApiError::Busy.response());
+                };
                 let head = req.head();
                 let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
                 if head.method != Method::Post {
@@ -258,7 +291,7 @@ pub fn start_with_health(
                     idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
                     // Its routes take small bodies at most (the filters): others are read past.
                     max_body_bytes: 64 << 10,
-                    max_connections: 64,
+                    max_connections: PLACES,
                     max_inflight_body_bytes: 64 << 10,
                     retry_after_secs: config.redis.retry_after_secs,
                     // Probes and scrapes must get through idle keep-alive connections.
@@ -287,6 +320,7 @@ pub fn start_with_health(
                     api,
                     draining,
                     dashboard,
+                    api_requests: Cell::new(0),
                 });
                 let serve = move |stream, server| conn::serve(port.clone(), server, stream);
                 if let Err(e) = server::run(listener, stop, limits, serve).await {

@@ -186,6 +186,11 @@ fn attack_filters_refuse_unconfigured_games_and_separators() {
         let r = api.request("POST", "/api/analytics/filters", &limited, &body);
         assert_eq!((r.status, r.error_tag()), (403, "forbidden".to_owned()), "{game}: {}", r.text());
     }
+    // A field given twice (black-box finding: the last won, where a proxy reading the
+    // first would see another game) is refused, as ingest refuses a record's.
+    let twice = post(r#"{"game_id":"g2","env":"prod","game_id":"g1","events":["x"]}"#);
+    assert_refused(&twice, "body", "game_id given twice");
+    assert!(twice.text().contains("duplicate field"), "{}", twice.text());
     let r = post(r#"{"game_id":"g1","env":"prod","sample_global":50}"#);
     assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#.to_owned()));
     let r = api.request("GET", "/api/analytics/filters?game_id=g1&env=prod", &admin(), "");

@@ -242,7 +242,9 @@ impl Filters {
         if !v.is_object() {
             return Err(ApiError::param("body", "expected a JSON object"));
         }
-        let u: Update = serde_json::from_value(v).map_err(|e| ApiError::param("body", e.to_string()))?;
+        // Read again from the bytes, not the value: a field given twice is refused (a map
+        // keeps the last, where a proxy reading the first would see another game).
+        let u: Update = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
         if u.game_id.as_deref().is_none_or(|g| g.trim().is_empty()) {
             return Err(ApiError::param("game_id", "required"));
         }

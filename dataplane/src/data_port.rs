@@ -45,7 +45,7 @@ pub const ROUTES: [&str; 9] = [
 
 /// The header fields the data port reads, by index ([`GAME_ID`] ...): each may appear
 /// once (a second is a `400 bad_request` naming it), but `X-Forwarded-For`, a list
-/// proxies may send as several lines (its last is read).
+/// proxies may send as several lines (read as one list, in order).
 pub static FIELDS: Fields = Fields::new(&[
     "X-Game-Id",
     "X-Timestamp",

@@ -176,8 +176,8 @@ enum Outcome {
     /// Not appended, or not known to be (Redis unreachable, no reply in time, an append
     /// of one stream failing).
     Failed,
-    /// Not appended: Redis refused the transaction with an error (out of memory,
-    /// read-only, a command the ACL user lacks): Redis takes no writes (`/readyz`).
+    /// Not appended: Redis refused the transaction with an error that refuses every
+    /// write for a while ([`REFUSES_WRITES`]): Redis takes no writes (`/readyz`).
     Refused,
 }
 
@@ -356,16 +356,23 @@ async fn lease_append(shard: &Shard, l: LeaseCmds, parts: &[(StreamKind, usize)]
     }
 }
 
+/// Error codes with which Redis refuses every write for a while, whatever the request: out
+/// of memory, a replica (read-only), a snapshot that failed (`MISCONF`), too few replicas
+/// (`min-replicas-to-write`), a permission the ACL user lacks, a cluster or primary down,
+/// a dataset still loading, a script running too long.
+const REFUSES_WRITES: [&str; 9] =
+    ["OOM", "READONLY", "MISCONF", "NOREPLICAS", "NOPERM", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "BUSY"];
+
 /// What an error reply to a transaction (refused as a whole: it did not run) says: Redis
-/// refuses appends (out of memory, read-only, a command the ACL user lacks), unless it is
-/// a Redis Cluster's redirection (a slot that moved: the next append goes where it is) or
-/// a stream key of another type (only the requests to that stream fail: docs/ingest.md).
-/// An append that fails when run (its stream's key or ids) is of its stream alone too.
+/// refuses writes ([`REFUSES_WRITES`], for `/readyz`), or something of this request alone
+/// (a Redis Cluster's redirection or `TRYAGAIN`, a stream key of another type, a reply
+/// not understood), which says nothing of the next.
 fn refused(error: &str) -> Outcome {
-    if ["MOVED ", "ASK ", "WRONGTYPE"].iter().any(|p| error.starts_with(p)) {
-        Outcome::Failed
-    } else {
+    let code = error.split_whitespace().next().unwrap_or("");
+    if REFUSES_WRITES.contains(&code) {
         Outcome::Refused
+    } else {
+        Outcome::Failed
     }
 }
 

@@ -50,7 +50,12 @@ impl Slots {
             if self.take() {
                 return Poll::Ready(());
             }
-            self.waiting.borrow_mut().push(cx.waker().clone());
+            // Once per task: a task that gives up its wait and waits again (`make_room`
+            // at every choice) would otherwise add a waker each time until a release.
+            let mut waiting = self.waiting.borrow_mut();
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -127,5 +132,20 @@ mod tests {
         assert_eq!(slots.free.get(), 0);
         drop(a);
         assert_eq!(slots.free.get(), 1);
+    }
+
+    /// Review finding: a task that gave up its wait and waited again added a waker each
+    /// time (the connection cap's wait for a decline, at every choice), kept until a
+    /// release: unbounded under a flood. One per task now.
+    #[test]
+    fn a_task_waiting_again_is_kept_once() {
+        let slots = Slots::new(0);
+        for _ in 0..1_000 {
+            let mut waiting = Box::pin(slots.take_one());
+            assert!(poll_once(waiting.as_mut()).is_pending());
+        }
+        assert_eq!(slots.waiting.borrow().len(), 1);
+        slots.give_back();
+        assert!(slots.waiting.borrow().is_empty());
     }
 }

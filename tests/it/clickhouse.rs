@@ -567,7 +567,8 @@ fn attack_an_analytics_read_given_up_on_holds_its_slot_until_the_server_ends_it(
         // One block that takes 3 s to make: nothing read meanwhile, nothing checked.
         let r = db.reads().select("SELECT sleep(3)").await;
         assert!(matches!(r, Err(ApiError::QueryTimeout)), "{r:?}");
-        // The server still runs it: the one slot stays taken, another read is refused.
+        // The server still runs it (until 3 s; the cancel is waited for until 3 s at
+        // most): the one slot stays taken, another read (1 s to 2 s) is refused.
         let r = db.reads().select("SELECT 1").await;
         assert!(matches!(r, Err(ApiError::Busy)), "{r:?} after {:?}", start.elapsed());
         // Once it ended on the server, the slot is free again.

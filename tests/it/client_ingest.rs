@@ -341,8 +341,8 @@ fn client_ingest_address_rate_counts_the_client_behind_a_trusted_proxy() {
     let batch = std::sync::atomic::AtomicUsize::new(0);
     let send = |f: &Fixture, forwarded: &str| {
         let b = batch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Two lines, as HAProxy's `option forwardfor` sends behind a client's own: the
-        // last is read.
+        // Two lines, as HAProxy's `option forwardfor` sends behind a client's own: read
+        // as one list.
         let body = bare(&format!("{run}-{b}"), 20, "login");
         let h = vec![
             ("Content-Type".to_owned(), "application/json".to_owned()),

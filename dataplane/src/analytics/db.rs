@@ -429,12 +429,15 @@ impl Db {
 
     /// A read given up on (its deadline passed on our side): its connection, which the
     /// server may still be running the query on, is cancelled in the background, and
-    /// `slot` held until the server ended the query or another `api.query_timeout_ms`
+    /// `slot` held until the server ended the query or twice `api.query_timeout_ms`
     /// passed — ClickHouse 18.16 checks `max_execution_time` only between blocks read, so a
     /// query in a long `GROUP BY` or sort runs on; were the slot freed at once, requests
     /// sent again would pile queries onto the server past `api.max_queries_in_flight`.
+    /// (A read given up on as bytes arrived may have lost them with its buffer: the
+    /// cancel then fails to read the answer's end and closes the connection at once, the
+    /// slot freed as before.)
     fn reap(&self, mut conn: Connection, slot: OwnedSlot) {
-        let within = self.timeout;
+        let within = self.timeout.saturating_mul(2);
         monoio::spawn(async move {
             if !conn.cancel(within).await {
                 tracing::warn!(
@@ -508,8 +511,10 @@ impl Db {
             Ok(Ok(_)) if monoio::time::Instant::now() > deadline => Err(ApiError::QueryTimeout),
             Ok(Ok(s)) => Ok((s.rows, s.read_rows)),
             Ok(Err(ChError::Timeout)) | Err(_) => Err(ApiError::QueryTimeout),
-            // 241 MEMORY_LIMIT_EXCEEDED: past `api.max_query_memory_bytes`.
-            Ok(Err(ChError::Server(e))) if e.code == 241 => Err(ApiError::param(
+            // 241 MEMORY_LIMIT_EXCEEDED of the query itself: past `max_query_memory_bytes`
+            // (the server's or a user's total past its limit is not the request's doing:
+            // a failure, below).
+            Ok(Err(ChError::Server(e))) if e.code == 241 && e.message.contains("(for query)") => Err(ApiError::param(
                 "end",
                 "the query needs more memory than api.max_query_memory_bytes: a shorter range, fewer groups or lower limits",
             )),

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use croupier_control::config::TrustedProxies;
 
-/// The address to count `peer`'s request against, given its `X-Forwarded-For` (the last
-/// line sent). A hop that cannot be read (`unknown`, a name, garbage) stops the walk at
+/// The address to count `peer`'s request against, given its `X-Forwarded-For` (every
+/// line sent, joined in order). A hop that cannot be read (`unknown`, a name, garbage) stops the walk at
 /// the trusted proxy that wrote it: that proxy's address is counted, the strict side.
 pub fn client_address(peer: Option<IpAddr>, forwarded: Option<&str>, trusted: &TrustedProxies) -> Option<IpAddr> {
     let mut addr = peer?.to_canonical();

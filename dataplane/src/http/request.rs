@@ -58,7 +58,7 @@ impl Fields {
     }
 
     /// Field `i` is a list (`X-Forwarded-For`), which proxies may send as several lines,
-    /// each appending one: its last line is kept, which holds the hops added last.
+    /// each appending one: read as one value, the lines joined with `, ` in order.
     pub const fn list(self, i: usize) -> Fields {
         assert!(i < self.names.len(), "no such field");
         Fields { names: self.names, lists: self.lists | (1 << i) }
@@ -107,6 +107,34 @@ impl Head {
     pub fn field(&self, i: usize) -> Option<&str> {
         let (start, end) = self.fields.get(i).copied().flatten()?;
         self.text.get(start..end)
+    }
+
+    /// Adds a line of list field `i` to its value: lines joined with `, ` in order, as
+    /// one (RFC 9110, 5.3). A line that is not UTF-8 is passed over: a list field is read
+    /// by nothing that must refuse the request for it.
+    fn add_to_list(&mut self, i: usize, value: &[u8]) {
+        let Ok(value) = text(value) else { return };
+        match self.fields[i] {
+            None => {
+                let start = self.text.len();
+                self.text.push_str(value);
+                self.fields[i] = Some((start, self.text.len()));
+            }
+            Some((start, end)) => {
+                // The value so far moved to the end of the text first, unless it is there.
+                let start = if end == self.text.len() {
+                    start
+                } else {
+                    let moved = self.text.len();
+                    let so_far = self.text.get(start..end).unwrap_or("").to_owned();
+                    self.text.push_str(&so_far);
+                    moved
+                };
+                self.text.push_str(", ");
+                self.text.push_str(value);
+                self.fields[i] = Some((start, self.text.len()));
+            }
+        }
     }
 
     /// Whether the last [`Head::parse_from`] read the request line (its method and
@@ -161,7 +189,11 @@ impl Head {
         for h in req.headers.iter() {
             let name = h.name;
             if let Some(i) = fields.names.iter().position(|f| name.eq_ignore_ascii_case(f)) {
-                if self.fields[i].is_some() && fields.lists & (1 << i) == 0 {
+                if fields.lists & (1 << i) != 0 {
+                    self.add_to_list(i, h.value);
+                    continue;
+                }
+                if self.fields[i].is_some() {
                     return Err(HttpError::DuplicateHeader(fields.names[i]));
                 }
                 let start = self.text.len();
@@ -352,12 +384,15 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
     }
 
     #[test]
-    fn a_list_field_sent_twice_keeps_its_last_line() {
+    fn a_list_field_sent_in_several_lines_is_one_value() {
         static LISTS: Fields = Fields::new(&["X-Nonce", "X-Forwarded-For"]).list(1);
-        let twice =
-            b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Nonce: n\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\r\n";
-        let h = super::parse(twice, &LISTS).expect("valid").expect("complete");
-        assert_eq!((h.field(0), h.field(1)), (Some("n"), Some("2.2.2.2, 3.3.3.3")));
+        let lines = b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Nonce: n\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\nX-Forwarded-For: 4.4.4.4\r\n\r\n";
+        let h = super::parse(lines, &LISTS).expect("valid").expect("complete");
+        assert_eq!((h.field(0), h.field(1)), (Some("n"), Some("1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4")));
+        // A line that is not UTF-8 is passed over, not a refusal.
+        let odd = b"GET / HTTP/1.1\r\nX-Forwarded-For: \xff\xfe\r\nX-Forwarded-For: 5.5.5.5\r\n\r\n";
+        let h = super::parse(odd, &LISTS).expect("valid").expect("complete");
+        assert_eq!(h.field(1), Some("5.5.5.5"));
         let nonce_twice = b"GET / HTTP/1.1\r\nX-Nonce: a\r\nX-Nonce: b\r\n\r\n";
         assert_eq!(super::parse(nonce_twice, &LISTS), Err(HttpError::DuplicateHeader("X-Nonce")));
     }

@@ -709,7 +709,9 @@ export class Client {
     this.queue = this.queue.filter((i) => !gone.includes(i));
     this.save();
     if (a.status !== 202) this.refusal(a, gone.length);
-    if (a.dropped) {
+    // Told to a handler only: a game whose filters drop some events on purpose would
+    // otherwise warn on the console at every batch.
+    if (a.dropped && this.c.onError) {
       const message = `${a.dropped} of ${batch.length} records left out by the game's filters`;
       this.report({ reason: "filtered", status: 202, message, records: a.dropped });
     }

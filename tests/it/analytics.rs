@@ -695,9 +695,10 @@ fn api_behind_stall_with(tweak: impl FnOnce(&mut Config)) -> (Api, Stall, String
 
 /// 503 `busy` with `Retry-After: 1` for a request kept waiting by other requests' queries:
 /// with two connections (`api.max_queries_in_flight`) held by two overviews whose query of
-/// the players per first day is held back, a third overview's query waits until theirs
-/// time out, then runs out of its own time: its wait was the others' load, not its query
-/// (a black-box finding: it was 504 `query_timeout`). The first two are 504.
+/// the players per first day is held back, a third overview's query waits for a
+/// connection — theirs, given up on at their deadline, stay taken until the server ends
+/// their queries — and runs out of its own time: its wait was the others' load, not its
+/// query (a black-box finding: it was 504 `query_timeout`). The first two are 504.
 #[test]
 fn analytics_a_request_kept_waiting_by_others_is_busy_not_a_timeout() {
     let (api, stall, path) = api_behind_stall_with(|config| {
@@ -717,7 +718,7 @@ fn analytics_a_request_kept_waiting_by_others_is_busy_not_a_timeout() {
         assert_eq!((r.status, r.error_tag()), (504, "query_timeout".to_owned()), "{}", r.text());
     }
     assert_eq!((c.status, c.error_tag(), c.header("retry-after")), (503, "busy".to_owned(), Some("1")), "{}", c.text());
-    assert!(stall.held() >= 3, "each overview's query was held");
+    assert!(stall.held() >= 2, "the first two overviews' queries were held");
     // Released, the overview answers.
     assert_eq!(api.json(&path)["registered_total"], PLAYERS);
 }

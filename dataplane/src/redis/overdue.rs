@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_refused_append_holds_until_one_goes_in_or_the_hold_runs_out() {
-        let h = RedisHealth::new(2, Duration::from_millis(150));
+        let h = RedisHealth::new(2, Duration::from_millis(400));
         assert_eq!(h.refusing(), None);
         h.append_answered(1, false);
         assert_eq!(h.refusing().map(|(i, _)| i), Some(1));
@@ -230,11 +230,13 @@ mod tests {
         h.append_answered(1, true);
         assert_eq!(h.refusing(), None, "one went in");
         h.append_answered(0, false);
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         h.append_answered(0, false);
-        std::thread::sleep(Duration::from_millis(100));
+        // Past the first refusal's hold, within the latest's (a sleep may overshoot by
+        // up to 200 ms here).
+        std::thread::sleep(Duration::from_millis(200));
         assert!(h.refusing().is_some(), "the hold counts from the latest refusal");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         assert_eq!(h.refusing(), None, "no append since, and the hold ran out");
         h.append_answered(7, false);
         assert_eq!(h.refusing(), None, "a shard past the table");

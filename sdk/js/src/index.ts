@@ -167,6 +167,19 @@ interface Answer {
   dropped: number;
 }
 
+/** How many times in a row an answer that may be the infrastructure's, not the server's word on the records, is retried before the batch is dropped. */
+const TRANSIENT_TRIES = 5;
+
+/**
+ * Whether `a` may be a passing state of what is in front of the server rather than its
+ * refusal of the records: a `404` or `405` (a route missing during a deploy, a redirect
+ * that turned the POST into a GET) or `401 unknown_key` (a key new in the page, not yet in
+ * every node's configuration during a roll-out).
+ */
+function transient(a: Answer): boolean {
+  return a.status === 404 || a.status === 405 || (a.status === 401 && /"error"\s*:\s*"unknown_key"/.test(a.text));
+}
+
 /**
  * A record's identity across tabs: its kind and event id, or a payment's order and
  * status, else its JSON.
@@ -636,7 +649,7 @@ export class Client {
           forget();
           this.attempt = 0;
         }
-        else if (retryable(a)) {
+        else if (retryable(a) || (transient(a) && this.attempt < TRANSIENT_TRIES)) {
           this.later(a);
           return;
         } else {
@@ -701,7 +714,7 @@ export class Client {
   private async send(k: "e" | "p", batch: Item[], body = JSON.stringify(batch.map((i) => i.r))): Promise<boolean> {
     this.inflight = { k, batch, body };
     const a = await this.post(k, body);
-    if (retryable(a)) return this.later(a);
+    if (retryable(a) || (transient(a) && this.attempt < TRANSIENT_TRIES)) return this.later(a);
     this.inflight = undefined;
     const bad = a.status === 202 ? batch.map((_, i) => i) : this.refusedOf(a, batch.map((i) => i.r));
     const gone = batch.filter((_, i) => bad.includes(i));

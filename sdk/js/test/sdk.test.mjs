@@ -850,3 +850,30 @@ test("records a closing tab could not hand to sendBeacon outlive another tab's w
     delete globalThis.navigator;
   }
 });
+
+test("a 404, 405 or 401 unknown_key is retried a few times before the batch is dropped", async () => {
+  for (const [status, body] of [[404, '{"error":"not_found"}'], [405, ""], [401, '{"error":"unknown_key","message":"x"}']]) {
+    const told = [];
+    const f = answering([status, body], [status, body], [202, '{"ok":true,"accepted":1,"dropped":0}']);
+    const c = client({ fetch: f, onError: (e) => told.push(e), maxBackoff: 1 });
+    c.track("a");
+    await drain(c);
+    assert.equal(f.calls.length, 3, `${status}: sent until stored`);
+    assert.deepEqual(told, [], `${status}: nothing dropped`);
+    c.close();
+    const never = answering([status, body]);
+    const d = client({ fetch: never, onError: (e) => told.push(e), maxBackoff: 1 });
+    d.track("a");
+    await drain(d);
+    assert.equal(never.calls.length, 6, `${status}: five retries, then dropped`);
+    assert.deepEqual(told.map((e) => [e.reason, e.status]), [["refused", status]]);
+    d.close();
+  }
+  // A revoked key is the server's word: dropped at once.
+  const revoked = answering([401, '{"error":"revoked_key"}']);
+  const e = client({ fetch: revoked, onError: () => {} });
+  e.track("a");
+  await drain(e);
+  assert.equal(revoked.calls.length, 1);
+  e.close();
+});

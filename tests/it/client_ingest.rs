@@ -462,10 +462,22 @@ fn client_ingest_cors() {
     let r = post(&f, EVENTS, &[("X-Write-Key", REVOKED), ("X-Env", "prod"), ("Origin", PAGE)], &body);
     refused(&r, 401, "revoked_key");
     assert_eq!(r.header("access-control-allow-origin"), Some(PAGE));
+    // A bearer token without X-Game-ID (its records name the game): the answer is
+    // readable by the pages that game allows (review finding: never, not even its 202).
+    let t = token(&["admin"], 3600, None);
+    let named =
+        format!(r#"[{{"ts":{},"event":"login","game_id":"{GAME}","env":"prod","user_id":"{run}-t"}}]"#, now_secs());
+    let r = post(&f, EVENTS, &[("Authorization", &bearer(&t)), ("Origin", PAGE)], &named);
+    ok(&r, 1, 0);
+    assert_eq!(r.header("access-control-allow-origin"), Some(PAGE));
+    let r = post(&f, EVENTS, &[("Authorization", &bearer(&t)), ("Origin", "https://evil.example")], &named);
+    ok(&r, 1, 0);
+    assert_eq!(r.header("access-control-allow-origin"), None, "another site's page cannot read it");
     // The route takes POST and OPTIONS only.
     let r = f.client().request("GET", EVENTS, &[], b"");
     assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
-    assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    // (The second token request is the first again: answered as it was, not appended.)
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }
 
 /// A filters file as the Analytics API writes it.

@@ -220,6 +220,11 @@ async fn serve<'s>(
     let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body)
         .map_err(|r| counted(r.counted(shard, game.unwrap_or(""))))?;
     let (staged, game, dropped) = prepared;
+    // The batch's game decides which pages may read the answer, when no header named it
+    // (a bearer token's records name theirs).
+    if cors_game.is_none() {
+        *cors_game = Some(game);
+    }
     let Some(staged) = staged else { return Ok(Stored { accepted: 0, dropped }) };
     let accepted = ingest::append(shard, game, staged).await.map_err(counted)?;
     Ok(Stored { accepted, dropped })

@@ -750,6 +750,17 @@ fn attack_api_requests_leave_the_control_port_places_for_probes() {
     let busy = answers.iter().filter(|r| r.status == 503 && r.error_tag() == "busy").count();
     assert!(busy >= 70 - 32, "{busy} busy of 70: {:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
     assert!(answers.iter().all(|r| matches!(r.status, 503 | 504)), "every other one waited for the stalled query");
+    // Counted for `/metrics` (black-box finding: the API had no series): every answer by
+    // route and status, and the reads given up on (cancelled on ClickHouse).
+    let text = api.get("/metrics", "").text();
+    let count = |status: u16| {
+        let series = format!(r#"croupier_api_requests_total{{route="/api/analytics/overview",status="{status}"}}"#);
+        crate::metrics::sample(&text, &series).unwrap_or(0.0) as usize
+    };
+    let by = |status: u16| answers.iter().filter(|r| r.status == status).count();
+    assert_eq!((count(503), count(504)), (by(503), by(504)), "{text}");
+    let given_up = crate::metrics::sample(&text, "croupier_api_reads_given_up_total").unwrap_or(0.0);
+    assert!(given_up >= 2.0, "{text}");
 }
 
 /// Remembered figures of complete days are read again in the background before they

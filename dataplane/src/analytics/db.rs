@@ -35,6 +35,8 @@ pub struct Db {
     slots: Rc<Slots>,
     /// `max_memory_usage` of every read (0: the server's own).
     memory_limit: u64,
+    /// Reads given up on, for `/metrics`.
+    metrics: std::sync::Arc<super::telemetry::ApiMetrics>,
     idle: RefCell<Vec<Connection>>,
     timeout: Duration,
     /// The tables are `Distributed` (`clickhouse.shards`).
@@ -262,6 +264,7 @@ impl Db {
             opts,
             slots: Rc::new(Slots::new(max_in_flight.max(1))),
             memory_limit: 0,
+            metrics: Default::default(),
             idle: RefCell::new(Vec::new()),
             timeout,
             cluster: false,
@@ -388,6 +391,12 @@ impl Db {
         self
     }
 
+    /// Reads given up on counted in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<super::telemetry::ApiMetrics>) -> Db {
+        self.metrics = metrics;
+        self
+    }
+
     /// A request's reads.
     pub fn reads(&self) -> Reads<'_> {
         Reads {
@@ -438,8 +447,12 @@ impl Db {
     /// slot freed as before.)
     fn reap(&self, mut conn: Connection, slot: OwnedSlot) {
         let within = self.timeout.saturating_mul(2);
+        let metrics = self.metrics.clone();
+        metrics.gave_up();
         monoio::spawn(async move {
-            if !conn.cancel(within).await {
+            let ended = conn.cancel(within).await;
+            metrics.given_up_ended();
+            if !ended {
                 tracing::warn!(
                     within_ms = within.as_millis() as u64,
                     "an analytics query given up on did not end on the server after its cancel: its connection is closed"

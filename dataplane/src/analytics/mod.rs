@@ -23,6 +23,7 @@ pub mod realtime;
 pub mod retention;
 pub mod sql;
 pub mod taxonomy;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -214,6 +215,8 @@ pub struct Api {
     audit_opts: ChOptions,
     audit_every: Duration,
     costs: BTreeMap<String, u64>,
+    /// Requests and reads given up on, for `/metrics`.
+    metrics: std::sync::Arc<telemetry::ApiMetrics>,
 }
 
 impl Api {
@@ -233,12 +236,14 @@ impl Api {
         };
         let api = &config.api;
         let timeout = Duration::from_millis(api.query_timeout_ms);
+        let metrics = std::sync::Arc::new(telemetry::ApiMetrics::default());
         Ok(Api {
             verifier: Verifier::from_config(api)?,
             db: Rc::new(
                 Db::new(opts.clone(), api.max_queries_in_flight, timeout)
                     .on_cluster(ch.is_cluster())
-                    .with_memory_limit(api.max_query_memory_bytes),
+                    .with_memory_limit(api.max_query_memory_bytes)
+                    .with_metrics(metrics.clone()),
             ),
             redis: RedisClient::start(RedisOptions::from_config(config)),
             audit: Rc::new(AuditLog::new(api.audit_max_pending)),
@@ -246,7 +251,19 @@ impl Api {
             audit_opts: opts,
             audit_every: Duration::from_millis(api.audit_flush_ms),
             costs: api.cpi_cents.clone(),
+            metrics,
         })
+    }
+
+    /// Its counters, for the registry (`/metrics`).
+    pub fn metrics(&self) -> std::sync::Arc<telemetry::ApiMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Counts a request to `route` answered `status` before it reached the API (the
+    /// control port's bound on requests at once).
+    pub fn answered(&self, route: Route, status: u16) {
+        self.metrics.answered(route, status);
     }
 
     /// The audit writer's task: spawn it on the control thread; it ends after a last
@@ -317,6 +334,7 @@ impl Api {
             Ok(_) => self.audit.record(row),
             Err(_) => self.audit.record_anonymous(row),
         }
+        self.metrics.answered(route, resp.status);
         resp
     }
 

@@ -183,7 +183,9 @@ impl Handler for ControlPort {
             Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
                 let Some(_counted) = ApiRequest::start(&self.api_requests) else {
-                    return private(crate::analytics::error::ApiError::Busy.response());
+                    let busy = crate::analytics::error::ApiError::Busy.response();
+                    self.api.answered(r, busy.status);
+                    return private(busy);
                 };
                 let head = req.head();
                 let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
@@ -306,6 +308,7 @@ pub fn start_with_health(
                         return;
                     }
                 };
+                registry.add_source(api.metrics());
                 let audit_stop = Rc::new(Cell::new(false));
                 let audit = monoio::spawn(api.audit_task(audit_stop.clone()));
                 let refresh = monoio::spawn(api.refresh_task(audit_stop.clone()));

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// As many queries as `api.max_queries_in_flight` (or the request's share of them)
     /// were running for the whole wait.
     Busy,
+    /// The control port already handles as many API requests as it takes at once (half
+    /// its places): answered as [`ApiError::Busy`], saying so.
+    TooManyRequests,
     /// Redis failed or did not answer.
     RedisFailed(String),
     /// What the route reads is not filled yet (`croupier migrate` has not finished):
@@ -57,7 +60,7 @@ impl ApiError {
             ApiError::MissingPermission(_) | ApiError::GameNotAllowed(_) => 403,
             ApiError::QueryFailed(_) | ApiError::RedisFailed(_) => 502,
             ApiError::QueryTimeout => 504,
-            ApiError::Busy | ApiError::NotReady(_) => 503,
+            ApiError::Busy | ApiError::TooManyRequests | ApiError::NotReady(_) => 503,
             ApiError::StoreFailed(_) => 500,
         }
     }
@@ -71,7 +74,7 @@ impl ApiError {
             ApiError::MissingPermission(_) | ApiError::GameNotAllowed(_) => "forbidden",
             ApiError::QueryFailed(_) => "query_failed",
             ApiError::QueryTimeout => "query_timeout",
-            ApiError::Busy => "busy",
+            ApiError::Busy | ApiError::TooManyRequests => "busy",
             ApiError::RedisFailed(_) => "redis_failed",
             ApiError::NotReady(_) => "not_ready",
             ApiError::StoreFailed(_) => "store_failed",
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::QueryFailed(e) => format!("query failed: {e}"),
             ApiError::QueryTimeout => "query did not finish in time".into(),
             ApiError::Busy => "too many queries in flight".into(),
+            ApiError::TooManyRequests => "too many Analytics API requests at once on this port".into(),
             ApiError::RedisFailed(e) => format!("redis failed: {e}"),
             ApiError::NotReady(what) => format!("{what} is being filled by croupier migrate; try again later"),
             ApiError::StoreFailed(what) => format!("{what} could not be stored; nothing was changed"),
@@ -122,7 +126,7 @@ impl ApiError {
     pub fn response(&self) -> Response {
         match self {
             ApiError::Http(e) => e.response(),
-            ApiError::Busy => {
+            ApiError::Busy | ApiError::TooManyRequests => {
                 let mut r = Response::json(503, self.body());
                 r.retry_after = Some(1);
                 r

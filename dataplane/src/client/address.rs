@@ -17,11 +17,12 @@ pub fn client_address(peer: Option<IpAddr>, forwarded: Option<&str>, trusted: &T
         return Some(addr);
     }
     let Some(hops) = forwarded else { return Some(addr) };
-    for hop in hops.rsplit(',') {
+    // Empty elements (`a, , b`, a trailing comma) are no hop (RFC 9110, 5.6.1).
+    for hop in hops.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
         if !trusted.contains(addr) {
             break;
         }
-        match parse_hop(hop.trim()) {
+        match parse_hop(hop) {
             Some(ip) => addr = ip.to_canonical(),
             None => break,
         }
@@ -66,6 +67,7 @@ mod tests {
         assert_eq!(client_address(ip("10.0.0.5"), Some("10.0.0.9, 10.0.0.8"), &t), ip("10.0.0.9"), "all trusted");
         assert_eq!(client_address(ip("10.0.0.5"), Some("203.0.113.7, unknown"), &t), ip("10.0.0.5"), "unreadable");
         assert_eq!(client_address(ip("10.0.0.5"), Some(""), &t), ip("10.0.0.5"));
+        assert_eq!(client_address(ip("10.0.0.5"), Some("203.0.113.7, , "), &t), ip("203.0.113.7"), "empty elements");
         assert_eq!(client_address(None, xff, &t), None);
         let none = trusted(&[]);
         assert_eq!(client_address(ip("10.0.0.5"), xff, &none), ip("10.0.0.5"), "nothing trusted");

@@ -183,7 +183,7 @@ impl Handler for ControlPort {
             Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
                 let Some(_counted) = ApiRequest::start(&self.api_requests) else {
-                    let busy = crate::analytics::error::ApiError::Busy.response();
+                    let busy = crate::analytics::error::ApiError::TooManyRequests.response();
                     self.api.answered(r, busy.status);
                     return private(busy);
                 };

@@ -25,7 +25,7 @@ use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
 use crate::http::error::HttpError;
 use crate::http::handler::Request;
-use crate::http::request::{BodyFraming, Method};
+use crate::http::request::Method;
 use crate::http::response::Response;
 use crate::ingest::{self, Endpoint, Refusal};
 use crate::shard::Shard;
@@ -167,8 +167,8 @@ async fn serve<'s>(
     let forwarded = head.field(FORWARDED_FOR);
     let peer = address::client_address(req.peer_ip(), forwarded, &shard.config.client.trusted_proxies);
     // What a page's request may make the shard read, inflate and parse: far less than a
-    // signed server's. A declared length past it is refused before the body is read (a
-    // chunked body is read up to the server's limit, then refused).
+    // signed server's (a declared length past it refused before the body is read, a
+    // chunked one read no further, its framing held to its share of the limit).
     let limits = &shard.config;
     let (max_body, max_inflated) = match &sender {
         Sender::Key { .. } => (
@@ -177,13 +177,8 @@ async fn serve<'s>(
         ),
         Sender::Token(_) => (limits.server.max_body_bytes, limits.server.max_decompressed_bytes),
     };
-    if let BodyFraming::Length(n) = head.framing {
-        if n > max_body {
-            return Err(HttpError::PayloadTooLarge { limit: max_body }.into());
-        }
-    }
     let mut held = req.claim_body()?;
-    req.read_body(&mut held).await?;
+    req.read_body_within(&mut held, max_body).await?;
     let (wire, scratch) = req.buffers();
     if wire.len() > max_body {
         return Err(HttpError::PayloadTooLarge { limit: max_body }.into());

@@ -127,9 +127,16 @@ impl<'a> Request<'a> {
     /// declared length past the limit is refused before that: a client is not told to
     /// send a body that is refused already (the refusal closes the connection).
     pub async fn read_body(&mut self, held: &mut BodyBytes<'_>) -> Result<(), HttpError> {
+        self.read_body_within(held, usize::MAX).await
+    }
+
+    /// [`Request::read_body`] held to `most` bytes of body (and their chunk framing's
+    /// share of them) when that is less than the listener's limit: a route whose senders
+    /// may send less (a public write key's) reads no more than that.
+    pub async fn read_body_within(&mut self, held: &mut BodyBytes<'_>, most: usize) -> Result<(), HttpError> {
         self.state = BodyState::Consumed;
         let framing = self.head.framing;
-        let limit = self.server.limits.max_body_bytes;
+        let limit = self.server.limits.max_body_bytes.min(most);
         // Whatever happens, the head's bytes leave the input.
         if matches!(framing, BodyFraming::Length(n) if n > limit) {
             self.drop_head();

@@ -818,8 +818,9 @@ fn analytics_overview_reads_complete_days_again_in_the_background() {
 /// A remembered figure is answered past its 60 s only while its background read may still
 /// finish (60 s plus `api.query_timeout_ms` after its read began): when that read keeps
 /// failing (here held back until it times out, again and again), a request past that age
-/// reads the figure itself and answers its error (504), never the old figure, and the
-/// new figure once ClickHouse answers (docs/analytics-api.md).
+/// reads the figure itself and answers its error (504, or 503 `busy` once the reads given
+/// up on hold every connection until the server ends them), never the old figure, and
+/// the new figure once ClickHouse answers (docs/analytics-api.md).
 #[test]
 fn analytics_overview_never_answers_remembered_figures_past_their_limit() {
     let (api, stall, to_last) = api_behind_stall(4_000);
@@ -847,9 +848,10 @@ fn analytics_overview_never_answers_remembered_figures_past_their_limit() {
             std::thread::sleep(Duration::from_secs(2));
         }
         let r = api.get(&to_last, &admin());
-        assert_eq!((r.status, r.error_tag()), (504, "query_timeout".to_owned()), "never the old figure: {}", r.text());
+        let refused = [(504, "query_timeout".to_owned()), (503, "busy".to_owned())];
+        assert!(refused.contains(&(r.status, r.error_tag())), "never the old figure: {} {}", r.status, r.text());
     }
-    assert!(stall.held() >= 4, "the background read and the three requests' reads were held");
+    assert!(stall.held() >= 2, "the background read and the first request's read were held");
     stall.arm(false);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

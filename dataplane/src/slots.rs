@@ -71,6 +71,11 @@ impl Slots {
         }
     }
 
+    /// A free slot now, if there is one.
+    pub fn try_acquire(&self) -> Option<Slot<'_>> {
+        self.take().then_some(Slot { slots: self })
+    }
+
     /// Waits for a free slot.
     pub async fn acquire(&self) -> Slot<'_> {
         self.take_one().await;

@@ -180,9 +180,6 @@ async fn serve<'s>(
     let mut held = req.claim_body()?;
     req.read_body_within(&mut held, max_body).await?;
     let (wire, scratch) = req.buffers();
-    if wire.len() > max_body {
-        return Err(HttpError::PayloadTooLarge { limit: max_body }.into());
-    }
     let body: &mut [u8] = match encoding {
         Encoding::Identity => wire,
         Encoding::Gzip => {

@@ -28,6 +28,7 @@ use crate::router::{Methods, Router};
 use crate::runtime::ActiveDriver;
 use crate::server;
 use crate::shards::{self, Shards};
+use crate::slots::Slots;
 
 /// What a control-port request is routed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +79,8 @@ struct ControlPort {
     /// Set by [`Control::drain`]: `/readyz` answers 503 from then on.
     draining: Arc<AtomicBool>,
     dashboard: Dashboard,
-    /// Analytics API requests being handled ([`API_REQUESTS_AT_ONCE`] at most).
-    api_requests: Cell<usize>,
+    /// Places for Analytics API requests being handled ([`API_REQUESTS_AT_ONCE`]).
+    api_requests: Slots,
 }
 
 /// The control port's places (connections at once).
@@ -91,24 +92,6 @@ const PLACES: usize = 64;
 /// and `/metrics` would wait that long (a liveness probe failing under a dashboard's
 /// load). Past it a request is answered 503 `busy` at once.
 const API_REQUESTS_AT_ONCE: usize = PLACES / 2;
-
-/// A counted Analytics API request; uncounted when dropped.
-struct ApiRequest<'a>(&'a Cell<usize>);
-
-impl<'a> ApiRequest<'a> {
-    fn start(count: &'a Cell<usize>) -> Option<ApiRequest<'a>> {
-        (count.get() < API_REQUESTS_AT_ONCE).then(|| {
-            count.set(count.get() + 1);
-            ApiRequest(count)
-        })
-    }
-}
-
-impl Drop for ApiRequest<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
-}
 
 impl ControlPort {
     /// 401 unless `Authorization` carries `control.metrics_token` (when one is set).
@@ -182,7 +165,7 @@ impl Handler for ControlPort {
             Route::Ready => self.ready().await,
             Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
-                let Some(_counted) = ApiRequest::start(&self.api_requests) else {
+                let Some(_counted) = self.api_requests.try_acquire() else {
                     let busy = crate::analytics::error::ApiError::TooManyRequests.response();
                     self.api.answered(r, busy.status);
                     return private(busy);
@@ -323,7 +306,7 @@ pub fn start_with_health(
                     api,
                     draining,
                     dashboard,
-                    api_requests: Cell::new(0),
+                    api_requests: Slots::new(API_REQUESTS_AT_ONCE),
                 });
                 let serve = move |stream, server| conn::serve(port.clone(), server, stream);
                 if let Err(e) = server::run(listener, stop, limits, serve).await {

@@ -46,7 +46,7 @@ pub enum BodyFraming {
 #[derive(Debug)]
 pub struct Fields {
     names: &'static [&'static str],
-    /// Bit `i`: field `i` is a list whose last line is kept.
+    /// Bit `i`: field `i` is a list, its lines joined ([`Fields::list`]).
     lists: u32,
 }
 

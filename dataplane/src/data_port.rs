@@ -44,8 +44,9 @@ pub const ROUTES: [&str; 9] = [
 ];
 
 /// The header fields the data port reads, by index ([`GAME_ID`] ...): each may appear
-/// once (a second is a `400 bad_request` naming it), but `X-Forwarded-For`, a list
-/// proxies may send as several lines (read as one list, in order).
+/// once (a second is a `400 bad_request` naming it), but `X-Forwarded-For` and
+/// `Access-Control-Request-Headers`, lists that may come as several lines (read as one
+/// list, in order).
 pub static FIELDS: Fields = Fields::new(&[
     "X-Game-Id",
     "X-Timestamp",
@@ -58,8 +59,10 @@ pub static FIELDS: Fields = Fields::new(&[
     "Origin",
     "X-Write-Key",
     "X-Forwarded-For",
+    "Access-Control-Request-Headers",
 ])
-.list(FORWARDED_FOR);
+.list(FORWARDED_FOR)
+.list(REQUEST_HEADERS);
 /// Index of `X-Game-Id` in [`FIELDS`].
 pub const GAME_ID: usize = 0;
 /// Index of `X-Timestamp` in [`FIELDS`].
@@ -83,6 +86,9 @@ pub const WRITE_KEY: usize = 9;
 /// Index of `X-Forwarded-For` in [`FIELDS`] (client ingest's address, from trusted
 /// proxies: `client.trusted_proxies`).
 pub const FORWARDED_FOR: usize = 10;
+/// Index of `Access-Control-Request-Headers` in [`FIELDS`] (a client-ingest preflight's
+/// headers, a list).
+pub const REQUEST_HEADERS: usize = 11;
 
 /// What a data-port request is routed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -461,6 +461,25 @@ fn client_ingest_cors() {
     assert_eq!(r.header("access-control-allow-methods"), Some("POST, OPTIONS"));
     assert!(r.header("access-control-allow-headers").is_some_and(|h| h.contains("X-Write-Key")));
     assert_eq!(r.header("access-control-max-age"), Some("600"));
+    // A page whose own instrumentation adds a header (a trace's) is allowed it; a list
+    // that is not header names is refused, naming the field.
+    let asking = |headers: &str| {
+        let h = vec![
+            ("Origin".to_owned(), PAGE.to_owned()),
+            ("Access-Control-Request-Method".to_owned(), "POST".to_owned()),
+            ("Access-Control-Request-Headers".to_owned(), headers.to_owned()),
+        ];
+        f.client().request("OPTIONS", EVENTS, &h, b"")
+    };
+    let r = asking("content-type,traceparent,x-write-key,baggage");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("Content-Type, Content-Encoding, Authorization, X-Write-Key, X-Game-ID, X-Env, traceparent, baggage")
+    );
+    let r = asking("content-type,trace parent");
+    refused(&r, 400, "bad_request");
+    assert!(r.text().contains(r#""header":"Access-Control-Request-Headers""#), "{}", r.text());
     // g1 allows only PAGE; g2 lists none (any origin): without a key the preflight
     // passes for an origin some game allows, with g1's key only for g1's.
     assert_eq!(preflight("https://evil.example", "").status, 204);

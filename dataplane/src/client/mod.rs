@@ -19,7 +19,9 @@ use std::time::Instant;
 use croupier_protocol::validate::{self, RecordView, Scope, Scoped};
 use sha2::{Digest, Sha256};
 
-use crate::data_port::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, ENV, FORWARDED_FOR, GAME_ID, ORIGIN, WRITE_KEY};
+use crate::data_port::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, ENV, FORWARDED_FOR, GAME_ID, ORIGIN, REQUEST_HEADERS, WRITE_KEY,
+};
 use crate::error::IngestError;
 use crate::event_id::IdDeriver;
 use crate::http::body::{self, Encoding};
@@ -68,7 +70,7 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
     if head.method == Method::Options {
         let key_game =
             credential::query_key(head.query()).and_then(|k| shard.keys.get(k.as_ref())).map(|k| k.game.as_str());
-        return cors::preflight(shard, origin, key_game);
+        return cors::preflight(shard, origin, key_game, head.field(REQUEST_HEADERS));
     }
     // The configured game `X-Game-ID` names: a refusal's label before the credential
     // named one.

@@ -1005,22 +1005,23 @@ fn analytics_payments_are_exact() {
     let count = |f: &dyn Fn(&Payment) -> bool| h.payments.iter().filter(|p| f(p)).count() as u64;
     let is_refund = |p: &Payment| p.status == "refund" || p.status == "refunded";
     let succ = count(&|p| p.status == "success");
-    let attempts = count(&|p| !is_refund(p));
+    // Croupier's total: every row, refunds included (`count()`).
+    let total = count(&|_| true);
     assert!(count(&|p| p.status == "refund") > 0 && count(&|p| p.status == "refunded") > 0);
     assert_eq!(
         v["totals"],
         json!({
             "revenue_cents": sum(&|p| p.status == "success"),
             "refunds_cents": sum(&is_refund),
-            "failed": attempts - succ,
-            "success_rate": percent(succ, attempts),
+            "failed": total - succ,
+            "success_rate": percent(succ, total),
         })
     );
     let mut by_channel: Vec<Value> = CHANNELS
         .iter()
         .map(|c| {
             let s = count(&|p| p.channel == *c && p.status == "success");
-            let n = count(&|p| p.channel == *c && !is_refund(p));
+            let n = count(&|p| p.channel == *c);
             json!({"channel": c, "revenue_cents": sum(&|p| p.channel == *c && p.status == "success"),
                    "success": s, "total": n, "success_rate": percent(s, n)})
         })
@@ -1052,6 +1053,8 @@ fn analytics_payments_are_exact() {
     let pass_rev: u64 =
         products[0]["points"].as_array().unwrap().iter().map(|p| p["revenue_cents"].as_u64().unwrap()).sum();
     assert_eq!(pass_rev, sum(&|p| p.product == "pass" && p.status == "success"));
+    let pass_total: u64 = products[0]["points"].as_array().unwrap().iter().map(|p| p["total"].as_u64().unwrap()).sum();
+    assert_eq!(pass_total, count(&|p| p.product == "pass"));
     let r = api.get(&format!("/api/analytics/payments/product_trend?{range}"), &admin());
     assert_eq!((r.status, r.error_tag()), (400, "invalid_parameter".to_owned()));
     // Products in request order, one without payments with no points.
@@ -1258,9 +1261,17 @@ fn analytics_realtime_reads_the_sketches() {
     api.ch.query(&format!(
         "INSERT INTO analytics.payments ({PAYMENT_COLUMNS}) FORMAT TabSeparated\n\
          {}\tg1\tprod\tu1\trt1\t500\tUSD\tsuccess\tweb\tios\tUS\t\t\tgems\t\n\
-         {}\tg1\tprod\tu2\trt2\t700\tUSD\tfailed\tweb\tios\tUS\t\t\tgems\t\n",
+         {}\tg1\tprod\tu2\trt2\t700\tUSD\tfailed\tweb\tios\tUS\t\t\tgems\t\n\
+         {}\tg1\tprod\tu1\trt1\t500\tUSD\trefunded\tweb\tios\tUS\t\t\tgems\t\n\
+         {}\tg1\tprod\tu3\trt3\t300\tUSD\trefund\tweb\tios\tUS\t\t\tgems\t\n\
+         {}\tg1\tprod\tu4\trt4\t40\tUSD\tsuccess\tweb\tios\tUS\t\t\tgems\t\n",
         now - 30,
-        now - 20
+        now - 20,
+        now - 10,
+        now - 5,
+        // Stamped a minute ahead (a client's clock): counted once stored, as Croupier's
+        // windows have no upper bound.
+        now + 60
     ));
     api.ch.query(&format!(
         "INSERT INTO analytics.minute_online (m, game_id, env, online) VALUES \
@@ -1280,9 +1291,10 @@ fn analytics_realtime_reads_the_sketches() {
     }
     assert_eq!(v["dau_today"], 3);
     assert_eq!(v["new_today"], 1);
-    assert_eq!(v["rev_5m"], 500);
-    assert_eq!(v["rev_5m_yuan"], "5.00");
-    assert_eq!(v["pay_succ_rate"], 50.0);
+    assert_eq!(v["rev_5m"], 540);
+    assert_eq!(v["rev_5m_yuan"], "5.40");
+    // Croupier's rate: successes over every row of the 5 minutes, refunds included.
+    assert_eq!(v["pay_succ_rate"], 40.0);
     assert_eq!(v["registered_total"], PLAYERS);
     // A minute of the last 15 with more players than the stored peaks (not written to
     // `minute_online` yet: the worker writes it later): the peaks do not wait for it, and

@@ -46,7 +46,7 @@ export const payments: Page = {
           { title, field },
           { title: 'Revenue', field: 'revenue_cents', scale: 0.01, dec: 2 },
           { title: 'Success', field: 'success' },
-          { title: 'Attempts', field: 'total' },
+          { title: 'Payments', field: 'total' },
           { title: 'Success %', field: 'success_rate', dec: 2 },
         ], 20),
       );

@@ -1,7 +1,8 @@
 //! `GET /api/analytics/payments/summary`, `/transactions` and `/product_trend`, read
 //! from `analytics.payments FINAL` (one row per order and status however often it was
-//! delivered). Refunds are `refund` and `refunded` alike; attempts are the rows that are
-//! not refunds; a failure is an attempt that did not succeed.
+//! delivered). Refunds are `refund` and `refunded` alike. A total is every row, refunds
+//! included, and `failed` is the total less the successes: Croupier's `count()` and
+//! `total - success` (docs/metrics.md).
 
 use std::collections::HashMap;
 
@@ -74,19 +75,19 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .db
         .select(&format!(
             "SELECT sumIf(amount_cents, status = 'success'), sumIf(amount_cents, {REFUNDED}), \
-             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM {from} WHERE {w}"
+             countIf(status = 'success'), count() FROM {from} WHERE {w}"
         ))
         .await?;
     let t = t.first().cloned().unwrap_or_default();
-    let (succ, attempts) = (u(&t, 2), u(&t, 3));
+    let (succ, total) = (u(&t, 2), u(&t, 3));
     let mut out = Map::new();
     out.insert(
         "totals".into(),
         json!({
             "revenue_cents": u(&t, 0),
             "refunds_cents": u(&t, 1),
-            "failed": attempts.saturating_sub(succ),
-            "success_rate": percent(succ as f64, attempts as f64),
+            "failed": total.saturating_sub(succ),
+            "success_rate": percent(succ as f64, total as f64),
         }),
     );
     let mut truncated = false;
@@ -95,7 +96,7 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             .db
             .select(&format!(
                 "SELECT {col}, sumIf(amount_cents, status = 'success') AS revenue, countIf(status = 'success'), \
-                 countIf(NOT ({REFUNDED})) FROM {from} WHERE {w} \
+                 count() FROM {from} WHERE {w} \
                  GROUP BY {col} ORDER BY revenue DESC, {col} LIMIT {}",
                 params::MAX_GROUPS + 1
             ))
@@ -188,7 +189,7 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .db
         .select(&format!(
             "SELECT toUInt32({bucket}(time, 'UTC')) AS t, product_id, sumIf(amount_cents, status = 'success'), \
-             countIf(status = 'success'), countIf(NOT ({REFUNDED})) FROM {from} \
+             countIf(status = 'success'), count() FROM {from} \
              WHERE {w} AND product_id IN {} GROUP BY t, product_id ORDER BY t",
             quote_list(&products)
         ))

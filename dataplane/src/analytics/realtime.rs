@@ -20,7 +20,6 @@ use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::params::{self, DAY};
-use super::taxonomy::REFUNDED;
 use super::Ctx;
 
 /// `YYYYMMDDHHmm` of a minute (unix seconds).
@@ -126,21 +125,24 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = ctx.scope.filter();
     let day0 = ctx.now.div_euclid(DAY) * DAY;
     let five = ctx.now - 300;
-    let so_far = format!("time >= toDateTime({day0}) AND time <= toDateTime({})", ctx.now);
+    // Croupier's windows: `time > now() - 5 minutes` (yesterday's last minutes just after
+    // midnight) and `time >= today`, neither bounded above (a payment stamped ahead counts
+    // once stored); the rate's total is every row, refunds included (`count()`).
+    let window = format!("time >= toDateTime({})", day0.min(five + 1));
     let pay = ctx
         .db
         .select(&format!(
             "SELECT sumIf(amount_cents, status = 'success' AND time > toDateTime({five})), \
-             sumIf(amount_cents, status = 'success'), \
+             sumIf(amount_cents, status = 'success' AND time >= toDateTime({day0})), \
              countIf(status = 'success' AND time > toDateTime({five})), \
-             countIf(NOT ({REFUNDED}) AND time > toDateTime({five})) \
-             FROM {} WHERE {so_far}{w}",
-            super::payments::latest(&so_far, &w)
+             countIf(time > toDateTime({five})) \
+             FROM {} WHERE {window}{w}",
+            super::payments::latest(&window, &w)
         ))
         .await?;
     let p = pay.first().cloned().unwrap_or_default();
     let u = |r: &[Value], i: usize| r.get(i).map_or(0, Value::as_u64);
-    let (rev_5m, rev_today, succ_5m, attempts_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
+    let (rev_5m, rev_today, succ_5m, total_5m) = (u(&p, 0), u(&p, 1), u(&p, 2), u(&p, 3));
     ctx.db.require_user_days().await?;
     // Read at each request: one pass over `registered_users` (a row per player) costs
     // less than the remembered per-day sum plus today's players checked against it.
@@ -167,7 +169,7 @@ pub async fn realtime(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .await?;
     let st = stored.first().cloned().unwrap_or_default();
     let (dau_today, new_today) = (dau_today.max(u(&st, 0)), new_today.max(u(&st, 1)));
-    let pay_succ_rate = if attempts_5m == 0 { 0.0 } else { succ_5m as f64 * 100.0 / attempts_5m as f64 };
+    let pay_succ_rate = if total_5m == 0 { 0.0 } else { succ_5m as f64 * 100.0 / total_5m as f64 };
     Ok(json!({
         "online": online,
         "active_1m": online,

@@ -1545,6 +1545,75 @@ fn analytics_auth_is_enforced_and_audited() {
     assert!(cut[2].parse::<usize>().unwrap() <= 256 && cut[3].parse::<usize>().unwrap() <= 256, "{:?}", &cut[2..]);
 }
 
+/// A request to an API route refused before the API read it — a method the route does not
+/// take (405), a body past its limit (413), a header sent twice (400) — keeps the API's
+/// contract: `no-store` and `nosniff`, a count in `croupier_api_requests_total`, a row in
+/// the audit log (black-box finding: none of the three).
+#[test]
+fn analytics_refusals_before_the_api_keep_its_contract() {
+    let api = Api::start_after(false, |_| {});
+    let auth = ("Authorization".to_owned(), format!("Bearer {}", admin()));
+    let send = |method: &str, path: &str, headers: &[(String, String)], body: &[u8]| {
+        HttpClient::connect(api.addr()).request(method, path, headers, body)
+    };
+    fn private(r: &Reply) -> (Option<&str>, Option<&str>) {
+        (r.header("cache-control"), r.header("x-content-type-options"))
+    }
+    let r = send("POST", "/api/analytics/overview?game_id=g1", std::slice::from_ref(&auth), b"{}");
+    assert_eq!((r.status, r.error_tag(), r.header("allow")), (405, "method_not_allowed".to_owned(), Some("GET, HEAD")));
+    assert_eq!(private(&r), (Some("no-store"), Some("nosniff")));
+    let big = vec![b' '; 80 * 1024];
+    let json = ("Content-Type".to_owned(), "application/json".to_owned());
+    let r = send("POST", "/api/analytics/filters", &[auth.clone(), json], &big);
+    assert_eq!((r.status, r.error_tag()), (413, "payload_too_large".to_owned()), "{}", r.text());
+    assert_eq!(private(&r), (Some("no-store"), Some("nosniff")));
+    let r = send("GET", "/api/analytics/realtime", &[auth.clone(), auth.clone()], b"");
+    assert_eq!((r.status, r.error_tag()), (400, "bad_request".to_owned()), "{}", r.text());
+    assert_eq!(private(&r), (Some("no-store"), Some("nosniff")));
+    let r = send("PUT", "/api/agent/analytics_filters", &[], b"");
+    assert_eq!((r.status, private(&r)), (405, (Some("no-store"), Some("nosniff"))));
+    // Paths that are not the API's keep the HTTP layer's answer.
+    let r = send("POST", "/healthz", &[], b"");
+    assert_eq!((r.status, r.header("cache-control")), (405, None));
+
+    let text = api.get("/metrics", "").text();
+    let count = |route: &str, status: u16| {
+        let series = format!(r#"croupier_api_requests_total{{route="{route}",status="{status}"}}"#);
+        crate::metrics::sample(&text, &series).unwrap_or(0.0) as usize
+    };
+    assert_eq!(
+        (
+            count("/api/analytics/overview", 405),
+            count("/api/analytics/filters", 413),
+            count("/api/analytics/realtime", 400)
+        ),
+        (1, 1, 1),
+        "{text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let text = api.ch.query(
+            "SELECT user, route, status FROM analytics.audit_log WHERE status IN (400, 405, 413) \
+             ORDER BY route FORMAT TabSeparated",
+        );
+        let rows: Vec<String> = text.lines().map(str::to_owned).collect();
+        if rows.len() >= 3 || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The duplicate's row names the token read before the second one.
+    assert_eq!(
+        audit,
+        [
+            "alice\t/api/analytics/filters\t413",
+            "alice\t/api/analytics/overview\t405",
+            "alice\t/api/analytics/realtime\t400"
+        ],
+        "{audit:?}"
+    );
+}
+
 /// An `exp` or `nbf` that is not a unix second (a JSON integer) is refused with 401
 /// `unauthorized`, a fraction however small (the JWT crate alone rounds it and accepts).
 #[test]

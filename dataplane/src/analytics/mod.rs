@@ -260,12 +260,6 @@ impl Api {
         self.metrics.clone()
     }
 
-    /// Counts a request to `route` answered `status` before it reached the API (the
-    /// control port's bound on requests at once).
-    pub fn answered(&self, route: Route, status: u16) {
-        self.metrics.answered(route, status);
-    }
-
     /// The audit writer's task: spawn it on the control thread; it ends after a last
     /// flush once `stop` is set.
     pub fn audit_task(&self, stop: Rc<std::cell::Cell<bool>>) -> impl std::future::Future<Output = ()> {
@@ -314,7 +308,35 @@ impl Api {
             Ok(body) => Response::json(200, body.to_string()),
             Err(e) => e.response(),
         };
-        let (user, roles) = match &caller {
+        self.record(route, &caller, &params, &scope, resp.status, started, reads.read_rows());
+        resp
+    }
+
+    /// Records a request to `route` answered `resp` before the API read it (refused by
+    /// the HTTP layer or the port: a method the route does not take, a body past its
+    /// limit, no place free) — in the audit log and `croupier_api_requests_total` as every
+    /// other answer — and returns `resp`.
+    pub fn refused(&self, route: Route, query: &str, headers: Headers<'_>, resp: Response) -> Response {
+        let params = Params::parse(query);
+        let scope = Scope::resolve(&params, headers.game, headers.env);
+        let caller = self.verifier.verify(headers.authorization);
+        self.record(route, &caller, &params, &scope, resp.status, std::time::Instant::now(), 0);
+        resp
+    }
+
+    /// One answer to `route`: its audit row and its count.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        route: Route,
+        caller: &Result<Caller, ApiError>,
+        params: &Params,
+        scope: &Scope,
+        status: u16,
+        started: std::time::Instant,
+        read_rows: u64,
+    ) {
+        let (user, roles) = match caller {
             Ok(c) => (c.user.clone(), c.roles.join(",")),
             Err(_) => (String::new(), String::new()),
         };
@@ -326,16 +348,15 @@ impl Api {
             game_id: scope.game.clone().unwrap_or_default(),
             env: scope.env.clone().unwrap_or_default(),
             params: params.to_json(),
-            status: resp.status,
+            status,
             duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
-            read_rows: reads.read_rows(),
+            read_rows,
         };
         match caller {
             Ok(_) => self.audit.record(row),
             Err(_) => self.audit.record_anonymous(row),
         }
-        self.metrics.answered(route, resp.status);
-        resp
+        self.metrics.answered(route, status);
     }
 
     /// `GET /api/agent/analytics_filters` once its `X-Agent-Token` has matched: the

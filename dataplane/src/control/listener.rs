@@ -20,8 +20,9 @@ use super::streams;
 use crate::analytics::filters::SharedFilters;
 use crate::analytics::{self, Api, Headers};
 use crate::http::conn;
+use crate::http::error::HttpError;
 use crate::http::handler::{Handler, Request};
-use crate::http::request::{Fields, Method};
+use crate::http::request::{Fields, Head, Method};
 use crate::http::response::{error_body, Response};
 use crate::redis::overdue::RedisHealth;
 use crate::router::{Methods, Router};
@@ -165,22 +166,21 @@ impl Handler for ControlPort {
             Route::Ready => self.ready().await,
             Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
+                let head = req.head();
+                let headers = api_headers(head);
                 let Some(_counted) = self.api_requests.try_acquire() else {
                     let busy = crate::analytics::error::ApiError::TooManyRequests.response();
-                    self.api.answered(r, busy.status);
-                    return private(busy);
+                    return private(self.api.refused(r, head.query(), headers, busy));
                 };
-                let head = req.head();
-                let headers = Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) };
                 if head.method != Method::Post {
                     return private(self.api.handle(r, head.query(), headers, None).await);
                 }
                 let mut held = match req.claim_body() {
                     Ok(h) => h,
-                    Err(e) => return private(e.response()),
+                    Err(e) => return private(self.api.refused(r, head.query(), headers, e.response())),
                 };
                 if let Err(e) = req.read_body(&mut held).await {
-                    return private(e.response());
+                    return private(self.api.refused(r, head.query(), headers, e.response()));
                 }
                 let body = req.buffers().0.to_vec();
                 private(self.api.handle(r, head.query(), headers, Some(&body)).await)
@@ -191,6 +191,25 @@ impl Handler for ControlPort {
     /// The control port's own requests are not counted (its scrapes would show in the
     /// data port's figures).
     fn served(&self, _path: Option<&str>, _status: u16, _duration: Duration) {}
+
+    /// A refusal of an Analytics API route's request before the API read it (a method the
+    /// route does not take, a head the HTTP layer refuses) keeps the API's contract: its
+    /// headers ([`private`]), its count and its audit row.
+    fn refused_head(&self, head: &Head, error: &HttpError) -> Option<Response> {
+        let route = [Method::Get, Method::Post].into_iter().find_map(|m| self.router.find(m, head.path()).ok())?;
+        match route {
+            Route::Analytics(r) => {
+                Some(private(self.api.refused(r, head.query(), api_headers(head), error.response())))
+            }
+            Route::AgentFilters => Some(private(error.response())),
+            _ => None,
+        }
+    }
+}
+
+/// The header fields an Analytics API request is read with.
+fn api_headers(head: &Head) -> Headers<'_> {
+    Headers { authorization: head.field(0), game: head.field(1), env: head.field(2) }
 }
 
 /// An answer of the Analytics API (a player's figures, a game's settings): kept by no

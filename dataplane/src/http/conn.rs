@@ -150,7 +150,7 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
         let mut req = Request::new(&head, &mut sock, buffers, &server, deadline);
         let mut resp = match handler.router().find(head.method, head.path()) {
             Ok(route) => handler.handle(route, &mut req).await,
-            Err(e) => e.response(),
+            Err(e) => handler.refused_head(&head, &e).unwrap_or_else(|| e.response()),
         };
         req.finish(&mut resp).await;
         // Closed at the cap while its body was still arriving: no answer.

@@ -38,8 +38,9 @@ pub trait Handler {
     fn served(&self, path: Option<&str>, status: u16, duration: Duration);
 
     /// Sees a head refused after its request line was read (a header sent twice, a bad
-    /// `Content-Length`, ...), before [`Handler::served`]: `head` holds its method, path
-    /// and the fields read before the fault. Returns the answer in the route's own error
+    /// `Content-Length`, ...; or a path or method the route table does not take), before
+    /// [`Handler::served`]: `head` holds its method, path and the fields read before the
+    /// fault. Returns the answer in the route's own error
     /// contract, or `None` for the HTTP layer's (`HttpError::response`, the default).
     fn refused_head(&self, head: &Head, error: &HttpError) -> Option<Response> {
         let _ = (head, error);

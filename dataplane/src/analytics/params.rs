@@ -253,6 +253,10 @@ impl Range {
     /// `start`/`end` from the request; absent ones default to `now` for the end and
     /// `default_secs` before the end for the start. `required` refuses absent ones.
     pub fn from(params: &Params, now: i64, default_secs: i64, required: bool) -> Result<Range, ApiError> {
+        // Both missing: the first of the two is named.
+        if required && params.get("start").is_none() {
+            return Err(ApiError::param("start", "required"));
+        }
         let end = match params.get("end") {
             Some(v) => parse_time("end", v, true)?,
             None if required => return Err(ApiError::param("end", "required")),
@@ -344,6 +348,20 @@ mod tests {
         }
         assert_eq!(rfc3339(want), "2025-11-22T12:00:00Z");
         assert_eq!(date_string(want / DAY), "2025-11-22");
+    }
+
+    /// A required range without either end names the first missing one.
+    #[test]
+    fn a_required_range_names_the_first_end_missing() {
+        let missing = |q: &str| match Range::from(&Params::parse(q), 1_000_000, 0, true) {
+            Err(ApiError::InvalidParameter { field, .. }) => field,
+            other => panic!("{q}: {other:?}"),
+        };
+        assert_eq!(missing(""), "start");
+        assert_eq!(missing("end=2025-11-22"), "start");
+        assert_eq!(missing("start=2025-11-22"), "end");
+        assert_eq!(missing("end=x"), "start");
+        assert!(Range::from(&Params::parse("start=2025-11-22&end=2025-11-23"), 0, 0, true).is_ok());
     }
 
     /// Times outside ClickHouse's `DateTime` are refused naming the field, never wrapped.

@@ -312,15 +312,22 @@ impl Api {
         resp
     }
 
-    /// Records a request to `route` answered `resp` before the API read it (refused by
-    /// the HTTP layer or the port: a method the route does not take, a body past its
-    /// limit, no place free) — in the audit log and `croupier_api_requests_total` as every
-    /// other answer — and returns `resp`.
-    pub fn refused(&self, route: Route, query: &str, headers: Headers<'_>, resp: Response) -> Response {
+    /// Records a request to `route` begun at `started` and answered `resp` before the API
+    /// read it (refused by the HTTP layer or the port: a method the route does not take,
+    /// a body past its limit, no place free) — in the audit log and
+    /// `croupier_api_requests_total` as every other answer — and returns `resp`.
+    pub fn refused(
+        &self,
+        route: Route,
+        query: &str,
+        headers: Headers<'_>,
+        started: std::time::Instant,
+        resp: Response,
+    ) -> Response {
         let params = Params::parse(query);
         let scope = Scope::resolve(&params, headers.game, headers.env);
         let caller = self.verifier.verify(headers.authorization);
-        self.record(route, &caller, &params, &scope, resp.status, std::time::Instant::now(), 0);
+        self.record(route, &caller, &params, &scope, resp.status, started, 0);
         resp
     }
 

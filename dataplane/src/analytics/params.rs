@@ -253,7 +253,7 @@ impl Range {
     /// `start`/`end` from the request; absent ones default to `now` for the end and
     /// `default_secs` before the end for the start. `required` refuses absent ones.
     pub fn from(params: &Params, now: i64, default_secs: i64, required: bool) -> Result<Range, ApiError> {
-        // Both missing: the first of the two is named.
+        // `start` is named first when it is missing (when both are, the first of the two).
         if required && params.get("start").is_none() {
             return Err(ApiError::param("start", "required"));
         }
@@ -264,7 +264,6 @@ impl Range {
         };
         let start = match params.get("start") {
             Some(v) => parse_time("start", v, false)?,
-            None if required => return Err(ApiError::param("start", "required")),
             // A default start before the first second is that second.
             None => (end - default_secs).max(MIN_TIME),
         };

@@ -83,7 +83,7 @@ pub fn preflight(shard: &Shard, origin: Option<&str>, key_game: Option<&str>, re
             400,
             crate::http::response::error_body(
                 "bad_request",
-                "Access-Control-Request-Headers must list at most 32 header names besides the routes' own",
+                "Access-Control-Request-Headers must be a list of header names, at most 32 besides the routes' own",
                 r#","header":"Access-Control-Request-Headers""#,
             ),
         );
@@ -94,7 +94,7 @@ pub fn preflight(shard: &Shard, origin: Option<&str>, key_game: Option<&str>, re
     r.headers.push(("Access-Control-Allow-Methods", "POST, OPTIONS".to_owned()));
     r.headers.push(("Access-Control-Allow-Headers", allow));
     r.headers.push(("Access-Control-Max-Age", shard.config.client.preflight_max_age_secs.to_string()));
-    r.headers.push(("Vary", "Origin".to_owned()));
+    r.headers.push(("Vary", "Origin, Access-Control-Request-Headers".to_owned()));
     r
 }
 

@@ -166,21 +166,22 @@ impl Handler for ControlPort {
             Route::Ready => self.ready().await,
             Route::Dashboard => self.dashboard.serve(req.head().path()),
             Route::Analytics(r) => {
+                let started = std::time::Instant::now();
                 let head = req.head();
                 let headers = api_headers(head);
                 let Some(_counted) = self.api_requests.try_acquire() else {
                     let busy = crate::analytics::error::ApiError::TooManyRequests.response();
-                    return private(self.api.refused(r, head.query(), headers, busy));
+                    return private(self.api.refused(r, head.query(), headers, started, busy));
                 };
                 if head.method != Method::Post {
                     return private(self.api.handle(r, head.query(), headers, None).await);
                 }
                 let mut held = match req.claim_body() {
                     Ok(h) => h,
-                    Err(e) => return private(self.api.refused(r, head.query(), headers, e.response())),
+                    Err(e) => return private(self.api.refused(r, head.query(), headers, started, e.response())),
                 };
                 if let Err(e) = req.read_body(&mut held).await {
-                    return private(self.api.refused(r, head.query(), headers, e.response()));
+                    return private(self.api.refused(r, head.query(), headers, started, e.response()));
                 }
                 let body = req.buffers().0.to_vec();
                 private(self.api.handle(r, head.query(), headers, Some(&body)).await)
@@ -199,7 +200,8 @@ impl Handler for ControlPort {
         let route = [Method::Get, Method::Post].into_iter().find_map(|m| self.router.find(m, head.path()).ok())?;
         match route {
             Route::Analytics(r) => {
-                Some(private(self.api.refused(r, head.query(), api_headers(head), error.response())))
+                let now = std::time::Instant::now();
+                Some(private(self.api.refused(r, head.query(), api_headers(head), now, error.response())))
             }
             Route::AgentFilters => Some(private(error.response())),
             _ => None,

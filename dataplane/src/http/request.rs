@@ -109,31 +109,24 @@ impl Head {
         self.text.get(start..end)
     }
 
-    /// Adds a line of list field `i` to its value: lines joined with `, ` in order, as
-    /// one (RFC 9110, 5.3). A line that is not UTF-8 is passed over: a list field is read
-    /// by nothing that must refuse the request for it.
-    fn add_to_list(&mut self, i: usize, value: &[u8]) {
-        let Ok(value) = text(value) else { return };
-        match self.fields[i] {
-            None => {
-                let start = self.text.len();
-                self.text.push_str(value);
-                self.fields[i] = Some((start, self.text.len()));
-            }
-            Some((start, end)) => {
-                // The value so far moved to the end of the text first, unless it is there.
-                let start = if end == self.text.len() {
-                    start
-                } else {
-                    let moved = self.text.len();
-                    let so_far = self.text.get(start..end).unwrap_or("").to_owned();
-                    self.text.push_str(&so_far);
-                    moved
-                };
+    /// Sets list field `i` to its lines among `headers`, joined with `, ` in order, as one
+    /// value (RFC 9110, 5.3), written once after the other fields: a list whose lines
+    /// come between other fields' is never copied again line by line. A line that is not
+    /// UTF-8 is passed over (a list field is read by nothing that must refuse the request
+    /// for it); a list of no such line stays unset.
+    fn join_list(&mut self, i: usize, name: &str, headers: &[httparse::Header<'_>]) {
+        let start = self.text.len();
+        let mut first = true;
+        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
+            let Ok(value) = text(h.value) else { continue };
+            if !first {
                 self.text.push_str(", ");
-                self.text.push_str(value);
-                self.fields[i] = Some((start, self.text.len()));
             }
+            first = false;
+            self.text.push_str(value);
+        }
+        if !first {
+            self.fields[i] = Some((start, self.text.len()));
         }
     }
 
@@ -186,11 +179,13 @@ impl Head {
         self.line_read = true;
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
+        // The list fields sent (bit `i`: field `i`), joined after the loop.
+        let mut lists_sent: u32 = 0;
         for h in req.headers.iter() {
             let name = h.name;
             if let Some(i) = fields.names.iter().position(|f| name.eq_ignore_ascii_case(f)) {
                 if fields.lists & (1 << i) != 0 {
-                    self.add_to_list(i, h.value);
+                    lists_sent |= 1 << i;
                     continue;
                 }
                 if self.fields[i].is_some() {
@@ -224,6 +219,11 @@ impl Head {
                 // An HTTP/1.0 client cannot take an interim answer (RFC 9110 10.1.1).
                 self.expect_continue = !self.http10 && text(h.value)?.eq_ignore_ascii_case("100-continue");
             }
+        }
+        while lists_sent != 0 {
+            let i = lists_sent.trailing_zeros() as usize;
+            lists_sent &= lists_sent - 1;
+            self.join_list(i, fields.names[i], req.headers);
         }
         self.framing = match (chunked, content_length) {
             (true, Some(_)) => return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding")),
@@ -395,5 +395,30 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
         assert_eq!(h.field(1), Some("5.5.5.5"));
         let nonce_twice = b"GET / HTTP/1.1\r\nX-Nonce: a\r\nX-Nonce: b\r\n\r\n";
         assert_eq!(super::parse(nonce_twice, &LISTS), Err(HttpError::DuplicateHeader("X-Nonce")));
+    }
+
+    /// Two lists whose lines alternate, with other fields between them, are each one value,
+    /// and the head's text stays within the head's size: a value is written once, not
+    /// moved again at each of its lines (a head of alternating lines made the text grow
+    /// to hundreds of kilobytes, kept by the connection).
+    #[test]
+    fn lists_whose_lines_alternate_are_written_once() {
+        static TWO: Fields =
+            Fields::new(&["X-Nonce", "X-Forwarded-For", "Access-Control-Request-Headers"]).list(1).list(2);
+        let mut head = String::from("GET / HTTP/1.1\r\nX-Nonce: n\r\n");
+        let (mut xff, mut acrh) = (Vec::new(), Vec::new());
+        for i in 0..30 {
+            let (a, b) = (format!("10.0.0.{i}"), format!("x-h{i}-{}", "a".repeat(200)));
+            head.push_str(&format!("X-Forwarded-For: {a}\r\nAccess-Control-Request-Headers: {b}\r\n"));
+            xff.push(a);
+            acrh.push(b);
+        }
+        head.push_str("\r\n");
+        let h = super::parse(head.as_bytes(), &TWO).expect("valid").expect("complete");
+        assert_eq!(
+            (h.field(0), h.field(1), h.field(2)),
+            (Some("n"), Some(xff.join(", ").as_str()), Some(acrh.join(", ").as_str()))
+        );
+        assert!(h.text.len() <= head.len(), "{} bytes of text for a head of {}", h.text.len(), head.len());
     }
 }

@@ -98,44 +98,38 @@ pub async fn segments(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let (first, last) = range.days();
     params::at_most_366_days(first, last)?;
     let w = ctx.scope.filter();
-    // Counted by ClickHouse: a game with millions of players a day sends four rows, not a
-    // row per player.
+    // Counted by ClickHouse in one query, a row back whatever the number of players, and
+    // one pass over the payments (`FINAL` over whole orders: the costly side, once):
+    // the active players (any event in the range; `n`: a new-user event among them) and
+    // the payers (their `success` revenue in the range), joined both ways.
     let active = format!(
-        "SELECT user_id, max(CAST(event AS String) IN {NEW_USER}) AS n FROM analytics.events WHERE {}{w} \
-         GROUP BY user_id",
+        "SELECT user_id, max(CAST(event AS String) IN {NEW_USER}) AS n, toUInt8(1) AS is_active \
+         FROM analytics.events WHERE {}{w} GROUP BY user_id",
         range.filter("event_time")
     );
     let paid = format!(
-        "SELECT user_id, sum(amount_cents) AS r FROM {} WHERE status = 'success' AND {}{w} \
-         GROUP BY user_id",
+        "SELECT user_id, sum(amount_cents) AS r, toUInt8(1) AS is_payer FROM {} \
+         WHERE status = 'success' AND {}{w} GROUP BY user_id",
         super::payments::latest(&range.filter("time"), &w),
         range.filter("time")
     );
-    let by_kind = ctx
+    // Whales: the tenth of the payers who paid most, at least one (ties change who, not
+    // their revenue): the sum of the top revenues.
+    let rows = ctx
         .db
         .select(&format!(
-            "SELECT countIf(n = 1), sumIf(r, n = 1), countIf(n = 0), sumIf(r, n = 0) \
-             FROM ({active}) AS a ANY LEFT JOIN ({paid}) AS p USING user_id"
+            "SELECT countIf(is_active = 1 AND n = 1), sumIf(r, is_active = 1 AND n = 1), \
+             countIf(is_active = 1 AND n = 0), sumIf(r, is_active = 1 AND n = 0), \
+             countIf(is_payer = 1), sumIf(r, is_payer = 1), \
+             arraySum(arraySlice(arrayReverseSort(groupArrayIf(r, is_payer = 1)), 1, \
+             intDiv(countIf(is_payer = 1) + 9, 10))) \
+             FROM ({active}) AS a ALL FULL OUTER JOIN ({paid}) AS p USING user_id"
         ))
         .await?;
-    let payers = ctx.db.select(&format!("SELECT count(), sum(r) FROM ({paid}) AS p")).await?;
-    let row = |rows: &[Vec<Value>], i: usize| rows.first().map_or(0, |r| u(r, i));
-    let (new, new_rev, returning, returning_rev) =
-        (row(&by_kind, 0), row(&by_kind, 1), row(&by_kind, 2), row(&by_kind, 3));
-    let (paying, paying_rev) = (row(&payers, 0), row(&payers, 1));
-    // Whales: the tenth of the payers who paid most (ties by user id), at least one.
-    let whales = paying.div_ceil(10);
-    let whale_rows = if whales == 0 {
-        Vec::new()
-    } else {
-        ctx.db
-            .select(&format!(
-                "SELECT count(), sum(r) FROM (SELECT user_id, r FROM ({paid}) AS p ORDER BY r DESC, user_id \
-                 LIMIT {whales}) AS t"
-            ))
-            .await?
-    };
-    let (whale, whale_rev) = (row(&whale_rows, 0), row(&whale_rows, 1));
+    let row = |i: usize| rows.first().map_or(0, |r| u(r, i));
+    let (new, new_rev, returning, returning_rev) = (row(0), row(1), row(2), row(3));
+    let (paying, paying_rev) = (row(4), row(5));
+    let (whale, whale_rev) = (paying.div_ceil(10), row(6));
     let total = (new + returning) as f64;
     let seg = |name: &str, users: u64, revenue: u64| {
         let n = users as f64;

@@ -10,8 +10,6 @@
 //!   at least one when there are payers); each with users, ratio (percent of the active
 //!   users: any event in the range) and ARPU (its revenue in the range per user, cents).
 
-use std::collections::HashMap;
-
 use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
@@ -50,31 +48,28 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     let w = ctx.scope.filter();
     let cohort = Range { start: first * DAY, end: last * DAY + DAY - 1 }.filter("event_time");
     let pay = Range { start: first * DAY, end: (last + 90) * DAY - 1 }.filter("time");
+    // Per cohort day, in one query (a row per day back, whatever the number of players):
+    // its players (`c`: the day of their first register event in the range) and, per
+    // player, the `success` revenue of the days C .. C+N−1 for each horizon N.
     let members = format!(
-        "SELECT user_id, toUInt32(toDate(min(event_time), 'UTC')) FROM analytics.events \
+        "SELECT user_id, toUInt32(toDate(min(event_time), 'UTC')) AS c FROM analytics.events \
          WHERE event IN {REGISTER} AND {cohort}{w} GROUP BY user_id"
     );
-    let users = ctx.db.select(&members).await?;
-    let day_of: HashMap<String, i64> =
-        users.iter().map(|r| (r.first().map(Value::as_str).unwrap_or_default(), u(r, 1) as i64)).collect();
-    let paid = paid_by_day(ctx, &pay, REGISTER, &cohort).await?;
-    // Per cohort day: its size, and revenue within 1, 7, 30, 90 days.
-    let mut per_day: std::collections::BTreeMap<i64, (u64, [u64; 4])> = std::collections::BTreeMap::new();
-    for d in day_of.values() {
-        per_day.entry(*d).or_default().0 += 1;
-    }
-    for r in &paid {
-        let user = r.first().map(Value::as_str).unwrap_or_default();
-        let Some(c) = day_of.get(&user) else { continue };
-        let since = u(r, 1) as i64 - c;
-        if let Some(e) = per_day.get_mut(c) {
-            for (i, n) in LTV_DAYS.iter().enumerate() {
-                if (0..*n).contains(&since) {
-                    e.1[i] += u(r, 2);
-                }
-            }
-        }
-    }
+    let paid = paid_by_day_sql(ctx, &pay, REGISTER, &cohort);
+    let horizons: Vec<String> =
+        LTV_DAYS.iter().map(|n| format!("sumIf(cents, pd >= c AND pd < c + {n}) AS r{n}")).collect();
+    let sums: Vec<String> = LTV_DAYS.iter().map(|n| format!("sum(r{n})")).collect();
+    let rows = ctx
+        .db
+        .select(&format!(
+            "SELECT c, count(), {} FROM (SELECT user_id, c, {} FROM ({members}) AS m \
+             ALL LEFT JOIN ({paid}) AS p USING user_id GROUP BY user_id, c) GROUP BY c ORDER BY c",
+            sums.join(", "),
+            horizons.join(", ")
+        ))
+        .await?;
+    let per_day: Vec<(i64, (u64, [u64; 4]))> =
+        rows.iter().map(|r| (u(r, 0) as i64, (u(r, 1), [u(r, 2), u(r, 3), u(r, 4), u(r, 5)]))).collect();
     let complete = ctx.now.div_euclid(DAY) - 1;
     let out: Vec<Json> = per_day
         .iter()

@@ -71,9 +71,14 @@ impl Slots {
         }
     }
 
-    /// A free slot now, if there is one.
+    /// A free slot now, if there is one. (The slot is made only once its count is taken:
+    /// one made and dropped, as `then_some` would, gives back a count never taken.)
     pub fn try_acquire(&self) -> Option<Slot<'_>> {
-        self.take().then_some(Slot { slots: self })
+        if self.take() {
+            Some(Slot { slots: self })
+        } else {
+            None
+        }
     }
 
     /// Waits for a free slot.
@@ -121,6 +126,27 @@ mod tests {
 
     fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_slot_refused_gives_nothing_back() {
+        let slots = Slots::new(1);
+        let held = slots.try_acquire();
+        assert!(held.is_some());
+        // Refused while the one slot is held, again and again: still refused (a refusal
+        // that gave a count back let one more in each second time: the control port's
+        // bound on API requests admitted past its 32).
+        for _ in 0..3 {
+            assert!(slots.try_acquire().is_none());
+        }
+        let owned = Rc::new(Slots::new(1));
+        let held_owned = owned.try_acquire_owned();
+        assert!(held_owned.is_some());
+        for _ in 0..3 {
+            assert!(owned.try_acquire_owned().is_none());
+        }
+        drop(held);
+        assert!(slots.try_acquire().is_some());
     }
 
     #[test]

@@ -67,8 +67,8 @@ fn filter(ctx: &Ctx<'_>, range: &Range, with_status: bool) -> String {
 }
 
 /// A dimension's values as text, for [`summary`]'s one pass: `LowCardinality` read as
-/// `String`, `country` without the zeros of an empty `FixedString(2)` (as the answer
-/// decodes one).
+/// `String`, `country` cut at its first zero byte (an empty `FixedString(2)` is `''`, as
+/// the answer decodes one; ingest stores two letters or none, so nothing else has a zero).
 fn as_text(col: &str) -> String {
     match col {
         "channel" | "platform" => format!("CAST({col} AS String)"),

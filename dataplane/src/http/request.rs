@@ -109,25 +109,25 @@ impl Head {
         self.text.get(start..end)
     }
 
-    /// Sets list field `i` to its lines among `headers`, joined with `, ` in order, as one
-    /// value (RFC 9110, 5.3), written once after the other fields: a list whose lines
-    /// come between other fields' is never copied again line by line. A line that is not
-    /// UTF-8 is passed over (a list field is read by nothing that must refuse the request
-    /// for it); a list of no such line stays unset.
+    /// Sets list field `i` (sent at least once) to its lines among `headers`, joined with
+    /// `, ` in order, as one value (RFC 9110, 5.3), written once after the other fields:
+    /// a list whose lines come between other fields' is never copied again line by line.
+    /// A line that is not UTF-8 is no refusal of the head: its invalid bytes are read as
+    /// U+FFFD, so that what reads the list finds an element it cannot read (an address, a
+    /// header name) in its place, and refuses or stops as for any other, rather than
+    /// reading the elements around it as if it were absent.
     fn join_list(&mut self, i: usize, name: &str, headers: &[httparse::Header<'_>]) {
         let start = self.text.len();
-        let mut first = true;
-        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)) {
-            let Ok(value) = text(h.value) else { continue };
-            if !first {
+        for (k, h) in headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).enumerate() {
+            if k > 0 {
                 self.text.push_str(", ");
             }
-            first = false;
-            self.text.push_str(value);
+            match text(h.value) {
+                Ok(value) => self.text.push_str(value),
+                Err(_) => self.text.push_str(String::from_utf8_lossy(h.value).trim()),
+            }
         }
-        if !first {
-            self.fields[i] = Some((start, self.text.len()));
-        }
+        self.fields[i] = Some((start, self.text.len()));
     }
 
     /// Whether the last [`Head::parse_from`] read the request line (its method and
@@ -389,10 +389,11 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
         let lines = b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Nonce: n\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\nX-Forwarded-For: 4.4.4.4\r\n\r\n";
         let h = super::parse(lines, &LISTS).expect("valid").expect("complete");
         assert_eq!((h.field(0), h.field(1)), (Some("n"), Some("1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4")));
-        // A line that is not UTF-8 is passed over, not a refusal.
+        // A line that is not UTF-8 is no refusal of the head: its bytes are read as U+FFFD,
+        // an element nothing can read, in its place.
         let odd = b"GET / HTTP/1.1\r\nX-Forwarded-For: \xff\xfe\r\nX-Forwarded-For: 5.5.5.5\r\n\r\n";
         let h = super::parse(odd, &LISTS).expect("valid").expect("complete");
-        assert_eq!(h.field(1), Some("5.5.5.5"));
+        assert_eq!(h.field(1), Some("\u{fffd}\u{fffd}, 5.5.5.5"));
         let nonce_twice = b"GET / HTTP/1.1\r\nX-Nonce: a\r\nX-Nonce: b\r\n\r\n";
         assert_eq!(super::parse(nonce_twice, &LISTS), Err(HttpError::DuplicateHeader("X-Nonce")));
     }

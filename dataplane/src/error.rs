@@ -254,6 +254,7 @@ mod tests {
             IngestError::Http(HttpError::MethodNotAllowed { allow: "POST" }),
             IngestError::Http(HttpError::BadRequest("x")),
             IngestError::Http(HttpError::DuplicateHeader("x")),
+            IngestError::Http(HttpError::InvalidHeader { header: "x", why: "y" }),
             IngestError::Http(HttpError::UnsupportedMediaType("x")),
             IngestError::Http(HttpError::PayloadTooLarge { limit: 1 }),
             IngestError::Http(HttpError::InflatedTooLarge { limit: 1 }),

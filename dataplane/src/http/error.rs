@@ -19,6 +19,13 @@ pub enum HttpError {
     BadRequest(&'static str),
     /// A header that may appear once appeared twice (names it).
     DuplicateHeader(&'static str),
+    /// A framing header HTTP reads has a value it cannot take (names it, and says why).
+    InvalidHeader {
+        /// The header.
+        header: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The body's media type or content coding is not one the route takes (says which).
     UnsupportedMediaType(&'static str),
     /// The body as sent exceeds the limit.
@@ -47,7 +54,7 @@ impl HttpError {
         match self {
             HttpError::NotFound => 404,
             HttpError::MethodNotAllowed { .. } => 405,
-            HttpError::BadRequest(_) | HttpError::DuplicateHeader(_) => 400,
+            HttpError::BadRequest(_) | HttpError::DuplicateHeader(_) | HttpError::InvalidHeader { .. } => 400,
             HttpError::UnsupportedMediaType(_) => 415,
             HttpError::PayloadTooLarge { .. } | HttpError::InflatedTooLarge { .. } => 413,
             HttpError::RequestTimeout => 408,
@@ -60,7 +67,7 @@ impl HttpError {
         match self {
             HttpError::NotFound => "not_found",
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
-            HttpError::BadRequest(_) | HttpError::DuplicateHeader(_) => "bad_request",
+            HttpError::BadRequest(_) | HttpError::DuplicateHeader(_) | HttpError::InvalidHeader { .. } => "bad_request",
             HttpError::UnsupportedMediaType(_) => "unsupported_media_type",
             HttpError::PayloadTooLarge { .. } | HttpError::InflatedTooLarge { .. } => "payload_too_large",
             HttpError::RequestTimeout => "request_timeout",
@@ -83,6 +90,7 @@ impl HttpError {
             self,
             HttpError::BadRequest(_)
                 | HttpError::DuplicateHeader(_)
+                | HttpError::InvalidHeader { .. }
                 | HttpError::PayloadTooLarge { .. }
                 | HttpError::InflatedTooLarge { .. }
                 | HttpError::RequestTimeout
@@ -97,6 +105,7 @@ impl HttpError {
             HttpError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
             HttpError::BadRequest(what) => format!("bad request: {what}"),
             HttpError::DuplicateHeader(h) => format!("bad request: header {h} appears more than once"),
+            HttpError::InvalidHeader { why, .. } => format!("bad request: {why}"),
             HttpError::UnsupportedMediaType(what) => format!("unsupported {what}"),
             HttpError::PayloadTooLarge { limit } => format!("body larger than {limit} bytes"),
             HttpError::InflatedTooLarge { limit } => format!("body larger than {limit} bytes once decompressed"),
@@ -109,6 +118,7 @@ impl HttpError {
     pub fn header(&self) -> Option<&'static str> {
         match self {
             HttpError::DuplicateHeader(h) => Some(h),
+            HttpError::InvalidHeader { header, .. } => Some(header),
             _ => None,
         }
     }

@@ -195,9 +195,9 @@ impl Head {
                 self.text.push_str(text(h.value)?);
                 self.fields[i] = Some((start, self.text.len()));
             } else if name.eq_ignore_ascii_case("content-length") {
-                let n = parse_content_length(text(h.value)?).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
+                let n = parse_content_length(text(h.value)?).ok_or(CONTENT_LENGTH.invalid("invalid Content-Length"))?;
                 if content_length.is_some_and(|c| c != n) {
-                    return Err(HttpError::BadRequest("conflicting Content-Length"));
+                    return Err(CONTENT_LENGTH.invalid("conflicting Content-Length"));
                 }
                 content_length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -205,7 +205,7 @@ impl Head {
                     return Err(HttpError::DuplicateHeader("Transfer-Encoding"));
                 }
                 if !text(h.value)?.eq_ignore_ascii_case("chunked") {
-                    return Err(HttpError::BadRequest("only chunked Transfer-Encoding is supported"));
+                    return Err(TRANSFER_ENCODING.invalid("only chunked Transfer-Encoding is supported"));
                 }
                 chunked = true;
             } else if name.eq_ignore_ascii_case("connection") {
@@ -226,7 +226,7 @@ impl Head {
             self.join_list(i, fields.names[i], req.headers);
         }
         self.framing = match (chunked, content_length) {
-            (true, Some(_)) => return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding")),
+            (true, Some(_)) => return Err(TRANSFER_ENCODING.invalid("both Content-Length and Transfer-Encoding")),
             (true, None) => BodyFraming::Chunked,
             (false, Some(0)) | (false, None) => BodyFraming::None,
             (false, Some(n)) => BodyFraming::Length(n),
@@ -254,6 +254,21 @@ pub fn parse(buf: &[u8], fields: &Fields) -> Result<Option<Head>, HttpError> {
 fn text(v: &[u8]) -> Result<&str, HttpError> {
     std::str::from_utf8(v).map(str::trim).map_err(|_| HttpError::BadRequest("header value is not UTF-8"))
 }
+
+/// A framing header's name, for its refusals.
+struct Framing(&'static str);
+
+impl Framing {
+    /// Its refusal, saying `why`.
+    fn invalid(&self, why: &'static str) -> HttpError {
+        HttpError::InvalidHeader { header: self.0, why }
+    }
+}
+
+/// `Content-Length`.
+const CONTENT_LENGTH: Framing = Framing("Content-Length");
+/// `Transfer-Encoding`.
+const TRANSFER_ENCODING: Framing = Framing("Transfer-Encoding");
 
 /// A `Content-Length` value: one or more digits and nothing else (RFC 9110 §8.6; a sign
 /// or a list could be read differently by a proxy in front).
@@ -323,9 +338,15 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
     fn partial_heads_wait_and_smuggling_is_refused() {
         assert_eq!(parse(b"POST / HTTP/1.1\r\nHost"), Ok(None));
         let both = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(parse(both), Err(HttpError::BadRequest(_))));
+        assert!(matches!(parse(both), Err(HttpError::InvalidHeader { header: "Transfer-Encoding", .. })));
         let two = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
-        assert!(matches!(parse(two), Err(HttpError::BadRequest(_))));
+        assert!(matches!(parse(two), Err(HttpError::InvalidHeader { header: "Content-Length", .. })));
+        // Named in the body, as a header sent twice is.
+        let e = parse(two).expect_err("refused");
+        assert_eq!(
+            e.body(),
+            r#"{"error":"bad_request","message":"bad request: conflicting Content-Length","header":"Content-Length"}"#
+        );
         let h10 = parse(b"GET /healthz HTTP/1.0\r\n\r\n").expect("valid").expect("complete");
         assert!(!h10.keep_alive && h10.http10);
         let ka = parse(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").expect("valid").expect("complete");
@@ -351,7 +372,10 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
             assert_eq!(parse_content_length(bad), None, "{bad}");
         }
         let plus = b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello";
-        assert_eq!(parse(plus), Err(HttpError::BadRequest("invalid Content-Length")));
+        assert_eq!(
+            parse(plus),
+            Err(HttpError::InvalidHeader { header: "Content-Length", why: "invalid Content-Length" })
+        );
     }
 
     #[test]

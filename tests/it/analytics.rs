@@ -748,11 +748,12 @@ fn attack_api_requests_leave_the_control_port_places_for_probes() {
     assert_eq!(probe.0, 200);
     assert!(probe.1 < Duration::from_millis(1_000), "/healthz answered after {:?}", probe.1);
     // The port's own bound, answered at once (the reads kept waiting past their deadline
-    // are `busy` too, from the connection slots, later): exactly the 38 past 32 (a refusal
-    // that freed a place let every second one in: 19).
+    // are `busy` too, from the connection slots, later): the 38 past 32 when all 70 are in
+    // before the stall ends (fewer if a slow machine let some in after it; a refusal that
+    // freed a place let every second one in: 19).
     let at_once =
         answers.iter().filter(|r| r.status == 503 && r.text().contains("too many Analytics API requests")).count();
-    assert_eq!(at_once, 70 - 32, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!((30..=70 - 32).contains(&at_once), "{at_once}: {:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
     assert!(answers.iter().all(|r| matches!(r.status, 503 | 504)), "every other one waited for the stalled query");
     // Counted for `/metrics` (black-box finding: the API had no series): every answer by
     // route and status, and the reads given up on (cancelled on ClickHouse).

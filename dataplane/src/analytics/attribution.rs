@@ -151,7 +151,9 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             None => Ok(Vec::new()),
         }
     };
-    let (top, totals, costed_rows) = monoio::try_join!(ctx.db.select(&top), ctx.db.select(&totals), costed_rows)?;
+    // `join!`: every read ends as reads do before a failure is answered (overview.rs).
+    let (top, totals, costed_rows) = monoio::join!(ctx.db.select(&top), ctx.db.select(&totals), costed_rows);
+    let (top, totals, costed_rows) = (top?, totals?, costed_rows?);
     let truncated = top.len() > params::MAX_GROUPS;
     let game = ctx.scope.game.as_deref();
     let mut channels: BTreeMap<String, Channel> = BTreeMap::new();

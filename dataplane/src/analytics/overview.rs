@@ -76,7 +76,10 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         first_day * DAY,
         last_day * DAY
     );
-    let (players, registered_total, pay, rates, new_rows, revenue_series, peak_series) = monoio::try_join!(
+    // `join!`, not `try_join!`: a query still running when a sibling fails is not dropped
+    // (its connection closed and its place freed while ClickHouse still runs it) but ends
+    // as every read does — answered, or given up on at the deadline and cancelled.
+    let (players, registered_total, pay, rates, new_rows, revenue_series, peak_series) = monoio::join!(
         ctx.db.select(&players_sql),
         registered_total(ctx, Some(last), today),
         ctx.db.select(&pay_sql),
@@ -89,7 +92,9 @@ pub async fn overview(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         ctx.db.select(&new_sql),
         day_series(ctx, &revenue_sql),
         day_series(ctx, &peak_sql),
-    )?;
+    );
+    let (players, registered_total, pay, rates) = (players?, registered_total?, pay?, rates?);
+    let (new_rows, revenue_series, peak_series) = (new_rows?, revenue_series?, peak_series?);
     let a = players.first().cloned().unwrap_or_default();
     let (dau, wau, mau) = (get(&a, 0), get(&a, 1), get(&a, 2));
     let new_users = new_rows.iter().find(|r| get(r, 0) as i64 == last).map_or(0, |r| get(r, 1));
@@ -148,7 +153,9 @@ pub async fn registered_total(ctx: &Ctx<'_>, last: Option<i64>, today: i64) -> R
             .await?;
         Ok(n.as_u64())
     };
-    let (by_day, recent) = monoio::try_join!(registered_by_day(ctx, today), recent)?;
+    // Both end before either's failure is answered (as the overview's reads, above).
+    let (by_day, recent) = monoio::join!(registered_by_day(ctx, today), recent);
+    let (by_day, recent) = (by_day?, recent?);
     let complete: u64 = by_day.iter().filter(|(d, _)| last.is_none_or(|l| *d <= l)).map(|(_, n)| n).sum();
     Ok(complete + recent)
 }

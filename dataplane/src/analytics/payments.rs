@@ -150,8 +150,9 @@ pub async fn transactions(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
          FROM {from} WHERE {w} ORDER BY time DESC, order_id, status LIMIT {size} OFFSET {}",
         (page - 1).saturating_mul(size)
     );
-    let (total, rows) = monoio::try_join!(ctx.db.scalar(&count), ctx.db.select(&page_sql))?;
-    let total = total.as_u64();
+    // `join!`: both end as reads do before a failure is answered (overview.rs).
+    let (total, rows) = monoio::join!(ctx.db.scalar(&count), ctx.db.select(&page_sql));
+    let (total, rows) = (total?.as_u64(), rows?);
     let items: Vec<Json> = rows
         .iter()
         .map(|r| {

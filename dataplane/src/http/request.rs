@@ -195,7 +195,8 @@ impl Head {
                 self.text.push_str(text(h.value)?);
                 self.fields[i] = Some((start, self.text.len()));
             } else if name.eq_ignore_ascii_case("content-length") {
-                let n = parse_content_length(text(h.value)?).ok_or(CONTENT_LENGTH.invalid("invalid Content-Length"))?;
+                let value = text(h.value).map_err(|_| CONTENT_LENGTH.invalid("header value is not UTF-8"))?;
+                let n = parse_content_length(value).ok_or(CONTENT_LENGTH.invalid("invalid Content-Length"))?;
                 if content_length.is_some_and(|c| c != n) {
                     return Err(CONTENT_LENGTH.invalid("conflicting Content-Length"));
                 }
@@ -204,7 +205,8 @@ impl Head {
                 if chunked {
                     return Err(HttpError::DuplicateHeader("Transfer-Encoding"));
                 }
-                if !text(h.value)?.eq_ignore_ascii_case("chunked") {
+                let value = text(h.value).map_err(|_| TRANSFER_ENCODING.invalid("header value is not UTF-8"))?;
+                if !value.eq_ignore_ascii_case("chunked") {
                     return Err(TRANSFER_ENCODING.invalid("only chunked Transfer-Encoding is supported"));
                 }
                 chunked = true;

@@ -69,15 +69,24 @@ impl<R: Copy> Router<R> {
     /// The route of a request: 404 for an unknown path, 405 (with what the path allows)
     /// for a method it does not take.
     pub fn find(&self, method: Method, path: &str) -> Result<R, HttpError> {
-        let exact = self.rows.iter().find(|r| !r.prefix && r.path == path);
-        let row = exact
-            .or_else(|| self.rows.iter().filter(|r| r.prefix && path.starts_with(r.path)).max_by_key(|r| r.path.len()))
-            .ok_or(HttpError::NotFound)?;
+        let row = self.row(path).ok_or(HttpError::NotFound)?;
         if row.methods.accepts.contains(&method) {
             Ok(row.route)
         } else {
             Err(HttpError::MethodNotAllowed { allow: row.methods.allow })
         }
+    }
+
+    /// The route of `path` whatever the method (a surface answering a refusal of its own
+    /// route in its own contract: `Handler::refused_head`).
+    pub fn route_of(&self, path: &str) -> Option<R> {
+        self.row(path).map(|r| r.route)
+    }
+
+    /// The row of `path`: its exact row, else the longest prefix row it starts with.
+    fn row(&self, path: &str) -> Option<&Row<R>> {
+        let exact = self.rows.iter().find(|r| !r.prefix && r.path == path);
+        exact.or_else(|| self.rows.iter().filter(|r| r.prefix && path.starts_with(r.path)).max_by_key(|r| r.path.len()))
     }
 }
 
@@ -99,6 +108,7 @@ mod tests {
         let r = r.route("/d", Methods::POST_OPTIONS, 3);
         assert_eq!((r.find(Method::Options, "/d"), r.find(Method::Post, "/d")), (Ok(3), Ok(3)));
         assert_eq!(r.find(Method::Get, "/d"), Err(HttpError::MethodNotAllowed { allow: "POST, OPTIONS" }));
+        assert_eq!((r.route_of("/a"), r.route_of("/d"), r.route_of("/c")), (Some(1), Some(3), None));
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //!   at least one when there are payers); each with users, ratio (percent of the active
 //!   users: any event in the range) and ARPU (its revenue in the range per user, cents).
 
-use croupier_protocol::clickhouse::result::Value;
 use serde_json::{json, Value as Json};
 
 use super::db::u;
@@ -33,11 +32,6 @@ pub fn paid_by_day_sql(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> St
          WHERE status = 'success' AND {pay}{w} AND user_id IN \
          (SELECT user_id FROM analytics.events WHERE event IN {events} AND {span}{w}) GROUP BY user_id, pd"
     )
-}
-
-/// The rows of [`paid_by_day_sql`].
-pub async fn paid_by_day(ctx: &Ctx<'_>, pay: &str, events: &str, span: &str) -> Result<Vec<Vec<Value>>, ApiError> {
-    ctx.db.select(&paid_by_day_sql(ctx, pay, events, span)).await
 }
 
 /// `/ltv`.
@@ -68,8 +62,9 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             horizons.join(", ")
         ))
         .await?;
-    let per_day: Vec<(i64, (u64, [u64; 4]))> =
-        rows.iter().map(|r| (u(r, 0) as i64, (u(r, 1), [u(r, 2), u(r, 3), u(r, 4), u(r, 5)]))).collect();
+    // Each row: the day, its players, then one revenue per horizon.
+    let per_day: Vec<(i64, (u64, [u64; LTV_DAYS.len()]))> =
+        rows.iter().map(|r| (u(r, 0) as i64, (u(r, 1), std::array::from_fn(|i| u(r, 2 + i))))).collect();
     let complete = ctx.now.div_euclid(DAY) - 1;
     let out: Vec<Json> = per_day
         .iter()

@@ -98,22 +98,26 @@ pub async fn summary(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             params::MAX_GROUPS + 1
         ))
         .await?;
-    let dim_of = |r: &Vec<Value>| r.first().map(Value::as_str).unwrap_or_default();
-    let t = rows.iter().find(|r| dim_of(r).is_empty()).cloned().unwrap_or_default();
-    let (succ, total) = (u(&t, 4), u(&t, 5));
+    // The rows by dimension, in their order (by revenue): `''` the totals' one row.
+    let mut by_dim: HashMap<String, Vec<&Vec<Value>>> = HashMap::new();
+    for r in &rows {
+        by_dim.entry(r.first().map(Value::as_str).unwrap_or_default()).or_default().push(r);
+    }
+    let t = by_dim.get("").and_then(|t| t.first()).map_or(&[][..], |r| r.as_slice());
+    let (succ, total) = (u(t, 4), u(t, 5));
     let mut out = Map::new();
     out.insert(
         "totals".into(),
         json!({
-            "revenue_cents": u(&t, 2),
-            "refunds_cents": u(&t, 3),
+            "revenue_cents": u(t, 2),
+            "refunds_cents": u(t, 3),
             "failed": total.saturating_sub(succ),
             "success_rate": percent(succ as f64, total as f64),
         }),
     );
     let mut truncated = false;
     for (col, key) in DIMENSIONS {
-        let groups: Vec<&Vec<Value>> = rows.iter().filter(|r| dim_of(r) == col).collect();
+        let groups = by_dim.get(col).map_or(&[][..], |g| g.as_slice());
         truncated |= groups.len() > params::MAX_GROUPS;
         let items: Vec<Json> = groups
             .iter()

@@ -197,8 +197,7 @@ impl Handler for ControlPort {
     /// route does not take, a head the HTTP layer refuses) keeps the API's contract: its
     /// headers ([`private`]), its count and its audit row.
     fn refused_head(&self, head: &Head, error: &HttpError) -> Option<Response> {
-        let route = [Method::Get, Method::Post].into_iter().find_map(|m| self.router.find(m, head.path()).ok())?;
-        match route {
+        match self.router.route_of(head.path())? {
             Route::Analytics(r) => {
                 let now = std::time::Instant::now();
                 Some(private(self.api.refused(r, head.query(), api_headers(head), now, error.response())))

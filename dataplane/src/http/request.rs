@@ -195,19 +195,21 @@ impl Head {
                 self.text.push_str(text(h.value)?);
                 self.fields[i] = Some((start, self.text.len()));
             } else if name.eq_ignore_ascii_case("content-length") {
-                let value = text(h.value).map_err(|_| CONTENT_LENGTH.invalid("header value is not UTF-8"))?;
-                let n = parse_content_length(value).ok_or(CONTENT_LENGTH.invalid("invalid Content-Length"))?;
+                let invalid = |why| HttpError::InvalidHeader { header: "Content-Length", why };
+                let value = text(h.value).map_err(|_| invalid("header value is not UTF-8"))?;
+                let n = parse_content_length(value).ok_or(invalid("invalid Content-Length"))?;
                 if content_length.is_some_and(|c| c != n) {
-                    return Err(CONTENT_LENGTH.invalid("conflicting Content-Length"));
+                    return Err(invalid("conflicting Content-Length"));
                 }
                 content_length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 if chunked {
                     return Err(HttpError::DuplicateHeader("Transfer-Encoding"));
                 }
-                let value = text(h.value).map_err(|_| TRANSFER_ENCODING.invalid("header value is not UTF-8"))?;
+                let invalid = |why| HttpError::InvalidHeader { header: "Transfer-Encoding", why };
+                let value = text(h.value).map_err(|_| invalid("header value is not UTF-8"))?;
                 if !value.eq_ignore_ascii_case("chunked") {
-                    return Err(TRANSFER_ENCODING.invalid("only chunked Transfer-Encoding is supported"));
+                    return Err(invalid("only chunked Transfer-Encoding is supported"));
                 }
                 chunked = true;
             } else if name.eq_ignore_ascii_case("connection") {
@@ -228,7 +230,12 @@ impl Head {
             self.join_list(i, fields.names[i], req.headers);
         }
         self.framing = match (chunked, content_length) {
-            (true, Some(_)) => return Err(TRANSFER_ENCODING.invalid("both Content-Length and Transfer-Encoding")),
+            (true, Some(_)) => {
+                return Err(HttpError::InvalidHeader {
+                    header: "Transfer-Encoding",
+                    why: "both Content-Length and Transfer-Encoding",
+                })
+            }
             (true, None) => BodyFraming::Chunked,
             (false, Some(0)) | (false, None) => BodyFraming::None,
             (false, Some(n)) => BodyFraming::Length(n),
@@ -256,21 +263,6 @@ pub fn parse(buf: &[u8], fields: &Fields) -> Result<Option<Head>, HttpError> {
 fn text(v: &[u8]) -> Result<&str, HttpError> {
     std::str::from_utf8(v).map(str::trim).map_err(|_| HttpError::BadRequest("header value is not UTF-8"))
 }
-
-/// A framing header's name, for its refusals.
-struct Framing(&'static str);
-
-impl Framing {
-    /// Its refusal, saying `why`.
-    fn invalid(&self, why: &'static str) -> HttpError {
-        HttpError::InvalidHeader { header: self.0, why }
-    }
-}
-
-/// `Content-Length`.
-const CONTENT_LENGTH: Framing = Framing("Content-Length");
-/// `Transfer-Encoding`.
-const TRANSFER_ENCODING: Framing = Framing("Transfer-Encoding");
 
 /// A `Content-Length` value: one or more digits and nothing else (RFC 9110 §8.6; a sign
 /// or a list could be read differently by a proxy in front).

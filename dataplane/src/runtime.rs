@@ -53,6 +53,7 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 /// awaiting I/O would hold every socket of its shard back. No task of croupier's does
 /// (none yields in a loop); each awaits I/O, a timer or a message.
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
+    let _running = Running::enter();
     Ok(match driver {
         ActiveDriver::IoUring => {
             // The rings to try, best first; a kernel that refuses one (`EINVAL`) gets the next.
@@ -86,6 +87,33 @@ pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::O
             monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?.block_on(fut)
         }
     })
+}
+
+thread_local! {
+    /// This thread is in [`block_on`].
+    static RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the thread as in [`block_on`] while it lives.
+struct Running;
+
+impl Running {
+    fn enter() -> Running {
+        RUNNING.with(|r| r.set(true));
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set(false));
+    }
+}
+
+/// Whether this thread runs a runtime ([`block_on`]): a value dropped outside one (a task
+/// the runtime drops as it ends) cannot spawn work to finish after it.
+pub fn running() -> bool {
+    RUNNING.with(|r| r.get())
 }
 
 /// Which io_uring ring the process runs is logged by the first thread that makes one.

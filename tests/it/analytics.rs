@@ -723,6 +723,60 @@ fn analytics_a_request_kept_waiting_by_others_is_busy_not_a_timeout() {
     assert_eq!(api.json(&path)["registered_total"], PLAYERS);
 }
 
+/// A client that closes its connection before its answer ends its request: its reads
+/// are given up on (cancelled on ClickHouse, their slot held until the server ended
+/// them), not left running until `api.query_timeout_ms` — a dashboard reloaded while its
+/// reports load must not leave every earlier load's queries running. Recorded as 499.
+#[test]
+fn analytics_a_client_gone_before_its_answer_ends_its_reads() {
+    use std::io::Write;
+    let (api, stall, path) = api_behind_stall_with(|config| {
+        config.api.query_timeout_ms = 30_000;
+    });
+    stall.arm(true);
+    let mut client = std::net::TcpStream::connect(api.addr()).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", admin());
+    client.write_all(request.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stall.held() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stall.held(), 1, "the overview's query was held");
+    drop(client);
+    // Well before the 30 s deadline: the read is given up on, the request counted 499.
+    let series = r#"croupier_api_requests_total{route="/api/analytics/overview",status="499"}"#;
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        text = api.get("/metrics", "").text();
+        if crate::metrics::sample(&text, series) == Some(1.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(crate::metrics::sample(&text, series), Some(1.0), "{text}");
+    // The held read, and any other of the overview's still in flight.
+    let given_up = crate::metrics::sample(&text, "croupier_api_reads_given_up_total").unwrap_or(0.0);
+    assert!(given_up >= 1.0, "{text}");
+    // A client that sends its next request while it waits is not taken for gone: the
+    // bytes are kept and answered after the first.
+    let mut client = HttpClient::connect(api.addr());
+    client.send_raw(request.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stall.held() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stall.held(), 2, "the second overview's query was held");
+    client.send_raw(request.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    stall.arm(false);
+    for _ in 0..2 {
+        let r = client.read_reply();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(serde_json::from_str::<Value>(&r.text()).unwrap()["registered_total"], PLAYERS);
+    }
+}
+
 /// Black-box finding: with 64 Analytics API requests in flight (each may wait
 /// `api.query_timeout_ms` for ClickHouse) every place of the control port was taken by a
 /// connection in a request, never closed for a new one: `/healthz` and `/metrics` waited

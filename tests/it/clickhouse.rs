@@ -579,6 +579,30 @@ fn attack_an_analytics_read_given_up_on_holds_its_slot_until_the_server_ends_it(
     .expect("runtime");
 }
 
+/// A read dropped before it ended (its request ended without it: the client went away)
+/// is given up on as one past its deadline: cancelled, its slot held until the server
+/// ended the query — not its connection closed and its slot freed at once while the
+/// server ran on.
+#[test]
+fn an_analytics_read_dropped_holds_its_slot_until_the_server_ends_it() {
+    use croupier_dataplane::analytics::db::Db;
+    let ch = ClickHouseServer::start();
+    block_on(ActiveDriver::Epoll, async {
+        let db = Db::new(options(&ch, false), 1, Duration::from_secs(10));
+        let start = std::time::Instant::now();
+        let dropped = monoio::time::timeout(Duration::from_millis(500), db.reads().select("SELECT sleep(3)")).await;
+        assert!(dropped.is_err(), "{dropped:?}");
+        // The server still runs it: the one slot stays taken (a second read waits for it).
+        let r = monoio::time::timeout(Duration::from_millis(1_000), db.reads().select("SELECT 1")).await;
+        assert!(r.is_err(), "{r:?} after {:?}", start.elapsed());
+        // Once it ended on the server, the slot is free again.
+        monoio::time::sleep(Duration::from_millis(3_500).saturating_sub(start.elapsed())).await;
+        let r = db.reads().select("SELECT 1").await;
+        assert!(matches!(r, Ok(ref rows) if rows.len() == 1), "{r:?}");
+    })
+    .expect("runtime");
+}
+
 /// Black-box finding: no memory limit was sent with analytics reads (one viewer's request
 /// took 3.1 GB of the server). Reads now carry `max_memory_usage`
 /// (`api.max_query_memory_bytes`); one past it is refused 400, naming the range.

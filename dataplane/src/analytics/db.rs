@@ -241,6 +241,28 @@ impl Reads<'_> {
     }
 }
 
+/// A read's connection, once made, and its slot: dropped while it still holds the
+/// connection — the read dropped with its request, the client gone — it hands both to
+/// [`Db::reap`], which cancels the query and frees the slot once the server ended it, as
+/// for a read given up on at its deadline. A read that ended takes its connection out
+/// first. (Dropped as the runtime itself ends, nothing can be waited for: the connection
+/// is closed, which ClickHouse takes as a cancel at its next check.)
+struct InFlight<'a> {
+    db: &'a Db,
+    conn: Option<Connection>,
+    slot: Option<OwnedSlot>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.take()) {
+            if crate::runtime::running() {
+                self.db.reap(conn, slot);
+            }
+        }
+    }
+}
+
 /// A query waiting for a connection: dropped before it got one (its request ended, or
 /// the deadline passed), it marks its request as kept waiting.
 struct Waiting<'a> {
@@ -436,7 +458,8 @@ impl Db {
         self.run_select(sql, deadline, log, slot).await
     }
 
-    /// A read given up on (its deadline passed on our side): its connection, which the
+    /// A read given up on (its deadline passed on our side, or its request ended without
+    /// it: [`InFlight`]): its connection, which the
     /// server may still be running the query on, is cancelled in the background, and
     /// `slot` held until the server ended the query or twice `api.query_timeout_ms`
     /// passed — ClickHouse 18.16 checks `max_execution_time` only between blocks read, so a
@@ -485,13 +508,14 @@ impl Db {
         if self.cluster {
             settings.push(("distributed_product_mode", Setting::Str("global")));
         }
-        // The connection the query runs on, kept past a timeout to be cancelled.
-        let mut held: Option<Connection> = None;
+        // The connection the query runs on and its slot, kept past a timeout (or this
+        // read's end, its request gone) to be cancelled.
+        let mut held = InFlight { db: self, conn: None, slot: Some(slot) };
         let run = async {
             if let Some(conn) = self.idle.borrow_mut().pop() {
-                held = Some(conn);
+                held.conn = Some(conn);
             }
-            if let Some(conn) = held.as_mut() {
+            if let Some(conn) = held.conn.as_mut() {
                 let before = conn.packets_received();
                 match conn.select(sql, &settings).await {
                     Ok(out) => return Ok(out),
@@ -503,22 +527,24 @@ impl Db {
                     Err(e) => return Err(e),
                 }
             }
-            held = None;
-            let conn = held.insert(Connection::connect(&self.opts).await?);
+            held.conn = None;
+            let conn = held.conn.insert(Connection::connect(&self.opts).await?);
             conn.select(sql, &settings).await
         };
         let outcome = monoio::time::timeout(left, run).await;
-        match (&outcome, held.take()) {
+        match (&outcome, held.conn.take()) {
             (Ok(Ok(_)), Some(conn)) => self.idle.borrow_mut().push(conn),
             // Given up on while the server may still run it (a connection is held only
             // once made: one given up on while connecting has nothing to cancel).
             (Err(_) | Ok(Err(ChError::Timeout)), Some(conn)) => {
-                self.reap(conn, slot);
+                if let Some(slot) = held.slot.take() {
+                    self.reap(conn, slot);
+                }
                 return Err(ApiError::QueryTimeout);
             }
             _ => {}
         }
-        drop(slot);
+        drop(held);
         match outcome {
             // Decoding a large answer may itself run past the deadline.
             Ok(Ok(_)) if monoio::time::Instant::now() > deadline => Err(ApiError::QueryTimeout),

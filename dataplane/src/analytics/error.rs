@@ -43,6 +43,9 @@ pub enum ApiError {
     /// What a `POST` changed could not be stored (`api.filters_file`): names it; the
     /// change is not applied.
     StoreFailed(&'static str),
+    /// The client closed its connection before its answer: its reads were given up on.
+    /// Recorded as 499 (the audit log, `/metrics`); nobody reads the answer.
+    ClientClosed,
 }
 
 impl ApiError {
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::QueryTimeout => 504,
             ApiError::Busy | ApiError::TooManyRequests | ApiError::NotReady(_) => 503,
             ApiError::StoreFailed(_) => 500,
+            ApiError::ClientClosed => 499,
         }
     }
 
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::RedisFailed(_) => "redis_failed",
             ApiError::NotReady(_) => "not_ready",
             ApiError::StoreFailed(_) => "store_failed",
+            ApiError::ClientClosed => "client_closed",
         }
     }
 
@@ -99,6 +104,7 @@ impl ApiError {
             ApiError::RedisFailed(e) => format!("redis failed: {e}"),
             ApiError::NotReady(what) => format!("{what} is being filled by croupier migrate; try again later"),
             ApiError::StoreFailed(what) => format!("{what} could not be stored; nothing was changed"),
+            ApiError::ClientClosed => "the client closed its connection before its answer".into(),
         }
     }
 

@@ -10,7 +10,7 @@ use croupier_control::metrics::{Encoder, Kind, Source};
 use super::Route;
 
 /// The statuses counted apart; any other is `other`.
-const STATUSES: [u16; 13] = [200, 400, 401, 403, 404, 405, 408, 413, 500, 502, 503, 504, 0];
+const STATUSES: [u16; 14] = [200, 400, 401, 403, 404, 405, 408, 413, 499, 500, 502, 503, 504, 0];
 
 /// The Analytics API's counters.
 #[derive(Debug)]

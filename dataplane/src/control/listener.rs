@@ -17,6 +17,7 @@ use croupier_control::metrics::{process, Encoder, Registry, CONTENT_TYPE};
 use super::dashboard::{self, Dashboard};
 use super::ready::Probes;
 use super::streams;
+use crate::analytics::error::ApiError;
 use crate::analytics::filters::SharedFilters;
 use crate::analytics::{self, Api, Headers};
 use crate::http::conn;
@@ -170,11 +171,21 @@ impl Handler for ControlPort {
                 let head = req.head();
                 let headers = api_headers(head);
                 let Some(_counted) = self.api_requests.try_acquire() else {
-                    let busy = crate::analytics::error::ApiError::TooManyRequests.response();
+                    let busy = ApiError::TooManyRequests.response();
                     return private(self.api.refused(r, head.query(), headers, started, busy));
                 };
+                // A client gone before its answer (closed its connection) ends the
+                // request: its reads are cancelled on ClickHouse, not left running.
+                let gone = || {
+                    let mut resp = ApiError::ClientClosed.response();
+                    resp.close = true;
+                    private(self.api.refused(r, head.query(), headers, started, resp))
+                };
                 if head.method != Method::Post {
-                    return private(self.api.handle(r, head.query(), headers, None).await);
+                    return match req.unless_closed(self.api.handle(r, head.query(), headers, None)).await {
+                        Some(resp) => private(resp),
+                        None => gone(),
+                    };
                 }
                 let mut held = match req.claim_body() {
                     Ok(h) => h,
@@ -184,6 +195,7 @@ impl Handler for ControlPort {
                     return private(self.api.refused(r, head.query(), headers, started, e.response()));
                 }
                 let body = req.buffers().0.to_vec();
+                // A change is made whole whether or not its client waits for the answer.
                 private(self.api.handle(r, head.query(), headers, Some(&body)).await)
             }
         }

@@ -48,6 +48,10 @@ pub trait Handler {
     }
 }
 
+/// Most bytes of a next request kept while [`Request::unless_closed`] watches the
+/// connection.
+pub const WATCH_BYTES: usize = 64 << 10;
+
 /// Where a request's body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyState {
@@ -112,6 +116,37 @@ impl<'a> Request<'a> {
     /// The address of the connection's peer (`None` if the socket no longer knows it).
     pub fn peer_ip(&mut self) -> Option<std::net::IpAddr> {
         self.sock.stream().peer_addr().ok().map(|a| a.ip())
+    }
+
+    /// Runs `work` (the answer being made) while watching the connection: `None` when the
+    /// client closed it (or half-closed it: a client that waits for its answer keeps
+    /// its side open, as browsers and HTTP libraries do) before `work` ended — `work` is
+    /// dropped then, its own drop giving up what it was doing. Bytes the client sends
+    /// meanwhile (its next request) are kept for the connection, up to
+    /// [`WATCH_BYTES`]; past that, or while the body is still unread on the connection
+    /// (it is not read ahead of the handler), `work` runs unwatched.
+    pub async fn unless_closed<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+        let mut work = std::pin::pin!(work);
+        let body_unread = self.state == BodyState::Unread && self.head.framing != BodyFraming::None;
+        if body_unread {
+            return Some(work.await);
+        }
+        let done = std::cell::Cell::new(None);
+        // No deadline of its own: the work has its own.
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        loop {
+            if self.input.len() >= WATCH_BYTES {
+                return Some(work.await);
+            }
+            let stop = async { done.set(Some(work.as_mut().await)) };
+            let read = self.sock.read_or_stop(self.input, far, stop).await;
+            if let Some(out) = done.take() {
+                return Some(out);
+            }
+            if read.is_err() {
+                return None;
+            }
+        }
     }
 
     /// A claim on the shard's body budget for this request's body: the body is counted

@@ -926,14 +926,25 @@ fn aggregate_tables_get_one_insert_per_table_per_write() {
 
 /// A day key holding another type (here a list where today's DAU key should be) reads
 /// back as no figure, not as 0: the day's `daily_users` row is not written, while the
-/// keys of other days and kinds are merged and written as always.
+/// keys of other days and kinds are merged and written as always. The merges Redis
+/// refused are counted (`croupier_realtime_merges_refused_total`), for an alert.
 #[test]
 fn a_key_of_another_type_is_not_written_as_a_zero() {
     let mut p = Pipeline::start(&[]);
     let ts = now_secs() as u64;
     let dau = key(Kind::Dau, ts);
     p.ingest.redis.client().cmd(&["RPUSH", &dau, "not a HyperLogLog"]);
-    p.start_worker(FAST);
+    // And the day's payers key a string that is no HyperLogLog.
+    let payers = key(Kind::Payers, ts);
+    p.ingest.redis.client().cmd(&["SET", &payers, "x"]);
+    let port = croupier_it::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_CONTROL__LISTEN", &listen));
+    p.start_worker(&settings);
+    let pays: Vec<(String, String, u64, &str)> =
+        (0..3).map(|i| (format!("g-{i}"), format!("t-{i}"), 10, "success")).collect();
+    assert_eq!(p.ingest.post("/api/ingest/payments", &payments(&pays, ts)).status, 202);
     post_players(&p, "register", "t", 0..30, ts);
     post_players(&p, "heartbeat", "t", 0..20, ts);
     wait_idle(&p);
@@ -949,6 +960,22 @@ fn a_key_of_another_type_is_not_written_as_a_zero() {
     assert_eq!(rows_on_day(&p, "daily_users", "d", ts), 0, "daily_users written with a DAU it could not read");
     assert!(within(pfcount(&p, &key(Kind::New, ts)), 30, 2.0));
     assert_eq!(p.ingest.redis.client().int(&["LLEN", &dau]), 1, "the list is left alone");
+    assert_eq!(
+        p.ingest.redis.client().cmd(&["GET", &payers]),
+        croupier_protocol::resp::Frame::BulkString(b"x".to_vec()),
+        "the string too"
+    );
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let text = croupier_it::http::HttpClient::connect(addr).request("GET", "/metrics", &[], b"").text();
+    let refused: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("croupier_realtime_merges_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    // At least one refusal of each key (the DAU's merges are refused with every batch).
+    assert!(refused >= 2.0, "{text}");
+    // The events and payments were acknowledged and stored all the same.
+    assert_eq!(p.scalar("SELECT count() FROM analytics.payments"), 3);
     assert!(p.stop_worker());
 }
 

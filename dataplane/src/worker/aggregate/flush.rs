@@ -140,13 +140,20 @@ fn parse_reply(f: Frame) -> Result<Reply, String> {
     Ok((values, version, errors))
 }
 
-async fn eval(redis: &RedisClient, keys: &[String], argv: &[&[u8]]) -> Result<(Vec<Value>, u64), String> {
+/// Runs one script: the values it read, Redis's time, and how many keys it could not
+/// merge into (each logged).
+async fn eval(redis: &RedisClient, keys: &[String], argv: &[&[u8]]) -> Result<(Vec<Value>, u64, u64), String> {
     let reply = redis.call(eval_cmd(keys, argv)).await.map_err(|e| format!("Redis: {e:?}"))?;
     let (values, version, errors) = parse_reply(reply)?;
-    for e in errors {
-        tracing::warn!(error = %e, "a HyperLogLog key could not be merged (it holds another type); left as it is");
+    Ok((values, version, refused(errors)))
+}
+
+/// Logs each key a script could not merge into; how many.
+fn refused(errors: Vec<String>) -> u64 {
+    for e in &errors {
+        tracing::warn!(error = %e, "a HyperLogLog key could not be merged (another type, or not a HyperLogLog); left as it is");
     }
-    Ok((values, version))
+    errors.len() as u64
 }
 
 /// For each slot, a hash tag that hashes to it (the smallest number that does), made on
@@ -252,16 +259,19 @@ fn keys_of(sketches: &[Dirty]) -> Vec<String> {
 
 /// Merges `sketches` into their keys (with their TTLs): on one Redis up to 32 per
 /// script; in a cluster one script per key, all sent at once. `Err` when any merge may
-/// not have been made (every one is made again: merging again changes nothing).
-pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String> {
+/// not have been made (every one is made again: merging again changes nothing); else how
+/// many keys Redis refused to merge into (`PFMERGE` failed: a key of another type, or a
+/// string that is no HyperLogLog), each logged and left as it is.
+pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<u64, String> {
     let mut texts = Vec::new();
+    let mut refused_keys = 0;
     if !redis.is_cluster() {
         for chunk in sketches.chunks(MERGES_PER_CALL) {
             let keys = keys_of(chunk);
             let argv = merge_args(chunk, &keys, &mut texts);
-            eval(redis, &with_scratch(keys), &argv).await?;
+            refused_keys += eval(redis, &with_scratch(keys), &argv).await?.2;
         }
-        return Ok(());
+        return Ok(refused_keys);
     }
     let mut cmds = Vec::with_capacity(sketches.len());
     for (one, key) in sketches.chunks(1).zip(keys_of(sketches)) {
@@ -273,15 +283,11 @@ pub async fn merge(redis: &RedisClient, sketches: &[Dirty]) -> Result<(), String
     for reply in all(redis, cmds).await {
         let parsed = reply.map_err(|e| format!("Redis: {e:?}")).and_then(parse_reply);
         match parsed {
-            Ok((_, _, errors)) => {
-                for e in errors {
-                    tracing::warn!(error = %e, "a HyperLogLog key could not be merged (it holds another type); left as it is");
-                }
-            }
+            Ok((_, _, errors)) => refused_keys += refused(errors),
             Err(e) => failed = Some(e),
         }
     }
-    failed.map_or(Ok(()), Err)
+    failed.map_or(Ok(refused_keys), Err)
 }
 
 /// One key to read back.
@@ -322,7 +328,7 @@ pub async fn read_back(redis: &RedisClient, groups: &[Vec<Wanted>]) -> Result<Ve
                 key.clone()
             })
             .collect();
-        let (values, version) = eval(redis, &keys, &[b"0"]).await?;
+        let (values, version, _) = eval(redis, &keys, &[b"0"]).await?;
         read_values(&mut out, batch, values, &keys, version);
     }
     Ok(out)

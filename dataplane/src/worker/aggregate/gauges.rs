@@ -100,6 +100,13 @@ impl Source for RealtimeGauges {
                 enc.sample(NAME, &[("game", game)], *n);
             }
         }
+        const MERGES: &str = "croupier_realtime_merges_refused_total";
+        enc.family(
+            MERGES,
+            MetricKind::Counter,
+            "Sketches Redis refused to merge into their hll:* key (PFMERGE failed: the key holds another type, or a string that is no HyperLogLog); the key is left as it is and its figure misses those players: delete or rename it.",
+        );
+        enc.sample(MERGES, &[], self.published.merges_refused_total());
     }
 }
 

@@ -138,6 +138,8 @@ pub struct Aggregator {
     /// moves (a reconnect: Redis restarted or failed over, maybe losing its last writes),
     /// every held sketch is merged again before the next acknowledgement.
     merged_epoch: Cell<u64>,
+    /// Every shard's readers and counters, for the control thread (merges Redis refused).
+    published: Arc<Published>,
 }
 
 impl Aggregator {
@@ -152,7 +154,13 @@ impl Aggregator {
         ch_cluster: bool,
     ) -> Rc<Aggregator> {
         Rc::new(Aggregator {
-            sketches: RefCell::new(Sketches::new(shard, published, cfg.max_sketches, cfg.max_sketches_per_game)),
+            sketches: RefCell::new(Sketches::new(
+                shard,
+                published.clone(),
+                cfg.max_sketches,
+                cfg.max_sketches_per_game,
+            )),
+            published,
             flushing: Cell::new(false),
             figures: RefCell::new(Figures::default()),
             reconcile: Cell::new(shard == 0),
@@ -256,7 +264,8 @@ impl Aggregator {
         let rows: Vec<unwritten::Unwritten> = rows.into_iter().collect();
         // The read-back is not on the way to an acknowledgement: the round makes it.
         let result = async {
-            flush::merge(&self.redis, &dirty).await?;
+            let refused = flush::merge(&self.redis, &dirty).await?;
+            self.published.merges_refused(refused);
             unwritten::mark(&self.redis, &rows).await
         }
         .await;

@@ -39,6 +39,9 @@ pub struct Published {
     /// Adds refused for want of room, per game, every shard's (at most
     /// [`REFUSED_GAMES`] games; the others under the empty name).
     refused: Mutex<BTreeMap<Arc<str>, u64>>,
+    /// Sketches Redis refused to merge into their key (`PFMERGE` failed: the key holds
+    /// another type, or a string that is no HyperLogLog), every shard's.
+    merges_refused: std::sync::atomic::AtomicU64,
 }
 
 /// How many minutes ahead of the worker's clock an event still counts in its online
@@ -65,6 +68,16 @@ impl Published {
     pub fn refused(&self) -> Vec<(Arc<str>, u64)> {
         let r = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         r.iter().map(|(g, n)| (g.clone(), *n)).collect()
+    }
+
+    /// `n` more sketches Redis refused to merge into their keys.
+    pub fn merges_refused(&self, n: u64) {
+        self.merges_refused.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sketches Redis refused to merge so far.
+    pub fn merges_refused_total(&self) -> u64 {
+        self.merges_refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn add_refused(&self, by_game: &[(Arc<str>, u64)]) {

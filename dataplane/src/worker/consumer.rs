@@ -653,7 +653,7 @@ impl Reader {
     /// would give them back, and they would wait for a restart).
     fn let_go(&self, batch: &[Entry], error: String) -> String {
         let joined: Vec<&str> = batch.iter().filter(|e| e.stream != self.cfg.stream).map(|e| e.id.as_str()).collect();
-        self.join.released(&joined);
+        self.join.let_go(&joined);
         error
     }
 }

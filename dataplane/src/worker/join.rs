@@ -122,6 +122,19 @@ impl Join {
         }
     }
 
+    /// The reading consumer let go of entries `ids` of the other stream without
+    /// acknowledging them (a failed read cut its batch short): still pending, held by
+    /// nobody — a claim out now, whose reply holds them, takes them (taken for
+    /// acknowledged, they would be given back and wait another `claim_idle`).
+    pub fn let_go(&self, ids: &[&str]) {
+        if let Join::Reads { shared, .. } = self {
+            let mut set = shared.in_hand.borrow_mut();
+            for id in ids {
+                set.remove(*id);
+            }
+        }
+    }
+
     /// Whether this consumer's entry `id` is in the other consumer's hands (read with its
     /// own stream, not yet acknowledged), or was acknowledged by it since
     /// [`Join::claim_sent`].
@@ -187,6 +200,17 @@ mod tests {
         assert!(custom.held_by_reader("2-0"), "acknowledged while the claim was out");
         custom.claim_read();
         assert!(!custom.held_by_reader("2-0"));
+    }
+
+    #[test]
+    fn entries_let_go_while_a_claim_is_out_are_the_claims() {
+        let [events, custom, _] = partition();
+        events.took(["1-0", "2-0"].into_iter());
+        custom.claim_sent();
+        events.let_go(&["1-0"]);
+        events.released(&["2-0"]);
+        assert!(!custom.held_by_reader("1-0"), "let go unacknowledged: nobody holds it");
+        assert!(custom.held_by_reader("2-0"), "acknowledged while the claim was out");
     }
 
     #[test]

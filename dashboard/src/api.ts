@@ -13,9 +13,12 @@ export class ApiError extends Error {
   }
 }
 
-/** Called on a 401 (set by the shell: clears the token and shows the login page). */
-let onUnauthorized: () => void = () => {};
-export function setUnauthorizedHandler(f: () => void): void {
+/**
+ * Called on a 401 with the API's message (set by the shell: clears the token and shows
+ * the login page, saying why).
+ */
+let onUnauthorized: (message: string) => void = () => {};
+export function setUnauthorizedHandler(f: (message: string) => void): void {
   onUnauthorized = f;
 }
 
@@ -63,7 +66,7 @@ export async function get<T = any>(path: string, signal?: AbortSignal, relogin =
   if (resp.status === 401) {
     clearToken();
     if (!relogin) throw new ApiError(401, 'unauthorized', apiMessage(text, 'the token was refused'));
-    onUnauthorized();
+    onUnauthorized(apiMessage(text, 'the token was refused'));
     throw new ApiError(401, 'unauthorized', 'the session ended: log in again');
   }
   if (!resp.ok) {

@@ -27,8 +27,12 @@ function navigate(path: string, replace = false): void {
   route();
 }
 
-setUnauthorizedHandler(() => {
+/** Why the last session ended (the API's 401), said once on the login page it led to. */
+let sessionEnded = '';
+
+setUnauthorizedHandler((message) => {
   const next = location.pathname + location.search;
+  sessionEnded = `The session ended (${message}): log in again.`;
   navigate('/login?next=' + encodeURIComponent(next), true);
 });
 
@@ -37,7 +41,8 @@ function loginPage(): HTMLElement {
   // once; the fragment never reaches the server and is removed from the address bar.
   const frag = new URLSearchParams(location.hash.slice(1)).get('token');
   const input = h('textarea', { id: 'token', rows: 4, placeholder: 'eyJhbGciOi…', spellcheck: 'false' }) as HTMLTextAreaElement;
-  const msg = h('p', { class: 'error', id: 'login-error' });
+  const msg = h('p', { class: 'error', id: 'login-error' }, sessionEnded);
+  sessionEnded = '';
   const next = new URLSearchParams(location.search).get('next') || '/realtime';
   const submit = async (t: string) => {
     msg.textContent = '';

@@ -21,18 +21,32 @@ function defaults(): Scope {
   return { game, env: 'prod', start: ymd(week), end: ymd(today) };
 }
 
+/** Whether `d` is a calendar date written `YYYY-MM-DD` (what the date inputs show). */
+export function isDate(d: unknown): d is string {
+  if (typeof d !== 'string' || !/^\d{4}-\d{2}-\d{2}$/.test(d)) return false;
+  const t = new Date(d + 'T00:00:00Z');
+  return !Number.isNaN(t.getTime()) && t.toISOString().slice(0, 10) === d;
+}
+
 export function readScope(): Scope {
   const s = { ...defaults() };
   try {
-    Object.assign(s, JSON.parse(sessionStorage.getItem(KEY) ?? '{}'));
+    const stored = JSON.parse(sessionStorage.getItem(KEY) ?? '{}');
+    if (typeof stored.game === 'string') s.game = stored.game;
+    if (typeof stored.env === 'string') s.env = stored.env;
+    // A date that is none (kept from a link that named one) is not kept: the default.
+    if (isDate(stored.start)) s.start = stored.start;
+    if (isDate(stored.end)) s.end = stored.end;
   } catch {
     /* a bad stored value: the defaults */
   }
   const q = new URLSearchParams(location.search);
   if (q.has('game_id')) s.game = q.get('game_id') ?? '';
   if (q.has('env')) s.env = q.get('env') ?? '';
-  if (q.get('start')) s.start = q.get('start') ?? s.start;
-  if (q.get('end')) s.end = q.get('end') ?? s.end;
+  // A link's date that is none is passed over (the date inputs could not show it, and
+  // every block would say 400 without the user seeing why): the stored or default one.
+  if (isDate(q.get('start'))) s.start = q.get('start') ?? s.start;
+  if (isDate(q.get('end'))) s.end = q.get('end') ?? s.end;
   // A game the token may not read (kept from another token in this tab): its first game.
   if (!q.has('game_id')) s.game = readableGame(s.game);
   return s;

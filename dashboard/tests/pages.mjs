@@ -218,12 +218,18 @@ try {
   const kept = await page.evaluate(() => sessionStorage.getItem('croupier.token'));
   if (kept !== null) fail('401: the refused token was kept');
   console.log('401: back to the login page');
-  // On the login page, a refused token is said there, and the page asked for is kept.
+  // The login page says why the session ended.
   await page.waitForSelector('#token');
+  const ended = await page.$eval('#login-error', (e) => e.textContent).catch(() => '');
+  if (!ended.startsWith('The session ended (unauthorized')) fail(`401: the login page says "${ended}", not why the session ended`);
+  else console.log(`401: the login page says "${ended}"`);
+  // On the login page, a refused token is said there, and the page asked for is kept.
   const asked = page.url();
   await page.fill('#token', 'not-a-jwt');
   await page.click('#login');
-  await page.waitForFunction(() => document.getElementById('login-error')?.textContent, null, { timeout: 10000 }).catch(() => {});
+  await page
+    .waitForFunction(() => { const t = document.getElementById('login-error')?.textContent; return t && !t.startsWith('The session ended'); }, null, { timeout: 10000 })
+    .catch(() => {});
   const said = await page.$eval('#login-error', (e) => e.textContent).catch(() => '');
   if (!said) fail('login with a refused token: no error shown');
   if (page.url() !== asked) fail(`login with a refused token: ${asked} became ${page.url()}`);
@@ -278,6 +284,19 @@ try {
   await page.waitForURL(/start=/, { timeout: 10000 });
   if (new URL(page.url()).searchParams.get('env') !== 'live') fail(`a change of the range left env=live: ${page.url()}`);
   else console.log('env=live: shown and kept');
+  // A link whose dates are none: passed over (the date inputs could not show them, and
+  // every block would be 400 with nothing to see why), and not kept for the next page.
+  await page.goto(`${BASE}/overview?game_id=${GAME}&env=${ENV}&start=garbage&end=2026-13-45`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const badDates = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
+  if (!badDates.every((t) => t.startsWith('ready'))) fail(`a link with bad dates: ${badDates}`);
+  const shownStart = await page.$eval('#start', (e) => e.value);
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(shownStart)) fail(`a link with bad dates shows start "${shownStart}"`);
+  await page.goto(`${BASE}/levels?game_id=${GAME}&env=${ENV}`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const nextPage = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));
+  if (!nextPage.every((t) => t.startsWith('ready'))) fail(`after a link with bad dates, levels: ${nextPage}`);
+  else console.log(`a link with bad dates: passed over (start ${shownStart}), the next page reads`);
   // Log out forgets the game and range chosen; the next token starts from its own games.
   await page.goto(`${BASE}/overview?game_id=elsewhere&env=${ENV}&start=${START}&end=${END}`);
   await page.click('#logout');

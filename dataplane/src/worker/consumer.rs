@@ -1037,23 +1037,40 @@ impl Consumer {
         Ok(())
     }
 
-    /// Delivery counts of `entries` in this consumer's pending list.
+    /// Delivery counts of `entries` in this consumer's pending list: claimed entries come
+    /// in ID order, with entries of ours in between (the custom consumer's list also holds
+    /// what the events consumer read of its stream), so the range is read page by page
+    /// until every entry is found or the range ends.
     async fn deliveries(&self, entries: &[Entry]) -> Result<Vec<(String, u64)>, String> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Ok(Vec::new()) };
-        // Claimed entries come in ID order; a few entries of ours may lie in between.
-        let count = (entries.len() + 64).to_string();
-        let reply = self
-            .call(cmd(&[
-                b"XPENDING",
-                self.key().as_bytes(),
-                CONSUMER_GROUP.as_bytes(),
-                first.id.as_bytes(),
-                last.id.as_bytes(),
-                count.as_bytes(),
-                self.cfg.consumer.as_bytes(),
-            ]))
-            .await?;
-        entries::xpending_reply(reply)
+        let page = entries.len() + 64;
+        let count = page.to_string();
+        let wanted: std::collections::HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let mut found = Vec::with_capacity(entries.len());
+        let mut from = first.id.clone();
+        loop {
+            let reply = self
+                .call(cmd(&[
+                    b"XPENDING",
+                    self.key().as_bytes(),
+                    CONSUMER_GROUP.as_bytes(),
+                    from.as_bytes(),
+                    last.id.as_bytes(),
+                    count.as_bytes(),
+                    self.cfg.consumer.as_bytes(),
+                ]))
+                .await?;
+            let read = entries::xpending_reply(reply)?;
+            let next = match read.last() {
+                Some((id, _)) if read.len() >= page => entries::id_after(id),
+                _ => None,
+            };
+            found.extend(read.into_iter().filter(|(id, _)| wanted.contains(id.as_str())));
+            match next {
+                Some(n) if found.len() < wanted.len() => from = n,
+                _ => return Ok(found),
+            }
+        }
     }
 
     /// Whether ClickHouse answers now: a replica of every shard connected (its handshake

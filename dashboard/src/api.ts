@@ -8,10 +8,19 @@ export class ApiError extends Error {
     public status: number,
     public tag: string,
     message: string,
+    /** The answer's `Retry-After`, seconds (a 503's). */
+    public retryAfter?: number,
   ) {
     super(message);
   }
 }
+
+/**
+ * How many times a read answered `503 busy` (the API's connections or the control port's
+ * places all taken: a passing peak, `Retry-After: 1`) is sent again, after the time the
+ * answer asks, before the block shows the refusal.
+ */
+export const BUSY_RETRIES = 2;
 
 /**
  * Called on a 401 with the API's message (set by the shell: clears the token and shows
@@ -32,9 +41,28 @@ export const READ_TIMEOUT_MS = 30_000;
 
 /**
  * `GET path` (with its query) on the control port, as JSON. A 401 clears the token and,
- * unless `relogin` is false (the login page's own check), sends the user to log in.
+ * unless `relogin` is false (the login page's own check), sends the user to log in. A
+ * `503 busy` is read again up to [`BUSY_RETRIES`] times, after its `Retry-After` (at most
+ * 5 s; the page left, no more).
  */
 export async function get<T = any>(path: string, signal?: AbortSignal, relogin = true): Promise<T> {
+  for (let retry = 0; ; retry++) {
+    try {
+      return await getOnce<T>(path, signal, relogin);
+    } catch (e) {
+      const busy = e instanceof ApiError && e.status === 503 && e.tag === 'busy';
+      if (!busy || retry >= BUSY_RETRIES || signal?.aborted) throw e;
+      const wait = Math.min(5, Math.max(1, e.retryAfter ?? 1)) * 1000 * (1 + Math.random() / 4);
+      await new Promise<void>((done) => {
+        const t = setTimeout(done, wait);
+        signal?.addEventListener('abort', () => (clearTimeout(t), done()), { once: true });
+      });
+      if (signal?.aborted) throw e;
+    }
+  }
+}
+
+async function getOnce<T>(path: string, signal: AbortSignal | undefined, relogin: boolean): Promise<T> {
   const t = token();
   const headers: Record<string, string> = t ? { Authorization: `Bearer ${t}` } : {};
   // The caller's abort (the page left) or the read's own timeout, whichever comes first.
@@ -80,7 +108,8 @@ export async function get<T = any>(path: string, signal?: AbortSignal, relogin =
     } catch {
       /* not JSON: the text is the message */
     }
-    throw new ApiError(resp.status, tag, message);
+    const after = Number(resp.headers.get('retry-after'));
+    throw new ApiError(resp.status, tag, message, Number.isFinite(after) && after > 0 ? after : undefined);
   }
   return JSON.parse(text) as T;
 }

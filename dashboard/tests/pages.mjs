@@ -309,6 +309,33 @@ try {
   if (game !== GAME) fail(`after log out and in, the game is "${game}", not the token's ${GAME}`);
   else console.log(`log out and in: the token's game ${GAME}`);
 
+  // A read answered `503 busy` (a passing peak) is read again after its Retry-After: the
+  // block shows the figures; one busy every time shows the refusal after two retries.
+  const isRetention = (url) => new URL(url).pathname === '/api/analytics/retention';
+  const busyBody = JSON.stringify({ error: 'busy', message: 'too many queries in flight' });
+  let asks = 0;
+  await page.route(isRetention, (route) => {
+    asks++;
+    if (asks === 1) route.fulfill({ status: 503, headers: { 'Retry-After': '1', 'Content-Type': 'application/json' }, body: busyBody });
+    else route.continue();
+  });
+  await page.goto(`${BASE}/retention${query}`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const retried = await page.$$eval('section.card', (s) => s.map((e) => e.dataset.state));
+  if (asks !== 2 || !retried.every((st) => st === 'ready')) fail(`a busy read: asked ${asks} times, blocks ${retried}`);
+  await page.unroute(isRetention);
+  asks = 0;
+  await page.route(isRetention, (route) => {
+    asks++;
+    route.fulfill({ status: 503, headers: { 'Retry-After': '1', 'Content-Type': 'application/json' }, body: busyBody });
+  });
+  await page.goto(`${BASE}/retention${query}`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const refused = await page.$eval('section.card', (e) => e.textContent).catch(() => '');
+  if (asks !== 3 || !refused.includes('503 busy')) fail(`always busy: asked ${asks} times, "${refused}"`);
+  else console.log(`a busy read: read again after Retry-After; always busy: "503 busy" after ${asks} reads`);
+  await page.unroute(isRetention);
+
   // A realtime read no one answers (a proxy holding it) fails after 30 s as `timeout`, and
   // the next refresh reads again (the build before waited for ever: the live view froze).
   // The page's clock is Playwright's, run forward; the read is held by the browser.

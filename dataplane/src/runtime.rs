@@ -53,7 +53,11 @@ pub fn resolve(driver: Driver) -> Result<ActiveDriver, String> {
 /// awaiting I/O would hold every socket of its shard back. No task of croupier's does
 /// (none yields in a loop); each awaits I/O, a timer or a message.
 pub fn block_on<F: Future>(driver: ActiveDriver, fut: F) -> std::io::Result<F::Output> {
-    let _running = Running::enter();
+    // Marked inside the runtime's run only: the tasks it drops as it ends are not.
+    let fut = async {
+        let _running = Running::enter();
+        fut.await
+    };
     Ok(match driver {
         ActiveDriver::IoUring => {
             // The rings to try, best first; a kernel that refuses one (`EINVAL`) gets the next.

@@ -758,15 +758,41 @@ fn analytics_a_client_gone_before_its_answer_ends_its_reads() {
     // The held read, and any other of the overview's still in flight.
     let given_up = crate::metrics::sample(&text, "croupier_api_reads_given_up_total").unwrap_or(0.0);
     assert!(given_up >= 1.0, "{text}");
+    // Half-closed (its sending side shut) while its query is held: taken for gone too,
+    // and nothing is written, neither its answer nor one to the request sent behind it.
+    let mut client = std::net::TcpStream::connect(api.addr()).unwrap();
+    client.write_all(format!("{request}{request}").as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stall.held() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stall.held(), 2, "the half-closed client's overview's query was held");
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let read = std::io::Read::read_to_end(&mut client, &mut answer);
+    assert!(read.is_ok() && answer.is_empty(), "{read:?} {:?}", String::from_utf8_lossy(&answer));
+    // A request answered when first run (a token refused) is answered, whatever the
+    // client did meanwhile: it is not watched.
+    let mut client = std::net::TcpStream::connect(api.addr()).unwrap();
+    let refused = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n");
+    client.write_all(refused.as_bytes()).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut client, &mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 401 "), "{:?}", String::from_utf8_lossy(&answer));
+    let text = api.get("/metrics", "").text();
+    assert_eq!(crate::metrics::sample(&text, series), Some(2.0), "{text}");
     // A client that sends its next request while it waits is not taken for gone: the
     // bytes are kept and answered after the first.
     let mut client = HttpClient::connect(api.addr());
     client.send_raw(request.as_bytes());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while stall.held() < 2 && Instant::now() < deadline {
+    while stall.held() < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(stall.held(), 2, "the second overview's query was held");
+    assert_eq!(stall.held(), 3, "the third overview's query was held");
     client.send_raw(request.as_bytes());
     std::thread::sleep(Duration::from_millis(300));
     stall.arm(false);

@@ -272,10 +272,23 @@ impl Api {
         self.db.clone().refresh(stop)
     }
 
-    /// Answers a request to `route` (`body`: a `POST`'s) and records it in the audit log.
-    pub async fn handle(&self, route: Route, query: &str, headers: Headers<'_>, body: Option<&[u8]>) -> Response {
+    /// A request's reads ([`Api::handle`]'s), made by its caller: a request whose client
+    /// went away is recorded with the rows its reads had read ([`Api::refused`]).
+    pub fn reads(&self) -> Reads<'_> {
+        self.db.reads()
+    }
+
+    /// Answers a request to `route` (`body`: a `POST`'s) with its `reads` ([`Api::reads`])
+    /// and records it in the audit log.
+    pub async fn handle(
+        &self,
+        route: Route,
+        query: &str,
+        headers: Headers<'_>,
+        body: Option<&[u8]>,
+        reads: &Reads<'_>,
+    ) -> Response {
         let started = std::time::Instant::now();
-        let reads = self.db.reads();
         let params = Params::parse(query);
         let mut scope = Scope::resolve(&params, headers.game, headers.env);
         let caller = self.verifier.verify(headers.authorization);
@@ -287,10 +300,10 @@ impl Api {
             (Ok(_), None) if format.is_err() => format.map(|_| Json::Null),
             (Ok(c), Some(body)) => self.post(route, c, body, &mut scope).await,
             (Ok(c), None) if csv => match export::check(route).and_then(|()| c.require(auth::EXPORT)) {
-                Ok(()) => self.authorized(route, c, &params, &scope, &reads).await,
+                Ok(()) => self.authorized(route, c, &params, &scope, reads).await,
                 Err(e) => Err(e),
             },
-            (Ok(c), None) => self.authorized(route, c, &params, &scope, &reads).await,
+            (Ok(c), None) => self.authorized(route, c, &params, &scope, reads).await,
             (Err(e), _) => Err(e.clone()),
         };
         // Building the answer counts against the deadline too: past it, 504 rather than
@@ -314,7 +327,8 @@ impl Api {
 
     /// Records a request to `route` begun at `started` and answered `resp` before the API
     /// read it (refused by the HTTP layer or the port: a method the route does not take,
-    /// a body past its limit, no place free) — in the audit log and
+    /// a body past its limit, no place free), or ended without an answer (its client gone,
+    /// after its reads read `read_rows` rows) — in the audit log and
     /// `croupier_api_requests_total` as every other answer — and returns `resp`.
     pub fn refused(
         &self,
@@ -323,11 +337,12 @@ impl Api {
         headers: Headers<'_>,
         started: std::time::Instant,
         resp: Response,
+        read_rows: u64,
     ) -> Response {
         let params = Params::parse(query);
         let scope = Scope::resolve(&params, headers.game, headers.env);
         let caller = self.verifier.verify(headers.authorization);
-        self.record(route, &caller, &params, &scope, resp.status, started, 0);
+        self.record(route, &caller, &params, &scope, resp.status, started, read_rows);
         resp
     }
 

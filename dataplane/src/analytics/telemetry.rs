@@ -75,7 +75,7 @@ impl Source for ApiMetrics {
         enc.family(
             "croupier_api_reads_given_up_total",
             Kind::Counter,
-            "Analytics API reads given up on at their deadline (504) and cancelled on ClickHouse.",
+            "Analytics API reads given up on at their request's deadline (504), or with their request when its client closed its connection (499), and cancelled on ClickHouse.",
         );
         enc.sample("croupier_api_reads_given_up_total", &[], self.given_up.load(Ordering::Relaxed));
         enc.family(

@@ -133,6 +133,8 @@ pub struct ChOptions {
 pub struct Connection {
     stream: TcpStream,
     rbuf: Vec<u8>,
+    /// Where a read goes while `rbuf` holds part of a packet ([`Connection::next_packet`]).
+    spare: Vec<u8>,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
     server: ServerHello,
@@ -193,6 +195,7 @@ impl Connection {
         let mut c = Connection {
             stream,
             rbuf: Vec::with_capacity(64 * 1024),
+            spare: Vec::new(),
             wbuf: Vec::with_capacity(256 * 1024),
             scratch: Vec::new(),
             server: ServerHello {
@@ -253,10 +256,20 @@ impl Connection {
                 self.packets += 1;
                 return Ok(p);
             }
-            match monoio::time::timeout(self.timeout, read_more(&mut self.stream, &mut self.rbuf)).await {
+            // A read hands its buffer to the kernel until it completes, and a read given up
+            // on (a timeout, a request gone) loses it: the bytes of a packet begun are
+            // read into a spare buffer, so that what came before stays and a cancel can
+            // read the query's end after them.
+            let into = if self.rbuf.is_empty() { &mut self.rbuf } else { &mut self.spare };
+            match monoio::time::timeout(self.timeout, read_more(&mut self.stream, into)).await {
                 Err(_) => return Err(ChError::Timeout),
                 Ok(Err(_)) => return Err(ChError::Io("connection closed by server".into())),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if !self.spare.is_empty() {
+                        self.rbuf.extend_from_slice(&self.spare);
+                        self.spare.clear();
+                    }
+                }
             }
         }
     }

@@ -170,33 +170,33 @@ impl Handler for ControlPort {
                 let started = std::time::Instant::now();
                 let head = req.head();
                 let headers = api_headers(head);
+                let refused = |resp: Response| private(self.api.refused(r, head.query(), headers, started, resp, 0));
                 let Some(_counted) = self.api_requests.try_acquire() else {
-                    let busy = ApiError::TooManyRequests.response();
-                    return private(self.api.refused(r, head.query(), headers, started, busy));
-                };
-                // A client gone before its answer (closed its connection) ends the
-                // request: its reads are cancelled on ClickHouse, not left running.
-                let gone = || {
-                    let mut resp = ApiError::ClientClosed.response();
-                    resp.close = true;
-                    private(self.api.refused(r, head.query(), headers, started, resp))
+                    return refused(ApiError::TooManyRequests.response());
                 };
                 if head.method != Method::Post {
-                    return match req.unless_closed(self.api.handle(r, head.query(), headers, None)).await {
+                    let reads = self.api.reads();
+                    // A client gone before its answer (closed its connection) ends the
+                    // request: its reads are cancelled on ClickHouse, not left running;
+                    // recorded as 499, nothing written.
+                    return match req.unless_closed(self.api.handle(r, head.query(), headers, None, &reads)).await {
                         Some(resp) => private(resp),
-                        None => gone(),
+                        None => {
+                            let gone = ApiError::ClientClosed.response();
+                            private(self.api.refused(r, head.query(), headers, started, gone, reads.read_rows()))
+                        }
                     };
                 }
                 let mut held = match req.claim_body() {
                     Ok(h) => h,
-                    Err(e) => return private(self.api.refused(r, head.query(), headers, started, e.response())),
+                    Err(e) => return refused(e.response()),
                 };
                 if let Err(e) = req.read_body(&mut held).await {
-                    return private(self.api.refused(r, head.query(), headers, started, e.response()));
+                    return refused(e.response());
                 }
                 let body = req.buffers().0.to_vec();
                 // A change is made whole whether or not its client waits for the answer.
-                private(self.api.handle(r, head.query(), headers, Some(&body)).await)
+                private(self.api.handle(r, head.query(), headers, Some(&body), &self.api.reads()).await)
             }
         }
     }
@@ -212,7 +212,7 @@ impl Handler for ControlPort {
         match self.router.route_of(head.path())? {
             Route::Analytics(r) => {
                 let now = std::time::Instant::now();
-                Some(private(self.api.refused(r, head.query(), api_headers(head), now, error.response())))
+                Some(private(self.api.refused(r, head.query(), api_headers(head), now, error.response(), 0)))
             }
             Route::AgentFilters => Some(private(error.response())),
             _ => None,

@@ -153,8 +153,14 @@ pub async fn serve<H: Handler>(handler: Rc<H>, server: Rc<Server>, stream: TcpSt
             Err(e) => handler.refused_head(&head, &e).unwrap_or_else(|| e.response()),
         };
         req.finish(&mut resp).await;
+        let gone = req.client_gone();
         // Closed at the cap while its body was still arriving: no answer.
         if sock.evicted() {
+            return;
+        }
+        // The client closed the connection before its answer: none is written.
+        if gone {
+            handler.served(Some(head.path()), resp.status, elapsed(started));
             return;
         }
         // At shutdown every response is the connection's last.

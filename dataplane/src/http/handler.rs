@@ -80,6 +80,8 @@ pub struct Request<'a> {
     /// When the head and body must be in.
     deadline: Instant,
     state: BodyState,
+    /// [`Request::client_gone`].
+    gone: bool,
 }
 
 impl<'a> Request<'a> {
@@ -105,6 +107,7 @@ impl<'a> Request<'a> {
             server,
             deadline,
             state: BodyState::Unread,
+            gone: false,
         }
     }
 
@@ -121,12 +124,19 @@ impl<'a> Request<'a> {
     /// Runs `work` (the answer being made) while watching the connection: `None` when the
     /// client closed it (or half-closed it: a client that waits for its answer keeps
     /// its side open, as browsers and HTTP libraries do) before `work` ended — `work` is
-    /// dropped then, its own drop giving up what it was doing. Bytes the client sends
-    /// meanwhile (its next request) are kept for the connection, up to
-    /// [`WATCH_BYTES`]; past that, or while the body is still unread on the connection
-    /// (it is not read ahead of the handler), `work` runs unwatched.
+    /// dropped then, its own drop giving up what it was doing, and the connection is
+    /// closed without an answer, to this request or any sent behind it
+    /// ([`Request::client_gone`]). Bytes the client sends meanwhile (its next request)
+    /// are kept for the connection, up to [`WATCH_BYTES`] and what the read that passes it
+    /// brings; past that, or while the body is still unread on the connection (it is not
+    /// read ahead of the handler), `work` runs unwatched. Work that ends when first run
+    /// (an answer from memory, a refusal) is not watched.
     pub async fn unless_closed<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
         let mut work = std::pin::pin!(work);
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(out) = first {
+            return Some(out);
+        }
         let body_unread = self.state == BodyState::Unread && self.head.framing != BodyFraming::None;
         if body_unread {
             return Some(work.await);
@@ -144,9 +154,16 @@ impl<'a> Request<'a> {
                 return Some(out);
             }
             if read.is_err() {
+                self.gone = true;
                 return None;
             }
         }
+    }
+
+    /// The client closed the connection while [`Request::unless_closed`] watched it: the
+    /// connection is closed without an answer.
+    pub fn client_gone(&self) -> bool {
+        self.gone
     }
 
     /// A claim on the shard's body budget for this request's body: the body is counted

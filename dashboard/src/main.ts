@@ -127,6 +127,11 @@ function route(): void {
   if (page.path !== path) history.replaceState(null, '', page.path + location.search);
   const scope = readScope();
   saveScope(scope);
+  // Dates of the link passed over (none): the address shows the range read instead.
+  const q = new URLSearchParams(location.search);
+  if ((q.has('start') && q.get('start') !== scope.start) || (q.has('end') && q.get('end') !== scope.end)) {
+    history.replaceState(null, '', page.path + scopeQuery(scope));
+  }
   const content = h('div', { class: 'content', id: 'page', 'data-page': page.path.slice(1) });
   const nav = h(
     'nav',

@@ -292,6 +292,7 @@ try {
   if (!badDates.every((t) => t.startsWith('ready'))) fail(`a link with bad dates: ${badDates}`);
   const shownStart = await page.$eval('#start', (e) => e.value);
   if (!/^\d{4}-\d{2}-\d{2}$/.test(shownStart)) fail(`a link with bad dates shows start "${shownStart}"`);
+  if (new URL(page.url()).searchParams.get('start') !== shownStart) fail(`a link with bad dates kept in the address: ${page.url()}`);
   await page.goto(`${BASE}/levels?game_id=${GAME}&env=${ENV}`);
   await page.waitForFunction(settled, null, { timeout: 15000 });
   const nextPage = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));

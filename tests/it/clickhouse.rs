@@ -599,6 +599,13 @@ fn an_analytics_read_dropped_holds_its_slot_until_the_server_ends_it() {
         monoio::time::sleep(Duration::from_millis(3_500).saturating_sub(start.elapsed())).await;
         let r = db.reads().select("SELECT 1").await;
         assert!(matches!(r, Ok(ref rows) if rows.len() == 1), "{r:?}");
+        // What a read given up on had read counts for its request (the audit log's
+        // `read_rows`): the server's progress until then.
+        let reads = db.reads();
+        let many = "SELECT max(number) FROM numbers(100000000000)";
+        let dropped = monoio::time::timeout(Duration::from_millis(1_500), reads.select(many)).await;
+        assert!(dropped.is_err(), "{dropped:?}");
+        assert!(reads.read_rows() > 1_000_000, "{}", reads.read_rows());
     })
     .expect("runtime");
 }

@@ -160,9 +160,7 @@ impl Reads<'_> {
         let Ok(_mine) = monoio::time::timeout_at(self.deadline, self.slots.acquire()).await else {
             return Err(ApiError::QueryTimeout);
         };
-        let (rows, read) = self.db.select(sql, self.deadline, true, &self.kept_waiting).await?;
-        self.read_rows.set(self.read_rows.get().saturating_add(read));
-        Ok(rows)
+        self.db.select(sql, self.deadline, true, &self.kept_waiting, &self.read_rows).await
     }
 
     /// The first row's first value (a query of one aggregate).
@@ -246,16 +244,19 @@ impl Reads<'_> {
 /// [`Db::reap`], which cancels the query and frees the slot once the server ended it, as
 /// for a read given up on at its deadline. A read that ended takes its connection out
 /// first. (Dropped as the runtime itself ends, nothing can be waited for: the connection
-/// is closed, which ClickHouse takes as a cancel at its next check.)
+/// is closed, which ClickHouse takes as a cancel at its next check.) The rows the server
+/// had read for a read given up on count in `read_rows` too.
 struct InFlight<'a> {
     db: &'a Db,
     conn: Option<Connection>,
     slot: Option<OwnedSlot>,
+    read_rows: &'a Cell<u64>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.take()) {
+            self.read_rows.set(self.read_rows.get().saturating_add(conn.rows_read()));
             if crate::runtime::running() {
                 self.db.reap(conn, slot);
             }
@@ -359,8 +360,8 @@ impl Db {
             let _reading = Reading::start(self, &key);
             let began = Instant::now();
             let deadline = monoio::time::Instant::now() + self.timeout;
-            match self.select(&recipe.sql, deadline, false, &Cell::new(false)).await {
-                Ok((rows, _)) => {
+            match self.select(&recipe.sql, deadline, false, &Cell::new(false), &Cell::new(0)).await {
+                Ok(rows) => {
                     let figures = (recipe.decode)(&rows, recipe.arg);
                     if let Some(e) = self.remembered.borrow_mut().get_mut(&key) {
                         // Unless a request's read begun later finished first.
@@ -441,7 +442,8 @@ impl Db {
         deadline: monoio::time::Instant,
         log: bool,
         kept_waiting: &Cell<bool>,
-    ) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
+        read_rows: &Cell<u64>,
+    ) -> Result<Vec<Vec<Value>>, ApiError> {
         let asked = monoio::time::Instant::now();
         if deadline <= asked {
             return Err(ApiError::QueryTimeout);
@@ -455,7 +457,7 @@ impl Db {
         if asked.elapsed().saturating_mul(2) >= deadline.saturating_duration_since(asked) {
             kept_waiting.set(true);
         }
-        self.run_select(sql, deadline, log, slot).await
+        self.run_select(sql, deadline, log, slot, read_rows).await
     }
 
     /// A read given up on (its deadline passed on our side, or its request ended without
@@ -493,7 +495,8 @@ impl Db {
         deadline: monoio::time::Instant,
         log: bool,
         slot: OwnedSlot,
-    ) -> Result<(Vec<Vec<Value>>, u64), ApiError> {
+        read_rows: &Cell<u64>,
+    ) -> Result<Vec<Vec<Value>>, ApiError> {
         let left = deadline.saturating_duration_since(monoio::time::Instant::now());
         let secs = left.as_secs().max(1);
         let mut settings = vec![
@@ -510,7 +513,7 @@ impl Db {
         }
         // The connection the query runs on and its slot, kept past a timeout (or this
         // read's end, its request gone) to be cancelled.
-        let mut held = InFlight { db: self, conn: None, slot: Some(slot) };
+        let mut held = InFlight { db: self, conn: None, slot: Some(slot), read_rows };
         let run = async {
             if let Some(conn) = self.idle.borrow_mut().pop() {
                 held.conn = Some(conn);
@@ -532,7 +535,12 @@ impl Db {
             conn.select(sql, &settings).await
         };
         let outcome = monoio::time::timeout(left, run).await;
-        match (&outcome, held.conn.take()) {
+        let conn = held.conn.take();
+        // What the server read for it, whatever the outcome (its progress so far).
+        if let Some(c) = &conn {
+            read_rows.set(read_rows.get().saturating_add(c.rows_read()));
+        }
+        match (&outcome, conn) {
             (Ok(Ok(_)), Some(conn)) => self.idle.borrow_mut().push(conn),
             // Given up on while the server may still run it (a connection is held only
             // once made: one given up on while connecting has nothing to cancel).
@@ -548,7 +556,7 @@ impl Db {
         match outcome {
             // Decoding a large answer may itself run past the deadline.
             Ok(Ok(_)) if monoio::time::Instant::now() > deadline => Err(ApiError::QueryTimeout),
-            Ok(Ok(s)) => Ok((s.rows, s.read_rows)),
+            Ok(Ok(s)) => Ok(s.rows),
             Ok(Err(ChError::Timeout)) | Err(_) => Err(ApiError::QueryTimeout),
             // 241 MEMORY_LIMIT_EXCEEDED of the query itself: past `max_query_memory_bytes`
             // (the server's or a user's total past its limit is not the request's doing:

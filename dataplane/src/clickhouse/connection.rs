@@ -135,6 +135,8 @@ pub struct Connection {
     rbuf: Vec<u8>,
     /// Where a read goes while `rbuf` holds part of a packet ([`Connection::next_packet`]).
     spare: Vec<u8>,
+    /// [`Connection::rows_read`].
+    rows_read: u64,
     wbuf: Vec<u8>,
     scratch: Vec<u8>,
     server: ServerHello,
@@ -196,6 +198,7 @@ impl Connection {
             stream,
             rbuf: Vec::with_capacity(64 * 1024),
             spare: Vec::new(),
+            rows_read: 0,
             wbuf: Vec::with_capacity(256 * 1024),
             scratch: Vec::new(),
             server: ServerHello {
@@ -345,8 +348,9 @@ impl Connection {
     }
 
     /// Runs a `SELECT` (results uncompressed) and returns its rows, and the rows the
-    /// server read for it (from its progress packets).
+    /// server read for it (from its progress packets; so far: [`Connection::rows_read`]).
     pub async fn select(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<Selected, ChError> {
+        self.rows_read = 0;
         self.start_query(sql, settings, false);
         self.flush().await?;
         let mut out = Selected::default();
@@ -362,11 +366,20 @@ impl Connection {
                         out.rows.push(cols.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect());
                     }
                 }
-                ServerPacket::Progress { rows, .. } => out.read_rows += rows,
+                ServerPacket::Progress { rows, .. } => {
+                    out.read_rows += rows;
+                    self.rows_read = out.read_rows;
+                }
                 ServerPacket::EndOfStream => return Ok(out),
                 _ => {}
             }
         }
+    }
+
+    /// The rows the server said it read for the last `SELECT` so far (its progress
+    /// packets): of one given up on, what it had read by then.
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read
     }
 
     /// Sets the per-reply timeout (a probe waits less than an insert).

@@ -130,7 +130,9 @@ function route(): void {
   // Dates of the link passed over (none): the address shows the range read instead.
   const q = new URLSearchParams(location.search);
   if ((q.has('start') && q.get('start') !== scope.start) || (q.has('end') && q.get('end') !== scope.end)) {
-    history.replaceState(null, '', page.path + scopeQuery(scope));
+    q.set('start', scope.start);
+    q.set('end', scope.end);
+    history.replaceState(null, '', page.path + '?' + q.toString());
   }
   const content = h('div', { class: 'content', id: 'page', 'data-page': page.path.slice(1) });
   const nav = h(

@@ -293,6 +293,11 @@ try {
   const shownStart = await page.$eval('#start', (e) => e.value);
   if (!/^\d{4}-\d{2}-\d{2}$/.test(shownStart)) fail(`a link with bad dates shows start "${shownStart}"`);
   if (new URL(page.url()).searchParams.get('start') !== shownStart) fail(`a link with bad dates kept in the address: ${page.url()}`);
+  // The address's other parameters stay (a funnel's steps).
+  await page.goto(`${BASE}/behavior?game_id=${GAME}&env=${ENV}&start=garbage&end=${END}&steps=register,login`);
+  await page.waitForFunction(settled, null, { timeout: 15000 });
+  const stepsKept = new URL(page.url()).searchParams;
+  if (stepsKept.get('steps') !== 'register,login' || stepsKept.get('start') === 'garbage') fail(`a link with a bad date and steps: ${page.url()}`);
   await page.goto(`${BASE}/levels?game_id=${GAME}&env=${ENV}`);
   await page.waitForFunction(settled, null, { timeout: 15000 });
   const nextPage = await page.$$eval('section.card', (s) => s.map((e) => `${e.dataset.state} ${e.textContent}`));

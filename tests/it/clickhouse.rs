@@ -586,6 +586,7 @@ fn attack_an_analytics_read_given_up_on_holds_its_slot_until_the_server_ends_it(
 #[test]
 fn an_analytics_read_dropped_holds_its_slot_until_the_server_ends_it() {
     use croupier_dataplane::analytics::db::Db;
+    use croupier_dataplane::analytics::error::ApiError;
     let ch = ClickHouseServer::start();
     block_on(ActiveDriver::Epoll, async {
         let db = Db::new(options(&ch, false), 1, Duration::from_secs(10));
@@ -606,6 +607,21 @@ fn an_analytics_read_dropped_holds_its_slot_until_the_server_ends_it() {
         let dropped = monoio::time::timeout(Duration::from_millis(1_500), reads.select(many)).await;
         assert!(dropped.is_err(), "{dropped:?}");
         assert!(reads.read_rows() > 1_000_000, "{}", reads.read_rows());
+        // So does one given up on at its deadline (504); and a connection used again
+        // counts from 0 for its next query.
+        monoio::time::sleep(Duration::from_millis(1_000)).await;
+        let short = Db::new(options(&ch, false), 1, Duration::from_millis(1_500));
+        let reads = short.reads();
+        let r = reads.select(many).await;
+        assert!(matches!(r, Err(ApiError::QueryTimeout)), "{r:?}");
+        assert!(reads.read_rows() > 1_000_000, "{}", reads.read_rows());
+        monoio::time::sleep(Duration::from_millis(3_500)).await;
+        let reads = short.reads();
+        let _ = reads.select("SELECT count() FROM numbers(1000000)").await;
+        let r = reads.select("SELECT 1").await;
+        assert!(r.is_ok(), "{r:?}");
+        // (numbers() reads whole blocks of 65,536: 1,048,576 rows, then SELECT 1's one.)
+        assert!((1_000_000..1_100_000).contains(&reads.read_rows()), "{}", reads.read_rows());
     })
     .expect("runtime");
 }

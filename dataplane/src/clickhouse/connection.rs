@@ -367,7 +367,7 @@ impl Connection {
                     }
                 }
                 ServerPacket::Progress { rows, .. } => {
-                    out.read_rows += rows;
+                    out.read_rows = out.read_rows.saturating_add(rows);
                     self.rows_read = out.read_rows;
                 }
                 ServerPacket::EndOfStream => return Ok(out),

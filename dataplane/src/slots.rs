@@ -71,14 +71,10 @@ impl Slots {
         }
     }
 
-    /// A free slot now, if there is one. (The slot is made only once its count is taken:
-    /// one made and dropped, as `then_some` would, gives back a count never taken.)
+    /// A free slot now, if there is one. (The slot is made only once its count is taken —
+    /// `then`, not `then_some`: one made and dropped gives back a count never taken.)
     pub fn try_acquire(&self) -> Option<Slot<'_>> {
-        if self.take() {
-            Some(Slot { slots: self })
-        } else {
-            None
-        }
+        self.take().then(|| Slot { slots: self })
     }
 
     /// Waits for a free slot.

@@ -112,6 +112,15 @@ impl StreamId {
         Some(StreamId { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
     }
 
+    /// The smallest id after this one (a range that starts past it: Redis before 6.2 has
+    /// no exclusive `(` bound); `None` after the last id there is.
+    pub fn next(self) -> Option<StreamId> {
+        match self.seq.checked_add(1) {
+            Some(seq) => Some(StreamId { seq, ..self }),
+            None => Some(StreamId { ms: self.ms.checked_add(1)?, seq: 0 }),
+        }
+    }
+
     /// Writes `<ms>-<seq>` into `out` (cleared first).
     pub fn write_to(self, out: &mut String) {
         use std::fmt::Write;
@@ -226,6 +235,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_id_after_an_id() {
+        let after = |t: &str| {
+            StreamId::parse(t.as_bytes()).and_then(StreamId::next).map(|id| {
+                let mut out = String::new();
+                id.write_to(&mut out);
+                out
+            })
+        };
+        assert_eq!(after("5-0").as_deref(), Some("5-1"));
+        assert_eq!(after("1700000000000-41").as_deref(), Some("1700000000000-42"));
+        assert_eq!(after(&format!("7-{}", u64::MAX)).as_deref(), Some("8-0"));
+        assert_eq!(after(&format!("{}-{}", u64::MAX, u64::MAX)), None);
+        assert_eq!(after("x"), None);
+        assert_eq!(after("5-x"), None);
+    }
 
     #[test]
     fn stream_ids_parse_and_order() {

@@ -366,11 +366,11 @@ impl Connection {
                         out.rows.push(cols.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect());
                     }
                 }
-                ServerPacket::Progress { rows, .. } => {
-                    out.read_rows = out.read_rows.saturating_add(rows);
-                    self.rows_read = out.read_rows;
+                ServerPacket::Progress { rows, .. } => self.rows_read = self.rows_read.saturating_add(rows),
+                ServerPacket::EndOfStream => {
+                    out.read_rows = self.rows_read;
+                    return Ok(out);
                 }
-                ServerPacket::EndOfStream => return Ok(out),
                 _ => {}
             }
         }

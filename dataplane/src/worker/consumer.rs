@@ -35,7 +35,7 @@ use croupier_control::metrics::{
     DeadLettered, DeadReason, EventsDelayed, InsertFailed, RowsInserted, ShardWriter, Table,
 };
 use croupier_protocol::resp::Frame;
-use croupier_protocol::stream::{StreamKind, CONSUMER_GROUP};
+use croupier_protocol::stream::{StreamId, StreamKind, CONSUMER_GROUP};
 
 use super::aggregate::Aggregator;
 use super::cadence::{close_at, Cadence, Closed, LoadSlot};
@@ -1062,12 +1062,12 @@ impl Consumer {
                 .await?;
             let read = entries::xpending_reply(reply)?;
             let next = match read.last() {
-                Some((id, _)) if read.len() >= page => entries::id_after(id),
+                Some((id, _)) if read.len() >= page => StreamId::parse(id.as_bytes()).and_then(StreamId::next),
                 _ => None,
             };
             found.extend(read.into_iter().filter(|(id, _)| wanted.contains(id.as_str())));
             match next {
-                Some(n) if found.len() < wanted.len() => from = n,
+                Some(n) if found.len() < wanted.len() => n.write_to(&mut from),
                 _ => return Ok(found),
             }
         }

@@ -171,18 +171,6 @@ pub fn xpending_reply(f: Frame) -> Result<Vec<(String, u64)>, String> {
     }
 }
 
-/// The smallest stream ID after `id` (`<ms>-<seq>`), for a range that starts past it
-/// (Redis before 6.2 has no exclusive `(` bound); `None` for the last ID there is or text
-/// that is no ID.
-pub fn id_after(id: &str) -> Option<String> {
-    let (ms, seq) = id.split_once('-')?;
-    let (ms, seq) = (ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?);
-    match seq.checked_add(1) {
-        Some(seq) => Some(format!("{ms}-{seq}")),
-        None => Some(format!("{}-0", ms.checked_add(1)?)),
-    }
-}
-
 /// Encodes a command from string-like arguments.
 pub fn cmd(args: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + args.iter().map(|a| a.len() + 16).sum::<usize>());
@@ -193,16 +181,6 @@ pub fn cmd(args: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_id_after_an_id() {
-        assert_eq!(id_after("5-0").as_deref(), Some("5-1"));
-        assert_eq!(id_after("1700000000000-41").as_deref(), Some("1700000000000-42"));
-        assert_eq!(id_after(&format!("7-{}", u64::MAX)).as_deref(), Some("8-0"));
-        assert_eq!(id_after(&format!("{}-{}", u64::MAX, u64::MAX)), None);
-        assert_eq!(id_after("x"), None);
-        assert_eq!(id_after("5-x"), None);
-    }
 
     fn frame(raw: &[u8]) -> Frame {
         resp::decode_reply(raw).expect("valid").expect("complete").0

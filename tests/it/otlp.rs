@@ -256,6 +256,37 @@ fn otlp_http_body_not_in_time_is_answered_504_unavailable() {
     assert!(answer.ends_with(r#"{"code":14,"message":"request not received in time"}"#), "{answer}");
 }
 
+/// A logs request whose resource is large and followed by many scopes without records
+/// (a few KB once gzipped) is answered, and its shard serves other connections meanwhile:
+/// the resource is hashed once, not once per scope (that cost their product: with one
+/// shard, minutes deaf to every client of every game).
+#[test]
+fn otlp_a_large_resource_before_many_empty_scopes_is_decoded_once() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+    });
+    // A resource of one unknown field of 512 KiB, then 100,000 empty `scope_logs`.
+    let resource = pb(1, &pb(5, &vec![b'r'; 512 * 1024]));
+    let scopes = [0x12u8, 0x00].repeat(100_000);
+    let body = pb(1, &[resource, scopes].concat());
+    let mut otlp = HttpClient::connect(otlp_addr(&f));
+    let head = format!(
+        "POST /v1/logs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    otlp.send_raw(&[head.into_bytes(), body].concat());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut other = f.client();
+    other.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let health = other.reply_within(Duration::from_secs(10)).expect("the shard serves another client meanwhile");
+    assert_eq!(health.status, 200);
+    let r = otlp.reply_within(Duration::from_secs(10)).expect("the request is answered");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.is_empty(), "nothing rejected: no partial success ({:?})", r.body);
+}
+
 #[test]
 fn otlp_partial_success_refusals_and_unsupported_signals() {
     let f = Fixture::start(Driver::Epoll, tokens);

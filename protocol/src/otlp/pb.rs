@@ -31,6 +31,9 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
                 slots.fill(&Attrs::Pb { msg: resource, field: 1 }, 0)?;
             }
         }
+        // Hashed once per resource, not once per scope: a large resource followed by many
+        // scopes would otherwise cost their product.
+        let resource_digest = digest(resource);
         for r in Fields::new(resource_records) {
             let (n, v) = r?;
             if n != 2 {
@@ -38,21 +41,24 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
             }
             let scope_records = v.bytes(n)?;
             // Where the records come from (resource and scope): two log records with the
-            // same bytes from two resources are two events, not one.
+            // same bytes from two resources are two events, not one. Worked out at the
+            // scope's first log record: a scope without any costs no hashing.
             let mut scope: &[u8] = &[];
             for r in Fields::new(scope_records) {
                 if let (1, v) = r? {
                     scope = v.bytes(1)?;
                 }
             }
-            let origin = origin_of(resource, scope);
+            let mut origin = None;
             for r in Fields::new(scope_records) {
                 let (n, v) = r?;
                 if n != 2 {
                     continue;
                 }
                 let rec = match signal {
-                    Signal::Logs => log_record(v.bytes(n)?, origin)?,
+                    Signal::Logs => {
+                        log_record(v.bytes(n)?, *origin.get_or_insert_with(|| origin_of(resource_digest, scope)))?
+                    }
                     Signal::Traces => span(v.bytes(n)?)?,
                 };
                 mapper.record(signal, &slots, &rec)?;
@@ -62,11 +68,17 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
     Ok(())
 }
 
-/// A digest of a scope's resource and scope messages, mixed into its log records' ids.
-fn origin_of(resource: &[u8], scope: &[u8]) -> [u8; 32] {
+/// A message's digest, as it goes into [`origin_of`].
+fn digest(msg: &[u8]) -> [u8; 16] {
+    cityhash_rs::cityhash_102_128(msg).to_le_bytes()
+}
+
+/// Where a scope's log records come from, mixed into their ids: the digest of their
+/// resource message ([`digest`]) and that of their scope message.
+fn origin_of(resource: [u8; 16], scope: &[u8]) -> [u8; 32] {
     let mut origin = [0u8; 32];
-    origin[..16].copy_from_slice(&cityhash_rs::cityhash_102_128(resource).to_le_bytes());
-    origin[16..].copy_from_slice(&cityhash_rs::cityhash_102_128(scope).to_le_bytes());
+    origin[..16].copy_from_slice(&resource);
+    origin[16..].copy_from_slice(&digest(scope));
     origin
 }
 

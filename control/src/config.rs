@@ -202,6 +202,10 @@ impl Default for Server {
 /// The largest `auth.max_skew_secs`: a day.
 pub const MAX_SKEW_SECS: u64 = 86_400;
 
+/// Most shards of a kind (`server.shards`, `worker.shards`): each is a thread with its own
+/// connections, and more than the machine's cores only contend.
+pub const MAX_SHARDS: usize = 256;
+
 /// Most partitions of each stream (`streams.partitions`).
 pub const MAX_PARTITIONS: u16 = 1024;
 
@@ -1350,6 +1354,14 @@ impl Config {
                 return Err(err(key, format!("expected {what} greater than 0")));
             }
         }
+        for (key, value) in [("server.shards", self.server.shards), ("worker.shards", w.shards)] {
+            if value > MAX_SHARDS {
+                return Err(err(
+                    key,
+                    format!("expected at most {MAX_SHARDS} shards (each is a thread; more than the machine's cores only contend)"),
+                ));
+            }
+        }
         // `redis.addr` is unused with cluster seed nodes or sentinels; `clickhouse.addr` with shards.
         let direct = self.redis.cluster.is_empty() && self.redis.sentinels.is_empty();
         // One server each: ClickHouse's replicas are listed per shard (`clickhouse.shards`);
@@ -1614,6 +1626,17 @@ impl Config {
         if let Some(w) = tokens.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(err(format!("games.{}.otlp_token", w[1].1), format!("the same token as games.{}", w[0].1)));
         }
+        // Write keys ship in web pages: one that is also an OTLP token would give every page
+        // reader a server's credential (no origin check, no per-key rate, no filters).
+        for (token, id) in &tokens {
+            let public = |g: &Game| g.write_keys.iter().chain(&g.revoked_write_keys).any(|k| k == token);
+            if let Some((other, _)) = self.games.iter().find(|(_, g)| public(g)) {
+                return Err(err(
+                    format!("games.{id}.otlp_token"),
+                    format!("the same string as a write key of games.{other}: write keys are public, an OTLP token is a server's secret"),
+                ));
+            }
+        }
         if !self.otlp.listen.is_empty() && self.otlp.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(err("otlp.listen", "expected an address like 0.0.0.0:4318, or \"\" for none"));
         }
@@ -1839,6 +1862,45 @@ mod tests {
         );
         let e = e.expect_err("a trailing slash");
         assert!(e.to_string().contains("games.g.allowed_origins"), "{e}");
+    }
+
+    #[test]
+    fn shards_are_bounded_and_a_write_key_is_no_otlp_token() {
+        for key in ["SERVER__SHARDS", "WORKER__SHARDS"] {
+            let var = format!("CROUPIER_{key}");
+            let e = Config::load(None, env(&[(&var, "257")])).expect_err("too many shards");
+            let name = key.to_lowercase().replace("__", ".");
+            assert!(e.to_string().contains(&name) && e.to_string().contains("at most 256"), "{e}");
+            assert_eq!(
+                if key.starts_with("SERVER") {
+                    Config::load(None, env(&[(&var, "256")])).expect("256").server.shards
+                } else {
+                    Config::load(None, env(&[(&var, "256")])).expect("256").worker.shards
+                },
+                256
+            );
+        }
+        let key = "pUbLiCwRiTeKeY-0123456789";
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_GAMES__a__SECRET", "s"),
+                ("CROUPIER_GAMES__a__WRITE_KEYS", &format!("[\"{key}\"]")),
+                ("CROUPIER_GAMES__b__SECRET", "s"),
+                ("CROUPIER_GAMES__b__OTLP_TOKEN", key),
+            ]),
+        )
+        .expect_err("a public key as a token");
+        assert!(e.to_string().contains("games.b.otlp_token") && e.to_string().contains("games.a"), "{e}");
+        let revoked = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_GAMES__a__SECRET", "s"),
+                ("CROUPIER_GAMES__a__REVOKED_WRITE_KEYS", &format!("[\"{key}\"]")),
+                ("CROUPIER_GAMES__a__OTLP_TOKEN", key),
+            ]),
+        );
+        assert!(revoked.is_err(), "a revoked key is public too");
     }
 
     #[test]

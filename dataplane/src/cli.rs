@@ -26,6 +26,78 @@ commands:
 The config file may also be named by CROUPIER_CONFIG; every key can be overridden by a
 CROUPIER_<SECTION>__<KEY> environment variable (see README).";
 
+/// One command's usage, for `croupier <command> --help`.
+fn usage_of(command: &str) -> &'static str {
+    match command {
+        "ingest" => {
+            "\
+usage: croupier ingest [--config FILE]
+
+Runs the ingest shards: the data port (server.listen: signed and client ingest), the OTLP
+receivers (otlp.listen, otlp.grpc_listen) and the control port (control.listen: /metrics,
+/healthz, /readyz, the Analytics API, the dashboard). SIGTERM, SIGINT and SIGHUP drain and
+stop it (exit 0). Exit 2: the configuration is refused (the key is named); 1: it could not
+start (a port taken, a runtime that failed)."
+        }
+        "worker" => {
+            "\
+usage: croupier worker [--config FILE]
+
+Consumes the streams into ClickHouse (worker.shards threads, acknowledging each entry once
+its rows are inserted) and merges the real-time sketches into Redis; the control port as
+for ingest. Signals and exit codes as for ingest."
+        }
+        "run" => {
+            "\
+usage: croupier run [--config FILE]
+
+Ingest and worker in one process (croupier ingest --help, croupier worker --help)."
+        }
+        "migrate" => {
+            "\
+usage: croupier migrate [--config FILE] [--drop-user-days-view]
+
+Creates or upgrades the ClickHouse schema (every node of clickhouse.shards on a cluster),
+then exits: 0 done, 1 ClickHouse refused or did not answer, 2 bad configuration. Tables
+are created if missing and upgraded from earlier versions; columns changed by hand are not
+changed back (a worker names them and waits: docs/worker.md).
+  --drop-user-days-view  also drop the view earlier versions filled analytics.user_days
+                         with, once every worker runs this version (docs/deploy.md)"
+        }
+        "check" => {
+            "\
+usage: croupier check [--config FILE] [--for ingest|worker|run]
+
+Loads and checks the configuration as the command named by --for (default run) checks it
+at start, without binding or connecting: exit 0 and a summary line, or exit 2 and the
+key refused."
+        }
+        _ => USAGE,
+    }
+}
+
+/// Writes a line to standard output. A closed pipe or a full disk (`croupier --help |
+/// head -1`, `> /dev/full`) drops the line rather than panicking: the exit code stays the
+/// command's.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::line(&mut std::io::stdout(), format_args!($($arg)*))
+    };
+}
+
+/// Writes a line to standard error, as [`say!`] does to standard output.
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        $crate::cli::line(&mut std::io::stderr(), format_args!($($arg)*))
+    };
+}
+pub(crate) use {say, tell};
+
+/// Writes `args` and a newline to `to`, dropping them if it cannot be written.
+pub(crate) fn line(to: &mut impl std::io::Write, args: std::fmt::Arguments<'_>) {
+    let _ = to.write_fmt(args).and_then(|()| to.write_all(b"\n")).and_then(|()| to.flush());
+}
+
 /// Runs the command line given in the process arguments.
 pub fn main() -> ExitCode {
     let code = run();
@@ -37,19 +109,19 @@ pub fn main() -> ExitCode {
 fn run() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let Some(command) = args.next() else {
-        eprintln!("{USAGE}");
+        tell!("{USAGE}");
         return ExitCode::from(2);
     };
     if command == "demo" {
         return crate::demo::main(args);
     }
     if matches!(command.as_str(), "--version" | "-V" | "version") {
-        println!("croupier {}", env!("CARGO_PKG_VERSION"));
+        say!("croupier {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     // The usage alone: no configuration is read (nor warned about).
     if matches!(command.as_str(), "--help" | "-h" | "help") {
-        println!("{USAGE}");
+        say!("{USAGE}");
         return ExitCode::SUCCESS;
     }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
@@ -62,23 +134,23 @@ fn run() -> ExitCode {
             "--for" if command == "check" => match args.next() {
                 Some(r) if matches!(r.as_str(), "ingest" | "worker" | "run") => role = r,
                 _ => {
-                    eprintln!("croupier: --for needs one of ingest, worker, run\n{USAGE}");
+                    tell!("croupier: --for needs one of ingest, worker, run\n{USAGE}");
                     return ExitCode::from(2);
                 }
             },
             "--config" | "-c" => match args.next() {
                 Some(p) => config_path = Some(PathBuf::from(p)),
                 None => {
-                    eprintln!("croupier: --config needs a file\n{USAGE}");
+                    tell!("croupier: --config needs a file\n{USAGE}");
                     return ExitCode::from(2);
                 }
             },
             "--help" | "-h" => {
-                println!("{USAGE}");
+                say!("{}", usage_of(&command));
                 return ExitCode::SUCCESS;
             }
             other => {
-                eprintln!("croupier: unknown argument {other}\n{USAGE}");
+                tell!("croupier: unknown argument {other}\n{USAGE}");
                 return ExitCode::from(2);
             }
         }
@@ -86,12 +158,12 @@ fn run() -> ExitCode {
     let config = match Config::load(config_path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("croupier: {e}");
+            tell!("croupier: {e}");
             return ExitCode::from(2);
         }
     };
     if let Err(e) = croupier_control::logging::init(&config.log) {
-        eprintln!("croupier: log: {e}");
+        tell!("croupier: log: {e}");
         return ExitCode::from(2);
     }
     for w in config.warnings() {
@@ -108,20 +180,20 @@ fn run() -> ExitCode {
     // (and by `check`, which checks for every role).
     if matches!(command.as_str(), "check" | "ingest" | "run" | "worker") {
         if let Err(e) = startable(&config, role != "worker") {
-            eprintln!("croupier: {e}");
+            tell!("croupier: {e}");
             return ExitCode::from(2);
         }
     }
     match command.as_str() {
         "check" => {
-            println!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());
+            say!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());
             ExitCode::SUCCESS
         }
         "ingest" | "run" => serve(config, true, command == "run"),
         "worker" => serve(config, false, true),
         "migrate" => migrate(&config, drop_view),
         other => {
-            eprintln!("croupier: unknown command {other}\n{USAGE}");
+            tell!("croupier: unknown command {other}\n{USAGE}");
             ExitCode::from(2)
         }
     }
@@ -143,12 +215,12 @@ fn startable(config: &Config, ingest: bool) -> Result<(), String> {
 /// What `croupier migrate` did about `user_days_mv` on one server.
 fn report_view(node: &str, dropped: Option<bool>, kept: bool) {
     match dropped {
-        Some(true) => println!(
+        Some(true) => say!(
             "{node}analytics.user_days_mv dropped; user_days copied again from the events of the last {} s",
             crate::clickhouse::schema::USER_DAYS_CATCH_UP_SECONDS
         ),
-        Some(false) => println!("{node}no analytics.user_days_mv to drop"),
-        None if kept => println!(
+        Some(false) => say!("{node}no analytics.user_days_mv to drop"),
+        None if kept => say!(
             "{node}analytics.user_days_mv kept: workers of earlier versions need it; once every worker runs this \
              version, run `croupier migrate --drop-user-days-view` (docs/deploy.md)"
         ),
@@ -162,7 +234,7 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
     let driver = match crate::runtime::resolve(config.server.driver) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("croupier: {e}");
+            tell!("croupier: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -184,15 +256,17 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
                 report_view("", None, schema::has_user_days_view(&mut conn).await?);
             }
             let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, false).await?) } else { None };
-            return Ok::<_, ChError>((conn.server().clone(), fsync));
+            let drift = schema::drift(&mut conn, "").await?;
+            return Ok::<_, ChError>((conn.server().clone(), fsync, drift));
         };
         // Every node, one after the other: each gets its local and Distributed tables.
         let mut last = None;
+        let mut drift = Vec::new();
         for (shard, node) in nodes {
             let node_opts = crate::clickhouse::connection::ChOptions { addr: node.clone(), ..opts.clone() };
             // Names the node (a refused statement does not), then the error as it is.
             let on = |e: ChError| {
-                eprintln!("croupier: migrate: on {node}:");
+                tell!("croupier: migrate: on {node}:");
                 e
             };
             let mut conn = Connection::connect(&node_opts).await.map_err(on)?;
@@ -206,20 +280,40 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
                 report_view(&at, None, schema::has_user_days_view(&mut conn).await.map_err(on)?);
             }
             let fsync = if fsync { Some(schema::fsync_after_insert(&mut conn, true).await.map_err(on)?) } else { None };
-            println!("{node}: cluster {cluster} schema up to date");
+            let differ = schema::drift(&mut conn, "_local").await.map_err(on)?;
+            if differ.is_empty() {
+                say!("{node}: cluster {cluster} schema up to date");
+            }
+            drift.extend(differ.into_iter().map(|d| format!("on {node}: {d}")));
             last = Some((conn.server().clone(), fsync));
         }
-        last.ok_or_else(|| ChError::Io("clickhouse.shards lists no server".into()))
+        let (server, fsync) = last.ok_or_else(|| ChError::Io("clickhouse.shards lists no server".into()))?;
+        Ok((server, fsync, drift))
     });
     match res {
-        Ok(Ok((server, fsync))) => {
-            println!(
+        Ok(Ok((_, _, drift))) if !drift.is_empty() => {
+            // The workers wait on these tables until they match: not up to date.
+            for d in &drift {
+                tell!("croupier: migrate: {d}");
+            }
+            tell!(
+                "croupier: migrate: {} column(s) differ from what croupier writes (changed by hand?); migrate does \
+                 not change them back (a change of type may lose values): run the statements above, then migrate again",
+                drift.len()
+            );
+            ExitCode::FAILURE
+        }
+        Ok(Ok((server, fsync, _))) => {
+            say!(
                 "schema up to date on ClickHouse {}.{}.{} (revision {})",
-                server.major, server.minor, server.patch, server.revision
+                server.major,
+                server.minor,
+                server.patch,
+                server.revision
             );
             match fsync {
-                Some(true) => println!("events and payments fsync each inserted part (fsync_after_insert)"),
-                Some(false) => println!(
+                Some(true) => say!("events and payments fsync each inserted part (fsync_after_insert)"),
+                Some(false) => say!(
                     "this server has no fsync_after_insert: an insert is confirmed before its part is on disk \
                      (README, Durability)"
                 ),
@@ -228,11 +322,11 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {
-            eprintln!("croupier: migrate: {e}");
+            tell!("croupier: migrate: {e}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("croupier: migrate: runtime: {e}");
+            tell!("croupier: migrate: runtime: {e}");
             ExitCode::FAILURE
         }
     }

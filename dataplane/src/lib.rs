@@ -127,11 +127,11 @@ fn bind_shards(
         return Ok((Vec::new(), None));
     }
     let listen: SocketAddr = listen.parse().map_err(|e| format!("{key}: {e}"))?;
-    let first = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let first = bind(listen).map_err(|e| format!("{key}: cannot listen on {listen}: {e}"))?;
     let addr = first.local_addr().map_err(|e| e.to_string())?;
     let mut all = vec![first];
     for _ in 1..shards {
-        all.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        all.push(bind(addr).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?);
     }
     Ok((all, Some(addr)))
 }
@@ -167,13 +167,8 @@ pub fn start_with_metrics(
 ) -> Result<Handle, String> {
     let driver = runtime::resolve(config.server.driver)?;
     let shards = config.shard_count();
-    let listen: SocketAddr = config.server.listen.parse().map_err(|e| format!("server.listen: {e}"))?;
-    let first = bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = first.local_addr().map_err(|e| e.to_string())?;
-    let mut listeners = vec![first];
-    for _ in 1..shards {
-        listeners.push(bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
-    }
+    let (listeners, addr) = bind_shards(&config.server.listen, "server.listen", shards)?;
+    let addr = addr.ok_or("server.listen: expected an address like 0.0.0.0:8080")?;
     // The OTLP ports: a second and a third listener on every shard, in the same
     // SO_REUSEPORT way.
     let (otlp, otlp_addr) = bind_shards(&config.otlp.listen, "otlp.listen", shards)?;

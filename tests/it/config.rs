@@ -83,3 +83,52 @@ fn help_prints_the_usage_alone() {
         assert_eq!(String::from_utf8_lossy(&o.stderr), "", "{flag}");
     }
 }
+
+/// Each command's `--help` is its own usage; output that cannot be written (a reader gone,
+/// a full disk) is dropped, not a crash: the exit code stays the command's.
+#[test]
+fn command_help_and_output_nobody_reads() {
+    let run = |args: &[&str], vars: &[(&str, &str)], stdout: std::process::Stdio, stderr: std::process::Stdio| {
+        let o = std::process::Command::new(crate::pipeline::CROUPIER)
+            .args(args)
+            .env_clear()
+            .envs(env(vars))
+            .stdout(stdout)
+            .stderr(stderr)
+            .output()
+            .expect("run croupier");
+        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let piped = std::process::Stdio::piped;
+    for (cmd, says) in [
+        ("ingest", "--config FILE"),
+        ("worker", "worker.shards"),
+        ("run", "croupier ingest --help"),
+        ("migrate", "--drop-user-days-view"),
+        ("check", "--for ingest|worker|run"),
+    ] {
+        let (code, text) = run(&[cmd, "--help"], &[], piped(), piped());
+        assert_eq!(code, Some(0), "{cmd}: {text}");
+        assert!(text.starts_with(&format!("usage: croupier {cmd} ")) && text.contains(says), "{cmd}: {text}");
+    }
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full").into();
+    let (code, text) = run(&["version"], &[], full(), piped());
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text, "", "no panic message");
+    let (code, text) = run(&["check"], &[("CROUPIER_WORKER__SHARDS", "0")], piped(), full());
+    assert_eq!((code, text.as_str()), (Some(2), ""), "a refused configuration is exit 2, written or not");
+    // A reader that went away: standard output a pipe whose reading end is closed.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let (code, _) = run(&["--help"], &[], writer.into(), piped());
+    assert_eq!(code, Some(0));
+    // A data port taken is named by its key, as the control port's is.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let vars =
+        [("CROUPIER_SERVER__LISTEN", addr.as_str()), ("CROUPIER_CONTROL__LISTEN", ""), ("CROUPIER_OTLP__LISTEN", "")];
+    let (code, text) =
+        run(&["ingest"], &[vars[0], vars[1], vars[2], ("CROUPIER_OTLP__GRPC_LISTEN", "")], piped(), piped());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&format!("server.listen: cannot listen on {addr}")), "{text}");
+}

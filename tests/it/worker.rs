@@ -826,10 +826,15 @@ fn c3_events_over_150_months_insert_whole_and_the_worker_goes_on() {
 /// fixed they are inserted. (18.16 reads a block by the table's types: our
 /// `FixedString(2)` country read as `FixedString(3)` shifts every later column, and the
 /// insert fails as if the rows were bad, or worse, succeeds with garbage.)
+///
+/// `croupier migrate` does not change a column back (a change of type may lose values) but
+/// refuses to call such a schema up to date: it names each column that differs and the
+/// statement that restores it, and exits 1; run, those statements fix the table.
 #[test]
 fn m4_schema_drift_stalls_instead_of_dead_lettering() {
     let mut p = Pipeline::start(&[]);
     p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(3)");
+    p.clickhouse.query("ALTER TABLE analytics.payments DROP COLUMN city");
     p.start_worker(&[]);
     let accepted = post_events(&p, 3, 10);
     p.wait_for(3, "entries taken", |p| p.pending("analytics:events") as u64);
@@ -837,7 +842,22 @@ fn m4_schema_drift_stalls_instead_of_dead_lettering() {
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
     assert_eq!(p.pending("analytics:events"), 3, "the entries stay pending");
     assert_eq!(p.scalar("SELECT count() FROM analytics.events"), 0);
-    p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(2)");
+    let env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(!ok, "a schema that differs is not up to date: {out}");
+    assert!(!out.contains("schema up to date"), "{out}");
+    let fixes: Vec<&str> = out.lines().filter_map(|l| Some(l.split_once(": ALTER TABLE ")?.1)).collect();
+    assert_eq!(
+        fixes,
+        ["analytics.events MODIFY COLUMN country FixedString(2)", "analytics.payments ADD COLUMN city String"],
+        "{out}"
+    );
+    assert!(out.contains("analytics.events.country is FixedString(3) but croupier writes FixedString(2)"), "{out}");
+    for f in fixes {
+        p.clickhouse.query(&format!("ALTER TABLE {f}"));
+    }
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok && out.contains("schema up to date"), "{out}");
     lands_once(&p, accepted, "once the table is fixed");
 }
 

@@ -165,7 +165,7 @@ impl<T: Table> TableRows<T> {
 
 /// A type as compared between the table and what is written: `DateTime('Zone')` is a
 /// `DateTime` (the same four bytes on the wire).
-fn comparable_type(ty: &str) -> &str {
+pub(crate) fn comparable_type(ty: &str) -> &str {
     if ty.starts_with("DateTime(") {
         "DateTime"
     } else {
@@ -178,8 +178,8 @@ fn comparable_type(ty: &str) -> &str {
 /// means the table was changed under the worker. Says which column, what the table has and
 /// what is written.
 pub fn check_header(table: &str, header: &BlockHeader, columns: &[Column]) -> Result<(), String> {
-    let fix = "inserts wait until the table matches again (croupier migrate, or ALTER TABLE back); \
-               nothing is dead-lettered";
+    let fix = "inserts wait until the table matches again (ALTER TABLE it back: croupier migrate prints the \
+               statement); nothing is dead-lettered";
     if header.columns.len() != columns.len() {
         return Err(format!(
             "{table} has {} of the {} columns croupier writes; {fix}",

@@ -565,6 +565,51 @@ pub async fn migrate_cluster_node(conn: &mut Connection, cluster: &str) -> Resul
     super::cluster::migrate_node(conn, cluster, settings).await
 }
 
+/// The columns of the tables the worker writes (`analytics.<table><suffix>`: `_local` on
+/// a cluster's node) that differ from what it writes: altered, dropped or renamed by hand.
+/// [`migrate`] creates what is missing but does not change a column back (a change of type
+/// may lose values: the operator decides); each difference comes with the statement that
+/// restores it. A worker meeting one waits (`rows::check_header`).
+pub async fn drift(conn: &mut Connection, suffix: &str) -> Result<Vec<String>, ChError> {
+    use super::aggregates::{DailyUsers, MinuteOnline};
+    use super::rows::{comparable_type, Events, Payments, Table};
+    use super::user_days::UserDays;
+    let tables = [
+        (Events::NAME, Events::columns()),
+        (Payments::NAME, Payments::columns()),
+        (UserDays::NAME, UserDays::columns()),
+        (MinuteOnline::NAME, MinuteOnline::columns()),
+        (DailyUsers::NAME, DailyUsers::columns()),
+    ];
+    let mut out = Vec::new();
+    for (name, written) in tables {
+        let table = format!("{}{suffix}", name.trim_start_matches("analytics."));
+        let name = format!("analytics.{table}");
+        let have = conn
+            .select(
+                &format!("SELECT name, type FROM system.columns WHERE database = 'analytics' AND table = '{table}'"),
+                &[],
+            )
+            .await?;
+        let have: Vec<(String, String)> =
+            have.rows.iter().filter_map(|r| Some((r.first()?.as_str(), r.get(1)?.as_str()))).collect();
+        for c in written {
+            match have.iter().find(|(n, _)| *n == c.name) {
+                None => out.push(format!(
+                    "{name} has no column {}: ALTER TABLE {name} ADD COLUMN {} {}",
+                    c.name, c.name, c.ty
+                )),
+                Some((_, ty)) if comparable_type(ty) != comparable_type(&c.ty) => out.push(format!(
+                    "{name}.{} is {ty} but croupier writes {}: ALTER TABLE {name} MODIFY COLUMN {} {}",
+                    c.name, c.ty, c.name, c.ty
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Creates or upgrades the schema. Safe to run any number of times.
 pub async fn migrate(conn: &mut Connection) -> Result<(), ChError> {
     let settings = ddl_settings(conn);

@@ -69,11 +69,11 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let opts = match options::parse(args) {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::Help) => {
-            println!("{}", options::USAGE);
+            crate::cli::say!("{}", options::USAGE);
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("croupier demo: {e}\n{}", options::USAGE);
+            crate::cli::tell!("croupier demo: {e}\n{}", options::USAGE);
             return ExitCode::from(2);
         }
     };

@@ -1663,7 +1663,7 @@ impl Config {
         if self.server.shards > 0 {
             self.server.shards
         } else {
-            std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+            std::thread::available_parallelism().map(usize::from).unwrap_or(1).min(MAX_SHARDS)
         }
     }
 }

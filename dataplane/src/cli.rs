@@ -59,8 +59,10 @@ usage: croupier migrate [--config FILE] [--drop-user-days-view]
 
 Creates or upgrades the ClickHouse schema (every node of clickhouse.shards on a cluster),
 then exits: 0 done, 1 ClickHouse refused or did not answer, 2 bad configuration. Tables
-are created if missing and upgraded from earlier versions; columns changed by hand are not
-changed back (a worker names them and waits: docs/worker.md).
+are created if missing and upgraded from earlier versions. A column of a table the worker
+writes that was changed by hand is not changed back (a change of type may lose values):
+each is printed with the ALTER TABLE that restores it, and the worker's inserts into its
+table wait until it is run (exit 0 still: ingest goes on).
   --drop-user-days-view  also drop the view earlier versions filled analytics.user_days
                          with, once every worker runs this version (docs/deploy.md)"
         }
@@ -291,26 +293,25 @@ fn migrate(config: &Config, drop_view: bool) -> ExitCode {
         Ok((server, fsync, drift))
     });
     match res {
-        Ok(Ok((_, _, drift))) if !drift.is_empty() => {
-            // The workers wait on these tables until they match: not up to date.
-            for d in &drift {
-                tell!("croupier: migrate: {d}");
+        Ok(Ok((server, fsync, drift))) => {
+            let version =
+                format!("ClickHouse {}.{}.{} (revision {})", server.major, server.minor, server.patch, server.revision);
+            if drift.is_empty() {
+                say!("schema up to date on {version}");
+            } else {
+                // Said, not failed: what waits on these tables is the worker's inserts
+                // into them (their entries kept in Redis); ingest, which starts after
+                // migrate (docker-compose.yml), goes on accepting.
+                for d in &drift {
+                    tell!("croupier: migrate: {d}");
+                }
+                say!(
+                    "schema migrated on {version}, but {} column(s) differ from what croupier writes (above; changed \
+                     by hand?): migrate does not change them back (a change of type may lose values), and the \
+                     worker's inserts into those tables wait until the statements above are run",
+                    drift.len()
+                );
             }
-            tell!(
-                "croupier: migrate: {} column(s) differ from what croupier writes (changed by hand?); migrate does \
-                 not change them back (a change of type may lose values): run the statements above, then migrate again",
-                drift.len()
-            );
-            ExitCode::FAILURE
-        }
-        Ok(Ok((server, fsync, _))) => {
-            say!(
-                "schema up to date on ClickHouse {}.{}.{} (revision {})",
-                server.major,
-                server.minor,
-                server.patch,
-                server.revision
-            );
             match fsync {
                 Some(true) => say!("events and payments fsync each inserted part (fsync_after_insert)"),
                 Some(false) => say!(

@@ -574,12 +574,26 @@ pub async fn drift(conn: &mut Connection, suffix: &str) -> Result<Vec<String>, C
     use super::aggregates::{DailyUsers, MinuteOnline};
     use super::rows::{comparable_type, Events, Payments, Table};
     use super::user_days::UserDays;
+    fn of<T: Table>() -> (&'static str, Vec<(String, String)>) {
+        (T::NAME, T::columns().into_iter().map(|c| (c.name, c.ty)).collect())
+    }
+    // `daily_revenue` is written by an `INSERT … SELECT` naming its columns: as created.
+    let revenue = [
+        ("d", "Date"),
+        ("game_id", "LowCardinality(String)"),
+        ("env", "LowCardinality(String)"),
+        ("revenue_cents", "UInt64"),
+        ("refunds_cents", "UInt64"),
+        ("failed", "UInt64"),
+        ("version", "UInt64"),
+    ];
     let tables = [
-        (Events::NAME, Events::columns()),
-        (Payments::NAME, Payments::columns()),
-        (UserDays::NAME, UserDays::columns()),
-        (MinuteOnline::NAME, MinuteOnline::columns()),
-        (DailyUsers::NAME, DailyUsers::columns()),
+        of::<Events>(),
+        of::<Payments>(),
+        of::<UserDays>(),
+        of::<MinuteOnline>(),
+        of::<DailyUsers>(),
+        ("analytics.daily_revenue", revenue.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect()),
     ];
     let mut out = Vec::new();
     for (name, written) in tables {
@@ -593,15 +607,11 @@ pub async fn drift(conn: &mut Connection, suffix: &str) -> Result<Vec<String>, C
             .await?;
         let have: Vec<(String, String)> =
             have.rows.iter().filter_map(|r| Some((r.first()?.as_str(), r.get(1)?.as_str()))).collect();
-        for c in written {
-            match have.iter().find(|(n, _)| *n == c.name) {
-                None => out.push(format!(
-                    "{name} has no column {}: ALTER TABLE {name} ADD COLUMN {} {}",
-                    c.name, c.name, c.ty
-                )),
-                Some((_, ty)) if comparable_type(ty) != comparable_type(&c.ty) => out.push(format!(
-                    "{name}.{} is {ty} but croupier writes {}: ALTER TABLE {name} MODIFY COLUMN {} {}",
-                    c.name, c.ty, c.name, c.ty
+        for (column, ty) in written {
+            match have.iter().find(|(n, _)| *n == column) {
+                None => out.push(format!("{name} has no column {column}: ALTER TABLE {name} ADD COLUMN {column} {ty}")),
+                Some((_, on)) if comparable_type(on) != comparable_type(&ty) => out.push(format!(
+                    "{name}.{column} is {on} but croupier writes {ty}: ALTER TABLE {name} MODIFY COLUMN {column} {ty}"
                 )),
                 Some(_) => {}
             }

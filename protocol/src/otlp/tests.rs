@@ -499,6 +499,23 @@ fn log_record_ids_are_those_of_earlier_versions() {
         "0df6b70f43968d6fb919643f2a32aa8c",
     ];
     assert_eq!(ids, want);
+    // Fields in other orders and repeated: the scope after its records, a second resource
+    // message (the last counts), a scope with no scope message, empty scopes around.
+    let rec = [fixed64(1, T), field(12, b"user.login"), attrs(6, &[("game.user_id", s("u9"))])].concat();
+    let scope_after = [field(2, &rec), field(1, &field(1, b"late"))].concat();
+    let no_scope = field(2, &rec);
+    let resource_logs = [
+        field(2, &[]),
+        field(1, &attrs(1, &[("game.user_id", s("ignored"))])),
+        field(2, &scope_after),
+        field(1, &attrs(1, &resource())),
+        field(2, &no_scope),
+        field(2, &[]),
+    ]
+    .concat();
+    let out = run(Signal::Logs, Format::Protobuf, &field(1, &resource_logs)).expect("decodes");
+    let ids: Vec<String> = out.events.iter().map(|e| e.event_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    assert_eq!(ids, ["7d1c549a47278da99953166e7585d897", "bd0d9d4d2b60854ab325218b96e0d51a"]);
 }
 
 #[test]

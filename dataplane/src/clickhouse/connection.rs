@@ -148,9 +148,20 @@ pub struct Connection {
     queries: u64,
     /// Packets read from the server so far (hello included).
     packets: u64,
+    /// Bytes received from the server, and bytes the packet decoder went over (a packet
+    /// arriving in several reads is decoded from its start after each).
+    received: u64,
+    decoded: u64,
 }
 
 const CLIENT_NAME: &str = "croupier";
+
+/// Room kept by the read buffer once it is empty: a large result's block is not held by
+/// a connection waiting in a pool.
+const READ_KEPT: usize = 4 << 20;
+
+/// Room kept by the spare buffer between packets.
+const SPARE_KEPT: usize = 1 << 20;
 
 impl ChOptions {
     /// The addresses [`ChOptions::addr`] lists.
@@ -216,6 +227,8 @@ impl Connection {
             id: fastrand::u64(..),
             queries: 0,
             packets: 0,
+            received: 0,
+            decoded: 0,
         };
         packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, opts.password.expose());
         c.flush().await?;
@@ -241,6 +254,13 @@ impl Connection {
         self.packets
     }
 
+    /// Bytes the packet decoder went over per byte received so far: 1 when every packet
+    /// came in one read, more when packets arrived in pieces (each decoded from its start
+    /// after every piece); reads that grow with the packet keep it a small constant.
+    pub fn decode_passes(&self) -> f64 {
+        self.decoded as f64 / self.received.max(1) as f64
+    }
+
     async fn flush(&mut self) -> Result<(), ChError> {
         let buf = std::mem::take(&mut self.wbuf);
         let (res, mut buf) = match monoio::time::timeout(self.timeout, self.stream.write_all(buf)).await {
@@ -254,8 +274,16 @@ impl Connection {
 
     async fn next_packet(&mut self, compressed: bool) -> Result<ServerPacket, ChError> {
         loop {
-            if let Some((p, used)) = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)? {
+            let decoded = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)?;
+            // What the decoder went over: the packet, or all that is held of one begun.
+            let over = decoded.as_ref().map_or(self.rbuf.len(), |(_, used)| *used);
+            self.decoded = self.decoded.saturating_add(over as u64);
+            if let Some((p, used)) = decoded {
                 self.rbuf.drain(..used);
+                // A connection kept in a pool does not hold its largest packet's room.
+                if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
+                    self.rbuf = Vec::with_capacity(64 * 1024);
+                }
                 self.packets += 1;
                 return Ok(p);
             }
@@ -263,14 +291,29 @@ impl Connection {
             // on (a timeout, a request gone) loses it: the bytes of a packet begun are
             // read into a spare buffer, so that what came before stays and a cancel can
             // read the query's end after them.
-            let into = if self.rbuf.is_empty() { &mut self.rbuf } else { &mut self.spare };
+            //
+            // A packet is decoded from its start after every read that leaves it incomplete,
+            // so the reads grow with it: each may take as many bytes as are held (at least
+            // 64 KiB), and a packet of n bytes costs O(n) decoding in all rather than one
+            // pass per 4 KiB read (O(n²): a 60 MB result took minutes).
+            let into = if self.rbuf.is_empty() {
+                &mut self.rbuf
+            } else {
+                self.spare.reserve(self.rbuf.len().max(64 * 1024));
+                &mut self.spare
+            };
             match monoio::time::timeout(self.timeout, read_more(&mut self.stream, into)).await {
                 Err(_) => return Err(ChError::Timeout),
                 Ok(Err(_)) => return Err(ChError::Io("connection closed by server".into())),
-                Ok(Ok(_)) => {
+                Ok(Ok(n)) => {
+                    self.received = self.received.saturating_add(n as u64);
                     if !self.spare.is_empty() {
                         self.rbuf.extend_from_slice(&self.spare);
                         self.spare.clear();
+                        // Not kept at a large packet's size between packets.
+                        if self.spare.capacity() > SPARE_KEPT {
+                            self.spare = Vec::new();
+                        }
                     }
                 }
             }

@@ -126,6 +126,11 @@ fn run() -> ExitCode {
         say!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    // An unknown command is said before any configuration is read (nor warned about).
+    if !matches!(command.as_str(), "ingest" | "worker" | "run" | "migrate" | "check") {
+        tell!("croupier: unknown command {command}\n{USAGE}");
+        return ExitCode::from(2);
+    }
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     let mut drop_view = false;
     // The role `check` checks for: every role (`run`) unless told.

@@ -122,6 +122,13 @@ fn command_help_and_output_nobody_reads() {
     drop(reader);
     let (code, _) = run(&["--help"], &[], writer.into(), piped());
     assert_eq!(code, Some(0));
+    // An unknown command: the usage, and no word about the configuration.
+    let (code, text) = run(&["bogus"], &[], piped(), piped());
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.starts_with("croupier: unknown command bogus\nusage:") && !text.contains("no configuration file"),
+        "{text}"
+    );
     // A data port taken is named by its key, as the control port's is.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();

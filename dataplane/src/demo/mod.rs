@@ -370,7 +370,7 @@ fn run(o: &Options) -> Result<(), String> {
         // The frames draw from the top of the terminal: the start-up lines (the dashboard's
         // login link among them) are first scrolled up into the terminal's scrollback
         // rather than drawn over.
-        say(&"\n".repeat(terminal_rows()));
+        say(&"\n".repeat(terminal_size().0));
         say("\x1b[?25l");
     }
     let mut tick = 0u64;
@@ -423,7 +423,7 @@ fn run(o: &Options) -> Result<(), String> {
             // One write that draws over the last frame (each line cleared to its end, the
             // rest below cleared after it): the screen is never blank, and never half drawn
             // for long, however the terminal is read.
-            say(&screen::frame(&screen::live(&view)));
+            say(&screen::frame(&screen::live(&view), terminal_size().1));
         } else if tick.is_multiple_of(5) || done {
             say(&format!("{}\n", screen::line(&view)));
         }
@@ -457,16 +457,16 @@ fn run(o: &Options) -> Result<(), String> {
     drained.map(|_| ())
 }
 
-/// The terminal's height in rows (standard output's), 50 when it cannot be read.
-fn terminal_rows() -> usize {
+/// The terminal's size (standard output's), rows and columns: 50 rows and no limit on
+/// columns when it cannot be read. Read at every frame: a resized terminal is drawn to
+/// its new width.
+fn terminal_size() -> (usize, usize) {
     // SAFETY: TIOCGWINSZ fills the `winsize` it is given, on standard output.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let read = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
-    if read && ws.ws_row > 0 {
-        usize::from(ws.ws_row)
-    } else {
-        50
-    }
+    let rows = if read && ws.ws_row > 0 { usize::from(ws.ws_row) } else { 50 };
+    let columns = if read && ws.ws_col > 0 { usize::from(ws.ws_col) } else { usize::MAX };
+    (rows, columns)
 }
 
 /// Waits until every accepted record is in ClickHouse and the streams hold no backlog.

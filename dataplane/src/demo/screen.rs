@@ -68,12 +68,21 @@ fn clock(d: Duration) -> String {
 }
 
 /// `text` as a frame drawn over the previous one: from the top left, each line cleared
-/// to its end, everything below the last cleared.
-pub fn frame(text: &str) -> String {
+/// to its end, everything below the last cleared. A line wider than `columns` is cut to
+/// them (its last shown character `>`): a line the terminal wrapped would make the frame
+/// taller than the screen, and each redraw would scroll the start-up lines (the
+/// dashboard's login link) out of the scrollback.
+pub fn frame(text: &str, columns: usize) -> String {
     let mut out = String::with_capacity(text.len() + 8 * text.lines().count() + 8);
     out.push_str("\x1b[H");
     for line in text.lines() {
-        out.push_str(line);
+        match line.char_indices().nth(columns.saturating_sub(1)) {
+            Some((cut, _)) if line.chars().count() > columns => {
+                out.push_str(&line[..cut]);
+                out.push('>');
+            }
+            _ => out.push_str(line),
+        }
         out.push_str("\x1b[K\n");
     }
     out.push_str("\x1b[J");
@@ -147,11 +156,8 @@ pub fn live(v: &View) -> String {
     let _ = writeln!(o, "             (Authorization: Bearer $(cat {}))", e.token);
     match &e.dashboard {
         Some(_) => {
-            let _ = writeln!(
-                o,
-                "  dashboard  http://{}/   (log in with the token in {}, or the login link above, in the scrollback)",
-                e.control, e.token
-            );
+            let _ = writeln!(o, "  dashboard  http://{}/", e.control);
+            let _ = writeln!(o, "             log in with the token in {} (or the login link above)", e.token);
         }
         None => {
             let _ = writeln!(o, "  dashboard  not built: scripts/build-dashboard.sh, then run the demo again");
@@ -259,9 +265,12 @@ mod tests {
 
     #[test]
     fn a_frame_draws_over_the_last_without_clearing_the_screen_first() {
-        let f = frame("a\nbc\n");
+        let f = frame("a\nbc\n", 80);
         assert_eq!(f, "\x1b[Ha\x1b[K\nbc\x1b[K\n\x1b[J");
         assert!(!f.contains("\x1b[2J"), "a cleared screen shows blank until redrawn");
+        // Lines wider than the terminal are cut, not wrapped (whatever their characters).
+        assert_eq!(frame("abcdef\nabc\n", 3), "\x1b[Hab>\x1b[K\nabc\x1b[K\n\x1b[J");
+        assert_eq!(frame("ééééé\n", 4), "\x1b[Hééé>\x1b[K\n\x1b[J");
     }
 
     #[test]

@@ -310,7 +310,8 @@ impl Connection {
                     if !self.spare.is_empty() {
                         self.rbuf.extend_from_slice(&self.spare);
                         self.spare.clear();
-                        // Not kept at a large packet's size between packets.
+                        // Dropped past 1 MiB after the read (the next read of a large
+                        // packet reserves it again): not kept at a large packet's size.
                         if self.spare.capacity() > SPARE_KEPT {
                             self.spare = Vec::new();
                         }

@@ -423,7 +423,8 @@ fn run(o: &Options) -> Result<(), String> {
             // One write that draws over the last frame (each line cleared to its end, the
             // rest below cleared after it): the screen is never blank, and never half drawn
             // for long, however the terminal is read.
-            say(&screen::frame(&screen::live(&view), terminal_size().1));
+            let (rows, columns) = terminal_size();
+            say(&screen::frame(&screen::live(&view), columns, rows));
         } else if tick.is_multiple_of(5) || done {
             say(&format!("{}\n", screen::line(&view)));
         }

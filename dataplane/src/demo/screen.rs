@@ -68,16 +68,19 @@ fn clock(d: Duration) -> String {
 }
 
 /// `text` as a frame drawn over the previous one: from the top left, each line cleared
-/// to its end, everything below the last cleared. A line wider than `columns` is cut to
-/// them (its last shown character `>`): a line the terminal wrapped would make the frame
-/// taller than the screen, and each redraw would scroll the start-up lines (the
-/// dashboard's login link) out of the scrollback.
-pub fn frame(text: &str, columns: usize) -> String {
+/// to its end, everything below the last cleared. The frame stays inside `columns` ×
+/// `rows`: a line is cut short of the last column (its last shown character `>`; a
+/// character written in the last column may be erased by the clear that follows it, on
+/// some terminals), and lines past the last row but one are left out. A frame the terminal
+/// wrapped or scrolled would push the start-up lines (the dashboard's login link) out of
+/// the scrollback at each redraw.
+pub fn frame(text: &str, columns: usize, rows: usize) -> String {
+    let width = columns.saturating_sub(1).max(1);
     let mut out = String::with_capacity(text.len() + 8 * text.lines().count() + 8);
     out.push_str("\x1b[H");
-    for line in text.lines() {
-        match line.char_indices().nth(columns.saturating_sub(1)) {
-            Some((cut, _)) if line.chars().count() > columns => {
+    for line in text.lines().take(rows.saturating_sub(1).max(1)) {
+        match line.char_indices().nth(width - 1) {
+            Some((cut, _)) if line.chars().count() > width => {
                 out.push_str(&line[..cut]);
                 out.push('>');
             }
@@ -265,12 +268,15 @@ mod tests {
 
     #[test]
     fn a_frame_draws_over_the_last_without_clearing_the_screen_first() {
-        let f = frame("a\nbc\n", 80);
+        let f = frame("a\nbc\n", 80, 24);
         assert_eq!(f, "\x1b[Ha\x1b[K\nbc\x1b[K\n\x1b[J");
         assert!(!f.contains("\x1b[2J"), "a cleared screen shows blank until redrawn");
-        // Lines wider than the terminal are cut, not wrapped (whatever their characters).
-        assert_eq!(frame("abcdef\nabc\n", 3), "\x1b[Hab>\x1b[K\nabc\x1b[K\n\x1b[J");
-        assert_eq!(frame("ééééé\n", 4), "\x1b[Hééé>\x1b[K\n\x1b[J");
+        // Lines as wide as the terminal are cut short of its last column, not wrapped
+        // (whatever their characters); lines past the last row but one are left out.
+        assert_eq!(frame("abcdef\nabc\nab\n", 4, 24), "\x1b[Hab>\x1b[K\nabc\x1b[K\nab\x1b[K\n\x1b[J");
+        assert_eq!(frame("éééé\n", 4, 24), "\x1b[Hé\u{e9}>\x1b[K\n\x1b[J");
+        assert_eq!(frame("a\nb\nc\nd\n", 80, 3), "\x1b[Ha\x1b[K\nb\x1b[K\n\x1b[J");
+        assert_eq!(frame("abc\n", 0, 0), "\x1b[H>\x1b[K\n\x1b[J");
     }
 
     #[test]

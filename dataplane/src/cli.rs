@@ -127,18 +127,18 @@ fn run() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // An unknown command is said before any configuration is read (nor warned about).
-    if !matches!(command.as_str(), "ingest" | "worker" | "run" | "migrate" | "check") {
+    let Some(cmd) = Command::parse(&command) else {
         tell!("croupier: unknown command {command}\n{USAGE}");
         return ExitCode::from(2);
-    }
+    };
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     let mut drop_view = false;
     // The role `check` checks for: every role (`run`) unless told.
     let mut role = command.clone();
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--drop-user-days-view" if command == "migrate" => drop_view = true,
-            "--for" if command == "check" => match args.next() {
+            "--drop-user-days-view" if cmd == Command::Migrate => drop_view = true,
+            "--for" if cmd == Command::Check => match args.next() {
                 Some(r) if matches!(r.as_str(), "ingest" | "worker" | "run") => role = r,
                 _ => {
                     tell!("croupier: --for needs one of ingest, worker, run\n{USAGE}");
@@ -176,7 +176,7 @@ fn run() -> ExitCode {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
-    if config_path.is_none() && command != "migrate" {
+    if config_path.is_none() && cmd != Command::Migrate {
         tracing::warn!(
             "no configuration file (--config FILE or CROUPIER_CONFIG): the built-in defaults and CROUPIER_* \
              variables only, {} game(s)",
@@ -185,23 +185,43 @@ fn run() -> ExitCode {
     }
     // What a serving process would refuse at start, refused before it binds anything
     // (and by `check`, which checks for every role).
-    if matches!(command.as_str(), "check" | "ingest" | "run" | "worker") {
+    if cmd != Command::Migrate {
         if let Err(e) = startable(&config, role != "worker") {
             tell!("croupier: {e}");
             return ExitCode::from(2);
         }
     }
-    match command.as_str() {
-        "check" => {
+    match cmd {
+        Command::Check => {
             say!("configuration ok: {} shard(s), {} game(s)", config.shard_count(), config.games.len());
             ExitCode::SUCCESS
         }
-        "ingest" | "run" => serve(config, true, command == "run"),
-        "worker" => serve(config, false, true),
-        "migrate" => migrate(&config, drop_view),
-        other => {
-            tell!("croupier: unknown command {other}\n{USAGE}");
-            ExitCode::from(2)
+        Command::Ingest => serve(config, true, false),
+        Command::Run => serve(config, true, true),
+        Command::Worker => serve(config, false, true),
+        Command::Migrate => migrate(&config, drop_view),
+    }
+}
+
+/// A command that reads the configuration (`demo`, `version` and `help` do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Ingest,
+    Worker,
+    Run,
+    Migrate,
+    Check,
+}
+
+impl Command {
+    fn parse(name: &str) -> Option<Command> {
+        match name {
+            "ingest" => Some(Command::Ingest),
+            "worker" => Some(Command::Worker),
+            "run" => Some(Command::Run),
+            "migrate" => Some(Command::Migrate),
+            "check" => Some(Command::Check),
+            _ => None,
         }
     }
 }

@@ -134,12 +134,12 @@ fn run() -> ExitCode {
     let mut config_path: Option<PathBuf> = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
     let mut drop_view = false;
     // The role `check` checks for: every role (`run`) unless told.
-    let mut role = command.clone();
+    let mut role = cmd;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--drop-user-days-view" if cmd == Command::Migrate => drop_view = true,
-            "--for" if cmd == Command::Check => match args.next() {
-                Some(r) if matches!(r.as_str(), "ingest" | "worker" | "run") => role = r,
+            "--for" if cmd == Command::Check => match args.next().as_deref().and_then(Command::parse) {
+                Some(r @ (Command::Ingest | Command::Worker | Command::Run)) => role = r,
                 _ => {
                     tell!("croupier: --for needs one of ingest, worker, run\n{USAGE}");
                     return ExitCode::from(2);
@@ -186,7 +186,7 @@ fn run() -> ExitCode {
     // What a serving process would refuse at start, refused before it binds anything
     // (and by `check`, which checks for every role).
     if cmd != Command::Migrate {
-        if let Err(e) = startable(&config, role != "worker") {
+        if let Err(e) = startable(&config, role != Command::Worker) {
             tell!("croupier: {e}");
             return ExitCode::from(2);
         }

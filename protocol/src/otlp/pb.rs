@@ -31,9 +31,9 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
                 slots.fill(&Attrs::Pb { msg: resource, field: 1 }, 0)?;
             }
         }
-        // Hashed once per resource, not once per scope: a large resource followed by many
-        // scopes would otherwise cost their product.
-        let resource_digest = digest(resource);
+        // Hashed once per resource (at its first log record), not once per scope: a large
+        // resource followed by many scopes would otherwise cost their product.
+        let mut resource_digest = None;
         for r in Fields::new(resource_records) {
             let (n, v) = r?;
             if n != 2 {
@@ -56,9 +56,12 @@ pub fn walk(signal: Signal, body: &[u8], mapper: &mut Mapper<'_, '_>) -> Result<
                     continue;
                 }
                 let rec = match signal {
-                    Signal::Logs => {
-                        log_record(v.bytes(n)?, *origin.get_or_insert_with(|| origin_of(resource_digest, scope)))?
-                    }
+                    Signal::Logs => log_record(
+                        v.bytes(n)?,
+                        *origin.get_or_insert_with(|| {
+                            origin_of(*resource_digest.get_or_insert_with(|| digest(resource)), scope)
+                        }),
+                    )?,
                     Signal::Traces => span(v.bytes(n)?)?,
                 };
                 mapper.record(signal, &slots, &rec)?;

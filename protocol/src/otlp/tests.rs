@@ -479,6 +479,11 @@ fn equal_log_records_from_different_resources_or_scopes_are_distinct_events() {
     assert!(again.events.iter().zip(&out.events).all(|(a, b)| a.event_id == b.event_id));
 }
 
+/// The events' ids in hex, in order.
+fn hex_ids(out: &Out) -> Vec<String> {
+    out.events.iter().map(|e| e.event_id.iter().map(|b| format!("{b:02x}")).collect()).collect()
+}
+
 /// The ids of protobuf log records are what earlier versions gave them: an exporter's
 /// retry across an upgrade adds no rows.
 #[test]
@@ -487,7 +492,7 @@ fn log_record_ids_are_those_of_earlier_versions() {
     let rec = [fixed64(1, T), field(12, b"user.login")].concat();
     let body = request_of(&[player("u1"), player("u2")], &["a", "b"], &[rec.clone(), rec]);
     let out = run(Signal::Logs, Format::Protobuf, &body).expect("decodes");
-    let ids: Vec<String> = out.events.iter().map(|e| e.event_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let ids = hex_ids(&out);
     let want = [
         "4a56d185caa78752a665c594b1f4d56b",
         "ebe75181e2348a44ad7be7b6898fedff",
@@ -514,7 +519,7 @@ fn log_record_ids_are_those_of_earlier_versions() {
     ]
     .concat();
     let out = run(Signal::Logs, Format::Protobuf, &field(1, &resource_logs)).expect("decodes");
-    let ids: Vec<String> = out.events.iter().map(|e| e.event_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let ids = hex_ids(&out);
     assert_eq!(ids, ["7d1c549a47278da99953166e7585d897", "bd0d9d4d2b60854ab325218b96e0d51a"]);
 }
 

@@ -676,3 +676,56 @@ fn a_large_result_is_decoded_in_a_few_passes() {
     })
     .expect("runtime");
 }
+
+/// A loopback forwarder to `upstream` that passes the server's bytes on in 1,460-byte
+/// pieces with a pause after each (a link of a few MB/s): a result's block then reaches
+/// the client in hundreds of reads.
+fn slow_link(upstream: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = std::net::TcpStream::connect(&upstream) else { return };
+            let (Ok(mut to_server), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else { return };
+            std::thread::spawn(move || std::io::copy(&mut to_server, &mut server));
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                    for piece in buf[..n].chunks(1460) {
+                        if client.write_all(piece).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Over a slow link a block comes in hundreds of reads: it is walked once as it comes
+/// and decoded once whole, not decoded from its start after each read (about as many
+/// passes as the decoder is faster than the link: dozens).
+#[test]
+fn a_block_over_a_slow_link_is_decoded_once() {
+    let ch = ClickHouseServer::start();
+    let port = slow_link(ch.addr());
+    block_on(ActiveDriver::Epoll, async {
+        let opts = ChOptions { addr: format!("127.0.0.1:{port}"), ..options(&ch, false) };
+        let mut conn = Connection::connect(&opts).await.expect("connect");
+        let sql = format!(
+            "SELECT toString(number) AS s, [toString(number), '{}'] AS a, toNullable(number) AS n \
+             FROM numbers(20000) SETTINGS max_block_size = 20000",
+            "x".repeat(100)
+        );
+        let r = conn.select(&sql, &[]).await.expect("select");
+        assert_eq!(r.rows.len(), 20_000);
+        assert_eq!(r.rows[19_999][0].as_str(), "19999");
+        assert_eq!(r.rows[19_999][2].as_u64(), 19_999);
+        assert!(conn.decode_passes() < 4.0, "{} passes over the slow link", conn.decode_passes());
+    })
+    .expect("runtime");
+}

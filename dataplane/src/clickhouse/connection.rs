@@ -12,6 +12,7 @@ use croupier_control::config::Secret;
 use croupier_protocol::clickhouse::block::{BlockHeader, Column};
 use croupier_protocol::clickhouse::packet::{self, ProtocolError, ServerException, ServerHello, ServerPacket, Setting};
 use croupier_protocol::clickhouse::result::Value;
+use croupier_protocol::clickhouse::scan::{PacketScan, Scanned};
 use croupier_protocol::clickhouse::CLIENT_REVISION;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -135,6 +136,11 @@ pub struct Connection {
     rbuf: Vec<u8>,
     /// Where a read goes while `rbuf` holds part of a packet ([`Connection::next_packet`]).
     spare: Vec<u8>,
+    /// The walk of a block packet begun, which finds where it ends as its bytes come in
+    /// ([`Connection::next_packet`]).
+    scan: Option<PacketScan>,
+    /// The packet begun is one [`PacketScan`] does not walk: decoded after each read.
+    unscanned: bool,
     /// [`Connection::rows_read`].
     rows_read: u64,
     wbuf: Vec<u8>,
@@ -148,8 +154,7 @@ pub struct Connection {
     queries: u64,
     /// Packets read from the server so far (hello included).
     packets: u64,
-    /// Bytes received from the server, and bytes the packet decoder went over (a packet
-    /// arriving in several reads is decoded from its start after each).
+    /// Bytes received from the server, and bytes the packet decoder and scan went over.
     received: u64,
     decoded: u64,
 }
@@ -209,6 +214,8 @@ impl Connection {
             stream,
             rbuf: Vec::with_capacity(64 * 1024),
             spare: Vec::new(),
+            scan: None,
+            unscanned: false,
             rows_read: 0,
             wbuf: Vec::with_capacity(256 * 1024),
             scratch: Vec::new(),
@@ -254,9 +261,10 @@ impl Connection {
         self.packets
     }
 
-    /// Bytes the packet decoder went over per byte received so far: 1 when every packet
-    /// came in one read, more when packets arrived in pieces (each decoded from its start
-    /// after every piece); reads that grow with the packet keep it a small constant.
+    /// Bytes the packet decoder and scan went over per byte received so far: 1 when every
+    /// packet came in one read; about 2 for block packets that came in pieces (scanned as
+    /// they come, decoded once whole), however many; more for other packets in pieces,
+    /// which are decoded from their start after each.
     pub fn decode_passes(&self) -> f64 {
         self.decoded as f64 / self.received.max(1) as f64
     }
@@ -272,30 +280,61 @@ impl Connection {
         res.map(|_| ()).map_err(|e| ChError::Io(e.to_string()))
     }
 
+    /// Whether the packet begun in `rbuf` may be whole: always, but for a block packet
+    /// being scanned, until its scan reaches its end.
+    fn may_be_whole(&mut self) -> bool {
+        let Some(scan) = self.scan.as_mut() else { return true };
+        let from = scan.position();
+        let found = scan.resume(&self.rbuf, self.revision);
+        self.decoded = self.decoded.saturating_add(scan.position().saturating_sub(from) as u64);
+        match found {
+            Scanned::Incomplete => false,
+            Scanned::Ends(_) => {
+                self.scan = None;
+                true
+            }
+            Scanned::Unsupported => {
+                self.scan = None;
+                self.unscanned = true;
+                true
+            }
+        }
+    }
+
     async fn next_packet(&mut self, compressed: bool) -> Result<ServerPacket, ChError> {
         loop {
-            let decoded = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)?;
-            // What the decoder went over: the packet, or all that is held of one begun.
-            let over = decoded.as_ref().map_or(self.rbuf.len(), |(_, used)| *used);
-            self.decoded = self.decoded.saturating_add(over as u64);
-            if let Some((p, used)) = decoded {
-                self.rbuf.drain(..used);
-                // A connection kept in a pool does not hold its largest packet's room.
-                if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
-                    self.rbuf = Vec::with_capacity(64 * 1024);
+            // A block arriving in pieces is walked as its bytes come (each once) and decoded
+            // once whole: decoding it from its start after every read would cost its size
+            // per read, hundreds of times over a link slower than the decoder.
+            if self.may_be_whole() {
+                let decoded = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)?;
+                // What the decoder went over: the packet, or all that is held of one begun.
+                let over = decoded.as_ref().map_or(self.rbuf.len(), |(_, used)| *used);
+                self.decoded = self.decoded.saturating_add(over as u64);
+                if let Some((p, used)) = decoded {
+                    self.rbuf.drain(..used);
+                    self.unscanned = false;
+                    // A connection kept in a pool does not hold its largest packet's room.
+                    if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
+                        self.rbuf = Vec::with_capacity(64 * 1024);
+                    }
+                    self.packets += 1;
+                    return Ok(p);
                 }
-                self.packets += 1;
-                return Ok(p);
+                // Results are read uncompressed; an insert's answers are small.
+                if !compressed && !self.unscanned && !self.rbuf.is_empty() {
+                    self.scan = Some(PacketScan::default());
+                }
             }
             // A read hands its buffer to the kernel until it completes, and a read given up
             // on (a timeout, a request gone) loses it: the bytes of a packet begun are
             // read into a spare buffer, so that what came before stays and a cancel can
             // read the query's end after them.
             //
-            // A packet is decoded from its start after every read that leaves it incomplete,
-            // so the reads grow with it: each may take as many bytes as are held (at least
-            // 64 KiB), and a packet of n bytes costs O(n) decoding in all rather than one
-            // pass per 4 KiB read (O(n²): a 60 MB result took minutes).
+            // The reads grow with the packet: each may take as many bytes as are held (at
+            // least 64 KiB), so a packet that is not scanned, decoded from its start after
+            // every read, costs O(n) decoding in all on a fast link rather than one pass
+            // per 4 KiB read (O(n²): a 60 MB result took minutes).
             let into = if self.rbuf.is_empty() {
                 &mut self.rbuf
             } else {

@@ -19,6 +19,7 @@ pub mod compress;
 pub mod order;
 pub mod packet;
 pub mod result;
+pub mod scan;
 pub mod wire;
 
 /// The protocol revision this client speaks (ClickHouse 18.16's, the oldest server we

@@ -11,9 +11,9 @@ use super::rev;
 use super::wire::Reader;
 
 /// Most rows one block may announce (a guard against a corrupt count allocating).
-const MAX_ROWS: u64 = 1 << 24;
+pub(crate) const MAX_ROWS: u64 = 1 << 24;
 /// LowCardinality: the column carries its own keys.
-const LC_HAS_ADDITIONAL_KEYS: u64 = 1 << 9;
+pub(crate) const LC_HAS_ADDITIONAL_KEYS: u64 = 1 << 9;
 
 /// One value of a result.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +87,26 @@ impl ResultBlock {
 
 /// Reads a block with its rows.
 pub fn read_block(r: &mut Reader<'_>, revision: u64) -> Result<ResultBlock, BlockError> {
+    let (ncols, rows) = block_head(r, revision)?;
+    let mut block = ResultBlock { rows, ..ResultBlock::default() };
+    for _ in 0..ncols {
+        let name = r.string()?;
+        let ty = r.string()?;
+        let values = if rows == 0 {
+            Vec::new()
+        } else {
+            read_prefix(r, &ty)?;
+            read_values(r, &ty, rows)?
+        };
+        block.columns.push((name, ty));
+        block.values.push(values);
+    }
+    Ok(block)
+}
+
+/// Reads a block's info fields and its numbers of columns and rows (at most
+/// [`MAX_ROWS`]).
+pub(crate) fn block_head(r: &mut Reader<'_>, revision: u64) -> Result<(u64, usize), BlockError> {
     if revision >= rev::BLOCK_INFO {
         loop {
             match r.varint()? {
@@ -106,30 +126,16 @@ pub fn read_block(r: &mut Reader<'_>, revision: u64) -> Result<ResultBlock, Bloc
     if rows > MAX_ROWS {
         return Err(BlockError::UnsupportedType(format!("block of {rows} rows")));
     }
-    let rows = rows as usize;
-    let mut block = ResultBlock { rows, ..ResultBlock::default() };
-    for _ in 0..ncols {
-        let name = r.string()?;
-        let ty = r.string()?;
-        let values = if rows == 0 {
-            Vec::new()
-        } else {
-            read_prefix(r, &ty)?;
-            read_values(r, &ty, rows)?
-        };
-        block.columns.push((name, ty));
-        block.values.push(values);
-    }
-    Ok(block)
+    Ok((ncols, rows as usize))
 }
 
 /// The inside of `Wrapper(...)` when `ty` is that wrapper.
-fn inner<'t>(ty: &'t str, wrapper: &str) -> Option<&'t str> {
+pub(crate) fn inner<'t>(ty: &'t str, wrapper: &str) -> Option<&'t str> {
     ty.strip_prefix(wrapper)?.strip_prefix('(')?.strip_suffix(')')
 }
 
 /// Reads the per-column prefix (the LowCardinality keys version, wherever nested).
-fn read_prefix(r: &mut Reader<'_>, ty: &str) -> Result<(), BlockError> {
+pub(crate) fn read_prefix(r: &mut Reader<'_>, ty: &str) -> Result<(), BlockError> {
     if inner(ty, "LowCardinality").is_some() {
         r.bytes(8)?;
     } else if let Some(t) = inner(ty, "Nullable").or_else(|| inner(ty, "Array")) {
@@ -159,6 +165,19 @@ fn fixed<const N: usize>(
             f(a)
         })
         .collect())
+}
+
+/// The bytes one value of `ty` takes when they are fixed: the types [`read_values`] reads
+/// as fixed-width values (`FixedString(N)`: N).
+pub(crate) fn fixed_width(ty: &str) -> Option<usize> {
+    match ty {
+        "UInt8" | "Int8" => Some(1),
+        "UInt16" | "Int16" | "Date" => Some(2),
+        "UInt32" | "Int32" | "Float32" => Some(4),
+        "UInt64" | "Int64" | "Float64" => Some(8),
+        t if t == "DateTime" || t.starts_with("DateTime(") => Some(4),
+        t => inner(t, "FixedString")?.parse().ok(),
+    }
 }
 
 fn read_values(r: &mut Reader<'_>, ty: &str, rows: usize) -> Result<Vec<Value>, BlockError> {

@@ -95,6 +95,7 @@ pub fn read_block(r: &mut Reader<'_>, revision: u64) -> Result<ResultBlock, Bloc
         let values = if rows == 0 {
             Vec::new()
         } else {
+            check_depth(&ty)?;
             read_prefix(r, &ty)?;
             read_values(r, &ty, rows)?
         };
@@ -127,6 +128,19 @@ pub(crate) fn block_head(r: &mut Reader<'_>, revision: u64) -> Result<(u64, usiz
         return Err(BlockError::UnsupportedType(format!("block of {rows} rows")));
     }
     Ok((ncols, rows as usize))
+}
+
+/// Most types one column's type may nest (`Array(Nullable(...))`): values are read by
+/// recursing once per level, so a server naming a type nested thousands deep would
+/// overflow the stack.
+pub const MAX_TYPE_DEPTH: usize = 16;
+
+/// Refuses a type nested deeper than [`MAX_TYPE_DEPTH`] before its values are read.
+pub(crate) fn check_depth(ty: &str) -> Result<(), BlockError> {
+    if ty.bytes().filter(|b| *b == b'(').count() > MAX_TYPE_DEPTH {
+        return Err(BlockError::UnsupportedType(format!("a type nested more than {MAX_TYPE_DEPTH} deep")));
+    }
+    Ok(())
 }
 
 /// The inside of `Wrapper(...)` when `ty` is that wrapper.

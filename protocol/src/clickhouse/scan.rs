@@ -14,7 +14,7 @@
 
 use super::block::BlockError;
 use super::packet::server;
-use super::result::{block_head, fixed_width, inner, read_prefix, LC_HAS_ADDITIONAL_KEYS, MAX_ROWS};
+use super::result::{block_head, check_depth, fixed_width, inner, read_prefix, LC_HAS_ADDITIONAL_KEYS, MAX_ROWS};
 use super::wire::Reader;
 
 /// What a scan found so far.
@@ -42,8 +42,11 @@ enum Part {
     Strings(u64),
     /// An array's `count` offsets, then the values the last one counts.
     Offsets { ty: String, count: u64 },
-    /// A LowCardinality column's index count, then its `count` indexes of `width` bytes.
-    Indexes { count: u64, width: u64 },
+    /// A LowCardinality column's index count, then its `count` indexes of `width` bytes,
+    /// each below `keys` (or 0, null, when `nullable`).
+    Indexes { count: u64, width: u64, keys: u64, nullable: bool },
+    /// `count` indexes of `width` bytes left to read, as above.
+    IndexesLeft { count: u64, width: u64, keys: u64, nullable: bool },
 }
 
 /// Why a walk stopped before the packet's end.
@@ -76,6 +79,8 @@ pub struct PacketScan {
     rows: usize,
     /// Parts left to walk, the next last; `None` until the block's head is read.
     parts: Option<Vec<Part>>,
+    /// [`Scanned::Unsupported`] was found: the answer from then on.
+    refused: bool,
 }
 
 impl PacketScan {
@@ -85,16 +90,18 @@ impl PacketScan {
     }
 
     /// Walks on over `buf`, the packet's bytes so far (from its first byte; what an
-    /// earlier call saw, and maybe more), for a connection speaking `revision`.
+    /// earlier call saw, and maybe more), for a connection speaking `revision`. Once
+    /// [`Scanned::Unsupported`], always.
     pub fn resume(&mut self, buf: &[u8], revision: u64) -> Scanned {
-        loop {
+        while !self.refused {
             match self.step(buf, revision) {
                 Ok(true) => {}
                 Ok(false) => return Scanned::Ends(self.pos),
                 Err(Stop::Incomplete) => return Scanned::Incomplete,
-                Err(Stop::Unsupported) => return Scanned::Unsupported,
+                Err(Stop::Unsupported) => self.refused = true,
             }
         }
+        Scanned::Unsupported
     }
 
     /// Walks one part (or as much of it as `buf` holds): false once nothing is left.
@@ -120,6 +127,7 @@ impl PacketScan {
                     r.str()?; // name
                     let ty = String::from_utf8_lossy(r.str()?).into_owned();
                     if self.rows > 0 {
+                        check_depth(&ty)?;
                         read_prefix(&mut r, &ty)?;
                     }
                     Ok::<_, Stop>(ty)
@@ -169,21 +177,27 @@ impl PacketScan {
                     parts.push(Part::Offsets { ty, count });
                     return Err(Stop::Incomplete);
                 };
-                // The last offset counts the values of every array (none without rows).
-                let mut last = [0u8; 8];
-                if let Some(bytes) = offsets.get(len.saturating_sub(8)..).filter(|b| b.len() == 8) {
-                    last.copy_from_slice(bytes);
+                // The last offset counts the values of every array (none without rows);
+                // offsets that go down are refused, as the decoder refuses them.
+                let mut total = 0u64;
+                for o in offsets.chunks_exact(8) {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(o);
+                    let o = u64::from_le_bytes(a);
+                    if o < total {
+                        return Err(Stop::Unsupported);
+                    }
+                    total = o;
                 }
-                let total = u64::from_le_bytes(last);
                 if total > MAX_ROWS {
                     return Err(Stop::Unsupported);
                 }
                 self.pos += len;
                 parts.push(Part::Values { ty, count: total });
             }
-            Part::Indexes { count, width } => {
+            Part::Indexes { count, width, keys, nullable } => {
                 let Ok(n) = r.bytes(8) else {
-                    parts.push(Part::Indexes { count, width });
+                    parts.push(Part::Indexes { count, width, keys, nullable });
                     return Err(Stop::Incomplete);
                 };
                 let mut a = [0u8; 8];
@@ -192,7 +206,25 @@ impl PacketScan {
                     return Err(Stop::Unsupported);
                 }
                 self.pos += 8;
-                parts.push(Part::Skip(count * width));
+                parts.push(Part::IndexesLeft { count, width, keys, nullable });
+            }
+            Part::IndexesLeft { count, width, keys, nullable } => {
+                // The indexes held, whole; each checked as the decoder checks it.
+                let held = (r.remaining().len() as u64 / width).min(count);
+                let bytes = r.bytes((held * width) as usize).map_err(|_| Stop::Unsupported)?;
+                for c in bytes.chunks_exact(width as usize) {
+                    let mut a = [0u8; 8];
+                    a[..c.len()].copy_from_slice(c);
+                    let i = u64::from_le_bytes(a);
+                    if i >= keys && !(nullable && i == 0) {
+                        return Err(Stop::Unsupported);
+                    }
+                }
+                self.pos += bytes.len();
+                if held < count {
+                    parts.push(Part::IndexesLeft { count: count - held, width, keys, nullable });
+                    return Err(Stop::Incomplete);
+                }
             }
         }
         Ok(true)
@@ -214,22 +246,34 @@ fn values(parts: &mut Vec<Part>, ty: String, count: u64, r: &mut Reader<'_>, pos
     } else if let Some(t) = inner(&ty, "Array") {
         parts.push(Part::Offsets { ty: t.to_owned(), count });
     } else if let Some(t) = inner(&ty, "LowCardinality") {
-        // Flags (the index width, own keys), then the keys, then the indexes.
-        let Ok(head) = r.bytes(16) else {
+        // Flags (the index width, own keys), then the keys, then the indexes; refused as
+        // soon as the decoder refuses (flags without own keys before the keys' count).
+        let word = |at: usize| {
+            let b = r.remaining().get(at..at + 8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Some(u64::from_le_bytes(a))
+        };
+        let (Some(flags), keys) = (word(0), word(8)) else {
             parts.push(Part::Values { ty, count });
             return Err(Stop::Incomplete);
         };
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&head[..8]);
-        let flags = u64::from_le_bytes(a);
-        a.copy_from_slice(&head[8..]);
-        let keys = u64::from_le_bytes(a);
-        if flags & LC_HAS_ADDITIONAL_KEYS == 0 || keys > MAX_ROWS || flags & 0xff > 3 {
+        if flags & LC_HAS_ADDITIONAL_KEYS == 0 {
+            return Err(Stop::Unsupported);
+        }
+        let Some(keys) = keys else {
+            parts.push(Part::Values { ty, count });
+            return Err(Stop::Incomplete);
+        };
+        if keys > MAX_ROWS || flags & 0xff > 3 {
             return Err(Stop::Unsupported);
         }
         *pos += 16;
-        parts.push(Part::Indexes { count, width: 1 << (flags & 0xff) });
-        let key_ty = inner(t, "Nullable").unwrap_or(t);
+        let (key_ty, nullable) = match inner(t, "Nullable") {
+            Some(k) => (k, true),
+            None => (t, false),
+        };
+        parts.push(Part::Indexes { count, width: 1 << (flags & 0xff), keys, nullable });
         parts.push(Part::Values { ty: key_ty.to_owned(), count: keys });
     } else {
         return Err(Stop::Unsupported);
@@ -349,6 +393,30 @@ mod tests {
         }
     }
 
+    /// Values are read by recursing once per level of a type: a server naming one nested
+    /// thousands deep is refused by name, not a stack overflow.
+    #[test]
+    fn a_type_nested_too_deep_is_refused_by_scan_and_decoder() {
+        let deep = format!("{}UInt8{}", "Array(".repeat(20_000), ")".repeat(20_000));
+        let bytes = data_packet(1, &[("a", &deep, vec![0; 64])]);
+        assert_eq!(PacketScan::default().resume(&bytes, CLIENT_REVISION), Scanned::Unsupported);
+        assert!(matches!(
+            packet::decode(&bytes, CLIENT_REVISION, false),
+            Err(packet::ProtocolError::UnsupportedType(t)) if t.contains("nested")
+        ));
+        // As deep as allowed still reads.
+        let depth = crate::clickhouse::result::MAX_TYPE_DEPTH;
+        let ok = format!("{}UInt8{}", "Array(".repeat(depth), ")".repeat(depth));
+        let mut values = Vec::new();
+        for _ in 0..depth {
+            values.extend(u64s(&[1]));
+        }
+        values.push(7);
+        let bytes = data_packet(1, &[("a", &ok, values)]);
+        assert_eq!(PacketScan::default().resume(&bytes, CLIENT_REVISION), Scanned::Ends(bytes.len()));
+        assert_eq!(decoded_length(&bytes), bytes.len());
+    }
+
     #[test]
     fn a_header_block_and_an_empty_block_end_after_their_columns() {
         let header = data_packet(0, &[("n", "UInt64", Vec::new()), ("c", "LowCardinality(String)", Vec::new())]);
@@ -372,6 +440,24 @@ mod tests {
         let huge_array = data_packet(1, &[("a", "Array(UInt8)", u64s(&[MAX_ROWS + 1]))]);
         assert_eq!(PacketScan::default().resume(&huge_array, CLIENT_REVISION), Scanned::Unsupported);
         assert!(packet::decode(&huge_array, CLIENT_REVISION, false).is_err());
+        // Refused where the decoder refuses, not waited on: a LowCardinality column
+        // without its own keys once its flags are there, offsets that go down, an index
+        // past the dictionary, each with the packet's later bytes still to come.
+        let shared_flags = data_packet(1, &[("c", "LowCardinality(String)", u64s(&[1, 0]))]);
+        assert_eq!(PacketScan::default().resume(&shared_flags, CLIENT_REVISION), Scanned::Unsupported);
+        assert!(packet::decode(&shared_flags, CLIENT_REVISION, false).is_err());
+        let down = data_packet(2, &[("a", "Array(UInt8)", u64s(&[2, 1])), ("s", "String", Vec::new())]);
+        assert_eq!(PacketScan::default().resume(&down, CLIENT_REVISION), Scanned::Unsupported);
+        let mut past = u64s(&[1, LC_HAS_ADDITIONAL_KEYS, 1]);
+        past.extend(strings(&["k"]));
+        past.extend(u64s(&[1]));
+        past.push(1); // index 1 of one key
+        let past = data_packet(1, &[("c", "LowCardinality(String)", past), ("s", "String", Vec::new())]);
+        assert_eq!(PacketScan::default().resume(&past, CLIENT_REVISION), Scanned::Unsupported);
+        // Once refused, always: more bytes do not make a scan that skipped a part end.
+        let mut scan = PacketScan::default();
+        assert_eq!(scan.resume(&unknown, CLIENT_REVISION), Scanned::Unsupported);
+        assert_eq!(scan.resume(&[unknown.clone(), every_type()].concat(), CLIENT_REVISION), Scanned::Unsupported);
         // Other packets: progress, end of stream.
         for code in [server::PROGRESS, server::END_OF_STREAM, server::EXCEPTION] {
             let mut bytes = Vec::new();

@@ -318,6 +318,11 @@ impl Connection {
                     if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
                         self.rbuf = Vec::with_capacity(64 * 1024);
                     }
+                    // Nor the spare buffer past 1 MiB (kept while the packet came in, so
+                    // that its many reads over a slow link do not each allocate it anew).
+                    if self.spare.capacity() > SPARE_KEPT {
+                        self.spare = Vec::new();
+                    }
                     self.packets += 1;
                     return Ok(p);
                 }
@@ -349,11 +354,6 @@ impl Connection {
                     if !self.spare.is_empty() {
                         self.rbuf.extend_from_slice(&self.spare);
                         self.spare.clear();
-                        // Dropped past 1 MiB after the read (the next read of a large
-                        // packet reserves it again): not kept at a large packet's size.
-                        if self.spare.capacity() > SPARE_KEPT {
-                            self.spare = Vec::new();
-                        }
                     }
                 }
             }

@@ -1150,6 +1150,12 @@ fn analytics_payments_are_exact() {
     assert_eq!(ids, ["nothing", "gems", "pass"]);
     assert_eq!(trend["products"][0]["points"], json!([]));
     assert_eq!(trend["products"][2]["points"], products[0]["points"]);
+    // A product listed twice has its points both times.
+    let twice =
+        api.json(&format!("/api/analytics/payments/product_trend?{range}&product_id=pass,gems,pass&granularity=hour"));
+    assert_eq!(twice["products"][0]["points"], products[0]["points"]);
+    assert_eq!(twice["products"][2]["points"], products[0]["points"]);
+    assert_eq!(twice["products"][1]["points"], trend["products"][1]["points"]);
 }
 
 /// An order stored again at a later time (a client's retry stamped anew, across midnight

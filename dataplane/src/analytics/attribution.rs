@@ -240,5 +240,5 @@ pub async fn attribution(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     }
     let payback = (has_cost && cost > 0).then(|| (1..=PAYBACK_DAYS).find(|n| returned(*n) >= cost)).flatten();
     summary["payback_days"] = json!(payback);
-    Ok(json!({ "summary": summary, "by_channel": by_channel, "truncated": truncated }))
+    Ok(super::object([("summary", summary), ("by_channel", by_channel.into()), ("truncated", truncated.into())]))
 }

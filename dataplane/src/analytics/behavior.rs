@@ -61,7 +61,7 @@ pub async fn events(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             })
         })
         .collect();
-    Ok(json!({ "events": items, "total": total }))
+    Ok(super::object([("events", items.into()), ("total", total.into())]))
 }
 
 /// One event of a group's sequence.
@@ -229,7 +229,7 @@ pub async fn funnel(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .zip(&counts)
         .map(|(s, n)| json!({ "step": s, "users": n, "rate": percent(*n as f64, base as f64) }))
         .collect();
-    Ok(json!({ "steps": out, "truncated": truncated }))
+    Ok(super::object([("steps", out.into()), ("truncated", truncated.into())]))
 }
 
 /// A group's path: its first `n` events joined with `>`, cut at a gap longer than `gap`
@@ -304,7 +304,7 @@ pub async fn paths(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let out: Vec<Json> =
         sorted.into_iter().take(limit).map(|(path, groups)| json!({ "path": path, "groups": groups })).collect();
-    Ok(json!({ "paths": out }))
+    Ok(super::object([("paths", out.into())]))
 }
 
 /// The group of `/adoption`: a user (default) or, with `per=session`, a user's session.
@@ -345,7 +345,7 @@ pub async fn adoption(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         .enumerate()
         .map(|(i, f)| json!({ "feature": f, "groups": u(&r, i + 1), "rate": percent(u(&r, i + 1) as f64, baseline as f64) }))
         .collect();
-    Ok(json!({ "features": out, "baseline": baseline }))
+    Ok(super::object([("features", out.into()), ("baseline", baseline.into())]))
 }
 
 /// `/behavior/adoption_breakdown`: per value of `by` (`platform`, `country`, else
@@ -379,7 +379,7 @@ pub async fn adoption_breakdown(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
                     "rate": percent(n as f64, base as f64) })
         })
         .collect();
-    Ok(json!({ "by": by, "rows": out, "truncated": truncated }))
+    Ok(super::object([("by", by.into()), ("rows", out.into()), ("truncated", truncated.into())]))
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ pub async fn ltv(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             o
         })
         .collect();
-    Ok(json!({ "cohorts": out }))
+    Ok(super::object([("cohorts", out.into())]))
 }
 
 /// `/segments`.

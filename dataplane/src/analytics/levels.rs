@@ -220,5 +220,5 @@ pub async fn facets(ctx: &Ctx<'_>, dim: &'static str, key: &'static str) -> Resu
     if let Some((name, items)) = current {
         out.push(json!({ dim: name, "per_level": items }));
     }
-    Ok(json!({ key: out, "truncated": truncated }))
+    Ok(super::object([(key, out.into()), ("truncated", truncated.into())]))
 }

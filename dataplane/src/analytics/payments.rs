@@ -172,7 +172,7 @@ pub async fn transactions(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             })
         })
         .collect();
-    Ok(json!({ "transactions": items, "total": total }))
+    Ok(super::object([("transactions", items.into()), ("total", total.into())]))
 }
 
 /// `/payments/product_trend`.
@@ -224,9 +224,17 @@ pub async fn product_trend(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             "revenue_cents": u(r, 2),
         }));
     }
+    // Each product's points moved into the answer (copied only for a product listed
+    // again later): a copy of 100 products' hourly points was a third of the answer's
+    // CPU, on the thread that answers probes.
     let out: Vec<Json> = products
         .iter()
-        .map(|p| json!({ "product_id": p, "points": points.get(p).cloned().unwrap_or_default() }))
+        .enumerate()
+        .map(|(i, p)| {
+            let again = products[i + 1..].contains(p);
+            let points = if again { points.get(p).cloned() } else { points.remove(p) };
+            super::object([("product_id", p.as_str().into()), ("points", points.unwrap_or_default().into())])
+        })
         .collect();
-    Ok(json!({ "products": out }))
+    Ok(super::object([("products", out.into())]))
 }

@@ -228,10 +228,10 @@ pub async fn series(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             .map(|(i, r)| json!([ts(r), values[i.saturating_sub(n - 1)..=i].iter().sum::<u64>()]))
             .collect()
     };
-    Ok(json!({
-        "online": online.iter().map(|r| json!([ts(r), u(r, 1)])).collect::<Vec<_>>(),
-        "active_5m_sum": window(5),
-        "active_15m_sum": window(15),
-        "revenue_cents": revenue.iter().map(|r| json!([ts(r), u(r, 1)])).collect::<Vec<_>>(),
-    }))
+    Ok(super::object([
+        ("online", online.iter().map(|r| json!([ts(r), u(r, 1)])).collect::<Vec<_>>().into()),
+        ("active_5m_sum", window(5).into()),
+        ("active_15m_sum", window(15).into()),
+        ("revenue_cents", revenue.iter().map(|r| json!([ts(r), u(r, 1)])).collect::<Vec<_>>().into()),
+    ]))
 }

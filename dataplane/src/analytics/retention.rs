@@ -132,5 +132,5 @@ pub async fn retention(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
             })
         })
         .collect();
-    Ok(json!({ "cohorts": rows }))
+    Ok(super::object([("cohorts", rows.into())]))
 }

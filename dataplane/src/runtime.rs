@@ -120,23 +120,6 @@ pub fn running() -> bool {
     RUNNING.with(|r| r.get())
 }
 
-/// Lets the thread's other ready tasks run before the calling task goes on: it is woken
-/// at once and queued behind them. Long work on a shared thread (a large answer of the
-/// Analytics API on the control thread) yields between its parts, so that a probe waits
-/// for one part, not for the whole.
-pub async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 /// Which io_uring ring the process runs is logged by the first thread that makes one.
 static RING_LOGGED: std::sync::Once = std::sync::Once::new();
 

@@ -149,12 +149,15 @@ pub async fn levels(ctx: &Ctx<'_>) -> Result<Json, ApiError> {
         payer.push(seg(u(r, 9), u(r, 10)));
         returning.push(seg(players.saturating_sub(u(r, 7)), winners.saturating_sub(u(r, 8))));
     }
-    Ok(json!({
-        "funnel": steps,
-        "per_level": per_level,
-        "per_level_segments": { "new": new, "payer": payer, "returning": returning },
-        "truncated": truncated,
-    }))
+    Ok(super::object([
+        ("funnel", steps.into()),
+        ("per_level", per_level.into()),
+        (
+            "per_level_segments",
+            super::object([("new", new.into()), ("payer", payer.into()), ("returning", returning.into())]),
+        ),
+        ("truncated", truncated.into()),
+    ]))
 }
 
 /// Keeps the first [`MAX_LEVELS`] of `rows` (read with `LIMIT MAX_LEVELS + 1`, most

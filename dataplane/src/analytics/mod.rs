@@ -38,6 +38,10 @@ use self::auth::{Caller, Verifier};
 use self::db::{Db, Reads};
 use self::error::ApiError;
 use self::params::{Params, Scope};
+use crate::clickhouse::connection::ChOptions;
+use crate::http::response::Response;
+use crate::redis::connection::{RedisClient, RedisError, RedisOptions};
+use crate::router::{Methods, Router};
 
 /// A JSON object of `fields`, their values moved in. `json!` copies every value it is
 /// given (it serializes a reference to it), so an answer's arrays of thousands of objects
@@ -45,10 +49,6 @@ use self::params::{Params, Scope};
 pub(crate) fn object<const N: usize>(fields: [(&str, Json); N]) -> Json {
     Json::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
-use crate::clickhouse::connection::ChOptions;
-use crate::http::response::Response;
-use crate::redis::connection::{RedisClient, RedisError, RedisOptions};
-use crate::router::{Methods, Router};
 
 /// An Analytics API route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,24 +320,14 @@ impl Api {
             r => r,
         }
         .map_err(|e| reads.answer_late(e));
-        // A large answer is built, written out as text and freed in parts of the thread's
-        // time, other tasks (probes, scrapes) running between them: one answer of
-        // megabytes held the control thread for hundreds of milliseconds at once.
-        if result.is_ok() {
-            crate::runtime::yield_now().await;
-        }
-        let (resp, answer) = match result {
+        let resp = match result {
             Ok(body) if csv => match export::csv(route, &body) {
-                Ok(text) => (Response::with_type(200, "text/csv; charset=utf-8", text), Some(body)),
-                Err(e) => (e.response(), Some(body)),
+                Ok(text) => Response::with_type(200, "text/csv; charset=utf-8", text),
+                Err(e) => e.response(),
             },
-            Ok(body) => (Response::json(200, body.to_string()), Some(body)),
-            Err(e) => (e.response(), None),
+            Ok(body) => Response::json(200, body.to_string()),
+            Err(e) => e.response(),
         };
-        if let Some(answer) = answer {
-            crate::runtime::yield_now().await;
-            drop(answer);
-        }
         self.record(route, &caller, &params, &scope, resp.status, started, reads.read_rows());
         resp
     }

@@ -137,10 +137,9 @@ pub struct Connection {
     /// Where a read goes while `rbuf` holds part of a packet ([`Connection::next_packet`]).
     spare: Vec<u8>,
     /// The walk of a block packet begun, which finds where it ends as its bytes come in
-    /// ([`Connection::next_packet`]).
+    /// ([`Connection::next_packet`]); kept once it refused the packet (it then always
+    /// does), which is then decoded after each read.
     scan: Option<PacketScan>,
-    /// The packet begun is one [`PacketScan`] does not walk: decoded after each read.
-    unscanned: bool,
     /// [`Connection::rows_read`].
     rows_read: u64,
     wbuf: Vec<u8>,
@@ -215,7 +214,6 @@ impl Connection {
             rbuf: Vec::with_capacity(64 * 1024),
             spare: Vec::new(),
             scan: None,
-            unscanned: false,
             rows_read: 0,
             wbuf: Vec::with_capacity(256 * 1024),
             scratch: Vec::new(),
@@ -281,7 +279,7 @@ impl Connection {
     }
 
     /// Whether the packet begun in `rbuf` may be whole: always, but for a block packet
-    /// being scanned, until its scan reaches its end.
+    /// being scanned, until its scan reaches its end (or refuses it).
     fn may_be_whole(&mut self) -> bool {
         let Some(scan) = self.scan.as_mut() else { return true };
         let from = scan.position();
@@ -293,11 +291,7 @@ impl Connection {
                 self.scan = None;
                 true
             }
-            Scanned::Unsupported => {
-                self.scan = None;
-                self.unscanned = true;
-                true
-            }
+            Scanned::Unsupported => true,
         }
     }
 
@@ -313,7 +307,7 @@ impl Connection {
                 self.decoded = self.decoded.saturating_add(over as u64);
                 if let Some((p, used)) = decoded {
                     self.rbuf.drain(..used);
-                    self.unscanned = false;
+                    self.scan = None;
                     // A connection kept in a pool does not hold its largest packet's room.
                     if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
                         self.rbuf = Vec::with_capacity(64 * 1024);
@@ -327,7 +321,7 @@ impl Connection {
                     return Ok(p);
                 }
                 // Results are read uncompressed; an insert's answers are small.
-                if !compressed && !self.unscanned && !self.rbuf.is_empty() {
+                if !compressed && self.scan.is_none() && !self.rbuf.is_empty() {
                     self.scan = Some(PacketScan::default());
                 }
             }

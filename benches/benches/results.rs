@@ -1,13 +1,18 @@
 //! Reading a `SELECT`'s answer: one block of 20,000 rows (~3 MB) arriving in pieces, as
 //! the Analytics API's connection to ClickHouse receives it, decoded from its start after
-//! each piece against scanned as it comes and decoded once. Read with `benches/README.md`.
+//! each piece against scanned as it comes and decoded once; and the same block
+//! compressed, as a query asking for compression receives it (its frames taken, checked
+//! and decompressed one at a time, then scanned and decoded). Read with
+//! `benches/README.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use croupier_protocol::clickhouse::block::{write_block, Column, ColumnData};
+use croupier_protocol::clickhouse::compress::compress_into;
 use croupier_protocol::clickhouse::packet::{self, server, ServerPacket};
 use croupier_protocol::clickhouse::scan::{PacketScan, Scanned};
+use croupier_protocol::clickhouse::unframe::Unframe;
 use croupier_protocol::clickhouse::wire::{put_str, put_varint};
 use croupier_protocol::clickhouse::CLIENT_REVISION;
 
@@ -39,8 +44,35 @@ fn result_packet() -> Vec<u8> {
     out
 }
 
+/// `packet` as it comes in the answer to a query that asked for compression: its code and
+/// table name, then its block in LZ4 frames of at most 1 MiB, as ClickHouse writes them.
+fn compressed(packet: &[u8]) -> Vec<u8> {
+    let head = 2; // the code and an empty table name
+    let mut out = packet[..head].to_vec();
+    compress_into(&packet[head..], 1 << 20, &mut out);
+    out
+}
+
+/// Takes `wire`'s frames as `piece` bytes at a time arrive, each once whole, scanning the
+/// packet's uncompressed bytes after each; decodes the packet once the scan ends.
+fn unframed_in_pieces(wire: &[u8], piece: usize) -> usize {
+    let mut u = Unframe::default();
+    let mut scan = PacketScan::default();
+    let (mut taken, mut held) = (0, 0);
+    while taken < wire.len() {
+        held = (held + piece).min(wire.len());
+        while let Ok(Some(n)) = u.take_frame(&wire[taken..held]) {
+            taken += n;
+            if let Scanned::Ends(n) = scan.resume(u.plain(), CLIENT_REVISION) {
+                return rows(&u.plain()[..n]);
+            }
+        }
+    }
+    0
+}
+
 fn rows(bytes: &[u8]) -> usize {
-    match packet::decode(bytes, CLIENT_REVISION, false) {
+    match packet::decode(bytes, CLIENT_REVISION) {
         Ok(Some((ServerPacket::Rows(b), _))) => b.rows,
         _ => 0,
     }
@@ -62,8 +94,7 @@ fn block_in_pieces(c: &mut Criterion) {
                 let mut held = 0;
                 loop {
                     held = (held + piece).min(bytes.len());
-                    if let Ok(Some((ServerPacket::Rows(r), _))) = packet::decode(&bytes[..held], CLIENT_REVISION, false)
-                    {
+                    if let Ok(Some((ServerPacket::Rows(r), _))) = packet::decode(&bytes[..held], CLIENT_REVISION) {
                         return r.rows;
                     }
                 }
@@ -82,6 +113,11 @@ fn block_in_pieces(c: &mut Criterion) {
             });
         });
     }
+    let wire = compressed(&bytes);
+    assert_eq!(unframed_in_pieces(&wire, 16 << 10), ROWS);
+    g.bench_function("compressed_in_16k_pieces_unframed_scanned_then_decoded", |b| {
+        b.iter(|| unframed_in_pieces(black_box(&wire), 16 << 10));
+    });
     g.finish();
 }
 

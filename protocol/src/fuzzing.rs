@@ -3,7 +3,7 @@
 //! when the decoder panics or breaks one of its promises (say, a reply measured as
 //! complete that does not decode). Not an API: `docs/fuzzing.md`.
 
-use crate::clickhouse::packet;
+use crate::clickhouse::{packet, unframe};
 use crate::clickhouse::{rev, CLIENT_REVISION};
 use crate::envelope::{text, EventBatch, PaymentBatch};
 use crate::hll::{redis_string, Sketch, REGISTERS};
@@ -107,12 +107,37 @@ pub fn clickhouse_packets(data: &[u8]) {
     } else {
         rest
     };
-    while let Ok(Some((p, used))) = packet::decode(buf, revision, compressed) {
+    loop {
+        // A block packet of a compressed answer: its frames taken one at a time, as the
+        // connection takes them, until its uncompressed bytes decode.
+        if compressed && unframe::is_framed(buf) == Some(true) {
+            let mut u = unframe::Unframe::default();
+            let mut at = 0;
+            let whole = loop {
+                let Ok(Some(n)) = u.take_frame(&buf[at..]) else { break false };
+                assert!(n > 0 && at + n <= buf.len(), "frame of {n} bytes at {at} of {}", buf.len());
+                at += n;
+                match packet::decode(u.plain(), revision) {
+                    Ok(Some((_, used))) => {
+                        assert!(used <= u.plain().len(), "packet length {used} of {}", u.plain().len());
+                        break used == u.plain().len();
+                    }
+                    Ok(None) => {}
+                    Err(_) => break false,
+                }
+            };
+            if !whole {
+                return;
+            }
+            buf = &buf[at..];
+            continue;
+        }
+        let Ok(Some((p, used))) = packet::decode(buf, revision) else { return };
         assert!(used > 0 && used <= buf.len(), "packet length {used} of {}", buf.len());
-        let again = packet::decode(&buf[..used], revision, compressed);
+        let again = packet::decode(&buf[..used], revision);
         assert!(matches!(&again, Ok(Some((q, u))) if *u == used && *q == p), "packet alone: {again:?}");
         for i in prefix_lengths(used) {
-            let d = packet::decode(&buf[..i], revision, compressed);
+            let d = packet::decode(&buf[..i], revision);
             assert!(matches!(d, Ok(None)), "a {i}-byte prefix of a {used}-byte packet: {d:?}");
         }
         buf = &buf[used..];

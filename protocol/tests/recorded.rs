@@ -8,7 +8,7 @@ use croupier_protocol::clickhouse::packet::{decode, ServerPacket};
 const REV: u64 = 54412;
 
 fn one(bytes: &[u8], revision: u64) -> ServerPacket {
-    let (p, used) = decode(bytes, revision, false).expect("decodes").expect("complete");
+    let (p, used) = decode(bytes, revision).expect("decodes").expect("complete");
     assert_eq!(used, bytes.len(), "one packet, all bytes used");
     p
 }
@@ -23,7 +23,7 @@ fn hello() {
     assert_eq!(h.negotiated_revision(), 54412);
     // Every prefix is "incomplete", never an error.
     for n in 0..bytes.len() {
-        assert_eq!(decode(&bytes[..n], REV, false), Ok(None), "prefix {n}");
+        assert_eq!(decode(&bytes[..n], REV), Ok(None), "prefix {n}");
     }
 }
 

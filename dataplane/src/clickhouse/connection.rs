@@ -13,6 +13,7 @@ use croupier_protocol::clickhouse::block::{BlockHeader, Column};
 use croupier_protocol::clickhouse::packet::{self, ProtocolError, ServerException, ServerHello, ServerPacket, Setting};
 use croupier_protocol::clickhouse::result::Value;
 use croupier_protocol::clickhouse::scan::{PacketScan, Scanned};
+use croupier_protocol::clickhouse::unframe::{self, Unframe};
 use croupier_protocol::clickhouse::CLIENT_REVISION;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -124,7 +125,7 @@ pub struct ChOptions {
     pub user: String,
     /// Password (redacted in `Debug`, as is every copy of these options).
     pub password: Secret,
-    /// LZ4-compress data blocks.
+    /// LZ4 frames with checksums: inserts, and the blocks of query answers.
     pub compression: bool,
     /// Connect and per-reply timeout.
     pub timeout: Duration,
@@ -140,6 +141,12 @@ pub struct Connection {
     /// ([`Connection::next_packet`]); kept once it refused the packet (it then always
     /// does), which is then decoded after each read.
     scan: Option<PacketScan>,
+    /// A framed (compressed) block packet begun: its frames taken so far, decompressed,
+    /// which the scan then walks ([`Connection::next_packet`]).
+    unframe: Option<Unframe>,
+    /// Whether the query in progress asked for compression: its block packets then come
+    /// in frames.
+    query_compressed: bool,
     /// [`Connection::rows_read`].
     rows_read: u64,
     wbuf: Vec<u8>,
@@ -156,6 +163,9 @@ pub struct Connection {
     /// Bytes received from the server, and bytes the packet decoder and scan went over.
     received: u64,
     decoded: u64,
+    /// Bytes of frames taken, and the bytes they decompressed to.
+    framed: u64,
+    unframed: u64,
 }
 
 const CLIENT_NAME: &str = "croupier";
@@ -214,6 +224,8 @@ impl Connection {
             rbuf: Vec::with_capacity(64 * 1024),
             spare: Vec::new(),
             scan: None,
+            unframe: None,
+            query_compressed: false,
             rows_read: 0,
             wbuf: Vec::with_capacity(256 * 1024),
             scratch: Vec::new(),
@@ -234,10 +246,12 @@ impl Connection {
             packets: 0,
             received: 0,
             decoded: 0,
+            framed: 0,
+            unframed: 0,
         };
         packet::hello(&mut c.wbuf, CLIENT_NAME, &opts.database, &opts.user, opts.password.expose());
         c.flush().await?;
-        match c.next_packet(false).await? {
+        match c.next_packet().await? {
             ServerPacket::Hello(h) => {
                 c.revision = h.negotiated_revision();
                 c.server = h;
@@ -262,9 +276,11 @@ impl Connection {
     /// Bytes the packet decoder and scan went over per byte received so far: 1 when every
     /// packet came in one read; about 2 for block packets that came in pieces (scanned as
     /// they come, decoded once whole), however many; more for other packets in pieces,
-    /// which are decoded from their start after each.
+    /// which are decoded from their start after each. A framed packet counts as the bytes
+    /// it decompressed to, and its frames, each checked and decompressed once, as one pass.
     pub fn decode_passes(&self) -> f64 {
-        self.decoded as f64 / self.received.max(1) as f64
+        let plain = self.received.saturating_sub(self.framed).saturating_add(self.unframed);
+        self.decoded.saturating_add(self.unframed) as f64 / plain.max(1) as f64
     }
 
     async fn flush(&mut self) -> Result<(), ChError> {
@@ -278,50 +294,99 @@ impl Connection {
         res.map(|_| ()).map_err(|e| ChError::Io(e.to_string()))
     }
 
-    /// Whether the packet begun in `rbuf` may be whole: always, but for a block packet
+    /// Whether the packet begun in `buf` may be whole: always, but for a block packet
     /// being scanned, until its scan reaches its end (or refuses it).
-    fn may_be_whole(&mut self) -> bool {
-        let Some(scan) = self.scan.as_mut() else { return true };
-        let from = scan.position();
-        let found = scan.resume(&self.rbuf, self.revision);
-        self.decoded = self.decoded.saturating_add(scan.position().saturating_sub(from) as u64);
+    fn may_be_whole(scan: &mut Option<PacketScan>, buf: &[u8], revision: u64, decoded: &mut u64) -> bool {
+        let Some(s) = scan.as_mut() else { return true };
+        let from = s.position();
+        let found = s.resume(buf, revision);
+        *decoded = decoded.saturating_add(s.position().saturating_sub(from) as u64);
         match found {
             Scanned::Incomplete => false,
             Scanned::Ends(_) => {
-                self.scan = None;
+                *scan = None;
                 true
             }
             Scanned::Unsupported => true,
         }
     }
 
-    async fn next_packet(&mut self, compressed: bool) -> Result<ServerPacket, ChError> {
+    /// Takes the frames of the framed packet begun in `rbuf`, one at a time while its
+    /// block goes on; once the block is whole, the packet, decoded from its uncompressed
+    /// bytes.
+    fn unframed_packet(&mut self) -> Result<Option<ServerPacket>, ChError> {
+        let Some(u) = self.unframe.as_mut() else { return Ok(None) };
         loop {
+            let before = u.plain().len();
+            let Some(taken) = u.take_frame(&self.rbuf).map_err(ChError::Protocol)? else {
+                return Ok(None);
+            };
+            self.rbuf.drain(..taken);
+            self.framed = self.framed.saturating_add(taken as u64);
+            self.unframed = self.unframed.saturating_add(u.plain().len().saturating_sub(before) as u64);
+            let scan = self.scan.get_or_insert_with(PacketScan::default);
+            let from = scan.position();
+            let found = scan.resume(u.plain(), self.revision);
+            self.decoded = self.decoded.saturating_add(scan.position().saturating_sub(from) as u64);
+            if found == Scanned::Incomplete {
+                continue;
+            }
+            let plain = u.plain();
+            let decoded = packet::decode(plain, self.revision).map_err(ChError::Protocol)?;
+            self.decoded = self.decoded.saturating_add(decoded.as_ref().map_or(plain.len(), |(_, used)| *used) as u64);
+            match decoded {
+                // The server ends a block with its frame: a block that ends within one is
+                // not one this client can read.
+                Some((p, used)) if used == plain.len() => {
+                    self.unframe = None;
+                    self.scan = None;
+                    self.packets += 1;
+                    return Ok(Some(p));
+                }
+                Some(_) => {
+                    return Err(ChError::Protocol(ProtocolError::Frame(
+                        "a block ends within a compressed frame".into(),
+                    )))
+                }
+                // A block the scan does not follow, decoded after each frame.
+                None => {}
+            }
+        }
+    }
+
+    async fn next_packet(&mut self) -> Result<ServerPacket, ChError> {
+        loop {
+            // A block packet of a query that asked for compression comes in frames: each
+            // is checked and decompressed once whole, and the packet's uncompressed bytes
+            // are then walked and decoded as those of an uncompressed one.
+            if self.unframe.is_none()
+                && self.query_compressed
+                && self.scan.is_none()
+                && unframe::is_framed(&self.rbuf) == Some(true)
+            {
+                self.unframe = Some(Unframe::default());
+            }
+            if self.unframe.is_some() {
+                if let Some(p) = self.unframed_packet()? {
+                    self.trim_buffers();
+                    return Ok(p);
+                }
             // A block arriving in pieces is walked as its bytes come (each once) and decoded
             // once whole: decoding it from its start after every read would cost its size
             // per read, hundreds of times over a link slower than the decoder.
-            if self.may_be_whole() {
-                let decoded = packet::decode(&self.rbuf, self.revision, compressed).map_err(ChError::Protocol)?;
+            } else if Self::may_be_whole(&mut self.scan, &self.rbuf, self.revision, &mut self.decoded) {
+                let decoded = packet::decode(&self.rbuf, self.revision).map_err(ChError::Protocol)?;
                 // What the decoder went over: the packet, or all that is held of one begun.
                 let over = decoded.as_ref().map_or(self.rbuf.len(), |(_, used)| *used);
                 self.decoded = self.decoded.saturating_add(over as u64);
                 if let Some((p, used)) = decoded {
                     self.rbuf.drain(..used);
                     self.scan = None;
-                    // A connection kept in a pool does not hold its largest packet's room.
-                    if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
-                        self.rbuf = Vec::with_capacity(64 * 1024);
-                    }
-                    // Nor the spare buffer past 1 MiB (kept while the packet came in, so
-                    // that its many reads over a slow link do not each allocate it anew).
-                    if self.spare.capacity() > SPARE_KEPT {
-                        self.spare = Vec::new();
-                    }
+                    self.trim_buffers();
                     self.packets += 1;
                     return Ok(p);
                 }
-                // Results are read uncompressed; an insert's answers are small.
-                if !compressed && self.scan.is_none() && !self.rbuf.is_empty() {
+                if self.scan.is_none() && !self.rbuf.is_empty() {
                     self.scan = Some(PacketScan::default());
                 }
             }
@@ -354,8 +419,21 @@ impl Connection {
         }
     }
 
+    /// Once a packet is decoded: a connection kept in a pool does not hold its largest
+    /// packet's room, nor the spare buffer past 1 MiB (kept while the packet came in, so
+    /// that its many reads over a slow link do not each allocate it anew).
+    fn trim_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEPT {
+            self.rbuf = Vec::with_capacity(64 * 1024);
+        }
+        if self.spare.capacity() > SPARE_KEPT {
+            self.spare = Vec::new();
+        }
+    }
+
     fn start_query(&mut self, sql: &str, settings: &[(&str, Setting<'_>)], compression: bool) {
         self.queries += 1;
+        self.query_compressed = compression;
         let id = format!("croupier-{:016x}-{}", self.id, self.queries);
         packet::query(&mut self.wbuf, self.revision, CLIENT_NAME, &id, sql, settings, compression);
     }
@@ -364,18 +442,14 @@ impl Connection {
     pub async fn execute(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<(), ChError> {
         self.start_query(sql, settings, false);
         self.flush().await?;
-        self.wait_for(false, |p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
+        self.wait_for(|p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
     }
 
     /// Reads packets until one `is_end` accepts (returned) or an exception (its error);
     /// progress, profile and log packets in between are skipped.
-    async fn wait_for(
-        &mut self,
-        compressed: bool,
-        is_end: impl Fn(&ServerPacket) -> bool,
-    ) -> Result<ServerPacket, ChError> {
+    async fn wait_for(&mut self, is_end: impl Fn(&ServerPacket) -> bool) -> Result<ServerPacket, ChError> {
         loop {
-            match self.next_packet(compressed).await? {
+            match self.next_packet().await? {
                 ServerPacket::Exception(e) => return Err(ChError::Server(e)),
                 p if is_end(&p) => return Ok(p),
                 _ => {}
@@ -388,7 +462,7 @@ impl Connection {
         let compression = self.compression;
         self.start_query(sql, settings, compression);
         self.flush().await?;
-        match self.wait_for(compression, |p| matches!(p, ServerPacket::Data(_) | ServerPacket::EndOfStream)).await? {
+        match self.wait_for(|p| matches!(p, ServerPacket::Data(_) | ServerPacket::EndOfStream)).await? {
             ServerPacket::Data(h) => Ok(h),
             _ => Err(ChError::Unexpected("end of stream before the header".into())),
         }
@@ -421,18 +495,20 @@ impl Connection {
     pub async fn insert_end(&mut self) -> Result<(), ChError> {
         packet::data(&mut self.wbuf, self.revision, self.compression, &[], 0, &mut self.scratch);
         self.flush().await?;
-        self.wait_for(self.compression, |p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
+        self.wait_for(|p| matches!(p, ServerPacket::EndOfStream)).await.map(|_| ())
     }
 
-    /// Runs a `SELECT` (results uncompressed) and returns its rows, and the rows the
-    /// server read for it (from its progress packets; so far: [`Connection::rows_read`]).
+    /// Runs a `SELECT` and returns its rows, and the rows the server read for it (from its
+    /// progress packets; so far: [`Connection::rows_read`]). With
+    /// [`ChOptions::compression`], its blocks come compressed, each frame checked.
     pub async fn select(&mut self, sql: &str, settings: &[(&str, Setting<'_>)]) -> Result<Selected, ChError> {
         self.rows_read = 0;
-        self.start_query(sql, settings, false);
+        let compression = self.compression;
+        self.start_query(sql, settings, compression);
         self.flush().await?;
         let mut out = Selected::default();
         loop {
-            match self.next_packet(false).await? {
+            match self.next_packet().await? {
                 ServerPacket::Exception(e) => return Err(ChError::Server(e)),
                 ServerPacket::Rows(b) => {
                     if out.columns.is_empty() {
@@ -480,7 +556,7 @@ impl Connection {
         let ended = async {
             self.flush().await?;
             loop {
-                if let ServerPacket::EndOfStream | ServerPacket::Exception(_) = self.next_packet(false).await? {
+                if let ServerPacket::EndOfStream | ServerPacket::Exception(_) = self.next_packet().await? {
                     return Ok::<(), ChError>(());
                 }
             }
@@ -494,7 +570,7 @@ impl Connection {
     pub async fn ping(&mut self) -> Result<(), ChError> {
         packet::ping(&mut self.wbuf);
         self.flush().await?;
-        self.wait_for(false, |p| matches!(p, ServerPacket::Pong)).await.map(|_| ())
+        self.wait_for(|p| matches!(p, ServerPacket::Pong)).await.map(|_| ())
     }
 }
 

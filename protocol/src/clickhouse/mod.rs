@@ -5,6 +5,8 @@
 //! - [`block`]: column encoders and the block layout.
 //! - [`order`]: the order of a block's rows by a table's sort key, as the server sorts.
 //! - [`result`]: the rows of a `SELECT`, decoded into values.
+//! - [`scan`]: where a block packet arriving in pieces ends, found as its bytes come.
+//! - [`unframe`]: a compressed block packet made whole, frame by frame, as it arrives.
 //! - [`packet`]: client packets (hello, query, data, ping) and server packets (hello,
 //!   data, exception, progress, profile info, table columns, end of stream, ...).
 //!
@@ -20,6 +22,7 @@ pub mod order;
 pub mod packet;
 pub mod result;
 pub mod scan;
+pub mod unframe;
 pub mod wire;
 
 /// The protocol revision this client speaks (ClickHouse 18.16's, the oldest server we

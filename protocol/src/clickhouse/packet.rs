@@ -1,7 +1,7 @@
 //! Packets of the native protocol: what the client sends and what the server answers.
 
 use super::block::{self, BlockError, BlockHeader, Column};
-use super::compress::{self, FrameError};
+use super::compress;
 use super::result::{self, ResultBlock};
 use super::wire::{put_str, put_varint, Incomplete, Reader};
 use super::{rev, CLIENT_REVISION};
@@ -313,16 +313,6 @@ impl From<BlockError> for Step {
     }
 }
 
-impl From<FrameError> for Step {
-    fn from(e: FrameError) -> Self {
-        match e {
-            FrameError::Incomplete => Step::Incomplete,
-            FrameError::Checksum => Step::Error(ProtocolError::Frame("checksum mismatch".into())),
-            FrameError::Corrupt(m) => Step::Error(ProtocolError::Frame(m)),
-        }
-    }
-}
-
 /// Most exceptions in one chain (an exception and those nested in it). Servers send a
 /// few; a longer chain is refused, so that neither reading nor dropping it can exhaust
 /// the stack.
@@ -356,42 +346,22 @@ fn exception(r: &mut Reader<'_>) -> Result<ServerException, Step> {
     }
 }
 
-fn block_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<BlockHeader, Step> {
-    r.str()?; // table name
-    if compressed {
-        let mut raw = Vec::new();
-        compress::decompress_frame(r, &mut raw)?;
-        Ok(block::read_empty_block(&mut Reader::new(&raw), revision)?)
-    } else {
-        Ok(block::read_empty_block(r, revision)?)
-    }
-}
-
 /// A block read whole, rows included, and set aside (totals, extremes, log lines).
-fn skipped_block(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<(), Step> {
+fn skipped_block(r: &mut Reader<'_>, revision: u64) -> Result<(), Step> {
     r.str()?; // table name
-    if compressed {
-        let mut raw = Vec::new();
-        compress::decompress_frame(r, &mut raw)?;
-        result::read_block(&mut Reader::new(&raw), revision)?;
-    } else {
-        result::read_block(r, revision)?;
-    }
+    result::read_block(r, revision)?;
     Ok(())
 }
 
-/// A data packet: its header when it has no rows, else its rows (only read uncompressed:
-/// a compressed result may span frames).
-fn data_packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerPacket, Step> {
-    if compressed {
-        return Ok(ServerPacket::Data(block_packet(r, revision, compressed)?));
-    }
+/// A data packet: its header when it has no rows, else its rows. (A compressed one is
+/// read from its frames first: [`super::unframe`].)
+fn data_packet(r: &mut Reader<'_>, revision: u64) -> Result<ServerPacket, Step> {
     r.str()?; // table name
     let b = result::read_block(r, revision)?;
     Ok(if b.rows == 0 { ServerPacket::Data(b.header()) } else { ServerPacket::Rows(b) })
 }
 
-fn packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerPacket, Step> {
+fn packet(r: &mut Reader<'_>, revision: u64) -> Result<ServerPacket, Step> {
     let code = r.varint()?;
     Ok(match code {
         server::HELLO => {
@@ -405,14 +375,14 @@ fn packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerP
             let patch = if speak >= rev::VERSION_PATCH { r.varint()? } else { 0 };
             ServerPacket::Hello(ServerHello { name, major, minor, revision, timezone, display_name, patch })
         }
-        server::DATA => data_packet(r, revision, compressed)?,
+        server::DATA => data_packet(r, revision)?,
         server::TOTALS | server::EXTREMES => {
-            skipped_block(r, revision, compressed)?;
+            skipped_block(r, revision)?;
             ServerPacket::Skipped(code)
         }
         // The server's log lines (`send_logs_level`), rows and all, never compressed.
         server::LOG => {
-            skipped_block(r, revision, false)?;
+            skipped_block(r, revision)?;
             ServerPacket::Skipped(code)
         }
         server::EXCEPTION => ServerPacket::Exception(exception(r)?),
@@ -447,10 +417,11 @@ fn packet(r: &mut Reader<'_>, revision: u64, compressed: bool) -> Result<ServerP
 
 /// Decodes one server packet from the front of `buf`: `Ok(None)` when more bytes are
 /// needed, else the packet and the bytes it took. `revision` is the negotiated revision
-/// (any value before the hello); `compressed` whether the query asked for compression.
-pub fn decode(buf: &[u8], revision: u64, compressed: bool) -> Result<Option<(ServerPacket, usize)>, ProtocolError> {
+/// (any value before the hello). A block packet of a query that asked for compression is
+/// decoded from its uncompressed bytes ([`super::unframe`]).
+pub fn decode(buf: &[u8], revision: u64) -> Result<Option<(ServerPacket, usize)>, ProtocolError> {
     let mut r = Reader::new(buf);
-    match packet(&mut r, revision, compressed) {
+    match packet(&mut r, revision) {
         Ok(p) => Ok(Some((p, r.position()))),
         Err(Step::Incomplete) => Ok(None),
         Err(Step::Error(e)) => Err(e),
@@ -478,7 +449,7 @@ mod tests {
     #[test]
     fn nested_exceptions_decode_in_order() {
         let bytes = nested_exception(3);
-        let Some((ServerPacket::Exception(e), used)) = decode(&bytes, CLIENT_REVISION, false).expect("decodes") else {
+        let Some((ServerPacket::Exception(e), used)) = decode(&bytes, CLIENT_REVISION).expect("decodes") else {
             panic!("an exception")
         };
         assert_eq!(used, bytes.len());
@@ -489,18 +460,18 @@ mod tests {
         assert!(inner.nested.as_ref().expect("nested").nested.is_none());
         // Cut short anywhere: more bytes needed, never an error.
         for cut in 0..bytes.len() {
-            assert_eq!(decode(&bytes[..cut], CLIENT_REVISION, false), Ok(None), "cut at {cut}");
+            assert_eq!(decode(&bytes[..cut], CLIENT_REVISION), Ok(None), "cut at {cut}");
         }
     }
 
     #[test]
     fn deeply_nested_exceptions_are_refused_not_a_stack_overflow() {
         let bytes = nested_exception(200_000);
-        assert_eq!(decode(&bytes, CLIENT_REVISION, false), Err(ProtocolError::NestedTooDeep));
+        assert_eq!(decode(&bytes, CLIENT_REVISION), Err(ProtocolError::NestedTooDeep));
         let ok = nested_exception(MAX_NESTED_EXCEPTIONS);
-        assert!(matches!(decode(&ok, CLIENT_REVISION, false), Ok(Some((ServerPacket::Exception(_), _)))));
+        assert!(matches!(decode(&ok, CLIENT_REVISION), Ok(Some((ServerPacket::Exception(_), _)))));
         let over = nested_exception(MAX_NESTED_EXCEPTIONS + 1);
-        assert_eq!(decode(&over, CLIENT_REVISION, false), Err(ProtocolError::NestedTooDeep));
+        assert_eq!(decode(&over, CLIENT_REVISION), Err(ProtocolError::NestedTooDeep));
     }
 
     /// A `Log` packet as a server sends it with `send_logs_level`: its block has rows
@@ -526,11 +497,11 @@ mod tests {
         put_str(&mut bytes, b"Renaming temporary part");
         let log = bytes.len();
         put_varint(&mut bytes, server::END_OF_STREAM);
-        let Some((first, used)) = decode(&bytes, CLIENT_REVISION, false).expect("decodes") else { panic!("a packet") };
+        let Some((first, used)) = decode(&bytes, CLIENT_REVISION).expect("decodes") else { panic!("a packet") };
         assert_eq!((first, used), (ServerPacket::Skipped(server::LOG), log));
-        assert_eq!(decode(&bytes[used..], CLIENT_REVISION, false), Ok(Some((ServerPacket::EndOfStream, 1))));
+        assert_eq!(decode(&bytes[used..], CLIENT_REVISION), Ok(Some((ServerPacket::EndOfStream, 1))));
         for cut in 0..log {
-            assert_eq!(decode(&bytes[..cut], CLIENT_REVISION, false), Ok(None), "cut at {cut}");
+            assert_eq!(decode(&bytes[..cut], CLIENT_REVISION), Ok(None), "cut at {cut}");
         }
     }
 }

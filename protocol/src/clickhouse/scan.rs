@@ -356,7 +356,7 @@ mod tests {
     }
 
     fn decoded_length(bytes: &[u8]) -> usize {
-        match packet::decode(bytes, CLIENT_REVISION, false) {
+        match packet::decode(bytes, CLIENT_REVISION) {
             Ok(Some((ServerPacket::Rows(_), used))) => used,
             other => panic!("the packet decodes whole: {other:?}"),
         }
@@ -401,7 +401,7 @@ mod tests {
         let bytes = data_packet(1, &[("a", &deep, vec![0; 64])]);
         assert_eq!(PacketScan::default().resume(&bytes, CLIENT_REVISION), Scanned::Unsupported);
         assert!(matches!(
-            packet::decode(&bytes, CLIENT_REVISION, false),
+            packet::decode(&bytes, CLIENT_REVISION),
             Err(packet::ProtocolError::UnsupportedType(t)) if t.contains("nested")
         ));
         // As deep as allowed still reads.
@@ -422,7 +422,7 @@ mod tests {
         let header = data_packet(0, &[("n", "UInt64", Vec::new()), ("c", "LowCardinality(String)", Vec::new())]);
         assert_eq!(PacketScan::default().resume(&header, CLIENT_REVISION), Scanned::Ends(header.len()));
         assert!(
-            matches!(packet::decode(&header, CLIENT_REVISION, false), Ok(Some((ServerPacket::Data(_), n))) if n == header.len())
+            matches!(packet::decode(&header, CLIENT_REVISION), Ok(Some((ServerPacket::Data(_), n))) if n == header.len())
         );
         let empty = data_packet(0, &[]);
         assert_eq!(PacketScan::default().resume(&empty, CLIENT_REVISION), Scanned::Ends(empty.len()));
@@ -432,20 +432,20 @@ mod tests {
     fn what_the_decoder_refuses_or_does_not_scan_is_left_to_it() {
         let unknown = data_packet(1, &[("u", "UUID", vec![0; 16])]);
         assert_eq!(PacketScan::default().resume(&unknown, CLIENT_REVISION), Scanned::Unsupported);
-        assert!(packet::decode(&unknown, CLIENT_REVISION, false).is_err());
+        assert!(packet::decode(&unknown, CLIENT_REVISION).is_err());
         let mut lc_shared = u64s(&[1, 0, 0]);
         lc_shared.truncate(24);
         let shared = data_packet(1, &[("c", "LowCardinality(String)", lc_shared)]);
         assert_eq!(PacketScan::default().resume(&shared, CLIENT_REVISION), Scanned::Unsupported);
         let huge_array = data_packet(1, &[("a", "Array(UInt8)", u64s(&[MAX_ROWS + 1]))]);
         assert_eq!(PacketScan::default().resume(&huge_array, CLIENT_REVISION), Scanned::Unsupported);
-        assert!(packet::decode(&huge_array, CLIENT_REVISION, false).is_err());
+        assert!(packet::decode(&huge_array, CLIENT_REVISION).is_err());
         // Refused where the decoder refuses, not waited on: a LowCardinality column
         // without its own keys once its flags are there, offsets that go down, an index
         // past the dictionary, each with the packet's later bytes still to come.
         let shared_flags = data_packet(1, &[("c", "LowCardinality(String)", u64s(&[1, 0]))]);
         assert_eq!(PacketScan::default().resume(&shared_flags, CLIENT_REVISION), Scanned::Unsupported);
-        assert!(packet::decode(&shared_flags, CLIENT_REVISION, false).is_err());
+        assert!(packet::decode(&shared_flags, CLIENT_REVISION).is_err());
         let down = data_packet(2, &[("a", "Array(UInt8)", u64s(&[2, 1])), ("s", "String", Vec::new())]);
         assert_eq!(PacketScan::default().resume(&down, CLIENT_REVISION), Scanned::Unsupported);
         let mut past = u64s(&[1, LC_HAS_ADDITIONAL_KEYS, 1]);

@@ -515,7 +515,7 @@ pub struct ClickHouse {
     pub password: Secret,
     /// A file holding the password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
-    /// LZ4-compress data blocks.
+    /// LZ4 frames with checksums, for inserts and for query answers.
     pub compression: bool,
     /// Connect timeout and longest wait for any reply, milliseconds.
     pub timeout_ms: u64,
@@ -1607,6 +1607,17 @@ impl Config {
                 ),
             ));
         }
+        if self.worker.backoff_max_ms.saturating_mul(2) >= self.worker.claim_idle_ms {
+            return Err(err(
+                "worker.backoff_max_ms",
+                format!(
+                    "must be less than half of worker.claim_idle_ms ({} ms): a batch stalled by a fault every \
+                     worker meets is kept between retries, and a longer wait lets other workers claim it, each \
+                     claim counting a delivery, until it is dead-lettered",
+                    self.worker.claim_idle_ms
+                ),
+            ));
+        }
         for id in self.games.keys() {
             if id.is_empty() || id.len() > 64 {
                 return Err(err(format!("games.{id}"), "game ids are 1 to 64 bytes"));
@@ -1951,6 +1962,23 @@ mod tests {
         let e = Config::load(None, env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", "9223372036854775807")]))
             .expect_err("past what Redis takes");
         assert!(e.to_string().contains("worker.claim_idle_ms") && e.to_string().contains("86400000"), "{e}");
+    }
+
+    #[test]
+    fn the_retry_backoff_is_below_half_the_claim_idle_time() {
+        let e = Config::load(None, env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", "3000")])).expect_err("default 5 s");
+        assert!(e.to_string().contains("worker.backoff_max_ms") && e.to_string().contains("3000"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", "3000"), ("CROUPIER_WORKER__BACKOFF_MAX_MS", "1500")]),
+        )
+        .expect_err("half");
+        assert!(e.to_string().contains("worker.backoff_max_ms"), "{e}");
+        Config::load(
+            None,
+            env(&[("CROUPIER_WORKER__CLAIM_IDLE_MS", "3000"), ("CROUPIER_WORKER__BACKOFF_MAX_MS", "1499")]),
+        )
+        .expect("below half");
     }
 
     #[test]

@@ -1061,7 +1061,8 @@ fn event_record_scoped<'a, 'v: 'a>(
 }
 
 /// A stable event id for a stream entry written without one (by another producer):
-/// derived from the stream and entry ID, so every redelivery gets the same id.
+/// derived from the key it was read from (a stream's, or a partition's) and its entry ID,
+/// so every redelivery gets the same id.
 pub fn derived_event_id(stream: &str, entry_id: &str) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let digest =

@@ -398,6 +398,41 @@ fn custom_entries_read_with_events_keep_their_own_stream() {
     assert_eq!(p.scalar(blocks), 1, "one insert for both streams");
 }
 
+/// Entry IDs are per stream key: entries written without an event id to the plain key and
+/// to two partitions' keys, under one and the same entry ID, are three events, each with
+/// its id derived from its own key (the plain key's as before partitions).
+#[test]
+fn events_without_ids_in_different_partitions_are_different_events() {
+    use croupier_protocol::cluster::{partition_tag, stream_key};
+    use croupier_protocol::stream::StreamKind;
+    let mut p = Pipeline::start(&[]);
+    let ts = now_secs();
+    let keys: Vec<String> = [None, partition_tag(0, 2), partition_tag(1, 2)]
+        .iter()
+        .map(|t| stream_key(StreamKind::Events, t.as_deref()))
+        .collect();
+    let now = redis_cli(&p, &["TIME"]);
+    let score = now.lines().next().unwrap_or("1");
+    redis_cli(&p, &["ZADD", "croupier:partitions", score, "1"]);
+    for (i, key) in keys.iter().enumerate() {
+        let data = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"u-{i}"}}"#);
+        assert_eq!(redis_cli(&p, &["XADD", key, "1700000000000-7", "data", &data]), "1700000000000-7");
+    }
+    p.start_worker(&[("CROUPIER_STREAMS__PARTITIONS", "2")]);
+    p.wait_for(3, "three events", Pipeline::distinct_events);
+    let ids = p
+        .clickhouse
+        .query("SELECT user_id, toString(event_id) FROM analytics.events FINAL ORDER BY user_id FORMAT TabSeparated");
+    let want: String = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            format!("u-{i}\t{}\n", uuid_text(&croupier_protocol::validate::derived_event_id(key, "1700000000000-7")))
+        })
+        .collect();
+    assert_eq!(ids, want);
+}
+
 /// A fault of the custom stream alone does not stop the events stream read with it. With
 /// `analytics:custom` turned into a string while the events consumer holds a custom entry
 /// (its insert failing: `user_days` renamed away), the entry's acknowledgement meets

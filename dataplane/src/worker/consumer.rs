@@ -244,6 +244,10 @@ pub async fn run(
     let reader =
         Reader { size: Rc::new(ReadSize::new(cfg.max_entry_bytes)), load, cfg: cfg.clone(), redis: reads, join };
     let mut sink = Sink::new(cfg.stream, cfg.shards.len(), cfg.cluster.is_some());
+    sink.read_from(cfg.stream, &cfg.key);
+    if let Join::Reads { stream, key, .. } = &*reader.join {
+        sink.read_from(*stream, key);
+    }
     sink.set_partition_limit(cfg.partitions_per_block, true);
     sink.set_aggregator(agg.clone());
     let links = (0..cfg.shards.len().max(1)).map(|_| ShardLink::default()).collect();

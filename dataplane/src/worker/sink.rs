@@ -234,6 +234,10 @@ pub struct Sink {
     /// adds the day before and after each day (an order retried across midnight left one
     /// of them).
     neighbours: bool,
+    /// The keys the consumer reads its streams' entries from, where not the stream's own
+    /// name (a partition's: `streams.partitions`), for the ids of events written without
+    /// one.
+    keys: Vec<(StreamKind, String)>,
 }
 
 /// Days noted per game and environment: a payment's day is noted with two hash look-ups
@@ -286,6 +290,7 @@ impl Sink {
             staged: Vec::new(),
             made: 0,
             neighbours: false,
+            keys: Vec::new(),
         }
     }
 
@@ -356,6 +361,20 @@ impl Sink {
         out
     }
 
+    /// The entries of `stream` are read from `key` (a partition's; by default, the stream's
+    /// own name).
+    pub fn read_from(&mut self, stream: StreamKind, key: &str) {
+        self.keys.retain(|(s, _)| *s != stream);
+        if key != stream.key() {
+            self.keys.push((stream, key.to_owned()));
+        }
+    }
+
+    /// The key `e` was read from.
+    fn key_of(&self, e: &Entry) -> &str {
+        self.keys.iter().find(|(s, _)| *s == e.stream).map_or(e.stream.key(), |(_, k)| k.as_str())
+    }
+
     /// Appends the rows of `e`, or says why it has none (an entry without fields, deleted
     /// while pending, is dead-lettered as such: `Consumer::dead_letter`).
     fn push(&mut self, e: &Entry) -> Result<(), String> {
@@ -369,7 +388,8 @@ impl Sink {
             let shards = self.rows.len();
             return match self.rows.first() {
                 Some(Rows::Events(_)) => {
-                    let id = validate::derived_event_id(e.stream.key(), &e.id);
+                    // Entry IDs are per stream key: two partitions may each hold one.
+                    let id = validate::derived_event_id(self.key_of(e), &e.id);
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
                     let shard = event_shard(&ev.event_id, shards);

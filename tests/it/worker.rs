@@ -433,6 +433,63 @@ fn events_without_ids_in_different_partitions_are_different_events() {
     assert_eq!(ids, want);
 }
 
+/// A worker running alone (no ingest process, whose backlog readings also make a missing
+/// group again) makes a consumer group destroyed under it again from the stream's start,
+/// and goes on: the entries appended meanwhile land, each once.
+#[test]
+fn a_worker_alone_makes_a_destroyed_consumer_group_again() {
+    use croupier_it::clickhouse::ClickHouseServer;
+    use croupier_it::redis::RedisServer;
+    let redis = RedisServer::start();
+    let ch = ClickHouseServer::start();
+    let env = crate::pipeline::env(&redis, &ch);
+    let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
+    assert!(ok, "croupier migrate failed: {out}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(require_binary("redis-cli", "redis-tools"))
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let stored = |want: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: u64 = ch.query("SELECT count() FROM analytics.events FINAL").trim().parse().unwrap_or(0);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {got} events stored, expected {want} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let worker = Command::new(crate::pipeline::CROUPIER)
+        .arg("worker")
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start croupier worker");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = Killed(worker);
+    let ts = now_secs();
+    let data =
+        |user: &str| format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"{user}"}}"#);
+    cli(&["XADD", "analytics:events", "*", "data", &data("u-1")]);
+    stored(1, "before the group is destroyed");
+    assert_eq!(cli(&["XGROUP", "DESTROY", "analytics:events", "analytics-workers"]), "1");
+    cli(&["XADD", "analytics:events", "*", "data", &data("u-2")]);
+    stored(2, "after the group was destroyed");
+    assert_eq!(cli(&["XINFO", "GROUPS", "analytics:events"]).lines().nth(1), Some("analytics-workers"));
+}
+
 /// A fault of the custom stream alone does not stop the events stream read with it. With
 /// `analytics:custom` turned into a string while the events consumer holds a custom entry
 /// (its insert failing: `user_days` renamed away), the entry's acknowledgement meets

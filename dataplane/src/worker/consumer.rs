@@ -703,8 +703,37 @@ impl Consumer {
             link.conn = None;
             link.next = link.next.wrapping_add(1);
         }
+        // The group is gone (destroyed, or Redis lost its data): made again from the
+        // stream's start (its entries inserted again are the same rows), here as by an
+        // ingest shard's backlog reading, which a worker running alone does not have.
+        if e.contains("NOGROUP") {
+            self.make_groups().await;
+        }
         monoio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+    }
+
+    /// Creates the consumer group of each stream this consumer reads, from the stream's
+    /// start, where it is missing.
+    async fn make_groups(&self) {
+        let mut keys = vec![self.key()];
+        if let Some((_, key)) = self.reader.join.reading() {
+            keys.push(key);
+        }
+        for key in keys {
+            let args: [&[u8]; 6] = [b"XGROUP", b"CREATE", key.as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"];
+            match self.call(cmd(&args)).await {
+                Ok(_) => tracing::warn!(
+                    consumer = %self.cfg.consumer,
+                    stream = key,
+                    "the stream's consumer group was missing: made again from the stream's start"
+                ),
+                Err(e) if e.contains("BUSYGROUP") => {}
+                Err(e) => {
+                    tracing::warn!(consumer = %self.cfg.consumer, stream = key, error = %e, "could not make the consumer group")
+                }
+            }
+        }
     }
 
     async fn call(&self, c: Vec<u8>) -> Result<Frame, String> {

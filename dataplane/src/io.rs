@@ -25,10 +25,13 @@ pub enum ReadError {
 /// The errno of a cancelled operation (ECANCELED).
 const CANCELED: i32 = 125;
 
-/// Makes room for at least one more read in `buf`.
+/// Makes room for at least one more read in `buf`: its room doubles up to 1 MiB, then grows
+/// by 1 MiB at a time (`reserve_exact`: `reserve` would double it whatever it is asked), so
+/// that a buffer holds at most 1 MiB more than it received — what the body budget
+/// (`server.max_inflight_body_bytes`) counts.
 fn make_room(buf: &mut Vec<u8>) {
     if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(buf.capacity().clamp(4096, 1 << 20));
+        buf.reserve_exact(buf.capacity().clamp(4096, 1 << 20));
     }
 }
 
@@ -197,7 +200,7 @@ pub async fn write_all_vectored(stream: &mut TcpStream, bufs: &mut Vec<Vec<u8>>)
 mod tests {
     use std::io::Read;
 
-    use super::write_all_vectored;
+    use super::{make_room, write_all_vectored};
 
     /// A peer that does not read for a while fills the socket's buffers, so `writev`
     /// returns short, in the middle of a buffer: every byte must still arrive once, in
@@ -245,5 +248,21 @@ mod tests {
         let got = reader.join().expect("reader");
         assert_eq!(got.len(), want.len(), "bytes received");
         assert!(got == want, "the bytes arrived changed or out of order ({})", driver.name());
+    }
+
+    /// A buffer filled read after read holds at most 1 MiB (and a read's room) more than
+    /// it received: a 9 MiB body is not held in 16 MiB.
+    #[test]
+    fn a_buffer_grows_by_at_most_a_mebibyte_past_what_it_holds() {
+        let mut buf: Vec<u8> = Vec::new();
+        while buf.len() < 9 << 20 {
+            make_room(&mut buf);
+            let room = buf.capacity() - buf.len();
+            assert!(room >= 4096, "room {room}");
+            assert!(room <= 1 << 20, "room {room} with {} held", buf.len());
+            // A read fills the room.
+            buf.resize(buf.capacity(), 0);
+        }
+        assert!(buf.capacity() < (10 << 20) + 4096, "{}", buf.capacity());
     }
 }

@@ -178,6 +178,8 @@ impl Head {
         self.fields = [None; MAX_FIELDS];
         self.line_read = true;
         let mut content_length: Option<usize> = None;
+        // `close` in any `Connection` line wins over `keep-alive` in any other (one list).
+        let mut close = false;
         let mut chunked = false;
         // The list fields sent (bit `i`: field `i`), joined after the loop.
         let mut lists_sent: u32 = 0;
@@ -215,8 +217,9 @@ impl Head {
             } else if name.eq_ignore_ascii_case("connection") {
                 let tokens = || text(h.value).map(|v| v.split(',').map(str::trim));
                 if tokens()?.any(|t| t.eq_ignore_ascii_case("close")) {
+                    close = true;
                     self.keep_alive = false;
-                } else if tokens()?.any(|t| t.eq_ignore_ascii_case("keep-alive")) {
+                } else if !close && tokens()?.any(|t| t.eq_ignore_ascii_case("keep-alive")) {
                     self.keep_alive = true;
                 }
             } else if name.eq_ignore_ascii_case("expect") {
@@ -228,6 +231,14 @@ impl Head {
             let i = lists_sent.trailing_zeros() as usize;
             lists_sent &= lists_sent - 1;
             self.join_list(i, fields.names[i], req.headers);
+        }
+        // An HTTP/1.0 peer (a proxy on the way) does not know chunked framing and would
+        // read the body otherwise: faulty framing (RFC 9112 6.1).
+        if chunked && self.http10 {
+            return Err(HttpError::InvalidHeader {
+                header: "Transfer-Encoding",
+                why: "Transfer-Encoding in an HTTP/1.0 request",
+            });
         }
         self.framing = match (chunked, content_length) {
             (true, Some(_)) => {
@@ -345,6 +356,23 @@ Content-Length: 12\r\nX-Game-Id: g1\r\nX-Timestamp: 17\r\nX-Nonce: n\r\nX-Signat
         assert!(!h10.keep_alive && h10.http10);
         let ka = parse(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").expect("valid").expect("complete");
         assert!(ka.keep_alive && ka.http10);
+        // HTTP/1.0 has no chunked framing: a proxy of that version would read the body
+        // otherwise.
+        let chunked10 = b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(parse(chunked10), Err(HttpError::InvalidHeader { header: "Transfer-Encoding", .. })));
+    }
+
+    #[test]
+    fn close_in_any_connection_line_closes() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n",
+        ] {
+            let h = parse(raw).expect("valid").expect("complete");
+            assert!(!h.keep_alive, "{}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]

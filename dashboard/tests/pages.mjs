@@ -374,6 +374,34 @@ try {
   }
   if (!back.startsWith('ready') || !back.includes('Online now')) fail(`after the held read: "${back}"`);
   else console.log(`held realtime read: "${timedOut.replace(/^\S+ Now/, '')}" after 30 s, then read again`);
+
+  // Redis stopped (the test process stops it on `REDIS stop`): the Operations page names
+  // it among the components not ready and shows no backlog (its gauges are gone), not 0.
+  {
+    console.log('REDIS stop');
+    const downNow = /croupier_component_ready\{[^}]*component="redis"[^}]*\} 0/;
+    let scrape = '';
+    for (let i = 0; i < 100 && !downNow.test(scrape); i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      scrape = await (await fetch(BASE + '/metrics')).text();
+    }
+    // A context of its own: the one above runs on an installed clock.
+    const fresh = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+    const ops = await fresh.newPage();
+    await ops.goto(`${BASE}/operations${query}`);
+    await ops.waitForSelector('#token');
+    await ops.fill('#token', TOKEN);
+    await ops.click('#login');
+    await ops.waitForURL(/\/operations\?/);
+    await ops.waitForFunction(settled, null, { timeout: 15000 });
+    const kpis = Object.fromEntries(
+      await ops.$$eval('.kpi', (els) => els.map((e) => [e.querySelector('.label')?.textContent, e.querySelector('.value')?.textContent?.trim()])),
+    );
+    if (!downNow.test(scrape)) fail('redis never reported not ready after it stopped');
+    else if (kpis.Backlog !== '— events' || !String(kpis.Dependencies).includes('redis')) fail(`operations with Redis stopped: ${JSON.stringify(kpis)}`);
+    else console.log(`operations with Redis stopped: dependencies "${kpis.Dependencies}", backlog "${kpis.Backlog}"`);
+    await fresh.close();
+  }
 } finally {
   await browser.close();
 }

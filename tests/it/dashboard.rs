@@ -201,7 +201,7 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
     );
     let chromium = croupier_it::require_binary("chromium", "chromium");
 
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let ch = ClickHouseServer::start();
     let mut env = crate::pipeline::env(&redis, &ch);
     env.extend([
@@ -285,6 +285,7 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
         match line.as_str() {
             "TRAFFIC start" => flowing.store(true, Ordering::Relaxed),
             "TRAFFIC stop" => flowing.store(false, Ordering::Relaxed),
+            "REDIS stop" => redis.stop(),
             _ => {}
         }
         output.push_str(&line);
@@ -296,6 +297,7 @@ fn dashboard_pages_show_the_api_figures_in_headless_chromium() {
     println!("screenshots: {}", shots.display());
     assert!(status.success(), "the browser test failed:\n{output}\n{}", c.log());
     assert!(sent > 0, "no traffic was sent");
+    assert!(output.contains("operations with Redis stopped: "), "Redis stopped not checked");
     for page in
         ["overview", "retention", "behavior", "payments", "levels", "ltv", "attribution", "operations", "realtime"]
     {

@@ -1,5 +1,6 @@
 // Operations: the data plane's health from its own /metrics, read by the browser every few
-// seconds (no Prometheus): ingest events/s, refusals by reason, ack p99, backlog, worker
+// seconds (no Prometheus): ingest events/s, refusals by reason, ack p99, the components
+// not ready (`croupier_component_ready`), backlog (none shown while Redis cannot be read), worker
 // delay, freshness, rows inserted, dead letters. Each figure says which family it is
 // (`data-metric`): the browser tests sum the same family from their own scrape.
 import { metricsText } from '../api';
@@ -62,6 +63,10 @@ export const operations: Page = {
         const delay = quantile(0.99, buckets(samples, 'croupier_worker_event_delay_seconds'));
         const ages = samples.filter((s) => s.name === 'croupier_stream_oldest_unacked_age_seconds').map((s) => s.value);
         const ms = (v: number | null) => (v === null ? NONE : fixed(v * 1000, 1));
+        // The streams' gauges are absent when Redis cannot be read: no figure, not 0.
+        const backlog = samples.filter((s) => s.name === 'croupier_stream_backlog_events');
+        const ready = samples.filter((s) => s.name === 'croupier_component_ready');
+        const down = ready.filter((s) => s.value === 0).map((s) => s.labels.component ?? '?');
         if (perSec !== null) {
           xs.push(at);
           ys.push(perSec);
@@ -76,7 +81,10 @@ export const operations: Page = {
           fig('Events refused', fixed(sum(samples, 'croupier_events_refused_total'), 0), 'croupier_events_refused_total'),
           fig('Ack p99 (last interval)', ms(ackNow), undefined, 'ms'),
           fig('Ack p99 (since start)', ms(ackAll), undefined, 'ms'),
-          fig('Backlog', fixed(sum(samples, 'croupier_stream_backlog_events'), 0), 'croupier_stream_backlog_events', 'events'),
+          fig('Dependencies', down.length ? `${[...new Set(down)].join(', ')} not ready` : ready.length ? 'ready' : NONE),
+          backlog.length
+            ? fig('Backlog', fixed(sum(samples, 'croupier_stream_backlog_events'), 0), 'croupier_stream_backlog_events', 'events')
+            : fig('Backlog', NONE, undefined, 'events'),
           fig('Worker delay p99', ms(delay), undefined, 'ms'),
           fig('Freshness (oldest unacked)', ages.length ? fixed(Math.max(...ages), 1) : NONE, undefined, 's'),
           fig('Rows inserted', fixed(sum(samples, 'croupier_worker_rows_inserted_total'), 0), 'croupier_worker_rows_inserted_total'),

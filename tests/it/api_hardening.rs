@@ -191,6 +191,13 @@ fn attack_filters_refuse_unconfigured_games_and_separators() {
     let twice = post(r#"{"game_id":"g2","env":"prod","game_id":"g1","events":["x"]}"#);
     assert_refused(&twice, "body", "game_id given twice");
     assert!(twice.text().contains("duplicate field"), "{}", twice.text());
+    // A misspelt field (black-box finding: `{"ok":true}`, the setting unchanged and the
+    // allow-list, left out, opened to every event) is refused, naming it; and an empty
+    // event name, which no event has.
+    let misspelt = post(r#"{"game_id":"g1","env":"prod","payment_enabled":false,"events":["login"]}"#);
+    assert_refused(&misspelt, "body", "a misspelt field");
+    assert!(misspelt.text().contains("payment_enabled"), "{}", misspelt.text());
+    assert_refused(&post(r#"{"game_id":"g1","env":"prod","events":["login",""]}"#), "events", "an empty name");
     let r = post(r#"{"game_id":"g1","env":"prod","sample_global":50}"#);
     assert_eq!((r.status, r.text()), (200, r#"{"ok":true}"#.to_owned()));
     let r = api.request("GET", "/api/analytics/filters?game_id=g1&env=prod", &admin(), "");

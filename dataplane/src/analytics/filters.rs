@@ -44,6 +44,9 @@ impl Default for Settings {
     }
 }
 
+/// The fields of a `POST` body.
+const FIELDS: [&str; 5] = ["game_id", "env", "events", "payments_enabled", "sample_global"];
+
 /// A `POST` body: a JSON object (a field that is `null` is absent, as Go's decoder reads it).
 #[derive(Debug, Deserialize)]
 struct Update {
@@ -239,14 +242,26 @@ impl Filters {
     /// A `POST` body, read: a JSON object naming a game (nothing said yet about that game).
     fn read(body: &[u8]) -> Result<Update, ApiError> {
         let v: Json = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
-        if !v.is_object() {
+        let Some(fields) = v.as_object() else {
             return Err(ApiError::param("body", "expected a JSON object"));
+        };
+        // A misspelt field would be a setting left out: `events` left out allows every
+        // event, so `{"game_id":"g1","event":["login"]}` would open the allow-list.
+        if let Some(other) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::param(
+                "body",
+                format!("unknown field {other:?}: expected game_id, env, events, payments_enabled, sample_global"),
+            ));
         }
         // Read again from the bytes, not the value: a field given twice is refused (a map
         // keeps the last, where a proxy reading the first would see another game).
         let u: Update = serde_json::from_slice(body).map_err(|e| ApiError::param("body", e.to_string()))?;
         if u.game_id.as_deref().is_none_or(|g| g.trim().is_empty()) {
             return Err(ApiError::param("game_id", "required"));
+        }
+        // No event has an empty name: `[""]` would allow none.
+        if u.events.as_ref().is_some_and(|e| e.iter().any(|n| n.is_empty())) {
+            return Err(ApiError::param("events", "an event name is empty"));
         }
         Ok(u)
     }

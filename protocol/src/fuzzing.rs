@@ -3,6 +3,7 @@
 //! when the decoder panics or breaks one of its promises (say, a reply measured as
 //! complete that does not decode). Not an API: `docs/fuzzing.md`.
 
+use crate::clickhouse::scan::{PacketScan, Scanned};
 use crate::clickhouse::{packet, unframe};
 use crate::clickhouse::{rev, CLIENT_REVISION};
 use crate::envelope::{text, EventBatch, PaymentBatch};
@@ -109,20 +110,29 @@ pub fn clickhouse_packets(data: &[u8]) {
     };
     loop {
         // A block packet of a compressed answer: its frames taken one at a time, as the
-        // connection takes them, until its uncompressed bytes decode.
+        // connection takes them — another only while the scan of the uncompressed bytes
+        // says the block goes on — then decoded; where the scan ends, the decoder ends.
         if compressed && unframe::is_framed(buf) == Some(true) {
             let mut u = unframe::Unframe::default();
+            let mut scan = PacketScan::default();
             let mut at = 0;
             let whole = loop {
                 let Ok(Some(n)) = u.take_frame(&buf[at..]) else { break false };
                 assert!(n > 0 && at + n <= buf.len(), "frame of {n} bytes at {at} of {}", buf.len());
                 at += n;
+                let found = scan.resume(u.plain(), revision);
+                if found == Scanned::Incomplete {
+                    continue;
+                }
                 match packet::decode(u.plain(), revision) {
                     Ok(Some((_, used))) => {
                         assert!(used <= u.plain().len(), "packet length {used} of {}", u.plain().len());
+                        if let Scanned::Ends(end) = found {
+                            assert_eq!(end, used, "the scan ends where the decoder does");
+                        }
                         break used == u.plain().len();
                     }
-                    Ok(None) => {}
+                    Ok(None) => assert!(!matches!(found, Scanned::Ends(_)), "the scan ended, the decoder wants more"),
                     Err(_) => break false,
                 }
             };

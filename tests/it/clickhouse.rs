@@ -759,6 +759,13 @@ fn a_compressed_result_is_read_as_an_uncompressed_one() {
         let r = lz4.select(sql, &[]).await.expect("select");
         assert_eq!(r.rows.len(), 3);
         assert_eq!(r.rows[2][1].as_u64(), 333);
+        // A profile compressing with ZSTD: the client asks for LZ4, which it reads.
+        ch.set_profile(
+            "<network_compression_method>zstd</network_compression_method>",
+            ("network_compression_method", "zstd"),
+        );
+        let mut zstd = Connection::connect(&options(&ch, true)).await.expect("connect");
+        assert_eq!(zstd.select(MANY_TYPES, &[]).await.expect("select under a ZSTD profile"), expected);
         // And the connection goes on, across an exception and a small answer.
         assert!(matches!(lz4.select("SELECT nowhere", &[]).await, Err(ChError::Server(_))));
         let mut lz4 = Connection::connect(&options(&ch, true)).await.expect("connect");

@@ -274,10 +274,11 @@ impl Connection {
     }
 
     /// Bytes the packet decoder and scan went over per byte received so far: 1 when every
-    /// packet came in one read; about 2 for block packets that came in pieces (scanned as
-    /// they come, decoded once whole), however many; more for other packets in pieces,
-    /// which are decoded from their start after each. A framed packet counts as the bytes
-    /// it decompressed to, and its frames, each checked and decompressed once, as one pass.
+    /// uncompressed packet came in one read; about 2 for uncompressed block packets that
+    /// came in pieces (scanned as they come, decoded once whole), however many; about 3
+    /// for compressed ones (a framed packet counts as the bytes it decompressed to, and
+    /// its frames, each checked and decompressed once, as one pass); more for other
+    /// packets in pieces, which are decoded from their start after each.
     pub fn decode_passes(&self) -> f64 {
         let plain = self.received.saturating_sub(self.framed).saturating_add(self.unframed);
         self.decoded.saturating_add(self.unframed) as f64 / plain.max(1) as f64
@@ -434,8 +435,20 @@ impl Connection {
     fn start_query(&mut self, sql: &str, settings: &[(&str, Setting<'_>)], compression: bool) {
         self.queries += 1;
         self.query_compressed = compression;
+        // Nothing of an earlier query's packets is carried over (a query is started on a
+        // connection whose last one ended, or that is dropped after an error).
+        self.unframe = None;
+        self.scan = None;
         let id = format!("croupier-{:016x}-{}", self.id, self.queries);
-        packet::query(&mut self.wbuf, self.revision, CLIENT_NAME, &id, sql, settings, compression);
+        if compression {
+            // The server compresses what it sends by the user's `network_compression_method`
+            // (which a profile may set to ZSTD): LZ4 is what this client reads.
+            let mut with_method = settings.to_vec();
+            with_method.push(("network_compression_method", Setting::Str("lz4")));
+            packet::query(&mut self.wbuf, self.revision, CLIENT_NAME, &id, sql, &with_method, compression);
+        } else {
+            packet::query(&mut self.wbuf, self.revision, CLIENT_NAME, &id, sql, settings, compression);
+        }
     }
 
     /// Runs a statement that returns no rows (DDL), until EndOfStream.

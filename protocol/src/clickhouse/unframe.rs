@@ -20,6 +20,9 @@ pub fn is_framed(buf: &[u8]) -> Option<bool> {
     Some(matches!(code, server::DATA | server::TOTALS | server::EXTREMES))
 }
 
+/// The longest table name a framed packet's head may give (results name none).
+const MAX_TABLE_NAME: u64 = 64 << 10;
+
 /// One framed packet being made whole.
 #[derive(Debug, Default)]
 pub struct Unframe {
@@ -38,8 +41,22 @@ impl Unframe {
     /// needs another (after its last frame come the answer's other packets).
     pub fn take_frame(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         let mut r = Reader::new(buf);
-        if !self.head && (r.varint().is_err() || r.str().is_err()) {
-            return Ok(None);
+        if !self.head {
+            if r.varint().is_err() {
+                return Ok(None);
+            }
+            // The name's length is outside every checksum: a changed one is refused rather
+            // than waited for (a result's table name is empty).
+            match Reader::new(r.remaining()).varint() {
+                Err(_) => return Ok(None),
+                Ok(n) if n > MAX_TABLE_NAME => {
+                    return Err(ProtocolError::Frame(format!("a block's table name of {n} bytes")));
+                }
+                Ok(_) => {}
+            }
+            if r.str().is_err() {
+                return Ok(None);
+            }
         }
         let head = r.position();
         let before = self.plain.len();
@@ -117,6 +134,14 @@ mod tests {
             let found = Unframe::default().take_frame(&bad);
             assert!(matches!(found, Err(ProtocolError::Frame(_))), "byte {at}: {found:?}");
         }
+    }
+
+    #[test]
+    fn a_table_name_too_long_is_refused_not_waited_for() {
+        let mut head = Vec::new();
+        put_varint(&mut head, server::DATA);
+        put_varint(&mut head, 1 << 40);
+        assert!(matches!(Unframe::default().take_frame(&head), Err(ProtocolError::Frame(_))));
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub async fn read(
             // Consumed bytes are drained as the decoder goes: the buffer holds at most a
             // partial chunk line, and no byte is decoded twice.
             let mut sink = |data: &[u8]| {
+                // Grown as a read buffer is: held as the budget counts it, not doubled.
+                crate::io::grow_for(out, data.len());
                 out.extend_from_slice(data);
                 if held.grow_to(out.len()) {
                     Ok(())

@@ -1,5 +1,6 @@
 //! The command line of the `croupier` binary.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,26 +79,40 @@ key refused."
     }
 }
 
-/// Writes a line to standard output. A closed pipe or a full disk (`croupier --help |
-/// head -1`, `> /dev/full`) drops the line rather than panicking: the exit code stays the
-/// command's.
+/// Writes a line to standard output, never panicking. A reader gone (`croupier --help |
+/// head -1`) drops the line; a write that fails otherwise (`> /dev/full`: the ALTER
+/// statements `migrate` prints would be lost unseen) is said on standard error and makes a
+/// command that succeeded exit 1 ([`main`]).
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::cli::line(&mut std::io::stdout(), format_args!($($arg)*))
+        $crate::cli::line(&mut std::io::stdout(), format_args!($($arg)*), true)
     };
 }
 
-/// Writes a line to standard error, as [`say!`] does to standard output.
+/// Writes a line to standard error (dropped if it cannot be written: there is nowhere
+/// else to say so).
 macro_rules! tell {
     ($($arg:tt)*) => {
-        $crate::cli::line(&mut std::io::stderr(), format_args!($($arg)*))
+        $crate::cli::line(&mut std::io::stderr(), format_args!($($arg)*), false)
     };
 }
 pub(crate) use {say, tell};
 
-/// Writes `args` and a newline to `to`, dropping them if it cannot be written.
-pub(crate) fn line(to: &mut impl std::io::Write, args: std::fmt::Arguments<'_>) {
-    let _ = to.write_fmt(args).and_then(|()| to.write_all(b"\n")).and_then(|()| to.flush());
+/// Whether a line meant for standard output could not be written (but for a reader gone).
+static OUTPUT_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `args` and a newline to `to`; `output`: `to` is standard output, whose failures
+/// are noted ([`OUTPUT_LOST`]) and said once on standard error.
+pub(crate) fn line(to: &mut impl std::io::Write, args: std::fmt::Arguments<'_>, output: bool) {
+    let written = to.write_fmt(args).and_then(|()| to.write_all(b"\n")).and_then(|()| to.flush());
+    if let Err(e) = written {
+        if output && e.kind() != std::io::ErrorKind::BrokenPipe {
+            use std::sync::atomic::Ordering;
+            if !OUTPUT_LOST.swap(true, Ordering::Relaxed) {
+                let _ = writeln!(std::io::stderr(), "croupier: cannot write standard output: {e}");
+            }
+        }
+    }
 }
 
 /// Runs the command line given in the process arguments.
@@ -105,6 +120,9 @@ pub fn main() -> ExitCode {
     let code = run();
     // Whatever is queued for the log is written before the process ends.
     croupier_control::logging::flush();
+    if code == ExitCode::SUCCESS && OUTPUT_LOST.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::from(1);
+    }
     code
 }
 

@@ -192,7 +192,13 @@ pub(crate) fn json_object<'t, 'a>(v: JsonValue<'t, 'a>, what: &'static str) -> R
 /// An OTLP/JSON `{"key":..,"value":{..}}`.
 fn json_key_value<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<(&'a str, AnyRef<'t, 'a>), DecodeError> {
     let o = json_object(v, "an attribute must be an object")?;
-    let key = o.get("key").and_then(|k| k.into_string()).unwrap_or("");
+    // Absent or null: the empty key, as proto3 JSON reads a missing string.
+    let key = match o.get("key") {
+        Some(k) if k.as_null().is_none() => {
+            k.into_string().ok_or(DecodeError::Json("an attribute's key must be a string"))?
+        }
+        _ => "",
+    };
     let value = match o.get("value") {
         Some(v) if v.as_null().is_none() => json_any(v)?,
         _ => AnyRef::Empty,
@@ -200,14 +206,71 @@ fn json_key_value<'t, 'a>(v: JsonValue<'t, 'a>) -> Result<(&'a str, AnyRef<'t, '
     Ok((key, value))
 }
 
-/// An OTLP/JSON integer: a number, or a string of digits (how int64 travels in JSON).
+/// An OTLP/JSON integer: a number, or a string holding one (how int64 travels in JSON),
+/// read as proto3 JSON reads it (Go's `protojson`): a JSON number whose value is whole —
+/// an exponent or a fraction of zeros allowed (`1.7e18`, `"3.0"`), no `+`, no spaces.
 pub fn json_int(v: JsonValue<'_, '_>) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    json_whole(v).and_then(|n| i64::try_from(n).ok())
 }
 
-/// An OTLP/JSON unsigned 64-bit integer (`fixed64` times), a number or a string.
+/// An OTLP/JSON unsigned 64-bit integer (`fixed64` times), read as [`json_int`] reads one.
 pub fn json_u64(v: JsonValue<'_, '_>) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    json_whole(v).and_then(|n| u64::try_from(n).ok())
+}
+
+/// A whole number given as a JSON number or a string holding one. A number the parser
+/// read as a double (an exponent or a fraction) is taken when whole: exact up to 2^53,
+/// the nearest double's value past it (a string keeps every digit).
+fn json_whole(v: JsonValue<'_, '_>) -> Option<i128> {
+    if let Some(i) = v.as_i64() {
+        return Some(i128::from(i));
+    }
+    if let Some(u) = v.as_u64() {
+        return Some(i128::from(u));
+    }
+    if let Some(s) = v.as_str() {
+        return whole_number_text(s);
+    }
+    let d = v.as_f64()?;
+    // 2^64: a double at or past it holds no u64 (nor below -2^63 an i64).
+    (d.fract() == 0.0 && d.abs() < 18_446_744_073_709_551_616.0).then_some(d as i128)
+}
+
+/// The value of a JSON number's text when it is whole (`"1.7e18"`, `"100.0"`, `"-5"`),
+/// exactly; `None` for any other text, a fraction that is not zeros, or past 39 digits.
+fn whole_number_text(s: &str) -> Option<i128> {
+    if !is_json_number(s) {
+        return None;
+    }
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
+        None => (s, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
+    let mut scale = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+    // Digits past the point must be zeros.
+    while scale < 0 {
+        match digits.pop() {
+            Some(0) => scale += 1,
+            Some(_) => return None,
+            None => break,
+        }
+    }
+    let mut n: i128 = 0;
+    for d in digits {
+        n = n.checked_mul(10)?.checked_add(i128::from(d))?;
+    }
+    let mut scale = scale.max(0);
+    while n != 0 && scale > 0 {
+        n = n.checked_mul(10)?;
+        scale -= 1;
+    }
+    Some(if negative { -n } else { n })
 }
 
 /// An OTLP/JSON double: a number, or as proto3 JSON allows a string, `"NaN"`,

@@ -673,6 +673,68 @@ fn proto3_json_nulls_and_doubles_as_strings_are_read_as_protobuf_json_allows() {
     assert!(out.custom[0].props.contains(r#""s":"+/8=""#), "{}", out.custom[0].props);
 }
 
+/// Integers as proto3 JSON (Go's `protojson`) reads them: a JSON number or a string
+/// holding one, whole — an exponent or a fraction of zeros allowed — and nothing else:
+/// no `+`, no spaces, no fraction that is not zeros. An attribute's key is a string.
+#[test]
+fn otlp_json_integers_are_read_as_protojson_reads_them() {
+    let t = 1_795_617_749_123_456_789u64;
+    let body = |time: &str, int: &str| {
+        format!(
+            r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"timeUnixNano":{time},"eventName":"boss_killed","attributes":[
+            {{"key":"deployment.environment.name","value":{{"stringValue":"prod"}}}},{{"key":"n","value":{{"intValue":{int}}}}}]}}]}}]}}]}}"#
+        )
+    };
+    let read = |time: &str, int: &str| run(Signal::Logs, Format::Json, body(time, int).as_bytes());
+    for (int, props) in [
+        ("7", r#"{"n":7}"#),
+        (r#""-7""#, r#"{"n":-7}"#),
+        (r#""7.0""#, r#"{"n":7}"#),
+        (r#""7e3""#, r#"{"n":7000}"#),
+        (r#""70e-1""#, r#"{"n":7}"#),
+        ("7.0", r#"{"n":7}"#),
+        ("7E2", r#"{"n":700}"#),
+        (r#""-9223372036854775808""#, r#"{"n":-9223372036854775808}"#),
+        (r#""0.0e-999999""#, r#"{"n":0}"#),
+    ] {
+        let out = read(&format!(r#""{t}""#), int).unwrap_or_else(|e| panic!("{int}: {e:?}"));
+        assert_eq!(out.custom[0].props, props, "{int}");
+    }
+    for int in [
+        r#""+7""#,
+        r#"" 7""#,
+        r#""7 ""#,
+        r#""7.5""#,
+        "7.5",
+        r#""7e-1""#,
+        r#""9223372036854775808""#,
+        r#""1e40""#,
+        r#""0x10""#,
+        r#""07""#,
+    ] {
+        assert!(read(&format!(r#""{t}""#), int).is_err(), "{int}");
+    }
+    // Times (fixed64): a string with an exponent keeps every digit; a number goes through a
+    // double (1.7e18 is one exactly).
+    for (time, want) in [
+        (format!(r#""{t}""#), t),
+        (r#""1.795617749123456789e18""#.to_owned(), t),
+        ("1.7e18".to_owned(), 1_700_000_000_000_000_000),
+    ] {
+        let out = read(&time, "1").unwrap_or_else(|e| panic!("{time}: {e:?}"));
+        assert_eq!(out.custom[0].ts_ms, i64::try_from(want / 1_000_000).unwrap_or(0), "{time}");
+    }
+    for time in [r#""+1795617749123456789""#, r#""-1""#, "-1", r#""18446744073709551616""#] {
+        assert!(read(time, "1").is_err(), "{time}");
+    }
+    // An attribute's key: a string (absent or null: the empty key), else refused.
+    let keyed = |key: &str| {
+        body(&format!(r#""{t}""#), "1").replace(r#"{"key":"n","value""#, &format!(r#"{{"key":{key},"value""#))
+    };
+    assert!(run(Signal::Logs, Format::Json, keyed("5").as_bytes()).is_err());
+    assert!(run(Signal::Logs, Format::Json, keyed("null").as_bytes()).is_ok());
+}
+
 #[test]
 fn bad_otlp_json_is_refused() {
     for (body, want) in [

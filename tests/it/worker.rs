@@ -488,6 +488,13 @@ fn a_worker_alone_makes_a_destroyed_consumer_group_again() {
     cli(&["XADD", "analytics:events", "*", "data", &data("u-2")]);
     stored(2, "after the group was destroyed");
     assert_eq!(cli(&["XINFO", "GROUPS", "analytics:events"]).lines().nth(1), Some("analytics-workers"));
+    // The custom stream's group too, which the events consumer reads with its own.
+    let custom = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"boss_killed","user_id":"c-1"}}"#);
+    cli(&["XADD", "analytics:custom", "*", "data", &custom]);
+    stored(3, "a custom event");
+    assert_eq!(cli(&["XGROUP", "DESTROY", "analytics:custom", "analytics-workers"]), "1");
+    cli(&["XADD", "analytics:custom", "*", "data", &custom.replace("c-1", "c-2")]);
+    stored(4, "after the custom group was destroyed");
 }
 
 /// A fault of the custom stream alone does not stop the events stream read with it. With

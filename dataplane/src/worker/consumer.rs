@@ -481,6 +481,21 @@ impl ReadFailure {
 }
 
 /// One command; a Redis error reply is an error.
+/// Creates `key`'s consumer group from the stream's start, where it is missing (logged
+/// when made: its entries are delivered again).
+async fn make_group(redis: &RedisClient, consumer: &str, key: &str) {
+    let args: [&[u8]; 6] = [b"XGROUP", b"CREATE", key.as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"];
+    match redis_call(redis, cmd(&args)).await {
+        Ok(_) => tracing::warn!(
+            consumer = %consumer,
+            stream = key,
+            "the stream's consumer group was missing: made again from the stream's start"
+        ),
+        Err(e) if e.contains("BUSYGROUP") => {}
+        Err(e) => tracing::warn!(consumer = %consumer, stream = key, error = %e, "could not make the consumer group"),
+    }
+}
+
 async fn redis_call(redis: &RedisClient, c: Vec<u8>) -> Result<Frame, String> {
     redis_call_blocking(redis, c, Duration::ZERO).await
 }
@@ -528,7 +543,13 @@ impl Reader {
                         short &= other_short;
                     }
                     Err(e) => {
-                        tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e.into_message(), "read failed")
+                        let e = e.into_message();
+                        tracing::debug!(consumer = %self.cfg.consumer, stream = key, error = %e, "read failed");
+                        // Its group gone: made again here, or the other stream would wait
+                        // for its own consumer's next claim (and for ClickHouse to answer).
+                        if e.contains("NOGROUP") {
+                            make_group(&self.redis, &self.cfg.consumer, key).await;
+                        }
                     }
                 }
                 Ok((entries, short))
@@ -721,18 +742,7 @@ impl Consumer {
             keys.push(key);
         }
         for key in keys {
-            let args: [&[u8]; 6] = [b"XGROUP", b"CREATE", key.as_bytes(), CONSUMER_GROUP.as_bytes(), b"0", b"MKSTREAM"];
-            match self.call(cmd(&args)).await {
-                Ok(_) => tracing::warn!(
-                    consumer = %self.cfg.consumer,
-                    stream = key,
-                    "the stream's consumer group was missing: made again from the stream's start"
-                ),
-                Err(e) if e.contains("BUSYGROUP") => {}
-                Err(e) => {
-                    tracing::warn!(consumer = %self.cfg.consumer, stream = key, error = %e, "could not make the consumer group")
-                }
-            }
+            make_group(&self.redis, &self.cfg.consumer, key).await;
         }
     }
 

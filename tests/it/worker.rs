@@ -939,6 +939,7 @@ fn m4_schema_drift_stalls_instead_of_dead_lettering() {
          SELECT now(), 'earlier', 'prod', 'x', generateUUIDv4(), 'FR' FROM numbers(100000)",
     );
     p.clickhouse.query("ALTER TABLE analytics.events MODIFY COLUMN country FixedString(3)");
+    p.clickhouse.query("ALTER TABLE analytics.events DROP COLUMN ingested_at");
     p.clickhouse.query("ALTER TABLE analytics.payments DROP COLUMN city");
     p.clickhouse.query("ALTER TABLE analytics.daily_revenue DROP COLUMN failed");
     p.start_worker(&[]);
@@ -951,7 +952,7 @@ fn m4_schema_drift_stalls_instead_of_dead_lettering() {
     let env = crate::pipeline::env(&p.ingest.redis, &p.clickhouse);
     let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
     assert!(ok, "{out}");
-    assert!(!out.contains("schema up to date") && out.contains("3 column(s) differ"), "{out}");
+    assert!(!out.contains("schema up to date") && out.contains("4 column(s) differ"), "{out}");
     let fixes: Vec<&str> =
         out.lines().filter_map(|l| Some(l.split_once(": ALTER TABLE ")?.1.split("; ALTER TABLE "))).flatten().collect();
     assert_eq!(
@@ -959,6 +960,8 @@ fn m4_schema_drift_stalls_instead_of_dead_lettering() {
         [
             "analytics.events MODIFY COLUMN country String",
             "analytics.events MODIFY COLUMN country FixedString(2)",
+            // Restored as it was made, its default with it.
+            "analytics.events ADD COLUMN ingested_at DateTime DEFAULT now()",
             "analytics.payments ADD COLUMN city String",
             "analytics.daily_revenue ADD COLUMN failed UInt64"
         ],

@@ -609,7 +609,10 @@ pub async fn drift(conn: &mut Connection, suffix: &str) -> Result<Vec<String>, C
             have.rows.iter().filter_map(|r| Some((r.first()?.as_str(), r.get(1)?.as_str()))).collect();
         for (column, ty) in written {
             match have.iter().find(|(n, _)| *n == column) {
-                None => out.push(format!("{name} has no column {column}: ALTER TABLE {name} ADD COLUMN {column} {ty}")),
+                None => out.push(format!(
+                    "{name} has no column {column}: ALTER TABLE {name} ADD COLUMN {column} {ty}{}",
+                    created_default(&name, &column)
+                )),
                 // ClickHouse 18.16 refuses a `FixedString` narrowed in one step ("String too
                 // long", its padding counted): through `String` first.
                 Some((_, on)) if comparable_type(on) != comparable_type(&ty) && ty.starts_with("FixedString(") => out
@@ -625,6 +628,20 @@ pub async fn drift(conn: &mut Connection, suffix: &str) -> Result<Vec<String>, C
         }
     }
     Ok(out)
+}
+
+/// ` DEFAULT <expr>` when `table`'s statement in [`STATEMENTS`] gives `column` one (so that
+/// a column dropped by hand is restored as it was made), else nothing.
+fn created_default(table: &str, column: &str) -> String {
+    let base = table.trim_end_matches("_local");
+    let create = format!("CREATE TABLE IF NOT EXISTS {base} (");
+    let Some(statement) = STATEMENTS.iter().find(|s| s.starts_with(&create)) else { return String::new() };
+    statement
+        .lines()
+        .map(str::trim)
+        .find(|l| l.split_whitespace().next() == Some(column))
+        .and_then(|l| l.find(" DEFAULT ").map(|at| l[at..].trim_end_matches(',').to_owned()))
+        .unwrap_or_default()
 }
 
 /// Creates or upgrades the schema. Safe to run any number of times.

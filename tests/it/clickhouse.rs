@@ -835,3 +835,87 @@ fn a_byte_changed_in_a_compressed_result_is_refused() {
     })
     .expect("runtime");
 }
+
+/// A fake server answering one hello and one query with `answer` (each element a packet's
+/// bytes), then holding the connection open.
+fn fake_server(answer: Vec<Vec<u8>>) -> String {
+    use croupier_protocol::clickhouse::wire::{put_str, put_varint};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let Ok((mut c, _)) = listener.accept() else { return };
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = c.read(&mut buf);
+        let mut hello = Vec::new();
+        put_varint(&mut hello, 0);
+        put_str(&mut hello, b"ClickHouse");
+        for v in [18, 16, 54412] {
+            put_varint(&mut hello, v);
+        }
+        put_str(&mut hello, b"UTC");
+        put_str(&mut hello, b"fake");
+        put_varint(&mut hello, 1);
+        let _ = c.write_all(&hello);
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(&answer.concat());
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    addr
+}
+
+/// A select's answer must hold the rows the server counts (its profile info, sent before
+/// the end): a block's packet code, outside every checksum, changed into the end's or into
+/// totals' by a faulty proxy ended or shortened the answer, a wrong figure served as right.
+#[test]
+fn an_answer_that_ends_short_of_the_servers_count_is_refused() {
+    use croupier_protocol::clickhouse::block::{write_block, Column, ColumnData};
+    use croupier_protocol::clickhouse::wire::{put_str, put_varint};
+    let data = |rows: u64| {
+        let mut ids = ColumnData::fixed(8);
+        (0..rows).for_each(|i| ids.push_fixed(&i.to_le_bytes()));
+        let mut p = Vec::new();
+        put_varint(&mut p, 1);
+        put_str(&mut p, b"");
+        write_block(&mut p, 54412, &[Column::new("n", "UInt64", ids)], rows as usize);
+        p
+    };
+    let profile = |rows: u64| {
+        let mut p = Vec::new();
+        for v in [6, rows, 1, rows * 8] {
+            put_varint(&mut p, v);
+        }
+        p.extend_from_slice(&[0, 0, 0]);
+        p
+    };
+    let end = vec![5u8];
+    let ask = |answer: Vec<Vec<u8>>| {
+        let addr = fake_server(answer);
+        block_on(ActiveDriver::Epoll, async move {
+            let opts = ChOptions {
+                addr,
+                database: "default".into(),
+                user: "default".into(),
+                password: Default::default(),
+                compression: false,
+                timeout: Duration::from_secs(5),
+            };
+            let mut conn = Connection::connect(&opts).await.expect("connect");
+            conn.select("SELECT n", &[]).await
+        })
+        .expect("runtime")
+    };
+    // What a server sends: the header, the rows, their count, an empty block, the end.
+    let whole = ask(vec![data(0), data(3), profile(3), data(0), end.clone()]).expect("a whole answer");
+    assert_eq!(whole.rows.len(), 3);
+    // The rows' packet code changed into the end's: the answer stops after the header.
+    match ask(vec![data(0), end.clone()]) {
+        Err(ChError::Unexpected(m)) => assert!(m.contains("without the server's count"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Rows set aside (their code changed into totals'): fewer than counted.
+    match ask(vec![data(0), data(2), profile(5), end]) {
+        Err(ChError::Unexpected(m)) => assert!(m.contains("2 rows received where the server sent 5"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -520,6 +520,8 @@ impl Connection {
         self.start_query(sql, settings, compression);
         self.flush().await?;
         let mut out = Selected::default();
+        // The rows the server says it sent (its profile info, sent once the rows are).
+        let mut counted: Option<u64> = None;
         loop {
             match self.next_packet().await? {
                 ServerPacket::Exception(e) => return Err(ChError::Server(e)),
@@ -533,7 +535,20 @@ impl Connection {
                     }
                 }
                 ServerPacket::Progress { rows, .. } => self.rows_read = self.rows_read.saturating_add(rows),
+                ServerPacket::ProfileInfo { rows, .. } => counted = Some(rows),
                 ServerPacket::EndOfStream => {
+                    // A server sends a select's profile info, counting the rows it sent,
+                    // before its end. Packet codes are outside every checksum: a block's
+                    // code changed into the end's (or into totals') would end or shorten
+                    // the answer unseen — a wrong figure — and leave the rest of it on
+                    // the connection.
+                    let received = out.rows.len() as u64;
+                    if counted != Some(received) {
+                        return Err(ChError::Unexpected(match counted {
+                            Some(n) => format!("{received} rows received where the server sent {n}"),
+                            None => format!("the answer ended after {received} rows without the server's count"),
+                        }));
+                    }
                     out.read_rows = self.rows_read;
                     return Ok(out);
                 }

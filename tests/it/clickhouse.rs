@@ -678,10 +678,10 @@ fn a_large_result_is_decoded_in_a_few_passes() {
     .expect("runtime");
 }
 
-/// A loopback forwarder to `upstream` that passes the server's bytes on in 1,460-byte
-/// pieces with a pause after each (a link of a few MB/s): a result's block then reaches
-/// the client in hundreds of reads.
-fn slow_link(upstream: String) -> u16 {
+/// A loopback forwarder to `upstream`: the client's bytes pass as they are; the server's
+/// are handed to `pass` with the offset of their first in the connection's answer, which
+/// writes them on (changed, in pieces, ...) to the client.
+fn link(upstream: String, pass: fn(&mut std::net::TcpStream, &mut [u8], usize) -> std::io::Result<()>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -691,20 +691,33 @@ fn slow_link(upstream: String) -> u16 {
             let (Ok(mut to_server), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else { return };
             std::thread::spawn(move || std::io::copy(&mut to_server, &mut server));
             std::thread::spawn(move || {
-                use std::io::{Read, Write};
+                use std::io::Read;
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut passed = 0;
                 while let Ok(n @ 1..) = from_server.read(&mut buf) {
-                    for piece in buf[..n].chunks(1460) {
-                        if client.write_all(piece).is_err() {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_micros(200));
+                    if pass(&mut client, &mut buf[..n], passed).is_err() {
+                        return;
                     }
+                    passed += n;
                 }
             });
         }
     });
     port
+}
+
+/// A loopback forwarder to `upstream` that passes the server's bytes on in 1,460-byte
+/// pieces with a pause after each (a link of a few MB/s): a result's block then reaches
+/// the client in hundreds of reads.
+fn slow_link(upstream: String) -> u16 {
+    link(upstream, |client, bytes, _| {
+        use std::io::Write;
+        for piece in bytes.chunks(1460) {
+            client.write_all(piece)?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    })
 }
 
 /// Over a slow link a block comes in hundreds of reads: it is walked once as it comes
@@ -781,34 +794,20 @@ fn a_compressed_result_is_read_as_an_uncompressed_one() {
     .expect("runtime");
 }
 
-/// A loopback forwarder to `upstream` that changes the server's byte at offset `at` of
+/// The offset of the byte [`flipping_link`] changes: inside the frames of the answer's
+/// block (about 1 MB compressed, 6 MB uncompressed).
+const FLIPPED_AT: usize = 200_000;
+
+/// A loopback forwarder to `upstream` that changes the server's byte at [`FLIPPED_AT`] of
 /// each connection's answer (a faulty proxy).
-fn flipping_link(upstream: String, at: usize) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let Ok(mut server) = std::net::TcpStream::connect(&upstream) else { return };
-            let (Ok(mut to_server), Ok(mut from_server)) = (client.try_clone(), server.try_clone()) else { return };
-            std::thread::spawn(move || std::io::copy(&mut to_server, &mut server));
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut passed = 0;
-                while let Ok(n @ 1..) = from_server.read(&mut buf) {
-                    if (passed..passed + n).contains(&at) {
-                        buf[at - passed] ^= 0x04;
-                    }
-                    passed += n;
-                    if client.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
+fn flipping_link(upstream: String) -> u16 {
+    link(upstream, |client, bytes, passed| {
+        use std::io::Write;
+        if (passed..passed + bytes.len()).contains(&FLIPPED_AT) {
+            bytes[FLIPPED_AT - passed] ^= 0x04;
         }
-    });
-    port
+        client.write_all(bytes)
+    })
 }
 
 /// A byte of a result changed on the way (a faulty proxy) is found by its frame's
@@ -817,7 +816,7 @@ fn flipping_link(upstream: String, at: usize) -> u16 {
 #[test]
 fn a_byte_changed_in_a_compressed_result_is_refused() {
     let ch = ClickHouseServer::start();
-    let port = flipping_link(ch.addr(), 200_000);
+    let port = flipping_link(ch.addr());
     block_on(ActiveDriver::Epoll, async {
         let mut direct = Connection::connect(&options(&ch, false)).await.expect("connect");
         let expected = direct.select(MANY_TYPES, &[]).await.expect("select");

@@ -325,11 +325,8 @@ impl Connection {
             self.rbuf.drain(..taken);
             self.framed = self.framed.saturating_add(taken as u64);
             self.unframed = self.unframed.saturating_add(u.plain().len().saturating_sub(before) as u64);
-            let scan = self.scan.get_or_insert_with(PacketScan::default);
-            let from = scan.position();
-            let found = scan.resume(u.plain(), self.revision);
-            self.decoded = self.decoded.saturating_add(scan.position().saturating_sub(from) as u64);
-            if found == Scanned::Incomplete {
+            self.scan.get_or_insert_with(PacketScan::default);
+            if !Self::may_be_whole(&mut self.scan, u.plain(), self.revision, &mut self.decoded) {
                 continue;
             }
             let plain = u.plain();

@@ -87,7 +87,14 @@ pub fn decompress_frame(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Fra
     let method = head[0];
     let compressed = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
     let decompressed = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
-    if compressed < HEADER || decompressed > MAX_FRAME || compressed > MAX_FRAME + HEADER {
+    // Sizes no frame of its method has are refused before its bytes are waited for (a
+    // size changed on the way would otherwise wait for bytes that never come).
+    let largest = match method {
+        METHOD_LZ4 => HEADER + lz4_flex::block::get_maximum_output_size(decompressed),
+        METHOD_NONE => HEADER + decompressed,
+        _ => MAX_FRAME + HEADER,
+    };
+    if compressed < HEADER || decompressed > MAX_FRAME || compressed > MAX_FRAME + HEADER || compressed > largest {
         return Err(FrameError::Corrupt(format!("frame sizes {compressed}/{decompressed}")));
     }
     let frame = r.bytes(compressed)?;
@@ -141,5 +148,10 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert_eq!(decompress_frame(&mut Reader::new(&bad), &mut Vec::new()), Err(FrameError::Checksum));
+        // A compressed size changed past what LZ4 can make of the frame's bytes: refused at
+        // once, not waited for.
+        let mut bigger = framed.clone();
+        bigger[16 + 2] ^= 0x40;
+        assert!(matches!(decompress_frame(&mut Reader::new(&bigger), &mut Vec::new()), Err(FrameError::Corrupt(_))));
     }
 }

@@ -25,8 +25,13 @@ fn post_events(p: &Pipeline, batches: usize, per: usize) -> u64 {
 }
 
 fn redis_cli(p: &Pipeline, args: &[&str]) -> String {
+    redis_cli_on(p.ingest.redis.port, args)
+}
+
+/// `redis-cli -p <port> <args>`: its output, trimmed.
+fn redis_cli_on(port: u16, args: &[&str]) -> String {
     let cli = require_binary("redis-cli", "redis-tools");
-    let out = Command::new(cli).args(["-p", &p.ingest.redis.port.to_string()]).args(args).output().expect("redis-cli");
+    let out = Command::new(cli).args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
     assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -445,14 +450,7 @@ fn a_worker_alone_makes_a_destroyed_consumer_group_again() {
     let env = crate::pipeline::env(&redis, &ch);
     let (ok, out) = crate::pipeline::croupier(&["migrate"], &env);
     assert!(ok, "croupier migrate failed: {out}");
-    let cli = |args: &[&str]| {
-        let out = Command::new(require_binary("redis-cli", "redis-tools"))
-            .args(["-p", &redis.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let cli = |args: &[&str]| redis_cli_on(redis.port, args);
     let stored = |want: u64, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -464,21 +462,8 @@ fn a_worker_alone_makes_a_destroyed_consumer_group_again() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let worker = Command::new(crate::pipeline::CROUPIER)
-        .arg("worker")
-        .envs(env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start croupier worker");
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _worker = Killed(worker);
+    // Killed when dropped.
+    let _worker = croupier_it::monitoring::Croupier::start(crate::pipeline::CROUPIER, "worker", &env);
     let ts = now_secs();
     let data =
         |user: &str| format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"{user}"}}"#);

@@ -1370,3 +1370,48 @@ fn lands_once(p: &Pipeline, accepted: u64, after: &str) {
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
     assert_eq!(xlen(&p.ingest.redis, "analytics:events:dead"), 0, "nothing dead-lettered");
 }
+
+/// An insert ClickHouse refuses in its first block (an older month's partition, the
+/// first entry's) while a ~17 MB block of the current month is still being written: the
+/// worker reads the server's exception (code 395, not a broken connection it would retry
+/// for ever without splitting the batch), bisects, dead-letters the refused entry and
+/// inserts the others.
+#[test]
+fn a_refusal_while_a_large_block_is_written_is_read_as_the_servers() {
+    let mut p = Pipeline::start(&[]);
+    p.clickhouse.query("CREATE TABLE analytics.trap (x UInt8) ENGINE = Null");
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.trap_mv TO analytics.trap AS \
+         SELECT throwIf(user_id LIKE 'poison%') AS x FROM analytics.events",
+    );
+    let mut c = p.ingest.client();
+    let old = now_secs() - 62 * 86_400;
+    let poison: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"ts":{old},"game_id":"{GAME}","env":"prod","event":"login","user_id":"poison-{i}"}}"#))
+        .collect();
+    let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", poison.join(",")).as_bytes());
+    assert_eq!(r.status, 202, "{}", r.text());
+    let pad = "x".repeat(400);
+    for b in 0..40 {
+        let items: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":{},"game_id":"{GAME}","env":"prod","event":"login","user_id":"good-{b}-{i}","props":{{"pad":"{pad}"}}}}"#,
+                    now_secs()
+                )
+            })
+            .collect();
+        let r = post_signed(&mut c, "/api/ingest/events", GAME, SECRET, format!("[{}]", items.join(",")).as_bytes());
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    p.start_worker(&[("CROUPIER_WORKER__BACKOFF_MAX_MS", "200")]);
+    p.wait_for(1, "the entry the view refuses dead-lettered", |p| {
+        xlen(&p.ingest.redis, "analytics:events:dead") as u64
+    });
+    p.wait_for(40_000, "the other entries' rows", |p| {
+        p.scalar("SELECT uniqExact(event_id) FROM analytics.events WHERE user_id LIKE 'good-%'")
+    });
+    let dead = croupier_it::redis::xrange(&mut p.ingest.redis.client(), "analytics:events:dead");
+    let reason = String::from_utf8_lossy(dead[0].get("reason").expect("reason")).into_owned();
+    assert!(reason.contains("rejected by ClickHouse") && reason.contains("395"), "{reason}");
+}

@@ -1333,22 +1333,7 @@ impl Consumer {
                                 batch.len()
                             ));
                         }
-                        // An entry whose rows every shard stored had its `user_days` rows
-                        // refused: dead-lettered all the same (a stall would stop the stream
-                        // for good), saying that its rows are in the table, so that replaying
-                        // it adds its player-days and collapses into the stored rows.
-                        let reason = if progress.confirmed.table_rows_stored(index) {
-                            format!("its rows are stored; its user_days rows were rejected by ClickHouse: {e}")
-                        } else if e.is_raised_by_rows() {
-                            // ClickHouse writes the table before its views: the rows may be
-                            // in it; a replay collapses into them.
-                            format!(
-                                "rejected by ClickHouse (raised while the rows were written: they may be stored \
-                                 in the table, not in the real-time figures): {e}"
-                            )
-                        } else {
-                            format!("rejected by ClickHouse: {e}")
-                        };
+                        let reason = refusal_reason(&progress.confirmed, index, &e);
                         refused.push(Poison { index, cause: DeadReason::Rejected, reason });
                     } else {
                         let (a, b) = part.split_at(part.len() / 2);
@@ -1568,9 +1553,60 @@ fn count_inserted(m: &ShardWriter, table: Table, batch: &[Entry], part: &[usize]
     m.emit(RowsInserted { table, rows, duration: took });
 }
 
+/// The dead-letter reason of entry `index`, refused alone by ClickHouse with `e`: what of
+/// its rows may be stored all the same, so that whoever replays it knows they collapse into
+/// the stored ones.
+fn refusal_reason(confirmed: &Confirmed, index: usize, e: &ChError) -> String {
+    let (stored_on, shards) = confirmed.table_rows_stored_on(index);
+    if stored_on == shards {
+        // Every shard stored its rows: its `user_days` rows were refused. Dead-lettered all
+        // the same (a stall would stop the stream for good), saying that its rows are in
+        // the table, so that replaying it adds its player-days and collapses into them.
+        format!("its rows are stored; its user_days rows were rejected by ClickHouse: {e}")
+    } else if stored_on > 0 {
+        // On a cluster, shards before the refusing one confirmed their part of its rows
+        // (a view's exception may have come after the refusing shard wrote its own too).
+        let least = if e.is_raised_by_rows() { "at least " } else { "" };
+        format!(
+            "rejected by ClickHouse (its rows are stored on {least}{stored_on} of {shards} shards, not in user_days \
+             nor the real-time figures): {e}"
+        )
+    } else if e.is_raised_by_rows() {
+        // ClickHouse writes the table before its views: the rows may be in it; a replay
+        // collapses into them.
+        format!(
+            "rejected by ClickHouse (raised while the rows were written: they may be stored in the table, not in \
+             the real-time figures): {e}"
+        )
+    } else {
+        format!("rejected by ClickHouse: {e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dead letter says what of its rows is stored: every shard's (its `user_days` rows
+    /// were refused), some shards' (a later shard refused them), or none.
+    #[test]
+    fn a_refusal_reason_says_which_rows_are_stored() {
+        let e = ChError::Server(croupier_protocol::clickhouse::packet::ServerException {
+            code: 6,
+            name: "DB::Exception".into(),
+            message: "Cannot parse".into(),
+            stack_trace: String::new(),
+            nested: None,
+        });
+        let mut c = Confirmed::new(2, 3);
+        assert!(refusal_reason(&c, 0, &e).starts_with("rejected by ClickHouse: "));
+        c.raise_for_test(&[0], 0);
+        c.raise_for_test(&[0], 1);
+        assert!(refusal_reason(&c, 0, &e).starts_with("rejected by ClickHouse (its rows are stored on 2 of 3 shards"));
+        c.raise_for_test(&[0], 2);
+        assert!(refusal_reason(&c, 0, &e).starts_with("its rows are stored; its user_days rows were rejected"));
+        assert!(refusal_reason(&c, 1, &e).starts_with("rejected by ClickHouse: "));
+    }
 
     fn config(read_count: usize, batch_rows: usize, batch_bytes: usize, max_entry_bytes: usize) -> ConsumerConfig {
         ConsumerConfig {

@@ -114,6 +114,18 @@ impl Confirmed {
     pub fn table_rows_stored(&self, i: usize) -> bool {
         (0..self.shards).all(|s| self.get(i, s) >= TABLE)
     }
+
+    /// Shard `s` confirmed the stream's table rows of the entries `which` (for tests
+    /// elsewhere in the worker).
+    #[cfg(test)]
+    pub(crate) fn raise_for_test(&mut self, which: &[usize], s: usize) {
+        self.raise(which, s, TABLE);
+    }
+
+    /// How many shards confirmed entry `i`'s rows in the stream's table, of how many.
+    pub fn table_rows_stored_on(&self, i: usize) -> (usize, usize) {
+        ((0..self.shards).filter(|&s| self.get(i, s) >= TABLE).count(), self.shards)
+    }
 }
 
 /// An entry that cannot be inserted, and why.

@@ -83,8 +83,9 @@ pub async fn handle(
     wire: &mut [u8],
     scratch: &mut Vec<u8>,
 ) -> Result<usize, IngestError> {
-    let prepared = prepare(shard, endpoint, cred, encoding, wire, scratch).map_err(|r| r.counted(shard, cred.game))?;
-    append(shard, cred.game, prepared).await
+    let prepared = prepare(shard, endpoint, cred, encoding, wire, scratch);
+    crate::http::body::release_inflated(scratch, crate::http::body::INFLATED_KEEP);
+    append(shard, cred.game, prepared.map_err(|r| r.counted(shard, cred.game))?).await
 }
 
 /// Sends a prepared append and waits for Redis: the number of records once it has them

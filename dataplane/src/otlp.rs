@@ -153,7 +153,7 @@ pub async fn handle(shard: &Shard, route: OtlpRoute, req: &mut Request<'_>) -> R
         return refuse(format, game, e.into());
     }
     let (wire, scratch) = req.buffers();
-    match export(shard, signal, format, encoding, game, wire, scratch, INFLATED_KEEP).await {
+    match export(shard, signal, format, encoding, game, wire, scratch, crate::http::body::INFLATED_KEEP).await {
         Ok(Exported { rejected, message }) => {
             let mut out = Vec::new();
             response::export(&mut out, signal, format, rejected, &message);
@@ -173,10 +173,6 @@ pub struct Exported {
     pub message: String,
 }
 
-/// Bytes of the inflate buffer kept for reuse between requests; a larger inflated body
-/// is freed before its append waits for Redis.
-const INFLATED_KEEP: usize = 256 << 10;
-
 /// An export request whose body (as sent, `encoding` says whether gzip) is in `wire`,
 /// from `game` (its token checked): decoded, mapped, and its events appended, answered
 /// once Redis has them; or why not. The one path of OTLP/HTTP and OTLP/gRPC alike.
@@ -195,11 +191,8 @@ pub async fn export(
     keep: usize,
 ) -> Result<Exported, IngestError> {
     let prepared = prepare(shard, signal, format, encoding, game, wire, scratch);
-    // The inflated body is done with (its events are staged): it is not kept across the
-    // wait for Redis, as its bytes are outside the shard's body budget (the body as sent
-    // is counted there). Only a buffer of typical size stays, for the next request.
-    scratch.clear();
-    scratch.shrink_to(keep.min(INFLATED_KEEP));
+    // The inflated body is done with (its events are staged).
+    crate::http::body::release_inflated(scratch, keep);
     let (prepared, summary) = prepared.map_err(|r| r.counted(shard, game))?;
     if let Some(p) = prepared {
         ingest::append(shard, game, p).await?;

@@ -17,6 +17,7 @@ both_drivers!(
     attack_declared_lengths_alone_do_not_spend_the_body_budget,
     m2_refused_bodies_are_drained_not_kept,
     m2_connection_buffers_shrink_after_a_large_request,
+    m2_inflated_bodies_are_freed_before_the_wait_for_redis,
     attack_silent_connections_give_their_place_back_after_the_read_timeout,
 );
 
@@ -299,4 +300,46 @@ fn m2_connection_buffers_shrink_after_a_large_request(driver: Driver) {
     let grown = rss().saturating_sub(before);
     assert!(grown < ALLOWED_GROWTH, "buffers kept after large requests: {} MiB more resident", grown >> 20);
     assert_eq!(post_signed(&mut open[0], "/api/ingest/events", GAME, SECRET, events(1).as_bytes()).status, 202);
+}
+
+/// Requests whose small gzip bodies inflate to 4 MiB each, all waiting for a frozen
+/// Redis: the inflated copies (outside the body budget, which counts bodies as sent) are
+/// freed once their records are staged, not held while the appends wait. Before, each
+/// waiting request held its inflated body: 16 × 4 MiB more resident.
+fn m2_inflated_bodies_are_freed_before_the_wait_for_redis(driver: Driver) {
+    const WAITING: usize = 16;
+    const ALLOWED: usize = 32 << 20;
+    let f = Fixture::start(driver, |c| {
+        one_shard(c);
+        // Inflating the bodies in a debug build takes seconds; Redis is not given up on.
+        c.redis.reply_timeout_ms = 30_000;
+    });
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &padded_batch(4 << 20)).expect("compress");
+    let gz = enc.finish().expect("gzip");
+    let pid = f.redis.pid().expect("redis-server's pid").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    let before = rss();
+    signal("-STOP");
+    let mut open = Vec::new();
+    for _ in 0..WAITING {
+        let mut h = signed_headers(GAME, SECRET, &gz, now_secs(), &fresh_nonce());
+        h.push(("Content-Encoding".into(), "gzip".into()));
+        let mut c = f.client();
+        c.send_raw(&[head(gz.len(), h), gz.clone()].concat());
+        open.push(c);
+    }
+    // Inflated, parsed and staged.
+    std::thread::sleep(Duration::from_secs(4));
+    let grown = rss().saturating_sub(before);
+    signal("-CONT");
+    for c in &mut open {
+        let r = c.read_reply();
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    assert!(grown < ALLOWED, "inflated bodies held while Redis was waited for: {} MiB more resident", grown >> 20);
+    assert_eq!(total_entries(&f.redis), WAITING as i64);
 }

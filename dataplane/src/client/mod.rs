@@ -211,8 +211,9 @@ async fn serve<'s>(
         Sha256::new().chain_update(route).chain_update(b"\n\n").chain_update(&body[..]).finalize().into();
     let scope = Scope { game, fill_game: true, env };
     let counted = |error| Refused { error, counted: true };
-    let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body)
-        .map_err(|r| counted(r.counted(shard, game.unwrap_or(""))))?;
+    let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body);
+    crate::http::body::release_inflated(req.buffers().1, crate::http::body::INFLATED_KEEP);
+    let prepared = prepared.map_err(|r| counted(r.counted(shard, game.unwrap_or(""))))?;
     let (staged, game, dropped) = prepared;
     // The batch's game decides which pages may read the answer, when no header named it
     // (a bearer token's records name theirs).

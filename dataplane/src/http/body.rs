@@ -191,6 +191,19 @@ impl Encoding {
     }
 }
 
+/// Bytes of an inflate buffer kept for reuse between requests ([`release_inflated`]).
+pub const INFLATED_KEEP: usize = 256 << 10;
+
+/// Frees an inflated body once its records are staged, before the append waits for
+/// Redis: a shard's body budget counts bodies as sent, so a small gzip body inflated to
+/// its limit would otherwise hold that much, unbudgeted, for as long as Redis takes.
+/// Only `keep` bytes (at most [`INFLATED_KEEP`], a typical body) stay for the next
+/// request.
+pub fn release_inflated(scratch: &mut Vec<u8>, keep: usize) {
+    scratch.clear();
+    scratch.shrink_to(keep.min(INFLATED_KEEP));
+}
+
 /// Decompresses a gzip body into `out`, refusing (413) past `limit` bytes: a small
 /// compressed body cannot expand without bound.
 pub fn gunzip(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), HttpError> {

@@ -687,6 +687,13 @@ pub struct Aggregate {
     /// (`croupier_realtime_adds_refused_total`) and logged. Taken as `max_sketches` when
     /// larger; keep it well below it (the default is an eighth).
     pub max_sketches_per_game: usize,
+    /// The most environments of one game that have real-time keys in Redis: every
+    /// worker's, over the 31 days the keys may live (`croupier:aggregate:envs:<game>`, a
+    /// sorted set by the last day each was merged). An environment past it is not counted
+    /// in the real-time figures (its sketches are dropped, counted in
+    /// `croupier_realtime_adds_refused_total`) until one unseen for 31 days makes room.
+    /// Bounds the keys a client inventing `env` values makes Redis keep for 30 days.
+    pub max_envs_per_game: usize,
 }
 
 impl Default for Aggregate {
@@ -698,6 +705,7 @@ impl Default for Aggregate {
             resend_ms: 60_000,
             max_sketches: 4_096,
             max_sketches_per_game: 512,
+            max_envs_per_game: 32,
         }
     }
 }
@@ -1524,6 +1532,9 @@ impl Config {
         }
         if self.aggregate.max_sketches_per_game < 16 {
             return Err(err("aggregate.max_sketches_per_game", "expected 16 or more"));
+        }
+        if !(1..=100_000).contains(&self.aggregate.max_envs_per_game) {
+            return Err(err("aggregate.max_envs_per_game", "expected 1 to 100000"));
         }
         if self.clickhouse.max_partitions_per_block == 0 {
             return Err(err("clickhouse.max_partitions_per_block", "expected 1 or more"));

@@ -1738,3 +1738,94 @@ fn resent_sketches_make_no_key_of_nobody() {
     assert!(empty.is_empty(), "keys of nobody: {empty:?}");
     assert_eq!(pfcount(&p, &key(Kind::Dau, ts)), 5);
 }
+
+/// `n` events named `name` of `env` for users `<env>-<i>` at `ts`, in one request.
+fn post_env(p: &Pipeline, env: &str, name: &str, n: usize, ts: u64) {
+    let items: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"ts":{ts},"game_id":"{GAME}","env":"{env}","event":"{name}","user_id":"{env}-{i}"}}"#))
+        .collect();
+    let r = post_signed(
+        &mut p.ingest.client(),
+        "/api/ingest/events",
+        GAME,
+        SECRET,
+        format!("[{}]", items.join(",")).as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+/// The members of a sorted set, sorted.
+fn admitted(p: &Pipeline, key: &str) -> Vec<String> {
+    use croupier_protocol::resp::Frame;
+    let Frame::Array(members) = p.ingest.redis.client().cmd(&["ZRANGE", key, "0", "-1"]) else {
+        panic!("ZRANGE {key}")
+    };
+    let mut out: Vec<String> = members
+        .into_iter()
+        .filter_map(|m| match m {
+            Frame::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `hll:*` keys of `env` in Redis.
+fn env_keys(p: &Pipeline, env: &str) -> usize {
+    use croupier_protocol::resp::Frame;
+    let pattern = format!("hll:*:{GAME}:{env}:*");
+    match p.ingest.redis.client().cmd(&["KEYS", &pattern]) {
+        Frame::Array(keys) => keys.len(),
+        other => panic!("KEYS {pattern}: {other:?}"),
+    }
+}
+
+/// A client inventing `env` values makes no more than `aggregate.max_envs_per_game`
+/// environments' real-time keys in Redis (each would live 30 days): the environments
+/// admitted first keep being counted, across a worker's restart, and a new one past the
+/// bound is stored in ClickHouse but gets no `hll:*` key (its players counted in
+/// `croupier_realtime_adds_refused_total`). Before, every new `env` made keys.
+#[test]
+fn environments_past_the_games_bound_get_no_real_time_keys() {
+    let mut p = Pipeline::start(&[]);
+    let mut settings = FAST.to_vec();
+    settings.push(("CROUPIER_AGGREGATE__MAX_ENVS_PER_GAME", "2"));
+    p.start_worker(&settings);
+    let ts = clear_of_day_turn(60, 0) as u64;
+    let day_key = |env: &str| {
+        let mut k = String::new();
+        Kind::Dau.key(GAME, env, day_of(ts as i64 * 1000), &mut k);
+        k
+    };
+    post_env(&p, "prod", "session_start", 10, ts);
+    p.wait_for(10, "prod's players", |p| pfcount(p, &day_key("prod")));
+    post_env(&p, "staging", "session_start", 5, ts);
+    p.wait_for(5, "staging's players", |p| pfcount(p, &day_key("staging")));
+    // A third environment, then more of the first two's players: only those count.
+    for (i, env) in ["spam-1", "spam-2", "spam-3"].iter().enumerate() {
+        post_env(&p, env, "login", 3 + i, ts);
+    }
+    post_env(&p, "prod", "login", 20, ts);
+    wait_idle(&p);
+    p.wait_for(20, "prod's players", |p| pfcount(p, &day_key("prod")));
+    assert_eq!(
+        p.scalar("SELECT count() FROM analytics.events FINAL WHERE env LIKE 'spam-%'"),
+        12,
+        "stored all the same"
+    );
+    for env in ["spam-1", "spam-2", "spam-3"] {
+        assert_eq!(env_keys(&p, env), 0, "{env} has real-time keys");
+    }
+    let envs_key = format!("croupier:aggregate:envs:{GAME}");
+    assert_eq!(admitted(&p, &envs_key), ["prod", "staging"]);
+    // A restarted worker keeps the admitted environments and the bound.
+    assert!(p.stop_worker());
+    p.start_worker(&settings);
+    post_env(&p, "staging", "login", 8, ts);
+    post_env(&p, "spam-4", "login", 4, ts);
+    wait_idle(&p);
+    p.wait_for(8, "staging's players", |p| pfcount(p, &day_key("staging")));
+    assert_eq!(env_keys(&p, "spam-4"), 0);
+    assert!(p.stop_worker());
+}

@@ -59,6 +59,69 @@ local t = redis.call('TIME')
 return {values, t, errors}
 "#;
 
+/// The environments admission script: `KEYS[1]` is a game's sorted set of environments
+/// with real-time keys, scored by the last day one was merged; `ARGV[1]` the most it
+/// holds, `ARGV[2]` today (days since the epoch), `ARGV[3]` the days an environment
+/// stays unseen before it leaves, then the environments asked for. Each one already in it
+/// is admitted (its day raised), a new one while there is room, others refused: `1` or
+/// `0` each. (Only commands the documented ACL allows: no `ZCARD`.) The set's expiry only
+/// tidies away a game no longer sent (the script bounds its size): one that fails stops
+/// nothing.
+const ADMIT_SCRIPT: &str = r#"
+local key = KEYS[1]
+local cap = tonumber(ARGV[1])
+local today = tonumber(ARGV[2])
+local keep = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (today - keep))
+local n = #redis.call('ZRANGEBYSCORE', key, '-inf', '+inf')
+local out = {}
+for i = 4, #ARGV do
+  local env = ARGV[i]
+  if redis.call('ZSCORE', key, env) then
+    redis.call('ZADD', key, today, env)
+    out[#out + 1] = 1
+  elseif n < cap then
+    redis.call('ZADD', key, today, env)
+    n = n + 1
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+redis.pcall('EXPIRE', key, (keep + 1) * 86400)
+return out
+"#;
+
+/// The key of a game's environments with real-time keys ([`admit`]).
+pub fn envs_key(game: &str) -> String {
+    format!("croupier:aggregate:envs:{game}")
+}
+
+/// Days an environment stays in its game's set unseen: past the longest TTL of its keys
+/// (30 days), none of them is left.
+pub const ENV_KEEP_DAYS: u32 = 31;
+
+/// Asks Redis which of `envs` (of `game`) may have real-time keys: those already in the
+/// game's set, and new ones while it holds fewer than `cap`; `today` is the day number.
+pub async fn admit(
+    redis: &RedisClient,
+    game: &str,
+    envs: &[std::sync::Arc<str>],
+    cap: usize,
+    today: u32,
+) -> Result<Vec<bool>, String> {
+    let key = envs_key(game);
+    let (cap, today, keep) = (cap.to_string(), today.to_string(), ENV_KEEP_DAYS.to_string());
+    let mut args: Vec<&[u8]> = vec![b"EVAL", ADMIT_SCRIPT.as_bytes(), b"1", key.as_bytes()];
+    args.extend([cap.as_bytes(), today.as_bytes(), keep.as_bytes()]);
+    args.extend(envs.iter().map(|e| e.as_bytes()));
+    match redis.call(cmd(&args)).await.map_err(|e| format!("Redis: {e:?}"))? {
+        Frame::Array(v) if v.len() == envs.len() => Ok(v.into_iter().map(|f| f == Frame::Integer(1)).collect()),
+        Frame::Error(e) => Err(format!("Redis: {e}")),
+        other => Err(format!("unexpected reply to the environments' admission: {other:?}")),
+    }
+}
+
 /// Sketches merged per script (a dense value is 12 KiB).
 const MERGES_PER_CALL: usize = 32;
 /// Keys read per script.

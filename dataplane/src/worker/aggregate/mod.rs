@@ -140,6 +140,8 @@ pub struct Aggregator {
     merged_epoch: Cell<u64>,
     /// Every shard's readers and counters, for the control thread (merges Redis refused).
     published: Arc<Published>,
+    /// `aggregate.max_envs_per_game`.
+    max_envs: usize,
 }
 
 impl Aggregator {
@@ -178,6 +180,7 @@ impl Aggregator {
             unread: RefCell::new(HashSet::new()),
             merged_epoch: Cell::new(redis.epoch().get()),
             redis,
+            max_envs: cfg.max_envs_per_game,
         })
     }
 
@@ -243,6 +246,16 @@ impl Aggregator {
             sketches.begin_flush();
             sketches.take_dirty()
         };
+        let dirty = match self.admit(dirty).await {
+            Ok(dirty) => dirty,
+            Err((e, dirty)) => {
+                self.flushing.set(false);
+                let mut sketches = self.sketches.borrow_mut();
+                sketches.redirty(&dirty);
+                sketches.end_flush();
+                return Err(e);
+            }
+        };
         let revenue = self.figures.borrow_mut().begin_marking();
         // The rows these merges change, marked after the merges and before anything is
         // acknowledged: a worker killed before it writes them leaves them named in Redis.
@@ -281,6 +294,47 @@ impl Aggregator {
         self.unread.borrow_mut().extend(dirty.into_iter().map(|d| (d.kind, d.game, d.env, d.period)));
         self.sketches.borrow_mut().end_flush();
         Ok(())
+    }
+
+    /// The sketches of `dirty` whose environments may have real-time keys: environments
+    /// not asked for yet (or an hour ago) are asked of Redis first
+    /// (`aggregate.max_envs_per_game`, every worker's); the sketches of those refused are
+    /// dropped unmerged. `Err` (with `dirty`, to mark dirty again) when Redis did not
+    /// answer.
+    async fn admit(&self, dirty: Vec<sketches::Dirty>) -> Result<Vec<sketches::Dirty>, (String, Vec<sketches::Dirty>)> {
+        let now = crate::ingest::now_ms();
+        let (now_minute, today) = (what::minute_of(now), what::day_of(now));
+        let asks = self.sketches.borrow().to_admit(&dirty, now_minute);
+        let mut refused: HashSet<(Arc<str>, Arc<str>)> = HashSet::new();
+        for (game, envs) in asks {
+            let verdicts = match flush::admit(&self.redis, &game, &envs, self.max_envs, today).await {
+                Ok(v) => v,
+                Err(e) => return Err((format!("environments' admission: {e}"), dirty)),
+            };
+            let mut sketches = self.sketches.borrow_mut();
+            for (env, ok) in envs.into_iter().zip(verdicts) {
+                if ok {
+                    sketches.admit(&game, &env, now_minute);
+                } else {
+                    refused.insert((game.clone(), env));
+                }
+            }
+        }
+        if refused.is_empty() {
+            return Ok(dirty);
+        }
+        let mut sketches = self.sketches.borrow_mut();
+        for (game, env) in &refused {
+            sketches.refuse_env(game, env, now_minute);
+        }
+        let games: HashSet<&str> = refused.iter().map(|(g, _)| &**g).collect();
+        tracing::warn!(
+            games = ?games,
+            environments = refused.len(),
+            max_envs_per_game = self.max_envs,
+            "environments past aggregate.max_envs_per_game are not counted in the real-time figures"
+        );
+        Ok(dirty.into_iter().filter(|d| !refused.contains(&(d.game.clone(), d.env.clone()))).collect())
     }
 
     /// Reads back the keys merged since the last call (the all-workers values: the

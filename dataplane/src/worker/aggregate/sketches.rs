@@ -98,10 +98,28 @@ struct Slot {
     read_back: Arc<AtomicBool>,
 }
 
+/// Whether an environment may have real-time keys in Redis (`aggregate.max_envs_per_game`,
+/// asked of Redis by the flush: [`super::flush::admit`]); minutes are the worker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Not asked yet: its sketches are asked for before their first merge.
+    Unknown,
+    /// Admitted at this minute; asked again an hour later (raising its day in Redis, so
+    /// that an environment in use keeps its place).
+    Admitted(u32),
+    /// Refused at this minute: its adds are refused until the next minute but one, then
+    /// asked again.
+    Refused(u32),
+}
+
+/// Minutes after which an admitted environment is asked for again.
+const ADMITTED_FOR_MINUTES: u32 = 60;
+
 /// The sketches of one game and environment.
 struct Scope {
     game: Arc<str>,
     env: Arc<str>,
+    admission: Admission,
     slots: Vec<((Kind, u32), Slot)>,
     /// Position in `slots` of each (kind, period).
     index: HashMap<(Kind, u32), usize>,
@@ -120,6 +138,7 @@ impl Scope {
         Scope {
             game,
             env,
+            admission: Admission::Unknown,
             slots: Vec::new(),
             index: HashMap::new(),
             hot: [usize::MAX; Kind::ALL.len()],
@@ -350,6 +369,74 @@ impl Sketches {
         Some(i)
     }
 
+    /// [`Sketches::scope`], but none while the environment is refused (until the next
+    /// minute but one: then it is asked for again).
+    fn admissible_scope(&mut self, game: &str, env: &str) -> Option<usize> {
+        let i = self.scope(game, env)?;
+        let s = self.scopes.get_mut(i)?;
+        match s.admission {
+            Admission::Refused(at) if self.now_minute <= at.saturating_add(1) => None,
+            Admission::Refused(_) => {
+                s.admission = Admission::Unknown;
+                Some(i)
+            }
+            _ => Some(i),
+        }
+    }
+
+    /// The environments (by game) of `dirty` to ask Redis for before their merge: not
+    /// asked yet, or admitted an hour ago or more (`now_minute`).
+    pub fn to_admit(&self, dirty: &[Dirty], now_minute: u32) -> BTreeMap<Arc<str>, Vec<Arc<str>>> {
+        let mut out: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
+        for d in dirty {
+            if !seen.insert((&d.game, &d.env)) {
+                continue;
+            }
+            let admission = self.find_scope(&d.game, &d.env).and_then(|i| self.scopes.get(i)).map(|s| s.admission);
+            let ask = match admission {
+                Some(Admission::Admitted(at)) => now_minute >= at.saturating_add(ADMITTED_FOR_MINUTES),
+                _ => true,
+            };
+            if ask {
+                out.entry(d.game.clone()).or_default().push(d.env.clone());
+            }
+        }
+        out
+    }
+
+    /// Redis admitted `env` of `game` at `now_minute`.
+    pub fn admit(&mut self, game: &str, env: &str, now_minute: u32) {
+        if let Some(s) = self.find_scope(game, env).and_then(|i| self.scopes.get_mut(i)) {
+            s.admission = Admission::Admitted(now_minute);
+        }
+    }
+
+    /// Redis refused `env` of `game` (its game has `aggregate.max_envs_per_game`
+    /// others) at `now_minute`: its sketches are dropped unmerged, each counted as an add
+    /// refused, and its adds refused until the next minute but one. Returns how many
+    /// sketches went.
+    pub fn refuse_env(&mut self, game: &str, env: &str, now_minute: u32) -> usize {
+        let Some(i) = self.find_scope(game, env) else { return 0 };
+        let Some(s) = self.scopes.get_mut(i) else { return 0 };
+        s.admission = Admission::Refused(now_minute);
+        let dirty = s.slots.iter().filter(|(_, slot)| slot.dirty).count();
+        let mut dropped = Vec::new();
+        s.retain(|_, _, _| false, &mut dropped);
+        let (game, env) = (s.game.clone(), s.env.clone());
+        self.dirty = self.dirty.saturating_sub(dirty);
+        if let Some(g) = self.games.get_mut(&*game) {
+            g.held = g.held.saturating_sub(dropped.len());
+        }
+        self.held = self.held.saturating_sub(dropped.len());
+        if !dropped.is_empty() {
+            let shard = self.shard;
+            self.published.lock().retain(|p| p.shard != shard || p.game != game || p.env != env);
+        }
+        self.refuse(&game, dropped.len().max(1) as u64);
+        dropped.len()
+    }
+
     /// Counts `n` adds of `game` refused for want of room.
     fn refuse(&mut self, game: &str, n: u64) {
         self.refused += n;
@@ -376,6 +463,13 @@ impl Sketches {
     #[inline]
     fn add(&mut self, scope: usize, kind: Kind, period: u32, hash: u64) -> bool {
         let Some(s) = self.scopes.get_mut(scope) else { return true };
+        if matches!(s.admission, Admission::Refused(_)) {
+            // Its environment was refused while the add waited: ended, not made.
+            s.staged = s.staged.saturating_sub(1);
+            let game = s.game.clone();
+            self.refuse(&game, 1);
+            return true;
+        }
         let i = match s.find(kind, period) {
             Some(i) => i,
             None => match self.new_slot(scope, kind, period, None) {
@@ -417,7 +511,7 @@ impl Sketches {
             return;
         }
         let k = classify(name, session);
-        let Some(scope) = self.scope(game, env) else {
+        let Some(scope) = self.admissible_scope(game, env) else {
             let n = 1 + u64::from(k.online) + u64::from(k.new) + u64::from(k.level_start) + u64::from(k.level_clear);
             self.refuse(game, n);
             return;
@@ -455,7 +549,7 @@ impl Sketches {
         if !self.counted(Kind::Payers, day_of(ts_ms)) {
             return;
         }
-        let Some(scope) = self.scope(game, env) else {
+        let Some(scope) = self.admissible_scope(game, env) else {
             self.refuse(game, 1);
             return;
         };
@@ -1020,5 +1114,46 @@ mod tests {
         let rest = second.get(stuck..).unwrap_or_default();
         assert!(s.apply(rest, true) > 0, "the second consumer's adds are made once the merge ended");
         assert_eq!(s.take_refused().total, 0);
+    }
+
+    /// An environment Redis refused: its sketches go unmerged (and unpublished), each
+    /// counted as a refused add; its adds are refused until the next minute but one, then
+    /// it is asked for again. An admitted one is asked for again an hour later.
+    #[test]
+    fn a_refused_environments_sketches_go_and_its_adds_are_refused_for_a_while() {
+        let published = Arc::new(Published::default());
+        let mut s = Sketches::new(0, published.clone(), 4096, 512);
+        let now = crate::ingest::now_ms();
+        let minute = minute_of(now);
+        s.event("g", "prod", "session_start", "u1", "", now);
+        s.event("g", "spam", "session_start", "u2", "", now);
+        s.begin_flush();
+        let dirty = s.take_dirty();
+        let asks = s.to_admit(&dirty, minute);
+        assert_eq!(asks.get("g").map(Vec::len), Some(2), "both asked for");
+        s.admit("g", "prod", minute);
+        // An add made while the answer was awaited is dropped with the rest.
+        s.event("g", "spam", "login", "u3", "", now);
+        assert_eq!(s.refuse_env("g", "spam", minute), 2, "dau and online");
+        s.end_flush();
+        assert_eq!(s.len(), 2, "prod's two sketches stay");
+        assert!(!s.is_dirty(), "the refused sketches' dirt is gone with them");
+        assert!(published.list().iter().all(|p| &*p.env == "prod"));
+        assert_eq!(s.take_refused().total, 2);
+        s.event("g", "spam", "login", "u4", "", now);
+        assert_eq!(s.take_refused().total, 1, "its DAU add refused at once");
+        assert_eq!(s.len(), 2);
+        // Two minutes on: asked for again; prod only after an hour.
+        s.set_now(now + 120_000);
+        s.event("g", "spam", "login", "u5", "", now + 120_000);
+        s.event("g", "prod", "login", "u6", "", now + 120_000);
+        let dirty = s.take_dirty();
+        let asks = s.to_admit(&dirty, minute + 2);
+        assert_eq!(
+            asks.get("g").map(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+            Some(vec!["spam".to_owned()])
+        );
+        let asks = s.to_admit(&dirty, minute + 60);
+        assert_eq!(asks.get("g").map(Vec::len), Some(2));
     }
 }

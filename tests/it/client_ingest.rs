@@ -320,6 +320,27 @@ fn client_ingest_write_key_and_address_rates() {
     refused(&r, 429, "rate_limited");
     assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)));
     assert_eq!(xlen(&f.redis, "analytics:events"), 1);
+    drop(f);
+    // Per game: its rate, shared with its signed servers, bounds a page's request too.
+    // Before, one request of 1,000 events from a page passed and left the game in debt:
+    // its servers were refused (429, `Retry-After: 100`) for a hundred seconds.
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 0;
+        c.games.get_mut(GAME).expect("g1").rate_limit_eps = 10;
+    });
+    let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &bare(&format!("{run}-g"), 1_000, "login"));
+    refused(&r, 400, "invalid_batch");
+    assert!(r.text().contains("more than 10"), "{}", r.text());
+    let signed = crate::fixture::post_signed(
+        &mut f.client(),
+        "/api/ingest/events",
+        GAME,
+        crate::fixture::SECRET,
+        crate::fixture::events(10).as_bytes(),
+    );
+    assert_eq!(signed.status, 202, "{}", signed.text());
 }
 
 /// Review finding: behind a proxy every browser counted as the proxy's address (one cell

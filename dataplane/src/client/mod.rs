@@ -191,8 +191,8 @@ async fn serve<'s>(
     };
     // A public key's request carries at most its rates' burst: more is refused before
     // the parse, from a scan of the bytes.
-    if let Sender::Key { key, .. } = sender {
-        let burst = client_burst(shard, key, peer);
+    if let Sender::Key { key, game: key_game } = sender {
+        let burst = client_burst(shard, key, key_game, peer);
         if croupier_protocol::prescan::records_may_exceed_any_size(body, burst) {
             let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
             return Err(error.into());
@@ -303,10 +303,10 @@ fn prepare<'s>(
         return Ok((None, game_id, scoped.dropped));
     }
     let total: usize = parts[..n].iter().map(|(_, c)| c).sum();
-    if let Sender::Key { key, .. } = sender {
+    if let Sender::Key { key, game: key_game } = sender {
         // A public key's request may not exceed its rates' burst: a larger one would pass
         // once and leave the key (every browser of the game) in debt for many seconds.
-        let burst = client_burst(shard, key, peer);
+        let burst = client_burst(shard, key, key_game, peer);
         if total > burst {
             let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
             return Err(Refusal { error, records: Some(total) });
@@ -345,12 +345,16 @@ fn request_identity(digest: &[u8; 32], filled: Option<&str>) -> [u8; 32] {
     }
 }
 
-/// The most events one request on `key` from `peer` may carry: the smaller burst of the
-/// key's and the address's rates (unlimited when neither is limited).
-fn client_burst(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>) -> usize {
+/// The most events one request on `key` (of `game`) from `peer` may carry: the smallest
+/// burst of the key's, the address's and the game's rates (unlimited when none is
+/// limited). The game's (`games.<id>.rate_limit_eps`) is shared with its signed servers:
+/// a page's request larger than it would pass once and leave the game in debt, its own
+/// servers refused for as many seconds.
+fn client_burst(shard: &Shard, key: &str, game: &str, peer: Option<std::net::IpAddr>) -> usize {
     let key = shard.rates.key(key).map_or(usize::MAX, |r| r.burst());
     let address = peer.and_then(|ip| shard.rates.address(ip)).map_or(usize::MAX, |r| r.burst());
-    key.min(address)
+    let game = shard.games.get(game).and_then(|g| g.rate.as_deref()).map_or(usize::MAX, |r| r.burst());
+    key.min(address).min(game)
 }
 
 /// Takes `n` events from the key's rate and the address's, or says in how many seconds

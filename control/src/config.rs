@@ -1425,6 +1425,22 @@ impl Config {
                 }
             }
         }
+        // A write key ships in every page of its game: one that is also a game's HMAC
+        // secret would publish the secret of the unfiltered signed routes. (The secret is
+        // not named.)
+        for (id, g) in &self.games {
+            if let Some(secret) = g.secret.as_deref().filter(|s| keys.contains(s)) {
+                let holder = self
+                    .games
+                    .iter()
+                    .find(|(_, o)| o.write_keys.iter().chain(&o.revoked_write_keys).any(|k| k == secret));
+                let holder = holder.map_or(id.as_str(), |(h, _)| h.as_str());
+                return Err(err(
+                    format!("games.{holder}.write_keys"),
+                    format!("a key is the HMAC secret of games.{id}: write keys are public, a secret must not be one"),
+                ));
+            }
+        }
         for (id, g) in &self.games {
             if let Some(bad) = g.allowed_origins.iter().find(|o| !is_serialised_origin(o)) {
                 return Err(err(
@@ -1887,7 +1903,7 @@ mod tests {
     }
 
     #[test]
-    fn shards_are_bounded_and_a_write_key_is_no_otlp_token() {
+    fn shards_are_bounded_and_a_write_key_is_no_otlp_token_nor_secret() {
         for key in ["SERVER__SHARDS", "WORKER__SHARDS"] {
             let var = format!("CROUPIER_{key}");
             let e = Config::load(None, env(&[(&var, "257")])).expect_err("too many shards");
@@ -1923,6 +1939,18 @@ mod tests {
             ]),
         );
         assert!(revoked.is_err(), "a revoked key is public too");
+        // Nor is it a game's HMAC secret (named without the secret).
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_GAMES__a__SECRET", "s"),
+                ("CROUPIER_GAMES__a__WRITE_KEYS", &format!("[\"{key}\"]")),
+                ("CROUPIER_GAMES__b__SECRET", key),
+            ]),
+        )
+        .expect_err("a public key as a secret");
+        assert!(e.to_string().contains("games.a.write_keys") && e.to_string().contains("secret of games.b"), "{e}");
+        assert!(!e.to_string().contains(key), "{e}");
     }
 
     #[test]

@@ -210,6 +210,8 @@ fn client_ingest_tokens_and_write_keys() {
     refused(&with(("X-Write-Key", OTHER_KEY)), 403, "game_mismatch");
     refused(&with(("X-Write-Key", "pk_nobody_has_this_key")), 401, "unknown_key");
     refused(&with(("X-Write-Key", REVOKED)), 401, "revoked_key");
+    // Without `X-Game-ID` too, a revoked key's refusal counts under its game.
+    refused(&post(&f, EVENTS, &[("X-Write-Key", REVOKED)], &body), 401, "revoked_key");
     refused(&post(&f, EVENTS, &scope, &body), 401, "missing_credentials");
     // A record of another game under a key: refused whole, naming the record.
     let mixed = format!(
@@ -262,7 +264,7 @@ fn client_ingest_tokens_and_write_keys() {
         (GAME, "game_not_allowed", 1.0),
         (OTHER_GAME, "game_mismatch", 1.0),
         (GAME, "unknown_key", 1.0),
-        (GAME, "revoked_key", 1.0),
+        (GAME, "revoked_key", 2.0),
         (GAME, "missing_credentials", 1.0),
         (GAME, "game_mismatch", 2.0),
         (OTHER_GAME, "payments_not_allowed", 1.0),

@@ -84,7 +84,18 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
             // Refused before its records were counted (credential, game, headers, body):
             // one refused event, as on the data port's other routes.
             if !counted {
-                ingest::count_refused(shard, cors_game.or(named).unwrap_or(""), &error, 1);
+                // A revoked key still names its game (which pages still send it), though
+                // the answer is read as one of no game.
+                let revoked = || {
+                    let head = req.head();
+                    let key = credential::write_key(head.field(WRITE_KEY), head.query())?;
+                    shard.keys.get_key_value(key.as_ref()).map(|(_, k)| k.game.as_str())
+                };
+                let label = match &error {
+                    IngestError::RevokedKey => cors_game.or(named).or_else(revoked),
+                    _ => cors_game.or(named),
+                };
+                ingest::count_refused(shard, label.unwrap_or(""), &error, 1);
             }
             error.response()
         }

@@ -111,7 +111,9 @@ try {
 
   // c: closed with a batch still queued.
   const c = await open("c", { batchSize: 100, flushInterval: 60000, heartbeatInterval: 0 });
-  await drained(c); // session_start goes at once
+  // session_start goes first (it would wait for flushInterval).
+  await c.evaluate(() => Croupier.flush());
+  await drained(c);
   await c.evaluate(() => {
     for (let i = 0; i < 7; i++) Croupier.track("level_fail", { level: i });
   });

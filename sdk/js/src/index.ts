@@ -45,7 +45,8 @@ export interface Config {
   fetch?: typeof fetch;
   /**
    * Told of records that are not sent: refused by the server for good, not queued (props
-   * that are not JSON, a bad event name or purchase), or dropped from a full queue.
+   * that are not JSON, a bad event name or purchase), or dropped from a full queue or
+   * from the stored beacons.
    * Default: `console.warn`.
    */
   onError?: (e: SendError) => void;
@@ -55,7 +56,8 @@ export interface Config {
 export interface SendError {
   /**
    * `refused` (the server's answer), `invalid` (not queued: what is wrong is in `message`),
-   * `dropped` (the oldest queued records, past `maxQueue` while they could not be sent),
+   * `dropped` (the oldest queued records, past `maxQueue` while they could not be sent, or
+   * the oldest stored beacons' records, past their 256 KiB),
    * `filtered` (accepted, but left out by the game's filters: the `dropped` of a 202).
    */
   reason: "refused" | "invalid" | "dropped" | "filtered";
@@ -250,6 +252,8 @@ export class Client {
   private started = Date.now();
   private sending = false;
   private attempt = 0;
+  /** Answers in a row that may be the infrastructure's (see `transient`). */
+  private transients = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private beat: ReturnType<typeof setInterval> | undefined;
   /** Records a full queue dropped that `onError` has not heard of yet, and its timer. */
@@ -354,13 +358,16 @@ export class Client {
         if ((w.document as Document | undefined)?.visibilityState === "hidden") void this.flush();
       });
     }
+    // What an earlier page left goes at once; this session's records wait for a batch
+    // (its session_start takes the player an identify soon after names).
+    const left = this.queue.length || this.beacons.length;
     if (this.c.autoSession) {
       this.startSession();
       if (this.c.heartbeatInterval > 0) {
         this.beat = setInterval(() => this.track("heartbeat"), this.c.heartbeatInterval);
       }
     }
-    this.schedule(this.queue.length || this.beacons.length ? 0 : this.c.flushInterval);
+    this.schedule(left ? 0 : this.c.flushInterval);
   }
 
   /** Queues the session's `session_start`, remembered while it may still take a player (see identify). */
@@ -430,24 +437,40 @@ export class Client {
   /**
    * Adds `add` to the stored beacons and takes out `done` (answered): read, merged and
    * written, so that tabs sharing the storage keep each other's. At most 256 KiB of
-   * bodies are kept, the oldest dropped first (and on a full storage). Returns what of
-   * `add` could not be kept.
+   * bodies are kept, the oldest dropped first (and on a full storage), their records told
+   * to `onError`. Returns what of `add` could not be kept.
    */
   private saveBeacons(add: Beacon[], done: string[]): Beacon[] {
-    let list = this.storedBeacons().filter((b) => !done.includes(b.body));
+    const stored = this.storedBeacons().filter((b) => !done.includes(b.body));
+    let list = [...stored];
     for (const b of add) if (!list.some((x) => x.body === b.body)) list.push(b);
     const size = (l: Beacon[]) => l.reduce((n, b) => n + b.body.length, 0);
     while (list.length && size(list) > 262144) list = list.slice(1);
-    for (;;) {
+    let written = false;
+    while (!written) {
       try {
         this.store()?.setItem(this.bkey, JSON.stringify(list));
-        // What of `add` could not be kept.
-        return add.filter((b) => !list.includes(b));
+        written = true;
       } catch {
         if (!list.length) return add;
         list = list.slice(1);
       }
     }
+    // The stored bodies left out are dropped (what of `add` was not kept goes back to the queue).
+    let n = 0;
+    for (const b of stored) {
+      if (list.includes(b)) continue;
+      try {
+        const v: unknown = JSON.parse(b.body);
+        n += Array.isArray(v) ? v.length : 0;
+      } catch {
+        /* not records */
+      }
+    }
+    if (n) {
+      this.report({ reason: "dropped", message: `stored beacons keep at most 256 KiB of bodies (less in a full storage): the ${n} records of the oldest dropped`, records: n });
+    }
+    return add.filter((b) => !list.includes(b));
   }
 
   /** Tells `onError` (else the console) of records not stored. */
@@ -645,13 +668,13 @@ export class Client {
           this.saveBeacons([], [b.body]);
         };
         const a = await this.post(b.k, b.body);
+        if (this.again(a)) {
+          this.later(a);
+          return;
+        }
         if (a.status === 202) {
           forget();
           this.attempt = 0;
-        }
-        else if (retryable(a) || (transient(a) && this.attempt < TRANSIENT_TRIES)) {
-          this.later(a);
-          return;
         } else {
           // Refused: the records the answer names are dropped, the others queued again.
           let parsed: unknown;
@@ -714,7 +737,7 @@ export class Client {
   private async send(k: "e" | "p", batch: Item[], body = JSON.stringify(batch.map((i) => i.r))): Promise<boolean> {
     this.inflight = { k, batch, body };
     const a = await this.post(k, body);
-    if (retryable(a) || (transient(a) && this.attempt < TRANSIENT_TRIES)) return this.later(a);
+    if (this.again(a)) return this.later(a);
     this.inflight = undefined;
     const bad = a.status === 202 ? batch.map((_, i) => i) : this.refusedOf(a, batch.map((i) => i.r));
     const gone = batch.filter((_, i) => bad.includes(i));
@@ -763,6 +786,21 @@ export class Client {
     if (!(field in named)) return [at];
     const value = JSON.stringify(named[field]);
     return all.filter((i) => JSON.stringify(records[i][field]) === value);
+  }
+
+  /**
+   * Whether a post answered `a` is sent again: a retryable answer, or one that may be the
+   * infrastructure's while fewer than `TRANSIENT_TRIES` of those came in a row (any other
+   * answer, or the drop, starts the count again).
+   */
+  private again(a: Answer): boolean {
+    if (!transient(a)) {
+      this.transients = 0;
+      return retryable(a);
+    }
+    if (this.transients++ < TRANSIENT_TRIES) return true;
+    this.transients = 0;
+    return false;
   }
 
   /** Tells of `n` records refused with answer `a`. */
@@ -819,13 +857,15 @@ export class Client {
     this.session = uuid();
     this.started = Date.now();
     this.beacons = this.storedBeacons();
+    // What the close left (its beacons) goes at once; the new session's records wait for a batch.
+    const left = this.queue.length || this.beacons.length;
     if (this.c.autoSession) {
       this.startSession();
       if (this.c.heartbeatInterval > 0) {
         this.beat = setInterval(() => this.track("heartbeat"), this.c.heartbeatInterval);
       }
     }
-    this.schedule(this.queue.length || this.beacons.length ? 0 : this.c.flushInterval);
+    this.schedule(left ? 0 : this.c.flushInterval);
   }
 
   /** Ends the session and hands what is queued to sendBeacon (pagehide does this). */

@@ -771,8 +771,10 @@ test("players named before the session_start leaves: it takes the last one, no l
 function answering(...answers) {
   const calls = [];
   const f = async (url, init) => {
-    const [status, body] = answers[Math.min(calls.length, answers.length - 1)];
+    const answer = answers[Math.min(calls.length, answers.length - 1)];
     calls.push({ url, init, body: init.body });
+    if (answer === "offline") throw new TypeError("Failed to fetch");
+    const [status, body] = answer;
     return new Response(body, { status, headers: new Headers(status === 503 ? { "Retry-After": "0" } : {}) });
   };
   f.calls = calls;
@@ -876,4 +878,82 @@ test("a 404, 405 or 401 unknown_key is retried a few times before the batch is d
   await drain(e);
   assert.equal(revoked.calls.length, 1);
   e.close();
+});
+
+test("a 404 after an outage is still retried five times in a row; another answer starts the count again", async () => {
+  const not = [404, '{"error":"not_found"}'];
+  const ok = [202, '{"ok":true,"accepted":1,"dropped":0}'];
+  // Network failures during a deploy, then a node whose route is not there yet.
+  const after = ["offline", "offline", "offline", "offline", "offline", not, not, not, not, not, ok];
+  const told = [];
+  const f = answering(...after);
+  const c = client({ fetch: f, onError: (e) => told.push(e), maxBackoff: 1 });
+  c.track("a");
+  await drain(c);
+  assert.equal(f.calls.length, 11, "sent until stored");
+  assert.deepEqual(told, []);
+  c.close();
+  // Five in a row at most: a 503 between them starts the count again.
+  const between = answering(not, not, not, not, [503, "{}"], not, not, not, not, not, ok);
+  const d = client({ fetch: between, onError: (e) => told.push(e), maxBackoff: 1 });
+  d.track("a");
+  await drain(d);
+  assert.equal(between.calls.length, 11);
+  assert.deepEqual(told, []);
+  d.close();
+  // A stored beacon alike.
+  const storage = memory();
+  storage.setItem("croupier:g1:beacons", JSON.stringify([{ k: "e", body: JSON.stringify([{ event: "a", game_id: "g1" }]) }]));
+  const g = answering(...after);
+  const e = client({ fetch: g, storage, onError: (e) => told.push(e), maxBackoff: 1 });
+  await drain(e);
+  assert.equal(g.calls.length, 11);
+  assert.deepEqual(told, []);
+  assert.deepEqual(JSON.parse(storage.getItem("croupier:g1:beacons")), []);
+  e.close();
+});
+
+test("stored beacons past 256 KiB drop the oldest bodies, and their records are told", async () => {
+  Object.defineProperty(globalThis, "navigator", { value: { sendBeacon: () => true }, configurable: true });
+  const storage = memory();
+  const told = [];
+  let tracked = 0;
+  try {
+    // Offline pages, each closing with about 80 KB handed to sendBeacon, which never arrives.
+    for (let page = 0; page < 6; page++) {
+      const c = client({ fetch: server("offline"), storage, onError: (e) => told.push(e) });
+      for (let i = 0; i < 150; i++, tracked++) c.track("level_start", { pad: "x".repeat(300), page, i });
+      c.close();
+    }
+    const queued = JSON.parse(storage.getItem("croupier:g1:queue")).length;
+    const beacons = JSON.parse(storage.getItem("croupier:g1:beacons"));
+    const kept = beacons.reduce((n, b) => n + JSON.parse(b.body).length, 0);
+    assert.ok(beacons.reduce((n, b) => n + b.body.length, 0) <= 262144);
+    assert.ok(queued + kept < tracked, "some bodies dropped");
+    assert.ok(told.length > 0 && told.every((e) => e.reason === "dropped"), JSON.stringify(told));
+    assert.equal(queued + kept + told.reduce((n, e) => n + e.records, 0), tracked, "every record kept or told");
+  } finally {
+    delete globalThis.navigator;
+  }
+});
+
+test("session_start waits for the first batch, which an identify a moment after init still names; what an earlier page left goes at once", async () => {
+  const f = server(202);
+  const c = client({ fetch: f, autoSession: true, heartbeatInterval: 0, flushInterval: 200 });
+  await sleep(20); // the page looks up its account
+  c.identify("p1");
+  c.track("level_start");
+  assert.equal(f.calls.length, 0, "nothing sent before flushInterval");
+  await sleep(400);
+  assert.deepEqual(f.calls.map((x) => x.records.map((r) => [r.event, r.user_id])), [[["session_start", "p1"], ["level_start", "p1"]]]);
+  c.close();
+  const storage = memory();
+  const offline = client({ fetch: server("offline"), storage });
+  offline.track("left");
+  offline.close();
+  const g = server(202);
+  const next = client({ fetch: g, storage, autoSession: true, heartbeatInterval: 0 });
+  await sleep(20);
+  assert.deepEqual(g.calls.map((x) => x.records.map((r) => r.event)), [["left", "session_start"]]);
+  next.close();
 });

@@ -202,10 +202,10 @@ impl Handler for DataPort {
                     .or_else(|| head.field(GAME_ID))
             }
             Ok(Route::Otlp(route)) => return Some(otlp::refused_head(&self.shard, route, head, error)),
-            _ => return None,
+            _ => return self.readable_by_pages(head, error),
         };
         ingest::count_refused(&self.shard, game.unwrap_or_default(), &IngestError::Http(error.clone()), 1);
-        None
+        self.readable_by_pages(head, error)
     }
 
     fn served(&self, path: Option<&str>, status: u16, duration: Duration) {
@@ -214,6 +214,24 @@ impl Handler for DataPort {
             let route = path.map_or_else(|| m.layout().unmatched(), |p| m.layout().route(p));
             m.emit(RequestServed { route, status, duration });
         }
+    }
+}
+
+impl DataPort {
+    /// A refusal before any route handled the request (an unknown path, a method the path
+    /// does not take, a head the HTTP layer refused), readable by a page of an origin some
+    /// game's write keys may send from: without CORS headers the browser would hide its
+    /// status, and the SDK would take a `404` or `405` for a network failure and send
+    /// again for ever instead of five times (docs/sdk.md). `None` for other requests (the
+    /// answer as it is).
+    fn readable_by_pages(&self, head: &Head, error: &HttpError) -> Option<Response> {
+        let origin = head.field(ORIGIN).filter(|o| !o.is_empty())?;
+        if !self.shard.games.values().any(|g| client::cors::allowed(g, origin)) {
+            return None;
+        }
+        let mut resp = error.response();
+        client::cors::expose(&mut resp, origin);
+        Some(resp)
     }
 }
 

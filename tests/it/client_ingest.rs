@@ -541,6 +541,22 @@ fn client_ingest_cors() {
     assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
     // (The second token request is the first again: answered as it was, not appended.)
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+    drop(f);
+    // A 404 or 405 before any route (a path or a method a proxy changed) is readable by a
+    // page of an origin some game allows, so that the SDK sees its status (five tries,
+    // then told) instead of a network failure it would retry for ever; not by others.
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.games.get_mut(OTHER_GAME).expect("g2").allowed_origins = vec![PAGE.into()];
+    });
+    let origin = |o: &str| vec![("Origin".to_owned(), o.to_owned()), ("X-Write-Key".to_owned(), KEY.to_owned())];
+    let r = f.client().request("POST", "/api/analytics/ingest/", &origin(PAGE), b"[]");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (404, Some(PAGE)));
+    assert_eq!(r.header("access-control-expose-headers"), Some("Retry-After"));
+    let r = f.client().request("GET", EVENTS, &origin(PAGE), b"");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (405, Some(PAGE)));
+    let r = f.client().request("POST", "/nowhere", &origin("https://evil.example"), b"[]");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (404, None));
 }
 
 /// A filters file as the Analytics API writes it.

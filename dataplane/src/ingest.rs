@@ -91,7 +91,7 @@ pub async fn handle(
 /// Sends a prepared append and waits for Redis: the number of records once it has them
 /// (or had them: the same request again), else why not (the rate taken is given back).
 pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>) -> Result<usize, IngestError> {
-    let Prepared { cmd, entries, parts, records, rate, client_rates, game, rejected } = prepared;
+    let Prepared { cmd, entries, parts, records, rate, client_rates, client_taken, game, rejected } = prepared;
     // Nothing appended: what the request took from its rates is given back — but a
     // public write key's and its address's for a duplicate answered 202, which cost Redis
     // an append (the script protocol's, taken back) or a lookup all the same: sent again
@@ -101,7 +101,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
             r.give_back(records);
         }
         for r in client_rates.iter().flatten().filter(|_| !duplicate) {
-            r.give_back(records);
+            r.give_back(client_taken);
         }
     };
     let retry_after = shard.config.redis.retry_after_secs;
@@ -490,9 +490,12 @@ pub(crate) struct Prepared<'s> {
     records: usize,
     /// The game's rate limit, which `records` were taken from.
     rate: Option<&'s GameRate>,
-    /// A write key's and a client address's rates, which `records` were also taken
-    /// from (client ingest), given back with the game's.
+    /// A write key's and a client address's rates (client ingest), which `client_taken`
+    /// records were taken from (those the filters left out too), given back with the
+    /// game's.
     client_rates: [Option<&'s GameRate>; 2],
+    /// What was taken from `client_rates`.
+    client_taken: usize,
     /// The game, as counted.
     game: GameIx,
     /// Records of the request refused by validation while the rest is appended (OTLP's
@@ -502,9 +505,10 @@ pub(crate) struct Prepared<'s> {
 }
 
 impl<'s> Prepared<'s> {
-    /// The append also gives back, when nothing is appended, what it took from `rates`.
-    pub(crate) fn with_client_rates(self, rates: [Option<&'s GameRate>; 2]) -> Prepared<'s> {
-        Prepared { client_rates: rates, ..self }
+    /// The append also gives back, when nothing is appended, the `taken` records it took
+    /// from `rates`.
+    pub(crate) fn with_client_rates(self, rates: [Option<&'s GameRate>; 2], taken: usize) -> Prepared<'s> {
+        Prepared { client_rates: rates, client_taken: taken, ..self }
     }
 
     /// Notes `rejected` records of the request refused by validation, counted
@@ -694,6 +698,7 @@ pub(crate) fn stage<'s>(
         records: total,
         rate,
         client_rates: [None, None],
+        client_taken: 0,
         game: game.metrics,
         rejected: 0,
     })

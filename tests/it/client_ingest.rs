@@ -688,6 +688,34 @@ fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
     assert_eq!(crate::metrics::sample(&text, &series), Some(30.0), "{text}");
 }
 
+/// Events the filters leave out count against the key's and the address's rates as the
+/// kept ones do (each costs the shard its parse): one address sending events outside the
+/// allow-list at will was never answered 429, nothing stored, every request parsed.
+#[test]
+fn client_ingest_events_the_filters_drop_count_against_the_rates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = filters_file(dir.path());
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.api.filters_file = Some(path.clone());
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 50;
+    });
+    let run = run_id();
+    let send = |b: usize| {
+        post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &bare(&format!("{run}-{b}"), 30, "not_allowed"))
+    };
+    ok(&send(0), 0, 30);
+    let r = send(1);
+    refused(&r, 429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // More than a second's worth, all to be dropped: refused whole, as a kept batch is.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let r = post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &bare(&run, 51, "not_allowed"));
+    refused(&r, 400, "invalid_batch");
+    assert_eq!(xlen(&f.redis, "analytics:events"), 0);
+}
+
 /// Review finding: the same accepted body sent again was answered 202 and its rates
 /// given back, so a page could make Redis append (and take back) or look up a body at
 /// will, free. A duplicate answered 202 now keeps what it took from the key's and the

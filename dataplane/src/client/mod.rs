@@ -310,20 +310,25 @@ fn prepare<'s>(
         }
     }
     let (parts, n) = b.parts();
-    if n == 0 {
-        return Ok((None, game_id, scoped.dropped));
-    }
     let total: usize = parts[..n].iter().map(|(_, c)| c).sum();
+    // The key's and the address's rates count every record the request carried, those the
+    // filters left out too: each cost the shard its parse.
+    let carried = total.saturating_add(scoped.dropped);
     if let Sender::Key { key, game: key_game } = sender {
         // A public key's request may not exceed its rates' burst: a larger one would pass
         // once and leave the key (every browser of the game) in debt for many seconds.
         let burst = client_burst(shard, key, key_game, peer);
-        if total > burst {
+        if carried > burst {
             let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
-            return Err(Refusal { error, records: Some(total) });
+            return Err(Refusal { error, records: Some(carried) });
         }
-        take_client_rates(shard, key, peer, total)
-            .map_err(|retry_after| Refusal { error: IngestError::RateLimited { retry_after }, records: Some(total) })?;
+        take_client_rates(shard, key, peer, carried).map_err(|retry_after| Refusal {
+            error: IngestError::RateLimited { retry_after },
+            records: Some(carried),
+        })?;
+    }
+    if n == 0 {
+        return Ok((None, game_id, scoped.dropped));
     }
     // The key's and the address's cells, given back if nothing is appended.
     let cells = match sender {
@@ -333,10 +338,10 @@ fn prepare<'s>(
     let identity = request_identity(digest, scope.env.filter(|_| scoped.env_filled));
     let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(identity));
     match ingest::stage(shard, b, game, &nonce_key, &identity, parts, n) {
-        Ok(staged) => Ok((Some(staged.with_client_rates(cells)), game_id, scoped.dropped)),
+        Ok(staged) => Ok((Some(staged.with_client_rates(cells, carried)), game_id, scoped.dropped)),
         Err(refusal) => {
             for r in cells.iter().flatten() {
-                r.give_back(total);
+                r.give_back(carried);
             }
             Err(refusal)
         }

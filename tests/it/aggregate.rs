@@ -1829,3 +1829,21 @@ fn environments_past_the_games_bound_get_no_real_time_keys() {
     assert_eq!(env_keys(&p, "spam-4"), 0);
     assert!(p.stop_worker());
 }
+
+/// A game's environments' set that holds another type (another tool wrote the key) cannot
+/// be read: every environment is admitted, and the shard goes on merging and
+/// acknowledging. Before, every flush failed and the shard acknowledged nothing more.
+#[test]
+fn an_unreadable_environments_set_admits_rather_than_stops_the_shard() {
+    let mut p = Pipeline::start(&[]);
+    let envs_key = format!("croupier:aggregate:envs:{GAME}");
+    p.ingest.redis.client().cmd(&["SET", &envs_key, "not a sorted set"]);
+    p.start_worker(FAST);
+    let ts = clear_of_day_turn(60, 0) as u64;
+    post_env(&p, "prod", "session_start", 12, ts);
+    let mut k = String::new();
+    Kind::Dau.key(GAME, "prod", day_of(ts as i64 * 1000), &mut k);
+    p.wait_for(12, "prod's players", |p| pfcount(p, &k));
+    wait_idle(&p);
+    assert!(p.stop_worker());
+}

@@ -66,13 +66,17 @@ return {values, t, errors}
 /// is admitted (its day raised), a new one while there is room, others refused: `1` or
 /// `0` each. (Only commands the documented ACL allows: no `ZCARD`.) The set's expiry only
 /// tidies away a game no longer sent (the script bounds its size): one that fails stops
-/// nothing.
+/// nothing. A key that is no sorted set (another tool's, an operator's) is answered with
+/// the error's text, not failed: [`admit`] then admits every environment asked for.
 const ADMIT_SCRIPT: &str = r#"
 local key = KEYS[1]
 local cap = tonumber(ARGV[1])
 local today = tonumber(ARGV[2])
 local keep = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (today - keep))
+local pruned = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', '(' .. (today - keep))
+if type(pruned) == 'table' and pruned.err then
+  return pruned.err
+end
 local n = #redis.call('ZRANGEBYSCORE', key, '-inf', '+inf')
 local out = {}
 for i = 4, #ARGV do
@@ -117,6 +121,17 @@ pub async fn admit(
     args.extend(envs.iter().map(|e| e.as_bytes()));
     match redis.call(cmd(&args)).await.map_err(|e| format!("Redis: {e:?}"))? {
         Frame::Array(v) if v.len() == envs.len() => Ok(v.into_iter().map(|f| f == Frame::Integer(1)).collect()),
+        // The set cannot be read (it holds another type): every environment is admitted
+        // rather than the shard's acknowledgements stopped for good (as a key a merge
+        // cannot go into is left, `croupier_realtime_merges_refused_total`); said once in
+        // a while.
+        Frame::BulkString(e) | Frame::SimpleString(e) => {
+            let e = String::from_utf8_lossy(&e).into_owned();
+            if !crate::redis::auth::recently_logged(format!("envs set {key}")) {
+                tracing::warn!(key = %key, error = %e, "the environments' set of a game cannot be read: its environments are not bounded until it is deleted");
+            }
+            Ok(vec![true; envs.len()])
+        }
         Frame::Error(e) => Err(format!("Redis: {e}")),
         other => Err(format!("unexpected reply to the environments' admission: {other:?}")),
     }

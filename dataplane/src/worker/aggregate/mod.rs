@@ -219,7 +219,10 @@ impl Aggregator {
             }
             let now = epoch.get();
             if now != self.merged_epoch.get() {
-                self.sketches.borrow_mut().redirty_all();
+                let mut sketches = self.sketches.borrow_mut();
+                sketches.redirty_all();
+                sketches.readmit_all();
+                drop(sketches);
                 // The marks of the days still to compute may be lost with the rest.
                 let f = &mut *self.figures.borrow_mut();
                 f.revenue_unmarked.extend(f.revenue.iter().cloned());
@@ -327,13 +330,15 @@ impl Aggregator {
         for (game, env) in &refused {
             sketches.refuse_env(game, env, now_minute);
         }
-        let games: HashSet<&str> = refused.iter().map(|(g, _)| &**g).collect();
-        tracing::warn!(
-            games = ?games,
-            environments = refused.len(),
-            max_envs_per_game = self.max_envs,
-            "environments past aggregate.max_envs_per_game are not counted in the real-time figures"
-        );
+        let games: std::collections::BTreeSet<&str> = refused.iter().map(|(g, _)| &**g).collect();
+        if !crate::redis::auth::recently_logged(format!("envs refused {games:?}")) {
+            tracing::warn!(
+                games = ?games,
+                environments = refused.len(),
+                max_envs_per_game = self.max_envs,
+                "environments past aggregate.max_envs_per_game are not counted in the real-time figures"
+            );
+        }
         Ok(dirty.into_iter().filter(|d| !refused.contains(&(d.game.clone(), d.env.clone()))).collect())
     }
 
@@ -709,7 +714,9 @@ impl Aggregator {
             // Keys Redis lost (a restart without fsync, a failover) come back; merging
             // again what Redis holds changes nothing.
             self.resent.set(Instant::now());
-            self.sketches.borrow_mut().redirty_all();
+            let mut sketches = self.sketches.borrow_mut();
+            sketches.redirty_all();
+            sketches.readmit_all();
         }
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "real-time sketches not merged into Redis; retried at the next flush");
@@ -729,8 +736,9 @@ impl Aggregator {
             tracing::warn!(
                 adds = refused.total,
                 games = %games.join(" "),
-                "players not counted in real-time figures for want of a new sketch: the game holds \
-                 aggregate.max_sketches_per_game sketches on this worker shard, or the shard aggregate.max_sketches"
+                "players not counted in real-time figures: the game holds aggregate.max_sketches_per_game \
+                 sketches on this worker shard, or the shard aggregate.max_sketches, or their environment is past \
+                 aggregate.max_envs_per_game"
             );
         }
         let start = self.reconcile.get();

@@ -387,22 +387,44 @@ impl Sketches {
     /// The environments (by game) of `dirty` to ask Redis for before their merge: not
     /// asked yet, or admitted an hour ago or more (`now_minute`).
     pub fn to_admit(&self, dirty: &[Dirty], now_minute: u32) -> BTreeMap<Arc<str>, Vec<Arc<str>>> {
-        let mut out: BTreeMap<Arc<str>, Vec<Arc<str>>> = BTreeMap::new();
+        // Per game, the environments admitted before first, so that they keep their places
+        // when the set must be made again (Redis lost it) while others ask for room.
+        type BeforeAndNew = (Vec<Arc<str>>, Vec<Arc<str>>);
+        let mut asked: BTreeMap<Arc<str>, BeforeAndNew> = BTreeMap::new();
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         for d in dirty {
             if !seen.insert((&d.game, &d.env)) {
                 continue;
             }
             let admission = self.find_scope(&d.game, &d.env).and_then(|i| self.scopes.get(i)).map(|s| s.admission);
-            let ask = match admission {
-                Some(Admission::Admitted(at)) => now_minute >= at.saturating_add(ADMITTED_FOR_MINUTES),
-                _ => true,
-            };
-            if ask {
-                out.entry(d.game.clone()).or_default().push(d.env.clone());
+            let (before, new) = asked.entry(d.game.clone()).or_default();
+            match admission {
+                Some(Admission::Admitted(at)) if now_minute >= at.saturating_add(ADMITTED_FOR_MINUTES) => {
+                    before.push(d.env.clone())
+                }
+                Some(Admission::Admitted(_)) => {}
+                _ => new.push(d.env.clone()),
             }
         }
-        out
+        asked
+            .into_iter()
+            .filter(|(_, (before, new))| !before.is_empty() || !new.is_empty())
+            .map(|(game, (mut before, new))| {
+                before.extend(new);
+                (game, before)
+            })
+            .collect()
+    }
+
+    /// Every admitted environment is asked for again at the next flush, first of its
+    /// game's: Redis may have lost the set (a restart, a failover to a replica behind) while
+    /// the sketches' keys are made again ([`Sketches::redirty_all`]).
+    pub fn readmit_all(&mut self) {
+        for s in self.scopes.iter_mut().filter(|s| s.live) {
+            if let Admission::Admitted(_) = s.admission {
+                s.admission = Admission::Admitted(0);
+            }
+        }
     }
 
     /// Redis admitted `env` of `game` at `now_minute`.
@@ -771,9 +793,15 @@ impl Sketches {
     /// Frees the places of scopes left without sketches and without staged adds, and the
     /// shares of games left without scopes, so that game/env pairs seen once do not stay
     /// for the life of the process.
-    fn free_empty(&mut self) {
+    fn free_empty(&mut self, now_minute: u32) {
         for (i, s) in self.scopes.iter_mut().enumerate() {
             if !s.live || !s.slots.is_empty() || s.staged > 0 {
+                continue;
+            }
+            // A refused environment's place keeps its refusal until it runs out (it counts
+            // in its game's share meanwhile): freed, its next event would be asked for at
+            // the next flush.
+            if matches!(s.admission, Admission::Refused(at) if now_minute <= at.saturating_add(1)) {
                 continue;
             }
             if let Some(g) = self.games.get_mut(&*s.game) {
@@ -800,7 +828,7 @@ impl Sketches {
             return;
         }
         self.drop_past(minute_of(now_ms), day_of(now_ms));
-        self.free_empty();
+        self.free_empty(minute_of(now_ms));
     }
 
     /// Sketches held.
@@ -1140,6 +1168,8 @@ mod tests {
         assert!(!s.is_dirty(), "the refused sketches' dirt is gone with them");
         assert!(published.list().iter().all(|p| &*p.env == "prod"));
         assert_eq!(s.take_refused().total, 2);
+        // The round's eviction keeps the refusal (its place is not freed while it holds).
+        s.evict(now);
         s.event("g", "spam", "login", "u4", "", now);
         assert_eq!(s.take_refused().total, 1, "its DAU add refused at once");
         assert_eq!(s.len(), 2);
@@ -1155,5 +1185,11 @@ mod tests {
         );
         let asks = s.to_admit(&dirty, minute + 60);
         assert_eq!(asks.get("g").map(Vec::len), Some(2));
+        // Redis may have lost the set: every admitted environment is asked for again,
+        // before the new ones.
+        s.readmit_all();
+        let asks = s.to_admit(&dirty, minute + 2);
+        let names = asks.get("g").map(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        assert_eq!(names, Some(vec!["prod".to_owned(), "spam".to_owned()]));
     }
 }

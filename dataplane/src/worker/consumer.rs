@@ -1558,7 +1558,7 @@ fn count_inserted(m: &ShardWriter, table: Table, batch: &[Entry], part: &[usize]
 /// the stored ones.
 fn refusal_reason(confirmed: &Confirmed, index: usize, e: &ChError) -> String {
     let (stored_on, shards) = confirmed.table_rows_stored_on(index);
-    if stored_on == shards {
+    if confirmed.table_rows_stored(index) {
         // Every shard stored its rows: its `user_days` rows were refused. Dead-lettered all
         // the same (a stall would stop the stream for good), saying that its rows are in
         // the table, so that replaying it adds its player-days and collapses into them.
@@ -1599,6 +1599,10 @@ mod tests {
             nested: None,
         });
         let mut c = Confirmed::new(2, 3);
+        for s in 0..3 {
+            c.note_routed(0, s);
+        }
+        c.note_routed(1, 2);
         assert!(refusal_reason(&c, 0, &e).starts_with("rejected by ClickHouse: "));
         c.raise_for_test(&[0], 0);
         c.raise_for_test(&[0], 1);
@@ -1606,6 +1610,11 @@ mod tests {
         c.raise_for_test(&[0], 2);
         assert!(refusal_reason(&c, 0, &e).starts_with("its rows are stored; its user_days rows were rejected"));
         assert!(refusal_reason(&c, 1, &e).starts_with("rejected by ClickHouse: "));
+        // Entry 1 has rows on shard 2 alone: shards 0 and 1 confirming nothing of it are
+        // not said to store its rows.
+        c.raise_for_test(&[1], 0);
+        c.raise_for_test(&[1], 1);
+        assert!(refusal_reason(&c, 1, &e).starts_with("rejected by ClickHouse: "), "{}", refusal_reason(&c, 1, &e));
     }
 
     fn config(read_count: usize, batch_rows: usize, batch_bytes: usize, max_entry_bytes: usize) -> ConsumerConfig {

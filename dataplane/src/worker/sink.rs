@@ -80,13 +80,20 @@ pub struct Confirmed {
     shards: usize,
     /// Per entry of the batch, then per shard: [`NOTHING`], [`TABLE`] or [`BOTH`].
     level: Vec<u8>,
+    /// Per entry, then per shard: whether the entry has rows for the shard (a shard it
+    /// has none for confirms it all the same, with the others).
+    routed: Vec<bool>,
 }
 
 impl Confirmed {
     /// Nothing confirmed yet of a batch of `entries` entries on `shards` shards (at least 1).
     pub fn new(entries: usize, shards: usize) -> Confirmed {
         let shards = shards.max(1);
-        Confirmed { shards, level: vec![NOTHING; entries.saturating_mul(shards)] }
+        Confirmed {
+            shards,
+            level: vec![NOTHING; entries.saturating_mul(shards)],
+            routed: vec![false; entries.saturating_mul(shards)],
+        }
     }
 
     /// How far entry `i`'s rows on shard `s` are confirmed (nothing when out of range).
@@ -122,9 +129,29 @@ impl Confirmed {
         self.raise(which, s, TABLE);
     }
 
-    /// How many shards confirmed entry `i`'s rows in the stream's table, of how many.
+    /// Entry `i` has rows for shard `s`.
+    pub(crate) fn note_routed(&mut self, i: usize, s: usize) {
+        if s < self.shards {
+            if let Some(r) = i.checked_mul(self.shards).and_then(|at| self.routed.get_mut(at + s)) {
+                *r = true;
+            }
+        }
+    }
+
+    /// Of the shards entry `i` has rows for, how many confirmed them in the stream's
+    /// table, and how many there are.
     pub fn table_rows_stored_on(&self, i: usize) -> (usize, usize) {
-        ((0..self.shards).filter(|&s| self.get(i, s) >= TABLE).count(), self.shards)
+        let routed =
+            |s: usize| i.checked_mul(self.shards).and_then(|at| self.routed.get(at + s)).copied() == Some(true);
+        let shards = (0..self.shards).filter(|&s| routed(s));
+        let (mut stored, mut all) = (0, 0);
+        for s in shards {
+            all += 1;
+            if self.get(i, s) >= TABLE {
+                stored += 1;
+            }
+        }
+        (stored, all)
     }
 }
 
@@ -230,6 +257,8 @@ pub struct Sink {
     /// Per shard, how far the entry being pushed is already confirmed there ([`Confirmed`]):
     /// its rows go only where they are not (none: everywhere).
     pushing: Vec<u8>,
+    /// Per shard, whether the entry being pushed has rows for it.
+    routed: Vec<bool>,
     archive: BatchBuf,
     json: Vec<u8>,
     limits: Limits,
@@ -294,6 +323,7 @@ impl Sink {
             },
             user_day_blocks: Vec::new(),
             pushing: Vec::new(),
+            routed: Vec::new(),
             archive: BatchBuf::default(),
             json: Vec::new(),
             limits: Limits::default(),
@@ -405,6 +435,9 @@ impl Sink {
                     let ev =
                         validate::parse_event_object(&mut self.json, &self.limits, id).map_err(|x| x.to_string())?;
                     let shard = event_shard(&ev.event_id, shards);
+                    if let Some(r) = self.routed.get_mut(shard) {
+                        *r = true;
+                    }
                     let (Some(Rows::Events(r)), Some(days)) = (self.rows.get_mut(shard), self.user_days.get_mut(shard))
                     else {
                         return Err("no rows for the event's shard".into());
@@ -432,6 +465,9 @@ impl Sink {
                 Some(Rows::Payments(_)) => {
                     let p = validate::parse_payment_object(&mut self.json, &self.limits).map_err(|x| x.to_string())?;
                     let shard = payment_shard(&p, shards);
+                    if let Some(r) = self.routed.get_mut(shard) {
+                        *r = true;
+                    }
                     let Some(Rows::Payments(r)) = self.rows.get_mut(shard) else {
                         return Err("no rows for the payment's shard".into());
                     };
@@ -459,6 +495,9 @@ impl Sink {
                     let ev = ArchivedEventRef { batch: b, index }.read();
                     let ts = ev.ts_ms;
                     let shard = event_shard(&ev.event_id, shards);
+                    if let Some(r) = self.routed.get_mut(shard) {
+                        *r = true;
+                    }
                     let (Some(Rows::Events(r)), Some(days)) = (self.rows.get_mut(shard), self.user_days.get_mut(shard))
                     else {
                         return Err("no rows for the event's shard".into());
@@ -487,6 +526,9 @@ impl Sink {
             (ArchivedRecords::Payments(v), Some(Rows::Payments(_))) => {
                 for p in v.iter() {
                     let shard = payment_shard(p, shards);
+                    if let Some(r) = self.routed.get_mut(shard) {
+                        *r = true;
+                    }
                     let Some(Rows::Payments(r)) = self.rows.get_mut(shard) else {
                         return Err("no rows for the payment's shard".into());
                     };
@@ -588,9 +630,14 @@ impl Sink {
         for &i in which {
             self.pushing.clear();
             self.pushing.extend((0..shards).map(|s| confirmed.get(i, s)));
+            self.routed.clear();
+            self.routed.resize(shards, false);
             if let Err(reason) = self.push(&batch[i]) {
                 poison.push(Poison { index: i, cause: DeadReason::Undecodable, reason });
                 continue;
+            }
+            for (s, _) in self.routed.iter().enumerate().filter(|(_, r)| **r) {
+                confirmed.note_routed(i, s);
             }
             for (s, rows) in self.rows.iter_mut().enumerate() {
                 rows.send(ch[s], &self.insert_sql, BLOCK_ROWS, &mut started[s]).await?;

@@ -189,7 +189,8 @@ impl Handler for DataPort {
     /// contract). A preflight (`OPTIONS`) carries no records and counts none, nor does
     /// `/v1/metrics` (not a signal taken).
     fn refused_head(&self, head: &Head, error: &HttpError) -> Option<Response> {
-        let game = match self.router.find(head.method, head.path()) {
+        let route = self.router.find(head.method, head.path());
+        let game = match route {
             Ok(Route::Ingest(_)) => head.field(GAME_ID),
             // As the route reads its credential: a bearer token first (its game is then
             // `X-Game-ID`'s), else the write key's.
@@ -202,10 +203,23 @@ impl Handler for DataPort {
                     .or_else(|| head.field(GAME_ID))
             }
             Ok(Route::Otlp(route)) => return Some(otlp::refused_head(&self.shard, route, head, error)),
-            _ => return self.readable_by_pages(head, error),
+            // A preflight to a path no route takes (or that does not take `OPTIONS`), from
+            // an origin some game allows: allowed, so that the request after it gets its
+            // 404 or 405 readable (below) instead of a failed preflight.
+            Err(HttpError::NotFound | HttpError::MethodNotAllowed { .. }) if head.method == Method::Options => {
+                let origin = head.field(ORIGIN).filter(|o| !o.is_empty());
+                let allowed = origin.is_some_and(|o| self.shard.games.values().any(|g| client::cors::allowed(g, o)));
+                return allowed
+                    .then(|| client::cors::preflight(&self.shard, origin, None, head.field(REQUEST_HEADERS)));
+            }
+            _ => return self.readable_by_pages(head, error, None),
         };
         ingest::count_refused(&self.shard, game.unwrap_or_default(), &IngestError::Http(error.clone()), 1);
-        self.readable_by_pages(head, error)
+        let client_game = match route {
+            Ok(Route::Client(_)) => game.filter(|g| self.shard.games.contains_key(*g)),
+            _ => None,
+        };
+        self.readable_by_pages(head, error, client_game)
     }
 
     fn served(&self, path: Option<&str>, status: u16, duration: Duration) {
@@ -219,14 +233,18 @@ impl Handler for DataPort {
 
 impl DataPort {
     /// A refusal before any route handled the request (an unknown path, a method the path
-    /// does not take, a head the HTTP layer refused), readable by a page of an origin some
-    /// game's write keys may send from: without CORS headers the browser would hide its
-    /// status, and the SDK would take a `404` or `405` for a network failure and send
-    /// again for ever instead of five times (docs/sdk.md). `None` for other requests (the
-    /// answer as it is).
-    fn readable_by_pages(&self, head: &Head, error: &HttpError) -> Option<Response> {
+    /// does not take, a head the HTTP layer refused), readable by a page of an origin
+    /// `game` allows (a client route's write key's game), or without one some game: without
+    /// CORS headers the browser would hide its status, and the SDK would take a `404` or
+    /// `405` for a network failure and send again for ever instead of five times
+    /// (docs/sdk.md). `None` for other requests (the answer as it is).
+    fn readable_by_pages(&self, head: &Head, error: &HttpError, game: Option<&str>) -> Option<Response> {
         let origin = head.field(ORIGIN).filter(|o| !o.is_empty())?;
-        if !self.shard.games.values().any(|g| client::cors::allowed(g, origin)) {
+        let allowed = match game.and_then(|g| self.shard.games.get(g)) {
+            Some(g) => client::cors::allowed(g, origin),
+            None => self.shard.games.values().any(|g| client::cors::allowed(g, origin)),
+        };
+        if !allowed {
             return None;
         }
         let mut resp = error.response();

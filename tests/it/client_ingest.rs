@@ -541,6 +541,19 @@ fn client_ingest_cors() {
     assert_eq!((r.status, r.header("allow")), (405, Some("POST, OPTIONS")));
     // (The second token request is the first again: answered as it was, not appended.)
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+    // A head the HTTP layer refuses (a field read twice) on the route is readable by the
+    // key's game's origins only, even though another game allows any.
+    let twice = |o: &str| {
+        let h: Vec<(String, String)> = [("Origin", o), ("X-Write-Key", KEY), ("X-Env", "prod"), ("X-Env", "dev")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        f.client().request("POST", EVENTS, &h, b"[]")
+    };
+    let r = twice(PAGE);
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (400, Some(PAGE)));
+    let r = twice("https://evil.example");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (400, None));
     drop(f);
     // A 404 or 405 before any route (a path or a method a proxy changed) is readable by a
     // page of an origin some game allows, so that the SDK sees its status (five tries,
@@ -550,6 +563,14 @@ fn client_ingest_cors() {
         c.games.get_mut(OTHER_GAME).expect("g2").allowed_origins = vec![PAGE.into()];
     });
     let origin = |o: &str| vec![("Origin".to_owned(), o.to_owned()), ("X-Write-Key".to_owned(), KEY.to_owned())];
+    // The browser's preflight first: allowed, else the request would never be sent.
+    let mut ask = origin(PAGE);
+    ask.push(("Access-Control-Request-Method".into(), "POST".into()));
+    ask.push(("Access-Control-Request-Headers".into(), "content-type,x-write-key".into()));
+    let r = f.client().request("OPTIONS", "/api/analytics/ingest/", &ask, b"");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (204, Some(PAGE)));
+    ask[0].1 = "https://evil.example".into();
+    assert_eq!(f.client().request("OPTIONS", "/api/analytics/ingest/", &ask, b"").status, 404);
     let r = f.client().request("POST", "/api/analytics/ingest/", &origin(PAGE), b"[]");
     assert_eq!((r.status, r.header("access-control-allow-origin")), (404, Some(PAGE)));
     assert_eq!(r.header("access-control-expose-headers"), Some("Retry-After"));

@@ -1425,21 +1425,30 @@ impl Config {
                 }
             }
         }
-        // A write key ships in every page of its game: one that is also a game's HMAC
-        // secret would publish the secret of the unfiltered signed routes. (The secret is
-        // not named.)
-        for (id, g) in &self.games {
-            if let Some(secret) = g.secret.as_deref().filter(|s| keys.contains(s)) {
-                let holder = self
-                    .games
-                    .iter()
-                    .find(|(_, o)| o.write_keys.iter().chain(&o.revoked_write_keys).any(|k| k == secret));
-                let holder = holder.map_or(id.as_str(), |(h, _)| h.as_str());
-                return Err(err(
-                    format!("games.{holder}.write_keys"),
-                    format!("a key is the HMAC secret of games.{id}: write keys are public, a secret must not be one"),
-                ));
-            }
+        // A write key ships in every page of its game: one that is also a secret — a
+        // game's HMAC secret (the unfiltered signed routes), the API's JWT secret (bearer
+        // tokens with any role), the agents', metrics' or an OTLP token (checked below) —
+        // would publish it. (The secret is not named.)
+        let mut secrets: Vec<(String, &str)> = self
+            .games
+            .iter()
+            .filter_map(|(id, g)| Some((format!("the HMAC secret of games.{id}"), g.secret.as_deref()?)))
+            .collect();
+        secrets.push(("api.jwt_secret".into(), self.api.jwt_secret.as_str()));
+        if let Some(t) = self.api.agent_token.as_deref() {
+            secrets.push(("api.agent_token".into(), t));
+        }
+        if let Some(t) = self.control.metrics_token.as_deref() {
+            secrets.push(("control.metrics_token".into(), t));
+        }
+        if let Some((what, secret)) = secrets.iter().find(|(_, s)| !s.is_empty() && keys.contains(s)) {
+            let holder =
+                self.games.iter().find(|(_, o)| o.write_keys.iter().chain(&o.revoked_write_keys).any(|k| k == secret));
+            let holder = holder.map_or("<game>", |(h, _)| h.as_str());
+            return Err(err(
+                format!("games.{holder}.write_keys"),
+                format!("a key is {what}: write keys are public, a secret must not be one"),
+            ));
         }
         for (id, g) in &self.games {
             if let Some(bad) = g.allowed_origins.iter().find(|o| !is_serialised_origin(o)) {
@@ -1951,6 +1960,16 @@ mod tests {
         .expect_err("a public key as a secret");
         assert!(e.to_string().contains("games.a.write_keys") && e.to_string().contains("secret of games.b"), "{e}");
         assert!(!e.to_string().contains(key), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_GAMES__a__SECRET", "s"),
+                ("CROUPIER_GAMES__a__WRITE_KEYS", &format!("[\"{key}\"]")),
+                ("CROUPIER_API__JWT_SECRET", key),
+            ]),
+        )
+        .expect_err("a public key as the JWT secret");
+        assert!(e.to_string().contains("games.a.write_keys") && e.to_string().contains("api.jwt_secret"), "{e}");
     }
 
     #[test]

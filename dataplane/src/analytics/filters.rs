@@ -108,10 +108,10 @@ pub struct Filters {
 
 /// What tells one version of the file from another: its inode (a rename over it makes a
 /// new one), modification time and length; `None` when it is not there.
-type Stamp = (u64, SystemTime, u64);
+pub(crate) type Stamp = (u64, SystemTime, u64);
 
 /// The file's [`Stamp`].
-fn stamp(path: &Path) -> Option<Stamp> {
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.ino(), m.modified().ok()?, m.len()))

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use croupier_control::config::FilteredEvents;
 use croupier_protocol::validate::{RecordView, Verdict};
@@ -32,7 +32,10 @@ pub struct FilterView {
     taken: u64,
     every: Duration,
     checked: Option<Instant>,
-    modified: Option<SystemTime>,
+    /// The file's inode, modification time and length when last read (`None`: no
+    /// file): two writes within one tick of a coarse clock still differ by inode (the
+    /// API renames a new file over it) or length.
+    modified: Option<crate::analytics::filters::Stamp>,
     games: HashMap<String, HashMap<String, Settings>>,
 }
 
@@ -65,7 +68,7 @@ impl FilterView {
             return;
         }
         self.checked = Some(now);
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let modified = crate::analytics::filters::stamp(path);
         if modified == self.modified {
             return;
         }
@@ -191,6 +194,34 @@ mod tests {
         // Another game: defaults.
         let other = RecordView { game: "g2", ..view("prod", "x", "u") };
         assert_eq!(v.event(&other, FilteredEvents::Refuse), Verdict::Keep);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A new file renamed over the old one with the same modification time (two writes
+    /// within one tick of a coarse clock) is read again: its inode differs.
+    #[test]
+    fn a_file_replaced_within_one_clock_tick_is_read_again() {
+        let dir = std::env::temp_dir().join(format!("croupier-filters-tick-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("filters.json");
+        let allow = |event: &str| {
+            format!(r#"{{"g1|prod":{{"events":["{event}"],"payments_enabled":true,"sample_global":100}}}}"#)
+        };
+        assert!(std::fs::write(&path, allow("login")).is_ok());
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let mut v = FilterView::new(Some(path.clone()), Duration::ZERO, Arc::default());
+        assert_eq!(v.event(&view("prod", "login", "u"), FilteredEvents::Drop), Verdict::Keep);
+        let next = dir.join("filters.json.tmp");
+        assert!(std::fs::write(&next, allow("logon")).is_ok());
+        let set = std::fs::File::options().write(true).open(&next).and_then(|f| match mtime {
+            Some(t) => f.set_modified(t),
+            None => Ok(()),
+        });
+        assert!(set.is_ok() && std::fs::rename(&next, &path).is_ok());
+        assert_eq!(std::fs::metadata(&path).and_then(|m| m.modified()).ok(), mtime, "the same modification time");
+        v.refresh(Instant::now());
+        assert_eq!(v.event(&view("prod", "login", "u"), FilteredEvents::Drop), Verdict::Drop);
+        assert_eq!(v.event(&view("prod", "logon", "u"), FilteredEvents::Drop), Verdict::Keep);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -94,7 +94,7 @@ impl Source for RealtimeGauges {
             enc.family(
                 NAME,
                 MetricKind::Counter,
-                "Players not counted in the real-time figures for want of a new sketch (the game held aggregate.max_sketches_per_game sketches on a worker shard, or the shard aggregate.max_sketches); one per sketch an event would have fed.",
+                "Players not counted in the real-time figures: the game held aggregate.max_sketches_per_game sketches on a worker shard, or the shard aggregate.max_sketches (one per sketch an event would have fed), or the environment is past aggregate.max_envs_per_game (one per sketch dropped).",
             );
             for (game, n) in &refused {
                 enc.sample(NAME, &[("game", game)], *n);

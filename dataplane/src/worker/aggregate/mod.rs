@@ -731,7 +731,8 @@ impl Aggregator {
             sketches.evict(crate::ingest::now_ms());
             refused
         };
-        if refused.total > 0 {
+        // At most every 10 s (a client inventing environments refuses adds every round).
+        if refused.total > 0 && !crate::redis::auth::recently_logged("realtime adds refused".into()) {
             let games: Vec<String> = refused.by_game.iter().take(10).map(|(g, n)| format!("{g}={n}")).collect();
             tracing::warn!(
                 adds = refused.total,

@@ -208,11 +208,15 @@ impl Handler for DataPort {
             // 404 or 405 readable (below) instead of a failed preflight.
             Err(HttpError::NotFound | HttpError::MethodNotAllowed { .. }) if head.method == Method::Options => {
                 let origin = head.field(ORIGIN).filter(|o| !o.is_empty());
-                let allowed = origin.is_some_and(|o| self.shard.games.values().any(|g| client::cors::allowed(g, o)));
+                let game = self.key_game(head);
+                let allowed = origin.is_some_and(|o| match game.and_then(|g| self.shard.games.get(g)) {
+                    Some(g) => client::cors::allowed(g, o),
+                    None => self.shard.games.values().any(|g| client::cors::allowed(g, o)),
+                });
                 return allowed
-                    .then(|| client::cors::preflight(&self.shard, origin, None, head.field(REQUEST_HEADERS)));
+                    .then(|| client::cors::preflight(&self.shard, origin, game, head.field(REQUEST_HEADERS)));
             }
-            _ => return self.readable_by_pages(head, error, None),
+            _ => return self.readable_by_pages(head, error, self.key_game(head)),
         };
         ingest::count_refused(&self.shard, game.unwrap_or_default(), &IngestError::Http(error.clone()), 1);
         let client_game = match route {
@@ -232,6 +236,13 @@ impl Handler for DataPort {
 }
 
 impl DataPort {
+    /// The game of the write key the head carries (`X-Write-Key`, else `?key=`; revoked
+    /// ones too), if it is a configured key.
+    fn key_game(&self, head: &Head) -> Option<&str> {
+        let key = client::credential::write_key(head.field(WRITE_KEY), head.query())?;
+        self.shard.keys.get(key.as_ref()).map(|k| k.game.as_str())
+    }
+
     /// A refusal before any route handled the request (an unknown path, a method the path
     /// does not take, a head the HTTP layer refused), readable by a page of an origin
     /// `game` allows (a client route's write key's game), or without one some game: without

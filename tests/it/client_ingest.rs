@@ -558,9 +558,10 @@ fn client_ingest_cors() {
     // A 404 or 405 before any route (a path or a method a proxy changed) is readable by a
     // page of an origin some game allows, so that the SDK sees its status (five tries,
     // then told) instead of a network failure it would retry for ever; not by others.
+    const OTHER_PAGE: &str = "https://b.example";
     let f = Fixture::start(Driver::Epoll, |c| {
         keys(c);
-        c.games.get_mut(OTHER_GAME).expect("g2").allowed_origins = vec![PAGE.into()];
+        c.games.get_mut(OTHER_GAME).expect("g2").allowed_origins = vec![PAGE.into(), OTHER_PAGE.into()];
     });
     let origin = |o: &str| vec![("Origin".to_owned(), o.to_owned()), ("X-Write-Key".to_owned(), KEY.to_owned())];
     // The browser's preflight first: allowed, else the request would never be sent.
@@ -578,6 +579,20 @@ fn client_ingest_cors() {
     assert_eq!((r.status, r.header("access-control-allow-origin")), (405, Some(PAGE)));
     let r = f.client().request("POST", "/nowhere", &origin("https://evil.example"), b"[]");
     assert_eq!((r.status, r.header("access-control-allow-origin")), (404, None));
+    // With a write key, its game's origins decide: another game's page is not told.
+    let r = f.client().request("POST", "/nowhere", &origin(OTHER_PAGE), b"[]");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (404, None));
+    let mut other = origin(OTHER_PAGE);
+    other[1].1 = OTHER_KEY.into();
+    let r = f.client().request("POST", "/nowhere", &other, b"[]");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (404, Some(OTHER_PAGE)));
+    let mut ask = vec![
+        ("Origin".to_owned(), OTHER_PAGE.to_owned()),
+        ("Access-Control-Request-Method".to_owned(), "POST".to_owned()),
+    ];
+    assert_eq!(f.client().request("OPTIONS", &format!("/nowhere?key={KEY}"), &ask, b"").status, 404);
+    ask[0].1 = PAGE.into();
+    assert_eq!(f.client().request("OPTIONS", &format!("/nowhere?key={KEY}"), &ask, b"").status, 204);
 }
 
 /// A filters file as the Analytics API writes it.

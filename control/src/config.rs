@@ -1427,8 +1427,8 @@ impl Config {
         }
         // A write key ships in every page of its game: one that is also a secret — a
         // game's HMAC secret (the unfiltered signed routes), the API's JWT secret (bearer
-        // tokens with any role), the agents', metrics' or an OTLP token (checked below) —
-        // would publish it. (The secret is not named.)
+        // tokens with any role), the agents' or metrics' token, a server's password, or an
+        // OTLP token (checked below) — would publish it. (The secret is not named.)
         let mut secrets: Vec<(String, &str)> = self
             .games
             .iter()
@@ -1441,12 +1441,23 @@ impl Config {
         if let Some(t) = self.control.metrics_token.as_deref() {
             secrets.push(("control.metrics_token".into(), t));
         }
+        if let Some(p) = &self.redis.password {
+            secrets.push(("redis.password".into(), p.expose()));
+        }
+        secrets.push(("clickhouse.password".into(), self.clickhouse.password.expose()));
         if let Some((what, secret)) = secrets.iter().find(|(_, s)| !s.is_empty() && keys.contains(s)) {
-            let holder =
-                self.games.iter().find(|(_, o)| o.write_keys.iter().chain(&o.revoked_write_keys).any(|k| k == secret));
-            let holder = holder.map_or("<game>", |(h, _)| h.as_str());
+            let listed = self.games.iter().find_map(|(id, o)| {
+                let list = if o.write_keys.iter().any(|k| k == secret) {
+                    "write_keys"
+                } else if o.revoked_write_keys.iter().any(|k| k == secret) {
+                    "revoked_write_keys"
+                } else {
+                    return None;
+                };
+                Some(format!("games.{id}.{list}"))
+            });
             return Err(err(
-                format!("games.{holder}.write_keys"),
+                listed.unwrap_or_else(|| "games.<id>.write_keys".into()),
                 format!("a key is {what}: write keys are public, a secret must not be one"),
             ));
         }
@@ -1970,6 +1981,19 @@ mod tests {
         )
         .expect_err("a public key as the JWT secret");
         assert!(e.to_string().contains("games.a.write_keys") && e.to_string().contains("api.jwt_secret"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("CROUPIER_GAMES__a__SECRET", "s"),
+                ("CROUPIER_GAMES__a__REVOKED_WRITE_KEYS", &format!("[\"{key}\"]")),
+                ("CROUPIER_REDIS__PASSWORD", key),
+            ]),
+        )
+        .expect_err("a revoked key as Redis's password");
+        assert!(
+            e.to_string().contains("games.a.revoked_write_keys") && e.to_string().contains("redis.password"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -196,11 +196,7 @@ impl Handler for DataPort {
             // `X-Game-ID`'s), else the write key's.
             Ok(Route::Client(_)) if head.method != Method::Options => {
                 let token = crate::http::request::bearer_token(head.field(AUTHORIZATION)).is_some();
-                client::credential::write_key(head.field(WRITE_KEY), head.query())
-                    .filter(|_| !token)
-                    .and_then(|k| self.shard.keys.get(k.as_ref()))
-                    .map(|k| k.game.as_str())
-                    .or_else(|| head.field(GAME_ID))
+                self.key_game(head).filter(|_| !token).or_else(|| head.field(GAME_ID))
             }
             Ok(Route::Otlp(route)) => return Some(otlp::refused_head(&self.shard, route, head, error)),
             // A preflight to a path no route takes (or that does not take `OPTIONS`), from
@@ -239,8 +235,7 @@ impl DataPort {
     /// The game of the write key the head carries (`X-Write-Key`, else `?key=`; revoked
     /// ones too), if it is a configured key.
     fn key_game(&self, head: &Head) -> Option<&str> {
-        let key = client::credential::write_key(head.field(WRITE_KEY), head.query())?;
-        self.shard.keys.get(key.as_ref()).map(|k| k.game.as_str())
+        client::credential::key_game(&self.shard, head.field(WRITE_KEY), head.query())
     }
 
     /// A refusal before any route handled the request (an unknown path, a method the path

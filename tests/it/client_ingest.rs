@@ -606,16 +606,22 @@ fn filters_file(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// The keys' fixture applying the filters of `path`, with no key rate and `address_eps`
+/// per client address (0: none).
+fn filtered(path: &std::path::Path, address_eps: u64) -> Fixture {
+    let path = path.to_path_buf();
+    Fixture::start(Driver::Epoll, move |c| {
+        keys(c);
+        c.api.filters_file = Some(path);
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = address_eps;
+    })
+}
+
 #[test]
 fn client_ingest_filters_drop_and_sample() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = filters_file(dir.path());
-    let f = Fixture::start(Driver::Epoll, |c| {
-        keys(c);
-        c.api.filters_file = Some(path.clone());
-        c.client.key_rate_eps = 0;
-        c.client.address_rate_eps = 0;
-    });
+    let f = filtered(&filters_file(dir.path()), 0);
     let run = run_id();
     let t = now_secs();
     // Outside the allow-list: dropped, the rest stored.
@@ -730,13 +736,7 @@ fn client_ingest_rates_are_given_back_when_nothing_is_appended() {
 #[test]
 fn client_ingest_events_the_filters_drop_count_against_the_rates() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = filters_file(dir.path());
-    let f = Fixture::start(Driver::Epoll, |c| {
-        keys(c);
-        c.api.filters_file = Some(path.clone());
-        c.client.key_rate_eps = 0;
-        c.client.address_rate_eps = 50;
-    });
+    let f = filtered(&filters_file(dir.path()), 50);
     let run = run_id();
     let send = |b: usize| {
         post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &bare(&format!("{run}-{b}"), 30, "not_allowed"))

@@ -1040,6 +1040,15 @@ fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
     }
 }
 
+/// An operator's view that refuses (`throwIf`, code 395) the rows of users `poison…`.
+fn poison_view(p: &Pipeline) {
+    p.clickhouse.query("CREATE TABLE analytics.trap (x UInt8) ENGINE = Null");
+    p.clickhouse.query(
+        "CREATE MATERIALIZED VIEW analytics.trap_mv TO analytics.trap AS \
+         SELECT throwIf(user_id LIKE 'poison%') AS x FROM analytics.events",
+    );
+}
+
 /// Rows an operator's view refuses (`throwIf`, code 395, neither bad data nor the server's
 /// state) do not stall the stream for good: the batch is retried as it is a few times, then
 /// bisected; the entries refused alone are dead-lettered with the server's message and the
@@ -1048,11 +1057,7 @@ fn m4_a_stalled_batch_is_kept_not_claimed_until_dead_lettered() {
 #[test]
 fn rows_a_view_refuses_are_isolated_instead_of_stalling_the_stream() {
     let mut p = Pipeline::start(&[]);
-    p.clickhouse.query("CREATE TABLE analytics.trap (x UInt8) ENGINE = Null");
-    p.clickhouse.query(
-        "CREATE MATERIALIZED VIEW analytics.trap_mv TO analytics.trap AS \
-         SELECT throwIf(user_id LIKE 'poison%') AS x FROM analytics.events",
-    );
+    poison_view(&p);
     let mut c = p.ingest.client();
     for b in 0..12u64 {
         let poison = b % 4 == 3;
@@ -1379,11 +1384,7 @@ fn lands_once(p: &Pipeline, accepted: u64, after: &str) {
 #[test]
 fn a_refusal_while_a_large_block_is_written_is_read_as_the_servers() {
     let mut p = Pipeline::start(&[]);
-    p.clickhouse.query("CREATE TABLE analytics.trap (x UInt8) ENGINE = Null");
-    p.clickhouse.query(
-        "CREATE MATERIALIZED VIEW analytics.trap_mv TO analytics.trap AS \
-         SELECT throwIf(user_id LIKE 'poison%') AS x FROM analytics.events",
-    );
+    poison_view(&p);
     let mut c = p.ingest.client();
     let old = now_secs() - 62 * 86_400;
     let poison: Vec<String> = (0..10)

@@ -37,6 +37,13 @@ pub fn write_key<'a>(header: Option<&'a str>, query: &'a str) -> Option<Cow<'a, 
     header.filter(|k| !k.is_empty()).map(Cow::Borrowed).or_else(|| query_key(query))
 }
 
+/// The game of the configured write key (revoked ones too) a request carries in
+/// `X-Write-Key` (`header`), else in `?key=` of `query`.
+pub fn key_game<'s>(shard: &'s Shard, header: Option<&str>, query: &str) -> Option<&'s str> {
+    let key = write_key(header, query)?;
+    shard.keys.get(key.as_ref()).map(|k| k.game.as_str())
+}
+
 /// Whether an `Authorization` value is a `Bearer` token (the scheme in any case).
 fn is_bearer(authorization: &str) -> bool {
     crate::http::request::bearer_token(Some(authorization)).is_some()

@@ -86,11 +86,7 @@ pub async fn handle(shard: &Shard, endpoint: Endpoint, req: &mut Request<'_>) ->
             if !counted {
                 // A revoked key still names its game (which pages still send it), though
                 // the answer is read as one of no game.
-                let revoked = || {
-                    let head = req.head();
-                    let key = credential::write_key(head.field(WRITE_KEY), head.query())?;
-                    shard.keys.get_key_value(key.as_ref()).map(|(_, k)| k.game.as_str())
-                };
+                let revoked = || credential::key_game(shard, req.head().field(WRITE_KEY), req.head().query());
                 let label = match &error {
                     IngestError::RevokedKey => cors_game.or(named).or_else(revoked),
                     _ => cors_game.or(named),

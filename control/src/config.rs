@@ -1959,41 +1959,21 @@ mod tests {
             ]),
         );
         assert!(revoked.is_err(), "a revoked key is public too");
-        // Nor is it a game's HMAC secret (named without the secret).
-        let e = Config::load(
-            None,
-            env(&[
-                ("CROUPIER_GAMES__a__SECRET", "s"),
-                ("CROUPIER_GAMES__a__WRITE_KEYS", &format!("[\"{key}\"]")),
-                ("CROUPIER_GAMES__b__SECRET", key),
-            ]),
-        )
-        .expect_err("a public key as a secret");
-        assert!(e.to_string().contains("games.a.write_keys") && e.to_string().contains("secret of games.b"), "{e}");
-        assert!(!e.to_string().contains(key), "{e}");
-        let e = Config::load(
-            None,
-            env(&[
-                ("CROUPIER_GAMES__a__SECRET", "s"),
-                ("CROUPIER_GAMES__a__WRITE_KEYS", &format!("[\"{key}\"]")),
-                ("CROUPIER_API__JWT_SECRET", key),
-            ]),
-        )
-        .expect_err("a public key as the JWT secret");
-        assert!(e.to_string().contains("games.a.write_keys") && e.to_string().contains("api.jwt_secret"), "{e}");
-        let e = Config::load(
-            None,
-            env(&[
-                ("CROUPIER_GAMES__a__SECRET", "s"),
-                ("CROUPIER_GAMES__a__REVOKED_WRITE_KEYS", &format!("[\"{key}\"]")),
-                ("CROUPIER_REDIS__PASSWORD", key),
-            ]),
-        )
-        .expect_err("a revoked key as Redis's password");
-        assert!(
-            e.to_string().contains("games.a.revoked_write_keys") && e.to_string().contains("redis.password"),
-            "{e}"
-        );
+        // Nor is it a secret (named without the secret): game `a` lists the key in `list`,
+        // `var` sets the secret to it.
+        let listed_as_secret = |list: &str, var: &str| {
+            let keys = format!("[\"{key}\"]");
+            let listed = format!("CROUPIER_GAMES__a__{list}");
+            let e = Config::load(None, env(&[("CROUPIER_GAMES__a__SECRET", "s"), (&listed, &keys), (var, key)]));
+            e.expect_err("a public key as a secret").to_string()
+        };
+        let e = listed_as_secret("WRITE_KEYS", "CROUPIER_GAMES__b__SECRET");
+        assert!(e.contains("games.a.write_keys") && e.contains("secret of games.b"), "{e}");
+        assert!(!e.contains(key), "{e}");
+        let e = listed_as_secret("WRITE_KEYS", "CROUPIER_API__JWT_SECRET");
+        assert!(e.contains("games.a.write_keys") && e.contains("api.jwt_secret"), "{e}");
+        let e = listed_as_secret("REVOKED_WRITE_KEYS", "CROUPIER_REDIS__PASSWORD");
+        assert!(e.contains("games.a.revoked_write_keys") && e.contains("redis.password"), "{e}");
     }
 
     #[test]

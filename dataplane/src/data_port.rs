@@ -205,10 +205,7 @@ impl Handler for DataPort {
             Err(HttpError::NotFound | HttpError::MethodNotAllowed { .. }) if head.method == Method::Options => {
                 let origin = head.field(ORIGIN).filter(|o| !o.is_empty());
                 let game = self.key_game(head);
-                let allowed = origin.is_some_and(|o| match game.and_then(|g| self.shard.games.get(g)) {
-                    Some(g) => client::cors::allowed(g, o),
-                    None => self.shard.games.values().any(|g| client::cors::allowed(g, o)),
-                });
+                let allowed = origin.is_some_and(|o| client::cors::allowed_for(&self.shard, game, o));
                 return allowed
                     .then(|| client::cors::preflight(&self.shard, origin, game, head.field(REQUEST_HEADERS)));
             }
@@ -246,11 +243,7 @@ impl DataPort {
     /// (docs/sdk.md). `None` for other requests (the answer as it is).
     fn readable_by_pages(&self, head: &Head, error: &HttpError, game: Option<&str>) -> Option<Response> {
         let origin = head.field(ORIGIN).filter(|o| !o.is_empty())?;
-        let allowed = match game.and_then(|g| self.shard.games.get(g)) {
-            Some(g) => client::cors::allowed(g, origin),
-            None => self.shard.games.values().any(|g| client::cors::allowed(g, origin)),
-        };
-        if !allowed {
+        if !client::cors::allowed_for(&self.shard, game, origin) {
             return None;
         }
         let mut resp = error.response();

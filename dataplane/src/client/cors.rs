@@ -49,6 +49,15 @@ pub fn allowed(game: &GameState, origin: &str) -> bool {
     game.allowed_origins.is_empty() || game.allowed_origins.iter().any(|o| o == origin)
 }
 
+/// Whether `origin` may send with the keys of `game` (a configured game's id), or, with
+/// no such game, with some game's.
+pub fn allowed_for(shard: &Shard, game: Option<&str>, origin: &str) -> bool {
+    match game.and_then(|g| shard.games.get(g)) {
+        Some(g) => allowed(g, origin),
+        None => shard.games.values().any(|g| allowed(g, origin)),
+    }
+}
+
 /// Lets the page at `origin` read `resp`.
 pub fn expose(resp: &mut Response, origin: &str) {
     resp.headers.push(("Access-Control-Allow-Origin", origin.to_owned()));
@@ -68,11 +77,7 @@ pub fn preflight(shard: &Shard, origin: Option<&str>, key_game: Option<&str>, re
             crate::http::response::error_body("bad_request", "a preflight needs an Origin header", ""),
         );
     };
-    let ok = match key_game.and_then(|g| shard.games.get(g)) {
-        Some(g) => allowed(g, origin),
-        None => shard.games.values().any(|g| allowed(g, origin)),
-    };
-    if !ok {
+    if !allowed_for(shard, key_game, origin) {
         return Response::json(
             403,
             crate::http::response::error_body("origin_not_allowed", "this origin may not send to this game", ""),

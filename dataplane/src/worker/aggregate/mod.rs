@@ -219,10 +219,7 @@ impl Aggregator {
             }
             let now = epoch.get();
             if now != self.merged_epoch.get() {
-                let mut sketches = self.sketches.borrow_mut();
-                sketches.redirty_all();
-                sketches.readmit_all();
-                drop(sketches);
+                self.sketches.borrow_mut().redirty_all();
                 // The marks of the days still to compute may be lost with the rest.
                 let f = &mut *self.figures.borrow_mut();
                 f.revenue_unmarked.extend(f.revenue.iter().cloned());
@@ -714,9 +711,7 @@ impl Aggregator {
             // Keys Redis lost (a restart without fsync, a failover) come back; merging
             // again what Redis holds changes nothing.
             self.resent.set(Instant::now());
-            let mut sketches = self.sketches.borrow_mut();
-            sketches.redirty_all();
-            sketches.readmit_all();
+            self.sketches.borrow_mut().redirty_all();
         }
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "real-time sketches not merged into Redis; retried at the next flush");

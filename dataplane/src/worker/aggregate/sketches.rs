@@ -416,17 +416,6 @@ impl Sketches {
             .collect()
     }
 
-    /// Every admitted environment is asked for again at the next flush, first of its
-    /// game's: Redis may have lost the set (a restart, a failover to a replica behind) while
-    /// the sketches' keys are made again ([`Sketches::redirty_all`]).
-    pub fn readmit_all(&mut self) {
-        for s in self.scopes.iter_mut().filter(|s| s.live) {
-            if let Admission::Admitted(_) = s.admission {
-                s.admission = Admission::Admitted(0);
-            }
-        }
-    }
-
     /// Redis admitted `env` of `game` at `now_minute`.
     pub fn admit(&mut self, game: &str, env: &str, now_minute: u32) {
         if let Some(s) = self.find_scope(game, env).and_then(|i| self.scopes.get_mut(i)) {
@@ -682,9 +671,14 @@ impl Sketches {
         }
     }
 
-    /// Marks every held sketch dirty: the next flush merges them all into Redis again.
+    /// Marks every held sketch dirty: the next flush merges them all into Redis again —
+    /// and asks for every admitted environment again, first of its game's: Redis may have
+    /// lost the environments' set with the keys (a restart, a failover to a replica behind).
     pub fn redirty_all(&mut self) {
         for s in self.scopes.iter_mut().filter(|s| s.live) {
+            if let Admission::Admitted(_) = s.admission {
+                s.admission = Admission::Admitted(0);
+            }
             for (_, slot) in &mut s.slots {
                 if !slot.dirty {
                     slot.dirty = true;
@@ -1187,7 +1181,7 @@ mod tests {
         assert_eq!(asks.get("g").map(Vec::len), Some(2));
         // Redis may have lost the set: every admitted environment is asked for again,
         // before the new ones.
-        s.readmit_all();
+        s.redirty_all();
         let asks = s.to_admit(&dirty, minute + 2);
         let names = asks.get("g").map(|e| e.iter().map(|x| x.to_string()).collect::<Vec<_>>());
         assert_eq!(names, Some(vec!["prod".to_owned(), "spam".to_owned()]));

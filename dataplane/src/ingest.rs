@@ -104,6 +104,9 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
             r.give_back(client_taken);
         }
     };
+    // A refusal counts the records the request carried: a write key's request, those the
+    // filters left out too (as its key's and address's rates count them).
+    let carried = records.max(client_taken);
     let retry_after = shard.config.redis.retry_after_secs;
     let wanted = shard.config.redis.wait_replicas;
     let partition = cmd.partition();
@@ -141,7 +144,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
             // was used; the client's retry is a duplicate, answered 202 once replicated.
             if replicas < wanted {
                 let e = not_replicated(replicas);
-                count_refused(shard, game_id, &e, records);
+                count_refused(shard, game_id, &e, carried);
                 return Err(e);
             }
             return Ok(records);
@@ -159,7 +162,7 @@ pub(crate) async fn append(shard: &Shard, game_id: &str, prepared: Prepared<'_>)
     // Not appended: the rates were not used.
     give_back(duplicate);
     if let Err(e) = &result {
-        count_refused(shard, game_id, e, records);
+        count_refused(shard, game_id, e, carried);
     }
     result
 }

@@ -752,6 +752,38 @@ fn client_ingest_events_the_filters_drop_count_against_the_rates() {
     assert_eq!(xlen(&f.redis, "analytics:events"), 0);
 }
 
+/// Review finding: a write key's request refused by its game's rate counted only the
+/// records the filters kept, where one refused by the key's or the address's rate counts
+/// every record it carried (the client sends them all again): counted alike now.
+#[test]
+fn client_ingest_a_refusal_counts_every_record_carried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = filters_file(dir.path());
+    let f = Fixture::start(Driver::Epoll, move |c| {
+        keys(c);
+        c.api.filters_file = Some(path);
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 0;
+        c.games.get_mut(GAME).expect("game").rate_limit_eps = 10;
+    });
+    let run = run_id();
+    let t = now_secs();
+    // Nine events kept, one the filters leave out.
+    let send = |b: usize| {
+        let mut items: Vec<String> =
+            (0..9).map(|i| format!(r#"{{"ts":{t},"event":"login","user_id":"{run}-{b}-{i}"}}"#)).collect();
+        items.push(format!(r#"{{"ts":{t},"event":"not_allowed","user_id":"{run}-{b}"}}"#));
+        post(&f, EVENTS, &[("X-Write-Key", KEY), ("X-Env", "prod")], &format!("[{}]", items.join(",")))
+    };
+    ok(&send(0), 9, 1);
+    refused(&send(1), 429, "rate_limited");
+    let mut enc = croupier_control::metrics::Encoder::new();
+    f.ingest.as_ref().expect("running").metrics().encode(&mut enc);
+    let text = enc.finish();
+    let series = format!(r#"croupier_events_refused_total{{game="{GAME}",reason="rate_limited"}}"#);
+    assert_eq!(crate::metrics::sample(&text, &series), Some(10.0), "{text}");
+}
+
 /// Review finding: the same accepted body sent again was answered 202 and its rates
 /// given back, so a page could make Redis append (and take back) or look up a body at
 /// will, free. A duplicate answered 202 now keeps what it took from the key's and the

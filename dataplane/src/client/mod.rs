@@ -339,7 +339,8 @@ fn prepare<'s>(
             for r in cells.iter().flatten() {
                 r.give_back(carried);
             }
-            Err(refusal)
+            // Counted as the key's and the address's refusals are: every record carried.
+            Err(Refusal { records: refusal.records.map(|_| carried), ..refusal })
         }
     }
 }

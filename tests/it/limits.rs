@@ -305,10 +305,11 @@ fn m2_connection_buffers_shrink_after_a_large_request(driver: Driver) {
 /// Requests whose small gzip bodies inflate to 4 MiB each, all waiting for a frozen
 /// Redis: the inflated copies (outside the body budget, which counts bodies as sent) are
 /// freed once their records are staged, not held while the appends wait. Before, each
-/// waiting request held its inflated body: 16 × 4 MiB more resident.
+/// waiting request held its inflated body: 16 × 4 MiB more resident (144–148 MiB grown
+/// here; 20–33 MiB since, the most under a loaded machine).
 fn m2_inflated_bodies_are_freed_before_the_wait_for_redis(driver: Driver) {
     const WAITING: usize = 16;
-    const ALLOWED: usize = 32 << 20;
+    const ALLOWED: usize = 48 << 20;
     let f = Fixture::start(driver, |c| {
         one_shard(c);
         // Inflating the bodies in a debug build takes seconds; Redis is not given up on.

@@ -251,21 +251,20 @@ fn whole_number_text(s: &str) -> Option<i128> {
         None => (s, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let mut digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
-    let mut scale = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+    // Read in place (every timestamp of a record comes this way: no allocation).
+    let digits = int.bytes().chain(frac.bytes()).map(|b| b - b'0');
+    let total = int.len() + frac.len();
+    let scale = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
     // Digits past the point must be zeros.
-    while scale < 0 {
-        match digits.pop() {
-            Some(0) => scale += 1,
-            Some(_) => return None,
-            None => break,
-        }
+    let past = if scale < 0 { usize::try_from(scale.unsigned_abs()).unwrap_or(usize::MAX).min(total) } else { 0 };
+    if digits.clone().skip(total - past).any(|d| d != 0) {
+        return None;
     }
     let mut n: i128 = 0;
-    for d in digits {
+    for d in digits.take(total - past) {
         n = n.checked_mul(10)?.checked_add(i128::from(d))?;
     }
-    let mut scale = scale.max(0);
+    let mut scale = scale.saturating_add(i64::try_from(past).ok()?).max(0);
     while n != 0 && scale > 0 {
         n = n.checked_mul(10)?;
         scale -= 1;
@@ -427,25 +426,55 @@ pub fn write_hex(out: &mut String, bytes: &[u8]) {
     out.push('"');
 }
 
+/// Whether `len` more bytes would take `out` past `stop_at`: if so, `out` is filled to one
+/// byte past it (a text only too long, which the caller refuses unread) and nothing of
+/// them is written.
+fn passes(out: &mut String, stop_at: usize, len: usize) -> bool {
+    if out.len().saturating_add(len) <= stop_at {
+        return false;
+    }
+    let fill = stop_at.saturating_add(1).saturating_sub(out.len());
+    out.extend(std::iter::repeat_n(' ', fill));
+    true
+}
+
+/// Writes a finite double as JSON, in the shortest text that reads back the same: plain
+/// digits from 10^-6 up to 10^21, an exponent outside (as JavaScript writes numbers), so
+/// that no double takes more than 24 bytes (`5e-324` would be 326 digits written plainly).
+fn write_double(out: &mut String, d: f64) {
+    use std::fmt::Write;
+    let a = d.abs();
+    let _ = if a == 0.0 || (1e-6..1e21).contains(&a) { write!(out, "{d}") } else { write!(out, "{d:e}") };
+}
+
 impl AnyRef<'_, '_> {
     /// Writes the value as JSON; `depth` is its nesting level (1 for an attribute's
-    /// value), at most `max_depth`.
-    pub fn write_json(&self, out: &mut String, depth: usize, max_depth: usize) -> Result<(), DecodeError> {
+    /// value), at most `max_depth`. Writing stops once `out` would pass `stop_at` bytes
+    /// (it is then longer than that, and refused by the caller): an attribute of a small
+    /// request costs at most its limit's worth of text, not its whole value's.
+    pub fn write_json(
+        &self,
+        out: &mut String,
+        depth: usize,
+        max_depth: usize,
+        stop_at: usize,
+    ) -> Result<(), DecodeError> {
         use std::fmt::Write;
         if depth > max_depth {
             return Err(DecodeError::TooDeep(max_depth));
         }
         match *self {
             AnyRef::Empty => out.push_str("null"),
+            // Escapes only lengthen a string: at least its bytes and quotes are written.
+            AnyRef::Str(s) if passes(out, stop_at, s.len().saturating_add(2)) => {}
             AnyRef::Str(s) => write_str(out, s),
             AnyRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
             AnyRef::Int(i) => {
                 let _ = write!(out, "{i}");
             }
-            AnyRef::Double(d) if d.is_finite() => {
-                let _ = write!(out, "{d}");
-            }
+            AnyRef::Double(d) if d.is_finite() => write_double(out, d),
             AnyRef::Double(_) => out.push_str("null"),
+            AnyRef::Bytes(b) if passes(out, stop_at, b.len().div_ceil(3).saturating_mul(4)) => {}
             AnyRef::Bytes(b) => {
                 use base64::Engine;
                 out.push('"');
@@ -454,6 +483,7 @@ impl AnyRef<'_, '_> {
             }
             // Written as protobuf's bytes are (standard alphabet, padded): the same bytes
             // give the same `props` whichever the encoding sent.
+            AnyRef::Base64(s) if passes(out, stop_at, s.len()) => {}
             AnyRef::Base64(s) => {
                 use base64::Engine;
                 out.push('"');
@@ -465,10 +495,13 @@ impl AnyRef<'_, '_> {
                 let mut first = true;
                 for r in Fields::new(msg) {
                     if let (1, v) = r? {
+                        if out.len() > stop_at {
+                            return Ok(());
+                        }
                         if !std::mem::take(&mut first) {
                             out.push(',');
                         }
-                        pb_any(v.bytes(1)?)?.write_json(out, depth + 1, max_depth)?;
+                        pb_any(v.bytes(1)?)?.write_json(out, depth + 1, max_depth, stop_at)?;
                     }
                 }
                 out.push(']');
@@ -478,13 +511,19 @@ impl AnyRef<'_, '_> {
                 let mut first = true;
                 for r in Fields::new(msg) {
                     if let (1, v) = r? {
+                        if out.len() > stop_at {
+                            return Ok(());
+                        }
                         if !std::mem::take(&mut first) {
                             out.push(',');
                         }
                         let (k, v) = pb_nested_key_value(v.bytes(1)?)?;
+                        if passes(out, stop_at, k.len().saturating_add(3)) {
+                            return Ok(());
+                        }
                         write_str(out, k);
                         out.push(':');
-                        v.write_json(out, depth + 1, max_depth)?;
+                        v.write_json(out, depth + 1, max_depth, stop_at)?;
                     }
                 }
                 out.push('}');
@@ -492,23 +531,32 @@ impl AnyRef<'_, '_> {
             AnyRef::JsonArray(arr) => {
                 out.push('[');
                 for (i, v) in arr.iter().flat_map(|a| a.iter()).enumerate() {
+                    if out.len() > stop_at {
+                        return Ok(());
+                    }
                     if i > 0 {
                         out.push(',');
                     }
-                    json_any(v)?.write_json(out, depth + 1, max_depth)?;
+                    json_any(v)?.write_json(out, depth + 1, max_depth, stop_at)?;
                 }
                 out.push(']');
             }
             AnyRef::JsonKvlist(arr) => {
                 out.push('{');
                 for (i, kv) in arr.iter().flat_map(|a| a.iter()).enumerate() {
+                    if out.len() > stop_at {
+                        return Ok(());
+                    }
                     if i > 0 {
                         out.push(',');
                     }
                     let (k, v) = json_key_value(kv)?;
+                    if passes(out, stop_at, k.len().saturating_add(3)) {
+                        return Ok(());
+                    }
                     write_str(out, k);
                     out.push(':');
-                    v.write_json(out, depth + 1, max_depth)?;
+                    v.write_json(out, depth + 1, max_depth, stop_at)?;
                 }
                 out.push('}');
             }

@@ -601,7 +601,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
             if !write_props || failed.is_some() || slot.is_some_and(|(s, _, _)| event_column(s)) {
                 return Ok(());
             }
-            if let Err(e) = props.member(k, limit, |t| v.write_json(t, 1, max_depth)) {
+            if let Err(e) = props.member(k, limit, |t| v.write_json(t, 1, max_depth, limit)) {
                 failed = Some(e);
             }
             Ok(())
@@ -660,7 +660,7 @@ impl<'m, 'o> Mapper<'m, 'o> {
         if body {
             sep(props);
             props.push_str("\"body\":");
-            rec.body.write_json(props, 1, max_depth)?;
+            rec.body.write_json(props, 1, max_depth, self.ctx.limits.max_props_bytes)?;
         }
         props.push('}');
         if props.len() > self.ctx.limits.max_props_bytes {

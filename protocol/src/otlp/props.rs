@@ -107,6 +107,11 @@ impl Props {
             return Ok(());
         }
         let start = self.text.len();
+        // A key alone past the limit is not written (nor its value).
+        if start.saturating_add(key.len()) > limit {
+            self.overflow = true;
+            return Ok(());
+        }
         if start > 1 {
             self.text.push(',');
         }

@@ -696,6 +696,8 @@ fn otlp_json_integers_are_read_as_protojson_reads_them() {
         ("7E2", r#"{"n":700}"#),
         (r#""-9223372036854775808""#, r#"{"n":-9223372036854775808}"#),
         (r#""0.0e-999999""#, r#"{"n":0}"#),
+        (r#""700e-2""#, r#"{"n":7}"#),
+        (r#""100.000e-2""#, r#"{"n":1}"#),
     ] {
         let out = read(&format!(r#""{t}""#), int).unwrap_or_else(|e| panic!("{int}: {e:?}"));
         assert_eq!(out.custom[0].props, props, "{int}");
@@ -707,6 +709,8 @@ fn otlp_json_integers_are_read_as_protojson_reads_them() {
         r#""7.5""#,
         "7.5",
         r#""7e-1""#,
+        r#""7.00e-2""#,
+        r#""1e-9223372036854775808""#,
         r#""9223372036854775808""#,
         r#""1e40""#,
         r#""0x10""#,
@@ -1139,27 +1143,87 @@ fn control_characters_in_mapped_fields_are_kept_and_escaped_in_props() {
     assert_eq!(out.events[0].user_id, "u\u{1}\t1");
 }
 
+/// Decodes a logs request, handing back its summary and the `props` buffer it left.
+fn decode_props(format: Format, mut body: Vec<u8>) -> (Summary, props::Props) {
+    let limits = Limits::default();
+    let (mut e, mut c, mut p, mut props, mut seen) = Default::default();
+    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props, seen: &mut seen };
+    let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents { patterns: &[] } };
+    let summary =
+        decode(Signal::Logs, format, &mut body, &ctx, &mut JsonBuffers::default(), &mut || [1; 16], &mut sink)
+            .expect("decodes");
+    (summary, props)
+}
+
+/// Review finding: an attribute's value was written whole before `props`' limit was
+/// looked at, and a double plainly (`5e-324` in 326 digits): a 20 KB gzip request of one
+/// array of tiny doubles made the shard write ~300 MiB, then refuse the record. Writing
+/// now stops at the limit, inside a value too, and doubles far from 1 take an exponent.
+#[test]
+fn a_huge_attribute_or_body_is_refused_after_writing_at_most_its_limit() {
+    let limit = Limits::default().max_props_bytes;
+    let tiny = array(&vec![double(5e-324); 100_000]);
+    let long = "\u{1}".repeat(1 << 20);
+    let nested = kvlist(&[("a", array(&vec![s("x"); 100_000]))]);
+    let big_key = kvlist(&[(&"k".repeat(1 << 20), int(1))]);
+    let bytes = field(7, &vec![0u8; 1 << 20]);
+    for (what, attr) in
+        [("doubles", &tiny), ("string", &s(&long)), ("nested", &nested), ("key", &big_key), ("bytes", &bytes)]
+    {
+        let (summary, props) =
+            decode_props(Format::Protobuf, request(&resource(), &[log("ad.click", T, &[("x", attr.clone())])]));
+        assert_eq!((summary.accepted, summary.rejected), (0, 1), "{what}");
+        assert!(props.text.len() <= limit + 64, "{what}: {} bytes written", props.text.len());
+    }
+    // A key alone past the limit, and a body.
+    let key = "k".repeat(1 << 20);
+    let (summary, props) =
+        decode_props(Format::Protobuf, request(&resource(), &[log("ad.click", T, &[(&key, int(1))])]));
+    assert_eq!((summary.rejected, props.text.len() <= limit + 64), (1, true));
+    let body = [fixed64(1, T), field(5, &tiny), field(12, b"ad.click")].concat();
+    let (summary, props) = decode_props(Format::Protobuf, request(&resource(), &[body]));
+    assert_eq!((summary.rejected, props.text.len() <= limit + 64), (1, true), "{}", props.text.len());
+    // The same through OTLP/JSON.
+    let doubles = vec![r#"{"doubleValue":5e-324}"#; 100_000].join(",");
+    let kvs = format!(r#",{{"key":"x","value":{{"arrayValue":{{"values":[{doubles}]}}}}}}"#);
+    let (summary, props) = decode_props(Format::Json, json_log(&kvs).into_bytes());
+    assert_eq!((summary.rejected, props.text.len() <= limit + 64), (1, true), "{}", props.text.len());
+}
+
+#[test]
+fn doubles_are_written_in_their_shortest_text() {
+    for (d, text) in [
+        (1.5, "1.5"),
+        (-0.0, "-0"),
+        (0.0, "0"),
+        (100.0, "100"),
+        (123456.789, "123456.789"),
+        (1e-6, "0.000001"),
+        (1e20, "100000000000000000000"),
+        (1e21, "1e21"),
+        (-2.5e-7, "-2.5e-7"),
+        (5e-324, "5e-324"),
+        (f64::MAX, "1.7976931348623157e308"),
+    ] {
+        let out = run(
+            Signal::Logs,
+            Format::Protobuf,
+            &request(&resource(), &[log("progression.complete", T, &[("d", double(d))])]),
+        )
+        .expect("decodes");
+        let props = &out.events[0].props;
+        assert!(props.contains(&format!(r#""d":{text},"#)), "{d}: {props}");
+    }
+}
+
 #[test]
 fn a_record_of_a_hundred_thousand_attributes_costs_work_bounded_by_the_props_limit() {
     // Distinct keys, then every key again: writing stops once `props` passes 32 KiB, and
     // each key written costs a few table probes, whatever the keys look like.
     let keys: Vec<String> = (0..50_000).map(|i| format!("k{i}")).collect();
     let kvs: Vec<Vec<u8>> = keys.iter().chain(keys.iter()).map(|k| kv(k, &int(1))).collect();
-    let mut body = request(&resource(), &[log_with_raw_attrs(&kvs)]);
     let limits = Limits::default();
-    let (mut e, mut c, mut p, mut props, mut seen) = Default::default();
-    let mut sink = Sink { events: &mut e, custom: &mut c, payments: &mut p, props: &mut props, seen: &mut seen };
-    let ctx = Context { game: "g1", limits: &limits, spans: SpanEvents { patterns: &[] } };
-    let summary = decode(
-        Signal::Logs,
-        Format::Protobuf,
-        &mut body,
-        &ctx,
-        &mut JsonBuffers::default(),
-        &mut || [1; 16],
-        &mut sink,
-    )
-    .expect("decodes");
+    let (summary, props) = decode_props(Format::Protobuf, request(&resource(), &[log_with_raw_attrs(&kvs)]));
     assert_eq!((summary.accepted, summary.rejected), (0, 1));
     assert_eq!(summary.first_rejection, Some((0, "props (the other attributes and the body) are longer than 32 KiB")));
     // Members of `"kN":1,` (9 to 11 bytes): about 3,300 fit in 32 KiB.

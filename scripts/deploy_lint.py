@@ -147,7 +147,9 @@ def k8s():
             # port's (the data port's answers can wait behind busy connections under load).
             ingest = "ingest" in c.get("args", [])
             for probe, path, port in (
-                ("readinessProbe", "/readyz", "http" if ingest else "control"),
+                # An ingest pod's readiness leaves out the streams' marks, which every pod
+                # shares (one full stream would take every pod out).
+                ("readinessProbe", "/readyz?exclude=streams" if ingest else "/readyz", "http" if ingest else "control"),
                 ("livenessProbe", "/healthz", "control"),
                 ("startupProbe", "/healthz", "control"),
             ):

@@ -174,7 +174,7 @@ impl Handler for DataPort {
     async fn handle(&self, route: Route, req: &mut Request<'_>) -> Response {
         match route {
             Route::Health => Response::json(200, r#"{"status":"ok"}"#.into()),
-            Route::Ready => ready(&self.shard, &self.draining),
+            Route::Ready => ready(&self.shard, &self.draining, excludes_streams(req.head().query())),
             Route::Ingest(endpoint) => ingest(&self.shard, endpoint, req).await,
             Route::Otlp(route) => otlp::handle(&self.shard, route, req).await,
             Route::Client(endpoint) => client::handle(&self.shard, endpoint, req).await,
@@ -270,8 +270,11 @@ pub struct Flags {
 /// refused within the reply timeout, none taken since), every stream's backlog read since it
 /// connected, no stream at its high-water mark — what ingest needs, and nothing else (a
 /// load balancer checking it keeps taking events while ClickHouse is away: Redis holds
-/// them).
-fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
+/// them). With `?exclude=streams` the high-water marks are not looked at: every node
+/// shares the streams, so a balancer checking the marks would take every node out at once
+/// for one full stream, and answer for them without `Retry-After`, although the other
+/// streams have room (each node's own `503 backlog_full` refuses only what cannot go in).
+fn ready(shard: &Shard, draining: &AtomicBool, exclude_streams: bool) -> Response {
     let unready = |tag: &str| {
         let mut r = Response::json(503, format!(r#"{{"error":"{tag}","ready":false}}"#));
         r.retry_after = Some(shard.config.redis.retry_after_secs);
@@ -291,11 +294,18 @@ fn ready(shard: &Shard, draining: &AtomicBool) -> Response {
         || shard.redis_health.refusing().is_some()
     {
         unready("redis_unavailable")
-    } else if !shard.backlog.all_admit() {
+    } else if !exclude_streams && !shard.backlog.all_admit() {
         unready("backlog_full")
     } else {
         Response::json(200, r#"{"status":"ready","ready":true}"#.into())
     }
+}
+
+/// Whether a `/readyz` query excludes the streams' check: an `exclude` parameter naming
+/// `streams` (as Kubernetes' `/readyz?exclude=<check>`; several may be given, or one list
+/// separated by commas).
+fn excludes_streams(query: &str) -> bool {
+    query.split('&').filter_map(|p| p.strip_prefix("exclude=")).any(|v| v.split([',', '+']).any(|c| c == "streams"))
 }
 
 /// An ingest request: checks from the head, the body claimed from the shard's budget and

@@ -230,3 +230,52 @@ fn haproxy_two_nodes_one_sigtermed_under_load_loses_nothing() {
         sent.load(Ordering::Relaxed)
     );
 }
+
+/// Review finding: a node's `/readyz` is 503 while any stream is at its high-water mark,
+/// and every node shares the streams: HAProxy checking it took every node out for one
+/// full stream, answering even the other streams' requests with its own 503 (HTML, no
+/// `Retry-After`, counted nowhere). The shipped check excludes the marks: the node stays
+/// in, the full stream's requests get croupier's `503 backlog_full` with `Retry-After`,
+/// and the other streams' are taken.
+#[test]
+fn haproxy_keeps_a_node_whose_one_stream_is_full() {
+    let (_redis, _clickhouse, mut env) = servers(0);
+    env.push(("CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS".into(), "30".into()));
+    let node = Croupier::start(CROUPIER, "ingest", &env);
+    node.wait_data_ready();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
+    let lb_env: Vec<(String, String)> = [
+        ("CROUPIER_1", node.data.to_string()),
+        ("CROUPIER_2", node.data.to_string()),
+        ("HAPROXY_MAXCONN", "1000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let lb = Haproxy::start(std::path::Path::new(config), &lb_env);
+    let send = |body: &str| {
+        post_signed(&mut HttpClient::connect(lb.addr), "/api/ingest/events", GAME, SECRET, body.as_bytes())
+    };
+    for _ in 0..2 {
+        let r = send(&events(20));
+        assert_eq!(r.status, 202, "{}\n{}", r.text(), lb.log());
+    }
+    // The node's backlog reading sees the mark: croupier's own refusal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = send(&events(1));
+        if r.status == 503 {
+            assert_eq!((r.error_tag().as_str(), r.header("retry-after")), ("backlog_full", Some("1")), "{}", r.text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "never at the mark: {}", r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Well past two failed checks 250 ms apart: the node is still in.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let r = send(&format!("[{}]", crate::fixture::event("boss_killed", "u1")));
+    assert_eq!(r.status, 202, "the custom stream has room: {}\n{}", r.text(), lb.log());
+    let r = send(&events(1));
+    assert_eq!((r.status, r.error_tag().as_str()), (503, "backlog_full"), "{}\n{}", r.text(), lb.log());
+    assert_eq!(r.header("retry-after"), Some("1"));
+}

@@ -256,6 +256,11 @@ fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
         assert_eq!(r.header("retry-after"), Some("1"));
     }
     assert_eq!(f.client().request("GET", "/readyz", &[], b"").status, 503);
+    // What a balancer checks: the node serves the other streams (review finding: one full
+    // stream took every node out of HAProxy and Kubernetes, which then refused them all).
+    let r = f.client().request("GET", "/readyz?exclude=streams", &[], b"");
+    assert_eq!((r.status, r.text()), (200, r#"{"status":"ready","ready":true}"#.to_owned()));
+    assert_eq!(f.client().request("GET", "/readyz?exclude=redis", &[], b"").status, 503);
     assert_eq!(xlen(&f.redis, "analytics:events"), 3, "nothing added, nothing trimmed");
     // Other streams are not held back by this one.
     let custom = format!("[{}]", event("boss_killed", "u1"));

@@ -288,3 +288,35 @@ fn agent_filters_route_needs_the_agent_token() {
     // The same token is no bearer token for the API.
     assert_eq!(api.get_with("/api/analytics/filters?game_id=g1", &[("X-Agent-Token", TOKEN)]).status, 401);
 }
+
+/// Black-box finding (medium): a `POST` took one of the API's places before its token was
+/// checked, then waited for its body: 40 connections without a token, each sending a
+/// head and part of a body, kept every dashboard's request at `503 busy` until the read
+/// timeout, and again at every reconnect. The token is now checked from the head.
+#[test]
+fn attack_slow_posts_without_a_token_hold_no_api_place() {
+    let api = LightApi::start();
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut s = std::net::TcpStream::connect(api.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        write!(
+            s,
+            "POST /api/analytics/filters HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{\"game_id\":"
+        )
+        .expect("write");
+        held.push(s);
+    }
+    // Each is answered 401 from its head, its body never awaited.
+    for s in &mut held {
+        let mut line = [0u8; 12];
+        s.read_exact(&mut line).expect("an answer before the body");
+        assert_eq!(&line, b"HTTP/1.1 401");
+    }
+    let r = api.request("GET", "/api/analytics/filters?game_id=g1", &admin(), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A token without `analytics:manage` is refused the same way.
+    let viewer = token(json!({"sub":"v","roles":["viewer"],"exp":now() + 3600}));
+    let r = api.request("POST", "/api/analytics/filters", &viewer, r#"{"game_id":"g1"}"#);
+    assert_eq!(r.status, 403, "{}", r.text());
+}

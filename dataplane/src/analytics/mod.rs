@@ -332,6 +332,13 @@ impl Api {
         resp
     }
 
+    /// Whether the head of a `POST` to `route` carries a token that may change settings:
+    /// checked before the request takes one of the API's places or its body is read (a
+    /// client without a token holding places with slow bodies kept every dashboard out).
+    pub fn may_post(&self, route: Route, headers: Headers<'_>) -> Result<(), ApiError> {
+        self.verifier.verify(headers.authorization).and_then(|c| c.require(route.permission(true)))
+    }
+
     /// Records a request to `route` begun at `started` and answered `resp` before the API
     /// read it (refused by the HTTP layer or the port: a method the route does not take,
     /// a body past its limit, no place free), or ended without an answer (its client gone,

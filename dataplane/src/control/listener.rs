@@ -171,6 +171,16 @@ impl Handler for ControlPort {
                 let head = req.head();
                 let headers = api_headers(head);
                 let refused = |resp: Response| private(self.api.refused(r, head.query(), headers, started, resp, 0));
+                // A change's token is checked from its head, before it takes a place and
+                // its body is awaited: refused at once, and the connection closed (its
+                // body is not waited for).
+                if head.method == Method::Post {
+                    if let Err(e) = self.api.may_post(r, headers) {
+                        let mut resp = refused(e.response());
+                        resp.close = true;
+                        return resp;
+                    }
+                }
                 let Some(_counted) = self.api_requests.try_acquire() else {
                     return refused(ApiError::TooManyRequests.response());
                 };

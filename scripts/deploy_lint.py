@@ -201,6 +201,17 @@ def k8s():
                 or "croupier_stream_backlog_events" not in triggers[0]["metadata"].get("query", "") \
                 or not str(triggers[0]["metadata"].get("threshold", "")).isdigit():
             errors.append(f"triggers {triggers}: one prometheus trigger on croupier_stream_backlog_events expected")
+        else:
+            # The backlog stops growing at the high-water marks (ingest refuses there): the
+            # target per pod times the most pods must stay under their sum, else the
+            # largest counts are never asked for (the default marks: 1,280,000 events).
+            marks = 800_000 + 400_000 + 80_000
+            most = int(triggers[0]["metadata"]["threshold"]) * int(so.get("maxReplicaCount", 0))
+            if most > marks:
+                errors.append(f"threshold x maxReplicaCount = {most} events: past the default high-water marks' "
+                              f"sum ({marks}), the backlog can never ask for every pod")
+            if not triggers[0]["metadata"]["query"].startswith("sum("):
+                errors.append("the trigger's query must sum the streams' backlogs (the workers consume them all)")
     for e in errors:
         print(f"deploy_lint: k8s: {e}", file=sys.stderr)
     if errors:

@@ -709,7 +709,8 @@ impl<'m, 'o> Mapper<'m, 'o> {
             }
             (AnyRef::Empty, AnyRef::Int(usd)) => (usd.saturating_mul(100), *b"USD"),
             (AnyRef::Empty, AnyRef::Str(s)) => (usd_cents(s.trim()).ok_or(bad_amount)?, *b"USD"),
-            _ => return Err(bad_amount),
+            (AnyRef::Empty, _) => return Err(bad_amount),
+            _ => return Err(Fail::Reject("amount_cents must be an integer (intValue)")),
         };
         let cents = u64::try_from(cents).unwrap_or(0);
         if cents == 0 || cents > MAX_AMOUNT_CENTS {

@@ -277,6 +277,13 @@ fn purchase_spans_become_payments() {
         .expect("decodes");
         assert_eq!(out.summary.first_rejection, Some((0, why)), "{currency:?}");
     }
+    // amount_cents that is not an integer: said so (it read "needs … amount_cents and
+    // currency", both being there).
+    let attrs = [("monetization.order_id", s("o-4")), ("amount_cents", s("500")), ("currency", s("EUR"))];
+    let out =
+        run(Signal::Traces, Format::Protobuf, &request(&resource(), &[span("monetization.purchase_success", &attrs)]))
+            .expect("decodes");
+    assert_eq!(out.summary.first_rejection, Some((0, "amount_cents must be an integer (intValue)")));
 }
 
 /// `monetization.price_usd` is rounded to the cent as a decimal, half away from zero,

@@ -24,7 +24,7 @@ use crate::error::IngestError;
 use crate::http::body::Encoding;
 use crate::http::error::HttpError;
 use crate::otlp::{self, Exported};
-use crate::server::Server;
+use crate::server::{Server, Tier};
 use crate::shard::Shard;
 
 /// Calls in progress on one connection at most (`SETTINGS_MAX_CONCURRENT_STREAMS`).
@@ -111,6 +111,8 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         _ => return,
     };
     let calls = Rc::new(Cell::new(0usize));
+    // Of those, the calls still receiving their message.
+    let reading = Rc::new(Cell::new(0usize));
     let mut closing = false;
     loop {
         let draining = async {
@@ -120,13 +122,25 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             server.drain.started().await;
         };
         // Without a call in progress the connection is idle: at the cap (`evict_idle`) the
-        // oldest idle connection is closed for a new one. With calls in progress it is
-        // not, and it looks again shortly whether they ended (they run in tasks of their own).
-        let idle = limits.evict_idle && calls.get() == 0;
-        let place = idle.then(|| server.idle.wait());
+        // oldest idle connection is closed for a new one. With every call in progress
+        // still receiving its message it is a connection whose body is arriving, closed
+        // when none is idle nor in its handshake, as on HTTP/1 (calls trickling their
+        // messages, one after another, held every place). With a call past its message
+        // it is not, and it looks again shortly (calls run in tasks of their own).
+        let tier = match (limits.evict_idle, calls.get()) {
+            (false, _) => None,
+            (true, 0) => Some(Tier::Idle),
+            (true, n) if reading.get() == n => Some(Tier::Body),
+            (true, _) => None,
+        };
+        let place = tier.map(|t| server.idle.register(t));
+        let busy = limits.evict_idle && calls.get() > 0;
         let evicted = async {
-            if place.is_none() && limits.evict_idle && calls.get() > 0 {
-                monoio::time::sleep(RECHECK).await
+            if busy {
+                monoio::select! {
+                    _ = crate::server::evicted(&place) => {},
+                    _ = monoio::time::sleep(RECHECK) => {},
+                }
             } else {
                 crate::server::evicted(&place).await
             }
@@ -136,7 +150,7 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             _ = draining => Next::Drain,
             c = conn.accept() => Next::Call(c.map(|r| r.map(Box::new))),
             _ = monoio::time::sleep(limits.idle_timeout) => Next::Idle,
-            _ = evicted => if place.is_some() { Next::Evicted } else { Next::Recheck },
+            _ = evicted => if place.as_ref().is_some_and(|p| p.is_evicted()) { Next::Evicted } else { Next::Recheck },
         };
         if !matches!(next, Next::Evicted) && place.as_ref().is_some_and(|p| p.is_evicted()) {
             // Chosen to close as a call came in: it stays to serve it, and says so, so
@@ -146,8 +160,10 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
         drop(place);
         match next {
             Next::Evicted => {
-                // No call in progress: a GOAWAY first, so that a call the client is sending
-                // at this moment is retried elsewhere rather than met by a bare close.
+                // No call in progress, or only calls still receiving their messages (they
+                // end with the connection, unanswered, as an HTTP/1 body cut at the cap): a
+                // GOAWAY first, so that a call the client is sending at this moment is
+                // retried elsewhere rather than met by a bare close.
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 let flush = async { while conn.accept().await.is_some() {} };
                 let _ = monoio::time::timeout(std::time::Duration::from_millis(200), flush).await;
@@ -168,9 +184,9 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             Next::Call(Some(Ok(c))) => {
                 let (req, respond) = *c;
                 calls.set(calls.get() + 1);
-                let (shard, server, calls) = (shard.clone(), server.clone(), calls.clone());
+                let (shard, server, calls, reading) = (shard.clone(), server.clone(), calls.clone(), reading.clone());
                 monoio::spawn(async move {
-                    call(&shard, &server, req, respond).await;
+                    call(&shard, &server, req, respond, &reading).await;
                     calls.set(calls.get() - 1);
                 });
             }
@@ -179,15 +195,37 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
     }
 }
 
-/// Answers one call.
-async fn call(shard: &Shard, server: &Server, req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>) {
-    let answer = answer(shard, server, req).await;
+/// Counts a call among its connection's calls receiving their message while it lives.
+struct Reading<'a>(&'a Cell<usize>);
+
+impl<'a> Reading<'a> {
+    fn new(count: &'a Cell<usize>) -> Reading<'a> {
+        count.set(count.get() + 1);
+        Reading(count)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Answers one call (`reading`: its connection's count of calls receiving their message).
+async fn call(
+    shard: &Shard,
+    server: &Server,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    reading: &Cell<usize>,
+) {
+    let answer = answer(shard, server, req, reading).await;
     // A peer that reset the call or left does not hear the answer: nothing to do.
     let _ = send(&mut respond, answer);
 }
 
 /// What a call is answered: checks from its headers, then its message read and exported.
-async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) -> Answer {
+async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>, reading: &Cell<usize>) -> Answer {
     let (head, mut body) = req.into_parts();
     if head.method != http::Method::POST {
         return Answer::Http(StatusCode::METHOD_NOT_ALLOWED);
@@ -248,7 +286,10 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>) 
     let mut wire = Vec::new();
     let mut held = server.bodies.hold();
     let read = read_message(&mut body, max, &mut wire, &mut held);
-    match monoio::time::timeout(server.limits.read_timeout, read).await {
+    let counted = Reading::new(reading);
+    let read = monoio::time::timeout(server.limits.read_timeout, read).await;
+    drop(counted);
+    match read {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return refuse(game, e),
         Err(_) => return refuse(game, HttpError::RequestTimeout.into()),

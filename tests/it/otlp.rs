@@ -1046,3 +1046,60 @@ fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
         drop(idle);
     });
 }
+
+/// Review finding: a gRPC connection with a call in progress was never closed at the
+/// cap, so a token holder trickling one call's message after another on every connection
+/// held every place (HTTP/1 closes the oldest connection whose body is still arriving).
+/// Connections whose every call is still receiving its message are now closed for a new
+/// exporter when none is idle; a call past its message is never cut.
+#[test]
+fn grpc_calls_trickling_their_messages_make_room_for_a_new_exporter() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+        c.server.max_connections = 4;
+        c.server.idle_timeout_ms = 120_000;
+        c.server.read_timeout_ms = 120_000;
+    });
+    let addr = grpc_addr(&f);
+    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
+    let request = || {
+        http::Request::post(logs.as_str())
+            .header("content-type", "application/grpc")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(())
+            .expect("request")
+    };
+    let connect = || async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client.ready().await.expect("ready")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        // Every place: a call that sent the first byte of its message.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut client = connect().await;
+            let (answer, mut send) = client.send_request(request(), false).expect("send");
+            send.send_data(bytes::Bytes::from_static(&[0]), false).expect("data");
+            held.push((client, answer, send));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the server see every call reading.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let call = async {
+            let mut client = connect().await;
+            let (answer, mut send) = client.send_request(request(), false).expect("send");
+            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+            answer.await.expect("answer").status()
+        };
+        let status =
+            tokio::time::timeout(Duration::from_secs(3), call).await.expect("a new exporter served at the cap");
+        assert_eq!(status, http::StatusCode::OK);
+        drop(held);
+    });
+}

@@ -47,15 +47,33 @@ impl Server {
         }
     }
 
-    /// Waits until `ready` says yes, the server exits, or `timeout` passes.
-    fn wait_ready(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    /// Waits until `ready` says yes with `port` listened on by this server (or a process
+    /// it started), the server exits, or `timeout` passes. The port was free when chosen,
+    /// but another process may take it before the server binds it: that server's answers
+    /// are not this one's (the demo would run on it, and this one exits).
+    fn wait_ready(&mut self, port: u16, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
+        let mut foreign_since = None;
         loop {
-            if ready() {
-                return Ok(());
-            }
             if let Some(e) = self.exited() {
                 return Err(e);
+            }
+            if ready() {
+                match self.child.as_ref().map(|c| listened_by(c.id(), port)) {
+                    Some(Some(false)) => {
+                        let since = *foreign_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(5) {
+                            return Err(format!(
+                                "127.0.0.1:{port} is answered by another process than the {} started (it took the \
+                                 port first); see {}",
+                                self.name,
+                                self.log.display()
+                            ));
+                        }
+                    }
+                    // Ours, or not known (no /proc): ready.
+                    _ => return Ok(()),
+                }
             }
             if Instant::now() >= deadline {
                 return Err(format!("{} not ready after {timeout:?}; see {}", self.name, self.log.display()));
@@ -69,6 +87,54 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether a socket listening on TCP `port` belongs to process `pid` or one of its
+/// descendants (a server may run under a watchdog it forks); `None` when `/proc` cannot
+/// tell (not Linux).
+fn listened_by(pid: u32, port: u16) -> Option<bool> {
+    // The listening sockets' inodes on that port, from /proc/net/tcp and tcp6: local
+    // address `ADDR:PORT` in hex, state 0A (LISTEN), inode in the tenth column.
+    let mut inodes = Vec::new();
+    let want = format!(":{port:04X}");
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(local), Some(&"0A"), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9)) {
+                if local.ends_with(&want) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return fs::metadata("/proc/net/tcp").is_ok().then_some(false);
+    }
+    // `pid` and its descendants, from each process's parent in /proc/<p>/stat.
+    let mut family = vec![pid];
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let p: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: the command may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut i = 0;
+    while let Some(&p) = family.get(i) {
+        family.extend(parents.iter().filter(|(_, parent)| *parent == p).map(|(child, _)| *child));
+        i += 1;
+    }
+    let owns = family.iter().any(|p| {
+        fs::read_dir(format!("/proc/{p}/fd")).into_iter().flatten().flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        })
+    });
+    Some(owns)
 }
 
 /// A free loopback port (bound, then released).
@@ -137,7 +203,7 @@ pub fn redis(dir: &Path, port: u16) -> Result<Server, String> {
         .arg(&log);
     let mut server = spawn("redis-server", cmd, dir, log)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    server.wait_ready(Duration::from_secs(30), || {
+    server.wait_ready(port, Duration::from_secs(30), || {
         Redis::connect(addr, Duration::from_millis(200))
             .and_then(|mut r| r.command(&[b"PING"]))
             .is_ok_and(|f| matches!(f, croupier_protocol::resp::Frame::SimpleString(ref s) if s == b"PONG"))
@@ -184,7 +250,7 @@ pub fn clickhouse(dir: &Path, tcp: u16, http: u16) -> Result<Server, String> {
     cmd.arg(format!("--config-file={d}/config.xml"));
     let mut server = spawn("clickhouse-server", cmd, dir, dir.join("error.log"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], http));
-    server.wait_ready(Duration::from_secs(120), || {
+    server.wait_ready(http, Duration::from_secs(120), || {
         http_client::get(addr, "/ping", Duration::from_millis(500)).is_ok_and(|r| r.status == 200)
     })?;
     Ok(server)

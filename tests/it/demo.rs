@@ -347,3 +347,64 @@ fn demo_killed_or_cut_off_leaves_no_server_running() {
     let summary = demo(&dir, &["--plain", "--duration", "3"]);
     assert!(n(&summary, "event_rows") > 0, "{summary:?}");
 }
+
+/// Black-box finding: the demo's Redis port, free when chosen, was taken by another
+/// server before the demo's `redis-server` bound it; that one exited ("Address already in
+/// use"), but the other answered PING and the demo ran on it, its data nowhere in the
+/// demo's directory. A server that answers on the port must be the one the demo started.
+#[test]
+fn demo_servers_are_not_taken_for_another_process_on_their_port() {
+    let other = croupier_it::redis::RedisServer::start();
+    let port: u16 = other.addr().rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = servers::redis(dir.path(), port).expect_err("another process's redis-server is not the demo's");
+    assert!(err.contains("redis-server exited"), "{err}");
+    // The demo's own: answered by it.
+    let port = servers::free_port().expect("port");
+    let mut own = servers::redis(&dir.path().join("own"), port).expect("the demo's redis-server");
+    own.stop();
+}
+
+/// Black-box finding: with a server killed under the demo, its live figures froze
+/// without a word (both servers' figures, as they were read together), and the run ended
+/// after a 60 s drain with one line of error, no summary. Each server is read on its
+/// own and the screen names the one that cannot be read; the drain gives up once nothing
+/// moves, and the summary gives this run's figures and where its accepted events are.
+#[test]
+fn demo_says_when_a_server_is_down_and_still_sums_up_its_run() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_croupier-it-bin"))
+        .args(["demo", "--plain", "--duration", "14", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("croupier demo starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines().map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l.contains("players:")), "the demo did not start");
+    // The demo's redis-server: the process running in DIR/redis.
+    let redis = left_running(&dir.join("redis"));
+    assert_eq!(redis.len(), 1, "{redis:?}");
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir.join("redis"))))
+        .and_then(|e| e.file_name().to_str().map(str::to_owned))
+        .expect("redis-server's pid");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().unwrap();
+    let text = rest.join("\n");
+    assert!(text.contains(" ! Redis: "), "no word of Redis:\n{text}");
+    assert!(text.contains("Summary") && text.contains("this run "), "{text}");
+    assert!(text.contains("stored figures not read: Redis"), "{text}");
+    assert!(text.contains("summary: run_events="), "{text}");
+    assert!(!status.success(), "a run that could not drain fails: {status}");
+    assert!(started.elapsed() < Duration::from_secs(45), "the drain waited {:?}", started.elapsed());
+    wait_all_stopped(&dir, "after the run");
+}

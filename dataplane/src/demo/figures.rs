@@ -161,11 +161,19 @@ fn field(row: &[String], i: usize) -> u64 {
 
 /// Reads today's figures from ClickHouse (HTTP) and Redis.
 pub fn stored(clickhouse_http: SocketAddr, redis: SocketAddr) -> Result<Stored, String> {
+    let mut s = Stored::default();
+    tables(clickhouse_http, &mut s)?;
+    sketches(redis, &mut s)?;
+    Ok(s)
+}
+
+/// Reads ClickHouse's figures into `s`, its sketches left as they are (the live screen
+/// reads each server on its own: one that fails leaves the other's figures live).
+pub fn tables(clickhouse_http: SocketAddr, s: &mut Stored) -> Result<(), String> {
     let e = query(clickhouse_http, &events_query())?;
     let p = query(clickhouse_http, &payments_query())?;
-    let day = e.get(7).cloned().unwrap_or_default();
     let event_rows = field(&e, 0);
-    let mut s = Stored {
+    *s = Stored {
         event_rows,
         payment_rows: field(&p, 0),
         dau_exact: field(&e, 1),
@@ -177,15 +185,26 @@ pub fn stored(clickhouse_http: SocketAddr, redis: SocketAddr) -> Result<Stored, 
         revenue_cents: field(&p, 1),
         payments_ok: field(&p, 2),
         payers: field(&p, 3),
-        day: day.clone(),
-        ..Stored::default()
+        day: e.get(7).cloned().unwrap_or_default(),
+        ..std::mem::take(s)
     };
+    Ok(())
+}
+
+/// Reads the real-time sketches of `s.day` (today, UTC, before ClickHouse has said)
+/// from Redis into `s`.
+pub fn sketches(redis: SocketAddr, s: &mut Stored) -> Result<(), String> {
+    if s.day.is_empty() {
+        let now = time::OffsetDateTime::now_utc();
+        s.day = format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day());
+    }
+    let day = &s.day;
     let mut r = Redis::connect(redis, Duration::from_secs(2)).map_err(|e| format!("Redis: {e}"))?;
     let minute = minute_now();
     s.dau_sketch = r.pfcount(&format!("hll:dau:{GAME}:{ENV}:{day}")).map_err(|e| format!("Redis: {e}"))?;
     s.new_sketch = r.pfcount(&format!("hll:new:{GAME}:{ENV}:{day}")).map_err(|e| format!("Redis: {e}"))?;
     s.online_sketch = r.pfcount(&format!("hll:online:{GAME}:{ENV}:{minute}")).map_err(|e| format!("Redis: {e}"))?;
-    Ok(s)
+    Ok(())
 }
 
 /// The current UTC minute as `YYYYMMDDHHmm` (the online sketches' key suffix).

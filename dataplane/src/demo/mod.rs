@@ -39,6 +39,9 @@ const JWT_SECRET: &str = "demo-jwt-secret";
 const ENTRIES: [&str; 6] = ["redis", "clickhouse", "croupier.toml", "croupier.log", "runs", "api-token"];
 /// How long the drain at the end may take.
 const DRAIN: Duration = Duration::from_secs(60);
+/// How long the drain waits without any progress (nothing inserted, the backlog not
+/// read or not moving: a server down) before it gives up.
+const STALLED: Duration = Duration::from_secs(10);
 
 /// Set once standard output is closed (its reader gone: `croupier demo --plain | head`):
 /// the demo then stops in order, as on Ctrl-C, and writes nothing more.
@@ -343,7 +346,7 @@ fn run(o: &Options) -> Result<(), String> {
     say(&format!("  metrics: http://{control}/metrics; /healthz /readyz\n"));
     say(&format!(
         "  API:     curl -H \"Authorization: Bearer $(cat {})\" 'http://{control}/api/analytics/realtime?game_id={GAME}&env=prod'\n",
-        token.display()
+        screen::shell_quoted(&token.display().to_string())
     ));
     match &dashboard {
         Some(_) => {
@@ -365,6 +368,8 @@ fn run(o: &Options) -> Result<(), String> {
     let mut last: Option<(Metrics, Instant)> = figures::metrics(control).ok().map(|m| (m, Instant::now()));
     let mut rates = (0.0, 0.0);
     let mut stored = Stored::default();
+    // Since when ClickHouse's and Redis's figures could not be read, if they cannot.
+    let (mut ch_failing, mut redis_failing): (Option<Instant>, Option<Instant>) = (None, None);
     let live = !o.plain;
     if live {
         // The frames draw from the top of the terminal: the start-up lines (the dashboard's
@@ -403,8 +408,20 @@ fn run(o: &Options) -> Result<(), String> {
             (Err(_), Some((before, _))) => before,
             (Err(_), None) => Metrics::default(),
         };
-        if let Ok(s) = figures::stored(ch_addr, redis_addr) {
-            stored = s;
+        // Each server read on its own: one that fails leaves the other's figures live,
+        // and the screen says which figures are old and why.
+        let mut unreadable = Vec::new();
+        for (failing, read) in [
+            (&mut ch_failing, figures::tables(ch_addr, &mut stored)),
+            (&mut redis_failing, figures::sketches(redis_addr, &mut stored)),
+        ] {
+            match read {
+                Ok(()) => *failing = None,
+                Err(e) => {
+                    let since = *failing.get_or_insert_with(Instant::now);
+                    unreadable.push(format!("{e} (for {} s; its figures are that old)", since.elapsed().as_secs()));
+                }
+            }
         }
         let (stats, mut recent) = players.take_recent();
         let view = View {
@@ -418,6 +435,7 @@ fn run(o: &Options) -> Result<(), String> {
             joined: (stats.joined, o.players),
             day_part: (started.elapsed().as_secs_f64() / o.day.as_secs_f64()).min(1.0),
             endpoints: endpoints.clone(),
+            unreadable,
         };
         if live {
             // One write that draws over the last frame (each line cleared to its end, the
@@ -440,7 +458,7 @@ fn run(o: &Options) -> Result<(), String> {
     say("\nstopping: players stopped; draining the streams into ClickHouse ...\n");
     let drained = drain(control);
     stack.shutdown();
-    let stored = figures::stored(ch_addr, redis_addr)?;
+    let stored = figures::stored(ch_addr, redis_addr);
     let totals = RunTotals {
         events: stats.accepted_events,
         payments: stats.accepted_payments,
@@ -448,14 +466,19 @@ fn run(o: &Options) -> Result<(), String> {
         ack_ms: load::percentiles(&mut all),
         elapsed,
     };
-    say(&screen::summary(&totals, &stored, &dir.display().to_string()));
+    // This run's figures are told even when a server is down (they need neither).
+    let shown = dir.display().to_string();
+    match &stored {
+        Ok(s) => say(&screen::summary(&totals, s, &shown)),
+        Err(e) => say(&screen::unread_summary(&totals, &shown, e)),
+    }
     if let Err(e) = &drained {
         say(&format!("warning: {e}\n"));
     }
     clickhouse.stop();
     redis.stop();
     say("servers stopped; run again to continue on the same data (--fresh to start over)\n");
-    drained.map(|_| ())
+    drained.and(stored).map(|_| ())
 }
 
 /// The terminal's size (standard output's), rows and columns: 50 rows and no limit on
@@ -470,16 +493,27 @@ fn terminal_size() -> (usize, usize) {
     (rows, columns)
 }
 
-/// Waits until every accepted record is in ClickHouse and the streams hold no backlog.
+/// Waits until every accepted record is in ClickHouse and the streams hold no backlog;
+/// gives up after [`DRAIN`], or [`STALLED`] without progress (a server down).
 fn drain(control: SocketAddr) -> Result<Metrics, String> {
-    let deadline = Instant::now() + DRAIN;
+    let started = Instant::now();
     let mut m = Metrics::default();
-    while Instant::now() < deadline {
+    let mut progress = (Instant::now(), None);
+    while started.elapsed() < DRAIN && progress.0.elapsed() < STALLED {
         m = figures::metrics(control)?;
         if m.backlog == 0 && m.inserted >= m.accepted {
             return Ok(m);
         }
+        if progress.1 != Some((m.inserted, m.backlog)) {
+            progress = (Instant::now(), Some((m.inserted, m.backlog)));
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!("not drained after {DRAIN:?}: {} accepted, {} inserted, backlog {}", m.accepted, m.inserted, m.backlog))
+    Err(format!(
+        "not drained after {:?}: {} accepted, {} inserted, backlog {}",
+        started.elapsed(),
+        m.accepted,
+        m.inserted,
+        m.backlog
+    ))
 }

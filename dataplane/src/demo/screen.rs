@@ -29,6 +29,8 @@ pub struct View {
     pub day_part: f64,
     /// Where things are.
     pub endpoints: Endpoints,
+    /// The servers whose figures could not be read this second, and why.
+    pub unreadable: Vec<String>,
 }
 
 /// The addresses a user can open while the demo runs.
@@ -105,6 +107,9 @@ pub fn live(v: &View) -> String {
         sim / 60,
         sim % 60
     );
+    for e in &v.unreadable {
+        let _ = writeln!(o, "  ! {e}");
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -156,7 +161,7 @@ pub fn live(v: &View) -> String {
     let _ = writeln!(o, "  ingest     http://{}/api/ingest/events   /healthz /readyz", e.data);
     let _ = writeln!(o, "  metrics    http://{}/metrics   /healthz /readyz", e.control);
     let _ = writeln!(o, "  API        http://{}/api/analytics/realtime?game_id=demo-game&env=prod", e.control);
-    let _ = writeln!(o, "             (Authorization: Bearer $(cat {}))", e.token);
+    let _ = writeln!(o, "             (Authorization: Bearer $(cat {}))", shell_quoted(&e.token));
     match &e.dashboard {
         Some(_) => {
             let _ = writeln!(o, "  dashboard  http://{}/", e.control);
@@ -173,8 +178,9 @@ pub fn live(v: &View) -> String {
 /// One line for plain output.
 pub fn line(v: &View) -> String {
     let s = &v.stored;
+    let warnings: String = v.unreadable.iter().map(|e| format!(" ! {e}")).collect();
     format!(
-        "{} accepted {:.0} ev/s refused {:.0} ev/s backlog {} rows {} events {} payments dau {} (sketch {}) new {} (sketch {}) revenue {}",
+        "{} accepted {:.0} ev/s refused {:.0} ev/s backlog {} rows {} events {} payments dau {} (sketch {}) new {} (sketch {}) revenue {}{warnings}",
         clock(v.elapsed),
         v.accepted_per_sec,
         v.refused_per_sec,
@@ -207,16 +213,7 @@ pub struct RunTotals {
 /// The final summary: a table for people, then one `summary:` line of `key=value`
 /// figures for scripts and tests (what ClickHouse and Redis hold after the drain).
 pub fn summary(run: &RunTotals, s: &Stored, dir: &str) -> String {
-    let mut o = String::new();
-    let ack = run.ack_ms.map(|(a, b)| format!("p50 {a:.1} ms, p99 {b:.1} ms")).unwrap_or_else(|| "-".into());
-    let _ = writeln!(o, "Summary ({} of play; data in {dir})", clock(run.elapsed));
-    let _ = writeln!(
-        o,
-        "  this run       {} events and {} payments accepted, {} refused; ack {ack}",
-        thousands(run.events),
-        thousands(run.payments),
-        thousands(run.refused)
-    );
+    let mut o = run_summary(run, dir);
     let _ = writeln!(
         o,
         "  ClickHouse     {} events, {} payments (all runs)",
@@ -254,9 +251,68 @@ pub fn summary(run: &RunTotals, s: &Stored, dir: &str) -> String {
     o
 }
 
+/// `text` as one word of a POSIX shell command line: as it is when it holds only
+/// characters no shell treats apart, else in single quotes (a `--dir` with a space
+/// printed into `$(cat …)` split into three words).
+pub fn shell_quoted(text: &str) -> String {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=".contains(&b)) {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The summary's head: what this run did, which needs neither server.
+fn run_summary(run: &RunTotals, dir: &str) -> String {
+    let mut o = String::new();
+    let ack = run.ack_ms.map(|(a, b)| format!("p50 {a:.1} ms, p99 {b:.1} ms")).unwrap_or_else(|| "-".into());
+    let _ = writeln!(o, "Summary ({} of play; data in {dir})", clock(run.elapsed));
+    let _ = writeln!(
+        o,
+        "  this run       {} events and {} payments accepted, {} refused; ack {ack}",
+        thousands(run.events),
+        thousands(run.payments),
+        thousands(run.refused)
+    );
+    o
+}
+
+/// The summary when what the servers hold could not be read (`error`, one of them down):
+/// this run's figures, and where the accepted events are.
+pub fn unread_summary(run: &RunTotals, dir: &str, error: &str) -> String {
+    let mut o = run_summary(run, dir);
+    let _ = writeln!(o, "  stored figures not read: {error}");
+    let _ = writeln!(
+        o,
+        "  nothing accepted is lost: Redis wrote each accepted record to {dir}/redis before its 202 \
+         (append-only, fsync always); what ClickHouse does not hold yet goes in at the next run"
+    );
+    let _ = writeln!(
+        o,
+        "summary: run_events={} run_payments={} run_refused={} stored=unread",
+        run.events, run.payments, run.refused
+    );
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_the_shell_when_they_need_it() {
+        assert_eq!(shell_quoted("/tmp/croupier-demo/api-token"), "/tmp/croupier-demo/api-token");
+        assert_eq!(shell_quoted("/tmp/my demo/api-token"), "'/tmp/my demo/api-token'");
+        assert_eq!(shell_quoted("/tmp/it's/t"), r"'/tmp/it'\''s/t'");
+        assert_eq!(shell_quoted("/tmp/$x`y`"), "'/tmp/$x`y`'");
+        // What a shell makes of them: the path itself.
+        for path in ["/tmp/my demo/t", "/tmp/it's/t", "/tmp/$HOME/t", "/tmp/a\"b/t"] {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {}", shell_quoted(path))])
+                .output()
+                .expect("sh");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), path);
+        }
+    }
 
     #[test]
     fn numbers_are_grouped() {

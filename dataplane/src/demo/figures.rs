@@ -191,14 +191,14 @@ pub fn tables(clickhouse_http: SocketAddr, s: &mut Stored) -> Result<(), String>
     Ok(())
 }
 
-/// Reads the real-time sketches of `s.day` (today, UTC, before ClickHouse has said)
-/// from Redis into `s`.
+/// Reads today's real-time sketches (the UTC day, as ClickHouse's figures count it) from
+/// Redis into `s`.
 pub fn sketches(redis: SocketAddr, s: &mut Stored) -> Result<(), String> {
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day());
     if s.day.is_empty() {
-        let now = time::OffsetDateTime::now_utc();
-        s.day = format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day());
+        s.day = day.clone();
     }
-    let day = &s.day;
     let mut r = Redis::connect(redis, Duration::from_secs(2)).map_err(|e| format!("Redis: {e}"))?;
     let minute = minute_now();
     s.dau_sketch = r.pfcount(&format!("hll:dau:{GAME}:{ENV}:{day}")).map_err(|e| format!("Redis: {e}"))?;

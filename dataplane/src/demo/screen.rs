@@ -178,9 +178,8 @@ pub fn live(v: &View) -> String {
 /// One line for plain output.
 pub fn line(v: &View) -> String {
     let s = &v.stored;
-    let warnings: String = v.unreadable.iter().map(|e| format!(" ! {e}")).collect();
     format!(
-        "{} accepted {:.0} ev/s refused {:.0} ev/s backlog {} rows {} events {} payments dau {} (sketch {}) new {} (sketch {}) revenue {}{warnings}",
+        "{} accepted {:.0} ev/s refused {:.0} ev/s backlog {} rows {} events {} payments dau {} (sketch {}) new {} (sketch {}) revenue {}",
         clock(v.elapsed),
         v.accepted_per_sec,
         v.refused_per_sec,
@@ -277,9 +276,18 @@ fn run_summary(run: &RunTotals, dir: &str) -> String {
 }
 
 /// The summary when what the servers hold could not be read (`error`, one of them down):
-/// this run's figures, and where the accepted events are.
-pub fn unread_summary(run: &RunTotals, dir: &str, error: &str) -> String {
+/// this run's figures, ClickHouse's rows when `tables` were read, and where the accepted
+/// events are.
+pub fn unread_summary(run: &RunTotals, dir: &str, error: &str, tables: Option<&Stored>) -> String {
     let mut o = run_summary(run, dir);
+    if let Some(s) = tables {
+        let _ = writeln!(
+            o,
+            "  ClickHouse     {} events, {} payments (all runs)",
+            thousands(s.event_rows),
+            thousands(s.payment_rows)
+        );
+    }
     let _ = writeln!(o, "  stored figures not read: {error}");
     let _ = writeln!(
         o,

@@ -129,12 +129,26 @@ fn listened_by(pid: u32, port: u16) -> Option<bool> {
         family.extend(parents.iter().filter(|(_, parent)| *parent == p).map(|(child, _)| *child));
         i += 1;
     }
-    let owns = family.iter().any(|p| {
-        fs::read_dir(format!("/proc/{p}/fd")).into_iter().flatten().flatten().any(|fd| {
+    // A process whose descriptors cannot be read (a program with file capabilities, as
+    // ClickHouse's own packages give theirs, is not readable in /proc by its user) leaves
+    // the answer unknown, not "another's".
+    let mut unreadable = false;
+    let owns = family.iter().any(|p| match fs::read_dir(format!("/proc/{p}/fd")) {
+        Ok(fds) => fds.flatten().any(|fd| {
             fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-        })
+        }),
+        Err(_) => {
+            unreadable = true;
+            false
+        }
     });
-    Some(owns)
+    if owns {
+        Some(true)
+    } else if unreadable {
+        None
+    } else {
+        Some(false)
+    }
 }
 
 /// A free loopback port (bound, then released).

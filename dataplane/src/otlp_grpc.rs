@@ -158,6 +158,15 @@ pub async fn serve(shard: Rc<Shard>, server: Rc<Server>, stream: TcpStream) {
             server.idle.decline();
         }
         drop(place);
+        // A call may have read the rest of its message since the place was taken (no
+        // wake-up then): it is past its message, and the connection stays.
+        let next = match next {
+            Next::Evicted if calls.get() > 0 && reading.get() < calls.get() => {
+                server.idle.decline();
+                Next::Recheck
+            }
+            next => next,
+        };
         match next {
             Next::Evicted => {
                 // No call in progress, or only calls still receiving their messages (they

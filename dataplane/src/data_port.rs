@@ -303,9 +303,12 @@ fn ready(shard: &Shard, draining: &AtomicBool, exclude_streams: bool) -> Respons
 
 /// Whether a `/readyz` query excludes the streams' check: an `exclude` parameter naming
 /// `streams` (as Kubernetes' `/readyz?exclude=<check>`; several may be given, or one list
-/// separated by commas).
+/// separated by commas), percent-decoded as a form is.
 fn excludes_streams(query: &str) -> bool {
-    query.split('&').filter_map(|p| p.strip_prefix("exclude=")).any(|v| v.split([',', '+']).any(|c| c == "streams"))
+    !query.is_empty()
+        && form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "exclude")
+            .any(|(_, v)| v.split([',', ' ']).any(|c| c == "streams"))
 }
 
 /// An ingest request: checks from the head, the body claimed from the shard's budget and

@@ -261,6 +261,12 @@ fn backlog_at_high_water_refuses_without_trimming(driver: Driver) {
     let r = f.client().request("GET", "/readyz?exclude=streams", &[], b"");
     assert_eq!((r.status, r.text()), (200, r#"{"status":"ready","ready":true}"#.to_owned()));
     assert_eq!(f.client().request("GET", "/readyz?exclude=redis", &[], b"").status, 503);
+    for query in
+        ["exclude=redis,streams", "exclude=redis&exclude=streams", "exclude=%73treams", "exclude=redis%2Cstreams"]
+    {
+        assert_eq!(f.client().request("GET", &format!("/readyz?{query}"), &[], b"").status, 200, "{query}");
+    }
+    assert_eq!(f.client().request("GET", "/readyz?exclude=Streams", &[], b"").status, 503);
     assert_eq!(xlen(&f.redis, "analytics:events"), 3, "nothing added, nothing trimmed");
     // Other streams are not held back by this one.
     let custom = format!("[{}]", event("boss_killed", "u1"));

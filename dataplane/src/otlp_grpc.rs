@@ -294,7 +294,15 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>, 
     let max = server.limits.max_body_bytes;
     let mut wire = Vec::new();
     let mut held = server.bodies.hold();
-    let read = read_message(&mut body, max, &mut wire, &mut held);
+    // The call's metadata, kept until it is answered, counts in the budget as its message
+    // does (each field as HTTP/2 counts a header list: name, value and 32 bytes): calls
+    // holding 16 KiB of it each, 64 a connection, on every connection, would be counted
+    // by nothing.
+    let metadata: usize = head.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum();
+    if !held.grow_to(metadata) {
+        return refuse(game, HttpError::ServerBusy { retry_after: held.retry_after_secs() }.into());
+    }
+    let read = read_message(&mut body, max, metadata, &mut wire, &mut held);
     let counted = Reading::new(reading);
     let read = monoio::time::timeout(server.limits.read_timeout, read).await;
     drop(counted);
@@ -330,10 +338,12 @@ async fn answer(shard: &Shard, server: &Server, req: http::Request<RecvStream>, 
 }
 
 /// Reads a call's request body (one length-prefixed message) into `wire`, counted against
-/// the shard's body budget; a message longer than `max` is refused from its prefix.
+/// the shard's body budget after the `base` bytes `held` counts already (the call's
+/// metadata); a message longer than `max` is refused from its prefix.
 async fn read_message(
     body: &mut RecvStream,
     max: usize,
+    base: usize,
     wire: &mut Vec<u8>,
     held: &mut crate::server::BodyBytes<'_>,
 ) -> Result<(), IngestError> {
@@ -354,7 +364,7 @@ async fn read_message(
         } else {
             0
         };
-        if !held.grow_to(len.max(room)) {
+        if !held.grow_to(base + len.max(room)) {
             return Err(HttpError::ServerBusy { retry_after: held.retry_after_secs() }.into());
         }
         wire.reserve(room.saturating_sub(wire.len()));

@@ -1103,3 +1103,58 @@ fn grpc_calls_trickling_their_messages_make_room_for_a_new_exporter() {
         drop(held);
     });
 }
+
+/// Review finding: a gRPC call's metadata (up to 16 KiB, 64 calls a connection) was kept
+/// until the call was answered and counted by no budget. It now counts in the body budget
+/// as the call's message does: past it, calls are refused `UNAVAILABLE`.
+#[test]
+fn grpc_calls_metadata_counts_in_the_body_budget() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+        c.server.max_body_bytes = 32 << 10;
+        c.server.max_inflight_body_bytes = 32 << 10;
+    });
+    let addr = grpc_addr(&f);
+    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.expect("ready");
+        let mut calls = Vec::new();
+        for i in 0..6 {
+            // About 7 KiB of metadata, then the first byte of a message.
+            let req = http::Request::post(logs.as_str())
+                .header("content-type", "application/grpc")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("x-padding", format!("{i}{}", "p".repeat(7 << 10)))
+                .body(())
+                .expect("request");
+            let (answer, mut send) = client.send_request(req, false).expect("send");
+            send.send_data(bytes::Bytes::from_static(&[0]), false).expect("data");
+            calls.push((answer, send));
+            client = client.ready().await.expect("ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (mut held, mut refused) = (0, 0);
+        for (answer, _send) in &mut calls {
+            match tokio::time::timeout(Duration::from_millis(1500), answer).await {
+                Err(_) => held += 1,
+                Ok(Ok(r)) => {
+                    let status = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    assert_eq!(status, "14", "{r:?}");
+                    refused += 1;
+                }
+                Ok(Err(e)) => panic!("call reset: {e}"),
+            }
+        }
+        // 32 KiB holds four calls of ~7 KiB of metadata; the others are refused.
+        assert_eq!((held, refused), (4, 2));
+        drop(calls);
+        conn.abort();
+    });
+}

@@ -818,6 +818,35 @@ fn otlp_the_same_bytes_as_logs_then_as_traces_are_two_requests() {
     assert_eq!(total_entries(&f.redis), after_traces, "a retry of the traces appends nothing");
 }
 
+/// An HTTP/2 client ready to send on a connection to `addr`, the connection driven by a
+/// task of its own.
+async fn h2_client(addr: std::net::SocketAddr) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client.ready().await.expect("ready"), conn)
+}
+
+/// Of `calls` (each having sent part of its message), how many are still waiting for an
+/// answer after 1.5 s and how many were refused `UNAVAILABLE` (any other answer fails).
+async fn held_and_refused(calls: &mut [(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)]) -> (usize, usize) {
+    let (mut held, mut refused) = (0, 0);
+    for (answer, _send) in calls {
+        match tokio::time::timeout(Duration::from_millis(1500), answer).await {
+            Err(_) => held += 1,
+            Ok(Ok(r)) => {
+                let status = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
+                assert_eq!(status, "14", "{r:?}");
+                refused += 1;
+            }
+            Ok(Err(e)) => panic!("call reset: {e}"),
+        }
+    }
+    (held, refused)
+}
+
 /// Black-box finding: an OTLP/gRPC call declaring a large message made the server reserve
 /// up to 256 KiB at its first bytes, outside the shard's body budget, so thousands of calls
 /// sending a few bytes each held gigabytes. The reservation is now counted in the budget:
@@ -839,14 +868,7 @@ fn grpc_calls_declaring_large_messages_are_held_within_the_body_budget() {
             .body(())
             .expect("request")
     };
-    let connect = || async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        (client.ready().await.expect("ready"), conn)
-    };
+    let connect = || h2_client(addr);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let (mut client, conn) = connect().await;
@@ -861,18 +883,7 @@ fn grpc_calls_declaring_large_messages_are_held_within_the_body_budget() {
             calls.push((answer, send));
             client = client.ready().await.expect("ready");
         }
-        let (mut held, mut refused) = (0, 0);
-        for (answer, _send) in &mut calls {
-            match tokio::time::timeout(Duration::from_millis(1500), answer).await {
-                Err(_) => held += 1,
-                Ok(Ok(r)) => {
-                    let status = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    assert_eq!(status, "14", "{r:?}");
-                    refused += 1;
-                }
-                Ok(Err(e)) => panic!("call reset: {e}"),
-            }
-        }
+        let (held, refused) = held_and_refused(&mut calls).await;
         // 1 MiB holds three calls of 256 KiB and their prefixes; the others are refused.
         assert_eq!((held, refused), (3, 13));
         drop(calls);
@@ -1070,14 +1081,7 @@ fn grpc_calls_trickling_their_messages_make_room_for_a_new_exporter() {
             .body(())
             .expect("request")
     };
-    let connect = || async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client.ready().await.expect("ready")
-    };
+    let connect = || async move { h2_client(addr).await.0 };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         // Every place: a call that sent the first byte of its message.
@@ -1119,12 +1123,7 @@ fn grpc_calls_metadata_counts_in_the_body_budget() {
     let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut client = client.ready().await.expect("ready");
+        let (mut client, conn) = h2_client(addr).await;
         let mut calls = Vec::new();
         for i in 0..6 {
             // About 7 KiB of metadata, then the first byte of a message.
@@ -1140,18 +1139,7 @@ fn grpc_calls_metadata_counts_in_the_body_budget() {
             client = client.ready().await.expect("ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (mut held, mut refused) = (0, 0);
-        for (answer, _send) in &mut calls {
-            match tokio::time::timeout(Duration::from_millis(1500), answer).await {
-                Err(_) => held += 1,
-                Ok(Ok(r)) => {
-                    let status = r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    assert_eq!(status, "14", "{r:?}");
-                    refused += 1;
-                }
-                Ok(Err(e)) => panic!("call reset: {e}"),
-            }
-        }
+        let (held, refused) = held_and_refused(&mut calls).await;
         // 32 KiB holds four calls of ~7 KiB of metadata; the others are refused.
         assert_eq!((held, refused), (4, 2));
         drop(calls);

@@ -18,6 +18,17 @@ use croupier_it::redis::RedisServer;
 use crate::fixture::{events, post_signed, GAME, SECRET};
 use crate::pipeline::{croupier, CROUPIER};
 
+/// A real HAProxy running the shipped `deploy/haproxy/haproxy.cfg` in front of two data
+/// ports (its addresses from the environment; 1,000 connections, within a test's
+/// descriptor limit).
+fn balancer(first: std::net::SocketAddr, second: std::net::SocketAddr) -> Haproxy {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
+    let env =
+        [("CROUPIER_1", first.to_string()), ("CROUPIER_2", second.to_string()), ("HAPROXY_MAXCONN", "1000".into())]
+            .map(|(k, v)| (k.to_owned(), v));
+    Haproxy::start(std::path::Path::new(config), &env)
+}
+
 /// Redis, ClickHouse with the schema, and the environment of croupier processes on them.
 fn servers(drain_delay_ms: u64) -> (RedisServer, ClickHouseServer, Vec<(String, String)>) {
     let redis = RedisServer::start();
@@ -123,16 +134,7 @@ fn haproxy_two_nodes_one_sigtermed_under_load_loses_nothing() {
         n.wait_data_ready();
         n.wait_control_ready(200);
     }
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
-    let lb_env: Vec<(String, String)> = [
-        ("CROUPIER_1", node1.data.to_string()),
-        ("CROUPIER_2", node2.data.to_string()),
-        ("HAPROXY_MAXCONN", "1000".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let lb = Haproxy::start(std::path::Path::new(config), &lb_env);
+    let lb = balancer(node1.data, node2.data);
 
     const BATCH: usize = 20;
     let outcome = Arc::new(Mutex::new(Outcome::default()));
@@ -243,16 +245,7 @@ fn haproxy_keeps_a_node_whose_one_stream_is_full() {
     env.push(("CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS".into(), "30".into()));
     let node = Croupier::start(CROUPIER, "ingest", &env);
     node.wait_data_ready();
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy.cfg");
-    let lb_env: Vec<(String, String)> = [
-        ("CROUPIER_1", node.data.to_string()),
-        ("CROUPIER_2", node.data.to_string()),
-        ("HAPROXY_MAXCONN", "1000".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let lb = Haproxy::start(std::path::Path::new(config), &lb_env);
+    let lb = balancer(node.data, node.data);
     let send = |body: &str| {
         post_signed(&mut HttpClient::connect(lb.addr), "/api/ingest/events", GAME, SECRET, body.as_bytes())
     };

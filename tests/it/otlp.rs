@@ -847,6 +847,38 @@ async fn held_and_refused(calls: &mut [(h2::client::ResponseFuture, h2::SendStre
     (held, refused)
 }
 
+/// A `LogsService/Export` call to `addr` with the game's token (and `padding` as a header
+/// field's value, when given), for the HTTP/2 client to send.
+fn export_request(addr: std::net::SocketAddr, padding: Option<String>) -> http::Request<()> {
+    let mut request =
+        http::Request::post(format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export"))
+            .header("content-type", "application/grpc")
+            .header("authorization", format!("Bearer {TOKEN}"));
+    if let Some(p) = padding {
+        request = request.header("x-padding", p);
+    }
+    request.body(()).expect("request")
+}
+
+/// The HTTP status of an empty export on a new connection to `addr`.
+async fn empty_export(addr: std::net::SocketAddr) -> http::StatusCode {
+    let (mut client, _conn) = h2_client(addr).await;
+    let (answer, mut send) = client.send_request(export_request(addr, None), false).expect("send");
+    send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
+    answer.await.expect("answer").status()
+}
+
+/// The fixture for the connection cap: one shard, four places, nothing timed out.
+fn four_places() -> Fixture {
+    Fixture::start(Driver::Epoll, |c| {
+        tokens(c);
+        c.server.shards = 1;
+        c.server.max_connections = 4;
+        c.server.idle_timeout_ms = 120_000;
+        c.server.read_timeout_ms = 120_000;
+    })
+}
+
 /// Black-box finding: an OTLP/gRPC call declaring a large message made the server reserve
 /// up to 256 KiB at its first bytes, outside the shard's body budget, so thousands of calls
 /// sending a few bytes each held gigabytes. The reservation is now counted in the budget:
@@ -860,14 +892,7 @@ fn grpc_calls_declaring_large_messages_are_held_within_the_body_budget() {
         c.server.max_inflight_body_bytes = 1 << 20;
     });
     let addr = grpc_addr(&f);
-    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
-    let request = || {
-        http::Request::post(logs.as_str())
-            .header("content-type", "application/grpc")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(())
-            .expect("request")
-    };
+    let request = || export_request(addr, None);
     let connect = || h2_client(addr);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
@@ -998,13 +1023,7 @@ fn grpc_calls_refused_for_their_headers_count_as_refused() {
 /// is closed for the new one.
 #[test]
 fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
-    let f = Fixture::start(Driver::Epoll, |c| {
-        tokens(c);
-        c.server.shards = 1;
-        c.server.max_connections = 4;
-        c.server.idle_timeout_ms = 120_000;
-        c.server.read_timeout_ms = 120_000;
-    });
+    let f = four_places();
     let addr = grpc_addr(&f);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
@@ -1015,32 +1034,12 @@ fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut idle = Vec::new();
         for _ in 0..3 {
-            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
-            let conn = tokio::spawn(conn);
-            let client = client.ready().await.expect("ready");
-            idle.push((client, conn));
+            idle.push(h2_client(addr).await);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let call = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let mut client = client.ready().await.expect("ready");
-            let req =
-                http::Request::post(format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export"))
-                    .header("content-type", "application/grpc")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(())
-                    .expect("request");
-            let (answer, mut send) = client.send_request(req, false).expect("send");
-            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
-            answer.await.expect("answer").status()
-        };
-        let status =
-            tokio::time::timeout(Duration::from_secs(2), call).await.expect("a new exporter served at the cap");
+        let status = tokio::time::timeout(Duration::from_secs(2), empty_export(addr))
+            .await
+            .expect("a new exporter served at the cap");
         assert_eq!(status, http::StatusCode::OK);
         // The oldest idle connection was the one closed, after a GOAWAY (frame type 7).
         raw.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
@@ -1065,44 +1064,24 @@ fn idle_grpc_connections_at_the_cap_make_room_for_a_new_exporter() {
 /// exporter when none is idle; a call past its message is never cut.
 #[test]
 fn grpc_calls_trickling_their_messages_make_room_for_a_new_exporter() {
-    let f = Fixture::start(Driver::Epoll, |c| {
-        tokens(c);
-        c.server.shards = 1;
-        c.server.max_connections = 4;
-        c.server.idle_timeout_ms = 120_000;
-        c.server.read_timeout_ms = 120_000;
-    });
+    let f = four_places();
     let addr = grpc_addr(&f);
-    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
-    let request = || {
-        http::Request::post(logs.as_str())
-            .header("content-type", "application/grpc")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(())
-            .expect("request")
-    };
-    let connect = || async move { h2_client(addr).await.0 };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         // Every place: a call that sent the first byte of its message.
         let mut held = Vec::new();
         for _ in 0..4 {
-            let mut client = connect().await;
-            let (answer, mut send) = client.send_request(request(), false).expect("send");
+            let (mut client, conn) = h2_client(addr).await;
+            let (answer, mut send) = client.send_request(export_request(addr, None), false).expect("send");
             send.send_data(bytes::Bytes::from_static(&[0]), false).expect("data");
-            held.push((client, answer, send));
+            held.push((client, conn, answer, send));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Let the server see every call reading.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let call = async {
-            let mut client = connect().await;
-            let (answer, mut send) = client.send_request(request(), false).expect("send");
-            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("data");
-            answer.await.expect("answer").status()
-        };
-        let status =
-            tokio::time::timeout(Duration::from_secs(3), call).await.expect("a new exporter served at the cap");
+        let status = tokio::time::timeout(Duration::from_secs(3), empty_export(addr))
+            .await
+            .expect("a new exporter served at the cap");
         assert_eq!(status, http::StatusCode::OK);
         drop(held);
     });
@@ -1120,19 +1099,13 @@ fn grpc_calls_metadata_counts_in_the_body_budget() {
         c.server.max_inflight_body_bytes = 32 << 10;
     });
     let addr = grpc_addr(&f);
-    let logs = format!("http://{addr}/opentelemetry.proto.collector.logs.v1.LogsService/Export");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let (mut client, conn) = h2_client(addr).await;
         let mut calls = Vec::new();
         for i in 0..6 {
             // About 7 KiB of metadata, then the first byte of a message.
-            let req = http::Request::post(logs.as_str())
-                .header("content-type", "application/grpc")
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .header("x-padding", format!("{i}{}", "p".repeat(7 << 10)))
-                .body(())
-                .expect("request");
+            let req = export_request(addr, Some(format!("{i}{}", "p".repeat(7 << 10))));
             let (answer, mut send) = client.send_request(req, false).expect("send");
             send.send_data(bytes::Bytes::from_static(&[0]), false).expect("data");
             calls.push((answer, send));

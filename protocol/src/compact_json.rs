@@ -159,6 +159,22 @@ mod tests {
     }
 
     #[test]
+    fn an_integer_past_64_bits_is_written_as_the_double_javascript_reads() {
+        // `JSON.stringify(2 ** 64)` and its like: no exponent below 10^21.
+        for (json, want) in [
+            (r#"{"a":18446744073709552000}"#, r#"{"a":1.8446744073709552e19}"#),
+            (r#"{"a":-10000000000000000000}"#, r#"{"a":-1e19}"#),
+            (
+                r#"{"a":[123456789012345680000,18446744073709551615]}"#,
+                r#"{"a":[1.2345678901234568e20,18446744073709551615]}"#,
+            ),
+        ] {
+            let (theirs, ours) = both(json);
+            assert_eq!((ours.as_str(), theirs.as_str()), (want, want), "{json}");
+        }
+    }
+
+    #[test]
     fn every_byte_is_escaped_as_simd_json_escapes_it() {
         // Every ASCII character, at every place of an eight-byte word.
         for pad in 0..9 {

@@ -296,9 +296,10 @@ fn parse_error(e: &simd_json::Error, body: &[u8]) -> BodyError {
             None => BodyError::Malformed(e.to_string()),
         },
         // The parser says the same of a malformed number (`01`, `1.`, `-`) and of one no
-        // 64-bit integer or double holds (JSON itself has no bound).
+        // double holds (JSON itself has no bound; an integer past 64 bits is read as a
+        // double, as JavaScript reads it).
         simd_json::ErrorType::InvalidNumber | simd_json::ErrorType::InvalidExponent => BodyError::Malformed(format!(
-            "a number malformed or out of range near character {} (integers are taken from -2^63 to 2^64-1, others as doubles up to about 1.8e308; send larger ones as strings)",
+            "a number malformed or out of range near character {} (numbers are taken as 64-bit integers or as doubles up to about 1.8e308; send larger ones as strings)",
             e.index()
         )),
         _ => BodyError::Malformed(e.to_string()),
@@ -1123,7 +1124,11 @@ fn payment_fields<'a, 'v: 'a>(
     let amount = r.get(f::AMOUNT_CENTS).ok_or_else(|| r.err(f::AMOUNT_CENTS, Problem::Missing))?;
     p.amount_cents = match (amount.as_u64(), amount.as_i64()) {
         (Some(a), _) if a > 0 && a <= MAX_AMOUNT_CENTS => a,
+        // A whole double too (`1e13`, or an integer past 64 bits, read as one): out of range.
         (Some(_), _) | (None, Some(_)) => {
+            return Err(r.err(f::AMOUNT_CENTS, Problem::Invalid("an integer from 1 to 1000000000000 (10^12)")))
+        }
+        _ if amount.as_f64().is_some_and(|d| d.fract() == 0.0 && d.abs() > MAX_AMOUNT_CENTS as f64) => {
             return Err(r.err(f::AMOUNT_CENTS, Problem::Invalid("an integer from 1 to 1000000000000 (10^12)")))
         }
         _ => return Err(r.err(f::AMOUNT_CENTS, Problem::WrongType("an integer"))),
@@ -1349,9 +1354,8 @@ mod tests {
                 other => panic!("{body:?}: {other:?}"),
             }
         }
-        // A malformed number, or one no 64-bit integer or double holds, says so, and where.
-        for n in ["123456789012345678901234567890", "18446744073709551616", "-9223372036854775809", "1e400", "01", "1."]
-        {
+        // A malformed number, or one no double holds, says so, and where.
+        for n in ["1e400", "-1e400", "123456789012345678901234567890e300", "01", "1.", "-"] {
             let body = format!(r#"[{{"ts":1795617749,"game_id":"g1","event":"x","props":{{"v":{n}}}}}]"#);
             match events(&body) {
                 Err(BodyError::Malformed(m)) => {
@@ -1582,7 +1586,9 @@ mod tests {
     #[test]
     fn amount_cents_is_bounded_so_sums_cannot_wrap() {
         assert_eq!(payment_with_amount("1000000000000").expect("at the cap")[0].amount_cents, MAX_AMOUNT_CENTS);
-        for bad in ["1000000000001", "9223372036854775808", "18446744073709551615"] {
+        for bad in
+            ["1000000000001", "9223372036854775808", "18446744073709551615", "18446744073709552000", "-1e19", "1e13"]
+        {
             match payment_with_amount(bad) {
                 Err(BodyError::Field { field: "amount_cents", problem: Problem::Invalid(_), .. }) => {}
                 other => panic!("{bad}: {other:?}"),

@@ -37,7 +37,7 @@ fn sdk_js_unit_tests_and_bundle_size() {
     assert!(text.contains("croupier.min.js") && text.contains("limit 6144"), "{text}");
     let out = node(&["--test", "test/"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("# fail 0") && text.contains("# pass 42"), "{text}");
+    assert!(text.contains("# fail 0") && text.contains("# pass 45"), "{text}");
 }
 
 #[test]
@@ -111,6 +111,12 @@ fn sdk_js_in_chromium_session_offline_queue_and_beacon() {
         "SELECT count() FROM analytics.events WHERE user_id = '{run}-b' AND event = 'nick_set' AND props_json = '{{\"nick\":\"Ace\u{fffd}\"}}'"
     ));
     assert_eq!(nick, 1, "the nick stored with U+FFFD");
+    // A score past 2^64, as JavaScript writes it (`18446744073709552000`), stored as that
+    // double: the batch it came in was not refused.
+    let big = p.scalar(&format!(
+        "SELECT count() FROM analytics.events WHERE user_id = '{run}-s' AND event = 'level_complete' AND props_json = '{{\"level\":1,\"score\":1.8446744073709552e19}}'"
+    ));
+    assert_eq!(big, 1, "the score past 2^64 stored as a double");
     let total = p.scalar(&format!("SELECT count() FROM analytics.events WHERE user_id LIKE '{run}-%'"));
     let distinct = p.scalar(&format!("SELECT uniqExact(event_id) FROM analytics.events WHERE user_id LIKE '{run}-%'"));
     assert_eq!(total, distinct, "an event stored twice");

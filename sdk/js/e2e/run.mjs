@@ -6,7 +6,8 @@
 //   node run.mjs <ingest base URL> <write key> <game> <run id> <page port>
 //
 // Scenarios, one page each (users <run>-s, <run>-o, <run>-c):
-//   s: a session with events and a purchase, a heartbeat, closed → session_end by beacon
+//   s: a session with events (a score past 2^64) and a purchase, a heartbeat, closed →
+//      session_end by beacon
 //   o: the network blocked (context.setOffline), events kept in localStorage, restored →
 //      the queue delivered
 //   c: a batch still queued (large batch, long interval) when the page is closed →
@@ -62,7 +63,8 @@ try {
   const s = await open("s", { flushInterval: 100, heartbeatInterval: 300 });
   await s.evaluate((run) => {
     Croupier.track("level_start", { level: 1 });
-    Croupier.track("level_complete", { level: 1, score: 120 });
+    // Past 2^64: JSON.stringify writes it without an exponent (18446744073709552000).
+    Croupier.track("level_complete", { level: 1, score: 2 ** 64 });
     Croupier.purchase({ orderId: `${run}-order`, amountCents: 499, currency: "USD", productId: "gems_100" });
   }, run);
   await sleep(450);

@@ -37,6 +37,12 @@ export interface Config {
   maxQueue?: number;
   /** Longest back-off between retries, ms (default 60000). */
   maxBackoff?: number;
+  /**
+   * Longest wait for a request's answer, ms (default 30000): past it the request is given
+   * up and sent again after a back-off, as when the network failed (a request held by
+   * something in front of the server would otherwise stop the page's sending).
+   */
+  requestTimeout?: number;
   /** Send session_start, heartbeat and session_end (default true). */
   autoSession?: boolean;
   /** Where the queue is kept (default window.localStorage). */
@@ -116,6 +122,9 @@ const DROPS_TOLD_AFTER = 500;
 
 /** Most bytes of JSON in a request: under the 64 KiB a browser allows `keepalive` and beacons. */
 const MAX_BODY = 60 * 1024;
+/** The server's range of times: from 2000-01-01 to 2100-01-01 (ms). */
+const FIRST_TS = 946_684_800_000;
+const END_TS = 4_102_444_800_000;
 /** The largest body the browser sends with `keepalive` (it refuses a larger one). */
 const KEEPALIVE = 64 * 1024;
 
@@ -271,9 +280,14 @@ export class Client {
   private inflight: { k: "e" | "p"; batch: Item[]; body: string } | undefined;
   /**
    * The most records the server takes in one request, as its refusals said (`more than N
-   * records`; a 413 halves it): batches hold at most this and `batchSize`.
+   * records`): batches hold at most this and `batchSize`.
    */
   private cap = Infinity;
+  /**
+   * The most bytes of JSON in a request: `MAX_BODY`, halved by each 413 of several records
+   * (a proxy's smaller limit): a page is not left sending one record a request.
+   */
+  private maxBody = MAX_BODY;
   /**
    * Bodies handed to sendBeacon by earlier pages (stored when this page started), kept
    * until a fetch of the same bytes is answered: a beacon gets no answer, and the server
@@ -304,6 +318,7 @@ export class Client {
       heartbeatInterval: 60000,
       maxQueue: 1000,
       maxBackoff: 60000,
+      requestTimeout: 30000,
       autoSession: true,
       ...config,
       // "https://ingest.example/" and "https://ingest.example" name the same routes.
@@ -494,6 +509,12 @@ export class Client {
     }
     // A copy: what the page changes afterwards is not what was tracked.
     const r = JSON.parse(text) as Rec;
+    const ts = r.ts;
+    if (typeof ts === "number" && !(ts >= FIRST_TS && ts < END_TS)) {
+      const when = Number.isFinite(ts) ? new Date(ts).toISOString() : String(ts);
+      this.report({ reason: "invalid", message: `the time ${when} (the device's clock?) is not between 2000 and 2100, which the server refuses: not queued`, records: 1 });
+      return false;
+    }
     if (depth(r) > RECORD_DEPTH) {
       this.report({ reason: "invalid", message: `nested deeper than the server takes (${RECORD_DEPTH - 1} levels of props): not queued`, records: 1 });
       return false;
@@ -713,7 +734,7 @@ export class Client {
 
   /**
    * The next batch of kind `k` from `from` (the queue): at most `size()` records and
-   * `MAX_BODY` bytes of JSON (one record at least, however large).
+   * `maxBody` bytes of JSON (one record at least, however large).
    */
   private next(k: "e" | "p", from: Item[] = this.queue): Item[] {
     const batch: Item[] = [];
@@ -722,7 +743,7 @@ export class Client {
     for (const i of from) {
       if (i.k !== k) continue;
       if (i.n === undefined) i.n = bytes(JSON.stringify(i.r));
-      if (batch.length && (batch.length >= limit || size + i.n + 1 > MAX_BODY)) break;
+      if (batch.length && (batch.length >= limit || size + i.n + 1 > this.maxBody)) break;
       batch.push(i);
       size += i.n + 1;
     }
@@ -757,7 +778,7 @@ export class Client {
   /**
    * Of `records` the server refused with answer `a`, the indexes that cannot be stored:
    * none when the batch was too large (what the answer says the server takes is kept:
-   * `more than N records`, or half on a 413), the record the answer names and those with
+   * `more than N records`, or half the body's bytes on a 413), the record the answer names and those with
    * the same value in the field it names (refused alike: a field the SDK sets on every
    * record drops them at once, not one request each), else all.
    */
@@ -769,7 +790,7 @@ export class Client {
       return [];
     }
     if (a.status === 413 && records.length > 1) {
-      this.cap = Math.ceil(records.length / 2);
+      this.maxBody = Math.max(2, Math.floor(bytes(JSON.stringify(records)) / 2));
       return [];
     }
     let why: { index?: unknown; field?: unknown } = {};
@@ -819,6 +840,9 @@ export class Client {
   /** Posts `body`: the answer (status 0 when the network failed). */
   private async post(k: "e" | "p", body: string): Promise<Answer> {
     const f = this.c.fetch ?? globalThis.fetch;
+    const abort = typeof AbortController === "function" ? new AbortController() : undefined;
+    const limit = Number(this.c.requestTimeout);
+    const timer = abort && limit > 0 ? setTimeout(() => abort.abort(), limit) : undefined;
     try {
       const res = await f(this.c.endpoint + (k === "e" ? EVENTS : PAYMENTS), {
         method: "POST",
@@ -826,6 +850,7 @@ export class Client {
         body,
         // The browser refuses a larger keepalive body outright: sent without, it is answered.
         keepalive: bytes(body) <= KEEPALIVE,
+        signal: abort?.signal,
       });
       // Read whatever the status: until its body is read, an answered keepalive request
       // keeps its share of the browser's 64 KiB, and the next large one is refused.
@@ -842,7 +867,10 @@ export class Client {
       }
       return { status: res.status, text, retryAfter: res.headers.get("Retry-After"), dropped };
     } catch {
-      return { status: 0, text: "", retryAfter: null, dropped: 0 }; // offline or refused by the network
+      // Offline, refused by the network, or unanswered within `requestTimeout`.
+      return { status: 0, text: "", retryAfter: null, dropped: 0 };
+    } finally {
+      clearTimeout(timer);
     }
   }
 

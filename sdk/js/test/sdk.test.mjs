@@ -541,7 +541,72 @@ test("a field every record shares refused drops them at once, not one request ea
   c.close();
 });
 
-test("a 413 halves the batches of the page", async () => {
+test("a 413 halves the bytes of the page's requests, not left at one record a request", async () => {
+  // A proxy taking at most 16 KiB: one 20 KB record, then 40 small ones.
+  const calls = [];
+  const f = async (url, init) => {
+    const n = JSON.parse(init.body).length;
+    const over = new TextEncoder().encode(init.body).length > 16 * 1024;
+    calls.push([n, over ? 413 : 202]);
+    return new Response(over ? "too large" : '{"ok":true}', { status: over ? 413 : 202 });
+  };
+  const errors = [];
+  const c = client({ fetch: f, batchSize: 20, onError: (e) => errors.push([e.reason, e.status, e.records]) });
+  c.track("first");
+  c.track("big", { pad: "z".repeat(20000) });
+  await drain(c);
+  assert.deepEqual(calls, [[2, 413], [1, 202], [1, 413]]);
+  assert.deepEqual(errors, [["refused", 413, 1]]);
+  for (let i = 0; i < 40; i++) c.track(`small${i}`, { pad: "s".repeat(100) });
+  await drain(c);
+  assert.deepEqual(calls.slice(3), [[20, 202], [20, 202]]);
+  c.close();
+});
+
+test("a record whose time is not between 2000 and 2100 (a device's clock) is not queued, and told", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, batchSize: 3, onError: (e) => errors.push([e.reason, e.records, e.message]) });
+  const real = Date.now;
+  try {
+    Date.now = () => real() - 1.75e12; // 1971
+    c.track("early");
+    Date.now = () => 4_102_444_800_000; // 2100-01-01
+    c.track("late");
+  } finally {
+    Date.now = real;
+  }
+  c.track("now");
+  await c.flush();
+  assert.equal(errors.length, 2);
+  assert.match(errors[0][2], /1971-.*not between 2000 and 2100/);
+  assert.match(errors[1][2], /2100-01-01T00:00:00.000Z/);
+  assert.deepEqual(errors.map((e) => e.slice(0, 2)), [["invalid", 1], ["invalid", 1]]);
+  assert.deepEqual(f.calls.map((x) => x.records.map((r) => r.event)), [["now"]]);
+  c.close();
+});
+
+test("a request left unanswered is given up after requestTimeout and sent again", async () => {
+  const calls = [];
+  const f = (url, init) => {
+    calls.push(init.body);
+    // The first is never answered (something in front holding it); it ends when aborted.
+    if (calls.length === 1) {
+      return new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))));
+    }
+    return Promise.resolve(new Response('{"ok":true}', { status: 202 }));
+  };
+  const c = client({ fetch: f, batchSize: 2, requestTimeout: 50, maxBackoff: 10 });
+  c.track("a");
+  c.track("b");
+  await drain(c);
+  assert.equal(calls.length, 2);
+  assert.equal(calls[1], calls[0], "sent again as the same bytes");
+  assert.equal(c.queue.length, 0);
+  c.close();
+});
+
+test("a 413 from a server that counts records halves the requests until they pass", async () => {
   const calls = [];
   const f = async (url, init) => {
     const n = JSON.parse(init.body).length;
@@ -551,7 +616,8 @@ test("a 413 halves the batches of the page", async () => {
   const c = client({ fetch: f, batchSize: 20 });
   for (let i = 0; i < 40; i++) c.track(`e${i}`);
   await drain(c);
-  assert.deepEqual(calls, [20, 10, 5, 5, 5, 5, 5, 5, 5, 5]);
+  // Half the bytes of 10 records' body holds 4 of them.
+  assert.deepEqual(calls, [20, 10, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]);
   c.close();
 });
 

@@ -524,6 +524,49 @@ fn blocks_sent_in_the_tables_order_are_not_sorted_again_by_the_server() {
     assert_eq!(current, ours, "26.x orders UUIDs otherwise");
 }
 
+/// A current ClickHouse (26.x, in-process through chdb-core) joins an insert's blocks
+/// into one before counting its partitions against `max_partitions_per_insert_block`
+/// (100): two blocks of 75 months each are refused (code 252), as the worker's grouped
+/// blocks were, for ever; with the settings the worker sends with an insert of more than
+/// one block (`sink::BLOCKS_AS_SENT`) each block is written as it is, and all 150 months
+/// are stored. (18.16, the other tests' server, has no partition limit.)
+#[test]
+fn a_current_engine_takes_150_months_in_blocks_kept_apart() {
+    use croupier_dataplane::worker::sink::BLOCKS_AS_SENT;
+    use croupier_protocol::clickhouse::packet::Setting;
+    let ours: Vec<String> = BLOCKS_AS_SENT
+        .iter()
+        .map(|(name, value)| match value {
+            Setting::UInt(n) => format!("{name}={n}"),
+            Setting::Str(s) => format!("{name}='{s}'"),
+        })
+        .collect();
+    let rows: Vec<String> =
+        (0..150).map(|i| format!("('{:04}-{:02}-15 12:00:00',{i})", 2001 + i / 12, i % 12 + 1)).collect();
+    let script = format!(
+        r#"
+from chdb import session
+s = session.Session()
+s.query("CREATE DATABASE d")
+s.query("CREATE TABLE d.t (event_time DateTime, x UInt32) ENGINE = MergeTree PARTITION BY toYYYYMM(event_time) ORDER BY x")
+rows = "{rows}"
+for name, extra in (("joined", ""), ("apart", ", {ours}")):
+    try:
+        s.query("INSERT INTO d.t SETTINGS max_insert_block_size=75" + extra + " VALUES " + rows)
+        print(name, "ok")
+    except Exception as e:
+        print(name, "refused", "252" if "TOO_MANY_PARTS" in str(e) or "Too many partitions" in str(e) else str(e)[:200])
+print("stored", str(s.query("SELECT count(), uniqExact(toYYYYMM(event_time)) FROM d.t", "TSV")).strip())
+"#,
+        rows = rows.join(","),
+        ours = ours.join(", ")
+    );
+    let out = std::process::Command::new("python3").arg("-c").arg(script).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["joined refused 252", "apart ok", "stored 150\t150"], "{got}");
+}
+
 /// A server sending its log lines (`send_logs_level`, as a user's profile may set it):
 /// `Log` packets carry rows between a query's other packets; the client reads and sets
 /// them aside, on plain and compressed connections, for statements, inserts and selects.

@@ -872,7 +872,9 @@ fn m7_a_read_takes_no_more_than_the_byte_budget() {
 /// on with the next batch. Blocks are grouped by month so that none spans more than
 /// `clickhouse.max_partitions_per_block` partitions (ClickHouse 19+ refuses more than 100
 /// with code 252; 18.16, here, has no such limit: the grouping itself is unit-tested in
-/// `clickhouse::partitions`).
+/// `clickhouse::partitions`). With four blocks here, the insert carries the settings that
+/// keep them apart (`sink::BLOCKS_AS_SENT`), which 18.16 takes;
+/// `clickhouse::a_current_engine_takes_150_months_in_blocks_kept_apart` shows on 26.9 why.
 #[test]
 fn c3_events_over_150_months_insert_whole_and_the_worker_goes_on() {
     let mut p = Pipeline::start(&[]);

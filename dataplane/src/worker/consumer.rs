@@ -1306,10 +1306,19 @@ impl Consumer {
                     self.refused_in_a_row = 0;
                 }
                 Err(e) if e.too_many_partitions().is_some() => {
-                    // Not the rows' fault: split the blocks finer and insert again.
+                    // Not the rows' fault: keep the blocks apart (the server joined them), or
+                    // once they are, split them finer, and insert again.
                     let named = e.too_many_partitions().flatten();
                     self.disconnect();
-                    if !self.lower_partition_limit(named) {
+                    if !self.sink.blocks_apart() {
+                        tracing::warn!(
+                            consumer = %self.cfg.consumer,
+                            stream = self.key(),
+                            "ClickHouse joined an insert's blocks and refused the partitions they span; \
+                             inserts now keep their blocks apart"
+                        );
+                        self.sink.keep_blocks_apart();
+                    } else if !self.lower_partition_limit(named) {
                         self.systemic = true;
                         return Err(e.to_string());
                     }

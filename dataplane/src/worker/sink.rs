@@ -24,6 +24,7 @@ use croupier_control::metrics::DeadReason;
 use std::rc::Rc;
 
 use croupier_protocol::batch::{ArchivedRecords, BatchBuf, FIELD_BATCH, FIELD_CROUPIER_DATA, FIELD_FORMAT, FORMAT};
+use croupier_protocol::clickhouse::packet::Setting;
 use croupier_protocol::envelope::{text, PaymentStatus};
 use croupier_protocol::stream::StreamKind;
 use croupier_protocol::validate::{self, Limits};
@@ -49,6 +50,27 @@ use crate::clickhouse::user_days::{UserDayFold, UserDayRows, UserDays};
 /// `min_insert_block_size_rows`, 1,048,576), and blocks each in order but not between them
 /// it sorts again. What a block holds in memory: docs/worker.md ("At most two batches").
 pub const BLOCK_ROWS: usize = 262_144;
+
+/// Settings of an insert whose blocks must reach the table as they are sent. ClickHouse
+/// joins an insert's blocks into one before writing them (until it holds
+/// `min_insert_block_size_rows`, 1,048,576 rows, or `min_insert_block_size_bytes`), and
+/// ClickHouse 19 and later count the partitions of that one block against
+/// `max_partitions_per_insert_block` (100): blocks of at most 100 months each, joined,
+/// would be refused whole (code 252), and the batch retried for ever. At 1 a block
+/// passes as it is. 18.16 knows both settings (and has no partition limit).
+pub const BLOCKS_AS_SENT: &[(&str, Setting<'static>)] =
+    &[("min_insert_block_size_rows", Setting::UInt(1)), ("min_insert_block_size_bytes", Setting::UInt(1))];
+
+/// The settings of an insert starting with `blocks` blocks to send, or told to keep its
+/// blocks apart anyway (`apart`: one that may send more once started). One block alone
+/// has nothing to be joined with: its insert is sent as ever, without settings.
+fn insert_settings(blocks: usize, apart: bool) -> &'static [(&'static str, Setting<'static>)] {
+    if blocks > 1 || apart {
+        BLOCKS_AS_SENT
+    } else {
+        &[]
+    }
+}
 
 /// The dead-letter reason of an entry deleted from its stream while pending (its rows
 /// lost): found by `XAUTOCLAIM`, or without fields among a consumer's own pending entries.
@@ -201,17 +223,19 @@ impl Rows {
     }
 
     /// Sends the blocks holding at least `min_rows` rows (and any rows) with `sql`,
-    /// starting the insert first if `started` is not set yet.
+    /// starting the insert first if `started` is not set yet (keeping its blocks apart
+    /// when more than one is to go then, or when `apart`).
     async fn send(
         &mut self,
         ch: &mut Connection,
         sql: &str,
         min_rows: usize,
         started: &mut bool,
+        apart: bool,
     ) -> Result<(), ChError> {
         match self {
-            Rows::Events(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started).await,
-            Rows::Payments(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started).await,
+            Rows::Events(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started, apart).await,
+            Rows::Payments(r) => send_blocks(ch, r.blocks_mut(), sql, min_rows, started, apart).await,
         }
     }
 }
@@ -222,13 +246,17 @@ async fn send_blocks<T: Table>(
     sql: &str,
     min_rows: usize,
     started: &mut bool,
+    apart: bool,
 ) -> Result<(), ChError> {
+    // Each block holds months no other holds (`PartitionedRows`): more than one with rows
+    // is more than one group of partitions.
+    let groups = blocks.iter().filter(|b| b.rows > 0).count();
     for b in blocks {
         if b.rows == 0 || b.rows < min_rows {
             continue;
         }
         if !*started {
-            let header = ch.insert_start(sql, &[]).await?;
+            let header = ch.insert_start(sql, insert_settings(groups, apart)).await?;
             *started = true;
             check_header(T::NAME, &header, &b.columns).map_err(ChError::SchemaMismatch)?;
         }
@@ -259,6 +287,11 @@ pub struct Sink {
     pushing: Vec<u8>,
     /// Per shard, whether the entry being pushed has rows for it.
     routed: Vec<bool>,
+    /// Every insert keeps its blocks apart ([`BLOCKS_AS_SENT`]), not only one that starts
+    /// with more than one: set once ClickHouse refused an insert's joined blocks for the
+    /// partitions they span (an insert started by a full block, before the batch's other
+    /// months were read, may meet them later).
+    apart: bool,
     archive: BatchBuf,
     json: Vec<u8>,
     limits: Limits,
@@ -324,6 +357,7 @@ impl Sink {
             user_day_blocks: Vec::new(),
             pushing: Vec::new(),
             routed: Vec::new(),
+            apart: false,
             archive: BatchBuf::default(),
             json: Vec::new(),
             limits: Limits::default(),
@@ -640,12 +674,12 @@ impl Sink {
                 confirmed.note_routed(i, s);
             }
             for (s, rows) in self.rows.iter_mut().enumerate() {
-                rows.send(ch[s], &self.insert_sql, BLOCK_ROWS, &mut started[s]).await?;
+                rows.send(ch[s], &self.insert_sql, BLOCK_ROWS, &mut started[s], self.apart).await?;
             }
         }
         for (s, rows) in self.rows.iter_mut().enumerate() {
             if rows.count() > 0 {
-                rows.send(ch[s], &self.insert_sql, 1, &mut started[s]).await?;
+                rows.send(ch[s], &self.insert_sql, 1, &mut started[s], self.apart).await?;
             }
             if started[s] {
                 ch[s].insert_end().await?;
@@ -680,7 +714,8 @@ impl Sink {
             let mut started = false;
             for b in &self.user_day_blocks {
                 if !started {
-                    let header = conn.insert_start(&self.user_days_sql, &[]).await?;
+                    let settings = insert_settings(self.user_day_blocks.len(), self.apart);
+                    let header = conn.insert_start(&self.user_days_sql, settings).await?;
                     started = true;
                     check_header(UserDays::NAME, &header, &b.columns).map_err(ChError::SchemaMismatch)?;
                 }
@@ -697,6 +732,17 @@ impl Sink {
     /// The partitions one block may span.
     pub fn partition_limit(&self) -> usize {
         self.rows.first().map_or(partitions::DEFAULT_LIMIT, Rows::partition_limit)
+    }
+
+    /// Whether every insert keeps its blocks apart ([`Sink::keep_blocks_apart`]).
+    pub fn blocks_apart(&self) -> bool {
+        self.apart
+    }
+
+    /// Every insert from now on keeps its blocks apart ([`BLOCKS_AS_SENT`]): ClickHouse
+    /// refused one's joined blocks for the partitions they span.
+    pub fn keep_blocks_apart(&mut self) {
+        self.apart = true;
     }
 
     /// Sets the partitions one block may span (at least 1), and whether each month
@@ -755,6 +801,14 @@ mod tests {
     use super::*;
     use croupier_protocol::batch::{encode, Batch, Records};
     use croupier_protocol::envelope::{Event, EventBatch};
+
+    #[test]
+    fn an_insert_of_more_than_one_block_keeps_them_apart() {
+        assert!(insert_settings(0, false).is_empty());
+        assert!(insert_settings(1, false).is_empty(), "one block: sent as ever");
+        assert_eq!(insert_settings(2, false), BLOCKS_AS_SENT);
+        assert_eq!(insert_settings(1, true), BLOCKS_AS_SENT);
+    }
 
     #[test]
     fn an_entry_count_is_held_to_the_entry_size() {

@@ -313,6 +313,59 @@ fn control_readyz_names_the_failing_component() {
     assert!(!text.contains("croupier_stream_backlog_events"), "no stream gauges while Redis cannot be read");
 }
 
+/// A shard counts against the mark the entries it cannot trim, which may be more than the
+/// pending and unread entries the control port reads (here: 40 entries, 39 acknowledged
+/// and one pending since before the shard started, with no sample of the group's position
+/// older than it: the whole stream). Its data port refuses with 503 `backlog_full`, and the
+/// control port's `/readyz` and `croupier_component_ready{component="streams"}` say so,
+/// though its gauge counts one entry (a black-box finding: they said ready while the node
+/// refused every event).
+#[test]
+fn control_readyz_says_when_a_shard_is_at_a_mark_as_it_counts_it() {
+    let s = servers();
+    let mut r = s.redis.client();
+    for i in 0..40 {
+        r.cmd(&["XADD", "analytics:events", "*", "f", &i.to_string()]);
+    }
+    r.cmd(&["XGROUP", "CREATE", "analytics:events", "analytics-workers", "0"]);
+    r.cmd(&["XREADGROUP", "GROUP", "analytics-workers", "w1", "COUNT", "40", "STREAMS", "analytics:events", ">"]);
+    let Frame::Array(pending) = r.cmd(&["XPENDING", "analytics:events", "analytics-workers", "-", "+", "40"]) else {
+        panic!("XPENDING")
+    };
+    for entry in pending.iter().skip(1) {
+        let Frame::Array(fields) = entry else { panic!("{entry:?}") };
+        let Some(Frame::BulkString(id)) = fields.first() else { panic!("{fields:?}") };
+        r.cmd(&["XACK", "analytics:events", "analytics-workers", &String::from_utf8_lossy(id.as_ref())]);
+    }
+    // The pending entry held past what a worker's insert takes (2 s with no interval).
+    let mut env = s.env.clone();
+    env.extend([
+        ("CROUPIER_STREAMS__EVENTS__HIGH_WATER_EVENTS".into(), "30".into()),
+        ("CROUPIER_STREAMS__EVENTS__RETENTION_EVENTS".into(), "1000".into()),
+        ("CROUPIER_WORKER__INSERT_INTERVAL_MS".into(), "0".into()),
+        ("CROUPIER_WORKER__LINGER_MS".into(), "0".into()),
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let i = Croupier::start(CROUPIER, "ingest", &env);
+    let mut client = HttpClient::connect(i.data);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post_signed(&mut client, "/api/ingest/events", GAME, SECRET, events(1).as_bytes());
+        if r.status == 503 && r.text().contains("backlog_full") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused for the backlog: {} {}", r.status, r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = i.wait_control_ready(503);
+    assert!(body.contains("refuses a stream's requests (503 backlog_full)"), "{body}");
+    assert!(body.contains(r#""redis":{"ok":true}"#), "{body}");
+    let text = scrape(&i);
+    assert_eq!(value(&text, r#"croupier_component_ready{component="streams"}"#), 0.0, "{text}");
+    assert_eq!(value(&text, r#"croupier_stream_backlog_events{stream="events"}"#), 1.0, "{text}");
+    assert_eq!(r.cmd(&["XLEN", "analytics:events"]), Frame::Integer(40), "nothing trimmed");
+}
+
 /// The control port's `/readyz` (the readiness probe of ingest pods, deploy/k8s) is 503
 /// while an ingest shard cannot ingest yet: after Redis comes back, until every shard has
 /// read the streams again, as the data port's `/readyz` (a black-box finding: the control

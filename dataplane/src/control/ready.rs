@@ -235,6 +235,19 @@ impl Probes {
         ))
     }
 
+    /// An ingest shard whose last backlog reading found a stream at its mark: its data
+    /// port refuses (503 `backlog_full`) though this reading of pending and lag is below
+    /// it, by up to a sample's spacing (the shard counts the entries it cannot trim:
+    /// `redis::backlog`).
+    fn shard_backlog_full(&self) -> Option<String> {
+        let shard = self.health.as_ref()?.backlog_full()?;
+        Some(format!(
+            "ingest shard {shard} refuses a stream's requests (503 backlog_full): at its high-water mark as the \
+             shard counts it, the entries it cannot trim (up to a sixteenth of the smaller of retention and mark \
+             above the pending and unread entries counted here)"
+        ))
+    }
+
     /// Reads the configured partition count's streams (an error says what failed), and,
     /// with `others` (for `/metrics`), those of other counts ingest wrote with.
     pub async fn streams(&self, others: bool) -> Result<Vec<StreamReading>, String> {
@@ -479,6 +492,7 @@ impl Probes {
                 Err(_) => Some("unknown: Redis cannot be read".to_owned()),
                 // The data port's rule: unready when a stream is at its mark in every
                 // partition read (a partition at its mark refuses only its own requests).
+                // Below the marks by this reading, a shard may still be at one as it counts.
                 Ok(r)
                     if every_stream_somewhere(self.partitions.len(), |p, k| {
                         r.iter()
@@ -486,7 +500,7 @@ impl Probes {
                             .map(|s| !s.at_high_water())
                     }) =>
                 {
-                    None
+                    self.shard_backlog_full()
                 }
                 Ok(r) => {
                     let full: Vec<String> = r

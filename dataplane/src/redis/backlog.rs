@@ -623,8 +623,8 @@ impl Backlog {
     }
 
     /// Reads the backlogs every `every`, forever (spawned once per shard), and after each
-    /// reading says in `serving` whether the shard can ingest (the control port's
-    /// `/readyz` reads it).
+    /// reading says in `serving` whether the shard can ingest and whether a stream is at
+    /// its mark as this shard counts it (the control port's `/readyz` reads both).
     pub async fn poll(self: Rc<Self>, redis: RedisClient, every: Duration, serving: Arc<Overdue>) {
         loop {
             self.announce_layout(&redis).await;
@@ -632,7 +632,9 @@ impl Backlog {
                 self.read_partition(&redis, p).await;
             }
             // The epoch the reading was made in (`all_known` holds only for the current one).
-            serving.set_serving((redis.is_up() && self.all_known()).then(|| self.epoch.get()));
+            let known = redis.is_up() && self.all_known();
+            serving.set_serving(known.then(|| self.epoch.get()));
+            serving.set_backlog_full(known && !self.all_admit());
             monoio::time::sleep(every).await;
         }
     }

@@ -13,7 +13,7 @@
 //! shard's cluster copies the earliest of them into the shard's stamp every
 //! [`MIRROR_EVERY`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,12 @@ pub struct Overdue {
     /// How long a refusal holds `/readyz` at 503 when no append follows it: the reply
     /// timeout (without traffic, nothing else tells that Redis takes writes again).
     refusal_hold: Duration,
+    /// Whether the shard's last backlog reading found a stream at its mark in every
+    /// partition, as the shard counts it (`redis::backlog`: the entries it cannot trim,
+    /// up to a sample's spacing more than pending and lag): its data port answers 503
+    /// `backlog_full`. Set after each reading; read by the control thread's `/readyz`,
+    /// whose own reading counts pending and lag only.
+    backlog_full: AtomicBool,
 }
 
 /// [`Overdue`]'s serving epoch when the shard cannot ingest.
@@ -63,6 +69,15 @@ impl Overdue {
             serving: AtomicU64::new(NOT_SERVING),
             refused_since: AtomicU64::new(0),
             refusal_hold: reply_timeout,
+            backlog_full: AtomicBool::new(false),
+        }
+    }
+
+    /// The shard's last backlog reading found a stream at its mark in every partition
+    /// (`full`), or not.
+    pub(crate) fn set_backlog_full(&self, full: bool) {
+        if self.backlog_full.load(Ordering::Relaxed) != full {
+            self.backlog_full.store(full, Ordering::Relaxed);
         }
     }
 
@@ -170,6 +185,14 @@ impl RedisHealth {
     /// The shard whose reply is overdue the longest, and how long it has been owed.
     pub fn overdue(&self) -> Option<(usize, Duration)> {
         self.shards.iter().enumerate().filter_map(|(i, o)| o.late_by().map(|d| (i, d))).max_by_key(|(_, d)| *d)
+    }
+
+    /// The first serving shard whose last backlog reading found a stream at its mark in
+    /// every partition (its data port refuses that stream's requests, 503 `backlog_full`).
+    pub fn backlog_full(&self) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|o| o.serving.load(Ordering::Relaxed) != NOT_SERVING && o.backlog_full.load(Ordering::Relaxed))
     }
 
     /// The first shard that cannot ingest yet (not connected, or its streams not read

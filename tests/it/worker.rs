@@ -110,6 +110,10 @@ fn croupier_format_entries_and_poison() {
     let poison_id = redis_cli(&p, &["XADD", "analytics:events", "*", "data", "{not json"]);
     redis_cli(&p, &["XADD", "analytics:events", "*", "fmt", "rkyv1", "n", "3", "batch", "garbage"]);
     let id2 = redis_cli(&p, &["XADD", "analytics:events", "*", "data", &without_id]);
+    // Two records in one entry, by its field given twice (Redis keeps both): neither is
+    // taken for the other (the first alone was stored, the second lost unseen).
+    let twice = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"old-3"}}"#);
+    let twice_id = redis_cli(&p, &["XADD", "analytics:events", "*", "data", &twice, "data", &without_id]);
     let pay = format!(
         r#"{{"ts":{ts},"game_id":"legacy","env":"prod","user_id":"old-1","order_id":"L-1","amount_cents":5,"currency":"USD","status":"success"}}"#
     );
@@ -117,7 +121,7 @@ fn croupier_format_entries_and_poison() {
 
     p.wait_for(2, "Croupier-format events", Pipeline::distinct_events);
     p.wait_for(1, "Croupier-format payments", |p| p.scalar("SELECT count() FROM analytics.payments"));
-    p.wait_for(2, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    p.wait_for(3, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
     let ids = p
         .clickhouse
         .query("SELECT user_id, toString(event_id) FROM analytics.events ORDER BY user_id FORMAT TabSeparated");
@@ -135,6 +139,10 @@ fn croupier_format_entries_and_poison() {
     assert_eq!(dead[0].get("data"), Some(b"{not json".as_slice()), "the original entry is kept");
     let reason2 = String::from_utf8_lossy(dead[1].get("reason").expect("reason")).into_owned();
     assert!(reason2.contains("batch archive"), "{reason2}");
+    assert_eq!(dead[2].get("source_id"), Some(twice_id.as_bytes()));
+    let reason3 = String::from_utf8_lossy(dead[2].get("reason").expect("reason")).into_owned();
+    assert_eq!(reason3, "the entry gives its field data more than once");
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events WHERE user_id = 'old-3'"), 0);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
 

@@ -21,6 +21,12 @@ impl Entry {
         self.fields.iter().find(|(k, _)| k == field.as_bytes()).map(|(_, v)| v.as_slice())
     }
 
+    /// The first of `fields` the entry gives more than once (Redis keeps a field given
+    /// twice in `XADD` twice).
+    pub fn repeated<'f>(&self, fields: &[&'f str]) -> Option<&'f str> {
+        fields.iter().copied().find(|f| self.fields.iter().filter(|(k, _)| k == f.as_bytes()).nth(1).is_some())
+    }
+
     /// Bytes of its ID, field names and values.
     pub fn byte_len(&self) -> usize {
         self.fields.iter().fold(self.id.len(), |n, (k, v)| n.saturating_add(k.len()).saturating_add(v.len()))

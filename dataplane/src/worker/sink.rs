@@ -458,6 +458,10 @@ impl Sink {
         if let Some(s) = sketches.as_mut() {
             s.set_now(crate::ingest::now_ms());
         }
+        // Which one to store would be a guess, and the other would be lost unseen.
+        if let Some(f) = e.repeated(&[FIELD_CROUPIER_DATA, FIELD_BATCH, FIELD_FORMAT]) {
+            return Err(format!("the entry gives its field {f} more than once"));
+        }
         if let Some(data) = e.get(FIELD_CROUPIER_DATA) {
             self.json.clear();
             self.json.extend_from_slice(data);

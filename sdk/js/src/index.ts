@@ -40,7 +40,8 @@ export interface Config {
   /**
    * Longest wait for a request's answer, ms (default 30000): past it the request is given
    * up and sent again after a back-off, as when the network failed (a request held by
-   * something in front of the server would otherwise stop the page's sending).
+   * something in front of the server would otherwise stop the page's sending). 0 or
+   * `Infinity`: never given up; longer than 2^31 - 1 ms (about 24.8 days) is taken as that.
    */
   requestTimeout?: number;
   /** Send session_start, heartbeat and session_end (default true). */
@@ -127,6 +128,8 @@ const FIRST_TS = 946_684_800_000;
 const END_TS = 4_102_444_800_000;
 /** The largest body the browser sends with `keepalive` (it refuses a larger one). */
 const KEEPALIVE = 64 * 1024;
+/** The longest delay setTimeout keeps (it fires at once past it). */
+const MAX_TIMER = 2 ** 31 - 1;
 
 /** Bytes of `s` in UTF-8. */
 function bytes(s: string): number {
@@ -498,13 +501,16 @@ export class Client {
     }
   }
 
-  /** Queues a record as JSON can carry it (false, and reported, when it cannot). */
-  private push(k: "e" | "p", rec: Rec): boolean {
+  /**
+   * Queues a record as JSON can carry it (false, and reported, when it cannot): `told` is
+   * how many records a refusal loses (a purchase's payment takes its event with it).
+   */
+  private push(k: "e" | "p", rec: Rec, told = 1): boolean {
     let text: string;
     try {
       text = encode(rec);
     } catch (e) {
-      this.report({ reason: "invalid", message: `not JSON (${String(e)}): not queued`, records: 1 });
+      this.report({ reason: "invalid", message: `not JSON (${String(e)}): not queued`, records: told });
       return false;
     }
     // A copy: what the page changes afterwards is not what was tracked.
@@ -512,11 +518,11 @@ export class Client {
     const ts = r.ts;
     if (typeof ts === "number" && !(ts >= FIRST_TS && ts < END_TS)) {
       const when = Number.isFinite(ts) ? new Date(ts).toISOString() : String(ts);
-      this.report({ reason: "invalid", message: `the time ${when} (the device's clock?) is not between 2000 and 2100, which the server refuses: not queued`, records: 1 });
+      this.report({ reason: "invalid", message: `the time ${when} (the device's clock?) is not between 2000 and 2100, which the server refuses: not queued`, records: told });
       return false;
     }
     if (depth(r) > RECORD_DEPTH) {
-      this.report({ reason: "invalid", message: `nested deeper than the server takes (${RECORD_DEPTH - 1} levels of props): not queued`, records: 1 });
+      this.report({ reason: "invalid", message: `nested deeper than the server takes (${RECORD_DEPTH - 1} levels of props): not queued`, records: told });
       return false;
     }
     this.queue.push({ k, r, n: bytes(text) });
@@ -657,7 +663,7 @@ export class Client {
     if (p.productId) pay.product_id = p.productId;
     delete pay.session_id;
     delete pay.device_id;
-    if (!this.push("p", pay)) return;
+    if (!this.push("p", pay, 2)) return;
     this.track("purchase", {
       order_id: p.orderId,
       amount_cents: p.amountCents,
@@ -841,8 +847,11 @@ export class Client {
   private async post(k: "e" | "p", body: string): Promise<Answer> {
     const f = this.c.fetch ?? globalThis.fetch;
     const abort = typeof AbortController === "function" ? new AbortController() : undefined;
+    // setTimeout fires at once past 2^31 - 1 ms: Infinity (or 0) means never given up.
     const limit = Number(this.c.requestTimeout);
-    const timer = abort && limit > 0 ? setTimeout(() => abort.abort(), limit) : undefined;
+    const timer = abort && limit > 0 && Number.isFinite(limit)
+      ? setTimeout(() => abort.abort(), Math.min(limit, MAX_TIMER))
+      : undefined;
     try {
       const res = await f(this.c.endpoint + (k === "e" ? EVENTS : PAYMENTS), {
         method: "POST",

@@ -606,6 +606,28 @@ test("a request left unanswered is given up after requestTimeout and sent again"
   c.close();
 });
 
+test("requestTimeout Infinity, 0 or past a timer's longest never gives a request up", async () => {
+  for (const requestTimeout of [Infinity, 0, 2 ** 31, 1e12]) {
+    const calls = [];
+    let answer;
+    const f = (url, init) => {
+      calls.push(init.signal);
+      // Answered later than any timer that fires at once would allow.
+      return new Promise((resolve) => { answer = () => resolve(new Response('{"ok":true}', { status: 202 })); });
+    };
+    const c = client({ fetch: f, batchSize: 1, requestTimeout, maxBackoff: 10 });
+    c.track("a");
+    await new Promise((r) => setTimeout(r, 30));
+    assert.equal(calls.length, 1, `${requestTimeout}: sent once`);
+    assert.equal(calls[0].aborted, false, `${requestTimeout}: not given up`);
+    answer();
+    await drain(c);
+    assert.equal(calls.length, 1, `${requestTimeout}: not sent again`);
+    assert.equal(c.queue.length, 0);
+    c.close();
+  }
+});
+
 test("a 413 from a server that counts records halves the requests until they pass", async () => {
   const calls = [];
   const f = async (url, init) => {
@@ -647,6 +669,23 @@ test("a purchase the server would refuse is not queued, and told; a queued one's
   const ev = f.calls.filter((x) => !x.url.endsWith("/payments/ingest")).flatMap((x) => x.records);
   assert.deepEqual(pay.map((p) => [p.order_id, p.status]), [["o-3", "refunded"]]);
   assert.deepEqual(ev.map((e) => [e.event, e.props.order_id, e.props.status]), [["purchase", "o-3", "refunded"]]);
+  c.close();
+});
+
+test("a purchase refused for the device's clock tells that its two records are lost", async () => {
+  const f = server(202);
+  const errors = [];
+  const c = client({ fetch: f, userId: "p1", onError: (e) => errors.push([e.reason, e.records]) });
+  const real = Date.now;
+  try {
+    Date.now = () => real() - 1.75e12; // 1971
+    c.purchase({ orderId: "o-1", amountCents: 499, currency: "USD" });
+  } finally {
+    Date.now = real;
+  }
+  await drain(c);
+  assert.deepEqual(errors, [["invalid", 2]]);
+  assert.equal(f.calls.length, 0);
   c.close();
 });
 

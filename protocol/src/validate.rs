@@ -1355,7 +1355,20 @@ mod tests {
             }
         }
         // A malformed number, or one no double holds, says so, and where.
-        for n in ["1e400", "-1e400", "123456789012345678901234567890e300", "01", "1.", "-"] {
+        // Junk after a long digit run too (simd-json before 0.18 dropped it unseen).
+        for n in [
+            "1e400",
+            "-1e400",
+            "123456789012345678901234567890e300",
+            "01",
+            "1.",
+            "-",
+            "12345678901234567890x",
+            "123456789012345678901x",
+            "123456789012345678901234567890abc",
+            "-12345678901234567890123n",
+            "1234567890123456789.5x",
+        ] {
             let body = format!(r#"[{{"ts":1795617749,"game_id":"g1","event":"x","props":{{"v":{n}}}}}]"#);
             match events(&body) {
                 Err(BodyError::Malformed(m)) => {

@@ -114,6 +114,10 @@ fn croupier_format_entries_and_poison() {
     // taken for the other (the first alone was stored, the second lost unseen).
     let twice = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"old-3"}}"#);
     let twice_id = redis_cli(&p, &["XADD", "analytics:events", "*", "data", &twice, "data", &without_id]);
+    // A record and an archive in one entry: the archive was ignored unseen.
+    let both = format!(r#"{{"ts":{ts},"game_id":"legacy","env":"prod","event":"login","user_id":"old-4"}}"#);
+    let both_id =
+        redis_cli(&p, &["XADD", "analytics:events", "*", "data", &both, "fmt", "rkyv1", "n", "1", "batch", "x"]);
     let pay = format!(
         r#"{{"ts":{ts},"game_id":"legacy","env":"prod","user_id":"old-1","order_id":"L-1","amount_cents":5,"currency":"USD","status":"success"}}"#
     );
@@ -121,7 +125,7 @@ fn croupier_format_entries_and_poison() {
 
     p.wait_for(2, "Croupier-format events", Pipeline::distinct_events);
     p.wait_for(1, "Croupier-format payments", |p| p.scalar("SELECT count() FROM analytics.payments"));
-    p.wait_for(3, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
+    p.wait_for(4, "dead letters", |p| xlen(&p.ingest.redis, "analytics:events:dead") as u64);
     let ids = p
         .clickhouse
         .query("SELECT user_id, toString(event_id) FROM analytics.events ORDER BY user_id FORMAT TabSeparated");
@@ -143,6 +147,11 @@ fn croupier_format_entries_and_poison() {
     let reason3 = String::from_utf8_lossy(dead[2].get("reason").expect("reason")).into_owned();
     assert_eq!(reason3, "the entry gives its field data more than once");
     assert_eq!(p.scalar("SELECT count() FROM analytics.events WHERE user_id = 'old-3'"), 0);
+    assert_eq!(dead[3].get("source_id"), Some(both_id.as_bytes()));
+    let reason4 = String::from_utf8_lossy(dead[3].get("reason").expect("reason")).into_owned();
+    assert_eq!(reason4, "the entry gives both a data record and a batch archive (fmt, batch)");
+    assert_eq!(dead[3].get("batch"), Some(b"x".as_slice()), "the original entry is kept");
+    assert_eq!(p.scalar("SELECT count() FROM analytics.events WHERE user_id = 'old-4'"), 0);
     p.wait_for(0, "pending", |p| p.pending("analytics:events") as u64);
 }
 

@@ -462,6 +462,9 @@ impl Sink {
         if let Some(f) = e.repeated(&[FIELD_CROUPIER_DATA, FIELD_BATCH, FIELD_FORMAT]) {
             return Err(format!("the entry gives its field {f} more than once"));
         }
+        if e.get(FIELD_CROUPIER_DATA).is_some() && (e.get(FIELD_BATCH).is_some() || e.get(FIELD_FORMAT).is_some()) {
+            return Err("the entry gives both a data record and a batch archive (fmt, batch)".into());
+        }
         if let Some(data) = e.get(FIELD_CROUPIER_DATA) {
             self.json.clear();
             self.json.extend_from_slice(data);

@@ -21,6 +21,7 @@ both_drivers!(
     hostile12_duplicate_credential_and_media_headers_are_refused,
     low_http10_keep_alive_answer_says_keep_alive,
     expect_continue_is_not_answered_for_a_refused_length_nor_to_http10,
+    a_bare_lf_in_a_chunk_extension_or_trailer_is_refused_not_framed,
 );
 
 /// Connections opened per check: enough that every shard of the fixture gets some
@@ -308,4 +309,26 @@ fn expect_continue_is_not_answered_for_a_refused_length_nor_to_http10(driver: Dr
     s.write_all(&body).expect("body");
     assert!(first_bytes(&mut s).starts_with("HTTP/1.1 202"));
     assert_eq!(total_entries(&f.redis), 2);
+}
+
+fn a_bare_lf_in_a_chunk_extension_or_trailer_is_refused_not_framed(driver: Driver) {
+    // A proxy ending lines at LF would see a smuggled request where we see one body.
+    let f = Fixture::start(driver, |_| {});
+    let body = events(1);
+    for (framing, why) in [
+        ("{n};ext=a\nGET /healthz HTTP/1.1\r\n{body}\r\n0\r\n\r\n", "control byte in a chunk extension"),
+        ("{n}\r\n{body}\r\n0\r\nX: a\nGET /healthz HTTP/1.1\r\n\r\n", "malformed trailer field"),
+        ("{n}\r\n{body}\r\n0\r\n\n", "malformed trailer field"),
+    ] {
+        let headers = signed_headers(GAME, SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+        let mut raw = chunked_head(&headers);
+        raw.extend_from_slice(framing.replace("{n}", &format!("{:x}", body.len())).replace("{body}", &body).as_bytes());
+        let mut c = f.client();
+        c.send_raw(&raw);
+        let r = c.read_reply();
+        assert_eq!((r.status, r.error_tag().as_str()), (400, "bad_request"), "{framing:?}: {}", r.text());
+        assert!(r.text().contains(why), "{}", r.text());
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(total_entries(&f.redis), 0);
 }

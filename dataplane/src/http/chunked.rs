@@ -7,6 +7,11 @@
 //! trailers at most [`MAX_TRAILERS`], and the whole body as sent at most
 //! [`wire_limit`]`(limit)`, so tiny chunks with long extensions cannot carry more than
 //! the body limit on the wire. Every size from the wire is checked arithmetic.
+//!
+//! A chunk line's extensions and the trailer lines hold no control byte but HTAB, and a
+//! trailer line is a field (`name: value`): a bare LF, CR or NUL there is where a proxy
+//! that ends lines at LF and this decoder would frame the same bytes differently
+//! (request smuggling), so it is refused with 400 as soon as it is seen.
 
 use super::error::HttpError;
 
@@ -88,6 +93,10 @@ impl ChunkedDecoder {
                         if used > MAX_CHUNK_LINE {
                             return Err(HttpError::BadRequest("chunk size line too long"));
                         }
+                        // The parser took every byte of an extension up to CRLF.
+                        if rest[..used - 2].iter().any(|&b| control(b)) {
+                            return Err(HttpError::BadRequest("control byte in a chunk extension"));
+                        }
                         pos += used;
                         let size = usize::try_from(size).map_err(|_| too_large.clone())?;
                         if size > self.limit - self.decoded {
@@ -97,6 +106,9 @@ impl ChunkedDecoder {
                     }
                     Ok(httparse::Status::Partial) if rest.len() >= MAX_CHUNK_LINE => {
                         return Err(HttpError::BadRequest("chunk size line too long"));
+                    }
+                    Ok(httparse::Status::Partial) if rest.iter().any(|&b| control(b) && b != b'\r') => {
+                        return Err(HttpError::BadRequest("control byte in a chunk extension"));
                     }
                     Ok(httparse::Status::Partial) => break Chunks::More(pos),
                     Err(_) => return Err(HttpError::BadRequest("malformed chunk size")),
@@ -120,6 +132,9 @@ impl ChunkedDecoder {
                     _ => return Err(HttpError::BadRequest("chunk not followed by CRLF")),
                 },
                 State::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                    Some(line) if line > 0 && !trailer_field(&rest[..line]) => {
+                        return Err(HttpError::BadRequest("malformed trailer field"));
+                    }
                     Some(line) => {
                         pos += line + 2;
                         self.trailers += line + 2;
@@ -133,6 +148,9 @@ impl ChunkedDecoder {
                     None if self.trailers + rest.len() > MAX_TRAILERS => {
                         return Err(HttpError::BadRequest("trailers too large"));
                     }
+                    None if rest.strip_suffix(b"\r").unwrap_or(rest).iter().any(|&b| control(b)) => {
+                        return Err(HttpError::BadRequest("malformed trailer field"));
+                    }
                     None => break Chunks::More(pos),
                 },
                 State::Done => break Chunks::Done(pos),
@@ -144,6 +162,16 @@ impl ChunkedDecoder {
         self.wire = self.wire.saturating_add(pos);
         Ok(progress)
     }
+}
+
+/// A control byte other than HTAB (RFC 9110 5.5: none in a field value or extension).
+fn control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
+/// Whether a trailer line (without its CRLF) is a field: a name, a colon, no control byte.
+fn trailer_field(line: &[u8]) -> bool {
+    line.iter().position(|&b| b == b':').is_some_and(|colon| colon > 0) && !line.iter().any(|&b| control(b))
 }
 
 /// How many `0`s start `line` before its size's last digit: those followed by another hex
@@ -273,5 +301,34 @@ mod tests {
         let mut dec = ChunkedDecoder::new(10);
         assert_eq!(dec.decode(b"0\r\nT: v\r\n", &mut |_| {}), Ok(Chunks::More(9)));
         assert_eq!(dec.decode(b"\r\n", &mut |_| {}), Ok(Chunks::Done(2)));
+    }
+
+    #[test]
+    fn a_control_byte_in_an_extension_or_a_trailer_is_refused_as_soon_as_seen() {
+        let refused = |input: &[u8], why: &'static str| {
+            assert_eq!(decode_chunks(input, 100, &mut Vec::new()), Err(HttpError::BadRequest(why)), "{input:?}");
+        };
+        // Whole, and cut before the line ends (no wait for a CRLF that a proxy saw as LF).
+        for body in [&b"5;ext=a\nb\r\nhello\r\n0\r\n\r\n"[..], b"5;e\0\r\nhello\r\n0\r\n\r\n", b"5;a\x7f\r\n", b"5;a\n"]
+        {
+            refused(body, "control byte in a chunk extension");
+        }
+        for body in [
+            &b"0\r\nX: a\nb\r\n\r\n"[..],
+            b"0\r\nX: a\rb\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX: \0",
+        ] {
+            refused(body, "malformed trailer field");
+        }
+        // Tabs, extensions and fields as the grammar has them pass; a CR at a read's end waits.
+        for body in [&b"5;a=b;c=\"d e\"\t\r\nhello\r\n0\r\nX-T: a\tb\r\n\r\n"[..], b"5 ;a\r\nhello\r\n0\r\n\r\n"] {
+            let mut out = Vec::new();
+            assert!(matches!(decode_chunks(body, 100, &mut out), Ok(Chunks::Done(n)) if n == body.len()), "{body:?}");
+            assert_eq!(out, b"hello");
+        }
+        assert_eq!(decode_chunks(b"0\r\nX: a\r", 100, &mut Vec::new()), Ok(Chunks::More(3)));
     }
 }

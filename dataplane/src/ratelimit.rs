@@ -54,7 +54,7 @@ impl GameRate {
     /// request larger than the burst passes when the bucket is full and leaves it in debt,
     /// so every request can pass eventually and the average rate still holds.
     pub fn take(&self, n: usize, now: Instant) -> Result<(), u64> {
-        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let now = self.nanos(now);
         let cost = self.cost(n);
         let needed = cost.min(TOLERANCE_NS);
         let mut tat = self.tat.load(Ordering::Relaxed);
@@ -69,6 +69,35 @@ impl GameRate {
                 Ok(_) => return Ok(()),
                 Err(current) => tat = current,
             }
+        }
+    }
+
+    /// `now` in nanoseconds since `epoch`.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether one more event would pass at `now` (nothing is taken), or in how many whole
+    /// seconds it would: a bucket in debt refuses a request before it costs anything.
+    pub fn room(&self, now: Instant) -> Result<(), u64> {
+        let now = self.nanos(now);
+        let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now);
+        let over = ahead.saturating_add(self.cost(1).min(TOLERANCE_NS)).saturating_sub(TOLERANCE_NS);
+        if over > 0 {
+            Err(over.div_ceil(NANOS_PER_SEC).max(1))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Charges `n` events at `now` whatever the bucket holds, leaving it in debt if need be:
+    /// the work a request made the shard do, accepted or not ([`GameRate::room`] then
+    /// refuses the next ones until it is paid).
+    pub fn charge(&self, n: usize, now: Instant) {
+        let (now, cost) = (self.nanos(now), self.cost(n));
+        if cost > 0 {
+            let _ =
+                self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some(t.max(now).saturating_add(cost)));
         }
     }
 
@@ -212,5 +241,26 @@ mod tests {
             .map(|t| t.join().unwrap_or(0))
             .sum();
         assert_eq!(taken, 1_000);
+    }
+
+    #[test]
+    fn a_charge_may_leave_debt_and_room_says_until_when() {
+        let b = GameRate::new(10);
+        let now = Instant::now() + Duration::from_secs(1);
+        assert_eq!(b.room(now), Ok(()));
+        // Nothing charged changes nothing.
+        b.charge(0, now);
+        assert_eq!(b.take(10, now), Ok(()));
+        assert_eq!(b.room(now), Err(1));
+        // Past the burst: 5 seconds of debt on top of the full second.
+        b.charge(50, now);
+        assert_eq!(b.room(now), Err(6));
+        assert_eq!(b.take(1, now + Duration::from_secs(5)), Err(1));
+        assert_eq!(b.room(now + Duration::from_millis(5_100)), Ok(()));
+        // A charge from a full bucket counts from now, not from the past.
+        let c = GameRate::new(10);
+        c.charge(10, now + Duration::from_secs(60));
+        assert_eq!(c.room(now + Duration::from_secs(60)), Err(1));
+        assert_eq!(c.room(now + Duration::from_millis(60_100)), Ok(()));
     }
 }

@@ -808,6 +808,71 @@ fn client_ingest_an_accepted_body_sent_again_is_paid_for() {
     refused(&send(&bare(&format!("{run}-b"), 10, "login")), 429, "rate_limited");
 }
 
+/// Black-box finding: a 1.6 KB gzip body inflating to a megabyte (one record and an
+/// ignored object of duplicate keys) cost a shard tens of milliseconds to parse and the
+/// key's and address's rates one event, and nothing when refused: one client kept both
+/// cores busy with 130 KiB/s of upload, never answered 429. A body's bytes cost its
+/// rates one event per 4 KiB, accepted or refused, and a rate in debt refuses the next
+/// request before its body is read.
+#[test]
+fn client_ingest_a_bodys_bytes_cost_its_rates_accepted_or_refused() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 50;
+        c.client.max_body_bytes = 2 << 20;
+    });
+    let run = run_id();
+    let send = |body: &[u8], gzip: bool| {
+        let mut h = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("X-Write-Key".to_owned(), KEY.to_owned()),
+            ("X-Env".to_owned(), "prod".to_owned()),
+        ];
+        if !gzip {
+            return HttpClient::connect(f.addr).request("POST", EVENTS, &h, body);
+        }
+        h.push(("Content-Encoding".to_owned(), "gzip".to_owned()));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, body).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        assert!(gz.len() < 4 << 10, "{} bytes of gzip", gz.len());
+        HttpClient::connect(f.addr).request("POST", EVENTS, &h, &gz)
+    };
+    let t = now_secs();
+    // What the SDK sends, 20 records of 3 KB (60 KiB): what its records cost, twice in a
+    // second of the address's 50.
+    for b in 0..2 {
+        let items: Vec<String> = (0..20)
+            .map(|i| {
+                format!(
+                    r#"{{"ts":{t},"event":"login","user_id":"{run}-{b}-{i}","props":{{"p":"{}"}}}}"#,
+                    "s".repeat(3_000)
+                )
+            })
+            .collect();
+        ok(&send(format!("[{}]", items.join(",")).as_bytes(), false), 20, 0);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    // One record and a megabyte of duplicate keys: accepted, 256 events to pay.
+    let dup = "\"a\":0,".repeat(180_000);
+    let bomb = format!(r#"[{{"ts":{t},"event":"login","user_id":"{run}-bomb","x":{{{dup}"a":0}}}}]"#);
+    ok(&send(bomb.as_bytes(), true), 1, 0);
+    let small = bare(&format!("{run}-after"), 1, "login");
+    let r = send(small.as_bytes(), false);
+    refused(&r, 429, "rate_limited");
+    let wait: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!((4..=6).contains(&wait), "Retry-After {wait}: a megabyte is 256 events of 50 a second");
+    std::thread::sleep(std::time::Duration::from_secs(wait));
+    ok(&send(small.as_bytes(), false), 1, 0);
+    // Refused for its props' size after the parse: the same bytes, the same debt.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let props = format!(r#"[{{"ts":{t},"event":"login","user_id":"{run}-props","props":{{{dup}"a":0}}}}]"#);
+    refused(&send(props.as_bytes(), true), 400, "invalid_field");
+    refused(&send(small.as_bytes(), false), 429, "rate_limited");
+    assert_eq!(xlen(&f.redis, "analytics:events"), 4);
+}
+
 /// Without `api.filters_file`, the filters `POST /api/analytics/filters` stores are the
 /// ones the process's client ingest applies, at once; `GET` answers what it applies to an
 /// environment without settings of its own (the game's for every environment).

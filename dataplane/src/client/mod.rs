@@ -33,6 +33,14 @@ use crate::ingest::{self, Endpoint, Refusal};
 use crate::shard::Shard;
 use credential::Sender;
 
+/// Bytes of a public write key's body (once inflated) that cost its rates one event: its
+/// parse is paid for whatever it carries, accepted or refused. The SDK's requests (at most
+/// 60 KiB for 20 records or more) cost what their records do, a small refused one
+/// nothing; a body of one record and a megabyte of ignored JSON costs 256 events, where
+/// it cost one (and a refused one none) and a 1.6 KB gzip body inflating to it held a
+/// shard tens of milliseconds per request, as often as the client liked.
+pub const PARSE_BYTES_PER_EVENT: usize = 4096;
+
 /// What an accepted request stored and left out.
 struct Stored {
     accepted: usize,
@@ -186,6 +194,11 @@ async fn serve<'s>(
         ),
         Sender::Token(_) => (limits.server.max_body_bytes, limits.server.max_decompressed_bytes),
     };
+    // A key or an address in debt (its earlier requests' records, or their bytes) is
+    // refused before its body is read, inflated or parsed.
+    if let Sender::Key { key, .. } = sender {
+        client_room(shard, key, peer).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
+    }
     let mut held = req.claim_body()?;
     req.read_body_within(&mut held, max_body).await?;
     let (wire, scratch) = req.buffers();
@@ -198,9 +211,11 @@ async fn serve<'s>(
     };
     // A public key's request carries at most its rates' burst: more is refused before
     // the parse, from a scan of the bytes.
+    let parse_cost = body.len() / PARSE_BYTES_PER_EVENT;
     if let Sender::Key { key, game: key_game } = sender {
         let burst = client_burst(shard, key, key_game, peer);
         if croupier_protocol::prescan::records_may_exceed_any_size(body, burst) {
+            charge_client_rates(shard, key, peer, parse_cost);
             let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
             return Err(error.into());
         }
@@ -218,7 +233,11 @@ async fn serve<'s>(
         Sha256::new().chain_update(route).chain_update(b"\n\n").chain_update(&body[..]).finalize().into();
     let scope = Scope { game, fill_game: true, env };
     let counted = |error| Refused { error, counted: true };
-    let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body);
+    let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body, parse_cost);
+    if let (Err(_), Sender::Key { key, .. }) = (&prepared, &sender) {
+        // Refused after the parse: its bytes' cost.
+        charge_client_rates(shard, key, peer, parse_cost);
+    }
     crate::http::body::release_inflated(req.buffers().1, crate::http::body::INFLATED_KEEP);
     let prepared = prepared.map_err(|r| counted(r.counted(shard, game.unwrap_or(""))))?;
     let (staged, game, dropped) = prepared;
@@ -233,8 +252,10 @@ async fn serve<'s>(
 }
 
 /// Parses, filters and rate-limits the body, and stages the append (`None` when every
-/// record was left out); with the batch's game and the records dropped. Nothing here
-/// awaits.
+/// record was left out); with the batch's game and the records dropped. A public key's
+/// request costs its rates the records it carried, or `parse_cost` when more. Nothing
+/// here awaits.
+#[allow(clippy::too_many_arguments)]
 fn prepare<'s>(
     shard: &'s Shard,
     endpoint: Endpoint,
@@ -243,6 +264,7 @@ fn prepare<'s>(
     digest: &[u8; 32],
     peer: Option<std::net::IpAddr>,
     body: &mut [u8],
+    parse_cost: usize,
 ) -> Result<(Option<ingest::Prepared<'s>>, &'s str, usize), Refusal> {
     let action = shard.config.client.filtered_events;
     let mut filters = shard.filters.borrow_mut();
@@ -322,6 +344,8 @@ fn prepare<'s>(
             error: IngestError::RateLimited { retry_after },
             records: Some(carried),
         })?;
+        // The bytes' share past the records, kept whatever the append does.
+        charge_client_rates(shard, key, peer, parse_cost.saturating_sub(carried));
     }
     if n == 0 {
         return Ok((None, game_id, scoped.dropped));
@@ -368,6 +392,21 @@ fn client_burst(shard: &Shard, key: &str, game: &str, peer: Option<std::net::IpA
     let address = peer.and_then(|ip| shard.rates.address(ip)).map_or(usize::MAX, |r| r.burst());
     let game = shard.games.get(game).and_then(|g| g.rate.as_deref()).map_or(usize::MAX, |r| r.burst());
     key.min(address).min(game)
+}
+
+/// Whether the key's rate and the address's have room for one more event, or in how many
+/// seconds they will.
+fn client_room(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>) -> Result<(), u64> {
+    let now = Instant::now();
+    let address = peer.and_then(|ip| shard.rates.address(ip));
+    [shard.rates.key(key), address].into_iter().flatten().try_for_each(|r| r.room(now))
+}
+
+/// Charges `n` events to the key's rate and the address's, whatever they hold.
+fn charge_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) {
+    let now = Instant::now();
+    let address = peer.and_then(|ip| shard.rates.address(ip));
+    [shard.rates.key(key), address].into_iter().flatten().for_each(|r| r.charge(n, now));
 }
 
 /// Takes `n` events from the key's rate and the address's, or says in how many seconds

@@ -175,6 +175,67 @@ pub(crate) fn events_added(redis: &RedisServer) -> i64 {
         .expect("entries-added")
 }
 
+/// Black-box finding: the primary frozen (SIGSTOP) with a request's append in flight, the
+/// sentinels promote the replica and ingest hears it; the old primary, thawed, then
+/// answered the append, and ingest passed it on as 202 although it knew the primary had
+/// changed: with `wait_replicas = 0` the old primary's demotion threw the events away.
+/// A reply read after the announcement is answered 503 now, and the client's retry (the
+/// same nonce) is appended once, on the new primary.
+#[test]
+fn sentinel_a_reply_from_a_primary_the_sentinels_replaced_is_not_a_202() {
+    use croupier_it::http::{fresh_nonce, now_secs, signed_headers, HttpClient};
+    let old = RedisServer::start();
+    let new = RedisServer::start_replica_of(&old);
+    let sentinels: Vec<SentinelServer> = (0..3).map(|_| SentinelServer::start(&old)).collect();
+    for s in &sentinels {
+        s.wait_for_peers(1, 2);
+    }
+    // Long enough that the frozen primary's round is still awaited when it is thawed.
+    let p = through_sentinels(&sentinels, |c| c.redis.reply_timeout_ms = 60_000);
+    assert_eq!(p.ingest.post("/api/ingest/events", &events(1)).status, 202);
+    new.wait_synced();
+    let body = format!("[{}]", event("level_start", "in-flight"));
+    let headers =
+        signed_headers(crate::fixture::GAME, crate::fixture::SECRET, body.as_bytes(), now_secs(), &fresh_nonce());
+    let signal = |sig: &str| {
+        let pid = old.pid().expect("old primary running").to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success()));
+    };
+    signal("-STOP");
+    let addr = p.ingest.addr;
+    let (h, b) = (headers.clone(), body.clone());
+    let in_flight =
+        std::thread::spawn(move || HttpClient::connect(addr).request("POST", "/api/ingest/events", &h, b.as_bytes()));
+    std::thread::sleep(Duration::from_millis(300));
+    ask_failover(&sentinels[0]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sentinels.iter().any(|s| s.primary_port() != Some(new.port)) {
+        assert!(Instant::now() < deadline, "no failover within 20 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Ingest hears the announcement (its subscription), then the old primary answers.
+    std::thread::sleep(Duration::from_millis(1_000));
+    signal("-CONT");
+    let r = in_flight.join().expect("request thread");
+    assert_eq!((r.status, r.error_tag().as_str()), (503, "redis_unavailable"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    // The retry, as sent (again on 503, as a client does): appended once, on the new primary.
+    let before = events_added(&new);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let again = HttpClient::connect(addr).request("POST", "/api/ingest/events", &headers, body.as_bytes());
+        if again.status == 202 {
+            break;
+        }
+        assert!(again.status == 503 && Instant::now() < deadline, "{} {}", again.status, again.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(events_added(&new) - before, 1);
+    p.wait_for(1, "the retried event in ClickHouse", |p| {
+        p.scalar("SELECT count() FROM analytics.events WHERE user_id = 'in-flight'")
+    });
+}
+
 /// `SENTINEL FAILOVER` promotes the replica while the old primary stays up: the sentinels
 /// make it a replica only some seconds later (after `+switch-master` they wait 8 s and an
 /// `INFO` before they reconfigure it). Meanwhile it is a primary and accepts every write,

@@ -1059,6 +1059,19 @@ async fn serve(
                     res = Ok(Frame::Array(frames));
                 }
             }
+            // A reply read after the sentinels announced another primary confirms nothing:
+            // this server may be a frozen old primary that took the round before it was
+            // replaced, whose demotion throws the round away. The round's callers are told
+            // 503 (their retries carry the same nonces: appended once wherever they land).
+            if res.is_ok() {
+                if let Some((to, changes)) = replaced(shared, addr, seen) {
+                    if let Some(reply) = head.reply {
+                        let _ = reply.send(Err(RedisError::Unavailable));
+                    }
+                    fail_all(&mut inflight, RedisError::Unavailable);
+                    return Served::Moved(to, changes);
+                }
+            }
             if let Ok(f) = &res {
                 warn_refused(shared, addr, f, head.replies);
             }
@@ -1122,6 +1135,17 @@ async fn serve(
             }
         }
     }
+}
+
+/// The primary the sentinels announced since `seen`, with their count of changes, when it
+/// is not `addr` (one atomic load while nothing changed).
+fn replaced(shared: &Shared, addr: &str, seen: u64) -> Option<(String, u64)> {
+    let watch = shared.watch.as_ref()?;
+    let changes = watch.changes();
+    if changes == seen {
+        return None;
+    }
+    watch.primary().filter(|p| p != addr).map(|p| (p, changes))
 }
 
 /// Whether a transaction's `EXEC` (its replies' last) holds the ingest script's error

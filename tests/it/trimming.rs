@@ -437,9 +437,12 @@ fn samples_from_before_a_restart_do_not_place_the_group_on_the_new_server() {
 /// holding it); until the entry is acknowledged.
 #[test]
 fn a_shard_started_while_an_insert_is_pending_takes_requests() {
-    // An insert holds entries for 4 s + 0.2 s + 2 s.
-    let grace = Duration::from_millis(6_200);
-    let mut p = at_retention_all_acknowledged_with(|c| c.worker.insert_interval_ms = 4_000);
+    // An insert holds entries for 4 s + 0.2 s, 1 s more for a retry's back-off, + 2 s.
+    let grace = Duration::from_millis(7_200);
+    let mut p = at_retention_all_acknowledged_with(|c| {
+        c.worker.insert_interval_ms = 4_000;
+        c.worker.backoff_max_ms = 1_000;
+    });
     assert_eq!(post(&p, "pending").status, 202);
     let slow = ["XREADGROUP", "GROUP", "analytics-workers", "slow", "COUNT", "10", "STREAMS", KEY, ">"];
     p.ingest.redis.client().cmd(&slow);

@@ -439,10 +439,13 @@ pub struct BacklogSettings {
 impl BacklogSettings {
     /// From the configuration: the partition's limits;
     /// `worker.insert_interval_ms` + `worker.linger_ms` (how long a batch's first entries
-    /// wait, pending, before their insert) + [`INSERT_MARGIN`] for the insert itself; and
+    /// wait, pending, before their insert) + `worker.backoff_max_ms` (how long a worker
+    /// whose insert or acknowledgement failed, say across a Redis failover, waits before it
+    /// tries the batch again, holding it) + [`INSERT_MARGIN`] for the insert itself; and
     /// [`MEAN_WINDOW_READINGS`] backlog readings.
     pub fn from_config(config: &Config) -> BacklogSettings {
-        let held = config.worker.insert_interval_ms.saturating_add(config.worker.linger_ms);
+        let w = &config.worker;
+        let held = w.insert_interval_ms.saturating_add(w.linger_ms).saturating_add(w.backoff_max_ms);
         let poll = Duration::from_millis(config.redis.backlog_poll_ms.max(1));
         BacklogSettings {
             limits: config.streams.partition_limits(),
@@ -1321,6 +1324,22 @@ mod tests {
         r.group.pending = 500;
         assert!(s.assess(&r));
         assert_eq!(s.observed.get(), 550);
+    }
+
+    /// Black-box finding: after a Redis failover a worker whose acknowledgement failed
+    /// holds its batch pending through its back-off (5 s); with a grace of the insert's
+    /// 2.8 s alone, a shard whose samples were dropped counted the stream whole, at its
+    /// retention above the mark, and refused requests for seconds with nothing owed.
+    #[test]
+    fn the_grace_covers_a_workers_back_off() {
+        let mut config = Config::default();
+        let grace = |c: &Config| BacklogSettings::from_config(c).pending_grace;
+        let w = &config.worker;
+        let back_off = Duration::from_millis(w.insert_interval_ms + w.linger_ms + w.backoff_max_ms);
+        assert_eq!(grace(&config), back_off + INSERT_MARGIN);
+        assert_eq!(grace(&config), Duration::from_millis(7_800), "the defaults");
+        config.worker.backoff_max_ms = 1_000;
+        assert_eq!(grace(&config), Duration::from_millis(3_800));
     }
 
     /// A reading that could not tell the group's position, the stream's end read by the

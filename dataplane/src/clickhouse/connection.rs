@@ -53,12 +53,13 @@ impl ChError {
     /// 81 UNKNOWN_DATABASE, 164 READONLY, 202 TOO_MANY_SIMULTANEOUS_QUERIES,
     /// 203 NO_FREE_CONNECTION, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 225 NO_ZOOKEEPER,
     /// 242 TABLE_IS_READ_ONLY, 243 NOT_ENOUGH_SPACE, 252 TOO_MANY_PARTS,
-    /// 319 UNKNOWN_STATUS_OF_INSERT, 497 ACCESS_DENIED, 516 AUTHENTICATION_FAILED,
-    /// 999 KEEPER_EXCEPTION. A memory or size limit, a timeout or a view's exception is
-    /// not: it may be the batch's.
+    /// 319 UNKNOWN_STATUS_OF_INSERT, 452 SETTING_CONSTRAINT_VIOLATION (a profile that pins
+    /// the settings an insert of several blocks sends, `worker/sink.rs` `BLOCKS_AS_SENT`),
+    /// 497 ACCESS_DENIED, 516 AUTHENTICATION_FAILED, 999 KEEPER_EXCEPTION. A memory or size
+    /// limit, a timeout or a view's exception is not: it may be the batch's.
     pub fn is_server_state(&self) -> bool {
         matches!(self, ChError::Server(e)
-            if [60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 497, 516, 999].contains(&e.code))
+            if [60, 81, 164, 202, 203, 209, 210, 225, 242, 243, 252, 319, 452, 497, 516, 999].contains(&e.code))
     }
 
     /// Whether the server refused with an exception a row raised on purpose: `throwIf`'s
@@ -636,5 +637,17 @@ mod tests {
         assert_eq!(parts.too_many_partitions(), None);
         assert!(!parts.is_bad_data());
         assert_eq!(server(60, "Table analytics.nowhere doesn't exist").too_many_partitions(), None);
+    }
+
+    /// Review finding: a profile pinning `min_insert_block_size_rows` refuses an insert of
+    /// several blocks (452) whatever its rows: the stream is held, not its entries
+    /// dead-lettered one by one.
+    #[test]
+    fn a_settings_constraint_is_the_servers_state_not_bad_data() {
+        let pinned =
+            server(452, "Setting min_insert_block_size_rows should not be changed. (SETTING_CONSTRAINT_VIOLATION)");
+        assert!(pinned.is_server_state());
+        assert!(!pinned.is_bad_data() && !pinned.is_raised_by_rows());
+        assert!(!server(241, "Memory limit (for query) exceeded").is_server_state());
     }
 }

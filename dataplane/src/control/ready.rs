@@ -237,14 +237,16 @@ impl Probes {
 
     /// An ingest shard whose last backlog reading found a stream at its mark: its data
     /// port refuses (503 `backlog_full`) though this reading of pending and lag is below
-    /// it, by up to a sample's spacing (the shard counts the entries it cannot trim:
-    /// `redis::backlog`).
+    /// it (the shard counts the entries it cannot trim, `redis::backlog`: up to a sample's
+    /// spacing more, or the whole stream while an entry pending past the grace has no older
+    /// sample or the group's position is unknown).
     fn shard_backlog_full(&self) -> Option<String> {
         let shard = self.health.as_ref()?.backlog_full()?;
         Some(format!(
             "ingest shard {shard} refuses a stream's requests (503 backlog_full): at its high-water mark as the \
-             shard counts it, the entries it cannot trim (up to a sixteenth of the smaller of retention and mark \
-             above the pending and unread entries counted here)"
+             shard counts it, the entries it cannot trim (above the pending and unread entries counted here by up \
+             to a sample's spacing, max(min(retention, mark)/16, retention/48), or the whole stream while an entry \
+             pending longer than a worker holds one has no older sample, or the group's position is unknown)"
         ))
     }
 

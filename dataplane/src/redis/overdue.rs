@@ -51,7 +51,8 @@ pub struct Overdue {
     refusal_hold: Duration,
     /// Whether the shard's last backlog reading found a stream at its mark in every
     /// partition, as the shard counts it (`redis::backlog`: the entries it cannot trim,
-    /// up to a sample's spacing more than pending and lag): its data port answers 503
+    /// up to a sample's spacing more than pending and lag, or the whole stream while it
+    /// cannot place an old pending entry or the group): its data port answers 503
     /// `backlog_full`. Set after each reading; read by the control thread's `/readyz`,
     /// whose own reading counts pending and lag only.
     backlog_full: AtomicBool,

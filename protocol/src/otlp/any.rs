@@ -232,8 +232,10 @@ fn json_whole(v: JsonValue<'_, '_>) -> Option<i128> {
         return whole_number_text(s);
     }
     let d = v.as_f64()?;
-    // 2^64: a double at or past it holds no u64 (nor below -2^63 an i64).
-    (d.fract() == 0.0 && d.abs() < 18_446_744_073_709_551_616.0).then_some(d as i128)
+    // 2^64: a double at or past it holds no u64. An integer the parser read as a double
+    // did not fit an i64 (or a u64): -2^63 as a double is the rounding of -2^63 - 1 down
+    // to -2^63 - 1024, which no i64 holds, and is refused with everything below it.
+    (d.fract() == 0.0 && d < 18_446_744_073_709_551_616.0 && d > -9_223_372_036_854_775_808.0).then_some(d as i128)
 }
 
 /// The value of a JSON number's text when it is whole (`"1.7e18"`, `"100.0"`, `"-5"`),

@@ -14,10 +14,15 @@ use simd_json::prelude::*;
 use simd_json::tape::Value;
 use simd_json::ValueType;
 
-/// Writes `value` as compact JSON text at the end of `out`. Recursion follows the
-/// value's nesting, which the validator bounds (`Limits::max_depth`) before any value
-/// is written.
-pub fn write(value: Value<'_, '_>, out: &mut String) {
+/// Writes `value` as compact JSON text at the end of `out` while `out` holds at most
+/// `end` bytes: `false` as soon as it is past (`out` then holds part of the text, which the caller drops). A
+/// value whose text is refused for its length is not written whole first: numbers grow
+/// when written (`1e15` is `1000000000000000.0`), so a body's `props` would take several
+/// times its bytes before being refused. What is written past `end` is at most one
+/// number, or one string escaped (six bytes a control character). Recursion follows the
+/// value's nesting, which the validator bounds (`Limits::max_depth`) before any value is
+/// written.
+pub fn write_within(value: Value<'_, '_>, out: &mut String, end: usize) -> bool {
     match value.value_type() {
         ValueType::Object => {
             out.push('{');
@@ -26,9 +31,13 @@ pub fn write(value: Value<'_, '_>, out: &mut String) {
                     if i > 0 {
                         out.push(',');
                     }
-                    write_str(key, out);
+                    if !write_str_within(key, out, end) {
+                        return false;
+                    }
                     out.push(':');
-                    write(v, out);
+                    if !write_within(v, out, end) {
+                        return false;
+                    }
                 }
             }
             out.push('}');
@@ -40,12 +49,14 @@ pub fn write(value: Value<'_, '_>, out: &mut String) {
                     if i > 0 {
                         out.push(',');
                     }
-                    write(v, out);
+                    if !write_within(v, out, end) {
+                        return false;
+                    }
                 }
             }
             out.push(']');
         }
-        ValueType::String => write_str(value.as_str().unwrap_or_default(), out),
+        ValueType::String => return write_str_within(value.as_str().unwrap_or_default(), out, end),
         ValueType::I64 => out.push_str(itoa::Buffer::new().format(value.as_i64().unwrap_or_default())),
         ValueType::U64 => out.push_str(itoa::Buffer::new().format(value.as_u64().unwrap_or_default())),
         ValueType::F64 => match value.as_f64() {
@@ -58,6 +69,16 @@ pub fn write(value: Value<'_, '_>, out: &mut String) {
         // `null` (the tape holds no other type).
         _ => out.push_str("null"),
     }
+    out.len() <= end
+}
+
+/// A string, quoted and escaped, unless its bytes alone would end `out` past `end`.
+fn write_str_within(s: &str, out: &mut String, end: usize) -> bool {
+    if out.len().saturating_add(s.len()) >= end {
+        return false;
+    }
+    write_str(s, out);
+    out.len() <= end
 }
 
 /// A string, quoted and escaped.
@@ -129,6 +150,11 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The whole text.
+    fn write(value: Value<'_, '_>, out: &mut String) {
+        assert!(write_within(value, out, usize::MAX));
+    }
+
     /// simd-json's compact text of `json` (its generator on the same tape), and this
     /// module's.
     fn both(json: &str) -> (String, String) {
@@ -139,6 +165,34 @@ mod tests {
         let mut ours = String::new();
         write(tape.as_value(), &mut ours);
         (String::from_utf8(theirs).expect("UTF-8"), ours)
+    }
+
+    #[test]
+    fn a_value_past_its_bound_stops_being_written() {
+        let json = format!(r#"{{"a":[{}1],"b":"{}"}}"#, "1e15,".repeat(10_000), "x".repeat(100));
+        let mut bytes = json.into_bytes();
+        let tape = simd_json::to_tape(&mut bytes).expect("JSON");
+        let mut whole = String::new();
+        write(tape.as_value(), &mut whole);
+        assert!(whole.len() > 190_000, "{}", whole.len());
+        // Within its bound: the same text.
+        let mut out = String::from("head");
+        assert!(write_within(tape.as_value(), &mut out, 4 + whole.len()));
+        assert_eq!(&out[4..], whole);
+        // One byte short, or far short: refused, having written little past the bound.
+        for end in [4 + whole.len() - 1, 1_000, 4] {
+            let mut out = String::from("head");
+            assert!(!write_within(tape.as_value(), &mut out, end), "{end}");
+            assert!(out.len() <= end + 24, "{end}: {} bytes written", out.len());
+        }
+        // A string longer than the room left is not copied at all.
+        let mut long = br#"{"s":""#.to_vec();
+        long.extend(std::iter::repeat_n(b'y', 1 << 20));
+        long.extend_from_slice(br#""}"#);
+        let tape = simd_json::to_tape(&mut long).expect("JSON");
+        let mut out = String::new();
+        assert!(!write_within(tape.as_value(), &mut out, 1_000));
+        assert!(out.len() < 10, "{}", out.len());
     }
 
     #[test]

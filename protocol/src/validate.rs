@@ -1038,13 +1038,12 @@ fn event_record_scoped<'a, 'v: 'a>(
     match props {
         None => w.field("{}"),
         Some(p) => {
-            // Written as compact text straight into the batch's text; refused once
-            // written when too long (the request is refused whole, its batch let go).
+            // Written as compact text straight into the batch's text; refused as soon
+            // as it is too long (the request is refused whole, its batch let go).
             let mut long = false;
             w.field_with(|text| {
-                let start = text.len();
-                compact_json::write(p, text);
-                long = text.len() - start > limits.max_props_bytes;
+                let end = text.len().saturating_add(limits.max_props_bytes);
+                long = !compact_json::write_within(p, text, end);
             });
             if long {
                 return Err(r.err(f::PROPS, Problem::TooLong(limits.max_props_bytes)));

@@ -20,6 +20,9 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// can send a second's worth of events at once (the burst).
 const TOLERANCE_NS: u64 = NANOS_PER_SEC;
 
+/// How far ahead of now [`GameRate::charge`] may put the TAT: a minute.
+const MAX_CHARGED_NS: u64 = 60 * NANOS_PER_SEC;
+
 /// One game's limit: `rate` events per second, with a burst of one second's worth.
 #[derive(Debug)]
 #[repr(align(64))]
@@ -77,27 +80,18 @@ impl GameRate {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether one more event would pass at `now` (nothing is taken), or in how many whole
-    /// seconds it would: a bucket in debt refuses a request before it costs anything.
-    pub fn room(&self, now: Instant) -> Result<(), u64> {
-        let now = self.nanos(now);
-        let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now);
-        let over = ahead.saturating_add(self.cost(1).min(TOLERANCE_NS)).saturating_sub(TOLERANCE_NS);
-        if over > 0 {
-            Err(over.div_ceil(NANOS_PER_SEC).max(1))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Charges `n` events at `now` whatever the bucket holds, leaving it in debt if need be:
-    /// the work a request made the shard do, accepted or not ([`GameRate::room`] then
-    /// refuses the next ones until it is paid).
+    /// Charges `n` events at `now` whatever the bucket holds, leaving it in debt if need be
+    /// (the work a request made the shard do, accepted or not; [`GameRate::take`] refuses
+    /// the next ones until it is paid), but never more than [`MAX_CHARGED_NS`] ahead of
+    /// now: a burst of costly requests shuts a public key out for a minute at most after
+    /// it, not for as long as their bytes would add up to.
     pub fn charge(&self, n: usize, now: Instant) {
         let (now, cost) = (self.nanos(now), self.cost(n));
         if cost > 0 {
-            let _ =
-                self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some(t.max(now).saturating_add(cost)));
+            let cap = now.saturating_add(MAX_CHARGED_NS);
+            let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| {
+                Some(t.max(t.max(now).saturating_add(cost).min(cap)))
+            });
         }
     }
 
@@ -244,23 +238,30 @@ mod tests {
     }
 
     #[test]
-    fn a_charge_may_leave_debt_and_room_says_until_when() {
+    fn a_charge_may_leave_debt_for_a_minute_at_most() {
         let b = GameRate::new(10);
         let now = Instant::now() + Duration::from_secs(1);
-        assert_eq!(b.room(now), Ok(()));
         // Nothing charged changes nothing.
         b.charge(0, now);
         assert_eq!(b.take(10, now), Ok(()));
-        assert_eq!(b.room(now), Err(1));
+        assert_eq!(b.take(1, now), Err(1));
         // Past the burst: 5 seconds of debt on top of the full second.
         b.charge(50, now);
-        assert_eq!(b.room(now), Err(6));
+        assert_eq!(b.take(1, now), Err(6));
         assert_eq!(b.take(1, now + Duration::from_secs(5)), Err(1));
-        assert_eq!(b.room(now + Duration::from_millis(5_100)), Ok(()));
+        assert_eq!(b.take(1, now + Duration::from_millis(5_100)), Ok(()));
         // A charge from a full bucket counts from now, not from the past.
         let c = GameRate::new(10);
         c.charge(10, now + Duration::from_secs(60));
-        assert_eq!(c.room(now + Duration::from_secs(60)), Err(1));
-        assert_eq!(c.room(now + Duration::from_millis(60_100)), Ok(()));
+        assert_eq!(c.take(1, now + Duration::from_secs(60)), Err(1));
+        assert_eq!(c.take(1, now + Duration::from_millis(60_100)), Ok(()));
+        // However much is charged, a minute ahead at most; a charge never lowers the debt.
+        let d = GameRate::new(10);
+        d.charge(1_000_000, now);
+        assert_eq!(d.take(1, now), Err(60));
+        d.charge(1, now + Duration::from_secs(30));
+        assert_eq!(d.take(1, now + Duration::from_secs(30)), Err(30));
+        assert_eq!(d.take(1, now + Duration::from_millis(59_100)), Err(1));
+        assert_eq!(d.take(1, now + Duration::from_millis(59_300)), Ok(()));
     }
 }

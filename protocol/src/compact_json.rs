@@ -15,11 +15,12 @@ use simd_json::tape::Value;
 use simd_json::ValueType;
 
 /// Writes `value` as compact JSON text at the end of `out` while `out` holds at most
-/// `end` bytes: `false` as soon as it is past (`out` then holds part of the text, which the caller drops). A
-/// value whose text is refused for its length is not written whole first: numbers grow
-/// when written (`1e15` is `1000000000000000.0`), so a body's `props` would take several
-/// times its bytes before being refused. What is written past `end` is at most one
-/// number, or one string escaped (six bytes a control character). Recursion follows the
+/// `end` bytes: `false` as soon as it is past (`out` then holds part of the text, and the
+/// caller refuses the batch it was written into). A value whose text is refused for its
+/// length is not written whole first: numbers grow when written (`1e15` is
+/// `1000000000000000.0`), so a body's `props` would take several times its bytes before
+/// being refused. What is written past `end` is at most one number, or one string
+/// escaped (six bytes a control character). Recursion follows the
 /// value's nesting, which the validator bounds (`Limits::max_depth`) before any value is
 /// written.
 pub fn write_within(value: Value<'_, '_>, out: &mut String, end: usize) -> bool {

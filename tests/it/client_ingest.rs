@@ -463,8 +463,9 @@ fn client_ingest_a_write_keys_request_is_bounded_before_it_is_parsed() {
     ];
     let big = HttpClient::connect(f.addr).request("POST", EVENTS, &h, bare(&run, 600, "login").as_bytes());
     ok(&big, 600, 0);
-    // Nothing refused above was appended; the key's full second was not spent by them.
-    ok(&key(&[], good.as_bytes()), 50, 0);
+    // Nothing refused above was appended, nor spent the key's second but the gzip body
+    // inflated to the limit (64 KiB, paid as parsed bytes: 16 of its 50 events).
+    ok(&key(&[], bare(&format!("{run}-d"), 34, "login").as_bytes()), 34, 0);
 }
 
 #[test]
@@ -823,22 +824,7 @@ fn client_ingest_a_bodys_bytes_cost_its_rates_accepted_or_refused() {
         c.client.max_body_bytes = 2 << 20;
     });
     let run = run_id();
-    let send = |body: &[u8], gzip: bool| {
-        let mut h = vec![
-            ("Content-Type".to_owned(), "application/json".to_owned()),
-            ("X-Write-Key".to_owned(), KEY.to_owned()),
-            ("X-Env".to_owned(), "prod".to_owned()),
-        ];
-        if !gzip {
-            return HttpClient::connect(f.addr).request("POST", EVENTS, &h, body);
-        }
-        h.push(("Content-Encoding".to_owned(), "gzip".to_owned()));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        std::io::Write::write_all(&mut gz, body).expect("gzip");
-        let gz = gz.finish().expect("gzip");
-        assert!(gz.len() < 4 << 10, "{} bytes of gzip", gz.len());
-        HttpClient::connect(f.addr).request("POST", EVENTS, &h, &gz)
-    };
+    let send = |body: &[u8], gzip: bool| key_post(&f, body, gzip);
     let t = now_secs();
     // What the SDK sends, 20 records of 3 KB (60 KiB): what its records cost, twice in a
     // second of the address's 50.
@@ -871,6 +857,90 @@ fn client_ingest_a_bodys_bytes_cost_its_rates_accepted_or_refused() {
     refused(&send(props.as_bytes(), true), 400, "invalid_field");
     refused(&send(small.as_bytes(), false), 429, "rate_limited");
     assert_eq!(xlen(&f.redis, "analytics:events"), 4);
+}
+
+/// Review finding: the debt check before a body is read took nothing, so requests
+/// arriving together all passed it and were all parsed before any was charged. Each
+/// takes an event while its body comes: with the address's burst (2) held by requests
+/// whose bodies are on their way, another request is refused at once; the held ones are
+/// taken whole when their bodies come, for what their events cost.
+#[test]
+fn client_ingest_requests_whose_bodies_are_coming_hold_the_burst() {
+    use std::io::{Read, Write};
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 2;
+    });
+    let run = run_id();
+    let mut open: Vec<(std::net::TcpStream, String)> = (0..2)
+        .map(|i| {
+            let body = bare(&format!("{run}-{i}"), 1, "login");
+            let head = format!(
+                "POST {EVENTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Write-Key: {KEY}\r\n\
+                 X-Env: prod\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut c = std::net::TcpStream::connect(f.addr).expect("connect");
+            c.write_all(head.as_bytes()).expect("head");
+            c.write_all(&body.as_bytes()[..5]).expect("part of the body");
+            (c, body)
+        })
+        .collect();
+    // Within the half second the cell takes to give one event back.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    refused(&key_post(&f, bare(&format!("{run}-meanwhile"), 1, "login").as_bytes(), false), 429, "rate_limited");
+    for (c, body) in &mut open {
+        c.write_all(&body.as_bytes()[5..]).expect("the rest of the body");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).expect("an answer");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    }
+    assert_eq!(xlen(&f.redis, "analytics:events"), 2);
+}
+
+/// `body` sent with [`KEY`] (gzipped, to under 4 KiB, when `gzip`).
+fn key_post(f: &Fixture, body: &[u8], gzip: bool) -> Reply {
+    let mut h = vec![
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        ("X-Write-Key".to_owned(), KEY.to_owned()),
+        ("X-Env".to_owned(), "prod".to_owned()),
+    ];
+    if !gzip {
+        return HttpClient::connect(f.addr).request("POST", EVENTS, &h, body);
+    }
+    h.push(("Content-Encoding".to_owned(), "gzip".to_owned()));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, body).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    assert!(gz.len() < 4 << 10, "{} bytes of gzip", gz.len());
+    HttpClient::connect(f.addr).request("POST", EVENTS, &h, &gz)
+}
+
+/// Review finding: a body refused once staged (here by its game's rate) was charged its
+/// bytes past its records when taken and its bytes again when refused: a megabyte cost
+/// the address 511 events, not 256.
+#[test]
+fn client_ingest_a_body_refused_once_staged_pays_its_bytes_once() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 0;
+        c.client.address_rate_eps = 50;
+        c.client.max_body_bytes = 2 << 20;
+        c.games.get_mut(GAME).expect("g1").rate_limit_eps = 1;
+    });
+    let (run, t) = (run_id(), now_secs());
+    // The game's second spent.
+    ok(&key_post(&f, bare(&run, 1, "login").as_bytes(), false), 1, 0);
+    let dup = "\"a\":0,".repeat(180_000);
+    let bomb = format!(r#"[{{"ts":{t},"event":"login","user_id":"{run}-bomb","x":{{{dup}"a":0}}}}]"#);
+    refused(&key_post(&f, bomb.as_bytes(), true), 429, "rate_limited");
+    let r = key_post(&f, bare(&format!("{run}-after"), 1, "login").as_bytes(), false);
+    refused(&r, 429, "rate_limited");
+    let wait: u64 = r.header("retry-after").and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!((4..=6).contains(&wait), "Retry-After {wait}: a megabyte is 256 events of 50 a second, once");
 }
 
 /// Without `api.filters_file`, the filters `POST /api/analytics/filters` stores are the

@@ -195,20 +195,40 @@ async fn serve<'s>(
         Sender::Token(_) => (limits.server.max_body_bytes, limits.server.max_decompressed_bytes),
     };
     // A key or an address in debt (its earlier requests' records, or their bytes) is
-    // refused before its body is read, inflated or parsed.
+    // refused before its body is inflated or parsed; one event is taken while the body is
+    // read, so requests arriving together are held to the rates' burst (a check alone let
+    // every one of them through to its parse); given back if the body cannot be read.
     if let Sender::Key { key, .. } = sender {
-        client_room(shard, key, peer).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
+        take_client_rates(shard, key, peer, 1).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
     }
-    let mut held = req.claim_body()?;
-    req.read_body_within(&mut held, max_body).await?;
+    let read = async {
+        let mut held = req.claim_body()?;
+        req.read_body_within(&mut held, max_body).await
+    };
+    if let Err(e) = read.await {
+        if let Sender::Key { key, .. } = sender {
+            give_back_client_rates(shard, key, peer, 1);
+        }
+        return Err(e.into());
+    }
     let (wire, scratch) = req.buffers();
     let body: &mut [u8] = match encoding {
         Encoding::Identity => wire,
-        Encoding::Gzip => {
-            body::gunzip(wire, max_inflated, scratch)?;
-            scratch
-        }
+        Encoding::Gzip => match body::gunzip(wire, max_inflated, scratch) {
+            Ok(()) => scratch,
+            Err(e) => {
+                // Inflated up to where it failed (at most the limit): paid as parsed bytes.
+                if let Sender::Key { key, .. } = sender {
+                    charge_client_rates(shard, key, peer, scratch.len().min(max_inflated) / PARSE_BYTES_PER_EVENT);
+                }
+                return Err(e.into());
+            }
+        },
     };
+    // From here to the request's charge nothing awaits: the event taken becomes part of it.
+    if let Sender::Key { key, .. } = sender {
+        give_back_client_rates(shard, key, peer, 1);
+    }
     // A public key's request carries at most its rates' burst: more is refused before
     // the parse, from a scan of the bytes.
     let parse_cost = body.len() / PARSE_BYTES_PER_EVENT;
@@ -344,10 +364,16 @@ fn prepare<'s>(
             error: IngestError::RateLimited { retry_after },
             records: Some(carried),
         })?;
-        // The bytes' share past the records, kept whatever the append does.
-        charge_client_rates(shard, key, peer, parse_cost.saturating_sub(carried));
     }
+    // The bytes' share past the records, charged once the request is taken (kept whatever
+    // the append does); a refusal is charged its bytes by the caller, once.
+    let charge_bytes = || {
+        if let Sender::Key { key, .. } = sender {
+            charge_client_rates(shard, key, peer, parse_cost.saturating_sub(carried));
+        }
+    };
     if n == 0 {
+        charge_bytes();
         return Ok((None, game_id, scoped.dropped));
     }
     // The key's and the address's cells, given back if nothing is appended.
@@ -358,7 +384,10 @@ fn prepare<'s>(
     let identity = request_identity(digest, scope.env.filter(|_| scoped.env_filled));
     let nonce_key = format!("croupier:client:{game_id}:{}", hex::encode(identity));
     match ingest::stage(shard, b, game, &nonce_key, &identity, parts, n) {
-        Ok(staged) => Ok((Some(staged.with_client_rates(cells, carried)), game_id, scoped.dropped)),
+        Ok(staged) => {
+            charge_bytes();
+            Ok((Some(staged.with_client_rates(cells, carried)), game_id, scoped.dropped))
+        }
         Err(refusal) => {
             for r in cells.iter().flatten() {
                 r.give_back(carried);
@@ -394,12 +423,10 @@ fn client_burst(shard: &Shard, key: &str, game: &str, peer: Option<std::net::IpA
     key.min(address).min(game)
 }
 
-/// Whether the key's rate and the address's have room for one more event, or in how many
-/// seconds they will.
-fn client_room(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>) -> Result<(), u64> {
-    let now = Instant::now();
+/// Gives `n` events back to the key's rate and the address's.
+fn give_back_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) {
     let address = peer.and_then(|ip| shard.rates.address(ip));
-    [shard.rates.key(key), address].into_iter().flatten().try_for_each(|r| r.room(now))
+    [shard.rates.key(key), address].into_iter().flatten().for_each(|r| r.give_back(n));
 }
 
 /// Charges `n` events to the key's rate and the address's, whatever they hold.

@@ -901,6 +901,45 @@ fn client_ingest_requests_whose_bodies_are_coming_hold_the_burst() {
     assert_eq!(xlen(&f.redis, "analytics:events"), 2);
 }
 
+/// Black-box finding: a body's bytes were charged to the write key's rate too, which every
+/// browser of the game shares: 50 gzip bodies of 1.6 KB from one address (80 KB) shut
+/// the key out for everyone for a minute. They cost the sender's address alone.
+#[test]
+fn client_ingest_a_bodys_bytes_cost_its_address_not_the_key_every_page_shares() {
+    let f = Fixture::start(Driver::Epoll, |c| {
+        keys(c);
+        c.client.key_rate_eps = 100;
+        c.client.address_rate_eps = 50;
+        c.client.max_body_bytes = 2 << 20;
+        c.client.trusted_proxies = serde_json::from_value(json!(["127.0.0.0/8"])).expect("valid");
+    });
+    let (run, t) = (run_id(), now_secs());
+    let from = |address: &str, body: &[u8], gzip: bool| {
+        let mut h = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("X-Write-Key".to_owned(), KEY.to_owned()),
+            ("X-Env".to_owned(), "prod".to_owned()),
+            ("X-Forwarded-For".to_owned(), address.to_owned()),
+        ];
+        let body = if gzip {
+            h.push(("Content-Encoding".to_owned(), "gzip".to_owned()));
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut gz, body).expect("gzip");
+            gz.finish().expect("gzip")
+        } else {
+            body.to_vec()
+        };
+        HttpClient::connect(f.addr).request("POST", EVENTS, &h, &body)
+    };
+    let dup = "\"a\":0,".repeat(180_000);
+    let bomb = format!(r#"[{{"ts":{t},"event":"login","user_id":"{run}-bomb","x":{{{dup}"a":0}}}}]"#);
+    ok(&from("198.51.100.1", bomb.as_bytes(), true), 1, 0);
+    let small = |who: &str| bare(&format!("{run}-{who}"), 1, "login").into_bytes();
+    refused(&from("198.51.100.1", &small("again"), false), 429, "rate_limited");
+    // Another page of the game: the key owes nothing for the bytes.
+    ok(&from("203.0.113.1", &small("player"), false), 1, 0);
+}
+
 /// `body` sent with [`KEY`] (gzipped, to under 4 KiB, when `gzip`).
 fn key_post(f: &Fixture, body: &[u8], gzip: bool) -> Reply {
     let mut h = vec![

@@ -33,12 +33,13 @@ use crate::ingest::{self, Endpoint, Refusal};
 use crate::shard::Shard;
 use credential::Sender;
 
-/// Bytes of a public write key's body (once inflated) that cost its rates one event: its
-/// parse is paid for whatever it carries, accepted or refused. The SDK's requests (at most
-/// 60 KiB for 20 records or more) cost what their records do, a small refused one
-/// nothing; a body of one record and a megabyte of ignored JSON costs 256 events, where
-/// it cost one (and a refused one none) and a 1.6 KB gzip body inflating to it held a
-/// shard tens of milliseconds per request, as often as the client liked.
+/// Bytes of a public write key's body (once inflated) that cost its sender's address one
+/// event of its rate: its parse is paid for whatever it carries, accepted or refused.
+/// Requests whose records average 4 KiB or less (the SDK's) cost what their records do, a
+/// small refused one nothing; a body of one record and a megabyte of ignored JSON costs
+/// 256 events, where it cost one (and a refused one none) and a 1.6 KB gzip body
+/// inflating to it held a shard tens of milliseconds per request, as often as the client
+/// liked.
 pub const PARSE_BYTES_PER_EVENT: usize = 4096;
 
 /// What an accepted request stored and left out.
@@ -219,7 +220,7 @@ async fn serve<'s>(
             Err(e) => {
                 // Inflated up to where it failed (at most the limit): paid as parsed bytes.
                 if let Sender::Key { key, .. } = sender {
-                    charge_client_rates(shard, key, peer, scratch.len().min(max_inflated) / PARSE_BYTES_PER_EVENT);
+                    charge_parse(shard, key, peer, scratch.len().min(max_inflated) / PARSE_BYTES_PER_EVENT);
                 }
                 return Err(e.into());
             }
@@ -235,7 +236,7 @@ async fn serve<'s>(
     if let Sender::Key { key, game: key_game } = sender {
         let burst = client_burst(shard, key, key_game, peer);
         if croupier_protocol::prescan::records_may_exceed_any_size(body, burst) {
-            charge_client_rates(shard, key, peer, parse_cost);
+            charge_parse(shard, key, peer, parse_cost);
             let error = IngestError::Body(croupier_protocol::validate::BodyError::TooManyRecords(burst));
             return Err(error.into());
         }
@@ -256,7 +257,7 @@ async fn serve<'s>(
     let prepared = prepare(shard, endpoint, &sender, &scope, &digest, peer, body, parse_cost);
     if let (Err(_), Sender::Key { key, .. }) = (&prepared, &sender) {
         // Refused after the parse: its bytes' cost.
-        charge_client_rates(shard, key, peer, parse_cost);
+        charge_parse(shard, key, peer, parse_cost);
     }
     crate::http::body::release_inflated(req.buffers().1, crate::http::body::INFLATED_KEEP);
     let prepared = prepared.map_err(|r| counted(r.counted(shard, game.unwrap_or(""))))?;
@@ -369,7 +370,7 @@ fn prepare<'s>(
     // the append does); a refusal is charged its bytes by the caller, once.
     let charge_bytes = || {
         if let Sender::Key { key, .. } = sender {
-            charge_client_rates(shard, key, peer, parse_cost.saturating_sub(carried));
+            charge_parse(shard, key, peer, parse_cost.saturating_sub(carried));
         }
     };
     if n == 0 {
@@ -429,11 +430,18 @@ fn give_back_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAdd
     [shard.rates.key(key), address].into_iter().flatten().for_each(|r| r.give_back(n));
 }
 
-/// Charges `n` events to the key's rate and the address's, whatever they hold.
-fn charge_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) {
-    let now = Instant::now();
-    let address = peer.and_then(|ip| shard.rates.address(ip));
-    [shard.rates.key(key), address].into_iter().flatten().for_each(|r| r.charge(n, now));
+/// Charges `n` events of parsed bytes, whatever it holds, to the address's rate: the key's,
+/// which every browser of the game shares, would let one address shut them all out with a
+/// few costly requests (the key's rate only when addresses are not limited).
+fn charge_parse(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) {
+    let cell = match peer.and_then(|ip| shard.rates.address(ip)) {
+        Some(address) => Some(address),
+        None if shard.rates.addresses_unlimited() => shard.rates.key(key),
+        None => None,
+    };
+    if let Some(c) = cell {
+        c.charge(n, Instant::now());
+    }
 }
 
 /// Takes `n` events from the key's rate and the address's, or says in how many seconds

@@ -169,9 +169,12 @@ fn control(b: u8) -> bool {
     (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
-/// Whether a trailer line (without its CRLF) is a field: a name, a colon, no control byte.
+/// Whether a trailer line (without its CRLF) is a field: a name (a token: no white space
+/// before the colon, RFC 9112 5.1), a colon, no control byte.
 fn trailer_field(line: &[u8]) -> bool {
-    line.iter().position(|&b| b == b':').is_some_and(|colon| colon > 0) && !line.iter().any(|&b| control(b))
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    line.iter().position(|&b| b == b':').is_some_and(|colon| colon > 0 && line[..colon].iter().all(token))
+        && !line.iter().any(|&b| control(b))
 }
 
 /// How many `0`s start `line` before its size's last digit: those followed by another hex
@@ -318,6 +321,8 @@ mod tests {
             b"0\r\nX: a\rb\r\n\r\n",
             b"0\r\nno colon\r\n\r\n",
             b"0\r\n: no name\r\n\r\n",
+            b"0\r\nX-T : space before the colon\r\n\r\n",
+            b"0\r\nX(T): not a token\r\n\r\n",
             b"0\r\n\n",
             b"0\r\nX: \0",
         ] {

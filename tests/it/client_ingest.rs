@@ -914,23 +914,7 @@ fn client_ingest_a_bodys_bytes_cost_its_address_not_the_key_every_page_shares() 
         c.client.trusted_proxies = serde_json::from_value(json!(["127.0.0.0/8"])).expect("valid");
     });
     let (run, t) = (run_id(), now_secs());
-    let from = |address: &str, body: &[u8], gzip: bool| {
-        let mut h = vec![
-            ("Content-Type".to_owned(), "application/json".to_owned()),
-            ("X-Write-Key".to_owned(), KEY.to_owned()),
-            ("X-Env".to_owned(), "prod".to_owned()),
-            ("X-Forwarded-For".to_owned(), address.to_owned()),
-        ];
-        let body = if gzip {
-            h.push(("Content-Encoding".to_owned(), "gzip".to_owned()));
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            std::io::Write::write_all(&mut gz, body).expect("gzip");
-            gz.finish().expect("gzip")
-        } else {
-            body.to_vec()
-        };
-        HttpClient::connect(f.addr).request("POST", EVENTS, &h, &body)
-    };
+    let from = |address: &str, body: &[u8], gzip: bool| key_post_from(&f, Some(address), body, gzip);
     let dup = "\"a\":0,".repeat(180_000);
     let bomb = format!(r#"[{{"ts":{t},"event":"login","user_id":"{run}-bomb","x":{{{dup}"a":0}}}}]"#);
     ok(&from("198.51.100.1", bomb.as_bytes(), true), 1, 0);
@@ -942,11 +926,19 @@ fn client_ingest_a_bodys_bytes_cost_its_address_not_the_key_every_page_shares() 
 
 /// `body` sent with [`KEY`] (gzipped, to under 4 KiB, when `gzip`).
 fn key_post(f: &Fixture, body: &[u8], gzip: bool) -> Reply {
+    key_post_from(f, None, body, gzip)
+}
+
+/// [`key_post`], from the client address `forwarded` names when given (`X-Forwarded-For`).
+fn key_post_from(f: &Fixture, forwarded: Option<&str>, body: &[u8], gzip: bool) -> Reply {
     let mut h = vec![
         ("Content-Type".to_owned(), "application/json".to_owned()),
         ("X-Write-Key".to_owned(), KEY.to_owned()),
         ("X-Env".to_owned(), "prod".to_owned()),
     ];
+    if let Some(address) = forwarded {
+        h.push(("X-Forwarded-For".to_owned(), address.to_owned()));
+    }
     if !gzip {
         return HttpClient::connect(f.addr).request("POST", EVENTS, &h, body);
     }

@@ -150,11 +150,6 @@ impl RateLimits {
         self.keys.get(key)
     }
 
-    /// Whether client addresses are unlimited (`client.address_rate_eps = 0`).
-    pub fn addresses_unlimited(&self) -> bool {
-        self.addresses.is_empty()
-    }
-
     /// The cell of client address `ip`, if addresses are limited.
     pub fn address(&self, ip: std::net::IpAddr) -> Option<&GameRate> {
         use std::hash::BuildHasher;

@@ -218,8 +218,10 @@ async fn serve<'s>(
         Encoding::Gzip => match body::gunzip(wire, max_inflated, scratch) {
             Ok(()) => scratch,
             Err(e) => {
-                // Inflated up to where it failed (at most the limit): paid as parsed bytes.
+                // Inflated up to where it failed (at most the limit): paid as parsed bytes,
+                // the event taken given back as for a body that could not be read.
                 if let Sender::Key { key, .. } = sender {
+                    give_back_client_rates(shard, key, peer, 1);
                     charge_parse(shard, key, peer, scratch.len().min(max_inflated) / PARSE_BYTES_PER_EVENT);
                 }
                 return Err(e.into());
@@ -432,14 +434,10 @@ fn give_back_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAdd
 
 /// Charges `n` events of parsed bytes, whatever it holds, to the address's rate: the key's,
 /// which every browser of the game shares, would let one address shut them all out with a
-/// few costly requests (the key's rate only when addresses are not limited).
+/// few costly requests (the key's rate when addresses are not limited, or the sender's is
+/// not known).
 fn charge_parse(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) {
-    let cell = match peer.and_then(|ip| shard.rates.address(ip)) {
-        Some(address) => Some(address),
-        None if shard.rates.addresses_unlimited() => shard.rates.key(key),
-        None => None,
-    };
-    if let Some(c) = cell {
+    if let Some(c) = peer.and_then(|ip| shard.rates.address(ip)).or_else(|| shard.rates.key(key)) {
         c.charge(n, Instant::now());
     }
 }

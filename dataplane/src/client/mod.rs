@@ -199,19 +199,15 @@ async fn serve<'s>(
     // refused before its body is inflated or parsed; one event is taken while the body is
     // read, so requests arriving together are held to the rates' burst (a check alone let
     // every one of them through to its parse); given back if the body cannot be read.
-    if let Sender::Key { key, .. } = sender {
-        take_client_rates(shard, key, peer, 1).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
-    }
-    let read = async {
-        let mut held = req.claim_body()?;
-        req.read_body_within(&mut held, max_body).await
-    };
-    if let Err(e) = read.await {
-        if let Sender::Key { key, .. } = sender {
-            give_back_client_rates(shard, key, peer, 1);
+    let reserved = match sender {
+        Sender::Key { key, .. } => {
+            take_client_rates(shard, key, peer, 1).map_err(|retry_after| IngestError::RateLimited { retry_after })?;
+            Some(Reserved { shard, key, peer })
         }
-        return Err(e.into());
-    }
+        Sender::Token(_) => None,
+    };
+    let mut held = req.claim_body()?;
+    req.read_body_within(&mut held, max_body).await?;
     let (wire, scratch) = req.buffers();
     let body: &mut [u8] = match encoding {
         Encoding::Identity => wire,
@@ -220,8 +216,8 @@ async fn serve<'s>(
             Err(e) => {
                 // Inflated up to where it failed (at most the limit): paid as parsed bytes,
                 // the event taken given back as for a body that could not be read.
+                drop(reserved);
                 if let Sender::Key { key, .. } = sender {
-                    give_back_client_rates(shard, key, peer, 1);
                     charge_parse(shard, key, peer, scratch.len().min(max_inflated) / PARSE_BYTES_PER_EVENT);
                 }
                 return Err(e.into());
@@ -229,9 +225,7 @@ async fn serve<'s>(
         },
     };
     // From here to the request's charge nothing awaits: the event taken becomes part of it.
-    if let Sender::Key { key, .. } = sender {
-        give_back_client_rates(shard, key, peer, 1);
-    }
+    drop(reserved);
     // A public key's request carries at most its rates' burst: more is refused before
     // the parse, from a scan of the bytes.
     let parse_cost = body.len() / PARSE_BYTES_PER_EVENT;
@@ -426,10 +420,21 @@ fn client_burst(shard: &Shard, key: &str, game: &str, peer: Option<std::net::IpA
     key.min(address).min(game)
 }
 
-/// Gives `n` events back to the key's rate and the address's.
-fn give_back_client_rates(shard: &Shard, key: &str, peer: Option<std::net::IpAddr>, n: usize) {
-    let address = peer.and_then(|ip| shard.rates.address(ip));
-    [shard.rates.key(key), address].into_iter().flatten().for_each(|r| r.give_back(n));
+/// The event a write key's request took from its key's and address's rates while its body
+/// is read: given back when dropped, on every way out (a body that cannot be read, a
+/// request given up), and once the body is in hand, where the request's own charge
+/// takes its place.
+struct Reserved<'a> {
+    shard: &'a Shard,
+    key: &'a str,
+    peer: Option<std::net::IpAddr>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let address = self.peer.and_then(|ip| self.shard.rates.address(ip));
+        [self.shard.rates.key(self.key), address].into_iter().flatten().for_each(|r| r.give_back(1));
+    }
 }
 
 /// Charges `n` events of parsed bytes, whatever it holds, to the address's rate: the key's,
